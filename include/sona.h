@@ -1,0 +1,10 @@
+/* libsona: SONA (Self-Optimizing Neural Architecture) for LLM inference servers.
+ * One include for the whole public API. See DESIGN.md for the architecture. */
+#ifndef SONA_H
+#define SONA_H
+
+#include "sona/common.h"
+#include "sona/system.h"
+#include "sona/lora.h"
+
+#endif /* SONA_H */

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main job: set up, build Release, and run `sona bench` on every available backend.
+# Extra arguments go to `sona bench` (e.g. --quick, --json out.json, --html report.html).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DSONA_BUILD_TESTS=OFF >/dev/null
+cmake --build build -j"$(nproc)" >/dev/null
+./build/bin/sona info
+exec ./build/bin/sona bench "$@"

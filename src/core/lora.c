@@ -1,0 +1,392 @@
+/* LoRA adapter sets: Micro-LoRA (tenants) and Base-LoRA (layers) are the same object. Weights
+ * live in the buffers of the handle's home backend; ops go through the dispatch layer. */
+#include "sona/lora.h"
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "cpu/cpu.h"
+#include "dispatch/dispatch.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A growable device buffer for per-call inputs when weights live off the host. */
+typedef struct staging {
+    void *buf;
+    size_t cap;
+} staging;
+
+enum { ST_X, ST_Y, ST_D, ST_W, ST_IDS, ST_COUNT };
+
+struct sona_lora {
+    sona_lora_config cfg;
+    const sona_backend *be;
+    size_t adapter_floats;   /* rank * hidden */
+    float *A, *Bt, *scale;   /* backend buffers: count * adapter_floats, count */
+    float *gA, *gBt;         /* gradient accumulators, same shape as A and Bt */
+    uint32_t *pending;       /* host: signals accumulated per adapter */
+    uint64_t pending_total;
+    staging stage[ST_COUNT];
+    sona_errbuf err;
+};
+
+void sona_lora_config_default(sona_lora_config *cfg, sona_lora_kind kind, uint32_t hidden)
+{
+    if (!cfg)
+        return;
+    memset(cfg, 0, sizeof *cfg);
+    cfg->hidden = hidden;
+    cfg->seed = 42;
+    if (kind == SONA_LORA_BASE) {
+        cfg->rank = 8;
+        cfg->count = 12;
+        cfg->alpha = 16.0f;
+        cfg->learning_rate = 0.001f;
+        cfg->clip_norm = 1.0f;
+    } else {
+        cfg->rank = 2;
+        cfg->count = 1;
+        cfg->alpha = 2.0f;
+        cfg->learning_rate = 0.01f;
+        cfg->clip_norm = 1.0f;
+    }
+}
+
+const char *sona_lora_last_error(const sona_lora *lora)
+{
+    return lora ? lora->err.msg : sona_last_error();
+}
+
+const sona_lora_config *sona_lora_get_config(const sona_lora *lora)
+{
+    return lora ? &lora->cfg : NULL;
+}
+
+static sona_status backend_failed(sona_lora *l, const char *call, sona_status st)
+{
+    const char *detail = l->be->last_error ? l->be->last_error(l->be->ctx) : "";
+    return sona_fail(&l->err, st, "%s on backend %s failed: %s", call, l->be->name, detail);
+}
+
+static sona_status stage_input(sona_lora *l, int slot, const void *src, size_t bytes, void **out)
+{
+    if (l->be->host_memory) {
+        *out = (void *)src;
+        return SONA_OK;
+    }
+    staging *s = &l->stage[slot];
+    if (s->cap < bytes) {
+        if (s->buf)
+            l->be->free(l->be->ctx, s->buf);
+        s->buf = NULL;
+        s->cap = 0;
+        if (l->be->alloc(l->be->ctx, bytes, &s->buf) != SONA_OK)
+            return sona_fail(&l->err, SONA_E_NOMEM, "device allocation of %zu bytes failed", bytes);
+        s->cap = bytes;
+    }
+    *out = s->buf;
+    if (src && l->be->upload(l->be->ctx, s->buf, 0, src, bytes) != SONA_OK)
+        return backend_failed(l, "upload", SONA_E_BACKEND);
+    return SONA_OK;
+}
+
+static sona_status alloc_zero(sona_lora *l, size_t floats, float **out)
+{
+    void *buf = NULL;
+    if (l->be->alloc(l->be->ctx, floats * sizeof(float), &buf) != SONA_OK)
+        return SONA_E_NOMEM;
+    *out = buf;
+    float *zero = calloc(floats, sizeof(float));
+    if (!zero)
+        return SONA_E_NOMEM;
+    sona_status st = l->be->upload(l->be->ctx, buf, 0, zero, floats * sizeof(float));
+    free(zero);
+    return st;
+}
+
+sona_status sona_lora_create(const sona_lora_config *cfg, sona_lora **out)
+{
+    if (!out)
+        return sona_fail(NULL, SONA_E_NULL, "sona_lora_create: out is NULL");
+    *out = NULL;
+    if (!cfg)
+        return sona_fail(NULL, SONA_E_NULL, "sona_lora_create: cfg is NULL");
+    if (cfg->hidden == 0 || cfg->count == 0)
+        return sona_fail(NULL, SONA_E_INVALID, "sona_lora_create: hidden (%u) and count (%u) must be >= 1",
+                         cfg->hidden, cfg->count);
+    if (cfg->rank == 0 || cfg->rank > SONA_CPU_MAX_RANK)
+        return sona_fail(NULL, SONA_E_INVALID, "sona_lora_create: rank %u is outside 1..%d", cfg->rank,
+                         SONA_CPU_MAX_RANK);
+    if (!isfinite(cfg->alpha) || !isfinite(cfg->learning_rate) || !isfinite(cfg->clip_norm) ||
+        cfg->clip_norm < 0.0f)
+        return sona_fail(NULL, SONA_E_NONFINITE, "sona_lora_create: alpha, learning_rate and clip_norm must be finite (clip_norm >= 0)");
+
+    const sona_backend *be;
+    char why[256];
+    sona_status st = sona_backend_default(&be, why, sizeof why);
+    if (st != SONA_OK)
+        return sona_fail(NULL, st, "sona_lora_create: %s", why);
+
+    sona_lora *l = calloc(1, sizeof *l);
+    if (!l)
+        return sona_fail(NULL, SONA_E_NOMEM, "sona_lora_create: out of memory");
+    l->cfg = *cfg;
+    l->be = be;
+    l->adapter_floats = (size_t)cfg->rank * cfg->hidden;
+    const size_t total = l->adapter_floats * cfg->count;
+    l->pending = calloc(cfg->count, sizeof *l->pending);
+    float *hostA = malloc(total * sizeof(float));
+    float *hostS = malloc(cfg->count * sizeof(float));
+    if (!l->pending || !hostA || !hostS || alloc_zero(l, total, &l->A) != SONA_OK ||
+        alloc_zero(l, total, &l->Bt) != SONA_OK || alloc_zero(l, total, &l->gA) != SONA_OK ||
+        alloc_zero(l, total, &l->gBt) != SONA_OK || alloc_zero(l, cfg->count, &l->scale) != SONA_OK) {
+        free(hostA);
+        free(hostS);
+        sona_lora_destroy(l);
+        return sona_fail(NULL, SONA_E_NOMEM, "sona_lora_create: out of memory for %zu weights", total);
+    }
+    /* A ~ U(-sqrt(3/H), sqrt(3/H)): variance 1/H, so |A x| is about |x| at any width. */
+    const float bound = sqrtf(3.0f / (float)cfg->hidden);
+    for (uint32_t a = 0; a < cfg->count; a++) {
+        sona_rng rng;
+        sona_rng_seed(&rng, cfg->seed, a);
+        float *dst = hostA + (size_t)a * l->adapter_floats;
+        for (size_t i = 0; i < l->adapter_floats; i++)
+            dst[i] = (2.0f * sona_rng_uniform(&rng) - 1.0f) * bound;
+        hostS[a] = cfg->alpha / (float)cfg->rank;
+    }
+    st = be->upload(be->ctx, l->A, 0, hostA, total * sizeof(float));
+    if (st == SONA_OK)
+        st = be->upload(be->ctx, l->scale, 0, hostS, cfg->count * sizeof(float));
+    free(hostA);
+    free(hostS);
+    if (st != SONA_OK) {
+        sona_lora_destroy(l);
+        return sona_fail(NULL, SONA_E_BACKEND, "sona_lora_create: upload to %s failed", be->name);
+    }
+    *out = l;
+    return SONA_OK;
+}
+
+void sona_lora_destroy(sona_lora *l)
+{
+    if (!l)
+        return;
+    float *bufs[] = {l->A, l->Bt, l->scale, l->gA, l->gBt};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i])
+            l->be->free(l->be->ctx, bufs[i]);
+    for (int i = 0; i < ST_COUNT; i++)
+        if (l->stage[i].buf)
+            l->be->free(l->be->ctx, l->stage[i].buf);
+    free(l->pending);
+    free(l);
+}
+
+static sona_lora_weights weights_of(const sona_lora *l)
+{
+    return (sona_lora_weights){.hidden = l->cfg.hidden,
+                               .rank = l->cfg.rank,
+                               .num_adapters = l->cfg.count,
+                               .A = l->A,
+                               .Bt = l->Bt,
+                               .scale = l->scale};
+}
+
+static sona_status check_ids(sona_lora *l, const char *fn, uint32_t n, const int32_t *ids)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (ids[i] < -1 || ids[i] >= (int32_t)l->cfg.count)
+            return sona_fail(&l->err, SONA_E_INVALID, "%s: row %u uses adapter %d, the set has %u",
+                             fn, i, ids[i], l->cfg.count);
+    return SONA_OK;
+}
+
+sona_status sona_lora_forward_batch(sona_lora *l, uint32_t n, const int32_t *ids, const float *x,
+                                    float *y)
+{
+    if (!l)
+        return sona_fail(NULL, SONA_E_NULL, "sona_lora_forward_batch: lora is NULL");
+    if (!ids || !x || !y)
+        return sona_fail(&l->err, SONA_E_NULL, "sona_lora_forward_batch: ids, x and y are required");
+    if (n == 0)
+        return sona_fail(&l->err, SONA_E_INVALID, "sona_lora_forward_batch: n is 0");
+    sona_status st = check_ids(l, "sona_lora_forward_batch", n, ids);
+    if (st != SONA_OK)
+        return st;
+    const size_t bytes = (size_t)n * l->cfg.hidden * sizeof(float);
+    sona_lora_apply_args a = {.w = weights_of(l), .n = n};
+    void *dx, *dy = NULL, *dids;
+    if ((st = stage_input(l, ST_X, x, bytes, &dx)) != SONA_OK ||
+        (st = stage_input(l, ST_IDS, ids, n * sizeof *ids, &dids)) != SONA_OK)
+        return st;
+    if (l->be->host_memory)
+        dy = y;
+    else if ((st = stage_input(l, ST_Y, NULL, bytes, &dy)) != SONA_OK)
+        return st;
+    a.x = dx;
+    a.y = dy;
+    a.ids = dids;
+    if ((st = l->be->lora_apply(l->be->ctx, &a)) != SONA_OK)
+        return backend_failed(l, "lora_apply", st);
+    if (!l->be->host_memory && l->be->download(l->be->ctx, y, dy, 0, bytes) != SONA_OK)
+        return backend_failed(l, "download", SONA_E_BACKEND);
+    return SONA_OK;
+}
+
+sona_status sona_lora_forward(sona_lora *l, int32_t adapter, const float *x, float *y)
+{
+    return sona_lora_forward_batch(l, 1, &adapter, x, y);
+}
+
+sona_status sona_lora_accumulate_batch(sona_lora *l, uint32_t n, const int32_t *ids, const float *x,
+                                       const float *delta, const float *w)
+{
+    static const char fn[] = "sona_lora_accumulate";
+    if (!l)
+        return sona_fail(NULL, SONA_E_NULL, "%s: lora is NULL", fn);
+    if (!ids || !x || !delta || !w)
+        return sona_fail(&l->err, SONA_E_NULL, "%s: ids, x, delta and w are required", fn);
+    if (n == 0)
+        return sona_fail(&l->err, SONA_E_INVALID, "%s: n is 0", fn);
+    sona_status st = check_ids(l, fn, n, ids);
+    if (st != SONA_OK)
+        return st;
+    const size_t H = l->cfg.hidden, bytes = (size_t)n * H * sizeof(float);
+    if (!sona_all_finite(x, n * H) || !sona_all_finite(delta, n * H) || !sona_all_finite(w, n))
+        return sona_fail(&l->err, SONA_E_NONFINITE, "%s: NaN or Inf in x, delta or w; nothing accumulated", fn);
+    void *dx, *dd, *dw, *dids;
+    if ((st = stage_input(l, ST_X, x, bytes, &dx)) != SONA_OK ||
+        (st = stage_input(l, ST_D, delta, bytes, &dd)) != SONA_OK ||
+        (st = stage_input(l, ST_W, w, n * sizeof *w, &dw)) != SONA_OK ||
+        (st = stage_input(l, ST_IDS, ids, n * sizeof *ids, &dids)) != SONA_OK)
+        return st;
+    sona_lora_grad_args a = {.w = weights_of(l), .n = n, .ids = dids, .x = dx, .d = dd, .wt = dw,
+                             .gA = l->gA, .gBt = l->gBt};
+    if ((st = l->be->lora_grad(l->be->ctx, &a)) != SONA_OK)
+        return backend_failed(l, "lora_grad", st);
+    for (uint32_t i = 0; i < n; i++)
+        if (ids[i] >= 0) {
+            l->pending[ids[i]]++;
+            l->pending_total++;
+        }
+    return SONA_OK;
+}
+
+sona_status sona_lora_accumulate(sona_lora *l, int32_t adapter, const float *x, const float *delta,
+                                 float w)
+{
+    return sona_lora_accumulate_batch(l, 1, &adapter, x, delta, &w);
+}
+
+uint64_t sona_lora_pending(const sona_lora *l) { return l ? l->pending_total : 0; }
+
+/* Clears both gradient accumulators. */
+static sona_status zero_gradients(sona_lora *l)
+{
+    const size_t bytes = l->adapter_floats * l->cfg.count * sizeof(float);
+    if (l->be->host_memory) {
+        memset(l->gA, 0, bytes);
+        memset(l->gBt, 0, bytes);
+        return SONA_OK;
+    }
+    float *zero = calloc(1, bytes);
+    if (!zero)
+        return sona_fail(&l->err, SONA_E_NOMEM, "out of memory clearing gradients");
+    sona_status st = l->be->upload(l->be->ctx, l->gA, 0, zero, bytes);
+    if (st == SONA_OK)
+        st = l->be->upload(l->be->ctx, l->gBt, 0, zero, bytes);
+    free(zero);
+    return st == SONA_OK ? SONA_OK : backend_failed(l, "upload", st);
+}
+
+sona_status sona_lora_apply_updates(sona_lora *l)
+{
+    if (!l)
+        return sona_fail(NULL, SONA_E_NULL, "sona_lora_apply_updates: lora is NULL");
+    if (l->pending_total == 0)
+        return SONA_OK;
+    /* One op per matrix over the whole set; each adapter is its own clipping segment, and an
+     * adapter without signals has a zero gradient, which leaves it unchanged. A and B are
+     * separate parameter vectors, clipped separately. */
+    float *params[2] = {l->A, l->Bt}, *grads[2] = {l->gA, l->gBt};
+    for (int m = 0; m < 2; m++) {
+        sona_param_update_args u = {.segments = l->cfg.count,
+                                    .len = (uint32_t)l->adapter_floats,
+                                    .theta = params[m],
+                                    .g = grads[m],
+                                    .lr = l->cfg.learning_rate,
+                                    .clip_norm = l->cfg.clip_norm};
+        sona_status st = l->be->param_update(l->be->ctx, &u);
+        if (st != SONA_OK)
+            return backend_failed(l, "param_update", st);
+    }
+    memset(l->pending, 0, l->cfg.count * sizeof *l->pending);
+    l->pending_total = 0;
+    return zero_gradients(l);
+}
+
+static sona_status check_adapter(sona_lora *l, const char *fn, int32_t adapter)
+{
+    if (adapter < 0 || adapter >= (int32_t)l->cfg.count)
+        return sona_fail(&l->err, SONA_E_INVALID, "%s: adapter %d is outside 0..%u", fn, adapter,
+                         l->cfg.count - 1);
+    return SONA_OK;
+}
+
+sona_status sona_lora_get_weights(const sona_lora *cl, int32_t adapter, float *A, float *B)
+{
+    sona_lora *l = (sona_lora *)cl; /* only the error buffer is written */
+    if (!l)
+        return sona_fail(NULL, SONA_E_NULL, "sona_lora_get_weights: lora is NULL");
+    sona_status st = check_adapter(l, "sona_lora_get_weights", adapter);
+    if (st != SONA_OK)
+        return st;
+    const size_t af = l->adapter_floats, off = (size_t)adapter * af * sizeof(float);
+    const uint32_t H = l->cfg.hidden, r = l->cfg.rank;
+    if (A && l->be->download(l->be->ctx, A, l->A, off, af * sizeof(float)) != SONA_OK)
+        return backend_failed(l, "download", SONA_E_BACKEND);
+    if (B) {
+        float *bt = malloc(af * sizeof(float));
+        if (!bt)
+            return sona_fail(&l->err, SONA_E_NOMEM, "sona_lora_get_weights: out of memory");
+        if (l->be->download(l->be->ctx, bt, l->Bt, off, af * sizeof(float)) != SONA_OK) {
+            free(bt);
+            return backend_failed(l, "download", SONA_E_BACKEND);
+        }
+        for (uint32_t j = 0; j < r; j++)
+            for (uint32_t h = 0; h < H; h++)
+                B[(size_t)h * r + j] = bt[(size_t)j * H + h];
+        free(bt);
+    }
+    return SONA_OK;
+}
+
+sona_status sona_lora_set_weights(sona_lora *l, int32_t adapter, const float *A, const float *B)
+{
+    if (!l)
+        return sona_fail(NULL, SONA_E_NULL, "sona_lora_set_weights: lora is NULL");
+    sona_status st = check_adapter(l, "sona_lora_set_weights", adapter);
+    if (st != SONA_OK)
+        return st;
+    const size_t af = l->adapter_floats, off = (size_t)adapter * af * sizeof(float);
+    const uint32_t H = l->cfg.hidden, r = l->cfg.rank;
+    if ((A && !sona_all_finite(A, af)) || (B && !sona_all_finite(B, af)))
+        return sona_fail(&l->err, SONA_E_NONFINITE, "sona_lora_set_weights: NaN or Inf in weights; adapter unchanged");
+    float *bt = NULL;
+    if (B) {
+        if (!(bt = malloc(af * sizeof(float))))
+            return sona_fail(&l->err, SONA_E_NOMEM, "sona_lora_set_weights: out of memory");
+        for (uint32_t j = 0; j < r; j++)
+            for (uint32_t h = 0; h < H; h++)
+                bt[(size_t)j * H + h] = B[(size_t)h * r + j];
+    }
+    if ((A && l->be->upload(l->be->ctx, l->A, off, A, af * sizeof(float)) != SONA_OK) ||
+        (bt && l->be->upload(l->be->ctx, l->Bt, off, bt, af * sizeof(float)) != SONA_OK)) {
+        free(bt);
+        return backend_failed(l, "upload", SONA_E_BACKEND);
+    }
+    free(bt);
+    return SONA_OK;
+}

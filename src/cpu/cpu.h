@@ -1,0 +1,43 @@
+/* CPU kernel variants. Each variant lives in its own file compiled with its own ISA flags and
+ * fills one sona_backend table; the dispatch layer picks one at run time (cpuid + xgetbv). */
+#ifndef SONA_CPU_H
+#define SONA_CPU_H
+
+#include "dispatch/ops.h"
+
+extern const sona_backend sona_cpu_scalar;
+#if defined(__x86_64__) || defined(__i386__)
+extern const sona_backend sona_cpu_avx2;
+extern const sona_backend sona_cpu_avx512;
+#endif
+#if defined(__aarch64__)
+extern const sona_backend sona_cpu_neon;
+#endif
+
+/* Host memory functions shared by every CPU variant (64-byte aligned buffers). */
+sona_status sona_host_alloc(void *ctx, size_t bytes, void **buf);
+void sona_host_free(void *ctx, void *buf);
+sona_status sona_host_upload(void *ctx, void *buf, size_t offset, const void *src, size_t bytes);
+sona_status sona_host_download(void *ctx, void *dst, const void *buf, size_t offset, size_t bytes);
+sona_status sona_host_sync(void *ctx);
+
+/* Shared by the variants: the scalar versions of each op, for the parts a variant does not
+ * vectorise (tails, unusual shapes). */
+sona_status sona_scalar_lora_apply(void *ctx, const sona_lora_apply_args *a);
+sona_status sona_scalar_lora_grad(void *ctx, const sona_lora_grad_args *a);
+sona_status sona_scalar_param_update(void *ctx, const sona_param_update_args *a);
+sona_status sona_scalar_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a);
+sona_status sona_scalar_knn_exact(void *ctx, const sona_knn_exact_args *a);
+sona_status sona_scalar_gemm(void *ctx, const sona_gemm_args *a);
+
+/* supports() of every CPU variant: ranks up to SONA_CPU_MAX_RANK. */
+int sona_cpu_supports(void *ctx, sona_op op, const void *args);
+
+/* Top-k keeper used by knn_exact on every variant: keeps the k best (highest score, lowest
+ * index on ties) in descending order. */
+void sona_topk_insert(int32_t *idx, float *score, uint32_t k, uint32_t *len, int32_t i, float s);
+
+/* Largest rank the CPU kernels take (fixed-size stack buffers). */
+#define SONA_CPU_MAX_RANK 64
+
+#endif /* SONA_CPU_H */

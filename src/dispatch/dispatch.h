@@ -1,0 +1,39 @@
+/* The dispatch layer: CPU variant choice, backend registry, GPU module loading. */
+#ifndef SONA_DISPATCH_H
+#define SONA_DISPATCH_H
+
+#include "dispatch/ops.h"
+#include "sona/system.h"
+
+/* Every CPU variant compiled into this build (scalar first), supported by this host or not. */
+typedef struct sona_cpu_variant {
+    const sona_backend *ops; /* the variant's own table: NULL ops are ones it does not have */
+    uint32_t needs;          /* SONA_CPU_* bits the host must have */
+} sona_cpu_variant;
+uint32_t sona_cpu_variants(const sona_cpu_variant **out);
+
+/* The variant's table if this host can run it, with its missing ops filled from scalar;
+ * NULL and a reason in why otherwise (unknown name, not compiled in, or missing ISA). */
+const sona_backend *sona_cpu_variant_get(const char *name, char *why, size_t why_len);
+
+/* The CPU backend in use: SONA_CPU_VARIANT when set and valid, else the best the host runs.
+ * Never NULL (scalar always works); an invalid SONA_CPU_VARIANT is reported by
+ * sona_dispatch_check(). */
+const sona_backend *sona_cpu_backend(void);
+
+/* Backend by name: "cpu" (the chosen variant), "opencl", "cuda". SONA_E_UNAVAILABLE with the
+ * reason in why when it cannot run here. */
+sona_status sona_backend_get(const char *name, const sona_backend **out, char *why, size_t why_len);
+
+/* The default backend for new handles: SONA_BACKEND when set, else the CPU. Reports forced
+ * choices that cannot be honoured (unknown or unavailable backend, bad SONA_CPU_VARIANT). */
+sona_status sona_backend_default(const sona_backend **out, char *why, size_t why_len);
+
+/* Host-side probe results, computed once. */
+const sona_cpu_info *sona_probe(void);
+
+/* Counts ops that failed on an accelerator and were redone on the CPU. */
+void sona_dispatch_count_fallback(void);
+uint64_t sona_dispatch_fallbacks(void);
+
+#endif /* SONA_DISPATCH_H */

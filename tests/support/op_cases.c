@@ -1,0 +1,709 @@
+#include "support/op_cases.h"
+
+#include "core/rng.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define U (FLT_EPSILON / 2) /* unit roundoff of float */
+#define GUARD 16            /* floats of guard band on each side of host outputs */
+static const float guard_value = -7777.25f;
+
+/* clang-format off */
+const op_case op_cases[] = {
+    /* lora_apply: odd hidden sizes, every rank band, mixed ids including -1, in place */
+    {.op = SONA_OP_LORA_APPLY, .n = 1, .hidden = 1, .rank = 1, .adapters = 1},
+    {.op = SONA_OP_LORA_APPLY, .n = 3, .hidden = 7, .rank = 2, .adapters = 2},
+    {.op = SONA_OP_LORA_APPLY, .n = 5, .hidden = 257, .rank = 1, .adapters = 3},
+    {.op = SONA_OP_LORA_APPLY, .n = 9, .hidden = 131, .rank = 3, .adapters = 4},
+    {.op = SONA_OP_LORA_APPLY, .n = 17, .hidden = 1000, .rank = 16, .adapters = 5},
+    {.op = SONA_OP_LORA_APPLY, .n = 4, .hidden = 77, .rank = 64, .adapters = 2},
+    {.op = SONA_OP_LORA_APPLY, .n = 6, .hidden = 513, .rank = 5, .adapters = 3, .in_place = 1},
+    {.op = SONA_OP_LORA_APPLY, .n = 2, .hidden = 2048, .rank = 2, .adapters = 1},
+    /* lora_grad */
+    {.op = SONA_OP_LORA_GRAD, .n = 1, .hidden = 1, .rank = 1, .adapters = 1},
+    {.op = SONA_OP_LORA_GRAD, .n = 4, .hidden = 33, .rank = 2, .adapters = 2},
+    {.op = SONA_OP_LORA_GRAD, .n = 7, .hidden = 257, .rank = 1, .adapters = 3},
+    {.op = SONA_OP_LORA_GRAD, .n = 11, .hidden = 301, .rank = 7, .adapters = 4},
+    {.op = SONA_OP_LORA_GRAD, .n = 3, .hidden = 129, .rank = 64, .adapters = 2},
+    {.op = SONA_OP_LORA_GRAD, .n = 8, .hidden = 1024, .rank = 16, .adapters = 8},
+    /* param_update */
+    {.op = SONA_OP_PARAM_UPDATE, .segments = 1, .len = 1},
+    {.op = SONA_OP_PARAM_UPDATE, .segments = 1, .len = 1001, .with_clip = 1},
+    {.op = SONA_OP_PARAM_UPDATE, .segments = 3, .len = 333, .with_ewc = 1, .with_fisher = 1},
+    {.op = SONA_OP_PARAM_UPDATE, .segments = 5, .len = 259, .with_ewc = 1, .with_fisher = 1, .with_clip = 1},
+    {.op = SONA_OP_PARAM_UPDATE, .segments = 2, .len = 100003, .with_fisher = 1, .with_clip = 1},
+    /* sqdist_argmin */
+    {.op = SONA_OP_SQDIST_ARGMIN, .n = 1, .k = 1, .d = 1},
+    {.op = SONA_OP_SQDIST_ARGMIN, .n = 13, .k = 5, .d = 3},
+    {.op = SONA_OP_SQDIST_ARGMIN, .n = 101, .k = 17, .d = 257},
+    {.op = SONA_OP_SQDIST_ARGMIN, .n = 1000, .k = 50, .d = 256},
+    {.op = SONA_OP_SQDIST_ARGMIN, .n = 37, .k = 129, .d = 31},
+    /* knn_exact */
+    {.op = SONA_OP_KNN_EXACT, .m = 1, .n = 1, .d = 1, .k = 1},
+    {.op = SONA_OP_KNN_EXACT, .m = 3, .n = 5, .d = 7, .k = 8},
+    {.op = SONA_OP_KNN_EXACT, .m = 7, .n = 1001, .d = 257, .k = 10},
+    {.op = SONA_OP_KNN_EXACT, .m = 33, .n = 500, .d = 256, .k = 1},
+    {.op = SONA_OP_KNN_EXACT, .m = 5, .n = 300, .d = 65, .k = 33},
+    /* gemm */
+    {.op = SONA_OP_GEMM, .m = 1, .n = 1, .k = 1},
+    {.op = SONA_OP_GEMM, .m = 7, .n = 5, .k = 3},
+    {.op = SONA_OP_GEMM, .m = 33, .n = 65, .k = 129, .trans_a = 1},
+    {.op = SONA_OP_GEMM, .m = 17, .n = 31, .k = 257, .trans_b = 1},
+    {.op = SONA_OP_GEMM, .m = 64, .n = 100, .k = 77, .trans_a = 1, .trans_b = 1},
+    {.op = SONA_OP_GEMM, .m = 129, .n = 257, .k = 300},
+};
+/* clang-format on */
+const size_t op_case_count = sizeof op_cases / sizeof op_cases[0];
+
+void op_case_describe(const op_case *c, char *buf, size_t len)
+{
+    switch (c->op) {
+    case SONA_OP_LORA_APPLY:
+    case SONA_OP_LORA_GRAD:
+        snprintf(buf, len, "%s n=%u h=%u r=%u adapters=%u%s", sona_op_name(c->op), c->n, c->hidden,
+                 c->rank, c->adapters, c->in_place ? " in-place" : "");
+        break;
+    case SONA_OP_PARAM_UPDATE:
+        snprintf(buf, len, "param_update %ux%u%s%s%s", c->segments, c->len, c->with_clip ? " clip" : "",
+                 c->with_ewc ? " ewc" : "", c->with_fisher ? " fisher" : "");
+        break;
+    case SONA_OP_SQDIST_ARGMIN:
+        snprintf(buf, len, "sqdist_argmin n=%u k=%u d=%u", c->n, c->k, c->d);
+        break;
+    case SONA_OP_KNN_EXACT:
+        snprintf(buf, len, "knn_exact m=%u n=%u d=%u k=%u", c->m, c->n, c->d, c->k);
+        break;
+    case SONA_OP_GEMM:
+        snprintf(buf, len, "gemm m=%u n=%u k=%u%s%s", c->m, c->n, c->k, c->trans_a ? " At" : "",
+                 c->trans_b ? " Bt" : "");
+        break;
+    default:
+        snprintf(buf, len, "unknown op");
+    }
+}
+
+uint64_t op_test_seed(void)
+{
+    const char *env = getenv("SONA_TEST_SEED");
+    if (env && *env)
+        return strtoull(env, NULL, 0);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000003u ^ (uint64_t)ts.tv_nsec;
+}
+
+static float *rand_floats(sona_rng *r, size_t n, float lo, float hi)
+{
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = lo + (hi - lo) * sona_rng_uniform(r);
+    return v;
+}
+
+/* Host output array with guard bands; returns the pointer to the first element. */
+static float *guarded_alloc(size_t n)
+{
+    float *base = malloc((n + 2 * GUARD) * sizeof *base);
+    for (size_t i = 0; i < n + 2 * GUARD; i++)
+        base[i] = guard_value;
+    return base + GUARD;
+}
+static void guarded_free(void *p)
+{
+    if (p)
+        free((float *)p - GUARD);
+}
+static int guards_intact(const void *p, size_t n)
+{
+    const float *f = (const float *)p;
+    for (size_t i = 1; i <= GUARD; i++)
+        if (memcmp(&f[-(ptrdiff_t)i], &guard_value, sizeof(float)) ||
+            memcmp(&f[n - 1 + i], &guard_value, sizeof(float)))
+            return 0;
+    return 1;
+}
+
+static void alloc_outputs(op_instance *in, size_t f0, size_t f1, size_t iout)
+{
+    in->out_len[0] = f0;
+    in->out_len[1] = f1;
+    in->iout_len = iout;
+    for (int o = 0; o < 2; o++) {
+        size_t n = in->out_len[o];
+        if (!n)
+            continue;
+        in->ref[o] = calloc(n, sizeof(double));
+        in->mag[o] = calloc(n, sizeof(double));
+        in->got[o] = guarded_alloc(n);
+    }
+    if (iout) {
+        in->iref = calloc(iout, sizeof(int32_t));
+        in->igot = (int32_t *)guarded_alloc(iout);
+    }
+}
+
+static void ref_lora_apply(op_instance *in)
+{
+    const op_case *c = &in->c;
+    const size_t H = c->hidden, r = c->rank;
+    for (size_t i = 0; i < c->n; i++) {
+        const float *x = in->x + i * H;
+        double *y = in->ref[0] + i * H, *m = in->mag[0] + i * H;
+        const int id = in->ids[i];
+        for (size_t h = 0; h < H; h++) {
+            y[h] = x[h];
+            m[h] = fabs(x[h]);
+        }
+        if (id < 0)
+            continue;
+        const float *A = in->A + (size_t)id * r * H, *Bt = in->Bt + (size_t)id * r * H;
+        const double s = in->scale[id];
+        for (size_t j = 0; j < r; j++) {
+            double t = 0, tm = 0;
+            for (size_t h = 0; h < H; h++) {
+                t += (double)A[j * H + h] * x[h];
+                tm += fabs((double)A[j * H + h] * x[h]);
+            }
+            for (size_t h = 0; h < H; h++) {
+                y[h] += Bt[j * H + h] * s * t;
+                m[h] += fabs(Bt[j * H + h] * s) * tm;
+            }
+        }
+    }
+}
+
+static void ref_lora_grad(op_instance *in)
+{
+    const op_case *c = &in->c;
+    const size_t H = c->hidden, r = c->rank, total = (size_t)c->adapters * r * H;
+    for (size_t i = 0; i < total; i++) {
+        in->ref[0][i] = in->gA0[i];
+        in->mag[0][i] = fabs(in->gA0[i]);
+        in->ref[1][i] = in->gBt0[i];
+        in->mag[1][i] = fabs(in->gBt0[i]);
+    }
+    for (size_t i = 0; i < c->n; i++) {
+        const int id = in->ids[i];
+        if (id < 0)
+            continue;
+        const float *x = in->x + i * H, *d = in->d + i * H;
+        const size_t off = (size_t)id * r * H;
+        const double cw = (double)in->wt[i] * in->scale[id];
+        for (size_t j = 0; j < r; j++) {
+            double u = 0, um = 0, v = 0, vm = 0;
+            for (size_t h = 0; h < H; h++) {
+                u += (double)in->A[off + j * H + h] * x[h];
+                um += fabs((double)in->A[off + j * H + h] * x[h]);
+                v += (double)in->Bt[off + j * H + h] * d[h];
+                vm += fabs((double)in->Bt[off + j * H + h] * d[h]);
+            }
+            for (size_t h = 0; h < H; h++) {
+                in->ref[0][off + j * H + h] += cw * v * x[h];
+                in->mag[0][off + j * H + h] += fabs(cw * x[h]) * vm;
+                in->ref[1][off + j * H + h] += cw * u * d[h];
+                in->mag[1][off + j * H + h] += fabs(cw * d[h]) * um;
+            }
+        }
+    }
+}
+
+static void ref_param_update(op_instance *in)
+{
+    const op_case *c = &in->c;
+    for (size_t s = 0; s < c->segments; s++) {
+        const size_t base = s * c->len;
+        double cc = 1.0;
+        if (in->clip > 0) {
+            double ss = 0;
+            for (size_t i = 0; i < c->len; i++)
+                ss += (double)in->g[base + i] * in->g[base + i];
+            if (sqrt(ss) > in->clip)
+                cc = in->clip / sqrt(ss);
+        }
+        for (size_t i = base; i < base + c->len; i++) {
+            const double g = cc * in->g[i], th = in->theta0[i];
+            double step = g, stepm = fabs(g);
+            if (in->fsum) {
+                step -= (double)in->lambda * ((double)in->fsum[i] * th - in->ftheta[i]);
+                stepm += fabs(in->lambda) * (fabs(in->fsum[i] * th) + fabs(in->ftheta[i]));
+            }
+            in->ref[0][i] = th + (double)in->lr * step;
+            in->mag[0][i] = fabs(th) + fabs(in->lr) * stepm;
+            if (in->fisher0) {
+                in->ref[1][i] = (double)in->decay * in->fisher0[i] + (1.0 - in->decay) * g * g;
+                in->mag[1][i] = fabs(in->decay * in->fisher0[i]) + (1.0 - in->decay) * g * g;
+            }
+        }
+    }
+}
+
+static double sqdist_d(const float *a, const float *b, size_t d)
+{
+    double acc = 0;
+    for (size_t t = 0; t < d; t++) {
+        const double diff = (double)a[t] - b[t];
+        acc += diff * diff;
+    }
+    return acc;
+}
+
+static void ref_sqdist_argmin(op_instance *in)
+{
+    const op_case *c = &in->c;
+    double cmax = 0;
+    for (size_t j = 0; j < c->k; j++) {
+        double nn = 0;
+        for (size_t t = 0; t < c->d; t++)
+            nn += (double)in->C[j * c->d + t] * in->C[j * c->d + t];
+        if (nn > cmax)
+            cmax = nn;
+    }
+    for (size_t i = 0; i < c->n; i++) {
+        double best = INFINITY, xn = 0;
+        int32_t bj = 0;
+        for (size_t j = 0; j < c->k; j++) {
+            const double dd = sqdist_d(in->X + i * c->d, in->C + j * c->d, c->d);
+            if (dd < best) {
+                best = dd;
+                bj = (int32_t)j;
+            }
+        }
+        for (size_t t = 0; t < c->d; t++)
+            xn += (double)in->X[i * c->d + t] * in->X[i * c->d + t];
+        in->ref[0][i] = best;
+        /* Bound that covers the |x|^2 + |c|^2 - 2 x.c formulation used by GEMM-based kernels. */
+        in->mag[0][i] = 2.0 * (xn + cmax);
+        in->iref[i] = bj;
+    }
+}
+
+static double cosine_d(const float *a, const float *b, size_t d)
+{
+    double ab = 0, aa = 0, bb = 0;
+    for (size_t t = 0; t < d; t++) {
+        ab += (double)a[t] * b[t];
+        aa += (double)a[t] * a[t];
+        bb += (double)b[t] * b[t];
+    }
+    return (aa > 0 && bb > 0) ? ab / sqrt(aa * bb) : 0.0;
+}
+
+static void ref_knn_exact(op_instance *in)
+{
+    const op_case *c = &in->c;
+    double *all = malloc(c->n * sizeof *all);
+    for (size_t q = 0; q < c->m; q++) {
+        for (size_t i = 0; i < c->n; i++)
+            all[i] = cosine_d(in->Q + q * c->d, in->P + i * c->d, c->d);
+        /* Selection of the k best, lowest index first on ties. */
+        for (size_t t = 0; t < c->k; t++) {
+            int32_t bi = -1;
+            double bs = -INFINITY;
+            for (size_t i = 0; i < c->n; i++)
+                if (all[i] > bs) {
+                    bs = all[i];
+                    bi = (int32_t)i;
+                }
+            in->ref[0][q * c->k + t] = bs;
+            in->mag[0][q * c->k + t] = 1.0;
+            in->iref[q * c->k + t] = bi;
+            if (bi >= 0)
+                all[bi] = -HUGE_VAL;
+        }
+    }
+    free(all);
+}
+
+static void ref_gemm(op_instance *in)
+{
+    const op_case *c = &in->c;
+    const size_t M = c->m, N = c->n, K = c->k;
+    for (size_t i = 0; i < M; i++)
+        for (size_t j = 0; j < N; j++) {
+            double acc = 0, am = 0;
+            for (size_t p = 0; p < K; p++) {
+                const double a = c->trans_a ? in->gemmA[p * M + i] : in->gemmA[i * K + p];
+                const double b = c->trans_b ? in->gemmB[j * K + p] : in->gemmB[p * N + j];
+                acc += a * b;
+                am += fabs(a * b);
+            }
+            const double c0 = in->gemmC0[i * N + j];
+            in->ref[0][i * N + j] = in->alpha * acc + in->beta * c0;
+            in->mag[0][i * N + j] = fabs(in->alpha) * am + fabs(in->beta * c0);
+        }
+}
+
+int op_instance_prepare(op_instance *in, const op_case *c, uint64_t seed)
+{
+    memset(in, 0, sizeof *in);
+    in->c = *c;
+    in->seed = seed;
+    sona_rng r;
+    sona_rng_seed(&r, seed, (uint64_t)c->op * 7919u + c->n * 31u + c->hidden + c->d + c->len);
+    switch (c->op) {
+    case SONA_OP_LORA_APPLY:
+    case SONA_OP_LORA_GRAD: {
+        const size_t H = c->hidden, w = (size_t)c->adapters * c->rank * H;
+        in->ids = malloc(c->n * sizeof *in->ids);
+        for (size_t i = 0; i < c->n; i++) /* about one row in five uses no adapter */
+            in->ids[i] = sona_rng_below(&r, 5) == 0 && c->n > 1 ? -1
+                                                                 : (int32_t)sona_rng_below(&r, c->adapters);
+        in->x = rand_floats(&r, c->n * H, -1, 1);
+        in->A = rand_floats(&r, w, -0.5f, 0.5f);
+        in->Bt = rand_floats(&r, w, -0.5f, 0.5f);
+        in->scale = rand_floats(&r, c->adapters, 0.25f, 2.0f);
+        if (c->op == SONA_OP_LORA_APPLY) {
+            alloc_outputs(in, c->n * H, 0, 0);
+            ref_lora_apply(in);
+        } else {
+            in->d = rand_floats(&r, c->n * H, -1, 1);
+            in->wt = rand_floats(&r, c->n, -1, 1);
+            in->gA0 = rand_floats(&r, w, -0.1f, 0.1f);
+            in->gBt0 = rand_floats(&r, w, -0.1f, 0.1f);
+            alloc_outputs(in, w, w, 0);
+            ref_lora_grad(in);
+        }
+        break;
+    }
+    case SONA_OP_PARAM_UPDATE: {
+        const size_t n = (size_t)c->segments * c->len;
+        in->theta0 = rand_floats(&r, n, -1, 1);
+        in->g = rand_floats(&r, n, -1, 1);
+        in->lr = 0.05f;
+        in->clip = c->with_clip ? 0.5f : 0.0f;
+        if (c->with_ewc) {
+            in->fsum = rand_floats(&r, n, 0, 2);
+            in->ftheta = rand_floats(&r, n, -1, 1);
+            in->lambda = 0.7f;
+        }
+        if (c->with_fisher) {
+            in->fisher0 = rand_floats(&r, n, 0, 1);
+            in->decay = 0.9f;
+        }
+        alloc_outputs(in, n, c->with_fisher ? n : 0, 0);
+        ref_param_update(in);
+        break;
+    }
+    case SONA_OP_SQDIST_ARGMIN:
+        in->X = rand_floats(&r, (size_t)c->n * c->d, -1, 1);
+        in->C = rand_floats(&r, (size_t)c->k * c->d, -1, 1);
+        alloc_outputs(in, c->n, 0, c->n);
+        ref_sqdist_argmin(in);
+        break;
+    case SONA_OP_KNN_EXACT:
+        in->Q = rand_floats(&r, (size_t)c->m * c->d, -1, 1);
+        in->P = rand_floats(&r, (size_t)c->n * c->d, -1, 1);
+        if (c->n > 3) /* a zero row: similarity 0 with everything */
+            memset(in->P + 2 * (size_t)c->d, 0, c->d * sizeof(float));
+        alloc_outputs(in, (size_t)c->m * c->k, 0, (size_t)c->m * c->k);
+        ref_knn_exact(in);
+        break;
+    case SONA_OP_GEMM:
+        in->gemmA = rand_floats(&r, (size_t)c->m * c->k, -1, 1);
+        in->gemmB = rand_floats(&r, (size_t)c->k * c->n, -1, 1);
+        in->gemmC0 = rand_floats(&r, (size_t)c->m * c->n, -1, 1);
+        in->alpha = 1.25f;
+        in->beta = (c->m + c->n) % 2 ? 0.5f : 0.0f;
+        alloc_outputs(in, (size_t)c->m * c->n, 0, 0);
+        ref_gemm(in);
+        break;
+    default:
+        return -1;
+    }
+    return 0;
+}
+
+void op_instance_free(op_instance *in)
+{
+    void *host[] = {in->ids, in->x, in->d, in->wt, in->A, in->Bt, in->scale, in->gA0, in->gBt0,
+                    in->theta0, in->g, in->fsum, in->ftheta, in->fisher0, in->X, in->C, in->Q,
+                    in->P, in->gemmA, in->gemmB, in->gemmC0, in->ref[0], in->ref[1], in->mag[0],
+                    in->mag[1], in->iref};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++)
+        free(host[i]);
+    guarded_free(in->got[0]);
+    guarded_free(in->got[1]);
+    guarded_free(in->igot);
+    memset(in, 0, sizeof *in);
+}
+
+/* ---- running on a backend -------------------------------------------------------------- */
+
+#define MAX_BUFS 12
+typedef struct run_ctx {
+    const sona_backend *b;
+    void *bufs[MAX_BUFS];
+    int nbufs;
+    sona_status st;
+    char *msg;
+    size_t msg_len;
+} run_ctx;
+
+/* A backend buffer holding a copy of host data (or the host array itself on host backends
+ * when `direct` is set, so guards can be checked). */
+static void *stage(run_ctx *rc, const void *host, size_t bytes, int direct)
+{
+    if (rc->st != SONA_OK || !host)
+        return NULL;
+    if (rc->b->host_memory && direct)
+        return (void *)host;
+    void *buf = NULL;
+    rc->st = rc->b->alloc(rc->b->ctx, bytes ? bytes : 4, &buf);
+    if (rc->st != SONA_OK) {
+        snprintf(rc->msg, rc->msg_len, "alloc of %zu bytes failed", bytes);
+        return NULL;
+    }
+    rc->bufs[rc->nbufs++] = buf;
+    if (bytes && (rc->st = rc->b->upload(rc->b->ctx, buf, 0, host, bytes)) != SONA_OK)
+        snprintf(rc->msg, rc->msg_len, "upload of %zu bytes failed", bytes);
+    return buf;
+}
+
+static void fetch(run_ctx *rc, void *host, const void *buf, size_t bytes)
+{
+    if (rc->st != SONA_OK || host == buf)
+        return;
+    if ((rc->st = rc->b->download(rc->b->ctx, host, buf, 0, bytes)) != SONA_OK)
+        snprintf(rc->msg, rc->msg_len, "download of %zu bytes failed", bytes);
+}
+
+sona_status op_instance_run(op_instance *in, const sona_backend *b, char *msg, size_t msg_len)
+{
+    const op_case *c = &in->c;
+    run_ctx rc = {.b = b, .st = SONA_OK, .msg = msg, .msg_len = msg_len};
+    msg[0] = '\0';
+    const size_t F = sizeof(float);
+    sona_lora_weights w = {.hidden = c->hidden, .rank = c->rank, .num_adapters = c->adapters};
+    union {
+        sona_lora_apply_args apply;
+        sona_lora_grad_args grad;
+        sona_param_update_args upd;
+        sona_sqdist_argmin_args sq;
+        sona_knn_exact_args knn;
+        sona_gemm_args gemm;
+    } a;
+    memset(&a, 0, sizeof a);
+    if (c->op == SONA_OP_LORA_APPLY || c->op == SONA_OP_LORA_GRAD) {
+        const size_t wbytes = (size_t)c->adapters * c->rank * c->hidden * F;
+        w.A = stage(&rc, in->A, wbytes, 0);
+        w.Bt = stage(&rc, in->Bt, wbytes, 0);
+        w.scale = stage(&rc, in->scale, c->adapters * F, 0);
+    }
+    /* Shapes first, so supports() sees the real arguments. */
+    switch (c->op) {
+    case SONA_OP_LORA_APPLY: a.apply = (sona_lora_apply_args){.w = w, .n = c->n}; break;
+    case SONA_OP_LORA_GRAD: a.grad = (sona_lora_grad_args){.w = w, .n = c->n}; break;
+    case SONA_OP_PARAM_UPDATE:
+        a.upd = (sona_param_update_args){.segments = c->segments, .len = c->len, .lr = in->lr,
+                                         .lambda = in->lambda, .clip_norm = in->clip, .decay = in->decay};
+        break;
+    case SONA_OP_SQDIST_ARGMIN: a.sq = (sona_sqdist_argmin_args){.n = c->n, .k = c->k, .d = c->d}; break;
+    case SONA_OP_KNN_EXACT:
+        a.knn = (sona_knn_exact_args){.m = c->m, .n = c->n, .d = c->d, .k = c->k};
+        break;
+    case SONA_OP_GEMM:
+        a.gemm = (sona_gemm_args){.m = c->m, .n = c->n, .k = c->k, .trans_a = c->trans_a,
+                                  .trans_b = c->trans_b, .alpha = in->alpha, .beta = in->beta};
+        break;
+    default: break;
+    }
+    if (!sona_backend_supports(b, c->op, &a)) {
+        for (int i = 0; i < rc.nbufs; i++)
+            b->free(b->ctx, rc.bufs[i]);
+        snprintf(msg, msg_len, "%s does not support this op or shape", b->name);
+        return SONA_E_UNSUPPORTED;
+    }
+    sona_status st = SONA_OK;
+    switch (c->op) {
+    case SONA_OP_LORA_APPLY: {
+        const size_t bytes = (size_t)c->n * c->hidden * F;
+        float *out = in->got[0];
+        void *dx;
+        if (c->in_place) {
+            memcpy(out, in->x, bytes);
+            dx = stage(&rc, out, bytes, 1);
+        } else {
+            dx = stage(&rc, in->x, bytes, 0);
+        }
+        a.apply.ids = stage(&rc, in->ids, c->n * sizeof(int32_t), 0);
+        a.apply.x = dx;
+        a.apply.y = c->in_place ? dx : stage(&rc, out, bytes, 1);
+        if (rc.st == SONA_OK)
+            st = b->lora_apply(b->ctx, &a.apply);
+        fetch(&rc, out, a.apply.y, bytes);
+        break;
+    }
+    case SONA_OP_LORA_GRAD: {
+        const size_t bytes = (size_t)c->n * c->hidden * F;
+        const size_t wb = in->out_len[0] * F;
+        memcpy(in->got[0], in->gA0, wb);
+        memcpy(in->got[1], in->gBt0, wb);
+        a.grad.ids = stage(&rc, in->ids, c->n * sizeof(int32_t), 0);
+        a.grad.x = stage(&rc, in->x, bytes, 0);
+        a.grad.d = stage(&rc, in->d, bytes, 0);
+        a.grad.wt = stage(&rc, in->wt, c->n * F, 0);
+        a.grad.gA = stage(&rc, in->got[0], wb, 1);
+        a.grad.gBt = stage(&rc, in->got[1], wb, 1);
+        if (rc.st == SONA_OK)
+            st = b->lora_grad(b->ctx, &a.grad);
+        fetch(&rc, in->got[0], a.grad.gA, wb);
+        fetch(&rc, in->got[1], a.grad.gBt, wb);
+        break;
+    }
+    case SONA_OP_PARAM_UPDATE: {
+        const size_t nb = (size_t)c->segments * c->len * F;
+        memcpy(in->got[0], in->theta0, nb);
+        if (in->fisher0)
+            memcpy(in->got[1], in->fisher0, nb);
+        a.upd.theta = stage(&rc, in->got[0], nb, 1);
+        a.upd.g = stage(&rc, in->g, nb, 0);
+        a.upd.fisher_sum = stage(&rc, in->fsum, nb, 0);
+        a.upd.fisher_theta = stage(&rc, in->ftheta, nb, 0);
+        a.upd.fisher = in->fisher0 ? stage(&rc, in->got[1], nb, 1) : NULL;
+        if (rc.st == SONA_OK)
+            st = b->param_update(b->ctx, &a.upd);
+        fetch(&rc, in->got[0], a.upd.theta, nb);
+        if (in->fisher0)
+            fetch(&rc, in->got[1], a.upd.fisher, nb);
+        break;
+    }
+    case SONA_OP_SQDIST_ARGMIN:
+        a.sq.X = stage(&rc, in->X, (size_t)c->n * c->d * F, 0);
+        a.sq.C = stage(&rc, in->C, (size_t)c->k * c->d * F, 0);
+        a.sq.idx = stage(&rc, in->igot, c->n * sizeof(int32_t), 1);
+        a.sq.dist = stage(&rc, in->got[0], c->n * F, 1);
+        if (rc.st == SONA_OK)
+            st = b->sqdist_argmin(b->ctx, &a.sq);
+        fetch(&rc, in->igot, a.sq.idx, c->n * sizeof(int32_t));
+        fetch(&rc, in->got[0], a.sq.dist, c->n * F);
+        break;
+    case SONA_OP_KNN_EXACT: {
+        const size_t mk = (size_t)c->m * c->k;
+        a.knn.Q = stage(&rc, in->Q, (size_t)c->m * c->d * F, 0);
+        a.knn.P = stage(&rc, in->P, (size_t)c->n * c->d * F, 0);
+        a.knn.idx = stage(&rc, in->igot, mk * sizeof(int32_t), 1);
+        a.knn.sim = stage(&rc, in->got[0], mk * F, 1);
+        if (rc.st == SONA_OK)
+            st = b->knn_exact(b->ctx, &a.knn);
+        fetch(&rc, in->igot, a.knn.idx, mk * sizeof(int32_t));
+        fetch(&rc, in->got[0], a.knn.sim, mk * F);
+        break;
+    }
+    case SONA_OP_GEMM: {
+        const size_t cb = (size_t)c->m * c->n * F;
+        memcpy(in->got[0], in->gemmC0, cb);
+        a.gemm.A = stage(&rc, in->gemmA, (size_t)c->m * c->k * F, 0);
+        a.gemm.B = stage(&rc, in->gemmB, (size_t)c->k * c->n * F, 0);
+        a.gemm.C = stage(&rc, in->got[0], cb, 1);
+        if (rc.st == SONA_OK)
+            st = b->gemm(b->ctx, &a.gemm);
+        fetch(&rc, in->got[0], a.gemm.C, cb);
+        break;
+    }
+    default:
+        st = SONA_E_INVALID;
+    }
+    if (st == SONA_OK && rc.st == SONA_OK && b->sync)
+        st = b->sync(b->ctx);
+    for (int i = 0; i < rc.nbufs; i++)
+        b->free(b->ctx, rc.bufs[i]);
+    if (st != SONA_OK) {
+        snprintf(msg, msg_len, "%s failed: %s (%s)", b->name, sona_status_str(st),
+                 b->last_error ? b->last_error(b->ctx) : "");
+        return st;
+    }
+    return rc.st;
+}
+
+/* ---- checking -------------------------------------------------------------------------- */
+
+static int within(double got, double ref, double mag, size_t K)
+{
+    const double tol = 2.0 * (double)(K + 4) * U * mag + 1e-35;
+    return fabs(got - ref) <= tol && isfinite(got) == isfinite(ref);
+}
+
+int op_instance_check(const op_instance *in, char *msg, size_t msg_len)
+{
+    const op_case *c = &in->c;
+    for (int o = 0; o < 2; o++)
+        if (in->out_len[o] && !guards_intact(in->got[o], in->out_len[o])) {
+            snprintf(msg, msg_len, "output %d: guard values around the output were overwritten", o);
+            return 0;
+        }
+    if (in->iout_len && !guards_intact(in->igot, in->iout_len)) {
+        snprintf(msg, msg_len, "index output: guard values around the output were overwritten");
+        return 0;
+    }
+    size_t K = 0;
+    switch (c->op) {
+    case SONA_OP_LORA_APPLY: K = c->hidden + c->rank; break;
+    case SONA_OP_LORA_GRAD: K = c->hidden + c->n + 2; break;
+    case SONA_OP_PARAM_UPDATE: K = c->len + 8; break;
+    case SONA_OP_GEMM: K = c->k + 2; break;
+    case SONA_OP_SQDIST_ARGMIN: K = 2 * c->d + 4; break;
+    case SONA_OP_KNN_EXACT: K = 3 * c->d + 16; break;
+    default: break;
+    }
+    if (c->op == SONA_OP_SQDIST_ARGMIN) {
+        for (size_t i = 0; i < c->n; i++) {
+            const int32_t j = in->igot[i];
+            if (j < 0 || j >= (int32_t)c->k) {
+                snprintf(msg, msg_len, "row %zu: index %d out of range", i, j);
+                return 0;
+            }
+            const double dj = sqdist_d(in->X + i * c->d, in->C + (size_t)j * c->d, c->d);
+            if (!within(dj, in->ref[0][i], in->mag[0][i], K) || !within(in->got[0][i], dj, in->mag[0][i], K)) {
+                snprintf(msg, msg_len, "row %zu: got index %d dist %.9g (true %.9g), best %d at %.9g",
+                         i, j, in->got[0][i], dj, in->iref[i], in->ref[0][i]);
+                return 0;
+            }
+        }
+        return 1;
+    }
+    if (c->op == SONA_OP_KNN_EXACT) {
+        for (size_t q = 0; q < c->m; q++)
+            for (size_t t = 0; t < c->k; t++) {
+                const size_t at = q * c->k + t;
+                const int32_t i = in->igot[at];
+                const double want = in->ref[0][at];
+                if (in->iref[at] < 0) {
+                    if (i != -1 || !(isinf(in->got[0][at]) && in->got[0][at] < 0)) {
+                        snprintf(msg, msg_len, "query %zu rank %zu: expected the -1/-inf tail", q, t);
+                        return 0;
+                    }
+                    continue;
+                }
+                if (i < 0 || i >= (int32_t)c->n) {
+                    snprintf(msg, msg_len, "query %zu rank %zu: index %d out of range", q, t, i);
+                    return 0;
+                }
+                for (size_t u = 0; u < t; u++)
+                    if (in->igot[q * c->k + u] == i) {
+                        snprintf(msg, msg_len, "query %zu: index %d returned twice", q, i);
+                        return 0;
+                    }
+                const double si = cosine_d(in->Q + q * c->d, in->P + (size_t)i * c->d, c->d);
+                if (!within(si, want, 1.0, K) || !within(in->got[0][at], si, 1.0, K)) {
+                    snprintf(msg, msg_len,
+                             "query %zu rank %zu: got index %d sim %.9g (true %.9g), want %d at %.9g", q,
+                             t, i, in->got[0][at], si, in->iref[at], want);
+                    return 0;
+                }
+            }
+        return 1;
+    }
+    for (int o = 0; o < 2; o++)
+        for (size_t i = 0; i < in->out_len[o]; i++)
+            if (!within(in->got[o][i], in->ref[o][i], in->mag[o][i], K)) {
+                snprintf(msg, msg_len, "output %d element %zu: got %.9g, want %.9g (bound %.3g)", o, i,
+                         in->got[o][i], in->ref[o][i], 2.0 * (double)(K + 4) * U * in->mag[o][i]);
+                return 0;
+            }
+    return 1;
+}

@@ -1,0 +1,265 @@
+/* Adapter behaviour: identity at creation, learning moves the output the right way, bad input
+ * is refused with a status and leaves the adapter bit-for-bit unchanged. */
+#include <criterion/criterion.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/rng.h"
+#include "support/op_cases.h"
+#include <sona.h>
+
+static sona_lora *make(uint32_t hidden, uint32_t rank, uint32_t count)
+{
+    sona_lora_config cfg;
+    sona_lora_config_default(&cfg, SONA_LORA_MICRO, hidden);
+    cfg.rank = rank;
+    cfg.count = count;
+    sona_lora *l = NULL;
+    cr_assert_eq(sona_lora_create(&cfg, &l), SONA_OK, "%s", sona_last_error());
+    return l;
+}
+
+static void fill(sona_rng *r, float *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        v[i] = 2.0f * sona_rng_uniform(r) - 1.0f;
+}
+
+static double projection(sona_lora *l, int32_t a, const float *x, const float *delta, uint32_t H)
+{
+    float *y = malloc(H * sizeof *y);
+    cr_assert_eq(sona_lora_forward(l, a, x, y), SONA_OK);
+    double p = 0;
+    for (uint32_t h = 0; h < H; h++)
+        p += (double)(y[h] - x[h]) * delta[h];
+    free(y);
+    return p;
+}
+
+Test(lora, new_adapter_is_identity)
+{
+    const uint32_t H = 300;
+    sona_lora *l = make(H, 2, 3);
+    float x[300], y[300];
+    sona_rng r;
+    sona_rng_seed(&r, 1, 0);
+    fill(&r, x, H);
+    for (int32_t a = -1; a < 3; a++) {
+        cr_assert_eq(sona_lora_forward(l, a, x, y), SONA_OK);
+        cr_assert_eq(memcmp(x, y, sizeof x), 0, "adapter %d is not the identity", a);
+    }
+    sona_lora_destroy(l);
+}
+
+static void learning_direction(float w, uint32_t H, uint32_t rank)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[lora] learning direction w=%g H=%u r=%u seed %" PRIu64 "\n", w, H, rank, seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 0);
+    sona_lora *l = make(H, rank, 2);
+    float *x = malloc(H * sizeof *x), *delta = malloc(H * sizeof *delta);
+    fill(&r, x, H);
+    fill(&r, delta, H);
+    double before = projection(l, 1, x, delta, H);
+    double other_before = projection(l, 0, x, delta, H);
+    for (int step = 0; step < 3; step++) {
+        cr_assert_eq(sona_lora_accumulate(l, 1, x, delta, w), SONA_OK, "%s", sona_lora_last_error(l));
+        cr_assert_eq(sona_lora_pending(l), 1);
+        cr_assert_eq(sona_lora_apply_updates(l), SONA_OK);
+        cr_assert_eq(sona_lora_pending(l), 0);
+        double after = projection(l, 1, x, delta, H);
+        if (w > 0)
+            cr_assert_gt(after, before + 1e-6, "step %d: <y-x, delta> did not grow (%g -> %g)", step, before, after);
+        else
+            cr_assert_lt(after, before - 1e-6, "step %d: <y-x, delta> did not shrink (%g -> %g)", step, before, after);
+        before = after;
+    }
+    /* Only the adapter that got the signal moved. */
+    cr_assert_eq(projection(l, 0, x, delta, H), other_before);
+    /* Both matrices were trained: A moved too, not B alone. */
+    float *A0 = malloc((size_t)rank * H * sizeof *A0), *A1 = malloc((size_t)rank * H * sizeof *A1);
+    cr_assert_eq(sona_lora_get_weights(l, 0, A0, NULL), SONA_OK);
+    sona_lora_config cfg = *sona_lora_get_config(l);
+    sona_lora *fresh = NULL;
+    cr_assert_eq(sona_lora_create(&cfg, &fresh), SONA_OK);
+    cr_assert_eq(sona_lora_get_weights(fresh, 1, A0, NULL), SONA_OK);
+    cr_assert_eq(sona_lora_get_weights(l, 1, A1, NULL), SONA_OK);
+    cr_assert_neq(memcmp(A0, A1, (size_t)rank * H * sizeof *A0), 0, "A was not trained");
+    sona_lora_destroy(fresh);
+    free(A0);
+    free(A1);
+    free(x);
+    free(delta);
+    sona_lora_destroy(l);
+}
+
+Test(lora, positive_signal_increases_projection) { learning_direction(0.8f, 257, 2); }
+Test(lora, negative_signal_decreases_projection) { learning_direction(-0.6f, 257, 2); }
+Test(lora, learning_direction_rank1_and_rank16)
+{
+    learning_direction(1.0f, 64, 1);
+    learning_direction(-1.0f, 1031, 16);
+}
+
+/* Snapshot of every adapter's weights, for bit-for-bit comparisons. */
+static float *snapshot(sona_lora *l)
+{
+    const sona_lora_config *c = sona_lora_get_config(l);
+    const size_t af = (size_t)c->rank * c->hidden;
+    float *s = malloc(2 * af * c->count * sizeof *s);
+    for (uint32_t a = 0; a < c->count; a++)
+        cr_assert_eq(sona_lora_get_weights(l, (int32_t)a, s + 2 * a * af, s + (2 * a + 1) * af), SONA_OK);
+    return s;
+}
+
+Test(lora, bad_input_is_refused_and_changes_nothing)
+{
+    const uint32_t H = 33;
+    sona_lora *l = make(H, 2, 2);
+    float x[33], d[33], A[66], B[66];
+    sona_rng r;
+    sona_rng_seed(&r, 7, 0);
+    fill(&r, x, H);
+    fill(&r, d, H);
+    /* Give the adapter non-trivial weights first. */
+    cr_assert_eq(sona_lora_accumulate(l, 0, x, d, 1.0f), SONA_OK);
+    cr_assert_eq(sona_lora_apply_updates(l), SONA_OK);
+    float *before = snapshot(l);
+    const size_t bytes = 2 * 2 * 66 * sizeof(float);
+
+    cr_expect_eq(sona_lora_accumulate(l, 0, NULL, d, 1.0f), SONA_E_NULL);
+    cr_expect_eq(sona_lora_accumulate(l, 0, x, NULL, 1.0f), SONA_E_NULL);
+    cr_expect_eq(sona_lora_accumulate(l, 2, x, d, 1.0f), SONA_E_INVALID);
+    cr_expect_eq(sona_lora_accumulate(l, -2, x, d, 1.0f), SONA_E_INVALID);
+    cr_expect_eq(sona_lora_accumulate(l, 0, x, d, NAN), SONA_E_NONFINITE);
+    cr_expect_eq(sona_lora_accumulate(l, 0, x, d, INFINITY), SONA_E_NONFINITE);
+    float saved = x[5];
+    x[5] = NAN;
+    cr_expect_eq(sona_lora_accumulate(l, 0, x, d, 1.0f), SONA_E_NONFINITE);
+    x[5] = saved;
+    saved = d[32];
+    d[32] = -INFINITY;
+    cr_expect_eq(sona_lora_accumulate(l, 0, x, d, 1.0f), SONA_E_NONFINITE);
+    cr_expect(strlen(sona_lora_last_error(l)) > 0, "a refused call leaves a message");
+    d[32] = saved;
+    /* A batch with one bad row is refused whole. */
+    float xb[66], db[66], wb[2] = {1.0f, NAN};
+    int32_t ids[2] = {0, 1};
+    memcpy(xb, x, sizeof x);
+    memcpy(xb + 33, x, sizeof x);
+    memcpy(db, d, sizeof d);
+    memcpy(db + 33, d, sizeof d);
+    cr_expect_eq(sona_lora_accumulate_batch(l, 2, ids, xb, db, wb), SONA_E_NONFINITE);
+    cr_expect_eq(sona_lora_accumulate_batch(l, 0, ids, xb, db, wb), SONA_E_INVALID);
+    cr_expect_eq(sona_lora_pending(l), 0, "nothing was accumulated");
+    cr_expect_eq(sona_lora_apply_updates(l), SONA_OK);
+    /* Non-finite weights are refused. */
+    memset(A, 0, sizeof A);
+    memset(B, 0, sizeof B);
+    B[7] = NAN;
+    cr_expect_eq(sona_lora_set_weights(l, 0, A, B), SONA_E_NONFINITE);
+    cr_expect_eq(sona_lora_set_weights(l, 5, A, NULL), SONA_E_INVALID);
+    cr_expect_eq(sona_lora_forward(l, 3, x, x), SONA_E_INVALID);
+    cr_expect_eq(sona_lora_forward(NULL, 0, x, x), SONA_E_NULL);
+
+    float *after = snapshot(l);
+    cr_assert_eq(memcmp(before, after, bytes), 0, "a refused call changed the adapter");
+    free(before);
+    free(after);
+    sona_lora_destroy(l);
+    sona_lora_destroy(NULL); /* a no-op */
+}
+
+Test(lora, bad_config_is_refused)
+{
+    sona_lora_config cfg;
+    sona_lora_config_default(&cfg, SONA_LORA_BASE, 128);
+    sona_lora *l = (sona_lora *)0x1;
+    cfg.rank = 0;
+    cr_expect_eq(sona_lora_create(&cfg, &l), SONA_E_INVALID);
+    cr_expect_null(l);
+    cr_expect(strlen(sona_last_error()) > 0);
+    cfg.rank = 65;
+    cr_expect_eq(sona_lora_create(&cfg, &l), SONA_E_INVALID);
+    cfg.rank = 8;
+    cfg.hidden = 0;
+    cr_expect_eq(sona_lora_create(&cfg, &l), SONA_E_INVALID);
+    cfg.hidden = 128;
+    cfg.alpha = NAN;
+    cr_expect_eq(sona_lora_create(&cfg, &l), SONA_E_NONFINITE);
+    cr_expect_eq(sona_lora_create(NULL, &l), SONA_E_NULL);
+}
+
+Test(lora, weights_round_trip_and_seed_is_deterministic)
+{
+    const uint32_t H = 45, R = 3;
+    sona_lora *a = make(H, R, 2), *b = make(H, R, 2);
+    float A1[135], A2[135], B1[135], B2[135];
+    cr_assert_eq(sona_lora_get_weights(a, 1, A1, B1), SONA_OK);
+    cr_assert_eq(sona_lora_get_weights(b, 1, A2, NULL), SONA_OK);
+    cr_assert_eq(memcmp(A1, A2, sizeof A1), 0, "same seed, different A");
+    sona_rng r;
+    sona_rng_seed(&r, 99, 0);
+    fill(&r, A1, 135);
+    fill(&r, B1, 135);
+    cr_assert_eq(sona_lora_set_weights(a, 1, A1, B1), SONA_OK);
+    cr_assert_eq(sona_lora_get_weights(a, 1, A2, B2), SONA_OK);
+    cr_assert_eq(memcmp(A1, A2, sizeof A1), 0);
+    cr_assert_eq(memcmp(B1, B2, sizeof B1), 0);
+    /* forward matches y = x + s B (A x) computed here in double */
+    float x[45], y[45];
+    fill(&r, x, H);
+    cr_assert_eq(sona_lora_forward(a, 1, x, y), SONA_OK);
+    const double s = sona_lora_get_config(a)->alpha / R;
+    for (uint32_t h = 0; h < H; h++) {
+        double acc = x[h];
+        for (uint32_t j = 0; j < R; j++) {
+            double t = 0;
+            for (uint32_t k = 0; k < H; k++)
+                t += (double)A1[j * H + k] * x[k];
+            acc += s * B1[h * R + j] * t;
+        }
+        cr_assert_float_eq(y[h], acc, 1e-4, "h=%u", h);
+    }
+    sona_lora_destroy(a);
+    sona_lora_destroy(b);
+}
+
+Test(lora, batched_forward_matches_single_rows)
+{
+    const uint32_t H = 129, n = 7;
+    sona_lora *l = make(H, 4, 3);
+    sona_rng r;
+    sona_rng_seed(&r, 5, 0);
+    float A[516], B[516];
+    for (int32_t a = 0; a < 3; a++) {
+        fill(&r, A, 516);
+        fill(&r, B, 516);
+        cr_assert_eq(sona_lora_set_weights(l, a, A, B), SONA_OK);
+    }
+    float x[7 * 129], yb[7 * 129], ys[129];
+    int32_t ids[7] = {0, 2, -1, 1, 1, 0, -1};
+    fill(&r, x, n * H);
+    cr_assert_eq(sona_lora_forward_batch(l, n, ids, x, yb), SONA_OK);
+    for (uint32_t i = 0; i < n; i++) {
+        cr_assert_eq(sona_lora_forward(l, ids[i], x + i * H, ys), SONA_OK);
+        cr_assert_eq(memcmp(ys, yb + i * H, sizeof ys), 0, "row %u differs", i);
+    }
+    /* in place */
+    cr_assert_eq(sona_lora_forward_batch(l, n, ids, x, x), SONA_OK);
+    cr_assert_eq(memcmp(x, yb, sizeof yb), 0);
+    sona_lora_destroy(l);
+}
+
+Test(api, status_strings_and_version)
+{
+    for (int s = 0; s < SONA_STATUS_COUNT; s++)
+        cr_expect(strlen(sona_status_str((sona_status)s)) > 0);
+    cr_expect_str_eq(sona_status_str((sona_status)999), "unknown status");
+    cr_expect_str_eq(sona_version(), SONA_VERSION_STRING);
+    cr_expect_eq(sona_version_number(), SONA_VERSION_NUMBER);
+}
