@@ -29,6 +29,7 @@ sona_status sona_scalar_param_update(void *ctx, const sona_param_update_args *a)
 sona_status sona_scalar_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a);
 sona_status sona_scalar_knn_exact(void *ctx, const sona_knn_exact_args *a);
 sona_status sona_scalar_gemm(void *ctx, const sona_gemm_args *a);
+sona_status sona_scalar_cluster_sums(void *ctx, const sona_cluster_sums_args *a);
 
 /* supports() of every CPU variant: ranks up to SONA_CPU_MAX_RANK. */
 int sona_cpu_supports(void *ctx, sona_op op, const void *args);

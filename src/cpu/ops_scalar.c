@@ -178,6 +178,24 @@ sona_status sona_scalar_gemm(void *ctx, const sona_gemm_args *a)
     return SONA_OK;
 }
 
+sona_status sona_scalar_cluster_sums(void *ctx, const sona_cluster_sums_args *a)
+{
+    (void)ctx;
+    memset(a->sums, 0, (size_t)a->k * a->d * sizeof *a->sums);
+    memset(a->counts, 0, a->k * sizeof *a->counts);
+    for (uint32_t i = 0; i < a->n; i++) {
+        const int32_t j = a->idx[i];
+        if (j < 0 || j >= (int32_t)a->k)
+            continue;
+        const float *x = a->X + (size_t)i * a->d;
+        float *s = a->sums + (size_t)j * a->d;
+        for (uint32_t t = 0; t < a->d; t++)
+            s[t] += x[t];
+        a->counts[j]++;
+    }
+    return SONA_OK;
+}
+
 int sona_cpu_supports(void *ctx, sona_op op, const void *args)
 {
     (void)ctx;
@@ -204,4 +222,5 @@ const sona_backend sona_cpu_scalar = {
     .sqdist_argmin = sona_scalar_sqdist_argmin,
     .knn_exact = sona_scalar_knn_exact,
     .gemm = sona_scalar_gemm,
+    .cluster_sums = sona_scalar_cluster_sums,
 };

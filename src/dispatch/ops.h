@@ -15,6 +15,7 @@ typedef enum sona_op {
     SONA_OP_SQDIST_ARGMIN,
     SONA_OP_KNN_EXACT,
     SONA_OP_GEMM,
+    SONA_OP_CLUSTER_SUMS,
     SONA_OP_COUNT
 } sona_op;
 
@@ -109,6 +110,17 @@ typedef struct sona_gemm_args {
     float *C;
 } sona_gemm_args;
 
+/* The k-means centroid step: for each cluster j < k, sums[j] = sum of the rows X[i] (of
+ * X[n][d]) with idx[i] == j, and counts[j] = how many (exact integers). Rows with idx outside
+ * 0..k-1 are ignored. Both outputs are overwritten. */
+typedef struct sona_cluster_sums_args {
+    uint32_t n, k, d;
+    const float *X;
+    const int32_t *idx;
+    float *sums;
+    uint32_t *counts;
+} sona_cluster_sums_args;
+
 /* One backend, or one CPU variant: a struct of function pointers. A NULL op is unsupported.
  * ctx is the backend's own state (NULL for CPU variants). */
 typedef struct sona_backend {
@@ -132,6 +144,7 @@ typedef struct sona_backend {
     sona_status (*sqdist_argmin)(void *ctx, const sona_sqdist_argmin_args *a);
     sona_status (*knn_exact)(void *ctx, const sona_knn_exact_args *a);
     sona_status (*gemm)(void *ctx, const sona_gemm_args *a);
+    sona_status (*cluster_sums)(void *ctx, const sona_cluster_sums_args *a);
 
     /* Message of the backend's last failure, naming the failing call. */
     const char *(*last_error)(void *ctx);

@@ -57,6 +57,7 @@ static void cpu_init(void)
         FILL_FROM_SCALAR(m, sqdist_argmin);
         FILL_FROM_SCALAR(m, knn_exact);
         FILL_FROM_SCALAR(m, gemm);
+        FILL_FROM_SCALAR(m, cluster_sums);
     }
     size_t best = 0;
     for (size_t i = 0; i < CPU_VARIANT_COUNT; i++)
@@ -254,6 +255,7 @@ int sona_backend_supports(const sona_backend *b, sona_op op, const void *args)
     case SONA_OP_SQDIST_ARGMIN: fn = (const void *)b->sqdist_argmin; break;
     case SONA_OP_KNN_EXACT: fn = (const void *)b->knn_exact; break;
     case SONA_OP_GEMM: fn = (const void *)b->gemm; break;
+    case SONA_OP_CLUSTER_SUMS: fn = (const void *)b->cluster_sums; break;
     default: return 0;
     }
     return fn && (!b->supports || b->supports(b->ctx, op, args));
@@ -262,7 +264,8 @@ int sona_backend_supports(const sona_backend *b, sona_op op, const void *args)
 const char *sona_op_name(sona_op op)
 {
     static const char *const names[SONA_OP_COUNT] = {"lora_apply", "lora_grad", "param_update",
-                                                     "sqdist_argmin", "knn_exact", "gemm"};
+                                                     "sqdist_argmin", "knn_exact", "gemm",
+                                                     "cluster_sums"};
     return (unsigned)op < SONA_OP_COUNT ? names[op] : "unknown";
 }
 

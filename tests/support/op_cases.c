@@ -56,6 +56,10 @@ const op_case op_cases[] = {
     {.op = SONA_OP_GEMM, .m = 17, .n = 31, .k = 257, .trans_b = 1},
     {.op = SONA_OP_GEMM, .m = 64, .n = 100, .k = 77, .trans_a = 1, .trans_b = 1},
     {.op = SONA_OP_GEMM, .m = 129, .n = 257, .k = 300},
+    /* cluster_sums (idx includes out-of-range rows, which are ignored) */
+    {.op = SONA_OP_CLUSTER_SUMS, .n = 1, .k = 1, .d = 1},
+    {.op = SONA_OP_CLUSTER_SUMS, .n = 100, .k = 7, .d = 33},
+    {.op = SONA_OP_CLUSTER_SUMS, .n = 1001, .k = 50, .d = 256},
 };
 /* clang-format on */
 const size_t op_case_count = sizeof op_cases / sizeof op_cases[0];
@@ -81,6 +85,9 @@ void op_case_describe(const op_case *c, char *buf, size_t len)
     case SONA_OP_GEMM:
         snprintf(buf, len, "gemm m=%u n=%u k=%u%s%s", c->m, c->n, c->k, c->trans_a ? " At" : "",
                  c->trans_b ? " Bt" : "");
+        break;
+    case SONA_OP_CLUSTER_SUMS:
+        snprintf(buf, len, "cluster_sums n=%u k=%u d=%u", c->n, c->k, c->d);
         break;
     default:
         snprintf(buf, len, "unknown op");
@@ -338,6 +345,21 @@ static void ref_gemm(op_instance *in)
         }
 }
 
+static void ref_cluster_sums(op_instance *in)
+{
+    const op_case *c = &in->c;
+    for (size_t i = 0; i < c->n; i++) {
+        const int32_t j = in->iin[i];
+        if (j < 0 || j >= (int32_t)c->k)
+            continue;
+        for (size_t t = 0; t < c->d; t++) {
+            in->ref[0][(size_t)j * c->d + t] += in->X[i * c->d + t];
+            in->mag[0][(size_t)j * c->d + t] += fabs(in->X[i * c->d + t]);
+        }
+        in->iref[j]++;
+    }
+}
+
 int op_instance_prepare(op_instance *in, const op_case *c, uint64_t seed)
 {
     memset(in, 0, sizeof *in);
@@ -403,6 +425,14 @@ int op_instance_prepare(op_instance *in, const op_case *c, uint64_t seed)
         alloc_outputs(in, (size_t)c->m * c->k, 0, (size_t)c->m * c->k);
         ref_knn_exact(in);
         break;
+    case SONA_OP_CLUSTER_SUMS:
+        in->X = rand_floats(&r, (size_t)c->n * c->d, -1, 1);
+        in->iin = malloc(c->n * sizeof *in->iin);
+        for (size_t i = 0; i < c->n; i++) /* a few rows point outside 0..k-1 */
+            in->iin[i] = sona_rng_below(&r, 20) == 0 ? (int32_t)c->k + 1 : (int32_t)sona_rng_below(&r, c->k);
+        alloc_outputs(in, (size_t)c->k * c->d, 0, c->k);
+        ref_cluster_sums(in);
+        break;
     case SONA_OP_GEMM:
         in->gemmA = rand_floats(&r, (size_t)c->m * c->k, -1, 1);
         in->gemmB = rand_floats(&r, (size_t)c->k * c->n, -1, 1);
@@ -422,7 +452,7 @@ void op_instance_free(op_instance *in)
 {
     void *host[] = {in->ids, in->x, in->d, in->wt, in->A, in->Bt, in->scale, in->gA0, in->gBt0,
                     in->theta0, in->g, in->fsum, in->ftheta, in->fisher0, in->X, in->C, in->Q,
-                    in->P, in->gemmA, in->gemmB, in->gemmC0, in->ref[0], in->ref[1], in->mag[0],
+                    in->P, in->gemmA, in->gemmB, in->gemmC0, in->iin, in->ref[0], in->ref[1], in->mag[0],
                     in->mag[1], in->iref};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++)
         free(host[i]);
@@ -486,6 +516,7 @@ sona_status op_instance_run(op_instance *in, const sona_backend *b, char *msg, s
         sona_sqdist_argmin_args sq;
         sona_knn_exact_args knn;
         sona_gemm_args gemm;
+        sona_cluster_sums_args cs;
     } a;
     memset(&a, 0, sizeof a);
     if (c->op == SONA_OP_LORA_APPLY || c->op == SONA_OP_LORA_GRAD) {
@@ -506,6 +537,7 @@ sona_status op_instance_run(op_instance *in, const sona_backend *b, char *msg, s
     case SONA_OP_KNN_EXACT:
         a.knn = (sona_knn_exact_args){.m = c->m, .n = c->n, .d = c->d, .k = c->k};
         break;
+    case SONA_OP_CLUSTER_SUMS: a.cs = (sona_cluster_sums_args){.n = c->n, .k = c->k, .d = c->d}; break;
     case SONA_OP_GEMM:
         a.gemm = (sona_gemm_args){.m = c->m, .n = c->n, .k = c->k, .trans_a = c->trans_a,
                                   .trans_b = c->trans_b, .alpha = in->alpha, .beta = in->beta};
@@ -605,6 +637,16 @@ sona_status op_instance_run(op_instance *in, const sona_backend *b, char *msg, s
         fetch(&rc, in->got[0], a.gemm.C, cb);
         break;
     }
+    case SONA_OP_CLUSTER_SUMS:
+        a.cs.X = stage(&rc, in->X, (size_t)c->n * c->d * F, 0);
+        a.cs.idx = stage(&rc, in->iin, c->n * sizeof(int32_t), 0);
+        a.cs.sums = stage(&rc, in->got[0], (size_t)c->k * c->d * F, 1);
+        a.cs.counts = stage(&rc, in->igot, c->k * sizeof(uint32_t), 1);
+        if (rc.st == SONA_OK)
+            st = b->cluster_sums(b->ctx, &a.cs);
+        fetch(&rc, in->got[0], a.cs.sums, (size_t)c->k * c->d * F);
+        fetch(&rc, in->igot, a.cs.counts, c->k * sizeof(uint32_t));
+        break;
     default:
         st = SONA_E_INVALID;
     }
@@ -648,6 +690,7 @@ int op_instance_check(const op_instance *in, char *msg, size_t msg_len)
     case SONA_OP_GEMM: K = c->k + 2; break;
     case SONA_OP_SQDIST_ARGMIN: K = 2 * c->d + 4; break;
     case SONA_OP_KNN_EXACT: K = 3 * c->d + 16; break;
+    case SONA_OP_CLUSTER_SUMS: K = c->n + 2; break;
     default: break;
     }
     if (c->op == SONA_OP_SQDIST_ARGMIN) {
@@ -698,6 +741,12 @@ int op_instance_check(const op_instance *in, char *msg, size_t msg_len)
             }
         return 1;
     }
+    if (c->op == SONA_OP_CLUSTER_SUMS)
+        for (size_t j = 0; j < c->k; j++)
+            if (in->igot[j] != in->iref[j]) {
+                snprintf(msg, msg_len, "cluster %zu: count %d, want %d", j, in->igot[j], in->iref[j]);
+                return 0;
+            }
     for (int o = 0; o < 2; o++)
         for (size_t i = 0; i < in->out_len[o]; i++)
             if (!within(in->got[o][i], in->ref[o][i], in->mag[o][i], K)) {

@@ -15,7 +15,8 @@ typedef struct op_case {
     uint32_t n, hidden, rank, adapters;
     /* param_update: segments x len; flags below */
     uint32_t segments, len;
-    /* sqdist_argmin: n x d against k;  knn_exact: m x d against n, top k;  gemm: m n k */
+    /* sqdist_argmin, cluster_sums: n x d, k clusters;  knn_exact: m x d against n, top k;
+     * gemm: m n k */
     uint32_t m, k, d;
     int trans_a, trans_b;
     int with_ewc, with_fisher, with_clip; /* param_update options */
@@ -41,6 +42,7 @@ typedef struct op_instance {
     float *X, *C;                                /* sqdist_argmin: X n x d, C k x d; gemm: A B C0 */
     float *Q, *P;                                /* knn */
     float *gemmA, *gemmB, *gemmC0;
+    int32_t *iin;                                /* cluster_sums: idx */
     float alpha, beta;
     float lr, lambda, clip, decay;
     /* outputs: up to two float arrays and one int array, each with `out_len` elements */
