@@ -228,7 +228,7 @@ sona_status sona_lora_forward_batch(sona_lora *l, uint32_t n, const int32_t *ids
     a.x = dx;
     a.y = dy;
     a.ids = dids;
-    if ((st = l->be->lora_apply(l->be->ctx, &a)) != SONA_OK)
+    if ((st = sona_op_run(l->be, SONA_OP_LORA_APPLY, &a)) != SONA_OK)
         return backend_failed(l, "lora_apply", st);
     if (!l->be->host_memory && l->be->download(l->be->ctx, y, dy, 0, bytes) != SONA_OK)
         return backend_failed(l, "download", SONA_E_BACKEND);
@@ -264,7 +264,7 @@ sona_status sona_lora_accumulate_batch(sona_lora *l, uint32_t n, const int32_t *
         return st;
     sona_lora_grad_args a = {.w = weights_of(l), .n = n, .ids = dids, .x = dx, .d = dd, .wt = dw,
                              .gA = l->gA, .gBt = l->gBt};
-    if ((st = l->be->lora_grad(l->be->ctx, &a)) != SONA_OK)
+    if ((st = sona_op_run(l->be, SONA_OP_LORA_GRAD, &a)) != SONA_OK)
         return backend_failed(l, "lora_grad", st);
     for (uint32_t i = 0; i < n; i++)
         if (ids[i] >= 0) {
@@ -318,7 +318,7 @@ sona_status sona_lora_apply_updates(sona_lora *l)
                                     .g = grads[m],
                                     .lr = l->cfg.learning_rate,
                                     .clip_norm = l->cfg.clip_norm};
-        sona_status st = l->be->param_update(l->be->ctx, &u);
+        sona_status st = sona_op_run(l->be, SONA_OP_PARAM_UPDATE, &u);
         if (st != SONA_OK)
             return backend_failed(l, "param_update", st);
     }
