@@ -41,7 +41,7 @@ typedef struct ocl_ctx {
     size_t max_alloc;         /* CL_DEVICE_MAX_MEM_ALLOC_SIZE */
     int from_cache;           /* the program binary came from the disk cache */
     char cache_path[1024];    /* where the binary is (or would be) cached */
-    char device_text[512];    /* sona_backend.device */
+    char device_text[640];    /* sona_backend.device */
     const char *fault_op;     /* SONA_OPENCL_FAULT: op name (or "all") that fails on purpose */
     pthread_mutex_t lock;     /* kernels' arguments and scratch buffers are shared state */
     ocl_scratch scratch[S_COUNT];
