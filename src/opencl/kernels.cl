@@ -163,8 +163,9 @@ __kernel void sqdist_argmin(uint n, uint k, uint d, __global const float *X,
     dist[i] = best;
 }
 
-/* Euclidean norm of each row of V[rows][d]. */
-__kernel void row_norms(uint rows, uint d, __global const float *V, __global float *norms)
+/* Euclidean norm (squared when `squared`) of each row of V[rows][d]. */
+__kernel void row_norms(uint rows, uint d, uint squared, __global const float *V,
+                        __global float *norms)
 {
     const uint i = get_global_id(0);
     if (i >= rows)
@@ -173,7 +174,31 @@ __kernel void row_norms(uint rows, uint d, __global const float *V, __global flo
     float acc = 0.0f;
     for (uint t = 0; t < d; t++)
         acc += v[t] * v[t];
-    norms[i] = sqrt(acc);
+    norms[i] = squared ? acc : sqrt(acc);
+}
+
+/* sqdist_argmin for large shapes, after a GEMM: G[rows][k] = -2 X C^T for rows q0.., and the
+ * squared norms; |x|^2 + |c|^2 - 2 x.c, clamped at 0, lowest index on ties. */
+__kernel void argmin_from_gemm(uint q0, uint rows, uint k, __global const float *G,
+                               __global const float *xsq, __global const float *csq,
+                               __global int *idx, __global float *dist)
+{
+    const uint i = get_global_id(0);
+    if (i >= rows)
+        return;
+    __global const float *g = G + (size_t)i * k;
+    const float xs = xsq[q0 + i];
+    float best = INFINITY;
+    int best_j = 0;
+    for (uint j = 0; j < k; j++) {
+        const float v = xs + csq[j] + g[j];
+        if (v < best) {
+            best = v;
+            best_j = (int)j;
+        }
+    }
+    idx[q0 + i] = best_j;
+    dist[q0 + i] = max(best, 0.0f);
 }
 
 /* Cosine similarity of queries q0..q0+rows against every P row, into S[rows][n]. */
@@ -224,24 +249,27 @@ __kernel void topk_rows(uint q0, uint rows, uint n, uint k, __global const float
     }
 }
 
-/* One work item per (cluster j, column t): the sum of column t over the rows assigned to j,
- * in row order; column 0 also counts the rows. The only writer of sums and counts. */
+/* One work item per column t: zeroes its column of sums, then adds the rows in row order
+ * (as the CPU does); work item 0 also counts. The only writer of sums and counts. */
 __kernel void cluster_sums(uint n, uint k, uint d, __global const float *X,
                            __global const int *idx, __global float *sums, __global uint *counts)
 {
-    const uint t = get_global_id(0), j = get_global_id(1);
-    if (j >= k || t >= max(d, 1u))
+    const uint t = get_global_id(0);
+    if (t >= max(d, 1u))
         return;
-    float acc = 0.0f;
-    uint count = 0;
-    for (uint i = 0; i < n; i++)
-        if (idx[i] == (int)j) {
-            if (t < d)
-                acc += X[(size_t)i * d + t];
-            count++;
-        }
-    if (t < d)
-        sums[(size_t)j * d + t] = acc;
-    if (t == 0)
-        counts[j] = count;
+    for (uint j = 0; j < k; j++) {
+        if (t < d)
+            sums[(size_t)j * d + t] = 0.0f;
+        if (t == 0)
+            counts[j] = 0;
+    }
+    for (uint i = 0; i < n; i++) {
+        const int j = idx[i];
+        if (j < 0 || j >= (int)k)
+            continue;
+        if (t < d)
+            sums[(size_t)j * d + t] += X[(size_t)i * d + t];
+        if (t == 0)
+            counts[j]++;
+    }
 }

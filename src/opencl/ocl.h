@@ -20,6 +20,7 @@ enum ocl_kernel_id {
     K_COSINE_BLOCK,
     K_TOPK_ROWS,
     K_CLUSTER_SUMS,
+    K_ARGMIN_FROM_GEMM,
     K_COUNT
 };
 

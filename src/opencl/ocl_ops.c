@@ -17,6 +17,8 @@ static cl_mem mem_of(const void *p) { return (cl_mem)(uintptr_t)p; }
 
 static size_t round_up(size_t v, size_t to) { return (v + to - 1) / to * to; }
 
+static const char *clblast_status_name(CLBlastStatusCode s);
+
 /* SONA_OPENCL_FAULT=<op>|all makes that op fail before it touches anything (tests). */
 static int fault_injected(const ocl_ctx *c, const char *op)
 {
@@ -146,6 +148,55 @@ sona_status ocl_param_update(void *ctx, const sona_param_update_args *a)
     return st;
 }
 
+/* Below this many multiply-adds a direct kernel beats the three launches of the GEMM form. */
+#define SQDIST_GEMM_MIN_FLOPS ((size_t)1 << 22)
+/* The GEMM output is produced for a block of rows at a time, at most this many bytes. */
+#define SQDIST_BLOCK_BYTES ((size_t)64 << 20)
+
+/* Large shapes: squared norms, then per block of rows G = -2 X C^T (CLBlast), then argmin. */
+static sona_status sqdist_argmin_gemm(ocl_ctx *c, const sona_sqdist_argmin_args *a, cl_mem X,
+                                      cl_mem C, cl_mem idx, cl_mem dist)
+{
+    cl_mem xsq, csq, G;
+    const size_t row_bytes = (size_t)a->k * sizeof(float);
+    const size_t block = SQDIST_BLOCK_BYTES < c->max_alloc ? SQDIST_BLOCK_BYTES : c->max_alloc;
+    size_t rows = block / row_bytes ? block / row_bytes : 1;
+    if (rows > a->n)
+        rows = a->n;
+    sona_status st = ocl_scratch_get(c, S_A, a->n * sizeof(float), &xsq);
+    if (st == SONA_OK)
+        st = ocl_scratch_get(c, S_B, row_bytes, &csq);
+    if (st == SONA_OK)
+        st = ocl_scratch_get(c, S_C, rows * row_bytes, &G);
+    const cl_uint squared = 1;
+    if (st == SONA_OK) {
+        const karg args[] = {ARG(a->n), ARG(a->d), ARG(squared), ARG(X), ARG(xsq)};
+        const size_t global = round_up(a->n, 64);
+        st = launch(c, K_ROW_NORMS, args, 5, 1, &global, NULL);
+    }
+    if (st == SONA_OK) {
+        const karg args[] = {ARG(a->k), ARG(a->d), ARG(squared), ARG(C), ARG(csq)};
+        const size_t global = round_up(a->k, 64);
+        st = launch(c, K_ROW_NORMS, args, 5, 1, &global, NULL);
+    }
+    for (cl_uint q0 = 0; st == SONA_OK && q0 < a->n; q0 += (cl_uint)rows) {
+        const cl_uint nrows = (cl_uint)(a->n - q0 < rows ? a->n - q0 : rows);
+        CLBlastStatusCode s = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo,
+                                           CLBlastTransposeYes, nrows, a->k, a->d, -2.0f, X,
+                                           (size_t)q0 * a->d, a->d, C, 0, a->d, 0.0f, G, 0, a->k,
+                                           &c->queue, NULL);
+        if (s != CLBlastSuccess) {
+            st = ocl_failf(SONA_E_BACKEND, "CLBlastSgemm (sqdist_argmin): %s (%d)",
+                           clblast_status_name(s), (int)s);
+            break;
+        }
+        const karg args[] = {ARG(q0), ARG(nrows), ARG(a->k), ARG(G), ARG(xsq), ARG(csq), ARG(idx), ARG(dist)};
+        const size_t global = round_up(nrows, 64);
+        st = launch(c, K_ARGMIN_FROM_GEMM, args, 8, 1, &global, NULL);
+    }
+    return st;
+}
+
 sona_status ocl_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a)
 {
     ocl_ctx *c = ctx;
@@ -153,10 +204,15 @@ sona_status ocl_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a)
     if (a->n == 0)
         return SONA_OK;
     cl_mem X = mem_of(a->X), C = mem_of(a->C), idx = mem_of(a->idx), dist = mem_of(a->dist);
-    const karg args[] = {ARG(a->n), ARG(a->k), ARG(a->d), ARG(X), ARG(C), ARG(idx), ARG(dist)};
-    const size_t global = round_up(a->n, 64);
     pthread_mutex_lock(&c->lock);
-    sona_status st = launch(c, K_SQDIST_ARGMIN, args, 7, 1, &global, NULL);
+    sona_status st;
+    if ((size_t)a->n * a->k * a->d < SQDIST_GEMM_MIN_FLOPS || a->k == 0 || a->d == 0) {
+        const karg args[] = {ARG(a->n), ARG(a->k), ARG(a->d), ARG(X), ARG(C), ARG(idx), ARG(dist)};
+        const size_t global = round_up(a->n, 64);
+        st = launch(c, K_SQDIST_ARGMIN, args, 7, 1, &global, NULL);
+    } else {
+        st = sqdist_argmin_gemm(c, a, X, C, idx, dist);
+    }
     pthread_mutex_unlock(&c->lock);
     return st;
 }
@@ -184,14 +240,16 @@ sona_status ocl_knn_exact(void *ctx, const sona_knn_exact_args *a)
     if (st == SONA_OK)
         st = ocl_scratch_get(c, S_C, rows * row_bytes, &S);
     if (st == SONA_OK) {
-        const karg args[] = {ARG(a->m), ARG(a->d), ARG(Q), ARG(qn)};
+        const cl_uint squared = 0;
+        const karg args[] = {ARG(a->m), ARG(a->d), ARG(squared), ARG(Q), ARG(qn)};
         const size_t global = round_up(a->m, 64);
-        st = launch(c, K_ROW_NORMS, args, 4, 1, &global, NULL);
+        st = launch(c, K_ROW_NORMS, args, 5, 1, &global, NULL);
     }
     if (st == SONA_OK && a->n) {
-        const karg args[] = {ARG(a->n), ARG(a->d), ARG(P), ARG(pn)};
+        const cl_uint squared = 0;
+        const karg args[] = {ARG(a->n), ARG(a->d), ARG(squared), ARG(P), ARG(pn)};
         const size_t global = round_up(a->n, 64);
-        st = launch(c, K_ROW_NORMS, args, 4, 1, &global, NULL);
+        st = launch(c, K_ROW_NORMS, args, 5, 1, &global, NULL);
     }
     for (cl_uint q0 = 0; st == SONA_OK && q0 < a->m; q0 += (cl_uint)rows) {
         const cl_uint nrows = (cl_uint)(a->m - q0 < rows ? a->m - q0 : rows);
@@ -267,9 +325,9 @@ sona_status ocl_cluster_sums(void *ctx, const sona_cluster_sums_args *a)
         return SONA_OK;
     cl_mem X = mem_of(a->X), idx = mem_of(a->idx), sums = mem_of(a->sums), counts = mem_of(a->counts);
     const karg args[] = {ARG(a->n), ARG(a->k), ARG(a->d), ARG(X), ARG(idx), ARG(sums), ARG(counts)};
-    const size_t global[2] = {round_up(a->d ? a->d : 1, 16), a->k};
+    const size_t global = round_up(a->d ? a->d : 1, 64);
     pthread_mutex_lock(&c->lock);
-    sona_status st = launch(c, K_CLUSTER_SUMS, args, 7, 2, global, NULL);
+    sona_status st = launch(c, K_CLUSTER_SUMS, args, 7, 1, &global, NULL);
     pthread_mutex_unlock(&c->lock);
     return st;
 }

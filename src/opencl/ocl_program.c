@@ -24,6 +24,7 @@ static const char *const kernel_names[K_COUNT] = {
     [K_COSINE_BLOCK] = "cosine_block",
     [K_TOPK_ROWS] = "topk_rows",
     [K_CLUSTER_SUMS] = "cluster_sums",
+    [K_ARGMIN_FROM_GEMM] = "argmin_from_gemm",
 };
 
 static uint64_t fnv1a(uint64_t h, const char *s)
