@@ -39,13 +39,10 @@ static int count_files(const char *dir)
     return n;
 }
 
-/* First start in a child process compiles and stores the program; this process, started
- * second, must load it from the cache. */
-Test(opencl, second_start_loads_the_program_from_the_cache)
+/* Starts the backend in a child process: exit status 0 when it compiled its program, 1 when
+ * it loaded it from the cache, 2 when OpenCL is unavailable. */
+static int start_in_child(void)
 {
-    char dir[] = "/tmp/sona-clcache-XXXXXX";
-    cr_assert_not_null(mkdtemp(dir));
-    setenv("SONA_CACHE_DIR", dir, 1);
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0) {
@@ -53,15 +50,37 @@ Test(opencl, second_start_loads_the_program_from_the_cache)
         char why[256];
         if (sona_backend_get("opencl", &b, why, sizeof why) != SONA_OK)
             _exit(2);
-        _exit(strstr(b->device, "kernels compiled") ? 0 : 3);
+        _exit(strstr(b->device, "kernels compiled") ? 0 : strstr(b->device, "from cache") ? 1 : 3);
     }
     int status = 0;
     waitpid(pid, &status, 0);
     if (WIFEXITED(status) && WEXITSTATUS(status) == 2)
         opencl_or_skip();
-    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-              "first start did not compile into an empty cache (status %d)", status);
+    cr_assert(WIFEXITED(status), "the child start crashed (status %d)", status);
+    return WEXITSTATUS(status);
+}
+
+/* The first start (a child process) compiles and stores the program; a corrupt cache file is
+ * replaced by a fresh compile; this process, started last, must load it from the cache. */
+Test(opencl, second_start_loads_the_program_from_the_cache)
+{
+    char dir[] = "/tmp/sona-clcache-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    setenv("SONA_CACHE_DIR", dir, 1);
+    cr_assert_eq(start_in_child(), 0, "first start did not compile into an empty cache");
     cr_assert_eq(count_files(dir), 1, "the first start left no program binary in %s", dir);
+    DIR *d = opendir(dir);
+    char path[512] = "";
+    for (struct dirent *e; d && (e = readdir(d));)
+        if (e->d_name[0] != '.')
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    closedir(d);
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f);
+    fputs("not a program binary", f);
+    fclose(f);
+    cr_assert_eq(start_in_child(), 0, "a corrupt cache file was not replaced by a compile");
+    cr_assert_eq(count_files(dir), 1);
     const sona_backend *b = opencl_or_skip();
     printf("[opencl] %s\n", b->device);
     cr_expect(strstr(b->device, "kernels loaded from cache") != NULL, "second start: %s", b->device);
@@ -118,4 +137,53 @@ Test(opencl, failing_device_ops_fall_back_to_the_cpu)
     cr_expect_eq(memcmp(B[0], B[1], sizeof B[0]), 0, "B differs after CPU fallback");
     for (int k = 0; k < 2; k++)
         sona_lora_destroy(on[k]);
+}
+
+/* Loads the module in a child with the given SONA_OPENCL_DEVICE / SONA_BACKEND (NULL: unset).
+ * Exit status 0: available on a GPU, 1: available on a CPU device, 2: unavailable and why
+ * contains `why_has`, 3: anything else. */
+static int choice_in_child(const char *device, const char *backend, const char *why_has)
+{
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (device)
+            setenv("SONA_OPENCL_DEVICE", device, 1);
+        else
+            unsetenv("SONA_OPENCL_DEVICE");
+        if (backend)
+            setenv("SONA_BACKEND", backend, 1);
+        else
+            unsetenv("SONA_BACKEND");
+        const sona_backend *b;
+        char why[256] = "";
+        if (sona_backend_get("opencl", &b, why, sizeof why) != SONA_OK) {
+            printf("[opencl] SONA_OPENCL_DEVICE=%s SONA_BACKEND=%s: %s\n", device ? device : "(unset)",
+                   backend ? backend : "(unset)", why);
+            fflush(stdout);
+            _exit(why_has && strstr(why, why_has) ? 2 : 3);
+        }
+        _exit(strstr(b->device, "GPU") ? 0 : strstr(b->device, "CPU device") ? 1 : 3);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    cr_assert(WIFEXITED(status), "the child start crashed (status %d)", status);
+    return WEXITSTATUS(status);
+}
+
+/* GPUs first; a CPU device only when SONA_OPENCL_DEVICE or SONA_BACKEND=opencl asks. */
+Test(opencl, device_choice_follows_the_environment)
+{
+    const int by_index = choice_in_child("0", NULL, "no OpenCL");
+    if (by_index == 2)
+        opencl_or_skip();
+    cr_assert(by_index == 0 || by_index == 1, "SONA_OPENCL_DEVICE=0 did not pick device 0");
+    cr_expect_eq(choice_in_child("no-such-device-name", NULL, "matches no device"), 2);
+    cr_expect_eq(choice_in_child("99", NULL, "matches no device"), 2);
+    const int plain = choice_in_child(NULL, NULL, "SONA_OPENCL_DEVICE");
+    cr_expect(plain == 0 || plain == 2, "without a GPU and unasked, a CPU device was used");
+    const int forced = choice_in_child(NULL, "opencl", "no OpenCL");
+    cr_expect(forced == 0 || forced == 1, "SONA_BACKEND=opencl did not get a device");
+    if (plain == 2)
+        cr_expect_eq(forced, 1, "SONA_BACKEND=opencl must accept the CPU device");
 }
