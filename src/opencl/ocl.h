@@ -1,5 +1,14 @@
 /* Internal state of the OpenCL module: one context, one in-order queue and one program on the
- * chosen device. Buffers handed to libsona are cl_mem handles cast to pointers. */
+ * chosen device. Buffers handed to libsona are cl_mem handles cast to pointers.
+ *
+ * Environment:
+ *   SONA_OPENCL_DEVICE  device index (as listed in the "not available" message), a substring of
+ *                       the device name, or "any" (GPUs first, else a CPU device such as PoCL).
+ *                       Unset: GPUs and accelerators only, unless SONA_BACKEND=opencl.
+ *   SONA_CACHE_DIR      program binary cache (default $XDG_CACHE_HOME/sona/opencl or
+ *                       ~/.cache/sona/opencl).
+ *   SONA_OPENCL_FAULT   an op name or "all": that op fails with SONA_E_BACKEND (tests of the
+ *                       CPU fallback). */
 #ifndef SONA_OPENCL_OCL_H
 #define SONA_OPENCL_OCL_H
 
@@ -57,6 +66,8 @@ const char *ocl_status_name(cl_int err);
 
 /* Builds (or loads from the disk cache) the program and creates every kernel. */
 sona_status ocl_program_load(ocl_ctx *c);
+/* The kernel function's name, for error messages. */
+const char *ocl_kernel_name(int k);
 
 /* A scratch buffer of at least bytes (grown on demand; held under c->lock). */
 sona_status ocl_scratch_get(ocl_ctx *c, int slot, size_t bytes, cl_mem *out);

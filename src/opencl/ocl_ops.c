@@ -35,20 +35,17 @@ static sona_status launch(ocl_ctx *c, int k, const karg *args, cl_uint nargs, cl
                           const size_t *global, const size_t *local)
 {
     cl_kernel kern = c->kernels[k];
+    char what[96] = "";
     for (cl_uint i = 0; i < nargs; i++) {
         cl_int err = clSetKernelArg(kern, i, args[i].size, args[i].value);
         if (err != CL_SUCCESS) {
-            char what[64];
-            snprintf(what, sizeof what, "kernel %d argument %u", k, i);
+            snprintf(what, sizeof what, "%s argument %u", ocl_kernel_name(k), i);
             return ocl_fail(SONA_E_BACKEND, "clSetKernelArg", err, what);
         }
     }
     cl_int err = clEnqueueNDRangeKernel(c->queue, kern, dims, NULL, global, local, 0, NULL, NULL);
-    if (err != CL_SUCCESS) {
-        char name[64] = "";
-        clGetKernelInfo(kern, CL_KERNEL_FUNCTION_NAME, sizeof name, name, NULL);
-        return ocl_fail(SONA_E_BACKEND, "clEnqueueNDRangeKernel", err, name);
-    }
+    if (err != CL_SUCCESS)
+        return ocl_fail(SONA_E_BACKEND, "clEnqueueNDRangeKernel", err, ocl_kernel_name(k));
     return SONA_OK;
 }
 

@@ -27,6 +27,8 @@ static const char *const kernel_names[K_COUNT] = {
     [K_ARGMIN_FROM_GEMM] = "argmin_from_gemm",
 };
 
+const char *ocl_kernel_name(int k) { return (unsigned)k < K_COUNT ? kernel_names[k] : "?"; }
+
 static uint64_t fnv1a(uint64_t h, const char *s)
 {
     for (; *s; s++) {
