@@ -54,8 +54,6 @@ static int start_in_child(void)
     }
     int status = 0;
     waitpid(pid, &status, 0);
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 2)
-        opencl_or_skip();
     cr_assert(WIFEXITED(status), "the child start crashed (status %d)", status);
     return WEXITSTATUS(status);
 }
@@ -67,7 +65,12 @@ Test(opencl, second_start_loads_the_program_from_the_cache)
     char dir[] = "/tmp/sona-clcache-XXXXXX";
     cr_assert_not_null(mkdtemp(dir));
     setenv("SONA_CACHE_DIR", dir, 1);
-    cr_assert_eq(start_in_child(), 0, "first start did not compile into an empty cache");
+    const int first = start_in_child();
+    if (first == 2) {
+        rmdir(dir);
+        opencl_or_skip();
+    }
+    cr_assert_eq(first, 0, "first start did not compile into an empty cache");
     cr_assert_eq(count_files(dir), 1, "the first start left no program binary in %s", dir);
     DIR *d = opendir(dir);
     char path[512] = "";
