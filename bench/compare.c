@@ -132,11 +132,18 @@ done:
 void bench_comparison_print(const bench_comparison *c, FILE *f)
 {
     static const char *const labels[] = {"same", "REGRESSION", "faster", "new", "not measured now"};
+    enum { MAX_LISTED = 8 }; /* of the new and unmeasured rows (a --group run leaves out many) */
+    size_t listed[5] = {0};
     for (int pass = 0; pass < 2; pass++) /* regressions first, then everything else that changed */
         for (size_t i = 0; i < c->count; i++) {
             const bench_cmp_entry *e = &c->entries[i];
             if ((pass == 0) != (e->status == BENCH_CMP_SLOWER) || e->status == BENCH_CMP_SAME)
                 continue;
+            if ((e->status == BENCH_CMP_NEW || e->status == BENCH_CMP_GONE) && listed[e->status]++ >= MAX_LISTED) {
+                if (listed[e->status] == MAX_LISTED + 1)
+                    fprintf(f, "  %-16s ... (see the counts below)\n", labels[e->status]);
+                continue;
+            }
             fprintf(f, "  %-16s %s / %s / %s", labels[e->status], e->group, e->name, e->backend);
             if (e->base_us > 0 && e->cur_us > 0)
                 fprintf(f, ": %.3f us -> %.3f us (%+.1f%%)", e->base_us, e->cur_us, e->change_pct);
