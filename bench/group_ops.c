@@ -13,8 +13,9 @@ enum { FIXED_SEED = 20240601 };
 
 typedef struct op_bench_case {
     op_case c;
-    int large;      /* skipped on CPU backends by --quick */
-    int slow_scalar; /* skipped on the scalar reference: a minute or more per call */
+    int large;      /* skipped on CPU backends (OpenCL CPU devices included) by --quick */
+    int slow_cpu;   /* run only on SIMD CPU variants and GPUs: a minute or more per call on
+                     * the scalar reference or an OpenCL CPU device */
     int gpu_only;   /* skipped on CPU variants and OpenCL CPU devices */
 } op_bench_case;
 
@@ -249,10 +250,12 @@ static const char *skip_reason(const bench_ctx *ctx, const sona_backend *b, cons
     const int gpu = bench_backend_is_gpu(b);
     if (bc->gpu_only && !gpu)
         return "GPU-only size: minutes per call on a CPU";
-    if (bc->large && bench_quick(ctx) && b->host_memory)
+    if (bc->large && bench_quick(ctx) && !gpu)
         return "large CPU case skipped by --quick";
-    if (bc->slow_scalar && !strcmp(b->name, "scalar"))
+    if (bc->slow_cpu && !strcmp(b->name, "scalar"))
         return "too slow on the scalar reference kernel (a minute or more per call)";
+    if (bc->slow_cpu && !b->host_memory && !gpu)
+        return "too slow on an OpenCL CPU device (a minute or more per call)";
     const sona_op ops[2] = {bc->c.op, SONA_OP_CLUSTER_SUMS};
     for (int i = 0; i < (lloyd ? 2 : 1); i++)
         if (!bench_backend_own_op(b, ops[i])) {
@@ -347,7 +350,7 @@ static const op_bench_case param_update_cases[] = {
 static const op_bench_case sqdist_argmin_cases[] = {
     {.c = {.op = SONA_OP_SQDIST_ARGMIN, .n = 1000, .k = 50, .d = 256}},
     {.c = {.op = SONA_OP_SQDIST_ARGMIN, .n = 5000, .k = 100, .d = 256}},
-    {.c = {.op = SONA_OP_SQDIST_ARGMIN, .n = 100000, .k = 1000, .d = 256}, .large = 1, .slow_scalar = 1},
+    {.c = {.op = SONA_OP_SQDIST_ARGMIN, .n = 100000, .k = 1000, .d = 256}, .large = 1, .slow_cpu = 1},
 };
 static const op_bench_case cluster_sums_cases[] = {
     {.c = {.op = SONA_OP_CLUSTER_SUMS, .n = 1000, .k = 50, .d = 256}},
@@ -356,13 +359,13 @@ static const op_bench_case cluster_sums_cases[] = {
 static const op_bench_case knn_exact_cases[] = {
     {.c = {.op = SONA_OP_KNN_EXACT, .m = 1, .n = 10000, .d = 256, .k = 10}},
     {.c = {.op = SONA_OP_KNN_EXACT, .m = 64, .n = 10000, .d = 256, .k = 10}},
-    {.c = {.op = SONA_OP_KNN_EXACT, .m = 1000, .n = 100000, .d = 256, .k = 10}, .large = 1, .slow_scalar = 1},
+    {.c = {.op = SONA_OP_KNN_EXACT, .m = 1000, .n = 100000, .d = 256, .k = 10}, .large = 1, .slow_cpu = 1},
     {.c = {.op = SONA_OP_KNN_EXACT, .m = 10000, .n = 1000000, .d = 256, .k = 10}, .gpu_only = 1},
 };
 static const op_bench_case gemm_cases[] = {
     {.c = {.op = SONA_OP_GEMM, .m = 256, .n = 256, .k = 256}},
     {.c = {.op = SONA_OP_GEMM, .m = 4096, .n = 16, .k = 4096, .trans_b = 1}}, /* X A^T of a Base-LoRA batch */
-    {.c = {.op = SONA_OP_GEMM, .m = 1024, .n = 1024, .k = 1024}, .large = 1, .slow_scalar = 1},
+    {.c = {.op = SONA_OP_GEMM, .m = 1024, .n = 1024, .k = 1024}, .large = 1, .slow_cpu = 1},
     {.c = {.op = SONA_OP_GEMM, .m = 4096, .n = 4096, .k = 4096}, .gpu_only = 1},
 };
 static const op_bench_case kmeans_lloyd_cases[] = {
