@@ -283,13 +283,14 @@ static void run_cases(bench_ctx *ctx, const char *group, const op_bench_case *ca
         for (int i = 0; i < nb; i++)
             runs += skip_reason(ctx, bs[i], bc, lloyd, why, sizeof why) == NULL;
         op_instance in;
-        if (runs && op_instance_prepare_inputs(&in, &bc->c, FIXED_SEED) != 0)
-            runs = 0;
-        if (runs)
+        const int prepared = runs && op_instance_prepare_inputs(&in, &bc->c, FIXED_SEED) == 0;
+        if (prepared)
             work_of(&in, lloyd, &row.flops, &row.bytes);
         for (int i = 0; i < nb; i++) {
             row.backend = labels[i];
             const char *skip = skip_reason(ctx, bs[i], bc, lloyd, why, sizeof why);
+            if (!skip && !prepared)
+                skip = "could not generate the inputs";
             if (skip) {
                 bench_skip(ctx, &row, skip);
                 continue;
@@ -310,7 +311,7 @@ static void run_cases(bench_ctx *ctx, const char *group, const op_bench_case *ca
             }
             fixture_free(&f);
         }
-        if (runs)
+        if (prepared)
             op_instance_free(&in);
     }
 }
