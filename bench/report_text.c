@@ -43,7 +43,7 @@ static void rate_str(char *buf, size_t len, const bench_result *r)
         snprintf(buf, len, "-");
 }
 
-static const char row_fmt[] = "%-20s %-32s %-7s %10s %10s %9s %10s %-13s %8s %s\n";
+static const char row_fmt[] = "%-21s %-42s %-7s %10s %10s %9s %10s %-13s %8s %s\n";
 
 void bench_print_table_heading(FILE *f)
 {
@@ -56,12 +56,12 @@ void bench_print_table(FILE *f, const bench_result *rows, size_t n)
     for (size_t i = 0; i < n; i++) {
         const bench_result *r = &rows[i];
         if (r->kind == BENCH_SKIPPED || r->kind == BENCH_FAILED) {
-            fprintf(f, "%-20s %-32s %-7s %s: %s\n", r->group, r->name, r->backend,
+            fprintf(f, "%-21s %-42s %-7s %s: %s\n", r->group, r->name, r->backend,
                     r->kind == BENCH_SKIPPED ? "skipped" : "FAILED", r->note);
             continue;
         }
         if (r->kind == BENCH_VALUE) {
-            fprintf(f, "%-20s %-32s %-7s %s = %.6g %s\n", r->group, r->name, r->backend, r->metric,
+            fprintf(f, "%-21s %-42s %-7s %s = %.6g %s\n", r->group, r->name, r->backend, r->metric,
                     r->value, r->unit);
             continue;
         }
