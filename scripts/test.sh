@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: set up, then the suite under AddressSanitizer + UBSan, the concurrent
-# tests under ThreadSanitizer, the NEON variant under qemu, and last the Release build, whose
-# ctest summary closes the output. Warnings are errors in every build.
+# tests under ThreadSanitizer, the NEON variant under qemu, then the Release build with a quick
+# `sona bench` run, and last the Release tests, whose ctest summary closes the output. Warnings
+# are errors in every build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
@@ -16,7 +17,12 @@ cmake --build build-asan -j"$jobs" >/dev/null
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --output-on-failure -j1)
 
-step "Release build and tests"
+step "Release build"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$jobs" >/dev/null
+
+step "sona bench --quick (the main job, so it never rots)"
+./build/bin/sona bench --quick --json build/bench-quick.json
+
+step "Release tests"
 (cd build && ctest --output-on-failure -j1)

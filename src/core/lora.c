@@ -3,6 +3,7 @@
 #include "sona/lora.h"
 
 #include "core/error.h"
+#include "core/lora_internal.h"
 #include "core/rng.h"
 #include "cpu/cpu.h"
 #include "dispatch/dispatch.h"
@@ -107,6 +108,19 @@ static sona_status alloc_zero(sona_lora *l, size_t floats, float **out)
 
 sona_status sona_lora_create(const sona_lora_config *cfg, sona_lora **out)
 {
+    const sona_backend *be;
+    char why[256];
+    sona_status st = sona_backend_default(&be, why, sizeof why);
+    if (st != SONA_OK) {
+        if (out)
+            *out = NULL;
+        return sona_fail(NULL, st, "sona_lora_create: %s", why);
+    }
+    return sona_lora_create_on(cfg, be, out);
+}
+
+sona_status sona_lora_create_on(const sona_lora_config *cfg, const sona_backend *be, sona_lora **out)
+{
     if (!out)
         return sona_fail(NULL, SONA_E_NULL, "sona_lora_create: out is NULL");
     *out = NULL;
@@ -122,11 +136,8 @@ sona_status sona_lora_create(const sona_lora_config *cfg, sona_lora **out)
         cfg->clip_norm < 0.0f)
         return sona_fail(NULL, SONA_E_NONFINITE, "sona_lora_create: alpha, learning_rate and clip_norm must be finite (clip_norm >= 0)");
 
-    const sona_backend *be;
-    char why[256];
-    sona_status st = sona_backend_default(&be, why, sizeof why);
-    if (st != SONA_OK)
-        return sona_fail(NULL, st, "sona_lora_create: %s", why);
+    if (!be)
+        return sona_fail(NULL, SONA_E_NULL, "sona_lora_create: backend is NULL");
 
     sona_lora *l = calloc(1, sizeof *l);
     if (!l)
@@ -138,6 +149,7 @@ sona_status sona_lora_create(const sona_lora_config *cfg, sona_lora **out)
     l->pending = calloc(cfg->count, sizeof *l->pending);
     float *hostA = malloc(total * sizeof(float));
     float *hostS = malloc(cfg->count * sizeof(float));
+    sona_status st;
     if (!l->pending || !hostA || !hostS || alloc_zero(l, total, &l->A) != SONA_OK ||
         alloc_zero(l, total, &l->Bt) != SONA_OK || alloc_zero(l, total, &l->gA) != SONA_OK ||
         alloc_zero(l, total, &l->gBt) != SONA_OK || alloc_zero(l, cfg->count, &l->scale) != SONA_OK) {
