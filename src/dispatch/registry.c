@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- CPU variants ---------------------------------------------------------------------- */
 
@@ -143,8 +144,17 @@ static void *open_module_file(const char *file, char *tried, size_t tried_len)
     if (env && *env)
         snprintf(dirs[nd++], sizeof dirs[0], "%s", env);
     Dl_info info;
+    char self[1024];
     if (dladdr((void *)&sona_cpu_backend, &info) && info.dli_fname) {
-        /* Beside the library (or the program it is linked into), and in ../lib of it. */
+        /* Beside the library (or the program it is linked into), and in ../lib of it. A program
+         * started by a bare name (Criterion's workers) has no directory here: ask the kernel. */
+        if (!strchr(info.dli_fname, '/')) {
+            const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+            if (n > 0) {
+                self[n] = '\0';
+                info.dli_fname = self;
+            }
+        }
         const char *slash = strrchr(info.dli_fname, '/');
         int len = slash ? (int)(slash - info.dli_fname) : 1;
         const char *base = slash ? info.dli_fname : ".";
