@@ -94,6 +94,13 @@ if [ "$rc" -eq 0 ]; then
 else
   status=1
   note "op check: FAILED (exit $rc): $(grep -c -E 'WRONG|FAILED' "$ops_log") failing lines, see above"
+  # A crash or an illegal address: let memcheck name the kernel (small cases only).
+  if command -v compute-sanitizer >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/compute-sanitizer ]; then
+    step "compute-sanitizer memcheck of the op table on CUDA"
+    san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+    timeout 180 "$san" --tool memcheck --print-limit 20 "$build/bin/sona_gpu_ops_check" \
+      --only cuda --no-large 2>&1 | tail -60
+  fi
 fi
 rm -f "$ops_log"
 

@@ -86,7 +86,7 @@ static int measure(result *r, op_fn fn, void *arg, sona_status (*sync)(void *), 
         reps = 1;
     if (reps > 2000)
         reps = 2000;
-    int samples = one * reps > 0.05 ? 7 : max_samples;
+    int samples = one > 1.0 ? 3 : one * reps > 0.05 ? 7 : max_samples;
     if (quick && samples > 10)
         samples = 10;
     if (samples > MAX_SAMPLES)

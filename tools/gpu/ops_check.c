@@ -3,7 +3,7 @@
  * runs, available GPU backends), plus large cases on GPU targets that cross the tile boundaries
  * of the GPU kernels (several pattern/row tiles, many adapters, long segments).
  *
- *   sona_gpu_ops_check [--require NAME] [--only LABEL] [--seeds N]
+ *   sona_gpu_ops_check [--require NAME] [--only LABEL] [--seeds N] [--no-large|--large-all]
  *
  * --require cuda: fail (exit 2) when that backend is not available. --only: one target label
  * ("cuda", "cpu:avx512"). --seeds N: run the table with N consecutive seeds. Exit 1 on any
@@ -77,7 +77,7 @@ static int run_case(const op_case *c, uint64_t seed, const op_target *t, int *un
 int main(int argc, char **argv)
 {
     const char *require = NULL, *only = NULL;
-    int seeds = 1;
+    int seeds = 1, large = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--require") && i + 1 < argc)
             require = argv[++i];
@@ -85,8 +85,13 @@ int main(int argc, char **argv)
             only = argv[++i];
         else if (!strcmp(argv[i], "--seeds") && i + 1 < argc)
             seeds = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--no-large"))
+            large = 0;
+        else if (!strcmp(argv[i], "--large-all")) /* CPU targets too (slow; checks the checker) */
+            large = 2;
         else {
-            fprintf(stderr, "usage: %s [--require NAME] [--only LABEL] [--seeds N]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--require NAME] [--only LABEL] [--seeds N] [--no-large|--large-all]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -119,7 +124,7 @@ int main(int argc, char **argv)
         for (int s = 0; s < seeds; s++)
             for (size_t i = 0; i < op_case_count; i++, tr++)
                 tf += run_case(&op_cases[i], seed + (uint64_t)s * 1000003u + i, &targets[t], &unsupported);
-        if (!targets[t].b->host_memory) /* the large cases: GPU targets only (slow on a CPU) */
+        if (large == 2 || (large && !targets[t].b->host_memory)) /* the large cases: GPU targets only (slow on a CPU) */
             for (size_t i = 0; i < sizeof large_cases / sizeof large_cases[0]; i++, tr++)
                 tf += run_case(&large_cases[i], seed + 77 + i, &targets[t], &unsupported);
         printf("[ops] %-10s %d cases, %d failed (%.1f s)\n", targets[t].label, tr, tf, now_s() - t0);
