@@ -102,6 +102,17 @@ else
       --only cuda --no-large 2>&1 | tail -60
   fi
 fi
+
+step "op check: CUDA with each lora_apply kernel forced"
+for mode in rows grouped; do
+  if SONA_CUDA_LORA=$mode timeout 120 "$build/bin/sona_gpu_ops_check" --only cuda >"$ops_log" 2>&1; then
+    note "op check, SONA_CUDA_LORA=$mode: $(tail -1 "$ops_log" | sed 's/^\[ops\] //')"
+  else
+    status=1
+    grep -E 'WRONG|FAILED' "$ops_log" | head -20
+    note "op check, SONA_CUDA_LORA=$mode: FAILED"
+  fi
+done
 rm -f "$ops_log"
 
 if [ "$tests" = ON ]; then

@@ -224,8 +224,11 @@ sona_status cu_lora_apply(void *ctx, const sona_lora_apply_args *a)
     cuda_ctx *c = ctx_of(ctx);
     if (!a->n)
         return SONA_OK;
+    /* SONA_CUDA_LORA=rows|grouped forces a kernel (for benchmarks); the default chooses. */
+    const char *mode = getenv("SONA_CUDA_LORA");
+    const int grouped = !mode || !*mode ? -1 : !strcmp(mode, "grouped") ? 1 : !strcmp(mode, "rows") ? 0 : -1;
     return locked(c, [&]() -> sona_status {
-        CUDA_TRY(sona_cuda_launch_lora_apply(a, c->stream));
+        CUDA_TRY(sona_cuda_launch_lora_apply(a, grouped, c->stream));
         return SONA_OK;
     });
 }

@@ -19,8 +19,10 @@
 
 /* ---- lora (kernels_lora.cu) ------------------------------------------------------------ */
 
-/* One block per row: shrink (A x), then expand (x + s Bt^T t), in one launch for the batch. */
-cudaError_t sona_cuda_launch_lora_apply(const sona_lora_apply_args *a, cudaStream_t s);
+/* One launch for the whole batch: shrink (A x), then expand (x + s Bt^T t). grouped: 0 one
+ * block per row, 1 rows of one adapter together (ranks <= 16, else per row), -1 choose. */
+cudaError_t sona_cuda_launch_lora_apply(const sona_lora_apply_args *a, int grouped,
+                                        cudaStream_t s);
 
 /* u[i][j] = wt[i] s (A x_i)_j and v[i][j] = wt[i] s (Bt d_i)_j for rows with an adapter, zero
  * for the others; u and v are n x rank scratch arrays. */

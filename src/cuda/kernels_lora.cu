@@ -139,6 +139,173 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
     }
 }
 
+/* Rows of one adapter handled together: block (a, p) takes the rows with id a from every
+ * P-th chunk of 256 ids, G rows at a time, so each group reads A and Bt once instead of once
+ * per row (the row kernel above leans on L2 for that). Rows without an adapter are copied by
+ * the blocks with blockIdx.x == num_adapters. R <= 16 keeps G x R accumulators in registers. */
+constexpr int GROUP = 4;
+constexpr int ID_CHUNK = SONA_CUDA_BLOCK;
+
+template <int R, bool VEC>
+__global__ void __launch_bounds__(SONA_CUDA_BLOCK)
+    lora_apply_grouped_kernel(sona_lora_weights w, uint32_t n, const int32_t *ids, const float *x,
+                              float *y)
+{
+    __shared__ int rows_s[ID_CHUNK];
+    __shared__ int count_s;
+    __shared__ float part[GROUP][R][SONA_CUDA_BLOCK / 32];
+    __shared__ float t[GROUP][R];
+    const size_t H = w.hidden;
+    const int r = (int)w.rank;
+    const uint32_t a = blockIdx.x;
+    const bool copier = a == w.num_adapters;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (size_t base = (size_t)blockIdx.y * ID_CHUNK; base < n; base += (size_t)gridDim.y * ID_CHUNK) {
+        if (threadIdx.x == 0)
+            count_s = 0;
+        __syncthreads();
+        const size_t i = base + threadIdx.x;
+        if (i < n) {
+            const int32_t id = ids[i];
+            const bool valid = id >= 0 && (uint32_t)id < w.num_adapters;
+            if (copier ? !valid : (valid && (uint32_t)id == a))
+                rows_s[atomicAdd(&count_s, 1)] = (int)i;
+        }
+        __syncthreads();
+        const int count = count_s;
+        if (copier) {
+            for (int q = 0; q < count; q++)
+                copy_row<VEC>(x + (size_t)rows_s[q] * H, y + (size_t)rows_s[q] * H, H);
+            __syncthreads();
+            continue;
+        }
+        const size_t off = (size_t)a * w.rank * H;
+        const float *__restrict__ A = w.A + off;
+        const float *__restrict__ Bt = w.Bt + off;
+        const float s = w.scale[a];
+        for (int g0 = 0; g0 < count; g0 += GROUP) {
+            const int gn = count - g0 < GROUP ? count - g0 : GROUP;
+            const float *xg[GROUP];
+            float *yg[GROUP];
+#pragma unroll
+            for (int g = 0; g < GROUP; g++) {
+                const size_t row = (size_t)rows_s[g0 + (g < gn ? g : 0)];
+                xg[g] = x + row * H;
+                yg[g] = y + row * H;
+            }
+            /* Shrink: acc[g][j] = <A_j, x_g>. All reads of x come before the barrier below. */
+            float acc[GROUP][R];
+#pragma unroll
+            for (int g = 0; g < GROUP; g++)
+#pragma unroll
+                for (int j = 0; j < R; j++)
+                    acc[g][j] = 0.0f;
+            if (VEC) {
+                for (size_t h = threadIdx.x; h < H / 4; h += blockDim.x) {
+                    float4 xv[GROUP];
+#pragma unroll
+                    for (int g = 0; g < GROUP; g++)
+                        xv[g] = g < gn ? reinterpret_cast<const float4 *>(xg[g])[h]
+                                       : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+                    for (int j = 0; j < R; j++) {
+                        if (j < r) {
+                            const float4 m = __ldg(reinterpret_cast<const float4 *>(A + (size_t)j * H) + h);
+#pragma unroll
+                            for (int g = 0; g < GROUP; g++)
+                                acc[g][j] += m.x * xv[g].x + m.y * xv[g].y + m.z * xv[g].z + m.w * xv[g].w;
+                        }
+                    }
+                }
+            } else {
+                for (size_t h = threadIdx.x; h < H; h += blockDim.x) {
+                    float xv[GROUP];
+#pragma unroll
+                    for (int g = 0; g < GROUP; g++)
+                        xv[g] = g < gn ? xg[g][h] : 0.0f;
+#pragma unroll
+                    for (int j = 0; j < R; j++) {
+                        if (j < r) {
+                            const float m = __ldg(A + (size_t)j * H + h);
+#pragma unroll
+                            for (int g = 0; g < GROUP; g++)
+                                acc[g][j] += m * xv[g];
+                        }
+                    }
+                }
+            }
+#pragma unroll
+            for (int g = 0; g < GROUP; g++)
+#pragma unroll
+                for (int j = 0; j < R; j++)
+                    if (j < r) {
+                        const float v = warp_sum(acc[g][j]);
+                        if (lane == 0)
+                            part[g][j][warp] = v;
+                    }
+            __syncthreads();
+            if ((int)threadIdx.x < GROUP * r) {
+                const int g = threadIdx.x / r, j = threadIdx.x % r;
+                float sum = 0.0f;
+                for (int q = 0; q < (int)(blockDim.x >> 5); q++)
+                    sum += part[g][j][q];
+                t[g][j] = s * sum;
+            }
+            __syncthreads();
+            /* Expand: y_g = x_g + Bt^T t_g, Bt read once per group. */
+            if (VEC) {
+                for (size_t h = threadIdx.x; h < H / 4; h += blockDim.x) {
+                    float4 o[GROUP];
+#pragma unroll
+                    for (int g = 0; g < GROUP; g++)
+                        o[g] = g < gn ? reinterpret_cast<const float4 *>(xg[g])[h]
+                                      : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+                    for (int j = 0; j < R; j++) {
+                        if (j < r) {
+                            const float4 b = __ldg(reinterpret_cast<const float4 *>(Bt + (size_t)j * H) + h);
+#pragma unroll
+                            for (int g = 0; g < GROUP; g++) {
+                                const float tg = t[g][j];
+                                o[g].x += b.x * tg;
+                                o[g].y += b.y * tg;
+                                o[g].z += b.z * tg;
+                                o[g].w += b.w * tg;
+                            }
+                        }
+                    }
+#pragma unroll
+                    for (int g = 0; g < GROUP; g++)
+                        if (g < gn)
+                            reinterpret_cast<float4 *>(yg[g])[h] = o[g];
+                }
+            } else {
+                for (size_t h = threadIdx.x; h < H; h += blockDim.x) {
+                    float o[GROUP];
+#pragma unroll
+                    for (int g = 0; g < GROUP; g++)
+                        o[g] = g < gn ? xg[g][h] : 0.0f;
+#pragma unroll
+                    for (int j = 0; j < R; j++) {
+                        if (j < r) {
+                            const float b = __ldg(Bt + (size_t)j * H + h);
+#pragma unroll
+                            for (int g = 0; g < GROUP; g++)
+                                o[g] += b * t[g][j];
+                        }
+                    }
+#pragma unroll
+                    for (int g = 0; g < GROUP; g++)
+                        if (g < gn)
+                            yg[g][h] = o[g];
+                }
+            }
+            __syncthreads(); /* t and part are reused by the next group */
+        }
+        __syncthreads(); /* rows_s and count_s are reused by the next chunk */
+    }
+}
+
 /* u[i] = wt[i] s A x_i, v[i] = wt[i] s Bt d_i (rank values each), zero for rows without an
  * adapter. */
 template <int R, bool VEC>
@@ -283,6 +450,30 @@ struct apply_launch {
     }
 };
 
+struct apply_grouped_launch {
+    const sona_lora_apply_args *a;
+    cudaStream_t s;
+    template <int R, bool VEC>
+    cudaError_t operator()() const
+    {
+        if (R > 16) /* not instantiated past 16: too many accumulators */
+            return cudaErrorInvalidValue;
+        constexpr int RG = R > 16 ? 16 : R;
+        /* Enough id chunks per adapter to give every SM a couple of blocks. */
+        const uint32_t chunks = (a->n + ID_CHUNK - 1) / ID_CHUNK;
+        uint32_t parts = (264 + a->w.num_adapters) / (a->w.num_adapters + 1);
+        if (parts > chunks)
+            parts = chunks;
+        if (parts < 1)
+            parts = 1;
+        if (parts > 65535)
+            parts = 65535;
+        const dim3 grid(a->w.num_adapters + 1, parts);
+        lora_apply_grouped_kernel<RG, VEC><<<grid, SONA_CUDA_BLOCK, 0, s>>>(a->w, a->n, a->ids, a->x, a->y);
+        return cudaGetLastError();
+    }
+};
+
 struct project_launch {
     const sona_lora_grad_args *a;
     float *u, *v;
@@ -298,10 +489,15 @@ struct project_launch {
 
 } // namespace
 
-cudaError_t sona_cuda_launch_lora_apply(const sona_lora_apply_args *a, cudaStream_t s)
+cudaError_t sona_cuda_launch_lora_apply(const sona_lora_apply_args *a, int grouped,
+                                        cudaStream_t s)
 {
     const bool vec = a->w.hidden % 4 == 0 && aligned16(a->x) && aligned16(a->y) &&
                      aligned16(a->w.A) && aligned16(a->w.Bt);
+    if (grouped < 0) /* auto: grouping pays when adapters are shared by several rows */
+        grouped = a->ids && a->w.rank <= 16 && a->n >= 2 * (uint64_t)a->w.num_adapters;
+    if (grouped && a->ids && a->w.rank <= 16 && a->w.num_adapters < INT32_MAX)
+        return with_rank_bucket(a->w.rank, vec, apply_grouped_launch{a, s});
     return with_rank_bucket(a->w.rank, vec, apply_launch{a, s});
 }
 

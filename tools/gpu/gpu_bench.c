@@ -395,8 +395,17 @@ int main(int argc, char **argv)
 
     bench_copy();
     printf("[gpu-bench] d2d copy: %.1f GB/s\n", copy_gbps);
-    bench_lora(&rng, "lora_apply", 256, 4096, 16, 64, 70.0);
-    bench_lora(&rng, "lora_apply", 4096, 4096, 16, 64, 0);
+    /* Both lora_apply kernels, then the automatic choice (what libsona uses). */
+    static const char *const modes[] = {"rows", "grouped", ""};
+    for (size_t m = 0; m < 3; m++) {
+        char label[32];
+        snprintf(label, sizeof label, "lora_apply%s%s%s", *modes[m] ? "[" : "", modes[m],
+                 *modes[m] ? "]" : "");
+        setenv("SONA_CUDA_LORA", modes[m], 1);
+        bench_lora(&rng, label, 256, 4096, 16, 64, 70.0);
+        bench_lora(&rng, label, 4096, 4096, 16, 64, 0);
+    }
+    unsetenv("SONA_CUDA_LORA");
     static const uint32_t batches[] = {1, 8, 64, 256};
     static const uint32_t ranks[] = {1, 2, 16};
     for (size_t r = 0; r < sizeof ranks / sizeof ranks[0]; r++)
