@@ -17,6 +17,9 @@ out_dir=${OUT:-}
 if [ -n "$out_dir" ]; then
   mkdir -p "$out_dir"
   exec > >(tee "$out_dir/gpu-check.log") 2>&1
+  tee_pid=$!
+  # Let tee write the end of the log before the script's caller collects $OUT.
+  trap 'exec >/dev/null 2>&1; wait "$tee_pid" 2>/dev/null' EXIT
 fi
 
 step() { printf '\n=== %s (%ds)\n' "$*" $(( $(date +%s) - t_start )); }

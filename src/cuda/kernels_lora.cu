@@ -494,8 +494,11 @@ cudaError_t sona_cuda_launch_lora_apply(const sona_lora_apply_args *a, int group
 {
     const bool vec = a->w.hidden % 4 == 0 && aligned16(a->x) && aligned16(a->y) &&
                      aligned16(a->w.A) && aligned16(a->w.Bt);
-    if (grouped < 0) /* auto: grouping pays when adapters are shared by several rows */
-        grouped = a->ids && a->w.rank <= 16 && a->n >= 2 * (uint64_t)a->w.num_adapters;
+    /* Auto: grouping pays when adapters are shared by several rows, and while every adapter's
+     * block scanning all ids stays cheap (num_adapters x n id reads). */
+    if (grouped < 0)
+        grouped = a->ids && a->w.rank <= 16 && a->n >= 2 * (uint64_t)a->w.num_adapters &&
+                  (uint64_t)a->w.num_adapters * a->n <= ((uint64_t)1 << 24);
     if (grouped && a->ids && a->w.rank <= 16 && a->w.num_adapters < INT32_MAX)
         return with_rank_bucket(a->w.rank, vec, apply_grouped_launch{a, s});
     return with_rank_bucket(a->w.rank, vec, apply_launch{a, s});
