@@ -91,7 +91,7 @@ step "op check: every case on CUDA and on every CPU variant ${cpu_env[*]-}"
 ops_log=$(mktemp)
 env ${cpu_env[@]+"${cpu_env[@]}"} timeout 300 "$build/bin/sona_gpu_ops_check" --require cuda 2>&1 | tee "$ops_log"
 rc=${PIPESTATUS[0]}
-[ -n "$out_dir" ] && cp "$ops_log" "$out_dir/ops_check.txt"
+[ -n "$out_dir" ] && cat "$ops_log" >"$out_dir/ops_check.txt"
 if [ "$rc" -eq 0 ]; then
   note "op check: $(tail -1 "$ops_log" | sed 's/^\[ops\] //')"
 else
