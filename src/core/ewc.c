@@ -4,6 +4,7 @@
 #include "sona/ewc.h"
 
 #include "core/error.h"
+#include "core/host_simd.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -136,13 +137,31 @@ static sona_status check_vectors(const sona_ewc *ce, const char *fn, uint32_t n,
     return SONA_OK;
 }
 
-static void fold_fisher(sona_ewc *e, const float *g)
+SONA_HOST_BODY int fisher_ema_body(float *restrict f, const float *restrict g, size_t n, float d)
 {
-    const float d = e->cfg.fisher_decay, c = 1.0f - d;
-    float *restrict f = e->fisher;
-    const size_t n = e->cfg.param_count;
+    const float c = 1.0f - d;
     for (size_t i = 0; i < n; i++)
         f[i] = d * f[i] + c * g[i] * g[i];
+    return 0;
+}
+SONA_HOST_VARIANTS(fisher_ema, (float *restrict f, const float *restrict g, size_t n, float d), (f, g, n, d))
+
+/* out = g - lambda * (fs * theta - ft): the penalised gradient in its pre-reduced form. */
+SONA_HOST_BODY int penalise_body(float *out, const float *g, const float *restrict theta,
+                                 const float *restrict fs, const float *restrict ft, size_t n, float lambda)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = g[i] - lambda * (fs[i] * theta[i] - ft[i]);
+    return 0;
+}
+SONA_HOST_VARIANTS(penalise,
+                   (float *out, const float *g, const float *restrict theta, const float *restrict fs,
+                    const float *restrict ft, size_t n, float lambda),
+                   (out, g, theta, fs, ft, n, lambda))
+
+static void fold_fisher(sona_ewc *e, const float *g)
+{
+    fisher_ema(e->fisher, g, e->cfg.param_count, e->cfg.fisher_decay);
 }
 
 sona_status sona_ewc_update_fisher(sona_ewc *e, const float *g, uint32_t n)
@@ -314,10 +333,7 @@ sona_status sona_ewc_apply_constraints(const sona_ewc *ce, const float *theta, c
             memcpy(out, g, (size_t)n * sizeof *out);
         return SONA_OK;
     }
-    const float lambda = e->lambda;
-    const float *fs = e->fisher_sum, *ft = e->fisher_theta;
-    for (uint32_t i = 0; i < n; i++)
-        out[i] = g[i] - lambda * (fs[i] * theta[i] - ft[i]);
+    penalise(out, g, theta, e->fisher_sum, e->fisher_theta, n, e->lambda);
     return SONA_OK;
 }
 
