@@ -202,6 +202,57 @@ static void one_step_learning(float quality)
     sona_id_source_destroy(ids);
 }
 
+Test(signal, layer_filter_and_baseline_without_advance)
+{
+    enum { DIM = 3 };
+    const float q[DIM] = {1, 1, 1};
+    const float a0[DIM] = {1, 0, 0}, a1[DIM] = {0, 2, 0}, a2[DIM] = {0, 0, 3}, a3[DIM] = {4, 0, 0};
+    sona_id_source *ids;
+    cr_assert_eq(sona_id_source_create(0, &ids), SONA_OK);
+    sona_trajectory *t;
+    cr_assert_eq(sona_trajectory_begin(ids, q, DIM, &t), SONA_OK);
+    /* Layer 1: steps a1 (reward 0.2) and a3 (reward 0.8); layer 2: a2 only. */
+    cr_assert_eq(sona_trajectory_add_step(t, a0, DIM, NULL, 0, 0.5f, 0), SONA_OK);
+    cr_assert_eq(sona_trajectory_add_step(t, a1, DIM, NULL, 0, 0.2f, 1), SONA_OK);
+    cr_assert_eq(sona_trajectory_add_step(t, a2, DIM, NULL, 0, 0.9f, 2), SONA_OK);
+    cr_assert_eq(sona_trajectory_add_step(t, a3, DIM, NULL, 0, 0.8f, 1), SONA_OK);
+    cr_assert_eq(sona_trajectory_end(t, 0.7f), SONA_OK);
+    sona_signal_builder *sb = make(0.5f);
+    cr_assert_eq(sona_signal_builder_set_baseline(sb, 0.4f), SONA_OK);
+    sona_signal_options opt;
+    sona_signal_options_default(&opt);
+    cr_expect_eq(opt.layer, SONA_LAYER_NONE);
+    cr_expect_eq(opt.advance_baseline, 1);
+    opt.layer = 1;
+    opt.advance_baseline = 0;
+    float x[DIM], d[DIM], w;
+    cr_assert_eq(sona_signal_from_trajectory_opts(sb, t, &opt, x, d, &w), SONA_OK, "%s", sona_last_error());
+    /* (0.2 - 0.5) a1 + (0.8 - 0.5) a3 = (1.2, -0.6, 0) */
+    const double ref1[DIM] = {1.2, -0.6, 0};
+    expect_unit_along(d, ref1, DIM);
+    cr_expect(fabs(w - 0.3f) < 1e-6, "w = %g", w);
+    sona_signal_stats st;
+    sona_signal_builder_get_stats(sb, &st);
+    cr_expect_eq(st.baseline, 0.4f, "the baseline moved without advance_baseline");
+    opt.layer = 2;
+    cr_assert_eq(sona_signal_from_trajectory_opts(sb, t, &opt, x, d, &w), SONA_OK);
+    const double ref2[DIM] = {0, 0, 1};
+    expect_unit_along(d, ref2, DIM);
+    opt.layer = 5;
+    cr_expect_eq(sona_signal_from_trajectory_opts(sb, t, &opt, x, d, &w), SONA_E_EMPTY);
+    opt.layer = -7;
+    cr_expect_eq(sona_signal_from_trajectory_opts(sb, t, &opt, x, d, &w), SONA_E_INVALID);
+    /* The default path advances: 0.4 + 0.5 * (0.7 - 0.4) = 0.55. */
+    cr_assert_eq(sona_signal_from_trajectory(sb, t, x, d, &w), SONA_OK);
+    sona_signal_builder_get_stats(sb, &st);
+    cr_expect(fabs(st.baseline - 0.55f) < 1e-6, "baseline %g", st.baseline);
+    cr_expect_eq(st.accepted, 3);
+    cr_expect_eq(st.rejected, 1);
+    sona_trajectory_destroy(t);
+    sona_signal_builder_destroy(sb);
+    sona_id_source_destroy(ids);
+}
+
 Test(signal, one_step_trajectory_learns) { one_step_learning(0.9f); }
 Test(signal, bad_feedback_pushes_away) { one_step_learning(0.1f); }
 
