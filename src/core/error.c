@@ -63,6 +63,6 @@ SONA_HOST_BODY int all_finite_body(const float *v, size_t n)
     }
     return (carry & 0x80000000u) == 0;
 }
-SONA_HOST_VARIANTS(all_finite, (const float *v, size_t n), (v, n))
+SONA_HOST_VARIANTS(int, all_finite, (const float *v, size_t n), (v, n))
 
 int sona_all_finite(const float *v, size_t n) { return all_finite(v, n); }

@@ -4,9 +4,9 @@
  * (which crashes under ThreadSanitizer), and no -march flags. ISO C mode keeps floating-point
  * contraction off, so every level computes bit-identical results.
  *
- * Usage: write the loop as `SONA_HOST_BODY int NAME_body(PARAMS)` and then
- *     SONA_HOST_VARIANTS(NAME, (PARAMS), (ARGS))
- * which defines `static int NAME(PARAMS)`. */
+ * Usage: write the loop as `SONA_HOST_BODY TYPE NAME_body(PARAMS)` (TYPE not void) and then
+ *     SONA_HOST_VARIANTS(TYPE, NAME, (PARAMS), (ARGS))
+ * which defines `static TYPE NAME(PARAMS)`. */
 #ifndef SONA_CORE_HOST_SIMD_H
 #define SONA_CORE_HOST_SIMD_H
 
@@ -23,16 +23,16 @@ typedef enum sona_host_isa {
 sona_host_isa sona_host_isa_level(void);
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-#define SONA_HOST_VARIANTS(name, params, args)                                               \
-    __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma"))) static int name##_avx512 params \
+#define SONA_HOST_VARIANTS(type, name, params, args)                                               \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma"))) static type name##_avx512 params \
     {                                                                                        \
         return name##_body args;                                                             \
     }                                                                                        \
-    __attribute__((target("avx2,fma"))) static int name##_avx2 params                        \
+    __attribute__((target("avx2,fma"))) static type name##_avx2 params                        \
     {                                                                                        \
         return name##_body args;                                                             \
     }                                                                                        \
-    static int name params                                                                   \
+    static type name params                                                                  \
     {                                                                                        \
         switch (sona_host_isa_level()) {                                                     \
         case SONA_HOST_AVX512:                                                               \
@@ -44,8 +44,8 @@ sona_host_isa sona_host_isa_level(void);
         }                                                                                    \
     }
 #else
-#define SONA_HOST_VARIANTS(name, params, args) \
-    static int name params { return name##_body args; }
+#define SONA_HOST_VARIANTS(type, name, params, args) \
+    static type name params { return name##_body args; }
 #endif
 
 #endif /* SONA_CORE_HOST_SIMD_H */
