@@ -53,8 +53,12 @@ static void recording_case(bench_ctx *ctx, uint32_t hidden, uint32_t heads, doub
     f.query = filled(hidden, 0.1f);
     f.acts = filled(hidden, 0.5f);
     f.attn = filled((size_t)hidden * heads, 0.1f);
-    if (!f.query || !f.acts || !f.attn || sona_id_source_create(1, &f.ids) != SONA_OK ||
-        sona_trajectory_begin(f.ids, f.query, hidden, &f.t) != SONA_OK)
+    int ok = f.query && f.acts && f.attn && sona_id_source_create(1, &f.ids) == SONA_OK &&
+             sona_trajectory_begin(f.ids, f.query, hidden, &f.t) == SONA_OK;
+    /* Grow the arena once, as a pooled trajectory in a server would have: steady state. */
+    for (int i = 0; ok && i < STEPS_PER_TRAJECTORY; i++)
+        ok = call_add_step(&f) == 0;
+    if (!ok)
         bench_skip(ctx, &row, "setup failed (out of memory)");
     else
         bench_measure(ctx, &row, call_add_step, &f);
