@@ -113,9 +113,10 @@ static void stress(sona_full_policy policy, uint32_t capacity)
     uint64_t refused = 0;
     for (int i = 0; i < PRODUCERS; i++)
         refused += args[i].refused;
-    printf("[concurrent] recorded %llu drained %llu dropped %llu (refused %llu)\n",
+    printf("[concurrent] recorded %llu drained %llu dropped %llu (refused %llu), contention %.3f%%\n",
            (unsigned long long)st.recorded, (unsigned long long)st.drained,
-           (unsigned long long)st.dropped, (unsigned long long)refused);
+           (unsigned long long)st.dropped, (unsigned long long)refused,
+           100.0 * (double)st.retries / (double)(st.recorded + st.drained + 1));
     CHECK(sona_id_source_peek(s.ids) == TOTAL, "every id was issued once");
     CHECK(s.duplicates == 0, "%llu trajectories came out twice", (unsigned long long)s.duplicates);
     CHECK(s.out_of_range == 0, "%llu ids were never issued", (unsigned long long)s.out_of_range);
