@@ -6,5 +6,9 @@
 #include "sona/common.h"
 #include "sona/system.h"
 #include "sona/lora.h"
+#include "sona/trajectory.h"
+#include "sona/trajectory_buffer.h"
+#include "sona/signal.h"
+#include "sona/ewc.h"
 
 #endif /* SONA_H */
