@@ -452,47 +452,57 @@ SV_INLINE void sv_dot4(const float *q, const float *p0, size_t stride, uint32_t 
         out[r] = sv_hsum(acc[r]);
 }
 
-/* The norms of P are computed once per call rather than once per query. The similarity is
- * formed as in the scalar variant, and candidates go to sona_topk_insert in index order, so
- * ties resolve the same way (lower index first). */
+/* The norms of P and Q are computed once per call. P is walked in blocks small enough to stay
+ * in L1 while every query visits them, so P streams from memory once rather than once per
+ * query. The similarity is formed as in the scalar variant, and each query's candidates reach
+ * sona_topk_insert in index order, so ties resolve the same way (lower index first). */
+#define SV_KNN_BLOCK 32
+SV_INLINE float sv_cosine(float dot, float qn, float pn)
+{
+    return (qn > 0.0f && pn > 0.0f) ? dot / (qn * pn) : 0.0f;
+}
+
 static sona_status sv_knn_exact(void *ctx, const sona_knn_exact_args *a)
 {
     (void)ctx;
-    const uint32_t d = a->d, k = a->k, n = a->n;
-    float *pn = malloc((n ? n : 1) * sizeof *pn);
-    if (!pn)
+    const uint32_t d = a->d, k = a->k, n = a->n, m = a->m;
+    float *pn = malloc(((size_t)n + m + 1) * sizeof *pn);
+    uint32_t *len = calloc((size_t)m + 1, sizeof *len);
+    if (!pn || !len) {
+        free(pn);
+        free(len);
         return SONA_E_NOMEM;
-    for (uint32_t i = 0; i < n; i++) {
-        const float *p = a->P + (size_t)i * d;
-        pn[i] = sqrtf(sv_dot(p, p, d));
     }
-    for (uint32_t q = 0; q < a->m; q++) {
-        const float *qv = a->Q + (size_t)q * d;
-        int32_t *idx = a->idx + (size_t)q * k;
-        float *sim = a->sim + (size_t)q * k;
-        const float qn = sqrtf(sv_dot(qv, qv, d));
-        uint32_t len = 0;
-        uint32_t i = 0;
-        for (; i + 4 <= n; i += 4) {
-            float dots[4];
-            sv_dot4(qv, a->P + (size_t)i * d, d, d, dots);
-            for (uint32_t r = 0; r < 4; r++) {
-                const float p = pn[i + r];
-                const float s = (qn > 0.0f && p > 0.0f) ? dots[r] / (qn * p) : 0.0f;
-                sona_topk_insert(idx, sim, k, &len, (int32_t)(i + r), s);
+    float *qn = pn + n;
+    for (uint32_t i = 0; i < n; i++)
+        pn[i] = sqrtf(sv_dot(a->P + (size_t)i * d, a->P + (size_t)i * d, d));
+    for (uint32_t q = 0; q < m; q++)
+        qn[q] = sqrtf(sv_dot(a->Q + (size_t)q * d, a->Q + (size_t)q * d, d));
+    for (uint32_t i0 = 0; i0 < n; i0 += SV_KNN_BLOCK) {
+        const uint32_t i1 = n - i0 < SV_KNN_BLOCK ? n : i0 + SV_KNN_BLOCK;
+        for (uint32_t q = 0; q < m; q++) {
+            const float *qv = a->Q + (size_t)q * d;
+            int32_t *idx = a->idx + (size_t)q * k;
+            float *sim = a->sim + (size_t)q * k;
+            uint32_t i = i0;
+            for (; i + 4 <= i1; i += 4) {
+                float dots[4];
+                sv_dot4(qv, a->P + (size_t)i * d, d, d, dots);
+                for (uint32_t r = 0; r < 4; r++)
+                    sona_topk_insert(idx, sim, k, &len[q], (int32_t)(i + r), sv_cosine(dots[r], qn[q], pn[i + r]));
             }
-        }
-        for (; i < n; i++) {
-            const float p = pn[i];
-            const float s = (qn > 0.0f && p > 0.0f) ? sv_dot(qv, a->P + (size_t)i * d, d) / (qn * p) : 0.0f;
-            sona_topk_insert(idx, sim, k, &len, (int32_t)i, s);
-        }
-        for (uint32_t t = len; t < k; t++) {
-            idx[t] = -1;
-            sim[t] = -INFINITY;
+            for (; i < i1; i++)
+                sona_topk_insert(idx, sim, k, &len[q], (int32_t)i,
+                                 sv_cosine(sv_dot(qv, a->P + (size_t)i * d, d), qn[q], pn[i]));
         }
     }
+    for (uint32_t q = 0; q < m; q++)
+        for (uint32_t t = len[q]; t < k; t++) {
+            a->idx[(size_t)q * k + t] = -1;
+            a->sim[(size_t)q * k + t] = -INFINITY;
+        }
     free(pn);
+    free(len);
     return SONA_OK;
 }
 
