@@ -59,69 +59,103 @@ SV_INLINE void sv_axpy(float *y, float c, const float *x, uint32_t n)
 /* ---- lora_apply ------------------------------------------------------------------------ */
 
 /* t[q][j] = s * (A_j . x_q) for R rows that share one adapter: each A row is loaded once for
- * all R inputs, two A rows at a time. R is a compile-time constant at every call. */
+ * all R inputs, J A rows at a time, so J * R independent accumulator chains hide the FMA
+ * latency (a single row takes four A rows at once). R is a compile-time constant at every call. */
 SV_INLINE void sv_lora_down(int R, const float *A, uint32_t r, uint32_t H, const float *const *x,
                             float s, float t[][SONA_CPU_MAX_RANK])
 {
+    const uint32_t J = R == 1 ? 4 : 2;
     uint32_t j = 0;
-    for (; j + 2 <= r; j += 2) {
-        const float *a0 = A + (size_t)j * H, *a1 = a0 + H;
-        sv_f acc0[4], acc1[4];
-        for (int q = 0; q < R; q++)
-            acc0[q] = acc1[q] = sv_zero();
+    for (; j + J <= r; j += J) {
+        const float *aj = A + (size_t)j * H;
+        sv_f acc[4][4];
+        for (uint32_t u = 0; u < J; u++)
+            for (int q = 0; q < R; q++)
+                acc[u][q] = sv_zero();
         uint32_t h = 0;
         for (; h + SV_W <= H; h += SV_W) {
-            const sv_f va0 = sv_load(a0 + h), va1 = sv_load(a1 + h);
+            sv_f va[4];
+            for (uint32_t u = 0; u < J; u++)
+                va[u] = sv_load(aj + u * H + h);
             for (int q = 0; q < R; q++) {
                 const sv_f xv = sv_load(x[q] + h);
-                acc0[q] = sv_fma(va0, xv, acc0[q]);
-                acc1[q] = sv_fma(va1, xv, acc1[q]);
+                for (uint32_t u = 0; u < J; u++)
+                    acc[u][q] = sv_fma(va[u], xv, acc[u][q]);
             }
         }
         if (h < H) {
             const uint32_t rest = H - h;
-            const sv_f va0 = sv_loadn(a0 + h, rest), va1 = sv_loadn(a1 + h, rest);
+            sv_f va[4];
+            for (uint32_t u = 0; u < J; u++)
+                va[u] = sv_loadn(aj + u * H + h, rest);
             for (int q = 0; q < R; q++) {
                 const sv_f xv = sv_loadn(x[q] + h, rest);
-                acc0[q] = sv_fma(va0, xv, acc0[q]);
-                acc1[q] = sv_fma(va1, xv, acc1[q]);
+                for (uint32_t u = 0; u < J; u++)
+                    acc[u][q] = sv_fma(va[u], xv, acc[u][q]);
             }
         }
-        for (int q = 0; q < R; q++) {
-            t[q][j] = s * sv_hsum(acc0[q]);
-            t[q][j + 1] = s * sv_hsum(acc1[q]);
-        }
+        for (int q = 0; q < R; q++)
+            for (uint32_t u = 0; u < J; u++)
+                t[q][j + u] = s * sv_hsum(acc[u][q]);
     }
-    if (j < r)
+    for (; j < r; j++)
         for (int q = 0; q < R; q++)
             t[q][j] = s * sv_dot(A + (size_t)j * H, x[q], H);
 }
 
-/* y_q = x_q + sum_j t[q][j] Bt_j for R rows, two vectors of h at a time: each Bt load serves
- * all R rows, and the R x 2 accumulators stay in registers. x_q may equal y_q. */
+/* y_q = x_q + sum_j t[q][j] Bt_j for R rows, V vectors of h at a time: each Bt load serves
+ * all R rows, and the R x V accumulators stay in registers. x_q may equal y_q. */
 SV_INLINE void sv_lora_up(int R, const float *Bt, uint32_t r, uint32_t H, const float *const *x,
                           float *const *y, const float t[][SONA_CPU_MAX_RANK])
 {
-    uint32_t h = 0;
-    for (; h + 2 * SV_W <= H; h += 2 * SV_W) {
-        sv_f acc0[4], acc1[4];
-        for (int q = 0; q < R; q++) {
-            acc0[q] = sv_load(x[q] + h);
-            acc1[q] = sv_load(x[q] + h + SV_W);
-        }
-        for (uint32_t j = 0; j < r; j++) {
-            const float *b = Bt + (size_t)j * H + h;
-            const sv_f b0 = sv_load(b), b1 = sv_load(b + SV_W);
-            for (int q = 0; q < R; q++) {
-                const sv_f tv = sv_set1(t[q][j]);
-                acc0[q] = sv_fma(b0, tv, acc0[q]);
-                acc1[q] = sv_fma(b1, tv, acc1[q]);
+    if (R == 1 && r > 4) {
+        /* One row of high rank: four Bt rows per pass over y, so the weights stream in a few
+         * sequential runs the prefetcher follows, instead of r runs of a few vectors each. */
+        for (uint32_t j0 = 0; j0 < r; j0 += 4) {
+            const uint32_t nj = r - j0 < 4 ? r - j0 : 4;
+            const float *src = j0 == 0 ? x[0] : y[0];
+            sv_f tv[4];
+            for (uint32_t u = 0; u < nj; u++)
+                tv[u] = sv_set1(t[0][j0 + u]);
+            const float *b = Bt + (size_t)j0 * H;
+            uint32_t h = 0;
+            for (; h + SV_W <= H; h += SV_W) {
+                sv_f acc = sv_load(src + h);
+                for (uint32_t u = 0; u < nj; u++)
+                    acc = sv_fma(sv_load(b + (size_t)u * H + h), tv[u], acc);
+                sv_store(y[0] + h, acc);
+            }
+            if (h < H) {
+                const uint32_t rest = H - h;
+                sv_f acc = sv_loadn(src + h, rest);
+                for (uint32_t u = 0; u < nj; u++)
+                    acc = sv_fma(sv_loadn(b + (size_t)u * H + h, rest), tv[u], acc);
+                sv_storen(y[0] + h, acc, rest);
             }
         }
-        for (int q = 0; q < R; q++) {
-            sv_store(y[q] + h, acc0[q]);
-            sv_store(y[q] + h + SV_W, acc1[q]);
+        return;
+    }
+    const uint32_t V = R == 1 ? 4 : 2;
+    uint32_t h = 0;
+    for (; h + V * SV_W <= H; h += V * SV_W) {
+        sv_f acc[4][4];
+        for (int q = 0; q < R; q++)
+            for (uint32_t v = 0; v < V; v++)
+                acc[q][v] = sv_load(x[q] + h + v * SV_W);
+        for (uint32_t j = 0; j < r; j++) {
+            const float *b = Bt + (size_t)j * H + h;
+            sv_f bv[4];
+            for (uint32_t v = 0; v < V; v++)
+                bv[v] = sv_load(b + v * SV_W);
+            for (int q = 0; q < R; q++) {
+                const sv_f tv = sv_set1(t[q][j]);
+                for (uint32_t v = 0; v < V; v++)
+                    acc[q][v] = sv_fma(bv[v], tv, acc[q][v]);
+            }
         }
+        for (int q = 0; q < R; q++)
+            for (uint32_t v = 0; v < V; v++)
+                sv_store(y[q] + h + v * SV_W, acc[q][v]);
     }
     for (; h < H; h += SV_W) {
         const uint32_t rest = H - h < SV_W ? H - h : SV_W;
