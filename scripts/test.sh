@@ -17,7 +17,9 @@ cmake --build build-asan -j"$jobs" >/dev/null
   ctest --output-on-failure -j1)
 
 step "NEON variant: aarch64 cross build, op checker under qemu-aarch64"
-cmake -S . -B build-aarch64 -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake \
+toolchain=()  # only on first configure: cached afterwards, and CMake warns when it is passed again
+[ -f build-aarch64/CMakeCache.txt ] || toolchain=(-DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake)
+cmake -S . -B build-aarch64 "${toolchain[@]}" \
   -DCMAKE_BUILD_TYPE=Release -DSONA_BUILD_TESTS=OFF -DSONA_BUILD_TOOLS=OFF -DSONA_OPENCL=OFF \
   -DSONA_CUDA=OFF -DCMAKE_EXE_LINKER_FLAGS=-static >/dev/null
 # Log kept quiet unless it fails: the static link warns that dlopen needs glibc at run time,
