@@ -24,6 +24,7 @@ const op_case op_cases[] = {
     {.op = SONA_OP_LORA_APPLY, .n = 4, .hidden = 77, .rank = 64, .adapters = 2},
     {.op = SONA_OP_LORA_APPLY, .n = 6, .hidden = 513, .rank = 5, .adapters = 3, .in_place = 1},
     {.op = SONA_OP_LORA_APPLY, .n = 2, .hidden = 2048, .rank = 2, .adapters = 1},
+    {.op = SONA_OP_LORA_APPLY, .n = 1, .hidden = 301, .rank = 13, .adapters = 2}, /* one row, high rank */
     /* lora_grad */
     {.op = SONA_OP_LORA_GRAD, .n = 1, .hidden = 1, .rank = 1, .adapters = 1},
     {.op = SONA_OP_LORA_GRAD, .n = 4, .hidden = 33, .rank = 2, .adapters = 2},
