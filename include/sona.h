@@ -6,5 +6,7 @@
 #include "sona/common.h"
 #include "sona/system.h"
 #include "sona/lora.h"
+#include "sona/index.h"
+#include "sona/bank.h"
 
 #endif /* SONA_H */
