@@ -1,4 +1,4 @@
-/* k-means for the ReasoningBank: randomised k-means++ seeding (D^2 sampling) then Lloyd
+/* k-means for the ReasoningBank: randomised greedy k-means++ seeding (D^2 sampling) then Lloyd
  * iterations, with the heavy loops (nearest centre, centroid sums) run by an op table. */
 #ifndef SONA_CORE_KMEANS_H
 #define SONA_CORE_KMEANS_H
