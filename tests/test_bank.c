@@ -339,3 +339,35 @@ Test(bank, restore_and_neighbors)
     free(X);
     sona_bank_destroy(b);
 }
+
+/* Clusters that are all alike (cosine above the threshold) collapse into one pattern within a
+ * single extraction, and the merged pattern stays searchable. */
+Test(bank, similar_clusters_merge_within_one_extraction)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[bank] merge within extraction seed %" PRIu64 "\n", seed);
+    fake_clock clk = {0};
+    sona_bank *b = make(12, &clk);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 5);
+    const uint32_t n = 121;
+    float *X = malloc((size_t)n * DIM * sizeof *X);
+    for (size_t i = 0; i < (size_t)n * DIM; i++)
+        X[i] = 5.0f + sona_rng_uniform(&r); /* every direction within cosine 0.99 of (1,...,1) */
+    add_all(b, X, n, 0.6f);
+    sona_bank_extract_result res;
+    cr_assert_eq(sona_bank_extract(b, &res), SONA_OK);
+    cr_assert_eq(res.created, 1);
+    cr_assert_eq(res.merged, 11);
+    sona_pattern p;
+    float c[DIM];
+    cr_assert_eq(sona_bank_pattern_at(b, 0, &p, c), SONA_OK);
+    cr_assert_eq(p.size, n);
+    cr_assert_float_eq(p.avg_quality, 0.6f, 1e-6f);
+    uint64_t id;
+    uint32_t found;
+    cr_assert_eq(sona_bank_search(b, X, 1, &id, NULL, &found), SONA_OK);
+    cr_assert(found == 1 && id == p.id);
+    free(X);
+    sona_bank_destroy(b);
+}

@@ -276,3 +276,42 @@ Test(index, dot_kernels_agree_with_scalar)
     }
     (void)have;
 }
+
+/* Updates kill the old node; the new one must stay reachable even when every node around it is
+ * dead (a single id updated over and over, and a small index rewritten several times). */
+Test(index, updated_ids_stay_reachable)
+{
+    const uint64_t seed = op_test_seed();
+    const uint32_t n = 57, d = 21;
+    printf("[index] repeated updates seed %" PRIu64 "\n", seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 0);
+    float *P = clustered(&r, 4 * n, d);
+    sona_index *x = make(d, 32, seed);
+    uint64_t id;
+    float sim;
+    uint32_t found;
+    cr_assert_eq(sona_index_insert(x, 7, P), SONA_OK);
+    for (uint32_t round = 1; round < 40; round++) {
+        const float *v = P + (size_t)round * d;
+        cr_assert_eq(sona_index_update(x, 7, v), SONA_OK);
+        cr_assert_eq(sona_index_search(x, v, 1, &id, &sim, &found), SONA_OK);
+        cr_assert(found == 1 && id == 7, "round %u: the updated id is unreachable", round);
+        cr_assert_float_eq(sim, 1.0f, 1e-5f);
+    }
+    cr_assert_eq(sona_index_remove(x, 7), SONA_OK);
+    for (uint32_t i = 0; i < n; i++)
+        cr_assert_eq(sona_index_insert(x, i, P + (size_t)i * d), SONA_OK);
+    for (uint32_t round = 1; round < 4; round++) {
+        for (uint32_t i = 0; i < n; i++)
+            cr_assert_eq(sona_index_update(x, i, P + (size_t)(round * n + i) * d), SONA_OK);
+        for (uint32_t i = 0; i < n; i++) {
+            cr_assert_eq(sona_index_search(x, P + (size_t)(round * n + i) * d, 1, &id, &sim, &found),
+                         SONA_OK);
+            cr_assert(found == 1 && sim > 0.9999f, "round %u id %u lost", round, i);
+        }
+    }
+    cr_assert_eq(sona_index_size(x), n);
+    free(P);
+    sona_index_destroy(x);
+}

@@ -190,18 +190,20 @@ static uint32_t greedy(sona_index *x, const float *q, uint32_t ep, float *ep_s, 
 }
 
 /* Best-first search of one level from ep with a result set of ef (the paper's SEARCH-LAYER).
- * Deleted nodes are walked through but not kept. Leaves the results in x->found, best first,
- * and returns how many. */
+ * Deleted nodes are walked through; they are kept as results only when keep_dead (insertion:
+ * a new node may link to routing nodes, else it could be cut off from the graph when the nodes
+ * around it are deleted). Leaves the results in x->found, best first, and returns how many. */
 static uint32_t search_layer(sona_index *x, const float *q, uint32_t ep, float ep_s, uint32_t ef,
-                             int level)
+                             int level, int keep_dead)
 {
+    const uint8_t *skip = keep_dead ? NULL : x->dead;
     heap *C = &x->cand_heap, *R = &x->res_heap;
     C->len = R->len = 0;
     next_visit_generation(x);
     const uint32_t gen = x->visit_gen;
     x->visited[ep] = gen;
     heap_push(C, ep_s, ep);
-    if (!x->dead[ep])
+    if (!skip || !skip[ep])
         heap_push(R, -ep_s, ep);
     while (C->len) {
         const cand c = heap_pop(C);
@@ -219,7 +221,7 @@ static uint32_t search_layer(sona_index *x, const float *q, uint32_t ep, float e
             const float s = x->dot(q, vec_at(x, nb), x->stride);
             if (R->len < ef || s > -R->v[0].s) {
                 heap_push(C, s, nb);
-                if (!x->dead[nb]) {
+                if (!skip || !skip[nb]) {
                     heap_push(R, -s, nb);
                     if (R->len > ef)
                         heap_pop(R);
@@ -349,7 +351,7 @@ static sona_status insert_node(sona_index *x, uint64_t id, const float *v, uint6
     for (int l = x->top; l > level; l--)
         ep = greedy(x, q, ep, &ep_s, l);
     for (int l = level < x->top ? level : x->top; l >= 0; l--) {
-        const uint32_t nw = search_layer(x, q, ep, ep_s, x->cfg.ef_construction, l);
+        const uint32_t nw = search_layer(x, q, ep, ep_s, x->cfg.ef_construction, l, 1);
         const uint32_t n = select_neighbors(x, x->found, nw, x->cfg.M, x->pick);
         uint32_t *own = links_at(x, slot, l);
         own[0] = n;
@@ -522,7 +524,6 @@ sona_status sona_index_update(sona_index *x, uint64_t id, const float *vec)
     sona_status st = prepare(x, "sona_index_update", vec, x->vbuf);
     if (st != SONA_OK)
         return st;
-    /* The old node dies first so the new one does not link to its own former self. */
     x->dead[old] = 1;
     x->live--;
     st = insert_node(x, id, x->vbuf, x->access[old]);
@@ -580,7 +581,7 @@ sona_status sona_index_search_ef(sona_index *x, const float *query, uint32_t k, 
     float ep_s = x->dot(q, vec_at(x, ep), x->stride);
     for (int l = x->top; l > 0; l--)
         ep = greedy(x, q, ep, &ep_s, l);
-    const uint32_t n = search_layer(x, q, ep, ep_s, ef > k ? ef : k, 0);
+    const uint32_t n = search_layer(x, q, ep, ep_s, ef > k ? ef : k, 0, 0);
     const uint32_t m = n < k ? n : k;
     for (uint32_t i = 0; i < m; i++) {
         const uint32_t slot = x->found[i].n;
