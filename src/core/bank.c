@@ -540,6 +540,7 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
     const sona_kmeans_params kp = {.k = k,
                                    .max_iterations = b->cfg.max_iterations,
                                    .tolerance = b->cfg.tolerance,
+                                   .trials = b->cfg.seeding_trials,
                                    .seed = b->cfg.seed ^ (b->stats.extractions * 0x9e3779b97f4a7c15ull)};
     sona_kmeans_result kr;
     st = sona_kmeans(b->be, b->pend_emb, n, dim, &kp, C, assign, counts, &kr);

@@ -171,6 +171,14 @@ static void next_visit_generation(sona_index *x)
     }
 }
 
+/* Asks for every cache line of node n's vector. */
+static inline void prefetch_vec(const sona_index *x, uint32_t n)
+{
+    const char *p = (const char *)vec_at(x, n);
+    for (uint32_t off = 0; off < x->stride * sizeof(float); off += 64)
+        __builtin_prefetch(p + off);
+}
+
 /* Greedy walk on one upper level: moves to the best neighbour until none is better. */
 static uint32_t greedy(sona_index *x, const float *q, uint32_t ep, float *ep_s, int level)
 {
@@ -212,9 +220,14 @@ static uint32_t search_layer(sona_index *x, const float *q, uint32_t ep, float e
         const uint32_t *l = links_at(x, c.n, level);
         const uint32_t nl = l[0];
         for (uint32_t i = 1; i <= nl; i++)
-            __builtin_prefetch(vec_at(x, l[i]));
+            __builtin_prefetch(&x->visited[l[i]]);
+        if (nl)
+            prefetch_vec(x, l[1]);
         for (uint32_t i = 1; i <= nl; i++) {
             const uint32_t nb = l[i];
+            /* The next neighbour's vector streams in while this one is compared. */
+            if (i < nl)
+                prefetch_vec(x, l[i + 1]);
             if (x->visited[nb] == gen)
                 continue;
             x->visited[nb] = gen;
@@ -272,6 +285,9 @@ static void link_back(sona_index *x, uint32_t e, uint32_t nn, float s, int level
 {
     uint32_t *l = links_at(x, e, level);
     const uint32_t mmax = level ? x->cfg.M : x->M0;
+    for (uint32_t i = 1; i <= l[0]; i++)
+        if (l[i] == nn)
+            return; /* already linked (a re-linked node) */
     if (l[0] < mmax) {
         l[1 + l[0]++] = nn;
         return;
@@ -293,6 +309,39 @@ static void link_back(sona_index *x, uint32_t e, uint32_t nn, float s, int level
     l[0] = n;
     for (uint32_t i = 0; i < n; i++)
         l[1 + i] = x->pick[i].n;
+}
+
+/* Links node slot (its vector stored) on levels min(level, top)..0, entering at the entry
+ * point: the paper's INSERT minus the slot allocation. Used again to re-link an updated node,
+ * which then finds itself among the candidates and skips itself. */
+static void connect_node(sona_index *x, uint32_t slot, int level)
+{
+    const float *q = vec_at(x, slot);
+    uint32_t ep = x->entry;
+    float ep_s = x->dot(q, vec_at(x, ep), x->stride);
+    for (int l = x->top; l > level; l--)
+        ep = greedy(x, q, ep, &ep_s, l);
+    for (int l = level < x->top ? level : x->top; l >= 0; l--) {
+        const uint32_t nw = search_layer(x, q, ep, ep_s, x->cfg.ef_construction, l, 1);
+        uint32_t m = 0;
+        for (uint32_t i = 0; i < nw; i++)
+            if (x->found[i].n != slot)
+                x->found[m++] = x->found[i];
+        const uint32_t n = select_neighbors(x, x->found, m, x->cfg.M, x->pick);
+        uint32_t *own = links_at(x, slot, l);
+        own[0] = n;
+        for (uint32_t i = 0; i < n; i++)
+            own[1 + i] = x->pick[i].n;
+        /* link_back reuses pick: iterate over the copy in own. */
+        for (uint32_t i = 0; i < n; i++) {
+            const uint32_t e = own[1 + i];
+            link_back(x, e, slot, x->dot(q, vec_at(x, e), x->stride), l);
+        }
+        if (m) {
+            ep = x->found[0].n;
+            ep_s = x->found[0].s;
+        }
+    }
 }
 
 /* ---- insertion -------------------------------------------------------------------------- */
@@ -345,28 +394,7 @@ static sona_status insert_node(sona_index *x, uint64_t id, const float *v, uint6
         x->top = level;
         return SONA_OK;
     }
-    const float *q = vec_at(x, slot);
-    uint32_t ep = x->entry;
-    float ep_s = x->dot(q, vec_at(x, ep), x->stride);
-    for (int l = x->top; l > level; l--)
-        ep = greedy(x, q, ep, &ep_s, l);
-    for (int l = level < x->top ? level : x->top; l >= 0; l--) {
-        const uint32_t nw = search_layer(x, q, ep, ep_s, x->cfg.ef_construction, l, 1);
-        const uint32_t n = select_neighbors(x, x->found, nw, x->cfg.M, x->pick);
-        uint32_t *own = links_at(x, slot, l);
-        own[0] = n;
-        for (uint32_t i = 0; i < n; i++)
-            own[1 + i] = x->pick[i].n;
-        /* link_back reuses pick: iterate over the copy in own. */
-        for (uint32_t i = 0; i < n; i++) {
-            const uint32_t e = own[1 + i];
-            link_back(x, e, slot, x->dot(q, vec_at(x, e), x->stride), l);
-        }
-        if (nw) {
-            ep = x->found[0].n;
-            ep_s = x->found[0].s;
-        }
-    }
+    connect_node(x, slot, level);
     if (level > x->top) {
         x->entry = slot;
         x->top = level;
@@ -517,22 +545,18 @@ sona_status sona_index_update(sona_index *x, uint64_t id, const float *vec)
 {
     if (!x)
         return SONA_E_NULL;
-    const uint32_t old = sona_idmap_get(&x->map, id);
-    if (old == SONA_IDMAP_EMPTY)
+    const uint32_t slot = sona_idmap_get(&x->map, id);
+    if (slot == SONA_IDMAP_EMPTY)
         return sona_fail(&x->err, SONA_E_NOT_FOUND, "sona_index_update: no id %llu",
                          (unsigned long long)id);
     sona_status st = prepare(x, "sona_index_update", vec, x->vbuf);
     if (st != SONA_OK)
         return st;
-    x->dead[old] = 1;
-    x->live--;
-    st = insert_node(x, id, x->vbuf, x->access[old]);
-    if (st != SONA_OK) {
-        x->dead[old] = 0;
-        x->live++;
-        return sona_fail(&x->err, st, "sona_index_update: out of memory");
-    }
-    maybe_compact(x);
+    /* In place: the node keeps its slot, level and access count, and is re-linked from its new
+     * position. Links other nodes hold to it stay; they were chosen for the old position, which
+     * costs a little search efficiency when the vector moves far, never correctness. */
+    memcpy(x->vecs + (size_t)slot * x->stride, x->vbuf, x->stride * sizeof(float));
+    connect_node(x, slot, x->levels[slot]);
     return SONA_OK;
 }
 

@@ -46,9 +46,10 @@ static sona_status dist_to(const sona_backend *be, const float *X, uint32_t n, u
  * centre keeping the one that lowers the potential most): plain D^2 sampling often puts two
  * seeds in one well-separated cluster, a local minimum Lloyd cannot leave. */
 static sona_status seed_plus_plus(const sona_backend *be, const float *X, uint32_t n, uint32_t d,
-                                  uint32_t k, sona_rng *rng, float *C, scratch *s)
+                                  uint32_t k, uint32_t trials, sona_rng *rng, float *C, scratch *s)
 {
-    const uint32_t trials = 2 + (uint32_t)log((double)k);
+    if (trials == 0)
+        trials = 2 + (uint32_t)log((double)k);
     const uint32_t first = sona_rng_below(rng, n);
     memcpy(C, X + (size_t)first * d, d * sizeof *C);
     sona_status st = dist_to(be, X, n, d, C, s);
@@ -102,7 +103,7 @@ sona_status sona_kmeans(const sona_backend *be, const float *X, uint32_t n, uint
         goto done;
     sona_rng rng;
     sona_rng_seed(&rng, p->seed, 0x6b6d65616e73ull /* "kmeans" */);
-    st = seed_plus_plus(be, X, n, d, k, &rng, C, &s);
+    st = seed_plus_plus(be, X, n, d, k, p->trials, &rng, C, &s);
     if (st != SONA_OK)
         goto done;
 

@@ -10,6 +10,7 @@ typedef struct sona_kmeans_params {
     uint32_t max_iterations; /* Lloyd iterations at most (>= 1) */
     float tolerance;         /* stop when inertia improves by less than this fraction */
     uint64_t seed;           /* seeds the k-means++ sampling and empty-cluster re-seeding */
+    uint32_t trials;         /* D^2 candidates tried per seeded centre; 0 = 2 + ln k */
 } sona_kmeans_params;
 
 typedef struct sona_kmeans_result {
