@@ -127,10 +127,16 @@ SONA_API sona_status sona_bank_pattern_route(const sona_bank *bank, uint64_t id,
 /* Level-0 neighbours of pattern id in the HNSW graph (live patterns), for graph walks. */
 SONA_API sona_status sona_bank_neighbors(const sona_bank *bank, uint64_t id, uint64_t *out,
                                          uint32_t max, uint32_t *n);
-/* Puts a pattern back as it was (restore from a checkpoint): p->id must be unused; the bank's
- * next ids continue above it. Route statistics start empty. */
+/* Puts a pattern back as it was (restore from a checkpoint): p->id must be unused (and not 0);
+ * the bank's next ids continue above it. Route statistics start empty (p->route_count is
+ * ignored): add them with sona_bank_pattern_restore_route. */
 SONA_API sona_status sona_bank_pattern_restore(sona_bank *bank, const sona_pattern *p,
                                                const float *centroid);
+/* Adds route statistics to pattern id (restore): count trajectories of mean quality mean_quality
+ * on route (count >= 1); merges with the route's existing statistics. */
+SONA_API sona_status sona_bank_pattern_restore_route(sona_bank *bank, uint64_t id,
+                                                     const char *route, uint64_t count,
+                                                     float mean_quality);
 
 typedef struct sona_bank_stats {
     uint64_t trajectories_added, trajectories_rejected, trajectories_refused_full;

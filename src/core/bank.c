@@ -755,6 +755,32 @@ sona_status sona_bank_pattern_restore(sona_bank *b, const sona_pattern *p, const
     return st;
 }
 
+sona_status sona_bank_pattern_restore_route(sona_bank *b, uint64_t id, const char *route,
+                                            uint64_t count, float mean_quality)
+{
+    if (!b)
+        return SONA_E_NULL;
+    const char *call = "sona_bank_pattern_restore_route";
+    pthread_mutex_lock(&b->lock);
+    sona_status st = SONA_OK;
+    const uint32_t pos = sona_idmap_get(&b->by_id, id);
+    if (!route) {
+        st = sona_fail(&b->err, SONA_E_NULL, "%s: route is NULL", call);
+    } else if (pos == SONA_IDMAP_EMPTY) {
+        st = sona_fail(&b->err, SONA_E_NOT_FOUND, "%s: no pattern %llu", call, (unsigned long long)id);
+    } else if (count == 0 || !isfinite(mean_quality)) {
+        st = sona_fail(&b->err, count ? SONA_E_NONFINITE : SONA_E_INVALID,
+                       "%s: needs count >= 1 and a finite mean quality", call);
+    } else {
+        const int32_t r = intern_route(b, route);
+        if (r < 0 || add_route_stat(&b->pats[pos], (uint32_t)r, count,
+                                    (double)mean_quality * (double)count) != 0)
+            st = sona_fail(&b->err, SONA_E_NOMEM, "%s: out of memory", call);
+    }
+    pthread_mutex_unlock(&b->lock);
+    return st;
+}
+
 sona_status sona_bank_stats_get(const sona_bank *b, sona_bank_stats *out)
 {
     if (!b || !out)
