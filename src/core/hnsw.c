@@ -50,6 +50,7 @@ struct sona_index {
     heap cand_heap, res_heap; /* cap + 1 entries each */
     cand *found;         /* cap + 1: a search's results, best first */
     cand *pick, *shrink; /* M0 + 1: neighbour selection scratch */
+    uint32_t *todo;      /* M0: unvisited neighbours of the node being expanded */
     float *qbuf, *vbuf;  /* stride: normalised query / inserted vector */
     sona_idmap map;      /* live id -> slot */
     sona_rng rng;
@@ -156,6 +157,7 @@ static void free_parts(sona_index *x)
     free(x->found);
     free(x->pick);
     free(x->shrink);
+    free(x->todo);
     free(x->qbuf);
     free(x->vbuf);
     sona_idmap_free(&x->map);
@@ -217,20 +219,22 @@ static uint32_t search_layer(sona_index *x, const float *q, uint32_t ep, float e
         const cand c = heap_pop(C);
         if (R->len >= ef && c.s < -R->v[0].s)
             break;
+        /* Unvisited neighbours first, so only vectors that will be compared are fetched; the
+         * next one streams in while the current one is compared. */
         const uint32_t *l = links_at(x, c.n, level);
-        const uint32_t nl = l[0];
-        for (uint32_t i = 1; i <= nl; i++)
-            __builtin_prefetch(&x->visited[l[i]]);
-        if (nl)
-            prefetch_vec(x, l[1]);
-        for (uint32_t i = 1; i <= nl; i++) {
-            const uint32_t nb = l[i];
-            /* The next neighbour's vector streams in while this one is compared. */
-            if (i < nl)
-                prefetch_vec(x, l[i + 1]);
-            if (x->visited[nb] == gen)
-                continue;
-            x->visited[nb] = gen;
+        uint32_t *todo = x->todo, nt = 0;
+        for (uint32_t i = 1; i <= l[0]; i++) {
+            if (x->visited[l[i]] != gen) {
+                x->visited[l[i]] = gen;
+                todo[nt++] = l[i];
+            }
+        }
+        if (nt)
+            prefetch_vec(x, todo[0]);
+        for (uint32_t t = 0; t < nt; t++) {
+            const uint32_t nb = todo[t];
+            if (t + 1 < nt)
+                prefetch_vec(x, todo[t + 1]);
             const float s = x->dot(q, vec_at(x, nb), x->stride);
             if (R->len < ef || s > -R->v[0].s) {
                 heap_push(C, s, nb);
@@ -452,10 +456,11 @@ sona_status sona_index_create(const sona_index_config *cfg, sona_index **out)
     sona_rng_seed(&x->rng, cfg->seed, 0x686e7377ull /* "hnsw" */);
     x->pick = malloc((x->M0 + 1) * sizeof *x->pick);
     x->shrink = malloc((x->M0 + 1) * sizeof *x->shrink);
+    x->todo = malloc(x->M0 * sizeof *x->todo);
     x->qbuf = aligned_alloc(64, x->stride * sizeof(float));
     x->vbuf = aligned_alloc(64, x->stride * sizeof(float));
     const uint32_t cap = cfg->initial_capacity < 16 ? 16 : cfg->initial_capacity;
-    if (!x->pick || !x->shrink || !x->qbuf || !x->vbuf || grow(x, cap) != SONA_OK) {
+    if (!x->pick || !x->shrink || !x->todo || !x->qbuf || !x->vbuf || grow(x, cap) != SONA_OK) {
         free_parts(x);
         free(x);
         return sona_fail(NULL, SONA_E_NOMEM, "sona_index_create: out of memory");
