@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -381,6 +382,73 @@ Test(bank, similar_clusters_merge_within_one_extraction)
     uint32_t found;
     cr_assert_eq(sona_bank_search(b, X, 1, &id, NULL, &found), SONA_OK);
     cr_assert(found == 1 && id == p.id);
+    free(X);
+    sona_bank_destroy(b);
+}
+
+/* Adds and searches from several threads while extractions run: nothing is lost or counted
+ * twice (every added trajectory ends up in exactly one pattern's size). */
+typedef struct worker {
+    sona_bank *bank;
+    const float *X;
+    uint32_t first, count;
+    int searches;
+} worker;
+
+static void *adder(void *arg)
+{
+    worker *w = arg;
+    float q[10];
+    for (uint32_t i = 0; i < 10; i++)
+        q[i] = 0.5f;
+    for (uint32_t i = w->first; i < w->first + w->count; i += 10)
+        cr_assert_eq(sona_bank_add_batch(w->bank, 10, w->X + (size_t)i * DIM, q, NULL, NULL), SONA_OK);
+    return NULL;
+}
+
+static void *searcher(void *arg)
+{
+    worker *w = arg;
+    for (int i = 0; i < w->searches; i++) {
+        uint64_t ids[3];
+        uint32_t found;
+        cr_assert_eq(sona_bank_search(w->bank, w->X + (size_t)(i % 50) * DIM, 3, ids, NULL, &found),
+                     SONA_OK);
+    }
+    return NULL;
+}
+
+Test(bank, concurrent_adds_searches_and_extractions)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[bank] concurrency seed %" PRIu64 "\n", seed);
+    fake_clock clk = {0};
+    sona_bank *b = make(4, &clk);
+    const uint32_t n = 1200;
+    float *X = rows(seed, n, 4);
+    worker w[3] = {{b, X, 0, 600, 0}, {b, X, 600, 600, 0}, {b, X, 0, 0, 300}};
+    pthread_t t[3];
+    cr_assert_eq(pthread_create(&t[0], NULL, adder, &w[0]), 0);
+    cr_assert_eq(pthread_create(&t[1], NULL, adder, &w[1]), 0);
+    cr_assert_eq(pthread_create(&t[2], NULL, searcher, &w[2]), 0);
+    for (int i = 0; i < 20; i++)
+        cr_assert_eq(sona_bank_extract(b, NULL), SONA_OK);
+    for (int i = 0; i < 3; i++)
+        pthread_join(t[i], NULL);
+    cr_assert_eq(sona_bank_extract(b, NULL), SONA_OK);
+    sona_bank_stats st;
+    cr_assert_eq(sona_bank_stats_get(b, &st), SONA_OK);
+    cr_assert_eq(st.trajectories_added, n);
+    cr_assert_eq(st.pending, 0);
+    cr_assert_eq(st.searches, 300);
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < st.patterns; i++) {
+        sona_pattern p;
+        cr_assert_eq(sona_bank_pattern_at(b, i, &p, NULL), SONA_OK);
+        total += p.size;
+    }
+    cr_assert_eq(total, n, "pattern sizes add up to %" PRIu64 " of %u trajectories", total, n);
+    cr_assert_eq(st.patterns, 4);
     free(X);
     sona_bank_destroy(b);
 }

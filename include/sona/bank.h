@@ -90,7 +90,9 @@ typedef struct sona_bank_extract_result {
 } sona_bank_extract_result;
 
 /* Clusters every pending trajectory into patterns (see above) and empties the queue. Nothing
- * pending: SONA_OK with zero counts. res may be NULL. On failure nothing is consumed. */
+ * pending: SONA_OK with zero counts. res may be NULL. k-means runs outside the bank's lock
+ * (searches and adds proceed meanwhile; trajectories added during it wait for the next call);
+ * extractions run one at a time. If k-means fails, its trajectories go back to the queue. */
 SONA_API sona_status sona_bank_extract(sona_bank *bank, sona_bank_extract_result *res);
 
 /* Prunes low-quality and stale patterns and enforces capacity now (extract does it too);
@@ -140,6 +142,7 @@ SONA_API sona_status sona_bank_pattern_restore_route(sona_bank *bank, uint64_t i
 
 typedef struct sona_bank_stats {
     uint64_t trajectories_added, trajectories_rejected, trajectories_refused_full;
+    uint64_t trajectories_lost; /* only when a failed extraction could not requeue (no memory) */
     uint64_t extractions, clusters_found, clusters_dropped_small;
     uint64_t patterns_created, patterns_merged, patterns_pruned_quality, patterns_pruned_stale,
         patterns_evicted;
