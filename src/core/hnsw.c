@@ -414,7 +414,7 @@ void sona_index_config_default(sona_index_config *cfg, uint32_t dim)
         return;
     *cfg = (sona_index_config){.dim = dim,
                                .M = 16,
-                               .ef_construction = 200,
+                               .ef_construction = 100,
                                .ef_search = 50,
                                .initial_capacity = 1024,
                                .seed = 42,
