@@ -65,7 +65,7 @@ typedef struct extraction_fixture {
 static int call_extract(void *arg)
 {
     extraction_fixture *f = arg;
-    if (sona_bank_add_batch(f->bank, f->n, f->X, f->quality, NULL, NULL) != SONA_OK)
+    if (sona_bank_add_batch(f->bank, f->n, f->X, DIM, f->quality, NULL, NULL) != SONA_OK)
         return -1;
     return sona_bank_extract(f->bank, &f->last) == SONA_OK ? 0 : -1;
 }

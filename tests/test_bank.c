@@ -54,7 +54,7 @@ static void add_all(sona_bank *b, const float *X, uint32_t n, float quality)
     float *q = malloc(n * sizeof *q);
     for (uint32_t i = 0; i < n; i++)
         q[i] = quality;
-    cr_assert_eq(sona_bank_add_batch(b, n, X, q, NULL, NULL), SONA_OK, "%s", sona_bank_last_error(b));
+    cr_assert_eq(sona_bank_add_batch(b, n, X, DIM, q, NULL, NULL), SONA_OK, "%s", sona_bank_last_error(b));
     free(q);
 }
 
@@ -72,7 +72,7 @@ Test(bank, extracting_twice_does_not_duplicate)
         routes[i] = (i % 2) ? "code" : "math";
         q[i] = (i % 2) ? 0.8f : 0.4f;
     }
-    cr_assert_eq(sona_bank_add_batch(b, n, X, q, NULL, routes), SONA_OK);
+    cr_assert_eq(sona_bank_add_batch(b, n, X, DIM, q, NULL, routes), SONA_OK);
     sona_bank_extract_result res;
     cr_assert_eq(sona_bank_extract(b, &res), SONA_OK);
     cr_assert_eq(res.trajectories, n);
@@ -80,7 +80,7 @@ Test(bank, extracting_twice_does_not_duplicate)
     cr_assert_eq(sona_bank_pattern_count(b), 5);
     cr_assert_eq(sona_bank_pending(b), 0);
     /* Same data again: every cluster merges. */
-    cr_assert_eq(sona_bank_add_batch(b, n, X, q, NULL, routes), SONA_OK);
+    cr_assert_eq(sona_bank_add_batch(b, n, X, DIM, q, NULL, routes), SONA_OK);
     cr_assert_eq(sona_bank_extract(b, &res), SONA_OK);
     cr_assert_eq(res.created, 0);
     cr_assert_eq(res.merged, 5);
@@ -107,7 +107,7 @@ Test(bank, extracting_twice_does_not_duplicate)
         uint64_t id;
         float sim;
         uint32_t found;
-        cr_assert_eq(sona_bank_search(b, c, 1, &id, &sim, &found), SONA_OK);
+        cr_assert_eq(sona_bank_search(b, c, DIM, 1, &id, &sim, &found), SONA_OK);
         cr_assert(found == 1 && id == p.id);
         cr_assert_float_eq(sim, 1.0f, 1e-5f);
     }
@@ -142,7 +142,7 @@ Test(bank, prune_low_quality_and_stale)
     float q[40];
     for (uint32_t i = 0; i < n; i++)
         q[i] = (i % 4 == 3) ? 0.1f : 0.9f; /* group 3 is poor */
-    cr_assert_eq(sona_bank_add_batch(b, n, X, q, NULL, NULL), SONA_OK);
+    cr_assert_eq(sona_bank_add_batch(b, n, X, DIM, q, NULL, NULL), SONA_OK);
     sona_bank_extract_result res;
     cr_assert_eq(sona_bank_extract(b, &res), SONA_OK);
     cr_assert_eq(res.created, 4);
@@ -152,7 +152,7 @@ Test(bank, prune_low_quality_and_stale)
     uint64_t ids[4];
     float sims[4];
     uint32_t found;
-    cr_assert_eq(sona_bank_search(b, X + 3 * DIM, 4, ids, sims, &found), SONA_OK);
+    cr_assert_eq(sona_bank_search(b, X + 3 * DIM, DIM, 4, ids, sims, &found), SONA_OK);
     cr_assert_eq(found, 3);
     for (uint32_t i = 0; i < found; i++) {
         sona_pattern p;
@@ -161,7 +161,7 @@ Test(bank, prune_low_quality_and_stale)
     }
     /* Time passes; searching group 0 keeps its pattern fresh, the others go stale. */
     clk.ms += 800;
-    cr_assert_eq(sona_bank_search(b, X, 1, ids, sims, &found), SONA_OK);
+    cr_assert_eq(sona_bank_search(b, X, DIM, 1, ids, sims, &found), SONA_OK);
     const uint64_t kept = ids[0];
     clk.ms += 800;
     uint32_t removed;
@@ -172,7 +172,7 @@ Test(bank, prune_low_quality_and_stale)
     cr_assert_eq(sona_bank_pattern_get(b, kept, &p, NULL), SONA_OK);
     cr_assert_eq(p.access_count, 2);
     cr_assert_eq(p.last_access_ms, 5800);
-    cr_assert_eq(sona_bank_search(b, X + DIM, 4, ids, sims, &found), SONA_OK);
+    cr_assert_eq(sona_bank_search(b, X + DIM, DIM, 4, ids, sims, &found), SONA_OK);
     cr_assert(found == 1 && ids[0] == kept, "pruned patterns still searchable");
     sona_bank_stats st;
     sona_bank_stats_get(b, &st);
@@ -200,7 +200,7 @@ Test(bank, capacity_evicts_lowest_value)
     float q[60];
     for (uint32_t i = 0; i < n; i++)
         q[i] = 0.1f + 0.15f * (float)(i % 6); /* group g has quality 0.1 + 0.15 g */
-    cr_assert_eq(sona_bank_add_batch(b, n, X, q, NULL, NULL), SONA_OK);
+    cr_assert_eq(sona_bank_add_batch(b, n, X, DIM, q, NULL, NULL), SONA_OK);
     sona_bank_extract_result res;
     cr_assert_eq(sona_bank_extract(b, &res), SONA_OK);
     cr_assert_eq(res.created, 6);
@@ -223,27 +223,29 @@ Test(bank, bad_input_changes_nothing)
     for (uint32_t t = 0; t < DIM; t++)
         v[t] = bad[t] = (float)t + 1.0f;
     bad[DIM - 2] = NAN;
-    cr_assert_eq(sona_bank_add(b, v, 0.5f, 1.0f, "r"), SONA_OK);
-    cr_assert_eq(sona_bank_add(b, bad, 0.5f, 1.0f, NULL), SONA_E_NONFINITE);
-    cr_assert_eq(sona_bank_add(b, v, NAN, 1.0f, NULL), SONA_E_NONFINITE);
-    cr_assert_eq(sona_bank_add(b, v, 0.5f, -1.0f, NULL), SONA_E_INVALID);
-    cr_assert_eq(sona_bank_add(b, NULL, 0.5f, 1.0f, NULL), SONA_E_NULL);
+    cr_assert_eq(sona_bank_add(b, v, DIM, 0.5f, 1.0f, "r"), SONA_OK);
+    cr_assert_eq(sona_bank_add(b, bad, DIM, 0.5f, 1.0f, NULL), SONA_E_NONFINITE);
+    cr_assert_eq(sona_bank_add(b, v, DIM, NAN, 1.0f, NULL), SONA_E_NONFINITE);
+    cr_assert_eq(sona_bank_add(b, v, DIM, 0.5f, -1.0f, NULL), SONA_E_INVALID);
+    cr_assert_eq(sona_bank_add(b, NULL, DIM, 0.5f, 1.0f, NULL), SONA_E_NULL);
     float zero[DIM] = {0};
-    cr_assert_eq(sona_bank_add(b, zero, 0.5f, 1.0f, NULL), SONA_E_INVALID);
+    cr_assert_eq(sona_bank_add(b, zero, DIM, 0.5f, 1.0f, NULL), SONA_E_INVALID);
+    cr_assert_eq(sona_bank_add(b, v, DIM - 1, 0.5f, 1.0f, NULL), SONA_E_SIZE);
     /* A batch with one bad row adds nothing. */
     float two[2 * DIM], q2[2] = {0.5f, 0.5f};
     memcpy(two, v, sizeof v);
     memcpy(two + DIM, bad, sizeof bad);
-    cr_assert_eq(sona_bank_add_batch(b, 2, two, q2, NULL, NULL), SONA_E_NONFINITE);
+    cr_assert_eq(sona_bank_add_batch(b, 2, two, DIM, q2, NULL, NULL), SONA_E_NONFINITE);
     cr_assert_eq(sona_bank_pending(b), 1);
     sona_bank_stats st;
     sona_bank_stats_get(b, &st);
     cr_assert_eq(st.trajectories_added, 1);
-    cr_assert_eq(st.trajectories_rejected, 7);
+    cr_assert_eq(st.trajectories_rejected, 8);
     cr_assert_neq(sona_bank_last_error(b)[0], '\0');
     uint64_t id;
     uint32_t found;
-    cr_assert_eq(sona_bank_search(b, bad, 1, &id, NULL, &found), SONA_E_NONFINITE);
+    cr_assert_eq(sona_bank_search(b, bad, DIM, 1, &id, NULL, &found), SONA_E_NONFINITE);
+    cr_assert_eq(sona_bank_search(b, v, DIM + 1, 1, &id, NULL, &found), SONA_E_SIZE);
     cr_assert_eq(sona_bank_extract(NULL, NULL), SONA_E_NULL);
     sona_pattern p = {.id = 0};
     cr_assert_eq(sona_bank_pattern_restore(b, &p, v), SONA_E_STATE);
@@ -270,15 +272,15 @@ Test(bank, pending_is_bounded)
     (void)clk;
     float *X = rows(1, 4, 2);
     float q[4] = {1, 1, 1, 1};
-    cr_assert_eq(sona_bank_add_batch(b, 4, X, q, NULL, NULL), SONA_E_FULL);
-    cr_assert_eq(sona_bank_add_batch(b, 3, X, q, NULL, NULL), SONA_OK);
-    cr_assert_eq(sona_bank_add(b, X, 1, 1, NULL), SONA_E_FULL);
+    cr_assert_eq(sona_bank_add_batch(b, 4, X, DIM, q, NULL, NULL), SONA_E_FULL);
+    cr_assert_eq(sona_bank_add_batch(b, 3, X, DIM, q, NULL, NULL), SONA_OK);
+    cr_assert_eq(sona_bank_add(b, X, DIM, 1, 1, NULL), SONA_E_FULL);
     sona_bank_stats st;
     sona_bank_stats_get(b, &st);
     cr_assert_eq(st.trajectories_refused_full, 5);
     cr_assert_eq(st.pending, 3);
     cr_assert_eq(sona_bank_extract(b, NULL), SONA_OK);
-    cr_assert_eq(sona_bank_add(b, X, 1, 1, NULL), SONA_OK);
+    cr_assert_eq(sona_bank_add(b, X, DIM, 1, 1, NULL), SONA_OK);
     free(X);
     sona_bank_destroy(b);
 }
@@ -380,7 +382,7 @@ Test(bank, similar_clusters_merge_within_one_extraction)
     cr_assert_float_eq(p.avg_quality, 0.6f, 1e-6f);
     uint64_t id;
     uint32_t found;
-    cr_assert_eq(sona_bank_search(b, X, 1, &id, NULL, &found), SONA_OK);
+    cr_assert_eq(sona_bank_search(b, X, DIM, 1, &id, NULL, &found), SONA_OK);
     cr_assert(found == 1 && id == p.id);
     free(X);
     sona_bank_destroy(b);
@@ -402,7 +404,7 @@ static void *adder(void *arg)
     for (uint32_t i = 0; i < 10; i++)
         q[i] = 0.5f;
     for (uint32_t i = w->first; i < w->first + w->count; i += 10)
-        cr_assert_eq(sona_bank_add_batch(w->bank, 10, w->X + (size_t)i * DIM, q, NULL, NULL), SONA_OK);
+        cr_assert_eq(sona_bank_add_batch(w->bank, 10, w->X + (size_t)i * DIM, DIM, q, NULL, NULL), SONA_OK);
     return NULL;
 }
 
@@ -412,7 +414,7 @@ static void *searcher(void *arg)
     for (int i = 0; i < w->searches; i++) {
         uint64_t ids[3];
         uint32_t found;
-        cr_assert_eq(sona_bank_search(w->bank, w->X + (size_t)(i % 50) * DIM, 3, ids, NULL, &found),
+        cr_assert_eq(sona_bank_search(w->bank, w->X + (size_t)(i % 50) * DIM, DIM, 3, ids, NULL, &found),
                      SONA_OK);
     }
     return NULL;

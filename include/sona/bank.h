@@ -67,16 +67,17 @@ SONA_API sona_status sona_bank_trajectory_embedding(uint32_t dim, const float *q
                                                     uint32_t steps, const float *activations,
                                                     const float *rewards, float *out);
 
-/* Queues one trajectory for the next extraction: embedding (dim floats), quality (finite),
- * weight (finite, >= 0), route (NULL = none; at most 63 bytes kept). Bad input -> a status,
- * counted as rejected, nothing queued. SONA_E_FULL when max_pending are waiting. */
-SONA_API sona_status sona_bank_add(sona_bank *bank, const float *embedding, float quality,
-                                   float weight, const char *route);
-/* n trajectories at once (rows of embeddings; weights and routes may be NULL for 1 / none).
+/* Queues one trajectory for the next extraction: embedding (dim floats; dim must equal the
+ * bank's, else SONA_E_SIZE; not the zero vector), quality (finite), weight (finite, >= 0), route
+ * (NULL = none; at most 63 bytes kept). Bad input -> a status, counted as rejected, nothing
+ * queued. SONA_E_FULL (counted) when max_pending are waiting. */
+SONA_API sona_status sona_bank_add(sona_bank *bank, const float *embedding, uint32_t dim,
+                                   float quality, float weight, const char *route);
+/* n trajectories at once (n rows of dim floats; weights and routes may be NULL for 1 / none).
  * All-or-nothing: one bad row or too little room refuses the whole batch. */
 SONA_API sona_status sona_bank_add_batch(sona_bank *bank, uint32_t n, const float *embeddings,
-                                         const float *qualities, const float *weights,
-                                         const char *const *routes);
+                                         uint32_t dim, const float *qualities,
+                                         const float *weights, const char *const *routes);
 /* Trajectories waiting for extraction. */
 SONA_API uint32_t sona_bank_pending(const sona_bank *bank);
 
@@ -109,10 +110,11 @@ typedef struct sona_pattern {
     uint32_t route_count;      /* distinct routes seen (see sona_bank_pattern_route) */
 } sona_pattern;
 
-/* The k patterns most similar to query (cosine, best first): ids[k], sims[k] (may be NULL),
- * *found. Counts an access and refreshes last_access_ms of each returned pattern. */
-SONA_API sona_status sona_bank_search(sona_bank *bank, const float *query, uint32_t k,
-                                      uint64_t *ids, float *sims, uint32_t *found);
+/* The k patterns most similar to query (dim floats, SONA_E_SIZE unless the bank's dim; cosine,
+ * best first): ids[k], sims[k] (may be NULL), *found. Counts an access and refreshes
+ * last_access_ms of each returned pattern. */
+SONA_API sona_status sona_bank_search(sona_bank *bank, const float *query, uint32_t dim,
+                                      uint32_t k, uint64_t *ids, float *sims, uint32_t *found);
 /* Live patterns. */
 SONA_API uint32_t sona_bank_pattern_count(const sona_bank *bank);
 /* Pattern by id (SONA_E_NOT_FOUND once merged away, pruned or evicted); centroid (dim floats,

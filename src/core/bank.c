@@ -287,8 +287,9 @@ static sona_status check_row(sona_bank *b, const char *call, uint32_t row, const
     return SONA_OK;
 }
 
-sona_status sona_bank_add_batch(sona_bank *b, uint32_t n, const float *emb, const float *qualities,
-                                const float *weights, const char *const *routes)
+sona_status sona_bank_add_batch(sona_bank *b, uint32_t n, const float *emb, uint32_t emb_dim,
+                                const float *qualities, const float *weights,
+                                const char *const *routes)
 {
     if (!b)
         return SONA_E_NULL;
@@ -298,6 +299,11 @@ sona_status sona_bank_add_batch(sona_bank *b, uint32_t n, const float *emb, cons
     const uint32_t dim = b->cfg.dim;
     if (!emb || !qualities) {
         st = sona_fail(&b->err, SONA_E_NULL, "%s: embeddings or qualities is NULL", call);
+        goto rejected;
+    }
+    if (emb_dim != dim) {
+        st = sona_fail(&b->err, SONA_E_SIZE, "%s: embedding dim %u, the bank's is %u", call,
+                       emb_dim, dim);
         goto rejected;
     }
     for (uint32_t i = 0; i < n && st == SONA_OK; i++)
@@ -338,10 +344,10 @@ out:
     return st;
 }
 
-sona_status sona_bank_add(sona_bank *b, const float *embedding, float quality, float weight,
-                          const char *route)
+sona_status sona_bank_add(sona_bank *b, const float *embedding, uint32_t dim, float quality,
+                          float weight, const char *route)
 {
-    return sona_bank_add_batch(b, 1, embedding, &quality, &weight, &route);
+    return sona_bank_add_batch(b, 1, embedding, dim, &quality, &weight, &route);
 }
 
 uint32_t sona_bank_pending(const sona_bank *b)
@@ -690,11 +696,14 @@ out:
 
 /* ---- queries ----------------------------------------------------------------------------- */
 
-sona_status sona_bank_search(sona_bank *b, const float *query, uint32_t k, uint64_t *ids,
-                             float *sims, uint32_t *found)
+sona_status sona_bank_search(sona_bank *b, const float *query, uint32_t dim, uint32_t k,
+                             uint64_t *ids, float *sims, uint32_t *found)
 {
     if (!b)
         return SONA_E_NULL;
+    if (dim != b->cfg.dim)
+        return sona_fail(&b->err, SONA_E_SIZE, "sona_bank_search: query dim %u, the bank's is %u",
+                         dim, b->cfg.dim);
     pthread_mutex_lock(&b->lock);
     sona_status st = sona_index_search_ef(b->index, query, k, b->cfg.index.ef_search, 0, ids,
                                           sims, found);
