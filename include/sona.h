@@ -10,5 +10,7 @@
 #include "sona/trajectory_buffer.h"
 #include "sona/signal.h"
 #include "sona/ewc.h"
+#include "sona/index.h"
+#include "sona/bank.h"
 
 #endif /* SONA_H */
