@@ -107,7 +107,7 @@ else
 fi
 
 step "op check: CUDA with each lora_apply kernel forced"
-for mode in rows grouped; do
+for mode in rows grouped sliced; do
   if SONA_CUDA_LORA=$mode timeout 120 "$build/bin/sona_gpu_ops_check" --only cuda >"$ops_log" 2>&1; then
     note "op check, SONA_CUDA_LORA=$mode: $(tail -1 "$ops_log" | sed 's/^\[ops\] //')"
   else

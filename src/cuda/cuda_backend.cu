@@ -21,6 +21,11 @@ namespace {
 constexpr size_t TILE_FLOATS = (size_t)8 << 20;
 /* Widest pattern tile of knn_exact: wide enough to amortise the per-tile merge. */
 constexpr uint32_t KNN_TILE_COLS = 32768;
+/* Tiles of the TF32 knn pass: one warp per query row merges the tile's columns, so a tile
+ * has enough rows to fill the GPU (2048 x 8192, 64 MiB). */
+constexpr size_t KNN_TF32_TILE_FLOATS = (size_t)16 << 20;
+constexpr uint32_t KNN_TF32_TILE_COLS = 8192;
+constexpr size_t KNN_TF32_TILE_ROWS = 16384;
 /* Each of the two pinned staging buffers. */
 constexpr size_t STAGING_BYTES = (size_t)4 << 20;
 
@@ -224,11 +229,26 @@ sona_status cu_lora_apply(void *ctx, const sona_lora_apply_args *a)
     cuda_ctx *c = ctx_of(ctx);
     if (!a->n)
         return SONA_OK;
-    /* SONA_CUDA_LORA=rows|grouped forces a kernel (for benchmarks); the default chooses. */
+    /* SONA_CUDA_LORA=rows|grouped|sliced forces a kernel (for benchmarks); the default chooses. */
     const char *mode = getenv("SONA_CUDA_LORA");
-    const int grouped = !mode || !*mode ? -1 : !strcmp(mode, "grouped") ? 1 : !strcmp(mode, "rows") ? 0 : -1;
+    int kernel = -1;
+    if (mode && !strcmp(mode, "rows"))
+        kernel = 0;
+    else if (mode && !strcmp(mode, "grouped"))
+        kernel = 1;
+    else if (mode && !strcmp(mode, "sliced"))
+        kernel = 2;
     return locked(c, [&]() -> sona_status {
-        CUDA_TRY(sona_cuda_launch_lora_apply(a, grouped, c->stream));
+        float *scratch = NULL;
+        const size_t floats = kernel == 0 || kernel == 1 ? 0 : sona_cuda_lora_sliced_scratch(a);
+        if (floats) {
+            void *s;
+            const sona_status st = scratch_get(c, floats * sizeof(float), &s);
+            if (st != SONA_OK)
+                return st;
+            scratch = static_cast<float *>(s);
+        }
+        CUDA_TRY(sona_cuda_launch_lora_apply(a, kernel, scratch, c->stream));
         return SONA_OK;
     });
 }
@@ -288,6 +308,17 @@ sona_status gemm_rows_dot(cuda_ctx *c, const float *L, uint32_t rows, const floa
     return SONA_OK;
 }
 
+/* gemm_rows_dot with alpha 1 on TF32 tensor cores (FP32 inputs, output and accumulation). */
+sona_status gemm_rows_dot_tf32(cuda_ctx *c, const float *L, uint32_t rows, const float *R,
+                               uint32_t cols, uint32_t d, float *Out)
+{
+    const float alpha = 1.0f, beta = 0.0f;
+    BLAS_TRY(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)cols, (int)rows, (int)d, &alpha,
+                          R, CUDA_R_32F, (int)d, L, CUDA_R_32F, (int)d, &beta, Out, CUDA_R_32F,
+                          (int)cols, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
+    return SONA_OK;
+}
+
 sona_status cu_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a)
 {
     cuda_ctx *c = ctx_of(ctx);
@@ -326,20 +357,115 @@ sona_status cu_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a)
     });
 }
 
+/* The exact FP32 knn of the query rows Q[rows] (inverse norms qinv) against all of P, written
+ * to idx/sim (rows x k): SGEMM tiles of at most s_floats floats in S, each merged into the
+ * running lists. a gives P, n, d and k. */
+sona_status knn_fp32_rows(cuda_ctx *c, const sona_knn_exact_args *a, const float *Q,
+                          uint32_t rows, const float *qinv, const float *pinv, int32_t *idx,
+                          float *sim, float *S, size_t s_floats)
+{
+    uint32_t tile_cols = a->n < KNN_TILE_COLS ? a->n : KNN_TILE_COLS;
+    if (tile_cols > s_floats)
+        tile_cols = (uint32_t)s_floats;
+    size_t tile_rows = s_floats / (tile_cols ? tile_cols : 1);
+    if (tile_rows > rows)
+        tile_rows = rows;
+    for (size_t q0 = 0; q0 < rows; q0 += tile_rows) {
+        const uint32_t r = (uint32_t)(rows - q0 < tile_rows ? rows - q0 : tile_rows);
+        const float *Qt = Q + q0 * a->d;
+        int32_t *it = idx + q0 * a->k;
+        float *st = sim + q0 * a->k;
+        if (!a->n) { /* nothing to search: every list is empty */
+            CUDA_TRY(sona_cuda_launch_topk_merge(S, r, 0, 0, qinv + q0, pinv, a->k, 1, it, st,
+                                                 c->stream));
+            continue;
+        }
+        for (uint32_t p0 = 0; p0 < a->n; p0 += tile_cols) {
+            const uint32_t cols = a->n - p0 < tile_cols ? a->n - p0 : tile_cols;
+            const sona_status gs =
+                gemm_rows_dot(c, Qt, r, a->P + (size_t)p0 * a->d, cols, a->d, 1.0f, S);
+            if (gs != SONA_OK)
+                return gs;
+            CUDA_TRY(sona_cuda_launch_topk_merge(S, r, cols, p0, qinv + q0, pinv + p0, a->k,
+                                                 p0 == 0, it, st, c->stream));
+        }
+    }
+    return SONA_OK;
+}
+
+/* Bound on the similarity error of the TF32 pass, relative to |q| |p| (so on a cosine): TF32
+ * keeps 10 mantissa bits, so each operand is off by at most 2^-10 relative (truncation; 2^-11
+ * when rounded) and each product by 2^-9 + 2^-20; summed, that is at most (2^-9 + 2^-20)
+ * sum |q_i p_i| <= (2^-9 + 2^-20) |q| |p|. FP32 accumulation adds at most about d 2^-24 of
+ * the same sum, and the norms and scaling a few ulps. The bound used doubles every term. */
+float knn_tf32_error_bound(uint32_t d)
+{
+    return 2.0f * (0x1p-9f + 0x1p-20f) + ((float)d + 16.0f) * 0x1p-22f;
+}
+
+/* knn_exact in two passes. The similarities are first computed with TF32 tensor-core GEMMs
+ * and each query keeps its best C (> k) approximate candidates; the candidates are then
+ * re-ranked by FP32 cosines of the original vectors and the best k kept. Why that is exact:
+ * with e the error bound above, T the true k-th best similarity and a_k the k-th best
+ * approximate one, every true top-k neighbour has approximate similarity >= T - e, and a_k <=
+ * T + e (a higher approximate value implies a true one above T, and fewer than k have that),
+ * so every true neighbour is >= a_k - 2e. The candidates are the exact top C of the
+ * approximate values (or were dropped with a recorded bound, see knn_candidates_kernel), so
+ * everything left out is <= a_C (or that bound): when that is < a_k - 2e no true neighbour was
+ * left out. A query where that fails (a near-tie wider than the C - k spare candidates,
+ * or a zero query where all similarities tie at 0) is recomputed by the FP32 path. */
 sona_status cu_knn_exact(void *ctx, const sona_knn_exact_args *a)
 {
     cuda_ctx *c = ctx_of(ctx);
     if (!a->m)
         return SONA_OK;
+    /* SONA_CUDA_KNN=fp32 forces the plain FP32 path (for benchmarks and checks). */
+    const char *mode = getenv("SONA_CUDA_KNN");
+    const int fp32_only = mode && !strcmp(mode, "fp32");
+    const uint32_t C = sona_cuda_knn_candidates(a->k);
     return locked(c, [&]() -> sona_status {
-        const uint32_t tile_cols = a->n < KNN_TILE_COLS ? a->n : KNN_TILE_COLS;
-        size_t tile_rows = TILE_FLOATS / (tile_cols ? tile_cols : 1);
+        if (fp32_only || !C || !a->n) {
+            const uint32_t tile_cols = a->n < KNN_TILE_COLS ? a->n : KNN_TILE_COLS;
+            size_t tile_rows = TILE_FLOATS / (tile_cols ? tile_cols : 1);
+            if (tile_rows > a->m)
+                tile_rows = a->m;
+            const size_t s_floats = tile_rows * (tile_cols ? tile_cols : 1);
+            carver cv;
+            const size_t qi_at = cv.take((size_t)a->m * sizeof(float));
+            const size_t pi_at = cv.take((size_t)a->n * sizeof(float));
+            const size_t s_at = cv.take(s_floats * sizeof(float));
+            void *s;
+            const sona_status st = scratch_get(c, cv.used, &s);
+            if (st != SONA_OK)
+                return st;
+            unsigned char *base = static_cast<unsigned char *>(s);
+            float *qinv = reinterpret_cast<float *>(base + qi_at);
+            float *pinv = reinterpret_cast<float *>(base + pi_at);
+            CUDA_TRY(sona_cuda_launch_row_inv_norms(a->Q, a->m, a->d, qinv, c->stream));
+            if (a->n)
+                CUDA_TRY(sona_cuda_launch_row_inv_norms(a->P, a->n, a->d, pinv, c->stream));
+            return knn_fp32_rows(c, a, a->Q, a->m, qinv, pinv, a->idx, a->sim,
+                                 reinterpret_cast<float *>(base + s_at), s_floats);
+        }
+        const uint32_t tile_cols = a->n < KNN_TF32_TILE_COLS ? a->n : KNN_TF32_TILE_COLS;
+        size_t tile_rows = KNN_TF32_TILE_FLOATS / tile_cols;
+        if (tile_rows > KNN_TF32_TILE_ROWS) /* bounds the per-row scratch when n is small */
+            tile_rows = KNN_TF32_TILE_ROWS;
         if (tile_rows > a->m)
             tile_rows = a->m;
+        const size_t s_floats = tile_rows * tile_cols;
         carver cv;
         const size_t qi_at = cv.take((size_t)a->m * sizeof(float));
         const size_t pi_at = cv.take((size_t)a->n * sizeof(float));
-        const size_t s_at = cv.take(tile_rows * tile_cols * sizeof(float));
+        const size_t s_at = cv.take(s_floats * sizeof(float));
+        const size_t ci_at = cv.take(tile_rows * C * sizeof(int32_t));
+        const size_t cs_at = cv.take(tile_rows * C * sizeof(float));
+        const size_t dr_at = cv.take(tile_rows * sizeof(float));
+        const size_t fl_at = cv.take((1 + tile_rows) * sizeof(uint32_t));
+        const size_t fq_at = cv.take(tile_rows * a->d * sizeof(float));
+        const size_t fqi_at = cv.take(tile_rows * sizeof(float));
+        const size_t fi_at = cv.take(tile_rows * a->k * sizeof(int32_t));
+        const size_t fs_at = cv.take(tile_rows * a->k * sizeof(float));
         void *s;
         const sona_status st = scratch_get(c, cv.used, &s);
         if (st != SONA_OK)
@@ -348,28 +474,55 @@ sona_status cu_knn_exact(void *ctx, const sona_knn_exact_args *a)
         float *qinv = reinterpret_cast<float *>(base + qi_at);
         float *pinv = reinterpret_cast<float *>(base + pi_at);
         float *S = reinterpret_cast<float *>(base + s_at);
+        int32_t *cidx = reinterpret_cast<int32_t *>(base + ci_at);
+        float *csim = reinterpret_cast<float *>(base + cs_at);
+        float *dropped = reinterpret_cast<float *>(base + dr_at);
+        uint32_t *flagged = reinterpret_cast<uint32_t *>(base + fl_at);
+        float *fQ = reinterpret_cast<float *>(base + fq_at);
+        float *fqinv = reinterpret_cast<float *>(base + fqi_at);
+        int32_t *fidx = reinterpret_cast<int32_t *>(base + fi_at);
+        float *fsim = reinterpret_cast<float *>(base + fs_at);
+        const float margin = 2.0f * knn_tf32_error_bound(a->d);
         CUDA_TRY(sona_cuda_launch_row_inv_norms(a->Q, a->m, a->d, qinv, c->stream));
-        if (a->n)
-            CUDA_TRY(sona_cuda_launch_row_inv_norms(a->P, a->n, a->d, pinv, c->stream));
+        CUDA_TRY(sona_cuda_launch_row_inv_norms(a->P, a->n, a->d, pinv, c->stream));
         for (size_t q0 = 0; q0 < a->m; q0 += tile_rows) {
             const uint32_t rows = (uint32_t)(a->m - q0 < tile_rows ? a->m - q0 : tile_rows);
             const float *Q = a->Q + q0 * a->d;
             int32_t *idx = a->idx + q0 * a->k;
             float *sim = a->sim + q0 * a->k;
-            if (!a->n) { /* nothing to search: every list is empty */
-                CUDA_TRY(sona_cuda_launch_topk_merge(S, rows, 0, 0, qinv + q0, pinv, a->k, 1, idx,
-                                                     sim, c->stream));
-                continue;
-            }
             for (uint32_t p0 = 0; p0 < a->n; p0 += tile_cols) {
                 const uint32_t cols = a->n - p0 < tile_cols ? a->n - p0 : tile_cols;
-                const sona_status gs =
-                    gemm_rows_dot(c, Q, rows, a->P + (size_t)p0 * a->d, cols, a->d, 1.0f, S);
+                const sona_status gs = gemm_rows_dot_tf32(c, Q, rows, a->P + (size_t)p0 * a->d,
+                                                          cols, a->d, S);
                 if (gs != SONA_OK)
                     return gs;
-                CUDA_TRY(sona_cuda_launch_topk_merge(S, rows, cols, p0, qinv + q0, pinv + p0,
-                                                     a->k, p0 == 0, idx, sim, c->stream));
+                CUDA_TRY(sona_cuda_launch_knn_candidates(S, rows, cols, p0, qinv + q0, pinv + p0,
+                                                         C, p0 == 0, cidx, csim, dropped,
+                                                         c->stream));
             }
+            CUDA_TRY(cudaMemsetAsync(flagged, 0, sizeof(uint32_t), c->stream));
+            CUDA_TRY(sona_cuda_launch_knn_refine(Q, a->P, rows, a->d, qinv + q0, pinv, a->k,
+                                                 margin, C, cidx, csim, dropped, idx, sim, flagged,
+                                                 c->stream));
+            uint32_t count = 0;
+            CUDA_TRY(cudaMemcpyAsync(&count, flagged, sizeof count, cudaMemcpyDeviceToHost,
+                                     c->stream));
+            CUDA_TRY(cudaStreamSynchronize(c->stream));
+            if (count > rows)
+                return fail(SONA_E_BACKEND, "knn_exact: %u flagged queries in a tile of %u", count,
+                            rows);
+            if (!count)
+                continue;
+            /* The flagged queries of this tile, gathered, go through the FP32 path. */
+            const uint32_t *list = flagged + 1;
+            CUDA_TRY(sona_cuda_launch_gather_rows(Q, a->d, list, count, fQ, c->stream));
+            CUDA_TRY(sona_cuda_launch_row_inv_norms(fQ, count, a->d, fqinv, c->stream));
+            const sona_status fs =
+                knn_fp32_rows(c, a, fQ, count, fqinv, pinv, fidx, fsim, S, s_floats);
+            if (fs != SONA_OK)
+                return fs;
+            CUDA_TRY(sona_cuda_launch_scatter_lists(fidx, fsim, a->k, list, count, idx, sim,
+                                                    c->stream));
         }
         return SONA_OK;
     });

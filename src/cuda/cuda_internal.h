@@ -19,10 +19,13 @@
 
 /* ---- lora (kernels_lora.cu) ------------------------------------------------------------ */
 
-/* One launch for the whole batch: shrink (A x), then expand (x + s Bt^T t). grouped: 0 one
- * block per row, 1 rows of one adapter together (ranks <= 16, else per row), -1 choose. */
-cudaError_t sona_cuda_launch_lora_apply(const sona_lora_apply_args *a, int grouped,
+/* The batch: shrink (A x), then expand (x + s Bt^T t). mode: 0 one block per row, 1 rows of one
+ * adapter together (ranks <= 16, else per row), 2 the sliced pair (rows of one adapter together,
+ * hidden split over blocks; needs scratch, else per row), -1 choose. */
+cudaError_t sona_cuda_launch_lora_apply(const sona_lora_apply_args *a, int mode, float *scratch,
                                         cudaStream_t s);
+/* Floats of scratch the sliced pair needs for a; 0 when it does not take the shape. */
+size_t sona_cuda_lora_sliced_scratch(const sona_lora_apply_args *a);
 
 /* u[i][j] = wt[i] s (A x_i)_j and v[i][j] = wt[i] s (Bt d_i)_j for rows with an adapter, zero
  * for the others; u and v are n x rank scratch arrays. */
@@ -64,6 +67,33 @@ cudaError_t sona_cuda_launch_topk_merge(const float *S, uint32_t rows, uint32_t 
                                         uint32_t col0, const float *qinv, const float *pinv,
                                         uint32_t k, int first, int32_t *idx, float *sim,
                                         cudaStream_t s);
+/* The approximate-then-exact knn path (cuda_backend.cu explains why it is exact). Candidates
+ * kept per query for top-k: 32 or 64, or 0 when k is too large for the path. */
+uint32_t sona_cuda_knn_candidates(uint32_t k);
+/* Merges one tile of approximate dot products S[rows][cols] into the running top-C candidate
+ * lists cidx/csim (rows x C, approximate cosines, best first); first: no list yet. dropped[q]
+ * (rows floats) is the highest approximate value of a column left out other than below the
+ * C-th (-inf when none). */
+cudaError_t sona_cuda_launch_knn_candidates(const float *S, uint32_t rows, uint32_t cols,
+                                            uint32_t col0, const float *qinv, const float *pinv,
+                                            uint32_t C, int first, int32_t *cidx, float *csim,
+                                            float *dropped, cudaStream_t s);
+/* Re-ranks each query's candidates by FP32 cosines of the original rows of Q (the tile's) and P
+ * into idx/sim (rows x k, k < C). Queries whose C-th approximate similarity is not below their
+ * k-th minus margin (or where dropped is) go to flagged[1 + ...] (tile row numbers; flagged[0] counts, zeroed by the
+ * caller): their candidates may miss a true neighbour. */
+cudaError_t sona_cuda_launch_knn_refine(const float *Q, const float *P, uint32_t rows, uint32_t d,
+                                        const float *qinv, const float *pinv, uint32_t k,
+                                        float margin, uint32_t C, const int32_t *cidx,
+                                        const float *csim, const float *dropped, int32_t *idx,
+                                        float *sim, uint32_t *flagged, cudaStream_t s);
+/* dst[r] = src[rows[r]] for rows of d floats, r < count. */
+cudaError_t sona_cuda_launch_gather_rows(const float *src, uint32_t d, const uint32_t *rows,
+                                         uint32_t count, float *dst, cudaStream_t s);
+/* idx/sim[rows[r]] = fidx/fsim[r] for lists of k entries, r < count. */
+cudaError_t sona_cuda_launch_scatter_lists(const int32_t *fidx, const float *fsim, uint32_t k,
+                                           const uint32_t *rows, uint32_t count, int32_t *idx,
+                                           float *sim, cudaStream_t s);
 /* sums[idx[i]] += X[i], counts[idx[i]] += 1 (outputs zeroed by the caller). */
 cudaError_t sona_cuda_launch_cluster_sums(const sona_cluster_sums_args *a, cudaStream_t s);
 

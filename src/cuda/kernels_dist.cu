@@ -188,6 +188,226 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
     }
 }
 
+/* Warp argmax of (s, i) pairs over the lanes (higher value, lower index on ties). */
+__device__ __forceinline__ void warp_best(float &s, int &i)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float os2 = __shfl_xor_sync(0xffffffffu, s, o);
+        const int oi2 = __shfl_xor_sync(0xffffffffu, i, o);
+        if (higher(os2, oi2, s, i)) {
+            s = os2;
+            i = oi2;
+        }
+    }
+}
+
+/* Candidate selection of the approximate (TF32) knn pass: one warp per query row of the tile
+ * keeps the top C of the approximate similarities seen so far in cidx/csim (rows x C, best
+ * first, empty entries -1/-inf). Each lane keeps a short list of LANE_LIST of its columns (few
+ * registers, so many warps in flight); a value a full lane list pushes out or turns away is
+ * not lost silently: dropped[q] keeps the highest such value over all tiles, and the refine
+ * step treats it like the C-th candidate (a bound on everything left out). A tile that brings
+ * nothing new leaves the stored list as it is. */
+constexpr int LANE_LIST = 8;
+
+template <int C>
+__global__ void __launch_bounds__(SONA_CUDA_BLOCK)
+    knn_candidates_kernel(const float *S, uint32_t rows, uint32_t cols, uint32_t col0,
+                          const float *qinv, const float *pinv, int first, int32_t *cidx,
+                          float *csim, float *dropped)
+{
+    const int lane = threadIdx.x & 31;
+    const size_t q = blockIdx.x * (size_t)WARPS + (threadIdx.x >> 5);
+    if (q >= rows) /* uniform per warp */
+        return;
+    float L[LANE_LIST];
+    int I[LANE_LIST];
+#pragma unroll
+    for (int j = 0; j < LANE_LIST; j++) {
+        L[j] = -CUDART_INF_F;
+        I[j] = INT_MAX;
+    }
+    float dmax = -CUDART_INF_F; /* highest value this lane dropped */
+    int32_t *oi = cidx + q * C;
+    float *os = csim + q * C;
+    float thr = -CUDART_INF_F;
+    if (!first) {
+        /* Later columns have higher indices, so only a strictly higher value beats the C-th. */
+        if (oi[C - 1] >= 0)
+            thr = os[C - 1];
+        for (int t = lane; t < C; t += 32) /* C / 32 <= LANE_LIST entries per lane: none lost */
+            if (oi[t] >= 0)
+                list_insert<LANE_LIST>(L, I, os[t], oi[t]);
+    }
+    const float *row = S + q * cols;
+    const float qi = qinv[q];
+    bool fresh = false;
+    constexpr int UNROLL = 8; /* loads in flight per lane before the compare chain */
+    for (uint32_t c0 = lane; c0 < cols; c0 += 32 * UNROLL) {
+        float v[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++) {
+            const uint32_t c = c0 + 32u * u;
+            v[u] = c < cols ? row[c] * qi * pinv[c] : -CUDART_INF_F;
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++) {
+            const uint32_t c = c0 + 32u * u;
+            const int i = (int)(col0 + c);
+            if (c < cols && v[u] > thr) {
+                if (higher(v[u], i, L[LANE_LIST - 1], I[LANE_LIST - 1])) {
+                    if (I[LANE_LIST - 1] != INT_MAX) /* the last entry is pushed out */
+                        dmax = fmaxf(dmax, L[LANE_LIST - 1]);
+                    list_insert<LANE_LIST>(L, I, v[u], i);
+                    fresh = true;
+                } else {
+                    dmax = fmaxf(dmax, v[u]);
+                }
+            }
+        }
+    }
+    float dm = dmax;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        dm = fmaxf(dm, __shfl_xor_sync(0xffffffffu, dm, o));
+    if (lane == 0 && (first || dm > dropped[q]))
+        dropped[q] = dm;
+    if (!first && !__any_sync(0xffffffffu, fresh))
+        return;
+    for (int r = 0; r < C; r++) {
+        float s = L[0];
+        int i = I[0];
+        warp_best(s, i);
+        if (i == INT_MAX) { /* nothing left: the rest of the list is empty */
+            for (int t = r + lane; t < C; t += 32) {
+                oi[t] = -1;
+                os[t] = -CUDART_INF_F;
+            }
+            break;
+        }
+        if (lane == 0) {
+            oi[r] = i;
+            os[r] = s;
+        }
+        if (I[0] == i) { /* indices are unique, so exactly one lane pops */
+#pragma unroll
+            for (int j = 0; j < LANE_LIST - 1; j++) {
+                L[j] = L[j + 1];
+                I[j] = I[j + 1];
+            }
+            L[LANE_LIST - 1] = -CUDART_INF_F;
+            I[LANE_LIST - 1] = INT_MAX;
+        }
+    }
+    /* Entries of the lane lists beyond the top C are left out too: the C-th bounds them. */
+}
+
+/* Exact re-ranking of the candidates: one warp per query row of the tile computes the FP32
+ * cosine of each candidate from the original vectors and keeps the best k (lower index on
+ * ties) in idx/sim (rows x k). A query where something left out of its candidates may be within
+ * margin of its k-th approximate similarity is appended to flagged[1..] (flagged[0] counts). */
+template <int C>
+__global__ void __launch_bounds__(SONA_CUDA_BLOCK)
+    knn_refine_kernel(const float *Q, const float *P, uint32_t rows, uint32_t d,
+                      const float *qinv, const float *pinv, uint32_t k, float margin,
+                      const int32_t *cidx, const float *csim, const float *dropped,
+                      int32_t *idx, float *sim, uint32_t *flagged)
+{
+    __shared__ float es[WARPS][C];
+    __shared__ int ej[WARPS][C];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const size_t q = blockIdx.x * (size_t)WARPS + warp;
+    if (q >= rows) /* uniform per warp; no block barrier below */
+        return;
+    const int32_t *ci = cidx + q * C;
+    const float *x = Q + q * (size_t)d;
+    const float qi = qinv[q];
+    for (int c = 0; c < C; c++) {
+        const int32_t j = ci[c];
+        float acc = 0.0f;
+        if (j >= 0) { /* valid entries come first, but keep every lane on the same path */
+            const float *p = P + (size_t)j * d;
+            for (uint32_t t = lane; t < d; t += 32)
+                acc = fmaf(x[t], p[t], acc);
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+            acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (lane == 0) {
+            es[warp][c] = j >= 0 ? acc * qi * pinv[j] : -CUDART_INF_F;
+            ej[warp][c] = j >= 0 ? (int)j : INT_MAX;
+        }
+    }
+    __syncwarp();
+    constexpr int PER = C / 32;
+    float E[PER];
+    int J[PER];
+#pragma unroll
+    for (int t = 0; t < PER; t++) {
+        E[t] = es[warp][lane + 32 * t];
+        J[t] = ej[warp][lane + 32 * t];
+    }
+    int32_t *oi = idx + q * k;
+    float *os = sim + q * k;
+    for (uint32_t r = 0; r < k; r++) {
+        float s = E[0];
+        int i = J[0];
+#pragma unroll
+        for (int t = 1; t < PER; t++)
+            if (higher(E[t], J[t], s, i)) {
+                s = E[t];
+                i = J[t];
+            }
+        warp_best(s, i);
+        if (lane == 0) {
+            oi[r] = i == INT_MAX ? -1 : i;
+            os[r] = i == INT_MAX ? -CUDART_INF_F : s;
+        }
+#pragma unroll
+        for (int t = 0; t < PER; t++)
+            if (J[t] == i && i != INT_MAX) {
+                E[t] = -CUDART_INF_F;
+                J[t] = INT_MAX;
+            }
+    }
+    /* Everything left out is <= the C-th candidate (when the list is full) or <= dropped. */
+    float out_bound = dropped[q];
+    if (ci[C - 1] >= 0)
+        out_bound = fmaxf(out_bound, csim[q * C + C - 1]);
+    if (lane == 0 && out_bound > -CUDART_INF_F && out_bound >= csim[q * C + k - 1] - margin) {
+        const uint32_t at = atomicAdd(&flagged[0], 1u);
+        flagged[1 + at] = (uint32_t)q;
+    }
+}
+
+/* dst[r] = src[rows[r]] for r < count (rows of d floats). */
+__global__ void __launch_bounds__(SONA_CUDA_BLOCK)
+    gather_rows_kernel(const float *src, uint32_t d, const uint32_t *rows, uint32_t count,
+                       float *dst)
+{
+    const size_t total = (size_t)count * d;
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total;
+         e += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = e / d, t = e % d;
+        dst[e] = src[(size_t)rows[r] * d + t];
+    }
+}
+
+/* idx[rows[r]] = fidx[r], sim[rows[r]] = fsim[r] for r < count (rows of k entries). */
+__global__ void __launch_bounds__(SONA_CUDA_BLOCK)
+    scatter_lists_kernel(const int32_t *fidx, const float *fsim, uint32_t k, const uint32_t *rows,
+                         uint32_t count, int32_t *idx, float *sim)
+{
+    const size_t total = (size_t)count * k;
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total;
+         e += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = e / k, t = e % k, at = (size_t)rows[r] * k + t;
+        idx[at] = fidx[e];
+        sim[at] = fsim[e];
+    }
+}
+
 /* One warp per row: its centroid's sums and count, by atomics (coalesced along d). */
 __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
     cluster_sums_kernel(const float *X, const int32_t *idx, uint32_t n, uint32_t k, uint32_t d,
@@ -252,6 +472,63 @@ cudaError_t sona_cuda_launch_topk_merge(const float *S, uint32_t rows, uint32_t 
     SONA_TOPK(64)
 #undef SONA_TOPK
     return cudaErrorInvalidValue;
+}
+
+uint32_t sona_cuda_knn_candidates(uint32_t k)
+{
+    return k <= 16 ? 32u : k <= 48 ? 64u : 0u;
+}
+
+cudaError_t sona_cuda_launch_knn_candidates(const float *S, uint32_t rows, uint32_t cols,
+                                            uint32_t col0, const float *qinv, const float *pinv,
+                                            uint32_t C, int first, int32_t *cidx, float *csim,
+                                            float *dropped, cudaStream_t s)
+{
+    if (C == 32)
+        knn_candidates_kernel<32><<<warp_row_blocks(rows), SONA_CUDA_BLOCK, 0, s>>>(
+            S, rows, cols, col0, qinv, pinv, first, cidx, csim, dropped);
+    else if (C == 64)
+        knn_candidates_kernel<64><<<warp_row_blocks(rows), SONA_CUDA_BLOCK, 0, s>>>(
+            S, rows, cols, col0, qinv, pinv, first, cidx, csim, dropped);
+    else
+        return cudaErrorInvalidValue;
+    return cudaGetLastError();
+}
+
+cudaError_t sona_cuda_launch_knn_refine(const float *Q, const float *P, uint32_t rows, uint32_t d,
+                                        const float *qinv, const float *pinv, uint32_t k,
+                                        float margin, uint32_t C, const int32_t *cidx,
+                                        const float *csim, const float *dropped, int32_t *idx,
+                                        float *sim, uint32_t *flagged, cudaStream_t s)
+{
+    if (k < 1 || k >= C)
+        return cudaErrorInvalidValue;
+    if (C == 32)
+        knn_refine_kernel<32><<<warp_row_blocks(rows), SONA_CUDA_BLOCK, 0, s>>>(
+            Q, P, rows, d, qinv, pinv, k, margin, cidx, csim, dropped, idx, sim, flagged);
+    else if (C == 64)
+        knn_refine_kernel<64><<<warp_row_blocks(rows), SONA_CUDA_BLOCK, 0, s>>>(
+            Q, P, rows, d, qinv, pinv, k, margin, cidx, csim, dropped, idx, sim, flagged);
+    else
+        return cudaErrorInvalidValue;
+    return cudaGetLastError();
+}
+
+cudaError_t sona_cuda_launch_gather_rows(const float *src, uint32_t d, const uint32_t *rows,
+                                         uint32_t count, float *dst, cudaStream_t s)
+{
+    gather_rows_kernel<<<sona_cuda_blocks((size_t)count * d, SONA_CUDA_BLOCK), SONA_CUDA_BLOCK, 0,
+                         s>>>(src, d, rows, count, dst);
+    return cudaGetLastError();
+}
+
+cudaError_t sona_cuda_launch_scatter_lists(const int32_t *fidx, const float *fsim, uint32_t k,
+                                           const uint32_t *rows, uint32_t count, int32_t *idx,
+                                           float *sim, cudaStream_t s)
+{
+    scatter_lists_kernel<<<sona_cuda_blocks((size_t)count * k, SONA_CUDA_BLOCK), SONA_CUDA_BLOCK,
+                           0, s>>>(fidx, fsim, k, rows, count, idx, sim);
+    return cudaGetLastError();
 }
 
 cudaError_t sona_cuda_launch_cluster_sums(const sona_cluster_sums_args *a, cudaStream_t s)

@@ -306,6 +306,206 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
     }
 }
 
+/* The sliced pair: the grouped scheme split along hidden so that every SM has blocks even when
+ * there are few adapters or rows. Block (a, slice, chunk) takes the rows with id a among the
+ * chunk-th ID_CHUNK ids and one slice of SONA_CUDA_BLOCK units (float4 with VEC) of hidden, one
+ * unit per thread. The shrink kernel writes each row's partial dots per slice to tp (n x slices
+ * x rank, unscaled); the expand kernel sums them and writes its slice of y, reading its Bt slice
+ * once per group of rows. The kernel boundary orders every read of x before any write of y, so
+ * in place is safe. Rows without an adapter are copied by the blocks with a == num_adapters. */
+
+/* The rows of chunk `base` that block a takes, in rows_s; returns how many (same for every
+ * thread). */
+__device__ int collect_rows(const int32_t *ids, uint32_t n, size_t base, uint32_t a,
+                            uint32_t num_adapters, int *rows_s, int *count_s)
+{
+    if (threadIdx.x == 0)
+        *count_s = 0;
+    __syncthreads();
+    const size_t i = base + threadIdx.x;
+    if (i < n) {
+        const int32_t id = ids[i];
+        const bool valid = id >= 0 && (uint32_t)id < num_adapters;
+        if (a == num_adapters ? !valid : (valid && (uint32_t)id == a))
+            rows_s[atomicAdd(count_s, 1)] = (int)i;
+    }
+    __syncthreads();
+    return *count_s;
+}
+
+template <int R, bool VEC>
+__global__ void __launch_bounds__(SONA_CUDA_BLOCK)
+    lora_shrink_sliced_kernel(sona_lora_weights w, uint32_t n, const int32_t *ids, const float *x,
+                              float *tp)
+{
+    __shared__ int rows_s[ID_CHUNK];
+    __shared__ int count_s;
+    __shared__ float part[GROUP][R][SONA_CUDA_BLOCK / 32];
+    const uint32_t a = blockIdx.x, slice = blockIdx.y, slices = gridDim.y;
+    if (a >= w.num_adapters) /* the copier has nothing to shrink (uniform per block) */
+        return;
+    const int count =
+        collect_rows(ids, n, (size_t)blockIdx.z * ID_CHUNK, a, w.num_adapters, rows_s, &count_s);
+    if (!count)
+        return;
+    const size_t H = w.hidden, units = VEC ? H / 4 : H;
+    const size_t unit = (size_t)slice * blockDim.x + threadIdx.x;
+    const bool active = unit < units;
+    const int r = (int)w.rank;
+    const float *__restrict__ A = w.A + (size_t)a * w.rank * H;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int g0 = 0; g0 < count; g0 += GROUP) {
+        const int gn = count - g0 < GROUP ? count - g0 : GROUP;
+        float acc[GROUP][R];
+#pragma unroll
+        for (int g = 0; g < GROUP; g++)
+#pragma unroll
+            for (int j = 0; j < R; j++)
+                acc[g][j] = 0.0f;
+        if (active) {
+            if (VEC) {
+                float4 xv[GROUP];
+#pragma unroll
+                for (int g = 0; g < GROUP; g++)
+                    xv[g] = g < gn ? reinterpret_cast<const float4 *>(x + (size_t)rows_s[g0 + g] * H)[unit]
+                                   : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+                for (int j = 0; j < R; j++) {
+                    if (j < r) {
+                        const float4 m = __ldg(reinterpret_cast<const float4 *>(A + (size_t)j * H) + unit);
+#pragma unroll
+                        for (int g = 0; g < GROUP; g++)
+                            acc[g][j] += m.x * xv[g].x + m.y * xv[g].y + m.z * xv[g].z + m.w * xv[g].w;
+                    }
+                }
+            } else {
+                float xv[GROUP];
+#pragma unroll
+                for (int g = 0; g < GROUP; g++)
+                    xv[g] = g < gn ? x[(size_t)rows_s[g0 + g] * H + unit] : 0.0f;
+#pragma unroll
+                for (int j = 0; j < R; j++) {
+                    if (j < r) {
+                        const float m = __ldg(A + (size_t)j * H + unit);
+#pragma unroll
+                        for (int g = 0; g < GROUP; g++)
+                            acc[g][j] += m * xv[g];
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < GROUP; g++)
+#pragma unroll
+            for (int j = 0; j < R; j++)
+                if (j < r) {
+                    const float v = warp_sum(acc[g][j]);
+                    if (lane == 0)
+                        part[g][j][warp] = v;
+                }
+        __syncthreads();
+        if ((int)threadIdx.x < gn * r) {
+            const int g = threadIdx.x / r, j = threadIdx.x % r;
+            float sum = 0.0f;
+            for (int q = 0; q < (int)(blockDim.x >> 5); q++)
+                sum += part[g][j][q];
+            tp[((size_t)rows_s[g0 + g] * slices + slice) * r + j] = sum;
+        }
+        __syncthreads(); /* part is reused by the next group */
+    }
+}
+
+template <int R, bool VEC>
+__global__ void __launch_bounds__(SONA_CUDA_BLOCK)
+    lora_expand_sliced_kernel(sona_lora_weights w, uint32_t n, const int32_t *ids, const float *x,
+                              const float *tp, float *y)
+{
+    __shared__ int rows_s[ID_CHUNK];
+    __shared__ int count_s;
+    __shared__ float t[GROUP][R];
+    const uint32_t a = blockIdx.x, slice = blockIdx.y, slices = gridDim.y;
+    const int count =
+        collect_rows(ids, n, (size_t)blockIdx.z * ID_CHUNK, a, w.num_adapters, rows_s, &count_s);
+    if (!count)
+        return;
+    const size_t H = w.hidden, units = VEC ? H / 4 : H;
+    const size_t unit = (size_t)slice * blockDim.x + threadIdx.x;
+    const bool active = unit < units;
+    if (a == w.num_adapters) { /* the copier: rows without an adapter */
+        if (active && x != y)
+            for (int q = 0; q < count; q++) {
+                const size_t row = (size_t)rows_s[q];
+                if (VEC)
+                    reinterpret_cast<float4 *>(y + row * H)[unit] =
+                        reinterpret_cast<const float4 *>(x + row * H)[unit];
+                else
+                    y[row * H + unit] = x[row * H + unit];
+            }
+        return;
+    }
+    const int r = (int)w.rank;
+    const float *__restrict__ Bt = w.Bt + (size_t)a * w.rank * H;
+    const float s = w.scale[a];
+    for (int g0 = 0; g0 < count; g0 += GROUP) {
+        const int gn = count - g0 < GROUP ? count - g0 : GROUP;
+        if ((int)threadIdx.x < gn * r) {
+            const int g = threadIdx.x / r, j = threadIdx.x % r;
+            const float *p = tp + (size_t)rows_s[g0 + g] * slices * r + j;
+            float sum = 0.0f;
+            for (uint32_t q = 0; q < slices; q++)
+                sum += p[(size_t)q * r];
+            t[g][j] = s * sum;
+        }
+        __syncthreads();
+        if (active) {
+            if (VEC) {
+                float4 o[GROUP];
+#pragma unroll
+                for (int g = 0; g < GROUP; g++)
+                    o[g] = g < gn ? reinterpret_cast<const float4 *>(x + (size_t)rows_s[g0 + g] * H)[unit]
+                                  : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+                for (int j = 0; j < R; j++) {
+                    if (j < r) {
+                        const float4 b = __ldg(reinterpret_cast<const float4 *>(Bt + (size_t)j * H) + unit);
+#pragma unroll
+                        for (int g = 0; g < GROUP; g++) {
+                            const float tg = t[g][j];
+                            o[g].x += b.x * tg;
+                            o[g].y += b.y * tg;
+                            o[g].z += b.z * tg;
+                            o[g].w += b.w * tg;
+                        }
+                    }
+                }
+#pragma unroll
+                for (int g = 0; g < GROUP; g++)
+                    if (g < gn)
+                        reinterpret_cast<float4 *>(y + (size_t)rows_s[g0 + g] * H)[unit] = o[g];
+            } else {
+                float o[GROUP];
+#pragma unroll
+                for (int g = 0; g < GROUP; g++)
+                    o[g] = g < gn ? x[(size_t)rows_s[g0 + g] * H + unit] : 0.0f;
+#pragma unroll
+                for (int j = 0; j < R; j++) {
+                    if (j < r) {
+                        const float b = __ldg(Bt + (size_t)j * H + unit);
+#pragma unroll
+                        for (int g = 0; g < GROUP; g++)
+                            o[g] += b * t[g][j];
+                    }
+                }
+#pragma unroll
+                for (int g = 0; g < GROUP; g++)
+                    if (g < gn)
+                        y[(size_t)rows_s[g0 + g] * H + unit] = o[g];
+            }
+        }
+        __syncthreads(); /* t is reused by the next group */
+    }
+}
+
 /* u[i] = wt[i] s A x_i, v[i] = wt[i] s Bt d_i (rank values each), zero for rows without an
  * adapter. */
 template <int R, bool VEC>
@@ -474,6 +674,43 @@ struct apply_grouped_launch {
     }
 };
 
+/* Grid of the sliced pair: (num_adapters + 1, slices, id chunks); x = 0 when the sliced pair
+ * does not take this shape. */
+dim3 sliced_grid(const sona_lora_apply_args *a, bool vec)
+{
+    const uint64_t units = vec ? a->w.hidden / 4 : a->w.hidden;
+    const uint64_t slices = (units + SONA_CUDA_BLOCK - 1) / SONA_CUDA_BLOCK;
+    const uint64_t chunks = ((uint64_t)a->n + ID_CHUNK - 1) / ID_CHUNK;
+    const uint64_t adapters = (uint64_t)a->w.num_adapters + 1;
+    /* Every block scans its id chunk: keep the grid (and that scan) bounded. */
+    if (!a->ids || a->w.rank > 16 || slices > 65535 || chunks > 65535 ||
+        adapters * slices * chunks > ((uint64_t)1 << 20))
+        return dim3(0, 0, 0);
+    return dim3((unsigned)adapters, (unsigned)slices, (unsigned)chunks);
+}
+
+struct apply_sliced_launch {
+    const sona_lora_apply_args *a;
+    float *tp;
+    cudaStream_t s;
+    template <int R, bool VEC>
+    cudaError_t operator()() const
+    {
+        if (R > 16) /* not instantiated past 16: too many accumulators */
+            return cudaErrorInvalidValue;
+        constexpr int RG = R > 16 ? 16 : R;
+        const dim3 grid = sliced_grid(a, VEC);
+        if (!grid.x)
+            return cudaErrorInvalidValue;
+        lora_shrink_sliced_kernel<RG, VEC><<<grid, SONA_CUDA_BLOCK, 0, s>>>(a->w, a->n, a->ids, a->x, tp);
+        const cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess)
+            return e;
+        lora_expand_sliced_kernel<RG, VEC><<<grid, SONA_CUDA_BLOCK, 0, s>>>(a->w, a->n, a->ids, a->x, tp, a->y);
+        return cudaGetLastError();
+    }
+};
+
 struct project_launch {
     const sona_lora_grad_args *a;
     float *u, *v;
@@ -487,19 +724,34 @@ struct project_launch {
     }
 };
 
+
+bool lora_vec(const sona_lora_apply_args *a)
+{
+    return a->w.hidden % 4 == 0 && aligned16(a->x) && aligned16(a->y) && aligned16(a->w.A) &&
+           aligned16(a->w.Bt);
+}
+
 } // namespace
 
-cudaError_t sona_cuda_launch_lora_apply(const sona_lora_apply_args *a, int grouped,
+size_t sona_cuda_lora_sliced_scratch(const sona_lora_apply_args *a)
+{
+    const dim3 grid = sliced_grid(a, lora_vec(a));
+    return grid.x ? (size_t)a->n * grid.y * a->w.rank : 0;
+}
+
+cudaError_t sona_cuda_launch_lora_apply(const sona_lora_apply_args *a, int mode, float *scratch,
                                         cudaStream_t s)
 {
-    const bool vec = a->w.hidden % 4 == 0 && aligned16(a->x) && aligned16(a->y) &&
-                     aligned16(a->w.A) && aligned16(a->w.Bt);
-    /* Auto: grouping pays when adapters are shared by several rows, and while every adapter's
-     * block scanning all ids stays cheap (num_adapters x n id reads). */
-    if (grouped < 0)
-        grouped = a->ids && a->w.rank <= 16 && a->n >= 2 * (uint64_t)a->w.num_adapters &&
-                  (uint64_t)a->w.num_adapters * a->n <= ((uint64_t)1 << 24);
-    if (grouped && a->ids && a->w.rank <= 16 && a->w.num_adapters < INT32_MAX)
+    const bool vec = lora_vec(a);
+    const bool sliced_ok = scratch && sliced_grid(a, vec).x;
+    /* Auto: the sliced pair whenever it takes the shape (it spreads any batch over every SM and
+     * reads each adapter slice once per group of rows), except for a few rows of a small
+     * adapter, where one launch of one block per row has the lower latency. */
+    if (mode < 0)
+        mode = sliced_ok && !(a->n <= 64 && (uint64_t)a->w.rank * a->w.hidden <= 8192) ? 2 : 0;
+    if (mode == 2 && sliced_ok)
+        return with_rank_bucket(a->w.rank, vec, apply_sliced_launch{a, scratch, s});
+    if (mode == 1 && a->ids && a->w.rank <= 16 && a->w.num_adapters < INT32_MAX)
         return with_rank_bucket(a->w.rank, vec, apply_grouped_launch{a, s});
     return with_rank_bucket(a->w.rank, vec, apply_launch{a, s});
 }

@@ -326,6 +326,12 @@ static void bench_clusters_and_search(sona_rng *rng)
             r->gflops = 2.0 * kn.m * (double)kn.n * d / (r->median_us * 1e-6) / 1e9;
             set_target_note(r, 100000);
         }
+        /* The plain FP32 path, for comparison with the TF32 candidates + exact re-rank. */
+        setenv("SONA_CUDA_KNN", "fp32", 1);
+        r = add_row("knn_exact 10k x 1M x 256, k=10 [fp32]");
+        if (measure(r, run_knn, &kn, backend_sync, 3) == 0)
+            r->gflops = 2.0 * kn.m * (double)kn.n * d / (r->median_us * 1e-6) / 1e9;
+        unsetenv("SONA_CUDA_KNN");
     }
     void *bufs[] = {X, C, idx, dist, sums, counts, kidx, ksim, Q};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
@@ -395,9 +401,9 @@ int main(int argc, char **argv)
 
     bench_copy();
     printf("[gpu-bench] d2d copy: %.1f GB/s\n", copy_gbps);
-    /* Both lora_apply kernels, then the automatic choice (what libsona uses). */
-    static const char *const modes[] = {"rows", "grouped", ""};
-    for (size_t m = 0; m < 3; m++) {
+    /* Each lora_apply kernel, then the automatic choice (what libsona uses). */
+    static const char *const modes[] = {"rows", "grouped", "sliced", ""};
+    for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
         char label[32];
         snprintf(label, sizeof label, "lora_apply%s%s%s", *modes[m] ? "[" : "", modes[m],
                  *modes[m] ? "]" : "");

@@ -19,11 +19,16 @@
 #include <string.h>
 #include <time.h>
 
-/* Shapes past the GPU kernels' tile sizes (32768 pattern columns, 8M-float GEMM tiles). */
+/* Shapes past the GPU kernels' tile sizes (32768 pattern columns, 8M-float GEMM tiles, the
+ * 2048 x 8192 tiles of the TF32 knn pass). */
 static const op_case large_cases[] = {
     {.op = SONA_OP_KNN_EXACT, .m = 37, .n = 70001, .d = 19, .k = 10},
     {.op = SONA_OP_KNN_EXACT, .m = 300, .n = 33000, .d = 33, .k = 64},
     {.op = SONA_OP_KNN_EXACT, .m = 9, .n = 40000, .d = 8, .k = 1},
+    /* TF32 pass: query and pattern tiles crossed (2048 x 8192) with 64 candidates, and d = 2,
+     * where near-ties send every query through the FP32 fallback. */
+    {.op = SONA_OP_KNN_EXACT, .m = 2100, .n = 9000, .d = 40, .k = 20},
+    {.op = SONA_OP_KNN_EXACT, .m = 50, .n = 40000, .d = 2, .k = 10},
     {.op = SONA_OP_SQDIST_ARGMIN, .n = 20011, .k = 1000, .d = 16},
     {.op = SONA_OP_SQDIST_ARGMIN, .n = 3, .k = 9000001, .d = 1},
     {.op = SONA_OP_CLUSTER_SUMS, .n = 200003, .k = 1000, .d = 33},
