@@ -265,6 +265,7 @@ int sona_bench_main(int argc, char **argv)
         g->run(&ctx);
         if (ctx.tty)
             fprintf(stderr, "\r\033[K");
+        bench_fill_vs_scalar(ctx.rows + first, ctx.nrows - first);
         /* Each group's rows as soon as it finishes; the column titles once. */
         if (!printed_heading) {
             bench_print_table_heading(stdout);
