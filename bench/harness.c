@@ -12,6 +12,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef SONA_BENCH_HAVE_GIT_REV_H
+#include "sona_bench_git_rev.h" /* SONA_BENCH_GIT_REV, generated at build time */
+#endif
 #ifndef SONA_BENCH_BUILD_TYPE
 #define SONA_BENCH_BUILD_TYPE "unknown"
 #endif
