@@ -21,15 +21,18 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: sona bench [--quick] [--group NAME[,NAME...]] [--backend NAME[,NAME...]]\n"
             "                  [--json FILE] [--html FILE] [--compare BASELINE.json [--threshold PCT]]\n"
-            "                  [--list]\n"
+            "                  [--list] [--help]\n"
             "  --quick       fewer repetitions; the largest CPU cases are skipped\n"
             "  --group       groups to run (see --list); 'ops' selects every op_* group\n"
             "  --backend     scalar, avx2, avx512, neon, opencl, cuda, or cpu (every CPU variant)\n"
             "  --json        write every row (and the header) as JSON\n"
             "  --html        write a self-contained HTML report with bar charts\n"
-            "  --compare     exit 1 when a row's median is more than PCT%% (default 10) slower than\n"
-            "                the same group/case/backend in the baseline JSON\n"
-            "  --list        list the groups and backends, then exit\n");
+            "  --compare     exit 1 when a row's median is more than PCT%% slower than the same\n"
+            "                group/case/backend in the baseline JSON\n"
+            "  --threshold   PCT for --compare (default 10)\n"
+            "  --list        list the groups (those not in this build marked so) and the backends\n"
+            "                this host runs, then exit\n"
+            "  -h, --help    this text\n");
 }
 
 /* The group's name: its own, or for a group missing from this build, its symbol less "bench_". */
@@ -265,6 +268,7 @@ int sona_bench_main(int argc, char **argv)
         g->run(&ctx);
         if (ctx.tty)
             fprintf(stderr, "\r\033[K");
+        bench_fill_vs_scalar(ctx.rows + first, ctx.nrows - first);
         /* Each group's rows as soon as it finishes; the column titles once. */
         if (!printed_heading) {
             bench_print_table_heading(stdout);

@@ -12,6 +12,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef SONA_BENCH_HAVE_GIT_REV_H
+#include "sona_bench_git_rev.h" /* SONA_BENCH_GIT_REV, generated at build time */
+#endif
 #ifndef SONA_BENCH_BUILD_TYPE
 #define SONA_BENCH_BUILD_TYPE "unknown"
 #endif
@@ -279,6 +282,24 @@ const char *bench_verdict(const bench_result *r)
 double bench_speedup(const bench_result *r)
 {
     return r->kind == BENCH_TIMED && r->expected_us > 0 && r->median_us > 0 ? r->expected_us / r->median_us : 0;
+}
+
+void bench_fill_vs_scalar(bench_result *rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        bench_result *r = &rows[i];
+        r->vs_scalar = 0;
+        if (r->kind != BENCH_TIMED || r->median_us <= 0 || !strcmp(r->backend, "scalar"))
+            continue;
+        for (size_t j = 0; j < n; j++) {
+            const bench_result *s = &rows[j];
+            if (s->kind == BENCH_TIMED && s->median_us > 0 && !strcmp(s->backend, "scalar") &&
+                !strcmp(s->group, r->group) && !strcmp(s->name, r->name)) {
+                r->vs_scalar = s->median_us / r->median_us;
+                break;
+            }
+        }
+    }
 }
 
 double bench_gflops(const bench_result *r)

@@ -16,6 +16,7 @@ typedef struct bench_result {
     char group[48], name[96], backend[24];
     double target_us, stretch_us, expected_us, flops, bytes;
     double median_us, p99_us;   /* BENCH_TIMED: per call */
+    double vs_scalar;           /* BENCH_TIMED, not scalar: scalar median / this median (0 = none) */
     long samples, batch;        /* samples taken, calls per sample */
     char metric[32], unit[16];  /* BENCH_VALUE */
     double value;
@@ -50,6 +51,9 @@ void bench_ctx_free(bench_ctx *ctx);
 const char *bench_verdict(const bench_result *r);
 /* The spec's expected time over the measured median (0 when there is none). */
 double bench_speedup(const bench_result *r);
+/* Fills vs_scalar for the timed non-scalar rows among rows[0..n) (one group's rows, at the
+ * group's end) from the timed "scalar" row of the same group and case. */
+void bench_fill_vs_scalar(bench_result *rows, size_t n);
 /* Work rate of a timed row: GFLOP/s or GB/s (0 when the row gives neither). */
 double bench_gflops(const bench_result *r);
 double bench_gbps(const bench_result *r);
@@ -83,6 +87,8 @@ void bench_print_header(FILE *f, const bench_header *h);
 void bench_print_table_heading(FILE *f);
 void bench_print_table(FILE *f, const bench_result *rows, size_t n);
 void bench_format_time(char *buf, size_t len, double us);
+/* "2.35x", or "-" when ratio is 0 (none). */
+void bench_format_ratio(char *buf, size_t len, double ratio);
 void bench_json_write(bench_buf *out, const bench_header *h, const bench_result *rows, size_t n);
 void bench_html_write(bench_buf *out, const bench_header *h, const bench_result *rows, size_t n);
 

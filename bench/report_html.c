@@ -95,7 +95,7 @@ static void cell(bench_buf *b, const char *s)
 static void group_table(bench_buf *b, const bench_result *rows, size_t first, size_t last)
 {
     bench_buf_printf(b, "<table><tr><th>case</th><th>backend</th><th>median</th><th>p99</th>"
-                        "<th>target</th><th>expected</th><th>verdict</th><th>vs spec</th><th>rate</th></tr>\n");
+                        "<th>target</th><th>expected</th><th>verdict</th><th>vs spec</th><th>vs scalar</th><th>rate</th></tr>\n");
     for (size_t i = first; i < last; i++) {
         const bench_result *r = &rows[i];
         bench_buf_printf(b, "<tr>");
@@ -103,14 +103,14 @@ static void group_table(bench_buf *b, const bench_result *rows, size_t first, si
         cell(b, r->backend);
         char t[64];
         if (r->kind == BENCH_SKIPPED || r->kind == BENCH_FAILED) {
-            bench_buf_printf(b, "<td colspan=\"7\" class=\"skip\">%s: ", r->kind == BENCH_SKIPPED ? "skipped" : "FAILED");
+            bench_buf_printf(b, "<td colspan=\"8\" class=\"skip\">%s: ", r->kind == BENCH_SKIPPED ? "skipped" : "FAILED");
             html_text(b, r->note);
             bench_buf_printf(b, "</td></tr>\n");
             continue;
         }
         if (r->kind == BENCH_VALUE) {
             snprintf(t, sizeof t, "%s = %.6g %s", r->metric, r->value, r->unit);
-            bench_buf_printf(b, "<td colspan=\"7\">");
+            bench_buf_printf(b, "<td colspan=\"8\">");
             html_text(b, t);
             bench_buf_printf(b, "</td></tr>\n");
             continue;
@@ -121,10 +121,9 @@ static void group_table(bench_buf *b, const bench_result *rows, size_t first, si
             cell(b, t);
         }
         cell(b, bench_verdict(r));
-        if (bench_speedup(r) > 0)
-            snprintf(t, sizeof t, "%.2fx", bench_speedup(r));
-        else
-            snprintf(t, sizeof t, "-");
+        bench_format_ratio(t, sizeof t, bench_speedup(r));
+        cell(b, t);
+        bench_format_ratio(t, sizeof t, r->vs_scalar);
         cell(b, t);
         if (bench_gflops(r) > 0)
             snprintf(t, sizeof t, "%.2f GFLOP/s", bench_gflops(r));

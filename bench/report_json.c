@@ -92,6 +92,8 @@ void bench_json_write(bench_buf *out, const bench_header *h, const bench_result 
             json_key_str(out, "verdict", bench_verdict(r), 1);
             if (bench_speedup(r) > 0)
                 json_key_num(out, "speedup_vs_expected", bench_speedup(r));
+            if (r->vs_scalar > 0)
+                json_key_num(out, "speedup_vs_scalar", r->vs_scalar);
             if (bench_gflops(r) > 0)
                 json_key_num(out, "gflops", bench_gflops(r));
             if (bench_gbps(r) > 0)

@@ -17,6 +17,14 @@ void bench_format_time(char *buf, size_t len, double us)
         snprintf(buf, len, "%.2f s", us / 1e6);
 }
 
+void bench_format_ratio(char *buf, size_t len, double ratio)
+{
+    if (ratio > 0)
+        snprintf(buf, len, "%.2fx", ratio);
+    else
+        snprintf(buf, len, "-");
+}
+
 void bench_print_header(FILE *f, const bench_header *h)
 {
     fprintf(f, "sona bench%s  (%s, git %s, %s build, %s)\n", h->quick ? " --quick" : "", h->date,
@@ -43,12 +51,12 @@ static void rate_str(char *buf, size_t len, const bench_result *r)
         snprintf(buf, len, "-");
 }
 
-static const char row_fmt[] = "%-21s %-42s %-7s %10s %10s %9s %10s %-13s %8s %s\n";
+static const char row_fmt[] = "%-21s %-42s %-7s %10s %10s %9s %10s %-13s %8s %9s %s\n";
 
 void bench_print_table_heading(FILE *f)
 {
     fprintf(f, row_fmt, "group", "case", "backend", "median", "p99", "target", "expected", "verdict",
-            "vs spec", "rate");
+            "vs spec", "vs scalar", "rate");
 }
 
 void bench_print_table(FILE *f, const bench_result *rows, size_t n)
@@ -65,17 +73,15 @@ void bench_print_table(FILE *f, const bench_result *rows, size_t n)
                     r->value, r->unit);
             continue;
         }
-        char med[24], p99[24], tgt[24], exp[24], vs[24], rate[32];
+        char med[24], p99[24], tgt[24], exp[24], vs[24], vs_scalar[24], rate[32];
         bench_format_time(med, sizeof med, r->median_us);
         bench_format_time(p99, sizeof p99, r->p99_us);
         bench_format_time(tgt, sizeof tgt, r->target_us);
         bench_format_time(exp, sizeof exp, r->expected_us);
-        const double sp = bench_speedup(r);
-        if (sp > 0)
-            snprintf(vs, sizeof vs, "%.2fx", sp);
-        else
-            snprintf(vs, sizeof vs, "-");
+        bench_format_ratio(vs, sizeof vs, bench_speedup(r));
+        bench_format_ratio(vs_scalar, sizeof vs_scalar, r->vs_scalar);
         rate_str(rate, sizeof rate, r);
-        fprintf(f, row_fmt, r->group, r->name, r->backend, med, p99, tgt, exp, bench_verdict(r), vs, rate);
+        fprintf(f, row_fmt, r->group, r->name, r->backend, med, p99, tgt, exp, bench_verdict(r), vs, vs_scalar,
+                rate);
     }
 }

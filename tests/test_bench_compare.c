@@ -232,3 +232,62 @@ Test(bench_compare, reads_what_the_report_writer_writes)
     bench_buf_free(&base);
     bench_buf_free(&cur);
 }
+
+/* The "vs scalar" column: scalar median over the row's median, matched on group and case, only
+ * for timed non-scalar rows that have a timed scalar row; written to JSON as speedup_vs_scalar. */
+Test(bench_compare, speedup_vs_scalar_matches_group_and_case)
+{
+    static const struct {
+        const char *group, *name, *backend;
+        bench_kind kind;
+        double median_us;
+    } spec[] = {
+        {"g", "a", "scalar", BENCH_TIMED, 30},  {"g", "a", "avx2", BENCH_TIMED, 10},
+        {"g", "a", "opencl", BENCH_TIMED, 60},  {"g", "b", "avx2", BENCH_TIMED, 5}, /* no scalar b */
+        {"h", "a", "avx2", BENCH_TIMED, 3},     /* scalar a is in group g only */
+        {"g", "c", "scalar", BENCH_SKIPPED, 0}, {"g", "c", "avx512", BENCH_TIMED, 7},
+    };
+    enum { N = sizeof spec / sizeof spec[0] };
+    bench_result rows[N];
+    memset(rows, 0, sizeof rows);
+    for (size_t i = 0; i < N; i++) {
+        strcpy(rows[i].group, spec[i].group);
+        strcpy(rows[i].name, spec[i].name);
+        strcpy(rows[i].backend, spec[i].backend);
+        rows[i].kind = spec[i].kind;
+        rows[i].median_us = rows[i].p99_us = spec[i].median_us;
+        rows[i].vs_scalar = 99; /* stale values are overwritten */
+    }
+    bench_fill_vs_scalar(rows, N);
+    const double want[N] = {0, 3.0, 0.5, 0, 0, 0, 0};
+    for (size_t i = 0; i < N; i++)
+        cr_expect_float_eq(rows[i].vs_scalar, want[i], 1e-12, "row %zu (%s/%s/%s)", i, spec[i].group,
+                           spec[i].name, spec[i].backend);
+
+    bench_header h;
+    memset(&h, 0, sizeof h);
+    bench_buf out = {0};
+    bench_json_write(&out, &h, rows, N);
+    json_value v;
+    char err[160];
+    cr_assert_eq(json_parse(out.s, &v, err, sizeof err), 0, "%s", err);
+    const json_value *jrows = json_get(&v, "rows");
+    cr_assert_eq(jrows->count, N);
+    for (size_t i = 0; i < N; i++) {
+        const json_value *field = json_get(&jrows->items[i], "speedup_vs_scalar");
+        if (want[i] > 0) {
+            cr_assert_not_null(field, "row %zu", i);
+            cr_expect_float_eq(field->number, want[i], 1e-9, "row %zu", i);
+        } else {
+            cr_expect_null(field, "row %zu has speedup_vs_scalar", i);
+        }
+    }
+    /* The field does not disturb the regression check. */
+    bench_comparison c;
+    compare(out.s, out.s, 10, &c);
+    cr_expect_eq(c.compared, 6);
+    cr_expect_eq(c.regressions, 0);
+    bench_comparison_free(&c);
+    json_free(&v);
+    bench_buf_free(&out);
+}
