@@ -6,5 +6,6 @@
 #include "sona/common.h"
 #include "sona/system.h"
 #include "sona/lora.h"
+#include "sona/engine.h"
 
 #endif /* SONA_H */

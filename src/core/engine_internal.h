@@ -1,0 +1,128 @@
+/* The engine's private state, shared by engine.c (API, tenants, loop A), loop_b.c, dream.c and
+ * persist.c. */
+#ifndef SONA_CORE_ENGINE_INTERNAL_H
+#define SONA_CORE_ENGINE_INTERNAL_H
+
+#include "core/error.h"
+#include "core/snapshot.h"
+#include "sona/engine.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+/* One finished request as loop B sees it: query, then per step its layer, activations, reward. */
+typedef struct eng_traj {
+    int32_t tenant;
+    uint32_t steps;
+    float quality;
+    float *query;       /* hidden */
+    float *acts;        /* steps * hidden */
+    uint32_t *layers;   /* steps */
+    float *rewards;     /* steps */
+} eng_traj;
+
+/* EWC++ state of one parameter set (a tenant's Micro-LoRA or the Base-LoRA), see ewc.c. */
+typedef struct eng_ewc eng_ewc;
+
+typedef struct eng_tenant {
+    sona_snapshot_slot slot;  /* what readers apply */
+    pthread_mutex_t mu;       /* guards lora, since_apply, ewc */
+    sona_lora *lora;          /* training copy, count 1 */
+    uint32_t since_apply;
+    eng_ewc *ewc;
+    atomic_int live;
+} eng_tenant;
+
+/* Bounded FIFO of finished trajectories waiting for loop B. */
+typedef struct eng_queue {
+    pthread_mutex_t mu;
+    eng_traj **items;
+    uint32_t cap, head, len;
+} eng_queue;
+
+struct sona_engine {
+    sona_engine_config cfg;
+    pthread_mutex_t err_mu;
+    sona_errbuf err;
+    atomic_int enabled;
+
+    eng_tenant *tenants;
+    pthread_mutex_t tenants_mu; /* create/remove */
+
+    sona_snapshot_slot base_slot;
+    sona_lora *base;
+    eng_ewc *base_ewc;
+    pthread_mutex_t cycle_mu;   /* one loop B / C cycle at a time; guards base, bank, rng */
+
+    eng_queue queue;
+    atomic_uint baseline_bits;  /* running quality baseline (float bits) */
+
+    /* loop threads */
+    pthread_t thread;
+    int thread_started;
+    pthread_mutex_t wake_mu;
+    pthread_cond_t wake_cv;
+    int stop, kicked;
+    _Atomic uint64_t last_cycle_ms, last_deep_ms;
+
+    uint64_t rng_state;         /* seeded; guarded by cycle_mu */
+    struct eng_bank *bank;      /* patterns (loop B / C), guarded by cycle_mu */
+
+    struct {
+        atomic_uint_fast64_t recorded, processed, dropped, accepted, rejected, micro_updates,
+            base_updates, boundaries, b_cycles, c_cycles, dreams, replayed, last_b_us, last_c_us,
+            patterns, tasks;
+    } n;
+    atomic_uint last_phi_bits;
+};
+
+/* Formats the engine's last error (thread-safe) and returns st. */
+sona_status eng_fail(sona_engine *e, sona_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+uint64_t eng_now_us(void);
+float eng_baseline(const sona_engine *e);
+void eng_set_baseline(sona_engine *e, float b);
+
+/* Trajectories. */
+eng_traj *eng_traj_alloc(uint32_t hidden, uint32_t max_steps);
+void eng_traj_free(eng_traj *t);
+sona_status eng_queue_init(eng_queue *q, uint32_t cap);
+void eng_queue_destroy(eng_queue *q);
+int eng_queue_push(eng_queue *q, eng_traj *t);            /* 0 when full */
+uint32_t eng_queue_pop(eng_queue *q, eng_traj **out, uint32_t max);
+uint32_t eng_queue_len(eng_queue *q);
+
+/* Learning signal of a trajectory: delta[hidden] and weight w against `baseline`. Returns 0
+ * when the trajectory has no step to learn from. */
+int eng_signal(const eng_traj *t, uint32_t hidden, float baseline, float *delta, float *w);
+
+/* Applies a training copy's pending gradients (with EWC++ when on) and publishes a snapshot. */
+sona_status eng_train_and_publish(sona_engine *e, sona_lora *lora, eng_ewc *ewc,
+                                  sona_snapshot_slot *slot);
+
+/* EWC++ (ewc glue). */
+eng_ewc *eng_ewc_create(const sona_lora *lora, const sona_engine_config *cfg);
+void eng_ewc_destroy(eng_ewc *w);
+sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, int *boundary);
+sona_status eng_ewc_consolidate(eng_ewc *w, const sona_lora *lora);
+uint32_t eng_ewc_tasks(const eng_ewc *w);
+
+/* Pattern bank glue (engine_bank.c): ReasoningBank + HNSW index. */
+struct eng_bank;
+void eng_bank_destroy(struct eng_bank *b);
+/* Adds the batch's query embeddings to the bank (creating it on first use) and writes, per
+ * trajectory, the reference quality its advantage is measured against: the matched pattern's
+ * average quality (the running baseline when nothing matches). Caller holds cycle_mu. */
+sona_status eng_bank_update(sona_engine *e, eng_traj *const *trajs, uint32_t n, float *reference);
+/* Base-LoRA step on a batch with per-trajectory reference qualities. Caller holds cycle_mu. */
+sona_status eng_base_train(sona_engine *e, eng_traj *const *trajs, uint32_t n, const float *reference);
+
+/* Loop B / C. */
+sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch);
+sona_status eng_loop_c_cycle(sona_engine *e);
+sona_status eng_threads_start(sona_engine *e);
+void eng_threads_stop(sona_engine *e);
+void eng_kick(sona_engine *e);
+
+#endif
