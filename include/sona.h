@@ -6,6 +6,8 @@
 #include "sona/common.h"
 #include "sona/system.h"
 #include "sona/lora.h"
+#include "sona/index.h"
+#include "sona/bank.h"
 #include "sona/engine.h"
 
 #endif /* SONA_H */

@@ -1,0 +1,145 @@
+/* libsona: the ReasoningBank, reusable patterns learned from trajectories by k-means and found
+ * again by similarity search. */
+#ifndef SONA_BANK_H
+#define SONA_BANK_H
+
+#include "sona/common.h"
+#include "sona/index.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Trajectories are added as plain vectors (an embedding of dim floats, a quality, a weight and
+ * an optional route name) and wait until sona_bank_extract(). Extraction clusters them
+ * (randomised seeded k-means++ seeding, then Lloyd to convergence), then each cluster either
+ * merges into the most similar existing pattern (cosine >= merge_threshold: size-weighted
+ * centroid, summed sizes and weights, size-weighted quality) or becomes a new pattern; so the
+ * same data extracted again grows sizes, never the pattern count. Afterwards low-quality and
+ * stale patterns are pruned and the bank is cut to capacity by evicting the lowest value
+ * (value = average quality * log2(2 + size + access count)). Patterns are searchable by cosine
+ * similarity through an HNSW index (sona/index.h) that always holds exactly the live patterns.
+ *
+ * Thread safety: a sona_bank is internally locked (one mutex); every function may be called
+ * from any thread at any time. Pointers it returns (route names) stay valid until destroy. */
+typedef struct sona_bank sona_bank;
+
+typedef struct sona_bank_config {
+    uint32_t dim;              /* embedding length, >= 1 */
+    uint32_t k_clusters;       /* clusters per extraction (fewer when fewer trajectories) */
+    uint32_t max_iterations;   /* Lloyd iterations at most */
+    float tolerance;           /* Lloyd stops when inertia improves by less than this fraction */
+    float merge_threshold;     /* cosine at or above which a cluster merges into a pattern */
+    uint32_t min_cluster_size; /* smaller clusters are dropped (counted), not stored */
+    float min_quality;         /* patterns whose average quality falls below are pruned */
+    uint64_t stale_after_ms;   /* patterns not accessed (or created) for this long are pruned;
+                                  0 = never */
+    uint32_t capacity;         /* patterns kept at most */
+    uint32_t max_pending;      /* trajectories waiting for extraction at most (SONA_E_FULL) */
+    uint64_t seed;             /* k-means seed; extraction c uses the stream (seed, c) */
+    sona_index_config index;   /* the pattern index (its dim is set to dim) */
+    /* Clock in milliseconds for timestamps; NULL = CLOCK_REALTIME. */
+    uint64_t (*clock_ms)(void *clock_ctx);
+    void *clock_ctx;
+} sona_bank_config;
+
+/* Defaults for embeddings of length dim: 50 clusters, 100 iterations, tolerance 1e-4, merge at
+ * cosine 0.95, min cluster size 1, min quality 0 (off), stale never, capacity 10000, pending
+ * 100000, seed 42, index defaults. */
+SONA_API void sona_bank_config_default(sona_bank_config *cfg, uint32_t dim);
+
+SONA_API sona_status sona_bank_create(const sona_bank_config *cfg, sona_bank **out);
+/* Frees everything; NULL is a no-op. */
+SONA_API void sona_bank_destroy(sona_bank *bank);
+/* The message of the last failed call on this handle by any thread ("" when none). */
+SONA_API const char *sona_bank_last_error(const sona_bank *bank);
+SONA_API const sona_bank_config *sona_bank_get_config(const sona_bank *bank);
+
+/* Forms a trajectory embedding (dim floats, unit norm) into out from the query embedding and the
+ * steps' activations: out = normalise(unit(query) + unit(sum_t r_t a_t)), with r_t the step
+ * rewards (the plain mean of the activations when every reward is 0). query may be NULL and
+ * steps may be 0, not both. NaN/Inf -> SONA_E_NONFINITE, a zero result -> SONA_E_INVALID. */
+SONA_API sona_status sona_bank_trajectory_embedding(uint32_t dim, const float *query,
+                                                    uint32_t steps, const float *activations,
+                                                    const float *rewards, float *out);
+
+/* Queues one trajectory for the next extraction: embedding (dim floats), quality (finite),
+ * weight (finite, >= 0), route (NULL = none; at most 63 bytes kept). Bad input -> a status,
+ * counted as rejected, nothing queued. SONA_E_FULL when max_pending are waiting. */
+SONA_API sona_status sona_bank_add(sona_bank *bank, const float *embedding, float quality,
+                                   float weight, const char *route);
+/* n trajectories at once (rows of embeddings; weights and routes may be NULL for 1 / none).
+ * All-or-nothing: one bad row or too little room refuses the whole batch. */
+SONA_API sona_status sona_bank_add_batch(sona_bank *bank, uint32_t n, const float *embeddings,
+                                         const float *qualities, const float *weights,
+                                         const char *const *routes);
+/* Trajectories waiting for extraction. */
+SONA_API uint32_t sona_bank_pending(const sona_bank *bank);
+
+typedef struct sona_bank_extract_result {
+    uint32_t trajectories;   /* consumed */
+    uint32_t clusters;       /* k used */
+    uint32_t iterations;     /* Lloyd iterations */
+    double inertia;
+    uint32_t created, merged, dropped_small;
+    uint32_t pruned, evicted;
+} sona_bank_extract_result;
+
+/* Clusters every pending trajectory into patterns (see above) and empties the queue. Nothing
+ * pending: SONA_OK with zero counts. res may be NULL. On failure nothing is consumed. */
+SONA_API sona_status sona_bank_extract(sona_bank *bank, sona_bank_extract_result *res);
+
+/* Prunes low-quality and stale patterns and enforces capacity now (extract does it too);
+ * *removed (may be NULL) = how many went. */
+SONA_API sona_status sona_bank_prune(sona_bank *bank, uint32_t *removed);
+
+typedef struct sona_pattern {
+    uint64_t id;               /* unique, never reused */
+    uint64_t size;             /* trajectories merged into it */
+    double total_weight;
+    float avg_quality;
+    uint64_t access_count;     /* times returned by sona_bank_search */
+    uint64_t created_ms, last_access_ms;
+    uint32_t route_count;      /* distinct routes seen (see sona_bank_pattern_route) */
+} sona_pattern;
+
+/* The k patterns most similar to query (cosine, best first): ids[k], sims[k] (may be NULL),
+ * *found. Counts an access and refreshes last_access_ms of each returned pattern. */
+SONA_API sona_status sona_bank_search(sona_bank *bank, const float *query, uint32_t k,
+                                      uint64_t *ids, float *sims, uint32_t *found);
+/* Live patterns. */
+SONA_API uint32_t sona_bank_pattern_count(const sona_bank *bank);
+/* Pattern by id (SONA_E_NOT_FOUND once merged away, pruned or evicted); centroid (dim floats,
+ * the mean of its trajectories, not normalised) may be NULL. */
+SONA_API sona_status sona_bank_pattern_get(const sona_bank *bank, uint64_t id, sona_pattern *p,
+                                           float *centroid);
+/* The i-th live pattern (0 <= i < count; order changes when patterns go), for iteration. */
+SONA_API sona_status sona_bank_pattern_at(const sona_bank *bank, uint32_t i, sona_pattern *p,
+                                          float *centroid);
+/* Route statistics r (0 <= r < route_count) of pattern id: name, trajectories, mean quality. */
+SONA_API sona_status sona_bank_pattern_route(const sona_bank *bank, uint64_t id, uint32_t r,
+                                             const char **route, uint64_t *count,
+                                             float *mean_quality);
+/* Level-0 neighbours of pattern id in the HNSW graph (live patterns), for graph walks. */
+SONA_API sona_status sona_bank_neighbors(const sona_bank *bank, uint64_t id, uint64_t *out,
+                                         uint32_t max, uint32_t *n);
+/* Puts a pattern back as it was (restore from a checkpoint): p->id must be unused; the bank's
+ * next ids continue above it. Route statistics start empty. */
+SONA_API sona_status sona_bank_pattern_restore(sona_bank *bank, const sona_pattern *p,
+                                               const float *centroid);
+
+typedef struct sona_bank_stats {
+    uint64_t trajectories_added, trajectories_rejected, trajectories_refused_full;
+    uint64_t extractions, clusters_found, clusters_dropped_small;
+    uint64_t patterns_created, patterns_merged, patterns_pruned_quality, patterns_pruned_stale,
+        patterns_evicted;
+    uint64_t searches;
+    uint32_t pending, patterns;
+} sona_bank_stats;
+
+SONA_API sona_status sona_bank_stats_get(const sona_bank *bank, sona_bank_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SONA_BANK_H */

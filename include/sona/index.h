@@ -1,0 +1,84 @@
+/* libsona: the pattern index, an HNSW graph (Malkov & Yashunin) over unit vectors, searched by
+ * cosine similarity. */
+#ifndef SONA_INDEX_H
+#define SONA_INDEX_H
+
+#include "sona/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* An approximate nearest-neighbour index of (id, vector) pairs. Vectors are stored normalised,
+ * so similarity is a dot product and equals cosine similarity.
+ *
+ * Removal is lazy: a removed (or updated) id is marked deleted and never appears in results or
+ * neighbour lists again, but its node keeps routing searches until more than half the nodes are
+ * deleted; then the graph is rebuilt from the live vectors (amortised O(1) rebuilds per removal).
+ * Level assignment comes from a seeded generator: the same inserts in the same order with the
+ * same seed give the same graph.
+ *
+ * Thread safety: a sona_index is not internally locked. Searches write scratch state (visited
+ * marks, access counts), so every call except the const accessors (size, config, access_count,
+ * neighbors, get_vector, last_error) needs exclusive access to the handle; the const accessors
+ * may run concurrently with each other. */
+typedef struct sona_index sona_index;
+
+typedef struct sona_index_config {
+    uint32_t dim;              /* vector length, >= 1 */
+    uint32_t M;                /* links per node on upper levels (2M on level 0), 2..255 */
+    uint32_t ef_construction;  /* candidate list size while inserting, >= 1 */
+    uint32_t ef_search;        /* candidate list size of sona_index_search, >= 1 */
+    uint32_t initial_capacity; /* nodes allocated up front (grows by doubling) */
+    uint64_t seed;             /* seeds the level generator */
+    int track_access;          /* 1: sona_index_search counts an access for each returned id */
+} sona_index_config;
+
+/* Defaults for vectors of length dim: M 16, ef_construction 200, ef_search 50, capacity 1024,
+ * seed 42, access tracking on. */
+SONA_API void sona_index_config_default(sona_index_config *cfg, uint32_t dim);
+
+SONA_API sona_status sona_index_create(const sona_index_config *cfg, sona_index **out);
+/* Frees everything; NULL is a no-op. */
+SONA_API void sona_index_destroy(sona_index *index);
+/* The message of the last failed call on this handle ("" when none). */
+SONA_API const char *sona_index_last_error(const sona_index *index);
+SONA_API const sona_index_config *sona_index_get_config(const sona_index *index);
+/* Live (searchable) ids. */
+SONA_API uint64_t sona_index_size(const sona_index *index);
+
+/* Adds id with vector vec (dim floats, normalised on the way in). SONA_E_STATE when id is
+ * present already (use update), SONA_E_NONFINITE / SONA_E_INVALID (zero vector) leave the index
+ * unchanged. */
+SONA_API sona_status sona_index_insert(sona_index *index, uint64_t id, const float *vec);
+/* Replaces id's vector (its access count is kept); SONA_E_NOT_FOUND when id is absent. */
+SONA_API sona_status sona_index_update(sona_index *index, uint64_t id, const float *vec);
+/* Removes id; SONA_E_NOT_FOUND when absent. */
+SONA_API sona_status sona_index_remove(sona_index *index, uint64_t id);
+
+/* The k live ids most similar to query (dim floats, any non-zero norm), best first: ids[k] and
+ * sims[k] (cosine similarities; sims may be NULL); *found = how many were filled (< k only when
+ * the index holds fewer). Uses ef = max(ef_search, k); counts accesses when track_access. */
+SONA_API sona_status sona_index_search(sona_index *index, const float *query, uint32_t k,
+                                       uint64_t *ids, float *sims, uint32_t *found);
+/* The same with an explicit ef and access counting choice (count_access 0 or 1). */
+SONA_API sona_status sona_index_search_ef(sona_index *index, const float *query, uint32_t k,
+                                          uint32_t ef, int count_access, uint64_t *ids,
+                                          float *sims, uint32_t *found);
+/* Sets the ef used by sona_index_search (>= 1). */
+SONA_API sona_status sona_index_set_ef_search(sona_index *index, uint32_t ef);
+
+/* How many times id was returned by a counting search (kept across update). */
+SONA_API sona_status sona_index_access_count(const sona_index *index, uint64_t id,
+                                             uint64_t *count);
+/* id's level-0 neighbours in the graph (live ones only, in link order), for walks over the
+ * pattern graph: up to max ids into out, *n = how many. At most 2*M exist. */
+SONA_API sona_status sona_index_neighbors(const sona_index *index, uint64_t id, uint64_t *out,
+                                          uint32_t max, uint32_t *n);
+/* Copies id's stored (unit-norm) vector into out (dim floats). */
+SONA_API sona_status sona_index_get_vector(const sona_index *index, uint64_t id, float *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SONA_INDEX_H */

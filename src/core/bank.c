@@ -1,0 +1,767 @@
+/* The ReasoningBank (include/sona/bank.h): a queue of trajectory embeddings, k-means extraction
+ * into patterns, merge / prune / capacity, and an HNSW index kept in step with the patterns. */
+#include "sona/bank.h"
+
+#include "core/error.h"
+#include "core/idmap.h"
+#include "core/kmeans.h"
+#include "core/vecmath.h"
+#include "dispatch/dispatch.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define ROUTE_MAX 64 /* bytes kept of a route name, terminator included */
+#define NO_ROUTE (-1)
+
+typedef struct route_stat {
+    uint32_t route; /* index into the bank's route names */
+    uint64_t count;
+    double quality_sum;
+} route_stat;
+
+typedef struct pattern_rec {
+    sona_pattern info;
+    route_stat *routes; /* info.route_count of them */
+    uint32_t routes_cap;
+} pattern_rec;
+
+struct sona_bank {
+    sona_bank_config cfg;
+    pthread_mutex_t lock;
+    const sona_backend *be; /* the CPU backend: k-means runs on host memory */
+    sona_index *index;
+    /* pending trajectories: rows of dim floats and their scalars */
+    float *pend_emb, *pend_q, *pend_w;
+    int32_t *pend_route;
+    uint32_t npend, pend_cap;
+    /* live patterns, dense; centroid i is row i of cent */
+    pattern_rec *pats;
+    float *cent;
+    uint32_t npat, pat_cap;
+    sona_idmap by_id; /* pattern id -> position */
+    uint64_t next_id;
+    char **route_names;
+    uint32_t nroutes, routes_cap;
+    sona_bank_stats stats;
+    sona_errbuf err;
+};
+
+static uint64_t realtime_ms(void *ctx)
+{
+    (void)ctx;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint64_t now_ms(const sona_bank *b) { return b->cfg.clock_ms(b->cfg.clock_ctx); }
+
+void sona_bank_config_default(sona_bank_config *cfg, uint32_t dim)
+{
+    if (!cfg)
+        return;
+    memset(cfg, 0, sizeof *cfg);
+    cfg->dim = dim;
+    cfg->k_clusters = 50;
+    cfg->max_iterations = 100;
+    cfg->tolerance = 1e-4f;
+    cfg->merge_threshold = 0.95f;
+    cfg->min_cluster_size = 1;
+    cfg->min_quality = 0.0f;
+    cfg->stale_after_ms = 0;
+    cfg->capacity = 10000;
+    cfg->max_pending = 100000;
+    cfg->seed = 42;
+    sona_index_config_default(&cfg->index, dim);
+    cfg->index.track_access = 0;
+}
+
+sona_status sona_bank_create(const sona_bank_config *cfg, sona_bank **out)
+{
+    if (!out)
+        return sona_fail(NULL, SONA_E_NULL, "sona_bank_create: out is NULL");
+    *out = NULL;
+    if (!cfg)
+        return sona_fail(NULL, SONA_E_NULL, "sona_bank_create: cfg is NULL");
+    if (cfg->dim == 0 || cfg->k_clusters == 0 || cfg->max_iterations == 0 || cfg->capacity == 0 ||
+        cfg->max_pending == 0)
+        return sona_fail(NULL, SONA_E_INVALID,
+                         "sona_bank_create: dim, k_clusters, max_iterations, capacity and "
+                         "max_pending must be >= 1");
+    if (!(cfg->tolerance >= 0.0f) || !(cfg->merge_threshold >= -1.0f) ||
+        !(cfg->merge_threshold <= 1.0f) || !isfinite(cfg->min_quality))
+        return sona_fail(NULL, SONA_E_INVALID,
+                         "sona_bank_create: tolerance must be >= 0, merge_threshold in -1..1, "
+                         "min_quality finite");
+    sona_bank *b = calloc(1, sizeof *b);
+    if (!b)
+        return sona_fail(NULL, SONA_E_NOMEM, "sona_bank_create: out of memory");
+    b->cfg = *cfg;
+    b->cfg.index.dim = cfg->dim;
+    b->cfg.index.track_access = 0; /* the bank counts accesses itself */
+    if (!b->cfg.clock_ms)
+        b->cfg.clock_ms = realtime_ms;
+    b->be = sona_cpu_backend();
+    b->next_id = 1;
+    sona_status st = sona_index_create(&b->cfg.index, &b->index);
+    if (st != SONA_OK) {
+        free(b);
+        return st; /* the index set the thread's message */
+    }
+    pthread_mutex_init(&b->lock, NULL);
+    *out = b;
+    return SONA_OK;
+}
+
+void sona_bank_destroy(sona_bank *b)
+{
+    if (!b)
+        return;
+    sona_index_destroy(b->index);
+    free(b->pend_emb);
+    free(b->pend_q);
+    free(b->pend_w);
+    free(b->pend_route);
+    for (uint32_t i = 0; i < b->npat; i++)
+        free(b->pats[i].routes);
+    free(b->pats);
+    free(b->cent);
+    sona_idmap_free(&b->by_id);
+    for (uint32_t i = 0; i < b->nroutes; i++)
+        free(b->route_names[i]);
+    free(b->route_names);
+    pthread_mutex_destroy(&b->lock);
+    free(b);
+}
+
+const char *sona_bank_last_error(const sona_bank *b) { return b ? b->err.msg : sona_last_error(); }
+const sona_bank_config *sona_bank_get_config(const sona_bank *b) { return b ? &b->cfg : NULL; }
+
+/* ---- trajectories ------------------------------------------------------------------------ */
+
+sona_status sona_bank_trajectory_embedding(uint32_t dim, const float *query, uint32_t steps,
+                                           const float *activations, const float *rewards,
+                                           float *out)
+{
+    const char *call = "sona_bank_trajectory_embedding";
+    if (!out || (steps && (!activations || !rewards)))
+        return sona_fail(NULL, SONA_E_NULL, "%s: out, or activations / rewards with steps, is NULL", call);
+    if (dim == 0 || (!query && steps == 0))
+        return sona_fail(NULL, SONA_E_INVALID, "%s: needs dim >= 1 and a query or steps", call);
+    if ((query && !sona_all_finite(query, dim)) ||
+        (steps && (!sona_all_finite(activations, (size_t)steps * dim) ||
+                   !sona_all_finite(rewards, steps))))
+        return sona_fail(NULL, SONA_E_NONFINITE, "%s: NaN or Inf in input", call);
+    float *act = calloc(dim, sizeof *act);
+    if (!act)
+        return sona_fail(NULL, SONA_E_NOMEM, "%s: out of memory", call);
+    int any_reward = 0;
+    for (uint32_t t = 0; t < steps; t++)
+        any_reward |= rewards[t] != 0.0f;
+    for (uint32_t t = 0; t < steps; t++) {
+        const float r = any_reward ? rewards[t] : 1.0f;
+        const float *a = activations + (size_t)t * dim;
+        for (uint32_t h = 0; h < dim; h++)
+            act[h] += r * a[h];
+    }
+    sona_normalize(act, dim);
+    for (uint32_t h = 0; h < dim; h++)
+        out[h] = act[h];
+    free(act);
+    if (query) {
+        double qq = 0.0;
+        for (uint32_t h = 0; h < dim; h++)
+            qq += (double)query[h] * query[h];
+        const double inv = qq > 0.0 ? 1.0 / sqrt(qq) : 0.0;
+        for (uint32_t h = 0; h < dim; h++)
+            out[h] += (float)(query[h] * inv);
+    }
+    if (sona_normalize(out, dim) == 0.0f)
+        return sona_fail(NULL, SONA_E_INVALID, "%s: the embedding is the zero vector", call);
+    return SONA_OK;
+}
+
+/* The index of route name r, interned on first use; NO_ROUTE for NULL; -2 when out of memory. */
+static int32_t intern_route(sona_bank *b, const char *r)
+{
+    if (!r)
+        return NO_ROUTE;
+    char name[ROUTE_MAX];
+    snprintf(name, sizeof name, "%s", r);
+    for (uint32_t i = 0; i < b->nroutes; i++)
+        if (!strcmp(b->route_names[i], name))
+            return (int32_t)i;
+    if (b->nroutes == b->routes_cap) {
+        const uint32_t cap = b->routes_cap ? b->routes_cap * 2 : 16;
+        char **names = realloc(b->route_names, cap * sizeof *names);
+        if (!names)
+            return -2;
+        b->route_names = names;
+        b->routes_cap = cap;
+    }
+    char *copy = strdup(name);
+    if (!copy)
+        return -2;
+    b->route_names[b->nroutes] = copy;
+    return (int32_t)b->nroutes++;
+}
+
+static sona_status reserve_pending(sona_bank *b, uint32_t need)
+{
+    if (need <= b->pend_cap)
+        return SONA_OK;
+    uint32_t cap = b->pend_cap ? b->pend_cap : 256;
+    while (cap < need)
+        cap *= 2;
+    if (cap > b->cfg.max_pending)
+        cap = b->cfg.max_pending;
+    float *e = realloc(b->pend_emb, (size_t)cap * b->cfg.dim * sizeof *e);
+    if (!e)
+        return SONA_E_NOMEM;
+    b->pend_emb = e;
+    float *q = realloc(b->pend_q, cap * sizeof *q);
+    if (!q)
+        return SONA_E_NOMEM;
+    b->pend_q = q;
+    float *w = realloc(b->pend_w, cap * sizeof *w);
+    if (!w)
+        return SONA_E_NOMEM;
+    b->pend_w = w;
+    int32_t *r = realloc(b->pend_route, cap * sizeof *r);
+    if (!r)
+        return SONA_E_NOMEM;
+    b->pend_route = r;
+    b->pend_cap = cap;
+    return SONA_OK;
+}
+
+static sona_status check_row(sona_bank *b, const char *call, uint32_t row, const float *emb,
+                             float quality, float weight)
+{
+    if (!sona_all_finite(emb, b->cfg.dim) || !isfinite(quality) || !isfinite(weight))
+        return sona_fail(&b->err, SONA_E_NONFINITE, "%s: row %u has NaN or Inf", call, row);
+    if (weight < 0.0f)
+        return sona_fail(&b->err, SONA_E_INVALID, "%s: row %u has a negative weight", call, row);
+    float ss = 0.0f;
+    for (uint32_t t = 0; t < b->cfg.dim; t++)
+        ss += emb[t] * emb[t];
+    if (ss == 0.0f)
+        return sona_fail(&b->err, SONA_E_INVALID, "%s: row %u is the zero vector", call, row);
+    return SONA_OK;
+}
+
+sona_status sona_bank_add_batch(sona_bank *b, uint32_t n, const float *emb, const float *qualities,
+                                const float *weights, const char *const *routes)
+{
+    if (!b)
+        return SONA_E_NULL;
+    const char *call = "sona_bank_add";
+    pthread_mutex_lock(&b->lock);
+    sona_status st = SONA_OK;
+    const uint32_t dim = b->cfg.dim;
+    if (!emb || !qualities) {
+        st = sona_fail(&b->err, SONA_E_NULL, "%s: embeddings or qualities is NULL", call);
+        goto rejected;
+    }
+    for (uint32_t i = 0; i < n && st == SONA_OK; i++)
+        st = check_row(b, call, i, emb + (size_t)i * dim, qualities[i], weights ? weights[i] : 1.0f);
+    if (st != SONA_OK)
+        goto rejected;
+    if (n > b->cfg.max_pending - b->npend) {
+        b->stats.trajectories_refused_full += n;
+        st = sona_fail(&b->err, SONA_E_FULL, "%s: %u pending of at most %u, no room for %u more",
+                       call, b->npend, b->cfg.max_pending, n);
+        goto out;
+    }
+    if ((st = reserve_pending(b, b->npend + n)) != SONA_OK) {
+        st = sona_fail(&b->err, st, "%s: out of memory", call);
+        goto out;
+    }
+    /* Intern every route first so that a failure adds nothing. */
+    int32_t *rid = b->pend_route + b->npend;
+    for (uint32_t i = 0; i < n; i++) {
+        rid[i] = intern_route(b, routes ? routes[i] : NULL);
+        if (rid[i] == -2) {
+            st = sona_fail(&b->err, SONA_E_NOMEM, "%s: out of memory", call);
+            goto out;
+        }
+    }
+    memcpy(b->pend_emb + (size_t)b->npend * dim, emb, (size_t)n * dim * sizeof *emb);
+    memcpy(b->pend_q + b->npend, qualities, n * sizeof *qualities);
+    for (uint32_t i = 0; i < n; i++)
+        b->pend_w[b->npend + i] = weights ? weights[i] : 1.0f;
+    b->npend += n;
+    b->stats.trajectories_added += n;
+    goto out;
+rejected:
+    b->stats.trajectories_rejected += n ? n : 1;
+out:
+    pthread_mutex_unlock(&b->lock);
+    return st;
+}
+
+sona_status sona_bank_add(sona_bank *b, const float *embedding, float quality, float weight,
+                          const char *route)
+{
+    return sona_bank_add_batch(b, 1, embedding, &quality, &weight, &route);
+}
+
+uint32_t sona_bank_pending(const sona_bank *b)
+{
+    if (!b)
+        return 0;
+    pthread_mutex_lock((pthread_mutex_t *)&b->lock);
+    const uint32_t n = b->npend;
+    pthread_mutex_unlock((pthread_mutex_t *)&b->lock);
+    return n;
+}
+
+/* ---- patterns ---------------------------------------------------------------------------- */
+
+static float *centroid_at(const sona_bank *b, uint32_t pos)
+{
+    return b->cent + (size_t)pos * b->cfg.dim;
+}
+
+static sona_status reserve_patterns(sona_bank *b, uint32_t need)
+{
+    if (need <= b->pat_cap)
+        return SONA_OK;
+    uint32_t cap = b->pat_cap ? b->pat_cap : 64;
+    while (cap < need)
+        cap *= 2;
+    pattern_rec *p = realloc(b->pats, cap * sizeof *p);
+    if (!p)
+        return SONA_E_NOMEM;
+    b->pats = p;
+    float *c = realloc(b->cent, (size_t)cap * b->cfg.dim * sizeof *c);
+    if (!c)
+        return SONA_E_NOMEM;
+    b->cent = c;
+    b->pat_cap = cap;
+    return SONA_OK;
+}
+
+/* Appends a pattern (room reserved by the caller) and indexes it. */
+static sona_status add_pattern(sona_bank *b, const sona_pattern *info, const float *centroid,
+                               uint32_t *pos)
+{
+    sona_status st = sona_index_insert(b->index, info->id, centroid);
+    if (st != SONA_OK)
+        return sona_fail(&b->err, st, "indexing pattern %llu: %s", (unsigned long long)info->id,
+                         sona_index_last_error(b->index));
+    if ((st = sona_idmap_put(&b->by_id, info->id, b->npat)) != SONA_OK) {
+        sona_index_remove(b->index, info->id);
+        return sona_fail(&b->err, st, "out of memory");
+    }
+    *pos = b->npat++;
+    b->pats[*pos] = (pattern_rec){.info = *info};
+    b->pats[*pos].info.route_count = 0;
+    memcpy(centroid_at(b, *pos), centroid, b->cfg.dim * sizeof *centroid);
+    return SONA_OK;
+}
+
+/* Removes the pattern at pos (the last one moves into its place). */
+static void remove_pattern(sona_bank *b, uint32_t pos)
+{
+    const uint64_t id = b->pats[pos].info.id;
+    sona_index_remove(b->index, id);
+    sona_idmap_del(&b->by_id, id);
+    free(b->pats[pos].routes);
+    const uint32_t last = --b->npat;
+    if (pos != last) {
+        b->pats[pos] = b->pats[last];
+        memcpy(centroid_at(b, pos), centroid_at(b, last), b->cfg.dim * sizeof(float));
+        sona_idmap_put(&b->by_id, b->pats[pos].info.id, pos); /* replaces: never allocates */
+    }
+}
+
+static int add_route_stat(pattern_rec *p, uint32_t route, uint64_t count, double quality_sum)
+{
+    for (uint32_t i = 0; i < p->info.route_count; i++) {
+        if (p->routes[i].route == route) {
+            p->routes[i].count += count;
+            p->routes[i].quality_sum += quality_sum;
+            return 0;
+        }
+    }
+    if (p->info.route_count == p->routes_cap) {
+        const uint32_t cap = p->routes_cap ? p->routes_cap * 2 : 4;
+        route_stat *r = realloc(p->routes, cap * sizeof *r);
+        if (!r)
+            return -1;
+        p->routes = r;
+        p->routes_cap = cap;
+    }
+    p->routes[p->info.route_count++] = (route_stat){route, count, quality_sum};
+    return 0;
+}
+
+static double pattern_value(const sona_pattern *p)
+{
+    return (double)p->avg_quality * log2(2.0 + (double)p->size + (double)p->access_count);
+}
+
+typedef struct ranked {
+    double value;
+    uint64_t id;
+} ranked;
+
+static int by_value(const void *a, const void *b)
+{
+    const ranked *x = a, *y = b;
+    if (x->value != y->value)
+        return x->value < y->value ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id; /* older (smaller id) goes first on ties */
+}
+
+/* Prunes low-quality and stale patterns, then evicts the lowest value above capacity. */
+static sona_status prune_locked(sona_bank *b, uint32_t *pruned, uint32_t *evicted)
+{
+    const uint64_t now = now_ms(b);
+    *pruned = *evicted = 0;
+    for (uint32_t i = b->npat; i-- > 0;) {
+        const sona_pattern *p = &b->pats[i].info;
+        if (p->avg_quality < b->cfg.min_quality) {
+            b->stats.patterns_pruned_quality++;
+            remove_pattern(b, i);
+            ++*pruned;
+        } else if (b->cfg.stale_after_ms && now > p->last_access_ms &&
+                   now - p->last_access_ms > b->cfg.stale_after_ms) {
+            b->stats.patterns_pruned_stale++;
+            remove_pattern(b, i);
+            ++*pruned;
+        }
+    }
+    if (b->npat <= b->cfg.capacity)
+        return SONA_OK;
+    ranked *r = malloc(b->npat * sizeof *r);
+    if (!r)
+        return sona_fail(&b->err, SONA_E_NOMEM, "capacity eviction: out of memory");
+    const uint32_t n = b->npat, excess = b->npat - b->cfg.capacity;
+    for (uint32_t i = 0; i < n; i++)
+        r[i] = (ranked){pattern_value(&b->pats[i].info), b->pats[i].info.id};
+    qsort(r, n, sizeof *r, by_value);
+    for (uint32_t i = 0; i < excess; i++)
+        remove_pattern(b, sona_idmap_get(&b->by_id, r[i].id));
+    b->stats.patterns_evicted += excess;
+    *evicted = excess;
+    free(r);
+    return SONA_OK;
+}
+
+sona_status sona_bank_prune(sona_bank *b, uint32_t *removed)
+{
+    if (!b)
+        return SONA_E_NULL;
+    pthread_mutex_lock(&b->lock);
+    uint32_t pruned, evicted;
+    sona_status st = prune_locked(b, &pruned, &evicted);
+    b->stats.patterns = b->npat;
+    pthread_mutex_unlock(&b->lock);
+    if (removed)
+        *removed = pruned + evicted;
+    return st;
+}
+
+/* ---- extraction -------------------------------------------------------------------------- */
+
+/* A cluster's summary before it meets the bank. */
+typedef struct cluster_sum {
+    uint64_t size;
+    double weight, weighted_quality, quality_sum;
+    double quality; /* weighted mean (the plain mean when all weights are 0) */
+} cluster_sum;
+
+static void summarise(const sona_bank *b, uint32_t k, const int32_t *assign, cluster_sum *cs)
+{
+    memset(cs, 0, k * sizeof *cs);
+    for (uint32_t i = 0; i < b->npend; i++) {
+        cluster_sum *c = &cs[assign[i]];
+        c->size++;
+        c->weight += b->pend_w[i];
+        c->weighted_quality += (double)b->pend_w[i] * b->pend_q[i];
+        c->quality_sum += b->pend_q[i];
+    }
+    for (uint32_t j = 0; j < k; j++)
+        if (cs[j].size)
+            cs[j].quality = cs[j].weight > 0.0 ? cs[j].weighted_quality / cs[j].weight
+                                               : cs[j].quality_sum / (double)cs[j].size;
+}
+
+/* Merges cluster (centroid c, summary s) into the pattern at pos. */
+static void merge_into(sona_bank *b, uint32_t pos, const float *c, const cluster_sum *s,
+                       uint64_t now)
+{
+    pattern_rec *p = &b->pats[pos];
+    float *pc = centroid_at(b, pos);
+    const double old_n = (double)p->info.size, add_n = (double)s->size, tot = old_n + add_n;
+    for (uint32_t t = 0; t < b->cfg.dim; t++)
+        pc[t] = (float)((old_n * pc[t] + add_n * c[t]) / tot);
+    p->info.avg_quality = (float)((old_n * p->info.avg_quality + add_n * s->quality) / tot);
+    p->info.size += s->size;
+    p->info.total_weight += s->weight;
+    p->info.last_access_ms = now;
+    /* A failed re-index (out of memory) keeps the old direction in the index; still the same
+     * set of ids, so search stays in step with the bank. */
+    sona_index_update(b->index, p->info.id, pc);
+}
+
+sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
+{
+    if (!b)
+        return SONA_E_NULL;
+    sona_bank_extract_result r = {0};
+    pthread_mutex_lock(&b->lock);
+    sona_status st = SONA_OK;
+    const uint32_t n = b->npend, dim = b->cfg.dim;
+    float *C = NULL;
+    int32_t *assign = NULL, *target = NULL;
+    uint32_t *counts = NULL;
+    cluster_sum *cs = NULL;
+    if (n == 0)
+        goto out;
+    const uint32_t k = n < b->cfg.k_clusters ? n : b->cfg.k_clusters;
+    C = malloc((size_t)k * dim * sizeof *C);
+    assign = malloc(n * sizeof *assign);
+    target = malloc(k * sizeof *target);
+    counts = malloc(k * sizeof *counts);
+    cs = malloc(k * sizeof *cs);
+    if (!C || !assign || !target || !counts || !cs ||
+        reserve_patterns(b, b->npat + k) != SONA_OK) {
+        st = sona_fail(&b->err, SONA_E_NOMEM, "sona_bank_extract: out of memory");
+        goto out;
+    }
+    const sona_kmeans_params kp = {.k = k,
+                                   .max_iterations = b->cfg.max_iterations,
+                                   .tolerance = b->cfg.tolerance,
+                                   .seed = b->cfg.seed ^ (b->stats.extractions * 0x9e3779b97f4a7c15ull)};
+    sona_kmeans_result kr;
+    st = sona_kmeans(b->be, b->pend_emb, n, dim, &kp, C, assign, counts, &kr);
+    if (st != SONA_OK) {
+        st = sona_fail(&b->err, st, "sona_bank_extract: k-means on %s failed: %s", b->be->name,
+                       sona_status_str(st));
+        goto out;
+    }
+    summarise(b, k, assign, cs);
+
+    /* Commit point: from here the trajectories are consumed. */
+    const uint64_t now = now_ms(b);
+    for (uint32_t j = 0; j < k; j++) {
+        target[j] = -1;
+        if (cs[j].size == 0)
+            continue;
+        if (cs[j].size < b->cfg.min_cluster_size) {
+            r.dropped_small++;
+            continue;
+        }
+        const float *c = C + (size_t)j * dim;
+        uint64_t best;
+        float sim;
+        uint32_t found = 0;
+        if (b->npat)
+            sona_index_search_ef(b->index, c, 1, b->cfg.index.ef_search, 0, &best, &sim, &found);
+        if (found && sim >= b->cfg.merge_threshold) {
+            const uint32_t pos = sona_idmap_get(&b->by_id, best);
+            merge_into(b, pos, c, &cs[j], now);
+            target[j] = (int32_t)pos;
+            r.merged++;
+            continue;
+        }
+        const sona_pattern info = {.id = b->next_id,
+                                   .size = cs[j].size,
+                                   .total_weight = cs[j].weight,
+                                   .avg_quality = (float)cs[j].quality,
+                                   .created_ms = now,
+                                   .last_access_ms = now};
+        uint32_t pos;
+        const sona_status ast = add_pattern(b, &info, c, &pos);
+        if (ast == SONA_OK) {
+            b->next_id++;
+            target[j] = (int32_t)pos;
+            r.created++;
+        } else if (ast == SONA_E_INVALID) {
+            r.dropped_small++; /* members cancel out: a zero centroid has no direction */
+        } else {
+            st = ast; /* message set by add_pattern */
+        }
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        const int32_t t = target[assign[i]];
+        if (t >= 0 && b->pend_route[i] != NO_ROUTE &&
+            add_route_stat(&b->pats[t], (uint32_t)b->pend_route[i], 1, b->pend_q[i]) != 0)
+            st = sona_fail(&b->err, SONA_E_NOMEM, "sona_bank_extract: route statistics incomplete (out of memory)");
+    }
+    b->npend = 0;
+    r.trajectories = n;
+    r.clusters = k;
+    r.iterations = kr.iterations;
+    r.inertia = kr.inertia;
+    b->stats.extractions++;
+    b->stats.clusters_found += k;
+    b->stats.clusters_dropped_small += r.dropped_small;
+    b->stats.patterns_created += r.created;
+    b->stats.patterns_merged += r.merged;
+    sona_status pst = prune_locked(b, &r.pruned, &r.evicted);
+    if (st == SONA_OK)
+        st = pst;
+out:
+    b->stats.patterns = b->npat;
+    pthread_mutex_unlock(&b->lock);
+    free(C);
+    free(assign);
+    free(target);
+    free(counts);
+    free(cs);
+    if (res)
+        *res = r;
+    return st;
+}
+
+/* ---- queries ----------------------------------------------------------------------------- */
+
+sona_status sona_bank_search(sona_bank *b, const float *query, uint32_t k, uint64_t *ids,
+                             float *sims, uint32_t *found)
+{
+    if (!b)
+        return SONA_E_NULL;
+    pthread_mutex_lock(&b->lock);
+    sona_status st = sona_index_search_ef(b->index, query, k, b->cfg.index.ef_search, 0, ids,
+                                          sims, found);
+    if (st != SONA_OK) {
+        sona_fail(&b->err, st, "sona_bank_search: %s", sona_index_last_error(b->index));
+    } else {
+        const uint64_t now = now_ms(b);
+        for (uint32_t i = 0; i < *found; i++) {
+            pattern_rec *p = &b->pats[sona_idmap_get(&b->by_id, ids[i])];
+            p->info.access_count++;
+            p->info.last_access_ms = now;
+        }
+        b->stats.searches++;
+    }
+    pthread_mutex_unlock(&b->lock);
+    return st;
+}
+
+uint32_t sona_bank_pattern_count(const sona_bank *b)
+{
+    if (!b)
+        return 0;
+    pthread_mutex_lock((pthread_mutex_t *)&b->lock);
+    const uint32_t n = b->npat;
+    pthread_mutex_unlock((pthread_mutex_t *)&b->lock);
+    return n;
+}
+
+static void copy_pattern(const sona_bank *b, uint32_t pos, sona_pattern *p, float *centroid)
+{
+    if (p)
+        *p = b->pats[pos].info;
+    if (centroid)
+        memcpy(centroid, centroid_at(b, pos), b->cfg.dim * sizeof *centroid);
+}
+
+sona_status sona_bank_pattern_get(const sona_bank *b, uint64_t id, sona_pattern *p, float *centroid)
+{
+    if (!b)
+        return SONA_E_NULL;
+    pthread_mutex_lock((pthread_mutex_t *)&b->lock);
+    const uint32_t pos = sona_idmap_get(&b->by_id, id);
+    if (pos != SONA_IDMAP_EMPTY)
+        copy_pattern(b, pos, p, centroid);
+    pthread_mutex_unlock((pthread_mutex_t *)&b->lock);
+    return pos != SONA_IDMAP_EMPTY ? SONA_OK : SONA_E_NOT_FOUND;
+}
+
+sona_status sona_bank_pattern_at(const sona_bank *b, uint32_t i, sona_pattern *p, float *centroid)
+{
+    if (!b)
+        return SONA_E_NULL;
+    pthread_mutex_lock((pthread_mutex_t *)&b->lock);
+    const int ok = i < b->npat;
+    if (ok)
+        copy_pattern(b, i, p, centroid);
+    pthread_mutex_unlock((pthread_mutex_t *)&b->lock);
+    return ok ? SONA_OK : SONA_E_INVALID;
+}
+
+sona_status sona_bank_pattern_route(const sona_bank *b, uint64_t id, uint32_t r, const char **route,
+                                    uint64_t *count, float *mean_quality)
+{
+    if (!b)
+        return SONA_E_NULL;
+    pthread_mutex_lock((pthread_mutex_t *)&b->lock);
+    const uint32_t pos = sona_idmap_get(&b->by_id, id);
+    sona_status st = SONA_OK;
+    if (pos == SONA_IDMAP_EMPTY) {
+        st = SONA_E_NOT_FOUND;
+    } else if (r >= b->pats[pos].info.route_count) {
+        st = SONA_E_INVALID;
+    } else {
+        const route_stat *rs = &b->pats[pos].routes[r];
+        if (route)
+            *route = b->route_names[rs->route];
+        if (count)
+            *count = rs->count;
+        if (mean_quality)
+            *mean_quality = (float)(rs->quality_sum / (double)rs->count);
+    }
+    pthread_mutex_unlock((pthread_mutex_t *)&b->lock);
+    return st;
+}
+
+sona_status sona_bank_neighbors(const sona_bank *b, uint64_t id, uint64_t *out, uint32_t max,
+                                uint32_t *n)
+{
+    if (!b)
+        return SONA_E_NULL;
+    pthread_mutex_lock((pthread_mutex_t *)&b->lock);
+    sona_status st = sona_index_neighbors(b->index, id, out, max, n);
+    pthread_mutex_unlock((pthread_mutex_t *)&b->lock);
+    return st;
+}
+
+sona_status sona_bank_pattern_restore(sona_bank *b, const sona_pattern *p, const float *centroid)
+{
+    if (!b)
+        return SONA_E_NULL;
+    const char *call = "sona_bank_pattern_restore";
+    pthread_mutex_lock(&b->lock);
+    sona_status st = SONA_OK;
+    if (!p || !centroid) {
+        st = sona_fail(&b->err, SONA_E_NULL, "%s: pattern or centroid is NULL", call);
+    } else if (p->id == 0 || sona_idmap_get(&b->by_id, p->id) != SONA_IDMAP_EMPTY) {
+        st = sona_fail(&b->err, SONA_E_STATE, "%s: id %llu is 0 or in use", call,
+                       (unsigned long long)p->id);
+    } else if (!sona_all_finite(centroid, b->cfg.dim) || !isfinite(p->avg_quality) ||
+               !isfinite(p->total_weight)) {
+        st = sona_fail(&b->err, SONA_E_NONFINITE, "%s: NaN or Inf in the pattern", call);
+    } else if ((st = reserve_patterns(b, b->npat + 1)) != SONA_OK) {
+        st = sona_fail(&b->err, st, "%s: out of memory", call);
+    } else {
+        uint32_t pos;
+        st = add_pattern(b, p, centroid, &pos);
+        if (st == SONA_OK && p->id >= b->next_id)
+            b->next_id = p->id + 1;
+    }
+    b->stats.patterns = b->npat;
+    pthread_mutex_unlock(&b->lock);
+    return st;
+}
+
+sona_status sona_bank_stats_get(const sona_bank *b, sona_bank_stats *out)
+{
+    if (!b || !out)
+        return SONA_E_NULL;
+    pthread_mutex_lock((pthread_mutex_t *)&b->lock);
+    *out = b->stats;
+    out->pending = b->npend;
+    out->patterns = b->npat;
+    pthread_mutex_unlock((pthread_mutex_t *)&b->lock);
+    return SONA_OK;
+}

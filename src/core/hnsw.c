@@ -1,0 +1,652 @@
+/* The pattern index: HNSW over unit vectors (include/sona/index.h).
+ *
+ * Layout: node slots are dense; vectors live in one 64-byte aligned array with a stride padded
+ * to 16 floats (zeros), so the dot kernel never runs a tail. Level-0 links are one flat array of
+ * [count, 2M links] per slot; upper levels are allocated per node. Searches keep a
+ * generation-stamped visited array (no clearing per query) and two binary heaps sized to the
+ * node capacity, so a search never allocates. */
+#include "sona/index.h"
+
+#include "core/error.h"
+#include "core/idmap.h"
+#include "core/rng.h"
+#include "core/vecmath.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NO_NODE UINT32_MAX
+#define MAX_LEVEL 24
+
+typedef struct cand {
+    float s;    /* similarity to the query / base node */
+    uint32_t n; /* node slot */
+} cand;
+
+/* Max-heap on s; the result set stores -s to act as a min-heap (worst result on top). */
+typedef struct heap {
+    cand *v;
+    uint32_t len;
+} heap;
+
+struct sona_index {
+    sona_index_config cfg;
+    uint32_t stride;     /* floats per stored vector */
+    uint32_t M0;         /* level-0 link capacity: 2M */
+    uint32_t cap, used;  /* slots allocated, slots taken (live + deleted) */
+    uint32_t live;
+    float *vecs;         /* cap * stride, unit norm */
+    uint64_t *ids;       /* external id per slot */
+    uint64_t *access;    /* access count per slot */
+    uint8_t *dead;       /* 1: removed or superseded; routes searches, never returned */
+    uint8_t *levels;     /* top level per slot */
+    uint32_t *links0;    /* cap * (M0 + 1): [count, links...] */
+    uint32_t **upper;    /* per slot: levels[slot] * (M + 1), NULL when level 0 only */
+    uint32_t entry;      /* entry point slot, NO_NODE when empty */
+    int top;             /* level of the entry point */
+    uint32_t *visited;   /* cap stamps */
+    uint32_t visit_gen;
+    heap cand_heap, res_heap; /* cap + 1 entries each */
+    cand *found;         /* cap + 1: a search's results, best first */
+    cand *pick, *shrink; /* M0 + 1: neighbour selection scratch */
+    float *qbuf, *vbuf;  /* stride: normalised query / inserted vector */
+    sona_idmap map;      /* live id -> slot */
+    sona_rng rng;
+    double level_mult;
+    sona_dot_fn dot;
+    sona_errbuf err;
+};
+
+/* ---- heaps ------------------------------------------------------------------------------ */
+
+static void heap_push(heap *h, float s, uint32_t n)
+{
+    uint32_t i = h->len++;
+    while (i > 0) {
+        const uint32_t p = (i - 1) / 2;
+        if (h->v[p].s >= s)
+            break;
+        h->v[i] = h->v[p];
+        i = p;
+    }
+    h->v[i] = (cand){s, n};
+}
+
+static cand heap_pop(heap *h)
+{
+    const cand top = h->v[0], last = h->v[--h->len];
+    uint32_t i = 0;
+    for (;;) {
+        uint32_t c = 2 * i + 1;
+        if (c >= h->len)
+            break;
+        if (c + 1 < h->len && h->v[c + 1].s > h->v[c].s)
+            c++;
+        if (h->v[c].s <= last.s)
+            break;
+        h->v[i] = h->v[c];
+        i = c;
+    }
+    if (h->len)
+        h->v[i] = last;
+    return top;
+}
+
+/* ---- storage ---------------------------------------------------------------------------- */
+
+static inline const float *vec_at(const sona_index *x, uint32_t n)
+{
+    return x->vecs + (size_t)n * x->stride;
+}
+
+static inline uint32_t *links_at(const sona_index *x, uint32_t n, int level)
+{
+    return level == 0 ? x->links0 + (size_t)n * (x->M0 + 1)
+                      : x->upper[n] + (size_t)(level - 1) * (x->cfg.M + 1);
+}
+
+#define GROW_ARRAY(ptr, count)                                          \
+    do {                                                                \
+        void *p_ = realloc((ptr), (size_t)(count) * sizeof *(ptr));     \
+        if (!p_)                                                        \
+            return SONA_E_NOMEM;                                        \
+        (ptr) = p_;                                                     \
+    } while (0)
+
+/* Grows every per-slot array to cap slots. A failure leaves the index valid at its old cap. */
+static sona_status grow(sona_index *x, uint32_t cap)
+{
+    float *vecs = aligned_alloc(64, (size_t)cap * x->stride * sizeof(float));
+    if (!vecs)
+        return SONA_E_NOMEM;
+    if (x->used)
+        memcpy(vecs, x->vecs, (size_t)x->used * x->stride * sizeof(float));
+    free(x->vecs);
+    x->vecs = vecs;
+    GROW_ARRAY(x->ids, cap);
+    GROW_ARRAY(x->access, cap);
+    GROW_ARRAY(x->dead, cap);
+    GROW_ARRAY(x->levels, cap);
+    GROW_ARRAY(x->links0, (size_t)cap * (x->M0 + 1));
+    GROW_ARRAY(x->upper, cap);
+    GROW_ARRAY(x->visited, cap);
+    GROW_ARRAY(x->cand_heap.v, cap + 1);
+    GROW_ARRAY(x->res_heap.v, cap + 1);
+    GROW_ARRAY(x->found, cap + 1);
+    memset(x->visited + x->cap, 0, (size_t)(cap - x->cap) * sizeof *x->visited);
+    x->cap = cap;
+    return SONA_OK;
+}
+
+static void free_parts(sona_index *x)
+{
+    for (uint32_t i = 0; i < x->used; i++)
+        free(x->upper[i]);
+    free(x->vecs);
+    free(x->ids);
+    free(x->access);
+    free(x->dead);
+    free(x->levels);
+    free(x->links0);
+    free(x->upper);
+    free(x->visited);
+    free(x->cand_heap.v);
+    free(x->res_heap.v);
+    free(x->found);
+    free(x->pick);
+    free(x->shrink);
+    free(x->qbuf);
+    free(x->vbuf);
+    sona_idmap_free(&x->map);
+}
+
+/* ---- graph search ----------------------------------------------------------------------- */
+
+static void next_visit_generation(sona_index *x)
+{
+    if (++x->visit_gen == 0) {
+        memset(x->visited, 0, (size_t)x->cap * sizeof *x->visited);
+        x->visit_gen = 1;
+    }
+}
+
+/* Greedy walk on one upper level: moves to the best neighbour until none is better. */
+static uint32_t greedy(sona_index *x, const float *q, uint32_t ep, float *ep_s, int level)
+{
+    for (int changed = 1; changed;) {
+        changed = 0;
+        const uint32_t *l = links_at(x, ep, level);
+        for (uint32_t i = 1; i <= l[0]; i++) {
+            const float s = x->dot(q, vec_at(x, l[i]), x->stride);
+            if (s > *ep_s) {
+                *ep_s = s;
+                ep = l[i];
+                changed = 1;
+            }
+        }
+    }
+    return ep;
+}
+
+/* Best-first search of one level from ep with a result set of ef (the paper's SEARCH-LAYER).
+ * Deleted nodes are walked through but not kept. Leaves the results in x->found, best first,
+ * and returns how many. */
+static uint32_t search_layer(sona_index *x, const float *q, uint32_t ep, float ep_s, uint32_t ef,
+                             int level)
+{
+    heap *C = &x->cand_heap, *R = &x->res_heap;
+    C->len = R->len = 0;
+    next_visit_generation(x);
+    const uint32_t gen = x->visit_gen;
+    x->visited[ep] = gen;
+    heap_push(C, ep_s, ep);
+    if (!x->dead[ep])
+        heap_push(R, -ep_s, ep);
+    while (C->len) {
+        const cand c = heap_pop(C);
+        if (R->len >= ef && c.s < -R->v[0].s)
+            break;
+        const uint32_t *l = links_at(x, c.n, level);
+        const uint32_t nl = l[0];
+        for (uint32_t i = 1; i <= nl; i++)
+            __builtin_prefetch(vec_at(x, l[i]));
+        for (uint32_t i = 1; i <= nl; i++) {
+            const uint32_t nb = l[i];
+            if (x->visited[nb] == gen)
+                continue;
+            x->visited[nb] = gen;
+            const float s = x->dot(q, vec_at(x, nb), x->stride);
+            if (R->len < ef || s > -R->v[0].s) {
+                heap_push(C, s, nb);
+                if (!x->dead[nb]) {
+                    heap_push(R, -s, nb);
+                    if (R->len > ef)
+                        heap_pop(R);
+                }
+            }
+        }
+    }
+    const uint32_t n = R->len;
+    for (uint32_t i = n; i-- > 0;) {
+        const cand r = heap_pop(R);
+        x->found[i] = (cand){-r.s, r.n};
+    }
+    return n;
+}
+
+/* The paper's neighbour heuristic: from candidates sorted best first, keep one only when it is
+ * more similar to the base than to every one kept so far. Links then spread over directions
+ * instead of piling into the nearest cluster, which keeps clustered data navigable. */
+static uint32_t select_neighbors(const sona_index *x, const cand *c, uint32_t nc, uint32_t m,
+                                 cand *out)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < nc && n < m; i++) {
+        const float *v = vec_at(x, c[i].n);
+        int keep = 1;
+        for (uint32_t j = 0; j < n && keep; j++)
+            keep = x->dot(v, vec_at(x, out[j].n), x->stride) < c[i].s;
+        if (keep)
+            out[n++] = c[i];
+    }
+    return n;
+}
+
+static void sort_desc(cand *c, uint32_t n)
+{
+    for (uint32_t i = 1; i < n; i++) {
+        const cand t = c[i];
+        uint32_t j = i;
+        for (; j > 0 && c[j - 1].s < t.s; j--)
+            c[j] = c[j - 1];
+        c[j] = t;
+    }
+}
+
+/* Adds the link e -> nn (similarity s) on level; a full list drops deleted nodes first, then
+ * is re-selected with the heuristic. */
+static void link_back(sona_index *x, uint32_t e, uint32_t nn, float s, int level)
+{
+    uint32_t *l = links_at(x, e, level);
+    const uint32_t mmax = level ? x->cfg.M : x->M0;
+    if (l[0] < mmax) {
+        l[1 + l[0]++] = nn;
+        return;
+    }
+    const float *ve = vec_at(x, e);
+    uint32_t nc = 0;
+    for (uint32_t i = 1; i <= l[0]; i++)
+        if (!x->dead[l[i]])
+            x->shrink[nc++] = (cand){x->dot(ve, vec_at(x, l[i]), x->stride), l[i]};
+    x->shrink[nc++] = (cand){s, nn};
+    if (nc <= mmax) {
+        l[0] = nc;
+        for (uint32_t i = 0; i < nc; i++)
+            l[1 + i] = x->shrink[i].n;
+        return;
+    }
+    sort_desc(x->shrink, nc);
+    const uint32_t n = select_neighbors(x, x->shrink, nc, mmax, x->pick + 0);
+    l[0] = n;
+    for (uint32_t i = 0; i < n; i++)
+        l[1 + i] = x->pick[i].n;
+}
+
+/* ---- insertion -------------------------------------------------------------------------- */
+
+static int random_level(sona_index *x)
+{
+    const double u = 1.0 - sona_rng_uniform_d(&x->rng); /* (0, 1] */
+    const double l = -log(u) * x->level_mult;
+    return l >= MAX_LEVEL ? MAX_LEVEL : (int)l;
+}
+
+/* Inserts a unit vector (stride floats, zero padded) as a new slot for id. On failure nothing
+ * changed. The id map entry is written (or replaced) last. */
+static sona_status insert_node(sona_index *x, uint64_t id, const float *v, uint64_t access)
+{
+    if (x->used == x->cap) {
+        if (x->cap > UINT32_MAX / 2 - 1)
+            return SONA_E_NOMEM;
+        sona_status st = grow(x, x->cap * 2);
+        if (st != SONA_OK)
+            return st;
+    }
+    const sona_rng rng_before = x->rng;
+    const int level = random_level(x);
+    const uint32_t slot = x->used;
+    uint32_t *up = NULL;
+    if (level > 0) {
+        up = calloc((size_t)level * (x->cfg.M + 1), sizeof *up);
+        if (!up) {
+            x->rng = rng_before;
+            return SONA_E_NOMEM;
+        }
+    }
+    if (sona_idmap_put(&x->map, id, slot) != SONA_OK) {
+        free(up);
+        x->rng = rng_before;
+        return SONA_E_NOMEM;
+    }
+    x->used++;
+    x->live++;
+    memcpy(x->vecs + (size_t)slot * x->stride, v, x->stride * sizeof(float));
+    x->ids[slot] = id;
+    x->access[slot] = access;
+    x->dead[slot] = 0;
+    x->levels[slot] = (uint8_t)level;
+    x->upper[slot] = up;
+    links_at(x, slot, 0)[0] = 0;
+    if (x->entry == NO_NODE) {
+        x->entry = slot;
+        x->top = level;
+        return SONA_OK;
+    }
+    const float *q = vec_at(x, slot);
+    uint32_t ep = x->entry;
+    float ep_s = x->dot(q, vec_at(x, ep), x->stride);
+    for (int l = x->top; l > level; l--)
+        ep = greedy(x, q, ep, &ep_s, l);
+    for (int l = level < x->top ? level : x->top; l >= 0; l--) {
+        const uint32_t nw = search_layer(x, q, ep, ep_s, x->cfg.ef_construction, l);
+        const uint32_t n = select_neighbors(x, x->found, nw, x->cfg.M, x->pick);
+        uint32_t *own = links_at(x, slot, l);
+        own[0] = n;
+        for (uint32_t i = 0; i < n; i++)
+            own[1 + i] = x->pick[i].n;
+        /* link_back reuses pick: iterate over the copy in own. */
+        for (uint32_t i = 0; i < n; i++) {
+            const uint32_t e = own[1 + i];
+            link_back(x, e, slot, x->dot(q, vec_at(x, e), x->stride), l);
+        }
+        if (nw) {
+            ep = x->found[0].n;
+            ep_s = x->found[0].s;
+        }
+    }
+    if (level > x->top) {
+        x->entry = slot;
+        x->top = level;
+    }
+    return SONA_OK;
+}
+
+/* ---- public API ------------------------------------------------------------------------- */
+
+void sona_index_config_default(sona_index_config *cfg, uint32_t dim)
+{
+    if (!cfg)
+        return;
+    *cfg = (sona_index_config){.dim = dim,
+                               .M = 16,
+                               .ef_construction = 200,
+                               .ef_search = 50,
+                               .initial_capacity = 1024,
+                               .seed = 42,
+                               .track_access = 1};
+}
+
+static sona_status check_config(const sona_index_config *cfg)
+{
+    if (cfg->dim == 0 || cfg->dim > (1u << 24))
+        return sona_fail(NULL, SONA_E_INVALID, "sona_index_create: dim %u is outside 1..2^24",
+                         cfg->dim);
+    if (cfg->M < 2 || cfg->M > 255)
+        return sona_fail(NULL, SONA_E_INVALID, "sona_index_create: M %u is outside 2..255", cfg->M);
+    if (cfg->ef_construction == 0 || cfg->ef_search == 0)
+        return sona_fail(NULL, SONA_E_INVALID, "sona_index_create: ef_construction and ef_search must be >= 1");
+    return SONA_OK;
+}
+
+sona_status sona_index_create(const sona_index_config *cfg, sona_index **out)
+{
+    if (!out)
+        return sona_fail(NULL, SONA_E_NULL, "sona_index_create: out is NULL");
+    *out = NULL;
+    if (!cfg)
+        return sona_fail(NULL, SONA_E_NULL, "sona_index_create: cfg is NULL");
+    sona_status st = check_config(cfg);
+    if (st != SONA_OK)
+        return st;
+    sona_index *x = calloc(1, sizeof *x);
+    if (!x)
+        return sona_fail(NULL, SONA_E_NOMEM, "sona_index_create: out of memory");
+    x->cfg = *cfg;
+    x->stride = (cfg->dim + 15) & ~15u;
+    x->M0 = 2 * cfg->M;
+    x->entry = NO_NODE;
+    x->top = -1;
+    x->level_mult = 1.0 / log((double)cfg->M);
+    x->dot = sona_dot_kernel();
+    sona_rng_seed(&x->rng, cfg->seed, 0x686e7377ull /* "hnsw" */);
+    x->pick = malloc((x->M0 + 1) * sizeof *x->pick);
+    x->shrink = malloc((x->M0 + 1) * sizeof *x->shrink);
+    x->qbuf = aligned_alloc(64, x->stride * sizeof(float));
+    x->vbuf = aligned_alloc(64, x->stride * sizeof(float));
+    const uint32_t cap = cfg->initial_capacity < 16 ? 16 : cfg->initial_capacity;
+    if (!x->pick || !x->shrink || !x->qbuf || !x->vbuf || grow(x, cap) != SONA_OK) {
+        free_parts(x);
+        free(x);
+        return sona_fail(NULL, SONA_E_NOMEM, "sona_index_create: out of memory");
+    }
+    *out = x;
+    return SONA_OK;
+}
+
+void sona_index_destroy(sona_index *x)
+{
+    if (!x)
+        return;
+    free_parts(x);
+    free(x);
+}
+
+const char *sona_index_last_error(const sona_index *x) { return x ? x->err.msg : sona_last_error(); }
+const sona_index_config *sona_index_get_config(const sona_index *x) { return x ? &x->cfg : NULL; }
+uint64_t sona_index_size(const sona_index *x) { return x ? x->live : 0; }
+
+/* Copies vec into dst (stride floats, zero padded) normalised; refuses NaN/Inf and zero. */
+static sona_status prepare(sona_index *x, const char *call, const float *vec, float *dst)
+{
+    if (!vec)
+        return sona_fail(&x->err, SONA_E_NULL, "%s: vector is NULL", call);
+    if (!sona_all_finite(vec, x->cfg.dim))
+        return sona_fail(&x->err, SONA_E_NONFINITE, "%s: vector has NaN or Inf", call);
+    memcpy(dst, vec, x->cfg.dim * sizeof(float));
+    memset(dst + x->cfg.dim, 0, (x->stride - x->cfg.dim) * sizeof(float));
+    if (sona_normalize(dst, x->cfg.dim) == 0.0f)
+        return sona_fail(&x->err, SONA_E_INVALID, "%s: zero vector has no direction", call);
+    return SONA_OK;
+}
+
+sona_status sona_index_insert(sona_index *x, uint64_t id, const float *vec)
+{
+    if (!x)
+        return SONA_E_NULL;
+    sona_status st = prepare(x, "sona_index_insert", vec, x->vbuf);
+    if (st != SONA_OK)
+        return st;
+    if (sona_idmap_get(&x->map, id) != SONA_IDMAP_EMPTY)
+        return sona_fail(&x->err, SONA_E_STATE, "sona_index_insert: id %llu is present (use update)",
+                         (unsigned long long)id);
+    st = insert_node(x, id, x->vbuf, 0);
+    return st == SONA_OK ? st : sona_fail(&x->err, st, "sona_index_insert: out of memory");
+}
+
+/* Rebuilds the graph from the live nodes when more than half the slots are deleted (or resets it
+ * when none is live). A failed rebuild keeps the current graph, which stays correct. */
+static void maybe_compact(sona_index *x)
+{
+    const uint32_t deleted = x->used - x->live;
+    if (x->live == 0) {
+        for (uint32_t i = 0; i < x->used; i++) {
+            free(x->upper[i]);
+            x->upper[i] = NULL;
+        }
+        x->used = 0;
+        x->entry = NO_NODE;
+        x->top = -1;
+        return;
+    }
+    if (deleted <= x->live || x->used < 64)
+        return;
+    sona_index_config cfg = x->cfg;
+    cfg.initial_capacity = x->live * 2;
+    sona_index *fresh = NULL;
+    if (sona_index_create(&cfg, &fresh) != SONA_OK)
+        return;
+    for (uint32_t i = 0; i < x->used; i++) {
+        if (x->dead[i])
+            continue;
+        if (insert_node(fresh, x->ids[i], vec_at(x, i), x->access[i]) != SONA_OK) {
+            sona_index_destroy(fresh);
+            return;
+        }
+    }
+    const sona_errbuf err = x->err;
+    free_parts(x);
+    *x = *fresh;
+    x->err = err;
+    free(fresh);
+}
+
+sona_status sona_index_update(sona_index *x, uint64_t id, const float *vec)
+{
+    if (!x)
+        return SONA_E_NULL;
+    const uint32_t old = sona_idmap_get(&x->map, id);
+    if (old == SONA_IDMAP_EMPTY)
+        return sona_fail(&x->err, SONA_E_NOT_FOUND, "sona_index_update: no id %llu",
+                         (unsigned long long)id);
+    sona_status st = prepare(x, "sona_index_update", vec, x->vbuf);
+    if (st != SONA_OK)
+        return st;
+    /* The old node dies first so the new one does not link to its own former self. */
+    x->dead[old] = 1;
+    x->live--;
+    st = insert_node(x, id, x->vbuf, x->access[old]);
+    if (st != SONA_OK) {
+        x->dead[old] = 0;
+        x->live++;
+        return sona_fail(&x->err, st, "sona_index_update: out of memory");
+    }
+    maybe_compact(x);
+    return SONA_OK;
+}
+
+sona_status sona_index_remove(sona_index *x, uint64_t id)
+{
+    if (!x)
+        return SONA_E_NULL;
+    const uint32_t slot = sona_idmap_get(&x->map, id);
+    if (slot == SONA_IDMAP_EMPTY)
+        return sona_fail(&x->err, SONA_E_NOT_FOUND, "sona_index_remove: no id %llu",
+                         (unsigned long long)id);
+    sona_idmap_del(&x->map, id);
+    x->dead[slot] = 1;
+    x->live--;
+    maybe_compact(x);
+    return SONA_OK;
+}
+
+sona_status sona_index_set_ef_search(sona_index *x, uint32_t ef)
+{
+    if (!x)
+        return SONA_E_NULL;
+    if (ef == 0)
+        return sona_fail(&x->err, SONA_E_INVALID, "sona_index_set_ef_search: ef must be >= 1");
+    x->cfg.ef_search = ef;
+    return SONA_OK;
+}
+
+sona_status sona_index_search_ef(sona_index *x, const float *query, uint32_t k, uint32_t ef,
+                                 int count_access, uint64_t *ids, float *sims, uint32_t *found)
+{
+    if (!x)
+        return SONA_E_NULL;
+    if (!ids || !found)
+        return sona_fail(&x->err, SONA_E_NULL, "sona_index_search: ids or found is NULL");
+    if (k == 0 || ef == 0)
+        return sona_fail(&x->err, SONA_E_INVALID, "sona_index_search: k and ef must be >= 1");
+    sona_status st = prepare(x, "sona_index_search", query, x->qbuf);
+    if (st != SONA_OK)
+        return st;
+    *found = 0;
+    if (x->live == 0)
+        return SONA_OK;
+    const float *q = x->qbuf;
+    uint32_t ep = x->entry;
+    float ep_s = x->dot(q, vec_at(x, ep), x->stride);
+    for (int l = x->top; l > 0; l--)
+        ep = greedy(x, q, ep, &ep_s, l);
+    const uint32_t n = search_layer(x, q, ep, ep_s, ef > k ? ef : k, 0);
+    const uint32_t m = n < k ? n : k;
+    for (uint32_t i = 0; i < m; i++) {
+        const uint32_t slot = x->found[i].n;
+        ids[i] = x->ids[slot];
+        if (sims)
+            sims[i] = x->found[i].s;
+        if (count_access)
+            x->access[slot]++;
+    }
+    *found = m;
+    return SONA_OK;
+}
+
+sona_status sona_index_search(sona_index *x, const float *query, uint32_t k, uint64_t *ids,
+                              float *sims, uint32_t *found)
+{
+    if (!x)
+        return SONA_E_NULL;
+    return sona_index_search_ef(x, query, k, x->cfg.ef_search, x->cfg.track_access, ids, sims,
+                                found);
+}
+
+static sona_status lookup(const sona_index *x, uint64_t id, const char *call, uint32_t *slot)
+{
+    *slot = sona_idmap_get(&x->map, id);
+    if (*slot == SONA_IDMAP_EMPTY)
+        return sona_fail(NULL, SONA_E_NOT_FOUND, "%s: no id %llu", call, (unsigned long long)id);
+    return SONA_OK;
+}
+
+sona_status sona_index_access_count(const sona_index *x, uint64_t id, uint64_t *count)
+{
+    if (!x || !count)
+        return SONA_E_NULL;
+    uint32_t slot;
+    sona_status st = lookup(x, id, "sona_index_access_count", &slot);
+    if (st == SONA_OK)
+        *count = x->access[slot];
+    return st;
+}
+
+sona_status sona_index_neighbors(const sona_index *x, uint64_t id, uint64_t *out, uint32_t max,
+                                 uint32_t *n)
+{
+    if (!x || !n || (!out && max))
+        return SONA_E_NULL;
+    uint32_t slot;
+    sona_status st = lookup(x, id, "sona_index_neighbors", &slot);
+    if (st != SONA_OK)
+        return st;
+    const uint32_t *l = links_at(x, slot, 0);
+    uint32_t m = 0;
+    for (uint32_t i = 1; i <= l[0] && m < max; i++)
+        if (!x->dead[l[i]])
+            out[m++] = x->ids[l[i]];
+    *n = m;
+    return SONA_OK;
+}
+
+sona_status sona_index_get_vector(const sona_index *x, uint64_t id, float *out)
+{
+    if (!x || !out)
+        return SONA_E_NULL;
+    uint32_t slot;
+    sona_status st = lookup(x, id, "sona_index_get_vector", &slot);
+    if (st == SONA_OK)
+        memcpy(out, vec_at(x, slot), x->cfg.dim * sizeof(float));
+    return st;
+}

@@ -1,0 +1,25 @@
+/* A hash map from 64-bit ids to 32-bit slots (open addressing, linear probing, backward-shift
+ * deletion: no tombstones, so lookups stay short however many ids come and go). */
+#ifndef SONA_CORE_IDMAP_H
+#define SONA_CORE_IDMAP_H
+
+#include "sona/common.h"
+
+typedef struct sona_idmap {
+    uint64_t *keys;
+    uint32_t *vals; /* SONA_IDMAP_EMPTY marks a free cell */
+    uint32_t mask;  /* capacity - 1 (capacity is a power of two, 0 before the first put) */
+    uint32_t count;
+} sona_idmap;
+
+#define SONA_IDMAP_EMPTY UINT32_MAX
+
+void sona_idmap_free(sona_idmap *m);
+/* The slot of key, or SONA_IDMAP_EMPTY when absent. */
+uint32_t sona_idmap_get(const sona_idmap *m, uint64_t key);
+/* Inserts or replaces; val must not be SONA_IDMAP_EMPTY. SONA_E_NOMEM leaves m unchanged. */
+sona_status sona_idmap_put(sona_idmap *m, uint64_t key, uint32_t val);
+/* Removes key; returns whether it was there. */
+int sona_idmap_del(sona_idmap *m, uint64_t key);
+
+#endif

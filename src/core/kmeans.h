@@ -1,0 +1,30 @@
+/* k-means for the ReasoningBank: randomised k-means++ seeding (D^2 sampling) then Lloyd
+ * iterations, with the heavy loops (nearest centre, centroid sums) run by an op table. */
+#ifndef SONA_CORE_KMEANS_H
+#define SONA_CORE_KMEANS_H
+
+#include "dispatch/ops.h"
+
+typedef struct sona_kmeans_params {
+    uint32_t k;              /* clusters, 1..n */
+    uint32_t max_iterations; /* Lloyd iterations at most (>= 1) */
+    float tolerance;         /* stop when inertia improves by less than this fraction */
+    uint64_t seed;           /* seeds the k-means++ sampling and empty-cluster re-seeding */
+} sona_kmeans_params;
+
+typedef struct sona_kmeans_result {
+    uint32_t iterations;     /* Lloyd iterations run */
+    uint32_t reseeded;       /* empty clusters re-seeded on the way */
+    int converged;           /* 1: stopped by tolerance or stable assignments */
+    double inertia;          /* sum of squared distances to the assigned centroid */
+} sona_kmeans_result;
+
+/* Clusters X[n][d] (host memory) into k clusters with backend be, which must have host memory
+ * and the sqdist_argmin and cluster_sums ops. Outputs: centroids[k][d] (each the mean of its
+ * members), assign[n], counts[k] (a cluster may end empty only when X has fewer than k distinct
+ * rows). The same inputs and seed give the same result. */
+sona_status sona_kmeans(const sona_backend *be, const float *X, uint32_t n, uint32_t d,
+                        const sona_kmeans_params *p, float *centroids, int32_t *assign,
+                        uint32_t *counts, sona_kmeans_result *res);
+
+#endif

@@ -1,0 +1,56 @@
+#include "core/vecmath.h"
+
+#include "cpu/vec.h"
+#include "dispatch/dispatch.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <string.h>
+
+float sona_dot_scalar(const float *a, const float *b, size_t n)
+{
+    float acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += a[i + j] * b[i + j];
+    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static sona_dot_fn dot_chosen = sona_dot_scalar;
+static pthread_once_t dot_once = PTHREAD_ONCE_INIT;
+
+static void dot_init(void)
+{
+    const char *variant = sona_cpu_backend()->name;
+    (void)variant;
+#if defined(__x86_64__) || defined(__i386__)
+    if (!strcmp(variant, "avx512"))
+        dot_chosen = sona_dot_avx512;
+    else if (!strcmp(variant, "avx2"))
+        dot_chosen = sona_dot_avx2;
+#endif
+}
+
+sona_dot_fn sona_dot_kernel(void)
+{
+    pthread_once(&dot_once, dot_init);
+    return dot_chosen;
+}
+
+float sona_normalize(float *v, size_t n)
+{
+    double ss = 0.0;
+    for (size_t i = 0; i < n; i++)
+        ss += (double)v[i] * v[i];
+    const double norm = sqrt(ss);
+    if (norm > 0.0 && isfinite(norm)) {
+        const float inv = (float)(1.0 / norm);
+        for (size_t i = 0; i < n; i++)
+            v[i] *= inv;
+    }
+    return (float)norm;
+}

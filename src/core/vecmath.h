@@ -1,0 +1,20 @@
+/* Small vector kernels for host-side core code that works one vector at a time (graph search),
+ * where an op-table call per pair would cost more than the arithmetic. The kernel follows the
+ * CPU variant the dispatch layer chose (SONA_CPU_VARIANT included). */
+#ifndef SONA_CORE_VECMATH_H
+#define SONA_CORE_VECMATH_H
+
+#include <stddef.h>
+
+typedef float (*sona_dot_fn)(const float *a, const float *b, size_t n);
+
+/* The dot product kernel of the CPU variant in use (chosen once; thread-safe). */
+sona_dot_fn sona_dot_kernel(void);
+
+/* Plain C dot product with independent partial sums (the reference of the variants). */
+float sona_dot_scalar(const float *a, const float *b, size_t n);
+
+/* Scales v (n floats) to unit L2 norm; returns the norm before scaling (0: v left unchanged). */
+float sona_normalize(float *v, size_t n);
+
+#endif

@@ -1,0 +1,13 @@
+/* ISA-specific versions of the core's small vector kernels (src/core/vecmath.h), one file per
+ * variant compiled with that variant's flags; only called when the host has the features. */
+#ifndef SONA_CPU_VEC_H
+#define SONA_CPU_VEC_H
+
+#include <stddef.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+float sona_dot_avx2(const float *a, const float *b, size_t n);
+float sona_dot_avx512(const float *a, const float *b, size_t n);
+#endif
+
+#endif
