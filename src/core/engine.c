@@ -173,7 +173,7 @@ static sona_status check_config(const sona_engine_config *c)
     return SONA_OK;
 }
 
-static void lora_config(const sona_engine_config *c, int base, sona_lora_config *lc)
+void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc)
 {
     sona_lora_config_default(lc, base ? SONA_LORA_BASE : SONA_LORA_MICRO, c->hidden);
     lc->rank = base ? c->base_rank : c->micro_rank;
@@ -188,7 +188,7 @@ static void lora_config(const sona_engine_config *c, int base, sona_lora_config 
 static sona_status tenant_reset(sona_engine *e, eng_tenant *t)
 {
     sona_lora_config lc;
-    lora_config(&e->cfg, 0, &lc);
+    eng_lora_config(&e->cfg, 0, &lc);
     sona_lora *l = NULL;
     sona_status st = sona_lora_create(&lc, &l);
     if (st != SONA_OK)
@@ -230,6 +230,7 @@ sona_status sona_engine_create(const sona_engine_config *cfg, sona_engine **out)
     pthread_mutex_init(&e->cycle_mu, NULL);
     pthread_mutex_init(&e->wake_mu, NULL);
     pthread_cond_init(&e->wake_cv, NULL);
+    pthread_rwlock_init(&e->bank_lock, NULL);
     atomic_store(&e->enabled, 1);
     eng_set_baseline(e, 0.0f);
     e->rng_state = cfg->seed;
@@ -243,11 +244,12 @@ sona_status sona_engine_create(const sona_engine_config *cfg, sona_engine **out)
     for (uint32_t i = 0; i < cfg->max_tenants; i++)
         pthread_mutex_init(&e->tenants[i].mu, NULL);
     sona_lora_config bc;
-    lora_config(cfg, 1, &bc);
+    eng_lora_config(cfg, 1, &bc);
     if ((st = sona_lora_create(&bc, &e->base)) != SONA_OK ||
         (st = sona_snapshot_publish(&e->base_slot, e->base)) != SONA_OK ||
         (cfg->ewc_enabled && !(e->base_ewc = eng_ewc_create(e->base, cfg))) ||
-        (st = tenant_reset(e, &e->tenants[0])) != SONA_OK) {
+        (st = tenant_reset(e, &e->tenants[0])) != SONA_OK ||
+        (st = eng_bank_create(cfg, &e->bank)) != SONA_OK) {
         char why[256];
         snprintf(why, sizeof why, "%s", sona_last_error());
         sona_engine_destroy(e);
@@ -267,7 +269,9 @@ void sona_engine_destroy(sona_engine *e)
     if (!e)
         return;
     eng_threads_stop(e);
-    eng_bank_destroy(e->bank);
+    sona_bank_destroy(e->bank);
+    eng_dream_state_free(e->dream);
+    pthread_rwlock_destroy(&e->bank_lock);
     if (e->tenants) {
         for (uint32_t i = 0; i < e->cfg.max_tenants; i++) {
             eng_tenant *t = &e->tenants[i];

@@ -6,6 +6,7 @@
 #include "core/engine_internal.h"
 
 #include "core/lora_internal.h"
+#include "core/serial.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@ struct eng_ewc {
     float *fsum[2], *ftheta[2];
     float *task_theta, *task_f; /* [max_tasks][2][n] */
     float *before;         /* [2][n] weights before a step */
+    float max_fsum;        /* largest element of fsum */
     double mean, var;      /* running stats of the step size */
     uint64_t steps;
 };
@@ -67,6 +69,7 @@ uint32_t eng_ewc_tasks(const eng_ewc *w) { return w ? w->tasks : 0; }
 static void reduce_tasks(eng_ewc *w)
 {
     const size_t n = w->n;
+    w->max_fsum = 0;
     for (int m = 0; m < 2; m++) {
         memset(w->fsum[m], 0, n * sizeof(float));
         memset(w->ftheta[m], 0, n * sizeof(float));
@@ -77,6 +80,8 @@ static void reduce_tasks(eng_ewc *w)
                 w->ftheta[m][i] += F[i] * th[i];
             }
         }
+        for (size_t i = 0; i < n; i++)
+            w->max_fsum = fmaxf(w->max_fsum, w->fsum[m][i]);
     }
 }
 
@@ -108,6 +113,11 @@ sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *
         return st;
     sona_lora_ewc_terms t = {.fisher = {w->fisher[0], w->fisher[1]}, .lambda = cfg->ewc_lambda,
                              .decay = cfg->fisher_decay};
+    /* The penalty step lr * lambda * F must stay below 1 to pull toward the anchor without
+     * overshooting (above 2 it diverges): lambda is capped where the Fisher is large. */
+    const float lr = sona_lora_get_config(lora)->learning_rate;
+    if (w->tasks && w->max_fsum * lr * t.lambda > 1.0f)
+        t.lambda = 1.0f / (w->max_fsum * lr);
     if (w->tasks) {
         t.fisher_sum[0] = w->fsum[0];
         t.fisher_sum[1] = w->fsum[1];
@@ -137,4 +147,60 @@ sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *
     w->mean += a * dlt;
     w->var = (1 - a) * (w->var + a * dlt * dlt);
     return st;
+}
+
+void eng_ewc_save(const eng_ewc *w, sona_wbuf *out)
+{
+    sona_wbuf_u32(out, w != NULL);
+    if (!w)
+        return;
+    sona_wbuf_u64(out, w->n);
+    sona_wbuf_u32(out, w->tasks);
+    sona_wbuf_floats(out, w->fisher[0], 2 * w->n); /* fisher[1] follows fisher[0] */
+    sona_wbuf_floats(out, w->task_theta, 2 * (size_t)w->tasks * w->n);
+    sona_wbuf_floats(out, w->task_f, 2 * (size_t)w->tasks * w->n);
+    sona_wbuf_u64(out, w->steps);
+    sona_wbuf_f64(out, w->mean);
+    sona_wbuf_f64(out, w->var);
+}
+
+sona_status eng_ewc_load(sona_rbuf *in, const sona_lora *lora, const sona_engine_config *cfg, eng_ewc **out)
+{
+    *out = NULL;
+    const uint32_t present = sona_rbuf_u32(in);
+    if (in->bad || present > 1)
+        return SONA_E_CORRUPT;
+    if (!present)
+        return SONA_OK;
+    eng_ewc *w = eng_ewc_create(lora, cfg);
+    if (!w)
+        return SONA_E_NOMEM;
+    const uint64_t n = sona_rbuf_u64(in);
+    const uint32_t tasks = sona_rbuf_u32(in);
+    const size_t all = 2 * w->n * (1 + 2 * (size_t)tasks);
+    if (n != w->n || tasks > w->max_tasks || !sona_rbuf_has(in, all, sizeof(float))) {
+        const sona_status st = in->bad || n == w->n ? SONA_E_CORRUPT : SONA_E_SIZE;
+        eng_ewc_destroy(w);
+        return st;
+    }
+    w->tasks = tasks;
+    sona_rbuf_floats(in, w->fisher[0], 2 * w->n);
+    sona_rbuf_floats(in, w->task_theta, 2 * (size_t)tasks * w->n);
+    sona_rbuf_floats(in, w->task_f, 2 * (size_t)tasks * w->n);
+    w->steps = sona_rbuf_u64(in);
+    w->mean = sona_rbuf_f64(in);
+    w->var = sona_rbuf_f64(in);
+    const size_t task_floats = 2 * (size_t)tasks * w->n;
+    if (in->bad || !sona_all_finite(w->fisher[0], 2 * w->n) || !sona_all_finite(w->task_theta, task_floats) ||
+        !sona_all_finite(w->task_f, task_floats) || !isfinite(w->mean) || !isfinite(w->var)) {
+        eng_ewc_destroy(w);
+        return SONA_E_CORRUPT;
+    }
+    reduce_tasks(w);
+    if (!cfg->ewc_enabled) {
+        eng_ewc_destroy(w);
+        return SONA_OK;
+    }
+    *out = w;
+    return SONA_OK;
 }

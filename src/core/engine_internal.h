@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/snapshot.h"
+#include "sona/bank.h"
 #include "sona/engine.h"
 
 #include <pthread.h>
@@ -66,7 +67,10 @@ struct sona_engine {
     _Atomic uint64_t last_cycle_ms, last_deep_ms;
 
     uint64_t rng_state;         /* seeded; guarded by cycle_mu */
-    struct eng_bank *bank;      /* patterns (loop B / C), guarded by cycle_mu */
+    sona_bank *bank;            /* patterns; changed by cycles (cycle_mu), the pointer swapped
+                                   by consolidation under bank_lock (readers: find_patterns) */
+    pthread_rwlock_t bank_lock;
+    struct eng_dream_state *dream; /* visit counts of patterns (loop C), guarded by cycle_mu */
 
     struct {
         atomic_uint_fast64_t recorded, processed, dropped, accepted, rejected, micro_updates,
@@ -107,16 +111,31 @@ void eng_ewc_destroy(eng_ewc *w);
 sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, int *boundary);
 sona_status eng_ewc_consolidate(eng_ewc *w, const sona_lora *lora);
 uint32_t eng_ewc_tasks(const eng_ewc *w);
+struct sona_wbuf;
+struct sona_rbuf;
+/* Appends w's state (a NULL w writes "absent"). */
+void eng_ewc_save(const eng_ewc *w, struct sona_wbuf *out);
+/* Reads a state written by eng_ewc_save for lora's shape into a fresh *out (NULL when absent or
+ * when cfg has EWC++ off). SONA_E_CORRUPT on a bad record. */
+sona_status eng_ewc_load(struct sona_rbuf *in, const sona_lora *lora, const sona_engine_config *cfg,
+                         eng_ewc **out);
+
+/* The sona_lora configuration of the engine's Micro (base = 0) or Base-LoRA (base = 1). */
+void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc);
+/* sona_save with cycle_mu held by the caller. */
+sona_status eng_save_locked(sona_engine *e, const char *path);
 
 /* Pattern bank glue (engine_bank.c): ReasoningBank + HNSW index. */
-struct eng_bank;
-void eng_bank_destroy(struct eng_bank *b);
+sona_status eng_bank_create(const sona_engine_config *cfg, sona_bank **out);
 /* Adds the batch's query embeddings to the bank (creating it on first use) and writes, per
  * trajectory, the reference quality its advantage is measured against: the matched pattern's
  * average quality (the running baseline when nothing matches). Caller holds cycle_mu. */
 sona_status eng_bank_update(sona_engine *e, eng_traj *const *trajs, uint32_t n, float *reference);
 /* Base-LoRA step on a batch with per-trajectory reference qualities. Caller holds cycle_mu. */
 sona_status eng_base_train(sona_engine *e, eng_traj *const *trajs, uint32_t n, const float *reference);
+
+/* Loop C state. */
+void eng_dream_state_free(struct eng_dream_state *d);
 
 /* Loop B / C. */
 sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch);

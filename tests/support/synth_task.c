@@ -32,7 +32,7 @@ int synth_task_init(synth_task *t, uint32_t hidden, uint32_t clusters, uint64_t 
     t->hidden = hidden;
     t->clusters = clusters;
     t->spread = 0.3f;
-    t->explore = 0.5f;
+    t->explore = 2.0f;
     t->centers = malloc((size_t)clusters * hidden * sizeof(float));
     t->targets = malloc((size_t)clusters * hidden * sizeof(float));
     if (!t->centers || !t->targets)
