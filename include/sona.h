@@ -8,6 +8,10 @@
 #include "sona/lora.h"
 #include "sona/index.h"
 #include "sona/bank.h"
+#include "sona/trajectory.h"
+#include "sona/trajectory_buffer.h"
+#include "sona/signal.h"
+#include "sona/ewc.h"
 #include "sona/engine.h"
 
 #endif /* SONA_H */
