@@ -18,6 +18,7 @@ static sona_engine *make_engine(int ewc)
     c.loop_b_threshold = 1u << 30; /* loop A alone */
     c.micro_learning_rate = 0.4f;
     c.ewc_enabled = ewc;
+    c.task_shift_threshold = 1e6f; /* tasks end where the test says (loop C), not by detection */
     sona_engine *e = NULL;
     cr_assert_eq(sona_engine_create(&c, &e), SONA_OK, "%s", sona_last_error());
     return e;
@@ -56,6 +57,8 @@ static double retention(int ewc, uint64_t seed, double *learned)
     synth_task t1, t2;
     cr_assert_eq(synth_task_init(&t1, HIDDEN, CLUSTERS, seed, 0), 0);
     cr_assert_eq(synth_task_retarget(&t2, &t1, seed, 7), 0);
+    for (uint32_t i = 0; i < HIDDEN * CLUSTERS; i++) /* the second task wants the opposite */
+        t2.targets[i] = -t1.targets[i];
     sona_engine *e = make_engine(ewc);
     sona_rng r;
     sona_rng_seed(&r, seed, 2);
@@ -78,5 +81,5 @@ Test(engine_learning, ewc_retains_the_first_task)
     const double on = retention(1, seed, &learned_on), off = retention(0, seed, &learned_off);
     printf("[engine_learning] task 1 learned %.3f / %.3f, kept after task 2: EWC++ on %.3f, off %.3f\n",
            learned_on, learned_off, on, off);
-    cr_assert_gt(on, off + 0.05, "EWC++ on kept %.3f of task 1, off kept %.3f", on, off);
+    cr_assert_gt(on, off + 0.1, "EWC++ on kept %.3f of task 1, off kept %.3f", on, off);
 }

@@ -53,10 +53,11 @@ typedef struct sona_engine_config {
     uint32_t max_patterns;      /* bank capacity (prune lowest value beyond it) */
     /* EWC++ */
     int ewc_enabled;
-    float ewc_lambda;
+    float ewc_lambda;           /* stiffness per stored task (lambda_base of sona/ewc.h), capped
+                                   so that lr * lambda * F stays below 1 */
     float fisher_decay;         /* Fisher EMA: F = d F + (1-d) g^2 */
     uint32_t max_tasks;         /* task snapshots kept */
-    float task_shift_threshold; /* boundary when the gradient z-score exceeds this */
+    float task_shift_threshold; /* boundary when the gradient-norm z-score exceeds this */
     /* loop C / dreams */
     uint32_t dreams_per_cycle;
     uint32_t dream_length;      /* steps per random walk */
@@ -79,8 +80,8 @@ typedef struct sona_engine_config {
  *   baseline_decay 0.99, background_thread 1/1/1/0, loop_b_threshold 1000/4000/500/200,
  *   loop_b_interval_ms 3600000 (1 h)/same/same/0, loop_b_min_batch 16/64/8/8,
  *   clusters_per_cycle 32/32/64/8, max_patterns 100000/100000/100000/5000,
- *   ewc_enabled 1 (EDGE 0), ewc_lambda 1000, fisher_decay 0.999, max_tasks 5/3/10/2,
- *   task_shift_threshold 3, dreams_per_cycle 50/10/100/5, dream_length 15, dream_temperature
+ *   ewc_enabled 1 (EDGE 0), ewc_lambda 1, fisher_decay 0.99, max_tasks 5/3/10/2,
+ *   task_shift_threshold 5, dreams_per_cycle 50/10/100/5, dream_length 15, dream_temperature
  *   0.5, dream_jump_prob 0.1, dream_novelty_bonus 0.5, dream_replay_min_score 0.5,
  *   merge_cosine 0.98, importance_decay 0.95, loop_c_interval_ms 0, state_path "". */
 SONA_API void sona_engine_config_default(sona_engine_config *cfg, sona_preset preset,
@@ -164,9 +165,10 @@ typedef struct sona_stats {
     uint64_t trajectories_recorded;  /* queued for loop B */
     uint64_t trajectories_processed; /* taken by loop B cycles */
     uint64_t trajectories_dropped;   /* refused: buffer full */
-    uint64_t trajectories_queued;    /* recorded - processed - (lost to nothing): now waiting */
+    uint64_t trajectories_queued;    /* now waiting: recorded - processed when no call is in flight */
     uint64_t signals_accepted;       /* accumulated into a Micro-LoRA */
-    uint64_t signals_rejected;       /* non-finite */
+    uint64_t signals_rejected;       /* ended requests without a signal: non-finite data, no
+                                        step, or a zero direction */
     uint64_t micro_updates;          /* Micro-LoRA steps applied */
     uint64_t base_updates;           /* Base-LoRA steps applied */
     uint64_t patterns;               /* in the bank now */

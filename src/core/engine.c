@@ -16,8 +16,9 @@
 
 struct sona_request {
     sona_engine *e;
-    eng_traj *t;
-    uint32_t steps_seen; /* beyond max_steps they are counted, not kept */
+    sona_trajectory *t;
+    int32_t tenant;
+    int poisoned; /* a step was refused (non-finite): the request will not be learned */
 };
 
 sona_status eng_fail(sona_engine *e, sona_status st, const char *fmt, ...)
@@ -49,14 +50,52 @@ static float bits_float(unsigned b)
     memcpy(&f, &b, sizeof f);
     return f;
 }
-static unsigned float_bits(float f)
+
+float eng_baseline(const sona_engine *e)
 {
-    unsigned b;
-    memcpy(&b, &f, sizeof b);
-    return b;
+    sona_signal_stats st;
+    sona_signal_builder_get_stats(e->signals, &st);
+    return isfinite(st.baseline) ? st.baseline : 0.0f;
 }
-float eng_baseline(const sona_engine *e) { return bits_float(atomic_load(&((sona_engine *)e)->baseline_bits)); }
-void eng_set_baseline(sona_engine *e, float b) { atomic_store(&e->baseline_bits, float_bits(b)); }
+
+sona_status eng_steps_gather(eng_steps *s, const sona_trajectory *t, uint32_t hidden)
+{
+    const uint32_t n = sona_trajectory_step_count(t);
+    if (n > s->cap) {
+        float *a = realloc(s->acts, (size_t)n * hidden * sizeof *a), *r;
+        if (a)
+            s->acts = a;
+        r = realloc(s->rewards, n * sizeof *r);
+        if (r)
+            s->rewards = r;
+        int32_t *l = realloc(s->layers, n * sizeof *l);
+        if (l)
+            s->layers = l;
+        if (!a || !r || !l)
+            return SONA_E_NOMEM;
+        s->cap = n;
+    }
+    s->steps = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t len;
+        const float *a = sona_trajectory_step_activations(t, i, &len);
+        if (len != hidden)
+            continue; /* the engine only records rows of its width */
+        memcpy(s->acts + (size_t)s->steps * hidden, a, hidden * sizeof *a);
+        s->rewards[s->steps] = sona_trajectory_step_reward(t, i);
+        s->layers[s->steps] = sona_trajectory_step_layer(t, i);
+        s->steps++;
+    }
+    return SONA_OK;
+}
+
+void eng_steps_free(eng_steps *s)
+{
+    free(s->acts);
+    free(s->rewards);
+    free(s->layers);
+    memset(s, 0, sizeof *s);
+}
 
 /* ---- configuration ------------------------------------------------------------------------ */
 
@@ -85,10 +124,10 @@ void sona_engine_config_default(sona_engine_config *cfg, sona_preset preset, uin
     cfg->clusters_per_cycle = 32;
     cfg->max_patterns = 100000;
     cfg->ewc_enabled = 1;
-    cfg->ewc_lambda = 1000.0f;
-    cfg->fisher_decay = 0.999f;
+    cfg->ewc_lambda = 1.0f;
+    cfg->fisher_decay = 0.99f;
     cfg->max_tasks = 5;
-    cfg->task_shift_threshold = 3.0f;
+    cfg->task_shift_threshold = 5.0f;
     cfg->dreams_per_cycle = 50;
     cfg->dream_length = 15;
     cfg->dream_temperature = 0.5f;
@@ -232,10 +271,18 @@ sona_status sona_engine_create(const sona_engine_config *cfg, sona_engine **out)
     pthread_cond_init(&e->wake_cv, NULL);
     pthread_rwlock_init(&e->bank_lock, NULL);
     atomic_store(&e->enabled, 1);
-    eng_set_baseline(e, 0.0f);
     e->rng_state = cfg->seed;
     e->tenants = calloc(cfg->max_tenants, sizeof *e->tenants);
-    if (!e->tenants || eng_queue_init(&e->queue, cfg->buffer_capacity) != SONA_OK) {
+    sona_trajectory_buffer_config tb;
+    sona_trajectory_buffer_config_default(&tb);
+    tb.capacity = cfg->buffer_capacity;
+    tb.policy = SONA_FULL_DROP_NEWEST;
+    sona_signal_config sc;
+    sona_signal_config_default(&sc);
+    sc.baseline_rate = 1.0f - cfg->baseline_decay;
+    if (!e->tenants || sona_id_source_create(1, &e->ids) != SONA_OK ||
+        sona_trajectory_buffer_create(&tb, &e->buffer) != SONA_OK ||
+        sona_signal_builder_create(&sc, &e->signals) != SONA_OK) {
         free(e->tenants);
         e->tenants = NULL;
         sona_engine_destroy(e);
@@ -285,7 +332,9 @@ void sona_engine_destroy(sona_engine *e)
     sona_snapshot_slot_free(&e->base_slot);
     sona_lora_destroy(e->base);
     eng_ewc_destroy(e->base_ewc);
-    eng_queue_destroy(&e->queue);
+    sona_trajectory_buffer_destroy(e->buffer);
+    sona_signal_builder_destroy(e->signals);
+    sona_id_source_destroy(e->ids);
     pthread_mutex_destroy(&e->err_mu);
     pthread_mutex_destroy(&e->tenants_mu);
     pthread_mutex_destroy(&e->cycle_mu);
@@ -450,15 +499,14 @@ sona_status sona_request_begin(sona_engine *e, int32_t tenant, const float *quer
     if (!live_tenant(e, tenant))
         return eng_fail(e, SONA_E_NOT_FOUND, "sona_request_begin: no tenant %d", tenant);
     sona_request *r = malloc(sizeof *r);
-    eng_traj *t = eng_traj_alloc(e->cfg.hidden, e->cfg.max_steps);
-    if (!r || !t) {
-        free(r);
-        eng_traj_free(t);
+    if (!r)
         return eng_fail(e, SONA_E_NOMEM, "sona_request_begin: out of memory");
+    *r = (sona_request){.e = e, .tenant = tenant};
+    sona_status st = sona_trajectory_begin(e->ids, query, e->cfg.hidden, &r->t);
+    if (st != SONA_OK) {
+        free(r);
+        return eng_fail(e, st, "sona_request_begin: %s", sona_last_error());
     }
-    memcpy(t->query, query, e->cfg.hidden * sizeof(float));
-    t->tenant = tenant;
-    *r = (sona_request){.e = e, .t = t};
     *out = r;
     return SONA_OK;
 }
@@ -468,15 +516,21 @@ sona_status sona_request_step(sona_request *r, uint32_t layer, const float *acti
 {
     if (!r || !activations || (n_attention && !attention))
         return eng_fail(r ? r->e : NULL, SONA_E_NULL, "sona_request_step: NULL argument");
-    r->steps_seen++;
-    eng_traj *t = r->t;
-    if (t->steps == r->e->cfg.max_steps)
-        return SONA_OK; /* counted in steps_seen; only the first max_steps are kept */
-    const size_t H = r->e->cfg.hidden;
-    memcpy(t->acts + t->steps * H, activations, H * sizeof(float));
-    t->layers[t->steps] = layer;
-    t->rewards[t->steps] = reward;
-    t->steps++;
+    sona_engine *e = r->e;
+    if (layer > INT32_MAX)
+        return eng_fail(e, SONA_E_INVALID, "sona_request_step: layer %u is out of range", layer);
+    if (n_attention && !sona_all_finite(attention, n_attention)) {
+        r->poisoned = 1;
+        return eng_fail(e, SONA_E_NONFINITE, "sona_request_step: NaN or Inf in attention weights");
+    }
+    if (sona_trajectory_step_count(r->t) >= e->cfg.max_steps)
+        return SONA_OK; /* only the first max_steps are kept */
+    /* Attention weights are checked, not kept: loop B learns from activations and rewards. */
+    sona_status st = sona_trajectory_add_step(r->t, activations, e->cfg.hidden, NULL, 0, reward, (int32_t)layer);
+    if (st != SONA_OK) {
+        r->poisoned = 1;
+        return eng_fail(e, st, "sona_request_step: %s", sona_trajectory_last_error(r->t));
+    }
     return SONA_OK;
 }
 
@@ -484,49 +538,41 @@ void sona_request_abandon(sona_request *r)
 {
     if (!r)
         return;
-    eng_traj_free(r->t);
+    sona_trajectory_destroy(r->t);
     free(r);
 }
 
-static int traj_finite(const eng_traj *t, uint32_t H)
-{
-    return sona_all_finite(t->query, H) && sona_all_finite(t->acts, (size_t)t->steps * H) &&
-           sona_all_finite(t->rewards, t->steps) && isfinite(t->quality);
-}
-
-/* Loop A's learning step for one trajectory. */
-static sona_status learn_instant(sona_engine *e, const eng_traj *t)
+/* Loop A's learning step for one ended trajectory of tenant `tenant`. */
+static sona_status learn_instant(sona_engine *e, int32_t tenant, const sona_trajectory *t)
 {
     const uint32_t H = e->cfg.hidden;
-    float *delta = malloc(H * sizeof *delta), w;
-    if (!delta)
+    float *x = malloc(2 * H * sizeof *x), w;
+    if (!x)
         return eng_fail(e, SONA_E_NOMEM, "sona_request_end: out of memory");
-    /* The baseline moves once per trajectory; the signal uses the value before this one. */
-    float b = eng_baseline(e), d = e->cfg.baseline_decay;
-    unsigned old = atomic_load(&e->baseline_bits);
-    while (!atomic_compare_exchange_weak(&e->baseline_bits, &old,
-                                         float_bits(d * bits_float(old) + (1 - d) * t->quality)))
-        ;
-    b = bits_float(old);
-    sona_status st = SONA_OK;
-    if (eng_signal(t, H, b, delta, &w)) {
-        eng_tenant *tn = &e->tenants[t->tenant];
-        pthread_mutex_lock(&tn->mu);
-        if (atomic_load(&tn->live)) {
-            st = sona_lora_accumulate(tn->lora, 0, t->query, delta, w);
-            if (st == SONA_OK) {
-                atomic_fetch_add(&e->n.accepted, 1);
-                if (++tn->since_apply >= e->cfg.micro_apply_every) {
-                    st = eng_train_and_publish(e, tn->lora, tn->ewc, &tn->slot);
-                    tn->since_apply = 0;
-                }
-            } else {
-                atomic_fetch_add(&e->n.rejected, 1);
-            }
-        }
-        pthread_mutex_unlock(&tn->mu);
+    float *delta = x + H;
+    sona_status st = sona_signal_from_trajectory(e->signals, t, x, delta, &w);
+    if (st != SONA_OK) {
+        atomic_fetch_add(&e->n.rejected, 1);
+        free(x);
+        /* No step or no direction: nothing to learn, not an error of the caller. */
+        return st == SONA_E_NONFINITE ? eng_fail(e, st, "sona_request_end: non-finite signal; not learned") : SONA_OK;
     }
-    free(delta);
+    eng_tenant *tn = &e->tenants[tenant];
+    pthread_mutex_lock(&tn->mu);
+    if (atomic_load(&tn->live)) {
+        st = sona_lora_accumulate(tn->lora, 0, x, delta, w);
+        if (st == SONA_OK) {
+            atomic_fetch_add(&e->n.accepted, 1);
+            if (++tn->since_apply >= e->cfg.micro_apply_every) {
+                st = eng_train_and_publish(e, tn->lora, tn->ewc, &tn->slot);
+                tn->since_apply = 0;
+            }
+        } else {
+            atomic_fetch_add(&e->n.rejected, 1);
+        }
+    }
+    pthread_mutex_unlock(&tn->mu);
+    free(x);
     return st;
 }
 
@@ -535,26 +581,27 @@ sona_status sona_request_end(sona_request *r, float quality)
     if (!r)
         return sona_fail(NULL, SONA_E_NULL, "sona_request_end: request is NULL");
     sona_engine *e = r->e;
-    eng_traj *t = r->t;
+    sona_trajectory *t = r->t;
+    const int32_t tenant = r->tenant;
+    const int poisoned = r->poisoned;
     free(r);
-    t->quality = quality;
     if (!atomic_load(&e->enabled)) {
-        eng_traj_free(t);
+        sona_trajectory_destroy(t);
         return SONA_OK;
     }
-    if (!traj_finite(t, e->cfg.hidden)) {
+    if (poisoned || sona_trajectory_end(t, quality) != SONA_OK) {
         atomic_fetch_add(&e->n.rejected, 1);
-        eng_traj_free(t);
+        sona_trajectory_destroy(t);
         return eng_fail(e, SONA_E_NONFINITE, "sona_request_end: NaN or Inf in the trajectory; not learned");
     }
-    sona_status st = learn_instant(e, t);
-    if (eng_queue_push(&e->queue, t)) {
+    sona_status st = learn_instant(e, tenant, t);
+    if (sona_trajectory_buffer_record(e->buffer, t) == SONA_OK) {
         atomic_fetch_add(&e->n.recorded, 1);
-        if (eng_queue_len(&e->queue) >= e->cfg.loop_b_threshold)
+        if (sona_trajectory_buffer_len(e->buffer) >= e->cfg.loop_b_threshold)
             eng_kick(e);
     } else {
         atomic_fetch_add(&e->n.dropped, 1);
-        eng_traj_free(t);
+        sona_trajectory_destroy(t);
     }
     return st;
 }
@@ -604,7 +651,7 @@ sona_status sona_get_stats(sona_engine *e, sona_stats *s)
     s->trajectories_recorded = atomic_load(&e->n.recorded);
     s->trajectories_processed = atomic_load(&e->n.processed);
     s->trajectories_dropped = atomic_load(&e->n.dropped);
-    s->trajectories_queued = eng_queue_len(&e->queue);
+    s->trajectories_queued = sona_trajectory_buffer_len(e->buffer);
     s->signals_accepted = atomic_load(&e->n.accepted);
     s->signals_rejected = atomic_load(&e->n.rejected);
     s->micro_updates = atomic_load(&e->n.micro_updates);

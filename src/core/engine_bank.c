@@ -19,18 +19,22 @@ sona_status eng_bank_create(const sona_engine_config *cfg, sona_bank **out)
     return sona_bank_create(&bc, out);
 }
 
-sona_status eng_bank_update(sona_engine *e, eng_traj *const *trajs, uint32_t n, float *reference)
+sona_status eng_bank_update(sona_engine *e, sona_trajectory *const *trajs, uint32_t n, float *reference)
 {
     const uint32_t H = e->cfg.hidden;
+    eng_steps steps = {0};
     float *emb = malloc((size_t)n * H * sizeof *emb), *qual = malloc(n * sizeof *qual);
     sona_status st = emb && qual ? SONA_OK : SONA_E_NOMEM;
     const float baseline = eng_baseline(e);
     uint32_t rows = 0;
     for (uint32_t i = 0; i < n && st == SONA_OK; i++) {
-        const eng_traj *t = trajs[i];
+        const sona_trajectory *t = trajs[i];
         reference[i] = baseline;
         float *row = emb + (size_t)rows * H;
-        if (sona_bank_trajectory_embedding(H, t->query, t->steps, t->acts, t->rewards, row) != SONA_OK)
+        if ((st = eng_steps_gather(&steps, t, H)) != SONA_OK)
+            break;
+        if (sona_bank_trajectory_embedding(H, sona_trajectory_query(t, NULL), steps.steps, steps.acts,
+                                           steps.rewards, row) != SONA_OK)
             continue; /* a zero embedding has no pattern; it still trains Base-LoRA */
         uint64_t id;
         float sim;
@@ -39,7 +43,7 @@ sona_status eng_bank_update(sona_engine *e, eng_traj *const *trajs, uint32_t n, 
         if (sona_bank_search(e->bank, row, 1, &id, &sim, &found) == SONA_OK && found &&
             sim >= MATCH_COSINE && sona_bank_pattern_get(e->bank, id, &p, NULL) == SONA_OK)
             reference[i] = p.avg_quality;
-        qual[rows++] = t->quality;
+        qual[rows++] = sona_trajectory_quality(t);
     }
     if (st == SONA_OK && rows)
         st = sona_bank_add_batch(e->bank, rows, emb, qual, NULL, NULL);
@@ -50,6 +54,7 @@ sona_status eng_bank_update(sona_engine *e, eng_traj *const *trajs, uint32_t n, 
     atomic_store(&e->n.patterns, sona_bank_pattern_count(e->bank));
     free(emb);
     free(qual);
+    eng_steps_free(&steps);
     return st;
 }
 

@@ -1,29 +1,21 @@
-/* EWC++ for one adapter set: online diagonal Fisher (EMA of squared clipped gradients, updated
- * by the fused param_update op), task snapshots (theta*, F) taken at detected boundaries or at
- * consolidation, and the penalty lambda * sum_t F_t (theta - theta*_t) passed pre-reduced.
- * A boundary is a step whose parameter change is more than task_shift_threshold standard
- * deviations above its running mean (after a warm-up of 50 steps). */
+/* EWC++ for one of the engine's adapter sets, on top of sona_ewc (sona/ewc.h): the parameter
+ * vector is the set's A and Bt back to back. Each update: the pending gradient goes through the
+ * boundary detector and the online Fisher (sona_ewc_observe), then one fused param_update step
+ * applies it with the penalty lambda * sum_t F_t (theta - theta*_t). */
 #include "core/engine_internal.h"
 
 #include "core/lora_internal.h"
 #include "core/serial.h"
+#include "sona/ewc.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum { EWC_WARMUP = 50 };
-
 struct eng_ewc {
-    size_t n;              /* floats per matrix (count * rank * hidden) */
-    uint32_t max_tasks, tasks;
-    float *fisher[2];      /* online Fisher of A and Bt */
-    float *fsum[2], *ftheta[2];
-    float *task_theta, *task_f; /* [max_tasks][2][n] */
-    float *before;         /* [2][n] weights before a step */
-    float max_fsum;        /* largest element of fsum */
-    double mean, var;      /* running stats of the step size */
-    uint64_t steps;
+    sona_ewc *ewc;
+    uint32_t n;      /* 2 * count * rank * hidden */
+    float *theta, *g; /* scratch, n floats each */
 };
 
 eng_ewc *eng_ewc_create(const sona_lora *lora, const sona_engine_config *cfg)
@@ -32,23 +24,16 @@ eng_ewc *eng_ewc_create(const sona_lora *lora, const sona_engine_config *cfg)
     eng_ewc *w = calloc(1, sizeof *w);
     if (!w)
         return NULL;
-    w->n = (size_t)c->count * c->rank * c->hidden;
-    w->max_tasks = cfg->max_tasks ? cfg->max_tasks : 1;
-    const size_t n = w->n;
-    float *f = calloc(6 * n + 4 * (size_t)w->max_tasks * n, sizeof(float));
-    if (!f) {
-        free(w);
-        return NULL;
-    }
-    for (int m = 0; m < 2; m++) {
-        w->fisher[m] = f + m * n;
-        w->fsum[m] = f + (2 + m) * n;
-        w->ftheta[m] = f + (4 + m) * n;
-    }
-    w->task_theta = f + 6 * n;
-    w->task_f = w->task_theta + 2 * (size_t)w->max_tasks * n;
-    w->before = malloc(2 * n * sizeof(float));
-    if (!w->before) {
+    w->n = 2 * c->count * c->rank * c->hidden;
+    sona_ewc_config ec;
+    sona_ewc_config_default(&ec, w->n);
+    ec.max_tasks = cfg->max_tasks ? cfg->max_tasks : 1;
+    ec.fisher_decay = cfg->fisher_decay;
+    ec.lambda_base = cfg->ewc_lambda;
+    ec.boundary_z = cfg->task_shift_threshold;
+    w->theta = malloc(w->n * sizeof(float));
+    w->g = malloc(w->n * sizeof(float));
+    if (!w->theta || !w->g || sona_ewc_create(&ec, &w->ewc) != SONA_OK) {
         eng_ewc_destroy(w);
         return NULL;
     }
@@ -59,94 +44,53 @@ void eng_ewc_destroy(eng_ewc *w)
 {
     if (!w)
         return;
-    free(w->fisher[0]);
-    free(w->before);
+    sona_ewc_destroy(w->ewc);
+    free(w->theta);
+    free(w->g);
     free(w);
 }
 
-uint32_t eng_ewc_tasks(const eng_ewc *w) { return w ? w->tasks : 0; }
-
-static void reduce_tasks(eng_ewc *w)
-{
-    const size_t n = w->n;
-    w->max_fsum = 0;
-    for (int m = 0; m < 2; m++) {
-        memset(w->fsum[m], 0, n * sizeof(float));
-        memset(w->ftheta[m], 0, n * sizeof(float));
-        for (uint32_t t = 0; t < w->tasks; t++) {
-            const float *F = w->task_f + (2 * (size_t)t + m) * n, *th = w->task_theta + (2 * (size_t)t + m) * n;
-            for (size_t i = 0; i < n; i++) {
-                w->fsum[m][i] += F[i];
-                w->ftheta[m][i] += F[i] * th[i];
-            }
-        }
-        for (size_t i = 0; i < n; i++)
-            w->max_fsum = fmaxf(w->max_fsum, w->fsum[m][i]);
-    }
-}
+uint32_t eng_ewc_tasks(const eng_ewc *w) { return w ? sona_ewc_task_count(w->ewc) : 0; }
 
 sona_status eng_ewc_consolidate(eng_ewc *w, const sona_lora *lora)
 {
-    const size_t n = w->n, task = 2 * n;
-    if (w->tasks == w->max_tasks) { /* forget the oldest task */
-        memmove(w->task_theta, w->task_theta + task, (w->tasks - 1) * task * sizeof(float));
-        memmove(w->task_f, w->task_f + task, (w->tasks - 1) * task * sizeof(float));
-        w->tasks--;
-    }
-    float *th = w->task_theta + w->tasks * task, *F = w->task_f + w->tasks * task;
-    sona_status st = sona_lora_export(lora, th, th + n, NULL);
-    if (st != SONA_OK)
-        return st;
-    memcpy(F, w->fisher[0], n * sizeof(float));
-    memcpy(F + n, w->fisher[1], n * sizeof(float));
-    w->tasks++;
-    reduce_tasks(w);
-    return SONA_OK;
+    const uint32_t half = w->n / 2;
+    sona_status st = sona_lora_export(lora, w->theta, w->theta + half, NULL);
+    return st == SONA_OK ? sona_ewc_end_task(w->ewc, w->theta, w->n) : st;
 }
 
 sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, int *boundary)
 {
-    const size_t n = w->n;
+    (void)cfg;
+    const uint32_t half = w->n / 2;
     *boundary = 0;
-    sona_status st = sona_lora_export(lora, w->before, w->before + n, NULL);
+    sona_status st = sona_lora_export(lora, w->theta, w->theta + half, NULL);
+    if (st == SONA_OK)
+        st = sona_lora_export_grad(lora, w->g, w->g + half);
+    if (st == SONA_OK && sona_lora_pending(lora) > 0)
+        st = sona_ewc_observe(w->ewc, w->theta, w->g, w->n, boundary);
     if (st != SONA_OK)
         return st;
-    sona_lora_ewc_terms t = {.fisher = {w->fisher[0], w->fisher[1]}, .lambda = cfg->ewc_lambda,
-                             .decay = cfg->fisher_decay};
-    /* The penalty step lr * lambda * F must stay below 1 to pull toward the anchor without
-     * overshooting (above 2 it diverges): lambda is capped where the Fisher is large. */
-    const float lr = sona_lora_get_config(lora)->learning_rate;
-    if (w->tasks && w->max_fsum * lr * t.lambda > 1.0f)
-        t.lambda = 1.0f / (w->max_fsum * lr);
-    if (w->tasks) {
-        t.fisher_sum[0] = w->fsum[0];
-        t.fisher_sum[1] = w->fsum[1];
-        t.fisher_theta[0] = w->ftheta[0];
-        t.fisher_theta[1] = w->ftheta[1];
-    }
-    if ((st = sona_lora_apply_updates_ewc(lora, &t)) != SONA_OK)
+    const float *fsum = NULL, *ftheta = NULL;
+    float lambda = 0;
+    if ((st = sona_ewc_penalty(w->ewc, &fsum, &ftheta, &lambda)) != SONA_OK)
         return st;
-    /* Step size, for the boundary test: the new weights minus the old ones. */
-    float *after = malloc(2 * n * sizeof(float));
-    if (!after)
-        return SONA_E_NOMEM;
-    st = sona_lora_export(lora, after, after + n, NULL);
-    double d2 = 0;
-    for (size_t i = 0; i < 2 * n; i++)
-        d2 += (double)(after[i] - w->before[i]) * (after[i] - w->before[i]);
-    free(after);
-    const double size = sqrt(d2);
-    w->steps++;
-    if (w->steps > EWC_WARMUP && w->var > 0 &&
-        (size - w->mean) / sqrt(w->var) > cfg->task_shift_threshold) {
-        *boundary = 1;
-        if (st == SONA_OK)
-            st = eng_ewc_consolidate(w, lora);
+    sona_lora_ewc_terms t = {.lambda = lambda};
+    if (fsum && ftheta) {
+        /* The penalty step lr * lambda * F must stay below 1 to pull toward the anchors without
+         * overshooting (above 2 it diverges): lambda is capped where the Fisher is large. */
+        float fmax = 0;
+        for (uint32_t i = 0; i < w->n; i++)
+            fmax = fmaxf(fmax, fsum[i]);
+        const float lr = sona_lora_get_config(lora)->learning_rate;
+        if (fmax * lr * t.lambda > 1.0f)
+            t.lambda = 1.0f / (fmax * lr);
+        t.fisher_sum[0] = fsum;
+        t.fisher_sum[1] = fsum + half;
+        t.fisher_theta[0] = ftheta;
+        t.fisher_theta[1] = ftheta + half;
     }
-    const double a = w->steps < 20 ? 1.0 / (double)w->steps : 0.05, dlt = size - w->mean;
-    w->mean += a * dlt;
-    w->var = (1 - a) * (w->var + a * dlt * dlt);
-    return st;
+    return sona_lora_apply_updates_ewc(lora, &t);
 }
 
 void eng_ewc_save(const eng_ewc *w, sona_wbuf *out)
@@ -154,14 +98,18 @@ void eng_ewc_save(const eng_ewc *w, sona_wbuf *out)
     sona_wbuf_u32(out, w != NULL);
     if (!w)
         return;
-    sona_wbuf_u64(out, w->n);
-    sona_wbuf_u32(out, w->tasks);
-    sona_wbuf_floats(out, w->fisher[0], 2 * w->n); /* fisher[1] follows fisher[0] */
-    sona_wbuf_floats(out, w->task_theta, 2 * (size_t)w->tasks * w->n);
-    sona_wbuf_floats(out, w->task_f, 2 * (size_t)w->tasks * w->n);
-    sona_wbuf_u64(out, w->steps);
-    sona_wbuf_f64(out, w->mean);
-    sona_wbuf_f64(out, w->var);
+    const uint32_t tasks = sona_ewc_task_count(w->ewc);
+    sona_wbuf_u32(out, w->n);
+    sona_wbuf_u32(out, tasks);
+    sona_wbuf_floats(out, sona_ewc_fisher(w->ewc), w->n);
+    for (uint32_t i = 0; i < tasks; i++) {
+        if (sona_ewc_get_task(w->ewc, i, w->theta, w->g) != SONA_OK) {
+            out->oom = 1;
+            return;
+        }
+        sona_wbuf_floats(out, w->theta, w->n);
+        sona_wbuf_floats(out, w->g, w->n);
+    }
 }
 
 sona_status eng_ewc_load(sona_rbuf *in, const sona_lora *lora, const sona_engine_config *cfg, eng_ewc **out)
@@ -175,31 +123,26 @@ sona_status eng_ewc_load(sona_rbuf *in, const sona_lora *lora, const sona_engine
     eng_ewc *w = eng_ewc_create(lora, cfg);
     if (!w)
         return SONA_E_NOMEM;
-    const uint64_t n = sona_rbuf_u64(in);
-    const uint32_t tasks = sona_rbuf_u32(in);
-    const size_t all = 2 * w->n * (1 + 2 * (size_t)tasks);
-    if (n != w->n || tasks > w->max_tasks || !sona_rbuf_has(in, all, sizeof(float))) {
-        const sona_status st = in->bad || n == w->n ? SONA_E_CORRUPT : SONA_E_SIZE;
+    const uint32_t n = sona_rbuf_u32(in), tasks = sona_rbuf_u32(in);
+    sona_status st = SONA_OK;
+    if (in->bad || n != w->n || tasks > cfg->max_tasks ||
+        !sona_rbuf_has(in, (1 + 2 * (uint64_t)tasks) * n, sizeof(float)))
+        st = in->bad || n == w->n ? SONA_E_CORRUPT : SONA_E_SIZE;
+    float *fisher = sona_ewc_fisher(w->ewc);
+    if (st == SONA_OK) {
+        sona_rbuf_floats(in, fisher, n);
+        if (!sona_all_finite(fisher, n))
+            st = SONA_E_CORRUPT;
+    }
+    for (uint32_t i = 0; i < tasks && st == SONA_OK; i++) {
+        sona_rbuf_floats(in, w->theta, n);
+        sona_rbuf_floats(in, w->g, n);
+        if (sona_ewc_add_task(w->ewc, w->theta, w->g, n) != SONA_OK)
+            st = SONA_E_CORRUPT;
+    }
+    if (st != SONA_OK || !cfg->ewc_enabled) {
         eng_ewc_destroy(w);
         return st;
-    }
-    w->tasks = tasks;
-    sona_rbuf_floats(in, w->fisher[0], 2 * w->n);
-    sona_rbuf_floats(in, w->task_theta, 2 * (size_t)tasks * w->n);
-    sona_rbuf_floats(in, w->task_f, 2 * (size_t)tasks * w->n);
-    w->steps = sona_rbuf_u64(in);
-    w->mean = sona_rbuf_f64(in);
-    w->var = sona_rbuf_f64(in);
-    const size_t task_floats = 2 * (size_t)tasks * w->n;
-    if (in->bad || !sona_all_finite(w->fisher[0], 2 * w->n) || !sona_all_finite(w->task_theta, task_floats) ||
-        !sona_all_finite(w->task_f, task_floats) || !isfinite(w->mean) || !isfinite(w->var)) {
-        eng_ewc_destroy(w);
-        return SONA_E_CORRUPT;
-    }
-    reduce_tasks(w);
-    if (!cfg->ewc_enabled) {
-        eng_ewc_destroy(w);
-        return SONA_OK;
     }
     *out = w;
     return SONA_OK;

@@ -7,20 +7,11 @@
 #include "core/snapshot.h"
 #include "sona/bank.h"
 #include "sona/engine.h"
+#include "sona/signal.h"
+#include "sona/trajectory_buffer.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
-
-/* One finished request as loop B sees it: query, then per step its layer, activations, reward. */
-typedef struct eng_traj {
-    int32_t tenant;
-    uint32_t steps;
-    float quality;
-    float *query;       /* hidden */
-    float *acts;        /* steps * hidden */
-    uint32_t *layers;   /* steps */
-    float *rewards;     /* steps */
-} eng_traj;
 
 /* EWC++ state of one parameter set (a tenant's Micro-LoRA or the Base-LoRA), see ewc.c. */
 typedef struct eng_ewc eng_ewc;
@@ -33,13 +24,6 @@ typedef struct eng_tenant {
     eng_ewc *ewc;
     atomic_int live;
 } eng_tenant;
-
-/* Bounded FIFO of finished trajectories waiting for loop B. */
-typedef struct eng_queue {
-    pthread_mutex_t mu;
-    eng_traj **items;
-    uint32_t cap, head, len;
-} eng_queue;
 
 struct sona_engine {
     sona_engine_config cfg;
@@ -55,8 +39,9 @@ struct sona_engine {
     eng_ewc *base_ewc;
     pthread_mutex_t cycle_mu;   /* one loop B / C cycle at a time; guards base, bank, rng */
 
-    eng_queue queue;
-    atomic_uint baseline_bits;  /* running quality baseline (float bits) */
+    sona_id_source *ids;
+    sona_trajectory_buffer *buffer; /* ended trajectories waiting for loop B */
+    sona_signal_builder *signals;   /* loop A's signals and the running quality baseline */
 
     /* loop threads */
     pthread_t thread;
@@ -85,21 +70,18 @@ sona_status eng_fail(sona_engine *e, sona_status st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 uint64_t eng_now_us(void);
+/* The running quality baseline (0 before the first trajectory). */
 float eng_baseline(const sona_engine *e);
-void eng_set_baseline(sona_engine *e, float b);
 
-/* Trajectories. */
-eng_traj *eng_traj_alloc(uint32_t hidden, uint32_t max_steps);
-void eng_traj_free(eng_traj *t);
-sona_status eng_queue_init(eng_queue *q, uint32_t cap);
-void eng_queue_destroy(eng_queue *q);
-int eng_queue_push(eng_queue *q, eng_traj *t);            /* 0 when full */
-uint32_t eng_queue_pop(eng_queue *q, eng_traj **out, uint32_t max);
-uint32_t eng_queue_len(eng_queue *q);
-
-/* Learning signal of a trajectory: delta[hidden] and weight w against `baseline`. Returns 0
- * when the trajectory has no step to learn from. */
-int eng_signal(const eng_traj *t, uint32_t hidden, float baseline, float *delta, float *w);
+/* A finished trajectory's steps gathered into rows: acts[steps][hidden], rewards, layers.
+ * Grows as needed; reused across trajectories. */
+typedef struct eng_steps {
+    uint32_t steps, cap;
+    float *acts, *rewards;
+    int32_t *layers;
+} eng_steps;
+sona_status eng_steps_gather(eng_steps *s, const sona_trajectory *t, uint32_t hidden);
+void eng_steps_free(eng_steps *s);
 
 /* Applies a training copy's pending gradients (with EWC++ when on) and publishes a snapshot. */
 sona_status eng_train_and_publish(sona_engine *e, sona_lora *lora, eng_ewc *ewc,
@@ -130,9 +112,11 @@ sona_status eng_bank_create(const sona_engine_config *cfg, sona_bank **out);
 /* Adds the batch's query embeddings to the bank (creating it on first use) and writes, per
  * trajectory, the reference quality its advantage is measured against: the matched pattern's
  * average quality (the running baseline when nothing matches). Caller holds cycle_mu. */
-sona_status eng_bank_update(sona_engine *e, eng_traj *const *trajs, uint32_t n, float *reference);
+sona_status eng_bank_update(sona_engine *e, sona_trajectory *const *trajs, uint32_t n, float *reference);
 /* Base-LoRA step on a batch with per-trajectory reference qualities. Caller holds cycle_mu. */
-sona_status eng_base_train(sona_engine *e, eng_traj *const *trajs, uint32_t n, const float *reference);
+sona_status eng_base_train(sona_engine *e, sona_trajectory *const *trajs, uint32_t n, const float *reference);
+/* The same for trajectories already gathered (dream replays). */
+sona_status eng_base_accumulate(sona_engine *e, const float *query, const eng_steps *s, float w);
 
 /* Loop C state. */
 void eng_dream_state_free(struct eng_dream_state *d);

@@ -19,14 +19,18 @@ void eng_kick(sona_engine *e)
 
 /* Base-LoRA signals of one trajectory: step s of layer l learns x = the previous step's
  * activations (the query for the first step), delta = its own activation direction, weight w. */
-static sona_status base_signals(sona_engine *e, const eng_traj *t, float w, float *delta)
+sona_status eng_base_accumulate(sona_engine *e, const float *query, const eng_steps *s, float w)
 {
     const size_t H = e->cfg.hidden;
-    for (uint32_t s = 0; s < t->steps; s++) {
-        const uint32_t layer = t->layers[s];
-        if (layer >= e->cfg.base_layers)
+    float *delta = malloc(H * sizeof *delta);
+    if (!delta)
+        return SONA_E_NOMEM;
+    sona_status st = SONA_OK;
+    for (uint32_t i = 0; i < s->steps && st == SONA_OK; i++) {
+        const int32_t layer = s->layers[i];
+        if (layer < 0 || (uint32_t)layer >= e->cfg.base_layers)
             continue;
-        const float *a = t->acts + s * H, *x = s ? t->acts + (s - 1) * H : t->query;
+        const float *a = s->acts + i * H, *x = i ? s->acts + (i - 1) * H : query;
         double n2 = 0;
         for (size_t h = 0; h < H; h++)
             n2 += (double)a[h] * a[h];
@@ -35,22 +39,22 @@ static sona_status base_signals(sona_engine *e, const eng_traj *t, float w, floa
         const float inv = (float)(1.0 / sqrt(n2));
         for (size_t h = 0; h < H; h++)
             delta[h] = a[h] * inv;
-        sona_status st = sona_lora_accumulate(e->base, (int32_t)layer, x, delta, w);
-        if (st != SONA_OK)
-            return st;
+        st = sona_lora_accumulate(e->base, layer, x, delta, w);
     }
-    return SONA_OK;
+    free(delta);
+    return st;
 }
 
-sona_status eng_base_train(sona_engine *e, eng_traj *const *trajs, uint32_t n, const float *reference)
+sona_status eng_base_train(sona_engine *e, sona_trajectory *const *trajs, uint32_t n, const float *reference)
 {
-    float *delta = malloc(e->cfg.hidden * sizeof *delta);
-    if (!delta)
-        return SONA_E_NOMEM;
+    eng_steps steps = {0};
     sona_status st = SONA_OK;
-    for (uint32_t i = 0; i < n && st == SONA_OK; i++)
-        st = base_signals(e, trajs[i], trajs[i]->quality - reference[i], delta);
-    free(delta);
+    for (uint32_t i = 0; i < n && st == SONA_OK; i++) {
+        if ((st = eng_steps_gather(&steps, trajs[i], e->cfg.hidden)) == SONA_OK)
+            st = eng_base_accumulate(e, sona_trajectory_query(trajs[i], NULL), &steps,
+                                     sona_trajectory_quality(trajs[i]) - reference[i]);
+    }
+    eng_steps_free(&steps);
     if (st == SONA_OK && sona_lora_pending(e->base) > 0)
         st = eng_train_and_publish(e, e->base, e->base_ewc, &e->base_slot);
     return st;
@@ -60,30 +64,31 @@ sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch)
 {
     pthread_mutex_lock(&e->cycle_mu);
     const uint64_t t0 = eng_now_us();
-    uint32_t queued = eng_queue_len(&e->queue);
+    const uint32_t queued = sona_trajectory_buffer_len(e->buffer);
     if (queued == 0 || queued < min_batch) {
         pthread_mutex_unlock(&e->cycle_mu);
         return SONA_E_EMPTY;
     }
-    eng_traj **batch = malloc(queued * sizeof *batch);
+    sona_trajectory **batch = malloc(queued * sizeof *batch);
     float *reference = malloc(queued * sizeof *reference);
-    if (!batch || !reference) {
+    uint32_t n = 0;
+    if (!batch || !reference || sona_trajectory_buffer_drain(e->buffer, batch, queued, &n) != SONA_OK) {
         free(batch);
         free(reference);
         pthread_mutex_unlock(&e->cycle_mu);
         return eng_fail(e, SONA_E_NOMEM, "loop B: out of memory");
     }
-    const uint32_t n = eng_queue_pop(&e->queue, batch, queued);
     /* From here the batch is the cycle's: it is learned from (and counted) whatever happens. */
     sona_status st = eng_bank_update(e, batch, n, reference);
     if (st == SONA_OK)
         st = eng_base_train(e, batch, n, reference);
     for (uint32_t i = 0; i < n; i++)
-        eng_traj_free(batch[i]);
+        sona_trajectory_destroy(batch[i]);
     free(batch);
     free(reference);
     atomic_fetch_add(&e->n.processed, n);
     atomic_fetch_add(&e->n.b_cycles, 1);
+    atomic_store(&e->n.tasks, eng_ewc_tasks(e->base_ewc));
     atomic_store(&e->n.last_b_us, eng_now_us() - t0);
     atomic_store(&e->last_cycle_ms, eng_now_us() / 1000);
     pthread_mutex_unlock(&e->cycle_mu);
@@ -101,7 +106,7 @@ sona_status sona_tick(sona_engine *e)
         return sona_fail(NULL, SONA_E_NULL, "sona_tick: engine is NULL");
     if (!atomic_load(&e->enabled))
         return SONA_OK;
-    const uint32_t queued = eng_queue_len(&e->queue);
+    const uint32_t queued = sona_trajectory_buffer_len(e->buffer);
     sona_status st = SONA_OK;
     if (queued >= e->cfg.loop_b_threshold || (queued && interval_due(e->last_cycle_ms, e->cfg.loop_b_interval_ms)))
         st = eng_loop_b_cycle(e, e->cfg.loop_b_min_batch);
@@ -119,7 +124,7 @@ sona_status sona_force_learn(sona_engine *e)
     sona_status st = eng_loop_b_cycle(e, e->cfg.loop_b_min_batch);
     if (st == SONA_E_EMPTY)
         return eng_fail(e, st, "sona_force_learn: %u trajectories queued, the minimum is %u; they stay queued",
-                        eng_queue_len(&e->queue), e->cfg.loop_b_min_batch);
+                        sona_trajectory_buffer_len(e->buffer), e->cfg.loop_b_min_batch);
     return st;
 }
 

@@ -145,7 +145,9 @@ static sona_status serialise(sona_engine *e, sona_wbuf *w)
     sona_wbuf_u32(w, (uint32_t)(sizeof counters / sizeof counters[0]));
     for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)
         sona_wbuf_u64(w, atomic_load((atomic_uint_fast64_t *)counters[i]));
-    sona_wbuf_f32(w, eng_baseline(e));
+    sona_signal_stats ss;
+    sona_signal_builder_get_stats(e->signals, &ss);
+    sona_wbuf_f32(w, ss.baseline); /* NaN before the first trajectory */
     sona_wbuf_u32(w, atomic_load(&e->last_phi_bits));
     section_end(w, s);
 
@@ -473,7 +475,7 @@ static sona_status parse(sona_engine *e, const uint8_t *p, size_t len, loaded *s
         s->counters[i] = sona_rbuf_u64(&sec[1]);
     s->baseline = sona_rbuf_f32(&sec[1]);
     s->phi_bits = sona_rbuf_u32(&sec[1]);
-    if (sec[1].bad || !isfinite(s->baseline))
+    if (sec[1].bad || isinf(s->baseline))
         return corrupt(e, "bad counter section");
     if ((st = read_tenants(e, &sec[2], s)) != SONA_OK ||
         (st = read_adapter(e, &sec[3], 1, &s->base, &s->base_ewc)) != SONA_OK ||
@@ -495,7 +497,7 @@ static void commit(sona_engine *e, loaded *s)
                                         &e->n.replayed};
     for (int i = 0; i < 12; i++)
         atomic_store(counters[i], s->counters[i]);
-    eng_set_baseline(e, s->baseline);
+    sona_signal_builder_set_baseline(e->signals, s->baseline);
     atomic_store(&e->last_phi_bits, s->phi_bits);
     pthread_mutex_lock(&e->tenants_mu);
     uint32_t next = 0;

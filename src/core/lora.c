@@ -380,6 +380,16 @@ sona_status sona_lora_export(const sona_lora *cl, float *A, float *Bt, float *sc
     return SONA_OK;
 }
 
+sona_status sona_lora_export_grad(const sona_lora *cl, float *gA, float *gBt)
+{
+    sona_lora *l = (sona_lora *)cl; /* only the error buffer is written */
+    const size_t bytes = l->adapter_floats * l->cfg.count * sizeof(float);
+    if (l->be->download(l->be->ctx, gA, l->gA, 0, bytes) != SONA_OK ||
+        l->be->download(l->be->ctx, gBt, l->gBt, 0, bytes) != SONA_OK)
+        return backend_failed(l, "download", SONA_E_BACKEND);
+    return SONA_OK;
+}
+
 sona_status sona_lora_import(sona_lora *l, const float *A, const float *Bt)
 {
     const size_t n = l->adapter_floats * l->cfg.count;

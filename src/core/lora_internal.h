@@ -8,6 +8,8 @@
 /* Copies every adapter's weights to host memory in the op table's layout (ops.h): A and Bt are
  * count*rank*hidden floats, scale count floats. Any may be NULL. */
 sona_status sona_lora_export(const sona_lora *l, float *A, float *Bt, float *scale);
+/* Copies the pending (accumulated, unapplied) gradients, same layout as A and Bt. */
+sona_status sona_lora_export_grad(const sona_lora *l, float *gA, float *gBt);
 /* Replaces every adapter's A and Bt (same layout) and clears pending gradients. */
 sona_status sona_lora_import(sona_lora *l, const float *A, const float *Bt);
 
