@@ -16,6 +16,20 @@ cmake --build build-asan -j"$jobs" >/dev/null
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --output-on-failure -j1)
 
+step "State loader fuzzing (clang + libFuzzer, 30 s on a seed made by fuzz_make_seed)"
+if command -v clang >/dev/null; then
+  CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DSONA_SANITIZE=address,undefined \
+    -DSONA_FUZZ=ON -DSONA_BUILD_TOOLS=OFF >/dev/null
+  cmake --build build-fuzz -j"$jobs" --target fuzz_load fuzz_make_seed >/dev/null
+  corpus=$(mktemp -d)
+  build-fuzz/bin/fuzz_make_seed "$corpus/seed.state"
+  build-fuzz/bin/fuzz_load -max_total_time=30 -rss_limit_mb=2048 -artifact_prefix=build-fuzz/ \
+    "$corpus" 2>&1 | tail -n 3
+  rm -rf "$corpus"
+else
+  echo "clang not found: fuzzing skipped"
+fi
+
 step "Release build and tests"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$jobs" >/dev/null
