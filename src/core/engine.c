@@ -58,6 +58,30 @@ float eng_baseline(const sona_engine *e)
     return isfinite(st.baseline) ? st.baseline : 0.0f;
 }
 
+sona_status eng_traj_take(sona_engine *e, const float *query, sona_trajectory **out)
+{
+    uint32_t taken = 0;
+    if (sona_trajectory_buffer_drain(e->pool, out, 1, &taken) == SONA_OK && taken == 1) {
+        sona_status st = sona_trajectory_reset(*out, e->ids, query, e->cfg.hidden);
+        if (st != SONA_OK) {
+            sona_trajectory_destroy(*out);
+            *out = NULL;
+        }
+        return st;
+    }
+    return sona_trajectory_begin(e->ids, query, e->cfg.hidden, out);
+}
+
+void eng_traj_recycle(sona_engine *e, sona_trajectory *t)
+{
+    if (!t)
+        return;
+    if (!sona_trajectory_ended(t))
+        sona_trajectory_end(t, 0.0f);
+    if (sona_trajectory_buffer_record(e->pool, t) != SONA_OK)
+        sona_trajectory_destroy(t);
+}
+
 sona_status eng_steps_gather(eng_steps *s, const sona_trajectory *t, uint32_t hidden)
 {
     const uint32_t n = sona_trajectory_step_count(t);
@@ -280,8 +304,13 @@ sona_status sona_engine_create(const sona_engine_config *cfg, sona_engine **out)
     sona_signal_config sc;
     sona_signal_config_default(&sc);
     sc.baseline_rate = 1.0f - cfg->baseline_decay;
+    sona_trajectory_buffer_config pc = tb;
+    pc.capacity = cfg->loop_b_threshold < cfg->buffer_capacity ? cfg->loop_b_threshold : cfg->buffer_capacity;
+    if (pc.capacity < 64)
+        pc.capacity = 64;
     if (!e->tenants || sona_id_source_create(1, &e->ids) != SONA_OK ||
         sona_trajectory_buffer_create(&tb, &e->buffer) != SONA_OK ||
+        sona_trajectory_buffer_create(&pc, &e->pool) != SONA_OK ||
         sona_signal_builder_create(&sc, &e->signals) != SONA_OK) {
         free(e->tenants);
         e->tenants = NULL;
@@ -333,6 +362,7 @@ void sona_engine_destroy(sona_engine *e)
     sona_lora_destroy(e->base);
     eng_ewc_destroy(e->base_ewc);
     sona_trajectory_buffer_destroy(e->buffer);
+    sona_trajectory_buffer_destroy(e->pool);
     sona_signal_builder_destroy(e->signals);
     sona_id_source_destroy(e->ids);
     pthread_mutex_destroy(&e->err_mu);
@@ -502,7 +532,7 @@ sona_status sona_request_begin(sona_engine *e, int32_t tenant, const float *quer
     if (!r)
         return eng_fail(e, SONA_E_NOMEM, "sona_request_begin: out of memory");
     *r = (sona_request){.e = e, .tenant = tenant};
-    sona_status st = sona_trajectory_begin(e->ids, query, e->cfg.hidden, &r->t);
+    sona_status st = eng_traj_take(e, query, &r->t);
     if (st != SONA_OK) {
         free(r);
         return eng_fail(e, st, "sona_request_begin: %s", sona_last_error());
@@ -538,7 +568,7 @@ void sona_request_abandon(sona_request *r)
 {
     if (!r)
         return;
-    sona_trajectory_destroy(r->t);
+    eng_traj_recycle(r->e, r->t);
     free(r);
 }
 
@@ -586,12 +616,12 @@ sona_status sona_request_end(sona_request *r, float quality)
     const int poisoned = r->poisoned;
     free(r);
     if (!atomic_load(&e->enabled)) {
-        sona_trajectory_destroy(t);
+        eng_traj_recycle(e, t);
         return SONA_OK;
     }
     if (poisoned || sona_trajectory_end(t, quality) != SONA_OK) {
         atomic_fetch_add(&e->n.rejected, 1);
-        sona_trajectory_destroy(t);
+        eng_traj_recycle(e, t);
         return eng_fail(e, SONA_E_NONFINITE, "sona_request_end: NaN or Inf in the trajectory; not learned");
     }
     sona_status st = learn_instant(e, tenant, t);
@@ -601,7 +631,7 @@ sona_status sona_request_end(sona_request *r, float quality)
             eng_kick(e);
     } else {
         atomic_fetch_add(&e->n.dropped, 1);
-        sona_trajectory_destroy(t);
+        eng_traj_recycle(e, t);
     }
     return st;
 }

@@ -41,6 +41,7 @@ struct sona_engine {
 
     sona_id_source *ids;
     sona_trajectory_buffer *buffer; /* ended trajectories waiting for loop B */
+    sona_trajectory_buffer *pool;   /* processed trajectories kept for reuse (their memory) */
     sona_signal_builder *signals;   /* loop A's signals and the running quality baseline */
 
     /* loop threads */
@@ -80,6 +81,11 @@ typedef struct eng_steps {
     float *acts, *rewards;
     int32_t *layers;
 } eng_steps;
+/* A trajectory for a new request (reused from the pool when one is there). */
+sona_status eng_traj_take(sona_engine *e, const float *query, sona_trajectory **out);
+/* Gives a finished or abandoned trajectory back (to the pool, or freed when it is full). */
+void eng_traj_recycle(sona_engine *e, sona_trajectory *t);
+
 sona_status eng_steps_gather(eng_steps *s, const sona_trajectory *t, uint32_t hidden);
 void eng_steps_free(eng_steps *s);
 

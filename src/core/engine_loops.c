@@ -83,7 +83,7 @@ sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch)
     if (st == SONA_OK)
         st = eng_base_train(e, batch, n, reference);
     for (uint32_t i = 0; i < n; i++)
-        sona_trajectory_destroy(batch[i]);
+        eng_traj_recycle(e, batch[i]);
     free(batch);
     free(reference);
     atomic_fetch_add(&e->n.processed, n);
