@@ -16,6 +16,9 @@ sona_status eng_bank_create(const sona_engine_config *cfg, sona_bank **out)
     bc.max_pending = cfg->buffer_capacity > bc.max_pending ? cfg->buffer_capacity : bc.max_pending;
     bc.seed = cfg->seed;
     bc.index.seed = cfg->seed;
+    /* Loop C rebuilds the graph at every consolidation: ef_construction 100 halves that time
+     * against the default 200 at M 16, with search recall still set by ef_search. */
+    bc.index.ef_construction = 100;
     return sona_bank_create(&bc, out);
 }
 
