@@ -16,6 +16,15 @@ cmake --build build-asan -j"$jobs" >/dev/null
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --output-on-failure -j1)
 
+step "ThreadSanitizer build and the concurrent tests (tests/test_concurrent_*.c)"
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DSONA_SANITIZE=thread -DSONA_BUILD_TOOLS=OFF \
+  >/dev/null
+concurrent_tests=$(cd tests && ls test_concurrent_*.c | sed 's/\.c$//')
+# shellcheck disable=SC2086 # one target per word
+cmake --build build-tsan -j"$jobs" --target $concurrent_tests >/dev/null
+(cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+  ctest --output-on-failure -j1 -L concurrent)
+
 step "State loader fuzzing (clang + libFuzzer, 30 s on a seed made by fuzz_make_seed)"
 if command -v clang >/dev/null; then
   CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DSONA_SANITIZE=address,undefined \

@@ -2,7 +2,6 @@
  * trajectories, each with a unique id. Every one must come out exactly once or be counted as
  * dropped, and the counters must be exact, under both full-buffer policies. Run under
  * ThreadSanitizer by scripts/test.sh (every test_concurrent_* test is). */
-#include <criterion/criterion.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -10,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "support/concurrent_test.h"
 #include <sona.h>
 
 enum { PRODUCERS = 4, TOTAL = 1000000, PER_PRODUCER = TOTAL / PRODUCERS, DRAIN_BATCH = 256 };
@@ -21,13 +21,13 @@ typedef struct shared {
     _Atomic int producers_left;
     unsigned char *refused; /* refused[id] = 1: written only by the producer that owned id */
     unsigned char *seen;    /* seen[id]: written only by the drainer */
-    uint64_t refused_count[PRODUCERS];
     uint64_t duplicates, out_of_range;
 } shared;
 
 typedef struct producer_arg {
     shared *s;
     int index;
+    uint64_t refused; /* this producer's refusals */
 } producer_arg;
 
 static void *produce(void *p)
@@ -45,7 +45,7 @@ static void *produce(void *p)
         const sona_status st = sona_trajectory_buffer_record(s->buf, t);
         if (st == SONA_E_FULL) {
             s->refused[id] = 1; /* drop newest: still ours */
-            s->refused_count[a->index]++;
+            a->refused++;
             sona_trajectory_destroy(t);
         } else if (st != SONA_OK) {
             abort();
@@ -75,21 +75,21 @@ static void stress(sona_full_policy policy, uint32_t capacity)
     memset(&s, 0, sizeof s);
     s.refused = calloc(TOTAL, 1);
     s.seen = calloc(TOTAL, 1);
-    cr_assert(s.refused && s.seen);
+    REQUIRE(s.refused && s.seen, "out of memory");
     sona_trajectory_buffer_config cfg;
     sona_trajectory_buffer_config_default(&cfg);
     cfg.capacity = capacity;
     cfg.policy = policy;
     s.capacity = capacity;
-    cr_assert_eq(sona_trajectory_buffer_create(&cfg, &s.buf), SONA_OK);
-    cr_assert_eq(sona_id_source_create(0, &s.ids), SONA_OK);
+    REQUIRE(sona_trajectory_buffer_create(&cfg, &s.buf) == SONA_OK, "create: %s", sona_last_error());
+    REQUIRE(sona_id_source_create(0, &s.ids) == SONA_OK, "id source: %s", sona_last_error());
     atomic_init(&s.producers_left, PRODUCERS);
 
     pthread_t th[PRODUCERS];
     producer_arg args[PRODUCERS];
     for (int i = 0; i < PRODUCERS; i++) {
-        args[i] = (producer_arg){&s, i};
-        cr_assert_eq(pthread_create(&th[i], NULL, produce, &args[i]), 0);
+        args[i] = (producer_arg){&s, i, 0};
+        REQUIRE(pthread_create(&th[i], NULL, produce, &args[i]) == 0, "pthread_create failed");
     }
     /* The drainer (this thread): drain until the producers are done, then once more. */
     sona_trajectory *out[DRAIN_BATCH];
@@ -98,7 +98,7 @@ static void stress(sona_full_policy policy, uint32_t capacity)
     for (;;) {
         const int done = atomic_load(&s.producers_left) == 0;
         do {
-            cr_assert_eq(sona_trajectory_buffer_drain(s.buf, out, DRAIN_BATCH, &taken), SONA_OK);
+            REQUIRE(sona_trajectory_buffer_drain(s.buf, out, DRAIN_BATCH, &taken) == SONA_OK, "drain failed");
             take(&s, out, taken);
             drained += taken;
         } while (taken == DRAIN_BATCH);
@@ -112,15 +112,16 @@ static void stress(sona_full_policy policy, uint32_t capacity)
     sona_trajectory_buffer_get_stats(s.buf, &st);
     uint64_t refused = 0;
     for (int i = 0; i < PRODUCERS; i++)
-        refused += s.refused_count[i];
-    printf("[concurrent] recorded %llu drained %llu dropped %llu (refused %llu)\n",
+        refused += args[i].refused;
+    printf("[concurrent] recorded %llu drained %llu dropped %llu (refused %llu), contention %.3f%%\n",
            (unsigned long long)st.recorded, (unsigned long long)st.drained,
-           (unsigned long long)st.dropped, (unsigned long long)refused);
-    cr_expect_eq(sona_id_source_peek(s.ids), TOTAL, "every id was issued once");
-    cr_expect_eq(s.duplicates, 0, "%llu trajectories came out twice", (unsigned long long)s.duplicates);
-    cr_expect_eq(s.out_of_range, 0);
-    cr_expect_eq(st.len, 0, "the buffer was emptied");
-    cr_expect_eq(st.drained, drained, "drained counter %llu, drainer saw %llu", (unsigned long long)st.drained,
+           (unsigned long long)st.dropped, (unsigned long long)refused,
+           100.0 * (double)st.retries / (double)(st.recorded + st.drained + 1));
+    CHECK(sona_id_source_peek(s.ids) == TOTAL, "every id was issued once");
+    CHECK(s.duplicates == 0, "%llu trajectories came out twice", (unsigned long long)s.duplicates);
+    CHECK(s.out_of_range == 0, "%llu ids were never issued", (unsigned long long)s.out_of_range);
+    CHECK(st.len == 0, "the buffer was emptied");
+    CHECK(st.drained == drained, "drained counter %llu, drainer saw %llu", (unsigned long long)st.drained,
                  (unsigned long long)drained);
     /* Every id: drained, refused, or (overwrite) evicted, and never two of these. */
     uint64_t missing = 0, both = 0;
@@ -130,19 +131,19 @@ static void stress(sona_full_policy policy, uint32_t capacity)
         if (!s.seen[id] && !s.refused[id])
             missing++;
     }
-    cr_expect_eq(both, 0, "a refused trajectory was also drained");
-    cr_expect_gt(st.drained, 0);
+    CHECK(both == 0, "a refused trajectory was also drained");
+    CHECK(st.drained > 0, "nothing was drained");
     if (policy == SONA_FULL_DROP_NEWEST) {
-        cr_expect_eq(st.dropped, refused, "dropped counts each refusal");
-        cr_expect_eq(missing, 0, "%llu trajectories were lost", (unsigned long long)missing);
-        cr_expect_eq(st.recorded, TOTAL - refused);
-        cr_expect_eq(st.recorded, st.drained);
+        CHECK(st.dropped == refused, "dropped counts each refusal");
+        CHECK(missing == 0, "%llu trajectories were lost", (unsigned long long)missing);
+        CHECK(st.recorded == TOTAL - refused, "recorded + refused is not the total");
+        CHECK(st.recorded == st.drained, "recorded != drained");
     } else {
-        cr_expect_eq(refused, 0, "overwrite oldest never refuses");
-        cr_expect_eq(st.recorded, TOTAL);
-        cr_expect_eq(missing, st.dropped, "%llu missing, %llu counted as evicted", (unsigned long long)missing,
+        CHECK(refused == 0, "overwrite oldest never refuses");
+        CHECK(st.recorded == TOTAL, "not every record was accepted");
+        CHECK(missing == st.dropped, "%llu missing, %llu counted as evicted", (unsigned long long)missing,
                      (unsigned long long)st.dropped);
-        cr_expect_eq(st.recorded, st.drained + st.dropped);
+        CHECK(st.recorded == st.drained + st.dropped, "recorded != drained + dropped");
     }
     sona_trajectory_buffer_destroy(s.buf);
     sona_id_source_destroy(s.ids);
@@ -150,5 +151,7 @@ static void stress(sona_full_policy policy, uint32_t capacity)
     free(s.seen);
 }
 
-Test(concurrent_buffer, drop_newest_loses_nothing_uncounted, .timeout = 600) { stress(SONA_FULL_DROP_NEWEST, 1024); }
-Test(concurrent_buffer, overwrite_oldest_loses_nothing_uncounted, .timeout = 600) { stress(SONA_FULL_OVERWRITE_OLDEST, 1024); }
+CONCURRENT_TEST(concurrent_buffer, drop_newest_loses_nothing_uncounted) { stress(SONA_FULL_DROP_NEWEST, 1024); }
+CONCURRENT_TEST(concurrent_buffer, overwrite_oldest_loses_nothing_uncounted) { stress(SONA_FULL_OVERWRITE_OLDEST, 1024); }
+CONCURRENT_MAIN(concurrent_buffer_drop_newest_loses_nothing_uncounted,
+                concurrent_buffer_overwrite_oldest_loses_nothing_uncounted)

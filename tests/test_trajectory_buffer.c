@@ -38,6 +38,7 @@ static void expect_stats(sona_trajectory_buffer *b, uint64_t rec, uint64_t drain
     cr_expect_eq(s.dropped, dropped, "dropped %llu, expected %llu", (unsigned long long)s.dropped,
                  (unsigned long long)dropped);
     cr_expect_eq(s.len, len);
+    cr_expect_eq(s.retries, 0, "one thread never contends");
     cr_expect_eq(sona_trajectory_buffer_len(b), len);
 }
 

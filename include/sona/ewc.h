@@ -74,8 +74,8 @@ SONA_API sona_status sona_ewc_observe_norm(sona_ewc *ewc, const float *theta, ui
 /* Declares a task boundary now: snapshots (theta, running Fisher) and restarts the Fisher. */
 SONA_API sona_status sona_ewc_end_task(sona_ewc *ewc, const float *theta, uint32_t n);
 
-/* out[i] = g[i] - lambda * (fisher_sum[i] * theta[i] - fisher_theta[i]); out may equal g.
- * With no task stored, out = g. */
+/* out[i] = g[i] - lambda * (fisher_sum[i] * theta[i] - fisher_theta[i]); out may equal g but
+ * must not overlap theta. With no task stored, out = g. */
 SONA_API sona_status sona_ewc_apply_constraints(const sona_ewc *ewc, const float *theta,
                                                 const float *g, float *out, uint32_t n);
 

@@ -49,9 +49,27 @@ SONA_API void sona_signal_builder_destroy(sona_signal_builder *sb);
 /* The message of this thread's last failed call (the builder is shared between threads). */
 SONA_API const char *sona_signal_builder_last_error(const sona_signal_builder *sb);
 
-/* The signal of an ended trajectory: x[dim] and delta[dim], dim = the query's width, and *w. */
+/* The signal of an ended trajectory: x[dim] and delta[dim], dim = the query's width, and *w.
+ * Uses every step and advances the baseline (the per-request path). */
 SONA_API sona_status sona_signal_from_trajectory(sona_signal_builder *sb, const sona_trajectory *t,
                                                  float *x, float *delta, float *w);
+
+/* Variations for the background loop, which sees each trajectory again after the per-request
+ * path has already folded its quality into the baseline. */
+typedef struct sona_signal_options {
+    int32_t layer;         /* only the steps of this layer (Base-LoRA); SONA_LAYER_NONE: all */
+    int advance_baseline;  /* 1: fold the quality into the baseline; 0: w against it, as is */
+} sona_signal_options;
+
+/* layer = SONA_LAYER_NONE, advance_baseline = 1 (what sona_signal_from_trajectory does). */
+SONA_API void sona_signal_options_default(sona_signal_options *opt);
+/* As sona_signal_from_trajectory with options; a trajectory without a step of the requested
+ * layer is SONA_E_EMPTY. Without advance_baseline, w is quality - baseline (0 before the
+ * first accepted trajectory). */
+SONA_API sona_status sona_signal_from_trajectory_opts(sona_signal_builder *sb,
+                                                      const sona_trajectory *t,
+                                                      const sona_signal_options *opt, float *x,
+                                                      float *delta, float *w);
 /* The same from plain arrays: query[dim], activations as steps rows of dim
  * (activations[i * dim + j]), rewards[steps] (steps >= 1), and the final quality. */
 SONA_API sona_status sona_signal_compute(sona_signal_builder *sb, const float *query, uint32_t dim,

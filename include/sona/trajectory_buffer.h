@@ -32,6 +32,8 @@ typedef struct sona_trajectory_buffer_stats {
     uint64_t recorded;  /* trajectories accepted by record() */
     uint64_t drained;   /* trajectories handed out by drain() */
     uint64_t dropped;   /* refused (drop newest) or evicted (overwrite oldest) */
+    uint64_t retries;   /* claims lost to another thread and retried: contention, as a
+                           fraction of recorded + drained */
     uint32_t len;       /* held now */
     uint32_t capacity;
 } sona_trajectory_buffer_stats;

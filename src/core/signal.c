@@ -75,12 +75,19 @@ static uint64_t float_state(float f)
     return BASELINE_SET | bits;
 }
 
-/* The steps of a signal source: a trajectory, or plain arrays. */
+/* The steps of a signal source: a trajectory (optionally only one layer's steps), or plain
+ * arrays. */
 typedef struct step_view {
     const sona_trajectory *t;
+    int32_t layer;           /* SONA_LAYER_NONE: every step */
     const float *acts, *rewards;
-    uint32_t steps, dim;
+    uint32_t steps, dim;     /* steps: all of the source's, used or not */
 } step_view;
+
+static int step_used(const step_view *v, uint32_t i)
+{
+    return v->layer == SONA_LAYER_NONE || sona_trajectory_step_layer(v->t, i) == v->layer;
+}
 
 static const float *step_act(const step_view *v, uint32_t i, uint32_t *len)
 {
@@ -106,21 +113,28 @@ static double norm2(const float *a, uint32_t n)
 /* The unit direction of the signal into dir[dim]; SONA_OK or a refusal (message set). */
 static sona_status direction(const step_view *v, float *dir)
 {
-    const uint32_t n = v->steps, dim = v->dim;
+    const uint32_t dim = v->dim;
     double mean = 0.0, lo = INFINITY, hi = -INFINITY;
-    for (uint32_t i = 0; i < n; i++) {
+    uint32_t used = 0, last_used = 0;
+    for (uint32_t i = 0; i < v->steps; i++) {
+        if (!step_used(v, i))
+            continue;
         const double r = step_reward(v, i);
         mean += r;
         lo = r < lo ? r : lo;
         hi = r > hi ? r : hi;
+        used++;
+        last_used = i;
     }
-    mean /= n;
+    mean /= used;
     if (hi - lo > 1e-6 * fmax(1.0, fabs(mean))) {
         /* Contrast sum_i (r_i - mean) a_i. When it nearly cancels (e.g. the same activations
          * at every step) what is left is rounding noise, so fall back to the last step. */
         double scale = 0.0;
         memset(dir, 0, (size_t)dim * sizeof *dir);
-        for (uint32_t i = 0; i < n; i++) {
+        for (uint32_t i = 0; i < v->steps; i++) {
+            if (!step_used(v, i))
+                continue;
             uint32_t len;
             const float *a = step_act(v, i, &len);
             const float c = (float)(step_reward(v, i) - mean);
@@ -139,7 +153,7 @@ static sona_status direction(const step_view *v, float *dir)
         }
     }
     uint32_t len;
-    const float *last = step_act(v, n - 1, &len);
+    const float *last = step_act(v, last_used, &len);
     const double nrm = norm2(last, dim);
     if (!isfinite(nrm))
         return sona_fail(NULL, SONA_E_NONFINITE, "signal: the last step's norm overflowed");
@@ -151,8 +165,8 @@ static sona_status direction(const step_view *v, float *dir)
     return SONA_OK;
 }
 
-/* Advances the baseline with quality q and returns w = q - old baseline (0 for the first). */
-static sona_status advance_baseline(sona_signal_builder *sb, float q, float *w)
+/* w = q - baseline (0 before the first), and with `advance` the baseline moves toward q. */
+static sona_status advantage(sona_signal_builder *sb, float q, int advance, float *w)
 {
     uint64_t old = atomic_load_explicit(&sb->baseline, memory_order_relaxed);
     for (;;) {
@@ -168,8 +182,8 @@ static sona_status advance_baseline(sona_signal_builder *sb, float q, float *w)
         if (!isfinite(adv) || !isfinite(next))
             return sona_fail(NULL, SONA_E_NONFINITE, "signal: quality %g against baseline %g overflows",
                              (double)q, (double)bits_float(old));
-        if (atomic_compare_exchange_weak_explicit(&sb->baseline, &old, float_state(next),
-                                                  memory_order_relaxed, memory_order_relaxed)) {
+        if (!advance || atomic_compare_exchange_weak_explicit(&sb->baseline, &old, float_state(next),
+                                                              memory_order_relaxed, memory_order_relaxed)) {
             *w = adv;
             return SONA_OK;
         }
@@ -183,7 +197,7 @@ static sona_status reject(sona_signal_builder *sb, sona_status st)
 }
 
 static sona_status compute(sona_signal_builder *sb, const step_view *v, const float *query,
-                           float quality, float *x, float *delta, float *w)
+                           float quality, int advance, float *x, float *delta, float *w)
 {
     float stack_dir[STACK_DIM];
     float *dir = v->dim <= STACK_DIM ? stack_dir : malloc((size_t)v->dim * sizeof *dir);
@@ -192,7 +206,7 @@ static sona_status compute(sona_signal_builder *sb, const step_view *v, const fl
     sona_status st = direction(v, dir);
     float adv = 0.0f;
     if (st == SONA_OK)
-        st = advance_baseline(sb, quality, &adv);
+        st = advantage(sb, quality, advance, &adv);
     if (st == SONA_OK) {
         memcpy(x, query, (size_t)v->dim * sizeof *x);
         memcpy(delta, dir, (size_t)v->dim * sizeof *delta);
@@ -206,29 +220,53 @@ static sona_status compute(sona_signal_builder *sb, const step_view *v, const fl
     return st;
 }
 
-sona_status sona_signal_from_trajectory(sona_signal_builder *sb, const sona_trajectory *t, float *x,
-                                        float *delta, float *w)
+void sona_signal_options_default(sona_signal_options *opt)
+{
+    if (!opt)
+        return;
+    memset(opt, 0, sizeof *opt);
+    opt->layer = SONA_LAYER_NONE;
+    opt->advance_baseline = 1;
+}
+
+sona_status sona_signal_from_trajectory_opts(sona_signal_builder *sb, const sona_trajectory *t,
+                                             const sona_signal_options *opt, float *x, float *delta,
+                                             float *w)
 {
     static const char fn[] = "sona_signal_from_trajectory";
-    if (!sb || !t || !x || !delta || !w)
-        return sona_fail(NULL, SONA_E_NULL, "%s: builder, trajectory, x, delta and w are required", fn);
+    if (!sb || !t || !opt || !x || !delta || !w)
+        return sona_fail(NULL, SONA_E_NULL, "%s: builder, trajectory, options, x, delta and w are required", fn);
+    if (opt->layer < SONA_LAYER_NONE)
+        return sona_fail(NULL, SONA_E_INVALID, "%s: layer %d is neither >= 0 nor SONA_LAYER_NONE", fn, opt->layer);
+    const unsigned long long id = sona_trajectory_id(t);
     if (!sona_trajectory_ended(t))
-        return reject(sb, sona_fail(NULL, SONA_E_STATE, "%s: trajectory %llu has not ended", fn,
-                                    (unsigned long long)sona_trajectory_id(t)));
-    step_view v = {.t = t, .steps = sona_trajectory_step_count(t)};
+        return reject(sb, sona_fail(NULL, SONA_E_STATE, "%s: trajectory %llu has not ended", fn, id));
+    step_view v = {.t = t, .layer = opt->layer, .steps = sona_trajectory_step_count(t)};
     const float *query = sona_trajectory_query(t, &v.dim);
-    if (v.steps == 0)
-        return reject(sb, sona_fail(NULL, SONA_E_EMPTY, "%s: trajectory %llu has no steps", fn,
-                                    (unsigned long long)sona_trajectory_id(t)));
+    uint32_t used = 0;
     for (uint32_t i = 0; i < v.steps; i++) {
+        if (!step_used(&v, i))
+            continue;
         uint32_t len;
         sona_trajectory_step_activations(t, i, &len);
         if (len != v.dim)
-            return reject(sb, sona_fail(NULL, SONA_E_SIZE, "%s: step %u has %u activations, the query %u",
-                                        fn, i, len, v.dim));
+            return reject(sb, sona_fail(NULL, SONA_E_SIZE, "%s: trajectory %llu step %u has %u activations, the query %u",
+                                        fn, id, i, len, v.dim));
+        used++;
     }
+    if (used == 0)
+        return reject(sb, sona_fail(NULL, SONA_E_EMPTY, "%s: trajectory %llu has no steps (of layer %d)", fn,
+                                    id, opt->layer));
     /* The trajectory refused non-finite data when it was built. */
-    return compute(sb, &v, query, sona_trajectory_quality(t), x, delta, w);
+    return compute(sb, &v, query, sona_trajectory_quality(t), opt->advance_baseline, x, delta, w);
+}
+
+sona_status sona_signal_from_trajectory(sona_signal_builder *sb, const sona_trajectory *t, float *x,
+                                        float *delta, float *w)
+{
+    sona_signal_options opt;
+    sona_signal_options_default(&opt);
+    return sona_signal_from_trajectory_opts(sb, t, &opt, x, delta, w);
 }
 
 sona_status sona_signal_compute(sona_signal_builder *sb, const float *query, uint32_t dim,
@@ -246,8 +284,9 @@ sona_status sona_signal_compute(sona_signal_builder *sb, const float *query, uin
         !sona_all_finite(rewards, steps) || !isfinite(final_quality))
         return reject(sb, sona_fail(NULL, SONA_E_NONFINITE,
                                     "%s: NaN or Inf in the query, activations, rewards or quality", fn));
-    const step_view v = {.acts = activations, .rewards = rewards, .steps = steps, .dim = dim};
-    return compute(sb, &v, query, final_quality, x, delta, w);
+    const step_view v = {.layer = SONA_LAYER_NONE, .acts = activations, .rewards = rewards, .steps = steps,
+                         .dim = dim};
+    return compute(sb, &v, query, final_quality, 1, x, delta, w);
 }
 
 void sona_signal_builder_get_stats(const sona_signal_builder *csb, sona_signal_stats *out)

@@ -1,12 +1,14 @@
 /* Trajectories and their id source. A trajectory keeps every vector and string in one growable
  * byte arena (doubling), plus a small index of steps and of context strings, so recording a
- * step is two copies into memory that is usually already there. */
+ * step is two copies into memory that is usually already there. The arena starts inside the
+ * trajectory's own allocation, sized for the query: a trajectory without steps is one malloc. */
 #include "sona/trajectory.h"
 
 #include "core/clock.h"
 #include "core/error.h"
 
 #include <math.h>
+#include <stdalign.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,14 +68,16 @@ struct sona_trajectory {
     float quality;
     int ended;
     uint32_t dim;           /* the query sits at arena offset 0 */
-    unsigned char *arena;
+    unsigned char *arena;   /* the inline tail below, or a heap block once grown */
     size_t arena_len, arena_cap;
+    int arena_on_heap;
     step_rec *steps;
     uint32_t step_count, step_cap;
     size_t *contexts;       /* arena offsets of the context strings */
     uint32_t context_count, context_cap;
     size_t route_off;       /* SIZE_MAX: no route */
     sona_errbuf err;
+    alignas(ARENA_ALIGN) unsigned char inline_arena[]; /* sized at begin() for the query */
 };
 
 static size_t align_up(size_t n) { return (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1); }
@@ -87,14 +91,17 @@ static size_t arena_reserve(sona_trajectory *t, size_t bytes)
         return SIZE_MAX;
     const size_t need = off + bytes;
     if (need > t->arena_cap) {
-        size_t cap = t->arena_cap ? t->arena_cap : 256;
+        size_t cap = t->arena_cap > 128 ? t->arena_cap : 128;
         while (cap < need)
             cap *= 2;
-        unsigned char *p = realloc(t->arena, cap);
+        unsigned char *p = t->arena_on_heap ? realloc(t->arena, cap) : malloc(cap);
         if (!p)
             return SIZE_MAX;
+        if (!t->arena_on_heap)
+            memcpy(p, t->arena, t->arena_len);
         t->arena = p;
         t->arena_cap = cap;
+        t->arena_on_heap = 1;
     }
     return off;
 }
@@ -157,9 +164,15 @@ sona_status sona_trajectory_begin(sona_id_source *ids, const float *query, uint3
     if (!out)
         return sona_fail(NULL, SONA_E_NULL, "sona_trajectory_begin: out is NULL");
     *out = NULL;
-    sona_trajectory *t = calloc(1, sizeof *t);
+    const size_t inline_cap = query && dim ? align_up((size_t)dim * sizeof(float)) : 0;
+    if (inline_cap > SIZE_MAX / 2)
+        return sona_fail(NULL, SONA_E_NOMEM, "sona_trajectory_begin: a %u-wide query is too large", dim);
+    sona_trajectory *t = malloc(sizeof *t + inline_cap);
     if (!t)
         return sona_fail(NULL, SONA_E_NOMEM, "sona_trajectory_begin: out of memory");
+    memset(t, 0, sizeof *t); /* the inline arena is written before it is read */
+    t->arena = t->inline_arena;
+    t->arena_cap = inline_cap;
     sona_status st = start(t, ids, query, dim, "sona_trajectory_begin");
     if (st != SONA_OK) {
         sona_fail(NULL, st, "%s", t->err.msg);
@@ -182,7 +195,8 @@ void sona_trajectory_destroy(sona_trajectory *t)
 {
     if (!t)
         return;
-    free(t->arena);
+    if (t->arena_on_heap)
+        free(t->arena);
     free(t->steps);
     free(t->contexts);
     free(t);

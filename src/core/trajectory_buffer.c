@@ -29,6 +29,7 @@ struct sona_trajectory_buffer {
     alignas(CACHE_LINE) _Atomic uint64_t tail; /* next position to take */
     alignas(CACHE_LINE) _Atomic uint64_t recorded;
     _Atomic uint64_t drained, dropped;
+    _Atomic uint64_t retries; /* claims lost to another thread (touched only then) */
 };
 
 void sona_trajectory_buffer_config_default(sona_trajectory_buffer_config *cfg)
@@ -74,6 +75,7 @@ sona_status sona_trajectory_buffer_create(const sona_trajectory_buffer_config *c
     atomic_init(&b->recorded, 0);
     atomic_init(&b->drained, 0);
     atomic_init(&b->dropped, 0);
+    atomic_init(&b->retries, 0);
     *out = b;
     return SONA_OK;
 }
@@ -94,9 +96,11 @@ static sona_trajectory *try_pop(sona_trajectory_buffer *b)
                 return t;
             }
             /* another consumer took pos; the failed CAS reloaded pos */
+            atomic_fetch_add_explicit(&b->retries, 1, memory_order_relaxed);
         } else if (diff < 0) {
             return NULL;
         } else {
+            atomic_fetch_add_explicit(&b->retries, 1, memory_order_relaxed);
             pos = atomic_load_explicit(&b->tail, memory_order_relaxed);
         }
     }
@@ -117,9 +121,11 @@ static int try_push(sona_trajectory_buffer *b, sona_trajectory *t)
                 atomic_store_explicit(&c->seq, pos + 1, memory_order_release);
                 return 1;
             }
+            atomic_fetch_add_explicit(&b->retries, 1, memory_order_relaxed);
         } else if (diff < 0) {
             return 0;
         } else {
+            atomic_fetch_add_explicit(&b->retries, 1, memory_order_relaxed);
             pos = atomic_load_explicit(&b->head, memory_order_relaxed);
         }
     }
@@ -213,6 +219,7 @@ void sona_trajectory_buffer_get_stats(const sona_trajectory_buffer *cb, sona_tra
     out->recorded = atomic_load_explicit(&b->recorded, memory_order_relaxed);
     out->drained = atomic_load_explicit(&b->drained, memory_order_relaxed);
     out->dropped = atomic_load_explicit(&b->dropped, memory_order_relaxed);
+    out->retries = atomic_load_explicit(&b->retries, memory_order_relaxed);
     out->len = sona_trajectory_buffer_len(b);
     out->capacity = (uint32_t)b->capacity;
 }

@@ -1,0 +1,314 @@
+/* EWC++: retention on a two-task toy, the boundary detector (fires on an abrupt change, not on
+ * stationary noise), consolidation that keeps the penalty exact, the pre-reduced penalty equal
+ * to the op table's param_update, the Fisher EMA, and refusals. */
+#include <criterion/criterion.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/rng.h"
+#include "cpu/cpu.h"
+#include "support/op_cases.h"
+#include <sona.h>
+
+static sona_ewc *make(const sona_ewc_config *cfg)
+{
+    sona_ewc *e = NULL;
+    cr_assert_eq(sona_ewc_create(cfg, &e), SONA_OK, "%s", sona_last_error());
+    return e;
+}
+
+static double dist(const float *a, const float *b, uint32_t n)
+{
+    double s = 0;
+    for (uint32_t i = 0; i < n; i++)
+        s += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+    return sqrt(s);
+}
+
+enum { TOY_N = 37, TOY_STEPS = 600 };
+
+typedef struct toy {
+    float a[TOY_N], b[TOY_N];   /* the two tasks' optima */
+    float wa[TOY_N], wb[TOY_N]; /* per-parameter weights of each task's loss */
+} toy;
+
+/* Trains theta on task A then task B: loss = sum_i w_i (theta_i - target_i - noise)^2, ascent
+ * gradient g = -2 w (theta - target - noise), plain gradient steps. With ewc, every gradient
+ * goes through sona_ewc_observe and sona_ewc_apply_constraints. */
+static void train(const toy *t, sona_ewc *ewc, uint64_t seed, float *theta)
+{
+    sona_rng r;
+    sona_rng_seed(&r, seed, 2);
+    const float lr = 0.05f, noise = 0.1f;
+    float g[TOY_N];
+    memset(theta, 0, TOY_N * sizeof *theta);
+    for (int task = 0; task < 2; task++) {
+        const float *target = task ? t->b : t->a, *w = task ? t->wb : t->wa;
+        for (int s = 0; s < TOY_STEPS; s++) {
+            for (int i = 0; i < TOY_N; i++)
+                g[i] = -2.0f * w[i] * (theta[i] - target[i] - noise * sona_rng_normal(&r));
+            if (ewc) {
+                int boundary = 0;
+                cr_assert_eq(sona_ewc_observe(ewc, theta, g, TOY_N, &boundary), SONA_OK, "%s", sona_ewc_last_error(ewc));
+                if (boundary)
+                    cr_expect(task == 1 && s < 3, "boundary at task %d step %d", task, s);
+                cr_assert_eq(sona_ewc_apply_constraints(ewc, theta, g, g, TOY_N), SONA_OK);
+            }
+            for (int i = 0; i < TOY_N; i++)
+                theta[i] += lr * g[i];
+        }
+    }
+}
+
+Test(ewc, two_task_toy_retains_the_first_task)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[ewc] two-task toy seed %" PRIu64 "\n", seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 1);
+    toy t;
+    for (int i = 0; i < TOY_N; i++) {
+        t.a[i] = 2.0f * sona_rng_uniform(&r) - 1.0f;
+        t.b[i] = t.a[i] + (sona_rng_uniform(&r) < 0.5f ? -1.0f : 1.0f) * (1.0f + sona_rng_uniform(&r));
+        t.wa[i] = 0.5f + 1.5f * sona_rng_uniform(&r);
+        t.wb[i] = 0.5f + 1.5f * sona_rng_uniform(&r);
+    }
+    float plain[TOY_N], kept[TOY_N];
+    train(&t, NULL, seed, plain);
+    sona_ewc_config cfg;
+    sona_ewc_config_default(&cfg, TOY_N);
+    cfg.lambda_base = 10.0f;
+    sona_ewc *e = make(&cfg);
+    train(&t, e, seed, kept);
+    cr_expect_eq(sona_ewc_boundaries(e), 1, "the switch to task B is one boundary");
+    cr_expect_eq(sona_ewc_task_count(e), 1);
+    const double d_plain = dist(plain, t.a, TOY_N), d_kept = dist(kept, t.a, TOY_N);
+    const double d_ab = dist(t.a, t.b, TOY_N), d_kept_b = dist(kept, t.b, TOY_N);
+    printf("[ewc] distance to task A: without EWC %.4f, with EWC %.4f (ratio %.3f); to B with EWC %.4f of %.4f\n",
+           d_plain, d_kept, d_kept / d_plain, d_kept_b, d_ab);
+    cr_expect_lt(d_kept, 0.6 * d_plain, "EWC kept theta at %.4f from A, without it %.4f", d_kept, d_plain);
+    cr_expect_lt(d_kept_b, 0.9 * d_ab, "with EWC task B was not learnt at all");
+    sona_ewc_destroy(e);
+}
+
+/* Gradients of n values ~ N(0, scale^2). */
+static void noise_gradient(sona_rng *r, float *g, uint32_t n, float scale)
+{
+    for (uint32_t i = 0; i < n; i++)
+        g[i] = scale * sona_rng_normal(r);
+}
+
+Test(ewc, boundary_fires_on_abrupt_change_not_on_noise)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[ewc] boundary detector seed %" PRIu64 "\n", seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 3);
+    enum { N = 64 };
+    float theta[N] = {0}, g[N];
+    sona_ewc_config cfg;
+    sona_ewc_config_default(&cfg, N);
+    sona_ewc *e = make(&cfg);
+    int boundary;
+    for (int s = 0; s < 5000; s++) {
+        noise_gradient(&r, g, N, 1.0f);
+        cr_assert_eq(sona_ewc_observe(e, theta, g, N, &boundary), SONA_OK);
+        cr_assert_not(boundary, "boundary on stationary noise at sample %d", s);
+    }
+    /* Gradients that fall (a task converging) are not a new task either. */
+    for (int s = 0; s < 500; s++) {
+        noise_gradient(&r, g, N, 1.0f / (1.0f + 0.02f * (float)s));
+        cr_assert_eq(sona_ewc_observe(e, theta, g, N, &boundary), SONA_OK);
+        cr_assert_not(boundary, "boundary on a falling gradient norm at sample %d", s);
+    }
+    theta[0] = 0.25f; /* the snapshot must hold this theta */
+    int fired_at = -1;
+    for (int s = 0; s < 50 && fired_at < 0; s++) {
+        noise_gradient(&r, g, N, 3.0f);
+        cr_assert_eq(sona_ewc_observe(e, theta, g, N, &boundary), SONA_OK);
+        if (boundary)
+            fired_at = s;
+    }
+    cr_expect(fired_at >= 0 && fired_at < 5, "gradients 3x larger: boundary after %d samples", fired_at);
+    cr_expect_eq(sona_ewc_task_count(e), 1);
+    float star[N];
+    cr_assert_eq(sona_ewc_get_task(e, 0, star, NULL), SONA_OK);
+    cr_expect_eq(star[0], 0.25f);
+    /* Not again before min_samples, even on another jump. */
+    for (uint32_t s = 0; s + 2 < cfg.min_samples; s++) {
+        noise_gradient(&r, g, N, s < 20 ? 3.0f : 30.0f);
+        cr_assert_eq(sona_ewc_observe(e, theta, g, N, &boundary), SONA_OK);
+        cr_assert_not(boundary, "a boundary %u samples after the last one", s + 1);
+    }
+    sona_ewc_destroy(e);
+}
+
+/* lambda * sum_t F_t (theta - theta*_t) summed task by task, in double. */
+static void brute_penalty(uint32_t n, uint32_t tasks, float *const *F, float *const *star,
+                          const float *theta, double lambda, double *out)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        out[i] = 0;
+        for (uint32_t t = 0; t < tasks; t++)
+            out[i] += lambda * F[t][i] * ((double)theta[i] - star[t][i]);
+    }
+}
+
+Test(ewc, consolidation_keeps_the_penalty_and_matches_param_update)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[ewc] consolidation seed %" PRIu64 "\n", seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 4);
+    enum { N = 101, TASKS = 4 };
+    sona_ewc_config cfg;
+    sona_ewc_config_default(&cfg, N);
+    cfg.max_tasks = 2;
+    cfg.lambda_base = 3.0f;
+    sona_ewc *e = make(&cfg);
+    float *F[TASKS], *star[TASKS];
+    double fsum_mean = 0;
+    for (int t = 0; t < TASKS; t++) {
+        F[t] = malloc(N * sizeof(float));
+        star[t] = malloc(N * sizeof(float));
+        for (int i = 0; i < N; i++) {
+            F[t][i] = i % 13 == 0 ? 0.0f : sona_rng_uniform(&r); /* zero Fisher included */
+            star[t][i] = 2.0f * sona_rng_uniform(&r) - 1.0f;
+            fsum_mean += F[t][i] / (double)N;
+        }
+        cr_assert_eq(sona_ewc_add_task(e, star[t], F[t], N), SONA_OK);
+        cr_expect_leq(sona_ewc_task_count(e), cfg.max_tasks);
+    }
+    cr_expect_eq(sona_ewc_task_count(e), 2, "four tasks consolidated into two");
+    /* The lambda rule: lambda_base * tasks / mean(fisher_sum). */
+    const double lambda = 3.0 * 2 / fsum_mean;
+    cr_expect(fabs(sona_ewc_lambda(e) - lambda) < 1e-4 * lambda, "lambda %g, expected %g", sona_ewc_lambda(e), lambda);
+
+    float theta[N], g[N], out[N];
+    for (int i = 0; i < N; i++) {
+        theta[i] = 2.0f * sona_rng_uniform(&r) - 1.0f;
+        g[i] = sona_rng_normal(&r);
+    }
+    double ref[N];
+    brute_penalty(N, TASKS, F, star, theta, sona_ewc_lambda(e), ref);
+    cr_assert_eq(sona_ewc_apply_constraints(e, theta, g, out, N), SONA_OK);
+    for (int i = 0; i < N; i++) {
+        const double want = g[i] - ref[i];
+        cr_assert(fabs(out[i] - want) < 1e-4 * (1 + fabs(want)), "param %d: %g, expected %g", i, out[i], want);
+    }
+    /* The exposed pre-reduced form through the op table's param_update gives the same step. */
+    const float *fs, *ft;
+    float lam;
+    cr_assert_eq(sona_ewc_penalty(e, &fs, &ft, &lam), SONA_OK);
+    cr_assert_not_null(fs);
+    float th2[N];
+    memcpy(th2, theta, sizeof theta);
+    sona_param_update_args u = {.segments = 1, .len = N, .theta = th2, .g = g, .fisher_sum = fs,
+                                .fisher_theta = ft, .lr = 0.01f, .lambda = lam};
+    cr_assert_eq(sona_cpu_scalar.param_update(NULL, &u), SONA_OK);
+    for (int i = 0; i < N; i++) {
+        const double want = theta[i] + 0.01 * out[i];
+        cr_assert(fabs(th2[i] - want) < 1e-5, "param_update param %d: %g, expected %g", i, th2[i], want);
+    }
+    for (int t = 0; t < TASKS; t++) {
+        free(F[t]);
+        free(star[t]);
+    }
+    sona_ewc_destroy(e);
+}
+
+Test(ewc, fisher_is_an_ema_of_squared_gradients)
+{
+    enum { N = 9 };
+    sona_ewc_config cfg;
+    sona_ewc_config_default(&cfg, N);
+    cfg.fisher_decay = 0.9f;
+    sona_ewc *e = make(&cfg);
+    double ref[N] = {0};
+    for (int s = 0; s < 20; s++) {
+        float g[N];
+        for (int i = 0; i < N; i++)
+            g[i] = (float)((s * 7 + i * 3) % 5) - 2.0f;
+        cr_assert_eq(sona_ewc_update_fisher(e, g, N), SONA_OK);
+        for (int i = 0; i < N; i++)
+            ref[i] = 0.9 * ref[i] + 0.1 * g[i] * g[i];
+    }
+    const float *f = sona_ewc_fisher(e);
+    for (int i = 0; i < N; i++)
+        cr_expect(fabs(f[i] - ref[i]) < 1e-5, "F[%d] = %g, expected %g", i, f[i], ref[i]);
+    /* No task yet: the constraint is the identity, and there is no penalty to pass. */
+    float theta[N] = {1}, g[N] = {0.5f, -1}, out[N];
+    cr_assert_eq(sona_ewc_apply_constraints(e, theta, g, out, N), SONA_OK);
+    cr_expect_eq(memcmp(out, g, sizeof g), 0);
+    const float *fs = (const float *)0x1, *ft = (const float *)0x1;
+    float lam;
+    cr_assert_eq(sona_ewc_penalty(e, &fs, &ft, &lam), SONA_OK);
+    cr_expect_null(fs);
+    cr_expect_null(ft);
+    /* end_task snapshots the running Fisher and starts a new one. */
+    cr_assert_eq(sona_ewc_end_task(e, theta, N), SONA_OK);
+    float snapF[N];
+    cr_assert_eq(sona_ewc_get_task(e, 0, NULL, snapF), SONA_OK);
+    for (int i = 0; i < N; i++) {
+        cr_expect(fabs(snapF[i] - ref[i]) < 1e-5);
+        cr_expect_eq(f[i], 0.0f, "the running Fisher restarts after a boundary");
+    }
+    sona_ewc_destroy(e);
+}
+
+Test(ewc, bad_input_is_refused_and_changes_nothing)
+{
+    enum { N = 11 };
+    sona_ewc_config cfg;
+    sona_ewc_config_default(&cfg, N);
+    sona_ewc *e = make(&cfg);
+    float theta[N + 1] = {0}, g[N + 1], out[N + 1];
+    for (int i = 0; i <= N; i++)
+        g[i] = 0.1f * (float)i;
+    cr_assert_eq(sona_ewc_update_fisher(e, g, N), SONA_OK);
+    cr_assert_eq(sona_ewc_end_task(e, theta, N), SONA_OK);
+    cr_assert_eq(sona_ewc_update_fisher(e, g, N), SONA_OK);
+    float before[N];
+    memcpy(before, sona_ewc_fisher(e), sizeof before);
+
+    cr_expect_eq(sona_ewc_update_fisher(e, g, N + 1), SONA_E_SIZE);
+    cr_expect_eq(sona_ewc_update_fisher(e, g, N - 1), SONA_E_SIZE);
+    cr_expect_eq(sona_ewc_apply_constraints(e, theta, g, out, N - 1), SONA_E_SIZE);
+    cr_expect_eq(sona_ewc_observe(e, theta, g, N + 1, NULL), SONA_E_SIZE);
+    cr_expect_eq(sona_ewc_end_task(e, theta, 3), SONA_E_SIZE);
+    cr_expect_eq(sona_ewc_add_task(e, theta, g, 0), SONA_E_SIZE);
+    cr_expect(strlen(sona_ewc_last_error(e)) > 0);
+    g[3] = NAN;
+    cr_expect_eq(sona_ewc_update_fisher(e, g, N), SONA_E_NONFINITE);
+    cr_expect_eq(sona_ewc_observe(e, theta, g, N, NULL), SONA_E_NONFINITE);
+    cr_expect_eq(sona_ewc_apply_constraints(e, theta, g, out, N), SONA_E_NONFINITE);
+    g[3] = 0.3f;
+    theta[2] = INFINITY;
+    cr_expect_eq(sona_ewc_end_task(e, theta, N), SONA_E_NONFINITE);
+    cr_expect_eq(sona_ewc_observe_norm(e, theta, N, 1.0f, NULL), SONA_E_NONFINITE);
+    theta[2] = 0;
+    cr_expect_eq(sona_ewc_observe_norm(e, theta, N, NAN, NULL), SONA_E_NONFINITE);
+    g[0] = -1.0f;
+    cr_expect_eq(sona_ewc_add_task(e, theta, g, N), SONA_E_INVALID, "a negative Fisher value");
+    cr_expect_eq(sona_ewc_update_fisher(NULL, g, N), SONA_E_NULL);
+    cr_expect_eq(sona_ewc_get_task(e, 1, NULL, NULL), SONA_E_INVALID);
+
+    cr_expect_eq(memcmp(before, sona_ewc_fisher(e), sizeof before), 0, "a refused call changed the Fisher");
+    cr_expect_eq(sona_ewc_task_count(e), 1);
+    cr_expect_eq(sona_ewc_boundaries(e), 1);
+
+    sona_ewc *bad = (sona_ewc *)0x1;
+    cfg.param_count = 0;
+    cr_expect_eq(sona_ewc_create(&cfg, &bad), SONA_E_INVALID);
+    cr_expect_null(bad);
+    sona_ewc_config_default(&cfg, N);
+    cfg.fisher_decay = 1.0f;
+    cr_expect_eq(sona_ewc_create(&cfg, &bad), SONA_E_INVALID);
+    cfg.fisher_decay = NAN;
+    cr_expect_eq(sona_ewc_create(&cfg, &bad), SONA_E_NONFINITE);
+    sona_ewc_destroy(NULL);
+    sona_ewc_destroy(e);
+}

@@ -1,0 +1,333 @@
+/* Learning signals: the contrast direction when rewards vary, the last step otherwise, the
+ * running baseline, learning from a one-step trajectory, pushing away on bad feedback, and
+ * refusals (counted, nothing written, baseline untouched). */
+#include <criterion/criterion.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/rng.h"
+#include "support/op_cases.h"
+#include <sona.h>
+
+static sona_signal_builder *make(float rate)
+{
+    sona_signal_config cfg;
+    sona_signal_config_default(&cfg);
+    cfg.baseline_rate = rate;
+    sona_signal_builder *sb = NULL;
+    cr_assert_eq(sona_signal_builder_create(&cfg, &sb), SONA_OK, "%s", sona_last_error());
+    return sb;
+}
+
+static void fill(sona_rng *r, float *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        v[i] = 2.0f * sona_rng_uniform(r) - 1.0f;
+}
+
+/* A trajectory with the given steps (rows of dim) and rewards. */
+static sona_trajectory *build(sona_id_source *ids, const float *q, uint32_t dim, const float *acts,
+                              const float *rewards, uint32_t steps, float quality)
+{
+    sona_trajectory *t;
+    cr_assert_eq(sona_trajectory_begin(ids, q, dim, &t), SONA_OK);
+    for (uint32_t i = 0; i < steps; i++)
+        cr_assert_eq(sona_trajectory_add_step(t, acts + (size_t)i * dim, dim, NULL, 0, rewards[i], 0), SONA_OK);
+    cr_assert_eq(sona_trajectory_end(t, quality), SONA_OK);
+    return t;
+}
+
+static void expect_unit_along(const float *delta, const double *ref, uint32_t dim)
+{
+    double n = 0, dn = 0;
+    for (uint32_t j = 0; j < dim; j++) {
+        n += ref[j] * ref[j];
+        dn += (double)delta[j] * delta[j];
+    }
+    n = sqrt(n);
+    cr_expect(fabs(sqrt(dn) - 1.0) < 1e-5, "delta has norm %g, not 1", sqrt(dn));
+    for (uint32_t j = 0; j < dim; j++)
+        cr_assert(fabs(delta[j] - ref[j] / n) < 1e-5, "delta[%u] = %g, expected %g", j, delta[j], ref[j] / n);
+}
+
+Test(signal, varying_rewards_give_the_reward_weighted_contrast)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[signal] contrast seed %" PRIu64 "\n", seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 0);
+    enum { DIM = 45, STEPS = 5 };
+    float q[DIM], acts[STEPS * DIM], x[DIM], delta[DIM], w = 99;
+    const float rewards[STEPS] = {0.1f, 0.9f, 0.4f, 0.4f, 0.7f};
+    fill(&r, q, DIM);
+    fill(&r, acts, STEPS * DIM);
+    sona_id_source *ids;
+    cr_assert_eq(sona_id_source_create(0, &ids), SONA_OK);
+    sona_signal_builder *sb = make(0.1f);
+    sona_trajectory *t = build(ids, q, DIM, acts, rewards, STEPS, 0.8f);
+    cr_assert_eq(sona_signal_from_trajectory(sb, t, x, delta, &w), SONA_OK, "%s", sona_last_error());
+    cr_expect_eq(memcmp(x, q, sizeof q), 0, "x is the query embedding");
+    cr_expect_eq(w, 0.0f, "the first trajectory initialises the baseline");
+    double mean = 0, ref[DIM] = {0};
+    for (int i = 0; i < STEPS; i++)
+        mean += rewards[i] / (double)STEPS;
+    for (int i = 0; i < STEPS; i++)
+        for (int j = 0; j < DIM; j++)
+            ref[j] += (rewards[i] - mean) * acts[i * DIM + j];
+    expect_unit_along(delta, ref, DIM);
+
+    /* The plain-array form gives the same signal. */
+    float x2[DIM], d2[DIM], w2;
+    cr_assert_eq(sona_signal_compute(sb, q, DIM, acts, rewards, STEPS, 0.8f, x2, d2, &w2), SONA_OK);
+    cr_expect_eq(memcmp(d2, delta, sizeof delta), 0);
+    cr_expect_eq(memcmp(x2, x, sizeof x), 0);
+    sona_signal_stats st;
+    sona_signal_builder_get_stats(sb, &st);
+    cr_expect_eq(st.accepted, 2);
+    cr_expect_eq(st.rejected, 0);
+    sona_trajectory_destroy(t);
+    sona_signal_builder_destroy(sb);
+    sona_id_source_destroy(ids);
+}
+
+Test(signal, constant_rewards_give_the_last_step_direction)
+{
+    enum { DIM = 7, STEPS = 3 };
+    const float q[DIM] = {1, 0, 0, 0, 0, 0, 0};
+    float acts[STEPS * DIM], x[DIM], delta[DIM], w;
+    for (int i = 0; i < STEPS * DIM; i++)
+        acts[i] = (float)((i * 37) % 11) - 5.0f;
+    const float same[STEPS] = {0.5f, 0.5f, 0.5f};
+    sona_signal_builder *sb = make(0.1f);
+    double ref[DIM];
+    for (int j = 0; j < DIM; j++)
+        ref[j] = acts[(STEPS - 1) * DIM + j];
+    cr_assert_eq(sona_signal_compute(sb, q, DIM, acts, same, STEPS, 0.5f, x, delta, &w), SONA_OK);
+    expect_unit_along(delta, ref, DIM);
+    /* Varying rewards over identical activations cancel out: the last step again, not noise. */
+    float twin[STEPS * DIM];
+    for (int i = 0; i < STEPS; i++)
+        memcpy(twin + i * DIM, acts + (STEPS - 1) * DIM, DIM * sizeof(float));
+    const float varying[STEPS] = {0.1f, 0.5f, 0.9f};
+    cr_assert_eq(sona_signal_compute(sb, q, DIM, twin, varying, STEPS, 0.5f, x, delta, &w), SONA_OK);
+    expect_unit_along(delta, ref, DIM);
+    sona_signal_builder_destroy(sb);
+}
+
+Test(signal, baseline_is_a_running_average_of_quality)
+{
+    const float q[2] = {1, 0}, a[2] = {0, 1}, r = 0.5f;
+    const float qualities[6] = {0.5f, 0.9f, 0.2f, 0.2f, 1.0f, 0.6f};
+    const float rate = 0.25f;
+    sona_signal_builder *sb = make(rate);
+    double baseline = NAN;
+    for (int i = 0; i < 6; i++) {
+        float x[2], d[2], w;
+        cr_assert_eq(sona_signal_compute(sb, q, 2, a, &r, 1, qualities[i], x, d, &w), SONA_OK);
+        const double expect_w = i == 0 ? 0.0 : qualities[i] - baseline;
+        cr_expect(fabs(w - expect_w) < 1e-6, "trajectory %d: w = %g, expected %g", i, w, expect_w);
+        baseline = i == 0 ? qualities[0] : baseline + rate * (qualities[i] - baseline);
+        sona_signal_stats st;
+        sona_signal_builder_get_stats(sb, &st);
+        cr_expect(fabs(st.baseline - baseline) < 1e-6);
+    }
+    /* Restoring a baseline, and starting over. */
+    cr_assert_eq(sona_signal_builder_set_baseline(sb, 0.25f), SONA_OK);
+    float x[2], d[2], w;
+    cr_assert_eq(sona_signal_compute(sb, q, 2, a, &r, 1, 0.75f, x, d, &w), SONA_OK);
+    cr_expect_eq(w, 0.5f);
+    cr_assert_eq(sona_signal_builder_set_baseline(sb, NAN), SONA_OK);
+    cr_assert_eq(sona_signal_compute(sb, q, 2, a, &r, 1, 0.75f, x, d, &w), SONA_OK);
+    cr_expect_eq(w, 0.0f);
+    cr_expect_eq(sona_signal_builder_set_baseline(sb, INFINITY), SONA_E_NONFINITE);
+    sona_signal_builder_destroy(sb);
+}
+
+/* <y(x) - x, delta> through adapter 0 of l. */
+static double projection(sona_lora *l, const float *x, const float *delta, uint32_t dim)
+{
+    float *y = malloc(dim * sizeof *y);
+    cr_assert_eq(sona_lora_forward(l, 0, x, y), SONA_OK);
+    double p = 0;
+    for (uint32_t j = 0; j < dim; j++)
+        p += (double)(y[j] - x[j]) * delta[j];
+    free(y);
+    return p;
+}
+
+/* A one-step trajectory of quality `quality` after a baseline of 0.5, fed to a Micro-LoRA:
+ * returns the projection's change over three learning steps (sign checked by the caller). */
+static void one_step_learning(float quality)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[signal] one-step trajectory, quality %g, seed %" PRIu64 "\n", quality, seed);
+    enum { DIM = 67 };
+    sona_rng r;
+    sona_rng_seed(&r, seed, 1);
+    float q[DIM], a[DIM], x[DIM], delta[DIM], w;
+    fill(&r, q, DIM);
+    fill(&r, a, DIM);
+    sona_id_source *ids;
+    cr_assert_eq(sona_id_source_create(0, &ids), SONA_OK);
+    sona_signal_builder *sb = make(0.1f);
+    const float reward = 0.3f;
+    sona_trajectory *first = build(ids, q, DIM, a, &reward, 1, 0.5f);
+    cr_assert_eq(sona_signal_from_trajectory(sb, first, x, delta, &w), SONA_OK);
+    sona_trajectory *t = build(ids, q, DIM, a, &reward, 1, quality);
+    cr_assert_eq(sona_signal_from_trajectory(sb, t, x, delta, &w), SONA_OK);
+    cr_expect(fabs(w - (quality - 0.5f)) < 1e-6, "w = %g", w);
+
+    sona_lora_config cfg;
+    sona_lora_config_default(&cfg, SONA_LORA_MICRO, DIM);
+    sona_lora *l;
+    cr_assert_eq(sona_lora_create(&cfg, &l), SONA_OK);
+    double before = projection(l, x, delta, DIM);
+    for (int step = 0; step < 3; step++) {
+        cr_assert_eq(sona_lora_accumulate(l, 0, x, delta, w), SONA_OK);
+        cr_assert_eq(sona_lora_apply_updates(l), SONA_OK);
+        const double after = projection(l, x, delta, DIM);
+        if (w > 0)
+            cr_assert_gt(after, before + 1e-7, "step %d: <y-x, delta> did not grow (%g -> %g)", step, before, after);
+        else
+            cr_assert_lt(after, before - 1e-7, "step %d: <y-x, delta> did not shrink (%g -> %g)", step, before, after);
+        before = after;
+    }
+    sona_lora_destroy(l);
+    sona_trajectory_destroy(first);
+    sona_trajectory_destroy(t);
+    sona_signal_builder_destroy(sb);
+    sona_id_source_destroy(ids);
+}
+
+Test(signal, layer_filter_and_baseline_without_advance)
+{
+    enum { DIM = 3 };
+    const float q[DIM] = {1, 1, 1};
+    const float a0[DIM] = {1, 0, 0}, a1[DIM] = {0, 2, 0}, a2[DIM] = {0, 0, 3}, a3[DIM] = {4, 0, 0};
+    sona_id_source *ids;
+    cr_assert_eq(sona_id_source_create(0, &ids), SONA_OK);
+    sona_trajectory *t;
+    cr_assert_eq(sona_trajectory_begin(ids, q, DIM, &t), SONA_OK);
+    /* Layer 1: steps a1 (reward 0.2) and a3 (reward 0.8); layer 2: a2 only. */
+    cr_assert_eq(sona_trajectory_add_step(t, a0, DIM, NULL, 0, 0.5f, 0), SONA_OK);
+    cr_assert_eq(sona_trajectory_add_step(t, a1, DIM, NULL, 0, 0.2f, 1), SONA_OK);
+    cr_assert_eq(sona_trajectory_add_step(t, a2, DIM, NULL, 0, 0.9f, 2), SONA_OK);
+    cr_assert_eq(sona_trajectory_add_step(t, a3, DIM, NULL, 0, 0.8f, 1), SONA_OK);
+    cr_assert_eq(sona_trajectory_end(t, 0.7f), SONA_OK);
+    sona_signal_builder *sb = make(0.5f);
+    cr_assert_eq(sona_signal_builder_set_baseline(sb, 0.4f), SONA_OK);
+    sona_signal_options opt;
+    sona_signal_options_default(&opt);
+    cr_expect_eq(opt.layer, SONA_LAYER_NONE);
+    cr_expect_eq(opt.advance_baseline, 1);
+    opt.layer = 1;
+    opt.advance_baseline = 0;
+    float x[DIM], d[DIM], w;
+    cr_assert_eq(sona_signal_from_trajectory_opts(sb, t, &opt, x, d, &w), SONA_OK, "%s", sona_last_error());
+    /* (0.2 - 0.5) a1 + (0.8 - 0.5) a3 = (1.2, -0.6, 0) */
+    const double ref1[DIM] = {1.2, -0.6, 0};
+    expect_unit_along(d, ref1, DIM);
+    cr_expect(fabs(w - 0.3f) < 1e-6, "w = %g", w);
+    sona_signal_stats st;
+    sona_signal_builder_get_stats(sb, &st);
+    cr_expect_eq(st.baseline, 0.4f, "the baseline moved without advance_baseline");
+    opt.layer = 2;
+    cr_assert_eq(sona_signal_from_trajectory_opts(sb, t, &opt, x, d, &w), SONA_OK);
+    const double ref2[DIM] = {0, 0, 1};
+    expect_unit_along(d, ref2, DIM);
+    opt.layer = 5;
+    cr_expect_eq(sona_signal_from_trajectory_opts(sb, t, &opt, x, d, &w), SONA_E_EMPTY);
+    opt.layer = -7;
+    cr_expect_eq(sona_signal_from_trajectory_opts(sb, t, &opt, x, d, &w), SONA_E_INVALID);
+    /* The default path advances: 0.4 + 0.5 * (0.7 - 0.4) = 0.55. */
+    cr_assert_eq(sona_signal_from_trajectory(sb, t, x, d, &w), SONA_OK);
+    sona_signal_builder_get_stats(sb, &st);
+    cr_expect(fabs(st.baseline - 0.55f) < 1e-6, "baseline %g", st.baseline);
+    cr_expect_eq(st.accepted, 3);
+    cr_expect_eq(st.rejected, 1);
+    sona_trajectory_destroy(t);
+    sona_signal_builder_destroy(sb);
+    sona_id_source_destroy(ids);
+}
+
+Test(signal, one_step_trajectory_learns) { one_step_learning(0.9f); }
+Test(signal, bad_feedback_pushes_away) { one_step_learning(0.1f); }
+
+Test(signal, bad_input_is_rejected_counted_and_changes_nothing)
+{
+    enum { DIM = 5 };
+    float q[DIM] = {1, 2, 3, 4, 5}, a[2 * DIM] = {1, 0, 0, 0, 0, 0, 1, 0, 0, 0};
+    const float rewards[2] = {0.2f, 0.8f};
+    sona_signal_builder *sb = make(0.5f);
+    float x[DIM], d[DIM], w = 42.0f;
+    cr_assert_eq(sona_signal_compute(sb, q, DIM, a, rewards, 2, 0.6f, x, d, &w), SONA_OK);
+    float x0[DIM], d0[DIM];
+    memcpy(x0, x, sizeof x);
+    memcpy(d0, d, sizeof d);
+    const float w0 = w;
+    uint64_t expected_rejected = 0;
+
+    a[7] = NAN;
+    cr_expect_eq(sona_signal_compute(sb, q, DIM, a, rewards, 2, 0.6f, x, d, &w), SONA_E_NONFINITE);
+    expected_rejected++;
+    a[7] = 0;
+    q[0] = INFINITY;
+    cr_expect_eq(sona_signal_compute(sb, q, DIM, a, rewards, 2, 0.6f, x, d, &w), SONA_E_NONFINITE);
+    expected_rejected++;
+    q[0] = 1;
+    cr_expect_eq(sona_signal_compute(sb, q, DIM, a, rewards, 2, NAN, x, d, &w), SONA_E_NONFINITE);
+    expected_rejected++;
+    cr_expect_eq(sona_signal_compute(sb, q, DIM, a, rewards, 0, 0.6f, x, d, &w), SONA_E_EMPTY);
+    expected_rejected++;
+    const float zero[DIM] = {0};
+    cr_expect_eq(sona_signal_compute(sb, q, DIM, zero, rewards, 1, 0.6f, x, d, &w), SONA_E_INVALID);
+    expected_rejected++;
+    /* Finite inputs whose advantage overflows: quality 3e38 against a baseline of -3e38. */
+    cr_assert_eq(sona_signal_builder_set_baseline(sb, -3e38f), SONA_OK);
+    cr_expect_eq(sona_signal_compute(sb, q, DIM, a, rewards, 2, 3e38f, x, d, &w), SONA_E_NONFINITE);
+    expected_rejected++;
+
+    /* Trajectory-level refusals: wrong width, no steps, not ended. */
+    sona_id_source *ids;
+    cr_assert_eq(sona_id_source_create(0, &ids), SONA_OK);
+    sona_trajectory *t;
+    cr_assert_eq(sona_trajectory_begin(ids, q, DIM, &t), SONA_OK);
+    cr_expect_eq(sona_signal_from_trajectory(sb, t, x, d, &w), SONA_E_STATE);
+    expected_rejected++;
+    cr_assert_eq(sona_trajectory_end(t, 0.5f), SONA_OK);
+    cr_expect_eq(sona_signal_from_trajectory(sb, t, x, d, &w), SONA_E_EMPTY);
+    expected_rejected++;
+    sona_trajectory_destroy(t);
+    cr_assert_eq(sona_trajectory_begin(ids, q, DIM, &t), SONA_OK);
+    cr_assert_eq(sona_trajectory_add_step(t, a, DIM, NULL, 0, 0.5f, 0), SONA_OK);
+    cr_assert_eq(sona_trajectory_add_step(t, a, DIM - 1, NULL, 0, 0.5f, 0), SONA_OK);
+    cr_assert_eq(sona_trajectory_end(t, 0.5f), SONA_OK);
+    cr_expect_eq(sona_signal_from_trajectory(sb, t, x, d, &w), SONA_E_SIZE);
+    expected_rejected++;
+    cr_expect(strlen(sona_signal_builder_last_error(sb)) > 0);
+    cr_expect_eq(sona_signal_from_trajectory(sb, NULL, x, d, &w), SONA_E_NULL, "NULL is not counted");
+    sona_trajectory_destroy(t);
+
+    cr_expect_eq(memcmp(x, x0, sizeof x), 0, "a refusal wrote x");
+    cr_expect_eq(memcmp(d, d0, sizeof d), 0, "a refusal wrote delta");
+    cr_expect_eq(w, w0, "a refusal wrote w");
+    sona_signal_stats st;
+    sona_signal_builder_get_stats(sb, &st);
+    cr_expect_eq(st.accepted, 1);
+    cr_expect_eq(st.rejected, expected_rejected, "rejected %llu, expected %llu",
+                 (unsigned long long)st.rejected, (unsigned long long)expected_rejected);
+    cr_expect_eq(st.baseline, -3e38f, "a refusal moved the baseline");
+
+    sona_signal_config cfg;
+    sona_signal_config_default(&cfg);
+    cfg.baseline_rate = 0.0f;
+    sona_signal_builder *bad = (sona_signal_builder *)0x1;
+    cr_expect_eq(sona_signal_builder_create(&cfg, &bad), SONA_E_INVALID);
+    cr_expect_null(bad);
+    sona_signal_builder_destroy(NULL);
+    sona_signal_builder_destroy(sb);
+    sona_id_source_destroy(ids);
+}
