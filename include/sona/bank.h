@@ -29,6 +29,9 @@ typedef struct sona_bank_config {
     uint32_t k_clusters;       /* clusters per extraction (fewer when fewer trajectories) */
     uint32_t max_iterations;   /* Lloyd iterations at most */
     float tolerance;           /* Lloyd stops when inertia improves by less than this fraction */
+    uint32_t seeding_trials;   /* k-means++ candidates per centre (greedy k-means++; the best
+                                  lowers the potential most); 0 = 2 + ln k, 1 = plain k-means++
+                                  (cheaper seeding, more bad local minima) */
     float merge_threshold;     /* cosine at or above which a cluster merges into a pattern */
     uint32_t min_cluster_size; /* smaller clusters are dropped (counted), not stored */
     float min_quality;         /* patterns whose average quality falls below are pruned */
@@ -43,7 +46,8 @@ typedef struct sona_bank_config {
     void *clock_ctx;
 } sona_bank_config;
 
-/* Defaults for embeddings of length dim: 50 clusters, 100 iterations, tolerance 1e-4, merge at
+/* Defaults for embeddings of length dim: 50 clusters, 100 iterations, tolerance 1e-4, seeding
+ * trials 0 (2 + ln k), merge at
  * cosine 0.95, min cluster size 1, min quality 0 (off), stale never, capacity 10000, pending
  * 100000, seed 42, index defaults. */
 SONA_API void sona_bank_config_default(sona_bank_config *cfg, uint32_t dim);
@@ -63,16 +67,17 @@ SONA_API sona_status sona_bank_trajectory_embedding(uint32_t dim, const float *q
                                                     uint32_t steps, const float *activations,
                                                     const float *rewards, float *out);
 
-/* Queues one trajectory for the next extraction: embedding (dim floats), quality (finite),
- * weight (finite, >= 0), route (NULL = none; at most 63 bytes kept). Bad input -> a status,
- * counted as rejected, nothing queued. SONA_E_FULL when max_pending are waiting. */
-SONA_API sona_status sona_bank_add(sona_bank *bank, const float *embedding, float quality,
-                                   float weight, const char *route);
-/* n trajectories at once (rows of embeddings; weights and routes may be NULL for 1 / none).
+/* Queues one trajectory for the next extraction: embedding (dim floats; dim must equal the
+ * bank's, else SONA_E_SIZE; not the zero vector), quality (finite), weight (finite, >= 0), route
+ * (NULL = none; at most 63 bytes kept). Bad input -> a status, counted as rejected, nothing
+ * queued. SONA_E_FULL (counted) when max_pending are waiting. */
+SONA_API sona_status sona_bank_add(sona_bank *bank, const float *embedding, uint32_t dim,
+                                   float quality, float weight, const char *route);
+/* n trajectories at once (n rows of dim floats; weights and routes may be NULL for 1 / none).
  * All-or-nothing: one bad row or too little room refuses the whole batch. */
 SONA_API sona_status sona_bank_add_batch(sona_bank *bank, uint32_t n, const float *embeddings,
-                                         const float *qualities, const float *weights,
-                                         const char *const *routes);
+                                         uint32_t dim, const float *qualities,
+                                         const float *weights, const char *const *routes);
 /* Trajectories waiting for extraction. */
 SONA_API uint32_t sona_bank_pending(const sona_bank *bank);
 
@@ -86,7 +91,9 @@ typedef struct sona_bank_extract_result {
 } sona_bank_extract_result;
 
 /* Clusters every pending trajectory into patterns (see above) and empties the queue. Nothing
- * pending: SONA_OK with zero counts. res may be NULL. On failure nothing is consumed. */
+ * pending: SONA_OK with zero counts. res may be NULL. k-means runs outside the bank's lock
+ * (searches and adds proceed meanwhile; trajectories added during it wait for the next call);
+ * extractions run one at a time. If k-means fails, its trajectories go back to the queue. */
 SONA_API sona_status sona_bank_extract(sona_bank *bank, sona_bank_extract_result *res);
 
 /* Prunes low-quality and stale patterns and enforces capacity now (extract does it too);
@@ -103,10 +110,11 @@ typedef struct sona_pattern {
     uint32_t route_count;      /* distinct routes seen (see sona_bank_pattern_route) */
 } sona_pattern;
 
-/* The k patterns most similar to query (cosine, best first): ids[k], sims[k] (may be NULL),
- * *found. Counts an access and refreshes last_access_ms of each returned pattern. */
-SONA_API sona_status sona_bank_search(sona_bank *bank, const float *query, uint32_t k,
-                                      uint64_t *ids, float *sims, uint32_t *found);
+/* The k patterns most similar to query (dim floats, SONA_E_SIZE unless the bank's dim; cosine,
+ * best first): ids[k], sims[k] (may be NULL), *found. Counts an access and refreshes
+ * last_access_ms of each returned pattern. */
+SONA_API sona_status sona_bank_search(sona_bank *bank, const float *query, uint32_t dim,
+                                      uint32_t k, uint64_t *ids, float *sims, uint32_t *found);
 /* Live patterns. */
 SONA_API uint32_t sona_bank_pattern_count(const sona_bank *bank);
 /* Pattern by id (SONA_E_NOT_FOUND once merged away, pruned or evicted); centroid (dim floats,
@@ -123,13 +131,20 @@ SONA_API sona_status sona_bank_pattern_route(const sona_bank *bank, uint64_t id,
 /* Level-0 neighbours of pattern id in the HNSW graph (live patterns), for graph walks. */
 SONA_API sona_status sona_bank_neighbors(const sona_bank *bank, uint64_t id, uint64_t *out,
                                          uint32_t max, uint32_t *n);
-/* Puts a pattern back as it was (restore from a checkpoint): p->id must be unused; the bank's
- * next ids continue above it. Route statistics start empty. */
+/* Puts a pattern back as it was (restore from a checkpoint): p->id must be unused (and not 0);
+ * the bank's next ids continue above it. Route statistics start empty (p->route_count is
+ * ignored): add them with sona_bank_pattern_restore_route. */
 SONA_API sona_status sona_bank_pattern_restore(sona_bank *bank, const sona_pattern *p,
                                                const float *centroid);
+/* Adds route statistics to pattern id (restore): count trajectories of mean quality mean_quality
+ * on route (count >= 1); merges with the route's existing statistics. */
+SONA_API sona_status sona_bank_pattern_restore_route(sona_bank *bank, uint64_t id,
+                                                     const char *route, uint64_t count,
+                                                     float mean_quality);
 
 typedef struct sona_bank_stats {
     uint64_t trajectories_added, trajectories_rejected, trajectories_refused_full;
+    uint64_t trajectories_lost; /* only when a failed extraction could not requeue (no memory) */
     uint64_t extractions, clusters_found, clusters_dropped_small;
     uint64_t patterns_created, patterns_merged, patterns_pruned_quality, patterns_pruned_stale,
         patterns_evicted;

@@ -30,15 +30,20 @@ typedef struct pattern_rec {
     uint32_t routes_cap;
 } pattern_rec;
 
+/* Trajectories waiting for extraction: rows of dim floats and their scalars. */
+typedef struct traj_queue {
+    float *emb, *q, *w;
+    int32_t *route; /* route name index or NO_ROUTE */
+    uint32_t n, cap;
+} traj_queue;
+
 struct sona_bank {
     sona_bank_config cfg;
-    pthread_mutex_t lock;
+    pthread_mutex_t lock;         /* guards everything below */
+    pthread_mutex_t extract_lock; /* one extraction at a time; k-means runs outside `lock` */
     const sona_backend *be; /* the CPU backend: k-means runs on host memory */
     sona_index *index;
-    /* pending trajectories: rows of dim floats and their scalars */
-    float *pend_emb, *pend_q, *pend_w;
-    int32_t *pend_route;
-    uint32_t npend, pend_cap;
+    traj_queue pend;
     /* live patterns, dense; centroid i is row i of cent */
     pattern_rec *pats;
     float *cent;
@@ -50,6 +55,63 @@ struct sona_bank {
     sona_bank_stats stats;
     sona_errbuf err;
 };
+
+/* ---- the trajectory queue ---------------------------------------------------------------- */
+
+static void queue_free(traj_queue *tq)
+{
+    free(tq->emb);
+    free(tq->q);
+    free(tq->w);
+    free(tq->route);
+    *tq = (traj_queue){0};
+}
+
+/* Room for need rows (capacity doubles, up to limit). A failure leaves the rows in place. */
+static sona_status queue_reserve(traj_queue *tq, uint32_t dim, uint32_t need, uint32_t limit)
+{
+    if (need <= tq->cap)
+        return SONA_OK;
+    uint32_t cap = tq->cap ? tq->cap : 256;
+    while (cap < need)
+        cap = cap > UINT32_MAX / 2 ? UINT32_MAX : cap * 2;
+    if (cap > limit)
+        cap = limit;
+    float *e = realloc(tq->emb, (size_t)cap * dim * sizeof *e);
+    if (!e)
+        return SONA_E_NOMEM;
+    tq->emb = e;
+    float *q = realloc(tq->q, cap * sizeof *q);
+    if (!q)
+        return SONA_E_NOMEM;
+    tq->q = q;
+    float *w = realloc(tq->w, cap * sizeof *w);
+    if (!w)
+        return SONA_E_NOMEM;
+    tq->w = w;
+    int32_t *r = realloc(tq->route, cap * sizeof *r);
+    if (!r)
+        return SONA_E_NOMEM;
+    tq->route = r;
+    tq->cap = cap;
+    return SONA_OK;
+}
+
+/* Appends src's rows to dst. */
+static sona_status queue_append(traj_queue *dst, const traj_queue *src, uint32_t dim)
+{
+    sona_status st = queue_reserve(dst, dim, dst->n + src->n, UINT32_MAX);
+    if (st != SONA_OK)
+        return st;
+    memcpy(dst->emb + (size_t)dst->n * dim, src->emb, (size_t)src->n * dim * sizeof *src->emb);
+    memcpy(dst->q + dst->n, src->q, src->n * sizeof *src->q);
+    memcpy(dst->w + dst->n, src->w, src->n * sizeof *src->w);
+    memcpy(dst->route + dst->n, src->route, src->n * sizeof *src->route);
+    dst->n += src->n;
+    return SONA_OK;
+}
+
+/* ---- lifetime ---------------------------------------------------------------------------- */
 
 static uint64_t realtime_ms(void *ctx)
 {
@@ -114,6 +176,7 @@ sona_status sona_bank_create(const sona_bank_config *cfg, sona_bank **out)
         return st; /* the index set the thread's message */
     }
     pthread_mutex_init(&b->lock, NULL);
+    pthread_mutex_init(&b->extract_lock, NULL);
     *out = b;
     return SONA_OK;
 }
@@ -123,10 +186,7 @@ void sona_bank_destroy(sona_bank *b)
     if (!b)
         return;
     sona_index_destroy(b->index);
-    free(b->pend_emb);
-    free(b->pend_q);
-    free(b->pend_w);
-    free(b->pend_route);
+    queue_free(&b->pend);
     for (uint32_t i = 0; i < b->npat; i++)
         free(b->pats[i].routes);
     free(b->pats);
@@ -136,6 +196,7 @@ void sona_bank_destroy(sona_bank *b)
         free(b->route_names[i]);
     free(b->route_names);
     pthread_mutex_destroy(&b->lock);
+    pthread_mutex_destroy(&b->extract_lock);
     free(b);
 }
 
@@ -211,35 +272,6 @@ static int32_t intern_route(sona_bank *b, const char *r)
     return (int32_t)b->nroutes++;
 }
 
-static sona_status reserve_pending(sona_bank *b, uint32_t need)
-{
-    if (need <= b->pend_cap)
-        return SONA_OK;
-    uint32_t cap = b->pend_cap ? b->pend_cap : 256;
-    while (cap < need)
-        cap *= 2;
-    if (cap > b->cfg.max_pending)
-        cap = b->cfg.max_pending;
-    float *e = realloc(b->pend_emb, (size_t)cap * b->cfg.dim * sizeof *e);
-    if (!e)
-        return SONA_E_NOMEM;
-    b->pend_emb = e;
-    float *q = realloc(b->pend_q, cap * sizeof *q);
-    if (!q)
-        return SONA_E_NOMEM;
-    b->pend_q = q;
-    float *w = realloc(b->pend_w, cap * sizeof *w);
-    if (!w)
-        return SONA_E_NOMEM;
-    b->pend_w = w;
-    int32_t *r = realloc(b->pend_route, cap * sizeof *r);
-    if (!r)
-        return SONA_E_NOMEM;
-    b->pend_route = r;
-    b->pend_cap = cap;
-    return SONA_OK;
-}
-
 static sona_status check_row(sona_bank *b, const char *call, uint32_t row, const float *emb,
                              float quality, float weight)
 {
@@ -255,8 +287,9 @@ static sona_status check_row(sona_bank *b, const char *call, uint32_t row, const
     return SONA_OK;
 }
 
-sona_status sona_bank_add_batch(sona_bank *b, uint32_t n, const float *emb, const float *qualities,
-                                const float *weights, const char *const *routes)
+sona_status sona_bank_add_batch(sona_bank *b, uint32_t n, const float *emb, uint32_t emb_dim,
+                                const float *qualities, const float *weights,
+                                const char *const *routes)
 {
     if (!b)
         return SONA_E_NULL;
@@ -268,22 +301,28 @@ sona_status sona_bank_add_batch(sona_bank *b, uint32_t n, const float *emb, cons
         st = sona_fail(&b->err, SONA_E_NULL, "%s: embeddings or qualities is NULL", call);
         goto rejected;
     }
+    if (emb_dim != dim) {
+        st = sona_fail(&b->err, SONA_E_SIZE, "%s: embedding dim %u, the bank's is %u", call,
+                       emb_dim, dim);
+        goto rejected;
+    }
     for (uint32_t i = 0; i < n && st == SONA_OK; i++)
         st = check_row(b, call, i, emb + (size_t)i * dim, qualities[i], weights ? weights[i] : 1.0f);
     if (st != SONA_OK)
         goto rejected;
-    if (n > b->cfg.max_pending - b->npend) {
+    traj_queue *tq = &b->pend;
+    if (tq->n > b->cfg.max_pending || n > b->cfg.max_pending - tq->n) {
         b->stats.trajectories_refused_full += n;
         st = sona_fail(&b->err, SONA_E_FULL, "%s: %u pending of at most %u, no room for %u more",
-                       call, b->npend, b->cfg.max_pending, n);
+                       call, tq->n, b->cfg.max_pending, n);
         goto out;
     }
-    if ((st = reserve_pending(b, b->npend + n)) != SONA_OK) {
+    if ((st = queue_reserve(tq, dim, tq->n + n, b->cfg.max_pending)) != SONA_OK) {
         st = sona_fail(&b->err, st, "%s: out of memory", call);
         goto out;
     }
     /* Intern every route first so that a failure adds nothing. */
-    int32_t *rid = b->pend_route + b->npend;
+    int32_t *rid = tq->route + tq->n;
     for (uint32_t i = 0; i < n; i++) {
         rid[i] = intern_route(b, routes ? routes[i] : NULL);
         if (rid[i] == -2) {
@@ -291,11 +330,11 @@ sona_status sona_bank_add_batch(sona_bank *b, uint32_t n, const float *emb, cons
             goto out;
         }
     }
-    memcpy(b->pend_emb + (size_t)b->npend * dim, emb, (size_t)n * dim * sizeof *emb);
-    memcpy(b->pend_q + b->npend, qualities, n * sizeof *qualities);
+    memcpy(tq->emb + (size_t)tq->n * dim, emb, (size_t)n * dim * sizeof *emb);
+    memcpy(tq->q + tq->n, qualities, n * sizeof *qualities);
     for (uint32_t i = 0; i < n; i++)
-        b->pend_w[b->npend + i] = weights ? weights[i] : 1.0f;
-    b->npend += n;
+        tq->w[tq->n + i] = weights ? weights[i] : 1.0f;
+    tq->n += n;
     b->stats.trajectories_added += n;
     goto out;
 rejected:
@@ -305,10 +344,10 @@ out:
     return st;
 }
 
-sona_status sona_bank_add(sona_bank *b, const float *embedding, float quality, float weight,
-                          const char *route)
+sona_status sona_bank_add(sona_bank *b, const float *embedding, uint32_t dim, float quality,
+                          float weight, const char *route)
 {
-    return sona_bank_add_batch(b, 1, embedding, &quality, &weight, &route);
+    return sona_bank_add_batch(b, 1, embedding, dim, &quality, &weight, &route);
 }
 
 uint32_t sona_bank_pending(const sona_bank *b)
@@ -316,7 +355,7 @@ uint32_t sona_bank_pending(const sona_bank *b)
     if (!b)
         return 0;
     pthread_mutex_lock((pthread_mutex_t *)&b->lock);
-    const uint32_t n = b->npend;
+    const uint32_t n = b->pend.n;
     pthread_mutex_unlock((pthread_mutex_t *)&b->lock);
     return n;
 }
@@ -478,15 +517,15 @@ typedef struct cluster_sum {
     double quality; /* weighted mean (the plain mean when all weights are 0) */
 } cluster_sum;
 
-static void summarise(const sona_bank *b, uint32_t k, const int32_t *assign, cluster_sum *cs)
+static void summarise(const traj_queue *tq, uint32_t k, const int32_t *assign, cluster_sum *cs)
 {
     memset(cs, 0, k * sizeof *cs);
-    for (uint32_t i = 0; i < b->npend; i++) {
+    for (uint32_t i = 0; i < tq->n; i++) {
         cluster_sum *c = &cs[assign[i]];
         c->size++;
-        c->weight += b->pend_w[i];
-        c->weighted_quality += (double)b->pend_w[i] * b->pend_q[i];
-        c->quality_sum += b->pend_q[i];
+        c->weight += tq->w[i];
+        c->weighted_quality += (double)tq->w[i] * tq->q[i];
+        c->quality_sum += tq->q[i];
     }
     for (uint32_t j = 0; j < k; j++)
         if (cs[j].size)
@@ -512,43 +551,74 @@ static void merge_into(sona_bank *b, uint32_t pos, const float *c, const cluster
     sona_index_update(b->index, p->info.id, pc);
 }
 
+/* Puts the rows of a failed extraction back in the queue, ahead of the ones added meanwhile
+ * (the queue may exceed max_pending for it: nothing is dropped). Called with the lock held. */
+static void give_back(sona_bank *b, traj_queue *taken)
+{
+    if (queue_append(taken, &b->pend, b->cfg.dim) == SONA_OK) {
+        queue_free(&b->pend);
+        b->pend = *taken;
+    } else if (queue_append(&b->pend, taken, b->cfg.dim) == SONA_OK) {
+        queue_free(taken);
+    } else {
+        b->stats.trajectories_lost += taken->n; /* out of memory twice over: counted */
+        queue_free(taken);
+    }
+    *taken = (traj_queue){0};
+}
+
 sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
 {
     if (!b)
         return SONA_E_NULL;
     sona_bank_extract_result r = {0};
+    /* Take the queue and cluster it without the lock, so searches and adds go on meanwhile. */
+    pthread_mutex_lock(&b->extract_lock);
     pthread_mutex_lock(&b->lock);
+    traj_queue taken = b->pend;
+    b->pend = (traj_queue){0};
+    const uint64_t sequence = b->stats.extractions;
+    pthread_mutex_unlock(&b->lock);
+
     sona_status st = SONA_OK;
-    const uint32_t n = b->npend, dim = b->cfg.dim;
+    const uint32_t n = taken.n, dim = b->cfg.dim;
+    const uint32_t k = n < b->cfg.k_clusters ? n : b->cfg.k_clusters;
     float *C = NULL;
     int32_t *assign = NULL, *target = NULL;
     uint32_t *counts = NULL;
     cluster_sum *cs = NULL;
+    sona_kmeans_result kr = {0};
+    if (n) {
+        C = malloc((size_t)k * dim * sizeof *C);
+        assign = malloc(n * sizeof *assign);
+        target = malloc(k * sizeof *target);
+        counts = malloc(k * sizeof *counts);
+        cs = malloc(k * sizeof *cs);
+        if (!C || !assign || !target || !counts || !cs)
+            st = SONA_E_NOMEM;
+    }
+    if (n && st == SONA_OK) {
+        const sona_kmeans_params kp = {.k = k,
+                                       .max_iterations = b->cfg.max_iterations,
+                                       .tolerance = b->cfg.tolerance,
+                                       .trials = b->cfg.seeding_trials,
+                                       .seed = b->cfg.seed ^ (sequence * 0x9e3779b97f4a7c15ull)};
+        st = sona_kmeans(b->be, taken.emb, n, dim, &kp, C, assign, counts, &kr);
+        if (st == SONA_OK)
+            summarise(&taken, k, assign, cs);
+    }
+
+    pthread_mutex_lock(&b->lock);
+    if (st == SONA_OK && n)
+        st = reserve_patterns(b, b->npat + k);
+    if (st != SONA_OK) {
+        give_back(b, &taken);
+        st = sona_fail(&b->err, st, "sona_bank_extract: k-means of %u trajectories on %s: %s", n,
+                       b->be->name, sona_status_str(st));
+        goto out;
+    }
     if (n == 0)
         goto out;
-    const uint32_t k = n < b->cfg.k_clusters ? n : b->cfg.k_clusters;
-    C = malloc((size_t)k * dim * sizeof *C);
-    assign = malloc(n * sizeof *assign);
-    target = malloc(k * sizeof *target);
-    counts = malloc(k * sizeof *counts);
-    cs = malloc(k * sizeof *cs);
-    if (!C || !assign || !target || !counts || !cs ||
-        reserve_patterns(b, b->npat + k) != SONA_OK) {
-        st = sona_fail(&b->err, SONA_E_NOMEM, "sona_bank_extract: out of memory");
-        goto out;
-    }
-    const sona_kmeans_params kp = {.k = k,
-                                   .max_iterations = b->cfg.max_iterations,
-                                   .tolerance = b->cfg.tolerance,
-                                   .seed = b->cfg.seed ^ (b->stats.extractions * 0x9e3779b97f4a7c15ull)};
-    sona_kmeans_result kr;
-    st = sona_kmeans(b->be, b->pend_emb, n, dim, &kp, C, assign, counts, &kr);
-    if (st != SONA_OK) {
-        st = sona_fail(&b->err, st, "sona_bank_extract: k-means on %s failed: %s", b->be->name,
-                       sona_status_str(st));
-        goto out;
-    }
-    summarise(b, k, assign, cs);
 
     /* Commit point: from here the trajectories are consumed. */
     const uint64_t now = now_ms(b);
@@ -593,11 +663,10 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
     }
     for (uint32_t i = 0; i < n; i++) {
         const int32_t t = target[assign[i]];
-        if (t >= 0 && b->pend_route[i] != NO_ROUTE &&
-            add_route_stat(&b->pats[t], (uint32_t)b->pend_route[i], 1, b->pend_q[i]) != 0)
+        if (t >= 0 && taken.route[i] != NO_ROUTE &&
+            add_route_stat(&b->pats[t], (uint32_t)taken.route[i], 1, taken.q[i]) != 0)
             st = sona_fail(&b->err, SONA_E_NOMEM, "sona_bank_extract: route statistics incomplete (out of memory)");
     }
-    b->npend = 0;
     r.trajectories = n;
     r.clusters = k;
     r.iterations = kr.iterations;
@@ -613,6 +682,8 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
 out:
     b->stats.patterns = b->npat;
     pthread_mutex_unlock(&b->lock);
+    pthread_mutex_unlock(&b->extract_lock);
+    queue_free(&taken);
     free(C);
     free(assign);
     free(target);
@@ -625,11 +696,14 @@ out:
 
 /* ---- queries ----------------------------------------------------------------------------- */
 
-sona_status sona_bank_search(sona_bank *b, const float *query, uint32_t k, uint64_t *ids,
-                             float *sims, uint32_t *found)
+sona_status sona_bank_search(sona_bank *b, const float *query, uint32_t dim, uint32_t k,
+                             uint64_t *ids, float *sims, uint32_t *found)
 {
     if (!b)
         return SONA_E_NULL;
+    if (dim != b->cfg.dim)
+        return sona_fail(&b->err, SONA_E_SIZE, "sona_bank_search: query dim %u, the bank's is %u",
+                         dim, b->cfg.dim);
     pthread_mutex_lock(&b->lock);
     sona_status st = sona_index_search_ef(b->index, query, k, b->cfg.index.ef_search, 0, ids,
                                           sims, found);
@@ -754,13 +828,39 @@ sona_status sona_bank_pattern_restore(sona_bank *b, const sona_pattern *p, const
     return st;
 }
 
+sona_status sona_bank_pattern_restore_route(sona_bank *b, uint64_t id, const char *route,
+                                            uint64_t count, float mean_quality)
+{
+    if (!b)
+        return SONA_E_NULL;
+    const char *call = "sona_bank_pattern_restore_route";
+    pthread_mutex_lock(&b->lock);
+    sona_status st = SONA_OK;
+    const uint32_t pos = sona_idmap_get(&b->by_id, id);
+    if (!route) {
+        st = sona_fail(&b->err, SONA_E_NULL, "%s: route is NULL", call);
+    } else if (pos == SONA_IDMAP_EMPTY) {
+        st = sona_fail(&b->err, SONA_E_NOT_FOUND, "%s: no pattern %llu", call, (unsigned long long)id);
+    } else if (count == 0 || !isfinite(mean_quality)) {
+        st = sona_fail(&b->err, count ? SONA_E_NONFINITE : SONA_E_INVALID,
+                       "%s: needs count >= 1 and a finite mean quality", call);
+    } else {
+        const int32_t r = intern_route(b, route);
+        if (r < 0 || add_route_stat(&b->pats[pos], (uint32_t)r, count,
+                                    (double)mean_quality * (double)count) != 0)
+            st = sona_fail(&b->err, SONA_E_NOMEM, "%s: out of memory", call);
+    }
+    pthread_mutex_unlock(&b->lock);
+    return st;
+}
+
 sona_status sona_bank_stats_get(const sona_bank *b, sona_bank_stats *out)
 {
     if (!b || !out)
         return SONA_E_NULL;
     pthread_mutex_lock((pthread_mutex_t *)&b->lock);
     *out = b->stats;
-    out->pending = b->npend;
+    out->pending = b->pend.n;
     out->patterns = b->npat;
     pthread_mutex_unlock((pthread_mutex_t *)&b->lock);
     return SONA_OK;

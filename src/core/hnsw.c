@@ -50,6 +50,7 @@ struct sona_index {
     heap cand_heap, res_heap; /* cap + 1 entries each */
     cand *found;         /* cap + 1: a search's results, best first */
     cand *pick, *shrink; /* M0 + 1: neighbour selection scratch */
+    uint32_t *todo;      /* M0: unvisited neighbours of the node being expanded */
     float *qbuf, *vbuf;  /* stride: normalised query / inserted vector */
     sona_idmap map;      /* live id -> slot */
     sona_rng rng;
@@ -156,6 +157,7 @@ static void free_parts(sona_index *x)
     free(x->found);
     free(x->pick);
     free(x->shrink);
+    free(x->todo);
     free(x->qbuf);
     free(x->vbuf);
     sona_idmap_free(&x->map);
@@ -169,6 +171,14 @@ static void next_visit_generation(sona_index *x)
         memset(x->visited, 0, (size_t)x->cap * sizeof *x->visited);
         x->visit_gen = 1;
     }
+}
+
+/* Asks for every cache line of node n's vector. */
+static inline void prefetch_vec(const sona_index *x, uint32_t n)
+{
+    const char *p = (const char *)vec_at(x, n);
+    for (uint32_t off = 0; off < x->stride * sizeof(float); off += 64)
+        __builtin_prefetch(p + off);
 }
 
 /* Greedy walk on one upper level: moves to the best neighbour until none is better. */
@@ -190,36 +200,45 @@ static uint32_t greedy(sona_index *x, const float *q, uint32_t ep, float *ep_s, 
 }
 
 /* Best-first search of one level from ep with a result set of ef (the paper's SEARCH-LAYER).
- * Deleted nodes are walked through but not kept. Leaves the results in x->found, best first,
- * and returns how many. */
+ * Deleted nodes are walked through; they are kept as results only when keep_dead (insertion:
+ * a new node may link to routing nodes, else it could be cut off from the graph when the nodes
+ * around it are deleted). Leaves the results in x->found, best first, and returns how many. */
 static uint32_t search_layer(sona_index *x, const float *q, uint32_t ep, float ep_s, uint32_t ef,
-                             int level)
+                             int level, int keep_dead)
 {
+    const uint8_t *skip = keep_dead ? NULL : x->dead;
     heap *C = &x->cand_heap, *R = &x->res_heap;
     C->len = R->len = 0;
     next_visit_generation(x);
     const uint32_t gen = x->visit_gen;
     x->visited[ep] = gen;
     heap_push(C, ep_s, ep);
-    if (!x->dead[ep])
+    if (!skip || !skip[ep])
         heap_push(R, -ep_s, ep);
     while (C->len) {
         const cand c = heap_pop(C);
         if (R->len >= ef && c.s < -R->v[0].s)
             break;
+        /* Unvisited neighbours first, so only vectors that will be compared are fetched; the
+         * next one streams in while the current one is compared. */
         const uint32_t *l = links_at(x, c.n, level);
-        const uint32_t nl = l[0];
-        for (uint32_t i = 1; i <= nl; i++)
-            __builtin_prefetch(vec_at(x, l[i]));
-        for (uint32_t i = 1; i <= nl; i++) {
-            const uint32_t nb = l[i];
-            if (x->visited[nb] == gen)
-                continue;
-            x->visited[nb] = gen;
+        uint32_t *todo = x->todo, nt = 0;
+        for (uint32_t i = 1; i <= l[0]; i++) {
+            if (x->visited[l[i]] != gen) {
+                x->visited[l[i]] = gen;
+                todo[nt++] = l[i];
+            }
+        }
+        if (nt)
+            prefetch_vec(x, todo[0]);
+        for (uint32_t t = 0; t < nt; t++) {
+            const uint32_t nb = todo[t];
+            if (t + 1 < nt)
+                prefetch_vec(x, todo[t + 1]);
             const float s = x->dot(q, vec_at(x, nb), x->stride);
             if (R->len < ef || s > -R->v[0].s) {
                 heap_push(C, s, nb);
-                if (!x->dead[nb]) {
+                if (!skip || !skip[nb]) {
                     heap_push(R, -s, nb);
                     if (R->len > ef)
                         heap_pop(R);
@@ -270,6 +289,9 @@ static void link_back(sona_index *x, uint32_t e, uint32_t nn, float s, int level
 {
     uint32_t *l = links_at(x, e, level);
     const uint32_t mmax = level ? x->cfg.M : x->M0;
+    for (uint32_t i = 1; i <= l[0]; i++)
+        if (l[i] == nn)
+            return; /* already linked (a re-linked node) */
     if (l[0] < mmax) {
         l[1 + l[0]++] = nn;
         return;
@@ -291,6 +313,39 @@ static void link_back(sona_index *x, uint32_t e, uint32_t nn, float s, int level
     l[0] = n;
     for (uint32_t i = 0; i < n; i++)
         l[1 + i] = x->pick[i].n;
+}
+
+/* Links node slot (its vector stored) on levels min(level, top)..0, entering at the entry
+ * point: the paper's INSERT minus the slot allocation. Used again to re-link an updated node,
+ * which then finds itself among the candidates and skips itself. */
+static void connect_node(sona_index *x, uint32_t slot, int level)
+{
+    const float *q = vec_at(x, slot);
+    uint32_t ep = x->entry;
+    float ep_s = x->dot(q, vec_at(x, ep), x->stride);
+    for (int l = x->top; l > level; l--)
+        ep = greedy(x, q, ep, &ep_s, l);
+    for (int l = level < x->top ? level : x->top; l >= 0; l--) {
+        const uint32_t nw = search_layer(x, q, ep, ep_s, x->cfg.ef_construction, l, 1);
+        uint32_t m = 0;
+        for (uint32_t i = 0; i < nw; i++)
+            if (x->found[i].n != slot)
+                x->found[m++] = x->found[i];
+        const uint32_t n = select_neighbors(x, x->found, m, x->cfg.M, x->pick);
+        uint32_t *own = links_at(x, slot, l);
+        own[0] = n;
+        for (uint32_t i = 0; i < n; i++)
+            own[1 + i] = x->pick[i].n;
+        /* link_back reuses pick: iterate over the copy in own. */
+        for (uint32_t i = 0; i < n; i++) {
+            const uint32_t e = own[1 + i];
+            link_back(x, e, slot, x->dot(q, vec_at(x, e), x->stride), l);
+        }
+        if (m) {
+            ep = x->found[0].n;
+            ep_s = x->found[0].s;
+        }
+    }
 }
 
 /* ---- insertion -------------------------------------------------------------------------- */
@@ -343,28 +398,7 @@ static sona_status insert_node(sona_index *x, uint64_t id, const float *v, uint6
         x->top = level;
         return SONA_OK;
     }
-    const float *q = vec_at(x, slot);
-    uint32_t ep = x->entry;
-    float ep_s = x->dot(q, vec_at(x, ep), x->stride);
-    for (int l = x->top; l > level; l--)
-        ep = greedy(x, q, ep, &ep_s, l);
-    for (int l = level < x->top ? level : x->top; l >= 0; l--) {
-        const uint32_t nw = search_layer(x, q, ep, ep_s, x->cfg.ef_construction, l);
-        const uint32_t n = select_neighbors(x, x->found, nw, x->cfg.M, x->pick);
-        uint32_t *own = links_at(x, slot, l);
-        own[0] = n;
-        for (uint32_t i = 0; i < n; i++)
-            own[1 + i] = x->pick[i].n;
-        /* link_back reuses pick: iterate over the copy in own. */
-        for (uint32_t i = 0; i < n; i++) {
-            const uint32_t e = own[1 + i];
-            link_back(x, e, slot, x->dot(q, vec_at(x, e), x->stride), l);
-        }
-        if (nw) {
-            ep = x->found[0].n;
-            ep_s = x->found[0].s;
-        }
-    }
+    connect_node(x, slot, level);
     if (level > x->top) {
         x->entry = slot;
         x->top = level;
@@ -380,7 +414,7 @@ void sona_index_config_default(sona_index_config *cfg, uint32_t dim)
         return;
     *cfg = (sona_index_config){.dim = dim,
                                .M = 16,
-                               .ef_construction = 200,
+                               .ef_construction = 100,
                                .ef_search = 50,
                                .initial_capacity = 1024,
                                .seed = 42,
@@ -422,10 +456,11 @@ sona_status sona_index_create(const sona_index_config *cfg, sona_index **out)
     sona_rng_seed(&x->rng, cfg->seed, 0x686e7377ull /* "hnsw" */);
     x->pick = malloc((x->M0 + 1) * sizeof *x->pick);
     x->shrink = malloc((x->M0 + 1) * sizeof *x->shrink);
+    x->todo = malloc(x->M0 * sizeof *x->todo);
     x->qbuf = aligned_alloc(64, x->stride * sizeof(float));
     x->vbuf = aligned_alloc(64, x->stride * sizeof(float));
     const uint32_t cap = cfg->initial_capacity < 16 ? 16 : cfg->initial_capacity;
-    if (!x->pick || !x->shrink || !x->qbuf || !x->vbuf || grow(x, cap) != SONA_OK) {
+    if (!x->pick || !x->shrink || !x->todo || !x->qbuf || !x->vbuf || grow(x, cap) != SONA_OK) {
         free_parts(x);
         free(x);
         return sona_fail(NULL, SONA_E_NOMEM, "sona_index_create: out of memory");
@@ -515,23 +550,18 @@ sona_status sona_index_update(sona_index *x, uint64_t id, const float *vec)
 {
     if (!x)
         return SONA_E_NULL;
-    const uint32_t old = sona_idmap_get(&x->map, id);
-    if (old == SONA_IDMAP_EMPTY)
+    const uint32_t slot = sona_idmap_get(&x->map, id);
+    if (slot == SONA_IDMAP_EMPTY)
         return sona_fail(&x->err, SONA_E_NOT_FOUND, "sona_index_update: no id %llu",
                          (unsigned long long)id);
     sona_status st = prepare(x, "sona_index_update", vec, x->vbuf);
     if (st != SONA_OK)
         return st;
-    /* The old node dies first so the new one does not link to its own former self. */
-    x->dead[old] = 1;
-    x->live--;
-    st = insert_node(x, id, x->vbuf, x->access[old]);
-    if (st != SONA_OK) {
-        x->dead[old] = 0;
-        x->live++;
-        return sona_fail(&x->err, st, "sona_index_update: out of memory");
-    }
-    maybe_compact(x);
+    /* In place: the node keeps its slot, level and access count, and is re-linked from its new
+     * position. Links other nodes hold to it stay; they were chosen for the old position, which
+     * costs a little search efficiency when the vector moves far, never correctness. */
+    memcpy(x->vecs + (size_t)slot * x->stride, x->vbuf, x->stride * sizeof(float));
+    connect_node(x, slot, x->levels[slot]);
     return SONA_OK;
 }
 
@@ -580,7 +610,7 @@ sona_status sona_index_search_ef(sona_index *x, const float *query, uint32_t k, 
     float ep_s = x->dot(q, vec_at(x, ep), x->stride);
     for (int l = x->top; l > 0; l--)
         ep = greedy(x, q, ep, &ep_s, l);
-    const uint32_t n = search_layer(x, q, ep, ep_s, ef > k ? ef : k, 0);
+    const uint32_t n = search_layer(x, q, ep, ep_s, ef > k ? ef : k, 0, 0);
     const uint32_t m = n < k ? n : k;
     for (uint32_t i = 0; i < m; i++) {
         const uint32_t slot = x->found[i].n;

@@ -67,8 +67,10 @@ static sona_status grow(sona_idmap *m)
 
 sona_status sona_idmap_put(sona_idmap *m, uint64_t key, uint32_t val)
 {
-    /* Keep the load at most one half. */
-    if (!m->vals || (uint64_t)(m->count + 1) * 2 > (uint64_t)m->mask + 1) {
+    /* Replacing never allocates (callers rely on it to move entries); a new key keeps the load
+     * at most one half. */
+    if (sona_idmap_get(m, key) == SONA_IDMAP_EMPTY &&
+        (!m->vals || (uint64_t)(m->count + 1) * 2 > (uint64_t)m->mask + 1)) {
         sona_status st = grow(m);
         if (st != SONA_OK)
             return st;

@@ -17,7 +17,8 @@ typedef struct sona_idmap {
 void sona_idmap_free(sona_idmap *m);
 /* The slot of key, or SONA_IDMAP_EMPTY when absent. */
 uint32_t sona_idmap_get(const sona_idmap *m, uint64_t key);
-/* Inserts or replaces; val must not be SONA_IDMAP_EMPTY. SONA_E_NOMEM leaves m unchanged. */
+/* Inserts or replaces; val must not be SONA_IDMAP_EMPTY. Replacing an existing key never
+ * allocates or fails; SONA_E_NOMEM (new key only) leaves m unchanged. */
 sona_status sona_idmap_put(sona_idmap *m, uint64_t key, uint32_t val);
 /* Removes key; returns whether it was there. */
 int sona_idmap_del(sona_idmap *m, uint64_t key);

@@ -2,6 +2,7 @@
 
 #include "core/rng.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,38 +29,53 @@ static uint32_t sample_weighted(sona_rng *rng, const float *w, uint32_t n)
 }
 
 typedef struct scratch {
-    float *dist, *tmp, *sums;
+    float *dist, *tmp, *best, *sums;
     int32_t *tmp_idx, *prev;
 } scratch;
 
-/* dist[i] = min(dist[i], |X_i - c|^2) for one new centre c (the D^2 update of seeding). */
-static sona_status update_min_dist(const sona_backend *be, const float *X, uint32_t n, uint32_t d,
-                                   const float *c, scratch *s)
+/* tmp[i] = |X_i - c|^2 for one candidate centre c. */
+static sona_status dist_to(const sona_backend *be, const float *X, uint32_t n, uint32_t d,
+                           const float *c, scratch *s)
 {
     sona_sqdist_argmin_args a = {.n = n, .k = 1, .d = d, .X = X, .C = c, .idx = s->tmp_idx,
                                  .dist = s->tmp};
-    sona_status st = be->sqdist_argmin(be->ctx, &a);
-    if (st != SONA_OK)
-        return st;
-    for (uint32_t i = 0; i < n; i++)
-        if (s->tmp[i] < s->dist[i])
-            s->dist[i] = s->tmp[i];
-    return SONA_OK;
+    return be->sqdist_argmin(be->ctx, &a);
 }
 
+/* Greedy k-means++ (Arthur & Vassilvitskii's D^2 sampling, with a few sampled candidates per
+ * centre keeping the one that lowers the potential most): plain D^2 sampling often puts two
+ * seeds in one well-separated cluster, a local minimum Lloyd cannot leave. */
 static sona_status seed_plus_plus(const sona_backend *be, const float *X, uint32_t n, uint32_t d,
-                                  uint32_t k, sona_rng *rng, float *C, scratch *s)
+                                  uint32_t k, uint32_t trials, sona_rng *rng, float *C, scratch *s)
 {
+    if (trials == 0)
+        trials = 2 + (uint32_t)log((double)k);
     const uint32_t first = sona_rng_below(rng, n);
     memcpy(C, X + (size_t)first * d, d * sizeof *C);
-    for (uint32_t i = 0; i < n; i++)
-        s->dist[i] = INFINITY;
+    sona_status st = dist_to(be, X, n, d, C, s);
+    if (st != SONA_OK)
+        return st;
+    memcpy(s->dist, s->tmp, (size_t)n * sizeof *s->dist);
     for (uint32_t j = 1; j < k; j++) {
-        sona_status st = update_min_dist(be, X, n, d, C + (size_t)(j - 1) * d, s);
-        if (st != SONA_OK)
-            return st;
-        const uint32_t pick = sample_weighted(rng, s->dist, n);
-        memcpy(C + (size_t)j * d, X + (size_t)pick * d, d * sizeof *C);
+        double best_pot = INFINITY;
+        uint32_t best = 0;
+        for (uint32_t t = 0; t < trials; t++) {
+            const uint32_t cand = sample_weighted(rng, s->dist, n);
+            if ((st = dist_to(be, X, n, d, X + (size_t)cand * d, s)) != SONA_OK)
+                return st;
+            double pot = 0.0;
+            for (uint32_t i = 0; i < n; i++) {
+                s->tmp[i] = s->tmp[i] < s->dist[i] ? s->tmp[i] : s->dist[i];
+                pot += s->tmp[i];
+            }
+            if (pot < best_pot) {
+                best_pot = pot;
+                best = cand;
+                memcpy(s->best, s->tmp, (size_t)n * sizeof *s->best);
+            }
+        }
+        memcpy(C + (size_t)j * d, X + (size_t)best * d, d * sizeof *C);
+        memcpy(s->dist, s->best, (size_t)n * sizeof *s->dist);
     }
     return SONA_OK;
 }
@@ -78,15 +94,16 @@ sona_status sona_kmeans(const sona_backend *be, const float *X, uint32_t n, uint
     memset(res, 0, sizeof *res);
     scratch s = {.dist = malloc((size_t)n * sizeof(float)),
                  .tmp = malloc((size_t)n * sizeof(float)),
+                 .best = malloc((size_t)n * sizeof(float)),
                  .sums = malloc((size_t)k * d * sizeof(float)),
                  .tmp_idx = malloc((size_t)n * sizeof(int32_t)),
                  .prev = malloc((size_t)n * sizeof(int32_t))};
     sona_status st = SONA_E_NOMEM;
-    if (!s.dist || !s.tmp || !s.sums || !s.tmp_idx || !s.prev)
+    if (!s.dist || !s.tmp || !s.best || !s.sums || !s.tmp_idx || !s.prev)
         goto done;
     sona_rng rng;
     sona_rng_seed(&rng, p->seed, 0x6b6d65616e73ull /* "kmeans" */);
-    st = seed_plus_plus(be, X, n, d, k, &rng, C, &s);
+    st = seed_plus_plus(be, X, n, d, k, p->trials, &rng, C, &s);
     if (st != SONA_OK)
         goto done;
 
@@ -151,6 +168,7 @@ sona_status sona_kmeans(const sona_backend *be, const float *X, uint32_t n, uint
 done:
     free(s.dist);
     free(s.tmp);
+    free(s.best);
     free(s.sums);
     free(s.tmp_idx);
     free(s.prev);

@@ -1,4 +1,4 @@
-/* k-means for the ReasoningBank: randomised k-means++ seeding (D^2 sampling) then Lloyd
+/* k-means for the ReasoningBank: randomised greedy k-means++ seeding (D^2 sampling) then Lloyd
  * iterations, with the heavy loops (nearest centre, centroid sums) run by an op table. */
 #ifndef SONA_CORE_KMEANS_H
 #define SONA_CORE_KMEANS_H
@@ -10,6 +10,7 @@ typedef struct sona_kmeans_params {
     uint32_t max_iterations; /* Lloyd iterations at most (>= 1) */
     float tolerance;         /* stop when inertia improves by less than this fraction */
     uint64_t seed;           /* seeds the k-means++ sampling and empty-cluster re-seeding */
+    uint32_t trials;         /* D^2 candidates tried per seeded centre; 0 = 2 + ln k */
 } sona_kmeans_params;
 
 typedef struct sona_kmeans_result {

@@ -1,0 +1,223 @@
+/* Pattern groups of the spec: pattern_extraction (ReasoningBank k-means++ extraction) and
+ * pattern_search (HNSW find_similar), both on the CPU backend the library chose. Search rows
+ * report recall@10 against the exact knn op and the index build time beside the latency, on the
+ * spec's uniform random data and on clustered data (100 centres, N(0,1) coordinates, points with
+ * N(0, 0.5^2) noise), which is what real pattern centroids look like. */
+#include "bench.h"
+
+#include "core/rng.h"
+#include "dispatch/dispatch.h"
+#include "sona/bank.h"
+#include "sona/index.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+/* The harness is written alongside; weak references keep this file linkable without it. */
+#pragma weak bench_measure
+#pragma weak bench_report
+#pragma weak bench_skip
+#pragma weak bench_quick
+
+enum { DIM = 256, QUERY_SETS = 64, RECALL_QUERIES = 100, K = 10 };
+
+static double seconds_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* n rows of DIM: uniform [0, 1) like the spec's rand::random(), or clustered. */
+static float *make_rows(sona_rng *r, uint32_t n, int clustered)
+{
+    float *X = malloc((size_t)n * DIM * sizeof *X);
+    float *centres = clustered ? malloc((size_t)100 * DIM * sizeof *centres) : NULL;
+    if (!X || (clustered && !centres)) {
+        free(X);
+        free(centres);
+        return NULL;
+    }
+    for (size_t i = 0; clustered && i < (size_t)100 * DIM; i++)
+        centres[i] = sona_rng_normal(r);
+    for (uint32_t i = 0; i < n; i++) {
+        float *x = X + (size_t)i * DIM;
+        const float *c = clustered ? centres + (size_t)sona_rng_below(r, 100) * DIM : NULL;
+        for (uint32_t t = 0; t < DIM; t++)
+            x[t] = c ? c[t] + 0.5f * sona_rng_normal(r) : sona_rng_uniform(r);
+    }
+    free(centres);
+    return X;
+}
+
+/* ---- pattern_extraction ------------------------------------------------------------------ */
+
+typedef struct extraction_fixture {
+    sona_bank *bank;
+    uint32_t n;
+    float *X, *quality;
+    sona_bank_extract_result last;
+} extraction_fixture;
+
+/* One extraction of n fresh trajectories: queueing them (a copy) is part of the call, as the
+ * bank consumes what it extracts. */
+static int call_extract(void *arg)
+{
+    extraction_fixture *f = arg;
+    if (sona_bank_add_batch(f->bank, f->n, f->X, DIM, f->quality, NULL, NULL) != SONA_OK)
+        return -1;
+    return sona_bank_extract(f->bank, &f->last) == SONA_OK ? 0 : -1;
+}
+
+static void run_pattern_extraction(bench_ctx *ctx)
+{
+    static const struct {
+        uint32_t n, k;
+        double expected_ms;
+        const char *name;
+    } cases[] = {{100, 10, 12, "100/10"},
+                 {500, 25, 95, "500/25"},
+                 {1000, 50, 380, "1000/50"},
+                 {5000, 100, 2450, "5000/100"}};
+    const char *backend = sona_cpu_backend()->name;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const bench_row row = {.group = "pattern_extraction",
+                               .name = cases[c].name,
+                               .backend = backend,
+                               .target_us = 1000.0 * cases[c].n,  /* < 1 s per 1000 */
+                               .stretch_us = 500.0 * cases[c].n,  /* < 500 ms per 1000 */
+                               .expected_us = 1000.0 * cases[c].expected_ms};
+        extraction_fixture f = {.n = cases[c].n};
+        sona_bank_config cfg;
+        sona_bank_config_default(&cfg, DIM);
+        cfg.k_clusters = cases[c].k;
+        sona_rng r;
+        sona_rng_seed(&r, 0x5eed, cases[c].n);
+        f.X = make_rows(&r, f.n, 0);
+        f.quality = malloc(f.n * sizeof *f.quality);
+        if (!f.X || !f.quality || sona_bank_create(&cfg, &f.bank) != SONA_OK) {
+            bench_skip(ctx, &row, "setup failed (out of memory)");
+        } else {
+            for (uint32_t i = 0; i < f.n; i++)
+                f.quality[i] = sona_rng_uniform(&r);
+            if (bench_measure(ctx, &row, call_extract, &f) == 0)
+                bench_report(ctx, &row, "iterations", f.last.iterations, "");
+        }
+        sona_bank_destroy(f.bank);
+        free(f.X);
+        free(f.quality);
+    }
+}
+
+const bench_group bench_pattern_extraction = {
+    .name = "pattern_extraction",
+    .description = "ReasoningBank extraction: k-means++ seeding, Lloyd, merge into the bank (dim 256)",
+    .run = run_pattern_extraction,
+};
+
+/* ---- pattern_search ---------------------------------------------------------------------- */
+
+typedef struct search_fixture {
+    sona_index *index;
+    float *Q; /* QUERY_SETS queries, rotated */
+    unsigned next;
+} search_fixture;
+
+static int call_search(void *arg)
+{
+    search_fixture *f = arg;
+    uint64_t ids[K];
+    float sims[K];
+    uint32_t found;
+    const float *q = f->Q + (size_t)(f->next++ % QUERY_SETS) * DIM;
+    return sona_index_search(f->index, q, K, ids, sims, &found) == SONA_OK && found == K ? 0 : -1;
+}
+
+/* recall@10 of the index over queries Q[m] against the exact top 10 of P[n]. */
+static double measure_recall(sona_index *index, const float *P, uint32_t n, const float *Q,
+                             uint32_t m)
+{
+    int32_t *idx = malloc((size_t)m * K * sizeof *idx);
+    float *sim = malloc((size_t)m * K * sizeof *sim);
+    const sona_backend *cpu = sona_cpu_backend();
+    sona_knn_exact_args a = {.m = m, .n = n, .d = DIM, .k = K, .Q = Q, .P = P, .idx = idx, .sim = sim};
+    double recall = -1.0;
+    if (idx && sim && cpu->knn_exact(cpu->ctx, &a) == SONA_OK) {
+        uint64_t hits = 0;
+        for (uint32_t q = 0; q < m; q++) {
+            uint64_t ids[K];
+            uint32_t found = 0;
+            sona_index_search_ef(index, Q + (size_t)q * DIM, K, sona_index_get_config(index)->ef_search,
+                                 0, ids, NULL, &found);
+            for (uint32_t i = 0; i < found; i++)
+                for (uint32_t j = 0; j < K; j++)
+                    hits += (int64_t)ids[i] == idx[(size_t)q * K + j];
+        }
+        recall = (double)hits / ((double)m * K);
+    }
+    free(idx);
+    free(sim);
+    return recall;
+}
+
+static void run_pattern_search(bench_ctx *ctx)
+{
+    static const uint32_t sizes[] = {1000, 10000, 100000};
+    static const double expected_us[] = {45, 120, 350};
+    const char *backend = sona_cpu_backend()->name;
+    for (int clustered = 0; clustered <= 1; clustered++) {
+        for (size_t c = 0; c < sizeof sizes / sizeof sizes[0]; c++) {
+            const uint32_t n = sizes[c];
+            char name[48];
+            snprintf(name, sizeof name, "%s%u", clustered ? "clustered/" : "", n);
+            const bench_row row = {.group = "pattern_search",
+                                   .name = name,
+                                   .backend = backend,
+                                   .target_us = 1000.0,
+                                   .stretch_us = 100.0,
+                                   .expected_us = clustered ? 0.0 : expected_us[c]};
+            if (n > 10000 && bench_quick(ctx)) {
+                bench_skip(ctx, &row, "--quick: the 100,000-pattern build takes tens of seconds");
+                continue;
+            }
+            sona_rng r;
+            sona_rng_seed(&r, 0x5eed, n * 2u + (uint32_t)clustered);
+            /* Patterns and queries from one distribution; queries are not indexed. */
+            float *P = make_rows(&r, n + QUERY_SETS + RECALL_QUERIES, clustered);
+            search_fixture f = {0};
+            sona_index_config cfg;
+            sona_index_config_default(&cfg, DIM);
+            cfg.initial_capacity = n;
+            cfg.track_access = 0;
+            if (!P || sona_index_create(&cfg, &f.index) != SONA_OK) {
+                bench_skip(ctx, &row, "setup failed (out of memory)");
+                free(P);
+                continue;
+            }
+            const double t0 = seconds_now();
+            int ok = 1;
+            for (uint32_t i = 0; ok && i < n; i++)
+                ok = sona_index_insert(f.index, i, P + (size_t)i * DIM) == SONA_OK;
+            const double build_s = seconds_now() - t0;
+            f.Q = P + (size_t)n * DIM;
+            if (!ok) {
+                bench_skip(ctx, &row, "index build failed");
+            } else if (bench_measure(ctx, &row, call_search, &f) == 0) {
+                bench_report(ctx, &row, "recall@10",
+                             measure_recall(f.index, P, n, f.Q + (size_t)QUERY_SETS * DIM,
+                                            RECALL_QUERIES),
+                             "");
+                bench_report(ctx, &row, "build", build_s, "s");
+            }
+            sona_index_destroy(f.index);
+            free(P);
+        }
+    }
+}
+
+const bench_group bench_pattern_search = {
+    .name = "pattern_search",
+    .description = "HNSW find_similar, k=10, ef_search 50, dim 256: latency, recall@10, build time",
+    .run = run_pattern_search,
+};

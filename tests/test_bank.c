@@ -1,0 +1,456 @@
+/* The ReasoningBank: extraction finds the clusters, extracting again merges instead of
+ * duplicating, prune and capacity behave, search stays in step with the patterns, and bad
+ * input gets a status and changes nothing. */
+#include <criterion/criterion.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/rng.h"
+#include "support/op_cases.h"
+#include <sona.h>
+
+#define DIM 37
+
+typedef struct fake_clock {
+    uint64_t ms;
+} fake_clock;
+
+static uint64_t read_clock(void *ctx) { return ((fake_clock *)ctx)->ms; }
+
+static sona_bank *make(uint32_t k, fake_clock *clk)
+{
+    sona_bank_config cfg;
+    sona_bank_config_default(&cfg, DIM);
+    cfg.k_clusters = k;
+    cfg.index.ef_construction = 64;
+    cfg.clock_ms = read_clock;
+    cfg.clock_ctx = clk;
+    sona_bank *b = NULL;
+    cr_assert_eq(sona_bank_create(&cfg, &b), SONA_OK, "%s", sona_last_error());
+    return b;
+}
+
+/* n rows around `groups` well-separated random directions; row i belongs to group i % groups. */
+static float *rows(uint64_t seed, uint32_t n, uint32_t groups)
+{
+    sona_rng r;
+    sona_rng_seed(&r, seed, 3);
+    float *c = malloc((size_t)groups * DIM * sizeof *c), *X = malloc((size_t)n * DIM * sizeof *X);
+    for (size_t i = 0; i < (size_t)groups * DIM; i++)
+        c[i] = 10.0f * sona_rng_normal(&r);
+    for (uint32_t i = 0; i < n; i++)
+        for (uint32_t t = 0; t < DIM; t++)
+            X[(size_t)i * DIM + t] = c[(size_t)(i % groups) * DIM + t] + 0.3f * sona_rng_normal(&r);
+    free(c);
+    return X;
+}
+
+static void add_all(sona_bank *b, const float *X, uint32_t n, float quality)
+{
+    float *q = malloc(n * sizeof *q);
+    for (uint32_t i = 0; i < n; i++)
+        q[i] = quality;
+    cr_assert_eq(sona_bank_add_batch(b, n, X, DIM, q, NULL, NULL), SONA_OK, "%s", sona_bank_last_error(b));
+    free(q);
+}
+
+Test(bank, extracting_twice_does_not_duplicate)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[bank] no duplicates seed %" PRIu64 "\n", seed);
+    fake_clock clk = {1000};
+    sona_bank *b = make(5, &clk);
+    const uint32_t n = 203;
+    float *X = rows(seed, n, 5);
+    const char *routes[203];
+    float q[203];
+    for (uint32_t i = 0; i < n; i++) {
+        routes[i] = (i % 2) ? "code" : "math";
+        q[i] = (i % 2) ? 0.8f : 0.4f;
+    }
+    cr_assert_eq(sona_bank_add_batch(b, n, X, DIM, q, NULL, routes), SONA_OK);
+    sona_bank_extract_result res;
+    cr_assert_eq(sona_bank_extract(b, &res), SONA_OK);
+    cr_assert_eq(res.trajectories, n);
+    cr_assert_eq(res.created, 5);
+    cr_assert_eq(sona_bank_pattern_count(b), 5);
+    cr_assert_eq(sona_bank_pending(b), 0);
+    /* Same data again: every cluster merges. */
+    cr_assert_eq(sona_bank_add_batch(b, n, X, DIM, q, NULL, routes), SONA_OK);
+    cr_assert_eq(sona_bank_extract(b, &res), SONA_OK);
+    cr_assert_eq(res.created, 0);
+    cr_assert_eq(res.merged, 5);
+    cr_assert_eq(sona_bank_pattern_count(b), 5);
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < 5; i++) {
+        sona_pattern p;
+        float c[DIM];
+        cr_assert_eq(sona_bank_pattern_at(b, i, &p, c), SONA_OK);
+        total += p.size;
+        cr_assert_float_eq(p.total_weight, (double)p.size, 1e-9);
+        cr_assert_eq(p.route_count, 2);
+        uint64_t rc_sum = 0;
+        for (uint32_t r = 0; r < p.route_count; r++) {
+            const char *name;
+            uint64_t cnt;
+            float mq;
+            cr_assert_eq(sona_bank_pattern_route(b, p.id, r, &name, &cnt, &mq), SONA_OK);
+            cr_assert_float_eq(mq, strcmp(name, "code") ? 0.4f : 0.8f, 1e-6f);
+            rc_sum += cnt;
+        }
+        cr_assert_eq(rc_sum, p.size);
+        /* The pattern's own centroid finds it first. */
+        uint64_t id;
+        float sim;
+        uint32_t found;
+        cr_assert_eq(sona_bank_search(b, c, DIM, 1, &id, &sim, &found), SONA_OK);
+        cr_assert(found == 1 && id == p.id);
+        cr_assert_float_eq(sim, 1.0f, 1e-5f);
+    }
+    cr_assert_eq(total, 2 * n);
+    sona_bank_stats st;
+    cr_assert_eq(sona_bank_stats_get(b, &st), SONA_OK);
+    cr_assert_eq(st.trajectories_added, 2 * n);
+    cr_assert_eq(st.extractions, 2);
+    cr_assert_eq(st.patterns_created, 5);
+    cr_assert_eq(st.patterns_merged, 5);
+    cr_assert_eq(st.searches, 5);
+    free(X);
+    sona_bank_destroy(b);
+}
+
+Test(bank, prune_low_quality_and_stale)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[bank] prune seed %" PRIu64 "\n", seed);
+    fake_clock clk = {5000};
+    sona_bank_config cfg;
+    sona_bank_config_default(&cfg, DIM);
+    cfg.k_clusters = 4;
+    cfg.min_quality = 0.5f;
+    cfg.stale_after_ms = 1000;
+    cfg.clock_ms = read_clock;
+    cfg.clock_ctx = &clk;
+    sona_bank *b = NULL;
+    cr_assert_eq(sona_bank_create(&cfg, &b), SONA_OK);
+    const uint32_t n = 40;
+    float *X = rows(seed, n, 4);
+    float q[40];
+    for (uint32_t i = 0; i < n; i++)
+        q[i] = (i % 4 == 3) ? 0.1f : 0.9f; /* group 3 is poor */
+    cr_assert_eq(sona_bank_add_batch(b, n, X, DIM, q, NULL, NULL), SONA_OK);
+    sona_bank_extract_result res;
+    cr_assert_eq(sona_bank_extract(b, &res), SONA_OK);
+    cr_assert_eq(res.created, 4);
+    cr_assert_eq(res.pruned, 1);
+    cr_assert_eq(sona_bank_pattern_count(b), 3);
+    /* The poor group's direction now finds only good patterns. */
+    uint64_t ids[4];
+    float sims[4];
+    uint32_t found;
+    cr_assert_eq(sona_bank_search(b, X + 3 * DIM, DIM, 4, ids, sims, &found), SONA_OK);
+    cr_assert_eq(found, 3);
+    for (uint32_t i = 0; i < found; i++) {
+        sona_pattern p;
+        cr_assert_eq(sona_bank_pattern_get(b, ids[i], &p, NULL), SONA_OK);
+        cr_assert_gt(p.avg_quality, 0.5f);
+    }
+    /* Time passes; searching group 0 keeps its pattern fresh, the others go stale. */
+    clk.ms += 800;
+    cr_assert_eq(sona_bank_search(b, X, DIM, 1, ids, sims, &found), SONA_OK);
+    const uint64_t kept = ids[0];
+    clk.ms += 800;
+    uint32_t removed;
+    cr_assert_eq(sona_bank_prune(b, &removed), SONA_OK);
+    cr_assert_eq(removed, 2);
+    cr_assert_eq(sona_bank_pattern_count(b), 1);
+    sona_pattern p;
+    cr_assert_eq(sona_bank_pattern_get(b, kept, &p, NULL), SONA_OK);
+    cr_assert_eq(p.access_count, 2);
+    cr_assert_eq(p.last_access_ms, 5800);
+    cr_assert_eq(sona_bank_search(b, X + DIM, DIM, 4, ids, sims, &found), SONA_OK);
+    cr_assert(found == 1 && ids[0] == kept, "pruned patterns still searchable");
+    sona_bank_stats st;
+    sona_bank_stats_get(b, &st);
+    cr_assert_eq(st.patterns_pruned_quality, 1);
+    cr_assert_eq(st.patterns_pruned_stale, 2);
+    free(X);
+    sona_bank_destroy(b);
+}
+
+Test(bank, capacity_evicts_lowest_value)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[bank] capacity seed %" PRIu64 "\n", seed);
+    fake_clock clk = {0};
+    sona_bank_config cfg;
+    sona_bank_config_default(&cfg, DIM);
+    cfg.k_clusters = 6;
+    cfg.capacity = 4;
+    cfg.clock_ms = read_clock;
+    cfg.clock_ctx = &clk;
+    sona_bank *b = NULL;
+    cr_assert_eq(sona_bank_create(&cfg, &b), SONA_OK);
+    const uint32_t n = 60;
+    float *X = rows(seed, n, 6);
+    float q[60];
+    for (uint32_t i = 0; i < n; i++)
+        q[i] = 0.1f + 0.15f * (float)(i % 6); /* group g has quality 0.1 + 0.15 g */
+    cr_assert_eq(sona_bank_add_batch(b, n, X, DIM, q, NULL, NULL), SONA_OK);
+    sona_bank_extract_result res;
+    cr_assert_eq(sona_bank_extract(b, &res), SONA_OK);
+    cr_assert_eq(res.created, 6);
+    cr_assert_eq(res.evicted, 2);
+    cr_assert_eq(sona_bank_pattern_count(b), 4);
+    for (uint32_t i = 0; i < 4; i++) {
+        sona_pattern p;
+        cr_assert_eq(sona_bank_pattern_at(b, i, &p, NULL), SONA_OK);
+        cr_assert_gt(p.avg_quality, 0.35f, "a low-value pattern survived eviction");
+    }
+    free(X);
+    sona_bank_destroy(b);
+}
+
+Test(bank, bad_input_changes_nothing)
+{
+    fake_clock clk = {0};
+    sona_bank *b = make(3, &clk);
+    float v[DIM], bad[DIM];
+    for (uint32_t t = 0; t < DIM; t++)
+        v[t] = bad[t] = (float)t + 1.0f;
+    bad[DIM - 2] = NAN;
+    cr_assert_eq(sona_bank_add(b, v, DIM, 0.5f, 1.0f, "r"), SONA_OK);
+    cr_assert_eq(sona_bank_add(b, bad, DIM, 0.5f, 1.0f, NULL), SONA_E_NONFINITE);
+    cr_assert_eq(sona_bank_add(b, v, DIM, NAN, 1.0f, NULL), SONA_E_NONFINITE);
+    cr_assert_eq(sona_bank_add(b, v, DIM, 0.5f, -1.0f, NULL), SONA_E_INVALID);
+    cr_assert_eq(sona_bank_add(b, NULL, DIM, 0.5f, 1.0f, NULL), SONA_E_NULL);
+    float zero[DIM] = {0};
+    cr_assert_eq(sona_bank_add(b, zero, DIM, 0.5f, 1.0f, NULL), SONA_E_INVALID);
+    cr_assert_eq(sona_bank_add(b, v, DIM - 1, 0.5f, 1.0f, NULL), SONA_E_SIZE);
+    /* A batch with one bad row adds nothing. */
+    float two[2 * DIM], q2[2] = {0.5f, 0.5f};
+    memcpy(two, v, sizeof v);
+    memcpy(two + DIM, bad, sizeof bad);
+    cr_assert_eq(sona_bank_add_batch(b, 2, two, DIM, q2, NULL, NULL), SONA_E_NONFINITE);
+    cr_assert_eq(sona_bank_pending(b), 1);
+    sona_bank_stats st;
+    sona_bank_stats_get(b, &st);
+    cr_assert_eq(st.trajectories_added, 1);
+    cr_assert_eq(st.trajectories_rejected, 8);
+    cr_assert_neq(sona_bank_last_error(b)[0], '\0');
+    uint64_t id;
+    uint32_t found;
+    cr_assert_eq(sona_bank_search(b, bad, DIM, 1, &id, NULL, &found), SONA_E_NONFINITE);
+    cr_assert_eq(sona_bank_search(b, v, DIM + 1, 1, &id, NULL, &found), SONA_E_SIZE);
+    cr_assert_eq(sona_bank_extract(NULL, NULL), SONA_E_NULL);
+    sona_pattern p = {.id = 0};
+    cr_assert_eq(sona_bank_pattern_restore(b, &p, v), SONA_E_STATE);
+    p.id = 99;
+    cr_assert_eq(sona_bank_pattern_restore(b, &p, bad), SONA_E_NONFINITE);
+    cr_assert_eq(sona_bank_pattern_count(b), 0);
+    sona_bank_config cfg;
+    sona_bank_config_default(&cfg, 0);
+    sona_bank *none = (sona_bank *)1;
+    cr_assert_eq(sona_bank_create(&cfg, &none), SONA_E_INVALID);
+    cr_assert_null(none);
+    sona_bank_destroy(NULL);
+    sona_bank_destroy(b);
+}
+
+Test(bank, pending_is_bounded)
+{
+    fake_clock clk = {0};
+    sona_bank_config cfg;
+    sona_bank_config_default(&cfg, DIM);
+    cfg.max_pending = 3;
+    sona_bank *b = NULL;
+    cr_assert_eq(sona_bank_create(&cfg, &b), SONA_OK);
+    (void)clk;
+    float *X = rows(1, 4, 2);
+    float q[4] = {1, 1, 1, 1};
+    cr_assert_eq(sona_bank_add_batch(b, 4, X, DIM, q, NULL, NULL), SONA_E_FULL);
+    cr_assert_eq(sona_bank_add_batch(b, 3, X, DIM, q, NULL, NULL), SONA_OK);
+    cr_assert_eq(sona_bank_add(b, X, DIM, 1, 1, NULL), SONA_E_FULL);
+    sona_bank_stats st;
+    sona_bank_stats_get(b, &st);
+    cr_assert_eq(st.trajectories_refused_full, 5);
+    cr_assert_eq(st.pending, 3);
+    cr_assert_eq(sona_bank_extract(b, NULL), SONA_OK);
+    cr_assert_eq(sona_bank_add(b, X, DIM, 1, 1, NULL), SONA_OK);
+    free(X);
+    sona_bank_destroy(b);
+}
+
+Test(bank, trajectory_embedding_helper)
+{
+    const uint32_t d = 4;
+    const float query[4] = {2, 0, 0, 0};
+    const float act[3 * 4] = {0, 1, 0, 0, 0, 0, 1, 0, 0, 5, 0, 0};
+    const float rewards[3] = {1, 0, 0}, none[3] = {0, 0, 0};
+    float out[4];
+    /* unit(query) + unit(1 * a0) = (1, 1, 0, 0) -> normalised. */
+    cr_assert_eq(sona_bank_trajectory_embedding(d, query, 3, act, rewards, out), SONA_OK);
+    cr_assert_float_eq(out[0], 0.70710678f, 1e-6f);
+    cr_assert_float_eq(out[1], 0.70710678f, 1e-6f);
+    cr_assert_float_eq(out[2], 0.0f, 1e-6f);
+    /* No reward at all: the plain mean (0, 6, 1, 0)/3 direction. */
+    cr_assert_eq(sona_bank_trajectory_embedding(d, NULL, 3, act, none, out), SONA_OK);
+    cr_assert_float_eq(out[1] / out[2], 6.0f, 1e-5f);
+    float nan_q[4] = {NAN, 0, 0, 0};
+    cr_assert_eq(sona_bank_trajectory_embedding(d, nan_q, 3, act, rewards, out), SONA_E_NONFINITE);
+    cr_assert_eq(sona_bank_trajectory_embedding(d, NULL, 0, NULL, NULL, out), SONA_E_INVALID);
+    const float zero[4] = {0};
+    cr_assert_eq(sona_bank_trajectory_embedding(d, zero, 0, NULL, NULL, out), SONA_E_INVALID);
+}
+
+Test(bank, restore_and_neighbors)
+{
+    fake_clock clk = {0};
+    sona_bank *b = make(3, &clk);
+    float c[DIM];
+    for (uint32_t i = 0; i < 5; i++) {
+        for (uint32_t t = 0; t < DIM; t++)
+            c[t] = (t == i) ? 1.0f : 0.1f;
+        sona_pattern p = {.id = 10 + i, .size = 3, .total_weight = 3, .avg_quality = 0.7f,
+                          .access_count = i, .created_ms = 1, .last_access_ms = 2};
+        cr_assert_eq(sona_bank_pattern_restore(b, &p, c), SONA_OK);
+    }
+    sona_pattern p;
+    cr_assert_eq(sona_bank_pattern_get(b, 13, &p, NULL), SONA_OK);
+    cr_assert_eq(p.access_count, 3);
+    cr_assert_eq(p.route_count, 0);
+    cr_assert_eq(sona_bank_pattern_restore_route(b, 13, "chat", 4, 0.25f), SONA_OK);
+    cr_assert_eq(sona_bank_pattern_restore_route(b, 13, "chat", 4, 0.75f), SONA_OK);
+    cr_assert_eq(sona_bank_pattern_restore_route(b, 13, "chat", 0, 0.75f), SONA_E_INVALID);
+    cr_assert_eq(sona_bank_pattern_restore_route(b, 99, "chat", 1, 0.75f), SONA_E_NOT_FOUND);
+    const char *name;
+    uint64_t cnt;
+    float mq;
+    cr_assert_eq(sona_bank_pattern_route(b, 13, 0, &name, &cnt, &mq), SONA_OK);
+    cr_assert_str_eq(name, "chat");
+    cr_assert_eq(cnt, 8);
+    cr_assert_float_eq(mq, 0.5f, 1e-6f);
+    cr_assert_eq(sona_bank_pattern_route(b, 13, 1, &name, &cnt, &mq), SONA_E_INVALID);
+    uint64_t nb[32];
+    uint32_t n;
+    cr_assert_eq(sona_bank_neighbors(b, 12, nb, 32, &n), SONA_OK);
+    cr_assert(n >= 1 && n <= 4);
+    for (uint32_t i = 0; i < n; i++)
+        cr_assert(nb[i] >= 10 && nb[i] <= 14 && nb[i] != 12);
+    cr_assert_eq(sona_bank_neighbors(b, 99, nb, 32, &n), SONA_E_NOT_FOUND);
+    /* New patterns get ids above the restored ones. */
+    float *X = rows(3, 9, 3);
+    add_all(b, X, 9, 0.5f);
+    cr_assert_eq(sona_bank_extract(b, NULL), SONA_OK);
+    for (uint32_t i = 0; i < sona_bank_pattern_count(b); i++) {
+        cr_assert_eq(sona_bank_pattern_at(b, i, &p, NULL), SONA_OK);
+        cr_assert(p.id >= 10 && p.id != 0);
+        if (p.id >= 15)
+            cr_assert_eq(p.size, 3);
+    }
+    free(X);
+    sona_bank_destroy(b);
+}
+
+/* Clusters that are all alike (cosine above the threshold) collapse into one pattern within a
+ * single extraction, and the merged pattern stays searchable. */
+Test(bank, similar_clusters_merge_within_one_extraction)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[bank] merge within extraction seed %" PRIu64 "\n", seed);
+    fake_clock clk = {0};
+    sona_bank *b = make(12, &clk);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 5);
+    const uint32_t n = 121;
+    float *X = malloc((size_t)n * DIM * sizeof *X);
+    for (size_t i = 0; i < (size_t)n * DIM; i++)
+        X[i] = 5.0f + sona_rng_uniform(&r); /* every direction within cosine 0.99 of (1,...,1) */
+    add_all(b, X, n, 0.6f);
+    sona_bank_extract_result res;
+    cr_assert_eq(sona_bank_extract(b, &res), SONA_OK);
+    cr_assert_eq(res.created, 1);
+    cr_assert_eq(res.merged, 11);
+    sona_pattern p;
+    float c[DIM];
+    cr_assert_eq(sona_bank_pattern_at(b, 0, &p, c), SONA_OK);
+    cr_assert_eq(p.size, n);
+    cr_assert_float_eq(p.avg_quality, 0.6f, 1e-6f);
+    uint64_t id;
+    uint32_t found;
+    cr_assert_eq(sona_bank_search(b, X, DIM, 1, &id, NULL, &found), SONA_OK);
+    cr_assert(found == 1 && id == p.id);
+    free(X);
+    sona_bank_destroy(b);
+}
+
+/* Adds and searches from several threads while extractions run: nothing is lost or counted
+ * twice (every added trajectory ends up in exactly one pattern's size). */
+typedef struct worker {
+    sona_bank *bank;
+    const float *X;
+    uint32_t first, count;
+    int searches;
+} worker;
+
+static void *adder(void *arg)
+{
+    worker *w = arg;
+    float q[10];
+    for (uint32_t i = 0; i < 10; i++)
+        q[i] = 0.5f;
+    for (uint32_t i = w->first; i < w->first + w->count; i += 10)
+        cr_assert_eq(sona_bank_add_batch(w->bank, 10, w->X + (size_t)i * DIM, DIM, q, NULL, NULL), SONA_OK);
+    return NULL;
+}
+
+static void *searcher(void *arg)
+{
+    worker *w = arg;
+    for (int i = 0; i < w->searches; i++) {
+        uint64_t ids[3];
+        uint32_t found;
+        cr_assert_eq(sona_bank_search(w->bank, w->X + (size_t)(i % 50) * DIM, DIM, 3, ids, NULL, &found),
+                     SONA_OK);
+    }
+    return NULL;
+}
+
+Test(bank, concurrent_adds_searches_and_extractions)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[bank] concurrency seed %" PRIu64 "\n", seed);
+    fake_clock clk = {0};
+    sona_bank *b = make(4, &clk);
+    const uint32_t n = 1200;
+    float *X = rows(seed, n, 4);
+    worker w[3] = {{b, X, 0, 600, 0}, {b, X, 600, 600, 0}, {b, X, 0, 0, 300}};
+    pthread_t t[3];
+    cr_assert_eq(pthread_create(&t[0], NULL, adder, &w[0]), 0);
+    cr_assert_eq(pthread_create(&t[1], NULL, adder, &w[1]), 0);
+    cr_assert_eq(pthread_create(&t[2], NULL, searcher, &w[2]), 0);
+    for (int i = 0; i < 20; i++)
+        cr_assert_eq(sona_bank_extract(b, NULL), SONA_OK);
+    for (int i = 0; i < 3; i++)
+        pthread_join(t[i], NULL);
+    cr_assert_eq(sona_bank_extract(b, NULL), SONA_OK);
+    sona_bank_stats st;
+    cr_assert_eq(sona_bank_stats_get(b, &st), SONA_OK);
+    cr_assert_eq(st.trajectories_added, n);
+    cr_assert_eq(st.pending, 0);
+    cr_assert_eq(st.searches, 300);
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < st.patterns; i++) {
+        sona_pattern p;
+        cr_assert_eq(sona_bank_pattern_at(b, i, &p, NULL), SONA_OK);
+        total += p.size;
+    }
+    cr_assert_eq(total, n, "pattern sizes add up to %" PRIu64 " of %u trajectories", total, n);
+    cr_assert_eq(st.patterns, 4);
+    free(X);
+    sona_bank_destroy(b);
+}

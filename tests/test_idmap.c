@@ -1,0 +1,47 @@
+/* The id -> slot hash map behind the index and the bank: random inserts, replacements and
+ * deletions (backward-shift deletion included) against a plain array. */
+#include <criterion/criterion.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/idmap.h"
+#include "core/rng.h"
+#include "support/op_cases.h"
+
+Test(idmap, matches_a_reference_under_random_operations)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[idmap] random operations seed %" PRIu64 "\n", seed);
+    enum { KEYS = 3001 };
+    static uint32_t ref[KEYS];
+    for (uint32_t i = 0; i < KEYS; i++)
+        ref[i] = SONA_IDMAP_EMPTY;
+    sona_rng r;
+    sona_rng_seed(&r, seed, 0);
+    sona_idmap m = {0};
+    uint32_t live = 0;
+    cr_assert_eq(sona_idmap_get(&m, 5), SONA_IDMAP_EMPTY);
+    cr_assert_eq(sona_idmap_del(&m, 5), 0);
+    for (uint32_t step = 0; step < 60000; step++) {
+        /* Keys spread far apart in the 64-bit space, and biased towards growth then churn. */
+        const uint32_t k = sona_rng_below(&r, KEYS);
+        const uint64_t key = (uint64_t)k * 0x9e3779b97f4a7c15ull;
+        if (sona_rng_below(&r, 3) != 0 || step < 2000) {
+            const uint32_t val = sona_rng_below(&r, 1u << 30);
+            cr_assert_eq(sona_idmap_put(&m, key, val), SONA_OK);
+            live += ref[k] == SONA_IDMAP_EMPTY;
+            ref[k] = val;
+        } else {
+            cr_assert_eq(sona_idmap_del(&m, key), ref[k] != SONA_IDMAP_EMPTY);
+            live -= ref[k] != SONA_IDMAP_EMPTY;
+            ref[k] = SONA_IDMAP_EMPTY;
+        }
+        cr_assert_eq(m.count, live);
+        if (step % 1000 == 0)
+            for (uint32_t i = 0; i < KEYS; i++)
+                cr_assert_eq(sona_idmap_get(&m, (uint64_t)i * 0x9e3779b97f4a7c15ull), ref[i],
+                             "step %u key %u", step, i);
+    }
+    sona_idmap_free(&m);
+}

@@ -1,0 +1,320 @@
+/* The HNSW pattern index: recall against the exact knn op, deletions and updates, neighbour
+ * lists, determinism for a seed, and bad input refused without change. */
+#include <criterion/criterion.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/rng.h"
+#include "core/vecmath.h"
+#include "cpu/vec.h"
+#include "dispatch/dispatch.h"
+#include "support/op_cases.h"
+#include <sona.h>
+
+/* n points around 100 centres drawn from N(0,1) per coordinate, noise N(0, 0.5^2). */
+static float *clustered(sona_rng *r, uint32_t n, uint32_t d)
+{
+    float *centres = malloc((size_t)100 * d * sizeof *centres);
+    float *X = malloc((size_t)n * d * sizeof *X);
+    for (size_t i = 0; i < (size_t)100 * d; i++)
+        centres[i] = sona_rng_normal(r);
+    for (uint32_t i = 0; i < n; i++) {
+        const float *c = centres + (size_t)sona_rng_below(r, 100) * d;
+        for (uint32_t t = 0; t < d; t++)
+            X[(size_t)i * d + t] = c[t] + 0.5f * sona_rng_normal(r);
+    }
+    free(centres);
+    return X;
+}
+
+static sona_index *make(uint32_t d, uint32_t efc, uint64_t seed)
+{
+    sona_index_config cfg;
+    sona_index_config_default(&cfg, d);
+    cfg.ef_construction = efc;
+    cfg.seed = seed;
+    sona_index *x = NULL;
+    cr_assert_eq(sona_index_create(&cfg, &x), SONA_OK, "%s", sona_last_error());
+    return x;
+}
+
+Test(index, recall_at_10_against_exact_knn, .timeout = 300)
+{
+    const uint64_t seed = op_test_seed();
+    const uint32_t n = 10000, d = 256, nq = 100, k = 10;
+    printf("[index] recall n=%u d=%u seed %" PRIu64 "\n", n, d, seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 0);
+    float *P = clustered(&r, n + nq, d);
+    const float *Q = P + (size_t)n * d; /* queries from the same distribution, not indexed */
+    /* ef_construction 64 (default 200) keeps the build near half a second in Release and
+     * about 15 s under ASan; recall at ef_search 50 is the property under test. */
+    sona_index *x = make(d, 64, seed);
+    for (uint32_t i = 0; i < n; i++)
+        cr_assert_eq(sona_index_insert(x, i, P + (size_t)i * d), SONA_OK);
+    cr_assert_eq(sona_index_size(x), n);
+    int32_t *eidx = malloc((size_t)nq * k * sizeof *eidx);
+    float *esim = malloc((size_t)nq * k * sizeof *esim);
+    sona_knn_exact_args a = {.m = nq, .n = n, .d = d, .k = k, .Q = Q, .P = P, .idx = eidx, .sim = esim};
+    const sona_backend *cpu = sona_cpu_backend();
+    cr_assert_eq(cpu->knn_exact(cpu->ctx, &a), SONA_OK);
+    uint32_t hits = 0;
+    for (uint32_t q = 0; q < nq; q++) {
+        uint64_t ids[10];
+        float sims[10];
+        uint32_t found;
+        cr_assert_eq(sona_index_search(x, Q + (size_t)q * d, k, ids, sims, &found), SONA_OK);
+        cr_assert_eq(found, k);
+        for (uint32_t i = 0; i < k; i++) {
+            if (i)
+                cr_assert_geq(sims[i - 1], sims[i], "results not best first");
+            for (uint32_t j = 0; j < k; j++)
+                hits += (int64_t)ids[i] == eidx[q * k + j];
+        }
+        /* The best similarity agrees with the exact one when the best id does. */
+        if ((int64_t)ids[0] == eidx[q * k])
+            cr_assert_float_eq(sims[0], esim[q * k], 1e-4f);
+    }
+    const double recall = (double)hits / (nq * k);
+    printf("[index] recall@10 %.4f at ef_search 50\n", recall);
+    cr_assert_geq(recall, 0.95, "recall@10 %.4f < 0.95 (seed %" PRIu64 ")", recall, seed);
+    free(eidx);
+    free(esim);
+    free(P);
+    sona_index_destroy(x);
+}
+
+/* Exact check helper: searching with ef >= n on a small index returns the exact top k. */
+Test(index, removed_ids_never_returned)
+{
+    const uint64_t seed = op_test_seed();
+    const uint32_t n = 601, d = 19;
+    printf("[index] removal seed %" PRIu64 "\n", seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 0);
+    float *P = clustered(&r, n, d);
+    sona_index *x = make(d, 64, seed);
+    for (uint32_t i = 0; i < n; i++)
+        cr_assert_eq(sona_index_insert(x, i, P + (size_t)i * d), SONA_OK);
+    /* Remove every third id, then more than half (forces a rebuild on the way). */
+    uint32_t removed = 0;
+    for (uint32_t i = 0; i < n; i += 3, removed++)
+        cr_assert_eq(sona_index_remove(x, i), SONA_OK);
+    cr_assert_eq(sona_index_remove(x, 0), SONA_E_NOT_FOUND);
+    for (int round = 0; round < 2; round++) {
+        for (uint32_t q = 0; q < n; q += 7) {
+            uint64_t ids[20];
+            uint32_t found;
+            cr_assert_eq(sona_index_search(x, P + (size_t)q * d, 20, ids, NULL, &found), SONA_OK);
+            cr_assert_eq(found, 20);
+            for (uint32_t i = 0; i < found; i++) {
+                cr_assert_neq(ids[i] % 3, 0, "removed id %" PRIu64 " returned", ids[i]);
+                if (round)
+                    cr_assert_lt(ids[i] % 3, 2, "removed id %" PRIu64 " returned", ids[i]);
+            }
+            uint64_t nb[64];
+            uint32_t nn;
+            if (q % 3 != 0 && (!round || q % 3 != 2)) {
+                cr_assert_eq(sona_index_neighbors(x, q, nb, 64, &nn), SONA_OK);
+                cr_assert_gt(nn, 0);
+                for (uint32_t i = 0; i < nn; i++)
+                    cr_assert(nb[i] % 3 == 1 || (!round && nb[i] % 3 == 2));
+            }
+        }
+        if (!round) /* now remove the ids = 2 mod 3 too: more than half the nodes are dead */
+            for (uint32_t i = 2; i < n; i += 3, removed++)
+                cr_assert_eq(sona_index_remove(x, i), SONA_OK);
+    }
+    cr_assert_eq(sona_index_size(x), n - removed);
+    /* Removing everything leaves an empty, working index. */
+    for (uint32_t i = 1; i < n; i += 3)
+        cr_assert_eq(sona_index_remove(x, i), SONA_OK);
+    uint64_t id;
+    uint32_t found = 9;
+    cr_assert_eq(sona_index_search(x, P, 1, &id, NULL, &found), SONA_OK);
+    cr_assert_eq(found, 0);
+    cr_assert_eq(sona_index_insert(x, 5, P), SONA_OK);
+    cr_assert_eq(sona_index_search(x, P, 1, &id, NULL, &found), SONA_OK);
+    cr_assert(found == 1 && id == 5);
+    free(P);
+    sona_index_destroy(x);
+}
+
+Test(index, update_moves_a_vector)
+{
+    const uint64_t seed = op_test_seed();
+    const uint32_t n = 300, d = 33;
+    printf("[index] update seed %" PRIu64 "\n", seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 0);
+    float *P = clustered(&r, n, d);
+    sona_index *x = make(d, 64, seed);
+    for (uint32_t i = 0; i < n; i++)
+        cr_assert_eq(sona_index_insert(x, 1000 + i, P + (size_t)i * d), SONA_OK);
+    uint64_t ids[5];
+    float sims[5];
+    uint32_t found;
+    /* Move id 1000 onto point 77's direction (scaled: cosine ignores the norm). */
+    float *target = malloc(d * sizeof *target);
+    for (uint32_t t = 0; t < d; t++)
+        target[t] = 3.0f * P[77 * d + t];
+    cr_assert_eq(sona_index_search(x, target, 1, ids, sims, &found), SONA_OK);
+    cr_assert_eq(ids[0], 1077);
+    uint64_t before;
+    cr_assert_eq(sona_index_access_count(x, 1000, &before), SONA_OK);
+    cr_assert_eq(sona_index_update(x, 1000, target), SONA_OK);
+    cr_assert_eq(sona_index_size(x), n);
+    cr_assert_eq(sona_index_search(x, target, 2, ids, sims, &found), SONA_OK);
+    cr_assert(ids[0] == 1000 || ids[1] == 1000, "updated id not found at its new place");
+    cr_assert_float_eq(sims[0], 1.0f, 1e-5f);
+    /* Its old place no longer finds it as an exact match: wherever 1000 shows up, its
+     * similarity is that of the new vector. */
+    const double new_cos = sona_dot_scalar(P, target, d) /
+                           sqrt((double)sona_dot_scalar(P, P, d) * sona_dot_scalar(target, target, d));
+    cr_assert_eq(sona_index_search(x, P, 5, ids, sims, &found), SONA_OK);
+    for (uint32_t i = 0; i < found; i++)
+        if (ids[i] == 1000)
+            cr_assert_float_eq(sims[i], new_cos, 1e-4, "old vector of 1000 still indexed");
+    float *stored = malloc(d * sizeof *stored);
+    cr_assert_eq(sona_index_get_vector(x, 1000, stored), SONA_OK);
+    double dotp = 0;
+    for (uint32_t t = 0; t < d; t++)
+        dotp += (double)stored[t] * target[t];
+    cr_assert_float_eq(dotp / (3.0 * sqrt(sona_dot_scalar(P + 77 * d, P + 77 * d, d))), 1.0, 1e-4);
+    uint64_t after;
+    cr_assert_eq(sona_index_access_count(x, 1000, &after), SONA_OK);
+    cr_assert_geq(after, before + 1, "access count lost or not counted");
+    cr_assert_eq(sona_index_update(x, 5, target), SONA_E_NOT_FOUND);
+    free(stored);
+    free(target);
+    free(P);
+    sona_index_destroy(x);
+}
+
+Test(index, same_seed_same_graph)
+{
+    const uint32_t n = 400, d = 24;
+    sona_rng r;
+    sona_rng_seed(&r, 11, 0);
+    float *P = clustered(&r, n, d);
+    sona_index *a = make(d, 40, 9), *b = make(d, 40, 9);
+    for (uint32_t i = 0; i < n; i++) {
+        cr_assert_eq(sona_index_insert(a, i, P + (size_t)i * d), SONA_OK);
+        cr_assert_eq(sona_index_insert(b, i, P + (size_t)i * d), SONA_OK);
+    }
+    for (uint32_t i = 0; i < n; i += 13) {
+        uint64_t na[64], nb[64];
+        uint32_t ca, cb;
+        cr_assert_eq(sona_index_neighbors(a, i, na, 64, &ca), SONA_OK);
+        cr_assert_eq(sona_index_neighbors(b, i, nb, 64, &cb), SONA_OK);
+        cr_assert_eq(ca, cb);
+        cr_assert_eq(memcmp(na, nb, ca * sizeof *na), 0);
+        cr_assert_leq(ca, 2 * 16);
+    }
+    free(P);
+    sona_index_destroy(a);
+    sona_index_destroy(b);
+}
+
+Test(index, bad_input_changes_nothing)
+{
+    const uint32_t d = 5;
+    sona_index *x = make(d, 16, 1);
+    const float v[5] = {1, 2, 3, 4, 5}, zero[5] = {0};
+    float nan_v[5] = {1, 2, NAN, 4, 5};
+    cr_assert_eq(sona_index_insert(x, 1, v), SONA_OK);
+    cr_assert_eq(sona_index_insert(x, 1, v), SONA_E_STATE);
+    cr_assert_eq(sona_index_insert(x, 2, nan_v), SONA_E_NONFINITE);
+    cr_assert_eq(sona_index_insert(x, 2, zero), SONA_E_INVALID);
+    cr_assert_eq(sona_index_insert(x, 2, NULL), SONA_E_NULL);
+    cr_assert_eq(sona_index_update(x, 1, nan_v), SONA_E_NONFINITE);
+    cr_assert_eq(sona_index_size(x), 1);
+    float got[5];
+    cr_assert_eq(sona_index_get_vector(x, 1, got), SONA_OK);
+    cr_assert_float_eq(got[4], 5.0f / sqrtf(55.0f), 1e-6f);
+    uint64_t id;
+    uint32_t found;
+    cr_assert_eq(sona_index_search(x, nan_v, 1, &id, NULL, &found), SONA_E_NONFINITE);
+    cr_assert_eq(sona_index_search(x, v, 0, &id, NULL, &found), SONA_E_INVALID);
+    cr_assert_neq(sona_index_last_error(x)[0], '\0');
+    sona_index_config cfg;
+    sona_index_config_default(&cfg, 0);
+    sona_index *bad = (sona_index *)1;
+    cr_assert_eq(sona_index_create(&cfg, &bad), SONA_E_INVALID);
+    cr_assert_null(bad);
+    sona_index_destroy(NULL);
+    sona_index_destroy(x);
+}
+
+Test(index, dot_kernels_agree_with_scalar)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[index] dot kernels seed %" PRIu64 "\n", seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 0);
+    float a[301], b[301];
+    for (int i = 0; i < 301; i++) {
+        a[i] = sona_rng_normal(&r);
+        b[i] = sona_rng_normal(&r);
+    }
+    const uint32_t have = sona_probe()->features;
+    for (size_t n = 0; n <= 301; n += (n < 40 ? 1 : 37)) {
+        double ref = 0, mag = 0;
+        for (size_t i = 0; i < n; i++) {
+            ref += (double)a[i] * b[i];
+            mag += fabs((double)a[i] * b[i]);
+        }
+        const double tol = 1e-5 * (mag + 1);
+        cr_assert_float_eq(sona_dot_scalar(a, b, n), ref, tol);
+        cr_assert_float_eq(sona_dot_kernel()(a, b, n), ref, tol);
+#if defined(__x86_64__) || defined(__i386__)
+        if ((have & (SONA_CPU_AVX2 | SONA_CPU_FMA)) == (SONA_CPU_AVX2 | SONA_CPU_FMA))
+            cr_assert_float_eq(sona_dot_avx2(a, b, n), ref, tol, "avx2 n=%zu", n);
+        if (have & SONA_CPU_AVX512F)
+            cr_assert_float_eq(sona_dot_avx512(a, b, n), ref, tol, "avx512 n=%zu", n);
+#endif
+    }
+    (void)have;
+}
+
+/* Updates kill the old node; the new one must stay reachable even when every node around it is
+ * dead (a single id updated over and over, and a small index rewritten several times). */
+Test(index, updated_ids_stay_reachable)
+{
+    const uint64_t seed = op_test_seed();
+    const uint32_t n = 57, d = 21;
+    printf("[index] repeated updates seed %" PRIu64 "\n", seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 0);
+    float *P = clustered(&r, 4 * n, d);
+    sona_index *x = make(d, 32, seed);
+    uint64_t id;
+    float sim;
+    uint32_t found;
+    cr_assert_eq(sona_index_insert(x, 7, P), SONA_OK);
+    for (uint32_t round = 1; round < 40; round++) {
+        const float *v = P + (size_t)round * d;
+        cr_assert_eq(sona_index_update(x, 7, v), SONA_OK);
+        cr_assert_eq(sona_index_search(x, v, 1, &id, &sim, &found), SONA_OK);
+        cr_assert(found == 1 && id == 7, "round %u: the updated id is unreachable", round);
+        cr_assert_float_eq(sim, 1.0f, 1e-5f);
+    }
+    cr_assert_eq(sona_index_remove(x, 7), SONA_OK);
+    for (uint32_t i = 0; i < n; i++)
+        cr_assert_eq(sona_index_insert(x, i, P + (size_t)i * d), SONA_OK);
+    for (uint32_t round = 1; round < 4; round++) {
+        for (uint32_t i = 0; i < n; i++)
+            cr_assert_eq(sona_index_update(x, i, P + (size_t)(round * n + i) * d), SONA_OK);
+        for (uint32_t i = 0; i < n; i++) {
+            cr_assert_eq(sona_index_search(x, P + (size_t)(round * n + i) * d, 1, &id, &sim, &found),
+                         SONA_OK);
+            cr_assert(found == 1 && sim > 0.9999f, "round %u id %u lost", round, i);
+        }
+    }
+    cr_assert_eq(sona_index_size(x), n);
+    free(P);
+    sona_index_destroy(x);
+}
