@@ -1,6 +1,5 @@
 /* Many inference threads apply and record while loop B runs in the engine's thread and tenants
  * come and go: every apply succeeds with finite output, and the counters add up exactly. */
-#include <criterion/criterion.h>
 #include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
@@ -8,6 +7,7 @@
 #include <stdio.h>
 
 #include "core/rng.h"
+#include "support/concurrent_test.h"
 #include "support/op_cases.h"
 #include <sona.h>
 
@@ -67,7 +67,7 @@ static void *tenant_churn(void *arg)
     return NULL;
 }
 
-Test(concurrent_engine, apply_record_and_loop_b_together)
+CONCURRENT_TEST(concurrent_engine, apply_record_and_loop_b_together)
 {
     const uint64_t seed = op_test_seed();
     printf("[concurrent_engine] seed %" PRIu64 "\n", seed);
@@ -82,35 +82,37 @@ Test(concurrent_engine, apply_record_and_loop_b_together)
     c.buffer_capacity = 400; /* small: some requests are dropped, and counted */
     c.max_tenants = 4;
     sona_engine *e = NULL;
-    cr_assert_eq(sona_engine_create(&c, &e), SONA_OK, "%s", sona_last_error());
+    REQUIRE(sona_engine_create(&c, &e) == SONA_OK, "%s", sona_last_error());
     pthread_t th[THREADS], churn;
     worker w[THREADS];
     atomic_store(&stop_churn, 0);
-    cr_assert_eq(pthread_create(&churn, NULL, tenant_churn, e), 0);
+    REQUIRE(pthread_create(&churn, NULL, tenant_churn, e) == 0, "pthread_create");
     for (int i = 0; i < THREADS; i++) {
         w[i] = (worker){.e = e, .seed = seed, .id = i};
-        cr_assert_eq(pthread_create(&th[i], NULL, inference, &w[i]), 0);
+        REQUIRE(pthread_create(&th[i], NULL, inference, &w[i]) == 0, "pthread_create");
     }
     uint64_t ended = 0;
     for (int i = 0; i < THREADS; i++) {
         pthread_join(th[i], NULL);
-        cr_expect_eq(w[i].apply_failures, 0);
-        cr_expect_eq(w[i].nonfinite_outputs, 0);
+        CHECK(w[i].apply_failures == 0, "thread %d: %" PRIu64 " applies failed", i, w[i].apply_failures);
+        CHECK(w[i].nonfinite_outputs == 0, "thread %d: non-finite outputs", i);
         ended += w[i].ended_ok;
     }
     atomic_store(&stop_churn, 1);
     pthread_join(churn, NULL);
     /* A cycle may be running in the engine's thread: a forced cycle waits for it to finish. */
     const sona_status fl = sona_force_learn(e);
-    cr_assert(fl == SONA_OK || fl == SONA_E_EMPTY, "%s", sona_engine_last_error(e));
+    REQUIRE(fl == SONA_OK || fl == SONA_E_EMPTY, "%s", sona_engine_last_error(e));
     sona_stats s;
-    cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
+    REQUIRE(sona_get_stats(e, &s) == SONA_OK, "stats");
     printf("[concurrent_engine] recorded %" PRIu64 " dropped %" PRIu64 " processed %" PRIu64
            " queued %" PRIu64 " cycles %" PRIu64 "\n",
            s.trajectories_recorded, s.trajectories_dropped, s.trajectories_processed,
            s.trajectories_queued, s.loop_b_cycles);
-    cr_assert_eq(s.trajectories_recorded + s.trajectories_dropped, ended);
-    cr_assert_eq(s.signals_accepted + s.signals_rejected, ended);
-    cr_assert_eq(s.trajectories_processed + s.trajectories_queued, s.trajectories_recorded);
+    CHECK(s.trajectories_recorded + s.trajectories_dropped == ended, "recorded + dropped != ended");
+    CHECK(s.signals_accepted + s.signals_rejected == ended, "accepted + rejected != ended");
+    CHECK(s.trajectories_processed + s.trajectories_queued == s.trajectories_recorded, "processed + queued != recorded");
     sona_engine_destroy(e);
 }
+
+CONCURRENT_MAIN(concurrent_engine_apply_record_and_loop_b_together)

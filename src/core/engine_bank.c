@@ -43,13 +43,13 @@ sona_status eng_bank_update(sona_engine *e, sona_trajectory *const *trajs, uint3
         float sim;
         uint32_t found = 0;
         sona_pattern p;
-        if (sona_bank_search(e->bank, row, 1, &id, &sim, &found) == SONA_OK && found &&
+        if (sona_bank_search(e->bank, row, H, 1, &id, &sim, &found) == SONA_OK && found &&
             sim >= MATCH_COSINE && sona_bank_pattern_get(e->bank, id, &p, NULL) == SONA_OK)
             reference[i] = p.avg_quality;
         qual[rows++] = sona_trajectory_quality(t);
     }
     if (st == SONA_OK && rows)
-        st = sona_bank_add_batch(e->bank, rows, emb, qual, NULL, NULL);
+        st = sona_bank_add_batch(e->bank, rows, emb, H, qual, NULL, NULL);
     if (st == SONA_OK)
         st = sona_bank_extract(e->bank, NULL);
     if (st != SONA_OK)
@@ -78,7 +78,7 @@ sona_status sona_find_patterns(sona_engine *e, const float *query, uint32_t k, s
     }
     pthread_rwlock_rdlock(&e->bank_lock);
     uint32_t n = 0;
-    sona_status st = sona_bank_pattern_count(e->bank) ? sona_bank_search(e->bank, query, k, ids, sims, &n) : SONA_OK;
+    sona_status st = sona_bank_pattern_count(e->bank) ? sona_bank_search(e->bank, query, e->cfg.hidden, k, ids, sims, &n) : SONA_OK;
     for (uint32_t i = 0; i < n && st == SONA_OK; i++) {
         sona_pattern p;
         if (sona_bank_pattern_get(e->bank, ids[i], &p, NULL) != SONA_OK)
