@@ -168,17 +168,21 @@ typedef struct sona_stats {
     uint64_t trajectories_queued;    /* now waiting: recorded - processed when no call is in flight */
     uint64_t signals_accepted;       /* accumulated into a Micro-LoRA */
     uint64_t signals_rejected;       /* ended requests without a signal: non-finite data, no
-                                        step, or a zero direction */
+                                        step, a zero direction, or a tenant removed meanwhile */
     uint64_t micro_updates;          /* Micro-LoRA steps applied */
     uint64_t base_updates;           /* Base-LoRA steps applied */
     uint64_t patterns;               /* in the bank now */
-    uint64_t tasks;                  /* EWC++ task snapshots now */
+    uint64_t tasks;                  /* Base-LoRA EWC++ task snapshots now */
     uint64_t task_boundaries;        /* detected since creation */
-    uint64_t loop_b_cycles, loop_c_cycles, dreams, dreams_replayed;
+    uint64_t loop_b_cycles, loop_c_cycles;
+    uint64_t dreams, dreams_replayed; /* dream walks and their definition: src/core/dream.h */
     uint64_t last_loop_b_us, last_loop_c_us;
     uint32_t tenants;                /* live tenants */
     float quality_baseline;          /* running average of final quality */
-    float last_phi;                  /* integration score of the pattern graph at the last loop C */
+    float last_phi;                  /* integration score of the pattern graph at the last loop C:
+                                        Phi = (|C| / |V|) * mean over the HNSW level-0 edges (u, v)
+                                        of (1 + cos(u, v)) / 2, C the largest connected component,
+                                        V the live patterns; in [0, 1], 0 without edges */
 } sona_stats;
 /* Counters are exact and monotonic (except the "now" fields). */
 SONA_API sona_status sona_get_stats(sona_engine *e, sona_stats *out);

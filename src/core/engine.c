@@ -600,6 +600,8 @@ static sona_status learn_instant(sona_engine *e, int32_t tenant, const sona_traj
         } else {
             atomic_fetch_add(&e->n.rejected, 1);
         }
+    } else {
+        atomic_fetch_add(&e->n.rejected, 1); /* the tenant was removed during the request */
     }
     pthread_mutex_unlock(&tn->mu);
     free(x);
