@@ -102,6 +102,7 @@ Test(engine_dreams, deep_cycle_dreams_consolidates_and_checkpoints)
     cr_assert_gt(s.last_phi, 0.0f);
     cr_assert_leq(s.last_phi, 1.0f);
     cr_assert_eq(s.patterns, 60, "near-duplicates were not merged (or others were)");
+    cr_assert_eq(s.patterns_merged, 2);
     cr_assert_eq(sona_bank_pattern_get(e->bank, 1100, &p, NULL), SONA_E_NOT_FOUND);
     cr_assert_eq(sona_bank_pattern_get(e->bank, 100, &p, NULL), SONA_OK);
     cr_assert_eq(p.size, size100 + 3, "merged sizes add up");

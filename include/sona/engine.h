@@ -176,6 +176,7 @@ typedef struct sona_stats {
     uint64_t task_boundaries;        /* detected since creation */
     uint64_t loop_b_cycles, loop_c_cycles;
     uint64_t dreams, dreams_replayed; /* dream walks and their definition: src/core/dream.h */
+    uint64_t patterns_merged;        /* near-duplicates merged away by loop C consolidation */
     uint64_t last_loop_b_us, last_loop_c_us;
     uint32_t tenants;                /* live tenants */
     float quality_baseline;          /* running average of final quality */

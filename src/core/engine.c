@@ -295,7 +295,6 @@ sona_status sona_engine_create(const sona_engine_config *cfg, sona_engine **out)
     pthread_cond_init(&e->wake_cv, NULL);
     pthread_rwlock_init(&e->bank_lock, NULL);
     atomic_store(&e->enabled, 1);
-    e->rng_state = cfg->seed;
     e->tenants = calloc(cfg->max_tenants, sizeof *e->tenants);
     sona_trajectory_buffer_config tb;
     sona_trajectory_buffer_config_default(&tb);
@@ -693,6 +692,7 @@ sona_status sona_get_stats(sona_engine *e, sona_stats *s)
     s->loop_c_cycles = atomic_load(&e->n.c_cycles);
     s->dreams = atomic_load(&e->n.dreams);
     s->dreams_replayed = atomic_load(&e->n.replayed);
+    s->patterns_merged = atomic_load(&e->n.merged);
     s->last_loop_b_us = atomic_load(&e->n.last_b_us);
     s->last_loop_c_us = atomic_load(&e->n.last_c_us);
     s->quality_baseline = eng_baseline(e);

@@ -202,6 +202,7 @@ sona_status eng_loop_c_cycle(sona_engine *e)
     }
     atomic_fetch_add(&e->n.dreams, dreams);
     atomic_fetch_add(&e->n.replayed, replayed);
+    atomic_fetch_add(&e->n.merged, merged_away);
     uint32_t phi_bits;
     memcpy(&phi_bits, &phi, sizeof phi_bits);
     atomic_store(&e->last_phi_bits, phi_bits);
@@ -213,6 +214,5 @@ sona_status eng_loop_c_cycle(sona_engine *e)
     atomic_store(&e->n.last_c_us, eng_now_us() - t0);
     atomic_store(&e->last_deep_ms, eng_now_us() / 1000);
     pthread_mutex_unlock(&e->cycle_mu);
-    (void)merged_away;
     return st == SONA_OK ? SONA_OK : eng_fail(e, st, "loop C cycle failed: %s", sona_status_str(st));
 }

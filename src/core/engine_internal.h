@@ -52,7 +52,6 @@ struct sona_engine {
     int stop, kicked;
     _Atomic uint64_t last_cycle_ms, last_deep_ms;
 
-    uint64_t rng_state;         /* seeded; guarded by cycle_mu */
     sona_bank *bank;            /* patterns; changed by cycles (cycle_mu), the pointer swapped
                                    by consolidation under bank_lock (readers: find_patterns) */
     pthread_rwlock_t bank_lock;
@@ -61,7 +60,7 @@ struct sona_engine {
     struct {
         atomic_uint_fast64_t recorded, processed, dropped, accepted, rejected, micro_updates,
             base_updates, boundaries, b_cycles, c_cycles, dreams, replayed, last_b_us, last_c_us,
-            patterns, tasks;
+            patterns, tasks, merged;
     } n;
     atomic_uint last_phi_bits;
 };

@@ -27,6 +27,7 @@
 #define STATE_VERSION 1u
 #define BYTE_ORDER_MARK 0x01020304u
 #define HEADER_BYTES 24u
+#define COUNTERS 13 /* STAT section: the engine's monotonic counters */
 #define SECTION_HEADER_BYTES 20u
 #define TAG(a, b, c, d) ((uint32_t)(a) | (uint32_t)(b) << 8 | (uint32_t)(c) << 16 | (uint32_t)(d) << 24)
 
@@ -61,6 +62,16 @@ uint32_t sona_crc32(uint32_t crc, const void *data, size_t n)
     for (size_t i = 0; i < n; i++)
         crc = crc_table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
     return ~crc;
+}
+
+/* The counters the STAT section holds, in file order. */
+static void counter_table(sona_engine *e, atomic_uint_fast64_t *out[COUNTERS])
+{
+    atomic_uint_fast64_t *const t[COUNTERS] = {
+        &e->n.recorded, &e->n.processed, &e->n.dropped, &e->n.accepted, &e->n.rejected,
+        &e->n.micro_updates, &e->n.base_updates, &e->n.boundaries, &e->n.b_cycles, &e->n.c_cycles,
+        &e->n.dreams, &e->n.replayed, &e->n.merged};
+    memcpy(out, t, sizeof t);
 }
 
 /* ---- writing ------------------------------------------------------------------------------- */
@@ -138,13 +149,11 @@ static sona_status serialise(sona_engine *e, sona_wbuf *w)
     section_end(w, s);
 
     s = section_begin(w, TAG_STAT);
-    const atomic_uint_fast64_t *counters[] = {&e->n.recorded, &e->n.processed, &e->n.dropped,
-                                              &e->n.accepted, &e->n.rejected, &e->n.micro_updates,
-                                              &e->n.base_updates, &e->n.boundaries, &e->n.b_cycles,
-                                              &e->n.c_cycles, &e->n.dreams, &e->n.replayed};
-    sona_wbuf_u32(w, (uint32_t)(sizeof counters / sizeof counters[0]));
-    for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)
-        sona_wbuf_u64(w, atomic_load((atomic_uint_fast64_t *)counters[i]));
+    atomic_uint_fast64_t *counters[COUNTERS];
+    counter_table(e, counters);
+    sona_wbuf_u32(w, COUNTERS);
+    for (int i = 0; i < COUNTERS; i++)
+        sona_wbuf_u64(w, atomic_load(counters[i]));
     sona_signal_stats ss;
     sona_signal_builder_get_stats(e->signals, &ss);
     sona_wbuf_f32(w, ss.baseline); /* NaN before the first trajectory */
@@ -288,7 +297,7 @@ sona_status sona_save(sona_engine *e, const char *path)
 
 /* Everything a file holds, built into fresh objects before anything of the engine changes. */
 typedef struct loaded {
-    uint64_t counters[12];
+    uint64_t counters[COUNTERS];
     float baseline;
     uint32_t phi_bits;
     uint32_t tenants;
@@ -469,9 +478,9 @@ static sona_status parse(sona_engine *e, const uint8_t *p, size_t len, loaded *s
     if (st != SONA_OK)
         return st;
     const uint32_t nc = sona_rbuf_u32(&sec[1]);
-    if (nc != 12)
+    if (nc != COUNTERS)
         return corrupt(e, "bad counter section");
-    for (int i = 0; i < 12; i++)
+    for (int i = 0; i < COUNTERS; i++)
         s->counters[i] = sona_rbuf_u64(&sec[1]);
     s->baseline = sona_rbuf_f32(&sec[1]);
     s->phi_bits = sona_rbuf_u32(&sec[1]);
@@ -491,11 +500,9 @@ static sona_status parse(sona_engine *e, const uint8_t *p, size_t len, loaded *s
 static void commit(sona_engine *e, loaded *s)
 {
     pthread_mutex_lock(&e->cycle_mu);
-    atomic_uint_fast64_t *counters[] = {&e->n.recorded, &e->n.processed, &e->n.dropped, &e->n.accepted,
-                                        &e->n.rejected, &e->n.micro_updates, &e->n.base_updates,
-                                        &e->n.boundaries, &e->n.b_cycles, &e->n.c_cycles, &e->n.dreams,
-                                        &e->n.replayed};
-    for (int i = 0; i < 12; i++)
+    atomic_uint_fast64_t *counters[COUNTERS];
+    counter_table(e, counters);
+    for (int i = 0; i < COUNTERS; i++)
         atomic_store(counters[i], s->counters[i]);
     sona_signal_builder_set_baseline(e->signals, s->baseline);
     atomic_store(&e->last_phi_bits, s->phi_bits);
