@@ -108,7 +108,8 @@ SONA_API sona_status sona_tenant_create(sona_engine *e, int32_t *tenant);
 SONA_API sona_status sona_tenant_remove(sona_engine *e, int32_t tenant);
 
 /* ---- apply ---------------------------------------------------------------------------------- */
-/* y = x + delta_tenant(x) through the tenant's Micro-LoRA (-1 = none, y = x). */
+/* Apply runs on the CPU from the published weights (never blocked by learning).
+ * y = x + delta_tenant(x) through the tenant's Micro-LoRA (-1 = none, y = x). */
 SONA_API sona_status sona_apply(sona_engine *e, int32_t tenant, const float *x, float *y);
 /* In place: x = x + delta_tenant(x). */
 SONA_API sona_status sona_apply_inplace(sona_engine *e, int32_t tenant, float *x);
@@ -126,7 +127,8 @@ SONA_API sona_status sona_apply_layer_batch(sona_engine *e, uint32_t layer, uint
 SONA_API sona_status sona_request_begin(sona_engine *e, int32_t tenant, const float *query,
                                         sona_request **out);
 /* One step: the activations[hidden] after layer `layer`, optional attention weights
- * (n_attention floats, summarised, not kept), and the step's reward. */
+ * (n_attention floats, checked for NaN/Inf, not kept), and the step's reward. Steps beyond
+ * max_steps are accepted and not kept. */
 SONA_API sona_status sona_request_step(sona_request *r, uint32_t layer, const float *activations,
                                        const float *attention, uint32_t n_attention, float reward);
 /* Ends the request with its final quality (feedback) and runs loop A: the trajectory is queued
