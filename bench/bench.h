@@ -46,6 +46,14 @@ int bench_quick(const bench_ctx *ctx);
  * available GPU backend). Each entry has a label ("avx2", "opencl", ...). */
 int bench_backends(const bench_ctx *ctx, const sona_backend **out, const char **labels, int max);
 
+/* Whether b is a real accelerator (not a CPU variant, not an OpenCL CPU device such as PoCL):
+ * GPU-only cases bench_skip() elsewhere. */
+int bench_backend_is_gpu(const sona_backend *b);
+
+/* Whether b runs op with a kernel of its own. A CPU variant's missing ops are filled with the
+ * scalar ones; timing those under the variant's name would only repeat the scalar row. */
+int bench_backend_own_op(const sona_backend *b, sona_op op);
+
 /* A benchmark group. */
 typedef struct bench_group {
     const char *name;        /* "micro_lora_forward", "pattern_search", "op_lora_apply", ... */

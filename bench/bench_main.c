@@ -1,11 +1,307 @@
+/* `sona bench`: option parsing, group selection, running, reports, regression check. */
 #include "bench.h"
+#include "compare.h"
+#include "harness.h"
 
-#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern const bench_group *const bench_group_table[];
+extern const char *const bench_group_symbols[];
+extern const size_t bench_group_count;
+
+typedef struct options {
+    int quick, list;
+    const char *groups, *backends, *json, *html, *compare;
+    double threshold_pct;
+} options;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: sona bench [--quick] [--group NAME[,NAME...]] [--backend NAME[,NAME...]]\n"
+            "                  [--json FILE] [--html FILE] [--compare BASELINE.json [--threshold PCT]]\n"
+            "                  [--list]\n"
+            "  --quick       fewer repetitions; the largest CPU cases are skipped\n"
+            "  --group       groups to run (see --list); 'ops' selects every op_* group\n"
+            "  --backend     scalar, avx2, avx512, neon, opencl, cuda, or cpu (every CPU variant)\n"
+            "  --json        write every row (and the header) as JSON\n"
+            "  --html        write a self-contained HTML report with bar charts\n"
+            "  --compare     exit 1 when a row's median is more than PCT%% (default 10) slower than\n"
+            "                the same group/case/backend in the baseline JSON\n"
+            "  --list        list the groups and backends, then exit\n");
+}
+
+/* The group's name: its own, or for a group missing from this build, its symbol less "bench_". */
+static const char *group_name(size_t i)
+{
+    if (bench_group_table[i])
+        return bench_group_table[i]->name;
+    const char *sym = bench_group_symbols[i];
+    return strncmp(sym, "bench_", 6) ? sym : sym + 6;
+}
+
+/* Whether item is in the comma-separated list. */
+static int in_list(const char *list, const char *item)
+{
+    const size_t n = strlen(item);
+    for (const char *p = list; *p;) {
+        const char *comma = strchr(p, ',');
+        const size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        if (len == n && !strncmp(p, item, n))
+            return 1;
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    return 0;
+}
+
+static int group_selected(const options *o, size_t i)
+{
+    if (!o->groups)
+        return 1;
+    const char *name = group_name(i);
+    return in_list(o->groups, name) || (in_list(o->groups, "ops") && !strncmp(name, "op_", 3));
+}
+
+/* Checks every name in a comma-separated list with known(); reports the first unknown one. */
+static int check_names(const char *list, const char *what, int (*known)(const char *name, const void *arg),
+                       const void *arg)
+{
+    char name[64];
+    for (const char *p = list; *p;) {
+        const char *comma = strchr(p, ',');
+        const size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        snprintf(name, sizeof name, "%.*s", (int)len, p);
+        if (!known(name, arg)) {
+            fprintf(stderr, "sona bench: unknown %s '%s' (see sona bench --list)\n", what, name);
+            return -1;
+        }
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    return 0;
+}
+
+static int known_group(const char *name, const void *arg)
+{
+    (void)arg;
+    if (!strcmp(name, "ops"))
+        return 1;
+    for (size_t i = 0; i < bench_group_count; i++)
+        if (!strcmp(group_name(i), name))
+            return 1;
+    return 0;
+}
+
+static int known_backend(const char *name, const void *arg)
+{
+    static const char *const names[] = {"cpu", "scalar", "avx2", "avx512", "neon", "opencl", "cuda"};
+    (void)arg;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(names[i], name))
+            return 1;
+    return 0;
+}
+
+/* Keeps the backends named in list ("cpu" = every CPU variant); names that exist but cannot
+ * run here are reported. Returns how many remain. */
+static int filter_backends(bench_ctx *ctx, const char *list)
+{
+    int kept = 0;
+    for (int i = 0; i < ctx->nbackends; i++) {
+        const int cpu = ctx->backends[i]->host_memory;
+        if (in_list(list, ctx->labels[i]) || (cpu && in_list(list, "cpu"))) {
+            ctx->backends[kept] = ctx->backends[i];
+            ctx->labels[kept] = ctx->labels[i];
+            kept++;
+        }
+    }
+    ctx->nbackends = kept;
+    for (const char *p = list; *p;) {
+        const char *comma = strchr(p, ',');
+        const size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        int found = len == 3 && !strncmp(p, "cpu", 3);
+        for (int i = 0; i < kept && !found; i++)
+            found = strlen(ctx->labels[i]) == len && !strncmp(ctx->labels[i], p, len);
+        if (!found)
+            fprintf(stderr, "sona bench: backend %.*s is not available here; skipped\n", (int)len, p);
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    return kept;
+}
+
+static int parse_args(int argc, char **argv, options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->threshold_pct = 10.0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char **value = NULL;
+        if (!strcmp(a, "--quick"))
+            o->quick = 1;
+        else if (!strcmp(a, "--list"))
+            o->list = 1;
+        else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            exit(0);
+        } else if (!strcmp(a, "--group"))
+            value = &o->groups;
+        else if (!strcmp(a, "--backend"))
+            value = &o->backends;
+        else if (!strcmp(a, "--json"))
+            value = &o->json;
+        else if (!strcmp(a, "--html"))
+            value = &o->html;
+        else if (!strcmp(a, "--compare"))
+            value = &o->compare;
+        else if (!strcmp(a, "--threshold")) {
+            char *end;
+            if (i + 1 >= argc || (o->threshold_pct = strtod(argv[++i], &end), *end) || o->threshold_pct < 0) {
+                fprintf(stderr, "sona bench: --threshold needs a percentage >= 0\n");
+                return -1;
+            }
+        } else {
+            fprintf(stderr, "sona bench: unknown option '%s'\n", a);
+            usage(stderr);
+            return -1;
+        }
+        if (value) {
+            if (i + 1 >= argc || !argv[i + 1][0]) {
+                fprintf(stderr, "sona bench: %s needs a value\n", a);
+                return -1;
+            }
+            *value = argv[++i];
+        }
+    }
+    if (o->groups && check_names(o->groups, "group", known_group, NULL) != 0)
+        return -1;
+    if (o->backends && check_names(o->backends, "backend", known_backend, NULL) != 0)
+        return -1;
+    return 0;
+}
+
+static void list_groups(const bench_ctx *ctx)
+{
+    printf("groups:\n");
+    for (size_t i = 0; i < bench_group_count; i++)
+        printf("  %-22s %s\n", group_name(i),
+               bench_group_table[i] ? bench_group_table[i]->description : "(not in this build)");
+    printf("  %-22s every op_* group\nbackends here:", "ops");
+    for (int i = 0; i < ctx->nbackends; i++)
+        printf(" %s", ctx->labels[i]);
+    printf("\n");
+}
+
+static int run_compare(const options *o, const char *current_json)
+{
+    char *base = bench_read_file(o->compare);
+    if (!base) {
+        fprintf(stderr, "sona bench: cannot read baseline %s\n", o->compare);
+        return 2;
+    }
+    bench_comparison cmp;
+    char err[200];
+    const int rc = bench_compare_json(base, current_json, o->threshold_pct, &cmp, err, sizeof err);
+    free(base);
+    if (rc != 0) {
+        fprintf(stderr, "sona bench: --compare %s: %s\n", o->compare, err);
+        return 2;
+    }
+    printf("\nregression check against %s (threshold %.1f%%):\n", o->compare, o->threshold_pct);
+    bench_comparison_print(&cmp, stdout);
+    const int regressions = cmp.regressions > 0;
+    bench_comparison_free(&cmp);
+    return regressions ? 1 : 0;
+}
 
 int sona_bench_main(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "sona bench: no benchmark groups yet\n");
-    return 1;
+    options o;
+    if (parse_args(argc, argv, &o) != 0)
+        return 2;
+    bench_ctx ctx;
+    bench_ctx_init(&ctx, o.quick);
+    if (o.backends && filter_backends(&ctx, o.backends) == 0) {
+        fprintf(stderr, "sona bench: none of the backends '%s' can run here\n", o.backends);
+        bench_ctx_free(&ctx);
+        return 2;
+    }
+    if (o.list) {
+        list_groups(&ctx);
+        bench_ctx_free(&ctx);
+        return 0;
+    }
+
+    bench_header h;
+    bench_header_fill(&h, &ctx);
+    size_t at = 0;
+    for (size_t i = 0; i < bench_group_count; i++)
+        if (!bench_group_table[i] && group_selected(&o, i) && at < sizeof h.missing_groups)
+            at += (size_t)snprintf(h.missing_groups + at, sizeof h.missing_groups - at, "%s%s",
+                                   at ? ", " : "", group_name(i));
+    bench_print_header(stdout, &h);
+    printf("\n");
+    fflush(stdout);
+
+    int total = 0;
+    for (size_t i = 0; i < bench_group_count; i++)
+        total += bench_group_table[i] && group_selected(&o, i);
+    ctx.group_total = total;
+    int printed_heading = 0;
+    for (size_t i = 0; i < bench_group_count; i++) {
+        const bench_group *g = bench_group_table[i];
+        if (!g || !group_selected(&o, i))
+            continue;
+        ctx.group = g->name;
+        ctx.group_index++;
+        if (!ctx.tty)
+            fprintf(stderr, "[%d/%d] %s\n", ctx.group_index, total, g->name);
+        const size_t first = ctx.nrows;
+        g->run(&ctx);
+        if (ctx.tty)
+            fprintf(stderr, "\r\033[K");
+        /* Each group's rows as soon as it finishes; the column titles once. */
+        if (!printed_heading) {
+            bench_print_table_heading(stdout);
+            printed_heading = 1;
+        }
+        bench_print_table(stdout, ctx.rows + first, ctx.nrows - first);
+        fflush(stdout);
+    }
+
+    int rc = 0;
+    bench_buf json = {0};
+    bench_json_write(&json, &h, ctx.rows, ctx.nrows);
+    if (o.json && bench_buf_write(&json, o.json) != 0) {
+        fprintf(stderr, "sona bench: cannot write %s\n", o.json);
+        rc = 2;
+    }
+    if (o.html) {
+        bench_buf html = {0};
+        bench_html_write(&html, &h, ctx.rows, ctx.nrows);
+        if (bench_buf_write(&html, o.html) != 0) {
+            fprintf(stderr, "sona bench: cannot write %s\n", o.html);
+            rc = 2;
+        }
+        bench_buf_free(&html);
+    }
+    size_t failed = 0;
+    for (size_t i = 0; i < ctx.nrows; i++)
+        failed += ctx.rows[i].kind == BENCH_FAILED;
+    if (failed) {
+        fprintf(stderr, "sona bench: %zu row(s) FAILED\n", failed);
+        rc = rc ? rc : 1;
+    }
+    if (o.compare) {
+        const int crc = run_compare(&o, json.s ? json.s : "");
+        rc = rc ? rc : crc;
+    }
+    bench_buf_free(&json);
+    bench_ctx_free(&ctx);
+    return rc;
 }

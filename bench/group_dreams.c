@@ -11,12 +11,6 @@
 #include <math.h>
 #include <stdlib.h>
 
-/* The harness (bench/harness.c) is written on another branch; weak until it is merged, so this
- * branch links. Remove these lines once it is. */
-#pragma weak bench_measure
-#pragma weak bench_report
-#pragma weak bench_skip
-
 enum { DREAM_DIM = 256, DREAM_LENGTH = 15 };
 
 /* A bank of n memory nodes. The graph is built with ef_construction 40 to keep set-up short;

@@ -16,13 +16,6 @@
 #include <string.h>
 #include <time.h>
 
-/* The harness (bench/harness.c) is written on another branch; weak until it is merged, so this
- * branch links. Remove these lines once it is. */
-#pragma weak bench_measure
-#pragma weak bench_report
-#pragma weak bench_skip
-#pragma weak bench_quick
-
 sona_bank *bench_dream_bank(uint32_t n, uint64_t seed); /* group_dreams.c */
 
 enum { HID = 256, STEPS = 10, ATTENTION = 2048 };

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: set up, then the suite under AddressSanitizer + UBSan, the concurrent
-# tests under ThreadSanitizer, the NEON variant under qemu, and last the Release build, whose
-# ctest summary closes the output. Warnings are errors in every build.
+# tests under ThreadSanitizer, the NEON variant under qemu, then the Release build with a quick
+# `sona bench` run, and last the Release tests, whose ctest summary closes the output. Warnings
+# are errors in every build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
@@ -39,7 +40,24 @@ else
   echo "clang not found: fuzzing skipped"
 fi
 
-step "Release build and tests"
+step "NEON variant: aarch64 cross build, op checker under qemu-aarch64"
+toolchain=()  # only on first configure: cached afterwards, and CMake warns when it is passed again
+[ -f build-aarch64/CMakeCache.txt ] || toolchain=(-DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake)
+cmake -S . -B build-aarch64 "${toolchain[@]}" \
+  -DCMAKE_BUILD_TYPE=Release -DSONA_BUILD_TESTS=OFF -DSONA_BUILD_TOOLS=OFF -DSONA_OPENCL=OFF \
+  -DSONA_CUDA=OFF -DCMAKE_EXE_LINKER_FLAGS=-static >/dev/null
+# Log kept quiet unless it fails: the static link warns that dlopen needs glibc at run time,
+# which is moot there (no GPU modules in this build).
+cmake --build build-aarch64 -j"$jobs" --target sona_ops_check >build-aarch64/build.log 2>&1 ||
+  { cat build-aarch64/build.log; exit 1; }
+qemu-aarch64 build-aarch64/bin/sona_ops_check
+
+step "Release build"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$jobs" >/dev/null
+
+step "sona bench --quick (the main job, so it never rots)"
+./build/bin/sona bench --quick --json build/bench-quick.json
+
+step "Release tests"
 (cd build && ctest --output-on-failure -j1)

@@ -108,6 +108,19 @@ static sona_status alloc_zero(sona_lora *l, size_t floats, float **out)
 
 sona_status sona_lora_create(const sona_lora_config *cfg, sona_lora **out)
 {
+    const sona_backend *be;
+    char why[256];
+    sona_status st = sona_backend_default(&be, why, sizeof why);
+    if (st != SONA_OK) {
+        if (out)
+            *out = NULL;
+        return sona_fail(NULL, st, "sona_lora_create: %s", why);
+    }
+    return sona_lora_create_on(cfg, be, out);
+}
+
+sona_status sona_lora_create_on(const sona_lora_config *cfg, const sona_backend *be, sona_lora **out)
+{
     if (!out)
         return sona_fail(NULL, SONA_E_NULL, "sona_lora_create: out is NULL");
     *out = NULL;
@@ -123,11 +136,8 @@ sona_status sona_lora_create(const sona_lora_config *cfg, sona_lora **out)
         cfg->clip_norm < 0.0f)
         return sona_fail(NULL, SONA_E_NONFINITE, "sona_lora_create: alpha, learning_rate and clip_norm must be finite (clip_norm >= 0)");
 
-    const sona_backend *be;
-    char why[256];
-    sona_status st = sona_backend_default(&be, why, sizeof why);
-    if (st != SONA_OK)
-        return sona_fail(NULL, st, "sona_lora_create: %s", why);
+    if (!be)
+        return sona_fail(NULL, SONA_E_NULL, "sona_lora_create: backend is NULL");
 
     sona_lora *l = calloc(1, sizeof *l);
     if (!l)
@@ -139,6 +149,7 @@ sona_status sona_lora_create(const sona_lora_config *cfg, sona_lora **out)
     l->pending = calloc(cfg->count, sizeof *l->pending);
     float *hostA = malloc(total * sizeof(float));
     float *hostS = malloc(cfg->count * sizeof(float));
+    sona_status st;
     if (!l->pending || !hostA || !hostS || alloc_zero(l, total, &l->A) != SONA_OK ||
         alloc_zero(l, total, &l->Bt) != SONA_OK || alloc_zero(l, total, &l->gA) != SONA_OK ||
         alloc_zero(l, total, &l->gBt) != SONA_OK || alloc_zero(l, cfg->count, &l->scale) != SONA_OK) {
@@ -229,7 +240,7 @@ sona_status sona_lora_forward_batch(sona_lora *l, uint32_t n, const int32_t *ids
     a.x = dx;
     a.y = dy;
     a.ids = dids;
-    if ((st = l->be->lora_apply(l->be->ctx, &a)) != SONA_OK)
+    if ((st = sona_op_run(l->be, SONA_OP_LORA_APPLY, &a)) != SONA_OK)
         return backend_failed(l, "lora_apply", st);
     if (!l->be->host_memory && l->be->download(l->be->ctx, y, dy, 0, bytes) != SONA_OK)
         return backend_failed(l, "download", SONA_E_BACKEND);
@@ -265,7 +276,7 @@ sona_status sona_lora_accumulate_batch(sona_lora *l, uint32_t n, const int32_t *
         return st;
     sona_lora_grad_args a = {.w = weights_of(l), .n = n, .ids = dids, .x = dx, .d = dd, .wt = dw,
                              .gA = l->gA, .gBt = l->gBt};
-    if ((st = l->be->lora_grad(l->be->ctx, &a)) != SONA_OK)
+    if ((st = sona_op_run(l->be, SONA_OP_LORA_GRAD, &a)) != SONA_OK)
         return backend_failed(l, "lora_grad", st);
     for (uint32_t i = 0; i < n; i++)
         if (ids[i] >= 0) {
@@ -343,7 +354,7 @@ static sona_status apply_step(sona_lora *l, const sona_lora_ewc_terms *t)
             u.lambda = penalty ? t->lambda : 0.0f;
             u.decay = t->decay;
         }
-        st = l->be->param_update(l->be->ctx, &u);
+        st = sona_op_run(l->be, SONA_OP_PARAM_UPDATE, &u);
         if (st != SONA_OK)
             return backend_failed(l, "param_update", st);
         if (t && t->fisher[m] && !l->be->host_memory &&

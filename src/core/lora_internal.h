@@ -1,9 +1,15 @@
-/* Library-internal access to a sona_lora's raw weights: the engine publishes immutable snapshots
- * of them for lock-free readers, trains with EWC++ terms, and saves/loads them. */
+/* Library-internal LoRA entry points (engine, benchmarks and tests): not part of the public API.
+ * The engine publishes immutable snapshots of the raw weights for lock-free readers, trains with
+ * EWC++ terms, and saves/loads them. */
 #ifndef SONA_CORE_LORA_INTERNAL_H
 #define SONA_CORE_LORA_INTERNAL_H
 
+#include "dispatch/ops.h"
 #include "sona/lora.h"
+
+/* sona_lora_create on a given backend (e.g. one CPU variant's table, or a GPU backend) instead
+ * of the default one; be must stay valid for the handle's lifetime. */
+sona_status sona_lora_create_on(const sona_lora_config *cfg, const sona_backend *be, sona_lora **out);
 
 /* Copies every adapter's weights to host memory in the op table's layout (ops.h): A and Bt are
  * count*rank*hidden floats, scale count floats. Any may be NULL. */
@@ -26,4 +32,4 @@ typedef struct sona_lora_ewc_terms {
  * is given (the penalty alone moves the weights back toward the anchors). */
 sona_status sona_lora_apply_updates_ewc(sona_lora *l, const sona_lora_ewc_terms *t);
 
-#endif
+#endif /* SONA_CORE_LORA_INTERNAL_H */

@@ -32,6 +32,11 @@ sona_status sona_backend_default(const sona_backend **out, char *why, size_t why
 /* Host-side probe results, computed once. */
 const sona_cpu_info *sona_probe(void);
 
+/* Runs op (args: the op's sona_*_args) on backend b. When b is an accelerator and the op fails
+ * there with SONA_E_BACKEND, the op is redone on the CPU (inputs downloaded, outputs uploaded
+ * back to b's buffers) and counted; SONA_OK then. Other statuses are returned as they are. */
+sona_status sona_op_run(const sona_backend *b, sona_op op, const void *args);
+
 /* Counts ops that failed on an accelerator and were redone on the CPU. */
 void sona_dispatch_count_fallback(void);
 uint64_t sona_dispatch_fallbacks(void);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- CPU variants ---------------------------------------------------------------------- */
 
@@ -114,6 +115,7 @@ typedef struct module_slot {
     const char *name;  /* "opencl", "cuda" */
     const char *file;  /* "libsona-opencl.so" */
     int built;         /* compiled in this build */
+    const char *not_built_why; /* why not, when the build system knows ("" otherwise) */
     pthread_once_t once;
     const sona_backend *backend;
     char why[256];
@@ -125,13 +127,16 @@ typedef struct module_slot {
 #ifndef SONA_BUILT_CUDA
 #define SONA_BUILT_CUDA 0
 #endif
+#ifndef SONA_OPENCL_MISSING
+#define SONA_OPENCL_MISSING ""
+#endif
 #ifndef SONA_MODULE_INSTALL_DIR
 #define SONA_MODULE_INSTALL_DIR ""
 #endif
 
 static module_slot modules[] = {
-    {"opencl", "libsona-opencl.so", SONA_BUILT_OPENCL, PTHREAD_ONCE_INIT, NULL, ""},
-    {"cuda", "libsona-cuda.so", SONA_BUILT_CUDA, PTHREAD_ONCE_INIT, NULL, ""},
+    {"opencl", "libsona-opencl.so", SONA_BUILT_OPENCL, SONA_OPENCL_MISSING, PTHREAD_ONCE_INIT, NULL, ""},
+    {"cuda", "libsona-cuda.so", SONA_BUILT_CUDA, "", PTHREAD_ONCE_INIT, NULL, ""},
 };
 #define MODULE_COUNT (sizeof modules / sizeof modules[0])
 
@@ -143,11 +148,23 @@ static void *open_module_file(const char *file, char *tried, size_t tried_len)
     if (env && *env)
         snprintf(dirs[nd++], sizeof dirs[0], "%s", env);
     Dl_info info;
-    if (dladdr((void *)&sona_cpu_backend, &info) && info.dli_fname) {
+    char self[1024];
+    const char *where = NULL;
+    if (dladdr((void *)&sona_cpu_backend, &info) && info.dli_fname)
+        where = info.dli_fname;
+    /* Linked statically into a program, dladdr may give its bare argv[0]: ask the kernel. */
+    if (!where || !strchr(where, '/')) {
+        ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+        if (len > 0) {
+            self[len] = '\0';
+            where = self;
+        }
+    }
+    if (where) {
         /* Beside the library (or the program it is linked into), and in ../lib of it. */
-        const char *slash = strrchr(info.dli_fname, '/');
-        int len = slash ? (int)(slash - info.dli_fname) : 1;
-        const char *base = slash ? info.dli_fname : ".";
+        const char *slash = strrchr(where, '/');
+        int len = slash ? (int)(slash - where) : 1;
+        const char *base = slash ? where : ".";
         snprintf(dirs[nd++], sizeof dirs[0], "%.*s", len, base);
         snprintf(dirs[nd++], sizeof dirs[0], "%.*s/../lib", len, base);
     }
@@ -174,7 +191,9 @@ static void *open_module_file(const char *file, char *tried, size_t tried_len)
 static void module_load(module_slot *m)
 {
     if (!m->built) {
-        snprintf(m->why, sizeof m->why, "not built: its SDK was missing when libsona was built");
+        snprintf(m->why, sizeof m->why, "%s",
+                 m->not_built_why[0] ? m->not_built_why
+                                     : "not built: its SDK was missing when libsona was built");
         return;
     }
     char tried[200];

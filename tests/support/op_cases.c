@@ -24,6 +24,7 @@ const op_case op_cases[] = {
     {.op = SONA_OP_LORA_APPLY, .n = 4, .hidden = 77, .rank = 64, .adapters = 2},
     {.op = SONA_OP_LORA_APPLY, .n = 6, .hidden = 513, .rank = 5, .adapters = 3, .in_place = 1},
     {.op = SONA_OP_LORA_APPLY, .n = 2, .hidden = 2048, .rank = 2, .adapters = 1},
+    {.op = SONA_OP_LORA_APPLY, .n = 1, .hidden = 301, .rank = 13, .adapters = 2}, /* one row, high rank */
     /* lora_grad */
     {.op = SONA_OP_LORA_GRAD, .n = 1, .hidden = 1, .rank = 1, .adapters = 1},
     {.op = SONA_OP_LORA_GRAD, .n = 4, .hidden = 33, .rank = 2, .adapters = 2},
@@ -360,7 +361,7 @@ static void ref_cluster_sums(op_instance *in)
     }
 }
 
-int op_instance_prepare(op_instance *in, const op_case *c, uint64_t seed)
+int op_instance_prepare_inputs(op_instance *in, const op_case *c, uint64_t seed)
 {
     memset(in, 0, sizeof *in);
     in->c = *c;
@@ -379,16 +380,11 @@ int op_instance_prepare(op_instance *in, const op_case *c, uint64_t seed)
         in->A = rand_floats(&r, w, -0.5f, 0.5f);
         in->Bt = rand_floats(&r, w, -0.5f, 0.5f);
         in->scale = rand_floats(&r, c->adapters, 0.25f, 2.0f);
-        if (c->op == SONA_OP_LORA_APPLY) {
-            alloc_outputs(in, c->n * H, 0, 0);
-            ref_lora_apply(in);
-        } else {
+        if (c->op == SONA_OP_LORA_GRAD) {
             in->d = rand_floats(&r, c->n * H, -1, 1);
             in->wt = rand_floats(&r, c->n, -1, 1);
             in->gA0 = rand_floats(&r, w, -0.1f, 0.1f);
             in->gBt0 = rand_floats(&r, w, -0.1f, 0.1f);
-            alloc_outputs(in, w, w, 0);
-            ref_lora_grad(in);
         }
         break;
     }
@@ -407,31 +403,23 @@ int op_instance_prepare(op_instance *in, const op_case *c, uint64_t seed)
             in->fisher0 = rand_floats(&r, n, 0, 1);
             in->decay = 0.9f;
         }
-        alloc_outputs(in, n, c->with_fisher ? n : 0, 0);
-        ref_param_update(in);
         break;
     }
     case SONA_OP_SQDIST_ARGMIN:
         in->X = rand_floats(&r, (size_t)c->n * c->d, -1, 1);
         in->C = rand_floats(&r, (size_t)c->k * c->d, -1, 1);
-        alloc_outputs(in, c->n, 0, c->n);
-        ref_sqdist_argmin(in);
         break;
     case SONA_OP_KNN_EXACT:
         in->Q = rand_floats(&r, (size_t)c->m * c->d, -1, 1);
         in->P = rand_floats(&r, (size_t)c->n * c->d, -1, 1);
         if (c->n > 3) /* a zero row: similarity 0 with everything */
             memset(in->P + 2 * (size_t)c->d, 0, c->d * sizeof(float));
-        alloc_outputs(in, (size_t)c->m * c->k, 0, (size_t)c->m * c->k);
-        ref_knn_exact(in);
         break;
     case SONA_OP_CLUSTER_SUMS:
         in->X = rand_floats(&r, (size_t)c->n * c->d, -1, 1);
         in->iin = malloc(c->n * sizeof *in->iin);
         for (size_t i = 0; i < c->n; i++) /* a few rows point outside 0..k-1 */
             in->iin[i] = sona_rng_below(&r, 20) == 0 ? (int32_t)c->k + 1 : (int32_t)sona_rng_below(&r, c->k);
-        alloc_outputs(in, (size_t)c->k * c->d, 0, c->k);
-        ref_cluster_sums(in);
         break;
     case SONA_OP_GEMM:
         in->gemmA = rand_floats(&r, (size_t)c->m * c->k, -1, 1);
@@ -439,6 +427,47 @@ int op_instance_prepare(op_instance *in, const op_case *c, uint64_t seed)
         in->gemmC0 = rand_floats(&r, (size_t)c->m * c->n, -1, 1);
         in->alpha = 1.25f;
         in->beta = (c->m + c->n) % 2 ? 0.5f : 0.0f;
+        break;
+    default:
+        return -1;
+    }
+    return 0;
+}
+
+int op_instance_prepare(op_instance *in, const op_case *c, uint64_t seed)
+{
+    if (op_instance_prepare_inputs(in, c, seed) != 0)
+        return -1;
+    switch (c->op) {
+    case SONA_OP_LORA_APPLY:
+        alloc_outputs(in, (size_t)c->n * c->hidden, 0, 0);
+        ref_lora_apply(in);
+        break;
+    case SONA_OP_LORA_GRAD: {
+        const size_t w = (size_t)c->adapters * c->rank * c->hidden;
+        alloc_outputs(in, w, w, 0);
+        ref_lora_grad(in);
+        break;
+    }
+    case SONA_OP_PARAM_UPDATE: {
+        const size_t n = (size_t)c->segments * c->len;
+        alloc_outputs(in, n, c->with_fisher ? n : 0, 0);
+        ref_param_update(in);
+        break;
+    }
+    case SONA_OP_SQDIST_ARGMIN:
+        alloc_outputs(in, c->n, 0, c->n);
+        ref_sqdist_argmin(in);
+        break;
+    case SONA_OP_KNN_EXACT:
+        alloc_outputs(in, (size_t)c->m * c->k, 0, (size_t)c->m * c->k);
+        ref_knn_exact(in);
+        break;
+    case SONA_OP_CLUSTER_SUMS:
+        alloc_outputs(in, (size_t)c->k * c->d, 0, c->k);
+        ref_cluster_sums(in);
+        break;
+    case SONA_OP_GEMM:
         alloc_outputs(in, (size_t)c->m * c->n, 0, 0);
         ref_gemm(in);
         break;

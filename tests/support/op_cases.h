@@ -55,6 +55,9 @@ typedef struct op_instance {
 
 /* Fills inputs from seed and computes the double reference. Returns 0 on success. */
 int op_instance_prepare(op_instance *in, const op_case *c, uint64_t seed);
+/* Only the inputs (the same values as op_instance_prepare), without outputs or reference: for
+ * benchmarks, whose sizes would make the double reference far too slow. */
+int op_instance_prepare_inputs(op_instance *in, const op_case *c, uint64_t seed);
 void op_instance_free(op_instance *in);
 
 /* Runs the case on backend b (uploads inputs to b's buffers, runs, downloads the results into

@@ -1,0 +1,190 @@
+/* Regression check between two `sona bench --json` reports. */
+#include "compare.h"
+
+#include "json_read.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* The timed rows of a parsed report: its "rows" array, checked for shape. */
+static const json_value *report_rows(const json_value *doc, const char *which, char *err, size_t err_len)
+{
+    const json_value *rows = json_get(doc, "rows");
+    if (!rows || rows->type != JSON_ARRAY) {
+        snprintf(err, err_len, "%s report has no \"rows\" array", which);
+        return NULL;
+    }
+    for (size_t i = 0; i < rows->count; i++) {
+        const json_value *r = &rows->items[i];
+        if (r->type != JSON_OBJECT || !json_get_str(r, "group", NULL) || !json_get_str(r, "case", NULL) ||
+            !json_get_str(r, "backend", NULL)) {
+            snprintf(err, err_len, "%s report: row %zu lacks group, case or backend", which, i);
+            return NULL;
+        }
+    }
+    return rows;
+}
+
+static double median_of(const json_value *r)
+{
+    const double m = json_get_num(r, "median_us", 0);
+    return m > 0 ? m : 0;
+}
+
+static const json_value *find_row(const json_value *rows, const json_value *like)
+{
+    const char *g = json_get_str(like, "group", ""), *c = json_get_str(like, "case", ""),
+               *b = json_get_str(like, "backend", "");
+    for (size_t i = 0; i < rows->count; i++) {
+        const json_value *r = &rows->items[i];
+        if (!strcmp(json_get_str(r, "group", ""), g) && !strcmp(json_get_str(r, "case", ""), c) &&
+            !strcmp(json_get_str(r, "backend", ""), b) && median_of(r) > 0)
+            return r;
+    }
+    return NULL;
+}
+
+static int add_entry(bench_comparison *out, size_t *cap, const json_value *row, double base, double cur,
+                     bench_cmp_status st)
+{
+    if (out->count == *cap) {
+        size_t cap2 = *cap ? 2 * *cap : 32;
+        bench_cmp_entry *e = realloc(out->entries, cap2 * sizeof *e);
+        if (!e)
+            return -1;
+        out->entries = e;
+        *cap = cap2;
+    }
+    bench_cmp_entry *e = &out->entries[out->count++];
+    memset(e, 0, sizeof *e);
+    snprintf(e->group, sizeof e->group, "%s", json_get_str(row, "group", ""));
+    snprintf(e->name, sizeof e->name, "%s", json_get_str(row, "case", ""));
+    snprintf(e->backend, sizeof e->backend, "%s", json_get_str(row, "backend", ""));
+    e->base_us = base;
+    e->cur_us = cur;
+    e->change_pct = base > 0 && cur > 0 ? (cur / base - 1.0) * 100.0 : 0;
+    e->status = st;
+    return 0;
+}
+
+int bench_compare_json(const char *baseline, const char *current, double threshold_pct,
+                       bench_comparison *out, char *err, size_t err_len)
+{
+    memset(out, 0, sizeof *out);
+    out->threshold_pct = threshold_pct;
+    json_value base, cur;
+    char perr[160];
+    if (json_parse(baseline, &base, perr, sizeof perr) != 0) {
+        snprintf(err, err_len, "baseline: %s", perr);
+        return -1;
+    }
+    if (json_parse(current, &cur, perr, sizeof perr) != 0) {
+        snprintf(err, err_len, "current: %s", perr);
+        json_free(&base);
+        return -1;
+    }
+    int rc = -1;
+    size_t cap = 0;
+    const json_value *brows = report_rows(&base, "baseline", err, err_len);
+    const json_value *crows = brows ? report_rows(&cur, "current", err, err_len) : NULL;
+    if (!crows)
+        goto done;
+    const double up = 1.0 + threshold_pct / 100.0, down = 1.0 - threshold_pct / 100.0;
+    for (size_t i = 0; i < crows->count; i++) {
+        const json_value *r = &crows->items[i];
+        const double c = median_of(r);
+        if (c <= 0 || find_row(crows, r) != r) /* untimed, or a duplicate of an earlier row */
+            continue;
+        const json_value *b = find_row(brows, r);
+        bench_cmp_status st = BENCH_CMP_NEW;
+        double bm = 0;
+        if (b) {
+            bm = median_of(b);
+            st = c > bm * up ? BENCH_CMP_SLOWER : c < bm * down ? BENCH_CMP_FASTER : BENCH_CMP_SAME;
+            out->compared++;
+            out->regressions += st == BENCH_CMP_SLOWER;
+            out->improvements += st == BENCH_CMP_FASTER;
+        } else {
+            out->only_current++;
+        }
+        if (add_entry(out, &cap, r, bm, c, st) != 0)
+            goto nomem;
+    }
+    for (size_t i = 0; i < brows->count; i++) {
+        const json_value *b = &brows->items[i];
+        if (median_of(b) <= 0 || find_row(brows, b) != b || find_row(crows, b))
+            continue;
+        out->only_baseline++;
+        if (add_entry(out, &cap, b, median_of(b), 0, BENCH_CMP_GONE) != 0)
+            goto nomem;
+    }
+    rc = 0;
+    goto done;
+nomem:
+    snprintf(err, err_len, "out of memory");
+    bench_comparison_free(out);
+done:
+    json_free(&base);
+    json_free(&cur);
+    return rc;
+}
+
+void bench_comparison_print(const bench_comparison *c, FILE *f)
+{
+    static const char *const labels[] = {"same", "REGRESSION", "faster", "new", "not measured now"};
+    enum { MAX_LISTED = 8 }; /* of the new and unmeasured rows (a --group run leaves out many) */
+    size_t listed[5] = {0};
+    for (int pass = 0; pass < 2; pass++) /* regressions first, then everything else that changed */
+        for (size_t i = 0; i < c->count; i++) {
+            const bench_cmp_entry *e = &c->entries[i];
+            if ((pass == 0) != (e->status == BENCH_CMP_SLOWER) || e->status == BENCH_CMP_SAME)
+                continue;
+            if ((e->status == BENCH_CMP_NEW || e->status == BENCH_CMP_GONE) && listed[e->status]++ >= MAX_LISTED) {
+                if (listed[e->status] == MAX_LISTED + 1)
+                    fprintf(f, "  %-16s ... (see the counts below)\n", labels[e->status]);
+                continue;
+            }
+            fprintf(f, "  %-16s %s / %s / %s", labels[e->status], e->group, e->name, e->backend);
+            if (e->base_us > 0 && e->cur_us > 0)
+                fprintf(f, ": %.3f us -> %.3f us (%+.1f%%)", e->base_us, e->cur_us, e->change_pct);
+            fprintf(f, "\n");
+        }
+    fprintf(f, "compare: %zu rows compared, %zu regressions beyond %.1f%%, %zu faster, %zu new, %zu not measured now\n",
+            c->compared, c->regressions, c->threshold_pct, c->improvements, c->only_current, c->only_baseline);
+}
+
+void bench_comparison_free(bench_comparison *c)
+{
+    free(c->entries);
+    memset(c, 0, sizeof *c);
+}
+
+char *bench_read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = 1 << 16, len = 0;
+    char *s = malloc(cap);
+    while (s) {
+        len += fread(s + len, 1, cap - len - 1, f);
+        if (len < cap - 1)
+            break;
+        char *s2 = realloc(s, cap * 2);
+        if (!s2) {
+            free(s);
+            s = NULL;
+            break;
+        }
+        s = s2;
+        cap *= 2;
+    }
+    const int bad = ferror(f);
+    fclose(f);
+    if (!s || bad) {
+        free(s);
+        return NULL;
+    }
+    s[len] = '\0';
+    return s;
+}

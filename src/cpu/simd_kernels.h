@@ -1,0 +1,713 @@
+/* The vector kernels of every SIMD CPU variant, written once against a small vector interface.
+ *
+ * Include this from exactly one variant file (ops_avx2.c, ops_avx512.c, ops_neon.c) after
+ * defining, for that ISA:
+ *   SV_W                    lanes of one vector of floats
+ *   sv_f                    the vector type
+ *   sv_zero() sv_set1(f) sv_load(p) sv_store(p, v) sv_fma(a, b, c) (= a*b + c)
+ *   sv_add(a, b) sv_sub(a, b) sv_mul(a, b) sv_hsum(v)
+ *   sv_loadn(p, n)          the first n < SV_W floats, zeros above; reads only those n
+ *   sv_storen(p, v, n)      writes only the first n < SV_W lanes
+ *   SV_GEMM_MR              rows of the GEMM micro-tile (its columns are 2 * SV_W)
+ * Everything here is static, so each variant gets its own copy compiled with its own flags and
+ * nothing of one ISA leaks into another translation unit. Accumulation is in float, like the
+ * scalar variant; the error bounds of tests/support/op_cases.c hold for any summation order. */
+#ifndef SONA_CPU_SIMD_KERNELS_H
+#define SONA_CPU_SIMD_KERNELS_H
+
+#include "cpu/cpu.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SV_INLINE static inline __attribute__((always_inline))
+
+/* Dot product of two n-long rows, four independent accumulator chains. */
+SV_INLINE float sv_dot(const float *a, const float *b, uint32_t n)
+{
+    sv_f s0 = sv_zero(), s1 = sv_zero(), s2 = sv_zero(), s3 = sv_zero();
+    uint32_t h = 0;
+    for (; h + 4 * SV_W <= n; h += 4 * SV_W) {
+        s0 = sv_fma(sv_load(a + h), sv_load(b + h), s0);
+        s1 = sv_fma(sv_load(a + h + SV_W), sv_load(b + h + SV_W), s1);
+        s2 = sv_fma(sv_load(a + h + 2 * SV_W), sv_load(b + h + 2 * SV_W), s2);
+        s3 = sv_fma(sv_load(a + h + 3 * SV_W), sv_load(b + h + 3 * SV_W), s3);
+    }
+    for (; h + SV_W <= n; h += SV_W)
+        s0 = sv_fma(sv_load(a + h), sv_load(b + h), s0);
+    if (h < n)
+        s1 = sv_fma(sv_loadn(a + h, n - h), sv_loadn(b + h, n - h), s1);
+    return sv_hsum(sv_add(sv_add(s0, s1), sv_add(s2, s3)));
+}
+
+/* y[h] += c * x[h] over n floats. */
+SV_INLINE void sv_axpy(float *y, float c, const float *x, uint32_t n)
+{
+    const sv_f cv = sv_set1(c);
+    uint32_t h = 0;
+    for (; h + 2 * SV_W <= n; h += 2 * SV_W) {
+        sv_store(y + h, sv_fma(cv, sv_load(x + h), sv_load(y + h)));
+        sv_store(y + h + SV_W, sv_fma(cv, sv_load(x + h + SV_W), sv_load(y + h + SV_W)));
+    }
+    for (; h + SV_W <= n; h += SV_W)
+        sv_store(y + h, sv_fma(cv, sv_load(x + h), sv_load(y + h)));
+    if (h < n)
+        sv_storen(y + h, sv_fma(cv, sv_loadn(x + h, n - h), sv_loadn(y + h, n - h)), n - h);
+}
+
+/* ---- lora_apply ------------------------------------------------------------------------ */
+
+/* t[q][j] = s * (A_j . x_q) for R rows that share one adapter: each A row is loaded once for
+ * all R inputs, J A rows at a time, so J * R independent accumulator chains hide the FMA
+ * latency (a single row takes four A rows at once). R is a compile-time constant at every call. */
+SV_INLINE void sv_lora_down(int R, const float *A, uint32_t r, uint32_t H, const float *const *x,
+                            float s, float t[][SONA_CPU_MAX_RANK])
+{
+    const uint32_t J = R == 1 ? 4 : 2;
+    uint32_t j = 0;
+    for (; j + J <= r; j += J) {
+        const float *aj = A + (size_t)j * H;
+        sv_f acc[4][4];
+        for (uint32_t u = 0; u < J; u++)
+            for (int q = 0; q < R; q++)
+                acc[u][q] = sv_zero();
+        uint32_t h = 0;
+        for (; h + SV_W <= H; h += SV_W) {
+            sv_f va[4];
+            for (uint32_t u = 0; u < J; u++)
+                va[u] = sv_load(aj + u * H + h);
+            for (int q = 0; q < R; q++) {
+                const sv_f xv = sv_load(x[q] + h);
+                for (uint32_t u = 0; u < J; u++)
+                    acc[u][q] = sv_fma(va[u], xv, acc[u][q]);
+            }
+        }
+        if (h < H) {
+            const uint32_t rest = H - h;
+            sv_f va[4];
+            for (uint32_t u = 0; u < J; u++)
+                va[u] = sv_loadn(aj + u * H + h, rest);
+            for (int q = 0; q < R; q++) {
+                const sv_f xv = sv_loadn(x[q] + h, rest);
+                for (uint32_t u = 0; u < J; u++)
+                    acc[u][q] = sv_fma(va[u], xv, acc[u][q]);
+            }
+        }
+        for (int q = 0; q < R; q++)
+            for (uint32_t u = 0; u < J; u++)
+                t[q][j + u] = s * sv_hsum(acc[u][q]);
+    }
+    for (; j < r; j++)
+        for (int q = 0; q < R; q++)
+            t[q][j] = s * sv_dot(A + (size_t)j * H, x[q], H);
+}
+
+/* y_q = x_q + sum_j t[q][j] Bt_j for R rows, V vectors of h at a time: each Bt load serves
+ * all R rows, and the R x V accumulators stay in registers. x_q may equal y_q. */
+SV_INLINE void sv_lora_up(int R, const float *Bt, uint32_t r, uint32_t H, const float *const *x,
+                          float *const *y, const float t[][SONA_CPU_MAX_RANK])
+{
+    if (R == 1 && r > 4) {
+        /* One row of high rank: four Bt rows per pass over y, so the weights stream in a few
+         * sequential runs the prefetcher follows, instead of r runs of a few vectors each. */
+        for (uint32_t j0 = 0; j0 < r; j0 += 4) {
+            const uint32_t nj = r - j0 < 4 ? r - j0 : 4;
+            const float *src = j0 == 0 ? x[0] : y[0];
+            sv_f tv[4];
+            for (uint32_t u = 0; u < nj; u++)
+                tv[u] = sv_set1(t[0][j0 + u]);
+            const float *b = Bt + (size_t)j0 * H;
+            uint32_t h = 0;
+            for (; h + SV_W <= H; h += SV_W) {
+                sv_f acc = sv_load(src + h);
+                for (uint32_t u = 0; u < nj; u++)
+                    acc = sv_fma(sv_load(b + (size_t)u * H + h), tv[u], acc);
+                sv_store(y[0] + h, acc);
+            }
+            if (h < H) {
+                const uint32_t rest = H - h;
+                sv_f acc = sv_loadn(src + h, rest);
+                for (uint32_t u = 0; u < nj; u++)
+                    acc = sv_fma(sv_loadn(b + (size_t)u * H + h, rest), tv[u], acc);
+                sv_storen(y[0] + h, acc, rest);
+            }
+        }
+        return;
+    }
+    const uint32_t V = R == 1 ? 4 : 2;
+    uint32_t h = 0;
+    for (; h + V * SV_W <= H; h += V * SV_W) {
+        sv_f acc[4][4];
+        for (int q = 0; q < R; q++)
+            for (uint32_t v = 0; v < V; v++)
+                acc[q][v] = sv_load(x[q] + h + v * SV_W);
+        for (uint32_t j = 0; j < r; j++) {
+            const float *b = Bt + (size_t)j * H + h;
+            sv_f bv[4];
+            for (uint32_t v = 0; v < V; v++)
+                bv[v] = sv_load(b + v * SV_W);
+            for (int q = 0; q < R; q++) {
+                const sv_f tv = sv_set1(t[q][j]);
+                for (uint32_t v = 0; v < V; v++)
+                    acc[q][v] = sv_fma(bv[v], tv, acc[q][v]);
+            }
+        }
+        for (int q = 0; q < R; q++)
+            for (uint32_t v = 0; v < V; v++)
+                sv_store(y[q] + h + v * SV_W, acc[q][v]);
+    }
+    for (; h < H; h += SV_W) {
+        const uint32_t rest = H - h < SV_W ? H - h : SV_W;
+        sv_f acc[4];
+        for (int q = 0; q < R; q++)
+            acc[q] = rest == SV_W ? sv_load(x[q] + h) : sv_loadn(x[q] + h, rest);
+        for (uint32_t j = 0; j < r; j++) {
+            const float *b = Bt + (size_t)j * H + h;
+            const sv_f bv = rest == SV_W ? sv_load(b) : sv_loadn(b, rest);
+            for (int q = 0; q < R; q++)
+                acc[q] = sv_fma(bv, sv_set1(t[q][j]), acc[q]);
+        }
+        for (int q = 0; q < R; q++) {
+            if (rest == SV_W)
+                sv_store(y[q] + h, acc[q]);
+            else
+                sv_storen(y[q] + h, acc[q], rest);
+        }
+    }
+}
+
+SV_INLINE void sv_lora_group(int R, const sona_lora_weights *w, int32_t id, const float *const *x,
+                             float *const *y)
+{
+    const uint32_t H = w->hidden, r = w->rank;
+    const size_t off = (size_t)id * r * H;
+    float t[4][SONA_CPU_MAX_RANK];
+    sv_lora_down(R, w->A + off, r, H, x, w->scale[id], t);
+    sv_lora_up(R, w->Bt + off, r, H, x, y, t);
+}
+
+/* Rows run in groups of up to four that use the same adapter, so a batch over few adapters
+ * reads each adapter's weights once per group instead of once per row. Grouping keeps the
+ * order of rows within an adapter; rows of other adapters in between are left for later. */
+#define SV_APPLY_WINDOW 256
+static sona_status sv_lora_apply(void *ctx, const sona_lora_apply_args *a)
+{
+    (void)ctx;
+    const uint32_t H = a->w.hidden;
+    const float *xs[4];
+    float *ys[4];
+    if (a->n == 1) { /* the per-request path: no grouping work at all */
+        const int32_t id = a->ids ? a->ids[0] : 0;
+        xs[0] = a->x;
+        ys[0] = a->y;
+        if (id >= 0)
+            sv_lora_group(1, &a->w, id, xs, ys);
+        else if (a->y != a->x)
+            memcpy(a->y, a->x, H * sizeof(float));
+        return SONA_OK;
+    }
+    /* Within a window of rows, mark rows done as their group runs (a bitmap on the stack). */
+    for (uint32_t base = 0; base < a->n; base += SV_APPLY_WINDOW) {
+        const uint32_t end = a->n - base < SV_APPLY_WINDOW ? a->n : base + SV_APPLY_WINDOW;
+        unsigned char done[SV_APPLY_WINDOW] = {0};
+        for (uint32_t i = base; i < end; i++) {
+            if (done[i - base])
+                continue;
+            const int32_t id = a->ids ? a->ids[i] : 0;
+            const float *x = a->x + (size_t)i * H;
+            float *y = a->y + (size_t)i * H;
+            if (id < 0) {
+                if (y != x)
+                    memcpy(y, x, H * sizeof *y);
+                continue;
+            }
+            int R = 0;
+            for (uint32_t k = i; k < end && R < 4; k++) {
+                if (done[k - base] || (a->ids ? a->ids[k] : 0) != id)
+                    continue;
+                done[k - base] = 1;
+                xs[R] = a->x + (size_t)k * H;
+                ys[R] = a->y + (size_t)k * H;
+                R++;
+            }
+            switch (R) {
+            case 1: sv_lora_group(1, &a->w, id, xs, ys); break;
+            case 2: sv_lora_group(2, &a->w, id, xs, ys); break;
+            case 3: sv_lora_group(3, &a->w, id, xs, ys); break;
+            default: sv_lora_group(4, &a->w, id, xs, ys); break;
+            }
+        }
+    }
+    return SONA_OK;
+}
+
+/* ---- lora_grad ------------------------------------------------------------------------- */
+
+static sona_status sv_lora_grad(void *ctx, const sona_lora_grad_args *a)
+{
+    (void)ctx;
+    const uint32_t H = a->w.hidden, r = a->w.rank;
+    for (uint32_t i = 0; i < a->n; i++) {
+        const int32_t id = a->ids ? a->ids[i] : 0;
+        if (id < 0)
+            continue;
+        const float *x = a->x + (size_t)i * H, *d = a->d + (size_t)i * H;
+        const size_t off = (size_t)id * r * H;
+        const float *A = a->w.A + off, *Bt = a->w.Bt + off;
+        float *gA = a->gA + off, *gBt = a->gBt + off;
+        const float c = a->wt[i] * a->w.scale[id];
+        for (uint32_t j = 0; j < r; j++) {
+            const float *aj = A + (size_t)j * H, *bj = Bt + (size_t)j * H;
+            float *gaj = gA + (size_t)j * H, *gbj = gBt + (size_t)j * H;
+            /* Both dot products in one pass over x and d. */
+            sv_f ax0 = sv_zero(), ax1 = sv_zero(), bd0 = sv_zero(), bd1 = sv_zero();
+            uint32_t h = 0;
+            for (; h + 2 * SV_W <= H; h += 2 * SV_W) {
+                ax0 = sv_fma(sv_load(aj + h), sv_load(x + h), ax0);
+                bd0 = sv_fma(sv_load(bj + h), sv_load(d + h), bd0);
+                ax1 = sv_fma(sv_load(aj + h + SV_W), sv_load(x + h + SV_W), ax1);
+                bd1 = sv_fma(sv_load(bj + h + SV_W), sv_load(d + h + SV_W), bd1);
+            }
+            for (; h < H; h += SV_W) {
+                const uint32_t rest = H - h < SV_W ? H - h : SV_W;
+                ax0 = sv_fma(sv_loadn(aj + h, rest), sv_loadn(x + h, rest), ax0);
+                bd0 = sv_fma(sv_loadn(bj + h, rest), sv_loadn(d + h, rest), bd0);
+            }
+            const float u = c * sv_hsum(sv_add(ax0, ax1)), v = c * sv_hsum(sv_add(bd0, bd1));
+            /* gA_j += v x and gBt_j += u d, in one pass. */
+            const sv_f uv = sv_set1(u), vv = sv_set1(v);
+            for (h = 0; h + SV_W <= H; h += SV_W) {
+                sv_store(gaj + h, sv_fma(vv, sv_load(x + h), sv_load(gaj + h)));
+                sv_store(gbj + h, sv_fma(uv, sv_load(d + h), sv_load(gbj + h)));
+            }
+            if (h < H) {
+                const uint32_t rest = H - h;
+                sv_storen(gaj + h, sv_fma(vv, sv_loadn(x + h, rest), sv_loadn(gaj + h, rest)), rest);
+                sv_storen(gbj + h, sv_fma(uv, sv_loadn(d + h, rest), sv_loadn(gbj + h, rest)), rest);
+            }
+        }
+    }
+    return SONA_OK;
+}
+
+/* ---- param_update ---------------------------------------------------------------------- */
+
+SV_INLINE float sv_sumsq(const float *g, uint32_t n)
+{
+    sv_f s0 = sv_zero(), s1 = sv_zero(), s2 = sv_zero(), s3 = sv_zero();
+    uint32_t i = 0;
+    for (; i + 4 * SV_W <= n; i += 4 * SV_W) {
+        const sv_f g0 = sv_load(g + i), g1 = sv_load(g + i + SV_W);
+        const sv_f g2 = sv_load(g + i + 2 * SV_W), g3 = sv_load(g + i + 3 * SV_W);
+        s0 = sv_fma(g0, g0, s0);
+        s1 = sv_fma(g1, g1, s1);
+        s2 = sv_fma(g2, g2, s2);
+        s3 = sv_fma(g3, g3, s3);
+    }
+    for (; i < n; i += SV_W) {
+        const sv_f gv = n - i < SV_W ? sv_loadn(g + i, n - i) : sv_load(g + i);
+        s0 = sv_fma(gv, gv, s0);
+    }
+    return sv_hsum(sv_add(sv_add(s0, s1), sv_add(s2, s3)));
+}
+
+/* One vector of the fused step; EWC and FISHER are compile-time constants at each call. */
+SV_INLINE void sv_update_vec(int EWC, int FISHER, const sona_param_update_args *a, size_t i, uint32_t n,
+                             sv_f cv, sv_f lr, sv_f lambda, sv_f decay, sv_f one_minus_decay)
+{
+#define SV_LD(p) (n < SV_W ? sv_loadn((p) + i, n) : sv_load((p) + i))
+    const sv_f g = sv_mul(cv, SV_LD(a->g));
+    const sv_f th = SV_LD(a->theta);
+    sv_f step = g;
+    if (EWC)
+        step = sv_sub(step, sv_mul(lambda, sv_sub(sv_mul(SV_LD(a->fisher_sum), th), SV_LD(a->fisher_theta))));
+    const sv_f nth = sv_add(th, sv_mul(lr, step));
+    sv_f nf = sv_zero();
+    if (FISHER)
+        nf = sv_add(sv_mul(decay, SV_LD(a->fisher)), sv_mul(one_minus_decay, sv_mul(g, g)));
+#undef SV_LD
+    if (n < SV_W) {
+        sv_storen(a->theta + i, nth, n);
+        if (FISHER)
+            sv_storen(a->fisher + i, nf, n);
+    } else {
+        sv_store(a->theta + i, nth);
+        if (FISHER)
+            sv_store(a->fisher + i, nf);
+    }
+}
+
+SV_INLINE void sv_update_segment(int EWC, int FISHER, const sona_param_update_args *a, size_t base, float c)
+{
+    const sv_f cv = sv_set1(c), lr = sv_set1(a->lr), lambda = sv_set1(a->lambda);
+    const sv_f decay = sv_set1(a->decay), omd = sv_set1(1.0f - a->decay);
+    const size_t end = base + a->len;
+    size_t i = base;
+    for (; i + SV_W <= end; i += SV_W)
+        sv_update_vec(EWC, FISHER, a, i, SV_W, cv, lr, lambda, decay, omd);
+    if (i < end)
+        sv_update_vec(EWC, FISHER, a, i, (uint32_t)(end - i), cv, lr, lambda, decay, omd);
+}
+
+static sona_status sv_param_update(void *ctx, const sona_param_update_args *a)
+{
+    (void)ctx;
+    const int ewc = a->fisher_sum != NULL, fisher = a->fisher != NULL;
+    for (uint32_t seg = 0; seg < a->segments; seg++) {
+        const size_t base = (size_t)seg * a->len;
+        float c = 1.0f;
+        if (a->clip_norm > 0.0f) {
+            const double norm = sqrt((double)sv_sumsq(a->g + base, a->len));
+            if (norm > a->clip_norm)
+                c = (float)(a->clip_norm / norm);
+        }
+        if (ewc && fisher)
+            sv_update_segment(1, 1, a, base, c);
+        else if (ewc)
+            sv_update_segment(1, 0, a, base, c);
+        else if (fisher)
+            sv_update_segment(0, 1, a, base, c);
+        else
+            sv_update_segment(0, 0, a, base, c);
+    }
+    return SONA_OK;
+}
+
+/* ---- sqdist_argmin --------------------------------------------------------------------- */
+
+/* Squared distances from x to four centroids at once (x is loaded once for all four). */
+SV_INLINE void sv_sqdist4(const float *x, const float *c0, size_t stride, uint32_t d, float out[4])
+{
+    sv_f acc[4] = {sv_zero(), sv_zero(), sv_zero(), sv_zero()};
+    uint32_t t = 0;
+    for (; t + SV_W <= d; t += SV_W) {
+        const sv_f xv = sv_load(x + t);
+        for (int q = 0; q < 4; q++) {
+            const sv_f diff = sv_sub(xv, sv_load(c0 + q * stride + t));
+            acc[q] = sv_fma(diff, diff, acc[q]);
+        }
+    }
+    if (t < d) {
+        const sv_f xv = sv_loadn(x + t, d - t);
+        for (int q = 0; q < 4; q++) {
+            const sv_f diff = sv_sub(xv, sv_loadn(c0 + q * stride + t, d - t));
+            acc[q] = sv_fma(diff, diff, acc[q]);
+        }
+    }
+    for (int q = 0; q < 4; q++)
+        out[q] = sv_hsum(acc[q]);
+}
+
+SV_INLINE float sv_sqdist(const float *x, const float *c, uint32_t d)
+{
+    sv_f acc = sv_zero(), acc1 = sv_zero();
+    uint32_t t = 0;
+    for (; t + 2 * SV_W <= d; t += 2 * SV_W) {
+        const sv_f d0 = sv_sub(sv_load(x + t), sv_load(c + t));
+        const sv_f d1 = sv_sub(sv_load(x + t + SV_W), sv_load(c + t + SV_W));
+        acc = sv_fma(d0, d0, acc);
+        acc1 = sv_fma(d1, d1, acc1);
+    }
+    for (; t < d; t += SV_W) {
+        const uint32_t rest = d - t < SV_W ? d - t : SV_W;
+        const sv_f diff = sv_sub(sv_loadn(x + t, rest), sv_loadn(c + t, rest));
+        acc = sv_fma(diff, diff, acc);
+    }
+    return sv_hsum(sv_add(acc, acc1));
+}
+
+static sona_status sv_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a)
+{
+    (void)ctx;
+    const uint32_t d = a->d, k = a->k;
+    for (uint32_t i = 0; i < a->n; i++) {
+        const float *x = a->X + (size_t)i * d;
+        float best = INFINITY;
+        int32_t best_j = 0;
+        uint32_t j = 0;
+        for (; j + 4 <= k; j += 4) {
+            float dist[4];
+            sv_sqdist4(x, a->C + (size_t)j * d, d, d, dist);
+            for (int q = 0; q < 4; q++)
+                if (dist[q] < best) {
+                    best = dist[q];
+                    best_j = (int32_t)(j + q);
+                }
+        }
+        for (; j < k; j++) {
+            const float dj = sv_sqdist(x, a->C + (size_t)j * d, d);
+            if (dj < best) {
+                best = dj;
+                best_j = (int32_t)j;
+            }
+        }
+        a->idx[i] = best_j;
+        a->dist[i] = best;
+    }
+    return SONA_OK;
+}
+
+/* ---- cluster_sums ---------------------------------------------------------------------- */
+
+static sona_status sv_cluster_sums(void *ctx, const sona_cluster_sums_args *a)
+{
+    (void)ctx;
+    memset(a->sums, 0, (size_t)a->k * a->d * sizeof *a->sums);
+    memset(a->counts, 0, a->k * sizeof *a->counts);
+    for (uint32_t i = 0; i < a->n; i++) {
+        const int32_t j = a->idx[i];
+        if (j < 0 || j >= (int32_t)a->k)
+            continue;
+        sv_axpy(a->sums + (size_t)j * a->d, 1.0f, a->X + (size_t)i * a->d, a->d);
+        a->counts[j]++;
+    }
+    return SONA_OK;
+}
+
+/* ---- knn_exact ------------------------------------------------------------------------- */
+
+/* Dot products of q with four rows of P at once. */
+SV_INLINE void sv_dot4(const float *q, const float *p0, size_t stride, uint32_t d, float out[4])
+{
+    sv_f acc[4] = {sv_zero(), sv_zero(), sv_zero(), sv_zero()};
+    uint32_t t = 0;
+    for (; t + SV_W <= d; t += SV_W) {
+        const sv_f qv = sv_load(q + t);
+        for (int r = 0; r < 4; r++)
+            acc[r] = sv_fma(qv, sv_load(p0 + r * stride + t), acc[r]);
+    }
+    if (t < d) {
+        const sv_f qv = sv_loadn(q + t, d - t);
+        for (int r = 0; r < 4; r++)
+            acc[r] = sv_fma(qv, sv_loadn(p0 + r * stride + t, d - t), acc[r]);
+    }
+    for (int r = 0; r < 4; r++)
+        out[r] = sv_hsum(acc[r]);
+}
+
+/* The norms of P and Q are computed once per call. P is walked in blocks small enough to stay
+ * in L1 while every query visits them, so P streams from memory once rather than once per
+ * query. The similarity is formed as in the scalar variant, and each query's candidates reach
+ * sona_topk_insert in index order, so ties resolve the same way (lower index first). */
+#define SV_KNN_BLOCK 32
+SV_INLINE float sv_cosine(float dot, float qn, float pn)
+{
+    return (qn > 0.0f && pn > 0.0f) ? dot / (qn * pn) : 0.0f;
+}
+
+static sona_status sv_knn_exact(void *ctx, const sona_knn_exact_args *a)
+{
+    (void)ctx;
+    const uint32_t d = a->d, k = a->k, n = a->n, m = a->m;
+    float *pn = malloc(((size_t)n + m + 1) * sizeof *pn);
+    uint32_t *len = calloc((size_t)m + 1, sizeof *len);
+    if (!pn || !len) {
+        free(pn);
+        free(len);
+        return SONA_E_NOMEM;
+    }
+    float *qn = pn + n;
+    for (uint32_t i = 0; i < n; i++)
+        pn[i] = sqrtf(sv_dot(a->P + (size_t)i * d, a->P + (size_t)i * d, d));
+    for (uint32_t q = 0; q < m; q++)
+        qn[q] = sqrtf(sv_dot(a->Q + (size_t)q * d, a->Q + (size_t)q * d, d));
+    for (uint32_t i0 = 0; i0 < n; i0 += SV_KNN_BLOCK) {
+        const uint32_t i1 = n - i0 < SV_KNN_BLOCK ? n : i0 + SV_KNN_BLOCK;
+        for (uint32_t q = 0; q < m; q++) {
+            const float *qv = a->Q + (size_t)q * d;
+            int32_t *idx = a->idx + (size_t)q * k;
+            float *sim = a->sim + (size_t)q * k;
+            uint32_t i = i0;
+            for (; i + 4 <= i1; i += 4) {
+                float dots[4];
+                sv_dot4(qv, a->P + (size_t)i * d, d, d, dots);
+                for (uint32_t r = 0; r < 4; r++)
+                    sona_topk_insert(idx, sim, k, &len[q], (int32_t)(i + r), sv_cosine(dots[r], qn[q], pn[i + r]));
+            }
+            for (; i < i1; i++)
+                sona_topk_insert(idx, sim, k, &len[q], (int32_t)i,
+                                 sv_cosine(sv_dot(qv, a->P + (size_t)i * d, d), qn[q], pn[i]));
+        }
+    }
+    for (uint32_t q = 0; q < m; q++)
+        for (uint32_t t = len[q]; t < k; t++) {
+            a->idx[(size_t)q * k + t] = -1;
+            a->sim[(size_t)q * k + t] = -INFINITY;
+        }
+    free(pn);
+    free(len);
+    return SONA_OK;
+}
+
+/* ---- gemm ------------------------------------------------------------------------------ */
+
+/* Packed, register-blocked SGEMM (the usual three-level blocking). op(B) is packed into
+ * column panels of SV_GEMM_NR floats per k step, op(A) into row panels of SV_GEMM_MR; the
+ * packing absorbs both transpositions and zero-pads the edges, so the micro-kernel always
+ * computes a full MR x NR tile and only the write-back knows about edges. */
+#define SV_GEMM_NR (2 * SV_W)
+#define SV_GEMM_KC 256
+#define SV_GEMM_MC (SV_GEMM_MR * 16)
+#define SV_GEMM_NC 2048
+
+SV_INLINE float sv_gemm_a(const sona_gemm_args *g, size_t i, size_t p)
+{
+    return g->trans_a ? g->A[p * g->m + i] : g->A[i * g->k + p];
+}
+
+/* Ap[panel][p][ii] for rows i0..i0+mc, k range p0..p0+kc. */
+static void sv_gemm_pack_a(const sona_gemm_args *g, uint32_t i0, uint32_t mc, uint32_t p0, uint32_t kc,
+                           float *Ap)
+{
+    for (uint32_t ip = 0; ip < mc; ip += SV_GEMM_MR) {
+        const uint32_t rows = mc - ip < SV_GEMM_MR ? mc - ip : SV_GEMM_MR;
+        for (uint32_t p = 0; p < kc; p++) {
+            uint32_t ii = 0;
+            if (g->trans_a) { /* row p of A holds op(A)'s column: contiguous in i */
+                const float *src = g->A + (size_t)(p0 + p) * g->m + i0 + ip;
+                for (; ii < rows; ii++)
+                    Ap[ii] = src[ii];
+            } else {
+                for (; ii < rows; ii++)
+                    Ap[ii] = sv_gemm_a(g, i0 + ip + ii, p0 + p);
+            }
+            for (; ii < SV_GEMM_MR; ii++)
+                Ap[ii] = 0.0f;
+            Ap += SV_GEMM_MR;
+        }
+    }
+}
+
+/* Bp[panel][p][jj] for columns j0..j0+nc, k range p0..p0+kc. */
+static void sv_gemm_pack_b(const sona_gemm_args *g, uint32_t j0, uint32_t nc, uint32_t p0, uint32_t kc,
+                           float *Bp)
+{
+    for (uint32_t jp = 0; jp < nc; jp += SV_GEMM_NR) {
+        const uint32_t cols = nc - jp < SV_GEMM_NR ? nc - jp : SV_GEMM_NR;
+        for (uint32_t p = 0; p < kc; p++) {
+            uint32_t jj = 0;
+            if (!g->trans_b) {
+                const float *src = g->B + (size_t)(p0 + p) * g->n + j0 + jp;
+                if (cols == SV_GEMM_NR) {
+                    sv_store(Bp, sv_load(src));
+                    sv_store(Bp + SV_W, sv_load(src + SV_W));
+                    jj = cols;
+                } else {
+                    for (; jj < cols; jj++)
+                        Bp[jj] = src[jj];
+                }
+            } else {
+                for (; jj < cols; jj++)
+                    Bp[jj] = g->B[(size_t)(j0 + jp + jj) * g->k + p0 + p];
+            }
+            for (; jj < SV_GEMM_NR; jj++)
+                Bp[jj] = 0.0f;
+            Bp += SV_GEMM_NR;
+        }
+    }
+}
+
+/* acc = Ap^T Bp over kc, then C = alpha acc + beta C (first k block) or C += alpha acc. */
+static void sv_gemm_micro(uint32_t kc, const float *Ap, const float *Bp, float *C, size_t ldc,
+                          uint32_t rows, uint32_t cols, float alpha, float beta, int first)
+{
+    sv_f acc0[SV_GEMM_MR], acc1[SV_GEMM_MR];
+    for (int i = 0; i < SV_GEMM_MR; i++)
+        acc0[i] = acc1[i] = sv_zero();
+    for (uint32_t p = 0; p < kc; p++) {
+        const sv_f b0 = sv_load(Bp), b1 = sv_load(Bp + SV_W);
+        for (int i = 0; i < SV_GEMM_MR; i++) {
+            const sv_f av = sv_set1(Ap[i]);
+            acc0[i] = sv_fma(av, b0, acc0[i]);
+            acc1[i] = sv_fma(av, b1, acc1[i]);
+        }
+        Ap += SV_GEMM_MR;
+        Bp += SV_GEMM_NR;
+    }
+    const sv_f av = sv_set1(alpha), bv = sv_set1(first ? beta : 1.0f);
+    const int keep = !first || beta != 0.0f; /* beta == 0 ignores C's old contents */
+    for (uint32_t i = 0; i < rows; i++) {
+        float *c = C + i * ldc;
+        if (cols == SV_GEMM_NR) {
+            sv_f r0 = sv_mul(av, acc0[i]), r1 = sv_mul(av, acc1[i]);
+            if (keep) {
+                r0 = sv_fma(bv, sv_load(c), r0);
+                r1 = sv_fma(bv, sv_load(c + SV_W), r1);
+            }
+            sv_store(c, r0);
+            sv_store(c + SV_W, r1);
+        } else {
+            const uint32_t c0 = cols < SV_W ? cols : SV_W, c1 = cols - c0;
+            sv_f r0 = sv_mul(av, acc0[i]), r1 = sv_mul(av, acc1[i]);
+            if (keep) {
+                r0 = sv_fma(bv, c0 == SV_W ? sv_load(c) : sv_loadn(c, c0), r0);
+                if (c1)
+                    r1 = sv_fma(bv, sv_loadn(c + SV_W, c1), r1);
+            }
+            if (c0 == SV_W)
+                sv_store(c, r0);
+            else
+                sv_storen(c, r0, c0);
+            if (c1)
+                sv_storen(c + SV_W, r1, c1);
+        }
+    }
+}
+
+static sona_status sv_gemm(void *ctx, const sona_gemm_args *g)
+{
+    (void)ctx;
+    const uint32_t M = g->m, N = g->n, K = g->k;
+    if (M == 0 || N == 0)
+        return SONA_OK;
+    if (K == 0) { /* C = beta C */
+        for (size_t i = 0; i < (size_t)M * N; i++)
+            g->C[i] = g->beta == 0.0f ? 0.0f : g->beta * g->C[i];
+        return SONA_OK;
+    }
+    const uint32_t nc_max = N < SV_GEMM_NC ? N : SV_GEMM_NC;
+    const uint32_t mc_max = M < SV_GEMM_MC ? M : SV_GEMM_MC;
+    const uint32_t kc_max = K < SV_GEMM_KC ? K : SV_GEMM_KC;
+    const size_t bp_floats = (size_t)((nc_max + SV_GEMM_NR - 1) / SV_GEMM_NR) * SV_GEMM_NR * kc_max;
+    const size_t ap_floats = (size_t)((mc_max + SV_GEMM_MR - 1) / SV_GEMM_MR) * SV_GEMM_MR * kc_max;
+    float *Bp = malloc(bp_floats * sizeof(float)), *Ap = malloc(ap_floats * sizeof(float));
+    if (!Bp || !Ap) {
+        free(Bp);
+        free(Ap);
+        return SONA_E_NOMEM;
+    }
+    for (uint32_t j0 = 0; j0 < N; j0 += SV_GEMM_NC) {
+        const uint32_t nc = N - j0 < SV_GEMM_NC ? N - j0 : SV_GEMM_NC;
+        for (uint32_t p0 = 0; p0 < K; p0 += SV_GEMM_KC) {
+            const uint32_t kc = K - p0 < SV_GEMM_KC ? K - p0 : SV_GEMM_KC;
+            sv_gemm_pack_b(g, j0, nc, p0, kc, Bp);
+            for (uint32_t i0 = 0; i0 < M; i0 += SV_GEMM_MC) {
+                const uint32_t mc = M - i0 < SV_GEMM_MC ? M - i0 : SV_GEMM_MC;
+                sv_gemm_pack_a(g, i0, mc, p0, kc, Ap);
+                for (uint32_t jp = 0; jp < nc; jp += SV_GEMM_NR)
+                    for (uint32_t ip = 0; ip < mc; ip += SV_GEMM_MR)
+                        sv_gemm_micro(kc, Ap + (size_t)ip * kc, Bp + (size_t)jp * kc,
+                                      g->C + (size_t)(i0 + ip) * N + j0 + jp, N,
+                                      mc - ip < SV_GEMM_MR ? mc - ip : SV_GEMM_MR,
+                                      nc - jp < SV_GEMM_NR ? nc - jp : SV_GEMM_NR, g->alpha, g->beta,
+                                      p0 == 0);
+            }
+        }
+    }
+    free(Bp);
+    free(Ap);
+    return SONA_OK;
+}
+
+/* The op table entries a variant file puts in its sona_backend. */
+#define SV_BACKEND_OPS                    \
+    .lora_apply = sv_lora_apply,          \
+    .lora_grad = sv_lora_grad,            \
+    .param_update = sv_param_update,      \
+    .sqdist_argmin = sv_sqdist_argmin,    \
+    .knn_exact = sv_knn_exact,            \
+    .gemm = sv_gemm,                      \
+    .cluster_sums = sv_cluster_sums
+
+#endif /* SONA_CPU_SIMD_KERNELS_H */

@@ -1,0 +1,84 @@
+/* Private to the CUDA module: the backend context, status checking and the kernel launchers.
+ * Host code in cuda_backend.cu owns the context; each kernels_*.cu file owns its kernels and
+ * exposes one launcher per op step (launch only: the caller checks the launch status). */
+#ifndef SONA_CUDA_INTERNAL_H
+#define SONA_CUDA_INTERNAL_H
+
+#include "dispatch/ops.h"
+
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Largest adapter rank and top-k the kernels take (register-resident lists). */
+#define SONA_CUDA_MAX_RANK 64
+#define SONA_CUDA_MAX_TOPK 64
+
+/* Block size of every kernel that is not tied to a data shape. */
+#define SONA_CUDA_BLOCK 256
+
+/* ---- lora (kernels_lora.cu) ------------------------------------------------------------ */
+
+/* One launch for the whole batch: shrink (A x), then expand (x + s Bt^T t). grouped: 0 one
+ * block per row, 1 rows of one adapter together (ranks <= 16, else per row), -1 choose. */
+cudaError_t sona_cuda_launch_lora_apply(const sona_lora_apply_args *a, int grouped,
+                                        cudaStream_t s);
+
+/* u[i][j] = wt[i] s (A x_i)_j and v[i][j] = wt[i] s (Bt d_i)_j for rows with an adapter, zero
+ * for the others; u and v are n x rank scratch arrays. */
+cudaError_t sona_cuda_launch_lora_grad_project(const sona_lora_grad_args *a, float *u, float *v,
+                                               cudaStream_t s);
+/* gA[a] += sum over rows of adapter a of v_i x_i^T, gBt[a] += u_i d_i^T. Rows are grouped by
+ * adapter first (a counting sort); scratch holds 3 * num_adapters + 1 + n uint32 values. */
+cudaError_t sona_cuda_launch_lora_grad_accumulate(const sona_lora_grad_args *a, const float *u,
+                                                  const float *v, uint32_t *scratch,
+                                                  cudaStream_t s);
+
+/* ---- param_update (kernels_update.cu) ------------------------------------------------- */
+
+/* sumsq[seg] += sum of g^2 over the segment (sumsq zeroed by the caller). */
+cudaError_t sona_cuda_launch_segment_sumsq(const sona_param_update_args *a, double *sumsq,
+                                           cudaStream_t s);
+/* The fused step; sumsq is NULL when there is no clipping. */
+cudaError_t sona_cuda_launch_param_step(const sona_param_update_args *a, const double *sumsq,
+                                        cudaStream_t s);
+
+/* ---- distances, search, clustering (kernels_dist.cu) ---------------------------------- */
+
+/* out[i] = |row i|^2 for rows of M[rows][d]. */
+cudaError_t sona_cuda_launch_row_sqnorms(const float *M, uint32_t rows, uint32_t d, float *out,
+                                         cudaStream_t s);
+/* out[i] = 1/|row i| (0 for a zero row). */
+cudaError_t sona_cuda_launch_row_inv_norms(const float *M, uint32_t rows, uint32_t d, float *out,
+                                           cudaStream_t s);
+/* For rows of a tile of X: argmin over j of xn[i] + cn[j] - 2 G[i][j] (G is rows x k, the
+ * tile's dot products), clamped at 0; writes idx[i], dist[i] of the tile. */
+cudaError_t sona_cuda_launch_argmin_rows(const float *G, uint32_t rows, uint32_t k,
+                                         const float *xn, const float *cn, int32_t *idx,
+                                         float *dist, cudaStream_t s);
+/* Merges one tile of dot products S[rows][cols] (the tile's queries against patterns col0..)
+ * into the running top-k lists idx/sim of those queries (rows x k, best first). qinv and pinv
+ * are the inverse norms of the tile's queries and columns. first: no running list yet (rows
+ * >= 1; cols may be 0, which just writes empty lists when first). */
+cudaError_t sona_cuda_launch_topk_merge(const float *S, uint32_t rows, uint32_t cols,
+                                        uint32_t col0, const float *qinv, const float *pinv,
+                                        uint32_t k, int first, int32_t *idx, float *sim,
+                                        cudaStream_t s);
+/* sums[idx[i]] += X[i], counts[idx[i]] += 1 (outputs zeroed by the caller). */
+cudaError_t sona_cuda_launch_cluster_sums(const sona_cluster_sums_args *a, cudaStream_t s);
+
+/* Whether this build has a kernel image the current device can run (cudaSuccess if so). */
+cudaError_t sona_cuda_probe_kernel_image(void);
+
+/* Blocks for a grid-stride loop over n items, capped to keep the grid legal. */
+static inline unsigned sona_cuda_blocks(size_t n, unsigned block)
+{
+    size_t b = (n + block - 1) / block;
+    if (b < 1)
+        b = 1;
+    if (b > 65535u * 8u)
+        b = 65535u * 8u;
+    return (unsigned)b;
+}
+
+#endif /* SONA_CUDA_INTERNAL_H */

@@ -1,0 +1,540 @@
+/* LoRA kernels: batched multi-adapter apply (BGMV: one block per row, each row gathers its own
+ * adapter) and gradients grouped by adapter.
+ *
+ * The rank is a template bucket (1, 2, 4, ..., 64) so per-rank accumulators stay in registers;
+ * the real rank r <= bucket masks the unused ones. VEC paths use float4 loads when hidden is a
+ * multiple of 4 and every row start is 16-byte aligned (checked by the host side). */
+#include "cuda/cuda_internal.h"
+
+#include <stdint.h>
+
+namespace {
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* out[j] = scale * <M_j, v> for j < r, M rank-major (r rows of H). Every thread of the block must
+ * call it; out is shared memory and is ready for every thread on return. */
+template <int R, bool VEC>
+__device__ void block_row_dots(const float *__restrict__ M, const float *v, size_t H, int r,
+                               float scale, float *out)
+{
+    __shared__ float part[R][SONA_CUDA_BLOCK / 32];
+    float acc[R];
+#pragma unroll
+    for (int j = 0; j < R; j++)
+        acc[j] = 0.0f;
+    if (VEC) {
+        const size_t H4 = H / 4;
+        const float4 *v4 = reinterpret_cast<const float4 *>(v);
+        for (size_t h = threadIdx.x; h < H4; h += blockDim.x) {
+            const float4 xv = v4[h];
+#pragma unroll
+            for (int j = 0; j < R; j++) {
+                if (j < r) {
+                    const float4 m = __ldg(reinterpret_cast<const float4 *>(M + (size_t)j * H) + h);
+                    acc[j] += m.x * xv.x + m.y * xv.y + m.z * xv.z + m.w * xv.w;
+                }
+            }
+        }
+    } else {
+        for (size_t h = threadIdx.x; h < H; h += blockDim.x) {
+            const float xv = v[h];
+#pragma unroll
+            for (int j = 0; j < R; j++)
+                if (j < r)
+                    acc[j] += __ldg(M + (size_t)j * H + h) * xv;
+        }
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int j = 0; j < R; j++) {
+        if (j < r) {
+            const float s = warp_sum(acc[j]);
+            if (lane == 0)
+                part[j][warp] = s;
+        }
+    }
+    __syncthreads();
+    if ((int)threadIdx.x < r) {
+        float s = 0.0f;
+        for (int w = 0; w < (int)(blockDim.x >> 5); w++)
+            s += part[threadIdx.x][w];
+        out[threadIdx.x] = scale * s;
+    }
+    __syncthreads();
+}
+
+/* y = x for one row (x and y may be the same row). */
+template <bool VEC>
+__device__ void copy_row(const float *x, float *y, size_t H)
+{
+    if (x == y)
+        return;
+    if (VEC) {
+        const float4 *x4 = reinterpret_cast<const float4 *>(x);
+        float4 *y4 = reinterpret_cast<float4 *>(y);
+        for (size_t h = threadIdx.x; h < H / 4; h += blockDim.x)
+            y4[h] = x4[h];
+    } else {
+        for (size_t h = threadIdx.x; h < H; h += blockDim.x)
+            y[h] = x[h];
+    }
+}
+
+template <int R, bool VEC>
+__global__ void __launch_bounds__(SONA_CUDA_BLOCK)
+    lora_apply_kernel(sona_lora_weights w, const int32_t *ids, const float *x, float *y)
+{
+    __shared__ float t[R];
+    const size_t H = w.hidden;
+    const int r = (int)w.rank;
+    const float *xr = x + (size_t)blockIdx.x * H;
+    float *yr = y + (size_t)blockIdx.x * H;
+    const int32_t id = ids ? ids[blockIdx.x] : 0;
+    if (id < 0 || (uint32_t)id >= w.num_adapters) {
+        copy_row<VEC>(xr, yr, H);
+        return;
+    }
+    const size_t off = (size_t)id * w.rank * H;
+    /* Shrink: t = s A x. Every read of x happens before the barrier inside, so y may be x. */
+    block_row_dots<R, VEC>(w.A + off, xr, H, r, w.scale[id], t);
+    float tj[R];
+#pragma unroll
+    for (int j = 0; j < R; j++)
+        tj[j] = j < r ? t[j] : 0.0f;
+    /* Expand: y = x + Bt^T t. */
+    const float *__restrict__ Bt = w.Bt + off;
+    if (VEC) {
+        const float4 *x4 = reinterpret_cast<const float4 *>(xr);
+        float4 *y4 = reinterpret_cast<float4 *>(yr);
+        for (size_t h = threadIdx.x; h < H / 4; h += blockDim.x) {
+            float4 o = x4[h];
+#pragma unroll
+            for (int j = 0; j < R; j++) {
+                if (j < r) {
+                    const float4 b = __ldg(reinterpret_cast<const float4 *>(Bt + (size_t)j * H) + h);
+                    o.x += b.x * tj[j];
+                    o.y += b.y * tj[j];
+                    o.z += b.z * tj[j];
+                    o.w += b.w * tj[j];
+                }
+            }
+            y4[h] = o;
+        }
+    } else {
+        for (size_t h = threadIdx.x; h < H; h += blockDim.x) {
+            float o = xr[h];
+#pragma unroll
+            for (int j = 0; j < R; j++)
+                if (j < r)
+                    o += __ldg(Bt + (size_t)j * H + h) * tj[j];
+            yr[h] = o;
+        }
+    }
+}
+
+/* Rows of one adapter handled together: block (a, p) takes the rows with id a from every
+ * P-th chunk of 256 ids, G rows at a time, so each group reads A and Bt once instead of once
+ * per row (the row kernel above leans on L2 for that). Rows without an adapter are copied by
+ * the blocks with blockIdx.x == num_adapters. R <= 16 keeps G x R accumulators in registers. */
+constexpr int GROUP = 4;
+constexpr int ID_CHUNK = SONA_CUDA_BLOCK;
+
+template <int R, bool VEC>
+__global__ void __launch_bounds__(SONA_CUDA_BLOCK)
+    lora_apply_grouped_kernel(sona_lora_weights w, uint32_t n, const int32_t *ids, const float *x,
+                              float *y)
+{
+    __shared__ int rows_s[ID_CHUNK];
+    __shared__ int count_s;
+    __shared__ float part[GROUP][R][SONA_CUDA_BLOCK / 32];
+    __shared__ float t[GROUP][R];
+    const size_t H = w.hidden;
+    const int r = (int)w.rank;
+    const uint32_t a = blockIdx.x;
+    const bool copier = a == w.num_adapters;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (size_t base = (size_t)blockIdx.y * ID_CHUNK; base < n; base += (size_t)gridDim.y * ID_CHUNK) {
+        if (threadIdx.x == 0)
+            count_s = 0;
+        __syncthreads();
+        const size_t i = base + threadIdx.x;
+        if (i < n) {
+            const int32_t id = ids[i];
+            const bool valid = id >= 0 && (uint32_t)id < w.num_adapters;
+            if (copier ? !valid : (valid && (uint32_t)id == a))
+                rows_s[atomicAdd(&count_s, 1)] = (int)i;
+        }
+        __syncthreads();
+        const int count = count_s;
+        if (copier) {
+            for (int q = 0; q < count; q++)
+                copy_row<VEC>(x + (size_t)rows_s[q] * H, y + (size_t)rows_s[q] * H, H);
+            __syncthreads();
+            continue;
+        }
+        const size_t off = (size_t)a * w.rank * H;
+        const float *__restrict__ A = w.A + off;
+        const float *__restrict__ Bt = w.Bt + off;
+        const float s = w.scale[a];
+        for (int g0 = 0; g0 < count; g0 += GROUP) {
+            const int gn = count - g0 < GROUP ? count - g0 : GROUP;
+            const float *xg[GROUP];
+            float *yg[GROUP];
+#pragma unroll
+            for (int g = 0; g < GROUP; g++) {
+                const size_t row = (size_t)rows_s[g0 + (g < gn ? g : 0)];
+                xg[g] = x + row * H;
+                yg[g] = y + row * H;
+            }
+            /* Shrink: acc[g][j] = <A_j, x_g>. All reads of x come before the barrier below. */
+            float acc[GROUP][R];
+#pragma unroll
+            for (int g = 0; g < GROUP; g++)
+#pragma unroll
+                for (int j = 0; j < R; j++)
+                    acc[g][j] = 0.0f;
+            if (VEC) {
+                for (size_t h = threadIdx.x; h < H / 4; h += blockDim.x) {
+                    float4 xv[GROUP];
+#pragma unroll
+                    for (int g = 0; g < GROUP; g++)
+                        xv[g] = g < gn ? reinterpret_cast<const float4 *>(xg[g])[h]
+                                       : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+                    for (int j = 0; j < R; j++) {
+                        if (j < r) {
+                            const float4 m = __ldg(reinterpret_cast<const float4 *>(A + (size_t)j * H) + h);
+#pragma unroll
+                            for (int g = 0; g < GROUP; g++)
+                                acc[g][j] += m.x * xv[g].x + m.y * xv[g].y + m.z * xv[g].z + m.w * xv[g].w;
+                        }
+                    }
+                }
+            } else {
+                for (size_t h = threadIdx.x; h < H; h += blockDim.x) {
+                    float xv[GROUP];
+#pragma unroll
+                    for (int g = 0; g < GROUP; g++)
+                        xv[g] = g < gn ? xg[g][h] : 0.0f;
+#pragma unroll
+                    for (int j = 0; j < R; j++) {
+                        if (j < r) {
+                            const float m = __ldg(A + (size_t)j * H + h);
+#pragma unroll
+                            for (int g = 0; g < GROUP; g++)
+                                acc[g][j] += m * xv[g];
+                        }
+                    }
+                }
+            }
+#pragma unroll
+            for (int g = 0; g < GROUP; g++)
+#pragma unroll
+                for (int j = 0; j < R; j++)
+                    if (j < r) {
+                        const float v = warp_sum(acc[g][j]);
+                        if (lane == 0)
+                            part[g][j][warp] = v;
+                    }
+            __syncthreads();
+            if ((int)threadIdx.x < GROUP * r) {
+                const int g = threadIdx.x / r, j = threadIdx.x % r;
+                float sum = 0.0f;
+                for (int q = 0; q < (int)(blockDim.x >> 5); q++)
+                    sum += part[g][j][q];
+                t[g][j] = s * sum;
+            }
+            __syncthreads();
+            /* Expand: y_g = x_g + Bt^T t_g, Bt read once per group. */
+            if (VEC) {
+                for (size_t h = threadIdx.x; h < H / 4; h += blockDim.x) {
+                    float4 o[GROUP];
+#pragma unroll
+                    for (int g = 0; g < GROUP; g++)
+                        o[g] = g < gn ? reinterpret_cast<const float4 *>(xg[g])[h]
+                                      : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+                    for (int j = 0; j < R; j++) {
+                        if (j < r) {
+                            const float4 b = __ldg(reinterpret_cast<const float4 *>(Bt + (size_t)j * H) + h);
+#pragma unroll
+                            for (int g = 0; g < GROUP; g++) {
+                                const float tg = t[g][j];
+                                o[g].x += b.x * tg;
+                                o[g].y += b.y * tg;
+                                o[g].z += b.z * tg;
+                                o[g].w += b.w * tg;
+                            }
+                        }
+                    }
+#pragma unroll
+                    for (int g = 0; g < GROUP; g++)
+                        if (g < gn)
+                            reinterpret_cast<float4 *>(yg[g])[h] = o[g];
+                }
+            } else {
+                for (size_t h = threadIdx.x; h < H; h += blockDim.x) {
+                    float o[GROUP];
+#pragma unroll
+                    for (int g = 0; g < GROUP; g++)
+                        o[g] = g < gn ? xg[g][h] : 0.0f;
+#pragma unroll
+                    for (int j = 0; j < R; j++) {
+                        if (j < r) {
+                            const float b = __ldg(Bt + (size_t)j * H + h);
+#pragma unroll
+                            for (int g = 0; g < GROUP; g++)
+                                o[g] += b * t[g][j];
+                        }
+                    }
+#pragma unroll
+                    for (int g = 0; g < GROUP; g++)
+                        if (g < gn)
+                            yg[g][h] = o[g];
+                }
+            }
+            __syncthreads(); /* t and part are reused by the next group */
+        }
+        __syncthreads(); /* rows_s and count_s are reused by the next chunk */
+    }
+}
+
+/* u[i] = wt[i] s A x_i, v[i] = wt[i] s Bt d_i (rank values each), zero for rows without an
+ * adapter. */
+template <int R, bool VEC>
+__global__ void __launch_bounds__(SONA_CUDA_BLOCK)
+    lora_grad_project_kernel(sona_lora_weights w, const int32_t *ids, const float *x,
+                             const float *d, const float *wt, float *u, float *v)
+{
+    __shared__ float tu[R], tv[R];
+    const size_t H = w.hidden;
+    const int r = (int)w.rank;
+    const size_t i = blockIdx.x;
+    const int32_t id = ids ? ids[i] : 0;
+    if (id < 0 || (uint32_t)id >= w.num_adapters) {
+        if ((int)threadIdx.x < r) {
+            u[i * r + threadIdx.x] = 0.0f;
+            v[i * r + threadIdx.x] = 0.0f;
+        }
+        return;
+    }
+    const size_t off = (size_t)id * w.rank * H;
+    const float c = wt[i] * w.scale[id];
+    block_row_dots<R, VEC>(w.A + off, x + i * H, H, r, c, tu);
+    block_row_dots<R, VEC>(w.Bt + off, d + i * H, H, r, c, tv);
+    if ((int)threadIdx.x < r) {
+        u[i * r + threadIdx.x] = tu[threadIdx.x];
+        v[i * r + threadIdx.x] = tv[threadIdx.x];
+    }
+}
+
+/* ---- grouping rows by adapter (counting sort on the device) ---------------------------- */
+
+__global__ void count_rows_kernel(const int32_t *ids, uint32_t n, uint32_t adapters,
+                                  uint32_t *counts)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const int32_t id = ids ? ids[i] : 0;
+        if (id >= 0 && (uint32_t)id < adapters)
+            atomicAdd(&counts[id], 1u);
+    }
+}
+
+/* One block: start[a] = sum of counts[0..a), start[adapters] = total; cursor = start. Each
+ * thread scans a contiguous slice; thread 0 scans the slice totals. */
+__global__ void scan_counts_kernel(const uint32_t *counts, uint32_t adapters, uint32_t *start,
+                                   uint32_t *cursor)
+{
+    __shared__ uint32_t slice_base[SONA_CUDA_BLOCK];
+    const uint32_t per = (adapters + blockDim.x - 1) / blockDim.x;
+    const uint32_t lo = threadIdx.x * per;
+    const uint32_t hi = min(adapters, lo + per);
+    uint32_t total = 0;
+    for (uint32_t a = lo; a < hi; a++)
+        total += counts[a];
+    slice_base[threadIdx.x] = total;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        uint32_t run = 0;
+        for (uint32_t t = 0; t < blockDim.x; t++) {
+            const uint32_t c = slice_base[t];
+            slice_base[t] = run;
+            run += c;
+        }
+        start[adapters] = run;
+    }
+    __syncthreads();
+    uint32_t run = slice_base[threadIdx.x];
+    for (uint32_t a = lo; a < hi; a++) {
+        start[a] = run;
+        cursor[a] = run;
+        run += counts[a];
+    }
+}
+
+__global__ void scatter_rows_kernel(const int32_t *ids, uint32_t n, uint32_t adapters,
+                                    uint32_t *cursor, uint32_t *order)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const int32_t id = ids ? ids[i] : 0;
+        if (id >= 0 && (uint32_t)id < adapters)
+            order[atomicAdd(&cursor[id], 1u)] = (uint32_t)i;
+    }
+}
+
+/* Block (h chunk, j, adapter): gA[a][j][h] += sum over the adapter's rows of v[i][j] x[i][h]
+ * and gBt[a][j][h] += u[i][j] d[i][h]. Each element has one owner thread: no atomics. */
+__global__ void __launch_bounds__(SONA_CUDA_BLOCK)
+    lora_grad_accumulate_kernel(sona_lora_grad_args a, const uint32_t *start,
+                                const uint32_t *order, const float *u, const float *v)
+{
+    const size_t H = a.w.hidden;
+    const uint32_t r = a.w.rank;
+    const size_t h = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    const uint32_t j = blockIdx.y;
+    if (h >= H)
+        return;
+    for (uint32_t ad = blockIdx.z; ad < a.w.num_adapters; ad += gridDim.z) {
+        const uint32_t p0 = start[ad], p1 = start[ad + 1];
+        if (p0 == p1)
+            continue;
+        float ga = 0.0f, gb = 0.0f;
+        for (uint32_t p = p0; p < p1; p++) {
+            const size_t i = order[p];
+            ga += v[i * r + j] * a.x[i * H + h];
+            gb += u[i * r + j] * a.d[i * H + h];
+        }
+        const size_t o = ((size_t)ad * r + j) * H + h;
+        a.gA[o] += ga;
+        a.gBt[o] += gb;
+    }
+}
+
+bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+/* Calls f.template operator()<R, VEC>() for the bucket that holds rank r. */
+template <typename F>
+cudaError_t with_rank_bucket(uint32_t r, bool vec, F f)
+{
+#define SONA_BUCKET(R)                                                                        \
+    if (r <= R)                                                                               \
+        return vec ? f.template operator()<R, true>() : f.template operator()<R, false>();
+    SONA_BUCKET(1)
+    SONA_BUCKET(2)
+    SONA_BUCKET(4)
+    SONA_BUCKET(8)
+    SONA_BUCKET(16)
+    SONA_BUCKET(32)
+    SONA_BUCKET(64)
+#undef SONA_BUCKET
+    return cudaErrorInvalidValue;
+}
+
+struct apply_launch {
+    const sona_lora_apply_args *a;
+    cudaStream_t s;
+    template <int R, bool VEC>
+    cudaError_t operator()() const
+    {
+        lora_apply_kernel<R, VEC><<<a->n, SONA_CUDA_BLOCK, 0, s>>>(a->w, a->ids, a->x, a->y);
+        return cudaGetLastError();
+    }
+};
+
+struct apply_grouped_launch {
+    const sona_lora_apply_args *a;
+    cudaStream_t s;
+    template <int R, bool VEC>
+    cudaError_t operator()() const
+    {
+        if (R > 16) /* not instantiated past 16: too many accumulators */
+            return cudaErrorInvalidValue;
+        constexpr int RG = R > 16 ? 16 : R;
+        /* Enough id chunks per adapter to give every SM a couple of blocks. */
+        const uint32_t chunks = (a->n + ID_CHUNK - 1) / ID_CHUNK;
+        uint32_t parts = (264 + a->w.num_adapters) / (a->w.num_adapters + 1);
+        if (parts > chunks)
+            parts = chunks;
+        if (parts < 1)
+            parts = 1;
+        if (parts > 65535)
+            parts = 65535;
+        const dim3 grid(a->w.num_adapters + 1, parts);
+        lora_apply_grouped_kernel<RG, VEC><<<grid, SONA_CUDA_BLOCK, 0, s>>>(a->w, a->n, a->ids, a->x, a->y);
+        return cudaGetLastError();
+    }
+};
+
+struct project_launch {
+    const sona_lora_grad_args *a;
+    float *u, *v;
+    cudaStream_t s;
+    template <int R, bool VEC>
+    cudaError_t operator()() const
+    {
+        lora_grad_project_kernel<R, VEC>
+            <<<a->n, SONA_CUDA_BLOCK, 0, s>>>(a->w, a->ids, a->x, a->d, a->wt, u, v);
+        return cudaGetLastError();
+    }
+};
+
+} // namespace
+
+cudaError_t sona_cuda_launch_lora_apply(const sona_lora_apply_args *a, int grouped,
+                                        cudaStream_t s)
+{
+    const bool vec = a->w.hidden % 4 == 0 && aligned16(a->x) && aligned16(a->y) &&
+                     aligned16(a->w.A) && aligned16(a->w.Bt);
+    /* Auto: grouping pays when adapters are shared by several rows, and while every adapter's
+     * block scanning all ids stays cheap (num_adapters x n id reads). */
+    if (grouped < 0)
+        grouped = a->ids && a->w.rank <= 16 && a->n >= 2 * (uint64_t)a->w.num_adapters &&
+                  (uint64_t)a->w.num_adapters * a->n <= ((uint64_t)1 << 24);
+    if (grouped && a->ids && a->w.rank <= 16 && a->w.num_adapters < INT32_MAX)
+        return with_rank_bucket(a->w.rank, vec, apply_grouped_launch{a, s});
+    return with_rank_bucket(a->w.rank, vec, apply_launch{a, s});
+}
+
+cudaError_t sona_cuda_launch_lora_grad_project(const sona_lora_grad_args *a, float *u, float *v,
+                                               cudaStream_t s)
+{
+    const bool vec = a->w.hidden % 4 == 0 && aligned16(a->x) && aligned16(a->d) &&
+                     aligned16(a->w.A) && aligned16(a->w.Bt);
+    return with_rank_bucket(a->w.rank, vec, project_launch{a, u, v, s});
+}
+
+/* scratch: counts[adapters], start[adapters + 1], cursor[adapters], order[n] (uint32 each),
+ * counts zeroed here. */
+cudaError_t sona_cuda_launch_lora_grad_accumulate(const sona_lora_grad_args *a, const float *u,
+                                                  const float *v, uint32_t *scratch,
+                                                  cudaStream_t s)
+{
+    const uint32_t A = a->w.num_adapters, n = a->n;
+    uint32_t *counts = scratch, *start = counts + A, *cursor = start + A + 1, *order = cursor + A;
+    cudaError_t e = cudaMemsetAsync(counts, 0, (size_t)A * sizeof *counts, s);
+    if (e != cudaSuccess)
+        return e;
+    const unsigned rb = sona_cuda_blocks(n, SONA_CUDA_BLOCK);
+    count_rows_kernel<<<rb, SONA_CUDA_BLOCK, 0, s>>>(a->ids, n, A, counts);
+    if ((e = cudaGetLastError()) != cudaSuccess)
+        return e;
+    scan_counts_kernel<<<1, SONA_CUDA_BLOCK, 0, s>>>(counts, A, start, cursor);
+    if ((e = cudaGetLastError()) != cudaSuccess)
+        return e;
+    scatter_rows_kernel<<<rb, SONA_CUDA_BLOCK, 0, s>>>(a->ids, n, A, cursor, order);
+    if ((e = cudaGetLastError()) != cudaSuccess)
+        return e;
+    const dim3 grid((unsigned)((a->w.hidden + SONA_CUDA_BLOCK - 1) / SONA_CUDA_BLOCK), a->w.rank,
+                    A < 65535u ? A : 65535u);
+    lora_grad_accumulate_kernel<<<grid, SONA_CUDA_BLOCK, 0, s>>>(*a, start, order, u, v);
+    return cudaGetLastError();
+}

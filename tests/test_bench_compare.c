@@ -1,0 +1,234 @@
+/* The regression check of `sona bench --compare` (bench/compare.c) and the JSON it reads
+ * (bench/json_read.c, bench/report_json.c), on synthetic reports. */
+#include "compare.h"
+#include "harness.h"
+#include "json_read.h"
+
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A report with one timed row per (case, median) pair, all in group g on backend avx2. */
+static char *report(const char *g, int n, const char *const *cases, const double *medians)
+{
+    bench_buf b = {0};
+    bench_buf_printf(&b, "{\"format\": \"sona-bench-1\", \"header\": {\"git\": \"x\"}, \"rows\": [");
+    for (int i = 0; i < n; i++)
+        bench_buf_printf(&b, "%s{\"group\": \"%s\", \"case\": \"%s\", \"backend\": \"avx2\", \"kind\": \"timed\", "
+                             "\"median_us\": %.9g, \"p99_us\": %.9g}",
+                         i ? ", " : "", g, cases[i], medians[i], 2 * medians[i]);
+    bench_buf_printf(&b, "]}");
+    return b.s;
+}
+
+static const bench_cmp_entry *entry(const bench_comparison *c, const char *name)
+{
+    for (size_t i = 0; i < c->count; i++)
+        if (!strcmp(c->entries[i].name, name))
+            return &c->entries[i];
+    return NULL;
+}
+
+static void compare(const char *base, const char *cur, double threshold, bench_comparison *out)
+{
+    char err[200];
+    const int rc = bench_compare_json(base, cur, threshold, out, err, sizeof err);
+    cr_assert_eq(rc, 0, "compare failed: %s", err);
+}
+
+static const char *const three[] = {"a", "b", "c"};
+
+Test(bench_compare, faster_rows_are_not_regressions)
+{
+    const double base_us[] = {100, 10, 1}, cur_us[] = {50, 5, 0.5};
+    char *base = report("g", 3, three, base_us), *cur = report("g", 3, three, cur_us);
+    bench_comparison c;
+    compare(base, cur, 10, &c);
+    cr_expect_eq(c.compared, 3);
+    cr_expect_eq(c.regressions, 0);
+    cr_expect_eq(c.improvements, 3);
+    cr_expect_eq(entry(&c, "a")->status, BENCH_CMP_FASTER);
+    cr_expect_float_eq(entry(&c, "a")->change_pct, -50.0, 1e-9);
+    bench_comparison_free(&c);
+    free(base);
+    free(cur);
+}
+
+Test(bench_compare, slower_beyond_threshold_is_a_regression)
+{
+    const double base_us[] = {100, 10, 1}, cur_us[] = {100, 11.5, 1};
+    char *base = report("g", 3, three, base_us), *cur = report("g", 3, three, cur_us);
+    bench_comparison c;
+    compare(base, cur, 10, &c);
+    cr_expect_eq(c.compared, 3);
+    cr_expect_eq(c.regressions, 1);
+    const bench_cmp_entry *e = entry(&c, "b");
+    cr_assert_not_null(e);
+    cr_expect_eq(e->status, BENCH_CMP_SLOWER);
+    cr_expect_float_eq(e->change_pct, 15.0, 1e-6);
+    cr_expect_float_eq(e->base_us, 10.0, 1e-12);
+    cr_expect_float_eq(e->cur_us, 11.5, 1e-12);
+    cr_expect_eq(entry(&c, "a")->status, BENCH_CMP_SAME);
+    bench_comparison_free(&c);
+    free(base);
+    free(cur);
+}
+
+Test(bench_compare, within_threshold_passes)
+{
+    const double base_us[] = {100, 10, 1}, cur_us[] = {109.9, 9.1, 1.05};
+    char *base = report("g", 3, three, base_us), *cur = report("g", 3, three, cur_us);
+    bench_comparison c;
+    compare(base, cur, 10, &c);
+    cr_expect_eq(c.compared, 3);
+    cr_expect_eq(c.regressions, 0);
+    cr_expect_eq(c.improvements, 0);
+    for (size_t i = 0; i < c.count; i++)
+        cr_expect_eq(c.entries[i].status, BENCH_CMP_SAME, "row %s", c.entries[i].name);
+    bench_comparison_free(&c);
+    free(base);
+    free(cur);
+}
+
+Test(bench_compare, missing_rows_are_listed_not_failed)
+{
+    static const char *const base_cases[] = {"a", "gone"}, *const cur_cases[] = {"a", "new"};
+    const double base_us[] = {10, 10}, cur_us[] = {10, 1000};
+    char *base = report("g", 2, base_cases, base_us), *cur = report("g", 2, cur_cases, cur_us);
+    bench_comparison c;
+    compare(base, cur, 10, &c);
+    cr_expect_eq(c.compared, 1);
+    cr_expect_eq(c.regressions, 0);
+    cr_expect_eq(c.only_current, 1);
+    cr_expect_eq(c.only_baseline, 1);
+    cr_expect_eq(entry(&c, "new")->status, BENCH_CMP_NEW);
+    cr_expect_eq(entry(&c, "gone")->status, BENCH_CMP_GONE);
+    bench_comparison_free(&c);
+    free(base);
+    free(cur);
+}
+
+Test(bench_compare, rows_match_on_group_case_and_backend)
+{
+    const char *base = "{\"rows\": [{\"group\": \"g\", \"case\": \"a\", \"backend\": \"avx2\", \"median_us\": 1},"
+                       " {\"group\": \"h\", \"case\": \"a\", \"backend\": \"scalar\", \"median_us\": 100}]}";
+    const char *cur = "{\"rows\": [{\"group\": \"g\", \"case\": \"a\", \"backend\": \"scalar\", \"median_us\": 50},"
+                      " {\"group\": \"h\", \"case\": \"a\", \"backend\": \"scalar\", \"median_us\": 100},"
+                      " {\"group\": \"g\", \"case\": \"a\", \"backend\": \"avx2\", \"kind\": \"skipped\","
+                      " \"reason\": \"no kernel\"}]}";
+    bench_comparison c;
+    compare(base, cur, 10, &c);
+    /* g/a/scalar is new (the baseline's g/a is avx2), g/a/avx2 is untimed now, h/a matches. */
+    cr_expect_eq(c.compared, 1);
+    cr_expect_eq(c.regressions, 0);
+    cr_expect_eq(c.only_current, 1);
+    cr_expect_eq(c.only_baseline, 1);
+    bench_comparison_free(&c);
+}
+
+Test(bench_compare, threshold_option)
+{
+    static const char *const one[] = {"a"};
+    const double base_us[] = {100}, cur_us[] = {115};
+    char *base = report("g", 1, one, base_us), *cur = report("g", 1, one, cur_us);
+    const struct {
+        double threshold;
+        size_t regressions;
+    } want[] = {{10, 1}, {14.9, 1}, {15.1, 0}, {20, 0}, {0, 1}};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        bench_comparison c;
+        compare(base, cur, want[i].threshold, &c);
+        cr_expect_eq(c.regressions, want[i].regressions, "threshold %g", want[i].threshold);
+        cr_expect_float_eq(c.threshold_pct, want[i].threshold, 1e-12);
+        bench_comparison_free(&c);
+    }
+    /* Threshold 0: equal medians are not a regression. */
+    bench_comparison c;
+    compare(base, base, 0, &c);
+    cr_expect_eq(c.regressions, 0);
+    bench_comparison_free(&c);
+    free(base);
+    free(cur);
+}
+
+Test(bench_compare, rejects_malformed_reports)
+{
+    const char *good = "{\"rows\": []}";
+    const char *bad[] = {"", "{", "{\"rows\": [}", "[1, 2]", "{\"rows\": 3}",
+                         "{\"rows\": [{\"group\": \"g\", \"backend\": \"b\"}]}", "{\"rows\": []} x",
+                         "{\"rows\": [\"unterminated]}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        bench_comparison c;
+        char err[200] = "";
+        cr_expect_eq(bench_compare_json(good, bad[i], 10, &c, err, sizeof err), -1, "accepted: %s", bad[i]);
+        cr_expect_neq(err[0], '\0', "no message for: %s", bad[i]);
+        cr_expect_eq(bench_compare_json(bad[i], good, 10, &c, err, sizeof err), -1, "accepted: %s", bad[i]);
+    }
+}
+
+Test(bench_compare, json_reader_decodes_strings_and_numbers)
+{
+    json_value v;
+    char err[160];
+    cr_assert_eq(json_parse("{\"s\": \"q\\\"b\\\\ \\u00e9\\ud83d\\ude00\\n\", \"n\": -1.5e3, \"t\": true,"
+                            " \"z\": null, \"a\": [1, [2], {}]}",
+                            &v, err, sizeof err),
+                 0, "%s", err);
+    cr_expect_str_eq(json_get_str(&v, "s", ""), "q\"b\\ \xc3\xa9\xf0\x9f\x98\x80\n");
+    cr_expect_float_eq(json_get_num(&v, "n", 0), -1500.0, 1e-12);
+    cr_expect_eq(json_get(&v, "t")->type, JSON_BOOL);
+    cr_expect_eq(json_get(&v, "t")->boolean, 1);
+    cr_expect_eq(json_get(&v, "z")->type, JSON_NULL);
+    cr_expect_eq(json_get(&v, "a")->count, 3);
+    cr_expect_null(json_get(&v, "missing"));
+    json_free(&v);
+}
+
+/* What --json writes, --compare reads: rows whose names need escaping, skipped rows, and a
+ * regression found through the round trip. */
+Test(bench_compare, reads_what_the_report_writer_writes)
+{
+    bench_header h;
+    memset(&h, 0, sizeof h);
+    strcpy(h.git, "abc \"quoted\"");
+    bench_result rows[3];
+    memset(rows, 0, sizeof rows);
+    for (int i = 0; i < 3; i++) {
+        strcpy(rows[i].group, "op_gemm");
+        strcpy(rows[i].backend, "avx2");
+        rows[i].kind = BENCH_TIMED;
+        rows[i].samples = 10;
+        rows[i].batch = 1;
+    }
+    strcpy(rows[0].name, "m=\"1\" \\ tab\t");
+    rows[0].median_us = 10;
+    strcpy(rows[1].name, "b");
+    rows[1].median_us = 20;
+    rows[1].flops = 1e6;
+    strcpy(rows[2].name, "c");
+    rows[2].kind = BENCH_SKIPPED;
+    strcpy(rows[2].note, "GPU-only");
+    bench_buf base = {0}, cur = {0};
+    bench_json_write(&base, &h, rows, 3);
+    rows[0].median_us = 12; /* +20% */
+    rows[1].median_us = 20.5;
+    bench_json_write(&cur, &h, rows, 3);
+    bench_comparison c;
+    compare(base.s, cur.s, 10, &c);
+    cr_expect_eq(c.compared, 2);
+    cr_expect_eq(c.regressions, 1);
+    const bench_cmp_entry *e = entry(&c, "m=\"1\" \\ tab\t");
+    cr_assert_not_null(e);
+    cr_expect_eq(e->status, BENCH_CMP_SLOWER);
+    bench_comparison_free(&c);
+    json_value v;
+    char err[160];
+    cr_assert_eq(json_parse(cur.s, &v, err, sizeof err), 0, "%s", err);
+    cr_expect_str_eq(json_get_str(json_get(&v, "header"), "git", ""), "abc \"quoted\"");
+    const json_value *r1 = &json_get(&v, "rows")->items[1];
+    cr_expect_float_eq(json_get_num(r1, "gflops", 0), 1e6 / (20.5 * 1e3), 1e-6); /* %.9g */
+    cr_expect_str_eq(json_get_str(&json_get(&v, "rows")->items[2], "reason", ""), "GPU-only");
+    json_free(&v);
+    bench_buf_free(&base);
+    bench_buf_free(&cur);
+}

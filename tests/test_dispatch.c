@@ -1,0 +1,129 @@
+/* CPU variant dispatch: SONA_CPU_VARIANT forces each variant the host runs (and the forced
+ * variant then computes a real adapter forward correctly); an unsupported, foreign or unknown
+ * name is refused with a status and a message, never a crash, and the library still works on
+ * the best variant. Criterion runs each test in its own process, so each sees a fresh choice. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dispatch/dispatch.h"
+#include "sona/lora.h"
+#include "sona/system.h"
+
+/* Whether this build has the variant and the host can run it. */
+static int host_runs(const char *name)
+{
+    const sona_cpu_variant *vars;
+    const uint32_t nv = sona_cpu_variants(&vars);
+    const uint32_t have = sona_probe()->features;
+    for (uint32_t i = 0; i < nv; i++)
+        if (!strcmp(vars[i].ops->name, name))
+            return (have & vars[i].needs) == vars[i].needs;
+    return 0;
+}
+
+/* y = x + s B (A x) through the public API on the chosen variant, against a double reference;
+ * odd hidden size so vector tails are exercised. */
+static void check_forward_works(void)
+{
+    const uint32_t H = 67, r = 3;
+    sona_lora_config cfg;
+    sona_lora_config_default(&cfg, SONA_LORA_BASE, H);
+    cfg.rank = r;
+    cfg.count = 2;
+    sona_lora *l = NULL;
+    cr_assert_eq(sona_lora_create(&cfg, &l), SONA_OK, "%s", sona_last_error());
+    float A[3 * 67], B[67 * 3], x[67], y[67];
+    for (uint32_t i = 0; i < r * H; i++) {
+        A[i] = (float)((int)(i % 13) - 6) / 16.0f;
+        B[i] = (float)((int)(i % 7) - 3) / 8.0f;
+    }
+    for (uint32_t h = 0; h < H; h++)
+        x[h] = (float)((int)(h % 5) - 2) / 4.0f;
+    cr_assert_eq(sona_lora_set_weights(l, 1, A, B), SONA_OK);
+    cr_assert_eq(sona_lora_forward(l, 1, x, y), SONA_OK, "%s", sona_lora_last_error(l));
+    const double s = cfg.alpha / (double)r;
+    double t[3] = {0, 0, 0};
+    for (uint32_t j = 0; j < r; j++)
+        for (uint32_t h = 0; h < H; h++)
+            t[j] += (double)A[j * H + h] * x[h];
+    for (uint32_t h = 0; h < H; h++) {
+        double want = x[h];
+        for (uint32_t j = 0; j < r; j++)
+            want += s * B[h * r + j] * t[j];
+        cr_expect(fabs(y[h] - want) <= 1e-4 * (1.0 + fabs(want)), "y[%u] = %.7g, want %.7g", h, y[h], want);
+    }
+    sona_lora_destroy(l);
+}
+
+/* Forces `name`; checks it is honoured when the host runs it, refused cleanly otherwise. */
+static void force(const char *name)
+{
+    cr_assert_eq(setenv("SONA_CPU_VARIANT", name, 1), 0);
+    const sona_backend *cpu = sona_cpu_backend();
+    cr_assert_not_null(cpu, "the CPU backend is never NULL");
+    sona_cpu_info info;
+    cr_assert_eq(sona_cpu_info_get(&info), SONA_OK);
+    const sona_backend *be;
+    char why[256] = "";
+    const sona_status st = sona_backend_default(&be, why, sizeof why);
+    if (host_runs(name)) {
+        cr_expect_str_eq(cpu->name, name);
+        cr_expect_str_eq(info.variant, name);
+        cr_expect(strstr(info.variant_reason, "forced") != NULL, "reason: %s", info.variant_reason);
+        cr_expect_eq(st, SONA_OK, "%s", why);
+        check_forward_works();
+        return;
+    }
+    /* Refused: a status and a message naming the choice; the best variant keeps running. */
+    cr_expect_neq(strcmp(cpu->name, name), 0);
+    cr_expect_eq(st, SONA_E_UNSUPPORTED);
+    cr_expect(strstr(why, name) != NULL, "message should name '%s': %s", name, why);
+    cr_expect(strstr(info.variant_reason, "refused") != NULL, "reason: %s", info.variant_reason);
+    sona_lora_config cfg;
+    sona_lora_config_default(&cfg, SONA_LORA_MICRO, 16);
+    sona_lora *l = (sona_lora *)1;
+    cr_expect_eq(sona_lora_create(&cfg, &l), SONA_E_UNSUPPORTED);
+    cr_expect_null(l);
+    cr_expect(strstr(sona_last_error(), name) != NULL, "last error: %s", sona_last_error());
+    /* The table itself still works: ops never run on a variant the CPU lacks. */
+    cr_expect(host_runs(cpu->name), "fell back to %s, which this host cannot run", cpu->name);
+}
+
+Test(dispatch, force_scalar) { force("scalar"); }
+Test(dispatch, force_avx2) { force("avx2"); }
+Test(dispatch, force_avx512) { force("avx512"); }
+Test(dispatch, force_neon) { force("neon"); }
+Test(dispatch, force_unknown_name) { force("sse9"); }
+Test(dispatch, force_wrong_case) { force("AVX2"); }
+
+Test(dispatch, unset_picks_the_widest_supported)
+{
+    cr_assert_eq(unsetenv("SONA_CPU_VARIANT"), 0);
+    const sona_backend *cpu = sona_cpu_backend();
+    const sona_cpu_variant *vars;
+    const uint32_t nv = sona_cpu_variants(&vars);
+    const uint32_t have = sona_probe()->features;
+    const char *widest = "scalar";
+    for (uint32_t i = 0; i < nv; i++)
+        if ((have & vars[i].needs) == vars[i].needs)
+            widest = vars[i].ops->name;
+    cr_expect_str_eq(cpu->name, widest);
+    check_forward_works();
+}
+
+/* Every SIMD variant fills every op itself (no silent scalar fallback in its own table). */
+Test(dispatch, simd_variants_fill_every_op)
+{
+    const sona_cpu_variant *vars;
+    const uint32_t nv = sona_cpu_variants(&vars);
+    cr_assert(nv >= 1);
+    cr_expect_str_eq(vars[0].ops->name, "scalar");
+    for (uint32_t i = 1; i < nv; i++) {
+        const sona_backend *b = vars[i].ops;
+        cr_expect(b->lora_apply && b->lora_grad && b->param_update && b->sqdist_argmin &&
+                      b->knn_exact && b->gemm && b->cluster_sums,
+                  "%s leaves an op to the scalar code", b->name);
+    }
+}

@@ -1,0 +1,192 @@
+/* The OpenCL module beyond the op table (test_ops covers every op): the program cache makes a
+ * second start skip compilation, and a failing device op falls back to the CPU without
+ * touching the adapter. Skipped where no OpenCL device is available (ctest sets
+ * SONA_OPENCL_DEVICE=any so PoCL's CPU device counts). */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "core/rng.h"
+#include "dispatch/dispatch.h"
+#include "support/op_cases.h"
+#include <sona.h>
+
+static const sona_backend *opencl_or_skip(void)
+{
+    const sona_backend *b;
+    char why[256];
+    if (sona_backend_get("opencl", &b, why, sizeof why) != SONA_OK) {
+        printf("[opencl] skipped: %s\n", why);
+        cr_skip_test("%s", why);
+    }
+    return b;
+}
+
+static int count_files(const char *dir)
+{
+    DIR *d = opendir(dir);
+    int n = 0;
+    for (struct dirent *e; d && (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    if (d)
+        closedir(d);
+    return n;
+}
+
+/* Starts the backend in a child process: exit status 0 when it compiled its program, 1 when
+ * it loaded it from the cache, 2 when OpenCL is unavailable. */
+static int start_in_child(void)
+{
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        const sona_backend *b;
+        char why[256];
+        if (sona_backend_get("opencl", &b, why, sizeof why) != SONA_OK)
+            _exit(2);
+        _exit(strstr(b->device, "kernels compiled") ? 0 : strstr(b->device, "from cache") ? 1 : 3);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    cr_assert(WIFEXITED(status), "the child start crashed (status %d)", status);
+    return WEXITSTATUS(status);
+}
+
+/* The first start (a child process) compiles and stores the program; a corrupt cache file is
+ * replaced by a fresh compile; this process, started last, must load it from the cache. */
+Test(opencl, second_start_loads_the_program_from_the_cache)
+{
+    char dir[] = "/tmp/sona-clcache-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    setenv("SONA_CACHE_DIR", dir, 1);
+    const int first = start_in_child();
+    if (first == 2) {
+        rmdir(dir);
+        opencl_or_skip();
+    }
+    cr_assert_eq(first, 0, "first start did not compile into an empty cache");
+    cr_assert_eq(count_files(dir), 1, "the first start left no program binary in %s", dir);
+    DIR *d = opendir(dir);
+    char path[512] = "";
+    for (struct dirent *e; d && (e = readdir(d));)
+        if (e->d_name[0] != '.')
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    closedir(d);
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f);
+    fputs("not a program binary", f);
+    fclose(f);
+    cr_assert_eq(start_in_child(), 0, "a corrupt cache file was not replaced by a compile");
+    cr_assert_eq(count_files(dir), 1);
+    const sona_backend *b = opencl_or_skip();
+    printf("[opencl] %s\n", b->device);
+    cr_expect(strstr(b->device, "kernels loaded from cache") != NULL, "second start: %s", b->device);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_expect_eq(system(cmd), 0);
+}
+
+/* Every device op fails (SONA_OPENCL_FAULT=all): adapters on OpenCL still learn, through the
+ * CPU, exactly like adapters on the CPU, and every redone op is counted. */
+Test(opencl, failing_device_ops_fall_back_to_the_cpu)
+{
+    setenv("SONA_OPENCL_FAULT", "all", 1);
+    opencl_or_skip();
+    const uint64_t seed = op_test_seed();
+    printf("[opencl] fallback seed %" PRIu64 "\n", seed);
+    const uint32_t H = 97, R = 3, N = 5;
+    sona_lora_config cfg;
+    sona_lora_config_default(&cfg, SONA_LORA_MICRO, H);
+    cfg.rank = R;
+    cfg.count = 2;
+    sona_lora *on[2];
+    const char *backends[2] = {"cpu", "opencl"};
+    for (int k = 0; k < 2; k++) {
+        setenv("SONA_BACKEND", backends[k], 1);
+        cr_assert_eq(sona_lora_create(&cfg, &on[k]), SONA_OK, "%s", sona_last_error());
+    }
+    float x[5 * 97], d[5 * 97], w[5], y[2][5 * 97];
+    int32_t ids[5] = {0, 1, -1, 1, 0};
+    sona_rng r;
+    sona_rng_seed(&r, seed, 0);
+    for (uint32_t i = 0; i < N * H; i++) {
+        x[i] = 2.0f * sona_rng_uniform(&r) - 1.0f;
+        d[i] = 2.0f * sona_rng_uniform(&r) - 1.0f;
+    }
+    for (uint32_t i = 0; i < N; i++)
+        w[i] = sona_rng_uniform(&r) - 0.3f;
+    const uint64_t before = sona_dispatch_fallbacks();
+    for (int k = 0; k < 2; k++) {
+        for (int step = 0; step < 2; step++) {
+            cr_assert_eq(sona_lora_accumulate_batch(on[k], N, ids, x, d, w), SONA_OK, "%s", sona_lora_last_error(on[k]));
+            cr_assert_eq(sona_lora_apply_updates(on[k]), SONA_OK, "%s", sona_lora_last_error(on[k]));
+        }
+        cr_assert_eq(sona_lora_forward_batch(on[k], N, ids, x, y[k]), SONA_OK);
+    }
+    /* Per step: lora_grad + two param_updates; then one lora_apply. */
+    cr_expect_eq(sona_dispatch_fallbacks() - before, 2 * 3 + 1);
+    for (uint32_t i = 0; i < N * H; i++)
+        cr_assert_float_eq(y[1][i], y[0][i], 1e-5f * (1.0f + fabsf(y[0][i])), "element %u", i);
+    float A[2][291], B[2][291];
+    for (int k = 0; k < 2; k++)
+        cr_assert_eq(sona_lora_get_weights(on[k], 1, A[k], B[k]), SONA_OK);
+    cr_expect_eq(memcmp(A[0], A[1], sizeof A[0]), 0, "A differs after CPU fallback");
+    cr_expect_eq(memcmp(B[0], B[1], sizeof B[0]), 0, "B differs after CPU fallback");
+    for (int k = 0; k < 2; k++)
+        sona_lora_destroy(on[k]);
+}
+
+/* Loads the module in a child with the given SONA_OPENCL_DEVICE / SONA_BACKEND (NULL: unset).
+ * Exit status 0: available on a GPU, 1: available on a CPU device, 2: unavailable and why
+ * contains `why_has`, 3: anything else. */
+static int choice_in_child(const char *device, const char *backend, const char *why_has)
+{
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (device)
+            setenv("SONA_OPENCL_DEVICE", device, 1);
+        else
+            unsetenv("SONA_OPENCL_DEVICE");
+        if (backend)
+            setenv("SONA_BACKEND", backend, 1);
+        else
+            unsetenv("SONA_BACKEND");
+        const sona_backend *b;
+        char why[256] = "";
+        if (sona_backend_get("opencl", &b, why, sizeof why) != SONA_OK) {
+            printf("[opencl] SONA_OPENCL_DEVICE=%s SONA_BACKEND=%s: %s\n", device ? device : "(unset)",
+                   backend ? backend : "(unset)", why);
+            fflush(stdout);
+            _exit(why_has && strstr(why, why_has) ? 2 : 3);
+        }
+        _exit(strstr(b->device, "GPU") ? 0 : strstr(b->device, "CPU device") ? 1 : 3);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    cr_assert(WIFEXITED(status), "the child start crashed (status %d)", status);
+    return WEXITSTATUS(status);
+}
+
+/* GPUs first; a CPU device only when SONA_OPENCL_DEVICE or SONA_BACKEND=opencl asks. */
+Test(opencl, device_choice_follows_the_environment)
+{
+    const int by_index = choice_in_child("0", NULL, "no OpenCL");
+    if (by_index == 2)
+        opencl_or_skip();
+    cr_assert(by_index == 0 || by_index == 1, "SONA_OPENCL_DEVICE=0 did not pick device 0");
+    cr_expect_eq(choice_in_child("no-such-device-name", NULL, "matches no device"), 2);
+    cr_expect_eq(choice_in_child("99", NULL, "matches no device"), 2);
+    const int plain = choice_in_child(NULL, NULL, "SONA_OPENCL_DEVICE");
+    cr_expect(plain == 0 || plain == 2, "without a GPU and unasked, a CPU device was used");
+    const int forced = choice_in_child(NULL, "opencl", "no OpenCL");
+    cr_expect(forced == 0 || forced == 1, "SONA_BACKEND=opencl did not get a device");
+    if (plain == 2)
+        cr_expect_eq(forced, 1, "SONA_BACKEND=opencl must accept the CPU device");
+}
