@@ -6,12 +6,12 @@
 #include "sona/common.h"
 #include "sona/system.h"
 #include "sona/lora.h"
-#include "sona/index.h"
-#include "sona/bank.h"
 #include "sona/trajectory.h"
 #include "sona/trajectory_buffer.h"
 #include "sona/signal.h"
 #include "sona/ewc.h"
+#include "sona/index.h"
+#include "sona/bank.h"
 #include "sona/engine.h"
 
 #endif /* SONA_H */

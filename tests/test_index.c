@@ -314,6 +314,20 @@ Test(index, updated_ids_stay_reachable)
             cr_assert(found == 1 && sim > 0.9999f, "round %u id %u lost", round, i);
         }
     }
+    /* Small moves (done in place) keep every id findable at its new position. */
+    for (uint32_t round = 0; round < 3; round++) {
+        for (uint32_t i = 0; i < n; i++) {
+            float *v = P + (size_t)(3 * n + i) * d;
+            for (uint32_t t = 0; t < d; t++)
+                v[t] += 0.01f * sona_rng_normal(&r);
+            cr_assert_eq(sona_index_update(x, i, v), SONA_OK);
+        }
+        for (uint32_t i = 0; i < n; i++) {
+            cr_assert_eq(sona_index_search(x, P + (size_t)(3 * n + i) * d, 1, &id, &sim, &found),
+                         SONA_OK);
+            cr_assert(found == 1 && id == i && sim > 0.9999f, "small move: id %u lost", i);
+        }
+    }
     cr_assert_eq(sona_index_size(x), n);
     free(P);
     sona_index_destroy(x);

@@ -15,8 +15,9 @@ extern "C" {
  * Removal is lazy: a removed id is marked deleted and never appears in results or neighbour
  * lists again, but its node keeps routing searches until more than half the nodes are deleted;
  * then the graph is rebuilt from the live vectors (amortised O(1) rebuilds per removal, but
- * that one remove call costs a rebuild). Update rewrites the vector in place and re-links the
- * node from its new position (no deleted node left behind).
+ * that one call pays for a rebuild). An update that moves a vector by little (cosine >= 0.99 to
+ * its old value) rewrites it in place and keeps its links; a larger move retires the old node
+ * like a removal and inserts a new one, so the old vector is never returned either way.
  * Level assignment comes from a seeded generator: the same inserts in the same order with the
  * same seed give the same graph.
  *
@@ -54,7 +55,7 @@ SONA_API uint64_t sona_index_size(const sona_index *index);
  * present already (use update), SONA_E_NONFINITE / SONA_E_INVALID (zero vector) leave the index
  * unchanged. */
 SONA_API sona_status sona_index_insert(sona_index *index, uint64_t id, const float *vec);
-/* Replaces id's vector in place (its access count is kept); SONA_E_NOT_FOUND when absent. */
+/* Replaces id's vector (its access count is kept); SONA_E_NOT_FOUND when absent. */
 SONA_API sona_status sona_index_update(sona_index *index, uint64_t id, const float *vec);
 /* Removes id; SONA_E_NOT_FOUND when absent. */
 SONA_API sona_status sona_index_remove(sona_index *index, uint64_t id);

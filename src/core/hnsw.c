@@ -18,6 +18,8 @@
 
 #define NO_NODE UINT32_MAX
 #define MAX_LEVEL 24
+/* An update that keeps the vector within this cosine of its old value is done in place. */
+#define UPDATE_IN_PLACE_COS 0.99f
 
 typedef struct cand {
     float s;    /* similarity to the query / base node */
@@ -289,9 +291,6 @@ static void link_back(sona_index *x, uint32_t e, uint32_t nn, float s, int level
 {
     uint32_t *l = links_at(x, e, level);
     const uint32_t mmax = level ? x->cfg.M : x->M0;
-    for (uint32_t i = 1; i <= l[0]; i++)
-        if (l[i] == nn)
-            return; /* already linked (a re-linked node) */
     if (l[0] < mmax) {
         l[1 + l[0]++] = nn;
         return;
@@ -315,9 +314,8 @@ static void link_back(sona_index *x, uint32_t e, uint32_t nn, float s, int level
         l[1 + i] = x->pick[i].n;
 }
 
-/* Links node slot (its vector stored) on levels min(level, top)..0, entering at the entry
- * point: the paper's INSERT minus the slot allocation. Used again to re-link an updated node,
- * which then finds itself among the candidates and skips itself. */
+/* Links the new node slot (its vector stored) on levels min(level, top)..0, entering at the
+ * entry point: the paper's INSERT minus the slot allocation. */
 static void connect_node(sona_index *x, uint32_t slot, int level)
 {
     const float *q = vec_at(x, slot);
@@ -327,11 +325,7 @@ static void connect_node(sona_index *x, uint32_t slot, int level)
         ep = greedy(x, q, ep, &ep_s, l);
     for (int l = level < x->top ? level : x->top; l >= 0; l--) {
         const uint32_t nw = search_layer(x, q, ep, ep_s, x->cfg.ef_construction, l, 1);
-        uint32_t m = 0;
-        for (uint32_t i = 0; i < nw; i++)
-            if (x->found[i].n != slot)
-                x->found[m++] = x->found[i];
-        const uint32_t n = select_neighbors(x, x->found, m, x->cfg.M, x->pick);
+        const uint32_t n = select_neighbors(x, x->found, nw, x->cfg.M, x->pick);
         uint32_t *own = links_at(x, slot, l);
         own[0] = n;
         for (uint32_t i = 0; i < n; i++)
@@ -341,7 +335,7 @@ static void connect_node(sona_index *x, uint32_t slot, int level)
             const uint32_t e = own[1 + i];
             link_back(x, e, slot, x->dot(q, vec_at(x, e), x->stride), l);
         }
-        if (m) {
+        if (nw) {
             ep = x->found[0].n;
             ep_s = x->found[0].s;
         }
@@ -550,18 +544,31 @@ sona_status sona_index_update(sona_index *x, uint64_t id, const float *vec)
 {
     if (!x)
         return SONA_E_NULL;
-    const uint32_t slot = sona_idmap_get(&x->map, id);
-    if (slot == SONA_IDMAP_EMPTY)
+    const uint32_t old = sona_idmap_get(&x->map, id);
+    if (old == SONA_IDMAP_EMPTY)
         return sona_fail(&x->err, SONA_E_NOT_FOUND, "sona_index_update: no id %llu",
                          (unsigned long long)id);
     sona_status st = prepare(x, "sona_index_update", vec, x->vbuf);
     if (st != SONA_OK)
         return st;
-    /* In place: the node keeps its slot, level and access count, and is re-linked from its new
-     * position. Links other nodes hold to it stay; they were chosen for the old position, which
-     * costs a little search efficiency when the vector moves far, never correctness. */
-    memcpy(x->vecs + (size_t)slot * x->stride, x->vbuf, x->stride * sizeof(float));
-    connect_node(x, slot, x->levels[slot]);
+    float *v = x->vecs + (size_t)old * x->stride;
+    if (x->dot(v, x->vbuf, x->stride) >= UPDATE_IN_PLACE_COS) {
+        /* A small move (a pattern absorbing a similar cluster): the links stay valid enough,
+         * and leaving them untouched cannot cut any node off the graph. */
+        memcpy(v, x->vbuf, x->stride * sizeof(float));
+        return SONA_OK;
+    }
+    /* A real move: the old node turns into a routing node and a new one is linked in (re-linking
+     * in place could drop the only link into some other node). */
+    x->dead[old] = 1;
+    x->live--;
+    st = insert_node(x, id, x->vbuf, x->access[old]);
+    if (st != SONA_OK) {
+        x->dead[old] = 0;
+        x->live++;
+        return sona_fail(&x->err, st, "sona_index_update: out of memory");
+    }
+    maybe_compact(x);
     return SONA_OK;
 }
 
