@@ -12,5 +12,6 @@
 #include "sona/ewc.h"
 #include "sona/index.h"
 #include "sona/bank.h"
+#include "sona/engine.h"
 
 #endif /* SONA_H */

@@ -26,6 +26,20 @@ cmake --build build-tsan -j"$jobs" --target $concurrent_tests >/dev/null
 (cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
   ctest --output-on-failure -j1 -L concurrent)
 
+step "State loader fuzzing (clang + libFuzzer, 30 s on a seed made by fuzz_make_seed)"
+if command -v clang >/dev/null; then
+  CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DSONA_SANITIZE=address,undefined \
+    -DSONA_FUZZ=ON -DSONA_BUILD_TOOLS=OFF >/dev/null
+  cmake --build build-fuzz -j"$jobs" --target fuzz_load fuzz_make_seed >/dev/null
+  corpus=$(mktemp -d)
+  build-fuzz/bin/fuzz_make_seed "$corpus/seed.state"
+  build-fuzz/bin/fuzz_load -max_total_time=30 -rss_limit_mb=2048 -artifact_prefix=build-fuzz/ \
+    "$corpus" 2>&1 | tail -n 3
+  rm -rf "$corpus"
+else
+  echo "clang not found: fuzzing skipped"
+fi
+
 step "NEON variant: aarch64 cross build, op checker under qemu-aarch64"
 toolchain=()  # only on first configure: cached afterwards, and CMake warns when it is passed again
 [ -f build-aarch64/CMakeCache.txt ] || toolchain=(-DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake)

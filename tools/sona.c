@@ -1,5 +1,6 @@
 /* The `sona` command line: info, bench. */
 #include "bench.h"
+#include "demo.h"
 #include "dispatch/dispatch.h"
 
 #include <sona.h>
@@ -61,7 +62,8 @@ static void usage(void)
 {
     fprintf(stderr, "usage: sona <command> [options]\n"
                     "  info             CPU, ISA features, chosen variant, topology, backends\n"
-                    "  bench [options]  benchmarks on every available backend (sona bench --help)\n");
+                    "  bench [options]  benchmarks on every available backend (sona bench --help)\n"
+                    "  demo [n] [seed]  the engine learning a synthetic task: learning curve, EWC++\n");
 }
 
 int main(int argc, char **argv)
@@ -74,6 +76,8 @@ int main(int argc, char **argv)
         return cmd_info();
     if (!strcmp(argv[1], "bench"))
         return sona_bench_main(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "demo"))
+        return sona_demo_main(argc - 1, argv + 1);
     usage();
     return 2;
 }

@@ -18,7 +18,7 @@ typedef struct staging {
     size_t cap;
 } staging;
 
-enum { ST_X, ST_Y, ST_D, ST_W, ST_IDS, ST_COUNT };
+enum { ST_X, ST_Y, ST_D, ST_W, ST_IDS, ST_EWC0, ST_COUNT = ST_EWC0 + 6 };
 
 struct sona_lora {
     sona_lora_config cfg;
@@ -313,16 +313,29 @@ static sona_status zero_gradients(sona_lora *l)
     return st == SONA_OK ? SONA_OK : backend_failed(l, "upload", st);
 }
 
-sona_status sona_lora_apply_updates(sona_lora *l)
+/* Stages one EWC++ host array of the shape of A for the backend (NULL stays NULL). */
+static sona_status stage_ewc(sona_lora *l, int slot, const float *src, const float **out)
 {
-    if (!l)
-        return sona_fail(NULL, SONA_E_NULL, "sona_lora_apply_updates: lora is NULL");
-    if (l->pending_total == 0)
+    *out = NULL;
+    if (!src)
+        return SONA_OK;
+    void *buf;
+    sona_status st = stage_input(l, ST_EWC0 + slot, src, l->adapter_floats * l->cfg.count * sizeof(float), &buf);
+    *out = buf;
+    return st;
+}
+
+/* One step over both matrices, optionally with EWC++ terms (t may be NULL). */
+static sona_status apply_step(sona_lora *l, const sona_lora_ewc_terms *t)
+{
+    const int penalty = t && t->fisher_sum[0] && t->fisher_theta[0];
+    if (l->pending_total == 0 && !penalty)
         return SONA_OK;
     /* One op per matrix over the whole set; each adapter is its own clipping segment, and an
      * adapter without signals has a zero gradient, which leaves it unchanged. A and B are
      * separate parameter vectors, clipped separately. */
     float *params[2] = {l->A, l->Bt}, *grads[2] = {l->gA, l->gBt};
+    const size_t bytes = l->adapter_floats * l->cfg.count * sizeof(float);
     for (int m = 0; m < 2; m++) {
         sona_param_update_args u = {.segments = l->cfg.count,
                                     .len = (uint32_t)l->adapter_floats,
@@ -330,10 +343,72 @@ sona_status sona_lora_apply_updates(sona_lora *l)
                                     .g = grads[m],
                                     .lr = l->cfg.learning_rate,
                                     .clip_norm = l->cfg.clip_norm};
-        sona_status st = sona_op_run(l->be, SONA_OP_PARAM_UPDATE, &u);
+        sona_status st;
+        if (t) {
+            const float *fisher;
+            if ((st = stage_ewc(l, 3 * m, t->fisher_sum[m], &u.fisher_sum)) != SONA_OK ||
+                (st = stage_ewc(l, 3 * m + 1, t->fisher_theta[m], &u.fisher_theta)) != SONA_OK ||
+                (st = stage_ewc(l, 3 * m + 2, t->fisher[m], &fisher)) != SONA_OK)
+                return st;
+            u.fisher = (float *)fisher;
+            u.lambda = penalty ? t->lambda : 0.0f;
+            u.decay = t->decay;
+        }
+        st = sona_op_run(l->be, SONA_OP_PARAM_UPDATE, &u);
         if (st != SONA_OK)
             return backend_failed(l, "param_update", st);
+        if (t && t->fisher[m] && !l->be->host_memory &&
+            l->be->download(l->be->ctx, t->fisher[m], u.fisher, 0, bytes) != SONA_OK)
+            return backend_failed(l, "download", SONA_E_BACKEND);
     }
+    memset(l->pending, 0, l->cfg.count * sizeof *l->pending);
+    l->pending_total = 0;
+    return zero_gradients(l);
+}
+
+sona_status sona_lora_apply_updates(sona_lora *l)
+{
+    if (!l)
+        return sona_fail(NULL, SONA_E_NULL, "sona_lora_apply_updates: lora is NULL");
+    return apply_step(l, NULL);
+}
+
+sona_status sona_lora_apply_updates_ewc(sona_lora *l, const sona_lora_ewc_terms *t)
+{
+    if (!l || !t)
+        return sona_fail(l ? &l->err : NULL, SONA_E_NULL, "sona_lora_apply_updates_ewc: NULL argument");
+    return apply_step(l, t);
+}
+
+sona_status sona_lora_export(const sona_lora *cl, float *A, float *Bt, float *scale)
+{
+    sona_lora *l = (sona_lora *)cl; /* only the error buffer is written */
+    const size_t bytes = l->adapter_floats * l->cfg.count * sizeof(float);
+    if ((A && l->be->download(l->be->ctx, A, l->A, 0, bytes) != SONA_OK) ||
+        (Bt && l->be->download(l->be->ctx, Bt, l->Bt, 0, bytes) != SONA_OK) ||
+        (scale && l->be->download(l->be->ctx, scale, l->scale, 0, l->cfg.count * sizeof(float)) != SONA_OK))
+        return backend_failed(l, "download", SONA_E_BACKEND);
+    return SONA_OK;
+}
+
+sona_status sona_lora_export_grad(const sona_lora *cl, float *gA, float *gBt)
+{
+    sona_lora *l = (sona_lora *)cl; /* only the error buffer is written */
+    const size_t bytes = l->adapter_floats * l->cfg.count * sizeof(float);
+    if (l->be->download(l->be->ctx, gA, l->gA, 0, bytes) != SONA_OK ||
+        l->be->download(l->be->ctx, gBt, l->gBt, 0, bytes) != SONA_OK)
+        return backend_failed(l, "download", SONA_E_BACKEND);
+    return SONA_OK;
+}
+
+sona_status sona_lora_import(sona_lora *l, const float *A, const float *Bt)
+{
+    const size_t n = l->adapter_floats * l->cfg.count;
+    if (!sona_all_finite(A, n) || !sona_all_finite(Bt, n))
+        return sona_fail(&l->err, SONA_E_NONFINITE, "sona_lora_import: NaN or Inf in weights");
+    if (l->be->upload(l->be->ctx, l->A, 0, A, n * sizeof(float)) != SONA_OK ||
+        l->be->upload(l->be->ctx, l->Bt, 0, Bt, n * sizeof(float)) != SONA_OK)
+        return backend_failed(l, "upload", SONA_E_BACKEND);
     memset(l->pending, 0, l->cfg.count * sizeof *l->pending);
     l->pending_total = 0;
     return zero_gradients(l);

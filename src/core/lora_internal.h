@@ -1,4 +1,6 @@
-/* Library-internal LoRA entry points (benchmarks and tests): not part of the public API. */
+/* Library-internal LoRA entry points (engine, benchmarks and tests): not part of the public API.
+ * The engine publishes immutable snapshots of the raw weights for lock-free readers, trains with
+ * EWC++ terms, and saves/loads them. */
 #ifndef SONA_CORE_LORA_INTERNAL_H
 #define SONA_CORE_LORA_INTERNAL_H
 
@@ -8,5 +10,26 @@
 /* sona_lora_create on a given backend (e.g. one CPU variant's table, or a GPU backend) instead
  * of the default one; be must stay valid for the handle's lifetime. */
 sona_status sona_lora_create_on(const sona_lora_config *cfg, const sona_backend *be, sona_lora **out);
+
+/* Copies every adapter's weights to host memory in the op table's layout (ops.h): A and Bt are
+ * count*rank*hidden floats, scale count floats. Any may be NULL. */
+sona_status sona_lora_export(const sona_lora *l, float *A, float *Bt, float *scale);
+/* Copies the pending (accumulated, unapplied) gradients, same layout as A and Bt. */
+sona_status sona_lora_export_grad(const sona_lora *l, float *gA, float *gBt);
+/* Replaces every adapter's A and Bt (same layout) and clears pending gradients. */
+sona_status sona_lora_import(sona_lora *l, const float *A, const float *Bt);
+
+/* EWC++ terms for one update, host arrays of the shape of A (and of Bt), as param_update takes
+ * them (ops.h): fisher_sum = sum_t F_t, fisher_theta = sum_t F_t theta*_t (both NULL: no
+ * penalty), fisher (NULL: not tracked) is updated in place with decay. */
+typedef struct sona_lora_ewc_terms {
+    const float *fisher_sum[2];   /* [0] for A, [1] for Bt */
+    const float *fisher_theta[2];
+    float *fisher[2];
+    float lambda, decay;
+} sona_lora_ewc_terms;
+/* sona_lora_apply_updates with EWC++ terms. Applies even with no pending signal when a penalty
+ * is given (the penalty alone moves the weights back toward the anchors). */
+sona_status sona_lora_apply_updates_ewc(sona_lora *l, const sona_lora_ewc_terms *t);
 
 #endif /* SONA_CORE_LORA_INTERNAL_H */

@@ -1,0 +1,207 @@
+/* libsona: the SONA engine — per-tenant Micro-LoRA, per-layer Base-LoRA, trajectory recording,
+ * and the three learning loops (A instant, B background, C deep), with persistence. */
+#ifndef SONA_ENGINE_H
+#define SONA_ENGINE_H
+
+#include "sona/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Thread safety: every sona_engine function may be called from any number of threads at once
+ * (apply, request and stats calls never wait for a learning cycle; a reader of adapter weights
+ * always sees one complete published version), except sona_engine_destroy, which must be the
+ * last call on the handle, and sona_load, which must not race with requests in flight. */
+typedef struct sona_engine sona_engine;
+/* One request's trajectory in construction; owned by the caller from begin to end. */
+typedef struct sona_request sona_request;
+
+typedef enum sona_preset {
+    SONA_PRESET_DEFAULT = 0,     /* rank 2 Micro / rank 8 Base, N=1, loop B at 1000 trajectories */
+    SONA_PRESET_MAX_THROUGHPUT,  /* rank 1 Micro, apply every 16 signals, larger loop B batches */
+    SONA_PRESET_MAX_QUALITY,     /* rank 2 Micro, rank 16 Base, smaller loop B batches, more dreams */
+    SONA_PRESET_EDGE             /* rank 1, 4 layers of rank 4, small buffers, no background thread */
+} sona_preset;
+
+typedef struct sona_engine_config {
+    uint32_t hidden;            /* embedding / activation width (>= 1) */
+    uint64_t seed;              /* seeds adapters, k-means++ and dreams */
+    /* Micro-LoRA (one adapter per tenant; tenant 0 exists from creation) */
+    uint32_t micro_rank;        /* 1..2 typical */
+    float micro_alpha;
+    float micro_learning_rate;
+    uint32_t micro_apply_every; /* loop A applies a tenant's gradients every N signals (>= 1) */
+    uint32_t max_tenants;       /* adapter slots, tenant ids 0..max_tenants-1 */
+    /* Base-LoRA (one adapter per layer) */
+    uint32_t base_rank;
+    uint32_t base_layers;
+    float base_alpha;
+    float base_learning_rate;
+    float clip_norm;            /* per-adapter gradient norm clip, 0 = off */
+    /* trajectories */
+    uint32_t max_steps;         /* steps kept per trajectory (later ones are counted, not kept) */
+    uint32_t buffer_capacity;   /* trajectories queued for loop B; full: the new one is dropped
+                                   and counted in trajectories_dropped */
+    float baseline_decay;       /* running quality baseline: b = d b + (1-d) q */
+    /* loop B */
+    int background_thread;      /* 1: an engine thread runs loop B; 0: only sona_tick/force_learn */
+    uint32_t loop_b_threshold;  /* queued trajectories that trigger a cycle */
+    uint32_t loop_b_interval_ms;/* a cycle also runs this often when anything is queued; 0 = off */
+    uint32_t loop_b_min_batch;  /* a cycle needs at least this many (fewer stay queued) */
+    uint32_t clusters_per_cycle;/* k of the cycle's k-means++ */
+    uint32_t max_patterns;      /* bank capacity (prune lowest value beyond it) */
+    /* EWC++ */
+    int ewc_enabled;
+    float ewc_lambda;           /* stiffness per stored task (lambda_base of sona/ewc.h), capped
+                                   so that lr * lambda * F stays below 1 */
+    float fisher_decay;         /* Fisher EMA: F = d F + (1-d) g^2 */
+    uint32_t max_tasks;         /* task snapshots kept */
+    float task_shift_threshold; /* boundary when the gradient-norm z-score exceeds this */
+    /* loop C / dreams */
+    uint32_t dreams_per_cycle;
+    uint32_t dream_length;      /* steps per random walk */
+    float dream_temperature;    /* softmax temperature over neighbour similarity */
+    float dream_jump_prob;      /* probability of a creative jump to a distant pattern */
+    float dream_novelty_bonus;  /* logit bonus / (1 + visits) */
+    float dream_replay_min_score; /* dreams scoring at least this are replayed into Base-LoRA */
+    float merge_cosine;         /* consolidation merges patterns at least this similar */
+    float importance_decay;     /* per loop C cycle */
+    uint32_t loop_c_interval_ms;/* background loop C period; 0 = only sona_deep_cycle */
+    char state_path[256];       /* loop C checkpoints here when non-empty */
+} sona_engine_config;
+
+/* Fills *cfg with the preset's values for width `hidden`. Values (DEFAULT / MAX_THROUGHPUT /
+ * MAX_QUALITY / EDGE):
+ *   micro_rank 2/1/2/1, micro_alpha = 2*rank, micro_learning_rate 0.01/0.01/0.005/0.01,
+ *   micro_apply_every 1/16/1/4, max_tenants 64/256/64/8,
+ *   base_rank 8/4/16/4, base_layers 12/12/12/4, base_alpha = 2*rank, base_learning_rate 0.001,
+ *   clip_norm 1, max_steps 16/8/32/8, buffer_capacity 10000/20000/10000/1000,
+ *   baseline_decay 0.99, background_thread 1/1/1/0, loop_b_threshold 1000/4000/500/200,
+ *   loop_b_interval_ms 3600000 (1 h)/same/same/0, loop_b_min_batch 16/64/8/8,
+ *   clusters_per_cycle 32/32/64/8, max_patterns 100000/100000/100000/5000,
+ *   ewc_enabled 1 (EDGE 0), ewc_lambda 1, fisher_decay 0.99, max_tasks 5/3/10/2,
+ *   task_shift_threshold 5, dreams_per_cycle 50/10/100/5, dream_length 15, dream_temperature
+ *   0.5, dream_jump_prob 0.1, dream_novelty_bonus 0.5, dream_replay_min_score 0.5,
+ *   merge_cosine 0.98, importance_decay 0.95, loop_c_interval_ms 0, state_path "". */
+SONA_API void sona_engine_config_default(sona_engine_config *cfg, sona_preset preset,
+                                         uint32_t hidden);
+
+SONA_API sona_status sona_engine_create(const sona_engine_config *cfg, sona_engine **out);
+/* Stops the engine's threads (a running cycle finishes first; queued trajectories are freed
+ * with the engine) and frees everything; NULL is a no-op. */
+SONA_API void sona_engine_destroy(sona_engine *e);
+/* The message of the last failed call on this handle, by any thread ("" when none). */
+SONA_API const char *sona_engine_last_error(const sona_engine *e);
+SONA_API const sona_engine_config *sona_engine_get_config(const sona_engine *e);
+
+/* Learning on (1) or off (0). Off: requests are still applied but not recorded (counted as
+ * neither recorded nor dropped) and no loop runs. */
+SONA_API void sona_engine_set_enabled(sona_engine *e, int enabled);
+SONA_API int sona_engine_enabled(const sona_engine *e);
+
+/* ---- tenants (Micro-LoRA adapters) ---------------------------------------------------------- */
+/* A new identity adapter; *tenant receives its id. SONA_E_FULL when all slots are in use. */
+SONA_API sona_status sona_tenant_create(sona_engine *e, int32_t *tenant);
+/* Removes a tenant: its adapter and pending gradients are gone; readers in flight finish with
+ * the weights they hold. Tenant 0 cannot be removed (SONA_E_INVALID). */
+SONA_API sona_status sona_tenant_remove(sona_engine *e, int32_t tenant);
+
+/* ---- apply ---------------------------------------------------------------------------------- */
+/* Apply runs on the CPU from the published weights (never blocked by learning).
+ * y = x + delta_tenant(x) through the tenant's Micro-LoRA (-1 = none, y = x). */
+SONA_API sona_status sona_apply(sona_engine *e, int32_t tenant, const float *x, float *y);
+/* In place: x = x + delta_tenant(x). */
+SONA_API sona_status sona_apply_inplace(sona_engine *e, int32_t tenant, float *x);
+/* n rows, row i through tenant ids[i] (-1 = none); y may equal x. */
+SONA_API sona_status sona_apply_batch(sona_engine *e, uint32_t n, const int32_t *ids,
+                                      const float *x, float *y);
+/* y = x through Base-LoRA layer `layer` (0..base_layers-1); y may equal x. */
+SONA_API sona_status sona_apply_layer(sona_engine *e, uint32_t layer, const float *x, float *y);
+/* n rows through layer `layer`. */
+SONA_API sona_status sona_apply_layer_batch(sona_engine *e, uint32_t layer, uint32_t n,
+                                            const float *x, float *y);
+
+/* ---- trajectories (loop A) ------------------------------------------------------------------ */
+/* Starts recording one request of `tenant` whose query embedding is query[hidden]. */
+SONA_API sona_status sona_request_begin(sona_engine *e, int32_t tenant, const float *query,
+                                        sona_request **out);
+/* One step: the activations[hidden] after layer `layer`, optional attention weights
+ * (n_attention floats, checked for NaN/Inf, not kept), and the step's reward. Steps beyond
+ * max_steps are accepted and not kept. */
+SONA_API sona_status sona_request_step(sona_request *r, uint32_t layer, const float *activations,
+                                       const float *attention, uint32_t n_attention, float reward);
+/* Ends the request with its final quality (feedback) and runs loop A: the trajectory is queued
+ * for loop B, its learning signal is derived and accumulated into the tenant's Micro-LoRA
+ * (applied every micro_apply_every signals). Frees r in every case. Non-finite data anywhere is
+ * refused with SONA_E_NONFINITE and counted in signals_rejected, never learned. */
+SONA_API sona_status sona_request_end(sona_request *r, float quality);
+/* Drops a request without learning from it; frees r. */
+SONA_API void sona_request_abandon(sona_request *r);
+/* Applies every tenant's pending Micro-LoRA gradients now. */
+SONA_API sona_status sona_flush(sona_engine *e);
+
+/* ---- loops B and C -------------------------------------------------------------------------- */
+/* Runs a loop B cycle in the calling thread if one is due (threshold or interval). */
+SONA_API sona_status sona_tick(sona_engine *e);
+/* Runs a loop B cycle now on whatever is queued (>= loop_b_min_batch; fewer: SONA_E_EMPTY and
+ * they stay queued). */
+SONA_API sona_status sona_force_learn(sona_engine *e);
+/* Runs a loop C cycle now: dreams, evaluation, replay, consolidation, EWC++ consolidation,
+ * checkpoint (when state_path is set). */
+SONA_API sona_status sona_deep_cycle(sona_engine *e);
+
+/* ---- patterns ------------------------------------------------------------------------------- */
+typedef struct sona_pattern_hit {
+    uint64_t id;
+    float similarity;   /* cosine with the query */
+    float avg_quality;
+    uint32_t size;      /* trajectories merged into it */
+} sona_pattern_hit;
+/* The k patterns most similar to query[hidden], best first; *found receives how many. */
+SONA_API sona_status sona_find_patterns(sona_engine *e, const float *query, uint32_t k,
+                                        sona_pattern_hit *hits, uint32_t *found);
+
+/* ---- statistics ----------------------------------------------------------------------------- */
+typedef struct sona_stats {
+    uint64_t trajectories_recorded;  /* queued for loop B */
+    uint64_t trajectories_processed; /* taken by loop B cycles */
+    uint64_t trajectories_dropped;   /* refused: buffer full */
+    uint64_t trajectories_queued;    /* now waiting: recorded - processed when no call is in flight */
+    uint64_t signals_accepted;       /* accumulated into a Micro-LoRA */
+    uint64_t signals_rejected;       /* ended requests without a signal: non-finite data, no
+                                        step, a zero direction, or a tenant removed meanwhile */
+    uint64_t micro_updates;          /* Micro-LoRA steps applied */
+    uint64_t base_updates;           /* Base-LoRA steps applied */
+    uint64_t patterns;               /* in the bank now */
+    uint64_t tasks;                  /* Base-LoRA EWC++ task snapshots now */
+    uint64_t task_boundaries;        /* detected since creation */
+    uint64_t loop_b_cycles, loop_c_cycles;
+    uint64_t dreams, dreams_replayed; /* dream walks and their definition: src/core/dream.h */
+    uint64_t patterns_merged;        /* near-duplicates merged away by loop C consolidation */
+    uint64_t last_loop_b_us, last_loop_c_us;
+    uint32_t tenants;                /* live tenants */
+    float quality_baseline;          /* running average of final quality */
+    float last_phi;                  /* integration score of the pattern graph at the last loop C:
+                                        Phi = (|C| / |V|) * mean over the HNSW level-0 edges (u, v)
+                                        of (1 + cos(u, v)) / 2, C the largest connected component,
+                                        V the live patterns; in [0, 1], 0 without edges */
+} sona_stats;
+/* Counters are exact and monotonic (except the "now" fields). */
+SONA_API sona_status sona_get_stats(sona_engine *e, sona_stats *out);
+
+/* ---- persistence ---------------------------------------------------------------------------- */
+/* Writes everything learned (config, adapters, Base-LoRA, EWC++ state and tasks, patterns,
+ * baselines, counters) to path: temp file in the same directory, fsync, rename, fsync dir. */
+SONA_API sona_status sona_save(sona_engine *e, const char *path);
+/* Replaces e's learned state with the file's. A truncated or corrupt file is refused with
+ * SONA_E_CORRUPT, another format version with SONA_E_VERSION, another hidden width or shape
+ * with SONA_E_SIZE; e is untouched on every failure. */
+SONA_API sona_status sona_load(sona_engine *e, const char *path);
+/* Same as sona_load from a memory buffer (the fuzz target's entry point). */
+SONA_API sona_status sona_load_buffer(sona_engine *e, const void *data, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SONA_ENGINE_H */

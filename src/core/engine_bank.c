@@ -1,0 +1,96 @@
+/* The engine's use of the ReasoningBank: loop B adds each batch and extracts patterns; the
+ * advantage of a trajectory is measured against its matched pattern's average quality. */
+#include "core/engine_internal.h"
+
+#include <stdlib.h>
+
+/* A pattern matches a trajectory when their cosine is at least this. */
+#define MATCH_COSINE 0.5f
+
+sona_status eng_bank_create(const sona_engine_config *cfg, sona_bank **out)
+{
+    sona_bank_config bc;
+    sona_bank_config_default(&bc, cfg->hidden);
+    bc.k_clusters = cfg->clusters_per_cycle;
+    bc.capacity = cfg->max_patterns;
+    bc.max_pending = cfg->buffer_capacity > bc.max_pending ? cfg->buffer_capacity : bc.max_pending;
+    bc.seed = cfg->seed;
+    bc.index.seed = cfg->seed;
+    /* Loop C rebuilds the graph at every consolidation: ef_construction 100 halves that time
+     * against the default 200 at M 16, with search recall still set by ef_search. */
+    bc.index.ef_construction = 100;
+    return sona_bank_create(&bc, out);
+}
+
+sona_status eng_bank_update(sona_engine *e, sona_trajectory *const *trajs, uint32_t n, float *reference)
+{
+    const uint32_t H = e->cfg.hidden;
+    eng_steps steps = {0};
+    float *emb = malloc((size_t)n * H * sizeof *emb), *qual = malloc(n * sizeof *qual);
+    sona_status st = emb && qual ? SONA_OK : SONA_E_NOMEM;
+    const float baseline = eng_baseline(e);
+    uint32_t rows = 0;
+    for (uint32_t i = 0; i < n && st == SONA_OK; i++) {
+        const sona_trajectory *t = trajs[i];
+        reference[i] = baseline;
+        float *row = emb + (size_t)rows * H;
+        if ((st = eng_steps_gather(&steps, t, H)) != SONA_OK)
+            break;
+        if (sona_bank_trajectory_embedding(H, sona_trajectory_query(t, NULL), steps.steps, steps.acts,
+                                           steps.rewards, row) != SONA_OK)
+            continue; /* a zero embedding has no pattern; it still trains Base-LoRA */
+        uint64_t id;
+        float sim;
+        uint32_t found = 0;
+        sona_pattern p;
+        if (sona_bank_search(e->bank, row, H, 1, &id, &sim, &found) == SONA_OK && found &&
+            sim >= MATCH_COSINE && sona_bank_pattern_get(e->bank, id, &p, NULL) == SONA_OK)
+            reference[i] = p.avg_quality;
+        qual[rows++] = sona_trajectory_quality(t);
+    }
+    if (st == SONA_OK && rows)
+        st = sona_bank_add_batch(e->bank, rows, emb, H, qual, NULL, NULL);
+    if (st == SONA_OK)
+        st = sona_bank_extract(e->bank, NULL);
+    if (st != SONA_OK)
+        eng_fail(e, st, "loop B: pattern bank: %s", sona_bank_last_error(e->bank));
+    atomic_store(&e->n.patterns, sona_bank_pattern_count(e->bank));
+    free(emb);
+    free(qual);
+    eng_steps_free(&steps);
+    return st;
+}
+
+sona_status sona_find_patterns(sona_engine *e, const float *query, uint32_t k, sona_pattern_hit *hits,
+                               uint32_t *found)
+{
+    if (!e || !query || !hits || !found)
+        return eng_fail(e, SONA_E_NULL, "sona_find_patterns: NULL argument");
+    *found = 0;
+    if (k == 0)
+        return SONA_OK;
+    uint64_t *ids = malloc(k * sizeof *ids);
+    float *sims = malloc(k * sizeof *sims);
+    if (!ids || !sims) {
+        free(ids);
+        free(sims);
+        return eng_fail(e, SONA_E_NOMEM, "sona_find_patterns: out of memory");
+    }
+    pthread_rwlock_rdlock(&e->bank_lock);
+    uint32_t n = 0;
+    sona_status st = sona_bank_pattern_count(e->bank) ? sona_bank_search(e->bank, query, e->cfg.hidden, k, ids, sims, &n) : SONA_OK;
+    for (uint32_t i = 0; i < n && st == SONA_OK; i++) {
+        sona_pattern p;
+        if (sona_bank_pattern_get(e->bank, ids[i], &p, NULL) != SONA_OK)
+            continue; /* consolidated away meanwhile */
+        hits[*found] = (sona_pattern_hit){.id = ids[i], .similarity = sims[i], .avg_quality = p.avg_quality,
+                                          .size = (uint32_t)p.size};
+        (*found)++;
+    }
+    if (st != SONA_OK)
+        eng_fail(e, st, "sona_find_patterns: %s", sona_bank_last_error(e->bank));
+    pthread_rwlock_unlock(&e->bank_lock);
+    free(ids);
+    free(sims);
+    return st;
+}

@@ -1,0 +1,149 @@
+/* EWC++ for one of the engine's adapter sets, on top of sona_ewc (sona/ewc.h): the parameter
+ * vector is the set's A and Bt back to back. Each update: the pending gradient goes through the
+ * boundary detector and the online Fisher (sona_ewc_observe), then one fused param_update step
+ * applies it with the penalty lambda * sum_t F_t (theta - theta*_t). */
+#include "core/engine_internal.h"
+
+#include "core/lora_internal.h"
+#include "core/serial.h"
+#include "sona/ewc.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct eng_ewc {
+    sona_ewc *ewc;
+    uint32_t n;      /* 2 * count * rank * hidden */
+    float *theta, *g; /* scratch, n floats each */
+};
+
+eng_ewc *eng_ewc_create(const sona_lora *lora, const sona_engine_config *cfg)
+{
+    const sona_lora_config *c = sona_lora_get_config(lora);
+    eng_ewc *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    w->n = 2 * c->count * c->rank * c->hidden;
+    sona_ewc_config ec;
+    sona_ewc_config_default(&ec, w->n);
+    ec.max_tasks = cfg->max_tasks ? cfg->max_tasks : 1;
+    ec.fisher_decay = cfg->fisher_decay;
+    ec.lambda_base = cfg->ewc_lambda;
+    ec.boundary_z = cfg->task_shift_threshold;
+    w->theta = malloc(w->n * sizeof(float));
+    w->g = malloc(w->n * sizeof(float));
+    if (!w->theta || !w->g || sona_ewc_create(&ec, &w->ewc) != SONA_OK) {
+        eng_ewc_destroy(w);
+        return NULL;
+    }
+    return w;
+}
+
+void eng_ewc_destroy(eng_ewc *w)
+{
+    if (!w)
+        return;
+    sona_ewc_destroy(w->ewc);
+    free(w->theta);
+    free(w->g);
+    free(w);
+}
+
+uint32_t eng_ewc_tasks(const eng_ewc *w) { return w ? sona_ewc_task_count(w->ewc) : 0; }
+
+sona_status eng_ewc_consolidate(eng_ewc *w, const sona_lora *lora)
+{
+    const uint32_t half = w->n / 2;
+    sona_status st = sona_lora_export(lora, w->theta, w->theta + half, NULL);
+    return st == SONA_OK ? sona_ewc_end_task(w->ewc, w->theta, w->n) : st;
+}
+
+sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, int *boundary)
+{
+    (void)cfg;
+    const uint32_t half = w->n / 2;
+    *boundary = 0;
+    sona_status st = sona_lora_export(lora, w->theta, w->theta + half, NULL);
+    if (st == SONA_OK)
+        st = sona_lora_export_grad(lora, w->g, w->g + half);
+    if (st == SONA_OK && sona_lora_pending(lora) > 0)
+        st = sona_ewc_observe(w->ewc, w->theta, w->g, w->n, boundary);
+    if (st != SONA_OK)
+        return st;
+    const float *fsum = NULL, *ftheta = NULL;
+    float lambda = 0;
+    if ((st = sona_ewc_penalty(w->ewc, &fsum, &ftheta, &lambda)) != SONA_OK)
+        return st;
+    sona_lora_ewc_terms t = {.lambda = lambda};
+    if (fsum && ftheta) {
+        /* The penalty step lr * lambda * F must stay below 1 to pull toward the anchors without
+         * overshooting (above 2 it diverges): lambda is capped where the Fisher is large. */
+        float fmax = 0;
+        for (uint32_t i = 0; i < w->n; i++)
+            fmax = fmaxf(fmax, fsum[i]);
+        const float lr = sona_lora_get_config(lora)->learning_rate;
+        if (fmax * lr * t.lambda > 1.0f)
+            t.lambda = 1.0f / (fmax * lr);
+        t.fisher_sum[0] = fsum;
+        t.fisher_sum[1] = fsum + half;
+        t.fisher_theta[0] = ftheta;
+        t.fisher_theta[1] = ftheta + half;
+    }
+    return sona_lora_apply_updates_ewc(lora, &t);
+}
+
+void eng_ewc_save(const eng_ewc *w, sona_wbuf *out)
+{
+    sona_wbuf_u32(out, w != NULL);
+    if (!w)
+        return;
+    const uint32_t tasks = sona_ewc_task_count(w->ewc);
+    sona_wbuf_u32(out, w->n);
+    sona_wbuf_u32(out, tasks);
+    sona_wbuf_floats(out, sona_ewc_fisher(w->ewc), w->n);
+    for (uint32_t i = 0; i < tasks; i++) {
+        if (sona_ewc_get_task(w->ewc, i, w->theta, w->g) != SONA_OK) {
+            out->oom = 1;
+            return;
+        }
+        sona_wbuf_floats(out, w->theta, w->n);
+        sona_wbuf_floats(out, w->g, w->n);
+    }
+}
+
+sona_status eng_ewc_load(sona_rbuf *in, const sona_lora *lora, const sona_engine_config *cfg, eng_ewc **out)
+{
+    *out = NULL;
+    const uint32_t present = sona_rbuf_u32(in);
+    if (in->bad || present > 1)
+        return SONA_E_CORRUPT;
+    if (!present)
+        return SONA_OK;
+    eng_ewc *w = eng_ewc_create(lora, cfg);
+    if (!w)
+        return SONA_E_NOMEM;
+    const uint32_t n = sona_rbuf_u32(in), tasks = sona_rbuf_u32(in);
+    sona_status st = SONA_OK;
+    if (in->bad || n != w->n || tasks > cfg->max_tasks ||
+        !sona_rbuf_has(in, (1 + 2 * (uint64_t)tasks) * n, sizeof(float)))
+        st = in->bad || n == w->n ? SONA_E_CORRUPT : SONA_E_SIZE;
+    float *fisher = sona_ewc_fisher(w->ewc);
+    if (st == SONA_OK) {
+        sona_rbuf_floats(in, fisher, n);
+        if (!sona_all_finite(fisher, n))
+            st = SONA_E_CORRUPT;
+    }
+    for (uint32_t i = 0; i < tasks && st == SONA_OK; i++) {
+        sona_rbuf_floats(in, w->theta, n);
+        sona_rbuf_floats(in, w->g, n);
+        if (sona_ewc_add_task(w->ewc, w->theta, w->g, n) != SONA_OK)
+            st = SONA_E_CORRUPT;
+    }
+    if (st != SONA_OK || !cfg->ewc_enabled) {
+        eng_ewc_destroy(w);
+        return st;
+    }
+    *out = w;
+    return SONA_OK;
+}

@@ -1,0 +1,136 @@
+/* The engine's private state, shared by engine.c (API, tenants, loop A), loop_b.c, dream.c and
+ * persist.c. */
+#ifndef SONA_CORE_ENGINE_INTERNAL_H
+#define SONA_CORE_ENGINE_INTERNAL_H
+
+#include "core/error.h"
+#include "core/snapshot.h"
+#include "sona/bank.h"
+#include "sona/engine.h"
+#include "sona/signal.h"
+#include "sona/trajectory_buffer.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+/* EWC++ state of one parameter set (a tenant's Micro-LoRA or the Base-LoRA), see ewc.c. */
+typedef struct eng_ewc eng_ewc;
+
+typedef struct eng_tenant {
+    sona_snapshot_slot slot;  /* what readers apply */
+    pthread_mutex_t mu;       /* guards lora, since_apply, ewc */
+    sona_lora *lora;          /* training copy, count 1 */
+    uint32_t since_apply;
+    eng_ewc *ewc;
+    atomic_int live;
+} eng_tenant;
+
+struct sona_engine {
+    sona_engine_config cfg;
+    pthread_mutex_t err_mu;
+    sona_errbuf err;
+    atomic_int enabled;
+
+    eng_tenant *tenants;
+    pthread_mutex_t tenants_mu; /* create/remove */
+
+    sona_snapshot_slot base_slot;
+    sona_lora *base;
+    eng_ewc *base_ewc;
+    pthread_mutex_t cycle_mu;   /* one loop B / C cycle at a time; guards base, bank, rng */
+
+    sona_id_source *ids;
+    sona_trajectory_buffer *buffer; /* ended trajectories waiting for loop B */
+    sona_trajectory_buffer *pool;   /* processed trajectories kept for reuse (their memory) */
+    sona_signal_builder *signals;   /* loop A's signals and the running quality baseline */
+
+    /* loop threads */
+    pthread_t thread;
+    int thread_started;
+    pthread_mutex_t wake_mu;
+    pthread_cond_t wake_cv;
+    int stop, kicked;
+    _Atomic uint64_t last_cycle_ms, last_deep_ms;
+
+    sona_bank *bank;            /* patterns; changed by cycles (cycle_mu), the pointer swapped
+                                   by consolidation under bank_lock (readers: find_patterns) */
+    pthread_rwlock_t bank_lock;
+    struct eng_dream_state *dream; /* visit counts of patterns (loop C), guarded by cycle_mu */
+
+    struct {
+        atomic_uint_fast64_t recorded, processed, dropped, accepted, rejected, micro_updates,
+            base_updates, boundaries, b_cycles, c_cycles, dreams, replayed, last_b_us, last_c_us,
+            patterns, tasks, merged;
+    } n;
+    atomic_uint last_phi_bits;
+};
+
+/* Formats the engine's last error (thread-safe) and returns st. */
+sona_status eng_fail(sona_engine *e, sona_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+uint64_t eng_now_us(void);
+/* The running quality baseline (0 before the first trajectory). */
+float eng_baseline(const sona_engine *e);
+
+/* A finished trajectory's steps gathered into rows: acts[steps][hidden], rewards, layers.
+ * Grows as needed; reused across trajectories. */
+typedef struct eng_steps {
+    uint32_t steps, cap;
+    float *acts, *rewards;
+    int32_t *layers;
+} eng_steps;
+/* A trajectory for a new request (reused from the pool when one is there). */
+sona_status eng_traj_take(sona_engine *e, const float *query, sona_trajectory **out);
+/* Gives a finished or abandoned trajectory back (to the pool, or freed when it is full). */
+void eng_traj_recycle(sona_engine *e, sona_trajectory *t);
+
+sona_status eng_steps_gather(eng_steps *s, const sona_trajectory *t, uint32_t hidden);
+void eng_steps_free(eng_steps *s);
+
+/* Applies a training copy's pending gradients (with EWC++ when on) and publishes a snapshot. */
+sona_status eng_train_and_publish(sona_engine *e, sona_lora *lora, eng_ewc *ewc,
+                                  sona_snapshot_slot *slot);
+
+/* EWC++ (ewc glue). */
+eng_ewc *eng_ewc_create(const sona_lora *lora, const sona_engine_config *cfg);
+void eng_ewc_destroy(eng_ewc *w);
+sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, int *boundary);
+sona_status eng_ewc_consolidate(eng_ewc *w, const sona_lora *lora);
+uint32_t eng_ewc_tasks(const eng_ewc *w);
+struct sona_wbuf;
+struct sona_rbuf;
+/* Appends w's state (a NULL w writes "absent"). */
+void eng_ewc_save(const eng_ewc *w, struct sona_wbuf *out);
+/* Reads a state written by eng_ewc_save for lora's shape into a fresh *out (NULL when absent or
+ * when cfg has EWC++ off). SONA_E_CORRUPT on a bad record. */
+sona_status eng_ewc_load(struct sona_rbuf *in, const sona_lora *lora, const sona_engine_config *cfg,
+                         eng_ewc **out);
+
+/* The sona_lora configuration of the engine's Micro (base = 0) or Base-LoRA (base = 1). */
+void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc);
+/* sona_save with cycle_mu held by the caller. */
+sona_status eng_save_locked(sona_engine *e, const char *path);
+
+/* Pattern bank glue (engine_bank.c): ReasoningBank + HNSW index. */
+sona_status eng_bank_create(const sona_engine_config *cfg, sona_bank **out);
+/* Adds the batch's query embeddings to the bank (creating it on first use) and writes, per
+ * trajectory, the reference quality its advantage is measured against: the matched pattern's
+ * average quality (the running baseline when nothing matches). Caller holds cycle_mu. */
+sona_status eng_bank_update(sona_engine *e, sona_trajectory *const *trajs, uint32_t n, float *reference);
+/* Base-LoRA step on a batch with per-trajectory reference qualities. Caller holds cycle_mu. */
+sona_status eng_base_train(sona_engine *e, sona_trajectory *const *trajs, uint32_t n, const float *reference);
+/* The same for trajectories already gathered (dream replays). */
+sona_status eng_base_accumulate(sona_engine *e, const float *query, const eng_steps *s, float w);
+
+/* Loop C state. */
+void eng_dream_state_free(struct eng_dream_state *d);
+
+/* Loop B / C. */
+sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch);
+sona_status eng_loop_c_cycle(sona_engine *e);
+sona_status eng_threads_start(sona_engine *e);
+void eng_threads_stop(sona_engine *e);
+void eng_kick(sona_engine *e);
+
+#endif

@@ -1,0 +1,195 @@
+/* Loop B (background) and the engine's loop thread. A cycle takes the queued trajectories
+ * (fewer than the minimum stay queued), updates the pattern bank, trains Base-LoRA per layer with
+ * the advantage against the matched pattern's average quality, applies EWC++ (Fisher, penalty,
+ * boundary check) and publishes the new Base-LoRA for readers. */
+#include "core/engine_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+void eng_kick(sona_engine *e)
+{
+    pthread_mutex_lock(&e->wake_mu);
+    e->kicked = 1;
+    pthread_cond_signal(&e->wake_cv);
+    pthread_mutex_unlock(&e->wake_mu);
+}
+
+/* Base-LoRA signals of one trajectory: step s of layer l learns x = the previous step's
+ * activations (the query for the first step), delta = its own activation direction, weight w. */
+sona_status eng_base_accumulate(sona_engine *e, const float *query, const eng_steps *s, float w)
+{
+    const size_t H = e->cfg.hidden;
+    float *delta = malloc(H * sizeof *delta);
+    if (!delta)
+        return SONA_E_NOMEM;
+    sona_status st = SONA_OK;
+    for (uint32_t i = 0; i < s->steps && st == SONA_OK; i++) {
+        const int32_t layer = s->layers[i];
+        if (layer < 0 || (uint32_t)layer >= e->cfg.base_layers)
+            continue;
+        const float *a = s->acts + i * H, *x = i ? s->acts + (i - 1) * H : query;
+        double n2 = 0;
+        for (size_t h = 0; h < H; h++)
+            n2 += (double)a[h] * a[h];
+        if (n2 <= 1e-30)
+            continue;
+        const float inv = (float)(1.0 / sqrt(n2));
+        for (size_t h = 0; h < H; h++)
+            delta[h] = a[h] * inv;
+        st = sona_lora_accumulate(e->base, layer, x, delta, w);
+    }
+    free(delta);
+    return st;
+}
+
+sona_status eng_base_train(sona_engine *e, sona_trajectory *const *trajs, uint32_t n, const float *reference)
+{
+    eng_steps steps = {0};
+    sona_status st = SONA_OK;
+    for (uint32_t i = 0; i < n && st == SONA_OK; i++) {
+        if ((st = eng_steps_gather(&steps, trajs[i], e->cfg.hidden)) == SONA_OK)
+            st = eng_base_accumulate(e, sona_trajectory_query(trajs[i], NULL), &steps,
+                                     sona_trajectory_quality(trajs[i]) - reference[i]);
+    }
+    eng_steps_free(&steps);
+    if (st == SONA_OK && sona_lora_pending(e->base) > 0)
+        st = eng_train_and_publish(e, e->base, e->base_ewc, &e->base_slot);
+    return st;
+}
+
+sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch)
+{
+    pthread_mutex_lock(&e->cycle_mu);
+    const uint64_t t0 = eng_now_us();
+    const uint32_t queued = sona_trajectory_buffer_len(e->buffer);
+    if (queued == 0 || queued < min_batch) {
+        pthread_mutex_unlock(&e->cycle_mu);
+        return SONA_E_EMPTY;
+    }
+    sona_trajectory **batch = malloc(queued * sizeof *batch);
+    float *reference = malloc(queued * sizeof *reference);
+    uint32_t n = 0;
+    if (!batch || !reference || sona_trajectory_buffer_drain(e->buffer, batch, queued, &n) != SONA_OK) {
+        free(batch);
+        free(reference);
+        pthread_mutex_unlock(&e->cycle_mu);
+        return eng_fail(e, SONA_E_NOMEM, "loop B: out of memory");
+    }
+    /* From here the batch is the cycle's: it is learned from (and counted) whatever happens. */
+    sona_status st = eng_bank_update(e, batch, n, reference);
+    if (st == SONA_OK)
+        st = eng_base_train(e, batch, n, reference);
+    for (uint32_t i = 0; i < n; i++)
+        eng_traj_recycle(e, batch[i]);
+    free(batch);
+    free(reference);
+    atomic_fetch_add(&e->n.processed, n);
+    atomic_fetch_add(&e->n.b_cycles, 1);
+    atomic_store(&e->n.tasks, eng_ewc_tasks(e->base_ewc));
+    atomic_store(&e->n.last_b_us, eng_now_us() - t0);
+    atomic_store(&e->last_cycle_ms, eng_now_us() / 1000);
+    pthread_mutex_unlock(&e->cycle_mu);
+    return st == SONA_OK ? SONA_OK : eng_fail(e, st, "loop B cycle failed: %s", sona_last_error());
+}
+
+static int interval_due(uint64_t last_ms, uint32_t interval_ms)
+{
+    return interval_ms && eng_now_us() / 1000 >= last_ms + interval_ms;
+}
+
+sona_status sona_tick(sona_engine *e)
+{
+    if (!e)
+        return sona_fail(NULL, SONA_E_NULL, "sona_tick: engine is NULL");
+    if (!atomic_load(&e->enabled))
+        return SONA_OK;
+    const uint32_t queued = sona_trajectory_buffer_len(e->buffer);
+    sona_status st = SONA_OK;
+    if (queued >= e->cfg.loop_b_threshold || (queued && interval_due(e->last_cycle_ms, e->cfg.loop_b_interval_ms)))
+        st = eng_loop_b_cycle(e, e->cfg.loop_b_min_batch);
+    if (st == SONA_E_EMPTY)
+        st = SONA_OK;
+    if (st == SONA_OK && interval_due(e->last_deep_ms, e->cfg.loop_c_interval_ms))
+        st = eng_loop_c_cycle(e);
+    return st;
+}
+
+sona_status sona_force_learn(sona_engine *e)
+{
+    if (!e)
+        return sona_fail(NULL, SONA_E_NULL, "sona_force_learn: engine is NULL");
+    sona_status st = eng_loop_b_cycle(e, e->cfg.loop_b_min_batch);
+    if (st == SONA_E_EMPTY)
+        return eng_fail(e, st, "sona_force_learn: %u trajectories queued, the minimum is %u; they stay queued",
+                        sona_trajectory_buffer_len(e->buffer), e->cfg.loop_b_min_batch);
+    return st;
+}
+
+sona_status sona_deep_cycle(sona_engine *e)
+{
+    if (!e)
+        return sona_fail(NULL, SONA_E_NULL, "sona_deep_cycle: engine is NULL");
+    return eng_loop_c_cycle(e);
+}
+
+static void *loop_thread(void *arg)
+{
+    sona_engine *e = arg;
+    pthread_mutex_lock(&e->wake_mu);
+    while (!e->stop) {
+        uint32_t wait_ms = e->cfg.loop_b_interval_ms ? e->cfg.loop_b_interval_ms : 1000;
+        if (e->cfg.loop_c_interval_ms && e->cfg.loop_c_interval_ms < wait_ms)
+            wait_ms = e->cfg.loop_c_interval_ms;
+        if (!e->kicked) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += wait_ms / 1000;
+            ts.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&e->wake_cv, &e->wake_mu, &ts);
+        }
+        if (e->stop)
+            break;
+        const int kicked = e->kicked;
+        e->kicked = 0;
+        pthread_mutex_unlock(&e->wake_mu);
+        if (atomic_load(&e->enabled)) {
+            if (kicked)
+                eng_loop_b_cycle(e, e->cfg.loop_b_min_batch);
+            sona_tick(e);
+        }
+        pthread_mutex_lock(&e->wake_mu);
+    }
+    pthread_mutex_unlock(&e->wake_mu);
+    return NULL;
+}
+
+sona_status eng_threads_start(sona_engine *e)
+{
+    atomic_store(&e->last_cycle_ms, eng_now_us() / 1000);
+    atomic_store(&e->last_deep_ms, eng_now_us() / 1000);
+    if (!e->cfg.background_thread)
+        return SONA_OK;
+    if (pthread_create(&e->thread, NULL, loop_thread, e) != 0)
+        return SONA_E_NOMEM;
+    e->thread_started = 1;
+    return SONA_OK;
+}
+
+void eng_threads_stop(sona_engine *e)
+{
+    if (!e->thread_started)
+        return;
+    pthread_mutex_lock(&e->wake_mu);
+    e->stop = 1;
+    pthread_cond_signal(&e->wake_cv);
+    pthread_mutex_unlock(&e->wake_mu);
+    pthread_join(e->thread, NULL);
+    e->thread_started = 0;
+}

@@ -1,0 +1,596 @@
+/* sona_save / sona_load: the engine's learned state as one versioned, checksummed file.
+ *
+ * Layout (all integers and floats in the writer's byte order, recorded by the header):
+ *   header:  magic "SONASTAT" (8 bytes), u32 format version, u32 byte-order mark 0x01020304,
+ *            u32 section count, u32 CRC-32 of the 20 bytes before it
+ *   section: u32 tag, u32 zero, u64 payload length, u32 CRC-32 of the payload, payload
+ * Sections, in this order: CONF (shape and hyperparameters), STAT (counters, baseline), TENA
+ * (live tenants: id, A, Bt, EWC++), BASE (Base-LoRA A, Bt, EWC++), PATT (patterns; the HNSW
+ * index is rebuilt on load). Unknown tags are skipped (checksummed all the same).
+ * A save goes to a temporary file in the target's directory, is fsynced and renamed over the
+ * target, then the directory is fsynced: a crash leaves the old file or the new one. */
+#include "core/engine_internal.h"
+
+#include "core/lora_internal.h"
+#include "core/serial.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define STATE_MAGIC "SONASTAT"
+#define STATE_VERSION 1u
+#define BYTE_ORDER_MARK 0x01020304u
+#define HEADER_BYTES 24u
+#define COUNTERS 13 /* STAT section: the engine's monotonic counters */
+#define SECTION_HEADER_BYTES 20u
+#define TAG(a, b, c, d) ((uint32_t)(a) | (uint32_t)(b) << 8 | (uint32_t)(c) << 16 | (uint32_t)(d) << 24)
+
+enum {
+    TAG_CONF = TAG('C', 'O', 'N', 'F'),
+    TAG_STAT = TAG('S', 'T', 'A', 'T'),
+    TAG_TENA = TAG('T', 'E', 'N', 'A'),
+    TAG_BASE = TAG('B', 'A', 'S', 'E'),
+    TAG_PATT = TAG('P', 'A', 'T', 'T'),
+};
+
+/* ---- CRC-32 -------------------------------------------------------------------------------- */
+
+static uint32_t crc_table[256];
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+
+static void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+uint32_t sona_crc32(uint32_t crc, const void *data, size_t n)
+{
+    pthread_once(&crc_once, crc_init);
+    const uint8_t *p = data;
+    crc = ~crc;
+    for (size_t i = 0; i < n; i++)
+        crc = crc_table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+/* The counters the STAT section holds, in file order. */
+static void counter_table(sona_engine *e, atomic_uint_fast64_t *out[COUNTERS])
+{
+    atomic_uint_fast64_t *const t[COUNTERS] = {
+        &e->n.recorded, &e->n.processed, &e->n.dropped, &e->n.accepted, &e->n.rejected,
+        &e->n.micro_updates, &e->n.base_updates, &e->n.boundaries, &e->n.b_cycles, &e->n.c_cycles,
+        &e->n.dreams, &e->n.replayed, &e->n.merged};
+    memcpy(out, t, sizeof t);
+}
+
+/* ---- writing ------------------------------------------------------------------------------- */
+
+/* Sections are written into w: begin reserves the section header, end fills length and CRC. */
+static size_t section_begin(sona_wbuf *w, uint32_t tag)
+{
+    const size_t at = w->len;
+    sona_wbuf_u32(w, tag);
+    sona_wbuf_u32(w, 0);
+    sona_wbuf_u64(w, 0);
+    sona_wbuf_u32(w, 0);
+    return at;
+}
+
+static void section_end(sona_wbuf *w, size_t at)
+{
+    if (w->oom)
+        return;
+    const uint64_t len = w->len - at - SECTION_HEADER_BYTES;
+    const uint32_t crc = sona_crc32(0, w->p + at + SECTION_HEADER_BYTES, len);
+    memcpy(w->p + at + 8, &len, sizeof len);
+    memcpy(w->p + at + 16, &crc, sizeof crc);
+}
+
+static void write_config(sona_wbuf *w, const sona_engine_config *c)
+{
+    const uint32_t u[] = {c->hidden, c->micro_rank, c->base_rank, c->base_layers, c->max_tenants,
+                          c->micro_apply_every, c->max_steps, c->buffer_capacity,
+                          (uint32_t)c->background_thread, c->loop_b_threshold, c->loop_b_interval_ms,
+                          c->loop_b_min_batch, c->clusters_per_cycle, c->max_patterns,
+                          (uint32_t)c->ewc_enabled, c->max_tasks, c->dreams_per_cycle,
+                          c->dream_length, c->loop_c_interval_ms};
+    const float f[] = {c->micro_alpha, c->micro_learning_rate, c->base_alpha, c->base_learning_rate,
+                       c->clip_norm, c->baseline_decay, c->ewc_lambda, c->fisher_decay,
+                       c->task_shift_threshold, c->dream_temperature, c->dream_jump_prob,
+                       c->dream_novelty_bonus, c->dream_replay_min_score, c->merge_cosine,
+                       c->importance_decay};
+    sona_wbuf_u64(w, c->seed);
+    sona_wbuf_u32(w, (uint32_t)(sizeof u / sizeof u[0]));
+    sona_wbuf_put(w, u, sizeof u);
+    sona_wbuf_u32(w, (uint32_t)(sizeof f / sizeof f[0]));
+    sona_wbuf_put(w, f, sizeof f);
+}
+
+static void write_adapter(sona_wbuf *w, const sona_lora *l, const eng_ewc *ewc, float *scratch)
+{
+    const sona_lora_config *c = sona_lora_get_config(l);
+    const size_t n = (size_t)c->count * c->rank * c->hidden;
+    if (sona_lora_export(l, scratch, scratch + n, NULL) != SONA_OK) {
+        w->oom = 1;
+        return;
+    }
+    sona_wbuf_floats(w, scratch, 2 * n);
+    eng_ewc_save(ewc, w);
+}
+
+/* Serialises the whole state into w. Takes the cycle lock and each tenant's lock in turn. */
+static sona_status serialise(sona_engine *e, sona_wbuf *w)
+{
+    const sona_engine_config *c = &e->cfg;
+    const size_t micro_n = (size_t)c->micro_rank * c->hidden, base_n = micro_n / c->micro_rank *
+                                                                        c->base_rank * c->base_layers;
+    float *scratch = malloc(2 * (micro_n > base_n ? micro_n : base_n) * sizeof(float));
+    if (!scratch)
+        return SONA_E_NOMEM;
+    sona_wbuf_put(w, STATE_MAGIC, 8);
+    sona_wbuf_u32(w, STATE_VERSION);
+    sona_wbuf_u32(w, BYTE_ORDER_MARK);
+    sona_wbuf_u32(w, 5);
+    sona_wbuf_u32(w, w->oom ? 0 : sona_crc32(0, w->p, 20));
+
+    size_t s = section_begin(w, TAG_CONF);
+    write_config(w, c);
+    section_end(w, s);
+
+    s = section_begin(w, TAG_STAT);
+    atomic_uint_fast64_t *counters[COUNTERS];
+    counter_table(e, counters);
+    sona_wbuf_u32(w, COUNTERS);
+    for (int i = 0; i < COUNTERS; i++)
+        sona_wbuf_u64(w, atomic_load(counters[i]));
+    sona_signal_stats ss;
+    sona_signal_builder_get_stats(e->signals, &ss);
+    sona_wbuf_f32(w, ss.baseline); /* NaN before the first trajectory */
+    sona_wbuf_u32(w, atomic_load(&e->last_phi_bits));
+    section_end(w, s);
+
+    s = section_begin(w, TAG_TENA);
+    uint32_t live = 0;
+    for (uint32_t i = 0; i < c->max_tenants; i++)
+        live += atomic_load(&e->tenants[i].live) != 0;
+    const size_t count_at = w->len;
+    sona_wbuf_u32(w, live);
+    live = 0;
+    for (uint32_t i = 0; i < c->max_tenants; i++) {
+        eng_tenant *t = &e->tenants[i];
+        pthread_mutex_lock(&t->mu);
+        if (atomic_load(&t->live)) {
+            sona_wbuf_u32(w, i);
+            write_adapter(w, t->lora, t->ewc, scratch);
+            live++;
+        }
+        pthread_mutex_unlock(&t->mu);
+    }
+    if (!w->oom) /* a tenant may have come or gone meanwhile: the count is what was written */
+        memcpy(w->p + count_at, &live, sizeof live);
+    section_end(w, s);
+
+    s = section_begin(w, TAG_BASE);
+    write_adapter(w, e->base, e->base_ewc, scratch);
+    section_end(w, s);
+    free(scratch);
+
+    s = section_begin(w, TAG_PATT);
+    const uint32_t np = sona_bank_pattern_count(e->bank);
+    sona_wbuf_u32(w, np);
+    float *centroid = malloc(c->hidden * sizeof *centroid);
+    if (!centroid)
+        w->oom = 1;
+    for (uint32_t i = 0; i < np && !w->oom; i++) {
+        sona_pattern p;
+        if (sona_bank_pattern_at(e->bank, i, &p, centroid) != SONA_OK) {
+            w->oom = 1;
+            break;
+        }
+        sona_wbuf_u64(w, p.id);
+        sona_wbuf_u64(w, p.size);
+        sona_wbuf_f64(w, p.total_weight);
+        sona_wbuf_f32(w, p.avg_quality);
+        sona_wbuf_u64(w, p.access_count);
+        sona_wbuf_u64(w, p.created_ms);
+        sona_wbuf_u64(w, p.last_access_ms);
+        sona_wbuf_floats(w, centroid, c->hidden);
+    }
+    free(centroid);
+    section_end(w, s);
+    return w->oom ? SONA_E_NOMEM : SONA_OK;
+}
+
+static sona_status write_all(int fd, const uint8_t *p, size_t n)
+{
+    while (n) {
+        ssize_t k = write(fd, p, n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return SONA_E_IO;
+        p += k;
+        n -= (size_t)k;
+    }
+    return SONA_OK;
+}
+
+/* Writes data to path atomically: temp file in the same directory, fsync, rename, fsync dir. */
+static sona_status write_file_atomic(sona_engine *e, const char *path, const sona_wbuf *w)
+{
+    const size_t plen = strlen(path);
+    char *tmp = malloc(plen + 16), *dir = malloc(plen + 2);
+    if (!tmp || !dir) {
+        free(tmp);
+        free(dir);
+        return eng_fail(e, SONA_E_NOMEM, "sona_save: out of memory");
+    }
+    snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
+    memcpy(dir, path, plen + 1);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        strcpy(dir, ".");
+    else if (slash == dir)
+        dir[1] = '\0';
+    else
+        *slash = '\0';
+    sona_status st = SONA_OK;
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        st = eng_fail(e, SONA_E_IO, "sona_save: cannot create a temporary file beside %s: %s", path, strerror(errno));
+    } else {
+        if (write_all(fd, w->p, w->len) != SONA_OK || fsync(fd) != 0)
+            st = eng_fail(e, SONA_E_IO, "sona_save: writing %s failed: %s", tmp, strerror(errno));
+        if (close(fd) != 0 && st == SONA_OK)
+            st = eng_fail(e, SONA_E_IO, "sona_save: closing %s failed: %s", tmp, strerror(errno));
+        if (st == SONA_OK && rename(tmp, path) != 0)
+            st = eng_fail(e, SONA_E_IO, "sona_save: renaming %s to %s failed: %s", tmp, path, strerror(errno));
+        if (st != SONA_OK) {
+            unlink(tmp);
+        } else {
+            int dfd = open(dir, O_RDONLY);
+            if (dfd >= 0) {
+                fsync(dfd);
+                close(dfd);
+            }
+        }
+    }
+    free(tmp);
+    free(dir);
+    return st;
+}
+
+sona_status eng_save_locked(sona_engine *e, const char *path)
+{
+    sona_wbuf w = {0};
+    sona_status st = serialise(e, &w);
+    if (st != SONA_OK)
+        st = eng_fail(e, st, "sona_save: out of memory serialising the state");
+    else
+        st = write_file_atomic(e, path, &w);
+    free(w.p);
+    return st;
+}
+
+sona_status sona_save(sona_engine *e, const char *path)
+{
+    if (!e || !path)
+        return eng_fail(e, SONA_E_NULL, "sona_save: NULL argument");
+    pthread_mutex_lock(&e->cycle_mu);
+    sona_status st = eng_save_locked(e, path);
+    pthread_mutex_unlock(&e->cycle_mu);
+    return st;
+}
+
+/* ---- loading ------------------------------------------------------------------------------- */
+
+/* Everything a file holds, built into fresh objects before anything of the engine changes. */
+typedef struct loaded {
+    uint64_t counters[COUNTERS];
+    float baseline;
+    uint32_t phi_bits;
+    uint32_t tenants;
+    uint32_t *ids;
+    sona_lora **loras;
+    eng_ewc **ewcs;
+    sona_lora *base;
+    eng_ewc *base_ewc;
+    sona_bank *bank;
+} loaded;
+
+static void loaded_free(loaded *s)
+{
+    for (uint32_t i = 0; i < s->tenants; i++) {
+        if (s->loras)
+            sona_lora_destroy(s->loras[i]);
+        if (s->ewcs)
+            eng_ewc_destroy(s->ewcs[i]);
+    }
+    free(s->ids);
+    free(s->loras);
+    free(s->ewcs);
+    sona_lora_destroy(s->base);
+    eng_ewc_destroy(s->base_ewc);
+    sona_bank_destroy(s->bank);
+}
+
+static sona_status corrupt(sona_engine *e, const char *what)
+{
+    return eng_fail(e, SONA_E_CORRUPT, "sona_load: %s", what);
+}
+
+static sona_status read_config(sona_engine *e, sona_rbuf *r)
+{
+    const sona_engine_config *c = &e->cfg;
+    (void)sona_rbuf_u64(r);
+    const uint32_t nu = sona_rbuf_u32(r);
+    if (nu < 5 || !sona_rbuf_has(r, nu, 4))
+        return corrupt(e, "bad configuration section");
+    uint32_t shape[5];
+    for (uint32_t i = 0; i < nu; i++) {
+        const uint32_t v = sona_rbuf_u32(r);
+        if (i < 5)
+            shape[i] = v;
+    }
+    if (shape[0] != c->hidden || shape[1] != c->micro_rank || shape[2] != c->base_rank ||
+        shape[3] != c->base_layers)
+        return eng_fail(e, SONA_E_SIZE,
+                        "sona_load: the file is for hidden %u, micro rank %u, base rank %u x %u "
+                        "layers; this engine has %u, %u, %u x %u",
+                        shape[0], shape[1], shape[2], shape[3], c->hidden, c->micro_rank, c->base_rank,
+                        c->base_layers);
+    return SONA_OK;
+}
+
+/* Reads one adapter set of the engine's shape into a fresh lora (+ EWC++). */
+static sona_status read_adapter(sona_engine *e, sona_rbuf *r, int base, sona_lora **lora, eng_ewc **ewc)
+{
+    sona_lora_config lc;
+    eng_lora_config(&e->cfg, base, &lc);
+    const size_t n = (size_t)lc.count * lc.rank * lc.hidden;
+    if (!sona_rbuf_has(r, 2 * n, sizeof(float)))
+        return corrupt(e, "adapter weights are truncated");
+    float *wts = malloc(2 * n * sizeof *wts);
+    if (!wts)
+        return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
+    sona_rbuf_floats(r, wts, 2 * n);
+    sona_status st = sona_lora_create(&lc, lora);
+    if (st == SONA_OK && (st = sona_lora_import(*lora, wts, wts + n)) != SONA_OK)
+        st = corrupt(e, "adapter weights are not finite");
+    free(wts);
+    if (st != SONA_OK)
+        return st;
+    st = eng_ewc_load(r, *lora, &e->cfg, ewc);
+    return st == SONA_OK ? SONA_OK : eng_fail(e, st, "sona_load: EWC++ state: %s", sona_status_str(st));
+}
+
+static sona_status read_tenants(sona_engine *e, sona_rbuf *r, loaded *s)
+{
+    const uint32_t n = sona_rbuf_u32(r);
+    if (r->bad || n == 0 || n > e->cfg.max_tenants)
+        return corrupt(e, "bad tenant count");
+    s->ids = calloc(n, sizeof *s->ids);
+    s->loras = calloc(n, sizeof *s->loras);
+    s->ewcs = calloc(n, sizeof *s->ewcs);
+    if (!s->ids || !s->loras || !s->ewcs)
+        return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
+    s->tenants = n;
+    for (uint32_t i = 0; i < n; i++) {
+        s->ids[i] = sona_rbuf_u32(r);
+        if (r->bad || s->ids[i] >= e->cfg.max_tenants || (i && s->ids[i] <= s->ids[i - 1]) ||
+            (i == 0 && s->ids[0] != 0))
+            return corrupt(e, "bad tenant id");
+        sona_status st = read_adapter(e, r, 0, &s->loras[i], &s->ewcs[i]);
+        if (st != SONA_OK)
+            return st;
+    }
+    return SONA_OK;
+}
+
+static sona_status read_patterns(sona_engine *e, sona_rbuf *r, loaded *s)
+{
+    const uint32_t H = e->cfg.hidden, n = sona_rbuf_u32(r);
+    const size_t rec = 8 * 6 + 4 + (size_t)H * 4;
+    if (!sona_rbuf_has(r, n, rec))
+        return corrupt(e, "pattern section is truncated");
+    sona_status st = eng_bank_create(&e->cfg, &s->bank);
+    if (st != SONA_OK)
+        return eng_fail(e, st, "sona_load: creating the pattern bank failed");
+    float *centroid = malloc(H * sizeof *centroid);
+    if (!centroid)
+        return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
+    for (uint32_t i = 0; i < n && st == SONA_OK; i++) {
+        sona_pattern p = {0};
+        p.id = sona_rbuf_u64(r);
+        p.size = sona_rbuf_u64(r);
+        p.total_weight = sona_rbuf_f64(r);
+        p.avg_quality = sona_rbuf_f32(r);
+        p.access_count = sona_rbuf_u64(r);
+        p.created_ms = sona_rbuf_u64(r);
+        p.last_access_ms = sona_rbuf_u64(r);
+        sona_rbuf_floats(r, centroid, H);
+        if ((st = sona_bank_pattern_restore(s->bank, &p, centroid)) != SONA_OK)
+            st = corrupt(e, "a pattern is invalid (duplicate id, zero or non-finite centroid)");
+    }
+    free(centroid);
+    return st;
+}
+
+/* Checks the header and every section's bounds and CRC; fills the section table. */
+static sona_status read_sections(sona_engine *e, const uint8_t *p, size_t len, sona_rbuf sec[5])
+{
+    static const uint32_t tags[5] = {TAG_CONF, TAG_STAT, TAG_TENA, TAG_BASE, TAG_PATT};
+    if (len < HEADER_BYTES || memcmp(p, STATE_MAGIC, 8) != 0)
+        return corrupt(e, "not a libsona state file (bad magic or too short)");
+    sona_rbuf r = {.p = p, .len = len, .pos = 8};
+    const uint32_t version = sona_rbuf_u32(&r), bom = sona_rbuf_u32(&r), count = sona_rbuf_u32(&r),
+                   crc = sona_rbuf_u32(&r);
+    if (crc != sona_crc32(0, p, 20))
+        return corrupt(e, "header checksum mismatch");
+    if (bom != BYTE_ORDER_MARK)
+        return eng_fail(e, SONA_E_VERSION, "sona_load: the file was written with another byte order");
+    if (version != STATE_VERSION)
+        return eng_fail(e, SONA_E_VERSION, "sona_load: format version %u, this library reads %u", version,
+                        STATE_VERSION);
+    memset(sec, 0, 5 * sizeof *sec);
+    for (uint32_t i = 0; i < count; i++) {
+        const uint32_t tag = sona_rbuf_u32(&r);
+        (void)sona_rbuf_u32(&r);
+        const uint64_t n = sona_rbuf_u64(&r);
+        const uint32_t scrc = sona_rbuf_u32(&r);
+        if (r.bad || n > r.len - r.pos)
+            return corrupt(e, "truncated section");
+        if (sona_crc32(0, p + r.pos, n) != scrc)
+            return corrupt(e, "section checksum mismatch");
+        for (int t = 0; t < 5; t++)
+            if (tag == tags[t]) {
+                if (sec[t].p)
+                    return corrupt(e, "duplicate section");
+                sec[t] = (sona_rbuf){.p = p + r.pos, .len = n};
+            }
+        r.pos += n;
+    }
+    if (r.pos != len)
+        return corrupt(e, "trailing bytes after the last section");
+    for (int t = 0; t < 5; t++)
+        if (!sec[t].p)
+            return corrupt(e, "a required section is missing");
+    return SONA_OK;
+}
+
+static sona_status parse(sona_engine *e, const uint8_t *p, size_t len, loaded *s)
+{
+    sona_rbuf sec[5];
+    sona_status st = read_sections(e, p, len, sec);
+    if (st == SONA_OK)
+        st = read_config(e, &sec[0]);
+    if (st != SONA_OK)
+        return st;
+    const uint32_t nc = sona_rbuf_u32(&sec[1]);
+    if (nc != COUNTERS)
+        return corrupt(e, "bad counter section");
+    for (int i = 0; i < COUNTERS; i++)
+        s->counters[i] = sona_rbuf_u64(&sec[1]);
+    s->baseline = sona_rbuf_f32(&sec[1]);
+    s->phi_bits = sona_rbuf_u32(&sec[1]);
+    if (sec[1].bad || isinf(s->baseline))
+        return corrupt(e, "bad counter section");
+    if ((st = read_tenants(e, &sec[2], s)) != SONA_OK ||
+        (st = read_adapter(e, &sec[3], 1, &s->base, &s->base_ewc)) != SONA_OK ||
+        (st = read_patterns(e, &sec[4], s)) != SONA_OK)
+        return st;
+    for (int t = 0; t < 5; t++)
+        if (sec[t].bad || (t != 0 && sec[t].pos != sec[t].len))
+            return corrupt(e, "a section's contents do not match its length");
+    return SONA_OK;
+}
+
+/* Swaps the loaded state in. Cannot fail past the publish of fresh snapshots. */
+static void commit(sona_engine *e, loaded *s)
+{
+    pthread_mutex_lock(&e->cycle_mu);
+    atomic_uint_fast64_t *counters[COUNTERS];
+    counter_table(e, counters);
+    for (int i = 0; i < COUNTERS; i++)
+        atomic_store(counters[i], s->counters[i]);
+    sona_signal_builder_set_baseline(e->signals, s->baseline);
+    atomic_store(&e->last_phi_bits, s->phi_bits);
+    pthread_mutex_lock(&e->tenants_mu);
+    uint32_t next = 0;
+    for (uint32_t i = 0; i < e->cfg.max_tenants; i++) {
+        eng_tenant *t = &e->tenants[i];
+        pthread_mutex_lock(&t->mu);
+        if (next < s->tenants && s->ids[next] == i) {
+            sona_lora *l = t->lora;
+            eng_ewc *w = t->ewc;
+            t->lora = s->loras[next];
+            t->ewc = s->ewcs[next];
+            s->loras[next] = l;
+            s->ewcs[next] = w;
+            t->since_apply = 0;
+            sona_snapshot_publish(&t->slot, t->lora);
+            atomic_store(&t->live, 1);
+            next++;
+        } else if (atomic_load(&t->live)) {
+            atomic_store(&t->live, 0);
+            sona_snapshot_retract(&t->slot);
+        }
+        pthread_mutex_unlock(&t->mu);
+    }
+    pthread_mutex_unlock(&e->tenants_mu);
+    sona_lora *bl = e->base;
+    eng_ewc *bw = e->base_ewc;
+    e->base = s->base;
+    e->base_ewc = s->base_ewc;
+    s->base = bl;
+    s->base_ewc = bw;
+    sona_snapshot_publish(&e->base_slot, e->base);
+    pthread_rwlock_wrlock(&e->bank_lock);
+    sona_bank *bank = e->bank;
+    e->bank = s->bank;
+    s->bank = bank;
+    pthread_rwlock_unlock(&e->bank_lock);
+    atomic_store(&e->n.patterns, sona_bank_pattern_count(e->bank));
+    atomic_store(&e->n.tasks, eng_ewc_tasks(e->base_ewc));
+    eng_dream_state_free(e->dream);
+    e->dream = NULL;
+    pthread_mutex_unlock(&e->cycle_mu);
+}
+
+sona_status sona_load_buffer(sona_engine *e, const void *data, size_t len)
+{
+    if (!e || !data)
+        return eng_fail(e, SONA_E_NULL, "sona_load: NULL argument");
+    loaded s = {0};
+    sona_status st = parse(e, data, len, &s);
+    if (st == SONA_OK)
+        commit(e, &s);
+    loaded_free(&s); /* after commit: the engine's previous objects */
+    return st;
+}
+
+sona_status sona_load(sona_engine *e, const char *path)
+{
+    if (!e || !path)
+        return eng_fail(e, SONA_E_NULL, "sona_load: NULL argument");
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return eng_fail(e, SONA_E_IO, "sona_load: cannot open %s: %s", path, strerror(errno));
+    uint8_t *buf = NULL;
+    size_t len = 0, cap = 0;
+    sona_status st = SONA_OK;
+    for (;;) {
+        if (len == cap) {
+            cap = cap ? 2 * cap : 1 << 16;
+            uint8_t *nb = realloc(buf, cap);
+            if (!nb) {
+                st = eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory reading %s", path);
+                break;
+            }
+            buf = nb;
+        }
+        const size_t k = fread(buf + len, 1, cap - len, f);
+        len += k;
+        if (k == 0) {
+            if (ferror(f))
+                st = eng_fail(e, SONA_E_IO, "sona_load: reading %s failed", path);
+            break;
+        }
+    }
+    fclose(f);
+    if (st == SONA_OK)
+        st = sona_load_buffer(e, buf, len);
+    free(buf);
+    return st;
+}

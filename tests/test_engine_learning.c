@@ -1,0 +1,85 @@
+/* The engine learns, measured on a synthetic task (tests/support/synth_task.h): over 1,000
+ * trajectories the mean quality of the adapted output rises clearly above the no-learning
+ * baseline, and after a second task EWC++ keeps more of the first task than no EWC++. */
+#include <criterion/criterion.h>
+#include <inttypes.h>
+#include <stdio.h>
+
+#include "support/op_cases.h"
+#include "support/synth_task.h"
+
+enum { HIDDEN = 67, CLUSTERS = 3 };
+
+static sona_engine *make_engine(int ewc)
+{
+    sona_engine_config c;
+    sona_engine_config_default(&c, SONA_PRESET_DEFAULT, HIDDEN);
+    c.background_thread = 0;
+    c.loop_b_threshold = 1u << 30; /* loop A alone */
+    c.micro_learning_rate = 0.4f;
+    c.ewc_enabled = ewc;
+    c.task_shift_threshold = 1e6f; /* tasks end where the test says (loop C), not by detection */
+    sona_engine *e = NULL;
+    cr_assert_eq(sona_engine_create(&c, &e), SONA_OK, "%s", sona_last_error());
+    return e;
+}
+
+Test(engine_learning, quality_rises_above_the_no_learning_baseline)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[engine_learning] seed %" PRIu64 "\n", seed);
+    synth_task t;
+    cr_assert_eq(synth_task_init(&t, HIDDEN, CLUSTERS, seed, 0), 0);
+    sona_engine *e = make_engine(0);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 1);
+    const double before = synth_task_run(&t, e, 0, 300, &r, 0);
+    double last = 0;
+    for (int block = 0; block < 10; block++) {
+        last = synth_task_run(&t, e, 0, 100, &r, 1);
+        printf("[engine_learning] trajectories %4d  mean quality %.3f\n", (block + 1) * 100, last);
+    }
+    const double after = synth_task_run(&t, e, 0, 300, &r, 0);
+    printf("[engine_learning] no learning %.3f, after 1000 trajectories %.3f\n", before, after);
+    cr_assert_gt(after, before + 0.15, "quality %.3f did not rise clearly above %.3f", after, before);
+    sona_stats s;
+    cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
+    cr_assert_eq(s.signals_accepted, 1000);
+    cr_assert_eq(s.micro_updates, 1000);
+    cr_assert_eq(s.trajectories_recorded + s.trajectories_dropped, 1000);
+    sona_engine_destroy(e);
+    synth_task_free(&t);
+}
+
+/* Task 1, consolidate (loop C), task 2, back to task 1: the quality task 1 keeps. */
+static double retention(int ewc, uint64_t seed, double *learned)
+{
+    synth_task t1, t2;
+    cr_assert_eq(synth_task_init(&t1, HIDDEN, CLUSTERS, seed, 0), 0);
+    cr_assert_eq(synth_task_retarget(&t2, &t1, seed, 7), 0);
+    for (uint32_t i = 0; i < HIDDEN * CLUSTERS; i++) /* the second task wants the opposite */
+        t2.targets[i] = -t1.targets[i];
+    sona_engine *e = make_engine(ewc);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 2);
+    synth_task_run(&t1, e, 0, 1000, &r, 1);
+    *learned = synth_task_run(&t1, e, 0, 300, &r, 0);
+    cr_assert_eq(sona_deep_cycle(e), SONA_OK, "%s", sona_engine_last_error(e));
+    synth_task_run(&t2, e, 0, 1000, &r, 1);
+    const double kept = synth_task_run(&t1, e, 0, 300, &r, 0);
+    sona_engine_destroy(e);
+    synth_task_free(&t1);
+    synth_task_free(&t2);
+    return kept;
+}
+
+Test(engine_learning, ewc_retains_the_first_task)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[engine_learning] seed %" PRIu64 "\n", seed);
+    double learned_on, learned_off;
+    const double on = retention(1, seed, &learned_on), off = retention(0, seed, &learned_off);
+    printf("[engine_learning] task 1 learned %.3f / %.3f, kept after task 2: EWC++ on %.3f, off %.3f\n",
+           learned_on, learned_off, on, off);
+    cr_assert_gt(on, off + 0.1, "EWC++ on kept %.3f of task 1, off kept %.3f", on, off);
+}
