@@ -30,6 +30,11 @@ typedef struct bench_row {
  * microseconds per call. fn must finish its work before returning (sync a GPU backend).
  * Returns 0 when measured, -1 when fn reported failure by returning non-zero. */
 int bench_measure(bench_ctx *ctx, const bench_row *row, int (*fn)(void *arg), void *arg);
+/* The same for fn that only issues work on backend b without waiting for it: with b's device
+ * timers (timer_start/timer_stop), a sample is the device time of a batch of calls with no host
+ * wait between them; without them, each call is followed by b's sync and timed on the host. */
+int bench_measure_on(bench_ctx *ctx, const bench_row *row, const sona_backend *b,
+                     int (*fn)(void *arg), void *arg);
 
 /* Reports a measured value that is not a time (recall@10, MB, build seconds, QPS, ...). */
 void bench_report(bench_ctx *ctx, const bench_row *row, const char *metric, double value,

@@ -1,5 +1,6 @@
 /* Op groups: each op of the dispatch table on every backend, with resident buffers (allocated
- * and uploaded once; a sample times only the op and the backend's sync). Inputs come from the
+ * and uploaded once; a sample times only the op and the backend's sync, or the op between the
+ * backend's device timers when it has them). Inputs come from the
  * test suite's op case generator (tests/support/op_cases.c), at benchmark sizes. */
 #include "bench.h"
 
@@ -178,10 +179,11 @@ static sona_status run_op(op_fixture *f)
     }
 }
 
+/* Issues the op only: bench_measure_on() waits for it (or times it with device timers). */
 static int call_op(void *arg)
 {
     op_fixture *f = arg;
-    return run_op(f) != SONA_OK || (f->b->sync && f->b->sync(f->b->ctx) != SONA_OK);
+    return run_op(f) != SONA_OK;
 }
 
 /* One Lloyd iteration: assign, per-cluster sums on the backend, new centroids on the host
@@ -297,6 +299,8 @@ static void run_cases(bench_ctx *ctx, const char *group, const op_bench_case *ca
             }
             op_fixture f = {.b = bs[i], .op = bc->c.op, .st = SONA_OK};
             shape_args(&f, &in);
+            if (lloyd)
+                f.sums = (sona_cluster_sums_args){.n = bc->c.n, .k = bc->c.k, .d = bc->c.d};
             if (!sona_backend_supports(bs[i], f.op, &f.a) ||
                 (lloyd && !sona_backend_supports(bs[i], SONA_OP_CLUSTER_SUMS, &f.sums))) {
                 bench_skip(ctx, &row, "the backend does not support this shape");
@@ -306,8 +310,10 @@ static void run_cases(bench_ctx *ctx, const char *group, const op_bench_case *ca
             if (f.st != SONA_OK) {
                 snprintf(why, sizeof why, "could not place the inputs on %s: %s", labels[i], sona_status_str(f.st));
                 bench_skip(ctx, &row, why);
+            } else if (lloyd) {
+                bench_measure(ctx, &row, call_lloyd, &f); /* its downloads wait on the host */
             } else {
-                bench_measure(ctx, &row, lloyd ? call_lloyd : call_op, &f);
+                bench_measure_on(ctx, &row, bs[i], call_op, &f);
             }
             fixture_free(&f);
         }

@@ -195,21 +195,47 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-int bench_measure(bench_ctx *ctx, const bench_row *row, int (*fn)(void *arg), void *arg)
+/* One call of fn; with a device backend b, also waits for it (sync) or, when b has device
+ * timers, times it with them and gives its device time in *device_s. */
+static int call_once(const sona_backend *b, int (*fn)(void *arg), void *arg, double *device_s)
+{
+    const int timed = b && b->timer_start && b->timer_stop;
+    double us = 0;
+    if (timed && b->timer_start(b->ctx) != SONA_OK)
+        return 1;
+    if (fn(arg) != 0)
+        return 1;
+    if (timed) {
+        if (b->timer_stop(b->ctx, &us) != SONA_OK)
+            return 1;
+        *device_s = 1e-6 * us;
+    } else if (b && b->sync && b->sync(b->ctx) != SONA_OK) {
+        return 1;
+    }
+    return 0;
+}
+
+/* b: NULL when fn waits for its own work; else fn only issues work on b, and a sample is a
+ * batch of calls between b's device timers when it has them (no host wait between calls),
+ * or host-timed calls each followed by b's sync. */
+static int measure(bench_ctx *ctx, const bench_row *row, const sona_backend *b,
+                   int (*fn)(void *arg), void *arg)
 {
     progress(ctx, row);
+    const int device_timed = b && b->timer_start && b->timer_stop;
     const bench_policy *p = &ctx->policy;
     /* Warm-up: caches, page faults, lazy GPU compilation; also estimates the call's cost. */
     long calls = 0;
     double elapsed;
     const double w0 = now_s();
+    double device_s = 0;
     do {
-        if (fn(arg) != 0)
+        if (call_once(b, fn, arg, &device_s) != 0)
             goto failed;
         calls++;
         elapsed = now_s() - w0;
     } while (elapsed < p->warmup_s);
-    const double per_call = elapsed / (double)calls;
+    const double per_call = device_timed && device_s > 0 ? device_s : elapsed / (double)calls;
     const long batch = per_call >= p->min_sample_s ? 1 : (long)ceil(p->min_sample_s / per_call);
     /* Long calls: fewer samples, so one row never takes minutes. */
     int min_samples = p->min_samples;
@@ -224,15 +250,20 @@ int bench_measure(bench_ctx *ctx, const bench_row *row, int (*fn)(void *arg), vo
     int n = 0;
     const double s0 = now_s();
     while (n < p->max_samples) {
-        const double a = now_s();
-        for (long i = 0; i < batch; i++)
-            if (fn(arg) != 0) {
-                free(samples);
-                goto failed;
-            }
-        const double b = now_s();
-        samples[n++] = (b - a) / (double)batch;
-        if (n >= min_samples && b - s0 >= p->row_budget_s)
+        const double t0 = now_s();
+        double us = 0;
+        int bad = device_timed && b->timer_start(b->ctx) != SONA_OK;
+        for (long i = 0; i < batch && !bad; i++)
+            bad = device_timed ? fn(arg) != 0 : call_once(b, fn, arg, &device_s) != 0;
+        if (!bad && device_timed)
+            bad = b->timer_stop(b->ctx, &us) != SONA_OK;
+        if (bad) {
+            free(samples);
+            goto failed;
+        }
+        const double t1 = now_s();
+        samples[n++] = (device_timed ? 1e-6 * us : t1 - t0) / (double)batch;
+        if (n >= min_samples && t1 - s0 >= p->row_budget_s)
             break;
     }
     qsort(samples, (size_t)n, sizeof *samples, cmp_double);
@@ -248,6 +279,17 @@ failed:;
     bench_result *f = new_row(ctx, row, BENCH_FAILED);
     snprintf(f->note, sizeof f->note, "the benchmarked call failed");
     return -1;
+}
+
+int bench_measure(bench_ctx *ctx, const bench_row *row, int (*fn)(void *arg), void *arg)
+{
+    return measure(ctx, row, NULL, fn, arg);
+}
+
+int bench_measure_on(bench_ctx *ctx, const bench_row *row, const sona_backend *b,
+                     int (*fn)(void *arg), void *arg)
+{
+    return measure(ctx, row, b, fn, arg);
 }
 
 void bench_report(bench_ctx *ctx, const bench_row *row, const char *metric, double value,

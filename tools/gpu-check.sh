@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One-shot check of the CUDA backend on a GPU machine: configure a Release build with CUDA for
 # this GPU only, build what the checks need, run the cross-backend op check (CUDA and every CPU
-# variant, with SONA_CPU_VARIANT=avx512 where the host has AVX-512), then the GPU benchmarks, and
-# print a summary table last. Needs CMake, a C compiler and the CUDA toolkit (nvcc on PATH,
+# variant, with SONA_CPU_VARIANT=avx512 where the host has AVX-512), the GPU benchmarks and the
+# harness's 'sona bench --backend cuda' (timed with device events), and print its table, then a
+# summary table last. Needs CMake, a C compiler and the CUDA toolkit (nvcc on PATH,
 # $CUDACXX, or /usr/local/cuda); Criterion, hwloc and OpenCL are optional. No network.
 #
 #   bash tools/gpu-check.sh            # from the repository root (or anywhere)
@@ -72,7 +73,7 @@ if ! cmake -S . -B "$build" ${gen[@]+"${gen[@]}"} -DCMAKE_BUILD_TYPE=Release -DS
 fi
 
 step "build"
-targets=(sona_cuda sona_gpu_ops_check sona_gpu_bench)
+targets=(sona_cuda sona_gpu_ops_check sona_gpu_bench sona_cli)
 [ "$tests" = ON ] && targets+=(test_ops)
 t_build=$(date +%s)
 if ! cmake --build "$build" -j"$jobs" --target "${targets[@]}"; then
@@ -146,9 +147,26 @@ else
   note "benchmarks: FAILED (exit $rc)"
 fi
 
+step "sona bench on CUDA (harness rows, device-event timing)"
+bench_table=$(mktemp)
+timeout 200 "$build/bin/sona" bench --backend cuda \
+  --group ops,micro_lora_forward,base_lora_forward,batched_lora_apply \
+  --json "$bench_dir/bench-cuda.json" >"$bench_table" 2>&1
+rc=$?
+if [ "$rc" -eq 0 ]; then
+  note "sona bench --backend cuda: ok ($bench_dir/bench-cuda.json)"
+else
+  status=1
+  note "sona bench --backend cuda: FAILED (exit $rc; 124 = over 200 s)"
+fi
+
 step "summary"
 for line in "${summary[@]}"; do echo "  $line"; done
 echo "  total: $(( $(date +%s) - t_start ))s, status $status"
+echo
+echo "sona bench --backend cuda:"
+cat "$bench_table"
+rm -f "$bench_table"
 if [ -f "$bench_dir/gpu_bench.txt" ]; then
   echo
   cat "$bench_dir/gpu_bench.txt"

@@ -38,6 +38,7 @@ struct cuda_ctx {
     size_t scratch_bytes;
     unsigned char *pinned[2]; /* NULL when pinned memory was refused: plain copies then */
     cudaEvent_t pinned_done[2];
+    cudaEvent_t timer[2]; /* device timing for benchmarks: start, stop */
     char device_desc[200];
 };
 
@@ -218,6 +219,28 @@ sona_status cu_sync(void *ctx)
     cuda_ctx *c = ctx_of(ctx);
     return locked(c, [&]() -> sona_status {
         CUDA_TRY(cudaStreamSynchronize(c->stream));
+        return SONA_OK;
+    });
+}
+
+sona_status cu_timer_start(void *ctx)
+{
+    cuda_ctx *c = ctx_of(ctx);
+    return locked(c, [&]() -> sona_status {
+        CUDA_TRY(cudaEventRecord(c->timer[0], c->stream));
+        return SONA_OK;
+    });
+}
+
+sona_status cu_timer_stop(void *ctx, double *elapsed_us)
+{
+    cuda_ctx *c = ctx_of(ctx);
+    return locked(c, [&]() -> sona_status {
+        float ms = 0.0f;
+        CUDA_TRY(cudaEventRecord(c->timer[1], c->stream));
+        CUDA_TRY(cudaEventSynchronize(c->timer[1]));
+        CUDA_TRY(cudaEventElapsedTime(&ms, c->timer[0], c->timer[1]));
+        *elapsed_us = 1e3 * (double)ms;
         return SONA_OK;
     });
 }
@@ -624,6 +647,11 @@ void cu_shutdown(void *ctx)
             c->pinned[h] = NULL;
             c->pinned_done[h] = NULL;
         }
+        for (int t = 0; t < 2; t++) {
+            if (c->timer[t])
+                (void)cudaEventDestroy(c->timer[t]);
+            c->timer[t] = NULL;
+        }
         if (c->scratch)
             (void)cudaFree(c->scratch);
         c->scratch = NULL;
@@ -710,6 +738,12 @@ sona_status open_device(cuda_ctx *c, char *why, size_t why_len)
         }
         c->pinned[h] = static_cast<unsigned char *>(p);
     }
+    /* Device timers are a benchmark aid: without them the backend works, untimed by events. */
+    for (int t = 0; t < 2; t++)
+        if (cudaEventCreate(&c->timer[t]) != cudaSuccess) {
+            (void)cudaGetLastError();
+            c->timer[t] = NULL;
+        }
     int runtime = 0, driver = 0;
     (void)cudaRuntimeGetVersion(&runtime);
     (void)cudaDriverGetVersion(&driver);
@@ -757,6 +791,10 @@ extern "C" SONA_MODULE_EXPORT sona_status sona_module_open(uint32_t abi, const s
             b->upload = cu_upload;
             b->download = cu_download;
             b->sync = cu_sync;
+            if (c->timer[0] && c->timer[1]) {
+                b->timer_start = cu_timer_start;
+                b->timer_stop = cu_timer_stop;
+            }
             b->lora_apply = cu_lora_apply;
             b->lora_grad = cu_lora_grad;
             b->param_update = cu_param_update;

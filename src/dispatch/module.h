@@ -5,7 +5,7 @@
 
 #include "dispatch/ops.h"
 
-#define SONA_MODULE_ABI 1
+#define SONA_MODULE_ABI 2 /* 2: sona_backend gained timer_start/timer_stop */
 #define SONA_MODULE_ENTRY "sona_module_open"
 
 #if defined(__GNUC__)

@@ -137,6 +137,12 @@ typedef struct sona_backend {
     sona_status (*upload)(void *ctx, void *buf, size_t offset, const void *src, size_t bytes);
     sona_status (*download)(void *ctx, void *dst, const void *buf, size_t offset, size_t bytes);
     sona_status (*sync)(void *ctx);
+    /* Optional device timing (NULL on host backends): timer_start marks the backend's queue;
+     * timer_stop marks it again, waits for that mark and gives the device time between the
+     * two marks in microseconds. For benchmarks: work issued in between is timed without host
+     * waits. */
+    sona_status (*timer_start)(void *ctx);
+    sona_status (*timer_stop)(void *ctx, double *elapsed_us);
 
     sona_status (*lora_apply)(void *ctx, const sona_lora_apply_args *a);
     sona_status (*lora_grad)(void *ctx, const sona_lora_grad_args *a);
