@@ -729,9 +729,9 @@ SV_INLINE void sv_sqdist_tile(uint32_t d, const float *X, const float *Bp, sv_f 
 }
 
 /* |x - c|^2 = |x|^2 + |c|^2 - 2 x.c, with the dot products from a GEMM-like micro-tile of
- * SV_GEMM_MR rows of X by SV_GEMM_NR centroids: the centroids are packed once per call into SV_GEMM_NR-wide panels
- * (their norms alongside), and each tile's distances fold straight into a running argmin, so
- * no n x k matrix is ever stored. The formulation loses relative precision when x is close to
+ * SV_GEMM_MR rows of X by SV_GEMM_NR centroids: the centroids are packed once per call into
+ * SV_GEMM_NR-wide panels (their norms alongside), and each tile's distances fold straight
+ * into a running argmin, so no n x k matrix is ever stored. The formulation loses relative precision when x is close to
  * c (the error scales with |x|^2 + |c|^2, which the op's bound allows); results are clamped
  * at 0. Columns run in increasing order with a strict <, so ties keep the lowest index. */
 static sona_status sv_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a)
@@ -746,7 +746,8 @@ static sona_status sv_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a)
     }
     const uint32_t panels = (k + SV_GEMM_NR - 1) / SV_GEMM_NR;
     const size_t cp_floats = (size_t)panels * SV_GEMM_NR * d;
-    float *Cp = malloc((cp_floats + (size_t)panels * SV_GEMM_NR + (size_t)SV_GEMM_MR * d) * sizeof(float));
+    const size_t floats = cp_floats + (size_t)panels * SV_GEMM_NR + (size_t)SV_GEMM_MR * d;
+    float *Cp = malloc(floats * sizeof(float));
     if (!Cp)
         return SONA_E_NOMEM;
     float *cnorm = Cp + cp_floats, *Xp = cnorm + (size_t)panels * SV_GEMM_NR;
