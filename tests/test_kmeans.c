@@ -57,6 +57,27 @@ static void run_free(run *r)
     free(r->counts);
 }
 
+/* A bijection: all members of a true cluster share one found cluster, and no two true
+ * clusters share one. */
+static void assert_recovered(const int32_t *label, const int32_t *assign, uint32_t n, uint32_t k,
+                             uint64_t seed)
+{
+    int32_t map[16];
+    cr_assert_leq(k, 16);
+    for (uint32_t c = 0; c < k; c++)
+        map[c] = -1;
+    for (uint32_t i = 0; i < n; i++) {
+        const int32_t c = label[i];
+        if (map[c] < 0)
+            map[c] = assign[i];
+        cr_assert_eq(assign[i], map[c], "point %u of true cluster %d split (seed %" PRIu64 ")",
+                     i, c, seed);
+    }
+    for (uint32_t a = 0; a < k; a++)
+        for (uint32_t b = a + 1; b < k; b++)
+            cr_assert_neq(map[a], map[b], "true clusters %u and %u merged", a, b);
+}
+
 Test(kmeans, recovers_well_separated_clusters)
 {
     const uint64_t seed = op_test_seed();
@@ -65,26 +86,32 @@ Test(kmeans, recovers_well_separated_clusters)
     int32_t *label = malloc(n * sizeof *label);
     float *X = gaussian_blobs(seed, n, d, k, 100.0f, 0.5f, label);
     run r = kmeans_run(X, n, d, k, seed);
-    /* A bijection: all members of a true cluster share one found cluster, and no two true
-     * clusters share one. */
-    int32_t map[7];
-    for (uint32_t c = 0; c < k; c++)
-        map[c] = -1;
-    for (uint32_t i = 0; i < n; i++) {
-        const int32_t c = label[i];
-        if (map[c] < 0)
-            map[c] = r.assign[i];
-        cr_assert_eq(r.assign[i], map[c], "point %u of true cluster %d split (seed %" PRIu64 ")",
-                     i, c, seed);
-    }
-    for (uint32_t a = 0; a < k; a++)
-        for (uint32_t b = a + 1; b < k; b++)
-            cr_assert_neq(map[a], map[b], "true clusters %u and %u merged", a, b);
+    assert_recovered(label, r.assign, n, k, seed);
     uint32_t total = 0;
     for (uint32_t j = 0; j < k; j++)
         total += r.counts[j];
     cr_assert_eq(total, n);
     cr_assert(r.res.converged);
+    run_free(&r);
+    free(X);
+    free(label);
+}
+
+Test(kmeans, recovers_clusters_far_from_the_origin)
+{
+    /* The seeding's |x|^2 + |c|^2 - 2 x.c distances would drown in rounding at this offset
+     * without centring; more rows than one seeding block, the last block partial. */
+    const uint64_t seed = op_test_seed();
+    const uint32_t n = 601, d = 16, k = 6;
+    printf("[kmeans] offset recovery n=%u d=%u k=%u seed %" PRIu64 "\n", n, d, k, seed);
+    int32_t *label = malloc(n * sizeof *label);
+    float *X = gaussian_blobs(seed, n, d, k, 20.0f, 0.5f, label);
+    for (size_t i = 0; i < (size_t)n * d; i++)
+        X[i] += 100000.0f;
+    run r = kmeans_run(X, n, d, k, seed);
+    assert_recovered(label, r.assign, n, k, seed);
+    for (uint32_t i = 0; i < n; i++) /* centroids come back in X's frame */
+        cr_assert_gt(r.C[(size_t)r.assign[i] * d], 90000.0f);
     run_free(&r);
     free(X);
     free(label);

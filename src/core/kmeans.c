@@ -29,53 +29,102 @@ static uint32_t sample_weighted(sona_rng *rng, const float *w, uint32_t n)
 }
 
 typedef struct scratch {
-    float *dist, *tmp, *best, *sums;
-    int32_t *tmp_idx, *prev;
+    float *dist, *sums;
+    float *Xt;        /* X minus its mean, transposed in blocks of bw rows: [block][d][bw] */
+    float *xnorm;     /* [n]: |X_i - mean|^2 */
+    float *cand_rows; /* [trials][d]: this round's candidates, centred */
+    float *dots;      /* [block][trials][bw]: -2 cand . x */
+    uint32_t *cand;
+    int32_t *prev;
+    uint32_t bw;      /* block width: SEED_BLOCK, or n when smaller */
 } scratch;
 
-/* tmp[i] = |X_i - c|^2 for one candidate centre c. */
-static sona_status dist_to(const sona_backend *be, const float *X, uint32_t n, uint32_t d,
-                           const float *c, scratch *s)
+/* Rows per block of the transposed copy, at most: a block (d x bw floats) is what one GEMM
+ * call packs, and short rows keep that packing a walk through a small, cached region. */
+#define SEED_BLOCK 256u
+
+/* Fills Xt and xnorm. Centring first keeps the norm-trick distances of the seeding accurate
+ * when the rows share a large offset; s->sums (k x d, unused until Lloyd) holds the mean. */
+static void centre_transpose(const float *X, uint32_t n, uint32_t d, scratch *s)
 {
-    sona_sqdist_argmin_args a = {.n = n, .k = 1, .d = d, .X = X, .C = c, .idx = s->tmp_idx,
-                                 .dist = s->tmp};
-    return be->sqdist_argmin(be->ctx, &a);
+    float *mean = s->sums;
+    memset(mean, 0, d * sizeof *mean);
+    for (uint32_t i = 0; i < n; i++)
+        for (uint32_t t = 0; t < d; t++)
+            mean[t] += X[(size_t)i * d + t];
+    for (uint32_t t = 0; t < d; t++)
+        mean[t] /= (float)n;
+    for (uint32_t i = 0; i < n; i++) {
+        float *blk = s->Xt + (size_t)(i / s->bw) * d * s->bw + i % s->bw;
+        float nn = 0.0f;
+        for (uint32_t t = 0; t < d; t++) {
+            const float v = X[(size_t)i * d + t] - mean[t];
+            blk[(size_t)t * s->bw] = v;
+            nn += v * v;
+        }
+        s->xnorm[i] = nn;
+    }
+}
+
+/* Row i's D^2 once candidate t joins the centres, from this round's products (clamped at 0:
+ * the norm-trick form can round just below it). */
+static inline float new_d2(const scratch *s, uint32_t trials, uint32_t t, uint32_t i)
+{
+    const float *dots = s->dots + ((size_t)(i / s->bw) * trials + t) * s->bw;
+    const float d2 = s->xnorm[i] + s->xnorm[s->cand[t]] + dots[i % s->bw];
+    const float clamped = d2 > 0.0f ? d2 : 0.0f;
+    return clamped < s->dist[i] ? clamped : s->dist[i];
 }
 
 /* Greedy k-means++ (Arthur & Vassilvitskii's D^2 sampling, with a few sampled candidates per
  * centre keeping the one that lowers the potential most): plain D^2 sampling often puts two
- * seeds in one well-separated cluster, a local minimum Lloyd cannot leave. */
+ * seeds in one well-separated cluster, a local minimum Lloyd cannot leave. s->dist holds each
+ * row's D^2 to the centres so far, so a round only needs the distances to its candidates: one
+ * GEMM (candidates x X^T) gives them all, |x - c|^2 = |x|^2 + |c|^2 - 2 x.c, in one pass
+ * over X. */
 static sona_status seed_plus_plus(const sona_backend *be, const float *X, uint32_t n, uint32_t d,
                                   uint32_t k, uint32_t trials, sona_rng *rng, float *C, scratch *s)
 {
-    if (trials == 0)
-        trials = 2 + (uint32_t)log((double)k);
+    centre_transpose(X, n, d, s);
+    const uint32_t blocks = (n + s->bw - 1) / s->bw;
     const uint32_t first = sona_rng_below(rng, n);
     memcpy(C, X + (size_t)first * d, d * sizeof *C);
-    sona_status st = dist_to(be, X, n, d, C, s);
+    sona_sqdist_argmin_args first_args = {.n = n, .k = 1, .d = d, .X = X, .C = C, .idx = s->prev,
+                                          .dist = s->dist};
+    sona_status st = be->sqdist_argmin(be->ctx, &first_args);
     if (st != SONA_OK)
         return st;
-    memcpy(s->dist, s->tmp, (size_t)n * sizeof *s->dist);
     for (uint32_t j = 1; j < k; j++) {
+        /* The candidates all come from the same D^2 weights, so draw them up front. */
+        for (uint32_t t = 0; t < trials; t++) {
+            const uint32_t c = s->cand[t] = sample_weighted(rng, s->dist, n);
+            const float *col = s->Xt + (size_t)(c / s->bw) * d * s->bw + c % s->bw;
+            for (uint32_t u = 0; u < d; u++)
+                s->cand_rows[(size_t)t * d + u] = col[(size_t)u * s->bw];
+        }
+        for (uint32_t b = 0; b < blocks; b++) {
+            /* A partial last block is passed at full width: its columns past n are zeros
+             * (calloc) whose products nobody reads. */
+            const sona_gemm_args g = {.m = trials, .n = s->bw, .k = d, .alpha = -2.0f,
+                                      .A = s->cand_rows, .B = s->Xt + (size_t)b * d * s->bw,
+                                      .C = s->dots + (size_t)b * trials * s->bw};
+            if ((st = be->gemm(be->ctx, &g)) != SONA_OK)
+                return st;
+        }
         double best_pot = INFINITY;
         uint32_t best = 0;
         for (uint32_t t = 0; t < trials; t++) {
-            const uint32_t cand = sample_weighted(rng, s->dist, n);
-            if ((st = dist_to(be, X, n, d, X + (size_t)cand * d, s)) != SONA_OK)
-                return st;
             double pot = 0.0;
-            for (uint32_t i = 0; i < n; i++) {
-                s->tmp[i] = s->tmp[i] < s->dist[i] ? s->tmp[i] : s->dist[i];
-                pot += s->tmp[i];
-            }
+            for (uint32_t i = 0; i < n; i++)
+                pot += new_d2(s, trials, t, i);
             if (pot < best_pot) {
                 best_pot = pot;
-                best = cand;
-                memcpy(s->best, s->tmp, (size_t)n * sizeof *s->best);
+                best = t;
             }
         }
-        memcpy(C + (size_t)j * d, X + (size_t)best * d, d * sizeof *C);
-        memcpy(s->dist, s->best, (size_t)n * sizeof *s->dist);
+        for (uint32_t i = 0; i < n; i++)
+            s->dist[i] = new_d2(s, trials, best, i);
+        memcpy(C + (size_t)j * d, X + (size_t)s->cand[best] * d, d * sizeof *C);
     }
     return SONA_OK;
 }
@@ -88,22 +137,28 @@ sona_status sona_kmeans(const sona_backend *be, const float *X, uint32_t n, uint
         return SONA_E_NULL;
     if (n == 0 || d == 0 || p->k == 0 || p->k > n || p->max_iterations == 0)
         return SONA_E_INVALID;
-    if (!be->host_memory || !be->sqdist_argmin || !be->cluster_sums)
+    if (!be->host_memory || !be->sqdist_argmin || !be->cluster_sums || !be->gemm)
         return SONA_E_UNSUPPORTED;
     const uint32_t k = p->k;
+    const uint32_t trials = p->trials ? p->trials : 2 + (uint32_t)log((double)k);
+    const uint32_t bw = n < SEED_BLOCK ? n : SEED_BLOCK;
+    const size_t blocks = (n + bw - 1) / bw;
     memset(res, 0, sizeof *res);
     scratch s = {.dist = malloc((size_t)n * sizeof(float)),
-                 .tmp = malloc((size_t)n * sizeof(float)),
-                 .best = malloc((size_t)n * sizeof(float)),
                  .sums = malloc((size_t)k * d * sizeof(float)),
-                 .tmp_idx = malloc((size_t)n * sizeof(int32_t)),
-                 .prev = malloc((size_t)n * sizeof(int32_t))};
+                 .Xt = calloc((size_t)blocks * bw * d, sizeof(float)),
+                 .xnorm = malloc((size_t)n * sizeof(float)),
+                 .cand_rows = malloc((size_t)trials * d * sizeof(float)),
+                 .dots = malloc((size_t)blocks * bw * trials * sizeof(float)),
+                 .cand = malloc(trials * sizeof(uint32_t)),
+                 .prev = malloc((size_t)n * sizeof(int32_t)),
+                 .bw = bw};
     sona_status st = SONA_E_NOMEM;
-    if (!s.dist || !s.tmp || !s.best || !s.sums || !s.tmp_idx || !s.prev)
+    if (!s.dist || !s.sums || !s.Xt || !s.xnorm || !s.cand_rows || !s.dots || !s.cand || !s.prev)
         goto done;
     sona_rng rng;
     sona_rng_seed(&rng, p->seed, 0x6b6d65616e73ull /* "kmeans" */);
-    st = seed_plus_plus(be, X, n, d, k, p->trials, &rng, C, &s);
+    st = seed_plus_plus(be, X, n, d, k, trials, &rng, C, &s);
     if (st != SONA_OK)
         goto done;
 
@@ -167,10 +222,12 @@ sona_status sona_kmeans(const sona_backend *be, const float *X, uint32_t n, uint
     res->inertia = inertia;
 done:
     free(s.dist);
-    free(s.tmp);
-    free(s.best);
     free(s.sums);
-    free(s.tmp_idx);
+    free(s.Xt);
+    free(s.xnorm);
+    free(s.cand_rows);
+    free(s.dots);
+    free(s.cand);
     free(s.prev);
     return st;
 }

@@ -21,7 +21,7 @@ typedef struct sona_kmeans_result {
 } sona_kmeans_result;
 
 /* Clusters X[n][d] (host memory) into k clusters with backend be, which must have host memory
- * and the sqdist_argmin and cluster_sums ops. Outputs: centroids[k][d] (each the mean of its
+ * and the sqdist_argmin, cluster_sums and gemm ops. Outputs: centroids[k][d] (each the mean of its
  * members), assign[n], counts[k] (a cluster may end empty only when X has fewer than k distinct
  * rows). The same inputs and seed give the same result. */
 sona_status sona_kmeans(const sona_backend *be, const float *X, uint32_t n, uint32_t d,

@@ -417,9 +417,10 @@ SV_INLINE float sv_sqdist(const float *x, const float *c, uint32_t d)
     return sv_hsum(sv_add(acc, acc1));
 }
 
-static sona_status sv_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a)
+/* Direct differences, row by row: exact to float rounding, and the faster form for a few
+ * centroids, where a packed tile would be mostly padding. */
+static void sv_sqdist_argmin_direct(const sona_sqdist_argmin_args *a)
 {
-    (void)ctx;
     const uint32_t d = a->d, k = a->k;
     for (uint32_t i = 0; i < a->n; i++) {
         const float *x = a->X + (size_t)i * d;
@@ -445,7 +446,6 @@ static sona_status sv_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a)
         a->idx[i] = best_j;
         a->dist[i] = best;
     }
-    return SONA_OK;
 }
 
 /* ---- cluster_sums ---------------------------------------------------------------------- */
@@ -608,11 +608,10 @@ static void sv_gemm_pack_b(const sona_gemm_args *g, uint32_t j0, uint32_t nc, ui
     }
 }
 
-/* acc = Ap^T Bp over kc, then C = alpha acc + beta C (first k block) or C += alpha acc. */
-static void sv_gemm_micro(uint32_t kc, const float *Ap, const float *Bp, float *C, size_t ldc,
-                          uint32_t rows, uint32_t cols, float alpha, float beta, int first)
+/* acc0/acc1[i] = the MR x NR tile Ap^T Bp over kc steps (acc0: columns 0..SV_W-1). */
+SV_INLINE void sv_gemm_tile(uint32_t kc, const float *Ap, const float *Bp, sv_f acc0[SV_GEMM_MR],
+                            sv_f acc1[SV_GEMM_MR])
 {
-    sv_f acc0[SV_GEMM_MR], acc1[SV_GEMM_MR];
     for (int i = 0; i < SV_GEMM_MR; i++)
         acc0[i] = acc1[i] = sv_zero();
     for (uint32_t p = 0; p < kc; p++) {
@@ -625,6 +624,14 @@ static void sv_gemm_micro(uint32_t kc, const float *Ap, const float *Bp, float *
         Ap += SV_GEMM_MR;
         Bp += SV_GEMM_NR;
     }
+}
+
+/* acc = Ap^T Bp over kc, then C = alpha acc + beta C (first k block) or C += alpha acc. */
+static void sv_gemm_micro(uint32_t kc, const float *Ap, const float *Bp, float *C, size_t ldc,
+                          uint32_t rows, uint32_t cols, float alpha, float beta, int first)
+{
+    sv_f acc0[SV_GEMM_MR], acc1[SV_GEMM_MR];
+    sv_gemm_tile(kc, Ap, Bp, acc0, acc1);
     const sv_f av = sv_set1(alpha), bv = sv_set1(first ? beta : 1.0f);
     const int keep = !first || beta != 0.0f; /* beta == 0 ignores C's old contents */
     for (uint32_t i = 0; i < rows; i++) {
@@ -697,6 +704,100 @@ static sona_status sv_gemm(void *ctx, const sona_gemm_args *g)
     }
     free(Bp);
     free(Ap);
+    return SONA_OK;
+}
+
+/* ---- sqdist_argmin (blocked) ------------------------------------------------------------ */
+
+/* acc0/acc1[i] = X_i . (the panel's columns) for SV_GEMM_MR rows of X[.][d] read in place:
+ * broadcasting straight from the rows costs the same loads as a packed panel, without the
+ * packing pass that would rival the tile's own work when k is small. */
+SV_INLINE void sv_sqdist_tile(uint32_t d, const float *X, const float *Bp, sv_f acc0[SV_GEMM_MR],
+                              sv_f acc1[SV_GEMM_MR])
+{
+    for (int i = 0; i < SV_GEMM_MR; i++)
+        acc0[i] = acc1[i] = sv_zero();
+    for (uint32_t p = 0; p < d; p++) {
+        const sv_f b0 = sv_load(Bp), b1 = sv_load(Bp + SV_W);
+        for (int i = 0; i < SV_GEMM_MR; i++) {
+            const sv_f av = sv_set1(X[(size_t)i * d + p]);
+            acc0[i] = sv_fma(av, b0, acc0[i]);
+            acc1[i] = sv_fma(av, b1, acc1[i]);
+        }
+        Bp += SV_GEMM_NR;
+    }
+}
+
+/* |x - c|^2 = |x|^2 + |c|^2 - 2 x.c, with the dot products from a GEMM-like micro-tile of
+ * SV_GEMM_MR rows of X by SV_GEMM_NR centroids: the centroids are packed once per call into
+ * SV_GEMM_NR-wide panels (their norms alongside), and each tile's distances fold straight
+ * into a running argmin, so no n x k matrix is ever stored. The formulation loses relative precision when x is close to
+ * c (the error scales with |x|^2 + |c|^2, which the op's bound allows); results are clamped
+ * at 0. Columns run in increasing order with a strict <, so ties keep the lowest index. */
+static sona_status sv_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a)
+{
+    (void)ctx;
+    const uint32_t n = a->n, k = a->k, d = a->d;
+    if (n == 0)
+        return SONA_OK;
+    if (k < SV_W || n < SV_GEMM_MR) {
+        sv_sqdist_argmin_direct(a);
+        return SONA_OK;
+    }
+    const uint32_t panels = (k + SV_GEMM_NR - 1) / SV_GEMM_NR;
+    const size_t cp_floats = (size_t)panels * SV_GEMM_NR * d;
+    const size_t floats = cp_floats + (size_t)panels * SV_GEMM_NR + (size_t)SV_GEMM_MR * d;
+    float *Cp = malloc(floats * sizeof(float));
+    if (!Cp)
+        return SONA_E_NOMEM;
+    float *cnorm = Cp + cp_floats, *Xp = cnorm + (size_t)panels * SV_GEMM_NR;
+    /* Reuse the GEMM packer: C is op(B) stored transposed (k x d). */
+    const sona_gemm_args g = {.m = n, .n = k, .k = d, .trans_b = 1, .A = a->X, .B = a->C};
+    sv_gemm_pack_b(&g, 0, k, 0, d, Cp);
+    for (uint32_t j = 0; j < panels * SV_GEMM_NR; j++)
+        cnorm[j] = j < k ? sv_dot(a->C + (size_t)j * d, a->C + (size_t)j * d, d) : 0.0f;
+    const sv_f minus2 = sv_set1(-2.0f);
+    for (uint32_t i0 = 0; i0 < n; i0 += SV_GEMM_MR) {
+        const uint32_t rows = n - i0 < SV_GEMM_MR ? n - i0 : SV_GEMM_MR;
+        /* Full row blocks are read in place; the last partial one is copied and zero-padded. */
+        const float *xb = a->X + (size_t)i0 * d;
+        if (rows < SV_GEMM_MR) {
+            memcpy(Xp, xb, (size_t)rows * d * sizeof *Xp);
+            memset(Xp + (size_t)rows * d, 0, (size_t)(SV_GEMM_MR - rows) * d * sizeof *Xp);
+            xb = Xp;
+        }
+        float best[SV_GEMM_MR];
+        int32_t best_j[SV_GEMM_MR];
+        for (uint32_t r = 0; r < SV_GEMM_MR; r++) {
+            best[r] = INFINITY;
+            best_j[r] = 0;
+        }
+        for (uint32_t jp = 0; jp < panels; jp++) {
+            const uint32_t j0 = jp * SV_GEMM_NR;
+            const uint32_t cols = k - j0 < SV_GEMM_NR ? k - j0 : SV_GEMM_NR;
+            sv_f acc0[SV_GEMM_MR], acc1[SV_GEMM_MR];
+            sv_sqdist_tile(d, xb, Cp + (size_t)j0 * d, acc0, acc1);
+            const sv_f cn0 = sv_load(cnorm + j0), cn1 = sv_load(cnorm + j0 + SV_W);
+            for (uint32_t r = 0; r < rows; r++) {
+                /* |c|^2 - 2 x.c: |x|^2 is the same for the whole row, added at the end. */
+                float part[SV_GEMM_NR];
+                sv_store(part, sv_fma(minus2, acc0[r], cn0));
+                sv_store(part + SV_W, sv_fma(minus2, acc1[r], cn1));
+                for (uint32_t c = 0; c < cols; c++)
+                    if (part[c] < best[r]) {
+                        best[r] = part[c];
+                        best_j[r] = (int32_t)(j0 + c);
+                    }
+            }
+        }
+        for (uint32_t r = 0; r < rows; r++) {
+            const float *x = a->X + (size_t)(i0 + r) * d;
+            const float dist = sv_dot(x, x, d) + best[r];
+            a->idx[i0 + r] = best_j[r];
+            a->dist[i0 + r] = dist > 0.0f ? dist : 0.0f;
+        }
+    }
+    free(Cp);
     return SONA_OK;
 }
 
