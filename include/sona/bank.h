@@ -30,7 +30,7 @@ typedef struct sona_bank_config {
     uint32_t max_iterations;   /* Lloyd iterations at most */
     float tolerance;           /* Lloyd stops when inertia improves by less than this fraction */
     uint32_t seeding_trials;   /* k-means++ candidates per centre (greedy k-means++; the best
-                                  lowers the potential most); 0 = 2 + ln k, 1 = plain k-means++
+                                  lowers the potential most); 0 = 2 + 2 ln k, 1 = plain k-means++
                                   (cheaper seeding, more bad local minima) */
     float merge_threshold;     /* cosine at or above which a cluster merges into a pattern */
     uint32_t min_cluster_size; /* smaller clusters are dropped (counted), not stored */
@@ -47,7 +47,7 @@ typedef struct sona_bank_config {
 } sona_bank_config;
 
 /* Defaults for embeddings of length dim: 50 clusters, 100 iterations, tolerance 1e-4, seeding
- * trials 0 (2 + ln k), merge at
+ * trials 0 (2 + 2 ln k), merge at
  * cosine 0.95, min cluster size 1, min quality 0 (off), stale never, capacity 10000, pending
  * 100000, seed 42, index defaults. */
 SONA_API void sona_bank_config_default(sona_bank_config *cfg, uint32_t dim);

@@ -140,7 +140,7 @@ sona_status sona_kmeans(const sona_backend *be, const float *X, uint32_t n, uint
     if (!be->host_memory || !be->sqdist_argmin || !be->cluster_sums || !be->gemm)
         return SONA_E_UNSUPPORTED;
     const uint32_t k = p->k;
-    const uint32_t trials = p->trials ? p->trials : 2 + (uint32_t)log((double)k);
+    const uint32_t trials = p->trials ? p->trials : 2 + (uint32_t)(2.0 * log((double)k));
     const uint32_t bw = n < SEED_BLOCK ? n : SEED_BLOCK;
     const size_t blocks = (n + bw - 1) / bw;
     memset(res, 0, sizeof *res);
