@@ -374,6 +374,10 @@ static sona_status reserve_patterns(sona_bank *b, uint32_t need)
     uint32_t cap = b->pat_cap ? b->pat_cap : 64;
     while (cap < need)
         cap *= 2;
+    /* Never double past the capacity while the patterns fit in it: at the spec's 100k patterns
+     * of 256 floats, doubling would leave 31 MB of centroid rows unused. */
+    if (need <= b->cfg.capacity && cap > b->cfg.capacity)
+        cap = b->cfg.capacity;
     pattern_rec *p = realloc(b->pats, cap * sizeof *p);
     if (!p)
         return SONA_E_NOMEM;

@@ -1,7 +1,9 @@
 /* Trajectories and their id source. A trajectory keeps every vector and string in one growable
  * byte arena (doubling), plus a small index of steps and of context strings, so recording a
  * step is two copies into memory that is usually already there. The arena starts inside the
- * trajectory's own allocation, sized for the query: a trajectory without steps is one malloc. */
+ * trajectory's own allocation, sized for the query: a trajectory without steps is one malloc.
+ * end() trims the arena and the step index to their exact size, since ended trajectories wait
+ * in the buffer by the thousand and doubling would leave up to half of each unused. */
 #include "sona/trajectory.h"
 
 #include "core/clock.h"
@@ -306,6 +308,26 @@ sona_status sona_trajectory_add_context(sona_trajectory *t, const char *context)
     return SONA_OK;
 }
 
+/* Gives back the unused tails of the heap arena and the step index. Best effort: a failed
+ * shrink keeps the larger block, which is still valid. */
+static void trim_to_fit(sona_trajectory *t)
+{
+    if (t->arena_on_heap && t->arena_len > 0 && t->arena_len < t->arena_cap) {
+        unsigned char *p = realloc(t->arena, t->arena_len);
+        if (p) {
+            t->arena = p;
+            t->arena_cap = t->arena_len;
+        }
+    }
+    if (t->step_count > 0 && t->step_count < t->step_cap) {
+        step_rec *p = realloc(t->steps, (size_t)t->step_count * sizeof *t->steps);
+        if (p) {
+            t->steps = p;
+            t->step_cap = t->step_count;
+        }
+    }
+}
+
 sona_status sona_trajectory_end(sona_trajectory *t, float final_quality)
 {
     static const char fn[] = "sona_trajectory_end";
@@ -318,6 +340,7 @@ sona_status sona_trajectory_end(sona_trajectory *t, float final_quality)
     t->latency_us = now > t->start_us ? now - t->start_us : 0;
     t->quality = final_quality;
     t->ended = 1;
+    trim_to_fit(t);
     return SONA_OK;
 }
 
