@@ -53,7 +53,7 @@ cmake --build build-aarch64 -j"$jobs" --target sona_ops_check >build-aarch64/bui
 qemu-aarch64 build-aarch64/bin/sona_ops_check
 
 step "Release build"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DSONA_BUILD_TESTS=ON -DSONA_BUILD_TOOLS=ON >/dev/null
 cmake --build build -j"$jobs" >/dev/null
 
 step "sona bench --quick (the main job, so it never rots)"
