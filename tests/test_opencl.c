@@ -1,9 +1,12 @@
 /* The OpenCL module beyond the op table (test_ops covers every op): the program cache makes a
- * second start skip compilation, and a failing device op falls back to the CPU without
- * touching the adapter. Skipped where no OpenCL device is available (ctest sets
+ * second start skip compilation, host threads can be placed near the device, and a failing
+ * device op falls back to the CPU without touching the adapter. Skipped where no OpenCL device is available (ctest sets
  * SONA_OPENCL_DEVICE=any so PoCL's CPU device counts). */
+#define _GNU_SOURCE /* pthread_getaffinity_np, cpu_set_t */
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <pthread.h>
+#include <sched.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -189,4 +192,21 @@ Test(opencl, device_choice_follows_the_environment)
     cr_expect(forced == 0 || forced == 1, "SONA_BACKEND=opencl did not get a device");
     if (plain == 2)
         cr_expect_eq(forced, 1, "SONA_BACKEND=opencl must accept the CPU device");
+}
+
+/* The device's host locality (hwloc) is reported, and binding a thread near it works: on a CPU
+ * device (PoCL) there is no preference and the thread's CPU set is left unchanged. */
+Test(opencl, host_threads_can_be_placed_near_the_device)
+{
+    const sona_backend *b = opencl_or_skip();
+    cr_assert(strstr(b->device, "host CPUs") != NULL, "no locality in \"%s\"", b->device);
+    cr_assert_not_null(b->bind_host_thread);
+    cpu_set_t before, after;
+    cr_assert_eq(pthread_getaffinity_np(pthread_self(), sizeof before, &before), 0);
+    cr_assert_eq(b->bind_host_thread(b->ctx), SONA_OK, "%s", b->last_error(b->ctx));
+    cr_assert_eq(pthread_getaffinity_np(pthread_self(), sizeof after, &after), 0);
+    if (strstr(b->device, "no preference"))
+        cr_assert(CPU_EQUAL(&before, &after), "a device without locality changed the CPU set");
+    else
+        cr_assert(CPU_COUNT(&after) >= 1);
 }

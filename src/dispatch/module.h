@@ -5,7 +5,7 @@
 
 #include "dispatch/ops.h"
 
-#define SONA_MODULE_ABI 2 /* 2: sona_backend gained timer_start/timer_stop */
+#define SONA_MODULE_ABI 3 /* 2: timer_start/timer_stop; 3: bind_host_thread */
 #define SONA_MODULE_ENTRY "sona_module_open"
 
 #if defined(__GNUC__)

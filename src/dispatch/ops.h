@@ -143,6 +143,10 @@ typedef struct sona_backend {
      * waits. */
     sona_status (*timer_start)(void *ctx);
     sona_status (*timer_stop)(void *ctx, double *elapsed_us);
+    /* Optional (NULL: no preference): binds the calling host thread to the CPUs nearest the
+     * device (hwloc), so the host work that feeds the device stays on its NUMA node. SONA_OK
+     * also when the device is not tied to a node. */
+    sona_status (*bind_host_thread)(void *ctx);
 
     sona_status (*lora_apply)(void *ctx, const sona_lora_apply_args *a);
     sona_status (*lora_grad)(void *ctx, const sona_lora_grad_args *a);

@@ -257,6 +257,7 @@ static void ocl_shutdown(void *ctx)
         clReleaseCommandQueue(c->queue);
     if (c->context)
         clReleaseContext(c->context);
+    ocl_locality_free(c);
     pthread_mutex_destroy(&c->lock);
     free(c);
 }
@@ -279,6 +280,7 @@ static sona_backend backend_table = {
     .knn_exact = ocl_knn_exact,
     .gemm = ocl_gemm,
     .cluster_sums = ocl_cluster_sums,
+    .bind_host_thread = ocl_bind_host_thread,
     .last_error = ocl_last_error,
     .shutdown = ocl_shutdown,
 };
@@ -315,9 +317,10 @@ static sona_status open_device(ocl_ctx *c, const candidate *d, char *why, size_t
     char platform[128] = "", version[128] = "";
     clGetPlatformInfo(d->platform, CL_PLATFORM_NAME, sizeof platform, platform, NULL);
     clGetDeviceInfo(d->device, CL_DRIVER_VERSION, sizeof version, version, NULL);
-    snprintf(c->device_text, sizeof c->device_text, "%s (%s, driver %s, %s), kernels %s", d->name,
-             platform, version, (d->type & CL_DEVICE_TYPE_CPU) ? "CPU device" : "GPU",
-             c->from_cache ? "loaded from cache" : "compiled");
+    ocl_locality_init(c);
+    snprintf(c->device_text, sizeof c->device_text, "%s (%s, driver %s, %s), kernels %s, host %s",
+             d->name, platform, version, (d->type & CL_DEVICE_TYPE_CPU) ? "CPU device" : "GPU",
+             c->from_cache ? "loaded from cache" : "compiled", c->near_text);
     return SONA_OK;
 }
 
