@@ -1,7 +1,7 @@
 /* The OpenCL module beyond the op table (test_ops covers every op): the program cache makes a
  * second start skip compilation, host threads can be placed near the device, and a failing
- * device op falls back to the CPU without touching the adapter. Skipped where no OpenCL device is available (ctest sets
- * SONA_OPENCL_DEVICE=any so PoCL's CPU device counts). */
+ * device op falls back to the CPU without touching the adapter. Skipped where no OpenCL device
+ * is available (ctest sets SONA_OPENCL_DEVICE=any so PoCL's CPU device counts). */
 #define _GNU_SOURCE /* pthread_getaffinity_np, cpu_set_t */
 #include <criterion/criterion.h>
 #include <dirent.h>
