@@ -140,15 +140,17 @@ sona_status sona_deep_cycle(sona_engine *e)
     return eng_loop_c_cycle(e);
 }
 
-/* Loop B must not take the serving threads' CPU: it is a batch thread at the lowest nice, so it
- * runs on a core the queries leave idle and, when it shares one, takes ~1.5 % of it instead of
- * half (and never preempts a query on wake-up). Best effort: failures leave the defaults. */
+/* Loop B must not take the serving threads' CPU: it is a batch thread (never preempts a query on
+ * wake-up) at nice 10, so it runs on a core the queries leave idle and, when it shares one, takes
+ * ~10 % of it. Not nice 19: at ~1.5 % it fell behind (1 cycle instead of 3 in query_throughput on
+ * a busy machine), the trajectory pool ran dry and every request paid for fresh memory.
+ * Best effort: failures leave the defaults. */
 static void lower_own_priority(void)
 {
 #ifdef __linux__
     const struct sched_param p = {.sched_priority = 0};
     pthread_setschedparam(pthread_self(), SCHED_BATCH, &p);
-    setpriority(PRIO_PROCESS, 0, 19); /* who 0: the calling thread (nice is per thread on Linux) */
+    setpriority(PRIO_PROCESS, 0, 10); /* who 0: the calling thread (nice is per thread on Linux) */
 #endif
 }
 
