@@ -45,7 +45,8 @@ typedef struct sona_engine_config {
                                    and counted in trajectories_dropped */
     float baseline_decay;       /* running quality baseline: b = d b + (1-d) q */
     /* loop B */
-    int background_thread;      /* 1: an engine thread runs loop B; 0: only sona_tick/force_learn */
+    int background_thread;      /* 1: an engine thread (low priority: SCHED_BATCH, nice 10) runs
+                                   loop B; 0: only sona_tick/force_learn */
     uint32_t loop_b_threshold;  /* queued trajectories that trigger a cycle */
     uint32_t loop_b_interval_ms;/* a cycle also runs this often when anything is queued; 0 = off */
     uint32_t loop_b_min_batch;  /* a cycle needs at least this many (fewer stay queued) */

@@ -242,7 +242,9 @@ sona_status sona_trajectory_add_step(sona_trajectory *t, const float *activation
      * commit only when both are finite: a refused step leaves nothing behind. */
     const size_t act_bytes = (size_t)activations_len * sizeof(float);
     const size_t attn_bytes = (size_t)attention_len * sizeof(float);
-    const size_t act_off = arena_reserve(t, act_bytes + ARENA_ALIGN + attn_bytes);
+    /* Exactly what the step takes (act_off is aligned, so attn_off = act_off + align_up(act_bytes)):
+     * a pooled trajectory trimmed by its last end then refills without a realloc. */
+    const size_t act_off = arena_reserve(t, align_up(act_bytes) + attn_bytes);
     if (act_off == SIZE_MAX)
         return sona_fail(&t->err, SONA_E_NOMEM, "%s: out of memory for a step of %zu bytes", fn,
                          act_bytes + attn_bytes);
