@@ -4,6 +4,7 @@
  * boundary check) and publishes the new Base-LoRA for readers. */
 #define _GNU_SOURCE /* SCHED_BATCH */
 #include "core/engine_internal.h"
+#include "dispatch/dispatch.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -154,10 +155,21 @@ static void lower_own_priority(void)
 #endif
 }
 
+/* Loop B's learning ops run on the adapters' home backend (the one sona_lora_create picks):
+ * keep this thread on the host CPUs nearest that device, where hwloc can tell. */
+static void place_near_learning_device(void)
+{
+    const sona_backend *be;
+    char why[256];
+    if (sona_backend_default(&be, why, sizeof why) == SONA_OK && be->bind_host_thread)
+        be->bind_host_thread(be->ctx); /* best effort, like the priority */
+}
+
 static void *loop_thread(void *arg)
 {
     sona_engine *e = arg;
     lower_own_priority();
+    place_near_learning_device();
     pthread_mutex_lock(&e->wake_mu);
     while (!e->stop) {
         uint32_t wait_ms = e->cfg.loop_b_interval_ms ? e->cfg.loop_b_interval_ms : 1000;
