@@ -361,8 +361,8 @@ Test(index, half_conversion_round_trips_and_rounds_to_even)
     cr_assert_eq(sona_f32_to_f16(1e-8f), 0);
 }
 
-/* The f32 x half dot kernel of the CPU variant in use (F16C on x86) against the scalar one and
- * a double reference, odd lengths included (tails). */
+/* The f32 x half dot and widening kernels of the CPU variant in use (F16C on x86) against the
+ * scalar ones and a double reference, odd lengths included (tails). */
 Test(index, half_dot_kernel_matches_scalar)
 {
     const uint64_t seed = op_test_seed();
@@ -385,6 +385,12 @@ Test(index, half_dot_kernel_matches_scalar)
         const double tol = 1e-6 * mag + 1e-7;
         cr_assert_float_eq(sona_dot_f16_scalar(a, b, n), ref, tol, "scalar n=%u", n);
         cr_assert_float_eq(dot(a, b, n), ref, tol, "kernel n=%u", n);
+        float w[260];
+        w[n] = 42.0f; /* the widening kernel writes exactly n floats */
+        sona_widen_f16_kernel()(b, w, n);
+        for (uint32_t i = 0; i < n; i++)
+            cr_assert_eq(w[i], sona_f16_to_f32(b[i]), "widen n=%u at %u", n, i);
+        cr_assert_eq(w[n], 42.0f, "widen n=%u wrote past the end", n);
     }
 }
 

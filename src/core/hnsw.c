@@ -65,6 +65,7 @@ struct sona_index {
     double level_mult;
     sona_dot_fn dot;
     sona_dot_f16_fn dot_h;
+    sona_widen_f16_fn widen;
     sona_errbuf err;
 };
 
@@ -124,9 +125,7 @@ static void load_vec(const sona_index *x, uint32_t n, float *out, uint32_t count
         memcpy(out, stored_at(x, n), count * sizeof(float));
         return;
     }
-    const uint16_t *h = stored_at(x, n);
-    for (uint32_t i = 0; i < count; i++)
-        out[i] = sona_f16_to_f32(h[i]);
+    x->widen(stored_at(x, n), out, count);
 }
 
 /* Node n's vector as f32 (stride floats): in place for f32 storage, else widened into buf. */
@@ -498,6 +497,7 @@ sona_status sona_index_create(const sona_index_config *cfg, sona_index **out)
     x->vec_bytes = x->stride * (cfg->half_vectors ? sizeof(uint16_t) : sizeof(float));
     x->dot = sona_dot_kernel();
     x->dot_h = sona_dot_f16_kernel();
+    x->widen = sona_widen_f16_kernel();
     sona_rng_seed(&x->rng, cfg->seed, 0x686e7377ull /* "hnsw" */);
     x->pick = malloc((x->M0 + 1) * sizeof *x->pick);
     x->shrink = malloc((x->M0 + 1) * sizeof *x->shrink);

@@ -35,7 +35,14 @@ float sona_dot_f16_scalar(const float *a, const uint16_t *b, size_t n)
     return s;
 }
 
+void sona_widen_f16_scalar(const uint16_t *h, float *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = sona_f16_to_f32(h[i]);
+}
+
 static sona_dot_fn dot_chosen = sona_dot_scalar;
+static sona_widen_f16_fn widen_chosen = sona_widen_f16_scalar;
 static sona_dot_f16_fn dot_f16_chosen = sona_dot_f16_scalar;
 static pthread_once_t dot_once = PTHREAD_ONCE_INIT;
 
@@ -49,11 +56,14 @@ static void dot_init(void)
     if (!strcmp(variant, "avx512")) {
         dot_chosen = sona_dot_avx512;
         dot_f16_chosen = sona_dot_f16_avx512;
+        widen_chosen = sona_widen_f16_avx512;
     } else if (!strcmp(variant, "avx2")) {
         dot_chosen = sona_dot_avx2;
         __builtin_cpu_init();
-        if (__builtin_cpu_supports("f16c"))
+        if (__builtin_cpu_supports("f16c")) {
             dot_f16_chosen = sona_dot_f16_avx2;
+            widen_chosen = sona_widen_f16_avx2;
+        }
     }
 #endif
 }
@@ -68,6 +78,12 @@ sona_dot_f16_fn sona_dot_f16_kernel(void)
 {
     pthread_once(&dot_once, dot_init);
     return dot_f16_chosen;
+}
+
+sona_widen_f16_fn sona_widen_f16_kernel(void)
+{
+    pthread_once(&dot_once, dot_init);
+    return widen_chosen;
 }
 
 float sona_normalize(float *v, size_t n)

@@ -55,4 +55,14 @@ __attribute__((target("avx2,fma,f16c"))) float sona_dot_f16_avx2(const float *a,
     return s;
 }
 
+__attribute__((target("avx2,f16c"))) void sona_widen_f16_avx2(const uint16_t *h, float *out,
+                                                              size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(h + i))));
+    for (; i < n; i++)
+        out[i] = _cvtsh_ss(h[i]);
+}
+
 #endif
