@@ -712,16 +712,17 @@ out:
 
 /* The k patterns most similar to query (dim floats, any non-zero norm), best first; the caller
  * holds the lock. The index may store half vectors (cfg.index.half_vectors, the default), whose
- * similarities are off by about 1e-3: it proposes max(2k, k + 8) candidates and they are
- * re-scored here with the exact f32 centroids, so similarities are exact cosines and rounding
- * cannot reorder close patterns. Failures come from the index (its message) or are NOMEM. */
+ * similarities are off by about 1e-3: all max(ef_search, k) candidates its search ends with
+ * are re-scored here with the exact f32 centroids (about 2 dot products each, a few percent of
+ * the graph search), so similarities are exact cosines, rounding cannot reorder close patterns,
+ * and the result is the exact top k of the candidate set, as with an f32 index. Failures come from the index (its message) or are NOMEM. */
 static sona_status search_exact(sona_bank *b, const float *query, uint32_t k, uint64_t *ids,
                                 float *sims, uint32_t *found)
 {
     if (k == 0 || !ids || !found) /* the index reports these */
         return sona_index_search_ef(b->index, query, k, b->cfg.index.ef_search, 0, ids, sims,
                                     found);
-    const uint32_t want = k > UINT32_MAX / 2 ? k : (k < 8 ? k + 8 : 2 * k);
+    const uint32_t want = k > b->cfg.index.ef_search ? k : b->cfg.index.ef_search;
     const uint32_t nc = want < b->npat ? want : (b->npat ? b->npat : 1);
     if (nc > b->cand_cap) {
         uint64_t *ci = realloc(b->cand_ids, nc * sizeof *ci);
