@@ -454,3 +454,54 @@ Test(bank, concurrent_adds_searches_and_extractions)
     free(X);
     sona_bank_destroy(b);
 }
+
+/* The index stores half vectors by default; search re-ranks with the exact centroids, so the
+ * similarities are exact cosines and the order is the exact one among what the graph found. */
+Test(bank, search_similarities_are_exact)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[bank] exact search seed %" PRIu64 "\n", seed);
+    fake_clock clk = {0};
+    sona_bank *b = make(3, &clk);
+    const uint32_t n = 500, nq = 40, k = 5;
+    cr_assert_eq(sona_bank_get_config(b)->index.half_vectors, 1);
+    float *C = rows(seed, n + nq, 60); /* 60 groups: several close patterns per query */
+    for (uint32_t i = 0; i < n; i++) {
+        sona_pattern p = {.id = 1 + i, .size = 1, .total_weight = 1, .avg_quality = 0.5f};
+        cr_assert_eq(sona_bank_pattern_restore(b, &p, C + (size_t)i * DIM), SONA_OK);
+    }
+    uint32_t top_hits = 0;
+    for (uint32_t q = 0; q < nq; q++) {
+        const float *qv = C + (size_t)(n + q) * DIM;
+        uint64_t ids[5];
+        float sims[5];
+        uint32_t found;
+        cr_assert_eq(sona_bank_search(b, qv, DIM, k, ids, sims, &found), SONA_OK);
+        cr_assert_eq(found, k);
+        double best = -2;
+        uint64_t best_id = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            const float *c = C + (size_t)i * DIM;
+            double dq = 0, qq = 0, cc = 0;
+            for (uint32_t t = 0; t < DIM; t++) {
+                dq += (double)qv[t] * c[t];
+                qq += (double)qv[t] * qv[t];
+                cc += (double)c[t] * c[t];
+            }
+            const double cosv = dq / sqrt(qq * cc);
+            if (cosv > best) {
+                best = cosv;
+                best_id = 1 + i;
+            }
+            for (uint32_t j = 0; j < k; j++)
+                if (ids[j] == 1 + i)
+                    cr_assert_float_eq(sims[j], cosv, 1e-5, "similarity of %" PRIu64 " not exact", ids[j]);
+        }
+        for (uint32_t j = 1; j < k; j++)
+            cr_assert_geq(sims[j - 1], sims[j], "not best first");
+        top_hits += ids[0] == best_id;
+    }
+    cr_assert_geq(top_hits, nq * 95 / 100, "best pattern found for %u of %u queries", top_hits, nq);
+    free(C);
+    sona_bank_destroy(b);
+}

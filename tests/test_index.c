@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/half.h"
 #include "core/rng.h"
 #include "core/vecmath.h"
 #include "cpu/vec.h"
@@ -329,6 +330,145 @@ Test(index, updated_ids_stay_reachable)
         }
     }
     cr_assert_eq(sona_index_size(x), n);
+    free(P);
+    sona_index_destroy(x);
+}
+
+/* Every half converts to f32 and back to itself (NaN stays NaN); a value halfway between two
+ * neighbouring halves goes to the even one, anything off the middle to the nearer one. */
+Test(index, half_conversion_round_trips_and_rounds_to_even)
+{
+    for (uint32_t h = 0; h < 65536; h++) {
+        const float f = sona_f16_to_f32((uint16_t)h);
+        const uint16_t back = sona_f32_to_f16(f);
+        if (isnan(f))
+            cr_assert((back & 0x7c00) == 0x7c00 && (back & 0x3ff), "NaN %04x lost", h);
+        else
+            cr_assert_eq(back, h, "half %04x -> %a -> %04x", h, (double)f, back);
+    }
+    for (uint32_t h = 0; h < 0x7bff; h++) { /* positive finite, and its upper neighbour */
+        const float lo = sona_f16_to_f32((uint16_t)h), hi = sona_f16_to_f32((uint16_t)(h + 1));
+        const float mid = lo + (hi - lo) / 2; /* needs 12 significant bits: exact in f32 */
+        const uint32_t even = (h & 1) ? h + 1 : h;
+        cr_assert_eq(sona_f32_to_f16(mid), even, "tie above %04x", h);
+        cr_assert_eq(sona_f32_to_f16(-mid), 0x8000 | even, "tie below -%04x", h);
+        cr_assert_eq(sona_f32_to_f16(nextafterf(mid, 0.0f)), h);
+        cr_assert_eq(sona_f32_to_f16(nextafterf(mid, INFINITY)), h + 1);
+    }
+    cr_assert_eq(sona_f32_to_f16(65519.0f), 0x7bff);
+    cr_assert_eq(sona_f32_to_f16(65520.0f), 0x7c00); /* the tie past 65504 rounds to Inf */
+    cr_assert_eq(sona_f32_to_f16(-INFINITY), 0xfc00);
+    cr_assert_eq(sona_f32_to_f16(1e-8f), 0);
+}
+
+/* The f32 x half dot and widening kernels of the CPU variant in use (F16C on x86) against the
+ * scalar ones and a double reference, odd lengths included (tails). */
+Test(index, half_dot_kernel_matches_scalar)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[index] half dot seed %" PRIu64 " (%s)\n", seed, sona_cpu_backend()->name);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 5);
+    const sona_dot_f16_fn dot = sona_dot_f16_kernel();
+    const uint32_t sizes[] = {1, 7, 16, 33, 100, 256, 259};
+    float a[259];
+    uint16_t b[259];
+    for (size_t c = 0; c < sizeof sizes / sizeof sizes[0]; c++) {
+        const uint32_t n = sizes[c];
+        double ref = 0, mag = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            a[i] = sona_rng_normal(&r);
+            b[i] = sona_f32_to_f16(sona_rng_normal(&r));
+            ref += (double)a[i] * sona_f16_to_f32(b[i]);
+            mag += fabs((double)a[i] * sona_f16_to_f32(b[i]));
+        }
+        const double tol = 1e-6 * mag + 1e-7;
+        cr_assert_float_eq(sona_dot_f16_scalar(a, b, n), ref, tol, "scalar n=%u", n);
+        cr_assert_float_eq(dot(a, b, n), ref, tol, "kernel n=%u", n);
+        float w[260];
+        w[n] = 42.0f; /* the widening kernel writes exactly n floats */
+        sona_widen_f16_kernel()(b, w, n);
+        for (uint32_t i = 0; i < n; i++)
+            cr_assert_eq(w[i], sona_f16_to_f32(b[i]), "widen n=%u at %u", n, i);
+        cr_assert_eq(w[n], 42.0f, "widen n=%u wrote past the end", n);
+    }
+}
+
+/* Half-precision storage: recall, similarities within fp16 rounding, stored vectors, removals and
+ * a far update, at an odd dim (stride padding). */
+Test(index, half_vectors_recall_removal_update, .timeout = 300)
+{
+    const uint64_t seed = op_test_seed();
+    const uint32_t n = 3000, d = 99, nq = 100, k = 10;
+    printf("[index] half vectors n=%u d=%u seed %" PRIu64 "\n", n, d, seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 7);
+    float *P = clustered(&r, n + nq, d);
+    const float *Q = P + (size_t)n * d;
+    sona_index_config cfg;
+    sona_index_config_default(&cfg, d);
+    cr_assert_eq(cfg.half_vectors, 0, "f32 storage is the default");
+    cfg.half_vectors = 1;
+    cfg.ef_construction = 64;
+    cfg.seed = seed;
+    sona_index *x = NULL;
+    cr_assert_eq(sona_index_create(&cfg, &x), SONA_OK);
+    for (uint32_t i = 0; i < n; i++)
+        cr_assert_eq(sona_index_insert(x, i, P + (size_t)i * d), SONA_OK);
+    int32_t *eidx = malloc((size_t)nq * k * sizeof *eidx);
+    float *esim = malloc((size_t)nq * k * sizeof *esim);
+    sona_knn_exact_args a = {.m = nq, .n = n, .d = d, .k = k, .Q = Q, .P = P, .idx = eidx, .sim = esim};
+    const sona_backend *cpu = sona_cpu_backend();
+    cr_assert_eq(cpu->knn_exact(cpu->ctx, &a), SONA_OK);
+    uint32_t hits = 0;
+    for (uint32_t q = 0; q < nq; q++) {
+        uint64_t ids[10];
+        float sims[10];
+        uint32_t found;
+        const float *qv = Q + (size_t)q * d;
+        cr_assert_eq(sona_index_search(x, qv, k, ids, sims, &found), SONA_OK);
+        cr_assert_eq(found, k);
+        for (uint32_t i = 0; i < k; i++) {
+            const float *pv = P + ids[i] * d;
+            const double cosv = sona_dot_scalar(qv, pv, d) /
+                                sqrt((double)sona_dot_scalar(qv, qv, d) * sona_dot_scalar(pv, pv, d));
+            cr_assert_float_eq(sims[i], cosv, 2e-3, "fp16 similarity off");
+            for (uint32_t j = 0; j < k; j++)
+                hits += (int64_t)ids[i] == eidx[q * k + j];
+        }
+    }
+    const double recall = (double)hits / (nq * k);
+    printf("[index] half vectors recall@10 %.4f\n", recall);
+    cr_assert_geq(recall, 0.95, "recall@10 %.4f < 0.95 (seed %" PRIu64 ")", recall, seed);
+    float got[99], want[99];
+    memcpy(want, P + 5 * d, d * sizeof *want);
+    sona_normalize(want, d);
+    cr_assert_eq(sona_index_get_vector(x, 5, got), SONA_OK);
+    for (uint32_t t = 0; t < d; t++)
+        cr_assert_float_eq(got[t], want[t], 1e-3f * fabsf(want[t]) + 1e-7f);
+    /* Remove two thirds (a rebuild on the way, from the half vectors), move id 1 far. */
+    for (uint32_t i = 0; i < n; i++)
+        if (i % 3 != 1)
+            cr_assert_eq(sona_index_remove(x, i), SONA_OK);
+    for (uint32_t t = 0; t < d; t++)
+        want[t] = -P[(size_t)1 * d + t];
+    cr_assert_eq(sona_index_update(x, 1, want), SONA_OK);
+    for (uint32_t q = 0; q < n; q += 11) {
+        uint64_t ids[10];
+        uint32_t found;
+        cr_assert_eq(sona_index_search(x, P + (size_t)q * d, k, ids, NULL, &found), SONA_OK);
+        cr_assert_eq(found, k);
+        for (uint32_t i = 0; i < found; i++)
+            cr_assert_eq(ids[i] % 3, 1, "removed id %" PRIu64 " returned", ids[i]);
+    }
+    uint64_t id;
+    float sim;
+    uint32_t found;
+    cr_assert_eq(sona_index_search(x, want, 1, &id, &sim, &found), SONA_OK);
+    cr_assert_eq(id, 1);
+    cr_assert_float_eq(sim, 1.0f, 2e-3f);
+    free(eidx);
+    free(esim);
     free(P);
     sona_index_destroy(x);
 }

@@ -40,7 +40,8 @@ typedef struct sona_bank_config {
     uint32_t capacity;         /* patterns kept at most */
     uint32_t max_pending;      /* trajectories waiting for extraction at most (SONA_E_FULL) */
     uint64_t seed;             /* k-means seed; extraction c uses the stream (seed, c) */
-    sona_index_config index;   /* the pattern index (its dim is set to dim) */
+    sona_index_config index;   /* the pattern index (its dim is set to dim; half_vectors on by
+                                * default: the bank's f32 centroids are the exact copy) */
     /* Clock in milliseconds for timestamps; NULL = CLOCK_REALTIME. */
     uint64_t (*clock_ms)(void *clock_ctx);
     void *clock_ctx;
@@ -49,7 +50,7 @@ typedef struct sona_bank_config {
 /* Defaults for embeddings of length dim: 50 clusters, 100 iterations, tolerance 1e-4, seeding
  * trials 0 (2 + 2 ln k), merge at
  * cosine 0.95, min cluster size 1, min quality 0 (off), stale never, capacity 10000, pending
- * 100000, seed 42, index defaults. */
+ * 100000, seed 42, index defaults but for half_vectors 1. */
 SONA_API void sona_bank_config_default(sona_bank_config *cfg, uint32_t dim);
 
 SONA_API sona_status sona_bank_create(const sona_bank_config *cfg, sona_bank **out);
@@ -111,7 +112,8 @@ typedef struct sona_pattern {
 } sona_pattern;
 
 /* The k patterns most similar to query (dim floats, SONA_E_SIZE unless the bank's dim; cosine,
- * best first): ids[k], sims[k] (may be NULL), *found. Counts an access and refreshes
+ * best first): ids[k], sims[k] (may be NULL), *found. The index's candidates are re-ranked with
+ * the exact f32 centroids, so sims are exact whatever the index stores. Counts an access and refreshes
  * last_access_ms of each returned pattern. */
 SONA_API sona_status sona_bank_search(sona_bank *bank, const float *query, uint32_t dim,
                                       uint32_t k, uint64_t *ids, float *sims, uint32_t *found);

@@ -35,11 +35,14 @@ typedef struct sona_index_config {
     uint32_t initial_capacity; /* nodes allocated up front (grows by doubling) */
     uint64_t seed;             /* seeds the level generator */
     int track_access;          /* 1: sona_index_search counts an access for each returned id */
+    int half_vectors;          /* 1: store vectors as IEEE half floats (half the memory):
+                                * similarities and get_vector then carry fp16 rounding (about
+                                * 1e-3); a caller holding exact vectors re-ranks (the bank does) */
 } sona_index_config;
 
 /* Defaults for vectors of length dim: M 16, ef_construction 100 (on 100,000 clustered vectors of
  * dim 256, recall@10 within 0.002 of ef_construction 200 at about half the build time),
- * ef_search 50, capacity 1024, seed 42, access tracking on. */
+ * ef_search 50, capacity 1024, seed 42, access tracking on, f32 vectors (half_vectors 0). */
 SONA_API void sona_index_config_default(sona_index_config *cfg, uint32_t dim);
 
 SONA_API sona_status sona_index_create(const sona_index_config *cfg, sona_index **out);

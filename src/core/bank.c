@@ -49,12 +49,18 @@ struct sona_bank {
     float *cent;
     uint32_t npat, pat_cap;
     sona_idmap by_id; /* pattern id -> position */
+    uint64_t *cand_ids; /* cand_cap: index candidates re-ranked by search_exact */
+    float *cand_sims;
+    uint32_t cand_cap;
     uint64_t next_id;
     char **route_names;
     uint32_t nroutes, routes_cap;
     sona_bank_stats stats;
     sona_errbuf err;
 };
+
+static sona_status search_exact(sona_bank *b, const float *query, uint32_t k, uint64_t *ids,
+                                float *sims, uint32_t *found);
 
 /* ---- the trajectory queue ---------------------------------------------------------------- */
 
@@ -141,6 +147,8 @@ void sona_bank_config_default(sona_bank_config *cfg, uint32_t dim)
     cfg->seed = 42;
     sona_index_config_default(&cfg->index, dim);
     cfg->index.track_access = 0;
+    /* The centroids here are the exact copy; the index only has to find candidates. */
+    cfg->index.half_vectors = 1;
 }
 
 sona_status sona_bank_create(const sona_bank_config *cfg, sona_bank **out)
@@ -191,6 +199,8 @@ void sona_bank_destroy(sona_bank *b)
         free(b->pats[i].routes);
     free(b->pats);
     free(b->cent);
+    free(b->cand_ids);
+    free(b->cand_sims);
     sona_idmap_free(&b->by_id);
     for (uint32_t i = 0; i < b->nroutes; i++)
         free(b->route_names[i]);
@@ -639,7 +649,7 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
         float sim;
         uint32_t found = 0;
         if (b->npat)
-            sona_index_search_ef(b->index, c, 1, b->cfg.index.ef_search, 0, &best, &sim, &found);
+            search_exact(b, c, 1, &best, &sim, &found);
         if (found && sim >= b->cfg.merge_threshold) {
             const uint32_t pos = sona_idmap_get(&b->by_id, best);
             merge_into(b, pos, c, &cs[j], now);
@@ -700,6 +710,61 @@ out:
 
 /* ---- queries ----------------------------------------------------------------------------- */
 
+/* The k patterns most similar to query (dim floats, any non-zero norm), best first; the caller
+ * holds the lock. The index may store half vectors (cfg.index.half_vectors, the default), whose
+ * similarities are off by about 1e-3: all max(ef_search, k) candidates its search ends with
+ * are re-scored here with the exact f32 centroids (about 2 dot products each, a few percent of
+ * the graph search), so similarities are exact cosines, rounding cannot reorder close patterns,
+ * and the result is the exact top k of the candidate set, as with an f32 index. Failures come from the index (its message) or are NOMEM. */
+static sona_status search_exact(sona_bank *b, const float *query, uint32_t k, uint64_t *ids,
+                                float *sims, uint32_t *found)
+{
+    if (k == 0 || !ids || !found) /* the index reports these */
+        return sona_index_search_ef(b->index, query, k, b->cfg.index.ef_search, 0, ids, sims,
+                                    found);
+    const uint32_t want = k > b->cfg.index.ef_search ? k : b->cfg.index.ef_search;
+    const uint32_t nc = want < b->npat ? want : (b->npat ? b->npat : 1);
+    if (nc > b->cand_cap) {
+        uint64_t *ci = realloc(b->cand_ids, nc * sizeof *ci);
+        if (ci)
+            b->cand_ids = ci;
+        float *cs = realloc(b->cand_sims, nc * sizeof *cs);
+        if (cs)
+            b->cand_sims = cs;
+        if (!ci || !cs)
+            return SONA_E_NOMEM;
+        b->cand_cap = nc;
+    }
+    uint32_t n = 0;
+    sona_status st = sona_index_search_ef(b->index, query, nc, b->cfg.index.ef_search, 0,
+                                          b->cand_ids, NULL, &n);
+    if (st != SONA_OK)
+        return st;
+    const sona_dot_fn dot = sona_dot_kernel();
+    const uint32_t dim = b->cfg.dim;
+    const double qn = sqrt((double)dot(query, query, dim));
+    /* Insertion sort, best first; a later candidate passes an earlier one only when strictly
+     * better, so ties keep the index's order. */
+    for (uint32_t i = 0; i < n; i++) {
+        const float *c = centroid_at(b, sona_idmap_get(&b->by_id, b->cand_ids[i]));
+        const float s = (float)(dot(query, c, dim) / (qn * sqrt((double)dot(c, c, dim))));
+        const uint64_t id = b->cand_ids[i];
+        uint32_t j = i;
+        for (; j > 0 && b->cand_sims[j - 1] < s; j--) {
+            b->cand_sims[j] = b->cand_sims[j - 1];
+            b->cand_ids[j] = b->cand_ids[j - 1];
+        }
+        b->cand_sims[j] = s;
+        b->cand_ids[j] = id;
+    }
+    const uint32_t m = n < k ? n : k;
+    memcpy(ids, b->cand_ids, m * sizeof *ids);
+    if (sims)
+        memcpy(sims, b->cand_sims, m * sizeof *sims);
+    *found = m;
+    return SONA_OK;
+}
+
 sona_status sona_bank_search(sona_bank *b, const float *query, uint32_t dim, uint32_t k,
                              uint64_t *ids, float *sims, uint32_t *found)
 {
@@ -709,10 +774,10 @@ sona_status sona_bank_search(sona_bank *b, const float *query, uint32_t dim, uin
         return sona_fail(&b->err, SONA_E_SIZE, "sona_bank_search: query dim %u, the bank's is %u",
                          dim, b->cfg.dim);
     pthread_mutex_lock(&b->lock);
-    sona_status st = sona_index_search_ef(b->index, query, k, b->cfg.index.ef_search, 0, ids,
-                                          sims, found);
+    sona_status st = search_exact(b, query, k, ids, sims, found);
     if (st != SONA_OK) {
-        sona_fail(&b->err, st, "sona_bank_search: %s", sona_index_last_error(b->index));
+        sona_fail(&b->err, st, "sona_bank_search: %s",
+                  st == SONA_E_NOMEM ? "out of memory" : sona_index_last_error(b->index));
     } else {
         const uint64_t now = now_ms(b);
         for (uint32_t i = 0; i < *found; i++) {

@@ -1,13 +1,17 @@
 /* The pattern index: HNSW over unit vectors (include/sona/index.h).
  *
  * Layout: node slots are dense; vectors live in one 64-byte aligned array with a stride padded
- * to 16 floats (zeros), so the dot kernel never runs a tail. Level-0 links are one flat array of
+ * to 16 elements (zeros), so the dot kernel never runs a tail. Elements are f32, or IEEE half
+ * with cfg.half_vectors: the bank keeps exact f32 centroids and re-ranks what the index finds,
+ * so a second f32 copy here would only double the pattern memory. Queries and the vector being
+ * linked stay f32; half vectors are widened on the fly inside the dot kernel. Level-0 links are one flat array of
  * [count, 2M links] per slot; upper levels are allocated per node. Searches keep a
  * generation-stamped visited array (no clearing per query) and two binary heaps sized to the
  * node capacity, so a search never allocates. */
 #include "sona/index.h"
 
 #include "core/error.h"
+#include "core/half.h"
 #include "core/idmap.h"
 #include "core/rng.h"
 #include "core/vecmath.h"
@@ -38,7 +42,8 @@ struct sona_index {
     uint32_t M0;         /* level-0 link capacity: 2M */
     uint32_t cap, used;  /* slots allocated, slots taken (live + deleted) */
     uint32_t live;
-    float *vecs;         /* cap * stride, unit norm */
+    void *vecs;          /* cap * stride elements (f32 or half), unit norm */
+    size_t vec_bytes;    /* bytes per stored vector */
     uint64_t *ids;       /* external id per slot */
     uint64_t *access;    /* access count per slot */
     uint8_t *dead;       /* 1: removed or superseded; routes searches, never returned */
@@ -54,10 +59,13 @@ struct sona_index {
     cand *pick, *shrink; /* M0 + 1: neighbour selection scratch */
     uint32_t *todo;      /* M0: unvisited neighbours of the node being expanded */
     float *qbuf, *vbuf;  /* stride: normalised query / inserted vector */
+    float *nbuf, *ebuf;  /* stride: widened half vectors (select_neighbors / link_back) */
     sona_idmap map;      /* live id -> slot */
     sona_rng rng;
     double level_mult;
     sona_dot_fn dot;
+    sona_dot_f16_fn dot_h;
+    sona_widen_f16_fn widen;
     sona_errbuf err;
 };
 
@@ -98,9 +106,47 @@ static cand heap_pop(heap *h)
 
 /* ---- storage ---------------------------------------------------------------------------- */
 
-static inline const float *vec_at(const sona_index *x, uint32_t n)
+static inline const void *stored_at(const sona_index *x, uint32_t n)
 {
-    return x->vecs + (size_t)n * x->stride;
+    return (const char *)x->vecs + (size_t)n * x->vec_bytes;
+}
+
+/* Similarity of q (stride floats, unit norm) to node n. */
+static inline float sim_to(const sona_index *x, const float *q, uint32_t n)
+{
+    return x->cfg.half_vectors ? x->dot_h(q, stored_at(x, n), x->stride)
+                               : x->dot(q, stored_at(x, n), x->stride);
+}
+
+/* The first count elements of node n's vector as f32 into out. */
+static void load_vec(const sona_index *x, uint32_t n, float *out, uint32_t count)
+{
+    if (!x->cfg.half_vectors) {
+        memcpy(out, stored_at(x, n), count * sizeof(float));
+        return;
+    }
+    x->widen(stored_at(x, n), out, count);
+}
+
+/* Node n's vector as f32 (stride floats): in place for f32 storage, else widened into buf. */
+static const float *node_vec(const sona_index *x, uint32_t n, float *buf)
+{
+    if (!x->cfg.half_vectors)
+        return stored_at(x, n);
+    load_vec(x, n, buf, x->stride);
+    return buf;
+}
+
+static void store_vec(sona_index *x, uint32_t n, const float *v)
+{
+    void *dst = (char *)x->vecs + (size_t)n * x->vec_bytes;
+    if (!x->cfg.half_vectors) {
+        memcpy(dst, v, x->vec_bytes);
+        return;
+    }
+    uint16_t *h = dst;
+    for (uint32_t i = 0; i < x->stride; i++)
+        h[i] = sona_f32_to_f16(v[i]);
 }
 
 static inline uint32_t *links_at(const sona_index *x, uint32_t n, int level)
@@ -120,11 +166,11 @@ static inline uint32_t *links_at(const sona_index *x, uint32_t n, int level)
 /* Grows every per-slot array to cap slots. A failure leaves the index valid at its old cap. */
 static sona_status grow(sona_index *x, uint32_t cap)
 {
-    float *vecs = aligned_alloc(64, (size_t)cap * x->stride * sizeof(float));
+    void *vecs = aligned_alloc(64, (size_t)cap * x->vec_bytes);
     if (!vecs)
         return SONA_E_NOMEM;
     if (x->used)
-        memcpy(vecs, x->vecs, (size_t)x->used * x->stride * sizeof(float));
+        memcpy(vecs, x->vecs, (size_t)x->used * x->vec_bytes);
     free(x->vecs);
     x->vecs = vecs;
     GROW_ARRAY(x->ids, cap);
@@ -162,6 +208,8 @@ static void free_parts(sona_index *x)
     free(x->todo);
     free(x->qbuf);
     free(x->vbuf);
+    free(x->nbuf);
+    free(x->ebuf);
     sona_idmap_free(&x->map);
 }
 
@@ -178,8 +226,8 @@ static void next_visit_generation(sona_index *x)
 /* Asks for every cache line of node n's vector. */
 static inline void prefetch_vec(const sona_index *x, uint32_t n)
 {
-    const char *p = (const char *)vec_at(x, n);
-    for (uint32_t off = 0; off < x->stride * sizeof(float); off += 64)
+    const char *p = stored_at(x, n);
+    for (size_t off = 0; off < x->vec_bytes; off += 64)
         __builtin_prefetch(p + off);
 }
 
@@ -190,7 +238,7 @@ static uint32_t greedy(sona_index *x, const float *q, uint32_t ep, float *ep_s, 
         changed = 0;
         const uint32_t *l = links_at(x, ep, level);
         for (uint32_t i = 1; i <= l[0]; i++) {
-            const float s = x->dot(q, vec_at(x, l[i]), x->stride);
+            const float s = sim_to(x, q, l[i]);
             if (s > *ep_s) {
                 *ep_s = s;
                 ep = l[i];
@@ -237,7 +285,7 @@ static uint32_t search_layer(sona_index *x, const float *q, uint32_t ep, float e
             const uint32_t nb = todo[t];
             if (t + 1 < nt)
                 prefetch_vec(x, todo[t + 1]);
-            const float s = x->dot(q, vec_at(x, nb), x->stride);
+            const float s = sim_to(x, q, nb);
             if (R->len < ef || s > -R->v[0].s) {
                 heap_push(C, s, nb);
                 if (!skip || !skip[nb]) {
@@ -264,10 +312,10 @@ static uint32_t select_neighbors(const sona_index *x, const cand *c, uint32_t nc
 {
     uint32_t n = 0;
     for (uint32_t i = 0; i < nc && n < m; i++) {
-        const float *v = vec_at(x, c[i].n);
+        const float *v = node_vec(x, c[i].n, x->nbuf);
         int keep = 1;
         for (uint32_t j = 0; j < n && keep; j++)
-            keep = x->dot(v, vec_at(x, out[j].n), x->stride) < c[i].s;
+            keep = sim_to(x, v, out[j].n) < c[i].s;
         if (keep)
             out[n++] = c[i];
     }
@@ -295,11 +343,11 @@ static void link_back(sona_index *x, uint32_t e, uint32_t nn, float s, int level
         l[1 + l[0]++] = nn;
         return;
     }
-    const float *ve = vec_at(x, e);
+    const float *ve = node_vec(x, e, x->ebuf);
     uint32_t nc = 0;
     for (uint32_t i = 1; i <= l[0]; i++)
         if (!x->dead[l[i]])
-            x->shrink[nc++] = (cand){x->dot(ve, vec_at(x, l[i]), x->stride), l[i]};
+            x->shrink[nc++] = (cand){sim_to(x, ve, l[i]), l[i]};
     x->shrink[nc++] = (cand){s, nn};
     if (nc <= mmax) {
         l[0] = nc;
@@ -314,13 +362,13 @@ static void link_back(sona_index *x, uint32_t e, uint32_t nn, float s, int level
         l[1 + i] = x->pick[i].n;
 }
 
-/* Links the new node slot (its vector stored) on levels min(level, top)..0, entering at the
- * entry point: the paper's INSERT minus the slot allocation. */
-static void connect_node(sona_index *x, uint32_t slot, int level)
+/* Links the new node slot (its vector stored; q is its f32 value, stride floats) on levels
+ * min(level, top)..0, entering at the entry point: the paper's INSERT minus the slot
+ * allocation. */
+static void connect_node(sona_index *x, uint32_t slot, const float *q, int level)
 {
-    const float *q = vec_at(x, slot);
     uint32_t ep = x->entry;
-    float ep_s = x->dot(q, vec_at(x, ep), x->stride);
+    float ep_s = sim_to(x, q, ep);
     for (int l = x->top; l > level; l--)
         ep = greedy(x, q, ep, &ep_s, l);
     for (int l = level < x->top ? level : x->top; l >= 0; l--) {
@@ -333,7 +381,7 @@ static void connect_node(sona_index *x, uint32_t slot, int level)
         /* link_back reuses pick: iterate over the copy in own. */
         for (uint32_t i = 0; i < n; i++) {
             const uint32_t e = own[1 + i];
-            link_back(x, e, slot, x->dot(q, vec_at(x, e), x->stride), l);
+            link_back(x, e, slot, sim_to(x, q, e), l);
         }
         if (nw) {
             ep = x->found[0].n;
@@ -380,7 +428,7 @@ static sona_status insert_node(sona_index *x, uint64_t id, const float *v, uint6
     }
     x->used++;
     x->live++;
-    memcpy(x->vecs + (size_t)slot * x->stride, v, x->stride * sizeof(float));
+    store_vec(x, slot, v);
     x->ids[slot] = id;
     x->access[slot] = access;
     x->dead[slot] = 0;
@@ -392,7 +440,7 @@ static sona_status insert_node(sona_index *x, uint64_t id, const float *v, uint6
         x->top = level;
         return SONA_OK;
     }
-    connect_node(x, slot, level);
+    connect_node(x, slot, v, level);
     if (level > x->top) {
         x->entry = slot;
         x->top = level;
@@ -446,15 +494,21 @@ sona_status sona_index_create(const sona_index_config *cfg, sona_index **out)
     x->entry = NO_NODE;
     x->top = -1;
     x->level_mult = 1.0 / log((double)cfg->M);
+    x->vec_bytes = x->stride * (cfg->half_vectors ? sizeof(uint16_t) : sizeof(float));
     x->dot = sona_dot_kernel();
+    x->dot_h = sona_dot_f16_kernel();
+    x->widen = sona_widen_f16_kernel();
     sona_rng_seed(&x->rng, cfg->seed, 0x686e7377ull /* "hnsw" */);
     x->pick = malloc((x->M0 + 1) * sizeof *x->pick);
     x->shrink = malloc((x->M0 + 1) * sizeof *x->shrink);
     x->todo = malloc(x->M0 * sizeof *x->todo);
     x->qbuf = aligned_alloc(64, x->stride * sizeof(float));
     x->vbuf = aligned_alloc(64, x->stride * sizeof(float));
+    x->nbuf = aligned_alloc(64, x->stride * sizeof(float));
+    x->ebuf = aligned_alloc(64, x->stride * sizeof(float));
     const uint32_t cap = cfg->initial_capacity < 16 ? 16 : cfg->initial_capacity;
-    if (!x->pick || !x->shrink || !x->todo || !x->qbuf || !x->vbuf || grow(x, cap) != SONA_OK) {
+    if (!x->pick || !x->shrink || !x->todo || !x->qbuf || !x->vbuf || !x->nbuf || !x->ebuf ||
+        grow(x, cap) != SONA_OK) {
         free_parts(x);
         free(x);
         return sona_fail(NULL, SONA_E_NOMEM, "sona_index_create: out of memory");
@@ -528,7 +582,8 @@ static void maybe_compact(sona_index *x)
     for (uint32_t i = 0; i < x->used; i++) {
         if (x->dead[i])
             continue;
-        if (insert_node(fresh, x->ids[i], vec_at(x, i), x->access[i]) != SONA_OK) {
+        /* Half vectors widen and narrow back to the same bits: the rebuild loses nothing. */
+        if (insert_node(fresh, x->ids[i], node_vec(x, i, x->vbuf), x->access[i]) != SONA_OK) {
             sona_index_destroy(fresh);
             return;
         }
@@ -551,11 +606,10 @@ sona_status sona_index_update(sona_index *x, uint64_t id, const float *vec)
     sona_status st = prepare(x, "sona_index_update", vec, x->vbuf);
     if (st != SONA_OK)
         return st;
-    float *v = x->vecs + (size_t)old * x->stride;
-    if (x->dot(v, x->vbuf, x->stride) >= UPDATE_IN_PLACE_COS) {
+    if (sim_to(x, x->vbuf, old) >= UPDATE_IN_PLACE_COS) {
         /* A small move (a pattern absorbing a similar cluster): the links stay valid enough,
          * and leaving them untouched cannot cut any node off the graph. */
-        memcpy(v, x->vbuf, x->stride * sizeof(float));
+        store_vec(x, old, x->vbuf);
         return SONA_OK;
     }
     /* A real move: the old node turns into a routing node and a new one is linked in (re-linking
@@ -614,7 +668,7 @@ sona_status sona_index_search_ef(sona_index *x, const float *query, uint32_t k, 
         return SONA_OK;
     const float *q = x->qbuf;
     uint32_t ep = x->entry;
-    float ep_s = x->dot(q, vec_at(x, ep), x->stride);
+    float ep_s = sim_to(x, q, ep);
     for (int l = x->top; l > 0; l--)
         ep = greedy(x, q, ep, &ep_s, l);
     const uint32_t n = search_layer(x, q, ep, ep_s, ef > k ? ef : k, 0, 0);
@@ -684,6 +738,6 @@ sona_status sona_index_get_vector(const sona_index *x, uint64_t id, float *out)
     uint32_t slot;
     sona_status st = lookup(x, id, "sona_index_get_vector", &slot);
     if (st == SONA_OK)
-        memcpy(out, vec_at(x, slot), x->cfg.dim * sizeof(float));
+        load_vec(x, slot, out, x->cfg.dim);
     return st;
 }

@@ -1,5 +1,7 @@
 #include "core/vecmath.h"
 
+#include "core/half.h"
+
 #include "cpu/vec.h"
 #include "dispatch/dispatch.h"
 
@@ -20,7 +22,28 @@ float sona_dot_scalar(const float *a, const float *b, size_t n)
     return s;
 }
 
+float sona_dot_f16_scalar(const float *a, const uint16_t *b, size_t n)
+{
+    float acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += a[i + j] * sona_f16_to_f32(b[i + j]);
+    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; i < n; i++)
+        s += a[i] * sona_f16_to_f32(b[i]);
+    return s;
+}
+
+void sona_widen_f16_scalar(const uint16_t *h, float *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = sona_f16_to_f32(h[i]);
+}
+
 static sona_dot_fn dot_chosen = sona_dot_scalar;
+static sona_widen_f16_fn widen_chosen = sona_widen_f16_scalar;
+static sona_dot_f16_fn dot_f16_chosen = sona_dot_f16_scalar;
 static pthread_once_t dot_once = PTHREAD_ONCE_INIT;
 
 static void dot_init(void)
@@ -28,10 +51,20 @@ static void dot_init(void)
     const char *variant = sona_cpu_backend()->name;
     (void)variant;
 #if defined(__x86_64__) || defined(__i386__)
-    if (!strcmp(variant, "avx512"))
+    /* AVX-512F includes the F16C conversions; an AVX2 host almost always has F16C, but the
+     * dispatch probe does not record it, so ask the compiler's cpuid cache. */
+    if (!strcmp(variant, "avx512")) {
         dot_chosen = sona_dot_avx512;
-    else if (!strcmp(variant, "avx2"))
+        dot_f16_chosen = sona_dot_f16_avx512;
+        widen_chosen = sona_widen_f16_avx512;
+    } else if (!strcmp(variant, "avx2")) {
         dot_chosen = sona_dot_avx2;
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("f16c")) {
+            dot_f16_chosen = sona_dot_f16_avx2;
+            widen_chosen = sona_widen_f16_avx2;
+        }
+    }
 #endif
 }
 
@@ -39,6 +72,18 @@ sona_dot_fn sona_dot_kernel(void)
 {
     pthread_once(&dot_once, dot_init);
     return dot_chosen;
+}
+
+sona_dot_f16_fn sona_dot_f16_kernel(void)
+{
+    pthread_once(&dot_once, dot_init);
+    return dot_f16_chosen;
+}
+
+sona_widen_f16_fn sona_widen_f16_kernel(void)
+{
+    pthread_once(&dot_once, dot_init);
+    return widen_chosen;
 }
 
 float sona_normalize(float *v, size_t n)

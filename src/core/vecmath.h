@@ -5,11 +5,26 @@
 #define SONA_CORE_VECMATH_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef float (*sona_dot_fn)(const float *a, const float *b, size_t n);
+/* a (f32) . b (IEEE half, see core/half.h), accumulated in f32. */
+typedef float (*sona_dot_f16_fn)(const float *a, const uint16_t *b, size_t n);
 
 /* The dot product kernel of the CPU variant in use (chosen once; thread-safe). */
 sona_dot_fn sona_dot_kernel(void);
+
+/* Widens n halves to f32 (F16C where the dot kernel uses it). */
+typedef void (*sona_widen_f16_fn)(const uint16_t *h, float *out, size_t n);
+sona_widen_f16_fn sona_widen_f16_kernel(void);
+void sona_widen_f16_scalar(const uint16_t *h, float *out, size_t n);
+
+/* The f32 x half dot kernel: F16C when the chosen variant is AVX2 (and the host has F16C) or
+ * AVX-512, else the scalar one. */
+sona_dot_f16_fn sona_dot_f16_kernel(void);
+
+/* Plain C f32 x half dot product (the reference of the variants). */
+float sona_dot_f16_scalar(const float *a, const uint16_t *b, size_t n);
 
 /* Plain C dot product with independent partial sums (the reference of the variants). */
 float sona_dot_scalar(const float *a, const float *b, size_t n);

@@ -4,10 +4,16 @@
 #define SONA_CPU_VEC_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 float sona_dot_avx2(const float *a, const float *b, size_t n);
 float sona_dot_avx512(const float *a, const float *b, size_t n);
+/* a (f32) . b (IEEE half); the AVX2 one needs F16C too. */
+float sona_dot_f16_avx2(const float *a, const uint16_t *b, size_t n);
+float sona_dot_f16_avx512(const float *a, const uint16_t *b, size_t n);
+void sona_widen_f16_avx2(const uint16_t *h, float *out, size_t n);
+void sona_widen_f16_avx512(const uint16_t *h, float *out, size_t n);
 #endif
 
 #endif
