@@ -331,6 +331,14 @@ Test(engine, bad_files_are_refused_and_change_nothing)
         sona_status st = sona_load_buffer(e, bad, n);
         cr_assert(st == SONA_E_CORRUPT || st == SONA_E_VERSION, "flip at %zu: %s", at, sona_status_str(st));
     }
+    /* Every byte of the file header and the first sections' headers, one bit each: the bytes
+     * outside the payload checksums are where a damaged file could slip through. */
+    for (size_t at = 0; at < n && at < 512; at++) {
+        memcpy(bad, good, n);
+        bad[at] ^= (uint8_t)(1u << (at % 8));
+        sona_status st = sona_load_buffer(e, bad, n);
+        cr_assert(st == SONA_E_CORRUPT || st == SONA_E_VERSION, "flip at %zu: %s", at, sona_status_str(st));
+    }
     refused(e, bad, n, sona_load_buffer(e, bad, n), "the last flipped file");
     memcpy(bad, good, n);
     bad[8] = 2; /* format version 2, with the header CRC fixed so only the version is wrong */

@@ -446,8 +446,11 @@ static sona_status read_sections(sona_engine *e, const uint8_t *p, size_t len, s
     memset(sec, 0, 5 * sizeof *sec);
     for (uint32_t i = 0; i < count; i++) {
         const uint32_t tag = sona_rbuf_u32(&r);
-        (void)sona_rbuf_u32(&r);
+        /* The reserved word is outside every checksum: anything but zero is damage. */
+        const uint32_t reserved = sona_rbuf_u32(&r);
         const uint64_t n = sona_rbuf_u64(&r);
+        if (reserved != 0)
+            return corrupt(e, "section header damaged (reserved field not zero)");
         const uint32_t scrc = sona_rbuf_u32(&r);
         if (r.bad || n > r.len - r.pos)
             return corrupt(e, "truncated section");
