@@ -51,7 +51,7 @@ typedef struct ocl_ctx {
     size_t max_alloc;         /* CL_DEVICE_MAX_MEM_ALLOC_SIZE */
     int from_cache;           /* the program binary came from the disk cache */
     char cache_path[1024];    /* where the binary is (or would be) cached */
-    char device_text[640];    /* sona_backend.device */
+    char device_text[1024];   /* sona_backend.device */
     const char *fault_op;     /* SONA_OPENCL_FAULT: op name (or "all") that fails on purpose */
     void *topology;           /* hwloc_topology_t, when the device is tied to some host CPUs */
     void *near_cpus;          /* hwloc_bitmap_t of those CPUs, else NULL */
