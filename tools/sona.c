@@ -15,7 +15,7 @@ static void print_features(uint32_t f)
     } names[] = {{SONA_CPU_SSE42, "sse4.2"},     {SONA_CPU_AVX2, "avx2"},
                  {SONA_CPU_FMA, "fma"},          {SONA_CPU_AVX512F, "avx512f"},
                  {SONA_CPU_AVX512BW, "avx512bw"}, {SONA_CPU_AVX512VL, "avx512vl"},
-                 {SONA_CPU_NEON, "neon"}};
+                 {SONA_CPU_NEON, "neon"},         {SONA_CPU_F16C, "f16c"}};
     int any = 0;
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (f & names[i].bit) {

@@ -16,7 +16,8 @@ enum {
     SONA_CPU_AVX512F = 1u << 3,
     SONA_CPU_AVX512BW = 1u << 4,
     SONA_CPU_AVX512VL = 1u << 5,
-    SONA_CPU_NEON = 1u << 6
+    SONA_CPU_NEON = 1u << 6,
+    SONA_CPU_F16C = 1u << 7 /* half-precision conversions (x86) */
 };
 
 typedef struct sona_cpu_info {

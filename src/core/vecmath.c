@@ -51,16 +51,15 @@ static void dot_init(void)
     const char *variant = sona_cpu_backend()->name;
     (void)variant;
 #if defined(__x86_64__) || defined(__i386__)
-    /* AVX-512F includes the F16C conversions; an AVX2 host almost always has F16C, but the
-     * dispatch probe does not record it, so ask the compiler's cpuid cache. */
+    /* AVX-512F includes the F16C conversions; on an AVX2 host the probe says whether F16C is
+     * there. */
     if (!strcmp(variant, "avx512")) {
         dot_chosen = sona_dot_avx512;
         dot_f16_chosen = sona_dot_f16_avx512;
         widen_chosen = sona_widen_f16_avx512;
     } else if (!strcmp(variant, "avx2")) {
         dot_chosen = sona_dot_avx2;
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("f16c")) {
+        if (sona_probe()->features & SONA_CPU_F16C) {
             dot_f16_chosen = sona_dot_f16_avx2;
             widen_chosen = sona_widen_f16_avx2;
         }

@@ -37,7 +37,7 @@ static void probe_isa(sona_cpu_info *ci)
     const int osxsave = (c >> 27) & 1;
     if ((c >> 20) & 1)
         ci->features |= SONA_CPU_SSE42;
-    const int fma = (c >> 12) & 1, avx = (c >> 28) & 1;
+    const int fma = (c >> 12) & 1, avx = (c >> 28) & 1, f16c = (c >> 29) & 1;
     /* The OS must save the YMM (bits 1-2) and ZMM/opmask (bits 5-7) state, or the
      * instructions fault even though cpuid lists them. */
     const uint64_t xcr0 = osxsave ? read_xcr0() : 0;
@@ -48,6 +48,8 @@ static void probe_isa(sona_cpu_info *ci)
             ci->features |= SONA_CPU_AVX2;
         if (fma && os_ymm)
             ci->features |= SONA_CPU_FMA;
+        if (f16c && os_ymm)
+            ci->features |= SONA_CPU_F16C;
         if (os_zmm) {
             if ((b >> 16) & 1)
                 ci->features |= SONA_CPU_AVX512F;
