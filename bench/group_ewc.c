@@ -2,11 +2,6 @@
  * penalised gradient with 5 stored tasks). Host-side work: backend "cpu". */
 #include "bench.h"
 
-/* Weak until the harness (bench/harness.c, another branch) is merged, so this branch links;
- * harmless afterwards: the harness's definitions bind as usual. */
-#pragma weak bench_measure
-#pragma weak bench_skip
-
 #include "core/rng.h"
 #include <sona.h>
 

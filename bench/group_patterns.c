@@ -14,12 +14,6 @@
 #include <stdlib.h>
 #include <time.h>
 
-/* The harness is written alongside; weak references keep this file linkable without it. */
-#pragma weak bench_measure
-#pragma weak bench_report
-#pragma weak bench_skip
-#pragma weak bench_quick
-
 enum { DIM = 256, QUERY_SETS = 64, RECALL_QUERIES = 100, K = 10 };
 
 static double seconds_now(void)

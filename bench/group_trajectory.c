@@ -3,12 +3,6 @@
  * row per group case, backend "cpu". */
 #include "bench.h"
 
-/* Weak until the harness (bench/harness.c, another branch) is merged, so this branch links;
- * harmless afterwards: the harness's definitions bind as usual. */
-#pragma weak bench_measure
-#pragma weak bench_skip
-#pragma weak bench_report
-
 #include <sona.h>
 
 #include <pthread.h>
