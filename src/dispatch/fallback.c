@@ -29,6 +29,15 @@ typedef union op_args {
 #define BUF(field, n, elem, d) \
     (op_buffer) { (const void **)(void *)&(field), (size_t)(n) * (elem), (d) }
 
+/* b[0..2]: the three buffers of an adapter set (lora_apply and lora_grad share them). */
+static void weight_buffers(sona_lora_weights *w, op_buffer *b)
+{
+    const size_t floats = (size_t)w->num_adapters * w->rank * w->hidden;
+    b[0] = BUF(w->A, floats, sizeof(float), IN);
+    b[1] = BUF(w->Bt, floats, sizeof(float), IN);
+    b[2] = BUF(w->scale, w->num_adapters, sizeof(float), IN);
+}
+
 /* Copies args into *a and lists its buffers; returns how many. */
 static int describe(sona_op op, const void *args, op_args *a, op_buffer *b)
 {
@@ -37,10 +46,8 @@ static int describe(sona_op op, const void *args, op_args *a, op_buffer *b)
     case SONA_OP_LORA_APPLY: {
         a->apply = *(const sona_lora_apply_args *)args;
         sona_lora_apply_args *p = &a->apply;
-        const size_t w = (size_t)p->w.num_adapters * p->w.rank * p->w.hidden, x = (size_t)p->n * p->w.hidden;
-        b[0] = BUF(p->w.A, w, F, IN);
-        b[1] = BUF(p->w.Bt, w, F, IN);
-        b[2] = BUF(p->w.scale, p->w.num_adapters, F, IN);
+        const size_t x = (size_t)p->n * p->w.hidden;
+        weight_buffers(&p->w, b);
         b[3] = BUF(p->ids, p->n, I, IN);
         b[4] = BUF(p->x, x, F, IN);
         b[5] = BUF(p->y, x, F, OUT);
@@ -50,9 +57,7 @@ static int describe(sona_op op, const void *args, op_args *a, op_buffer *b)
         a->grad = *(const sona_lora_grad_args *)args;
         sona_lora_grad_args *p = &a->grad;
         const size_t w = (size_t)p->w.num_adapters * p->w.rank * p->w.hidden, x = (size_t)p->n * p->w.hidden;
-        b[0] = BUF(p->w.A, w, F, IN);
-        b[1] = BUF(p->w.Bt, w, F, IN);
-        b[2] = BUF(p->w.scale, p->w.num_adapters, F, IN);
+        weight_buffers(&p->w, b);
         b[3] = BUF(p->ids, p->n, I, IN);
         b[4] = BUF(p->x, x, F, IN);
         b[5] = BUF(p->d, x, F, IN);
