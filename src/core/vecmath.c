@@ -1,6 +1,7 @@
 #include "core/vecmath.h"
 
 #include "core/half.h"
+#include "core/q8.h"
 
 #include "cpu/vec.h"
 #include "dispatch/dispatch.h"
@@ -44,6 +45,7 @@ void sona_widen_f16_scalar(const uint16_t *h, float *out, size_t n)
 static sona_dot_fn dot_chosen = sona_dot_scalar;
 static sona_widen_f16_fn widen_chosen = sona_widen_f16_scalar;
 static sona_dot_f16_fn dot_f16_chosen = sona_dot_f16_scalar;
+static sona_dot_q8_fn dot_q8_chosen = sona_dot_q8_scalar;
 static pthread_once_t dot_once = PTHREAD_ONCE_INIT;
 
 static void dot_init(void)
@@ -57,8 +59,10 @@ static void dot_init(void)
         dot_chosen = sona_dot_avx512;
         dot_f16_chosen = sona_dot_f16_avx512;
         widen_chosen = sona_widen_f16_avx512;
+        dot_q8_chosen = sona_dot_q8_avx512;
     } else if (!strcmp(variant, "avx2")) {
         dot_chosen = sona_dot_avx2;
+        dot_q8_chosen = sona_dot_q8_avx2;
         if (sona_probe()->features & SONA_CPU_F16C) {
             dot_f16_chosen = sona_dot_f16_avx2;
             widen_chosen = sona_widen_f16_avx2;
@@ -77,6 +81,12 @@ sona_dot_f16_fn sona_dot_f16_kernel(void)
 {
     pthread_once(&dot_once, dot_init);
     return dot_f16_chosen;
+}
+
+sona_dot_q8_fn sona_dot_q8_kernel(void)
+{
+    pthread_once(&dot_once, dot_init);
+    return dot_q8_chosen;
 }
 
 sona_widen_f16_fn sona_widen_f16_kernel(void)

@@ -23,6 +23,11 @@ void sona_widen_f16_scalar(const uint16_t *h, float *out, size_t n);
  * AVX-512, else the scalar one. */
 sona_dot_f16_fn sona_dot_f16_kernel(void);
 
+/* a (f32) . q (Q8 blocks, see core/q8.h), accumulated in f32. */
+typedef float (*sona_dot_q8_fn)(const float *a, const void *q, size_t n);
+/* The f32 x Q8 dot kernel of the CPU variant in use (AVX2 or AVX-512, else core/q8.c's). */
+sona_dot_q8_fn sona_dot_q8_kernel(void);
+
 /* Plain C f32 x half dot product (the reference of the variants). */
 float sona_dot_f16_scalar(const float *a, const uint16_t *b, size_t n);
 

@@ -14,6 +14,9 @@ float sona_dot_f16_avx2(const float *a, const uint16_t *b, size_t n);
 float sona_dot_f16_avx512(const float *a, const uint16_t *b, size_t n);
 void sona_widen_f16_avx2(const uint16_t *h, float *out, size_t n);
 void sona_widen_f16_avx512(const uint16_t *h, float *out, size_t n);
+/* a (f32) . q (Q8 blocks, see core/q8.h). */
+float sona_dot_q8_avx2(const float *a, const void *q, size_t n);
+float sona_dot_q8_avx512(const float *a, const void *q, size_t n);
 #endif
 
 #endif

@@ -3,6 +3,7 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#include <string.h>
 
 static float hsum256(__m256 v)
 {
@@ -64,5 +65,37 @@ __attribute__((target("avx2,f16c"))) void sona_widen_f16_avx2(const uint16_t *h,
     for (; i < n; i++)
         out[i] = _cvtsh_ss(h[i]);
 }
+
+/* a (f32) . q (Q8, see core/q8.h): full blocks of 32 in SIMD, the last partial block in C. */
+#define Q8X8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p))))
+float sona_dot_q8_avx2(const float *a, const void *in, size_t n)
+{
+    const unsigned char *scales = in;
+    const size_t nb = (n + 31) / 32;
+    const int8_t *q = (const int8_t *)(scales + nb * sizeof(float));
+    __m256 acc = _mm256_setzero_ps();
+    size_t b = 0;
+    for (; (b + 1) * 32 <= n; b++) {
+        const float *ab = a + b * 32;
+        const int8_t *qb = q + b * 32;
+        __m256 s0 = _mm256_mul_ps(_mm256_loadu_ps(ab), Q8X8(qb));
+        __m256 s1 = _mm256_mul_ps(_mm256_loadu_ps(ab + 8), Q8X8(qb + 8));
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(ab + 16), Q8X8(qb + 16), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(ab + 24), Q8X8(qb + 24), s1);
+        float scale;
+        memcpy(&scale, scales + b * sizeof scale, sizeof scale);
+        acc = _mm256_fmadd_ps(_mm256_add_ps(s0, s1), _mm256_set1_ps(scale), acc);
+    }
+    float s = hsum256(acc);
+    if (b < nb) {
+        float scale, blk = 0.0f;
+        memcpy(&scale, scales + b * sizeof scale, sizeof scale);
+        for (size_t i = b * 32; i < n; i++)
+            blk += a[i] * (float)q[i];
+        s += blk * scale;
+    }
+    return s;
+}
+#undef Q8X8
 
 #endif

@@ -3,6 +3,7 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#include <string.h>
 
 float sona_dot_avx512(const float *a, const float *b, size_t n)
 {
@@ -58,5 +59,36 @@ void sona_widen_f16_avx512(const uint16_t *h, float *out, size_t n)
         _mm512_mask_storeu_ps(out + i, tail, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail, h + i)));
     }
 }
+
+/* a (f32) . q (Q8, see core/q8.h): full blocks of 32 in SIMD (two accumulators for alternate
+ * blocks), the last partial block in C. */
+#define Q8X16(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p))))
+float sona_dot_q8_avx512(const float *a, const void *in, size_t n)
+{
+    const unsigned char *scales = in;
+    const size_t nb = (n + 31) / 32;
+    const int8_t *q = (const int8_t *)(scales + nb * sizeof(float));
+    __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    size_t b = 0;
+    for (; (b + 1) * 32 <= n; b++) {
+        const float *ab = a + b * 32;
+        const int8_t *qb = q + b * 32;
+        const __m512 s = _mm512_fmadd_ps(_mm512_loadu_ps(ab + 16), Q8X16(qb + 16),
+                                         _mm512_mul_ps(_mm512_loadu_ps(ab), Q8X16(qb)));
+        float scale;
+        memcpy(&scale, scales + b * sizeof scale, sizeof scale);
+        acc[b & 1] = _mm512_fmadd_ps(s, _mm512_set1_ps(scale), acc[b & 1]);
+    }
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+    if (b < nb) {
+        float scale, blk = 0.0f;
+        memcpy(&scale, scales + b * sizeof scale, sizeof scale);
+        for (size_t i = b * 32; i < n; i++)
+            blk += a[i] * (float)q[i];
+        s += blk * scale;
+    }
+    return s;
+}
+#undef Q8X16
 
 #endif

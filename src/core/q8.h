@@ -1,0 +1,27 @@
+/* Q8: vectors stored as signed 8-bit integers in blocks of 32 values, each block with its own f32
+ * scale (its largest magnitude / 127), so one large value costs precision only in its block
+ * (activations often have a few outlier channels). About 1.125 bytes per value against 4 for
+ * f32: the store for queued trajectory steps and for pattern vectors in the index.
+ *
+ * Layout of a vector of n values: float scale[ceil(n / 32)], then int8 q[n]; value i decodes to
+ * q[i] * scale[i / 32], within scale / 2 of the encoded value. Unaligned storage is fine. */
+#ifndef SONA_CORE_Q8_H
+#define SONA_CORE_Q8_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SONA_Q8_BLOCK 32u
+
+static inline size_t sona_q8_blocks(size_t n) { return (n + SONA_Q8_BLOCK - 1) / SONA_Q8_BLOCK; }
+/* Bytes of an encoded vector of n values. */
+static inline size_t sona_q8_bytes(size_t n) { return sona_q8_blocks(n) * sizeof(float) + n; }
+
+/* Encodes x[n] (finite values; the caller checks) into out[sona_q8_bytes(n)]. */
+void sona_q8_encode(const float *x, size_t n, void *out);
+/* Decodes n values. */
+void sona_q8_decode(const void *q, size_t n, float *out);
+/* Plain C a (f32) . q (Q8), accumulated in f32 per block (the reference of the SIMD variants). */
+float sona_dot_q8_scalar(const float *a, const void *q, size_t n);
+
+#endif

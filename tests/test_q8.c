@@ -1,0 +1,124 @@
+/* The Q8 block format (core/q8.h): encoding error within half a block scale, exact decoding,
+ * outliers confined to their block, and the f32 x Q8 dot kernels of every x86 variant the host
+ * runs against a double reference, odd lengths (partial last blocks) included. */
+#include <criterion/criterion.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/q8.h"
+#include "core/rng.h"
+#include "core/vecmath.h"
+#include "cpu/vec.h"
+#include "dispatch/dispatch.h"
+#include "support/op_cases.h"
+
+enum { MAXN = 300 };
+static const uint32_t sizes[] = {1, 7, 31, 32, 33, 100, 256, 259, 300};
+
+/* Random values of mixed magnitude, with an occasional outlier channel. */
+static void fill(sona_rng *r, float *x, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        x[i] = sona_rng_normal(r) * (sona_rng_uniform(r) < 0.5f ? 1.0f : 0.01f);
+        if (sona_rng_uniform(r) < 0.02f)
+            x[i] *= 300.0f;
+    }
+}
+
+static float block_scale(const void *q, uint32_t b)
+{
+    float s;
+    memcpy(&s, (const unsigned char *)q + b * sizeof s, sizeof s);
+    return s;
+}
+
+Test(q8, encode_decode_error_bound)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[q8] encode seed %" PRIu64 "\n", seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 1);
+    unsigned char q[MAXN * 2 + 64];
+    float x[MAXN], y[MAXN + 1];
+    for (size_t c = 0; c < sizeof sizes / sizeof sizes[0]; c++) {
+        const uint32_t n = sizes[c];
+        fill(&r, x, n);
+        memset(q, 0xA5, sizeof q);
+        sona_q8_encode(x, n, q);
+        cr_assert_eq(q[sona_q8_bytes(n)], 0xA5, "n=%u: encode wrote past %zu bytes", n, sona_q8_bytes(n));
+        y[n] = 42.0f;
+        sona_q8_decode(q, n, y);
+        cr_assert_eq(y[n], 42.0f, "n=%u: decode wrote past n", n);
+        for (uint32_t i = 0; i < n; i++) {
+            const uint32_t b = i / SONA_Q8_BLOCK;
+            double amax = 0;
+            for (uint32_t j = b * SONA_Q8_BLOCK; j < n && j < (b + 1) * SONA_Q8_BLOCK; j++)
+                amax = fmax(amax, fabs((double)x[j]));
+            const double step = amax / 127.0;
+            cr_assert_float_eq(block_scale(q, b), step, step * 1e-6 + 1e-30, "n=%u block %u scale", n, b);
+            /* Half a step, plus the rounding of the scale and of x * (127 / amax). */
+            cr_assert_leq(fabs((double)y[i] - x[i]), 0.5 * step + 2e-6 * amax + 1e-30,
+                          "n=%u i=%u: %g decodes to %g (block max %g)", n, i, x[i], y[i], amax);
+            const int8_t qi = (int8_t)q[sona_q8_blocks(n) * sizeof(float) + i];
+            cr_assert_eq(y[i], (float)qi * block_scale(q, b), "n=%u i=%u: decode is q * scale", n, i);
+        }
+    }
+}
+
+/* A zero block encodes to zeros and a scale of 0; one outlier costs precision only in its block. */
+Test(q8, zero_block_and_outlier_locality)
+{
+    float x[96] = {0}, y[96];
+    unsigned char q[sizeof x];
+    for (int i = 32; i < 96; i++)
+        x[i] = 0.001f * (float)(i - 60);
+    x[40] = 1000.0f;
+    sona_q8_encode(x, 96, q);
+    sona_q8_decode(q, 96, y);
+    cr_assert_eq(block_scale(q, 0), 0.0f);
+    for (int i = 0; i < 32; i++)
+        cr_assert_eq(y[i], 0.0f);
+    for (int i = 64; i < 96; i++) /* the third block has no outlier: fine steps */
+        cr_assert_float_eq(y[i], x[i], 0.036 / 127 * 0.5 + 1e-7, "i=%d", i);
+    cr_assert_float_eq(y[40], 1000.0f, 1000.0f / 127 * 0.5, "the outlier itself");
+}
+
+static void check_dot(const char *name, sona_dot_q8_fn dot, uint64_t seed)
+{
+    sona_rng r;
+    sona_rng_seed(&r, seed, 2);
+    float a[MAXN], x[MAXN], d[MAXN];
+    unsigned char q[MAXN * 2 + 64];
+    for (size_t c = 0; c < sizeof sizes / sizeof sizes[0]; c++) {
+        const uint32_t n = sizes[c];
+        fill(&r, a, n);
+        fill(&r, x, n);
+        sona_q8_encode(x, n, q);
+        sona_q8_decode(q, n, d);
+        double ref = 0, mag = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            ref += (double)a[i] * d[i];
+            mag += fabs((double)a[i] * d[i]);
+        }
+        const double tol = 1e-5 * mag + 1e-30;
+        cr_assert_float_eq(dot(a, q, n), ref, tol, "%s n=%u", name, n);
+    }
+}
+
+Test(q8, dot_kernels_match_reference)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[q8] dot seed %" PRIu64 " (variant in use: %s)\n", seed, sona_cpu_backend()->name);
+    check_dot("scalar", sona_dot_q8_scalar, seed);
+    check_dot("chosen", sona_dot_q8_kernel(), seed);
+#if defined(__x86_64__) || defined(__i386__)
+    const uint32_t f = sona_probe()->features;
+    if ((f & SONA_CPU_AVX2) && (f & SONA_CPU_FMA))
+        check_dot("avx2", sona_dot_q8_avx2, seed);
+    const uint32_t avx512 = SONA_CPU_AVX512F | SONA_CPU_AVX512BW | SONA_CPU_AVX512VL;
+    if ((f & avx512) == avx512)
+        check_dot("avx512", sona_dot_q8_avx512, seed);
+#endif
+}
