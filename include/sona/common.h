@@ -54,6 +54,16 @@ typedef enum sona_status {
     SONA_STATUS_COUNT
 } sona_status;
 
+/* How a store keeps vectors it holds for later (queued trajectory steps, pattern vectors).
+ * F32 is exact; F16 is IEEE half (relative error about 5e-4); Q8 is 8-bit integers in blocks of
+ * 32 values with one f32 scale per block (error at most half a step of the block's largest
+ * magnitude / 127, outliers costing precision only in their block), about 1.125 bytes a value. */
+typedef enum sona_storage {
+    SONA_STORAGE_F32 = 0,
+    SONA_STORAGE_F16 = 1,
+    SONA_STORAGE_Q8 = 2
+} sona_storage;
+
 /* A short, static, human-readable description of a status code ("invalid argument", ...). */
 SONA_API const char *sona_status_str(sona_status status);
 
