@@ -1,5 +1,5 @@
 #include "core/error.h"
-#include "core/host_simd.h"
+#include "core/vecmath.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -50,19 +50,4 @@ sona_status sona_fail(sona_errbuf *e, sona_status st, const char *fmt, ...)
     return st;
 }
 
-/* NaN and Inf are the floats whose exponent bits are all ones; adding one to such an exponent
- * carries into the sign bit. Integer and/add/or vectorise without -ffast-math, unlike a float
- * reduction (4-5x faster on the per-step checks of trajectories). */
-SONA_HOST_BODY int all_finite_body(const float *v, size_t n)
-{
-    uint32_t carry = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t bits;
-        memcpy(&bits, &v[i], sizeof bits);
-        carry |= (bits & 0x7f800000u) + 0x00800000u;
-    }
-    return (carry & 0x80000000u) == 0;
-}
-SONA_HOST_VARIANTS(int, all_finite, (const float *v, size_t n), (v, n))
-
-int sona_all_finite(const float *v, size_t n) { return all_finite(v, n); }
+int sona_all_finite(const float *v, size_t n) { return sona_host_loops_get()->all_finite(v, n); }

@@ -4,7 +4,7 @@
 #include "sona/ewc.h"
 
 #include "core/error.h"
-#include "core/host_simd.h"
+#include "core/vecmath.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -137,48 +137,9 @@ static sona_status check_vectors(const sona_ewc *ce, const char *fn, uint32_t n,
     return SONA_OK;
 }
 
-SONA_HOST_BODY int fisher_ema_body(float *restrict f, const float *restrict g, size_t n, float d)
-{
-    const float c = 1.0f - d;
-    for (size_t i = 0; i < n; i++)
-        f[i] = d * f[i] + c * g[i] * g[i];
-    return 0;
-}
-SONA_HOST_VARIANTS(int, fisher_ema, (float *restrict f, const float *restrict g, size_t n, float d), (f, g, n, d))
-
-/* out = g - lambda * (fs * theta - ft): the penalised gradient in its pre-reduced form. */
-SONA_HOST_BODY int penalise_body(float *out, const float *g, const float *restrict theta,
-                                 const float *restrict fs, const float *restrict ft, size_t n, float lambda)
-{
-    for (size_t i = 0; i < n; i++)
-        out[i] = g[i] - lambda * (fs[i] * theta[i] - ft[i]);
-    return 0;
-}
-SONA_HOST_VARIANTS(int, penalise,
-                   (float *out, const float *g, const float *restrict theta, const float *restrict fs,
-                    const float *restrict ft, size_t n, float lambda),
-                   (out, g, theta, fs, ft, n, lambda))
-
-/* Sum of squares in 16 float lanes (a fixed order, so the same sum at every ISA level). */
-SONA_HOST_BODY double sum_squares_body(const float *v, size_t n)
-{
-    float lane[16] = {0};
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++)
-            lane[j] += v[i + j] * v[i + j];
-    double s = 0.0;
-    for (; i < n; i++)
-        s += (double)v[i] * v[i];
-    for (int j = 0; j < 16; j++)
-        s += lane[j];
-    return s;
-}
-SONA_HOST_VARIANTS(double, sum_squares, (const float *v, size_t n), (v, n))
-
 static void fold_fisher(sona_ewc *e, const float *g)
 {
-    fisher_ema(e->fisher, g, e->cfg.param_count, e->cfg.fisher_decay);
+    sona_host_loops_get()->fisher_ema(e->fisher, g, e->cfg.param_count, e->cfg.fisher_decay);
 }
 
 sona_status sona_ewc_update_fisher(sona_ewc *e, const float *g, uint32_t n)
@@ -333,7 +294,7 @@ sona_status sona_ewc_observe(sona_ewc *e, const float *theta, const float *g, ui
     sona_status st = check_vectors(e, "sona_ewc_observe", n, theta, g);
     if (st != SONA_OK)
         return st;
-    const double norm = sqrt(sum_squares(g, n));
+    const double norm = sqrt(sona_host_loops_get()->sum_squares(g, n));
     if (!isfinite(norm)) /* finite values whose squares overflow */
         return sona_fail(&e->err, SONA_E_NONFINITE, "sona_ewc_observe: the gradient's norm overflows");
     const int b = observe_checked(e, theta, norm);
@@ -358,7 +319,7 @@ sona_status sona_ewc_apply_constraints(const sona_ewc *ce, const float *theta, c
             memcpy(out, g, (size_t)n * sizeof *out);
         return SONA_OK;
     }
-    penalise(out, g, theta, e->fisher_sum, e->fisher_theta, n, e->lambda);
+    sona_host_loops_get()->penalise(out, g, theta, e->fisher_sum, e->fisher_theta, n, e->lambda);
     return SONA_OK;
 }
 

@@ -42,6 +42,10 @@ void sona_widen_f16_scalar(const uint16_t *h, float *out, size_t n)
         out[i] = sona_f16_to_f32(h[i]);
 }
 
+SONA_HOST_LOOPS(scalar)
+
+static sona_host_loops loops_chosen = {sona_all_finite_scalar, sona_fisher_ema_scalar,
+                                       sona_penalise_scalar, sona_sum_squares_scalar};
 static sona_dot_fn dot_chosen = sona_dot_scalar;
 static sona_widen_f16_fn widen_chosen = sona_widen_f16_scalar;
 static sona_dot_f16_fn dot_f16_chosen = sona_dot_f16_scalar;
@@ -60,9 +64,13 @@ static void dot_init(void)
         dot_f16_chosen = sona_dot_f16_avx512;
         widen_chosen = sona_widen_f16_avx512;
         dot_q8_chosen = sona_dot_q8_avx512;
+        loops_chosen = (sona_host_loops){sona_all_finite_avx512, sona_fisher_ema_avx512,
+                                         sona_penalise_avx512, sona_sum_squares_avx512};
     } else if (!strcmp(variant, "avx2")) {
         dot_chosen = sona_dot_avx2;
         dot_q8_chosen = sona_dot_q8_avx2;
+        loops_chosen = (sona_host_loops){sona_all_finite_avx2, sona_fisher_ema_avx2,
+                                         sona_penalise_avx2, sona_sum_squares_avx2};
         if (sona_probe()->features & SONA_CPU_F16C) {
             dot_f16_chosen = sona_dot_f16_avx2;
             widen_chosen = sona_widen_f16_avx2;
@@ -81,6 +89,12 @@ sona_dot_f16_fn sona_dot_f16_kernel(void)
 {
     pthread_once(&dot_once, dot_init);
     return dot_f16_chosen;
+}
+
+const sona_host_loops *sona_host_loops_get(void)
+{
+    pthread_once(&dot_once, dot_init);
+    return &loops_chosen;
 }
 
 sona_dot_q8_fn sona_dot_q8_kernel(void)

@@ -34,6 +34,18 @@ float sona_dot_f16_scalar(const float *a, const uint16_t *b, size_t n);
 /* Plain C dot product with independent partial sums (the reference of the variants). */
 float sona_dot_scalar(const float *a, const float *b, size_t n);
 
+/* Element-wise host loops (cpu/host_loops.h) at the chosen variant's ISA level. */
+typedef struct sona_host_loops {
+    int (*all_finite)(const float *v, size_t n);
+    /* f = d * f + (1 - d) * g^2 */
+    void (*fisher_ema)(float *restrict f, const float *restrict g, size_t n, float d);
+    /* out = g - lambda * (fs * theta - ft) */
+    void (*penalise)(float *out, const float *g, const float *restrict theta,
+                     const float *restrict fs, const float *restrict ft, size_t n, float lambda);
+    double (*sum_squares)(const float *v, size_t n);
+} sona_host_loops;
+const sona_host_loops *sona_host_loops_get(void);
+
 /* Scales v (n floats) to unit L2 norm; returns the norm before scaling (0: v left unchanged). */
 float sona_normalize(float *v, size_t n);
 

@@ -98,4 +98,6 @@ float sona_dot_q8_avx2(const float *a, const void *in, size_t n)
 }
 #undef Q8X8
 
+SONA_HOST_LOOPS(avx2)
+
 #endif

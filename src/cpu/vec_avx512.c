@@ -91,4 +91,6 @@ float sona_dot_q8_avx512(const float *a, const void *in, size_t n)
 }
 #undef Q8X16
 
+SONA_HOST_LOOPS(avx512)
+
 #endif
