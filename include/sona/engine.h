@@ -70,6 +70,13 @@ typedef struct sona_engine_config {
     float importance_decay;     /* per loop C cycle */
     uint32_t loop_c_interval_ms;/* background loop C period; 0 = only sona_deep_cycle */
     char state_path[256];       /* loop C checkpoints here when non-empty */
+    /* batched apply on an accelerator */
+    int device_apply;           /* 1: sona_apply_batch and sona_apply_layer_batch run batches of
+                                   at least device_min_rows rows as one lora_apply on an
+                                   accelerator when one is available (SONA_BACKEND when it names
+                                   one, else CUDA, else OpenCL), with a device copy of the
+                                   adapters refreshed when they learn; 0: always the CPU */
+    uint32_t device_min_rows;   /* smaller batches stay on the CPU (a device round trip costs more) */
 } sona_engine_config;
 
 /* Fills *cfg with the preset's values for width `hidden`. Values (DEFAULT / MAX_THROUGHPUT /
@@ -84,7 +91,8 @@ typedef struct sona_engine_config {
  *   ewc_enabled 1 (EDGE 0), ewc_lambda 1, fisher_decay 0.99, max_tasks 5/3/10/2,
  *   task_shift_threshold 5, dreams_per_cycle 50/10/100/5, dream_length 15, dream_temperature
  *   0.5, dream_jump_prob 0.1, dream_novelty_bonus 0.5, dream_replay_min_score 0.5,
- *   merge_cosine 0.98, importance_decay 0.95, loop_c_interval_ms 0, state_path "". */
+ *   merge_cosine 0.98, importance_decay 0.95, loop_c_interval_ms 0, state_path "",
+ *   device_apply 1, device_min_rows 32. */
 SONA_API void sona_engine_config_default(sona_engine_config *cfg, sona_preset preset,
                                          uint32_t hidden);
 
@@ -95,6 +103,8 @@ SONA_API void sona_engine_destroy(sona_engine *e);
 /* The message of the last failed call on this handle, by any thread ("" when none). */
 SONA_API const char *sona_engine_last_error(const sona_engine *e);
 SONA_API const sona_engine_config *sona_engine_get_config(const sona_engine *e);
+/* The backend batched applies go to ("cuda", "opencl"), or NULL when they run on the CPU. */
+SONA_API const char *sona_engine_device(const sona_engine *e);
 
 /* Learning on (1) or off (0). Off: requests are still applied but not recorded (counted as
  * neither recorded nor dropped) and no loop runs. */
@@ -181,6 +191,8 @@ typedef struct sona_stats {
     uint64_t dreams, dreams_replayed; /* dream walks and their definition: src/core/dream.h */
     uint64_t patterns_merged;        /* near-duplicates merged away by loop C consolidation */
     uint64_t last_loop_b_us, last_loop_c_us;
+    uint64_t device_batches;         /* apply batches sent to the accelerator */
+    uint64_t device_fallbacks;       /* of those, batches the device failed and the CPU redid */
     uint32_t tenants;                /* live tenants */
     float quality_baseline;          /* running average of final quality */
     float last_phi;                  /* integration score of the pattern graph at the last loop C:

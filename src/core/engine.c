@@ -158,6 +158,8 @@ void sona_engine_config_default(sona_engine_config *cfg, sona_preset preset, uin
     cfg->dream_jump_prob = 0.1f;
     cfg->dream_novelty_bonus = 0.5f;
     cfg->dream_replay_min_score = 0.5f;
+    cfg->device_apply = 1;
+    cfg->device_min_rows = 32;
     cfg->merge_cosine = 0.98f;
     cfg->importance_decay = 0.95f;
     switch (preset) {
@@ -331,6 +333,7 @@ sona_status sona_engine_create(const sona_engine_config *cfg, sona_engine **out)
         return sona_fail(NULL, st == SONA_OK ? SONA_E_NOMEM : st, "sona_engine_create: %s", why);
     }
     atomic_store(&e->tenants[0].live, 1);
+    e->device = eng_device_create(cfg);
     if ((st = eng_threads_start(e)) != SONA_OK) {
         sona_engine_destroy(e);
         return sona_fail(NULL, st, "sona_engine_create: could not start the loop thread");
@@ -344,6 +347,7 @@ void sona_engine_destroy(sona_engine *e)
     if (!e)
         return;
     eng_threads_stop(e);
+    eng_device_destroy(e->device);
     sona_bank_destroy(e->bank);
     eng_dream_state_free(e->dream);
     pthread_rwlock_destroy(&e->bank_lock);
@@ -373,6 +377,8 @@ void sona_engine_destroy(sona_engine *e)
 }
 
 const char *sona_engine_last_error(const sona_engine *e) { return e ? e->err.msg : sona_last_error(); }
+const char *sona_engine_device(const sona_engine *e) { return e ? eng_device_name(e->device) : NULL; }
+
 const sona_engine_config *sona_engine_get_config(const sona_engine *e) { return e ? &e->cfg : NULL; }
 void sona_engine_set_enabled(sona_engine *e, int enabled)
 {
@@ -459,12 +465,39 @@ static sona_status apply_rows(const sona_snapshot *s, int32_t adapter, uint32_t 
     return SONA_OK;
 }
 
+/* Every id is -1 or a live tenant (checked before any row is written). */
+static sona_status check_tenants(sona_engine *e, uint32_t n, const int32_t *ids)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (ids[i] != -1 && !live_tenant(e, ids[i]))
+            return eng_fail(e, SONA_E_NOT_FOUND, "sona_apply: row %u uses tenant %d, which does not exist", i, ids[i]);
+    return SONA_OK;
+}
+
+/* Whether a batch of n rows goes to the accelerator; counts it when it does. */
+static int on_device(sona_engine *e, uint32_t n)
+{
+    if (!e->device || n == 0 || n < e->cfg.device_min_rows)
+        return 0;
+    atomic_fetch_add(&e->device_batches, 1);
+    return 1;
+}
+
 sona_status sona_apply_batch(sona_engine *e, uint32_t n, const int32_t *ids, const float *x, float *y)
 {
     if (!e)
         return sona_fail(NULL, SONA_E_NULL, "sona_apply: engine is NULL");
     if (!ids || !x || !y)
         return eng_fail(e, SONA_E_NULL, "sona_apply: ids, x and y are required");
+    sona_status st = check_tenants(e, n, ids);
+    if (st != SONA_OK)
+        return st;
+    if (on_device(e, n)) {
+        st = eng_device_apply(e, n, ids, x, y);
+        if (st == SONA_OK || st == SONA_E_NOT_FOUND)
+            return st == SONA_OK ? st : eng_fail(e, st, "sona_apply: a tenant was removed during the call");
+        atomic_fetch_add(&e->device_fallbacks, 1); /* the rows are redone on the CPU below */
+    }
     const size_t H = e->cfg.hidden;
     for (uint32_t i = 0; i < n;) {
         uint32_t j = i + 1; /* a run of rows with one tenant */
@@ -474,11 +507,10 @@ sona_status sona_apply_batch(sona_engine *e, uint32_t n, const int32_t *ids, con
             if (y != x)
                 memcpy(y + i * H, x + i * H, (j - i) * H * sizeof(float));
         } else {
-            eng_tenant *t = ids[i] >= 0 && (uint32_t)ids[i] < e->cfg.max_tenants ? &e->tenants[ids[i]] : NULL;
-            sona_snapshot *s = t ? sona_snapshot_acquire(&t->slot) : NULL;
-            if (!s)
-                return eng_fail(e, SONA_E_NOT_FOUND, "sona_apply: row %u uses tenant %d, which does not exist", i, ids[i]);
-            sona_status st = apply_rows(s, 0, j - i, x + i * H, y + i * H);
+            sona_snapshot *s = sona_snapshot_acquire(&e->tenants[ids[i]].slot);
+            if (!s) /* removed since the check */
+                return eng_fail(e, SONA_E_NOT_FOUND, "sona_apply: tenant %d was removed during the call", ids[i]);
+            st = apply_rows(s, 0, j - i, x + i * H, y + i * H);
             sona_snapshot_release(s);
             if (st != SONA_OK)
                 return eng_fail(e, st, "sona_apply: lora_apply failed");
@@ -507,6 +539,11 @@ sona_status sona_apply_layer_batch(sona_engine *e, uint32_t layer, uint32_t n, c
     if (layer >= e->cfg.base_layers)
         return eng_fail(e, SONA_E_INVALID, "sona_apply_layer: layer %u is outside 0..%u", layer,
                         e->cfg.base_layers - 1);
+    if (on_device(e, n)) {
+        if (eng_device_apply_layer(e, layer, n, x, y) == SONA_OK)
+            return SONA_OK;
+        atomic_fetch_add(&e->device_fallbacks, 1);
+    }
     sona_snapshot *s = sona_snapshot_acquire(&e->base_slot);
     sona_status st = s ? apply_rows(s, (int32_t)layer, n, x, y) : SONA_E_STATE;
     sona_snapshot_release(s);
@@ -695,6 +732,8 @@ sona_status sona_get_stats(sona_engine *e, sona_stats *s)
     s->patterns_merged = atomic_load(&e->n.merged);
     s->last_loop_b_us = atomic_load(&e->n.last_b_us);
     s->last_loop_c_us = atomic_load(&e->n.last_c_us);
+    s->device_batches = atomic_load(&e->device_batches);
+    s->device_fallbacks = atomic_load(&e->device_fallbacks);
     s->quality_baseline = eng_baseline(e);
     s->last_phi = bits_float(atomic_load(&e->last_phi_bits));
     for (uint32_t i = 0; i < e->cfg.max_tenants; i++)

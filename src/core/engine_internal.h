@@ -15,6 +15,8 @@
 
 /* EWC++ state of one parameter set (a tenant's Micro-LoRA or the Base-LoRA), see ewc.c. */
 typedef struct eng_ewc eng_ewc;
+/* The device copy of the adapters for batched apply (engine_device.c). */
+typedef struct eng_device eng_device;
 
 typedef struct eng_tenant {
     sona_snapshot_slot slot;  /* what readers apply */
@@ -63,6 +65,9 @@ struct sona_engine {
             patterns, tasks, merged;
     } n;
     atomic_uint last_phi_bits;
+
+    eng_device *device;         /* NULL: batches run on the CPU */
+    atomic_uint_fast64_t device_batches, device_fallbacks; /* runtime only, not saved */
 };
 
 /* Formats the engine's last error (thread-safe) and returns st. */
@@ -122,6 +127,15 @@ sona_status eng_bank_update(sona_engine *e, sona_trajectory *const *trajs, uint3
 sona_status eng_base_train(sona_engine *e, sona_trajectory *const *trajs, uint32_t n, const float *reference);
 /* The same for trajectories already gathered (dream replays). */
 sona_status eng_base_accumulate(sona_engine *e, const float *query, const eng_steps *s, float w);
+
+/* Batched apply on an accelerator: NULL when cfg->device_apply is 0 or no accelerator is there. */
+eng_device *eng_device_create(const sona_engine_config *cfg);
+void eng_device_destroy(eng_device *d);
+const char *eng_device_name(const eng_device *d);
+/* n rows with a tenant id (or -1) each, every id live (the caller checked). A failure leaves
+ * the CPU to redo the batch. */
+sona_status eng_device_apply(sona_engine *e, uint32_t n, const int32_t *ids, const float *x, float *y);
+sona_status eng_device_apply_layer(sona_engine *e, uint32_t layer, uint32_t n, const float *x, float *y);
 
 /* Loop C state. */
 void eng_dream_state_free(struct eng_dream_state *d);

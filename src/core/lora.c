@@ -7,16 +7,13 @@
 #include "core/rng.h"
 #include "cpu/cpu.h"
 #include "dispatch/dispatch.h"
+#include "dispatch/staging.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* A growable device buffer for per-call inputs when weights live off the host. */
-typedef struct staging {
-    void *buf;
-    size_t cap;
-} staging;
 
 enum { ST_X, ST_Y, ST_D, ST_W, ST_IDS, ST_EWC0, ST_COUNT = ST_EWC0 + 6 };
 
@@ -28,7 +25,7 @@ struct sona_lora {
     float *gA, *gBt;         /* gradient accumulators, same shape as A and Bt */
     uint32_t *pending;       /* host: signals accumulated per adapter */
     uint64_t pending_total;
-    staging stage[ST_COUNT];
+    sona_staging stage[ST_COUNT];
     sona_errbuf err;
 };
 
@@ -76,20 +73,10 @@ static sona_status stage_input(sona_lora *l, int slot, const void *src, size_t b
         *out = (void *)src;
         return SONA_OK;
     }
-    staging *s = &l->stage[slot];
-    if (s->cap < bytes) {
-        if (s->buf)
-            l->be->free(l->be->ctx, s->buf);
-        s->buf = NULL;
-        s->cap = 0;
-        if (l->be->alloc(l->be->ctx, bytes, &s->buf) != SONA_OK)
-            return sona_fail(&l->err, SONA_E_NOMEM, "device allocation of %zu bytes failed", bytes);
-        s->cap = bytes;
-    }
-    *out = s->buf;
-    if (src && l->be->upload(l->be->ctx, s->buf, 0, src, bytes) != SONA_OK)
-        return backend_failed(l, "upload", SONA_E_BACKEND);
-    return SONA_OK;
+    const sona_status st = sona_staging_put(l->be, &l->stage[slot], src, bytes, out);
+    if (st == SONA_E_NOMEM)
+        return sona_fail(&l->err, st, "device allocation of %zu bytes failed", bytes);
+    return st == SONA_OK ? st : backend_failed(l, "upload", st);
 }
 
 static sona_status alloc_zero(sona_lora *l, size_t floats, float **out)
@@ -190,8 +177,7 @@ void sona_lora_destroy(sona_lora *l)
         if (bufs[i])
             l->be->free(l->be->ctx, bufs[i]);
     for (int i = 0; i < ST_COUNT; i++)
-        if (l->stage[i].buf)
-            l->be->free(l->be->ctx, l->stage[i].buf);
+        sona_staging_free(l->be, &l->stage[i]);
     free(l->pending);
     free(l);
 }
