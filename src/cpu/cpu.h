@@ -34,6 +34,12 @@ sona_status sona_scalar_cluster_sums(void *ctx, const sona_cluster_sums_args *a)
 /* supports() of every CPU variant: ranks up to SONA_CPU_MAX_RANK. */
 int sona_cpu_supports(void *ctx, sona_op op, const void *args);
 
+/* The sona_backend fields every CPU variant shares: host memory and the CPU's shape limits. */
+#define SONA_CPU_HOST_FIELDS                                                                      \
+    .host_memory = 1, .supports = sona_cpu_supports, .alloc = sona_host_alloc,                  \
+    .free = sona_host_free, .upload = sona_host_upload, .download = sona_host_download,         \
+    .sync = sona_host_sync
+
 /* Top-k keeper used by knn_exact on every variant: keeps the k best (highest score, lowest
  * index on ties) in descending order. */
 void sona_topk_insert(int32_t *idx, float *score, uint32_t k, uint32_t *len, int32_t i, float s);

@@ -36,13 +36,7 @@ static inline float sv_hsum(sv_f v)
 const sona_backend sona_cpu_avx2 = {
     .name = "avx2",
     .device = "host CPU, AVX2 + FMA",
-    .host_memory = 1,
-    .supports = sona_cpu_supports,
-    .alloc = sona_host_alloc,
-    .free = sona_host_free,
-    .upload = sona_host_upload,
-    .download = sona_host_download,
-    .sync = sona_host_sync,
+    SONA_CPU_HOST_FIELDS,
     SV_BACKEND_OPS,
 };
 

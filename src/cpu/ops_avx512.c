@@ -28,13 +28,7 @@ static inline float sv_hsum(sv_f v) { return _mm512_reduce_add_ps(v); }
 const sona_backend sona_cpu_avx512 = {
     .name = "avx512",
     .device = "host CPU, AVX-512 F/BW/VL",
-    .host_memory = 1,
-    .supports = sona_cpu_supports,
-    .alloc = sona_host_alloc,
-    .free = sona_host_free,
-    .upload = sona_host_upload,
-    .download = sona_host_download,
-    .sync = sona_host_sync,
+    SONA_CPU_HOST_FIELDS,
     SV_BACKEND_OPS,
 };
 

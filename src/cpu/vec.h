@@ -5,8 +5,21 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "cpu/host_loops.h"
+
+/* a . q over the values lo..n-1 of a Q8 vector's last, partial block b, in plain C: the
+ * SIMD dot kernels take the full blocks. */
+static inline float sona_q8_tail_dot(const float *a, const unsigned char *scales, const int8_t *q,
+                                     size_t b, size_t n)
+{
+    float scale, blk = 0.0f;
+    memcpy(&scale, scales + b * sizeof scale, sizeof scale);
+    for (size_t i = b * 32; i < n; i++)
+        blk += a[i] * (float)q[i];
+    return blk * scale;
+}
 
 /* The baseline build of the host loops (vecmath.c), used on every architecture. */
 SONA_HOST_LOOPS_DECLARE(scalar)

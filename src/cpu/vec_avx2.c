@@ -87,13 +87,8 @@ float sona_dot_q8_avx2(const float *a, const void *in, size_t n)
         acc = _mm256_fmadd_ps(_mm256_add_ps(s0, s1), _mm256_set1_ps(scale), acc);
     }
     float s = hsum256(acc);
-    if (b < nb) {
-        float scale, blk = 0.0f;
-        memcpy(&scale, scales + b * sizeof scale, sizeof scale);
-        for (size_t i = b * 32; i < n; i++)
-            blk += a[i] * (float)q[i];
-        s += blk * scale;
-    }
+    if (b < nb)
+        s += sona_q8_tail_dot(a, scales, q, b, n);
     return s;
 }
 #undef Q8X8

@@ -80,13 +80,8 @@ float sona_dot_q8_avx512(const float *a, const void *in, size_t n)
         acc[b & 1] = _mm512_fmadd_ps(s, _mm512_set1_ps(scale), acc[b & 1]);
     }
     float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
-    if (b < nb) {
-        float scale, blk = 0.0f;
-        memcpy(&scale, scales + b * sizeof scale, sizeof scale);
-        for (size_t i = b * 32; i < n; i++)
-            blk += a[i] * (float)q[i];
-        s += blk * scale;
-    }
+    if (b < nb)
+        s += sona_q8_tail_dot(a, scales, q, b, n);
     return s;
 }
 #undef Q8X16
