@@ -37,6 +37,10 @@ const sona_cpu_info *sona_probe(void);
  * back to b's buffers) and counted; SONA_OK then. Other statuses are returned as they are. */
 sona_status sona_op_run(const sona_backend *b, sona_op op, const void *args);
 
+/* Runs op on b once, without the fallback: b's own status (SONA_E_INVALID for an unknown op).
+ * For callers that check the backend itself, like the op tests. */
+sona_status sona_op_call(const sona_backend *b, sona_op op, const void *args);
+
 /* Counts ops that failed on an accelerator and were redone on the CPU. */
 void sona_dispatch_count_fallback(void);
 uint64_t sona_dispatch_fallbacks(void);

@@ -1,6 +1,8 @@
 #include "support/op_cases.h"
 
 #include "core/rng.h"
+#include "dispatch/dispatch.h"
+#include "dispatch/op_buffers.h"
 
 #include <float.h>
 #include <math.h>
@@ -493,10 +495,9 @@ void op_instance_free(op_instance *in)
 
 /* ---- running on a backend -------------------------------------------------------------- */
 
-#define MAX_BUFS 12
 typedef struct run_ctx {
     const sona_backend *b;
-    void *bufs[MAX_BUFS];
+    void *bufs[SONA_OP_MAX_BUFFERS];
     int nbufs;
     sona_status st;
     char *msg;
@@ -531,154 +532,84 @@ static void fetch(run_ctx *rc, void *host, const void *buf, size_t bytes)
         snprintf(rc->msg, rc->msg_len, "download of %zu bytes failed", bytes);
 }
 
-sona_status op_instance_run(op_instance *in, const sona_backend *b, char *msg, size_t msg_len)
+/* The case's args on host arrays: inputs from the instance, outputs in the guarded got arrays,
+ * which first get the starting values of the buffers the op updates. */
+static void host_args(op_instance *in, sona_op_args *a)
 {
     const op_case *c = &in->c;
-    run_ctx rc = {.b = b, .st = SONA_OK, .msg = msg, .msg_len = msg_len};
-    msg[0] = '\0';
-    const size_t F = sizeof(float);
-    sona_lora_weights w = {.hidden = c->hidden, .rank = c->rank, .num_adapters = c->adapters};
-    union {
-        sona_lora_apply_args apply;
-        sona_lora_grad_args grad;
-        sona_param_update_args upd;
-        sona_sqdist_argmin_args sq;
-        sona_knn_exact_args knn;
-        sona_gemm_args gemm;
-        sona_cluster_sums_args cs;
-    } a;
-    memset(&a, 0, sizeof a);
-    if (c->op == SONA_OP_LORA_APPLY || c->op == SONA_OP_LORA_GRAD) {
-        const size_t wbytes = (size_t)c->adapters * c->rank * c->hidden * F;
-        w.A = stage(&rc, in->A, wbytes, 0);
-        w.Bt = stage(&rc, in->Bt, wbytes, 0);
-        w.scale = stage(&rc, in->scale, c->adapters * F, 0);
-    }
-    /* Shapes first, so supports() sees the real arguments. */
+    const sona_lora_weights w = {.hidden = c->hidden, .rank = c->rank, .num_adapters = c->adapters,
+                                 .A = in->A, .Bt = in->Bt, .scale = in->scale};
+    const float *start[2] = {NULL, NULL};
+    memset(a, 0, sizeof *a);
     switch (c->op) {
-    case SONA_OP_LORA_APPLY: a.apply = (sona_lora_apply_args){.w = w, .n = c->n}; break;
-    case SONA_OP_LORA_GRAD: a.grad = (sona_lora_grad_args){.w = w, .n = c->n}; break;
+    case SONA_OP_LORA_APPLY:
+        start[0] = c->in_place ? in->x : NULL;
+        a->apply = (sona_lora_apply_args){.w = w, .n = c->n, .ids = in->ids,
+                                          .x = c->in_place ? in->got[0] : in->x, .y = in->got[0]};
+        break;
+    case SONA_OP_LORA_GRAD:
+        start[0] = in->gA0;
+        start[1] = in->gBt0;
+        a->grad = (sona_lora_grad_args){.w = w, .n = c->n, .ids = in->ids, .x = in->x, .d = in->d,
+                                        .wt = in->wt, .gA = in->got[0], .gBt = in->got[1]};
+        break;
     case SONA_OP_PARAM_UPDATE:
-        a.upd = (sona_param_update_args){.segments = c->segments, .len = c->len, .lr = in->lr,
-                                         .lambda = in->lambda, .clip_norm = in->clip, .decay = in->decay};
+        start[0] = in->theta0;
+        start[1] = in->fisher0;
+        a->upd = (sona_param_update_args){.segments = c->segments, .len = c->len, .theta = in->got[0],
+                                          .g = in->g, .fisher_sum = in->fsum, .fisher_theta = in->ftheta,
+                                          .fisher = in->got[1], .lr = in->lr, .lambda = in->lambda,
+                                          .clip_norm = in->clip, .decay = in->decay};
         break;
-    case SONA_OP_SQDIST_ARGMIN: a.sq = (sona_sqdist_argmin_args){.n = c->n, .k = c->k, .d = c->d}; break;
+    case SONA_OP_SQDIST_ARGMIN:
+        a->sq = (sona_sqdist_argmin_args){.n = c->n, .k = c->k, .d = c->d, .X = in->X, .C = in->C,
+                                          .idx = in->igot, .dist = in->got[0]};
+        break;
     case SONA_OP_KNN_EXACT:
-        a.knn = (sona_knn_exact_args){.m = c->m, .n = c->n, .d = c->d, .k = c->k};
+        a->knn = (sona_knn_exact_args){.m = c->m, .n = c->n, .d = c->d, .k = c->k, .Q = in->Q, .P = in->P,
+                                       .idx = in->igot, .sim = in->got[0]};
         break;
-    case SONA_OP_CLUSTER_SUMS: a.cs = (sona_cluster_sums_args){.n = c->n, .k = c->k, .d = c->d}; break;
+    case SONA_OP_CLUSTER_SUMS:
+        a->cs = (sona_cluster_sums_args){.n = c->n, .k = c->k, .d = c->d, .X = in->X, .idx = in->iin,
+                                         .sums = in->got[0], .counts = (uint32_t *)in->igot};
+        break;
     case SONA_OP_GEMM:
-        a.gemm = (sona_gemm_args){.m = c->m, .n = c->n, .k = c->k, .trans_a = c->trans_a,
-                                  .trans_b = c->trans_b, .alpha = in->alpha, .beta = in->beta};
+        start[0] = in->gemmC0;
+        a->gemm = (sona_gemm_args){.m = c->m, .n = c->n, .k = c->k, .trans_a = c->trans_a,
+                                   .trans_b = c->trans_b, .alpha = in->alpha, .beta = in->beta,
+                                   .A = in->gemmA, .B = in->gemmB, .C = in->got[0]};
         break;
     default: break;
     }
-    if (!sona_backend_supports(b, c->op, &a)) {
-        for (int i = 0; i < rc.nbufs; i++)
-            b->free(b->ctx, rc.bufs[i]);
+    for (int o = 0; o < 2; o++)
+        if (start[o])
+            memcpy(in->got[o], start[o], in->out_len[o] * sizeof(float));
+}
+
+sona_status op_instance_run(op_instance *in, const sona_backend *b, char *msg, size_t msg_len)
+{
+    msg[0] = '\0';
+    sona_op_args host, a;
+    sona_op_buffer bufs[SONA_OP_MAX_BUFFERS];
+    host_args(in, &host);
+    const int nb = sona_op_describe(in->c.op, &host, &a, bufs);
+    if (nb < 0 || !sona_backend_supports(b, in->c.op, &a)) {
         snprintf(msg, msg_len, "%s does not support this op or shape", b->name);
         return SONA_E_UNSUPPORTED;
     }
-    sona_status st = SONA_OK;
-    switch (c->op) {
-    case SONA_OP_LORA_APPLY: {
-        const size_t bytes = (size_t)c->n * c->hidden * F;
-        float *out = in->got[0];
-        void *dx;
-        if (c->in_place) {
-            memcpy(out, in->x, bytes);
-            dx = stage(&rc, out, bytes, 1);
-        } else {
-            dx = stage(&rc, in->x, bytes, 0);
-        }
-        a.apply.ids = stage(&rc, in->ids, c->n * sizeof(int32_t), 0);
-        a.apply.x = dx;
-        a.apply.y = c->in_place ? dx : stage(&rc, out, bytes, 1);
-        if (rc.st == SONA_OK)
-            st = b->lora_apply(b->ctx, &a.apply);
-        fetch(&rc, out, a.apply.y, bytes);
-        break;
+    /* The buffers the op writes stay the guarded host arrays on host backends. */
+    run_ctx rc = {.b = b, .st = SONA_OK, .msg = msg, .msg_len = msg_len};
+    const void *host_of[SONA_OP_MAX_BUFFERS];
+    for (int i = 0; i < nb; i++) {
+        const sona_op_buffer *buf = &bufs[i];
+        host_of[i] = *buf->slot;
+        *buf->slot = buf->first == i ? stage(&rc, host_of[i], buf->bytes, buf->dir & SONA_BUF_OUT)
+                                     : *bufs[buf->first].slot;
     }
-    case SONA_OP_LORA_GRAD: {
-        const size_t bytes = (size_t)c->n * c->hidden * F;
-        const size_t wb = in->out_len[0] * F;
-        memcpy(in->got[0], in->gA0, wb);
-        memcpy(in->got[1], in->gBt0, wb);
-        a.grad.ids = stage(&rc, in->ids, c->n * sizeof(int32_t), 0);
-        a.grad.x = stage(&rc, in->x, bytes, 0);
-        a.grad.d = stage(&rc, in->d, bytes, 0);
-        a.grad.wt = stage(&rc, in->wt, c->n * F, 0);
-        a.grad.gA = stage(&rc, in->got[0], wb, 1);
-        a.grad.gBt = stage(&rc, in->got[1], wb, 1);
-        if (rc.st == SONA_OK)
-            st = b->lora_grad(b->ctx, &a.grad);
-        fetch(&rc, in->got[0], a.grad.gA, wb);
-        fetch(&rc, in->got[1], a.grad.gBt, wb);
-        break;
-    }
-    case SONA_OP_PARAM_UPDATE: {
-        const size_t nb = (size_t)c->segments * c->len * F;
-        memcpy(in->got[0], in->theta0, nb);
-        if (in->fisher0)
-            memcpy(in->got[1], in->fisher0, nb);
-        a.upd.theta = stage(&rc, in->got[0], nb, 1);
-        a.upd.g = stage(&rc, in->g, nb, 0);
-        a.upd.fisher_sum = stage(&rc, in->fsum, nb, 0);
-        a.upd.fisher_theta = stage(&rc, in->ftheta, nb, 0);
-        a.upd.fisher = in->fisher0 ? stage(&rc, in->got[1], nb, 1) : NULL;
-        if (rc.st == SONA_OK)
-            st = b->param_update(b->ctx, &a.upd);
-        fetch(&rc, in->got[0], a.upd.theta, nb);
-        if (in->fisher0)
-            fetch(&rc, in->got[1], a.upd.fisher, nb);
-        break;
-    }
-    case SONA_OP_SQDIST_ARGMIN:
-        a.sq.X = stage(&rc, in->X, (size_t)c->n * c->d * F, 0);
-        a.sq.C = stage(&rc, in->C, (size_t)c->k * c->d * F, 0);
-        a.sq.idx = stage(&rc, in->igot, c->n * sizeof(int32_t), 1);
-        a.sq.dist = stage(&rc, in->got[0], c->n * F, 1);
-        if (rc.st == SONA_OK)
-            st = b->sqdist_argmin(b->ctx, &a.sq);
-        fetch(&rc, in->igot, a.sq.idx, c->n * sizeof(int32_t));
-        fetch(&rc, in->got[0], a.sq.dist, c->n * F);
-        break;
-    case SONA_OP_KNN_EXACT: {
-        const size_t mk = (size_t)c->m * c->k;
-        a.knn.Q = stage(&rc, in->Q, (size_t)c->m * c->d * F, 0);
-        a.knn.P = stage(&rc, in->P, (size_t)c->n * c->d * F, 0);
-        a.knn.idx = stage(&rc, in->igot, mk * sizeof(int32_t), 1);
-        a.knn.sim = stage(&rc, in->got[0], mk * F, 1);
-        if (rc.st == SONA_OK)
-            st = b->knn_exact(b->ctx, &a.knn);
-        fetch(&rc, in->igot, a.knn.idx, mk * sizeof(int32_t));
-        fetch(&rc, in->got[0], a.knn.sim, mk * F);
-        break;
-    }
-    case SONA_OP_GEMM: {
-        const size_t cb = (size_t)c->m * c->n * F;
-        memcpy(in->got[0], in->gemmC0, cb);
-        a.gemm.A = stage(&rc, in->gemmA, (size_t)c->m * c->k * F, 0);
-        a.gemm.B = stage(&rc, in->gemmB, (size_t)c->k * c->n * F, 0);
-        a.gemm.C = stage(&rc, in->got[0], cb, 1);
-        if (rc.st == SONA_OK)
-            st = b->gemm(b->ctx, &a.gemm);
-        fetch(&rc, in->got[0], a.gemm.C, cb);
-        break;
-    }
-    case SONA_OP_CLUSTER_SUMS:
-        a.cs.X = stage(&rc, in->X, (size_t)c->n * c->d * F, 0);
-        a.cs.idx = stage(&rc, in->iin, c->n * sizeof(int32_t), 0);
-        a.cs.sums = stage(&rc, in->got[0], (size_t)c->k * c->d * F, 1);
-        a.cs.counts = stage(&rc, in->igot, c->k * sizeof(uint32_t), 1);
-        if (rc.st == SONA_OK)
-            st = b->cluster_sums(b->ctx, &a.cs);
-        fetch(&rc, in->got[0], a.cs.sums, (size_t)c->k * c->d * F);
-        fetch(&rc, in->igot, a.cs.counts, c->k * sizeof(uint32_t));
-        break;
-    default:
-        st = SONA_E_INVALID;
-    }
+    sona_status st = rc.st == SONA_OK ? sona_op_call(b, in->c.op, &a) : SONA_OK;
+    for (int i = 0; i < nb; i++)
+        if (bufs[i].first == i && (bufs[i].dir & SONA_BUF_OUT))
+            fetch(&rc, (void *)host_of[i], *bufs[i].slot, bufs[i].bytes);
     if (st == SONA_OK && rc.st == SONA_OK && b->sync)
         st = b->sync(b->ctx);
     for (int i = 0; i < rc.nbufs; i++)
