@@ -4,6 +4,8 @@
  * test suite's op case generator (tests/support/op_cases.c), at benchmark sizes. */
 #include "bench.h"
 
+#include "dispatch/dispatch.h"
+#include "dispatch/op_buffers.h"
 #include "support/op_cases.h"
 
 #include <stdio.h>
@@ -24,15 +26,7 @@ typedef struct op_bench_case {
 typedef struct op_fixture {
     const sona_backend *b;
     sona_op op;
-    union {
-        sona_lora_apply_args apply;
-        sona_lora_grad_args grad;
-        sona_param_update_args upd;
-        sona_sqdist_argmin_args sq;
-        sona_knn_exact_args knn;
-        sona_gemm_args gemm;
-        sona_cluster_sums_args cs;
-    } a;
+    sona_op_args a;
     /* k-means Lloyd iteration: the assign and sums steps, then the host's centroid update */
     sona_cluster_sums_args sums;
     float *host_sums, *host_C;
@@ -164,26 +158,11 @@ static void stage_all(op_fixture *f, const op_instance *in, int lloyd)
     }
 }
 
-static sona_status run_op(op_fixture *f)
-{
-    const sona_backend *b = f->b;
-    switch (f->op) {
-    case SONA_OP_LORA_APPLY: return b->lora_apply(b->ctx, &f->a.apply);
-    case SONA_OP_LORA_GRAD: return b->lora_grad(b->ctx, &f->a.grad);
-    case SONA_OP_PARAM_UPDATE: return b->param_update(b->ctx, &f->a.upd);
-    case SONA_OP_SQDIST_ARGMIN: return b->sqdist_argmin(b->ctx, &f->a.sq);
-    case SONA_OP_KNN_EXACT: return b->knn_exact(b->ctx, &f->a.knn);
-    case SONA_OP_GEMM: return b->gemm(b->ctx, &f->a.gemm);
-    case SONA_OP_CLUSTER_SUMS: return b->cluster_sums(b->ctx, &f->a.cs);
-    default: return SONA_E_INVALID;
-    }
-}
-
 /* Issues the op only: bench_measure_on() waits for it (or times it with device timers). */
 static int call_op(void *arg)
 {
     op_fixture *f = arg;
-    return run_op(f) != SONA_OK;
+    return sona_op_call(f->b, f->op, &f->a) != SONA_OK;
 }
 
 /* One Lloyd iteration: assign, per-cluster sums on the backend, new centroids on the host
