@@ -157,183 +157,145 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
     }
 }
 
-/* Rows of one adapter handled together: block (a, p) takes the rows with id a from every
- * P-th chunk of 256 ids, G rows at a time, so each group reads A and Bt once instead of once
- * per row (the row kernel above leans on L2 for that). Rows without an adapter are copied by
- * the blocks with blockIdx.x == num_adapters. R <= 16 keeps G x R accumulators in registers. */
+/* ---- rows of one adapter in groups (the grouped kernel and the sliced pair) ---------------- */
+
 constexpr int GROUP = 4;
 constexpr int ID_CHUNK = SONA_CUDA_BLOCK;
+constexpr int WARPS = SONA_CUDA_BLOCK / 32;
 
-template <int R, bool VEC>
-__global__ void __launch_bounds__(SONA_CUDA_BLOCK)
-    lora_apply_grouped_kernel(sona_lora_weights w, uint32_t n, const int32_t *ids, const float *x,
-                              float *y)
+/* ptr[g] = base + rows_s[g0 + g] * H for the gn rows of a group; entries past gn repeat the
+ * first row and are never dereferenced. */
+template <int G, typename T>
+__device__ __forceinline__ void group_rows(T *base, size_t H, const int *rows_s, int g0, int gn,
+                                           T *(&ptr)[G])
 {
-    __shared__ int rows_s[ID_CHUNK];
-    __shared__ int count_s;
-    __shared__ float part[GROUP][R][SONA_CUDA_BLOCK / 32];
-    __shared__ float t[GROUP][R];
-    const size_t H = w.hidden;
-    const int r = (int)w.rank;
-    const uint32_t a = blockIdx.x;
-    const bool copier = a == w.num_adapters;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (size_t base = (size_t)blockIdx.y * ID_CHUNK; base < n; base += (size_t)gridDim.y * ID_CHUNK) {
-        if (threadIdx.x == 0)
-            count_s = 0;
-        __syncthreads();
-        const size_t i = base + threadIdx.x;
-        if (i < n) {
-            const int32_t id = ids[i];
-            const bool valid = id >= 0 && (uint32_t)id < w.num_adapters;
-            if (copier ? !valid : (valid && (uint32_t)id == a))
-                rows_s[atomicAdd(&count_s, 1)] = (int)i;
+#pragma unroll
+    for (int g = 0; g < G; g++)
+        ptr[g] = base + (size_t)rows_s[g0 + (g < gn ? g : 0)] * H;
+}
+
+/* acc[g][j] += <M_j, x_g> over one unit (a float4 with VEC) of hidden, for the rows g < gn of a
+ * group; M is rank-major (r rows of H). */
+template <int R, int G, bool VEC>
+__device__ __forceinline__ void group_dots_unit(const float *__restrict__ M, size_t H, size_t unit,
+                                                int r, const float *const *xg, int gn,
+                                                float (&acc)[G][R])
+{
+    if (VEC) {
+        float4 xv[G];
+#pragma unroll
+        for (int g = 0; g < G; g++)
+            xv[g] = g < gn ? reinterpret_cast<const float4 *>(xg[g])[unit]
+                           : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+        for (int j = 0; j < R; j++) {
+            if (j < r) {
+                const float4 m = __ldg(reinterpret_cast<const float4 *>(M + (size_t)j * H) + unit);
+#pragma unroll
+                for (int g = 0; g < G; g++)
+                    acc[g][j] += m.x * xv[g].x + m.y * xv[g].y + m.z * xv[g].z + m.w * xv[g].w;
+            }
         }
-        __syncthreads();
-        const int count = count_s;
-        if (copier) {
-            for (int q = 0; q < count; q++)
-                copy_row<VEC>(x + (size_t)rows_s[q] * H, y + (size_t)rows_s[q] * H, H);
-            __syncthreads();
-            continue;
+    } else {
+        float xv[G];
+#pragma unroll
+        for (int g = 0; g < G; g++)
+            xv[g] = g < gn ? xg[g][unit] : 0.0f;
+#pragma unroll
+        for (int j = 0; j < R; j++) {
+            if (j < r) {
+                const float m = __ldg(M + (size_t)j * H + unit);
+#pragma unroll
+                for (int g = 0; g < G; g++)
+                    acc[g][j] += m * xv[g];
+            }
         }
-        const size_t off = (size_t)a * w.rank * H;
-        const float *__restrict__ A = w.A + off;
-        const float *__restrict__ Bt = w.Bt + off;
-        const float s = w.scale[a];
-        for (int g0 = 0; g0 < count; g0 += GROUP) {
-            const int gn = count - g0 < GROUP ? count - g0 : GROUP;
-            const float *xg[GROUP];
-            float *yg[GROUP];
-#pragma unroll
-            for (int g = 0; g < GROUP; g++) {
-                const size_t row = (size_t)rows_s[g0 + (g < gn ? g : 0)];
-                xg[g] = x + row * H;
-                yg[g] = y + row * H;
-            }
-            /* Shrink: acc[g][j] = <A_j, x_g>. All reads of x come before the barrier below. */
-            float acc[GROUP][R];
-#pragma unroll
-            for (int g = 0; g < GROUP; g++)
-#pragma unroll
-                for (int j = 0; j < R; j++)
-                    acc[g][j] = 0.0f;
-            if (VEC) {
-                for (size_t h = threadIdx.x; h < H / 4; h += blockDim.x) {
-                    float4 xv[GROUP];
-#pragma unroll
-                    for (int g = 0; g < GROUP; g++)
-                        xv[g] = g < gn ? reinterpret_cast<const float4 *>(xg[g])[h]
-                                       : make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-                    for (int j = 0; j < R; j++) {
-                        if (j < r) {
-                            const float4 m = __ldg(reinterpret_cast<const float4 *>(A + (size_t)j * H) + h);
-#pragma unroll
-                            for (int g = 0; g < GROUP; g++)
-                                acc[g][j] += m.x * xv[g].x + m.y * xv[g].y + m.z * xv[g].z + m.w * xv[g].w;
-                        }
-                    }
-                }
-            } else {
-                for (size_t h = threadIdx.x; h < H; h += blockDim.x) {
-                    float xv[GROUP];
-#pragma unroll
-                    for (int g = 0; g < GROUP; g++)
-                        xv[g] = g < gn ? xg[g][h] : 0.0f;
-#pragma unroll
-                    for (int j = 0; j < R; j++) {
-                        if (j < r) {
-                            const float m = __ldg(A + (size_t)j * H + h);
-#pragma unroll
-                            for (int g = 0; g < GROUP; g++)
-                                acc[g][j] += m * xv[g];
-                        }
-                    }
-                }
-            }
-#pragma unroll
-            for (int g = 0; g < GROUP; g++)
-#pragma unroll
-                for (int j = 0; j < R; j++)
-                    if (j < r) {
-                        const float v = warp_sum(acc[g][j]);
-                        if (lane == 0)
-                            part[g][j][warp] = v;
-                    }
-            __syncthreads();
-            if ((int)threadIdx.x < GROUP * r) {
-                const int g = threadIdx.x / r, j = threadIdx.x % r;
-                float sum = 0.0f;
-                for (int q = 0; q < (int)(blockDim.x >> 5); q++)
-                    sum += part[g][j][q];
-                t[g][j] = s * sum;
-            }
-            __syncthreads();
-            /* Expand: y_g = x_g + Bt^T t_g, Bt read once per group. */
-            if (VEC) {
-                for (size_t h = threadIdx.x; h < H / 4; h += blockDim.x) {
-                    float4 o[GROUP];
-#pragma unroll
-                    for (int g = 0; g < GROUP; g++)
-                        o[g] = g < gn ? reinterpret_cast<const float4 *>(xg[g])[h]
-                                      : make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-                    for (int j = 0; j < R; j++) {
-                        if (j < r) {
-                            const float4 b = __ldg(reinterpret_cast<const float4 *>(Bt + (size_t)j * H) + h);
-#pragma unroll
-                            for (int g = 0; g < GROUP; g++) {
-                                const float tg = t[g][j];
-                                o[g].x += b.x * tg;
-                                o[g].y += b.y * tg;
-                                o[g].z += b.z * tg;
-                                o[g].w += b.w * tg;
-                            }
-                        }
-                    }
-#pragma unroll
-                    for (int g = 0; g < GROUP; g++)
-                        if (g < gn)
-                            reinterpret_cast<float4 *>(yg[g])[h] = o[g];
-                }
-            } else {
-                for (size_t h = threadIdx.x; h < H; h += blockDim.x) {
-                    float o[GROUP];
-#pragma unroll
-                    for (int g = 0; g < GROUP; g++)
-                        o[g] = g < gn ? xg[g][h] : 0.0f;
-#pragma unroll
-                    for (int j = 0; j < R; j++) {
-                        if (j < r) {
-                            const float b = __ldg(Bt + (size_t)j * H + h);
-#pragma unroll
-                            for (int g = 0; g < GROUP; g++)
-                                o[g] += b * t[g][j];
-                        }
-                    }
-#pragma unroll
-                    for (int g = 0; g < GROUP; g++)
-                        if (g < gn)
-                            yg[g][h] = o[g];
-                }
-            }
-            __syncthreads(); /* t and part are reused by the next group */
-        }
-        __syncthreads(); /* rows_s and count_s are reused by the next chunk */
     }
 }
 
-/* The sliced pair: the grouped scheme split along hidden so that every SM has blocks even when
- * there are few adapters or rows. Block (a, slice, chunk) takes the rows with id a among the
- * chunk-th ID_CHUNK ids and one slice of SONA_CUDA_BLOCK units (float4 with VEC) of hidden, one
- * unit per thread. The shrink kernel writes each row's partial dots per slice to tp (n x slices
- * x rank, unscaled); the expand kernel sums them and writes its slice of y, reading its Bt slice
- * once per group of rows. The kernel boundary orders every read of x before any write of y, so
- * in place is safe. Rows without an adapter are copied by the blocks with a == num_adapters. */
+/* y_g = x_g + Bt^T t_g over one unit of hidden, for the rows g < gn of a group (t in shared
+ * memory, already scaled). A row's x unit is read before its y unit is written, by the same
+ * thread, so y may be x. */
+template <int R, int G, bool VEC>
+__device__ __forceinline__ void group_expand_unit(const float *__restrict__ Bt, size_t H,
+                                                  size_t unit, int r, const float (*t)[R],
+                                                  const float *const *xg, float *const *yg,
+                                                  int gn)
+{
+    if (VEC) {
+        float4 o[G];
+#pragma unroll
+        for (int g = 0; g < G; g++)
+            o[g] = g < gn ? reinterpret_cast<const float4 *>(xg[g])[unit]
+                          : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+        for (int j = 0; j < R; j++) {
+            if (j < r) {
+                const float4 b = __ldg(reinterpret_cast<const float4 *>(Bt + (size_t)j * H) + unit);
+#pragma unroll
+                for (int g = 0; g < G; g++) {
+                    const float tg = t[g][j];
+                    o[g].x += b.x * tg;
+                    o[g].y += b.y * tg;
+                    o[g].z += b.z * tg;
+                    o[g].w += b.w * tg;
+                }
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < G; g++)
+            if (g < gn)
+                reinterpret_cast<float4 *>(yg[g])[unit] = o[g];
+    } else {
+        float o[G];
+#pragma unroll
+        for (int g = 0; g < G; g++)
+            o[g] = g < gn ? xg[g][unit] : 0.0f;
+#pragma unroll
+        for (int j = 0; j < R; j++) {
+            if (j < r) {
+                const float b = __ldg(Bt + (size_t)j * H + unit);
+#pragma unroll
+                for (int g = 0; g < G; g++)
+                    o[g] += b * t[g][j];
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < G; g++)
+            if (g < gn)
+                yg[g][unit] = o[g];
+    }
+}
 
-/* The rows of chunk `base` that block a takes, in rows_s; returns how many (same for every
- * thread). */
+/* part[g][j][warp] = this warp's sum of acc[g][j] (j < r); the caller syncs the block before
+ * reading part. */
+template <int R, int G>
+__device__ __forceinline__ void group_warp_partials(float (&acc)[G][R], int r,
+                                                    float (&part)[G][R][WARPS])
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int g = 0; g < G; g++)
+#pragma unroll
+        for (int j = 0; j < R; j++)
+            if (j < r) {
+                const float v = warp_sum(acc[g][j]);
+                if (lane == 0)
+                    part[g][j][warp] = v;
+            }
+}
+
+/* The block's total of one (row, rank) entry of part. */
+__device__ __forceinline__ float warps_total(const float (&p)[WARPS])
+{
+    float sum = 0.0f;
+    for (int q = 0; q < WARPS; q++)
+        sum += p[q];
+    return sum;
+}
+
+/* The rows of chunk `base` that block a takes (rows with id a; for a == num_adapters, rows
+ * without an adapter), in rows_s; returns how many (same for every thread). */
 __device__ int collect_rows(const int32_t *ids, uint32_t n, size_t base, uint32_t a,
                             uint32_t num_adapters, int *rows_s, int *count_s)
 {
@@ -351,6 +313,73 @@ __device__ int collect_rows(const int32_t *ids, uint32_t n, size_t base, uint32_
     return *count_s;
 }
 
+/* Rows of one adapter handled together: block (a, p) takes the rows with id a from every
+ * P-th chunk of 256 ids, G rows at a time, so each group reads A and Bt once instead of once
+ * per row (the row kernel above leans on L2 for that). Rows without an adapter are copied by
+ * the blocks with blockIdx.x == num_adapters. R <= 16 keeps G x R accumulators in registers. */
+template <int R, bool VEC>
+__global__ void __launch_bounds__(SONA_CUDA_BLOCK)
+    lora_apply_grouped_kernel(sona_lora_weights w, uint32_t n, const int32_t *ids, const float *x,
+                              float *y)
+{
+    __shared__ int rows_s[ID_CHUNK];
+    __shared__ int count_s;
+    __shared__ float part[GROUP][R][WARPS];
+    __shared__ float t[GROUP][R];
+    const size_t H = w.hidden;
+    const int r = (int)w.rank;
+    const uint32_t a = blockIdx.x;
+    const bool copier = a == w.num_adapters;
+    for (size_t base = (size_t)blockIdx.y * ID_CHUNK; base < n; base += (size_t)gridDim.y * ID_CHUNK) {
+        const int count = collect_rows(ids, n, base, a, w.num_adapters, rows_s, &count_s);
+        if (copier) {
+            for (int q = 0; q < count; q++)
+                copy_row<VEC>(x + (size_t)rows_s[q] * H, y + (size_t)rows_s[q] * H, H);
+            __syncthreads();
+            continue;
+        }
+        const size_t off = (size_t)a * w.rank * H;
+        const float *__restrict__ A = w.A + off;
+        const float *__restrict__ Bt = w.Bt + off;
+        const float s = w.scale[a];
+        for (int g0 = 0; g0 < count; g0 += GROUP) {
+            const int gn = count - g0 < GROUP ? count - g0 : GROUP;
+            const float *xg[GROUP];
+            float *yg[GROUP];
+            group_rows<GROUP>(x, H, rows_s, g0, gn, xg);
+            group_rows<GROUP>(y, H, rows_s, g0, gn, yg);
+            /* Shrink: acc[g][j] = <A_j, x_g>. All reads of x come before the barrier below. */
+            float acc[GROUP][R];
+#pragma unroll
+            for (int g = 0; g < GROUP; g++)
+#pragma unroll
+                for (int j = 0; j < R; j++)
+                    acc[g][j] = 0.0f;
+            for (size_t h = threadIdx.x; h < (VEC ? H / 4 : H); h += blockDim.x)
+                group_dots_unit<R, GROUP, VEC>(A, H, h, r, xg, gn, acc);
+            group_warp_partials<R, GROUP>(acc, r, part);
+            __syncthreads();
+            if ((int)threadIdx.x < GROUP * r) {
+                const int g = threadIdx.x / r, j = threadIdx.x % r;
+                t[g][j] = s * warps_total(part[g][j]);
+            }
+            __syncthreads();
+            /* Expand: y_g = x_g + Bt^T t_g, Bt read once per group. */
+            for (size_t h = threadIdx.x; h < (VEC ? H / 4 : H); h += blockDim.x)
+                group_expand_unit<R, GROUP, VEC>(Bt, H, h, r, t, xg, yg, gn);
+            __syncthreads(); /* t and part are reused by the next group */
+        }
+        __syncthreads(); /* rows_s and count_s are reused by the next chunk */
+    }
+}
+
+/* The sliced pair: the grouped scheme split along hidden so that every SM has blocks even when
+ * there are few adapters or rows. Block (a, slice, chunk) takes the rows with id a among the
+ * chunk-th ID_CHUNK ids and one slice of SONA_CUDA_BLOCK units (float4 with VEC) of hidden, one
+ * unit per thread. The shrink kernel writes each row's partial dots per slice to tp (n x slices
+ * x rank, unscaled); the expand kernel sums them and writes its slice of y, reading its Bt slice
+ * once per group of rows. The kernel boundary orders every read of x before any write of y, so
+ * in place is safe. Rows without an adapter are copied by the blocks with a == num_adapters. */
 template <int R, bool VEC>
 __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
     lora_shrink_sliced_kernel(sona_lora_weights w, uint32_t n, const int32_t *ids, const float *x,
@@ -358,7 +387,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
 {
     __shared__ int rows_s[ID_CHUNK];
     __shared__ int count_s;
-    __shared__ float part[GROUP][R][SONA_CUDA_BLOCK / 32];
+    __shared__ float part[GROUP][R][WARPS];
     const uint32_t a = blockIdx.x, slice = blockIdx.y, slices = gridDim.y;
     pdl_release_dependents();
     if (a >= w.num_adapters) /* the copier has nothing to shrink (uniform per block) */
@@ -372,7 +401,6 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
     const bool active = unit < units;
     const int r = (int)w.rank;
     const float *__restrict__ A = w.A + (size_t)a * w.rank * H;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (int g0 = 0; g0 < count; g0 += GROUP) {
         const int gn = count - g0 < GROUP ? count - g0 : GROUP;
         float acc[GROUP][R];
@@ -382,53 +410,15 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
             for (int j = 0; j < R; j++)
                 acc[g][j] = 0.0f;
         if (active) {
-            if (VEC) {
-                float4 xv[GROUP];
-#pragma unroll
-                for (int g = 0; g < GROUP; g++)
-                    xv[g] = g < gn ? reinterpret_cast<const float4 *>(x + (size_t)rows_s[g0 + g] * H)[unit]
-                                   : make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-                for (int j = 0; j < R; j++) {
-                    if (j < r) {
-                        const float4 m = __ldg(reinterpret_cast<const float4 *>(A + (size_t)j * H) + unit);
-#pragma unroll
-                        for (int g = 0; g < GROUP; g++)
-                            acc[g][j] += m.x * xv[g].x + m.y * xv[g].y + m.z * xv[g].z + m.w * xv[g].w;
-                    }
-                }
-            } else {
-                float xv[GROUP];
-#pragma unroll
-                for (int g = 0; g < GROUP; g++)
-                    xv[g] = g < gn ? x[(size_t)rows_s[g0 + g] * H + unit] : 0.0f;
-#pragma unroll
-                for (int j = 0; j < R; j++) {
-                    if (j < r) {
-                        const float m = __ldg(A + (size_t)j * H + unit);
-#pragma unroll
-                        for (int g = 0; g < GROUP; g++)
-                            acc[g][j] += m * xv[g];
-                    }
-                }
-            }
+            const float *xg[GROUP];
+            group_rows<GROUP>(x, H, rows_s, g0, gn, xg);
+            group_dots_unit<R, GROUP, VEC>(A, H, unit, r, xg, gn, acc);
         }
-#pragma unroll
-        for (int g = 0; g < GROUP; g++)
-#pragma unroll
-            for (int j = 0; j < R; j++)
-                if (j < r) {
-                    const float v = warp_sum(acc[g][j]);
-                    if (lane == 0)
-                        part[g][j][warp] = v;
-                }
+        group_warp_partials<R, GROUP>(acc, r, part);
         __syncthreads();
         if ((int)threadIdx.x < gn * r) {
             const int g = threadIdx.x / r, j = threadIdx.x % r;
-            float sum = 0.0f;
-            for (int q = 0; q < (int)(blockDim.x >> 5); q++)
-                sum += part[g][j][q];
-            tp[((size_t)rows_s[g0 + g] * slices + slice) * r + j] = sum;
+            tp[((size_t)rows_s[g0 + g] * slices + slice) * r + j] = warps_total(part[g][j]);
         }
         __syncthreads(); /* part is reused by the next group */
     }
@@ -478,49 +468,11 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
         }
         __syncthreads();
         if (active) {
-            if (VEC) {
-                float4 o[GROUP];
-#pragma unroll
-                for (int g = 0; g < GROUP; g++)
-                    o[g] = g < gn ? reinterpret_cast<const float4 *>(x + (size_t)rows_s[g0 + g] * H)[unit]
-                                  : make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-                for (int j = 0; j < R; j++) {
-                    if (j < r) {
-                        const float4 b = __ldg(reinterpret_cast<const float4 *>(Bt + (size_t)j * H) + unit);
-#pragma unroll
-                        for (int g = 0; g < GROUP; g++) {
-                            const float tg = t[g][j];
-                            o[g].x += b.x * tg;
-                            o[g].y += b.y * tg;
-                            o[g].z += b.z * tg;
-                            o[g].w += b.w * tg;
-                        }
-                    }
-                }
-#pragma unroll
-                for (int g = 0; g < GROUP; g++)
-                    if (g < gn)
-                        reinterpret_cast<float4 *>(y + (size_t)rows_s[g0 + g] * H)[unit] = o[g];
-            } else {
-                float o[GROUP];
-#pragma unroll
-                for (int g = 0; g < GROUP; g++)
-                    o[g] = g < gn ? x[(size_t)rows_s[g0 + g] * H + unit] : 0.0f;
-#pragma unroll
-                for (int j = 0; j < R; j++) {
-                    if (j < r) {
-                        const float b = __ldg(Bt + (size_t)j * H + unit);
-#pragma unroll
-                        for (int g = 0; g < GROUP; g++)
-                            o[g] += b * t[g][j];
-                    }
-                }
-#pragma unroll
-                for (int g = 0; g < GROUP; g++)
-                    if (g < gn)
-                        y[(size_t)rows_s[g0 + g] * H + unit] = o[g];
-            }
+            const float *xg[GROUP];
+            float *yg[GROUP];
+            group_rows<GROUP>(x, H, rows_s, g0, gn, xg);
+            group_rows<GROUP>(y, H, rows_s, g0, gn, yg);
+            group_expand_unit<R, GROUP, VEC>(Bt, H, unit, r, t, xg, yg, gn);
         }
         __syncthreads(); /* t is reused by the next group */
     }
