@@ -252,18 +252,17 @@ sona_status cu_lora_apply(void *ctx, const sona_lora_apply_args *a)
     cuda_ctx *c = ctx_of(ctx);
     if (!a->n)
         return SONA_OK;
-    /* SONA_CUDA_LORA=rows|grouped|sliced forces a kernel (for benchmarks); the default chooses. */
+    /* SONA_CUDA_LORA=rows|grouped|sliced|fused forces a kernel (for benchmarks and checks; fused
+     * is not the default until measured); the default chooses. */
+    static const char *const kernels[] = {"rows", "grouped", "sliced", "fused"};
     const char *mode = getenv("SONA_CUDA_LORA");
     int kernel = -1;
-    if (mode && !strcmp(mode, "rows"))
-        kernel = 0;
-    else if (mode && !strcmp(mode, "grouped"))
-        kernel = 1;
-    else if (mode && !strcmp(mode, "sliced"))
-        kernel = 2;
+    for (int k = 0; mode && k < (int)(sizeof kernels / sizeof kernels[0]); k++)
+        if (!strcmp(mode, kernels[k]))
+            kernel = k;
     return locked(c, [&]() -> sona_status {
         float *scratch = NULL;
-        const size_t floats = kernel == 0 || kernel == 1 ? 0 : sona_cuda_lora_sliced_scratch(a);
+        const size_t floats = sona_cuda_lora_apply_scratch(a, kernel);
         if (floats) {
             void *s;
             const sona_status st = scratch_get(c, floats * sizeof(float), &s);

@@ -21,11 +21,12 @@
 
 /* The batch: shrink (A x), then expand (x + s Bt^T t). mode: 0 one block per row, 1 rows of one
  * adapter together (ranks <= 16, else per row), 2 the sliced pair (rows of one adapter together,
- * hidden split over blocks; needs scratch, else per row), -1 choose. */
+ * hidden split over blocks; needs scratch, else per row), 3 fused (one kernel, hidden split over
+ * a thread-block cluster; sm_90 and later, else as -1), -1 choose. */
 cudaError_t sona_cuda_launch_lora_apply(const sona_lora_apply_args *a, int mode, float *scratch,
                                         cudaStream_t s);
-/* Floats of scratch the sliced pair needs for a; 0 when it does not take the shape. */
-size_t sona_cuda_lora_sliced_scratch(const sona_lora_apply_args *a);
+/* Floats of scratch that mode needs for a (0: none). */
+size_t sona_cuda_lora_apply_scratch(const sona_lora_apply_args *a, int mode);
 
 /* u[i][j] = wt[i] s (A x_i)_j and v[i][j] = wt[i] s (Bt d_i)_j for rows with an adapter, zero
  * for the others; u and v are n x rank scratch arrays. */
