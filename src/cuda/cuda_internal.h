@@ -17,6 +17,16 @@
 /* Block size of every kernel that is not tied to a data shape. */
 #define SONA_CUDA_BLOCK 256
 
+/* Sum of v over the 32 lanes of a full warp, in every lane (float or double). */
+template <typename T>
+__device__ __forceinline__ T sona_cuda_warp_sum(T v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 /* ---- lora (kernels_lora.cu) ------------------------------------------------------------ */
 
 /* The batch: shrink (A x), then expand (x + s Bt^T t). mode: 0 one block per row, 1 rows of one

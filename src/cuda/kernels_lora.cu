@@ -11,14 +11,6 @@
 
 namespace {
 
-__device__ __forceinline__ float warp_sum(float v)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 /* Programmatic dependent launch (sm_90 and later): the shrink kernel lets the expand kernel
  * start early (launch, id scan) and the expand kernel waits for the shrink's results before
  * touching anything the shrink writes or reads. Both are no-ops on older devices and when the
@@ -74,7 +66,7 @@ __device__ void block_row_dots(const float *__restrict__ M, const float *v, size
 #pragma unroll
     for (int j = 0; j < R; j++) {
         if (j < r) {
-            const float s = warp_sum(acc[j]);
+            const float s = sona_cuda_warp_sum(acc[j]);
             if (lane == 0)
                 part[j][warp] = s;
         }
@@ -89,20 +81,18 @@ __device__ void block_row_dots(const float *__restrict__ M, const float *v, size
     __syncthreads();
 }
 
-/* y = x for one row (x and y may be the same row). */
+/* y = x over the units [u0, u1) of one row (a unit is a float4 with VEC), each thread taking
+ * every blockDim.x-th from u0 + threadIdx.x; x == y: nothing to do. */
 template <bool VEC>
-__device__ void copy_row(const float *x, float *y, size_t H)
+__device__ void copy_units(const float *x, float *y, size_t u0, size_t u1)
 {
     if (x == y)
         return;
-    if (VEC) {
-        const float4 *x4 = reinterpret_cast<const float4 *>(x);
-        float4 *y4 = reinterpret_cast<float4 *>(y);
-        for (size_t h = threadIdx.x; h < H / 4; h += blockDim.x)
-            y4[h] = x4[h];
-    } else {
-        for (size_t h = threadIdx.x; h < H; h += blockDim.x)
-            y[h] = x[h];
+    for (size_t u = u0 + threadIdx.x; u < u1; u += blockDim.x) {
+        if (VEC)
+            reinterpret_cast<float4 *>(y)[u] = reinterpret_cast<const float4 *>(x)[u];
+        else
+            y[u] = x[u];
     }
 }
 
@@ -117,7 +107,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
     float *yr = y + (size_t)blockIdx.x * H;
     const int32_t id = ids ? ids[blockIdx.x] : 0;
     if (id < 0 || (uint32_t)id >= w.num_adapters) {
-        copy_row<VEC>(xr, yr, H);
+        copy_units<VEC>(xr, yr, 0, VEC ? H / 4 : H);
         return;
     }
     const size_t off = (size_t)id * w.rank * H;
@@ -175,96 +165,106 @@ __device__ __forceinline__ void group_rows(T *base, size_t H, const int *rows_s,
         ptr[g] = base + (size_t)rows_s[g0 + (g < gn ? g : 0)] * H;
 }
 
-/* acc[g][j] += <M_j, x_g> over one unit (a float4 with VEC) of hidden, for the rows g < gn of a
- * group; M is rank-major (r rows of H). */
+/* acc[g][j] = this thread's part of <M_j, x_g> for the rows g < gn of a group: the units of
+ * [u0, u1) it takes, as in copy_units. M is rank-major (r rows of H). */
 template <int R, int G, bool VEC>
-__device__ __forceinline__ void group_dots_unit(const float *__restrict__ M, size_t H, size_t unit,
-                                                int r, const float *const *xg, int gn,
-                                                float (&acc)[G][R])
+__device__ __forceinline__ void group_dots(const float *__restrict__ M, size_t H, size_t u0,
+                                           size_t u1, int r, const float *const *xg, int gn,
+                                           float (&acc)[G][R])
 {
-    if (VEC) {
-        float4 xv[G];
 #pragma unroll
-        for (int g = 0; g < G; g++)
-            xv[g] = g < gn ? reinterpret_cast<const float4 *>(xg[g])[unit]
-                           : make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int g = 0; g < G; g++)
 #pragma unroll
-        for (int j = 0; j < R; j++) {
-            if (j < r) {
-                const float4 m = __ldg(reinterpret_cast<const float4 *>(M + (size_t)j * H) + unit);
+        for (int j = 0; j < R; j++)
+            acc[g][j] = 0.0f;
+    for (size_t unit = u0 + threadIdx.x; unit < u1; unit += blockDim.x) {
+        if (VEC) {
+            float4 xv[G];
 #pragma unroll
-                for (int g = 0; g < G; g++)
-                    acc[g][j] += m.x * xv[g].x + m.y * xv[g].y + m.z * xv[g].z + m.w * xv[g].w;
+            for (int g = 0; g < G; g++)
+                xv[g] = g < gn ? reinterpret_cast<const float4 *>(xg[g])[unit]
+                               : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+            for (int j = 0; j < R; j++) {
+                if (j < r) {
+                    const float4 m =
+                        __ldg(reinterpret_cast<const float4 *>(M + (size_t)j * H) + unit);
+#pragma unroll
+                    for (int g = 0; g < G; g++)
+                        acc[g][j] += m.x * xv[g].x + m.y * xv[g].y + m.z * xv[g].z + m.w * xv[g].w;
+                }
             }
-        }
-    } else {
-        float xv[G];
+        } else {
+            float xv[G];
 #pragma unroll
-        for (int g = 0; g < G; g++)
-            xv[g] = g < gn ? xg[g][unit] : 0.0f;
+            for (int g = 0; g < G; g++)
+                xv[g] = g < gn ? xg[g][unit] : 0.0f;
 #pragma unroll
-        for (int j = 0; j < R; j++) {
-            if (j < r) {
-                const float m = __ldg(M + (size_t)j * H + unit);
+            for (int j = 0; j < R; j++) {
+                if (j < r) {
+                    const float m = __ldg(M + (size_t)j * H + unit);
 #pragma unroll
-                for (int g = 0; g < G; g++)
-                    acc[g][j] += m * xv[g];
+                    for (int g = 0; g < G; g++)
+                        acc[g][j] += m * xv[g];
+                }
             }
         }
     }
 }
 
-/* y_g = x_g + Bt^T t_g over one unit of hidden, for the rows g < gn of a group (t in shared
- * memory, already scaled). A row's x unit is read before its y unit is written, by the same
- * thread, so y may be x. */
+/* y_g = x_g + Bt^T t_g for the rows g < gn of a group (t in shared memory, already scaled),
+ * over the units of [u0, u1) this thread takes. A row's x unit is read before its y unit is
+ * written, by the same thread, so y may be x. */
 template <int R, int G, bool VEC>
-__device__ __forceinline__ void group_expand_unit(const float *__restrict__ Bt, size_t H,
-                                                  size_t unit, int r, const float (*t)[R],
-                                                  const float *const *xg, float *const *yg,
-                                                  int gn)
+__device__ __forceinline__ void group_expand(const float *__restrict__ Bt, size_t H, size_t u0,
+                                             size_t u1, int r, const float (*t)[R],
+                                             const float *const *xg, float *const *yg, int gn)
 {
-    if (VEC) {
-        float4 o[G];
+    for (size_t unit = u0 + threadIdx.x; unit < u1; unit += blockDim.x) {
+        if (VEC) {
+            float4 o[G];
 #pragma unroll
-        for (int g = 0; g < G; g++)
-            o[g] = g < gn ? reinterpret_cast<const float4 *>(xg[g])[unit]
-                          : make_float4(0.f, 0.f, 0.f, 0.f);
+            for (int g = 0; g < G; g++)
+                o[g] = g < gn ? reinterpret_cast<const float4 *>(xg[g])[unit]
+                              : make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-        for (int j = 0; j < R; j++) {
-            if (j < r) {
-                const float4 b = __ldg(reinterpret_cast<const float4 *>(Bt + (size_t)j * H) + unit);
+            for (int j = 0; j < R; j++) {
+                if (j < r) {
+                    const float4 b =
+                        __ldg(reinterpret_cast<const float4 *>(Bt + (size_t)j * H) + unit);
 #pragma unroll
-                for (int g = 0; g < G; g++) {
-                    const float tg = t[g][j];
-                    o[g].x += b.x * tg;
-                    o[g].y += b.y * tg;
-                    o[g].z += b.z * tg;
-                    o[g].w += b.w * tg;
+                    for (int g = 0; g < G; g++) {
+                        const float tg = t[g][j];
+                        o[g].x += b.x * tg;
+                        o[g].y += b.y * tg;
+                        o[g].z += b.z * tg;
+                        o[g].w += b.w * tg;
+                    }
                 }
             }
-        }
 #pragma unroll
-        for (int g = 0; g < G; g++)
-            if (g < gn)
-                reinterpret_cast<float4 *>(yg[g])[unit] = o[g];
-    } else {
-        float o[G];
+            for (int g = 0; g < G; g++)
+                if (g < gn)
+                    reinterpret_cast<float4 *>(yg[g])[unit] = o[g];
+        } else {
+            float o[G];
 #pragma unroll
-        for (int g = 0; g < G; g++)
-            o[g] = g < gn ? xg[g][unit] : 0.0f;
+            for (int g = 0; g < G; g++)
+                o[g] = g < gn ? xg[g][unit] : 0.0f;
 #pragma unroll
-        for (int j = 0; j < R; j++) {
-            if (j < r) {
-                const float b = __ldg(Bt + (size_t)j * H + unit);
+            for (int j = 0; j < R; j++) {
+                if (j < r) {
+                    const float b = __ldg(Bt + (size_t)j * H + unit);
 #pragma unroll
-                for (int g = 0; g < G; g++)
-                    o[g] += b * t[g][j];
+                    for (int g = 0; g < G; g++)
+                        o[g] += b * t[g][j];
+                }
             }
-        }
 #pragma unroll
-        for (int g = 0; g < G; g++)
-            if (g < gn)
-                yg[g][unit] = o[g];
+            for (int g = 0; g < G; g++)
+                if (g < gn)
+                    yg[g][unit] = o[g];
+        }
     }
 }
 
@@ -280,7 +280,7 @@ __device__ __forceinline__ void group_warp_partials(float (&acc)[G][R], int r,
 #pragma unroll
         for (int j = 0; j < R; j++)
             if (j < r) {
-                const float v = warp_sum(acc[g][j]);
+                const float v = sona_cuda_warp_sum(acc[g][j]);
                 if (lane == 0)
                     part[g][j][warp] = v;
             }
@@ -327,7 +327,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
     __shared__ int count_s;
     __shared__ float part[GROUP][R][WARPS];
     __shared__ float t[GROUP][R];
-    const size_t H = w.hidden;
+    const size_t H = w.hidden, units = VEC ? H / 4 : H;
     const int r = (int)w.rank;
     const uint32_t a = blockIdx.x;
     const bool copier = a == w.num_adapters;
@@ -335,7 +335,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
         const int count = collect_rows(ids, n, base, a, w.num_adapters, rows_s, &count_s);
         if (copier) {
             for (int q = 0; q < count; q++)
-                copy_row<VEC>(x + (size_t)rows_s[q] * H, y + (size_t)rows_s[q] * H, H);
+                copy_units<VEC>(x + (size_t)rows_s[q] * H, y + (size_t)rows_s[q] * H, 0, units);
             __syncthreads();
             continue;
         }
@@ -351,13 +351,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
             group_rows<GROUP>(y, H, rows_s, g0, gn, yg);
             /* Shrink: acc[g][j] = <A_j, x_g>. All reads of x come before the barrier below. */
             float acc[GROUP][R];
-#pragma unroll
-            for (int g = 0; g < GROUP; g++)
-#pragma unroll
-                for (int j = 0; j < R; j++)
-                    acc[g][j] = 0.0f;
-            for (size_t h = threadIdx.x; h < (VEC ? H / 4 : H); h += blockDim.x)
-                group_dots_unit<R, GROUP, VEC>(A, H, h, r, xg, gn, acc);
+            group_dots<R, GROUP, VEC>(A, H, 0, units, r, xg, gn, acc);
             group_warp_partials<R, GROUP>(acc, r, part);
             __syncthreads();
             if ((int)threadIdx.x < GROUP * r) {
@@ -366,8 +360,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
             }
             __syncthreads();
             /* Expand: y_g = x_g + Bt^T t_g, Bt read once per group. */
-            for (size_t h = threadIdx.x; h < (VEC ? H / 4 : H); h += blockDim.x)
-                group_expand_unit<R, GROUP, VEC>(Bt, H, h, r, t, xg, yg, gn);
+            group_expand<R, GROUP, VEC>(Bt, H, 0, units, r, t, xg, yg, gn);
             __syncthreads(); /* t and part are reused by the next group */
         }
         __syncthreads(); /* rows_s and count_s are reused by the next chunk */
@@ -398,23 +391,16 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
     if (!count)
         return;
     const size_t H = w.hidden, units = VEC ? H / 4 : H;
-    const size_t unit = (size_t)slice * blockDim.x + threadIdx.x;
-    const bool active = unit < units;
+    const size_t u0 = (size_t)slice * blockDim.x; /* the slice: one unit per thread */
+    const size_t u1 = u0 + blockDim.x < units ? u0 + blockDim.x : units;
     const int r = (int)w.rank;
     const float *__restrict__ A = w.A + (size_t)a * w.rank * H;
     for (int g0 = 0; g0 < count; g0 += GROUP) {
         const int gn = count - g0 < GROUP ? count - g0 : GROUP;
+        const float *xg[GROUP];
+        group_rows<GROUP>(x, H, rows_s, g0, gn, xg);
         float acc[GROUP][R];
-#pragma unroll
-        for (int g = 0; g < GROUP; g++)
-#pragma unroll
-            for (int j = 0; j < R; j++)
-                acc[g][j] = 0.0f;
-        if (active) {
-            const float *xg[GROUP];
-            group_rows<GROUP>(x, H, rows_s, g0, gn, xg);
-            group_dots_unit<R, GROUP, VEC>(A, H, unit, r, xg, gn, acc);
-        }
+        group_dots<R, GROUP, VEC>(A, H, u0, u1, r, xg, gn, acc);
         group_warp_partials<R, GROUP>(acc, r, part);
         __syncthreads();
         if ((int)threadIdx.x < gn * r) {
@@ -440,18 +426,11 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
         return;
     pdl_wait_for_primary(); /* tp complete, every read of x by the shrink done */
     const size_t H = w.hidden, units = VEC ? H / 4 : H;
-    const size_t unit = (size_t)slice * blockDim.x + threadIdx.x;
-    const bool active = unit < units;
+    const size_t u0 = (size_t)slice * blockDim.x; /* the slice: one unit per thread */
+    const size_t u1 = u0 + blockDim.x < units ? u0 + blockDim.x : units;
     if (a == w.num_adapters) { /* the copier: rows without an adapter */
-        if (active && x != y)
-            for (int q = 0; q < count; q++) {
-                const size_t row = (size_t)rows_s[q];
-                if (VEC)
-                    reinterpret_cast<float4 *>(y + row * H)[unit] =
-                        reinterpret_cast<const float4 *>(x + row * H)[unit];
-                else
-                    y[row * H + unit] = x[row * H + unit];
-            }
+        for (int q = 0; q < count; q++)
+            copy_units<VEC>(x + (size_t)rows_s[q] * H, y + (size_t)rows_s[q] * H, u0, u1);
         return;
     }
     const int r = (int)w.rank;
@@ -468,13 +447,11 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
             t[g][j] = s * sum;
         }
         __syncthreads();
-        if (active) {
-            const float *xg[GROUP];
-            float *yg[GROUP];
-            group_rows<GROUP>(x, H, rows_s, g0, gn, xg);
-            group_rows<GROUP>(y, H, rows_s, g0, gn, yg);
-            group_expand_unit<R, GROUP, VEC>(Bt, H, unit, r, t, xg, yg, gn);
-        }
+        const float *xg[GROUP];
+        float *yg[GROUP];
+        group_rows<GROUP>(x, H, rows_s, g0, gn, xg);
+        group_rows<GROUP>(y, H, rows_s, g0, gn, yg);
+        group_expand<R, GROUP, VEC>(Bt, H, u0, u1, r, t, xg, yg, gn);
         __syncthreads(); /* t is reused by the next group */
     }
 }
@@ -575,20 +552,6 @@ __device__ __forceinline__ void prefetch_l2(const void *p)
 }
 #endif
 
-/* y = x over units [u0, u1) of one row (x == y: nothing to do). */
-template <bool VEC>
-__device__ void copy_units(const float *x, float *y, size_t u0, size_t u1)
-{
-    if (x == y)
-        return;
-    for (size_t u = u0 + threadIdx.x; u < u1; u += blockDim.x) {
-        if (VEC)
-            reinterpret_cast<float4 *>(y)[u] = reinterpret_cast<const float4 *>(x)[u];
-        else
-            y[u] = x[u];
-    }
-}
-
 /* Grid (CS, slots, chunks) in clusters of (CS, 1, 1). by_row: slot = a row of the chunk; else
  * slot = an adapter, or num_adapters + k for the k-th copier. */
 template <int R, bool VEC>
@@ -653,13 +616,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK, R > 32 ? 1 : 2) /* rank 64: r
         group_rows<G>(x, H, rows_s, g0, gn, xg);
         group_rows<G>(y, H, rows_s, g0, gn, yg);
         float acc[G][R];
-#pragma unroll
-        for (int g = 0; g < G; g++)
-#pragma unroll
-            for (int j = 0; j < R; j++)
-                acc[g][j] = 0.0f;
-        for (size_t u = u0 + threadIdx.x; u < u1; u += blockDim.x)
-            group_dots_unit<R, G, VEC>(A, H, u, r, xg, gn, acc);
+        group_dots<R, G, VEC>(A, H, u0, u1, r, xg, gn, acc);
         group_warp_partials<R, G>(acc, r, part);
         __syncthreads();
         if ((int)threadIdx.x < gn * r) {
@@ -678,8 +635,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK, R > 32 ? 1 : 2) /* rank 64: r
             t[g][j] = s * sum;
         }
         __syncthreads();
-        for (size_t u = u0 + threadIdx.x; u < u1; u += blockDim.x)
-            group_expand_unit<R, G, VEC>(Bt, H, u, r, t, xg, yg, gn);
+        group_expand<R, G, VEC>(Bt, H, u0, u1, r, t, xg, yg, gn);
     }
     cluster.sync(); /* tpart stays alive until every block of the cluster has read it */
 #else /* launched on sm_90 and later only */
