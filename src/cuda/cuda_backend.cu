@@ -39,7 +39,8 @@ struct cuda_ctx {
     unsigned char *pinned[2]; /* NULL when pinned memory was refused: plain copies then */
     cudaEvent_t pinned_done[2];
     cudaEvent_t timer[2]; /* device timing for benchmarks: start, stop */
-    char device_desc[200];
+    sona_cuda_locality near; /* host CPUs near the device */
+    char device_desc[320];
 };
 
 cuda_ctx g_ctx;
@@ -635,6 +636,14 @@ int cu_supports(void *ctx, sona_op op, const void *args)
     }
 }
 
+sona_status cu_bind_host_thread(void *ctx)
+{
+    const cuda_ctx *c = ctx_of(ctx);
+    if (sona_cuda_locality_bind(&c->near) != 0)
+        return fail(SONA_E_BACKEND, "hwloc_set_cpubind to the %s failed", c->near.text);
+    return SONA_OK;
+}
+
 const char *cu_last_error(void *ctx)
 {
     (void)ctx;
@@ -671,6 +680,7 @@ void cu_shutdown(void *ctx)
             (void)cudaStreamDestroy(c->stream);
         c->stream = NULL;
     }
+    sona_cuda_locality_free(&c->near);
     pthread_mutex_unlock(&c->lock);
 }
 
@@ -755,11 +765,13 @@ sona_status open_device(cuda_ctx *c, char *why, size_t why_len)
     int runtime = 0, driver = 0;
     (void)cudaRuntimeGetVersion(&runtime);
     (void)cudaDriverGetVersion(&driver);
+    sona_cuda_locality_init(&c->near, c->device);
     snprintf(c->device_desc, sizeof c->device_desc,
-             "%.100s (device %d, sm_%d%d, %d SMs, %.1f GiB), CUDA runtime %d.%d, driver %d.%d",
+             "%.100s (device %d, sm_%d%d, %d SMs, %.1f GiB), CUDA runtime %d.%d, driver %d.%d, "
+             "host %s",
              prop.name, c->device, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), runtime / 1000,
-             runtime % 1000 / 10, driver / 1000, driver % 1000 / 10);
+             runtime % 1000 / 10, driver / 1000, driver % 1000 / 10, c->near.text);
     return SONA_OK;
 }
 
@@ -803,6 +815,7 @@ extern "C" SONA_MODULE_EXPORT sona_status sona_module_open(uint32_t abi, const s
                 b->timer_start = cu_timer_start;
                 b->timer_stop = cu_timer_stop;
             }
+            b->bind_host_thread = cu_bind_host_thread;
             b->lora_apply = cu_lora_apply;
             b->lora_grad = cu_lora_grad;
             b->param_update = cu_param_update;

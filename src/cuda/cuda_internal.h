@@ -108,6 +108,21 @@ cudaError_t sona_cuda_launch_scatter_lists(const int32_t *fidx, const float *fsi
 /* sums[idx[i]] += X[i], counts[idx[i]] += 1 (outputs zeroed by the caller). */
 cudaError_t sona_cuda_launch_cluster_sums(const sona_cluster_sums_args *a, cudaStream_t s);
 
+/* ---- host locality (cuda_locality.cu) ------------------------------------------------- */
+
+/* The host CPUs near the device (hwloc), for bind_host_thread. */
+typedef struct sona_cuda_locality {
+    void *topology;  /* hwloc_topology_t, when the device is tied to some host CPUs */
+    void *near_cpus; /* hwloc_bitmap_t of those CPUs, else NULL */
+    char text[96];   /* "CPUs near it: 0-15", or why there is no preference */
+} sona_cuda_locality;
+
+void sona_cuda_locality_init(sona_cuda_locality *l, int device);
+/* Binds the calling thread to the CPUs near the device (nothing to do without a preference);
+ * 0, or -1 when hwloc refused. */
+int sona_cuda_locality_bind(const sona_cuda_locality *l);
+void sona_cuda_locality_free(sona_cuda_locality *l);
+
 /* Whether this build has a kernel image the current device can run (cudaSuccess if so). */
 cudaError_t sona_cuda_probe_kernel_image(void);
 

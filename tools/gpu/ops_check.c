@@ -143,6 +143,15 @@ int main(int argc, char **argv)
             continue;
         const double t0 = now_s();
         int tf = 0, tr = 0;
+        if (!targets[t].b->host_memory && targets[t].b->bind_host_thread) {
+            /* Host-thread placement near the device: a failure counts like a wrong case. */
+            const sona_status st = targets[t].b->bind_host_thread(targets[t].b->ctx);
+            printf("[ops] %-10s bind_host_thread: %s%s\n", targets[t].label,
+                   st == SONA_OK ? "ok" : "FAILED: ",
+                   st == SONA_OK ? "" : targets[t].b->last_error(targets[t].b->ctx));
+            tf += st != SONA_OK;
+            tr++;
+        }
         for (int s = 0; s < seeds; s++)
             for (size_t i = 0; i < op_case_count; i++)
                 if (!op || !strcmp(op, sona_op_name(op_cases[i].op))) {
