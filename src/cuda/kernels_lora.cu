@@ -904,18 +904,16 @@ dim3 fused_grid(const sona_lora_apply_args *a, bool vec, int *by_row)
     const uint64_t adapter_slots = adapters + FUSED_COPIERS;
     *by_row = row_slots < adapter_slots;
     const uint64_t slots = *by_row ? row_slots : adapter_slots;
-    /* One unit per thread where hidden allows; then, when the clusters with work (at most one
-     * per row or adapter, and one for rows without) leave SMs idle, wider clusters while each
-     * block keeps at least 64 units. */
-    uint64_t cs = (units + SONA_CUDA_BLOCK - 1) / SONA_CUDA_BLOCK;
-    if (cs < 1)
-        cs = 1;
-    if (cs > (uint64_t)FUSED_MAX_CLUSTER)
-        cs = FUSED_MAX_CLUSTER;
+    /* Clusters of 1, 2, 4 or 8 blocks: one unit per thread where hidden allows; then, when the
+     * clusters with work (at most one per row or adapter, and one for rows without) leave SMs
+     * idle, wider clusters while each block keeps at least 64 units. */
+    uint64_t cs = 1;
+    while (cs < (uint64_t)FUSED_MAX_CLUSTER && cs * SONA_CUDA_BLOCK < units)
+        cs *= 2;
     const uint64_t busy = n < adapters + 1 ? n : adapters + 1;
     const uint64_t sms = device_sm_count() > 0 ? (uint64_t)device_sm_count() : 64;
-    while (cs < (uint64_t)FUSED_MAX_CLUSTER && busy * cs < sms && units >= 64 * (cs + 1))
-        cs++;
+    while (cs < (uint64_t)FUSED_MAX_CLUSTER && busy * cs < sms && units >= 64 * 2 * cs)
+        cs *= 2;
     /* Every block scans its id chunk: keep the grid (and that scan) bounded. */
     if (!units || slots > 65535 || chunks > 65535 || cs * slots * chunks > ((uint64_t)1 << 20))
         return dim3(0, 0, 0);
