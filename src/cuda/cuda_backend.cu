@@ -39,7 +39,7 @@ struct cuda_ctx {
     unsigned char *pinned[2]; /* NULL when pinned memory was refused: plain copies then */
     cudaEvent_t pinned_done[2];
     cudaEvent_t timer[2]; /* device timing for benchmarks: start, stop */
-    sona_cuda_locality near; /* host CPUs near the device */
+    sona_host_locality near; /* host CPUs near the device */
     char device_desc[320];
 };
 
@@ -639,7 +639,7 @@ int cu_supports(void *ctx, sona_op op, const void *args)
 sona_status cu_bind_host_thread(void *ctx)
 {
     const cuda_ctx *c = ctx_of(ctx);
-    if (sona_cuda_locality_bind(&c->near) != 0)
+    if (sona_host_locality_bind(&c->near) != 0)
         return fail(SONA_E_BACKEND, "hwloc_set_cpubind to the %s failed", c->near.text);
     return SONA_OK;
 }
@@ -680,7 +680,7 @@ void cu_shutdown(void *ctx)
             (void)cudaStreamDestroy(c->stream);
         c->stream = NULL;
     }
-    sona_cuda_locality_free(&c->near);
+    sona_host_locality_free(&c->near);
     pthread_mutex_unlock(&c->lock);
 }
 

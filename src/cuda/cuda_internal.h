@@ -5,6 +5,7 @@
 #define SONA_CUDA_INTERNAL_H
 
 #include "dispatch/ops.h"
+#include "gpu/host_locality.h"
 
 #include <cuda_runtime.h>
 #include <stddef.h>
@@ -110,18 +111,8 @@ cudaError_t sona_cuda_launch_cluster_sums(const sona_cluster_sums_args *a, cudaS
 
 /* ---- host locality (cuda_locality.cu) ------------------------------------------------- */
 
-/* The host CPUs near the device (hwloc), for bind_host_thread. */
-typedef struct sona_cuda_locality {
-    void *topology;  /* hwloc_topology_t, when the device is tied to some host CPUs */
-    void *near_cpus; /* hwloc_bitmap_t of those CPUs, else NULL */
-    char text[96];   /* "CPUs near it: 0-15", or why there is no preference */
-} sona_cuda_locality;
-
-void sona_cuda_locality_init(sona_cuda_locality *l, int device);
-/* Binds the calling thread to the CPUs near the device (nothing to do without a preference);
- * 0, or -1 when hwloc refused. */
-int sona_cuda_locality_bind(const sona_cuda_locality *l);
-void sona_cuda_locality_free(sona_cuda_locality *l);
+/* The host CPUs near CUDA device `device`, for bind_host_thread. */
+void sona_cuda_locality_init(sona_host_locality *l, int device);
 
 /* Whether this build has a kernel image the current device can run (cudaSuccess if so). */
 cudaError_t sona_cuda_probe_kernel_image(void);
