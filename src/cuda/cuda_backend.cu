@@ -39,7 +39,8 @@ struct cuda_ctx {
     unsigned char *pinned[2]; /* NULL when pinned memory was refused: plain copies then */
     cudaEvent_t pinned_done[2];
     cudaEvent_t timer[2]; /* device timing for benchmarks: start, stop */
-    char device_desc[200];
+    sona_host_locality near; /* host CPUs near the device */
+    char device_desc[320];
 };
 
 cuda_ctx g_ctx;
@@ -114,14 +115,41 @@ sona_status scratch_get(cuda_ctx *c, size_t bytes, void **out)
     return SONA_OK;
 }
 
-/* Carves consecutive 256-byte aligned pieces out of one scratch allocation. */
+/* Carves consecutive 256-byte aligned pieces out of the scratch buffer: take() books a piece
+ * and place() grows the buffer to what was booked and points every booked pointer at its piece. */
 struct carver {
+    static constexpr int MAX_PIECES = 16;
+    struct piece {
+        void *slot;
+        size_t at;
+        void (*point)(void *slot, unsigned char *at);
+    };
+    piece pieces[MAX_PIECES];
+    int count = 0;
     size_t used = 0;
-    size_t take(size_t bytes)
+
+    /* Books room for n values of T; *out points at it after place(). */
+    template <typename T>
+    void take(T **out, size_t n)
     {
-        const size_t at = used;
-        used += (bytes + 255) & ~(size_t)255;
-        return at;
+        if (count < MAX_PIECES)
+            pieces[count] = {out, used, [](void *slot, unsigned char *at) {
+                                 *static_cast<T **>(slot) = reinterpret_cast<T *>(at);
+                             }};
+        count++;
+        used += (n * sizeof(T) + 255) & ~(size_t)255;
+    }
+    sona_status place(cuda_ctx *c)
+    {
+        if (count > MAX_PIECES)
+            return fail(SONA_E_BACKEND, "scratch: %d pieces booked, room for %d", count, MAX_PIECES);
+        void *s;
+        const sona_status st = scratch_get(c, used, &s);
+        if (st != SONA_OK)
+            return st;
+        for (int i = 0; i < count; i++)
+            pieces[i].point(pieces[i].slot, static_cast<unsigned char *>(s) + pieces[i].at);
+        return SONA_OK;
     }
 };
 
@@ -252,18 +280,17 @@ sona_status cu_lora_apply(void *ctx, const sona_lora_apply_args *a)
     cuda_ctx *c = ctx_of(ctx);
     if (!a->n)
         return SONA_OK;
-    /* SONA_CUDA_LORA=rows|grouped|sliced forces a kernel (for benchmarks); the default chooses. */
+    /* SONA_CUDA_LORA=rows|grouped|sliced|fused forces a kernel (for benchmarks and checks; fused
+     * is not the default until measured); the default chooses. */
+    static const char *const kernels[] = {"rows", "grouped", "sliced", "fused"};
     const char *mode = getenv("SONA_CUDA_LORA");
     int kernel = -1;
-    if (mode && !strcmp(mode, "rows"))
-        kernel = 0;
-    else if (mode && !strcmp(mode, "grouped"))
-        kernel = 1;
-    else if (mode && !strcmp(mode, "sliced"))
-        kernel = 2;
+    for (int k = 0; mode && k < (int)(sizeof kernels / sizeof kernels[0]); k++)
+        if (!strcmp(mode, kernels[k]))
+            kernel = k;
     return locked(c, [&]() -> sona_status {
         float *scratch = NULL;
-        const size_t floats = kernel == 0 || kernel == 1 ? 0 : sona_cuda_lora_sliced_scratch(a);
+        const size_t floats = sona_cuda_lora_apply_scratch(a, kernel);
         if (floats) {
             void *s;
             const sona_status st = scratch_get(c, floats * sizeof(float), &s);
@@ -283,18 +310,17 @@ sona_status cu_lora_grad(void *ctx, const sona_lora_grad_args *a)
         return SONA_OK;
     return locked(c, [&]() -> sona_status {
         const size_t nr = (size_t)a->n * a->w.rank, A = a->w.num_adapters;
+        float *u = NULL, *v = NULL;
+        uint32_t *groups = NULL;
         carver cv;
-        const size_t u_at = cv.take(nr * sizeof(float)), v_at = cv.take(nr * sizeof(float));
-        const size_t g_at = cv.take((3 * A + 1 + a->n) * sizeof(uint32_t));
-        void *s;
-        sona_status st = scratch_get(c, cv.used, &s);
+        cv.take(&u, nr);
+        cv.take(&v, nr);
+        cv.take(&groups, 3 * A + 1 + a->n);
+        const sona_status st = cv.place(c);
         if (st != SONA_OK)
             return st;
-        unsigned char *base = static_cast<unsigned char *>(s);
-        float *u = reinterpret_cast<float *>(base + u_at), *v = reinterpret_cast<float *>(base + v_at);
         CUDA_TRY(sona_cuda_launch_lora_grad_project(a, u, v, c->stream));
-        CUDA_TRY(sona_cuda_launch_lora_grad_accumulate(
-            a, u, v, reinterpret_cast<uint32_t *>(base + g_at), c->stream));
+        CUDA_TRY(sona_cuda_launch_lora_grad_accumulate(a, u, v, groups, c->stream));
         return SONA_OK;
     });
 }
@@ -353,18 +379,14 @@ sona_status cu_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a)
             tile = 1;
         if (tile > a->n)
             tile = a->n;
+        float *cn = NULL, *xn = NULL, *G = NULL;
         carver cv;
-        const size_t cn_at = cv.take((size_t)a->k * sizeof(float));
-        const size_t xn_at = cv.take(tile * sizeof(float));
-        const size_t g_at = cv.take(tile * a->k * sizeof(float));
-        void *s;
-        const sona_status st = scratch_get(c, cv.used, &s);
+        cv.take(&cn, a->k);
+        cv.take(&xn, tile);
+        cv.take(&G, tile * a->k);
+        const sona_status st = cv.place(c);
         if (st != SONA_OK)
             return st;
-        unsigned char *base = static_cast<unsigned char *>(s);
-        float *cn = reinterpret_cast<float *>(base + cn_at);
-        float *xn = reinterpret_cast<float *>(base + xn_at);
-        float *G = reinterpret_cast<float *>(base + g_at);
         CUDA_TRY(sona_cuda_launch_row_sqnorms(a->C, a->k, a->d, cn, c->stream));
         for (size_t r0 = 0; r0 < a->n; r0 += tile) {
             const uint32_t rows = (uint32_t)(a->n - r0 < tile ? a->n - r0 : tile);
@@ -453,22 +475,18 @@ sona_status cu_knn_exact(void *ctx, const sona_knn_exact_args *a)
             if (tile_rows > a->m)
                 tile_rows = a->m;
             const size_t s_floats = tile_rows * (tile_cols ? tile_cols : 1);
+            float *qinv = NULL, *pinv = NULL, *S = NULL;
             carver cv;
-            const size_t qi_at = cv.take((size_t)a->m * sizeof(float));
-            const size_t pi_at = cv.take((size_t)a->n * sizeof(float));
-            const size_t s_at = cv.take(s_floats * sizeof(float));
-            void *s;
-            const sona_status st = scratch_get(c, cv.used, &s);
+            cv.take(&qinv, a->m);
+            cv.take(&pinv, a->n);
+            cv.take(&S, s_floats);
+            const sona_status st = cv.place(c);
             if (st != SONA_OK)
                 return st;
-            unsigned char *base = static_cast<unsigned char *>(s);
-            float *qinv = reinterpret_cast<float *>(base + qi_at);
-            float *pinv = reinterpret_cast<float *>(base + pi_at);
             CUDA_TRY(sona_cuda_launch_row_inv_norms(a->Q, a->m, a->d, qinv, c->stream));
             if (a->n)
                 CUDA_TRY(sona_cuda_launch_row_inv_norms(a->P, a->n, a->d, pinv, c->stream));
-            return knn_fp32_rows(c, a, a->Q, a->m, qinv, pinv, a->idx, a->sim,
-                                 reinterpret_cast<float *>(base + s_at), s_floats);
+            return knn_fp32_rows(c, a, a->Q, a->m, qinv, pinv, a->idx, a->sim, S, s_floats);
         }
         const uint32_t tile_cols = a->n < KNN_TF32_TILE_COLS ? a->n : KNN_TF32_TILE_COLS;
         size_t tile_rows = KNN_TF32_TILE_FLOATS / tile_cols;
@@ -477,34 +495,25 @@ sona_status cu_knn_exact(void *ctx, const sona_knn_exact_args *a)
         if (tile_rows > a->m)
             tile_rows = a->m;
         const size_t s_floats = tile_rows * tile_cols;
+        float *qinv = NULL, *pinv = NULL, *S = NULL, *csim = NULL, *dropped = NULL, *fQ = NULL;
+        float *fqinv = NULL, *fsim = NULL;
+        int32_t *cidx = NULL, *fidx = NULL;
+        uint32_t *flagged = NULL;
         carver cv;
-        const size_t qi_at = cv.take((size_t)a->m * sizeof(float));
-        const size_t pi_at = cv.take((size_t)a->n * sizeof(float));
-        const size_t s_at = cv.take(s_floats * sizeof(float));
-        const size_t ci_at = cv.take(tile_rows * C * sizeof(int32_t));
-        const size_t cs_at = cv.take(tile_rows * C * sizeof(float));
-        const size_t dr_at = cv.take(tile_rows * sizeof(float));
-        const size_t fl_at = cv.take((1 + tile_rows) * sizeof(uint32_t));
-        const size_t fq_at = cv.take(tile_rows * a->d * sizeof(float));
-        const size_t fqi_at = cv.take(tile_rows * sizeof(float));
-        const size_t fi_at = cv.take(tile_rows * a->k * sizeof(int32_t));
-        const size_t fs_at = cv.take(tile_rows * a->k * sizeof(float));
-        void *s;
-        const sona_status st = scratch_get(c, cv.used, &s);
+        cv.take(&qinv, a->m);
+        cv.take(&pinv, a->n);
+        cv.take(&S, s_floats);
+        cv.take(&cidx, tile_rows * C);
+        cv.take(&csim, tile_rows * C);
+        cv.take(&dropped, tile_rows);
+        cv.take(&flagged, 1 + tile_rows);
+        cv.take(&fQ, tile_rows * a->d);
+        cv.take(&fqinv, tile_rows);
+        cv.take(&fidx, tile_rows * a->k);
+        cv.take(&fsim, tile_rows * a->k);
+        const sona_status st = cv.place(c);
         if (st != SONA_OK)
             return st;
-        unsigned char *base = static_cast<unsigned char *>(s);
-        float *qinv = reinterpret_cast<float *>(base + qi_at);
-        float *pinv = reinterpret_cast<float *>(base + pi_at);
-        float *S = reinterpret_cast<float *>(base + s_at);
-        int32_t *cidx = reinterpret_cast<int32_t *>(base + ci_at);
-        float *csim = reinterpret_cast<float *>(base + cs_at);
-        float *dropped = reinterpret_cast<float *>(base + dr_at);
-        uint32_t *flagged = reinterpret_cast<uint32_t *>(base + fl_at);
-        float *fQ = reinterpret_cast<float *>(base + fq_at);
-        float *fqinv = reinterpret_cast<float *>(base + fqi_at);
-        int32_t *fidx = reinterpret_cast<int32_t *>(base + fi_at);
-        float *fsim = reinterpret_cast<float *>(base + fs_at);
         const float margin = 2.0f * knn_tf32_error_bound(a->d);
         CUDA_TRY(sona_cuda_launch_row_inv_norms(a->Q, a->m, a->d, qinv, c->stream));
         CUDA_TRY(sona_cuda_launch_row_inv_norms(a->P, a->n, a->d, pinv, c->stream));
@@ -627,6 +636,14 @@ int cu_supports(void *ctx, sona_op op, const void *args)
     }
 }
 
+sona_status cu_bind_host_thread(void *ctx)
+{
+    const cuda_ctx *c = ctx_of(ctx);
+    if (sona_host_locality_bind(&c->near) != 0)
+        return fail(SONA_E_BACKEND, "hwloc_set_cpubind to the %s failed", c->near.text);
+    return SONA_OK;
+}
+
 const char *cu_last_error(void *ctx)
 {
     (void)ctx;
@@ -663,6 +680,7 @@ void cu_shutdown(void *ctx)
             (void)cudaStreamDestroy(c->stream);
         c->stream = NULL;
     }
+    sona_host_locality_free(&c->near);
     pthread_mutex_unlock(&c->lock);
 }
 
@@ -747,11 +765,13 @@ sona_status open_device(cuda_ctx *c, char *why, size_t why_len)
     int runtime = 0, driver = 0;
     (void)cudaRuntimeGetVersion(&runtime);
     (void)cudaDriverGetVersion(&driver);
+    sona_cuda_locality_init(&c->near, c->device);
     snprintf(c->device_desc, sizeof c->device_desc,
-             "%.100s (device %d, sm_%d%d, %d SMs, %.1f GiB), CUDA runtime %d.%d, driver %d.%d",
+             "%.100s (device %d, sm_%d%d, %d SMs, %.1f GiB), CUDA runtime %d.%d, driver %d.%d, "
+             "host %s",
              prop.name, c->device, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), runtime / 1000,
-             runtime % 1000 / 10, driver / 1000, driver % 1000 / 10);
+             runtime % 1000 / 10, driver / 1000, driver % 1000 / 10, c->near.text);
     return SONA_OK;
 }
 
@@ -795,6 +815,7 @@ extern "C" SONA_MODULE_EXPORT sona_status sona_module_open(uint32_t abi, const s
                 b->timer_start = cu_timer_start;
                 b->timer_stop = cu_timer_stop;
             }
+            b->bind_host_thread = cu_bind_host_thread;
             b->lora_apply = cu_lora_apply;
             b->lora_grad = cu_lora_grad;
             b->param_update = cu_param_update;

@@ -5,6 +5,7 @@
 #define SONA_CUDA_INTERNAL_H
 
 #include "dispatch/ops.h"
+#include "gpu/host_locality.h"
 
 #include <cuda_runtime.h>
 #include <stddef.h>
@@ -17,15 +18,26 @@
 /* Block size of every kernel that is not tied to a data shape. */
 #define SONA_CUDA_BLOCK 256
 
+/* Sum of v over the 32 lanes of a full warp, in every lane (float or double). */
+template <typename T>
+__device__ __forceinline__ T sona_cuda_warp_sum(T v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 /* ---- lora (kernels_lora.cu) ------------------------------------------------------------ */
 
 /* The batch: shrink (A x), then expand (x + s Bt^T t). mode: 0 one block per row, 1 rows of one
  * adapter together (ranks <= 16, else per row), 2 the sliced pair (rows of one adapter together,
- * hidden split over blocks; needs scratch, else per row), -1 choose. */
+ * hidden split over blocks; needs scratch, else per row), 3 fused (one kernel, hidden split over
+ * a thread-block cluster; sm_90 and later, else as -1), -1 choose. */
 cudaError_t sona_cuda_launch_lora_apply(const sona_lora_apply_args *a, int mode, float *scratch,
                                         cudaStream_t s);
-/* Floats of scratch the sliced pair needs for a; 0 when it does not take the shape. */
-size_t sona_cuda_lora_sliced_scratch(const sona_lora_apply_args *a);
+/* Floats of scratch that mode needs for a (0: none). */
+size_t sona_cuda_lora_apply_scratch(const sona_lora_apply_args *a, int mode);
 
 /* u[i][j] = wt[i] s (A x_i)_j and v[i][j] = wt[i] s (Bt d_i)_j for rows with an adapter, zero
  * for the others; u and v are n x rank scratch arrays. */
@@ -96,6 +108,11 @@ cudaError_t sona_cuda_launch_scatter_lists(const int32_t *fidx, const float *fsi
                                            float *sim, cudaStream_t s);
 /* sums[idx[i]] += X[i], counts[idx[i]] += 1 (outputs zeroed by the caller). */
 cudaError_t sona_cuda_launch_cluster_sums(const sona_cluster_sums_args *a, cudaStream_t s);
+
+/* ---- host locality (cuda_locality.cu) ------------------------------------------------- */
+
+/* The host CPUs near CUDA device `device`, for bind_host_thread. */
+void sona_cuda_locality_init(sona_host_locality *l, int device);
 
 /* Whether this build has a kernel image the current device can run (cudaSuccess if so). */
 cudaError_t sona_cuda_probe_kernel_image(void);

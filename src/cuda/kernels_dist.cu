@@ -21,9 +21,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
         float acc = 0.0f;
         for (uint32_t t = lane; t < d; t += 32)
             acc += m[t] * m[t];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1)
-            acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        acc = sona_cuda_warp_sum(acc);
         if (lane == 0)
             out[row] = INVERSE ? (acc > 0.0f ? 1.0f / sqrtf(acc) : 0.0f) : acc;
     }
@@ -37,6 +35,22 @@ __device__ __forceinline__ bool higher(float s, int i, float t, int j)
 __device__ __forceinline__ bool lower(float s, int i, float t, int j)
 {
     return s < t || (s == t && i < j);
+}
+
+/* Warp-wide best of the lanes' (s, i) pairs, in every lane: the highest value (LOWEST: the
+ * lowest), lower index on ties. */
+template <bool LOWEST>
+__device__ __forceinline__ void warp_pick(float &s, int &i)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float os2 = __shfl_xor_sync(0xffffffffu, s, o);
+        const int oi2 = __shfl_xor_sync(0xffffffffu, i, o);
+        if (LOWEST ? lower(os2, oi2, s, i) : higher(os2, oi2, s, i)) {
+            s = os2;
+            i = oi2;
+        }
+    }
 }
 
 /* One warp per row of the tile: the nearest centroid, lowest index on ties. */
@@ -58,15 +72,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
                 bj = (int)j;
             }
         }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-            const int oj = __shfl_xor_sync(0xffffffffu, bj, o);
-            if (lower(ob, oj, best, bj)) {
-                best = ob;
-                bj = oj;
-            }
-        }
+        warp_pick<true>(best, bj);
         if (lane == 0) {
             /* Cancellation in |x|^2 + |c|^2 - 2 x.c can go slightly negative. */
             idx[row] = bj == INT_MAX ? 0 : bj;
@@ -93,6 +99,30 @@ __device__ __forceinline__ void list_insert(float (&L)[KL], int (&I)[KL], float 
     }
 }
 
+/* Empties the list (L, I) of KL entries. */
+template <int KL>
+__device__ __forceinline__ void list_clear(float (&L)[KL], int (&I)[KL])
+{
+#pragma unroll
+    for (int j = 0; j < KL; j++) {
+        L[j] = -CUDART_INF_F;
+        I[j] = INT_MAX;
+    }
+}
+
+/* Drops the head of the list (L, I) of KL entries; the freed tail entry is empty. */
+template <int KL>
+__device__ __forceinline__ void list_pop_front(float (&L)[KL], int (&I)[KL])
+{
+#pragma unroll
+    for (int j = 0; j < KL - 1; j++) {
+        L[j] = L[j + 1];
+        I[j] = I[j + 1];
+    }
+    L[KL - 1] = -CUDART_INF_F;
+    I[KL - 1] = INT_MAX;
+}
+
 /* Block per query row of the tile. Each thread keeps its own best KL of the columns it scans
  * (plus the running list, spread over the threads), then k rounds of a block-wide argmax pick
  * the merged best k. Empty entries are (-inf, INT_MAX) inside and (-inf, -1) outside. A column
@@ -107,11 +137,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
     __shared__ int win;
     float L[KL];
     int I[KL];
-#pragma unroll
-    for (int j = 0; j < KL; j++) {
-        L[j] = -CUDART_INF_F;
-        I[j] = INT_MAX;
-    }
+    list_clear<KL>(L, I);
     const size_t q = blockIdx.x;
     int32_t *oi = idx + q * k;
     float *os = sim + q * k;
@@ -135,15 +161,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
     for (uint32_t r = 0; r < k; r++) {
         float s = L[0];
         int i = I[0];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float os2 = __shfl_xor_sync(0xffffffffu, s, o);
-            const int oi2 = __shfl_xor_sync(0xffffffffu, i, o);
-            if (higher(os2, oi2, s, i)) {
-                s = os2;
-                i = oi2;
-            }
-        }
+        warp_pick<false>(s, i);
         if (lane == 0) {
             ws[warp] = s;
             wi[warp] = i;
@@ -152,15 +170,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
         if (warp == 0) {
             s = lane < WARPS ? ws[lane] : -CUDART_INF_F;
             i = lane < WARPS ? wi[lane] : INT_MAX;
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) {
-                const float os2 = __shfl_xor_sync(0xffffffffu, s, o);
-                const int oi2 = __shfl_xor_sync(0xffffffffu, i, o);
-                if (higher(os2, oi2, s, i)) {
-                    s = os2;
-                    i = oi2;
-                }
-            }
+            warp_pick<false>(s, i);
             if (lane == 0) {
                 win = i;
                 oi[r] = i == INT_MAX ? -1 : i;
@@ -176,29 +186,8 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
             }
             break;
         }
-        if (I[0] == w) { /* indices are unique, so exactly one thread pops */
-#pragma unroll
-            for (int j = 0; j < KL - 1; j++) {
-                L[j] = L[j + 1];
-                I[j] = I[j + 1];
-            }
-            L[KL - 1] = -CUDART_INF_F;
-            I[KL - 1] = INT_MAX;
-        }
-    }
-}
-
-/* Warp argmax of (s, i) pairs over the lanes (higher value, lower index on ties). */
-__device__ __forceinline__ void warp_best(float &s, int &i)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float os2 = __shfl_xor_sync(0xffffffffu, s, o);
-        const int oi2 = __shfl_xor_sync(0xffffffffu, i, o);
-        if (higher(os2, oi2, s, i)) {
-            s = os2;
-            i = oi2;
-        }
+        if (I[0] == w) /* indices are unique, so exactly one thread pops */
+            list_pop_front<KL>(L, I);
     }
 }
 
@@ -223,11 +212,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
         return;
     float L[LANE_LIST];
     int I[LANE_LIST];
-#pragma unroll
-    for (int j = 0; j < LANE_LIST; j++) {
-        L[j] = -CUDART_INF_F;
-        I[j] = INT_MAX;
-    }
+    list_clear<LANE_LIST>(L, I);
     float dmax = -CUDART_INF_F; /* highest value this lane dropped */
     int32_t *oi = cidx + q * C;
     float *os = csim + q * C;
@@ -278,7 +263,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
     for (int r = 0; r < C; r++) {
         float s = L[0];
         int i = I[0];
-        warp_best(s, i);
+        warp_pick<false>(s, i);
         if (i == INT_MAX) { /* nothing left: the rest of the list is empty */
             for (int t = r + lane; t < C; t += 32) {
                 oi[t] = -1;
@@ -290,15 +275,8 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
             oi[r] = i;
             os[r] = s;
         }
-        if (I[0] == i) { /* indices are unique, so exactly one lane pops */
-#pragma unroll
-            for (int j = 0; j < LANE_LIST - 1; j++) {
-                L[j] = L[j + 1];
-                I[j] = I[j + 1];
-            }
-            L[LANE_LIST - 1] = -CUDART_INF_F;
-            I[LANE_LIST - 1] = INT_MAX;
-        }
+        if (I[0] == i) /* indices are unique, so exactly one lane pops */
+            list_pop_front<LANE_LIST>(L, I);
     }
     /* Entries of the lane lists beyond the top C are left out too: the C-th bounds them. */
 }
@@ -331,9 +309,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
             for (uint32_t t = lane; t < d; t += 32)
                 acc = fmaf(x[t], p[t], acc);
         }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1)
-            acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        acc = sona_cuda_warp_sum(acc);
         if (lane == 0) {
             es[warp][c] = j >= 0 ? acc * qi * pinv[j] : -CUDART_INF_F;
             ej[warp][c] = j >= 0 ? (int)j : INT_MAX;
@@ -359,7 +335,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
                 s = E[t];
                 i = J[t];
             }
-        warp_best(s, i);
+        warp_pick<false>(s, i);
         if (lane == 0) {
             oi[r] = i == INT_MAX ? -1 : i;
             os[r] = i == INT_MAX ? -CUDART_INF_F : s;

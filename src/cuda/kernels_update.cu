@@ -16,9 +16,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
         for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < len;
              i += (size_t)gridDim.x * blockDim.x)
             acc += (double)gs[i] * gs[i];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1)
-            acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        acc = sona_cuda_warp_sum(acc);
         if ((threadIdx.x & 31) == 0)
             part[threadIdx.x >> 5] = acc;
         __syncthreads();

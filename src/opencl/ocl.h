@@ -17,6 +17,7 @@
 #include <pthread.h>
 
 #include "dispatch/ops.h"
+#include "gpu/host_locality.h"
 
 enum ocl_kernel_id {
     K_LORA_APPLY,
@@ -53,9 +54,7 @@ typedef struct ocl_ctx {
     char cache_path[1024];    /* where the binary is (or would be) cached */
     char device_text[1024];   /* sona_backend.device */
     const char *fault_op;     /* SONA_OPENCL_FAULT: op name (or "all") that fails on purpose */
-    void *topology;           /* hwloc_topology_t, when the device is tied to some host CPUs */
-    void *near_cpus;          /* hwloc_bitmap_t of those CPUs, else NULL */
-    char near_text[96];       /* e.g. "CPUs 0-15" or why there is no preference */
+    sona_host_locality near;  /* host CPUs near the device */
     pthread_mutex_t lock;     /* kernels' arguments and scratch buffers are shared state */
     ocl_scratch scratch[S_COUNT];
 } ocl_ctx;
@@ -77,7 +76,6 @@ sona_status ocl_scratch_get(ocl_ctx *c, int slot, size_t bytes, cl_mem *out);
 
 /* Host-thread placement near the device (ocl_locality.c). */
 void ocl_locality_init(ocl_ctx *c);
-void ocl_locality_free(ocl_ctx *c);
 sona_status ocl_bind_host_thread(void *ctx);
 
 /* The op entry points (ocl_ops.c). */

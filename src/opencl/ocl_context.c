@@ -257,7 +257,7 @@ static void ocl_shutdown(void *ctx)
         clReleaseCommandQueue(c->queue);
     if (c->context)
         clReleaseContext(c->context);
-    ocl_locality_free(c);
+    sona_host_locality_free(&c->near);
     pthread_mutex_destroy(&c->lock);
     free(c);
 }
@@ -320,7 +320,7 @@ static sona_status open_device(ocl_ctx *c, const candidate *d, char *why, size_t
     ocl_locality_init(c);
     snprintf(c->device_text, sizeof c->device_text, "%s (%s, driver %s, %s), kernels %s, host %s",
              d->name, platform, version, (d->type & CL_DEVICE_TYPE_CPU) ? "CPU device" : "GPU",
-             c->from_cache ? "loaded from cache" : "compiled", c->near_text);
+             c->from_cache ? "loaded from cache" : "compiled", c->near.text);
     return SONA_OK;
 }
 

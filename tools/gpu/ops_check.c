@@ -3,11 +3,12 @@
  * runs, available GPU backends), plus large cases on GPU targets that cross the tile boundaries
  * of the GPU kernels (several pattern/row tiles, many adapters, long segments).
  *
- *   sona_gpu_ops_check [--require NAME] [--only LABEL] [--seeds N] [--no-large|--large-all]
+ *   sona_gpu_ops_check [--require NAME] [--only LABEL] [--op OP] [--seeds N] [--no-large|--large-all]
  *
  * --require cuda: fail (exit 2) when that backend is not available. --only: one target label
- * ("cuda", "cpu:avx512"). --seeds N: run the table with N consecutive seeds. Exit 1 on any
- * wrong or failed case. The seed is printed; SONA_TEST_SEED reproduces it. */
+ * ("cuda", "cpu:avx512"). --op: the cases of one op ("lora_apply"). --seeds N: run the table
+ * with N consecutive seeds. Exit 1 on any wrong or failed case. The seed is printed;
+ * SONA_TEST_SEED reproduces it. */
 #include "dispatch/dispatch.h"
 #include "sona/system.h"
 #include "support/op_cases.h"
@@ -35,6 +36,12 @@ static const op_case large_cases[] = {
     {.op = SONA_OP_LORA_APPLY, .n = 513, .hidden = 4096, .rank = 16, .adapters = 64},
     {.op = SONA_OP_LORA_APPLY, .n = 300, .hidden = 1023, .rank = 64, .adapters = 7},
     {.op = SONA_OP_LORA_APPLY, .n = 64, .hidden = 4096, .rank = 33, .adapters = 64, .in_place = 1},
+    /* Past the id chunks of the grouped kernels (256, and 1024 for the fused kernel's clusters):
+     * many rows per adapter in a chunk, a chunk's rows led by row slots (more adapters than
+     * rows), and the rank-32 bucket on an odd hidden size. */
+    {.op = SONA_OP_LORA_APPLY, .n = 2500, .hidden = 96, .rank = 4, .adapters = 3},
+    {.op = SONA_OP_LORA_APPLY, .n = 1500, .hidden = 64, .rank = 2, .adapters = 2000, .in_place = 1},
+    {.op = SONA_OP_LORA_APPLY, .n = 41, .hidden = 515, .rank = 20, .adapters = 3},
     {.op = SONA_OP_LORA_GRAD, .n = 1000, .hidden = 512, .rank = 8, .adapters = 37},
     {.op = SONA_OP_LORA_GRAD, .n = 97, .hidden = 4096, .rank = 64, .adapters = 3},
     {.op = SONA_OP_PARAM_UPDATE, .segments = 3, .len = 1000003, .with_ewc = 1, .with_fisher = 1, .with_clip = 1},
@@ -81,13 +88,15 @@ static int run_case(const op_case *c, uint64_t seed, const op_target *t, int *un
 
 int main(int argc, char **argv)
 {
-    const char *require = NULL, *only = NULL;
+    const char *require = NULL, *only = NULL, *op = NULL;
     int seeds = 1, large = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--require") && i + 1 < argc)
             require = argv[++i];
         else if (!strcmp(argv[i], "--only") && i + 1 < argc)
             only = argv[++i];
+        else if (!strcmp(argv[i], "--op") && i + 1 < argc)
+            op = argv[++i];
         else if (!strcmp(argv[i], "--seeds") && i + 1 < argc)
             seeds = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--no-large"))
@@ -95,13 +104,21 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--large-all")) /* CPU targets too (slow; checks the checker) */
             large = 2;
         else {
-            fprintf(stderr, "usage: %s [--require NAME] [--only LABEL] [--seeds N] [--no-large|--large-all]\n",
+            fprintf(stderr,
+                    "usage: %s [--require NAME] [--only LABEL] [--op OP] [--seeds N] [--no-large|--large-all]\n",
                     argv[0]);
             return 2;
         }
     }
     if (seeds < 1)
         seeds = 1;
+    int op_known = !op;
+    for (int o = 0; o < SONA_OP_COUNT && !op_known; o++)
+        op_known = !strcmp(op, sona_op_name((sona_op)o));
+    if (!op_known) {
+        fprintf(stderr, "%s: --op %s: not an op name (lora_apply, lora_grad, ...)\n", argv[0], op);
+        return 2;
+    }
     const uint64_t seed = op_test_seed();
     printf("[ops] seed %" PRIu64 " (SONA_TEST_SEED=%" PRIu64 " reproduces)\n", seed, seed);
     for (uint32_t i = 0; i < sona_backend_count(); i++) {
@@ -126,12 +143,27 @@ int main(int argc, char **argv)
             continue;
         const double t0 = now_s();
         int tf = 0, tr = 0;
+        if (!targets[t].b->host_memory && targets[t].b->bind_host_thread) {
+            /* Host-thread placement near the device: a failure counts like a wrong case. */
+            const sona_status st = targets[t].b->bind_host_thread(targets[t].b->ctx);
+            printf("[ops] %-10s bind_host_thread: %s%s\n", targets[t].label,
+                   st == SONA_OK ? "ok" : "FAILED: ",
+                   st == SONA_OK ? "" : targets[t].b->last_error(targets[t].b->ctx));
+            tf += st != SONA_OK;
+            tr++;
+        }
         for (int s = 0; s < seeds; s++)
-            for (size_t i = 0; i < op_case_count; i++, tr++)
-                tf += run_case(&op_cases[i], seed + (uint64_t)s * 1000003u + i, &targets[t], &unsupported);
+            for (size_t i = 0; i < op_case_count; i++)
+                if (!op || !strcmp(op, sona_op_name(op_cases[i].op))) {
+                    tf += run_case(&op_cases[i], seed + (uint64_t)s * 1000003u + i, &targets[t], &unsupported);
+                    tr++;
+                }
         if (large == 2 || (large && !targets[t].b->host_memory)) /* the large cases: GPU targets only (slow on a CPU) */
-            for (size_t i = 0; i < sizeof large_cases / sizeof large_cases[0]; i++, tr++)
-                tf += run_case(&large_cases[i], seed + 77 + i, &targets[t], &unsupported);
+            for (size_t i = 0; i < sizeof large_cases / sizeof large_cases[0]; i++)
+                if (!op || !strcmp(op, sona_op_name(large_cases[i].op))) {
+                    tf += run_case(&large_cases[i], seed + 77 + i, &targets[t], &unsupported);
+                    tr++;
+                }
         printf("[ops] %-10s %d cases, %d failed (%.1f s)\n", targets[t].label, tr, tf, now_s() - t0);
         failed += tf;
         ran += tr;
