@@ -20,6 +20,16 @@ extern "C" {
  * (value = average quality * log2(2 + size + access count)). Patterns are searchable by cosine
  * similarity through an HNSW index (sona/index.h) that always holds exactly the live patterns.
  *
+ * Centroids are kept once, in the index, in its storage (cfg.index.storage, Q8 by default:
+ * about 290 bytes per centroid of dim 256 instead of 1,024). So a centroid read back
+ * (sona_bank_pattern_get) is the mean of its trajectories within that storage's rounding: for
+ * Q8, each value within one step of its block of 32 (a step is at most the block's largest
+ * magnitude / 64) - half a step when stored, up to one after merges, which round without bias
+ * (sona_index_blend) so that many merges track the exact weighted mean instead of drifting from
+ * it or losing small clusters. Search similarities are cosines with these stored centroids; the
+ * same operations in the same order give the same centroids and results. F32 storage keeps the
+ * centroids exact to f32 rounding at 4 bytes a value.
+ *
  * Thread safety: a sona_bank is internally locked (one mutex); every function may be called
  * from any thread at any time. Pointers it returns (route names) stay valid until destroy. */
 typedef struct sona_bank sona_bank;
@@ -40,8 +50,8 @@ typedef struct sona_bank_config {
     uint32_t capacity;         /* patterns kept at most */
     uint32_t max_pending;      /* trajectories waiting for extraction at most (SONA_E_FULL) */
     uint64_t seed;             /* k-means seed; extraction c uses the stream (seed, c) */
-    sona_index_config index;   /* the pattern index (its dim is set to dim; half_vectors on by
-                                * default: the bank's f32 centroids are the exact copy) */
+    sona_index_config index;   /* the pattern index, which holds the centroids (its dim is set
+                                * to dim; storage Q8 by default) */
     /* Clock in milliseconds for timestamps; NULL = CLOCK_REALTIME. */
     uint64_t (*clock_ms)(void *clock_ctx);
     void *clock_ctx;
@@ -50,7 +60,7 @@ typedef struct sona_bank_config {
 /* Defaults for embeddings of length dim: 50 clusters, 100 iterations, tolerance 1e-4, seeding
  * trials 0 (2 + 2 ln k), merge at
  * cosine 0.95, min cluster size 1, min quality 0 (off), stale never, capacity 10000, pending
- * 100000, seed 42, index defaults but for half_vectors 1. */
+ * 100000, seed 42, index defaults but for storage Q8 and access tracking off. */
 SONA_API void sona_bank_config_default(sona_bank_config *cfg, uint32_t dim);
 
 SONA_API sona_status sona_bank_create(const sona_bank_config *cfg, sona_bank **out);
@@ -112,15 +122,16 @@ typedef struct sona_pattern {
 } sona_pattern;
 
 /* The k patterns most similar to query (dim floats, SONA_E_SIZE unless the bank's dim; cosine,
- * best first): ids[k], sims[k] (may be NULL), *found. The index's candidates are re-ranked with
- * the exact f32 centroids, so sims are exact whatever the index stores. Counts an access and refreshes
- * last_access_ms of each returned pattern. */
+ * best first): ids[k], sims[k] (may be NULL), *found. sims are cosines with the stored centroids
+ * (to f32 rounding; they differ from cosines with the exact means by the storage's rounding, for
+ * Q8 at dim 256 typically 1e-3). Counts an access and refreshes last_access_ms of each returned
+ * pattern. */
 SONA_API sona_status sona_bank_search(sona_bank *bank, const float *query, uint32_t dim,
                                       uint32_t k, uint64_t *ids, float *sims, uint32_t *found);
 /* Live patterns. */
 SONA_API uint32_t sona_bank_pattern_count(const sona_bank *bank);
 /* Pattern by id (SONA_E_NOT_FOUND once merged away, pruned or evicted); centroid (dim floats,
- * the mean of its trajectories, not normalised) may be NULL. */
+ * the mean of its trajectories, not normalised, within the storage's rounding) may be NULL. */
 SONA_API sona_status sona_bank_pattern_get(const sona_bank *bank, uint64_t id, sona_pattern *p,
                                            float *centroid);
 /* The i-th live pattern (0 <= i < count; order changes when patterns go), for iteration. */

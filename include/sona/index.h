@@ -9,8 +9,16 @@
 extern "C" {
 #endif
 
-/* An approximate nearest-neighbour index of (id, vector) pairs. Vectors are stored normalised,
- * so similarity is a dot product and equals cosine similarity.
+/* An approximate nearest-neighbour index of (id, vector) pairs, searched by cosine similarity.
+ *
+ * Storage (cfg.storage): F32 keeps each vector's direction exactly (4 bytes a value), F16 as IEEE
+ * half (2 bytes, relative error about 5e-4), Q8 as 8-bit codes in blocks of 32 with a
+ * power-of-two scale per block (about 1.14 bytes a value; each value within half a step of its
+ * block's largest magnitude / 64 at worst, / 127 at best). Every storage also keeps the vector's
+ * norm, so get_vector returns the vector as inserted (F32: to f32 rounding; F16 and Q8: to their
+ * rounding). Similarities are the cosines between the query and the stored vectors, to f32
+ * rounding: for F16 and Q8 they differ from those of the inserted vectors by the storage's
+ * rounding (about 1e-3 and 2e-3 at dim 256).
  *
  * Removal is lazy: a removed id is marked deleted and never appears in results or neighbour
  * lists again, but its node keeps routing searches until more than half the nodes are deleted;
@@ -20,6 +28,9 @@ extern "C" {
  * like a removal and inserts a new one, so the old vector is never returned either way.
  * Level assignment comes from a seeded generator: the same inserts in the same order with the
  * same seed give the same graph.
+ *
+ * Memory: the node arrays grow by half when full (sona_index_reserve sizes them for a known
+ * count); search scratch is sized by the largest ef used, not by the node count.
  *
  * Thread safety: a sona_index is not internally locked. Searches write scratch state (visited
  * marks, access counts), so every call except the const accessors (size, config, access_count,
@@ -32,17 +43,15 @@ typedef struct sona_index_config {
     uint32_t M;                /* links per node on upper levels (2M on level 0), 2..255 */
     uint32_t ef_construction;  /* candidate list size while inserting, >= 1 */
     uint32_t ef_search;        /* candidate list size of sona_index_search, >= 1 */
-    uint32_t initial_capacity; /* nodes allocated up front (grows by doubling) */
-    uint64_t seed;             /* seeds the level generator */
+    uint32_t initial_capacity; /* nodes allocated up front (then grows by half when full) */
+    uint64_t seed;             /* seeds the level generator and sona_index_blend's rounding */
     int track_access;          /* 1: sona_index_search counts an access for each returned id */
-    int half_vectors;          /* 1: store vectors as IEEE half floats (half the memory):
-                                * similarities and get_vector then carry fp16 rounding (about
-                                * 1e-3); a caller holding exact vectors re-ranks (the bank does) */
+    sona_storage storage;      /* how vectors are kept (see above) */
 } sona_index_config;
 
 /* Defaults for vectors of length dim: M 16, ef_construction 100 (on 100,000 clustered vectors of
  * dim 256, recall@10 within 0.002 of ef_construction 200 at about half the build time),
- * ef_search 50, capacity 1024, seed 42, access tracking on, f32 vectors (half_vectors 0). */
+ * ef_search 50, capacity 1024, seed 42, access tracking on, SONA_STORAGE_F32. */
 SONA_API void sona_index_config_default(sona_index_config *cfg, uint32_t dim);
 
 SONA_API sona_status sona_index_create(const sona_index_config *cfg, sona_index **out);
@@ -60,6 +69,14 @@ SONA_API uint64_t sona_index_size(const sona_index *index);
 SONA_API sona_status sona_index_insert(sona_index *index, uint64_t id, const float *vec);
 /* Replaces id's vector (its access count is kept); SONA_E_NOT_FOUND when absent. */
 SONA_API sona_status sona_index_update(sona_index *index, uint64_t id, const float *vec);
+/* Moves id's vector v (as get_vector returns it) to the weighted mean
+ * (w_old v + w_new vec) / (w_old + w_new): a centroid absorbing another (weights finite, >= 0,
+ * sum > 0). F16 and Q8 storage round that mean stochastically, with random numbers seeded by the
+ * index seed, id and the weights: the stored value is the exact mean on average, so many small
+ * moves are neither swallowed by rounding nor biased, and the same calls give the same vectors.
+ * SONA_E_INVALID when the mean is the zero vector (nothing changes). */
+SONA_API sona_status sona_index_blend(sona_index *index, uint64_t id, const float *vec,
+                                      double w_old, double w_new);
 /* Removes id; SONA_E_NOT_FOUND when absent. */
 SONA_API sona_status sona_index_remove(sona_index *index, uint64_t id);
 
@@ -72,6 +89,9 @@ SONA_API sona_status sona_index_search(sona_index *index, const float *query, ui
 SONA_API sona_status sona_index_search_ef(sona_index *index, const float *query, uint32_t k,
                                           uint32_t ef, int count_access, uint64_t *ids,
                                           float *sims, uint32_t *found);
+/* Makes room for n nodes (live and deleted) at once, so that an index of known size does not
+ * grow past it; never shrinks. */
+SONA_API sona_status sona_index_reserve(sona_index *index, uint32_t n);
 /* Sets the ef used by sona_index_search (>= 1). */
 SONA_API sona_status sona_index_set_ef_search(sona_index *index, uint32_t ef);
 
@@ -82,7 +102,8 @@ SONA_API sona_status sona_index_access_count(const sona_index *index, uint64_t i
  * pattern graph: up to max ids into out, *n = how many. At most 2*M exist. */
 SONA_API sona_status sona_index_neighbors(const sona_index *index, uint64_t id, uint64_t *out,
                                           uint32_t max, uint32_t *n);
-/* Copies id's stored (unit-norm) vector into out (dim floats). */
+/* Copies id's vector into out (dim floats): as inserted (or blended), within the storage's
+ * rounding, magnitude included. */
 SONA_API sona_status sona_index_get_vector(const sona_index *index, uint64_t id, float *out);
 
 #ifdef __cplusplus

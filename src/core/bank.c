@@ -44,14 +44,10 @@ struct sona_bank {
     const sona_backend *be; /* the CPU backend: k-means runs on host memory */
     sona_index *index;
     traj_queue pend;
-    /* live patterns, dense; centroid i is row i of cent */
+    /* live patterns, dense; their centroids live in the index only (one copy) */
     pattern_rec *pats;
-    float *cent;
     uint32_t npat, pat_cap;
     sona_idmap by_id; /* pattern id -> position */
-    uint64_t *cand_ids; /* cand_cap: index candidates re-ranked by search_exact */
-    float *cand_sims;
-    uint32_t cand_cap;
     uint64_t next_id;
     char **route_names;
     uint32_t nroutes, routes_cap;
@@ -59,8 +55,8 @@ struct sona_bank {
     sona_errbuf err;
 };
 
-static sona_status search_exact(sona_bank *b, const float *query, uint32_t k, uint64_t *ids,
-                                float *sims, uint32_t *found);
+static sona_status search_locked(sona_bank *b, const float *query, uint32_t k, uint64_t *ids,
+                                 float *sims, uint32_t *found);
 
 /* ---- the trajectory queue ---------------------------------------------------------------- */
 
@@ -147,8 +143,9 @@ void sona_bank_config_default(sona_bank_config *cfg, uint32_t dim)
     cfg->seed = 42;
     sona_index_config_default(&cfg->index, dim);
     cfg->index.track_access = 0;
-    /* The centroids here are the exact copy; the index only has to find candidates. */
-    cfg->index.half_vectors = 1;
+    /* The index holds the only copy of each centroid: Q8 keeps 100,000 patterns of dim 256 in
+     * about 29 MB instead of 102 MB of f32. */
+    cfg->index.storage = SONA_STORAGE_Q8;
 }
 
 sona_status sona_bank_create(const sona_bank_config *cfg, sona_bank **out)
@@ -198,9 +195,6 @@ void sona_bank_destroy(sona_bank *b)
     for (uint32_t i = 0; i < b->npat; i++)
         free(b->pats[i].routes);
     free(b->pats);
-    free(b->cent);
-    free(b->cand_ids);
-    free(b->cand_sims);
     sona_idmap_free(&b->by_id);
     for (uint32_t i = 0; i < b->nroutes; i++)
         free(b->route_names[i]);
@@ -372,11 +366,6 @@ uint32_t sona_bank_pending(const sona_bank *b)
 
 /* ---- patterns ---------------------------------------------------------------------------- */
 
-static float *centroid_at(const sona_bank *b, uint32_t pos)
-{
-    return b->cent + (size_t)pos * b->cfg.dim;
-}
-
 static sona_status reserve_patterns(sona_bank *b, uint32_t need)
 {
     if (need <= b->pat_cap)
@@ -384,20 +373,17 @@ static sona_status reserve_patterns(sona_bank *b, uint32_t need)
     uint32_t cap = b->pat_cap ? b->pat_cap : 64;
     while (cap < need)
         cap *= 2;
-    /* Never double past the capacity while the patterns fit in it: at the spec's 100k patterns
-     * of 256 floats, doubling would leave 31 MB of centroid rows unused. */
+    /* Never double past the capacity while the patterns fit in it: at the spec's 100k patterns,
+     * doubling would leave 31 % of the records (and index nodes) unused. */
     if (need <= b->cfg.capacity && cap > b->cfg.capacity)
         cap = b->cfg.capacity;
     pattern_rec *p = realloc(b->pats, cap * sizeof *p);
     if (!p)
         return SONA_E_NOMEM;
     b->pats = p;
-    float *c = realloc(b->cent, (size_t)cap * b->cfg.dim * sizeof *c);
-    if (!c)
-        return SONA_E_NOMEM;
-    b->cent = c;
     b->pat_cap = cap;
-    return SONA_OK;
+    /* The index's nodes follow (deleted nodes of moved patterns grow it beyond, by half). */
+    return sona_index_reserve(b->index, cap);
 }
 
 /* Appends a pattern (room reserved by the caller) and indexes it. */
@@ -415,7 +401,6 @@ static sona_status add_pattern(sona_bank *b, const sona_pattern *info, const flo
     *pos = b->npat++;
     b->pats[*pos] = (pattern_rec){.info = *info};
     b->pats[*pos].info.route_count = 0;
-    memcpy(centroid_at(b, *pos), centroid, b->cfg.dim * sizeof *centroid);
     return SONA_OK;
 }
 
@@ -429,7 +414,6 @@ static void remove_pattern(sona_bank *b, uint32_t pos)
     const uint32_t last = --b->npat;
     if (pos != last) {
         b->pats[pos] = b->pats[last];
-        memcpy(centroid_at(b, pos), centroid_at(b, last), b->cfg.dim * sizeof(float));
         sona_idmap_put(&b->by_id, b->pats[pos].info.id, pos); /* replaces: never allocates */
     }
 }
@@ -547,22 +531,25 @@ static void summarise(const traj_queue *tq, uint32_t k, const int32_t *assign, c
                                                : cs[j].quality_sum / (double)cs[j].size;
 }
 
-/* Merges cluster (centroid c, summary s) into the pattern at pos. */
-static void merge_into(sona_bank *b, uint32_t pos, const float *c, const cluster_sum *s,
-                       uint64_t now)
+/* Merges cluster (centroid c, summary s) into the pattern at pos: the centroid becomes the
+ * size-weighted mean, rounded by the index without bias (sona_index_blend), so a large pattern
+ * absorbing many small clusters follows them instead of staying stuck on its storage grid. */
+static sona_status merge_into(sona_bank *b, uint32_t pos, const float *c, const cluster_sum *s,
+                              uint64_t now)
 {
     pattern_rec *p = &b->pats[pos];
-    float *pc = centroid_at(b, pos);
     const double old_n = (double)p->info.size, add_n = (double)s->size, tot = old_n + add_n;
-    for (uint32_t t = 0; t < b->cfg.dim; t++)
-        pc[t] = (float)((old_n * pc[t] + add_n * c[t]) / tot);
+    /* A failure (out of memory, or members cancelling out) keeps the old centroid; the counts
+     * still merge, so nothing is counted twice. */
+    const sona_status st = sona_index_blend(b->index, p->info.id, c, old_n, add_n);
     p->info.avg_quality = (float)((old_n * p->info.avg_quality + add_n * s->quality) / tot);
     p->info.size += s->size;
     p->info.total_weight += s->weight;
     p->info.last_access_ms = now;
-    /* A failed re-index (out of memory) keeps the old direction in the index; still the same
-     * set of ids, so search stays in step with the bank. */
-    sona_index_update(b->index, p->info.id, pc);
+    return st == SONA_OK || st == SONA_E_INVALID
+               ? SONA_OK
+               : sona_fail(&b->err, st, "sona_bank_extract: merging into pattern %llu: %s",
+                           (unsigned long long)p->info.id, sona_index_last_error(b->index));
 }
 
 /* Puts the rows of a failed extraction back in the queue, ahead of the ones added meanwhile
@@ -649,10 +636,12 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
         float sim;
         uint32_t found = 0;
         if (b->npat)
-            search_exact(b, c, 1, &best, &sim, &found);
+            search_locked(b, c, 1, &best, &sim, &found);
         if (found && sim >= b->cfg.merge_threshold) {
             const uint32_t pos = sona_idmap_get(&b->by_id, best);
-            merge_into(b, pos, c, &cs[j], now);
+            const sona_status mst = merge_into(b, pos, c, &cs[j], now);
+            if (mst != SONA_OK)
+                st = mst;
             target[j] = (int32_t)pos;
             r.merged++;
             continue;
@@ -711,58 +700,13 @@ out:
 /* ---- queries ----------------------------------------------------------------------------- */
 
 /* The k patterns most similar to query (dim floats, any non-zero norm), best first; the caller
- * holds the lock. The index may store half vectors (cfg.index.half_vectors, the default), whose
- * similarities are off by about 1e-3: all max(ef_search, k) candidates its search ends with
- * are re-scored here with the exact f32 centroids (about 2 dot products each, a few percent of
- * the graph search), so similarities are exact cosines, rounding cannot reorder close patterns,
- * and the result is the exact top k of the candidate set, as with an f32 index. Failures come from the index (its message) or are NOMEM. */
-static sona_status search_exact(sona_bank *b, const float *query, uint32_t k, uint64_t *ids,
-                                float *sims, uint32_t *found)
+ * holds the lock. Similarities are the index's: cosines with the stored centroids (what
+ * sona_bank_pattern_get returns), in the index's deterministic order. Failures come from the
+ * index (its message). */
+static sona_status search_locked(sona_bank *b, const float *query, uint32_t k, uint64_t *ids,
+                                 float *sims, uint32_t *found)
 {
-    if (k == 0 || !ids || !found) /* the index reports these */
-        return sona_index_search_ef(b->index, query, k, b->cfg.index.ef_search, 0, ids, sims,
-                                    found);
-    const uint32_t want = k > b->cfg.index.ef_search ? k : b->cfg.index.ef_search;
-    const uint32_t nc = want < b->npat ? want : (b->npat ? b->npat : 1);
-    if (nc > b->cand_cap) {
-        uint64_t *ci = realloc(b->cand_ids, nc * sizeof *ci);
-        if (ci)
-            b->cand_ids = ci;
-        float *cs = realloc(b->cand_sims, nc * sizeof *cs);
-        if (cs)
-            b->cand_sims = cs;
-        if (!ci || !cs)
-            return SONA_E_NOMEM;
-        b->cand_cap = nc;
-    }
-    uint32_t n = 0;
-    sona_status st = sona_index_search_ef(b->index, query, nc, b->cfg.index.ef_search, 0,
-                                          b->cand_ids, NULL, &n);
-    if (st != SONA_OK)
-        return st;
-    const sona_dot_fn dot = sona_dot_kernel();
-    const uint32_t dim = b->cfg.dim;
-    const double qn = sqrt((double)dot(query, query, dim));
-    /* Insertion sort, best first; a later candidate passes an earlier one only when strictly
-     * better, so ties keep the index's order. */
-    for (uint32_t i = 0; i < n; i++) {
-        const float *c = centroid_at(b, sona_idmap_get(&b->by_id, b->cand_ids[i]));
-        const float s = (float)(dot(query, c, dim) / (qn * sqrt((double)dot(c, c, dim))));
-        const uint64_t id = b->cand_ids[i];
-        uint32_t j = i;
-        for (; j > 0 && b->cand_sims[j - 1] < s; j--) {
-            b->cand_sims[j] = b->cand_sims[j - 1];
-            b->cand_ids[j] = b->cand_ids[j - 1];
-        }
-        b->cand_sims[j] = s;
-        b->cand_ids[j] = id;
-    }
-    const uint32_t m = n < k ? n : k;
-    memcpy(ids, b->cand_ids, m * sizeof *ids);
-    if (sims)
-        memcpy(sims, b->cand_sims, m * sizeof *sims);
-    *found = m;
-    return SONA_OK;
+    return sona_index_search_ef(b->index, query, k, b->cfg.index.ef_search, 0, ids, sims, found);
 }
 
 sona_status sona_bank_search(sona_bank *b, const float *query, uint32_t dim, uint32_t k,
@@ -774,10 +718,9 @@ sona_status sona_bank_search(sona_bank *b, const float *query, uint32_t dim, uin
         return sona_fail(&b->err, SONA_E_SIZE, "sona_bank_search: query dim %u, the bank's is %u",
                          dim, b->cfg.dim);
     pthread_mutex_lock(&b->lock);
-    sona_status st = search_exact(b, query, k, ids, sims, found);
+    sona_status st = search_locked(b, query, k, ids, sims, found);
     if (st != SONA_OK) {
-        sona_fail(&b->err, st, "sona_bank_search: %s",
-                  st == SONA_E_NOMEM ? "out of memory" : sona_index_last_error(b->index));
+        sona_fail(&b->err, st, "sona_bank_search: %s", sona_index_last_error(b->index));
     } else {
         const uint64_t now = now_ms(b);
         for (uint32_t i = 0; i < *found; i++) {
@@ -805,8 +748,8 @@ static void copy_pattern(const sona_bank *b, uint32_t pos, sona_pattern *p, floa
 {
     if (p)
         *p = b->pats[pos].info;
-    if (centroid)
-        memcpy(centroid, centroid_at(b, pos), b->cfg.dim * sizeof *centroid);
+    if (centroid) /* the index holds every live pattern: this cannot fail */
+        sona_index_get_vector(b->index, b->pats[pos].info.id, centroid);
 }
 
 sona_status sona_bank_pattern_get(const sona_bank *b, uint64_t id, sona_pattern *p, float *centroid)
