@@ -3,7 +3,7 @@
 #include "sona/bank.h"
 
 #include "core/error.h"
-#include "core/idmap.h"
+#include "core/slotmap.h"
 #include "core/kmeans.h"
 #include "core/vecmath.h"
 #include "dispatch/dispatch.h"
@@ -24,11 +24,19 @@ typedef struct route_stat {
     double quality_sum;
 } route_stat;
 
+/* A live pattern: sona_pattern's fields in 56 bytes (the public struct takes 64 with padding),
+ * its route statistics apart (the engine's patterns have none). */
 typedef struct pattern_rec {
-    sona_pattern info;
-    route_stat *routes; /* info.route_count of them */
-    uint32_t routes_cap;
+    uint64_t id, size, access_count, created_ms, last_access_ms;
+    double total_weight;
+    float avg_quality;
+    uint32_t routes; /* 1 + its list in the bank's route_lists, 0 when none */
 } pattern_rec;
+
+typedef struct route_list {
+    route_stat *v;
+    uint32_t n, cap;
+} route_list;
 
 /* Trajectories waiting for extraction: rows of dim floats and their scalars. */
 typedef struct traj_queue {
@@ -47,7 +55,9 @@ struct sona_bank {
     /* live patterns, dense; their centroids live in the index only (one copy) */
     pattern_rec *pats;
     uint32_t npat, pat_cap;
-    sona_idmap by_id; /* pattern id -> position */
+    sona_slotmap by_id; /* pattern id -> position (keys: pats[].id) */
+    route_list *rlists; /* per pattern with routes; freed ones are listed in rl_free */
+    uint32_t nrlists, rlists_cap, *rl_free, nfree;
     uint64_t next_id;
     char **route_names;
     uint32_t nroutes, routes_cap;
@@ -192,10 +202,12 @@ void sona_bank_destroy(sona_bank *b)
         return;
     sona_index_destroy(b->index);
     queue_free(&b->pend);
-    for (uint32_t i = 0; i < b->npat; i++)
-        free(b->pats[i].routes);
+    for (uint32_t i = 0; i < b->nrlists; i++)
+        free(b->rlists[i].v);
+    free(b->rlists);
+    free(b->rl_free);
     free(b->pats);
-    sona_idmap_free(&b->by_id);
+    sona_slotmap_free(&b->by_id);
     for (uint32_t i = 0; i < b->nroutes; i++)
         free(b->route_names[i]);
     free(b->route_names);
@@ -386,6 +398,24 @@ static sona_status reserve_patterns(sona_bank *b, uint32_t need)
     return sona_index_reserve(b->index, cap);
 }
 
+/* The position of pattern id, or SONA_SLOTMAP_EMPTY. */
+static uint32_t pos_of(const sona_bank *b, uint64_t id)
+{
+    return sona_slotmap_get(&b->by_id, id, b->pats ? &b->pats->id : NULL, sizeof *b->pats);
+}
+
+static void to_info(const sona_bank *b, const pattern_rec *r, sona_pattern *p)
+{
+    *p = (sona_pattern){.id = r->id,
+                        .size = r->size,
+                        .total_weight = r->total_weight,
+                        .avg_quality = r->avg_quality,
+                        .access_count = r->access_count,
+                        .created_ms = r->created_ms,
+                        .last_access_ms = r->last_access_ms,
+                        .route_count = r->routes ? b->rlists[r->routes - 1].n : 0};
+}
+
 /* Appends a pattern (room reserved by the caller) and indexes it. */
 static sona_status add_pattern(sona_bank *b, const sona_pattern *info, const float *centroid,
                                uint32_t *pos)
@@ -394,52 +424,83 @@ static sona_status add_pattern(sona_bank *b, const sona_pattern *info, const flo
     if (st != SONA_OK)
         return sona_fail(&b->err, st, "indexing pattern %llu: %s", (unsigned long long)info->id,
                          sona_index_last_error(b->index));
-    if ((st = sona_idmap_put(&b->by_id, info->id, b->npat)) != SONA_OK) {
+    b->pats[b->npat] = (pattern_rec){.id = info->id,
+                                     .size = info->size,
+                                     .access_count = info->access_count,
+                                     .created_ms = info->created_ms,
+                                     .last_access_ms = info->last_access_ms,
+                                     .total_weight = info->total_weight,
+                                     .avg_quality = info->avg_quality};
+    if ((st = sona_slotmap_put(&b->by_id, info->id, b->npat, &b->pats->id, sizeof *b->pats)) != SONA_OK) {
         sona_index_remove(b->index, info->id);
         return sona_fail(&b->err, st, "out of memory");
     }
     *pos = b->npat++;
-    b->pats[*pos] = (pattern_rec){.info = *info};
-    b->pats[*pos].info.route_count = 0;
     return SONA_OK;
 }
 
 /* Removes the pattern at pos (the last one moves into its place). */
 static void remove_pattern(sona_bank *b, uint32_t pos)
 {
-    const uint64_t id = b->pats[pos].info.id;
+    const uint64_t id = b->pats[pos].id;
     sona_index_remove(b->index, id);
-    sona_idmap_del(&b->by_id, id);
-    free(b->pats[pos].routes);
+    sona_slotmap_del(&b->by_id, id, &b->pats->id, sizeof *b->pats);
+    const uint32_t rl = b->pats[pos].routes;
+    if (rl) { /* its list goes back to the pool (the room to list it was made with the list) */
+        free(b->rlists[rl - 1].v);
+        b->rlists[rl - 1] = (route_list){0};
+        b->rl_free[b->nfree++] = rl - 1;
+    }
     const uint32_t last = --b->npat;
     if (pos != last) {
         b->pats[pos] = b->pats[last];
-        sona_idmap_put(&b->by_id, b->pats[pos].info.id, pos); /* replaces: never allocates */
+        /* replaces: never allocates */
+        sona_slotmap_put(&b->by_id, b->pats[pos].id, pos, &b->pats->id, sizeof *b->pats);
     }
 }
 
-static int add_route_stat(pattern_rec *p, uint32_t route, uint64_t count, double quality_sum)
+/* Adds count trajectories of summed quality quality_sum on route to pattern p; -1 when out of
+ * memory (nothing changed). */
+static int add_route_stat(sona_bank *b, pattern_rec *p, uint32_t route, uint64_t count, double quality_sum)
 {
-    for (uint32_t i = 0; i < p->info.route_count; i++) {
-        if (p->routes[i].route == route) {
-            p->routes[i].count += count;
-            p->routes[i].quality_sum += quality_sum;
+    if (!p->routes) {
+        if (b->nfree == 0 && b->nrlists == b->rlists_cap) {
+            const uint32_t cap = b->rlists_cap ? b->rlists_cap * 2 : 16;
+            route_list *l = realloc(b->rlists, cap * sizeof *l);
+            if (!l)
+                return -1;
+            b->rlists = l;
+            uint32_t *f = realloc(b->rl_free, cap * sizeof *f);
+            if (!f)
+                return -1;
+            b->rl_free = f;
+            b->rlists_cap = cap;
+        }
+        const uint32_t i = b->nfree ? b->rl_free[--b->nfree] : b->nrlists++;
+        b->rlists[i] = (route_list){0};
+        p->routes = i + 1;
+    }
+    route_list *l = &b->rlists[p->routes - 1];
+    for (uint32_t i = 0; i < l->n; i++) {
+        if (l->v[i].route == route) {
+            l->v[i].count += count;
+            l->v[i].quality_sum += quality_sum;
             return 0;
         }
     }
-    if (p->info.route_count == p->routes_cap) {
-        const uint32_t cap = p->routes_cap ? p->routes_cap * 2 : 4;
-        route_stat *r = realloc(p->routes, cap * sizeof *r);
+    if (l->n == l->cap) {
+        const uint32_t cap = l->cap ? l->cap * 2 : 4;
+        route_stat *r = realloc(l->v, cap * sizeof *r);
         if (!r)
             return -1;
-        p->routes = r;
-        p->routes_cap = cap;
+        l->v = r;
+        l->cap = cap;
     }
-    p->routes[p->info.route_count++] = (route_stat){route, count, quality_sum};
+    l->v[l->n++] = (route_stat){route, count, quality_sum};
     return 0;
 }
 
-static double pattern_value(const sona_pattern *p)
+static double pattern_value(const pattern_rec *p)
 {
     return (double)p->avg_quality * log2(2.0 + (double)p->size + (double)p->access_count);
 }
@@ -463,7 +524,7 @@ static sona_status prune_locked(sona_bank *b, uint32_t *pruned, uint32_t *evicte
     const uint64_t now = now_ms(b);
     *pruned = *evicted = 0;
     for (uint32_t i = b->npat; i-- > 0;) {
-        const sona_pattern *p = &b->pats[i].info;
+        const pattern_rec *p = &b->pats[i];
         if (p->avg_quality < b->cfg.min_quality) {
             b->stats.patterns_pruned_quality++;
             remove_pattern(b, i);
@@ -482,10 +543,10 @@ static sona_status prune_locked(sona_bank *b, uint32_t *pruned, uint32_t *evicte
         return sona_fail(&b->err, SONA_E_NOMEM, "capacity eviction: out of memory");
     const uint32_t n = b->npat, excess = b->npat - b->cfg.capacity;
     for (uint32_t i = 0; i < n; i++)
-        r[i] = (ranked){pattern_value(&b->pats[i].info), b->pats[i].info.id};
+        r[i] = (ranked){pattern_value(&b->pats[i]), b->pats[i].id};
     qsort(r, n, sizeof *r, by_value);
     for (uint32_t i = 0; i < excess; i++)
-        remove_pattern(b, sona_idmap_get(&b->by_id, r[i].id));
+        remove_pattern(b, pos_of(b, r[i].id));
     b->stats.patterns_evicted += excess;
     *evicted = excess;
     free(r);
@@ -538,18 +599,18 @@ static sona_status merge_into(sona_bank *b, uint32_t pos, const float *c, const 
                               uint64_t now)
 {
     pattern_rec *p = &b->pats[pos];
-    const double old_n = (double)p->info.size, add_n = (double)s->size, tot = old_n + add_n;
+    const double old_n = (double)p->size, add_n = (double)s->size, tot = old_n + add_n;
     /* A failure (out of memory, or members cancelling out) keeps the old centroid; the counts
      * still merge, so nothing is counted twice. */
-    const sona_status st = sona_index_blend(b->index, p->info.id, c, old_n, add_n);
-    p->info.avg_quality = (float)((old_n * p->info.avg_quality + add_n * s->quality) / tot);
-    p->info.size += s->size;
-    p->info.total_weight += s->weight;
-    p->info.last_access_ms = now;
+    const sona_status st = sona_index_blend(b->index, p->id, c, old_n, add_n);
+    p->avg_quality = (float)((old_n * p->avg_quality + add_n * s->quality) / tot);
+    p->size += s->size;
+    p->total_weight += s->weight;
+    p->last_access_ms = now;
     return st == SONA_OK || st == SONA_E_INVALID
                ? SONA_OK
                : sona_fail(&b->err, st, "sona_bank_extract: merging into pattern %llu: %s",
-                           (unsigned long long)p->info.id, sona_index_last_error(b->index));
+                           (unsigned long long)p->id, sona_index_last_error(b->index));
 }
 
 /* Puts the rows of a failed extraction back in the queue, ahead of the ones added meanwhile
@@ -638,7 +699,7 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
         if (b->npat)
             search_locked(b, c, 1, &best, &sim, &found);
         if (found && sim >= b->cfg.merge_threshold) {
-            const uint32_t pos = sona_idmap_get(&b->by_id, best);
+            const uint32_t pos = pos_of(b, best);
             const sona_status mst = merge_into(b, pos, c, &cs[j], now);
             if (mst != SONA_OK)
                 st = mst;
@@ -667,7 +728,7 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
     for (uint32_t i = 0; i < n; i++) {
         const int32_t t = target[assign[i]];
         if (t >= 0 && taken.route[i] != NO_ROUTE &&
-            add_route_stat(&b->pats[t], (uint32_t)taken.route[i], 1, taken.q[i]) != 0)
+            add_route_stat(b, &b->pats[t], (uint32_t)taken.route[i], 1, taken.q[i]) != 0)
             st = sona_fail(&b->err, SONA_E_NOMEM, "sona_bank_extract: route statistics incomplete (out of memory)");
     }
     r.trajectories = n;
@@ -724,9 +785,9 @@ sona_status sona_bank_search(sona_bank *b, const float *query, uint32_t dim, uin
     } else {
         const uint64_t now = now_ms(b);
         for (uint32_t i = 0; i < *found; i++) {
-            pattern_rec *p = &b->pats[sona_idmap_get(&b->by_id, ids[i])];
-            p->info.access_count++;
-            p->info.last_access_ms = now;
+            pattern_rec *p = &b->pats[pos_of(b, ids[i])];
+            p->access_count++;
+            p->last_access_ms = now;
         }
         b->stats.searches++;
     }
@@ -747,9 +808,9 @@ uint32_t sona_bank_pattern_count(const sona_bank *b)
 static void copy_pattern(const sona_bank *b, uint32_t pos, sona_pattern *p, float *centroid)
 {
     if (p)
-        *p = b->pats[pos].info;
+        to_info(b, &b->pats[pos], p);
     if (centroid) /* the index holds every live pattern: this cannot fail */
-        sona_index_get_vector(b->index, b->pats[pos].info.id, centroid);
+        sona_index_get_vector(b->index, b->pats[pos].id, centroid);
 }
 
 sona_status sona_bank_pattern_get(const sona_bank *b, uint64_t id, sona_pattern *p, float *centroid)
@@ -757,11 +818,11 @@ sona_status sona_bank_pattern_get(const sona_bank *b, uint64_t id, sona_pattern 
     if (!b)
         return SONA_E_NULL;
     pthread_mutex_lock((pthread_mutex_t *)&b->lock);
-    const uint32_t pos = sona_idmap_get(&b->by_id, id);
-    if (pos != SONA_IDMAP_EMPTY)
+    const uint32_t pos = pos_of(b, id);
+    if (pos != SONA_SLOTMAP_EMPTY)
         copy_pattern(b, pos, p, centroid);
     pthread_mutex_unlock((pthread_mutex_t *)&b->lock);
-    return pos != SONA_IDMAP_EMPTY ? SONA_OK : SONA_E_NOT_FOUND;
+    return pos != SONA_SLOTMAP_EMPTY ? SONA_OK : SONA_E_NOT_FOUND;
 }
 
 sona_status sona_bank_pattern_at(const sona_bank *b, uint32_t i, sona_pattern *p, float *centroid)
@@ -782,14 +843,14 @@ sona_status sona_bank_pattern_route(const sona_bank *b, uint64_t id, uint32_t r,
     if (!b)
         return SONA_E_NULL;
     pthread_mutex_lock((pthread_mutex_t *)&b->lock);
-    const uint32_t pos = sona_idmap_get(&b->by_id, id);
+    const uint32_t pos = pos_of(b, id);
     sona_status st = SONA_OK;
-    if (pos == SONA_IDMAP_EMPTY) {
+    if (pos == SONA_SLOTMAP_EMPTY) {
         st = SONA_E_NOT_FOUND;
-    } else if (r >= b->pats[pos].info.route_count) {
+    } else if (!b->pats[pos].routes || r >= b->rlists[b->pats[pos].routes - 1].n) {
         st = SONA_E_INVALID;
     } else {
-        const route_stat *rs = &b->pats[pos].routes[r];
+        const route_stat *rs = &b->rlists[b->pats[pos].routes - 1].v[r];
         if (route)
             *route = b->route_names[rs->route];
         if (count)
@@ -821,7 +882,7 @@ sona_status sona_bank_pattern_restore(sona_bank *b, const sona_pattern *p, const
     sona_status st = SONA_OK;
     if (!p || !centroid) {
         st = sona_fail(&b->err, SONA_E_NULL, "%s: pattern or centroid is NULL", call);
-    } else if (p->id == 0 || sona_idmap_get(&b->by_id, p->id) != SONA_IDMAP_EMPTY) {
+    } else if (p->id == 0 || pos_of(b, p->id) != SONA_SLOTMAP_EMPTY) {
         st = sona_fail(&b->err, SONA_E_STATE, "%s: id %llu is 0 or in use", call,
                        (unsigned long long)p->id);
     } else if (!sona_all_finite(centroid, b->cfg.dim) || !isfinite(p->avg_quality) ||
@@ -848,17 +909,17 @@ sona_status sona_bank_pattern_restore_route(sona_bank *b, uint64_t id, const cha
     const char *call = "sona_bank_pattern_restore_route";
     pthread_mutex_lock(&b->lock);
     sona_status st = SONA_OK;
-    const uint32_t pos = sona_idmap_get(&b->by_id, id);
+    const uint32_t pos = pos_of(b, id);
     if (!route) {
         st = sona_fail(&b->err, SONA_E_NULL, "%s: route is NULL", call);
-    } else if (pos == SONA_IDMAP_EMPTY) {
+    } else if (pos == SONA_SLOTMAP_EMPTY) {
         st = sona_fail(&b->err, SONA_E_NOT_FOUND, "%s: no pattern %llu", call, (unsigned long long)id);
     } else if (count == 0 || !isfinite(mean_quality)) {
         st = sona_fail(&b->err, count ? SONA_E_NONFINITE : SONA_E_INVALID,
                        "%s: needs count >= 1 and a finite mean quality", call);
     } else {
         const int32_t r = intern_route(b, route);
-        if (r < 0 || add_route_stat(&b->pats[pos], (uint32_t)r, count,
+        if (r < 0 || add_route_stat(b, &b->pats[pos], (uint32_t)r, count,
                                     (double)mean_quality * (double)count) != 0)
             st = sona_fail(&b->err, SONA_E_NOMEM, "%s: out of memory", call);
     }

@@ -23,7 +23,7 @@
 
 #include "core/error.h"
 #include "core/half.h"
-#include "core/idmap.h"
+#include "core/slotmap.h"
 #include "core/q8.h"
 #include "core/rng.h"
 #include "core/vecmath.h"
@@ -76,7 +76,7 @@ struct sona_index {
     float *rbuf;         /* stride: a vector as given (Q8 stores it, blend averages it) */
     float *nbuf, *ebuf;  /* stride: decoded vectors (select_neighbors / link_back) */
     void *rec;           /* vec_bytes: a record being built */
-    sona_idmap map;      /* live id -> slot */
+    sona_slotmap map;    /* live id -> slot (keys: ids) */
     sona_rng rng;
     double level_mult;
     sona_dot_fn dot;
@@ -349,7 +349,7 @@ static void free_parts(sona_index *x)
     free(x->nbuf);
     free(x->ebuf);
     free(x->rec);
-    sona_idmap_free(&x->map);
+    sona_slotmap_free(&x->map);
 }
 
 /* ---- graph search ----------------------------------------------------------------------- */
@@ -563,7 +563,8 @@ static sona_status insert_node(sona_index *x, uint64_t id, const float *v, float
             return SONA_E_NOMEM;
         }
     }
-    if (sona_idmap_put(&x->map, id, slot) != SONA_OK) {
+    x->ids[slot] = id; /* the map reads it */
+    if (sona_slotmap_put(&x->map, id, slot, x->ids, sizeof *x->ids) != SONA_OK) {
         free(up);
         x->rng = rng_before;
         return SONA_E_NOMEM;
@@ -571,7 +572,6 @@ static sona_status insert_node(sona_index *x, uint64_t id, const float *v, float
     x->used++;
     x->live++;
     store_rec(x, slot, scale);
-    x->ids[slot] = id;
     if (x->access)
         x->access[slot] = access;
     x->dead[slot] = 0;
@@ -708,7 +708,7 @@ sona_status sona_index_insert(sona_index *x, uint64_t id, const float *vec)
     sona_status st = prepare(x, "sona_index_insert", vec, x->vbuf, &norm);
     if (st != SONA_OK)
         return st;
-    if (sona_idmap_get(&x->map, id) != SONA_IDMAP_EMPTY)
+    if (sona_slotmap_get(&x->map, id, x->ids, sizeof *x->ids) != SONA_SLOTMAP_EMPTY)
         return sona_fail(&x->err, SONA_E_STATE, "sona_index_insert: id %llu is present (use update)",
                          (unsigned long long)id);
     st = insert_node(x, id, x->vbuf, encode(x, x->rbuf, x->vbuf, norm, NULL), 0);
@@ -787,8 +787,8 @@ sona_status sona_index_update(sona_index *x, uint64_t id, const float *vec)
 {
     if (!x)
         return SONA_E_NULL;
-    const uint32_t old = sona_idmap_get(&x->map, id);
-    if (old == SONA_IDMAP_EMPTY)
+    const uint32_t old = sona_slotmap_get(&x->map, id, x->ids, sizeof *x->ids);
+    if (old == SONA_SLOTMAP_EMPTY)
         return sona_fail(&x->err, SONA_E_NOT_FOUND, "sona_index_update: no id %llu",
                          (unsigned long long)id);
     float norm = 0.0f;
@@ -811,8 +811,8 @@ sona_status sona_index_blend(sona_index *x, uint64_t id, const float *vec, doubl
     if (!x)
         return SONA_E_NULL;
     const char *call = "sona_index_blend";
-    const uint32_t old = sona_idmap_get(&x->map, id);
-    if (old == SONA_IDMAP_EMPTY)
+    const uint32_t old = sona_slotmap_get(&x->map, id, x->ids, sizeof *x->ids);
+    if (old == SONA_SLOTMAP_EMPTY)
         return sona_fail(&x->err, SONA_E_NOT_FOUND, "%s: no id %llu", call, (unsigned long long)id);
     if (!vec)
         return sona_fail(&x->err, SONA_E_NULL, "%s: vector is NULL", call);
@@ -841,11 +841,11 @@ sona_status sona_index_remove(sona_index *x, uint64_t id)
 {
     if (!x)
         return SONA_E_NULL;
-    const uint32_t slot = sona_idmap_get(&x->map, id);
-    if (slot == SONA_IDMAP_EMPTY)
+    const uint32_t slot = sona_slotmap_get(&x->map, id, x->ids, sizeof *x->ids);
+    if (slot == SONA_SLOTMAP_EMPTY)
         return sona_fail(&x->err, SONA_E_NOT_FOUND, "sona_index_remove: no id %llu",
                          (unsigned long long)id);
-    sona_idmap_del(&x->map, id);
+    sona_slotmap_del(&x->map, id, x->ids, sizeof *x->ids);
     x->dead[slot] = 1;
     x->live--;
     maybe_compact(x);
@@ -922,8 +922,8 @@ sona_status sona_index_search(sona_index *x, const float *query, uint32_t k, uin
 
 static sona_status lookup(const sona_index *x, uint64_t id, const char *call, uint32_t *slot)
 {
-    *slot = sona_idmap_get(&x->map, id);
-    if (*slot == SONA_IDMAP_EMPTY)
+    *slot = sona_slotmap_get(&x->map, id, x->ids, sizeof *x->ids);
+    if (*slot == SONA_SLOTMAP_EMPTY)
         return sona_fail(NULL, SONA_E_NOT_FOUND, "%s: no id %llu", call, (unsigned long long)id);
     return SONA_OK;
 }
