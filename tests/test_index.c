@@ -673,3 +673,29 @@ Test(index, blend_tracks_the_exact_weighted_mean, .timeout = 120)
         sona_index_destroy(naive);
     }
 }
+
+/* Visited marks are 16-bit generation stamps, cleared when the generation wraps: searches keep
+ * finding the exact best match past 65,535 of them. */
+Test(index, searches_stay_exact_past_the_visited_stamp_wrap)
+{
+    const uint64_t seed = op_test_seed();
+    const uint32_t n = 64, d = 9;
+    printf("[index] stamp wrap seed %" PRIu64 "\n", seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 10);
+    float *P = clustered(&r, n, d);
+    sona_index *x = make(d, 32, seed);
+    for (uint32_t i = 0; i < n; i++)
+        cr_assert_eq(sona_index_insert(x, i, P + (size_t)i * d), SONA_OK);
+    for (uint32_t s = 0; s < 70000; s++) {
+        const uint32_t q = s % n;
+        uint64_t id;
+        float sim;
+        uint32_t found;
+        cr_assert_eq(sona_index_search_ef(x, P + (size_t)q * d, 1, n, 0, &id, &sim, &found), SONA_OK);
+        if (s % 997 == 0 || (s > 65530 && s < 65540))
+            cr_assert(found == 1 && sim > 0.99999f, "search %u: best match of %u lost", s, q);
+    }
+    free(P);
+    sona_index_destroy(x);
+}

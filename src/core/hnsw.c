@@ -14,8 +14,10 @@
  * by little: encoding a decoded vector gives it back bit for bit (save / load round trips), and
  * blends round on a fixed grid (see sona_index_blend). Their similarity is one dot kernel call
  * times the stored inverse norm: the exact cosine with the stored vector.
- * Queries and the vector being linked stay f32. Level-0 links are one flat array of
- * [count, 2M links] per slot; upper levels are allocated per node. Searches keep a
+ * Queries and the vector being linked stay f32. A link list is a 16-bit count and 24-bit slot
+ * numbers (the index holds 2^24 nodes at most; a level-0 list of 2M = 32 links takes 98 bytes
+ * where 32-bit ones took 132): level-0 lists are one flat array, upper levels are allocated
+ * per node. Searches keep a
  * generation-stamped visited array (no clearing per query) and heaps sized by ef: the result
  * heap and result list hold ef + 1, the candidate heap grows when a search needs more (and, out
  * of memory, leaves the candidate unexplored rather than failing). */
@@ -33,6 +35,7 @@
 #include <string.h>
 
 #define NO_NODE UINT32_MAX
+#define MAX_NODES (1u << 24) /* slot numbers in links have 24 bits */
 #define MAX_LEVEL 24
 /* An update that keeps the vector within this cosine of its old value is done in place. */
 #define UPDATE_IN_PLACE_COS 0.99f
@@ -62,12 +65,12 @@ struct sona_index {
     uint64_t *access;    /* access count per slot; NULL until the first counting search */
     uint8_t *dead;       /* 1: removed or superseded; routes searches, never returned */
     uint8_t *levels;     /* top level per slot */
-    uint32_t *links0;    /* cap * (M0 + 1): [count, links...] */
-    uint32_t **upper;    /* per slot: levels[slot] * (M + 1), NULL when level 0 only */
+    uint8_t *links0;     /* cap lists of M0 links */
+    uint8_t **upper;     /* per slot: levels[slot] lists of M links, NULL when level 0 only */
     uint32_t entry;      /* entry point slot, NO_NODE when empty */
     int top;             /* level of the entry point */
-    uint32_t *visited;   /* cap stamps */
-    uint32_t visit_gen;
+    uint16_t *visited;   /* cap stamps (cleared once every 65,535 searches) */
+    uint16_t visit_gen;
     heap cand_heap, res_heap; /* candidates (grows), results (ef + 1) */
     cand *found;         /* res_heap.cap: a search's results, best first */
     cand *pick, *shrink; /* M0 + 1: neighbour selection scratch */
@@ -254,10 +257,41 @@ static void store_rec(sona_index *x, uint32_t n, float scale)
         x->scale[n] = scale;
 }
 
-static inline uint32_t *links_at(const sona_index *x, uint32_t n, int level)
+/* ---- link lists: a u16 count, then 3-byte slot numbers -------------------------------------- */
+
+static inline size_t list_bytes(uint32_t links) { return 2 + (size_t)links * 3; }
+
+static inline uint32_t nlinks(const uint8_t *l)
 {
-    return level == 0 ? x->links0 + (size_t)n * (x->M0 + 1)
-                      : x->upper[n] + (size_t)(level - 1) * (x->cfg.M + 1);
+    uint16_t c;
+    memcpy(&c, l, sizeof c);
+    return c;
+}
+
+static inline void set_nlinks(uint8_t *l, uint32_t c)
+{
+    const uint16_t v = (uint16_t)c;
+    memcpy(l, &v, sizeof v);
+}
+
+static inline uint32_t link_at(const uint8_t *l, uint32_t i)
+{
+    const uint8_t *p = l + 2 + (size_t)i * 3;
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16;
+}
+
+static inline void set_link(uint8_t *l, uint32_t i, uint32_t slot)
+{
+    uint8_t *p = l + 2 + (size_t)i * 3;
+    p[0] = (uint8_t)slot;
+    p[1] = (uint8_t)(slot >> 8);
+    p[2] = (uint8_t)(slot >> 16);
+}
+
+static inline uint8_t *links_at(const sona_index *x, uint32_t n, int level)
+{
+    return level == 0 ? x->links0 + (size_t)n * list_bytes(x->M0)
+                      : x->upper[n] + (size_t)(level - 1) * list_bytes(x->cfg.M);
 }
 
 #define GROW_ARRAY(ptr, count)                                          \
@@ -285,7 +319,7 @@ static sona_status grow(sona_index *x, uint32_t cap)
         GROW_ARRAY(x->access, cap);
     GROW_ARRAY(x->dead, cap);
     GROW_ARRAY(x->levels, cap);
-    GROW_ARRAY(x->links0, (size_t)cap * (x->M0 + 1));
+    GROW_ARRAY(x->links0, (size_t)cap * list_bytes(x->M0));
     GROW_ARRAY(x->upper, cap);
     GROW_ARRAY(x->visited, cap);
     memset(x->visited + x->cap, 0, (size_t)(cap - x->cap) * sizeof *x->visited);
@@ -375,12 +409,13 @@ static uint32_t greedy(sona_index *x, const float *q, uint32_t ep, float *ep_s, 
 {
     for (int changed = 1; changed;) {
         changed = 0;
-        const uint32_t *l = links_at(x, ep, level);
-        for (uint32_t i = 1; i <= l[0]; i++) {
-            const float s = sim_to(x, q, l[i]);
+        const uint8_t *l = links_at(x, ep, level);
+        for (uint32_t i = 0, nl = nlinks(l); i < nl; i++) {
+            const uint32_t nb = link_at(l, i);
+            const float s = sim_to(x, q, nb);
             if (s > *ep_s) {
                 *ep_s = s;
-                ep = l[i];
+                ep = nb;
                 changed = 1;
             }
         }
@@ -399,7 +434,7 @@ static uint32_t search_layer(sona_index *x, const float *q, uint32_t ep, float e
     heap *C = &x->cand_heap, *R = &x->res_heap;
     C->len = R->len = 0;
     next_visit_generation(x);
-    const uint32_t gen = x->visit_gen;
+    const uint16_t gen = x->visit_gen;
     x->visited[ep] = gen;
     heap_push(C, ep_s, ep);
     if (!skip || !skip[ep])
@@ -410,12 +445,13 @@ static uint32_t search_layer(sona_index *x, const float *q, uint32_t ep, float e
             break;
         /* Unvisited neighbours first, so only vectors that will be compared are fetched; the
          * next one streams in while the current one is compared. */
-        const uint32_t *l = links_at(x, c.n, level);
+        const uint8_t *l = links_at(x, c.n, level);
         uint32_t *todo = x->todo, nt = 0;
-        for (uint32_t i = 1; i <= l[0]; i++) {
-            if (x->visited[l[i]] != gen) {
-                x->visited[l[i]] = gen;
-                todo[nt++] = l[i];
+        for (uint32_t i = 0, nl = nlinks(l); i < nl; i++) {
+            const uint32_t nb = link_at(l, i);
+            if (x->visited[nb] != gen) {
+                x->visited[nb] = gen;
+                todo[nt++] = nb;
             }
         }
         if (nt)
@@ -476,29 +512,31 @@ static void sort_desc(cand *c, uint32_t n)
  * is re-selected with the heuristic. */
 static void link_back(sona_index *x, uint32_t e, uint32_t nn, float s, int level)
 {
-    uint32_t *l = links_at(x, e, level);
-    const uint32_t mmax = level ? x->cfg.M : x->M0;
-    if (l[0] < mmax) {
-        l[1 + l[0]++] = nn;
+    uint8_t *l = links_at(x, e, level);
+    const uint32_t mmax = level ? x->cfg.M : x->M0, have = nlinks(l);
+    if (have < mmax) {
+        set_link(l, have, nn);
+        set_nlinks(l, have + 1);
         return;
     }
     const float *ve = node_vec(x, e, x->ebuf);
     uint32_t nc = 0;
-    for (uint32_t i = 1; i <= l[0]; i++)
-        if (!x->dead[l[i]])
-            x->shrink[nc++] = (cand){sim_to(x, ve, l[i]), l[i]};
-    x->shrink[nc++] = (cand){s, nn};
-    if (nc <= mmax) {
-        l[0] = nc;
-        for (uint32_t i = 0; i < nc; i++)
-            l[1 + i] = x->shrink[i].n;
-        return;
+    for (uint32_t i = 0; i < have; i++) {
+        const uint32_t nb = link_at(l, i);
+        if (!x->dead[nb])
+            x->shrink[nc++] = (cand){sim_to(x, ve, nb), nb};
     }
-    sort_desc(x->shrink, nc);
-    const uint32_t n = select_neighbors(x, x->shrink, nc, mmax, x->pick + 0);
-    l[0] = n;
+    x->shrink[nc++] = (cand){s, nn};
+    const cand *keep = x->shrink;
+    uint32_t n = nc;
+    if (nc > mmax) {
+        sort_desc(x->shrink, nc);
+        n = select_neighbors(x, x->shrink, nc, mmax, x->pick);
+        keep = x->pick;
+    }
+    set_nlinks(l, n);
     for (uint32_t i = 0; i < n; i++)
-        l[1 + i] = x->pick[i].n;
+        set_link(l, i, keep[i].n);
 }
 
 /* Links the new node slot (its vector stored; q is its f32 value, stride floats) on levels
@@ -513,13 +551,13 @@ static void connect_node(sona_index *x, uint32_t slot, const float *q, int level
     for (int l = level < x->top ? level : x->top; l >= 0; l--) {
         const uint32_t nw = search_layer(x, q, ep, ep_s, x->cfg.ef_construction, l, 1);
         const uint32_t n = select_neighbors(x, x->found, nw, x->cfg.M, x->pick);
-        uint32_t *own = links_at(x, slot, l);
-        own[0] = n;
+        uint8_t *own = links_at(x, slot, l);
+        set_nlinks(own, n);
         for (uint32_t i = 0; i < n; i++)
-            own[1 + i] = x->pick[i].n;
+            set_link(own, i, x->pick[i].n);
         /* link_back reuses pick: iterate over the copy in own. */
         for (uint32_t i = 0; i < n; i++) {
-            const uint32_t e = own[1 + i];
+            const uint32_t e = link_at(own, i);
             link_back(x, e, slot, sim_to(x, q, e), l);
         }
         if (nw) {
@@ -544,9 +582,10 @@ static int random_level(sona_index *x)
 static sona_status insert_node(sona_index *x, uint64_t id, const float *v, float scale, uint64_t access)
 {
     if (x->used == x->cap) {
-        if (x->cap > UINT32_MAX / 3 * 2 - 16)
-            return SONA_E_NOMEM;
-        sona_status st = grow(x, x->cap + x->cap / 2 + 16);
+        if (x->cap >= MAX_NODES)
+            return SONA_E_FULL;
+        const uint32_t cap = x->cap + x->cap / 2 + 16;
+        sona_status st = grow(x, cap < MAX_NODES ? cap : MAX_NODES);
         if (st != SONA_OK)
             return st;
     }
@@ -555,9 +594,9 @@ static sona_status insert_node(sona_index *x, uint64_t id, const float *v, float
     const sona_rng rng_before = x->rng;
     const int level = random_level(x);
     const uint32_t slot = x->used;
-    uint32_t *up = NULL;
+    uint8_t *up = NULL;
     if (level > 0) {
-        up = calloc((size_t)level * (x->cfg.M + 1), sizeof *up);
+        up = calloc(level, list_bytes(x->cfg.M));
         if (!up) {
             x->rng = rng_before;
             return SONA_E_NOMEM;
@@ -577,7 +616,7 @@ static sona_status insert_node(sona_index *x, uint64_t id, const float *v, float
     x->dead[slot] = 0;
     x->levels[slot] = (uint8_t)level;
     x->upper[slot] = up;
-    links_at(x, slot, 0)[0] = 0;
+    set_nlinks(links_at(x, slot, 0), 0);
     if (x->entry == NO_NODE) {
         x->entry = slot;
         x->top = level;
@@ -616,6 +655,9 @@ static sona_status check_config(const sona_index_config *cfg)
         return sona_fail(NULL, SONA_E_INVALID, "sona_index_create: M %u is outside 2..255", cfg->M);
     if (cfg->ef_construction == 0 || cfg->ef_search == 0)
         return sona_fail(NULL, SONA_E_INVALID, "sona_index_create: ef_construction and ef_search must be >= 1");
+    if (cfg->initial_capacity > MAX_NODES)
+        return sona_fail(NULL, SONA_E_INVALID, "sona_index_create: initial_capacity %u is over 2^24",
+                         cfg->initial_capacity);
     if (cfg->storage != SONA_STORAGE_F32 && cfg->storage != SONA_STORAGE_F16 &&
         cfg->storage != SONA_STORAGE_Q8)
         return sona_fail(NULL, SONA_E_INVALID, "sona_index_create: unknown storage %d", (int)cfg->storage);
@@ -700,6 +742,12 @@ static sona_status prepare(sona_index *x, const char *call, const float *vec, fl
     return SONA_OK;
 }
 
+/* The reason an insertion failed. */
+static const char *why(sona_status st)
+{
+    return st == SONA_E_FULL ? "the index holds 2^24 nodes at most" : "out of memory";
+}
+
 sona_status sona_index_insert(sona_index *x, uint64_t id, const float *vec)
 {
     if (!x)
@@ -712,7 +760,7 @@ sona_status sona_index_insert(sona_index *x, uint64_t id, const float *vec)
         return sona_fail(&x->err, SONA_E_STATE, "sona_index_insert: id %llu is present (use update)",
                          (unsigned long long)id);
     st = insert_node(x, id, x->vbuf, encode(x, x->rbuf, x->vbuf, norm, NULL), 0);
-    return st == SONA_OK ? st : sona_fail(&x->err, st, "sona_index_insert: out of memory");
+    return st == SONA_OK ? st : sona_fail(&x->err, st, "sona_index_insert: %s", why(st));
 }
 
 /* Rebuilds the graph from the live nodes when more than half the slots are deleted (or resets it
@@ -796,7 +844,7 @@ sona_status sona_index_update(sona_index *x, uint64_t id, const float *vec)
     if (st != SONA_OK)
         return st;
     st = replace(x, id, old, x->vbuf, encode(x, x->rbuf, x->vbuf, norm, NULL));
-    return st == SONA_OK ? st : sona_fail(&x->err, st, "sona_index_update: out of memory");
+    return st == SONA_OK ? st : sona_fail(&x->err, st, "sona_index_update: %s", why(st));
 }
 
 static uint64_t bits_of(double d)
@@ -834,7 +882,7 @@ sona_status sona_index_blend(sona_index *x, uint64_t id, const float *vec, doubl
     sona_rng dither;
     sona_rng_seed(&dither, x->cfg.seed ^ id * 0x9e3779b97f4a7c15ull, bits_of(w_old) ^ (bits_of(w_new) * 0xd6e8feb86659fd93ull));
     st = replace(x, id, old, x->vbuf, encode(x, x->rbuf, x->vbuf, norm, &dither));
-    return st == SONA_OK ? st : sona_fail(&x->err, st, "%s: out of memory", call);
+    return st == SONA_OK ? st : sona_fail(&x->err, st, "%s: %s", call, why(st));
 }
 
 sona_status sona_index_remove(sona_index *x, uint64_t id)
@@ -858,6 +906,8 @@ sona_status sona_index_reserve(sona_index *x, uint32_t n)
         return SONA_E_NULL;
     if (n <= x->cap)
         return SONA_OK;
+    if (n > MAX_NODES)
+        return sona_fail(&x->err, SONA_E_FULL, "sona_index_reserve: %u nodes, the index holds 2^24 at most", n);
     return grow(x, n) == SONA_OK ? SONA_OK
                                  : sona_fail(&x->err, SONA_E_NOMEM, "sona_index_reserve: out of memory for %u nodes", n);
 }
@@ -948,11 +998,11 @@ sona_status sona_index_neighbors(const sona_index *x, uint64_t id, uint64_t *out
     sona_status st = lookup(x, id, "sona_index_neighbors", &slot);
     if (st != SONA_OK)
         return st;
-    const uint32_t *l = links_at(x, slot, 0);
+    const uint8_t *l = links_at(x, slot, 0);
     uint32_t m = 0;
-    for (uint32_t i = 1; i <= l[0] && m < max; i++)
-        if (!x->dead[l[i]])
-            out[m++] = x->ids[l[i]];
+    for (uint32_t i = 0, nl = nlinks(l); i < nl && m < max; i++)
+        if (!x->dead[link_at(l, i)])
+            out[m++] = x->ids[link_at(l, i)];
     *n = m;
     return SONA_OK;
 }
