@@ -229,6 +229,9 @@ Test(index, bad_input_changes_nothing)
     cr_assert_eq(sona_index_insert(x, 2, nan_v), SONA_E_NONFINITE);
     cr_assert_eq(sona_index_insert(x, 2, zero), SONA_E_INVALID);
     cr_assert_eq(sona_index_insert(x, 2, NULL), SONA_E_NULL);
+    const float huge[5] = {3e38f, 0, 0, 0, 1}, tiny[5] = {1e-31f, 0, 0, 0, 0};
+    cr_assert_eq(sona_index_insert(x, 2, huge), SONA_E_INVALID, "a norm past 1e30 is refused");
+    cr_assert_eq(sona_index_insert(x, 2, tiny), SONA_E_INVALID, "a norm below 1e-30 is refused");
     cr_assert_eq(sona_index_update(x, 1, nan_v), SONA_E_NONFINITE);
     cr_assert_eq(sona_index_blend(x, 1, nan_v, 1.0, 1.0), SONA_E_NONFINITE);
     cr_assert_eq(sona_index_blend(x, 1, v, -1.0, 1.0), SONA_E_INVALID);

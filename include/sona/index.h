@@ -63,9 +63,9 @@ SONA_API const sona_index_config *sona_index_get_config(const sona_index *index)
 /* Live (searchable) ids. */
 SONA_API uint64_t sona_index_size(const sona_index *index);
 
-/* Adds id with vector vec (dim floats, normalised on the way in). SONA_E_STATE when id is
- * present already (use update), SONA_E_NONFINITE / SONA_E_INVALID (zero vector) leave the index
- * unchanged. */
+/* Adds id with vector vec (dim floats). SONA_E_STATE when id is present already (use update),
+ * SONA_E_NONFINITE / SONA_E_INVALID (a norm of 0 or outside 1e-30..1e30, which every storage
+ * keeps exactly in range) leave the index unchanged. */
 SONA_API sona_status sona_index_insert(sona_index *index, uint64_t id, const float *vec);
 /* Replaces id's vector (its access count is kept); SONA_E_NOT_FOUND when absent. */
 SONA_API sona_status sona_index_update(sona_index *index, uint64_t id, const float *vec);

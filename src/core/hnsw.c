@@ -726,9 +726,15 @@ const char *sona_index_last_error(const sona_index *x) { return x ? x->err.msg :
 const sona_index_config *sona_index_get_config(const sona_index *x) { return x ? &x->cfg : NULL; }
 uint64_t sona_index_size(const sona_index *x) { return x ? x->live : 0; }
 
+/* Norms a stored vector may have: its norm and every stored value stay normal f32 numbers in
+ * every storage (no overflow when decoding, no underflow of a power-of-two scale). */
+#define MIN_NORM 1e-30f
+#define MAX_NORM 1e30f
+
 /* Copies vec into x->rbuf as given and into unit normalised (stride floats each, zero padded);
- * *norm = its norm. Refuses NaN/Inf and zero. */
-static sona_status prepare(sona_index *x, const char *call, const float *vec, float *unit, float *norm)
+ * *norm = its norm. Refuses NaN/Inf and zero, and when stored, a norm outside the range above. */
+static sona_status prepare(sona_index *x, const char *call, const float *vec, float *unit, float *norm,
+                           int stored)
 {
     if (!vec)
         return sona_fail(&x->err, SONA_E_NULL, "%s: vector is NULL", call);
@@ -739,6 +745,9 @@ static sona_status prepare(sona_index *x, const char *call, const float *vec, fl
     memcpy(unit, x->rbuf, x->stride * sizeof(float));
     if ((*norm = sona_normalize(unit, x->cfg.dim)) == 0.0f)
         return sona_fail(&x->err, SONA_E_INVALID, "%s: zero vector has no direction", call);
+    if (stored && !(*norm >= MIN_NORM && *norm <= MAX_NORM))
+        return sona_fail(&x->err, SONA_E_INVALID, "%s: vector norm %g is outside 1e-30..1e30", call,
+                         (double)*norm);
     return SONA_OK;
 }
 
@@ -753,7 +762,7 @@ sona_status sona_index_insert(sona_index *x, uint64_t id, const float *vec)
     if (!x)
         return SONA_E_NULL;
     float norm = 0.0f;
-    sona_status st = prepare(x, "sona_index_insert", vec, x->vbuf, &norm);
+    sona_status st = prepare(x, "sona_index_insert", vec, x->vbuf, &norm, 1);
     if (st != SONA_OK)
         return st;
     if (sona_slotmap_get(&x->map, id, x->ids, sizeof *x->ids) != SONA_SLOTMAP_EMPTY)
@@ -840,7 +849,7 @@ sona_status sona_index_update(sona_index *x, uint64_t id, const float *vec)
         return sona_fail(&x->err, SONA_E_NOT_FOUND, "sona_index_update: no id %llu",
                          (unsigned long long)id);
     float norm = 0.0f;
-    sona_status st = prepare(x, "sona_index_update", vec, x->vbuf, &norm);
+    sona_status st = prepare(x, "sona_index_update", vec, x->vbuf, &norm, 1);
     if (st != SONA_OK)
         return st;
     st = replace(x, id, old, x->vbuf, encode(x, x->rbuf, x->vbuf, norm, NULL));
@@ -875,7 +884,7 @@ sona_status sona_index_blend(sona_index *x, uint64_t id, const float *vec, doubl
     for (uint32_t i = 0; i < x->cfg.dim; i++)
         mean[i] = (float)((w_old * mean[i] + w_new * vec[i]) / tot);
     float norm = 0.0f;
-    sona_status st = prepare(x, call, mean, x->vbuf, &norm);
+    sona_status st = prepare(x, call, mean, x->vbuf, &norm, 1);
     if (st != SONA_OK)
         return st;
     /* The rounding stream depends on nothing but the call: same calls, same vectors. */
@@ -932,7 +941,7 @@ sona_status sona_index_search_ef(sona_index *x, const float *query, uint32_t k, 
     if (k == 0 || ef == 0)
         return sona_fail(&x->err, SONA_E_INVALID, "sona_index_search: k and ef must be >= 1");
     float norm = 0.0f;
-    sona_status st = prepare(x, "sona_index_search", query, x->qbuf, &norm);
+    sona_status st = prepare(x, "sona_index_search", query, x->qbuf, &norm, 0);
     if (st != SONA_OK)
         return st;
     *found = 0;
