@@ -257,6 +257,9 @@ Test(bank, bad_input_changes_nothing)
     sona_bank *none = (sona_bank *)1;
     cr_assert_eq(sona_bank_create(&cfg, &none), SONA_E_INVALID);
     cr_assert_null(none);
+    sona_bank_config_default(&cfg, DIM);
+    cfg.capacity = (1u << 24) + 1; /* past the index's node limit */
+    cr_assert_eq(sona_bank_create(&cfg, &none), SONA_E_INVALID);
     sona_bank_destroy(NULL);
     sona_bank_destroy(b);
 }

@@ -21,14 +21,18 @@ extern "C" {
  * similarity through an HNSW index (sona/index.h) that always holds exactly the live patterns.
  *
  * Centroids are kept once, in the index, in its storage (cfg.index.storage, Q8 by default:
- * about 290 bytes per centroid of dim 256 instead of 1,024). So a centroid read back
- * (sona_bank_pattern_get) is the mean of its trajectories within that storage's rounding: for
- * Q8, each value within one step of its block of 32 (a step is at most the block's largest
- * magnitude / 64) - half a step when stored, up to one after merges, which round without bias
- * (sona_index_blend) so that many merges track the exact weighted mean instead of drifting from
- * it or losing small clusters. Search similarities are cosines with these stored centroids; the
- * same operations in the same order give the same centroids and results. F32 storage keeps the
- * centroids exact to f32 rounding at 4 bytes a value.
+ * 292 bytes per centroid of dim 256 instead of 1,024; see sona/index.h). A centroid read back
+ * (sona_bank_pattern_get) is the mean of its trajectories within that storage's rounding: as
+ * stored, each Q8 value within half a step of its block (a step is 1/127 to 1/64 of the block's
+ * largest magnitude). Merges fold the size-weighted mean into the stored centroid with
+ * stochastic rounding (sona_index_blend): unbiased, so a large pattern absorbing many small
+ * clusters follows them instead of staying on its grid, at the price of noise whose standard
+ * deviation is about sqrt(d * step / 2) per value, d the typical distance of the merged
+ * clusters from the pattern (e.g. 2.5 steps for clusters 12 steps away; tests/test_bank.c and
+ * tests/test_index.c check 600 and 3,000 merges). Search similarities are cosines with the
+ * stored centroids, to f32 rounding (for Q8 within about 2e-3 of those with the exact means, so
+ * near ties may come in either order). The same operations in the same order give the same
+ * centroids and results. F32 storage keeps centroids exact to f32 rounding at 4 bytes a value.
  *
  * Thread safety: a sona_bank is internally locked (one mutex); every function may be called
  * from any thread at any time. Pointers it returns (route names) stay valid until destroy. */
@@ -47,7 +51,7 @@ typedef struct sona_bank_config {
     float min_quality;         /* patterns whose average quality falls below are pruned */
     uint64_t stale_after_ms;   /* patterns not accessed (or created) for this long are pruned;
                                   0 = never */
-    uint32_t capacity;         /* patterns kept at most */
+    uint32_t capacity;         /* patterns kept at most, 1..2^24 */
     uint32_t max_pending;      /* trajectories waiting for extraction at most (SONA_E_FULL) */
     uint64_t seed;             /* k-means seed; extraction c uses the stream (seed, c) */
     sona_index_config index;   /* the pattern index, which holds the centroids (its dim is set

@@ -1,5 +1,4 @@
-/* libsona: the pattern index, an HNSW graph (Malkov & Yashunin) over unit vectors, searched by
- * cosine similarity. */
+/* libsona: the pattern index, an HNSW graph (Malkov & Yashunin) searched by cosine similarity. */
 #ifndef SONA_INDEX_H
 #define SONA_INDEX_H
 
@@ -11,14 +10,17 @@ extern "C" {
 
 /* An approximate nearest-neighbour index of (id, vector) pairs, searched by cosine similarity.
  *
- * Storage (cfg.storage): F32 keeps each vector's direction exactly (4 bytes a value), F16 as IEEE
- * half (2 bytes, relative error about 5e-4), Q8 as 8-bit codes in blocks of 32 with a
- * power-of-two scale per block (about 1.14 bytes a value; each value within half a step of its
- * block's largest magnitude / 64 at worst, / 127 at best). Every storage also keeps the vector's
- * norm, so get_vector returns the vector as inserted (F32: to f32 rounding; F16 and Q8: to their
- * rounding). Similarities are the cosines between the query and the stored vectors, to f32
- * rounding: for F16 and Q8 they differ from those of the inserted vectors by the storage's
- * rounding (about 1e-3 and 2e-3 at dim 256).
+ * Storage (cfg.storage), bytes per vector at dim 256 in brackets:
+ *   F32 (1,024): the unit vector and the norm (to f32 rounding);
+ *   F16 (516):   IEEE halves of the vector scaled by a power of two (11 significant bits);
+ *   Q8 (292):    8-bit codes in blocks of 32, each block's scale the smallest power of two that
+ *                fits its largest magnitude in 127 steps (so a step is 1/127 to 1/64 of it).
+ * get_vector returns the vector as inserted, magnitude included: F32 to f32 rounding, F16 and Q8
+ * each value within half a step (their rounding); reading a Q8 vector back and inserting it
+ * again stores the same values bit for bit (F16 too, but for values below 2^-27 of the largest). Similarities are the cosines between the query and
+ * the stored vectors, to f32 rounding; against the inserted vectors they are off by the
+ * storage's rounding (clustered data, dim 99: F16 within 1e-4, Q8 within 2e-3), so Q8 may order
+ * near ties either way. A stored vector's norm must lie in 1e-30..1e30.
  *
  * Removal is lazy: a removed id is marked deleted and never appears in results or neighbour
  * lists again, but its node keeps routing searches until more than half the nodes are deleted;

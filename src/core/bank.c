@@ -170,6 +170,10 @@ sona_status sona_bank_create(const sona_bank_config *cfg, sona_bank **out)
         return sona_fail(NULL, SONA_E_INVALID,
                          "sona_bank_create: dim, k_clusters, max_iterations, capacity and "
                          "max_pending must be >= 1");
+    if (cfg->capacity > (1u << 24))
+        return sona_fail(NULL, SONA_E_INVALID,
+                         "sona_bank_create: capacity %u is over 2^24 (the index's node limit)",
+                         cfg->capacity);
     if (!(cfg->tolerance >= 0.0f) || !(cfg->merge_threshold >= -1.0f) ||
         !(cfg->merge_threshold <= 1.0f) || !isfinite(cfg->min_quality))
         return sona_fail(NULL, SONA_E_INVALID,
@@ -446,7 +450,7 @@ static void remove_pattern(sona_bank *b, uint32_t pos)
     sona_index_remove(b->index, id);
     sona_slotmap_del(&b->by_id, id, &b->pats->id, sizeof *b->pats);
     const uint32_t rl = b->pats[pos].routes;
-    if (rl) { /* its list goes back to the pool (the room to list it was made with the list) */
+    if (rl) { /* its list goes back to the pool (rl_free has room for every list) */
         free(b->rlists[rl - 1].v);
         b->rlists[rl - 1] = (route_list){0};
         b->rl_free[b->nfree++] = rl - 1;

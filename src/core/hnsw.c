@@ -11,8 +11,9 @@
  *   Q8:  the vector itself in core/q8.h's layout with power-of-two block scales, then the f32
  *        inverse norm of the decoded values.
  * F16 and Q8 decode exactly (values times powers of two) and keep their grid while a vector moves
- * by little: encoding a decoded vector gives it back bit for bit (save / load round trips), and
- * blends round on a fixed grid (see sona_index_blend). Their similarity is one dot kernel call
+ * by little: encoding a decoded Q8 vector gives it back bit for bit (save / load round trips; F16
+ * too unless a half must be halved below its subnormal range), and blends round on a fixed grid
+ * (see sona_index_blend). Their similarity is one dot kernel call
  * times the stored inverse norm: the exact cosine with the stored vector.
  * Queries and the vector being linked stay f32. A link list is a 16-bit count and 24-bit slot
  * numbers (the index holds 2^24 nodes at most; a level-0 list of 2M = 32 links takes 98 bytes
@@ -77,7 +78,9 @@ struct sona_index {
     uint32_t *todo;      /* M0: unvisited neighbours of the node being expanded */
     float *qbuf, *vbuf;  /* stride: normalised query / inserted vector */
     float *rbuf;         /* stride: a vector as given (Q8 stores it, blend averages it) */
-    float *nbuf, *ebuf;  /* stride: decoded vectors (select_neighbors / link_back) */
+    float *nbuf, *ebuf;  /* stride: decoded vectors (encode / link_back) */
+    float *sel;          /* M0 * stride: decoded vectors of the neighbours select_neighbors keeps */
+    const float **kept;  /* M0: those vectors */
     void *rec;           /* vec_bytes: a record being built */
     sona_slotmap map;    /* live id -> slot (keys: ids) */
     sona_rng rng;
@@ -383,6 +386,8 @@ static void free_parts(sona_index *x)
     free(x->nbuf);
     free(x->ebuf);
     free(x->rec);
+    free(x->sel);
+    free(x->kept);
     sona_slotmap_free(&x->map);
 }
 
@@ -485,14 +490,18 @@ static uint32_t search_layer(sona_index *x, const float *q, uint32_t ep, float e
 static uint32_t select_neighbors(const sona_index *x, const cand *c, uint32_t nc, uint32_t m,
                                  cand *out)
 {
+    /* The kept ones' unit vectors are decoded into sel (F32: used in place), so a candidate is
+     * compared with them straight from its record and only kept ones are ever decoded. */
+    const float **kept = x->kept;
     uint32_t n = 0;
     for (uint32_t i = 0; i < nc && n < m; i++) {
-        const float *v = node_vec(x, c[i].n, x->nbuf);
         int keep = 1;
         for (uint32_t j = 0; j < n && keep; j++)
-            keep = sim_to(x, v, out[j].n) < c[i].s;
-        if (keep)
+            keep = sim_to(x, kept[j], c[i].n) < c[i].s;
+        if (keep) {
+            kept[n] = node_vec(x, c[i].n, x->sel + (size_t)n * x->stride);
             out[n++] = c[i];
+        }
     }
     return n;
 }
@@ -702,9 +711,11 @@ sona_status sona_index_create(const sona_index_config *cfg, sona_index **out)
     x->nbuf = aligned_alloc(64, fbytes);
     x->ebuf = aligned_alloc(64, fbytes);
     x->rec = aligned_alloc(64, (x->vec_bytes + 63) & ~(size_t)63);
+    x->sel = aligned_alloc(64, (size_t)x->M0 * fbytes);
+    x->kept = malloc(x->M0 * sizeof *x->kept);
     const uint32_t cap = cfg->initial_capacity < 16 ? 16 : cfg->initial_capacity;
     if (!x->pick || !x->shrink || !x->todo || !x->qbuf || !x->vbuf || !x->rbuf || !x->nbuf ||
-        !x->ebuf || !x->rec || grow(x, cap) != SONA_OK ||
+        !x->ebuf || !x->rec || !x->sel || !x->kept || grow(x, cap) != SONA_OK ||
         reserve_search(x, cfg->ef_search > cfg->ef_construction ? cfg->ef_search : cfg->ef_construction) != SONA_OK) {
         free_parts(x);
         free(x);
