@@ -458,6 +458,17 @@ Test(bank, concurrent_adds_searches_and_extractions)
     sona_bank_destroy(b);
 }
 
+/* The Q8 step of value t of x (DIM floats): the smallest power of two with its block's
+ * largest magnitude at most 127 of them. */
+static double q8_step(const float *x, uint32_t t)
+{
+    const uint32_t lo = t / 32 * 32, hi = lo + 32 < DIM ? lo + 32 : DIM;
+    double amax = 0;
+    for (uint32_t j = lo; j < hi; j++)
+        amax = fmax(amax, fabs((double)x[j]));
+    return exp2(ceil(log2(amax / 127)));
+}
+
 static double cosine(const float *a, const float *b)
 {
     double ab = 0, aa = 0, bb = 0;
@@ -487,14 +498,9 @@ Test(bank, search_similarities_are_cosines_with_stored_centroids)
         cr_assert_eq(sona_bank_pattern_restore(twin, &p, C + (size_t)i * DIM), SONA_OK);
         float got[DIM];
         cr_assert_eq(sona_bank_pattern_get(b, 1 + i, NULL, got), SONA_OK);
-        for (uint32_t t = 0; t < DIM; t++) {
-            const uint32_t lo = t / 32 * 32, hi = lo + 32 < DIM ? lo + 32 : DIM;
-            double amax = 0;
-            for (uint32_t j = lo; j < hi; j++)
-                amax = fmax(amax, fabs((double)C[(size_t)i * DIM + j]));
-            cr_assert_leq(fabs(got[t] - C[(size_t)i * DIM + t]), exp2(ceil(log2(amax / 127))) / 2,
+        for (uint32_t t = 0; t < DIM; t++)
+            cr_assert_leq(fabs(got[t] - C[(size_t)i * DIM + t]), q8_step(C + (size_t)i * DIM, t) / 2,
                           "centroid %u value %u off by more than half a Q8 step", i, t);
-        }
     }
     uint32_t top_hits = 0;
     double worst = 0;
@@ -596,13 +602,8 @@ Test(bank, merged_centroid_tracks_the_exact_mean, .timeout = 120)
         err += (got[t] - exact[t]) * (double)(got[t] - exact[t]);
         moved += (exact[t] - start[t]) * (double)(exact[t] - start[t]);
     }
-    for (uint32_t t = 0; t < DIM; t++) {
-        const uint32_t lo = t / 32 * 32, hi = lo + 32 < DIM ? lo + 32 : DIM;
-        double amax = 0;
-        for (uint32_t j = lo; j < hi; j++)
-            amax = fmax(amax, fabs((double)exact[j]));
-        worst = fmax(worst, fabs(got[t] - exact[t]) / exp2(ceil(log2(amax / 127))));
-    }
+    for (uint32_t t = 0; t < DIM; t++)
+        worst = fmax(worst, fabs(got[t] - exact[t]) / q8_step(exact, t));
     printf("[bank] after 600 merges: centroid %.3g from the exact mean, which moved %.3g; worst value %.2f Q8 steps off, cosine 1 - %.2g\n",
            sqrt(err), sqrt(moved), worst, 1 - cosine(got, exact));
     cr_assert_gt(sqrt(moved), 0.5, "the test data should move the mean");
