@@ -10,6 +10,8 @@
 #include "sona/bank.h"
 #include "sona/index.h"
 
+#include <malloc.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -128,9 +130,11 @@ static int call_search(void *arg)
     return sona_index_search(f->index, q, K, ids, sims, &found) == SONA_OK && found == K ? 0 : -1;
 }
 
-/* recall@10 of the index over queries Q[m] against the exact top 10 of P[n]. */
-static double measure_recall(sona_index *index, const float *P, uint32_t n, const float *Q,
-                             uint32_t m)
+/* recall@10 of the index over queries Q[m] against the exact top 10 of P[n]. With tie > 0, a
+ * returned id whose exact cosine is within tie of the exact 10th best counts as a hit too (a
+ * near tie that a storage's rounding may order either way). */
+static double measure_recall_tie(sona_index *index, const float *P, uint32_t n, const float *Q,
+                                 uint32_t m, double tie)
 {
     int32_t *idx = malloc((size_t)m * K * sizeof *idx);
     float *sim = malloc((size_t)m * K * sizeof *sim);
@@ -142,11 +146,24 @@ static double measure_recall(sona_index *index, const float *P, uint32_t n, cons
         for (uint32_t q = 0; q < m; q++) {
             uint64_t ids[K];
             uint32_t found = 0;
-            sona_index_search_ef(index, Q + (size_t)q * DIM, K, sona_index_get_config(index)->ef_search,
-                                 0, ids, NULL, &found);
-            for (uint32_t i = 0; i < found; i++)
+            const float *qv = Q + (size_t)q * DIM;
+            sona_index_search_ef(index, qv, K, sona_index_get_config(index)->ef_search, 0, ids, NULL, &found);
+            for (uint32_t i = 0; i < found; i++) {
+                int hit = 0;
                 for (uint32_t j = 0; j < K; j++)
-                    hits += (int64_t)ids[i] == idx[(size_t)q * K + j];
+                    hit |= (int64_t)ids[i] == idx[(size_t)q * K + j];
+                if (!hit && tie > 0) {
+                    const float *p = P + (size_t)ids[i] * DIM;
+                    double qp = 0, qq = 0, pp = 0;
+                    for (uint32_t t = 0; t < DIM; t++) {
+                        qp += (double)qv[t] * p[t];
+                        qq += (double)qv[t] * qv[t];
+                        pp += (double)p[t] * p[t];
+                    }
+                    hit = qp / sqrt(qq * pp) >= sim[(size_t)q * K + K - 1] - tie;
+                }
+                hits += hit;
+            }
         }
         recall = (double)hits / ((double)m * K);
     }
@@ -155,57 +172,83 @@ static double measure_recall(sona_index *index, const float *P, uint32_t n, cons
     return recall;
 }
 
+static double measure_recall(sona_index *index, const float *P, uint32_t n, const float *Q, uint32_t m)
+{
+    return measure_recall_tie(index, P, n, Q, m, 0.0);
+}
+
+static size_t heap_used(void)
+{
+    const struct mallinfo2 m = mallinfo2();
+    return m.uordblks + m.hblkhd;
+}
+
+/* One search row: n patterns (uniform or clustered) in an index of the given storage, k = 10 at
+ * the default ef_search: latency, recall@10 against the exact knn op, build time; with
+ * report_bytes, recall counting near ties (within 2e-3) and the index's heap bytes per pattern
+ * too. */
+static void search_case(bench_ctx *ctx, const char *group, const char *name, uint32_t n,
+                        int clustered, sona_storage storage, double expected_us, int report_bytes)
+{
+    const bench_row row = {.group = group,
+                           .name = name,
+                           .backend = sona_cpu_backend()->name,
+                           .target_us = 1000.0,
+                           .stretch_us = 100.0,
+                           .expected_us = expected_us};
+    if (n > 10000 && bench_quick(ctx)) {
+        bench_skip(ctx, &row, "--quick: the 100,000-pattern build takes tens of seconds");
+        return;
+    }
+    sona_rng r;
+    sona_rng_seed(&r, 0x5eed, n * 2u + (uint32_t)clustered);
+    /* Patterns and queries from one distribution; queries are not indexed. */
+    float *P = make_rows(&r, n + QUERY_SETS + RECALL_QUERIES, clustered);
+    search_fixture f = {0};
+    sona_index_config cfg;
+    sona_index_config_default(&cfg, DIM);
+    cfg.initial_capacity = n;
+    cfg.track_access = 0;
+    cfg.storage = storage;
+    const size_t h0 = heap_used();
+    if (!P || sona_index_create(&cfg, &f.index) != SONA_OK) {
+        bench_skip(ctx, &row, "setup failed (out of memory)");
+        free(P);
+        return;
+    }
+    const double t0 = seconds_now();
+    int ok = 1;
+    for (uint32_t i = 0; ok && i < n; i++)
+        ok = sona_index_insert(f.index, i, P + (size_t)i * DIM) == SONA_OK;
+    const double build_s = seconds_now() - t0;
+    const size_t bytes = heap_used() - h0;
+    f.Q = P + (size_t)n * DIM;
+    if (!ok) {
+        bench_skip(ctx, &row, "index build failed");
+    } else if (bench_measure(ctx, &row, call_search, &f) == 0) {
+        bench_report(ctx, &row, "recall@10",
+                     measure_recall(f.index, P, n, f.Q + (size_t)QUERY_SETS * DIM, RECALL_QUERIES), "");
+        bench_report(ctx, &row, "build", build_s, "s");
+        if (report_bytes) {
+            bench_report(ctx, &row, "recall@10 ties 2e-3",
+                         measure_recall_tie(f.index, P, n, f.Q + (size_t)QUERY_SETS * DIM, RECALL_QUERIES, 2e-3), "");
+            bench_report(ctx, &row, "bytes/pattern", (double)bytes / n, "B");
+        }
+    }
+    sona_index_destroy(f.index);
+    free(P);
+}
+
 static void run_pattern_search(bench_ctx *ctx)
 {
     static const uint32_t sizes[] = {1000, 10000, 100000};
     static const double expected_us[] = {45, 120, 350};
-    const char *backend = sona_cpu_backend()->name;
     for (int clustered = 0; clustered <= 1; clustered++) {
         for (size_t c = 0; c < sizeof sizes / sizeof sizes[0]; c++) {
-            const uint32_t n = sizes[c];
             char name[48];
-            snprintf(name, sizeof name, "%s%u", clustered ? "clustered/" : "", n);
-            const bench_row row = {.group = "pattern_search",
-                                   .name = name,
-                                   .backend = backend,
-                                   .target_us = 1000.0,
-                                   .stretch_us = 100.0,
-                                   .expected_us = clustered ? 0.0 : expected_us[c]};
-            if (n > 10000 && bench_quick(ctx)) {
-                bench_skip(ctx, &row, "--quick: the 100,000-pattern build takes tens of seconds");
-                continue;
-            }
-            sona_rng r;
-            sona_rng_seed(&r, 0x5eed, n * 2u + (uint32_t)clustered);
-            /* Patterns and queries from one distribution; queries are not indexed. */
-            float *P = make_rows(&r, n + QUERY_SETS + RECALL_QUERIES, clustered);
-            search_fixture f = {0};
-            sona_index_config cfg;
-            sona_index_config_default(&cfg, DIM);
-            cfg.initial_capacity = n;
-            cfg.track_access = 0;
-            if (!P || sona_index_create(&cfg, &f.index) != SONA_OK) {
-                bench_skip(ctx, &row, "setup failed (out of memory)");
-                free(P);
-                continue;
-            }
-            const double t0 = seconds_now();
-            int ok = 1;
-            for (uint32_t i = 0; ok && i < n; i++)
-                ok = sona_index_insert(f.index, i, P + (size_t)i * DIM) == SONA_OK;
-            const double build_s = seconds_now() - t0;
-            f.Q = P + (size_t)n * DIM;
-            if (!ok) {
-                bench_skip(ctx, &row, "index build failed");
-            } else if (bench_measure(ctx, &row, call_search, &f) == 0) {
-                bench_report(ctx, &row, "recall@10",
-                             measure_recall(f.index, P, n, f.Q + (size_t)QUERY_SETS * DIM,
-                                            RECALL_QUERIES),
-                             "");
-                bench_report(ctx, &row, "build", build_s, "s");
-            }
-            sona_index_destroy(f.index);
-            free(P);
+            snprintf(name, sizeof name, "%s%u", clustered ? "clustered/" : "", sizes[c]);
+            search_case(ctx, "pattern_search", name, sizes[c], clustered, SONA_STORAGE_F32,
+                        clustered ? 0.0 : expected_us[c], 0);
         }
     }
 }
@@ -214,4 +257,29 @@ const bench_group bench_pattern_search = {
     .name = "pattern_search",
     .description = "HNSW find_similar, k=10, ef_search 50, dim 256: latency, recall@10, build time",
     .run = run_pattern_search,
+};
+
+/* ---- pattern_storage --------------------------------------------------------------------- */
+
+/* pattern_search's clustered rows for each way the index can keep vectors: the bank keeps its
+ * one copy of each centroid in Q8 (the engine's pattern memory), F16 and F32 beside it for the
+ * ratios, with the index's own heap bytes per pattern. */
+static void run_pattern_storage(bench_ctx *ctx)
+{
+    static const uint32_t sizes[] = {1000, 10000, 100000};
+    static const sona_storage storages[] = {SONA_STORAGE_F32, SONA_STORAGE_F16, SONA_STORAGE_Q8};
+    static const char *const names[] = {"f32", "f16", "q8"};
+    for (size_t c = 0; c < sizeof sizes / sizeof sizes[0]; c++) {
+        for (size_t s = 0; s < sizeof storages / sizeof storages[0]; s++) {
+            char name[48];
+            snprintf(name, sizeof name, "%s/clustered/%u", names[s], sizes[c]);
+            search_case(ctx, "pattern_storage", name, sizes[c], 1, storages[s], 0.0, 1);
+        }
+    }
+}
+
+const bench_group bench_pattern_storage = {
+    .name = "pattern_storage",
+    .description = "pattern_search's clustered rows per index storage (f32, f16, q8): latency, recall@10, build, bytes per pattern",
+    .run = run_pattern_storage,
 };

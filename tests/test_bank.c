@@ -257,6 +257,9 @@ Test(bank, bad_input_changes_nothing)
     sona_bank *none = (sona_bank *)1;
     cr_assert_eq(sona_bank_create(&cfg, &none), SONA_E_INVALID);
     cr_assert_null(none);
+    sona_bank_config_default(&cfg, DIM);
+    cfg.capacity = (1u << 24) + 1; /* past the index's node limit */
+    cr_assert_eq(sona_bank_create(&cfg, &none), SONA_E_INVALID);
     sona_bank_destroy(NULL);
     sona_bank_destroy(b);
 }
@@ -455,53 +458,159 @@ Test(bank, concurrent_adds_searches_and_extractions)
     sona_bank_destroy(b);
 }
 
-/* The index stores half vectors by default; search re-ranks with the exact centroids, so the
- * similarities are exact cosines and the order is the exact one among what the graph found. */
-Test(bank, search_similarities_are_exact)
+/* The Q8 step of value t of x (DIM floats): the smallest power of two with its block's
+ * largest magnitude at most 127 of them. */
+static double q8_step(const float *x, uint32_t t)
+{
+    const uint32_t lo = t / 32 * 32, hi = lo + 32 < DIM ? lo + 32 : DIM;
+    double amax = 0;
+    for (uint32_t j = lo; j < hi; j++)
+        amax = fmax(amax, fabs((double)x[j]));
+    return exp2(ceil(log2(amax / 127)));
+}
+
+static double cosine(const float *a, const float *b)
+{
+    double ab = 0, aa = 0, bb = 0;
+    for (uint32_t t = 0; t < DIM; t++) {
+        ab += (double)a[t] * b[t];
+        aa += (double)a[t] * a[t];
+        bb += (double)b[t] * b[t];
+    }
+    return ab / sqrt(aa * bb);
+}
+
+/* The one copy of each centroid is Q8 by default: a restored centroid reads back within half a
+ * step of its block, search similarities are the cosines with those stored centroids, the best
+ * pattern is found, and two banks built the same way answer the same. */
+Test(bank, search_similarities_are_cosines_with_stored_centroids)
 {
     const uint64_t seed = op_test_seed();
-    printf("[bank] exact search seed %" PRIu64 "\n", seed);
+    printf("[bank] search seed %" PRIu64 "\n", seed);
     fake_clock clk = {0};
-    sona_bank *b = make(3, &clk);
+    sona_bank *b = make(3, &clk), *twin = make(3, &clk);
     const uint32_t n = 500, nq = 40, k = 5;
-    cr_assert_eq(sona_bank_get_config(b)->index.half_vectors, 1);
+    cr_assert_eq(sona_bank_get_config(b)->index.storage, SONA_STORAGE_Q8);
     float *C = rows(seed, n + nq, 60); /* 60 groups: several close patterns per query */
     for (uint32_t i = 0; i < n; i++) {
         sona_pattern p = {.id = 1 + i, .size = 1, .total_weight = 1, .avg_quality = 0.5f};
         cr_assert_eq(sona_bank_pattern_restore(b, &p, C + (size_t)i * DIM), SONA_OK);
+        cr_assert_eq(sona_bank_pattern_restore(twin, &p, C + (size_t)i * DIM), SONA_OK);
+        float got[DIM];
+        cr_assert_eq(sona_bank_pattern_get(b, 1 + i, NULL, got), SONA_OK);
+        for (uint32_t t = 0; t < DIM; t++)
+            cr_assert_leq(fabs(got[t] - C[(size_t)i * DIM + t]), q8_step(C + (size_t)i * DIM, t) / 2,
+                          "centroid %u value %u off by more than half a Q8 step", i, t);
     }
     uint32_t top_hits = 0;
+    double worst = 0;
     for (uint32_t q = 0; q < nq; q++) {
         const float *qv = C + (size_t)(n + q) * DIM;
-        uint64_t ids[5];
-        float sims[5];
-        uint32_t found;
+        uint64_t ids[5], tids[5];
+        float sims[5], tsims[5];
+        uint32_t found, tfound;
         cr_assert_eq(sona_bank_search(b, qv, DIM, k, ids, sims, &found), SONA_OK);
+        cr_assert_eq(sona_bank_search(twin, qv, DIM, k, tids, tsims, &tfound), SONA_OK);
         cr_assert_eq(found, k);
-        double best = -2;
+        cr_assert(tfound == found && !memcmp(ids, tids, sizeof ids) && !memcmp(sims, tsims, sizeof sims),
+                  "same bank, same query, different answer");
+        /* The best by stored centroid is what the graph should find; the best by exact
+         * centroid may differ only in a near tie (within the storage's rounding). */
+        double best = -2, best_stored = -2, exact_of_top = -2;
         uint64_t best_id = 0;
         for (uint32_t i = 0; i < n; i++) {
-            const float *c = C + (size_t)i * DIM;
-            double dq = 0, qq = 0, cc = 0;
-            for (uint32_t t = 0; t < DIM; t++) {
-                dq += (double)qv[t] * c[t];
-                qq += (double)qv[t] * qv[t];
-                cc += (double)c[t] * c[t];
-            }
-            const double cosv = dq / sqrt(qq * cc);
-            if (cosv > best) {
-                best = cosv;
+            const double cosv = cosine(qv, C + (size_t)i * DIM);
+            float stored[DIM];
+            cr_assert_eq(sona_bank_pattern_get(b, 1 + i, NULL, stored), SONA_OK);
+            const double cos_stored = cosine(qv, stored);
+            if (cos_stored > best_stored) {
+                best_stored = cos_stored;
                 best_id = 1 + i;
             }
-            for (uint32_t j = 0; j < k; j++)
-                if (ids[j] == 1 + i)
-                    cr_assert_float_eq(sims[j], cosv, 1e-5, "similarity of %" PRIu64 " not exact", ids[j]);
+            best = fmax(best, cosv);
+            if (ids[0] == 1 + i)
+                exact_of_top = cosv;
+            for (uint32_t j = 0; j < k; j++) {
+                if (ids[j] != 1 + i)
+                    continue;
+                cr_assert_float_eq(sims[j], cos_stored, 2e-6, "similarity of %" PRIu64 " is not the cosine with its centroid", ids[j]);
+                worst = fmax(worst, fabs(sims[j] - cosv));
+            }
         }
         for (uint32_t j = 1; j < k; j++)
             cr_assert_geq(sims[j - 1], sims[j], "not best first");
         top_hits += ids[0] == best_id;
+        cr_assert_geq(exact_of_top, best - 1e-3, "the top pattern is no near tie of the exact best");
     }
+    printf("[bank] similarities within %.2g of the exact centroids' cosines\n", worst);
+    cr_assert_leq(worst, 5e-3, "Q8 similarity %.3g off the exact cosine", worst);
     cr_assert_geq(top_hits, nq * 95 / 100, "best pattern found for %u of %u queries", top_hits, nq);
     free(C);
+    sona_bank_destroy(b);
+    sona_bank_destroy(twin);
+}
+
+/* A large pattern absorbing hundreds of small clusters: its centroid follows the exact weighted
+ * mean of every trajectory merged into it (bank.h states the bound: unbiased, a few Q8 steps),
+ * where re-storing the rounded mean would have left it where it started. */
+Test(bank, merged_centroid_tracks_the_exact_mean, .timeout = 120)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[bank] many merges seed %" PRIu64 "\n", seed);
+    fake_clock clk = {0};
+    sona_bank *b = make(1, &clk);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 4);
+    float start[DIM], target[DIM], row[3 * DIM], q[3] = {0.5f, 0.5f, 0.5f};
+    double sum[DIM] = {0}, count = 0;
+    for (uint32_t t = 0; t < DIM; t++) {
+        start[t] = sona_rng_normal(&r);
+        target[t] = start[t] + 0.2f * sona_rng_normal(&r);
+    }
+    float *first = malloc((size_t)500 * DIM * sizeof *first);
+    for (uint32_t i = 0; i < 500; i++)
+        for (uint32_t t = 0; t < DIM; t++) {
+            first[(size_t)i * DIM + t] = start[t] + 0.1f * sona_rng_normal(&r);
+            sum[t] += first[(size_t)i * DIM + t];
+        }
+    count = 500;
+    float *q500 = malloc(500 * sizeof *q500);
+    for (uint32_t i = 0; i < 500; i++)
+        q500[i] = 0.5f;
+    cr_assert_eq(sona_bank_add_batch(b, 500, first, DIM, q500, NULL, NULL), SONA_OK);
+    cr_assert_eq(sona_bank_extract(b, NULL), SONA_OK);
+    cr_assert_eq(sona_bank_pattern_count(b), 1);
+    for (uint32_t m = 0; m < 600; m++) {
+        for (uint32_t i = 0; i < 3; i++)
+            for (uint32_t t = 0; t < DIM; t++) {
+                row[i * DIM + t] = target[t] + 0.1f * sona_rng_normal(&r);
+                sum[t] += row[i * DIM + t];
+            }
+        count += 3;
+        sona_bank_extract_result res;
+        cr_assert_eq(sona_bank_add_batch(b, 3, row, DIM, q, NULL, NULL), SONA_OK);
+        cr_assert_eq(sona_bank_extract(b, &res), SONA_OK);
+        cr_assert_eq(res.merged, 1, "extraction %u did not merge", m);
+    }
+    sona_pattern p;
+    float got[DIM], exact[DIM];
+    cr_assert_eq(sona_bank_pattern_at(b, 0, &p, got), SONA_OK);
+    cr_assert_eq(p.size, (uint64_t)count);
+    double err = 0, moved = 0, worst = 0;
+    for (uint32_t t = 0; t < DIM; t++) {
+        exact[t] = (float)(sum[t] / count);
+        err += (got[t] - exact[t]) * (double)(got[t] - exact[t]);
+        moved += (exact[t] - start[t]) * (double)(exact[t] - start[t]);
+    }
+    for (uint32_t t = 0; t < DIM; t++)
+        worst = fmax(worst, fabs(got[t] - exact[t]) / q8_step(exact, t));
+    printf("[bank] after 600 merges: centroid %.3g from the exact mean, which moved %.3g; worst value %.2f Q8 steps off, cosine 1 - %.2g\n",
+           sqrt(err), sqrt(moved), worst, 1 - cosine(got, exact));
+    cr_assert_gt(sqrt(moved), 0.5, "the test data should move the mean");
+    cr_assert_lt(sqrt(err), 0.35 * sqrt(moved), "the centroid did not follow the mean");
+    cr_assert_leq(worst, 16.0, "a value is %.2f Q8 steps off the exact mean", worst);
+    cr_assert_geq(cosine(got, exact), 1 - 3e-3);
+    free(first);
+    free(q500);
     sona_bank_destroy(b);
 }

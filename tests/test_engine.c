@@ -251,6 +251,7 @@ Test(engine, save_load_save_gives_identical_bytes)
     cr_assert_eq(sona_save(e, p1), SONA_OK, "%s", sona_engine_last_error(e));
     sona_stats before;
     sona_get_stats(e, &before);
+    cr_assert_gt(before.patterns, 0, "the round trip should carry patterns (Q8 centroids)");
     sona_engine *f = make(H, 1);
     cr_assert_eq(sona_load(f, p1), SONA_OK, "%s", sona_engine_last_error(f));
     cr_assert_eq(sona_save(f, p2), SONA_OK);

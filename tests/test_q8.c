@@ -122,3 +122,59 @@ Test(q8, dot_kernels_match_reference)
         check_dot("avx512", sona_dot_q8_avx512, seed);
 #endif
 }
+
+/* The power-of-two form: each block's scale is the smallest power of two that fits the block's
+ * largest magnitude in 127 steps, decoding is within half a step, encoding the decoded values
+ * gives them back bit for bit, and dithered (stochastic) rounding is within one step and
+ * unbiased: averaged over many draws it comes back to x. */
+Test(q8, pow2_scales_round_trip_and_dither_is_unbiased)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[q8] pow2 seed %" PRIu64 "\n", seed);
+    sona_rng r, dither;
+    sona_rng_seed(&r, seed, 3);
+    sona_rng_seed(&dither, seed, 4);
+    unsigned char q[MAXN * 2 + 64], q2[MAXN * 2 + 64];
+    float x[MAXN], y[MAXN], y2[MAXN];
+    static double mean[MAXN];
+    for (size_t c = 0; c < sizeof sizes / sizeof sizes[0]; c++) {
+        const uint32_t n = sizes[c];
+        fill(&r, x, n);
+        memset(q, 0xA5, sizeof q);
+        sona_q8_encode_pow2(x, n, q, NULL);
+        cr_assert_eq(q[sona_q8_bytes(n)], 0xA5, "n=%u: wrote past the end", n);
+        sona_q8_decode(q, n, y);
+        for (uint32_t b = 0; b * SONA_Q8_BLOCK < n; b++) {
+            double amax = 0;
+            for (uint32_t j = b * SONA_Q8_BLOCK; j < n && j < (b + 1) * SONA_Q8_BLOCK; j++)
+                amax = fmax(amax, fabs((double)x[j]));
+            const double s = block_scale(q, b);
+            cr_assert(amax == 0 ? s == 0 : (s >= amax / 127 && s / 2 < amax / 127 && exp2(round(log2(s))) == s),
+                      "n=%u block %u: scale %g for largest magnitude %g", n, b, s, amax);
+            for (uint32_t j = b * SONA_Q8_BLOCK; j < n && j < (b + 1) * SONA_Q8_BLOCK; j++)
+                cr_assert_leq(fabs((double)y[j] - x[j]), s / 2, "n=%u i=%u", n, j);
+        }
+        sona_q8_encode_pow2(y, n, q2, NULL);
+        sona_q8_decode(q2, n, y2);
+        cr_assert_eq(memcmp(y, y2, n * sizeof *y), 0, "n=%u: decode, encode, decode changed values", n);
+        /* Dithered: within a step each time, and the mean of 4000 draws within 6 standard
+         * errors (a step / sqrt(4 * 4000) at most: about 1e-6 odds over the ~1000 values). */
+        const int draws = 4000;
+        for (uint32_t i = 0; i < n; i++)
+            mean[i] = 0;
+        for (int k = 0; k < draws; k++) {
+            sona_q8_encode_pow2(x, n, q2, &dither);
+            sona_q8_decode(q2, n, y2);
+            for (uint32_t i = 0; i < n; i++) {
+                const double s = block_scale(q, i / SONA_Q8_BLOCK);
+                cr_assert_lt(fabs((double)y2[i] - x[i]), s == 0 ? 1e-30 : s, "n=%u i=%u: dither off by a step", n, i);
+                mean[i] += y2[i] / draws;
+            }
+        }
+        for (uint32_t i = 0; i < n; i++) {
+            const double s = block_scale(q, i / SONA_Q8_BLOCK);
+            cr_assert_leq(fabs(mean[i] - x[i]), 6 * s / sqrt(4.0 * draws) + 1e-30,
+                          "n=%u i=%u: dithered mean %g for %g (step %g)", n, i, mean[i], x[i], s);
+        }
+    }
+}

@@ -20,6 +20,20 @@ extern "C" {
  * (value = average quality * log2(2 + size + access count)). Patterns are searchable by cosine
  * similarity through an HNSW index (sona/index.h) that always holds exactly the live patterns.
  *
+ * Centroids are kept once, in the index, in its storage (cfg.index.storage, Q8 by default:
+ * 292 bytes per centroid of dim 256 instead of 1,024; see sona/index.h). A centroid read back
+ * (sona_bank_pattern_get) is the mean of its trajectories within that storage's rounding: as
+ * stored, each Q8 value within half a step of its block (a step is 1/127 to 1/64 of the block's
+ * largest magnitude). Merges fold the size-weighted mean into the stored centroid with
+ * stochastic rounding (sona_index_blend): unbiased, so a large pattern absorbing many small
+ * clusters follows them instead of staying on its grid, at the price of noise whose standard
+ * deviation is about sqrt(d * step / 2) per value, d the typical distance of the merged
+ * clusters from the pattern (e.g. 2.5 steps for clusters 12 steps away; tests/test_bank.c and
+ * tests/test_index.c check 600 and 3,000 merges). Search similarities are cosines with the
+ * stored centroids, to f32 rounding (for Q8 within about 2e-3 of those with the exact means, so
+ * near ties may come in either order). The same operations in the same order give the same
+ * centroids and results. F32 storage keeps centroids exact to f32 rounding at 4 bytes a value.
+ *
  * Thread safety: a sona_bank is internally locked (one mutex); every function may be called
  * from any thread at any time. Pointers it returns (route names) stay valid until destroy. */
 typedef struct sona_bank sona_bank;
@@ -37,11 +51,11 @@ typedef struct sona_bank_config {
     float min_quality;         /* patterns whose average quality falls below are pruned */
     uint64_t stale_after_ms;   /* patterns not accessed (or created) for this long are pruned;
                                   0 = never */
-    uint32_t capacity;         /* patterns kept at most */
+    uint32_t capacity;         /* patterns kept at most, 1..2^24 */
     uint32_t max_pending;      /* trajectories waiting for extraction at most (SONA_E_FULL) */
     uint64_t seed;             /* k-means seed; extraction c uses the stream (seed, c) */
-    sona_index_config index;   /* the pattern index (its dim is set to dim; half_vectors on by
-                                * default: the bank's f32 centroids are the exact copy) */
+    sona_index_config index;   /* the pattern index, which holds the centroids (its dim is set
+                                * to dim; storage Q8 by default) */
     /* Clock in milliseconds for timestamps; NULL = CLOCK_REALTIME. */
     uint64_t (*clock_ms)(void *clock_ctx);
     void *clock_ctx;
@@ -50,7 +64,7 @@ typedef struct sona_bank_config {
 /* Defaults for embeddings of length dim: 50 clusters, 100 iterations, tolerance 1e-4, seeding
  * trials 0 (2 + 2 ln k), merge at
  * cosine 0.95, min cluster size 1, min quality 0 (off), stale never, capacity 10000, pending
- * 100000, seed 42, index defaults but for half_vectors 1. */
+ * 100000, seed 42, index defaults but for storage Q8 and access tracking off. */
 SONA_API void sona_bank_config_default(sona_bank_config *cfg, uint32_t dim);
 
 SONA_API sona_status sona_bank_create(const sona_bank_config *cfg, sona_bank **out);
@@ -112,15 +126,16 @@ typedef struct sona_pattern {
 } sona_pattern;
 
 /* The k patterns most similar to query (dim floats, SONA_E_SIZE unless the bank's dim; cosine,
- * best first): ids[k], sims[k] (may be NULL), *found. The index's candidates are re-ranked with
- * the exact f32 centroids, so sims are exact whatever the index stores. Counts an access and refreshes
- * last_access_ms of each returned pattern. */
+ * best first): ids[k], sims[k] (may be NULL), *found. sims are cosines with the stored centroids
+ * (to f32 rounding; they differ from cosines with the exact means by the storage's rounding, for
+ * Q8 at dim 256 typically 1e-3). Counts an access and refreshes last_access_ms of each returned
+ * pattern. */
 SONA_API sona_status sona_bank_search(sona_bank *bank, const float *query, uint32_t dim,
                                       uint32_t k, uint64_t *ids, float *sims, uint32_t *found);
 /* Live patterns. */
 SONA_API uint32_t sona_bank_pattern_count(const sona_bank *bank);
 /* Pattern by id (SONA_E_NOT_FOUND once merged away, pruned or evicted); centroid (dim floats,
- * the mean of its trajectories, not normalised) may be NULL. */
+ * the mean of its trajectories, not normalised, within the storage's rounding) may be NULL. */
 SONA_API sona_status sona_bank_pattern_get(const sona_bank *bank, uint64_t id, sona_pattern *p,
                                            float *centroid);
 /* The i-th live pattern (0 <= i < count; order changes when patterns go), for iteration. */

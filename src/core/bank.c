@@ -3,7 +3,7 @@
 #include "sona/bank.h"
 
 #include "core/error.h"
-#include "core/idmap.h"
+#include "core/slotmap.h"
 #include "core/kmeans.h"
 #include "core/vecmath.h"
 #include "dispatch/dispatch.h"
@@ -24,11 +24,19 @@ typedef struct route_stat {
     double quality_sum;
 } route_stat;
 
+/* A live pattern: sona_pattern's fields in 56 bytes (the public struct takes 64 with padding),
+ * its route statistics apart (the engine's patterns have none). */
 typedef struct pattern_rec {
-    sona_pattern info;
-    route_stat *routes; /* info.route_count of them */
-    uint32_t routes_cap;
+    uint64_t id, size, access_count, created_ms, last_access_ms;
+    double total_weight;
+    float avg_quality;
+    uint32_t routes; /* 1 + its list in the bank's route_lists, 0 when none */
 } pattern_rec;
+
+typedef struct route_list {
+    route_stat *v;
+    uint32_t n, cap;
+} route_list;
 
 /* Trajectories waiting for extraction: rows of dim floats and their scalars. */
 typedef struct traj_queue {
@@ -44,14 +52,12 @@ struct sona_bank {
     const sona_backend *be; /* the CPU backend: k-means runs on host memory */
     sona_index *index;
     traj_queue pend;
-    /* live patterns, dense; centroid i is row i of cent */
+    /* live patterns, dense; their centroids live in the index only (one copy) */
     pattern_rec *pats;
-    float *cent;
     uint32_t npat, pat_cap;
-    sona_idmap by_id; /* pattern id -> position */
-    uint64_t *cand_ids; /* cand_cap: index candidates re-ranked by search_exact */
-    float *cand_sims;
-    uint32_t cand_cap;
+    sona_slotmap by_id; /* pattern id -> position (keys: pats[].id) */
+    route_list *rlists; /* per pattern with routes; freed ones are listed in rl_free */
+    uint32_t nrlists, rlists_cap, *rl_free, nfree;
     uint64_t next_id;
     char **route_names;
     uint32_t nroutes, routes_cap;
@@ -59,8 +65,8 @@ struct sona_bank {
     sona_errbuf err;
 };
 
-static sona_status search_exact(sona_bank *b, const float *query, uint32_t k, uint64_t *ids,
-                                float *sims, uint32_t *found);
+static sona_status search_locked(sona_bank *b, const float *query, uint32_t k, uint64_t *ids,
+                                 float *sims, uint32_t *found);
 
 /* ---- the trajectory queue ---------------------------------------------------------------- */
 
@@ -147,8 +153,9 @@ void sona_bank_config_default(sona_bank_config *cfg, uint32_t dim)
     cfg->seed = 42;
     sona_index_config_default(&cfg->index, dim);
     cfg->index.track_access = 0;
-    /* The centroids here are the exact copy; the index only has to find candidates. */
-    cfg->index.half_vectors = 1;
+    /* The index holds the only copy of each centroid: Q8 keeps 100,000 patterns of dim 256 in
+     * about 29 MB instead of 102 MB of f32. */
+    cfg->index.storage = SONA_STORAGE_Q8;
 }
 
 sona_status sona_bank_create(const sona_bank_config *cfg, sona_bank **out)
@@ -163,6 +170,10 @@ sona_status sona_bank_create(const sona_bank_config *cfg, sona_bank **out)
         return sona_fail(NULL, SONA_E_INVALID,
                          "sona_bank_create: dim, k_clusters, max_iterations, capacity and "
                          "max_pending must be >= 1");
+    if (cfg->capacity > (1u << 24))
+        return sona_fail(NULL, SONA_E_INVALID,
+                         "sona_bank_create: capacity %u is over 2^24 (the index's node limit)",
+                         cfg->capacity);
     if (!(cfg->tolerance >= 0.0f) || !(cfg->merge_threshold >= -1.0f) ||
         !(cfg->merge_threshold <= 1.0f) || !isfinite(cfg->min_quality))
         return sona_fail(NULL, SONA_E_INVALID,
@@ -195,13 +206,12 @@ void sona_bank_destroy(sona_bank *b)
         return;
     sona_index_destroy(b->index);
     queue_free(&b->pend);
-    for (uint32_t i = 0; i < b->npat; i++)
-        free(b->pats[i].routes);
+    for (uint32_t i = 0; i < b->nrlists; i++)
+        free(b->rlists[i].v);
+    free(b->rlists);
+    free(b->rl_free);
     free(b->pats);
-    free(b->cent);
-    free(b->cand_ids);
-    free(b->cand_sims);
-    sona_idmap_free(&b->by_id);
+    sona_slotmap_free(&b->by_id);
     for (uint32_t i = 0; i < b->nroutes; i++)
         free(b->route_names[i]);
     free(b->route_names);
@@ -372,11 +382,6 @@ uint32_t sona_bank_pending(const sona_bank *b)
 
 /* ---- patterns ---------------------------------------------------------------------------- */
 
-static float *centroid_at(const sona_bank *b, uint32_t pos)
-{
-    return b->cent + (size_t)pos * b->cfg.dim;
-}
-
 static sona_status reserve_patterns(sona_bank *b, uint32_t need)
 {
     if (need <= b->pat_cap)
@@ -384,20 +389,35 @@ static sona_status reserve_patterns(sona_bank *b, uint32_t need)
     uint32_t cap = b->pat_cap ? b->pat_cap : 64;
     while (cap < need)
         cap *= 2;
-    /* Never double past the capacity while the patterns fit in it: at the spec's 100k patterns
-     * of 256 floats, doubling would leave 31 MB of centroid rows unused. */
+    /* Never double past the capacity while the patterns fit in it: at the spec's 100k patterns,
+     * doubling would leave 31 % of the records (and index nodes) unused. */
     if (need <= b->cfg.capacity && cap > b->cfg.capacity)
         cap = b->cfg.capacity;
     pattern_rec *p = realloc(b->pats, cap * sizeof *p);
     if (!p)
         return SONA_E_NOMEM;
     b->pats = p;
-    float *c = realloc(b->cent, (size_t)cap * b->cfg.dim * sizeof *c);
-    if (!c)
-        return SONA_E_NOMEM;
-    b->cent = c;
     b->pat_cap = cap;
-    return SONA_OK;
+    /* The index's nodes follow (deleted nodes of moved patterns grow it beyond, by half). */
+    return sona_index_reserve(b->index, cap);
+}
+
+/* The position of pattern id, or SONA_SLOTMAP_EMPTY. */
+static uint32_t pos_of(const sona_bank *b, uint64_t id)
+{
+    return sona_slotmap_get(&b->by_id, id, b->pats ? &b->pats->id : NULL, sizeof *b->pats);
+}
+
+static void to_info(const sona_bank *b, const pattern_rec *r, sona_pattern *p)
+{
+    *p = (sona_pattern){.id = r->id,
+                        .size = r->size,
+                        .total_weight = r->total_weight,
+                        .avg_quality = r->avg_quality,
+                        .access_count = r->access_count,
+                        .created_ms = r->created_ms,
+                        .last_access_ms = r->last_access_ms,
+                        .route_count = r->routes ? b->rlists[r->routes - 1].n : 0};
 }
 
 /* Appends a pattern (room reserved by the caller) and indexes it. */
@@ -408,54 +428,83 @@ static sona_status add_pattern(sona_bank *b, const sona_pattern *info, const flo
     if (st != SONA_OK)
         return sona_fail(&b->err, st, "indexing pattern %llu: %s", (unsigned long long)info->id,
                          sona_index_last_error(b->index));
-    if ((st = sona_idmap_put(&b->by_id, info->id, b->npat)) != SONA_OK) {
+    b->pats[b->npat] = (pattern_rec){.id = info->id,
+                                     .size = info->size,
+                                     .access_count = info->access_count,
+                                     .created_ms = info->created_ms,
+                                     .last_access_ms = info->last_access_ms,
+                                     .total_weight = info->total_weight,
+                                     .avg_quality = info->avg_quality};
+    if ((st = sona_slotmap_put(&b->by_id, info->id, b->npat, &b->pats->id, sizeof *b->pats)) != SONA_OK) {
         sona_index_remove(b->index, info->id);
         return sona_fail(&b->err, st, "out of memory");
     }
     *pos = b->npat++;
-    b->pats[*pos] = (pattern_rec){.info = *info};
-    b->pats[*pos].info.route_count = 0;
-    memcpy(centroid_at(b, *pos), centroid, b->cfg.dim * sizeof *centroid);
     return SONA_OK;
 }
 
 /* Removes the pattern at pos (the last one moves into its place). */
 static void remove_pattern(sona_bank *b, uint32_t pos)
 {
-    const uint64_t id = b->pats[pos].info.id;
+    const uint64_t id = b->pats[pos].id;
     sona_index_remove(b->index, id);
-    sona_idmap_del(&b->by_id, id);
-    free(b->pats[pos].routes);
+    sona_slotmap_del(&b->by_id, id, &b->pats->id, sizeof *b->pats);
+    const uint32_t rl = b->pats[pos].routes;
+    if (rl) { /* its list goes back to the pool (rl_free has room for every list) */
+        free(b->rlists[rl - 1].v);
+        b->rlists[rl - 1] = (route_list){0};
+        b->rl_free[b->nfree++] = rl - 1;
+    }
     const uint32_t last = --b->npat;
     if (pos != last) {
         b->pats[pos] = b->pats[last];
-        memcpy(centroid_at(b, pos), centroid_at(b, last), b->cfg.dim * sizeof(float));
-        sona_idmap_put(&b->by_id, b->pats[pos].info.id, pos); /* replaces: never allocates */
+        /* replaces: never allocates */
+        sona_slotmap_put(&b->by_id, b->pats[pos].id, pos, &b->pats->id, sizeof *b->pats);
     }
 }
 
-static int add_route_stat(pattern_rec *p, uint32_t route, uint64_t count, double quality_sum)
+/* Adds count trajectories of summed quality quality_sum on route to pattern p; -1 when out of
+ * memory (nothing changed). */
+static int add_route_stat(sona_bank *b, pattern_rec *p, uint32_t route, uint64_t count, double quality_sum)
 {
-    for (uint32_t i = 0; i < p->info.route_count; i++) {
-        if (p->routes[i].route == route) {
-            p->routes[i].count += count;
-            p->routes[i].quality_sum += quality_sum;
+    if (!p->routes) {
+        if (b->nfree == 0 && b->nrlists == b->rlists_cap) {
+            const uint32_t cap = b->rlists_cap ? b->rlists_cap * 2 : 16;
+            route_list *l = realloc(b->rlists, cap * sizeof *l);
+            if (!l)
+                return -1;
+            b->rlists = l;
+            uint32_t *f = realloc(b->rl_free, cap * sizeof *f);
+            if (!f)
+                return -1;
+            b->rl_free = f;
+            b->rlists_cap = cap;
+        }
+        const uint32_t i = b->nfree ? b->rl_free[--b->nfree] : b->nrlists++;
+        b->rlists[i] = (route_list){0};
+        p->routes = i + 1;
+    }
+    route_list *l = &b->rlists[p->routes - 1];
+    for (uint32_t i = 0; i < l->n; i++) {
+        if (l->v[i].route == route) {
+            l->v[i].count += count;
+            l->v[i].quality_sum += quality_sum;
             return 0;
         }
     }
-    if (p->info.route_count == p->routes_cap) {
-        const uint32_t cap = p->routes_cap ? p->routes_cap * 2 : 4;
-        route_stat *r = realloc(p->routes, cap * sizeof *r);
+    if (l->n == l->cap) {
+        const uint32_t cap = l->cap ? l->cap * 2 : 4;
+        route_stat *r = realloc(l->v, cap * sizeof *r);
         if (!r)
             return -1;
-        p->routes = r;
-        p->routes_cap = cap;
+        l->v = r;
+        l->cap = cap;
     }
-    p->routes[p->info.route_count++] = (route_stat){route, count, quality_sum};
+    l->v[l->n++] = (route_stat){route, count, quality_sum};
     return 0;
 }
 
-static double pattern_value(const sona_pattern *p)
+static double pattern_value(const pattern_rec *p)
 {
     return (double)p->avg_quality * log2(2.0 + (double)p->size + (double)p->access_count);
 }
@@ -479,7 +528,7 @@ static sona_status prune_locked(sona_bank *b, uint32_t *pruned, uint32_t *evicte
     const uint64_t now = now_ms(b);
     *pruned = *evicted = 0;
     for (uint32_t i = b->npat; i-- > 0;) {
-        const sona_pattern *p = &b->pats[i].info;
+        const pattern_rec *p = &b->pats[i];
         if (p->avg_quality < b->cfg.min_quality) {
             b->stats.patterns_pruned_quality++;
             remove_pattern(b, i);
@@ -498,10 +547,10 @@ static sona_status prune_locked(sona_bank *b, uint32_t *pruned, uint32_t *evicte
         return sona_fail(&b->err, SONA_E_NOMEM, "capacity eviction: out of memory");
     const uint32_t n = b->npat, excess = b->npat - b->cfg.capacity;
     for (uint32_t i = 0; i < n; i++)
-        r[i] = (ranked){pattern_value(&b->pats[i].info), b->pats[i].info.id};
+        r[i] = (ranked){pattern_value(&b->pats[i]), b->pats[i].id};
     qsort(r, n, sizeof *r, by_value);
     for (uint32_t i = 0; i < excess; i++)
-        remove_pattern(b, sona_idmap_get(&b->by_id, r[i].id));
+        remove_pattern(b, pos_of(b, r[i].id));
     b->stats.patterns_evicted += excess;
     *evicted = excess;
     free(r);
@@ -547,22 +596,25 @@ static void summarise(const traj_queue *tq, uint32_t k, const int32_t *assign, c
                                                : cs[j].quality_sum / (double)cs[j].size;
 }
 
-/* Merges cluster (centroid c, summary s) into the pattern at pos. */
-static void merge_into(sona_bank *b, uint32_t pos, const float *c, const cluster_sum *s,
-                       uint64_t now)
+/* Merges cluster (centroid c, summary s) into the pattern at pos: the centroid becomes the
+ * size-weighted mean, rounded by the index without bias (sona_index_blend), so a large pattern
+ * absorbing many small clusters follows them instead of staying stuck on its storage grid. */
+static sona_status merge_into(sona_bank *b, uint32_t pos, const float *c, const cluster_sum *s,
+                              uint64_t now)
 {
     pattern_rec *p = &b->pats[pos];
-    float *pc = centroid_at(b, pos);
-    const double old_n = (double)p->info.size, add_n = (double)s->size, tot = old_n + add_n;
-    for (uint32_t t = 0; t < b->cfg.dim; t++)
-        pc[t] = (float)((old_n * pc[t] + add_n * c[t]) / tot);
-    p->info.avg_quality = (float)((old_n * p->info.avg_quality + add_n * s->quality) / tot);
-    p->info.size += s->size;
-    p->info.total_weight += s->weight;
-    p->info.last_access_ms = now;
-    /* A failed re-index (out of memory) keeps the old direction in the index; still the same
-     * set of ids, so search stays in step with the bank. */
-    sona_index_update(b->index, p->info.id, pc);
+    const double old_n = (double)p->size, add_n = (double)s->size, tot = old_n + add_n;
+    /* A failure (out of memory, or members cancelling out) keeps the old centroid; the counts
+     * still merge, so nothing is counted twice. */
+    const sona_status st = sona_index_blend(b->index, p->id, c, old_n, add_n);
+    p->avg_quality = (float)((old_n * p->avg_quality + add_n * s->quality) / tot);
+    p->size += s->size;
+    p->total_weight += s->weight;
+    p->last_access_ms = now;
+    return st == SONA_OK || st == SONA_E_INVALID
+               ? SONA_OK
+               : sona_fail(&b->err, st, "sona_bank_extract: merging into pattern %llu: %s",
+                           (unsigned long long)p->id, sona_index_last_error(b->index));
 }
 
 /* Puts the rows of a failed extraction back in the queue, ahead of the ones added meanwhile
@@ -649,10 +701,12 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
         float sim;
         uint32_t found = 0;
         if (b->npat)
-            search_exact(b, c, 1, &best, &sim, &found);
+            search_locked(b, c, 1, &best, &sim, &found);
         if (found && sim >= b->cfg.merge_threshold) {
-            const uint32_t pos = sona_idmap_get(&b->by_id, best);
-            merge_into(b, pos, c, &cs[j], now);
+            const uint32_t pos = pos_of(b, best);
+            const sona_status mst = merge_into(b, pos, c, &cs[j], now);
+            if (mst != SONA_OK)
+                st = mst;
             target[j] = (int32_t)pos;
             r.merged++;
             continue;
@@ -678,7 +732,7 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
     for (uint32_t i = 0; i < n; i++) {
         const int32_t t = target[assign[i]];
         if (t >= 0 && taken.route[i] != NO_ROUTE &&
-            add_route_stat(&b->pats[t], (uint32_t)taken.route[i], 1, taken.q[i]) != 0)
+            add_route_stat(b, &b->pats[t], (uint32_t)taken.route[i], 1, taken.q[i]) != 0)
             st = sona_fail(&b->err, SONA_E_NOMEM, "sona_bank_extract: route statistics incomplete (out of memory)");
     }
     r.trajectories = n;
@@ -711,58 +765,13 @@ out:
 /* ---- queries ----------------------------------------------------------------------------- */
 
 /* The k patterns most similar to query (dim floats, any non-zero norm), best first; the caller
- * holds the lock. The index may store half vectors (cfg.index.half_vectors, the default), whose
- * similarities are off by about 1e-3: all max(ef_search, k) candidates its search ends with
- * are re-scored here with the exact f32 centroids (about 2 dot products each, a few percent of
- * the graph search), so similarities are exact cosines, rounding cannot reorder close patterns,
- * and the result is the exact top k of the candidate set, as with an f32 index. Failures come from the index (its message) or are NOMEM. */
-static sona_status search_exact(sona_bank *b, const float *query, uint32_t k, uint64_t *ids,
-                                float *sims, uint32_t *found)
+ * holds the lock. Similarities are the index's: cosines with the stored centroids (what
+ * sona_bank_pattern_get returns), in the index's deterministic order. Failures come from the
+ * index (its message). */
+static sona_status search_locked(sona_bank *b, const float *query, uint32_t k, uint64_t *ids,
+                                 float *sims, uint32_t *found)
 {
-    if (k == 0 || !ids || !found) /* the index reports these */
-        return sona_index_search_ef(b->index, query, k, b->cfg.index.ef_search, 0, ids, sims,
-                                    found);
-    const uint32_t want = k > b->cfg.index.ef_search ? k : b->cfg.index.ef_search;
-    const uint32_t nc = want < b->npat ? want : (b->npat ? b->npat : 1);
-    if (nc > b->cand_cap) {
-        uint64_t *ci = realloc(b->cand_ids, nc * sizeof *ci);
-        if (ci)
-            b->cand_ids = ci;
-        float *cs = realloc(b->cand_sims, nc * sizeof *cs);
-        if (cs)
-            b->cand_sims = cs;
-        if (!ci || !cs)
-            return SONA_E_NOMEM;
-        b->cand_cap = nc;
-    }
-    uint32_t n = 0;
-    sona_status st = sona_index_search_ef(b->index, query, nc, b->cfg.index.ef_search, 0,
-                                          b->cand_ids, NULL, &n);
-    if (st != SONA_OK)
-        return st;
-    const sona_dot_fn dot = sona_dot_kernel();
-    const uint32_t dim = b->cfg.dim;
-    const double qn = sqrt((double)dot(query, query, dim));
-    /* Insertion sort, best first; a later candidate passes an earlier one only when strictly
-     * better, so ties keep the index's order. */
-    for (uint32_t i = 0; i < n; i++) {
-        const float *c = centroid_at(b, sona_idmap_get(&b->by_id, b->cand_ids[i]));
-        const float s = (float)(dot(query, c, dim) / (qn * sqrt((double)dot(c, c, dim))));
-        const uint64_t id = b->cand_ids[i];
-        uint32_t j = i;
-        for (; j > 0 && b->cand_sims[j - 1] < s; j--) {
-            b->cand_sims[j] = b->cand_sims[j - 1];
-            b->cand_ids[j] = b->cand_ids[j - 1];
-        }
-        b->cand_sims[j] = s;
-        b->cand_ids[j] = id;
-    }
-    const uint32_t m = n < k ? n : k;
-    memcpy(ids, b->cand_ids, m * sizeof *ids);
-    if (sims)
-        memcpy(sims, b->cand_sims, m * sizeof *sims);
-    *found = m;
-    return SONA_OK;
+    return sona_index_search_ef(b->index, query, k, b->cfg.index.ef_search, 0, ids, sims, found);
 }
 
 sona_status sona_bank_search(sona_bank *b, const float *query, uint32_t dim, uint32_t k,
@@ -774,16 +783,15 @@ sona_status sona_bank_search(sona_bank *b, const float *query, uint32_t dim, uin
         return sona_fail(&b->err, SONA_E_SIZE, "sona_bank_search: query dim %u, the bank's is %u",
                          dim, b->cfg.dim);
     pthread_mutex_lock(&b->lock);
-    sona_status st = search_exact(b, query, k, ids, sims, found);
+    sona_status st = search_locked(b, query, k, ids, sims, found);
     if (st != SONA_OK) {
-        sona_fail(&b->err, st, "sona_bank_search: %s",
-                  st == SONA_E_NOMEM ? "out of memory" : sona_index_last_error(b->index));
+        sona_fail(&b->err, st, "sona_bank_search: %s", sona_index_last_error(b->index));
     } else {
         const uint64_t now = now_ms(b);
         for (uint32_t i = 0; i < *found; i++) {
-            pattern_rec *p = &b->pats[sona_idmap_get(&b->by_id, ids[i])];
-            p->info.access_count++;
-            p->info.last_access_ms = now;
+            pattern_rec *p = &b->pats[pos_of(b, ids[i])];
+            p->access_count++;
+            p->last_access_ms = now;
         }
         b->stats.searches++;
     }
@@ -804,9 +812,9 @@ uint32_t sona_bank_pattern_count(const sona_bank *b)
 static void copy_pattern(const sona_bank *b, uint32_t pos, sona_pattern *p, float *centroid)
 {
     if (p)
-        *p = b->pats[pos].info;
-    if (centroid)
-        memcpy(centroid, centroid_at(b, pos), b->cfg.dim * sizeof *centroid);
+        to_info(b, &b->pats[pos], p);
+    if (centroid) /* the index holds every live pattern: this cannot fail */
+        sona_index_get_vector(b->index, b->pats[pos].id, centroid);
 }
 
 sona_status sona_bank_pattern_get(const sona_bank *b, uint64_t id, sona_pattern *p, float *centroid)
@@ -814,11 +822,11 @@ sona_status sona_bank_pattern_get(const sona_bank *b, uint64_t id, sona_pattern 
     if (!b)
         return SONA_E_NULL;
     pthread_mutex_lock((pthread_mutex_t *)&b->lock);
-    const uint32_t pos = sona_idmap_get(&b->by_id, id);
-    if (pos != SONA_IDMAP_EMPTY)
+    const uint32_t pos = pos_of(b, id);
+    if (pos != SONA_SLOTMAP_EMPTY)
         copy_pattern(b, pos, p, centroid);
     pthread_mutex_unlock((pthread_mutex_t *)&b->lock);
-    return pos != SONA_IDMAP_EMPTY ? SONA_OK : SONA_E_NOT_FOUND;
+    return pos != SONA_SLOTMAP_EMPTY ? SONA_OK : SONA_E_NOT_FOUND;
 }
 
 sona_status sona_bank_pattern_at(const sona_bank *b, uint32_t i, sona_pattern *p, float *centroid)
@@ -839,14 +847,14 @@ sona_status sona_bank_pattern_route(const sona_bank *b, uint64_t id, uint32_t r,
     if (!b)
         return SONA_E_NULL;
     pthread_mutex_lock((pthread_mutex_t *)&b->lock);
-    const uint32_t pos = sona_idmap_get(&b->by_id, id);
+    const uint32_t pos = pos_of(b, id);
     sona_status st = SONA_OK;
-    if (pos == SONA_IDMAP_EMPTY) {
+    if (pos == SONA_SLOTMAP_EMPTY) {
         st = SONA_E_NOT_FOUND;
-    } else if (r >= b->pats[pos].info.route_count) {
+    } else if (!b->pats[pos].routes || r >= b->rlists[b->pats[pos].routes - 1].n) {
         st = SONA_E_INVALID;
     } else {
-        const route_stat *rs = &b->pats[pos].routes[r];
+        const route_stat *rs = &b->rlists[b->pats[pos].routes - 1].v[r];
         if (route)
             *route = b->route_names[rs->route];
         if (count)
@@ -878,7 +886,7 @@ sona_status sona_bank_pattern_restore(sona_bank *b, const sona_pattern *p, const
     sona_status st = SONA_OK;
     if (!p || !centroid) {
         st = sona_fail(&b->err, SONA_E_NULL, "%s: pattern or centroid is NULL", call);
-    } else if (p->id == 0 || sona_idmap_get(&b->by_id, p->id) != SONA_IDMAP_EMPTY) {
+    } else if (p->id == 0 || pos_of(b, p->id) != SONA_SLOTMAP_EMPTY) {
         st = sona_fail(&b->err, SONA_E_STATE, "%s: id %llu is 0 or in use", call,
                        (unsigned long long)p->id);
     } else if (!sona_all_finite(centroid, b->cfg.dim) || !isfinite(p->avg_quality) ||
@@ -905,17 +913,17 @@ sona_status sona_bank_pattern_restore_route(sona_bank *b, uint64_t id, const cha
     const char *call = "sona_bank_pattern_restore_route";
     pthread_mutex_lock(&b->lock);
     sona_status st = SONA_OK;
-    const uint32_t pos = sona_idmap_get(&b->by_id, id);
+    const uint32_t pos = pos_of(b, id);
     if (!route) {
         st = sona_fail(&b->err, SONA_E_NULL, "%s: route is NULL", call);
-    } else if (pos == SONA_IDMAP_EMPTY) {
+    } else if (pos == SONA_SLOTMAP_EMPTY) {
         st = sona_fail(&b->err, SONA_E_NOT_FOUND, "%s: no pattern %llu", call, (unsigned long long)id);
     } else if (count == 0 || !isfinite(mean_quality)) {
         st = sona_fail(&b->err, count ? SONA_E_NONFINITE : SONA_E_INVALID,
                        "%s: needs count >= 1 and a finite mean quality", call);
     } else {
         const int32_t r = intern_route(b, route);
-        if (r < 0 || add_route_stat(&b->pats[pos], (uint32_t)r, count,
+        if (r < 0 || add_route_stat(b, &b->pats[pos], (uint32_t)r, count,
                                     (double)mean_quality * (double)count) != 0)
             st = sona_fail(&b->err, SONA_E_NOMEM, "%s: out of memory", call);
     }

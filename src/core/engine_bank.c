@@ -19,6 +19,8 @@ sona_status eng_bank_create(const sona_engine_config *cfg, sona_bank **out)
     /* Loop C rebuilds the graph at every consolidation: ef_construction 100 halves that time
      * against the default 200 at M 16, with search recall still set by ef_search. */
     bc.index.ef_construction = 100;
+    /* One Q8 copy of each centroid: the spec's 100,000 patterns fit the memory budget. */
+    bc.index.storage = SONA_STORAGE_Q8;
     return sona_bank_create(&bc, out);
 }
 

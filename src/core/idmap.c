@@ -2,16 +2,6 @@
 
 #include <stdlib.h>
 
-static uint32_t idmap_hash(uint64_t key)
-{
-    key ^= key >> 33;
-    key *= 0xff51afd7ed558ccdull;
-    key ^= key >> 33;
-    key *= 0xc4ceb9fe1a85ec53ull;
-    key ^= key >> 33;
-    return (uint32_t)key;
-}
-
 void sona_idmap_free(sona_idmap *m)
 {
     free(m->keys);
@@ -23,7 +13,7 @@ uint32_t sona_idmap_get(const sona_idmap *m, uint64_t key)
 {
     if (!m->vals)
         return SONA_IDMAP_EMPTY;
-    for (uint32_t i = idmap_hash(key) & m->mask;; i = (i + 1) & m->mask) {
+    for (uint32_t i = sona_id_hash(key) & m->mask;; i = (i + 1) & m->mask) {
         if (m->vals[i] == SONA_IDMAP_EMPTY)
             return SONA_IDMAP_EMPTY;
         if (m->keys[i] == key)
@@ -33,7 +23,7 @@ uint32_t sona_idmap_get(const sona_idmap *m, uint64_t key)
 
 static void place(sona_idmap *m, uint64_t key, uint32_t val)
 {
-    uint32_t i = idmap_hash(key) & m->mask;
+    uint32_t i = sona_id_hash(key) & m->mask;
     while (m->vals[i] != SONA_IDMAP_EMPTY && m->keys[i] != key)
         i = (i + 1) & m->mask;
     if (m->vals[i] == SONA_IDMAP_EMPTY)
@@ -83,7 +73,7 @@ int sona_idmap_del(sona_idmap *m, uint64_t key)
 {
     if (!m->vals)
         return 0;
-    uint32_t i = idmap_hash(key) & m->mask;
+    uint32_t i = sona_id_hash(key) & m->mask;
     while (m->vals[i] != SONA_IDMAP_EMPTY && m->keys[i] != key)
         i = (i + 1) & m->mask;
     if (m->vals[i] == SONA_IDMAP_EMPTY)
@@ -91,10 +81,7 @@ int sona_idmap_del(sona_idmap *m, uint64_t key)
     /* Backward shift: move later cells of the probe run into the hole when their home allows. */
     uint32_t hole = i;
     for (uint32_t j = (i + 1) & m->mask; m->vals[j] != SONA_IDMAP_EMPTY; j = (j + 1) & m->mask) {
-        const uint32_t home = idmap_hash(m->keys[j]) & m->mask;
-        /* j may move to hole when home is not in the cyclic range (hole, j]. */
-        const int home_in_range = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
-        if (!home_in_range) {
+        if (sona_probe_may_fill(hole, j, sona_id_hash(m->keys[j]) & m->mask)) {
             m->keys[hole] = m->keys[j];
             m->vals[hole] = m->vals[j];
             hole = j;

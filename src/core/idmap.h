@@ -14,6 +14,24 @@ typedef struct sona_idmap {
 
 #define SONA_IDMAP_EMPTY UINT32_MAX
 
+/* The hash of an id (a 64-bit finaliser: sequential ids spread over the table). */
+static inline uint32_t sona_id_hash(uint64_t key)
+{
+    key ^= key >> 33;
+    key *= 0xff51afd7ed558ccdull;
+    key ^= key >> 33;
+    key *= 0xc4ceb9fe1a85ec53ull;
+    key ^= key >> 33;
+    return (uint32_t)key;
+}
+
+/* Backward-shift deletion in a linear-probing table: may the entry at cell j, whose home cell
+ * is home, move into the hole? Yes unless home lies in the cyclic range (hole, j]. */
+static inline int sona_probe_may_fill(uint32_t hole, uint32_t j, uint32_t home)
+{
+    return hole <= j ? !(home > hole && home <= j) : !(home > hole || home <= j);
+}
+
 void sona_idmap_free(sona_idmap *m);
 /* The slot of key, or SONA_IDMAP_EMPTY when absent. */
 uint32_t sona_idmap_get(const sona_idmap *m, uint64_t key);

@@ -3,15 +3,22 @@
 #include <math.h>
 #include <string.h>
 
+/* The largest magnitude of x[lo..hi). */
+static float amax_of(const float *x, size_t lo, size_t hi)
+{
+    float amax = 0.0f;
+    for (size_t i = lo; i < hi; i++)
+        amax = fmaxf(amax, fabsf(x[i]));
+    return amax;
+}
+
 void sona_q8_encode(const float *x, size_t n, void *out)
 {
     unsigned char *scales = out;
     int8_t *q = (int8_t *)(scales + sona_q8_blocks(n) * sizeof(float));
     for (size_t b = 0; b * SONA_Q8_BLOCK < n; b++) {
         const size_t lo = b * SONA_Q8_BLOCK, hi = lo + SONA_Q8_BLOCK < n ? lo + SONA_Q8_BLOCK : n;
-        float amax = 0.0f;
-        for (size_t i = lo; i < hi; i++)
-            amax = fmaxf(amax, fabsf(x[i]));
+        const float amax = amax_of(x, lo, hi);
         const float scale = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
         memcpy(scales + b * sizeof scale, &scale, sizeof scale);
         for (size_t i = lo; i < hi; i++) {
@@ -54,4 +61,30 @@ float sona_dot_q8_scalar(const float *a, const void *in, size_t n)
         s += blk * scale;
     }
     return s;
+}
+
+void sona_q8_encode_pow2(const float *x, size_t n, void *out, sona_rng *dither)
+{
+    unsigned char *scales = out;
+    int8_t *q = (int8_t *)(scales + sona_q8_blocks(n) * sizeof(float));
+    for (size_t b = 0; b * SONA_Q8_BLOCK < n; b++) {
+        const size_t lo = b * SONA_Q8_BLOCK, hi = lo + SONA_Q8_BLOCK < n ? lo + SONA_Q8_BLOCK : n;
+        const float amax = amax_of(x, lo, hi);
+        int e = 0;
+        if (amax > 0.0f) {
+            int k;
+            frexpf(amax, &k); /* 2^(k-1) <= amax < 2^k, so 127 2^(k-8) < amax <= 127 2^(k-6) */
+            e = ldexpf(127.0f, k - 7) >= amax ? k - 7 : k - 6;
+            if (e < -149)
+                e = -149; /* the smallest subnormal step */
+        }
+        const float scale = amax > 0.0f ? ldexpf(1.0f, e) : 0.0f;
+        memcpy(scales + b * sizeof scale, &scale, sizeof scale);
+        for (size_t i = lo; i < hi; i++) {
+            const double v = amax > 0.0f ? (double)x[i] / scale : 0.0; /* exact: a power of two */
+            double c = dither ? floor(v + sona_rng_uniform_d(dither)) : nearbyint(v);
+            c = c > 127.0 ? 127.0 : c < -127.0 ? -127.0 : c;
+            q[i] = (int8_t)c;
+        }
+    }
 }

@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/rng.h"
+
 #define SONA_Q8_BLOCK 32u
 
 static inline size_t sona_q8_blocks(size_t n) { return (n + SONA_Q8_BLOCK - 1) / SONA_Q8_BLOCK; }
@@ -23,5 +25,15 @@ void sona_q8_encode(const float *x, size_t n, void *out);
 void sona_q8_decode(const void *q, size_t n, float *out);
 /* Plain C a (f32) . q (Q8), accumulated in f32 per block (the reference of the SIMD variants). */
 float sona_dot_q8_scalar(const float *a, const void *q, size_t n);
+
+/* Encodes x[n] (finite) in the same layout, but each block's scale is the smallest power of two
+ * with the block's largest magnitude at most 127 scales (its largest code is 64..127: up to one
+ * bit coarser than sona_q8_encode). Decoding is exact (code times a power of two), the grids of
+ * neighbouring scales nest, so encoding decoded values gives the same values bit for bit, and a
+ * vector that moves by little keeps its grid: the form for vectors that are decoded, updated and
+ * stored again (pattern centroids absorbing clusters). dither NULL rounds to nearest; otherwise
+ * each code is floor(x / scale + u) with u uniform in [0, 1) from dither (stochastic rounding:
+ * the decoded value is x on average, so repeated small updates are neither lost nor biased). */
+void sona_q8_encode_pow2(const float *x, size_t n, void *out, sona_rng *dither);
 
 #endif
