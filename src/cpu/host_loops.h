@@ -1,8 +1,8 @@
 /* Element-wise host loops of the core (finite check, EWC++ Fisher EMA and penalty, sum of
- * squares) written once in plain C and compiled by each variant file with its own ISA flags
+ * squares, Q8 encoding and decoding) written once in plain C and compiled by each variant file with its own ISA flags
  * (vecmath.c: baseline, vec_avx2.c, vec_avx512.c), so the compiler vectorises them for that
  * level. ISO C mode keeps floating-point contraction off: every level gives bit-identical
- * results. SONA_HOST_LOOPS(suffix) defines sona_<loop>_<suffix> for the four loops. */
+ * results. SONA_HOST_LOOPS(suffix) defines sona_<loop>_<suffix> for every loop. */
 #ifndef SONA_CPU_HOST_LOOPS_H
 #define SONA_CPU_HOST_LOOPS_H
 
@@ -57,6 +57,59 @@ static inline double host_sum_squares(const float *v, size_t n)
     return s;
 }
 
+/* Q8 (core/q8.h): per block of 32, scale = amax / 127 and q = x * (127 / amax) rounded to nearest
+ * even. |x * inv| is at most 127 (1 + 2^-24)^2 < 127.5, so q needs no clamp, and the rounding
+ * adds and subtracts 1.5 * 2^23, where the float step is 1 (lrintf does not vectorise). Finite
+ * values have the integer order of their magnitude bits, so amax is an integer max, which also
+ * finds NaN/Inf (above 0x7f7fffff): 0 returned, out then undefined. Blocks with amax < 2^-119 (a
+ * subnormal scale, where 127 / amax would overflow) take the reciprocal in double. */
+static inline int host_q8_encode(const float *restrict x, size_t n, void *restrict out)
+{
+    unsigned char *scales = out;
+    int8_t *restrict q = (int8_t *)(scales + (n + 31) / 32 * sizeof(float));
+    for (size_t lo = 0; lo < n; lo += 32) {
+        const size_t m = n - lo < 32 ? n - lo : 32;
+        const float *restrict xb = x + lo;
+        int8_t *restrict qb = q + lo;
+        uint32_t amax_bits = 0;
+        for (size_t i = 0; i < m; i++) {
+            uint32_t bits;
+            memcpy(&bits, &xb[i], sizeof bits);
+            bits &= 0x7fffffffu;
+            amax_bits = bits > amax_bits ? bits : amax_bits;
+        }
+        if (amax_bits >= 0x7f800000u)
+            return 0;
+        float amax;
+        memcpy(&amax, &amax_bits, sizeof amax);
+        const float scale = amax / 127.0f;
+        memcpy(scales + lo / 32 * sizeof scale, &scale, sizeof scale);
+        if (amax >= 0x1p-119f) {
+            const float inv = 127.0f / amax;
+            for (size_t i = 0; i < m; i++)
+                qb[i] = (int8_t)(int32_t)((xb[i] * inv + 0x1.8p23f) - 0x1.8p23f);
+        } else {
+            const double inv = amax > 0.0f ? 127.0 / (double)amax : 0.0;
+            for (size_t i = 0; i < m; i++)
+                qb[i] = (int8_t)(int32_t)(((float)((double)xb[i] * inv) + 0x1.8p23f) - 0x1.8p23f);
+        }
+    }
+    return 1;
+}
+
+static inline void host_q8_decode(const void *restrict in, size_t n, float *restrict out)
+{
+    const unsigned char *scales = in;
+    const int8_t *restrict q = (const int8_t *)(scales + (n + 31) / 32 * sizeof(float));
+    for (size_t lo = 0; lo < n; lo += 32) {
+        const size_t m = n - lo < 32 ? n - lo : 32;
+        float scale;
+        memcpy(&scale, scales + lo / 32 * sizeof scale, sizeof scale);
+        for (size_t i = 0; i < m; i++)
+            out[lo + i] = (float)q[lo + i] * scale;
+    }
+}
+
 #define SONA_HOST_LOOPS(suffix)                                                                 \
     int sona_all_finite_##suffix(const float *v, size_t n) { return host_all_finite(v, n); }    \
     void sona_fisher_ema_##suffix(float *restrict f, const float *restrict g, size_t n, float d) \
@@ -69,7 +122,12 @@ static inline double host_sum_squares(const float *v, size_t n)
     {                                                                                           \
         host_penalise(out, g, theta, fs, ft, n, lambda);                                        \
     }                                                                                           \
-    double sona_sum_squares_##suffix(const float *v, size_t n) { return host_sum_squares(v, n); }
+    double sona_sum_squares_##suffix(const float *v, size_t n) { return host_sum_squares(v, n); } \
+    int sona_q8_encode_##suffix(const float *x, size_t n, void *out)                            \
+    {                                                                                           \
+        return host_q8_encode(x, n, out);                                                       \
+    }                                                                                           \
+    void sona_q8_decode_##suffix(const void *in, size_t n, float *out) { host_q8_decode(in, n, out); }
 
 #define SONA_HOST_LOOPS_DECLARE(suffix)                                                          \
     int sona_all_finite_##suffix(const float *v, size_t n);                                     \
@@ -77,6 +135,8 @@ static inline double host_sum_squares(const float *v, size_t n)
     void sona_penalise_##suffix(float *out, const float *g, const float *restrict theta,        \
                                 const float *restrict fs, const float *restrict ft, size_t n,   \
                                 float lambda);                                                  \
-    double sona_sum_squares_##suffix(const float *v, size_t n);
+    double sona_sum_squares_##suffix(const float *v, size_t n);                                 \
+    int sona_q8_encode_##suffix(const float *x, size_t n, void *out);                           \
+    void sona_q8_decode_##suffix(const void *in, size_t n, float *out);
 
 #endif
