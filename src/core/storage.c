@@ -4,6 +4,7 @@
 #include "core/half.h"
 #include "core/q8.h"
 #include "core/vecmath.h"
+#include "cpu/host_loops.h"
 
 #include <string.h>
 
@@ -41,23 +42,10 @@ size_t sona_storage_bytes(sona_storage s, size_t n)
     }
 }
 
-/* The largest magnitude's bits (NaN and Inf above every finite value). */
-static uint32_t max_magnitude_bits(const float *x, size_t n)
-{
-    uint32_t m = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t bits;
-        memcpy(&bits, &x[i], sizeof bits);
-        bits &= 0x7fffffffu;
-        m = bits > m ? bits : m;
-    }
-    return m;
-}
-
 int sona_storage_fits(sona_storage s, const float *x, size_t n)
 {
     if (s == SONA_STORAGE_F16)
-        return max_magnitude_bits(x, n) < F16_OVERFLOW_BITS;
+        return host_max_magnitude_bits(x, n) < F16_OVERFLOW_BITS;
     return sona_all_finite(x, n);
 }
 

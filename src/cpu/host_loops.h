@@ -57,12 +57,25 @@ static inline double host_sum_squares(const float *v, size_t n)
     return s;
 }
 
+/* The bits of the largest magnitude in v[n]: finite floats have the integer order of their
+ * magnitude bits, and NaN/Inf lie above every finite one (above 0x7f7fffff). */
+static inline uint32_t host_max_magnitude_bits(const float *v, size_t n)
+{
+    uint32_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &v[i], sizeof bits);
+        bits &= 0x7fffffffu;
+        m = bits > m ? bits : m;
+    }
+    return m;
+}
+
 /* Q8 (core/q8.h): per block of 32, scale = amax / 127 and q = x * (127 / amax) rounded to nearest
  * even. |x * inv| is at most 127 (1 + 2^-24)^2 < 127.5, so q needs no clamp, and the rounding
- * adds and subtracts 1.5 * 2^23, where the float step is 1 (lrintf does not vectorise). Finite
- * values have the integer order of their magnitude bits, so amax is an integer max, which also
- * finds NaN/Inf (above 0x7f7fffff): 0 returned, out then undefined. Blocks with amax < 2^-119 (a
- * subnormal scale, where 127 / amax would overflow) take the reciprocal in double. */
+ * adds and subtracts 1.5 * 2^23, where the float step is 1 (lrintf does not vectorise). amax is
+ * an integer max, which also finds NaN/Inf: 0 returned, out then undefined. Blocks with amax <
+ * 2^-119 (a subnormal scale, where 127 / amax would overflow) take the reciprocal in double. */
 static inline int host_q8_encode(const float *restrict x, size_t n, void *restrict out)
 {
     unsigned char *scales = out;
@@ -71,13 +84,7 @@ static inline int host_q8_encode(const float *restrict x, size_t n, void *restri
         const size_t m = n - lo < 32 ? n - lo : 32;
         const float *restrict xb = x + lo;
         int8_t *restrict qb = q + lo;
-        uint32_t amax_bits = 0;
-        for (size_t i = 0; i < m; i++) {
-            uint32_t bits;
-            memcpy(&bits, &xb[i], sizeof bits);
-            bits &= 0x7fffffffu;
-            amax_bits = bits > amax_bits ? bits : amax_bits;
-        }
+        const uint32_t amax_bits = host_max_magnitude_bits(xb, m);
         if (amax_bits >= 0x7f800000u)
             return 0;
         float amax;
