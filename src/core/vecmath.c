@@ -44,6 +44,8 @@ void sona_widen_f16_scalar(const uint16_t *h, float *out, size_t n)
 
 SONA_HOST_LOOPS(scalar)
 
+int sona_q8_encode_scalar(const float *x, size_t n, void *out) { return host_q8_encode(x, n, out); }
+
 /* The host loops of one variant file, in sona_host_loops order. */
 #define HOST_LOOPS_TABLE(sfx)                                                                     \
     ((sona_host_loops){sona_all_finite_##sfx, sona_fisher_ema_##sfx, sona_penalise_##sfx,        \
