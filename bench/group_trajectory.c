@@ -40,10 +40,13 @@ static float *filled(size_t n, float v)
     return p;
 }
 
-static void recording_case(bench_ctx *ctx, uint32_t hidden, uint32_t heads, double expected_us)
+/* F32 rows keep the spec's names; other storage formats add a suffix (the engine's default, Q8,
+ * encodes each step as it is recorded). */
+static void recording_case(bench_ctx *ctx, uint32_t hidden, uint32_t heads, sona_storage storage,
+                           double expected_us)
 {
     char name[32];
-    snprintf(name, sizeof name, "h%u_heads%u", hidden, heads);
+    snprintf(name, sizeof name, "h%u_heads%u%s", hidden, heads, storage == SONA_STORAGE_Q8 ? "_q8" : "");
     const bench_row row = {.group = "trajectory_recording", .name = name, .backend = "cpu",
                            .target_us = 10, .stretch_us = 5, .expected_us = expected_us,
                            .bytes = (double)hidden * (1 + heads) * sizeof(float)};
@@ -52,7 +55,7 @@ static void recording_case(bench_ctx *ctx, uint32_t hidden, uint32_t heads, doub
     f.acts = filled(hidden, 0.5f);
     f.attn = filled((size_t)hidden * heads, 0.1f);
     int ok = f.query && f.acts && f.attn && sona_id_source_create(1, &f.ids) == SONA_OK &&
-             sona_trajectory_begin(f.ids, f.query, hidden, &f.t) == SONA_OK;
+             sona_trajectory_begin(f.ids, storage, f.query, hidden, &f.t) == SONA_OK;
     /* Grow the arena once, as a pooled trajectory in a server would have: steady state. */
     for (int i = 0; ok && i < STEPS_PER_TRAJECTORY; i++)
         ok = call_add_step(&f) == 0;
@@ -69,10 +72,13 @@ static void recording_case(bench_ctx *ctx, uint32_t hidden, uint32_t heads, doub
 
 static void run_recording(bench_ctx *ctx)
 {
-    recording_case(ctx, 256, 4, 2.1);
-    recording_case(ctx, 256, 8, 3.8);
-    recording_case(ctx, 512, 4, 3.7);
-    recording_case(ctx, 512, 8, 6.9);
+    static const sona_storage storages[] = {SONA_STORAGE_F32, SONA_STORAGE_Q8};
+    for (int s = 0; s < 2; s++) {
+        recording_case(ctx, 256, 4, storages[s], 2.1);
+        recording_case(ctx, 256, 8, storages[s], 3.8);
+        recording_case(ctx, 512, 4, storages[s], 3.7);
+        recording_case(ctx, 512, 8, storages[s], 6.9);
+    }
 }
 
 const bench_group bench_trajectory_recording = {
@@ -143,7 +149,8 @@ static void *contention_producer(void *p)
     const float q = 1.0f;
     for (int i = 0; i < CONTENTION_PER_THREAD && !a->failed; i++) {
         sona_trajectory *t = NULL;
-        a->failed = sona_trajectory_begin(a->ids, &q, 1, &t) != SONA_OK || sona_trajectory_end(t, 0.5f) != SONA_OK;
+        a->failed = sona_trajectory_begin(a->ids, SONA_STORAGE_F32, &q, 1, &t) != SONA_OK ||
+                    sona_trajectory_end(t, 0.5f) != SONA_OK;
         while (!a->failed && sona_trajectory_buffer_record(a->buf, t) != SONA_OK)
             sched_yield(); /* full: still ours, let the drainer run */
         if (a->failed)
@@ -217,7 +224,8 @@ static void run_buffer(bench_ctx *ctx)
              sona_trajectory_buffer_create(&cfg, &f->buf) == SONA_OK;
     for (; ok && f->pooled < BUFFER_CAPACITY; f->pooled++) {
         sona_trajectory **t = &f->pool[f->pooled];
-        ok = sona_trajectory_begin(ids, query, QUERY_DIM, t) == SONA_OK && sona_trajectory_end(*t, 0.8f) == SONA_OK;
+        ok = sona_trajectory_begin(ids, SONA_STORAGE_F32, query, QUERY_DIM, t) == SONA_OK &&
+             sona_trajectory_end(*t, 0.8f) == SONA_OK;
     }
     if (ok) {
         bench_measure(ctx, &rec, call_record, f);

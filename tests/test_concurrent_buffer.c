@@ -37,7 +37,7 @@ static void *produce(void *p)
     const float q = (float)a->index;
     for (int i = 0; i < PER_PRODUCER; i++) {
         sona_trajectory *t = NULL;
-        if (sona_trajectory_begin(s->ids, &q, 1, &t) != SONA_OK || sona_trajectory_end(t, 0.5f) != SONA_OK)
+        if (sona_trajectory_begin(s->ids, SONA_STORAGE_F32, &q, 1, &t) != SONA_OK || sona_trajectory_end(t, 0.5f) != SONA_OK)
             abort();
         const uint64_t id = sona_trajectory_id(t);
         if (sona_trajectory_buffer_len(s->buf) >= s->capacity)

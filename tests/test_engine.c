@@ -68,6 +68,7 @@ Test(engine, presets_are_valid_and_distinct)
         sona_engine *e = NULL;
         cr_assert_eq(sona_engine_create(&c, &e), SONA_OK, "preset %d: %s", i, sona_last_error());
         cr_assert_eq(sona_engine_get_config(e)->hidden, 64);
+        cr_assert_eq(sona_engine_get_config(e)->step_storage, SONA_STORAGE_Q8, "preset %d", i);
         sona_engine_destroy(e);
     }
     cr_assert_eq(ranks, 8041604, "base ranks per preset: %u", ranks);
@@ -79,6 +80,9 @@ Test(engine, presets_are_valid_and_distinct)
     sona_engine_config_default(&c, SONA_PRESET_DEFAULT, 8);
     c.dream_temperature = NAN;
     cr_assert_eq(sona_engine_create(&c, &e), SONA_E_NONFINITE);
+    sona_engine_config_default(&c, SONA_PRESET_DEFAULT, 8);
+    c.step_storage = (sona_storage)3;
+    cr_assert_eq(sona_engine_create(&c, &e), SONA_E_INVALID);
     cr_assert_eq(sona_engine_create(NULL, &e), SONA_E_NULL);
     sona_engine_destroy(NULL);
 }

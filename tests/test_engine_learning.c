@@ -1,6 +1,7 @@
 /* The engine learns, measured on a synthetic task (tests/support/synth_task.h): over 1,000
  * trajectories the mean quality of the adapted output rises clearly above the no-learning
- * baseline, and after a second task EWC++ keeps more of the first task than no EWC++. */
+ * baseline (trajectories kept in Q8, the default, and in F32), and after a second task EWC++
+ * keeps more of the first task than no EWC++. */
 #include <criterion/criterion.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -10,10 +11,11 @@
 
 enum { HIDDEN = 67, CLUSTERS = 3 };
 
-static sona_engine *make_engine(int ewc)
+static sona_engine *make_engine(int ewc, sona_storage storage)
 {
     sona_engine_config c;
     sona_engine_config_default(&c, SONA_PRESET_DEFAULT, HIDDEN);
+    c.step_storage = storage;
     c.background_thread = 0;
     c.loop_b_threshold = 1u << 30; /* loop A alone */
     c.micro_learning_rate = 0.4f;
@@ -24,24 +26,22 @@ static sona_engine *make_engine(int ewc)
     return e;
 }
 
-Test(engine_learning, quality_rises_above_the_no_learning_baseline)
+static void quality_rises(sona_storage storage, const char *name, uint64_t seed)
 {
-    const uint64_t seed = op_test_seed();
-    printf("[engine_learning] seed %" PRIu64 "\n", seed);
     synth_task t;
     cr_assert_eq(synth_task_init(&t, HIDDEN, CLUSTERS, seed, 0), 0);
-    sona_engine *e = make_engine(0);
+    sona_engine *e = make_engine(0, storage);
     sona_rng r;
     sona_rng_seed(&r, seed, 1);
     const double before = synth_task_run(&t, e, 0, 300, &r, 0);
     double last = 0;
     for (int block = 0; block < 10; block++) {
         last = synth_task_run(&t, e, 0, 100, &r, 1);
-        printf("[engine_learning] trajectories %4d  mean quality %.3f\n", (block + 1) * 100, last);
+        printf("[engine_learning] %s trajectories %4d  mean quality %.3f\n", name, (block + 1) * 100, last);
     }
     const double after = synth_task_run(&t, e, 0, 300, &r, 0);
-    printf("[engine_learning] no learning %.3f, after 1000 trajectories %.3f\n", before, after);
-    cr_assert_gt(after, before + 0.15, "quality %.3f did not rise clearly above %.3f", after, before);
+    printf("[engine_learning] %s: no learning %.3f, after 1000 trajectories %.3f\n", name, before, after);
+    cr_assert_gt(after, before + 0.15, "%s: quality %.3f did not rise clearly above %.3f", name, after, before);
     sona_stats s;
     cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
     cr_assert_eq(s.signals_accepted, 1000);
@@ -49,6 +49,14 @@ Test(engine_learning, quality_rises_above_the_no_learning_baseline)
     cr_assert_eq(s.trajectories_recorded + s.trajectories_dropped, 1000);
     sona_engine_destroy(e);
     synth_task_free(&t);
+}
+
+Test(engine_learning, quality_rises_above_the_no_learning_baseline)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[engine_learning] seed %" PRIu64 "\n", seed);
+    quality_rises(SONA_STORAGE_Q8, "q8", seed);
+    quality_rises(SONA_STORAGE_F32, "f32", seed);
 }
 
 /* Task 1, consolidate (loop C), task 2, back to task 1: the quality task 1 keeps. */
@@ -59,7 +67,7 @@ static double retention(int ewc, uint64_t seed, double *learned)
     cr_assert_eq(synth_task_retarget(&t2, &t1, seed, 7), 0);
     for (uint32_t i = 0; i < HIDDEN * CLUSTERS; i++) /* the second task wants the opposite */
         t2.targets[i] = -t1.targets[i];
-    sona_engine *e = make_engine(ewc);
+    sona_engine *e = make_engine(ewc, SONA_STORAGE_Q8);
     sona_rng r;
     sona_rng_seed(&r, seed, 2);
     synth_task_run(&t1, e, 0, 1000, &r, 1);

@@ -1,6 +1,8 @@
-/* The Q8 block format (core/q8.h): encoding error within half a block scale, exact decoding,
- * outliers confined to their block, and the f32 x Q8 dot kernels of every x86 variant the host
- * runs against a double reference, odd lengths (partial last blocks) included. */
+/* The Q8 block format (core/q8.h): encoding error within half a block scale (subnormal and huge
+ * blocks included), NaN/Inf refused, exact decoding, outliers confined to their block, every x86
+ * variant's encoder and decoder identical to the baseline build, and the f32 x Q8 dot kernels of
+ * every variant the host runs against a double reference, odd lengths (partial last blocks)
+ * included. */
 #include <criterion/criterion.h>
 #include <inttypes.h>
 #include <math.h>
@@ -83,6 +85,74 @@ Test(q8, zero_block_and_outlier_locality)
     for (int i = 64; i < 96; i++) /* the third block has no outlier: fine steps */
         cr_assert_float_eq(y[i], x[i], 0.036 / 127 * 0.5 + 1e-7, "i=%d", i);
     cr_assert_float_eq(y[40], 1000.0f, 1000.0f / 127 * 0.5, "the outlier itself");
+}
+
+typedef int (*q8_encode_fn)(const float *x, size_t n, void *out);
+typedef void (*q8_decode_fn)(const void *q, size_t n, float *out);
+
+/* Whether a variant's encoder and decoder give the baseline's bytes and floats. */
+static void check_codec(const char *name, q8_encode_fn enc, q8_decode_fn dec, uint64_t seed)
+{
+    sona_rng r;
+    sona_rng_seed(&r, seed, 3);
+    float x[MAXN], y[MAXN], ry[MAXN];
+    unsigned char q[MAXN * 2 + 64], rq[MAXN * 2 + 64];
+    for (int scale_case = 0; scale_case < 3; scale_case++)
+        for (size_t c = 0; c < sizeof sizes / sizeof sizes[0]; c++) {
+            const uint32_t n = sizes[c];
+            fill(&r, x, n);
+            /* normal values, subnormal blocks (scale below 2^-126), values near FLT_MAX */
+            const float mul = scale_case == 0 ? 1.0f : scale_case == 1 ? 1e-39f : 1e35f;
+            for (uint32_t i = 0; i < n; i++)
+                x[i] *= mul;
+            x[n / 2] = scale_case == 1 ? -0.0f : x[n / 2];
+            cr_assert_eq(sona_q8_encode_scalar(x, n, rq), 1);
+            cr_assert_eq(enc(x, n, q), 1, "%s n=%u", name, n);
+            cr_assert_eq(memcmp(q, rq, sona_q8_bytes(n)), 0, "%s n=%u case %d: encodings differ", name, n,
+                         scale_case);
+            sona_q8_decode_scalar(rq, n, ry);
+            dec(rq, n, y);
+            cr_assert_eq(memcmp(y, ry, n * sizeof *y), 0, "%s n=%u: decodings differ", name, n);
+            x[n - 1] = scale_case == 2 ? INFINITY : NAN;
+            cr_assert_eq(enc(x, n, q), 0, "%s n=%u: a non-finite value was encoded", name, n);
+        }
+}
+
+Test(q8, variants_encode_and_decode_like_the_baseline)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[q8] codec seed %" PRIu64 "\n", seed);
+    check_codec("chosen", sona_q8_encode, sona_q8_decode, seed);
+#if defined(__x86_64__) || defined(__i386__)
+    const uint32_t f = sona_probe()->features;
+    if ((f & SONA_CPU_AVX2) && (f & SONA_CPU_FMA))
+        check_codec("avx2", sona_q8_encode_avx2, sona_q8_decode_avx2, seed);
+    const uint32_t avx512 = SONA_CPU_AVX512F | SONA_CPU_AVX512BW | SONA_CPU_AVX512VL;
+    if ((f & avx512) == avx512)
+        check_codec("avx512", sona_q8_encode_avx512, sona_q8_decode_avx512, seed);
+#endif
+}
+
+/* Blocks whose scale is subnormal (the reciprocal 127 / amax would overflow a float) and blocks
+ * near FLT_MAX keep the half-step bound; +-0 decodes to 0. */
+Test(q8, tiny_and_huge_blocks_keep_the_bound)
+{
+    float x[70], y[70];
+    unsigned char q[sizeof x];
+    for (int i = 0; i < 70; i++)
+        x[i] = (float)(i % 23 - 11) * (i < 32 ? 1e-42f : i < 64 ? 3e37f : 1e-45f);
+    x[5] = -0.0f;
+    cr_assert_eq(sona_q8_encode(x, 70, q), 1);
+    sona_q8_decode(q, 70, y);
+    for (int i = 0; i < 70; i++) {
+        double amax = 0;
+        for (int j = i / 32 * 32; j < 70 && j < i / 32 * 32 + 32; j++)
+            amax = fmax(amax, fabs((double)x[j]));
+        /* half a step, the rounding of x * (127 / amax), and 127 units of a subnormal scale */
+        const double bound = 0.5 * amax / 127.0 + 2e-6 * amax + 0x1p-142;
+        cr_assert_leq(fabs((double)y[i] - x[i]), bound, "x[%d] = %a decodes to %a", i, x[i], y[i]);
+    }
+    cr_expect_eq(y[5], 0.0f);
 }
 
 static void check_dot(const char *name, sona_dot_q8_fn dot, uint64_t seed)

@@ -28,16 +28,22 @@ static void fill(sona_rng *r, float *v, size_t n)
         v[i] = 2.0f * sona_rng_uniform(r) - 1.0f;
 }
 
-/* A trajectory with the given steps (rows of dim) and rewards. */
-static sona_trajectory *build(sona_id_source *ids, const float *q, uint32_t dim, const float *acts,
-                              const float *rewards, uint32_t steps, float quality)
+/* A trajectory with the given steps (rows of dim) and rewards, kept as `storage`. */
+static sona_trajectory *build_as(sona_storage storage, sona_id_source *ids, const float *q, uint32_t dim,
+                                 const float *acts, const float *rewards, uint32_t steps, float quality)
 {
     sona_trajectory *t;
-    cr_assert_eq(sona_trajectory_begin(ids, q, dim, &t), SONA_OK);
+    cr_assert_eq(sona_trajectory_begin(ids, storage, q, dim, &t), SONA_OK);
     for (uint32_t i = 0; i < steps; i++)
         cr_assert_eq(sona_trajectory_add_step(t, acts + (size_t)i * dim, dim, NULL, 0, rewards[i], 0), SONA_OK);
     cr_assert_eq(sona_trajectory_end(t, quality), SONA_OK);
     return t;
+}
+
+static sona_trajectory *build(sona_id_source *ids, const float *q, uint32_t dim, const float *acts,
+                              const float *rewards, uint32_t steps, float quality)
+{
+    return build_as(SONA_STORAGE_F32, ids, q, dim, acts, rewards, steps, quality);
 }
 
 static void expect_unit_along(const float *delta, const double *ref, uint32_t dim)
@@ -90,6 +96,47 @@ Test(signal, varying_rewards_give_the_reward_weighted_contrast)
     cr_expect_eq(st.rejected, 0);
     sona_trajectory_destroy(t);
     sona_signal_builder_destroy(sb);
+    sona_id_source_destroy(ids);
+}
+
+/* A trajectory kept in F16 or Q8 gives exactly the signal of its decoded values: what loop A
+ * learns from is what loop B later reads back. */
+Test(signal, encoded_trajectories_give_the_signal_of_their_decoded_values)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[signal] encoded trajectories seed %" PRIu64 "\n", seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 2);
+    enum { DIM = 77, STEPS = 4 };
+    float q[DIM], acts[STEPS * DIM], dq[DIM], dacts[STEPS * DIM];
+    const float rewards[STEPS] = {0.3f, 0.9f, 0.1f, 0.5f}, same[STEPS] = {0.5f, 0.5f, 0.5f, 0.5f};
+    fill(&r, q, DIM);
+    fill(&r, acts, STEPS * DIM);
+    sona_id_source *ids;
+    cr_assert_eq(sona_id_source_create(0, &ids), SONA_OK);
+    const sona_storage storages[] = {SONA_STORAGE_F16, SONA_STORAGE_Q8};
+    for (int k = 0; k < 2; k++)
+        for (int varying = 0; varying < 2; varying++) {
+            const float *rw = varying ? rewards : same;
+            sona_trajectory *t = build_as(storages[k], ids, q, DIM, acts, rw, STEPS, 0.7f);
+            cr_assert_eq(sona_trajectory_query(t, dq, DIM), SONA_OK);
+            for (uint32_t i = 0; i < STEPS; i++)
+                cr_assert_eq(sona_trajectory_step_activations(t, i, dacts + i * DIM, DIM), SONA_OK);
+            sona_signal_builder *sb = make(0.1f), *ref = make(0.1f);
+            float x[DIM], d[DIM], w, rx[DIM], rd[DIM], rw2;
+            cr_assert_eq(sona_signal_from_trajectory(sb, t, x, d, &w), SONA_OK, "%s", sona_last_error());
+            cr_assert_eq(sona_signal_compute(ref, dq, DIM, dacts, rw, STEPS, 0.7f, rx, rd, &rw2), SONA_OK);
+            cr_expect_eq(memcmp(x, rx, sizeof x), 0, "storage %d: x is not the decoded query", storages[k]);
+            cr_expect_eq(memcmp(d, rd, sizeof d), 0, "storage %d, varying %d: delta differs", storages[k], varying);
+            cr_expect_eq(w, rw2);
+            double off = 0;
+            for (int j = 0; j < DIM; j++)
+                off = fmax(off, fabs((double)dq[j] - q[j]));
+            cr_expect_gt(off, 0.0, "storage %d kept the query exactly: the test would not see decoding", storages[k]);
+            sona_signal_builder_destroy(sb);
+            sona_signal_builder_destroy(ref);
+            sona_trajectory_destroy(t);
+        }
     sona_id_source_destroy(ids);
 }
 
@@ -210,7 +257,7 @@ Test(signal, layer_filter_and_baseline_without_advance)
     sona_id_source *ids;
     cr_assert_eq(sona_id_source_create(0, &ids), SONA_OK);
     sona_trajectory *t;
-    cr_assert_eq(sona_trajectory_begin(ids, q, DIM, &t), SONA_OK);
+    cr_assert_eq(sona_trajectory_begin(ids, SONA_STORAGE_F32, q, DIM, &t), SONA_OK);
     /* Layer 1: steps a1 (reward 0.2) and a3 (reward 0.8); layer 2: a2 only. */
     cr_assert_eq(sona_trajectory_add_step(t, a0, DIM, NULL, 0, 0.5f, 0), SONA_OK);
     cr_assert_eq(sona_trajectory_add_step(t, a1, DIM, NULL, 0, 0.2f, 1), SONA_OK);
@@ -294,14 +341,14 @@ Test(signal, bad_input_is_rejected_counted_and_changes_nothing)
     sona_id_source *ids;
     cr_assert_eq(sona_id_source_create(0, &ids), SONA_OK);
     sona_trajectory *t;
-    cr_assert_eq(sona_trajectory_begin(ids, q, DIM, &t), SONA_OK);
+    cr_assert_eq(sona_trajectory_begin(ids, SONA_STORAGE_F32, q, DIM, &t), SONA_OK);
     cr_expect_eq(sona_signal_from_trajectory(sb, t, x, d, &w), SONA_E_STATE);
     expected_rejected++;
     cr_assert_eq(sona_trajectory_end(t, 0.5f), SONA_OK);
     cr_expect_eq(sona_signal_from_trajectory(sb, t, x, d, &w), SONA_E_EMPTY);
     expected_rejected++;
     sona_trajectory_destroy(t);
-    cr_assert_eq(sona_trajectory_begin(ids, q, DIM, &t), SONA_OK);
+    cr_assert_eq(sona_trajectory_begin(ids, SONA_STORAGE_F32, q, DIM, &t), SONA_OK);
     cr_assert_eq(sona_trajectory_add_step(t, a, DIM, NULL, 0, 0.5f, 0), SONA_OK);
     cr_assert_eq(sona_trajectory_add_step(t, a, DIM - 1, NULL, 0, 0.5f, 0), SONA_OK);
     cr_assert_eq(sona_trajectory_end(t, 0.5f), SONA_OK);

@@ -10,7 +10,7 @@ static sona_trajectory *tiny(sona_id_source *ids)
 {
     float q = 1.0f;
     sona_trajectory *t = NULL;
-    cr_assert_eq(sona_trajectory_begin(ids, &q, 1, &t), SONA_OK);
+    cr_assert_eq(sona_trajectory_begin(ids, SONA_STORAGE_F32, &q, 1, &t), SONA_OK);
     cr_assert_eq(sona_trajectory_end(t, 0.5f), SONA_OK);
     return t;
 }
@@ -152,7 +152,7 @@ Test(trajectory_buffer, bad_input_leaves_ownership_with_the_caller)
     sona_trajectory_buffer *b = make(4, SONA_FULL_DROP_NEWEST);
     float q = 1.0f;
     sona_trajectory *open;
-    cr_assert_eq(sona_trajectory_begin(ids, &q, 1, &open), SONA_OK);
+    cr_assert_eq(sona_trajectory_begin(ids, SONA_STORAGE_F32, &q, 1, &open), SONA_OK);
     cr_expect_eq(sona_trajectory_buffer_record(b, open), SONA_E_STATE, "an open trajectory is refused");
     cr_expect_eq(sona_trajectory_buffer_record(b, NULL), SONA_E_NULL);
     cr_expect_eq(sona_trajectory_buffer_record(NULL, open), SONA_E_NULL);

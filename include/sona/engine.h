@@ -43,6 +43,9 @@ typedef struct sona_engine_config {
     uint32_t max_steps;         /* steps kept per trajectory (later ones are counted, not kept) */
     uint32_t buffer_capacity;   /* trajectories queued for loop B; full: the new one is dropped
                                    and counted in trajectories_dropped */
+    sona_storage step_storage;  /* how recorded trajectories keep their query and activations
+                                   (encoded at each step; loops A and B learn from the decoded
+                                   values): Q8 about 1.1 bytes a value, F16 2, F32 4 (exact) */
     float baseline_decay;       /* running quality baseline: b = d b + (1-d) q */
     /* loop B */
     int background_thread;      /* 1: an engine thread (low priority: SCHED_BATCH, nice 10) runs
@@ -84,7 +87,8 @@ typedef struct sona_engine_config {
  *   micro_rank 2/1/2/1, micro_alpha = 2*rank, micro_learning_rate 0.01/0.01/0.005/0.01,
  *   micro_apply_every 1/16/1/4, max_tenants 64/256/64/8,
  *   base_rank 8/4/16/4, base_layers 12/12/12/4, base_alpha = 2*rank, base_learning_rate 0.001,
- *   clip_norm 1, max_steps 16/8/32/8, buffer_capacity 10000/20000/10000/1000,
+ *   clip_norm 1, max_steps 16/8/32/8, buffer_capacity 10000/20000/10000/1000, step_storage
+ *   SONA_STORAGE_Q8 (10,000 queued trajectories of 10 steps at hidden 256: ~35 MB, F32 ~130 MB),
  *   baseline_decay 0.99, background_thread 1/1/1/0, loop_b_threshold 1000/4000/500/200,
  *   loop_b_interval_ms 3600000 (1 h)/same/same/0, loop_b_min_batch 16/64/8/8,
  *   clusters_per_cycle 32/32/64/8, max_patterns 100000/100000/100000/5000,

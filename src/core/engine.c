@@ -3,6 +3,7 @@
 #include "core/engine_internal.h"
 
 #include "core/lora_internal.h"
+#include "core/storage.h"
 #include "cpu/cpu.h"
 #include "dispatch/dispatch.h"
 #include "sona/lora.h"
@@ -69,7 +70,12 @@ sona_status eng_traj_take(sona_engine *e, const float *query, sona_trajectory **
         }
         return st;
     }
-    return sona_trajectory_begin(e->ids, query, e->cfg.hidden, out);
+    sona_status st = sona_trajectory_begin(e->ids, e->cfg.step_storage, query, e->cfg.hidden, out);
+    /* Room for a full request at once, not a doubling series of reallocs; end() gives back what
+     * the request did not use. Best effort: without it the steps still grow the arena. */
+    if (st == SONA_OK)
+        (void)sona_trajectory_reserve(*out, e->cfg.max_steps, e->cfg.hidden, 0);
+    return st;
 }
 
 void eng_traj_recycle(sona_engine *e, sona_trajectory *t)
@@ -85,6 +91,8 @@ void eng_traj_recycle(sona_engine *e, sona_trajectory *t)
 sona_status eng_steps_gather(eng_steps *s, const sona_trajectory *t, uint32_t hidden)
 {
     const uint32_t n = sona_trajectory_step_count(t);
+    if (!s->query && !(s->query = malloc(hidden * sizeof *s->query)))
+        return SONA_E_NOMEM;
     if (n > s->cap) {
         float *a = realloc(s->acts, (size_t)n * hidden * sizeof *a), *r;
         if (a)
@@ -99,22 +107,24 @@ sona_status eng_steps_gather(eng_steps *s, const sona_trajectory *t, uint32_t hi
             return SONA_E_NOMEM;
         s->cap = n;
     }
+    sona_status st = sona_trajectory_query(t, s->query, hidden);
     s->steps = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        uint32_t len;
-        const float *a = sona_trajectory_step_activations(t, i, &len);
-        if (len != hidden)
+    for (uint32_t i = 0; i < n && st == SONA_OK; i++) {
+        sona_trajectory_step step;
+        sona_trajectory_get_step(t, i, &step);
+        if (step.activations_len != hidden)
             continue; /* the engine only records rows of its width */
-        memcpy(s->acts + (size_t)s->steps * hidden, a, hidden * sizeof *a);
-        s->rewards[s->steps] = sona_trajectory_step_reward(t, i);
-        s->layers[s->steps] = sona_trajectory_step_layer(t, i);
+        st = sona_trajectory_step_activations(t, i, s->acts + (size_t)s->steps * hidden, hidden);
+        s->rewards[s->steps] = step.reward;
+        s->layers[s->steps] = step.layer;
         s->steps++;
     }
-    return SONA_OK;
+    return st;
 }
 
 void eng_steps_free(eng_steps *s)
 {
+    free(s->query);
     free(s->acts);
     free(s->rewards);
     free(s->layers);
@@ -140,6 +150,7 @@ void sona_engine_config_default(sona_engine_config *cfg, sona_preset preset, uin
     cfg->clip_norm = 1.0f;
     cfg->max_steps = 16;
     cfg->buffer_capacity = 10000;
+    cfg->step_storage = SONA_STORAGE_Q8;
     cfg->baseline_decay = 0.99f;
     cfg->background_thread = 1;
     cfg->loop_b_threshold = 1000;
@@ -233,6 +244,9 @@ static sona_status check_config(const sona_engine_config *c)
         c->dream_temperature <= 0 || c->clip_norm < 0)
         return sona_fail(NULL, SONA_E_INVALID, "sona_engine_create: decays must be in [0,1), "
                                                "jump probability in [0,1], temperature > 0");
+    if (!sona_storage_valid(c->step_storage))
+        return sona_fail(NULL, SONA_E_INVALID, "sona_engine_create: step_storage %d is not a sona_storage",
+                         (int)c->step_storage);
     if (memchr(c->state_path, '\0', sizeof c->state_path) == NULL)
         return sona_fail(NULL, SONA_E_INVALID, "sona_engine_create: state_path is not terminated");
     return SONA_OK;

@@ -24,42 +24,51 @@ sona_status eng_bank_create(const sona_engine_config *cfg, sona_bank **out)
     return sona_bank_create(&bc, out);
 }
 
-sona_status eng_bank_update(sona_engine *e, sona_trajectory *const *trajs, uint32_t n, float *reference)
+sona_status eng_bank_batch_init(eng_bank_batch *b, uint32_t n, uint32_t hidden)
+{
+    b->rows = 0;
+    b->emb = malloc((size_t)n * hidden * sizeof *b->emb);
+    b->qual = malloc((size_t)n * sizeof *b->qual);
+    if (b->emb && b->qual)
+        return SONA_OK;
+    eng_bank_batch_free(b);
+    return SONA_E_NOMEM;
+}
+
+void eng_bank_batch_free(eng_bank_batch *b)
+{
+    free(b->emb);
+    free(b->qual);
+    b->emb = b->qual = NULL;
+}
+
+float eng_bank_reference(sona_engine *e, eng_bank_batch *b, const eng_steps *s, float quality, float baseline)
 {
     const uint32_t H = e->cfg.hidden;
-    eng_steps steps = {0};
-    float *emb = malloc((size_t)n * H * sizeof *emb), *qual = malloc(n * sizeof *qual);
-    sona_status st = emb && qual ? SONA_OK : SONA_E_NOMEM;
-    const float baseline = eng_baseline(e);
-    uint32_t rows = 0;
-    for (uint32_t i = 0; i < n && st == SONA_OK; i++) {
-        const sona_trajectory *t = trajs[i];
-        reference[i] = baseline;
-        float *row = emb + (size_t)rows * H;
-        if ((st = eng_steps_gather(&steps, t, H)) != SONA_OK)
-            break;
-        if (sona_bank_trajectory_embedding(H, sona_trajectory_query(t, NULL), steps.steps, steps.acts,
-                                           steps.rewards, row) != SONA_OK)
-            continue; /* a zero embedding has no pattern; it still trains Base-LoRA */
-        uint64_t id;
-        float sim;
-        uint32_t found = 0;
-        sona_pattern p;
-        if (sona_bank_search(e->bank, row, H, 1, &id, &sim, &found) == SONA_OK && found &&
-            sim >= MATCH_COSINE && sona_bank_pattern_get(e->bank, id, &p, NULL) == SONA_OK)
-            reference[i] = p.avg_quality;
-        qual[rows++] = sona_trajectory_quality(t);
-    }
-    if (st == SONA_OK && rows)
-        st = sona_bank_add_batch(e->bank, rows, emb, H, qual, NULL, NULL);
+    float *row = b->emb + (size_t)b->rows * H;
+    if (sona_bank_trajectory_embedding(H, s->query, s->steps, s->acts, s->rewards, row) != SONA_OK)
+        return baseline; /* a zero embedding has no pattern; it still trains Base-LoRA */
+    float reference = baseline;
+    uint64_t id;
+    float sim;
+    uint32_t found = 0;
+    sona_pattern p;
+    if (sona_bank_search(e->bank, row, H, 1, &id, &sim, &found) == SONA_OK && found && sim >= MATCH_COSINE &&
+        sona_bank_pattern_get(e->bank, id, &p, NULL) == SONA_OK)
+        reference = p.avg_quality;
+    b->qual[b->rows++] = quality;
+    return reference;
+}
+
+sona_status eng_bank_commit(sona_engine *e, eng_bank_batch *b)
+{
+    sona_status st = b->rows ? sona_bank_add_batch(e->bank, b->rows, b->emb, e->cfg.hidden, b->qual, NULL, NULL)
+                             : SONA_OK;
     if (st == SONA_OK)
         st = sona_bank_extract(e->bank, NULL);
     if (st != SONA_OK)
         eng_fail(e, st, "loop B: pattern bank: %s", sona_bank_last_error(e->bank));
     atomic_store(&e->n.patterns, sona_bank_pattern_count(e->bank));
-    free(emb);
-    free(qual);
-    eng_steps_free(&steps);
     return st;
 }
 

@@ -78,11 +78,11 @@ uint64_t eng_now_us(void);
 /* The running quality baseline (0 before the first trajectory). */
 float eng_baseline(const sona_engine *e);
 
-/* A finished trajectory's steps gathered into rows: acts[steps][hidden], rewards, layers.
- * Grows as needed; reused across trajectories. */
+/* A finished trajectory's query and steps decoded into rows: query[hidden], acts[steps][hidden],
+ * rewards, layers. Grows as needed; reused across trajectories. */
 typedef struct eng_steps {
     uint32_t steps, cap;
-    float *acts, *rewards;
+    float *query, *acts, *rewards;
     int32_t *layers;
 } eng_steps;
 /* A trajectory for a new request (reused from the pool when one is there). */
@@ -119,13 +119,22 @@ sona_status eng_save_locked(sona_engine *e, const char *path);
 
 /* Pattern bank glue (engine_bank.c): ReasoningBank + HNSW index. */
 sona_status eng_bank_create(const sona_engine_config *cfg, sona_bank **out);
-/* Adds the batch's query embeddings to the bank (creating it on first use) and writes, per
- * trajectory, the reference quality its advantage is measured against: the matched pattern's
- * average quality (the running baseline when nothing matches). Caller holds cycle_mu. */
-sona_status eng_bank_update(sona_engine *e, sona_trajectory *const *trajs, uint32_t n, float *reference);
-/* Base-LoRA step on a batch with per-trajectory reference qualities. Caller holds cycle_mu. */
-sona_status eng_base_train(sona_engine *e, sona_trajectory *const *trajs, uint32_t n, const float *reference);
-/* The same for trajectories already gathered (dream replays). */
+/* Loop B's rows for the bank: each trajectory's embedding and final quality. */
+typedef struct eng_bank_batch {
+    float *emb, *qual;
+    uint32_t rows;
+} eng_bank_batch;
+sona_status eng_bank_batch_init(eng_bank_batch *b, uint32_t n, uint32_t hidden);
+void eng_bank_batch_free(eng_bank_batch *b);
+/* Adds a gathered trajectory's embedding to the batch and returns the reference quality its
+ * advantage is measured against: the matched pattern's average quality (baseline when nothing
+ * matches or the embedding is zero). The bank is searched as it was before the cycle. Caller
+ * holds cycle_mu. */
+float eng_bank_reference(sona_engine *e, eng_bank_batch *b, const eng_steps *s, float quality, float baseline);
+/* Adds the batch to the bank and extracts patterns. Caller holds cycle_mu. */
+sona_status eng_bank_commit(sona_engine *e, eng_bank_batch *b);
+/* Base-LoRA signals of one gathered trajectory (or dream) with advantage w; query[hidden] is
+ * the first step's input. Caller holds cycle_mu. */
 sona_status eng_base_accumulate(sona_engine *e, const float *query, const eng_steps *s, float w);
 
 /* Batched apply on an accelerator: NULL when cfg->device_apply is 0 or no accelerator is there. */

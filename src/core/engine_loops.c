@@ -1,7 +1,7 @@
 /* Loop B (background) and the engine's loop thread. A cycle takes the queued trajectories
- * (fewer than the minimum stay queued), updates the pattern bank, trains Base-LoRA per layer with
- * the advantage against the matched pattern's average quality, applies EWC++ (Fisher, penalty,
- * boundary check) and publishes the new Base-LoRA for readers. */
+ * (fewer than the minimum stay queued), decodes each once, updates the pattern bank, trains
+ * Base-LoRA per layer with the advantage against the matched pattern's average quality, applies
+ * EWC++ (Fisher, penalty, boundary check) and publishes the new Base-LoRA for readers. */
 #define _GNU_SOURCE /* SCHED_BATCH */
 #include "core/engine_internal.h"
 #include "dispatch/dispatch.h"
@@ -51,19 +51,31 @@ sona_status eng_base_accumulate(sona_engine *e, const float *query, const eng_st
     return st;
 }
 
-sona_status eng_base_train(sona_engine *e, sona_trajectory *const *trajs, uint32_t n, const float *reference)
+/* Learns from a drained batch. Each trajectory is decoded once and serves both the pattern bank
+ * (its embedding, and the reference quality it is matched to) and Base-LoRA (signals with the
+ * advantage against that reference); then the bank takes the batch and the new Base-LoRA is
+ * published. Caller holds cycle_mu. */
+static sona_status learn_batch(sona_engine *e, sona_trajectory *const *batch, uint32_t n)
 {
+    const uint32_t H = e->cfg.hidden;
+    const float baseline = eng_baseline(e);
     eng_steps steps = {0};
-    sona_status st = SONA_OK;
+    eng_bank_batch rows;
+    sona_status st = eng_bank_batch_init(&rows, n, H);
     for (uint32_t i = 0; i < n && st == SONA_OK; i++) {
-        if ((st = eng_steps_gather(&steps, trajs[i], e->cfg.hidden)) == SONA_OK)
-            st = eng_base_accumulate(e, sona_trajectory_query(trajs[i], NULL), &steps,
-                                     sona_trajectory_quality(trajs[i]) - reference[i]);
+        if ((st = eng_steps_gather(&steps, batch[i], H)) != SONA_OK)
+            break;
+        const float quality = sona_trajectory_quality(batch[i]);
+        const float reference = eng_bank_reference(e, &rows, &steps, quality, baseline);
+        st = eng_base_accumulate(e, steps.query, &steps, quality - reference);
     }
     eng_steps_free(&steps);
+    /* The bank and Base-LoRA are independent: a failure of one does not hold the other back. */
+    const sona_status bank_st = st == SONA_OK ? eng_bank_commit(e, &rows) : SONA_OK;
+    eng_bank_batch_free(&rows);
     if (st == SONA_OK && sona_lora_pending(e->base) > 0)
         st = eng_train_and_publish(e, e->base, e->base_ewc, &e->base_slot);
-    return st;
+    return bank_st != SONA_OK ? bank_st : st;
 }
 
 sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch)
@@ -76,22 +88,17 @@ sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch)
         return SONA_E_EMPTY;
     }
     sona_trajectory **batch = malloc(queued * sizeof *batch);
-    float *reference = malloc(queued * sizeof *reference);
     uint32_t n = 0;
-    if (!batch || !reference || sona_trajectory_buffer_drain(e->buffer, batch, queued, &n) != SONA_OK) {
+    if (!batch || sona_trajectory_buffer_drain(e->buffer, batch, queued, &n) != SONA_OK) {
         free(batch);
-        free(reference);
         pthread_mutex_unlock(&e->cycle_mu);
         return eng_fail(e, SONA_E_NOMEM, "loop B: out of memory");
     }
     /* From here the batch is the cycle's: it is learned from (and counted) whatever happens. */
-    sona_status st = eng_bank_update(e, batch, n, reference);
-    if (st == SONA_OK)
-        st = eng_base_train(e, batch, n, reference);
+    const sona_status st = learn_batch(e, batch, n);
     for (uint32_t i = 0; i < n; i++)
         eng_traj_recycle(e, batch[i]);
     free(batch);
-    free(reference);
     atomic_fetch_add(&e->n.processed, n);
     atomic_fetch_add(&e->n.b_cycles, 1);
     atomic_store(&e->n.tasks, eng_ewc_tasks(e->base_ewc));

@@ -105,7 +105,7 @@ static void write_config(sona_wbuf *w, const sona_engine_config *c)
                           c->loop_b_min_batch, c->clusters_per_cycle, c->max_patterns,
                           (uint32_t)c->ewc_enabled, c->max_tasks, c->dreams_per_cycle,
                           c->dream_length, c->loop_c_interval_ms, (uint32_t)c->device_apply,
-                          c->device_min_rows};
+                          c->device_min_rows, (uint32_t)c->step_storage};
     const float f[] = {c->micro_alpha, c->micro_learning_rate, c->base_alpha, c->base_learning_rate,
                        c->clip_norm, c->baseline_decay, c->ewc_lambda, c->fisher_decay,
                        c->task_shift_threshold, c->dream_temperature, c->dream_jump_prob,

@@ -1,5 +1,7 @@
 #include "core/q8.h"
 
+#include "core/vecmath.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -12,34 +14,12 @@ static float amax_of(const float *x, size_t lo, size_t hi)
     return amax;
 }
 
-void sona_q8_encode(const float *x, size_t n, void *out)
+int sona_q8_encode(const float *x, size_t n, void *out)
 {
-    unsigned char *scales = out;
-    int8_t *q = (int8_t *)(scales + sona_q8_blocks(n) * sizeof(float));
-    for (size_t b = 0; b * SONA_Q8_BLOCK < n; b++) {
-        const size_t lo = b * SONA_Q8_BLOCK, hi = lo + SONA_Q8_BLOCK < n ? lo + SONA_Q8_BLOCK : n;
-        const float amax = amax_of(x, lo, hi);
-        const float scale = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        memcpy(scales + b * sizeof scale, &scale, sizeof scale);
-        for (size_t i = lo; i < hi; i++) {
-            long v = lrintf(x[i] * inv);
-            q[i] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
-        }
-    }
+    return sona_host_loops_get()->q8_encode(x, n, out);
 }
 
-void sona_q8_decode(const void *in, size_t n, float *out)
-{
-    const unsigned char *scales = in;
-    const int8_t *q = (const int8_t *)(scales + sona_q8_blocks(n) * sizeof(float));
-    for (size_t b = 0; b * SONA_Q8_BLOCK < n; b++) {
-        float scale;
-        memcpy(&scale, scales + b * sizeof scale, sizeof scale);
-        const size_t lo = b * SONA_Q8_BLOCK, hi = lo + SONA_Q8_BLOCK < n ? lo + SONA_Q8_BLOCK : n;
-        for (size_t i = lo; i < hi; i++)
-            out[i] = (float)q[i] * scale;
-    }
-}
+void sona_q8_decode(const void *in, size_t n, float *out) { sona_host_loops_get()->q8_decode(in, n, out); }
 
 float sona_dot_q8_scalar(const float *a, const void *in, size_t n)
 {

@@ -19,9 +19,11 @@ static inline size_t sona_q8_blocks(size_t n) { return (n + SONA_Q8_BLOCK - 1) /
 /* Bytes of an encoded vector of n values. */
 static inline size_t sona_q8_bytes(size_t n) { return sona_q8_blocks(n) * sizeof(float) + n; }
 
-/* Encodes x[n] (finite values; the caller checks) into out[sona_q8_bytes(n)]. */
-void sona_q8_encode(const float *x, size_t n, void *out);
-/* Decodes n values. */
+/* Encodes x[n] into out[sona_q8_bytes(n)]; 0 when a value is NaN or Inf (out is then
+ * undefined). Every CPU variant's build of it (cpu/host_loops.h) writes the same bytes; this one
+ * runs the chosen variant's. */
+int sona_q8_encode(const float *x, size_t n, void *out);
+/* Decodes n values (the chosen variant's build). */
 void sona_q8_decode(const void *q, size_t n, float *out);
 /* Plain C a (f32) . q (Q8), accumulated in f32 per block (the reference of the SIMD variants). */
 float sona_dot_q8_scalar(const float *a, const void *q, size_t n);

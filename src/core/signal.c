@@ -13,7 +13,7 @@
  * a compare-and-swap moves both together. */
 #define BASELINE_SET (1ull << 32)
 
-/* Widths up to this use a stack scratch for the contrast; wider ones allocate. */
+/* Widths up to this use a stack scratch (the direction and a decoded step); wider ones allocate. */
 #define STACK_DIM 2048
 
 struct sona_signal_builder {
@@ -75,13 +75,14 @@ static uint64_t float_state(float f)
     return BASELINE_SET | bits;
 }
 
-/* The steps of a signal source: a trajectory (optionally only one layer's steps), or plain
- * arrays. */
+/* The steps of a signal source: a trajectory (optionally only one layer's steps), whose vectors
+ * are decoded into a scratch row as they are read, or plain arrays. */
 typedef struct step_view {
     const sona_trajectory *t;
     int32_t layer;           /* SONA_LAYER_NONE: every step */
     const float *acts, *rewards;
     uint32_t steps, dim;     /* steps: all of the source's, used or not */
+    float *row;              /* scratch of dim floats for a trajectory's step */
 } step_view;
 
 static int step_used(const step_view *v, uint32_t i)
@@ -89,12 +90,13 @@ static int step_used(const step_view *v, uint32_t i)
     return v->layer == SONA_LAYER_NONE || sona_trajectory_step_layer(v->t, i) == v->layer;
 }
 
-static const float *step_act(const step_view *v, uint32_t i, uint32_t *len)
+/* Step i's activations (dim values, as checked before use). */
+static const float *step_act(const step_view *v, uint32_t i)
 {
-    if (v->t)
-        return sona_trajectory_step_activations(v->t, i, len);
-    *len = v->dim;
-    return v->acts + (size_t)i * v->dim;
+    if (!v->t)
+        return v->acts + (size_t)i * v->dim;
+    sona_trajectory_step_activations(v->t, i, v->row, v->dim);
+    return v->row;
 }
 
 static float step_reward(const step_view *v, uint32_t i)
@@ -135,8 +137,7 @@ static sona_status direction(const step_view *v, float *dir)
         for (uint32_t i = 0; i < v->steps; i++) {
             if (!step_used(v, i))
                 continue;
-            uint32_t len;
-            const float *a = step_act(v, i, &len);
+            const float *a = step_act(v, i);
             const float c = (float)(step_reward(v, i) - mean);
             for (uint32_t j = 0; j < dim; j++)
                 dir[j] += c * a[j];
@@ -152,8 +153,7 @@ static sona_status direction(const step_view *v, float *dir)
             return SONA_OK;
         }
     }
-    uint32_t len;
-    const float *last = step_act(v, last_used, &len);
+    const float *last = step_act(v, last_used);
     const double nrm = norm2(last, dim);
     if (!isfinite(nrm))
         return sona_fail(NULL, SONA_E_NONFINITE, "signal: the last step's norm overflowed");
@@ -196,26 +196,34 @@ static sona_status reject(sona_signal_builder *sb, sona_status st)
     return st;
 }
 
-static sona_status compute(sona_signal_builder *sb, const step_view *v, const float *query,
-                           float quality, int advance, float *x, float *delta, float *w)
+/* The signal of v into x, delta, w. The query comes decoded in x (a trajectory's) or as a
+ * pointer (arrays); x is written only on success. */
+static sona_status compute(sona_signal_builder *sb, step_view *v, const float *query, float quality,
+                           int advance, float *x, float *delta, float *w)
 {
-    float stack_dir[STACK_DIM];
-    float *dir = v->dim <= STACK_DIM ? stack_dir : malloc((size_t)v->dim * sizeof *dir);
+    /* Scratch: the direction, and a trajectory's decoded step. */
+    float stack[2 * STACK_DIM];
+    const size_t need = (size_t)v->dim * (v->t ? 2 : 1);
+    float *dir = need <= 2 * STACK_DIM ? stack : malloc(need * sizeof *dir);
     if (!dir)
         return sona_fail(NULL, SONA_E_NOMEM, "signal: out of memory for a %u-wide direction", v->dim);
+    v->row = dir + v->dim;
     sona_status st = direction(v, dir);
     float adv = 0.0f;
     if (st == SONA_OK)
         st = advantage(sb, quality, advance, &adv);
     if (st == SONA_OK) {
-        memcpy(x, query, (size_t)v->dim * sizeof *x);
+        if (v->t)
+            sona_trajectory_query(v->t, x, v->dim);
+        else
+            memcpy(x, query, (size_t)v->dim * sizeof *x);
         memcpy(delta, dir, (size_t)v->dim * sizeof *delta);
         *w = adv;
         atomic_fetch_add_explicit(&sb->accepted, 1, memory_order_relaxed);
     } else {
         reject(sb, st);
     }
-    if (dir != stack_dir)
+    if (dir != stack)
         free(dir);
     return st;
 }
@@ -241,24 +249,24 @@ sona_status sona_signal_from_trajectory_opts(sona_signal_builder *sb, const sona
     const unsigned long long id = sona_trajectory_id(t);
     if (!sona_trajectory_ended(t))
         return reject(sb, sona_fail(NULL, SONA_E_STATE, "%s: trajectory %llu has not ended", fn, id));
-    step_view v = {.t = t, .layer = opt->layer, .steps = sona_trajectory_step_count(t)};
-    const float *query = sona_trajectory_query(t, &v.dim);
+    step_view v = {.t = t, .layer = opt->layer, .steps = sona_trajectory_step_count(t),
+                   .dim = sona_trajectory_dim(t)};
     uint32_t used = 0;
     for (uint32_t i = 0; i < v.steps; i++) {
         if (!step_used(&v, i))
             continue;
-        uint32_t len;
-        sona_trajectory_step_activations(t, i, &len);
-        if (len != v.dim)
+        sona_trajectory_step s;
+        sona_trajectory_get_step(t, i, &s);
+        if (s.activations_len != v.dim)
             return reject(sb, sona_fail(NULL, SONA_E_SIZE, "%s: trajectory %llu step %u has %u activations, the query %u",
-                                        fn, id, i, len, v.dim));
+                                        fn, id, i, s.activations_len, v.dim));
         used++;
     }
     if (used == 0)
         return reject(sb, sona_fail(NULL, SONA_E_EMPTY, "%s: trajectory %llu has no steps (of layer %d)", fn,
                                     id, opt->layer));
     /* The trajectory refused non-finite data when it was built. */
-    return compute(sb, &v, query, sona_trajectory_quality(t), opt->advance_baseline, x, delta, w);
+    return compute(sb, &v, NULL, sona_trajectory_quality(t), opt->advance_baseline, x, delta, w);
 }
 
 sona_status sona_signal_from_trajectory(sona_signal_builder *sb, const sona_trajectory *t, float *x,
@@ -284,8 +292,8 @@ sona_status sona_signal_compute(sona_signal_builder *sb, const float *query, uin
         !sona_all_finite(rewards, steps) || !isfinite(final_quality))
         return reject(sb, sona_fail(NULL, SONA_E_NONFINITE,
                                     "%s: NaN or Inf in the query, activations, rewards or quality", fn));
-    const step_view v = {.layer = SONA_LAYER_NONE, .acts = activations, .rewards = rewards, .steps = steps,
-                         .dim = dim};
+    step_view v = {.layer = SONA_LAYER_NONE, .acts = activations, .rewards = rewards, .steps = steps,
+                   .dim = dim};
     return compute(sb, &v, query, final_quality, 1, x, delta, w);
 }
 

@@ -1,17 +1,20 @@
 /* Trajectories and their id source. A trajectory keeps every vector and string in one growable
- * byte arena (doubling), plus a small index of steps and of context strings, so recording a
- * step is two copies into memory that is usually already there. The arena starts inside the
- * trajectory's own allocation, sized for the query: a trajectory without steps is one malloc.
- * end() trims the arena and the step index to their exact size, since ended trajectories wait
- * in the buffer by the thousand and doubling would leave up to half of each unused. */
+ * byte arena (doubling), vectors encoded in the trajectory's storage format as they arrive, plus
+ * a small index of steps and of context strings, so recording a step is an encoding into memory
+ * that is usually already there. end() trims the arena and the step index to their exact size,
+ * since ended trajectories wait in the buffer by the thousand and doubling would leave up to half
+ * of each unused; a step reserves exactly what it takes, so a trajectory reset and refilled with
+ * steps of the same shape fits its trimmed arena again without a realloc. */
 #include "sona/trajectory.h"
 
 #include "core/clock.h"
 #include "core/error.h"
+#include "core/storage.h"
 
 #include <math.h>
-#include <stdalign.h>
+#include <stdarg.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -54,11 +57,14 @@ void sona_id_source_set(sona_id_source *ids, uint64_t next)
 
 /* ---- trajectory ------------------------------------------------------------------------ */
 
-/* Arena offsets of vectors are 16-byte aligned (the arena itself comes from malloc). */
-#define ARENA_ALIGN 16u
+/* Arena offsets are multiples of 4 (what encoded vectors need, core/storage.h); they are 32-bit,
+ * which keeps the step index small. */
+#define ARENA_ALIGN 4u
+#define ARENA_MAX UINT32_MAX
+#define NO_ROUTE UINT32_MAX
 
 typedef struct step_rec {
-    size_t act_off, attn_off; /* byte offsets into the arena */
+    uint32_t off; /* arena offset of the activations; the attention follows, aligned */
     uint32_t act_len, attn_len;
     float reward;
     int32_t layer;
@@ -68,65 +74,87 @@ struct sona_trajectory {
     uint64_t id;
     uint64_t start_us, latency_us;
     float quality;
-    int ended;
     uint32_t dim;           /* the query sits at arena offset 0 */
-    unsigned char *arena;   /* the inline tail below, or a heap block once grown */
-    size_t arena_len, arena_cap;
-    int arena_on_heap;
+    sona_storage storage;
+    int ended;
+    unsigned char *arena;
+    uint32_t arena_len, arena_cap;
     step_rec *steps;
     uint32_t step_count, step_cap;
-    size_t *contexts;       /* arena offsets of the context strings */
+    uint32_t *contexts;     /* arena offsets of the context strings */
     uint32_t context_count, context_cap;
-    size_t route_off;       /* SIZE_MAX: no route */
-    sona_errbuf err;
-    alignas(ARENA_ALIGN) unsigned char inline_arena[]; /* sized at begin() for the query */
+    uint32_t route_off;     /* NO_ROUTE: none */
+    sona_errbuf *err;       /* allocated at the first failure: queued trajectories rarely have one */
 };
 
 static size_t align_up(size_t n) { return (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1); }
 
-/* Makes room for `bytes` more at the aligned end of the arena; returns that offset or SIZE_MAX.
- * Nothing is committed: the caller advances arena_len once the data is accepted. */
+/* Formats the message onto t (onto the thread when t is NULL or its message buffer cannot be
+ * allocated) and returns st. */
+__attribute__((format(printf, 3, 4))) static sona_status fail(sona_trajectory *t, sona_status st,
+                                                               const char *fmt, ...)
+{
+    char msg[sizeof(sona_errbuf)];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (t && !t->err)
+        t->err = malloc(sizeof *t->err);
+    return sona_fail(t ? t->err : NULL, st, "%s", msg);
+}
+
+/* Resizes the arena to exactly cap bytes (>= arena_len); 0 when out of memory (nothing changed). */
+static int arena_resize(sona_trajectory *t, size_t cap)
+{
+    unsigned char *p = realloc(t->arena, cap ? cap : 1);
+    if (!p)
+        return 0;
+    t->arena = p;
+    t->arena_cap = (uint32_t)cap;
+    return 1;
+}
+
+/* Makes room for `bytes` more at the aligned end of the arena, doubling its capacity as needed;
+ * returns that offset, or SIZE_MAX when out of memory or past ARENA_MAX. Nothing is committed:
+ * the caller advances arena_len once the data is accepted. */
 static size_t arena_reserve(sona_trajectory *t, size_t bytes)
 {
     const size_t off = align_up(t->arena_len);
-    if (bytes > SIZE_MAX / 2 - off)
+    if (off > ARENA_MAX || bytes > ARENA_MAX - off)
         return SIZE_MAX;
     const size_t need = off + bytes;
     if (need > t->arena_cap) {
-        size_t cap = t->arena_cap > 128 ? t->arena_cap : 128;
+        size_t cap = t->arena_cap > 64 ? t->arena_cap : 64;
         while (cap < need)
-            cap *= 2;
-        unsigned char *p = t->arena_on_heap ? realloc(t->arena, cap) : malloc(cap);
-        if (!p)
+            cap = cap > ARENA_MAX / 2 ? ARENA_MAX : cap * 2;
+        if (!arena_resize(t, cap))
             return SIZE_MAX;
-        if (!t->arena_on_heap)
-            memcpy(p, t->arena, t->arena_len);
-        t->arena = p;
-        t->arena_cap = cap;
-        t->arena_on_heap = 1;
     }
     return off;
 }
 
-/* Grows a small index array (steps, contexts) by doubling. */
-static int grow_index(void **arr, uint32_t *cap, uint32_t count, size_t elem)
+/* Makes room for `more` entries in a small index array (steps, contexts): doubling, or exactly
+ * when `exact`. */
+static int grow_index(void **arr, uint32_t *cap, uint32_t count, uint32_t more, size_t elem, int exact)
 {
-    if (count < *cap)
+    if (more <= *cap - count)
         return 1;
-    const uint32_t ncap = *cap ? *cap * 2 : 8;
-    if (ncap <= *cap)
+    if (more > UINT32_MAX - count)
+        return 0;
+    uint64_t ncap = exact ? (uint64_t)count + more : (*cap ? 2ull * *cap : 8);
+    if (ncap < (uint64_t)count + more)
+        ncap = (uint64_t)count + more;
+    if (ncap > UINT32_MAX)
+        ncap = UINT32_MAX;
+    if (ncap > SIZE_MAX / elem)
         return 0;
     void *p = realloc(*arr, (size_t)ncap * elem);
     if (!p)
         return 0;
     *arr = p;
-    *cap = ncap;
+    *cap = (uint32_t)ncap;
     return 1;
-}
-
-static const float *arena_floats(const sona_trajectory *t, size_t off)
-{
-    return (const float *)(const void *)(t->arena + off);
 }
 
 /* Starts t over with a fresh id and query; the arena is kept. On failure t is unchanged. */
@@ -134,50 +162,51 @@ static sona_status start(sona_trajectory *t, sona_id_source *ids, const float *q
                          const char *fn)
 {
     if (!ids || !query)
-        return sona_fail(&t->err, SONA_E_NULL, "%s: ids and query are required", fn);
+        return fail(t, SONA_E_NULL, "%s: ids and query are required", fn);
     if (dim == 0)
-        return sona_fail(&t->err, SONA_E_INVALID, "%s: dim is 0", fn);
-    if (!sona_all_finite(query, dim))
-        return sona_fail(&t->err, SONA_E_NONFINITE, "%s: NaN or Inf in the query embedding", fn);
-    const size_t saved_len = t->arena_len;
-    t->arena_len = 0;
-    if (arena_reserve(t, (size_t)dim * sizeof(float)) == SIZE_MAX) {
-        t->arena_len = saved_len;
-        return sona_fail(&t->err, SONA_E_NOMEM, "%s: out of memory for a %u-wide query", fn, dim);
-    }
-    memcpy(t->arena, query, (size_t)dim * sizeof(float));
-    t->arena_len = (size_t)dim * sizeof(float);
+        return fail(t, SONA_E_INVALID, "%s: dim is 0", fn);
+    /* Checked before anything is written: the old query is still the trajectory's. */
+    if (!sona_storage_fits(t->storage, query, dim))
+        return fail(t, SONA_E_NONFINITE, "%s: NaN or Inf in the query embedding%s", fn,
+                    t->storage == SONA_STORAGE_F16 ? " (or a value beyond the F16 range)" : "");
+    const size_t bytes = sona_storage_bytes(t->storage, dim);
+    if (bytes > ARENA_MAX)
+        return fail(t, SONA_E_NOMEM, "%s: a %u-wide query is too large", fn, dim);
+    if (bytes > t->arena_cap && !arena_resize(t, bytes))
+        return fail(t, SONA_E_NOMEM, "%s: out of memory for a %u-wide query", fn, dim);
+    sona_storage_encode(t->storage, query, dim, t->arena);
+    t->arena_len = (uint32_t)bytes;
     t->dim = dim;
     t->id = sona_id_source_next(ids);
     t->step_count = 0;
     t->context_count = 0;
-    t->route_off = SIZE_MAX;
+    t->route_off = NO_ROUTE;
     t->ended = 0;
     t->quality = NAN;
     t->latency_us = 0;
     t->start_us = sona_monotonic_us();
-    sona_clear_error(&t->err);
+    if (t->err)
+        sona_clear_error(t->err);
     return SONA_OK;
 }
 
-sona_status sona_trajectory_begin(sona_id_source *ids, const float *query, uint32_t dim,
-                                  sona_trajectory **out)
+sona_status sona_trajectory_begin(sona_id_source *ids, sona_storage storage, const float *query,
+                                  uint32_t dim, sona_trajectory **out)
 {
+    static const char fn[] = "sona_trajectory_begin";
     if (!out)
-        return sona_fail(NULL, SONA_E_NULL, "sona_trajectory_begin: out is NULL");
+        return fail(NULL, SONA_E_NULL, "%s: out is NULL", fn);
     *out = NULL;
-    const size_t inline_cap = query && dim ? align_up((size_t)dim * sizeof(float)) : 0;
-    if (inline_cap > SIZE_MAX / 2)
-        return sona_fail(NULL, SONA_E_NOMEM, "sona_trajectory_begin: a %u-wide query is too large", dim);
-    sona_trajectory *t = malloc(sizeof *t + inline_cap);
+    if (!sona_storage_valid(storage))
+        return fail(NULL, SONA_E_INVALID, "%s: storage %d is not a sona_storage", fn, (int)storage);
+    sona_trajectory *t = calloc(1, sizeof *t);
     if (!t)
-        return sona_fail(NULL, SONA_E_NOMEM, "sona_trajectory_begin: out of memory");
-    memset(t, 0, sizeof *t); /* the inline arena is written before it is read */
-    t->arena = t->inline_arena;
-    t->arena_cap = inline_cap;
-    sona_status st = start(t, ids, query, dim, "sona_trajectory_begin");
+        return fail(NULL, SONA_E_NOMEM, "%s: out of memory", fn);
+    t->storage = storage;
+    sona_status st = start(t, ids, query, dim, fn);
     if (st != SONA_OK) {
-        sona_fail(NULL, st, "%s", t->err.msg);
+        if (t->err) /* else the message is on the thread already */
+            fail(NULL, st, "%s", t->err->msg);
         sona_trajectory_destroy(t);
         return st;
     }
@@ -189,7 +218,7 @@ sona_status sona_trajectory_reset(sona_trajectory *t, sona_id_source *ids, const
                                   uint32_t dim)
 {
     if (!t)
-        return sona_fail(NULL, SONA_E_NULL, "sona_trajectory_reset: trajectory is NULL");
+        return fail(NULL, SONA_E_NULL, "sona_trajectory_reset: trajectory is NULL");
     return start(t, ids, query, dim, "sona_trajectory_reset");
 }
 
@@ -197,25 +226,52 @@ void sona_trajectory_destroy(sona_trajectory *t)
 {
     if (!t)
         return;
-    if (t->arena_on_heap)
-        free(t->arena);
+    free(t->arena);
     free(t->steps);
     free(t->contexts);
+    free(t->err);
     free(t);
 }
 
 const char *sona_trajectory_last_error(const sona_trajectory *t)
 {
-    return t ? t->err.msg : sona_last_error();
+    if (!t)
+        return sona_last_error();
+    return t->err ? t->err->msg : "";
 }
 
 static sona_status check_open(sona_trajectory *t, const char *fn)
 {
     if (!t)
-        return sona_fail(NULL, SONA_E_NULL, "%s: trajectory is NULL", fn);
+        return fail(NULL, SONA_E_NULL, "%s: trajectory is NULL", fn);
     if (t->ended)
-        return sona_fail(&t->err, SONA_E_STATE, "%s: trajectory %llu has already ended", fn,
-                         (unsigned long long)t->id);
+        return fail(t, SONA_E_STATE, "%s: trajectory %llu has already ended", fn,
+                    (unsigned long long)t->id);
+    return SONA_OK;
+}
+
+/* The arena bytes of a step: activations, then the attention at the next aligned offset. */
+static size_t step_bytes(const sona_trajectory *t, uint32_t act_len, uint32_t attn_len)
+{
+    return align_up(sona_storage_bytes(t->storage, act_len)) + sona_storage_bytes(t->storage, attn_len);
+}
+
+sona_status sona_trajectory_reserve(sona_trajectory *t, uint32_t steps, uint32_t activations_len,
+                                    uint32_t attention_len)
+{
+    static const char fn[] = "sona_trajectory_reserve";
+    sona_status st = check_open(t, fn);
+    if (st != SONA_OK)
+        return st;
+    /* Each step starts aligned: steps * its aligned size is enough (by at most 3 bytes more). */
+    const size_t one = align_up(step_bytes(t, activations_len, attention_len));
+    const uint64_t need = align_up(t->arena_len) + (uint64_t)steps * one;
+    if (one > ARENA_MAX || need > ARENA_MAX)
+        return fail(t, SONA_E_NOMEM, "%s: %u steps of %u + %u values are more than a trajectory holds",
+                    fn, steps, activations_len, attention_len);
+    if (!grow_index((void **)&t->steps, &t->step_cap, t->step_count, steps, sizeof *t->steps, 1) ||
+        (need > t->arena_cap && !arena_resize(t, need)))
+        return fail(t, SONA_E_NOMEM, "%s: out of memory for %u steps", fn, steps);
     return SONA_OK;
 }
 
@@ -228,37 +284,32 @@ sona_status sona_trajectory_add_step(sona_trajectory *t, const float *activation
     if (st != SONA_OK)
         return st;
     if (!activations || (attention_len > 0 && !attention))
-        return sona_fail(&t->err, SONA_E_NULL, "%s: activations (and attention when its length is > 0) are required", fn);
+        return fail(t, SONA_E_NULL, "%s: activations (and attention when its length is > 0) are required", fn);
     if (activations_len == 0)
-        return sona_fail(&t->err, SONA_E_INVALID, "%s: activations_len is 0", fn);
+        return fail(t, SONA_E_INVALID, "%s: activations_len is 0", fn);
     if (layer < SONA_LAYER_NONE)
-        return sona_fail(&t->err, SONA_E_INVALID, "%s: layer %d is neither >= 0 nor SONA_LAYER_NONE", fn, layer);
+        return fail(t, SONA_E_INVALID, "%s: layer %d is neither >= 0 nor SONA_LAYER_NONE", fn, layer);
     if (!isfinite(reward))
-        return sona_fail(&t->err, SONA_E_NONFINITE, "%s: reward is NaN or Inf", fn);
-    if (!grow_index((void **)&t->steps, &t->step_cap, t->step_count, sizeof *t->steps))
-        return sona_fail(&t->err, SONA_E_NOMEM, "%s: out of memory", fn);
+        return fail(t, SONA_E_NONFINITE, "%s: reward is NaN or Inf", fn);
+    if (!grow_index((void **)&t->steps, &t->step_cap, t->step_count, 1, sizeof *t->steps, 0))
+        return fail(t, SONA_E_NOMEM, "%s: out of memory", fn);
 
-    /* Copy both vectors past the committed end, check the copies (already in cache), and
-     * commit only when both are finite: a refused step leaves nothing behind. */
-    const size_t act_bytes = (size_t)activations_len * sizeof(float);
-    const size_t attn_bytes = (size_t)attention_len * sizeof(float);
-    /* Exactly what the step takes (act_off is aligned, so attn_off = act_off + align_up(act_bytes)):
-     * a pooled trajectory trimmed by its last end then refills without a realloc. */
-    const size_t act_off = arena_reserve(t, align_up(act_bytes) + attn_bytes);
+    /* Encode both vectors past the committed end (the encoding checks them as it goes) and
+     * commit only when both are accepted: a refused step leaves nothing behind. Exactly what
+     * the step takes is reserved, so a trimmed pooled trajectory refills without a realloc. */
+    const size_t act_bytes = sona_storage_bytes(t->storage, activations_len);
+    const size_t all_bytes = step_bytes(t, activations_len, attention_len);
+    const size_t act_off = arena_reserve(t, all_bytes);
     if (act_off == SIZE_MAX)
-        return sona_fail(&t->err, SONA_E_NOMEM, "%s: out of memory for a step of %zu bytes", fn,
-                         act_bytes + attn_bytes);
-    const size_t attn_off = align_up(act_off + act_bytes);
-    memcpy(t->arena + act_off, activations, act_bytes);
-    if (attn_bytes)
-        memcpy(t->arena + attn_off, attention, attn_bytes);
-    if (!sona_all_finite(arena_floats(t, act_off), activations_len) ||
-        !sona_all_finite(arena_floats(t, attn_off), attention_len))
-        return sona_fail(&t->err, SONA_E_NONFINITE, "%s: NaN or Inf in activations or attention", fn);
+        return fail(t, SONA_E_NOMEM, "%s: out of memory for a step of %zu bytes", fn, all_bytes);
+    const size_t attn_off = act_off + align_up(act_bytes);
+    if (!sona_storage_encode(t->storage, activations, activations_len, t->arena + act_off) ||
+        (attention_len && !sona_storage_encode(t->storage, attention, attention_len, t->arena + attn_off)))
+        return fail(t, SONA_E_NONFINITE, "%s: NaN or Inf in activations or attention%s", fn,
+                    t->storage == SONA_STORAGE_F16 ? " (or a value beyond the F16 range)" : "");
 
-    t->arena_len = attn_off + attn_bytes;
-    t->steps[t->step_count++] = (step_rec){.act_off = act_off,
-                                           .attn_off = attn_off,
+    t->arena_len = (uint32_t)(act_off + all_bytes);
+    t->steps[t->step_count++] = (step_rec){.off = (uint32_t)act_off,
                                            .act_len = activations_len,
                                            .attn_len = attention_len,
                                            .reward = reward,
@@ -274,7 +325,7 @@ static size_t store_string(sona_trajectory *t, const char *s)
     if (off == SIZE_MAX)
         return SIZE_MAX;
     memcpy(t->arena + off, s, n);
-    t->arena_len = off + n;
+    t->arena_len = (uint32_t)(off + n);
     return off;
 }
 
@@ -285,11 +336,11 @@ sona_status sona_trajectory_set_route(sona_trajectory *t, const char *route)
     if (st != SONA_OK)
         return st;
     if (!route)
-        return sona_fail(&t->err, SONA_E_NULL, "%s: route is NULL", fn);
+        return fail(t, SONA_E_NULL, "%s: route is NULL", fn);
     const size_t off = store_string(t, route);
     if (off == SIZE_MAX)
-        return sona_fail(&t->err, SONA_E_NOMEM, "%s: out of memory", fn);
-    t->route_off = off;
+        return fail(t, SONA_E_NOMEM, "%s: out of memory", fn);
+    t->route_off = (uint32_t)off;
     return SONA_OK;
 }
 
@@ -300,27 +351,22 @@ sona_status sona_trajectory_add_context(sona_trajectory *t, const char *context)
     if (st != SONA_OK)
         return st;
     if (!context)
-        return sona_fail(&t->err, SONA_E_NULL, "%s: context is NULL", fn);
-    if (!grow_index((void **)&t->contexts, &t->context_cap, t->context_count, sizeof *t->contexts))
-        return sona_fail(&t->err, SONA_E_NOMEM, "%s: out of memory", fn);
+        return fail(t, SONA_E_NULL, "%s: context is NULL", fn);
+    if (!grow_index((void **)&t->contexts, &t->context_cap, t->context_count, 1, sizeof *t->contexts, 0))
+        return fail(t, SONA_E_NOMEM, "%s: out of memory", fn);
     const size_t off = store_string(t, context);
     if (off == SIZE_MAX)
-        return sona_fail(&t->err, SONA_E_NOMEM, "%s: out of memory", fn);
-    t->contexts[t->context_count++] = off;
+        return fail(t, SONA_E_NOMEM, "%s: out of memory", fn);
+    t->contexts[t->context_count++] = (uint32_t)off;
     return SONA_OK;
 }
 
-/* Gives back the unused tails of the heap arena and the step index. Best effort: a failed
- * shrink keeps the larger block, which is still valid. */
+/* Gives back the unused tails of the arena and the step index. Best effort: a failed shrink
+ * keeps the larger block, which is still valid. */
 static void trim_to_fit(sona_trajectory *t)
 {
-    if (t->arena_on_heap && t->arena_len > 0 && t->arena_len < t->arena_cap) {
-        unsigned char *p = realloc(t->arena, t->arena_len);
-        if (p) {
-            t->arena = p;
-            t->arena_cap = t->arena_len;
-        }
-    }
+    if (t->arena_len < t->arena_cap)
+        arena_resize(t, t->arena_len);
     if (t->step_count > 0 && t->step_count < t->step_cap) {
         step_rec *p = realloc(t->steps, (size_t)t->step_count * sizeof *t->steps);
         if (p) {
@@ -337,7 +383,7 @@ sona_status sona_trajectory_end(sona_trajectory *t, float final_quality)
     if (st != SONA_OK)
         return st;
     if (!isfinite(final_quality))
-        return sona_fail(&t->err, SONA_E_NONFINITE, "%s: final quality is NaN or Inf", fn);
+        return fail(t, SONA_E_NONFINITE, "%s: final quality is NaN or Inf", fn);
     const uint64_t now = sona_monotonic_us();
     t->latency_us = now > t->start_us ? now - t->start_us : 0;
     t->quality = final_quality;
@@ -349,41 +395,83 @@ sona_status sona_trajectory_end(sona_trajectory *t, float final_quality)
 /* ---- accessors ------------------------------------------------------------------------- */
 
 uint64_t sona_trajectory_id(const sona_trajectory *t) { return t ? t->id : 0; }
+sona_storage sona_trajectory_storage(const sona_trajectory *t) { return t ? t->storage : SONA_STORAGE_F32; }
 int sona_trajectory_ended(const sona_trajectory *t) { return t ? t->ended : 0; }
+uint32_t sona_trajectory_dim(const sona_trajectory *t) { return t ? t->dim : 0; }
 uint32_t sona_trajectory_step_count(const sona_trajectory *t) { return t ? t->step_count : 0; }
 float sona_trajectory_quality(const sona_trajectory *t) { return t ? t->quality : NAN; }
 uint64_t sona_trajectory_latency_us(const sona_trajectory *t) { return t ? t->latency_us : 0; }
 uint64_t sona_trajectory_start_us(const sona_trajectory *t) { return t ? t->start_us : 0; }
 
-const float *sona_trajectory_query(const sona_trajectory *t, uint32_t *dim)
+/* Decodes len values stored at arena offset off into out[cap]. */
+static sona_status copy_out(const sona_trajectory *t, size_t off, uint32_t len, float *out, uint32_t cap,
+                            const char *fn, const char *what)
 {
-    if (dim)
-        *dim = t ? t->dim : 0;
-    return t ? arena_floats(t, 0) : NULL;
+    if (cap < len)
+        return fail(NULL, SONA_E_SIZE, "%s: %s has %u values, the buffer room for %u", fn, what, len, cap);
+    if (len)
+        sona_storage_decode(t->storage, t->arena + off, len, out);
+    return SONA_OK;
+}
+
+sona_status sona_trajectory_query(const sona_trajectory *t, float *out, uint32_t cap)
+{
+    static const char fn[] = "sona_trajectory_query";
+    if (!t || !out)
+        return fail(NULL, SONA_E_NULL, "%s: trajectory and out are required", fn);
+    return copy_out(t, 0, t->dim, out, cap, fn, "the query");
+}
+
+/* Step i, or NULL (message set) when t is NULL or i is out of range. */
+static const step_rec *step_at(const sona_trajectory *t, uint32_t i, const char *fn)
+{
+    if (!t) {
+        fail(NULL, SONA_E_NULL, "%s: trajectory is NULL", fn);
+        return NULL;
+    }
+    if (i >= t->step_count) {
+        fail(NULL, SONA_E_INVALID, "%s: step %u of %u", fn, i, t->step_count);
+        return NULL;
+    }
+    return &t->steps[i];
 }
 
 sona_status sona_trajectory_get_step(const sona_trajectory *t, uint32_t i, sona_trajectory_step *out)
 {
-    if (!t || !out)
-        return sona_fail(NULL, SONA_E_NULL, "sona_trajectory_get_step: trajectory and out are required");
-    if (i >= t->step_count)
-        return sona_fail(NULL, SONA_E_INVALID, "sona_trajectory_get_step: step %u of %u", i, t->step_count);
-    const step_rec *s = &t->steps[i];
-    *out = (sona_trajectory_step){.activations = arena_floats(t, s->act_off),
-                                  .activations_len = s->act_len,
-                                  .attention = s->attn_len ? arena_floats(t, s->attn_off) : NULL,
+    static const char fn[] = "sona_trajectory_get_step";
+    if (!out)
+        return fail(NULL, SONA_E_NULL, "%s: out is NULL", fn);
+    const step_rec *s = step_at(t, i, fn);
+    if (!s)
+        return t ? SONA_E_INVALID : SONA_E_NULL;
+    *out = (sona_trajectory_step){.activations_len = s->act_len,
                                   .attention_len = s->attn_len,
                                   .reward = s->reward,
                                   .layer = s->layer};
     return SONA_OK;
 }
 
-const float *sona_trajectory_step_activations(const sona_trajectory *t, uint32_t i, uint32_t *len)
+sona_status sona_trajectory_step_activations(const sona_trajectory *t, uint32_t i, float *out, uint32_t cap)
 {
-    const int ok = t && i < t->step_count;
-    if (len)
-        *len = ok ? t->steps[i].act_len : 0;
-    return ok ? arena_floats(t, t->steps[i].act_off) : NULL;
+    static const char fn[] = "sona_trajectory_step_activations";
+    const step_rec *s = step_at(t, i, fn);
+    if (!s)
+        return t ? SONA_E_INVALID : SONA_E_NULL;
+    if (!out)
+        return fail(NULL, SONA_E_NULL, "%s: out is NULL", fn);
+    return copy_out(t, s->off, s->act_len, out, cap, fn, "the step's activations");
+}
+
+sona_status sona_trajectory_step_attention(const sona_trajectory *t, uint32_t i, float *out, uint32_t cap)
+{
+    static const char fn[] = "sona_trajectory_step_attention";
+    const step_rec *s = step_at(t, i, fn);
+    if (!s)
+        return t ? SONA_E_INVALID : SONA_E_NULL;
+    if (!out && s->attn_len)
+        return fail(NULL, SONA_E_NULL, "%s: out is NULL", fn);
+    return copy_out(t, s->off + align_up(sona_storage_bytes(t->storage, s->act_len)), s->attn_len, out, cap,
+                    fn, "the step's attention");
 }
 
 float sona_trajectory_step_reward(const sona_trajectory *t, uint32_t i)
@@ -398,7 +486,7 @@ int32_t sona_trajectory_step_layer(const sona_trajectory *t, uint32_t i)
 
 const char *sona_trajectory_route(const sona_trajectory *t)
 {
-    return t && t->route_off != SIZE_MAX ? (const char *)t->arena + t->route_off : NULL;
+    return t && t->route_off != NO_ROUTE ? (const char *)t->arena + t->route_off : NULL;
 }
 
 uint32_t sona_trajectory_context_count(const sona_trajectory *t) { return t ? t->context_count : 0; }

@@ -44,8 +44,14 @@ void sona_widen_f16_scalar(const uint16_t *h, float *out, size_t n)
 
 SONA_HOST_LOOPS(scalar)
 
-static sona_host_loops loops_chosen = {sona_all_finite_scalar, sona_fisher_ema_scalar,
-                                       sona_penalise_scalar, sona_sum_squares_scalar};
+int sona_q8_encode_scalar(const float *x, size_t n, void *out) { return host_q8_encode(x, n, out); }
+
+/* The host loops of one variant file, in sona_host_loops order. */
+#define HOST_LOOPS_TABLE(sfx)                                                                     \
+    ((sona_host_loops){sona_all_finite_##sfx, sona_fisher_ema_##sfx, sona_penalise_##sfx,        \
+                       sona_sum_squares_##sfx, sona_q8_encode_##sfx, sona_q8_decode_##sfx})
+
+static sona_host_loops loops_chosen;
 static sona_dot_fn dot_chosen = sona_dot_scalar;
 static sona_widen_f16_fn widen_chosen = sona_widen_f16_scalar;
 static sona_dot_f16_fn dot_f16_chosen = sona_dot_f16_scalar;
@@ -56,6 +62,7 @@ static void dot_init(void)
 {
     const char *variant = sona_cpu_backend()->name;
     (void)variant;
+    loops_chosen = HOST_LOOPS_TABLE(scalar);
 #if defined(__x86_64__) || defined(__i386__)
     /* AVX-512F includes the F16C conversions; on an AVX2 host the probe says whether F16C is
      * there. */
@@ -64,13 +71,11 @@ static void dot_init(void)
         dot_f16_chosen = sona_dot_f16_avx512;
         widen_chosen = sona_widen_f16_avx512;
         dot_q8_chosen = sona_dot_q8_avx512;
-        loops_chosen = (sona_host_loops){sona_all_finite_avx512, sona_fisher_ema_avx512,
-                                         sona_penalise_avx512, sona_sum_squares_avx512};
+        loops_chosen = HOST_LOOPS_TABLE(avx512);
     } else if (!strcmp(variant, "avx2")) {
         dot_chosen = sona_dot_avx2;
         dot_q8_chosen = sona_dot_q8_avx2;
-        loops_chosen = (sona_host_loops){sona_all_finite_avx2, sona_fisher_ema_avx2,
-                                         sona_penalise_avx2, sona_sum_squares_avx2};
+        loops_chosen = HOST_LOOPS_TABLE(avx2);
         if (sona_probe()->features & SONA_CPU_F16C) {
             dot_f16_chosen = sona_dot_f16_avx2;
             widen_chosen = sona_widen_f16_avx2;

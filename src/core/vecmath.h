@@ -43,6 +43,9 @@ typedef struct sona_host_loops {
     void (*penalise)(float *out, const float *g, const float *restrict theta,
                      const float *restrict fs, const float *restrict ft, size_t n, float lambda);
     double (*sum_squares)(const float *v, size_t n);
+    /* Q8 (core/q8.h); encode returns 0 on NaN or Inf */
+    int (*q8_encode)(const float *x, size_t n, void *out);
+    void (*q8_decode)(const void *q, size_t n, float *out);
 } sona_host_loops;
 const sona_host_loops *sona_host_loops_get(void);
 

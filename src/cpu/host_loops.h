@@ -1,8 +1,11 @@
 /* Element-wise host loops of the core (finite check, EWC++ Fisher EMA and penalty, sum of
- * squares) written once in plain C and compiled by each variant file with its own ISA flags
- * (vecmath.c: baseline, vec_avx2.c, vec_avx512.c), so the compiler vectorises them for that
- * level. ISO C mode keeps floating-point contraction off: every level gives bit-identical
- * results. SONA_HOST_LOOPS(suffix) defines sona_<loop>_<suffix> for the four loops. */
+ * squares, Q8 encoding and decoding) written once in plain C and compiled by each variant file
+ * with its own ISA flags (vecmath.c: baseline, vec_avx2.c, vec_avx512.c), so the compiler
+ * vectorises them for that level. ISO C mode keeps floating-point contraction off: every level
+ * gives bit-identical results. SONA_HOST_LOOPS(suffix) defines sona_<loop>_<suffix> for every
+ * loop but the Q8 encoder, which the SIMD files write with intrinsics around
+ * host_q8_encode_block (the compiler's build of the whole loop ran at half their speed) and
+ * vecmath.c builds from host_q8_encode. */
 #ifndef SONA_CPU_HOST_LOOPS_H
 #define SONA_CPU_HOST_LOOPS_H
 
@@ -57,6 +60,89 @@ static inline double host_sum_squares(const float *v, size_t n)
     return s;
 }
 
+/* The bits of the largest magnitude in v[n]: finite floats have the integer order of their
+ * magnitude bits, and NaN/Inf lie above every finite one (above 0x7f7fffff). */
+static inline uint32_t host_max_magnitude_bits(const float *v, size_t n)
+{
+    uint32_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &v[i], sizeof bits);
+        bits &= 0x7fffffffu;
+        m = bits > m ? bits : m;
+    }
+    return m;
+}
+
+/* Q8 (core/q8.h), one block of m <= 32 values: scale = amax / 127 (to *scale_at, unaligned) and
+ * q = x * (127 / amax) rounded to nearest even. |x * inv| is at most 127 (1 + 2^-24)^2 < 127.5, so
+ * q needs no clamp, and the rounding adds and subtracts 1.5 * 2^23, where the float step is 1
+ * (lrintf does not vectorise). amax is an integer max, which also finds NaN/Inf: 0 returned.
+ * Blocks with amax < 2^-119 (a subnormal scale, where 127 / amax would overflow) take the
+ * reciprocal in double. The SIMD encoders (vec_avx2.c, vec_avx512.c) do the same operations on
+ * full blocks and call this for the rest, so every variant writes the same bytes. */
+#define HOST_Q8_MIN_FAST 0x1p-119f
+static inline int host_q8_encode_block(const float *restrict xb, size_t m, unsigned char *scale_at,
+                                       int8_t *restrict qb)
+{
+    const uint32_t amax_bits = host_max_magnitude_bits(xb, m);
+    if (amax_bits >= 0x7f800000u)
+        return 0;
+    float amax;
+    memcpy(&amax, &amax_bits, sizeof amax);
+    const float scale = amax / 127.0f;
+    memcpy(scale_at, &scale, sizeof scale);
+    if (amax >= HOST_Q8_MIN_FAST) {
+        const float inv = 127.0f / amax;
+        for (size_t i = 0; i < m; i++)
+            qb[i] = (int8_t)(int32_t)((xb[i] * inv + 0x1.8p23f) - 0x1.8p23f);
+    } else {
+        const double inv = amax > 0.0f ? 127.0 / (double)amax : 0.0;
+        for (size_t i = 0; i < m; i++)
+            qb[i] = (int8_t)(int32_t)(((float)((double)xb[i] * inv) + 0x1.8p23f) - 0x1.8p23f);
+    }
+    return 1;
+}
+
+/* The SIMD encoders' scalar step for a full block whose largest magnitude has bits amax_bits: on
+ * the fast path it stores the scale and returns 127 / amax (> 0) for the lanes to quantise with;
+ * else the block goes through host_q8_encode_block here: 0 when done, -1 on NaN/Inf. */
+static inline float host_q8_full_block(const float *xb, uint32_t amax_bits, unsigned char *scale_at,
+                                       int8_t *qb)
+{
+    float amax;
+    memcpy(&amax, &amax_bits, sizeof amax);
+    if (amax_bits >= 0x7f800000u || !(amax >= HOST_Q8_MIN_FAST))
+        return host_q8_encode_block(xb, 32, scale_at, qb) ? 0.0f : -1.0f;
+    const float scale = amax / 127.0f;
+    memcpy(scale_at, &scale, sizeof scale);
+    return 127.0f / amax;
+}
+
+/* Q8 encoding of x[n] into out (core/q8.h); 0 on NaN or Inf (out then undefined). */
+static inline int host_q8_encode(const float *restrict x, size_t n, void *restrict out)
+{
+    unsigned char *scales = out;
+    int8_t *q = (int8_t *)(scales + (n + 31) / 32 * sizeof(float));
+    for (size_t lo = 0; lo < n; lo += 32)
+        if (!host_q8_encode_block(x + lo, n - lo < 32 ? n - lo : 32, scales + lo / 32 * sizeof(float), q + lo))
+            return 0;
+    return 1;
+}
+
+static inline void host_q8_decode(const void *restrict in, size_t n, float *restrict out)
+{
+    const unsigned char *scales = in;
+    const int8_t *restrict q = (const int8_t *)(scales + (n + 31) / 32 * sizeof(float));
+    for (size_t lo = 0; lo < n; lo += 32) {
+        const size_t m = n - lo < 32 ? n - lo : 32;
+        float scale;
+        memcpy(&scale, scales + lo / 32 * sizeof scale, sizeof scale);
+        for (size_t i = 0; i < m; i++)
+            out[lo + i] = (float)q[lo + i] * scale;
+    }
+}
+
 #define SONA_HOST_LOOPS(suffix)                                                                 \
     int sona_all_finite_##suffix(const float *v, size_t n) { return host_all_finite(v, n); }    \
     void sona_fisher_ema_##suffix(float *restrict f, const float *restrict g, size_t n, float d) \
@@ -69,7 +155,8 @@ static inline double host_sum_squares(const float *v, size_t n)
     {                                                                                           \
         host_penalise(out, g, theta, fs, ft, n, lambda);                                        \
     }                                                                                           \
-    double sona_sum_squares_##suffix(const float *v, size_t n) { return host_sum_squares(v, n); }
+    double sona_sum_squares_##suffix(const float *v, size_t n) { return host_sum_squares(v, n); } \
+    void sona_q8_decode_##suffix(const void *in, size_t n, float *out) { host_q8_decode(in, n, out); }
 
 #define SONA_HOST_LOOPS_DECLARE(suffix)                                                          \
     int sona_all_finite_##suffix(const float *v, size_t n);                                     \
@@ -77,6 +164,8 @@ static inline double host_sum_squares(const float *v, size_t n)
     void sona_penalise_##suffix(float *out, const float *g, const float *restrict theta,        \
                                 const float *restrict fs, const float *restrict ft, size_t n,   \
                                 float lambda);                                                  \
-    double sona_sum_squares_##suffix(const float *v, size_t n);
+    double sona_sum_squares_##suffix(const float *v, size_t n);                                 \
+    int sona_q8_encode_##suffix(const float *x, size_t n, void *out);                           \
+    void sona_q8_decode_##suffix(const void *in, size_t n, float *out);
 
 #endif

@@ -93,6 +93,46 @@ float sona_dot_q8_avx2(const float *a, const void *in, size_t n)
 }
 #undef Q8X8
 
+/* Q8 encoding (core/q8.h): the operations of host_q8_encode_block on each full block with a
+ * normal scale (host_q8_full_block), 8 lanes at a time; the rest through it. The baseline
+ * build's bytes. */
+int sona_q8_encode_avx2(const float *x, size_t n, void *out)
+{
+    unsigned char *scales = out;
+    int8_t *q = (int8_t *)(scales + (n + 31) / 32 * sizeof(float));
+    const __m256i magnitude = _mm256_set1_epi32(0x7fffffff);
+    const __m256 round = _mm256_set1_ps(0x1.8p23f);
+    /* the 32-bit groups of two in-lane packs back in order */
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    size_t lo = 0;
+    for (; lo + 32 <= n; lo += 32) {
+        __m256 v[4];
+        __m256i m = _mm256_setzero_si256();
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(x + lo + 8 * k);
+            m = _mm256_max_epu32(m, _mm256_and_si256(_mm256_castps_si256(v[k]), magnitude));
+        }
+        __m128i h = _mm_max_epu32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+        h = _mm_max_epu32(h, _mm_shuffle_epi32(h, 0x4e));
+        h = _mm_max_epu32(h, _mm_shuffle_epi32(h, 0xb1));
+        const uint32_t amax_bits = (uint32_t)_mm_cvtsi128_si32(h);
+        const float recip = host_q8_full_block(x + lo, amax_bits, scales + lo / 32 * sizeof(float), q + lo);
+        if (recip <= 0.0f) {
+            if (recip < 0.0f)
+                return 0;
+            continue; /* encoded there */
+        }
+        const __m256 inv = _mm256_set1_ps(recip);
+        __m256i r[4];
+        for (int k = 0; k < 4; k++)
+            r[k] = _mm256_cvttps_epi32(_mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v[k], inv), round), round));
+        /* |q| <= 127: the saturating packs are exact */
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
+        _mm256_storeu_si256((__m256i *)(void *)(q + lo), _mm256_permutevar8x32_epi32(p, order));
+    }
+    return lo < n ? host_q8_encode_block(x + lo, n - lo, scales + lo / 32 * sizeof(float), q + lo) : 1;
+}
+
 SONA_HOST_LOOPS(avx2)
 
 #endif

@@ -86,6 +86,36 @@ float sona_dot_q8_avx512(const float *a, const void *in, size_t n)
 }
 #undef Q8X16
 
+/* Q8 encoding (core/q8.h): the operations of host_q8_encode_block on each full block with a
+ * normal scale (host_q8_full_block), 16 lanes at a time; the rest through it. The baseline
+ * build's bytes. */
+int sona_q8_encode_avx512(const float *x, size_t n, void *out)
+{
+    unsigned char *scales = out;
+    int8_t *q = (int8_t *)(scales + (n + 31) / 32 * sizeof(float));
+    const __m512i magnitude = _mm512_set1_epi32(0x7fffffff);
+    const __m512 round = _mm512_set1_ps(0x1.8p23f);
+    size_t lo = 0;
+    for (; lo + 32 <= n; lo += 32) {
+        const __m512 a = _mm512_loadu_ps(x + lo), b = _mm512_loadu_ps(x + lo + 16);
+        const uint32_t amax_bits = _mm512_reduce_max_epu32(
+            _mm512_max_epu32(_mm512_and_si512(_mm512_castps_si512(a), magnitude),
+                             _mm512_and_si512(_mm512_castps_si512(b), magnitude)));
+        const float recip = host_q8_full_block(x + lo, amax_bits, scales + lo / 32 * sizeof(float), q + lo);
+        if (recip <= 0.0f) {
+            if (recip < 0.0f)
+                return 0;
+            continue; /* encoded there */
+        }
+        const __m512 inv = _mm512_set1_ps(recip);
+        const __m512 qa = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(a, inv), round), round);
+        const __m512 qb = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(b, inv), round), round);
+        _mm_storeu_si128((__m128i *)(void *)(q + lo), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(qa)));
+        _mm_storeu_si128((__m128i *)(void *)(q + lo + 16), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(qb)));
+    }
+    return lo < n ? host_q8_encode_block(x + lo, n - lo, scales + lo / 32 * sizeof(float), q + lo) : 1;
+}
+
 SONA_HOST_LOOPS(avx512)
 
 #endif
