@@ -151,17 +151,12 @@ sona_status eng_device_apply(sona_engine *e, uint32_t n, const int32_t *ids, con
 {
     eng_device *d = e->device;
     const sona_engine_config *c = &e->cfg;
-    int32_t top = -1;
+    uint32_t need = 1; /* adapters the set must hold: the highest tenant in use + 1 */
     for (uint32_t i = 0; i < n; i++)
-        top = ids[i] > top ? ids[i] : top;
-    if (top < 0) { /* no adapter in the batch */
-        if (y != x)
-            memmove(y, x, (size_t)n * c->hidden * sizeof *y);
-        return SONA_OK;
-    }
-    /* Room for the highest tenant in use, by doubling (a cluster rarely fills max_tenants). */
+        need = ids[i] >= 0 && (uint32_t)ids[i] >= need ? (uint32_t)ids[i] + 1 : need;
+    /* Grown by doubling (a cluster rarely fills max_tenants); -1 rows are copied by the kernel. */
     uint32_t count = d->micro.count ? d->micro.count : 8;
-    while (count <= (uint32_t)top)
+    while (count < need)
         count *= 2;
     if (count > c->max_tenants)
         count = c->max_tenants;

@@ -58,6 +58,8 @@ struct sona_engine {
                                    by consolidation under bank_lock (readers: find_patterns) */
     pthread_rwlock_t bank_lock;
     struct eng_dream_state *dream; /* visit counts of patterns (loop C), guarded by cycle_mu */
+    void *base_rows;            /* eng_base_accumulate's signal rows, reused (cycle_mu) */
+    size_t base_rows_cap;       /* bytes */
 
     struct {
         atomic_uint_fast64_t recorded, processed, dropped, accepted, rejected, micro_updates,

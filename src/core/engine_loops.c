@@ -26,16 +26,23 @@ void eng_kick(sona_engine *e)
 /* Base-LoRA signals of one trajectory: step s of layer l learns x = the previous step's
  * activations (the query for the first step), delta = its own activation direction, weight w.
  * One accumulate call for the whole trajectory (rows routed to their layer's adapter), not one
- * per step: a cycle makes about a thousand calls instead of ten thousand. */
+ * per step: a cycle makes about a thousand calls instead of ten thousand. Caller holds cycle_mu
+ * (the rows are the engine's scratch). */
 sona_status eng_base_accumulate(sona_engine *e, const float *query, const eng_steps *s, float w)
 {
     const size_t H = e->cfg.hidden;
     if (s->steps == 0)
         return SONA_OK;
-    float *x = malloc((2 * H + 1) * s->steps * sizeof *x + s->steps * sizeof(int32_t));
-    if (!x)
-        return SONA_E_NOMEM;
-    float *delta = x + H * s->steps, *wt = delta + H * s->steps;
+    /* Rows x, delta, weights and adapter ids, in one block the engine keeps between calls. */
+    const size_t bytes = (2 * H + 1) * s->steps * sizeof(float) + s->steps * sizeof(int32_t);
+    if (bytes > e->base_rows_cap) {
+        void *p = realloc(e->base_rows, bytes);
+        if (!p)
+            return SONA_E_NOMEM;
+        e->base_rows = p;
+        e->base_rows_cap = bytes;
+    }
+    float *x = e->base_rows, *delta = x + H * s->steps, *wt = delta + H * s->steps;
     int32_t *ids = (int32_t *)(void *)(wt + s->steps);
     uint32_t rows = 0;
     for (uint32_t i = 0; i < s->steps; i++) {
@@ -56,9 +63,7 @@ sona_status eng_base_accumulate(sona_engine *e, const float *query, const eng_st
         wt[rows] = w;
         ids[rows++] = layer;
     }
-    const sona_status st = rows ? sona_lora_accumulate_batch(e->base, rows, ids, x, delta, wt) : SONA_OK;
-    free(x);
-    return st;
+    return rows ? sona_lora_accumulate_batch(e->base, rows, ids, x, delta, wt) : SONA_OK;
 }
 
 /* Learns from a drained batch. Each trajectory is decoded once and serves both the pattern bank

@@ -1,16 +1,17 @@
 #include "core/q8.h"
 
 #include "core/vecmath.h"
+#include "cpu/host_loops.h"
 
 #include <math.h>
 #include <string.h>
 
-/* The largest magnitude of x[lo..hi). */
+/* The largest magnitude of x[lo..hi) (finite values). */
 static float amax_of(const float *x, size_t lo, size_t hi)
 {
-    float amax = 0.0f;
-    for (size_t i = lo; i < hi; i++)
-        amax = fmaxf(amax, fabsf(x[i]));
+    const uint32_t bits = host_max_magnitude_bits(x + lo, hi - lo);
+    float amax;
+    memcpy(&amax, &bits, sizeof amax);
     return amax;
 }
 
