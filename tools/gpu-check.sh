@@ -109,14 +109,10 @@ fi
 
 # Only lora_apply's cases: SONA_CUDA_LORA changes nothing else (and the full table ran above).
 step "op check: CUDA lora_apply with each kernel forced"
-for mode in rows grouped sliced fused; do
+for mode in rows grouped sliced coop; do
   if SONA_CUDA_LORA=$mode timeout 120 "$build/bin/sona_gpu_ops_check" --only cuda --op lora_apply \
       --seeds 3 >"$ops_log" 2>&1; then
-    extra=""
-    if [ "$mode" = fused ] && [[ "$arch" =~ ^[0-9]+$ ]] && [ "$arch" -lt 90 ]; then
-      extra=" (below sm_90 there are no clusters: this ran the automatic choice)"
-    fi
-    note "op check, SONA_CUDA_LORA=$mode: $(tail -1 "$ops_log" | sed 's/^\[ops\] //')$extra"
+    note "op check, SONA_CUDA_LORA=$mode: $(tail -1 "$ops_log" | sed 's/^\[ops\] //')"
   else
     status=1
     grep -E 'WRONG|FAILED' "$ops_log" | head -20

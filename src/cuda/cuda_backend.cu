@@ -280,9 +280,9 @@ sona_status cu_lora_apply(void *ctx, const sona_lora_apply_args *a)
     cuda_ctx *c = ctx_of(ctx);
     if (!a->n)
         return SONA_OK;
-    /* SONA_CUDA_LORA=rows|grouped|sliced|fused forces a kernel (for benchmarks and checks; fused
+    /* SONA_CUDA_LORA=rows|grouped|sliced|coop forces a kernel (for benchmarks and checks; coop
      * is not the default until measured); the default chooses. */
-    static const char *const kernels[] = {"rows", "grouped", "sliced", "fused"};
+    static const char *const kernels[] = {"rows", "grouped", "sliced", "coop"};
     const char *mode = getenv("SONA_CUDA_LORA");
     int kernel = -1;
     for (int k = 0; mode && k < (int)(sizeof kernels / sizeof kernels[0]); k++)

@@ -32,8 +32,9 @@ __device__ __forceinline__ T sona_cuda_warp_sum(T v)
 
 /* The batch: shrink (A x), then expand (x + s Bt^T t). mode: 0 one block per row, 1 rows of one
  * adapter together (ranks <= 16, else per row), 2 the sliced pair (rows of one adapter together,
- * hidden split over blocks; needs scratch, else per row), 3 fused (one kernel, hidden split over
- * a thread-block cluster; sm_90 and later, else as -1), -1 choose. */
+ * hidden split over blocks; needs scratch, else per row), 3 one pass (one cooperative launch,
+ * hidden split over blocks that meet per adapter at a barrier; ranks <= 16 in float4 layout,
+ * needs scratch, else as -1), -1 choose. */
 cudaError_t sona_cuda_launch_lora_apply(const sona_lora_apply_args *a, int mode, float *scratch,
                                         cudaStream_t s);
 /* Floats of scratch that mode needs for a (0: none). */

@@ -6,7 +6,6 @@
  * multiple of 4 and every row start is 16-byte aligned (checked by the host side). */
 #include "cuda/cuda_internal.h"
 
-#include <cooperative_groups.h>
 #include <stdint.h>
 
 namespace {
@@ -456,196 +455,307 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
     }
 }
 
-/* ---- the fused kernel (thread-block clusters, sm_90 and later) -----------------------------
- * One launch, and each byte the op must move crosses DRAM once: x, y, and A and Bt of each
- * adapter in use (per chunk of FUSED_IDS ids). A cluster of CS blocks takes the rows of one
- * adapter in a chunk and splits hidden into CS slices, one per block. For each group of G rows
- * a block computes the partial dots A x over its slice, the blocks exchange them through
- * distributed shared memory (one cluster barrier a group), and each block expands its own slice
- * y = x + s Bt^T t. x is read from DRAM once (the expand's second read of the same units hits
- * L1/L2), and the block's Bt slice is prefetched into L2 before the shrink, so DRAM stays busy
- * through the reductions and the barrier instead of idling between a shrink and an expand
- * kernel (the sliced pair also reads x twice and goes through a global tp round trip).
+/* ---- the one-pass kernel (cooperative launch) ---------------------------------------------
+ * One launch: block (s, p) takes slice s of hidden, one float4 unit per thread, for adapters
+ * p, p + P, p + 2P, ... in that order. For each adapter with rows in the batch it starts the copy
+ * of its Bt slice into shared memory (cp.async), loads its A slice into registers (read once
+ * however many rows), computes the partial dots of the rows COOP_GROUP at a time and writes them
+ * to tp, meets the other blocks of the adapter at a barrier on global counters, then expands its
+ * slice of each row from the shared Bt. The launch is cooperative, so every block is resident and
+ * the barrier cannot deadlock; when the grid would not fit, P shrinks and a block takes several
+ * adapters in the same order as its peers (the barrier is per p).
  *
- * Bytes and occupancy, H200 (132 SMs, 4166 GB/s copy): 256 rows x 4096, rank 16, 64 adapters
- * of 4 rows: x 4 MiB + y 4 MiB + A 16 MiB + Bt 16 MiB = 42 MB, 10.1 us at copy speed, 14.4 us
- * at 70 %. CS = 1024 float4 units / 256 threads = 4: 64 working clusters = 256 blocks of 256
- * threads, two per SM in one wave (launch bounds: <= 128 registers). A thread keeps G x R = 64
- * accumulators and about R + G float4 loads in flight, ~64 KB per SM, enough for the ~32 GB/s
- * each SM must pull. Decode (few rows): CS grows to 8 so one row spreads over 8 SMs (n = 1, r
- * = 16: A and Bt are 256 KB each; the row kernel streams them through one SM), and the grid
- * has one cluster per row slot (by_row): a cluster whose row is not the first of its adapter
- * in the chunk leaves after the id scan, and a row without an adapter is copied by its own
- * cluster. Larger batches use one cluster per adapter (y) plus FUSED_COPIERS clusters that
- * share the rows without an adapter. Ranks 1-2 are x/y traffic (G = 4 rows a group); rank 32
- * takes G = 2 and rank 64 G = 1 (the slices of A and Bt are then re-read per group, from
- * L1/L2), keeping 64 accumulators. Every block of a cluster finds the same rows in the same
- * order (collect_rows_ordered), so the group slots of the exchange match. */
-constexpr int FUSED_IDS = 4 * SONA_CUDA_BLOCK; /* ids a cluster scans: 4 per thread */
-constexpr int FUSED_MAX_CLUSTER = 8;           /* the portable cluster size */
-constexpr uint32_t FUSED_COPIERS = 8;          /* by adapter: clusters of rows without one */
+ * Why this shape (H200, session 3, 256 rows x 4096, rank 16, 64 adapters of 4 rows, 42 MB moved,
+ * 10.1 us at copy speed): the sliced pair took 27.7 us, a cluster kernel with the exchange in
+ * distributed shared memory 38 us, this kernel 14.8 us. What decided it: registers. At one unit
+ * per thread the whole problem fills the register file, so accumulators for 4 rows x rank 16
+ * left no room for loads in flight; A in registers shared by groups of 2 rows, and Bt arriving
+ * in shared memory without holding registers, keep the memory system busy through the shrink.
+ * Rows with no adapter are copied by the blocks with p == row % P. */
+constexpr int COOP_IDS = 1024;             /* ids a block scans into shared memory at a time */
+constexpr uint32_t COOP_MAX_SLOTS = 8192;  /* barrier slots: more than any resident grid has */
 
-template <int R>
-struct fused_group {
-    static constexpr int rows = R <= 16 ? 4 : R <= 32 ? 2 : 1;
+/* Barrier state, one pair per slot p: zero at module load, arrive back at zero after every
+ * barrier, gen counting barriers. Launches are serialised on the backend's one stream. */
+__device__ unsigned g_coop_arrive[COOP_MAX_SLOTS];
+__device__ unsigned g_coop_gen[COOP_MAX_SLOTS];
+
+/* Rows COOP_GROUP at a time: 1 when an adapter has about one row, else 2 (4 rows x rank 16 of
+ * accumulators spill; measured, H200: G = 2 14.8 us, G = 4 30.2 us at 4 rows an adapter). */
+template <int R, int G>
+struct coop_shape {
+    static constexpr int values = G * R; /* partial dots a thread holds */
 };
 
-/* Device code that uses clusters (the fused kernel's body and its helpers) is compiled for
- * sm_90 and later only; the host never launches the kernel elsewhere. */
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define SONA_CUDA_CLUSTERS 1
-#else
-#define SONA_CUDA_CLUSTERS 0
-#endif
-
-#if SONA_CUDA_CLUSTERS
-/* Like collect_rows for chunk `base` of FUSED_IDS ids, in rising row order (the same in every
- * block): the rows with id a, or for a >= num_adapters the rows without an adapter. ids NULL
- * means adapter 0 for every row. */
-__device__ int collect_rows_ordered(const int32_t *ids, uint32_t n, size_t base, uint32_t a,
-                                    uint32_t num_adapters, int *rows_s, int *warp_counts)
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
 {
-    constexpr int PER = FUSED_IDS / SONA_CUDA_BLOCK;
-    const bool copier = a >= num_adapters;
-    const size_t first = base + (size_t)threadIdx.x * PER;
-    unsigned mine = 0; /* bit k: row first + k is taken */
-#pragma unroll
-    for (int k = 0; k < PER; k++) {
-        const size_t i = first + k;
-        if (i < n) {
-            const int32_t id = ids ? ids[i] : 0;
-            const bool valid = id >= 0 && (uint32_t)id < num_adapters;
-            if (copier ? !valid : (valid && (uint32_t)id == a))
-                mine |= 1u << k;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+#else /* no async copies before sm_80: a plain copy (each thread reads back only its own) */
+    *static_cast<float4 *>(smem) = *static_cast<const float4 *>(gmem);
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void cp_async_wait_all()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ unsigned ld_acquire(const unsigned *p)
+{
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void st_release(unsigned *p, unsigned v)
+{
+    asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ unsigned atom_add_acq_rel(unsigned *p, unsigned v)
+{
+    unsigned old;
+    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
+    return old;
+}
+
+/* Waits until the gridDim.x blocks of slot p have all arrived (sense reversal: the last one
+ * resets the count and moves gen on). The block's earlier global writes are visible to the
+ * others after it, through thread 0's release and acquire and the block barriers. */
+__device__ __forceinline__ void coop_barrier(uint32_t p)
+{
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned *arrive = &g_coop_arrive[p], *gen = &g_coop_gen[p];
+        const unsigned epoch = ld_acquire(gen);
+        if (atom_add_acq_rel(arrive, 1u) == gridDim.x - 1) {
+            *arrive = 0;
+            st_release(gen, epoch + 1);
+        } else {
+            while (ld_acquire(gen) == epoch) {
+            }
         }
     }
+    __syncthreads();
+}
+
+/* Sum over the warp of V values per lane, scattered (a butterfly that halves the values at each
+ * step: 31 shuffles for V = 32 instead of 5 V): for V >= 32 lane L ends with the totals of values
+ * L V/32 + k in v[k], k < V/32; for V < 32 v[0] holds the total of value L / (32 / V). */
+template <int V>
+__device__ __forceinline__ void warp_reduce_scatter(float (&v)[V])
+{
+    const int lane = threadIdx.x & 31;
+    int n = V;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        if (n > 1) {
+            const bool upper = lane & o;
+            const int half = n / 2;
+#pragma unroll
+            for (int i = 0; i < V / 2; i++) {
+                if (i < half) {
+                    const float send = upper ? v[i] : v[i + half];
+                    const float keep = upper ? v[i + half] : v[i];
+                    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+                }
+            }
+            n = half;
+        } else {
+            v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
+        }
+    }
+}
+
+/* The rows among ids [base, base + COOP_IDS) with adapter a, in rising order (the same in every
+ * block), into rows_s; returns how many (the same for every thread). ids NULL: adapter 0.
+ * *no_adapter becomes 1 (in every thread) when one of those rows has no adapter. */
+__device__ __forceinline__ int coop_collect(const int32_t *ids, uint32_t n, uint32_t num_adapters,
+                                            size_t base, uint32_t a, int *rows_s, int *warp_counts,
+                                            int *no_adapter)
+{
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int own = __popc(mine);
-    int incl = own; /* inclusive scan over the warp's lanes */
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const int v = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o)
-            incl += v;
+    const size_t end = base + COOP_IDS < n ? base + COOP_IDS : n;
+    int total = 0;
+    for (size_t b = base; b < end; b += blockDim.x) {
+        const size_t i = b + threadIdx.x;
+        const int32_t id = i < end && ids ? ids[i] : 0;
+        const bool take = i < end && id == (int32_t)a;
+        const unsigned m = __ballot_sync(0xffffffffu, take);
+        if (lane == 0)
+            warp_counts[warp] = __popc(m);
+        if (__syncthreads_or(i < end && (id < 0 || (uint32_t)id >= num_adapters)))
+            *no_adapter = 1;
+        int at = total, sum = 0;
+        for (int q = 0; q < WARPS; q++) {
+            const int c = warp_counts[q];
+            at += q < warp ? c : 0;
+            sum += c;
+        }
+        if (take)
+            rows_s[at + __popc(m & ((1u << lane) - 1u))] = (int)i;
+        total += sum;
+        __syncthreads();
     }
-    if (lane == 31)
-        warp_counts[warp] = incl;
-    __syncthreads();
-    int at = incl - own, total = 0;
-    for (int q = 0; q < WARPS; q++) {
-        const int c = warp_counts[q];
-        at += q < warp ? c : 0;
-        total += c;
-    }
-#pragma unroll
-    for (int k = 0; k < PER; k++)
-        if (mine >> k & 1u)
-            rows_s[at++] = (int)(first + k);
-    __syncthreads();
     return total;
 }
 
-/* Starts moving a line of global memory into L2 (no register, no wait). */
-__device__ __forceinline__ void prefetch_l2(const void *p)
+/* Grid (S slices, P slots), SONA_CUDA_BLOCK threads, R * SONA_CUDA_BLOCK float4 of dynamic
+ * shared memory; tp holds n x S x rank floats. Needs hidden % 4 == 0 and 16-byte alignment.
+ * ONE_CHUNK: n <= COOP_IDS, the rows of the shrink still in rows_s for the expand (its own
+ * instantiation: the loops over chunks cost the shrink registers, ptxas 144 bytes of spills
+ * against 64 at rank 16). */
+template <int R, int G, bool ONE_CHUNK>
+__global__ void __launch_bounds__(SONA_CUDA_BLOCK, 2)
+    lora_apply_coop_kernel(sona_lora_weights w, uint32_t n, const int32_t *ids, const float *x,
+                           float *y, float *tp)
 {
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-}
-#endif
-
-/* Grid (CS, slots, chunks) in clusters of (CS, 1, 1). by_row: slot = a row of the chunk; else
- * slot = an adapter, or num_adapters + k for the k-th copier. */
-template <int R, bool VEC>
-__global__ void __launch_bounds__(SONA_CUDA_BLOCK, R > 32 ? 1 : 2) /* rank 64: registers over blocks */
-    lora_apply_fused_kernel(sona_lora_weights w, uint32_t n, const int32_t *ids, const float *x,
-                            float *y, int by_row)
-{
-#if SONA_CUDA_CLUSTERS
-    constexpr int G = fused_group<R>::rows;
-    __shared__ int rows_s[FUSED_IDS];
+    constexpr int V = coop_shape<R, G>::values;
+    extern __shared__ float4 bt_s[]; /* R x SONA_CUDA_BLOCK: this block's slice of Bt */
+    __shared__ int rows_s[COOP_IDS];
     __shared__ int warp_counts[WARPS];
-    __shared__ float part[G][R][WARPS];
-    __shared__ float tpart[2][G][R]; /* this block's partial dots, double-buffered */
+    __shared__ float part[WARPS][V];
     __shared__ float t[G][R];
-    namespace cg = cooperative_groups;
-    cg::cluster_group cluster = cg::this_cluster();
-    const unsigned cs = cluster.num_blocks();
-    const size_t H = w.hidden, units = VEC ? H / 4 : H;
-    const size_t per = (units + cs - 1) / cs;
-    const size_t u0 = cluster.block_rank() * per, u1 = u0 + per < units ? u0 + per : units;
-    const size_t base = (size_t)blockIdx.z * FUSED_IDS;
-    /* Every branch below is the same for all blocks of the cluster (same slot, same chunk). */
-    uint32_t a;
-    int count;
-    if (by_row) {
-        const size_t lead = base + blockIdx.y;
-        if (lead >= n)
-            return;
-        const int32_t id = ids ? ids[lead] : 0;
-        if (id < 0 || (uint32_t)id >= w.num_adapters) {
-            copy_units<VEC>(x + lead * H, y + lead * H, u0, u1);
-            return;
+    const uint32_t S = gridDim.x, s = blockIdx.x, P = gridDim.y, p = blockIdx.y;
+    const size_t H = w.hidden, units = H / 4, u = (size_t)s * blockDim.x + threadIdx.x;
+    const bool mine = u < units;
+    const int r = (int)w.rank, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const size_t chunks_end = ONE_CHUNK ? 1 : n; /* the bases of the chunks of ids */
+    int no_adapter = 0; /* some row has no adapter (every id is scanned for the first adapter) */
+    for (uint32_t a = p; a < w.num_adapters; a += P) {
+        const size_t off = (size_t)a * w.rank * H;
+        const float *__restrict__ A = w.A + off;
+        const float *__restrict__ Bt = w.Bt + off;
+        bool loaded = false; /* the same in every block of the slot: the rows decide it */
+        int first_count = 0; /* rows in the first chunk, still in rows_s when it is the only one */
+        /* Shrink: partial dots of every row of the adapter over this slice, into tp. */
+        for (size_t base = 0; base < chunks_end; base += COOP_IDS) {
+            const int count = coop_collect(ids, n, w.num_adapters, base, a, rows_s, warp_counts, &no_adapter);
+            if (base == 0)
+                first_count = count;
+            if (!count)
+                continue;
+            if (!loaded && mine) /* Bt's slice arrives in shared memory during the shrink */
+#pragma unroll
+                for (int j = 0; j < R; j++)
+                    if (j < r)
+                        cp_async16(&bt_s[j * blockDim.x + threadIdx.x],
+                                   reinterpret_cast<const float4 *>(Bt + (size_t)j * H) + u);
+            cp_async_commit();
+            loaded = true;
+            /* A's slice in registers for every group of the chunk (again per chunk, from L2:
+             * kept across chunks it spills). */
+            float4 am[R];
+#pragma unroll
+            for (int j = 0; j < R; j++)
+                am[j] = mine && j < r ? __ldg(reinterpret_cast<const float4 *>(A + (size_t)j * H) + u)
+                                      : make_float4(0.f, 0.f, 0.f, 0.f);
+            for (int g0 = 0; g0 < count; g0 += G) {
+                const int gn = count - g0 < G ? count - g0 : G;
+                float acc[V];
+#pragma unroll
+                for (int k = 0; k < V; k++)
+                    acc[k] = 0.0f;
+                if (mine) {
+                    float4 xv[G];
+#pragma unroll
+                    for (int g = 0; g < G; g++)
+                        xv[g] = g < gn ? reinterpret_cast<const float4 *>(x + (size_t)rows_s[g0 + g] * H)[u]
+                                       : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+                    for (int g = 0; g < G; g++)
+#pragma unroll
+                        for (int j = 0; j < R; j++)
+                            acc[g * R + j] = am[j].x * xv[g].x + am[j].y * xv[g].y + am[j].z * xv[g].z + am[j].w * xv[g].w;
+                }
+                warp_reduce_scatter<V>(acc);
+                if (V >= 32) {
+#pragma unroll
+                    for (int k = 0; k < (V >= 32 ? V / 32 : 1); k++)
+                        part[warp][lane * (V >= 32 ? V / 32 : 1) + k] = acc[k];
+                } else if (lane % (32 / (V < 32 ? V : 32)) == 0) {
+                    part[warp][lane / (32 / (V < 32 ? V : 32))] = acc[0];
+                }
+                __syncthreads();
+                if ((int)threadIdx.x < gn * R && (int)threadIdx.x % R < r) {
+                    const int g = threadIdx.x / R, j = threadIdx.x % R;
+                    float sum = 0.0f;
+                    for (int q = 0; q < WARPS; q++)
+                        sum += part[q][threadIdx.x];
+                    __stcg(tp + ((size_t)rows_s[g0 + g] * S + s) * r + j, sum);
+                }
+                __syncthreads(); /* part is reused by the next group */
+            }
         }
-        a = (uint32_t)id;
-        count = collect_rows_ordered(ids, n, base, a, w.num_adapters, rows_s, warp_counts);
-        if (rows_s[0] != (int)lead) /* another cluster leads this adapter's rows */
-            return;
-    } else {
-        a = blockIdx.y;
-        count = collect_rows_ordered(ids, n, base, a, w.num_adapters, rows_s, warp_counts);
-        if (a >= w.num_adapters) {
-            for (int q = (int)(a - w.num_adapters); q < count; q += (int)FUSED_COPIERS)
-                copy_units<VEC>(x + (size_t)rows_s[q] * H, y + (size_t)rows_s[q] * H, u0, u1);
-            return;
+        if (!loaded) /* no rows for this adapter: every block of the slot skips it */
+            continue;
+        coop_barrier(p); /* every read of these rows' x done, every partial in tp */
+        cp_async_wait_all();
+        const float sc = w.scale[a];
+        /* Expand: y = x + s Bt^T t for every row of the adapter, this slice. */
+        for (size_t base = 0; base < chunks_end; base += COOP_IDS) {
+            const int count = ONE_CHUNK ? first_count
+                                        : coop_collect(ids, n, w.num_adapters, base, a, rows_s, warp_counts, &no_adapter);
+            for (int g0 = 0; g0 < count; g0 += G) {
+                const int gn = count - g0 < G ? count - g0 : G;
+                if ((int)threadIdx.x < gn * R) {
+                    const int g = threadIdx.x / R, j = threadIdx.x % R;
+                    float sum = 0.0f;
+                    if (j < r) {
+                        const float *q = tp + (size_t)rows_s[g0 + g] * S * r + j;
+                        for (uint32_t k = 0; k < S; k++)
+                            sum += __ldcg(q + (size_t)k * r);
+                    }
+                    t[g][j] = sc * sum;
+                }
+                __syncthreads();
+                if (mine) {
+                    float4 o[G];
+#pragma unroll
+                    for (int g = 0; g < G; g++)
+                        o[g] = g < gn ? reinterpret_cast<const float4 *>(x + (size_t)rows_s[g0 + g] * H)[u]
+                                      : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+                    for (int j = 0; j < R; j++) {
+                        if (j < r) {
+                            const float4 b = bt_s[j * blockDim.x + threadIdx.x];
+#pragma unroll
+                            for (int g = 0; g < G; g++) {
+                                const float tg = t[g][j];
+                                o[g].x += b.x * tg;
+                                o[g].y += b.y * tg;
+                                o[g].z += b.z * tg;
+                                o[g].w += b.w * tg;
+                            }
+                        }
+                    }
+#pragma unroll
+                    for (int g = 0; g < G; g++)
+                        if (g < gn)
+                            reinterpret_cast<float4 *>(y + (size_t)rows_s[g0 + g] * H)[u] = o[g];
+                }
+                __syncthreads(); /* t is reused by the next group */
+            }
         }
-        if (!count)
-            return;
     }
-    const int r = (int)w.rank;
-    const size_t off = (size_t)a * w.rank * H;
-    const float *__restrict__ A = w.A + off;
-    const float *__restrict__ Bt = w.Bt + off;
-    const float s = w.scale[a];
-    for (size_t u = u0 + threadIdx.x; u < u1; u += blockDim.x)
-        for (int j = 0; j < r; j++)
-            prefetch_l2(Bt + (size_t)j * H + (VEC ? 4 * u : u));
-    int buf = 0;
-    for (int g0 = 0; g0 < count; g0 += G, buf ^= 1) {
-        const int gn = count - g0 < G ? count - g0 : G;
-        const float *xg[G];
-        float *yg[G];
-        group_rows<G>(x, H, rows_s, g0, gn, xg);
-        group_rows<G>(y, H, rows_s, g0, gn, yg);
-        float acc[G][R];
-        group_dots<R, G, VEC>(A, H, u0, u1, r, xg, gn, acc);
-        group_warp_partials<R, G>(acc, r, part);
-        __syncthreads();
-        if ((int)threadIdx.x < gn * r) {
-            const int g = threadIdx.x / r, j = threadIdx.x % r;
-            tpart[buf][g][j] = warps_total(part[g][j]);
+    /* Rows without an adapter: y = x, this slice of the rows with row % P == p. */
+    if (no_adapter && x != y && mine)
+        for (size_t i = p; i < n; i += P) {
+            const int32_t id = ids[i];
+            if (id < 0 || (uint32_t)id >= w.num_adapters)
+                reinterpret_cast<float4 *>(y + i * H)[u] = reinterpret_cast<const float4 *>(x + i * H)[u];
         }
-        /* Every block's partials of this group are visible cluster-wide after this barrier;
-         * tpart[buf] is next written two groups on, after the next barrier, which no block
-         * passes before it has read this group's partials. */
-        cluster.sync();
-        if ((int)threadIdx.x < gn * r) {
-            const int g = threadIdx.x / r, j = threadIdx.x % r;
-            float sum = 0.0f;
-            for (unsigned b = 0; b < cs; b++) /* the same order in every block */
-                sum += *cluster.map_shared_rank(&tpart[buf][g][j], (int)b);
-            t[g][j] = s * sum;
-        }
-        __syncthreads();
-        group_expand<R, G, VEC>(Bt, H, u0, u1, r, t, xg, yg, gn);
-    }
-    cluster.sync(); /* tpart stays alive until every block of the cluster has read it */
-#else /* launched on sm_90 and later only */
-    (void)w;
-    (void)n;
-    (void)ids;
-    (void)x;
-    (void)y;
-    (void)by_row;
-#endif
 }
 
 /* u[i] = wt[i] s A x_i, v[i] = wt[i] s Bt d_i (rank values each), zero for rows without an
@@ -890,57 +1000,127 @@ struct apply_sliced_launch {
     }
 };
 
-/* Grid of the fused kernel: (CS, slots, chunks), x = 0 when it does not take this shape or the
- * device has no thread-block clusters; *by_row tells what a slot is (see the kernel). */
-dim3 fused_grid(const sona_lora_apply_args *a, bool vec, int *by_row)
+/* The one-pass kernel's launch for rank bucket R and G rows a group: its grid (x = 0 when it
+ * does not take the shape: ranks past 16, no float4 layout, no cooperative launch here, or more
+ * slices than fit), set up once per instantiation. */
+template <int R, int G, bool ONE_CHUNK>
+struct coop_kernel_info {
+    static int blocks_per_sm; /* -1: not set up yet, 0: unusable */
+    static size_t smem() { return (size_t)R * SONA_CUDA_BLOCK * sizeof(float4); }
+    static int resident()
+    {
+        if (blocks_per_sm < 0) {
+            int dev = 0, coop = 0, b = 0;
+            if (cudaGetDevice(&dev) != cudaSuccess ||
+                cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess || !coop ||
+                cudaFuncSetAttribute(lora_apply_coop_kernel<R, G, ONE_CHUNK>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem()) != cudaSuccess ||
+                cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, lora_apply_coop_kernel<R, G, ONE_CHUNK>,
+                                                              SONA_CUDA_BLOCK, smem()) != cudaSuccess)
+                b = 0;
+            (void)cudaGetLastError(); /* an unusable kernel is not an error of the next call */
+            blocks_per_sm = b;
+        }
+        return blocks_per_sm * device_sm_count();
+    }
+};
+template <int R, int G, bool ONE_CHUNK>
+int coop_kernel_info<R, G, ONE_CHUNK>::blocks_per_sm = -1;
+
+/* The instantiation for a batch: G rows a group (one when the batch has about one row per
+ * adapter, else two), one chunk of ids or several (then always G = 2). */
+enum coop_variant { COOP_G1, COOP_G2, COOP_G2_CHUNKS };
+
+coop_variant coop_variant_of(const sona_lora_apply_args *a)
 {
-    *by_row = 0;
-    if (device_sm_major() < 9)
-        return dim3(0, 0, 0);
-    const uint64_t units = vec ? a->w.hidden / 4 : a->w.hidden;
-    const uint64_t n = a->n, adapters = a->w.num_adapters;
-    const uint64_t chunks = (n + FUSED_IDS - 1) / FUSED_IDS;
-    const uint64_t row_slots = n < (uint64_t)FUSED_IDS ? n : (uint64_t)FUSED_IDS;
-    const uint64_t adapter_slots = adapters + FUSED_COPIERS;
-    *by_row = row_slots < adapter_slots;
-    const uint64_t slots = *by_row ? row_slots : adapter_slots;
-    /* Clusters of 1, 2, 4 or 8 blocks: one unit per thread where hidden allows; then, when the
-     * clusters with work (at most one per row or adapter, and one for rows without) leave SMs
-     * idle, wider clusters while each block keeps at least 64 units. */
-    uint64_t cs = 1;
-    while (cs < (uint64_t)FUSED_MAX_CLUSTER && cs * SONA_CUDA_BLOCK < units)
-        cs *= 2;
-    const uint64_t busy = n < adapters + 1 ? n : adapters + 1;
-    const uint64_t sms = device_sm_count() > 0 ? (uint64_t)device_sm_count() : 64;
-    while (cs < (uint64_t)FUSED_MAX_CLUSTER && busy * cs < sms && units >= 64 * 2 * cs)
-        cs *= 2;
-    /* Every block scans its id chunk: keep the grid (and that scan) bounded. */
-    if (!units || slots > 65535 || chunks > 65535 || cs * slots * chunks > ((uint64_t)1 << 20))
-        return dim3(0, 0, 0);
-    return dim3((unsigned)cs, (unsigned)slots, (unsigned)chunks);
+    if (a->n > (uint32_t)COOP_IDS)
+        return COOP_G2_CHUNKS;
+    return a->n <= a->w.num_adapters ? COOP_G1 : COOP_G2;
 }
 
-struct apply_fused_launch {
+template <int R, int G, bool ONE_CHUNK>
+dim3 coop_grid_for(const sona_lora_apply_args *a)
+{
+    const uint64_t S = (a->w.hidden / 4 + SONA_CUDA_BLOCK - 1) / SONA_CUDA_BLOCK;
+    const uint64_t resident = (uint64_t)coop_kernel_info<R, G, ONE_CHUNK>::resident();
+    uint64_t P = a->w.num_adapters;
+    if (S * P > resident)
+        P = resident / S;
+    if (P > COOP_MAX_SLOTS)
+        P = COOP_MAX_SLOTS;
+    if (!S || !P || S > 65535)
+        return dim3(0, 0, 0);
+    return dim3((unsigned)S, (unsigned)P);
+}
+
+struct coop_grid_query {
     const sona_lora_apply_args *a;
-    dim3 grid;
-    int by_row;
-    cudaStream_t s;
+    dim3 *grid;
     template <int R, bool VEC>
     cudaError_t operator()() const
     {
-        cudaLaunchAttribute cluster[1];
-        cluster[0].id = cudaLaunchAttributeClusterDimension;
-        cluster[0].val.clusterDim.x = grid.x;
-        cluster[0].val.clusterDim.y = 1;
-        cluster[0].val.clusterDim.z = 1;
+        constexpr int RG = R > 16 ? 16 : R;
+        *grid = dim3(0, 0, 0);
+        if (VEC && R <= 16)
+            switch (coop_variant_of(a)) {
+            case COOP_G1:
+                *grid = coop_grid_for<RG, 1, true>(a);
+                break;
+            case COOP_G2:
+                *grid = coop_grid_for<RG, 2, true>(a);
+                break;
+            case COOP_G2_CHUNKS:
+                *grid = coop_grid_for<RG, 2, false>(a);
+                break;
+            }
+        return cudaSuccess;
+    }
+};
+
+/* The one-pass kernel's grid for a (x = 0: it does not take this shape). */
+dim3 coop_grid(const sona_lora_apply_args *a, bool vec)
+{
+    dim3 grid(0, 0, 0);
+    if (a->w.rank <= 16)
+        (void)with_rank_bucket(a->w.rank, vec, coop_grid_query{a, &grid});
+    return grid;
+}
+
+struct apply_coop_launch {
+    const sona_lora_apply_args *a;
+    dim3 grid;
+    float *tp;
+    cudaStream_t s;
+    template <int RG, int G, bool ONE_CHUNK>
+    cudaError_t launch() const
+    {
+        cudaLaunchAttribute coop[1];
+        coop[0].id = cudaLaunchAttributeCooperative;
+        coop[0].val.cooperative = 1;
         cudaLaunchConfig_t cfg = {};
         cfg.gridDim = grid;
         cfg.blockDim = dim3(SONA_CUDA_BLOCK);
+        cfg.dynamicSmemBytes = coop_kernel_info<RG, G, ONE_CHUNK>::smem();
         cfg.stream = s;
-        cfg.attrs = cluster;
+        cfg.attrs = coop;
         cfg.numAttrs = 1;
-        return cudaLaunchKernelEx(&cfg, lora_apply_fused_kernel<R, VEC>, a->w, a->n, a->ids, a->x,
-                                  a->y, by_row);
+        return cudaLaunchKernelEx(&cfg, lora_apply_coop_kernel<RG, G, ONE_CHUNK>, a->w, a->n, a->ids, a->x,
+                                  a->y, tp);
+    }
+    template <int R, bool VEC>
+    cudaError_t operator()() const
+    {
+        if (!VEC || R > 16) /* coop_grid refused these shapes */
+            return cudaErrorInvalidValue;
+        constexpr int RG = R > 16 ? 16 : R;
+        switch (coop_variant_of(a)) {
+        case COOP_G1:
+            return launch<RG, 1, true>();
+        case COOP_G2:
+            return launch<RG, 2, true>();
+        default:
+            return launch<RG, 2, false>();
+        }
     }
 };
 
@@ -957,11 +1137,39 @@ struct project_launch {
     }
 };
 
-
 bool lora_vec(const sona_lora_apply_args *a)
 {
     return a->w.hidden % 4 == 0 && aligned16(a->x) && aligned16(a->y) && aligned16(a->w.A) &&
            aligned16(a->w.Bt);
+}
+
+/* The kernel that runs for a in mode (see cuda_internal.h), a forced kernel that does not take
+ * the shape replaced. Auto, from measurements on an H200 (hidden 4096, 64 adapters):
+ * - adapters of at most 8192 values (rank <= 2 at 4096) in batches up to 256 rows: one block per
+ *   row, a launch with little to wait on (n = 256, r = 2: 5.8 us; one-pass 10.2, sliced 8.4);
+ * - else the one-pass kernel wherever it takes the shape (ranks <= 16 in float4 layout): 256 rows,
+ *   rank 16: 14.8 us against 27.7 for the sliced pair; 4096 rows 143 us against 245; decode
+ *   n = 1, rank 16: 7.8 us against 13.6 for one block per row;
+ * - past it the sliced pair, except decode batches of at most one row per SM with adapters up to
+ *   16 x 4096, where one block per row has the lower latency. */
+int resolve_mode(const sona_lora_apply_args *a, int mode, bool vec)
+{
+    if (mode < 0 && a->n <= 256 && (uint64_t)a->w.rank * a->w.hidden <= 8192)
+        return 0;
+    if ((mode == 3 || mode < 0) && coop_grid(a, vec).x)
+        return 3;
+    if (mode == 3)
+        mode = -1;
+    if (mode < 0) {
+        const bool decode = a->n <= (uint32_t)(device_sm_count() > 0 ? device_sm_count() : 64) &&
+                            (uint64_t)a->w.rank * a->w.hidden <= 65536;
+        mode = !decode ? 2 : 0;
+    }
+    if (mode == 2 && !sliced_grid(a, vec).x)
+        mode = 0;
+    if (mode == 1 && !(a->ids && a->w.rank <= 16 && a->w.num_adapters < INT32_MAX))
+        mode = 0;
+    return mode;
 }
 
 } // namespace
@@ -969,37 +1177,28 @@ bool lora_vec(const sona_lora_apply_args *a)
 size_t sona_cuda_lora_apply_scratch(const sona_lora_apply_args *a, int mode)
 {
     const bool vec = lora_vec(a);
-    int by_row;
-    if (mode == 0 || mode == 1 || (mode == 3 && fused_grid(a, vec, &by_row).x))
+    switch (resolve_mode(a, mode, vec)) {
+    case 3:
+        return (size_t)a->n * coop_grid(a, vec).x * a->w.rank;
+    case 2:
+        return (size_t)a->n * sliced_grid(a, vec).y * a->w.rank;
+    default:
         return 0;
-    const dim3 grid = sliced_grid(a, vec);
-    return grid.x ? (size_t)a->n * grid.y * a->w.rank : 0;
+    }
 }
 
 cudaError_t sona_cuda_launch_lora_apply(const sona_lora_apply_args *a, int mode, float *scratch,
                                         cudaStream_t s)
 {
     const bool vec = lora_vec(a);
-    if (mode == 3) {
-        int by_row;
-        const dim3 grid = fused_grid(a, vec, &by_row);
-        if (grid.x)
-            return with_rank_bucket(a->w.rank, vec, apply_fused_launch{a, grid, by_row, s});
-        mode = -1; /* no clusters here, or a shape it does not take */
-    }
-    const bool sliced_ok = scratch && sliced_grid(a, vec).x;
-    /* Auto: the sliced pair whenever it takes the shape (it spreads any batch over every SM and
-     * reads each adapter slice once per group of rows), except for decode batches of at most
-     * one row per SM with adapters up to 16 x 4096: one launch of one block per row has the
-     * lower latency there (H200: n = 1, r = 16, h = 4096 in 13.6 us against 17.5 sliced). */
-    if (mode < 0) {
-        const bool decode = a->n <= (uint32_t)(device_sm_count() > 0 ? device_sm_count() : 64) &&
-                            (uint64_t)a->w.rank * a->w.hidden <= 65536;
-        mode = sliced_ok && !decode ? 2 : 0;
-    }
-    if (mode == 2 && sliced_ok)
+    mode = resolve_mode(a, mode, vec);
+    if (!scratch && (mode == 3 || mode == 2)) /* no partial-sum buffer: the per-row kernel */
+        mode = 0;
+    if (mode == 3)
+        return with_rank_bucket(a->w.rank, vec, apply_coop_launch{a, coop_grid(a, vec), scratch, s});
+    if (mode == 2)
         return with_rank_bucket(a->w.rank, vec, apply_sliced_launch{a, scratch, s});
-    if (mode == 1 && a->ids && a->w.rank <= 16 && a->w.num_adapters < INT32_MAX)
+    if (mode == 1)
         return with_rank_bucket(a->w.rank, vec, apply_grouped_launch{a, s});
     return with_rank_bucket(a->w.rank, vec, apply_launch{a, s});
 }

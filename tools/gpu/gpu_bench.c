@@ -401,9 +401,8 @@ int main(int argc, char **argv)
 
     bench_copy();
     printf("[gpu-bench] d2d copy: %.1f GB/s\n", copy_gbps);
-    /* Each lora_apply kernel, then the automatic choice (what libsona uses). fused is forced
-     * only (sm_90 clusters; elsewhere it runs the automatic choice) until measured. */
-    static const char *const modes[] = {"rows", "grouped", "sliced", "fused", ""};
+    /* Each lora_apply kernel, then the automatic choice (what libsona uses). */
+    static const char *const modes[] = {"rows", "grouped", "sliced", "coop", ""};
     for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
         char label[32];
         snprintf(label, sizeof label, "lora_apply%s%s%s", *modes[m] ? "[" : "", modes[m],
@@ -413,17 +412,17 @@ int main(int argc, char **argv)
         bench_lora(&rng, label, 4096, 4096, 16, 64, 0);
     }
     unsetenv("SONA_CUDA_LORA");
-    /* Decode batches with the automatic choice, then with fused forced (whether it should
-     * become the default there too). */
+    /* Decode batches with the automatic choice, then with one block per row and the one-pass
+     * kernel forced (what the automatic choice weighs). */
     static const uint32_t batches[] = {1, 8, 64, 256};
     static const uint32_t ranks[] = {1, 2, 16};
-    static const char *const decode_modes[] = {"", "fused"};
+    static const char *const decode_modes[] = {"", "rows", "coop"};
     for (size_t m = 0; m < sizeof decode_modes / sizeof decode_modes[0]; m++) {
         setenv("SONA_CUDA_LORA", decode_modes[m], 1);
         for (size_t r = 0; r < sizeof ranks / sizeof ranks[0]; r++)
             for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++)
-                bench_lora(&rng, *decode_modes[m] ? "decode[fused]" : "decode", batches[b], 4096,
-                           ranks[r], 64, 0);
+                bench_lora(&rng, !*decode_modes[m] ? "decode" : m == 1 ? "decode[rows]" : "decode[coop]",
+                           batches[b], 4096, ranks[r], 64, 0);
     }
     unsetenv("SONA_CUDA_LORA");
     printf("[gpu-bench] lora done, now k-means and knn (1 GB data set)\n");
