@@ -459,18 +459,19 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
  * One launch: block (s, p) takes slice s of hidden, one float4 unit per thread, for adapters
  * p, p + P, p + 2P, ... in that order. For each adapter with rows in the batch it starts the copy
  * of its Bt slice into shared memory (cp.async), loads its A slice into registers (read once
- * however many rows), computes the partial dots of the rows COOP_GROUP at a time and writes them
- * to tp, meets the other blocks of the adapter at a barrier on global counters, then expands its
+ * however many rows), computes the partial dots of the rows G at a time (G = 1 when the batch
+ * has about one row per adapter, else 2) and writes them to tp, meets the other blocks of the adapter at a barrier on global counters, then expands its
  * slice of each row from the shared Bt. The launch is cooperative, so every block is resident and
  * the barrier cannot deadlock; when the grid would not fit, P shrinks and a block takes several
  * adapters in the same order as its peers (the barrier is per p).
  *
  * Why this shape (H200, session 3, 256 rows x 4096, rank 16, 64 adapters of 4 rows, 42 MB moved,
  * 10.1 us at copy speed): the sliced pair took 27.7 us, a cluster kernel with the exchange in
- * distributed shared memory 38 us, this kernel 14.8 us. What decided it: registers. At one unit
- * per thread the whole problem fills the register file, so accumulators for 4 rows x rank 16
- * left no room for loads in flight; A in registers shared by groups of 2 rows, and Bt arriving
- * in shared memory without holding registers, keep the memory system busy through the shrink.
+ * distributed shared memory 38 us, a lab copy of this kernel 14.8 us. What decided it:
+ * registers. At one unit per thread the whole problem fills the register file, so accumulators
+ * for 4 rows x rank 16 left no room for loads in flight (G = 4: 30 us); A in registers shared by
+ * groups of 2 rows, partial dots 8 ranks at a time, and Bt arriving in shared memory without
+ * holding registers keep the memory system busy through the shrink.
  * Rows with no adapter are copied by the blocks with p == row % P. */
 constexpr int COOP_IDS = 1024;             /* ids a block scans into shared memory at a time */
 constexpr uint32_t COOP_MAX_SLOTS = 8192;  /* barrier slots: more than any resident grid has */
@@ -479,13 +480,6 @@ constexpr uint32_t COOP_MAX_SLOTS = 8192;  /* barrier slots: more than any resid
  * barrier, gen counting barriers. Launches are serialised on the backend's one stream. */
 __device__ unsigned g_coop_arrive[COOP_MAX_SLOTS];
 __device__ unsigned g_coop_gen[COOP_MAX_SLOTS];
-
-/* Rows COOP_GROUP at a time: 1 when an adapter has about one row, else 2 (4 rows x rank 16 of
- * accumulators spill; measured, H200: G = 2 14.8 us, G = 4 30.2 us at 4 rows an adapter). */
-template <int R, int G>
-struct coop_shape {
-    static constexpr int values = G * R; /* partial dots a thread holds */
-};
 
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
 {
@@ -621,7 +615,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK, 2)
     lora_apply_coop_kernel(sona_lora_weights w, uint32_t n, const int32_t *ids, const float *x,
                            float *y, float *tp)
 {
-    constexpr int V = coop_shape<R, G>::values;
+    constexpr int V = G * R, RJ = R < 8 ? R : 8, VJ = G * RJ; /* partial dots a thread holds */
     extern __shared__ float4 bt_s[]; /* R x SONA_CUDA_BLOCK: this block's slice of Bt */
     __shared__ int rows_s[COOP_IDS];
     __shared__ int warp_counts[WARPS];
@@ -663,29 +657,33 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK, 2)
                                       : make_float4(0.f, 0.f, 0.f, 0.f);
             for (int g0 = 0; g0 < count; g0 += G) {
                 const int gn = count - g0 < G ? count - g0 : G;
-                float acc[V];
+                float4 xv[G];
 #pragma unroll
-                for (int k = 0; k < V; k++)
-                    acc[k] = 0.0f;
-                if (mine) {
-                    float4 xv[G];
+                for (int g = 0; g < G; g++)
+                    xv[g] = mine && g < gn ? reinterpret_cast<const float4 *>(x + (size_t)rows_s[g0 + g] * H)[u]
+                                           : make_float4(0.f, 0.f, 0.f, 0.f);
+                /* RJ ranks at a time: all R at once, with A's registers, spills (ptxas). */
+#pragma unroll
+                for (int j0 = 0; j0 < R; j0 += RJ) {
+                    float acc[VJ];
 #pragma unroll
                     for (int g = 0; g < G; g++)
-                        xv[g] = g < gn ? reinterpret_cast<const float4 *>(x + (size_t)rows_s[g0 + g] * H)[u]
-                                       : make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-                    for (int g = 0; g < G; g++)
+                        for (int jj = 0; jj < RJ; jj++)
+                            acc[g * RJ + jj] = am[j0 + jj].x * xv[g].x + am[j0 + jj].y * xv[g].y +
+                                               am[j0 + jj].z * xv[g].z + am[j0 + jj].w * xv[g].w;
+                    warp_reduce_scatter<VJ>(acc);
+                    /* This lane's totals (see warp_reduce_scatter), value k = g RJ + jj. */
+                    if (VJ >= 32) {
 #pragma unroll
-                        for (int j = 0; j < R; j++)
-                            acc[g * R + j] = am[j].x * xv[g].x + am[j].y * xv[g].y + am[j].z * xv[g].z + am[j].w * xv[g].w;
-                }
-                warp_reduce_scatter<V>(acc);
-                if (V >= 32) {
-#pragma unroll
-                    for (int k = 0; k < (V >= 32 ? V / 32 : 1); k++)
-                        part[warp][lane * (V >= 32 ? V / 32 : 1) + k] = acc[k];
-                } else if (lane % (32 / (V < 32 ? V : 32)) == 0) {
-                    part[warp][lane / (32 / (V < 32 ? V : 32))] = acc[0];
+                        for (int kk = 0; kk < (VJ >= 32 ? VJ / 32 : 1); kk++) {
+                            const int k = lane * (VJ >= 32 ? VJ / 32 : 1) + kk;
+                            part[warp][k / RJ * R + j0 + k % RJ] = acc[kk];
+                        }
+                    } else if (lane % (32 / (VJ < 32 ? VJ : 32)) == 0) {
+                        const int k = lane / (32 / (VJ < 32 ? VJ : 32));
+                        part[warp][k / RJ * R + j0 + k % RJ] = acc[0];
+                    }
                 }
                 __syncthreads();
                 if ((int)threadIdx.x < gn * R && (int)threadIdx.x % R < r) {
