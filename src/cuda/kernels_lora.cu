@@ -211,16 +211,35 @@ __device__ __forceinline__ void group_dots(const float *__restrict__ M, size_t H
     }
 }
 
+/* Where group_expand reads Bt: its rank-major rows of H floats in global memory, ... */
+struct bt_global {
+    const float *__restrict__ Bt;
+    size_t H;
+    __device__ float4 vec(int j, size_t unit) const
+    {
+        return __ldg(reinterpret_cast<const float4 *>(Bt + (size_t)j * H) + unit);
+    }
+    __device__ float one(int j, size_t unit) const { return __ldg(Bt + (size_t)j * H + unit); }
+};
+
+/* ... or this block's slice of them in shared memory, float4 units [u0, u0 + blockDim.x) of
+ * each rank row. */
+struct bt_shared_slice {
+    const float4 *rows;
+    size_t u0;
+    __device__ float4 vec(int j, size_t unit) const { return rows[j * blockDim.x + (unit - u0)]; }
+};
+
 /* y_g = x_g + Bt^T t_g for the rows g < gn of a group (t in shared memory, already scaled),
  * over the units of [u0, u1) this thread takes. A row's x unit is read before its y unit is
  * written, by the same thread, so y may be x. */
-template <int R, int G, bool VEC>
-__device__ __forceinline__ void group_expand(const float *__restrict__ Bt, size_t H, size_t u0,
-                                             size_t u1, int r, const float (*t)[R],
-                                             const float *const *xg, float *const *yg, int gn)
+template <int R, int G, bool VEC, typename BtSource>
+__device__ __forceinline__ void group_expand(const BtSource &bt, size_t u0, size_t u1, int r,
+                                             const float (*t)[R], const float *const *xg,
+                                             float *const *yg, int gn)
 {
     for (size_t unit = u0 + threadIdx.x; unit < u1; unit += blockDim.x) {
-        if (VEC) {
+        if constexpr (VEC) {
             float4 o[G];
 #pragma unroll
             for (int g = 0; g < G; g++)
@@ -229,8 +248,7 @@ __device__ __forceinline__ void group_expand(const float *__restrict__ Bt, size_
 #pragma unroll
             for (int j = 0; j < R; j++) {
                 if (j < r) {
-                    const float4 b =
-                        __ldg(reinterpret_cast<const float4 *>(Bt + (size_t)j * H) + unit);
+                    const float4 b = bt.vec(j, unit);
 #pragma unroll
                     for (int g = 0; g < G; g++) {
                         const float tg = t[g][j];
@@ -253,7 +271,7 @@ __device__ __forceinline__ void group_expand(const float *__restrict__ Bt, size_
 #pragma unroll
             for (int j = 0; j < R; j++) {
                 if (j < r) {
-                    const float b = __ldg(Bt + (size_t)j * H + unit);
+                    const float b = bt.one(j, unit);
 #pragma unroll
                     for (int g = 0; g < G; g++)
                         o[g] += b * t[g][j];
@@ -359,7 +377,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
             }
             __syncthreads();
             /* Expand: y_g = x_g + Bt^T t_g, Bt read once per group. */
-            group_expand<R, GROUP, VEC>(Bt, H, 0, units, r, t, xg, yg, gn);
+            group_expand<R, GROUP, VEC>(bt_global{Bt, H}, 0, units, r, t, xg, yg, gn);
             __syncthreads(); /* t and part are reused by the next group */
         }
         __syncthreads(); /* rows_s and count_s are reused by the next chunk */
@@ -450,7 +468,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
         float *yg[GROUP];
         group_rows<GROUP>(x, H, rows_s, g0, gn, xg);
         group_rows<GROUP>(y, H, rows_s, g0, gn, yg);
-        group_expand<R, GROUP, VEC>(Bt, H, u0, u1, r, t, xg, yg, gn);
+        group_expand<R, GROUP, VEC>(bt_global{Bt, H}, u0, u1, r, t, xg, yg, gn);
         __syncthreads(); /* t is reused by the next group */
     }
 }
@@ -622,8 +640,9 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK, 2)
     __shared__ float part[WARPS][V];
     __shared__ float t[G][R];
     const uint32_t S = gridDim.x, s = blockIdx.x, P = gridDim.y, p = blockIdx.y;
-    const size_t H = w.hidden, units = H / 4, u = (size_t)s * blockDim.x + threadIdx.x;
-    const bool mine = u < units;
+    const size_t H = w.hidden, units = H / 4, u0 = (size_t)s * blockDim.x;
+    const size_t u1 = u0 + blockDim.x < units ? u0 + blockDim.x : units, u = u0 + threadIdx.x;
+    const bool mine = u < units; /* this thread's unit of the slice [u0, u1) */
     const int r = (int)w.rank, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const size_t chunks_end = ONE_CHUNK ? 1 : n; /* the bases of the chunks of ids */
     int no_adapter = 0; /* some row has no adapter (every id is scanned for the first adapter) */
@@ -718,31 +737,11 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK, 2)
                     t[g][j] = sc * sum;
                 }
                 __syncthreads();
-                if (mine) {
-                    float4 o[G];
-#pragma unroll
-                    for (int g = 0; g < G; g++)
-                        o[g] = g < gn ? reinterpret_cast<const float4 *>(x + (size_t)rows_s[g0 + g] * H)[u]
-                                      : make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-                    for (int j = 0; j < R; j++) {
-                        if (j < r) {
-                            const float4 b = bt_s[j * blockDim.x + threadIdx.x];
-#pragma unroll
-                            for (int g = 0; g < G; g++) {
-                                const float tg = t[g][j];
-                                o[g].x += b.x * tg;
-                                o[g].y += b.y * tg;
-                                o[g].z += b.z * tg;
-                                o[g].w += b.w * tg;
-                            }
-                        }
-                    }
-#pragma unroll
-                    for (int g = 0; g < G; g++)
-                        if (g < gn)
-                            reinterpret_cast<float4 *>(y + (size_t)rows_s[g0 + g] * H)[u] = o[g];
-                }
+                const float *xg[G];
+                float *yg[G];
+                group_rows<G>(x, H, rows_s, g0, gn, xg);
+                group_rows<G>(y, H, rows_s, g0, gn, yg);
+                group_expand<R, G, true>(bt_shared_slice{bt_s, u0}, u0, u1, r, t, xg, yg, gn);
                 __syncthreads(); /* t is reused by the next group */
             }
         }
