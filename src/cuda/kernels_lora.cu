@@ -923,32 +923,29 @@ struct apply_grouped_launch {
     }
 };
 
-/* Compute capability major and SM count of the current device, read once (the module drives
- * one device; launches run under the backend's lock). */
+/* An attribute of the current device, read once into *cache (-1 until then; 0 when it cannot be
+ * read). The module drives one device, and launches run under the backend's lock. */
+int device_attribute(cudaDeviceAttr attr, int *cache)
+{
+    if (*cache < 0) {
+        int dev = 0, v = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, attr, dev) != cudaSuccess)
+            v = 0;
+        *cache = v;
+    }
+    return *cache;
+}
+
 int device_sm_major()
 {
     static int major = -1;
-    if (major < 0) {
-        int dev = 0, v = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-            v = 0;
-        major = v;
-    }
-    return major;
+    return device_attribute(cudaDevAttrComputeCapabilityMajor, &major);
 }
 
 int device_sm_count()
 {
     static int count = -1;
-    if (count < 0) {
-        int dev = 0, v = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-            v = 0;
-        count = v;
-    }
-    return count;
+    return device_attribute(cudaDevAttrMultiProcessorCount, &count);
 }
 
 /* Grid of the sliced pair: (num_adapters + 1, slices, id chunks); x = 0 when the sliced pair
@@ -1007,9 +1004,9 @@ struct coop_kernel_info {
     static int resident()
     {
         if (blocks_per_sm < 0) {
-            int dev = 0, coop = 0, b = 0;
-            if (cudaGetDevice(&dev) != cudaSuccess ||
-                cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess || !coop ||
+            static int cooperative = -1;
+            int b = 0;
+            if (!device_attribute(cudaDevAttrCooperativeLaunch, &cooperative) ||
                 cudaFuncSetAttribute(lora_apply_coop_kernel<R, G, ONE_CHUNK>,
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem()) != cudaSuccess ||
                 cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, lora_apply_coop_kernel<R, G, ONE_CHUNK>,
