@@ -24,6 +24,7 @@ typedef struct eng_tenant {
     sona_lora *lora;          /* training copy, count 1 */
     uint32_t since_apply;
     eng_ewc *ewc;
+    float *signal;            /* loop A's signal rows x and delta (2 * hidden), reused (mu) */
     atomic_int live;
 } eng_tenant;
 
@@ -45,6 +46,7 @@ struct sona_engine {
     sona_trajectory_buffer *buffer; /* ended trajectories waiting for loop B */
     sona_trajectory_buffer *pool;   /* processed trajectories kept for reuse (their memory) */
     sona_signal_builder *signals;   /* loop A's signals and the running quality baseline */
+    _Atomic(sona_request *) spare_request; /* an ended request's object, kept for the next one */
 
     /* loop threads */
     pthread_t thread;
