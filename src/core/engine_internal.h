@@ -106,7 +106,12 @@ eng_ewc *eng_ewc_create(const sona_lora *lora, const sona_engine_config *cfg);
 void eng_ewc_destroy(eng_ewc *w);
 sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, int *boundary);
 sona_status eng_ewc_consolidate(eng_ewc *w, const sona_lora *lora);
+/* The lambda of lora's next penalty step: the tasks' lambda, capped where the Fisher is large
+ * (cached until the tasks change). */
+float eng_ewc_lambda(eng_ewc *w, const sona_lora *lora);
 uint32_t eng_ewc_tasks(const eng_ewc *w);
+/* The EWC++ state underneath (its tasks, Fisher sum and lambda), read-only. */
+const struct sona_ewc *eng_ewc_state(const eng_ewc *w);
 struct sona_wbuf;
 struct sona_rbuf;
 /* Appends w's state (a NULL w writes "absent"). */
