@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 sona_bank *bench_dream_bank(uint32_t n, uint64_t seed); /* group_dreams.c */
@@ -296,36 +297,105 @@ static void run_memory(bench_ctx *ctx)
  * by the dispatched dot kernel (about 1 ms per query on one core of the reference machine). */
 enum { MODEL_LAYERS = 12, MODEL_HIDDEN = 768 };
 
+/* Seconds spent inside each kind of SONA call, summed over the full-SONA queries of a pass. */
+typedef struct sona_calls_time {
+    double begin, steps, apply, end;
+    long queries;
+} sona_calls_time;
+
 typedef struct model_case {
     sona_dot_fn dot;
     float *W, *x, *y;
     sona_engine *micro, *full; /* full: loops A and B running (its thread drains the buffer) */
     int mode;                  /* 0 baseline, 1 + Micro-LoRA per layer, 2 full SONA */
+    sona_calls_time *timed;    /* NULL, or where full-SONA queries add their SONA calls' time */
     sona_rng rng;
 } model_case;
+
+/* The clock when timing SONA's calls (tc not NULL), else 0 without reading it. */
+static double clock_if(const sona_calls_time *tc) { return tc ? now_s() : 0.0; }
 
 static int query(void *arg)
 {
     model_case *m = arg;
     const uint32_t H = MODEL_HIDDEN;
     sona_engine *e = m->mode == 1 ? m->micro : m->full;
+    sona_calls_time *tc = m->mode == 2 ? m->timed : NULL;
     for (uint32_t i = 0; i < H; i++)
         m->x[i] = sona_rng_uniform(&m->rng) - 0.5f;
     sona_request *req = NULL;
+    double t0 = clock_if(tc);
     if (m->mode == 2 && sona_request_begin(e, 0, m->x, &req) != SONA_OK)
         return -1;
+    double t1 = clock_if(tc);
+    if (tc)
+        tc->begin += t1 - t0;
     for (uint32_t l = 0; l < MODEL_LAYERS; l++) {
         const float *W = m->W + (size_t)l * H * H;
         for (uint32_t i = 0; i < H; i++)
             m->y[i] = m->dot(W + (size_t)i * H, m->x, H);
         for (uint32_t i = 0; i < H; i++)
             m->x[i] = tanhf(m->y[i]);
+        t0 = clock_if(tc);
         if (m->mode >= 1 && sona_apply_inplace(e, 0, m->x) != SONA_OK)
             return -1;
+        t1 = clock_if(tc);
         if (req)
             sona_request_step(req, l, m->x, NULL, 0, 0.5f);
+        if (tc) {
+            tc->apply += t1 - t0;
+            tc->steps += clock_if(tc) - t1;
+        }
     }
-    return req ? (sona_request_end(req, 0.5f + 0.4f * m->x[0]) == SONA_OK ? 0 : -1) : 0;
+    t0 = clock_if(tc);
+    const int ok = req ? sona_request_end(req, 0.5f + 0.4f * m->x[0]) == SONA_OK : 1;
+    if (tc) {
+        tc->end += clock_if(tc) - t0;
+        tc->queries++;
+    }
+    return ok ? 0 : -1;
+}
+
+/* The three scenarios interleaved in short rounds of per_round queries, so machine noise hits
+ * each alike; seconds per scenario added to total_s. */
+static void interleave(model_case *m, int rounds, int per_round, double total_s[3])
+{
+    for (int r = 0; r < rounds; r++)
+        for (int k = 0; k < 3; k++) {
+            m->mode = (r + k) % 3; /* rotates which scenario follows which */
+            const double t0 = now_s();
+            for (int i = 0; i < per_round; i++)
+                query(m);
+            total_s[m->mode] += now_s() - t0;
+        }
+}
+
+/* Serving is a steady state: loop B recycles each cycle's trajectories into the pool that new
+ * requests take theirs from. Before its first cycle the pool is empty and every full-SONA
+ * request allocates a fresh trajectory (and page-faults it in), a cost of start-up only. So
+ * full-SONA queries run until one cycle has completed (bounded, should loop B stall). Returns
+ * how many ran. */
+static long warm_until_loop_b_cycle(model_case *m)
+{
+    const long most = 20L * sona_engine_get_config(m->full)->loop_b_threshold;
+    sona_stats s;
+    m->mode = 2;
+    long n = 0;
+    while (n < most && !(n % 16 == 0 && sona_get_stats(m->full, &s) == SONA_OK && s.loop_b_cycles > 0)) {
+        query(m);
+        n++;
+    }
+    return n;
+}
+
+/* Seconds one clock read adds to a timed interval (mean of back-to-back reads). */
+static double clock_read_s(void)
+{
+    enum { READS = 10000 };
+    const double t0 = now_s();
+    for (int i = 0; i < READS; i++)
+        now_s();
+    return (now_s() - t0) / (READS + 1);
 }
 
 static void run_query_throughput(bench_ctx *ctx)
@@ -344,28 +414,26 @@ static void run_query_throughput(bench_ctx *ctx)
     sona_rng_seed(&m.rng, 9, 0);
     for (size_t i = 0; i < MODEL_LAYERS * H * H; i++)
         m.W[i] = (sona_rng_uniform(&m.rng) - 0.5f) * 2.0f * sqrtf(3.0f / (float)H);
+    const long warm = warm_until_loop_b_cycle(&m);
     for (int mode = 0; mode < 3; mode++) {
         const bench_row row = {.group = "query_throughput", .name = names[mode], .backend = "cpu",
                                .expected_us = expected_ms[mode] * 1000};
         m.mode = mode;
         bench_measure(ctx, &row, query, &m);
     }
-    /* QPS and overhead: the three scenarios interleaved in short rounds, so machine noise hits
-     * each alike, and throughput from the total time of all rounds: a median of rounds would
-     * leave out the rounds where loop B's cycle (one per 1,000 full-SONA queries) competes with
-     * the queries. 3,000 queries per scenario (600 with --quick) span several cycles. */
+    const bench_row full = {.group = "query_throughput", .name = "full_sona", .backend = "cpu"};
+    /* QPS and overhead: throughput from the total time of all interleaved rounds: a median of
+     * rounds would leave out the rounds where loop B's cycle (one per 1,000 full-SONA queries)
+     * competes with the queries. 3,000 queries per scenario (600 with --quick) span several
+     * cycles. */
     const int rounds = bench_quick(ctx) ? 60 : 300, per_round = 10;
     double total_s[3] = {0};
     sona_stats s0, s1;
+    struct rusage u0, u1;
     sona_get_stats(m.full, &s0);
-    for (int r = 0; r < rounds; r++)
-        for (int k = 0; k < 3; k++) {
-            m.mode = (r + k) % 3; /* rotates which scenario follows which */
-            const double t0 = now_s();
-            for (int i = 0; i < per_round; i++)
-                query(&m);
-            total_s[m.mode] += now_s() - t0;
-        }
+    getrusage(RUSAGE_SELF, &u0);
+    interleave(&m, rounds, per_round, total_s);
+    getrusage(RUSAGE_SELF, &u1);
     sona_get_stats(m.full, &s1);
     const double queries = (double)rounds * per_round;
     for (int mode = 0; mode < 3; mode++) {
@@ -374,8 +442,30 @@ static void run_query_throughput(bench_ctx *ctx)
         if (mode)
             bench_report(ctx, &row, "overhead", 100.0 * (total_s[mode] / total_s[0] - 1.0), "%");
     }
-    const bench_row cycles = {.group = "query_throughput", .name = "full_sona", .backend = "cpu"};
-    bench_report(ctx, &cycles, "loop_b_cycles", (double)(s1.loop_b_cycles - s0.loop_b_cycles), "cycles");
+    bench_report(ctx, &full, "loop_b_cycles", (double)(s1.loop_b_cycles - s0.loop_b_cycles), "cycles");
+    bench_report(ctx, &full, "last_loop_b_cycle_ms", 1e-3 * (double)s1.last_loop_b_us, "ms");
+    bench_report(ctx, &full, "warmup_queries", (double)warm, "queries");
+    /* The whole process's (loop B's thread included) over the three scenarios' rounds. */
+    bench_report(ctx, &full, "minor_faults", (double)(u1.ru_minflt - u0.ru_minflt), "faults");
+
+    /* Where full SONA's time goes: the same interleaving for a third as long, with the time
+     * inside each SONA call of the full-SONA queries summed (a separate pass, so the clock reads
+     * stay out of the figures above). Per query, the clock's own cost taken off. */
+    sona_calls_time tc = {0};
+    double pass_s[3] = {0};
+    m.timed = &tc;
+    interleave(&m, rounds / 3, per_round, pass_s);
+    m.timed = NULL;
+    const double q = (double)tc.queries, clock_s = clock_read_s();
+    const double begin = tc.begin / q - clock_s, end = tc.end / q - clock_s;
+    const double steps = tc.steps / q - MODEL_LAYERS * clock_s, apply = tc.apply / q - MODEL_LAYERS * clock_s;
+    const double inside = begin + steps + apply + end;
+    bench_report(ctx, &full, "foreground_us", 1e6 * inside, "us/query");
+    bench_report(ctx, &full, "foreground_share", 100.0 * inside / (pass_s[0] / q), "% of baseline");
+    bench_report(ctx, &full, "foreground_begin_us", 1e6 * begin, "us/query");
+    bench_report(ctx, &full, "foreground_steps_us", 1e6 * steps, "us/query");
+    bench_report(ctx, &full, "foreground_apply_us", 1e6 * apply, "us/query");
+    bench_report(ctx, &full, "foreground_end_us", 1e6 * end, "us/query");
 out:
     sona_engine_destroy(m.micro);
     sona_engine_destroy(m.full);

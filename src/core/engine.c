@@ -372,6 +372,7 @@ void sona_engine_destroy(sona_engine *e)
             sona_snapshot_slot_free(&t->slot);
             sona_lora_destroy(t->lora);
             eng_ewc_destroy(t->ewc);
+            free(t->signal);
             pthread_mutex_destroy(&t->mu);
         }
         free(e->tenants);
@@ -383,6 +384,7 @@ void sona_engine_destroy(sona_engine *e)
     sona_trajectory_buffer_destroy(e->pool);
     sona_signal_builder_destroy(e->signals);
     sona_id_source_destroy(e->ids);
+    free(atomic_load(&e->spare_request));
     pthread_mutex_destroy(&e->err_mu);
     pthread_mutex_destroy(&e->tenants_mu);
     pthread_mutex_destroy(&e->cycle_mu);
@@ -572,6 +574,14 @@ sona_status sona_apply_layer(sona_engine *e, uint32_t layer, const float *x, flo
 
 /* ---- requests and loop A ------------------------------------------------------------------- */
 
+/* A request object no longer used: kept as the engine's spare unless one is kept already. */
+static void request_release(sona_request *r)
+{
+    sona_request *none = NULL;
+    if (!atomic_compare_exchange_strong(&r->e->spare_request, &none, r))
+        free(r);
+}
+
 sona_status sona_request_begin(sona_engine *e, int32_t tenant, const float *query, sona_request **out)
 {
     if (!e || !query || !out)
@@ -579,13 +589,15 @@ sona_status sona_request_begin(sona_engine *e, int32_t tenant, const float *quer
     *out = NULL;
     if (!live_tenant(e, tenant))
         return eng_fail(e, SONA_E_NOT_FOUND, "sona_request_begin: no tenant %d", tenant);
-    sona_request *r = malloc(sizeof *r);
-    if (!r)
+    /* The spare object of an ended request when there is one: one thread serving requests
+     * one after the other never allocates here. */
+    sona_request *r = atomic_exchange(&e->spare_request, NULL);
+    if (!r && !(r = malloc(sizeof *r)))
         return eng_fail(e, SONA_E_NOMEM, "sona_request_begin: out of memory");
     *r = (sona_request){.e = e, .tenant = tenant};
     sona_status st = eng_traj_take(e, query, &r->t);
     if (st != SONA_OK) {
-        free(r);
+        request_release(r);
         return eng_fail(e, st, "sona_request_begin: %s", sona_last_error());
     }
     *out = r;
@@ -620,26 +632,28 @@ void sona_request_abandon(sona_request *r)
     if (!r)
         return;
     eng_traj_recycle(r->e, r->t);
-    free(r);
+    request_release(r);
 }
 
-/* Loop A's learning step for one ended trajectory of tenant `tenant`. */
+/* Loop A's learning step for one ended trajectory of tenant `tenant`. The signal is built in
+ * the tenant's rows, under its mutex like the training step that follows. */
 static sona_status learn_instant(sona_engine *e, int32_t tenant, const sona_trajectory *t)
 {
     const uint32_t H = e->cfg.hidden;
-    float *x = malloc(2 * H * sizeof *x), w;
-    if (!x)
+    eng_tenant *tn = &e->tenants[tenant];
+    pthread_mutex_lock(&tn->mu);
+    if (!tn->signal && !(tn->signal = malloc(2 * H * sizeof *tn->signal))) {
+        pthread_mutex_unlock(&tn->mu);
         return eng_fail(e, SONA_E_NOMEM, "sona_request_end: out of memory");
-    float *delta = x + H;
+    }
+    float *x = tn->signal, *delta = x + H, w;
     sona_status st = sona_signal_from_trajectory(e->signals, t, x, delta, &w);
     if (st != SONA_OK) {
+        pthread_mutex_unlock(&tn->mu);
         atomic_fetch_add(&e->n.rejected, 1);
-        free(x);
         /* No step or no direction: nothing to learn, not an error of the caller. */
         return st == SONA_E_NONFINITE ? eng_fail(e, st, "sona_request_end: non-finite signal; not learned") : SONA_OK;
     }
-    eng_tenant *tn = &e->tenants[tenant];
-    pthread_mutex_lock(&tn->mu);
     if (atomic_load(&tn->live)) {
         st = sona_lora_accumulate(tn->lora, 0, x, delta, w);
         if (st == SONA_OK) {
@@ -655,7 +669,6 @@ static sona_status learn_instant(sona_engine *e, int32_t tenant, const sona_traj
         atomic_fetch_add(&e->n.rejected, 1); /* the tenant was removed during the request */
     }
     pthread_mutex_unlock(&tn->mu);
-    free(x);
     return st;
 }
 
@@ -667,7 +680,7 @@ sona_status sona_request_end(sona_request *r, float quality)
     sona_trajectory *t = r->t;
     const int32_t tenant = r->tenant;
     const int poisoned = r->poisoned;
-    free(r);
+    request_release(r);
     if (!atomic_load(&e->enabled)) {
         eng_traj_recycle(e, t);
         return SONA_OK;

@@ -1,7 +1,9 @@
 /* EWC++ for one of the engine's adapter sets, on top of sona_ewc (sona/ewc.h): the parameter
  * vector is the set's A and Bt back to back. Each update: the pending gradient goes through the
  * boundary detector and the online Fisher (sona_ewc_observe), then one fused param_update step
- * applies it with the penalty lambda * sum_t F_t (theta - theta*_t). */
+ * applies it with the penalty lambda * sum_t F_t (theta - theta*_t). Loop A runs this on every
+ * request, so what only changes with the tasks (the capped lambda) is computed once per change,
+ * and host-memory weights are read in place. */
 #include "core/engine_internal.h"
 
 #include "core/lora_internal.h"
@@ -16,6 +18,8 @@ struct eng_ewc {
     sona_ewc *ewc;
     uint32_t n;      /* 2 * count * rank * hidden */
     float *theta, *g; /* scratch, n floats each */
+    float lambda;     /* the penalty's lambda, capped (penalty_lambda) */
+    int lambda_valid; /* 0 once the tasks changed */
 };
 
 eng_ewc *eng_ewc_create(const sona_lora *lora, const sona_engine_config *cfg)
@@ -51,12 +55,41 @@ void eng_ewc_destroy(eng_ewc *w)
 }
 
 uint32_t eng_ewc_tasks(const eng_ewc *w) { return w ? sona_ewc_task_count(w->ewc) : 0; }
+const sona_ewc *eng_ewc_state(const eng_ewc *w) { return w->ewc; }
 
 sona_status eng_ewc_consolidate(eng_ewc *w, const sona_lora *lora)
 {
     const uint32_t half = w->n / 2;
     sona_status st = sona_lora_export(lora, w->theta, w->theta + half, NULL);
-    return st == SONA_OK ? sona_ewc_end_task(w->ewc, w->theta, w->n) : st;
+    if (st == SONA_OK)
+        st = sona_ewc_end_task(w->ewc, w->theta, w->n);
+    w->lambda_valid = 0;
+    return st;
+}
+
+/* lambda for lora's penalty steps: the penalty step lr * lambda * F must stay below 1 to pull
+ * toward the anchors without overshooting (above 2 it diverges), so lambda is capped where the
+ * Fisher is large. Depends only on the tasks (and lora's fixed learning rate): cached until
+ * they change. */
+static float penalty_lambda(eng_ewc *w, const sona_lora *lora, const float *fsum, float lambda)
+{
+    if (w->lambda_valid)
+        return w->lambda;
+    float fmax = 0;
+    for (uint32_t i = 0; fsum && i < w->n; i++)
+        fmax = fmaxf(fmax, fsum[i]);
+    const float lr = sona_lora_get_config(lora)->learning_rate;
+    w->lambda = fmax * lr * lambda > 1.0f ? 1.0f / (fmax * lr) : lambda;
+    w->lambda_valid = 1;
+    return w->lambda;
+}
+
+float eng_ewc_lambda(eng_ewc *w, const sona_lora *lora)
+{
+    const float *fsum = NULL, *ftheta = NULL;
+    float lambda = 0;
+    sona_ewc_penalty(w->ewc, &fsum, &ftheta, &lambda);
+    return penalty_lambda(w, lora, fsum, lambda);
 }
 
 sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, int *boundary)
@@ -64,27 +97,28 @@ sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *
     (void)cfg;
     const uint32_t half = w->n / 2;
     *boundary = 0;
-    sona_status st = sona_lora_export(lora, w->theta, w->theta + half, NULL);
-    if (st == SONA_OK)
-        st = sona_lora_export_grad(lora, w->g, w->g + half);
-    if (st == SONA_OK && sona_lora_pending(lora) > 0)
-        st = sona_ewc_observe(w->ewc, w->theta, w->g, w->n, boundary);
-    if (st != SONA_OK)
-        return st;
+    const float *theta = w->theta, *g = w->g;
+    sona_status st = SONA_OK;
+    if (sona_lora_pending(lora) > 0) {
+        if (!sona_lora_host_params(lora, &theta, &g)) {
+            st = sona_lora_export(lora, w->theta, w->theta + half, NULL);
+            if (st == SONA_OK)
+                st = sona_lora_export_grad(lora, w->g, w->g + half);
+        }
+        if (st == SONA_OK)
+            st = sona_ewc_observe(w->ewc, theta, g, w->n, boundary);
+        if (st != SONA_OK)
+            return st;
+        if (*boundary)
+            w->lambda_valid = 0;
+    }
     const float *fsum = NULL, *ftheta = NULL;
     float lambda = 0;
     if ((st = sona_ewc_penalty(w->ewc, &fsum, &ftheta, &lambda)) != SONA_OK)
         return st;
     sona_lora_ewc_terms t = {.lambda = lambda};
     if (fsum && ftheta) {
-        /* The penalty step lr * lambda * F must stay below 1 to pull toward the anchors without
-         * overshooting (above 2 it diverges): lambda is capped where the Fisher is large. */
-        float fmax = 0;
-        for (uint32_t i = 0; i < w->n; i++)
-            fmax = fmaxf(fmax, fsum[i]);
-        const float lr = sona_lora_get_config(lora)->learning_rate;
-        if (fmax * lr * t.lambda > 1.0f)
-            t.lambda = 1.0f / (fmax * lr);
+        t.lambda = penalty_lambda(w, lora, fsum, lambda);
         t.fisher_sum[0] = fsum;
         t.fisher_sum[1] = fsum + half;
         t.fisher_theta[0] = ftheta;

@@ -24,6 +24,7 @@ typedef struct eng_tenant {
     sona_lora *lora;          /* training copy, count 1 */
     uint32_t since_apply;
     eng_ewc *ewc;
+    float *signal;            /* loop A's signal rows x and delta (2 * hidden), reused (mu) */
     atomic_int live;
 } eng_tenant;
 
@@ -45,6 +46,7 @@ struct sona_engine {
     sona_trajectory_buffer *buffer; /* ended trajectories waiting for loop B */
     sona_trajectory_buffer *pool;   /* processed trajectories kept for reuse (their memory) */
     sona_signal_builder *signals;   /* loop A's signals and the running quality baseline */
+    _Atomic(sona_request *) spare_request; /* an ended request's object, kept for the next one */
 
     /* loop threads */
     pthread_t thread;
@@ -104,7 +106,12 @@ eng_ewc *eng_ewc_create(const sona_lora *lora, const sona_engine_config *cfg);
 void eng_ewc_destroy(eng_ewc *w);
 sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, int *boundary);
 sona_status eng_ewc_consolidate(eng_ewc *w, const sona_lora *lora);
+/* The lambda of lora's next penalty step: the tasks' lambda, capped where the Fisher is large
+ * (cached until the tasks change). */
+float eng_ewc_lambda(eng_ewc *w, const sona_lora *lora);
 uint32_t eng_ewc_tasks(const eng_ewc *w);
+/* The EWC++ state underneath (its tasks, Fisher sum and lambda), read-only. */
+const struct sona_ewc *eng_ewc_state(const eng_ewc *w);
 struct sona_wbuf;
 struct sona_rbuf;
 /* Appends w's state (a NULL w writes "absent"). */

@@ -291,12 +291,18 @@ sona_status sona_ewc_observe(sona_ewc *e, const float *theta, const float *g, ui
 {
     if (boundary)
         *boundary = 0;
-    sona_status st = check_vectors(e, "sona_ewc_observe", n, theta, g);
+    static const char fn[] = "sona_ewc_observe";
+    /* g's own finiteness check is its norm's (loop A calls this on every request): a NaN or
+     * Inf in g makes the sum of squares non-finite too. */
+    sona_status st = check_vectors(e, fn, n, theta, theta);
+    if (st == SONA_OK && !g)
+        st = sona_fail(&e->err, SONA_E_NULL, "%s: a required vector is NULL", fn);
     if (st != SONA_OK)
         return st;
     const double norm = sqrt(sona_host_loops_get()->sum_squares(g, n));
-    if (!isfinite(norm)) /* finite values whose squares overflow */
-        return sona_fail(&e->err, SONA_E_NONFINITE, "sona_ewc_observe: the gradient's norm overflows");
+    if (!isfinite(norm))
+        return sona_fail(&e->err, SONA_E_NONFINITE, sona_all_finite(g, n) ? "%s: the gradient's norm overflows"
+                                                                          : "%s: NaN or Inf in the input", fn);
     const int b = observe_checked(e, theta, norm);
     if (boundary)
         *boundary = b;

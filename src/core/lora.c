@@ -23,6 +23,7 @@ struct sona_lora {
     size_t adapter_floats;   /* rank * hidden */
     float *A, *Bt, *scale;   /* backend buffers: count * adapter_floats, count */
     float *gA, *gBt;         /* gradient accumulators, same shape as A and Bt */
+    int paired;              /* host memory: Bt follows A and gBt follows gA in one block */
     uint32_t *pending;       /* host: signals accumulated per adapter */
     uint64_t pending_total;
     sona_staging stage[ST_COUNT];
@@ -93,6 +94,20 @@ static sona_status alloc_zero(sona_lora *l, size_t floats, float **out)
     return st;
 }
 
+/* Two zeroed buffers of `floats` each: on host memory one block, the second half following the
+ * first (so the engine's EWC++ reads A|Bt and gA|gBt in place, sona_lora_host_params); on a
+ * device two buffers (an OpenCL buffer is a handle, not an address to offset). */
+static sona_status alloc_pair(sona_lora *l, size_t floats, float **first, float **second)
+{
+    l->paired = l->be->host_memory;
+    if (!l->paired)
+        return alloc_zero(l, floats, first) == SONA_OK ? alloc_zero(l, floats, second) : SONA_E_NOMEM;
+    if (alloc_zero(l, 2 * floats, first) != SONA_OK)
+        return SONA_E_NOMEM;
+    *second = *first + floats;
+    return SONA_OK;
+}
+
 sona_status sona_lora_create(const sona_lora_config *cfg, sona_lora **out)
 {
     const sona_backend *be;
@@ -137,9 +152,8 @@ sona_status sona_lora_create_on(const sona_lora_config *cfg, const sona_backend 
     float *hostA = malloc(total * sizeof(float));
     float *hostS = malloc(cfg->count * sizeof(float));
     sona_status st;
-    if (!l->pending || !hostA || !hostS || alloc_zero(l, total, &l->A) != SONA_OK ||
-        alloc_zero(l, total, &l->Bt) != SONA_OK || alloc_zero(l, total, &l->gA) != SONA_OK ||
-        alloc_zero(l, total, &l->gBt) != SONA_OK || alloc_zero(l, cfg->count, &l->scale) != SONA_OK) {
+    if (!l->pending || !hostA || !hostS || alloc_pair(l, total, &l->A, &l->Bt) != SONA_OK ||
+        alloc_pair(l, total, &l->gA, &l->gBt) != SONA_OK || alloc_zero(l, cfg->count, &l->scale) != SONA_OK) {
         free(hostA);
         free(hostS);
         sona_lora_destroy(l);
@@ -172,7 +186,7 @@ void sona_lora_destroy(sona_lora *l)
 {
     if (!l)
         return;
-    float *bufs[] = {l->A, l->Bt, l->scale, l->gA, l->gBt};
+    float *bufs[] = {l->A, l->paired ? NULL : l->Bt, l->scale, l->gA, l->paired ? NULL : l->gBt};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i])
             l->be->free(l->be->ctx, bufs[i]);
@@ -385,6 +399,15 @@ sona_status sona_lora_export_grad(const sona_lora *cl, float *gA, float *gBt)
         l->be->download(l->be->ctx, gBt, l->gBt, 0, bytes) != SONA_OK)
         return backend_failed(l, "download", SONA_E_BACKEND);
     return SONA_OK;
+}
+
+int sona_lora_host_params(const sona_lora *l, const float **theta, const float **g)
+{
+    if (!l->paired)
+        return 0;
+    *theta = l->A;
+    *g = l->gA;
+    return 1;
 }
 
 sona_status sona_lora_import(sona_lora *l, const float *A, const float *Bt)

@@ -16,6 +16,10 @@ sona_status sona_lora_create_on(const sona_lora_config *cfg, const sona_backend 
 sona_status sona_lora_export(const sona_lora *l, float *A, float *Bt, float *scale);
 /* Copies the pending (accumulated, unapplied) gradients, same layout as A and Bt. */
 sona_status sona_lora_export_grad(const sona_lora *l, float *gA, float *gBt);
+/* Where the weights live in host memory: 1 with theta = A and Bt back to back and g = gA and
+ * gBt back to back (2 * count * rank * hidden floats each, valid while l lives), read in place
+ * instead of exported; 0 (nothing set) on a device backend. */
+int sona_lora_host_params(const sona_lora *l, const float **theta, const float **g);
 /* Replaces every adapter's A and Bt (same layout) and clears pending gradients. */
 sona_status sona_lora_import(sona_lora *l, const float *A, const float *Bt);
 

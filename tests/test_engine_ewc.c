@@ -1,0 +1,90 @@
+/* The engine's EWC++ glue (src/core/engine_ewc.c): the capped lambda of the penalty step,
+ * cached between task changes, always equals its computation from the current tasks: after a
+ * declared task end (loop C's consolidation) and after a boundary the detector finds. */
+#include <criterion/criterion.h>
+#include <math.h>
+
+#include "core/engine_internal.h"
+#include "core/lora_internal.h"
+#include "core/rng.h"
+#include "sona/ewc.h"
+
+enum { HIDDEN = 37 };
+
+/* The uncached rule: lambda capped at 1 / (lr * max F_sum) where lr * lambda * max F_sum > 1. */
+static float lambda_from_tasks(const eng_ewc *w, const sona_lora *lora, int *capped)
+{
+    const float *fsum = NULL, *ftheta = NULL;
+    float lambda = 0;
+    cr_assert_eq(sona_ewc_penalty(eng_ewc_state(w), &fsum, &ftheta, &lambda), SONA_OK);
+    cr_assert_not_null(fsum, "a task is stored");
+    const uint32_t n = sona_ewc_get_config(eng_ewc_state(w))->param_count;
+    float fmax = 0;
+    for (uint32_t i = 0; i < n; i++)
+        fmax = fsum[i] > fmax ? fsum[i] : fmax;
+    const float lr = sona_lora_get_config(lora)->learning_rate;
+    *capped = fmax * lr * lambda > 1.0f;
+    return *capped ? 1.0f / (fmax * lr) : lambda;
+}
+
+/* n learning steps on random signals of weight +-amplitude; the boundaries they took. */
+static int train(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, sona_rng *r, int n, float amplitude)
+{
+    float x[HIDDEN], d[HIDDEN];
+    int boundaries = 0;
+    for (int s = 0; s < n; s++) {
+        for (int h = 0; h < HIDDEN; h++)
+            x[h] = sona_rng_normal(r), d[h] = sona_rng_normal(r);
+        const float wt = sona_rng_uniform(r) < 0.5f ? -amplitude : amplitude;
+        cr_assert_eq(sona_lora_accumulate(lora, 0, x, d, wt), SONA_OK);
+        int boundary = 0;
+        cr_assert_eq(eng_ewc_step(w, lora, cfg, &boundary), SONA_OK, "%s", sona_lora_last_error(lora));
+        boundaries += boundary;
+    }
+    return boundaries;
+}
+
+Test(engine_ewc, capped_lambda_follows_every_task_change)
+{
+    sona_engine_config cfg;
+    sona_engine_config_default(&cfg, SONA_PRESET_DEFAULT, HIDDEN);
+    cfg.micro_learning_rate = 0.5f; /* large enough for the cap to bind */
+    sona_lora_config lc;
+    eng_lora_config(&cfg, 0, &lc);
+    sona_lora *lora = NULL;
+    cr_assert_eq(sona_lora_create(&lc, &lora), SONA_OK, "%s", sona_last_error());
+    eng_ewc *w = eng_ewc_create(lora, &cfg);
+    cr_assert_not_null(w);
+    sona_rng r;
+    sona_rng_seed(&r, 2024, 0);
+
+    cr_assert_eq(train(w, lora, &cfg, &r, 150, 0.01f), 0, "a steady gradient is no new task");
+    float seen[3];
+    int capped_once = 0, capped;
+    /* 1: a declared task end, then a step that uses (and caches) the lambda. */
+    cr_assert_eq(eng_ewc_consolidate(w, lora), SONA_OK);
+    train(w, lora, &cfg, &r, 1, 0.01f);
+    seen[0] = eng_ewc_lambda(w, lora);
+    cr_expect_eq(seen[0], lambda_from_tasks(w, lora, &capped));
+    capped_once |= capped;
+    /* 2: a larger Fisher in the second task, declared. */
+    cr_assert_eq(train(w, lora, &cfg, &r, 150, 0.3f), 0);
+    cr_assert_eq(eng_ewc_consolidate(w, lora), SONA_OK);
+    train(w, lora, &cfg, &r, 1, 0.3f);
+    seen[1] = eng_ewc_lambda(w, lora);
+    cr_expect_eq(seen[1], lambda_from_tasks(w, lora, &capped));
+    capped_once |= capped;
+    /* 3: a jump of the gradient the detector takes for a new task, inside a step. */
+    cr_assert_eq(train(w, lora, &cfg, &r, 150, 0.3f), 0);
+    cr_assert_eq(train(w, lora, &cfg, &r, 5, 30.0f), 1, "the jump is one detected boundary");
+    cr_assert_eq(eng_ewc_tasks(w), 3);
+    seen[2] = eng_ewc_lambda(w, lora);
+    cr_expect_eq(seen[2], lambda_from_tasks(w, lora, &capped));
+    capped_once |= capped;
+
+    cr_expect(capped_once, "the cap bound at least once (else this test checks nothing of it)");
+    cr_expect_neq(seen[0], seen[1], "each task change moves lambda (else a stale value would pass)");
+    cr_expect_neq(seen[1], seen[2]);
+    eng_ewc_destroy(w);
+    sona_lora_destroy(lora);
+}
