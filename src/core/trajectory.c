@@ -602,6 +602,8 @@ static sona_status read_into(sona_trajectory *t, sona_rbuf *r)
         if (s->act_len == 0 || !isfinite(s->reward) || s->layer < SONA_LAYER_NONE)
             return fail(NULL, SONA_E_CORRUPT, "%s: step %u: zero activations, non-finite reward or bad layer", fn, i);
         encoded += sona_storage_bytes(t->storage, s->act_len) + sona_storage_bytes(t->storage, s->attn_len);
+        if (!sona_rbuf_has(r, encoded, 1)) /* checked as it grows: the sum cannot wrap */
+            return fail(NULL, SONA_E_CORRUPT, "%s: the vectors are truncated", fn);
         widest = s->act_len > widest ? s->act_len : widest;
         widest = s->attn_len > widest ? s->attn_len : widest;
     }
