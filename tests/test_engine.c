@@ -1,6 +1,7 @@
 /* Engine API: presets, tenants, apply forms, request recording and counters, loop B keeping
  * short batches queued, persistence (round trip to identical bytes, refusal of bad files with
- * the engine untouched). */
+ * the engine untouched; queued trajectories saved and learned from after a load, in every
+ * storage format; a queue larger than the loading engine's; a version 1 file). */
 #include <criterion/criterion.h>
 #include <inttypes.h>
 #include <math.h>
@@ -11,13 +12,15 @@
 
 #include "core/rng.h"
 #include "core/serial.h"
+#include "core/trajectory_internal.h"
+#include "fuzz/fuzz_engine.h"
 #include "support/op_cases.h"
 #include "support/synth_task.h"
 #include <sona.h>
 
 enum { H = 37 };
 
-static sona_engine *make(uint32_t hidden, int ewc)
+static sona_engine_config config(uint32_t hidden, int ewc)
 {
     sona_engine_config c;
     sona_engine_config_default(&c, SONA_PRESET_DEFAULT, hidden);
@@ -28,9 +31,20 @@ static sona_engine *make(uint32_t hidden, int ewc)
     c.base_layers = 3;
     c.ewc_enabled = ewc;
     c.micro_learning_rate = 0.4f;
+    return c;
+}
+
+static sona_engine *create(const sona_engine_config *c)
+{
     sona_engine *e = NULL;
-    cr_assert_eq(sona_engine_create(&c, &e), SONA_OK, "%s", sona_last_error());
+    cr_assert_eq(sona_engine_create(c, &e), SONA_OK, "%s", sona_last_error());
     return e;
+}
+
+static sona_engine *make(uint32_t hidden, int ewc)
+{
+    const sona_engine_config c = config(hidden, ewc);
+    return create(&c);
 }
 
 static void fill(sona_rng *r, float *v, size_t n)
@@ -279,6 +293,11 @@ Test(engine, save_load_save_gives_identical_bytes)
     cr_assert_eq(memcmp(y1, y2, sizeof y1), 0, "Base-LoRA differs after load");
     sona_stats after;
     sona_get_stats(f, &after);
+    cr_assert_eq(before.trajectories_queued, 20, "the round trip should carry queued trajectories");
+    cr_assert_eq(after.trajectories_queued, before.trajectories_queued);
+    cr_assert_eq(after.trajectories_recorded, before.trajectories_recorded);
+    cr_assert_eq(after.trajectories_processed, before.trajectories_processed);
+    cr_assert_eq(after.trajectories_dropped, before.trajectories_dropped);
     cr_assert_eq(after.patterns, before.patterns);
     cr_assert_eq(after.tasks, before.tasks);
     cr_assert_eq(after.signals_accepted, before.signals_accepted);
@@ -346,7 +365,7 @@ Test(engine, bad_files_are_refused_and_change_nothing)
     }
     refused(e, bad, n, sona_load_buffer(e, bad, n), "the last flipped file");
     memcpy(bad, good, n);
-    bad[8] = 2; /* format version 2, with the header CRC fixed so only the version is wrong */
+    bad[8] = 3; /* a format version from the future, with the header CRC fixed so only it is wrong */
     const uint32_t crc = sona_crc32(0, bad, 20);
     memcpy(bad + 20, &crc, 4);
     refused(e, bad, n, SONA_E_VERSION, "version");
@@ -369,6 +388,443 @@ Test(engine, bad_files_are_refused_and_change_nothing)
     free(good);
     unlink(path);
     free(path);
+    sona_engine_destroy(src);
+    sona_engine_destroy(e);
+}
+
+/* ---- the queue in the state file -------------------------------------------------------------- */
+
+static uint8_t *save_bytes(sona_engine *e, size_t *len)
+{
+    char *p = temp_path("bytes.state");
+    cr_assert_eq(sona_save(e, p), SONA_OK, "%s", sona_engine_last_error(e));
+    uint8_t *b = read_all(p, len);
+    unlink(p);
+    free(p);
+    return b;
+}
+
+/* Where the section tagged `tag` starts in a state file (the layout of engine_persist.c); n when
+ * it has none. */
+static size_t section_at(const uint8_t *file, size_t n, const char tag[4])
+{
+    for (size_t pos = 24; pos + 20 <= n;) {
+        uint64_t len;
+        memcpy(&len, file + pos + 8, 8);
+        if (memcmp(file + pos, tag, 4) == 0)
+            return pos;
+        pos += 20 + len;
+    }
+    return n;
+}
+
+/* The payload of section `tag` (asserted present) and its length. */
+static const uint8_t *section(const uint8_t *file, size_t n, const char tag[4], size_t *len)
+{
+    const size_t at = section_at(file, n, tag);
+    cr_assert_lt(at, n, "no %.4s section", tag);
+    uint64_t l;
+    memcpy(&l, file + at + 8, 8);
+    *len = l;
+    return file + at + 20;
+}
+
+/* A copy of file with section `tag`'s payload replaced (NULL: the section removed), its length,
+ * checksum and the header (section count, checksum) fixed: only the parser behind them sees the
+ * change. */
+static uint8_t *rewrite_section(const uint8_t *file, size_t n, const char tag[4], const uint8_t *payload,
+                                size_t plen, size_t *out_len)
+{
+    const size_t at = section_at(file, n, tag);
+    cr_assert_lt(at, n, "no %.4s section", tag);
+    uint64_t old;
+    memcpy(&old, file + at + 8, 8);
+    const size_t tail = at + 20 + old, head = payload ? at + 20 : at;
+    *out_len = head + (payload ? plen : 0) + (n - tail);
+    uint8_t *out = malloc(*out_len);
+    memcpy(out, file, head);
+    if (payload) {
+        memcpy(out + head, payload, plen);
+        const uint64_t l = plen;
+        const uint32_t crc = sona_crc32(0, payload, plen);
+        memcpy(out + at + 8, &l, 8);
+        memcpy(out + at + 16, &crc, 4);
+    } else {
+        uint32_t count;
+        memcpy(&count, out + 16, 4);
+        count--;
+        memcpy(out + 16, &count, 4);
+    }
+    memcpy(out + head + (payload ? plen : 0), file + tail, n - tail);
+    const uint32_t crc = sona_crc32(0, out, 20);
+    memcpy(out + 20, &crc, 4);
+    return out;
+}
+
+/* The queued trajectories of a state file, oldest first (*n of them). */
+static sona_trajectory **queued_in(const uint8_t *file, size_t len, uint32_t *n)
+{
+    size_t plen;
+    const uint8_t *p = section(file, len, "QUEU", &plen);
+    sona_rbuf r = {.p = p, .len = plen};
+    (void)sona_rbuf_u64(&r);
+    *n = sona_rbuf_u32(&r);
+    sona_trajectory **t = calloc(*n + 1, sizeof *t);
+    for (uint32_t i = 0; i < *n; i++)
+        cr_assert_eq(sona_trajectory_read(&r, &t[i]), SONA_OK, "%s", sona_last_error());
+    return t;
+}
+
+static void free_queued(sona_trajectory **t, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        sona_trajectory_destroy(t[i]);
+    free(t);
+}
+
+/* Base-LoRA (weights and EWC++ state) of two engines, compared through their saved BASE
+ * sections and through every layer's output on x. */
+static void expect_same_base(sona_engine *a, sona_engine *b, const float *x, const char *what)
+{
+    size_t na, nb, la, lb;
+    uint8_t *fa = save_bytes(a, &na), *fb = save_bytes(b, &nb);
+    const uint8_t *sa = section(fa, na, "BASE", &la), *sb = section(fb, nb, "BASE", &lb);
+    cr_assert(la == lb && memcmp(sa, sb, la) == 0, "%s: Base-LoRA differs", what);
+    float ya[H], yb[H];
+    for (uint32_t l = 0; l < 3; l++) {
+        cr_assert_eq(sona_apply_layer(a, l, x, ya), SONA_OK);
+        cr_assert_eq(sona_apply_layer(b, l, x, yb), SONA_OK);
+        cr_assert_eq(memcmp(ya, yb, sizeof ya), 0, "%s: layer %u answers differently", what, l);
+    }
+    free(fa);
+    free(fb);
+}
+
+static const char *const storage_name[] = {"f32", "f16", "q8"};
+
+/* An engine recording in `storage` learns, queues N more trajectories and saves: the file holds
+ * them; a fresh engine loads them (trajectories_queued N, the same counters, the same bytes when
+ * saved again), and its loop B learns from them exactly as the first engine's does. So does an
+ * engine recording in another format (the restored trajectories keep theirs), and its own new
+ * requests are recorded in its format. */
+static void queue_round_trip(sona_storage storage, uint64_t seed)
+{
+    enum { N = 23 };
+    printf("[engine] queue round trip, %s, seed %" PRIu64 "\n", storage_name[storage], seed);
+    sona_engine_config c = config(H, 1);
+    c.step_storage = storage;
+    sona_engine *e = create(&c);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 20 + storage);
+    for (int i = 0; i < 40; i++)
+        cr_assert_eq(request(e, 0, &r, 1 + i % 4, (float)(i % 5) * 0.2f), SONA_OK);
+    cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(request(e, 0, &r, 1 + i % 4, (float)(i % 7) * 0.15f), SONA_OK);
+    sona_stats se, sf, sg;
+    sona_get_stats(e, &se);
+    cr_assert_eq(se.trajectories_queued, N);
+
+    /* Saving looks at the queue and leaves it: twice the same bytes, the same counters. */
+    char *path = temp_path("queue.state");
+    cr_assert_eq(sona_save(e, path), SONA_OK, "%s", sona_engine_last_error(e));
+    size_t n, n2;
+    uint8_t *file = read_all(path, &n), *again = save_bytes(e, &n2);
+    cr_assert(n == n2 && memcmp(file, again, n) == 0, "a second save differs: the first disturbed the queue");
+    sona_get_stats(e, &sf);
+    cr_assert(sf.trajectories_queued == N && sf.trajectories_recorded == se.trajectories_recorded &&
+                  sf.trajectories_processed == se.trajectories_processed,
+              "saving changed the queue or its counters");
+    uint32_t in_file;
+    sona_trajectory **q = queued_in(file, n, &in_file);
+    cr_assert_eq(in_file, N);
+    for (uint32_t i = 0; i < N; i++)
+        cr_assert_eq(sona_trajectory_storage(q[i]), storage, "kept as recorded");
+    free_queued(q, in_file);
+
+    /* A fresh engine of the same configuration: the same queue and counters, the same bytes. */
+    sona_engine *f = create(&c);
+    cr_assert_eq(sona_load(f, path), SONA_OK, "%s", sona_engine_last_error(f));
+    sona_get_stats(f, &sf);
+    cr_assert_eq(sf.trajectories_queued, N);
+    cr_assert_eq(sf.trajectories_recorded, se.trajectories_recorded);
+    cr_assert_eq(sf.trajectories_processed, se.trajectories_processed);
+    cr_assert_eq(sf.trajectories_dropped, se.trajectories_dropped);
+    uint8_t *resaved = save_bytes(f, &n2);
+    cr_assert(n == n2 && memcmp(file, resaved, n) == 0, "save -> load -> save changed bytes");
+
+    /* One recording in another format. */
+    sona_engine_config other = c;
+    other.step_storage = (sona_storage)((storage + 1) % 3);
+    sona_engine *g = create(&other);
+    cr_assert_eq(sona_load(g, path), SONA_OK, "%s", sona_engine_last_error(g));
+
+    /* Loop B on each: N more processed, and the same Base-LoRA. */
+    sona_engine *all[3] = {e, f, g};
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(sona_force_learn(all[i]), SONA_OK, "engine %d: %s", i, sona_engine_last_error(all[i]));
+        sona_get_stats(all[i], &sg);
+        cr_assert_eq(sg.trajectories_processed, se.trajectories_processed + N, "engine %d", i);
+        cr_assert_eq(sg.trajectories_queued, 0, "engine %d", i);
+        cr_assert_eq(sg.trajectories_recorded, se.trajectories_recorded, "engine %d", i);
+    }
+    float x[H];
+    fill(&r, x, H);
+    cr_assert_gt(se.base_updates, 0);
+    expect_same_base(e, f, x, "loaded, same format");
+    expect_same_base(e, g, x, "loaded, other format");
+
+    /* New requests: the next id is where the first engine's is; g records in its own format. */
+    sona_rng same;
+    for (int i = 0; i < 3; i++) {
+        sona_rng_seed(&same, seed, 99);
+        cr_assert_eq(request(all[i], 0, &same, 2, 0.5f), SONA_OK);
+    }
+    size_t ne, nf, ng;
+    uint8_t *fe = save_bytes(e, &ne), *ff = save_bytes(f, &nf), *fg = save_bytes(g, &ng);
+    uint32_t ce, cf, cg;
+    sona_trajectory **qe = queued_in(fe, ne, &ce), **qf = queued_in(ff, nf, &cf), **qg = queued_in(fg, ng, &cg);
+    cr_assert(ce == 1 && cf == 1 && cg == 1);
+    cr_assert_eq(sona_trajectory_id(qf[0]), sona_trajectory_id(qe[0]), "the id source was not restored");
+    cr_assert_eq(sona_trajectory_id(qg[0]), sona_trajectory_id(qe[0]));
+    cr_assert_eq(sona_trajectory_storage(qg[0]), other.step_storage,
+                 "a new request was recorded in a restored trajectory's format");
+    free_queued(qe, ce);
+    free_queued(qf, cf);
+    free_queued(qg, cg);
+    free(fe);
+    free(ff);
+    free(fg);
+    free(file);
+    free(again);
+    free(resaved);
+    unlink(path);
+    free(path);
+    sona_engine_destroy(e);
+    sona_engine_destroy(f);
+    sona_engine_destroy(g);
+}
+
+Test(engine, queued_trajectories_are_saved_and_learned_after_load)
+{
+    const uint64_t seed = op_test_seed();
+    for (int k = 0; k < 3; k++)
+        queue_round_trip((sona_storage)k, seed);
+}
+
+/* The loading engine's buffer holds fewer than the file queued: the oldest are kept (a full queue
+ * refuses the newest), the rest counted as dropped instead of recorded. */
+Test(engine, a_queue_larger_than_the_buffer_keeps_the_oldest)
+{
+    enum { N = 30, CAP = 20 };
+    sona_rng r;
+    sona_rng_seed(&r, 4, 0);
+    sona_engine *e = make(H, 1);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(request(e, 0, &r, 2, 0.1f * (float)(i % 9)), SONA_OK);
+    size_t n, m;
+    uint8_t *file = save_bytes(e, &n);
+    sona_engine_config c = config(H, 1);
+    c.buffer_capacity = CAP;
+    sona_engine *f = create(&c);
+    cr_assert_eq(sona_load_buffer(f, file, n), SONA_OK, "%s", sona_engine_last_error(f));
+    sona_stats se, sf;
+    sona_get_stats(e, &se);
+    sona_get_stats(f, &sf);
+    cr_assert_eq(sf.trajectories_queued, CAP);
+    cr_assert_eq(sf.trajectories_recorded, sf.trajectories_processed + CAP);
+    cr_assert_eq(sf.trajectories_dropped, se.trajectories_dropped + (N - CAP));
+    cr_assert_eq(sf.trajectories_recorded + sf.trajectories_dropped,
+                 se.trajectories_recorded + se.trajectories_dropped);
+    uint8_t *kept = save_bytes(f, &m);
+    uint32_t ne, nf;
+    sona_trajectory **qe = queued_in(file, n, &ne), **qf = queued_in(kept, m, &nf);
+    cr_assert(ne == N && nf == CAP);
+    for (uint32_t i = 0; i < CAP; i++)
+        cr_assert_eq(sona_trajectory_id(qf[i]), sona_trajectory_id(qe[i]), "position %u is not the file's", i);
+    cr_assert_eq(sona_force_learn(f), SONA_OK, "%s", sona_engine_last_error(f));
+    sona_get_stats(f, &sf);
+    cr_assert_eq(sf.trajectories_processed, CAP);
+    free_queued(qe, ne);
+    free_queued(qf, nf);
+    free(file);
+    free(kept);
+    sona_engine_destroy(e);
+    sona_engine_destroy(f);
+}
+
+/* tests/data/state_v1.sona: what tests/fuzz/fuzz_make_seed.c wrote when built against commit
+ * 68b925d, the last writer of format version 1: 49 trajectories recorded, 40 processed, the 9
+ * queued not saved. It loads; those 9 count as dropped (recorded == processed + queued); and
+ * the engine's own queue gives way to the file's (empty) one. */
+Test(engine, a_version_1_file_loads)
+{
+    size_t n, m, m2;
+    uint8_t *file = read_all(SONA_TEST_DATA_DIR "/state_v1.sona", &n);
+    cr_assert_eq(file[8], 1, "not a version 1 file");
+    sona_engine *e = fuzz_engine_create(SONA_STORAGE_Q8);
+    cr_assert_not_null(e);
+    float x[16] = {1.0f, -0.5f, 0.25f}, y[16];
+    sona_request *req;
+    cr_assert_eq(sona_request_begin(e, 0, x, &req), SONA_OK);
+    cr_assert_eq(sona_request_step(req, 0, x, NULL, 0, 0.5f), SONA_OK);
+    cr_assert_eq(sona_request_end(req, 0.5f), SONA_OK);
+    cr_assert_eq(sona_load_buffer(e, file, n), SONA_OK, "%s", sona_engine_last_error(e));
+    sona_stats s;
+    sona_get_stats(e, &s);
+    cr_assert_eq(s.trajectories_queued, 0);
+    cr_assert_eq(s.trajectories_processed, 40);
+    cr_assert_eq(s.trajectories_recorded, 40);
+    cr_assert_eq(s.trajectories_dropped, 9);
+    cr_assert_eq(s.signals_accepted, 49);
+    cr_assert_eq(s.tenants, 2);
+    cr_assert_gt(s.patterns, 0);
+    cr_assert_eq(s.loop_c_cycles, 1);
+    cr_assert_eq(sona_apply_layer(e, 0, x, y), SONA_OK);
+    cr_assert_neq(memcmp(x, y, sizeof x), 0, "the file's Base-LoRA was not loaded");
+    /* Saved again it is a version 2 file, which round-trips to the same bytes. */
+    uint8_t *v2 = save_bytes(e, &m);
+    cr_assert_eq(v2[8], 2);
+    sona_engine *f = fuzz_engine_create(SONA_STORAGE_Q8);
+    cr_assert_eq(sona_load_buffer(f, v2, m), SONA_OK, "%s", sona_engine_last_error(f));
+    uint8_t *v2b = save_bytes(f, &m2);
+    cr_assert(m == m2 && memcmp(v2, v2b, m) == 0, "save -> load -> save changed bytes");
+    /* The sections a version 1 file has are read as before: the same payloads. */
+    const char *const tags[] = {"CONF", "STAT", "TENA", "BASE", "PATT"};
+    for (int t = 0; t < 5; t++) {
+        size_t l1, l2;
+        const uint8_t *a = section(file, n, tags[t], &l1), *b = section(v2, m, tags[t], &l2);
+        cr_assert(t == 1 || (l1 == l2 && memcmp(a, b, l1) == 0), "%s differs", tags[t]);
+    }
+    free(file);
+    free(v2);
+    free(v2b);
+    sona_engine_destroy(e);
+    sona_engine_destroy(f);
+}
+
+/* good with its QUEU payload replaced by one queued trajectory record, next id and the STAT
+ * section's recorded made to agree (recorded = processed + 1): only the record can be wrong. */
+static uint8_t *with_one_queued(const uint8_t *good, size_t n, const sona_trajectory *t, uint64_t next_id,
+                                size_t *out_len)
+{
+    sona_wbuf w = {0};
+    sona_wbuf_u64(&w, next_id);
+    sona_wbuf_u32(&w, 1);
+    sona_trajectory_write(t, &w);
+    size_t l1, sl;
+    uint8_t *q = rewrite_section(good, n, "QUEU", w.p, w.len, &l1);
+    const uint8_t *stat = section(q, l1, "STAT", &sl);
+    uint8_t *st = malloc(sl);
+    memcpy(st, stat, sl);
+    uint64_t processed;
+    memcpy(&processed, st + 12, 8);
+    processed += 1;
+    memcpy(st + 4, &processed, 8); /* u32 count, then recorded, processed, ... */
+    uint8_t *out = rewrite_section(q, l1, "STAT", st, sl, out_len);
+    free(st);
+    free(q);
+    free(w.p);
+    return out;
+}
+
+/* A trajectory of query width qdim and one step of width sdim, stored as Q8 with id `id`. */
+static sona_trajectory *one(uint32_t qdim, uint32_t sdim, uint64_t id)
+{
+    sona_id_source *ids;
+    cr_assert_eq(sona_id_source_create(id, &ids), SONA_OK);
+    float v[H + 1];
+    for (uint32_t i = 0; i < H + 1; i++)
+        v[i] = 0.1f * (float)i - 1.0f;
+    sona_trajectory *t;
+    cr_assert_eq(sona_trajectory_begin(ids, SONA_STORAGE_Q8, v, qdim, &t), SONA_OK);
+    cr_assert_eq(sona_trajectory_add_step(t, v, sdim, NULL, 0, 0.5f, 1), SONA_OK);
+    cr_assert_eq(sona_trajectory_end(t, 0.75f), SONA_OK);
+    sona_id_source_destroy(ids);
+    return t;
+}
+
+/* A damaged QUEU (its checksum fixed, so the parser sees it) is refused with SONA_E_CORRUPT and
+ * the engine is left as it was; the message says which check it failed. */
+static void refused_because(sona_engine *e, const uint8_t *bad, size_t n, const char *why, const char *what)
+{
+    refused(e, bad, n, SONA_E_CORRUPT, what);
+    sona_load_buffer(e, bad, n);
+    cr_assert(strstr(sona_engine_last_error(e), why), "%s: refused for another reason: %s", what,
+              sona_engine_last_error(e));
+}
+
+Test(engine, damaged_queue_sections_are_refused_and_change_nothing)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[engine] seed %" PRIu64 "\n", seed);
+    sona_engine *src = trained(seed), *e = trained(seed + 1);
+    size_t n, bn, ql;
+    uint8_t *good = save_bytes(src, &n), *bad;
+    const uint8_t *queue = section(good, n, "QUEU", &ql);
+    uint8_t *patched = malloc(ql + 1);
+
+    /* The crafted one-trajectory queue is sound: each case below changes one thing. */
+    sona_trajectory *t = one(H, H, 7);
+    bad = with_one_queued(good, n, t, 8, &bn);
+    sona_engine *fresh = make(H, 1);
+    cr_assert_eq(sona_load_buffer(fresh, bad, bn), SONA_OK, "%s", sona_engine_last_error(fresh));
+    sona_engine_destroy(fresh);
+    free(bad);
+    bad = with_one_queued(good, n, t, 7, &bn);
+    refused_because(e, bad, bn, "next id", "an id the restored source would hand out again");
+    free(bad);
+    sona_trajectory_destroy(t);
+    t = one(H + 1, H, 7);
+    bad = with_one_queued(good, n, t, 8, &bn);
+    refused_because(e, bad, bn, "width", "a query of another width");
+    free(bad);
+    sona_trajectory_destroy(t);
+    t = one(H, H - 1, 7);
+    bad = with_one_queued(good, n, t, 8, &bn);
+    refused_because(e, bad, bn, "width", "a step of another width");
+    free(bad);
+    sona_trajectory_destroy(t);
+
+    /* The real queue (20 trajectories) with one thing changed. */
+    uint32_t count;
+    memcpy(&count, queue + 8, 4);
+    cr_assert_eq(count, 20);
+    const struct {
+        size_t at;
+        uint32_t value;
+        const char *why, *what;
+    } patches[] = {
+        {8, 21, "truncated", "one trajectory more than the section holds"},
+        {12 + 8, 3, "queued trajectory 0", "an unknown storage format"},
+        {12 + 56, 0x7fc00000u, "queued trajectory 0", "a NaN Q8 scale in the first query"},
+    };
+    for (size_t k = 0; k < sizeof patches / sizeof patches[0]; k++) {
+        memcpy(patched, queue, ql);
+        memcpy(patched + patches[k].at, &patches[k].value, 4);
+        bad = rewrite_section(good, n, "QUEU", patched, ql, &bn);
+        refused_because(e, bad, bn, patches[k].why, patches[k].what);
+        free(bad);
+    }
+    size_t sl;
+    const uint8_t *stat = section(good, n, "STAT", &sl);
+    uint8_t *counters = malloc(sl);
+    memcpy(counters, stat, sl);
+    counters[4]++; /* recorded, the first counter */
+    bad = rewrite_section(good, n, "STAT", counters, sl, &bn);
+    refused_because(e, bad, bn, "counters do not match", "recorded != processed + queued");
+    free(bad);
+    free(counters);
+    memcpy(patched, queue, ql);
+    patched[ql] = 0;
+    bad = rewrite_section(good, n, "QUEU", patched, ql + 1, &bn);
+    refused_because(e, bad, bn, "do not match its length", "a byte after the last trajectory");
+    free(bad);
+    bad = rewrite_section(good, n, "QUEU", NULL, 0, &bn);
+    refused_because(e, bad, bn, "missing", "a version 2 file without its queue");
+    free(bad);
+    free(patched);
+    free(good);
     sona_engine_destroy(src);
     sona_engine_destroy(e);
 }

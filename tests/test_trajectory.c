@@ -1,7 +1,8 @@
 /* Trajectories: ids per source, steps stored in each storage format (F32 exactly, F16 within
  * half precision, Q8 within half a block step) for odd widths, any attention length and many
  * steps growing the arena, copy-out accessors refusing short buffers, strings kept, latency
- * measured, bad input refused with nothing changed, no change after end. */
+ * measured, bad input refused with nothing changed, no change after end; a trajectory as bytes
+ * (the state file's queue) reading back as the same one, bad records refused. */
 #include <criterion/criterion.h>
 #include <inttypes.h>
 #include <math.h>
@@ -11,6 +12,7 @@
 #include <time.h>
 
 #include "core/rng.h"
+#include "core/trajectory_internal.h"
 #include "support/op_cases.h"
 #include <sona.h>
 
@@ -76,6 +78,75 @@ Test(trajectory, ids_come_from_their_own_source)
     sona_id_source_destroy(a);
     sona_id_source_destroy(b);
     sona_id_source_destroy(NULL);
+}
+
+/* Decoded vectors of a and b compared exactly: query, then each step's activations and attention. */
+static void expect_same_vectors(const sona_trajectory *a, const sona_trajectory *b)
+{
+    const uint32_t dim = sona_trajectory_dim(a);
+    cr_assert_eq(sona_trajectory_dim(b), dim);
+    float *x = malloc(dim * sizeof *x), *y = malloc(dim * sizeof *y);
+    cr_assert_eq(sona_trajectory_query(a, x, dim), SONA_OK);
+    cr_assert_eq(sona_trajectory_query(b, y, dim), SONA_OK);
+    cr_expect_eq(memcmp(x, y, dim * sizeof *x), 0, "the query differs");
+    free(x);
+    free(y);
+    for (uint32_t i = 0; i < sona_trajectory_step_count(a); i++) {
+        sona_trajectory_step sa, sb;
+        cr_assert_eq(sona_trajectory_get_step(a, i, &sa), SONA_OK);
+        cr_assert_eq(sona_trajectory_get_step(b, i, &sb), SONA_OK);
+        cr_assert(sa.activations_len == sb.activations_len && sa.attention_len == sb.attention_len &&
+                      sa.reward == sb.reward && sa.layer == sb.layer,
+                  "step %u differs", i);
+        const uint32_t n = sa.activations_len > sa.attention_len ? sa.activations_len : sa.attention_len;
+        x = malloc(n * sizeof *x);
+        y = malloc(n * sizeof *y);
+        cr_assert_eq(sona_trajectory_step_activations(a, i, x, n), SONA_OK);
+        cr_assert_eq(sona_trajectory_step_activations(b, i, y, n), SONA_OK);
+        cr_expect_eq(memcmp(x, y, sa.activations_len * sizeof *x), 0, "step %u's activations differ", i);
+        cr_assert_eq(sona_trajectory_step_attention(a, i, x, n), SONA_OK);
+        cr_assert_eq(sona_trajectory_step_attention(b, i, y, n), SONA_OK);
+        cr_expect_eq(memcmp(x, y, sa.attention_len * sizeof *x), 0, "step %u's attention differs", i);
+        free(x);
+        free(y);
+    }
+}
+
+/* t written as bytes (core/trajectory_internal.h) reads back as the same trajectory, which
+ * writes the same bytes again; every shorter record is refused. */
+static void expect_round_trip(const sona_trajectory *t)
+{
+    sona_wbuf w = {0}, w2 = {0};
+    sona_trajectory_write(t, &w);
+    cr_assert_not(w.oom);
+    sona_rbuf r = {.p = w.p, .len = w.len};
+    sona_trajectory *u = NULL;
+    cr_assert_eq(sona_trajectory_read(&r, &u), SONA_OK, "%s", sona_last_error());
+    cr_expect_eq(r.pos, w.len, "the record was not read to its end");
+    cr_expect_eq(sona_trajectory_id(u), sona_trajectory_id(t));
+    cr_expect_eq(sona_trajectory_storage(u), sona_trajectory_storage(t));
+    cr_expect_eq(sona_trajectory_step_count(u), sona_trajectory_step_count(t));
+    cr_expect_eq(sona_trajectory_quality(u), sona_trajectory_quality(t));
+    cr_expect_eq(sona_trajectory_latency_us(u), sona_trajectory_latency_us(t));
+    cr_expect_eq(sona_trajectory_start_us(u), 0, "the start time is another process's clock: unknown");
+    cr_expect(sona_trajectory_ended(u));
+    expect_same_vectors(t, u);
+    const char *rt = sona_trajectory_route(t), *ru = sona_trajectory_route(u);
+    cr_expect((!rt && !ru) || (rt && ru && strcmp(rt, ru) == 0), "the route differs");
+    cr_assert_eq(sona_trajectory_context_count(u), sona_trajectory_context_count(t));
+    for (uint32_t i = 0; i < sona_trajectory_context_count(t); i++)
+        cr_expect_str_eq(sona_trajectory_context(u, i), sona_trajectory_context(t, i));
+    sona_trajectory_write(u, &w2);
+    cr_assert(w2.len == w.len && memcmp(w.p, w2.p, w.len) == 0, "written again, the bytes differ");
+    for (size_t cut = 0; cut < w.len; cut += 1 + cut / 16) {
+        sona_rbuf rc = {.p = w.p, .len = cut};
+        sona_trajectory *v = (sona_trajectory *)0x1;
+        cr_assert_eq(sona_trajectory_read(&rc, &v), SONA_E_CORRUPT, "cut at %zu of %zu", cut, w.len);
+        cr_assert_null(v);
+    }
+    sona_trajectory_destroy(u);
+    free(w.p);
+    free(w2.p);
 }
 
 /* Builds a trajectory of `steps` random steps (optionally reserved up front) and checks every
@@ -151,6 +222,7 @@ static void build_and_check(sona_storage storage, uint32_t dim, uint32_t steps, 
     cr_expect_null(sona_trajectory_context(t, 3));
     cr_expect_eq(sona_trajectory_quality(t), 0.75f);
     cr_expect(sona_trajectory_ended(t));
+    expect_round_trip(t);
     free(q);
     free(acts);
     free(attn);
@@ -367,6 +439,79 @@ Test(trajectory, reset_reuses_the_trajectory_and_keeps_its_format)
         cr_assert_eq(sona_trajectory_step_activations(t, 0, got, 9), SONA_OK);
         expect_stored(all_storages[k], a, got, 9, "activations after reset");
         sona_trajectory_destroy(t);
+    }
+    sona_id_source_destroy(ids);
+}
+
+Test(trajectory, bytes_round_trip_without_strings_or_steps)
+{
+    sona_id_source *ids = make_ids(5);
+    float q[3] = {0.5f, -2.0f, 1e-3f};
+    for (int k = 0; k < 3; k++) {
+        sona_trajectory *t;
+        cr_assert_eq(sona_trajectory_begin(ids, all_storages[k], q, 3, &t), SONA_OK);
+        cr_assert_eq(sona_trajectory_end(t, -0.25f), SONA_OK);
+        expect_round_trip(t); /* no step, no route, no context */
+        sona_trajectory_destroy(t);
+    }
+    sona_id_source_destroy(ids);
+}
+
+/* Reads a copy of rec[n] with `bytes` bytes at `at` replaced by v: must be refused. */
+static void expect_refused(const uint8_t *rec, size_t n, size_t at, const void *v, size_t bytes, const char *what)
+{
+    uint8_t *bad = malloc(n);
+    memcpy(bad, rec, n);
+    memcpy(bad + at, v, bytes);
+    sona_rbuf r = {.p = bad, .len = n};
+    sona_trajectory *t = (sona_trajectory *)0x1;
+    cr_expect_eq(sona_trajectory_read(&r, &t), SONA_E_CORRUPT, "%s was accepted", what);
+    cr_expect_null(t);
+    sona_trajectory_destroy(t);
+    free(bad);
+}
+
+Test(trajectory, records_that_do_not_hold_are_refused)
+{
+    sona_id_source *ids = make_ids(1);
+    const float q[5] = {1, 2, 3, 4, 5}, a[5] = {0.5f, -0.25f, 0.5f, 0.125f, 0.5f}, att[3] = {0.1f, 0.2f, 0.7f};
+    for (int k = 0; k < 3; k++) {
+        const sona_storage s = all_storages[k];
+        sona_trajectory *t;
+        cr_assert_eq(sona_trajectory_begin(ids, s, q, 5, &t), SONA_OK);
+        cr_assert_eq(sona_trajectory_add_step(t, a, 5, att, 3, 0.5f, 2), SONA_OK);
+        cr_assert_eq(sona_trajectory_set_route(t, "r"), SONA_OK);
+        cr_assert_eq(sona_trajectory_add_context(t, "c"), SONA_OK);
+        cr_assert_eq(sona_trajectory_end(t, 0.5f), SONA_OK);
+        sona_wbuf w = {0};
+        sona_trajectory_write(t, &w);
+        /* Offsets from core/trajectory_internal.h: a 40-byte header, 16 bytes per step, the
+         * query; the record ends with the route "r" and the context (u32 1, "c"). */
+        const uint32_t storage3 = 3, zero = 0, layer_m2 = (uint32_t)-2, f16_inf = 0x7c00;
+        const float nan = NAN, inf = INFINITY, huge = 3.0e38f;
+        expect_refused(w.p, w.len, 8, &storage3, 4, "an unknown storage format");
+        expect_refused(w.p, w.len, 12, &zero, 4, "a zero width");
+        expect_refused(w.p, w.len, 16, &nan, 4, "a NaN quality");
+        expect_refused(w.p, w.len, 40, &zero, 4, "a step without activations");
+        expect_refused(w.p, w.len, 48, &inf, 4, "an infinite reward");
+        expect_refused(w.p, w.len, 52, &layer_m2, 4, "layer -2");
+        expect_refused(w.p, w.len, w.len - 6, &zero, 1, "a zero byte in the route");
+        expect_refused(w.p, w.len, w.len - 1, &zero, 1, "a zero byte in a context");
+        /* The query's first value (Q8: its block's scale) decoding to NaN or Inf. */
+        if (s == SONA_STORAGE_F32)
+            expect_refused(w.p, w.len, 56, &nan, 4, "an F32 NaN");
+        else if (s == SONA_STORAGE_F16)
+            expect_refused(w.p, w.len, 56, &f16_inf, 2, "an F16 Inf");
+        else {
+            expect_refused(w.p, w.len, 56, &inf, 4, "a Q8 scale of Inf");
+            expect_refused(w.p, w.len, 56, &huge, 4, "a Q8 scale whose codes overflow");
+        }
+        sona_rbuf r = {.p = w.p, .len = w.len};
+        sona_trajectory *u;
+        cr_assert_eq(sona_trajectory_read(&r, &u), SONA_OK, "the unpatched record: %s", sona_last_error());
+        sona_trajectory_destroy(u);
+        sona_trajectory_destroy(t);
+        free(w.p);
     }
     sona_id_source_destroy(ids);
 }

@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <stdlib.h>
 
+#include "core/trajectory_internal.h"
 #include <sona.h>
 
 static sona_trajectory *tiny(sona_id_source *ids)
@@ -161,6 +162,40 @@ Test(trajectory_buffer, bad_input_leaves_ownership_with_the_caller)
     cr_expect_eq(sona_trajectory_buffer_drain(b, NULL, 0, &taken), SONA_OK);
     expect_stats(b, 0, 0, 0, 0);
     sona_trajectory_destroy(open);
+    sona_trajectory_buffer_destroy(b);
+    sona_id_source_destroy(ids);
+}
+
+Test(trajectory_buffer, peek_sees_the_oldest_first_and_takes_nothing)
+{
+    sona_id_source *ids;
+    cr_assert_eq(sona_id_source_create(0, &ids), SONA_OK);
+    sona_trajectory_buffer *b = make(5, SONA_FULL_DROP_NEWEST);
+    const sona_trajectory *seen[8];
+    cr_expect_eq(sona_trajectory_buffer_peek(b, seen, 8), 0, "an empty buffer shows nothing");
+    /* Move the ring's start, so that what is held wraps around its end. */
+    sona_trajectory *out[5];
+    uint32_t taken;
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(sona_trajectory_buffer_record(b, tiny(ids)), SONA_OK);
+    cr_assert_eq(sona_trajectory_buffer_drain(b, out, 3, &taken), SONA_OK);
+    for (uint32_t i = 0; i < taken; i++)
+        sona_trajectory_destroy(out[i]);
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(sona_trajectory_buffer_record(b, tiny(ids)), SONA_OK);
+    cr_assert_eq(sona_trajectory_buffer_peek(b, seen, 8), 5);
+    for (uint32_t i = 0; i < 5; i++)
+        cr_expect_eq(sona_trajectory_id(seen[i]), 3 + i, "not oldest first");
+    cr_assert_eq(sona_trajectory_buffer_peek(b, seen, 2), 2, "max is respected");
+    cr_expect_eq(sona_trajectory_id(seen[1]), 4);
+    expect_stats(b, 8, 3, 0, 5); /* peeking took nothing and counted nothing */
+    cr_assert_eq(sona_trajectory_buffer_peek(b, seen, 8), 5);
+    cr_assert_eq(sona_trajectory_buffer_drain(b, out, 5, &taken), SONA_OK);
+    cr_assert_eq(taken, 5);
+    for (uint32_t i = 0; i < 5; i++) {
+        cr_expect_eq(out[i], seen[i], "drain gives what peek showed, in its order");
+        sona_trajectory_destroy(out[i]);
+    }
     sona_trajectory_buffer_destroy(b);
     sona_id_source_destroy(ids);
 }

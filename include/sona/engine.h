@@ -102,7 +102,7 @@ SONA_API void sona_engine_config_default(sona_engine_config *cfg, sona_preset pr
 
 SONA_API sona_status sona_engine_create(const sona_engine_config *cfg, sona_engine **out);
 /* Stops the engine's threads (a running cycle finishes first; queued trajectories are freed
- * with the engine) and frees everything; NULL is a no-op. */
+ * with the engine: sona_save keeps them) and frees everything; NULL is a no-op. */
 SONA_API void sona_engine_destroy(sona_engine *e);
 /* The message of the last failed call on this handle, by any thread ("" when none). */
 SONA_API const char *sona_engine_last_error(const sona_engine *e);
@@ -181,7 +181,8 @@ SONA_API sona_status sona_find_patterns(sona_engine *e, const float *query, uint
 typedef struct sona_stats {
     uint64_t trajectories_recorded;  /* queued for loop B */
     uint64_t trajectories_processed; /* taken by loop B cycles */
-    uint64_t trajectories_dropped;   /* refused: buffer full */
+    uint64_t trajectories_dropped;   /* refused: buffer full (or, at sona_load, queued in the file
+                                        but not restored: see there) */
     uint64_t trajectories_queued;    /* now waiting: recorded - processed when no call is in flight */
     uint64_t signals_accepted;       /* accumulated into a Micro-LoRA */
     uint64_t signals_rejected;       /* ended requests without a signal: non-finite data, no
@@ -209,11 +210,23 @@ SONA_API sona_status sona_get_stats(sona_engine *e, sona_stats *out);
 
 /* ---- persistence ---------------------------------------------------------------------------- */
 /* Writes everything learned (config, adapters, Base-LoRA, EWC++ state and tasks, patterns,
- * baselines, counters) to path: temp file in the same directory, fsync, rename, fsync dir. */
+ * baselines, counters) and the trajectories queued for loop B (each as recorded: its storage
+ * format and encoded values, rewards, layers, quality) to path: temp file in the same directory,
+ * fsync, rename, fsync dir. Nothing is lost on a restart, and there is no need to run loop B
+ * before saving. The queue is looked at, not taken: requests may go on recording meanwhile
+ * (those that come after the snapshot are not in the file), and the file's counters agree with
+ * the queue it holds (recorded == processed + queued). Loop B waits while a save runs. */
 SONA_API sona_status sona_save(sona_engine *e, const char *path);
-/* Replaces e's learned state with the file's. A truncated or corrupt file is refused with
- * SONA_E_CORRUPT, another format version with SONA_E_VERSION, another hidden width or shape
- * with SONA_E_SIZE; e is untouched on every failure. */
+/* Replaces e's learned state with the file's, its queue included: e's own queued trajectories
+ * are discarded, the file's are queued, oldest first and each in its own storage format, for the
+ * next loop B cycle, and trajectory ids continue from the file's. Of a queue longer than e's
+ * buffer_capacity the oldest are kept (as a full queue refuses the newest) and the rest counted
+ * in trajectories_dropped instead of trajectories_recorded. Format version 1 files (written
+ * before the queue was saved) load with an empty queue, the trajectories they had queued
+ * counted as dropped the same way: recorded == processed + queued holds after every load.
+ * A truncated or corrupt file is refused with SONA_E_CORRUPT, another format version with
+ * SONA_E_VERSION, another hidden width or shape with SONA_E_SIZE; e is untouched on every
+ * failure. */
 SONA_API sona_status sona_load(sona_engine *e, const char *path);
 /* Same as sona_load from a memory buffer (the fuzz target's entry point). */
 SONA_API sona_status sona_load_buffer(sona_engine *e, const void *data, size_t len);

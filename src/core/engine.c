@@ -84,7 +84,9 @@ void eng_traj_recycle(sona_engine *e, sona_trajectory *t)
         return;
     if (!sona_trajectory_ended(t))
         sona_trajectory_end(t, 0.0f);
-    if (sona_trajectory_buffer_record(e->pool, t) != SONA_OK)
+    /* A trajectory restored by sona_load may keep another format than step_storage: a reused
+     * one would record new requests in it. */
+    if (sona_trajectory_storage(t) != e->cfg.step_storage || sona_trajectory_buffer_record(e->pool, t) != SONA_OK)
         sona_trajectory_destroy(t);
 }
 

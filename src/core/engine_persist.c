@@ -6,13 +6,20 @@
  *   section: u32 tag, u32 zero, u64 payload length, u32 CRC-32 of the payload, payload
  * Sections, in this order: CONF (shape and hyperparameters), STAT (counters, baseline), TENA
  * (live tenants: id, A, Bt, EWC++), BASE (Base-LoRA A, Bt, EWC++), PATT (patterns; the HNSW
- * index is rebuilt on load). Unknown tags are skipped (checksummed all the same).
+ * index is rebuilt on load), QUEU (version 2 on: the trajectories queued for loop B, oldest
+ * first: u64 the engine's next trajectory id, u32 count, then each as core/trajectory_internal.h
+ * writes it, its vectors' encoded bytes as held). Unknown tags are skipped (checksummed all the
+ * same). Version 1 files (no QUEU) are still read; they had lost their queue.
+ * STAT's trajectories_recorded is written as processed + the QUEU count: the queue is a snapshot
+ * taken while producers may still be recording, and the file says recorded == processed + queued
+ * of that snapshot (a trajectory recorded after it is neither queued nor counted in the file).
  * A save goes to a temporary file in the target's directory, is fsynced and renamed over the
  * target, then the directory is fsynced: a crash leaves the old file or the new one. */
 #include "core/engine_internal.h"
 
 #include "core/lora_internal.h"
 #include "core/serial.h"
+#include "core/trajectory_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -24,10 +31,11 @@
 #include <unistd.h>
 
 #define STATE_MAGIC "SONASTAT"
-#define STATE_VERSION 1u
+#define STATE_VERSION 2u /* 2: the QUEU section; version 1 is still read */
 #define BYTE_ORDER_MARK 0x01020304u
 #define HEADER_BYTES 24u
 #define COUNTERS 13 /* STAT section: the engine's monotonic counters */
+#define SECTIONS 6
 #define SECTION_HEADER_BYTES 20u
 #define TAG(a, b, c, d) ((uint32_t)(a) | (uint32_t)(b) << 8 | (uint32_t)(c) << 16 | (uint32_t)(d) << 24)
 
@@ -37,6 +45,7 @@ enum {
     TAG_TENA = TAG('T', 'E', 'N', 'A'),
     TAG_BASE = TAG('B', 'A', 'S', 'E'),
     TAG_PATT = TAG('P', 'A', 'T', 'T'),
+    TAG_QUEU = TAG('Q', 'U', 'E', 'U'),
 };
 
 /* ---- CRC-32 -------------------------------------------------------------------------------- */
@@ -64,7 +73,8 @@ uint32_t sona_crc32(uint32_t crc, const void *data, size_t n)
     return ~crc;
 }
 
-/* The counters the STAT section holds, in file order. */
+/* The counters the STAT section holds, in file order; the first three by name. */
+enum { COUNTER_RECORDED, COUNTER_PROCESSED, COUNTER_DROPPED };
 static void counter_table(sona_engine *e, atomic_uint_fast64_t *out[COUNTERS])
 {
     atomic_uint_fast64_t *const t[COUNTERS] = {
@@ -130,19 +140,29 @@ static void write_adapter(sona_wbuf *w, const sona_lora *l, const eng_ewc *ewc, 
     eng_ewc_save(ewc, w);
 }
 
-/* Serialises the whole state into w. Takes the cycle lock and each tenant's lock in turn. */
+/* Serialises the whole state into w. The caller holds the cycle lock, which keeps loop B, the
+ * queue's only consumer, out: the queued trajectories are looked at in place, never taken, while
+ * requests may go on recording. Takes each tenant's lock in turn. */
 static sona_status serialise(sona_engine *e, sona_wbuf *w)
 {
     const sona_engine_config *c = &e->cfg;
     const size_t micro_n = (size_t)c->micro_rank * c->hidden, base_n = micro_n / c->micro_rank *
                                                                         c->base_rank * c->base_layers;
     float *scratch = malloc(2 * (micro_n > base_n ? micro_n : base_n) * sizeof(float));
-    if (!scratch)
+    const sona_trajectory **queue = malloc(c->buffer_capacity * sizeof *queue);
+    if (!scratch || !queue) {
+        free(scratch);
+        free(queue);
         return SONA_E_NOMEM;
+    }
+    /* First, so that the counters below can say what this snapshot holds. The id source is read
+     * after it: every trajectory seen took its id before it was queued, so all are below. */
+    const uint32_t queued = sona_trajectory_buffer_peek(e->buffer, queue, c->buffer_capacity);
+    const uint64_t next_id = sona_id_source_peek(e->ids);
     sona_wbuf_put(w, STATE_MAGIC, 8);
     sona_wbuf_u32(w, STATE_VERSION);
     sona_wbuf_u32(w, BYTE_ORDER_MARK);
-    sona_wbuf_u32(w, 5);
+    sona_wbuf_u32(w, SECTIONS);
     sona_wbuf_u32(w, w->oom ? 0 : sona_crc32(0, w->p, 20));
 
     size_t s = section_begin(w, TAG_CONF);
@@ -154,7 +174,7 @@ static sona_status serialise(sona_engine *e, sona_wbuf *w)
     counter_table(e, counters);
     sona_wbuf_u32(w, COUNTERS);
     for (int i = 0; i < COUNTERS; i++)
-        sona_wbuf_u64(w, atomic_load(counters[i]));
+        sona_wbuf_u64(w, i == COUNTER_RECORDED ? atomic_load(&e->n.processed) + queued : atomic_load(counters[i]));
     sona_signal_stats ss;
     sona_signal_builder_get_stats(e->signals, &ss);
     sona_wbuf_f32(w, ss.baseline); /* NaN before the first trajectory */
@@ -210,6 +230,14 @@ static sona_status serialise(sona_engine *e, sona_wbuf *w)
     }
     free(centroid);
     section_end(w, s);
+
+    s = section_begin(w, TAG_QUEU);
+    sona_wbuf_u64(w, next_id);
+    sona_wbuf_u32(w, queued);
+    for (uint32_t i = 0; i < queued; i++)
+        sona_trajectory_write(queue[i], w);
+    section_end(w, s);
+    free(queue);
     return w->oom ? SONA_E_NOMEM : SONA_OK;
 }
 
@@ -308,6 +336,10 @@ typedef struct loaded {
     sona_lora *base;
     eng_ewc *base_ewc;
     sona_bank *bank;
+    int has_queue;              /* version 2 on */
+    uint64_t next_id;           /* the engine's next trajectory id */
+    uint32_t queued;            /* trajectories in queue: those that fit buffer_capacity */
+    sona_trajectory **queue;
 } loaded;
 
 static void loaded_free(loaded *s)
@@ -324,6 +356,9 @@ static void loaded_free(loaded *s)
     sona_lora_destroy(s->base);
     eng_ewc_destroy(s->base_ewc);
     sona_bank_destroy(s->bank);
+    for (uint32_t i = 0; i < s->queued; i++)
+        sona_trajectory_destroy(s->queue[i]);
+    free(s->queue);
 }
 
 static sona_status corrupt(sona_engine *e, const char *what)
@@ -428,10 +463,53 @@ static sona_status read_patterns(sona_engine *e, sona_rbuf *r, loaded *s)
     return st;
 }
 
-/* Checks the header and every section's bounds and CRC; fills the section table. */
-static sona_status read_sections(sona_engine *e, const uint8_t *p, size_t len, sona_rbuf sec[5])
+/* A queued trajectory's record is at least this long (core/trajectory_internal.h) */
+#define QUEUED_RECORD_MIN_BYTES 40u
+
+/* Reads the queued trajectories, *in_file of them. Those beyond this engine's buffer_capacity are
+ * checked like the others and let go: the oldest are kept, as a full queue refuses the newest. */
+static sona_status read_queue(sona_engine *e, sona_rbuf *r, loaded *s, uint32_t *in_file)
 {
-    static const uint32_t tags[5] = {TAG_CONF, TAG_STAT, TAG_TENA, TAG_BASE, TAG_PATT};
+    const uint32_t H = e->cfg.hidden;
+    s->next_id = sona_rbuf_u64(r);
+    const uint32_t n = sona_rbuf_u32(r);
+    if (!sona_rbuf_has(r, n, QUEUED_RECORD_MIN_BYTES))
+        return corrupt(e, "queue section is truncated");
+    const uint32_t keep = n < e->cfg.buffer_capacity ? n : e->cfg.buffer_capacity;
+    if (keep && !(s->queue = calloc(keep, sizeof *s->queue)))
+        return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
+    *in_file = n;
+    for (uint32_t i = 0; i < n; i++) {
+        sona_trajectory *t;
+        sona_status st = sona_trajectory_read(r, &t);
+        if (st != SONA_OK)
+            return eng_fail(e, st, "sona_load: queued trajectory %u: %s", i, sona_last_error());
+        /* What loop B needs: rows of the engine's width (the file's CONF has it), and ids the
+         * restored id source will not hand out again. */
+        int ok = sona_trajectory_dim(t) == H && sona_trajectory_id(t) < s->next_id;
+        for (uint32_t k = 0; ok && k < sona_trajectory_step_count(t); k++) {
+            sona_trajectory_step step;
+            ok = sona_trajectory_get_step(t, k, &step) == SONA_OK && step.activations_len == H;
+        }
+        if (!ok) {
+            sona_trajectory_destroy(t);
+            return corrupt(e, "a queued trajectory is not of the engine's width, or its id is not below "
+                              "the next id");
+        }
+        if (i < keep)
+            s->queue[s->queued++] = t;
+        else
+            sona_trajectory_destroy(t);
+    }
+    return SONA_OK;
+}
+
+/* Checks the header and every section's bounds and CRC; fills the section table (a version 1
+ * file has no QUEU: its entry stays empty). */
+static sona_status read_sections(sona_engine *e, const uint8_t *p, size_t len, sona_rbuf sec[SECTIONS],
+                                 uint32_t *version_out)
+{
+    static const uint32_t tags[SECTIONS] = {TAG_CONF, TAG_STAT, TAG_TENA, TAG_BASE, TAG_PATT, TAG_QUEU};
     if (len < HEADER_BYTES || memcmp(p, STATE_MAGIC, 8) != 0)
         return corrupt(e, "not a libsona state file (bad magic or too short)");
     sona_rbuf r = {.p = p, .len = len, .pos = 8};
@@ -441,10 +519,11 @@ static sona_status read_sections(sona_engine *e, const uint8_t *p, size_t len, s
         return corrupt(e, "header checksum mismatch");
     if (bom != BYTE_ORDER_MARK)
         return eng_fail(e, SONA_E_VERSION, "sona_load: the file was written with another byte order");
-    if (version != STATE_VERSION)
-        return eng_fail(e, SONA_E_VERSION, "sona_load: format version %u, this library reads %u", version,
+    if (version < 1 || version > STATE_VERSION)
+        return eng_fail(e, SONA_E_VERSION, "sona_load: format version %u, this library reads 1 to %u", version,
                         STATE_VERSION);
-    memset(sec, 0, 5 * sizeof *sec);
+    const int known = version >= 2 ? SECTIONS : SECTIONS - 1; /* version 1: QUEU is an unknown tag */
+    memset(sec, 0, SECTIONS * sizeof *sec);
     for (uint32_t i = 0; i < count; i++) {
         const uint32_t tag = sona_rbuf_u32(&r);
         /* The reserved word is outside every checksum: anything but zero is damage. */
@@ -457,7 +536,7 @@ static sona_status read_sections(sona_engine *e, const uint8_t *p, size_t len, s
             return corrupt(e, "truncated section");
         if (sona_crc32(0, p + r.pos, n) != scrc)
             return corrupt(e, "section checksum mismatch");
-        for (int t = 0; t < 5; t++)
+        for (int t = 0; t < known; t++)
             if (tag == tags[t]) {
                 if (sec[t].p)
                     return corrupt(e, "duplicate section");
@@ -467,16 +546,18 @@ static sona_status read_sections(sona_engine *e, const uint8_t *p, size_t len, s
     }
     if (r.pos != len)
         return corrupt(e, "trailing bytes after the last section");
-    for (int t = 0; t < 5; t++)
+    for (int t = 0; t < known; t++)
         if (!sec[t].p)
             return corrupt(e, "a required section is missing");
+    *version_out = version;
     return SONA_OK;
 }
 
 static sona_status parse(sona_engine *e, const uint8_t *p, size_t len, loaded *s)
 {
-    sona_rbuf sec[5];
-    sona_status st = read_sections(e, p, len, sec);
+    sona_rbuf sec[SECTIONS];
+    uint32_t version = 0, in_file = 0;
+    sona_status st = read_sections(e, p, len, sec, &version);
     if (st == SONA_OK)
         st = read_config(e, &sec[0]);
     if (st != SONA_OK)
@@ -494,9 +575,23 @@ static sona_status parse(sona_engine *e, const uint8_t *p, size_t len, loaded *s
         (st = read_adapter(e, &sec[3], 1, &s->base, &s->base_ewc)) != SONA_OK ||
         (st = read_patterns(e, &sec[4], s)) != SONA_OK)
         return st;
-    for (int t = 0; t < 5; t++)
+    s->has_queue = version >= 2;
+    if (s->has_queue && (st = read_queue(e, &sec[5], s, &in_file)) != SONA_OK)
+        return st;
+    for (int t = 0; t < SECTIONS; t++)
         if (sec[t].bad || (t != 0 && sec[t].pos != sec[t].len))
             return corrupt(e, "a section's contents do not match its length");
+    /* The loaded engine says recorded == processed + queued, as a file of version 2 says of its
+     * own snapshot. What the file recorded but the engine will not hold (a version 1 file's whole
+     * queue, which it did not keep; what exceeds this engine's buffer_capacity) is counted as
+     * dropped instead, so recorded + dropped stays what it was. */
+    uint64_t *n = s->counters;
+    if (s->has_queue && n[COUNTER_RECORDED] != n[COUNTER_PROCESSED] + in_file)
+        return corrupt(e, "the counters do not match the queue");
+    const uint64_t held = n[COUNTER_PROCESSED] + s->queued;
+    if (n[COUNTER_RECORDED] > held)
+        n[COUNTER_DROPPED] += n[COUNTER_RECORDED] - held;
+    n[COUNTER_RECORDED] = held;
     return SONA_OK;
 }
 
@@ -549,6 +644,23 @@ static void commit(sona_engine *e, loaded *s)
     atomic_store(&e->n.tasks, eng_ewc_tasks(e->base_ewc));
     eng_dream_state_free(e->dream);
     e->dream = NULL;
+    /* The file's queue replaces the engine's, whose trajectories go back to the pool. Loop B is
+     * held off by cycle_mu and no request is in flight (sona_load's contract): the loaded ones
+     * fit, cut to buffer_capacity. A request racing the load anyway costs a trajectory, counted. */
+    sona_trajectory *old;
+    uint32_t taken;
+    while (sona_trajectory_buffer_drain(e->buffer, &old, 1, &taken) == SONA_OK && taken)
+        eng_traj_recycle(e, old);
+    for (uint32_t i = 0; i < s->queued; i++) {
+        if (sona_trajectory_buffer_record(e->buffer, s->queue[i]) != SONA_OK) {
+            sona_trajectory_destroy(s->queue[i]);
+            atomic_fetch_sub(&e->n.recorded, 1);
+            atomic_fetch_add(&e->n.dropped, 1);
+        }
+        s->queue[i] = NULL;
+    }
+    if (s->has_queue)
+        sona_id_source_set(e->ids, s->next_id);
     pthread_mutex_unlock(&e->cycle_mu);
 }
 
@@ -561,6 +673,8 @@ sona_status sona_load_buffer(sona_engine *e, const void *data, size_t len)
     if (st == SONA_OK)
         commit(e, &s);
     loaded_free(&s); /* after commit: the engine's previous objects */
+    if (st == SONA_OK && sona_trajectory_buffer_len(e->buffer) >= e->cfg.loop_b_threshold)
+        eng_kick(e); /* as a request would have: the restored queue is due a cycle */
     return st;
 }
 

@@ -10,6 +10,7 @@
 #include "core/clock.h"
 #include "core/error.h"
 #include "core/storage.h"
+#include "core/trajectory_internal.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -256,6 +257,12 @@ static size_t step_bytes(const sona_trajectory *t, uint32_t act_len, uint32_t at
     return align_up(sona_storage_bytes(t->storage, act_len)) + sona_storage_bytes(t->storage, attn_len);
 }
 
+/* Where a step's attention starts, its activations starting at act_off. */
+static size_t attn_offset(const sona_trajectory *t, size_t act_off, uint32_t act_len)
+{
+    return act_off + align_up(sona_storage_bytes(t->storage, act_len));
+}
+
 sona_status sona_trajectory_reserve(sona_trajectory *t, uint32_t steps, uint32_t activations_len,
                                     uint32_t attention_len)
 {
@@ -297,12 +304,11 @@ sona_status sona_trajectory_add_step(sona_trajectory *t, const float *activation
     /* Encode both vectors past the committed end (the encoding checks them as it goes) and
      * commit only when both are accepted: a refused step leaves nothing behind. Exactly what
      * the step takes is reserved, so a trimmed pooled trajectory refills without a realloc. */
-    const size_t act_bytes = sona_storage_bytes(t->storage, activations_len);
     const size_t all_bytes = step_bytes(t, activations_len, attention_len);
     const size_t act_off = arena_reserve(t, all_bytes);
     if (act_off == SIZE_MAX)
         return fail(t, SONA_E_NOMEM, "%s: out of memory for a step of %zu bytes", fn, all_bytes);
-    const size_t attn_off = act_off + align_up(act_bytes);
+    const size_t attn_off = attn_offset(t, act_off, activations_len);
     if (!sona_storage_encode(t->storage, activations, activations_len, t->arena + act_off) ||
         (attention_len && !sona_storage_encode(t->storage, attention, attention_len, t->arena + attn_off)))
         return fail(t, SONA_E_NONFINITE, "%s: NaN or Inf in activations or attention%s", fn,
@@ -470,8 +476,7 @@ sona_status sona_trajectory_step_attention(const sona_trajectory *t, uint32_t i,
         return t ? SONA_E_INVALID : SONA_E_NULL;
     if (!out && s->attn_len)
         return fail(NULL, SONA_E_NULL, "%s: out is NULL", fn);
-    return copy_out(t, s->off + align_up(sona_storage_bytes(t->storage, s->act_len)), s->attn_len, out, cap,
-                    fn, "the step's attention");
+    return copy_out(t, attn_offset(t, s->off, s->act_len), s->attn_len, out, cap, fn, "the step's attention");
 }
 
 float sona_trajectory_step_reward(const sona_trajectory *t, uint32_t i)
@@ -494,4 +499,169 @@ uint32_t sona_trajectory_context_count(const sona_trajectory *t) { return t ? t-
 const char *sona_trajectory_context(const sona_trajectory *t, uint32_t i)
 {
     return t && i < t->context_count ? (const char *)t->arena + t->contexts[i] : NULL;
+}
+
+/* ---- as bytes (core/trajectory_internal.h) ---------------------------------------------- */
+
+#define NO_ROUTE_LEN UINT32_MAX
+#define STEP_HEADER_BYTES 16u
+
+void sona_trajectory_write(const sona_trajectory *t, sona_wbuf *w)
+{
+    const char *route = sona_trajectory_route(t);
+    sona_wbuf_u64(w, t->id);
+    sona_wbuf_u32(w, (uint32_t)t->storage);
+    sona_wbuf_u32(w, t->dim);
+    sona_wbuf_f32(w, t->quality);
+    sona_wbuf_u32(w, t->step_count);
+    sona_wbuf_u64(w, t->latency_us);
+    sona_wbuf_u32(w, t->context_count);
+    sona_wbuf_u32(w, route ? (uint32_t)strlen(route) : NO_ROUTE_LEN);
+    for (uint32_t i = 0; i < t->step_count; i++) {
+        const step_rec *s = &t->steps[i];
+        sona_wbuf_u32(w, s->act_len);
+        sona_wbuf_u32(w, s->attn_len);
+        sona_wbuf_f32(w, s->reward);
+        sona_wbuf_u32(w, (uint32_t)s->layer);
+    }
+    sona_wbuf_put(w, t->arena, sona_storage_bytes(t->storage, t->dim));
+    for (uint32_t i = 0; i < t->step_count; i++) {
+        const step_rec *s = &t->steps[i];
+        sona_wbuf_put(w, t->arena + s->off, sona_storage_bytes(t->storage, s->act_len));
+        sona_wbuf_put(w, t->arena + attn_offset(t, s->off, s->act_len), sona_storage_bytes(t->storage, s->attn_len));
+    }
+    if (route)
+        sona_wbuf_put(w, route, strlen(route));
+    for (uint32_t i = 0; i < t->context_count; i++) {
+        const char *c = sona_trajectory_context(t, i);
+        sona_wbuf_u32(w, (uint32_t)strlen(c));
+        sona_wbuf_put(w, c, strlen(c));
+    }
+}
+
+/* Copies n encoded values from r to arena offset off (reserved) and checks that they decode to
+ * finite values (into scratch, room for n). */
+static sona_status read_vector(sona_trajectory *t, sona_rbuf *r, size_t off, uint32_t n, float *scratch)
+{
+    static const char fn[] = "sona_trajectory_read";
+    if (!sona_rbuf_get(r, t->arena + off, sona_storage_bytes(t->storage, n)))
+        return fail(NULL, SONA_E_CORRUPT, "%s: the vectors are truncated", fn);
+    sona_storage_decode(t->storage, t->arena + off, n, scratch);
+    if (!sona_all_finite(scratch, n))
+        return fail(NULL, SONA_E_CORRUPT, "%s: a vector decodes to NaN or Inf", fn);
+    return SONA_OK;
+}
+
+/* Copies a string of len bytes from r into the arena, at *off. */
+static sona_status read_string(sona_trajectory *t, sona_rbuf *r, uint32_t len, uint32_t *off)
+{
+    static const char fn[] = "sona_trajectory_read";
+    if (!sona_rbuf_has(r, len, 1))
+        return fail(NULL, SONA_E_CORRUPT, "%s: a string is truncated", fn);
+    const size_t at = arena_reserve(t, (size_t)len + 1);
+    if (at == SIZE_MAX)
+        return fail(NULL, SONA_E_NOMEM, "%s: out of memory for a string of %u bytes", fn, len);
+    sona_rbuf_get(r, t->arena + at, len);
+    t->arena[at + len] = '\0';
+    if (memchr(t->arena + at, '\0', len))
+        return fail(NULL, SONA_E_CORRUPT, "%s: a string holds a zero byte", fn);
+    t->arena_len = (uint32_t)(at + len + 1);
+    *off = (uint32_t)at;
+    return SONA_OK;
+}
+
+/* The body of sona_trajectory_read, filling t (destroyed by the caller on failure). */
+static sona_status read_into(sona_trajectory *t, sona_rbuf *r)
+{
+    static const char fn[] = "sona_trajectory_read";
+    t->id = sona_rbuf_u64(r);
+    t->storage = (sona_storage)sona_rbuf_u32(r);
+    t->dim = sona_rbuf_u32(r);
+    t->quality = sona_rbuf_f32(r);
+    const uint32_t steps = sona_rbuf_u32(r);
+    t->latency_us = sona_rbuf_u64(r);
+    const uint32_t contexts = sona_rbuf_u32(r), route_len = sona_rbuf_u32(r);
+    if (r->bad)
+        return fail(NULL, SONA_E_CORRUPT, "%s: the record is truncated", fn);
+    if (!sona_storage_valid(t->storage) || t->dim == 0 || !isfinite(t->quality))
+        return fail(NULL, SONA_E_CORRUPT, "%s: bad storage format, width or final quality", fn);
+    if (!sona_rbuf_has(r, steps, STEP_HEADER_BYTES))
+        return fail(NULL, SONA_E_CORRUPT, "%s: the step table is truncated", fn);
+    if (steps && !(t->steps = malloc((size_t)steps * sizeof *t->steps)))
+        return fail(NULL, SONA_E_NOMEM, "%s: out of memory for %u steps", fn, steps);
+    t->step_cap = steps;
+    /* Every length is checked against the bytes left before anything of that size is allocated. */
+    uint64_t encoded = sona_storage_bytes(t->storage, t->dim);
+    uint32_t widest = t->dim;
+    for (uint32_t i = 0; i < steps; i++) {
+        step_rec *s = &t->steps[i];
+        s->act_len = sona_rbuf_u32(r);
+        s->attn_len = sona_rbuf_u32(r);
+        s->reward = sona_rbuf_f32(r);
+        s->layer = (int32_t)sona_rbuf_u32(r);
+        if (s->act_len == 0 || !isfinite(s->reward) || s->layer < SONA_LAYER_NONE)
+            return fail(NULL, SONA_E_CORRUPT, "%s: step %u: zero activations, non-finite reward or bad layer", fn, i);
+        encoded += sona_storage_bytes(t->storage, s->act_len) + sona_storage_bytes(t->storage, s->attn_len);
+        if (!sona_rbuf_has(r, encoded, 1)) /* checked as it grows: the sum cannot wrap */
+            return fail(NULL, SONA_E_CORRUPT, "%s: the vectors are truncated", fn);
+        widest = s->act_len > widest ? s->act_len : widest;
+        widest = s->attn_len > widest ? s->attn_len : widest;
+    }
+    if (!sona_rbuf_has(r, encoded, 1))
+        return fail(NULL, SONA_E_CORRUPT, "%s: the vectors are truncated", fn);
+    float *scratch = malloc((size_t)widest * sizeof *scratch);
+    if (!scratch)
+        return fail(NULL, SONA_E_NOMEM, "%s: out of memory", fn);
+    sona_status st = SONA_OK;
+    const size_t query_bytes = sona_storage_bytes(t->storage, t->dim);
+    if (arena_reserve(t, query_bytes) == SIZE_MAX)
+        st = fail(NULL, SONA_E_NOMEM, "%s: out of memory for a %u-wide query", fn, t->dim);
+    else if ((st = read_vector(t, r, 0, t->dim, scratch)) == SONA_OK)
+        t->arena_len = (uint32_t)query_bytes;
+    for (uint32_t i = 0; i < steps && st == SONA_OK; i++) {
+        step_rec *s = &t->steps[i];
+        const size_t all_bytes = step_bytes(t, s->act_len, s->attn_len), off = arena_reserve(t, all_bytes);
+        if (off == SIZE_MAX)
+            st = fail(NULL, SONA_E_NOMEM, "%s: out of memory for a step of %zu bytes", fn, all_bytes);
+        else if ((st = read_vector(t, r, off, s->act_len, scratch)) == SONA_OK &&
+                 (st = read_vector(t, r, attn_offset(t, off, s->act_len), s->attn_len, scratch)) == SONA_OK) {
+            s->off = (uint32_t)off;
+            t->arena_len = (uint32_t)(off + all_bytes);
+            t->step_count++;
+        }
+    }
+    free(scratch);
+    if (st != SONA_OK)
+        return st;
+    if (route_len != NO_ROUTE_LEN && (st = read_string(t, r, route_len, &t->route_off)) != SONA_OK)
+        return st;
+    if (!sona_rbuf_has(r, contexts, sizeof(uint32_t)))
+        return fail(NULL, SONA_E_CORRUPT, "%s: the context strings are truncated", fn);
+    if (contexts && !(t->contexts = malloc((size_t)contexts * sizeof *t->contexts)))
+        return fail(NULL, SONA_E_NOMEM, "%s: out of memory for %u context strings", fn, contexts);
+    t->context_cap = contexts;
+    for (uint32_t i = 0; i < contexts; i++) {
+        if ((st = read_string(t, r, sona_rbuf_u32(r), &t->contexts[i])) != SONA_OK)
+            return st;
+        t->context_count++;
+    }
+    t->ended = 1;
+    trim_to_fit(t);
+    return SONA_OK;
+}
+
+sona_status sona_trajectory_read(sona_rbuf *r, sona_trajectory **out)
+{
+    *out = NULL;
+    sona_trajectory *t = calloc(1, sizeof *t);
+    if (!t)
+        return fail(NULL, SONA_E_NOMEM, "sona_trajectory_read: out of memory");
+    t->route_off = NO_ROUTE;
+    const sona_status st = read_into(t, r);
+    if (st != SONA_OK) {
+        sona_trajectory_destroy(t);
+        return st;
+    }
+    *out = t;
+    return SONA_OK;
 }

@@ -6,6 +6,7 @@
 #include "sona/trajectory_buffer.h"
 
 #include "core/error.h"
+#include "core/trajectory_internal.h"
 
 #include <sched.h>
 #include <stdalign.h>
@@ -206,6 +207,23 @@ uint32_t sona_trajectory_buffer_len(const sona_trajectory_buffer *cb)
     if (head <= tail)
         return 0;
     return head - tail > b->capacity ? (uint32_t)b->capacity : (uint32_t)(head - tail);
+}
+
+uint32_t sona_trajectory_buffer_peek(const sona_trajectory_buffer *cb, const sona_trajectory **out, uint32_t max)
+{
+    sona_trajectory_buffer *b = (sona_trajectory_buffer *)cb; /* atomics are read only */
+    /* No consumer runs (the caller's promise): tail stays, and every filled cell from it on
+     * stays filled, with its item, until the caller is done. */
+    const uint64_t tail = atomic_load_explicit(&b->tail, memory_order_acquire);
+    uint32_t n = 0;
+    while (n < max && n < b->capacity) {
+        const uint64_t pos = tail + n;
+        cell *c = &b->cells[pos % b->capacity];
+        if (atomic_load_explicit(&c->seq, memory_order_acquire) != pos + 1)
+            break; /* not filled yet: the prefix ends here */
+        out[n++] = c->item;
+    }
+    return n;
 }
 
 void sona_trajectory_buffer_get_stats(const sona_trajectory_buffer *cb, sona_trajectory_buffer_stats *out)

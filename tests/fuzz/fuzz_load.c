@@ -35,7 +35,7 @@ static void load_once(sona_engine *e, const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static sona_engine *e;
-    if (!e && !(e = fuzz_engine_create()))
+    if (!e && !(e = fuzz_engine_create(SONA_STORAGE_Q8)))
         abort();
     load_once(e, data, size);
     uint8_t *fixed = malloc(size ? size : 1);
@@ -55,6 +55,12 @@ static void load_once(sona_engine *e, const uint8_t *data, size_t size)
     const sona_status st = sona_load_buffer(e, data, size);
     sona_get_stats(e, &after);
     if (st != SONA_OK && (before.patterns != after.patterns || before.tenants != after.tenants ||
-                          before.signals_accepted != after.signals_accepted))
+                          before.signals_accepted != after.signals_accepted ||
+                          before.trajectories_queued != after.trajectories_queued ||
+                          before.trajectories_recorded != after.trajectories_recorded ||
+                          before.trajectories_dropped != after.trajectories_dropped))
         abort(); /* a refused file changed the engine */
+    /* An accepted one keeps the counters exact (engine_persist.c). */
+    if (st == SONA_OK && after.trajectories_recorded != after.trajectories_processed + after.trajectories_queued)
+        abort();
 }

@@ -1,0 +1,35 @@
+/* Library-internal access to trajectories and their buffer for the state file (engine_persist.c):
+ * a trajectory as bytes, and a look at what a buffer holds without taking it. */
+#ifndef SONA_CORE_TRAJECTORY_INTERNAL_H
+#define SONA_CORE_TRAJECTORY_INTERNAL_H
+
+#include "core/serial.h"
+#include "sona/trajectory.h"
+#include "sona/trajectory_buffer.h"
+
+/* Appends ended trajectory t to w:
+ *   u64 id, u32 storage, u32 dim, f32 final quality, u32 step count, u64 latency (us),
+ *   u32 context count, u32 route length in bytes (UINT32_MAX: no route),
+ *   per step: u32 activations length, u32 attention length, f32 reward, i32 layer,
+ *   the query's encoded bytes, then per step its activations' and its attention's encoded bytes
+ *   (sona_storage_bytes of each length: the bytes t holds, not re-encoded), the route's bytes,
+ *   per context: u32 length, bytes (strings without their terminating zero).
+ * The start time is left out: it is a reading of this process's monotonic clock. */
+void sona_trajectory_write(const sona_trajectory *t, sona_wbuf *w);
+
+/* Reads a record written by sona_trajectory_write into a fresh ended trajectory holding the same
+ * encoded bytes (writing it again gives the same record); its start time is 0 (unknown).
+ * SONA_E_CORRUPT (message on the thread) for a truncated or inconsistent record: an unknown
+ * storage format, a zero length, a vector that decodes to NaN or Inf, a non-finite reward or
+ * quality, a layer below SONA_LAYER_NONE, a string holding a zero byte; SONA_E_NOMEM. */
+sona_status sona_trajectory_read(sona_rbuf *r, sona_trajectory **out);
+
+/* Copies pointers to up to max of the trajectories b holds into out, oldest first, without taking
+ * them; returns how many. It stops at the first position a producer has claimed but not yet
+ * filled, so the result is a prefix of the ring as it was during the call, while producers may go
+ * on recording. The caller must keep every consumer out until it is done with the pointers (no
+ * drain, no record under SONA_FULL_OVERWRITE_OLDEST): the trajectories stay the buffer's. */
+uint32_t sona_trajectory_buffer_peek(const sona_trajectory_buffer *b, const sona_trajectory **out,
+                                     uint32_t max);
+
+#endif /* SONA_CORE_TRAJECTORY_INTERNAL_H */
