@@ -215,7 +215,9 @@ SONA_API sona_status sona_get_stats(sona_engine *e, sona_stats *out);
  * fsync, rename, fsync dir. Nothing is lost on a restart, and there is no need to run loop B
  * before saving. The queue is looked at, not taken: requests may go on recording meanwhile
  * (those that come after the snapshot are not in the file), and the file's counters agree with
- * the queue it holds (recorded == processed + queued). Loop B waits while a save runs. */
+ * the queue it holds (recorded == processed + queued). Loop B waits while the state is copied
+ * into memory, not while it is written. Saves from several threads to one path leave one of
+ * their states, whole (the last rename wins, which need not be the last state taken). */
 SONA_API sona_status sona_save(sona_engine *e, const char *path);
 /* Replaces e's learned state with the file's, its queue included: e's own queued trajectories
  * are discarded, the file's are queued, oldest first and each in its own storage format, for the

@@ -3,6 +3,7 @@
  * consolidation of every adapter set, and a checkpoint when a state path is configured. */
 #include "core/dream.h"
 #include "core/engine_internal.h"
+#include "core/serial.h"
 #include "core/vecmath.h"
 
 #include <math.h>
@@ -209,10 +210,14 @@ sona_status eng_loop_c_cycle(sona_engine *e)
     atomic_store(&e->n.patterns, sona_bank_pattern_count(e->bank));
     atomic_store(&e->n.tasks, eng_ewc_tasks(e->base_ewc));
     atomic_fetch_add(&e->n.c_cycles, 1);
-    if (st == SONA_OK && e->cfg.state_path[0])
-        st = eng_save_locked(e, e->cfg.state_path);
+    sona_wbuf checkpoint = {0};
+    const int checkpointing = st == SONA_OK && e->cfg.state_path[0];
+    if (checkpointing)
+        st = eng_state_snapshot(e, &checkpoint);
+    pthread_mutex_unlock(&e->cycle_mu);
+    if (checkpointing && st == SONA_OK) /* the disk, without holding loop B off */
+        st = eng_state_write(e, e->cfg.state_path, &checkpoint);
     atomic_store(&e->n.last_c_us, eng_now_us() - t0);
     atomic_store(&e->last_deep_ms, eng_now_us() / 1000);
-    pthread_mutex_unlock(&e->cycle_mu);
     return st == SONA_OK ? SONA_OK : eng_fail(e, st, "loop C cycle failed: %s", sona_status_str(st));
 }

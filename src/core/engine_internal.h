@@ -123,8 +123,10 @@ sona_status eng_ewc_load(struct sona_rbuf *in, const sona_lora *lora, const sona
 
 /* The sona_lora configuration of the engine's Micro (base = 0) or Base-LoRA (base = 1). */
 void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc);
-/* sona_save with cycle_mu held by the caller. */
-sona_status eng_save_locked(sona_engine *e, const char *path);
+/* sona_save in two steps, so that loop B does not wait on the disk: the state serialised into
+ * *w (caller holds cycle_mu), then *w written to path and freed (without cycle_mu). */
+sona_status eng_state_snapshot(sona_engine *e, struct sona_wbuf *w);
+sona_status eng_state_write(sona_engine *e, const char *path, struct sona_wbuf *w);
 
 /* Pattern bank glue (engine_bank.c): ReasoningBank + HNSW index. */
 sona_status eng_bank_create(const sona_engine_config *cfg, sona_bank **out);

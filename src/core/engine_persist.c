@@ -300,15 +300,23 @@ static sona_status write_file_atomic(sona_engine *e, const char *path, const son
     return st;
 }
 
-sona_status eng_save_locked(sona_engine *e, const char *path)
+sona_status eng_state_snapshot(sona_engine *e, sona_wbuf *w)
 {
-    sona_wbuf w = {0};
-    sona_status st = serialise(e, &w);
-    if (st != SONA_OK)
-        st = eng_fail(e, st, "sona_save: out of memory serialising the state");
-    else
-        st = write_file_atomic(e, path, &w);
-    free(w.p);
+    *w = (sona_wbuf){0};
+    const sona_status st = serialise(e, w);
+    if (st != SONA_OK) {
+        free(w->p);
+        *w = (sona_wbuf){0};
+        return eng_fail(e, st, "sona_save: out of memory serialising the state");
+    }
+    return SONA_OK;
+}
+
+sona_status eng_state_write(sona_engine *e, const char *path, sona_wbuf *w)
+{
+    const sona_status st = write_file_atomic(e, path, w);
+    free(w->p);
+    *w = (sona_wbuf){0};
     return st;
 }
 
@@ -316,10 +324,11 @@ sona_status sona_save(sona_engine *e, const char *path)
 {
     if (!e || !path)
         return eng_fail(e, SONA_E_NULL, "sona_save: NULL argument");
+    sona_wbuf w;
     pthread_mutex_lock(&e->cycle_mu);
-    sona_status st = eng_save_locked(e, path);
+    sona_status st = eng_state_snapshot(e, &w);
     pthread_mutex_unlock(&e->cycle_mu);
-    return st;
+    return st == SONA_OK ? eng_state_write(e, path, &w) : st;
 }
 
 /* ---- loading ------------------------------------------------------------------------------- */
