@@ -121,8 +121,9 @@ uint32_t sona_ewc_task_count(const sona_ewc *e) { return e ? e->task_count : 0; 
 uint64_t sona_ewc_boundaries(const sona_ewc *e) { return e ? e->boundaries : 0; }
 
 /* Common argument checks: handle, pointers, size, finiteness of each vector given. */
-static sona_status check_vectors(const sona_ewc *ce, const char *fn, uint32_t n, const float *a,
-                                 const float *b)
+/* The vectors a and b (may be the same) are given and n is the state's parameter count. */
+static sona_status check_shape(const sona_ewc *ce, const char *fn, uint32_t n, const float *a,
+                               const float *b)
 {
     sona_ewc *e = (sona_ewc *)ce; /* only the error buffer is written */
     if (!e)
@@ -132,8 +133,23 @@ static sona_status check_vectors(const sona_ewc *ce, const char *fn, uint32_t n,
     if (n != e->cfg.param_count)
         return sona_fail(&e->err, SONA_E_SIZE, "%s: %u parameters given, the EWC state has %u", fn, n,
                          e->cfg.param_count);
+    return SONA_OK;
+}
+
+static sona_status nonfinite_input(sona_ewc *e, const char *fn)
+{
+    return sona_fail(&e->err, SONA_E_NONFINITE, "%s: NaN or Inf in the input", fn);
+}
+
+/* check_shape, and no NaN or Inf in a or b. */
+static sona_status check_vectors(const sona_ewc *ce, const char *fn, uint32_t n, const float *a,
+                                 const float *b)
+{
+    const sona_status st = check_shape(ce, fn, n, a, b);
+    if (st != SONA_OK)
+        return st;
     if (!sona_all_finite(a, n) || (b != a && !sona_all_finite(b, n)))
-        return sona_fail(&e->err, SONA_E_NONFINITE, "%s: NaN or Inf in the input", fn);
+        return nonfinite_input((sona_ewc *)ce, fn);
     return SONA_OK;
 }
 
@@ -294,15 +310,15 @@ sona_status sona_ewc_observe(sona_ewc *e, const float *theta, const float *g, ui
     static const char fn[] = "sona_ewc_observe";
     /* g's own finiteness check is its norm's (loop A calls this on every request): a NaN or
      * Inf in g makes the sum of squares non-finite too. */
-    sona_status st = check_vectors(e, fn, n, theta, theta);
-    if (st == SONA_OK && !g)
-        st = sona_fail(&e->err, SONA_E_NULL, "%s: a required vector is NULL", fn);
+    sona_status st = check_shape(e, fn, n, theta, g);
     if (st != SONA_OK)
         return st;
+    if (!sona_all_finite(theta, n))
+        return nonfinite_input(e, fn);
     const double norm = sqrt(sona_host_loops_get()->sum_squares(g, n));
     if (!isfinite(norm))
-        return sona_fail(&e->err, SONA_E_NONFINITE, sona_all_finite(g, n) ? "%s: the gradient's norm overflows"
-                                                                          : "%s: NaN or Inf in the input", fn);
+        return sona_all_finite(g, n) ? sona_fail(&e->err, SONA_E_NONFINITE, "%s: the gradient's norm overflows", fn)
+                                     : nonfinite_input(e, fn);
     const int b = observe_checked(e, theta, norm);
     if (boundary)
         *boundary = b;
