@@ -472,9 +472,6 @@ static sona_status read_patterns(sona_engine *e, sona_rbuf *r, loaded *s)
     return st;
 }
 
-/* A queued trajectory's record is at least this long (core/trajectory_internal.h) */
-#define QUEUED_RECORD_MIN_BYTES 40u
-
 /* Reads the queued trajectories, *in_file of them. Those beyond this engine's buffer_capacity are
  * checked like the others and let go: the oldest are kept, as a full queue refuses the newest. */
 static sona_status read_queue(sona_engine *e, sona_rbuf *r, loaded *s, uint32_t *in_file)
@@ -482,7 +479,7 @@ static sona_status read_queue(sona_engine *e, sona_rbuf *r, loaded *s, uint32_t 
     const uint32_t H = e->cfg.hidden;
     s->next_id = sona_rbuf_u64(r);
     const uint32_t n = sona_rbuf_u32(r);
-    if (!sona_rbuf_has(r, n, QUEUED_RECORD_MIN_BYTES))
+    if (!sona_rbuf_has(r, n, SONA_TRAJECTORY_RECORD_MIN_BYTES))
         return corrupt(e, "queue section is truncated");
     const uint32_t keep = n < e->cfg.buffer_capacity ? n : e->cfg.buffer_capacity;
     if (keep && !(s->queue = calloc(keep, sizeof *s->queue)))

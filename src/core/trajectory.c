@@ -590,8 +590,11 @@ static sona_status read_into(sona_trajectory *t, sona_rbuf *r)
     if (steps && !(t->steps = malloc((size_t)steps * sizeof *t->steps)))
         return fail(NULL, SONA_E_NOMEM, "%s: out of memory for %u steps", fn, steps);
     t->step_cap = steps;
-    /* Every length is checked against the bytes left before anything of that size is allocated. */
+    /* Every length is checked against the bytes left before anything of that size is allocated:
+     * the query's, then each step's as the sum grows (so it cannot wrap). */
     uint64_t encoded = sona_storage_bytes(t->storage, t->dim);
+    if (!sona_rbuf_has(r, encoded, 1))
+        return fail(NULL, SONA_E_CORRUPT, "%s: the vectors are truncated", fn);
     uint32_t widest = t->dim;
     for (uint32_t i = 0; i < steps; i++) {
         step_rec *s = &t->steps[i];
@@ -602,13 +605,11 @@ static sona_status read_into(sona_trajectory *t, sona_rbuf *r)
         if (s->act_len == 0 || !isfinite(s->reward) || s->layer < SONA_LAYER_NONE)
             return fail(NULL, SONA_E_CORRUPT, "%s: step %u: zero activations, non-finite reward or bad layer", fn, i);
         encoded += sona_storage_bytes(t->storage, s->act_len) + sona_storage_bytes(t->storage, s->attn_len);
-        if (!sona_rbuf_has(r, encoded, 1)) /* checked as it grows: the sum cannot wrap */
+        if (!sona_rbuf_has(r, encoded, 1))
             return fail(NULL, SONA_E_CORRUPT, "%s: the vectors are truncated", fn);
         widest = s->act_len > widest ? s->act_len : widest;
         widest = s->attn_len > widest ? s->attn_len : widest;
     }
-    if (!sona_rbuf_has(r, encoded, 1))
-        return fail(NULL, SONA_E_CORRUPT, "%s: the vectors are truncated", fn);
     float *scratch = malloc((size_t)widest * sizeof *scratch);
     if (!scratch)
         return fail(NULL, SONA_E_NOMEM, "%s: out of memory", fn);

@@ -17,6 +17,9 @@
  * The start time is left out: it is a reading of this process's monotonic clock. */
 void sona_trajectory_write(const sona_trajectory *t, sona_wbuf *w);
 
+/* The fixed part of a record (id to route length): no record is shorter. */
+#define SONA_TRAJECTORY_RECORD_MIN_BYTES 40u
+
 /* Reads a record written by sona_trajectory_write into a fresh ended trajectory holding the same
  * encoded bytes (writing it again gives the same record); its start time is 0 (unknown).
  * SONA_E_CORRUPT (message on the thread) for a truncated or inconsistent record: an unknown
