@@ -44,6 +44,25 @@ static int train(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, son
     return boundaries;
 }
 
+/* A declared task end (what loop C's consolidation does), then one step that uses the lambda
+ * (and caches it). */
+static void declare_task_end(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, sona_rng *r,
+                             float amplitude)
+{
+    cr_assert_eq(eng_ewc_consolidate(w, lora), SONA_OK);
+    train(w, lora, cfg, r, 1, amplitude);
+}
+
+/* The engine's lambda now, checked against the uncached rule; *capped_once notes a binding cap. */
+static float checked_lambda(eng_ewc *w, const sona_lora *lora, int *capped_once)
+{
+    int capped;
+    const float seen = eng_ewc_lambda(w, lora);
+    cr_expect_eq(seen, lambda_from_tasks(w, lora, &capped));
+    *capped_once |= capped;
+    return seen;
+}
+
 Test(engine_ewc, capped_lambda_follows_every_task_change)
 {
     sona_engine_config cfg;
@@ -60,27 +79,19 @@ Test(engine_ewc, capped_lambda_follows_every_task_change)
 
     cr_assert_eq(train(w, lora, &cfg, &r, 150, 0.01f), 0, "a steady gradient is no new task");
     float seen[3];
-    int capped_once = 0, capped;
-    /* 1: a declared task end, then a step that uses (and caches) the lambda. */
-    cr_assert_eq(eng_ewc_consolidate(w, lora), SONA_OK);
-    train(w, lora, &cfg, &r, 1, 0.01f);
-    seen[0] = eng_ewc_lambda(w, lora);
-    cr_expect_eq(seen[0], lambda_from_tasks(w, lora, &capped));
-    capped_once |= capped;
+    int capped_once = 0;
+    /* 1: a declared task end. */
+    declare_task_end(w, lora, &cfg, &r, 0.01f);
+    seen[0] = checked_lambda(w, lora, &capped_once);
     /* 2: a larger Fisher in the second task, declared. */
     cr_assert_eq(train(w, lora, &cfg, &r, 150, 0.3f), 0);
-    cr_assert_eq(eng_ewc_consolidate(w, lora), SONA_OK);
-    train(w, lora, &cfg, &r, 1, 0.3f);
-    seen[1] = eng_ewc_lambda(w, lora);
-    cr_expect_eq(seen[1], lambda_from_tasks(w, lora, &capped));
-    capped_once |= capped;
+    declare_task_end(w, lora, &cfg, &r, 0.3f);
+    seen[1] = checked_lambda(w, lora, &capped_once);
     /* 3: a jump of the gradient the detector takes for a new task, inside a step. */
     cr_assert_eq(train(w, lora, &cfg, &r, 150, 0.3f), 0);
     cr_assert_eq(train(w, lora, &cfg, &r, 5, 30.0f), 1, "the jump is one detected boundary");
     cr_assert_eq(eng_ewc_tasks(w), 3);
-    seen[2] = eng_ewc_lambda(w, lora);
-    cr_expect_eq(seen[2], lambda_from_tasks(w, lora, &capped));
-    capped_once |= capped;
+    seen[2] = checked_lambda(w, lora, &capped_once);
 
     cr_expect(capped_once, "the cap bound at least once (else this test checks nothing of it)");
     cr_expect_neq(seen[0], seen[1], "each task change moves lambda (else a stale value would pass)");
