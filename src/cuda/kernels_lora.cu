@@ -384,6 +384,17 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
     }
 }
 
+/* A row's rank-j partial dot summed over its slices: tp holds rows x slices x r partials (the
+ * sliced pair's and the one-pass kernel's exchange), read from L2 (written by other blocks). */
+__device__ __forceinline__ float slices_total(const float *tp, int row, uint32_t slices, int r, int j)
+{
+    const float *p = tp + (size_t)row * slices * r + j;
+    float sum = 0.0f;
+    for (uint32_t q = 0; q < slices; q++)
+        sum += __ldcg(p + (size_t)q * r);
+    return sum;
+}
+
 /* The sliced pair: the grouped scheme split along hidden so that every SM has blocks even when
  * there are few adapters or rows. Block (a, slice, chunk) takes the rows with id a among the
  * chunk-th ID_CHUNK ids and one slice of SONA_CUDA_BLOCK units (float4 with VEC) of hidden, one
@@ -457,11 +468,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK)
         const int gn = count - g0 < GROUP ? count - g0 : GROUP;
         if ((int)threadIdx.x < gn * r) {
             const int g = threadIdx.x / r, j = threadIdx.x % r;
-            const float *p = tp + (size_t)rows_s[g0 + g] * slices * r + j;
-            float sum = 0.0f;
-            for (uint32_t q = 0; q < slices; q++)
-                sum += p[(size_t)q * r];
-            t[g][j] = s * sum;
+            t[g][j] = s * slices_total(tp, rows_s[g0 + g], slices, r, j);
         }
         __syncthreads();
         const float *xg[GROUP];
@@ -728,13 +735,7 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK, 2)
                 const int gn = count - g0 < G ? count - g0 : G;
                 if ((int)threadIdx.x < gn * R) {
                     const int g = threadIdx.x / R, j = threadIdx.x % R;
-                    float sum = 0.0f;
-                    if (j < r) {
-                        const float *q = tp + (size_t)rows_s[g0 + g] * S * r + j;
-                        for (uint32_t k = 0; k < S; k++)
-                            sum += __ldcg(q + (size_t)k * r);
-                    }
-                    t[g][j] = sc * sum;
+                    t[g][j] = j < r ? sc * slices_total(tp, rows_s[g0 + g], S, r, j) : 0.0f;
                 }
                 __syncthreads();
                 const float *xg[G];
@@ -747,11 +748,11 @@ __global__ void __launch_bounds__(SONA_CUDA_BLOCK, 2)
         }
     }
     /* Rows without an adapter: y = x, this slice of the rows with row % P == p. */
-    if (no_adapter && x != y && mine)
+    if (no_adapter && x != y)
         for (size_t i = p; i < n; i += P) {
             const int32_t id = ids[i];
             if (id < 0 || (uint32_t)id >= w.num_adapters)
-                reinterpret_cast<float4 *>(y + i * H)[u] = reinterpret_cast<const float4 *>(x + i * H)[u];
+                copy_units<true>(x + i * H, y + i * H, u0, u1);
         }
 }
 
@@ -1032,41 +1033,55 @@ coop_variant coop_variant_of(const sona_lora_apply_args *a)
     return a->n <= a->w.num_adapters ? COOP_G1 : COOP_G2;
 }
 
-template <int R, int G, bool ONE_CHUNK>
-dim3 coop_grid_for(const sona_lora_apply_args *a)
-{
-    const uint64_t S = (a->w.hidden / 4 + SONA_CUDA_BLOCK - 1) / SONA_CUDA_BLOCK;
-    const uint64_t resident = (uint64_t)coop_kernel_info<R, G, ONE_CHUNK>::resident();
-    uint64_t P = a->w.num_adapters;
-    if (S * P > resident)
-        P = resident / S;
-    if (P > COOP_MAX_SLOTS)
-        P = COOP_MAX_SLOTS;
-    if (!S || !P || S > 65535)
-        return dim3(0, 0, 0);
-    return dim3((unsigned)S, (unsigned)P);
-}
-
-struct coop_grid_query {
+/* Calls f.template variant<R, G, ONE_CHUNK>() for the one-pass instantiation that takes a: its
+ * rank bucket and the batch's coop_variant. cudaErrorInvalidValue for shapes it does not take
+ * (ranks past 16, no float4 layout). */
+template <typename F>
+struct coop_dispatch {
     const sona_lora_apply_args *a;
-    dim3 *grid;
+    F f;
     template <int R, bool VEC>
     cudaError_t operator()() const
     {
-        constexpr int RG = R > 16 ? 16 : R;
-        *grid = dim3(0, 0, 0);
-        if (VEC && R <= 16)
+        if constexpr (!VEC || R > 16) {
+            return cudaErrorInvalidValue;
+        } else {
             switch (coop_variant_of(a)) {
             case COOP_G1:
-                *grid = coop_grid_for<RG, 1, true>(a);
-                break;
+                return f.template variant<R, 1, true>();
             case COOP_G2:
-                *grid = coop_grid_for<RG, 2, true>(a);
-                break;
-            case COOP_G2_CHUNKS:
-                *grid = coop_grid_for<RG, 2, false>(a);
-                break;
+                return f.template variant<R, 2, true>();
+            default:
+                return f.template variant<R, 2, false>();
             }
+        }
+    }
+};
+
+template <typename F>
+cudaError_t with_coop_variant(const sona_lora_apply_args *a, bool vec, F f)
+{
+    if (a->w.rank > 16)
+        return cudaErrorInvalidValue;
+    return with_rank_bucket(a->w.rank, vec, coop_dispatch<F>{a, f});
+}
+
+/* The grid of a one-pass instantiation for a: (S slices, P slots), P capped at what is resident. */
+struct coop_grid_of {
+    const sona_lora_apply_args *a;
+    dim3 *grid;
+    template <int R, int G, bool ONE_CHUNK>
+    cudaError_t variant() const
+    {
+        const uint64_t S = (a->w.hidden / 4 + SONA_CUDA_BLOCK - 1) / SONA_CUDA_BLOCK;
+        const uint64_t resident = (uint64_t)coop_kernel_info<R, G, ONE_CHUNK>::resident();
+        uint64_t P = a->w.num_adapters;
+        if (S * P > resident)
+            P = resident / S;
+        if (P > COOP_MAX_SLOTS)
+            P = COOP_MAX_SLOTS;
+        if (S && P && S <= 65535)
+            *grid = dim3((unsigned)S, (unsigned)P);
         return cudaSuccess;
     }
 };
@@ -1075,8 +1090,7 @@ struct coop_grid_query {
 dim3 coop_grid(const sona_lora_apply_args *a, bool vec)
 {
     dim3 grid(0, 0, 0);
-    if (a->w.rank <= 16)
-        (void)with_rank_bucket(a->w.rank, vec, coop_grid_query{a, &grid});
+    (void)with_coop_variant(a, vec, coop_grid_of{a, &grid});
     return grid;
 }
 
@@ -1085,8 +1099,8 @@ struct apply_coop_launch {
     dim3 grid;
     float *tp;
     cudaStream_t s;
-    template <int RG, int G, bool ONE_CHUNK>
-    cudaError_t launch() const
+    template <int R, int G, bool ONE_CHUNK>
+    cudaError_t variant() const
     {
         cudaLaunchAttribute coop[1];
         coop[0].id = cudaLaunchAttributeCooperative;
@@ -1094,27 +1108,12 @@ struct apply_coop_launch {
         cudaLaunchConfig_t cfg = {};
         cfg.gridDim = grid;
         cfg.blockDim = dim3(SONA_CUDA_BLOCK);
-        cfg.dynamicSmemBytes = coop_kernel_info<RG, G, ONE_CHUNK>::smem();
+        cfg.dynamicSmemBytes = coop_kernel_info<R, G, ONE_CHUNK>::smem();
         cfg.stream = s;
         cfg.attrs = coop;
         cfg.numAttrs = 1;
-        return cudaLaunchKernelEx(&cfg, lora_apply_coop_kernel<RG, G, ONE_CHUNK>, a->w, a->n, a->ids, a->x,
+        return cudaLaunchKernelEx(&cfg, lora_apply_coop_kernel<R, G, ONE_CHUNK>, a->w, a->n, a->ids, a->x,
                                   a->y, tp);
-    }
-    template <int R, bool VEC>
-    cudaError_t operator()() const
-    {
-        if (!VEC || R > 16) /* coop_grid refused these shapes */
-            return cudaErrorInvalidValue;
-        constexpr int RG = R > 16 ? 16 : R;
-        switch (coop_variant_of(a)) {
-        case COOP_G1:
-            return launch<RG, 1, true>();
-        case COOP_G2:
-            return launch<RG, 2, true>();
-        default:
-            return launch<RG, 2, false>();
-        }
     }
 };
 
@@ -1189,7 +1188,7 @@ cudaError_t sona_cuda_launch_lora_apply(const sona_lora_apply_args *a, int mode,
     if (!scratch && (mode == 3 || mode == 2)) /* no partial-sum buffer: the per-row kernel */
         mode = 0;
     if (mode == 3)
-        return with_rank_bucket(a->w.rank, vec, apply_coop_launch{a, coop_grid(a, vec), scratch, s});
+        return with_coop_variant(a, vec, apply_coop_launch{a, coop_grid(a, vec), scratch, s});
     if (mode == 2)
         return with_rank_bucket(a->w.rank, vec, apply_sliced_launch{a, scratch, s});
     if (mode == 1)
