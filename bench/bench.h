@@ -51,6 +51,9 @@ int bench_quick(const bench_ctx *ctx);
  * available GPU backend). Each entry has a label ("avx2", "opencl", ...). */
 int bench_backends(const bench_ctx *ctx, const sona_backend **out, const char **labels, int max);
 
+/* The SONA_CPU_* bits in f as names separated by spaces ("avx2 fma f16c"), or "(none)". */
+void bench_features_text(char *buf, size_t len, uint32_t f);
+
 /* Whether b is a real accelerator (not a CPU variant, not an OpenCL CPU device such as PoCL):
  * GPU-only cases bench_skip() elsewhere. */
 int bench_backend_is_gpu(const sona_backend *b);

@@ -356,20 +356,13 @@ double bench_gbps(const bench_result *r)
 
 /* ---- header ---------------------------------------------------------------------------- */
 
-static void features_str(char *buf, size_t len, uint32_t f)
+void bench_features_text(char *buf, size_t len, uint32_t f)
 {
-    static const struct {
-        uint32_t bit;
-        const char *name;
-    } names[] = {{SONA_CPU_SSE42, "sse4.2"},     {SONA_CPU_AVX2, "avx2"},
-                 {SONA_CPU_FMA, "fma"},          {SONA_CPU_AVX512F, "avx512f"},
-                 {SONA_CPU_AVX512BW, "avx512bw"}, {SONA_CPU_AVX512VL, "avx512vl"},
-                 {SONA_CPU_NEON, "neon"}};
     size_t at = 0;
     buf[0] = '\0';
-    for (size_t i = 0; i < sizeof names / sizeof names[0] && at < len; i++)
-        if (f & names[i].bit)
-            at += (size_t)snprintf(buf + at, len - at, "%s%s", at ? " " : "", names[i].name);
+    for (uint32_t bit = 1; sona_cpu_feature_name(bit) && at < len; bit <<= 1)
+        if (f & bit)
+            at += (size_t)snprintf(buf + at, len - at, "%s%s", at ? " " : "", sona_cpu_feature_name(bit));
     if (!buf[0])
         snprintf(buf, len, "(none)");
 }
@@ -380,7 +373,7 @@ void bench_header_fill(bench_header *h, const bench_ctx *ctx)
     sona_cpu_info ci;
     sona_cpu_info_get(&ci);
     snprintf(h->cpu, sizeof h->cpu, "%s", ci.brand);
-    features_str(h->features, sizeof h->features, ci.features);
+    bench_features_text(h->features, sizeof h->features, ci.features);
     snprintf(h->variant, sizeof h->variant, "%s", ci.variant_reason ? ci.variant_reason : ci.variant);
     h->cores = ci.cores;
     h->threads = ci.threads;

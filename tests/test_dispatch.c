@@ -127,3 +127,25 @@ Test(dispatch, simd_variants_fill_every_op)
                   "%s leaves an op to the scalar code", b->name);
     }
 }
+
+Test(dispatch, every_feature_bit_has_one_name)
+{
+    const uint32_t bits[] = {SONA_CPU_SSE42,    SONA_CPU_AVX2,     SONA_CPU_FMA,  SONA_CPU_AVX512F,
+                             SONA_CPU_AVX512BW, SONA_CPU_AVX512VL, SONA_CPU_NEON, SONA_CPU_F16C};
+    uint32_t walked = 0;
+    for (uint32_t bit = 1; sona_cpu_feature_name(bit); bit <<= 1)
+        walked |= bit;
+    uint32_t all = 0;
+    for (size_t i = 0; i < sizeof bits / sizeof bits[0]; i++) {
+        all |= bits[i];
+        const char *name = sona_cpu_feature_name(bits[i]);
+        cr_assert_not_null(name, "bit %#x has no name", bits[i]);
+        for (size_t j = 0; j < i; j++)
+            cr_expect_str_neq(name, sona_cpu_feature_name(bits[j]));
+    }
+    cr_expect_eq(walked, all, "walking the bits up to the first NULL names %#x, not %#x", walked, all);
+    cr_expect_str_eq(sona_cpu_feature_name(SONA_CPU_AVX512BW), "avx512bw");
+    cr_expect_null(sona_cpu_feature_name(0));
+    cr_expect_null(sona_cpu_feature_name(SONA_CPU_AVX2 | SONA_CPU_FMA), "two bits are not one name");
+    cr_expect_null(sona_cpu_feature_name(1u << 31));
+}

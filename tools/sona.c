@@ -7,32 +7,15 @@
 #include <stdio.h>
 #include <string.h>
 
-static void print_features(uint32_t f)
-{
-    static const struct {
-        uint32_t bit;
-        const char *name;
-    } names[] = {{SONA_CPU_SSE42, "sse4.2"},     {SONA_CPU_AVX2, "avx2"},
-                 {SONA_CPU_FMA, "fma"},          {SONA_CPU_AVX512F, "avx512f"},
-                 {SONA_CPU_AVX512BW, "avx512bw"}, {SONA_CPU_AVX512VL, "avx512vl"},
-                 {SONA_CPU_NEON, "neon"},         {SONA_CPU_F16C, "f16c"}};
-    int any = 0;
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (f & names[i].bit) {
-            printf("%s%s", any ? " " : "", names[i].name);
-            any = 1;
-        }
-    printf("%s\n", any ? "" : "(none)");
-}
-
 static int cmd_info(void)
 {
     sona_cpu_info ci;
     sona_cpu_info_get(&ci);
     printf("libsona %s\n", sona_version());
     printf("cpu:       %s\n", ci.brand);
-    printf("features:  ");
-    print_features(ci.features);
+    char features[128];
+    bench_features_text(features, sizeof features, ci.features);
+    printf("features:  %s\n", features);
     printf("variant:   %s\n", ci.variant_reason);
     printf("topology:  %u package(s), %u core(s), %u thread(s), %u NUMA node(s)\n", ci.packages,
            ci.cores, ci.threads, ci.numa_nodes);

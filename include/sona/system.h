@@ -20,6 +20,10 @@ enum {
     SONA_CPU_F16C = 1u << 7 /* half-precision conversions (x86) */
 };
 
+/* The lower-case name of one SONA_CPU_* bit ("avx512bw"); NULL for anything else. Walking the
+ * bits from 1u << 0 up to the first NULL names every feature, in the order above. */
+SONA_API const char *sona_cpu_feature_name(uint32_t feature);
+
 typedef struct sona_cpu_info {
     char brand[64];          /* CPU model name */
     uint32_t features;       /* SONA_CPU_* bits */

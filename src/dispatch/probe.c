@@ -16,6 +16,16 @@
 #include <hwloc.h>
 #endif
 
+const char *sona_cpu_feature_name(uint32_t feature)
+{
+    static const char *const names[] = {"sse4.2",   "avx2",     "fma",  "avx512f",
+                                        "avx512bw", "avx512vl", "neon", "f16c"};
+    for (uint32_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (feature == 1u << i)
+            return names[i];
+    return NULL;
+}
+
 static sona_cpu_info probe_info;
 static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
 
