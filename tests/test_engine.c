@@ -14,6 +14,7 @@
 #include "core/serial.h"
 #include "core/trajectory_internal.h"
 #include "fuzz/fuzz_engine.h"
+#include "support/files.h"
 #include "support/op_cases.h"
 #include "support/synth_task.h"
 #include <sona.h>
@@ -230,14 +231,8 @@ static char *temp_path(const char *name)
 
 static uint8_t *read_all(const char *path, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
-    cr_assert_not_null(f, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    *len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc(*len ? *len : 1);
-    cr_assert_eq(fread(b, 1, *len, f), *len);
-    fclose(f);
+    uint8_t *b = (uint8_t *)test_read_file(path, len);
+    cr_assert_not_null(b, "cannot read %s", path);
     return b;
 }
 

@@ -233,6 +233,26 @@ SONA_API sona_status sona_load(sona_engine *e, const char *path);
 /* Same as sona_load from a memory buffer (the fuzz target's entry point). */
 SONA_API sona_status sona_load_buffer(sona_engine *e, const void *data, size_t len);
 
+/* ---- export for other servers --------------------------------------------------------------- */
+/* Where sona_export_peft puts each Base-LoRA layer. */
+typedef struct sona_peft_config {
+    /* Layer l's module path: the text with its one "%u" replaced by l (no other '%'). Its last
+     * dot-separated part becomes adapter_config.json's target_modules. */
+    const char *module_format;
+    const char *base_model; /* adapter_config.json's base_model_name_or_path; "" = left out */
+} sona_peft_config;
+/* module_format "base_model.model.model.layers.%u.self_attn.o_proj", base_model "". */
+SONA_API void sona_peft_config_default(sona_peft_config *cfg);
+/* Writes the Base-LoRA as a PEFT LoRA adapter that vLLM, LoRAX and Hugging Face PEFT load:
+ * dir/adapter_model.safetensors (per layer l, "<module l>.lora_A.weight" F32 [base_rank, hidden]
+ * and "<module l>.lora_B.weight" F32 [hidden, base_rank]) and dir/adapter_config.json
+ * (peft_type LORA, r = base_rank, lora_alpha = base_alpha: the same scale alpha / r). Layer l's
+ * delta s B (A x) is then added to that module's output, so name the hidden x hidden projection
+ * whose input is what sona_apply_layer(l) is given. dir is created when missing; each file is
+ * written atomically (the two files are not one transaction). cfg NULL = the defaults. The
+ * weights are taken as one snapshot between loop B cycles. */
+SONA_API sona_status sona_export_peft(sona_engine *e, const char *dir, const sona_peft_config *cfg);
+
 #ifdef __cplusplus
 }
 #endif

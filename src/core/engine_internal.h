@@ -127,6 +127,11 @@ void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc
  * *w (caller holds cycle_mu), then *w written to path and freed (without cycle_mu). */
 sona_status eng_state_snapshot(sona_engine *e, struct sona_wbuf *w);
 sona_status eng_state_write(sona_engine *e, const char *path, struct sona_wbuf *w);
+/* Writes len bytes to path atomically: a temporary file in the same directory, fsync, rename,
+ * fsync of the directory (a crash leaves the old file or the new one). Failures are reported on
+ * e as "caller: ...". */
+sona_status eng_write_file_atomic(sona_engine *e, const char *caller, const char *path, const void *data,
+                                  size_t len);
 
 /* Pattern bank glue (engine_bank.c): ReasoningBank + HNSW index. */
 sona_status eng_bank_create(const sona_engine_config *cfg, sona_bank **out);

@@ -255,15 +255,15 @@ static sona_status write_all(int fd, const uint8_t *p, size_t n)
     return SONA_OK;
 }
 
-/* Writes data to path atomically: temp file in the same directory, fsync, rename, fsync dir. */
-static sona_status write_file_atomic(sona_engine *e, const char *path, const sona_wbuf *w)
+sona_status eng_write_file_atomic(sona_engine *e, const char *caller, const char *path, const void *data,
+                                  size_t len)
 {
     const size_t plen = strlen(path);
     char *tmp = malloc(plen + 16), *dir = malloc(plen + 2);
     if (!tmp || !dir) {
         free(tmp);
         free(dir);
-        return eng_fail(e, SONA_E_NOMEM, "sona_save: out of memory");
+        return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", caller);
     }
     snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
     memcpy(dir, path, plen + 1);
@@ -277,14 +277,14 @@ static sona_status write_file_atomic(sona_engine *e, const char *path, const son
     sona_status st = SONA_OK;
     int fd = mkstemp(tmp);
     if (fd < 0) {
-        st = eng_fail(e, SONA_E_IO, "sona_save: cannot create a temporary file beside %s: %s", path, strerror(errno));
+        st = eng_fail(e, SONA_E_IO, "%s: cannot create a temporary file beside %s: %s", caller, path, strerror(errno));
     } else {
-        if (write_all(fd, w->p, w->len) != SONA_OK || fsync(fd) != 0)
-            st = eng_fail(e, SONA_E_IO, "sona_save: writing %s failed: %s", tmp, strerror(errno));
+        if (write_all(fd, data, len) != SONA_OK || fsync(fd) != 0)
+            st = eng_fail(e, SONA_E_IO, "%s: writing %s failed: %s", caller, tmp, strerror(errno));
         if (close(fd) != 0 && st == SONA_OK)
-            st = eng_fail(e, SONA_E_IO, "sona_save: closing %s failed: %s", tmp, strerror(errno));
+            st = eng_fail(e, SONA_E_IO, "%s: closing %s failed: %s", caller, tmp, strerror(errno));
         if (st == SONA_OK && rename(tmp, path) != 0)
-            st = eng_fail(e, SONA_E_IO, "sona_save: renaming %s to %s failed: %s", tmp, path, strerror(errno));
+            st = eng_fail(e, SONA_E_IO, "%s: renaming %s to %s failed: %s", caller, tmp, path, strerror(errno));
         if (st != SONA_OK) {
             unlink(tmp);
         } else {
@@ -314,7 +314,7 @@ sona_status eng_state_snapshot(sona_engine *e, sona_wbuf *w)
 
 sona_status eng_state_write(sona_engine *e, const char *path, sona_wbuf *w)
 {
-    const sona_status st = write_file_atomic(e, path, w);
+    const sona_status st = eng_write_file_atomic(e, "sona_save", path, w->p, w->len);
     free(w->p);
     *w = (sona_wbuf){0};
     return st;

@@ -157,33 +157,35 @@ static void alloc_outputs(op_instance *in, size_t f0, size_t f1, size_t iout)
     }
 }
 
+void op_ref_lora_row(const float *x, size_t H, size_t r, const float *A, const float *Bt, double s, double *y,
+                     double *mag)
+{
+    for (size_t h = 0; h < H; h++) {
+        y[h] = x[h];
+        mag[h] = fabs(x[h]);
+    }
+    for (size_t j = 0; j < r; j++) {
+        double t = 0, tm = 0;
+        for (size_t h = 0; h < H; h++) {
+            t += (double)A[j * H + h] * x[h];
+            tm += fabs((double)A[j * H + h] * x[h]);
+        }
+        for (size_t h = 0; h < H; h++) {
+            y[h] += Bt[j * H + h] * s * t;
+            mag[h] += fabs(Bt[j * H + h] * s) * tm;
+        }
+    }
+}
+
 static void ref_lora_apply(op_instance *in)
 {
     const op_case *c = &in->c;
     const size_t H = c->hidden, r = c->rank;
     for (size_t i = 0; i < c->n; i++) {
-        const float *x = in->x + i * H;
-        double *y = in->ref[0] + i * H, *m = in->mag[0] + i * H;
         const int id = in->ids[i];
-        for (size_t h = 0; h < H; h++) {
-            y[h] = x[h];
-            m[h] = fabs(x[h]);
-        }
-        if (id < 0)
-            continue;
-        const float *A = in->A + (size_t)id * r * H, *Bt = in->Bt + (size_t)id * r * H;
-        const double s = in->scale[id];
-        for (size_t j = 0; j < r; j++) {
-            double t = 0, tm = 0;
-            for (size_t h = 0; h < H; h++) {
-                t += (double)A[j * H + h] * x[h];
-                tm += fabs((double)A[j * H + h] * x[h]);
-            }
-            for (size_t h = 0; h < H; h++) {
-                y[h] += Bt[j * H + h] * s * t;
-                m[h] += fabs(Bt[j * H + h] * s) * tm;
-            }
-        }
+        const size_t at = (size_t)(id < 0 ? 0 : id) * r * H;
+        op_ref_lora_row(in->x + i * H, H, id < 0 ? 0 : r, in->A + at, in->Bt + at, id < 0 ? 0 : in->scale[id],
+                        in->ref[0] + i * H, in->mag[0] + i * H);
     }
 }
 

@@ -70,6 +70,11 @@ sona_status op_instance_run(op_instance *in, const sona_backend *b, char *msg, s
  * discrepancy described in msg. */
 int op_instance_check(const op_instance *in, char *msg, size_t msg_len);
 
+/* One row of the lora_apply reference in double: y = x + s Bt^T (A x) with A and Bt of r rows of
+ * H, and mag the sum of the terms' magnitudes per output (the error bound's scale). r = 0: y = x. */
+void op_ref_lora_row(const float *x, size_t H, size_t r, const float *A, const float *Bt, double s, double *y,
+                     double *mag);
+
 /* A seed for this run: SONA_TEST_SEED when set, else from the clock. Printed by callers. */
 uint64_t op_test_seed(void);
 
