@@ -99,17 +99,17 @@ sona_status sona_export_peft(sona_engine *e, const char *dir, const sona_peft_co
     const sona_engine_config *c = &e->cfg;
     const uint32_t layers = c->base_layers;
     const size_t per = (size_t)c->base_rank * c->hidden;
-    float *A = malloc(2 * layers * per * sizeof *A); /* per layer l: A_l, then B_l */
+    float *weights = malloc(2 * layers * per * sizeof *weights); /* per layer l: A_l, then B_l */
     sona_tensor_f32 *t = calloc(2 * (size_t)layers, sizeof *t);
     char *model_path = join_path(dir, "adapter_model.safetensors");
     char *config_path = join_path(dir, "adapter_config.json");
     sona_wbuf model = {0}, config = {0};
-    sona_status st = A && t && model_path && config_path ? SONA_OK : SONA_E_NOMEM;
+    sona_status st = weights && t && model_path && config_path ? SONA_OK : SONA_E_NOMEM;
     for (uint32_t l = 0; l < layers && st == SONA_OK; l++) {
         t[2 * l] = (sona_tensor_f32){module_name(p->module_format, l, ".lora_A.weight"), c->base_rank,
-                                     c->hidden, A + 2 * l * per};
+                                     c->hidden, weights + 2 * l * per};
         t[2 * l + 1] = (sona_tensor_f32){module_name(p->module_format, l, ".lora_B.weight"), c->hidden,
-                                         c->base_rank, A + (2 * l + 1) * per};
+                                         c->base_rank, weights + (2 * l + 1) * per};
         if (!t[2 * l].name || !t[2 * l + 1].name)
             st = SONA_E_NOMEM;
     }
@@ -120,12 +120,12 @@ sona_status sona_export_peft(sona_engine *e, const char *dir, const sona_peft_co
     /* Copied under the cycle lock: one snapshot, between loop B's whole steps. */
     pthread_mutex_lock(&e->cycle_mu);
     for (uint32_t l = 0; l < layers && st == SONA_OK; l++)
-        st = sona_lora_get_weights(e->base, (int32_t)l, A + 2 * l * per, A + (2 * l + 1) * per);
-    pthread_mutex_unlock(&e->cycle_mu);
-    if (st != SONA_OK) {
+        st = sona_lora_get_weights(e->base, (int32_t)l, weights + 2 * l * per, weights + (2 * l + 1) * per);
+    if (st != SONA_OK)
         st = eng_fail(e, st, CALLER ": reading the Base-LoRA: %s", sona_lora_last_error(e->base));
+    pthread_mutex_unlock(&e->cycle_mu);
+    if (st != SONA_OK)
         goto out;
-    }
     sona_safetensors_encode(&model, t, 2 * layers, "pt");
     write_adapter_config(&config, c, p, leaf);
     if (model.oom || config.oom) {
@@ -139,7 +139,7 @@ out:
     for (uint32_t l = 0; t && l < 2 * layers; l++)
         free((char *)t[l].name);
     free(t);
-    free(A);
+    free(weights);
     free(model_path);
     free(config_path);
     free(model.p);
