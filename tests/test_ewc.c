@@ -1,5 +1,5 @@
 /* EWC++: retention on a two-task toy, the boundary detector (fires on an abrupt change, not on
- * stationary noise), consolidation that keeps the penalty exact, the pre-reduced penalty equal
+ * stationary noise; restored from its state, goes on as the original), consolidation that keeps the penalty exact, the pre-reduced penalty equal
  * to the op table's param_update, the Fisher EMA, and refusals. */
 #include <criterion/criterion.h>
 #include <inttypes.h>
@@ -144,6 +144,64 @@ Test(ewc, boundary_fires_on_abrupt_change_not_on_noise)
         cr_assert_not(boundary, "a boundary %u samples after the last one", s + 1);
     }
     sona_ewc_destroy(e);
+}
+
+/* A detector restored from another's state goes on exactly as the original: on the same
+ * gradients it fires at the same sample (a fresh one, still short of min_samples, does not), and
+ * its statistics stay bit for bit the original's. Invalid states are refused and change nothing. */
+Test(ewc, a_restored_detector_goes_on_as_the_original)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[ewc] detector restore seed %" PRIu64 "\n", seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 4);
+    enum { N = 32 };
+    float theta[N] = {0}, g[N];
+    sona_ewc_config cfg;
+    sona_ewc_config_default(&cfg, N);
+    sona_ewc *a = make(&cfg), *b = make(&cfg), *fresh = make(&cfg);
+    int fired;
+    for (uint32_t s = 0; s < cfg.min_samples + 50; s++) {
+        noise_gradient(&r, g, N, 1.0f);
+        cr_assert_eq(sona_ewc_observe(a, theta, g, N, &fired), SONA_OK);
+    }
+    sona_ewc_detector da, db;
+    cr_assert_eq(sona_ewc_get_detector(a, &da), SONA_OK);
+    cr_assert_eq(da.samples, cfg.min_samples + 50);
+    cr_assert_eq(sona_ewc_set_detector(b, &da), SONA_OK);
+    const sona_ewc_detector bad[] = {
+        {.samples = 5, .short_mean = NAN, .long_mean = 1.0},
+        {.samples = 5, .short_mean = 1.0, .long_mean = -1.0},
+        {.samples = 5, .short_mean = 1.0, .long_mean = 1.0, .long_var = INFINITY},
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        cr_assert_eq(sona_ewc_set_detector(b, &bad[k]), SONA_E_INVALID, "state %zu", k);
+        cr_assert_eq(sona_ewc_get_detector(b, &db), SONA_OK);
+        cr_assert_eq(memcmp(&da, &db, sizeof da), 0, "a refused state %zu changed the detector", k);
+    }
+    cr_assert_eq(sona_ewc_set_detector(b, NULL), SONA_E_NULL);
+    /* Gradients 3x larger: a and b fire together; fresh has not seen min_samples. */
+    int fired_a = -1, fired_b = -1, fired_fresh = -1;
+    for (int s = 0; s < 50; s++) {
+        noise_gradient(&r, g, N, 3.0f);
+        int fa, fb, ff;
+        cr_assert_eq(sona_ewc_observe(a, theta, g, N, &fa), SONA_OK);
+        cr_assert_eq(sona_ewc_observe(b, theta, g, N, &fb), SONA_OK);
+        cr_assert_eq(sona_ewc_observe(fresh, theta, g, N, &ff), SONA_OK);
+        fired_a = fa && fired_a < 0 ? s : fired_a;
+        fired_b = fb && fired_b < 0 ? s : fired_b;
+        fired_fresh = ff && fired_fresh < 0 ? s : fired_fresh;
+    }
+    cr_assert_geq(fired_a, 0, "the original should fire on gradients 3x larger");
+    cr_assert_eq(fired_b, fired_a, "the restored detector fired at %d, the original at %d", fired_b, fired_a);
+    cr_assert_lt(fired_fresh, 0, "a fresh detector fired before min_samples");
+    cr_assert_eq(sona_ewc_get_detector(a, &da), SONA_OK);
+    cr_assert_eq(sona_ewc_get_detector(b, &db), SONA_OK);
+    cr_assert_eq(memcmp(&da, &db, sizeof da), 0, "the restored detector's statistics drifted");
+    cr_assert_eq(da.boundaries, 1);
+    sona_ewc_destroy(a);
+    sona_ewc_destroy(b);
+    sona_ewc_destroy(fresh);
 }
 
 /* lambda * sum_t F_t (theta - theta*_t) summed task by task, in double. */
