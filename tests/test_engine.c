@@ -655,13 +655,15 @@ Test(engine, a_queue_larger_than_the_buffer_keeps_the_oldest)
     sona_engine_destroy(f);
 }
 
-/* An old state file of tests/data loaded into the fuzzed engine's shape, after a request of the
- * engine's own (which the file's queue replaces). Saved again it is of the current version,
- * which round-trips to the same bytes, and the sections in `same`, unchanged since the file's
- * version, hold the same payloads. What the file did not keep starts afresh: the bank's
- * counters (no extraction yet, the next pattern id right above the patterns') and the EWC++
- * boundary detectors. */
-static sona_engine *old_file_loads(const char *name, uint8_t version, const char *const *same, int nsame)
+/* An old state file of tests/data, written by fuzz_make_seed (49 requests on 2 tenants, 40 of
+ * them learned by loop B, then loop C), loaded into the fuzzed engine's shape after a request of
+ * the engine's own (which the file's queue replaces): `queued` trajectories come back queued,
+ * `dropped` are counted as such. Saved again it is of the current version, which round-trips to
+ * the same bytes, and the sections in `same`, unchanged since the file's version, hold the same
+ * payloads. What the file did not keep starts afresh: the bank's counters (no extraction yet,
+ * the next pattern id right above the patterns') and the EWC++ boundary detectors. */
+static sona_engine *old_file_loads(const char *name, uint8_t version, const char *const *same, int nsame,
+                                   uint64_t queued, uint64_t dropped)
 {
     char path[512];
     snprintf(path, sizeof path, "%s/%s", SONA_TEST_DATA_DIR, name);
@@ -678,6 +680,16 @@ static sona_engine *old_file_loads(const char *name, uint8_t version, const char
     cr_assert_eq(sona_load_buffer(e, file, n), SONA_OK, "%s", sona_engine_last_error(e));
     cr_assert_eq(sona_apply_layer(e, 0, x, y), SONA_OK);
     cr_assert_neq(memcmp(x, y, sizeof x), 0, "the file's Base-LoRA was not loaded");
+    sona_stats s;
+    sona_get_stats(e, &s);
+    cr_assert_eq(s.trajectories_queued, queued);
+    cr_assert_eq(s.trajectories_processed, 40);
+    cr_assert_eq(s.trajectories_recorded, 40 + queued);
+    cr_assert_eq(s.trajectories_dropped, dropped);
+    cr_assert_eq(s.signals_accepted, 49);
+    cr_assert_eq(s.tenants, 2);
+    cr_assert_gt(s.patterns, 0);
+    cr_assert_eq(s.loop_c_cycles, 1);
     sona_bank_stats bs;
     cr_assert_eq(sona_bank_stats_get(e->bank, &bs), SONA_OK);
     cr_assert_eq(bs.extractions + bs.patterns_created + bs.trajectories_added, 0);
@@ -715,18 +727,7 @@ static sona_engine *old_file_loads(const char *name, uint8_t version, const char
 Test(engine, a_version_1_file_loads)
 {
     const char *const same[] = {"CONF", "PATT"};
-    sona_engine *e = old_file_loads("state_v1.sona", 1, same, 2);
-    sona_stats s;
-    sona_get_stats(e, &s);
-    cr_assert_eq(s.trajectories_queued, 0);
-    cr_assert_eq(s.trajectories_processed, 40);
-    cr_assert_eq(s.trajectories_recorded, 40);
-    cr_assert_eq(s.trajectories_dropped, 9);
-    cr_assert_eq(s.signals_accepted, 49);
-    cr_assert_eq(s.tenants, 2);
-    cr_assert_gt(s.patterns, 0);
-    cr_assert_eq(s.loop_c_cycles, 1);
-    sona_engine_destroy(e);
+    sona_engine_destroy(old_file_loads("state_v1.sona", 1, same, 2, 0, 9));
 }
 
 /* tests/data/state_v2.sona: what tests/fuzz/fuzz_make_seed.c wrote when built against commit
@@ -735,18 +736,9 @@ Test(engine, a_version_1_file_loads)
 Test(engine, a_version_2_file_loads)
 {
     const char *const same[] = {"CONF", "STAT", "PATT", "QUEU"};
-    sona_engine *e = old_file_loads("state_v2.sona", 2, same, 4);
-    sona_stats s;
-    sona_get_stats(e, &s);
-    cr_assert_eq(s.trajectories_queued, 9);
-    cr_assert_eq(s.trajectories_processed, 40);
-    cr_assert_eq(s.trajectories_recorded, 49);
-    cr_assert_eq(s.trajectories_dropped, 0);
-    cr_assert_eq(s.signals_accepted, 49);
-    cr_assert_eq(s.tenants, 2);
-    cr_assert_gt(s.patterns, 0);
-    cr_assert_eq(s.loop_c_cycles, 1);
+    sona_engine *e = old_file_loads("state_v2.sona", 2, same, 4, 9, 0);
     cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
+    sona_stats s;
     sona_get_stats(e, &s);
     cr_assert_eq(s.trajectories_processed, 49);
     cr_assert_eq(s.loop_b_cycles, 2);
@@ -804,6 +796,17 @@ static void refused_because(sona_engine *e, const uint8_t *bad, size_t n, const 
               sona_engine_last_error(e));
 }
 
+/* good with section tag's payload replaced (NULL: the section removed), its checksum fixed:
+ * refused for `why` (refused_because). */
+static void refused_with_section(sona_engine *e, const uint8_t *good, size_t n, const char tag[4],
+                                 const uint8_t *payload, size_t plen, const char *why, const char *what)
+{
+    size_t bn;
+    uint8_t *bad = rewrite_section(good, n, tag, payload, plen, &bn);
+    refused_because(e, bad, bn, why, what);
+    free(bad);
+}
+
 Test(engine, damaged_queue_sections_are_refused_and_change_nothing)
 {
     const uint64_t seed = op_test_seed();
@@ -852,27 +855,20 @@ Test(engine, damaged_queue_sections_are_refused_and_change_nothing)
     for (size_t k = 0; k < sizeof patches / sizeof patches[0]; k++) {
         memcpy(patched, queue, ql);
         memcpy(patched + patches[k].at, &patches[k].value, 4);
-        bad = rewrite_section(good, n, "QUEU", patched, ql, &bn);
-        refused_because(e, bad, bn, patches[k].why, patches[k].what);
-        free(bad);
+        refused_with_section(e, good, n, "QUEU", patched, ql, patches[k].why, patches[k].what);
     }
     size_t sl;
     const uint8_t *stat = section(good, n, "STAT", &sl);
     uint8_t *counters = malloc(sl);
     memcpy(counters, stat, sl);
     counters[4]++; /* recorded, the first counter */
-    bad = rewrite_section(good, n, "STAT", counters, sl, &bn);
-    refused_because(e, bad, bn, "counters do not match", "recorded != processed + queued");
-    free(bad);
+    refused_with_section(e, good, n, "STAT", counters, sl, "counters do not match", "recorded != processed + queued");
     free(counters);
     memcpy(patched, queue, ql);
     patched[ql] = 0;
-    bad = rewrite_section(good, n, "QUEU", patched, ql + 1, &bn);
-    refused_because(e, bad, bn, "do not match its length", "a byte after the last trajectory");
-    free(bad);
-    bad = rewrite_section(good, n, "QUEU", NULL, 0, &bn);
-    refused_because(e, bad, bn, "missing", "a version 2 file without its queue");
-    free(bad);
+    refused_with_section(e, good, n, "QUEU", patched, ql + 1, "do not match its length",
+                         "a byte after the last trajectory");
+    refused_with_section(e, good, n, "QUEU", NULL, 0, "missing", "a file without its queue");
     free(patched);
     free(good);
     sona_engine_destroy(src);
@@ -1015,21 +1011,6 @@ Test(engine, a_loaded_engine_learns_exactly_as_the_saved_one)
     sona_engine_destroy(b);
 }
 
-/* good with `len` bytes at `at` of section tag's payload replaced by value (its checksum fixed). */
-static uint8_t *patched_section(const uint8_t *good, size_t n, const char tag[4], size_t at, const void *value,
-                                size_t len, size_t *out_len)
-{
-    size_t pl;
-    const uint8_t *payload = section(good, n, tag, &pl);
-    cr_assert_leq(at + len, pl);
-    uint8_t *copy = malloc(pl);
-    memcpy(copy, payload, pl);
-    memcpy(copy + at, value, len);
-    uint8_t *out = rewrite_section(good, n, tag, copy, pl, out_len);
-    free(copy);
-    return out;
-}
-
 /* The bank's counters, the dream visits and the EWC++ detectors, each with one value made
  * inconsistent (checksums fixed): refused with SONA_E_CORRUPT, saying why, the engine as it was. */
 Test(engine, damaged_bank_dream_and_detector_values_are_refused_and_change_nothing)
@@ -1037,8 +1018,8 @@ Test(engine, damaged_bank_dream_and_detector_values_are_refused_and_change_nothi
     const uint64_t seed = op_test_seed();
     printf("[engine] seed %" PRIu64 "\n", seed);
     sona_engine *src = trained(seed), *e = trained(seed + 1);
-    size_t n, bn, bl, dl, basel;
-    uint8_t *good = save_bytes(src, &n), *bad;
+    size_t n, bl, dl, basel;
+    uint8_t *good = save_bytes(src, &n);
     const uint8_t *bank = section(good, n, "BANK", &bl), *dreams = section(good, n, "DREA", &dl);
     section(good, n, "BASE", &basel);
     uint64_t next_id, first_id;
@@ -1068,16 +1049,16 @@ Test(engine, damaged_bank_dream_and_detector_values_are_refused_and_change_nothi
         {"BASE", basel - 40 + 24, &negative, 8, "EWC++", "a negative variance"},
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-        bad = patched_section(good, n, cases[k].tag, cases[k].at, cases[k].value, cases[k].len, &bn);
-        refused_because(e, bad, bn, cases[k].why, cases[k].what);
-        free(bad);
+        size_t pl;
+        const uint8_t *payload = section(good, n, cases[k].tag, &pl);
+        uint8_t *patched = malloc(pl);
+        memcpy(patched, payload, pl);
+        memcpy(patched + cases[k].at, cases[k].value, cases[k].len);
+        refused_with_section(e, good, n, cases[k].tag, patched, pl, cases[k].why, cases[k].what);
+        free(patched);
     }
-    bad = rewrite_section(good, n, "BANK", bank, bl - 1, &bn);
-    refused_because(e, bad, bn, "bank counter", "a truncated bank counter section");
-    free(bad);
-    bad = rewrite_section(good, n, "DREA", NULL, 0, &bn);
-    refused_because(e, bad, bn, "missing", "a version 3 file without its dream visits");
-    free(bad);
+    refused_with_section(e, good, n, "BANK", bank, bl - 1, "bank counter", "a truncated bank counter section");
+    refused_with_section(e, good, n, "DREA", NULL, 0, "missing", "a file without its dream visits");
     free(good);
     sona_engine_destroy(src);
     sona_engine_destroy(e);
