@@ -193,13 +193,17 @@ static int by_id(const void *a, const void *b)
 static void write_dream_visits(sona_wbuf *w, const eng_dream_state *d)
 {
     const uint32_t n = d ? d->visits.count : 0;
-    uint64_t *ids = n ? malloc(n * sizeof *ids) : NULL;
-    if (n && !ids) {
+    if (n == 0) {
+        sona_wbuf_u32(w, 0);
+        return;
+    }
+    uint64_t *ids = malloc(n * sizeof *ids);
+    if (!ids) {
         w->oom = 1;
         return;
     }
     uint32_t k = 0;
-    for (uint64_t cell = 0; n && cell <= d->visits.mask; cell++)
+    for (uint64_t cell = 0; cell <= d->visits.mask; cell++)
         if (d->visits.vals[cell] != SONA_IDMAP_EMPTY)
             ids[k++] = d->visits.keys[cell];
     qsort(ids, k, sizeof *ids, by_id);
