@@ -1,6 +1,7 @@
 /* The ReasoningBank: extraction finds the clusters, extracting again merges instead of
- * duplicating, prune and capacity behave, search stays in step with the patterns, and bad
- * input gets a status and changes nothing. */
+ * duplicating, prune and capacity behave, search stays in step with the patterns, a bank
+ * restored with its counters extracts as the original, and bad input gets a status and changes
+ * nothing. */
 #include <criterion/criterion.h>
 #include <inttypes.h>
 #include <math.h>
@@ -613,4 +614,84 @@ Test(bank, merged_centroid_tracks_the_exact_mean, .timeout = 120)
     free(first);
     free(q500);
     sona_bank_destroy(b);
+}
+
+/* A copy of b made the way a checkpoint restores one: its patterns, then (with_counters) its
+ * counters and next id. */
+static sona_bank *restored_copy(const sona_bank *b, fake_clock *clk, int with_counters)
+{
+    sona_bank *c = make(sona_bank_get_config(b)->k_clusters, clk);
+    sona_pattern p;
+    float centroid[DIM];
+    for (uint32_t i = 0; sona_bank_pattern_at(b, i, &p, centroid) == SONA_OK; i++)
+        cr_assert_eq(sona_bank_pattern_restore(c, &p, centroid), SONA_OK, "%s", sona_bank_last_error(c));
+    if (!with_counters)
+        return c;
+    sona_bank_stats st;
+    cr_assert_eq(sona_bank_stats_get(b, &st), SONA_OK);
+    cr_assert_eq(sona_bank_restore_counters(c, &st, sona_bank_next_id(b)), SONA_OK, "%s", sona_bank_last_error(c));
+    return c;
+}
+
+/* A bank restored with its counters extracts as the original goes on to: the extraction count
+ * seeds k-means, and new ids continue from the original's. Without the counters the copy
+ * clusters the same rows otherwise. A next id not above the patterns' is refused and
+ * changes nothing. Few patterns, so that every search is exhaustive (the copy's HNSW graph is
+ * another one). */
+Test(bank, restored_counters_continue_the_extraction_sequence)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[bank] restored counters seed %" PRIu64 "\n", seed);
+    fake_clock clk = {0};
+    sona_bank *b = make(4, &clk);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 8);
+    float X[40 * DIM], q[40];
+    for (int round = 0; round < 3; round++) {
+        for (size_t i = 0; i < 40 * DIM; i++)
+            X[i] = sona_rng_normal(&r);
+        for (int i = 0; i < 40; i++)
+            q[i] = sona_rng_uniform(&r);
+        cr_assert_eq(sona_bank_add_batch(b, 40, X, DIM, q, NULL, NULL), SONA_OK);
+        cr_assert_eq(sona_bank_extract(b, NULL), SONA_OK, "%s", sona_bank_last_error(b));
+    }
+    sona_bank *c = restored_copy(b, &clk, 1), *fresh = restored_copy(b, &clk, 0);
+    sona_bank_stats sb, sc;
+    memset(&sb, 0, sizeof sb);
+    memset(&sc, 0, sizeof sc);
+    sona_bank_stats_get(b, &sb);
+    sona_bank_stats_get(c, &sc);
+    cr_assert_eq(memcmp(&sb, &sc, sizeof sb), 0, "the counters were not restored");
+    cr_assert_eq(sona_bank_next_id(c), sona_bank_next_id(b));
+    /* Refused: next id 1, below the patterns'. */
+    sona_bank_stats zero = {0};
+    cr_assert_eq(sona_bank_restore_counters(c, &zero, 1), SONA_E_INVALID);
+    cr_assert_eq(sona_bank_restore_counters(c, NULL, 99), SONA_E_NULL);
+    sona_bank_stats_get(c, &sc);
+    cr_assert_eq(memcmp(&sb, &sc, sizeof sb), 0, "a refused restore changed the counters");
+    cr_assert_eq(sona_bank_next_id(c), sona_bank_next_id(b));
+    /* fresh, without the counters, for contrast. */
+    for (size_t i = 0; i < 40 * DIM; i++)
+        X[i] = sona_rng_normal(&r);
+    sona_bank *all[3] = {b, c, fresh};
+    for (int k = 0; k < 3; k++) {
+        cr_assert_eq(sona_bank_add_batch(all[k], 40, X, DIM, q, NULL, NULL), SONA_OK);
+        cr_assert_eq(sona_bank_extract(all[k], NULL), SONA_OK, "%s", sona_bank_last_error(all[k]));
+    }
+    const uint32_t n = sona_bank_pattern_count(b);
+    cr_assert_eq(sona_bank_pattern_count(c), n);
+    int fresh_differs = sona_bank_pattern_count(fresh) != n;
+    for (uint32_t i = 0; i < n; i++) {
+        sona_pattern pb, pc, pf;
+        float cb[DIM], cc[DIM], cf[DIM];
+        cr_assert_eq(sona_bank_pattern_at(b, i, &pb, cb), SONA_OK);
+        cr_assert_eq(sona_bank_pattern_at(c, i, &pc, cc), SONA_OK);
+        cr_assert(pb.id == pc.id && pb.size == pc.size && memcmp(cb, cc, sizeof cb) == 0,
+                  "pattern %u differs (id %" PRIu64 " vs %" PRIu64 ")", i, pb.id, pc.id);
+        if (!fresh_differs && sona_bank_pattern_at(fresh, i, &pf, cf) == SONA_OK)
+            fresh_differs = pf.size != pb.size || memcmp(cb, cf, sizeof cb) != 0;
+    }
+    cr_assert(fresh_differs, "k-means gave the same clusters with the extraction count restarted");
+    for (int k = 0; k < 3; k++)
+        sona_bank_destroy(all[k]);
 }

@@ -1,7 +1,8 @@
 /* Engine API: presets, tenants, apply forms, request recording and counters, loop B keeping
  * short batches queued, persistence (round trip to identical bytes, refusal of bad files with
  * the engine untouched; queued trajectories saved and learned from after a load, in every
- * storage format; a queue larger than the loading engine's; a version 1 file). */
+ * storage format; a queue larger than the loading engine's; version 1 and 2 files; a loaded
+ * engine learning bit for bit as the saved one goes on to). */
 #include <criterion/criterion.h>
 #include <inttypes.h>
 #include <math.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/engine_internal.h"
 #include "core/rng.h"
 #include "core/serial.h"
 #include "core/trajectory_internal.h"
@@ -360,7 +362,7 @@ Test(engine, bad_files_are_refused_and_change_nothing)
     }
     refused(e, bad, n, sona_load_buffer(e, bad, n), "the last flipped file");
     memcpy(bad, good, n);
-    bad[8] = 3; /* a format version from the future, with the header CRC fixed so only it is wrong */
+    bad[8] = 4; /* a format version from the future, with the header CRC fixed so only it is wrong */
     const uint32_t crc = sona_crc32(0, bad, 20);
     memcpy(bad + 20, &crc, 4);
     refused(e, bad, n, SONA_E_VERSION, "version");
@@ -648,15 +650,21 @@ Test(engine, a_queue_larger_than_the_buffer_keeps_the_oldest)
     sona_engine_destroy(f);
 }
 
-/* tests/data/state_v1.sona: what tests/fuzz/fuzz_make_seed.c wrote when built against commit
- * 68b925d, the last writer of format version 1: 49 trajectories recorded, 40 processed, the 9
- * queued not saved. It loads; those 9 count as dropped (recorded == processed + queued); and
- * the engine's own queue gives way to the file's (empty) one. */
-Test(engine, a_version_1_file_loads)
+/* An old state file of tests/data, written by fuzz_make_seed (49 requests on 2 tenants, 40 of
+ * them learned by loop B, then loop C), loaded into the fuzzed engine's shape after a request of
+ * the engine's own (which the file's queue replaces): `queued` trajectories come back queued,
+ * `dropped` are counted as such. Saved again it is of the current version, which round-trips to
+ * the same bytes, and the sections in `same`, unchanged since the file's version, hold the same
+ * payloads. What the file did not keep starts afresh: the bank's counters (no extraction yet,
+ * the next pattern id right above the patterns') and the EWC++ boundary detectors. */
+static sona_engine *old_file_loads(const char *name, uint8_t version, const char *const *same, int nsame,
+                                   uint64_t queued, uint64_t dropped)
 {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", SONA_TEST_DATA_DIR, name);
     size_t n, m, m2;
-    uint8_t *file = read_all(SONA_TEST_DATA_DIR "/state_v1.sona", &n);
-    cr_assert_eq(file[8], 1, "not a version 1 file");
+    uint8_t *file = read_all(path, &n);
+    cr_assert_eq(file[8], version, "%s is not a version %u file", name, version);
     sona_engine *e = fuzz_engine_create(SONA_STORAGE_Q8);
     cr_assert_not_null(e);
     float x[16] = {1.0f, -0.5f, 0.25f}, y[16];
@@ -665,37 +673,71 @@ Test(engine, a_version_1_file_loads)
     cr_assert_eq(sona_request_step(req, 0, x, NULL, 0, 0.5f), SONA_OK);
     cr_assert_eq(sona_request_end(req, 0.5f), SONA_OK);
     cr_assert_eq(sona_load_buffer(e, file, n), SONA_OK, "%s", sona_engine_last_error(e));
+    cr_assert_eq(sona_apply_layer(e, 0, x, y), SONA_OK);
+    cr_assert_neq(memcmp(x, y, sizeof x), 0, "the file's Base-LoRA was not loaded");
     sona_stats s;
     sona_get_stats(e, &s);
-    cr_assert_eq(s.trajectories_queued, 0);
+    cr_assert_eq(s.trajectories_queued, queued);
     cr_assert_eq(s.trajectories_processed, 40);
-    cr_assert_eq(s.trajectories_recorded, 40);
-    cr_assert_eq(s.trajectories_dropped, 9);
+    cr_assert_eq(s.trajectories_recorded, 40 + queued);
+    cr_assert_eq(s.trajectories_dropped, dropped);
     cr_assert_eq(s.signals_accepted, 49);
     cr_assert_eq(s.tenants, 2);
     cr_assert_gt(s.patterns, 0);
     cr_assert_eq(s.loop_c_cycles, 1);
-    cr_assert_eq(sona_apply_layer(e, 0, x, y), SONA_OK);
-    cr_assert_neq(memcmp(x, y, sizeof x), 0, "the file's Base-LoRA was not loaded");
-    /* Saved again it is a version 2 file, which round-trips to the same bytes. */
-    uint8_t *v2 = save_bytes(e, &m);
-    cr_assert_eq(v2[8], 2);
+    sona_bank_stats bs;
+    cr_assert_eq(sona_bank_stats_get(e->bank, &bs), SONA_OK);
+    cr_assert_eq(bs.extractions + bs.patterns_created + bs.trajectories_added, 0);
+    uint64_t max_id = 0;
+    sona_pattern p;
+    for (uint32_t i = 0; sona_bank_pattern_at(e->bank, i, &p, NULL) == SONA_OK; i++)
+        max_id = p.id > max_id ? p.id : max_id;
+    cr_assert_eq(sona_bank_next_id(e->bank), max_id + 1);
+    sona_ewc_detector d;
+    cr_assert_eq(sona_ewc_get_detector(eng_ewc_state(e->base_ewc), &d), SONA_OK);
+    cr_assert_eq(d.samples + d.boundaries, 0);
+    uint8_t *now = save_bytes(e, &m);
+    cr_assert_eq(now[8], 3);
     sona_engine *f = fuzz_engine_create(SONA_STORAGE_Q8);
-    cr_assert_eq(sona_load_buffer(f, v2, m), SONA_OK, "%s", sona_engine_last_error(f));
-    uint8_t *v2b = save_bytes(f, &m2);
-    cr_assert(m == m2 && memcmp(v2, v2b, m) == 0, "save -> load -> save changed bytes");
-    /* The sections a version 1 file has are read as before: the same payloads. */
-    const char *const tags[] = {"CONF", "STAT", "TENA", "BASE", "PATT"};
-    for (int t = 0; t < 5; t++) {
+    cr_assert_eq(sona_load_buffer(f, now, m), SONA_OK, "%s", sona_engine_last_error(f));
+    uint8_t *again = save_bytes(f, &m2);
+    cr_assert(m == m2 && memcmp(now, again, m) == 0, "save -> load -> save changed bytes");
+    for (int t = 0; t < nsame; t++) {
         size_t l1, l2;
-        const uint8_t *a = section(file, n, tags[t], &l1), *b = section(v2, m, tags[t], &l2);
-        cr_assert(t == 1 || (l1 == l2 && memcmp(a, b, l1) == 0), "%s differs", tags[t]);
+        const uint8_t *a = section(file, n, same[t], &l1), *b = section(now, m, same[t], &l2);
+        cr_assert(l1 == l2 && memcmp(a, b, l1) == 0, "%s differs", same[t]);
     }
     free(file);
-    free(v2);
-    free(v2b);
-    sona_engine_destroy(e);
+    free(now);
+    free(again);
     sona_engine_destroy(f);
+    return e;
+}
+
+/* tests/data/state_v1.sona: what tests/fuzz/fuzz_make_seed.c wrote when built against commit
+ * 68b925d, the last writer of format version 1: 49 trajectories recorded, 40 processed, the 9
+ * queued not saved. It loads; those 9 count as dropped (recorded == processed + queued); and
+ * the engine's own queue gives way to the file's (empty) one. Its EWC++ records (TENA, BASE)
+ * gain the detector when saved again, STAT the dropped ones. */
+Test(engine, a_version_1_file_loads)
+{
+    const char *const same[] = {"CONF", "PATT"};
+    sona_engine_destroy(old_file_loads("state_v1.sona", 1, same, 2, 0, 9));
+}
+
+/* tests/data/state_v2.sona: what tests/fuzz/fuzz_make_seed.c wrote when built against commit
+ * 3872590, the last writer of format version 2: 49 trajectories recorded, 40 processed, 9
+ * queued (3 each of F32, F16 and Q8). It loads with its queue, which loop B learns from. */
+Test(engine, a_version_2_file_loads)
+{
+    const char *const same[] = {"CONF", "STAT", "PATT", "QUEU"};
+    sona_engine *e = old_file_loads("state_v2.sona", 2, same, 4, 9, 0);
+    cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
+    sona_stats s;
+    sona_get_stats(e, &s);
+    cr_assert_eq(s.trajectories_processed, 49);
+    cr_assert_eq(s.loop_b_cycles, 2);
+    sona_engine_destroy(e);
 }
 
 /* good with its QUEU payload replaced by one queued trajectory record, next id and the STAT
@@ -749,6 +791,17 @@ static void refused_because(sona_engine *e, const uint8_t *bad, size_t n, const 
               sona_engine_last_error(e));
 }
 
+/* good with section tag's payload replaced (NULL: the section removed), its checksum fixed:
+ * refused for `why` (refused_because). */
+static void refused_with_section(sona_engine *e, const uint8_t *good, size_t n, const char tag[4],
+                                 const uint8_t *payload, size_t plen, const char *why, const char *what)
+{
+    size_t bn;
+    uint8_t *bad = rewrite_section(good, n, tag, payload, plen, &bn);
+    refused_because(e, bad, bn, why, what);
+    free(bad);
+}
+
 Test(engine, damaged_queue_sections_are_refused_and_change_nothing)
 {
     const uint64_t seed = op_test_seed();
@@ -797,28 +850,210 @@ Test(engine, damaged_queue_sections_are_refused_and_change_nothing)
     for (size_t k = 0; k < sizeof patches / sizeof patches[0]; k++) {
         memcpy(patched, queue, ql);
         memcpy(patched + patches[k].at, &patches[k].value, 4);
-        bad = rewrite_section(good, n, "QUEU", patched, ql, &bn);
-        refused_because(e, bad, bn, patches[k].why, patches[k].what);
-        free(bad);
+        refused_with_section(e, good, n, "QUEU", patched, ql, patches[k].why, patches[k].what);
     }
     size_t sl;
     const uint8_t *stat = section(good, n, "STAT", &sl);
     uint8_t *counters = malloc(sl);
     memcpy(counters, stat, sl);
     counters[4]++; /* recorded, the first counter */
-    bad = rewrite_section(good, n, "STAT", counters, sl, &bn);
-    refused_because(e, bad, bn, "counters do not match", "recorded != processed + queued");
-    free(bad);
+    refused_with_section(e, good, n, "STAT", counters, sl, "counters do not match", "recorded != processed + queued");
     free(counters);
     memcpy(patched, queue, ql);
     patched[ql] = 0;
-    bad = rewrite_section(good, n, "QUEU", patched, ql + 1, &bn);
-    refused_because(e, bad, bn, "do not match its length", "a byte after the last trajectory");
-    free(bad);
-    bad = rewrite_section(good, n, "QUEU", NULL, 0, &bn);
-    refused_because(e, bad, bn, "missing", "a version 2 file without its queue");
-    free(bad);
+    refused_with_section(e, good, n, "QUEU", patched, ql + 1, "do not match its length",
+                         "a byte after the last trajectory");
+    refused_with_section(e, good, n, "QUEU", NULL, 0, "missing", "a file without its queue");
     free(patched);
+    free(good);
+    sona_engine_destroy(src);
+    sona_engine_destroy(e);
+}
+
+/* ---- a restart changes nothing that loop B learns ---------------------------------------------- */
+
+enum { TOPICS = 3 };
+
+/* n requests near one of `topics` each (query and activation within 2 % of the topic's
+ * direction): their trajectories cluster, and later cycles' clusters merge into the patterns of
+ * earlier ones. */
+static void topical_requests(sona_engine *e, int32_t tenant, sona_rng *r, const float *topics, int n)
+{
+    float x[H], a[H];
+    for (int i = 0; i < n; i++) {
+        const float *t = topics + (size_t)sona_rng_below(r, TOPICS) * H;
+        for (int h = 0; h < H; h++) {
+            x[h] = t[h] + 0.02f * (2.0f * sona_rng_uniform(r) - 1.0f);
+            a[h] = t[(h + 1) % H] + 0.02f * (2.0f * sona_rng_uniform(r) - 1.0f);
+        }
+        sona_request *req;
+        cr_assert_eq(sona_request_begin(e, tenant, x, &req), SONA_OK);
+        cr_assert_eq(sona_request_step(req, 0, a, NULL, 0, 0.5f), SONA_OK);
+        cr_assert_eq(sona_request_end(req, 0.3f + 0.5f * sona_rng_uniform(r)), SONA_OK);
+    }
+}
+
+/* One loop B cycle's traffic: topical requests on tenant 0, random ones (whose clusters depend
+ * on k-means' seeding) on `tenant`, then the cycle. */
+static void learn_round(sona_engine *e, int32_t tenant, sona_rng *r, const float *topics)
+{
+    topical_requests(e, 0, r, topics, 24);
+    for (int i = 0; i < 16; i++)
+        cr_assert_eq(request(e, tenant, r, 1 + i % 3, sona_rng_uniform(r)), SONA_OK);
+    cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
+}
+
+/* Engines a and b have learned the same, bit for bit: the patterns in the same order (ids, sizes,
+ * weights, qualities, access counts, centroids; their creation and access times are the clock's),
+ * the bank's counters, the engines' counters, and the sections of their state files that hold
+ * the rest (tenants and Base-LoRA with their EWC++ state, counters, queue, dream visits). */
+static void expect_same_learning(sona_engine *a, sona_engine *b, const char *what)
+{
+    const uint32_t np = sona_bank_pattern_count(a->bank);
+    cr_assert_eq(sona_bank_pattern_count(b->bank), np, "%s: pattern count", what);
+    for (uint32_t i = 0; i < np; i++) {
+        sona_pattern pa, pb;
+        float ca[H], cb[H];
+        cr_assert_eq(sona_bank_pattern_at(a->bank, i, &pa, ca), SONA_OK);
+        cr_assert_eq(sona_bank_pattern_at(b->bank, i, &pb, cb), SONA_OK);
+        cr_assert(pa.id == pb.id && pa.size == pb.size && pa.total_weight == pb.total_weight &&
+                      pa.avg_quality == pb.avg_quality && pa.access_count == pb.access_count,
+                  "%s: pattern %u differs (id %" PRIu64 " vs %" PRIu64 ", size %" PRIu64 " vs %" PRIu64 ")",
+                  what, i, pa.id, pb.id, pa.size, pb.size);
+        cr_assert_eq(memcmp(ca, cb, sizeof ca), 0, "%s: pattern %" PRIu64 "'s centroid differs", what, pa.id);
+    }
+    sona_bank_stats ba, bb;
+    memset(&ba, 0, sizeof ba);
+    memset(&bb, 0, sizeof bb);
+    sona_bank_stats_get(a->bank, &ba);
+    sona_bank_stats_get(b->bank, &bb);
+    cr_assert_eq(memcmp(&ba, &bb, sizeof ba), 0, "%s: bank counters differ (extractions %" PRIu64 " vs %" PRIu64 ")",
+                 what, ba.extractions, bb.extractions);
+    sona_stats sa, sb;
+    memset(&sa, 0, sizeof sa);
+    memset(&sb, 0, sizeof sb);
+    sona_get_stats(a, &sa);
+    sona_get_stats(b, &sb);
+    sa.last_loop_b_us = sb.last_loop_b_us = sa.last_loop_c_us = sb.last_loop_c_us = 0;
+    cr_assert_eq(memcmp(&sa, &sb, sizeof sa), 0, "%s: engine counters differ", what);
+    size_t na, nb;
+    uint8_t *fa = save_bytes(a, &na), *fb = save_bytes(b, &nb);
+    const char *const tags[] = {"STAT", "TENA", "BASE", "QUEU", "BANK", "DREA"};
+    for (int t = 0; t < 6; t++) {
+        size_t la, lb;
+        const uint8_t *xa = section(fa, na, tags[t], &la), *xb = section(fb, nb, tags[t], &lb);
+        cr_assert(la == lb && memcmp(xa, xb, la) == 0, "%s: %s differs", what, tags[t]);
+    }
+    free(fa);
+    free(fb);
+}
+
+/* Engine a learns (loop B cycles around a loop C) and saves; b loads. Both then take the same
+ * traffic and loop B cycles, and learn the same, bit for bit (expect_same_learning). k-means
+ * is seeded with the bank's extraction count: a bank whose count restarted clusters otherwise.
+ * Exact by construction: b's HNSW graph is not a's (a load re-inserts the patterns; a's grew
+ * by merges that moved centroids and was rebuilt by loop C), but every search here visits every
+ * node, so its results depend on the stored centroids alone, which a load restores bit for bit.
+ * A cycle of 3 clusters adds at most 6 index nodes (a new pattern, or a merge moving a centroid
+ * to a new node); since a's last rebuild (loop C, at most 6 patterns) come 3 cycles, since b's
+ * load (at most 9 patterns) 2: at most 24 nodes, below 2M + 1 = 33 (no level-0 link list of
+ * 2M ever fills, so every node stays linked both ways and the graph connected) and below
+ * ef_search 50 (the result set never fills, so the search explores the whole graph). */
+Test(engine, a_loaded_engine_learns_exactly_as_the_saved_one)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[engine] restart, seed %" PRIu64 "\n", seed);
+    sona_engine_config c = config(H, 1);
+    c.clusters_per_cycle = 3;
+    sona_engine *a = create(&c);
+    int32_t t;
+    cr_assert_eq(sona_tenant_create(a, &t), SONA_OK);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 40);
+    float topics[TOPICS * H];
+    fill(&r, topics, TOPICS * H);
+    learn_round(a, t, &r, topics);
+    learn_round(a, t, &r, topics);
+    cr_assert_eq(sona_deep_cycle(a), SONA_OK, "%s", sona_engine_last_error(a));
+    learn_round(a, t, &r, topics);
+    /* Loop C's rebuilt bank went on counting. */
+    sona_bank_stats bs;
+    sona_bank_stats_get(a->bank, &bs);
+    cr_assert_eq(bs.extractions, 3, "the bank's extraction count restarted at loop C");
+    const uint64_t created_before = bs.patterns_created;
+    char *path = temp_path("restart.state");
+    cr_assert_eq(sona_save(a, path), SONA_OK, "%s", sona_engine_last_error(a));
+    sona_engine *b = create(&c);
+    cr_assert_eq(sona_load(b, path), SONA_OK, "%s", sona_engine_last_error(b));
+    expect_same_learning(a, b, "after the load");
+
+    sona_engine *both[2] = {a, b};
+    for (int i = 0; i < 2; i++) {
+        sona_rng_seed(&r, seed, 41);
+        learn_round(both[i], t, &r, topics);
+        learn_round(both[i], t, &r, topics);
+    }
+    sona_bank_stats_get(a->bank, &bs);
+    cr_assert_gt(bs.patterns_merged, 0, "the traffic should merge clusters into patterns");
+    cr_assert_gt(bs.patterns_created, created_before, "the traffic should create patterns after the load");
+    expect_same_learning(a, b, "after two more cycles");
+    float x[H];
+    fill(&r, x, H);
+    expect_same_base(a, b, x, "after two more cycles");
+    unlink(path);
+    free(path);
+    sona_engine_destroy(a);
+    sona_engine_destroy(b);
+}
+
+/* The bank's counters, the dream visits and the EWC++ detectors, each with one value made
+ * inconsistent (checksums fixed): refused with SONA_E_CORRUPT, saying why, the engine as it was. */
+Test(engine, damaged_bank_dream_and_detector_values_are_refused_and_change_nothing)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[engine] seed %" PRIu64 "\n", seed);
+    sona_engine *src = trained(seed), *e = trained(seed + 1);
+    size_t n, bl, dl, basel;
+    uint8_t *good = save_bytes(src, &n);
+    const uint8_t *bank = section(good, n, "BANK", &bl), *dreams = section(good, n, "DREA", &dl);
+    section(good, n, "BASE", &basel);
+    uint64_t next_id, first_id;
+    uint32_t visited;
+    memcpy(&next_id, bank + bl - 8, 8);
+    memcpy(&visited, dreams, 4);
+    memcpy(&first_id, dreams + 4, 8);
+    cr_assert_gt(visited, 1, "the trained engine should have dreamt over several patterns");
+    const uint32_t zero32 = 0, twelve = 12;
+    const uint64_t one = 1, zero64 = 0;
+    const double negative = -1.0, nan = NAN;
+    const struct {
+        const char *tag;
+        size_t at;
+        const void *value;
+        size_t len;
+        const char *why, *what;
+    } cases[] = {
+        {"BANK", 0, &twelve, 4, "bank counter", "a counter count of another version"},
+        {"BANK", bl - 8, &one, 8, "next pattern id", "a next pattern id below the patterns'"},
+        {"DREA", 4, &zero64, 8, "dream visit", "visits of pattern id 0"},
+        {"DREA", 4, &next_id, 8, "dream visit", "visits of a pattern id not given out yet"},
+        {"DREA", 12, &zero32, 4, "dream visit", "a count of no visits"},
+        {"DREA", 16, &first_id, 8, "dream visit", "visits of one pattern twice"},
+        /* The Base-LoRA's detector ends BASE: u64 samples, f64 means and variance, u64 boundaries. */
+        {"BASE", basel - 40 + 8, &nan, 8, "EWC++", "a NaN short mean"},
+        {"BASE", basel - 40 + 24, &negative, 8, "EWC++", "a negative variance"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        size_t pl;
+        const uint8_t *payload = section(good, n, cases[k].tag, &pl);
+        uint8_t *patched = malloc(pl);
+        memcpy(patched, payload, pl);
+        memcpy(patched + cases[k].at, cases[k].value, cases[k].len);
+        refused_with_section(e, good, n, cases[k].tag, patched, pl, cases[k].why, cases[k].what);
+        free(patched);
+    }
+    refused_with_section(e, good, n, "BANK", bank, bl - 1, "bank counter", "a truncated bank counter section");
+    refused_with_section(e, good, n, "DREA", NULL, 0, "missing", "a file without its dream visits");
     free(good);
     sona_engine_destroy(src);
     sona_engine_destroy(e);

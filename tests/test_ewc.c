@@ -1,5 +1,5 @@
 /* EWC++: retention on a two-task toy, the boundary detector (fires on an abrupt change, not on
- * stationary noise), consolidation that keeps the penalty exact, the pre-reduced penalty equal
+ * stationary noise; restored from its state, goes on as the original), consolidation that keeps the penalty exact, the pre-reduced penalty equal
  * to the op table's param_update, the Fisher EMA, and refusals. */
 #include <criterion/criterion.h>
 #include <inttypes.h>
@@ -101,23 +101,37 @@ static void noise_gradient(sona_rng *r, float *g, uint32_t n, float scale)
         g[i] = scale * sona_rng_normal(r);
 }
 
+enum { DETECTOR_N = 64 };
+
+/* Observes up to `samples` noise gradients of `scale` at theta; stops at the first boundary and
+ * returns its sample, -1 when none fired. */
+static int first_boundary(sona_ewc *e, sona_rng *r, const float *theta, int samples, float scale)
+{
+    float g[DETECTOR_N];
+    for (int s = 0; s < samples; s++) {
+        noise_gradient(r, g, DETECTOR_N, scale);
+        int boundary;
+        cr_assert_eq(sona_ewc_observe(e, theta, g, DETECTOR_N, &boundary), SONA_OK);
+        if (boundary)
+            return s;
+    }
+    return -1;
+}
+
 Test(ewc, boundary_fires_on_abrupt_change_not_on_noise)
 {
     const uint64_t seed = op_test_seed();
     printf("[ewc] boundary detector seed %" PRIu64 "\n", seed);
     sona_rng r;
     sona_rng_seed(&r, seed, 3);
-    enum { N = 64 };
+    enum { N = DETECTOR_N };
     float theta[N] = {0}, g[N];
     sona_ewc_config cfg;
     sona_ewc_config_default(&cfg, N);
     sona_ewc *e = make(&cfg);
     int boundary;
-    for (int s = 0; s < 5000; s++) {
-        noise_gradient(&r, g, N, 1.0f);
-        cr_assert_eq(sona_ewc_observe(e, theta, g, N, &boundary), SONA_OK);
-        cr_assert_not(boundary, "boundary on stationary noise at sample %d", s);
-    }
+    const int on_noise = first_boundary(e, &r, theta, 5000, 1.0f);
+    cr_assert_lt(on_noise, 0, "boundary on stationary noise at sample %d", on_noise);
     /* Gradients that fall (a task converging) are not a new task either. */
     for (int s = 0; s < 500; s++) {
         noise_gradient(&r, g, N, 1.0f / (1.0f + 0.02f * (float)s));
@@ -125,13 +139,7 @@ Test(ewc, boundary_fires_on_abrupt_change_not_on_noise)
         cr_assert_not(boundary, "boundary on a falling gradient norm at sample %d", s);
     }
     theta[0] = 0.25f; /* the snapshot must hold this theta */
-    int fired_at = -1;
-    for (int s = 0; s < 50 && fired_at < 0; s++) {
-        noise_gradient(&r, g, N, 3.0f);
-        cr_assert_eq(sona_ewc_observe(e, theta, g, N, &boundary), SONA_OK);
-        if (boundary)
-            fired_at = s;
-    }
+    const int fired_at = first_boundary(e, &r, theta, 50, 3.0f);
     cr_expect(fired_at >= 0 && fired_at < 5, "gradients 3x larger: boundary after %d samples", fired_at);
     cr_expect_eq(sona_ewc_task_count(e), 1);
     float star[N];
@@ -144,6 +152,52 @@ Test(ewc, boundary_fires_on_abrupt_change_not_on_noise)
         cr_assert_not(boundary, "a boundary %u samples after the last one", s + 1);
     }
     sona_ewc_destroy(e);
+}
+
+/* A detector restored from another's state goes on exactly as the original: on the same
+ * gradients it fires at the same sample (a fresh one, still short of min_samples, does not), and
+ * its statistics stay bit for bit the original's. Invalid states are refused and change nothing. */
+Test(ewc, a_restored_detector_goes_on_as_the_original)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[ewc] detector restore seed %" PRIu64 "\n", seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 4);
+    const float theta[DETECTOR_N] = {0};
+    sona_ewc_config cfg;
+    sona_ewc_config_default(&cfg, DETECTOR_N);
+    sona_ewc *a = make(&cfg), *b = make(&cfg), *fresh = make(&cfg);
+    cr_assert_lt(first_boundary(a, &r, theta, (int)cfg.min_samples + 50, 1.0f), 0);
+    sona_ewc_detector da, db;
+    cr_assert_eq(sona_ewc_get_detector(a, &da), SONA_OK);
+    cr_assert_eq(da.samples, cfg.min_samples + 50);
+    cr_assert_eq(sona_ewc_set_detector(b, &da), SONA_OK);
+    const sona_ewc_detector bad[] = {
+        {.samples = 5, .short_mean = NAN, .long_mean = 1.0},
+        {.samples = 5, .short_mean = 1.0, .long_mean = -1.0},
+        {.samples = 5, .short_mean = 1.0, .long_mean = 1.0, .long_var = INFINITY},
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        cr_assert_eq(sona_ewc_set_detector(b, &bad[k]), SONA_E_INVALID, "state %zu", k);
+        cr_assert_eq(sona_ewc_get_detector(b, &db), SONA_OK);
+        cr_assert_eq(memcmp(&da, &db, sizeof da), 0, "a refused state %zu changed the detector", k);
+    }
+    cr_assert_eq(sona_ewc_set_detector(b, NULL), SONA_E_NULL);
+    /* The same gradients 3x larger for each: a and b fire together; fresh has not seen
+     * min_samples. */
+    const sona_rng jump = r;
+    sona_rng ra = jump, rb = jump, rf = jump;
+    const int fired_a = first_boundary(a, &ra, theta, 50, 3.0f), fired_b = first_boundary(b, &rb, theta, 50, 3.0f);
+    cr_assert_geq(fired_a, 0, "the original should fire on gradients 3x larger");
+    cr_assert_eq(fired_b, fired_a, "the restored detector fired at %d, the original at %d", fired_b, fired_a);
+    cr_assert_lt(first_boundary(fresh, &rf, theta, fired_a + 1, 3.0f), 0, "a fresh detector fired before min_samples");
+    cr_assert_eq(sona_ewc_get_detector(a, &da), SONA_OK);
+    cr_assert_eq(sona_ewc_get_detector(b, &db), SONA_OK);
+    cr_assert_eq(memcmp(&da, &db, sizeof da), 0, "the restored detector's statistics differ");
+    cr_assert_eq(da.boundaries, 1);
+    sona_ewc_destroy(a);
+    sona_ewc_destroy(b);
+    sona_ewc_destroy(fresh);
 }
 
 /* lambda * sum_t F_t (theta - theta*_t) summed task by task, in double. */

@@ -171,6 +171,17 @@ typedef struct sona_bank_stats {
 
 SONA_API sona_status sona_bank_stats_get(const sona_bank *bank, sona_bank_stats *out);
 
+/* The id the next new pattern takes: above every id the bank ever gave out. */
+SONA_API uint64_t sona_bank_next_id(const sona_bank *bank);
+/* Carries counters over to a bank that takes another's place (a checkpoint restored, a bank
+ * rebuilt from another's patterns): every counter of sona_bank_stats becomes counters' (pending
+ * and patterns are the bank's own: ignored), and the next pattern id becomes next_id, which must
+ * be above every pattern's id (SONA_E_INVALID otherwise, and nothing changes). The extraction
+ * count seeds the next extraction's k-means, so a bank restored with its counters extracts as
+ * the original would have. */
+SONA_API sona_status sona_bank_restore_counters(sona_bank *bank, const sona_bank_stats *counters,
+                                                uint64_t next_id);
+
 #ifdef __cplusplus
 }
 #endif

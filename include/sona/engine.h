@@ -209,15 +209,35 @@ typedef struct sona_stats {
 SONA_API sona_status sona_get_stats(sona_engine *e, sona_stats *out);
 
 /* ---- persistence ---------------------------------------------------------------------------- */
-/* Writes everything learned (config, adapters, Base-LoRA, EWC++ state and tasks, patterns,
- * baselines, counters) and the trajectories queued for loop B (each as recorded: its storage
- * format and encoded values, rewards, layers, quality) to path: temp file in the same directory,
- * fsync, rename, fsync dir. Nothing is lost on a restart, and there is no need to run loop B
- * before saving. The queue is looked at, not taken: requests may go on recording meanwhile
- * (those that come after the snapshot are not in the file), and the file's counters agree with
- * the queue it holds (recorded == processed + queued). Loop B waits while the state is copied
- * into memory, not while it is written. Saves from several threads to one path leave one of
- * their states, whole (the last rename wins, which need not be the last state taken). */
+/* Writes everything learned (config, adapters, Base-LoRA, EWC++ state: tasks, running Fisher,
+ * boundary detector; patterns, the pattern bank's counters and next pattern id, loop C's dream
+ * visit counts, baselines, counters) and the trajectories queued for loop B (each as recorded:
+ * its storage format and encoded values, rewards, layers, quality) to path: temp file in the
+ * same directory, fsync, rename, fsync dir. Nothing is lost on a restart, and there is no need
+ * to run loop B before saving. The queue is looked at, not taken: requests may go on recording
+ * meanwhile (those that come after the snapshot are not in the file), and the file's counters
+ * agree with the queue it holds (recorded == processed + queued). Loop B waits while the state
+ * is copied into memory, not while it is written. Saves from several threads to one path leave
+ * one of their states, whole (the last rename wins, which need not be the last state taken).
+ *
+ * After sona_load, identical to the saved engine: every counter (sona_get_stats' but the
+ * timings last_loop_*_us and device_*, which describe the process; the bank's), the adapters
+ * and their EWC++ state, the patterns (ids, statistics, times, stored centroids bit for bit),
+ * the queue, the ids to come (trajectories, patterns) and the seeds of the next k-means (the
+ * bank's extraction count) and dreams (loop C's cycle count). Not identical: the HNSW graph over
+ * the patterns is not saved but rebuilt by inserting them in bank order, while the original's
+ * grew with its history (nodes linked from centroids before storage rounding, moved by merges,
+ * removed by pruning), so links, node levels and entry point may differ (saving the level RNG
+ * would not help: the graph's history is gone). Searches that compare every pattern give the
+ * same answers: those of a bank whose graph has had at most 2M + 1 = 33 nodes (M = 16; live and
+ * retired) since it was last built (created, loaded, consolidated by loop C): no link list has
+ * filled, so every node is linked both ways, and ef_search (50) exceeds the nodes, so a search
+ * visits them all. Then loop B learns bit for bit what the saved engine learns
+ * (tests/test_engine.c). On larger banks an approximate search may find another pattern, and
+ * what walks the graph may differ: loop C's dreams, its consolidation (which merges graph
+ * neighbours) and Phi. Not saved: Micro-LoRA gradients accumulated since the tenant's last
+ * apply (micro_apply_every > 1), rows a failed extraction left in the bank's queue, and runtime
+ * state (timers, the device copy of the adapters, the trajectory pool). */
 SONA_API sona_status sona_save(sona_engine *e, const char *path);
 /* Replaces e's learned state with the file's, its queue included: e's own queued trajectories
  * are discarded, the file's are queued, oldest first and each in its own storage format, for the
@@ -226,6 +246,8 @@ SONA_API sona_status sona_save(sona_engine *e, const char *path);
  * in trajectories_dropped instead of trajectories_recorded. Format version 1 files (written
  * before the queue was saved) load with an empty queue, the trajectories they had queued
  * counted as dropped the same way: recorded == processed + queued holds after every load.
+ * Version 1 and 2 files had not kept the bank's counters (its next pattern id becomes the
+ * largest pattern id + 1), the dream visits or the EWC++ detectors: they start afresh.
  * A truncated or corrupt file is refused with SONA_E_CORRUPT, another format version with
  * SONA_E_VERSION, another hidden width or shape with SONA_E_SIZE; e is untouched on every
  * failure. */

@@ -96,6 +96,17 @@ SONA_API sona_status sona_ewc_get_task(const sona_ewc *ewc, uint32_t i, float *t
 SONA_API sona_status sona_ewc_add_task(sona_ewc *ewc, const float *theta_star, const float *fisher,
                                        uint32_t n);
 
+/* The boundary detector's state and the boundaries taken, for checkpoints: restored with the
+ * tasks and the running Fisher, the detector goes on as if there had been no restart. */
+typedef struct sona_ewc_detector {
+    uint64_t samples;                       /* gradient norms since the start or the last boundary */
+    double short_mean, long_mean, long_var; /* the EMAs above */
+    uint64_t boundaries;                    /* taken since creation */
+} sona_ewc_detector;
+SONA_API sona_status sona_ewc_get_detector(const sona_ewc *ewc, sona_ewc_detector *out);
+/* Means and variance must be finite and >= 0 (SONA_E_INVALID otherwise; nothing changes). */
+SONA_API sona_status sona_ewc_set_detector(sona_ewc *ewc, const sona_ewc_detector *d);
+
 #ifdef __cplusplus
 }
 #endif

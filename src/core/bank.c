@@ -931,6 +931,41 @@ sona_status sona_bank_pattern_restore_route(sona_bank *b, uint64_t id, const cha
     return st;
 }
 
+uint64_t sona_bank_next_id(const sona_bank *b)
+{
+    if (!b)
+        return 0;
+    pthread_mutex_lock((pthread_mutex_t *)&b->lock);
+    const uint64_t id = b->next_id;
+    pthread_mutex_unlock((pthread_mutex_t *)&b->lock);
+    return id;
+}
+
+sona_status sona_bank_restore_counters(sona_bank *b, const sona_bank_stats *counters, uint64_t next_id)
+{
+    if (!b)
+        return SONA_E_NULL;
+    if (!counters)
+        return sona_fail(&b->err, SONA_E_NULL, "sona_bank_restore_counters: counters is NULL");
+    pthread_mutex_lock(&b->lock);
+    uint64_t max_id = 0;
+    for (uint32_t i = 0; i < b->npat; i++)
+        max_id = b->pats[i].id > max_id ? b->pats[i].id : max_id;
+    sona_status st = SONA_OK;
+    if (next_id <= max_id) {
+        st = sona_fail(&b->err, SONA_E_INVALID,
+                       "sona_bank_restore_counters: next id %llu is not above pattern %llu",
+                       (unsigned long long)next_id, (unsigned long long)max_id);
+    } else {
+        b->stats = *counters;
+        b->stats.pending = b->pend.n;
+        b->stats.patterns = b->npat;
+        b->next_id = next_id;
+    }
+    pthread_mutex_unlock(&b->lock);
+    return st;
+}
+
 sona_status sona_bank_stats_get(const sona_bank *b, sona_bank_stats *out)
 {
     if (!b || !out)

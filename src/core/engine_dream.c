@@ -66,8 +66,9 @@ typedef struct merged {
 
 /* Rebuilds the bank: patterns whose cosine with a graph neighbour reaches merge_cosine join
  * that neighbour's group (size-weighted centroid and quality, summed sizes and weights, oldest
- * creation, latest access), access counts decay by importance_decay, then the bank prunes. The
- * new bank replaces the old one only when complete. */
+ * creation, latest access), access counts decay by importance_decay, the counters and id
+ * sequence carry over, then the bank prunes. The new bank replaces the old one only when
+ * complete. */
 static sona_status consolidate(sona_engine *e, uint32_t *merged_away)
 {
     const sona_bank *old = e->bank;
@@ -156,6 +157,11 @@ static sona_status consolidate(sona_engine *e, uint32_t *merged_away)
         g->p.access_count = (uint64_t)floor((double)g->p.access_count * e->cfg.importance_decay);
         st = sona_bank_pattern_restore(fresh, &g->p, g->sum);
     }
+    /* The rebuilt bank goes on counting where the old one was: its extractions seed k-means
+     * (restarting them would repeat the seeds) and a merged-away id is never handed out again. */
+    sona_bank_stats counters;
+    if (st == SONA_OK && (st = sona_bank_stats_get(old, &counters)) == SONA_OK)
+        st = sona_bank_restore_counters(fresh, &counters, sona_bank_next_id(old));
     if (st == SONA_OK)
         st = sona_bank_prune(fresh, NULL);
     if (st == SONA_OK) {

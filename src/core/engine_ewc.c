@@ -144,9 +144,17 @@ void eng_ewc_save(const eng_ewc *w, sona_wbuf *out)
         sona_wbuf_floats(out, w->theta, w->n);
         sona_wbuf_floats(out, w->g, w->n);
     }
+    sona_ewc_detector d;
+    sona_ewc_get_detector(w->ewc, &d);
+    sona_wbuf_u64(out, d.samples);
+    sona_wbuf_f64(out, d.short_mean);
+    sona_wbuf_f64(out, d.long_mean);
+    sona_wbuf_f64(out, d.long_var);
+    sona_wbuf_u64(out, d.boundaries);
 }
 
-sona_status eng_ewc_load(sona_rbuf *in, const sona_lora *lora, const sona_engine_config *cfg, eng_ewc **out)
+sona_status eng_ewc_load(sona_rbuf *in, const sona_lora *lora, const sona_engine_config *cfg, int with_detector,
+                         eng_ewc **out)
 {
     *out = NULL;
     const uint32_t present = sona_rbuf_u32(in);
@@ -172,6 +180,16 @@ sona_status eng_ewc_load(sona_rbuf *in, const sona_lora *lora, const sona_engine
         sona_rbuf_floats(in, w->theta, n);
         sona_rbuf_floats(in, w->g, n);
         if (sona_ewc_add_task(w->ewc, w->theta, w->g, n) != SONA_OK)
+            st = SONA_E_CORRUPT;
+    }
+    if (st == SONA_OK && with_detector) {
+        sona_ewc_detector d;
+        d.samples = sona_rbuf_u64(in);
+        d.short_mean = sona_rbuf_f64(in);
+        d.long_mean = sona_rbuf_f64(in);
+        d.long_var = sona_rbuf_f64(in);
+        d.boundaries = sona_rbuf_u64(in);
+        if (in->bad || sona_ewc_set_detector(w->ewc, &d) != SONA_OK)
             st = SONA_E_CORRUPT;
     }
     if (st != SONA_OK || !cfg->ewc_enabled) {

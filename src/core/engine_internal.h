@@ -114,12 +114,13 @@ uint32_t eng_ewc_tasks(const eng_ewc *w);
 const struct sona_ewc *eng_ewc_state(const eng_ewc *w);
 struct sona_wbuf;
 struct sona_rbuf;
-/* Appends w's state (a NULL w writes "absent"). */
+/* Appends w's state (a NULL w writes "absent"): tasks, running Fisher, boundary detector. */
 void eng_ewc_save(const eng_ewc *w, struct sona_wbuf *out);
 /* Reads a state written by eng_ewc_save for lora's shape into a fresh *out (NULL when absent or
- * when cfg has EWC++ off). SONA_E_CORRUPT on a bad record. */
+ * when cfg has EWC++ off); with_detector 0 reads a record of state format 1 or 2, which had no
+ * detector (it starts afresh). SONA_E_CORRUPT on a bad record. */
 sona_status eng_ewc_load(struct sona_rbuf *in, const sona_lora *lora, const sona_engine_config *cfg,
-                         eng_ewc **out);
+                         int with_detector, eng_ewc **out);
 
 /* The sona_lora configuration of the engine's Micro (base = 0) or Base-LoRA (base = 1). */
 void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc);

@@ -8,8 +8,17 @@
  * (live tenants: id, A, Bt, EWC++), BASE (Base-LoRA A, Bt, EWC++), PATT (patterns; the HNSW
  * index is rebuilt on load), QUEU (version 2 on: the trajectories queued for loop B, oldest
  * first: u64 the engine's next trajectory id, u32 count, then each as core/trajectory_internal.h
- * writes it, its vectors' encoded bytes as held). Unknown tags are skipped (checksummed all the
- * same). Version 1 files (no QUEU) are still read; they had lost their queue.
+ * writes it, its vectors' encoded bytes as held), BANK (version 3 on: u32 count 13, the bank's
+ * counters as u64 in sona_bank_stats order from trajectories_added to searches, then u64 the
+ * next pattern id, above every pattern's), DREA (version 3 on: loop C's dream visits, u32
+ * count, then per pattern id in increasing order u64 id (below the next pattern id), u32 visits
+ * (>= 1)). An EWC++ record (engine_ewc.c): u32 present; when 1, u32 parameter count n, u32
+ * tasks, n floats running Fisher, per task n floats theta* and n floats Fisher, then (version 3
+ * on) the boundary detector: u64 samples, f64 short mean, long mean, long variance, u64
+ * boundaries. Unknown tags are skipped (checksummed all the same). Older files still load:
+ * version 1 had lost its queue; versions 1 and 2 lost the bank's counters (the extraction
+ * count that seeds k-means; the next pattern id became the largest live id + 1), the dream
+ * visits and the EWC++ detectors, which start afresh.
  * STAT's trajectories_recorded is written as processed + the QUEU count: the queue is a snapshot
  * taken while producers may still be recording, and the file says recorded == processed + queued
  * of that snapshot (a trajectory recorded after it is neither queued nor counted in the file).
@@ -17,6 +26,7 @@
  * target, then the directory is fsynced: a crash leaves the old file or the new one. */
 #include "core/engine_internal.h"
 
+#include "core/dream.h"
 #include "core/lora_internal.h"
 #include "core/serial.h"
 #include "core/trajectory_internal.h"
@@ -31,11 +41,12 @@
 #include <unistd.h>
 
 #define STATE_MAGIC "SONASTAT"
-#define STATE_VERSION 2u /* 2: the QUEU section; version 1 is still read */
+#define STATE_VERSION 3u /* 2: the QUEU section; 3: BANK, DREA, EWC++ detectors. 1 on are read */
 #define BYTE_ORDER_MARK 0x01020304u
 #define HEADER_BYTES 24u
 #define COUNTERS 13 /* STAT section: the engine's monotonic counters */
-#define SECTIONS 6
+#define BANK_COUNTERS 13 /* BANK section: sona_bank_stats' counters */
+#define SECTIONS 8
 #define SECTION_HEADER_BYTES 20u
 #define TAG(a, b, c, d) ((uint32_t)(a) | (uint32_t)(b) << 8 | (uint32_t)(c) << 16 | (uint32_t)(d) << 24)
 
@@ -46,7 +57,16 @@ enum {
     TAG_BASE = TAG('B', 'A', 'S', 'E'),
     TAG_PATT = TAG('P', 'A', 'T', 'T'),
     TAG_QUEU = TAG('Q', 'U', 'E', 'U'),
+    TAG_BANK = TAG('B', 'A', 'N', 'K'),
+    TAG_DREA = TAG('D', 'R', 'E', 'A'),
 };
+
+/* The sections in file order, and the format version that brought each. */
+enum { SEC_CONF, SEC_STAT, SEC_TENA, SEC_BASE, SEC_PATT, SEC_QUEU, SEC_BANK, SEC_DREA };
+static const struct {
+    uint32_t tag, since;
+} section_table[SECTIONS] = {{TAG_CONF, 1}, {TAG_STAT, 1}, {TAG_TENA, 1}, {TAG_BASE, 1},
+                             {TAG_PATT, 1}, {TAG_QUEU, 2}, {TAG_BANK, 3}, {TAG_DREA, 3}};
 
 /* ---- CRC-32 -------------------------------------------------------------------------------- */
 
@@ -81,6 +101,17 @@ static void counter_table(sona_engine *e, atomic_uint_fast64_t *out[COUNTERS])
         &e->n.recorded, &e->n.processed, &e->n.dropped, &e->n.accepted, &e->n.rejected,
         &e->n.micro_updates, &e->n.base_updates, &e->n.boundaries, &e->n.b_cycles, &e->n.c_cycles,
         &e->n.dreams, &e->n.replayed, &e->n.merged};
+    memcpy(out, t, sizeof t);
+}
+
+/* The counters the BANK section holds, in file order. */
+static void bank_counter_table(sona_bank_stats *s, uint64_t *out[BANK_COUNTERS])
+{
+    uint64_t *const t[BANK_COUNTERS] = {
+        &s->trajectories_added, &s->trajectories_rejected, &s->trajectories_refused_full,
+        &s->trajectories_lost, &s->extractions, &s->clusters_found, &s->clusters_dropped_small,
+        &s->patterns_created, &s->patterns_merged, &s->patterns_pruned_quality,
+        &s->patterns_pruned_stale, &s->patterns_evicted, &s->searches};
     memcpy(out, t, sizeof t);
 }
 
@@ -138,6 +169,50 @@ static void write_adapter(sona_wbuf *w, const sona_lora *l, const eng_ewc *ewc, 
     }
     sona_wbuf_floats(w, scratch, 2 * n);
     eng_ewc_save(ewc, w);
+}
+
+static void write_bank_counters(sona_wbuf *w, const sona_bank *bank)
+{
+    sona_bank_stats bs;
+    uint64_t *counters[BANK_COUNTERS];
+    sona_bank_stats_get(bank, &bs);
+    bank_counter_table(&bs, counters);
+    sona_wbuf_u32(w, BANK_COUNTERS);
+    for (int i = 0; i < BANK_COUNTERS; i++)
+        sona_wbuf_u64(w, *counters[i]);
+    sona_wbuf_u64(w, sona_bank_next_id(bank));
+}
+
+static int by_id(const void *a, const void *b)
+{
+    const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The visit counts by increasing id: one file for one state, whatever the hash table's order. */
+static void write_dream_visits(sona_wbuf *w, const eng_dream_state *d)
+{
+    const uint32_t n = d ? d->visits.count : 0;
+    if (n == 0) {
+        sona_wbuf_u32(w, 0);
+        return;
+    }
+    uint64_t *ids = malloc(n * sizeof *ids);
+    if (!ids) {
+        w->oom = 1;
+        return;
+    }
+    uint32_t k = 0;
+    for (uint64_t cell = 0; cell <= d->visits.mask; cell++)
+        if (d->visits.vals[cell] != SONA_IDMAP_EMPTY)
+            ids[k++] = d->visits.keys[cell];
+    qsort(ids, k, sizeof *ids, by_id);
+    sona_wbuf_u32(w, k);
+    for (uint32_t i = 0; i < k; i++) {
+        sona_wbuf_u64(w, ids[i]);
+        sona_wbuf_u32(w, sona_idmap_get(&d->visits, ids[i]));
+    }
+    free(ids);
 }
 
 /* Serialises the whole state into w. The caller holds the cycle lock, which keeps loop B, the
@@ -238,6 +313,14 @@ static sona_status serialise(sona_engine *e, sona_wbuf *w)
         sona_trajectory_write(queue[i], w);
     section_end(w, s);
     free(queue);
+
+    s = section_begin(w, TAG_BANK);
+    write_bank_counters(w, e->bank);
+    section_end(w, s);
+
+    s = section_begin(w, TAG_DREA);
+    write_dream_visits(w, e->dream);
+    section_end(w, s);
     return w->oom ? SONA_E_NOMEM : SONA_OK;
 }
 
@@ -335,6 +418,7 @@ sona_status sona_save(sona_engine *e, const char *path)
 
 /* Everything a file holds, built into fresh objects before anything of the engine changes. */
 typedef struct loaded {
+    uint32_t version;           /* the file's format version */
     uint64_t counters[COUNTERS];
     float baseline;
     uint32_t phi_bits;
@@ -349,6 +433,7 @@ typedef struct loaded {
     uint64_t next_id;           /* the engine's next trajectory id */
     uint32_t queued;            /* trajectories in queue: those that fit buffer_capacity */
     sona_trajectory **queue;
+    eng_dream_state *dream;     /* version 3 on; NULL when no pattern was visited */
 } loaded;
 
 static void loaded_free(loaded *s)
@@ -368,6 +453,7 @@ static void loaded_free(loaded *s)
     for (uint32_t i = 0; i < s->queued; i++)
         sona_trajectory_destroy(s->queue[i]);
     free(s->queue);
+    eng_dream_state_free(s->dream);
 }
 
 static sona_status corrupt(sona_engine *e, const char *what)
@@ -398,8 +484,10 @@ static sona_status read_config(sona_engine *e, sona_rbuf *r)
     return SONA_OK;
 }
 
-/* Reads one adapter set of the engine's shape into a fresh lora (+ EWC++). */
-static sona_status read_adapter(sona_engine *e, sona_rbuf *r, int base, sona_lora **lora, eng_ewc **ewc)
+/* Reads one adapter set of the engine's shape into a fresh lora (+ EWC++, whose record has the
+ * boundary detector from version 3 on). */
+static sona_status read_adapter(sona_engine *e, sona_rbuf *r, uint32_t version, int base, sona_lora **lora,
+                                eng_ewc **ewc)
 {
     sona_lora_config lc;
     eng_lora_config(&e->cfg, base, &lc);
@@ -416,7 +504,7 @@ static sona_status read_adapter(sona_engine *e, sona_rbuf *r, int base, sona_lor
     free(wts);
     if (st != SONA_OK)
         return st;
-    st = eng_ewc_load(r, *lora, &e->cfg, ewc);
+    st = eng_ewc_load(r, *lora, &e->cfg, version >= 3, ewc);
     return st == SONA_OK ? SONA_OK : eng_fail(e, st, "sona_load: EWC++ state: %s", sona_status_str(st));
 }
 
@@ -436,7 +524,7 @@ static sona_status read_tenants(sona_engine *e, sona_rbuf *r, loaded *s)
         if (r->bad || s->ids[i] >= e->cfg.max_tenants || (i && s->ids[i] <= s->ids[i - 1]) ||
             (i == 0 && s->ids[0] != 0))
             return corrupt(e, "bad tenant id");
-        sona_status st = read_adapter(e, r, 0, &s->loras[i], &s->ewcs[i]);
+        sona_status st = read_adapter(e, r, s->version, 0, &s->loras[i], &s->ewcs[i]);
         if (st != SONA_OK)
             return st;
     }
@@ -470,6 +558,49 @@ static sona_status read_patterns(sona_engine *e, sona_rbuf *r, loaded *s)
     }
     free(centroid);
     return st;
+}
+
+/* The bank's counters and next pattern id, onto the bank read from PATT. */
+static sona_status read_bank_counters(sona_engine *e, sona_rbuf *r, loaded *s)
+{
+    sona_bank_stats bs = {0};
+    uint64_t *counters[BANK_COUNTERS];
+    bank_counter_table(&bs, counters);
+    if (sona_rbuf_u32(r) != BANK_COUNTERS)
+        return corrupt(e, "bad bank counter section");
+    for (int i = 0; i < BANK_COUNTERS; i++)
+        *counters[i] = sona_rbuf_u64(r);
+    const uint64_t next_id = sona_rbuf_u64(r);
+    if (r->bad)
+        return corrupt(e, "bad bank counter section");
+    if (sona_bank_restore_counters(s->bank, &bs, next_id) != SONA_OK)
+        return corrupt(e, "the bank's next pattern id is not above its patterns' ids");
+    return SONA_OK;
+}
+
+/* Loop C's dream visits, by pattern id: ids given out by the bank (below its next id), each
+ * once, counts of at least one visit. */
+static sona_status read_dream_visits(sona_engine *e, sona_rbuf *r, loaded *s)
+{
+    const uint32_t n = sona_rbuf_u32(r);
+    if (!sona_rbuf_has(r, n, 12))
+        return corrupt(e, "dream visit section is truncated");
+    if (n == 0)
+        return SONA_OK;
+    if (!(s->dream = calloc(1, sizeof *s->dream)))
+        return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
+    const uint64_t next_id = sona_bank_next_id(s->bank);
+    for (uint32_t i = 0; i < n; i++) {
+        const uint64_t id = sona_rbuf_u64(r);
+        const uint32_t visits = sona_rbuf_u32(r);
+        if (id == 0 || id >= next_id || visits == 0 || visits == SONA_IDMAP_EMPTY ||
+            sona_idmap_get(&s->dream->visits, id) != SONA_IDMAP_EMPTY)
+            return corrupt(e, "a dream visit count is invalid (pattern id 0, not yet given out or repeated, "
+                              "or no visit)");
+        if (sona_idmap_put(&s->dream->visits, id, visits) != SONA_OK)
+            return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
+    }
+    return SONA_OK;
 }
 
 /* Reads the queued trajectories, *in_file of them. Those beyond this engine's buffer_capacity are
@@ -510,12 +641,11 @@ static sona_status read_queue(sona_engine *e, sona_rbuf *r, loaded *s, uint32_t 
     return SONA_OK;
 }
 
-/* Checks the header and every section's bounds and CRC; fills the section table (a version 1
- * file has no QUEU: its entry stays empty). */
+/* Checks the header and every section's bounds and CRC; fills the section table (the sections
+ * of later versions than the file's stay empty: their tags are unknown to it). */
 static sona_status read_sections(sona_engine *e, const uint8_t *p, size_t len, sona_rbuf sec[SECTIONS],
                                  uint32_t *version_out)
 {
-    static const uint32_t tags[SECTIONS] = {TAG_CONF, TAG_STAT, TAG_TENA, TAG_BASE, TAG_PATT, TAG_QUEU};
     if (len < HEADER_BYTES || memcmp(p, STATE_MAGIC, 8) != 0)
         return corrupt(e, "not a libsona state file (bad magic or too short)");
     sona_rbuf r = {.p = p, .len = len, .pos = 8};
@@ -528,7 +658,6 @@ static sona_status read_sections(sona_engine *e, const uint8_t *p, size_t len, s
     if (version < 1 || version > STATE_VERSION)
         return eng_fail(e, SONA_E_VERSION, "sona_load: format version %u, this library reads 1 to %u", version,
                         STATE_VERSION);
-    const int known = version >= 2 ? SECTIONS : SECTIONS - 1; /* version 1: QUEU is an unknown tag */
     memset(sec, 0, SECTIONS * sizeof *sec);
     for (uint32_t i = 0; i < count; i++) {
         const uint32_t tag = sona_rbuf_u32(&r);
@@ -542,8 +671,8 @@ static sona_status read_sections(sona_engine *e, const uint8_t *p, size_t len, s
             return corrupt(e, "truncated section");
         if (sona_crc32(0, p + r.pos, n) != scrc)
             return corrupt(e, "section checksum mismatch");
-        for (int t = 0; t < known; t++)
-            if (tag == tags[t]) {
+        for (int t = 0; t < SECTIONS; t++)
+            if (tag == section_table[t].tag && section_table[t].since <= version) {
                 if (sec[t].p)
                     return corrupt(e, "duplicate section");
                 sec[t] = (sona_rbuf){.p = p + r.pos, .len = n};
@@ -552,8 +681,8 @@ static sona_status read_sections(sona_engine *e, const uint8_t *p, size_t len, s
     }
     if (r.pos != len)
         return corrupt(e, "trailing bytes after the last section");
-    for (int t = 0; t < known; t++)
-        if (!sec[t].p)
+    for (int t = 0; t < SECTIONS; t++)
+        if (section_table[t].since <= version && !sec[t].p)
             return corrupt(e, "a required section is missing");
     *version_out = version;
     return SONA_OK;
@@ -562,30 +691,34 @@ static sona_status read_sections(sona_engine *e, const uint8_t *p, size_t len, s
 static sona_status parse(sona_engine *e, const uint8_t *p, size_t len, loaded *s)
 {
     sona_rbuf sec[SECTIONS];
-    uint32_t version = 0, in_file = 0;
-    sona_status st = read_sections(e, p, len, sec, &version);
+    uint32_t in_file = 0;
+    sona_status st = read_sections(e, p, len, sec, &s->version);
     if (st == SONA_OK)
-        st = read_config(e, &sec[0]);
+        st = read_config(e, &sec[SEC_CONF]);
     if (st != SONA_OK)
         return st;
-    const uint32_t nc = sona_rbuf_u32(&sec[1]);
+    sona_rbuf *stat = &sec[SEC_STAT];
+    const uint32_t nc = sona_rbuf_u32(stat);
     if (nc != COUNTERS)
         return corrupt(e, "bad counter section");
     for (int i = 0; i < COUNTERS; i++)
-        s->counters[i] = sona_rbuf_u64(&sec[1]);
-    s->baseline = sona_rbuf_f32(&sec[1]);
-    s->phi_bits = sona_rbuf_u32(&sec[1]);
-    if (sec[1].bad || isinf(s->baseline))
+        s->counters[i] = sona_rbuf_u64(stat);
+    s->baseline = sona_rbuf_f32(stat);
+    s->phi_bits = sona_rbuf_u32(stat);
+    if (stat->bad || isinf(s->baseline))
         return corrupt(e, "bad counter section");
-    if ((st = read_tenants(e, &sec[2], s)) != SONA_OK ||
-        (st = read_adapter(e, &sec[3], 1, &s->base, &s->base_ewc)) != SONA_OK ||
-        (st = read_patterns(e, &sec[4], s)) != SONA_OK)
+    if ((st = read_tenants(e, &sec[SEC_TENA], s)) != SONA_OK ||
+        (st = read_adapter(e, &sec[SEC_BASE], s->version, 1, &s->base, &s->base_ewc)) != SONA_OK ||
+        (st = read_patterns(e, &sec[SEC_PATT], s)) != SONA_OK)
         return st;
-    s->has_queue = version >= 2;
-    if (s->has_queue && (st = read_queue(e, &sec[5], s, &in_file)) != SONA_OK)
+    s->has_queue = s->version >= 2;
+    if (s->has_queue && (st = read_queue(e, &sec[SEC_QUEU], s, &in_file)) != SONA_OK)
+        return st;
+    if (s->version >= 3 && ((st = read_bank_counters(e, &sec[SEC_BANK], s)) != SONA_OK ||
+                            (st = read_dream_visits(e, &sec[SEC_DREA], s)) != SONA_OK))
         return st;
     for (int t = 0; t < SECTIONS; t++)
-        if (sec[t].bad || (t != 0 && sec[t].pos != sec[t].len))
+        if (sec[t].bad || (t != SEC_CONF && sec[t].pos != sec[t].len))
             return corrupt(e, "a section's contents do not match its length");
     /* The loaded engine says recorded == processed + queued, as a file of version 2 says of its
      * own snapshot. What the file recorded but the engine will not hold (a version 1 file's whole
@@ -649,7 +782,8 @@ static void commit(sona_engine *e, loaded *s)
     atomic_store(&e->n.patterns, sona_bank_pattern_count(e->bank));
     atomic_store(&e->n.tasks, eng_ewc_tasks(e->base_ewc));
     eng_dream_state_free(e->dream);
-    e->dream = NULL;
+    e->dream = s->dream; /* NULL for a file without visits: loop C starts one */
+    s->dream = NULL;
     /* The file's queue replaces the engine's, whose trajectories go back to the pool. Loop B is
      * held off by cycle_mu and no request is in flight (sona_load's contract): the loaded ones
      * fit, cut to buffer_capacity. A request racing the load anyway costs a trajectory, counted. */

@@ -120,6 +120,34 @@ float sona_ewc_lambda(const sona_ewc *e) { return e ? e->lambda : 0.0f; }
 uint32_t sona_ewc_task_count(const sona_ewc *e) { return e ? e->task_count : 0; }
 uint64_t sona_ewc_boundaries(const sona_ewc *e) { return e ? e->boundaries : 0; }
 
+sona_status sona_ewc_get_detector(const sona_ewc *e, sona_ewc_detector *out)
+{
+    if (!e || !out)
+        return SONA_E_NULL;
+    *out = (sona_ewc_detector){.samples = e->det.samples,
+                               .short_mean = e->det.short_mean,
+                               .long_mean = e->det.long_mean,
+                               .long_var = e->det.long_var,
+                               .boundaries = e->boundaries};
+    return SONA_OK;
+}
+
+sona_status sona_ewc_set_detector(sona_ewc *e, const sona_ewc_detector *d)
+{
+    if (!e || !d)
+        return e ? sona_fail(&e->err, SONA_E_NULL, "sona_ewc_set_detector: detector is NULL") : SONA_E_NULL;
+    /* Norms and their squared deviations: finite and not negative. */
+    if (!(d->short_mean >= 0.0 && d->long_mean >= 0.0 && d->long_var >= 0.0) || !isfinite(d->short_mean) ||
+        !isfinite(d->long_mean) || !isfinite(d->long_var))
+        return sona_fail(&e->err, SONA_E_INVALID, "sona_ewc_set_detector: means and variance must be finite and >= 0");
+    e->det = (boundary_detector){.samples = d->samples,
+                                 .short_mean = d->short_mean,
+                                 .long_mean = d->long_mean,
+                                 .long_var = d->long_var};
+    e->boundaries = d->boundaries;
+    return SONA_OK;
+}
+
 /* Common argument checks: handle, pointers, size, finiteness of each vector given. */
 /* The vectors a and b (may be the same) are given and n is the state's parameter count. */
 static sona_status check_shape(const sona_ewc *ce, const char *fn, uint32_t n, const float *a,

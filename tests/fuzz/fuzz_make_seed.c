@@ -1,6 +1,6 @@
 /* Writes a valid state file of the fuzzed engine's shape to argv[1], the fuzz target's seed
- * corpus: learned tenants, Base-LoRA, EWC++ tasks, patterns, and queued trajectories in every
- * storage format. An F32 engine learns and queues some, an F16 engine loads its file and queues
+ * corpus: learned tenants, Base-LoRA, EWC++ tasks and detectors, patterns with the bank's
+ * counters, dream visits, and queued trajectories in every storage format. An F32 engine learns and queues some, an F16 engine loads its file and queues
  * more, then the fuzzed engine's (Q8) loads that and queues more: restored trajectories keep
  * their format. */
 #include "fuzz_engine.h"
