@@ -1058,3 +1058,79 @@ Test(engine, damaged_bank_dream_and_detector_values_are_refused_and_change_nothi
     sona_engine_destroy(src);
     sona_engine_destroy(e);
 }
+
+/* sona_state_config gives back every field a file was saved with (all but state_path, which is
+ * not saved), and an engine created from it loads the file: a tool or a fresh node needs no
+ * other knowledge of the shape. Version 1 and 2 files carry the same CONF. */
+Test(engine, the_saved_configuration_is_read_back)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[engine] seed %" PRIu64 "\n", seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 11);
+    sona_engine_config want;
+    sona_engine_config_default(&want, SONA_PRESET_MAX_QUALITY, 29);
+    /* Every kind of field away from the preset: u32, int flags, the storage enum, floats. */
+    want.seed = 0x123456789abcull ^ seed;
+    want.micro_rank = 1;
+    want.base_layers = 3;
+    want.max_steps = 5 + sona_rng_below(&r, 7);
+    want.background_thread = 0;
+    want.ewc_enabled = 0;
+    want.device_apply = 0;
+    want.step_storage = SONA_STORAGE_F16;
+    want.device_min_rows = 77;
+    want.base_learning_rate = 0.003f + 0.001f * sona_rng_uniform(&r);
+    want.importance_decay = 0.9f;
+    want.dream_jump_prob = 0.25f;
+    snprintf(want.state_path, sizeof want.state_path, "/nonexistent/dir/ckpt");
+    sona_engine *e = create(&want);
+    char *path = temp_path("config.state");
+    cr_assert_eq(sona_save(e, path), SONA_OK, "%s", sona_engine_last_error(e));
+
+    sona_engine_config got;
+    memset(&got, 0xa5, sizeof got);
+    cr_assert_eq(sona_state_config(path, &got), SONA_OK, "%s", sona_last_error());
+#define SAME(f) cr_expect(memcmp(&got.f, &want.f, sizeof want.f) == 0, "field " #f " differs")
+    SAME(hidden); SAME(seed); SAME(micro_rank); SAME(micro_alpha); SAME(micro_learning_rate);
+    SAME(micro_apply_every); SAME(max_tenants); SAME(base_rank); SAME(base_layers); SAME(base_alpha);
+    SAME(base_learning_rate); SAME(clip_norm); SAME(max_steps); SAME(buffer_capacity); SAME(step_storage);
+    SAME(baseline_decay); SAME(background_thread); SAME(loop_b_threshold); SAME(loop_b_interval_ms);
+    SAME(loop_b_min_batch); SAME(clusters_per_cycle); SAME(max_patterns); SAME(ewc_enabled); SAME(ewc_lambda);
+    SAME(fisher_decay); SAME(max_tasks); SAME(task_shift_threshold); SAME(dreams_per_cycle);
+    SAME(dream_length); SAME(dream_temperature); SAME(dream_jump_prob); SAME(dream_novelty_bonus);
+    SAME(dream_replay_min_score); SAME(merge_cosine); SAME(importance_decay); SAME(loop_c_interval_ms);
+    SAME(device_apply); SAME(device_min_rows);
+#undef SAME
+    cr_expect_str_eq(got.state_path, "", "state_path is not saved");
+    sona_engine *f = create(&got);
+    cr_expect_eq(sona_load(f, path), SONA_OK, "%s", sona_engine_last_error(f));
+    sona_engine_destroy(f);
+
+    /* Refused, *cfg untouched: a damaged file, a missing one, NULL. */
+    size_t n;
+    uint8_t *file = read_all(path, &n);
+    file[44 + 30] ^= 1; /* 24-byte file header, 20-byte section header: inside CONF's payload */
+    char *bad = temp_path("config-bad.state");
+    FILE *out = fopen(bad, "wb");
+    cr_assert_not_null(out);
+    cr_assert_eq(fwrite(file, 1, n, out), n);
+    fclose(out);
+    sona_engine_config untouched = got;
+    cr_expect_eq(sona_state_config(bad, &got), SONA_E_CORRUPT);
+    cr_expect(strstr(sona_last_error(), "sona_state_config") != NULL, "%s", sona_last_error());
+    cr_expect_eq(sona_state_config("/nonexistent/state", &got), SONA_E_IO);
+    cr_expect_eq(sona_state_config(NULL, &got), SONA_E_NULL);
+    cr_expect_eq(sona_state_config(path, NULL), SONA_E_NULL);
+    cr_expect_eq(memcmp(&got, &untouched, sizeof got), 0, "a refused call changed *cfg");
+    unlink(bad);
+    unlink(path);
+    free(bad);
+    free(path);
+    free(file);
+    sona_engine_destroy(e);
+
+    /* The version fixtures were written by older code: their CONF reads too. */
+    cr_expect_eq(sona_state_config(SONA_TEST_DATA_DIR "/state_v1.sona", &got), SONA_OK, "%s", sona_last_error());
+    cr_expect_eq(sona_state_config(SONA_TEST_DATA_DIR "/state_v2.sona", &got), SONA_OK, "%s", sona_last_error());
+}

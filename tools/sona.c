@@ -41,12 +41,60 @@ static int cmd_info(void)
     return st == SONA_OK ? 0 : 1;
 }
 
+/* sona export-peft STATE DIR [--module FORMAT] [--base-model NAME]: a saved engine's Base-LoRA
+ * as a PEFT adapter, without knowing the engine's configuration (the file has it). */
+static int cmd_export_peft(int argc, char **argv)
+{
+    sona_peft_config pc;
+    sona_peft_config_default(&pc);
+    const char *state = NULL, *dir = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--module") && i + 1 < argc)
+            pc.module_format = argv[++i];
+        else if (!strcmp(argv[i], "--base-model") && i + 1 < argc)
+            pc.base_model = argv[++i];
+        else if (argv[i][0] != '-' && !state)
+            state = argv[i];
+        else if (argv[i][0] != '-' && !dir)
+            dir = argv[i];
+        else
+            state = dir = NULL, i = argc;
+    }
+    if (!state || !dir) {
+        fprintf(stderr, "usage: sona export-peft STATE DIR [--module FORMAT] [--base-model NAME]\n"
+                        "  FORMAT: layer l's module path with %%u for l (default %s)\n",
+                pc.module_format);
+        return 2;
+    }
+    sona_engine_config cfg;
+    sona_engine *e = NULL;
+    sona_status st = sona_state_config(state, &cfg);
+    if (st == SONA_OK) {
+        cfg.background_thread = 0; /* nothing learns here: no loop B thread, no device copies */
+        cfg.device_apply = 0;
+        st = sona_engine_create(&cfg, &e);
+    }
+    if (st != SONA_OK) {
+        fprintf(stderr, "sona export-peft: %s\n", sona_last_error());
+        return 1;
+    }
+    if ((st = sona_load(e, state)) == SONA_OK && (st = sona_export_peft(e, dir, &pc)) == SONA_OK)
+        printf("%s/adapter_model.safetensors and %s/adapter_config.json: %u layers, rank %u, hidden %u\n", dir,
+               dir, cfg.base_layers, cfg.base_rank, cfg.hidden);
+    else
+        fprintf(stderr, "sona export-peft: %s\n", sona_engine_last_error(e));
+    sona_engine_destroy(e);
+    return st == SONA_OK ? 0 : 1;
+}
+
 static void usage(void)
 {
     fprintf(stderr, "usage: sona <command> [options]\n"
                     "  info             CPU, ISA features, chosen variant, topology, backends\n"
                     "  bench [options]  benchmarks on every available backend (sona bench --help)\n"
-                    "  demo [n] [seed]  the engine learning a synthetic task: learning curve, EWC++\n");
+                    "  demo [n] [seed]  the engine learning a synthetic task: learning curve, EWC++\n"
+                    "  export-peft STATE DIR [--module FORMAT] [--base-model NAME]\n"
+                    "                   a saved engine's Base-LoRA as a PEFT adapter (vLLM, LoRAX)\n");
 }
 
 int main(int argc, char **argv)
@@ -61,6 +109,8 @@ int main(int argc, char **argv)
         return sona_bench_main(argc - 1, argv + 1);
     if (!strcmp(argv[1], "demo"))
         return sona_demo_main(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "export-peft"))
+        return cmd_export_peft(argc - 1, argv + 1);
     usage();
     return 2;
 }

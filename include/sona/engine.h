@@ -252,6 +252,13 @@ SONA_API sona_status sona_save(sona_engine *e, const char *path);
  * SONA_E_VERSION, another hidden width or shape with SONA_E_SIZE; e is untouched on every
  * failure. */
 SONA_API sona_status sona_load(sona_engine *e, const char *path);
+/* Fills *cfg with the configuration the state file at path was saved with: the default preset's
+ * values for what the file does not hold (state_path "", fields newer than the file). With it a
+ * process can create an engine that loads the file without knowing its shape (a tool, a fresh
+ * node); change what differs on this machine (background_thread, device_apply) before creating.
+ * The file's header and section checksums are checked; *cfg is untouched on failure. The message
+ * is sona_last_error()'s. */
+SONA_API sona_status sona_state_config(const char *path, sona_engine_config *cfg);
 /* Same as sona_load from a memory buffer (the fuzz target's entry point). */
 SONA_API sona_status sona_load_buffer(sona_engine *e, const void *data, size_t len);
 

@@ -132,9 +132,9 @@ sona_status sona_export_peft(sona_engine *e, const char *dir, const sona_peft_co
         st = eng_fail(e, SONA_E_NOMEM, CALLER ": out of memory");
         goto out;
     }
-    st = eng_write_file_atomic(e, CALLER, model_path, model.p, model.len);
+    st = eng_write_file_atomic(e, CALLER, model_path, model.p, model.len, 0644);
     if (st == SONA_OK)
-        st = eng_write_file_atomic(e, CALLER, config_path, config.p, config.len);
+        st = eng_write_file_atomic(e, CALLER, config_path, config.p, config.len, 0644);
 out:
     for (uint32_t l = 0; t && l < 2 * layers; l++)
         free((char *)t[l].name);

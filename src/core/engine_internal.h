@@ -11,6 +11,7 @@
 #include "sona/trajectory_buffer.h"
 
 #include <pthread.h>
+#include <sys/types.h>
 #include <stdatomic.h>
 
 /* EWC++ state of one parameter set (a tenant's Micro-LoRA or the Base-LoRA), see ewc.c. */
@@ -129,10 +130,11 @@ void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc
 sona_status eng_state_snapshot(sona_engine *e, struct sona_wbuf *w);
 sona_status eng_state_write(sona_engine *e, const char *path, struct sona_wbuf *w);
 /* Writes len bytes to path atomically: a temporary file in the same directory, fsync, rename,
- * fsync of the directory (a crash leaves the old file or the new one). Failures are reported on
+ * fsync of the directory (a crash leaves the old file or the new one). The file gets `mode`
+ * (learned state 0600: the owner's; exports 0644: read by a server). Failures are reported on
  * e as "caller: ...". */
 sona_status eng_write_file_atomic(sona_engine *e, const char *caller, const char *path, const void *data,
-                                  size_t len);
+                                  size_t len, mode_t mode);
 
 /* Pattern bank glue (engine_bank.c): ReasoningBank + HNSW index. */
 sona_status eng_bank_create(const sona_engine_config *cfg, sona_bank **out);

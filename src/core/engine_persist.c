@@ -34,6 +34,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,25 +139,74 @@ static void section_end(sona_wbuf *w, size_t at)
     memcpy(w->p + at + 16, &crc, sizeof crc);
 }
 
+/* CONF's fields after the seed, in file order: first the integers (each as a u32), then the
+ * floats. One table serves the writer and sona_state_config's reader; fields are only ever
+ * appended (a file's counts say how many it has). */
+typedef enum { FIELD_U32, FIELD_INT, FIELD_STORAGE } field_kind;
+#define U32(field) {offsetof(sona_engine_config, field), FIELD_U32}
+#define INT(field) {offsetof(sona_engine_config, field), FIELD_INT}
+static const struct {
+    size_t offset;
+    field_kind kind;
+} config_ints[] = {U32(hidden),           U32(micro_rank),        U32(base_rank),
+                   U32(base_layers),      U32(max_tenants),       U32(micro_apply_every),
+                   U32(max_steps),        U32(buffer_capacity),   INT(background_thread),
+                   U32(loop_b_threshold), U32(loop_b_interval_ms), U32(loop_b_min_batch),
+                   U32(clusters_per_cycle), U32(max_patterns),    INT(ewc_enabled),
+                   U32(max_tasks),        U32(dreams_per_cycle),  U32(dream_length),
+                   U32(loop_c_interval_ms), INT(device_apply),    U32(device_min_rows),
+                   {offsetof(sona_engine_config, step_storage), FIELD_STORAGE}};
+#undef U32
+#undef INT
+#define CONFIG_INTS (sizeof config_ints / sizeof config_ints[0])
+static const size_t config_floats[] = {
+    offsetof(sona_engine_config, micro_alpha),          offsetof(sona_engine_config, micro_learning_rate),
+    offsetof(sona_engine_config, base_alpha),           offsetof(sona_engine_config, base_learning_rate),
+    offsetof(sona_engine_config, clip_norm),            offsetof(sona_engine_config, baseline_decay),
+    offsetof(sona_engine_config, ewc_lambda),           offsetof(sona_engine_config, fisher_decay),
+    offsetof(sona_engine_config, task_shift_threshold), offsetof(sona_engine_config, dream_temperature),
+    offsetof(sona_engine_config, dream_jump_prob),      offsetof(sona_engine_config, dream_novelty_bonus),
+    offsetof(sona_engine_config, dream_replay_min_score), offsetof(sona_engine_config, merge_cosine),
+    offsetof(sona_engine_config, importance_decay)};
+#define CONFIG_FLOATS (sizeof config_floats / sizeof config_floats[0])
+
+static uint32_t config_int_get(const sona_engine_config *c, size_t i)
+{
+    const char *at = (const char *)c + config_ints[i].offset;
+    switch (config_ints[i].kind) {
+    case FIELD_INT:
+        return (uint32_t) * (const int *)(const void *)at;
+    case FIELD_STORAGE:
+        return (uint32_t) * (const sona_storage *)(const void *)at;
+    default:
+        return *(const uint32_t *)(const void *)at;
+    }
+}
+
+static void config_int_set(sona_engine_config *c, size_t i, uint32_t v)
+{
+    char *at = (char *)c + config_ints[i].offset;
+    switch (config_ints[i].kind) {
+    case FIELD_INT:
+        *(int *)(void *)at = (int)v;
+        break;
+    case FIELD_STORAGE:
+        *(sona_storage *)(void *)at = (sona_storage)v;
+        break;
+    default:
+        *(uint32_t *)(void *)at = v;
+    }
+}
+
 static void write_config(sona_wbuf *w, const sona_engine_config *c)
 {
-    const uint32_t u[] = {c->hidden, c->micro_rank, c->base_rank, c->base_layers, c->max_tenants,
-                          c->micro_apply_every, c->max_steps, c->buffer_capacity,
-                          (uint32_t)c->background_thread, c->loop_b_threshold, c->loop_b_interval_ms,
-                          c->loop_b_min_batch, c->clusters_per_cycle, c->max_patterns,
-                          (uint32_t)c->ewc_enabled, c->max_tasks, c->dreams_per_cycle,
-                          c->dream_length, c->loop_c_interval_ms, (uint32_t)c->device_apply,
-                          c->device_min_rows, (uint32_t)c->step_storage};
-    const float f[] = {c->micro_alpha, c->micro_learning_rate, c->base_alpha, c->base_learning_rate,
-                       c->clip_norm, c->baseline_decay, c->ewc_lambda, c->fisher_decay,
-                       c->task_shift_threshold, c->dream_temperature, c->dream_jump_prob,
-                       c->dream_novelty_bonus, c->dream_replay_min_score, c->merge_cosine,
-                       c->importance_decay};
     sona_wbuf_u64(w, c->seed);
-    sona_wbuf_u32(w, (uint32_t)(sizeof u / sizeof u[0]));
-    sona_wbuf_put(w, u, sizeof u);
-    sona_wbuf_u32(w, (uint32_t)(sizeof f / sizeof f[0]));
-    sona_wbuf_put(w, f, sizeof f);
+    sona_wbuf_u32(w, (uint32_t)CONFIG_INTS);
+    for (size_t i = 0; i < CONFIG_INTS; i++)
+        sona_wbuf_u32(w, config_int_get(c, i));
+    sona_wbuf_u32(w, (uint32_t)CONFIG_FLOATS);
+    for (size_t i = 0; i < CONFIG_FLOATS; i++)
+        sona_wbuf_f32(w, *(const float *)(const void *)((const char *)c + config_floats[i]));
 }
 
 static void write_adapter(sona_wbuf *w, const sona_lora *l, const eng_ewc *ewc, float *scratch)
@@ -339,7 +389,7 @@ static sona_status write_all(int fd, const uint8_t *p, size_t n)
 }
 
 sona_status eng_write_file_atomic(sona_engine *e, const char *caller, const char *path, const void *data,
-                                  size_t len)
+                                  size_t len, mode_t mode)
 {
     const size_t plen = strlen(path);
     char *tmp = malloc(plen + 16), *dir = malloc(plen + 2);
@@ -362,7 +412,7 @@ sona_status eng_write_file_atomic(sona_engine *e, const char *caller, const char
     if (fd < 0) {
         st = eng_fail(e, SONA_E_IO, "%s: cannot create a temporary file beside %s: %s", caller, path, strerror(errno));
     } else {
-        if (write_all(fd, data, len) != SONA_OK || fsync(fd) != 0)
+        if (fchmod(fd, mode) != 0 || write_all(fd, data, len) != SONA_OK || fsync(fd) != 0)
             st = eng_fail(e, SONA_E_IO, "%s: writing %s failed: %s", caller, tmp, strerror(errno));
         if (close(fd) != 0 && st == SONA_OK)
             st = eng_fail(e, SONA_E_IO, "%s: closing %s failed: %s", caller, tmp, strerror(errno));
@@ -397,7 +447,7 @@ sona_status eng_state_snapshot(sona_engine *e, sona_wbuf *w)
 
 sona_status eng_state_write(sona_engine *e, const char *path, sona_wbuf *w)
 {
-    const sona_status st = eng_write_file_atomic(e, "sona_save", path, w->p, w->len);
+    const sona_status st = eng_write_file_atomic(e, "sona_save", path, w->p, w->len, 0600);
     free(w->p);
     *w = (sona_wbuf){0};
     return st;
@@ -643,20 +693,21 @@ static sona_status read_queue(sona_engine *e, sona_rbuf *r, loaded *s, uint32_t 
 
 /* Checks the header and every section's bounds and CRC; fills the section table (the sections
  * of later versions than the file's stay empty: their tags are unknown to it). */
-static sona_status read_sections(sona_engine *e, const uint8_t *p, size_t len, sona_rbuf sec[SECTIONS],
-                                 uint32_t *version_out)
+static sona_status read_sections(sona_engine *e, const char *caller, const uint8_t *p, size_t len,
+                                 sona_rbuf sec[SECTIONS], uint32_t *version_out)
 {
+#define DAMAGED(what) eng_fail(e, SONA_E_CORRUPT, "%s: %s", caller, what)
     if (len < HEADER_BYTES || memcmp(p, STATE_MAGIC, 8) != 0)
-        return corrupt(e, "not a libsona state file (bad magic or too short)");
+        return DAMAGED("not a libsona state file (bad magic or too short)");
     sona_rbuf r = {.p = p, .len = len, .pos = 8};
     const uint32_t version = sona_rbuf_u32(&r), bom = sona_rbuf_u32(&r), count = sona_rbuf_u32(&r),
                    crc = sona_rbuf_u32(&r);
     if (crc != sona_crc32(0, p, 20))
-        return corrupt(e, "header checksum mismatch");
+        return DAMAGED("header checksum mismatch");
     if (bom != BYTE_ORDER_MARK)
-        return eng_fail(e, SONA_E_VERSION, "sona_load: the file was written with another byte order");
+        return eng_fail(e, SONA_E_VERSION, "%s: the file was written with another byte order", caller);
     if (version < 1 || version > STATE_VERSION)
-        return eng_fail(e, SONA_E_VERSION, "sona_load: format version %u, this library reads 1 to %u", version,
+        return eng_fail(e, SONA_E_VERSION, "%s: format version %u, this library reads 1 to %u", caller, version,
                         STATE_VERSION);
     memset(sec, 0, SECTIONS * sizeof *sec);
     for (uint32_t i = 0; i < count; i++) {
@@ -665,34 +716,35 @@ static sona_status read_sections(sona_engine *e, const uint8_t *p, size_t len, s
         const uint32_t reserved = sona_rbuf_u32(&r);
         const uint64_t n = sona_rbuf_u64(&r);
         if (reserved != 0)
-            return corrupt(e, "section header damaged (reserved field not zero)");
+            return DAMAGED("section header damaged (reserved field not zero)");
         const uint32_t scrc = sona_rbuf_u32(&r);
         if (r.bad || n > r.len - r.pos)
-            return corrupt(e, "truncated section");
+            return DAMAGED("truncated section");
         if (sona_crc32(0, p + r.pos, n) != scrc)
-            return corrupt(e, "section checksum mismatch");
+            return DAMAGED("section checksum mismatch");
         for (int t = 0; t < SECTIONS; t++)
             if (tag == section_table[t].tag && section_table[t].since <= version) {
                 if (sec[t].p)
-                    return corrupt(e, "duplicate section");
+                    return DAMAGED("duplicate section");
                 sec[t] = (sona_rbuf){.p = p + r.pos, .len = n};
             }
         r.pos += n;
     }
     if (r.pos != len)
-        return corrupt(e, "trailing bytes after the last section");
+        return DAMAGED("trailing bytes after the last section");
     for (int t = 0; t < SECTIONS; t++)
         if (section_table[t].since <= version && !sec[t].p)
-            return corrupt(e, "a required section is missing");
+            return DAMAGED("a required section is missing");
     *version_out = version;
     return SONA_OK;
+#undef DAMAGED
 }
 
 static sona_status parse(sona_engine *e, const uint8_t *p, size_t len, loaded *s)
 {
     sona_rbuf sec[SECTIONS];
     uint32_t in_file = 0;
-    sona_status st = read_sections(e, p, len, sec, &s->version);
+    sona_status st = read_sections(e, "sona_load", p, len, sec, &s->version);
     if (st == SONA_OK)
         st = read_config(e, &sec[SEC_CONF]);
     if (st != SONA_OK)
@@ -818,13 +870,13 @@ sona_status sona_load_buffer(sona_engine *e, const void *data, size_t len)
     return st;
 }
 
-sona_status sona_load(sona_engine *e, const char *path)
+/* The whole file at path in a malloc'd buffer; failures reported on e as "caller: ...". */
+static sona_status read_whole_file(sona_engine *e, const char *caller, const char *path, uint8_t **out,
+                                   size_t *out_len)
 {
-    if (!e || !path)
-        return eng_fail(e, SONA_E_NULL, "sona_load: NULL argument");
     FILE *f = fopen(path, "rb");
     if (!f)
-        return eng_fail(e, SONA_E_IO, "sona_load: cannot open %s: %s", path, strerror(errno));
+        return eng_fail(e, SONA_E_IO, "%s: cannot open %s: %s", caller, path, strerror(errno));
     uint8_t *buf = NULL;
     size_t len = 0, cap = 0;
     sona_status st = SONA_OK;
@@ -833,7 +885,7 @@ sona_status sona_load(sona_engine *e, const char *path)
             cap = cap ? 2 * cap : 1 << 16;
             uint8_t *nb = realloc(buf, cap);
             if (!nb) {
-                st = eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory reading %s", path);
+                st = eng_fail(e, SONA_E_NOMEM, "%s: out of memory reading %s", caller, path);
                 break;
             }
             buf = nb;
@@ -842,13 +894,72 @@ sona_status sona_load(sona_engine *e, const char *path)
         len += k;
         if (k == 0) {
             if (ferror(f))
-                st = eng_fail(e, SONA_E_IO, "sona_load: reading %s failed", path);
+                st = eng_fail(e, SONA_E_IO, "%s: reading %s failed", caller, path);
             break;
         }
     }
     fclose(f);
-    if (st == SONA_OK)
+    if (st != SONA_OK) {
+        free(buf);
+        return st;
+    }
+    *out = buf;
+    *out_len = len;
+    return SONA_OK;
+}
+
+sona_status sona_load(sona_engine *e, const char *path)
+{
+    if (!e || !path)
+        return eng_fail(e, SONA_E_NULL, "sona_load: NULL argument");
+    uint8_t *buf;
+    size_t len;
+    sona_status st = read_whole_file(e, "sona_load", path, &buf, &len);
+    if (st == SONA_OK) {
         st = sona_load_buffer(e, buf, len);
+        free(buf);
+    }
+    return st;
+}
+
+sona_status sona_state_config(const char *path, sona_engine_config *out)
+{
+    if (!path || !out)
+        return eng_fail(NULL, SONA_E_NULL, "sona_state_config: NULL argument");
+    uint8_t *buf;
+    size_t len;
+    sona_status st = read_whole_file(NULL, "sona_state_config", path, &buf, &len);
+    if (st != SONA_OK)
+        return st;
+    sona_rbuf sec[SECTIONS];
+    uint32_t version;
+    st = read_sections(NULL, "sona_state_config", buf, len, sec, &version);
+    if (st == SONA_OK) {
+        sona_rbuf *r = &sec[SEC_CONF];
+        const uint64_t seed = sona_rbuf_u64(r);
+        const uint32_t n_ints = sona_rbuf_u32(r);
+        sona_engine_config c;
+        if (!r->bad && n_ints >= 1 && sona_rbuf_has(r, n_ints, sizeof(uint32_t))) {
+            const uint32_t hidden = sona_rbuf_u32(r);
+            sona_engine_config_default(&c, SONA_PRESET_DEFAULT, hidden);
+            c.seed = seed;
+            for (uint32_t i = 1; i < n_ints; i++) { /* fields this library does not know: skipped */
+                const uint32_t v = sona_rbuf_u32(r);
+                if (i < CONFIG_INTS)
+                    config_int_set(&c, i, v);
+            }
+            const uint32_t n_floats = sona_rbuf_u32(r);
+            for (uint32_t i = 0; !r->bad && i < n_floats; i++) {
+                const float v = sona_rbuf_f32(r);
+                if (i < CONFIG_FLOATS)
+                    memcpy((char *)&c + config_floats[i], &v, sizeof v);
+            }
+        }
+        if (r->bad || n_ints < 1)
+            st = eng_fail(NULL, SONA_E_CORRUPT, "sona_state_config: bad configuration section");
+        else
+            *out = c;
+    }
     free(buf);
     return st;
 }
