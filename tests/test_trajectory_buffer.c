@@ -199,3 +199,35 @@ Test(trajectory_buffer, peek_sees_the_oldest_first_and_takes_nothing)
     sona_trajectory_buffer_destroy(b);
     sona_id_source_destroy(ids);
 }
+
+/* Capacity 1 under both policies, over several laps: a full one refuses (or evicts), never
+ * overwrites a held trajectory in place. */
+Test(trajectory_buffer, capacity_one)
+{
+    sona_id_source *ids;
+    cr_assert_eq(sona_id_source_create(1, &ids), SONA_OK);
+    sona_trajectory_buffer *drop = make(1, SONA_FULL_DROP_NEWEST);
+    sona_trajectory_buffer *over = make(1, SONA_FULL_OVERWRITE_OLDEST);
+    for (uint64_t lap = 0; lap < 3; lap++) {
+        sona_trajectory *a = tiny(ids), *b = tiny(ids), *out[2];
+        cr_assert_eq(sona_trajectory_buffer_record(drop, a), SONA_OK);
+        cr_assert_eq(sona_trajectory_buffer_record(drop, b), SONA_E_FULL, "lap %llu", (unsigned long long)lap);
+        uint32_t taken = 0;
+        cr_assert_eq(sona_trajectory_buffer_drain(drop, out, 2, &taken), SONA_OK);
+        cr_assert_eq(taken, 1);
+        cr_expect_eq(out[0], a);
+        expect_stats(drop, lap + 1, lap + 1, lap + 1, 0);
+        sona_trajectory_destroy(a);
+
+        cr_assert_eq(sona_trajectory_buffer_record(over, b), SONA_OK);
+        sona_trajectory *c = tiny(ids);
+        cr_assert_eq(sona_trajectory_buffer_record(over, c), SONA_OK); /* b is evicted */
+        cr_assert_eq(sona_trajectory_buffer_drain(over, out, 2, &taken), SONA_OK);
+        cr_assert_eq(taken, 1);
+        cr_expect_eq(out[0], c);
+        sona_trajectory_destroy(c);
+    }
+    sona_trajectory_buffer_destroy(drop);
+    sona_trajectory_buffer_destroy(over);
+    sona_id_source_destroy(ids);
+}

@@ -42,7 +42,8 @@ typedef struct sona_bank_config {
     uint32_t dim;              /* embedding length, >= 1 */
     uint32_t k_clusters;       /* clusters per extraction (fewer when fewer trajectories) */
     uint32_t max_iterations;   /* Lloyd iterations at most */
-    float tolerance;           /* Lloyd stops when inertia improves by less than this fraction */
+    float tolerance;           /* Lloyd stops when inertia improves by less than this fraction
+                                  (finite, >= 0; float fields with NaN or Inf: SONA_E_NONFINITE) */
     uint32_t seeding_trials;   /* k-means++ candidates per centre (greedy k-means++; the best
                                   lowers the potential most); 0 = 2 + 2 ln k, 1 = plain k-means++
                                   (cheaper seeding, more bad local minima) */
@@ -70,7 +71,8 @@ SONA_API void sona_bank_config_default(sona_bank_config *cfg, uint32_t dim);
 SONA_API sona_status sona_bank_create(const sona_bank_config *cfg, sona_bank **out);
 /* Frees everything; NULL is a no-op. */
 SONA_API void sona_bank_destroy(sona_bank *bank);
-/* The message of the last failed call on this handle by any thread ("" when none). */
+/* The message of the last failed call on this handle by any thread, queries included ("" when
+ * none). */
 SONA_API const char *sona_bank_last_error(const sona_bank *bank);
 SONA_API const sona_bank_config *sona_bank_get_config(const sona_bank *bank);
 

@@ -58,10 +58,10 @@ typedef struct sona_engine_config {
     /* EWC++ */
     int ewc_enabled;
     float ewc_lambda;           /* stiffness per stored task (lambda_base of sona/ewc.h), capped
-                                   so that lr * lambda * F stays below 1 */
+                                   so that lr * lambda * F stays below 1; 0..1e6 */
     float fisher_decay;         /* Fisher EMA: F = d F + (1-d) g^2 */
     uint32_t max_tasks;         /* task snapshots kept */
-    float task_shift_threshold; /* boundary when the gradient-norm z-score exceeds this */
+    float task_shift_threshold; /* boundary when the gradient-norm z-score exceeds this (> 0) */
     /* loop C / dreams */
     uint32_t dreams_per_cycle;
     uint32_t dream_length;      /* steps per random walk */
@@ -124,7 +124,9 @@ SONA_API sona_status sona_tenant_remove(sona_engine *e, int32_t tenant);
 
 /* ---- apply ---------------------------------------------------------------------------------- */
 /* Apply runs on the CPU from the published weights (never blocked by learning).
- * y = x + delta_tenant(x) through the tenant's Micro-LoRA (-1 = none, y = x). */
+ * y = x + delta_tenant(x) through the tenant's Micro-LoRA (-1 = none, y = x). An id that is
+ * neither -1 nor a live tenant is SONA_E_NOT_FOUND (no row written). x is not checked for NaN
+ * or Inf (the serving path): such a row comes out non-finite, and nothing else changes. */
 SONA_API sona_status sona_apply(sona_engine *e, int32_t tenant, const float *x, float *y);
 /* In place: x = x + delta_tenant(x). */
 SONA_API sona_status sona_apply_inplace(sona_engine *e, int32_t tenant, float *x);
@@ -143,7 +145,7 @@ SONA_API sona_status sona_request_begin(sona_engine *e, int32_t tenant, const fl
                                         sona_request **out);
 /* One step: the activations[hidden] after layer `layer`, optional attention weights
  * (n_attention floats, checked for NaN/Inf, not kept), and the step's reward. Steps beyond
- * max_steps are accepted and not kept. */
+ * max_steps are accepted and not kept (but checked: NaN or Inf is SONA_E_NONFINITE there too). */
 SONA_API sona_status sona_request_step(sona_request *r, uint32_t layer, const float *activations,
                                        const float *attention, uint32_t n_attention, float reward);
 /* Ends the request with its final quality (feedback) and runs loop A: the trajectory is queued

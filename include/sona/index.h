@@ -59,7 +59,9 @@ SONA_API void sona_index_config_default(sona_index_config *cfg, uint32_t dim);
 SONA_API sona_status sona_index_create(const sona_index_config *cfg, sona_index **out);
 /* Frees everything; NULL is a no-op. */
 SONA_API void sona_index_destroy(sona_index *index);
-/* The message of the last failed call on this handle ("" when none). */
+/* The message of the last failed call that changed or would have changed this index ("" when
+ * none); the const accessors (access_count, neighbors, get_vector) report on sona_last_error()
+ * (per thread), as they may run concurrently. */
 SONA_API const char *sona_index_last_error(const sona_index *index);
 SONA_API const sona_index_config *sona_index_get_config(const sona_index *index);
 /* Live (searchable) ids. */
@@ -72,8 +74,8 @@ SONA_API sona_status sona_index_insert(sona_index *index, uint64_t id, const flo
 /* Replaces id's vector (its access count is kept); SONA_E_NOT_FOUND when absent. */
 SONA_API sona_status sona_index_update(sona_index *index, uint64_t id, const float *vec);
 /* Moves id's vector v (as get_vector returns it) to the weighted mean
- * (w_old v + w_new vec) / (w_old + w_new): a centroid absorbing another (weights finite, >= 0,
- * sum > 0). F16 and Q8 storage round that mean stochastically, with random numbers seeded by the
+ * (w_old v + w_new vec) / (w_old + w_new): a centroid absorbing another (weights >= 0, sum > 0,
+ * else SONA_E_INVALID; NaN or Inf in the weights or vec: SONA_E_NONFINITE). F16 and Q8 storage round that mean stochastically, with random numbers seeded by the
  * index seed, id and the weights: the stored value is the exact mean on average, so many small
  * moves are neither swallowed by rounding nor biased, and the same calls give the same vectors.
  * SONA_E_INVALID when the mean is the zero vector (nothing changes). */

@@ -31,7 +31,7 @@ typedef enum sona_lora_kind {
 typedef struct sona_lora_config {
     uint32_t hidden;       /* input = output width; any value >= 1 */
     uint32_t rank;         /* 1..64 */
-    uint32_t count;        /* adapters in the set: tenants (Micro) or layers (Base) */
+    uint32_t count;        /* adapters in the set: tenants (Micro) or layers (Base); 1..2^31-1 */
     float alpha;           /* scale s = alpha / rank */
     uint64_t seed;         /* seeds A; adapter i uses a stream derived from (seed, i) */
     float learning_rate;   /* step size of apply_updates */
@@ -48,7 +48,8 @@ SONA_API void sona_lora_destroy(sona_lora *lora);
 SONA_API const char *sona_lora_last_error(const sona_lora *lora);
 SONA_API const sona_lora_config *sona_lora_get_config(const sona_lora *lora);
 
-/* y = x + s B_a (A_a x) for adapter `adapter` (-1 = none: y = x). y may equal x (in place). */
+/* y = x + s B_a (A_a x) for adapter `adapter` (-1 = none: y = x). y may equal x (in place).
+ * x is not checked for NaN or Inf: such a row comes out non-finite, the adapters unchanged. */
 SONA_API sona_status sona_lora_forward(sona_lora *lora, int32_t adapter, const float *x, float *y);
 /* n rows: row i of y = row i of x through adapter ids[i] (-1 = none). y may equal x. */
 SONA_API sona_status sona_lora_forward_batch(sona_lora *lora, uint32_t n, const int32_t *ids,

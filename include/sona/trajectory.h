@@ -18,7 +18,7 @@ typedef struct sona_id_source sona_id_source;
 SONA_API sona_status sona_id_source_create(uint64_t first, sona_id_source **out);
 /* NULL is a no-op. */
 SONA_API void sona_id_source_destroy(sona_id_source *ids);
-/* The next id (and advances the source). */
+/* The next id (and advances the source); 0 for a NULL source (peek too; set ignores it). */
 SONA_API uint64_t sona_id_source_next(sona_id_source *ids);
 /* The id the next call to sona_id_source_next() will return, without taking it. */
 SONA_API uint64_t sona_id_source_peek(const sona_id_source *ids);

@@ -55,7 +55,7 @@ SONA_API const sona_trajectory_buffer_config *sona_trajectory_buffer_get_config(
 
 /* Moves an ended trajectory into the buffer: on SONA_OK the buffer owns it. On any other status
  * (SONA_E_FULL under drop newest, SONA_E_STATE when t has not ended, SONA_E_NULL) the caller
- * still owns t. */
+ * still owns t. The buffer has no message of its own: refusals report on sona_last_error(). */
 SONA_API sona_status sona_trajectory_buffer_record(sona_trajectory_buffer *b, sona_trajectory *t);
 
 /* Moves up to max trajectories, oldest first, into out[0..*taken-1]; the caller owns them

@@ -174,11 +174,12 @@ sona_status sona_bank_create(const sona_bank_config *cfg, sona_bank **out)
         return sona_fail(NULL, SONA_E_INVALID,
                          "sona_bank_create: capacity %u is over 2^24 (the index's node limit)",
                          cfg->capacity);
-    if (!(cfg->tolerance >= 0.0f) || !(cfg->merge_threshold >= -1.0f) ||
-        !(cfg->merge_threshold <= 1.0f) || !isfinite(cfg->min_quality))
+    if (!isfinite(cfg->tolerance) || !isfinite(cfg->merge_threshold) || !isfinite(cfg->min_quality))
+        return sona_fail(NULL, SONA_E_NONFINITE,
+                         "sona_bank_create: NaN or Inf in tolerance, merge_threshold or min_quality");
+    if (cfg->tolerance < 0.0f || cfg->merge_threshold < -1.0f || cfg->merge_threshold > 1.0f)
         return sona_fail(NULL, SONA_E_INVALID,
-                         "sona_bank_create: tolerance must be >= 0, merge_threshold in -1..1, "
-                         "min_quality finite");
+                         "sona_bank_create: tolerance must be >= 0, merge_threshold in -1..1");
     sona_bank *b = calloc(1, sizeof *b);
     if (!b)
         return sona_fail(NULL, SONA_E_NOMEM, "sona_bank_create: out of memory");
@@ -221,6 +222,15 @@ void sona_bank_destroy(sona_bank *b)
 }
 
 const char *sona_bank_last_error(const sona_bank *b) { return b ? b->err.msg : sona_last_error(); }
+
+/* The refusal of a call made without a bank (reported on the thread). */
+static sona_status no_bank(const char *call)
+{
+    return sona_fail(NULL, SONA_E_NULL, "%s: bank is NULL", call);
+}
+
+/* The handle's message buffer, which const queries write too (under the lock). */
+static sona_errbuf *err_of(const sona_bank *b) { return (sona_errbuf *)&b->err; }
 const sona_bank_config *sona_bank_get_config(const sona_bank *b) { return b ? &b->cfg : NULL; }
 
 /* ---- trajectories ------------------------------------------------------------------------ */
@@ -251,20 +261,20 @@ sona_status sona_bank_trajectory_embedding(uint32_t dim, const float *query, uin
             act[h] += r * a[h];
     }
     sona_normalize(act, dim);
-    for (uint32_t h = 0; h < dim; h++)
-        out[h] = act[h];
-    free(act);
     if (query) {
         double qq = 0.0;
         for (uint32_t h = 0; h < dim; h++)
             qq += (double)query[h] * query[h];
         const double inv = qq > 0.0 ? 1.0 / sqrt(qq) : 0.0;
         for (uint32_t h = 0; h < dim; h++)
-            out[h] += (float)(query[h] * inv);
+            act[h] += (float)(query[h] * inv);
     }
-    if (sona_normalize(out, dim) == 0.0f)
-        return sona_fail(NULL, SONA_E_INVALID, "%s: the embedding is the zero vector", call);
-    return SONA_OK;
+    /* out is written only when the embedding is accepted. */
+    const int zero = sona_normalize(act, dim) == 0.0f;
+    if (!zero)
+        memcpy(out, act, (size_t)dim * sizeof *out);
+    free(act);
+    return zero ? sona_fail(NULL, SONA_E_INVALID, "%s: the embedding is the zero vector", call) : SONA_OK;
 }
 
 /* The index of route name r, interned on first use; NO_ROUTE for NULL; -2 when out of memory. */
@@ -311,9 +321,9 @@ sona_status sona_bank_add_batch(sona_bank *b, uint32_t n, const float *emb, uint
                                 const float *qualities, const float *weights,
                                 const char *const *routes)
 {
-    if (!b)
-        return SONA_E_NULL;
     const char *call = "sona_bank_add";
+    if (!b)
+        return no_bank(call);
     pthread_mutex_lock(&b->lock);
     sona_status st = SONA_OK;
     const uint32_t dim = b->cfg.dim;
@@ -560,7 +570,7 @@ static sona_status prune_locked(sona_bank *b, uint32_t *pruned, uint32_t *evicte
 sona_status sona_bank_prune(sona_bank *b, uint32_t *removed)
 {
     if (!b)
-        return SONA_E_NULL;
+        return no_bank("sona_bank_prune");
     pthread_mutex_lock(&b->lock);
     uint32_t pruned, evicted;
     sona_status st = prune_locked(b, &pruned, &evicted);
@@ -636,7 +646,7 @@ static void give_back(sona_bank *b, traj_queue *taken)
 sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
 {
     if (!b)
-        return SONA_E_NULL;
+        return no_bank("sona_bank_extract");
     sona_bank_extract_result r = {0};
     /* Take the queue and cluster it without the lock, so searches and adds go on meanwhile. */
     pthread_mutex_lock(&b->extract_lock);
@@ -778,7 +788,7 @@ sona_status sona_bank_search(sona_bank *b, const float *query, uint32_t dim, uin
                              uint64_t *ids, float *sims, uint32_t *found)
 {
     if (!b)
-        return SONA_E_NULL;
+        return no_bank("sona_bank_search");
     if (dim != b->cfg.dim)
         return sona_fail(&b->err, SONA_E_SIZE, "sona_bank_search: query dim %u, the bank's is %u",
                          dim, b->cfg.dim);
@@ -820,39 +830,47 @@ static void copy_pattern(const sona_bank *b, uint32_t pos, sona_pattern *p, floa
 sona_status sona_bank_pattern_get(const sona_bank *b, uint64_t id, sona_pattern *p, float *centroid)
 {
     if (!b)
-        return SONA_E_NULL;
+        return no_bank("sona_bank_pattern_get");
     pthread_mutex_lock((pthread_mutex_t *)&b->lock);
     const uint32_t pos = pos_of(b, id);
+    sona_status st = SONA_OK;
     if (pos != SONA_SLOTMAP_EMPTY)
         copy_pattern(b, pos, p, centroid);
+    else
+        st = sona_fail(err_of(b), SONA_E_NOT_FOUND, "sona_bank_pattern_get: no pattern %llu",
+                       (unsigned long long)id);
     pthread_mutex_unlock((pthread_mutex_t *)&b->lock);
-    return pos != SONA_SLOTMAP_EMPTY ? SONA_OK : SONA_E_NOT_FOUND;
+    return st;
 }
 
 sona_status sona_bank_pattern_at(const sona_bank *b, uint32_t i, sona_pattern *p, float *centroid)
 {
     if (!b)
-        return SONA_E_NULL;
+        return no_bank("sona_bank_pattern_at");
     pthread_mutex_lock((pthread_mutex_t *)&b->lock);
-    const int ok = i < b->npat;
-    if (ok)
+    sona_status st = SONA_OK;
+    if (i < b->npat)
         copy_pattern(b, i, p, centroid);
+    else
+        st = sona_fail(err_of(b), SONA_E_INVALID, "sona_bank_pattern_at: pattern %u of %u", i, b->npat);
     pthread_mutex_unlock((pthread_mutex_t *)&b->lock);
-    return ok ? SONA_OK : SONA_E_INVALID;
+    return st;
 }
 
 sona_status sona_bank_pattern_route(const sona_bank *b, uint64_t id, uint32_t r, const char **route,
                                     uint64_t *count, float *mean_quality)
 {
+    static const char call[] = "sona_bank_pattern_route";
     if (!b)
-        return SONA_E_NULL;
+        return no_bank(call);
     pthread_mutex_lock((pthread_mutex_t *)&b->lock);
     const uint32_t pos = pos_of(b, id);
     sona_status st = SONA_OK;
     if (pos == SONA_SLOTMAP_EMPTY) {
-        st = SONA_E_NOT_FOUND;
+        st = sona_fail(err_of(b), SONA_E_NOT_FOUND, "%s: no pattern %llu", call, (unsigned long long)id);
     } else if (!b->pats[pos].routes || r >= b->rlists[b->pats[pos].routes - 1].n) {
-        st = SONA_E_INVALID;
+        st = sona_fail(err_of(b), SONA_E_INVALID, "%s: route %u of %u", call, r,
+                       b->pats[pos].routes ? b->rlists[b->pats[pos].routes - 1].n : 0);
     } else {
         const route_stat *rs = &b->rlists[b->pats[pos].routes - 1].v[r];
         if (route)
@@ -870,18 +888,20 @@ sona_status sona_bank_neighbors(const sona_bank *b, uint64_t id, uint64_t *out, 
                                 uint32_t *n)
 {
     if (!b)
-        return SONA_E_NULL;
+        return no_bank("sona_bank_neighbors");
     pthread_mutex_lock((pthread_mutex_t *)&b->lock);
     sona_status st = sona_index_neighbors(b->index, id, out, max, n);
+    if (st != SONA_OK) /* the index's const queries report on the thread */
+        sona_fail(err_of(b), st, "sona_bank_neighbors: %s", sona_last_error());
     pthread_mutex_unlock((pthread_mutex_t *)&b->lock);
     return st;
 }
 
 sona_status sona_bank_pattern_restore(sona_bank *b, const sona_pattern *p, const float *centroid)
 {
-    if (!b)
-        return SONA_E_NULL;
     const char *call = "sona_bank_pattern_restore";
+    if (!b)
+        return no_bank(call);
     pthread_mutex_lock(&b->lock);
     sona_status st = SONA_OK;
     if (!p || !centroid) {
@@ -908,9 +928,9 @@ sona_status sona_bank_pattern_restore(sona_bank *b, const sona_pattern *p, const
 sona_status sona_bank_pattern_restore_route(sona_bank *b, uint64_t id, const char *route,
                                             uint64_t count, float mean_quality)
 {
-    if (!b)
-        return SONA_E_NULL;
     const char *call = "sona_bank_pattern_restore_route";
+    if (!b)
+        return no_bank(call);
     pthread_mutex_lock(&b->lock);
     sona_status st = SONA_OK;
     const uint32_t pos = pos_of(b, id);
@@ -968,8 +988,10 @@ sona_status sona_bank_restore_counters(sona_bank *b, const sona_bank_stats *coun
 
 sona_status sona_bank_stats_get(const sona_bank *b, sona_bank_stats *out)
 {
-    if (!b || !out)
-        return SONA_E_NULL;
+    if (!b)
+        return no_bank("sona_bank_stats_get");
+    if (!out)
+        return sona_fail(err_of(b), SONA_E_NULL, "sona_bank_stats_get: out is NULL");
     pthread_mutex_lock((pthread_mutex_t *)&b->lock);
     *out = b->stats;
     out->pending = b->pend.n;

@@ -65,6 +65,7 @@ sona_status eng_traj_take(sona_engine *e, const float *query, sona_trajectory **
     if (sona_trajectory_buffer_drain(e->pool, out, 1, &taken) == SONA_OK && taken == 1) {
         sona_status st = sona_trajectory_reset(*out, e->ids, query, e->cfg.hidden);
         if (st != SONA_OK) {
+            sona_fail(NULL, st, "%s", sona_trajectory_last_error(*out)); /* begin's reports here */
             sona_trajectory_destroy(*out);
             *out = NULL;
         }
@@ -246,6 +247,10 @@ static sona_status check_config(const sona_engine_config *c)
         c->dream_temperature <= 0 || c->clip_norm < 0)
         return sona_fail(NULL, SONA_E_INVALID, "sona_engine_create: decays must be in [0,1), "
                                                "jump probability in [0,1], temperature > 0");
+    /* What the EWC++ glue gives sona_ewc_create (lambda_base, boundary_z; lambda_max 1e6). */
+    if (c->ewc_enabled && !(c->ewc_lambda >= 0 && c->ewc_lambda <= 1e6f && c->task_shift_threshold > 0))
+        return sona_fail(NULL, SONA_E_INVALID, "sona_engine_create: with EWC++ on, ewc_lambda must be in "
+                                               "0..1e6 and task_shift_threshold > 0");
     if (!sona_storage_valid(c->step_storage))
         return sona_fail(NULL, SONA_E_INVALID, "sona_engine_create: step_storage %d is not a sona_storage",
                          (int)c->step_storage);
@@ -618,8 +623,14 @@ sona_status sona_request_step(sona_request *r, uint32_t layer, const float *acti
         r->poisoned = 1;
         return eng_fail(e, SONA_E_NONFINITE, "sona_request_step: NaN or Inf in attention weights");
     }
-    if (sona_trajectory_step_count(r->t) >= e->cfg.max_steps)
-        return SONA_OK; /* only the first max_steps are kept */
+    if (sona_trajectory_step_count(r->t) >= e->cfg.max_steps) {
+        /* Only the first max_steps are kept; the others are checked all the same. */
+        if (isfinite(reward) && sona_all_finite(activations, e->cfg.hidden))
+            return SONA_OK;
+        r->poisoned = 1;
+        return eng_fail(e, SONA_E_NONFINITE, "sona_request_step: NaN or Inf in the activations or reward "
+                                             "(of a step past max_steps)");
+    }
     /* Attention weights are checked, not kept: loop B learns from activations and rewards. */
     sona_status st = sona_trajectory_add_step(r->t, activations, e->cfg.hidden, NULL, 0, reward, (int32_t)layer);
     if (st != SONA_OK) {

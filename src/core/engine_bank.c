@@ -77,6 +77,8 @@ sona_status sona_find_patterns(sona_engine *e, const float *query, uint32_t k, s
 {
     if (!e || !query || !hits || !found)
         return eng_fail(e, SONA_E_NULL, "sona_find_patterns: NULL argument");
+    if (!sona_all_finite(query, e->cfg.hidden)) /* checked here too: an empty bank searches nothing */
+        return eng_fail(e, SONA_E_NONFINITE, "sona_find_patterns: NaN or Inf in the query");
     *found = 0;
     if (k == 0)
         return SONA_OK;

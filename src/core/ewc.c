@@ -322,8 +322,11 @@ sona_status sona_ewc_observe_norm(sona_ewc *e, const float *theta, uint32_t n, f
     sona_status st = check_vectors(e, "sona_ewc_observe_norm", n, theta, theta);
     if (st != SONA_OK)
         return st;
-    if (!isfinite(grad_norm) || grad_norm < 0.0f)
-        return sona_fail(&e->err, SONA_E_NONFINITE, "sona_ewc_observe_norm: gradient norm %g is not a finite value >= 0",
+    if (!isfinite(grad_norm))
+        return sona_fail(&e->err, SONA_E_NONFINITE, "sona_ewc_observe_norm: gradient norm %g is not finite",
+                         (double)grad_norm);
+    if (grad_norm < 0.0f)
+        return sona_fail(&e->err, SONA_E_INVALID, "sona_ewc_observe_norm: gradient norm %g is negative",
                          (double)grad_norm);
     const int b = observe_checked(e, theta, grad_norm);
     if (boundary)
@@ -377,7 +380,8 @@ sona_status sona_ewc_penalty(const sona_ewc *e, const float **fisher_sum, const 
                              float *lambda)
 {
     if (!e || !fisher_sum || !fisher_theta || !lambda)
-        return sona_fail(NULL, SONA_E_NULL, "sona_ewc_penalty: every argument is required");
+        return sona_fail(e ? (sona_errbuf *)&e->err : NULL, SONA_E_NULL,
+                         "sona_ewc_penalty: every argument is required");
     const int any = e->task_count > 0;
     *fisher_sum = any ? e->fisher_sum : NULL;
     *fisher_theta = any ? e->fisher_theta : NULL;

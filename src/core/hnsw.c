@@ -734,6 +734,12 @@ void sona_index_destroy(sona_index *x)
 }
 
 const char *sona_index_last_error(const sona_index *x) { return x ? x->err.msg : sona_last_error(); }
+
+/* The refusal of a call made without an index (reported on the thread). */
+static sona_status no_index(const char *call)
+{
+    return sona_fail(NULL, SONA_E_NULL, "%s: index is NULL", call);
+}
 const sona_index_config *sona_index_get_config(const sona_index *x) { return x ? &x->cfg : NULL; }
 uint64_t sona_index_size(const sona_index *x) { return x ? x->live : 0; }
 
@@ -771,7 +777,7 @@ static const char *why(sona_status st)
 sona_status sona_index_insert(sona_index *x, uint64_t id, const float *vec)
 {
     if (!x)
-        return SONA_E_NULL;
+        return no_index("sona_index_insert");
     float norm = 0.0f;
     sona_status st = prepare(x, "sona_index_insert", vec, x->vbuf, &norm, 1);
     if (st != SONA_OK)
@@ -854,7 +860,7 @@ static sona_status replace(sona_index *x, uint64_t id, uint32_t old, const float
 sona_status sona_index_update(sona_index *x, uint64_t id, const float *vec)
 {
     if (!x)
-        return SONA_E_NULL;
+        return no_index("sona_index_update");
     const uint32_t old = sona_slotmap_get(&x->map, id, x->ids, sizeof *x->ids);
     if (old == SONA_SLOTMAP_EMPTY)
         return sona_fail(&x->err, SONA_E_NOT_FOUND, "sona_index_update: no id %llu",
@@ -877,15 +883,17 @@ static uint64_t bits_of(double d)
 sona_status sona_index_blend(sona_index *x, uint64_t id, const float *vec, double w_old, double w_new)
 {
     if (!x)
-        return SONA_E_NULL;
+        return no_index("sona_index_blend");
     const char *call = "sona_index_blend";
     const uint32_t old = sona_slotmap_get(&x->map, id, x->ids, sizeof *x->ids);
     if (old == SONA_SLOTMAP_EMPTY)
         return sona_fail(&x->err, SONA_E_NOT_FOUND, "%s: no id %llu", call, (unsigned long long)id);
     if (!vec)
         return sona_fail(&x->err, SONA_E_NULL, "%s: vector is NULL", call);
-    if (!isfinite(w_old) || !isfinite(w_new) || w_old < 0.0 || w_new < 0.0 || !(w_old + w_new > 0.0))
-        return sona_fail(&x->err, SONA_E_INVALID, "%s: weights must be finite, >= 0, not both 0", call);
+    if (!isfinite(w_old) || !isfinite(w_new))
+        return sona_fail(&x->err, SONA_E_NONFINITE, "%s: NaN or Inf in the weights", call);
+    if (w_old < 0.0 || w_new < 0.0 || !(w_old + w_new > 0.0))
+        return sona_fail(&x->err, SONA_E_INVALID, "%s: weights must be >= 0, not both 0", call);
     if (!sona_all_finite(vec, x->cfg.dim))
         return sona_fail(&x->err, SONA_E_NONFINITE, "%s: vector has NaN or Inf", call);
     /* The mean in double, rounded once to f32; then it is stored like an update. */
@@ -908,7 +916,7 @@ sona_status sona_index_blend(sona_index *x, uint64_t id, const float *vec, doubl
 sona_status sona_index_remove(sona_index *x, uint64_t id)
 {
     if (!x)
-        return SONA_E_NULL;
+        return no_index("sona_index_remove");
     const uint32_t slot = sona_slotmap_get(&x->map, id, x->ids, sizeof *x->ids);
     if (slot == SONA_SLOTMAP_EMPTY)
         return sona_fail(&x->err, SONA_E_NOT_FOUND, "sona_index_remove: no id %llu",
@@ -923,7 +931,7 @@ sona_status sona_index_remove(sona_index *x, uint64_t id)
 sona_status sona_index_reserve(sona_index *x, uint32_t n)
 {
     if (!x)
-        return SONA_E_NULL;
+        return no_index("sona_index_reserve");
     if (n <= x->cap)
         return SONA_OK;
     if (n > MAX_NODES)
@@ -935,7 +943,7 @@ sona_status sona_index_reserve(sona_index *x, uint32_t n)
 sona_status sona_index_set_ef_search(sona_index *x, uint32_t ef)
 {
     if (!x)
-        return SONA_E_NULL;
+        return no_index("sona_index_set_ef_search");
     if (ef == 0)
         return sona_fail(&x->err, SONA_E_INVALID, "sona_index_set_ef_search: ef must be >= 1");
     x->cfg.ef_search = ef;
@@ -946,7 +954,7 @@ sona_status sona_index_search_ef(sona_index *x, const float *query, uint32_t k, 
                                  int count_access, uint64_t *ids, float *sims, uint32_t *found)
 {
     if (!x)
-        return SONA_E_NULL;
+        return no_index("sona_index_search_ef");
     if (!ids || !found)
         return sona_fail(&x->err, SONA_E_NULL, "sona_index_search: ids or found is NULL");
     if (k == 0 || ef == 0)
@@ -985,7 +993,7 @@ sona_status sona_index_search(sona_index *x, const float *query, uint32_t k, uin
                               float *sims, uint32_t *found)
 {
     if (!x)
-        return SONA_E_NULL;
+        return no_index("sona_index_search");
     return sona_index_search_ef(x, query, k, x->cfg.ef_search, x->cfg.track_access, ids, sims,
                                 found);
 }
@@ -1001,7 +1009,7 @@ static sona_status lookup(const sona_index *x, uint64_t id, const char *call, ui
 sona_status sona_index_access_count(const sona_index *x, uint64_t id, uint64_t *count)
 {
     if (!x || !count)
-        return SONA_E_NULL;
+        return sona_fail(NULL, SONA_E_NULL, "sona_index_access_count: index and count are required");
     uint32_t slot;
     sona_status st = lookup(x, id, "sona_index_access_count", &slot);
     if (st == SONA_OK)
@@ -1013,7 +1021,7 @@ sona_status sona_index_neighbors(const sona_index *x, uint64_t id, uint64_t *out
                                  uint32_t *n)
 {
     if (!x || !n || (!out && max))
-        return SONA_E_NULL;
+        return sona_fail(NULL, SONA_E_NULL, "sona_index_neighbors: index, n (and out when max > 0) are required, one is NULL");
     uint32_t slot;
     sona_status st = lookup(x, id, "sona_index_neighbors", &slot);
     if (st != SONA_OK)
@@ -1030,7 +1038,7 @@ sona_status sona_index_neighbors(const sona_index *x, uint64_t id, uint64_t *out
 sona_status sona_index_get_vector(const sona_index *x, uint64_t id, float *out)
 {
     if (!x || !out)
-        return SONA_E_NULL;
+        return sona_fail(NULL, SONA_E_NULL, "sona_index_get_vector: index and out are required");
     uint32_t slot;
     sona_status st = lookup(x, id, "sona_index_get_vector", &slot);
     if (st != SONA_OK)

@@ -134,9 +134,16 @@ sona_status sona_lora_create_on(const sona_lora_config *cfg, const sona_backend 
     if (cfg->rank == 0 || cfg->rank > SONA_CPU_MAX_RANK)
         return sona_fail(NULL, SONA_E_INVALID, "sona_lora_create: rank %u is outside 1..%d", cfg->rank,
                          SONA_CPU_MAX_RANK);
-    if (!isfinite(cfg->alpha) || !isfinite(cfg->learning_rate) || !isfinite(cfg->clip_norm) ||
-        cfg->clip_norm < 0.0f)
-        return sona_fail(NULL, SONA_E_NONFINITE, "sona_lora_create: alpha, learning_rate and clip_norm must be finite (clip_norm >= 0)");
+    if (cfg->count > INT32_MAX) /* adapter ids are int32_t */
+        return sona_fail(NULL, SONA_E_INVALID, "sona_lora_create: count %u is over 2^31 - 1", cfg->count);
+    /* Each set of weights or gradients (A and B together) must have a byte size that fits. */
+    if (cfg->count > SIZE_MAX / (2 * sizeof(float) * cfg->rank) / cfg->hidden)
+        return sona_fail(NULL, SONA_E_NOMEM, "sona_lora_create: %u adapters of %u x %u are too large",
+                         cfg->count, cfg->hidden, cfg->rank);
+    if (!isfinite(cfg->alpha) || !isfinite(cfg->learning_rate) || !isfinite(cfg->clip_norm))
+        return sona_fail(NULL, SONA_E_NONFINITE, "sona_lora_create: alpha, learning_rate and clip_norm must be finite");
+    if (cfg->clip_norm < 0.0f)
+        return sona_fail(NULL, SONA_E_INVALID, "sona_lora_create: clip_norm %g is negative", (double)cfg->clip_norm);
 
     if (!be)
         return sona_fail(NULL, SONA_E_NULL, "sona_lora_create: backend is NULL");

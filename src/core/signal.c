@@ -38,6 +38,8 @@ sona_status sona_signal_builder_create(const sona_signal_config *cfg, sona_signa
     *out = NULL;
     if (!cfg)
         return sona_fail(NULL, SONA_E_NULL, "%s: cfg is NULL", fn);
+    if (!isfinite(cfg->baseline_rate))
+        return sona_fail(NULL, SONA_E_NONFINITE, "%s: baseline_rate is %g", fn, (double)cfg->baseline_rate);
     if (!(cfg->baseline_rate > 0.0f && cfg->baseline_rate <= 1.0f))
         return sona_fail(NULL, SONA_E_INVALID, "%s: baseline_rate %g is outside (0, 1]", fn,
                          (double)cfg->baseline_rate);

@@ -41,19 +41,21 @@ sona_status sona_id_source_create(uint64_t first, sona_id_source **out)
 
 void sona_id_source_destroy(sona_id_source *ids) { free(ids); }
 
+/* A NULL source hands out 0 and ignores set, like the other accessors of a NULL handle. */
 uint64_t sona_id_source_next(sona_id_source *ids)
 {
-    return atomic_fetch_add_explicit(&ids->next, 1, memory_order_relaxed);
+    return ids ? atomic_fetch_add_explicit(&ids->next, 1, memory_order_relaxed) : 0;
 }
 
 uint64_t sona_id_source_peek(const sona_id_source *ids)
 {
-    return atomic_load_explicit(&((sona_id_source *)ids)->next, memory_order_relaxed);
+    return ids ? atomic_load_explicit(&((sona_id_source *)ids)->next, memory_order_relaxed) : 0;
 }
 
 void sona_id_source_set(sona_id_source *ids, uint64_t next)
 {
-    atomic_store_explicit(&ids->next, next, memory_order_relaxed);
+    if (ids)
+        atomic_store_explicit(&ids->next, next, memory_order_relaxed);
 }
 
 /* ---- trajectory ------------------------------------------------------------------------ */

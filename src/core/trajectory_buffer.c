@@ -1,8 +1,10 @@
 /* The trajectory buffer: Dmitry Vyukov's bounded MPMC queue. Each cell carries a sequence
- * number that says whose turn it is: seq == pos means free for the producer at position pos,
- * seq == pos + 1 means filled for the consumer at pos, and the consumer hands it on to the
- * producer of the next lap with seq = pos + capacity. Positions are 64-bit and never wrap in
- * practice, so any capacity works (index = pos % capacity). */
+ * number that says whose turn it is: seq == 2 pos means free for the producer at position pos,
+ * seq == 2 pos + 1 means filled for the consumer at pos, and the consumer hands it on to the
+ * producer of the next lap with seq = 2 (pos + capacity). Doubling keeps "filled at pos" apart
+ * from "free at pos + 1" when the capacity is 1 (with seq = pos + 1 for both, a second record
+ * would overwrite the first). Positions are 64-bit and never wrap in practice, so any capacity
+ * works (index = pos % capacity). */
 #include "sona/trajectory_buffer.h"
 
 #include "core/error.h"
@@ -68,7 +70,7 @@ sona_status sona_trajectory_buffer_create(const sona_trajectory_buffer_config *c
     b->cells = cells;
     b->capacity = cfg->capacity;
     for (uint64_t i = 0; i < b->capacity; i++) {
-        atomic_init(&cells[i].seq, i);
+        atomic_init(&cells[i].seq, 2 * i);
         cells[i].item = NULL;
     }
     atomic_init(&b->head, 0);
@@ -88,12 +90,12 @@ static sona_trajectory *try_pop(sona_trajectory_buffer *b)
     for (;;) {
         cell *c = &b->cells[pos % b->capacity];
         const uint64_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
-        const int64_t diff = (int64_t)(seq - (pos + 1));
+        const int64_t diff = (int64_t)(seq - (2 * pos + 1));
         if (diff == 0) {
             if (atomic_compare_exchange_weak_explicit(&b->tail, &pos, pos + 1,
                                                       memory_order_relaxed, memory_order_relaxed)) {
                 sona_trajectory *t = c->item;
-                atomic_store_explicit(&c->seq, pos + b->capacity, memory_order_release);
+                atomic_store_explicit(&c->seq, 2 * (pos + b->capacity), memory_order_release);
                 return t;
             }
             /* another consumer took pos; the failed CAS reloaded pos */
@@ -114,12 +116,12 @@ static int try_push(sona_trajectory_buffer *b, sona_trajectory *t)
     for (;;) {
         cell *c = &b->cells[pos % b->capacity];
         const uint64_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
-        const int64_t diff = (int64_t)(seq - pos);
+        const int64_t diff = (int64_t)(seq - 2 * pos);
         if (diff == 0) {
             if (atomic_compare_exchange_weak_explicit(&b->head, &pos, pos + 1,
                                                       memory_order_relaxed, memory_order_relaxed)) {
                 c->item = t;
-                atomic_store_explicit(&c->seq, pos + 1, memory_order_release);
+                atomic_store_explicit(&c->seq, 2 * pos + 1, memory_order_release);
                 return 1;
             }
             atomic_fetch_add_explicit(&b->retries, 1, memory_order_relaxed);
@@ -163,7 +165,8 @@ sona_status sona_trajectory_buffer_record(sona_trajectory_buffer *b, sona_trajec
         }
         if (b->cfg.policy == SONA_FULL_DROP_NEWEST) {
             atomic_fetch_add_explicit(&b->dropped, 1, memory_order_relaxed);
-            return SONA_E_FULL; /* no message: a full ring is routine, and this is hot */
+            /* A fixed message: no formatting on this routine path. */
+            return sona_fail(NULL, SONA_E_FULL, "%s", "sona_trajectory_buffer_record: the buffer is full");
         }
         sona_trajectory *oldest = try_pop(b);
         if (oldest) {
@@ -219,7 +222,7 @@ uint32_t sona_trajectory_buffer_peek(const sona_trajectory_buffer *cb, const son
     while (n < max && n < b->capacity) {
         const uint64_t pos = tail + n;
         cell *c = &b->cells[pos % b->capacity];
-        if (atomic_load_explicit(&c->seq, memory_order_acquire) != pos + 1)
+        if (atomic_load_explicit(&c->seq, memory_order_acquire) != 2 * pos + 1)
             break; /* not filled yet: the prefix ends here */
         out[n++] = c->item;
     }

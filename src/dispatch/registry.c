@@ -1,6 +1,7 @@
 /* Backend registry: CPU variants chosen by cpuid, GPU backends loaded as modules with dlopen. */
 #define _GNU_SOURCE /* dladdr */
 #include "dispatch/dispatch.h"
+#include "core/error.h"
 #include "cpu/cpu.h"
 #include "dispatch/module.h"
 
@@ -293,7 +294,7 @@ const char *sona_op_name(sona_op op)
 sona_status sona_cpu_info_get(sona_cpu_info *out)
 {
     if (!out)
-        return SONA_E_NULL;
+        return sona_fail(NULL, SONA_E_NULL, "sona_cpu_info_get: out is NULL");
     const sona_backend *cpu = sona_cpu_backend();
     *out = *sona_probe();
     out->variant = cpu->name;
@@ -306,9 +307,10 @@ uint32_t sona_backend_count(void) { return 1 + (uint32_t)MODULE_COUNT; }
 sona_status sona_backend_info_get(uint32_t index, sona_backend_info *out)
 {
     if (!out)
-        return SONA_E_NULL;
+        return sona_fail(NULL, SONA_E_NULL, "sona_backend_info_get: out is NULL");
     if (index >= sona_backend_count())
-        return SONA_E_INVALID;
+        return sona_fail(NULL, SONA_E_INVALID, "sona_backend_info_get: backend %u of %u", index,
+                         sona_backend_count());
     static _Thread_local char why[256];
     const char *name = index == 0 ? "cpu" : modules[index - 1].name;
     const sona_backend *b;
@@ -321,11 +323,11 @@ sona_status sona_backend_info_get(uint32_t index, sona_backend_info *out)
 sona_status sona_backend_selected(const char **name)
 {
     if (!name)
-        return SONA_E_NULL;
+        return sona_fail(NULL, SONA_E_NULL, "sona_backend_selected: name is NULL");
     const sona_backend *b;
     char why[256];
     sona_status st = sona_backend_default(&b, why, sizeof why);
     const char *forced = getenv("SONA_BACKEND");
     *name = (forced && *forced) ? forced : "cpu";
-    return st;
+    return st == SONA_OK ? st : sona_fail(NULL, st, "sona_backend_selected: %s", why);
 }
