@@ -692,6 +692,29 @@ static sona_status engine_load_garbage(world *w)
     return sona_load_buffer(w->engine, garbage, sizeof garbage);
 }
 
+static sona_status state_config_of_garbage(world *w)
+{
+    FILE *f = fopen(w->path, "wb");
+    cr_assert_not_null(f);
+    fputs("not a state file, not even close to one: 0123456789", f);
+    fclose(f);
+    return sona_state_config(w->path, (sona_engine_config[1]){{0}});
+}
+
+static sona_status export_peft_format(world *w, const char *format)
+{
+    sona_peft_config pc;
+    sona_peft_config_default(&pc);
+    pc.module_format = format;
+    return sona_export_peft(w->engine, "/tmp", &pc);
+}
+
+static sona_status ewc_detector_with(world *w, double short_mean, double long_var)
+{
+    const sona_ewc_detector d = {.samples = 5, .short_mean = short_mean, .long_mean = 1.0, .long_var = long_var};
+    return sona_ewc_set_detector(w->ewc, &d);
+}
+
 /* ---- the table ------------------------------------------------------------------------------- */
 
 /* Where a row's message must be. */
@@ -781,6 +804,13 @@ static sona_status engine_load_garbage(world *w)
     X(ewc_get_task_null, sona_ewc_get_task(NULL, 0, w->out, w->out), SONA_E_NULL, THREAD, "ewc")    \
     X(ewc_add_task_negative, ewc_add_task_negative_fisher(w), SONA_E_INVALID, ON_EWC, "negative")   \
     X(ewc_add_task_nan, sona_ewc_add_task(w->ewc, w->nan_p, w->g, P), SONA_E_NONFINITE, ON_EWC, "NaN") \
+    X(ewc_get_detector_null_ewc, sona_ewc_get_detector(NULL, (sona_ewc_detector[1]){{0}}), SONA_E_NULL, THREAD, "ewc") \
+    X(ewc_get_detector_null_out, sona_ewc_get_detector(w->ewc, NULL), SONA_E_NULL, ON_EWC, "out")    \
+    X(ewc_set_detector_null_ewc, sona_ewc_set_detector(NULL, NULL), SONA_E_NULL, THREAD, "ewc")      \
+    X(ewc_set_detector_null, sona_ewc_set_detector(w->ewc, NULL), SONA_E_NULL, ON_EWC, "NULL")       \
+    X(ewc_set_detector_nan, ewc_detector_with(w, NAN, 1.0), SONA_E_NONFINITE, ON_EWC, "NaN")        \
+    X(ewc_set_detector_inf_var, ewc_detector_with(w, 1.0, INFINITY), SONA_E_NONFINITE, ON_EWC, "NaN") \
+    X(ewc_set_detector_negative, ewc_detector_with(w, 1.0, -1.0), SONA_E_INVALID, ON_EWC, ">= 0")   \
     X(ewc_add_task_size, sona_ewc_add_task(w->ewc, w->theta, w->g, 2 * P), SONA_E_SIZE, ON_EWC, "16 parameters") \
     /* index */                                                                                     \
     X(index_create_out_null, sona_index_create(&(sona_index_config){0}, NULL), SONA_E_NULL, THREAD, "out") \
@@ -880,6 +910,9 @@ static sona_status engine_load_garbage(world *w)
     X(bank_restore_route_nan, sona_bank_pattern_restore_route(w->bank, w->pattern, "r", 1, NAN), SONA_E_NONFINITE, ON_BANK, "finite") \
     X(bank_stats_null_bank, sona_bank_stats_get(NULL, (sona_bank_stats[1]){{0}}), SONA_E_NULL, THREAD, "bank") \
     X(bank_stats_null_out, bank_stats_null(w), SONA_E_NULL, ON_BANK, "out")                         \
+    X(bank_restore_counters_null_bank, sona_bank_restore_counters(NULL, (sona_bank_stats[1]){{0}}, 99), SONA_E_NULL, THREAD, "bank") \
+    X(bank_restore_counters_null, sona_bank_restore_counters(w->bank, NULL, 99), SONA_E_NULL, ON_BANK, "counters") \
+    X(bank_restore_counters_old_id, sona_bank_restore_counters(w->bank, (sona_bank_stats[1]){{0}}, w->pattern), SONA_E_INVALID, ON_BANK, "not above") \
     /* trajectories */                                                                              \
     X(id_source_out_null, sona_id_source_create(1, NULL), SONA_E_NULL, THREAD, "out")               \
     X(traj_begin_out_null, sona_trajectory_begin(w->idsrc, SONA_STORAGE_F32, w->x, H, NULL), SONA_E_NULL, THREAD, "out") \
@@ -1017,7 +1050,16 @@ static sona_status engine_load_garbage(world *w)
     X(load_buffer_null, sona_load_buffer(w->engine, NULL, 10), SONA_E_NULL, ON_ENGINE, "NULL")      \
     X(load_buffer_garbage, engine_load_garbage(w), SONA_E_CORRUPT, ON_ENGINE, "magic")              \
     X(load_truncated, engine_load_truncated(w), SONA_E_CORRUPT, ON_ENGINE, "truncated")             \
-    X(load_other_shape, engine_load_other_shape(w), SONA_E_SIZE, ON_ENGINE, "hidden 17")
+    X(load_other_shape, engine_load_other_shape(w), SONA_E_SIZE, ON_ENGINE, "hidden 17")           \
+    X(state_config_null_path, sona_state_config(NULL, (sona_engine_config[1]){{0}}), SONA_E_NULL, THREAD, "NULL") \
+    X(state_config_null_out, sona_state_config(w->path, NULL), SONA_E_NULL, THREAD, "NULL")         \
+    X(state_config_missing, sona_state_config("/nonexistent-sona-dir/x.state", (sona_engine_config[1]){{0}}), SONA_E_IO, THREAD, "cannot open") \
+    X(state_config_garbage, state_config_of_garbage(w), SONA_E_CORRUPT, THREAD, "magic")            \
+    X(export_peft_null_engine, sona_export_peft(NULL, "/tmp", NULL), SONA_E_NULL, THREAD, "NULL")   \
+    X(export_peft_null_dir, sona_export_peft(w->engine, NULL, NULL), SONA_E_NULL, ON_ENGINE, "NULL") \
+    X(export_peft_no_layer, export_peft_format(w, "model.layers.o_proj"), SONA_E_INVALID, ON_ENGINE, "module_format") \
+    X(export_peft_null_format, export_peft_format(w, NULL), SONA_E_NULL, ON_ENGINE, "module_format") \
+    X(export_peft_missing_parent, sona_export_peft(w->engine, "/nonexistent-sona-dir/adapter", NULL), SONA_E_IO, ON_ENGINE, "cannot create")
 
 typedef struct api_case {
     const char *id;
@@ -1114,6 +1156,7 @@ Test(api, null_handles_are_harmless)
     sona_signal_config_default(NULL);
     sona_signal_options_default(NULL);
     sona_engine_config_default(NULL, SONA_PRESET_DEFAULT, H);
+    sona_peft_config_default(NULL);
     sona_engine_set_enabled(NULL, 1);
     sona_id_source_set(NULL, 5);
     sona_trajectory_buffer_get_stats(NULL, NULL);
@@ -1134,6 +1177,8 @@ Test(api, null_handles_are_harmless)
     cr_expect_eq(sona_index_size(NULL), 0);
     cr_expect_eq(sona_bank_pending(NULL), 0);
     cr_expect_eq(sona_bank_pattern_count(NULL), 0);
+    cr_expect_eq(sona_bank_next_id(NULL), 0);
+    cr_expect_null(sona_cpu_feature_name(0));
     cr_expect_eq(sona_id_source_next(NULL), 0);
     cr_expect_eq(sona_id_source_peek(NULL), 0);
     cr_expect_eq(sona_trajectory_id(NULL), 0);

@@ -104,7 +104,8 @@ typedef struct sona_ewc_detector {
     uint64_t boundaries;                    /* taken since creation */
 } sona_ewc_detector;
 SONA_API sona_status sona_ewc_get_detector(const sona_ewc *ewc, sona_ewc_detector *out);
-/* Means and variance must be finite and >= 0 (SONA_E_INVALID otherwise; nothing changes). */
+/* Means and variance must be finite (SONA_E_NONFINITE) and >= 0 (SONA_E_INVALID); a refused
+ * detector changes nothing. */
 SONA_API sona_status sona_ewc_set_detector(sona_ewc *ewc, const sona_ewc_detector *d);
 
 #ifdef __cplusplus

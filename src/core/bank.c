@@ -964,7 +964,7 @@ uint64_t sona_bank_next_id(const sona_bank *b)
 sona_status sona_bank_restore_counters(sona_bank *b, const sona_bank_stats *counters, uint64_t next_id)
 {
     if (!b)
-        return SONA_E_NULL;
+        return no_bank("sona_bank_restore_counters");
     if (!counters)
         return sona_fail(&b->err, SONA_E_NULL, "sona_bank_restore_counters: counters is NULL");
     pthread_mutex_lock(&b->lock);

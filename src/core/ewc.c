@@ -122,8 +122,10 @@ uint64_t sona_ewc_boundaries(const sona_ewc *e) { return e ? e->boundaries : 0; 
 
 sona_status sona_ewc_get_detector(const sona_ewc *e, sona_ewc_detector *out)
 {
-    if (!e || !out)
-        return SONA_E_NULL;
+    if (!e)
+        return sona_fail(NULL, SONA_E_NULL, "sona_ewc_get_detector: ewc is NULL");
+    if (!out)
+        return sona_fail((sona_errbuf *)&e->err, SONA_E_NULL, "sona_ewc_get_detector: out is NULL");
     *out = (sona_ewc_detector){.samples = e->det.samples,
                                .short_mean = e->det.short_mean,
                                .long_mean = e->det.long_mean,
@@ -134,12 +136,15 @@ sona_status sona_ewc_get_detector(const sona_ewc *e, sona_ewc_detector *out)
 
 sona_status sona_ewc_set_detector(sona_ewc *e, const sona_ewc_detector *d)
 {
-    if (!e || !d)
-        return e ? sona_fail(&e->err, SONA_E_NULL, "sona_ewc_set_detector: detector is NULL") : SONA_E_NULL;
+    if (!e)
+        return sona_fail(NULL, SONA_E_NULL, "sona_ewc_set_detector: ewc is NULL");
+    if (!d)
+        return sona_fail(&e->err, SONA_E_NULL, "sona_ewc_set_detector: detector is NULL");
     /* Norms and their squared deviations: finite and not negative. */
-    if (!(d->short_mean >= 0.0 && d->long_mean >= 0.0 && d->long_var >= 0.0) || !isfinite(d->short_mean) ||
-        !isfinite(d->long_mean) || !isfinite(d->long_var))
-        return sona_fail(&e->err, SONA_E_INVALID, "sona_ewc_set_detector: means and variance must be finite and >= 0");
+    if (!isfinite(d->short_mean) || !isfinite(d->long_mean) || !isfinite(d->long_var))
+        return sona_fail(&e->err, SONA_E_NONFINITE, "sona_ewc_set_detector: NaN or Inf in the means or variance");
+    if (!(d->short_mean >= 0.0 && d->long_mean >= 0.0 && d->long_var >= 0.0))
+        return sona_fail(&e->err, SONA_E_INVALID, "sona_ewc_set_detector: means and variance must be >= 0");
     e->det = (boundary_detector){.samples = d->samples,
                                  .short_mean = d->short_mean,
                                  .long_mean = d->long_mean,
