@@ -87,16 +87,15 @@ static void queue_free(traj_queue *tq)
 
 #define QUEUE_MIN_ROWS 256 /* a queue's first capacity */
 
-/* Room for need rows (capacity doubles, up to limit). A failure leaves the rows in place. */
+/* Room for need rows (capacity grows by core/scratch.h's step, up to limit). A failure leaves the
+ * rows in place. */
 static sona_status queue_reserve(traj_queue *tq, uint32_t dim, uint32_t need, uint32_t limit)
 {
     if (need <= tq->cap)
         return SONA_OK;
-    uint32_t cap = tq->cap ? tq->cap : QUEUE_MIN_ROWS;
-    while (cap < need)
-        cap = cap > UINT32_MAX / 2 ? UINT32_MAX : cap * 2;
-    if (cap > limit)
-        cap = limit;
+    const size_t grown = tq->cap ? sona_scratch_grown(tq->cap, need)
+                                 : need > QUEUE_MIN_ROWS ? need : QUEUE_MIN_ROWS;
+    uint32_t cap = grown > limit ? limit : (uint32_t)grown;
     float *e = realloc(tq->emb, (size_t)cap * dim * sizeof *e);
     if (!e)
         return SONA_E_NOMEM;

@@ -6,12 +6,7 @@ void *sona_scratch_get(sona_scratch *s, size_t bytes)
 {
     if (bytes <= s->cap && s->mem)
         return s->mem;
-    /* Half as much again as before when that is enough: runs that grow a little at a time
-     * (batches of 1 000, then 1 010, ...) reallocate once, not each time. */
-    size_t cap = s->cap + s->cap / 2;
-    if (cap < bytes)
-        cap = bytes;
-    cap = (cap + 63) & ~(size_t)63;
+    const size_t cap = (sona_scratch_grown(s->cap, bytes) + 63) & ~(size_t)63;
     void *mem = aligned_alloc(64, cap);
     if (!mem)
         return NULL;

@@ -23,6 +23,15 @@ static inline int sona_scratch_keeps(size_t cap, size_t used)
     return cap <= used || cap - used <= used;
 }
 
+/* The capacity to grow cap to when need is more: half as much again at least, so that runs which
+ * grow a little at a time (batches of 1 000, then 1 030, ...) reallocate once, not each time,
+ * and a grown block stays within the keeping rule for runs a third smaller. */
+static inline size_t sona_scratch_grown(size_t cap, size_t need)
+{
+    const size_t more = cap + cap / 2;
+    return more > need ? more : need;
+}
+
 /* Appends an array of bytes to a layout of *total bytes and returns its offset: arrays start on
  * 64-byte boundaries (cache lines; the widest vector loads). */
 static inline size_t sona_scratch_push(size_t *total, size_t bytes)
