@@ -53,9 +53,9 @@ struct sona_bank {
     const sona_backend *be; /* the CPU backend: k-means runs on host memory */
     sona_index *index;
     traj_queue pend;
-    /* Kept between extractions (core/scratch.h's rule), touched only under extract_lock: the
-     * queue memory of the last extraction (empty; the next one's pending queue), its arrays
-     * and its k-means scratch. */
+    /* Kept between extractions (core/scratch.h's rule): the queue memory of the last
+     * extraction when rows came meanwhile (empty; the next one's pending queue; touched under
+     * both locks), its arrays and its k-means scratch (under extract_lock). */
     traj_queue spare;
     sona_scratch extract_mem, kmeans_mem;
     /* live patterns, dense; their centroids live in the index only (one copy) */
@@ -116,17 +116,22 @@ static sona_status queue_reserve(traj_queue *tq, uint32_t dim, uint32_t need, ui
     return SONA_OK;
 }
 
-/* Empties an extracted queue of used rows into *spare (empty), keeping its memory by the rule of
- * core/scratch.h (and always at the first capacity), else freeing it. */
-static void queue_recycle(traj_queue *spare, traj_queue *taken, uint32_t used)
+/* Keeps the memory of an extracted queue of used rows for the next extraction, by the rule of
+ * core/scratch.h (always at the first capacity, and after an empty extraction): emptied, as the
+ * pending queue when that has none (no rows came meanwhile: one queue, not two), else as the
+ * spare the next extraction swaps in. Returns what is not kept, for the caller to free outside
+ * the lock. Caller holds both locks. */
+static traj_queue queue_recycle(sona_bank *b, traj_queue *taken, uint32_t used)
 {
-    if (sona_scratch_keeps(taken->cap, used > QUEUE_MIN_ROWS ? used : QUEUE_MIN_ROWS)) {
-        *spare = *taken;
-        spare->n = 0;
+    traj_queue unkept = {0};
+    if (used && !sona_scratch_keeps(taken->cap, used > QUEUE_MIN_ROWS ? used : QUEUE_MIN_ROWS)) {
+        unkept = *taken;
     } else {
-        queue_free(taken);
+        taken->n = 0;
+        *(b->pend.cap ? &b->spare : &b->pend) = *taken;
     }
     *taken = (traj_queue){0};
+    return unkept;
 }
 
 /* Appends src's rows to dst. */
@@ -782,16 +787,12 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
         st = pst;
 out:
     b->stats.patterns = b->npat;
+    traj_queue unkept = queue_recycle(b, &taken, n); /* taken is empty when given back */
     pthread_mutex_unlock(&b->lock);
-    /* Memory for the next extraction (taken is empty when given back); an empty one changes
-     * nothing. */
-    if (n) {
-        queue_recycle(&b->spare, &taken, n);
+    if (n)
         sona_scratch_done(&b->extract_mem, bytes);
-    } else {
-        b->spare = taken;
-    }
     pthread_mutex_unlock(&b->extract_lock);
+    queue_free(&unkept);
     if (res)
         *res = r;
     return st;
