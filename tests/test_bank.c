@@ -4,6 +4,7 @@
  * nothing. */
 #include <criterion/criterion.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -130,6 +131,41 @@ Test(bank, extracting_twice_does_not_duplicate)
     cr_assert_eq(st.searches, 5);
     free(X);
     sona_bank_destroy(b);
+}
+
+static size_t heap_bytes(void)
+{
+    const struct mallinfo2 m = mallinfo2();
+    return m.uordblks + m.hblkhd;
+}
+
+/* An extraction keeps its memory for the next one only while it is at most twice what it
+ * needed: after an occasional large batch, ordinary ones release its memory. Heap seen through
+ * glibc's mallinfo2: skipped where it does not see the allocations (the sanitizers' allocator). */
+Test(bank, large_batch_memory_released_by_ordinary_ones)
+{
+    fake_clock clk = {1000};
+    sona_bank *b = make(8, &clk);
+    const uint32_t ordinary = 100, large = 50000;
+    float *small_rows = rows(21, ordinary, 8), *large_rows = rows(22, large, 8);
+    add_all(b, small_rows, ordinary, 0.5f);
+    cr_assert_eq(sona_bank_extract(b, NULL), SONA_OK);
+    const size_t before = heap_bytes();
+    add_all(b, large_rows, large, 0.5f);
+    cr_assert_eq(sona_bank_extract(b, NULL), SONA_OK);
+    const size_t after_large = heap_bytes();
+    if (after_large < before + (size_t)large * DIM * sizeof(float))
+        cr_skip_test("mallinfo2 does not see this allocator (%zu -> %zu bytes)", before, after_large);
+    for (int i = 0; i < 3; i++) {
+        add_all(b, small_rows, ordinary, 0.5f);
+        cr_assert_eq(sona_bank_extract(b, NULL), SONA_OK);
+    }
+    const size_t after = heap_bytes();
+    cr_assert_lt(after, before + (1u << 20), "heap %zu -> %zu after the large batch -> %zu", before,
+                 after_large, after);
+    sona_bank_destroy(b);
+    free(small_rows);
+    free(large_rows);
 }
 
 Test(bank, prune_low_quality_and_stale)

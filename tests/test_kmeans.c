@@ -174,6 +174,41 @@ Test(kmeans, reseeds_empty_clusters)
     }
 }
 
+/* sona_kmeans_reuse's scratch holds the last call's data (poisoned here with NaN bytes); every
+ * result must still equal a fresh call's, through growing and shrinking sizes (partial seeding
+ * blocks of 232, 44 and 88 rows). */
+Test(kmeans, reused_scratch_gives_the_same_result)
+{
+    const uint64_t seed = op_test_seed();
+    const uint32_t d = 12, k = 7, most = 1000, sizes[] = {1000, 300, 600, 40, 1000};
+    printf("[kmeans] reused scratch seed %" PRIu64 "\n", seed);
+    int32_t *label = malloc(most * sizeof *label);
+    float *X = gaussian_blobs(seed, most, d, k, 4.0f, 1.0f, label);
+    sona_scratch work = {0};
+    for (uint32_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        const uint32_t n = sizes[i];
+        run fresh = kmeans_run(X, n, d, k, seed + i);
+        if (work.mem)
+            memset(work.mem, 0xff, work.cap);
+        run kept = {malloc((size_t)k * d * sizeof(float)), malloc(n * sizeof(int32_t)),
+                    malloc(k * sizeof(uint32_t)), {0}};
+        const sona_kmeans_params p = {.k = k, .max_iterations = 100, .tolerance = 1e-5f, .seed = seed + i};
+        cr_assert_eq(sona_kmeans_reuse(sona_cpu_backend(), X, n, d, &p, kept.C, kept.assign,
+                                       kept.counts, &kept.res, &work),
+                     SONA_OK);
+        cr_assert_eq(memcmp(fresh.C, kept.C, (size_t)k * d * sizeof(float)), 0, "n %u", n);
+        cr_assert_eq(memcmp(fresh.assign, kept.assign, n * sizeof(int32_t)), 0, "n %u", n);
+        cr_assert_eq(memcmp(fresh.counts, kept.counts, k * sizeof(uint32_t)), 0, "n %u", n);
+        cr_assert_eq(fresh.res.iterations, kept.res.iterations, "n %u", n);
+        cr_assert_eq(fresh.res.inertia, kept.res.inertia, "n %u", n);
+        run_free(&fresh);
+        run_free(&kept);
+    }
+    sona_scratch_free(&work);
+    free(X);
+    free(label);
+}
+
 Test(kmeans, refuses_bad_arguments)
 {
     float X[6] = {0}, C[6];

@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "core/slotmap.h"
 #include "core/kmeans.h"
+#include "core/scratch.h"
 #include "core/vecmath.h"
 #include "dispatch/dispatch.h"
 
@@ -52,6 +53,11 @@ struct sona_bank {
     const sona_backend *be; /* the CPU backend: k-means runs on host memory */
     sona_index *index;
     traj_queue pend;
+    /* Kept between extractions (core/scratch.h's rule): the queue memory of the last
+     * extraction when rows came meanwhile (empty; the next one's pending queue; touched under
+     * both locks), its arrays and its k-means scratch (under extract_lock). */
+    traj_queue spare;
+    sona_scratch extract_mem, kmeans_mem;
     /* live patterns, dense; their centroids live in the index only (one copy) */
     pattern_rec *pats;
     uint32_t npat, pat_cap;
@@ -79,16 +85,17 @@ static void queue_free(traj_queue *tq)
     *tq = (traj_queue){0};
 }
 
-/* Room for need rows (capacity doubles, up to limit). A failure leaves the rows in place. */
+#define QUEUE_MIN_ROWS 256 /* a queue's first capacity */
+
+/* Room for need rows (capacity grows by core/scratch.h's step, up to limit). A failure leaves the
+ * rows in place. */
 static sona_status queue_reserve(traj_queue *tq, uint32_t dim, uint32_t need, uint32_t limit)
 {
     if (need <= tq->cap)
         return SONA_OK;
-    uint32_t cap = tq->cap ? tq->cap : 256;
-    while (cap < need)
-        cap = cap > UINT32_MAX / 2 ? UINT32_MAX : cap * 2;
-    if (cap > limit)
-        cap = limit;
+    const size_t grown = tq->cap ? sona_scratch_grown(tq->cap, need)
+                                 : need > QUEUE_MIN_ROWS ? need : QUEUE_MIN_ROWS;
+    uint32_t cap = grown > limit ? limit : (uint32_t)grown;
     float *e = realloc(tq->emb, (size_t)cap * dim * sizeof *e);
     if (!e)
         return SONA_E_NOMEM;
@@ -107,6 +114,24 @@ static sona_status queue_reserve(traj_queue *tq, uint32_t dim, uint32_t need, ui
     tq->route = r;
     tq->cap = cap;
     return SONA_OK;
+}
+
+/* Keeps the memory of an extracted queue of used rows for the next extraction, by the rule of
+ * core/scratch.h (always at the first capacity, and after an empty extraction): emptied, as the
+ * pending queue when that has none (no rows came meanwhile: one queue, not two), else as the
+ * spare the next extraction swaps in. Returns what is not kept, for the caller to free outside
+ * the lock. Caller holds both locks. */
+static traj_queue queue_recycle(sona_bank *b, traj_queue *taken, uint32_t used)
+{
+    traj_queue unkept = {0};
+    if (used && !sona_scratch_keeps(taken->cap, used > QUEUE_MIN_ROWS ? used : QUEUE_MIN_ROWS)) {
+        unkept = *taken;
+    } else {
+        taken->n = 0;
+        *(b->pend.cap ? &b->spare : &b->pend) = *taken;
+    }
+    *taken = (traj_queue){0};
+    return unkept;
 }
 
 /* Appends src's rows to dst. */
@@ -207,6 +232,9 @@ void sona_bank_destroy(sona_bank *b)
         return;
     sona_index_destroy(b->index);
     queue_free(&b->pend);
+    queue_free(&b->spare);
+    sona_scratch_free(&b->extract_mem);
+    sona_scratch_free(&b->kmeans_mem);
     for (uint32_t i = 0; i < b->nrlists; i++)
         free(b->rlists[i].v);
     free(b->rlists);
@@ -652,7 +680,8 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
     pthread_mutex_lock(&b->extract_lock);
     pthread_mutex_lock(&b->lock);
     traj_queue taken = b->pend;
-    b->pend = (traj_queue){0};
+    b->pend = b->spare;
+    b->spare = (traj_queue){0};
     const uint64_t sequence = b->stats.extractions;
     pthread_mutex_unlock(&b->lock);
 
@@ -664,14 +693,23 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
     uint32_t *counts = NULL;
     cluster_sum *cs = NULL;
     sona_kmeans_result kr = {0};
+    size_t bytes = 0;
     if (n) {
-        C = malloc((size_t)k * dim * sizeof *C);
-        assign = malloc(n * sizeof *assign);
-        target = malloc(k * sizeof *target);
-        counts = malloc(k * sizeof *counts);
-        cs = malloc(k * sizeof *cs);
-        if (!C || !assign || !target || !counts || !cs)
+        const size_t at_C = sona_scratch_push(&bytes, (size_t)k * dim * sizeof *C);
+        const size_t at_assign = sona_scratch_push(&bytes, n * sizeof *assign);
+        const size_t at_target = sona_scratch_push(&bytes, k * sizeof *target);
+        const size_t at_counts = sona_scratch_push(&bytes, k * sizeof *counts);
+        const size_t at_cs = sona_scratch_push(&bytes, k * sizeof *cs);
+        char *mem = sona_scratch_get(&b->extract_mem, bytes);
+        if (mem) {
+            C = (float *)(void *)(mem + at_C);
+            assign = (int32_t *)(void *)(mem + at_assign);
+            target = (int32_t *)(void *)(mem + at_target);
+            counts = (uint32_t *)(void *)(mem + at_counts);
+            cs = (cluster_sum *)(void *)(mem + at_cs);
+        } else {
             st = SONA_E_NOMEM;
+        }
     }
     if (n && st == SONA_OK) {
         const sona_kmeans_params kp = {.k = k,
@@ -679,7 +717,7 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
                                        .tolerance = b->cfg.tolerance,
                                        .trials = b->cfg.seeding_trials,
                                        .seed = b->cfg.seed ^ (sequence * 0x9e3779b97f4a7c15ull)};
-        st = sona_kmeans(b->be, taken.emb, n, dim, &kp, C, assign, counts, &kr);
+        st = sona_kmeans_reuse(b->be, taken.emb, n, dim, &kp, C, assign, counts, &kr, &b->kmeans_mem);
         if (st == SONA_OK)
             summarise(&taken, k, assign, cs);
     }
@@ -759,14 +797,12 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
         st = pst;
 out:
     b->stats.patterns = b->npat;
+    traj_queue unkept = queue_recycle(b, &taken, n); /* taken is empty when given back */
     pthread_mutex_unlock(&b->lock);
+    if (n)
+        sona_scratch_done(&b->extract_mem, bytes);
     pthread_mutex_unlock(&b->extract_lock);
-    queue_free(&taken);
-    free(C);
-    free(assign);
-    free(target);
-    free(counts);
-    free(cs);
+    queue_free(&unkept);
     if (res)
         *res = r;
     return st;

@@ -371,7 +371,8 @@ void sona_engine_destroy(sona_engine *e)
     eng_device_destroy(e->device);
     sona_bank_destroy(e->bank);
     eng_dream_state_free(e->dream);
-    free(e->base_rows);
+    sona_scratch_free(&e->base_rows);
+    sona_scratch_free(&e->bank_rows);
     pthread_rwlock_destroy(&e->bank_lock);
     if (e->tenants) {
         for (uint32_t i = 0; i < e->cfg.max_tenants; i++) {

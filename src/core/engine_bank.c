@@ -24,22 +24,24 @@ sona_status eng_bank_create(const sona_engine_config *cfg, sona_bank **out)
     return sona_bank_create(&bc, out);
 }
 
-sona_status eng_bank_batch_init(eng_bank_batch *b, uint32_t n, uint32_t hidden)
+sona_status eng_bank_batch_init(sona_engine *e, eng_bank_batch *b, uint32_t n)
 {
-    b->rows = 0;
-    b->emb = malloc((size_t)n * hidden * sizeof *b->emb);
-    b->qual = malloc((size_t)n * sizeof *b->qual);
-    if (b->emb && b->qual)
-        return SONA_OK;
-    eng_bank_batch_free(b);
-    return SONA_E_NOMEM;
+    *b = (eng_bank_batch){0};
+    const size_t at_emb = sona_scratch_push(&b->bytes, (size_t)n * e->cfg.hidden * sizeof *b->emb);
+    const size_t at_qual = sona_scratch_push(&b->bytes, (size_t)n * sizeof *b->qual);
+    char *mem = sona_scratch_get(&e->bank_rows, b->bytes);
+    if (!mem)
+        return SONA_E_NOMEM;
+    b->emb = (float *)(void *)(mem + at_emb);
+    b->qual = (float *)(void *)(mem + at_qual);
+    return SONA_OK;
 }
 
-void eng_bank_batch_free(eng_bank_batch *b)
+void eng_bank_batch_done(sona_engine *e, eng_bank_batch *b)
 {
-    free(b->emb);
-    free(b->qual);
-    b->emb = b->qual = NULL;
+    if (b->emb)
+        sona_scratch_done(&e->bank_rows, b->bytes);
+    *b = (eng_bank_batch){0};
 }
 
 float eng_bank_reference(sona_engine *e, eng_bank_batch *b, const eng_steps *s, float quality, float baseline)

@@ -4,6 +4,7 @@
 #define SONA_CORE_ENGINE_INTERNAL_H
 
 #include "core/error.h"
+#include "core/scratch.h"
 #include "core/snapshot.h"
 #include "sona/bank.h"
 #include "sona/engine.h"
@@ -61,8 +62,8 @@ struct sona_engine {
                                    by consolidation under bank_lock (readers: find_patterns) */
     pthread_rwlock_t bank_lock;
     struct eng_dream_state *dream; /* visit counts of patterns (loop C), guarded by cycle_mu */
-    void *base_rows;            /* eng_base_accumulate's signal rows, reused (cycle_mu) */
-    size_t base_rows_cap;       /* bytes */
+    sona_scratch base_rows;     /* eng_base_accumulate's signal rows, reused (cycle_mu) */
+    sona_scratch bank_rows;     /* loop B's eng_bank_batch, kept between cycles (cycle_mu) */
 
     struct {
         atomic_uint_fast64_t recorded, processed, dropped, accepted, rejected, micro_updates,
@@ -138,13 +139,16 @@ sona_status eng_write_file_atomic(sona_engine *e, const char *caller, const char
 
 /* Pattern bank glue (engine_bank.c): ReasoningBank + HNSW index. */
 sona_status eng_bank_create(const sona_engine_config *cfg, sona_bank **out);
-/* Loop B's rows for the bank: each trajectory's embedding and final quality. */
+/* Loop B's rows for the bank: each trajectory's embedding and final quality, in the engine's
+ * bank_rows (caller holds cycle_mu from init to done). */
 typedef struct eng_bank_batch {
     float *emb, *qual;
     uint32_t rows;
+    size_t bytes; /* of bank_rows used */
 } eng_bank_batch;
-sona_status eng_bank_batch_init(eng_bank_batch *b, uint32_t n, uint32_t hidden);
-void eng_bank_batch_free(eng_bank_batch *b);
+sona_status eng_bank_batch_init(sona_engine *e, eng_bank_batch *b, uint32_t n);
+/* Ends the batch's use of bank_rows (kept for the next cycle by core/scratch.h's rule). */
+void eng_bank_batch_done(sona_engine *e, eng_bank_batch *b);
 /* Adds a gathered trajectory's embedding to the batch and returns the reference quality its
  * advantage is measured against: the matched pattern's average quality (baseline when nothing
  * matches or the embedding is zero). The bank is searched as it was before the cycle. Caller

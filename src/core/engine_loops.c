@@ -35,14 +35,10 @@ sona_status eng_base_accumulate(sona_engine *e, const float *query, const eng_st
         return SONA_OK;
     /* Rows x, delta, weights and adapter ids, in one block the engine keeps between calls. */
     const size_t bytes = (2 * H + 1) * s->steps * sizeof(float) + s->steps * sizeof(int32_t);
-    if (bytes > e->base_rows_cap) {
-        void *p = realloc(e->base_rows, bytes);
-        if (!p)
-            return SONA_E_NOMEM;
-        e->base_rows = p;
-        e->base_rows_cap = bytes;
-    }
-    float *x = e->base_rows, *delta = x + H * s->steps, *wt = delta + H * s->steps;
+    float *x = sona_scratch_get(&e->base_rows, bytes);
+    if (!x)
+        return SONA_E_NOMEM;
+    float *delta = x + H * s->steps, *wt = delta + H * s->steps;
     int32_t *ids = (int32_t *)(void *)(wt + s->steps);
     uint32_t rows = 0;
     for (uint32_t i = 0; i < s->steps; i++) {
@@ -76,7 +72,7 @@ static sona_status learn_batch(sona_engine *e, sona_trajectory *const *batch, ui
     const float baseline = eng_baseline(e);
     eng_steps steps = {0};
     eng_bank_batch rows;
-    sona_status st = eng_bank_batch_init(&rows, n, H);
+    sona_status st = eng_bank_batch_init(e, &rows, n);
     for (uint32_t i = 0; i < n && st == SONA_OK; i++) {
         if ((st = eng_steps_gather(&steps, batch[i], H)) != SONA_OK)
             break;
@@ -87,7 +83,7 @@ static sona_status learn_batch(sona_engine *e, sona_trajectory *const *batch, ui
     eng_steps_free(&steps);
     /* The bank and Base-LoRA are independent: a failure of one does not hold the other back. */
     const sona_status bank_st = st == SONA_OK ? eng_bank_commit(e, &rows) : SONA_OK;
-    eng_bank_batch_free(&rows);
+    eng_bank_batch_done(e, &rows);
     if (st == SONA_OK && sona_lora_pending(e->base) > 0)
         st = eng_train_and_publish(e, e->base, e->base_ewc, &e->base_slot);
     return bank_st != SONA_OK ? bank_st : st;

@@ -1,6 +1,7 @@
 #include "core/kmeans.h"
 
 #include "core/rng.h"
+#include "core/scratch.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -104,7 +105,7 @@ static sona_status seed_plus_plus(const sona_backend *be, const float *X, uint32
         }
         for (uint32_t b = 0; b < blocks; b++) {
             /* A partial last block is passed at full width: its columns past n are zeros
-             * (calloc) whose products nobody reads. */
+             * (scratch_carve) whose products nobody reads. */
             const sona_gemm_args g = {.m = trials, .n = s->bw, .k = d, .alpha = -2.0f,
                                       .A = s->cand_rows, .B = s->Xt + (size_t)b * d * s->bw,
                                       .C = s->dots + (size_t)b * trials * s->bw};
@@ -129,11 +130,60 @@ static sona_status seed_plus_plus(const sona_backend *be, const float *X, uint32
     return SONA_OK;
 }
 
+/* Lays the scratch out in one block of work (sized for n, k, d, trials) and points s into it. */
+static sona_status scratch_carve(sona_scratch *work, uint32_t n, uint32_t d, uint32_t k,
+                                 uint32_t trials, scratch *s, size_t *bytes)
+{
+    const uint32_t bw = n < SEED_BLOCK ? n : SEED_BLOCK;
+    const size_t blocks = (n + bw - 1) / bw;
+    size_t total = 0;
+    const size_t dist = sona_scratch_push(&total, (size_t)n * sizeof(float));
+    const size_t sums = sona_scratch_push(&total, (size_t)k * d * sizeof(float));
+    const size_t Xt = sona_scratch_push(&total, blocks * bw * d * sizeof(float));
+    const size_t xnorm = sona_scratch_push(&total, (size_t)n * sizeof(float));
+    const size_t cand_rows = sona_scratch_push(&total, (size_t)trials * d * sizeof(float));
+    const size_t dots = sona_scratch_push(&total, blocks * bw * trials * sizeof(float));
+    const size_t cand = sona_scratch_push(&total, trials * sizeof(uint32_t));
+    const size_t prev = sona_scratch_push(&total, (size_t)n * sizeof(int32_t));
+    char *mem = sona_scratch_get(work, total);
+    if (!mem)
+        return SONA_E_NOMEM;
+    *s = (scratch){.dist = (float *)(void *)(mem + dist),
+                   .sums = (float *)(void *)(mem + sums),
+                   .Xt = (float *)(void *)(mem + Xt),
+                   .xnorm = (float *)(void *)(mem + xnorm),
+                   .cand_rows = (float *)(void *)(mem + cand_rows),
+                   .dots = (float *)(void *)(mem + dots),
+                   .cand = (uint32_t *)(void *)(mem + cand),
+                   .prev = (int32_t *)(void *)(mem + prev),
+                   .bw = bw};
+    /* The columns of a partial last block past n: zeros, as in a fresh block (the GEMM reads
+     * them; nobody reads their products). */
+    const uint32_t used = n % bw;
+    if (used) {
+        float *last = s->Xt + (blocks - 1) * bw * d;
+        for (uint32_t t = 0; t < d; t++)
+            memset(last + (size_t)t * bw + used, 0, (bw - used) * sizeof *last);
+    }
+    *bytes = total;
+    return SONA_OK;
+}
+
 sona_status sona_kmeans(const sona_backend *be, const float *X, uint32_t n, uint32_t d,
                         const sona_kmeans_params *p, float *C, int32_t *assign, uint32_t *counts,
                         sona_kmeans_result *res)
 {
-    if (!be || !X || !p || !C || !assign || !counts || !res)
+    sona_scratch work = {0};
+    const sona_status st = sona_kmeans_reuse(be, X, n, d, p, C, assign, counts, res, &work);
+    sona_scratch_free(&work);
+    return st;
+}
+
+sona_status sona_kmeans_reuse(const sona_backend *be, const float *X, uint32_t n, uint32_t d,
+                              const sona_kmeans_params *p, float *C, int32_t *assign,
+                              uint32_t *counts, sona_kmeans_result *res, sona_scratch *work)
+{
+    if (!be || !X || !p || !C || !assign || !counts || !res || !work)
         return SONA_E_NULL;
     if (n == 0 || d == 0 || p->k == 0 || p->k > n || p->max_iterations == 0)
         return SONA_E_INVALID;
@@ -141,21 +191,12 @@ sona_status sona_kmeans(const sona_backend *be, const float *X, uint32_t n, uint
         return SONA_E_UNSUPPORTED;
     const uint32_t k = p->k;
     const uint32_t trials = p->trials ? p->trials : 2 + (uint32_t)(2.0 * log((double)k));
-    const uint32_t bw = n < SEED_BLOCK ? n : SEED_BLOCK;
-    const size_t blocks = (n + bw - 1) / bw;
     memset(res, 0, sizeof *res);
-    scratch s = {.dist = malloc((size_t)n * sizeof(float)),
-                 .sums = malloc((size_t)k * d * sizeof(float)),
-                 .Xt = calloc((size_t)blocks * bw * d, sizeof(float)),
-                 .xnorm = malloc((size_t)n * sizeof(float)),
-                 .cand_rows = malloc((size_t)trials * d * sizeof(float)),
-                 .dots = malloc((size_t)blocks * bw * trials * sizeof(float)),
-                 .cand = malloc(trials * sizeof(uint32_t)),
-                 .prev = malloc((size_t)n * sizeof(int32_t)),
-                 .bw = bw};
-    sona_status st = SONA_E_NOMEM;
-    if (!s.dist || !s.sums || !s.Xt || !s.xnorm || !s.cand_rows || !s.dots || !s.cand || !s.prev)
-        goto done;
+    scratch s;
+    size_t bytes = 0;
+    sona_status st = scratch_carve(work, n, d, k, trials, &s, &bytes);
+    if (st != SONA_OK)
+        return st;
     sona_rng rng;
     sona_rng_seed(&rng, p->seed, 0x6b6d65616e73ull /* "kmeans" */);
     st = seed_plus_plus(be, X, n, d, k, trials, &rng, C, &s);
@@ -221,13 +262,6 @@ sona_status sona_kmeans(const sona_backend *be, const float *X, uint32_t n, uint
     }
     res->inertia = inertia;
 done:
-    free(s.dist);
-    free(s.sums);
-    free(s.Xt);
-    free(s.xnorm);
-    free(s.cand_rows);
-    free(s.dots);
-    free(s.cand);
-    free(s.prev);
+    sona_scratch_done(work, bytes);
     return st;
 }

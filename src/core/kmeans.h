@@ -3,6 +3,7 @@
 #ifndef SONA_CORE_KMEANS_H
 #define SONA_CORE_KMEANS_H
 
+#include "core/scratch.h"
 #include "dispatch/ops.h"
 
 typedef struct sona_kmeans_params {
@@ -28,5 +29,11 @@ typedef struct sona_kmeans_result {
 sona_status sona_kmeans(const sona_backend *be, const float *X, uint32_t n, uint32_t d,
                         const sona_kmeans_params *p, float *centroids, int32_t *assign,
                         uint32_t *counts, sona_kmeans_result *res);
+/* The same, with its scratch memory (about (n + 2 trials) x d floats) in *work, kept for the
+ * next call by the rule of core/scratch.h: callers that cluster batch after batch (the bank's
+ * extraction) do not page-fault it in each time. The result is the same as sona_kmeans's. */
+sona_status sona_kmeans_reuse(const sona_backend *be, const float *X, uint32_t n, uint32_t d,
+                              const sona_kmeans_params *p, float *centroids, int32_t *assign,
+                              uint32_t *counts, sona_kmeans_result *res, sona_scratch *work);
 
 #endif
