@@ -224,7 +224,8 @@ SONA_API sona_status sona_get_stats(sona_engine *e, sona_stats *out);
  *
  * After sona_load, identical to the saved engine: every counter (sona_get_stats' but the
  * timings last_loop_*_us and device_*, which describe the process; the bank's), the adapters
- * and their EWC++ state, the patterns (ids, statistics, times, stored centroids bit for bit),
+ * and their EWC++ state, each tenant's Micro-LoRA gradients accumulated since its last apply
+ * (micro_apply_every > 1) with its signal count, the patterns (ids, statistics, times, stored centroids bit for bit),
  * the queue, the ids to come (trajectories, patterns) and the seeds of the next k-means (the
  * bank's extraction count) and dreams (loop C's cycle count). Not identical: the HNSW graph over
  * the patterns is not saved but rebuilt by inserting them in bank order, while the original's
@@ -237,8 +238,7 @@ SONA_API sona_status sona_get_stats(sona_engine *e, sona_stats *out);
  * visits them all. Then loop B learns bit for bit what the saved engine learns
  * (tests/test_engine.c). On larger banks an approximate search may find another pattern, and
  * what walks the graph may differ: loop C's dreams, its consolidation (which merges graph
- * neighbours) and Phi. Not saved: Micro-LoRA gradients accumulated since the tenant's last
- * apply (micro_apply_every > 1), rows a failed extraction left in the bank's queue, and runtime
+ * neighbours) and Phi. Not saved: rows a failed extraction left in the bank's queue, and runtime
  * state (timers, the device copy of the adapters, the trajectory pool). */
 SONA_API sona_status sona_save(sona_engine *e, const char *path);
 /* Replaces e's learned state with the file's, its queue included: e's own queued trajectories

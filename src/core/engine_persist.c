@@ -5,8 +5,8 @@
  *            u32 section count, u32 CRC-32 of the 20 bytes before it
  *   section: u32 tag, u32 zero, u64 payload length, u32 CRC-32 of the payload, payload
  * Sections, in this order: CONF (shape and hyperparameters), STAT (counters, baseline), TENA
- * (live tenants: id, A, Bt, EWC++), BASE (Base-LoRA A, Bt, EWC++), PATT (patterns; the HNSW
- * index is rebuilt on load), QUEU (version 2 on: the trajectories queued for loop B, oldest
+ * (u32 count, then per live tenant its id and adapter record), BASE (the Base-LoRA's adapter
+ * record), PATT (patterns; the HNSW index is rebuilt on load), QUEU (version 2 on: the trajectories queued for loop B, oldest
  * first: u64 the engine's next trajectory id, u32 count, then each as core/trajectory_internal.h
  * writes it, its vectors' encoded bytes as held), BANK (version 3 on: u32 count 13, the bank's
  * counters as u64 in sona_bank_stats order from trajectories_added to searches, then u64 the
@@ -15,10 +15,13 @@
  * (>= 1)). An EWC++ record (engine_ewc.c): u32 present; when 1, u32 parameter count n, u32
  * tasks, n floats running Fisher, per task n floats theta* and n floats Fisher, then (version 3
  * on) the boundary detector: u64 samples, f64 short mean, long mean, long variance, u64
- * boundaries. Unknown tags are skipped (checksummed all the same). Older files still load:
+ * boundaries. An adapter record (TENA's after its u32 tenant id, BASE's): A and Bt as floats,
+ * its EWC++ record, then (version 3 on) u32 signals since the last apply (loop A's
+ * micro_apply_every; 0 for BASE), u32 1 when gradients are pending (else 0 and the record
+ * ends), u32 signal count per adapter (not all 0), then the gradients of A and Bt as floats. Unknown tags are skipped (checksummed all the same). Older files still load:
  * version 1 had lost its queue; versions 1 and 2 lost the bank's counters (the extraction
  * count that seeds k-means; the next pattern id became the largest live id + 1), the dream
- * visits and the EWC++ detectors, which start afresh.
+ * visits, the EWC++ detectors and the tenants' pending gradients, which start afresh.
  * STAT's trajectories_recorded is written as processed + the QUEU count: the queue is a snapshot
  * taken while producers may still be recording, and the file says recorded == processed + queued
  * of that snapshot (a trajectory recorded after it is neither queued nor counted in the file).
@@ -209,7 +212,10 @@ static void write_config(sona_wbuf *w, const sona_engine_config *c)
         sona_wbuf_f32(w, *(const float *)(const void *)((const char *)c + config_floats[i]));
 }
 
-static void write_adapter(sona_wbuf *w, const sona_lora *l, const eng_ewc *ewc, float *scratch)
+/* An adapter set: weights, EWC++, then (version 3 on) loop A's state between applies: the
+ * signals since the last apply, and the gradients they accumulated with each adapter's count. */
+static void write_adapter(sona_wbuf *w, const sona_lora *l, const eng_ewc *ewc, uint32_t since_apply,
+                          float *scratch)
 {
     const sona_lora_config *c = sona_lora_get_config(l);
     const size_t n = (size_t)c->count * c->rank * c->hidden;
@@ -219,6 +225,21 @@ static void write_adapter(sona_wbuf *w, const sona_lora *l, const eng_ewc *ewc, 
     }
     sona_wbuf_floats(w, scratch, 2 * n);
     eng_ewc_save(ewc, w);
+    sona_wbuf_u32(w, since_apply);
+    const int pending = sona_lora_pending(l) != 0;
+    sona_wbuf_u32(w, (uint32_t)pending);
+    if (!pending)
+        return;
+    uint32_t *counts = malloc(c->count * sizeof *counts);
+    if (!counts || sona_lora_export_grad(l, scratch, scratch + n) != SONA_OK) {
+        free(counts);
+        w->oom = 1;
+        return;
+    }
+    sona_lora_pending_counts(l, counts);
+    sona_wbuf_put(w, counts, c->count * sizeof *counts);
+    sona_wbuf_floats(w, scratch, 2 * n);
+    free(counts);
 }
 
 static void write_bank_counters(sona_wbuf *w, const sona_bank *bank)
@@ -318,7 +339,7 @@ static sona_status serialise(sona_engine *e, sona_wbuf *w)
         pthread_mutex_lock(&t->mu);
         if (atomic_load(&t->live)) {
             sona_wbuf_u32(w, i);
-            write_adapter(w, t->lora, t->ewc, scratch);
+            write_adapter(w, t->lora, t->ewc, t->since_apply, scratch);
             live++;
         }
         pthread_mutex_unlock(&t->mu);
@@ -328,7 +349,7 @@ static sona_status serialise(sona_engine *e, sona_wbuf *w)
     section_end(w, s);
 
     s = section_begin(w, TAG_BASE);
-    write_adapter(w, e->base, e->base_ewc, scratch);
+    write_adapter(w, e->base, e->base_ewc, 0, scratch);
     section_end(w, s);
     free(scratch);
 
@@ -476,6 +497,7 @@ typedef struct loaded {
     uint32_t *ids;
     sona_lora **loras;
     eng_ewc **ewcs;
+    uint32_t *since_apply;      /* per tenant: signals since its last apply (version 3 on) */
     sona_lora *base;
     eng_ewc *base_ewc;
     sona_bank *bank;
@@ -497,6 +519,7 @@ static void loaded_free(loaded *s)
     free(s->ids);
     free(s->loras);
     free(s->ewcs);
+    free(s->since_apply);
     sona_lora_destroy(s->base);
     eng_ewc_destroy(s->base_ewc);
     sona_bank_destroy(s->bank);
@@ -536,8 +559,42 @@ static sona_status read_config(sona_engine *e, sona_rbuf *r)
 
 /* Reads one adapter set of the engine's shape into a fresh lora (+ EWC++, whose record has the
  * boundary detector from version 3 on). */
+/* Loop A's state between applies (version 3 on; see write_adapter) into a fresh lora. */
+static sona_status read_pending(sona_engine *e, sona_rbuf *r, sona_lora *l, uint32_t *since_apply)
+{
+    const sona_lora_config *c = sona_lora_get_config(l);
+    const size_t n = (size_t)c->count * c->rank * c->hidden;
+    *since_apply = sona_rbuf_u32(r);
+    const uint32_t pending = sona_rbuf_u32(r);
+    if (r->bad || pending > 1)
+        return corrupt(e, "bad pending gradient record");
+    if (!pending)
+        return SONA_OK;
+    if (!sona_rbuf_has(r, c->count, sizeof(uint32_t)) || !sona_rbuf_has(r, c->count + 2 * n, sizeof(float)))
+        return corrupt(e, "pending gradients are truncated");
+    uint32_t *counts = malloc(c->count * sizeof *counts);
+    float *g = malloc(2 * n * sizeof *g);
+    sona_status st = counts && g ? SONA_OK : eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
+    uint64_t total = 0;
+    if (st == SONA_OK) {
+        sona_rbuf_get(r, counts, c->count * sizeof *counts);
+        sona_rbuf_floats(r, g, 2 * n);
+        for (uint32_t i = 0; i < c->count; i++)
+            total += counts[i];
+        if (total == 0)
+            st = corrupt(e, "a pending gradient record without signals");
+        else if (sona_lora_import_grad(l, g, g + n, counts) != SONA_OK)
+            st = corrupt(e, "pending gradients are not finite");
+    }
+    free(counts);
+    free(g);
+    return st;
+}
+
+/* Reads one adapter set of the engine's shape into a fresh lora (+ EWC++, whose record has the
+ * boundary detector from version 3 on, and from then on loop A's pending state). */
 static sona_status read_adapter(sona_engine *e, sona_rbuf *r, uint32_t version, int base, sona_lora **lora,
-                                eng_ewc **ewc)
+                                eng_ewc **ewc, uint32_t *since_apply)
 {
     sona_lora_config lc;
     eng_lora_config(&e->cfg, base, &lc);
@@ -555,7 +612,10 @@ static sona_status read_adapter(sona_engine *e, sona_rbuf *r, uint32_t version, 
     if (st != SONA_OK)
         return st;
     st = eng_ewc_load(r, *lora, &e->cfg, version >= 3, ewc);
-    return st == SONA_OK ? SONA_OK : eng_fail(e, st, "sona_load: EWC++ state: %s", sona_status_str(st));
+    if (st != SONA_OK)
+        return eng_fail(e, st, "sona_load: EWC++ state: %s", sona_status_str(st));
+    *since_apply = 0;
+    return version >= 3 ? read_pending(e, r, *lora, since_apply) : SONA_OK;
 }
 
 static sona_status read_tenants(sona_engine *e, sona_rbuf *r, loaded *s)
@@ -566,7 +626,8 @@ static sona_status read_tenants(sona_engine *e, sona_rbuf *r, loaded *s)
     s->ids = calloc(n, sizeof *s->ids);
     s->loras = calloc(n, sizeof *s->loras);
     s->ewcs = calloc(n, sizeof *s->ewcs);
-    if (!s->ids || !s->loras || !s->ewcs)
+    s->since_apply = calloc(n, sizeof *s->since_apply);
+    if (!s->ids || !s->loras || !s->ewcs || !s->since_apply)
         return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
     s->tenants = n;
     for (uint32_t i = 0; i < n; i++) {
@@ -574,7 +635,7 @@ static sona_status read_tenants(sona_engine *e, sona_rbuf *r, loaded *s)
         if (r->bad || s->ids[i] >= e->cfg.max_tenants || (i && s->ids[i] <= s->ids[i - 1]) ||
             (i == 0 && s->ids[0] != 0))
             return corrupt(e, "bad tenant id");
-        sona_status st = read_adapter(e, r, s->version, 0, &s->loras[i], &s->ewcs[i]);
+        sona_status st = read_adapter(e, r, s->version, 0, &s->loras[i], &s->ewcs[i], &s->since_apply[i]);
         if (st != SONA_OK)
             return st;
     }
@@ -743,7 +804,7 @@ static sona_status read_sections(sona_engine *e, const char *caller, const uint8
 static sona_status parse(sona_engine *e, const uint8_t *p, size_t len, loaded *s)
 {
     sona_rbuf sec[SECTIONS];
-    uint32_t in_file = 0;
+    uint32_t in_file = 0, base_since; /* the Base-LoRA learns in whole cycles: nothing between applies */
     sona_status st = read_sections(e, "sona_load", p, len, sec, &s->version);
     if (st == SONA_OK)
         st = read_config(e, &sec[SEC_CONF]);
@@ -760,7 +821,7 @@ static sona_status parse(sona_engine *e, const uint8_t *p, size_t len, loaded *s
     if (stat->bad || isinf(s->baseline))
         return corrupt(e, "bad counter section");
     if ((st = read_tenants(e, &sec[SEC_TENA], s)) != SONA_OK ||
-        (st = read_adapter(e, &sec[SEC_BASE], s->version, 1, &s->base, &s->base_ewc)) != SONA_OK ||
+        (st = read_adapter(e, &sec[SEC_BASE], s->version, 1, &s->base, &s->base_ewc, &base_since)) != SONA_OK ||
         (st = read_patterns(e, &sec[SEC_PATT], s)) != SONA_OK)
         return st;
     s->has_queue = s->version >= 2;
@@ -808,7 +869,7 @@ static void commit(sona_engine *e, loaded *s)
             t->ewc = s->ewcs[next];
             s->loras[next] = l;
             s->ewcs[next] = w;
-            t->since_apply = 0;
+            t->since_apply = s->since_apply[next];
             sona_snapshot_publish(&t->slot, t->lora);
             atomic_store(&t->live, 1);
             next++;

@@ -408,6 +408,25 @@ sona_status sona_lora_export_grad(const sona_lora *cl, float *gA, float *gBt)
     return SONA_OK;
 }
 
+void sona_lora_pending_counts(const sona_lora *l, uint32_t *out)
+{
+    memcpy(out, l->pending, l->cfg.count * sizeof *out);
+}
+
+sona_status sona_lora_import_grad(sona_lora *l, const float *gA, const float *gBt, const uint32_t *pending)
+{
+    const size_t n = l->adapter_floats * l->cfg.count;
+    if (!sona_all_finite(gA, n) || !sona_all_finite(gBt, n))
+        return sona_fail(&l->err, SONA_E_NONFINITE, "sona_lora_import_grad: NaN or Inf in gradients");
+    if (l->be->upload(l->be->ctx, l->gA, 0, gA, n * sizeof(float)) != SONA_OK ||
+        l->be->upload(l->be->ctx, l->gBt, 0, gBt, n * sizeof(float)) != SONA_OK)
+        return backend_failed(l, "upload", SONA_E_BACKEND);
+    l->pending_total = 0;
+    for (uint32_t i = 0; i < l->cfg.count; i++)
+        l->pending_total += l->pending[i] = pending[i];
+    return SONA_OK;
+}
+
 int sona_lora_host_params(const sona_lora *l, const float **theta, const float **g)
 {
     if (!l->paired)

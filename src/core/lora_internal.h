@@ -20,6 +20,12 @@ sona_status sona_lora_export_grad(const sona_lora *l, float *gA, float *gBt);
  * gBt back to back (2 * count * rank * hidden floats each, valid while l lives), read in place
  * instead of exported; 0 (nothing set) on a device backend. */
 int sona_lora_host_params(const sona_lora *l, const float **theta, const float **g);
+/* Signals accumulated and not yet applied, per adapter (count entries). */
+void sona_lora_pending_counts(const sona_lora *l, uint32_t *out);
+/* Restores pending gradients (the layouts of A and Bt) with each adapter's signal count, as a
+ * checkpoint took them (sona_lora_export_grad, sona_lora_pending_counts); NaN/Inf refused with
+ * nothing changed. */
+sona_status sona_lora_import_grad(sona_lora *l, const float *gA, const float *gBt, const uint32_t *pending);
 /* Replaces every adapter's A and Bt (same layout) and clears pending gradients. */
 sona_status sona_lora_import(sona_lora *l, const float *A, const float *Bt);
 
