@@ -59,8 +59,9 @@ Test(engine_learning, quality_rises_above_the_no_learning_baseline)
     quality_rises(SONA_STORAGE_F32, "f32", seed);
 }
 
-/* Task 1, consolidate (loop C), task 2, back to task 1: the quality task 1 keeps. */
-static double retention(int ewc, uint64_t seed, double *learned)
+/* Task 1, consolidate (loop C), task 2, back to task 1: the quality task 1 keeps, and before
+ * any learning and after task 1 the quality it had. */
+static double retention(int ewc, uint64_t seed, double *before, double *learned)
 {
     synth_task t1, t2;
     cr_assert_eq(synth_task_init(&t1, HIDDEN, CLUSTERS, seed, 0), 0);
@@ -70,6 +71,7 @@ static double retention(int ewc, uint64_t seed, double *learned)
     sona_engine *e = make_engine(ewc, SONA_STORAGE_Q8);
     sona_rng r;
     sona_rng_seed(&r, seed, 2);
+    *before = synth_task_run(&t1, e, 0, 300, &r, 0);
     synth_task_run(&t1, e, 0, 1000, &r, 1);
     *learned = synth_task_run(&t1, e, 0, 300, &r, 0);
     cr_assert_eq(sona_deep_cycle(e), SONA_OK, "%s", sona_engine_last_error(e));
@@ -85,9 +87,12 @@ Test(engine_learning, ewc_retains_the_first_task)
 {
     const uint64_t seed = op_test_seed();
     printf("[engine_learning] seed %" PRIu64 "\n", seed);
-    double learned_on, learned_off;
-    const double on = retention(1, seed, &learned_on), off = retention(0, seed, &learned_off);
-    printf("[engine_learning] task 1 learned %.3f / %.3f, kept after task 2: EWC++ on %.3f, off %.3f\n",
-           learned_on, learned_off, on, off);
+    double before, learned_on, learned_off;
+    const double on = retention(1, seed, &before, &learned_on), off = retention(0, seed, &before, &learned_off);
+    /* The share of task 1's gain over no learning that is kept after task 2. */
+    const double kept_on = (on - before) / (learned_on - before), kept_off = (off - before) / (learned_off - before);
+    printf("[engine_learning] no learning %.3f, task 1 learned %.3f / %.3f, kept after task 2: EWC++ on %.3f "
+           "(%.0f %% of the gain), off %.3f (%.0f %%)\n",
+           before, learned_on, learned_off, on, 100 * kept_on, off, 100 * kept_off);
     cr_assert_gt(on, off + 0.1, "EWC++ on kept %.3f of task 1, off kept %.3f", on, off);
 }

@@ -413,14 +413,25 @@ void sona_lora_pending_counts(const sona_lora *l, uint32_t *out)
     memcpy(out, l->pending, l->cfg.count * sizeof *out);
 }
 
-sona_status sona_lora_import_grad(sona_lora *l, const float *gA, const float *gBt, const uint32_t *pending)
+/* Uploads a and bt (the whole set, layouts of A and Bt) to dst_a and dst_bt; refuses NaN/Inf
+ * before anything is written. */
+static sona_status upload_pair(sona_lora *l, const char *fn, void *dst_a, void *dst_bt, const float *a,
+                               const float *bt)
 {
     const size_t n = l->adapter_floats * l->cfg.count;
-    if (!sona_all_finite(gA, n) || !sona_all_finite(gBt, n))
-        return sona_fail(&l->err, SONA_E_NONFINITE, "sona_lora_import_grad: NaN or Inf in gradients");
-    if (l->be->upload(l->be->ctx, l->gA, 0, gA, n * sizeof(float)) != SONA_OK ||
-        l->be->upload(l->be->ctx, l->gBt, 0, gBt, n * sizeof(float)) != SONA_OK)
+    if (!sona_all_finite(a, n) || !sona_all_finite(bt, n))
+        return sona_fail(&l->err, SONA_E_NONFINITE, "%s: NaN or Inf in the values", fn);
+    if (l->be->upload(l->be->ctx, dst_a, 0, a, n * sizeof(float)) != SONA_OK ||
+        l->be->upload(l->be->ctx, dst_bt, 0, bt, n * sizeof(float)) != SONA_OK)
         return backend_failed(l, "upload", SONA_E_BACKEND);
+    return SONA_OK;
+}
+
+sona_status sona_lora_import_grad(sona_lora *l, const float *gA, const float *gBt, const uint32_t *pending)
+{
+    const sona_status st = upload_pair(l, "sona_lora_import_grad", l->gA, l->gBt, gA, gBt);
+    if (st != SONA_OK)
+        return st;
     l->pending_total = 0;
     for (uint32_t i = 0; i < l->cfg.count; i++)
         l->pending_total += l->pending[i] = pending[i];
@@ -438,12 +449,9 @@ int sona_lora_host_params(const sona_lora *l, const float **theta, const float *
 
 sona_status sona_lora_import(sona_lora *l, const float *A, const float *Bt)
 {
-    const size_t n = l->adapter_floats * l->cfg.count;
-    if (!sona_all_finite(A, n) || !sona_all_finite(Bt, n))
-        return sona_fail(&l->err, SONA_E_NONFINITE, "sona_lora_import: NaN or Inf in weights");
-    if (l->be->upload(l->be->ctx, l->A, 0, A, n * sizeof(float)) != SONA_OK ||
-        l->be->upload(l->be->ctx, l->Bt, 0, Bt, n * sizeof(float)) != SONA_OK)
-        return backend_failed(l, "upload", SONA_E_BACKEND);
+    const sona_status st = upload_pair(l, "sona_lora_import", l->A, l->Bt, A, Bt);
+    if (st != SONA_OK)
+        return st;
     memset(l->pending, 0, l->cfg.count * sizeof *l->pending);
     l->pending_total = 0;
     return zero_gradients(l);
