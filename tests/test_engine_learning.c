@@ -1,7 +1,8 @@
 /* The engine learns, measured on a synthetic task (tests/support/synth_task.h): over 1,000
  * trajectories the mean quality of the adapted output rises clearly above the no-learning
- * baseline (trajectories kept in Q8, the default, and in F32), and after a second task EWC++
- * keeps more of the first task than no EWC++. */
+ * baseline (trajectories kept in Q8, the default, and in F32), and after a second task that
+ * wants the opposite, EWC++ keeps at least 80 % of what the first task gained over no learning,
+ * and 30 points more than without EWC++ (over 25 seeds: 91-103 % against -95 to +39 %). */
 #include <criterion/criterion.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -94,5 +95,9 @@ Test(engine_learning, ewc_retains_the_first_task)
     printf("[engine_learning] no learning %.3f, task 1 learned %.3f / %.3f, kept after task 2: EWC++ on %.3f "
            "(%.0f %% of the gain), off %.3f (%.0f %%)\n",
            before, learned_on, learned_off, on, 100 * kept_on, off, 100 * kept_off);
-    cr_assert_gt(on, off + 0.1, "EWC++ on kept %.3f of task 1, off kept %.3f", on, off);
+    /* Shares, not qualities: a seed whose task 1 is learned weakly has little quality to lose. */
+    cr_assert_gt(learned_on, before + 0.1, "task 1 was not learned: %.3f from %.3f", learned_on, before);
+    cr_assert_geq(kept_on, 0.8, "EWC++ on kept %.0f %% of task 1's gain", 100 * kept_on);
+    cr_assert_gt(kept_on, kept_off + 0.3, "EWC++ on kept %.0f %% of task 1's gain, off %.0f %%", 100 * kept_on,
+                 100 * kept_off);
 }
