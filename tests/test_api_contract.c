@@ -778,6 +778,7 @@ static sona_status ewc_detector_with(world *w, double short_mean, double long_va
     X(ewc_create_cfg_null, sona_ewc_create(NULL, (sona_ewc *[1]){0}), SONA_E_NULL, THREAD, "cfg")             \
     X(ewc_create_params_0, CREATE_WITH(ewc, param_count, 0), SONA_E_INVALID, THREAD, "param_count") \
     X(ewc_create_tasks_0, CREATE_WITH(ewc, max_tasks, 0), SONA_E_INVALID, THREAD, "max_tasks")      \
+    X(ewc_create_tasks_huge, CREATE_WITH(ewc, max_tasks, UINT32_MAX), SONA_E_INVALID, THREAD, "max_tasks") \
     X(ewc_create_min_samples_1, CREATE_WITH(ewc, min_samples, 1), SONA_E_INVALID, THREAD, "min_samples") \
     X(ewc_create_decay_nan, CREATE_WITH(ewc, fisher_decay, NAN), SONA_E_NONFINITE, THREAD, "NaN")   \
     X(ewc_create_lambda_inf, CREATE_WITH(ewc, lambda_base, INFINITY), SONA_E_NONFINITE, THREAD, "NaN") \
@@ -988,6 +989,8 @@ static sona_status ewc_detector_with(world *w, double short_mean, double long_va
     X(engine_create_out_null, sona_engine_create(&(sona_engine_config){0}, NULL), SONA_E_NULL, THREAD, "out") \
     X(engine_create_cfg_null, sona_engine_create(NULL, (sona_engine *[1]){0}), SONA_E_NULL, THREAD, "cfg")    \
     X(engine_create_hidden_0, CREATE_WITH(engine, hidden, 0), SONA_E_INVALID, THREAD, "hidden")     \
+    X(engine_create_too_large, CREATE_WITH(engine, hidden, 1u << 28), SONA_E_INVALID, THREAD, "too large") \
+    X(engine_create_tasks_huge, CREATE_WITH(engine, max_tasks, SONA_EWC_MAX_TASKS + 1), SONA_E_INVALID, THREAD, "max_tasks") \
     X(engine_create_rank_65, CREATE_WITH(engine, micro_rank, 65), SONA_E_INVALID, THREAD, "ranks")  \
     X(engine_create_tenants_0, CREATE_WITH(engine, max_tenants, 0), SONA_E_INVALID, THREAD, "tenants") \
     X(engine_create_alpha_nan, CREATE_WITH(engine, micro_alpha, NAN), SONA_E_NONFINITE, THREAD, "non-finite") \

@@ -25,7 +25,8 @@ typedef enum sona_preset {
 } sona_preset;
 
 typedef struct sona_engine_config {
-    uint32_t hidden;            /* embedding / activation width (>= 1) */
+    uint32_t hidden;            /* embedding / activation width (>= 1; 2 x base_layers x base_rank
+                                   x hidden below 2^32) */
     uint64_t seed;              /* seeds adapters, k-means++ and dreams */
     /* Micro-LoRA (one adapter per tenant; tenant 0 exists from creation) */
     uint32_t micro_rank;        /* 1..2 typical */
@@ -60,7 +61,7 @@ typedef struct sona_engine_config {
     float ewc_lambda;           /* stiffness per stored task (lambda_base of sona/ewc.h), capped
                                    so that lr * lambda * F stays below 1; 0..1e6 */
     float fisher_decay;         /* Fisher EMA: F = d F + (1-d) g^2 */
-    uint32_t max_tasks;         /* task snapshots kept */
+    uint32_t max_tasks;         /* task snapshots kept (up to SONA_EWC_MAX_TASKS) */
     float task_shift_threshold; /* boundary when the gradient-norm z-score exceeds this (> 0) */
     /* loop C / dreams */
     uint32_t dreams_per_cycle;

@@ -41,9 +41,12 @@ extern "C" {
  * other, every other call needs exclusive access (the learning loop owns it). */
 typedef struct sona_ewc sona_ewc;
 
+/* The most task snapshots a sona_ewc keeps (each holds theta* and a Fisher vector). */
+#define SONA_EWC_MAX_TASKS 1024u
+
 typedef struct sona_ewc_config {
     uint32_t param_count;   /* >= 1 */
-    uint32_t max_tasks;     /* snapshots kept, >= 1; default 5 */
+    uint32_t max_tasks;     /* snapshots kept, 1..SONA_EWC_MAX_TASKS; default 5 */
     float fisher_decay;     /* in [0, 1); default 0.99 */
     float lambda_base;      /* default 1.0 */
     float lambda_max;       /* default 1e6 */

@@ -6,6 +6,7 @@
 #include "core/storage.h"
 #include "cpu/cpu.h"
 #include "dispatch/dispatch.h"
+#include "sona/ewc.h"
 #include "sona/lora.h"
 
 #include <math.h>
@@ -248,9 +249,17 @@ static sona_status check_config(const sona_engine_config *c)
         return sona_fail(NULL, SONA_E_INVALID, "sona_engine_create: decays must be in [0,1), "
                                                "jump probability in [0,1], temperature > 0");
     /* What the EWC++ glue gives sona_ewc_create (lambda_base, boundary_z; lambda_max 1e6). */
-    if (c->ewc_enabled && !(c->ewc_lambda >= 0 && c->ewc_lambda <= 1e6f && c->task_shift_threshold > 0))
+    if (c->ewc_enabled && !(c->ewc_lambda >= 0 && c->ewc_lambda <= 1e6f && c->task_shift_threshold > 0 &&
+                            c->max_tasks <= SONA_EWC_MAX_TASKS))
         return sona_fail(NULL, SONA_E_INVALID, "sona_engine_create: with EWC++ on, ewc_lambda must be in "
-                                               "0..1e6 and task_shift_threshold > 0");
+                                               "0..1e6, task_shift_threshold > 0 and max_tasks at most %u",
+                         SONA_EWC_MAX_TASKS);
+    /* An adapter set's parameters (A and B of every adapter) are counted in 32 bits (EWC++, the
+     * op shapes): refused here, before anything is allocated. */
+    if ((uint64_t)2 * c->base_layers * c->base_rank * c->hidden > UINT32_MAX ||
+        (uint64_t)2 * c->micro_rank * c->hidden > UINT32_MAX)
+        return sona_fail(NULL, SONA_E_INVALID, "sona_engine_create: too large: 2 x base_layers x base_rank x "
+                                               "hidden must be below 2^32");
     if (!sona_storage_valid(c->step_storage))
         return sona_fail(NULL, SONA_E_INVALID, "sona_engine_create: step_storage %d is not a sona_storage",
                          (int)c->step_storage);

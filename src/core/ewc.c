@@ -46,8 +46,10 @@ void sona_ewc_config_default(sona_ewc_config *cfg, uint32_t param_count)
 static sona_status check_config(const sona_ewc_config *c)
 {
     static const char fn[] = "sona_ewc_create";
-    if (c->param_count == 0 || c->max_tasks == 0 || c->min_samples < 2)
-        return sona_fail(NULL, SONA_E_INVALID, "%s: param_count and max_tasks must be >= 1, min_samples >= 2", fn);
+    if (c->param_count == 0 || c->max_tasks == 0 || c->max_tasks > SONA_EWC_MAX_TASKS || c->min_samples < 2)
+        return sona_fail(NULL, SONA_E_INVALID,
+                         "%s: param_count >= 1, max_tasks 1..%u and min_samples >= 2 are required", fn,
+                         SONA_EWC_MAX_TASKS);
     if (!isfinite(c->fisher_decay) || !isfinite(c->lambda_base) || !isfinite(c->lambda_max) ||
         !isfinite(c->boundary_z) || !isfinite(c->short_rate) || !isfinite(c->long_rate))
         return sona_fail(NULL, SONA_E_NONFINITE, "%s: NaN or Inf in the config", fn);
@@ -99,7 +101,7 @@ void sona_ewc_destroy(sona_ewc *e)
 {
     if (!e)
         return;
-    for (uint32_t s = 0; s <= e->cfg.max_tasks; s++) {
+    for (size_t s = 0; s <= (size_t)e->cfg.max_tasks; s++) {
         if (e->task_theta)
             free(e->task_theta[s]);
         if (e->task_fisher)
