@@ -1,8 +1,9 @@
 /* The engine learns, measured on a synthetic task (tests/support/synth_task.h): over 1,000
  * trajectories the mean quality of the adapted output rises clearly above the no-learning
- * baseline (trajectories kept in Q8, the default, and in F32), and after a second task that
- * wants the opposite, EWC++ keeps at least 80 % of what the first task gained over no learning,
- * and 30 points more than without EWC++ (over 25 seeds: 91-103 % against -95 to +39 %). */
+ * baseline, on average over 3 independent learners (trajectories kept in Q8, the default, and
+ * in F32), and after a second task that wants the opposite, EWC++ keeps at least 80 % of what
+ * the first task gained over no learning, and 30 points more than without EWC++ (over 25 seeds:
+ * 91-103 % against -95 to +39 %). */
 #include <criterion/criterion.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -10,7 +11,7 @@
 #include "support/op_cases.h"
 #include "support/synth_task.h"
 
-enum { HIDDEN = 67, CLUSTERS = 3 };
+enum { HIDDEN = 67, CLUSTERS = 3, REPLICATES = 3 };
 
 static sona_engine *make_engine(int ewc, sona_storage storage)
 {
@@ -27,22 +28,24 @@ static sona_engine *make_engine(int ewc, sona_storage storage)
     return e;
 }
 
-static void quality_rises(sona_storage storage, const char *name, uint64_t seed)
+/* One learner on its own task (replicate r draws task and requests from streams of seed): the
+ * quality gained over no learning after 1,000 trajectories. */
+static double quality_gain(sona_storage storage, const char *name, uint64_t seed, uint64_t replicate)
 {
     synth_task t;
-    cr_assert_eq(synth_task_init(&t, HIDDEN, CLUSTERS, seed, 0), 0);
+    cr_assert_eq(synth_task_init(&t, HIDDEN, CLUSTERS, seed, 2 * replicate), 0);
     sona_engine *e = make_engine(0, storage);
     sona_rng r;
-    sona_rng_seed(&r, seed, 1);
+    sona_rng_seed(&r, seed, 2 * replicate + 1);
     const double before = synth_task_run(&t, e, 0, 300, &r, 0);
-    double last = 0;
     for (int block = 0; block < 10; block++) {
-        last = synth_task_run(&t, e, 0, 100, &r, 1);
-        printf("[engine_learning] %s trajectories %4d  mean quality %.3f\n", name, (block + 1) * 100, last);
+        const double last = synth_task_run(&t, e, 0, 100, &r, 1);
+        printf("[engine_learning] %s #%" PRIu64 " trajectories %4d  mean quality %.3f\n", name, replicate,
+               (block + 1) * 100, last);
     }
     const double after = synth_task_run(&t, e, 0, 300, &r, 0);
-    printf("[engine_learning] %s: no learning %.3f, after 1000 trajectories %.3f\n", name, before, after);
-    cr_assert_gt(after, before + 0.15, "%s: quality %.3f did not rise clearly above %.3f", name, after, before);
+    printf("[engine_learning] %s #%" PRIu64 ": no learning %.3f, after 1000 trajectories %.3f\n", name, replicate,
+           before, after);
     sona_stats s;
     cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
     cr_assert_eq(s.signals_accepted, 1000);
@@ -50,6 +53,20 @@ static void quality_rises(sona_storage storage, const char *name, uint64_t seed)
     cr_assert_eq(s.trajectories_recorded + s.trajectories_dropped, 1000);
     sona_engine_destroy(e);
     synth_task_free(&t);
+    return after - before;
+}
+
+/* One learner's gain is noisy (exploration noise drives its updates; some runs peak and fall
+ * back): over 300 learners 0.17 to 0.78, median 0.48, sd 0.12, and seed 64301400697366's first
+ * learner gained 0.114. The mean of 3 is judged instead: over 100 seeds 0.31 to 0.65, mean 0.48,
+ * sd 0.07, so 0.15 is 4.7 sd below it; no learning (rate 1e-4) gains 0.003, a rate 8x too low 0.02. */
+static void quality_rises(sona_storage storage, const char *name, uint64_t seed)
+{
+    double gain = 0;
+    for (uint64_t replicate = 0; replicate < REPLICATES; replicate++)
+        gain += quality_gain(storage, name, seed, replicate) / REPLICATES;
+    printf("[engine_learning] %s: mean gain over %d learners %.3f\n", name, REPLICATES, gain);
+    cr_assert_gt(gain, 0.15, "%s: quality rose by %.3f on average, not clearly above no learning", name, gain);
 }
 
 Test(engine_learning, quality_rises_above_the_no_learning_baseline)
