@@ -44,24 +44,22 @@ static char *module_name(const char *format, uint32_t layer, const char *suffix)
     return name;
 }
 
-static void put_text(sona_wbuf *w, const char *s) { sona_wbuf_put(w, s, strlen(s)); }
-
 static void write_adapter_config(sona_wbuf *w, const sona_engine_config *c, const sona_peft_config *p,
                                  const char *leaf)
 {
     char numbers[128];
-    put_text(w, "{\n  \"peft_type\": \"LORA\",\n  \"task_type\": \"CAUSAL_LM\",\n");
+    sona_wbuf_text(w, "{\n  \"peft_type\": \"LORA\",\n  \"task_type\": \"CAUSAL_LM\",\n");
     if (p->base_model[0]) {
-        put_text(w, "  \"base_model_name_or_path\": ");
+        sona_wbuf_text(w, "  \"base_model_name_or_path\": ");
         sona_wbuf_json_string(w, p->base_model);
-        put_text(w, ",\n");
+        sona_wbuf_text(w, ",\n");
     }
     snprintf(numbers, sizeof numbers, "  \"r\": %u,\n  \"lora_alpha\": %.9g,\n", c->base_rank, (double)c->base_alpha);
-    put_text(w, numbers);
-    put_text(w, "  \"lora_dropout\": 0.0,\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n"
+    sona_wbuf_text(w, numbers);
+    sona_wbuf_text(w, "  \"lora_dropout\": 0.0,\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n"
                 "  \"use_rslora\": false,\n  \"inference_mode\": true,\n  \"target_modules\": [");
     sona_wbuf_json_string(w, leaf);
-    put_text(w, "]\n}\n");
+    sona_wbuf_text(w, "]\n}\n");
 }
 
 static char *join_path(const char *dir, const char *file)

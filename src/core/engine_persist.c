@@ -214,6 +214,32 @@ static void write_config(sona_wbuf *w, const sona_engine_config *c)
 
 /* An adapter set: weights, EWC++, then (version 3 on) loop A's state between applies: the
  * signals since the last apply, and the gradients they accumulated with each adapter's count. */
+/* CONF's payload into *c: the default preset's values for what the file does not hold (fields
+ * newer than it; state_path ""), its values for the rest, fields it has and this library does not
+ * know skipped. 0, or -1 when the payload is malformed (fewer than the 5 shape fields, or short). */
+static int decode_config(sona_rbuf *r, sona_engine_config *c)
+{
+    const uint64_t seed = sona_rbuf_u64(r);
+    const uint32_t n_ints = sona_rbuf_u32(r);
+    if (r->bad || n_ints < 5 || !sona_rbuf_has(r, n_ints, sizeof(uint32_t)))
+        return -1;
+    const uint32_t hidden = sona_rbuf_u32(r);
+    sona_engine_config_default(c, SONA_PRESET_DEFAULT, hidden);
+    c->seed = seed;
+    for (uint32_t i = 1; i < n_ints; i++) {
+        const uint32_t v = sona_rbuf_u32(r);
+        if (i < CONFIG_INTS)
+            config_int_set(c, i, v);
+    }
+    const uint32_t n_floats = sona_rbuf_u32(r);
+    for (uint32_t i = 0; !r->bad && i < n_floats; i++) {
+        const float v = sona_rbuf_f32(r);
+        if (i < CONFIG_FLOATS)
+            memcpy((char *)c + config_floats[i], &v, sizeof v);
+    }
+    return r->bad ? -1 : 0;
+}
+
 static void write_adapter(sona_wbuf *w, const sona_lora *l, const eng_ewc *ewc, uint32_t since_apply,
                           float *scratch)
 {
@@ -537,28 +563,19 @@ static sona_status corrupt(sona_engine *e, const char *what)
 static sona_status read_config(sona_engine *e, sona_rbuf *r)
 {
     const sona_engine_config *c = &e->cfg;
-    (void)sona_rbuf_u64(r);
-    const uint32_t nu = sona_rbuf_u32(r);
-    if (nu < 5 || !sona_rbuf_has(r, nu, 4))
+    sona_engine_config file;
+    if (decode_config(r, &file) != 0)
         return corrupt(e, "bad configuration section");
-    uint32_t shape[5];
-    for (uint32_t i = 0; i < nu; i++) {
-        const uint32_t v = sona_rbuf_u32(r);
-        if (i < 5)
-            shape[i] = v;
-    }
-    if (shape[0] != c->hidden || shape[1] != c->micro_rank || shape[2] != c->base_rank ||
-        shape[3] != c->base_layers)
+    if (file.hidden != c->hidden || file.micro_rank != c->micro_rank || file.base_rank != c->base_rank ||
+        file.base_layers != c->base_layers)
         return eng_fail(e, SONA_E_SIZE,
                         "sona_load: the file is for hidden %u, micro rank %u, base rank %u x %u "
                         "layers; this engine has %u, %u, %u x %u",
-                        shape[0], shape[1], shape[2], shape[3], c->hidden, c->micro_rank, c->base_rank,
-                        c->base_layers);
+                        file.hidden, file.micro_rank, file.base_rank, file.base_layers, c->hidden, c->micro_rank,
+                        c->base_rank, c->base_layers);
     return SONA_OK;
 }
 
-/* Reads one adapter set of the engine's shape into a fresh lora (+ EWC++, whose record has the
- * boundary detector from version 3 on). */
 /* Loop A's state between applies (version 3 on; see write_adapter) into a fresh lora. */
 static sona_status read_pending(sona_engine *e, sona_rbuf *r, sona_lora *l, uint32_t *since_apply)
 {
@@ -570,7 +587,7 @@ static sona_status read_pending(sona_engine *e, sona_rbuf *r, sona_lora *l, uint
         return corrupt(e, "bad pending gradient record");
     if (!pending)
         return SONA_OK;
-    if (!sona_rbuf_has(r, c->count, sizeof(uint32_t)) || !sona_rbuf_has(r, c->count + 2 * n, sizeof(float)))
+    if (!sona_rbuf_has(r, c->count + 2 * n, sizeof(float))) /* u32 counts, then float gradients */
         return corrupt(e, "pending gradients are truncated");
     uint32_t *counts = malloc(c->count * sizeof *counts);
     float *g = malloc(2 * n * sizeof *g);
@@ -995,32 +1012,11 @@ sona_status sona_state_config(const char *path, sona_engine_config *out)
     sona_rbuf sec[SECTIONS];
     uint32_t version;
     st = read_sections(NULL, "sona_state_config", buf, len, sec, &version);
-    if (st == SONA_OK) {
-        sona_rbuf *r = &sec[SEC_CONF];
-        const uint64_t seed = sona_rbuf_u64(r);
-        const uint32_t n_ints = sona_rbuf_u32(r);
-        sona_engine_config c;
-        if (!r->bad && n_ints >= 1 && sona_rbuf_has(r, n_ints, sizeof(uint32_t))) {
-            const uint32_t hidden = sona_rbuf_u32(r);
-            sona_engine_config_default(&c, SONA_PRESET_DEFAULT, hidden);
-            c.seed = seed;
-            for (uint32_t i = 1; i < n_ints; i++) { /* fields this library does not know: skipped */
-                const uint32_t v = sona_rbuf_u32(r);
-                if (i < CONFIG_INTS)
-                    config_int_set(&c, i, v);
-            }
-            const uint32_t n_floats = sona_rbuf_u32(r);
-            for (uint32_t i = 0; !r->bad && i < n_floats; i++) {
-                const float v = sona_rbuf_f32(r);
-                if (i < CONFIG_FLOATS)
-                    memcpy((char *)&c + config_floats[i], &v, sizeof v);
-            }
-        }
-        if (r->bad || n_ints < 1)
-            st = eng_fail(NULL, SONA_E_CORRUPT, "sona_state_config: bad configuration section");
-        else
-            *out = c;
-    }
+    sona_engine_config c;
+    if (st == SONA_OK && decode_config(&sec[SEC_CONF], &c) != 0)
+        st = eng_fail(NULL, SONA_E_CORRUPT, "sona_state_config: bad configuration section");
+    if (st == SONA_OK)
+        *out = c;
     free(buf);
     return st;
 }

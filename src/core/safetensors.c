@@ -22,18 +22,16 @@ void sona_wbuf_json_string(sona_wbuf *w, const char *s)
     sona_wbuf_put(w, "\"", 1);
 }
 
-static void put_text(sona_wbuf *w, const char *s) { sona_wbuf_put(w, s, strlen(s)); }
-
 void sona_safetensors_encode(sona_wbuf *w, const sona_tensor_f32 *t, uint32_t n, const char *metadata)
 {
     const size_t length_at = w->len;
     sona_wbuf_u64(w, 0); /* the header's length, filled in below */
     const size_t header_at = w->len;
-    put_text(w, "{");
+    sona_wbuf_text(w, "{");
     if (metadata) {
-        put_text(w, "\"__metadata__\":{\"format\":");
+        sona_wbuf_text(w, "\"__metadata__\":{\"format\":");
         sona_wbuf_json_string(w, metadata);
-        put_text(w, "}");
+        sona_wbuf_text(w, "}");
     }
     uint64_t offset = 0;
     for (uint32_t i = 0; i < n; i++) {
@@ -41,14 +39,14 @@ void sona_safetensors_encode(sona_wbuf *w, const sona_tensor_f32 *t, uint32_t n,
         char shape[128];
         snprintf(shape, sizeof shape, ":{\"dtype\":\"F32\",\"shape\":[%u,%u],\"data_offsets\":[%llu,%llu]}",
                  t[i].rows, t[i].cols, (unsigned long long)offset, (unsigned long long)(offset + bytes));
-        put_text(w, metadata || i ? "," : "");
+        sona_wbuf_text(w, metadata || i ? "," : "");
         sona_wbuf_json_string(w, t[i].name);
-        put_text(w, shape);
+        sona_wbuf_text(w, shape);
         offset += bytes;
     }
-    put_text(w, "}");
+    sona_wbuf_text(w, "}");
     while ((w->len - header_at) % 8)
-        put_text(w, " ");
+        sona_wbuf_text(w, " ");
     if (w->oom)
         return;
     const uint64_t header_len = w->len - header_at;

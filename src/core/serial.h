@@ -32,6 +32,7 @@ static inline void sona_wbuf_put(sona_wbuf *w, const void *src, size_t n)
     memcpy(w->p + w->len, src, n);
     w->len += n;
 }
+static inline void sona_wbuf_text(sona_wbuf *w, const char *s) { sona_wbuf_put(w, s, strlen(s)); }
 static inline void sona_wbuf_u32(sona_wbuf *w, uint32_t v) { sona_wbuf_put(w, &v, sizeof v); }
 static inline void sona_wbuf_u64(sona_wbuf *w, uint64_t v) { sona_wbuf_put(w, &v, sizeof v); }
 static inline void sona_wbuf_f32(sona_wbuf *w, float v) { sona_wbuf_put(w, &v, sizeof v); }
