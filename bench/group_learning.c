@@ -72,6 +72,7 @@ enum {
     MAX_SEEDS = 3,
     MAX_CHECKS = 2 * TRAJ / CHECK_EVERY + 1, /* a task switch runs 2 x TRAJ */
     BASE_LAYERS = 4,     /* layers 0..3 in the Base-LoRA task */
+    BASE_MAX_PER_LAYER = 4, /* variations explored per layer in the Base-LoRA task */
     WAIT_LIMIT_MS = 10000,
     POLL_MS = 5
 };
@@ -260,37 +261,29 @@ static int task_init(lb_task *t, uint32_t H, uint32_t clusters, uint32_t sets, f
 /* ---- loop B: waiting for it ------------------------------------------------------------ */
 
 /* Loop B runs in the engine's thread; the bench waits for it (polling sona_get_stats every
- * POLL_MS, at most WAIT_LIMIT_MS a wait) in three ways:
- *  SETTLE_DUE, after every request: while a cycle is running (recorded > processed + queued) or
- *    is due by the config's documented triggers (queued >= loop_b_threshold; queued and
- *    loop_b_interval_ms passed since the last cycle) with at least loop_b_min_batch queued (fewer:
- *    the cycle does nothing). Learning then does not depend on the machine's speed, and a run is
- *    deterministic given its seed (with the default interval of 1 h, which never passes in a run).
- *  SETTLE_CHECK, at a Micro-LoRA checkpoint: the same, and also for an interval that will pass
- *    within the wait limit.
- *  SETTLE_DRAIN, at a Base-LoRA checkpoint: also while loop_b_min_batch or more are queued at all,
- *    whatever the triggers say (Base-LoRA learns only in loop B) -- until one such wait has timed
- *    out without a cycle starting: the engine does not run loop B on that queue within the limit,
- *    and later checkpoints of the run do not wait for it again (without that, 39 checkpoints of
- *    10 s each per seed).
- * A checkpoint scored with loop_b_min_batch or more queued counts in left_queued. */
+ * POLL_MS, at most WAIT_LIMIT_MS a wait) after every request and at every checkpoint, while a
+ * cycle is running (recorded > processed + queued) or is due by its threshold (queued >=
+ * loop_b_threshold, which wakes the thread at once). Learning then does not depend on the
+ * machine's speed: a run is deterministic given its seed as long as no cycle comes from
+ * loop_b_interval_ms (2 s at the defaults), which the bench does not wait for (it would make the
+ * run wall-clock bound) and which fires only when a run is slower than that between thresholds.
+ * How: SETTLE_DUE after a request, SETTLE_CHECK at a Micro-LoRA checkpoint, SETTLE_DRAIN at a
+ * Base-LoRA one (the same waits; a checkpoint scored with loop_b_min_batch or more still queued,
+ * not learned by Base-LoRA yet, counts in left_queued). */
 typedef enum lb_settle { SETTLE_DUE, SETTLE_CHECK, SETTLE_DRAIN } lb_settle;
 
 typedef struct lb_wait {
     const sona_engine_config *c;
     uint64_t cycles;      /* loop_b_cycles last seen */
-    double last_cycle_t;  /* when that count was last seen to change (engine creation at first) */
     double waited_s;      /* total time spent waiting */
     uint32_t timeouts;    /* waits that reached WAIT_LIMIT_MS */
     uint32_t left_queued; /* checkpoints scored with >= loop_b_min_batch trajectories queued */
-    int gave_up;          /* a SETTLE_DRAIN wait timed out with no cycle */
 } lb_wait;
 
 static void wait_init(lb_wait *w, const sona_engine_config *c)
 {
     memset(w, 0, sizeof *w);
     w->c = c;
-    w->last_cycle_t = now_s();
 }
 
 static void settle(sona_engine *e, lb_wait *w, lb_settle how)
@@ -303,28 +296,19 @@ static void settle(sona_engine *e, lb_wait *w, lb_settle how)
             w->left_queued++;
         return;
     }
-    const double t0 = now_s(), limit = WAIT_LIMIT_MS / 1000.0, interval = c->loop_b_interval_ms / 1000.0;
-    const uint64_t cycles0 = w->cycles;
+    const double t0 = now_s(), limit = WAIT_LIMIT_MS / 1000.0;
     int ok = 0;
     for (;;) {
         if (sona_get_stats(e, &s) != SONA_OK)
             break;
         ok = 1;
-        const double t = now_s(), left = limit - (t - t0);
-        if (s.loop_b_cycles != w->cycles) {
-            w->cycles = s.loop_b_cycles;
-            w->last_cycle_t = t;
-        }
+        w->cycles = s.loop_b_cycles;
         const int running = s.trajectories_processed + s.trajectories_queued < s.trajectories_recorded;
-        const int enough = s.trajectories_queued > 0 && s.trajectories_queued >= c->loop_b_min_batch;
-        const int due = s.trajectories_queued >= c->loop_b_threshold ||
-                        (interval > 0 && t - w->last_cycle_t >= interval - (how != SETTLE_DUE ? left : 0));
-        if (!running && !(enough && (due || (how == SETTLE_DRAIN && !w->gave_up))))
+        const int due = s.trajectories_queued >= c->loop_b_threshold && s.trajectories_queued >= c->loop_b_min_batch;
+        if (!running && !due)
             break;
-        if (left <= 0) {
+        if (now_s() - t0 >= limit) {
             w->timeouts++;
-            if (how == SETTLE_DRAIN && !running && !due && w->cycles == cycles0)
-                w->gave_up = 1;
             break;
         }
         sleep_ms(POLL_MS);
@@ -467,29 +451,35 @@ static void micro_request(sona_engine *e, lb_traffic *tr, lb_wait *w)
     record(e, tr, w, tr->tenants[ti], tr->x, tr->steps, NULL, (float)q);
 }
 
-/* One Base-LoRA request: one step per layer l < BASE_LAYERS, y_l = sona_apply_layer(l, h_l),
- * a_l explored around y_l, rewarded against the layer's target, h_{l+1} = a_l. */
-static void base_request(sona_engine *e, lb_traffic *tr, lb_wait *w)
+/* One Base-LoRA request: for each layer l < BASE_LAYERS, y_l = sona_apply_layer(l, h_l) and
+ * `per_layer` variations a_l explored around it, each a step of layer l rewarded against the
+ * layer's target; h_{l+1} = the last of them. */
+static void base_request(sona_engine *e, lb_traffic *tr, lb_wait *w, uint32_t per_layer)
 {
     const lb_task *t = tr->task;
     const uint32_t H = t->H, k = rng_below(&tr->rng, t->clusters);
-    static const uint32_t layers[BASE_LAYERS] = {0, 1, 2, 3};
+    uint32_t layers[BASE_LAYERS * BASE_MAX_PER_LAYER];
     task_query(t, k, &tr->rng, tr->x);
     const float *h = tr->x;
     double q = 0;
+    uint32_t n = 0;
     for (uint32_t l = 0; l < BASE_LAYERS; l++) {
         if (sona_apply_layer(e, l, h, tr->y) != SONA_OK) {
             tr->refused++;
             return;
         }
         tr->nonfinite += !all_finite(tr->y, H);
-        float *a = tr->acts + (size_t)l * H;
-        explore(&tr->rng, tr->y, sqrt(dot(tr->y, tr->y, H)), a, H);
-        tr->rewards[l] = (float)step_reward(tr, tr->x, a, task_target(t, l, k));
-        q += tr->rewards[l];
-        h = a;
+        const double ny = sqrt(dot(tr->y, tr->y, H));
+        for (uint32_t v = 0; v < per_layer; v++, n++) {
+            float *a = tr->acts + (size_t)n * H;
+            explore(&tr->rng, tr->y, ny, a, H);
+            tr->rewards[n] = (float)step_reward(tr, tr->x, a, task_target(t, l, k));
+            q += tr->rewards[n];
+            layers[n] = l;
+            h = a;
+        }
     }
-    record(e, tr, w, 0, tr->x, BASE_LAYERS, layers, (float)(q / BASE_LAYERS));
+    record(e, tr, w, 0, tr->x, n, layers, (float)(q / n));
 }
 
 /* ---- scores ---------------------------------------------------------------------------- */
@@ -956,10 +946,13 @@ static void run_switch(bench_ctx *ctx, const lb_switch *sp, const lb_seeds *seed
 
 /* Base-LoRA through sona_apply_layer, background thread on (the default), layers 0..3 of the
  * default 12, a hidden unit target per (layer, cluster). A request: h_0 = x; for each layer l,
- * y_l = sona_apply_layer(e, l, h_l), a_l = normalize(y_l + EXPLORE g) |y_l|, r_l = (1 + cos(a_l,
- * t_{l,k})) / 2, step(layer l, a_l, r_l), h_{l+1} = a_l; Q = the mean r_l. Score: the mean over
+ * y_l = sona_apply_layer(e, l, h_l), then S variations a_l = normalize(y_l + EXPLORE g) |y_l|,
+ * each r_l = (1 + cos(a_l, t_{l,k})) / 2 and a step(layer l, a_l, r_l); h_{l+1} = the last a_l;
+ * Q = the mean r. Rows base_l4_s4_* (S = 4: the layer's variations contrast with each other)
+ * and base_l4_s1_* (S = 1: one scalar per layer, measured against the layer's baseline). Score: the mean over
  * evaluation queries and layers of (1 + cos(y_l, t_{l,k})) / 2 along the noise-free chain
- * h_{l+1} = y_l. sona_force_learn is never called: checkpoints wait with SETTLE_DRAIN. Rows
+ * h_{l+1} = y_l. sona_force_learn is never called: Base-LoRA learns what loop B's thread
+ * learns, by its threshold (checkpoints between two cycles score the last cycle's). Rows
  * besides score@0, lift@N, to_lift0.1 and curve@N (means over seeds):
  *   loop_b_cycles         loop B cycles the run saw
  *   loop_b_wait           seconds the bench waited for loop B, all waits of the run
@@ -970,7 +963,7 @@ typedef struct lb_base_out {
     double waited_s, timeouts, left_queued, cycles;
 } lb_base_out;
 
-static int base_seed(uint64_t seed, double *score, lb_base_out *o)
+static int base_seed(uint64_t seed, uint32_t per_layer, double *score, lb_base_out *o)
 {
     sona_engine_config c;
     sona_engine *e = engine_make(256, seed, 1, &c);
@@ -979,13 +972,13 @@ static int base_seed(uint64_t seed, double *score, lb_base_out *o)
     lb_traffic tr = {0};
     int rc = -1;
     if (!e || task_init(&t, 256, 4, BASE_LAYERS, SPREAD, seed, STREAM_TASK, STREAM_EVAL) ||
-        traffic_init(&tr, &t, &tenant, 1, BASE_LAYERS, seed))
+        traffic_init(&tr, &t, &tenant, 1, BASE_LAYERS * per_layer, seed))
         goto out;
     lb_wait w;
     wait_init(&w, &c);
     score[0] = score_base(e, &t, tr.x); /* x and y: 2 H floats */
     for (uint32_t n = 1; n <= TRAJ; n++) {
-        base_request(e, &tr, &w);
+        base_request(e, &tr, &w, per_layer);
         if (n % CHECK_EVERY == 0) {
             settle(e, &w, SETTLE_DRAIN);
             score[n / CHECK_EVERY] = score_base(e, &t, tr.x);
@@ -1003,16 +996,17 @@ out:
     return rc;
 }
 
-static void run_base(bench_ctx *ctx, const lb_seeds *seeds)
+static void run_base(bench_ctx *ctx, const lb_seeds *seeds, uint32_t per_layer)
 {
-    static const char name[] = "base_l4_h256_c4";
+    char name[48];
+    snprintf(name, sizeof name, "base_l4_s%u_h256_c4", per_layer);
     const bench_row fail = {.group = "learning", .name = name, .backend = "cpu"};
     lb_runs r = {.nseeds = seeds->n, .nchecks = TRAJ / CHECK_EVERY + 1};
     lb_base_out sum = {0};
     const double t0 = now_s();
     for (int s = 0; s < seeds->n; s++) {
         lb_base_out o;
-        if (base_seed(seeds->seed[s], r.score[s], &o) != 0) {
+        if (base_seed(seeds->seed[s], per_layer, r.score[s], &o) != 0) {
             bench_skip(ctx, &fail, "set-up failed, or a request was refused or gave a non-finite output");
             return;
         }
@@ -1164,7 +1158,8 @@ static void run_learning(bench_ctx *ctx)
     for (size_t i = 0; i < sizeof switch_specs / sizeof switch_specs[0]; i++)
         if (!quick || switch_specs[i].quick)
             run_switch(ctx, &switch_specs[i], &seeds);
-    run_base(ctx, &seeds);
+    run_base(ctx, &seeds, BASE_MAX_PER_LAYER);
+    run_base(ctx, &seeds, 1);
     run_hostile(ctx, &seeds, quick ? 10000 : 100000);
 }
 

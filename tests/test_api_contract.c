@@ -984,13 +984,16 @@ static sona_status ewc_detector_with(world *w, double short_mean, double long_va
     X(buffer_drain_null_out, sona_trajectory_buffer_drain(w->buffer, NULL, 1, (uint32_t[1]){0}), SONA_E_NULL, THREAD, "out") \
     X(buffer_drain_null_taken, sona_trajectory_buffer_drain(w->buffer, (sona_trajectory *[1]){0}, 1, NULL), SONA_E_NULL, THREAD, "taken") \
     /* signal */                                                                                    \
-    X(signal_create_out_null, sona_signal_builder_create(&(sona_signal_config){0.5f, 3.0f}, NULL), SONA_E_NULL, THREAD, "out") \
+    X(signal_create_out_null, sona_signal_builder_create(&(sona_signal_config){0.5f, 3.0f, 0.25f}, NULL), SONA_E_NULL, THREAD, "out") \
     X(signal_create_cfg_null, sona_signal_builder_create(NULL, (sona_signal_builder *[1]){0}), SONA_E_NULL, THREAD, "cfg") \
     X(signal_create_rate_0, CREATE_WITH(signal, baseline_rate, 0.0f), SONA_E_INVALID, THREAD, "baseline_rate") \
     X(signal_create_rate_2, CREATE_WITH(signal, baseline_rate, 2.0f), SONA_E_INVALID, THREAD, "baseline_rate") \
     X(signal_create_rate_nan, CREATE_WITH(signal, baseline_rate, NAN), SONA_E_NONFINITE, THREAD, "baseline_rate") \
     X(signal_create_max_weight_0, CREATE_WITH(signal, max_weight, 0.0f), SONA_E_INVALID, THREAD, "max_weight") \
     X(signal_create_max_weight_inf, CREATE_WITH(signal, max_weight, INFINITY), SONA_E_NONFINITE, THREAD, "max_weight") \
+    X(signal_create_share_0, CREATE_WITH(signal, outcome_share, 0.0f), SONA_E_INVALID, THREAD, "outcome_share") \
+    X(signal_create_share_2, CREATE_WITH(signal, outcome_share, 2.0f), SONA_E_INVALID, THREAD, "outcome_share") \
+    X(signal_create_share_nan, CREATE_WITH(signal, outcome_share, NAN), SONA_E_NONFINITE, THREAD, "outcome_share") \
     X(signal_output_nan, signal_from_output(w, w->nan_x + H), SONA_E_NONFINITE, THREAD, "output")          \
     X(signal_null_builder, signal_of(w, NULL, w->ended, SONA_LAYER_NONE), SONA_E_NULL, THREAD, "builder") \
     X(signal_null_trajectory, signal_of(w, w->signals, NULL, SONA_LAYER_NONE), SONA_E_NULL, THREAD, "trajectory") \

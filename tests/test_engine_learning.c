@@ -79,7 +79,7 @@ static double mean_gain(sona_storage storage, uint32_t steps, int final_only, ui
 }
 
 /* Per-step rewards, 4 steps, 600 trajectories: over 40 seeds the mean gain of 3 learners was
- * 0.339 to 0.435 (mean 0.373, sd 0.024) with Q8 trajectories and the same to 0.001 with F32.
+ * 0.339 to 0.435 (mean 0.376, sd 0.026) with Q8 trajectories and the same to 0.001 with F32.
  * The bar, 0.2, is 7 sd below the mean. */
 Test(engine_learning, per_step_rewards_raise_the_score_at_the_defaults, .timeout = 600)
 {
@@ -94,14 +94,14 @@ Test(engine_learning, per_step_rewards_raise_the_score_at_the_defaults, .timeout
 
 /* One step, its reward the final quality (one scalar a request, measured against the tenant's
  * baseline for the query's region): over 40 seeds the mean gain of 3 learners after 1,000
- * trajectories was 0.047 to 0.187 (mean 0.124, sd 0.034). The bar, 0.01, is 3.4 sd below the
+ * trajectories was 0.141 to 0.224 (mean 0.181, sd 0.018). The bar, 0.05, is 7 sd below the
  * mean: the test says the scalar alone is learned from, in the right direction. */
 Test(engine_learning, the_final_quality_alone_raises_the_score, .timeout = 600)
 {
     const uint64_t seed = op_test_seed();
     printf("[engine_learning] seed %" PRIu64 "\n", seed);
     const double gain = mean_gain(SONA_STORAGE_Q8, 1, 1, 1000, seed, "final quality only");
-    cr_assert_gt(gain, 0.01, "the score rose by %.3f", gain);
+    cr_assert_gt(gain, 0.05, "the score rose by %.3f", gain);
 }
 
 /* The issue's minimal case through the public API: steps e1 (reward 0.2) and e2 (reward 0.8),

@@ -179,7 +179,8 @@ Test(signal, constant_rewards_give_the_displacement_from_the_output)
     for (int j = 0; j < DIM; j++)
         ref[j] = (double)acts[(STEPS - 1) * DIM + j] - y[j];
     expect_equal(delta, ref, DIM);
-    cr_expect_eq(w, 1.0f, "the second quality (0.8 after 0.5) is one spread above the baseline");
+    cr_expect_eq(w, 0.25f, "the second quality (0.8 after 0.5) is one spread above the baseline, times "
+                           "outcome_share (0.25)");
     sona_trajectory_destroy(t);
     sona_id_source_destroy(ids);
     sona_signal_builder_destroy(sb);
@@ -205,7 +206,7 @@ Test(signal, baseline_is_a_running_average_of_quality_and_its_spread)
     for (uint32_t i = 0; i < 8; i++) {
         float x[2], d[2], w;
         cr_assert_eq(sona_signal_compute(sb, q, 2, a, &r, 1, qualities[i], x, d, &w), SONA_OK);
-        const double expect_w = expected_weight(mean, var, i, qualities[i], 3.0);
+        const double expect_w = 0.25 * expected_weight(mean, var, i, qualities[i], 3.0); /* outcome_share */
         cr_expect(fabs(w - expect_w) < 1e-5, "trajectory %u: w = %g, expected %g", i, w, expect_w);
         const double dev = qualities[i] - mean;
         if (i == 0) {
@@ -228,7 +229,7 @@ Test(signal, baseline_is_a_running_average_of_quality_and_its_spread)
     cr_assert_eq(sona_signal_builder_set_baseline(sb, &restored), SONA_OK);
     float x[2], d[2], w;
     cr_assert_eq(sona_signal_compute(sb, q, 2, a, &r, 1, 0.75f, x, d, &w), SONA_OK);
-    cr_expect_eq(w, 2.0f, "0.5 above the mean with a spread of 0.25");
+    cr_expect_eq(w, 0.5f, "0.5 above the mean with a spread of 0.25: 2 spreads, times outcome_share");
     cr_assert_eq(sona_signal_builder_set_baseline(sb, NULL), SONA_OK);
     cr_assert_eq(sona_signal_compute(sb, q, 2, a, &r, 1, 0.75f, x, d, &w), SONA_OK);
     cr_expect_eq(w, 0.0f);
@@ -273,7 +274,7 @@ static void one_step_learning(float quality)
     cr_assert_eq(sona_signal_from_trajectory(sb, first, x, delta, &w), SONA_OK);
     sona_trajectory *t = build(ids, q, DIM, a, &reward, 1, quality);
     cr_assert_eq(sona_signal_from_trajectory(sb, t, x, delta, &w), SONA_OK);
-    cr_expect_eq(w, quality > 0.5f ? 1.0f : -1.0f, "w = %g: the second quality is one spread off", w);
+    cr_expect_eq(w, quality > 0.5f ? 0.25f : -0.25f, "w = %g: the second quality is one spread off (times 0.25)", w);
 
     sona_lora_config cfg;
     sona_lora_config_default(&cfg, SONA_LORA_MICRO, DIM);
@@ -332,10 +333,10 @@ Test(signal, layer_filter_and_baseline_without_advance)
     cr_expect_eq(st.baseline, 0.4f, "the baseline moved without advance_baseline");
     opt.layer = 2;
     cr_assert_eq(sona_signal_from_trajectory_opts(sb, t, &opt, x, d, &w), SONA_OK);
-    /* One step: a2 - q, weighted (0.7 - 0.4) / 0.1 = 3 spreads (max_weight 3). */
+    /* One step: a2 - q, weighted (0.7 - 0.4) / 0.1 = 3 spreads (max_weight 3), times 0.25. */
     const double ref2[DIM] = {-1, -1, 2};
     expect_equal(d, ref2, DIM);
-    cr_expect(fabs(w - 3.0f) < 1e-5, "w = %g", w);
+    cr_expect(fabs(w - 0.75f) < 1e-5, "w = %g", w);
     opt.layer = 5;
     cr_expect_eq(sona_signal_from_trajectory_opts(sb, t, &opt, x, d, &w), SONA_E_EMPTY);
     opt.layer = -7;

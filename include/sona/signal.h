@@ -22,8 +22,12 @@ extern "C" {
  *     final quality Q against a running baseline b with spread sd (the baseline's running mean
  *     and root-mean-square deviation of Q):  delta = mean a - y(x)  (where the model went,
  *     relative to where the adapter sent it; y(x) given by the options, the query when not)
- *     and w = (Q - b) / sd, clipped to +-max_weight; 0 while the baseline has fewer than two
- *     qualities (the first initialises it, the second its spread).
+ *     and w = outcome_share * (Q - b) / sd, (Q - b) / sd clipped to +-max_weight; 0 while the
+ *     baseline has fewer than two qualities (the first initialises it, the second its spread).
+ *     One scalar against a baseline that also varies with the query is a much noisier estimate
+ *     than a contrast between steps explored from the same output, so it moves less:
+ *     outcome_share 0.25 learned the benchmark's one-step and final-quality-only tasks best of
+ *     0.1 / 0.25 / 1 (at 1, the noise it accumulates made the adapter's output wander).
  *   x = the query embedding.
  * A baseline: mean <- mean + rate (Q - mean), var <- var + rate ((Q - mean)^2 - var), both
  * with the deviation taken before the update (which is the one w uses). By default the builder
@@ -43,6 +47,8 @@ typedef struct sona_signal_builder sona_signal_builder;
 typedef struct sona_signal_config {
     float baseline_rate; /* EMA rate in (0, 1]; default 0.05 (about the last 20 trajectories) */
     float max_weight;    /* |w| of a quality-only signal is clipped to this (> 0); default 3 */
+    float outcome_share; /* a quality-only signal's weight is this times (Q - b) / spread, in
+                            (0, 1]; default 0.25 (see below) */
 } sona_signal_config;
 
 typedef struct sona_signal_stats {

@@ -28,6 +28,7 @@ void sona_signal_config_default(sona_signal_config *cfg)
     memset(cfg, 0, sizeof *cfg);
     cfg->baseline_rate = 0.05f;
     cfg->max_weight = 3.0f;
+    cfg->outcome_share = 0.25f;
 }
 
 sona_status sona_signal_builder_create(const sona_signal_config *cfg, sona_signal_builder **out)
@@ -38,14 +39,17 @@ sona_status sona_signal_builder_create(const sona_signal_config *cfg, sona_signa
     *out = NULL;
     if (!cfg)
         return sona_fail(NULL, SONA_E_NULL, "%s: cfg is NULL", fn);
-    if (!isfinite(cfg->baseline_rate) || !isfinite(cfg->max_weight))
-        return sona_fail(NULL, SONA_E_NONFINITE, "%s: baseline_rate is %g, max_weight %g", fn,
-                         (double)cfg->baseline_rate, (double)cfg->max_weight);
+    if (!isfinite(cfg->baseline_rate) || !isfinite(cfg->max_weight) || !isfinite(cfg->outcome_share))
+        return sona_fail(NULL, SONA_E_NONFINITE, "%s: baseline_rate is %g, max_weight %g, outcome_share %g", fn,
+                         (double)cfg->baseline_rate, (double)cfg->max_weight, (double)cfg->outcome_share);
     if (!(cfg->baseline_rate > 0.0f && cfg->baseline_rate <= 1.0f))
         return sona_fail(NULL, SONA_E_INVALID, "%s: baseline_rate %g is outside (0, 1]", fn,
                          (double)cfg->baseline_rate);
     if (!(cfg->max_weight > 0.0f))
         return sona_fail(NULL, SONA_E_INVALID, "%s: max_weight %g is not > 0", fn, (double)cfg->max_weight);
+    if (!(cfg->outcome_share > 0.0f && cfg->outcome_share <= 1.0f))
+        return sona_fail(NULL, SONA_E_INVALID, "%s: outcome_share %g is outside (0, 1]", fn,
+                         (double)cfg->outcome_share);
     sona_signal_builder *sb = calloc(1, sizeof *sb);
     if (!sb)
         return sona_fail(NULL, SONA_E_NOMEM, "%s: out of memory", fn);
@@ -259,6 +263,7 @@ static sona_status compute(sona_signal_builder *sb, step_view *v, const float *q
         st = weigh(sb, opt->baseline, quality, opt->advance_baseline, &ignored);
     } else if ((st = displacement(v, opt->output ? opt->output : q, dir)) == SONA_OK) {
         st = weigh(sb, opt->baseline, quality, opt->advance_baseline, &weight);
+        weight *= sb->cfg.outcome_share;
     }
     if (st == SONA_OK) {
         memmove(x, q, (size_t)v->dim * sizeof *x);
