@@ -192,7 +192,7 @@ Test(engine, counters_are_exact_and_bad_input_is_not_learned)
     cr_assert_eq(s.signals_accepted, 30);
     cr_assert_eq(s.signals_rejected, 4); /* the step-less one and three non-finite ones */
     cr_assert_eq(s.micro_updates, 30);
-    /* Loop B takes everything queued; a short queue stays queued. */
+    /* A forced cycle takes everything queued. */
     cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
     cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
     cr_assert_eq(s.trajectories_processed, 31);
@@ -200,13 +200,26 @@ Test(engine, counters_are_exact_and_bad_input_is_not_learned)
     cr_assert_eq(s.loop_b_cycles, 1);
     cr_assert_eq(s.base_updates, 1);
     cr_assert_gt(s.patterns, 0);
+    /* A short queue (below loop_b_min_batch) stays queued for the cycles loop B starts itself,
+     * even when one is due; a forced cycle takes it; nothing queued is nothing to do. */
     for (int i = 0; i < 5; i++)
         cr_assert_eq(request(e, 0, &r, 2, 0.3f), SONA_OK);
-    cr_assert_eq(sona_force_learn(e), SONA_E_EMPTY);
+    cr_assert_lt(5, sona_engine_get_config(e)->loop_b_min_batch);
+    e->cfg.loop_b_threshold = 1; /* due now */
     cr_assert_eq(sona_tick(e), SONA_OK);
     cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
     cr_assert_eq(s.trajectories_queued, 5, "short batches stay queued");
     cr_assert_eq(s.trajectories_processed, 31);
+    cr_assert_eq(s.loop_b_cycles, 1);
+    cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
+    cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
+    cr_assert_eq(s.trajectories_queued, 0, "a forced cycle takes a short queue");
+    cr_assert_eq(s.trajectories_processed, 36);
+    cr_assert_eq(s.loop_b_cycles, 2);
+    cr_assert_eq(sona_force_learn(e), SONA_OK, "nothing queued is not an error: %s", sona_engine_last_error(e));
+    cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
+    cr_assert_eq(s.loop_b_cycles, 2, "nothing queued: no cycle");
+    cr_assert_eq(s.trajectories_processed, 36);
     /* Patterns are found again. */
     sona_pattern_hit hits[4];
     uint32_t found = 0;

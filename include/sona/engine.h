@@ -53,7 +53,8 @@ typedef struct sona_engine_config {
                                    loop B; 0: only sona_tick/force_learn */
     uint32_t loop_b_threshold;  /* queued trajectories that trigger a cycle */
     uint32_t loop_b_interval_ms;/* a cycle also runs this often when anything is queued; 0 = off */
-    uint32_t loop_b_min_batch;  /* a cycle needs at least this many (fewer stay queued) */
+    uint32_t loop_b_min_batch;  /* a cycle started by loop B (sona_tick, the thread) needs at
+                                   least this many (fewer stay queued); sona_force_learn does not */
     uint32_t clusters_per_cycle;/* k of the cycle's k-means++ */
     uint32_t max_patterns;      /* bank capacity (prune lowest value beyond it) */
     /* EWC++ */
@@ -162,8 +163,10 @@ SONA_API sona_status sona_flush(sona_engine *e);
 /* ---- loops B and C -------------------------------------------------------------------------- */
 /* Runs a loop B cycle in the calling thread if one is due (threshold or interval). */
 SONA_API sona_status sona_tick(sona_engine *e);
-/* Runs a loop B cycle now on whatever is queued (>= loop_b_min_batch; fewer: SONA_E_EMPTY and
- * they stay queued). */
+/* Runs a loop B cycle now on whatever is queued, however few (loop_b_min_batch holds back only
+ * the cycles loop B starts by itself: sona_tick, the background thread); waits for a cycle
+ * already running, then takes what is queued at that point. Nothing queued: SONA_OK, and
+ * nothing is done (no cycle is counted). */
 SONA_API sona_status sona_force_learn(sona_engine *e);
 /* Runs a loop C cycle now: dreams, evaluation, replay, consolidation, EWC++ consolidation,
  * checkpoint (when state_path is set). */
