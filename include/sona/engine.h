@@ -184,12 +184,18 @@ SONA_API sona_status sona_find_patterns(sona_engine *e, const float *query, uint
                                         sona_pattern_hit *hits, uint32_t *found);
 
 /* ---- statistics ----------------------------------------------------------------------------- */
+/* The trajectory counts add up in every result, also while requests end and a loop B cycle
+ * runs: trajectories_recorded == trajectories_processed + trajectories_in_cycle +
+ * trajectories_queued. A trajectory counts as recorded from the moment it enters loop B's
+ * queue, as in cycle from the moment a cycle takes it, and as processed once that cycle is
+ * done. */
 typedef struct sona_stats {
-    uint64_t trajectories_recorded;  /* queued for loop B */
-    uint64_t trajectories_processed; /* taken by loop B cycles */
+    uint64_t trajectories_recorded;  /* entered loop B's queue (ended requests, not refused) */
+    uint64_t trajectories_processed; /* learned from by loop B cycles that have finished */
     uint64_t trajectories_dropped;   /* refused: buffer full (or, at sona_load, queued in the file
                                         but not restored: see there) */
-    uint64_t trajectories_queued;    /* now waiting: recorded - processed when no call is in flight */
+    uint64_t trajectories_queued;    /* now waiting for loop B (recorded, not yet taken) */
+    uint64_t trajectories_in_cycle;  /* now taken by the loop B cycle running (0 between cycles) */
     uint64_t signals_accepted;       /* accumulated into a Micro-LoRA */
     uint64_t signals_rejected;       /* ended requests without a signal: non-finite data, no
                                         step, a zero direction, or a tenant removed meanwhile */
@@ -211,7 +217,8 @@ typedef struct sona_stats {
                                         of (1 + cos(u, v)) / 2, C the largest connected component,
                                         V the live patterns; in [0, 1], 0 without edges */
 } sona_stats;
-/* Counters are exact and monotonic (except the "now" fields). */
+/* Counters are exact and monotonic (except the "now" fields). Each field is read on its own,
+ * not all at one instant; the trajectory counts add up all the same (see sona_stats). */
 SONA_API sona_status sona_get_stats(sona_engine *e, sona_stats *out);
 
 /* ---- persistence ---------------------------------------------------------------------------- */

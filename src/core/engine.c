@@ -4,6 +4,7 @@
 
 #include "core/lora_internal.h"
 #include "core/storage.h"
+#include "core/trajectory_internal.h"
 #include "cpu/cpu.h"
 #include "dispatch/dispatch.h"
 #include "sona/ewc.h"
@@ -714,8 +715,8 @@ sona_status sona_request_end(sona_request *r, float quality)
         return eng_fail(e, SONA_E_NONFINITE, "sona_request_end: NaN or Inf in the trajectory; not learned");
     }
     sona_status st = learn_instant(e, tenant, t);
-    if (sona_trajectory_buffer_record(e->buffer, t) == SONA_OK) {
-        atomic_fetch_add(&e->n.recorded, 1);
+    /* Counted as recorded before loop B can take it (see engine_internal.h's taken). */
+    if (sona_trajectory_buffer_record_counted(e->buffer, t, &e->n.recorded) == SONA_OK) {
         if (sona_trajectory_buffer_len(e->buffer) >= e->cfg.loop_b_threshold)
             eng_kick(e);
     } else {
@@ -767,10 +768,17 @@ sona_status sona_get_stats(sona_engine *e, sona_stats *s)
     if (!e || !s)
         return eng_fail(e, SONA_E_NULL, "sona_get_stats: NULL argument");
     memset(s, 0, sizeof *s);
-    s->trajectories_recorded = atomic_load(&e->n.recorded);
-    s->trajectories_processed = atomic_load(&e->n.processed);
+    /* processed, then taken, then recorded: each read no earlier than the one before, and
+     * processed <= taken <= recorded holds at every instant (engine_internal.h), so the values
+     * read keep that order and recorded == processed + in cycle + queued in every result. */
+    const uint64_t processed = atomic_load(&e->n.processed);
+    const uint64_t taken = atomic_load(&e->n.taken);
+    const uint64_t recorded = atomic_load(&e->n.recorded);
+    s->trajectories_recorded = recorded;
+    s->trajectories_processed = processed;
+    s->trajectories_in_cycle = taken - processed;
+    s->trajectories_queued = recorded - taken;
     s->trajectories_dropped = atomic_load(&e->n.dropped);
-    s->trajectories_queued = sona_trajectory_buffer_len(e->buffer);
     s->signals_accepted = atomic_load(&e->n.accepted);
     s->signals_rejected = atomic_load(&e->n.rejected);
     s->micro_updates = atomic_load(&e->n.micro_updates);

@@ -69,6 +69,12 @@ struct sona_engine {
         atomic_uint_fast64_t recorded, processed, dropped, accepted, rejected, micro_updates,
             base_updates, boundaries, b_cycles, c_cycles, dreams, replayed, last_b_us, last_c_us,
             patterns, tasks, merged;
+        /* Trajectories drained from the buffer by loop B cycles: processed + those of the cycle
+         * running now. recorded counts each before a cycle can take it (it is added as the
+         * buffer claims the trajectory's place) and processed after the cycle that took it, so
+         * processed <= taken <= recorded at every instant (sona_get_stats). Not saved: a load
+         * sets it to processed (no cycle runs across one). */
+        atomic_uint_fast64_t taken;
     } n;
     atomic_uint last_phi_bits;
 

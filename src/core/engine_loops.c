@@ -106,7 +106,9 @@ sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch)
         pthread_mutex_unlock(&e->cycle_mu);
         return eng_fail(e, SONA_E_NOMEM, "loop B: out of memory");
     }
-    /* From here the batch is the cycle's: it is learned from (and counted) whatever happens. */
+    /* From here the batch is the cycle's: it is learned from (and counted) whatever happens.
+     * In the stats it moves from queued to in cycle now, and to processed at the end. */
+    atomic_fetch_add(&e->n.taken, n);
     const sona_status st = learn_batch(e, batch, n);
     for (uint32_t i = 0; i < n; i++)
         eng_traj_recycle(e, batch[i]);

@@ -872,6 +872,7 @@ static void commit(sona_engine *e, loaded *s)
     counter_table(e, counters);
     for (int i = 0; i < COUNTERS; i++)
         atomic_store(counters[i], s->counters[i]);
+    atomic_store(&e->n.taken, s->counters[COUNTER_PROCESSED]); /* no cycle in flight (cycle_mu) */
     sona_signal_builder_set_baseline(e->signals, s->baseline);
     atomic_store(&e->last_phi_bits, s->phi_bits);
     pthread_mutex_lock(&e->tenants_mu);
