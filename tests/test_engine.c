@@ -1216,3 +1216,53 @@ Test(engine, pending_micro_gradients_survive_a_load)
     sona_engine_destroy(a);
     sona_engine_destroy(b);
 }
+
+/* stats.tasks and task_boundaries cover the same adapter sets: Base-LoRA and every tenant.
+ * Loop C stores a task for each set; tasks is their sum over the live ones, and a removed
+ * tenant's go with it. */
+Test(engine, tasks_cover_base_lora_and_every_tenant)
+{
+    sona_rng r;
+    sona_rng_seed(&r, 51, 0);
+    sona_engine *e = make(H, 1);
+    int32_t t1;
+    cr_assert_eq(sona_tenant_create(e, &t1), SONA_OK);
+    for (int i = 0; i < 12; i++) {
+        cr_assert_eq(request(e, 0, &r, 2, 0.1f * (float)(i % 7)), SONA_OK);
+        cr_assert_eq(request(e, t1, &r, 2, 0.1f * (float)(i % 5)), SONA_OK);
+    }
+    cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
+    sona_stats s;
+    for (int cycle = 1; cycle <= 2; cycle++) {
+        cr_assert_eq(sona_deep_cycle(e), SONA_OK, "%s", sona_engine_last_error(e));
+        cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
+        const uint32_t base = eng_ewc_tasks(e->base_ewc), micro0 = eng_ewc_tasks(e->tenants[0].ewc),
+                       micro1 = eng_ewc_tasks(e->tenants[t1].ewc);
+        cr_assert(base >= (uint32_t)cycle && micro0 >= (uint32_t)cycle && micro1 >= (uint32_t)cycle,
+                  "loop C stores a task per set: %u %u %u", base, micro0, micro1);
+        cr_assert_eq(s.tasks, (uint64_t)base + micro0 + micro1, "tasks %" PRIu64 " != %u + %u + %u", s.tasks,
+                     base, micro0, micro1);
+    }
+    const uint32_t gone = eng_ewc_tasks(e->tenants[t1].ewc);
+    const uint64_t before = s.tasks;
+    cr_assert_eq(sona_tenant_remove(e, t1), SONA_OK);
+    cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
+    cr_assert_eq(s.tasks, before - gone, "a removed tenant's tasks still counted");
+    int32_t t2;
+    cr_assert_eq(sona_tenant_create(e, &t2), SONA_OK);
+    cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
+    cr_assert_eq(s.tasks, before - gone, "a new tenant holds no task");
+    /* A save and load keeps the sum. */
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/sona_tasks_%ld.state", (long)getpid());
+    cr_assert_eq(sona_save(e, path), SONA_OK, "%s", sona_engine_last_error(e));
+    sona_engine *f = make(H, 1);
+    cr_assert_eq(sona_load(f, path), SONA_OK, "%s", sona_engine_last_error(f));
+    sona_stats sf;
+    cr_assert_eq(sona_get_stats(f, &sf), SONA_OK);
+    cr_assert_eq(sf.tasks, s.tasks);
+    cr_assert_eq(sf.task_boundaries, s.task_boundaries);
+    unlink(path);
+    sona_engine_destroy(f);
+    sona_engine_destroy(e);
+}

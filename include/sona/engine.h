@@ -202,8 +202,16 @@ typedef struct sona_stats {
     uint64_t micro_updates;          /* Micro-LoRA steps applied */
     uint64_t base_updates;           /* Base-LoRA steps applied */
     uint64_t patterns;               /* in the bank now */
-    uint64_t tasks;                  /* Base-LoRA EWC++ task snapshots now */
-    uint64_t task_boundaries;        /* detected since creation */
+    /* EWC++ (0 with ewc_enabled 0). Both cover the same adapter sets: Base-LoRA and every
+     * tenant's Micro-LoRA. */
+    uint64_t tasks;                  /* task snapshots held now, summed over Base-LoRA and the
+                                        live tenants (each set holds at most max_tasks: beyond,
+                                        its two oldest are merged into one) */
+    uint64_t task_boundaries;        /* task boundaries detected since creation (a set's
+                                        gradient-norm z-score above task_shift_threshold), over
+                                        Base-LoRA and every tenant, removed ones included; each
+                                        stored a snapshot. Loop C stores one per set without a
+                                        boundary (consolidation), so tasks may exceed it */
     uint64_t loop_b_cycles, loop_c_cycles;
     uint64_t dreams, dreams_replayed; /* dream walks and their definition: src/core/dream.h */
     uint64_t patterns_merged;        /* near-duplicates merged away by loop C consolidation */

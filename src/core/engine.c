@@ -12,6 +12,8 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -304,6 +306,7 @@ static sona_status tenant_reset(sona_engine *e, eng_tenant *t)
     t->lora = l;
     t->ewc = w;
     t->since_apply = 0;
+    atomic_store(&t->tasks, 0);
     return SONA_OK;
 }
 
@@ -734,10 +737,23 @@ sona_status eng_train_and_publish(sona_engine *e, sona_lora *lora, eng_ewc *ewc,
         st = sona_snapshot_publish(slot, lora);
     if (st != SONA_OK)
         return eng_fail(e, st, "adapter update failed: %s", sona_lora_last_error(lora));
-    if (boundary)
+    if (boundary) {
         atomic_fetch_add(&e->n.boundaries, 1);
+        eng_note_tasks(e, slot, ewc);
+    }
     atomic_fetch_add(slot == &e->base_slot ? &e->n.base_updates : &e->n.micro_updates, 1);
     return SONA_OK;
+}
+
+void eng_note_tasks(sona_engine *e, const sona_snapshot_slot *slot, const eng_ewc *ewc)
+{
+    const uint32_t tasks = eng_ewc_tasks(ewc);
+    if (slot == &e->base_slot) {
+        atomic_store(&e->n.tasks, tasks);
+        return;
+    }
+    eng_tenant *t = (eng_tenant *)(void *)((char *)(uintptr_t)slot - offsetof(eng_tenant, slot));
+    atomic_store(&t->tasks, tasks);
 }
 
 sona_status sona_flush(sona_engine *e)
@@ -795,9 +811,12 @@ sona_status sona_get_stats(sona_engine *e, sona_stats *s)
     s->device_fallbacks = atomic_load(&e->device_fallbacks);
     s->quality_baseline = eng_baseline(e);
     s->last_phi = bits_float(atomic_load(&e->last_phi_bits));
-    for (uint32_t i = 0; i < e->cfg.max_tenants; i++)
-        s->tenants += atomic_load(&e->tenants[i].live) != 0;
-    s->patterns = atomic_load(&e->n.patterns);
     s->tasks = atomic_load(&e->n.tasks);
+    for (uint32_t i = 0; i < e->cfg.max_tenants; i++)
+        if (atomic_load(&e->tenants[i].live)) {
+            s->tenants++;
+            s->tasks += atomic_load(&e->tenants[i].tasks);
+        }
+    s->patterns = atomic_load(&e->n.patterns);
     return SONA_OK;
 }

@@ -888,6 +888,7 @@ static void commit(sona_engine *e, loaded *s)
             s->loras[next] = l;
             s->ewcs[next] = w;
             t->since_apply = s->since_apply[next];
+            eng_note_tasks(e, &t->slot, t->ewc);
             sona_snapshot_publish(&t->slot, t->lora);
             atomic_store(&t->live, 1);
             next++;
