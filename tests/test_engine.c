@@ -1217,6 +1217,107 @@ Test(engine, pending_micro_gradients_survive_a_load)
     sona_engine_destroy(b);
 }
 
+/* One request of `steps` steps at layers layer, layer + 1, layer, ..., rewards varying across
+ * steps; with_attention: 64 random attention weights on every step (drawn either way, so that
+ * the same r gives the same activations with or without them). */
+static void request_at_layer(sona_engine *e, sona_rng *r, uint32_t layer, uint32_t steps, int with_attention)
+{
+    float x[H], a[H], att[64];
+    fill(r, x, H);
+    sona_request *req;
+    cr_assert_eq(sona_request_begin(e, 0, x, &req), SONA_OK, "%s", sona_engine_last_error(e));
+    for (uint32_t s = 0; s < steps; s++) {
+        fill(r, a, H);
+        fill(r, att, 64);
+        const uint32_t n_attention = with_attention ? 64 : 0;
+        cr_assert_eq(sona_request_step(req, layer + s % 2, a, n_attention ? att : NULL, n_attention, 0.2f * (float)s),
+                     SONA_OK, "%s", sona_engine_last_error(e));
+    }
+    cr_assert_eq(sona_request_end(req, 0.25f * (float)(steps % 4)), SONA_OK, "%s", sona_engine_last_error(e));
+}
+
+/* Steps of a layer Base-LoRA does not adapt (layer >= base_layers, engine.h) are accepted and
+ * feed loop A and the pattern bank; Base-LoRA learns nothing from them (no update, every layer
+ * still the identity), while the same traffic at its own layers trains it. */
+Test(engine, steps_past_base_layers_feed_loop_a_and_the_bank_only)
+{
+    sona_rng r;
+    sona_rng_seed(&r, 31, 0);
+    sona_engine *e = make(H, 0);
+    const uint32_t L = sona_engine_get_config(e)->base_layers;
+    for (int i = 0; i < 20; i++)
+        request_at_layer(e, &r, L + 4 * (uint32_t)(i % 3), 3, 0);
+    sona_stats s;
+    cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
+    cr_assert_eq(s.trajectories_recorded, 20);
+    cr_assert_eq(s.signals_accepted, 20, "loop A learns from every step, whatever its layer");
+    cr_assert_eq(s.micro_updates, 20);
+    cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
+    cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
+    cr_assert_eq(s.trajectories_processed, 20);
+    cr_assert_gt(s.patterns, 0, "the pattern bank learns from them");
+    cr_assert_eq(s.base_updates, 0, "Base-LoRA has no adapter for those layers");
+    float x[H], y[H];
+    fill(&r, x, H);
+    for (uint32_t l = 0; l < L; l++) {
+        cr_assert_eq(sona_apply_layer(e, l, x, y), SONA_OK);
+        cr_assert_eq(memcmp(x, y, sizeof y), 0, "layer %u is no longer the identity", l);
+    }
+    /* The same traffic at the adapted layers does train Base-LoRA. */
+    for (int i = 0; i < 20; i++)
+        request_at_layer(e, &r, (uint32_t)i % (L - 1), 3, 0); /* layers i % (L - 1) and the next */
+    cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
+    cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
+    cr_assert_eq(s.base_updates, 1);
+    sona_engine_destroy(e);
+}
+
+/* Attention weights are checked and then forgotten: two engines given the same requests, one
+ * with attention weights on every step and one without, learn exactly the same (Micro-LoRA,
+ * Base-LoRA, patterns, counters). */
+Test(engine, attention_weights_are_not_learned_from)
+{
+    sona_engine *with = make(H, 1), *without = make(H, 1);
+    sona_rng rw, ro;
+    sona_rng_seed(&rw, 41, 0);
+    sona_rng_seed(&ro, 41, 0);
+    for (int i = 0; i < 40; i++) {
+        request_at_layer(with, &rw, (uint32_t)i % 2, 1 + (uint32_t)i % 4, 1);
+        request_at_layer(without, &ro, (uint32_t)i % 2, 1 + (uint32_t)i % 4, 0);
+    }
+    cr_assert_eq(sona_force_learn(with), SONA_OK, "%s", sona_engine_last_error(with));
+    cr_assert_eq(sona_force_learn(without), SONA_OK, "%s", sona_engine_last_error(without));
+    sona_stats a, b;
+    cr_assert_eq(sona_get_stats(with, &a), SONA_OK);
+    cr_assert_eq(sona_get_stats(without, &b), SONA_OK);
+    a.last_loop_b_us = b.last_loop_b_us = 0;
+    cr_assert_eq(memcmp(&a, &b, sizeof a), 0, "the counters differ");
+    cr_assert_gt(a.base_updates, 0);
+    float x[H], ya[H], yb[H];
+    sona_rng r;
+    sona_rng_seed(&r, 42, 0);
+    fill(&r, x, H);
+    cr_assert_eq(sona_apply(with, 0, x, ya), SONA_OK);
+    cr_assert_eq(sona_apply(without, 0, x, yb), SONA_OK);
+    cr_assert_eq(memcmp(ya, yb, sizeof ya), 0, "Micro-LoRA learned from the attention weights");
+    for (uint32_t l = 0; l < sona_engine_get_config(with)->base_layers; l++) {
+        cr_assert_eq(sona_apply_layer(with, l, x, ya), SONA_OK);
+        cr_assert_eq(sona_apply_layer(without, l, x, yb), SONA_OK);
+        cr_assert_eq(memcmp(ya, yb, sizeof ya), 0, "Base-LoRA layer %u learned from the attention weights", l);
+    }
+    sona_pattern_hit ha[4], hb[4];
+    uint32_t fa, fb;
+    cr_assert_eq(sona_find_patterns(with, x, 4, ha, &fa), SONA_OK);
+    cr_assert_eq(sona_find_patterns(without, x, 4, hb, &fb), SONA_OK);
+    cr_assert(fa == fb && fa > 0, "found %u and %u patterns", fa, fb);
+    for (uint32_t i = 0; i < fa; i++)
+        cr_assert(ha[i].id == hb[i].id && ha[i].similarity == hb[i].similarity &&
+                      ha[i].avg_quality == hb[i].avg_quality && ha[i].size == hb[i].size,
+                  "pattern %u differs", i);
+    sona_engine_destroy(with);
+    sona_engine_destroy(without);
+}
+
 /* stats.tasks and task_boundaries cover the same adapter sets: Base-LoRA and every tenant.
  * Loop C stores a task for each set; tasks is their sum over the live ones, and a removed
  * tenant's go with it. */

@@ -146,8 +146,20 @@ SONA_API sona_status sona_apply_layer_batch(sona_engine *e, uint32_t layer, uint
 SONA_API sona_status sona_request_begin(sona_engine *e, int32_t tenant, const float *query,
                                         sona_request **out);
 /* One step: the activations[hidden] after layer `layer`, optional attention weights
- * (n_attention floats, checked for NaN/Inf, not kept), and the step's reward. Steps beyond
- * max_steps are accepted and not kept (but checked: NaN or Inf is SONA_E_NONFINITE there too). */
+ * (n_attention floats), and the step's reward. Steps beyond max_steps are accepted and not kept
+ * (but checked: NaN or Inf is SONA_E_NONFINITE there too).
+ *
+ * layer names the Base-LoRA adapter (sona_apply_layer's) that loop B trains with this step:
+ * 0..base_layers-1. A layer at or above base_layers (up to INT32_MAX; above it:
+ * SONA_E_INVALID) is accepted, since a model may have more layers than Base-LoRA adapts, and
+ * the step is kept and used like any other by loop A (the tenant's Micro-LoRA signal) and by
+ * the pattern bank (the trajectory's embedding); Base-LoRA has no adapter for that layer and
+ * learns nothing for it. Such steps are not counted apart: which layers exceed base_layers is
+ * the caller's own configuration.
+ *
+ * Attention weights are checked for NaN and Inf (which refuses the step, like bad activations,
+ * and the request with it) and then forgotten: they are not kept in the trajectory, not saved,
+ * and no loop learns from them. A request learns the same with them or without. */
 SONA_API sona_status sona_request_step(sona_request *r, uint32_t layer, const float *activations,
                                        const float *attention, uint32_t n_attention, float reward);
 /* Ends the request with its final quality (feedback) and runs loop A: the trajectory is queued
