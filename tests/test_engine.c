@@ -906,12 +906,12 @@ static void topical_requests(sona_engine *e, int32_t tenant, sona_rng *r, const 
     }
 }
 
-/* One loop B cycle's traffic: topical requests on tenant 0, random ones (whose clusters depend
- * on k-means' seeding) on `tenant`, then the cycle. */
+/* One loop B cycle's traffic: topical requests on tenant 0, a few random ones (whose clusters
+ * depend on k-means' seeding) on `tenant`, then the cycle. */
 static void learn_round(sona_engine *e, int32_t tenant, sona_rng *r, const float *topics)
 {
     topical_requests(e, 0, r, topics, 24);
-    for (int i = 0; i < 16; i++)
+    for (int i = 0; i < 4; i++)
         cr_assert_eq(request(e, tenant, r, 1 + i % 3, sona_rng_uniform(r)), SONA_OK);
     cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
 }
@@ -964,14 +964,17 @@ static void expect_same_learning(sona_engine *a, sona_engine *b, const char *wha
 /* Engine a learns (loop B cycles around a loop C) and saves; b loads. Both then take the same
  * traffic and loop B cycles, and learn the same, bit for bit (expect_same_learning). k-means
  * is seeded with the bank's extraction count: a bank whose count restarted clusters otherwise.
- * Exact by construction: b's HNSW graph is not a's (a load re-inserts the patterns; a's grew
- * by merges that moved centroids and was rebuilt by loop C), but every search here visits every
- * node, so its results depend on the stored centroids alone, which a load restores bit for bit.
- * A cycle of 3 clusters adds at most 6 index nodes (a new pattern, or a merge moving a centroid
- * to a new node); since a's last rebuild (loop C, at most 6 patterns) come 3 cycles, since b's
- * load (at most 9 patterns) 2: at most 24 nodes, below 2M + 1 = 33 (no level-0 link list of
- * 2M ever fills, so every node stays linked both ways and the graph connected) and below
- * ef_search 50 (the result set never fills, so the search explores the whole graph). */
+ * Exact as long as every search here visits every node: b's HNSW graph is not a's (a load
+ * re-inserts the patterns; a's grew by merges that moved centroids and was rebuilt by loop C),
+ * so results must depend on the stored centroids alone, which a load restores bit for bit. That
+ * holds while a graph has had at most 2M + 1 = 33 nodes since it was built (no level-0 link
+ * list of 2M fills, so every node stays linked both ways and the graph connected; below
+ * ef_search 50 the result set never fills, so the search explores the whole graph). A cycle
+ * here adds a node per new pattern (a new topic, or a random trajectory no pattern accounts
+ * for: four at most) and per merge that moves a centroid to a new node; the bank's noise rules
+ * make that count depend on the data, so it is not bounded by construction: over 100 seeds the
+ * engines ended with 11 to 21 patterns, far enough below. The second set of topics after the
+ * load makes sure new patterns are created there too. */
 Test(engine, a_loaded_engine_learns_exactly_as_the_saved_one)
 {
     const uint64_t seed = op_test_seed();
@@ -1000,10 +1003,13 @@ Test(engine, a_loaded_engine_learns_exactly_as_the_saved_one)
     cr_assert_eq(sona_load(b, path), SONA_OK, "%s", sona_engine_last_error(b));
     expect_same_learning(a, b, "after the load");
 
+    /* The same traffic to both: a round with new topics (new patterns), then the old ones. */
     sona_engine *both[2] = {a, b};
+    float new_topics[TOPICS * H];
+    fill(&r, new_topics, TOPICS * H);
     for (int i = 0; i < 2; i++) {
         sona_rng_seed(&r, seed, 41);
-        learn_round(both[i], t, &r, topics);
+        learn_round(both[i], t, &r, new_topics);
         learn_round(both[i], t, &r, topics);
     }
     sona_bank_stats_get(a->bank, &bs);
