@@ -695,29 +695,25 @@ static noise_model model_of(double *r, uint32_t m, uint32_t dim)
  *  - against the patterns (when there are some): each row's squared distance to the pattern most
  *    similar to its cluster's centroid, over (1 + 1 / pattern size); too large when most rows
  *    are of clusters the bank does not know yet.
- * r: n doubles of scratch, pv: dim floats. Caller holds the lock. */
-static noise_model noise_of(sona_bank *b, const traj_queue *tq, uint32_t k, const int32_t *assign, const float *C,
-                            const cluster_sum *cs, double *r, float *pv)
+ * d2[i]: row i's squared distance to its centroid; near[j]: the position of the pattern most
+ * similar to cluster j's centroid, or -1; r: n doubles of scratch, pv: dim floats. Caller holds
+ * the lock. */
+static noise_model noise_of(sona_bank *b, const traj_queue *tq, uint32_t k, const int32_t *assign,
+                            const cluster_sum *cs, const int32_t *near, const double *d2, double *r, float *pv)
 {
     const uint32_t dim = b->cfg.dim;
     uint32_t m = 0;
     for (uint32_t i = 0; i < tq->n; i++) {
         const uint64_t nj = cs[assign[i]].size;
         if (nj >= 2)
-            r[m++] = sqdist(tq->emb + (size_t)i * dim, C + (size_t)assign[i] * dim, dim) * (double)nj / (double)(nj - 1);
+            r[m++] = d2[i] * (double)nj / (double)(nj - 1);
     }
     const noise_model by_clusters = model_of(r, m, dim);
-    if (b->npat == 0)
-        return by_clusters;
     m = 0;
     for (uint32_t j = 0; j < k; j++) {
-        uint64_t best;
-        float sim;
-        uint32_t found = 0;
-        if (cs[j].size == 0 || search_locked(b, C + (size_t)j * dim, 1, &best, &sim, &found) != SONA_OK || !found ||
-            sona_index_get_vector(b->index, best, pv) != SONA_OK)
+        if (near[j] < 0 || sona_index_get_vector(b->index, b->pats[near[j]].id, pv) != SONA_OK)
             continue;
-        const double scale = 1.0 + 1.0 / (double)b->pats[pos_of(b, best)].size;
+        const double scale = 1.0 + 1.0 / (double)b->pats[near[j]].size;
         for (uint32_t i = 0; i < tq->n; i++)
             if (assign[i] == (int32_t)j)
                 r[m++] = sqdist(tq->emb + (size_t)i * dim, pv, dim) / scale;
@@ -779,22 +775,15 @@ typedef struct members {
     int32_t j;
 } members;
 
-/* Merges cluster (centroid c, summary s) whole into its most similar pattern when merges() says
- * so and, for a merge by noise with m given, each of the cluster's rows m lists would also join
- * that pattern alone (so that a cluster k-means mixed from a known and a new one does not take
- * the new one's rows into the known pattern): *target gets the pattern's position, *st a merge
- * failure. Caller holds the lock. */
-static int cluster_merges(sona_bank *b, const float *c, const cluster_sum *s, const noise_model *nm,
-                          const members *m, uint64_t now, float *pv, int32_t *target, sona_status *st)
+/* Merges cluster (centroid c, summary s) whole into the pattern at pos, its most similar (cosine
+ * sim), when merges() says so and, for a merge by noise with m given, each of the cluster's rows
+ * m lists would also join that pattern alone (so that a cluster k-means mixed from a known and a
+ * new one does not take the new one's rows into the known pattern): *target gets the pattern's
+ * position, *st a merge failure. Caller holds the lock. */
+static int cluster_merge_at(sona_bank *b, uint32_t pos, float sim, const float *c, const cluster_sum *s,
+                            const noise_model *nm, const members *m, uint64_t now, float *pv, int32_t *target,
+                            sona_status *st)
 {
-    uint64_t best;
-    float sim;
-    uint32_t found = 0;
-    if (b->npat)
-        search_locked(b, c, 1, &best, &sim, &found);
-    if (!found)
-        return 0;
-    const uint32_t pos = pos_of(b, best);
     const int how = merges(b, pos, sim, c, s->size, nm, pv);
     if (how == NO_MERGE)
         return 0;
@@ -809,6 +798,18 @@ static int cluster_merges(sona_bank *b, const float *c, const cluster_sum *s, co
         *st = mst;
     *target = (int32_t)pos;
     return 1;
+}
+
+/* cluster_merge_at with the pattern most similar to c, when there is one. */
+static int cluster_merges(sona_bank *b, const float *c, const cluster_sum *s, const noise_model *nm, uint64_t now,
+                          float *pv, int32_t *target, sona_status *st)
+{
+    uint64_t best;
+    float sim;
+    uint32_t found = 0;
+    if (b->npat)
+        search_locked(b, c, 1, &best, &sim, &found);
+    return found && cluster_merge_at(b, pos_of(b, best), sim, c, s, nm, NULL, now, pv, target, st);
 }
 
 /* Phase 2 of an extraction: the rows of the clusters that did not merge whole (target[j] == -2),
@@ -874,9 +875,11 @@ static uint32_t join_rows(sona_bank *b, const traj_queue *tq, const int32_t *ass
     return m;
 }
 
-/* A range of phase 3's row list: rows order[at .. at + len - 1]. */
+/* A range of phase 3's row list: rows order[at .. at + len - 1]; whole: the k-means cluster it
+ * is all of (its centroid and summary known), or -1. */
 typedef struct row_range {
     uint32_t at, len;
+    int32_t whole;
 } row_range;
 
 /* Phase 3 of an extraction settles ranges of rows (row indices rows[0..len-1]): the mean of a
@@ -903,15 +906,16 @@ static void range_mean(const traj_queue *tq, const uint32_t *rows, uint32_t len,
 
 /* Whether the rows of a range (centroid c) are more spread than one cluster's noise: their
  * squared distances to c, summed over len - 1, above v by more than merge_z standard deviations
- * of such a mean (so k-means, short of clusters, mixed two). */
+ * of such a mean (so k-means, short of clusters, mixed two). d2: the rows' squared distances to
+ * c when known (a whole k-means cluster), else NULL. */
 static int too_spread(const sona_bank *b, const traj_queue *tq, const uint32_t *rows, uint32_t len, const float *c,
-                      const noise_model *nm)
+                      const double *d2, const noise_model *nm)
 {
     if (len < 2 || nm->v < 0.0 || b->cfg.merge_z <= 0.0f)
         return 0;
     double sum = 0.0;
     for (uint32_t a = 0; a < len; a++)
-        sum += sqdist(tq->emb + (size_t)rows[a] * b->cfg.dim, c, b->cfg.dim);
+        sum += d2 ? d2[rows[a]] : sqdist(tq->emb + (size_t)rows[a] * b->cfg.dim, c, b->cfg.dim);
     return sum / (double)(len - 1) > nm->v * (1.0 + (double)b->cfg.merge_z * nm->spread / sqrt((double)(len - 1)));
 }
 
@@ -1007,7 +1011,9 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
     uint32_t *counts = NULL, *order = NULL;
     row_range *stack = NULL;
     float *ca = NULL, *cb = NULL;
-    double *resid = NULL;
+    double *resid = NULL, *d2 = NULL;
+    int32_t *near = NULL;
+    float *nsim = NULL;
     cluster_sum *cs = NULL;
     sona_kmeans_result kr = {0};
     size_t bytes = 0;
@@ -1026,6 +1032,9 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
         const size_t at_ca = sona_scratch_push(&bytes, (size_t)dim * sizeof *ca);
         const size_t at_cb = sona_scratch_push(&bytes, (size_t)dim * sizeof *cb);
         const size_t at_resid = sona_scratch_push(&bytes, n * sizeof *resid);
+        const size_t at_d2 = sona_scratch_push(&bytes, n * sizeof *d2);
+        const size_t at_near = sona_scratch_push(&bytes, k * sizeof *near);
+        const size_t at_nsim = sona_scratch_push(&bytes, k * sizeof *nsim);
         char *mem = sona_scratch_get(&b->extract_mem, bytes);
         if (mem) {
             C = (float *)(void *)(mem + at_C);
@@ -1038,6 +1047,9 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
             ca = (float *)(void *)(mem + at_ca);
             cb = (float *)(void *)(mem + at_cb);
             resid = (double *)(void *)(mem + at_resid);
+            d2 = (double *)(void *)(mem + at_d2);
+            near = (int32_t *)(void *)(mem + at_near);
+            nsim = (float *)(void *)(mem + at_nsim);
             assign = (int32_t *)(void *)(mem + at_assign);
             target = (int32_t *)(void *)(mem + at_target);
             counts = (uint32_t *)(void *)(mem + at_counts);
@@ -1070,9 +1082,27 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
         goto out;
 
     /* Commit point: from here the trajectories are consumed. Phase 1: each cluster that merges
-     * whole into its most similar pattern does; the others (-2) go on. */
+     * whole into its most similar pattern (in the bank as it was) does; the others (-2) go on.
+     * The noise is estimated only when a cluster does not merge by direction. */
     const uint64_t now = now_ms(b);
-    nm = noise_of(b, &taken, k, assign, C, cs, resid, pv);
+    int need_noise = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        uint64_t best;
+        uint32_t found = 0;
+        near[j] = -1;
+        if (cs[j].size == 0 || cs[j].size < b->cfg.min_cluster_size)
+            continue;
+        if (b->npat)
+            search_locked(b, C + (size_t)j * dim, 1, &best, &nsim[j], &found);
+        if (found)
+            near[j] = (int32_t)pos_of(b, best);
+        need_noise |= !found || nsim[j] < b->cfg.merge_threshold;
+    }
+    if (need_noise && b->cfg.merge_z > 0.0f) {
+        for (uint32_t i = 0; i < n; i++)
+            d2[i] = sqdist(taken.emb + (size_t)i * dim, C + (size_t)assign[i] * dim, dim);
+        nm = noise_of(b, &taken, k, assign, cs, near, d2, resid, pv);
+    }
     for (uint32_t j = 0; j < k; j++) {
         target[j] = -1;
         if (cs[j].size == 0)
@@ -1082,7 +1112,8 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
             continue;
         }
         const members m = {&taken, assign, (int32_t)j};
-        if (cluster_merges(b, C + (size_t)j * dim, &cs[j], &nm, &m, now, pv, &target[j], &st))
+        if (near[j] >= 0 && cluster_merge_at(b, (uint32_t)near[j], nsim[j], C + (size_t)j * dim, &cs[j], &nm, &m, now,
+                                             pv, &target[j], &st))
             r.merged++;
         else
             target[j] = -2;
@@ -1102,18 +1133,23 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
             if (assign[i] == (int32_t)j && row_to[i] < 0)
                 order[len++] = i;
         if (len > at)
-            stack[ranges++] = (row_range){at, len - at};
+            stack[ranges++] = (row_range){at, len - at, len - at == cs[j].size ? (int32_t)j : -1};
     }
     while (ranges) {
         const row_range g = stack[--ranges];
         uint32_t *rows = order + g.at;
         cluster_sum sum;
-        range_mean(&taken, rows, g.len, dim, gm, gv, &sum);
-        if (too_spread(b, &taken, rows, g.len, gv, &nm)) {
+        if (g.whole >= 0) {
+            memcpy(gv, C + (size_t)g.whole * dim, (size_t)dim * sizeof *gv);
+            sum = cs[g.whole];
+        } else {
+            range_mean(&taken, rows, g.len, dim, gm, gv, &sum);
+        }
+        if (too_spread(b, &taken, rows, g.len, gv, g.whole >= 0 ? d2 : NULL, &nm)) {
             const uint32_t first = split_range(&taken, rows, g.len, dim, gv, ca, cb, gm);
             if (first) {
-                stack[ranges++] = (row_range){g.at, first};
-                stack[ranges++] = (row_range){g.at + first, g.len - first};
+                stack[ranges++] = (row_range){g.at, first, -1};
+                stack[ranges++] = (row_range){g.at + first, g.len - first, -1};
                 r.split++;
                 continue;
             }
@@ -1121,7 +1157,7 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
         int32_t to = -1;
         if (sum.size < b->cfg.min_cluster_size) {
             r.dropped_small++;
-        } else if (cluster_merges(b, gv, &sum, &nm, NULL, now, pv, &to, &st)) {
+        } else if (cluster_merges(b, gv, &sum, &nm, now, pv, &to, &st)) {
             r.merged++;
         } else {
             const sona_pattern info = {.id = b->next_id,
