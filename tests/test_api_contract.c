@@ -866,6 +866,8 @@ static sona_status ewc_detector_with(world *w, double short_mean, double long_va
     X(bank_create_tolerance_inf, CREATE_WITH(bank, tolerance, INFINITY), SONA_E_NONFINITE, THREAD, "NaN") \
     X(bank_create_merge_nan, CREATE_WITH(bank, merge_threshold, NAN), SONA_E_NONFINITE, THREAD, "NaN") \
     X(bank_create_merge_2, CREATE_WITH(bank, merge_threshold, 2.0f), SONA_E_INVALID, THREAD, "merge_threshold") \
+    X(bank_create_merge_z_nan, CREATE_WITH(bank, merge_z, NAN), SONA_E_NONFINITE, THREAD, "merge_z") \
+    X(bank_create_merge_z_negative, CREATE_WITH(bank, merge_z, -1.0f), SONA_E_INVALID, THREAD, "merge_z") \
     X(bank_create_min_quality_inf, CREATE_WITH(bank, min_quality, -INFINITY), SONA_E_NONFINITE, THREAD, "NaN") \
     X(bank_create_index_m, CREATE_WITH(bank, index.M, 1), SONA_E_INVALID, THREAD, "M 1")            \
     X(bank_embedding_null_out, sona_bank_trajectory_embedding(H, w->x, 0, NULL, NULL, NULL), SONA_E_NULL, THREAD, "out") \
