@@ -354,6 +354,29 @@ double bench_gbps(const bench_result *r)
     return r->kind == BENCH_TIMED && r->bytes > 0 && r->median_us > 0 ? r->bytes / (r->median_us * 1e3) : 0;
 }
 
+int bench_curve_point(const bench_result *r, size_t *task_len, size_t *series_len, double *x)
+{
+    if (r->kind != BENCH_VALUE)
+        return 0;
+    const char *at = strrchr(r->name, '@');
+    if (!at)
+        return 0;
+    const char *slash = NULL;
+    for (const char *p = r->name; p < at; p++)
+        if (*p == '/')
+            slash = p;
+    if (!slash || strncmp(slash + 1, "curve", 5) != 0 || !at[1])
+        return 0;
+    char *end;
+    const double v = strtod(at + 1, &end);
+    if (*end || !isfinite(v))
+        return 0;
+    *task_len = (size_t)(slash - r->name);
+    *series_len = (size_t)(at - slash - 1);
+    *x = v;
+    return 1;
+}
+
 /* ---- header ---------------------------------------------------------------------------- */
 
 void bench_features_text(char *buf, size_t len, uint32_t f)

@@ -58,6 +58,11 @@ void bench_fill_vs_scalar(bench_result *rows, size_t n);
 double bench_gflops(const bench_result *r);
 double bench_gbps(const bench_result *r);
 
+/* Whether r is a point of a chart line: a value row named TASK/SERIES@X, SERIES starting with
+ * "curve" and X a number (the learning group's curves; the row's metric names the line: mean,
+ * seed1, ...). Then *task_len and *series_len are the lengths of TASK and SERIES, *x is X. */
+int bench_curve_point(const bench_result *r, size_t *task_len, size_t *series_len, double *x);
+
 /* What the run was on: printed above the table and written to JSON/HTML. */
 typedef struct bench_header {
     char cpu[64], features[96], variant[160], compiler[96], build_type[32], git[48], date[32];

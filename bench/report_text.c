@@ -59,20 +59,22 @@ void bench_print_table_heading(FILE *f)
             "vs spec", "vs scalar", "rate");
 }
 
-void bench_print_table(FILE *f, const bench_result *rows, size_t n)
+/* Prints row i of rows[0..n) (none for a curve point, counted in *points instead), then, after
+ * the last row of a group with curve points, a line saying where they are. */
+static void print_row(FILE *f, const bench_result *rows, size_t n, size_t i, size_t *points)
 {
-    for (size_t i = 0; i < n; i++) {
-        const bench_result *r = &rows[i];
-        if (r->kind == BENCH_SKIPPED || r->kind == BENCH_FAILED) {
-            fprintf(f, "%-21s %-42s %-7s %s: %s\n", r->group, r->name, r->backend,
-                    r->kind == BENCH_SKIPPED ? "skipped" : "FAILED", r->note);
-            continue;
-        }
-        if (r->kind == BENCH_VALUE) {
-            fprintf(f, "%-21s %-42s %-7s %s = %.6g %s\n", r->group, r->name, r->backend, r->metric,
-                    r->value, r->unit);
-            continue;
-        }
+    const bench_result *r = &rows[i];
+    size_t task_len, series_len;
+    double x;
+    if (bench_curve_point(r, &task_len, &series_len, &x)) {
+        ++*points; /* charted by --html, listed by --json */
+    } else if (r->kind == BENCH_SKIPPED || r->kind == BENCH_FAILED) {
+        fprintf(f, "%-21s %-42s %-7s %s: %s\n", r->group, r->name, r->backend,
+                r->kind == BENCH_SKIPPED ? "skipped" : "FAILED", r->note);
+    } else if (r->kind == BENCH_VALUE) {
+        fprintf(f, "%-21s %-42s %-7s %s = %.6g %s\n", r->group, r->name, r->backend, r->metric, r->value,
+                r->unit);
+    } else {
         char med[24], p99[24], tgt[24], exp[24], vs[24], vs_scalar[24], rate[32];
         bench_format_time(med, sizeof med, r->median_us);
         bench_format_time(p99, sizeof p99, r->p99_us);
@@ -84,4 +86,15 @@ void bench_print_table(FILE *f, const bench_result *rows, size_t n)
         fprintf(f, row_fmt, r->group, r->name, r->backend, med, p99, tgt, exp, bench_verdict(r), vs, vs_scalar,
                 rate);
     }
+    if (*points && (i + 1 == n || strcmp(rows[i + 1].group, r->group))) {
+        fprintf(f, "%-21s (%zu curve points not shown: in --json, charted by --html)\n", r->group, *points);
+        *points = 0;
+    }
+}
+
+void bench_print_table(FILE *f, const bench_result *rows, size_t n)
+{
+    size_t points = 0;
+    for (size_t i = 0; i < n; i++)
+        print_row(f, rows, n, i, &points);
 }

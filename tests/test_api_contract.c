@@ -615,6 +615,23 @@ static sona_status signal_of(world *w, sona_signal_builder *sb, const sona_traje
     return sona_signal_from_trajectory_opts(sb, t, &o, w->out, w->out + H, &w->wout);
 }
 
+/* The ended trajectory's signal measured from `output` (the quality-only rule's y(x)). */
+static sona_status signal_from_output(world *w, const float *output)
+{
+    sona_signal_options o;
+    sona_signal_options_default(&o);
+    o.output = output;
+    return sona_signal_from_trajectory_opts(w->signals, w->ended, &o, w->out, w->out + H, &w->wout);
+}
+
+/* A baseline weighed on a copy of the builder's (the world's stays as it is). */
+static sona_status weigh_copy(world *w, float quality)
+{
+    sona_signal_baseline b;
+    sona_signal_builder_get_baseline(w->signals, &b);
+    return sona_signal_baseline_weigh(&b, 0.1f, 3.0f, quality, 1, &w->wout);
+}
+
 static sona_status signal_compute(world *w, const float *acts, uint32_t steps, float quality)
 {
     const float rewards[ROWS] = {0.1f, 0.5f, 0.2f, 0.3f};
@@ -969,11 +986,14 @@ static sona_status ewc_detector_with(world *w, double short_mean, double long_va
     X(buffer_drain_null_out, sona_trajectory_buffer_drain(w->buffer, NULL, 1, (uint32_t[1]){0}), SONA_E_NULL, THREAD, "out") \
     X(buffer_drain_null_taken, sona_trajectory_buffer_drain(w->buffer, (sona_trajectory *[1]){0}, 1, NULL), SONA_E_NULL, THREAD, "taken") \
     /* signal */                                                                                    \
-    X(signal_create_out_null, sona_signal_builder_create(&(sona_signal_config){0.5f}, NULL), SONA_E_NULL, THREAD, "out") \
+    X(signal_create_out_null, sona_signal_builder_create(&(sona_signal_config){0.5f, 3.0f}, NULL), SONA_E_NULL, THREAD, "out") \
     X(signal_create_cfg_null, sona_signal_builder_create(NULL, (sona_signal_builder *[1]){0}), SONA_E_NULL, THREAD, "cfg") \
     X(signal_create_rate_0, CREATE_WITH(signal, baseline_rate, 0.0f), SONA_E_INVALID, THREAD, "baseline_rate") \
     X(signal_create_rate_2, CREATE_WITH(signal, baseline_rate, 2.0f), SONA_E_INVALID, THREAD, "baseline_rate") \
     X(signal_create_rate_nan, CREATE_WITH(signal, baseline_rate, NAN), SONA_E_NONFINITE, THREAD, "baseline_rate") \
+    X(signal_create_max_weight_0, CREATE_WITH(signal, max_weight, 0.0f), SONA_E_INVALID, THREAD, "max_weight") \
+    X(signal_create_max_weight_inf, CREATE_WITH(signal, max_weight, INFINITY), SONA_E_NONFINITE, THREAD, "max_weight") \
+    X(signal_output_nan, signal_from_output(w, w->nan_x + H), SONA_E_NONFINITE, THREAD, "output")          \
     X(signal_null_builder, signal_of(w, NULL, w->ended, SONA_LAYER_NONE), SONA_E_NULL, THREAD, "builder") \
     X(signal_null_trajectory, signal_of(w, w->signals, NULL, SONA_LAYER_NONE), SONA_E_NULL, THREAD, "trajectory") \
     X(signal_open_trajectory, signal_of(w, w->signals, w->traj, SONA_LAYER_NONE), SONA_E_STATE, THREAD, "not ended") \
@@ -984,9 +1004,13 @@ static sona_status ewc_detector_with(world *w, double short_mean, double long_va
     X(signal_compute_steps_0, signal_compute(w, w->x, 0, 0.5f), SONA_E_EMPTY, THREAD, "no steps")    \
     X(signal_compute_nan, signal_compute(w, w->nan_x, 2, 0.5f), SONA_E_NONFINITE, THREAD, "NaN")     \
     X(signal_compute_inf_quality, signal_compute(w, w->x, 2, INFINITY), SONA_E_NONFINITE, THREAD, "NaN") \
-    X(signal_compute_zero, signal_compute(w, w->zero, 2, 0.5f), SONA_E_INVALID, THREAD, "zero")      \
-    X(signal_baseline_null, sona_signal_builder_set_baseline(NULL, 0.5f), SONA_E_NULL, THREAD, "builder") \
-    X(signal_baseline_inf, sona_signal_builder_set_baseline(w->signals, INFINITY), SONA_E_NONFINITE, THREAD, "Inf") \
+    X(signal_compute_no_direction, signal_compute(w, w->x, 1, 0.5f), SONA_E_INVALID, THREAD, "no direction") \
+    X(signal_baseline_null, sona_signal_builder_set_baseline(NULL, NULL), SONA_E_NULL, THREAD, "builder") \
+    X(signal_baseline_inf, sona_signal_builder_set_baseline(w->signals, &(sona_signal_baseline){INFINITY, 0.0f, 3}), SONA_E_NONFINITE, THREAD, "not finite") \
+    X(signal_baseline_negative_var, sona_signal_builder_set_baseline(w->signals, &(sona_signal_baseline){0.5f, -1.0f, 3}), SONA_E_INVALID, THREAD, "negative") \
+    X(signal_get_baseline_null, sona_signal_builder_get_baseline(w->signals, NULL), SONA_E_NULL, THREAD, "required") \
+    X(signal_weigh_null, sona_signal_baseline_weigh(NULL, 0.1f, 3.0f, 0.5f, 1, &w->wout), SONA_E_NULL, THREAD, "required") \
+    X(signal_weigh_nan, weigh_copy(w, NAN), SONA_E_NONFINITE, THREAD, "not finite")                    \
     /* engine */                                                                                    \
     X(engine_create_out_null, sona_engine_create(&(sona_engine_config){0}, NULL), SONA_E_NULL, THREAD, "out") \
     X(engine_create_cfg_null, sona_engine_create(NULL, (sona_engine *[1]){0}), SONA_E_NULL, THREAD, "cfg")    \
@@ -994,6 +1018,9 @@ static sona_status ewc_detector_with(world *w, double short_mean, double long_va
     X(engine_create_too_large, CREATE_WITH(engine, hidden, 1u << 28), SONA_E_INVALID, THREAD, "too large") \
     X(engine_create_tasks_huge, CREATE_WITH(engine, max_tasks, SONA_EWC_MAX_TASKS + 1), SONA_E_INVALID, THREAD, "max_tasks") \
     X(engine_create_rank_65, CREATE_WITH(engine, micro_rank, 65), SONA_E_INVALID, THREAD, "ranks")  \
+    X(engine_create_signal_weight_0, CREATE_WITH(engine, max_signal_weight, 0.0f), SONA_E_INVALID, THREAD, "max_signal_weight") \
+    X(engine_create_output_change_negative, CREATE_WITH(engine, max_output_change, -1.0f), SONA_E_INVALID, THREAD, "max_output_change") \
+    X(engine_create_output_change_nan, CREATE_WITH(engine, max_output_change, NAN), SONA_E_NONFINITE, THREAD, "non-finite") \
     X(engine_create_tenants_0, CREATE_WITH(engine, max_tenants, 0), SONA_E_INVALID, THREAD, "tenants") \
     X(engine_create_alpha_nan, CREATE_WITH(engine, micro_alpha, NAN), SONA_E_NONFINITE, THREAD, "non-finite") \
     X(engine_create_temperature_inf, CREATE_WITH(engine, dream_temperature, INFINITY), SONA_E_NONFINITE, THREAD, "non-finite") \

@@ -291,3 +291,38 @@ Test(bench_compare, speedup_vs_scalar_matches_group_and_case)
     json_free(&v);
     bench_buf_free(&out);
 }
+
+/* The learning group's curve points: value rows TASK/curve...@X, nothing else. */
+Test(bench_compare, curve_points_are_told_from_other_rows)
+{
+    static const struct {
+        bench_kind kind;
+        const char *name;
+        int point;
+        size_t task_len, series_len;
+        double x;
+    } cases[] = {
+        {BENCH_VALUE, "h256_c4_s4/curve@50", 1, 10, 5, 50},
+        {BENCH_VALUE, "switch/curve_task2@2000", 1, 6, 11, 2000},
+        {BENCH_VALUE, "a/b/curve@0", 1, 3, 5, 0},
+        {BENCH_VALUE, "h256_c4_s4/lift@100", 0, 0, 0, 0},   /* not a curve series */
+        {BENCH_VALUE, "curve@50", 0, 0, 0, 0},              /* no task */
+        {BENCH_VALUE, "t/curve@", 0, 0, 0, 0},              /* no x */
+        {BENCH_VALUE, "t/curve@5x", 0, 0, 0, 0},            /* x not a number */
+        {BENCH_VALUE, "t/curve", 0, 0, 0, 0},
+        {BENCH_TIMED, "t/curve@50", 0, 0, 0, 0},            /* a time, not a point */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        bench_result r = {.kind = cases[i].kind};
+        snprintf(r.name, sizeof r.name, "%s", cases[i].name);
+        size_t task_len = 99, series_len = 99;
+        double x = -1;
+        const int point = bench_curve_point(&r, &task_len, &series_len, &x);
+        cr_expect_eq(point, cases[i].point, "%s", cases[i].name);
+        if (point && cases[i].point) {
+            cr_expect_eq(task_len, cases[i].task_len, "%s", cases[i].name);
+            cr_expect_eq(series_len, cases[i].series_len, "%s", cases[i].name);
+            cr_expect_float_eq(x, cases[i].x, 1e-12, "%s", cases[i].name);
+        }
+    }
+}

@@ -375,7 +375,7 @@ Test(engine, bad_files_are_refused_and_change_nothing)
     }
     refused(e, bad, n, sona_load_buffer(e, bad, n), "the last flipped file");
     memcpy(bad, good, n);
-    bad[8] = 4; /* a format version from the future, with the header CRC fixed so only it is wrong */
+    bad[8] = 5; /* a format version from the future, with the header CRC fixed so only it is wrong */
     const uint32_t crc = sona_crc32(0, bad, 20);
     memcpy(bad + 20, &crc, 4);
     refused(e, bad, n, SONA_E_VERSION, "version");
@@ -698,19 +698,21 @@ static sona_engine *old_file_loads(const char *name, uint8_t version, const char
     cr_assert_eq(s.tenants, 2);
     cr_assert_gt(s.patterns, 0);
     cr_assert_eq(s.loop_c_cycles, 1);
-    sona_bank_stats bs;
-    cr_assert_eq(sona_bank_stats_get(e->bank, &bs), SONA_OK);
-    cr_assert_eq(bs.extractions + bs.patterns_created + bs.trajectories_added, 0);
-    uint64_t max_id = 0;
-    sona_pattern p;
-    for (uint32_t i = 0; sona_bank_pattern_at(e->bank, i, &p, NULL) == SONA_OK; i++)
-        max_id = p.id > max_id ? p.id : max_id;
-    cr_assert_eq(sona_bank_next_id(e->bank), max_id + 1);
-    sona_ewc_detector d;
-    cr_assert_eq(sona_ewc_get_detector(eng_ewc_state(e->base_ewc), &d), SONA_OK);
-    cr_assert_eq(d.samples + d.boundaries, 0);
+    if (version < 3) { /* the bank's counters and the detectors came with version 3 */
+        sona_bank_stats bs;
+        cr_assert_eq(sona_bank_stats_get(e->bank, &bs), SONA_OK);
+        cr_assert_eq(bs.extractions + bs.patterns_created + bs.trajectories_added, 0);
+        uint64_t max_id = 0;
+        sona_pattern p;
+        for (uint32_t i = 0; sona_bank_pattern_at(e->bank, i, &p, NULL) == SONA_OK; i++)
+            max_id = p.id > max_id ? p.id : max_id;
+        cr_assert_eq(sona_bank_next_id(e->bank), max_id + 1);
+        sona_ewc_detector d;
+        cr_assert_eq(sona_ewc_get_detector(eng_ewc_state(e->base_ewc), &d), SONA_OK);
+        cr_assert_eq(d.samples + d.boundaries, 0);
+    }
     uint8_t *now = save_bytes(e, &m);
-    cr_assert_eq(now[8], 3);
+    cr_assert_eq(now[8], 4);
     sona_engine *f = fuzz_engine_create(SONA_STORAGE_Q8);
     cr_assert_eq(sona_load_buffer(f, now, m), SONA_OK, "%s", sona_engine_last_error(f));
     uint8_t *again = save_bytes(f, &m2);
@@ -734,8 +736,8 @@ static sona_engine *old_file_loads(const char *name, uint8_t version, const char
  * gain the detector when saved again, STAT the dropped ones. */
 Test(engine, a_version_1_file_loads)
 {
-    const char *const same[] = {"CONF", "PATT"};
-    sona_engine_destroy(old_file_loads("state_v1.sona", 1, same, 2, 0, 9));
+    const char *const same[] = {"PATT"}; /* CONF gained max_output_change in version 4 */
+    sona_engine_destroy(old_file_loads("state_v1.sona", 1, same, 1, 0, 9));
 }
 
 /* tests/data/state_v2.sona: what tests/fuzz/fuzz_make_seed.c wrote when built against commit
@@ -743,13 +745,29 @@ Test(engine, a_version_1_file_loads)
  * queued (3 each of F32, F16 and Q8). It loads with its queue, which loop B learns from. */
 Test(engine, a_version_2_file_loads)
 {
-    const char *const same[] = {"CONF", "STAT", "PATT", "QUEU"};
-    sona_engine *e = old_file_loads("state_v2.sona", 2, same, 4, 9, 0);
+    const char *const same[] = {"STAT", "PATT", "QUEU"};
+    sona_engine *e = old_file_loads("state_v2.sona", 2, same, 3, 9, 0);
     cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
     sona_stats s;
     sona_get_stats(e, &s);
     cr_assert_eq(s.trajectories_processed, 49);
     cr_assert_eq(s.loop_b_cycles, 2);
+    sona_engine_destroy(e);
+}
+
+/* tests/data/state_v3.sona: what tests/fuzz/fuzz_make_seed.c wrote when built against commit
+ * df4b161, the last writer of format version 3 (before the quality baselines of BASL and the
+ * EWC++ task-shift state): the same traffic as the version 2 file. It loads with its queue, the
+ * baselines start empty, and saved again every section but CONF (max_output_change), TENA and
+ * BASE (the EWC++ records' task-shift state) and the new BASL is byte for byte the file's. */
+Test(engine, a_version_3_file_loads)
+{
+    const char *const same[] = {"STAT", "PATT", "QUEU", "BANK", "DREA"};
+    sona_engine *e = old_file_loads("state_v3.sona", 3, same, 5, 9, 0);
+    cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
+    sona_stats s;
+    sona_get_stats(e, &s);
+    cr_assert_eq(s.trajectories_processed, 49);
     sona_engine_destroy(e);
 }
 
@@ -1045,6 +1063,8 @@ Test(engine, damaged_bank_dream_and_detector_values_are_refused_and_change_nothi
     const uint32_t zero32 = 0, twelve = 12;
     const uint64_t one = 1, zero64 = 0;
     const double negative = -1.0, nan = NAN;
+    const float negative_f = -1.0f, half = 0.5f;
+    const uint32_t regions = 3;
     const struct {
         const char *tag;
         size_t at;
@@ -1059,9 +1079,17 @@ Test(engine, damaged_bank_dream_and_detector_values_are_refused_and_change_nothi
         {"DREA", 12, &zero32, 4, "dream visit", "a count of no visits"},
         {"DREA", 16, &first_id, 8, "dream visit", "visits of one pattern twice"},
         /* BASE ends with the Base-LoRA's detector (u64 samples, f64 means and variance, u64
-         * boundaries), then u32 signals since the last apply and u32 0: no pending gradients. */
-        {"BASE", basel - 48 + 8, &nan, 8, "EWC++", "a NaN short mean"},
-        {"BASE", basel - 48 + 24, &negative, 8, "EWC++", "a negative variance"},
+         * boundaries), its task-shift state (f32 mean, f32 variance, u32 count, f64 shortfall
+         * sum, u32 count, f64 shift, u32 updates), then u32 signals since the last apply and
+         * u32 0: no pending gradients. */
+        {"BASE", basel - 84 + 8, &nan, 8, "EWC++", "a NaN short mean"},
+        {"BASE", basel - 84 + 24, &negative, 8, "EWC++", "a negative variance"},
+        {"BASE", basel - 40, &negative_f, 4, "EWC++", "a negative quality variance"},
+        {"BASE", basel - 20, &nan, 8, "EWC++", "a NaN shift mean"},
+        /* BASL: the engine-wide baseline (f32 mean, f32 variance, u32 count), u32 regions, ... */
+        {"BASL", 0, &half, 4, "does not match", "a baseline other than STAT's"},
+        {"BASL", 4, &negative_f, 4, "baseline", "a negative baseline variance"},
+        {"BASL", 12, &regions, 4, "baseline", "another number of query regions"},
         {"BASE", basel - 4, &twelve, 4, "pending gradient", "a pending flag that is not 0 or 1"},
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
@@ -1115,7 +1143,7 @@ Test(engine, the_saved_configuration_is_read_back)
 #define SAME(f) cr_expect(memcmp(&got.f, &want.f, sizeof want.f) == 0, "field " #f " differs")
     SAME(hidden); SAME(seed); SAME(micro_rank); SAME(micro_alpha); SAME(micro_learning_rate);
     SAME(micro_apply_every); SAME(max_tenants); SAME(base_rank); SAME(base_layers); SAME(base_alpha);
-    SAME(base_learning_rate); SAME(clip_norm); SAME(max_steps); SAME(buffer_capacity); SAME(step_storage);
+    SAME(base_learning_rate); SAME(max_signal_weight); SAME(max_output_change); SAME(max_steps); SAME(buffer_capacity); SAME(step_storage);
     SAME(baseline_decay); SAME(background_thread); SAME(loop_b_threshold); SAME(loop_b_interval_ms);
     SAME(loop_b_min_batch); SAME(clusters_per_cycle); SAME(max_patterns); SAME(ewc_enabled); SAME(ewc_lambda);
     SAME(fisher_decay); SAME(max_tasks); SAME(task_shift_threshold); SAME(dreams_per_cycle);

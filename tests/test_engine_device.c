@@ -55,8 +55,10 @@ static void learn(sona_engine *const e[2], int32_t tenant, sona_rng *r, int requ
             cr_assert_eq(sona_request_begin(e[i], tenant, q, &req[i]), SONA_OK);
         for (uint32_t l = 0; l < 3; l++) {
             fill(r, a, H);
+            /* Rewards that vary between requests: a constant one says nothing to learn from. */
+            const float reward = sona_rng_uniform(r);
             for (int i = 0; i < 2; i++)
-                cr_assert_eq(sona_request_step(req[i], l, a, NULL, 0, 0.5f + 0.1f * (float)l), SONA_OK);
+                cr_assert_eq(sona_request_step(req[i], l, a, NULL, 0, reward), SONA_OK);
         }
         for (int i = 0; i < 2; i++)
             cr_assert_eq(sona_request_end(req[i], quality), SONA_OK, "%s", sona_engine_last_error(e[i]));

@@ -1,6 +1,7 @@
 /* The engine's EWC++ glue (src/core/engine_ewc.c): the capped lambda of the penalty step,
  * cached between task changes, always equals its computation from the current tasks: after a
- * declared task end (loop C's consolidation) and after a boundary the detector finds. */
+ * declared task end (loop C's consolidation) and after a boundary the quality-shift detector
+ * finds. */
 #include <criterion/criterion.h>
 #include <math.h>
 
@@ -27,8 +28,10 @@ static float lambda_from_tasks(const eng_ewc *w, const sona_lora *lora, int *cap
     return *capped ? 1.0f / (fmax * lr) : lambda;
 }
 
-/* n learning steps on random signals of weight +-amplitude; the boundaries they took. */
-static int train(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, sona_rng *r, int n, float amplitude)
+/* n learning steps on random signals of weight +-amplitude, each after a quality that fell
+ * `shortfall` spreads below its baseline; the boundaries they took. */
+static int train_short(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, sona_rng *r, int n,
+                       float amplitude, float shortfall)
 {
     float x[HIDDEN], d[HIDDEN];
     int boundaries = 0;
@@ -37,11 +40,18 @@ static int train(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, son
             x[h] = sona_rng_normal(r), d[h] = sona_rng_normal(r);
         const float wt = sona_rng_uniform(r) < 0.5f ? -amplitude : amplitude;
         cr_assert_eq(sona_lora_accumulate(lora, 0, x, d, wt), SONA_OK);
+        eng_ewc_note_shortfall(w, shortfall);
         int boundary = 0;
-        cr_assert_eq(eng_ewc_step(w, lora, cfg, &boundary), SONA_OK, "%s", sona_lora_last_error(lora));
+        cr_assert_eq(eng_ewc_step(w, lora, cfg, &boundary), SONA_OK, "%s / %s", sona_lora_last_error(lora), sona_ewc_last_error(eng_ewc_state(w)));
         boundaries += boundary;
     }
     return boundaries;
+}
+
+/* Steps whose qualities are as good as usual (a shortfall of a third of a spread on average). */
+static int train(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, sona_rng *r, int n, float amplitude)
+{
+    return train_short(w, lora, cfg, r, n, amplitude, 0.3f);
 }
 
 /* A declared task end (what loop C's consolidation does), then one step that uses the lambda
@@ -67,12 +77,14 @@ Test(engine_ewc, capped_lambda_follows_every_task_change)
 {
     sona_engine_config cfg;
     sona_engine_config_default(&cfg, SONA_PRESET_DEFAULT, HIDDEN);
-    cfg.micro_learning_rate = 0.5f; /* large enough for the cap to bind */
+    cfg.micro_learning_rate = 0.5f; /* with ewc_lambda 1, large enough for the cap to bind */
+    cfg.ewc_lambda = 1.0f;
     sona_lora_config lc;
     eng_lora_config(&cfg, 0, &lc);
+    lc.clip_norm = 1.0f; /* raw gradients here, not the engine's normalised signals: kept bounded */
     sona_lora *lora = NULL;
     cr_assert_eq(sona_lora_create(&lc, &lora), SONA_OK, "%s", sona_last_error());
-    eng_ewc *w = eng_ewc_create(lora, &cfg);
+    eng_ewc *w = eng_ewc_create(lora, &cfg, 0);
     cr_assert_not_null(w);
     sona_rng r;
     sona_rng_seed(&r, 2024, 0);
@@ -87,9 +99,10 @@ Test(engine_ewc, capped_lambda_follows_every_task_change)
     cr_assert_eq(train(w, lora, &cfg, &r, 150, 0.3f), 0);
     declare_task_end(w, lora, &cfg, &r, 0.3f);
     seen[1] = checked_lambda(w, lora, &capped_once);
-    /* 3: a jump of the gradient the detector takes for a new task, inside a step. */
+    /* 3: qualities falling 3 spreads below their baselines, which the detector takes for a new
+     * task (its running mean passes task_shift_threshold, 1.2, after 8 of them), inside a step. */
     cr_assert_eq(train(w, lora, &cfg, &r, 150, 0.3f), 0);
-    cr_assert_eq(train(w, lora, &cfg, &r, 5, 30.0f), 1, "the jump is one detected boundary");
+    cr_assert_eq(train_short(w, lora, &cfg, &r, 20, 30.0f, 3.0f), 1, "the fall is one detected boundary");
     cr_assert_eq(eng_ewc_tasks(w), 3);
     seen[2] = checked_lambda(w, lora, &capped_once);
 

@@ -1,6 +1,7 @@
-/* Learning signals: the contrast direction when rewards vary, the last step otherwise, the
- * running baseline, learning from a one-step trajectory, pushing away on bad feedback, and
- * refusals (counted, nothing written, baseline untouched). */
+/* Learning signals (sona/signal.h): the reward-weighted contrast with weight 1 when rewards
+ * vary, the displacement from the output weighted by the quality's advantage in spreads
+ * otherwise, the running baseline and its spread, learning from a one-step trajectory, pushing
+ * away on bad feedback, and refusals (counted, nothing written, baseline untouched). */
 #include <criterion/criterion.h>
 #include <inttypes.h>
 #include <math.h>
@@ -46,17 +47,11 @@ static sona_trajectory *build(sona_id_source *ids, const float *q, uint32_t dim,
     return build_as(SONA_STORAGE_F32, ids, q, dim, acts, rewards, steps, quality);
 }
 
-static void expect_unit_along(const float *delta, const double *ref, uint32_t dim)
+static void expect_equal(const float *delta, const double *ref, uint32_t dim)
 {
-    double n = 0, dn = 0;
-    for (uint32_t j = 0; j < dim; j++) {
-        n += ref[j] * ref[j];
-        dn += (double)delta[j] * delta[j];
-    }
-    n = sqrt(n);
-    cr_expect(fabs(sqrt(dn) - 1.0) < 1e-5, "delta has norm %g, not 1", sqrt(dn));
     for (uint32_t j = 0; j < dim; j++)
-        cr_assert(fabs(delta[j] - ref[j] / n) < 1e-5, "delta[%u] = %g, expected %g", j, delta[j], ref[j] / n);
+        cr_assert(fabs(delta[j] - ref[j]) < 1e-5 * (1.0 + fabs(ref[j])), "delta[%u] = %g, expected %g", j, delta[j],
+                  ref[j]);
 }
 
 Test(signal, varying_rewards_give_the_reward_weighted_contrast)
@@ -76,14 +71,24 @@ Test(signal, varying_rewards_give_the_reward_weighted_contrast)
     sona_trajectory *t = build(ids, q, DIM, acts, rewards, STEPS, 0.8f);
     cr_assert_eq(sona_signal_from_trajectory(sb, t, x, delta, &w), SONA_OK, "%s", sona_last_error());
     cr_expect_eq(memcmp(x, q, sizeof q), 0, "x is the query embedding");
-    cr_expect_eq(w, 0.0f, "the first trajectory initialises the baseline");
-    double mean = 0, ref[DIM] = {0};
+    cr_expect_eq(w, 1.0f, "the contrast goes with weight 1, whatever the quality");
+    double mean = 0, total = 0, ref[DIM] = {0};
     for (int i = 0; i < STEPS; i++)
         mean += rewards[i] / (double)STEPS;
-    for (int i = 0; i < STEPS; i++)
+    for (int i = 0; i < STEPS; i++) {
+        total += fabs(rewards[i] - mean);
         for (int j = 0; j < DIM; j++)
             ref[j] += (rewards[i] - mean) * acts[i * DIM + j];
-    expect_unit_along(delta, ref, DIM);
+    }
+    for (int j = 0; j < DIM; j++)
+        ref[j] /= total;
+    expect_equal(delta, ref, DIM);
+    /* A quality below the baseline does not turn the contrast around (the old rule's defect). */
+    sona_signal_baseline high = {.mean = 0.95f, .var = 0.01f, .count = 10};
+    cr_assert_eq(sona_signal_builder_set_baseline(sb, &high), SONA_OK);
+    cr_assert_eq(sona_signal_from_trajectory(sb, t, x, delta, &w), SONA_OK);
+    cr_expect_eq(w, 1.0f);
+    expect_equal(delta, ref, DIM);
 
     /* The plain-array form gives the same signal. */
     float x2[DIM], d2[DIM], w2;
@@ -92,7 +97,7 @@ Test(signal, varying_rewards_give_the_reward_weighted_contrast)
     cr_expect_eq(memcmp(x2, x, sizeof x), 0);
     sona_signal_stats st;
     sona_signal_builder_get_stats(sb, &st);
-    cr_expect_eq(st.accepted, 2);
+    cr_expect_eq(st.accepted, 3);
     cr_expect_eq(st.rejected, 0);
     sona_trajectory_destroy(t);
     sona_signal_builder_destroy(sb);
@@ -140,56 +145,99 @@ Test(signal, encoded_trajectories_give_the_signal_of_their_decoded_values)
     sona_id_source_destroy(ids);
 }
 
-Test(signal, constant_rewards_give_the_last_step_direction)
+Test(signal, constant_rewards_give_the_displacement_from_the_output)
 {
     enum { DIM = 7, STEPS = 3 };
-    const float q[DIM] = {1, 0, 0, 0, 0, 0, 0};
+    const float q[DIM] = {1, 0, 0, 0, 0, 0, 0}, y[DIM] = {0.5f, 1, 0, -1, 0, 0, 2};
     float acts[STEPS * DIM], x[DIM], delta[DIM], w;
     for (int i = 0; i < STEPS * DIM; i++)
         acts[i] = (float)((i * 37) % 11) - 5.0f;
     const float same[STEPS] = {0.5f, 0.5f, 0.5f};
     sona_signal_builder *sb = make(0.1f);
-    double ref[DIM];
-    for (int j = 0; j < DIM; j++)
-        ref[j] = acts[(STEPS - 1) * DIM + j];
+    double ref[DIM] = {0};
+    for (int j = 0; j < DIM; j++) {
+        for (int i = 0; i < STEPS; i++)
+            ref[j] += acts[i * DIM + j] / (double)STEPS;
+        ref[j] -= q[j]; /* no output given: measured from the query */
+    }
     cr_assert_eq(sona_signal_compute(sb, q, DIM, acts, same, STEPS, 0.5f, x, delta, &w), SONA_OK);
-    expect_unit_along(delta, ref, DIM);
-    /* Varying rewards over identical activations cancel out: the last step again, not noise. */
+    expect_equal(delta, ref, DIM);
+    cr_expect_eq(w, 0.0f, "the first quality only starts the baseline");
+    /* Varying rewards over identical activations cancel out: the displacement again, not noise;
+     * and with the adapter's output given, measured from it. */
     float twin[STEPS * DIM];
     for (int i = 0; i < STEPS; i++)
         memcpy(twin + i * DIM, acts + (STEPS - 1) * DIM, DIM * sizeof(float));
     const float varying[STEPS] = {0.1f, 0.5f, 0.9f};
-    cr_assert_eq(sona_signal_compute(sb, q, DIM, twin, varying, STEPS, 0.5f, x, delta, &w), SONA_OK);
-    expect_unit_along(delta, ref, DIM);
+    sona_id_source *ids;
+    cr_assert_eq(sona_id_source_create(0, &ids), SONA_OK);
+    sona_trajectory *t = build(ids, q, DIM, twin, varying, STEPS, 0.8f);
+    sona_signal_options opt;
+    sona_signal_options_default(&opt);
+    opt.output = y;
+    cr_assert_eq(sona_signal_from_trajectory_opts(sb, t, &opt, x, delta, &w), SONA_OK, "%s", sona_last_error());
+    for (int j = 0; j < DIM; j++)
+        ref[j] = (double)acts[(STEPS - 1) * DIM + j] - y[j];
+    expect_equal(delta, ref, DIM);
+    cr_expect_eq(w, 1.0f, "the second quality (0.8 after 0.5) is one spread above the baseline");
+    sona_trajectory_destroy(t);
+    sona_id_source_destroy(ids);
     sona_signal_builder_destroy(sb);
 }
 
-Test(signal, baseline_is_a_running_average_of_quality)
+/* The advantage in spreads, clipped: the rule of sona_signal_baseline_weigh in double. */
+static double expected_weight(double mean, double var, uint32_t count, double q, double cap)
+{
+    if (count == 0)
+        return 0.0;
+    const double dev = q - mean, v = count == 1 ? dev * dev : var;
+    const double wt = v > 0 ? dev / sqrt(v) : 0.0;
+    return wt > cap ? cap : wt < -cap ? -cap : wt;
+}
+
+Test(signal, baseline_is_a_running_average_of_quality_and_its_spread)
 {
     const float q[2] = {1, 0}, a[2] = {0, 1}, r = 0.5f;
-    const float qualities[6] = {0.5f, 0.9f, 0.2f, 0.2f, 1.0f, 0.6f};
+    const float qualities[8] = {0.5f, 0.9f, 0.2f, 0.2f, 1.0f, 0.6f, 0.61f, -40.0f};
     const float rate = 0.25f;
     sona_signal_builder *sb = make(rate);
-    double baseline = NAN;
-    for (int i = 0; i < 6; i++) {
+    double mean = 0, var = 0;
+    for (uint32_t i = 0; i < 8; i++) {
         float x[2], d[2], w;
         cr_assert_eq(sona_signal_compute(sb, q, 2, a, &r, 1, qualities[i], x, d, &w), SONA_OK);
-        const double expect_w = i == 0 ? 0.0 : qualities[i] - baseline;
-        cr_expect(fabs(w - expect_w) < 1e-6, "trajectory %d: w = %g, expected %g", i, w, expect_w);
-        baseline = i == 0 ? qualities[0] : baseline + rate * (qualities[i] - baseline);
+        const double expect_w = expected_weight(mean, var, i, qualities[i], 3.0);
+        cr_expect(fabs(w - expect_w) < 1e-5, "trajectory %u: w = %g, expected %g", i, w, expect_w);
+        const double dev = qualities[i] - mean;
+        if (i == 0) {
+            mean = qualities[0];
+        } else {
+            var = i == 1 ? dev * dev : var + rate * (dev * dev - var);
+            mean += rate * dev;
+        }
+        sona_signal_baseline b;
+        cr_assert_eq(sona_signal_builder_get_baseline(sb, &b), SONA_OK);
+        cr_expect(fabs(b.mean - mean) < 1e-5 && fabs(b.var - var) < 1e-5 * (1 + var) && b.count == i + 1,
+                  "after %u: mean %g var %g count %u, expected %g %g", i, b.mean, b.var, b.count, mean, var);
         sona_signal_stats st;
         sona_signal_builder_get_stats(sb, &st);
-        cr_expect(fabs(st.baseline - baseline) < 1e-6);
+        cr_expect(fabs(st.baseline - mean) < 1e-5);
     }
-    /* Restoring a baseline, and starting over. */
-    cr_assert_eq(sona_signal_builder_set_baseline(sb, 0.25f), SONA_OK);
+    /* The last quality, 40 below, is clipped at max_weight (3). Restoring a baseline, and
+     * starting over. */
+    const sona_signal_baseline restored = {.mean = 0.25f, .var = 0.0625f, .count = 9};
+    cr_assert_eq(sona_signal_builder_set_baseline(sb, &restored), SONA_OK);
     float x[2], d[2], w;
     cr_assert_eq(sona_signal_compute(sb, q, 2, a, &r, 1, 0.75f, x, d, &w), SONA_OK);
-    cr_expect_eq(w, 0.5f);
-    cr_assert_eq(sona_signal_builder_set_baseline(sb, NAN), SONA_OK);
+    cr_expect_eq(w, 2.0f, "0.5 above the mean with a spread of 0.25");
+    cr_assert_eq(sona_signal_builder_set_baseline(sb, NULL), SONA_OK);
     cr_assert_eq(sona_signal_compute(sb, q, 2, a, &r, 1, 0.75f, x, d, &w), SONA_OK);
     cr_expect_eq(w, 0.0f);
-    cr_expect_eq(sona_signal_builder_set_baseline(sb, INFINITY), SONA_E_NONFINITE);
+    sona_signal_stats st;
+    sona_signal_builder_get_stats(sb, &st);
+    cr_expect_eq(st.baseline, 0.75f);
+    const sona_signal_baseline inf = {.mean = INFINITY, .count = 2}, neg = {.mean = 0, .var = -1, .count = 2};
+    cr_expect_eq(sona_signal_builder_set_baseline(sb, &inf), SONA_E_NONFINITE);
+    cr_expect_eq(sona_signal_builder_set_baseline(sb, &neg), SONA_E_INVALID);
     sona_signal_builder_destroy(sb);
 }
 
@@ -225,7 +273,7 @@ static void one_step_learning(float quality)
     cr_assert_eq(sona_signal_from_trajectory(sb, first, x, delta, &w), SONA_OK);
     sona_trajectory *t = build(ids, q, DIM, a, &reward, 1, quality);
     cr_assert_eq(sona_signal_from_trajectory(sb, t, x, delta, &w), SONA_OK);
-    cr_expect(fabs(w - (quality - 0.5f)) < 1e-6, "w = %g", w);
+    cr_expect_eq(w, quality > 0.5f ? 1.0f : -1.0f, "w = %g: the second quality is one spread off", w);
 
     sona_lora_config cfg;
     sona_lora_config_default(&cfg, SONA_LORA_MICRO, DIM);
@@ -265,7 +313,8 @@ Test(signal, layer_filter_and_baseline_without_advance)
     cr_assert_eq(sona_trajectory_add_step(t, a3, DIM, NULL, 0, 0.8f, 1), SONA_OK);
     cr_assert_eq(sona_trajectory_end(t, 0.7f), SONA_OK);
     sona_signal_builder *sb = make(0.5f);
-    cr_assert_eq(sona_signal_builder_set_baseline(sb, 0.4f), SONA_OK);
+    const sona_signal_baseline b = {.mean = 0.4f, .var = 0.01f, .count = 5};
+    cr_assert_eq(sona_signal_builder_set_baseline(sb, &b), SONA_OK);
     sona_signal_options opt;
     sona_signal_options_default(&opt);
     cr_expect_eq(opt.layer, SONA_LAYER_NONE);
@@ -274,17 +323,19 @@ Test(signal, layer_filter_and_baseline_without_advance)
     opt.advance_baseline = 0;
     float x[DIM], d[DIM], w;
     cr_assert_eq(sona_signal_from_trajectory_opts(sb, t, &opt, x, d, &w), SONA_OK, "%s", sona_last_error());
-    /* (0.2 - 0.5) a1 + (0.8 - 0.5) a3 = (1.2, -0.6, 0) */
-    const double ref1[DIM] = {1.2, -0.6, 0};
-    expect_unit_along(d, ref1, DIM);
-    cr_expect(fabs(w - 0.3f) < 1e-6, "w = %g", w);
+    /* ((0.2 - 0.5) a1 + (0.8 - 0.5) a3) / 0.6 = (2, -1, 0), weight 1 */
+    const double ref1[DIM] = {2, -1, 0};
+    expect_equal(d, ref1, DIM);
+    cr_expect_eq(w, 1.0f);
     sona_signal_stats st;
     sona_signal_builder_get_stats(sb, &st);
     cr_expect_eq(st.baseline, 0.4f, "the baseline moved without advance_baseline");
     opt.layer = 2;
     cr_assert_eq(sona_signal_from_trajectory_opts(sb, t, &opt, x, d, &w), SONA_OK);
-    const double ref2[DIM] = {0, 0, 1};
-    expect_unit_along(d, ref2, DIM);
+    /* One step: a2 - q, weighted (0.7 - 0.4) / 0.1 = 3 spreads (max_weight 3). */
+    const double ref2[DIM] = {-1, -1, 2};
+    expect_equal(d, ref2, DIM);
+    cr_expect(fabs(w - 3.0f) < 1e-5, "w = %g", w);
     opt.layer = 5;
     cr_expect_eq(sona_signal_from_trajectory_opts(sb, t, &opt, x, d, &w), SONA_E_EMPTY);
     opt.layer = -7;
@@ -329,11 +380,12 @@ Test(signal, bad_input_is_rejected_counted_and_changes_nothing)
     expected_rejected++;
     cr_expect_eq(sona_signal_compute(sb, q, DIM, a, rewards, 0, 0.6f, x, d, &w), SONA_E_EMPTY);
     expected_rejected++;
-    const float zero[DIM] = {0};
-    cr_expect_eq(sona_signal_compute(sb, q, DIM, zero, rewards, 1, 0.6f, x, d, &w), SONA_E_INVALID);
+    /* One step that is the query: no contrast, no displacement, nothing to learn. */
+    cr_expect_eq(sona_signal_compute(sb, q, DIM, q, rewards, 1, 0.6f, x, d, &w), SONA_E_INVALID);
     expected_rejected++;
-    /* Finite inputs whose advantage overflows: quality 3e38 against a baseline of -3e38. */
-    cr_assert_eq(sona_signal_builder_set_baseline(sb, -3e38f), SONA_OK);
+    /* Finite inputs whose baseline update overflows: quality 3e38 against a baseline of -3e38. */
+    const sona_signal_baseline low = {.mean = -3e38f, .var = 1.0f, .count = 5};
+    cr_assert_eq(sona_signal_builder_set_baseline(sb, &low), SONA_OK);
     cr_expect_eq(sona_signal_compute(sb, q, DIM, a, rewards, 2, 3e38f, x, d, &w), SONA_E_NONFINITE);
     expected_rejected++;
 

@@ -18,9 +18,11 @@ typedef struct sona_engine sona_engine;
 typedef struct sona_request sona_request;
 
 typedef enum sona_preset {
-    SONA_PRESET_DEFAULT = 0,     /* rank 2 Micro / rank 8 Base, N=1, loop B at 1000 trajectories */
-    SONA_PRESET_MAX_THROUGHPUT,  /* rank 1 Micro, apply every 16 signals, larger loop B batches */
-    SONA_PRESET_MAX_QUALITY,     /* rank 2 Micro, rank 16 Base, smaller loop B batches, more dreams */
+    SONA_PRESET_DEFAULT = 0,     /* rank 2 Micro / rank 8 Base, N=1, loop B every 100 trajectories
+                                    or 2 s */
+    SONA_PRESET_MAX_THROUGHPUT,  /* rank 1 Micro, apply every 16 signals, loop B every 1000 or 5 s */
+    SONA_PRESET_MAX_QUALITY,     /* rank 2 Micro at a smaller rate, rank 16 Base, loop B every 50
+                                    or 1 s, more dreams */
     SONA_PRESET_EDGE             /* rank 1, 4 layers of rank 4, small buffers, no background thread */
 } sona_preset;
 
@@ -31,15 +33,21 @@ typedef struct sona_engine_config {
     /* Micro-LoRA (one adapter per tenant; tenant 0 exists from creation) */
     uint32_t micro_rank;        /* 1..2 typical */
     float micro_alpha;
-    float micro_learning_rate;
+    float micro_learning_rate;  /* the fraction of the way a signal of weight 1 moves y(x) toward
+                                   where it points (sona/signal.h), whatever the width, rank or
+                                   scale of x: see "Learning" below */
     uint32_t micro_apply_every; /* loop A applies a tenant's gradients every N signals (>= 1) */
     uint32_t max_tenants;       /* adapter slots, tenant ids 0..max_tenants-1 */
     /* Base-LoRA (one adapter per layer) */
     uint32_t base_rank;
     uint32_t base_layers;
     float base_alpha;
-    float base_learning_rate;
-    float clip_norm;            /* per-adapter gradient norm clip, 0 = off */
+    float base_learning_rate;   /* the same for Base-LoRA, per loop B signal */
+    float max_signal_weight;    /* a quality-only signal's weight, (Q - baseline) / spread, is
+                                   clipped to +-this (> 0) */
+    float max_output_change;    /* every adapter's |y(x) - x| is kept <= this * |x| for every x
+                                   (its s B A scaled down after an update that passes it);
+                                   0 = unbounded */
     /* trajectories */
     uint32_t max_steps;         /* steps kept per trajectory (later ones are counted, not kept) */
     uint32_t buffer_capacity;   /* trajectories queued for loop B; full: the new one is dropped
@@ -47,7 +55,8 @@ typedef struct sona_engine_config {
     sona_storage step_storage;  /* how recorded trajectories keep their query and activations
                                    (encoded at each step; loops A and B learn from the decoded
                                    values): Q8 about 1.1 bytes a value, F16 2, F32 4 (exact) */
-    float baseline_decay;       /* running quality baseline: b = d b + (1-d) q */
+    float baseline_decay;       /* running quality baselines (per tenant and query region, per
+                                   layer and region): b = d b + (1-d) q, and their spreads */
     /* loop B */
     int background_thread;      /* 1: an engine thread (low priority: SCHED_BATCH, nice 10) runs
                                    loop B; 0: only sona_tick/force_learn */
@@ -63,7 +72,9 @@ typedef struct sona_engine_config {
                                    so that lr * lambda * F stays below 1; 0..1e6 */
     float fisher_decay;         /* Fisher EMA: F = d F + (1-d) g^2 */
     uint32_t max_tasks;         /* task snapshots kept (up to SONA_EWC_MAX_TASKS) */
-    float task_shift_threshold; /* boundary when the gradient-norm z-score exceeds this (> 0) */
+    float task_shift_threshold; /* a task boundary (EWC++ snapshot) when the qualities learned
+                                   from fall, on a short running average, more than this many
+                                   spreads below their baselines (> 0; src/core/engine_ewc.c) */
     /* loop C / dreams */
     uint32_t dreams_per_cycle;
     uint32_t dream_length;      /* steps per random walk */
@@ -84,18 +95,35 @@ typedef struct sona_engine_config {
     uint32_t device_min_rows;   /* smaller batches stay on the CPU (a device round trip costs more) */
 } sona_engine_config;
 
+/* Learning (DESIGN.md, "Learning semantics"; measured by `sona bench --group learning`).
+ * Each ended request gives its tenant's Micro-LoRA one signal (sona/signal.h): when the step
+ * rewards vary, toward the steps that scored better (their reward-weighted contrast, weight 1);
+ * else from the adapter's output y(x) toward where the steps went, weighted by the final
+ * quality's advantage over the tenant's running baseline for queries of the query's region, in
+ * units of that baseline's spread, clipped to +-max_signal_weight. Loop B gives each Base-LoRA
+ * layer one signal per run of steps of that layer the same way (input: the activations before
+ * the run), against a baseline per layer and query region. Steps are scale-invariant: a signal
+ * of weight w moves y(x) about learning_rate * w of the way along it (a normalised gradient
+ * step over A and B), whatever the width, rank or size of x. After every update, an adapter
+ * whose output change could pass max_output_change * |x| is scaled back to it, so no reward
+ * stream, however hostile, moves an output further than that from its input:
+ *     |y(x) - x| <= max_output_change * |x|  for every x and every adapter.
+ * EWC++ takes a task snapshot when the qualities learned from fall task_shift_threshold spreads
+ * below their running level (a new task, whether on new queries or old ones), or when loop C
+ * runs; ewc_lambda trades what the old task keeps against how fast the new one is learned. */
+
 /* Fills *cfg with the preset's values for width `hidden`. Values (DEFAULT / MAX_THROUGHPUT /
  * MAX_QUALITY / EDGE):
- *   micro_rank 2/1/2/1, micro_alpha = 2*rank, micro_learning_rate 0.01/0.01/0.005/0.01,
+ *   micro_rank 2/1/2/1, micro_alpha = 2*rank, micro_learning_rate 0.2/0.2/0.1/0.2,
  *   micro_apply_every 1/16/1/4, max_tenants 64/256/64/8,
- *   base_rank 8/4/16/4, base_layers 12/12/12/4, base_alpha = 2*rank, base_learning_rate 0.001,
- *   clip_norm 1, max_steps 16/8/32/8, buffer_capacity 10000/20000/10000/1000, step_storage
- *   SONA_STORAGE_Q8 (10,000 queued trajectories of 10 steps at hidden 256: ~35 MB, F32 ~130 MB),
- *   baseline_decay 0.99, background_thread 1/1/1/0, loop_b_threshold 1000/4000/500/200,
- *   loop_b_interval_ms 3600000 (1 h)/same/same/0, loop_b_min_batch 16/64/8/8,
- *   clusters_per_cycle 32/32/64/8, max_patterns 100000/100000/100000/5000,
- *   ewc_enabled 1 (EDGE 0), ewc_lambda 1, fisher_decay 0.99, max_tasks 5/3/10/2,
- *   task_shift_threshold 5, dreams_per_cycle 50/10/100/5, dream_length 15, dream_temperature
+ *   base_rank 8/4/16/4, base_layers 12/12/12/4, base_alpha = 2*rank, base_learning_rate 0.1,
+ *   max_signal_weight 3, max_output_change 5, max_steps 16/8/32/8, buffer_capacity
+ *   10000/20000/10000/1000, step_storage SONA_STORAGE_Q8 (10,000 queued trajectories of 10 steps
+ *   at hidden 256: ~35 MB, F32 ~130 MB), baseline_decay 0.95, background_thread 1/1/1/0,
+ *   loop_b_threshold 100/1000/50/200, loop_b_interval_ms 2000/5000/1000/0, loop_b_min_batch
+ *   16/64/8/8, clusters_per_cycle 32/32/64/8, max_patterns 100000/100000/100000/5000,
+ *   ewc_enabled 1 (EDGE 0), ewc_lambda 0.01, fisher_decay 0.99, max_tasks 5/3/10/2,
+ *   task_shift_threshold 1.2, dreams_per_cycle 50/10/100/5, dream_length 15, dream_temperature
  *   0.5, dream_jump_prob 0.1, dream_novelty_bonus 0.5, dream_replay_min_score 0.5,
  *   merge_cosine 0.98, importance_decay 0.95, loop_c_interval_ms 0, state_path "",
  *   device_apply 1, device_min_rows 32. */

@@ -17,6 +17,9 @@ extern "C" {
  * Learning: a signal (x, delta, w) asks that <y(x) - x, delta> grow when w > 0 and shrink when
  * w < 0. Its gradients  dB = w s delta (A x)^T,  dA = w s (B^T delta) x^T  are accumulated and
  * applied as one ascent step of `learning_rate`, after clipping their norm to `clip_norm`.
+ * These are raw gradients: their step shrinks with rank / hidden. The engine (sona/engine.h)
+ * scales each signal's weight so that its learning rates are fractions of output movement,
+ * whatever the shape, and bounds each adapter's output change.
  *
  * Thread safety: a sona_lora is not internally locked; any number of threads may call the
  * read-only functions (forward, get, info) at once, but a call that changes it (accumulate,

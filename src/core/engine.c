@@ -3,6 +3,7 @@
 #include "core/engine_internal.h"
 
 #include "core/lora_internal.h"
+#include "core/rng.h"
 #include "core/storage.h"
 #include "core/trajectory_internal.h"
 #include "cpu/cpu.h"
@@ -56,11 +57,67 @@ static float bits_float(unsigned b)
     return f;
 }
 
-float eng_baseline(const sona_engine *e)
+float eng_baseline(sona_engine *e)
 {
-    sona_signal_stats st;
-    sona_signal_builder_get_stats(e->signals, &st);
-    return isfinite(st.baseline) ? st.baseline : 0.0f;
+    pthread_mutex_lock(&e->quality_mu);
+    const float b = e->quality.count ? e->quality.mean : 0.0f;
+    pthread_mutex_unlock(&e->quality_mu);
+    return b;
+}
+
+void eng_quality_observe(sona_engine *e, float quality)
+{
+    float ignored;
+    pthread_mutex_lock(&e->quality_mu);
+    sona_signal_baseline_weigh(&e->quality, 1.0f - e->cfg.baseline_decay, e->cfg.max_signal_weight, quality, 1,
+                               &ignored);
+    pthread_mutex_unlock(&e->quality_mu);
+}
+
+float eng_quality_weight(sona_engine *e, float quality)
+{
+    float w = 0.0f;
+    pthread_mutex_lock(&e->quality_mu);
+    const sona_signal_baseline b = e->quality;
+    pthread_mutex_unlock(&e->quality_mu);
+    if (b.count < 2) { /* no spread yet: the quality against the mean (0 before any) */
+        const float m = e->cfg.max_signal_weight, d = quality - (b.count ? b.mean : 0.0f);
+        return isfinite(d) ? (d > m ? m : d < -m ? -m : d) : 0.0f;
+    }
+    sona_signal_baseline copy = b;
+    if (sona_signal_baseline_weigh(&copy, 1.0f - e->cfg.baseline_decay, e->cfg.max_signal_weight, quality, 0, &w) !=
+        SONA_OK)
+        w = 0.0f;
+    return w;
+}
+
+uint32_t eng_region(const sona_engine *e, const float *x)
+{
+    const uint32_t H = e->cfg.hidden;
+    uint32_t region = 0;
+    for (uint32_t b = 0; b < ENG_REGION_BITS; b++) {
+        const float *p = e->region_planes + (size_t)b * H;
+        float d = 0.0f;
+        for (uint32_t h = 0; h < H; h++)
+            d += p[h] * x[h];
+        region |= (uint32_t)(d > 0.0f) << b;
+    }
+    return region;
+}
+
+/* The region hash's planes: seeded, so a saved engine's regions are a loaded one's. */
+static float *region_planes_create(const sona_engine_config *c)
+{
+    float *p = malloc((size_t)ENG_REGION_BITS * c->hidden * sizeof *p);
+    if (!p)
+        return NULL;
+    for (uint32_t b = 0; b < ENG_REGION_BITS; b++) {
+        sona_rng rng;
+        sona_rng_seed(&rng, c->seed ^ 0x4e610ull, b);
+        for (uint32_t h = 0; h < c->hidden; h++)
+            p[(size_t)b * c->hidden + h] = sona_rng_normal(&rng);
+    }
+    return p;
 }
 
 sona_status eng_traj_take(sona_engine *e, const float *query, sona_trajectory **out)
@@ -148,28 +205,29 @@ void sona_engine_config_default(sona_engine_config *cfg, sona_preset preset, uin
     cfg->hidden = hidden;
     cfg->seed = 42;
     cfg->micro_rank = 2;
-    cfg->micro_learning_rate = 0.01f;
+    cfg->micro_learning_rate = 0.2f;
     cfg->micro_apply_every = 1;
     cfg->max_tenants = 64;
     cfg->base_rank = 8;
     cfg->base_layers = 12;
-    cfg->base_learning_rate = 0.001f;
-    cfg->clip_norm = 1.0f;
+    cfg->base_learning_rate = 0.1f;
+    cfg->max_signal_weight = 3.0f;
+    cfg->max_output_change = 5.0f;
     cfg->max_steps = 16;
     cfg->buffer_capacity = 10000;
     cfg->step_storage = SONA_STORAGE_Q8;
-    cfg->baseline_decay = 0.99f;
+    cfg->baseline_decay = 0.95f;
     cfg->background_thread = 1;
-    cfg->loop_b_threshold = 1000;
-    cfg->loop_b_interval_ms = 3600u * 1000u;
+    cfg->loop_b_threshold = 100;
+    cfg->loop_b_interval_ms = 2000u;
     cfg->loop_b_min_batch = 16;
     cfg->clusters_per_cycle = 32;
     cfg->max_patterns = 100000;
     cfg->ewc_enabled = 1;
-    cfg->ewc_lambda = 1.0f;
+    cfg->ewc_lambda = 0.01f;
     cfg->fisher_decay = 0.99f;
     cfg->max_tasks = 5;
-    cfg->task_shift_threshold = 5.0f;
+    cfg->task_shift_threshold = 1.2f;
     cfg->dreams_per_cycle = 50;
     cfg->dream_length = 15;
     cfg->dream_temperature = 0.5f;
@@ -188,16 +246,18 @@ void sona_engine_config_default(sona_engine_config *cfg, sona_preset preset, uin
         cfg->base_rank = 4;
         cfg->max_steps = 8;
         cfg->buffer_capacity = 20000;
-        cfg->loop_b_threshold = 4000;
+        cfg->loop_b_threshold = 1000;
+        cfg->loop_b_interval_ms = 5000u;
         cfg->loop_b_min_batch = 64;
         cfg->max_tasks = 3;
         cfg->dreams_per_cycle = 10;
         break;
     case SONA_PRESET_MAX_QUALITY:
-        cfg->micro_learning_rate = 0.005f;
+        cfg->micro_learning_rate = 0.1f;
         cfg->base_rank = 16;
         cfg->max_steps = 32;
-        cfg->loop_b_threshold = 500;
+        cfg->loop_b_threshold = 50;
+        cfg->loop_b_interval_ms = 1000u;
         cfg->loop_b_min_batch = 8;
         cfg->clusters_per_cycle = 64;
         cfg->max_tasks = 10;
@@ -240,7 +300,7 @@ static sona_status check_config(const sona_engine_config *c)
                          "micro_apply_every, buffer_capacity, max_steps, clusters, max_patterns and "
                          "dream_length must be >= 1");
     const float f[] = {c->micro_alpha, c->micro_learning_rate, c->base_alpha, c->base_learning_rate,
-                       c->clip_norm, c->baseline_decay, c->ewc_lambda, c->fisher_decay,
+                       c->max_signal_weight, c->max_output_change, c->baseline_decay, c->ewc_lambda, c->fisher_decay,
                        c->task_shift_threshold, c->dream_temperature, c->dream_jump_prob,
                        c->dream_novelty_bonus, c->dream_replay_min_score, c->merge_cosine,
                        c->importance_decay};
@@ -248,9 +308,10 @@ static sona_status check_config(const sona_engine_config *c)
         return sona_fail(NULL, SONA_E_NONFINITE, "sona_engine_create: non-finite value in config");
     if (c->baseline_decay < 0 || c->baseline_decay >= 1 || c->fisher_decay < 0 ||
         c->fisher_decay >= 1 || c->dream_jump_prob < 0 || c->dream_jump_prob > 1 ||
-        c->dream_temperature <= 0 || c->clip_norm < 0)
+        c->dream_temperature <= 0 || !(c->max_signal_weight > 0) || c->max_output_change < 0)
         return sona_fail(NULL, SONA_E_INVALID, "sona_engine_create: decays must be in [0,1), "
-                                               "jump probability in [0,1], temperature > 0");
+                                               "jump probability in [0,1], temperature > 0, "
+                                               "max_signal_weight > 0, max_output_change >= 0");
     /* What the EWC++ glue gives sona_ewc_create (lambda_base, boundary_z; lambda_max 1e6). */
     if (c->ewc_enabled && !(c->ewc_lambda >= 0 && c->ewc_lambda <= 1e6f && c->task_shift_threshold > 0 &&
                             c->max_tasks <= SONA_EWC_MAX_TASKS))
@@ -278,7 +339,7 @@ void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc
     lc->count = base ? c->base_layers : 1;
     lc->alpha = base ? c->base_alpha : c->micro_alpha;
     lc->learning_rate = base ? c->base_learning_rate : c->micro_learning_rate;
-    lc->clip_norm = c->clip_norm;
+    lc->clip_norm = 0.0f; /* the engine bounds each signal's weight and the output change instead */
     lc->seed = base ? c->seed ^ 0xba5eull : c->seed;
 }
 
@@ -292,7 +353,7 @@ static sona_status tenant_reset(sona_engine *e, eng_tenant *t)
     if (st != SONA_OK)
         return st;
     eng_ewc *w = NULL;
-    if (e->cfg.ewc_enabled && !(w = eng_ewc_create(l, &e->cfg))) {
+    if (e->cfg.ewc_enabled && !(w = eng_ewc_create(l, &e->cfg, 0))) {
         sona_lora_destroy(l);
         return SONA_E_NOMEM;
     }
@@ -307,6 +368,7 @@ static sona_status tenant_reset(sona_engine *e, eng_tenant *t)
     t->ewc = w;
     t->since_apply = 0;
     atomic_store(&t->tasks, 0);
+    memset(t->baselines, 0, sizeof t->baselines);
     return SONA_OK;
 }
 
@@ -330,8 +392,11 @@ sona_status sona_engine_create(const sona_engine_config *cfg, sona_engine **out)
     pthread_mutex_init(&e->wake_mu, NULL);
     pthread_cond_init(&e->wake_cv, NULL);
     pthread_rwlock_init(&e->bank_lock, NULL);
+    pthread_mutex_init(&e->quality_mu, NULL);
     atomic_store(&e->enabled, 1);
     e->tenants = calloc(cfg->max_tenants, sizeof *e->tenants);
+    e->region_planes = region_planes_create(cfg);
+    e->base_baselines = calloc((size_t)cfg->base_layers * ENG_REGIONS, sizeof *e->base_baselines);
     sona_trajectory_buffer_config tb;
     sona_trajectory_buffer_config_default(&tb);
     tb.capacity = cfg->buffer_capacity;
@@ -339,11 +404,12 @@ sona_status sona_engine_create(const sona_engine_config *cfg, sona_engine **out)
     sona_signal_config sc;
     sona_signal_config_default(&sc);
     sc.baseline_rate = 1.0f - cfg->baseline_decay;
+    sc.max_weight = cfg->max_signal_weight;
     sona_trajectory_buffer_config pc = tb;
     pc.capacity = cfg->loop_b_threshold < cfg->buffer_capacity ? cfg->loop_b_threshold : cfg->buffer_capacity;
     if (pc.capacity < 64)
         pc.capacity = 64;
-    if (!e->tenants || sona_id_source_create(1, &e->ids) != SONA_OK ||
+    if (!e->tenants || !e->region_planes || !e->base_baselines || sona_id_source_create(1, &e->ids) != SONA_OK ||
         sona_trajectory_buffer_create(&tb, &e->buffer) != SONA_OK ||
         sona_trajectory_buffer_create(&pc, &e->pool) != SONA_OK ||
         sona_signal_builder_create(&sc, &e->signals) != SONA_OK) {
@@ -358,7 +424,7 @@ sona_status sona_engine_create(const sona_engine_config *cfg, sona_engine **out)
     eng_lora_config(cfg, 1, &bc);
     if ((st = sona_lora_create(&bc, &e->base)) != SONA_OK ||
         (st = sona_snapshot_publish(&e->base_slot, e->base)) != SONA_OK ||
-        (cfg->ewc_enabled && !(e->base_ewc = eng_ewc_create(e->base, cfg))) ||
+        (cfg->ewc_enabled && !(e->base_ewc = eng_ewc_create(e->base, cfg, 1))) ||
         (st = tenant_reset(e, &e->tenants[0])) != SONA_OK ||
         (st = eng_bank_create(cfg, &e->bank)) != SONA_OK) {
         char why[256];
@@ -387,6 +453,9 @@ void sona_engine_destroy(sona_engine *e)
     sona_scratch_free(&e->base_rows);
     sona_scratch_free(&e->bank_rows);
     pthread_rwlock_destroy(&e->bank_lock);
+    pthread_mutex_destroy(&e->quality_mu);
+    free(e->region_planes);
+    free(e->base_baselines);
     if (e->tenants) {
         for (uint32_t i = 0; i < e->cfg.max_tenants; i++) {
             eng_tenant *t = &e->tenants[i];
@@ -668,13 +737,25 @@ static sona_status learn_instant(sona_engine *e, int32_t tenant, const sona_traj
 {
     const uint32_t H = e->cfg.hidden;
     eng_tenant *tn = &e->tenants[tenant];
+    eng_quality_observe(e, sona_trajectory_quality(t));
     pthread_mutex_lock(&tn->mu);
-    if (!tn->signal && !(tn->signal = malloc(2 * H * sizeof *tn->signal))) {
+    if (!tn->signal && !(tn->signal = malloc(3 * (size_t)H * sizeof *tn->signal))) {
         pthread_mutex_unlock(&tn->mu);
         return eng_fail(e, SONA_E_NOMEM, "sona_request_end: out of memory");
     }
-    float *x = tn->signal, *delta = x + H, w;
-    sona_status st = sona_signal_from_trajectory(e->signals, t, x, delta, &w);
+    float *x = tn->signal, *delta = x + H, *y = delta + H, w;
+    /* y(x), where the adapter sent the query: the training copy's weights are the published
+     * ones (gradients wait in its accumulators until they are applied). */
+    sona_status st = sona_trajectory_query(t, x, H);
+    if (st == SONA_OK)
+        st = sona_lora_forward(tn->lora, 0, x, y);
+    if (st == SONA_OK) {
+        sona_signal_options opt;
+        sona_signal_options_default(&opt);
+        opt.output = y;
+        opt.baseline = &tn->baselines[eng_region(e, x)];
+        st = sona_signal_from_trajectory_opts(e->signals, t, &opt, x, delta, &w);
+    }
     if (st != SONA_OK) {
         pthread_mutex_unlock(&tn->mu);
         atomic_fetch_add(&e->n.rejected, 1);
@@ -682,7 +763,11 @@ static sona_status learn_instant(sona_engine *e, int32_t tenant, const sona_traj
         return st == SONA_E_NONFINITE ? eng_fail(e, st, "sona_request_end: non-finite signal; not learned") : SONA_OK;
     }
     if (atomic_load(&tn->live)) {
-        st = sona_lora_accumulate(tn->lora, 0, x, delta, w);
+        const int32_t adapter = 0;
+        eng_ewc_note_quality(tn->ewc, sona_trajectory_quality(t));
+        st = sona_lora_normalize_signals(tn->lora, 1, &adapter, x, delta, &w);
+        if (st == SONA_OK)
+            st = sona_lora_accumulate(tn->lora, 0, x, delta, w);
         if (st == SONA_OK) {
             atomic_fetch_add(&e->n.accepted, 1);
             if (++tn->since_apply >= e->cfg.micro_apply_every) {
@@ -733,6 +818,8 @@ sona_status eng_train_and_publish(sona_engine *e, sona_lora *lora, eng_ewc *ewc,
 {
     int boundary = 0;
     sona_status st = ewc ? eng_ewc_step(ewc, lora, &e->cfg, &boundary) : sona_lora_apply_updates(lora);
+    if (st == SONA_OK)
+        st = sona_lora_bound_gain(lora, e->cfg.max_output_change, NULL);
     if (st == SONA_OK)
         st = sona_snapshot_publish(slot, lora);
     if (st != SONA_OK)

@@ -1,11 +1,8 @@
 /* The engine's use of the ReasoningBank: loop B adds each batch and extracts patterns; the
- * advantage of a trajectory is measured against its matched pattern's average quality. */
+ * patterns are what loop C dreams over and what sona_find_patterns returns. */
 #include "core/engine_internal.h"
 
 #include <stdlib.h>
-
-/* A pattern matches a trajectory when their cosine is at least this. */
-#define MATCH_COSINE 0.5f
 
 sona_status eng_bank_create(const sona_engine_config *cfg, sona_bank **out)
 {
@@ -44,22 +41,12 @@ void eng_bank_batch_done(sona_engine *e, eng_bank_batch *b)
     *b = (eng_bank_batch){0};
 }
 
-float eng_bank_reference(sona_engine *e, eng_bank_batch *b, const eng_steps *s, float quality, float baseline)
+void eng_bank_add_row(sona_engine *e, eng_bank_batch *b, const eng_steps *s, float quality)
 {
     const uint32_t H = e->cfg.hidden;
     float *row = b->emb + (size_t)b->rows * H;
-    if (sona_bank_trajectory_embedding(H, s->query, s->steps, s->acts, s->rewards, row) != SONA_OK)
-        return baseline; /* a zero embedding has no pattern; it still trains Base-LoRA */
-    float reference = baseline;
-    uint64_t id;
-    float sim;
-    uint32_t found = 0;
-    sona_pattern p;
-    if (sona_bank_search(e->bank, row, H, 1, &id, &sim, &found) == SONA_OK && found && sim >= MATCH_COSINE &&
-        sona_bank_pattern_get(e->bank, id, &p, NULL) == SONA_OK)
-        reference = p.avg_quality;
-    b->qual[b->rows++] = quality;
-    return reference;
+    if (sona_bank_trajectory_embedding(H, s->query, s->steps, s->acts, s->rewards, row) == SONA_OK)
+        b->qual[b->rows++] = quality;
 }
 
 sona_status eng_bank_commit(sona_engine *e, eng_bank_batch *b)

@@ -20,7 +20,7 @@ void eng_dream_state_free(eng_dream_state *d)
 
 /* Dreams, replaying the valuable ones as synthetic trajectories: query = the first node, steps =
  * the following nodes (layer = step index mod layers, reward = pattern quality), weight = the
- * dream's utility minus the quality baseline. */
+ * dream's utility against the engine's quality baseline, in its spreads. */
 static sona_status dream_and_replay(sona_engine *e, uint64_t *dreams, uint64_t *replayed)
 {
     const uint32_t H = e->cfg.hidden, L = e->cfg.dream_length;
@@ -38,7 +38,6 @@ static sona_status dream_and_replay(sona_engine *e, uint64_t *dreams, uint64_t *
     const sona_dream_params prm = {.length = L, .temperature = e->cfg.dream_temperature,
                                    .jump_prob = e->cfg.dream_jump_prob,
                                    .novelty_bonus = e->cfg.dream_novelty_bonus};
-    const float baseline = eng_baseline(e);
     for (uint32_t k = 0; k < e->cfg.dreams_per_cycle && st == SONA_OK; k++) {
         if ((st = sona_dream_generate(e->bank, e->dream, &prm, &rng, &d)) != SONA_OK)
             break;
@@ -47,7 +46,7 @@ static sona_status dream_and_replay(sona_engine *e, uint64_t *dreams, uint64_t *
             continue;
         const eng_steps steps = {.steps = d.len - 1, .acts = d.vecs + H, .rewards = d.quality + 1,
                                  .layers = layers};
-        if ((st = eng_base_accumulate(e, d.vecs, &steps, d.utility - baseline)) == SONA_OK)
+        if ((st = eng_base_accumulate(e, d.vecs, &steps, eng_quality_weight(e, d.utility))) == SONA_OK)
             (*replayed)++;
     }
     if (st == SONA_OK && sona_lora_pending(e->base) > 0)

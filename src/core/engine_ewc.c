@@ -14,15 +14,34 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Task shifts are detected on the quality, not on gradient norms (which the scale-invariant
+ * step normalises away). Each quality's shortfall below a running baseline, in its spreads (0
+ * when above, at most SHORTFALL_MAX so that one odd query cannot pass for a shift), is averaged
+ * over the qualities of an update; a short running mean of these averages passing
+ * task_shift_threshold spreads, after min_updates updates of the current task, is a boundary.
+ * A new task shows as qualities staying well below what the adapter had reached; learning, as
+ * qualities at or above it, whether the new task brings new queries or new answers to old
+ * ones. The baseline is a slow one (about 100 qualities) of all the qualities the adapter set
+ * learned from. */
+#define SHIFT_RATE 0.01f
+#define SHORTFALL_MAX 3.0f
+
 struct eng_ewc {
     sona_ewc *ewc;
+    sona_signal_baseline slow; /* of the qualities this adapter set learned from (loop B) */
+    double shortfall_sum;      /* since the last update */
+    uint32_t shortfall_n;
+    double shift;              /* running mean of the updates' mean shortfalls */
+    uint32_t updates;          /* updates with qualities since the last boundary */
+    float shift_rate;          /* of that mean: 0.05 a request (loop A), 0.3 a cycle (loop B) */
+    uint32_t min_updates;      /* 100 requests, 5 cycles */
     uint32_t n;      /* 2 * count * rank * hidden */
     float *theta, *g; /* scratch, n floats each */
     float lambda;     /* the penalty's lambda, capped (penalty_lambda) */
     int lambda_valid; /* 0 once the tasks changed */
 };
 
-eng_ewc *eng_ewc_create(const sona_lora *lora, const sona_engine_config *cfg)
+eng_ewc *eng_ewc_create(const sona_lora *lora, const sona_engine_config *cfg, int base)
 {
     const sona_lora_config *c = sona_lora_get_config(lora);
     eng_ewc *w = calloc(1, sizeof *w);
@@ -35,6 +54,12 @@ eng_ewc *eng_ewc_create(const sona_lora *lora, const sona_engine_config *cfg)
     ec.fisher_decay = cfg->fisher_decay;
     ec.lambda_base = cfg->ewc_lambda;
     ec.boundary_z = cfg->task_shift_threshold;
+    /* Base-LoRA updates once a loop B cycle, each on the mean of a batch's qualities: a few
+     * cycles of a task are evidence enough (Micro-LoRA: the default 100 requests). */
+    /* Base-LoRA updates once a loop B cycle, on a batch's qualities: a few cycles of a task are
+     * evidence enough. A tenant's, about once a request: a mean over about 20 of them. */
+    w->shift_rate = base ? 0.3f : 0.05f;
+    w->min_updates = base ? 5 : 100;
     w->theta = malloc(w->n * sizeof(float));
     w->g = malloc(w->n * sizeof(float));
     if (!w->theta || !w->g || sona_ewc_create(&ec, &w->ewc) != SONA_OK) {
@@ -92,9 +117,40 @@ float eng_ewc_lambda(eng_ewc *w, const sona_lora *lora)
     return penalty_lambda(w, lora, fsum, lambda);
 }
 
+void eng_ewc_note_shortfall(eng_ewc *w, float shortfall)
+{
+    if (!w || !(shortfall >= 0.0f) || !isfinite(shortfall))
+        return;
+    w->shortfall_sum += shortfall < SHORTFALL_MAX ? shortfall : SHORTFALL_MAX;
+    w->shortfall_n++;
+}
+
+/* The shift detector on this update's shortfalls: 1 when a new task began. */
+static int shift_detected(eng_ewc *w, const sona_engine_config *cfg)
+{
+    if (!w->shortfall_n)
+        return 0;
+    const double mean = w->shortfall_sum / w->shortfall_n;
+    w->shortfall_sum = 0.0;
+    w->shortfall_n = 0;
+    w->shift = w->updates ? w->shift + w->shift_rate * (mean - w->shift) : mean;
+    w->updates++;
+    if (w->updates < w->min_updates || !(w->shift > cfg->task_shift_threshold))
+        return 0;
+    w->shift = 0.0;
+    w->updates = 0;
+    return 1;
+}
+
+void eng_ewc_note_quality(eng_ewc *w, float quality)
+{
+    float z = 0.0f;
+    if (w && sona_signal_baseline_weigh(&w->slow, SHIFT_RATE, 1e6f, quality, 1, &z) == SONA_OK)
+        eng_ewc_note_shortfall(w, z < 0.0f ? -z : 0.0f);
+}
+
 sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, int *boundary)
 {
-    (void)cfg;
     const uint32_t half = w->n / 2;
     *boundary = 0;
     const float *theta = w->theta, *g = w->g;
@@ -105,8 +161,13 @@ sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *
             if (st == SONA_OK)
                 st = sona_lora_export_grad(lora, w->g, w->g + half);
         }
+        /* A boundary snapshots the task that ended (theta, the Fisher before this gradient). */
+        if (st == SONA_OK && shift_detected(w, cfg)) {
+            st = sona_ewc_end_task(w->ewc, theta, w->n);
+            *boundary = 1;
+        }
         if (st == SONA_OK)
-            st = sona_ewc_observe(w->ewc, theta, g, w->n, boundary);
+            st = sona_ewc_update_fisher(w->ewc, g, w->n);
         if (st != SONA_OK)
             return st;
         if (*boundary)
@@ -151,10 +212,17 @@ void eng_ewc_save(const eng_ewc *w, sona_wbuf *out)
     sona_wbuf_f64(out, d.long_mean);
     sona_wbuf_f64(out, d.long_var);
     sona_wbuf_u64(out, d.boundaries);
+    sona_wbuf_f32(out, w->slow.mean);
+    sona_wbuf_f32(out, w->slow.var);
+    sona_wbuf_u32(out, w->slow.count);
+    sona_wbuf_f64(out, w->shortfall_sum);
+    sona_wbuf_u32(out, w->shortfall_n);
+    sona_wbuf_f64(out, w->shift);
+    sona_wbuf_u32(out, w->updates);
 }
 
-sona_status eng_ewc_load(sona_rbuf *in, const sona_lora *lora, const sona_engine_config *cfg, int with_detector,
-                         eng_ewc **out)
+sona_status eng_ewc_load(sona_rbuf *in, const sona_lora *lora, const sona_engine_config *cfg, uint32_t version,
+                         int base, eng_ewc **out)
 {
     *out = NULL;
     const uint32_t present = sona_rbuf_u32(in);
@@ -162,7 +230,7 @@ sona_status eng_ewc_load(sona_rbuf *in, const sona_lora *lora, const sona_engine
         return SONA_E_CORRUPT;
     if (!present)
         return SONA_OK;
-    eng_ewc *w = eng_ewc_create(lora, cfg);
+    eng_ewc *w = eng_ewc_create(lora, cfg, base);
     if (!w)
         return SONA_E_NOMEM;
     const uint32_t n = sona_rbuf_u32(in), tasks = sona_rbuf_u32(in);
@@ -182,7 +250,7 @@ sona_status eng_ewc_load(sona_rbuf *in, const sona_lora *lora, const sona_engine
         if (sona_ewc_add_task(w->ewc, w->theta, w->g, n) != SONA_OK)
             st = SONA_E_CORRUPT;
     }
-    if (st == SONA_OK && with_detector) {
+    if (st == SONA_OK && version >= 3) {
         sona_ewc_detector d;
         d.samples = sona_rbuf_u64(in);
         d.short_mean = sona_rbuf_f64(in);
@@ -190,6 +258,18 @@ sona_status eng_ewc_load(sona_rbuf *in, const sona_lora *lora, const sona_engine
         d.long_var = sona_rbuf_f64(in);
         d.boundaries = sona_rbuf_u64(in);
         if (in->bad || sona_ewc_set_detector(w->ewc, &d) != SONA_OK)
+            st = SONA_E_CORRUPT;
+    }
+    if (st == SONA_OK && version >= 4) {
+        w->slow.mean = sona_rbuf_f32(in);
+        w->slow.var = sona_rbuf_f32(in);
+        w->slow.count = sona_rbuf_u32(in);
+        w->shortfall_sum = sona_rbuf_f64(in);
+        w->shortfall_n = sona_rbuf_u32(in);
+        w->shift = sona_rbuf_f64(in);
+        w->updates = sona_rbuf_u32(in);
+        if (in->bad || !isfinite(w->slow.mean) || !(w->slow.var >= 0.0f) || !isfinite(w->slow.var) ||
+            !(w->shortfall_sum >= 0.0) || !isfinite(w->shortfall_sum) || !(w->shift >= 0.0) || !isfinite(w->shift))
             st = SONA_E_CORRUPT;
     }
     if (st != SONA_OK || !cfg->ewc_enabled) {

@@ -20,13 +20,22 @@ typedef struct eng_ewc eng_ewc;
 /* The device copy of the adapters for batched apply (engine_device.c). */
 typedef struct eng_device eng_device;
 
+/* Quality baselines are kept per query region: the sign pattern of ENG_REGION_BITS fixed random
+ * projections of the query (a locality-sensitive hash: queries of one topic share a region).
+ * A baseline per region measures a quality against what queries like it usually get, not
+ * against which topic the query came from (which a single baseline mostly measures); it costs
+ * ENG_REGION_BITS dot products a request, where a pattern-bank search would cost an HNSW walk. */
+#define ENG_REGION_BITS 4
+#define ENG_REGIONS (1u << ENG_REGION_BITS)
+
 typedef struct eng_tenant {
     sona_snapshot_slot slot;  /* what readers apply */
-    pthread_mutex_t mu;       /* guards lora, since_apply, ewc */
+    pthread_mutex_t mu;       /* guards lora, since_apply, ewc, signal, baselines */
+    sona_signal_baseline baselines[ENG_REGIONS]; /* loop A's quality baselines per query region */
     sona_lora *lora;          /* training copy, count 1 */
     uint32_t since_apply;
     eng_ewc *ewc;
-    float *signal;            /* loop A's signal rows x and delta (2 * hidden), reused (mu) */
+    float *signal;            /* loop A's signal rows x, delta and y (3 * hidden), reused (mu) */
     atomic_int live;
     atomic_uint tasks;        /* EWC++ task snapshots of ewc now, for sona_get_stats (set under mu) */
 } eng_tenant;
@@ -48,7 +57,11 @@ struct sona_engine {
     sona_id_source *ids;
     sona_trajectory_buffer *buffer; /* ended trajectories waiting for loop B */
     sona_trajectory_buffer *pool;   /* processed trajectories kept for reuse (their memory) */
-    sona_signal_builder *signals;   /* loop A's signals and the running quality baseline */
+    sona_signal_builder *signals;   /* loop A's signals (with the tenants' baselines) */
+    float *region_planes;           /* ENG_REGION_BITS x hidden: the query-region hash */
+    pthread_mutex_t quality_mu;     /* guards quality */
+    sona_signal_baseline quality;   /* every final quality: stats, dreams' reference */
+    sona_signal_baseline *base_baselines; /* Base-LoRA's per layer and region (cycle_mu) */
     _Atomic(sona_request *) spare_request; /* an ended request's object, kept for the next one */
 
     /* loop threads */
@@ -89,7 +102,15 @@ sona_status eng_fail(sona_engine *e, sona_status st, const char *fmt, ...)
 
 uint64_t eng_now_us(void);
 /* The running quality baseline (0 before the first trajectory). */
-float eng_baseline(const sona_engine *e);
+float eng_baseline(sona_engine *e);
+/* Folds a final quality into the engine-wide baseline. */
+void eng_quality_observe(sona_engine *e, float quality);
+/* A quality's weight against the engine-wide baseline, (q - mean) / spread clipped to
+ * max_signal_weight (before two qualities, q - mean, the mean 0 before any); the baseline is left
+ * as it is. */
+float eng_quality_weight(sona_engine *e, float quality);
+/* The query region of x (0..ENG_REGIONS-1). */
+uint32_t eng_region(const sona_engine *e, const float *x);
 
 /* A finished trajectory's query and steps decoded into rows: query[hidden], acts[steps][hidden],
  * rewards, layers. Grows as needed; reused across trajectories. */
@@ -106,15 +127,22 @@ void eng_traj_recycle(sona_engine *e, sona_trajectory *t);
 sona_status eng_steps_gather(eng_steps *s, const sona_trajectory *t, uint32_t hidden);
 void eng_steps_free(eng_steps *s);
 
-/* Applies a training copy's pending gradients (with EWC++ when on) and publishes a snapshot.
- * slot is Base-LoRA's or a tenant's (whose task count for the stats it refreshes). */
+/* Applies a training copy's pending gradients (with EWC++ when on), bounds its output change
+ * (max_output_change) and publishes a snapshot. slot is Base-LoRA's or a tenant's (whose task
+ * count for the stats it refreshes). */
 sona_status eng_train_and_publish(sona_engine *e, sona_lora *lora, eng_ewc *ewc,
                                   sona_snapshot_slot *slot);
 
 /* EWC++ (ewc glue). */
-eng_ewc *eng_ewc_create(const sona_lora *lora, const sona_engine_config *cfg);
+/* base: the Base-LoRA's (updated once a cycle), else a tenant's (once a request or so). */
+eng_ewc *eng_ewc_create(const sona_lora *lora, const sona_engine_config *cfg, int base);
 void eng_ewc_destroy(eng_ewc *w);
 sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, int *boundary);
+/* For the task-shift detector (w may be NULL): a quality the adapter set learned from, measured
+ * against the detector's own slow baseline; or a shortfall the caller measured (>= 0, in
+ * spreads below a baseline). */
+void eng_ewc_note_quality(eng_ewc *w, float quality);
+void eng_ewc_note_shortfall(eng_ewc *w, float shortfall);
 sona_status eng_ewc_consolidate(eng_ewc *w, const sona_lora *lora);
 /* The lambda of lora's next penalty step: the tasks' lambda, capped where the Fisher is large
  * (cached until the tasks change). */
@@ -124,13 +152,14 @@ uint32_t eng_ewc_tasks(const eng_ewc *w);
 const struct sona_ewc *eng_ewc_state(const eng_ewc *w);
 struct sona_wbuf;
 struct sona_rbuf;
-/* Appends w's state (a NULL w writes "absent"): tasks, running Fisher, boundary detector. */
+/* Appends w's state (a NULL w writes "absent"): tasks, running Fisher, boundary detector, and
+ * the task-shift detector's quality baseline and pending shortfall. */
 void eng_ewc_save(const eng_ewc *w, struct sona_wbuf *out);
 /* Reads a state written by eng_ewc_save for lora's shape into a fresh *out (NULL when absent or
- * when cfg has EWC++ off); with_detector 0 reads a record of state format 1 or 2, which had no
- * detector (it starts afresh). SONA_E_CORRUPT on a bad record. */
+ * when cfg has EWC++ off), as state format `version` wrote it (1 and 2 had no detector, 1 to 3
+ * no quality baseline: they start afresh). SONA_E_CORRUPT on a bad record. */
 sona_status eng_ewc_load(struct sona_rbuf *in, const sona_lora *lora, const sona_engine_config *cfg,
-                         int with_detector, eng_ewc **out);
+                         uint32_t version, int base, eng_ewc **out);
 
 /* The sona_lora configuration of the engine's Micro (base = 0) or Base-LoRA (base = 1). */
 void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc);
@@ -157,15 +186,16 @@ typedef struct eng_bank_batch {
 sona_status eng_bank_batch_init(sona_engine *e, eng_bank_batch *b, uint32_t n);
 /* Ends the batch's use of bank_rows (kept for the next cycle by core/scratch.h's rule). */
 void eng_bank_batch_done(sona_engine *e, eng_bank_batch *b);
-/* Adds a gathered trajectory's embedding to the batch and returns the reference quality its
- * advantage is measured against: the matched pattern's average quality (baseline when nothing
- * matches or the embedding is zero). The bank is searched as it was before the cycle. Caller
- * holds cycle_mu. */
-float eng_bank_reference(sona_engine *e, eng_bank_batch *b, const eng_steps *s, float quality, float baseline);
+/* Adds a gathered trajectory's embedding and quality to the batch (a zero embedding has no
+ * pattern and is left out). Caller holds cycle_mu. */
+void eng_bank_add_row(sona_engine *e, eng_bank_batch *b, const eng_steps *s, float quality);
 /* Adds the batch to the bank and extracts patterns. Caller holds cycle_mu. */
 sona_status eng_bank_commit(sona_engine *e, eng_bank_batch *b);
-/* Base-LoRA signals of one gathered trajectory (or dream) with advantage w; query[hidden] is
- * the first step's input. Caller holds cycle_mu. */
+/* Base-LoRA signals of one gathered trajectory (or dream); query[hidden] is the first step's
+ * input, each later step's is the activation before it. Each step of a Base-LoRA layer asks
+ * that layer's output for its input to move toward the step's activation, weighted by the
+ * step reward's advantage over its layer's baseline for the query's region (NaN w), or by w.
+ * Caller holds cycle_mu. */
 sona_status eng_base_accumulate(sona_engine *e, const float *query, const eng_steps *s, float w);
 
 /* Batched apply on an accelerator: NULL when cfg->device_apply is 0 or no accelerator is there. */

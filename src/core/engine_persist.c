@@ -12,7 +12,10 @@
  * counters as u64 in sona_bank_stats order from trajectories_added to searches, then u64 the
  * next pattern id, above every pattern's), DREA (version 3 on: loop C's dream visits, u32
  * count, then per pattern id in increasing order u64 id (below the next pattern id), u32 visits
- * (>= 1)). An EWC++ record (engine_ewc.c): u32 present; when 1, u32 parameter count n, u32
+ * (>= 1)), BASL (version 4 on: the quality baselines, each as f32 mean, f32 variance, u32
+ * count: the engine-wide one; u32 regions (ENG_REGIONS), u32 layers, then layers x regions of
+ * Base-LoRA's; u32 tenants, then per tenant id in increasing order u32 id (a tenant of TENA)
+ * and its regions). An EWC++ record (engine_ewc.c): u32 present; when 1, u32 parameter count n, u32
  * tasks, n floats running Fisher, per task n floats theta* and n floats Fisher, then (version 3
  * on) the boundary detector: u64 samples, f64 short mean, long mean, long variance, u64
  * boundaries. An adapter record (TENA's after its u32 tenant id, BASE's): A and Bt as floats,
@@ -45,12 +48,12 @@
 #include <unistd.h>
 
 #define STATE_MAGIC "SONASTAT"
-#define STATE_VERSION 3u /* 2: the QUEU section; 3: BANK, DREA, EWC++ detectors. 1 on are read */
+#define STATE_VERSION 4u /* 2: QUEU; 3: BANK, DREA, EWC++ detectors; 4: BASL. 1 on are read */
 #define BYTE_ORDER_MARK 0x01020304u
 #define HEADER_BYTES 24u
 #define COUNTERS 13 /* STAT section: the engine's monotonic counters */
 #define BANK_COUNTERS 13 /* BANK section: sona_bank_stats' counters */
-#define SECTIONS 8
+#define SECTIONS 9
 #define SECTION_HEADER_BYTES 20u
 #define TAG(a, b, c, d) ((uint32_t)(a) | (uint32_t)(b) << 8 | (uint32_t)(c) << 16 | (uint32_t)(d) << 24)
 
@@ -63,14 +66,16 @@ enum {
     TAG_QUEU = TAG('Q', 'U', 'E', 'U'),
     TAG_BANK = TAG('B', 'A', 'N', 'K'),
     TAG_DREA = TAG('D', 'R', 'E', 'A'),
+    TAG_BASL = TAG('B', 'A', 'S', 'L'),
 };
 
 /* The sections in file order, and the format version that brought each. */
-enum { SEC_CONF, SEC_STAT, SEC_TENA, SEC_BASE, SEC_PATT, SEC_QUEU, SEC_BANK, SEC_DREA };
+enum { SEC_CONF, SEC_STAT, SEC_TENA, SEC_BASE, SEC_PATT, SEC_QUEU, SEC_BANK, SEC_DREA, SEC_BASL };
 static const struct {
     uint32_t tag, since;
 } section_table[SECTIONS] = {{TAG_CONF, 1}, {TAG_STAT, 1}, {TAG_TENA, 1}, {TAG_BASE, 1},
-                             {TAG_PATT, 1}, {TAG_QUEU, 2}, {TAG_BANK, 3}, {TAG_DREA, 3}};
+                             {TAG_PATT, 1}, {TAG_QUEU, 2}, {TAG_BANK, 3}, {TAG_DREA, 3},
+                             {TAG_BASL, 4}};
 
 /* ---- CRC-32 -------------------------------------------------------------------------------- */
 
@@ -165,12 +170,12 @@ static const struct {
 static const size_t config_floats[] = {
     offsetof(sona_engine_config, micro_alpha),          offsetof(sona_engine_config, micro_learning_rate),
     offsetof(sona_engine_config, base_alpha),           offsetof(sona_engine_config, base_learning_rate),
-    offsetof(sona_engine_config, clip_norm),            offsetof(sona_engine_config, baseline_decay),
+    offsetof(sona_engine_config, max_signal_weight),    offsetof(sona_engine_config, baseline_decay),
     offsetof(sona_engine_config, ewc_lambda),           offsetof(sona_engine_config, fisher_decay),
     offsetof(sona_engine_config, task_shift_threshold), offsetof(sona_engine_config, dream_temperature),
     offsetof(sona_engine_config, dream_jump_prob),      offsetof(sona_engine_config, dream_novelty_bonus),
     offsetof(sona_engine_config, dream_replay_min_score), offsetof(sona_engine_config, merge_cosine),
-    offsetof(sona_engine_config, importance_decay)};
+    offsetof(sona_engine_config, importance_decay),     offsetof(sona_engine_config, max_output_change)};
 #define CONFIG_FLOATS (sizeof config_floats / sizeof config_floats[0])
 
 static uint32_t config_int_get(const sona_engine_config *c, size_t i)
@@ -312,6 +317,41 @@ static void write_dream_visits(sona_wbuf *w, const eng_dream_state *d)
     free(ids);
 }
 
+static void write_baseline(sona_wbuf *w, const sona_signal_baseline *b)
+{
+    sona_wbuf_f32(w, b->mean);
+    sona_wbuf_f32(w, b->var);
+    sona_wbuf_u32(w, b->count);
+}
+
+/* BASL: the engine-wide quality baseline, Base-LoRA's per layer and region, each live tenant's
+ * per region (caller holds cycle_mu: Base-LoRA's are loop B's). */
+static void write_baselines(sona_wbuf *w, sona_engine *e, const sona_signal_baseline *quality)
+{
+    write_baseline(w, quality);
+    sona_wbuf_u32(w, ENG_REGIONS);
+    sona_wbuf_u32(w, e->cfg.base_layers);
+    for (size_t i = 0; i < (size_t)e->cfg.base_layers * ENG_REGIONS; i++)
+        write_baseline(w, &e->base_baselines[i]);
+    const size_t count_at = w->len;
+    uint32_t live = 0;
+    sona_wbuf_u32(w, live);
+    for (uint32_t i = 0; i < e->cfg.max_tenants; i++) {
+        eng_tenant *t = &e->tenants[i];
+        pthread_mutex_lock(&t->mu);
+        if (atomic_load(&t->live)) {
+            sona_wbuf_u32(w, i);
+            for (uint32_t r = 0; r < ENG_REGIONS; r++)
+                write_baseline(w, &t->baselines[r]);
+            live++;
+        }
+        pthread_mutex_unlock(&t->mu);
+    }
+    if (!w->oom)
+        memcpy(w->p + count_at, &live, sizeof live);
+}
+
+
 /* Serialises the whole state into w. The caller holds the cycle lock, which keeps loop B, the
  * queue's only consumer, out: the queued trajectories are looked at in place, never taken, while
  * requests may go on recording. Takes each tenant's lock in turn. */
@@ -347,9 +387,10 @@ static sona_status serialise(sona_engine *e, sona_wbuf *w)
     sona_wbuf_u32(w, COUNTERS);
     for (int i = 0; i < COUNTERS; i++)
         sona_wbuf_u64(w, i == COUNTER_RECORDED ? atomic_load(&e->n.processed) + queued : atomic_load(counters[i]));
-    sona_signal_stats ss;
-    sona_signal_builder_get_stats(e->signals, &ss);
-    sona_wbuf_f32(w, ss.baseline); /* NaN before the first trajectory */
+    pthread_mutex_lock(&e->quality_mu);
+    const sona_signal_baseline quality = e->quality;
+    pthread_mutex_unlock(&e->quality_mu);
+    sona_wbuf_f32(w, quality.count ? quality.mean : NAN); /* NaN before the first trajectory */
     sona_wbuf_u32(w, atomic_load(&e->last_phi_bits));
     section_end(w, s);
 
@@ -418,6 +459,10 @@ static sona_status serialise(sona_engine *e, sona_wbuf *w)
     s = section_begin(w, TAG_DREA);
     write_dream_visits(w, e->dream);
     section_end(w, s);
+
+    s = section_begin(w, TAG_BASL);
+    write_baselines(w, e, &quality);
+    section_end(w, s);
     return w->oom ? SONA_E_NOMEM : SONA_OK;
 }
 
@@ -480,6 +525,7 @@ sona_status eng_write_file_atomic(sona_engine *e, const char *caller, const char
     return st;
 }
 
+
 sona_status eng_state_snapshot(sona_engine *e, sona_wbuf *w)
 {
     *w = (sona_wbuf){0};
@@ -532,6 +578,10 @@ typedef struct loaded {
     uint32_t queued;            /* trajectories in queue: those that fit buffer_capacity */
     sona_trajectory **queue;
     eng_dream_state *dream;     /* version 3 on; NULL when no pattern was visited */
+    sona_signal_baseline quality; /* version 4 on; before, the STAT mean alone */
+    sona_signal_baseline *base_baselines; /* layers x regions (version 4 on; else all empty) */
+    uint32_t *region_tenants;   /* a region record per tenant of ids (version 4 on; else NULL) */
+    sona_signal_baseline *tenant_baselines; /* tenants x regions, by TENA's order */
 } loaded;
 
 static void loaded_free(loaded *s)
@@ -546,6 +596,9 @@ static void loaded_free(loaded *s)
     free(s->loras);
     free(s->ewcs);
     free(s->since_apply);
+    free(s->base_baselines);
+    free(s->region_tenants);
+    free(s->tenant_baselines);
     sona_lora_destroy(s->base);
     eng_ewc_destroy(s->base_ewc);
     sona_bank_destroy(s->bank);
@@ -628,7 +681,7 @@ static sona_status read_adapter(sona_engine *e, sona_rbuf *r, uint32_t version, 
     free(wts);
     if (st != SONA_OK)
         return st;
-    st = eng_ewc_load(r, *lora, &e->cfg, version >= 3, ewc);
+    st = eng_ewc_load(r, *lora, &e->cfg, version, base, ewc);
     if (st != SONA_OK)
         return eng_fail(e, st, "sona_load: EWC++ state: %s", sona_status_str(st));
     *since_apply = 0;
@@ -818,6 +871,53 @@ static sona_status read_sections(sona_engine *e, const char *caller, const uint8
 #undef DAMAGED
 }
 
+static int read_baseline(sona_rbuf *r, sona_signal_baseline *b)
+{
+    b->mean = sona_rbuf_f32(r);
+    b->var = sona_rbuf_f32(r);
+    b->count = sona_rbuf_u32(r);
+    return !r->bad && isfinite(b->mean) && isfinite(b->var) && b->var >= 0.0f;
+}
+
+/* BASL (version 4 on) into s; TENA was read before. A tenant of the file's BASL that TENA does
+ * not hold (created while the file was saved) is skipped; one of TENA's without a record starts
+ * empty. */
+static sona_status read_baselines(sona_engine *e, sona_rbuf *r, loaded *s)
+{
+    const uint32_t L = e->cfg.base_layers;
+    s->base_baselines = calloc((size_t)L * ENG_REGIONS, sizeof *s->base_baselines);
+    s->region_tenants = calloc(s->tenants, sizeof *s->region_tenants);
+    s->tenant_baselines = calloc((size_t)s->tenants * ENG_REGIONS, sizeof *s->tenant_baselines);
+    if (!s->base_baselines || !s->region_tenants || !s->tenant_baselines)
+        return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
+    if (!read_baseline(r, &s->quality) || sona_rbuf_u32(r) != ENG_REGIONS || sona_rbuf_u32(r) != L)
+        return corrupt(e, "bad baseline section");
+    for (size_t i = 0; i < (size_t)L * ENG_REGIONS; i++)
+        if (!read_baseline(r, &s->base_baselines[i]))
+            return corrupt(e, "bad baseline section");
+    const uint32_t n = sona_rbuf_u32(r);
+    if (r->bad || n > e->cfg.max_tenants)
+        return corrupt(e, "bad baseline section");
+    uint32_t at = 0, prev = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        const uint32_t id = sona_rbuf_u32(r);
+        sona_signal_baseline b[ENG_REGIONS];
+        for (uint32_t j = 0; j < ENG_REGIONS; j++)
+            if (!read_baseline(r, &b[j]))
+                return corrupt(e, "bad baseline section");
+        if (r->bad || id >= e->cfg.max_tenants || (k && id <= prev))
+            return corrupt(e, "bad baseline section (tenant ids)");
+        prev = id;
+        while (at < s->tenants && s->ids[at] < id)
+            at++;
+        if (at < s->tenants && s->ids[at] == id) {
+            memcpy(s->tenant_baselines + (size_t)at * ENG_REGIONS, b, sizeof b);
+            s->region_tenants[at++] = id;
+        }
+    }
+    return SONA_OK;
+}
+
 static sona_status parse(sona_engine *e, const uint8_t *p, size_t len, loaded *s)
 {
     sona_rbuf sec[SECTIONS];
@@ -847,6 +947,14 @@ static sona_status parse(sona_engine *e, const uint8_t *p, size_t len, loaded *s
     if (s->version >= 3 && ((st = read_bank_counters(e, &sec[SEC_BANK], s)) != SONA_OK ||
                             (st = read_dream_visits(e, &sec[SEC_DREA], s)) != SONA_OK))
         return st;
+    if (s->version >= 4) {
+        if ((st = read_baselines(e, &sec[SEC_BASL], s)) != SONA_OK)
+            return st;
+        if (isnan(s->baseline) != (s->quality.count == 0) || (s->quality.count && s->quality.mean != s->baseline))
+            return corrupt(e, "the baseline section does not match the counter section");
+    } else if (!isnan(s->baseline)) {
+        s->quality = (sona_signal_baseline){.mean = s->baseline, .count = 1}; /* its spread is lost */
+    }
     for (int t = 0; t < SECTIONS; t++)
         if (sec[t].bad || (t != SEC_CONF && sec[t].pos != sec[t].len))
             return corrupt(e, "a section's contents do not match its length");
@@ -873,7 +981,12 @@ static void commit(sona_engine *e, loaded *s)
     for (int i = 0; i < COUNTERS; i++)
         atomic_store(counters[i], s->counters[i]);
     atomic_store(&e->n.taken, s->counters[COUNTER_PROCESSED]); /* no cycle in flight (cycle_mu) */
-    sona_signal_builder_set_baseline(e->signals, s->baseline);
+    pthread_mutex_lock(&e->quality_mu);
+    e->quality = s->quality;
+    pthread_mutex_unlock(&e->quality_mu);
+    const size_t base_regions = (size_t)e->cfg.base_layers * ENG_REGIONS;
+    for (size_t i = 0; i < base_regions; i++)
+        e->base_baselines[i] = s->base_baselines ? s->base_baselines[i] : (sona_signal_baseline){0};
     atomic_store(&e->last_phi_bits, s->phi_bits);
     pthread_mutex_lock(&e->tenants_mu);
     uint32_t next = 0;
@@ -889,6 +1002,9 @@ static void commit(sona_engine *e, loaded *s)
             s->ewcs[next] = w;
             t->since_apply = s->since_apply[next];
             eng_note_tasks(e, &t->slot, t->ewc);
+            memset(t->baselines, 0, sizeof t->baselines);
+            if (s->region_tenants && s->region_tenants[next] == i)
+                memcpy(t->baselines, s->tenant_baselines + (size_t)next * ENG_REGIONS, sizeof t->baselines);
             sona_snapshot_publish(&t->slot, t->lora);
             atomic_store(&t->live, 1);
             next++;

@@ -300,7 +300,12 @@ static int detect(sona_ewc *e, double norm)
     const double sr = e->cfg.short_rate, lr = e->cfg.long_rate;
     d->short_mean += sr * (norm - d->short_mean);
     /* z against the long statistics before this sample, so a jump does not hide itself. */
-    const double se = sqrt(d->long_var * sr / (2.0 - sr)) + 0.01 * d->long_mean + 1e-30;
+    /* The long variance starts at 0 and reaches its level over about 1 / lr samples: divided by
+     * the weight its EMA has gathered so far (1 - (1 - lr)^(samples - 1), as Adam corrects its
+     * moments), a young detector does not mistake its first fluctuations for a shift. */
+    const double gathered = 1.0 - pow(1.0 - lr, (double)(d->samples - 1));
+    const double var = gathered > 0.0 ? d->long_var / gathered : 0.0;
+    const double se = sqrt(var * sr / (2.0 - sr)) + 0.01 * d->long_mean + 1e-30;
     const double z = (d->short_mean - d->long_mean) / se;
     if (d->samples >= e->cfg.min_samples && z > e->cfg.boundary_z)
         return 1;

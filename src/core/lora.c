@@ -522,3 +522,184 @@ sona_status sona_lora_set_weights(sona_lora *l, int32_t adapter, const float *A,
     free(bt);
     return SONA_OK;
 }
+
+/* ---- scale-invariant learning: signal normalisation and the output bound ------------------- */
+
+/* The whole set's A and Bt on the host: in place on host memory, else downloaded into *copy
+ * (the caller frees it). */
+static sona_status host_weights(sona_lora *l, const float **A, float **Bt, float **copy)
+{
+    *copy = NULL;
+    if (l->paired) {
+        *A = l->A;
+        *Bt = l->Bt;
+        return SONA_OK;
+    }
+    const size_t n = l->adapter_floats * l->cfg.count;
+    float *c = malloc(2 * n * sizeof *c);
+    if (!c)
+        return sona_fail(&l->err, SONA_E_NOMEM, "out of memory for a host copy of %zu weights", 2 * n);
+    sona_status st = sona_lora_export(l, c, c + n, NULL);
+    if (st != SONA_OK) {
+        free(c);
+        return st;
+    }
+    *A = c;
+    *Bt = c + n;
+    *copy = c;
+    return SONA_OK;
+}
+
+static double dot_d(const float *a, const float *b, uint32_t n)
+{
+    double s = 0.0;
+    for (uint32_t i = 0; i < n; i++)
+        s += (double)a[i] * b[i];
+    return s;
+}
+
+sona_status sona_lora_normalize_signals(sona_lora *l, uint32_t n, const int32_t *ids, const float *x,
+                                        const float *delta, float *w)
+{
+    static const char fn[] = "sona_lora_normalize_signals";
+    if (!l || !ids || !x || !delta || !w)
+        return sona_fail(l ? &l->err : NULL, SONA_E_NULL, "%s: NULL argument", fn);
+    sona_status st = check_ids(l, fn, n, ids);
+    if (st != SONA_OK)
+        return st;
+    const float *A = NULL;
+    float *Bt = NULL, *copy = NULL;
+    if ((st = host_weights(l, &A, &Bt, &copy)) != SONA_OK)
+        return st;
+    const uint32_t H = l->cfg.hidden, r = l->cfg.rank;
+    const double s = (double)l->cfg.alpha / r;
+    for (uint32_t i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * H, *di = delta + (size_t)i * H;
+        if (ids[i] < 0) {
+            w[i] = 0.0f;
+            continue;
+        }
+        const float *Ai = A + (size_t)ids[i] * l->adapter_floats, *Bi = Bt + (size_t)ids[i] * l->adapter_floats;
+        const double xx = dot_d(xi, xi, H), dd = dot_d(di, di, H);
+        double ax2 = 0.0, bd2 = 0.0;
+        for (uint32_t j = 0; j < r; j++) {
+            const double ax = dot_d(Ai + (size_t)j * H, xi, H), bd = dot_d(Bi + (size_t)j * H, di, H);
+            ax2 += ax * ax;
+            bd2 += bd * bd;
+        }
+        /* |g|^2 = s^2 (|A x|^2 |delta|^2 + |B^T delta|^2 |x|^2); a step c g moves <y(x), delta>
+         * by c |g|^2, which is |delta|^2 (that is, y(x) by delta) for c = |delta|^2 / |g|^2. */
+        const double g2 = s * s * (ax2 * dd + bd2 * xx);
+        w[i] = g2 > 1e-30 * dd && dd > 0.0 ? (float)(w[i] * dd / g2) : 0.0f;
+        if (!isfinite(w[i]))
+            w[i] = 0.0f;
+    }
+    free(copy);
+    return SONA_OK;
+}
+
+/* out = a * b for r x r matrices (row-major, double). */
+static void matmul_r(const double *a, const double *b, double *out, uint32_t r)
+{
+    for (uint32_t i = 0; i < r; i++)
+        for (uint32_t j = 0; j < r; j++) {
+            double s = 0.0;
+            for (uint32_t k = 0; k < r; k++)
+                s += a[i * r + k] * b[k * r + j];
+            out[i * r + j] = s;
+        }
+}
+
+/* An upper bound of the spectral norm of s B A for one adapter (A: r rows of H, Bt: r rows of
+ * H). |BA|_2^2 is the largest eigenvalue of P = (B^T B)(A A^T), an r x r matrix with real
+ * eigenvalues >= 0; for any k, lambda_max <= |P^k|_F^(1/k), which squaring P 8 times brings to
+ * within a factor r^(1/256) (1.6 % at rank 64) above it. An upper bound, so the cap is kept. */
+static double gain_bound(const float *A, const float *Bt, uint32_t r, uint32_t H, double s)
+{
+    double ga[SONA_CPU_MAX_RANK * SONA_CPU_MAX_RANK], gb[SONA_CPU_MAX_RANK * SONA_CPU_MAX_RANK];
+    double p[SONA_CPU_MAX_RANK * SONA_CPU_MAX_RANK];
+    for (uint32_t i = 0; i < r; i++)
+        for (uint32_t j = i; j < r; j++) {
+            ga[i * r + j] = ga[j * r + i] = dot_d(A + (size_t)i * H, A + (size_t)j * H, H);
+            gb[i * r + j] = gb[j * r + i] = dot_d(Bt + (size_t)i * H, Bt + (size_t)j * H, H);
+        }
+    matmul_r(gb, ga, p, r);
+    /* Invariant: P^(2^m) = exp(log_scale) p, p renormalised each round against overflow. */
+    double log_scale = 0.0;
+    const int squarings = 8;
+    for (int m = 0;; m++) {
+        double f = 0.0;
+        for (uint32_t i = 0; i < r * r; i++)
+            f += p[i] * p[i];
+        f = sqrt(f);
+        if (!(f > 0.0))
+            return 0.0;
+        for (uint32_t i = 0; i < r * r; i++)
+            p[i] /= f;
+        log_scale += log(f); /* now |P^(2^m)|_F = exp(log_scale) */
+        if (m == squarings) {
+            log_scale /= (double)(1u << m);
+            break;
+        }
+        double q[SONA_CPU_MAX_RANK * SONA_CPU_MAX_RANK];
+        matmul_r(p, p, q, r);
+        memcpy(p, q, (size_t)r * r * sizeof *p);
+        log_scale *= 2.0;
+    }
+    return s * sqrt(exp(log_scale));
+}
+
+sona_status sona_lora_gain(const sona_lora *cl, int32_t adapter, double *gain)
+{
+    sona_lora *l = (sona_lora *)cl; /* only the error buffer is written */
+    if (!l || !gain)
+        return sona_fail(l ? &l->err : NULL, SONA_E_NULL, "sona_lora_gain: NULL argument");
+    sona_status st = check_adapter(l, "sona_lora_gain", adapter);
+    if (st != SONA_OK)
+        return st;
+    const float *A = NULL;
+    float *Bt = NULL, *copy = NULL;
+    if ((st = host_weights(l, &A, &Bt, &copy)) != SONA_OK)
+        return st;
+    const size_t off = (size_t)adapter * l->adapter_floats;
+    *gain = gain_bound(A + off, Bt + off, l->cfg.rank, l->cfg.hidden, (double)l->cfg.alpha / l->cfg.rank);
+    free(copy);
+    return SONA_OK;
+}
+
+sona_status sona_lora_bound_gain(sona_lora *l, float max_gain, uint32_t *capped)
+{
+    if (capped)
+        *capped = 0;
+    if (!l)
+        return sona_fail(NULL, SONA_E_NULL, "sona_lora_bound_gain: lora is NULL");
+    if (!(max_gain > 0.0f))
+        return SONA_OK;
+    const float *A = NULL;
+    float *Bt = NULL, *copy = NULL;
+    sona_status st = host_weights(l, &A, &Bt, &copy);
+    if (st != SONA_OK)
+        return st;
+    const uint32_t H = l->cfg.hidden, r = l->cfg.rank;
+    const double s = (double)l->cfg.alpha / r;
+    uint32_t n = 0;
+    for (uint32_t a = 0; a < l->cfg.count; a++) {
+        const size_t off = (size_t)a * l->adapter_floats;
+        const double g = gain_bound(A + off, Bt + off, r, H, s);
+        if (!(g > max_gain))
+            continue;
+        const float f = (float)(max_gain / g);
+        for (size_t i = 0; i < l->adapter_floats; i++)
+            Bt[off + i] *= f;
+        n++;
+    }
+    if (n && copy) {
+        const size_t total = l->adapter_floats * l->cfg.count;
+        if (l->be->upload(l->be->ctx, l->Bt, 0, Bt, total * sizeof(float)) != SONA_OK)
+            st = backend_failed(l, "upload", SONA_E_BACKEND);
+    }
+    free(copy);
+    if (capped)
+        *capped = n;
+    return st;
+}

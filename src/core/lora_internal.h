@@ -42,4 +42,19 @@ typedef struct sona_lora_ewc_terms {
  * is given (the penalty alone moves the weights back toward the anchors). */
 sona_status sona_lora_apply_updates_ewc(sona_lora *l, const sona_lora_ewc_terms *t);
 
+/* Scale-invariant learning (DESIGN.md, "Learning semantics"): turns each signal's weight w_i
+ * into the weight that makes one update of learning rate lr move y(x_i) by about lr * w_i *
+ * delta_i (first order), whatever the width, rank, scale or input size: w_i is multiplied by
+ * |delta_i|^2 / |g_i|^2, g_i the gradient of <y(x_i), delta_i> over A and B (a normalised LMS
+ * step). Rows of adapter -1, or whose gradient is zero (x = 0, delta = 0), get weight 0. Reads
+ * the weights in place on host memory (a copy from a device). */
+sona_status sona_lora_normalize_signals(sona_lora *l, uint32_t n, const int32_t *ids, const float *x,
+                                        const float *delta, float *w);
+/* Bounds every adapter's change of the output: when the spectral norm of s B A (the largest
+ * |y(x) - x| / |x| over all x) exceeds max_gain, B is scaled down to make it max_gain. 0 = no
+ * bound. *capped (may be NULL) receives how many adapters were scaled. */
+sona_status sona_lora_bound_gain(sona_lora *l, float max_gain, uint32_t *capped);
+/* The spectral norm of adapter i's s B A (its largest |y(x) - x| / |x|). */
+sona_status sona_lora_gain(const sona_lora *l, int32_t adapter, double *gain);
+
 #endif /* SONA_CORE_LORA_INTERNAL_H */

@@ -1,24 +1,23 @@
-/* Learning signals from trajectories: reward-weighted activation contrast and a running
- * quality baseline shared (atomically) by every thread that computes signals. */
+/* Learning signals from trajectories (sona/signal.h): the reward-weighted step contrast when
+ * the step rewards vary, else the displacement from the adapter's output weighted by the
+ * quality's advantage over a running baseline, in units of its spread. */
 #include "sona/signal.h"
 
 #include "core/error.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* The baseline lives in one 64-bit atomic: the float's bits, plus a flag once initialised, so
- * a compare-and-swap moves both together. */
-#define BASELINE_SET (1ull << 32)
 
 /* Widths up to this use a stack scratch (the direction and a decoded step); wider ones allocate. */
 #define STACK_DIM 2048
 
 struct sona_signal_builder {
     sona_signal_config cfg;
-    _Atomic uint64_t baseline;
+    pthread_mutex_t mu; /* guards own */
+    sona_signal_baseline own;
     _Atomic uint64_t accepted, rejected;
 };
 
@@ -28,6 +27,7 @@ void sona_signal_config_default(sona_signal_config *cfg)
         return;
     memset(cfg, 0, sizeof *cfg);
     cfg->baseline_rate = 0.05f;
+    cfg->max_weight = 3.0f;
 }
 
 sona_status sona_signal_builder_create(const sona_signal_config *cfg, sona_signal_builder **out)
@@ -38,23 +38,32 @@ sona_status sona_signal_builder_create(const sona_signal_config *cfg, sona_signa
     *out = NULL;
     if (!cfg)
         return sona_fail(NULL, SONA_E_NULL, "%s: cfg is NULL", fn);
-    if (!isfinite(cfg->baseline_rate))
-        return sona_fail(NULL, SONA_E_NONFINITE, "%s: baseline_rate is %g", fn, (double)cfg->baseline_rate);
+    if (!isfinite(cfg->baseline_rate) || !isfinite(cfg->max_weight))
+        return sona_fail(NULL, SONA_E_NONFINITE, "%s: baseline_rate is %g, max_weight %g", fn,
+                         (double)cfg->baseline_rate, (double)cfg->max_weight);
     if (!(cfg->baseline_rate > 0.0f && cfg->baseline_rate <= 1.0f))
         return sona_fail(NULL, SONA_E_INVALID, "%s: baseline_rate %g is outside (0, 1]", fn,
                          (double)cfg->baseline_rate);
-    sona_signal_builder *sb = malloc(sizeof *sb);
+    if (!(cfg->max_weight > 0.0f))
+        return sona_fail(NULL, SONA_E_INVALID, "%s: max_weight %g is not > 0", fn, (double)cfg->max_weight);
+    sona_signal_builder *sb = calloc(1, sizeof *sb);
     if (!sb)
         return sona_fail(NULL, SONA_E_NOMEM, "%s: out of memory", fn);
     sb->cfg = *cfg;
-    atomic_init(&sb->baseline, 0);
+    pthread_mutex_init(&sb->mu, NULL);
     atomic_init(&sb->accepted, 0);
     atomic_init(&sb->rejected, 0);
     *out = sb;
     return SONA_OK;
 }
 
-void sona_signal_builder_destroy(sona_signal_builder *sb) { free(sb); }
+void sona_signal_builder_destroy(sona_signal_builder *sb)
+{
+    if (!sb)
+        return;
+    pthread_mutex_destroy(&sb->mu);
+    free(sb);
+}
 
 const char *sona_signal_builder_last_error(const sona_signal_builder *sb)
 {
@@ -62,19 +71,37 @@ const char *sona_signal_builder_last_error(const sona_signal_builder *sb)
     return sona_last_error();
 }
 
-static float bits_float(uint64_t state)
+sona_status sona_signal_baseline_weigh(sona_signal_baseline *b, float rate, float max_weight, float q, int advance,
+                                       float *w)
 {
-    const uint32_t bits = (uint32_t)state;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-static uint64_t float_state(float f)
-{
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    return BASELINE_SET | bits;
+    if (!b || !w)
+        return sona_fail(NULL, SONA_E_NULL, "sona_signal_baseline_weigh: baseline and w are required");
+    if (!isfinite(q) || !isfinite(rate) || !isfinite(max_weight))
+        return sona_fail(NULL, SONA_E_NONFINITE, "signal: quality %g (rate %g, max weight %g) is not finite",
+                         (double)q, (double)rate, (double)max_weight);
+    sona_signal_baseline next = *b;
+    double weight = 0.0;
+    if (b->count == 0) {
+        next.mean = q;
+        next.var = 0.0f;
+    } else {
+        const double dev = (double)q - b->mean;
+        /* The second quality sets the spread to its own deviation, so its weight is +-1. */
+        const double var = b->count == 1 ? dev * dev : (double)b->var;
+        if (var > 0.0)
+            weight = dev / sqrt(var);
+        weight = weight > max_weight ? max_weight : weight < -max_weight ? -max_weight : weight;
+        next.mean = (float)(b->mean + rate * dev);
+        next.var = (float)(b->count == 1 ? var : var + rate * (dev * dev - var));
+        if (!isfinite(dev) || !isfinite(next.mean) || !isfinite(next.var))
+            return sona_fail(NULL, SONA_E_NONFINITE, "signal: quality %g against baseline %g overflows", (double)q,
+                             (double)b->mean);
+    }
+    next.count = b->count == UINT32_MAX ? b->count : b->count + 1;
+    if (advance)
+        *b = next;
+    *w = (float)weight;
+    return SONA_OK;
 }
 
 /* The steps of a signal source: a trajectory (optionally only one layer's steps), whose vectors
@@ -114,12 +141,14 @@ static double norm2(const float *a, uint32_t n)
     return sqrt(s);
 }
 
-/* The unit direction of the signal into dir[dim]; SONA_OK or a refusal (message set). */
-static sona_status direction(const step_view *v, float *dir)
+/* The contrast sum_i (r_i - mean r) a_i / sum_i |r_i - mean r| into dir (mean a drops out: the
+ * coefficients sum to zero). 1 when written, 0 when the rewards are equal or it cancels out
+ * (e.g. the same activations at every step: what is left is rounding noise), -1 on overflow. */
+static int contrast(const step_view *v, float *dir)
 {
     const uint32_t dim = v->dim;
     double mean = 0.0, lo = INFINITY, hi = -INFINITY;
-    uint32_t used = 0, last_used = 0;
+    uint32_t used = 0;
     for (uint32_t i = 0; i < v->steps; i++) {
         if (!step_used(v, i))
             continue;
@@ -128,68 +157,60 @@ static sona_status direction(const step_view *v, float *dir)
         lo = r < lo ? r : lo;
         hi = r > hi ? r : hi;
         used++;
-        last_used = i;
     }
     mean /= used;
-    if (hi - lo > 1e-6 * fmax(1.0, fabs(mean))) {
-        /* Contrast sum_i (r_i - mean) a_i. When it nearly cancels (e.g. the same activations
-         * at every step) what is left is rounding noise, so fall back to the last step. */
-        double scale = 0.0;
-        memset(dir, 0, (size_t)dim * sizeof *dir);
-        for (uint32_t i = 0; i < v->steps; i++) {
-            if (!step_used(v, i))
-                continue;
-            const float *a = step_act(v, i);
-            const float c = (float)(step_reward(v, i) - mean);
-            for (uint32_t j = 0; j < dim; j++)
-                dir[j] += c * a[j];
-            scale += fabs(c) * norm2(a, dim);
-        }
-        const double nrm = norm2(dir, dim);
-        if (!isfinite(nrm) || !isfinite(scale))
-            return sona_fail(NULL, SONA_E_NONFINITE, "signal: the activation contrast overflowed");
-        if (nrm > 1e-5 * scale) {
-            const float inv = (float)(1.0 / nrm);
-            for (uint32_t j = 0; j < dim; j++)
-                dir[j] *= inv;
-            return SONA_OK;
-        }
+    if (!(hi - lo > 1e-6 * fmax(1.0, fabs(mean))))
+        return 0;
+    double total = 0.0, scale = 0.0;
+    memset(dir, 0, (size_t)dim * sizeof *dir);
+    for (uint32_t i = 0; i < v->steps; i++) {
+        if (!step_used(v, i))
+            continue;
+        const float *a = step_act(v, i);
+        const float c = (float)(step_reward(v, i) - mean);
+        for (uint32_t j = 0; j < dim; j++)
+            dir[j] += c * a[j];
+        total += fabs(c);
+        scale += fabs(c) * norm2(a, dim);
     }
-    const float *last = step_act(v, last_used);
-    const double nrm = norm2(last, dim);
-    if (!isfinite(nrm))
-        return sona_fail(NULL, SONA_E_NONFINITE, "signal: the last step's norm overflowed");
-    if (nrm == 0.0)
-        return sona_fail(NULL, SONA_E_INVALID, "signal: the last step's activations are all zero, no direction to learn");
-    const float inv = (float)(1.0 / nrm);
+    const double nrm = norm2(dir, dim);
+    if (!isfinite(nrm) || !isfinite(scale))
+        return -1;
+    if (!(nrm > 1e-5 * scale))
+        return 0;
+    const float inv = (float)(1.0 / total);
     for (uint32_t j = 0; j < dim; j++)
-        dir[j] = last[j] * inv;
-    return SONA_OK;
+        dir[j] *= inv;
+    return 1;
 }
 
-/* w = q - baseline (0 before the first), and with `advance` the baseline moves toward q. */
-static sona_status advantage(sona_signal_builder *sb, float q, int advance, float *w)
+/* mean a - from into dir; SONA_OK or a refusal (message set). */
+static sona_status displacement(const step_view *v, const float *from, float *dir)
 {
-    uint64_t old = atomic_load_explicit(&sb->baseline, memory_order_relaxed);
-    for (;;) {
-        float adv, next;
-        if (old & BASELINE_SET) {
-            const float b = bits_float(old);
-            adv = q - b;
-            next = b + sb->cfg.baseline_rate * adv;
-        } else {
-            adv = 0.0f;
-            next = q;
-        }
-        if (!isfinite(adv) || !isfinite(next))
-            return sona_fail(NULL, SONA_E_NONFINITE, "signal: quality %g against baseline %g overflows",
-                             (double)q, (double)bits_float(old));
-        if (!advance || atomic_compare_exchange_weak_explicit(&sb->baseline, &old, float_state(next),
-                                                              memory_order_relaxed, memory_order_relaxed)) {
-            *w = adv;
-            return SONA_OK;
-        }
+    const uint32_t dim = v->dim;
+    uint32_t used = 0;
+    memset(dir, 0, (size_t)dim * sizeof *dir);
+    for (uint32_t i = 0; i < v->steps; i++) {
+        if (!step_used(v, i))
+            continue;
+        const float *a = step_act(v, i);
+        for (uint32_t j = 0; j < dim; j++)
+            dir[j] += a[j];
+        used++;
     }
+    const float inv = 1.0f / (float)used;
+    double scale = 0.0;
+    for (uint32_t j = 0; j < dim; j++) {
+        dir[j] = dir[j] * inv - from[j];
+        scale = fmax(scale, fabs(from[j]));
+    }
+    const double nrm = norm2(dir, dim);
+    if (!isfinite(nrm))
+        return sona_fail(NULL, SONA_E_NONFINITE, "signal: the step activations' displacement overflowed");
+    if (!(nrm > 1e-6 * scale * sqrt((double)dim)) || nrm == 0.0)
+        return sona_fail(NULL, SONA_E_INVALID,
+                         "signal: the step rewards are equal and the activations equal the output: no direction");
+    return SONA_OK;
 }
 
 static sona_status reject(sona_signal_builder *sb, sona_status st)
@@ -198,29 +219,51 @@ static sona_status reject(sona_signal_builder *sb, sona_status st)
     return st;
 }
 
+/* w of quality q against the options' baseline or the builder's own. */
+static sona_status weigh(sona_signal_builder *sb, sona_signal_baseline *b, float q, int advance, float *w)
+{
+    if (b)
+        return sona_signal_baseline_weigh(b, sb->cfg.baseline_rate, sb->cfg.max_weight, q, advance, w);
+    pthread_mutex_lock(&sb->mu);
+    const sona_status st = sona_signal_baseline_weigh(&sb->own, sb->cfg.baseline_rate, sb->cfg.max_weight, q,
+                                                      advance, w);
+    pthread_mutex_unlock(&sb->mu);
+    return st;
+}
+
 /* The signal of v into x, delta, w. The query comes decoded in x (a trajectory's) or as a
  * pointer (arrays); x is written only on success. */
 static sona_status compute(sona_signal_builder *sb, step_view *v, const float *query, float quality,
-                           int advance, float *x, float *delta, float *w)
+                           const sona_signal_options *opt, float *x, float *delta, float *w)
 {
-    /* Scratch: the direction, and a trajectory's decoded step. */
-    float stack[2 * STACK_DIM];
-    const size_t need = (size_t)v->dim * (v->t ? 2 : 1);
-    float *dir = need <= 2 * STACK_DIM ? stack : malloc(need * sizeof *dir);
+    /* Scratch: the direction, a trajectory's decoded step, and its decoded query. */
+    float stack[3 * STACK_DIM];
+    const size_t need = (size_t)v->dim * (v->t ? 3 : 1);
+    float *dir = need <= 3 * STACK_DIM ? stack : malloc(need * sizeof *dir);
     if (!dir)
-        return sona_fail(NULL, SONA_E_NOMEM, "signal: out of memory for a %u-wide direction", v->dim);
+        return reject(sb, sona_fail(NULL, SONA_E_NOMEM, "signal: out of memory for a %u-wide direction", v->dim));
     v->row = dir + v->dim;
-    sona_status st = direction(v, dir);
-    float adv = 0.0f;
-    if (st == SONA_OK)
-        st = advantage(sb, quality, advance, &adv);
+    const float *q = query;
+    if (v->t) {
+        float *qrow = dir + 2 * (size_t)v->dim;
+        sona_trajectory_query(v->t, qrow, v->dim);
+        q = qrow;
+    }
+    float weight = 1.0f, ignored;
+    sona_status st = SONA_OK;
+    const int kind = contrast(v, dir);
+    if (kind < 0) {
+        st = sona_fail(NULL, SONA_E_NONFINITE, "signal: the activation contrast overflowed");
+    } else if (kind == 1) {
+        /* The quality still feeds the baseline, so a later quality-only signal measures from it. */
+        st = weigh(sb, opt->baseline, quality, opt->advance_baseline, &ignored);
+    } else if ((st = displacement(v, opt->output ? opt->output : q, dir)) == SONA_OK) {
+        st = weigh(sb, opt->baseline, quality, opt->advance_baseline, &weight);
+    }
     if (st == SONA_OK) {
-        if (v->t)
-            sona_trajectory_query(v->t, x, v->dim);
-        else
-            memcpy(x, query, (size_t)v->dim * sizeof *x);
+        memmove(x, q, (size_t)v->dim * sizeof *x);
         memcpy(delta, dir, (size_t)v->dim * sizeof *delta);
-        *w = adv;
+        *w = weight;
         atomic_fetch_add_explicit(&sb->accepted, 1, memory_order_relaxed);
     } else {
         reject(sb, st);
@@ -267,8 +310,10 @@ sona_status sona_signal_from_trajectory_opts(sona_signal_builder *sb, const sona
     if (used == 0)
         return reject(sb, sona_fail(NULL, SONA_E_EMPTY, "%s: trajectory %llu has no steps (of layer %d)", fn,
                                     id, opt->layer));
+    if (opt->output && !sona_all_finite(opt->output, v.dim))
+        return reject(sb, sona_fail(NULL, SONA_E_NONFINITE, "%s: NaN or Inf in the output", fn));
     /* The trajectory refused non-finite data when it was built. */
-    return compute(sb, &v, NULL, sona_trajectory_quality(t), opt->advance_baseline, x, delta, w);
+    return compute(sb, &v, NULL, sona_trajectory_quality(t), opt, x, delta, w);
 }
 
 sona_status sona_signal_from_trajectory(sona_signal_builder *sb, const sona_trajectory *t, float *x,
@@ -283,20 +328,31 @@ sona_status sona_signal_compute(sona_signal_builder *sb, const float *query, uin
                                 const float *activations, const float *rewards, uint32_t steps,
                                 float final_quality, float *x, float *delta, float *w)
 {
+    sona_signal_options opt;
+    sona_signal_options_default(&opt);
+    return sona_signal_compute_opts(sb, query, dim, activations, rewards, steps, final_quality, &opt, x, delta, w);
+}
+
+sona_status sona_signal_compute_opts(sona_signal_builder *sb, const float *query, uint32_t dim,
+                                     const float *activations, const float *rewards, uint32_t steps,
+                                     float final_quality, const sona_signal_options *opt, float *x, float *delta,
+                                     float *w)
+{
     static const char fn[] = "sona_signal_compute";
-    if (!sb || !query || !activations || !rewards || !x || !delta || !w)
+    if (!sb || !query || !activations || !rewards || !x || !delta || !w || !opt)
         return sona_fail(NULL, SONA_E_NULL, "%s: every pointer argument is required", fn);
     if (dim == 0)
         return reject(sb, sona_fail(NULL, SONA_E_INVALID, "%s: dim is 0", fn));
     if (steps == 0)
         return reject(sb, sona_fail(NULL, SONA_E_EMPTY, "%s: no steps", fn));
     if (!sona_all_finite(query, dim) || !sona_all_finite(activations, (size_t)steps * dim) ||
-        !sona_all_finite(rewards, steps) || !isfinite(final_quality))
+        !sona_all_finite(rewards, steps) || !isfinite(final_quality) ||
+        (opt->output && !sona_all_finite(opt->output, dim)))
         return reject(sb, sona_fail(NULL, SONA_E_NONFINITE,
-                                    "%s: NaN or Inf in the query, activations, rewards or quality", fn));
+                                    "%s: NaN or Inf in the query, activations, rewards, quality or output", fn));
     step_view v = {.layer = SONA_LAYER_NONE, .acts = activations, .rewards = rewards, .steps = steps,
                    .dim = dim};
-    return compute(sb, &v, query, final_quality, 1, x, delta, w);
+    return compute(sb, &v, query, final_quality, opt, x, delta, w);
 }
 
 void sona_signal_builder_get_stats(const sona_signal_builder *csb, sona_signal_stats *out)
@@ -307,21 +363,41 @@ void sona_signal_builder_get_stats(const sona_signal_builder *csb, sona_signal_s
     out->baseline = NAN;
     if (!csb)
         return;
-    sona_signal_builder *sb = (sona_signal_builder *)csb; /* atomics are only read */
+    sona_signal_builder *sb = (sona_signal_builder *)csb; /* the lock and atomics only */
     out->accepted = atomic_load_explicit(&sb->accepted, memory_order_relaxed);
     out->rejected = atomic_load_explicit(&sb->rejected, memory_order_relaxed);
-    const uint64_t b = atomic_load_explicit(&sb->baseline, memory_order_relaxed);
-    if (b & BASELINE_SET)
-        out->baseline = bits_float(b);
+    pthread_mutex_lock(&sb->mu);
+    if (sb->own.count)
+        out->baseline = sb->own.mean;
+    pthread_mutex_unlock(&sb->mu);
 }
 
-sona_status sona_signal_builder_set_baseline(sona_signal_builder *sb, float baseline)
+sona_status sona_signal_builder_get_baseline(const sona_signal_builder *csb, sona_signal_baseline *out)
 {
+    if (!csb || !out)
+        return sona_fail(NULL, SONA_E_NULL, "sona_signal_builder_get_baseline: builder and out are required");
+    sona_signal_builder *sb = (sona_signal_builder *)csb; /* the lock only */
+    pthread_mutex_lock(&sb->mu);
+    *out = sb->own;
+    pthread_mutex_unlock(&sb->mu);
+    return SONA_OK;
+}
+
+sona_status sona_signal_builder_set_baseline(sona_signal_builder *sb, const sona_signal_baseline *b)
+{
+    static const char fn[] = "sona_signal_builder_set_baseline";
     if (!sb)
-        return sona_fail(NULL, SONA_E_NULL, "sona_signal_builder_set_baseline: builder is NULL");
-    if (isinf(baseline))
-        return sona_fail(NULL, SONA_E_NONFINITE, "sona_signal_builder_set_baseline: baseline is Inf");
-    atomic_store_explicit(&sb->baseline, isnan(baseline) ? 0 : float_state(baseline),
-                          memory_order_relaxed);
+        return sona_fail(NULL, SONA_E_NULL, "%s: builder is NULL", fn);
+    if (b && (!isfinite(b->mean) || !isfinite(b->var)))
+        return sona_fail(NULL, SONA_E_NONFINITE, "%s: mean %g or variance %g is not finite", fn, (double)b->mean,
+                         (double)b->var);
+    if (b && b->var < 0.0f)
+        return sona_fail(NULL, SONA_E_INVALID, "%s: variance %g is negative", fn, (double)b->var);
+    pthread_mutex_lock(&sb->mu);
+    if (b)
+        sb->own = *b;
+    else
+        memset(&sb->own, 0, sizeof sb->own);
+    pthread_mutex_unlock(&sb->mu);
     return SONA_OK;
 }
