@@ -443,6 +443,14 @@ static void run_query_throughput(bench_ctx *ctx)
             bench_report(ctx, &row, "overhead", 100.0 * (total_s[mode] / total_s[0] - 1.0), "%");
     }
     bench_report(ctx, &full, "loop_b_cycles", (double)(s1.loop_b_cycles - s0.loop_b_cycles), "cycles");
+    /* How often loop B learns under this traffic: cycles completed in the rounds (one still
+     * running at their end is not counted) per 10,000 requests the full-SONA engine ended in them
+     * (recorded or refused by a full buffer: every request that reached loop A's queue). */
+    const uint64_t requests = (s1.trajectories_recorded + s1.trajectories_dropped) -
+                              (s0.trajectories_recorded + s0.trajectories_dropped);
+    if (requests)
+        bench_report(ctx, &full, "loop_b_cycles_per_10k_requests",
+                     1e4 * (double)(s1.loop_b_cycles - s0.loop_b_cycles) / (double)requests, "cycles");
     bench_report(ctx, &full, "last_loop_b_cycle_ms", 1e-3 * (double)s1.last_loop_b_us, "ms");
     bench_report(ctx, &full, "warmup_queries", (double)warm, "queries");
     /* The whole process's (loop B's thread included) over the three scenarios' rounds. */

@@ -883,6 +883,8 @@ static sona_status ewc_detector_with(world *w, double short_mean, double long_va
     X(bank_create_tolerance_inf, CREATE_WITH(bank, tolerance, INFINITY), SONA_E_NONFINITE, THREAD, "NaN") \
     X(bank_create_merge_nan, CREATE_WITH(bank, merge_threshold, NAN), SONA_E_NONFINITE, THREAD, "NaN") \
     X(bank_create_merge_2, CREATE_WITH(bank, merge_threshold, 2.0f), SONA_E_INVALID, THREAD, "merge_threshold") \
+    X(bank_create_merge_z_nan, CREATE_WITH(bank, merge_z, NAN), SONA_E_NONFINITE, THREAD, "merge_z") \
+    X(bank_create_merge_z_negative, CREATE_WITH(bank, merge_z, -1.0f), SONA_E_INVALID, THREAD, "merge_z") \
     X(bank_create_min_quality_inf, CREATE_WITH(bank, min_quality, -INFINITY), SONA_E_NONFINITE, THREAD, "NaN") \
     X(bank_create_index_m, CREATE_WITH(bank, index.M, 1), SONA_E_INVALID, THREAD, "M 1")            \
     X(bank_embedding_null_out, sona_bank_trajectory_embedding(H, w->x, 0, NULL, NULL, NULL), SONA_E_NULL, THREAD, "out") \
@@ -1068,7 +1070,6 @@ static sona_status ewc_detector_with(world *w, double short_mean, double long_va
     X(flush_null, sona_flush(NULL), SONA_E_NULL, THREAD, "engine")                                  \
     X(tick_null, sona_tick(NULL), SONA_E_NULL, THREAD, "engine")                                    \
     X(force_learn_null, sona_force_learn(NULL), SONA_E_NULL, THREAD, "engine")                      \
-    X(force_learn_too_few, sona_force_learn(w->engine), SONA_E_EMPTY, ON_ENGINE, "minimum")         \
     X(deep_cycle_null, sona_deep_cycle(NULL), SONA_E_NULL, THREAD, "engine")                        \
     X(find_patterns_null_engine, sona_find_patterns(NULL, w->x, 2, (sona_pattern_hit[2]){{0}}, (uint32_t[1]){0}), SONA_E_NULL, THREAD, "NULL") \
     X(find_patterns_null_hits, sona_find_patterns(w->engine, w->x, 2, NULL, (uint32_t[1]){0}), SONA_E_NULL, ON_ENGINE, "NULL") \
@@ -1154,6 +1155,28 @@ ParameterizedTest(size_t *row, api, refused)
 }
 
 /* ---- outside the table ----------------------------------------------------------------------- */
+
+/* Not a refusal: sona_force_learn with nothing queued has nothing to do. SONA_OK, no message,
+ * and the world (counters, loop_b_cycles and the cycle time included) unchanged. */
+Test(api, force_learn_with_nothing_queued)
+{
+    world w;
+    build(&w);
+    sona_stats s;
+    cr_assert_eq(sona_get_stats(w.engine, &s), SONA_OK);
+    cr_assert_eq(s.trajectories_queued, 0, "the world's engine should have nothing queued");
+    bytes before = snapshot(&w);
+    cr_expect_eq(sona_force_learn(w.engine), SONA_OK, "%s", sona_engine_last_error(w.engine));
+    cr_expect_eq(sona_force_learn(w.fresh_engine), SONA_OK, "%s", sona_engine_last_error(w.fresh_engine));
+    cr_expect_str_eq(sona_engine_last_error(w.engine), "");
+    cr_expect_str_eq(sona_engine_last_error(w.fresh_engine), "");
+    bytes after = snapshot(&w);
+    cr_expect(before.n == after.n && memcmp(before.p, after.p, before.n) == 0,
+              "sona_force_learn with nothing queued changed the world");
+    free(before.p);
+    free(after.p);
+    teardown(&w);
+}
 
 Test(api, every_status_has_its_own_text)
 {

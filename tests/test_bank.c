@@ -743,3 +743,155 @@ Test(bank, restored_counters_continue_the_extraction_sequence)
     for (int k = 0; k < 3; k++)
         sona_bank_destroy(all[k]);
 }
+
+/* ---- many small extractions, and large ones ---------------------------------------------------- */
+
+enum { TRUE_CLUSTERS = 4 };
+
+typedef struct cluster_stream {
+    sona_rng r;
+    float centers[TRUE_CLUSTERS][DIM]; /* unit */
+} cluster_stream;
+
+static void unit(float *v)
+{
+    double n = 0;
+    for (uint32_t t = 0; t < DIM; t++)
+        n += (double)v[t] * v[t];
+    for (uint32_t t = 0; t < DIM; t++)
+        v[t] = (float)(v[t] / sqrt(n));
+}
+
+static void stream_init(cluster_stream *s, uint64_t seed)
+{
+    sona_rng_seed(&s->r, seed, 9);
+    for (int c = 0; c < TRUE_CLUSTERS; c++) {
+        for (uint32_t t = 0; t < DIM; t++)
+            s->centers[c][t] = sona_rng_normal(&s->r);
+        unit(s->centers[c]);
+    }
+}
+
+/* n embeddings like the engine's: unit(center + noise of norm about 1), so each has a cosine of
+ * about 0.7 with its cluster's center and two of one cluster about 0.5 with each other. */
+static void stream_rows(cluster_stream *s, uint32_t n, float *X, float *q)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        const uint32_t c = sona_rng_below(&s->r, TRUE_CLUSTERS);
+        for (uint32_t t = 0; t < DIM; t++)
+            X[(size_t)i * DIM + t] = s->centers[c][t] + sona_rng_normal(&s->r) / sqrtf((float)DIM);
+        unit(X + (size_t)i * DIM);
+        q[i] = 0.5f;
+    }
+}
+
+static sona_bank *engine_like(fake_clock *clk, int noise_rules)
+{
+    sona_bank_config cfg;
+    sona_bank_config_default(&cfg, DIM);
+    cfg.k_clusters = 32; /* the engine's clusters_per_cycle */
+    cfg.clock_ms = read_clock;
+    cfg.clock_ctx = clk;
+    if (!noise_rules) { /* the bank before the noise rules: merges by cosine, a cluster per row */
+        cfg.merge_z = 0.0f;
+        cfg.rows_per_cluster = 1;
+    }
+    sona_bank *b = NULL;
+    cr_assert_eq(sona_bank_create(&cfg, &b), SONA_OK, "%s", sona_last_error());
+    return b;
+}
+
+/* Feeds total rows in extractions of `per`; returns the patterns after the first extraction. */
+static uint32_t feed(sona_bank *b, cluster_stream *s, uint32_t total, uint32_t per)
+{
+    float *X = malloc((size_t)per * DIM * sizeof *X), *q = malloc(per * sizeof *q);
+    uint32_t first = 0;
+    for (uint32_t done = 0; done < total; done += per) {
+        stream_rows(s, per, X, q);
+        cr_assert_eq(sona_bank_add_batch(b, per, X, DIM, q, NULL, NULL), SONA_OK, "%s", sona_bank_last_error(b));
+        cr_assert_eq(sona_bank_extract(b, NULL), SONA_OK, "%s", sona_bank_last_error(b));
+        if (!done)
+            first = sona_bank_pattern_count(b);
+    }
+    free(X);
+    free(q);
+    return first;
+}
+
+/* Every trajectory is in exactly one pattern; each true cluster has a pattern close to its
+ * center holding at least min_share of the trajectories of one cluster; every pattern of 50 or
+ * more is close to one center and not to the others (no pattern mixing two clusters). */
+static void check_patterns(sona_bank *b, const cluster_stream *s, uint64_t total, double min_share)
+{
+    const uint32_t n = sona_bank_pattern_count(b);
+    uint64_t sum = 0, best_size[TRUE_CLUSTERS] = {0};
+    for (uint32_t i = 0; i < n; i++) {
+        sona_pattern p;
+        float c[DIM];
+        cr_assert_eq(sona_bank_pattern_at(b, i, &p, c), SONA_OK);
+        sum += p.size;
+        double best = -2, second = -2;
+        int at = 0;
+        for (int k = 0; k < TRUE_CLUSTERS; k++) {
+            const double cs = cosine(c, s->centers[k]);
+            if (cs > best)
+                second = best, best = cs, at = k;
+            else if (cs > second)
+                second = cs;
+        }
+        if (p.size >= 50)
+            cr_assert(best >= 0.9 && second < 0.6, "pattern %u of %" PRIu64 ": cosines %.3f and %.3f with the two nearest centers",
+                      i, p.size, best, second);
+        if (best >= 0.9 && p.size > best_size[at])
+            best_size[at] = p.size;
+    }
+    cr_assert_eq(sum, total, "pattern sizes add up to %" PRIu64 " of %" PRIu64, sum, total);
+    for (int k = 0; k < TRUE_CLUSTERS; k++)
+        cr_assert_geq((double)best_size[k], min_share * (double)total / TRUE_CLUSTERS,
+                      "cluster %d: its largest pattern holds %" PRIu64 " of about %" PRIu64, k, best_size[k],
+                      total / TRUE_CLUSTERS);
+}
+
+/* Loop B with a cycle every 20 trajectories: 2,000 trajectories of 4 clusters. Merging by cosine
+ * alone made a pattern of nearly every trajectory (a centroid of a few noisy trajectories never
+ * reaches cosine 0.95 with its pattern); with the noise rules the bank ends with a handful, each
+ * cluster's bulk in one pattern. */
+Test(bank, small_extractions_keep_a_pattern_per_cluster, .timeout = 120)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[bank] small extractions seed %" PRIu64 "\n", seed);
+    fake_clock clk = {0};
+    cluster_stream s, old_s;
+    stream_init(&s, seed);
+    old_s = s;
+    sona_bank *b = engine_like(&clk, 1), *old = engine_like(&clk, 0);
+    feed(b, &s, 2000, 20);
+    feed(old, &old_s, 2000, 20);
+    const uint32_t n = sona_bank_pattern_count(b), n_old = sona_bank_pattern_count(old);
+    printf("[bank] 2000 trajectories of 4 clusters in extractions of 20: %u patterns (by cosine alone %u)\n", n, n_old);
+    cr_assert_gt(n_old, 1000, "the test data should defeat the cosine rule alone");
+    cr_assert_leq(n, 16);
+    check_patterns(b, &s, 2000, 0.8);
+    sona_bank_destroy(b);
+    sona_bank_destroy(old);
+}
+
+/* Extractions of 1,000: the first makes up to k_clusters (32) patterns, finer than the 4
+ * clusters but each within one; later ones add few (tail trajectories), where merging by cosine
+ * alone added about 30 each. */
+Test(bank, large_extractions_keep_their_patterns, .timeout = 120)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[bank] large extractions seed %" PRIu64 "\n", seed);
+    fake_clock clk = {0};
+    cluster_stream s;
+    stream_init(&s, seed);
+    sona_bank *b = engine_like(&clk, 1);
+    const uint32_t first = feed(b, &s, 4000, 1000), n = sona_bank_pattern_count(b);
+    printf("[bank] 4000 trajectories of 4 clusters in extractions of 1000: %u patterns after the first, %u after "
+           "the fourth\n", first, n);
+    cr_assert_leq(first, 32);
+    cr_assert_leq(n, first + 12, "%u patterns after the first extraction, %u after three more", first, n);
+    check_patterns(b, &s, 4000, 0.0);
+    sona_bank_destroy(b);
+}

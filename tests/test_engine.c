@@ -192,7 +192,7 @@ Test(engine, counters_are_exact_and_bad_input_is_not_learned)
     cr_assert_eq(s.signals_accepted, 30);
     cr_assert_eq(s.signals_rejected, 4); /* the step-less one and three non-finite ones */
     cr_assert_eq(s.micro_updates, 30);
-    /* Loop B takes everything queued; a short queue stays queued. */
+    /* A forced cycle takes everything queued. */
     cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
     cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
     cr_assert_eq(s.trajectories_processed, 31);
@@ -200,13 +200,26 @@ Test(engine, counters_are_exact_and_bad_input_is_not_learned)
     cr_assert_eq(s.loop_b_cycles, 1);
     cr_assert_eq(s.base_updates, 1);
     cr_assert_gt(s.patterns, 0);
+    /* A short queue (below loop_b_min_batch) stays queued for the cycles loop B starts itself,
+     * even when one is due; a forced cycle takes it; nothing queued is nothing to do. */
     for (int i = 0; i < 5; i++)
         cr_assert_eq(request(e, 0, &r, 2, 0.3f), SONA_OK);
-    cr_assert_eq(sona_force_learn(e), SONA_E_EMPTY);
+    cr_assert_lt(5, sona_engine_get_config(e)->loop_b_min_batch);
+    e->cfg.loop_b_threshold = 1; /* due now */
     cr_assert_eq(sona_tick(e), SONA_OK);
     cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
     cr_assert_eq(s.trajectories_queued, 5, "short batches stay queued");
     cr_assert_eq(s.trajectories_processed, 31);
+    cr_assert_eq(s.loop_b_cycles, 1);
+    cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
+    cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
+    cr_assert_eq(s.trajectories_queued, 0, "a forced cycle takes a short queue");
+    cr_assert_eq(s.trajectories_processed, 36);
+    cr_assert_eq(s.loop_b_cycles, 2);
+    cr_assert_eq(sona_force_learn(e), SONA_OK, "nothing queued is not an error: %s", sona_engine_last_error(e));
+    cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
+    cr_assert_eq(s.loop_b_cycles, 2, "nothing queued: no cycle");
+    cr_assert_eq(s.trajectories_processed, 36);
     /* Patterns are found again. */
     sona_pattern_hit hits[4];
     uint32_t found = 0;
@@ -911,12 +924,12 @@ static void topical_requests(sona_engine *e, int32_t tenant, sona_rng *r, const 
     }
 }
 
-/* One loop B cycle's traffic: topical requests on tenant 0, random ones (whose clusters depend
- * on k-means' seeding) on `tenant`, then the cycle. */
+/* One loop B cycle's traffic: topical requests on tenant 0, a few random ones (whose clusters
+ * depend on k-means' seeding) on `tenant`, then the cycle. */
 static void learn_round(sona_engine *e, int32_t tenant, sona_rng *r, const float *topics)
 {
     topical_requests(e, 0, r, topics, 24);
-    for (int i = 0; i < 16; i++)
+    for (int i = 0; i < 4; i++)
         cr_assert_eq(request(e, tenant, r, 1 + i % 3, sona_rng_uniform(r)), SONA_OK);
     cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
 }
@@ -969,14 +982,17 @@ static void expect_same_learning(sona_engine *a, sona_engine *b, const char *wha
 /* Engine a learns (loop B cycles around a loop C) and saves; b loads. Both then take the same
  * traffic and loop B cycles, and learn the same, bit for bit (expect_same_learning). k-means
  * is seeded with the bank's extraction count: a bank whose count restarted clusters otherwise.
- * Exact by construction: b's HNSW graph is not a's (a load re-inserts the patterns; a's grew
- * by merges that moved centroids and was rebuilt by loop C), but every search here visits every
- * node, so its results depend on the stored centroids alone, which a load restores bit for bit.
- * A cycle of 3 clusters adds at most 6 index nodes (a new pattern, or a merge moving a centroid
- * to a new node); since a's last rebuild (loop C, at most 6 patterns) come 3 cycles, since b's
- * load (at most 9 patterns) 2: at most 24 nodes, below 2M + 1 = 33 (no level-0 link list of
- * 2M ever fills, so every node stays linked both ways and the graph connected) and below
- * ef_search 50 (the result set never fills, so the search explores the whole graph). */
+ * Exact as long as every search here visits every node: b's HNSW graph is not a's (a load
+ * re-inserts the patterns; a's grew by merges that moved centroids and was rebuilt by loop C),
+ * so results must depend on the stored centroids alone, which a load restores bit for bit. That
+ * holds while a graph has had at most 2M + 1 = 33 nodes since it was built (no level-0 link
+ * list of 2M fills, so every node stays linked both ways and the graph connected; below
+ * ef_search 50 the result set never fills, so the search explores the whole graph). A cycle
+ * here adds a node per new pattern (a new topic, or a random trajectory no pattern accounts
+ * for: four at most) and per merge that moves a centroid to a new node; the bank's noise rules
+ * make that count depend on the data, so it is not bounded by construction: over 100 seeds the
+ * engines ended with 11 to 21 patterns, far enough below. The second set of topics after the
+ * load makes sure new patterns are created there too. */
 Test(engine, a_loaded_engine_learns_exactly_as_the_saved_one)
 {
     const uint64_t seed = op_test_seed();
@@ -1005,10 +1021,13 @@ Test(engine, a_loaded_engine_learns_exactly_as_the_saved_one)
     cr_assert_eq(sona_load(b, path), SONA_OK, "%s", sona_engine_last_error(b));
     expect_same_learning(a, b, "after the load");
 
+    /* The same traffic to both: a round with new topics (new patterns), then the old ones. */
     sona_engine *both[2] = {a, b};
+    float new_topics[TOPICS * H];
+    fill(&r, new_topics, TOPICS * H);
     for (int i = 0; i < 2; i++) {
         sona_rng_seed(&r, seed, 41);
-        learn_round(both[i], t, &r, topics);
+        learn_round(both[i], t, &r, new_topics);
         learn_round(both[i], t, &r, topics);
     }
     sona_bank_stats_get(a->bank, &bs);
@@ -1230,4 +1249,155 @@ Test(engine, pending_micro_gradients_survive_a_load)
     free(file);
     sona_engine_destroy(a);
     sona_engine_destroy(b);
+}
+
+/* One request of `steps` steps at layers layer, layer + 1, layer, ..., rewards varying across
+ * steps; with_attention: 64 random attention weights on every step (drawn either way, so that
+ * the same r gives the same activations with or without them). */
+static void request_at_layer(sona_engine *e, sona_rng *r, uint32_t layer, uint32_t steps, int with_attention)
+{
+    float x[H], a[H], att[64];
+    fill(r, x, H);
+    sona_request *req;
+    cr_assert_eq(sona_request_begin(e, 0, x, &req), SONA_OK, "%s", sona_engine_last_error(e));
+    for (uint32_t s = 0; s < steps; s++) {
+        fill(r, a, H);
+        fill(r, att, 64);
+        const uint32_t n_attention = with_attention ? 64 : 0;
+        cr_assert_eq(sona_request_step(req, layer + s % 2, a, n_attention ? att : NULL, n_attention, 0.2f * (float)s),
+                     SONA_OK, "%s", sona_engine_last_error(e));
+    }
+    cr_assert_eq(sona_request_end(req, 0.25f * (float)(steps % 4)), SONA_OK, "%s", sona_engine_last_error(e));
+}
+
+/* Steps of a layer Base-LoRA does not adapt (layer >= base_layers, engine.h) are accepted and
+ * feed loop A and the pattern bank; Base-LoRA learns nothing from them (no update, every layer
+ * still the identity), while the same traffic at its own layers trains it. */
+Test(engine, steps_past_base_layers_feed_loop_a_and_the_bank_only)
+{
+    sona_rng r;
+    sona_rng_seed(&r, 31, 0);
+    sona_engine *e = make(H, 0);
+    const uint32_t L = sona_engine_get_config(e)->base_layers;
+    for (int i = 0; i < 20; i++)
+        request_at_layer(e, &r, L + 4 * (uint32_t)(i % 3), 3, 0);
+    sona_stats s;
+    cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
+    cr_assert_eq(s.trajectories_recorded, 20);
+    cr_assert_eq(s.signals_accepted, 20, "loop A learns from every step, whatever its layer");
+    cr_assert_eq(s.micro_updates, 20);
+    cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
+    cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
+    cr_assert_eq(s.trajectories_processed, 20);
+    cr_assert_gt(s.patterns, 0, "the pattern bank learns from them");
+    cr_assert_eq(s.base_updates, 0, "Base-LoRA has no adapter for those layers");
+    float x[H], y[H];
+    fill(&r, x, H);
+    for (uint32_t l = 0; l < L; l++) {
+        cr_assert_eq(sona_apply_layer(e, l, x, y), SONA_OK);
+        cr_assert_eq(memcmp(x, y, sizeof y), 0, "layer %u is no longer the identity", l);
+    }
+    /* The same traffic at the adapted layers does train Base-LoRA. */
+    for (int i = 0; i < 20; i++)
+        request_at_layer(e, &r, (uint32_t)i % (L - 1), 3, 0); /* layers i % (L - 1) and the next */
+    cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
+    cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
+    cr_assert_eq(s.base_updates, 1);
+    sona_engine_destroy(e);
+}
+
+/* Attention weights are checked and then forgotten: two engines given the same requests, one
+ * with attention weights on every step and one without, learn exactly the same (Micro-LoRA,
+ * Base-LoRA, patterns, counters). */
+Test(engine, attention_weights_are_not_learned_from)
+{
+    sona_engine *with = make(H, 1), *without = make(H, 1);
+    sona_rng rw, ro;
+    sona_rng_seed(&rw, 41, 0);
+    sona_rng_seed(&ro, 41, 0);
+    for (int i = 0; i < 40; i++) {
+        request_at_layer(with, &rw, (uint32_t)i % 2, 1 + (uint32_t)i % 4, 1);
+        request_at_layer(without, &ro, (uint32_t)i % 2, 1 + (uint32_t)i % 4, 0);
+    }
+    cr_assert_eq(sona_force_learn(with), SONA_OK, "%s", sona_engine_last_error(with));
+    cr_assert_eq(sona_force_learn(without), SONA_OK, "%s", sona_engine_last_error(without));
+    sona_stats a, b;
+    cr_assert_eq(sona_get_stats(with, &a), SONA_OK);
+    cr_assert_eq(sona_get_stats(without, &b), SONA_OK);
+    a.last_loop_b_us = b.last_loop_b_us = 0;
+    cr_assert_eq(memcmp(&a, &b, sizeof a), 0, "the counters differ");
+    cr_assert_gt(a.base_updates, 0);
+    float x[H], ya[H], yb[H];
+    sona_rng r;
+    sona_rng_seed(&r, 42, 0);
+    fill(&r, x, H);
+    cr_assert_eq(sona_apply(with, 0, x, ya), SONA_OK);
+    cr_assert_eq(sona_apply(without, 0, x, yb), SONA_OK);
+    cr_assert_eq(memcmp(ya, yb, sizeof ya), 0, "Micro-LoRA learned from the attention weights");
+    for (uint32_t l = 0; l < sona_engine_get_config(with)->base_layers; l++) {
+        cr_assert_eq(sona_apply_layer(with, l, x, ya), SONA_OK);
+        cr_assert_eq(sona_apply_layer(without, l, x, yb), SONA_OK);
+        cr_assert_eq(memcmp(ya, yb, sizeof ya), 0, "Base-LoRA layer %u learned from the attention weights", l);
+    }
+    sona_pattern_hit ha[4], hb[4];
+    uint32_t fa, fb;
+    cr_assert_eq(sona_find_patterns(with, x, 4, ha, &fa), SONA_OK);
+    cr_assert_eq(sona_find_patterns(without, x, 4, hb, &fb), SONA_OK);
+    cr_assert(fa == fb && fa > 0, "found %u and %u patterns", fa, fb);
+    for (uint32_t i = 0; i < fa; i++)
+        cr_assert(ha[i].id == hb[i].id && ha[i].similarity == hb[i].similarity &&
+                      ha[i].avg_quality == hb[i].avg_quality && ha[i].size == hb[i].size,
+                  "pattern %u differs", i);
+    sona_engine_destroy(with);
+    sona_engine_destroy(without);
+}
+
+/* stats.tasks and task_boundaries cover the same adapter sets: Base-LoRA and every tenant.
+ * Loop C stores a task for each set; tasks is their sum over the live ones, and a removed
+ * tenant's go with it. */
+Test(engine, tasks_cover_base_lora_and_every_tenant)
+{
+    sona_rng r;
+    sona_rng_seed(&r, 51, 0);
+    sona_engine *e = make(H, 1);
+    int32_t t1;
+    cr_assert_eq(sona_tenant_create(e, &t1), SONA_OK);
+    for (int i = 0; i < 12; i++) {
+        cr_assert_eq(request(e, 0, &r, 2, 0.1f * (float)(i % 7)), SONA_OK);
+        cr_assert_eq(request(e, t1, &r, 2, 0.1f * (float)(i % 5)), SONA_OK);
+    }
+    cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
+    sona_stats s;
+    for (int cycle = 1; cycle <= 2; cycle++) {
+        cr_assert_eq(sona_deep_cycle(e), SONA_OK, "%s", sona_engine_last_error(e));
+        cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
+        const uint32_t base = eng_ewc_tasks(e->base_ewc), micro0 = eng_ewc_tasks(e->tenants[0].ewc),
+                       micro1 = eng_ewc_tasks(e->tenants[t1].ewc);
+        cr_assert(base >= (uint32_t)cycle && micro0 >= (uint32_t)cycle && micro1 >= (uint32_t)cycle,
+                  "loop C stores a task per set: %u %u %u", base, micro0, micro1);
+        cr_assert_eq(s.tasks, (uint64_t)base + micro0 + micro1, "tasks %" PRIu64 " != %u + %u + %u", s.tasks,
+                     base, micro0, micro1);
+    }
+    const uint32_t gone = eng_ewc_tasks(e->tenants[t1].ewc);
+    const uint64_t before = s.tasks;
+    cr_assert_eq(sona_tenant_remove(e, t1), SONA_OK);
+    cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
+    cr_assert_eq(s.tasks, before - gone, "a removed tenant's tasks still counted");
+    int32_t t2;
+    cr_assert_eq(sona_tenant_create(e, &t2), SONA_OK);
+    cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
+    cr_assert_eq(s.tasks, before - gone, "a new tenant holds no task");
+    /* A save and load keeps the sum. */
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/sona_tasks_%ld.state", (long)getpid());
+    cr_assert_eq(sona_save(e, path), SONA_OK, "%s", sona_engine_last_error(e));
+    sona_engine *f = make(H, 1);
+    cr_assert_eq(sona_load(f, path), SONA_OK, "%s", sona_engine_last_error(f));
+    sona_stats sf;
+    cr_assert_eq(sona_get_stats(f, &sf), SONA_OK);
+    cr_assert_eq(sf.tasks, s.tasks);
+    cr_assert_eq(sf.task_boundaries, s.task_boundaries);
+    unlink(path);
+    sona_engine_destroy(f);
+    sona_engine_destroy(e);
 }

@@ -263,3 +263,20 @@ Test(api, status_strings_and_version)
     cr_expect_str_eq(sona_version(), SONA_VERSION_STRING);
     cr_expect_eq(sona_version_number(), SONA_VERSION_NUMBER);
 }
+
+/* A standalone adapter's defaults scale as the engine's of the same kind: alpha = 2 x rank for
+ * Micro and Base alike, the rule of the engine's presets, so s = alpha / rank is the same. */
+Test(lora, defaults_scale_as_the_engine)
+{
+    sona_lora_config micro, base;
+    sona_lora_config_default(&micro, SONA_LORA_MICRO, 64);
+    sona_lora_config_default(&base, SONA_LORA_BASE, 64);
+    cr_expect_eq(micro.alpha, 2.0f * (float)micro.rank, "micro alpha %g at rank %u", micro.alpha, micro.rank);
+    cr_expect_eq(base.alpha, 2.0f * (float)base.rank, "base alpha %g at rank %u", base.alpha, base.rank);
+    for (int p = SONA_PRESET_DEFAULT; p <= SONA_PRESET_EDGE; p++) {
+        sona_engine_config e;
+        sona_engine_config_default(&e, (sona_preset)p, 64);
+        cr_expect_eq(e.micro_alpha / (float)e.micro_rank, micro.alpha / (float)micro.rank, "preset %d: micro scale", p);
+        cr_expect_eq(e.base_alpha / (float)e.base_rank, base.alpha / (float)base.rank, "preset %d: base scale", p);
+    }
+}

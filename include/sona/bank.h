@@ -12,10 +12,51 @@ extern "C" {
 
 /* Trajectories are added as plain vectors (an embedding of dim floats, a quality, a weight and
  * an optional route name) and wait until sona_bank_extract(). Extraction clusters them
- * (randomised seeded k-means++ seeding, then Lloyd to convergence), then each cluster either
- * merges into the most similar existing pattern (cosine >= merge_threshold: size-weighted
- * centroid, summed sizes and weights, size-weighted quality) or becomes a new pattern; so the
- * same data extracted again grows sizes, never the pattern count. Afterwards low-quality and
+ * (randomised seeded k-means++ seeding, then Lloyd to convergence) into at most k_clusters and
+ * at most one cluster per rows_per_cluster trajectories (k-means with a row or two per cluster
+ * only splits noise), then meets the bank in three steps:
+ *   1. A cluster merges whole into its most similar pattern in the bank as it was before the
+ *      extraction (size-weighted centroid, summed sizes and weights, size-weighted quality)
+ *      when their cosine is at least merge_threshold, or when it is as close to the pattern as
+ *      noise puts two means of one cluster and each of its trajectories would join that
+ *      pattern alone (so that a cluster k-means mixed from a known and a new one does not take
+ *      the new one in).
+ *   2. The trajectories of the other clusters are taken one by one: each joins its most similar
+ *      pattern when as close to it as noise puts a trajectory of that pattern's cluster (the
+ *      joiners of a pattern merge into it together).
+ *   3. What remains of each cluster is split in two (2-means) while more spread than one
+ *      cluster's noise (its squared distances to its mean, summed over size - 1, above v by
+ *      more than merge_z s / sqrt(size - 1) v); each part then merges whole after all (into
+ *      a pattern made by this step, or an older one), by the rules of step 1 without the check
+ *      of each trajectory, or becomes a new pattern.
+ * "As close as noise puts": the squared Euclidean distance between the cluster's (or the
+ * trajectory's, size 1) centroid and the pattern's is at most E (1 + merge_z s), with E = v
+ * (1/size + 1/pattern size) its expected value when both come from one cluster, v the
+ * extraction's typical squared distance of a trajectory to the mean of its cluster and s the
+ * relative standard deviation of such squared distances. v and s are estimated only when a
+ * cluster does not merge by cosine, two ways, keeping the one with the smaller v: the median
+ * over the rows of k-means clusters of two or more of their squared distances to their
+ * centroid, times n/(n-1) for a cluster of n (too large when k-means mixed most rows); and the
+ * median of the rows' squared distances to the pattern most similar to their cluster, over (1 +
+ * 1/pattern size) (too large when most rows are of clusters the bank does not know yet); s from
+ * the same values' median absolute deviation, at least sqrt(2 / dim). The second way needs
+ * patterns; an extraction with neither (a single trajectory into an empty bank, or clusters of
+ * one row each) merges by cosine only.
+ *
+ * The centroid of a handful of noisy trajectories rarely reaches a fixed cosine with its
+ * pattern, but it is as close as its noise says it should be: so many small extractions from a
+ * few clusters end with about that many patterns (tests/test_bank.c: 2,000 trajectories of 4
+ * clusters, each with cosine ~0.7 to its centre, in extractions of 20 end with 4 to 11 patterns
+ * where the cosine alone made one per trajectory), the same data extracted again grows sizes,
+ * never the pattern count, and a later extraction adds patterns only for what no pattern
+ * accounts for. Limits: a large first extraction makes up to k_clusters patterns, finer than the
+ * true clusters, which stay (later trajectories join them); a trajectory in the far tail of its
+ * cluster's noise can become a pattern of its own (at dim 37, about one per 1,000
+ * trajectories); the noise is one level per extraction, so a cluster much more diffuse than
+ * the rest of its batch splits toward a pattern per trajectory (as merging by cosine alone
+ * did), and one much tighter than the rest can merge with a neighbour closer than the batch's
+ * noise; clusters that overlap (centres closer than their noise), met a few trajectories per
+ * extraction, can end in one pattern. Afterwards low-quality and
  * stale patterns are pruned and the bank is cut to capacity by evicting the lowest value
  * (value = average quality * log2(2 + size + access count)). Patterns are searchable by cosine
  * similarity through an HNSW index (sona/index.h) that always holds exactly the live patterns.
@@ -40,7 +81,10 @@ typedef struct sona_bank sona_bank;
 
 typedef struct sona_bank_config {
     uint32_t dim;              /* embedding length, >= 1 */
-    uint32_t k_clusters;       /* clusters per extraction (fewer when fewer trajectories) */
+    uint32_t k_clusters;       /* clusters per extraction at most (see rows_per_cluster) */
+    uint32_t rows_per_cluster; /* an extraction of n trajectories makes at most max(1, n / this)
+                                  clusters; 0 or 1: up to one per trajectory (and, then, no
+                                  noise estimate: merges by cosine only) */
     uint32_t max_iterations;   /* Lloyd iterations at most */
     float tolerance;           /* Lloyd stops when inertia improves by less than this fraction
                                   (finite, >= 0; float fields with NaN or Inf: SONA_E_NONFINITE) */
@@ -48,6 +92,9 @@ typedef struct sona_bank_config {
                                   lowers the potential most); 0 = 2 + 2 ln k, 1 = plain k-means++
                                   (cheaper seeding, more bad local minima) */
     float merge_threshold;     /* cosine at or above which a cluster merges into a pattern */
+    float merge_z;             /* clusters and trajectories also merge into their most similar
+                                  pattern when as close as noise puts them, within merge_z
+                                  standard deviations (see above); >= 0, 0 = by cosine only */
     uint32_t min_cluster_size; /* smaller clusters are dropped (counted), not stored */
     float min_quality;         /* patterns whose average quality falls below are pruned */
     uint64_t stale_after_ms;   /* patterns not accessed (or created) for this long are pruned;
@@ -62,10 +109,11 @@ typedef struct sona_bank_config {
     void *clock_ctx;
 } sona_bank_config;
 
-/* Defaults for embeddings of length dim: 50 clusters, 100 iterations, tolerance 1e-4, seeding
- * trials 0 (2 + 2 ln k), merge at
- * cosine 0.95, min cluster size 1, min quality 0 (off), stale never, capacity 10000, pending
- * 100000, seed 42, index defaults but for storage Q8 and access tracking off. */
+/* Defaults for embeddings of length dim: 50 clusters, 3 rows per cluster, 100 iterations,
+ * tolerance 1e-4, seeding trials 0 (2 + 2 ln k), merge at cosine 0.95 or within merge_z 4
+ * standard deviations of the noise, min cluster size 1, min quality 0 (patterns whose average
+ * quality is negative are pruned), stale never, capacity 10000, pending 100000, seed 42, index
+ * defaults but for storage Q8 and access tracking off. */
 SONA_API void sona_bank_config_default(sona_bank_config *cfg, uint32_t dim);
 
 SONA_API sona_status sona_bank_create(const sona_bank_config *cfg, sona_bank **out);
@@ -103,7 +151,9 @@ typedef struct sona_bank_extract_result {
     uint32_t clusters;       /* k used */
     uint32_t iterations;     /* Lloyd iterations */
     double inertia;
-    uint32_t created, merged, dropped_small;
+    uint32_t created, merged, dropped_small; /* clusters */
+    uint32_t joined;         /* trajectories that joined a pattern alone (step 2 above) */
+    uint32_t split;          /* clusters split in two for being too spread (step 3 above) */
     uint32_t pruned, evicted;
 } sona_bank_extract_result;
 

@@ -62,7 +62,8 @@ typedef struct sona_engine_config {
                                    loop B; 0: only sona_tick/force_learn */
     uint32_t loop_b_threshold;  /* queued trajectories that trigger a cycle */
     uint32_t loop_b_interval_ms;/* a cycle also runs this often when anything is queued; 0 = off */
-    uint32_t loop_b_min_batch;  /* a cycle needs at least this many (fewer stay queued) */
+    uint32_t loop_b_min_batch;  /* a cycle started by loop B (sona_tick, the thread) needs at
+                                   least this many (fewer stay queued); sona_force_learn does not */
     uint32_t clusters_per_cycle;/* k of the cycle's k-means++ */
     uint32_t max_patterns;      /* bank capacity (prune lowest value beyond it) */
     /* EWC++ */
@@ -173,8 +174,20 @@ SONA_API sona_status sona_apply_layer_batch(sona_engine *e, uint32_t layer, uint
 SONA_API sona_status sona_request_begin(sona_engine *e, int32_t tenant, const float *query,
                                         sona_request **out);
 /* One step: the activations[hidden] after layer `layer`, optional attention weights
- * (n_attention floats, checked for NaN/Inf, not kept), and the step's reward. Steps beyond
- * max_steps are accepted and not kept (but checked: NaN or Inf is SONA_E_NONFINITE there too). */
+ * (n_attention floats), and the step's reward. Steps beyond max_steps are accepted and not kept
+ * (but checked: NaN or Inf is SONA_E_NONFINITE there too).
+ *
+ * layer names the Base-LoRA adapter (sona_apply_layer's) that loop B trains with this step:
+ * 0..base_layers-1. A layer at or above base_layers (up to INT32_MAX; above it:
+ * SONA_E_INVALID) is accepted, since a model may have more layers than Base-LoRA adapts, and
+ * the step is kept and used like any other by loop A (the tenant's Micro-LoRA signal) and by
+ * the pattern bank (the trajectory's embedding); Base-LoRA has no adapter for that layer and
+ * learns nothing for it. Such steps are not counted apart: which layers exceed base_layers is
+ * the caller's own configuration.
+ *
+ * Attention weights are checked for NaN and Inf (which refuses the step, like bad activations,
+ * and the request with it) and then forgotten: they are not kept in the trajectory, not saved,
+ * and no loop learns from them. A request learns the same with them or without. */
 SONA_API sona_status sona_request_step(sona_request *r, uint32_t layer, const float *activations,
                                        const float *attention, uint32_t n_attention, float reward);
 /* Ends the request with its final quality (feedback) and runs loop A: the trajectory is queued
@@ -190,8 +203,10 @@ SONA_API sona_status sona_flush(sona_engine *e);
 /* ---- loops B and C -------------------------------------------------------------------------- */
 /* Runs a loop B cycle in the calling thread if one is due (threshold or interval). */
 SONA_API sona_status sona_tick(sona_engine *e);
-/* Runs a loop B cycle now on whatever is queued (>= loop_b_min_batch; fewer: SONA_E_EMPTY and
- * they stay queued). */
+/* Runs a loop B cycle now on whatever is queued, however few (loop_b_min_batch holds back only
+ * the cycles loop B starts by itself: sona_tick, the background thread); waits for a cycle
+ * already running, then takes what is queued at that point. Nothing queued: SONA_OK, and
+ * nothing is done (no cycle is counted). */
 SONA_API sona_status sona_force_learn(sona_engine *e);
 /* Runs a loop C cycle now: dreams, evaluation, replay, consolidation, EWC++ consolidation,
  * checkpoint (when state_path is set). */
@@ -209,20 +224,34 @@ SONA_API sona_status sona_find_patterns(sona_engine *e, const float *query, uint
                                         sona_pattern_hit *hits, uint32_t *found);
 
 /* ---- statistics ----------------------------------------------------------------------------- */
+/* The trajectory counts add up in every result, also while requests end and a loop B cycle
+ * runs: trajectories_recorded == trajectories_processed + trajectories_in_cycle +
+ * trajectories_queued. A trajectory counts as recorded from the moment it enters loop B's
+ * queue, as in cycle from the moment a cycle takes it, and as processed once that cycle is
+ * done. */
 typedef struct sona_stats {
-    uint64_t trajectories_recorded;  /* queued for loop B */
-    uint64_t trajectories_processed; /* taken by loop B cycles */
+    uint64_t trajectories_recorded;  /* entered loop B's queue (ended requests, not refused) */
+    uint64_t trajectories_processed; /* learned from by loop B cycles that have finished */
     uint64_t trajectories_dropped;   /* refused: buffer full (or, at sona_load, queued in the file
                                         but not restored: see there) */
-    uint64_t trajectories_queued;    /* now waiting: recorded - processed when no call is in flight */
+    uint64_t trajectories_queued;    /* now waiting for loop B (recorded, not yet taken) */
+    uint64_t trajectories_in_cycle;  /* now taken by the loop B cycle running (0 between cycles) */
     uint64_t signals_accepted;       /* accumulated into a Micro-LoRA */
     uint64_t signals_rejected;       /* ended requests without a signal: non-finite data, no
                                         step, a zero direction, or a tenant removed meanwhile */
     uint64_t micro_updates;          /* Micro-LoRA steps applied */
     uint64_t base_updates;           /* Base-LoRA steps applied */
     uint64_t patterns;               /* in the bank now */
-    uint64_t tasks;                  /* Base-LoRA EWC++ task snapshots now */
-    uint64_t task_boundaries;        /* detected since creation */
+    /* EWC++ (0 with ewc_enabled 0). Both cover the same adapter sets: Base-LoRA and every
+     * tenant's Micro-LoRA. */
+    uint64_t tasks;                  /* task snapshots held now, summed over Base-LoRA and the
+                                        live tenants (each set holds at most max_tasks: beyond,
+                                        its two oldest are merged into one) */
+    uint64_t task_boundaries;        /* task boundaries detected since creation (a set's
+                                        gradient-norm z-score above task_shift_threshold), over
+                                        Base-LoRA and every tenant, removed ones included; each
+                                        stored a snapshot. Loop C stores one per set without a
+                                        boundary (consolidation), so tasks may exceed it */
     uint64_t loop_b_cycles, loop_c_cycles;
     uint64_t dreams, dreams_replayed; /* dream walks and their definition: src/core/dream.h */
     uint64_t patterns_merged;        /* near-duplicates merged away by loop C consolidation */
@@ -236,7 +265,8 @@ typedef struct sona_stats {
                                         of (1 + cos(u, v)) / 2, C the largest connected component,
                                         V the live patterns; in [0, 1], 0 without edges */
 } sona_stats;
-/* Counters are exact and monotonic (except the "now" fields). */
+/* Counters are exact and monotonic (except the "now" fields). Each field is read on its own,
+ * not all at one instant; the trajectory counts add up all the same (see sona_stats). */
 SONA_API sona_status sona_get_stats(sona_engine *e, sona_stats *out);
 
 /* ---- persistence ---------------------------------------------------------------------------- */

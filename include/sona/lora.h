@@ -27,8 +27,8 @@ extern "C" {
 typedef struct sona_lora sona_lora;
 
 typedef enum sona_lora_kind {
-    SONA_LORA_MICRO = 0, /* per-request adapters: rank 2, learning rate 0.01 */
-    SONA_LORA_BASE = 1   /* per-layer adapters: rank 8, 12 layers, learning rate 0.001 */
+    SONA_LORA_MICRO = 0, /* per-request adapters: rank 2, alpha 4, learning rate 0.01 */
+    SONA_LORA_BASE = 1   /* per-layer adapters: rank 8, alpha 16, 12 layers, learning rate 0.001 */
 } sona_lora_kind;
 
 typedef struct sona_lora_config {
@@ -41,7 +41,11 @@ typedef struct sona_lora_config {
     float clip_norm;       /* the accumulated gradient's L2 norm is clipped to this; 0 = off */
 } sona_lora_config;
 
-/* Fills *cfg with the defaults of the given kind for width `hidden`. */
+/* Fills *cfg with the defaults of the given kind for width `hidden`: count 1 (Micro) or 12
+ * (Base), seed 42, clip_norm 1, and rank, alpha and learning rate as listed at sona_lora_kind.
+ * alpha is 2 x rank for both kinds (scale s = 2), the same rule as the engine's presets
+ * (sona_engine_config_default's micro_alpha and base_alpha), so a standalone adapter and the
+ * engine's of the same rank scale alike. Changing rank does not change alpha: set both. */
 SONA_API void sona_lora_config_default(sona_lora_config *cfg, sona_lora_kind kind, uint32_t hidden);
 
 SONA_API sona_status sona_lora_create(const sona_lora_config *cfg, sona_lora **out);

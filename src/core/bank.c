@@ -170,6 +170,8 @@ void sona_bank_config_default(sona_bank_config *cfg, uint32_t dim)
     cfg->max_iterations = 100;
     cfg->tolerance = 1e-4f;
     cfg->merge_threshold = 0.95f;
+    cfg->merge_z = 4.0f;
+    cfg->rows_per_cluster = 3;
     cfg->min_cluster_size = 1;
     cfg->min_quality = 0.0f;
     cfg->stale_after_ms = 0;
@@ -199,12 +201,14 @@ sona_status sona_bank_create(const sona_bank_config *cfg, sona_bank **out)
         return sona_fail(NULL, SONA_E_INVALID,
                          "sona_bank_create: capacity %u is over 2^24 (the index's node limit)",
                          cfg->capacity);
-    if (!isfinite(cfg->tolerance) || !isfinite(cfg->merge_threshold) || !isfinite(cfg->min_quality))
-        return sona_fail(NULL, SONA_E_NONFINITE,
-                         "sona_bank_create: NaN or Inf in tolerance, merge_threshold or min_quality");
-    if (cfg->tolerance < 0.0f || cfg->merge_threshold < -1.0f || cfg->merge_threshold > 1.0f)
-        return sona_fail(NULL, SONA_E_INVALID,
-                         "sona_bank_create: tolerance must be >= 0, merge_threshold in -1..1");
+    if (!isfinite(cfg->tolerance) || !isfinite(cfg->merge_threshold) || !isfinite(cfg->min_quality) ||
+        !isfinite(cfg->merge_z))
+        return sona_fail(NULL, SONA_E_NONFINITE, "sona_bank_create: NaN or Inf in tolerance, merge_threshold, "
+                                                 "merge_z or min_quality");
+    if (cfg->tolerance < 0.0f || cfg->merge_threshold < -1.0f || cfg->merge_threshold > 1.0f ||
+        cfg->merge_z < 0.0f)
+        return sona_fail(NULL, SONA_E_INVALID, "sona_bank_create: tolerance must be >= 0, merge_threshold in "
+                                               "-1..1, merge_z >= 0");
     sona_bank *b = calloc(1, sizeof *b);
     if (!b)
         return sona_fail(NULL, SONA_E_NOMEM, "sona_bank_create: out of memory");
@@ -618,6 +622,17 @@ typedef struct cluster_sum {
     double quality; /* weighted mean (the plain mean when all weights are 0) */
 } cluster_sum;
 
+static double sqdist(const float *a, const float *b, uint32_t dim)
+{
+    double s = 0.0;
+    for (uint32_t t = 0; t < dim; t++) {
+        const double d = (double)a[t] - b[t];
+        s += d * d;
+    }
+    return s;
+}
+
+/* Fills cs[0..k-1] from the rows' assignment. */
 static void summarise(const traj_queue *tq, uint32_t k, const int32_t *assign, cluster_sum *cs)
 {
     memset(cs, 0, k * sizeof *cs);
@@ -632,6 +647,104 @@ static void summarise(const traj_queue *tq, uint32_t k, const int32_t *assign, c
         if (cs[j].size)
             cs[j].quality = cs[j].weight > 0.0 ? cs[j].weighted_quality / cs[j].weight
                                                : cs[j].quality_sum / (double)cs[j].size;
+}
+
+/* An extraction's noise: how far a trajectory lies from the mean of its cluster. v is the
+ * typical squared distance (the median over rows, so that a cluster k-means mixed from two
+ * does not inflate it), spread the relative standard deviation of such squared distances
+ * (sqrt(2 / d) for noise spread evenly over d dimensions, from the median absolute deviation).
+ * v < 0: not known (no cluster of two or more rows). */
+typedef struct noise_model {
+    double v, spread;
+} noise_model;
+
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median_of(double *r, uint32_t m)
+{
+    qsort(r, m, sizeof *r, cmp_double);
+    return m % 2 ? r[m / 2] : 0.5 * (r[m / 2 - 1] + r[m / 2]);
+}
+
+/* The median and the relative spread (from the median absolute deviation) of r[0..m-1], which
+ * it reorders; v < 0 when m is 0. */
+static noise_model model_of(double *r, uint32_t m, uint32_t dim)
+{
+    noise_model nm = {-1.0, 0.0};
+    if (m == 0)
+        return nm;
+    nm.v = median_of(r, m);
+    for (uint32_t i = 0; i < m; i++)
+        r[i] = fabs(r[i] - nm.v);
+    const double sd = 1.4826 * median_of(r, m); /* the MAD's normal-consistent scale */
+    nm.spread = nm.v > 0.0 ? sd / nm.v : 0.0;
+    if (nm.spread < sqrt(2.0 / dim)) /* noise cannot be spread over more than dim dimensions */
+        nm.spread = sqrt(2.0 / dim);
+    return nm;
+}
+
+/* The extraction's noise, two ways, the smaller kept (a median is robust to a minority of far
+ * rows, not to a majority, and each way has its own majority to fear):
+ *  - against the clusters: each row's squared distance to its centroid, times n / (n - 1) for a
+ *    cluster of n (its centroid is the mean of the rows it is measured against), clusters of one
+ *    left out; too large when k-means had fewer clusters than the batch and mixed most rows;
+ *  - against the patterns (when there are some): each row's squared distance to the pattern most
+ *    similar to its cluster's centroid, over (1 + 1 / pattern size); too large when most rows
+ *    are of clusters the bank does not know yet.
+ * d2[i]: row i's squared distance to its centroid; near[j]: the position of the pattern most
+ * similar to cluster j's centroid, or -1; r: n doubles of scratch, pv: dim floats. Caller holds
+ * the lock. */
+static noise_model noise_of(sona_bank *b, const traj_queue *tq, uint32_t k, const int32_t *assign,
+                            const cluster_sum *cs, const int32_t *near, const double *d2, double *r, float *pv)
+{
+    const uint32_t dim = b->cfg.dim;
+    uint32_t m = 0;
+    for (uint32_t i = 0; i < tq->n; i++) {
+        const uint64_t nj = cs[assign[i]].size;
+        if (nj >= 2)
+            r[m++] = d2[i] * (double)nj / (double)(nj - 1);
+    }
+    const noise_model by_clusters = model_of(r, m, dim);
+    m = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        if (near[j] < 0 || sona_index_get_vector(b->index, b->pats[near[j]].id, pv) != SONA_OK)
+            continue;
+        const double scale = 1.0 + 1.0 / (double)b->pats[near[j]].size;
+        for (uint32_t i = 0; i < tq->n; i++)
+            if (assign[i] == (int32_t)j)
+                r[m++] = sqdist(tq->emb + (size_t)i * dim, pv, dim) / scale;
+    }
+    const noise_model by_patterns = model_of(r, m, dim);
+    return by_patterns.v >= 0.0 && (by_clusters.v < 0.0 || by_patterns.v < by_clusters.v) ? by_patterns : by_clusters;
+}
+
+/* The squared distance from the mean of `size` rows of a cluster to a pattern of `psize` rows
+ * under which both are taken for one cluster: its expected value under that hypothesis,
+ * v (1/size + 1/psize), plus merge_z standard deviations. */
+static double noise_bound(const sona_bank *b, const noise_model *nm, uint64_t size, uint64_t psize)
+{
+    const double expected = nm->v * (1.0 / (double)size + 1.0 / (double)psize);
+    return expected * (1.0 + (double)b->cfg.merge_z * nm->spread);
+}
+
+enum { NO_MERGE, BY_DIRECTION, BY_NOISE };
+
+/* Whether a cluster (centroid c, `size` rows; a single trajectory has size 1) merges into the
+ * pattern at pos, its most similar (cosine sim): by direction (sim >= merge_threshold), or by
+ * noise (squared distance within noise_bound). After BY_NOISE, pv (dim floats of scratch) holds
+ * the pattern's centroid. */
+static int merges(sona_bank *b, uint32_t pos, float sim, const float *c, uint64_t size, const noise_model *nm,
+                  float *pv)
+{
+    if (sim >= b->cfg.merge_threshold)
+        return BY_DIRECTION;
+    if (b->cfg.merge_z <= 0.0f || nm->v < 0.0 || sona_index_get_vector(b->index, b->pats[pos].id, pv) != SONA_OK)
+        return NO_MERGE;
+    return sqdist(c, pv, b->cfg.dim) <= noise_bound(b, nm, size, b->pats[pos].size) ? BY_NOISE : NO_MERGE;
 }
 
 /* Merges cluster (centroid c, summary s) into the pattern at pos: the centroid becomes the
@@ -653,6 +766,206 @@ static sona_status merge_into(sona_bank *b, uint32_t pos, const float *c, const 
                ? SONA_OK
                : sona_fail(&b->err, st, "sona_bank_extract: merging into pattern %llu: %s",
                            (unsigned long long)p->id, sona_index_last_error(b->index));
+}
+
+/* Cluster j of an extraction's rows, for the check that each of them could join a pattern. */
+typedef struct members {
+    const traj_queue *tq;
+    const int32_t *assign;
+    int32_t j;
+} members;
+
+/* Merges cluster (centroid c, summary s) whole into the pattern at pos, its most similar (cosine
+ * sim), when merges() says so and, for a merge by noise with m given, each of the cluster's rows
+ * m lists would also join that pattern alone (so that a cluster k-means mixed from a known and a
+ * new one does not take the new one's rows into the known pattern): *target gets the pattern's
+ * position, *st a merge failure. Caller holds the lock. */
+static int cluster_merge_at(sona_bank *b, uint32_t pos, float sim, const float *c, const cluster_sum *s,
+                            const noise_model *nm, const members *m, uint64_t now, float *pv, int32_t *target,
+                            sona_status *st)
+{
+    const int how = merges(b, pos, sim, c, s->size, nm, pv);
+    if (how == NO_MERGE)
+        return 0;
+    if (how == BY_NOISE && m) {
+        const double bound = noise_bound(b, nm, 1, b->pats[pos].size);
+        for (uint32_t i = 0; i < m->tq->n; i++)
+            if (m->assign[i] == m->j && sqdist(m->tq->emb + (size_t)i * b->cfg.dim, pv, b->cfg.dim) > bound)
+                return 0;
+    }
+    const sona_status mst = merge_into(b, pos, c, s, now);
+    if (mst != SONA_OK)
+        *st = mst;
+    *target = (int32_t)pos;
+    return 1;
+}
+
+/* cluster_merge_at with the pattern most similar to c, when there is one. */
+static int cluster_merges(sona_bank *b, const float *c, const cluster_sum *s, const noise_model *nm, uint64_t now,
+                          float *pv, int32_t *target, sona_status *st)
+{
+    uint64_t best;
+    float sim;
+    uint32_t found = 0;
+    if (b->npat)
+        search_locked(b, c, 1, &best, &sim, &found);
+    return found && cluster_merge_at(b, pos_of(b, best), sim, c, s, nm, NULL, now, pv, target, st);
+}
+
+/* Phase 2 of an extraction: the rows of the clusters that did not merge whole (target[j] == -2),
+ * each tested alone against its most similar pattern (merges() with size 1). row_to[i] receives
+ * the position of the pattern row i joins, or -1. Then each pattern's joiners merge into it as
+ * one group (mean, summed counts), in pattern order. order: n scratch. Returns the rows that
+ * joined; *st gets a merge failure. Caller holds the lock. */
+static uint32_t join_rows(sona_bank *b, const traj_queue *tq, const int32_t *assign, const int32_t *target,
+                          const noise_model *nm, uint64_t now, int32_t *row_to, uint32_t *order, float *pv,
+                          double *mean, float *gv, sona_status *st)
+{
+    const uint32_t n = tq->n, dim = b->cfg.dim;
+    uint32_t m = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        row_to[i] = -1;
+        if (target[assign[i]] != -2 || b->npat == 0)
+            continue;
+        const float *x = tq->emb + (size_t)i * dim;
+        uint64_t best;
+        float sim;
+        uint32_t found = 0;
+        search_locked(b, x, 1, &best, &sim, &found);
+        if (!found)
+            continue;
+        const uint32_t pos = pos_of(b, best);
+        if (merges(b, pos, sim, x, 1, nm, pv) != NO_MERGE) {
+            row_to[i] = (int32_t)pos;
+            order[m++] = i;
+        }
+    }
+    /* Group by pattern (insertion sort by position, rows in order within a pattern: m is small
+     * next to the batch once patterns exist, and it keeps the result independent of qsort). */
+    for (uint32_t a = 1; a < m; a++) {
+        const uint32_t v = order[a];
+        uint32_t c = a;
+        while (c > 0 && row_to[order[c - 1]] > row_to[v])
+            order[c] = order[c - 1], c--;
+        order[c] = v;
+    }
+    for (uint32_t a = 0; a < m;) {
+        const int32_t pos = row_to[order[a]];
+        uint32_t e = a;
+        cluster_sum g = {0};
+        memset(mean, 0, (size_t)dim * sizeof *mean);
+        for (; e < m && row_to[order[e]] == pos; e++) {
+            const uint32_t i = order[e];
+            const float *x = tq->emb + (size_t)i * dim;
+            for (uint32_t t = 0; t < dim; t++)
+                mean[t] += x[t];
+            g.size++;
+            g.weight += tq->w[i];
+            g.weighted_quality += (double)tq->w[i] * tq->q[i];
+            g.quality_sum += tq->q[i];
+        }
+        g.quality = g.weight > 0.0 ? g.weighted_quality / g.weight : g.quality_sum / (double)g.size;
+        for (uint32_t t = 0; t < dim; t++)
+            gv[t] = (float)(mean[t] / (double)g.size);
+        const sona_status mst = merge_into(b, (uint32_t)pos, gv, &g, now);
+        if (mst != SONA_OK)
+            *st = mst;
+        a = e;
+    }
+    return m;
+}
+
+/* A range of phase 3's row list: rows order[at .. at + len - 1]; whole: the k-means cluster it
+ * is all of (its centroid and summary known), or -1. */
+typedef struct row_range {
+    uint32_t at, len;
+    int32_t whole;
+} row_range;
+
+/* Phase 3 of an extraction settles ranges of rows (row indices rows[0..len-1]): the mean of a
+ * range and its summary. acc: dim doubles of scratch. */
+static void range_mean(const traj_queue *tq, const uint32_t *rows, uint32_t len, uint32_t dim, double *acc,
+                       float *c, cluster_sum *s)
+{
+    memset(acc, 0, (size_t)dim * sizeof *acc);
+    memset(s, 0, sizeof *s);
+    for (uint32_t a = 0; a < len; a++) {
+        const uint32_t i = rows[a];
+        const float *x = tq->emb + (size_t)i * dim;
+        for (uint32_t t = 0; t < dim; t++)
+            acc[t] += x[t];
+        s->size++;
+        s->weight += tq->w[i];
+        s->weighted_quality += (double)tq->w[i] * tq->q[i];
+        s->quality_sum += tq->q[i];
+    }
+    for (uint32_t t = 0; t < dim; t++)
+        c[t] = (float)(acc[t] / (double)len);
+    s->quality = s->weight > 0.0 ? s->weighted_quality / s->weight : s->quality_sum / (double)s->size;
+}
+
+/* Whether the rows of a range (centroid c) are more spread than one cluster's noise: their
+ * squared distances to c, summed over len - 1, above v by more than merge_z standard deviations
+ * of such a mean (so k-means, short of clusters, mixed two). d2: the rows' squared distances to
+ * c when known (a whole k-means cluster), else NULL. */
+static int too_spread(const sona_bank *b, const traj_queue *tq, const uint32_t *rows, uint32_t len, const float *c,
+                      const double *d2, const noise_model *nm)
+{
+    if (len < 2 || nm->v < 0.0 || b->cfg.merge_z <= 0.0f)
+        return 0;
+    double sum = 0.0;
+    for (uint32_t a = 0; a < len; a++)
+        sum += d2 ? d2[rows[a]] : sqdist(tq->emb + (size_t)rows[a] * b->cfg.dim, c, b->cfg.dim);
+    return sum / (double)(len - 1) > nm->v * (1.0 + (double)b->cfg.merge_z * nm->spread / sqrt((double)(len - 1)));
+}
+
+/* Splits a range in two by 2-means (centres seeded at the row farthest from c and the row
+ * farthest from that one; Lloyd until stable, 32 rounds at most), reordering rows so that the
+ * first part comes first; returns its length (0: no split). ca, cb: dim floats, acc: dim
+ * doubles of scratch. */
+static uint32_t split_range(const traj_queue *tq, uint32_t *rows, uint32_t len, uint32_t dim, const float *c,
+                            float *ca, float *cb, double *acc)
+{
+    uint32_t fa = 0, fb = 0;
+    double far = -1.0;
+    for (uint32_t a = 0; a < len; a++) {
+        const double d = sqdist(tq->emb + (size_t)rows[a] * dim, c, dim);
+        if (d > far)
+            far = d, fa = a;
+    }
+    memcpy(ca, tq->emb + (size_t)rows[fa] * dim, (size_t)dim * sizeof *ca);
+    far = -1.0;
+    for (uint32_t a = 0; a < len; a++) {
+        const double d = sqdist(tq->emb + (size_t)rows[a] * dim, ca, dim);
+        if (d > far)
+            far = d, fb = a;
+    }
+    memcpy(cb, tq->emb + (size_t)rows[fb] * dim, (size_t)dim * sizeof *cb);
+    uint32_t first = 0;
+    for (int round = 0; round < 32; round++) {
+        /* Partition in place: rows nearer ca (ties to ca) first. */
+        uint32_t lo = 0, hi = len;
+        while (lo < hi) {
+            const float *x = tq->emb + (size_t)rows[lo] * dim;
+            if (sqdist(x, ca, dim) <= sqdist(x, cb, dim)) {
+                lo++;
+            } else {
+                const uint32_t t = rows[lo];
+                rows[lo] = rows[--hi];
+                rows[hi] = t;
+            }
+        }
+        if (lo == 0 || lo == len)
+            return 0;
+        const int stable = round > 0 && lo == first;
+        first = lo;
+        cluster_sum unused;
+        range_mean(tq, rows, first, dim, acc, ca, &unused);
+        range_mean(tq, rows + first, len - first, dim, acc, cb, &unused);
+        if (stable)
+            break;
+    }
+    return first;
 }
 
 /* Puts the rows of a failed extraction back in the queue, ahead of the ones added meanwhile
@@ -687,10 +1000,20 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
 
     sona_status st = SONA_OK;
     const uint32_t n = taken.n, dim = b->cfg.dim;
-    const uint32_t k = n < b->cfg.k_clusters ? n : b->cfg.k_clusters;
-    float *C = NULL;
-    int32_t *assign = NULL, *target = NULL;
-    uint32_t *counts = NULL;
+    /* At most k_clusters, and at most one per rows_per_cluster rows (at least one). */
+    const uint32_t per = b->cfg.rows_per_cluster > 1 ? b->cfg.rows_per_cluster : 1;
+    const uint32_t supported = n / per > 1 ? n / per : 1;
+    const uint32_t k = supported < b->cfg.k_clusters ? supported : b->cfg.k_clusters;
+    noise_model nm = {-1.0, 0.0};
+    float *C = NULL, *pv = NULL, *gv = NULL;
+    double *gm = NULL;
+    int32_t *assign = NULL, *target = NULL, *row_to = NULL;
+    uint32_t *counts = NULL, *order = NULL;
+    row_range *stack = NULL;
+    float *ca = NULL, *cb = NULL;
+    double *resid = NULL, *d2 = NULL;
+    int32_t *near = NULL;
+    float *nsim = NULL;
     cluster_sum *cs = NULL;
     sona_kmeans_result kr = {0};
     size_t bytes = 0;
@@ -700,9 +1023,33 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
         const size_t at_target = sona_scratch_push(&bytes, k * sizeof *target);
         const size_t at_counts = sona_scratch_push(&bytes, k * sizeof *counts);
         const size_t at_cs = sona_scratch_push(&bytes, k * sizeof *cs);
+        const size_t at_pv = sona_scratch_push(&bytes, (size_t)dim * sizeof *pv);
+        const size_t at_gv = sona_scratch_push(&bytes, (size_t)dim * sizeof *gv);
+        const size_t at_gm = sona_scratch_push(&bytes, (size_t)dim * sizeof *gm);
+        const size_t at_row_to = sona_scratch_push(&bytes, n * sizeof *row_to);
+        const size_t at_order = sona_scratch_push(&bytes, n * sizeof *order);
+        const size_t at_stack = sona_scratch_push(&bytes, n * sizeof *stack);
+        const size_t at_ca = sona_scratch_push(&bytes, (size_t)dim * sizeof *ca);
+        const size_t at_cb = sona_scratch_push(&bytes, (size_t)dim * sizeof *cb);
+        const size_t at_resid = sona_scratch_push(&bytes, n * sizeof *resid);
+        const size_t at_d2 = sona_scratch_push(&bytes, n * sizeof *d2);
+        const size_t at_near = sona_scratch_push(&bytes, k * sizeof *near);
+        const size_t at_nsim = sona_scratch_push(&bytes, k * sizeof *nsim);
         char *mem = sona_scratch_get(&b->extract_mem, bytes);
         if (mem) {
             C = (float *)(void *)(mem + at_C);
+            pv = (float *)(void *)(mem + at_pv);
+            gv = (float *)(void *)(mem + at_gv);
+            gm = (double *)(void *)(mem + at_gm);
+            row_to = (int32_t *)(void *)(mem + at_row_to);
+            order = (uint32_t *)(void *)(mem + at_order);
+            stack = (row_range *)(void *)(mem + at_stack);
+            ca = (float *)(void *)(mem + at_ca);
+            cb = (float *)(void *)(mem + at_cb);
+            resid = (double *)(void *)(mem + at_resid);
+            d2 = (double *)(void *)(mem + at_d2);
+            near = (int32_t *)(void *)(mem + at_near);
+            nsim = (float *)(void *)(mem + at_nsim);
             assign = (int32_t *)(void *)(mem + at_assign);
             target = (int32_t *)(void *)(mem + at_target);
             counts = (uint32_t *)(void *)(mem + at_counts);
@@ -734,8 +1081,28 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
     if (n == 0)
         goto out;
 
-    /* Commit point: from here the trajectories are consumed. */
+    /* Commit point: from here the trajectories are consumed. Phase 1: each cluster that merges
+     * whole into its most similar pattern (in the bank as it was) does; the others (-2) go on.
+     * The noise is estimated only when a cluster does not merge by direction. */
     const uint64_t now = now_ms(b);
+    int need_noise = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        uint64_t best;
+        uint32_t found = 0;
+        near[j] = -1;
+        if (cs[j].size == 0 || cs[j].size < b->cfg.min_cluster_size)
+            continue;
+        if (b->npat)
+            search_locked(b, C + (size_t)j * dim, 1, &best, &nsim[j], &found);
+        if (found)
+            near[j] = (int32_t)pos_of(b, best);
+        need_noise |= !found || nsim[j] < b->cfg.merge_threshold;
+    }
+    if (need_noise && b->cfg.merge_z > 0.0f) {
+        for (uint32_t i = 0; i < n; i++)
+            d2[i] = sqdist(taken.emb + (size_t)i * dim, C + (size_t)assign[i] * dim, dim);
+        nm = noise_of(b, &taken, k, assign, cs, near, d2, resid, pv);
+    }
     for (uint32_t j = 0; j < k; j++) {
         target[j] = -1;
         if (cs[j].size == 0)
@@ -744,41 +1111,83 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
             r.dropped_small++;
             continue;
         }
-        const float *c = C + (size_t)j * dim;
-        uint64_t best;
-        float sim;
-        uint32_t found = 0;
-        if (b->npat)
-            search_locked(b, c, 1, &best, &sim, &found);
-        if (found && sim >= b->cfg.merge_threshold) {
-            const uint32_t pos = pos_of(b, best);
-            const sona_status mst = merge_into(b, pos, c, &cs[j], now);
-            if (mst != SONA_OK)
-                st = mst;
-            target[j] = (int32_t)pos;
+        const members m = {&taken, assign, (int32_t)j};
+        if (near[j] >= 0 && cluster_merge_at(b, (uint32_t)near[j], nsim[j], C + (size_t)j * dim, &cs[j], &nm, &m, now,
+                                             pv, &target[j], &st))
             r.merged++;
+        else
+            target[j] = -2;
+    }
+    /* Phase 2: their rows, each alone, join the pattern they are close enough to. */
+    r.joined = join_rows(b, &taken, assign, target, &nm, now, row_to, order, pv, gm, gv, &st);
+    /* Phase 3: what each keeps, as a range of rows; a range more spread than one cluster's
+     * noise is split in two (and its parts looked at again); the others merge whole after all
+     * (into a pattern made by this phase, or an older one) or become new patterns. */
+    uint32_t len = 0, ranges = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        if (target[j] != -2)
             continue;
-        }
-        const sona_pattern info = {.id = b->next_id,
-                                   .size = cs[j].size,
-                                   .total_weight = cs[j].weight,
-                                   .avg_quality = (float)cs[j].quality,
-                                   .created_ms = now,
-                                   .last_access_ms = now};
-        uint32_t pos;
-        const sona_status ast = add_pattern(b, &info, c, &pos);
-        if (ast == SONA_OK) {
-            b->next_id++;
-            target[j] = (int32_t)pos;
-            r.created++;
-        } else if (ast == SONA_E_INVALID) {
-            r.dropped_small++; /* members cancel out: a zero centroid has no direction */
+        target[j] = -1;
+        const uint32_t at = len;
+        for (uint32_t i = 0; i < n; i++)
+            if (assign[i] == (int32_t)j && row_to[i] < 0)
+                order[len++] = i;
+        if (len > at)
+            stack[ranges++] = (row_range){at, len - at, len - at == cs[j].size ? (int32_t)j : -1};
+    }
+    while (ranges) {
+        const row_range g = stack[--ranges];
+        uint32_t *rows = order + g.at;
+        cluster_sum sum;
+        if (g.whole >= 0) {
+            memcpy(gv, C + (size_t)g.whole * dim, (size_t)dim * sizeof *gv);
+            sum = cs[g.whole];
         } else {
-            st = ast; /* message set by add_pattern */
+            range_mean(&taken, rows, g.len, dim, gm, gv, &sum);
         }
+        if (too_spread(b, &taken, rows, g.len, gv, g.whole >= 0 ? d2 : NULL, &nm)) {
+            const uint32_t first = split_range(&taken, rows, g.len, dim, gv, ca, cb, gm);
+            if (first) {
+                stack[ranges++] = (row_range){g.at, first, -1};
+                stack[ranges++] = (row_range){g.at + first, g.len - first, -1};
+                r.split++;
+                continue;
+            }
+        }
+        int32_t to = -1;
+        if (sum.size < b->cfg.min_cluster_size) {
+            r.dropped_small++;
+        } else if (cluster_merges(b, gv, &sum, &nm, now, pv, &to, &st)) {
+            r.merged++;
+        } else {
+            const sona_pattern info = {.id = b->next_id,
+                                       .size = sum.size,
+                                       .total_weight = sum.weight,
+                                       .avg_quality = (float)sum.quality,
+                                       .created_ms = now,
+                                       .last_access_ms = now};
+            uint32_t pos;
+            sona_status ast = b->npat < b->pat_cap ? SONA_OK : reserve_patterns(b, b->npat + 1);
+            if (ast == SONA_OK)
+                ast = add_pattern(b, &info, gv, &pos);
+            else
+                ast = sona_fail(&b->err, ast, "sona_bank_extract: out of memory for a pattern");
+            if (ast == SONA_OK) {
+                b->next_id++;
+                to = (int32_t)pos;
+                r.created++;
+            } else if (ast == SONA_E_INVALID) {
+                r.dropped_small++; /* members cancel out: a zero centroid has no direction */
+            } else {
+                r.dropped_small++; /* counted: the rows are not in any pattern */
+                st = ast;          /* message set above or by add_pattern */
+            }
+        }
+        for (uint32_t a = 0; a < g.len; a++)
+            row_to[rows[a]] = to;
     }
     for (uint32_t i = 0; i < n; i++) {
-        const int32_t t = target[assign[i]];
+        const int32_t t = row_to[i] >= 0 ? row_to[i] : target[assign[i]];
         if (t >= 0 && taken.route[i] != NO_ROUTE &&
             add_route_stat(b, &b->pats[t], (uint32_t)taken.route[i], 1, taken.q[i]) != 0)
             st = sona_fail(&b->err, SONA_E_NOMEM, "sona_bank_extract: route statistics incomplete (out of memory)");

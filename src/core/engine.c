@@ -5,6 +5,7 @@
 #include "core/lora_internal.h"
 #include "core/rng.h"
 #include "core/storage.h"
+#include "core/trajectory_internal.h"
 #include "cpu/cpu.h"
 #include "dispatch/dispatch.h"
 #include "sona/ewc.h"
@@ -12,6 +13,8 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -364,6 +367,7 @@ static sona_status tenant_reset(sona_engine *e, eng_tenant *t)
     t->lora = l;
     t->ewc = w;
     t->since_apply = 0;
+    atomic_store(&t->tasks, 0);
     memset(t->baselines, 0, sizeof t->baselines);
     return SONA_OK;
 }
@@ -799,8 +803,8 @@ sona_status sona_request_end(sona_request *r, float quality)
         return eng_fail(e, SONA_E_NONFINITE, "sona_request_end: NaN or Inf in the trajectory; not learned");
     }
     sona_status st = learn_instant(e, tenant, t);
-    if (sona_trajectory_buffer_record(e->buffer, t) == SONA_OK) {
-        atomic_fetch_add(&e->n.recorded, 1);
+    /* Counted as recorded before loop B can take it (see engine_internal.h's taken). */
+    if (sona_trajectory_buffer_record_counted(e->buffer, t, &e->n.recorded) == SONA_OK) {
         if (sona_trajectory_buffer_len(e->buffer) >= e->cfg.loop_b_threshold)
             eng_kick(e);
     } else {
@@ -820,10 +824,23 @@ sona_status eng_train_and_publish(sona_engine *e, sona_lora *lora, eng_ewc *ewc,
         st = sona_snapshot_publish(slot, lora);
     if (st != SONA_OK)
         return eng_fail(e, st, "adapter update failed: %s", sona_lora_last_error(lora));
-    if (boundary)
+    if (boundary) {
         atomic_fetch_add(&e->n.boundaries, 1);
+        eng_note_tasks(e, slot, ewc);
+    }
     atomic_fetch_add(slot == &e->base_slot ? &e->n.base_updates : &e->n.micro_updates, 1);
     return SONA_OK;
+}
+
+void eng_note_tasks(sona_engine *e, const sona_snapshot_slot *slot, const eng_ewc *ewc)
+{
+    const uint32_t tasks = eng_ewc_tasks(ewc);
+    if (slot == &e->base_slot) {
+        atomic_store(&e->n.tasks, tasks);
+        return;
+    }
+    eng_tenant *t = (eng_tenant *)(void *)((char *)(uintptr_t)slot - offsetof(eng_tenant, slot));
+    atomic_store(&t->tasks, tasks);
 }
 
 sona_status sona_flush(sona_engine *e)
@@ -854,10 +871,17 @@ sona_status sona_get_stats(sona_engine *e, sona_stats *s)
     if (!e || !s)
         return eng_fail(e, SONA_E_NULL, "sona_get_stats: NULL argument");
     memset(s, 0, sizeof *s);
-    s->trajectories_recorded = atomic_load(&e->n.recorded);
-    s->trajectories_processed = atomic_load(&e->n.processed);
+    /* processed, then taken, then recorded: each read no earlier than the one before, and
+     * processed <= taken <= recorded holds at every instant (engine_internal.h), so the values
+     * read keep that order and recorded == processed + in cycle + queued in every result. */
+    const uint64_t processed = atomic_load(&e->n.processed);
+    const uint64_t taken = atomic_load(&e->n.taken);
+    const uint64_t recorded = atomic_load(&e->n.recorded);
+    s->trajectories_recorded = recorded;
+    s->trajectories_processed = processed;
+    s->trajectories_in_cycle = taken - processed;
+    s->trajectories_queued = recorded - taken;
     s->trajectories_dropped = atomic_load(&e->n.dropped);
-    s->trajectories_queued = sona_trajectory_buffer_len(e->buffer);
     s->signals_accepted = atomic_load(&e->n.accepted);
     s->signals_rejected = atomic_load(&e->n.rejected);
     s->micro_updates = atomic_load(&e->n.micro_updates);
@@ -874,9 +898,12 @@ sona_status sona_get_stats(sona_engine *e, sona_stats *s)
     s->device_fallbacks = atomic_load(&e->device_fallbacks);
     s->quality_baseline = eng_baseline(e);
     s->last_phi = bits_float(atomic_load(&e->last_phi_bits));
-    for (uint32_t i = 0; i < e->cfg.max_tenants; i++)
-        s->tenants += atomic_load(&e->tenants[i].live) != 0;
-    s->patterns = atomic_load(&e->n.patterns);
     s->tasks = atomic_load(&e->n.tasks);
+    for (uint32_t i = 0; i < e->cfg.max_tenants; i++)
+        if (atomic_load(&e->tenants[i].live)) {
+            s->tenants++;
+            s->tasks += atomic_load(&e->tenants[i].tasks);
+        }
+    s->patterns = atomic_load(&e->n.patterns);
     return SONA_OK;
 }

@@ -202,8 +202,10 @@ sona_status eng_loop_c_cycle(sona_engine *e)
     for (uint32_t i = 0; i < e->cfg.max_tenants && st == SONA_OK; i++) {
         eng_tenant *t = &e->tenants[i];
         pthread_mutex_lock(&t->mu);
-        if (atomic_load(&t->live) && t->ewc)
+        if (atomic_load(&t->live) && t->ewc) {
             st = eng_ewc_consolidate(t->ewc, t->lora);
+            eng_note_tasks(e, &t->slot, t->ewc);
+        }
         pthread_mutex_unlock(&t->mu);
     }
     atomic_fetch_add(&e->n.dreams, dreams);

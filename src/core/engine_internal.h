@@ -37,6 +37,7 @@ typedef struct eng_tenant {
     eng_ewc *ewc;
     float *signal;            /* loop A's signal rows x, delta and y (3 * hidden), reused (mu) */
     atomic_int live;
+    atomic_uint tasks;        /* EWC++ task snapshots of ewc now, for sona_get_stats (set under mu) */
 } eng_tenant;
 
 struct sona_engine {
@@ -81,7 +82,13 @@ struct sona_engine {
     struct {
         atomic_uint_fast64_t recorded, processed, dropped, accepted, rejected, micro_updates,
             base_updates, boundaries, b_cycles, c_cycles, dreams, replayed, last_b_us, last_c_us,
-            patterns, tasks, merged;
+            patterns, tasks /* Base-LoRA's EWC++ tasks now (tenants': eng_tenant.tasks) */, merged;
+        /* Trajectories drained from the buffer by loop B cycles: processed + those of the cycle
+         * running now. recorded counts each before a cycle can take it (it is added as the
+         * buffer claims the trajectory's place) and processed after the cycle that took it, so
+         * processed <= taken <= recorded at every instant (sona_get_stats). Not saved: a load
+         * sets it to processed (no cycle runs across one). */
+        atomic_uint_fast64_t taken;
     } n;
     atomic_uint last_phi_bits;
 
@@ -121,7 +128,8 @@ sona_status eng_steps_gather(eng_steps *s, const sona_trajectory *t, uint32_t hi
 void eng_steps_free(eng_steps *s);
 
 /* Applies a training copy's pending gradients (with EWC++ when on), bounds its output change
- * (max_output_change) and publishes a snapshot. */
+ * (max_output_change) and publishes a snapshot. slot is Base-LoRA's or a tenant's (whose task
+ * count for the stats it refreshes). */
 sona_status eng_train_and_publish(sona_engine *e, sona_lora *lora, eng_ewc *ewc,
                                   sona_snapshot_slot *slot);
 
@@ -198,6 +206,10 @@ const char *eng_device_name(const eng_device *d);
  * the CPU to redo the batch. */
 sona_status eng_device_apply(sona_engine *e, uint32_t n, const int32_t *ids, const float *x, float *y);
 sona_status eng_device_apply_layer(sona_engine *e, uint32_t layer, uint32_t n, const float *x, float *y);
+
+/* Stores the EWC++ task count of the adapter set that publishes to slot (Base-LoRA's or a
+ * tenant's) for sona_get_stats. Caller holds what guards that set's EWC++ state. */
+void eng_note_tasks(sona_engine *e, const sona_snapshot_slot *slot, const eng_ewc *ewc);
 
 /* Loop C state. */
 void eng_dream_state_free(struct eng_dream_state *d);

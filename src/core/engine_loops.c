@@ -1,5 +1,6 @@
 /* Loop B (background) and the engine's loop thread. A cycle takes the queued trajectories
- * (fewer than the minimum stay queued), decodes each once, updates the pattern bank, trains
+ * (one loop B starts by itself leaves fewer than loop_b_min_batch queued; a forced one takes
+ * any), decodes each once, updates the pattern bank, trains
  * Base-LoRA per layer with the advantage against the matched pattern's average quality, applies
  * EWC++ (Fisher, penalty, boundary check) and publishes the new Base-LoRA for readers. */
 #define _GNU_SOURCE /* SCHED_BATCH */
@@ -129,7 +130,9 @@ sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch)
         pthread_mutex_unlock(&e->cycle_mu);
         return eng_fail(e, SONA_E_NOMEM, "loop B: out of memory");
     }
-    /* From here the batch is the cycle's: it is learned from (and counted) whatever happens. */
+    /* From here the batch is the cycle's: it is learned from (and counted) whatever happens.
+     * In the stats it moves from queued to in cycle now, and to processed at the end. */
+    atomic_fetch_add(&e->n.taken, n);
     const sona_status st = learn_batch(e, batch, n);
     for (uint32_t i = 0; i < n; i++)
         eng_traj_recycle(e, batch[i]);
@@ -165,15 +168,14 @@ sona_status sona_tick(sona_engine *e)
     return st;
 }
 
+/* Forced: one queued trajectory is enough (loop_b_min_batch is for the cycles loop B starts by
+ * itself); none is nothing to do, not an error. */
 sona_status sona_force_learn(sona_engine *e)
 {
     if (!e)
         return sona_fail(NULL, SONA_E_NULL, "sona_force_learn: engine is NULL");
-    sona_status st = eng_loop_b_cycle(e, e->cfg.loop_b_min_batch);
-    if (st == SONA_E_EMPTY)
-        return eng_fail(e, st, "sona_force_learn: %u trajectories queued, the minimum is %u; they stay queued",
-                        sona_trajectory_buffer_len(e->buffer), e->cfg.loop_b_min_batch);
-    return st;
+    const sona_status st = eng_loop_b_cycle(e, 1);
+    return st == SONA_E_EMPTY ? SONA_OK : st;
 }
 
 sona_status sona_deep_cycle(sona_engine *e)

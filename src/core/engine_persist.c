@@ -980,6 +980,7 @@ static void commit(sona_engine *e, loaded *s)
     counter_table(e, counters);
     for (int i = 0; i < COUNTERS; i++)
         atomic_store(counters[i], s->counters[i]);
+    atomic_store(&e->n.taken, s->counters[COUNTER_PROCESSED]); /* no cycle in flight (cycle_mu) */
     pthread_mutex_lock(&e->quality_mu);
     e->quality = s->quality;
     pthread_mutex_unlock(&e->quality_mu);
@@ -1000,6 +1001,7 @@ static void commit(sona_engine *e, loaded *s)
             s->loras[next] = l;
             s->ewcs[next] = w;
             t->since_apply = s->since_apply[next];
+            eng_note_tasks(e, &t->slot, t->ewc);
             memset(t->baselines, 0, sizeof t->baselines);
             if (s->region_tenants && s->region_tenants[next] == i)
                 memcpy(t->baselines, s->tenant_baselines + (size_t)next * ENG_REGIONS, sizeof t->baselines);

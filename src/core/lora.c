@@ -37,6 +37,8 @@ void sona_lora_config_default(sona_lora_config *cfg, sona_lora_kind kind, uint32
     memset(cfg, 0, sizeof *cfg);
     cfg->hidden = hidden;
     cfg->seed = 42;
+    /* alpha = 2 x rank for both kinds (scale s = 2), the rule of the engine's presets
+     * (sona_engine_config_default), so a standalone adapter learns like the engine's. */
     if (kind == SONA_LORA_BASE) {
         cfg->rank = 8;
         cfg->count = 12;
@@ -46,7 +48,7 @@ void sona_lora_config_default(sona_lora_config *cfg, sona_lora_kind kind, uint32
     } else {
         cfg->rank = 2;
         cfg->count = 1;
-        cfg->alpha = 2.0f;
+        cfg->alpha = 4.0f;
         cfg->learning_rate = 0.01f;
         cfg->clip_norm = 1.0f;
     }

@@ -109,8 +109,9 @@ static sona_trajectory *try_pop(sona_trajectory_buffer *b)
     }
 }
 
-/* Appends t; 0 when the ring is (or looks) full. */
-static int try_push(sona_trajectory_buffer *b, sona_trajectory *t)
+/* Appends t; 0 when the ring is (or looks) full. counted (may be NULL) gets 1 added once the
+ * position is claimed, before t is published. */
+static int try_push(sona_trajectory_buffer *b, sona_trajectory *t, atomic_uint_fast64_t *counted)
 {
     uint64_t pos = atomic_load_explicit(&b->head, memory_order_relaxed);
     for (;;) {
@@ -120,6 +121,8 @@ static int try_push(sona_trajectory_buffer *b, sona_trajectory *t)
         if (diff == 0) {
             if (atomic_compare_exchange_weak_explicit(&b->head, &pos, pos + 1,
                                                       memory_order_relaxed, memory_order_relaxed)) {
+                if (counted) /* ordered before the publish by its release store */
+                    atomic_fetch_add_explicit(counted, 1, memory_order_relaxed);
                 c->item = t;
                 atomic_store_explicit(&c->seq, 2 * pos + 1, memory_order_release);
                 return 1;
@@ -150,7 +153,7 @@ const sona_trajectory_buffer_config *sona_trajectory_buffer_get_config(const son
     return b ? &b->cfg : NULL;
 }
 
-sona_status sona_trajectory_buffer_record(sona_trajectory_buffer *b, sona_trajectory *t)
+static sona_status record(sona_trajectory_buffer *b, sona_trajectory *t, atomic_uint_fast64_t *counted)
 {
     static const char fn[] = "sona_trajectory_buffer_record";
     if (!b || !t)
@@ -159,7 +162,7 @@ sona_status sona_trajectory_buffer_record(sona_trajectory_buffer *b, sona_trajec
         return sona_fail(NULL, SONA_E_STATE, "%s: trajectory %llu has not ended", fn,
                          (unsigned long long)sona_trajectory_id(t));
     for (unsigned spins = 0;; spins++) {
-        if (try_push(b, t)) {
+        if (try_push(b, t, counted)) {
             atomic_fetch_add_explicit(&b->recorded, 1, memory_order_relaxed);
             return SONA_OK;
         }
@@ -178,6 +181,17 @@ sona_status sona_trajectory_buffer_record(sona_trajectory_buffer *b, sona_trajec
             sched_yield();
         }
     }
+}
+
+sona_status sona_trajectory_buffer_record(sona_trajectory_buffer *b, sona_trajectory *t)
+{
+    return record(b, t, NULL);
+}
+
+sona_status sona_trajectory_buffer_record_counted(sona_trajectory_buffer *b, sona_trajectory *t,
+                                                  atomic_uint_fast64_t *counted)
+{
+    return record(b, t, counted);
 }
 
 sona_status sona_trajectory_buffer_drain(sona_trajectory_buffer *b, sona_trajectory **out,

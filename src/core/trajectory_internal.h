@@ -1,11 +1,14 @@
-/* Library-internal access to trajectories and their buffer for the state file (engine_persist.c):
- * a trajectory as bytes, and a look at what a buffer holds without taking it. */
+/* Library-internal access to trajectories and their buffer for the engine: a trajectory as bytes
+ * and a look at what a buffer holds without taking it (the state file, engine_persist.c), and a
+ * record that counts each trajectory before loop B can take it (the engine's counters). */
 #ifndef SONA_CORE_TRAJECTORY_INTERNAL_H
 #define SONA_CORE_TRAJECTORY_INTERNAL_H
 
 #include "core/serial.h"
 #include "sona/trajectory.h"
 #include "sona/trajectory_buffer.h"
+
+#include <stdatomic.h>
 
 /* Appends ended trajectory t to w:
  *   u64 id, u32 storage, u32 dim, f32 final quality, u32 step count, u64 latency (us),
@@ -34,5 +37,12 @@ sona_status sona_trajectory_read(sona_rbuf *r, sona_trajectory **out);
  * drain, no record under SONA_FULL_OVERWRITE_OLDEST): the trajectories stay the buffer's. */
 uint32_t sona_trajectory_buffer_peek(const sona_trajectory_buffer *b, const sona_trajectory **out,
                                      uint32_t max);
+
+/* sona_trajectory_buffer_record that also adds 1 to *counted when t goes in, at the moment its
+ * position is claimed: before any consumer can take it (the publish that lets a consumer see t
+ * is a release store after the increment). So a consumer that counts what it drains never
+ * counts past *counted: the engine's recorded >= taken at every instant. */
+sona_status sona_trajectory_buffer_record_counted(sona_trajectory_buffer *b, sona_trajectory *t,
+                                                  atomic_uint_fast64_t *counted);
 
 #endif /* SONA_CORE_TRAJECTORY_INTERNAL_H */
