@@ -876,9 +876,11 @@ Test(bank, small_extractions_keep_a_pattern_per_cluster, .timeout = 120)
     sona_bank_destroy(old);
 }
 
-/* Extractions of 1,000: the first makes up to k_clusters (32) patterns, finer than the 4
- * clusters but each within one; later ones add few (tail trajectories), where merging by cosine
- * alone added about 30 each. */
+/* Extractions of 1,000: the first makes about k_clusters (32) patterns, finer than the 4
+ * clusters but each within one (over 200 seeds 30 to 33: 33 in 2 % of them, where the split
+ * phase cut a spread cluster once more, so 32 is not a hard cap; seed 1796607451079451); later
+ * ones add few (tail trajectories, at most 6 over those seeds), where merging by cosine alone
+ * added about 30 each. */
 Test(bank, large_extractions_keep_their_patterns, .timeout = 120)
 {
     const uint64_t seed = op_test_seed();
@@ -890,7 +892,7 @@ Test(bank, large_extractions_keep_their_patterns, .timeout = 120)
     const uint32_t first = feed(b, &s, 4000, 1000), n = sona_bank_pattern_count(b);
     printf("[bank] 4000 trajectories of 4 clusters in extractions of 1000: %u patterns after the first, %u after "
            "the fourth\n", first, n);
-    cr_assert_leq(first, 32);
+    cr_assert_leq(first, 36);
     cr_assert_leq(n, first + 12, "%u patterns after the first extraction, %u after three more", first, n);
     check_patterns(b, &s, 4000, 0.0);
     sona_bank_destroy(b);

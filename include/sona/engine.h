@@ -18,7 +18,7 @@ typedef struct sona_engine sona_engine;
 typedef struct sona_request sona_request;
 
 typedef enum sona_preset {
-    SONA_PRESET_DEFAULT = 0,     /* rank 2 Micro / rank 8 Base, N=1, loop B every 100 trajectories
+    SONA_PRESET_DEFAULT = 0,     /* rank 2 Micro / rank 8 Base, N=1, loop B every 250 trajectories
                                     or 2 s */
     SONA_PRESET_MAX_THROUGHPUT,  /* rank 1 Micro, apply every 16 signals, loop B every 1000 or 5 s */
     SONA_PRESET_MAX_QUALITY,     /* rank 2 Micro at a smaller rate, rank 16 Base, loop B every 50
@@ -120,7 +120,7 @@ typedef struct sona_engine_config {
  *   max_signal_weight 3, max_output_change 5, max_steps 16/8/32/8, buffer_capacity
  *   10000/20000/10000/1000, step_storage SONA_STORAGE_Q8 (10,000 queued trajectories of 10 steps
  *   at hidden 256: ~35 MB, F32 ~130 MB), baseline_decay 0.95, background_thread 1/1/1/0,
- *   loop_b_threshold 100/1000/50/200, loop_b_interval_ms 2000/5000/1000/0, loop_b_min_batch
+ *   loop_b_threshold 250/1000/50/200, loop_b_interval_ms 2000/5000/1000/0, loop_b_min_batch
  *   16/64/8/8, clusters_per_cycle 32/32/64/8, max_patterns 100000/100000/100000/5000,
  *   ewc_enabled 1 (EDGE 0), ewc_lambda 0.01, fisher_decay 0.99, max_tasks 5/3/10/2,
  *   task_shift_threshold 1.2, dreams_per_cycle 50/10/100/5, dream_length 15, dream_temperature

@@ -4,6 +4,7 @@
 
 #include "core/lora_internal.h"
 #include "core/rng.h"
+#include "core/vecmath.h"
 #include "core/storage.h"
 #include "core/trajectory_internal.h"
 #include "cpu/cpu.h"
@@ -94,14 +95,10 @@ float eng_quality_weight(sona_engine *e, float quality)
 uint32_t eng_region(const sona_engine *e, const float *x)
 {
     const uint32_t H = e->cfg.hidden;
+    const sona_dot_fn dot = sona_dot_kernel();
     uint32_t region = 0;
-    for (uint32_t b = 0; b < ENG_REGION_BITS; b++) {
-        const float *p = e->region_planes + (size_t)b * H;
-        float d = 0.0f;
-        for (uint32_t h = 0; h < H; h++)
-            d += p[h] * x[h];
-        region |= (uint32_t)(d > 0.0f) << b;
-    }
+    for (uint32_t b = 0; b < ENG_REGION_BITS; b++)
+        region |= (uint32_t)(dot(e->region_planes + (size_t)b * H, x, H) > 0.0f) << b;
     return region;
 }
 
@@ -218,7 +215,7 @@ void sona_engine_config_default(sona_engine_config *cfg, sona_preset preset, uin
     cfg->step_storage = SONA_STORAGE_Q8;
     cfg->baseline_decay = 0.95f;
     cfg->background_thread = 1;
-    cfg->loop_b_threshold = 100;
+    cfg->loop_b_threshold = 250;
     cfg->loop_b_interval_ms = 2000u;
     cfg->loop_b_min_batch = 16;
     cfg->clusters_per_cycle = 32;

@@ -114,15 +114,17 @@ static sona_status learn_batch(sona_engine *e, sona_trajectory *const *batch, ui
     return bank_st != SONA_OK ? bank_st : st;
 }
 
-sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch)
+sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch, uint32_t max_batch)
 {
     pthread_mutex_lock(&e->cycle_mu);
     const uint64_t t0 = eng_now_us();
-    const uint32_t queued = sona_trajectory_buffer_len(e->buffer);
+    uint32_t queued = sona_trajectory_buffer_len(e->buffer);
     if (queued == 0 || queued < min_batch) {
         pthread_mutex_unlock(&e->cycle_mu);
         return SONA_E_EMPTY;
     }
+    if (max_batch && queued > max_batch)
+        queued = max_batch; /* the oldest; the rest waits for the next cycle */
     sona_trajectory **batch = malloc(queued * sizeof *batch);
     uint32_t n = 0;
     if (!batch || sona_trajectory_buffer_drain(e->buffer, batch, queued, &n) != SONA_OK) {
@@ -146,6 +148,12 @@ sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch)
     return st == SONA_OK ? SONA_OK : eng_fail(e, st, "loop B cycle failed: %s", sona_last_error());
 }
 
+uint32_t eng_cycle_cap(const sona_engine *e)
+{
+    const uint64_t cap = 4ull * e->cfg.loop_b_threshold;
+    return cap < e->cfg.loop_b_min_batch ? e->cfg.loop_b_min_batch : cap > UINT32_MAX ? UINT32_MAX : (uint32_t)cap;
+}
+
 static int interval_due(uint64_t last_ms, uint32_t interval_ms)
 {
     return interval_ms && eng_now_us() / 1000 >= last_ms + interval_ms;
@@ -160,7 +168,7 @@ sona_status sona_tick(sona_engine *e)
     const uint32_t queued = sona_trajectory_buffer_len(e->buffer);
     sona_status st = SONA_OK;
     if (queued >= e->cfg.loop_b_threshold || (queued && interval_due(e->last_cycle_ms, e->cfg.loop_b_interval_ms)))
-        st = eng_loop_b_cycle(e, e->cfg.loop_b_min_batch);
+        st = eng_loop_b_cycle(e, e->cfg.loop_b_min_batch, eng_cycle_cap(e));
     if (st == SONA_E_EMPTY)
         st = SONA_OK;
     if (st == SONA_OK && interval_due(e->last_deep_ms, e->cfg.loop_c_interval_ms))
@@ -174,7 +182,7 @@ sona_status sona_force_learn(sona_engine *e)
 {
     if (!e)
         return sona_fail(NULL, SONA_E_NULL, "sona_force_learn: engine is NULL");
-    const sona_status st = eng_loop_b_cycle(e, 1);
+    const sona_status st = eng_loop_b_cycle(e, 1, 0);
     return st == SONA_E_EMPTY ? SONA_OK : st;
 }
 
@@ -237,10 +245,13 @@ static void *loop_thread(void *arg)
         pthread_mutex_unlock(&e->wake_mu);
         if (atomic_load(&e->enabled)) {
             if (kicked)
-                eng_loop_b_cycle(e, e->cfg.loop_b_min_batch);
+                eng_loop_b_cycle(e, e->cfg.loop_b_min_batch, eng_cycle_cap(e));
             sona_tick(e);
         }
         pthread_mutex_lock(&e->wake_mu);
+        /* A capped cycle left a full threshold queued: the next one runs at once. */
+        if (atomic_load(&e->enabled) && sona_trajectory_buffer_len(e->buffer) >= e->cfg.loop_b_threshold)
+            e->kicked = 1;
     }
     pthread_mutex_unlock(&e->wake_mu);
     return NULL;

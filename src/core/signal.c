@@ -4,6 +4,7 @@
 #include "sona/signal.h"
 
 #include "core/error.h"
+#include "core/vecmath.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -139,10 +140,7 @@ static float step_reward(const step_view *v, uint32_t i)
 
 static double norm2(const float *a, uint32_t n)
 {
-    double s = 0.0;
-    for (uint32_t j = 0; j < n; j++)
-        s += (double)a[j] * a[j];
-    return sqrt(s);
+    return sqrt((double)sona_dot_kernel()(a, a, n));
 }
 
 /* The contrast sum_i (r_i - mean r) a_i / sum_i |r_i - mean r| into dir (mean a drops out: the
@@ -206,7 +204,8 @@ static sona_status displacement(const step_view *v, const float *from, float *di
     double scale = 0.0;
     for (uint32_t j = 0; j < dim; j++) {
         dir[j] = dir[j] * inv - from[j];
-        scale = fmax(scale, fabs(from[j]));
+        const double m = fabs(from[j]);
+        scale = m > scale ? m : scale; /* not fmax: a libm call per element */
     }
     const double nrm = norm2(dir, dim);
     if (!isfinite(nrm))
