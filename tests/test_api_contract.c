@@ -718,6 +718,18 @@ static sona_status state_config_of_garbage(world *w)
     return sona_state_config(w->path, (sona_engine_config[1]){{0}});
 }
 
+/* An export of tenant (-1: Base-LoRA) checked against a model width (0: none), to /tmp (a
+ * directory with other files: refused before anything is written) or, with to_file, to a
+ * path that is a file (/dev/null). */
+static sona_status export_peft_with(world *w, int to_file, int32_t tenant, uint32_t model_hidden)
+{
+    sona_peft_config pc;
+    sona_peft_config_default(&pc);
+    pc.tenant = tenant;
+    pc.model_hidden = model_hidden;
+    return sona_export_peft(w->engine, to_file ? "/dev/null" : "/tmp", &pc);
+}
+
 static sona_status export_peft_format(world *w, const char *format)
 {
     sona_peft_config pc;
@@ -1093,6 +1105,10 @@ static sona_status ewc_detector_with(world *w, double short_mean, double long_va
     X(export_peft_null_dir, sona_export_peft(w->engine, NULL, NULL), SONA_E_NULL, ON_ENGINE, "NULL") \
     X(export_peft_no_layer, export_peft_format(w, "model.layers.o_proj"), SONA_E_INVALID, ON_ENGINE, "module_format") \
     X(export_peft_null_format, export_peft_format(w, NULL), SONA_E_NULL, ON_ENGINE, "module_format") \
+    X(export_peft_wrong_width, export_peft_with(w, 0, -1, 7), SONA_E_SIZE, ON_ENGINE, "wide")         \
+    X(export_peft_no_tenant, export_peft_with(w, 0, 60, 0), SONA_E_NOT_FOUND, ON_ENGINE, "tenant 60") \
+    X(export_peft_bad_tenant, export_peft_with(w, 0, -2, 0), SONA_E_INVALID, ON_ENGINE, "tenant -2")  \
+    X(export_peft_not_a_directory, export_peft_with(w, 1, -1, 0), SONA_E_INVALID, ON_ENGINE, "not a directory") \
     X(export_peft_missing_parent, sona_export_peft(w->engine, "/nonexistent-sona-dir/adapter", NULL), SONA_E_IO, ON_ENGINE, "cannot create")
 
 typedef struct api_case {

@@ -213,3 +213,129 @@ Test(export_peft, bad_arguments_are_refused_and_write_nothing)
     cr_expect_eq(rmdir(dir), 0, "the directory is left empty");
     sona_engine_destroy(e);
 }
+
+/* The safetensors file of dir parsed: its header (caller frees with json_free and the two
+ * buffers) and where the data starts. */
+static const char *open_model(const char *dir, json_value *header, char **file, char **text, size_t *data_len)
+{
+    size_t len;
+    *file = read_file(path_in(dir, "adapter_model.safetensors"), &len);
+    uint64_t header_len;
+    memcpy(&header_len, *file, 8);
+    cr_assert_leq(header_len, len - 8);
+    *text = strndup(*file + 8, header_len);
+    char err[128];
+    cr_assert_eq(json_parse(*text, header, err, sizeof err), 0, "header: %s", err);
+    *data_len = len - 8 - header_len;
+    return *file + 8 + header_len;
+}
+
+/* Names of the parent directory's entries that start with base's name and a '.': a leftover of
+ * an export that was not cleaned up (base.new-*, base.old-*). */
+static int leftovers(const char *parent, const char *base)
+{
+    char cmd[900];
+    snprintf(cmd, sizeof cmd, "ls -a '%s' | grep -c '^%s\\.' > /dev/null", parent, base);
+    return system(cmd) == 0;
+}
+
+/* A tenant's Micro-LoRA exported as one module applies as sona_apply does; a second export
+ * replaces the directory whole (no leftovers beside it); a width other than the model's, a
+ * directory holding other files, a path that is a file and unknown tenants are refused, the
+ * directory as it was. */
+Test(export_peft, tenants_republishing_and_shape_checks)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[export_peft] tenants seed %" PRIu64 "\n", seed);
+    sona_engine *e = learned_engine(seed);
+    char dir[] = "/tmp/sona_peft_XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char out[256];
+    snprintf(out, sizeof out, "%s/adapter", dir);
+    sona_peft_config pc;
+    sona_peft_config_default(&pc);
+    pc.tenant = 0;
+    pc.micro_layer = 5;
+    pc.model_hidden = HIDDEN;
+    cr_assert_eq(sona_export_peft(e, out, &pc), SONA_OK, "%s", sona_engine_last_error(e));
+    const sona_engine_config *c = sona_engine_get_config(e);
+    const uint32_t r = c->micro_rank;
+    json_value header;
+    char *file, *text;
+    size_t data_len;
+    const char *data = open_model(out, &header, &file, &text, &data_len);
+    cr_expect_eq(header.count, 3, "the metadata and one module's two tensors");
+    float A[64 * HIDDEN], B[HIDDEN * 64], Bt[64 * HIDDEN], x[HIDDEN], y[HIDDEN];
+    tensor(&header, data, data_len, "base_model.model.model.layers.5.self_attn.o_proj.lora_A.weight", r, HIDDEN, A);
+    tensor(&header, data, data_len, "base_model.model.model.layers.5.self_attn.o_proj.lora_B.weight", HIDDEN, r, B);
+    for (int h = 0; h < HIDDEN; h++)
+        for (uint32_t j = 0; j < r; j++)
+            Bt[j * HIDDEN + h] = B[h * r + j];
+    sona_rng rng;
+    sona_rng_seed(&rng, seed, 5);
+    double moved = 0;
+    for (int trial = 0; trial < 4; trial++) {
+        for (int h = 0; h < HIDDEN; h++)
+            x[h] = 2.0f * sona_rng_uniform(&rng) - 1.0f;
+        cr_assert_eq(sona_apply(e, 0, x, y), SONA_OK);
+        double ref[HIDDEN], mag[HIDDEN];
+        op_ref_lora_row(x, HIDDEN, r, A, Bt, c->micro_alpha / r, ref, mag);
+        for (int h = 0; h < HIDDEN; h++) {
+            cr_assert(fabs(y[h] - ref[h]) <= 1e-5 * mag[h], "h %d: engine %.8g, PEFT %.8g", h, y[h], ref[h]);
+            moved = fmax(moved, fabs(y[h] - x[h]));
+        }
+    }
+    cr_expect_gt(moved, 0.0, "the tenant's adapter is the identity: nothing was checked");
+    json_free(&header);
+    free(text);
+    free(file);
+    char *config_text = read_file(path_in(out, "adapter_config.json"), &data_len), err[128];
+    json_value config;
+    cr_assert_eq(json_parse(config_text, &config, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(json_get_num(&config, "r", 0), r);
+    cr_expect_eq(json_get_num(&config, "lora_alpha", 0), c->micro_alpha);
+    json_free(&config);
+    free(config_text);
+
+    /* The Base-LoRA over it: the directory is replaced whole. */
+    sona_peft_config_default(&pc);
+    cr_assert_eq(sona_export_peft(e, out, &pc), SONA_OK, "%s", sona_engine_last_error(e));
+    data = open_model(out, &header, &file, &text, &data_len);
+    cr_expect_eq(header.count, 1 + 2 * LAYERS, "the Base-LoRA replaced the tenant's adapter");
+    json_free(&header);
+    free(text);
+    free(file);
+    cr_expect(!leftovers(dir, "adapter"), "an adapter.new-* or adapter.old-* directory was left in %s", dir);
+
+    /* Refusals, the directory as it was. */
+    size_t before_len, after_len;
+    char *before = read_file(path_in(out, "adapter_model.safetensors"), &before_len);
+    pc.model_hidden = HIDDEN + 1;
+    cr_expect_eq(sona_export_peft(e, out, &pc), SONA_E_SIZE);
+    cr_expect(strstr(sona_engine_last_error(e), "wide") != NULL, "%s", sona_engine_last_error(e));
+    sona_peft_config_default(&pc);
+    pc.tenant = 99;
+    cr_expect_eq(sona_export_peft(e, out, &pc), SONA_E_NOT_FOUND);
+    pc.tenant = -2;
+    cr_expect_eq(sona_export_peft(e, out, &pc), SONA_E_INVALID);
+    sona_peft_config_default(&pc);
+    FILE *f = fopen(path_in(out, "notes.txt"), "w");
+    cr_assert_not_null(f);
+    fclose(f);
+    cr_expect_eq(sona_export_peft(e, out, &pc), SONA_E_INVALID);
+    cr_expect(strstr(sona_engine_last_error(e), "notes.txt") != NULL, "%s", sona_engine_last_error(e));
+    unlink(path_in(out, "notes.txt"));
+    char *after = read_file(path_in(out, "adapter_model.safetensors"), &after_len);
+    cr_expect(before_len == after_len && memcmp(before, after, before_len) == 0, "a refused export changed the adapter");
+    free(before);
+    free(after);
+    cr_expect(!leftovers(dir, "adapter"), "a refused export left a directory beside the adapter");
+    cr_expect_eq(sona_export_peft(e, path_in(out, "adapter_config.json"), &pc), SONA_E_INVALID,
+                 "a path that is a file");
+
+    unlink(path_in(out, "adapter_model.safetensors"));
+    unlink(path_in(out, "adapter_config.json"));
+    cr_expect_eq(rmdir(out), 0);
+    cr_expect_eq(rmdir(dir), 0);
+    sona_engine_destroy(e);
+}

@@ -324,23 +324,35 @@ SONA_API sona_status sona_state_config(const char *path, sona_engine_config *cfg
 SONA_API sona_status sona_load_buffer(sona_engine *e, const void *data, size_t len);
 
 /* ---- export for other servers --------------------------------------------------------------- */
-/* Where sona_export_peft puts each Base-LoRA layer. */
+/* What sona_export_peft writes and where each adapter goes. */
 typedef struct sona_peft_config {
     /* Layer l's module path: the text with its one "%u" replaced by l (no other '%'). Its last
      * dot-separated part becomes adapter_config.json's target_modules. */
     const char *module_format;
     const char *base_model; /* adapter_config.json's base_model_name_or_path; "" = left out */
+    int32_t tenant;         /* -1: the Base-LoRA, a module per layer; >= 0: that tenant's
+                               Micro-LoRA, as one module, module_format's %u = micro_layer */
+    uint32_t micro_layer;   /* the layer whose module a tenant's Micro-LoRA is exported to */
+    uint32_t model_hidden;  /* the target modules' input and output width in the model: an
+                               export whose width is another is refused (SONA_E_SIZE); 0 = not
+                               checked */
 } sona_peft_config;
-/* module_format "base_model.model.model.layers.%u.self_attn.o_proj", base_model "". */
+/* module_format "base_model.model.model.layers.%u.self_attn.o_proj", base_model "", tenant -1,
+ * micro_layer 0, model_hidden 0. */
 SONA_API void sona_peft_config_default(sona_peft_config *cfg);
-/* Writes the Base-LoRA as a PEFT LoRA adapter that vLLM, LoRAX and Hugging Face PEFT load:
- * dir/adapter_model.safetensors (per layer l, "<module l>.lora_A.weight" F32 [base_rank, hidden]
- * and "<module l>.lora_B.weight" F32 [hidden, base_rank]) and dir/adapter_config.json
- * (peft_type LORA, r = base_rank, lora_alpha = base_alpha: the same scale alpha / r). Layer l's
- * delta s B (A x) is then added to that module's output, so name the hidden x hidden projection
- * whose input is what sona_apply_layer(l) is given. dir is created when missing; each file is
- * written atomically (the two files are not one transaction). cfg NULL = the defaults. The
- * weights are taken as one snapshot between loop B cycles. */
+/* Writes the Base-LoRA (or a tenant's Micro-LoRA) as a PEFT LoRA adapter that vLLM, LoRAX and
+ * Hugging Face PEFT load: dir/adapter_model.safetensors (per layer l, "<module l>.lora_A.weight"
+ * F32 [rank, hidden] and "<module l>.lora_B.weight" F32 [hidden, rank]) and
+ * dir/adapter_config.json (peft_type LORA, r = the rank, lora_alpha = the adapter's alpha: the
+ * same scale alpha / r). Layer l's delta s B (A x) is then added to that module's output, so
+ * name the hidden x hidden projection whose input is what sona_apply_layer(l) (or sona_apply,
+ * for a tenant) is given. Servers hot-load adapters by directory, so the directory is published
+ * whole: both files are written to a new directory beside it, synced, and that directory is
+ * renamed into place (atomically exchanged with an existing one on Linux, whose old contents
+ * are then removed): a reader sees the old pair or the new pair, never one of each. An existing
+ * dir must be a directory holding at most those two files (anything else: SONA_E_INVALID, dir
+ * untouched). cfg NULL = the defaults. The weights are one snapshot between loop B cycles (a
+ * tenant's: between its updates). */
 SONA_API sona_status sona_export_peft(sona_engine *e, const char *dir, const sona_peft_config *cfg);
 
 #ifdef __cplusplus
