@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/lora_internal.h"
 #include "core/rng.h"
 #include "support/op_cases.h"
 #include <sona.h>
@@ -278,5 +279,97 @@ Test(lora, defaults_scale_as_the_engine)
         sona_engine_config_default(&e, (sona_preset)p, 64);
         cr_expect_eq(e.micro_alpha / (float)e.micro_rank, micro.alpha / (float)micro.rank, "preset %d: micro scale", p);
         cr_expect_eq(e.base_alpha / (float)e.base_rank, base.alpha / (float)base.rank, "preset %d: base scale", p);
+    }
+}
+
+/* The spectral norm of s B A (adapter 0 of l) in double, by power iteration on (BA)^T (BA) run
+ * long enough to converge to 1e-9 on these sizes. */
+static double true_gain(sona_lora *l, uint32_t H, uint32_t r)
+{
+    float *A = malloc((size_t)r * H * sizeof *A), *B = malloc((size_t)H * r * sizeof *B);
+    cr_assert_eq(sona_lora_get_weights(l, 0, A, B), SONA_OK);
+    double *v = malloc(H * sizeof *v), *u = malloc(H * sizeof *u), t[64], norm = 0;
+    for (uint32_t h = 0; h < H; h++)
+        v[h] = 1.0 + 0.001 * h;
+    for (int it = 0; it < 3000; it++) {
+        for (uint32_t j = 0; j < r; j++) { /* t = A v */
+            t[j] = 0;
+            for (uint32_t h = 0; h < H; h++)
+                t[j] += (double)A[j * H + h] * v[h];
+        }
+        for (uint32_t h = 0; h < H; h++) { /* u = B t */
+            u[h] = 0;
+            for (uint32_t j = 0; j < r; j++)
+                u[h] += (double)B[h * r + j] * t[j];
+        }
+        for (uint32_t j = 0; j < r; j++) { /* t = B^T u */
+            t[j] = 0;
+            for (uint32_t h = 0; h < H; h++)
+                t[j] += (double)B[h * r + j] * u[h];
+        }
+        double n2 = 0;
+        for (uint32_t h = 0; h < H; h++) { /* v = A^T t */
+            v[h] = 0;
+            for (uint32_t j = 0; j < r; j++)
+                v[h] += (double)A[j * H + h] * t[j];
+            n2 += v[h] * v[h];
+        }
+        norm = sqrt(sqrt(n2)); /* |(BA)^T (BA) v| -> sigma^2 |v| with |v| = 1 */
+        for (uint32_t h = 0; h < H; h++)
+            v[h] /= sqrt(n2);
+    }
+    const sona_lora_config *c = sona_lora_get_config(l);
+    free(A);
+    free(B);
+    free(v);
+    free(u);
+    return c->alpha / c->rank * norm;
+}
+
+/* The engine's output bound (core/lora_internal.h): sona_lora_gain is an upper bound of the
+ * spectral norm of s B A within 1.6 %, and sona_lora_bound_gain brings every adapter under the
+ * cap (and leaves one already under it as it is), on fresh random weights of odd sizes. */
+Test(lora, the_output_bound_holds)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[lora] output bound seed %" PRIu64 "\n", seed);
+    sona_rng rng;
+    sona_rng_seed(&rng, seed, 9);
+    const uint32_t shapes[][2] = {{37, 1}, {53, 2}, {129, 5}, {67, 16}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        const uint32_t H = shapes[k][0], r = shapes[k][1];
+        sona_lora_config c;
+        sona_lora_config_default(&c, SONA_LORA_MICRO, H);
+        c.rank = r;
+        c.alpha = 2.0f * r;
+        c.seed = seed + k;
+        sona_lora *l = NULL;
+        cr_assert_eq(sona_lora_create(&c, &l), SONA_OK, "%s", sona_last_error());
+        float *B = malloc((size_t)H * r * sizeof *B);
+        for (size_t i = 0; i < (size_t)H * r; i++)
+            B[i] = sona_rng_normal(&rng);
+        cr_assert_eq(sona_lora_set_weights(l, 0, NULL, B), SONA_OK);
+        double bound, exact = true_gain(l, H, r);
+        cr_assert_eq(sona_lora_gain(l, 0, &bound), SONA_OK);
+        printf("[lora] H %u r %u: spectral norm %.6g, bound %.6g\n", H, r, exact, bound);
+        cr_assert_geq(bound, exact * (1 - 1e-6), "H %u r %u: the bound %g is under the norm %g", H, r, bound, exact);
+        cr_assert_leq(bound, exact * 1.017, "H %u r %u: the bound %g is loose against %g", H, r, bound, exact);
+        const float cap = (float)(0.5 * exact);
+        uint32_t capped = 0;
+        cr_assert_eq(sona_lora_bound_gain(l, cap, &capped), SONA_OK);
+        cr_expect_eq(capped, 1);
+        const double after = true_gain(l, H, r);
+        cr_assert_leq(after, cap * (1 + 1e-5), "H %u r %u: %g after the cap %g", H, r, after, (double)cap);
+        cr_assert_geq(after, cap * 0.98, "H %u r %u: capped far below the cap (%g < %g)", H, r, after, (double)cap);
+        float *before = malloc((size_t)H * r * sizeof *before), *again = malloc((size_t)H * r * sizeof *again);
+        cr_assert_eq(sona_lora_get_weights(l, 0, NULL, before), SONA_OK);
+        cr_assert_eq(sona_lora_bound_gain(l, (float)(2 * exact), &capped), SONA_OK);
+        cr_assert_eq(sona_lora_get_weights(l, 0, NULL, again), SONA_OK);
+        cr_expect_eq(capped, 0);
+        cr_expect_eq(memcmp(before, again, (size_t)H * r * sizeof *before), 0, "an adapter under the cap changed");
+        free(before);
+        free(again);
+        free(B);
+        sona_lora_destroy(l);
     }
 }
