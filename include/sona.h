@@ -1,5 +1,5 @@
 /* libsona: SONA (Self-Optimizing Neural Architecture) for LLM inference servers.
- * One include for the whole public API. See DESIGN.md for the architecture. */
+ * One include for the whole public API. See docs/architecture.md for the architecture. */
 #ifndef SONA_H
 #define SONA_H
 

@@ -95,7 +95,7 @@ typedef struct sona_engine_config {
     uint32_t device_min_rows;   /* smaller batches stay on the CPU (a device round trip costs more) */
 } sona_engine_config;
 
-/* Learning (DESIGN.md, "Learning semantics"; measured by `sona bench --group learning`).
+/* Learning (docs/learning.md; measured by `sona bench --group learning`).
  * Each ended request gives its tenant's Micro-LoRA one signal (sona/signal.h): when the step
  * rewards vary, toward the steps that scored better (their reward-weighted contrast, weight 1);
  * else from the adapter's output y(x) toward where the steps went, weighted by the final

@@ -1,4 +1,4 @@
-/* libsona: learning signals (x, delta, w) from trajectories (DESIGN.md, "Learning semantics"). */
+/* libsona: learning signals (x, delta, w) from trajectories (docs/learning.md). */
 #ifndef SONA_SIGNAL_H
 #define SONA_SIGNAL_H
 
@@ -11,7 +11,7 @@ extern "C" {
 
 /* Turns a trajectory into the signal a sona_lora learns from (sona_lora_accumulate): the
  * signal asks that the adapter's output y(x) move along delta, by about learning_rate * w *
- * delta under the engine's scale-invariant step (DESIGN.md, "Learning semantics"). Two cases,
+ * delta under the engine's scale-invariant step (docs/learning.md). Two cases,
  * both sign-correct (they move y(x) toward the activations that scored better):
  *   - the step rewards vary: a policy-gradient step with the trajectory's own mean reward as
  *     its baseline,  delta = sum_i (r_i - mean r)(a_i - mean a) / sum_i |r_i - mean r|  (a

@@ -42,7 +42,7 @@ typedef struct sona_lora_ewc_terms {
  * is given (the penalty alone moves the weights back toward the anchors). */
 sona_status sona_lora_apply_updates_ewc(sona_lora *l, const sona_lora_ewc_terms *t);
 
-/* Scale-invariant learning (DESIGN.md, "Learning semantics"): turns each signal's weight w_i
+/* Scale-invariant learning (docs/learning.md): turns each signal's weight w_i
  * into the weight that makes one update of learning rate lr move y(x_i) by about lr * w_i *
  * delta_i (first order), whatever the width, rank, scale or input size: w_i is multiplied by
  * |delta_i|^2 / |g_i|^2, g_i the gradient of <y(x_i), delta_i> over A and B (a normalised LMS

@@ -1,4 +1,4 @@
-/* The op table: what every backend and every CPU variant implements (DESIGN.md, "The op table").
+/* The op table: what every backend and every CPU variant implements (docs/architecture.md).
  *
  * Ops take plain buffers and shapes, never core types. A buffer is whatever the backend's
  * alloc() returned: a host pointer for the CPU, a device pointer for CUDA, a cl_mem for OpenCL
