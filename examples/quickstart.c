@@ -91,7 +91,9 @@ int main(void)
     }
 
     /* 2. Requests: begin with the query embedding, one step per explored output (its
-     *    activations, the layer it came from, its reward), end with the final quality. */
+     *    activations, the layer they came out of, its reward), end with the final quality.
+     *    All steps here are alternatives out of layer 0, so loop B trains Base-LoRA layer 0
+     *    on their contrast too. */
     for (int r = 0; r < REQUESTS && ok; r++) {
         for (int i = 0; i < HIDDEN; i++)
             query[i] = uniform(&rng);
@@ -106,7 +108,7 @@ int main(void)
                 act[i] = y[i] + 0.5f * uniform(&rng); /* an alternative near the output */
             const float reward = dot(act, want) - dot(y, want);
             best = reward > best ? reward : best;
-            const sona_status st = sona_request_step(req, (uint32_t)s, act, NULL, 0, reward);
+            const sona_status st = sona_request_step(req, 0, act, NULL, 0, reward);
             if (!(ok = check(e, st, "sona_request_step")))
                 sona_request_abandon(req); /* a failed step: drop the request, learn nothing */
         }
