@@ -1,8 +1,9 @@
-/* Loop B (background) and the engine's loop thread. A cycle takes the queued trajectories
- * (one loop B starts by itself leaves fewer than loop_b_min_batch queued; a forced one takes
- * any), decodes each once, updates the pattern bank, trains
- * Base-LoRA per layer with the advantage against the matched pattern's average quality, applies
- * EWC++ (Fisher, penalty, boundary check) and publishes the new Base-LoRA for readers. */
+/* Loop B (background) and the engine's loop thread. A cycle takes the queued trajectories (one
+ * loop B starts by itself leaves fewer than loop_b_min_batch queued and takes at most
+ * eng_cycle_cap; a forced one takes all), decodes each once, updates the pattern bank, trains
+ * Base-LoRA per layer (a signal per run of one layer's steps, against the layer's baseline for
+ * the query's region), applies EWC++ (Fisher, penalty, task-shift check), bounds the output
+ * change and publishes the new Base-LoRA for readers. */
 #define _GNU_SOURCE /* SCHED_BATCH */
 #include "core/engine_internal.h"
 #include "core/lora_internal.h"
