@@ -1,5 +1,6 @@
 /* `sona bench`: option parsing, group selection, running, reports, regression check. */
 #include "bench.h"
+#include "cli_args.h"
 #include "compare.h"
 #include "harness.h"
 
@@ -32,7 +33,8 @@ static void usage(FILE *f)
             "  --threshold   PCT for --compare (default 10)\n"
             "  --list        list the groups (those not in this build marked so) and the backends\n"
             "                this host runs, then exit\n"
-            "  -h, --help    this text\n");
+            "  -h, --help    this text\n"
+            "an option's value may also follow '=': --group=loop_a\n");
 }
 
 /* The group's name: its own, or for a group missing from this build, its symbol less "bench_". */
@@ -138,47 +140,43 @@ static int filter_backends(bench_ctx *ctx, const char *list)
     return kept;
 }
 
+enum { OPT_QUICK, OPT_LIST, OPT_HELP, OPT_GROUP, OPT_BACKEND, OPT_JSON, OPT_HTML, OPT_COMPARE, OPT_THRESHOLD };
+
+static const cli_option bench_options[] = {
+    {"quick", 0, 0, OPT_QUICK},         {"list", 0, 0, OPT_LIST},       {"help", 'h', 0, OPT_HELP},
+    {"group", 0, 1, OPT_GROUP},         {"backend", 0, 1, OPT_BACKEND}, {"json", 0, 1, OPT_JSON},
+    {"html", 0, 1, OPT_HTML},           {"compare", 0, 1, OPT_COMPARE}, {"threshold", 0, 1, OPT_THRESHOLD},
+    {NULL, 0, 0, 0},
+};
+
+/* 0: run; 1: --help was printed; -1: a bad argument (already reported). */
 static int parse_args(int argc, char **argv, options *o)
 {
     memset(o, 0, sizeof *o);
     o->threshold_pct = 10.0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char **value = NULL;
-        if (!strcmp(a, "--quick"))
-            o->quick = 1;
-        else if (!strcmp(a, "--list"))
-            o->list = 1;
-        else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            exit(0);
-        } else if (!strcmp(a, "--group"))
-            value = &o->groups;
-        else if (!strcmp(a, "--backend"))
-            value = &o->backends;
-        else if (!strcmp(a, "--json"))
-            value = &o->json;
-        else if (!strcmp(a, "--html"))
-            value = &o->html;
-        else if (!strcmp(a, "--compare"))
-            value = &o->compare;
-        else if (!strcmp(a, "--threshold")) {
+    cli_parser p;
+    cli_parser_init(&p, "sona bench", argc, argv);
+    for (int id; (id = cli_next(&p, bench_options)) != CLI_END;) {
+        switch (id) {
+        case OPT_QUICK: o->quick = 1; break;
+        case OPT_LIST: o->list = 1; break;
+        case OPT_HELP: usage(stdout); return 1;
+        case OPT_GROUP: o->groups = p.value; break;
+        case OPT_BACKEND: o->backends = p.value; break;
+        case OPT_JSON: o->json = p.value; break;
+        case OPT_HTML: o->html = p.value; break;
+        case OPT_COMPARE: o->compare = p.value; break;
+        case OPT_THRESHOLD: {
             char *end;
-            if (i + 1 >= argc || (o->threshold_pct = strtod(argv[++i], &end), *end) || o->threshold_pct < 0) {
-                fprintf(stderr, "sona bench: --threshold needs a percentage >= 0\n");
+            o->threshold_pct = strtod(p.value, &end);
+            if (*end || !(o->threshold_pct >= 0)) {
+                fprintf(stderr, "sona bench: --threshold needs a percentage >= 0, not '%s'\n", p.value);
                 return -1;
             }
-        } else {
-            fprintf(stderr, "sona bench: unknown option '%s'\n", a);
-            usage(stderr);
-            return -1;
+            break;
         }
-        if (value) {
-            if (i + 1 >= argc || !argv[i + 1][0]) {
-                fprintf(stderr, "sona bench: %s needs a value\n", a);
-                return -1;
-            }
-            *value = argv[++i];
+        case CLI_OPERAND: cli_unexpected(&p, p.value); return -1;
+        default: fprintf(stderr, "try 'sona bench --help'\n"); return -1;
         }
     }
     if (o->groups && check_names(o->groups, "group", known_group, NULL) != 0)
@@ -225,8 +223,9 @@ static int run_compare(const options *o, const char *current_json)
 int sona_bench_main(int argc, char **argv)
 {
     options o;
-    if (parse_args(argc, argv, &o) != 0)
-        return 2;
+    const int parsed = parse_args(argc, argv, &o);
+    if (parsed != 0)
+        return parsed > 0 ? 0 : 2;
     bench_ctx ctx;
     bench_ctx_init(&ctx, o.quick);
     if (o.backends && filter_backends(&ctx, o.backends) == 0) {
