@@ -5,10 +5,11 @@
  * then a second task on new queries, with and without EWC++. Nothing is tuned for the demo. */
 #include "demo.h"
 
+#include "cli_args.h"
 #include "support/synth_task.h"
 
+#include <stdint.h>
 #include <stdio.h>
-#include <stdlib.h>
 
 enum { DEMO_HIDDEN = 256, DEMO_CLUSTERS = 4, DEMO_EVAL = 300 };
 
@@ -58,13 +59,61 @@ static int switch_tasks(int ewc, const synth_task *t1, const synth_task *t2, uin
     return 0;
 }
 
+static void demo_usage(FILE *f)
+{
+    fprintf(f, "usage: sona demo [TRAJECTORIES] [SEED]\n"
+               "  the engine at its default preset learning a synthetic task: the learning curve\n"
+               "  every 100 trajectories, then a second task with and without EWC++\n"
+               "  TRAJECTORIES  how many to learn from, >= 100 (default 1000)\n"
+               "  SEED          the task's seed (default 1)\n"
+               "  -h, --help    this text\n");
+}
+
+/* Parses [TRAJECTORIES] [SEED]; 0 to run, 1 after --help, -1 on a bad argument (reported). */
+static int demo_args(int argc, char **argv, uint32_t *total, uint64_t *seed)
+{
+    static const cli_option opts[] = {{"help", 'h', 0, 0}, {NULL, 0, 0, 0}};
+    cli_parser p;
+    cli_parser_init(&p, "sona demo", argc, argv);
+    int operands = 0;
+    for (int id; (id = cli_next(&p, opts)) != CLI_END;) {
+        if (id == 0) {
+            demo_usage(stdout);
+            return 1;
+        }
+        if (id != CLI_OPERAND)
+            return -1;
+        unsigned long long v;
+        if (operands == 0) {
+            if (cli_parse_u64(p.value, &v) || v < 100 || v > UINT32_MAX) {
+                fprintf(stderr, "sona demo: TRAJECTORIES must be a whole number >= 100, not '%s'\n", p.value);
+                return -1;
+            }
+            *total = (uint32_t)v;
+        } else if (operands == 1) {
+            if (cli_parse_u64(p.value, &v)) {
+                fprintf(stderr, "sona demo: SEED must be a whole number, not '%s'\n", p.value);
+                return -1;
+            }
+            *seed = v;
+        } else {
+            cli_unexpected(&p, p.value);
+            return -1;
+        }
+        operands++;
+    }
+    return 0;
+}
+
 int sona_demo_main(int argc, char **argv)
 {
-    const uint32_t total = argc > 1 ? (uint32_t)strtoul(argv[1], NULL, 10) : 1000;
-    const uint64_t seed = argc > 2 ? strtoull(argv[2], NULL, 10) : 1;
-    if (total < 100) {
-        fprintf(stderr, "usage: sona demo [trajectories >= 100] [seed]\n");
-        return 2;
+    uint32_t total = 1000;
+    uint64_t seed = 1;
+    const int parsed = demo_args(argc, argv, &total, &seed);
+    if (parsed != 0) {
+        if (parsed < 0)
+            fprintf(stderr, "try 'sona demo --help'\n");
+        return parsed > 0 ? 0 : 2;
     }
     synth_task t1, t2;
     if (synth_task_init(&t1, DEMO_HIDDEN, DEMO_CLUSTERS, seed, 0) ||

@@ -1,5 +1,6 @@
-/* The `sona` command line: info, bench. */
+/* The `sona` command line: info, bench, demo, export-peft. */
 #include "bench.h"
+#include "cli_args.h"
 #include "demo.h"
 #include "dispatch/dispatch.h"
 
@@ -7,8 +8,29 @@
 #include <stdio.h>
 #include <string.h>
 
-static int cmd_info(void)
+static const cli_option help_only[] = {{"help", 'h', 0, 0}, {NULL, 0, 0, 0}};
+
+static void info_usage(FILE *f)
 {
+    fprintf(f, "usage: sona info [--help]\n"
+               "  the library's version, the CPU, its ISA features, the chosen CPU variant,\n"
+               "  the topology, the caches and every backend with whether it runs here\n");
+}
+
+static int cmd_info(int argc, char **argv)
+{
+    cli_parser p;
+    cli_parser_init(&p, "sona info", argc, argv);
+    for (int id; (id = cli_next(&p, help_only)) != CLI_END;) {
+        if (id == 0) {
+            info_usage(stdout);
+            return 0;
+        }
+        if (id == CLI_OPERAND)
+            cli_unexpected(&p, p.value);
+        fprintf(stderr, "try 'sona info --help'\n");
+        return 2;
+    }
     sona_cpu_info ci;
     sona_cpu_info_get(&ci);
     printf("libsona %s\n", sona_version());
@@ -41,29 +63,56 @@ static int cmd_info(void)
     return st == SONA_OK ? 0 : 1;
 }
 
+static void export_peft_usage(FILE *f, const char *module_format)
+{
+    fprintf(f, "usage: sona export-peft STATE DIR [--module FORMAT] [--base-model NAME]\n"
+               "  writes DIR/adapter_model.safetensors and DIR/adapter_config.json from the\n"
+               "  Base-LoRA of the engine saved in STATE (the file gives its configuration)\n"
+               "  --module      layer l's module path with %%u for l (default %s)\n"
+               "  --base-model  base_model_name_or_path in adapter_config.json\n"
+               "  -h, --help    this text\n"
+               "an option's value may also follow '=': --base-model=org/model\n",
+               module_format);
+}
+
 /* sona export-peft STATE DIR [--module FORMAT] [--base-model NAME]: a saved engine's Base-LoRA
  * as a PEFT adapter, without knowing the engine's configuration (the file has it). */
 static int cmd_export_peft(int argc, char **argv)
 {
+    enum { OPT_HELP, OPT_MODULE, OPT_BASE_MODEL };
+    static const cli_option opts[] = {
+        {"help", 'h', 0, OPT_HELP},
+        {"module", 0, 1, OPT_MODULE},
+        {"base-model", 0, 1, OPT_BASE_MODEL},
+        {NULL, 0, 0, 0},
+    };
     sona_peft_config pc;
     sona_peft_config_default(&pc);
     const char *state = NULL, *dir = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--module") && i + 1 < argc)
-            pc.module_format = argv[++i];
-        else if (!strcmp(argv[i], "--base-model") && i + 1 < argc)
-            pc.base_model = argv[++i];
-        else if (argv[i][0] != '-' && !state)
-            state = argv[i];
-        else if (argv[i][0] != '-' && !dir)
-            dir = argv[i];
-        else
-            state = dir = NULL, i = argc;
+    cli_parser p;
+    cli_parser_init(&p, "sona export-peft", argc, argv);
+    for (int id; (id = cli_next(&p, opts)) != CLI_END;) {
+        switch (id) {
+        case OPT_HELP: export_peft_usage(stdout, pc.module_format); return 0;
+        case OPT_MODULE: pc.module_format = p.value; break;
+        case OPT_BASE_MODEL: pc.base_model = p.value; break;
+        case CLI_OPERAND:
+            if (!state)
+                state = p.value;
+            else if (!dir)
+                dir = p.value;
+            else {
+                cli_unexpected(&p, p.value);
+                fprintf(stderr, "try 'sona export-peft --help'\n");
+                return 2;
+            }
+            break;
+        default: fprintf(stderr, "try 'sona export-peft --help'\n"); return 2;
+        }
     }
     if (!state || !dir) {
-        fprintf(stderr, "usage: sona export-peft STATE DIR [--module FORMAT] [--base-model NAME]\n"
-                        "  FORMAT: layer l's module path with %%u for l (default %s)\n",
-                pc.module_format);
+        fprintf(stderr, "sona export-peft: %s\n", state ? "missing DIR" : "missing STATE and DIR");
+        export_peft_usage(stderr, pc.module_format);
         return 2;
     }
     sona_engine_config cfg;
@@ -87,30 +136,121 @@ static int cmd_export_peft(int argc, char **argv)
     return st == SONA_OK ? 0 : 1;
 }
 
-static void usage(void)
+/* The run-time version of the library the tool is running with; the one it was built against
+ * too when they differ (a shared libsona replaced under the tool). */
+static int print_version(void)
 {
-    fprintf(stderr, "usage: sona <command> [options]\n"
-                    "  info             CPU, ISA features, chosen variant, topology, backends\n"
-                    "  bench [options]  benchmarks on every available backend (sona bench --help)\n"
-                    "  demo [n] [seed]  the engine learning a synthetic task: learning curve, EWC++\n"
-                    "  export-peft STATE DIR [--module FORMAT] [--base-model NAME]\n"
-                    "                   a saved engine's Base-LoRA as a PEFT adapter (vLLM, LoRAX)\n");
+    printf("sona (libsona) %s\n", sona_version());
+    if (strcmp(sona_version(), SONA_VERSION_STRING))
+        printf("built against libsona %s\n", SONA_VERSION_STRING);
+    return 0;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: sona [--help | --version] <command> [options]\n"
+               "commands:\n"
+               "  info             CPU, ISA features, chosen variant, topology, backends\n"
+               "  bench [options]  benchmarks on every available backend (sona bench --help)\n"
+               "  demo [n] [seed]  the engine learning a synthetic task: learning curve, EWC++\n"
+               "  export-peft STATE DIR [--module FORMAT] [--base-model NAME]\n"
+               "                   a saved engine's Base-LoRA as a PEFT adapter (vLLM, LoRAX)\n"
+               "  version          the library's version (as --version)\n"
+               "  help [command]   this text, or a command's (as sona <command> --help)\n"
+               "options:\n"
+               "  -h, --help       this text\n"
+               "  -V, --version    the library's run-time version\n");
+}
+
+typedef struct command {
+    const char *name;
+    int (*main)(int argc, char **argv);
+} command;
+
+static int cmd_version(int argc, char **argv)
+{
+    cli_parser p;
+    cli_parser_init(&p, "sona version", argc, argv);
+    for (int id; (id = cli_next(&p, help_only)) != CLI_END;) {
+        if (id == 0) {
+            printf("usage: sona version\n  the library's run-time version (as sona --version)\n");
+            return 0;
+        }
+        if (id == CLI_OPERAND)
+            cli_unexpected(&p, p.value);
+        return 2;
+    }
+    return print_version();
+}
+
+static int cmd_help(int argc, char **argv);
+
+static const command commands[] = {
+    {"info", cmd_info},
+    {"bench", sona_bench_main},
+    {"demo", sona_demo_main},
+    {"export-peft", cmd_export_peft},
+    {"version", cmd_version},
+    {"help", cmd_help},
+};
+
+static const command *find_command(const char *name)
+{
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(commands[i].name, name))
+            return &commands[i];
+    return NULL;
+}
+
+/* sona help [command]: this usage, or the command's own (sona <command> --help). */
+static int cmd_help(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stdout);
+        return 0;
+    }
+    if (argc > 2) {
+        fprintf(stderr, "sona help: unexpected argument '%s'\n", argv[2]);
+        return 2;
+    }
+    const command *c = find_command(argv[1]);
+    if (!c) {
+        fprintf(stderr, "sona help: unknown command '%s'\ntry 'sona --help'\n", argv[1]);
+        return 2;
+    }
+    char help[] = "--help";
+    char *sub_argv[] = {argv[1], help, NULL};
+    return c->main(2, sub_argv);
 }
 
 int main(int argc, char **argv)
 {
-    if (argc < 2) {
-        usage();
-        return 2;
+    enum { OPT_HELP, OPT_VERSION };
+    static const cli_option opts[] = {
+        {"help", 'h', 0, OPT_HELP},
+        {"version", 'V', 0, OPT_VERSION},
+        {NULL, 0, 0, 0},
+    };
+    cli_parser p;
+    cli_parser_init(&p, "sona", argc, argv);
+    /* Options before the command are the tool's own; the command parses everything after it. */
+    for (int id; (id = cli_next(&p, opts)) != CLI_END;) {
+        switch (id) {
+        case OPT_HELP: usage(stdout); return 0;
+        case OPT_VERSION: return print_version();
+        case CLI_OPERAND: {
+            const command *c = find_command(p.value);
+            if (!c) {
+                fprintf(stderr, "sona: unknown command '%s'\ntry 'sona --help'\n", p.value);
+                return 2;
+            }
+            const int at = p.next - 1; /* the command's argv[0] is its name */
+            return c->main(argc - at, argv + at);
+        }
+        default: fprintf(stderr, "try 'sona --help'\n"); return 2;
+        }
     }
-    if (!strcmp(argv[1], "info"))
-        return cmd_info();
-    if (!strcmp(argv[1], "bench"))
-        return sona_bench_main(argc - 1, argv + 1);
-    if (!strcmp(argv[1], "demo"))
-        return sona_demo_main(argc - 1, argv + 1);
-    if (!strcmp(argv[1], "export-peft"))
-        return cmd_export_peft(argc - 1, argv + 1);
-    usage();
+    fprintf(stderr, "sona: no command given\n");
+    usage(stderr);
     return 2;
 }
