@@ -46,6 +46,8 @@ static int long_option(cli_parser *p, const cli_option *opts, const char *arg)
     p->option = p->option_buf;
     const char *name = arg + 2;
     const size_t name_len = len - 2;
+    if (!name_len) /* "--=x": no name to show, so the whole argument */
+        p->option = arg;
     for (const cli_option *o = opts; o->name || o->short_name; o++) {
         if (!o->name || strlen(o->name) != name_len || strncmp(o->name, name, name_len))
             continue;
