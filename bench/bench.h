@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* `sona bench`: the spec's benchmark groups on every available backend.
  *
  * A group is a function that, for each of its cases, calls bench_measure() (a timed function)

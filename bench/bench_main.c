@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* `sona bench`: option parsing, group selection, running, reports, regression check. */
 #include "bench.h"
 #include "cli_args.h"

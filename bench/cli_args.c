@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* getopt_long-style parsing for the `sona` tool (see cli_args.h). */
 #include "cli_args.h"
 

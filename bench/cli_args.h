@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Command-line option parsing for the `sona` tool and its subcommands, in the style of
  * getopt_long: "--name=value" and "--name value" both work for an option that takes a value,
  * "-x value" and "-xvalue" for a short one, "--" ends the options, and operands may come before,

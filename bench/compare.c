@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Regression check between two `sona bench --json` reports. */
 #include "compare.h"
 

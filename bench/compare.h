@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The regression check of `sona bench --compare`: rows of two JSON reports matched by
  * (group, case, backend); a row whose median is more than threshold percent above the
  * baseline's is a regression (the spec's 10% rule). */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Spec groups dream_generation (1,000 / 10,000 / 50,000 memory nodes) and dream_evaluation:
  * dreams are walks over the HNSW graph of a pattern bank (src/core/dream.h). Memory nodes are
  * patterns with the spec's fields: a random 256-float embedding in [0, 1), an access count

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Spec groups loop_a, loop_b_cycle, loop_c_cycle, memory and query_throughput: the engine as a
  * whole (include/sona/engine.h). */
 #include "bench.h"

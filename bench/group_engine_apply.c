@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Group engine_apply: sona_apply_batch as an inference server calls it at decode - 256 rows of
  * hidden 4096, each row's tenant one of 64 Micro-LoRA adapters (rank 2), interleaved - on the
  * CPU and through the engine's device copy of the adapters (when an accelerator is there).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* EWC++ groups of the spec: fisher_update (one online Fisher EMA step) and ewc_constraints (the
  * penalised gradient with 5 stored tasks). Host-side work: backend "cpu". */
 #include "bench.h"

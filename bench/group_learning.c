@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Group learning: does the engine LEARN at the default preset? Synthetic tasks with hidden
  * targets, traffic and scoring through the public API only (sona.h), each run scored on a fixed
  * evaluation set drawn once per task and seed. The library is a black box here.

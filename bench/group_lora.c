@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* LoRA groups of the spec (micro_lora_forward, gradient_accumulation, base_lora_forward) and
  * the batched multi-adapter apply, through the public sona_lora API on every backend: each CPU
  * variant (a handle created on that variant's table) and each GPU backend (per-call uploads and

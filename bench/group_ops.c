@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Op groups: each op of the dispatch table on every backend, with resident buffers (allocated
  * and uploaded once; a sample times only the op and the backend's sync, or the op between the
  * backend's device timers when it has them). Inputs come from the

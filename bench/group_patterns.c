@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Pattern groups of the spec: pattern_extraction (ReasoningBank k-means++ extraction) and
  * pattern_search (HNSW find_similar), both on the CPU backend the library chose. Search rows
  * report recall@10 against the exact knn op and the index build time beside the latency, on the

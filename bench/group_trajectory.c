@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Trajectory groups of the spec: trajectory_recording (one add_step of hidden activations and
  * hidden x heads attention weights) and trajectory_buffer (record, drain). Host-side work: one
  * row per group case, backend "cpu". */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The table of benchmark groups, in the order `sona bench` runs them. Each group is defined in
  * the bench/ file of its component; a weak reference lets the table name groups whose file is
  * not in this build yet (they are listed as missing, never silently dropped). */

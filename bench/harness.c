@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The measuring half of `sona bench`: backends, timing, statistics, result rows. */
 #include "harness.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Internals of the `sona bench` harness shared by its files (not for groups: they use bench.h). */
 #ifndef SONA_BENCH_HARNESS_H
 #define SONA_BENCH_HARNESS_H

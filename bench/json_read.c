@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Recursive-descent JSON parser (RFC 8259) with a nesting limit. */
 #include "json_read.h"
 

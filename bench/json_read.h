@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* A small JSON reader, enough for `sona bench`'s own reports: parses a whole document into a
  * tree of values. Strings are UTF-8; \u escapes are decoded. */
 #ifndef SONA_BENCH_JSON_READ_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The HTML report: one self-contained page (inline CSS and SVG, no scripts, no network) with,
  * per group, a bar chart comparing backends and the spec's expected value, then the rows. */
 #include "harness.h"

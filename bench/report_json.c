@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The JSON report: {"format", "header": {...}, "rows": [...]}, one record per result row. The
  * regression check (compare.c) reads it back. */
 #include "harness.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The terminal report: the header lines and the results table. */
 #include "harness.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libsona: SONA (Self-Optimizing Neural Architecture) for LLM inference servers.
  * One include for the whole public API. See docs/architecture.md for the architecture. */
 #ifndef SONA_H

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # The main job: set up, build Release, and run `sona bench` on every available backend.
 # Extra arguments go to `sona bench` (e.g. --quick, --json out.json, --html report.html).
 set -euo pipefail

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # The whole test suite: set up, then the suite under AddressSanitizer + UBSan, the concurrent
 # tests under ThreadSanitizer, the NEON variant under qemu, then the Release build with a quick
 # `sona bench` run, and last the Release tests, whose ctest summary closes the output. Warnings

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* sona_ops_check: every op case on every CPU variant this host runs (and every available GPU
  * backend) against the double-precision reference, without Criterion, so that cross-built
  * variants (NEON under qemu-aarch64) are checked with the same case table as tests/test_ops.c.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The public API's contract for bad input, one table row per refused call: the status it must
  * return, where its message must be (the handle's last error, or the thread's for creates, NULL
  * handles and the calls the headers say report there) and a word the message must contain, and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The ReasoningBank: extraction finds the clusters, extracting again merges instead of
  * duplicating, prune and capacity behave, search stays in step with the patterns, a bank
  * restored with its counters extracts as the original, and bad input gets a status and changes

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The regression check of `sona bench --compare` (bench/compare.c) and the JSON it reads
  * (bench/json_read.c, bench/report_json.c), on synthetic reports. */
 #include "compare.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The trajectory buffer under contention: 4 producers and 1 drainer move 1,000,000 tiny
  * trajectories, each with a unique id. Every one must come out exactly once or be counted as
  * dropped, and the counters must be exact, under both full-buffer policies. Run under

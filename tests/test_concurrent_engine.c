@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Many inference threads apply and record while loop B runs in the engine's thread and tenants
  * come and go: every apply succeeds with finite output, and the counters add up exactly. The same
  * while another thread saves the state again and again: saving leaves the queue alone, and each

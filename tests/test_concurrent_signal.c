@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* One signal builder shared by 4 threads: counters stay exact and the baseline, an EMA updated
  * by compare-and-swap, converges to the common quality. Run under ThreadSanitizer by
  * scripts/test.sh. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* CPU variant dispatch: SONA_CPU_VARIANT forces each variant the host runs (and the forced
  * variant then computes a real adapter forward correctly); an unsupported, foreign or unknown
  * name is refused with a status and a message, never a crash, and the library still works on

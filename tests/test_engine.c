@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Engine API: presets, tenants, apply forms, request recording and counters, loop B keeping
  * short batches queued, persistence (round trip to identical bytes, refusal of bad files with
  * the engine untouched; queued trajectories saved and learned from after a load, in every

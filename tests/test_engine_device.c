@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Batched apply on an accelerator through the engine: the device copy of the adapters gives the
  * CPU's results for interleaved tenants and -1 rows, follows learning (an adapter that learned is
  * uploaded again), refuses a removed tenant before writing any row, applies Base-LoRA layers, and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Loop C: dreams walk the pattern graph and are evaluated by the documented formulas, Phi is
  * in [0, 1], consolidation merges near-duplicates and keeps the rest, valuable dreams train
  * Base-LoRA, and a configured state path gets a loadable checkpoint. */

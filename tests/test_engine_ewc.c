@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The engine's EWC++ glue (src/core/engine_ewc.c): the capped lambda of the penalty step,
  * cached between task changes, always equals its computation from the current tasks: after a
  * declared task end (loop C's consolidation) and after a boundary the quality-shift detector

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The engine learns at its DEFAULT preset (only the width is chosen, and the background thread
  * is off so that loop A alone is measured; learning rates, baselines and bounds are the
  * defaults), on synthetic tasks (tests/support/synth_task.h) it was not tuned for: an odd width,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* EWC++: retention on a two-task toy, the boundary detector (fires on an abrupt change, not on
  * stationary noise; restored from its state, goes on as the original), consolidation that keeps the penalty exact, the pre-reduced penalty equal
  * to the op table's param_update, the Fisher EMA, and refusals. */

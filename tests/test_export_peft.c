@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* sona_export_peft: the Base-LoRA as a PEFT adapter. The safetensors file is read back with its
  * format's rules (header length, JSON header, contiguous byte ranges covering the data), and each
  * exported layer, applied as PEFT applies it (x + alpha/r * B (A x), in double), reproduces the

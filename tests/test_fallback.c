@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* CPU fallback of the dispatch layer: an accelerator op that fails with SONA_E_BACKEND is redone
  * on the CPU from the backend's buffers, counted, and its result equals the reference. Driven
  * by a fake accelerator (device buffers in host memory, every op failing), so it runs on every

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The id -> slot hash map behind the index and the bank: random inserts, replacements and
  * deletions (backward-shift deletion included) against a plain array. */
 #include <criterion/criterion.h>

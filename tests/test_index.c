@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The HNSW pattern index: recall against the exact knn op, deletions and updates, neighbour
  * lists, determinism for a seed, and bad input refused without change. */
 #include <criterion/criterion.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* k-means for the ReasoningBank: recovers well-separated clusters, is deterministic for a seed,
  * reaches an inertia close to the best of many restarts, re-seeds empty clusters. */
 #include <criterion/criterion.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Adapter behaviour: identity at creation, learning moves the output the right way, bad input
  * is refused with a status and leaves the adapter bit-for-bit unchanged. */
 #include <criterion/criterion.h>

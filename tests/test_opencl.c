@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The OpenCL module beyond the op table (test_ops covers every op): the program cache makes a
  * second start skip compilation, host threads can be placed near the device, and a failing
  * device op falls back to the CPU without touching the adapter. Skipped where no OpenCL device

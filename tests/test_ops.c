@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Every op of the op table, on every CPU variant this host runs and every available GPU
  * backend, against the double-precision reference on fresh random inputs (seed printed;
  * rerun with SONA_TEST_SEED=<seed>). Unsupported is reported apart from failed. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The Q8 block format (core/q8.h): encoding error within half a block scale (subnormal and huge
  * blocks included), NaN/Inf refused, exact decoding, outliers confined to their block, every x86
  * variant's encoder and decoder identical to the baseline build, and the f32 x Q8 dot kernels of

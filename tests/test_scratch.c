@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Working memory kept between runs (core/scratch.h): reused while big enough, grown by half
  * again at least, released after a run that needed less than half of it. */
 #include <criterion/criterion.h>

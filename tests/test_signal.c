@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Learning signals (sona/signal.h): the reward-weighted contrast with weight 1 when rewards
  * vary, the displacement from the output weighted by the quality's advantage in spreads
  * otherwise, the running baseline and its spread, learning from a one-step trajectory, pushing

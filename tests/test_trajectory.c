@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Trajectories: ids per source, steps stored in each storage format (F32 exactly, F16 within
  * half precision, Q8 within half a block step) for odd widths, any attention length and many
  * steps growing the arena, copy-out accessors refusing short buffers, strings kept, latency

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The trajectory buffer on one thread: FIFO order, both full-buffer policies with their
  * ownership rules, exact counters, partial drains, bad input. The many-thread stress test is
  * test_concurrent_buffer.c. */

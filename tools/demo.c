@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* `sona demo [trajectories] [seed]`: the engine at its DEFAULT preset learning a synthetic task
  * (tests/support/synth_task.h): queries from 4 clusters, each with a hidden target direction;
  * each response explores 4 variations of the adapted output, each scored (1 + cos(variation,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # One-shot check of the CUDA backend on a GPU machine: configure a Release build with CUDA for
 # this GPU only, build what the checks need, run the cross-backend op check (CUDA and every CPU
 # variant, with SONA_CPU_VARIANT=avx512 where the host has AVX-512), the GPU benchmarks and the

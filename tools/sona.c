@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The `sona` command line: info, bench, demo, export-peft. */
 #include "bench.h"
 #include "cli_args.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libsona: the ReasoningBank, reusable patterns learned from trajectories by k-means and found
  * again by similarity search. */
 #ifndef SONA_BANK_H

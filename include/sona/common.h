@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libsona: shared definitions (visibility, version, status codes). */
 #ifndef SONA_COMMON_H
 #define SONA_COMMON_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libsona: the SONA engine — per-tenant Micro-LoRA, per-layer Base-LoRA, trajectory recording,
  * and the three learning loops (A instant, B background, C deep), with persistence. */
 #ifndef SONA_ENGINE_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libsona: EWC++ (elastic weight consolidation, online), protection against forgetting. */
 #ifndef SONA_EWC_H
 #define SONA_EWC_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libsona: the pattern index, an HNSW graph (Malkov & Yashunin) searched by cosine similarity. */
 #ifndef SONA_INDEX_H
 #define SONA_INDEX_H

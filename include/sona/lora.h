@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libsona: LoRA adapters (Micro-LoRA per tenant, Base-LoRA per layer). */
 #ifndef SONA_LORA_H
 #define SONA_LORA_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libsona: learning signals (x, delta, w) from trajectories (docs/learning.md). */
 #ifndef SONA_SIGNAL_H
 #define SONA_SIGNAL_H

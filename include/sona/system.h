@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libsona: what the library found on this machine (CPU features, topology, backends). */
 #ifndef SONA_SYSTEM_H
 #define SONA_SYSTEM_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libsona: trajectories (one request's path through the model) and the id source they draw from. */
 #ifndef SONA_TRAJECTORY_H
 #define SONA_TRAJECTORY_H

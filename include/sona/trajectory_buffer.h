@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libsona: the trajectory buffer, a bounded lock-free MPMC ring between inference threads
  * (record) and the learning loops (drain). */
 #ifndef SONA_TRAJECTORY_BUFFER_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The ReasoningBank (include/sona/bank.h): a queue of trajectory embeddings, k-means extraction
  * into patterns, merge / prune / capacity, and an HNSW index kept in step with the patterns. */
 #include "sona/bank.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The monotonic clock in microseconds (latencies, timestamps). */
 #ifndef SONA_CORE_CLOCK_H
 #define SONA_CORE_CLOCK_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 #include "core/dream.h"
 
 #include "core/vecmath.h"

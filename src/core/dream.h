@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Dreams over the pattern graph (loop C): random walks on the HNSW neighbour graph of a bank's
  * patterns, their evaluation, and the graph's integration score Phi.
  *

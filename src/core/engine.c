@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The SONA engine: configuration presets, tenants with lock-free published Micro-LoRA weights,
  * Base-LoRA apply, request recording and loop A, statistics. */
 #include "core/engine_internal.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The engine's use of the ReasoningBank: loop B adds each batch and extracts patterns; the
  * patterns are what loop C dreams over and what sona_find_patterns returns. */
 #include "core/engine_internal.h"

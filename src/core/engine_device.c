@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Batched apply on an accelerator, the hot path of an inference cluster. The engine keeps a
  * device copy of its published adapters - every tenant's Micro-LoRA in one adapter set indexed
  * by tenant id, and the Base-LoRA's layers - and runs a whole batch as one lora_apply with an

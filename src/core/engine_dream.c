@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Loop C (deep): dreams over the pattern graph replayed into Base-LoRA, the integration score
  * Phi, consolidation of the bank (near-duplicates merged, importance decayed, pruned), EWC++
  * consolidation of every adapter set, and a checkpoint when a state path is configured. */

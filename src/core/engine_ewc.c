@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* EWC++ for one of the engine's adapter sets, on top of sona_ewc (sona/ewc.h): the parameter
  * vector is the set's A and Bt back to back. Each update: the pending gradient goes through the
  * boundary detector and the online Fisher (sona_ewc_observe), then one fused param_update step

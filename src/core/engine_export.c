@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* sona_export_peft: the Base-LoRA (or a tenant's Micro-LoRA) as a PEFT LoRA adapter
  * (adapter_model.safetensors and adapter_config.json), the form vLLM, LoRAX and Hugging Face
  * PEFT load, published as a whole directory. */

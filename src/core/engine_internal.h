@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The engine's private state, shared by engine.c (API, tenants, loop A), loop_b.c, dream.c and
  * persist.c. */
 #ifndef SONA_CORE_ENGINE_INTERNAL_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Loop B (background) and the engine's loop thread. A cycle takes the queued trajectories (one
  * loop B starts by itself leaves fewer than loop_b_min_batch queued and takes at most
  * eng_cycle_cap; a forced one takes all), decodes each once, updates the pattern bank, trains

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* sona_save / sona_load: the engine's learned state as one versioned, checksummed file.
  *
  * Layout (all integers and floats in the writer's byte order, recorded by the header):

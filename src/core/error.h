@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Error reporting: a status plus a message kept on the handle (or per thread without one). */
 #ifndef SONA_CORE_ERROR_H
 #define SONA_CORE_ERROR_H

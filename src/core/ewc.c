@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* EWC++: online diagonal Fisher, task snapshots at detected boundaries, Fisher-weighted
  * consolidation of the oldest tasks, and the penalty kept pre-reduced (see include/sona/ewc.h
  * for the rules). */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* IEEE 754 binary16 ("half") conversion, written out so it is exact and portable: rounding to
  * nearest, ties to even, like F16C's VCVTPS2PH with imm 0 (subnormals, Inf and NaN kept). */
 #ifndef SONA_CORE_HALF_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The pattern index: HNSW searched by cosine similarity (include/sona/index.h).
  *
  * Layout: node slots are dense; each node's vector is one fixed-size record in one 64-byte

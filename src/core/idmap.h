@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* A hash map from 64-bit ids to 32-bit slots (open addressing, linear probing, backward-shift
  * deletion: no tombstones, so lookups stay short however many ids come and go). */
 #ifndef SONA_CORE_IDMAP_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 #include "core/kmeans.h"
 
 #include "core/rng.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* k-means for the ReasoningBank: randomised greedy k-means++ seeding (D^2 sampling) then Lloyd
  * iterations, with the heavy loops (nearest centre, centroid sums) run by an op table. */
 #ifndef SONA_CORE_KMEANS_H

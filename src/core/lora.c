@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* LoRA adapter sets: Micro-LoRA (tenants) and Base-LoRA (layers) are the same object. Weights
  * live in the buffers of the handle's home backend; ops go through the dispatch layer. */
 #include "sona/lora.h"

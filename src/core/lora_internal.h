@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Library-internal LoRA entry points (engine, benchmarks and tests): not part of the public API.
  * The engine publishes immutable snapshots of the raw weights for lock-free readers, trains with
  * EWC++ terms, and saves/loads them. */

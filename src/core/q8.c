@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 #include "core/q8.h"
 
 #include "core/vecmath.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Q8: vectors stored as signed 8-bit integers in blocks of 32 values, each block with its own f32
  * scale (its largest magnitude / 127), so one large value costs precision only in its block
  * (activations often have a few outlier channels). About 1.125 bytes per value against 4 for

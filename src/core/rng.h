@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Seeded random numbers: the same seed gives the same stream on every platform. */
 #ifndef SONA_CORE_RNG_H
 #define SONA_CORE_RNG_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The safetensors writer (see safetensors.h). */
 #include "core/safetensors.h"
 

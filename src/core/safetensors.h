@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Writes float32 matrices in the safetensors format (Hugging Face): a little-endian u64 header
  * length, a JSON header naming each tensor's dtype, shape and byte range, then the tensors' bytes,
  * row-major and contiguous in header order. The format is defined little-endian; the library

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 #include "core/scratch.h"
 
 #include <stdlib.h>

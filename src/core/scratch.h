@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Working memory kept between the runs of a recurring job (loop B's cycle, the bank's extraction,
  * k-means): a block above glibc's mmap threshold is returned to the kernel when freed, so a job
  * that allocates it afresh each run page-faults every page of it in again (about 1 900 faults a

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Byte buffers for the state file: a growable writer and a bounds-checked reader. Values are
  * stored in the machine's byte order; the file header records which (see engine_persist.c). */
 #ifndef SONA_CORE_SERIAL_H

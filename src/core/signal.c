@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Learning signals from trajectories (sona/signal.h): the reward-weighted step contrast when
  * the step rewards vary, else the displacement from the adapter's output weighted by the
  * quality's advantage over a running baseline, in units of its spread. */

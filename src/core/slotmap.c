@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 #include "core/slotmap.h"
 
 #include "core/idmap.h"

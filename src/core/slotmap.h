@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* A hash map from 64-bit ids to 32-bit slots for owners that already keep each slot's id in an
  * array (of ids, or of records with the id at the same offset): a cell holds only the slot, and
  * keys are read from the owner's array, so a cell is 4 bytes where sona_idmap's is 12. Open

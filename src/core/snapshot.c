@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 #include "core/snapshot.h"
 
 #include "core/lora_internal.h"

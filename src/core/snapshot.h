@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Published adapter weights for readers that never block: the writer fills a free snapshot and
  * swaps the slot's pointer; a reader pins the current snapshot with a counter and re-checks the
  * pointer. Snapshots are recycled, never freed, until the slot is destroyed, so a reader that

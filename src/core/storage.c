@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 #include "core/storage.h"
 
 #include "core/error.h"

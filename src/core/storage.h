@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Vectors kept in a sona_storage format (include/sona/common.h): how many bytes n values take,
  * and encoding / decoding, so a store picks its format with one value and no code of its own.
  * Encoded vectors need 4-byte alignment (F32 and the Q8 scales are read as floats, F16 as

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Trajectories and their id source. A trajectory keeps every vector and string in one growable
  * byte arena (doubling), vectors encoded in the trajectory's storage format as they arrive, plus
  * a small index of steps and of context strings, so recording a step is an encoding into memory

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The trajectory buffer: Dmitry Vyukov's bounded MPMC queue. Each cell carries a sequence
  * number that says whose turn it is: seq == 2 pos means free for the producer at position pos,
  * seq == 2 pos + 1 means filled for the consumer at pos, and the consumer hands it on to the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 #include "core/vecmath.h"
 
 #include "core/half.h"

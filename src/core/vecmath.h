@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Small vector kernels for host-side core code that works one vector at a time (graph search),
  * where an op-table call per pair would cost more than the arithmetic. The kernel follows the
  * CPU variant the dispatch layer chose (SONA_CPU_VARIANT included). */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* CPU kernel variants. Each variant lives in its own file compiled with its own ISA flags and
  * fills one sona_backend table; the dispatch layer picks one at run time (cpuid + xgetbv). */
 #ifndef SONA_CPU_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Element-wise host loops of the core (finite check, EWC++ Fisher EMA and penalty, sum of
  * squares, Q8 encoding and decoding) written once in plain C and compiled by each variant file
  * with its own ISA flags (vecmath.c: baseline, vec_avx2.c, vec_avx512.c), so the compiler

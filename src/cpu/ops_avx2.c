@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The avx2 CPU variant (AVX2 + FMA, 8 floats a vector). Compiled with -mavx2 -mfma only; chosen
  * at run time only when the host has the features. The kernels are those of simd_kernels.h. */
 #include "cpu/cpu.h"

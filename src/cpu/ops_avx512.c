@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The avx512 CPU variant (AVX-512 F/BW/VL, 16 floats a vector, masked tails). Compiled with its
  * own ISA flags; chosen at run time only when the host has the features. The kernels are those
  * of simd_kernels.h. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The neon CPU variant (aarch64 Advanced SIMD, 4 floats a vector). NEON is part of every aarch64
  * CPU, so no extra flags are needed. The kernels are those of simd_kernels.h; partial vectors go
  * through a small stack buffer, as NEON has no masked loads. */

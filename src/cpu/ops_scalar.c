@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The scalar CPU variant: plain C, the reference every other variant is checked against, and
  * always built. Accumulates in float like the vector variants (the tests' reference is double). */
 #include "cpu/cpu.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The vector kernels of every SIMD CPU variant, written once against a small vector interface.
  *
  * Include this from exactly one variant file (ops_avx2.c, ops_avx512.c, ops_neon.c) after

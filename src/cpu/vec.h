@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* ISA-specific versions of the core's small vector kernels (src/core/vecmath.h), one file per
  * variant compiled with that variant's flags; only called when the host has the features. */
 #ifndef SONA_CPU_VEC_H

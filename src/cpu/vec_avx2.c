@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* AVX2 + FMA vector kernels of the core (see cpu/vec.h). */
 #include "cpu/vec.h"
 

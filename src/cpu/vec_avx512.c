@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* AVX-512 vector kernels of the core (see cpu/vec.h). */
 #include "cpu/vec.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The CUDA backend module (libsona-cuda.so): device buffers, one stream, pinned staging for
  * transfers, cuBLAS for the GEMMs and the kernels of kernels_*.cu for the rest.
  *

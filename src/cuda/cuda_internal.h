@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Private to the CUDA module: the backend context, status checking and the kernel launchers.
  * Host code in cuda_backend.cu owns the context; each kernels_*.cu file owns its kernels and
  * exposes one launcher per op step (launch only: the caller checks the launch status). */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Host-thread placement near the CUDA device: hwloc finds the CPUs local to the device's PCI
  * slot from the runtime's PCI ids and sysfs (hwloc/cudart.h; gpu/host_locality.c does the
  * rest). A device hwloc cannot place, or one local to every CPU, gets no preference. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Distance kernels around cuBLAS GEMM tiles: row norms, the argmin of squared distances, the
  * running top-k merge of cosine similarities, and the k-means centroid sums. */
 #include "cuda/cuda_internal.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* LoRA kernels: batched multi-adapter apply (BGMV: one block per row, each row gathers its own
  * adapter) and gradients grouped by adapter.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* param_update: a per-segment squared-norm reduction (only when clipping), then one fused
  * elementwise step (clip, EWC penalty, step, Fisher EMA) in the scalar variant's order. */
 #include "cuda/cuda_internal.h"

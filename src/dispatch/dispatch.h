@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The dispatch layer: CPU variant choice, backend registry, GPU module loading. */
 #ifndef SONA_DISPATCH_H
 #define SONA_DISPATCH_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Running an op with CPU fallback: when an accelerator fails during an op (out of resources,
  * device lost), the op is redone on the CPU from the backend's buffers and counted. Backend
  * ops write their in/out buffers only when they succeed, so the redo starts from the same

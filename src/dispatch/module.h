@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The contract between libsona and a GPU backend module (libsona-opencl.so, libsona-cuda.so).
  * A module exports one function, found with dlsym; it builds the backend or says why not. */
 #ifndef SONA_DISPATCH_MODULE_H

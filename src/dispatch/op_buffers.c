@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The buffer arguments of every op (op_buffers.h). */
 #include "dispatch/op_buffers.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* What each op reads and writes: its buffer arguments, listed once for every op, for the code
  * that moves an op's data between a backend and the host (the CPU fallback, the cross-backend
  * op tests). Adding an op means adding its buffers to sona_op_describe(). */

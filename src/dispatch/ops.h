@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The op table: what every backend and every CPU variant implements (docs/architecture.md).
  *
  * Ops take plain buffers and shapes, never core types. A buffer is whatever the backend's

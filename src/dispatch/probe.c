@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Host probe: ISA features (cpuid + xgetbv on x86, HWCAP on aarch64) and topology (hwloc). */
 #include "dispatch/dispatch.h"
 

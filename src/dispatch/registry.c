@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Backend registry: CPU variants chosen by cpuid, GPU backends loaded as modules with dlopen. */
 #define _GNU_SOURCE /* dladdr */
 #include "dispatch/dispatch.h"

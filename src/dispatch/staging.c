@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 #include "dispatch/staging.h"
 
 sona_status sona_staging_put(const sona_backend *be, sona_staging *s, const void *src, size_t bytes,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* A growable buffer on a backend for staging a call's inputs and outputs: reallocated only when
  * a call needs more than it holds, so steady-state calls allocate nothing. */
 #ifndef SONA_DISPATCH_STAGING_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 #include "gpu/host_locality.h"
 
 #include <stddef.h>

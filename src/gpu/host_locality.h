@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The host CPUs near a GPU, for the GPU modules' bind_host_thread: hwloc says which CPUs are
  * local to the device's PCI slot, and a thread feeding the device is bound to them. Compiled
  * into each module (OpenCL, CUDA) with that module's SONA_HAVE_HWLOC; C and C++. */

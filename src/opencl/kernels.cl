@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libsona OpenCL kernels (OpenCL C 1.2). Embedded into libsona-opencl.so at build time.
  * SONA_WG (a power of two) is the work-group size of the kernels that reduce in local memory;
  * the host passes it with -D. Every op writes its outputs from one kernel only (the last one it

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Internal state of the OpenCL module: one context, one in-order queue and one program on the
  * chosen device. Buffers handed to libsona are cl_mem handles cast to pointers.
  *

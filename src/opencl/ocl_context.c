@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The OpenCL module's entry point: device choice, context and queue, buffers, errors. */
 #include "opencl/ocl.h"
 

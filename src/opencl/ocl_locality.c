@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Host-thread placement near the OpenCL device: hwloc finds the CPUs local to the device's PCI
  * slot through the AMD/NVIDIA topology extensions (gpu/host_locality.c does the rest). A CPU
  * device, or a GPU hwloc cannot place, gets no preference: binding then leaves the thread where

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The op table on OpenCL: launches of the kernels in kernels.cl, GEMM through CLBlast. Every
  * call is checked and named in the error; ops return SONA_E_BACKEND on a failure so the
  * dispatch layer can redo them on the CPU. */

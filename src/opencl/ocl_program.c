@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The module's program: built once per device and cached on disk, keyed by device name,
  * driver version, build options and a hash of the source, so a second start does not compile.
  * Cache directory: $SONA_CACHE_DIR, else $XDG_CACHE_HOME/sona/opencl, else ~/.cache/sona/opencl. */

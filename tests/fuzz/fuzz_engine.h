@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The engine configuration shared by the loader fuzz target and its seed maker: a seed file
  * only reaches deep into the loader when its shape matches the fuzzed engine's. The step storage
  * is not part of the shape (a restored trajectory keeps its own): the seed maker varies it. */

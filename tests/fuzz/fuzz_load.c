@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libFuzzer target: sona_load_buffer on arbitrary bytes must return a status (never crash,
  * leak or read out of bounds), and a refused file must leave the engine as it was. */
 #include "fuzz_engine.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Writes a valid state file of the fuzzed engine's shape to argv[1], the fuzz target's seed
  * corpus: learned tenants, Base-LoRA, EWC++ tasks and detectors, patterns with the bank's
  * counters, dream visits, and queued trajectories in every storage format. An F32 engine learns and queues some, an F16 engine loads its file and queues

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Concurrent tests build two ways: as Criterion programs (like every test), and standalone for
  * ThreadSanitizer, which Criterion cannot run under (its inheritable arena fails to map:
  * Snaipe/Criterion#274). A concurrent test file writes its checks with CHECK / REQUIRE and its

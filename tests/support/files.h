@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Reading a whole file back in tests (saved states, exported adapters). */
 #ifndef SONA_TEST_FILES_H
 #define SONA_TEST_FILES_H

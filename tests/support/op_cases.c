@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 #include "support/op_cases.h"
 
 #include "core/rng.h"

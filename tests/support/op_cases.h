@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The op case table shared by the cross-backend tests and the benchmarks (like ggml's
  * test-backend-ops): one list of shapes, random inputs from a printed seed, a double-precision
  * reference, and a checker with error bounds derived from each output's magnitude. */

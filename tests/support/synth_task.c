@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 #include "support/synth_task.h"
 
 #include <math.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* A synthetic learning task for the engine (tests, `sona demo`): queries come from a few
  * clusters, each with a hidden target direction. The "model" answers with the adapter's output
  * y = sona_apply(x) and explores around it: step s's activation is a_s = normalize(y +

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 #include "support/targets.h"
 
 #include "dispatch/dispatch.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The places an op can run in this process: every CPU variant the host supports (their own
  * tables, so a missing op shows as unsupported) and every available GPU backend. */
 #ifndef SONA_TEST_TARGETS_H

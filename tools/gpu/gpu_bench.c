@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* sona_gpu_bench: the CUDA backend's benchmark cases, through the op table as libsona uses it.
  *
  *   sona_gpu_bench [--out DIR] [--quick]

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* sona_gpu_ops_check: the cross-backend op check of tests/test_ops.c without Criterion, for GPU
  * machines that lack it. Every case of the shared table on every target (CPU variants the host
  * runs, available GPU backends), plus large cases on GPU targets that cross the tile boundaries

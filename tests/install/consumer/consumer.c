@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* A program that uses only the installed public API. */
 #include <sona.h>
 #include <stdio.h>
