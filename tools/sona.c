@@ -66,27 +66,36 @@ static int cmd_info(int argc, char **argv)
 
 static void export_peft_usage(FILE *f, const char *module_format)
 {
-    fprintf(f, "usage: sona export-peft STATE DIR [--module FORMAT] [--base-model NAME]\n"
+    fprintf(f, "usage: sona export-peft STATE DIR [--module FORMAT] [--base-model NAME] [--tenant T]\n"
+               "                [--micro-layer L] [--model-hidden N]\n"
                "  writes DIR/adapter_model.safetensors and DIR/adapter_config.json from the\n"
-               "  Base-LoRA of the engine saved in STATE (the file gives its configuration)\n"
-               "  --module      layer l's module path with %%u for l (default %s)\n"
-               "  --base-model  base_model_name_or_path in adapter_config.json\n"
-               "  -h, --help    this text\n"
+               "  Base-LoRA (or a tenant's Micro-LoRA) of the engine saved in STATE (the file gives\n"
+               "  its configuration); DIR is replaced whole, never half written\n"
+               "  --module        layer l's module path with %%u for l (default %s)\n"
+               "  --base-model    base_model_name_or_path in adapter_config.json\n"
+               "  --tenant        export this tenant's Micro-LoRA instead, as one module\n"
+               "  --micro-layer   the layer whose module the tenant's adapter goes to (default 0)\n"
+               "  --model-hidden  the target modules' width in the model: refused when not the adapters'\n"
+               "  -h, --help      this text\n"
                "an option's value may also follow '=': --base-model=org/model\n",
                module_format);
 }
 
-/* sona export-peft STATE DIR [--module FORMAT] [--base-model NAME]: a saved engine's Base-LoRA
- * as a PEFT adapter, without knowing the engine's configuration (the file has it). */
+/* sona export-peft STATE DIR [options]: a saved engine's Base-LoRA (or a tenant's Micro-LoRA) as a
+ * PEFT adapter, without knowing the engine's configuration (the file has it). */
 static int cmd_export_peft(int argc, char **argv)
 {
-    enum { OPT_HELP, OPT_MODULE, OPT_BASE_MODEL };
+    enum { OPT_HELP, OPT_MODULE, OPT_BASE_MODEL, OPT_TENANT, OPT_MICRO_LAYER, OPT_MODEL_HIDDEN };
     static const cli_option opts[] = {
         {"help", 'h', 0, OPT_HELP},
         {"module", 0, 1, OPT_MODULE},
         {"base-model", 0, 1, OPT_BASE_MODEL},
+        {"tenant", 0, 1, OPT_TENANT},
+        {"micro-layer", 0, 1, OPT_MICRO_LAYER},
+        {"model-hidden", 0, 1, OPT_MODEL_HIDDEN},
         {NULL, 0, 0, 0},
     };
+    unsigned long long v;
     sona_peft_config pc;
     sona_peft_config_default(&pc);
     const char *state = NULL, *dir = NULL;
@@ -97,6 +106,21 @@ static int cmd_export_peft(int argc, char **argv)
         case OPT_HELP: export_peft_usage(stdout, pc.module_format); return 0;
         case OPT_MODULE: pc.module_format = p.value; break;
         case OPT_BASE_MODEL: pc.base_model = p.value; break;
+        case OPT_TENANT:
+        case OPT_MICRO_LAYER:
+        case OPT_MODEL_HIDDEN:
+            if (cli_parse_u64(p.value, &v) || v > (id == OPT_TENANT ? INT32_MAX : UINT32_MAX)) {
+                fprintf(stderr, "sona export-peft: --%s must be a whole number, not '%s'\n",
+                        id == OPT_TENANT ? "tenant" : id == OPT_MICRO_LAYER ? "micro-layer" : "model-hidden", p.value);
+                return 2;
+            }
+            if (id == OPT_TENANT)
+                pc.tenant = (int32_t)v;
+            else if (id == OPT_MICRO_LAYER)
+                pc.micro_layer = (uint32_t)v;
+            else
+                pc.model_hidden = (uint32_t)v;
+            break;
         case CLI_OPERAND:
             if (!state)
                 state = p.value;
@@ -129,8 +153,9 @@ static int cmd_export_peft(int argc, char **argv)
         return 1;
     }
     if ((st = sona_load(e, state)) == SONA_OK && (st = sona_export_peft(e, dir, &pc)) == SONA_OK)
-        printf("%s/adapter_model.safetensors and %s/adapter_config.json: %u layers, rank %u, hidden %u\n", dir,
-               dir, cfg.base_layers, cfg.base_rank, cfg.hidden);
+        printf("%s/adapter_model.safetensors and %s/adapter_config.json: %u module(s), rank %u, hidden %u\n",
+               dir, dir, pc.tenant >= 0 ? 1u : cfg.base_layers, pc.tenant >= 0 ? cfg.micro_rank : cfg.base_rank,
+               cfg.hidden);
     else
         fprintf(stderr, "sona export-peft: %s\n", sona_engine_last_error(e));
     sona_engine_destroy(e);

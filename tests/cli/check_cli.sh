@@ -97,6 +97,13 @@ export-peft)
     [ -s "$work/peft-eq/adapter_model.safetensors" ] || fail "no adapter_model.safetensors"
     expect 0 "$sona" export-peft "$src/tests/data/state_v2.sona" "$work/peft-sp" --base-model org/model \
         && has "$work/peft-sp/adapter_config.json" "org/model" "--base-model NAME"
+    # A tenant's Micro-LoRA over the same directory (replaced whole), and the width check.
+    expect 0 "$sona" export-peft "$src/tests/data/state_v2.sona" "$work/peft-sp" --tenant=0 --micro-layer 3 \
+        && has "$work/peft-sp/adapter_config.json" '"r": 1' "--tenant: the fixture's Micro-LoRA rank"
+    has "$work/peft-sp/adapter_model.safetensors" "layers.3." "--micro-layer"
+    expect 1 "$sona" export-peft "$src/tests/data/state_v2.sona" "$work/peft-sp" --model-hidden 4096 \
+        && has "$err" "wide" "--model-hidden of another width"
+    expect 2 "$sona" export-peft a b --tenant=x && has "$err" "--tenant must be a whole number" "--tenant=x"
     ;;
 *)
     echo "check_cli.sh: unknown part '$part'"
