@@ -247,7 +247,8 @@ class Engine:
 
     def __init__(self, hidden: int, preset: Union[str, int] = "default", **overrides: Any):
         self._h: Optional[int] = None
-        self._lock = threading.Lock()
+        # Reentrant: a Request's finalizer may run (garbage collection) while this thread holds it.
+        self._lock = threading.RLock()
         self._requests: "weakref.WeakSet[Request]" = weakref.WeakSet()
         if not isinstance(hidden, int) or isinstance(hidden, bool) or not 0 < hidden < 2**32:
             raise InvalidArgumentError(f"hidden must be an integer in 1..2^32-1, not {hidden!r}")
@@ -373,7 +374,7 @@ class Engine:
             if y is a or _addr(y) == _addr(a):
                 self._check(_n.apply_inplace(h, tenant, _addr(y)), h)
             else:
-                if np.shares_memory(a, y):
+                if np.may_share_memory(a, y):
                     raise InvalidArgumentError("apply: out overlaps x without being x")
                 self._check(_n.apply(h, tenant, _addr(a), _addr(y)), h)
             return y
@@ -385,7 +386,7 @@ class Engine:
     def _batch(self, h: int, n: int, ids: np.ndarray, a: np.ndarray, y: np.ndarray) -> None:
         if n == 0:
             return
-        if y is not a and _addr(y) != _addr(a) and np.shares_memory(a, y):
+        if y is not a and _addr(y) != _addr(a) and np.may_share_memory(a, y):
             raise InvalidArgumentError("apply_batch: out overlaps xs without being xs")
         self._check(_n.apply_batch(h, n, _addr(ids), _addr(a), _addr(y)), h)
 
@@ -412,7 +413,7 @@ class Engine:
         a = self._rows(x, "apply_layer: x")
         y = _out(out, a.shape, "apply_layer")
         n = a.size // self.hidden
-        if n and y is not a and _addr(y) != _addr(a) and np.shares_memory(a, y):
+        if n and y is not a and _addr(y) != _addr(a) and np.may_share_memory(a, y):
             raise InvalidArgumentError("apply_layer: out overlaps x without being x")
         if n:
             self._check(_n.apply_layer_batch(h, _u32(layer, 'layer'), n, _addr(a), _addr(y)), h)
@@ -542,13 +543,17 @@ class Request:
         return self._r is not None
 
     def _take(self) -> int:
-        """The handle, now owned by the caller (the request is closed for everyone else)."""
+        """The handle, now owned by the caller (the request is closed for everyone else). It
+        stays among the engine's open requests (load refuses) until _done()."""
         with self._engine._lock:
             r, self._r = self._r, None
-            self._engine._requests.discard(self)
         if r is None:
             raise StateError("the request has already ended")
         return r
+
+    def _done(self) -> None:
+        with self._engine._lock:
+            self._engine._requests.discard(self)
 
     def _drop(self) -> None:
         # The engine is closing: abandon while its handle is alive.
@@ -580,9 +585,13 @@ class Request:
         q = self.quality if quality is None else quality
         if q is None:
             raise StateError("end: no quality given (set request.quality or pass it)")
+        q = float(q)
         r = self._take()
         h = self._engine._h
-        status = _n.request_end(r, float(q))
+        try:
+            status = _n.request_end(r, q)
+        finally:
+            self._done()
         if status:
             raise error_for(status, _text(_n.engine_last_error(h)))
 
@@ -590,7 +599,10 @@ class Request:
         """Drops the request without learning from it (sona_request_abandon). Idempotent."""
         if self._r is None:
             return
-        _n.request_abandon(self._take())
+        try:
+            _n.request_abandon(self._take())
+        finally:
+            self._done()
 
     def __enter__(self) -> "Request":
         return self

@@ -328,3 +328,26 @@ def test_two_threads_apply_while_a_third_records():
     assert not errors, errors
     assert e.stats().trajectories_recorded == 40 + 200
     e.close()
+
+
+def test_finalizers_abandon_and_close():
+    import gc
+    e = sona.Engine(H, background_thread=False)
+    r = e.request(0, rows(1)[0])
+    r.step(0, rows(1)[0], reward=0.5)
+    del r  # dropped open: abandoned, nothing recorded
+    gc.collect()
+    assert e.stats().trajectories_recorded == 0
+    assert len(e._requests) == 0
+    e.request(0, rows(1)[0])  # left open, then the engine dropped with it
+    del e
+    gc.collect()
+    # An engine never closed, with a request open, at interpreter exit: no crash.
+    import subprocess
+    import sys
+    code = ("import sys; sys.path.insert(0, %r); import numpy as np, sona; "
+            "e = sona.Engine(8, background_thread=False); "
+            "r = e.request(0, np.ones(8, np.float32)); print('ok')"
+            % os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
