@@ -166,6 +166,9 @@ Stats.__module__ = __name__
 
 # ---- arrays ----------------------------------------------------------------------------------
 
+_F32 = np.dtype(np.float32)
+
+
 def _f32(x: Any, what: str) -> np.ndarray:
     """x as a C-contiguous float32 array: x itself when it already is one, else one copy."""
     if (type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous
@@ -223,7 +226,7 @@ def _ids(tenants: Any, n: int) -> np.ndarray:
 
 
 def _addr(a: np.ndarray) -> int:
-    return a.__array_interface__["data"][0]
+    return a.ctypes.data
 
 
 # ---- the engine ------------------------------------------------------------------------------
@@ -250,8 +253,7 @@ class Engine:
         # Reentrant: a Request's finalizer may run (garbage collection) while this thread holds it.
         self._lock = threading.RLock()
         self._requests: "weakref.WeakSet[Request]" = weakref.WeakSet()
-        if not isinstance(hidden, int) or isinstance(hidden, bool) or not 0 < hidden < 2**32:
-            raise InvalidArgumentError(f"hidden must be an integer in 1..2^32-1, not {hidden!r}")
+        hidden = _u32(hidden, "hidden")
         buf = _config_buffer()
         _n.config_default(buf, _preset_id(preset), hidden)
         for name, value in overrides.items():
@@ -366,17 +368,32 @@ class Engine:
         converted once. Returns a new array, or writes out (which may be x itself: in place).
         An unknown tenant raises NotFoundError (nothing written). NaN in x is not checked (the
         serving path): such a row comes out non-finite."""
-        h = self._handle()
-        tenant = _i32(tenant, "tenant")
-        a = self._rows(x, "apply: x")
+        h = self._h
+        if h is None:
+            raise StateError("the engine is closed")
+        if type(tenant) is not int or not -2**31 <= tenant < 2**31:
+            tenant = _i32(tenant, "tenant")
+        # The fast path: one float32 row, as the serving loop passes it.
+        if (type(x) is np.ndarray and x.dtype == _F32 and x.shape == (self.hidden,)
+                and x.flags.c_contiguous and x.flags.aligned):
+            a = x
+        else:
+            a = self._rows(x, "apply: x")
         y = _out(out, a.shape, "apply")
         if a.ndim == 1:
-            if y is a or _addr(y) == _addr(a):
-                self._check(_n.apply_inplace(h, tenant, _addr(y)), h)
+            ay = y.ctypes.data
+            if y is a:
+                status = _n.apply_inplace(h, tenant, ay)
             else:
-                if np.may_share_memory(a, y):
+                ax = a.ctypes.data
+                if ax == ay:
+                    status = _n.apply_inplace(h, tenant, ay)
+                elif out is not None and np.may_share_memory(a, y):
                     raise InvalidArgumentError("apply: out overlaps x without being x")
-                self._check(_n.apply(h, tenant, _addr(a), _addr(y)), h)
+                else:
+                    status = _n.apply(h, tenant, ax, ay)
+            if status:
+                self._check(status, h)
             return y
         n = a.size // self.hidden
         ids = np.full(n, tenant, dtype=np.int32)
