@@ -719,6 +719,43 @@ static sona_status state_config_of_garbage(world *w)
     return sona_state_config(w->path, (sona_engine_config[1]){{0}});
 }
 
+/* sona_engine_config_set / _set_string on a default config, which a refusal must leave as it
+ * was (else SONA_STATUS_COUNT, which no row wants). */
+static sona_status config_set_with(const char *name, double value)
+{
+    sona_engine_config c, before;
+    sona_engine_config_default(&c, SONA_PRESET_DEFAULT, H);
+    before = c;
+    const sona_status st = sona_engine_config_set(&c, name, value);
+    return memcmp(&c, &before, sizeof c) == 0 ? st : SONA_STATUS_COUNT;
+}
+
+static sona_status config_set_string_with(const char *name, const char *value)
+{
+    sona_engine_config c, before;
+    sona_engine_config_default(&c, SONA_PRESET_DEFAULT, H);
+    before = c;
+    const sona_status st = sona_engine_config_set_string(&c, name, value);
+    return memcmp(&c, &before, sizeof c) == 0 ? st : SONA_STATUS_COUNT;
+}
+
+static sona_status config_set_string_too_long(void)
+{
+    char path[300];
+    memset(path, 'p', sizeof path - 1);
+    path[sizeof path - 1] = '\0';
+    return config_set_string_with("state_path", path);
+}
+
+static sona_status config_get_with(const char *name)
+{
+    sona_engine_config c;
+    sona_engine_config_default(&c, SONA_PRESET_DEFAULT, H);
+    double v = -7.0;
+    const sona_status st = sona_engine_config_get(&c, name, &v);
+    return v == -7.0 ? st : SONA_STATUS_COUNT;
+}
+
 /* An export of tenant (-1: Base-LoRA) checked against a model width (0: none), to /tmp (a
  * directory with other files: refused before anything is written) or, with to_file, to a
  * path that is a file (/dev/null). */
@@ -1102,6 +1139,21 @@ static sona_status ewc_detector_with(world *w, double short_mean, double long_va
     X(state_config_null_out, sona_state_config(w->path, NULL), SONA_E_NULL, THREAD, "NULL")         \
     X(state_config_missing, sona_state_config("/nonexistent-sona-dir/x.state", (sona_engine_config[1]){{0}}), SONA_E_IO, THREAD, "cannot open") \
     X(state_config_garbage, state_config_of_garbage(w), SONA_E_CORRUPT, THREAD, "magic")            \
+    X(config_set_null_cfg, sona_engine_config_set(NULL, "hidden", 1), SONA_E_NULL, THREAD, "cfg")   \
+    X(config_set_null_name, config_set_with(NULL, 1), SONA_E_NULL, THREAD, "name")                  \
+    X(config_set_unknown, config_set_with("no_such_field", 1), SONA_E_NOT_FOUND, THREAD, "no_such_field") \
+    X(config_set_negative, config_set_with("micro_rank", -1), SONA_E_INVALID, THREAD, "micro_rank") \
+    X(config_set_fraction, config_set_with("max_steps", 2.5), SONA_E_INVALID, THREAD, "max_steps")  \
+    X(config_set_over_u32, config_set_with("hidden", 4294967296.0), SONA_E_INVALID, THREAD, "hidden") \
+    X(config_set_bad_storage, config_set_with("step_storage", 3), SONA_E_INVALID, THREAD, "step_storage") \
+    X(config_set_nan, config_set_with("base_learning_rate", NAN), SONA_E_NONFINITE, THREAD, "base_learning_rate") \
+    X(config_set_inf_int, config_set_with("max_tenants", INFINITY), SONA_E_NONFINITE, THREAD, "max_tenants") \
+    X(config_set_over_float, config_set_with("ewc_lambda", 1e40), SONA_E_INVALID, THREAD, "ewc_lambda") \
+    X(config_set_string_field, config_set_with("state_path", 0), SONA_E_INVALID, THREAD, "state_path") \
+    X(config_set_string_too_long, config_set_string_too_long(), SONA_E_INVALID, THREAD, "state_path") \
+    X(config_set_string_number, config_set_string_with("seed", "1"), SONA_E_INVALID, THREAD, "seed") \
+    X(config_get_unknown, config_get_with("no_such_field"), SONA_E_NOT_FOUND, THREAD, "no_such_field") \
+    X(config_get_string_field, config_get_with("state_path"), SONA_E_INVALID, THREAD, "state_path") \
     X(export_peft_null_engine, sona_export_peft(NULL, "/tmp", NULL), SONA_E_NULL, THREAD, "NULL")   \
     X(export_peft_null_dir, sona_export_peft(w->engine, NULL, NULL), SONA_E_NULL, ON_ENGINE, "NULL") \
     X(export_peft_no_layer, export_peft_format(w, "model.layers.o_proj"), SONA_E_INVALID, ON_ENGINE, "module_format") \

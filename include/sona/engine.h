@@ -131,6 +131,46 @@ typedef struct sona_engine_config {
 SONA_API void sona_engine_config_default(sona_engine_config *cfg, sona_preset preset,
                                          uint32_t hidden);
 
+/* ---- the configuration by name (for bindings) ----------------------------------------------
+ * A binding that reads and writes sona_engine_config through these never depends on the
+ * struct's layout: allocate sona_engine_config_size() bytes, fill them with
+ * sona_engine_config_default, set fields by name, pass the bytes to sona_engine_create. A newer
+ * library with more fields (or fields moved) then still reads what the binding meant, and a
+ * name it does not know is refused instead of silently misread. Every field is covered, named as
+ * in the struct; these functions touch only the cfg given (no engine, thread-safe on distinct
+ * configs). Their messages are sona_last_error()'s. A refused call leaves *cfg untouched. */
+typedef enum sona_config_kind {
+    SONA_CONFIG_INT = 0,    /* an integer field (uint32_t, uint64_t seed, int switches,
+                               sona_storage step_storage): get/set as a double holding an integer */
+    SONA_CONFIG_FLOAT = 1,  /* a float field: get/set as a double (rounded to float) */
+    SONA_CONFIG_STRING = 2  /* state_path: sona_engine_config_get_string / _set_string */
+} sona_config_kind;
+/* sizeof(sona_engine_config) in this library. */
+SONA_API size_t sona_engine_config_size(void);
+/* Field i's name (0, 1, ... in a fixed order), and its kind into *kind (may be NULL); NULL past
+ * the last field. */
+SONA_API const char *sona_engine_config_field(uint32_t i, sona_config_kind *kind);
+/* Sets the field called name to value. Refused: NULL cfg or name (SONA_E_NULL); no such field
+ * (SONA_E_NOT_FOUND, the message names it); state_path (a string: SONA_E_INVALID); NaN or Inf
+ * (SONA_E_NONFINITE); for an integer field a value that is not an integer or is outside its
+ * type's range (SONA_E_INVALID): 0..2^32-1 for uint32_t fields, 0..2^64-1 for seed (a double
+ * holds every integer up to 2^53 exactly; beyond, only those it can represent), an int's range
+ * for background_thread, ewc_enabled and device_apply, 0..2 (a sona_storage) for step_storage;
+ * for a float field a magnitude beyond FLT_MAX (SONA_E_INVALID). Only the type's range is
+ * checked here: the values an engine accepts together are sona_engine_create's to judge. */
+SONA_API sona_status sona_engine_config_set(sona_engine_config *cfg, const char *name, double value);
+/* The field called name into *value (exact for every field but a seed above 2^53). Refused as
+ * sona_engine_config_set (value NULL: SONA_E_NULL; state_path: SONA_E_INVALID). */
+SONA_API sona_status sona_engine_config_get(const sona_engine_config *cfg, const char *name,
+                                            double *value);
+/* Sets a string field (state_path) to a copy of value: at most sizeof(state_path) - 1 = 255
+ * bytes (longer: SONA_E_INVALID); a number field's name is SONA_E_INVALID. */
+SONA_API sona_status sona_engine_config_set_string(sona_engine_config *cfg, const char *name,
+                                                   const char *value);
+/* *value points at the string field inside cfg (valid while cfg is and the field unchanged). */
+SONA_API sona_status sona_engine_config_get_string(const sona_engine_config *cfg, const char *name,
+                                                   const char **value);
+
 SONA_API sona_status sona_engine_create(const sona_engine_config *cfg, sona_engine **out);
 /* Stops the engine's threads (a running cycle finishes first; queued trajectories are freed
  * with the engine: sona_save keeps them) and frees everything; NULL is a no-op. */

@@ -34,6 +34,7 @@
 #include "core/engine_internal.h"
 
 #include "core/dream.h"
+#include "core/engine_config.h"
 #include "core/lora_internal.h"
 #include "core/serial.h"
 #include "core/trajectory_internal.h"
@@ -149,73 +150,45 @@ static void section_end(sona_wbuf *w, size_t at)
 }
 
 /* CONF's fields after the seed, in file order: first the integers (each as a u32), then the
- * floats. One table serves the writer and sona_state_config's reader; fields are only ever
- * appended (a file's counts say how many it has). */
-typedef enum { FIELD_U32, FIELD_INT, FIELD_STORAGE } field_kind;
-#define U32(field) {offsetof(sona_engine_config, field), FIELD_U32}
-#define INT(field) {offsetof(sona_engine_config, field), FIELD_INT}
-static const struct {
-    size_t offset;
-    field_kind kind;
-} config_ints[] = {U32(hidden),           U32(micro_rank),        U32(base_rank),
-                   U32(base_layers),      U32(max_tenants),       U32(micro_apply_every),
-                   U32(max_steps),        U32(buffer_capacity),   INT(background_thread),
-                   U32(loop_b_threshold), U32(loop_b_interval_ms), U32(loop_b_min_batch),
-                   U32(clusters_per_cycle), U32(max_patterns),    INT(ewc_enabled),
-                   U32(max_tasks),        U32(dreams_per_cycle),  U32(dream_length),
-                   U32(loop_c_interval_ms), INT(device_apply),    U32(device_min_rows),
-                   {offsetof(sona_engine_config, step_storage), FIELD_STORAGE}};
-#undef U32
-#undef INT
-#define CONFIG_INTS (sizeof config_ints / sizeof config_ints[0])
-static const size_t config_floats[] = {
-    offsetof(sona_engine_config, micro_alpha),          offsetof(sona_engine_config, micro_learning_rate),
-    offsetof(sona_engine_config, base_alpha),           offsetof(sona_engine_config, base_learning_rate),
-    offsetof(sona_engine_config, max_signal_weight),    offsetof(sona_engine_config, baseline_decay),
-    offsetof(sona_engine_config, ewc_lambda),           offsetof(sona_engine_config, fisher_decay),
-    offsetof(sona_engine_config, task_shift_threshold), offsetof(sona_engine_config, dream_temperature),
-    offsetof(sona_engine_config, dream_jump_prob),      offsetof(sona_engine_config, dream_novelty_bonus),
-    offsetof(sona_engine_config, dream_replay_min_score), offsetof(sona_engine_config, merge_cosine),
-    offsetof(sona_engine_config, importance_decay),     offsetof(sona_engine_config, max_output_change)};
-#define CONFIG_FLOATS (sizeof config_floats / sizeof config_floats[0])
-
-static uint32_t config_int_get(const sona_engine_config *c, size_t i)
+ * floats, both in the order of the one table of the config's fields (core/engine_config.h),
+ * which also serves the name-based get/set; fields are only ever appended (a file's counts say
+ * how many it has). */
+static uint32_t config_count(int ints)
 {
-    const char *at = (const char *)c + config_ints[i].offset;
-    switch (config_ints[i].kind) {
-    case FIELD_INT:
-        return (uint32_t) * (const int *)(const void *)at;
-    case FIELD_STORAGE:
-        return (uint32_t) * (const sona_storage *)(const void *)at;
-    default:
-        return *(const uint32_t *)(const void *)at;
-    }
-}
-
-static void config_int_set(sona_engine_config *c, size_t i, uint32_t v)
-{
-    char *at = (char *)c + config_ints[i].offset;
-    switch (config_ints[i].kind) {
-    case FIELD_INT:
-        *(int *)(void *)at = (int)v;
-        break;
-    case FIELD_STORAGE:
-        *(sona_storage *)(void *)at = (sona_storage)v;
-        break;
-    default:
-        *(uint32_t *)(void *)at = v;
-    }
+    uint32_t n = 0;
+    for (size_t i = 0; i < eng_config_field_count; i++)
+        if (ints ? eng_config_is_file_int(&eng_config_fields[i]) : eng_config_fields[i].type == ENG_CF_F32)
+            n++;
+    return n;
 }
 
 static void write_config(sona_wbuf *w, const sona_engine_config *c)
 {
     sona_wbuf_u64(w, c->seed);
-    sona_wbuf_u32(w, (uint32_t)CONFIG_INTS);
-    for (size_t i = 0; i < CONFIG_INTS; i++)
-        sona_wbuf_u32(w, config_int_get(c, i));
-    sona_wbuf_u32(w, (uint32_t)CONFIG_FLOATS);
-    for (size_t i = 0; i < CONFIG_FLOATS; i++)
-        sona_wbuf_f32(w, *(const float *)(const void *)((const char *)c + config_floats[i]));
+    sona_wbuf_u32(w, config_count(1));
+    for (size_t i = 0; i < eng_config_field_count; i++)
+        if (eng_config_is_file_int(&eng_config_fields[i]))
+            sona_wbuf_u32(w, eng_config_u32_get(c, &eng_config_fields[i]));
+    sona_wbuf_u32(w, config_count(0));
+    for (size_t i = 0; i < eng_config_field_count; i++)
+        if (eng_config_fields[i].type == ENG_CF_F32) {
+            float v;
+            memcpy(&v, (const char *)c + eng_config_fields[i].offset, sizeof v);
+            sona_wbuf_f32(w, v);
+        }
+}
+
+/* The table's next field of the kind (file integers or floats) from *at on, NULL past the end. */
+static const eng_config_field *next_config_field(size_t *at, int ints)
+{
+    for (; *at < eng_config_field_count; (*at)++) {
+        const eng_config_field *f = &eng_config_fields[*at];
+        if (ints ? eng_config_is_file_int(f) : f->type == ENG_CF_F32) {
+            (*at)++;
+            return f;
+        }
+    }
+    return NULL;
 }
 
 /* An adapter set: weights, EWC++, then (version 3 on) loop A's state between applies: the
@@ -232,16 +205,21 @@ static int decode_config(sona_rbuf *r, sona_engine_config *c)
     const uint32_t hidden = sona_rbuf_u32(r);
     sona_engine_config_default(c, SONA_PRESET_DEFAULT, hidden);
     c->seed = seed;
+    size_t at = 0;
+    (void)next_config_field(&at, 1); /* hidden, read above */
     for (uint32_t i = 1; i < n_ints; i++) {
         const uint32_t v = sona_rbuf_u32(r);
-        if (i < CONFIG_INTS)
-            config_int_set(c, i, v);
+        const eng_config_field *f = next_config_field(&at, 1);
+        if (f)
+            eng_config_u32_set(c, f, v);
     }
     const uint32_t n_floats = sona_rbuf_u32(r);
+    at = 0;
     for (uint32_t i = 0; !r->bad && i < n_floats; i++) {
         const float v = sona_rbuf_f32(r);
-        if (i < CONFIG_FLOATS)
-            memcpy((char *)c + config_floats[i], &v, sizeof v);
+        const eng_config_field *f = next_config_field(&at, 0);
+        if (f)
+            memcpy((char *)c + f->offset, &v, sizeof v);
     }
     return r->bad ? -1 : 0;
 }

@@ -1,0 +1,26 @@
+"""libsona from Python: the SONA engine (per-tenant Micro-LoRA, per-layer Base-LoRA, trajectory
+recording and the learning loops) over the shared library, with ctypes and numpy.
+
+    import numpy as np, sona
+    with sona.Engine(64, background_thread=False) as e:
+        y = e.apply(np.ones(64, np.float32))
+
+``sona.library_path`` says which libsona was loaded (SONA_LIBRARY, the package directory, the
+repository's build/lib, then the system; see sona._native). Every call releases the GIL.
+"""
+
+from . import _native
+from .engine import (PRESETS, Engine, PatternHit, Request, Stats, config_fields,
+                     default_config, state_config)
+from .errors import *  # noqa: F401,F403
+from .errors import __all__ as _errors_all
+
+library_path = _native.library_path
+library_found_in = _native.library_found_in
+library_version = _native.version().decode()
+
+__version__ = "0.1.0"
+
+__all__ = ["Engine", "Request", "Stats", "PatternHit", "PRESETS", "config_fields",
+           "default_config", "state_config", "library_path", "library_found_in",
+           "library_version"] + list(_errors_all)

@@ -1,0 +1,164 @@
+"""Finds and loads libsona, and declares the C functions the package calls (ctypes).
+
+The library is looked for, in this order:
+  1. the path in the environment variable SONA_LIBRARY (a file, or a directory holding
+     libsona.so);
+  2. the package's own directory (a copy installed beside this file);
+  3. the build tree of the repository this package sits in: <repo>/build/lib/libsona.so;
+  4. the system's search path (ctypes.util.find_library("sona")).
+The first that loads wins; ``library_path`` says which. When none loads, ImportError names every
+place tried and why each failed.
+
+The library is opened with ctypes.CDLL, not PyDLL: every foreign call releases the GIL while it
+runs, so Python threads calling into libsona run in parallel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from ctypes import (POINTER, Structure, c_char_p, c_double, c_float, c_int, c_int32, c_size_t,
+                    c_uint, c_uint32, c_uint64, c_void_p)
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_NAMES = ("libsona.so", "libsona.so.0", "libsona.dylib", "sona.dll")
+
+
+def _candidates():
+    """(where, path or name) in search order."""
+    env = os.environ.get("SONA_LIBRARY")
+    if env:
+        if os.path.isdir(env):
+            for n in _NAMES:
+                yield "SONA_LIBRARY", os.path.join(env, n)
+        else:
+            yield "SONA_LIBRARY", env
+    for n in _NAMES:
+        yield "package directory", os.path.join(_HERE, n)
+    repo = os.path.dirname(os.path.dirname(_HERE))
+    if os.path.exists(os.path.join(repo, "include", "sona.h")):  # used in place, in the repo
+        for n in _NAMES:
+            yield "repository build tree", os.path.join(repo, "build", "lib", n)
+    else:
+        yield "repository build tree", None
+    found = ctypes.util.find_library("sona")
+    yield "system (ctypes.util.find_library)", found
+
+
+def _load():
+    tried = []
+    for where, path in _candidates():
+        if not path:
+            tried.append(f"{where}: not found" if where.startswith("system")
+                         else f"{where}: not inside the repository")
+            continue
+        if os.sep in path and not os.path.exists(path):
+            tried.append(f"{where}: {path}: no such file")
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as e:
+            tried.append(f"{where}: {path}: {e}")
+            continue
+        if not hasattr(lib, "sona_engine_config_set"):
+            tried.append(f"{where}: {path}: too old (no sona_engine_config_set)")
+            continue
+        return lib, (os.path.abspath(path) if os.sep in path else path), where
+    raise ImportError("sona: cannot load libsona; tried, in order:\n  " + "\n  ".join(tried) +
+                      "\nSet SONA_LIBRARY to the path of libsona.so (build it with cmake: "
+                      "build/lib/libsona.so).")
+
+
+lib, library_path, library_found_in = _load()
+
+
+class PatternHit(Structure):
+    """sona_pattern_hit (include/sona/engine.h)."""
+    _fields_ = [("id", c_uint64), ("similarity", c_float), ("avg_quality", c_float),
+                ("size", c_uint32)]
+
+
+# sona_stats (include/sona/engine.h), field for field.
+STATS_FIELDS = [
+    ("trajectories_recorded", c_uint64), ("trajectories_processed", c_uint64),
+    ("trajectories_dropped", c_uint64), ("trajectories_queued", c_uint64),
+    ("trajectories_in_cycle", c_uint64), ("signals_accepted", c_uint64),
+    ("signals_rejected", c_uint64), ("micro_updates", c_uint64), ("base_updates", c_uint64),
+    ("patterns", c_uint64), ("tasks", c_uint64), ("task_boundaries", c_uint64),
+    ("loop_b_cycles", c_uint64), ("loop_c_cycles", c_uint64), ("dreams", c_uint64),
+    ("dreams_replayed", c_uint64), ("patterns_merged", c_uint64), ("last_loop_b_us", c_uint64),
+    ("last_loop_c_us", c_uint64), ("device_batches", c_uint64), ("device_fallbacks", c_uint64),
+    ("tenants", c_uint32), ("quality_baseline", c_float), ("last_phi", c_float),
+]
+
+
+class Stats(Structure):
+    _fields_ = STATS_FIELDS
+
+
+class PeftConfig(Structure):
+    """sona_peft_config (include/sona/engine.h)."""
+    _fields_ = [("module_format", c_char_p), ("base_model", c_char_p), ("tenant", c_int32),
+                ("micro_layer", c_uint32), ("model_hidden", c_uint32)]
+
+
+def _proto(name, restype, *argtypes):
+    f = getattr(lib, name)
+    f.restype = restype
+    f.argtypes = list(argtypes)
+    return f
+
+
+st = c_int  # sona_status
+P = c_void_p
+
+version = _proto("sona_version", c_char_p)
+version_number = _proto("sona_version_number", c_uint)
+status_str = _proto("sona_status_str", c_char_p, c_int)
+last_error = _proto("sona_last_error", c_char_p)
+
+config_size = _proto("sona_engine_config_size", c_size_t)
+config_field = _proto("sona_engine_config_field", c_char_p, c_uint32, POINTER(c_int))
+config_set = _proto("sona_engine_config_set", st, P, c_char_p, c_double)
+config_get = _proto("sona_engine_config_get", st, P, c_char_p, POINTER(c_double))
+config_set_string = _proto("sona_engine_config_set_string", st, P, c_char_p, c_char_p)
+config_get_string = _proto("sona_engine_config_get_string", st, P, c_char_p, POINTER(c_char_p))
+config_default = _proto("sona_engine_config_default", None, P, c_int, c_uint32)
+state_config = _proto("sona_state_config", st, c_char_p, P)
+
+engine_create = _proto("sona_engine_create", st, P, POINTER(c_void_p))
+engine_destroy = _proto("sona_engine_destroy", None, P)
+engine_last_error = _proto("sona_engine_last_error", c_char_p, P)
+engine_get_config = _proto("sona_engine_get_config", c_void_p, P)
+engine_device = _proto("sona_engine_device", c_char_p, P)
+engine_set_enabled = _proto("sona_engine_set_enabled", None, P, c_int)
+engine_enabled = _proto("sona_engine_enabled", c_int, P)
+
+tenant_create = _proto("sona_tenant_create", st, P, POINTER(c_int32))
+tenant_remove = _proto("sona_tenant_remove", st, P, c_int32)
+
+apply = _proto("sona_apply", st, P, c_int32, P, P)
+apply_inplace = _proto("sona_apply_inplace", st, P, c_int32, P)
+apply_batch = _proto("sona_apply_batch", st, P, c_uint32, P, P, P)
+apply_layer = _proto("sona_apply_layer", st, P, c_uint32, P, P)
+apply_layer_batch = _proto("sona_apply_layer_batch", st, P, c_uint32, c_uint32, P, P)
+
+request_begin = _proto("sona_request_begin", st, P, c_int32, P, POINTER(c_void_p))
+request_step = _proto("sona_request_step", st, P, c_uint32, P, P, c_uint32, c_float)
+request_end = _proto("sona_request_end", st, P, c_float)
+request_abandon = _proto("sona_request_abandon", None, P)
+flush = _proto("sona_flush", st, P)
+
+tick = _proto("sona_tick", st, P)
+force_learn = _proto("sona_force_learn", st, P)
+deep_cycle = _proto("sona_deep_cycle", st, P)
+
+find_patterns = _proto("sona_find_patterns", st, P, P, c_uint32, P, POINTER(c_uint32))
+get_stats = _proto("sona_get_stats", st, P, P)
+
+save = _proto("sona_save", st, P, c_char_p)
+load = _proto("sona_load", st, P, c_char_p)
+
+peft_config_default = _proto("sona_peft_config_default", None, POINTER(PeftConfig))
+export_peft = _proto("sona_export_peft", st, P, c_char_p, POINTER(PeftConfig))
