@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* sona_engine_config by name (sona_engine_config_set / _get / _field): the one field table
  * covers the whole struct, every field round-trips to its own member, refusals leave the config
  * as it was, and the state file (which reads the same table) keeps every value. */

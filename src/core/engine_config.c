@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* sona_engine_config by name: the field table (engine_config.h) and the public get/set. */
 #include "core/engine_config.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The one table of sona_engine_config's fields: the name-based get/set of the public API
  * (sona_engine_config_set and friends) and the state file's CONF section (engine_persist.c)
  * both read it. */
