@@ -296,7 +296,7 @@ sona_status sona_cpu_info_get(sona_cpu_info *out)
     if (!out)
         return sona_fail(NULL, SONA_E_NULL, "sona_cpu_info_get: out is NULL");
     const sona_backend *cpu = sona_cpu_backend();
-    *out = *sona_probe();
+    *out = *sona_probe_topology();
     out->variant = cpu->name;
     out->variant_reason = cpu_forced_error[0] ? cpu_forced_error : cpu_reason;
     return SONA_OK;
