@@ -237,7 +237,7 @@ static int gpu_module_mapped(void)
 /* The accelerator is looked for when first needed, not at creation: an engine whose batches all
  * stay below device_min_rows never loads a GPU module (issue #18: 0.4-1.0 s and ~228 MB at
  * creation on a CPU-only machine with the CUDA toolkit and PoCL installed). */
-Test(engine_device, gpu_modules_load_only_when_needed, .timeout = 60)
+Test(engine_device, gpu_modules_load_only_when_needed, .timeout = 300)
 {
     const char *forced = getenv("SONA_BACKEND");
     if (forced && *forced)

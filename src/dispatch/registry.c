@@ -197,6 +197,11 @@ static void module_load(module_slot *m)
                                      : "not built: its SDK was missing when libsona was built");
         return;
     }
+    /* hwloc's topology (and the plugins it dlopens) first, the order libsona had when it probed
+     * everything at start; the modules and their runtimes use hwloc too. Loaded the other way
+     * round, LeakSanitizer crashed at exit walking a bogus dynamic TLS range (sona_ops_check
+     * under ASan with PoCL installed). */
+    (void)sona_probe_topology();
     char tried[200];
     void *h = open_module_file(m->file, tried, sizeof tried);
     if (!h) {
