@@ -5,11 +5,12 @@
 set -euo pipefail
 sona=$1 src=$2 work=$3
 rm -rf "$work" && mkdir -p "$work"
-# The CUDA module is the main build's to test; an nvcc build here would only cost time.
+# The CUDA module is the main build's to test; an nvcc build here would only cost time. -Werror,
+# off by default in a subproject, is on: libsona's code stays warning-free embedded too.
 for how in subdirectory fetchcontent; do
   build=$work/$how
   cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DSONA_SOURCE_DIR="$sona" \
-    -DSONA_EMBED_WITH="$how" -DSONA_CUDA=OFF >"$work/$how-configure.log" 2>&1 ||
+    -DSONA_EMBED_WITH="$how" -DSONA_CUDA=OFF -DSONA_WERROR=ON >"$work/$how-configure.log" 2>&1 ||
     { cat "$work/$how-configure.log"; exit 1; }
   targets=$(cmake --build "$build" --target help)
   if grep -Eq '(^| )(test_engine|sona_cli|sona_ops_check)$' <<<"$targets"; then
