@@ -42,11 +42,12 @@ else
 fi
 
 step "NEON variant: aarch64 cross build, op checker under qemu-aarch64"
+# No aarch64 zlib in the cross sysroot: the built-in CRC-32 (SONA_ZLIB=OFF) stands in there.
 toolchain=()  # only on first configure: cached afterwards, and CMake warns when it is passed again
 [ -f build-aarch64/CMakeCache.txt ] || toolchain=(-DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake)
 cmake -S . -B build-aarch64 "${toolchain[@]}" \
   -DCMAKE_BUILD_TYPE=Release -DSONA_BUILD_TESTS=OFF -DSONA_BUILD_TOOLS=OFF -DSONA_OPENCL=OFF \
-  -DSONA_CUDA=OFF -DCMAKE_EXE_LINKER_FLAGS=-static >/dev/null
+  -DSONA_CUDA=OFF -DSONA_ZLIB=OFF -DCMAKE_EXE_LINKER_FLAGS=-static >/dev/null
 # Log kept quiet unless it fails: the static link warns that dlopen needs glibc at run time,
 # which is moot there (no GPU modules in this build).
 cmake --build build-aarch64 -j"$jobs" --target sona_ops_check >build-aarch64/build.log 2>&1 ||

@@ -221,3 +221,36 @@ Test(engine_device, concurrent_batches_while_learning, .timeout = 300)
     sona_engine_destroy(e[0]);
     sona_engine_destroy(e[1]);
 }
+
+/* Whether a GPU module (libsona-opencl.so, libsona-cuda.so) is mapped into this process. */
+static int gpu_module_mapped(void)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    cr_assert_not_null(f);
+    char line[4096];
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f))
+        found = strstr(line, "libsona-opencl.so") || strstr(line, "libsona-cuda.so");
+    fclose(f);
+    return found;
+}
+
+/* The accelerator is looked for when first needed, not at creation: an engine whose batches all
+ * stay below device_min_rows never loads a GPU module (issue #18: 0.4-1.0 s and ~228 MB at
+ * creation on a CPU-only machine with the CUDA toolkit and PoCL installed). */
+Test(engine_device, gpu_modules_load_only_when_needed, .timeout = 300)
+{
+    const char *forced = getenv("SONA_BACKEND");
+    if (forced && *forced)
+        cr_skip_test("SONA_BACKEND names a backend, which is picked at creation");
+    cr_assert_not(gpu_module_mapped(), "a GPU module was loaded before any engine");
+    sona_engine *e = make(1);
+    static float x[(MIN_ROWS - 1) * H], y[(MIN_ROWS - 1) * H];
+    cr_assert_eq(sona_apply_batch(e, MIN_ROWS - 1, (int32_t[MIN_ROWS - 1]){0}, x, y), SONA_OK);
+    cr_assert_not(gpu_module_mapped(), "creation or a small batch loaded a GPU module");
+    /* Asking for the device picks it (or finds none); either way the engine goes on working. */
+    const char *where = sona_engine_device(e);
+    cr_assert_eq(sona_apply_batch(e, MIN_ROWS - 1, (int32_t[MIN_ROWS - 1]){0}, x, y), SONA_OK);
+    cr_assert(where == NULL || !strcmp(where, "opencl") || !strcmp(where, "cuda"));
+    sona_engine_destroy(e);
+}

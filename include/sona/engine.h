@@ -178,7 +178,9 @@ SONA_API void sona_engine_destroy(sona_engine *e);
 /* The message of the last failed call on this handle, by any thread ("" when none). */
 SONA_API const char *sona_engine_last_error(const sona_engine *e);
 SONA_API const sona_engine_config *sona_engine_get_config(const sona_engine *e);
-/* The backend batched applies go to ("cuda", "opencl"), or NULL when they run on the CPU. */
+/* The backend batched applies go to ("cuda", "opencl"), or NULL when they run on the CPU. The
+ * accelerator is looked for on the first call of this or the first batch of device_min_rows
+ * rows or more (at creation only when SONA_BACKEND names one), which can take a while. */
 SONA_API const char *sona_engine_device(const sona_engine *e);
 
 /* Learning on (1) or off (0). Off: requests are still applied but not recorded (counted as

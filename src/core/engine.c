@@ -582,7 +582,7 @@ static sona_status check_tenants(sona_engine *e, uint32_t n, const int32_t *ids)
 /* Whether a batch of n rows goes to the accelerator; counts it when it does. */
 static int on_device(sona_engine *e, uint32_t n)
 {
-    if (!e->device || n == 0 || n < e->cfg.device_min_rows)
+    if (!e->device || n == 0 || n < e->cfg.device_min_rows || !eng_device_ready(e->device))
         return 0;
     atomic_fetch_add(&e->device_batches, 1);
     return 1;

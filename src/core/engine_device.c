@@ -10,6 +10,7 @@
 #include "dispatch/dispatch.h"
 #include "dispatch/staging.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,7 +22,8 @@ typedef struct dev_set {
 } dev_set;
 
 struct eng_device {
-    const sona_backend *be;
+    const sona_backend *be; /* NULL: no accelerator (once picked) */
+    atomic_int picked;      /* be is final; until then no backend was looked at */
     pthread_mutex_t mu;
     dev_set micro, base;
     sona_staging x, y, ids;
@@ -45,20 +47,40 @@ static const sona_backend *pick_backend(void)
     return NULL;
 }
 
+/* The backend is picked when first needed - the first batch of device_min_rows or more, or
+ * sona_engine_device - not at engine creation: loading and starting the GPU modules costs
+ * hundreds of milliseconds and over 200 MB on a machine with the CUDA toolkit or an OpenCL
+ * runtime installed, which an engine that never sends a large batch should not pay. A backend
+ * named by SONA_BACKEND is asked for, so it is picked at once. */
+static const sona_backend *device_pick(eng_device *d)
+{
+    if (atomic_load_explicit(&d->picked, memory_order_acquire))
+        return d->be;
+    pthread_mutex_lock(&d->mu);
+    if (!atomic_load_explicit(&d->picked, memory_order_relaxed)) {
+        d->be = pick_backend();
+        atomic_store_explicit(&d->picked, 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&d->mu);
+    return d->be;
+}
+
 eng_device *eng_device_create(const sona_engine_config *cfg)
 {
     if (!cfg->device_apply)
         return NULL;
-    const sona_backend *be = pick_backend();
-    if (!be)
-        return NULL;
     eng_device *d = calloc(1, sizeof *d);
     if (!d)
         return NULL;
-    d->be = be;
+    atomic_init(&d->picked, 0);
     pthread_mutex_init(&d->mu, NULL);
+    const char *forced = getenv("SONA_BACKEND");
+    if (forced && *forced)
+        device_pick(d);
     return d;
 }
+
+int eng_device_ready(eng_device *d) { return d && device_pick(d) != NULL; }
 
 static void set_free(const sona_backend *be, dev_set *s)
 {
@@ -73,6 +95,11 @@ void eng_device_destroy(eng_device *d)
 {
     if (!d)
         return;
+    if (!d->be) { /* never picked, or no accelerator: nothing on a device */
+        pthread_mutex_destroy(&d->mu);
+        free(d);
+        return;
+    }
     set_free(d->be, &d->micro);
     set_free(d->be, &d->base);
     sona_staging_free(d->be, &d->x);
@@ -83,7 +110,7 @@ void eng_device_destroy(eng_device *d)
     free(d);
 }
 
-const char *eng_device_name(const eng_device *d) { return d ? d->be->name : NULL; }
+const char *eng_device_name(eng_device *d) { return eng_device_ready(d) ? d->be->name : NULL; }
 
 /* Makes s hold `count` adapters of rank x hidden. Growing loses the contents: every adapter is
  * uploaded again when next used. */

@@ -93,7 +93,7 @@ struct sona_engine {
     } n;
     atomic_uint last_phi_bits;
 
-    eng_device *device;         /* NULL: batches run on the CPU */
+    eng_device *device;         /* NULL: batches run on the CPU (see eng_device_ready) */
     atomic_uint_fast64_t device_batches, device_fallbacks; /* runtime only, not saved */
 };
 
@@ -199,10 +199,13 @@ sona_status eng_bank_commit(sona_engine *e, eng_bank_batch *b);
  * Caller holds cycle_mu. */
 sona_status eng_base_accumulate(sona_engine *e, const float *query, const eng_steps *s, float w);
 
-/* Batched apply on an accelerator: NULL when cfg->device_apply is 0 or no accelerator is there. */
+/* Batched apply on an accelerator: NULL when cfg->device_apply is 0; the accelerator itself is
+ * looked for when first needed (eng_device_ready). */
 eng_device *eng_device_create(const sona_engine_config *cfg);
 void eng_device_destroy(eng_device *d);
-const char *eng_device_name(const eng_device *d);
+/* Whether batches can go to a device; picks the backend on the first call (engine_device.c). */
+int eng_device_ready(eng_device *d);
+const char *eng_device_name(eng_device *d);
 /* n rows with a tenant id (or -1) each, every id live (the caller checked). A failure leaves
  * the CPU to redo the batch. */
 sona_status eng_device_apply(sona_engine *e, uint32_t n, const int32_t *ids, const float *x, float *y);

@@ -69,7 +69,7 @@ static inline int sona_rbuf_has(const sona_rbuf *r, uint64_t n, size_t size)
 }
 
 /* CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320) of n bytes, continuing from crc
- * (0 to start). */
+ * (0 to start): zlib's crc32, which libsona links privately. */
 uint32_t sona_crc32(uint32_t crc, const void *data, size_t n);
 
 #endif

@@ -30,8 +30,10 @@ sona_status sona_backend_get(const char *name, const sona_backend **out, char *w
  * choices that cannot be honoured (unknown or unavailable backend, bad SONA_CPU_VARIANT). */
 sona_status sona_backend_default(const sona_backend **out, char *why, size_t why_len);
 
-/* Host-side probe results, computed once. */
+/* Host-side probe results, computed once: sona_probe the ISA features and brand (cheap; the
+ * topology fields are sysconf's CPU count), sona_probe_topology also hwloc's topology. */
 const sona_cpu_info *sona_probe(void);
+const sona_cpu_info *sona_probe_topology(void);
 
 /* Runs op (args: the op's sona_*_args) on backend b. When b is an accelerator and the op fails
  * there with SONA_E_BACKEND, the op is redone on the CPU (inputs downloaded, outputs uploaded

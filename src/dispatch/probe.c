@@ -27,8 +27,10 @@ const char *sona_cpu_feature_name(uint32_t feature)
     return NULL;
 }
 
-static sona_cpu_info probe_info;
-static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
+/* Two stages: the ISA (cpuid, microseconds), which every op table needs, and the topology
+ * (hwloc, milliseconds and its plugins' memory), which only sona_cpu_info_get reports. */
+static sona_cpu_info probe_info, full_info;
+static pthread_once_t probe_once = PTHREAD_ONCE_INIT, full_once = PTHREAD_ONCE_INIT;
 
 #if defined(__x86_64__) || defined(__i386__)
 static uint64_t read_xcr0(void)
@@ -131,11 +133,26 @@ static void probe_topology(sona_cpu_info *ci)
 static void probe_run(void)
 {
     probe_isa(&probe_info);
-    probe_topology(&probe_info);
+    /* Until the topology is asked for: one package, one core per online CPU. */
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    probe_info.packages = probe_info.numa_nodes = 1;
+    probe_info.cores = probe_info.threads = probe_info.worker_threads = n > 0 ? (uint32_t)n : 1;
+}
+
+static void full_run(void)
+{
+    full_info = *sona_probe();
+    probe_topology(&full_info);
 }
 
 const sona_cpu_info *sona_probe(void)
 {
     pthread_once(&probe_once, probe_run);
     return &probe_info;
+}
+
+const sona_cpu_info *sona_probe_topology(void)
+{
+    pthread_once(&full_once, full_run);
+    return &full_info;
 }

@@ -198,6 +198,11 @@ static void module_load(module_slot *m)
                                      : "not built: its SDK was missing when libsona was built");
         return;
     }
+    /* hwloc's topology (and the plugins it dlopens) first, the order libsona had when it probed
+     * everything at start; the modules and their runtimes use hwloc too. Loaded the other way
+     * round, LeakSanitizer crashed at exit walking a bogus dynamic TLS range (sona_ops_check
+     * under ASan with PoCL installed). */
+    (void)sona_probe_topology();
     char tried[200];
     void *h = open_module_file(m->file, tried, sizeof tried);
     if (!h) {
@@ -297,7 +302,7 @@ sona_status sona_cpu_info_get(sona_cpu_info *out)
     if (!out)
         return sona_fail(NULL, SONA_E_NULL, "sona_cpu_info_get: out is NULL");
     const sona_backend *cpu = sona_cpu_backend();
-    *out = *sona_probe();
+    *out = *sona_probe_topology();
     out->variant = cpu->name;
     out->variant_reason = cpu_forced_error[0] ? cpu_forced_error : cpu_reason;
     return SONA_OK;
