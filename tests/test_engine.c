@@ -34,7 +34,6 @@ static sona_engine_config config(uint32_t hidden, int ewc)
     c.clusters_per_cycle = 4;
     c.base_layers = 3;
     c.ewc_enabled = ewc;
-    c.micro_learning_rate = 0.4f;
     return c;
 }
 

@@ -29,8 +29,6 @@ static sona_engine *make(int device)
     c.base_layers = 3;
     c.base_rank = 4;
     c.max_tenants = 40;
-    c.micro_learning_rate = 0.4f;
-    c.base_learning_rate = 0.05f;
     c.device_apply = device;
     c.device_min_rows = MIN_ROWS;
     sona_engine *e = NULL;

@@ -27,7 +27,6 @@ static sona_engine *learned_engine(uint64_t seed)
     c.base_rank = RANK;
     c.base_layers = LAYERS;
     c.base_alpha = 3.0f; /* s = 0.75: not 1, so a wrong scale shows */
-    c.base_learning_rate = 0.05f;
     c.background_thread = 0;
     c.seed = seed;
     sona_engine *e = NULL;
