@@ -122,18 +122,6 @@ static void remove_export_dir(const char *dir)
     rmdir(dir);
 }
 
-static void sync_parent(const char *dir)
-{
-    const char *slash = strrchr(dir, '/');
-    char *parent = slash ? strndup(dir, (size_t)(slash - dir) + (slash == dir)) : strdup(".");
-    const int fd = parent ? open(parent, O_RDONLY | O_DIRECTORY) : -1;
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
-    free(parent);
-}
-
 /* Moves the filled directory tmp to dir: a rename when dir is absent, else an atomic exchange
  * (Linux) and the old contents removed, or where exchange is not supported the old directory
  * moved aside first (a moment without dir, never a mixed pair). */
@@ -142,12 +130,12 @@ static sona_status publish_dir(sona_engine *e, const char *tmp, const char *dir,
     if (absent) {
         if (rename(tmp, dir) != 0)
             return eng_fail(e, SONA_E_IO, CALLER ": cannot rename %s to %s: %s", tmp, dir, strerror(errno));
-        sync_parent(dir);
+        eng_sync_parent_dir(dir);
         return SONA_OK;
     }
 #ifdef RENAME_EXCHANGE
     if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dir, RENAME_EXCHANGE) == 0) {
-        sync_parent(dir);
+        eng_sync_parent_dir(dir);
         remove_export_dir(tmp); /* now the old adapter */
         return SONA_OK;
     }
@@ -166,7 +154,7 @@ static sona_status publish_dir(sona_engine *e, const char *tmp, const char *dir,
         st = eng_fail(e, SONA_E_IO, CALLER ": cannot rename %s to %s: %s", tmp, dir, strerror(errno));
         rename(old, dir); /* put the old one back */
     } else {
-        sync_parent(dir);
+        eng_sync_parent_dir(dir);
         remove_export_dir(old);
     }
     free(old);

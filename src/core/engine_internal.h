@@ -172,6 +172,8 @@ sona_status eng_state_write(sona_engine *e, const char *path, struct sona_wbuf *
  * fsync of the directory (a crash leaves the old file or the new one). The file gets `mode`
  * (learned state 0600: the owner's; exports 0644: read by a server). Failures are reported on
  * e as "caller: ...". */
+/* fsyncs the directory holding path (best effort), so that a rename into it is durable. */
+void eng_sync_parent_dir(const char *path);
 sona_status eng_write_file_atomic(sona_engine *e, const char *caller, const char *path, const void *data,
                                   size_t len, mode_t mode);
 

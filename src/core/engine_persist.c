@@ -478,21 +478,10 @@ sona_status eng_write_file_atomic(sona_engine *e, const char *caller, const char
                                   size_t len, mode_t mode)
 {
     const size_t plen = strlen(path);
-    char *tmp = malloc(plen + 16), *dir = malloc(plen + 2);
-    if (!tmp || !dir) {
-        free(tmp);
-        free(dir);
+    char *tmp = malloc(plen + 16);
+    if (!tmp)
         return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", caller);
-    }
     snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
-    memcpy(dir, path, plen + 1);
-    char *slash = strrchr(dir, '/');
-    if (!slash)
-        strcpy(dir, ".");
-    else if (slash == dir)
-        dir[1] = '\0';
-    else
-        *slash = '\0';
     sona_status st = SONA_OK;
     int fd = mkstemp(tmp);
     if (fd < 0) {
@@ -504,19 +493,25 @@ sona_status eng_write_file_atomic(sona_engine *e, const char *caller, const char
             st = eng_fail(e, SONA_E_IO, "%s: closing %s failed: %s", caller, tmp, strerror(errno));
         if (st == SONA_OK && rename(tmp, path) != 0)
             st = eng_fail(e, SONA_E_IO, "%s: renaming %s to %s failed: %s", caller, tmp, path, strerror(errno));
-        if (st != SONA_OK) {
+        if (st != SONA_OK)
             unlink(tmp);
-        } else {
-            int dfd = open(dir, O_RDONLY);
-            if (dfd >= 0) {
-                fsync(dfd);
-                close(dfd);
-            }
-        }
+        else
+            eng_sync_parent_dir(path);
     }
     free(tmp);
-    free(dir);
     return st;
+}
+
+void eng_sync_parent_dir(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char *parent = slash ? strndup(path, (size_t)(slash - path) + (slash == path)) : strdup(".");
+    const int fd = parent ? open(parent, O_RDONLY | O_DIRECTORY) : -1;
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+    free(parent);
 }
 
 
