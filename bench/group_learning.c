@@ -268,14 +268,13 @@ static int task_init(lb_task *t, uint32_t H, uint32_t clusters, uint32_t sets, f
  * machine's speed: a run is deterministic given its seed as long as no cycle comes from
  * loop_b_interval_ms (2 s at the defaults), which the bench does not wait for (it would make the
  * run wall-clock bound) and which fires only when a run is slower than that between thresholds.
- * How: SETTLE_DUE after a request, SETTLE_CHECK at a Micro-LoRA checkpoint, SETTLE_DRAIN at a
- * Base-LoRA one (the same waits; a checkpoint scored with loop_b_min_batch or more still queued,
- * not learned by Base-LoRA yet, counts in left_queued). */
-typedef enum lb_settle { SETTLE_DUE, SETTLE_CHECK, SETTLE_DRAIN } lb_settle;
+ * How: SETTLE_DUE after a request, SETTLE_CHECK at a checkpoint (the same wait; a checkpoint
+ * scored with loop_b_min_batch or more still queued, not learned by Base-LoRA yet, counts in
+ * left_queued). */
+typedef enum lb_settle { SETTLE_DUE, SETTLE_CHECK } lb_settle;
 
 typedef struct lb_wait {
     const sona_engine_config *c;
-    uint64_t cycles;      /* loop_b_cycles last seen */
     double waited_s;      /* total time spent waiting */
     uint32_t timeouts;    /* waits that reached WAIT_LIMIT_MS */
     uint32_t left_queued; /* checkpoints scored with >= loop_b_min_batch trajectories queued */
@@ -303,7 +302,6 @@ static void settle(sona_engine *e, lb_wait *w, lb_settle how)
         if (sona_get_stats(e, &s) != SONA_OK)
             break;
         ok = 1;
-        w->cycles = s.loop_b_cycles;
         const int running = s.trajectories_processed + s.trajectories_queued < s.trajectories_recorded;
         const int due = s.trajectories_queued >= c->loop_b_threshold && s.trajectories_queued >= c->loop_b_min_batch;
         if (!running && !due)
@@ -981,7 +979,7 @@ static int base_seed(uint64_t seed, uint32_t per_layer, double *score, lb_base_o
     for (uint32_t n = 1; n <= TRAJ; n++) {
         base_request(e, &tr, &w, per_layer);
         if (n % CHECK_EVERY == 0) {
-            settle(e, &w, SETTLE_DRAIN);
+            settle(e, &w, SETTLE_CHECK);
             score[n / CHECK_EVERY] = score_base(e, &t, tr.x);
         }
     }
