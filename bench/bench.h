@@ -8,7 +8,7 @@
 #ifndef SONA_BENCH_H
 #define SONA_BENCH_H
 
-#include "dispatch/ops.h"
+#include "backend/ops.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,12 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /* Spec groups dream_generation (1,000 / 10,000 / 50,000 memory nodes) and dream_evaluation:
- * dreams are walks over the HNSW graph of a pattern bank (src/core/dream.h). Memory nodes are
+ * dreams are walks over the HNSW graph of a pattern bank (src/core/patterns/dream.h). Memory nodes are
  * patterns with the spec's fields: a random 256-float embedding in [0, 1), an access count
  * below 100 and an importance in [0, 1) (the pattern's average quality). */
 #include "bench.h"
 
-#include "core/dream.h"
-#include "core/rng.h"
+#include "common/rng.h"
+#include "core/patterns/dream.h"
 
 #include <stdio.h>
 #include <math.h>

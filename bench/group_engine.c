@@ -3,11 +3,11 @@
  * whole (include/sona/engine.h). */
 #include "bench.h"
 
-#include "core/dream.h"
-#include "core/engine_internal.h"
-#include "core/rng.h"
-#include "core/vecmath.h"
+#include "common/rng.h"
+#include "core/patterns/dream.h"
 #include "dispatch/dispatch.h"
+#include "dispatch/vecmath.h"
+#include "engine/engine_internal.h"
 #include "sona/ewc.h"
 
 #include <malloc.h>

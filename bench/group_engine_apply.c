@@ -5,7 +5,7 @@
  * The device rows include moving x and y between host and device: what a caller pays. */
 #include "bench.h"
 
-#include "core/rng.h"
+#include "common/rng.h"
 #include "sona/engine.h"
 
 #include <stdlib.h>

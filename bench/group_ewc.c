@@ -3,7 +3,7 @@
  * penalised gradient with 5 stored tasks). Host-side work: backend "cpu". */
 #include "bench.h"
 
-#include "core/rng.h"
+#include "common/rng.h"
 #include <sona.h>
 
 #include <stdio.h>

@@ -5,8 +5,8 @@
  * downloads included, as a request would see them). */
 #include "bench.h"
 
-#include "core/lora_internal.h"
-#include "core/rng.h"
+#include "common/rng.h"
+#include "core/adapt/lora_internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -6,7 +6,7 @@
  * N(0, 0.5^2) noise), which is what real pattern centroids look like. */
 #include "bench.h"
 
-#include "core/rng.h"
+#include "common/rng.h"
 #include "dispatch/dispatch.h"
 #include "sona/bank.h"
 #include "sona/index.h"

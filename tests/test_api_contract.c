@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/rng.h"
+#include "common/rng.h"
 #include "support/synth_task.h"
 #include <sona.h>
 

@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/rng.h"
+#include "common/rng.h"
 #include "support/concurrent_test.h"
 #include "support/op_cases.h"
 #include <sona.h>

@@ -12,10 +12,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/engine_internal.h"
-#include "core/rng.h"
-#include "core/serial.h"
-#include "core/trajectory_internal.h"
+#include "common/rng.h"
+#include "common/serial.h"
+#include "core/memory/trajectory_internal.h"
+#include "engine/engine_internal.h"
 #include "fuzz/fuzz_engine.h"
 #include "support/files.h"
 #include "support/op_cases.h"

@@ -10,7 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/engine_config.h"
+#include "engine/engine_config.h"
 #include <sona.h>
 
 /* Every numeric field with a value that differs from the default preset's and that an engine

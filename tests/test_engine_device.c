@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/rng.h"
+#include "common/rng.h"
 #include "support/op_cases.h"
 #include <sona.h>
 

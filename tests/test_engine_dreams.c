@@ -9,8 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/dream.h"
-#include "core/engine_internal.h"
+#include "core/patterns/dream.h"
+#include "engine/engine_internal.h"
 #include "support/op_cases.h"
 
 enum { H = 24 };

@@ -1,14 +1,14 @@
 /* SPDX-License-Identifier: MIT */
-/* The engine's EWC++ glue (src/core/engine_ewc.c): the capped lambda of the penalty step,
+/* The engine's EWC++ glue (src/engine/engine_ewc.c): the capped lambda of the penalty step,
  * cached between task changes, always equals its computation from the current tasks: after a
  * declared task end (loop C's consolidation) and after a boundary the quality-shift detector
  * finds. */
 #include <criterion/criterion.h>
 #include <math.h>
 
-#include "core/engine_internal.h"
-#include "core/lora_internal.h"
-#include "core/rng.h"
+#include "common/rng.h"
+#include "core/adapt/lora_internal.h"
+#include "engine/engine_internal.h"
 #include "sona/ewc.h"
 
 enum { HIDDEN = 37 };

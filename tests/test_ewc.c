@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/rng.h"
+#include "common/rng.h"
 #include "cpu/cpu.h"
 #include "support/op_cases.h"
 #include <sona.h>

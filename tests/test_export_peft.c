@@ -12,10 +12,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/rng.h"
 #include "json_read.h"
 #include "support/files.h"
 #include "support/op_cases.h"
-#include "core/rng.h"
 #include <sona.h>
 
 enum { HIDDEN = 37, RANK = 4, LAYERS = 3 };

@@ -6,9 +6,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "core/idmap.h"
-#include "core/slotmap.h"
-#include "core/rng.h"
+#include "common/idmap.h"
+#include "common/rng.h"
+#include "common/slotmap.h"
 #include "support/op_cases.h"
 
 Test(idmap, matches_a_reference_under_random_operations)

@@ -8,11 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/half.h"
-#include "core/rng.h"
-#include "core/vecmath.h"
+#include "common/half.h"
+#include "common/rng.h"
 #include "cpu/vec.h"
 #include "dispatch/dispatch.h"
+#include "dispatch/vecmath.h"
 #include "support/op_cases.h"
 #include <sona.h>
 

@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/kmeans.h"
-#include "core/rng.h"
+#include "common/rng.h"
+#include "core/patterns/kmeans.h"
 #include "dispatch/dispatch.h"
 #include "support/op_cases.h"
 

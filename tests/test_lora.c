@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/lora_internal.h"
-#include "core/rng.h"
+#include "common/rng.h"
+#include "core/adapt/lora_internal.h"
 #include "support/op_cases.h"
 #include <sona.h>
 
@@ -327,7 +327,7 @@ static double true_gain(sona_lora *l, uint32_t H, uint32_t r)
     return c->alpha / c->rank * norm;
 }
 
-/* The engine's output bound (core/lora_internal.h): sona_lora_gain is an upper bound of the
+/* The engine's output bound (core/adapt/lora_internal.h): sona_lora_gain is an upper bound of the
  * spectral norm of s B A within 1.6 %, and sona_lora_bound_gain brings every adapter under the
  * cap (and leaves one already under it as it is), on fresh random weights of odd sizes. */
 Test(lora, the_output_bound_holds)

@@ -16,7 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "core/rng.h"
+#include "common/rng.h"
 #include "dispatch/dispatch.h"
 #include "support/op_cases.h"
 #include <sona.h>

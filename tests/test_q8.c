@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* The Q8 block format (core/q8.h): encoding error within half a block scale (subnormal and huge
+/* The Q8 block format (common/q8.h): encoding error within half a block scale (subnormal and huge
  * blocks included), NaN/Inf refused, exact decoding, outliers confined to their block, every x86
  * variant's encoder and decoder identical to the baseline build, and the f32 x Q8 dot kernels of
  * every variant the host runs against a double reference, odd lengths (partial last blocks)
@@ -10,11 +10,11 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "core/q8.h"
-#include "core/rng.h"
-#include "core/vecmath.h"
+#include "common/rng.h"
+#include "common/q8.h"
 #include "cpu/vec.h"
 #include "dispatch/dispatch.h"
+#include "dispatch/vecmath.h"
 #include "support/op_cases.h"
 
 enum { MAXN = 300 };

@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: MIT */
-/* Working memory kept between runs (core/scratch.h): reused while big enough, grown by half
+/* Working memory kept between runs (common/scratch.h): reused while big enough, grown by half
  * again at least, released after a run that needed less than half of it. */
 #include <criterion/criterion.h>
 #include <stdint.h>
 
-#include "core/scratch.h"
+#include "common/scratch.h"
 
 Test(scratch, kept_while_at_most_twice_the_last_need)
 {

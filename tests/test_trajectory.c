@@ -12,8 +12,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "core/rng.h"
-#include "core/trajectory_internal.h"
+#include "common/rng.h"
+#include "core/memory/trajectory_internal.h"
 #include "support/op_cases.h"
 #include <sona.h>
 
@@ -113,7 +113,7 @@ static void expect_same_vectors(const sona_trajectory *a, const sona_trajectory 
     }
 }
 
-/* t written as bytes (core/trajectory_internal.h) reads back as the same trajectory, which
+/* t written as bytes (core/memory/trajectory_internal.h) reads back as the same trajectory, which
  * writes the same bytes again; every shorter record is refused. */
 static void expect_round_trip(const sona_trajectory *t)
 {
@@ -486,7 +486,7 @@ Test(trajectory, records_that_do_not_hold_are_refused)
         cr_assert_eq(sona_trajectory_end(t, 0.5f), SONA_OK);
         sona_wbuf w = {0};
         sona_trajectory_write(t, &w);
-        /* Offsets from core/trajectory_internal.h: a 40-byte header, 16 bytes per step, the
+        /* Offsets from core/memory/trajectory_internal.h: a 40-byte header, 16 bytes per step, the
          * query; the record ends with the route "r" and the context (u32 1, "c"). */
         const uint32_t storage3 = 3, zero = 0, layer_m2 = (uint32_t)-2, f16_inf = 0x7c00;
         const float nan = NAN, inf = INFINITY, huge = 3.0e38f;

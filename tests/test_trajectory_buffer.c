@@ -5,7 +5,7 @@
 #include <criterion/criterion.h>
 #include <stdlib.h>
 
-#include "core/trajectory_internal.h"
+#include "core/memory/trajectory_internal.h"
 #include <sona.h>
 
 static sona_trajectory *tiny(sona_id_source *ids)

@@ -75,7 +75,7 @@ typedef struct sona_engine_config {
     uint32_t max_tasks;         /* task snapshots kept (up to SONA_EWC_MAX_TASKS) */
     float task_shift_threshold; /* a task boundary (EWC++ snapshot) when the qualities learned
                                    from fall, on a short running average, more than this many
-                                   spreads below their baselines (> 0; src/core/engine_ewc.c) */
+                                   spreads below their baselines (> 0; src/engine/engine_ewc.c) */
     /* loop C / dreams */
     uint32_t dreams_per_cycle;
     uint32_t dream_length;      /* steps per random walk */
@@ -296,7 +296,7 @@ typedef struct sona_stats {
                                         stored a snapshot. Loop C stores one per set without a
                                         boundary (consolidation), so tasks may exceed it */
     uint64_t loop_b_cycles, loop_c_cycles;
-    uint64_t dreams, dreams_replayed; /* dream walks and their definition: src/core/dream.h */
+    uint64_t dreams, dreams_replayed; /* dream walks and their definition: src/core/patterns/dream.h */
     uint64_t patterns_merged;        /* near-duplicates merged away by loop C consolidation */
     uint64_t last_loop_b_us, last_loop_c_us;
     uint64_t device_batches;         /* apply batches sent to the accelerator */

@@ -32,9 +32,12 @@ typedef enum sona_lora_kind {
     SONA_LORA_BASE = 1   /* per-layer adapters: rank 8, alpha 16, 12 layers, learning rate 0.001 */
 } sona_lora_kind;
 
+/* The largest rank every backend takes (its kernels keep per-rank values in fixed arrays). */
+#define SONA_LORA_MAX_RANK 64
+
 typedef struct sona_lora_config {
     uint32_t hidden;       /* input = output width; any value >= 1 */
-    uint32_t rank;         /* 1..64 */
+    uint32_t rank;         /* 1..SONA_LORA_MAX_RANK */
     uint32_t count;        /* adapters in the set: tenants (Micro) or layers (Base); 1..2^31-1 */
     float alpha;           /* scale s = alpha / rank */
     uint64_t seed;         /* seeds A; adapter i uses a stream derived from (seed, i) */

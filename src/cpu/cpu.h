@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /* CPU kernel variants. Each variant lives in its own file compiled with its own ISA flags and
  * fills one sona_backend table; the dispatch layer picks one at run time (cpuid + xgetbv). */
-#ifndef SONA_CPU_H
-#define SONA_CPU_H
+#ifndef SONA_CPU_CPU_H
+#define SONA_CPU_CPU_H
 
-#include "dispatch/ops.h"
+#include "backend/ops.h"
 
 extern const sona_backend sona_cpu_scalar;
 #if defined(__x86_64__) || defined(__i386__)
@@ -32,11 +32,11 @@ sona_status sona_scalar_knn_exact(void *ctx, const sona_knn_exact_args *a);
 sona_status sona_scalar_gemm(void *ctx, const sona_gemm_args *a);
 sona_status sona_scalar_cluster_sums(void *ctx, const sona_cluster_sums_args *a);
 
-/* supports() of every CPU variant: ranks up to SONA_CPU_MAX_RANK. */
+/* supports() of every CPU variant: ranks up to SONA_LORA_MAX_RANK. */
 int sona_cpu_supports(void *ctx, sona_op op, const void *args);
 
 /* The sona_backend fields every CPU variant shares: host memory and the CPU's shape limits. */
-#define SONA_CPU_HOST_FIELDS                                                                      \
+#define SONA_CPU_HOST_FIELDS                                                                          \
     .host_memory = 1, .supports = sona_cpu_supports, .alloc = sona_host_alloc,                  \
     .free = sona_host_free, .upload = sona_host_upload, .download = sona_host_download,         \
     .sync = sona_host_sync
@@ -45,7 +45,4 @@ int sona_cpu_supports(void *ctx, sona_op op, const void *args);
  * index on ties) in descending order. */
 void sona_topk_insert(int32_t *idx, float *score, uint32_t k, uint32_t *len, int32_t i, float s);
 
-/* Largest rank the CPU kernels take (fixed-size stack buffers). */
-#define SONA_CPU_MAX_RANK 64
-
-#endif /* SONA_CPU_H */
+#endif /* SONA_CPU_CPU_H */

@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "common/float_bits.h"
+
 /* NaN and Inf are the floats whose exponent bits are all ones; adding one to such an exponent
  * carries into the sign bit. Integer and/add/or vectorise without -ffast-math, unlike a float
  * reduction (4-5x faster on the per-step checks of trajectories). */
@@ -61,21 +63,7 @@ static inline double host_sum_squares(const float *v, size_t n)
     return s;
 }
 
-/* The bits of the largest magnitude in v[n]: finite floats have the integer order of their
- * magnitude bits, and NaN/Inf lie above every finite one (above 0x7f7fffff). */
-static inline uint32_t host_max_magnitude_bits(const float *v, size_t n)
-{
-    uint32_t m = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t bits;
-        memcpy(&bits, &v[i], sizeof bits);
-        bits &= 0x7fffffffu;
-        m = bits > m ? bits : m;
-    }
-    return m;
-}
-
-/* Q8 (core/q8.h), one block of m <= 32 values: scale = amax / 127 (to *scale_at, unaligned) and
+/* Q8 (common/q8.h), one block of m <= 32 values: scale = amax / 127 (to *scale_at, unaligned) and
  * q = x * (127 / amax) rounded to nearest even. |x * inv| is at most 127 (1 + 2^-24)^2 < 127.5, so
  * q needs no clamp, and the rounding adds and subtracts 1.5 * 2^23, where the float step is 1
  * (lrintf does not vectorise). amax is an integer max, which also finds NaN/Inf: 0 returned.
@@ -86,7 +74,7 @@ static inline uint32_t host_max_magnitude_bits(const float *v, size_t n)
 static inline int host_q8_encode_block(const float *restrict xb, size_t m, unsigned char *scale_at,
                                        int8_t *restrict qb)
 {
-    const uint32_t amax_bits = host_max_magnitude_bits(xb, m);
+    const uint32_t amax_bits = sona_max_magnitude_bits(xb, m);
     if (amax_bits >= 0x7f800000u)
         return 0;
     float amax;
@@ -120,7 +108,7 @@ static inline float host_q8_full_block(const float *xb, uint32_t amax_bits, unsi
     return 127.0f / amax;
 }
 
-/* Q8 encoding of x[n] into out (core/q8.h); 0 on NaN or Inf (out then undefined). */
+/* Q8 encoding of x[n] into out (common/q8.h); 0 on NaN or Inf (out then undefined). */
 static inline int host_q8_encode(const float *restrict x, size_t n, void *restrict out)
 {
     unsigned char *scales = out;

@@ -10,7 +10,7 @@ sona_status sona_scalar_lora_apply(void *ctx, const sona_lora_apply_args *a)
 {
     (void)ctx;
     const uint32_t H = a->w.hidden, r = a->w.rank;
-    float t[SONA_CPU_MAX_RANK];
+    float t[SONA_LORA_MAX_RANK];
     for (uint32_t i = 0; i < a->n; i++) {
         const float *x = a->x + (size_t)i * H;
         float *y = a->y + (size_t)i * H;
@@ -43,7 +43,7 @@ sona_status sona_scalar_lora_grad(void *ctx, const sona_lora_grad_args *a)
 {
     (void)ctx;
     const uint32_t H = a->w.hidden, r = a->w.rank;
-    float u[SONA_CPU_MAX_RANK], v[SONA_CPU_MAX_RANK];
+    float u[SONA_LORA_MAX_RANK], v[SONA_LORA_MAX_RANK];
     for (uint32_t i = 0; i < a->n; i++) {
         const int32_t id = a->ids ? a->ids[i] : 0;
         if (id < 0)
@@ -201,9 +201,9 @@ int sona_cpu_supports(void *ctx, sona_op op, const void *args)
 {
     (void)ctx;
     if (op == SONA_OP_LORA_APPLY)
-        return ((const sona_lora_apply_args *)args)->w.rank <= SONA_CPU_MAX_RANK;
+        return ((const sona_lora_apply_args *)args)->w.rank <= SONA_LORA_MAX_RANK;
     if (op == SONA_OP_LORA_GRAD)
-        return ((const sona_lora_grad_args *)args)->w.rank <= SONA_CPU_MAX_RANK;
+        return ((const sona_lora_grad_args *)args)->w.rank <= SONA_LORA_MAX_RANK;
     return 1;
 }
 

@@ -63,7 +63,7 @@ SV_INLINE void sv_axpy(float *y, float c, const float *x, uint32_t n)
  * all R inputs, J A rows at a time, so J * R independent accumulator chains hide the FMA
  * latency (a single row takes four A rows at once). R is a compile-time constant at every call. */
 SV_INLINE void sv_lora_down(int R, const float *A, uint32_t r, uint32_t H, const float *const *x,
-                            float s, float t[][SONA_CPU_MAX_RANK])
+                            float s, float t[][SONA_LORA_MAX_RANK])
 {
     const uint32_t J = R == 1 ? 4 : 2;
     uint32_t j = 0;
@@ -107,7 +107,7 @@ SV_INLINE void sv_lora_down(int R, const float *A, uint32_t r, uint32_t H, const
 /* y_q = x_q + sum_j t[q][j] Bt_j for R rows, V vectors of h at a time: each Bt load serves
  * all R rows, and the R x V accumulators stay in registers. x_q may equal y_q. */
 SV_INLINE void sv_lora_up(int R, const float *Bt, uint32_t r, uint32_t H, const float *const *x,
-                          float *const *y, const float t[][SONA_CPU_MAX_RANK])
+                          float *const *y, const float t[][SONA_LORA_MAX_RANK])
 {
     if (R == 1 && r > 4) {
         /* One row of high rank: four Bt rows per pass over y, so the weights stream in a few
@@ -183,7 +183,7 @@ SV_INLINE void sv_lora_group(int R, const sona_lora_weights *w, int32_t id, cons
 {
     const uint32_t H = w->hidden, r = w->rank;
     const size_t off = (size_t)id * r * H;
-    float t[4][SONA_CPU_MAX_RANK];
+    float t[4][SONA_LORA_MAX_RANK];
     sv_lora_down(R, w->A + off, r, H, x, w->scale[id], t);
     sv_lora_up(R, w->Bt + off, r, H, x, y, t);
 }

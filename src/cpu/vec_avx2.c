@@ -34,7 +34,7 @@ float sona_dot_avx2(const float *a, const float *b, size_t n)
 }
 
 /* F16C is not in the file's -mavx2 -mfma flags: enabled for this function only, which is called
- * only after a runtime check (core/vecmath.c). */
+ * only after a runtime check (dispatch/vecmath.c). */
 __attribute__((target("avx2,fma,f16c"))) float sona_dot_f16_avx2(const float *a, const uint16_t *b,
                                                                   size_t n)
 {
@@ -67,7 +67,7 @@ __attribute__((target("avx2,f16c"))) void sona_widen_f16_avx2(const uint16_t *h,
         out[i] = _cvtsh_ss(h[i]);
 }
 
-/* a (f32) . q (Q8, see core/q8.h): full blocks of 32 in SIMD, the last partial block in C. */
+/* a (f32) . q (Q8, see common/q8.h): full blocks of 32 in SIMD, the last partial block in C. */
 #define Q8X8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p))))
 float sona_dot_q8_avx2(const float *a, const void *in, size_t n)
 {
@@ -94,7 +94,7 @@ float sona_dot_q8_avx2(const float *a, const void *in, size_t n)
 }
 #undef Q8X8
 
-/* Q8 encoding (core/q8.h): the operations of host_q8_encode_block on each full block with a
+/* Q8 encoding (common/q8.h): the operations of host_q8_encode_block on each full block with a
  * normal scale (host_q8_full_block), 8 lanes at a time; the rest through it. The baseline
  * build's bytes. */
 int sona_q8_encode_avx2(const float *x, size_t n, void *out)

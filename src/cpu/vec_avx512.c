@@ -61,7 +61,7 @@ void sona_widen_f16_avx512(const uint16_t *h, float *out, size_t n)
     }
 }
 
-/* a (f32) . q (Q8, see core/q8.h): full blocks of 32 in SIMD (two accumulators for alternate
+/* a (f32) . q (Q8, see common/q8.h): full blocks of 32 in SIMD (two accumulators for alternate
  * blocks), the last partial block in C. */
 #define Q8X16(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p))))
 float sona_dot_q8_avx512(const float *a, const void *in, size_t n)
@@ -87,7 +87,7 @@ float sona_dot_q8_avx512(const float *a, const void *in, size_t n)
 }
 #undef Q8X16
 
-/* Q8 encoding (core/q8.h): the operations of host_q8_encode_block on each full block with a
+/* Q8 encoding (common/q8.h): the operations of host_q8_encode_block on each full block with a
  * normal scale (host_q8_full_block), 16 lanes at a time; the rest through it. The baseline
  * build's bytes. */
 int sona_q8_encode_avx512(const float *x, size_t n, void *out)

@@ -5,8 +5,8 @@
  * Every entry point takes the context lock (the stream, the scratch buffer and the staging
  * buffers are shared), checks every CUDA and cuBLAS status, and on failure leaves a message that
  * names the failing call in a per-thread buffer read by last_error(). */
+#include "backend/module.h"
 #include "cuda/cuda_internal.h"
-#include "dispatch/module.h"
 
 #include <cublas_v2.h>
 #include <pthread.h>
@@ -606,12 +606,12 @@ int cu_supports(void *ctx, sona_op op, const void *args)
     switch (op) {
     case SONA_OP_LORA_APPLY: {
         const sona_lora_apply_args *a = static_cast<const sona_lora_apply_args *>(args);
-        return a->w.rank >= 1 && a->w.rank <= SONA_CUDA_MAX_RANK && a->w.hidden >= 1 &&
+        return a->w.rank >= 1 && a->w.rank <= SONA_LORA_MAX_RANK && a->w.hidden >= 1 &&
                fits_int(a->n);
     }
     case SONA_OP_LORA_GRAD: {
         const sona_lora_grad_args *a = static_cast<const sona_lora_grad_args *>(args);
-        return a->w.rank >= 1 && a->w.rank <= SONA_CUDA_MAX_RANK && a->w.hidden >= 1 &&
+        return a->w.rank >= 1 && a->w.rank <= SONA_LORA_MAX_RANK && a->w.hidden >= 1 &&
                a->w.num_adapters >= 1 && fits_int(a->n);
     }
     case SONA_OP_SQDIST_ARGMIN: {

@@ -2,18 +2,16 @@
 /* Private to the CUDA module: the backend context, status checking and the kernel launchers.
  * Host code in cuda_backend.cu owns the context; each kernels_*.cu file owns its kernels and
  * exposes one launcher per op step (launch only: the caller checks the launch status). */
-#ifndef SONA_CUDA_INTERNAL_H
-#define SONA_CUDA_INTERNAL_H
+#ifndef SONA_CUDA_CUDA_INTERNAL_H
+#define SONA_CUDA_CUDA_INTERNAL_H
 
-#include "dispatch/ops.h"
+#include "backend/ops.h"
 #include "gpu/host_locality.h"
 
 #include <cuda_runtime.h>
 #include <stddef.h>
 #include <stdint.h>
 
-/* Largest adapter rank and top-k the kernels take (register-resident lists). */
-#define SONA_CUDA_MAX_RANK 64
 #define SONA_CUDA_MAX_TOPK 64
 
 /* Block size of every kernel that is not tied to a data shape. */
@@ -130,4 +128,4 @@ static inline unsigned sona_cuda_blocks(size_t n, unsigned block)
     return (unsigned)b;
 }
 
-#endif /* SONA_CUDA_INTERNAL_H */
+#endif /* SONA_CUDA_CUDA_INTERNAL_H */

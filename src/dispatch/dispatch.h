@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* The dispatch layer: CPU variant choice, backend registry, GPU module loading. */
-#ifndef SONA_DISPATCH_H
-#define SONA_DISPATCH_H
+#ifndef SONA_DISPATCH_DISPATCH_H
+#define SONA_DISPATCH_DISPATCH_H
 
-#include "dispatch/ops.h"
+#include "backend/ops.h"
 #include "sona/system.h"
 
 /* Every CPU variant compiled into this build (scalar first), supported by this host or not. */
@@ -48,4 +48,4 @@ sona_status sona_op_call(const sona_backend *b, sona_op op, const void *args);
 void sona_dispatch_count_fallback(void);
 uint64_t sona_dispatch_fallbacks(void);
 
-#endif /* SONA_DISPATCH_H */
+#endif /* SONA_DISPATCH_DISPATCH_H */

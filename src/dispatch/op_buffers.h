@@ -5,7 +5,7 @@
 #ifndef SONA_DISPATCH_OP_BUFFERS_H
 #define SONA_DISPATCH_OP_BUFFERS_H
 
-#include "dispatch/ops.h"
+#include "backend/ops.h"
 
 #include <stddef.h>
 

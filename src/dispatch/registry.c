@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /* Backend registry: CPU variants chosen by cpuid, GPU backends loaded as modules with dlopen. */
 #define _GNU_SOURCE /* dladdr */
-#include "dispatch/dispatch.h"
-#include "core/error.h"
+#include "backend/module.h"
+#include "common/error.h"
 #include "cpu/cpu.h"
-#include "dispatch/module.h"
+#include "dispatch/dispatch.h"
 
 #include <dlfcn.h>
 #include <pthread.h>

@@ -4,7 +4,7 @@
 #ifndef SONA_DISPATCH_STAGING_H
 #define SONA_DISPATCH_STAGING_H
 
-#include "dispatch/ops.h"
+#include "backend/ops.h"
 
 typedef struct sona_staging {
     void *buf;

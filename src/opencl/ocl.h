@@ -17,7 +17,7 @@
 #include <CL/cl.h>
 #include <pthread.h>
 
-#include "dispatch/ops.h"
+#include "backend/ops.h"
 #include "gpu/host_locality.h"
 
 enum ocl_kernel_id {
@@ -88,8 +88,5 @@ sona_status ocl_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a);
 sona_status ocl_knn_exact(void *ctx, const sona_knn_exact_args *a);
 sona_status ocl_gemm(void *ctx, const sona_gemm_args *a);
 sona_status ocl_cluster_sums(void *ctx, const sona_cluster_sums_args *a);
-
-/* The largest rank lora_apply and lora_grad take (local array in the kernel). */
-#define OCL_MAX_RANK 64
 
 #endif

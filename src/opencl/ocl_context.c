@@ -2,7 +2,7 @@
 /* The OpenCL module's entry point: device choice, context and queue, buffers, errors. */
 #include "opencl/ocl.h"
 
-#include "dispatch/module.h"
+#include "backend/module.h"
 
 #include <ctype.h>
 #include <stdarg.h>

@@ -64,8 +64,8 @@ int ocl_supports(void *ctx, sona_op op, const void *args)
 {
     (void)ctx;
     switch (op) {
-    case SONA_OP_LORA_APPLY: return ((const sona_lora_apply_args *)args)->w.rank <= OCL_MAX_RANK;
-    case SONA_OP_LORA_GRAD: return ((const sona_lora_grad_args *)args)->w.rank <= OCL_MAX_RANK;
+    case SONA_OP_LORA_APPLY: return ((const sona_lora_apply_args *)args)->w.rank <= SONA_LORA_MAX_RANK;
+    case SONA_OP_LORA_GRAD: return ((const sona_lora_grad_args *)args)->w.rank <= SONA_LORA_MAX_RANK;
     case SONA_OP_GEMM: {
         const sona_gemm_args *g = args;
         return g->k > 0; /* CLBlast refuses k == 0 */

@@ -3,7 +3,7 @@
  * leak or read out of bounds), and a refused file must leave the engine as it was. */
 #include "fuzz_engine.h"
 
-#include "../../src/core/serial.h"
+#include "../../src/common/serial.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -12,7 +12,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* Rewrites the header and section checksums of buf so that mutations reach the parser behind
- * them (the format is documented in src/core/engine_persist.c). */
+ * them (the format is documented in src/engine/engine_persist.c). */
 static void fix_checksums(uint8_t *buf, size_t size)
 {
     if (size < 24)

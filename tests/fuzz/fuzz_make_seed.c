@@ -6,7 +6,7 @@
  * their format. */
 #include "fuzz_engine.h"
 
-#include "../../src/core/rng.h"
+#include "../../src/common/rng.h"
 
 #include <stdio.h>
 

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include "support/op_cases.h"
 
-#include "core/rng.h"
+#include "common/rng.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/op_buffers.h"
 

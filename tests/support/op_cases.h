@@ -5,7 +5,7 @@
 #ifndef SONA_TEST_OP_CASES_H
 #define SONA_TEST_OP_CASES_H
 
-#include "dispatch/ops.h"
+#include "backend/ops.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -8,7 +8,7 @@
 #ifndef SONA_TEST_SYNTH_TASK_H
 #define SONA_TEST_SYNTH_TASK_H
 
-#include "core/rng.h"
+#include "common/rng.h"
 #include <sona.h>
 
 typedef struct synth_task {

@@ -4,7 +4,7 @@
 #ifndef SONA_TEST_TARGETS_H
 #define SONA_TEST_TARGETS_H
 
-#include "dispatch/ops.h"
+#include "backend/ops.h"
 
 #define MAX_TARGETS 8
 typedef struct op_target {

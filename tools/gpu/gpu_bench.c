@@ -8,7 +8,7 @@
  * baseline is cudaMemcpy device to device, timed the same way, and counts bytes read plus bytes
  * written. Prints a table last and writes DIR/gpu_bench.json and DIR/gpu_bench.txt. */
 #include "dispatch/dispatch.h"
-#include "core/rng.h"
+#include "common/rng.h"
 
 #include <cuda_runtime.h>
 #include <math.h>

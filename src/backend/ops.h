@@ -1,0 +1,169 @@
+/* SPDX-License-Identifier: MIT */
+/* The op table: what every backend and every CPU variant implements (docs/architecture.md).
+ *
+ * Ops take plain buffers and shapes, never core types. A buffer is whatever the backend's
+ * alloc() returned: a host pointer for the CPU, a device pointer for CUDA, a cl_mem for OpenCL
+ * (cast to the pointer type of the field). All data is float32, rows are contiguous (row-major). */
+#ifndef SONA_BACKEND_OPS_H
+#define SONA_BACKEND_OPS_H
+
+#include "sona/common.h"
+#include "sona/lora.h"
+
+typedef enum sona_op {
+    SONA_OP_LORA_APPLY = 0,
+    SONA_OP_LORA_GRAD,
+    SONA_OP_PARAM_UPDATE,
+    SONA_OP_SQDIST_ARGMIN,
+    SONA_OP_KNN_EXACT,
+    SONA_OP_GEMM,
+    SONA_OP_CLUSTER_SUMS,
+    SONA_OP_COUNT
+} sona_op;
+
+const char *sona_op_name(sona_op op);
+
+/* Adapter weights of a set of `num_adapters` adapters of one shape:
+ *   A  [num_adapters][rank][hidden]   (A x is rank dot products of length hidden)
+ *   Bt [num_adapters][rank][hidden]   (B transposed: row j is column j of B)
+ *   scale[num_adapters]               (alpha / rank, per adapter)
+ * Both matrices are stored rank-major so that every kernel streams hidden-long rows. */
+typedef struct sona_lora_weights {
+    uint32_t hidden, rank, num_adapters;
+    const float *A;
+    const float *Bt;
+    const float *scale;
+} sona_lora_weights;
+
+/* y[i] = x[i] + scale[id] * Bt[id]^T (A[id] x[i]) for each row i with ids[i] >= 0, y[i] = x[i]
+ * when ids[i] == -1. x and y are n x hidden; y may be the same buffer as x. */
+typedef struct sona_lora_apply_args {
+    sona_lora_weights w;
+    uint32_t n;
+    const int32_t *ids;
+    const float *x;
+    float *y;
+} sona_lora_apply_args;
+
+/* Accumulates ascent gradients of J = sum_i wt[i] <y(x_i) - x_i, d_i> for the rows with
+ * ids[i] >= 0 (rows with -1 are skipped):
+ *   gA[id]  += wt[i] * s * (B^T d_i) x_i^T      (rank x hidden)
+ *   gBt[id] += wt[i] * s * (A x_i) d_i^T        (rank x hidden, i.e. dB transposed)
+ * x and d are n x hidden; gA and gBt have the shape of A and Bt. */
+typedef struct sona_lora_grad_args {
+    sona_lora_weights w;
+    uint32_t n;
+    const int32_t *ids;
+    const float *x;
+    const float *d;
+    const float *wt;
+    float *gA;
+    float *gBt;
+} sona_lora_grad_args;
+
+/* Fused update of `segments` parameter vectors of len floats each, stored back to back in
+ * theta[segments * len], with ascent gradients g (same shape). For each segment:
+ *   c       = (clip_norm > 0 && |g_seg|_2 > clip_norm) ? clip_norm / |g_seg|_2 : 1
+ *   theta  += lr * (c * g[i] - lambda * (fisher_sum[i] * theta[i] - fisher_theta[i]))
+ *   fisher  = decay * fisher + (1 - decay) * (c * g[i])^2          (when fisher != NULL)
+ * The EWC penalty lambda * sum_t F_t (theta - theta*_t) is passed pre-reduced as
+ * fisher_sum = sum_t F_t and fisher_theta = sum_t F_t theta*_t (both NULL: no penalty).
+ * theta on the right-hand side is the value before the step. A zero gradient without a
+ * penalty leaves theta bit-for-bit unchanged. */
+typedef struct sona_param_update_args {
+    uint32_t segments, len;
+    float *theta;
+    const float *g;
+    const float *fisher_sum;
+    const float *fisher_theta;
+    float *fisher;
+    float lr, lambda, clip_norm, decay;
+} sona_param_update_args;
+
+/* For each row of X[n][d]: the index of the nearest row of C[k][d] by squared Euclidean
+ * distance (lowest index on ties) and that distance (>= 0). */
+typedef struct sona_sqdist_argmin_args {
+    uint32_t n, k, d;
+    const float *X;
+    const float *C;
+    int32_t *idx;
+    float *dist;
+} sona_sqdist_argmin_args;
+
+/* For each query row of Q[m][d]: the k rows of P[n][d] with the highest cosine similarity,
+ * best first (lower index first on ties), as idx[m][k] and sim[m][k]. A zero-norm row has
+ * similarity 0 with everything. When k > n the tail is idx -1, sim -INFINITY. */
+typedef struct sona_knn_exact_args {
+    uint32_t m, n, d, k;
+    const float *Q;
+    const float *P;
+    int32_t *idx;
+    float *sim;
+} sona_knn_exact_args;
+
+/* C[m][n] = alpha * op(A) op(B) + beta * C, row-major; op(A) is m x k (A is k x m when
+ * trans_a), op(B) is k x n (B is n x k when trans_b). beta == 0 ignores C's old contents. */
+typedef struct sona_gemm_args {
+    uint32_t m, n, k;
+    int trans_a, trans_b;
+    float alpha, beta;
+    const float *A;
+    const float *B;
+    float *C;
+} sona_gemm_args;
+
+/* The k-means centroid step: for each cluster j < k, sums[j] = sum of the rows X[i] (of
+ * X[n][d]) with idx[i] == j, and counts[j] = how many (exact integers). Rows with idx outside
+ * 0..k-1 are ignored. Both outputs are overwritten. */
+typedef struct sona_cluster_sums_args {
+    uint32_t n, k, d;
+    const float *X;
+    const int32_t *idx;
+    float *sums;
+    uint32_t *counts;
+} sona_cluster_sums_args;
+
+/* One backend, or one CPU variant: a struct of function pointers. A NULL op is unsupported.
+ * ctx is the backend's own state (NULL for CPU variants). */
+typedef struct sona_backend {
+    const char *name;        /* "scalar", "avx2", "avx512", "neon", "opencl", "cuda" */
+    const char *device;      /* human-readable device description */
+    int host_memory;         /* 1: buffers are plain host pointers (alloc = aligned malloc) */
+    void *ctx;
+
+    /* Whether op can run with these args (shape limits, e.g. rank > 64). NULL: all shapes. */
+    int (*supports)(void *ctx, sona_op op, const void *args);
+
+    sona_status (*alloc)(void *ctx, size_t bytes, void **buf);
+    void (*free)(void *ctx, void *buf);
+    sona_status (*upload)(void *ctx, void *buf, size_t offset, const void *src, size_t bytes);
+    sona_status (*download)(void *ctx, void *dst, const void *buf, size_t offset, size_t bytes);
+    sona_status (*sync)(void *ctx);
+    /* Optional device timing (NULL on host backends): timer_start marks the backend's queue;
+     * timer_stop marks it again, waits for that mark and gives the device time between the
+     * two marks in microseconds. For benchmarks: work issued in between is timed without host
+     * waits. */
+    sona_status (*timer_start)(void *ctx);
+    sona_status (*timer_stop)(void *ctx, double *elapsed_us);
+    /* Optional (NULL: no preference): binds the calling host thread to the CPUs nearest the
+     * device (hwloc), so the host work that feeds the device stays on its NUMA node. SONA_OK
+     * also when the device is not tied to a node. */
+    sona_status (*bind_host_thread)(void *ctx);
+
+    sona_status (*lora_apply)(void *ctx, const sona_lora_apply_args *a);
+    sona_status (*lora_grad)(void *ctx, const sona_lora_grad_args *a);
+    sona_status (*param_update)(void *ctx, const sona_param_update_args *a);
+    sona_status (*sqdist_argmin)(void *ctx, const sona_sqdist_argmin_args *a);
+    sona_status (*knn_exact)(void *ctx, const sona_knn_exact_args *a);
+    sona_status (*gemm)(void *ctx, const sona_gemm_args *a);
+    sona_status (*cluster_sums)(void *ctx, const sona_cluster_sums_args *a);
+
+    /* Message of the backend's last failure, naming the failing call. */
+    const char *(*last_error)(void *ctx);
+    void (*shutdown)(void *ctx);
+} sona_backend;
+
+/* Whether backend b can run op with args: the op exists and supports() agrees. */
+int sona_backend_supports(const sona_backend *b, sona_op op, const void *args);
+
+#endif /* SONA_BACKEND_OPS_H */

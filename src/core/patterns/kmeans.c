@@ -1,0 +1,268 @@
+/* SPDX-License-Identifier: MIT */
+#include "core/patterns/kmeans.h"
+
+#include "common/rng.h"
+#include "common/scratch.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* An index drawn with probability proportional to w[i] (w >= 0); uniform when all are zero. */
+static uint32_t sample_weighted(sona_rng *rng, const float *w, uint32_t n)
+{
+    double total = 0.0;
+    for (uint32_t i = 0; i < n; i++)
+        total += w[i];
+    if (!(total > 0.0))
+        return sona_rng_below(rng, n);
+    const double target = sona_rng_uniform_d(rng) * total;
+    double acc = 0.0;
+    uint32_t last = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (w[i] <= 0.0f)
+            continue;
+        acc += w[i];
+        last = i;
+        if (acc > target)
+            return i;
+    }
+    return last; /* rounding left target just above the sum */
+}
+
+typedef struct scratch {
+    float *dist, *sums;
+    float *Xt;        /* X minus its mean, transposed in blocks of bw rows: [block][d][bw] */
+    float *xnorm;     /* [n]: |X_i - mean|^2 */
+    float *cand_rows; /* [trials][d]: this round's candidates, centred */
+    float *dots;      /* [block][trials][bw]: -2 cand . x */
+    uint32_t *cand;
+    int32_t *prev;
+    uint32_t bw;      /* block width: SEED_BLOCK, or n when smaller */
+} scratch;
+
+/* Rows per block of the transposed copy, at most: a block (d x bw floats) is what one GEMM
+ * call packs, and short rows keep that packing a walk through a small, cached region. */
+#define SEED_BLOCK 256u
+
+/* Fills Xt and xnorm. Centring first keeps the norm-trick distances of the seeding accurate
+ * when the rows share a large offset; s->sums (k x d, unused until Lloyd) holds the mean. */
+static void centre_transpose(const float *X, uint32_t n, uint32_t d, scratch *s)
+{
+    float *mean = s->sums;
+    memset(mean, 0, d * sizeof *mean);
+    for (uint32_t i = 0; i < n; i++)
+        for (uint32_t t = 0; t < d; t++)
+            mean[t] += X[(size_t)i * d + t];
+    for (uint32_t t = 0; t < d; t++)
+        mean[t] /= (float)n;
+    for (uint32_t i = 0; i < n; i++) {
+        float *blk = s->Xt + (size_t)(i / s->bw) * d * s->bw + i % s->bw;
+        float nn = 0.0f;
+        for (uint32_t t = 0; t < d; t++) {
+            const float v = X[(size_t)i * d + t] - mean[t];
+            blk[(size_t)t * s->bw] = v;
+            nn += v * v;
+        }
+        s->xnorm[i] = nn;
+    }
+}
+
+/* Row i's D^2 once candidate t joins the centres, from this round's products (clamped at 0:
+ * the norm-trick form can round just below it). */
+static inline float new_d2(const scratch *s, uint32_t trials, uint32_t t, uint32_t i)
+{
+    const float *dots = s->dots + ((size_t)(i / s->bw) * trials + t) * s->bw;
+    const float d2 = s->xnorm[i] + s->xnorm[s->cand[t]] + dots[i % s->bw];
+    const float clamped = d2 > 0.0f ? d2 : 0.0f;
+    return clamped < s->dist[i] ? clamped : s->dist[i];
+}
+
+/* Greedy k-means++ (Arthur & Vassilvitskii's D^2 sampling, with a few sampled candidates per
+ * centre keeping the one that lowers the potential most): plain D^2 sampling often puts two
+ * seeds in one well-separated cluster, a local minimum Lloyd cannot leave. s->dist holds each
+ * row's D^2 to the centres so far, so a round only needs the distances to its candidates: one
+ * GEMM (candidates x X^T) gives them all, |x - c|^2 = |x|^2 + |c|^2 - 2 x.c, in one pass
+ * over X. */
+static sona_status seed_plus_plus(const sona_backend *be, const float *X, uint32_t n, uint32_t d,
+                                  uint32_t k, uint32_t trials, sona_rng *rng, float *C, scratch *s)
+{
+    centre_transpose(X, n, d, s);
+    const uint32_t blocks = (n + s->bw - 1) / s->bw;
+    const uint32_t first = sona_rng_below(rng, n);
+    memcpy(C, X + (size_t)first * d, d * sizeof *C);
+    sona_sqdist_argmin_args first_args = {.n = n, .k = 1, .d = d, .X = X, .C = C, .idx = s->prev,
+                                          .dist = s->dist};
+    sona_status st = be->sqdist_argmin(be->ctx, &first_args);
+    if (st != SONA_OK)
+        return st;
+    for (uint32_t j = 1; j < k; j++) {
+        /* The candidates all come from the same D^2 weights, so draw them up front. */
+        for (uint32_t t = 0; t < trials; t++) {
+            const uint32_t c = s->cand[t] = sample_weighted(rng, s->dist, n);
+            const float *col = s->Xt + (size_t)(c / s->bw) * d * s->bw + c % s->bw;
+            for (uint32_t u = 0; u < d; u++)
+                s->cand_rows[(size_t)t * d + u] = col[(size_t)u * s->bw];
+        }
+        for (uint32_t b = 0; b < blocks; b++) {
+            /* A partial last block is passed at full width: its columns past n are zeros
+             * (scratch_carve) whose products nobody reads. */
+            const sona_gemm_args g = {.m = trials, .n = s->bw, .k = d, .alpha = -2.0f,
+                                      .A = s->cand_rows, .B = s->Xt + (size_t)b * d * s->bw,
+                                      .C = s->dots + (size_t)b * trials * s->bw};
+            if ((st = be->gemm(be->ctx, &g)) != SONA_OK)
+                return st;
+        }
+        double best_pot = INFINITY;
+        uint32_t best = 0;
+        for (uint32_t t = 0; t < trials; t++) {
+            double pot = 0.0;
+            for (uint32_t i = 0; i < n; i++)
+                pot += new_d2(s, trials, t, i);
+            if (pot < best_pot) {
+                best_pot = pot;
+                best = t;
+            }
+        }
+        for (uint32_t i = 0; i < n; i++)
+            s->dist[i] = new_d2(s, trials, best, i);
+        memcpy(C + (size_t)j * d, X + (size_t)s->cand[best] * d, d * sizeof *C);
+    }
+    return SONA_OK;
+}
+
+/* Lays the scratch out in one block of work (sized for n, k, d, trials) and points s into it. */
+static sona_status scratch_carve(sona_scratch *work, uint32_t n, uint32_t d, uint32_t k,
+                                 uint32_t trials, scratch *s, size_t *bytes)
+{
+    const uint32_t bw = n < SEED_BLOCK ? n : SEED_BLOCK;
+    const size_t blocks = (n + bw - 1) / bw;
+    size_t total = 0;
+    const size_t dist = sona_scratch_push(&total, (size_t)n * sizeof(float));
+    const size_t sums = sona_scratch_push(&total, (size_t)k * d * sizeof(float));
+    const size_t Xt = sona_scratch_push(&total, blocks * bw * d * sizeof(float));
+    const size_t xnorm = sona_scratch_push(&total, (size_t)n * sizeof(float));
+    const size_t cand_rows = sona_scratch_push(&total, (size_t)trials * d * sizeof(float));
+    const size_t dots = sona_scratch_push(&total, blocks * bw * trials * sizeof(float));
+    const size_t cand = sona_scratch_push(&total, trials * sizeof(uint32_t));
+    const size_t prev = sona_scratch_push(&total, (size_t)n * sizeof(int32_t));
+    char *mem = sona_scratch_get(work, total);
+    if (!mem)
+        return SONA_E_NOMEM;
+    *s = (scratch){.dist = (float *)(void *)(mem + dist),
+                   .sums = (float *)(void *)(mem + sums),
+                   .Xt = (float *)(void *)(mem + Xt),
+                   .xnorm = (float *)(void *)(mem + xnorm),
+                   .cand_rows = (float *)(void *)(mem + cand_rows),
+                   .dots = (float *)(void *)(mem + dots),
+                   .cand = (uint32_t *)(void *)(mem + cand),
+                   .prev = (int32_t *)(void *)(mem + prev),
+                   .bw = bw};
+    /* The columns of a partial last block past n: zeros, as in a fresh block (the GEMM reads
+     * them; nobody reads their products). */
+    const uint32_t used = n % bw;
+    if (used) {
+        float *last = s->Xt + (blocks - 1) * bw * d;
+        for (uint32_t t = 0; t < d; t++)
+            memset(last + (size_t)t * bw + used, 0, (bw - used) * sizeof *last);
+    }
+    *bytes = total;
+    return SONA_OK;
+}
+
+sona_status sona_kmeans(const sona_backend *be, const float *X, uint32_t n, uint32_t d,
+                        const sona_kmeans_params *p, float *C, int32_t *assign, uint32_t *counts,
+                        sona_kmeans_result *res)
+{
+    sona_scratch work = {0};
+    const sona_status st = sona_kmeans_reuse(be, X, n, d, p, C, assign, counts, res, &work);
+    sona_scratch_free(&work);
+    return st;
+}
+
+sona_status sona_kmeans_reuse(const sona_backend *be, const float *X, uint32_t n, uint32_t d,
+                              const sona_kmeans_params *p, float *C, int32_t *assign,
+                              uint32_t *counts, sona_kmeans_result *res, sona_scratch *work)
+{
+    if (!be || !X || !p || !C || !assign || !counts || !res || !work)
+        return SONA_E_NULL;
+    if (n == 0 || d == 0 || p->k == 0 || p->k > n || p->max_iterations == 0)
+        return SONA_E_INVALID;
+    if (!be->host_memory || !be->sqdist_argmin || !be->cluster_sums || !be->gemm)
+        return SONA_E_UNSUPPORTED;
+    const uint32_t k = p->k;
+    const uint32_t trials = p->trials ? p->trials : 2 + (uint32_t)(2.0 * log((double)k));
+    memset(res, 0, sizeof *res);
+    scratch s;
+    size_t bytes = 0;
+    sona_status st = scratch_carve(work, n, d, k, trials, &s, &bytes);
+    if (st != SONA_OK)
+        return st;
+    sona_rng rng;
+    sona_rng_seed(&rng, p->seed, 0x6b6d65616e73ull /* "kmeans" */);
+    st = seed_plus_plus(be, X, n, d, k, trials, &rng, C, &s);
+    if (st != SONA_OK)
+        goto done;
+
+    sona_sqdist_argmin_args assign_args = {.n = n, .k = k, .d = d, .X = X, .C = C, .idx = assign,
+                                           .dist = s.dist};
+    sona_cluster_sums_args sums_args = {.n = n, .k = k, .d = d, .X = X, .idx = assign,
+                                        .sums = s.sums, .counts = counts};
+    if ((st = be->sqdist_argmin(be->ctx, &assign_args)) != SONA_OK)
+        goto done;
+    double inertia = 0.0;
+    for (uint32_t i = 0; i < n; i++)
+        inertia += s.dist[i];
+    for (uint32_t it = 0; it < p->max_iterations; it++) {
+        if ((st = be->cluster_sums(be->ctx, &sums_args)) != SONA_OK)
+            goto done;
+        for (uint32_t j = 0; j < k; j++) {
+            float *c = C + (size_t)j * d;
+            if (counts[j]) {
+                const float inv = 1.0f / (float)counts[j];
+                const float *sum = s.sums + (size_t)j * d;
+                for (uint32_t t = 0; t < d; t++)
+                    c[t] = sum[t] * inv;
+            } else {
+                /* Empty: re-seed at a point drawn by D^2, then zero its weight so two empty
+                 * clusters do not take the same point. */
+                const uint32_t pick = sample_weighted(&rng, s.dist, n);
+                memcpy(c, X + (size_t)pick * d, d * sizeof *c);
+                s.dist[pick] = 0.0f;
+                res->reseeded++;
+            }
+        }
+        memcpy(s.prev, assign, (size_t)n * sizeof *assign);
+        if ((st = be->sqdist_argmin(be->ctx, &assign_args)) != SONA_OK)
+            goto done;
+        double next = 0.0;
+        uint32_t changed = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            next += s.dist[i];
+            changed += assign[i] != s.prev[i];
+        }
+        res->iterations = it + 1;
+        const double gain = inertia - next;
+        inertia = next;
+        if (changed == 0 || gain <= (double)p->tolerance * next) {
+            res->converged = 1;
+            break;
+        }
+    }
+    /* Final centroids: the means of the final assignment (never raises the inertia). */
+    if ((st = be->cluster_sums(be->ctx, &sums_args)) != SONA_OK)
+        goto done;
+    for (uint32_t j = 0; j < k; j++) {
+        if (!counts[j])
+            continue;
+        const float inv = 1.0f / (float)counts[j];
+        float *c = C + (size_t)j * d;
+        const float *sum = s.sums + (size_t)j * d;
+        for (uint32_t t = 0; t < d; t++)
+            c[t] = sum[t] * inv;
+    }
+    res->inertia = inertia;
+done:
+    sona_scratch_done(work, bytes);
+    return st;
+}

@@ -1,0 +1,40 @@
+/* SPDX-License-Identifier: MIT */
+/* k-means for the ReasoningBank: randomised greedy k-means++ seeding (D^2 sampling) then Lloyd
+ * iterations, with the heavy loops (nearest centre, centroid sums) run by an op table. */
+#ifndef SONA_CORE_PATTERNS_KMEANS_H
+#define SONA_CORE_PATTERNS_KMEANS_H
+
+#include "backend/ops.h"
+#include "common/scratch.h"
+
+typedef struct sona_kmeans_params {
+    uint32_t k;              /* clusters, 1..n */
+    uint32_t max_iterations; /* Lloyd iterations at most (>= 1) */
+    float tolerance;         /* stop when inertia improves by less than this fraction */
+    uint64_t seed;           /* seeds the k-means++ sampling and empty-cluster re-seeding */
+    uint32_t trials;         /* D^2 candidates tried per seeded centre; 0 = 2 + 2 ln k: fewer trials let about 1 run in 100 settle
+                              * in a poor local minimum (seen in test_kmeans) */
+} sona_kmeans_params;
+
+typedef struct sona_kmeans_result {
+    uint32_t iterations;     /* Lloyd iterations run */
+    uint32_t reseeded;       /* empty clusters re-seeded on the way */
+    int converged;           /* 1: stopped by tolerance or stable assignments */
+    double inertia;          /* sum of squared distances to the assigned centroid */
+} sona_kmeans_result;
+
+/* Clusters X[n][d] (host memory) into k clusters with backend be, which must have host memory
+ * and the sqdist_argmin, cluster_sums and gemm ops. Outputs: centroids[k][d] (each the mean of its
+ * members), assign[n], counts[k] (a cluster may end empty only when X has fewer than k distinct
+ * rows). The same inputs and seed give the same result. */
+sona_status sona_kmeans(const sona_backend *be, const float *X, uint32_t n, uint32_t d,
+                        const sona_kmeans_params *p, float *centroids, int32_t *assign,
+                        uint32_t *counts, sona_kmeans_result *res);
+/* The same, with its scratch memory (about (n + 2 trials) x d floats) in *work, kept for the
+ * next call by the rule of common/scratch.h: callers that cluster batch after batch (the bank's
+ * extraction) do not page-fault it in each time. The result is the same as sona_kmeans's. */
+sona_status sona_kmeans_reuse(const sona_backend *be, const float *X, uint32_t n, uint32_t d,
+                              const sona_kmeans_params *p, float *centroids, int32_t *assign,
+                              uint32_t *counts, sona_kmeans_result *res, sona_scratch *work);
+
+#endif

@@ -1,0 +1,272 @@
+/* SPDX-License-Identifier: MIT */
+/* sona_engine_config by name: the field table (engine_config.h) and the public get/set. */
+#include "engine/engine_config.h"
+
+#include "common/error.h"
+
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+
+#define FIELD(name, type) {#name, offsetof(sona_engine_config, name), sizeof(((sona_engine_config *)0)->name), type}
+
+/* Append only (engine_config.h): the state file's order is this table's. */
+const eng_config_field eng_config_fields[] = {
+    FIELD(seed, ENG_CF_U64),
+    /* the state file's integers, hidden first */
+    FIELD(hidden, ENG_CF_U32),
+    FIELD(micro_rank, ENG_CF_U32),
+    FIELD(base_rank, ENG_CF_U32),
+    FIELD(base_layers, ENG_CF_U32),
+    FIELD(max_tenants, ENG_CF_U32),
+    FIELD(micro_apply_every, ENG_CF_U32),
+    FIELD(max_steps, ENG_CF_U32),
+    FIELD(buffer_capacity, ENG_CF_U32),
+    FIELD(background_thread, ENG_CF_INT),
+    FIELD(loop_b_threshold, ENG_CF_U32),
+    FIELD(loop_b_interval_ms, ENG_CF_U32),
+    FIELD(loop_b_min_batch, ENG_CF_U32),
+    FIELD(clusters_per_cycle, ENG_CF_U32),
+    FIELD(max_patterns, ENG_CF_U32),
+    FIELD(ewc_enabled, ENG_CF_INT),
+    FIELD(max_tasks, ENG_CF_U32),
+    FIELD(dreams_per_cycle, ENG_CF_U32),
+    FIELD(dream_length, ENG_CF_U32),
+    FIELD(loop_c_interval_ms, ENG_CF_U32),
+    FIELD(device_apply, ENG_CF_INT),
+    FIELD(device_min_rows, ENG_CF_U32),
+    FIELD(step_storage, ENG_CF_STORAGE),
+    /* the state file's floats */
+    FIELD(micro_alpha, ENG_CF_F32),
+    FIELD(micro_learning_rate, ENG_CF_F32),
+    FIELD(base_alpha, ENG_CF_F32),
+    FIELD(base_learning_rate, ENG_CF_F32),
+    FIELD(max_signal_weight, ENG_CF_F32),
+    FIELD(baseline_decay, ENG_CF_F32),
+    FIELD(ewc_lambda, ENG_CF_F32),
+    FIELD(fisher_decay, ENG_CF_F32),
+    FIELD(task_shift_threshold, ENG_CF_F32),
+    FIELD(dream_temperature, ENG_CF_F32),
+    FIELD(dream_jump_prob, ENG_CF_F32),
+    FIELD(dream_novelty_bonus, ENG_CF_F32),
+    FIELD(dream_replay_min_score, ENG_CF_F32),
+    FIELD(merge_cosine, ENG_CF_F32),
+    FIELD(importance_decay, ENG_CF_F32),
+    FIELD(max_output_change, ENG_CF_F32),
+    /* not in the file's CONF */
+    FIELD(state_path, ENG_CF_STR),
+};
+#undef FIELD
+
+const size_t eng_config_field_count = sizeof eng_config_fields / sizeof eng_config_fields[0];
+
+uint32_t eng_config_u32_get(const sona_engine_config *c, const eng_config_field *f)
+{
+    const char *at = (const char *)c + f->offset;
+    switch (f->type) {
+    case ENG_CF_INT: {
+        int v;
+        memcpy(&v, at, sizeof v);
+        return (uint32_t)v;
+    }
+    case ENG_CF_STORAGE: {
+        sona_storage v;
+        memcpy(&v, at, sizeof v);
+        return (uint32_t)v;
+    }
+    default: {
+        uint32_t v;
+        memcpy(&v, at, sizeof v);
+        return v;
+    }
+    }
+}
+
+void eng_config_u32_set(sona_engine_config *c, const eng_config_field *f, uint32_t v)
+{
+    char *at = (char *)c + f->offset;
+    switch (f->type) {
+    case ENG_CF_INT: {
+        const int i = (int)v;
+        memcpy(at, &i, sizeof i);
+        break;
+    }
+    case ENG_CF_STORAGE: {
+        const sona_storage s = (sona_storage)v;
+        memcpy(at, &s, sizeof s);
+        break;
+    }
+    default:
+        memcpy(at, &v, sizeof v);
+    }
+}
+
+/* ---- the public API ------------------------------------------------------------------------ */
+
+size_t sona_engine_config_size(void) { return sizeof(sona_engine_config); }
+
+static sona_config_kind kind_of(eng_config_type t)
+{
+    switch (t) {
+    case ENG_CF_F32:
+        return SONA_CONFIG_FLOAT;
+    case ENG_CF_STR:
+        return SONA_CONFIG_STRING;
+    default:
+        return SONA_CONFIG_INT;
+    }
+}
+
+const char *sona_engine_config_field(uint32_t i, sona_config_kind *kind)
+{
+    if (i >= eng_config_field_count)
+        return NULL;
+    if (kind)
+        *kind = kind_of(eng_config_fields[i].type);
+    return eng_config_fields[i].name;
+}
+
+/* The field called name, or NULL with the thread's message set (SONA_E_NULL / NOT_FOUND in *st). */
+static const eng_config_field *lookup(const char *fn, const void *cfg, const char *name, sona_status *st)
+{
+    if (!cfg || !name) {
+        *st = sona_fail(NULL, SONA_E_NULL, "%s: %s is NULL", fn, !cfg ? "cfg" : "name");
+        return NULL;
+    }
+    for (size_t i = 0; i < eng_config_field_count; i++)
+        if (strcmp(eng_config_fields[i].name, name) == 0)
+            return &eng_config_fields[i];
+    *st = sona_fail(NULL, SONA_E_NOT_FOUND, "%s: sona_engine_config has no field named \"%.64s\"", fn, name);
+    return NULL;
+}
+
+sona_status sona_engine_config_set(sona_engine_config *cfg, const char *name, double value)
+{
+    static const char fn[] = "sona_engine_config_set";
+    sona_status st = SONA_OK;
+    const eng_config_field *f = lookup(fn, cfg, name, &st);
+    if (!f)
+        return st;
+    if (f->type == ENG_CF_STR)
+        return sona_fail(NULL, SONA_E_INVALID, "%s: %s is a string: set it with sona_engine_config_set_string",
+                         fn, f->name);
+    if (!isfinite(value))
+        return sona_fail(NULL, SONA_E_NONFINITE, "%s: %s cannot be %s", fn, f->name,
+                         isnan(value) ? "NaN" : "infinite");
+    char *at = (char *)cfg + f->offset;
+    if (f->type == ENG_CF_F32) {
+        if (fabs(value) > FLT_MAX)
+            return sona_fail(NULL, SONA_E_INVALID, "%s: %s is a float: %g is out of its range", fn, f->name,
+                             value);
+        const float v = (float)value;
+        memcpy(at, &v, sizeof v);
+        return SONA_OK;
+    }
+    if (value != floor(value))
+        return sona_fail(NULL, SONA_E_INVALID, "%s: %s is an integer, not %g", fn, f->name, value);
+    double lo = 0.0, hi = (double)UINT32_MAX;
+    const char *range = "0..4294967295 (uint32_t)";
+    if (f->type == ENG_CF_INT) {
+        lo = (double)INT_MIN;
+        hi = (double)INT_MAX;
+        range = "the range of an int";
+    } else if (f->type == ENG_CF_STORAGE) {
+        hi = (double)SONA_STORAGE_Q8;
+        range = "a sona_storage: 0 (F32), 1 (F16) or 2 (Q8)";
+    } else if (f->type == ENG_CF_U64) {
+        hi = 18446744073709549568.0; /* the largest double below 2^64 */
+        range = "0..2^64-1 (uint64_t)";
+    }
+    if (value < lo || value > hi)
+        return sona_fail(NULL, SONA_E_INVALID, "%s: %s must be %s, not %.17g", fn, f->name, range, value);
+    if (f->type == ENG_CF_U64) {
+        const uint64_t v = (uint64_t)value;
+        memcpy(at, &v, sizeof v);
+    } else if (f->type == ENG_CF_INT) {
+        const int v = (int)value;
+        memcpy(at, &v, sizeof v);
+    } else {
+        eng_config_u32_set(cfg, f, (uint32_t)value);
+    }
+    return SONA_OK;
+}
+
+sona_status sona_engine_config_get(const sona_engine_config *cfg, const char *name, double *value)
+{
+    static const char fn[] = "sona_engine_config_get";
+    sona_status st = SONA_OK;
+    const eng_config_field *f = lookup(fn, cfg, name, &st);
+    if (!f)
+        return st;
+    if (!value)
+        return sona_fail(NULL, SONA_E_NULL, "%s: value is NULL", fn);
+    const char *at = (const char *)cfg + f->offset;
+    switch (f->type) {
+    case ENG_CF_STR:
+        return sona_fail(NULL, SONA_E_INVALID, "%s: %s is a string: read it with sona_engine_config_get_string",
+                         fn, f->name);
+    case ENG_CF_F32: {
+        float v;
+        memcpy(&v, at, sizeof v);
+        *value = (double)v;
+        break;
+    }
+    case ENG_CF_U64: {
+        uint64_t v;
+        memcpy(&v, at, sizeof v);
+        *value = (double)v;
+        break;
+    }
+    case ENG_CF_INT: {
+        int v;
+        memcpy(&v, at, sizeof v);
+        *value = (double)v;
+        break;
+    }
+    default:
+        *value = (double)eng_config_u32_get(cfg, f);
+    }
+    return SONA_OK;
+}
+
+sona_status sona_engine_config_set_string(sona_engine_config *cfg, const char *name, const char *value)
+{
+    static const char fn[] = "sona_engine_config_set_string";
+    sona_status st = SONA_OK;
+    const eng_config_field *f = lookup(fn, cfg, name, &st);
+    if (!f)
+        return st;
+    if (f->type != ENG_CF_STR)
+        return sona_fail(NULL, SONA_E_INVALID, "%s: %s is a number: set it with sona_engine_config_set", fn,
+                         f->name);
+    if (!value)
+        return sona_fail(NULL, SONA_E_NULL, "%s: value is NULL", fn);
+    const size_t len = strlen(value);
+    if (len >= f->size)
+        return sona_fail(NULL, SONA_E_INVALID, "%s: %s is %zu bytes long, at most %zu fit", fn, f->name, len,
+                         f->size - 1);
+    char *at = (char *)cfg + f->offset;
+    memset(at, 0, f->size);
+    memcpy(at, value, len);
+    return SONA_OK;
+}
+
+sona_status sona_engine_config_get_string(const sona_engine_config *cfg, const char *name, const char **value)
+{
+    static const char fn[] = "sona_engine_config_get_string";
+    sona_status st = SONA_OK;
+    const eng_config_field *f = lookup(fn, cfg, name, &st);
+    if (!f)
+        return st;
+    if (f->type != ENG_CF_STR)
+        return sona_fail(NULL, SONA_E_INVALID, "%s: %s is a number: read it with sona_engine_config_get", fn,
+                         f->name);
+    if (!value)
+        return sona_fail(NULL, SONA_E_NULL, "%s: value is NULL", fn);
+    const char *at = (const char *)cfg + f->offset;
+    if (!memchr(at, '\0', f->size))
+        return sona_fail(NULL, SONA_E_INVALID, "%s: %s is not terminated", fn, f->name);
+    *value = at;
+    return SONA_OK;
+}

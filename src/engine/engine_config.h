@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: MIT */
+/* The one table of sona_engine_config's fields: the name-based get/set of the public API
+ * (sona_engine_config_set and friends) and the state file's CONF section (engine_persist.c)
+ * both read it. */
+#ifndef SONA_ENGINE_ENGINE_CONFIG_H
+#define SONA_ENGINE_ENGINE_CONFIG_H
+
+#include "sona/engine.h"
+
+#include <stddef.h>
+
+typedef enum {
+    ENG_CF_U32,     /* uint32_t */
+    ENG_CF_INT,     /* int (the on/off switches) */
+    ENG_CF_STORAGE, /* sona_storage */
+    ENG_CF_U64,     /* uint64_t (the seed) */
+    ENG_CF_F32,     /* float */
+    ENG_CF_STR      /* char[] (state_path) */
+} eng_config_type;
+
+typedef struct eng_config_field {
+    const char *name;
+    size_t offset;
+    size_t size;
+    eng_config_type type;
+} eng_config_field;
+
+/* Every field of sona_engine_config, once (tests/test_engine_config.c checks that the table
+ * tiles the struct). The state file writes the U32, INT and STORAGE fields as u32 in table
+ * order, hidden first, then the F32 fields in table order (the seed and state_path apart):
+ * a field is only ever appended at the end, never inserted or moved, or older files would load
+ * their values into the wrong fields. */
+extern const eng_config_field eng_config_fields[];
+extern const size_t eng_config_field_count;
+
+/* Whether the field travels in the state file as one of its u32 integers. */
+static inline int eng_config_is_file_int(const eng_config_field *f)
+{
+    return f->type == ENG_CF_U32 || f->type == ENG_CF_INT || f->type == ENG_CF_STORAGE;
+}
+
+/* The field's value as the u32 the state file holds (U32, INT, STORAGE fields). */
+uint32_t eng_config_u32_get(const sona_engine_config *c, const eng_config_field *f);
+void eng_config_u32_set(sona_engine_config *c, const eng_config_field *f, uint32_t v);
+
+#endif /* SONA_ENGINE_ENGINE_CONFIG_H */

@@ -1,0 +1,283 @@
+/* SPDX-License-Identifier: MIT */
+/* EWC++ for one of the engine's adapter sets, on top of sona_ewc (sona/ewc.h): the parameter
+ * vector is the set's A and Bt back to back. Each update: the pending gradient goes through the
+ * boundary detector and the online Fisher (sona_ewc_observe), then one fused param_update step
+ * applies it with the penalty lambda * sum_t F_t (theta - theta*_t). Loop A runs this on every
+ * request, so what only changes with the tasks (the capped lambda) is computed once per change,
+ * and host-memory weights are read in place. */
+#include "engine/engine_internal.h"
+
+#include "common/serial.h"
+#include "core/adapt/lora_internal.h"
+#include "dispatch/vecmath.h"
+#include "sona/ewc.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Task shifts are detected on the quality, not on gradient norms (which the scale-invariant
+ * step normalises away). Each quality's shortfall below a running baseline, in its spreads (0
+ * when above, at most SHORTFALL_MAX so that one odd query cannot pass for a shift), is averaged
+ * over the qualities of an update; a short running mean of these averages passing
+ * task_shift_threshold spreads, after min_updates updates of the current task, is a boundary.
+ * A new task shows as qualities staying well below what the adapter had reached; learning, as
+ * qualities at or above it, whether the new task brings new queries or new answers to old
+ * ones. The baseline is a slow one (about 100 qualities) of all the qualities the adapter set
+ * learned from. */
+#define SHIFT_RATE 0.01f
+#define SHORTFALL_MAX 3.0f
+
+struct eng_ewc {
+    sona_ewc *ewc;
+    sona_signal_baseline slow; /* of the qualities this adapter set learned from (loop B) */
+    double shortfall_sum;      /* since the last update */
+    uint32_t shortfall_n;
+    double shift;              /* running mean of the updates' mean shortfalls */
+    uint32_t updates;          /* updates with qualities since the last boundary */
+    float shift_rate;          /* of that mean: 0.05 a request (loop A), 0.3 a cycle (loop B) */
+    uint32_t min_updates;      /* 100 requests, 5 cycles */
+    uint32_t n;      /* 2 * count * rank * hidden */
+    float *theta, *g; /* scratch, n floats each */
+    float lambda;     /* the penalty's lambda, capped (penalty_lambda) */
+    int lambda_valid; /* 0 once the tasks changed */
+};
+
+eng_ewc *eng_ewc_create(const sona_lora *lora, const sona_engine_config *cfg, int base)
+{
+    const sona_lora_config *c = sona_lora_get_config(lora);
+    eng_ewc *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    w->n = 2 * c->count * c->rank * c->hidden;
+    sona_ewc_config ec;
+    sona_ewc_config_default(&ec, w->n);
+    ec.max_tasks = cfg->max_tasks ? cfg->max_tasks : 1;
+    ec.fisher_decay = cfg->fisher_decay;
+    ec.lambda_base = cfg->ewc_lambda;
+    ec.boundary_z = cfg->task_shift_threshold;
+    /* Base-LoRA updates once a loop B cycle, each on the mean of a batch's qualities: a few
+     * cycles of a task are evidence enough (Micro-LoRA: the default 100 requests). */
+    /* Base-LoRA updates once a loop B cycle, on a batch's qualities: a few cycles of a task are
+     * evidence enough. A tenant's, about once a request: a mean over about 20 of them. */
+    w->shift_rate = base ? 0.3f : 0.05f;
+    w->min_updates = base ? 5 : 100;
+    w->theta = malloc(w->n * sizeof(float));
+    w->g = malloc(w->n * sizeof(float));
+    if (!w->theta || !w->g || sona_ewc_create(&ec, &w->ewc) != SONA_OK) {
+        eng_ewc_destroy(w);
+        return NULL;
+    }
+    return w;
+}
+
+void eng_ewc_destroy(eng_ewc *w)
+{
+    if (!w)
+        return;
+    sona_ewc_destroy(w->ewc);
+    free(w->theta);
+    free(w->g);
+    free(w);
+}
+
+uint32_t eng_ewc_tasks(const eng_ewc *w) { return w ? sona_ewc_task_count(w->ewc) : 0; }
+const sona_ewc *eng_ewc_state(const eng_ewc *w) { return w->ewc; }
+
+sona_status eng_ewc_consolidate(eng_ewc *w, const sona_lora *lora)
+{
+    const uint32_t half = w->n / 2;
+    sona_status st = sona_lora_export(lora, w->theta, w->theta + half, NULL);
+    if (st == SONA_OK)
+        st = sona_ewc_end_task(w->ewc, w->theta, w->n);
+    w->lambda_valid = 0;
+    return st;
+}
+
+/* lambda for lora's penalty steps: the penalty step lr * lambda * F must stay below 1 to pull
+ * toward the anchors without overshooting (above 2 it diverges), so lambda is capped where the
+ * Fisher is large. Depends only on the tasks (and lora's fixed learning rate): cached until
+ * they change. */
+static float penalty_lambda(eng_ewc *w, const sona_lora *lora, const float *fsum, float lambda)
+{
+    if (w->lambda_valid)
+        return w->lambda;
+    float fmax = 0;
+    for (uint32_t i = 0; fsum && i < w->n; i++)
+        fmax = fmaxf(fmax, fsum[i]);
+    const float lr = sona_lora_get_config(lora)->learning_rate;
+    w->lambda = fmax * lr * lambda > 1.0f ? 1.0f / (fmax * lr) : lambda;
+    w->lambda_valid = 1;
+    return w->lambda;
+}
+
+float eng_ewc_lambda(eng_ewc *w, const sona_lora *lora)
+{
+    const float *fsum = NULL, *ftheta = NULL;
+    float lambda = 0;
+    sona_ewc_penalty(w->ewc, &fsum, &ftheta, &lambda);
+    return penalty_lambda(w, lora, fsum, lambda);
+}
+
+void eng_ewc_note_shortfall(eng_ewc *w, float shortfall)
+{
+    if (!w || !(shortfall >= 0.0f) || !isfinite(shortfall))
+        return;
+    w->shortfall_sum += shortfall < SHORTFALL_MAX ? shortfall : SHORTFALL_MAX;
+    w->shortfall_n++;
+}
+
+/* The shift detector on this update's shortfalls: 1 when a new task began. */
+static int shift_detected(eng_ewc *w, const sona_engine_config *cfg)
+{
+    if (!w->shortfall_n)
+        return 0;
+    const double mean = w->shortfall_sum / w->shortfall_n;
+    w->shortfall_sum = 0.0;
+    w->shortfall_n = 0;
+    w->shift = w->updates ? w->shift + w->shift_rate * (mean - w->shift) : mean;
+    w->updates++;
+    if (w->updates < w->min_updates || !(w->shift > cfg->task_shift_threshold))
+        return 0;
+    w->shift = 0.0;
+    w->updates = 0;
+    return 1;
+}
+
+void eng_ewc_note_quality(eng_ewc *w, float quality)
+{
+    float z = 0.0f;
+    if (w && sona_signal_baseline_weigh(&w->slow, SHIFT_RATE, 1e6f, quality, 1, &z) == SONA_OK)
+        eng_ewc_note_shortfall(w, z < 0.0f ? -z : 0.0f);
+}
+
+sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, int *boundary)
+{
+    const uint32_t half = w->n / 2;
+    *boundary = 0;
+    const float *theta = w->theta, *g = w->g;
+    sona_status st = SONA_OK;
+    if (sona_lora_pending(lora) > 0) {
+        if (!sona_lora_host_params(lora, &theta, &g)) {
+            st = sona_lora_export(lora, w->theta, w->theta + half, NULL);
+            if (st == SONA_OK)
+                st = sona_lora_export_grad(lora, w->g, w->g + half);
+        }
+        /* A boundary snapshots the task that ended (theta, the Fisher before this gradient). */
+        if (st == SONA_OK && shift_detected(w, cfg)) {
+            st = sona_ewc_end_task(w->ewc, theta, w->n);
+            *boundary = 1;
+        }
+        if (st == SONA_OK)
+            st = sona_ewc_update_fisher(w->ewc, g, w->n);
+        if (st != SONA_OK)
+            return st;
+        if (*boundary)
+            w->lambda_valid = 0;
+    }
+    const float *fsum = NULL, *ftheta = NULL;
+    float lambda = 0;
+    if ((st = sona_ewc_penalty(w->ewc, &fsum, &ftheta, &lambda)) != SONA_OK)
+        return st;
+    sona_lora_ewc_terms t = {.lambda = lambda};
+    if (fsum && ftheta) {
+        t.lambda = penalty_lambda(w, lora, fsum, lambda);
+        t.fisher_sum[0] = fsum;
+        t.fisher_sum[1] = fsum + half;
+        t.fisher_theta[0] = ftheta;
+        t.fisher_theta[1] = ftheta + half;
+    }
+    return sona_lora_apply_updates_ewc(lora, &t);
+}
+
+void eng_ewc_save(const eng_ewc *w, sona_wbuf *out)
+{
+    sona_wbuf_u32(out, w != NULL);
+    if (!w)
+        return;
+    const uint32_t tasks = sona_ewc_task_count(w->ewc);
+    sona_wbuf_u32(out, w->n);
+    sona_wbuf_u32(out, tasks);
+    sona_wbuf_floats(out, sona_ewc_fisher(w->ewc), w->n);
+    for (uint32_t i = 0; i < tasks; i++) {
+        if (sona_ewc_get_task(w->ewc, i, w->theta, w->g) != SONA_OK) {
+            out->oom = 1;
+            return;
+        }
+        sona_wbuf_floats(out, w->theta, w->n);
+        sona_wbuf_floats(out, w->g, w->n);
+    }
+    sona_ewc_detector d;
+    sona_ewc_get_detector(w->ewc, &d);
+    sona_wbuf_u64(out, d.samples);
+    sona_wbuf_f64(out, d.short_mean);
+    sona_wbuf_f64(out, d.long_mean);
+    sona_wbuf_f64(out, d.long_var);
+    sona_wbuf_u64(out, d.boundaries);
+    sona_wbuf_f32(out, w->slow.mean);
+    sona_wbuf_f32(out, w->slow.var);
+    sona_wbuf_u32(out, w->slow.count);
+    sona_wbuf_f64(out, w->shortfall_sum);
+    sona_wbuf_u32(out, w->shortfall_n);
+    sona_wbuf_f64(out, w->shift);
+    sona_wbuf_u32(out, w->updates);
+}
+
+sona_status eng_ewc_load(sona_rbuf *in, const sona_lora *lora, const sona_engine_config *cfg, uint32_t version,
+                         int base, eng_ewc **out)
+{
+    *out = NULL;
+    const uint32_t present = sona_rbuf_u32(in);
+    if (in->bad || present > 1)
+        return SONA_E_CORRUPT;
+    if (!present)
+        return SONA_OK;
+    eng_ewc *w = eng_ewc_create(lora, cfg, base);
+    if (!w)
+        return SONA_E_NOMEM;
+    const uint32_t n = sona_rbuf_u32(in), tasks = sona_rbuf_u32(in);
+    sona_status st = SONA_OK;
+    if (in->bad || n != w->n || tasks > cfg->max_tasks ||
+        !sona_rbuf_has(in, (1 + 2 * (uint64_t)tasks) * n, sizeof(float)))
+        st = in->bad || n == w->n ? SONA_E_CORRUPT : SONA_E_SIZE;
+    float *fisher = sona_ewc_fisher(w->ewc);
+    if (st == SONA_OK) {
+        sona_rbuf_floats(in, fisher, n);
+        if (!sona_all_finite(fisher, n))
+            st = SONA_E_CORRUPT;
+    }
+    for (uint32_t i = 0; i < tasks && st == SONA_OK; i++) {
+        sona_rbuf_floats(in, w->theta, n);
+        sona_rbuf_floats(in, w->g, n);
+        if (sona_ewc_add_task(w->ewc, w->theta, w->g, n) != SONA_OK)
+            st = SONA_E_CORRUPT;
+    }
+    if (st == SONA_OK && version >= 3) {
+        sona_ewc_detector d;
+        d.samples = sona_rbuf_u64(in);
+        d.short_mean = sona_rbuf_f64(in);
+        d.long_mean = sona_rbuf_f64(in);
+        d.long_var = sona_rbuf_f64(in);
+        d.boundaries = sona_rbuf_u64(in);
+        if (in->bad || sona_ewc_set_detector(w->ewc, &d) != SONA_OK)
+            st = SONA_E_CORRUPT;
+    }
+    if (st == SONA_OK && version >= 4) {
+        w->slow.mean = sona_rbuf_f32(in);
+        w->slow.var = sona_rbuf_f32(in);
+        w->slow.count = sona_rbuf_u32(in);
+        w->shortfall_sum = sona_rbuf_f64(in);
+        w->shortfall_n = sona_rbuf_u32(in);
+        w->shift = sona_rbuf_f64(in);
+        w->updates = sona_rbuf_u32(in);
+        if (in->bad || !isfinite(w->slow.mean) || !(w->slow.var >= 0.0f) || !isfinite(w->slow.var) ||
+            !(w->shortfall_sum >= 0.0) || !isfinite(w->shortfall_sum) || !(w->shift >= 0.0) || !isfinite(w->shift))
+            st = SONA_E_CORRUPT;
+    }
+    if (st != SONA_OK || !cfg->ewc_enabled) {
+        eng_ewc_destroy(w);
+        return st;
+    }
+    *out = w;
+    return SONA_OK;
+}

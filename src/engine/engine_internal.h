@@ -1,0 +1,235 @@
+/* SPDX-License-Identifier: MIT */
+/* The engine's private state, shared by engine.c (API, tenants, loop A), loop_b.c, dream.c and
+ * persist.c. */
+#ifndef SONA_ENGINE_ENGINE_INTERNAL_H
+#define SONA_ENGINE_ENGINE_INTERNAL_H
+
+#include "common/error.h"
+#include "common/scratch.h"
+#include "core/adapt/snapshot.h"
+#include "sona/bank.h"
+#include "sona/engine.h"
+#include "sona/signal.h"
+#include "sona/trajectory_buffer.h"
+
+#include <pthread.h>
+#include <sys/types.h>
+#include <stdatomic.h>
+
+/* EWC++ state of one parameter set (a tenant's Micro-LoRA or the Base-LoRA), see ewc.c. */
+typedef struct eng_ewc eng_ewc;
+/* The device copy of the adapters for batched apply (engine_device.c). */
+typedef struct eng_device eng_device;
+
+/* Quality baselines are kept per query region: the sign pattern of ENG_REGION_BITS fixed random
+ * projections of the query (a locality-sensitive hash: queries of one topic share a region).
+ * A baseline per region measures a quality against what queries like it usually get, not
+ * against which topic the query came from (which a single baseline mostly measures); it costs
+ * ENG_REGION_BITS dot products a request, where a pattern-bank search would cost an HNSW walk. */
+#define ENG_REGION_BITS 4
+#define ENG_REGIONS (1u << ENG_REGION_BITS)
+
+typedef struct eng_tenant {
+    sona_snapshot_slot slot;  /* what readers apply */
+    pthread_mutex_t mu;       /* guards lora, since_apply, ewc, signal, baselines */
+    sona_signal_baseline baselines[ENG_REGIONS]; /* loop A's quality baselines per query region */
+    sona_lora *lora;          /* training copy, count 1 */
+    uint32_t since_apply;
+    eng_ewc *ewc;
+    float *signal;            /* loop A's signal rows x, delta and y (3 * hidden), reused (mu) */
+    atomic_int live;
+    atomic_uint tasks;        /* EWC++ task snapshots of ewc now, for sona_get_stats (set under mu) */
+} eng_tenant;
+
+struct sona_engine {
+    sona_engine_config cfg;
+    pthread_mutex_t err_mu;
+    sona_errbuf err;
+    atomic_int enabled;
+
+    eng_tenant *tenants;
+    pthread_mutex_t tenants_mu; /* create/remove */
+
+    sona_snapshot_slot base_slot;
+    sona_lora *base;
+    eng_ewc *base_ewc;
+    pthread_mutex_t cycle_mu;   /* one loop B / C cycle at a time; guards base, bank, rng */
+
+    sona_id_source *ids;
+    sona_trajectory_buffer *buffer; /* ended trajectories waiting for loop B */
+    sona_trajectory_buffer *pool;   /* processed trajectories kept for reuse (their memory) */
+    sona_signal_builder *signals;   /* loop A's signals (with the tenants' baselines) */
+    float *region_planes;           /* ENG_REGION_BITS x hidden: the query-region hash */
+    pthread_mutex_t quality_mu;     /* guards quality */
+    sona_signal_baseline quality;   /* every final quality: stats, dreams' reference */
+    sona_signal_baseline *base_baselines; /* Base-LoRA's per layer and region (cycle_mu) */
+    _Atomic(sona_request *) spare_request; /* an ended request's object, kept for the next one */
+
+    /* loop threads */
+    pthread_t thread;
+    int thread_started;
+    pthread_mutex_t wake_mu;
+    pthread_cond_t wake_cv;
+    int stop, kicked;
+    _Atomic uint64_t last_cycle_ms, last_deep_ms;
+
+    sona_bank *bank;            /* patterns; changed by cycles (cycle_mu), the pointer swapped
+                                   by consolidation under bank_lock (readers: find_patterns) */
+    pthread_rwlock_t bank_lock;
+    struct eng_dream_state *dream; /* visit counts of patterns (loop C), guarded by cycle_mu */
+    sona_scratch base_rows;     /* eng_base_accumulate's signal rows, reused (cycle_mu) */
+    sona_scratch bank_rows;     /* loop B's eng_bank_batch, kept between cycles (cycle_mu) */
+
+    struct {
+        atomic_uint_fast64_t recorded, processed, dropped, accepted, rejected, micro_updates,
+            base_updates, boundaries, b_cycles, c_cycles, dreams, replayed, last_b_us, last_c_us,
+            patterns, tasks /* Base-LoRA's EWC++ tasks now (tenants': eng_tenant.tasks) */, merged;
+        /* Trajectories drained from the buffer by loop B cycles: processed + those of the cycle
+         * running now. recorded counts each before a cycle can take it (it is added as the
+         * buffer claims the trajectory's place) and processed after the cycle that took it, so
+         * processed <= taken <= recorded at every instant (sona_get_stats). Not saved: a load
+         * sets it to processed (no cycle runs across one). */
+        atomic_uint_fast64_t taken;
+    } n;
+    atomic_uint last_phi_bits;
+
+    eng_device *device;         /* NULL: batches run on the CPU (see eng_device_ready) */
+    atomic_uint_fast64_t device_batches, device_fallbacks; /* runtime only, not saved */
+};
+
+/* Formats the engine's last error (thread-safe) and returns st. */
+sona_status eng_fail(sona_engine *e, sona_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+uint64_t eng_now_us(void);
+/* The running quality baseline (0 before the first trajectory). */
+float eng_baseline(sona_engine *e);
+/* Folds a final quality into the engine-wide baseline. */
+void eng_quality_observe(sona_engine *e, float quality);
+/* A quality's weight against the engine-wide baseline, (q - mean) / spread clipped to
+ * max_signal_weight (before two qualities, q - mean, the mean 0 before any); the baseline is left
+ * as it is. */
+float eng_quality_weight(sona_engine *e, float quality);
+/* The query region of x (0..ENG_REGIONS-1). */
+uint32_t eng_region(const sona_engine *e, const float *x);
+
+/* A finished trajectory's query and steps decoded into rows: query[hidden], acts[steps][hidden],
+ * rewards, layers. Grows as needed; reused across trajectories. */
+typedef struct eng_steps {
+    uint32_t steps, cap;
+    float *query, *acts, *rewards;
+    int32_t *layers;
+} eng_steps;
+/* A trajectory for a new request (reused from the pool when one is there). */
+sona_status eng_traj_take(sona_engine *e, const float *query, sona_trajectory **out);
+/* Gives a finished or abandoned trajectory back (to the pool, or freed when it is full). */
+void eng_traj_recycle(sona_engine *e, sona_trajectory *t);
+
+sona_status eng_steps_gather(eng_steps *s, const sona_trajectory *t, uint32_t hidden);
+void eng_steps_free(eng_steps *s);
+
+/* Applies a training copy's pending gradients (with EWC++ when on), bounds its output change
+ * (max_output_change) and publishes a snapshot. slot is Base-LoRA's or a tenant's (whose task
+ * count for the stats it refreshes). */
+sona_status eng_train_and_publish(sona_engine *e, sona_lora *lora, eng_ewc *ewc,
+                                  sona_snapshot_slot *slot);
+
+/* EWC++ (ewc glue). */
+/* base: the Base-LoRA's (updated once a cycle), else a tenant's (once a request or so). */
+eng_ewc *eng_ewc_create(const sona_lora *lora, const sona_engine_config *cfg, int base);
+void eng_ewc_destroy(eng_ewc *w);
+sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, int *boundary);
+/* For the task-shift detector (w may be NULL): a quality the adapter set learned from, measured
+ * against the detector's own slow baseline; or a shortfall the caller measured (>= 0, in
+ * spreads below a baseline). */
+void eng_ewc_note_quality(eng_ewc *w, float quality);
+void eng_ewc_note_shortfall(eng_ewc *w, float shortfall);
+sona_status eng_ewc_consolidate(eng_ewc *w, const sona_lora *lora);
+/* The lambda of lora's next penalty step: the tasks' lambda, capped where the Fisher is large
+ * (cached until the tasks change). */
+float eng_ewc_lambda(eng_ewc *w, const sona_lora *lora);
+uint32_t eng_ewc_tasks(const eng_ewc *w);
+/* The EWC++ state underneath (its tasks, Fisher sum and lambda), read-only. */
+const struct sona_ewc *eng_ewc_state(const eng_ewc *w);
+struct sona_wbuf;
+struct sona_rbuf;
+/* Appends w's state (a NULL w writes "absent"): tasks, running Fisher, boundary detector, and
+ * the task-shift detector's quality baseline and pending shortfall. */
+void eng_ewc_save(const eng_ewc *w, struct sona_wbuf *out);
+/* Reads a state written by eng_ewc_save for lora's shape into a fresh *out (NULL when absent or
+ * when cfg has EWC++ off), as state format `version` wrote it (1 and 2 had no detector, 1 to 3
+ * no quality baseline: they start afresh). SONA_E_CORRUPT on a bad record. */
+sona_status eng_ewc_load(struct sona_rbuf *in, const sona_lora *lora, const sona_engine_config *cfg,
+                         uint32_t version, int base, eng_ewc **out);
+
+/* The sona_lora configuration of the engine's Micro (base = 0) or Base-LoRA (base = 1). */
+void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc);
+/* sona_save in two steps, so that loop B does not wait on the disk: the state serialised into
+ * *w (caller holds cycle_mu), then *w written to path and freed (without cycle_mu). */
+sona_status eng_state_snapshot(sona_engine *e, struct sona_wbuf *w);
+sona_status eng_state_write(sona_engine *e, const char *path, struct sona_wbuf *w);
+/* Writes len bytes to path atomically: a temporary file in the same directory, fsync, rename,
+ * fsync of the directory (a crash leaves the old file or the new one). The file gets `mode`
+ * (learned state 0600: the owner's; exports 0644: read by a server). Failures are reported on
+ * e as "caller: ...". */
+/* fsyncs the directory holding path (best effort), so that a rename into it is durable. */
+void eng_sync_parent_dir(const char *path);
+sona_status eng_write_file_atomic(sona_engine *e, const char *caller, const char *path, const void *data,
+                                  size_t len, mode_t mode);
+
+/* Pattern bank glue (engine_bank.c): ReasoningBank + HNSW index. */
+sona_status eng_bank_create(const sona_engine_config *cfg, sona_bank **out);
+/* Loop B's rows for the bank: each trajectory's embedding and final quality, in the engine's
+ * bank_rows (caller holds cycle_mu from init to done). */
+typedef struct eng_bank_batch {
+    float *emb, *qual;
+    uint32_t rows;
+    size_t bytes; /* of bank_rows used */
+} eng_bank_batch;
+sona_status eng_bank_batch_init(sona_engine *e, eng_bank_batch *b, uint32_t n);
+/* Ends the batch's use of bank_rows (kept for the next cycle by common/scratch.h's rule). */
+void eng_bank_batch_done(sona_engine *e, eng_bank_batch *b);
+/* Adds a gathered trajectory's embedding and quality to the batch (a zero embedding has no
+ * pattern and is left out). Caller holds cycle_mu. */
+void eng_bank_add_row(sona_engine *e, eng_bank_batch *b, const eng_steps *s, float quality);
+/* Adds the batch to the bank and extracts patterns. Caller holds cycle_mu. */
+sona_status eng_bank_commit(sona_engine *e, eng_bank_batch *b);
+/* Base-LoRA signals of one gathered trajectory (or dream); query[hidden] is the first step's
+ * input, each later step's is the activation before it. Each step of a Base-LoRA layer asks
+ * that layer's output for its input to move toward the step's activation, weighted by the
+ * step reward's advantage over its layer's baseline for the query's region (NaN w), or by w.
+ * Caller holds cycle_mu. */
+sona_status eng_base_accumulate(sona_engine *e, const float *query, const eng_steps *s, float w);
+
+/* Batched apply on an accelerator: NULL when cfg->device_apply is 0; the accelerator itself is
+ * looked for when first needed (eng_device_ready). */
+eng_device *eng_device_create(const sona_engine_config *cfg);
+void eng_device_destroy(eng_device *d);
+/* Whether batches can go to a device; picks the backend on the first call (engine_device.c). */
+int eng_device_ready(eng_device *d);
+const char *eng_device_name(eng_device *d);
+/* n rows with a tenant id (or -1) each, every id live (the caller checked). A failure leaves
+ * the CPU to redo the batch. */
+sona_status eng_device_apply(sona_engine *e, uint32_t n, const int32_t *ids, const float *x, float *y);
+sona_status eng_device_apply_layer(sona_engine *e, uint32_t layer, uint32_t n, const float *x, float *y);
+
+/* Stores the EWC++ task count of the adapter set that publishes to slot (Base-LoRA's or a
+ * tenant's) for sona_get_stats. Caller holds what guards that set's EWC++ state. */
+void eng_note_tasks(sona_engine *e, const sona_snapshot_slot *slot, const eng_ewc *ewc);
+
+/* Loop C state. */
+void eng_dream_state_free(struct eng_dream_state *d);
+
+/* Loop B / C. */
+/* A cycle on the queue's oldest trajectories: at least min_batch, at most max_batch (0: all). */
+sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch, uint32_t max_batch);
+/* The most a timed or triggered cycle takes: 4 x loop_b_threshold (at least loop_b_min_batch),
+ * so a cycle stays bounded when the thread fell behind; what is left is taken by the next one,
+ * right after. sona_force_learn takes everything. */
+uint32_t eng_cycle_cap(const sona_engine *e);
+sona_status eng_loop_c_cycle(sona_engine *e);
+sona_status eng_threads_start(sona_engine *e);
+void eng_threads_stop(sona_engine *e);
+void eng_kick(sona_engine *e);
+
+#endif
