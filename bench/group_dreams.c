@@ -45,7 +45,7 @@ sona_bank *bench_dream_bank(uint32_t n, uint64_t seed)
 
 typedef struct dream_case {
     sona_bank *bank;
-    eng_dream_state state;
+    sona_dream_visits state;
     sona_dream dream;
     sona_dream_params params;
     sona_rng rng;

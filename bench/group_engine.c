@@ -7,7 +7,7 @@
 #include "core/patterns/dream.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/vecmath.h"
-#include "engine/engine_internal.h"
+#include "engine/base.h"
 #include "sona/ewc.h"
 
 #include <malloc.h>
@@ -263,7 +263,7 @@ static void run_memory(bench_ctx *ctx)
         report_mb(ctx, "pattern_index", 102.4, heap_used() - h0, &total);
     /* Dream engine on 50,000 memory nodes: visit counts (the nodes are the bank's patterns). */
     h0 = heap_used();
-    eng_dream_state ds = {0};
+    sona_dream_visits ds = {0};
     for (uint64_t id = 1; id <= 50000; id++)
         sona_idmap_put(&ds.visits, id, 1);
     sona_dream d;

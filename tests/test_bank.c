@@ -405,6 +405,59 @@ Test(bank, restore_and_neighbors)
     sona_bank_destroy(b);
 }
 
+/* Consolidation folds a near-duplicate into its earlier neighbour (size-weighted centroid and
+ * quality, summed sizes, decayed accesses), keeps the distinct pattern, and leaves the original
+ * bank as it was. */
+Test(bank, consolidate_merges_near_duplicates_into_a_copy)
+{
+    fake_clock clk = {0};
+    sona_bank *b = make(3, &clk);
+    float c[3][DIM];
+    for (uint32_t t = 0; t < DIM; t++) {
+        c[0][t] = t == 0 ? 1.0f : 0.01f;
+        c[1][t] = t == 0 ? 1.0f : t == 1 ? 0.5f : 0.01f; /* cosine with c[0] about 0.9 */
+        c[2][t] = t == 2 ? 1.0f : 0.01f;                 /* far from both */
+    }
+    const float quality[3] = {0.2f, 0.8f, 0.5f};
+    const uint64_t size[3] = {1, 3, 2};
+    for (uint32_t i = 0; i < 3; i++) {
+        sona_pattern p = {.id = 1 + i, .size = size[i], .total_weight = (double)size[i],
+                          .avg_quality = quality[i], .access_count = 10, .created_ms = 5 - i, .last_access_ms = 7 + i};
+        cr_assert_eq(sona_bank_pattern_restore(b, &p, c[i]), SONA_OK);
+    }
+    sona_bank *fresh = NULL;
+    uint32_t merged = 99;
+    cr_assert_eq(sona_bank_consolidate(NULL, 0.98f, 0.5f, &fresh, &merged), SONA_E_NULL);
+    cr_assert_eq(sona_bank_consolidate(b, 0.98f, 1.5f, &fresh, &merged), SONA_E_INVALID);
+    cr_assert_null(fresh);
+    cr_assert_eq(sona_bank_consolidate(b, 0.85f, 0.5f, &fresh, &merged), SONA_OK, "%s", sona_last_error());
+    cr_assert_eq(merged, 1);
+    cr_assert_eq(sona_bank_pattern_count(b), 3, "the original bank is left as it was");
+    cr_assert_eq(sona_bank_pattern_count(fresh), 2);
+    sona_pattern p;
+    float got[DIM];
+    cr_assert_eq(sona_bank_pattern_get(fresh, 1, &p, got), SONA_OK, "the group keeps its first pattern's id");
+    cr_assert_eq(p.size, 4);
+    cr_assert_float_eq(p.avg_quality, (0.2f * 1 + 0.8f * 3) / 4, 1e-5f);
+    cr_assert_eq(p.access_count, 10, "20 accesses decayed by half");
+    cr_assert_eq(p.created_ms, 4);
+    cr_assert_eq(p.last_access_ms, 8);
+    /* The centroid is the size-weighted mean of the stored ones, to a step of the stored form's
+     * grid (at most 1/64 for values up to 1); the plain mean would be 0.12 off at t = 1. */
+    float c0[DIM], c1[DIM];
+    cr_assert_eq(sona_bank_pattern_get(b, 1, &p, c0), SONA_OK);
+    cr_assert_eq(sona_bank_pattern_get(b, 2, &p, c1), SONA_OK);
+    for (uint32_t t = 0; t < DIM; t++)
+        cr_assert_float_eq(got[t], (c0[t] * 1 + c1[t] * 3) / 4, 1.0f / 64, "t %u: %g", t,
+                           got[t]);
+    cr_assert_eq(sona_bank_pattern_get(fresh, 3, &p, NULL), SONA_OK);
+    cr_assert_eq(p.size, 2);
+    cr_assert_eq(sona_bank_pattern_get(fresh, 2, &p, NULL), SONA_E_NOT_FOUND);
+    cr_assert_eq(sona_bank_next_id(fresh), sona_bank_next_id(b), "merged-away ids are never handed out again");
+    sona_bank_destroy(fresh);
+    sona_bank_destroy(b);
+}
+
 /* Clusters that are all alike (cosine above the threshold) collapse into one pattern within a
  * single extraction, and the merged pattern stays searchable. */
 Test(bank, similar_clusters_merge_within_one_extraction)

@@ -15,7 +15,7 @@
 #include "common/rng.h"
 #include "common/serial.h"
 #include "core/memory/trajectory_internal.h"
-#include "engine/engine_internal.h"
+#include "engine/base.h"
 #include "fuzz/fuzz_engine.h"
 #include "support/files.h"
 #include "support/op_cases.h"
@@ -414,7 +414,7 @@ static uint8_t *save_bytes(sona_engine *e, size_t *len)
     return b;
 }
 
-/* Where the section tagged `tag` starts in a state file (the layout of engine_persist.c); n when
+/* Where the section tagged `tag` starts in a state file (the layout of persist.c); n when
  * it has none. */
 static size_t section_at(const uint8_t *file, size_t n, const char tag[4])
 {

@@ -10,7 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/engine_config.h"
+#include "engine/config.h"
+#include "engine/presets.h"
 #include <sona.h>
 
 /* Every numeric field with a value that differs from the default preset's and that an engine
@@ -291,4 +292,24 @@ Test(engine_config, by_name_creates_and_persists)
 #undef CHECK
     sona_engine_destroy(e);
     free(bytes);
+}
+
+/* Every entry of the presets' table names a field and that preset's config carries its value
+ * (a misspelt name would otherwise be skipped without a sound). */
+Test(engine_config, preset_table_entries_take_effect)
+{
+    cr_assert(eng_preset_override_count > 0);
+    for (size_t i = 0; i < eng_preset_override_count; i++) {
+        const eng_preset_override *o = &eng_preset_overrides[i];
+        sona_engine_config c, d;
+        sona_engine_config_default(&c, o->preset, 256);
+        sona_engine_config_default(&d, SONA_PRESET_DEFAULT, 256);
+        double v = NAN, dv = NAN;
+        cr_assert_eq(sona_engine_config_get(&c, o->field, &v), SONA_OK, "preset %d: %s: %s", (int)o->preset,
+                     o->field, sona_last_error());
+        cr_assert_eq(sona_engine_config_get(&d, o->field, &dv), SONA_OK);
+        cr_assert_float_eq(v, o->value, 1e-6 * fabs(o->value) + 1e-9, "preset %d: %s is %g, the table says %g",
+                           (int)o->preset, o->field, v, o->value);
+        cr_assert(v != dv, "preset %d: %s repeats the default %g", (int)o->preset, o->field, dv);
+    }
 }

@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 #include "core/patterns/dream.h"
-#include "engine/engine_internal.h"
+#include "engine/base.h"
 #include "support/op_cases.h"
 
 enum { H = 24 };

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* The engine's EWC++ glue (src/engine/engine_ewc.c): the capped lambda of the penalty step,
+/* The engine's EWC++ glue (src/engine/ewc.c): the capped lambda of the penalty step,
  * cached between task changes, always equals its computation from the current tasks: after a
  * declared task end (loop C's consolidation) and after a boundary the quality-shift detector
  * finds. */
@@ -8,7 +8,7 @@
 
 #include "common/rng.h"
 #include "core/adapt/lora_internal.h"
-#include "engine/engine_internal.h"
+#include "engine/base.h"
 #include "sona/ewc.h"
 
 enum { HIDDEN = 37 };

@@ -235,6 +235,15 @@ SONA_API uint64_t sona_bank_next_id(const sona_bank *bank);
 SONA_API sona_status sona_bank_restore_counters(sona_bank *bank, const sona_bank_stats *counters,
                                                 uint64_t next_id);
 
+/* A consolidated copy of bank in *out (same configuration, counters and id sequence): each pattern
+ * whose cosine with an earlier graph neighbour reaches merge_cosine joins that neighbour's group
+ * (size-weighted centroid and quality, summed sizes, weights and accesses, oldest creation,
+ * latest access; the group keeps its first pattern's id), access counts decay by
+ * importance_decay (0..1), then the copy prunes to capacity. *merged_away counts the patterns
+ * folded into another. bank itself is left as it is: swap the two when readers allow. */
+SONA_API sona_status sona_bank_consolidate(const sona_bank *bank, float merge_cosine, float importance_decay,
+                                           sona_bank **out, uint32_t *merged_away);
+
 #ifdef __cplusplus
 }
 #endif

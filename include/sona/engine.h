@@ -75,7 +75,7 @@ typedef struct sona_engine_config {
     uint32_t max_tasks;         /* task snapshots kept (up to SONA_EWC_MAX_TASKS) */
     float task_shift_threshold; /* a task boundary (EWC++ snapshot) when the qualities learned
                                    from fall, on a short running average, more than this many
-                                   spreads below their baselines (> 0; src/engine/engine_ewc.c) */
+                                   spreads below their baselines (> 0; src/engine/ewc.c) */
     /* loop C / dreams */
     uint32_t dreams_per_cycle;
     uint32_t dream_length;      /* steps per random walk */

@@ -2,7 +2,7 @@
 /* Writes float32 matrices in the safetensors format (Hugging Face): a little-endian u64 header
  * length, a JSON header naming each tensor's dtype, shape and byte range, then the tensors' bytes,
  * row-major and contiguous in header order. The format is defined little-endian; the library
- * only builds for little-endian hosts (engine_export.c checks). */
+ * only builds for little-endian hosts (export.c checks). */
 #ifndef SONA_COMMON_SAFETENSORS_H
 #define SONA_COMMON_SAFETENSORS_H
 

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Byte buffers for the state file: a growable writer and a bounds-checked reader. Values are
- * stored in the machine's byte order; the file header records which (see engine_persist.c). */
+ * stored in the machine's byte order; the file header records which (see persist.c). */
 #ifndef SONA_COMMON_SERIAL_H
 #define SONA_COMMON_SERIAL_H
 
@@ -69,7 +69,7 @@ static inline int sona_rbuf_has(const sona_rbuf *r, uint64_t n, size_t size)
 }
 
 /* CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320) of n bytes, continuing from crc
- * (0 to start): zlib's crc32, which libsona links privately. */
+ * (0 to start): zlib's crc32, which libsona links privately (crc32.c). */
 uint32_t sona_crc32(uint32_t crc, const void *data, size_t n);
 
 #endif

@@ -1,289 +1,25 @@
 /* SPDX-License-Identifier: MIT */
-/* The SONA engine: configuration presets, tenants with lock-free published Micro-LoRA weights,
- * Base-LoRA apply, request recording and loop A, statistics. */
-#include "engine/engine_internal.h"
+/* The SONA engine's handle: create and destroy, tenants, applying the published adapters (on
+ * the CPU, or batched on an accelerator), statistics. The loops live in their own files. */
+#include "engine/base.h"
+#include "engine/thread.h"
 
-#include "common/rng.h"
 #include "core/adapt/lora_internal.h"
 #include "core/memory/storage.h"
-#include "core/memory/trajectory_internal.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/vecmath.h"
 #include "sona/ewc.h"
 #include "sona/lora.h"
 
-#include <math.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-struct sona_request {
-    sona_engine *e;
-    sona_trajectory *t;
-    int32_t tenant;
-    int poisoned; /* a step was refused (non-finite): the request will not be learned */
-};
-
-sona_status eng_fail(sona_engine *e, sona_status st, const char *fmt, ...)
-{
-    char msg[sizeof e->err.msg];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    sona_fail(NULL, st, "%s", msg);
-    if (e) {
-        pthread_mutex_lock(&e->err_mu);
-        memcpy(e->err.msg, msg, sizeof msg);
-        pthread_mutex_unlock(&e->err_mu);
-    }
-    return st;
-}
-
-uint64_t eng_now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 static float bits_float(unsigned b)
 {
     float f;
     memcpy(&f, &b, sizeof f);
     return f;
-}
-
-float eng_baseline(sona_engine *e)
-{
-    pthread_mutex_lock(&e->quality_mu);
-    const float b = e->quality.count ? e->quality.mean : 0.0f;
-    pthread_mutex_unlock(&e->quality_mu);
-    return b;
-}
-
-void eng_quality_observe(sona_engine *e, float quality)
-{
-    float ignored;
-    pthread_mutex_lock(&e->quality_mu);
-    sona_signal_baseline_weigh(&e->quality, 1.0f - e->cfg.baseline_decay, e->cfg.max_signal_weight, quality, 1,
-                               &ignored);
-    pthread_mutex_unlock(&e->quality_mu);
-}
-
-float eng_quality_weight(sona_engine *e, float quality)
-{
-    float w = 0.0f;
-    pthread_mutex_lock(&e->quality_mu);
-    const sona_signal_baseline b = e->quality;
-    pthread_mutex_unlock(&e->quality_mu);
-    if (b.count < 2) { /* no spread yet: the quality against the mean (0 before any) */
-        const float m = e->cfg.max_signal_weight, d = quality - (b.count ? b.mean : 0.0f);
-        return isfinite(d) ? (d > m ? m : d < -m ? -m : d) : 0.0f;
-    }
-    sona_signal_baseline copy = b;
-    if (sona_signal_baseline_weigh(&copy, 1.0f - e->cfg.baseline_decay, e->cfg.max_signal_weight, quality, 0, &w) !=
-        SONA_OK)
-        w = 0.0f;
-    return w;
-}
-
-uint32_t eng_region(const sona_engine *e, const float *x)
-{
-    const uint32_t H = e->cfg.hidden;
-    const sona_dot_fn dot = sona_dot_kernel();
-    uint32_t region = 0;
-    for (uint32_t b = 0; b < ENG_REGION_BITS; b++)
-        region |= (uint32_t)(dot(e->region_planes + (size_t)b * H, x, H) > 0.0f) << b;
-    return region;
-}
-
-/* The region hash's planes: seeded, so a saved engine's regions are a loaded one's. */
-static float *region_planes_create(const sona_engine_config *c)
-{
-    float *p = malloc((size_t)ENG_REGION_BITS * c->hidden * sizeof *p);
-    if (!p)
-        return NULL;
-    for (uint32_t b = 0; b < ENG_REGION_BITS; b++) {
-        sona_rng rng;
-        sona_rng_seed(&rng, c->seed ^ 0x4e610ull, b);
-        for (uint32_t h = 0; h < c->hidden; h++)
-            p[(size_t)b * c->hidden + h] = sona_rng_normal(&rng);
-    }
-    return p;
-}
-
-sona_status eng_traj_take(sona_engine *e, const float *query, sona_trajectory **out)
-{
-    uint32_t taken = 0;
-    if (sona_trajectory_buffer_drain(e->pool, out, 1, &taken) == SONA_OK && taken == 1) {
-        sona_status st = sona_trajectory_reset(*out, e->ids, query, e->cfg.hidden);
-        if (st != SONA_OK) {
-            sona_fail(NULL, st, "%s", sona_trajectory_last_error(*out)); /* begin's reports here */
-            sona_trajectory_destroy(*out);
-            *out = NULL;
-        }
-        return st;
-    }
-    sona_status st = sona_trajectory_begin(e->ids, e->cfg.step_storage, query, e->cfg.hidden, out);
-    /* Room for a full request at once, not a doubling series of reallocs; end() gives back what
-     * the request did not use. Best effort: without it the steps still grow the arena. */
-    if (st == SONA_OK)
-        (void)sona_trajectory_reserve(*out, e->cfg.max_steps, e->cfg.hidden, 0);
-    return st;
-}
-
-void eng_traj_recycle(sona_engine *e, sona_trajectory *t)
-{
-    if (!t)
-        return;
-    if (!sona_trajectory_ended(t))
-        sona_trajectory_end(t, 0.0f);
-    /* A trajectory restored by sona_load may keep another format than step_storage: a reused
-     * one would record new requests in it. */
-    if (sona_trajectory_storage(t) != e->cfg.step_storage || sona_trajectory_buffer_record(e->pool, t) != SONA_OK)
-        sona_trajectory_destroy(t);
-}
-
-sona_status eng_steps_gather(eng_steps *s, const sona_trajectory *t, uint32_t hidden)
-{
-    const uint32_t n = sona_trajectory_step_count(t);
-    if (!s->query && !(s->query = malloc(hidden * sizeof *s->query)))
-        return SONA_E_NOMEM;
-    if (n > s->cap) {
-        float *a = realloc(s->acts, (size_t)n * hidden * sizeof *a), *r;
-        if (a)
-            s->acts = a;
-        r = realloc(s->rewards, n * sizeof *r);
-        if (r)
-            s->rewards = r;
-        int32_t *l = realloc(s->layers, n * sizeof *l);
-        if (l)
-            s->layers = l;
-        if (!a || !r || !l)
-            return SONA_E_NOMEM;
-        s->cap = n;
-    }
-    sona_status st = sona_trajectory_query(t, s->query, hidden);
-    s->steps = 0;
-    for (uint32_t i = 0; i < n && st == SONA_OK; i++) {
-        sona_trajectory_step step;
-        sona_trajectory_get_step(t, i, &step);
-        if (step.activations_len != hidden)
-            continue; /* the engine only records rows of its width */
-        st = sona_trajectory_step_activations(t, i, s->acts + (size_t)s->steps * hidden, hidden);
-        s->rewards[s->steps] = step.reward;
-        s->layers[s->steps] = step.layer;
-        s->steps++;
-    }
-    return st;
-}
-
-void eng_steps_free(eng_steps *s)
-{
-    free(s->query);
-    free(s->acts);
-    free(s->rewards);
-    free(s->layers);
-    memset(s, 0, sizeof *s);
-}
-
-/* ---- configuration ------------------------------------------------------------------------ */
-
-void sona_engine_config_default(sona_engine_config *cfg, sona_preset preset, uint32_t hidden)
-{
-    if (!cfg)
-        return;
-    memset(cfg, 0, sizeof *cfg);
-    cfg->hidden = hidden;
-    cfg->seed = 42;
-    cfg->micro_rank = 2;
-    cfg->micro_learning_rate = 0.2f;
-    cfg->micro_apply_every = 1;
-    cfg->max_tenants = 64;
-    cfg->base_rank = 8;
-    cfg->base_layers = 12;
-    cfg->base_learning_rate = 0.1f;
-    cfg->max_signal_weight = 3.0f;
-    cfg->max_output_change = 5.0f;
-    cfg->max_steps = 16;
-    cfg->buffer_capacity = 10000;
-    cfg->step_storage = SONA_STORAGE_Q8;
-    cfg->baseline_decay = 0.95f;
-    cfg->background_thread = 1;
-    cfg->loop_b_threshold = 250;
-    cfg->loop_b_interval_ms = 2000u;
-    cfg->loop_b_min_batch = 16;
-    cfg->clusters_per_cycle = 32;
-    cfg->max_patterns = 100000;
-    cfg->ewc_enabled = 1;
-    cfg->ewc_lambda = 0.01f;
-    cfg->fisher_decay = 0.99f;
-    cfg->max_tasks = 5;
-    cfg->task_shift_threshold = 1.2f;
-    cfg->dreams_per_cycle = 50;
-    cfg->dream_length = 15;
-    cfg->dream_temperature = 0.5f;
-    cfg->dream_jump_prob = 0.1f;
-    cfg->dream_novelty_bonus = 0.5f;
-    cfg->dream_replay_min_score = 0.5f;
-    cfg->device_apply = 1;
-    cfg->device_min_rows = 32;
-    cfg->merge_cosine = 0.98f;
-    cfg->importance_decay = 0.95f;
-    switch (preset) {
-    case SONA_PRESET_MAX_THROUGHPUT:
-        cfg->micro_rank = 1;
-        cfg->micro_apply_every = 16;
-        cfg->max_tenants = 256;
-        cfg->base_rank = 4;
-        cfg->max_steps = 8;
-        cfg->buffer_capacity = 20000;
-        cfg->loop_b_threshold = 1000;
-        cfg->loop_b_interval_ms = 5000u;
-        cfg->loop_b_min_batch = 64;
-        cfg->max_tasks = 3;
-        cfg->dreams_per_cycle = 10;
-        break;
-    case SONA_PRESET_MAX_QUALITY:
-        cfg->micro_learning_rate = 0.1f;
-        cfg->base_rank = 16;
-        cfg->max_steps = 32;
-        cfg->loop_b_threshold = 50;
-        cfg->loop_b_interval_ms = 1000u;
-        cfg->loop_b_min_batch = 8;
-        cfg->clusters_per_cycle = 64;
-        cfg->max_tasks = 10;
-        cfg->dreams_per_cycle = 100;
-        break;
-    case SONA_PRESET_EDGE:
-        cfg->micro_rank = 1;
-        cfg->micro_apply_every = 4;
-        cfg->max_tenants = 8;
-        cfg->base_rank = 4;
-        cfg->base_layers = 4;
-        cfg->max_steps = 8;
-        cfg->buffer_capacity = 1000;
-        cfg->background_thread = 0;
-        cfg->loop_b_threshold = 200;
-        cfg->loop_b_interval_ms = 0;
-        cfg->loop_b_min_batch = 8;
-        cfg->clusters_per_cycle = 8;
-        cfg->max_patterns = 5000;
-        cfg->ewc_enabled = 0;
-        cfg->max_tasks = 2;
-        cfg->dreams_per_cycle = 5;
-        break;
-    case SONA_PRESET_DEFAULT:
-    default:
-        break;
-    }
-    cfg->micro_alpha = 2.0f * (float)cfg->micro_rank;
-    cfg->base_alpha = 2.0f * (float)cfg->base_rank;
 }
 
 static sona_status check_config(const sona_engine_config *c)
@@ -327,17 +63,6 @@ static sona_status check_config(const sona_engine_config *c)
     if (memchr(c->state_path, '\0', sizeof c->state_path) == NULL)
         return sona_fail(NULL, SONA_E_INVALID, "sona_engine_create: state_path is not terminated");
     return SONA_OK;
-}
-
-void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc)
-{
-    sona_lora_config_default(lc, base ? SONA_LORA_BASE : SONA_LORA_MICRO, c->hidden);
-    lc->rank = base ? c->base_rank : c->micro_rank;
-    lc->count = base ? c->base_layers : 1;
-    lc->alpha = base ? c->base_alpha : c->micro_alpha;
-    lc->learning_rate = base ? c->base_learning_rate : c->micro_learning_rate;
-    lc->clip_norm = 0.0f; /* the engine bounds each signal's weight and the output change instead */
-    lc->seed = base ? c->seed ^ 0xba5eull : c->seed;
 }
 
 /* A fresh identity adapter for slot i, published. Caller holds the tenant's mutex. */
@@ -392,7 +117,7 @@ sona_status sona_engine_create(const sona_engine_config *cfg, sona_engine **out)
     pthread_mutex_init(&e->quality_mu, NULL);
     atomic_store(&e->enabled, 1);
     e->tenants = calloc(cfg->max_tenants, sizeof *e->tenants);
-    e->region_planes = region_planes_create(cfg);
+    e->region_planes = eng_region_planes_create(cfg);
     e->base_baselines = calloc((size_t)cfg->base_layers * ENG_REGIONS, sizeof *e->base_baselines);
     sona_trajectory_buffer_config tb;
     sona_trajectory_buffer_config_default(&tb);
@@ -446,7 +171,7 @@ void sona_engine_destroy(sona_engine *e)
     eng_threads_stop(e);
     eng_device_destroy(e->device);
     sona_bank_destroy(e->bank);
-    eng_dream_state_free(e->dream);
+    sona_dream_visits_free(e->dream);
     sona_scratch_free(&e->base_rows);
     sona_scratch_free(&e->bank_rows);
     pthread_rwlock_destroy(&e->bank_lock);
@@ -520,13 +245,6 @@ sona_status sona_tenant_create(sona_engine *e, int32_t *tenant)
     return SONA_OK;
 }
 
-static eng_tenant *live_tenant(sona_engine *e, int32_t id)
-{
-    if (id < 0 || (uint32_t)id >= e->cfg.max_tenants || !atomic_load(&e->tenants[id].live))
-        return NULL;
-    return &e->tenants[id];
-}
-
 sona_status sona_tenant_remove(sona_engine *e, int32_t tenant)
 {
     if (!e)
@@ -534,7 +252,7 @@ sona_status sona_tenant_remove(sona_engine *e, int32_t tenant)
     if (tenant == 0)
         return eng_fail(e, SONA_E_INVALID, "sona_tenant_remove: tenant 0 cannot be removed");
     pthread_mutex_lock(&e->tenants_mu);
-    eng_tenant *t = live_tenant(e, tenant);
+    eng_tenant *t = eng_live_tenant(e, tenant);
     if (t) {
         pthread_mutex_lock(&t->mu);
         atomic_store(&t->live, 0);
@@ -573,7 +291,7 @@ static sona_status apply_rows(const sona_snapshot *s, int32_t adapter, uint32_t 
 static sona_status check_tenants(sona_engine *e, uint32_t n, const int32_t *ids)
 {
     for (uint32_t i = 0; i < n; i++)
-        if (ids[i] != -1 && !live_tenant(e, ids[i]))
+        if (ids[i] != -1 && !eng_live_tenant(e, ids[i]))
             return eng_fail(e, SONA_E_NOT_FOUND, "sona_apply: row %u uses tenant %d, which does not exist", i, ids[i]);
     return SONA_OK;
 }
@@ -658,209 +376,6 @@ sona_status sona_apply_layer(sona_engine *e, uint32_t layer, const float *x, flo
 {
     return sona_apply_layer_batch(e, layer, 1, x, y);
 }
-
-/* ---- requests and loop A ------------------------------------------------------------------- */
-
-/* A request object no longer used: kept as the engine's spare unless one is kept already. */
-static void request_release(sona_request *r)
-{
-    sona_request *none = NULL;
-    if (!atomic_compare_exchange_strong(&r->e->spare_request, &none, r))
-        free(r);
-}
-
-sona_status sona_request_begin(sona_engine *e, int32_t tenant, const float *query, sona_request **out)
-{
-    if (!e || !query || !out)
-        return eng_fail(e, SONA_E_NULL, "sona_request_begin: NULL argument");
-    *out = NULL;
-    if (!live_tenant(e, tenant))
-        return eng_fail(e, SONA_E_NOT_FOUND, "sona_request_begin: no tenant %d", tenant);
-    /* The spare object of an ended request when there is one: one thread serving requests
-     * one after the other never allocates here. */
-    sona_request *r = atomic_exchange(&e->spare_request, NULL);
-    if (!r && !(r = malloc(sizeof *r)))
-        return eng_fail(e, SONA_E_NOMEM, "sona_request_begin: out of memory");
-    *r = (sona_request){.e = e, .tenant = tenant};
-    sona_status st = eng_traj_take(e, query, &r->t);
-    if (st != SONA_OK) {
-        request_release(r);
-        return eng_fail(e, st, "sona_request_begin: %s", sona_last_error());
-    }
-    *out = r;
-    return SONA_OK;
-}
-
-sona_status sona_request_step(sona_request *r, uint32_t layer, const float *activations,
-                              const float *attention, uint32_t n_attention, float reward)
-{
-    if (!r || !activations || (n_attention && !attention))
-        return eng_fail(r ? r->e : NULL, SONA_E_NULL, "sona_request_step: NULL argument");
-    sona_engine *e = r->e;
-    if (layer > INT32_MAX)
-        return eng_fail(e, SONA_E_INVALID, "sona_request_step: layer %u is out of range", layer);
-    if (n_attention && !sona_all_finite(attention, n_attention)) {
-        r->poisoned = 1;
-        return eng_fail(e, SONA_E_NONFINITE, "sona_request_step: NaN or Inf in attention weights");
-    }
-    if (sona_trajectory_step_count(r->t) >= e->cfg.max_steps) {
-        /* Only the first max_steps are kept; the others are checked all the same. */
-        if (isfinite(reward) && sona_all_finite(activations, e->cfg.hidden))
-            return SONA_OK;
-        r->poisoned = 1;
-        return eng_fail(e, SONA_E_NONFINITE, "sona_request_step: NaN or Inf in the activations or reward "
-                                             "(of a step past max_steps)");
-    }
-    /* Attention weights are checked, not kept: loop B learns from activations and rewards. */
-    sona_status st = sona_trajectory_add_step(r->t, activations, e->cfg.hidden, NULL, 0, reward, (int32_t)layer);
-    if (st != SONA_OK) {
-        r->poisoned = 1;
-        return eng_fail(e, st, "sona_request_step: %s", sona_trajectory_last_error(r->t));
-    }
-    return SONA_OK;
-}
-
-void sona_request_abandon(sona_request *r)
-{
-    if (!r)
-        return;
-    eng_traj_recycle(r->e, r->t);
-    request_release(r);
-}
-
-/* Loop A's learning step for one ended trajectory of tenant `tenant`. The signal is built in
- * the tenant's rows, under its mutex like the training step that follows. */
-static sona_status learn_instant(sona_engine *e, int32_t tenant, const sona_trajectory *t)
-{
-    const uint32_t H = e->cfg.hidden;
-    eng_tenant *tn = &e->tenants[tenant];
-    eng_quality_observe(e, sona_trajectory_quality(t));
-    pthread_mutex_lock(&tn->mu);
-    if (!tn->signal && !(tn->signal = malloc(3 * (size_t)H * sizeof *tn->signal))) {
-        pthread_mutex_unlock(&tn->mu);
-        return eng_fail(e, SONA_E_NOMEM, "sona_request_end: out of memory");
-    }
-    float *x = tn->signal, *delta = x + H, *y = delta + H, w;
-    /* y(x), where the adapter sent the query: the training copy's weights are the published
-     * ones (gradients wait in its accumulators until they are applied). */
-    sona_status st = sona_trajectory_query(t, x, H);
-    if (st == SONA_OK)
-        st = sona_lora_forward(tn->lora, 0, x, y);
-    if (st == SONA_OK) {
-        sona_signal_options opt;
-        sona_signal_options_default(&opt);
-        opt.output = y;
-        opt.baseline = &tn->baselines[eng_region(e, x)];
-        st = sona_signal_from_trajectory_opts(e->signals, t, &opt, x, delta, &w);
-    }
-    if (st != SONA_OK) {
-        pthread_mutex_unlock(&tn->mu);
-        atomic_fetch_add(&e->n.rejected, 1);
-        /* No step or no direction: nothing to learn, not an error of the caller. */
-        return st == SONA_E_NONFINITE ? eng_fail(e, st, "sona_request_end: non-finite signal; not learned") : SONA_OK;
-    }
-    if (atomic_load(&tn->live)) {
-        const int32_t adapter = 0;
-        eng_ewc_note_quality(tn->ewc, sona_trajectory_quality(t));
-        st = sona_lora_normalize_signals(tn->lora, 1, &adapter, x, delta, &w);
-        if (st == SONA_OK)
-            st = sona_lora_accumulate(tn->lora, 0, x, delta, w);
-        if (st == SONA_OK) {
-            atomic_fetch_add(&e->n.accepted, 1);
-            if (++tn->since_apply >= e->cfg.micro_apply_every) {
-                st = eng_train_and_publish(e, tn->lora, tn->ewc, &tn->slot);
-                tn->since_apply = 0;
-            }
-        } else {
-            atomic_fetch_add(&e->n.rejected, 1);
-        }
-    } else {
-        atomic_fetch_add(&e->n.rejected, 1); /* the tenant was removed during the request */
-    }
-    pthread_mutex_unlock(&tn->mu);
-    return st;
-}
-
-sona_status sona_request_end(sona_request *r, float quality)
-{
-    if (!r)
-        return sona_fail(NULL, SONA_E_NULL, "sona_request_end: request is NULL");
-    sona_engine *e = r->e;
-    sona_trajectory *t = r->t;
-    const int32_t tenant = r->tenant;
-    const int poisoned = r->poisoned;
-    request_release(r);
-    if (!atomic_load(&e->enabled)) {
-        eng_traj_recycle(e, t);
-        return SONA_OK;
-    }
-    if (poisoned || sona_trajectory_end(t, quality) != SONA_OK) {
-        atomic_fetch_add(&e->n.rejected, 1);
-        eng_traj_recycle(e, t);
-        return eng_fail(e, SONA_E_NONFINITE, "sona_request_end: NaN or Inf in the trajectory; not learned");
-    }
-    sona_status st = learn_instant(e, tenant, t);
-    /* Counted as recorded before loop B can take it (see engine_internal.h's taken). */
-    if (sona_trajectory_buffer_record_counted(e->buffer, t, &e->n.recorded) == SONA_OK) {
-        if (sona_trajectory_buffer_len(e->buffer) >= e->cfg.loop_b_threshold)
-            eng_kick(e);
-    } else {
-        atomic_fetch_add(&e->n.dropped, 1);
-        eng_traj_recycle(e, t);
-    }
-    return st;
-}
-
-sona_status eng_train_and_publish(sona_engine *e, sona_lora *lora, eng_ewc *ewc, sona_snapshot_slot *slot)
-{
-    int boundary = 0;
-    sona_status st = ewc ? eng_ewc_step(ewc, lora, &e->cfg, &boundary) : sona_lora_apply_updates(lora);
-    if (st == SONA_OK)
-        st = sona_lora_bound_gain(lora, e->cfg.max_output_change, NULL);
-    if (st == SONA_OK)
-        st = sona_snapshot_publish(slot, lora);
-    if (st != SONA_OK)
-        return eng_fail(e, st, "adapter update failed: %s", sona_lora_last_error(lora));
-    if (boundary) {
-        atomic_fetch_add(&e->n.boundaries, 1);
-        eng_note_tasks(e, slot, ewc);
-    }
-    atomic_fetch_add(slot == &e->base_slot ? &e->n.base_updates : &e->n.micro_updates, 1);
-    return SONA_OK;
-}
-
-void eng_note_tasks(sona_engine *e, const sona_snapshot_slot *slot, const eng_ewc *ewc)
-{
-    const uint32_t tasks = eng_ewc_tasks(ewc);
-    if (slot == &e->base_slot) {
-        atomic_store(&e->n.tasks, tasks);
-        return;
-    }
-    eng_tenant *t = (eng_tenant *)(void *)((char *)(uintptr_t)slot - offsetof(eng_tenant, slot));
-    atomic_store(&t->tasks, tasks);
-}
-
-sona_status sona_flush(sona_engine *e)
-{
-    if (!e)
-        return sona_fail(NULL, SONA_E_NULL, "sona_flush: engine is NULL");
-    sona_status first = SONA_OK;
-    for (uint32_t i = 0; i < e->cfg.max_tenants; i++) {
-        eng_tenant *t = &e->tenants[i];
-        if (!atomic_load(&t->live))
-            continue;
-        pthread_mutex_lock(&t->mu);
-        if (atomic_load(&t->live) && sona_lora_pending(t->lora) > 0) {
-            sona_status st = eng_train_and_publish(e, t->lora, t->ewc, &t->slot);
-            t->since_apply = 0;
-            if (first == SONA_OK)
-                first = st;
-        }
-        pthread_mutex_unlock(&t->mu);
-    }
-    return first;
-}
-
 /* ---- stats --------------------------------------------------------------------------------- */
 
 sona_status sona_get_stats(sona_engine *e, sona_stats *s)
@@ -869,7 +384,7 @@ sona_status sona_get_stats(sona_engine *e, sona_stats *s)
         return eng_fail(e, SONA_E_NULL, "sona_get_stats: NULL argument");
     memset(s, 0, sizeof *s);
     /* processed, then taken, then recorded: each read no earlier than the one before, and
-     * processed <= taken <= recorded holds at every instant (engine_internal.h), so the values
+     * processed <= taken <= recorded holds at every instant (base.h), so the values
      * read keep that order and recorded == processed + in cycle + queued in every result. */
     const uint64_t processed = atomic_load(&e->n.processed);
     const uint64_t taken = atomic_load(&e->n.taken);
@@ -904,3 +419,4 @@ sona_status sona_get_stats(sona_engine *e, sona_stats *s)
     s->patterns = atomic_load(&e->n.patterns);
     return SONA_OK;
 }
+

@@ -12,7 +12,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* Rewrites the header and section checksums of buf so that mutations reach the parser behind
- * them (the format is documented in src/engine/engine_persist.c). */
+ * them (the format is documented in src/engine/persist.c). */
 static void fix_checksums(uint8_t *buf, size_t size)
 {
     if (size < 24)
@@ -61,7 +61,7 @@ static void load_once(sona_engine *e, const uint8_t *data, size_t size)
                           before.trajectories_recorded != after.trajectories_recorded ||
                           before.trajectories_dropped != after.trajectories_dropped))
         abort(); /* a refused file changed the engine */
-    /* An accepted one keeps the counters exact (engine_persist.c). */
+    /* An accepted one keeps the counters exact (persist.c). */
     if (st == SONA_OK && after.trajectories_recorded != after.trajectories_processed + after.trajectories_queued)
         abort();
 }

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Library-internal access to trajectories and their buffer for the engine: a trajectory as bytes
- * and a look at what a buffer holds without taking it (the state file, engine_persist.c), and a
+ * and a look at what a buffer holds without taking it (the state file, persist.c), and a
  * record that counts each trajectory before loop B can take it (the engine's counters). */
 #ifndef SONA_CORE_MEMORY_TRAJECTORY_INTERNAL_H
 #define SONA_CORE_MEMORY_TRAJECTORY_INTERNAL_H

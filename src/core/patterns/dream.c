@@ -34,14 +34,24 @@ void sona_dream_free(sona_dream *d)
     memset(d, 0, sizeof *d);
 }
 
-static uint32_t visits_of(const eng_dream_state *st, uint64_t id)
+sona_dream_visits *sona_dream_visits_create(void) { return calloc(1, sizeof(sona_dream_visits)); }
+
+void sona_dream_visits_free(sona_dream_visits *v)
+{
+    if (!v)
+        return;
+    sona_idmap_free(&v->visits);
+    free(v);
+}
+
+static uint32_t visits_of(const sona_dream_visits *st, uint64_t id)
 {
     const uint32_t v = sona_idmap_get(&st->visits, id);
     return v == SONA_IDMAP_EMPTY ? 0 : v;
 }
 
 /* Appends pattern (p, unit centroid v) to the path. */
-static void push(sona_dream *d, const eng_dream_state *st, const sona_pattern *p, const float *v)
+static void push(sona_dream *d, const sona_dream_visits *st, const sona_pattern *p, const float *v)
 {
     const uint32_t i = d->len++;
     d->ids[i] = p->id;
@@ -73,7 +83,7 @@ static sona_status jump(const sona_bank *bank, const float *cur, sona_rng *rng, 
     return SONA_OK;
 }
 
-sona_status sona_dream_generate(const sona_bank *bank, eng_dream_state *st, const sona_dream_params *prm,
+sona_status sona_dream_generate(const sona_bank *bank, sona_dream_visits *st, const sona_dream_params *prm,
                                 sona_rng *rng, sona_dream *d)
 {
     const uint32_t dim = d->dim, n = sona_bank_pattern_count(bank);

@@ -42,15 +42,19 @@ typedef struct sona_dream {
     float novelty, coherence, utility, diversity, score;
 } sona_dream;
 
-/* Visit counts per pattern id, across dreams. */
-typedef struct eng_dream_state {
+/* Visit counts per pattern id, across dreams (loop C keeps one; the state file saves it). */
+typedef struct sona_dream_visits {
     sona_idmap visits;
-} eng_dream_state;
+} sona_dream_visits;
+
+/* A fresh, empty visit count (NULL: out of memory). */
+sona_dream_visits *sona_dream_visits_create(void);
+void sona_dream_visits_free(sona_dream_visits *v);
 
 sona_status sona_dream_init(sona_dream *d, uint32_t dim, uint32_t cap);
 void sona_dream_free(sona_dream *d);
 /* Walks one dream over bank (>= 1 pattern) and counts its visits in st. */
-sona_status sona_dream_generate(const sona_bank *bank, eng_dream_state *st, const sona_dream_params *p,
+sona_status sona_dream_generate(const sona_bank *bank, sona_dream_visits *st, const sona_dream_params *p,
                                 sona_rng *rng, sona_dream *out);
 /* Fills the evaluation fields of d from its path. */
 void sona_dream_evaluate(sona_dream *d);

@@ -1,12 +1,21 @@
 /* SPDX-License-Identifier: MIT */
-/* The engine's private state, shared by engine.c (API, tenants, loop A), loop_b.c, dream.c and
- * persist.c. */
+/* The bottom of the engine: its state and the helpers every part shares (base.c, base_lora.c),
+ * and the engine's glue to EWC++ (ewc.c), the pattern bank (patterns.c) and the batched device
+ * apply (device.c). The parts above depend only on this: the request path and loop A
+ * (request.c), loop B (loop_b.c), loop C (loop_c.c), persistence (persist.c), export (export.c).
+ * The loop thread (thread.c) runs the loops through their headers, and the handle (engine.c)
+ * starts the thread; scripts/layers.sh checks that no loop includes another's header.
+ *
+ * Lock order (a thread holding one may take only those after it):
+ *   tenants_mu -> cycle_mu -> eng_tenant.mu -> bank_lock (write) -> quality_mu, err_mu
+ *   wake_mu is taken alone (the loop thread drops it before running a cycle). */
 #ifndef SONA_ENGINE_ENGINE_INTERNAL_H
 #define SONA_ENGINE_ENGINE_INTERNAL_H
 
 #include "common/error.h"
 #include "common/scratch.h"
 #include "core/adapt/snapshot.h"
+#include "core/patterns/dream.h"
 #include "sona/bank.h"
 #include "sona/engine.h"
 #include "sona/signal.h"
@@ -18,7 +27,7 @@
 
 /* EWC++ state of one parameter set (a tenant's Micro-LoRA or the Base-LoRA), see ewc.c. */
 typedef struct eng_ewc eng_ewc;
-/* The device copy of the adapters for batched apply (engine_device.c). */
+/* The device copy of the adapters for batched apply (device.c). */
 typedef struct eng_device eng_device;
 
 /* Quality baselines are kept per query region: the sign pattern of ENG_REGION_BITS fixed random
@@ -76,7 +85,7 @@ struct sona_engine {
     sona_bank *bank;            /* patterns; changed by cycles (cycle_mu), the pointer swapped
                                    by consolidation under bank_lock (readers: find_patterns) */
     pthread_rwlock_t bank_lock;
-    struct eng_dream_state *dream; /* visit counts of patterns (loop C), guarded by cycle_mu */
+    sona_dream_visits *dream;   /* visit counts of patterns (loop C), guarded by cycle_mu */
     sona_scratch base_rows;     /* eng_base_accumulate's signal rows, reused (cycle_mu) */
     sona_scratch bank_rows;     /* loop B's eng_bank_batch, kept between cycles (cycle_mu) */
 
@@ -120,6 +129,14 @@ typedef struct eng_steps {
     float *query, *acts, *rewards;
     int32_t *layers;
 } eng_steps;
+/* The live tenant with this id, or NULL. */
+eng_tenant *eng_live_tenant(sona_engine *e, int32_t id);
+/* The region hash's planes (ENG_REGION_BITS x hidden), seeded: a saved engine's regions are a
+ * loaded one's. NULL: out of memory. */
+float *eng_region_planes_create(const sona_engine_config *c);
+/* Wakes the loop thread for a loop B cycle (a request filled the threshold). */
+void eng_kick(sona_engine *e);
+
 /* A trajectory for a new request (reused from the pool when one is there). */
 sona_status eng_traj_take(sona_engine *e, const float *query, sona_trajectory **out);
 /* Gives a finished or abandoned trajectory back (to the pool, or freed when it is full). */
@@ -164,20 +181,16 @@ sona_status eng_ewc_load(struct sona_rbuf *in, const sona_lora *lora, const sona
 
 /* The sona_lora configuration of the engine's Micro (base = 0) or Base-LoRA (base = 1). */
 void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc);
-/* sona_save in two steps, so that loop B does not wait on the disk: the state serialised into
- * *w (caller holds cycle_mu), then *w written to path and freed (without cycle_mu). */
-sona_status eng_state_snapshot(sona_engine *e, struct sona_wbuf *w);
-sona_status eng_state_write(sona_engine *e, const char *path, struct sona_wbuf *w);
+/* fsyncs the directory holding path (best effort), so that a rename into it is durable. */
+void eng_sync_parent_dir(const char *path);
 /* Writes len bytes to path atomically: a temporary file in the same directory, fsync, rename,
  * fsync of the directory (a crash leaves the old file or the new one). The file gets `mode`
  * (learned state 0600: the owner's; exports 0644: read by a server). Failures are reported on
  * e as "caller: ...". */
-/* fsyncs the directory holding path (best effort), so that a rename into it is durable. */
-void eng_sync_parent_dir(const char *path);
 sona_status eng_write_file_atomic(sona_engine *e, const char *caller, const char *path, const void *data,
                                   size_t len, mode_t mode);
 
-/* Pattern bank glue (engine_bank.c): ReasoningBank + HNSW index. */
+/* Pattern bank glue (patterns.c): ReasoningBank + HNSW index. */
 sona_status eng_bank_create(const sona_engine_config *cfg, sona_bank **out);
 /* Loop B's rows for the bank: each trajectory's embedding and final quality, in the engine's
  * bank_rows (caller holds cycle_mu from init to done). */
@@ -194,7 +207,7 @@ void eng_bank_batch_done(sona_engine *e, eng_bank_batch *b);
 void eng_bank_add_row(sona_engine *e, eng_bank_batch *b, const eng_steps *s, float quality);
 /* Adds the batch to the bank and extracts patterns. Caller holds cycle_mu. */
 sona_status eng_bank_commit(sona_engine *e, eng_bank_batch *b);
-/* Base-LoRA signals of one gathered trajectory (or dream); query[hidden] is the first step's
+/* Base-LoRA signals of one gathered trajectory (or dream), base_lora.c; query[hidden] is the first step's
  * input, each later step's is the activation before it. Each step of a Base-LoRA layer asks
  * that layer's output for its input to move toward the step's activation, weighted by the
  * step reward's advantage over its layer's baseline for the query's region (NaN w), or by w.
@@ -205,7 +218,7 @@ sona_status eng_base_accumulate(sona_engine *e, const float *query, const eng_st
  * looked for when first needed (eng_device_ready). */
 eng_device *eng_device_create(const sona_engine_config *cfg);
 void eng_device_destroy(eng_device *d);
-/* Whether batches can go to a device; picks the backend on the first call (engine_device.c). */
+/* Whether batches can go to a device; picks the backend on the first call (device.c). */
 int eng_device_ready(eng_device *d);
 const char *eng_device_name(eng_device *d);
 /* n rows with a tenant id (or -1) each, every id live (the caller checked). A failure leaves
@@ -216,20 +229,5 @@ sona_status eng_device_apply_layer(sona_engine *e, uint32_t layer, uint32_t n, c
 /* Stores the EWC++ task count of the adapter set that publishes to slot (Base-LoRA's or a
  * tenant's) for sona_get_stats. Caller holds what guards that set's EWC++ state. */
 void eng_note_tasks(sona_engine *e, const sona_snapshot_slot *slot, const eng_ewc *ewc);
-
-/* Loop C state. */
-void eng_dream_state_free(struct eng_dream_state *d);
-
-/* Loop B / C. */
-/* A cycle on the queue's oldest trajectories: at least min_batch, at most max_batch (0: all). */
-sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch, uint32_t max_batch);
-/* The most a timed or triggered cycle takes: 4 x loop_b_threshold (at least loop_b_min_batch),
- * so a cycle stays bounded when the thread fell behind; what is left is taken by the next one,
- * right after. sona_force_learn takes everything. */
-uint32_t eng_cycle_cap(const sona_engine *e);
-sona_status eng_loop_c_cycle(sona_engine *e);
-sona_status eng_threads_start(sona_engine *e);
-void eng_threads_stop(sona_engine *e);
-void eng_kick(sona_engine *e);
 
 #endif

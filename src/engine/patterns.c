@@ -2,7 +2,7 @@
 /* The engine's use of the ReasoningBank: loop B adds each batch and extracts patterns; the
  * patterns are what loop C dreams over and what sona_find_patterns returns. */
 #include "dispatch/vecmath.h"
-#include "engine/engine_internal.h"
+#include "engine/base.h"
 
 #include <stdlib.h>
 

@@ -8,7 +8,7 @@
  * where they cost less than a round trip to the device. */
 #include "dispatch/dispatch.h"
 #include "dispatch/staging.h"
-#include "engine/engine_internal.h"
+#include "engine/base.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* sona_engine_config by name: the field table (engine_config.h) and the public get/set. */
-#include "engine/engine_config.h"
+/* sona_engine_config by name: the field table (config.h) and the public get/set. */
+#include "engine/config.h"
 
 #include "common/error.h"
 
@@ -11,7 +11,7 @@
 
 #define FIELD(name, type) {#name, offsetof(sona_engine_config, name), sizeof(((sona_engine_config *)0)->name), type}
 
-/* Append only (engine_config.h): the state file's order is this table's. */
+/* Append only (config.h): the state file's order is this table's. */
 const eng_config_field eng_config_fields[] = {
     FIELD(seed, ENG_CF_U64),
     /* the state file's integers, hidden first */

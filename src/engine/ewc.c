@@ -5,7 +5,7 @@
  * applies it with the penalty lambda * sum_t F_t (theta - theta*_t). Loop A runs this on every
  * request, so what only changes with the tasks (the capped lambda) is computed once per change,
  * and host-memory weights are read in place. */
-#include "engine/engine_internal.h"
+#include "engine/base.h"
 
 #include "common/serial.h"
 #include "core/adapt/lora_internal.h"

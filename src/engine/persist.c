@@ -16,7 +16,7 @@
  * (>= 1)), BASL (version 4 on: the quality baselines, each as f32 mean, f32 variance, u32
  * count: the engine-wide one; u32 regions (ENG_REGIONS), u32 layers, then layers x regions of
  * Base-LoRA's; u32 tenants, then per tenant id in increasing order u32 id (a tenant of TENA)
- * and its regions). An EWC++ record (engine_ewc.c): u32 present; when 1, u32 parameter count n, u32
+ * and its regions). An EWC++ record (ewc.c): u32 present; when 1, u32 parameter count n, u32
  * tasks, n floats running Fisher, per task n floats theta* and n floats Fisher, then (version 3
  * on) the boundary detector: u64 samples, f64 short mean, long mean, long variance, u64
  * boundaries. An adapter record (TENA's after its u32 tenant id, BASE's): A and Bt as floats,
@@ -31,13 +31,13 @@
  * of that snapshot (a trajectory recorded after it is neither queued nor counted in the file).
  * A save goes to a temporary file in the target's directory, is fsynced and renamed over the
  * target, then the directory is fsynced: a crash leaves the old file or the new one. */
-#include "engine/engine_internal.h"
 
+#include "engine/persist.h"
 #include "common/serial.h"
 #include "core/adapt/lora_internal.h"
 #include "core/memory/trajectory_internal.h"
 #include "core/patterns/dream.h"
-#include "engine/engine_config.h"
+#include "engine/config.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -48,9 +48,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#if SONA_HAVE_ZLIB
-#include <zlib.h>
-#endif
 
 #define STATE_MAGIC "SONASTAT"
 #define STATE_VERSION 4u /* 2: QUEU; 3: BANK, DREA, EWC++ detectors; 4: BASL. 1 on are read */
@@ -81,43 +78,6 @@ static const struct {
 } section_table[SECTIONS] = {{TAG_CONF, 1}, {TAG_STAT, 1}, {TAG_TENA, 1}, {TAG_BASE, 1},
                              {TAG_PATT, 1}, {TAG_QUEU, 2}, {TAG_BANK, 3}, {TAG_DREA, 3},
                              {TAG_BASL, 4}};
-
-/* ---- CRC-32 -------------------------------------------------------------------------------- */
-
-#if SONA_HAVE_ZLIB
-/* zlib's crc32 is the same CRC-32 (ISO-HDLC: reflected 0xEDB88320, initial value and final xor
- * ~0), so files written by the byte-wise loop below verify unchanged; zlib's is table-sliced and
- * several times faster on large sections. crc32_z takes a size_t length (zlib >= 1.2.9). */
-uint32_t sona_crc32(uint32_t crc, const void *data, size_t n)
-{
-    return (uint32_t)crc32_z(crc, data, n);
-}
-#else
-/* Builds without zlib (SONA_ZLIB=OFF: the aarch64 cross check, which has no target zlib): the
- * same CRC a byte at a time. */
-static uint32_t crc_table[256];
-static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
-
-static void crc_init(void)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_table[i] = c;
-    }
-}
-
-uint32_t sona_crc32(uint32_t crc, const void *data, size_t n)
-{
-    pthread_once(&crc_once, crc_init);
-    const uint8_t *p = data;
-    crc = ~crc;
-    for (size_t i = 0; i < n; i++)
-        crc = crc_table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
-    return ~crc;
-}
-#endif
 
 /* The counters the STAT section holds, in file order; the first three by name. */
 enum { COUNTER_RECORDED, COUNTER_PROCESSED, COUNTER_DROPPED };
@@ -165,7 +125,7 @@ static void section_end(sona_wbuf *w, size_t at)
 }
 
 /* CONF's fields after the seed, in file order: first the integers (each as a u32), then the
- * floats, both in the order of the one table of the config's fields (engine/engine_config.h),
+ * floats, both in the order of the one table of the config's fields (engine/config.h),
  * which also serves the name-based get/set; fields are only ever appended (a file's counts say
  * how many it has). */
 static uint32_t config_count(int ints)
@@ -286,7 +246,7 @@ static int by_id(const void *a, const void *b)
 }
 
 /* The visit counts by increasing id: one file for one state, whatever the hash table's order. */
-static void write_dream_visits(sona_wbuf *w, const eng_dream_state *d)
+static void write_dream_visits(sona_wbuf *w, const sona_dream_visits *d)
 {
     const uint32_t n = d ? d->visits.count : 0;
     if (n == 0) {
@@ -514,8 +474,9 @@ void eng_sync_parent_dir(const char *path)
     free(parent);
 }
 
-
-sona_status eng_state_snapshot(sona_engine *e, sona_wbuf *w)
+/* sona_save in two steps, so that loop B does not wait on the disk: the state serialised into
+ * *w (caller holds cycle_mu), then *w written to path and freed (without cycle_mu). */
+static sona_status eng_state_snapshot(sona_engine *e, sona_wbuf *w)
 {
     *w = (sona_wbuf){0};
     const sona_status st = serialise(e, w);
@@ -527,7 +488,7 @@ sona_status eng_state_snapshot(sona_engine *e, sona_wbuf *w)
     return SONA_OK;
 }
 
-sona_status eng_state_write(sona_engine *e, const char *path, sona_wbuf *w)
+static sona_status eng_state_write(sona_engine *e, const char *path, sona_wbuf *w)
 {
     const sona_status st = eng_write_file_atomic(e, "sona_save", path, w->p, w->len, 0600);
     free(w->p);
@@ -544,6 +505,15 @@ sona_status sona_save(sona_engine *e, const char *path)
     sona_status st = eng_state_snapshot(e, &w);
     pthread_mutex_unlock(&e->cycle_mu);
     return st == SONA_OK ? eng_state_write(e, path, &w) : st;
+}
+
+sona_status eng_checkpoint(sona_engine *e)
+{
+    sona_wbuf w;
+    pthread_mutex_lock(&e->cycle_mu);
+    sona_status st = eng_state_snapshot(e, &w);
+    pthread_mutex_unlock(&e->cycle_mu);
+    return st == SONA_OK ? eng_state_write(e, e->cfg.state_path, &w) : st;
 }
 
 /* ---- loading ------------------------------------------------------------------------------- */
@@ -566,7 +536,7 @@ typedef struct loaded {
     uint64_t next_id;           /* the engine's next trajectory id */
     uint32_t queued;            /* trajectories in queue: those that fit buffer_capacity */
     sona_trajectory **queue;
-    eng_dream_state *dream;     /* version 3 on; NULL when no pattern was visited */
+    sona_dream_visits *dream;     /* version 3 on; NULL when no pattern was visited */
     sona_signal_baseline quality; /* version 4 on; before, the STAT mean alone */
     sona_signal_baseline *base_baselines; /* layers x regions (version 4 on; else all empty) */
     uint32_t *region_tenants;   /* a region record per tenant of ids (version 4 on; else NULL) */
@@ -594,7 +564,7 @@ static void loaded_free(loaded *s)
     for (uint32_t i = 0; i < s->queued; i++)
         sona_trajectory_destroy(s->queue[i]);
     free(s->queue);
-    eng_dream_state_free(s->dream);
+    sona_dream_visits_free(s->dream);
 }
 
 static sona_status corrupt(sona_engine *e, const char *what)
@@ -757,7 +727,7 @@ static sona_status read_dream_visits(sona_engine *e, sona_rbuf *r, loaded *s)
         return corrupt(e, "dream visit section is truncated");
     if (n == 0)
         return SONA_OK;
-    if (!(s->dream = calloc(1, sizeof *s->dream)))
+    if (!(s->dream = sona_dream_visits_create()))
         return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
     const uint64_t next_id = sona_bank_next_id(s->bank);
     for (uint32_t i = 0; i < n; i++) {
@@ -1018,7 +988,7 @@ static void commit(sona_engine *e, loaded *s)
     pthread_rwlock_unlock(&e->bank_lock);
     atomic_store(&e->n.patterns, sona_bank_pattern_count(e->bank));
     atomic_store(&e->n.tasks, eng_ewc_tasks(e->base_ewc));
-    eng_dream_state_free(e->dream);
+    sona_dream_visits_free(e->dream);
     e->dream = s->dream; /* NULL for a file without visits: loop C starts one */
     s->dream = NULL;
     /* The file's queue replaces the engine's, whose trajectories go back to the pool. Loop B is

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* The one table of sona_engine_config's fields: the name-based get/set of the public API
- * (sona_engine_config_set and friends) and the state file's CONF section (engine_persist.c)
+ * (sona_engine_config_set and friends) and the state file's CONF section (persist.c)
  * both read it. */
 #ifndef SONA_ENGINE_ENGINE_CONFIG_H
 #define SONA_ENGINE_ENGINE_CONFIG_H

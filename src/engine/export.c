@@ -3,7 +3,7 @@
  * (adapter_model.safetensors and adapter_config.json), the form vLLM, LoRAX and Hugging Face
  * PEFT load, published as a whole directory. */
 #define _GNU_SOURCE /* renameat2 */
-#include "engine/engine_internal.h"
+#include "engine/base.h"
 
 #include "common/safetensors.h"
 #include "common/serial.h"

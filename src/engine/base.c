@@ -1,0 +1,230 @@
+/* SPDX-License-Identifier: MIT */
+/* The helpers every part of the engine shares (base.h): errors, the quality baselines and query
+ * regions, the trajectory pool, decoded steps, and training plus publishing an adapter set. */
+#include "engine/base.h"
+
+#include "common/rng.h"
+#include "core/adapt/lora_internal.h"
+#include "core/memory/trajectory_internal.h"
+#include "dispatch/vecmath.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+sona_status eng_fail(sona_engine *e, sona_status st, const char *fmt, ...)
+{
+    char msg[sizeof e->err.msg];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    sona_fail(NULL, st, "%s", msg);
+    if (e) {
+        pthread_mutex_lock(&e->err_mu);
+        memcpy(e->err.msg, msg, sizeof msg);
+        pthread_mutex_unlock(&e->err_mu);
+    }
+    return st;
+}
+
+uint64_t eng_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+float eng_baseline(sona_engine *e)
+{
+    pthread_mutex_lock(&e->quality_mu);
+    const float b = e->quality.count ? e->quality.mean : 0.0f;
+    pthread_mutex_unlock(&e->quality_mu);
+    return b;
+}
+
+void eng_quality_observe(sona_engine *e, float quality)
+{
+    float ignored;
+    pthread_mutex_lock(&e->quality_mu);
+    sona_signal_baseline_weigh(&e->quality, 1.0f - e->cfg.baseline_decay, e->cfg.max_signal_weight, quality, 1,
+                               &ignored);
+    pthread_mutex_unlock(&e->quality_mu);
+}
+
+float eng_quality_weight(sona_engine *e, float quality)
+{
+    float w = 0.0f;
+    pthread_mutex_lock(&e->quality_mu);
+    const sona_signal_baseline b = e->quality;
+    pthread_mutex_unlock(&e->quality_mu);
+    if (b.count < 2) { /* no spread yet: the quality against the mean (0 before any) */
+        const float m = e->cfg.max_signal_weight, d = quality - (b.count ? b.mean : 0.0f);
+        return isfinite(d) ? (d > m ? m : d < -m ? -m : d) : 0.0f;
+    }
+    sona_signal_baseline copy = b;
+    if (sona_signal_baseline_weigh(&copy, 1.0f - e->cfg.baseline_decay, e->cfg.max_signal_weight, quality, 0, &w) !=
+        SONA_OK)
+        w = 0.0f;
+    return w;
+}
+
+uint32_t eng_region(const sona_engine *e, const float *x)
+{
+    const uint32_t H = e->cfg.hidden;
+    const sona_dot_fn dot = sona_dot_kernel();
+    uint32_t region = 0;
+    for (uint32_t b = 0; b < ENG_REGION_BITS; b++)
+        region |= (uint32_t)(dot(e->region_planes + (size_t)b * H, x, H) > 0.0f) << b;
+    return region;
+}
+
+/* The region hash's planes: seeded, so a saved engine's regions are a loaded one's. */
+float *eng_region_planes_create(const sona_engine_config *c)
+{
+    float *p = malloc((size_t)ENG_REGION_BITS * c->hidden * sizeof *p);
+    if (!p)
+        return NULL;
+    for (uint32_t b = 0; b < ENG_REGION_BITS; b++) {
+        sona_rng rng;
+        sona_rng_seed(&rng, c->seed ^ 0x4e610ull, b);
+        for (uint32_t h = 0; h < c->hidden; h++)
+            p[(size_t)b * c->hidden + h] = sona_rng_normal(&rng);
+    }
+    return p;
+}
+
+sona_status eng_traj_take(sona_engine *e, const float *query, sona_trajectory **out)
+{
+    uint32_t taken = 0;
+    if (sona_trajectory_buffer_drain(e->pool, out, 1, &taken) == SONA_OK && taken == 1) {
+        sona_status st = sona_trajectory_reset(*out, e->ids, query, e->cfg.hidden);
+        if (st != SONA_OK) {
+            sona_fail(NULL, st, "%s", sona_trajectory_last_error(*out)); /* begin's reports here */
+            sona_trajectory_destroy(*out);
+            *out = NULL;
+        }
+        return st;
+    }
+    sona_status st = sona_trajectory_begin(e->ids, e->cfg.step_storage, query, e->cfg.hidden, out);
+    /* Room for a full request at once, not a doubling series of reallocs; end() gives back what
+     * the request did not use. Best effort: without it the steps still grow the arena. */
+    if (st == SONA_OK)
+        (void)sona_trajectory_reserve(*out, e->cfg.max_steps, e->cfg.hidden, 0);
+    return st;
+}
+
+void eng_traj_recycle(sona_engine *e, sona_trajectory *t)
+{
+    if (!t)
+        return;
+    if (!sona_trajectory_ended(t))
+        sona_trajectory_end(t, 0.0f);
+    /* A trajectory restored by sona_load may keep another format than step_storage: a reused
+     * one would record new requests in it. */
+    if (sona_trajectory_storage(t) != e->cfg.step_storage || sona_trajectory_buffer_record(e->pool, t) != SONA_OK)
+        sona_trajectory_destroy(t);
+}
+
+sona_status eng_steps_gather(eng_steps *s, const sona_trajectory *t, uint32_t hidden)
+{
+    const uint32_t n = sona_trajectory_step_count(t);
+    if (!s->query && !(s->query = malloc(hidden * sizeof *s->query)))
+        return SONA_E_NOMEM;
+    if (n > s->cap) {
+        float *a = realloc(s->acts, (size_t)n * hidden * sizeof *a), *r;
+        if (a)
+            s->acts = a;
+        r = realloc(s->rewards, n * sizeof *r);
+        if (r)
+            s->rewards = r;
+        int32_t *l = realloc(s->layers, n * sizeof *l);
+        if (l)
+            s->layers = l;
+        if (!a || !r || !l)
+            return SONA_E_NOMEM;
+        s->cap = n;
+    }
+    sona_status st = sona_trajectory_query(t, s->query, hidden);
+    s->steps = 0;
+    for (uint32_t i = 0; i < n && st == SONA_OK; i++) {
+        sona_trajectory_step step;
+        sona_trajectory_get_step(t, i, &step);
+        if (step.activations_len != hidden)
+            continue; /* the engine only records rows of its width */
+        st = sona_trajectory_step_activations(t, i, s->acts + (size_t)s->steps * hidden, hidden);
+        s->rewards[s->steps] = step.reward;
+        s->layers[s->steps] = step.layer;
+        s->steps++;
+    }
+    return st;
+}
+
+void eng_steps_free(eng_steps *s)
+{
+    free(s->query);
+    free(s->acts);
+    free(s->rewards);
+    free(s->layers);
+    memset(s, 0, sizeof *s);
+}
+
+void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc)
+{
+    sona_lora_config_default(lc, base ? SONA_LORA_BASE : SONA_LORA_MICRO, c->hidden);
+    lc->rank = base ? c->base_rank : c->micro_rank;
+    lc->count = base ? c->base_layers : 1;
+    lc->alpha = base ? c->base_alpha : c->micro_alpha;
+    lc->learning_rate = base ? c->base_learning_rate : c->micro_learning_rate;
+    lc->clip_norm = 0.0f; /* the engine bounds each signal's weight and the output change instead */
+    lc->seed = base ? c->seed ^ 0xba5eull : c->seed;
+}
+
+eng_tenant *eng_live_tenant(sona_engine *e, int32_t id)
+{
+    if (id < 0 || (uint32_t)id >= e->cfg.max_tenants || !atomic_load(&e->tenants[id].live))
+        return NULL;
+    return &e->tenants[id];
+}
+
+sona_status eng_train_and_publish(sona_engine *e, sona_lora *lora, eng_ewc *ewc, sona_snapshot_slot *slot)
+{
+    int boundary = 0;
+    sona_status st = ewc ? eng_ewc_step(ewc, lora, &e->cfg, &boundary) : sona_lora_apply_updates(lora);
+    if (st == SONA_OK)
+        st = sona_lora_bound_gain(lora, e->cfg.max_output_change, NULL);
+    if (st == SONA_OK)
+        st = sona_snapshot_publish(slot, lora);
+    if (st != SONA_OK)
+        return eng_fail(e, st, "adapter update failed: %s", sona_lora_last_error(lora));
+    if (boundary) {
+        atomic_fetch_add(&e->n.boundaries, 1);
+        eng_note_tasks(e, slot, ewc);
+    }
+    atomic_fetch_add(slot == &e->base_slot ? &e->n.base_updates : &e->n.micro_updates, 1);
+    return SONA_OK;
+}
+
+void eng_note_tasks(sona_engine *e, const sona_snapshot_slot *slot, const eng_ewc *ewc)
+{
+    const uint32_t tasks = eng_ewc_tasks(ewc);
+    if (slot == &e->base_slot) {
+        atomic_store(&e->n.tasks, tasks);
+        return;
+    }
+    eng_tenant *t = (eng_tenant *)(void *)((char *)(uintptr_t)slot - offsetof(eng_tenant, slot));
+    atomic_store(&t->tasks, tasks);
+}
+
+void eng_kick(sona_engine *e)
+{
+    pthread_mutex_lock(&e->wake_mu);
+    e->kicked = 1;
+    pthread_cond_signal(&e->wake_cv);
+    pthread_mutex_unlock(&e->wake_mu);
+}

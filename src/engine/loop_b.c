@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: MIT */
+/* Loop B (background): a cycle takes the queued trajectories (one loop B starts by itself leaves
+ * fewer than loop_b_min_batch queued and takes at most eng_cycle_cap; a forced one takes all),
+ * decodes each once, updates the pattern bank, trains Base-LoRA per layer (base_lora.c), applies
+ * EWC++ (Fisher, penalty, task-shift check), bounds the output change and publishes the new
+ * Base-LoRA for readers. */
+
+#include "engine/loop_b.h"
+#include "core/adapt/lora_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+/* Learns from a drained batch. Each trajectory is decoded once and serves both the pattern bank
+ * (its embedding) and Base-LoRA (a signal per step); then the bank takes the batch and the new
+ * Base-LoRA is published. Caller holds cycle_mu. */
+static sona_status learn_batch(sona_engine *e, sona_trajectory *const *batch, uint32_t n)
+{
+    const uint32_t H = e->cfg.hidden;
+    eng_steps steps = {0};
+    eng_bank_batch rows;
+    sona_status st = eng_bank_batch_init(e, &rows, n);
+    for (uint32_t i = 0; i < n && st == SONA_OK; i++) {
+        if ((st = eng_steps_gather(&steps, batch[i], H)) != SONA_OK)
+            break;
+        eng_bank_add_row(e, &rows, &steps, sona_trajectory_quality(batch[i]));
+        eng_ewc_note_quality(e->base_ewc, sona_trajectory_quality(batch[i]));
+        st = eng_base_accumulate(e, steps.query, &steps, NAN);
+    }
+    eng_steps_free(&steps);
+    /* The bank and Base-LoRA are independent: a failure of one does not hold the other back. */
+    const sona_status bank_st = st == SONA_OK ? eng_bank_commit(e, &rows) : SONA_OK;
+    eng_bank_batch_done(e, &rows);
+    if (st == SONA_OK && sona_lora_pending(e->base) > 0)
+        st = eng_train_and_publish(e, e->base, e->base_ewc, &e->base_slot);
+    return bank_st != SONA_OK ? bank_st : st;
+}
+
+sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch, uint32_t max_batch)
+{
+    pthread_mutex_lock(&e->cycle_mu);
+    const uint64_t t0 = eng_now_us();
+    uint32_t queued = sona_trajectory_buffer_len(e->buffer);
+    if (queued == 0 || queued < min_batch) {
+        pthread_mutex_unlock(&e->cycle_mu);
+        return SONA_E_EMPTY;
+    }
+    if (max_batch && queued > max_batch)
+        queued = max_batch; /* the oldest; the rest waits for the next cycle */
+    sona_trajectory **batch = malloc(queued * sizeof *batch);
+    uint32_t n = 0;
+    if (!batch || sona_trajectory_buffer_drain(e->buffer, batch, queued, &n) != SONA_OK) {
+        free(batch);
+        pthread_mutex_unlock(&e->cycle_mu);
+        return eng_fail(e, SONA_E_NOMEM, "loop B: out of memory");
+    }
+    /* From here the batch is the cycle's: it is learned from (and counted) whatever happens.
+     * In the stats it moves from queued to in cycle now, and to processed at the end. */
+    atomic_fetch_add(&e->n.taken, n);
+    const sona_status st = learn_batch(e, batch, n);
+    for (uint32_t i = 0; i < n; i++)
+        eng_traj_recycle(e, batch[i]);
+    free(batch);
+    atomic_fetch_add(&e->n.processed, n);
+    atomic_fetch_add(&e->n.b_cycles, 1);
+    atomic_store(&e->n.tasks, eng_ewc_tasks(e->base_ewc));
+    atomic_store(&e->n.last_b_us, eng_now_us() - t0);
+    atomic_store(&e->last_cycle_ms, eng_now_us() / 1000);
+    pthread_mutex_unlock(&e->cycle_mu);
+    return st == SONA_OK ? SONA_OK : eng_fail(e, st, "loop B cycle failed: %s", sona_last_error());
+}
+
+uint32_t eng_cycle_cap(const sona_engine *e)
+{
+    const uint64_t cap = 4ull * e->cfg.loop_b_threshold;
+    return cap < e->cfg.loop_b_min_batch ? e->cfg.loop_b_min_batch : cap > UINT32_MAX ? UINT32_MAX : (uint32_t)cap;
+}

@@ -1,0 +1,189 @@
+/* SPDX-License-Identifier: MIT */
+/* The request path and loop A: a request records its steps into a trajectory; its end learns
+ * from it at once in the tenant's Micro-LoRA (loop A) and queues it for loop B. */
+#include "engine/base.h"
+
+#include "core/adapt/lora_internal.h"
+#include "core/memory/trajectory_internal.h"
+#include "dispatch/vecmath.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+struct sona_request {
+    sona_engine *e;
+    sona_trajectory *t;
+    int32_t tenant;
+    int poisoned; /* a step was refused (non-finite): the request will not be learned */
+};
+
+/* A request object no longer used: kept as the engine's spare unless one is kept already. */
+static void request_release(sona_request *r)
+{
+    sona_request *none = NULL;
+    if (!atomic_compare_exchange_strong(&r->e->spare_request, &none, r))
+        free(r);
+}
+
+sona_status sona_request_begin(sona_engine *e, int32_t tenant, const float *query, sona_request **out)
+{
+    if (!e || !query || !out)
+        return eng_fail(e, SONA_E_NULL, "sona_request_begin: NULL argument");
+    *out = NULL;
+    if (!eng_live_tenant(e, tenant))
+        return eng_fail(e, SONA_E_NOT_FOUND, "sona_request_begin: no tenant %d", tenant);
+    /* The spare object of an ended request when there is one: one thread serving requests
+     * one after the other never allocates here. */
+    sona_request *r = atomic_exchange(&e->spare_request, NULL);
+    if (!r && !(r = malloc(sizeof *r)))
+        return eng_fail(e, SONA_E_NOMEM, "sona_request_begin: out of memory");
+    *r = (sona_request){.e = e, .tenant = tenant};
+    sona_status st = eng_traj_take(e, query, &r->t);
+    if (st != SONA_OK) {
+        request_release(r);
+        return eng_fail(e, st, "sona_request_begin: %s", sona_last_error());
+    }
+    *out = r;
+    return SONA_OK;
+}
+
+sona_status sona_request_step(sona_request *r, uint32_t layer, const float *activations,
+                              const float *attention, uint32_t n_attention, float reward)
+{
+    if (!r || !activations || (n_attention && !attention))
+        return eng_fail(r ? r->e : NULL, SONA_E_NULL, "sona_request_step: NULL argument");
+    sona_engine *e = r->e;
+    if (layer > INT32_MAX)
+        return eng_fail(e, SONA_E_INVALID, "sona_request_step: layer %u is out of range", layer);
+    if (n_attention && !sona_all_finite(attention, n_attention)) {
+        r->poisoned = 1;
+        return eng_fail(e, SONA_E_NONFINITE, "sona_request_step: NaN or Inf in attention weights");
+    }
+    if (sona_trajectory_step_count(r->t) >= e->cfg.max_steps) {
+        /* Only the first max_steps are kept; the others are checked all the same. */
+        if (isfinite(reward) && sona_all_finite(activations, e->cfg.hidden))
+            return SONA_OK;
+        r->poisoned = 1;
+        return eng_fail(e, SONA_E_NONFINITE, "sona_request_step: NaN or Inf in the activations or reward "
+                                             "(of a step past max_steps)");
+    }
+    /* Attention weights are checked, not kept: loop B learns from activations and rewards. */
+    sona_status st = sona_trajectory_add_step(r->t, activations, e->cfg.hidden, NULL, 0, reward, (int32_t)layer);
+    if (st != SONA_OK) {
+        r->poisoned = 1;
+        return eng_fail(e, st, "sona_request_step: %s", sona_trajectory_last_error(r->t));
+    }
+    return SONA_OK;
+}
+
+void sona_request_abandon(sona_request *r)
+{
+    if (!r)
+        return;
+    eng_traj_recycle(r->e, r->t);
+    request_release(r);
+}
+
+/* Loop A's learning step for one ended trajectory of tenant `tenant`. The signal is built in
+ * the tenant's rows, under its mutex like the training step that follows. */
+static sona_status learn_instant(sona_engine *e, int32_t tenant, const sona_trajectory *t)
+{
+    const uint32_t H = e->cfg.hidden;
+    eng_tenant *tn = &e->tenants[tenant];
+    eng_quality_observe(e, sona_trajectory_quality(t));
+    pthread_mutex_lock(&tn->mu);
+    if (!tn->signal && !(tn->signal = malloc(3 * (size_t)H * sizeof *tn->signal))) {
+        pthread_mutex_unlock(&tn->mu);
+        return eng_fail(e, SONA_E_NOMEM, "sona_request_end: out of memory");
+    }
+    float *x = tn->signal, *delta = x + H, *y = delta + H, w;
+    /* y(x), where the adapter sent the query: the training copy's weights are the published
+     * ones (gradients wait in its accumulators until they are applied). */
+    sona_status st = sona_trajectory_query(t, x, H);
+    if (st == SONA_OK)
+        st = sona_lora_forward(tn->lora, 0, x, y);
+    if (st == SONA_OK) {
+        sona_signal_options opt;
+        sona_signal_options_default(&opt);
+        opt.output = y;
+        opt.baseline = &tn->baselines[eng_region(e, x)];
+        st = sona_signal_from_trajectory_opts(e->signals, t, &opt, x, delta, &w);
+    }
+    if (st != SONA_OK) {
+        pthread_mutex_unlock(&tn->mu);
+        atomic_fetch_add(&e->n.rejected, 1);
+        /* No step or no direction: nothing to learn, not an error of the caller. */
+        return st == SONA_E_NONFINITE ? eng_fail(e, st, "sona_request_end: non-finite signal; not learned") : SONA_OK;
+    }
+    if (atomic_load(&tn->live)) {
+        const int32_t adapter = 0;
+        eng_ewc_note_quality(tn->ewc, sona_trajectory_quality(t));
+        st = sona_lora_normalize_signals(tn->lora, 1, &adapter, x, delta, &w);
+        if (st == SONA_OK)
+            st = sona_lora_accumulate(tn->lora, 0, x, delta, w);
+        if (st == SONA_OK) {
+            atomic_fetch_add(&e->n.accepted, 1);
+            if (++tn->since_apply >= e->cfg.micro_apply_every) {
+                st = eng_train_and_publish(e, tn->lora, tn->ewc, &tn->slot);
+                tn->since_apply = 0;
+            }
+        } else {
+            atomic_fetch_add(&e->n.rejected, 1);
+        }
+    } else {
+        atomic_fetch_add(&e->n.rejected, 1); /* the tenant was removed during the request */
+    }
+    pthread_mutex_unlock(&tn->mu);
+    return st;
+}
+
+sona_status sona_request_end(sona_request *r, float quality)
+{
+    if (!r)
+        return sona_fail(NULL, SONA_E_NULL, "sona_request_end: request is NULL");
+    sona_engine *e = r->e;
+    sona_trajectory *t = r->t;
+    const int32_t tenant = r->tenant;
+    const int poisoned = r->poisoned;
+    request_release(r);
+    if (!atomic_load(&e->enabled)) {
+        eng_traj_recycle(e, t);
+        return SONA_OK;
+    }
+    if (poisoned || sona_trajectory_end(t, quality) != SONA_OK) {
+        atomic_fetch_add(&e->n.rejected, 1);
+        eng_traj_recycle(e, t);
+        return eng_fail(e, SONA_E_NONFINITE, "sona_request_end: NaN or Inf in the trajectory; not learned");
+    }
+    sona_status st = learn_instant(e, tenant, t);
+    /* Counted as recorded before loop B can take it (see engine_internal.h's taken). */
+    if (sona_trajectory_buffer_record_counted(e->buffer, t, &e->n.recorded) == SONA_OK) {
+        if (sona_trajectory_buffer_len(e->buffer) >= e->cfg.loop_b_threshold)
+            eng_kick(e);
+    } else {
+        atomic_fetch_add(&e->n.dropped, 1);
+        eng_traj_recycle(e, t);
+    }
+    return st;
+}
+
+sona_status sona_flush(sona_engine *e)
+{
+    if (!e)
+        return sona_fail(NULL, SONA_E_NULL, "sona_flush: engine is NULL");
+    sona_status first = SONA_OK;
+    for (uint32_t i = 0; i < e->cfg.max_tenants; i++) {
+        eng_tenant *t = &e->tenants[i];
+        if (!atomic_load(&t->live))
+            continue;
+        pthread_mutex_lock(&t->mu);
+        if (atomic_load(&t->live) && sona_lora_pending(t->lora) > 0) {
+            sona_status st = eng_train_and_publish(e, t->lora, t->ewc, &t->slot);
+            t->since_apply = 0;
+            if (first == SONA_OK)
+                first = st;
+        }
+        pthread_mutex_unlock(&t->mu);
+    }
+    return first;
+}
