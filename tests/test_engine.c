@@ -342,6 +342,34 @@ static void refused(sona_engine *e, const uint8_t *data, size_t len, sona_status
     free(q);
 }
 
+/* The file is little-endian whatever the host: the header's version, byte-order mark and section
+ * count read as bytes, and the first section's length field as a little-endian u64 lands on the
+ * second section's tag. */
+Test(engine, state_file_is_little_endian)
+{
+    const uint64_t seed = op_test_seed();
+    printf("[engine] seed %" PRIu64 "\n", seed);
+    char *path = temp_path("endian.state");
+    sona_engine *e = trained(seed);
+    cr_assert_eq(sona_save(e, path), SONA_OK);
+    size_t n;
+    uint8_t *b = read_all(path, &n);
+    cr_assert(n > 64);
+    const uint8_t version[4] = {4, 0, 0, 0}, mark[4] = {4, 3, 2, 1};
+    cr_assert_eq(memcmp(b + 8, version, 4), 0, "format version 4, little-endian");
+    cr_assert_eq(memcmp(b + 12, mark, 4), 0, "byte-order mark 0x01020304, little-endian");
+    cr_assert_eq(memcmp(b + 24, "CONF", 4), 0);
+    uint64_t len = 0;
+    for (int i = 7; i >= 0; i--)
+        len = len << 8 | b[24 + 8 + i];
+    cr_assert(24 + 20 + len + 4 <= n);
+    cr_assert_eq(memcmp(b + 24 + 20 + len, "STAT", 4), 0, "CONF's length (%" PRIu64 ") is little-endian", len);
+    free(b);
+    unlink(path);
+    free(path);
+    sona_engine_destroy(e);
+}
+
 Test(engine, bad_files_are_refused_and_change_nothing)
 {
     const uint64_t seed = op_test_seed();

@@ -51,7 +51,7 @@ void sona_safetensors_encode(sona_wbuf *w, const sona_tensor_f32 *t, uint32_t n,
     if (w->oom)
         return;
     const uint64_t header_len = w->len - header_at;
-    memcpy(w->p + length_at, &header_len, sizeof header_len);
+    sona_wbuf_patch_u64(w, length_at, header_len);
     for (uint32_t i = 0; i < n; i++)
         sona_wbuf_floats(w, t[i].data, (size_t)t[i].rows * t[i].cols);
 }

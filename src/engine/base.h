@@ -9,8 +9,8 @@
  * Lock order (a thread holding one may take only those after it):
  *   tenants_mu -> cycle_mu -> eng_tenant.mu -> bank_lock (write) -> quality_mu, err_mu
  *   wake_mu is taken alone (the loop thread drops it before running a cycle). */
-#ifndef SONA_ENGINE_ENGINE_INTERNAL_H
-#define SONA_ENGINE_ENGINE_INTERNAL_H
+#ifndef SONA_ENGINE_BASE_H
+#define SONA_ENGINE_BASE_H
 
 #include "common/error.h"
 #include "common/scratch.h"

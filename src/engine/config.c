@@ -2,6 +2,8 @@
 /* sona_engine_config by name: the field table (config.h) and the public get/set. */
 #include "engine/config.h"
 
+#include "common/serial.h"
+
 #include "common/error.h"
 
 #include <float.h>
@@ -269,4 +271,79 @@ sona_status sona_engine_config_get_string(const sona_engine_config *cfg, const c
         return sona_fail(NULL, SONA_E_INVALID, "%s: %s is not terminated", fn, f->name);
     *value = at;
     return SONA_OK;
+}
+
+/* ---- the state file's CONF section ---- */
+
+/* CONF's fields after the seed, in file order: first the integers (each as a u32), then the
+ * floats, both in the order of the one table of the config's fields (engine/config.h),
+ * which also serves the name-based get/set; fields are only ever appended (a file's counts say
+ * how many it has). */
+static uint32_t config_count(int ints)
+{
+    uint32_t n = 0;
+    for (size_t i = 0; i < eng_config_field_count; i++)
+        if (ints ? eng_config_is_file_int(&eng_config_fields[i]) : eng_config_fields[i].type == ENG_CF_F32)
+            n++;
+    return n;
+}
+
+void eng_config_write(sona_wbuf *w, const sona_engine_config *c)
+{
+    sona_wbuf_u64(w, c->seed);
+    sona_wbuf_u32(w, config_count(1));
+    for (size_t i = 0; i < eng_config_field_count; i++)
+        if (eng_config_is_file_int(&eng_config_fields[i]))
+            sona_wbuf_u32(w, eng_config_u32_get(c, &eng_config_fields[i]));
+    sona_wbuf_u32(w, config_count(0));
+    for (size_t i = 0; i < eng_config_field_count; i++)
+        if (eng_config_fields[i].type == ENG_CF_F32) {
+            float v;
+            memcpy(&v, (const char *)c + eng_config_fields[i].offset, sizeof v);
+            sona_wbuf_f32(w, v);
+        }
+}
+
+/* The table's next field of the kind (file integers or floats) from *at on, NULL past the end. */
+static const eng_config_field *next_config_field(size_t *at, int ints)
+{
+    for (; *at < eng_config_field_count; (*at)++) {
+        const eng_config_field *f = &eng_config_fields[*at];
+        if (ints ? eng_config_is_file_int(f) : f->type == ENG_CF_F32) {
+            (*at)++;
+            return f;
+        }
+    }
+    return NULL;
+}
+
+/* CONF's payload into *c: the default preset's values for what the file does not hold (fields
+ * newer than it; state_path ""), its values for the rest, fields it has and this library does not
+ * know skipped. 0, or -1 when the payload is malformed (fewer than the 5 shape fields, or short). */
+int eng_config_read(sona_rbuf *r, sona_engine_config *c)
+{
+    const uint64_t seed = sona_rbuf_u64(r);
+    const uint32_t n_ints = sona_rbuf_u32(r);
+    if (r->bad || n_ints < 5 || !sona_rbuf_has(r, n_ints, sizeof(uint32_t)))
+        return -1;
+    const uint32_t hidden = sona_rbuf_u32(r);
+    sona_engine_config_default(c, SONA_PRESET_DEFAULT, hidden);
+    c->seed = seed;
+    size_t at = 0;
+    (void)next_config_field(&at, 1); /* hidden, read above */
+    for (uint32_t i = 1; i < n_ints; i++) {
+        const uint32_t v = sona_rbuf_u32(r);
+        const eng_config_field *f = next_config_field(&at, 1);
+        if (f)
+            eng_config_u32_set(c, f, v);
+    }
+    const uint32_t n_floats = sona_rbuf_u32(r);
+    at = 0;
+    for (uint32_t i = 0; !r->bad && i < n_floats; i++) {
+        const float v = sona_rbuf_f32(r);
+        const eng_config_field *f = next_config_field(&at, 0);
+        if (f)
+            memcpy((char *)c + f->offset, &v, sizeof v);
+    }
+    return r->bad ? -1 : 0;
 }

@@ -2,8 +2,8 @@
 /* The one table of sona_engine_config's fields: the name-based get/set of the public API
  * (sona_engine_config_set and friends) and the state file's CONF section (persist.c)
  * both read it. */
-#ifndef SONA_ENGINE_ENGINE_CONFIG_H
-#define SONA_ENGINE_ENGINE_CONFIG_H
+#ifndef SONA_ENGINE_CONFIG_H
+#define SONA_ENGINE_CONFIG_H
 
 #include "sona/engine.h"
 
@@ -43,4 +43,15 @@ static inline int eng_config_is_file_int(const eng_config_field *f)
 uint32_t eng_config_u32_get(const sona_engine_config *c, const eng_config_field *f);
 void eng_config_u32_set(sona_engine_config *c, const eng_config_field *f, uint32_t v);
 
-#endif /* SONA_ENGINE_ENGINE_CONFIG_H */
+struct sona_wbuf;
+struct sona_rbuf;
+/* The state file's CONF section: the seed, then the file integers (count, values) and the floats
+ * (count, values), each in table order. */
+void eng_config_write(struct sona_wbuf *w, const sona_engine_config *c);
+/* CONF's payload into *c: the default preset's values for what the file does not hold (fields
+ * newer than it; state_path ""), its values for the rest, fields it has and this library does
+ * not know skipped. 0, or -1 when the payload is malformed (fewer than the 5 shape fields, or
+ * short). */
+int eng_config_read(struct sona_rbuf *r, sona_engine_config *c);
+
+#endif /* SONA_ENGINE_CONFIG_H */

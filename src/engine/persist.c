@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* sona_save / sona_load: the engine's learned state as one versioned, checksummed file.
  *
- * Layout (all integers and floats in the writer's byte order, recorded by the header):
+ * Layout (all integers and floats little-endian; the byte-order mark says so to older readers):
  *   header:  magic "SONASTAT" (8 bytes), u32 format version, u32 byte-order mark 0x01020304,
  *            u32 section count, u32 CRC-32 of the 20 bytes before it
  *   section: u32 tag, u32 zero, u64 payload length, u32 CRC-32 of the payload, payload
@@ -33,9 +33,11 @@
  * target, then the directory is fsynced: a crash leaves the old file or the new one. */
 
 #include "engine/persist.h"
+
 #include "common/serial.h"
 #include "core/adapt/lora_internal.h"
 #include "core/memory/trajectory_internal.h"
+#include "core/patterns/bank_serial.h"
 #include "core/patterns/dream.h"
 #include "engine/config.h"
 
@@ -50,37 +52,14 @@
 #include <unistd.h>
 
 #define STATE_MAGIC "SONASTAT"
-#define STATE_VERSION 4u /* 2: QUEU; 3: BANK, DREA, EWC++ detectors; 4: BASL. 1 on are read */
 #define BYTE_ORDER_MARK 0x01020304u
 #define HEADER_BYTES 24u
-#define COUNTERS 13 /* STAT section: the engine's monotonic counters */
-#define BANK_COUNTERS 13 /* BANK section: sona_bank_stats' counters */
-#define SECTIONS 9
 #define SECTION_HEADER_BYTES 20u
-#define TAG(a, b, c, d) ((uint32_t)(a) | (uint32_t)(b) << 8 | (uint32_t)(c) << 16 | (uint32_t)(d) << 24)
-
-enum {
-    TAG_CONF = TAG('C', 'O', 'N', 'F'),
-    TAG_STAT = TAG('S', 'T', 'A', 'T'),
-    TAG_TENA = TAG('T', 'E', 'N', 'A'),
-    TAG_BASE = TAG('B', 'A', 'S', 'E'),
-    TAG_PATT = TAG('P', 'A', 'T', 'T'),
-    TAG_QUEU = TAG('Q', 'U', 'E', 'U'),
-    TAG_BANK = TAG('B', 'A', 'N', 'K'),
-    TAG_DREA = TAG('D', 'R', 'E', 'A'),
-    TAG_BASL = TAG('B', 'A', 'S', 'L'),
-};
-
-/* The sections in file order, and the format version that brought each. */
-enum { SEC_CONF, SEC_STAT, SEC_TENA, SEC_BASE, SEC_PATT, SEC_QUEU, SEC_BANK, SEC_DREA, SEC_BASL };
-static const struct {
-    uint32_t tag, since;
-} section_table[SECTIONS] = {{TAG_CONF, 1}, {TAG_STAT, 1}, {TAG_TENA, 1}, {TAG_BASE, 1},
-                             {TAG_PATT, 1}, {TAG_QUEU, 2}, {TAG_BANK, 3}, {TAG_DREA, 3},
-                             {TAG_BASL, 4}};
+#define COUNTERS 13 /* STAT section: the engine's monotonic counters */
 
 /* The counters the STAT section holds, in file order; the first three by name. */
 enum { COUNTER_RECORDED, COUNTER_PROCESSED, COUNTER_DROPPED };
+
 static void counter_table(sona_engine *e, atomic_uint_fast64_t *out[COUNTERS])
 {
     atomic_uint_fast64_t *const t[COUNTERS] = {
@@ -90,18 +69,64 @@ static void counter_table(sona_engine *e, atomic_uint_fast64_t *out[COUNTERS])
     memcpy(out, t, sizeof t);
 }
 
-/* The counters the BANK section holds, in file order. */
-static void bank_counter_table(sona_bank_stats *s, uint64_t *out[BANK_COUNTERS])
+/* ---- the state in memory ------------------------------------------------------------------------------- */
+
+/* Everything a file holds, built into fresh objects before anything of the engine changes. */
+typedef struct loaded {
+    uint32_t version;           /* the file's format version */
+    uint64_t counters[COUNTERS];
+    float baseline;
+    uint32_t phi_bits;
+    uint32_t tenants;
+    uint32_t *ids;
+    sona_lora **loras;
+    eng_ewc **ewcs;
+    uint32_t *since_apply;      /* per tenant: signals since its last apply (version 3 on) */
+    sona_lora *base;
+    eng_ewc *base_ewc;
+    sona_bank *bank;
+    int has_queue;              /* version 2 on */
+    uint64_t next_id;           /* the engine's next trajectory id */
+    uint32_t queued;            /* trajectories in queue: those that fit buffer_capacity */
+    sona_trajectory **queue;
+    uint32_t queue_in_file;     /* the file's queue, also what did not fit */
+    sona_dream_visits *dream;     /* version 3 on; NULL when no pattern was visited */
+    sona_signal_baseline quality; /* version 4 on; before, the STAT mean alone */
+    sona_signal_baseline *base_baselines; /* layers x regions (version 4 on; else all empty) */
+    uint32_t *region_tenants;   /* a region record per tenant of ids (version 4 on; else NULL) */
+    sona_signal_baseline *tenant_baselines; /* tenants x regions, by TENA's order */
+} loaded;
+
+static void loaded_free(loaded *s)
 {
-    uint64_t *const t[BANK_COUNTERS] = {
-        &s->trajectories_added, &s->trajectories_rejected, &s->trajectories_refused_full,
-        &s->trajectories_lost, &s->extractions, &s->clusters_found, &s->clusters_dropped_small,
-        &s->patterns_created, &s->patterns_merged, &s->patterns_pruned_quality,
-        &s->patterns_pruned_stale, &s->patterns_evicted, &s->searches};
-    memcpy(out, t, sizeof t);
+    for (uint32_t i = 0; i < s->tenants; i++) {
+        if (s->loras)
+            sona_lora_destroy(s->loras[i]);
+        if (s->ewcs)
+            eng_ewc_destroy(s->ewcs[i]);
+    }
+    free(s->ids);
+    free(s->loras);
+    free(s->ewcs);
+    free(s->since_apply);
+    free(s->base_baselines);
+    free(s->region_tenants);
+    free(s->tenant_baselines);
+    sona_lora_destroy(s->base);
+    eng_ewc_destroy(s->base_ewc);
+    sona_bank_destroy(s->bank);
+    for (uint32_t i = 0; i < s->queued; i++)
+        sona_trajectory_destroy(s->queue[i]);
+    free(s->queue);
+    sona_dream_visits_free(s->dream);
 }
 
-/* ---- writing ------------------------------------------------------------------------------- */
+static sona_status corrupt(sona_engine *e, const char *what)
+{
+    return eng_fail(e, SONA_E_CORRUPT, "sona_load: %s", what);
+}
+
+/* ---- records shared by sections ------------------------------------------------------------ */
 
 /* Sections are written into w: begin reserves the section header, end fills length and CRC. */
 static size_t section_begin(sona_wbuf *w, uint32_t tag)
@@ -120,85 +145,12 @@ static void section_end(sona_wbuf *w, size_t at)
         return;
     const uint64_t len = w->len - at - SECTION_HEADER_BYTES;
     const uint32_t crc = sona_crc32(0, w->p + at + SECTION_HEADER_BYTES, len);
-    memcpy(w->p + at + 8, &len, sizeof len);
-    memcpy(w->p + at + 16, &crc, sizeof crc);
-}
-
-/* CONF's fields after the seed, in file order: first the integers (each as a u32), then the
- * floats, both in the order of the one table of the config's fields (engine/config.h),
- * which also serves the name-based get/set; fields are only ever appended (a file's counts say
- * how many it has). */
-static uint32_t config_count(int ints)
-{
-    uint32_t n = 0;
-    for (size_t i = 0; i < eng_config_field_count; i++)
-        if (ints ? eng_config_is_file_int(&eng_config_fields[i]) : eng_config_fields[i].type == ENG_CF_F32)
-            n++;
-    return n;
-}
-
-static void write_config(sona_wbuf *w, const sona_engine_config *c)
-{
-    sona_wbuf_u64(w, c->seed);
-    sona_wbuf_u32(w, config_count(1));
-    for (size_t i = 0; i < eng_config_field_count; i++)
-        if (eng_config_is_file_int(&eng_config_fields[i]))
-            sona_wbuf_u32(w, eng_config_u32_get(c, &eng_config_fields[i]));
-    sona_wbuf_u32(w, config_count(0));
-    for (size_t i = 0; i < eng_config_field_count; i++)
-        if (eng_config_fields[i].type == ENG_CF_F32) {
-            float v;
-            memcpy(&v, (const char *)c + eng_config_fields[i].offset, sizeof v);
-            sona_wbuf_f32(w, v);
-        }
-}
-
-/* The table's next field of the kind (file integers or floats) from *at on, NULL past the end. */
-static const eng_config_field *next_config_field(size_t *at, int ints)
-{
-    for (; *at < eng_config_field_count; (*at)++) {
-        const eng_config_field *f = &eng_config_fields[*at];
-        if (ints ? eng_config_is_file_int(f) : f->type == ENG_CF_F32) {
-            (*at)++;
-            return f;
-        }
-    }
-    return NULL;
+    sona_wbuf_patch_u64(w, at + 8, len);
+    sona_wbuf_patch_u32(w, at + 16, crc);
 }
 
 /* An adapter set: weights, EWC++, then (version 3 on) loop A's state between applies: the
  * signals since the last apply, and the gradients they accumulated with each adapter's count. */
-/* CONF's payload into *c: the default preset's values for what the file does not hold (fields
- * newer than it; state_path ""), its values for the rest, fields it has and this library does not
- * know skipped. 0, or -1 when the payload is malformed (fewer than the 5 shape fields, or short). */
-static int decode_config(sona_rbuf *r, sona_engine_config *c)
-{
-    const uint64_t seed = sona_rbuf_u64(r);
-    const uint32_t n_ints = sona_rbuf_u32(r);
-    if (r->bad || n_ints < 5 || !sona_rbuf_has(r, n_ints, sizeof(uint32_t)))
-        return -1;
-    const uint32_t hidden = sona_rbuf_u32(r);
-    sona_engine_config_default(c, SONA_PRESET_DEFAULT, hidden);
-    c->seed = seed;
-    size_t at = 0;
-    (void)next_config_field(&at, 1); /* hidden, read above */
-    for (uint32_t i = 1; i < n_ints; i++) {
-        const uint32_t v = sona_rbuf_u32(r);
-        const eng_config_field *f = next_config_field(&at, 1);
-        if (f)
-            eng_config_u32_set(c, f, v);
-    }
-    const uint32_t n_floats = sona_rbuf_u32(r);
-    at = 0;
-    for (uint32_t i = 0; !r->bad && i < n_floats; i++) {
-        const float v = sona_rbuf_f32(r);
-        const eng_config_field *f = next_config_field(&at, 0);
-        if (f)
-            memcpy((char *)c + f->offset, &v, sizeof v);
-    }
-    return r->bad ? -1 : 0;
-}
-
 static void write_adapter(sona_wbuf *w, const sona_lora *l, const eng_ewc *ewc, uint32_t since_apply,
                           float *scratch)
 {
@@ -222,53 +174,130 @@ static void write_adapter(sona_wbuf *w, const sona_lora *l, const eng_ewc *ewc, 
         return;
     }
     sona_lora_pending_counts(l, counts);
-    sona_wbuf_put(w, counts, c->count * sizeof *counts);
+    sona_wbuf_u32s(w, counts, c->count);
     sona_wbuf_floats(w, scratch, 2 * n);
     free(counts);
 }
 
-static void write_bank_counters(sona_wbuf *w, const sona_bank *bank)
+/* Loop A's state between applies (version 3 on; see write_adapter) into a fresh lora. */
+static sona_status read_pending(sona_engine *e, sona_rbuf *r, sona_lora *l, uint32_t *since_apply)
 {
-    sona_bank_stats bs;
-    uint64_t *counters[BANK_COUNTERS];
-    sona_bank_stats_get(bank, &bs);
-    bank_counter_table(&bs, counters);
-    sona_wbuf_u32(w, BANK_COUNTERS);
-    for (int i = 0; i < BANK_COUNTERS; i++)
-        sona_wbuf_u64(w, *counters[i]);
-    sona_wbuf_u64(w, sona_bank_next_id(bank));
+    const sona_lora_config *c = sona_lora_get_config(l);
+    const size_t n = (size_t)c->count * c->rank * c->hidden;
+    *since_apply = sona_rbuf_u32(r);
+    const uint32_t pending = sona_rbuf_u32(r);
+    if (r->bad || pending > 1)
+        return corrupt(e, "bad pending gradient record");
+    if (!pending)
+        return SONA_OK;
+    if (!sona_rbuf_has(r, c->count + 2 * n, sizeof(float))) /* u32 counts, then float gradients */
+        return corrupt(e, "pending gradients are truncated");
+    uint32_t *counts = malloc(c->count * sizeof *counts);
+    float *g = malloc(2 * n * sizeof *g);
+    sona_status st = counts && g ? SONA_OK : eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
+    uint64_t total = 0;
+    if (st == SONA_OK) {
+        sona_rbuf_u32s(r, counts, c->count);
+        sona_rbuf_floats(r, g, 2 * n);
+        for (uint32_t i = 0; i < c->count; i++)
+            total += counts[i];
+        if (total == 0)
+            st = corrupt(e, "a pending gradient record without signals");
+        else if (sona_lora_import_grad(l, g, g + n, counts) != SONA_OK)
+            st = corrupt(e, "pending gradients are not finite");
+    }
+    free(counts);
+    free(g);
+    return st;
 }
 
-static int by_id(const void *a, const void *b)
+/* Reads one adapter set of the engine's shape into a fresh lora (+ EWC++, whose record has the
+ * boundary detector from version 3 on, and from then on loop A's pending state). */
+static sona_status read_adapter(sona_engine *e, sona_rbuf *r, uint32_t version, int base, sona_lora **lora,
+                                eng_ewc **ewc, uint32_t *since_apply)
 {
-    const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
+    sona_lora_config lc;
+    eng_lora_config(&e->cfg, base, &lc);
+    const size_t n = (size_t)lc.count * lc.rank * lc.hidden;
+    if (!sona_rbuf_has(r, 2 * n, sizeof(float)))
+        return corrupt(e, "adapter weights are truncated");
+    float *wts = malloc(2 * n * sizeof *wts);
+    if (!wts)
+        return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
+    sona_rbuf_floats(r, wts, 2 * n);
+    sona_status st = sona_lora_create(&lc, lora);
+    if (st == SONA_OK && (st = sona_lora_import(*lora, wts, wts + n)) != SONA_OK)
+        st = corrupt(e, "adapter weights are not finite");
+    free(wts);
+    if (st != SONA_OK)
+        return st;
+    st = eng_ewc_load(r, *lora, &e->cfg, version, base, ewc);
+    if (st != SONA_OK)
+        return eng_fail(e, st, "sona_load: EWC++ state: %s", sona_status_str(st));
+    *since_apply = 0;
+    return version >= 3 ? read_pending(e, r, *lora, since_apply) : SONA_OK;
 }
 
-/* The visit counts by increasing id: one file for one state, whatever the hash table's order. */
-static void write_dream_visits(sona_wbuf *w, const sona_dream_visits *d)
+static sona_status read_tenants(sona_engine *e, sona_rbuf *r, loaded *s)
 {
-    const uint32_t n = d ? d->visits.count : 0;
-    if (n == 0) {
-        sona_wbuf_u32(w, 0);
-        return;
+    const uint32_t n = sona_rbuf_u32(r);
+    if (r->bad || n == 0 || n > e->cfg.max_tenants)
+        return corrupt(e, "bad tenant count");
+    s->ids = calloc(n, sizeof *s->ids);
+    s->loras = calloc(n, sizeof *s->loras);
+    s->ewcs = calloc(n, sizeof *s->ewcs);
+    s->since_apply = calloc(n, sizeof *s->since_apply);
+    if (!s->ids || !s->loras || !s->ewcs || !s->since_apply)
+        return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
+    s->tenants = n;
+    for (uint32_t i = 0; i < n; i++) {
+        s->ids[i] = sona_rbuf_u32(r);
+        if (r->bad || s->ids[i] >= e->cfg.max_tenants || (i && s->ids[i] <= s->ids[i - 1]) ||
+            (i == 0 && s->ids[0] != 0))
+            return corrupt(e, "bad tenant id");
+        sona_status st = read_adapter(e, r, s->version, 0, &s->loras[i], &s->ewcs[i], &s->since_apply[i]);
+        if (st != SONA_OK)
+            return st;
     }
-    uint64_t *ids = malloc(n * sizeof *ids);
-    if (!ids) {
-        w->oom = 1;
-        return;
+    return SONA_OK;
+}
+
+/* Reads the queued trajectories (QUEU). Those beyond this engine's buffer_capacity are
+ * checked like the others and let go: the oldest are kept, as a full queue refuses the newest. */
+static sona_status read_queue(sona_engine *e, sona_rbuf *r, loaded *s)
+{
+    const uint32_t H = e->cfg.hidden;
+    s->next_id = sona_rbuf_u64(r);
+    const uint32_t n = sona_rbuf_u32(r);
+    if (!sona_rbuf_has(r, n, SONA_TRAJECTORY_RECORD_MIN_BYTES))
+        return corrupt(e, "queue section is truncated");
+    const uint32_t keep = n < e->cfg.buffer_capacity ? n : e->cfg.buffer_capacity;
+    if (keep && !(s->queue = calloc(keep, sizeof *s->queue)))
+        return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
+    s->queue_in_file = n;
+    for (uint32_t i = 0; i < n; i++) {
+        sona_trajectory *t;
+        sona_status st = sona_trajectory_read(r, &t);
+        if (st != SONA_OK)
+            return eng_fail(e, st, "sona_load: queued trajectory %u: %s", i, sona_last_error());
+        /* What loop B needs: rows of the engine's width (the file's CONF has it), and ids the
+         * restored id source will not hand out again. */
+        int ok = sona_trajectory_dim(t) == H && sona_trajectory_id(t) < s->next_id;
+        for (uint32_t k = 0; ok && k < sona_trajectory_step_count(t); k++) {
+            sona_trajectory_step step;
+            ok = sona_trajectory_get_step(t, k, &step) == SONA_OK && step.activations_len == H;
+        }
+        if (!ok) {
+            sona_trajectory_destroy(t);
+            return corrupt(e, "a queued trajectory is not of the engine's width, or its id is not below "
+                              "the next id");
+        }
+        if (i < keep)
+            s->queue[s->queued++] = t;
+        else
+            sona_trajectory_destroy(t);
     }
-    uint32_t k = 0;
-    for (uint64_t cell = 0; cell <= d->visits.mask; cell++)
-        if (d->visits.vals[cell] != SONA_IDMAP_EMPTY)
-            ids[k++] = d->visits.keys[cell];
-    qsort(ids, k, sizeof *ids, by_id);
-    sona_wbuf_u32(w, k);
-    for (uint32_t i = 0; i < k; i++) {
-        sona_wbuf_u64(w, ids[i]);
-        sona_wbuf_u32(w, sona_idmap_get(&d->visits, ids[i]));
-    }
-    free(ids);
+    return SONA_OK;
 }
 
 static void write_baseline(sona_wbuf *w, const sona_signal_baseline *b)
@@ -301,10 +330,232 @@ static void write_baselines(sona_wbuf *w, sona_engine *e, const sona_signal_base
         }
         pthread_mutex_unlock(&t->mu);
     }
-    if (!w->oom)
-        memcpy(w->p + count_at, &live, sizeof live);
+    sona_wbuf_patch_u32(w, count_at, live);
 }
 
+static int read_baseline(sona_rbuf *r, sona_signal_baseline *b)
+{
+    b->mean = sona_rbuf_f32(r);
+    b->var = sona_rbuf_f32(r);
+    b->count = sona_rbuf_u32(r);
+    return !r->bad && isfinite(b->mean) && isfinite(b->var) && b->var >= 0.0f;
+}
+
+/* BASL (version 4 on) into s; TENA was read before. A tenant of the file's BASL that TENA does
+ * not hold (created while the file was saved) is skipped; one of TENA's without a record starts
+ * empty. */
+static sona_status read_baselines(sona_engine *e, sona_rbuf *r, loaded *s)
+{
+    const uint32_t L = e->cfg.base_layers;
+    s->base_baselines = calloc((size_t)L * ENG_REGIONS, sizeof *s->base_baselines);
+    s->region_tenants = calloc(s->tenants, sizeof *s->region_tenants);
+    s->tenant_baselines = calloc((size_t)s->tenants * ENG_REGIONS, sizeof *s->tenant_baselines);
+    if (!s->base_baselines || !s->region_tenants || !s->tenant_baselines)
+        return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
+    if (!read_baseline(r, &s->quality) || sona_rbuf_u32(r) != ENG_REGIONS || sona_rbuf_u32(r) != L)
+        return corrupt(e, "bad baseline section");
+    for (size_t i = 0; i < (size_t)L * ENG_REGIONS; i++)
+        if (!read_baseline(r, &s->base_baselines[i]))
+            return corrupt(e, "bad baseline section");
+    const uint32_t n = sona_rbuf_u32(r);
+    if (r->bad || n > e->cfg.max_tenants)
+        return corrupt(e, "bad baseline section");
+    uint32_t at = 0, prev = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        const uint32_t id = sona_rbuf_u32(r);
+        sona_signal_baseline b[ENG_REGIONS];
+        for (uint32_t j = 0; j < ENG_REGIONS; j++)
+            if (!read_baseline(r, &b[j]))
+                return corrupt(e, "bad baseline section");
+        if (r->bad || id >= e->cfg.max_tenants || (k && id <= prev))
+            return corrupt(e, "bad baseline section (tenant ids)");
+        prev = id;
+        while (at < s->tenants && s->ids[at] < id)
+            at++;
+        if (at < s->tenants && s->ids[at] == id) {
+            memcpy(s->tenant_baselines + (size_t)at * ENG_REGIONS, b, sizeof b);
+            s->region_tenants[at++] = id;
+        }
+    }
+    return SONA_OK;
+}
+
+/* ---- the sections: each one's writer and reader ------------------------------------------- */
+
+/* What a save reads besides the engine, taken once before the first section so that all agree:
+ * the queue as it was (looked at in place, never taken), the id source after it (every queued
+ * trajectory took its id before it was queued: all are below), the quality baseline. */
+typedef struct save_view {
+    const sona_trajectory **queue;
+    uint32_t queued;
+    uint64_t next_id;
+    sona_signal_baseline quality;
+    float *scratch; /* room for an adapter set's A and Bt */
+} save_view;
+
+static void conf_write(sona_engine *e, const save_view *v, sona_wbuf *w)
+{
+    (void)v;
+    eng_config_write(w, &e->cfg);
+}
+
+static sona_status conf_read(sona_engine *e, sona_rbuf *r, loaded *s)
+{
+    (void)s;
+    const sona_engine_config *c = &e->cfg;
+    sona_engine_config file;
+    if (eng_config_read(r, &file) != 0)
+        return corrupt(e, "bad configuration section");
+    if (file.hidden != c->hidden || file.micro_rank != c->micro_rank || file.base_rank != c->base_rank ||
+        file.base_layers != c->base_layers)
+        return eng_fail(e, SONA_E_SIZE,
+                        "sona_load: the file is for hidden %u, micro rank %u, base rank %u x %u "
+                        "layers; this engine has %u, %u, %u x %u",
+                        file.hidden, file.micro_rank, file.base_rank, file.base_layers, c->hidden, c->micro_rank,
+                        c->base_rank, c->base_layers);
+    return SONA_OK;
+}
+
+/* STAT: u32 counter count, the counters as u64, f32 the quality baseline's mean (NaN before the
+ * first trajectory), u32 Phi's bits. trajectories_recorded is written as processed + the queue
+ * saved, which is what the file holds. */
+static void stat_write(sona_engine *e, const save_view *v, sona_wbuf *w)
+{
+    atomic_uint_fast64_t *counters[COUNTERS];
+    counter_table(e, counters);
+    sona_wbuf_u32(w, COUNTERS);
+    for (int i = 0; i < COUNTERS; i++)
+        sona_wbuf_u64(w, i == COUNTER_RECORDED ? atomic_load(&e->n.processed) + v->queued : atomic_load(counters[i]));
+    sona_wbuf_f32(w, v->quality.count ? v->quality.mean : NAN);
+    sona_wbuf_u32(w, atomic_load(&e->last_phi_bits));
+}
+
+static sona_status stat_read(sona_engine *e, sona_rbuf *r, loaded *s)
+{
+    if (sona_rbuf_u32(r) != COUNTERS)
+        return corrupt(e, "bad counter section");
+    for (int i = 0; i < COUNTERS; i++)
+        s->counters[i] = sona_rbuf_u64(r);
+    s->baseline = sona_rbuf_f32(r);
+    s->phi_bits = sona_rbuf_u32(r);
+    if (r->bad || isinf(s->baseline))
+        return corrupt(e, "bad counter section");
+    if (!isnan(s->baseline)) /* BASL (version 4 on) replaces it with the whole baseline */
+        s->quality = (sona_signal_baseline){.mean = s->baseline, .count = 1};
+    return SONA_OK;
+}
+
+/* TENA: u32 count, then per live tenant u32 id and its adapter record. */
+static void tena_write(sona_engine *e, const save_view *v, sona_wbuf *w)
+{
+    const size_t count_at = w->len;
+    uint32_t live = 0;
+    sona_wbuf_u32(w, live);
+    for (uint32_t i = 0; i < e->cfg.max_tenants; i++) {
+        eng_tenant *t = &e->tenants[i];
+        pthread_mutex_lock(&t->mu);
+        if (atomic_load(&t->live)) {
+            sona_wbuf_u32(w, i);
+            write_adapter(w, t->lora, t->ewc, t->since_apply, v->scratch);
+            live++;
+        }
+        pthread_mutex_unlock(&t->mu);
+    }
+    sona_wbuf_patch_u32(w, count_at, live); /* the tenants written, whoever came or went meanwhile */
+}
+
+static void base_write(sona_engine *e, const save_view *v, sona_wbuf *w)
+{
+    write_adapter(w, e->base, e->base_ewc, 0, v->scratch);
+}
+
+static sona_status base_read(sona_engine *e, sona_rbuf *r, loaded *s)
+{
+    uint32_t since_apply; /* the Base-LoRA learns in whole cycles: nothing between applies */
+    return read_adapter(e, r, s->version, 1, &s->base, &s->base_ewc, &since_apply);
+}
+
+static void patt_write(sona_engine *e, const save_view *v, sona_wbuf *w)
+{
+    (void)v;
+    sona_bank_write_patterns(e->bank, w);
+}
+
+static sona_status patt_read(sona_engine *e, sona_rbuf *r, loaded *s)
+{
+    sona_status st = eng_bank_create(&e->cfg, &s->bank);
+    if (st != SONA_OK)
+        return eng_fail(e, st, "sona_load: creating the pattern bank failed");
+    st = sona_bank_read_patterns(s->bank, r);
+    return st == SONA_OK ? SONA_OK : eng_fail(e, st, "sona_load: %s", sona_last_error());
+}
+
+/* QUEU (version 2 on): u64 the engine's next trajectory id, u32 count, then each trajectory as
+ * core/memory/trajectory_internal.h writes it, oldest first. */
+static void queu_write(sona_engine *e, const save_view *v, sona_wbuf *w)
+{
+    (void)e;
+    sona_wbuf_u64(w, v->next_id);
+    sona_wbuf_u32(w, v->queued);
+    for (uint32_t i = 0; i < v->queued; i++)
+        sona_trajectory_write(v->queue[i], w);
+}
+
+static void bank_write(sona_engine *e, const save_view *v, sona_wbuf *w)
+{
+    (void)v;
+    sona_bank_write_counters(e->bank, w);
+}
+
+static sona_status bank_read(sona_engine *e, sona_rbuf *r, loaded *s)
+{
+    const sona_status st = sona_bank_read_counters(s->bank, r);
+    return st == SONA_OK ? SONA_OK : eng_fail(e, st, "sona_load: %s", sona_last_error());
+}
+
+static void drea_write(sona_engine *e, const save_view *v, sona_wbuf *w)
+{
+    (void)v;
+    sona_dream_visits_write(e->dream, w);
+}
+
+static sona_status drea_read(sona_engine *e, sona_rbuf *r, loaded *s)
+{
+    const sona_status st = sona_dream_visits_read(r, sona_bank_next_id(s->bank), &s->dream);
+    return st == SONA_OK ? SONA_OK : eng_fail(e, st, "sona_load: %s", sona_last_error());
+}
+
+static void basl_write(sona_engine *e, const save_view *v, sona_wbuf *w)
+{
+    write_baselines(w, e, &v->quality);
+}
+
+/* Every section, in file order, which is also the order the reader needs (BANK and DREA go onto
+ * PATT's bank, BASL onto TENA's tenants): its tag, the format version that brought it, and its
+ * writer and reader. A file of an older version has only the sections up to its version; what
+ * it lacks starts afresh (loaded's zeros). Adding a section is one line here, its two functions,
+ * what `loaded` keeps of it and what commit() does with that. */
+#define TAG(a, b, c, d) ((uint32_t)(a) | (uint32_t)(b) << 8 | (uint32_t)(c) << 16 | (uint32_t)(d) << 24)
+static const struct state_section {
+    uint32_t tag, since;
+    int may_grow; /* a newer library may append to it: bytes after what this one reads are fine */
+    void (*write)(sona_engine *e, const save_view *v, sona_wbuf *w);
+    sona_status (*read)(sona_engine *e, sona_rbuf *r, loaded *s);
+} sections[] = {
+    {TAG('C', 'O', 'N', 'F'), 1, 1, conf_write, conf_read},
+    {TAG('S', 'T', 'A', 'T'), 1, 0, stat_write, stat_read},
+    {TAG('T', 'E', 'N', 'A'), 1, 0, tena_write, read_tenants},
+    {TAG('B', 'A', 'S', 'E'), 1, 0, base_write, base_read},
+    {TAG('P', 'A', 'T', 'T'), 1, 0, patt_write, patt_read},
+    {TAG('Q', 'U', 'E', 'U'), 2, 0, queu_write, read_queue},
+    {TAG('B', 'A', 'N', 'K'), 3, 0, bank_write, bank_read},
+    {TAG('D', 'R', 'E', 'A'), 3, 0, drea_write, drea_read},
+    {TAG('B', 'A', 'S', 'L'), 4, 0, basl_write, read_baselines},
+};
+#define SECTIONS (sizeof sections / sizeof sections[0])
+#define STATE_VERSION 4u /* the highest `since` above: files of versions 1 to it are read */
+
+/* ---- saving -------------------------------------------------------------------------------- */
 
 /* Serialises the whole state into w. The caller holds the cycle lock, which keeps loop B, the
  * queue's only consumer, out: the queued trajectories are looked at in place, never taken, while
@@ -312,111 +563,33 @@ static void write_baselines(sona_wbuf *w, sona_engine *e, const sona_signal_base
 static sona_status serialise(sona_engine *e, sona_wbuf *w)
 {
     const sona_engine_config *c = &e->cfg;
-    const size_t micro_n = (size_t)c->micro_rank * c->hidden, base_n = micro_n / c->micro_rank *
-                                                                        c->base_rank * c->base_layers;
-    float *scratch = malloc(2 * (micro_n > base_n ? micro_n : base_n) * sizeof(float));
-    const sona_trajectory **queue = malloc(c->buffer_capacity * sizeof *queue);
-    if (!scratch || !queue) {
-        free(scratch);
-        free(queue);
+    const size_t micro_n = (size_t)c->micro_rank * c->hidden,
+                 base_n = (size_t)c->hidden * c->base_rank * c->base_layers;
+    save_view v = {.scratch = malloc(2 * (micro_n > base_n ? micro_n : base_n) * sizeof(float)),
+                   .queue = malloc(c->buffer_capacity * sizeof *v.queue)};
+    if (!v.scratch || !v.queue) {
+        free(v.scratch);
+        free(v.queue);
         return SONA_E_NOMEM;
     }
-    /* First, so that the counters below can say what this snapshot holds. The id source is read
-     * after it: every trajectory seen took its id before it was queued, so all are below. */
-    const uint32_t queued = sona_trajectory_buffer_peek(e->buffer, queue, c->buffer_capacity);
-    const uint64_t next_id = sona_id_source_peek(e->ids);
+    v.queued = sona_trajectory_buffer_peek(e->buffer, v.queue, c->buffer_capacity);
+    v.next_id = sona_id_source_peek(e->ids);
+    pthread_mutex_lock(&e->quality_mu);
+    v.quality = e->quality;
+    pthread_mutex_unlock(&e->quality_mu);
+
     sona_wbuf_put(w, STATE_MAGIC, 8);
     sona_wbuf_u32(w, STATE_VERSION);
     sona_wbuf_u32(w, BYTE_ORDER_MARK);
-    sona_wbuf_u32(w, SECTIONS);
+    sona_wbuf_u32(w, (uint32_t)SECTIONS);
     sona_wbuf_u32(w, w->oom ? 0 : sona_crc32(0, w->p, 20));
-
-    size_t s = section_begin(w, TAG_CONF);
-    write_config(w, c);
-    section_end(w, s);
-
-    s = section_begin(w, TAG_STAT);
-    atomic_uint_fast64_t *counters[COUNTERS];
-    counter_table(e, counters);
-    sona_wbuf_u32(w, COUNTERS);
-    for (int i = 0; i < COUNTERS; i++)
-        sona_wbuf_u64(w, i == COUNTER_RECORDED ? atomic_load(&e->n.processed) + queued : atomic_load(counters[i]));
-    pthread_mutex_lock(&e->quality_mu);
-    const sona_signal_baseline quality = e->quality;
-    pthread_mutex_unlock(&e->quality_mu);
-    sona_wbuf_f32(w, quality.count ? quality.mean : NAN); /* NaN before the first trajectory */
-    sona_wbuf_u32(w, atomic_load(&e->last_phi_bits));
-    section_end(w, s);
-
-    s = section_begin(w, TAG_TENA);
-    uint32_t live = 0;
-    for (uint32_t i = 0; i < c->max_tenants; i++)
-        live += atomic_load(&e->tenants[i].live) != 0;
-    const size_t count_at = w->len;
-    sona_wbuf_u32(w, live);
-    live = 0;
-    for (uint32_t i = 0; i < c->max_tenants; i++) {
-        eng_tenant *t = &e->tenants[i];
-        pthread_mutex_lock(&t->mu);
-        if (atomic_load(&t->live)) {
-            sona_wbuf_u32(w, i);
-            write_adapter(w, t->lora, t->ewc, t->since_apply, scratch);
-            live++;
-        }
-        pthread_mutex_unlock(&t->mu);
+    for (size_t i = 0; i < SECTIONS; i++) {
+        const size_t at = section_begin(w, sections[i].tag);
+        sections[i].write(e, &v, w);
+        section_end(w, at);
     }
-    if (!w->oom) /* a tenant may have come or gone meanwhile: the count is what was written */
-        memcpy(w->p + count_at, &live, sizeof live);
-    section_end(w, s);
-
-    s = section_begin(w, TAG_BASE);
-    write_adapter(w, e->base, e->base_ewc, 0, scratch);
-    section_end(w, s);
-    free(scratch);
-
-    s = section_begin(w, TAG_PATT);
-    const uint32_t np = sona_bank_pattern_count(e->bank);
-    sona_wbuf_u32(w, np);
-    float *centroid = malloc(c->hidden * sizeof *centroid);
-    if (!centroid)
-        w->oom = 1;
-    for (uint32_t i = 0; i < np && !w->oom; i++) {
-        sona_pattern p;
-        if (sona_bank_pattern_at(e->bank, i, &p, centroid) != SONA_OK) {
-            w->oom = 1;
-            break;
-        }
-        sona_wbuf_u64(w, p.id);
-        sona_wbuf_u64(w, p.size);
-        sona_wbuf_f64(w, p.total_weight);
-        sona_wbuf_f32(w, p.avg_quality);
-        sona_wbuf_u64(w, p.access_count);
-        sona_wbuf_u64(w, p.created_ms);
-        sona_wbuf_u64(w, p.last_access_ms);
-        sona_wbuf_floats(w, centroid, c->hidden);
-    }
-    free(centroid);
-    section_end(w, s);
-
-    s = section_begin(w, TAG_QUEU);
-    sona_wbuf_u64(w, next_id);
-    sona_wbuf_u32(w, queued);
-    for (uint32_t i = 0; i < queued; i++)
-        sona_trajectory_write(queue[i], w);
-    section_end(w, s);
-    free(queue);
-
-    s = section_begin(w, TAG_BANK);
-    write_bank_counters(w, e->bank);
-    section_end(w, s);
-
-    s = section_begin(w, TAG_DREA);
-    write_dream_visits(w, e->dream);
-    section_end(w, s);
-
-    s = section_begin(w, TAG_BASL);
-    write_baselines(w, e, &quality);
-    section_end(w, s);
+    free(v.scratch);
+    free(v.queue);
     return w->oom ? SONA_E_NOMEM : SONA_OK;
 }
 
@@ -518,269 +691,6 @@ sona_status eng_checkpoint(sona_engine *e)
 
 /* ---- loading ------------------------------------------------------------------------------- */
 
-/* Everything a file holds, built into fresh objects before anything of the engine changes. */
-typedef struct loaded {
-    uint32_t version;           /* the file's format version */
-    uint64_t counters[COUNTERS];
-    float baseline;
-    uint32_t phi_bits;
-    uint32_t tenants;
-    uint32_t *ids;
-    sona_lora **loras;
-    eng_ewc **ewcs;
-    uint32_t *since_apply;      /* per tenant: signals since its last apply (version 3 on) */
-    sona_lora *base;
-    eng_ewc *base_ewc;
-    sona_bank *bank;
-    int has_queue;              /* version 2 on */
-    uint64_t next_id;           /* the engine's next trajectory id */
-    uint32_t queued;            /* trajectories in queue: those that fit buffer_capacity */
-    sona_trajectory **queue;
-    sona_dream_visits *dream;     /* version 3 on; NULL when no pattern was visited */
-    sona_signal_baseline quality; /* version 4 on; before, the STAT mean alone */
-    sona_signal_baseline *base_baselines; /* layers x regions (version 4 on; else all empty) */
-    uint32_t *region_tenants;   /* a region record per tenant of ids (version 4 on; else NULL) */
-    sona_signal_baseline *tenant_baselines; /* tenants x regions, by TENA's order */
-} loaded;
-
-static void loaded_free(loaded *s)
-{
-    for (uint32_t i = 0; i < s->tenants; i++) {
-        if (s->loras)
-            sona_lora_destroy(s->loras[i]);
-        if (s->ewcs)
-            eng_ewc_destroy(s->ewcs[i]);
-    }
-    free(s->ids);
-    free(s->loras);
-    free(s->ewcs);
-    free(s->since_apply);
-    free(s->base_baselines);
-    free(s->region_tenants);
-    free(s->tenant_baselines);
-    sona_lora_destroy(s->base);
-    eng_ewc_destroy(s->base_ewc);
-    sona_bank_destroy(s->bank);
-    for (uint32_t i = 0; i < s->queued; i++)
-        sona_trajectory_destroy(s->queue[i]);
-    free(s->queue);
-    sona_dream_visits_free(s->dream);
-}
-
-static sona_status corrupt(sona_engine *e, const char *what)
-{
-    return eng_fail(e, SONA_E_CORRUPT, "sona_load: %s", what);
-}
-
-static sona_status read_config(sona_engine *e, sona_rbuf *r)
-{
-    const sona_engine_config *c = &e->cfg;
-    sona_engine_config file;
-    if (decode_config(r, &file) != 0)
-        return corrupt(e, "bad configuration section");
-    if (file.hidden != c->hidden || file.micro_rank != c->micro_rank || file.base_rank != c->base_rank ||
-        file.base_layers != c->base_layers)
-        return eng_fail(e, SONA_E_SIZE,
-                        "sona_load: the file is for hidden %u, micro rank %u, base rank %u x %u "
-                        "layers; this engine has %u, %u, %u x %u",
-                        file.hidden, file.micro_rank, file.base_rank, file.base_layers, c->hidden, c->micro_rank,
-                        c->base_rank, c->base_layers);
-    return SONA_OK;
-}
-
-/* Loop A's state between applies (version 3 on; see write_adapter) into a fresh lora. */
-static sona_status read_pending(sona_engine *e, sona_rbuf *r, sona_lora *l, uint32_t *since_apply)
-{
-    const sona_lora_config *c = sona_lora_get_config(l);
-    const size_t n = (size_t)c->count * c->rank * c->hidden;
-    *since_apply = sona_rbuf_u32(r);
-    const uint32_t pending = sona_rbuf_u32(r);
-    if (r->bad || pending > 1)
-        return corrupt(e, "bad pending gradient record");
-    if (!pending)
-        return SONA_OK;
-    if (!sona_rbuf_has(r, c->count + 2 * n, sizeof(float))) /* u32 counts, then float gradients */
-        return corrupt(e, "pending gradients are truncated");
-    uint32_t *counts = malloc(c->count * sizeof *counts);
-    float *g = malloc(2 * n * sizeof *g);
-    sona_status st = counts && g ? SONA_OK : eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
-    uint64_t total = 0;
-    if (st == SONA_OK) {
-        sona_rbuf_get(r, counts, c->count * sizeof *counts);
-        sona_rbuf_floats(r, g, 2 * n);
-        for (uint32_t i = 0; i < c->count; i++)
-            total += counts[i];
-        if (total == 0)
-            st = corrupt(e, "a pending gradient record without signals");
-        else if (sona_lora_import_grad(l, g, g + n, counts) != SONA_OK)
-            st = corrupt(e, "pending gradients are not finite");
-    }
-    free(counts);
-    free(g);
-    return st;
-}
-
-/* Reads one adapter set of the engine's shape into a fresh lora (+ EWC++, whose record has the
- * boundary detector from version 3 on, and from then on loop A's pending state). */
-static sona_status read_adapter(sona_engine *e, sona_rbuf *r, uint32_t version, int base, sona_lora **lora,
-                                eng_ewc **ewc, uint32_t *since_apply)
-{
-    sona_lora_config lc;
-    eng_lora_config(&e->cfg, base, &lc);
-    const size_t n = (size_t)lc.count * lc.rank * lc.hidden;
-    if (!sona_rbuf_has(r, 2 * n, sizeof(float)))
-        return corrupt(e, "adapter weights are truncated");
-    float *wts = malloc(2 * n * sizeof *wts);
-    if (!wts)
-        return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
-    sona_rbuf_floats(r, wts, 2 * n);
-    sona_status st = sona_lora_create(&lc, lora);
-    if (st == SONA_OK && (st = sona_lora_import(*lora, wts, wts + n)) != SONA_OK)
-        st = corrupt(e, "adapter weights are not finite");
-    free(wts);
-    if (st != SONA_OK)
-        return st;
-    st = eng_ewc_load(r, *lora, &e->cfg, version, base, ewc);
-    if (st != SONA_OK)
-        return eng_fail(e, st, "sona_load: EWC++ state: %s", sona_status_str(st));
-    *since_apply = 0;
-    return version >= 3 ? read_pending(e, r, *lora, since_apply) : SONA_OK;
-}
-
-static sona_status read_tenants(sona_engine *e, sona_rbuf *r, loaded *s)
-{
-    const uint32_t n = sona_rbuf_u32(r);
-    if (r->bad || n == 0 || n > e->cfg.max_tenants)
-        return corrupt(e, "bad tenant count");
-    s->ids = calloc(n, sizeof *s->ids);
-    s->loras = calloc(n, sizeof *s->loras);
-    s->ewcs = calloc(n, sizeof *s->ewcs);
-    s->since_apply = calloc(n, sizeof *s->since_apply);
-    if (!s->ids || !s->loras || !s->ewcs || !s->since_apply)
-        return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
-    s->tenants = n;
-    for (uint32_t i = 0; i < n; i++) {
-        s->ids[i] = sona_rbuf_u32(r);
-        if (r->bad || s->ids[i] >= e->cfg.max_tenants || (i && s->ids[i] <= s->ids[i - 1]) ||
-            (i == 0 && s->ids[0] != 0))
-            return corrupt(e, "bad tenant id");
-        sona_status st = read_adapter(e, r, s->version, 0, &s->loras[i], &s->ewcs[i], &s->since_apply[i]);
-        if (st != SONA_OK)
-            return st;
-    }
-    return SONA_OK;
-}
-
-static sona_status read_patterns(sona_engine *e, sona_rbuf *r, loaded *s)
-{
-    const uint32_t H = e->cfg.hidden, n = sona_rbuf_u32(r);
-    const size_t rec = 8 * 6 + 4 + (size_t)H * 4;
-    if (!sona_rbuf_has(r, n, rec))
-        return corrupt(e, "pattern section is truncated");
-    sona_status st = eng_bank_create(&e->cfg, &s->bank);
-    if (st != SONA_OK)
-        return eng_fail(e, st, "sona_load: creating the pattern bank failed");
-    float *centroid = malloc(H * sizeof *centroid);
-    if (!centroid)
-        return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
-    for (uint32_t i = 0; i < n && st == SONA_OK; i++) {
-        sona_pattern p = {0};
-        p.id = sona_rbuf_u64(r);
-        p.size = sona_rbuf_u64(r);
-        p.total_weight = sona_rbuf_f64(r);
-        p.avg_quality = sona_rbuf_f32(r);
-        p.access_count = sona_rbuf_u64(r);
-        p.created_ms = sona_rbuf_u64(r);
-        p.last_access_ms = sona_rbuf_u64(r);
-        sona_rbuf_floats(r, centroid, H);
-        if ((st = sona_bank_pattern_restore(s->bank, &p, centroid)) != SONA_OK)
-            st = corrupt(e, "a pattern is invalid (duplicate id, zero or non-finite centroid)");
-    }
-    free(centroid);
-    return st;
-}
-
-/* The bank's counters and next pattern id, onto the bank read from PATT. */
-static sona_status read_bank_counters(sona_engine *e, sona_rbuf *r, loaded *s)
-{
-    sona_bank_stats bs = {0};
-    uint64_t *counters[BANK_COUNTERS];
-    bank_counter_table(&bs, counters);
-    if (sona_rbuf_u32(r) != BANK_COUNTERS)
-        return corrupt(e, "bad bank counter section");
-    for (int i = 0; i < BANK_COUNTERS; i++)
-        *counters[i] = sona_rbuf_u64(r);
-    const uint64_t next_id = sona_rbuf_u64(r);
-    if (r->bad)
-        return corrupt(e, "bad bank counter section");
-    if (sona_bank_restore_counters(s->bank, &bs, next_id) != SONA_OK)
-        return corrupt(e, "the bank's next pattern id is not above its patterns' ids");
-    return SONA_OK;
-}
-
-/* Loop C's dream visits, by pattern id: ids given out by the bank (below its next id), each
- * once, counts of at least one visit. */
-static sona_status read_dream_visits(sona_engine *e, sona_rbuf *r, loaded *s)
-{
-    const uint32_t n = sona_rbuf_u32(r);
-    if (!sona_rbuf_has(r, n, 12))
-        return corrupt(e, "dream visit section is truncated");
-    if (n == 0)
-        return SONA_OK;
-    if (!(s->dream = sona_dream_visits_create()))
-        return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
-    const uint64_t next_id = sona_bank_next_id(s->bank);
-    for (uint32_t i = 0; i < n; i++) {
-        const uint64_t id = sona_rbuf_u64(r);
-        const uint32_t visits = sona_rbuf_u32(r);
-        if (id == 0 || id >= next_id || visits == 0 || visits == SONA_IDMAP_EMPTY ||
-            sona_idmap_get(&s->dream->visits, id) != SONA_IDMAP_EMPTY)
-            return corrupt(e, "a dream visit count is invalid (pattern id 0, not yet given out or repeated, "
-                              "or no visit)");
-        if (sona_idmap_put(&s->dream->visits, id, visits) != SONA_OK)
-            return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
-    }
-    return SONA_OK;
-}
-
-/* Reads the queued trajectories, *in_file of them. Those beyond this engine's buffer_capacity are
- * checked like the others and let go: the oldest are kept, as a full queue refuses the newest. */
-static sona_status read_queue(sona_engine *e, sona_rbuf *r, loaded *s, uint32_t *in_file)
-{
-    const uint32_t H = e->cfg.hidden;
-    s->next_id = sona_rbuf_u64(r);
-    const uint32_t n = sona_rbuf_u32(r);
-    if (!sona_rbuf_has(r, n, SONA_TRAJECTORY_RECORD_MIN_BYTES))
-        return corrupt(e, "queue section is truncated");
-    const uint32_t keep = n < e->cfg.buffer_capacity ? n : e->cfg.buffer_capacity;
-    if (keep && !(s->queue = calloc(keep, sizeof *s->queue)))
-        return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
-    *in_file = n;
-    for (uint32_t i = 0; i < n; i++) {
-        sona_trajectory *t;
-        sona_status st = sona_trajectory_read(r, &t);
-        if (st != SONA_OK)
-            return eng_fail(e, st, "sona_load: queued trajectory %u: %s", i, sona_last_error());
-        /* What loop B needs: rows of the engine's width (the file's CONF has it), and ids the
-         * restored id source will not hand out again. */
-        int ok = sona_trajectory_dim(t) == H && sona_trajectory_id(t) < s->next_id;
-        for (uint32_t k = 0; ok && k < sona_trajectory_step_count(t); k++) {
-            sona_trajectory_step step;
-            ok = sona_trajectory_get_step(t, k, &step) == SONA_OK && step.activations_len == H;
-        }
-        if (!ok) {
-            sona_trajectory_destroy(t);
-            return corrupt(e, "a queued trajectory is not of the engine's width, or its id is not below "
-                              "the next id");
-        }
-        if (i < keep)
-            s->queue[s->queued++] = t;
-        else
-            sona_trajectory_destroy(t);
-    }
-    return SONA_OK;
-}
-
 /* Checks the header and every section's bounds and CRC; fills the section table (the sections
  * of later versions than the file's stay empty: their tags are unknown to it). */
 static sona_status read_sections(sona_engine *e, const char *caller, const uint8_t *p, size_t len,
@@ -812,8 +722,8 @@ static sona_status read_sections(sona_engine *e, const char *caller, const uint8
             return DAMAGED("truncated section");
         if (sona_crc32(0, p + r.pos, n) != scrc)
             return DAMAGED("section checksum mismatch");
-        for (int t = 0; t < SECTIONS; t++)
-            if (tag == section_table[t].tag && section_table[t].since <= version) {
+        for (size_t t = 0; t < SECTIONS; t++)
+            if (tag == sections[t].tag && sections[t].since <= version) {
                 if (sec[t].p)
                     return DAMAGED("duplicate section");
                 sec[t] = (sona_rbuf){.p = p + r.pos, .len = n};
@@ -822,107 +732,36 @@ static sona_status read_sections(sona_engine *e, const char *caller, const uint8
     }
     if (r.pos != len)
         return DAMAGED("trailing bytes after the last section");
-    for (int t = 0; t < SECTIONS; t++)
-        if (section_table[t].since <= version && !sec[t].p)
+    for (size_t t = 0; t < SECTIONS; t++)
+        if (sections[t].since <= version && !sec[t].p)
             return DAMAGED("a required section is missing");
     *version_out = version;
     return SONA_OK;
 #undef DAMAGED
 }
 
-static int read_baseline(sona_rbuf *r, sona_signal_baseline *b)
-{
-    b->mean = sona_rbuf_f32(r);
-    b->var = sona_rbuf_f32(r);
-    b->count = sona_rbuf_u32(r);
-    return !r->bad && isfinite(b->mean) && isfinite(b->var) && b->var >= 0.0f;
-}
-
-/* BASL (version 4 on) into s; TENA was read before. A tenant of the file's BASL that TENA does
- * not hold (created while the file was saved) is skipped; one of TENA's without a record starts
- * empty. */
-static sona_status read_baselines(sona_engine *e, sona_rbuf *r, loaded *s)
-{
-    const uint32_t L = e->cfg.base_layers;
-    s->base_baselines = calloc((size_t)L * ENG_REGIONS, sizeof *s->base_baselines);
-    s->region_tenants = calloc(s->tenants, sizeof *s->region_tenants);
-    s->tenant_baselines = calloc((size_t)s->tenants * ENG_REGIONS, sizeof *s->tenant_baselines);
-    if (!s->base_baselines || !s->region_tenants || !s->tenant_baselines)
-        return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
-    if (!read_baseline(r, &s->quality) || sona_rbuf_u32(r) != ENG_REGIONS || sona_rbuf_u32(r) != L)
-        return corrupt(e, "bad baseline section");
-    for (size_t i = 0; i < (size_t)L * ENG_REGIONS; i++)
-        if (!read_baseline(r, &s->base_baselines[i]))
-            return corrupt(e, "bad baseline section");
-    const uint32_t n = sona_rbuf_u32(r);
-    if (r->bad || n > e->cfg.max_tenants)
-        return corrupt(e, "bad baseline section");
-    uint32_t at = 0, prev = 0;
-    for (uint32_t k = 0; k < n; k++) {
-        const uint32_t id = sona_rbuf_u32(r);
-        sona_signal_baseline b[ENG_REGIONS];
-        for (uint32_t j = 0; j < ENG_REGIONS; j++)
-            if (!read_baseline(r, &b[j]))
-                return corrupt(e, "bad baseline section");
-        if (r->bad || id >= e->cfg.max_tenants || (k && id <= prev))
-            return corrupt(e, "bad baseline section (tenant ids)");
-        prev = id;
-        while (at < s->tenants && s->ids[at] < id)
-            at++;
-        if (at < s->tenants && s->ids[at] == id) {
-            memcpy(s->tenant_baselines + (size_t)at * ENG_REGIONS, b, sizeof b);
-            s->region_tenants[at++] = id;
-        }
-    }
-    return SONA_OK;
-}
-
 static sona_status parse(sona_engine *e, const uint8_t *p, size_t len, loaded *s)
 {
     sona_rbuf sec[SECTIONS];
-    uint32_t in_file = 0, base_since; /* the Base-LoRA learns in whole cycles: nothing between applies */
     sona_status st = read_sections(e, "sona_load", p, len, sec, &s->version);
-    if (st == SONA_OK)
-        st = read_config(e, &sec[SEC_CONF]);
+    for (size_t i = 0; i < SECTIONS && st == SONA_OK; i++)
+        if (sections[i].since <= s->version)
+            st = sections[i].read(e, &sec[i], s);
     if (st != SONA_OK)
         return st;
-    sona_rbuf *stat = &sec[SEC_STAT];
-    const uint32_t nc = sona_rbuf_u32(stat);
-    if (nc != COUNTERS)
-        return corrupt(e, "bad counter section");
-    for (int i = 0; i < COUNTERS; i++)
-        s->counters[i] = sona_rbuf_u64(stat);
-    s->baseline = sona_rbuf_f32(stat);
-    s->phi_bits = sona_rbuf_u32(stat);
-    if (stat->bad || isinf(s->baseline))
-        return corrupt(e, "bad counter section");
-    if ((st = read_tenants(e, &sec[SEC_TENA], s)) != SONA_OK ||
-        (st = read_adapter(e, &sec[SEC_BASE], s->version, 1, &s->base, &s->base_ewc, &base_since)) != SONA_OK ||
-        (st = read_patterns(e, &sec[SEC_PATT], s)) != SONA_OK)
-        return st;
-    s->has_queue = s->version >= 2;
-    if (s->has_queue && (st = read_queue(e, &sec[SEC_QUEU], s, &in_file)) != SONA_OK)
-        return st;
-    if (s->version >= 3 && ((st = read_bank_counters(e, &sec[SEC_BANK], s)) != SONA_OK ||
-                            (st = read_dream_visits(e, &sec[SEC_DREA], s)) != SONA_OK))
-        return st;
-    if (s->version >= 4) {
-        if ((st = read_baselines(e, &sec[SEC_BASL], s)) != SONA_OK)
-            return st;
-        if (isnan(s->baseline) != (s->quality.count == 0) || (s->quality.count && s->quality.mean != s->baseline))
-            return corrupt(e, "the baseline section does not match the counter section");
-    } else if (!isnan(s->baseline)) {
-        s->quality = (sona_signal_baseline){.mean = s->baseline, .count = 1}; /* its spread is lost */
-    }
-    for (int t = 0; t < SECTIONS; t++)
-        if (sec[t].bad || (t != SEC_CONF && sec[t].pos != sec[t].len))
+    for (size_t t = 0; t < SECTIONS; t++)
+        if (sec[t].bad || (!sections[t].may_grow && sec[t].pos != sec[t].len))
             return corrupt(e, "a section's contents do not match its length");
+    if (s->version >= 4 &&
+        (isnan(s->baseline) != (s->quality.count == 0) || (s->quality.count && s->quality.mean != s->baseline)))
+        return corrupt(e, "the baseline section does not match the counter section");
     /* The loaded engine says recorded == processed + queued, as a file of version 2 says of its
      * own snapshot. What the file recorded but the engine will not hold (a version 1 file's whole
      * queue, which it did not keep; what exceeds this engine's buffer_capacity) is counted as
      * dropped instead, so recorded + dropped stays what it was. */
+    s->has_queue = s->version >= 2;
     uint64_t *n = s->counters;
-    if (s->has_queue && n[COUNTER_RECORDED] != n[COUNTER_PROCESSED] + in_file)
+    if (s->has_queue && n[COUNTER_RECORDED] != n[COUNTER_PROCESSED] + s->queue_in_file)
         return corrupt(e, "the counters do not match the queue");
     const uint64_t held = n[COUNTER_PROCESSED] + s->queued;
     if (n[COUNTER_RECORDED] > held)
@@ -1090,7 +929,7 @@ sona_status sona_state_config(const char *path, sona_engine_config *out)
     uint32_t version;
     st = read_sections(NULL, "sona_state_config", buf, len, sec, &version);
     sona_engine_config c;
-    if (st == SONA_OK && decode_config(&sec[SEC_CONF], &c) != 0)
+    if (st == SONA_OK && eng_config_read(&sec[0], &c) != 0) /* CONF: the first section */
         st = eng_fail(NULL, SONA_E_CORRUPT, "sona_state_config: bad configuration section");
     if (st == SONA_OK)
         *out = c;

@@ -510,6 +510,9 @@ const char *sona_trajectory_context(const sona_trajectory *t, uint32_t i)
 #define NO_ROUTE_LEN UINT32_MAX
 #define STEP_HEADER_BYTES 16u
 
+_Static_assert(SONA_HOST_LITTLE_ENDIAN, "trajectory vectors are written as stored: a big-endian host would "
+                                        "need to swap them per storage format");
+
 void sona_trajectory_write(const sona_trajectory *t, sona_wbuf *w)
 {
     const char *route = sona_trajectory_route(t);
@@ -528,6 +531,8 @@ void sona_trajectory_write(const sona_trajectory *t, sona_wbuf *w)
         sona_wbuf_f32(w, s->reward);
         sona_wbuf_u32(w, (uint32_t)s->layer);
     }
+    /* The encoded vectors go out as the arena holds them: little-endian, as the file wants, on
+     * every host libsona builds for (see the assertion below). */
     sona_wbuf_put(w, t->arena, sona_storage_bytes(t->storage, t->dim));
     for (uint32_t i = 0; i < t->step_count; i++) {
         const step_rec *s = &t->steps[i];

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include "core/patterns/dream.h"
 
+#include "common/error.h"
 #include "dispatch/vecmath.h"
 
 #include <math.h>
@@ -42,6 +43,67 @@ void sona_dream_visits_free(sona_dream_visits *v)
         return;
     sona_idmap_free(&v->visits);
     free(v);
+}
+
+static int by_id(const void *a, const void *b)
+{
+    const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+void sona_dream_visits_write(const sona_dream_visits *v, sona_wbuf *w)
+{
+    const uint32_t n = v ? v->visits.count : 0;
+    if (n == 0) {
+        sona_wbuf_u32(w, 0);
+        return;
+    }
+    uint64_t *ids = malloc(n * sizeof *ids);
+    if (!ids) {
+        w->oom = 1;
+        return;
+    }
+    uint32_t k = 0;
+    for (uint64_t cell = 0; cell <= v->visits.mask; cell++)
+        if (v->visits.vals[cell] != SONA_IDMAP_EMPTY)
+            ids[k++] = v->visits.keys[cell];
+    qsort(ids, k, sizeof *ids, by_id);
+    sona_wbuf_u32(w, k);
+    for (uint32_t i = 0; i < k; i++) {
+        sona_wbuf_u64(w, ids[i]);
+        sona_wbuf_u32(w, sona_idmap_get(&v->visits, ids[i]));
+    }
+    free(ids);
+}
+
+sona_status sona_dream_visits_read(sona_rbuf *r, uint64_t next_id, sona_dream_visits **out)
+{
+    *out = NULL;
+    const uint32_t n = sona_rbuf_u32(r);
+    if (!sona_rbuf_has(r, n, 12))
+        return sona_fail(NULL, SONA_E_CORRUPT, "dream visit section is truncated");
+    if (n == 0)
+        return SONA_OK;
+    sona_dream_visits *v = sona_dream_visits_create();
+    if (!v)
+        return sona_fail(NULL, SONA_E_NOMEM, "out of memory");
+    for (uint32_t i = 0; i < n; i++) {
+        const uint64_t id = sona_rbuf_u64(r);
+        const uint32_t visits = sona_rbuf_u32(r);
+        sona_status st = SONA_OK;
+        if (id == 0 || id >= next_id || visits == 0 || visits == SONA_IDMAP_EMPTY ||
+            sona_idmap_get(&v->visits, id) != SONA_IDMAP_EMPTY)
+            st = sona_fail(NULL, SONA_E_CORRUPT, "a dream visit count is invalid (pattern id 0, not yet given out "
+                                                 "or repeated, or no visit)");
+        else if (sona_idmap_put(&v->visits, id, visits) != SONA_OK)
+            st = sona_fail(NULL, SONA_E_NOMEM, "out of memory");
+        if (st != SONA_OK) {
+            sona_dream_visits_free(v);
+            return st;
+        }
+    }
+    *out = v;
+    return SONA_OK;
 }
 
 static uint32_t visits_of(const sona_dream_visits *st, uint64_t id)

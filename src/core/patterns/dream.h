@@ -24,6 +24,7 @@
 #define SONA_CORE_PATTERNS_DREAM_H
 
 #include "common/idmap.h"
+#include "common/serial.h"
 #include "common/rng.h"
 #include "sona/bank.h"
 
@@ -50,6 +51,13 @@ typedef struct sona_dream_visits {
 /* A fresh, empty visit count (NULL: out of memory). */
 sona_dream_visits *sona_dream_visits_create(void);
 void sona_dream_visits_free(sona_dream_visits *v);
+/* The state file's DREA section: u32 count, then per pattern id in increasing order (one file for
+ * one state, whatever the hash table's order) u64 id, u32 visits (>= 1). v may be NULL (none). */
+void sona_dream_visits_write(const sona_dream_visits *v, struct sona_wbuf *w);
+/* Reads DREA into a fresh *out (NULL when it holds no visit): ids given out by the bank (1 to
+ * below next_id), each once, with at least one visit; SONA_E_CORRUPT with the thread's message
+ * otherwise. */
+sona_status sona_dream_visits_read(struct sona_rbuf *r, uint64_t next_id, sona_dream_visits **out);
 
 sona_status sona_dream_init(sona_dream *d, uint32_t dim, uint32_t cap);
 void sona_dream_free(sona_dream *d);
