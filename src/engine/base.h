@@ -6,9 +6,13 @@
  * The loop thread (thread.c) runs the loops through their headers, and the handle (engine.c)
  * starts the thread; scripts/layers.sh checks that no loop includes another's header.
  *
- * Lock order (a thread holding one may take only those after it):
- *   tenants_mu -> cycle_mu -> eng_tenant.mu -> bank_lock (write) -> quality_mu, err_mu
- *   wake_mu is taken alone (the loop thread drops it before running a cycle). */
+ * Lock order (a thread holding one takes only locks further down its line; docs/architecture.md
+ * says which code nests which):
+ *   cycle_mu -> tenants_mu -> eng_tenant.mu
+ *   cycle_mu -> bank_lock (write)
+ *   quality_mu, err_mu and device.c's mu are leaves: nothing is taken while holding them
+ *   wake_mu is taken alone (the loop thread drops it before running a cycle)
+ * so a request (loop A: its tenant's mu only) never waits for a cycle. */
 #ifndef SONA_ENGINE_BASE_H
 #define SONA_ENGINE_BASE_H
 
