@@ -7,7 +7,7 @@
  *                       the device name, or "any" (GPUs first, else a CPU device such as PoCL).
  *                       Unset: GPUs and accelerators only, unless SONA_BACKEND=opencl.
  *   SONA_CACHE_DIR      program binary cache (default $XDG_CACHE_HOME/sona/opencl or
- *                       ~/.cache/sona/opencl).
+ *                       ~/.cache/sona/opencl); used only when it is this user's alone.
  *   SONA_OPENCL_FAULT   an op name or "all": that op fails with SONA_E_BACKEND (tests of the
  *                       CPU fallback). */
 #ifndef SONA_OPENCL_OCL_H
@@ -53,6 +53,7 @@ typedef struct ocl_ctx {
     size_t max_alloc;         /* CL_DEVICE_MAX_MEM_ALLOC_SIZE */
     int from_cache;           /* the program binary came from the disk cache */
     char cache_path[1024];    /* where the binary is (or would be) cached */
+    char cache_note[256];     /* why the cache was not used ("" when it was, or was empty) */
     char device_text[1024];   /* sona_backend.device */
     const char *fault_op;     /* SONA_OPENCL_FAULT: op name (or "all") that fails on purpose */
     sona_host_locality near;  /* host CPUs near the device */

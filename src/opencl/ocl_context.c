@@ -319,9 +319,10 @@ static sona_status open_device(ocl_ctx *c, const candidate *d, char *why, size_t
     clGetPlatformInfo(d->platform, CL_PLATFORM_NAME, sizeof platform, platform, NULL);
     clGetDeviceInfo(d->device, CL_DRIVER_VERSION, sizeof version, version, NULL);
     ocl_locality_init(c);
-    snprintf(c->device_text, sizeof c->device_text, "%s (%s, driver %s, %s), kernels %s, host %s",
+    snprintf(c->device_text, sizeof c->device_text, "%s (%s, driver %s, %s), kernels %s%s%s%s, host %s",
              d->name, platform, version, (d->type & CL_DEVICE_TYPE_CPU) ? "CPU device" : "GPU",
-             c->from_cache ? "loaded from cache" : "compiled", c->near.text);
+             c->from_cache ? "loaded from cache" : "compiled", c->cache_note[0] ? " (" : "", c->cache_note,
+             c->cache_note[0] ? ")" : "", c->near.text);
     return SONA_OK;
 }
 
