@@ -168,14 +168,22 @@ void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc
  * *w (caller holds cycle_mu), then *w written to path and freed (without cycle_mu). */
 sona_status eng_state_snapshot(sona_engine *e, struct sona_wbuf *w);
 sona_status eng_state_write(sona_engine *e, const char *path, struct sona_wbuf *w);
-/* Writes len bytes to path atomically: a temporary file in the same directory, fsync, rename,
- * fsync of the directory (a crash leaves the old file or the new one). The file gets `mode`
- * (learned state 0600: the owner's; exports 0644: read by a server). Failures are reported on
- * e as "caller: ...". */
+/* Writes len bytes to path atomically: a temporary file in the same directory (nameless where
+ * O_TMPFILE works), fsync, rename, fsync of the directory (a crash leaves the old file or the new
+ * one); then removes temporaries that killed writers of path left. The file gets `mode` (learned
+ * state 0600: the owner's; exports 0644: read by a server). Failures are reported on e as
+ * "caller: ...". */
 /* fsyncs the directory holding path (best effort), so that a rename into it is durable. */
 void eng_sync_parent_dir(const char *path);
 sona_status eng_write_file_atomic(sona_engine *e, const char *caller, const char *path, const void *data,
                                   size_t len, mode_t mode);
+struct timespec;
+/* A temporary name beside path, "DIR/.sona-HHHHHHHH-PID-XXXXXX" (for mkstemp/mkdtemp): short
+ * whatever path's length, and recognised by eng_remove_stale_temps(path). NULL: out of memory. */
+char *eng_temp_name(const char *path);
+/* Removes the temporaries of path (files, or an export's directories of files) that a writer
+ * which no longer runs left, owned by this user and older than since. */
+void eng_remove_stale_temps(const char *path, const struct timespec *since);
 
 /* Pattern bank glue (engine_bank.c): ReasoningBank + HNSW index. */
 sona_status eng_bank_create(const sona_engine_config *cfg, sona_bank **out);
