@@ -2,7 +2,8 @@
 /* The files sona_save and sona_export_peft write and sona_load reads, against hostile or
  * unlucky surroundings: a file name as long as the filesystem allows saves and loads; the
  * temporaries of a save (or export) killed midway are removed by the next one to the same
- * target, and a save killed with SIGKILL leaves nothing behind after it. */
+ * target, and a save killed with SIGKILL leaves nothing behind after it; the state readers
+ * refuse what is not a regular file (a FIFO would block them, /dev/zero fill the memory). */
 #define _GNU_SOURCE /* O_TMPFILE in engine_internal.h's users, mkfifo */
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -191,6 +192,35 @@ Test(state_files, a_save_killed_by_sigkill_leaves_nothing_after_the_next)
     sona_engine *e = make();
     cr_assert_eq(sona_save(e, path), SONA_OK, "%s", sona_engine_last_error(e));
     cr_expect_eq(count_prefixed(dir, ".sona-"), 0, "a killed save's temporary is left");
+    cr_expect_eq(sona_load(e, path), SONA_OK, "%s", sona_engine_last_error(e));
+    sona_engine_destroy(e);
+    remove_tree(dir);
+}
+
+/* A FIFO (nobody writing: a blocking open would hang), /dev/zero (endless) and a directory are
+ * refused at once by every state reader, with SONA_E_IO and a message. */
+Test(state_files, readers_refuse_what_is_not_a_regular_file, .timeout = 60)
+{
+    char dir[] = "/tmp/sona-files-XXXXXX";
+    make_dir(dir);
+    char fifo[300];
+    snprintf(fifo, sizeof fifo, "%s/fifo", dir);
+    cr_assert_eq(mkfifo(fifo, 0600), 0);
+    const char *paths[] = {fifo, "/dev/zero", dir};
+    sona_engine *e = make();
+    for (int i = 0; i < 3; i++) {
+        cr_expect_eq(sona_load(e, paths[i]), SONA_E_IO, "sona_load(%s)", paths[i]);
+        cr_expect(strstr(sona_engine_last_error(e), "not a regular file") != NULL, "sona_load(%s): %s", paths[i],
+                  sona_engine_last_error(e));
+        sona_engine_config c;
+        cr_expect_eq(sona_state_config(paths[i], &c), SONA_E_IO, "sona_state_config(%s)", paths[i]);
+        cr_expect(strstr(sona_last_error(), "not a regular file") != NULL, "sona_state_config(%s): %s", paths[i],
+                  sona_last_error());
+    }
+    /* Still a working engine, and a real file still loads. */
+    char path[300];
+    snprintf(path, sizeof path, "%s/state.sona", dir);
+    cr_assert_eq(sona_save(e, path), SONA_OK, "%s", sona_engine_last_error(e));
     cr_expect_eq(sona_load(e, path), SONA_OK, "%s", sona_engine_last_error(e));
     sona_engine_destroy(e);
     remove_tree(dir);

@@ -1239,9 +1239,27 @@ sona_status sona_load_buffer(sona_engine *e, const void *data, size_t len)
 static sona_status read_whole_file(sona_engine *e, const char *caller, const char *path, uint8_t **out,
                                    size_t *out_len)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    /* O_NONBLOCK: a FIFO must not block the open; only a regular file is read (a device such as
+     * /dev/zero would fill the memory), and then with blocking reads again. */
+    const int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
         return eng_fail(e, SONA_E_IO, "%s: cannot open %s: %s", caller, path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return eng_fail(e, SONA_E_IO, "%s: %s is not a regular file", caller, path);
+    }
+    int flags;
+    if (fstat(fd, &sb) != 0 || (flags = fcntl(fd, F_GETFL)) == -1 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == -1) {
+        const int err = errno;
+        close(fd);
+        return eng_fail(e, SONA_E_IO, "%s: cannot read %s: %s", caller, path, strerror(err));
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return eng_fail(e, SONA_E_IO, "%s: cannot open %s: %s", caller, path, strerror(errno));
+    }
     uint8_t *buf = NULL;
     size_t len = 0, cap = 0;
     sona_status st = SONA_OK;
