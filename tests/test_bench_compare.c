@@ -378,3 +378,25 @@ Test(bench_compare, large_reports_compare_in_n_log_n, .timeout = 60)
     free(b.s);
     free(k.s);
 }
+
+/* JSON is UTF-8: a header string in another encoding (a CPU or device name in Latin-1) is
+ * written with U+FFFD for each stray byte, valid UTF-8 as it is, and the report still reads. */
+Test(bench_compare, report_strings_that_are_not_utf8_stay_json)
+{
+    bench_header h;
+    memset(&h, 0, sizeof h);
+    strcpy(h.cpu, "Caf\xe9 CPU \xc3\xa9 \xed\xa0\x80 \xf4\x90\x80\x80 \xc0\xaf");
+    bench_buf out = {0};
+    bench_json_write(&out, &h, NULL, 0);
+    for (size_t i = 0; i < out.len; i++)
+        cr_assert((unsigned char)out.s[i] < 0x80 || out.s[i] == '\xc3' || out.s[i] == '\xa9',
+                  "raw byte 0x%02x at %zu of the report", (unsigned char)out.s[i], i);
+    cr_expect(strstr(out.s, "Caf\\ufffd CPU \xc3\xa9 \\ufffd\\ufffd\\ufffd \\ufffd\\ufffd\\ufffd\\ufffd "
+                            "\\ufffd\\ufffd") != NULL,
+              "%s", out.s);
+    json_value v;
+    char err[160];
+    cr_assert_eq(json_parse(out.s, &v, err, sizeof err), 0, "%s", err);
+    json_free(&v);
+    bench_buf_free(&out);
+}

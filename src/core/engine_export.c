@@ -171,6 +171,10 @@ sona_status sona_export_peft(sona_engine *e, const char *dir, const sona_peft_co
     const sona_peft_config *p = cfg ? cfg : &defaults;
     if (!p->module_format || !p->base_model)
         return eng_fail(e, SONA_E_NULL, CALLER ": NULL module_format or base_model");
+    /* adapter_config.json and the safetensors header are JSON, which is UTF-8. */
+    if (!sona_utf8_valid(p->module_format) || !sona_utf8_valid(p->base_model))
+        return eng_fail(e, SONA_E_INVALID, CALLER ": %s is not valid UTF-8",
+                        sona_utf8_valid(p->module_format) ? "base_model" : "module_format");
     const char *leaf = module_leaf(p->module_format);
     if (!leaf)
         return eng_fail(e, SONA_E_INVALID,
