@@ -221,9 +221,16 @@ static int parse_args(int argc, char **argv, options *o)
      * cannot be read, would waste the whole run. */
     if ((o->json && writable_path("--json", o->json) != 0) || (o->html && writable_path("--html", o->html) != 0))
         return -1;
-    if (o->compare && access(o->compare, R_OK) != 0) {
-        fprintf(stderr, "sona bench: --compare %s: %s\n", o->compare, strerror(errno));
-        return -1;
+    if (o->compare) {
+        struct stat sb;
+        if (stat(o->compare, &sb) != 0 || access(o->compare, R_OK) != 0) {
+            fprintf(stderr, "sona bench: --compare %s: %s\n", o->compare, strerror(errno));
+            return -1;
+        }
+        if (!S_ISREG(sb.st_mode)) {
+            fprintf(stderr, "sona bench: --compare %s: not a regular file\n", o->compare);
+            return -1;
+        }
     }
     if (o->backends && check_names(o->backends, "backend", known_backend, NULL) != 0)
         return -1;

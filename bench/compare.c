@@ -4,8 +4,12 @@
 
 #include "json_read.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* The timed rows of a parsed report: its "rows" array, checked for shape. */
 static const json_value *report_rows(const json_value *doc, const char *which, char *err, size_t err_len)
@@ -218,9 +222,24 @@ void bench_comparison_free(bench_comparison *c)
 
 char *bench_read_file(const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    /* A regular file only: a FIFO would block (O_NONBLOCK keeps the open from waiting for a
+     * writer), a device such as /dev/zero never end. */
+    const int fd = open(path, O_RDONLY | O_NONBLOCK);
+    struct stat sb;
+    int flags;
+    if (fd < 0)
         return NULL;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (flags = fcntl(fd, F_GETFL)) == -1 ||
+        fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == -1) {
+        close(fd);
+        errno = EINVAL;
+        return NULL;
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return NULL;
+    }
     size_t cap = 1 << 16, len = 0;
     char *s = malloc(cap);
     while (s) {

@@ -105,6 +105,10 @@ errors)
     expect 2 "$sona" bench --group=loop_a --quick --compare "$work/no-such-dir/base.json" \
         && has "$err" "--compare" "bench --compare of a missing file"
     grep -q "loop_a" "$out" && fail "bench --compare of a missing file ran the benchmark first"
+    rm -f "$work/fifo" && mkfifo "$work/fifo" || fail "mkfifo"
+    expect 2 timeout 60 "$sona" bench --group=loop_a --quick --compare "$work/fifo" \
+        && has "$err" "not a regular file" "bench --compare FIFO"
+    rm -f "$work/fifo"
     ;;
 export-peft)
     # Options before, between and after the operands, with '=' or a separate value.
