@@ -7,7 +7,7 @@
  * group or others; an entry is read only when it is a regular file with the same owner and modes
  * (never through a symlink, never blocking on a FIFO) and its digests match; anything else is
  * rebuilt from source, and the reason is in the backend's device text. */
-#include "opencl/ocl.h"
+#include "opencl/ocl_program.h"
 
 #include "kernels_cl.h"
 
