@@ -316,7 +316,7 @@ Test(export_peft, tenants_republishing_and_shape_checks)
     json_free(&header);
     free(text);
     free(file);
-    cr_expect(!leftovers(dir, "adapter"), "an adapter.new-* or adapter.old-* directory was left in %s", dir);
+    cr_expect(!leftovers(dir, "adapter"), "a temporary directory (.sona-*) was left in %s", dir);
 
     /* Refusals, the directory as it was. */
     size_t before_len, after_len;
