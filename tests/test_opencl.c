@@ -115,8 +115,9 @@ static void write_bytes(const char *path, const unsigned char *p, size_t len, mo
 
 /* A cache entry that is not this user's own, intact, regular file is never run: a binary whose
  * bytes were changed, a symlink to a valid entry, a FIFO (which must not hang the start) and a
- * group-writable entry are each refused with their reason and rebuilt from source; a cache
- * directory others can write to is not used at all. A good entry still loads. */
+ * group-writable entry are each refused with their reason and rebuilt from source; a killed
+ * writer's temporary is removed; a cache directory others can write to is not used at all. A
+ * good entry still loads. */
 Test(opencl, untrusted_cache_entries_are_rebuilt_not_run)
 {
     char base[] = "/tmp/sona-clcache-XXXXXX", dir[64];
@@ -167,6 +168,20 @@ Test(opencl, untrusted_cache_entries_are_rebuilt_not_run)
     cr_expect_eq(start_in_child_noting("writable by group or others"), 0, "a group-writable entry was run");
     cr_assert_eq(stat(path, &sb), 0);
     cr_expect_eq(sb.st_mode & 077, 0, "the refused entry was not replaced");
+
+    /* The temporary of a writer killed before its rename: removed by the next store. */
+    fflush(stdout);
+    const pid_t dead = fork();
+    cr_assert_geq(dead, 0);
+    if (dead == 0)
+        _exit(0);
+    cr_assert_eq(waitpid(dead, NULL, 0), dead);
+    char stale[600];
+    snprintf(stale, sizeof stale, "%s/.kernels-%ld-AbC123", dir, (long)dead);
+    write_bytes(stale, good, len / 2, 0600);
+    cr_assert_eq(unlink(path), 0);
+    cr_expect_eq(start_in_child(), 0);
+    cr_expect_neq(access(stale, F_OK), 0, "a killed writer's temporary %s is still there", stale);
 
     /* A directory others may write to: no cache at all. */
     write_bytes(path, good, len, 0600);

@@ -11,8 +11,10 @@
 
 #include "kernels_cl.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -307,6 +309,30 @@ static int write_all(int fd, const unsigned char *p, size_t n)
     return 0;
 }
 
+/* Removes the temporaries (".kernels-PID-XXXXXX") that writers killed before their rename left
+ * in the cache directory: this user's regular files of a process that no longer runs. */
+static void remove_stale_temps(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    for (const struct dirent *ent; (ent = readdir(d));) {
+        if (strncmp(ent->d_name, ".kernels-", 9) != 0)
+            continue;
+        char *end, path[1200];
+        errno = 0;
+        const long pid = strtol(ent->d_name + 9, &end, 10);
+        struct stat sb;
+        snprintf(path, sizeof path, "%s/%s", dir, ent->d_name);
+        if (errno || pid <= 0 || pid == (long)getpid() || end[0] != '-' || strlen(end) != 7 ||
+            kill((pid_t)pid, 0) == 0 || errno != ESRCH || lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode) ||
+            sb.st_uid != geteuid())
+            continue;
+        unlink(path);
+    }
+    closedir(d);
+}
+
 /* Writes the built program's binary to the cache: header and binary into a new file of an
  * unpredictable name in the cache directory (mkstemp: O_CREAT|O_EXCL, so never through a
  * planted symlink), then renamed over the entry. Best effort: a failure only costs a compile. */
@@ -328,7 +354,7 @@ static void store_cached(ocl_ctx *c, const char *dir, const unsigned char key[32
     memcpy(entry + 40, &len, 8);
     binary_digest(key, entry + ENTRY_HEADER, size, entry + 48);
     char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s/.kernels-XXXXXX", dir);
+    snprintf(tmp, sizeof tmp, "%s/.kernels-%ld-XXXXXX", dir, (long)getpid());
     const int fd = mkstemp(tmp); /* 0600 */
     if (fd >= 0) {
         int ok = write_all(fd, entry, ENTRY_HEADER + size) == 0;
@@ -337,6 +363,7 @@ static void store_cached(ocl_ctx *c, const char *dir, const unsigned char key[32
             unlink(tmp);
     }
     free(entry);
+    remove_stale_temps(dir);
 }
 
 static sona_status build_from_source(ocl_ctx *c, const char *options)
