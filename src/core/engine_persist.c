@@ -1245,12 +1245,13 @@ static sona_status read_whole_file(sona_engine *e, const char *caller, const cha
     if (fd < 0)
         return eng_fail(e, SONA_E_IO, "%s: cannot open %s: %s", caller, path, strerror(errno));
     struct stat sb;
-    if (fstat(fd, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+    const int stated = fstat(fd, &sb) == 0;
+    if (stated && !S_ISREG(sb.st_mode)) {
         close(fd);
         return eng_fail(e, SONA_E_IO, "%s: %s is not a regular file", caller, path);
     }
     int flags;
-    if (fstat(fd, &sb) != 0 || (flags = fcntl(fd, F_GETFL)) == -1 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == -1) {
+    if (!stated || (flags = fcntl(fd, F_GETFL)) == -1 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == -1) {
         const int err = errno;
         close(fd);
         return eng_fail(e, SONA_E_IO, "%s: cannot read %s: %s", caller, path, strerror(err));
