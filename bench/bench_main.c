@@ -5,8 +5,11 @@
 #include "compare.h"
 #include "harness.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 extern const bench_group *const bench_group_table[];
 extern const char *const bench_group_symbols[];
@@ -150,6 +153,41 @@ static const cli_option bench_options[] = {
     {NULL, 0, 0, 0},
 };
 
+/* 0 when a report can be written at path: an existing writable file that is not a directory, or
+ * a new name in an existing directory this user can write to; else -1, said on stderr. */
+static int writable_path(const char *option, const char *path)
+{
+    struct stat sb;
+    if (stat(path, &sb) == 0) {
+        if (S_ISDIR(sb.st_mode)) {
+            fprintf(stderr, "sona bench: %s %s: is a directory\n", option, path);
+            return -1;
+        }
+        if (access(path, W_OK) != 0) {
+            fprintf(stderr, "sona bench: %s %s: %s\n", option, path, strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    if (errno != ENOENT) {
+        fprintf(stderr, "sona bench: %s %s: %s\n", option, path, strerror(errno));
+        return -1;
+    }
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+    int rc = -1;
+    if (!dir)
+        fprintf(stderr, "sona bench: out of memory\n");
+    else if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        fprintf(stderr, "sona bench: %s %s: the folder %s does not exist\n", option, path, dir);
+    else if (access(dir, W_OK | X_OK) != 0)
+        fprintf(stderr, "sona bench: %s %s: cannot write in %s: %s\n", option, path, dir, strerror(errno));
+    else
+        rc = 0;
+    free(dir);
+    return rc;
+}
+
 /* 0: run; 1: --help was printed; -1: a bad argument (already reported). */
 static int parse_args(int argc, char **argv, options *o)
 {
@@ -167,21 +205,33 @@ static int parse_args(int argc, char **argv, options *o)
         case OPT_JSON: o->json = p.value; break;
         case OPT_HTML: o->html = p.value; break;
         case OPT_COMPARE: o->compare = p.value; break;
-        case OPT_THRESHOLD: {
-            char *end;
-            o->threshold_pct = strtod(p.value, &end);
-            if (*end || !(o->threshold_pct >= 0)) {
-                fprintf(stderr, "sona bench: --threshold needs a percentage >= 0, not '%s'\n", p.value);
+        case OPT_THRESHOLD:
+            if (cli_parse_finite(p.value, &o->threshold_pct) != 0 || o->threshold_pct < 0) {
+                fprintf(stderr, "sona bench: --threshold needs a finite percentage >= 0, not '%s'\n", p.value);
                 return -1;
             }
             break;
-        }
         case CLI_OPERAND: cli_unexpected(&p, p.value); return -1;
         default: fprintf(stderr, "try 'sona bench --help'\n"); return -1;
         }
     }
     if (o->groups && check_names(o->groups, "group", known_group, NULL) != 0)
         return -1;
+    /* Before the benchmark runs, not after: a report that cannot be written, or a baseline that
+     * cannot be read, would waste the whole run. */
+    if ((o->json && writable_path("--json", o->json) != 0) || (o->html && writable_path("--html", o->html) != 0))
+        return -1;
+    if (o->compare) {
+        struct stat sb;
+        if (stat(o->compare, &sb) != 0 || access(o->compare, R_OK) != 0) {
+            fprintf(stderr, "sona bench: --compare %s: %s\n", o->compare, strerror(errno));
+            return -1;
+        }
+        if (!S_ISREG(sb.st_mode)) {
+            fprintf(stderr, "sona bench: --compare %s: not a regular file\n", o->compare);
+            return -1;
+        }
+    }
     if (o->backends && check_names(o->backends, "backend", known_backend, NULL) != 0)
         return -1;
     return 0;

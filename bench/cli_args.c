@@ -3,6 +3,7 @@
 #include "cli_args.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,6 +113,20 @@ int cli_parse_u64(const char *s, unsigned long long *out)
     errno = 0;
     const unsigned long long v = strtoull(s, &end, 10);
     if (errno || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int cli_parse_finite(const char *s, double *out)
+{
+    if (!s || !*s)
+        return -1;
+    char *end;
+    errno = 0;
+    const double v = strtod(s, &end);
+    /* strtod takes "nan", "inf" and overflows to infinity: none is a usable setting. */
+    if (*end || !isfinite(v) || (errno == ERANGE && v != 0))
         return -1;
     *out = v;
     return 0;

@@ -46,5 +46,7 @@ int cli_unexpected(const cli_parser *p, const char *arg);
 
 /* Parses a whole unsigned decimal number (no sign, no trailing text) into *out; 0 on success. */
 int cli_parse_u64(const char *s, unsigned long long *out);
+/* A finite decimal number (no nan, no inf, no overflow) into *out: 0, or -1 when s is not one. */
+int cli_parse_finite(const char *s, double *out);
 
 #endif

@@ -4,8 +4,12 @@
 
 #include "json_read.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* The timed rows of a parsed report: its "rows" array, checked for shape. */
 static const json_value *report_rows(const json_value *doc, const char *which, char *err, size_t err_len)
@@ -32,17 +36,68 @@ static double median_of(const json_value *r)
     return m > 0 ? m : 0;
 }
 
-static const json_value *find_row(const json_value *rows, const json_value *like)
+/* The timed rows of a report sorted by (group, case, backend), the first of each key only (the
+ * one a linear search would find): lookups in O(log n), so large reports compare in n log n. */
+typedef struct row_key {
+    const char *group, *name, *backend;
+    size_t index; /* in the report's rows */
+} row_key;
+
+typedef struct row_index {
+    row_key *keys;
+    size_t count;
+} row_index;
+
+static int key_cmp(const void *x, const void *y)
 {
-    const char *g = json_get_str(like, "group", ""), *c = json_get_str(like, "case", ""),
-               *b = json_get_str(like, "backend", "");
-    for (size_t i = 0; i < rows->count; i++) {
-        const json_value *r = &rows->items[i];
-        if (!strcmp(json_get_str(r, "group", ""), g) && !strcmp(json_get_str(r, "case", ""), c) &&
-            !strcmp(json_get_str(r, "backend", ""), b) && median_of(r) > 0)
-            return r;
-    }
-    return NULL;
+    const row_key *a = x, *b = y;
+    int d = strcmp(a->group, b->group);
+    if (!d)
+        d = strcmp(a->name, b->name);
+    if (!d)
+        d = strcmp(a->backend, b->backend);
+    return d;
+}
+
+static int key_index_cmp(const void *x, const void *y)
+{
+    const int d = key_cmp(x, y);
+    if (d)
+        return d;
+    const size_t i = ((const row_key *)x)->index, j = ((const row_key *)y)->index;
+    return (i > j) - (i < j);
+}
+
+static row_key key_of(const json_value *r, size_t index)
+{
+    return (row_key){json_get_str(r, "group", ""), json_get_str(r, "case", ""), json_get_str(r, "backend", ""),
+                     index};
+}
+
+static int index_rows(const json_value *rows, row_index *ix)
+{
+    ix->count = 0;
+    ix->keys = malloc((rows->count ? rows->count : 1) * sizeof *ix->keys);
+    if (!ix->keys)
+        return -1;
+    for (size_t i = 0; i < rows->count; i++)
+        if (median_of(&rows->items[i]) > 0)
+            ix->keys[ix->count++] = key_of(&rows->items[i], i);
+    qsort(ix->keys, ix->count, sizeof *ix->keys, key_index_cmp);
+    size_t kept = 0;
+    for (size_t i = 0; i < ix->count; i++)
+        if (!kept || key_cmp(&ix->keys[kept - 1], &ix->keys[i]) != 0)
+            ix->keys[kept++] = ix->keys[i];
+    ix->count = kept;
+    return 0;
+}
+
+/* The first timed row of ix's report with like's key, or NULL. */
+static const json_value *find_row(const row_index *ix, const json_value *rows, const json_value *like)
+{
+    const row_key k = key_of(like, 0);
+    const row_key *hit = ix->count ? bsearch(&k, ix->keys, ix->count, sizeof k, key_cmp) : NULL;
+    return hit ? &rows->items[hit->index] : NULL;
 }
 
 static int add_entry(bench_comparison *out, size_t *cap, const json_value *row, double base, double cur,
@@ -86,17 +141,20 @@ int bench_compare_json(const char *baseline, const char *current, double thresho
     }
     int rc = -1;
     size_t cap = 0;
+    row_index bix = {0}, cix = {0};
     const json_value *brows = report_rows(&base, "baseline", err, err_len);
     const json_value *crows = brows ? report_rows(&cur, "current", err, err_len) : NULL;
     if (!crows)
         goto done;
+    if (index_rows(brows, &bix) != 0 || index_rows(crows, &cix) != 0)
+        goto nomem;
     const double up = 1.0 + threshold_pct / 100.0, down = 1.0 - threshold_pct / 100.0;
     for (size_t i = 0; i < crows->count; i++) {
         const json_value *r = &crows->items[i];
         const double c = median_of(r);
-        if (c <= 0 || find_row(crows, r) != r) /* untimed, or a duplicate of an earlier row */
+        if (c <= 0 || find_row(&cix, crows, r) != r) /* untimed, or a duplicate of an earlier row */
             continue;
-        const json_value *b = find_row(brows, r);
+        const json_value *b = find_row(&bix, brows, r);
         bench_cmp_status st = BENCH_CMP_NEW;
         double bm = 0;
         if (b) {
@@ -113,7 +171,7 @@ int bench_compare_json(const char *baseline, const char *current, double thresho
     }
     for (size_t i = 0; i < brows->count; i++) {
         const json_value *b = &brows->items[i];
-        if (median_of(b) <= 0 || find_row(brows, b) != b || find_row(crows, b))
+        if (median_of(b) <= 0 || find_row(&bix, brows, b) != b || find_row(&cix, crows, b))
             continue;
         out->only_baseline++;
         if (add_entry(out, &cap, b, median_of(b), 0, BENCH_CMP_GONE) != 0)
@@ -125,6 +183,8 @@ nomem:
     snprintf(err, err_len, "out of memory");
     bench_comparison_free(out);
 done:
+    free(bix.keys);
+    free(cix.keys);
     json_free(&base);
     json_free(&cur);
     return rc;
@@ -162,9 +222,24 @@ void bench_comparison_free(bench_comparison *c)
 
 char *bench_read_file(const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    /* A regular file only: a FIFO would block (O_NONBLOCK keeps the open from waiting for a
+     * writer), a device such as /dev/zero never end. */
+    const int fd = open(path, O_RDONLY | O_NONBLOCK);
+    struct stat sb;
+    int flags;
+    if (fd < 0)
         return NULL;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (flags = fcntl(fd, F_GETFL)) == -1 ||
+        fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == -1) {
+        close(fd);
+        errno = EINVAL;
+        return NULL;
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return NULL;
+    }
     size_t cap = 1 << 16, len = 0;
     char *s = malloc(cap);
     while (s) {

@@ -40,7 +40,8 @@ int bench_compare_json(const char *baseline, const char *current, double thresho
 void bench_comparison_print(const bench_comparison *c, FILE *f);
 void bench_comparison_free(bench_comparison *c);
 
-/* Reads a whole file into a malloc'd, NUL-terminated string (NULL on failure). */
+/* Reads a whole regular file into a malloc'd, NUL-terminated string (NULL on failure, and for a
+ * FIFO, device or directory, without blocking). */
 char *bench_read_file(const char *path);
 
 #endif /* SONA_BENCH_COMPARE_H */

@@ -3,21 +3,28 @@
  * regression check (compare.c) reads it back. */
 #include "harness.h"
 
+#include "common/safetensors.h" /* sona_utf8_char_len */
+
 #include <math.h>
 
+/* A JSON string; a byte that is not part of a valid UTF-8 character (a device or CPU name, a
+ * path, in some other encoding) becomes U+FFFD, so the report stays JSON. */
 static void json_str(bench_buf *b, const char *s)
 {
     bench_buf_printf(b, "\"");
-    for (; *s; s++) {
+    for (size_t n; *s; s += n ? n : 1) {
         const unsigned char c = (unsigned char)*s;
+        n = sona_utf8_char_len(s);
         if (c == '"' || c == '\\')
             bench_buf_printf(b, "\\%c", c);
         else if (c == '\n')
             bench_buf_printf(b, "\\n");
         else if (c < 0x20)
             bench_buf_printf(b, "\\u%04x", c);
+        else if (!n)
+            bench_buf_printf(b, "\\ufffd");
         else
-            bench_buf_printf(b, "%c", c);
+            bench_buf_printf(b, "%.*s", (int)n, s);
     }
     bench_buf_printf(b, "\"");
 }

@@ -6,8 +6,10 @@
 #include "json_read.h"
 
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* A report with one timed row per (case, median) pair, all in group g on backend avx2. */
 static char *report(const char *g, int n, const char *const *cases, const double *medians)
@@ -326,4 +328,75 @@ Test(bench_compare, curve_points_are_told_from_other_rows)
             cr_expect_float_eq(x, cases[i].x, 1e-12, "%s", cases[i].name);
         }
     }
+}
+
+/* A duplicated key counts once, by its first timed row (an untimed one before it is passed). */
+Test(bench_compare, duplicates_count_once_by_their_first_timed_row)
+{
+    const char *base = "{\"rows\": [{\"group\": \"g\", \"case\": \"a\", \"backend\": \"x\", \"kind\": \"skipped\"},"
+                       " {\"group\": \"g\", \"case\": \"a\", \"backend\": \"x\", \"median_us\": 100},"
+                       " {\"group\": \"g\", \"case\": \"a\", \"backend\": \"x\", \"median_us\": 1}]}";
+    const char *cur = "{\"rows\": [{\"group\": \"g\", \"case\": \"a\", \"backend\": \"x\", \"median_us\": 150},"
+                      " {\"group\": \"g\", \"case\": \"a\", \"backend\": \"x\", \"median_us\": 100}]}";
+    bench_comparison c;
+    compare(base, cur, 10, &c);
+    cr_expect_eq(c.count, 1);
+    cr_expect_eq(c.compared, 1);
+    cr_expect_eq(c.regressions, 1, "150 us was not compared with the first timed baseline row (100 us)");
+    cr_expect_eq(c.entries[0].base_us, 100);
+    bench_comparison_free(&c);
+}
+
+/* 40 000 rows a side (the linear search per row took 24.5 s): every row is matched, in well
+ * under the time the quadratic search needed. */
+Test(bench_compare, large_reports_compare_in_n_log_n, .timeout = 60)
+{
+    enum { N = 40000 };
+    bench_buf b = {0}, k = {0};
+    for (int side = 0; side < 2; side++) {
+        bench_buf *o = side ? &k : &b;
+        bench_buf_printf(o, "{\"rows\": [");
+        for (int i = 0; i < N; i++) {
+            const int row = side ? N - 1 - i : i; /* the current report in the other order */
+            bench_buf_printf(o, "%s{\"group\": \"g%d\", \"case\": \"case-%d\", \"backend\": \"avx2\", \"median_us\": %d}",
+                             i ? ", " : "", row % 7, row, side && row % 1000 == 0 ? 200 : 100);
+        }
+        bench_buf_printf(o, "]}");
+    }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    bench_comparison c;
+    compare(b.s, k.s, 10, &c);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    const double s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    printf("[bench_compare] %d rows a side compared in %.3f s\n", N, s);
+    cr_expect_eq(c.compared, N);
+    cr_expect_eq(c.regressions, N / 1000);
+    cr_expect_eq(c.only_current + c.only_baseline, 0);
+    cr_expect_lt(s, 5.0, "comparing %d rows took %.1f s", N, s);
+    bench_comparison_free(&c);
+    free(b.s);
+    free(k.s);
+}
+
+/* JSON is UTF-8: a header string in another encoding (a CPU or device name in Latin-1) is
+ * written with U+FFFD for each stray byte, valid UTF-8 as it is, and the report still reads. */
+Test(bench_compare, report_strings_that_are_not_utf8_stay_json)
+{
+    bench_header h;
+    memset(&h, 0, sizeof h);
+    strcpy(h.cpu, "Caf\xe9 CPU \xc3\xa9 \xed\xa0\x80 \xf4\x90\x80\x80 \xc0\xaf");
+    bench_buf out = {0};
+    bench_json_write(&out, &h, NULL, 0);
+    for (size_t i = 0; i < out.len; i++)
+        cr_assert((unsigned char)out.s[i] < 0x80 || out.s[i] == '\xc3' || out.s[i] == '\xa9',
+                  "raw byte 0x%02x at %zu of the report", (unsigned char)out.s[i], i);
+    cr_expect(strstr(out.s, "Caf\\ufffd CPU \xc3\xa9 \\ufffd\\ufffd\\ufffd \\ufffd\\ufffd\\ufffd\\ufffd "
+                            "\\ufffd\\ufffd") != NULL,
+              "%s", out.s);
+    json_value v;
+    char err[160];
+    cr_assert_eq(json_parse(out.s, &v, err, sizeof err), 0, "%s", err);
+    json_free(&v);
+    bench_buf_free(&out);
 }

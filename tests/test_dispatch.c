@@ -5,6 +5,7 @@
  * the best variant. Criterion runs each test in its own process, so each sees a fresh choice. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -147,4 +148,26 @@ Test(dispatch, every_feature_bit_has_one_name)
     cr_expect_null(sona_cpu_feature_name(0));
     cr_expect_null(sona_cpu_feature_name(SONA_CPU_AVX2 | SONA_CPU_FMA), "two bits are not one name");
     cr_expect_null(sona_cpu_feature_name(1u << 31));
+}
+
+/* SONA_MODULE_DIR names code to load: a relative one would load whatever the current directory
+ * holds, so it is refused (the module unavailable, saying why) rather than searched. */
+Test(dispatch, relative_module_dir_is_refused)
+{
+    setenv("SONA_MODULE_DIR", "lib", 1); /* this process's modules are loaded once: not yet */
+    int checked = 0;
+    const char *names[] = {"opencl", "cuda"};
+    for (int i = 0; i < 2; i++) {
+        const sona_backend *b = NULL;
+        char why[256] = "";
+        const sona_status st = sona_backend_get(names[i], &b, why, sizeof why);
+        printf("[dispatch] %s with SONA_MODULE_DIR=lib: %s\n", names[i], st == SONA_OK ? b->device : why);
+        if (strstr(why, "not built") || strstr(why, "disabled at build time"))
+            continue;
+        cr_expect_eq(st, SONA_E_UNAVAILABLE, "%s loaded through a relative SONA_MODULE_DIR", names[i]);
+        cr_expect(strstr(why, "SONA_MODULE_DIR=lib refused: not an absolute path") != NULL, "%s: %s", names[i], why);
+        checked++;
+    }
+    if (!checked)
+        cr_skip_test("no GPU module in this build");
 }

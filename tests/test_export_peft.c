@@ -204,6 +204,17 @@ Test(export_peft, bad_arguments_are_refused_and_write_nothing)
         cr_expect(strstr(sona_engine_last_error(e), "module_format") != NULL, "%s: %s", bad_formats[i],
                   sona_engine_last_error(e));
     }
+    /* JSON is UTF-8: names in another encoding are refused, not written as invalid JSON. */
+    sona_peft_config latin1;
+    sona_peft_config_default(&latin1);
+    latin1.base_model = "org/mod\xe9le";
+    cr_expect_eq(sona_export_peft(e, dir, &latin1), SONA_E_INVALID);
+    cr_expect(strstr(sona_engine_last_error(e), "base_model is not valid UTF-8") != NULL, "%s", sona_engine_last_error(e));
+    sona_peft_config_default(&latin1);
+    latin1.module_format = "model.layers.%u.\xc0\xaf_proj"; /* an overlong '/' */
+    cr_expect_eq(sona_export_peft(e, dir, &latin1), SONA_E_INVALID);
+    cr_expect(strstr(sona_engine_last_error(e), "module_format is not valid UTF-8") != NULL, "%s",
+              sona_engine_last_error(e));
     char missing_parent[256];
     snprintf(missing_parent, sizeof missing_parent, "%s/no/such", dir);
     cr_expect_eq(sona_export_peft(e, missing_parent, NULL), SONA_E_IO);
@@ -230,12 +241,12 @@ static const char *open_model(const char *dir, json_value *header, char **file, 
     return *file + 8 + header_len;
 }
 
-/* Names of the parent directory's entries that start with base's name and a '.': a leftover of
- * an export that was not cleaned up (base.new-*, base.old-*). */
+/* Entries of the parent directory that an export did not clean up: its temporary directories
+ * (.sona-*, see eng_temp_name), or base's name and a '.' (what older versions used). */
 static int leftovers(const char *parent, const char *base)
 {
     char cmd[900];
-    snprintf(cmd, sizeof cmd, "ls -a '%s' | grep -c '^%s\\.' > /dev/null", parent, base);
+    snprintf(cmd, sizeof cmd, "ls -a '%s' | grep -c -e '^%s\\.' -e '^\\.sona-' > /dev/null", parent, base);
     return system(cmd) == 0;
 }
 
@@ -305,7 +316,7 @@ Test(export_peft, tenants_republishing_and_shape_checks)
     json_free(&header);
     free(text);
     free(file);
-    cr_expect(!leftovers(dir, "adapter"), "an adapter.new-* or adapter.old-* directory was left in %s", dir);
+    cr_expect(!leftovers(dir, "adapter"), "a temporary directory (.sona-*) was left in %s", dir);
 
     /* Refusals, the directory as it was. */
     size_t before_len, after_len;

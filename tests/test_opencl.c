@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* The OpenCL module beyond the op table (test_ops covers every op): the program cache makes a
  * second start skip compilation, host threads can be placed near the device, and a failing
- * device op falls back to the CPU without touching the adapter. Skipped where no OpenCL device
+ * device op falls back to the CPU without touching the adapter, and cache entries that are not
+ * this user's own intact files are rebuilt, never run. Skipped where no OpenCL device
  * is available (ctest sets SONA_OPENCL_DEVICE=any so PoCL's CPU device counts). */
 #define _GNU_SOURCE /* pthread_getaffinity_np, cpu_set_t */
 #include <criterion/criterion.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -43,23 +45,157 @@ static int count_files(const char *dir)
     return n;
 }
 
-/* Starts the backend in a child process: exit status 0 when it compiled its program, 1 when
- * it loaded it from the cache, 2 when OpenCL is unavailable. */
-static int start_in_child(void)
+/* Starts the backend in a child process: exit status 0 when it compiled its program (and its
+ * device text holds note, when not NULL), 1 when it loaded it from the cache, 2 when OpenCL is
+ * unavailable, 3 otherwise. A start that hangs (on a FIFO in the cache) is killed by its alarm. */
+static int start_in_child_noting(const char *note)
 {
+    fflush(stdout);
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0) {
+        alarm(120);
         const sona_backend *b;
         char why[256];
         if (sona_backend_get("opencl", &b, why, sizeof why) != SONA_OK)
             _exit(2);
-        _exit(strstr(b->device, "kernels compiled") ? 0 : strstr(b->device, "from cache") ? 1 : 3);
+        printf("[opencl] child start: %s\n", b->device);
+        fflush(stdout);
+        if (strstr(b->device, "kernels compiled"))
+            _exit(!note || strstr(b->device, note) ? 0 : 3);
+        _exit(strstr(b->device, "from cache") ? 1 : 3);
     }
     int status = 0;
     waitpid(pid, &status, 0);
     cr_assert(WIFEXITED(status), "the child start crashed (status %d)", status);
     return WEXITSTATUS(status);
+}
+
+static int start_in_child(void) { return start_in_child_noting(NULL); }
+
+/* The path of the one cache entry in dir (the only file whose name does not start with '.'). */
+static void entry_path(const char *dir, char *path, size_t len)
+{
+    DIR *d = opendir(dir);
+    cr_assert_not_null(d);
+    path[0] = '\0';
+    for (struct dirent *e; (e = readdir(d));)
+        if (e->d_name[0] != '.')
+            snprintf(path, len, "%s/%s", dir, e->d_name);
+    closedir(d);
+    cr_assert(path[0], "no cache entry in %s", dir);
+}
+
+static unsigned char *read_bytes(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "%s", path);
+    cr_assert_eq(fseek(f, 0, SEEK_END), 0);
+    const long n = ftell(f);
+    cr_assert_gt(n, 0);
+    rewind(f);
+    unsigned char *p = malloc((size_t)n);
+    cr_assert_not_null(p);
+    cr_assert_eq(fread(p, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    *len = (size_t)n;
+    return p;
+}
+
+/* Writes bytes to path as a fresh file of the given mode (whatever was at path removed). */
+static void write_bytes(const char *path, const unsigned char *p, size_t len, mode_t mode)
+{
+    unlink(path);
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f, "%s", path);
+    cr_assert_eq(fwrite(p, 1, len, f), len);
+    cr_assert_eq(fclose(f), 0);
+    cr_assert_eq(chmod(path, mode), 0);
+}
+
+/* A cache entry that is not this user's own, intact, regular file is never run: a binary whose
+ * bytes were changed, a symlink to a valid entry, a FIFO (which must not hang the start) and a
+ * group-writable entry are each refused with their reason and rebuilt from source; a killed
+ * writer's temporary is removed; a cache directory others can write to is not used at all. A
+ * good entry still loads. */
+Test(opencl, untrusted_cache_entries_are_rebuilt_not_run)
+{
+    char base[] = "/tmp/sona-clcache-XXXXXX", dir[64];
+    cr_assert_not_null(mkdtemp(base));
+    snprintf(dir, sizeof dir, "%s/cache", base); /* made by the start */
+    setenv("SONA_CACHE_DIR", dir, 1);
+    const int first = start_in_child();
+    if (first == 2) {
+        rmdir(base);
+        opencl_or_skip();
+    }
+    cr_assert_eq(first, 0, "first start did not compile into an empty cache");
+    char path[512], aside[600];
+    entry_path(dir, path, sizeof path);
+    size_t len;
+    unsigned char *good = read_bytes(path, &len);
+    struct stat sb;
+    cr_assert_eq(stat(path, &sb), 0);
+    cr_expect_eq(sb.st_mode & 077, 0, "the entry is readable by others (mode %o)", (unsigned)sb.st_mode);
+    cr_assert_eq(stat(dir, &sb), 0);
+    cr_expect_eq(sb.st_mode & 0777, 0700, "the cache directory was made %o, not 0700", (unsigned)sb.st_mode & 0777);
+
+    /* One byte of the binary changed, the header left as it was. */
+    unsigned char *bad = malloc(len);
+    cr_assert_not_null(bad);
+    memcpy(bad, good, len);
+    bad[len - 1] ^= 0x5a;
+    write_bytes(path, bad, len, 0600);
+    cr_expect_eq(start_in_child_noting("does not match its digest"), 0, "a tampered binary was not rebuilt");
+    cr_expect_eq(start_in_child(), 1, "the rebuilt entry was not stored and loaded");
+
+    /* A symlink to a valid entry kept elsewhere. */
+    snprintf(aside, sizeof aside, "%s/aside", base);
+    write_bytes(aside, good, len, 0600);
+    cr_assert_eq(unlink(path), 0);
+    cr_assert_eq(symlink(aside, path), 0);
+    cr_expect_eq(start_in_child_noting("symbolic link"), 0, "an entry reached through a symlink was run");
+    cr_assert_eq(lstat(path, &sb), 0);
+    cr_expect(S_ISREG(sb.st_mode), "the symlink was not replaced by a fresh entry");
+
+    /* A FIFO: opened without blocking, refused as not a regular file. */
+    cr_assert_eq(unlink(path), 0);
+    cr_assert_eq(mkfifo(path, 0600), 0);
+    cr_expect_eq(start_in_child_noting("not a regular file"), 0, "a FIFO entry was not skipped");
+
+    /* Group-writable: anyone in the group could have put it there. */
+    write_bytes(path, good, len, 0620);
+    cr_expect_eq(start_in_child_noting("writable by group or others"), 0, "a group-writable entry was run");
+    cr_assert_eq(stat(path, &sb), 0);
+    cr_expect_eq(sb.st_mode & 077, 0, "the refused entry was not replaced");
+
+    /* The temporary of a writer killed before its rename: removed by the next store. */
+    fflush(stdout);
+    const pid_t dead = fork();
+    cr_assert_geq(dead, 0);
+    if (dead == 0)
+        _exit(0);
+    cr_assert_eq(waitpid(dead, NULL, 0), dead);
+    char stale[600];
+    snprintf(stale, sizeof stale, "%s/.kernels-%ld-AbC123", dir, (long)dead);
+    write_bytes(stale, good, len / 2, 0600);
+    cr_assert_eq(unlink(path), 0);
+    cr_expect_eq(start_in_child(), 0);
+    cr_expect_neq(access(stale, F_OK), 0, "a killed writer's temporary %s is still there", stale);
+
+    /* A directory others may write to: no cache at all. */
+    write_bytes(path, good, len, 0600);
+    cr_assert_eq(chmod(dir, 0777), 0);
+    cr_expect_eq(start_in_child_noting("not used: writable by group or others"), 0,
+                 "a world-writable cache directory was used");
+    cr_assert_eq(chmod(dir, 0700), 0);
+    cr_expect_eq(start_in_child(), 1, "the good entry no longer loads");
+
+    free(good);
+    free(bad);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", base);
+    cr_expect_eq(system(cmd), 0);
 }
 
 /* The first start (a child process) compiles and stores the program; a corrupt cache file is

@@ -65,10 +65,12 @@ static void demo_usage(FILE *f)
     fprintf(f, "usage: sona demo [TRAJECTORIES] [SEED]\n"
                "  the engine at its default preset learning a synthetic task: the learning curve\n"
                "  every 100 trajectories, then a second task with and without EWC++\n"
-               "  TRAJECTORIES  how many to learn from, >= 100 (default 1000)\n"
+               "  TRAJECTORIES  how many to learn from, 100 to 1000000 (default 1000)\n"
                "  SEED          the task's seed (default 1)\n"
                "  -h, --help    this text\n");
 }
+
+#define DEMO_MAX_TRAJECTORIES 1000000u
 
 /* Parses [TRAJECTORIES] [SEED]; 0 to run, 1 after --help, -1 on a bad argument (reported). */
 static int demo_args(int argc, char **argv, uint32_t *total, uint64_t *seed)
@@ -86,8 +88,11 @@ static int demo_args(int argc, char **argv, uint32_t *total, uint64_t *seed)
             return -1;
         unsigned long long v;
         if (operands == 0) {
-            if (cli_parse_u64(p.value, &v) || v < 100 || v > UINT32_MAX) {
-                fprintf(stderr, "sona demo: TRAJECTORIES must be a whole number >= 100, not '%s'\n", p.value);
+            /* At most DEMO_MAX_TRAJECTORIES: about a minute, and far from where the uint32_t
+             * progress counter would wrap (4294967295 never ended). */
+            if (cli_parse_u64(p.value, &v) || v < 100 || v > DEMO_MAX_TRAJECTORIES) {
+                fprintf(stderr, "sona demo: TRAJECTORIES must be a whole number from 100 to %u, not '%s'\n",
+                        DEMO_MAX_TRAJECTORIES, p.value);
                 return -1;
             }
             *total = (uint32_t)v;

@@ -8,6 +8,7 @@
 
 #include "common/serial.h"
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct sona_tensor_f32 {
@@ -21,7 +22,14 @@ typedef struct sona_tensor_f32 {
  * `metadata` (NULL = none) is written as the "__metadata__" entry {"format": metadata}. */
 void sona_safetensors_encode(sona_wbuf *w, const sona_tensor_f32 *t, uint32_t n, const char *metadata);
 
-/* Appends s as a JSON string: quoted, with quotes, backslashes and control characters escaped. */
+/* Appends s as a JSON string: quoted, with quotes, backslashes and control characters escaped,
+ * and each byte that is not part of a valid UTF-8 character written as U+FFFD. */
 void sona_wbuf_json_string(sona_wbuf *w, const char *s);
+
+/* The length (1-4) of the valid UTF-8 character s starts with (an ASCII byte, NUL included: 1),
+ * or 0 when it is not one (overlong forms, surrogates and code points above U+10FFFF are not). */
+size_t sona_utf8_char_len(const char *s);
+/* 1 when the NUL-terminated s is valid UTF-8, else 0. */
+int sona_utf8_valid(const char *s);
 
 #endif

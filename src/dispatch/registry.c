@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Backend registry: CPU variants chosen by cpuid, GPU backends loaded as modules with dlopen. */
-#define _GNU_SOURCE /* dladdr */
+#define _GNU_SOURCE /* dladdr, secure_getenv */
 #include "backend/module.h"
 #include "common/error.h"
 #include "cpu/cpu.h"
@@ -142,11 +142,27 @@ static module_slot modules[] = {
 };
 #define MODULE_COUNT (sizeof modules / sizeof modules[0])
 
+/* SONA_MODULE_DIR names code this process runs: ignored in a set-user-ID or file-capability
+ * program (secure_getenv), and refused unless absolute, since a relative one would load
+ * whatever the current directory holds. */
+static const char *module_dir_env(void)
+{
+#ifdef __GLIBC__
+    return secure_getenv("SONA_MODULE_DIR");
+#else
+    return getuid() == geteuid() && getgid() == getegid() ? getenv("SONA_MODULE_DIR") : NULL;
+#endif
+}
+
 static void *open_module_file(const char *file, char *tried, size_t tried_len)
 {
     char dirs[4][1024];
     int nd = 0;
-    const char *env = getenv("SONA_MODULE_DIR");
+    const char *env = module_dir_env();
+    if (env && *env && env[0] != '/') {
+        snprintf(tried, tried_len, "SONA_MODULE_DIR=%s refused: not an absolute path", env);
+        return NULL;
+    }
     if (env && *env)
         snprintf(dirs[nd++], sizeof dirs[0], "%s", env);
     Dl_info info;

@@ -185,14 +185,27 @@ sona_status eng_ewc_load(struct sona_rbuf *in, const sona_lora *lora, const sona
 
 /* The sona_lora configuration of the engine's Micro (base = 0) or Base-LoRA (base = 1). */
 void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc);
-/* fsyncs the directory holding path (best effort), so that a rename into it is durable. */
+/* The engine's files (files.c). fsyncs the directory holding path (best effort), so that a
+ * rename into it is durable. */
 void eng_sync_parent_dir(const char *path);
-/* Writes len bytes to path atomically: a temporary file in the same directory, fsync, rename,
- * fsync of the directory (a crash leaves the old file or the new one). The file gets `mode`
- * (learned state 0600: the owner's; exports 0644: read by a server). Failures are reported on
- * e as "caller: ...". */
+/* Writes len bytes to path atomically: a temporary file in the same directory (nameless where
+ * O_TMPFILE works), fsync, rename, fsync of the directory (a crash leaves the old file or the new
+ * one); then removes temporaries that killed writers of path left. The file gets `mode` (learned
+ * state 0600: the owner's; exports 0644: read by a server). Failures are reported on e as
+ * "caller: ...". */
 sona_status eng_write_file_atomic(sona_engine *e, const char *caller, const char *path, const void *data,
                                   size_t len, mode_t mode);
+/* The whole of the regular file at path in a malloc'd buffer (a FIFO, device or directory is
+ * refused without blocking); failures reported on e as "caller: ...". */
+sona_status eng_read_whole_file(sona_engine *e, const char *caller, const char *path, uint8_t **out,
+                                size_t *out_len);
+struct timespec;
+/* A temporary name beside path, "DIR/.sona-HHHHHHHH-PID-XXXXXX" (for mkstemp/mkdtemp): short
+ * whatever path's length, and recognised by eng_remove_stale_temps(path). NULL: out of memory. */
+char *eng_temp_name(const char *path);
+/* Removes the temporaries of path (files, or an export's directories of files) that a writer
+ * which no longer runs left, owned by this user and older than since. */
+void eng_remove_stale_temps(const char *path, const struct timespec *since);
 
 /* Pattern bank glue (patterns.c): ReasoningBank + HNSW index. */
 sona_status eng_bank_create(const sona_engine_config *cfg, sona_bank **out);

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CALLER "sona_export_peft"
@@ -142,13 +143,13 @@ static sona_status publish_dir(sona_engine *e, const char *tmp, const char *dir,
     if (errno != EINVAL && errno != ENOSYS)
         return eng_fail(e, SONA_E_IO, CALLER ": cannot exchange %s and %s: %s", tmp, dir, strerror(errno));
 #endif
-    const size_t len = strlen(dir) + 16;
-    char *old = malloc(len);
+    char *old = eng_temp_name(dir); /* short, whatever dir's length; removed if we are killed */
     if (!old)
         return eng_fail(e, SONA_E_NOMEM, CALLER ": out of memory");
-    snprintf(old, len, "%s.old-%ld", dir, (long)getpid());
     sona_status st = SONA_OK;
-    if (rename(dir, old) != 0)
+    if (!mkdtemp(old) || rmdir(old) != 0) /* a fresh name, then free for the rename */
+        st = eng_fail(e, SONA_E_IO, CALLER ": cannot make a name beside %s: %s", dir, strerror(errno));
+    else if (rename(dir, old) != 0)
         st = eng_fail(e, SONA_E_IO, CALLER ": cannot move %s aside: %s", dir, strerror(errno));
     else if (rename(tmp, dir) != 0) {
         st = eng_fail(e, SONA_E_IO, CALLER ": cannot rename %s to %s: %s", tmp, dir, strerror(errno));
@@ -170,6 +171,10 @@ sona_status sona_export_peft(sona_engine *e, const char *dir, const sona_peft_co
     const sona_peft_config *p = cfg ? cfg : &defaults;
     if (!p->module_format || !p->base_model)
         return eng_fail(e, SONA_E_NULL, CALLER ": NULL module_format or base_model");
+    /* adapter_config.json and the safetensors header are JSON, which is UTF-8. */
+    if (!sona_utf8_valid(p->module_format) || !sona_utf8_valid(p->base_model))
+        return eng_fail(e, SONA_E_INVALID, CALLER ": %s is not valid UTF-8",
+                        sona_utf8_valid(p->module_format) ? "base_model" : "module_format");
     const char *leaf = module_leaf(p->module_format);
     if (!leaf)
         return eng_fail(e, SONA_E_INVALID,
@@ -202,8 +207,9 @@ sona_status sona_export_peft(sona_engine *e, const char *dir, const sona_peft_co
     const size_t per = (size_t)rank * c->hidden;
     float *weights = malloc(2 * layers * per * sizeof *weights); /* per module m: A_m, then B_m */
     sona_tensor_f32 *t = calloc(2 * (size_t)layers, sizeof *t);
-    const size_t tmp_len = strlen(dir) + 16;
-    char *tmp = malloc(tmp_len), *model_path = NULL, *config_path = NULL;
+    struct timespec start;
+    clock_gettime(CLOCK_REALTIME, &start);
+    char *tmp = eng_temp_name(dir), *model_path = NULL, *config_path = NULL;
     sona_wbuf model = {0}, config = {0};
     int made_tmp = 0;
     sona_status st = weights && t && tmp ? SONA_OK : SONA_E_NOMEM;
@@ -244,7 +250,6 @@ sona_status sona_export_peft(sona_engine *e, const char *dir, const sona_peft_co
         goto out;
     }
     /* The new adapter in a directory of its own beside dir, then moved into place whole. */
-    snprintf(tmp, tmp_len, "%s.new-XXXXXX", dir);
     if (!mkdtemp(tmp) || chmod(tmp, 0755) != 0) {
         st = eng_fail(e, SONA_E_IO, CALLER ": cannot create a directory beside %s: %s", dir, strerror(errno));
         goto out;
@@ -262,6 +267,8 @@ sona_status sona_export_peft(sona_engine *e, const char *dir, const sona_peft_co
 out:
     if (made_tmp)
         remove_export_dir(tmp);
+    if (tmp)
+        eng_remove_stale_temps(dir, &start); /* of exports to dir that were killed */
     free(tmp);
     for (uint32_t l = 0; t && l < 2 * layers; l++)
         free((char *)t[l].name);

@@ -552,6 +552,7 @@ static const struct state_section {
     {TAG('D', 'R', 'E', 'A'), 3, 0, drea_write, drea_read},
     {TAG('B', 'A', 'S', 'L'), 4, 0, basl_write, read_baselines},
 };
+
 #define SECTIONS (sizeof sections / sizeof sections[0])
 #define STATE_VERSION 4u /* the highest `since` above: files of versions 1 to it are read */
 
@@ -591,60 +592,6 @@ static sona_status serialise(sona_engine *e, sona_wbuf *w)
     free(v.scratch);
     free(v.queue);
     return w->oom ? SONA_E_NOMEM : SONA_OK;
-}
-
-static sona_status write_all(int fd, const uint8_t *p, size_t n)
-{
-    while (n) {
-        ssize_t k = write(fd, p, n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return SONA_E_IO;
-        p += k;
-        n -= (size_t)k;
-    }
-    return SONA_OK;
-}
-
-sona_status eng_write_file_atomic(sona_engine *e, const char *caller, const char *path, const void *data,
-                                  size_t len, mode_t mode)
-{
-    const size_t plen = strlen(path);
-    char *tmp = malloc(plen + 16);
-    if (!tmp)
-        return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", caller);
-    snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
-    sona_status st = SONA_OK;
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        st = eng_fail(e, SONA_E_IO, "%s: cannot create a temporary file beside %s: %s", caller, path, strerror(errno));
-    } else {
-        if (fchmod(fd, mode) != 0 || write_all(fd, data, len) != SONA_OK || fsync(fd) != 0)
-            st = eng_fail(e, SONA_E_IO, "%s: writing %s failed: %s", caller, tmp, strerror(errno));
-        if (close(fd) != 0 && st == SONA_OK)
-            st = eng_fail(e, SONA_E_IO, "%s: closing %s failed: %s", caller, tmp, strerror(errno));
-        if (st == SONA_OK && rename(tmp, path) != 0)
-            st = eng_fail(e, SONA_E_IO, "%s: renaming %s to %s failed: %s", caller, tmp, path, strerror(errno));
-        if (st != SONA_OK)
-            unlink(tmp);
-        else
-            eng_sync_parent_dir(path);
-    }
-    free(tmp);
-    return st;
-}
-
-void eng_sync_parent_dir(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    char *parent = slash ? strndup(path, (size_t)(slash - path) + (slash == path)) : strdup(".");
-    const int fd = parent ? open(parent, O_RDONLY | O_DIRECTORY) : -1;
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
-    free(parent);
 }
 
 /* sona_save in two steps, so that loop B does not wait on the disk: the state serialised into
@@ -864,51 +811,13 @@ sona_status sona_load_buffer(sona_engine *e, const void *data, size_t len)
     return st;
 }
 
-/* The whole file at path in a malloc'd buffer; failures reported on e as "caller: ...". */
-static sona_status read_whole_file(sona_engine *e, const char *caller, const char *path, uint8_t **out,
-                                   size_t *out_len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return eng_fail(e, SONA_E_IO, "%s: cannot open %s: %s", caller, path, strerror(errno));
-    uint8_t *buf = NULL;
-    size_t len = 0, cap = 0;
-    sona_status st = SONA_OK;
-    for (;;) {
-        if (len == cap) {
-            cap = cap ? 2 * cap : 1 << 16;
-            uint8_t *nb = realloc(buf, cap);
-            if (!nb) {
-                st = eng_fail(e, SONA_E_NOMEM, "%s: out of memory reading %s", caller, path);
-                break;
-            }
-            buf = nb;
-        }
-        const size_t k = fread(buf + len, 1, cap - len, f);
-        len += k;
-        if (k == 0) {
-            if (ferror(f))
-                st = eng_fail(e, SONA_E_IO, "%s: reading %s failed", caller, path);
-            break;
-        }
-    }
-    fclose(f);
-    if (st != SONA_OK) {
-        free(buf);
-        return st;
-    }
-    *out = buf;
-    *out_len = len;
-    return SONA_OK;
-}
-
 sona_status sona_load(sona_engine *e, const char *path)
 {
     if (!e || !path)
         return eng_fail(e, SONA_E_NULL, "sona_load: NULL argument");
     uint8_t *buf;
     size_t len;
-    sona_status st = read_whole_file(e, "sona_load", path, &buf, &len);
+    sona_status st = eng_read_whole_file(e, "sona_load", path, &buf, &len);
     if (st == SONA_OK) {
         st = sona_load_buffer(e, buf, len);
         free(buf);
@@ -922,7 +831,7 @@ sona_status sona_state_config(const char *path, sona_engine_config *out)
         return eng_fail(NULL, SONA_E_NULL, "sona_state_config: NULL argument");
     uint8_t *buf;
     size_t len;
-    sona_status st = read_whole_file(NULL, "sona_state_config", path, &buf, &len);
+    sona_status st = eng_read_whole_file(NULL, "sona_state_config", path, &buf, &len);
     if (st != SONA_OK)
         return st;
     sona_rbuf sec[SECTIONS];

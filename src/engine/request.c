@@ -156,7 +156,7 @@ sona_status sona_request_end(sona_request *r, float quality)
         return eng_fail(e, SONA_E_NONFINITE, "sona_request_end: NaN or Inf in the trajectory; not learned");
     }
     sona_status st = learn_instant(e, tenant, t);
-    /* Counted as recorded before loop B can take it (see engine_internal.h's taken). */
+    /* Counted as recorded before loop B can take it (see base.h's taken). */
     if (sona_trajectory_buffer_record_counted(e->buffer, t, &e->n.recorded) == SONA_OK) {
         if (sona_trajectory_buffer_len(e->buffer) >= e->cfg.loop_b_threshold)
             eng_kick(e);

@@ -2,12 +2,16 @@
 /* Internal state of the OpenCL module: one context, one in-order queue and one program on the
  * chosen device. Buffers handed to libsona are cl_mem handles cast to pointers.
  *
+ * The module's files depend only downward: this header (the state and the error helpers of
+ * ocl_error.c) at the bottom; ocl_program.h, ocl_locality.h and ocl_ops.h (each its .c) above
+ * it; ocl_context.c, the entry point, on top. Nothing below calls into what is above.
+ *
  * Environment:
  *   SONA_OPENCL_DEVICE  device index (as listed in the "not available" message), a substring of
  *                       the device name, or "any" (GPUs first, else a CPU device such as PoCL).
  *                       Unset: GPUs and accelerators only, unless SONA_BACKEND=opencl.
  *   SONA_CACHE_DIR      program binary cache (default $XDG_CACHE_HOME/sona/opencl or
- *                       ~/.cache/sona/opencl).
+ *                       ~/.cache/sona/opencl); used only when it is this user's alone.
  *   SONA_OPENCL_FAULT   an op name or "all": that op fails with SONA_E_BACKEND (tests of the
  *                       CPU fallback). */
 #ifndef SONA_OPENCL_OCL_H
@@ -53,6 +57,7 @@ typedef struct ocl_ctx {
     size_t max_alloc;         /* CL_DEVICE_MAX_MEM_ALLOC_SIZE */
     int from_cache;           /* the program binary came from the disk cache */
     char cache_path[1024];    /* where the binary is (or would be) cached */
+    char cache_note[256];     /* why the cache was not used ("" when it was, or was empty) */
     char device_text[1024];   /* sona_backend.device */
     const char *fault_op;     /* SONA_OPENCL_FAULT: op name (or "all") that fails on purpose */
     sona_host_locality near;  /* host CPUs near the device */
@@ -60,33 +65,12 @@ typedef struct ocl_ctx {
     ocl_scratch scratch[S_COUNT];
 } ocl_ctx;
 
-/* Records "call: CL status name (detail)" as the thread's last error; returns st. */
+/* Errors (ocl_error.c). Records "call: CL status name (detail)" as the thread's last error;
+ * returns st. */
 sona_status ocl_fail(sona_status st, const char *call, cl_int err, const char *detail);
 /* Records a message without a CL status. */
 sona_status ocl_failf(sona_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *ocl_last_error(void *ctx);
 const char *ocl_status_name(cl_int err);
-
-/* Builds (or loads from the disk cache) the program and creates every kernel. */
-sona_status ocl_program_load(ocl_ctx *c);
-/* The kernel function's name, for error messages. */
-const char *ocl_kernel_name(int k);
-
-/* A scratch buffer of at least bytes (grown on demand; held under c->lock). */
-sona_status ocl_scratch_get(ocl_ctx *c, int slot, size_t bytes, cl_mem *out);
-
-/* Host-thread placement near the device (ocl_locality.c). */
-void ocl_locality_init(ocl_ctx *c);
-sona_status ocl_bind_host_thread(void *ctx);
-
-/* The op entry points (ocl_ops.c). */
-int ocl_supports(void *ctx, sona_op op, const void *args);
-sona_status ocl_lora_apply(void *ctx, const sona_lora_apply_args *a);
-sona_status ocl_lora_grad(void *ctx, const sona_lora_grad_args *a);
-sona_status ocl_param_update(void *ctx, const sona_param_update_args *a);
-sona_status ocl_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a);
-sona_status ocl_knn_exact(void *ctx, const sona_knn_exact_args *a);
-sona_status ocl_gemm(void *ctx, const sona_gemm_args *a);
-sona_status ocl_cluster_sums(void *ctx, const sona_cluster_sums_args *a);
 
 #endif

@@ -1,74 +1,17 @@
 /* SPDX-License-Identifier: MIT */
 /* The OpenCL module's entry point: device choice, context and queue, buffers, errors. */
 #include "opencl/ocl.h"
+#include "opencl/ocl_locality.h"
+#include "opencl/ocl_ops.h"
+#include "opencl/ocl_program.h"
 
 #include "backend/module.h"
 
 #include <ctype.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-
-static _Thread_local char last_error[512];
-
-const char *ocl_last_error(void *ctx)
-{
-    (void)ctx;
-    return last_error;
-}
-
-const char *ocl_status_name(cl_int err)
-{
-    switch (err) {
-#define NAME(x) case x: return #x
-        NAME(CL_SUCCESS);
-        NAME(CL_DEVICE_NOT_FOUND);
-        NAME(CL_DEVICE_NOT_AVAILABLE);
-        NAME(CL_COMPILER_NOT_AVAILABLE);
-        NAME(CL_MEM_OBJECT_ALLOCATION_FAILURE);
-        NAME(CL_OUT_OF_RESOURCES);
-        NAME(CL_OUT_OF_HOST_MEMORY);
-        NAME(CL_BUILD_PROGRAM_FAILURE);
-        NAME(CL_INVALID_VALUE);
-        NAME(CL_INVALID_DEVICE);
-        NAME(CL_INVALID_BINARY);
-        NAME(CL_INVALID_BUFFER_SIZE);
-        NAME(CL_INVALID_MEM_OBJECT);
-        NAME(CL_INVALID_PROGRAM_EXECUTABLE);
-        NAME(CL_INVALID_KERNEL_ARGS);
-        NAME(CL_INVALID_ARG_INDEX);
-        NAME(CL_INVALID_ARG_VALUE);
-        NAME(CL_INVALID_ARG_SIZE);
-        NAME(CL_INVALID_WORK_GROUP_SIZE);
-        NAME(CL_INVALID_WORK_ITEM_SIZE);
-        NAME(CL_INVALID_GLOBAL_WORK_SIZE);
-        NAME(CL_INVALID_COMMAND_QUEUE);
-        NAME(CL_INVALID_CONTEXT);
-        NAME(CL_INVALID_OPERATION);
-        NAME(CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST);
-#undef NAME
-    case -1001: return "CL_PLATFORM_NOT_FOUND_KHR";
-    default: return "unknown OpenCL status";
-    }
-}
-
-sona_status ocl_fail(sona_status st, const char *call, cl_int err, const char *detail)
-{
-    snprintf(last_error, sizeof last_error, "%s: %s (%d)%s%s", call, ocl_status_name(err), (int)err,
-             detail && *detail ? ": " : "", detail ? detail : "");
-    return st;
-}
-
-sona_status ocl_failf(sona_status st, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(last_error, sizeof last_error, fmt, ap);
-    va_end(ap);
-    return st;
-}
 
 /* ---- device choice ---------------------------------------------------------------------- */
 
@@ -222,25 +165,6 @@ static sona_status ocl_sync(void *ctx)
     return err == CL_SUCCESS ? SONA_OK : ocl_fail(SONA_E_BACKEND, "clFinish", err, NULL);
 }
 
-sona_status ocl_scratch_get(ocl_ctx *c, int slot, size_t bytes, cl_mem *out)
-{
-    ocl_scratch *s = &c->scratch[slot];
-    if (s->cap < bytes || !s->buf) {
-        if (s->buf)
-            clReleaseMemObject(s->buf);
-        s->buf = NULL;
-        s->cap = 0;
-        void *m;
-        sona_status st = ocl_alloc(c, bytes ? bytes : 4, &m);
-        if (st != SONA_OK)
-            return SONA_E_BACKEND; /* the op fails (and falls back), it is not out of host memory */
-        s->buf = mem_of(m);
-        s->cap = bytes ? bytes : 4;
-    }
-    *out = s->buf;
-    return SONA_OK;
-}
-
 static void ocl_shutdown(void *ctx)
 {
     ocl_ctx *c = ctx;
@@ -319,9 +243,10 @@ static sona_status open_device(ocl_ctx *c, const candidate *d, char *why, size_t
     clGetPlatformInfo(d->platform, CL_PLATFORM_NAME, sizeof platform, platform, NULL);
     clGetDeviceInfo(d->device, CL_DRIVER_VERSION, sizeof version, version, NULL);
     ocl_locality_init(c);
-    snprintf(c->device_text, sizeof c->device_text, "%s (%s, driver %s, %s), kernels %s, host %s",
+    snprintf(c->device_text, sizeof c->device_text, "%s (%s, driver %s, %s), kernels %s%s%s%s, host %s",
              d->name, platform, version, (d->type & CL_DEVICE_TYPE_CPU) ? "CPU device" : "GPU",
-             c->from_cache ? "loaded from cache" : "compiled", c->near.text);
+             c->from_cache ? "loaded from cache" : "compiled", c->cache_note[0] ? " (" : "", c->cache_note,
+             c->cache_note[0] ? ")" : "", c->near.text);
     return SONA_OK;
 }
 

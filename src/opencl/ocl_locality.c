@@ -3,7 +3,7 @@
  * slot through the AMD/NVIDIA topology extensions (gpu/host_locality.c does the rest). A CPU
  * device, or a GPU hwloc cannot place, gets no preference: binding then leaves the thread where
  * it is. */
-#include "opencl/ocl.h"
+#include "opencl/ocl_locality.h"
 
 #ifdef SONA_HAVE_HWLOC
 #include <hwloc.h>

@@ -2,7 +2,8 @@
 /* The op table on OpenCL: launches of the kernels in kernels.cl, GEMM through CLBlast. Every
  * call is checked and named in the error; ops return SONA_E_BACKEND on a failure so the
  * dispatch layer can redo them on the CPU. */
-#include "opencl/ocl.h"
+#include "opencl/ocl_ops.h"
+#include "opencl/ocl_program.h"
 
 #include <clblast_c.h>
 #include <stdio.h>
@@ -17,6 +18,32 @@ typedef struct karg {
 static cl_mem mem_of(const void *p) { return (cl_mem)(uintptr_t)p; }
 
 static size_t round_up(size_t v, size_t to) { return (v + to - 1) / to * to; }
+
+/* A scratch buffer of at least bytes (grown on demand; held under c->lock). A failure is
+ * SONA_E_BACKEND: the op fails and falls back, it is not out of host memory. */
+static sona_status scratch_get(ocl_ctx *c, int slot, size_t bytes, cl_mem *out)
+{
+    ocl_scratch *s = &c->scratch[slot];
+    if (!bytes)
+        bytes = 4;
+    if (s->cap < bytes || !s->buf) {
+        if (s->buf)
+            clReleaseMemObject(s->buf);
+        s->buf = NULL;
+        s->cap = 0;
+        if (bytes > c->max_alloc)
+            return ocl_failf(SONA_E_BACKEND, "clCreateBuffer: %zu bytes exceed the device's largest "
+                             "allocation (%zu)", bytes, c->max_alloc);
+        cl_int err;
+        cl_mem m = clCreateBuffer(c->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
+        if (err != CL_SUCCESS)
+            return ocl_fail(SONA_E_BACKEND, "clCreateBuffer", err, "scratch");
+        s->buf = m;
+        s->cap = bytes;
+    }
+    *out = s->buf;
+    return SONA_OK;
+}
 
 static const char *clblast_status_name(CLBlastStatusCode s);
 
@@ -57,7 +84,7 @@ static sona_status optional(ocl_ctx *c, const void *p, cl_mem *out)
         *out = mem_of(p);
         return SONA_OK;
     }
-    return ocl_scratch_get(c, S_DUMMY, 4, out);
+    return scratch_get(c, S_DUMMY, 4, out);
 }
 
 int ocl_supports(void *ctx, sona_op op, const void *args)
@@ -100,7 +127,7 @@ sona_status ocl_lora_grad(void *ctx, const sona_lora_grad_args *a)
            x = mem_of(a->x), d = mem_of(a->d), wt = mem_of(a->wt), gA = mem_of(a->gA),
            gBt = mem_of(a->gBt), uv;
     pthread_mutex_lock(&c->lock);
-    sona_status st = ocl_scratch_get(c, S_A, (size_t)a->n * 2 * a->w.rank * sizeof(float), &uv);
+    sona_status st = scratch_get(c, S_A, (size_t)a->n * 2 * a->w.rank * sizeof(float), &uv);
     if (st == SONA_OK) {
         const karg rows[] = {ARG(a->w.hidden), ARG(a->w.rank), ARG(A), ARG(Bt), ARG(s), ARG(ids),
                              ARG(x), ARG(d), ARG(wt), ARG(uv)};
@@ -127,7 +154,7 @@ sona_status ocl_param_update(void *ctx, const sona_param_update_args *a)
     const cl_uint flags = (a->clip_norm > 0.0f ? 1u : 0u) | (a->fisher_sum ? 2u : 0u) | (a->fisher ? 4u : 0u);
     cl_mem theta = mem_of(a->theta), g = mem_of(a->g), clip = NULL, fs = NULL, ft = NULL, fisher = NULL;
     pthread_mutex_lock(&c->lock);
-    sona_status st = (flags & 1) ? ocl_scratch_get(c, S_A, a->segments * sizeof(float), &clip)
+    sona_status st = (flags & 1) ? scratch_get(c, S_A, a->segments * sizeof(float), &clip)
                                  : optional(c, NULL, &clip);
     if (st == SONA_OK && (flags & 1)) {
         const karg args[] = {ARG(a->len), ARG(a->clip_norm), ARG(g), ARG(clip)};
@@ -161,11 +188,11 @@ static sona_status sqdist_argmin_gemm(ocl_ctx *c, const sona_sqdist_argmin_args 
     size_t rows = block / row_bytes ? block / row_bytes : 1;
     if (rows > a->n)
         rows = a->n;
-    sona_status st = ocl_scratch_get(c, S_A, a->n * sizeof(float), &xsq);
+    sona_status st = scratch_get(c, S_A, a->n * sizeof(float), &xsq);
     if (st == SONA_OK)
-        st = ocl_scratch_get(c, S_B, row_bytes, &csq);
+        st = scratch_get(c, S_B, row_bytes, &csq);
     if (st == SONA_OK)
-        st = ocl_scratch_get(c, S_C, rows * row_bytes, &G);
+        st = scratch_get(c, S_C, rows * row_bytes, &G);
     const cl_uint squared = 1;
     if (st == SONA_OK) {
         const karg args[] = {ARG(a->n), ARG(a->d), ARG(squared), ARG(X), ARG(xsq)};
@@ -232,11 +259,11 @@ sona_status ocl_knn_exact(void *ctx, const sona_knn_exact_args *a)
     if (rows > a->m)
         rows = a->m;
     pthread_mutex_lock(&c->lock);
-    sona_status st = ocl_scratch_get(c, S_A, a->m * sizeof(float), &qn);
+    sona_status st = scratch_get(c, S_A, a->m * sizeof(float), &qn);
     if (st == SONA_OK)
-        st = ocl_scratch_get(c, S_B, row_bytes, &pn);
+        st = scratch_get(c, S_B, row_bytes, &pn);
     if (st == SONA_OK)
-        st = ocl_scratch_get(c, S_C, rows * row_bytes, &S);
+        st = scratch_get(c, S_C, rows * row_bytes, &S);
     if (st == SONA_OK) {
         const cl_uint squared = 0;
         const karg args[] = {ARG(a->m), ARG(a->d), ARG(squared), ARG(Q), ARG(qn)};

@@ -1,6 +1,7 @@
 #!/bin/sh
 # The `sona` command line's parsing: --help and --version, "--opt=value" and "--opt value",
-# and the exit status (2) and message of a bad argument. Run by ctest:
+# and the exit status (2) and message of a bad argument (numbers that are not finite or never
+# end, report paths that cannot be written, checked before running; names that are not UTF-8). Run by ctest:
 #   check_cli.sh SONA SOURCE_DIR WORK_DIR PART
 # PART is help, version, bench, errors or export-peft; each is its own ctest test.
 set -u
@@ -86,6 +87,28 @@ errors)
     expect 2 "$sona" export-peft a && has "$err" "missing DIR" "export-peft a"
     expect 2 "$sona" export-peft a b c && has "$err" "unexpected argument 'c'" "export-peft a b c"
     expect 2 "$sona" version 1 && has "$err" "unexpected argument '1'" "version 1"
+    # Numbers that parse but cannot be used: not finite, or a count that never ends.
+    for t in nan inf -inf 1e999; do
+        expect 2 "$sona" bench --list --threshold=$t && has "$err" "finite percentage" "bench --threshold=$t"
+    done
+    expect 2 "$sona" demo -1 && has "$err" "'-1'" "demo -1"
+    expect 2 "$sona" demo -- -1 && has "$err" "'-1'" "demo -- -1"
+    expect 2 "$sona" demo 4294967295 && has "$err" "from 100 to 1000000" "demo 4294967295"
+    expect 2 "$sona" demo 1000001 && has "$err" "from 100 to 1000000" "demo 1000001"
+    # Output and input paths are checked before the benchmark runs (the group would print rows).
+    rm -rf "$work/no-such-dir"
+    expect 2 "$sona" bench --group=loop_a --quick --json "$work/no-such-dir/r.json" \
+        && has "$err" "no-such-dir does not exist" "bench --json into a missing folder"
+    grep -q "loop_a" "$out" && fail "bench --json into a missing folder ran the benchmark first"
+    expect 2 "$sona" bench --group=loop_a --quick --html "$work" && has "$err" "is a directory" "bench --html DIR"
+    grep -q "loop_a" "$out" && fail "bench --html DIR ran the benchmark first"
+    expect 2 "$sona" bench --group=loop_a --quick --compare "$work/no-such-dir/base.json" \
+        && has "$err" "--compare" "bench --compare of a missing file"
+    grep -q "loop_a" "$out" && fail "bench --compare of a missing file ran the benchmark first"
+    rm -f "$work/fifo" && mkfifo "$work/fifo" || fail "mkfifo"
+    expect 2 timeout 60 "$sona" bench --group=loop_a --quick --compare "$work/fifo" \
+        && has "$err" "not a regular file" "bench --compare FIFO"
+    rm -f "$work/fifo"
     ;;
 export-peft)
     # Options before, between and after the operands, with '=' or a separate value.
@@ -104,6 +127,17 @@ export-peft)
     expect 1 "$sona" export-peft "$src/tests/data/state_v2.sona" "$work/peft-sp" --model-hidden 4096 \
         && has "$err" "wide" "--model-hidden of another width"
     expect 2 "$sona" export-peft a b --tenant=x && has "$err" "--tenant must be a whole number" "--tenant=x"
+    # JSON is UTF-8: a name in another encoding is refused, nothing written.
+    rm -rf "$work/peft-bad"
+    latin1=$(printf 'org/mod\351le')
+    expect 1 "$sona" export-peft "$src/tests/data/state_v2.sona" "$work/peft-bad" --base-model "$latin1" \
+        && has "$err" "base_model is not valid UTF-8" "--base-model in Latin-1"
+    expect 1 "$sona" export-peft "$src/tests/data/state_v2.sona" "$work/peft-bad" --module "m.$latin1.%u.o_proj" \
+        && has "$err" "module_format is not valid UTF-8" "--module in Latin-1"
+    [ -e "$work/peft-bad" ] && fail "a refused export left $work/peft-bad"
+    utf8=$(printf 'org/mod\303\251le')
+    expect 0 "$sona" export-peft "$src/tests/data/state_v2.sona" "$work/peft-bad" --base-model "$utf8" \
+        && has "$work/peft-bad/adapter_config.json" "$utf8" "--base-model in UTF-8"
     ;;
 *)
     echo "check_cli.sh: unknown part '$part'"
