@@ -5,11 +5,12 @@
 
 const path = require('path');
 
-// Where the addon is looked for, in order: $SONA_NODE_ADDON (a file), a copy beside this file
-// (a packed or installed package), the repository's build tree (node/ used in place).
+// Where the addon is looked for: $SONA_NODE_ADDON alone when set (a test must not fall back
+// to another build); else a copy beside this file (a packed or installed package), then the
+// repository's build tree (node/ used in place).
 function candidates() {
+  if (process.env.SONA_NODE_ADDON) return [path.resolve(process.env.SONA_NODE_ADDON)];
   const list = [];
-  if (process.env.SONA_NODE_ADDON) list.push(path.resolve(process.env.SONA_NODE_ADDON));
   list.push(path.join(__dirname, 'sona.node'));
   list.push(path.join(__dirname, '..', 'build', 'lib', 'sona.node'));
   return list;

@@ -1421,8 +1421,7 @@ static void job_run(job *j)
         j->status = sona_save(e, j->path);
         break;
     case JOB_LOAD:
-        j->status = sona_load(e, j->path);
-        load_finish(j->se);
+        j->status = sona_load(e, j->path); /* load_finish: by the caller, in the JS thread */
         break;
     case JOB_EXPORT:
         j->status = sona_export_peft(e, j->path, &j->peft);
@@ -1517,6 +1516,8 @@ static napi_value job_sync(napi_env env, napi_callback_info info, job_kind kind)
         return NULL;
     }
     job_run(j);
+    if (kind == JOB_LOAD)
+        load_finish(a.se);
     napi_value v = NULL;
     if (j->status != SONA_OK)
         throw_status(env, j->status, j->message);
@@ -1538,9 +1539,11 @@ static void job_complete(napi_env env, napi_status status, void *data)
 {
     job *j = data;
     napi_value v;
+    /* A load is in progress until its Promise settles: beginTrajectory is refused until then,
+     * on every thread. */
+    if (j->kind == JOB_LOAD)
+        load_finish(j->se);
     if (status == napi_cancelled) {
-        if (j->kind == JOB_LOAD)
-            load_finish(j->se);
         napi_reject_deferred(env, j->deferred,
                              make_error(env, ERR_PLAIN, "SONA_E_STATE", "the job was cancelled"));
     } else if (j->status != SONA_OK) {
