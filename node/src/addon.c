@@ -967,8 +967,13 @@ static napi_value engine_end(napi_env env, napi_callback_info info)
         snprintf(msg, sizeof msg, "endTrajectory: %s", why);
         return throw_status(env, st, msg);
     }
-    st = sona_request_end(t->request, quality);
+    /* With a background thread, loop A runs in the ender (shared_engine.h): the event loop
+     * does not wait for the Micro-LoRA update. */
+    sona_request *r = t->request;
     traj_recycle(a.se, t);
+    if (end_submit(a.se, r, quality) == 0)
+        return undefined(env);
+    st = sona_request_end(r, quality);
     if (st)
         return engine_error(env, a.se, st);
     return undefined(env);
@@ -1064,6 +1069,7 @@ static napi_value engine_flush(napi_env env, napi_callback_info info)
     call_args a;
     if (!engine_call(env, info, &a, "flush"))
         return NULL;
+    end_drain(a.se);
     const sona_status st = sona_flush(a.se->engine);
     return st ? engine_error(env, a.se, st) : undefined(env);
 }
@@ -1082,6 +1088,7 @@ static napi_value engine_tick(napi_env env, napi_callback_info info)
     if (!engine_call(env, info, &a, "tick"))
         return NULL;
     sona_stats before, after;
+    end_drain(a.se);
     sona_get_stats(a.se->engine, &before);
     const sona_status st = sona_tick(a.se->engine);
     if (st)
@@ -1104,6 +1111,7 @@ static napi_value engine_force_learn(napi_env env, napi_callback_info info)
     if (!engine_call(env, info, &a, "forceLearn"))
         return NULL;
     sona_stats before, after;
+    end_drain(a.se);
     sona_get_stats(a.se->engine, &before);
     const sona_status st = sona_force_learn(a.se->engine);
     if (st)
@@ -1121,6 +1129,7 @@ static napi_value engine_deep_cycle(napi_env env, napi_callback_info info)
     call_args a;
     if (!engine_call(env, info, &a, "deepCycle"))
         return NULL;
+    end_drain(a.se);
     const sona_status st = sona_deep_cycle(a.se->engine);
     return st ? engine_error(env, a.se, st) : undefined(env);
 }
@@ -1254,6 +1263,7 @@ static napi_value engine_stats(napi_env env, napi_callback_info info)
     if (!engine_call(env, info, &a, "stats"))
         return NULL;
     sona_stats s;
+    end_drain(a.se); /* read what was ended before this call */
     const sona_status st = sona_get_stats(a.se->engine, &s);
     if (st)
         return engine_error(env, a.se, st);
@@ -1277,6 +1287,7 @@ static napi_value engine_get_stats(napi_env env, napi_callback_info info)
     if (!engine_call(env, info, &a, "getStats"))
         return NULL;
     sona_stats s;
+    end_drain(a.se); /* read what was ended before this call */
     const sona_status st = sona_get_stats(a.se->engine, &s);
     if (st)
         return engine_error(env, a.se, st);
@@ -1416,6 +1427,7 @@ static void job_run(job *j)
 {
     sona_engine *e = j->se->engine;
     sona_stats before, after;
+    end_drain(j->se); /* what was ended before the call is learned, saved, exported */
     switch (j->kind) {
     case JOB_SAVE:
         j->status = sona_save(e, j->path);
