@@ -3,7 +3,7 @@
 // place (no copy); an Array of numbers or a Float64Array is converted once. A result mirrors
 // the input: an Array for an Array (as @ruvector/sona), a Float32Array otherwise.
 
-export type Vector = Float32Array | Float64Array | ArrayLike<number> | number[];
+export type Vector = Float32Array | Float64Array | number[];
 
 /** @ruvector/sona's configuration, and any libsona sona_engine_config field by its C name. */
 export interface SonaConfig {
