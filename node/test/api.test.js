@@ -102,6 +102,7 @@ test('applyMicroLora: Float32Array in place, plain arrays, out, tenants', () => 
   assert.deepEqual(Array.from(y), Array.from(x), 'a new adapter is the identity');
   const arr = e.applyMicroLora(Array.from(x));
   assert.ok(Array.isArray(arr));
+  assert.deepEqual(arr, Array.from(y), 'an Array in gives the same values as a Float32Array');
   const out = new Float32Array(H);
   assert.equal(e.applyMicroLora(x, 0, out), out);
   assert.equal(e.applyMicroLora(new Float64Array(x), -1).length, H, 'Float64Array, tenant -1 (none)');
@@ -121,6 +122,10 @@ test('applyMicroLora: Float32Array in place, plain arrays, out, tenants', () => 
   assert.deepEqual(Array.from(e.applyMicroLora(x, 0)), Array.from(x));
   const moved = e.applyMicroLora(x, t1);
   assert.ok(moved.some((v, i) => v !== x[i]), 'tenant 1 learned');
+  assert.deepEqual(e.applyMicroLora(Array.from(x), t1), Array.from(moved), 'plain Arrays: the same values');
+  const movedOut = new Float32Array(H);
+  assert.equal(e.applyMicroLora(Array.from(x), t1, movedOut), movedOut, 'an Array with out fills out');
+  assert.deepEqual(movedOut, moved);
   // In place: out is the input.
   const inPlace = Float32Array.from(x);
   e.applyMicroLora(inPlace, t1, inPlace);
@@ -138,7 +143,7 @@ test('applyBaseLora per layer, with out', () => {
   for (let l = 0; l < base; l++) assert.deepEqual(Array.from(e.applyBaseLora(l, x)), Array.from(x));
   const out = new Float32Array(H);
   assert.equal(e.applyBaseLora(0, x, out), out);
-  assert.ok(Array.isArray(e.applyBaseLora(1, Array.from(x))));
+  assert.deepEqual(e.applyBaseLora(1, Array.from(x)), Array.from(e.applyBaseLora(1, x)));
   assert.throws(() => e.applyBaseLora(base, x), { name: 'RangeError', code: 'SONA_E_INVALID' });
   e.close();
 });
