@@ -410,6 +410,13 @@ static int make_output(napi_env env, napi_value out_arg, const vec_in *in, const
                         length, in->len);
             return -1;
         }
+        /* out may be the input itself (in place), but not a view overlapping it elsewhere:
+         * the apply would read values it has already overwritten. */
+        const float *y = data, *x = in->data;
+        if (y != x && y < x + in->len && x < y + in->len) {
+            RANGE_ERROR(env, "SONA_E_INVALID", "%s: out overlaps the input without being it", what);
+            return -1;
+        }
         out->data = data;
         out->value = out_arg;
         return 0;

@@ -358,8 +358,8 @@ int load_start(shared_engine *se, char *why, size_t why_len)
         snprintf(why, why_len, "load: another load of this engine is in progress");
         st = SONA_E_STATE;
     } else if (se->open) {
-        snprintf(why, why_len, "load: %u trajectories are open: end them first (a load must not "
-                 "race with requests in flight)", se->open);
+        snprintf(why, why_len, "load: %u trajectory(ies) open: end or abandon them first (a load "
+                 "must not race with requests in flight)", se->open);
         st = SONA_E_STATE;
     } else {
         se->loading = 1;
