@@ -1125,6 +1125,9 @@ static sona_status ewc_detector_with(world *w, double short_mean, double long_va
     X(find_patterns_null_hits, sona_find_patterns(w->engine, w->x, 2, NULL, (uint32_t[1]){0}), SONA_E_NULL, ON_ENGINE, "NULL") \
     X(find_patterns_nan, engine_find(w->engine, w->nan_x + H), SONA_E_NONFINITE, ON_ENGINE, "NaN") \
     X(find_patterns_nan_no_patterns, engine_find(w->fresh_engine, w->nan_x + H), SONA_E_NONFINITE, ON_FRESH, "NaN") \
+    X(engine_pattern_null_engine, sona_engine_pattern(NULL, 1, (sona_pattern[1]){{0}}, NULL), SONA_E_NULL, THREAD, "NULL") \
+    X(engine_pattern_null_out, sona_engine_pattern(w->engine, 1, NULL, NULL), SONA_E_NULL, ON_ENGINE, "NULL") \
+    X(engine_pattern_unknown_id, sona_engine_pattern(w->engine, UINT64_MAX, (sona_pattern[1]){{0}}, NULL), SONA_E_NOT_FOUND, ON_ENGINE, "no pattern") \
     X(get_stats_null_engine, sona_get_stats(NULL, (sona_stats[1]){{0}}), SONA_E_NULL, THREAD, "NULL") \
     X(get_stats_null_out, engine_stats_null(w), SONA_E_NULL, ON_ENGINE, "NULL")                     \
     X(save_null_path, sona_save(w->engine, NULL), SONA_E_NULL, ON_ENGINE, "NULL")                   \

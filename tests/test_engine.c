@@ -227,6 +227,23 @@ Test(engine, counters_are_exact_and_bad_input_is_not_learned)
     cr_assert_gt(found, 0);
     for (uint32_t i = 1; i < found; i++)
         cr_assert_geq(hits[i - 1].similarity, hits[i].similarity);
+    /* A hit read whole (sona_engine_pattern, for bindings) agrees with the hit, and its
+     * centroid is the one the similarity was measured against. */
+    sona_pattern p;
+    float *centroid = malloc(H * sizeof *centroid);
+    cr_assert_eq(sona_engine_pattern(e, hits[0].id, &p, centroid), SONA_OK, "%s", sona_engine_last_error(e));
+    cr_assert_eq(p.id, hits[0].id);
+    cr_assert_eq(p.size, hits[0].size);
+    cr_assert_float_eq(p.avg_quality, hits[0].avg_quality, 1e-6f);
+    double cx = 0, cc = 0, xx = 0;
+    for (uint32_t h = 0; h < H; h++) {
+        cx += (double)centroid[h] * x[h];
+        cc += (double)centroid[h] * centroid[h];
+        xx += (double)x[h] * x[h];
+    }
+    cr_assert_float_eq(cx / sqrt(cc * xx), hits[0].similarity, 1e-3);
+    free(centroid);
+    cr_assert_eq(sona_engine_pattern(e, UINT64_MAX, &p, NULL), SONA_E_NOT_FOUND);
     /* Disabled: applied, not recorded. */
     sona_engine_set_enabled(e, 0);
     cr_assert_eq(request(e, 0, &r, 2, 0.3f), SONA_OK);

@@ -265,6 +265,14 @@ typedef struct sona_pattern_hit {
 /* The k patterns most similar to query[hidden], best first; *found receives how many. */
 SONA_API sona_status sona_find_patterns(sona_engine *e, const float *query, uint32_t k,
                                         sona_pattern_hit *hits, uint32_t *found);
+/* Pattern id's statistics (struct sona_pattern of sona/bank.h: size, total weight, quality,
+ * access count, times) and, when centroid is not NULL, its centroid (hidden floats, the mean of
+ * its trajectories within the bank's storage rounding). For bindings that show a pattern whole
+ * (node/). SONA_E_NOT_FOUND once the pattern has been merged away, pruned or evicted. Does not
+ * count an access. */
+struct sona_pattern;
+SONA_API sona_status sona_engine_pattern(sona_engine *e, uint64_t id, struct sona_pattern *p,
+                                         float *centroid);
 
 /* ---- statistics ----------------------------------------------------------------------------- */
 /* The trajectory counts add up in every result, also while requests end and a loop B cycle

@@ -98,3 +98,18 @@ sona_status sona_find_patterns(sona_engine *e, const float *query, uint32_t k, s
     free(sims);
     return st;
 }
+
+sona_status sona_engine_pattern(sona_engine *e, uint64_t id, sona_pattern *p, float *centroid)
+{
+    if (!e || !p)
+        return eng_fail(e, SONA_E_NULL, "sona_engine_pattern: NULL argument");
+    pthread_rwlock_rdlock(&e->bank_lock);
+    const sona_status st = sona_bank_pattern_get(e->bank, id, p, centroid);
+    pthread_rwlock_unlock(&e->bank_lock);
+    if (st == SONA_E_NOT_FOUND)
+        return eng_fail(e, st, "sona_engine_pattern: no pattern %llu (merged away, pruned or evicted, "
+                               "or never made)", (unsigned long long)id);
+    if (st != SONA_OK)
+        return eng_fail(e, st, "sona_engine_pattern: %s", sona_bank_last_error(e->bank));
+    return SONA_OK;
+}
