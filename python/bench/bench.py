@@ -1,0 +1,110 @@
+# SPDX-License-Identifier: MIT
+"""The Python package's costs against the C library's, median and p99 over repeated calls.
+
+    python3 python/bench/bench.py [--quick] [--sona PATH_TO_sona_TOOL]
+
+Rows (issue targets in brackets):
+  apply 1x4096         Engine.apply of one row into out=, per call; against the C time per row,
+                       taken from one apply_batch of 1 000 rows of that tenant divided by 1 000
+                       [<= 3 us above it]
+  apply_batch 256x4096 64 tenants interleaved, rank 2, on the CPU (device_apply=0): against the
+                       C library's `sona bench --group engine_apply` CPU row, run by this script
+                       [>= 90 % of its throughput]
+  request 4x4096       begin, 4 steps of 4096, end, background thread on [<= 15 us]
+Time it on a quiet machine (e.g. under `flock /tmp/sona-bench.lock`).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+import sona  # noqa: E402
+
+
+def timed(fn, reps, inner=1):
+    """Median and p99 in microseconds of fn() (each sample averages `inner` calls)."""
+    for _ in range(max(10, reps // 20)):
+        fn()
+    samples = np.empty(reps)
+    for i in range(reps):
+        t0 = time.perf_counter_ns()
+        for _ in range(inner):
+            fn()
+        samples[i] = (time.perf_counter_ns() - t0) / 1e3 / inner
+    return float(np.median(samples)), float(np.percentile(samples, 99))
+
+
+def c_engine_apply_median(tool):
+    """The CPU row of the C benchmark's engine_apply group, in microseconds (None without it)."""
+    if not tool or not os.path.exists(tool):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "ea.json")
+        subprocess.run([tool, "bench", "--group", "engine_apply", "--json", out], check=True,
+                       stdout=subprocess.DEVNULL)
+        with open(out) as f:
+            rows = json.load(f)["rows"]
+    for r in rows:
+        if r.get("group") == "engine_apply" and r.get("backend") == "cpu":
+            return float(r["median_us"])
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--sona", default=os.path.join(os.path.dirname(os.path.dirname(HERE)), "build", "bin", "sona"),
+                    help="the sona tool for the C baseline of apply_batch (default: the build tree's)")
+    args = ap.parse_args()
+    reps = 300 if args.quick else 2000
+    rng = np.random.default_rng(1)
+    rows = []
+
+    with sona.Engine(4096, background_thread=0, device_apply=0) as e:
+        x = rng.standard_normal(4096).astype(np.float32)
+        out = np.empty_like(x)
+        med, p99 = timed(lambda: e.apply(x, out=out), reps, inner=10)
+        xs = np.tile(x, (1000, 1))
+        ys = np.empty_like(xs)
+        ids = np.zeros(1000, dtype=np.int32)
+        c_med, _ = timed(lambda: e.apply_batch(xs, ids, out=ys), max(30, reps // 20))
+        c_row = c_med / 1000
+        rows.append(("apply 1x4096", med, p99, f"C {c_row:.2f} us/row: +{med - c_row:.2f} us (<= 3)"))
+
+    with sona.Engine(4096, background_thread=0, device_apply=0, max_tenants=64) as e:
+        tenants = [0] + [e.create_tenant() for _ in range(63)]
+        xs = rng.standard_normal((256, 4096)).astype(np.float32)
+        ids = np.array([tenants[i % 64] for i in range(256)], dtype=np.int32)
+        ys = np.empty_like(xs)
+        med, p99 = timed(lambda: e.apply_batch(xs, ids, out=ys), max(50, reps // 10))
+        c = c_engine_apply_median(args.sona)
+        note = f"C {c:.0f} us: {100 * c / med:.0f} % of its throughput (>= 90)" if c else "no C baseline"
+        rows.append(("apply_batch 256x4096, 64 tenants", med, p99, note))
+
+    with sona.Engine(4096) as e:
+        q = rng.standard_normal(4096).astype(np.float32)
+        acts = rng.standard_normal((4, 4096)).astype(np.float32)
+
+        def record():
+            r = e.request(0, q)
+            for s in range(4):
+                r.step(0, acts[s], reward=0.25 * s)
+            r.end(0.5)
+        med, p99 = timed(record, reps)
+        rows.append(("request 4x4096 (begin, 4 steps, end)", med, p99, "(<= 15)"))
+
+    print(f"libsona {sona.library_version} from {sona.library_path}")
+    print(f"{'row':<38} {'median us':>10} {'p99 us':>10}  against")
+    for name, med, p99, note in rows:
+        print(f"{name:<38} {med:>10.2f} {p99:>10.2f}  {note}")
+
+
+if __name__ == "__main__":
+    main()
