@@ -2,9 +2,8 @@
 /* sona_engine_config by name: the field table (config.h) and the public get/set. */
 #include "engine/config.h"
 
-#include "common/serial.h"
-
 #include "common/error.h"
+#include "common/serial.h"
 
 #include <float.h>
 #include <limits.h>
