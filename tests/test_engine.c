@@ -18,6 +18,7 @@
 #include "engine/engine_internal.h"
 #include "fuzz/fuzz_engine.h"
 #include "support/files.h"
+#include "support/fill.h"
 #include "support/op_cases.h"
 #include "support/synth_task.h"
 #include <sona.h>
@@ -50,23 +51,17 @@ static sona_engine *make(uint32_t hidden, int ewc)
     return create(&c);
 }
 
-static void fill(sona_rng *r, float *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        v[i] = 2.0f * sona_rng_uniform(r) - 1.0f;
-}
-
 /* One request with `steps` steps (layers 0..), rewards varying, quality q. */
 static sona_status request(sona_engine *e, int32_t tenant, sona_rng *r, uint32_t steps, float q)
 {
     float x[H], a[H];
-    fill(r, x, H);
+    fill_uniform(r, x, H, -1.0f, 1.0f);
     sona_request *req;
     sona_status st = sona_request_begin(e, tenant, x, &req);
     if (st != SONA_OK)
         return st;
     for (uint32_t s = 0; s < steps; s++) {
-        fill(r, a, H);
+        fill_uniform(r, a, H, -1.0f, 1.0f);
         cr_assert_eq(sona_request_step(req, s % 4, a, NULL, 0, 0.1f * (float)s), SONA_OK);
     }
     return sona_request_end(req, q);
@@ -116,7 +111,7 @@ Test(engine, new_tenants_are_identity_and_apply_forms_agree)
     cr_assert_eq(sona_tenant_create(e, &t2), SONA_OK);
     cr_assert_neq(t1, t2);
     float x[3 * H], y[3 * H], z[H];
-    fill(&r, x, 3 * H);
+    fill_uniform(&r, x, 3 * H, -1.0f, 1.0f);
     cr_assert_eq(sona_apply(e, t1, x, y), SONA_OK);
     cr_assert_eq(memcmp(x, y, sizeof z), 0, "a new tenant is not the identity");
     /* Teach tenant 1 a few signals; tenant 2 stays the identity. */
@@ -166,7 +161,7 @@ Test(engine, counters_are_exact_and_bad_input_is_not_learned)
         cr_assert_eq(request(e, 0, &r, 1 + i % 3, 0.5f + 0.01f * (float)i), SONA_OK);
     cr_assert_eq(request(e, 0, &r, 0, 0.5f), SONA_OK); /* no step: recorded, no signal */
     float x[H], y[H];
-    fill(&r, x, H);
+    fill_uniform(&r, x, H, -1.0f, 1.0f);
     cr_assert_eq(sona_apply(e, 0, x, y), SONA_OK);
     /* Non-finite anything: refused, counted, adapter unchanged. */
     sona_request *req;
@@ -291,7 +286,7 @@ Test(engine, save_load_save_gives_identical_bytes)
     sona_rng r;
     sona_rng_seed(&r, seed, 9);
     float x[H], y1[H], y2[H];
-    fill(&r, x, H);
+    fill_uniform(&r, x, H, -1.0f, 1.0f);
     for (int32_t t = 0; t < 3; t++) {
         sona_status s1 = sona_apply(e, t, x, y1), s2 = sona_apply(f, t, x, y2);
         cr_assert_eq(s1, s2, "tenant %d", t);
@@ -579,7 +574,7 @@ static void queue_round_trip(sona_storage storage, uint64_t seed)
         cr_assert_eq(sg.trajectories_recorded, se.trajectories_recorded, "engine %d", i);
     }
     float x[H];
-    fill(&r, x, H);
+    fill_uniform(&r, x, H, -1.0f, 1.0f);
     cr_assert_gt(se.base_updates, 0);
     expect_same_base(e, f, x, "loaded, same format");
     expect_same_base(e, g, x, "loaded, other format");
@@ -1005,7 +1000,7 @@ Test(engine, a_loaded_engine_learns_exactly_as_the_saved_one)
     sona_rng r;
     sona_rng_seed(&r, seed, 40);
     float topics[TOPICS * H];
-    fill(&r, topics, TOPICS * H);
+    fill_uniform(&r, topics, TOPICS * H, -1.0f, 1.0f);
     learn_round(a, t, &r, topics);
     learn_round(a, t, &r, topics);
     cr_assert_eq(sona_deep_cycle(a), SONA_OK, "%s", sona_engine_last_error(a));
@@ -1024,7 +1019,7 @@ Test(engine, a_loaded_engine_learns_exactly_as_the_saved_one)
     /* The same traffic to both: a round with new topics (new patterns), then the old ones. */
     sona_engine *both[2] = {a, b};
     float new_topics[TOPICS * H];
-    fill(&r, new_topics, TOPICS * H);
+    fill_uniform(&r, new_topics, TOPICS * H, -1.0f, 1.0f);
     for (int i = 0; i < 2; i++) {
         sona_rng_seed(&r, seed, 41);
         learn_round(both[i], t, &r, new_topics);
@@ -1035,7 +1030,7 @@ Test(engine, a_loaded_engine_learns_exactly_as_the_saved_one)
     cr_assert_gt(bs.patterns_created, created_before, "the traffic should create patterns after the load");
     expect_same_learning(a, b, "after two more cycles");
     float x[H];
-    fill(&r, x, H);
+    fill_uniform(&r, x, H, -1.0f, 1.0f);
     expect_same_base(a, b, x, "after two more cycles");
     unlink(path);
     free(path);
@@ -1214,7 +1209,7 @@ Test(engine, pending_micro_gradients_survive_a_load)
     cr_expect_eq(sa.micro_updates, 2, "applies at signals 4 and 8");
     cr_expect_eq(sb.micro_updates, sa.micro_updates);
     float x[H], ya[H], yb[H];
-    fill(&r, x, H);
+    fill_uniform(&r, x, H, -1.0f, 1.0f);
     cr_assert_eq(sona_apply(a, 0, x, ya), SONA_OK);
     cr_assert_eq(sona_apply(b, 0, x, yb), SONA_OK);
     cr_expect_eq(memcmp(ya, yb, sizeof ya), 0, "the loaded engine's tenant learned otherwise");
@@ -1257,12 +1252,12 @@ Test(engine, pending_micro_gradients_survive_a_load)
 static void request_at_layer(sona_engine *e, sona_rng *r, uint32_t layer, uint32_t steps, int with_attention)
 {
     float x[H], a[H], att[64];
-    fill(r, x, H);
+    fill_uniform(r, x, H, -1.0f, 1.0f);
     sona_request *req;
     cr_assert_eq(sona_request_begin(e, 0, x, &req), SONA_OK, "%s", sona_engine_last_error(e));
     for (uint32_t s = 0; s < steps; s++) {
-        fill(r, a, H);
-        fill(r, att, 64);
+        fill_uniform(r, a, H, -1.0f, 1.0f);
+        fill_uniform(r, att, 64, -1.0f, 1.0f);
         const uint32_t n_attention = with_attention ? 64 : 0;
         cr_assert_eq(sona_request_step(req, layer + s % 2, a, n_attention ? att : NULL, n_attention, 0.2f * (float)s),
                      SONA_OK, "%s", sona_engine_last_error(e));
@@ -1292,7 +1287,7 @@ Test(engine, steps_past_base_layers_feed_loop_a_and_the_bank_only)
     cr_assert_gt(s.patterns, 0, "the pattern bank learns from them");
     cr_assert_eq(s.base_updates, 0, "Base-LoRA has no adapter for those layers");
     float x[H], y[H];
-    fill(&r, x, H);
+    fill_uniform(&r, x, H, -1.0f, 1.0f);
     for (uint32_t l = 0; l < L; l++) {
         cr_assert_eq(sona_apply_layer(e, l, x, y), SONA_OK);
         cr_assert_eq(memcmp(x, y, sizeof y), 0, "layer %u is no longer the identity", l);
@@ -1330,7 +1325,7 @@ Test(engine, attention_weights_are_not_learned_from)
     float x[H], ya[H], yb[H];
     sona_rng r;
     sona_rng_seed(&r, 42, 0);
-    fill(&r, x, H);
+    fill_uniform(&r, x, H, -1.0f, 1.0f);
     cr_assert_eq(sona_apply(with, 0, x, ya), SONA_OK);
     cr_assert_eq(sona_apply(without, 0, x, yb), SONA_OK);
     cr_assert_eq(memcmp(ya, yb, sizeof ya), 0, "Micro-LoRA learned from the attention weights");

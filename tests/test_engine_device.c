@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "common/rng.h"
+#include "support/fill.h"
 #include "support/op_cases.h"
 #include <sona.h>
 
@@ -36,24 +37,18 @@ static sona_engine *make(int device)
     return e;
 }
 
-static void fill(sona_rng *r, float *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        v[i] = 2.0f * sona_rng_uniform(r) - 1.0f;
-}
-
 /* The same requests on both engines (so the same learned weights): tenant t, 3 steps. */
 static void learn(sona_engine *const e[2], int32_t tenant, sona_rng *r, int requests)
 {
     float q[H], a[H];
     for (int k = 0; k < requests; k++) {
-        fill(r, q, H);
+        fill_uniform(r, q, H, -1.0f, 1.0f);
         const float quality = sona_rng_uniform(r);
         sona_request *req[2];
         for (int i = 0; i < 2; i++)
             cr_assert_eq(sona_request_begin(e[i], tenant, q, &req[i]), SONA_OK);
         for (uint32_t l = 0; l < 3; l++) {
-            fill(r, a, H);
+            fill_uniform(r, a, H, -1.0f, 1.0f);
             /* Rewards that vary between requests: a constant one says nothing to learn from. */
             const float reward = sona_rng_uniform(r);
             for (int i = 0; i < 2; i++)
@@ -114,7 +109,7 @@ Test(engine_device, batches_match_cpu_and_follow_learning, .timeout = 300)
         learn(e, tenants[t], &r, 6);
 
     /* Interleaved tenants and -1 rows, one batch. */
-    fill(&r, x, ROWS * H);
+    fill_uniform(&r, x, ROWS * H, -1.0f, 1.0f);
     for (int i = 0; i < ROWS; i++)
         ids[i] = i % 5 == 4 ? -1 : tenants[(i * 7 + i / 3) % TENANTS];
     uint64_t before = device_batches(e[0]);

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "common/rng.h"
+#include "support/fill.h"
 #include "support/op_cases.h"
 #include <sona.h>
 
@@ -22,12 +23,6 @@ static sona_signal_builder *make(float rate)
     sona_signal_builder *sb = NULL;
     cr_assert_eq(sona_signal_builder_create(&cfg, &sb), SONA_OK, "%s", sona_last_error());
     return sb;
-}
-
-static void fill(sona_rng *r, float *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        v[i] = 2.0f * sona_rng_uniform(r) - 1.0f;
 }
 
 /* A trajectory with the given steps (rows of dim) and rewards, kept as `storage`. */
@@ -64,8 +59,8 @@ Test(signal, varying_rewards_give_the_reward_weighted_contrast)
     enum { DIM = 45, STEPS = 5 };
     float q[DIM], acts[STEPS * DIM], x[DIM], delta[DIM], w = 99;
     const float rewards[STEPS] = {0.1f, 0.9f, 0.4f, 0.4f, 0.7f};
-    fill(&r, q, DIM);
-    fill(&r, acts, STEPS * DIM);
+    fill_uniform(&r, q, DIM, -1.0f, 1.0f);
+    fill_uniform(&r, acts, STEPS * DIM, -1.0f, 1.0f);
     sona_id_source *ids;
     cr_assert_eq(sona_id_source_create(0, &ids), SONA_OK);
     sona_signal_builder *sb = make(0.1f);
@@ -116,8 +111,8 @@ Test(signal, encoded_trajectories_give_the_signal_of_their_decoded_values)
     enum { DIM = 77, STEPS = 4 };
     float q[DIM], acts[STEPS * DIM], dq[DIM], dacts[STEPS * DIM];
     const float rewards[STEPS] = {0.3f, 0.9f, 0.1f, 0.5f}, same[STEPS] = {0.5f, 0.5f, 0.5f, 0.5f};
-    fill(&r, q, DIM);
-    fill(&r, acts, STEPS * DIM);
+    fill_uniform(&r, q, DIM, -1.0f, 1.0f);
+    fill_uniform(&r, acts, STEPS * DIM, -1.0f, 1.0f);
     sona_id_source *ids;
     cr_assert_eq(sona_id_source_create(0, &ids), SONA_OK);
     const sona_storage storages[] = {SONA_STORAGE_F16, SONA_STORAGE_Q8};
@@ -265,8 +260,8 @@ static void one_step_learning(float quality)
     sona_rng r;
     sona_rng_seed(&r, seed, 1);
     float q[DIM], a[DIM], x[DIM], delta[DIM], w;
-    fill(&r, q, DIM);
-    fill(&r, a, DIM);
+    fill_uniform(&r, q, DIM, -1.0f, 1.0f);
+    fill_uniform(&r, a, DIM, -1.0f, 1.0f);
     sona_id_source *ids;
     cr_assert_eq(sona_id_source_create(0, &ids), SONA_OK);
     sona_signal_builder *sb = make(0.1f);

@@ -4,6 +4,7 @@
 #include "common/rng.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/op_buffers.h"
+#include "support/fill.h"
 
 #include <float.h>
 #include <math.h>
@@ -106,14 +107,6 @@ uint64_t op_test_seed(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000003u ^ (uint64_t)ts.tv_nsec;
-}
-
-static float *rand_floats(sona_rng *r, size_t n, float lo, float hi)
-{
-    float *v = malloc((n ? n : 1) * sizeof *v);
-    for (size_t i = 0; i < n; i++)
-        v[i] = lo + (hi - lo) * sona_rng_uniform(r);
-    return v;
 }
 
 /* Host output array with guard bands; returns the pointer to the first element. */
@@ -381,55 +374,55 @@ int op_instance_prepare_inputs(op_instance *in, const op_case *c, uint64_t seed)
         for (size_t i = 0; i < c->n; i++) /* about one row in five uses no adapter */
             in->ids[i] = sona_rng_below(&r, 5) == 0 && c->n > 1 ? -1
                                                                  : (int32_t)sona_rng_below(&r, c->adapters);
-        in->x = rand_floats(&r, c->n * H, -1, 1);
-        in->A = rand_floats(&r, w, -0.5f, 0.5f);
-        in->Bt = rand_floats(&r, w, -0.5f, 0.5f);
-        in->scale = rand_floats(&r, c->adapters, 0.25f, 2.0f);
+        in->x = new_uniform(&r, c->n * H, -1, 1);
+        in->A = new_uniform(&r, w, -0.5f, 0.5f);
+        in->Bt = new_uniform(&r, w, -0.5f, 0.5f);
+        in->scale = new_uniform(&r, c->adapters, 0.25f, 2.0f);
         if (c->op == SONA_OP_LORA_GRAD) {
-            in->d = rand_floats(&r, c->n * H, -1, 1);
-            in->wt = rand_floats(&r, c->n, -1, 1);
-            in->gA0 = rand_floats(&r, w, -0.1f, 0.1f);
-            in->gBt0 = rand_floats(&r, w, -0.1f, 0.1f);
+            in->d = new_uniform(&r, c->n * H, -1, 1);
+            in->wt = new_uniform(&r, c->n, -1, 1);
+            in->gA0 = new_uniform(&r, w, -0.1f, 0.1f);
+            in->gBt0 = new_uniform(&r, w, -0.1f, 0.1f);
         }
         break;
     }
     case SONA_OP_PARAM_UPDATE: {
         const size_t n = (size_t)c->segments * c->len;
-        in->theta0 = rand_floats(&r, n, -1, 1);
-        in->g = rand_floats(&r, n, -1, 1);
+        in->theta0 = new_uniform(&r, n, -1, 1);
+        in->g = new_uniform(&r, n, -1, 1);
         in->lr = 0.05f;
         in->clip = c->with_clip ? 0.5f : 0.0f;
         if (c->with_ewc) {
-            in->fsum = rand_floats(&r, n, 0, 2);
-            in->ftheta = rand_floats(&r, n, -1, 1);
+            in->fsum = new_uniform(&r, n, 0, 2);
+            in->ftheta = new_uniform(&r, n, -1, 1);
             in->lambda = 0.7f;
         }
         if (c->with_fisher) {
-            in->fisher0 = rand_floats(&r, n, 0, 1);
+            in->fisher0 = new_uniform(&r, n, 0, 1);
             in->decay = 0.9f;
         }
         break;
     }
     case SONA_OP_SQDIST_ARGMIN:
-        in->X = rand_floats(&r, (size_t)c->n * c->d, -1, 1);
-        in->C = rand_floats(&r, (size_t)c->k * c->d, -1, 1);
+        in->X = new_uniform(&r, (size_t)c->n * c->d, -1, 1);
+        in->C = new_uniform(&r, (size_t)c->k * c->d, -1, 1);
         break;
     case SONA_OP_KNN_EXACT:
-        in->Q = rand_floats(&r, (size_t)c->m * c->d, -1, 1);
-        in->P = rand_floats(&r, (size_t)c->n * c->d, -1, 1);
+        in->Q = new_uniform(&r, (size_t)c->m * c->d, -1, 1);
+        in->P = new_uniform(&r, (size_t)c->n * c->d, -1, 1);
         if (c->n > 3) /* a zero row: similarity 0 with everything */
             memset(in->P + 2 * (size_t)c->d, 0, c->d * sizeof(float));
         break;
     case SONA_OP_CLUSTER_SUMS:
-        in->X = rand_floats(&r, (size_t)c->n * c->d, -1, 1);
+        in->X = new_uniform(&r, (size_t)c->n * c->d, -1, 1);
         in->iin = malloc(c->n * sizeof *in->iin);
         for (size_t i = 0; i < c->n; i++) /* a few rows point outside 0..k-1 */
             in->iin[i] = sona_rng_below(&r, 20) == 0 ? (int32_t)c->k + 1 : (int32_t)sona_rng_below(&r, c->k);
         break;
     case SONA_OP_GEMM:
-        in->gemmA = rand_floats(&r, (size_t)c->m * c->k, -1, 1);
-        in->gemmB = rand_floats(&r, (size_t)c->k * c->n, -1, 1);
-        in->gemmC0 = rand_floats(&r, (size_t)c->m * c->n, -1, 1);
+        in->gemmA = new_uniform(&r, (size_t)c->m * c->k, -1, 1);
+        in->gemmB = new_uniform(&r, (size_t)c->k * c->n, -1, 1);
+        in->gemmC0 = new_uniform(&r, (size_t)c->m * c->n, -1, 1);
         in->alpha = 1.25f;
         in->beta = (c->m + c->n) % 2 ? 0.5f : 0.0f;
         break;
