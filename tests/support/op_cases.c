@@ -69,6 +69,88 @@ const op_case op_cases[] = {
 /* clang-format on */
 const size_t op_case_count = sizeof op_cases / sizeof op_cases[0];
 
+/* clang-format off */
+const op_case op_large_cases[] = {
+    {.op = SONA_OP_KNN_EXACT, .m = 37, .n = 70001, .d = 19, .k = 10},
+    {.op = SONA_OP_KNN_EXACT, .m = 300, .n = 33000, .d = 33, .k = 64},
+    {.op = SONA_OP_KNN_EXACT, .m = 9, .n = 40000, .d = 8, .k = 1},
+    /* TF32 pass: query and pattern tiles crossed (2048 x 8192) with 64 candidates, and d = 2,
+     * where near-ties send every query through the FP32 fallback. */
+    {.op = SONA_OP_KNN_EXACT, .m = 2100, .n = 9000, .d = 40, .k = 20},
+    {.op = SONA_OP_KNN_EXACT, .m = 50, .n = 40000, .d = 2, .k = 10},
+    {.op = SONA_OP_SQDIST_ARGMIN, .n = 20011, .k = 1000, .d = 16},
+    {.op = SONA_OP_SQDIST_ARGMIN, .n = 3, .k = 9000001, .d = 1},
+    {.op = SONA_OP_CLUSTER_SUMS, .n = 200003, .k = 1000, .d = 33},
+    {.op = SONA_OP_LORA_APPLY, .n = 513, .hidden = 4096, .rank = 16, .adapters = 64},
+    {.op = SONA_OP_LORA_APPLY, .n = 300, .hidden = 1023, .rank = 64, .adapters = 7},
+    {.op = SONA_OP_LORA_APPLY, .n = 64, .hidden = 4096, .rank = 33, .adapters = 64, .in_place = 1},
+    /* Past the id chunks of the grouped kernels (256, and 1024 for the one-pass kernel): many
+     * rows per adapter in a chunk, more adapters than resident slots (blocks take several), and
+     * the rank-32 bucket on an odd hidden size; then several slices with several chunks. */
+    {.op = SONA_OP_LORA_APPLY, .n = 2500, .hidden = 96, .rank = 4, .adapters = 3},
+    {.op = SONA_OP_LORA_APPLY, .n = 1500, .hidden = 64, .rank = 2, .adapters = 2000, .in_place = 1},
+    {.op = SONA_OP_LORA_APPLY, .n = 41, .hidden = 515, .rank = 20, .adapters = 3},
+    {.op = SONA_OP_LORA_APPLY, .n = 3000, .hidden = 2048, .rank = 8, .adapters = 5},
+    {.op = SONA_OP_LORA_APPLY, .n = 2049, .hidden = 4100, .rank = 16, .adapters = 300, .in_place = 1},
+    {.op = SONA_OP_LORA_GRAD, .n = 1000, .hidden = 512, .rank = 8, .adapters = 37},
+    {.op = SONA_OP_LORA_GRAD, .n = 97, .hidden = 4096, .rank = 64, .adapters = 3},
+    {.op = SONA_OP_PARAM_UPDATE, .segments = 3, .len = 1000003, .with_ewc = 1, .with_fisher = 1, .with_clip = 1},
+    {.op = SONA_OP_PARAM_UPDATE, .segments = 70000, .len = 3, .with_clip = 1},
+    {.op = SONA_OP_GEMM, .m = 1000, .n = 999, .k = 1001, .trans_b = 1},
+};
+/* clang-format on */
+const size_t op_large_case_count = sizeof op_large_cases / sizeof op_large_cases[0];
+
+/* clang-format off */
+const op_bench_case op_bench_cases[] = {
+    /* lora_apply decode: batch 1-256 of 4096-wide rows over 64 adapters, Micro and Base ranks */
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 1, .hidden = 4096, .rank = 1, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 1, .hidden = 4096, .rank = 2, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 1, .hidden = 4096, .rank = 16, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 8, .hidden = 4096, .rank = 1, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 8, .hidden = 4096, .rank = 2, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 8, .hidden = 4096, .rank = 16, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 64, .hidden = 4096, .rank = 1, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 64, .hidden = 4096, .rank = 2, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 64, .hidden = 4096, .rank = 16, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 256, .hidden = 4096, .rank = 1, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 256, .hidden = 4096, .rank = 2, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 256, .hidden = 4096, .rank = 16, .adapters = 64}},
+    /* prefill-sized batch */
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 4096, .hidden = 4096, .rank = 16, .adapters = 64}, .large = 1},
+    /* lora_grad */
+    {.c = {.op = SONA_OP_LORA_GRAD, .n = 64, .hidden = 256, .rank = 1, .adapters = 8}},
+    {.c = {.op = SONA_OP_LORA_GRAD, .n = 256, .hidden = 2048, .rank = 16, .adapters = 8}},
+    {.c = {.op = SONA_OP_LORA_GRAD, .n = 1024, .hidden = 4096, .rank = 16, .adapters = 64}, .large = 1},
+    /* param_update */
+    {.c = {.op = SONA_OP_PARAM_UPDATE, .segments = 1, .len = 1000, .with_clip = 1}},
+    {.c = {.op = SONA_OP_PARAM_UPDATE, .segments = 1, .len = 100000, .with_ewc = 1, .with_fisher = 1, .with_clip = 1}},
+    /* 64 adapters of rank 16 x 4096, one clipping segment each */
+    {.c = {.op = SONA_OP_PARAM_UPDATE, .segments = 64, .len = 65536, .with_ewc = 1, .with_fisher = 1, .with_clip = 1}},
+    /* sqdist_argmin */
+    {.c = {.op = SONA_OP_SQDIST_ARGMIN, .n = 1000, .k = 50, .d = 256}},
+    {.c = {.op = SONA_OP_SQDIST_ARGMIN, .n = 5000, .k = 100, .d = 256}},
+    {.c = {.op = SONA_OP_SQDIST_ARGMIN, .n = 100000, .k = 1000, .d = 256}, .large = 1, .slow_cpu = 1},
+    /* cluster_sums */
+    {.c = {.op = SONA_OP_CLUSTER_SUMS, .n = 1000, .k = 50, .d = 256}},
+    {.c = {.op = SONA_OP_CLUSTER_SUMS, .n = 100000, .k = 1000, .d = 256}},
+    /* knn_exact */
+    {.c = {.op = SONA_OP_KNN_EXACT, .m = 1, .n = 10000, .d = 256, .k = 10}},
+    {.c = {.op = SONA_OP_KNN_EXACT, .m = 64, .n = 10000, .d = 256, .k = 10}},
+    {.c = {.op = SONA_OP_KNN_EXACT, .m = 1000, .n = 100000, .d = 256, .k = 10}, .large = 1, .slow_cpu = 1},
+    {.c = {.op = SONA_OP_KNN_EXACT, .m = 10000, .n = 1000000, .d = 256, .k = 10}, .gpu_only = 1},
+    /* gemm */
+    {.c = {.op = SONA_OP_GEMM, .m = 256, .n = 256, .k = 256}},
+    {.c = {.op = SONA_OP_GEMM, .m = 4096, .n = 16, .k = 4096, .trans_b = 1}}, /* X A^T of a Base-LoRA batch */
+    {.c = {.op = SONA_OP_GEMM, .m = 1024, .n = 1024, .k = 1024}, .large = 1, .slow_cpu = 1},
+    {.c = {.op = SONA_OP_GEMM, .m = 4096, .n = 4096, .k = 4096}, .gpu_only = 1},
+    /* one k-means Lloyd iteration (sqdist_argmin, cluster_sums, the host's centroid update) */
+    {.lloyd = 1, .c = {.op = SONA_OP_SQDIST_ARGMIN, .n = 5000, .k = 100, .d = 256}},
+    {.lloyd = 1, .c = {.op = SONA_OP_SQDIST_ARGMIN, .n = 1000000, .k = 1000, .d = 256}, .gpu_only = 1},
+};
+/* clang-format on */
+const size_t op_bench_case_count = sizeof op_bench_cases / sizeof op_bench_cases[0];
+
 void op_case_describe(const op_case *c, char *buf, size_t len)
 {
     switch (c->op) {

@@ -21,37 +21,6 @@
 #include <string.h>
 #include <time.h>
 
-/* Shapes past the GPU kernels' tile sizes (32768 pattern columns, 8M-float GEMM tiles, the
- * 2048 x 8192 tiles of the TF32 knn pass). */
-static const op_case large_cases[] = {
-    {.op = SONA_OP_KNN_EXACT, .m = 37, .n = 70001, .d = 19, .k = 10},
-    {.op = SONA_OP_KNN_EXACT, .m = 300, .n = 33000, .d = 33, .k = 64},
-    {.op = SONA_OP_KNN_EXACT, .m = 9, .n = 40000, .d = 8, .k = 1},
-    /* TF32 pass: query and pattern tiles crossed (2048 x 8192) with 64 candidates, and d = 2,
-     * where near-ties send every query through the FP32 fallback. */
-    {.op = SONA_OP_KNN_EXACT, .m = 2100, .n = 9000, .d = 40, .k = 20},
-    {.op = SONA_OP_KNN_EXACT, .m = 50, .n = 40000, .d = 2, .k = 10},
-    {.op = SONA_OP_SQDIST_ARGMIN, .n = 20011, .k = 1000, .d = 16},
-    {.op = SONA_OP_SQDIST_ARGMIN, .n = 3, .k = 9000001, .d = 1},
-    {.op = SONA_OP_CLUSTER_SUMS, .n = 200003, .k = 1000, .d = 33},
-    {.op = SONA_OP_LORA_APPLY, .n = 513, .hidden = 4096, .rank = 16, .adapters = 64},
-    {.op = SONA_OP_LORA_APPLY, .n = 300, .hidden = 1023, .rank = 64, .adapters = 7},
-    {.op = SONA_OP_LORA_APPLY, .n = 64, .hidden = 4096, .rank = 33, .adapters = 64, .in_place = 1},
-    /* Past the id chunks of the grouped kernels (256, and 1024 for the one-pass kernel): many
-     * rows per adapter in a chunk, more adapters than resident slots (blocks take several), and
-     * the rank-32 bucket on an odd hidden size; then several slices with several chunks. */
-    {.op = SONA_OP_LORA_APPLY, .n = 2500, .hidden = 96, .rank = 4, .adapters = 3},
-    {.op = SONA_OP_LORA_APPLY, .n = 1500, .hidden = 64, .rank = 2, .adapters = 2000, .in_place = 1},
-    {.op = SONA_OP_LORA_APPLY, .n = 41, .hidden = 515, .rank = 20, .adapters = 3},
-    {.op = SONA_OP_LORA_APPLY, .n = 3000, .hidden = 2048, .rank = 8, .adapters = 5},
-    {.op = SONA_OP_LORA_APPLY, .n = 2049, .hidden = 4100, .rank = 16, .adapters = 300, .in_place = 1},
-    {.op = SONA_OP_LORA_GRAD, .n = 1000, .hidden = 512, .rank = 8, .adapters = 37},
-    {.op = SONA_OP_LORA_GRAD, .n = 97, .hidden = 4096, .rank = 64, .adapters = 3},
-    {.op = SONA_OP_PARAM_UPDATE, .segments = 3, .len = 1000003, .with_ewc = 1, .with_fisher = 1, .with_clip = 1},
-    {.op = SONA_OP_PARAM_UPDATE, .segments = 70000, .len = 3, .with_clip = 1},
-    {.op = SONA_OP_GEMM, .m = 1000, .n = 999, .k = 1001, .trans_b = 1},
-};
-
 static double now_s(void)
 {
     struct timespec ts;
@@ -162,9 +131,9 @@ int main(int argc, char **argv)
                     tr++;
                 }
         if (large == 2 || (large && !targets[t].b->host_memory)) /* the large cases: GPU targets only (slow on a CPU) */
-            for (size_t i = 0; i < sizeof large_cases / sizeof large_cases[0]; i++)
-                if (!op || !strcmp(op, sona_op_name(large_cases[i].op))) {
-                    tf += run_case(&large_cases[i], seed + 77 + i, &targets[t], &unsupported);
+            for (size_t i = 0; i < op_large_case_count; i++)
+                if (!op || !strcmp(op, sona_op_name(op_large_cases[i].op))) {
+                    tf += run_case(&op_large_cases[i], seed + 77 + i, &targets[t], &unsupported);
                     tr++;
                 }
         printf("[ops] %-10s %d cases, %d failed (%.1f s)\n", targets[t].label, tr, tf, now_s() - t0);
