@@ -4,7 +4,7 @@
  * defaults), on synthetic tasks (tests/support/synth_task.h) it was not tuned for: an odd width,
  * 3 clusters, per-step rewards or the final quality only. The statistical margins below were
  * measured over many seeds (the numbers are in each test's comment); every run prints its seed
- * (SONA_TEST_SEED replays it). Also: the sign of a single signal (the old rule's defect), EWC++
+ * (SONA_TEST_SEED replays it). Also: the sign of a single signal (whatever the baseline), EWC++
  * keeping a first task while a second one is learned, and a hostile reward stream that neither
  * blows the adapter up nor stops it from learning afterwards. */
 #include <criterion/criterion.h>
@@ -105,10 +105,10 @@ Test(engine_learning, the_final_quality_alone_raises_the_score, .timeout = 600)
     cr_assert_gt(gain, 0.05, "the score rose by %.3f", gain);
 }
 
-/* The issue's minimal case through the public API: steps e1 (reward 0.2) and e2 (reward 0.8),
+/* The smallest case through the public API: steps e1 (reward 0.2) and e2 (reward 0.8),
  * qualities 0.9 then 0.5. The adapter must move toward e2, the step that scored better,
- * whatever the qualities say about the baseline (the old rule, w = Q - baseline times the
- * contrast, moved it toward e1: -8.2e-3 after request 2, -0.38 after 50 more). */
+ * whatever the qualities say about the baseline (weighting the contrast by Q - baseline would
+ * move it toward e1: -8.2e-3 after request 2, -0.38 after 50 more). */
 Test(engine_learning, the_adapter_moves_toward_the_better_step)
 {
     enum { H = 8 };

@@ -79,7 +79,8 @@ Test(signal, varying_rewards_give_the_reward_weighted_contrast)
     for (int j = 0; j < DIM; j++)
         ref[j] /= total;
     expect_equal(delta, ref, DIM);
-    /* A quality below the baseline does not turn the contrast around (the old rule's defect). */
+    /* A quality below the baseline does not turn the contrast around (as weighting it by
+     * Q - baseline would). */
     sona_signal_baseline high = {.mean = 0.95f, .var = 0.01f, .count = 10};
     cr_assert_eq(sona_signal_builder_set_baseline(sb, &high), SONA_OK);
     cr_assert_eq(sona_signal_from_trajectory(sb, t, x, delta, &w), SONA_OK);
