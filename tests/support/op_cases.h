@@ -28,7 +28,7 @@ typedef struct op_case {
 extern const op_case op_cases[];
 extern const size_t op_case_count;
 
-/* Correctness cases for GPU machines (sona_gpu_ops_check): shapes past the GPU kernels' tile
+/* Correctness cases for GPU targets (sona_ops_check runs them there): shapes past the GPU kernels' tile
  * sizes (32768 pattern columns, 8M-float GEMM tiles, the 2048 x 8192 tiles of the TF32 knn
  * pass), too slow for the test suite's CPU runs. */
 extern const op_case op_large_cases[];
