@@ -13,6 +13,7 @@
  * Exit 1 on any wrong or failed case, or when no case passed at all. */
 #include "dispatch/dispatch.h"
 #include "sona/system.h"
+#include "support/fill.h"
 #include "support/op_cases.h"
 #include "support/targets.h"
 
@@ -63,7 +64,7 @@ int main(int argc, char **argv)
 {
     const char *require = NULL, *only = NULL, *op = NULL;
     int seeds = 1, large = 1;
-    uint64_t seed = op_test_seed();
+    uint64_t seed = test_seed();
     for (int i = 1; i < argc; i++) {
         if (argv[i][0] >= '0' && argv[i][0] <= '9')
             seed = strtoull(argv[i], NULL, 0);

@@ -19,7 +19,6 @@
 #include "fuzz/fuzz_engine.h"
 #include "support/files.h"
 #include "support/fill.h"
-#include "support/op_cases.h"
 #include "support/synth_task.h"
 #include <sona.h>
 
@@ -101,7 +100,7 @@ Test(engine, presets_are_valid_and_distinct)
 
 Test(engine, new_tenants_are_identity_and_apply_forms_agree)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine] seed %" PRIu64 "\n", seed);
     sona_rng r;
     sona_rng_seed(&r, seed, 0);
@@ -267,7 +266,7 @@ static sona_engine *trained(uint64_t seed)
 
 Test(engine, save_load_save_gives_identical_bytes)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine] seed %" PRIu64 "\n", seed);
     char *p1 = temp_path("a.state"), *p2 = temp_path("b.state");
     sona_engine *e = trained(seed);
@@ -339,7 +338,7 @@ static void refused(sona_engine *e, const uint8_t *data, size_t len, sona_status
 
 Test(engine, bad_files_are_refused_and_change_nothing)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine] seed %" PRIu64 "\n", seed);
     char *path = temp_path("good.state");
     sona_engine *src = trained(seed);
@@ -612,7 +611,7 @@ static void queue_round_trip(sona_storage storage, uint64_t seed)
 
 Test(engine, queued_trajectories_are_saved_and_learned_after_load)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     for (int k = 0; k < 3; k++)
         queue_round_trip((sona_storage)k, seed);
 }
@@ -830,7 +829,7 @@ static void refused_with_section(sona_engine *e, const uint8_t *good, size_t n, 
 
 Test(engine, damaged_queue_sections_are_refused_and_change_nothing)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine] seed %" PRIu64 "\n", seed);
     sona_engine *src = trained(seed), *e = trained(seed + 1);
     size_t n, bn, ql;
@@ -990,7 +989,7 @@ static void expect_same_learning(sona_engine *a, sona_engine *b, const char *wha
  * load makes sure new patterns are created there too. */
 Test(engine, a_loaded_engine_learns_exactly_as_the_saved_one)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine] restart, seed %" PRIu64 "\n", seed);
     sona_engine_config c = config(H, 1);
     c.clusters_per_cycle = 3;
@@ -1042,7 +1041,7 @@ Test(engine, a_loaded_engine_learns_exactly_as_the_saved_one)
  * inconsistent (checksums fixed): refused with SONA_E_CORRUPT, saying why, the engine as it was. */
 Test(engine, damaged_bank_dream_and_detector_values_are_refused_and_change_nothing)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine] seed %" PRIu64 "\n", seed);
     sona_engine *src = trained(seed), *e = trained(seed + 1);
     size_t n, bl, dl, basel;
@@ -1108,7 +1107,7 @@ Test(engine, damaged_bank_dream_and_detector_values_are_refused_and_change_nothi
  * other knowledge of the shape. Version 1 and 2 files carry the same CONF. */
 Test(engine, the_saved_configuration_is_read_back)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine] seed %" PRIu64 "\n", seed);
     sona_rng r;
     sona_rng_seed(&r, seed, 11);
@@ -1186,7 +1185,7 @@ Test(engine, the_saved_configuration_is_read_back)
  * refused. */
 Test(engine, pending_micro_gradients_survive_a_load)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine] seed %" PRIu64 "\n", seed);
     sona_engine_config c = config(H, 1);
     c.micro_apply_every = 4;

@@ -14,7 +14,6 @@
 
 #include "common/rng.h"
 #include "support/fill.h"
-#include "support/op_cases.h"
 #include <sona.h>
 
 enum { H = 67, ROWS = 45, MIN_ROWS = 8, TENANTS = 4 };
@@ -93,7 +92,7 @@ Test(engine_device, batches_match_cpu_and_follow_learning, .timeout = 300)
         sona_engine_destroy(e[1]);
         cr_skip_test("no accelerator");
     }
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine_device] seed %" PRIu64 "\n", seed);
     sona_rng r;
     sona_rng_seed(&r, seed, 3);
@@ -203,7 +202,7 @@ Test(engine_device, concurrent_batches_while_learning, .timeout = 300)
         cr_assert_eq(pthread_create(&th[i], NULL, send_batches, &w[i]), 0);
     }
     sona_rng r;
-    sona_rng_seed(&r, op_test_seed(), 9);
+    sona_rng_seed(&r, test_seed(), 9);
     learn(e, 0, &r, 20); /* e[1] learns alike; only e[0] is under load */
     for (int i = 0; i < WORKERS; i++) {
         pthread_join(th[i], NULL);

@@ -12,7 +12,7 @@
 #include <math.h>
 #include <stdio.h>
 
-#include "support/op_cases.h"
+#include "support/fill.h"
 #include "support/synth_task.h"
 
 enum { HIDDEN = 67, CLUSTERS = 3, REPLICATES = 3, EVAL_STREAM = 100 };
@@ -84,7 +84,7 @@ static double mean_gain(sona_storage storage, uint32_t steps, int final_only, ui
  * The bar, 0.2, is 7 sd below the mean. */
 Test(engine_learning, per_step_rewards_raise_the_score_at_the_defaults, .timeout = 600)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine_learning] seed %" PRIu64 "\n", seed);
     const double q8 = mean_gain(SONA_STORAGE_Q8, 4, 0, 600, seed, "per-step q8");
     cr_assert_gt(q8, 0.2, "Q8 trajectories: the score rose by %.3f, not clearly above no learning", q8);
@@ -99,7 +99,7 @@ Test(engine_learning, per_step_rewards_raise_the_score_at_the_defaults, .timeout
  * mean: the test says the scalar alone is learned from, in the right direction. */
 Test(engine_learning, the_final_quality_alone_raises_the_score, .timeout = 600)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine_learning] seed %" PRIu64 "\n", seed);
     const double gain = mean_gain(SONA_STORAGE_Q8, 1, 1, 1000, seed, "final quality only");
     cr_assert_gt(gain, 0.05, "the score rose by %.3f", gain);
@@ -177,7 +177,7 @@ static double switch_tasks(int ewc, uint64_t seed, uint64_t replicate, double *g
  * gained 0.240 to 0.321 with it (0.318 to 0.402 without); every switch was detected. */
 Test(engine_learning, ewc_keeps_the_first_task_while_the_second_is_learned, .timeout = 600)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine_learning] seed %" PRIu64 "\n", seed);
     double kept_on = 0, kept_off = 0, gain_on = 0, gain_off = 0;
     for (uint64_t replicate = 0; replicate < REPLICATES; replicate++) {
@@ -222,7 +222,7 @@ static double largest_change(sona_engine *e, sona_rng *r, int *finite)
  * 0.167 to 0.321 after 600 trajectories). */
 Test(engine_learning, hostile_rewards_stay_bounded_and_learning_recovers, .timeout = 600)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine_learning] seed %" PRIu64 "\n", seed);
     synth_task t;
     cr_assert_eq(synth_task_init(&t, HIDDEN, CLUSTERS, seed, 0), 0);

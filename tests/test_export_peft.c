@@ -91,7 +91,7 @@ static void tensor(const json_value *header, const char *data, size_t data_len, 
 
 Test(export_peft, layers_apply_as_the_engine_does)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[export_peft] seed %" PRIu64 "\n", seed);
     sona_engine *e = learned_engine(seed);
     char dir[] = "/tmp/sona_peft_XXXXXX";
@@ -244,7 +244,7 @@ static int leftovers(const char *parent, const char *base)
  * directory as it was. */
 Test(export_peft, tenants_republishing_and_shape_checks)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[export_peft] tenants seed %" PRIu64 "\n", seed);
     sona_engine *e = learned_engine(seed);
     char dir[] = "/tmp/sona_peft_XXXXXX";

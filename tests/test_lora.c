@@ -11,7 +11,6 @@
 #include "common/rng.h"
 #include "core/adapt/lora_internal.h"
 #include "support/fill.h"
-#include "support/op_cases.h"
 #include <sona.h>
 
 static sona_lora *make(uint32_t hidden, uint32_t rank, uint32_t count)
@@ -53,7 +52,7 @@ Test(lora, new_adapter_is_identity)
 
 static void learning_direction(float w, uint32_t H, uint32_t rank)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[lora] learning direction w=%g H=%u r=%u seed %" PRIu64 "\n", w, H, rank, seed);
     sona_rng r;
     sona_rng_seed(&r, seed, 0);
@@ -327,7 +326,7 @@ static double true_gain(sona_lora *l, uint32_t H, uint32_t r)
  * cap (and leaves one already under it as it is), on fresh random weights of odd sizes. */
 Test(lora, the_output_bound_holds)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[lora] output bound seed %" PRIu64 "\n", seed);
     sona_rng rng;
     sona_rng_seed(&rng, seed, 9);

@@ -16,7 +16,6 @@
 #include "dispatch/dispatch.h"
 #include "dispatch/vecmath.h"
 #include "support/fill.h"
-#include "support/op_cases.h"
 
 enum { MAXN = 300 };
 static const uint32_t sizes[] = {1, 7, 31, 32, 33, 100, 256, 259, 300};
@@ -31,7 +30,7 @@ static float block_scale(const void *q, uint32_t b)
 
 Test(q8, encode_decode_error_bound)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[q8] encode seed %" PRIu64 "\n", seed);
     sona_rng r;
     sona_rng_seed(&r, seed, 1);
@@ -113,7 +112,7 @@ static void check_codec(const char *name, q8_encode_fn enc, q8_decode_fn dec, ui
 
 Test(q8, variants_encode_and_decode_like_the_baseline)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[q8] codec seed %" PRIu64 "\n", seed);
     check_codec("chosen", sona_q8_encode, sona_q8_decode, seed);
 #if defined(__x86_64__) || defined(__i386__)
@@ -172,7 +171,7 @@ static void check_dot(const char *name, sona_dot_q8_fn dot, uint64_t seed)
 
 Test(q8, dot_kernels_match_reference)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[q8] dot seed %" PRIu64 " (variant in use: %s)\n", seed, sona_cpu_backend()->name);
     check_dot("scalar", sona_dot_q8_scalar, seed);
     check_dot("chosen", sona_dot_q8_kernel(), seed);
@@ -192,7 +191,7 @@ Test(q8, dot_kernels_match_reference)
  * unbiased: averaged over many draws it comes back to x. */
 Test(q8, pow2_scales_round_trip_and_dither_is_unbiased)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[q8] pow2 seed %" PRIu64 "\n", seed);
     sona_rng r, dither;
     sona_rng_seed(&r, seed, 3);

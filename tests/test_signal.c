@@ -12,7 +12,6 @@
 
 #include "common/rng.h"
 #include "support/fill.h"
-#include "support/op_cases.h"
 #include <sona.h>
 
 static sona_signal_builder *make(float rate)
@@ -52,7 +51,7 @@ static void expect_equal(const float *delta, const double *ref, uint32_t dim)
 
 Test(signal, varying_rewards_give_the_reward_weighted_contrast)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[signal] contrast seed %" PRIu64 "\n", seed);
     sona_rng r;
     sona_rng_seed(&r, seed, 0);
@@ -105,7 +104,7 @@ Test(signal, varying_rewards_give_the_reward_weighted_contrast)
  * learns from is what loop B later reads back. */
 Test(signal, encoded_trajectories_give_the_signal_of_their_decoded_values)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[signal] encoded trajectories seed %" PRIu64 "\n", seed);
     sona_rng r;
     sona_rng_seed(&r, seed, 2);
@@ -255,7 +254,7 @@ static double projection(sona_lora *l, const float *x, const float *delta, uint3
  * returns the projection's change over three learning steps (sign checked by the caller). */
 static void one_step_learning(float quality)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[signal] one-step trajectory, quality %g, seed %" PRIu64 "\n", quality, seed);
     enum { DIM = 67 };
     sona_rng r;

@@ -15,7 +15,6 @@
 #include "common/rng.h"
 #include "core/memory/trajectory_internal.h"
 #include "support/fill.h"
-#include "support/op_cases.h"
 #include <sona.h>
 
 static const sona_storage all_storages[] = {SONA_STORAGE_F32, SONA_STORAGE_F16, SONA_STORAGE_Q8};
@@ -226,7 +225,7 @@ static void build_and_check(sona_storage storage, uint32_t dim, uint32_t steps, 
 
 Test(trajectory, steps_are_stored_in_each_format)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     for (int k = 0; k < 3; k++) {
         build_and_check(all_storages[k], 1, 1, 0, seed);
         build_and_check(all_storages[k], 37, 5, 1, seed);

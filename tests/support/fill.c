@@ -2,6 +2,17 @@
 #include "support/fill.h"
 
 #include <stdlib.h>
+#include <time.h>
+
+uint64_t test_seed(void)
+{
+    const char *env = getenv("SONA_TEST_SEED");
+    if (env && *env)
+        return strtoull(env, NULL, 0);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000003u ^ (uint64_t)ts.tv_nsec;
+}
 
 void fill_uniform(sona_rng *r, float *v, size_t n, float lo, float hi)
 {

@@ -8,6 +8,11 @@
 #include "common/rng.h"
 
 #include <stddef.h>
+#include <stdint.h>
+
+/* The seed of this run: SONA_TEST_SEED when set, else from the clock. Callers print it, so a
+ * failing run can be replayed. */
+uint64_t test_seed(void);
 
 /* v[0..n) uniform in [lo, hi). */
 void fill_uniform(sona_rng *r, float *v, size_t n, float lo, float hi);

@@ -181,16 +181,6 @@ void op_case_describe(const op_case *c, char *buf, size_t len)
     }
 }
 
-uint64_t op_test_seed(void)
-{
-    const char *env = getenv("SONA_TEST_SEED");
-    if (env && *env)
-        return strtoull(env, NULL, 0);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000003u ^ (uint64_t)ts.tv_nsec;
-}
-
 /* Host output array with guard bands; returns the pointer to the first element. */
 static float *guarded_alloc(size_t n)
 {

@@ -96,7 +96,4 @@ int op_instance_check(const op_instance *in, char *msg, size_t msg_len);
 void op_ref_lora_row(const float *x, size_t H, size_t r, const float *A, const float *Bt, double s, double *y,
                      double *mag);
 
-/* A seed for this run: SONA_TEST_SEED when set, else from the clock. Printed by callers. */
-uint64_t op_test_seed(void);
-
 #endif
