@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define U (FLT_EPSILON / 2) /* unit roundoff of float */
 #define GUARD 16            /* floats of guard band on each side of host outputs */
