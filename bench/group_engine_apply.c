@@ -7,6 +7,7 @@
 
 #include "common/rng.h"
 #include "sona/engine.h"
+#include "support/fill.h"
 
 #include <stdlib.h>
 
@@ -39,8 +40,7 @@ static sona_engine *make_engine(int device, sona_rng *r, float *scratch)
         int32_t id = 0;
         if (t && sona_tenant_create(e, &id) != SONA_OK)
             break;
-        for (int i = 0; i < 2 * HIDDEN; i++)
-            scratch[i] = 2.0f * sona_rng_uniform(r) - 1.0f;
+        fill_uniform(r, scratch, 2 * HIDDEN, -1.0f, 1.0f);
         sona_request *req;
         if (sona_request_begin(e, id, scratch, &req) == SONA_OK) {
             sona_request_step(req, 0, scratch + HIDDEN, NULL, 0, 1.0f);
@@ -59,8 +59,7 @@ static void run_engine_apply(bench_ctx *ctx)
     sona_rng_seed(&r, 11, 0);
     if (!c.x || !c.y)
         goto out;
-    for (size_t i = 0; i < (size_t)ROWS * HIDDEN; i++)
-        c.x[i] = 2.0f * sona_rng_uniform(&r) - 1.0f;
+    fill_uniform(&r, c.x, (size_t)ROWS * HIDDEN, -1.0f, 1.0f);
     for (int i = 0; i < ROWS; i++)
         c.ids[i] = (int32_t)(sona_rng_next(&r) % TENANTS);
     /* x and y once each, plus each adapter's A and B (rank 2) once. */

@@ -4,6 +4,7 @@
 #include "bench.h"
 
 #include "common/rng.h"
+#include "support/fill.h"
 #include <sona.h>
 
 #include <stdio.h>
@@ -43,19 +44,16 @@ static int fixture_init(ewc_fixture *f, uint32_t n, uint32_t tasks)
     sona_rng r;
     sona_rng_seed(&r, 0xe3c, n);
     for (uint32_t t = 0; t < tasks; t++) {
-        for (uint32_t i = 0; i < n; i++)
-            f->theta[i] = 2.0f * sona_rng_uniform(&r) - 1.0f;
+        fill_uniform(&r, f->theta, n, -1.0f, 1.0f);
         for (int s = 0; s < 100; s++) {
-            for (uint32_t i = 0; i < n; i++)
-                f->g[i] = sona_rng_uniform(&r) * 0.01f;
+            fill_uniform(&r, f->g, n, 0.0f, 0.01f);
             if (sona_ewc_update_fisher(f->ewc, f->g, n) != SONA_OK)
                 return -1;
         }
         if (sona_ewc_end_task(f->ewc, f->theta, n) != SONA_OK)
             return -1;
     }
-    for (uint32_t i = 0; i < n; i++)
-        f->g[i] = sona_rng_uniform(&r) * 0.01f;
+    fill_uniform(&r, f->g, n, 0.0f, 0.01f);
     return 0;
 }
 

@@ -7,6 +7,7 @@
 
 #include "common/rng.h"
 #include "core/adapt/lora_internal.h"
+#include "support/fill.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,14 +22,6 @@ typedef struct lora_fixture {
     float *x[INPUT_SETS], *d[INPUT_SETS], *y;
     unsigned next;
 } lora_fixture;
-
-static float *random_floats(sona_rng *r, size_t n, float lo, float hi)
-{
-    float *v = malloc(n * sizeof *v);
-    for (size_t i = 0; v && i < n; i++)
-        v[i] = lo + (hi - lo) * sona_rng_uniform(r);
-    return v;
-}
 
 static void fixture_free(lora_fixture *f)
 {
@@ -54,7 +47,7 @@ static int fixture_init(lora_fixture *f, const sona_backend *b, const sona_lora_
     sona_rng r;
     sona_rng_seed(&r, 0x5eed, cfg->hidden * 131u + cfg->rank);
     const size_t H = cfg->hidden, rows = (size_t)n * H;
-    float *B = random_floats(&r, H * cfg->rank, -0.5f, 0.5f);
+    float *B = new_uniform(&r, H * cfg->rank, -0.5f, 0.5f);
     int ok = B != NULL;
     for (uint32_t a = 0; ok && a < cfg->count; a++)
         ok = sona_lora_set_weights(f->lora, (int32_t)a, NULL, B) == SONA_OK;
@@ -65,8 +58,8 @@ static int fixture_init(lora_fixture *f, const sona_backend *b, const sona_lora_
     for (uint32_t i = 0; ok && i < n; i++)
         f->ids[i] = (int32_t)(i % cfg->count);
     for (int s = 0; ok && s < INPUT_SETS; s++) {
-        f->x[s] = random_floats(&r, rows, -1, 1);
-        f->d[s] = random_floats(&r, rows, -1, 1);
+        f->x[s] = new_uniform(&r, rows, -1, 1);
+        f->d[s] = new_uniform(&r, rows, -1, 1);
         ok = f->x[s] && f->d[s];
     }
     if (!ok) {

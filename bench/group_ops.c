@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* Op groups: each op of the dispatch table on every backend, with resident buffers (allocated
  * and uploaded once; a sample times only the op and the backend's sync, or the op between the
- * backend's device timers when it has them). Inputs come from the
- * test suite's op case generator (tests/support/op_cases.c), at benchmark sizes. */
+ * backend's device timers when it has them). The cases and their inputs come from the op case
+ * table the tests use (tests/support/op_cases.c, op_bench_cases). */
 #include "bench.h"
 
 #include "dispatch/dispatch.h"
@@ -14,14 +14,6 @@
 #include <string.h>
 
 enum { FIXED_SEED = 20240601 };
-
-typedef struct op_bench_case {
-    op_case c;
-    int large;      /* skipped on CPU backends (OpenCL CPU devices included) by --quick */
-    int slow_cpu;   /* run only on SIMD CPU variants and GPUs: a minute or more per call on
-                     * the scalar reference or an OpenCL CPU device */
-    int gpu_only;   /* skipped on CPU variants and OpenCL CPU devices */
-} op_bench_case;
 
 #define MAX_BUFS 12
 typedef struct op_fixture {
@@ -248,13 +240,16 @@ static const char *skip_reason(const bench_ctx *ctx, const sona_backend *b, cons
     return NULL;
 }
 
-static void run_cases(bench_ctx *ctx, const char *group, const op_bench_case *cases, size_t ncases, int lloyd)
+/* The rows of op_bench_cases for one op, or for its Lloyd iterations. */
+static void run_cases(bench_ctx *ctx, const char *group, sona_op op, int lloyd)
 {
     const sona_backend *bs[16];
     const char *labels[16];
     const int nb = bench_backends(ctx, bs, labels, 16);
-    for (size_t ci = 0; ci < ncases; ci++) {
-        const op_bench_case *bc = &cases[ci];
+    for (size_t ci = 0; ci < op_bench_case_count; ci++) {
+        const op_bench_case *bc = &op_bench_cases[ci];
+        if (bc->c.op != op || bc->lloyd != lloyd)
+            continue;
         char name[96], why[200];
         if (lloyd)
             snprintf(name, sizeof name, "lloyd n=%u k=%u d=%u", bc->c.n, bc->c.k, bc->c.d);
@@ -302,73 +297,18 @@ static void run_cases(bench_ctx *ctx, const char *group, const op_bench_case *ca
     }
 }
 
-#define RUN_GROUP(fn, group, table, lloyd)                                         \
-    static void fn(bench_ctx *ctx) { run_cases(ctx, group, table, sizeof table / sizeof table[0], lloyd); }
+#define RUN_GROUP(fn, group, op, lloyd) \
+    static void fn(bench_ctx *ctx) { run_cases(ctx, group, op, lloyd); }
 
-/* clang-format off */
-static const op_bench_case lora_apply_cases[] = {
-    /* decode: batch 1-256 of 4096-wide rows over 64 adapters, Micro and Base ranks */
-    {.c = {.op = SONA_OP_LORA_APPLY, .n = 1, .hidden = 4096, .rank = 1, .adapters = 64}},
-    {.c = {.op = SONA_OP_LORA_APPLY, .n = 1, .hidden = 4096, .rank = 2, .adapters = 64}},
-    {.c = {.op = SONA_OP_LORA_APPLY, .n = 1, .hidden = 4096, .rank = 16, .adapters = 64}},
-    {.c = {.op = SONA_OP_LORA_APPLY, .n = 8, .hidden = 4096, .rank = 1, .adapters = 64}},
-    {.c = {.op = SONA_OP_LORA_APPLY, .n = 8, .hidden = 4096, .rank = 2, .adapters = 64}},
-    {.c = {.op = SONA_OP_LORA_APPLY, .n = 8, .hidden = 4096, .rank = 16, .adapters = 64}},
-    {.c = {.op = SONA_OP_LORA_APPLY, .n = 64, .hidden = 4096, .rank = 1, .adapters = 64}},
-    {.c = {.op = SONA_OP_LORA_APPLY, .n = 64, .hidden = 4096, .rank = 2, .adapters = 64}},
-    {.c = {.op = SONA_OP_LORA_APPLY, .n = 64, .hidden = 4096, .rank = 16, .adapters = 64}},
-    {.c = {.op = SONA_OP_LORA_APPLY, .n = 256, .hidden = 4096, .rank = 1, .adapters = 64}},
-    {.c = {.op = SONA_OP_LORA_APPLY, .n = 256, .hidden = 4096, .rank = 2, .adapters = 64}},
-    {.c = {.op = SONA_OP_LORA_APPLY, .n = 256, .hidden = 4096, .rank = 16, .adapters = 64}},
-    /* prefill-sized batch */
-    {.c = {.op = SONA_OP_LORA_APPLY, .n = 4096, .hidden = 4096, .rank = 16, .adapters = 64}, .large = 1},
-};
-static const op_bench_case lora_grad_cases[] = {
-    {.c = {.op = SONA_OP_LORA_GRAD, .n = 64, .hidden = 256, .rank = 1, .adapters = 8}},
-    {.c = {.op = SONA_OP_LORA_GRAD, .n = 256, .hidden = 2048, .rank = 16, .adapters = 8}},
-    {.c = {.op = SONA_OP_LORA_GRAD, .n = 1024, .hidden = 4096, .rank = 16, .adapters = 64}, .large = 1},
-};
-static const op_bench_case param_update_cases[] = {
-    {.c = {.op = SONA_OP_PARAM_UPDATE, .segments = 1, .len = 1000, .with_clip = 1}},
-    {.c = {.op = SONA_OP_PARAM_UPDATE, .segments = 1, .len = 100000, .with_ewc = 1, .with_fisher = 1, .with_clip = 1}},
-    /* 64 adapters of rank 16 x 4096, one clipping segment each */
-    {.c = {.op = SONA_OP_PARAM_UPDATE, .segments = 64, .len = 65536, .with_ewc = 1, .with_fisher = 1, .with_clip = 1}},
-};
-static const op_bench_case sqdist_argmin_cases[] = {
-    {.c = {.op = SONA_OP_SQDIST_ARGMIN, .n = 1000, .k = 50, .d = 256}},
-    {.c = {.op = SONA_OP_SQDIST_ARGMIN, .n = 5000, .k = 100, .d = 256}},
-    {.c = {.op = SONA_OP_SQDIST_ARGMIN, .n = 100000, .k = 1000, .d = 256}, .large = 1, .slow_cpu = 1},
-};
-static const op_bench_case cluster_sums_cases[] = {
-    {.c = {.op = SONA_OP_CLUSTER_SUMS, .n = 1000, .k = 50, .d = 256}},
-    {.c = {.op = SONA_OP_CLUSTER_SUMS, .n = 100000, .k = 1000, .d = 256}},
-};
-static const op_bench_case knn_exact_cases[] = {
-    {.c = {.op = SONA_OP_KNN_EXACT, .m = 1, .n = 10000, .d = 256, .k = 10}},
-    {.c = {.op = SONA_OP_KNN_EXACT, .m = 64, .n = 10000, .d = 256, .k = 10}},
-    {.c = {.op = SONA_OP_KNN_EXACT, .m = 1000, .n = 100000, .d = 256, .k = 10}, .large = 1, .slow_cpu = 1},
-    {.c = {.op = SONA_OP_KNN_EXACT, .m = 10000, .n = 1000000, .d = 256, .k = 10}, .gpu_only = 1},
-};
-static const op_bench_case gemm_cases[] = {
-    {.c = {.op = SONA_OP_GEMM, .m = 256, .n = 256, .k = 256}},
-    {.c = {.op = SONA_OP_GEMM, .m = 4096, .n = 16, .k = 4096, .trans_b = 1}}, /* X A^T of a Base-LoRA batch */
-    {.c = {.op = SONA_OP_GEMM, .m = 1024, .n = 1024, .k = 1024}, .large = 1, .slow_cpu = 1},
-    {.c = {.op = SONA_OP_GEMM, .m = 4096, .n = 4096, .k = 4096}, .gpu_only = 1},
-};
-static const op_bench_case kmeans_lloyd_cases[] = {
-    {.c = {.op = SONA_OP_SQDIST_ARGMIN, .n = 5000, .k = 100, .d = 256}},
-    {.c = {.op = SONA_OP_SQDIST_ARGMIN, .n = 1000000, .k = 1000, .d = 256}, .gpu_only = 1},
-};
-/* clang-format on */
 
-RUN_GROUP(run_lora_apply, "op_lora_apply", lora_apply_cases, 0)
-RUN_GROUP(run_lora_grad, "op_lora_grad", lora_grad_cases, 0)
-RUN_GROUP(run_param_update, "op_param_update", param_update_cases, 0)
-RUN_GROUP(run_sqdist_argmin, "op_sqdist_argmin", sqdist_argmin_cases, 0)
-RUN_GROUP(run_cluster_sums, "op_cluster_sums", cluster_sums_cases, 0)
-RUN_GROUP(run_knn_exact, "op_knn_exact", knn_exact_cases, 0)
-RUN_GROUP(run_gemm, "op_gemm", gemm_cases, 0)
-RUN_GROUP(run_kmeans_lloyd, "op_kmeans_lloyd", kmeans_lloyd_cases, 1)
+RUN_GROUP(run_lora_apply, "op_lora_apply", SONA_OP_LORA_APPLY, 0)
+RUN_GROUP(run_lora_grad, "op_lora_grad", SONA_OP_LORA_GRAD, 0)
+RUN_GROUP(run_param_update, "op_param_update", SONA_OP_PARAM_UPDATE, 0)
+RUN_GROUP(run_sqdist_argmin, "op_sqdist_argmin", SONA_OP_SQDIST_ARGMIN, 0)
+RUN_GROUP(run_cluster_sums, "op_cluster_sums", SONA_OP_CLUSTER_SUMS, 0)
+RUN_GROUP(run_knn_exact, "op_knn_exact", SONA_OP_KNN_EXACT, 0)
+RUN_GROUP(run_gemm, "op_gemm", SONA_OP_GEMM, 0)
+RUN_GROUP(run_kmeans_lloyd, "op_kmeans_lloyd", SONA_OP_SQDIST_ARGMIN, 1)
 
 const bench_group bench_op_lora_apply = {"op_lora_apply", "lora_apply op: decode batches and a prefill batch over 64 adapters", run_lora_apply};
 const bench_group bench_op_lora_grad = {"op_lora_grad", "lora_grad op: batches of learning signals", run_lora_grad};

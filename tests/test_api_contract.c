@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "common/rng.h"
+#include "support/fill.h"
 #include "support/synth_task.h"
 #include <sona.h>
 
@@ -53,12 +54,6 @@ typedef struct world {
 } world;
 
 /* ---- the world ------------------------------------------------------------------------------- */
-
-static void fill(sona_rng *r, float *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        v[i] = 2.0f * sona_rng_uniform(r) - 1.0f;
-}
 
 static sona_engine_config engine_config(void)
 {
@@ -153,7 +148,7 @@ static void build_index(world *w, sona_rng *r)
     OK(sona_index_create(&c, &w->index));
     float v[H];
     for (uint64_t id = 1; id <= INDEXED; id++) {
-        fill(r, v, H);
+        fill_uniform(r, v, H, -1.0f, 1.0f);
         OK(sona_index_insert(w->index, id, v));
     }
     uint32_t found;
@@ -165,12 +160,12 @@ static void build_bank(world *w, sona_rng *r)
     const sona_bank_config c = bank_config();
     OK(sona_bank_create(&c, &w->bank));
     float e[6 * H], q[6];
-    fill(r, e, 6 * H);
-    fill(r, q, 6);
+    fill_uniform(r, e, 6 * H, -1.0f, 1.0f);
+    fill_uniform(r, q, 6, -1.0f, 1.0f);
     const char *routes[6] = {"a", "b", NULL, "a", "c", NULL};
     OK(sona_bank_add_batch(w->bank, 6, e, H, q, NULL, routes));
     OK(sona_bank_extract(w->bank, NULL));
-    fill(r, e, 2 * H);
+    fill_uniform(r, e, 2 * H, -1.0f, 1.0f);
     OK(sona_bank_add_batch(w->bank, 2, e, H, q, NULL, NULL)); /* two pending */
     sona_pattern p;
     OK(sona_bank_pattern_at(w->bank, 0, &p, NULL));
@@ -229,7 +224,7 @@ static void build(world *w)
     memset(w, 0, sizeof *w);
     sona_rng r;
     sona_rng_seed(&r, 2024, 0);
-    fill(&r, w->x, ROWS * H);
+    fill_uniform(&r, w->x, ROWS * H, -1.0f, 1.0f);
     memcpy(w->nan_x, w->x, sizeof w->x);
     memcpy(w->inf_x, w->x, sizeof w->x);
     w->nan_x[H + 3] = NAN;
@@ -240,8 +235,8 @@ static void build(world *w)
         w->ids[i] = i % 2;
         w->bad_ids[i] = i == 1 ? 7 : 0;
     }
-    fill(&r, w->theta, P);
-    fill(&r, w->g, P);
+    fill_uniform(&r, w->theta, P, -1.0f, 1.0f);
+    fill_uniform(&r, w->g, P, -1.0f, 1.0f);
     memcpy(w->nan_p, w->g, sizeof w->g);
     memcpy(w->neg_p, w->g, sizeof w->g);
     w->nan_p[2] = NAN;

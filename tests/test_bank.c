@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "common/rng.h"
-#include "support/op_cases.h"
+#include "support/fill.h"
 #include <sona.h>
 
 #define DIM 37
@@ -71,7 +71,7 @@ static void add_all(sona_bank *b, const float *X, uint32_t n, float quality)
 
 Test(bank, extracting_twice_does_not_duplicate)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[bank] no duplicates seed %" PRIu64 "\n", seed);
     fake_clock clk = {1000};
     sona_bank *b = make(5, &clk);
@@ -171,7 +171,7 @@ Test(bank, large_batch_memory_released_by_ordinary_ones)
 
 Test(bank, prune_low_quality_and_stale)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[bank] prune seed %" PRIu64 "\n", seed);
     fake_clock clk = {5000};
     sona_bank_config cfg;
@@ -230,7 +230,7 @@ Test(bank, prune_low_quality_and_stale)
 
 Test(bank, capacity_evicts_lowest_value)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[bank] capacity seed %" PRIu64 "\n", seed);
     fake_clock clk = {0};
     sona_bank_config cfg;
@@ -462,7 +462,7 @@ Test(bank, consolidate_merges_near_duplicates_into_a_copy)
  * single extraction, and the merged pattern stays searchable. */
 Test(bank, similar_clusters_merge_within_one_extraction)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[bank] merge within extraction seed %" PRIu64 "\n", seed);
     fake_clock clk = {0};
     sona_bank *b = make(12, &clk);
@@ -524,7 +524,7 @@ static void *searcher(void *arg)
 
 Test(bank, concurrent_adds_searches_and_extractions)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[bank] concurrency seed %" PRIu64 "\n", seed);
     fake_clock clk = {0};
     sona_bank *b = make(4, &clk);
@@ -584,7 +584,7 @@ static double cosine(const float *a, const float *b)
  * pattern is found, and two banks built the same way answer the same. */
 Test(bank, search_similarities_are_cosines_with_stored_centroids)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[bank] search seed %" PRIu64 "\n", seed);
     fake_clock clk = {0};
     sona_bank *b = make(3, &clk), *twin = make(3, &clk);
@@ -654,7 +654,7 @@ Test(bank, search_similarities_are_cosines_with_stored_centroids)
  * where re-storing the rounded mean would have left it where it started. */
 Test(bank, merged_centroid_tracks_the_exact_mean, .timeout = 120)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[bank] many merges seed %" PRIu64 "\n", seed);
     fake_clock clk = {0};
     /* Each 3-row cluster must merge: its cosine with the pattern is about 1 - |target - start|^2
@@ -742,7 +742,7 @@ static sona_bank *restored_copy(const sona_bank *b, fake_clock *clk, int with_co
  * another one). */
 Test(bank, restored_counters_continue_the_extraction_sequence)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[bank] restored counters seed %" PRIu64 "\n", seed);
     fake_clock clk = {0};
     sona_bank *b = make(4, &clk);
@@ -912,7 +912,7 @@ static void check_patterns(sona_bank *b, const cluster_stream *s, uint64_t total
  * cluster's bulk in one pattern. */
 Test(bank, small_extractions_keep_a_pattern_per_cluster, .timeout = 120)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[bank] small extractions seed %" PRIu64 "\n", seed);
     fake_clock clk = {0};
     cluster_stream s, old_s;
@@ -937,7 +937,7 @@ Test(bank, small_extractions_keep_a_pattern_per_cluster, .timeout = 120)
  * added about 30 each. */
 Test(bank, large_extractions_keep_their_patterns, .timeout = 120)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[bank] large extractions seed %" PRIu64 "\n", seed);
     fake_clock clk = {0};
     cluster_stream s;

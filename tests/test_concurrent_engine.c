@@ -16,7 +16,7 @@
 
 #include "common/rng.h"
 #include "support/concurrent_test.h"
-#include "support/op_cases.h"
+#include "support/fill.h"
 #include <sona.h>
 
 enum { H = 33, THREADS = 4, REQUESTS = 300 };
@@ -78,7 +78,7 @@ static void *tenant_churn(void *arg)
 
 CONCURRENT_TEST(concurrent_engine, apply_record_and_loop_b_together)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[concurrent_engine] seed %" PRIu64 "\n", seed);
     sona_engine_config c;
     sona_engine_config_default(&c, SONA_PRESET_DEFAULT, H);
@@ -165,7 +165,7 @@ static sona_engine *engine_for_saves(int background)
 
 CONCURRENT_TEST(concurrent_engine, save_while_recording_and_learning)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[concurrent_engine] seed %" PRIu64 "\n", seed);
     sona_engine *e = engine_for_saves(1);
     saver sv = {.e = e};
@@ -295,7 +295,7 @@ static void check_poller(const poller *p, const char *what)
  * without pause. */
 CONCURRENT_TEST(concurrent_engine, stats_add_up_while_requests_and_cycles_run)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[concurrent_engine] seed %" PRIu64 "\n", seed);
     sona_engine_config c;
     sona_engine_config_default(&c, SONA_PRESET_DEFAULT, H);

@@ -18,7 +18,7 @@
 #include "engine/base.h"
 #include "fuzz/fuzz_engine.h"
 #include "support/files.h"
-#include "support/op_cases.h"
+#include "support/fill.h"
 #include "support/synth_task.h"
 #include <sona.h>
 
@@ -50,23 +50,17 @@ static sona_engine *make(uint32_t hidden, int ewc)
     return create(&c);
 }
 
-static void fill(sona_rng *r, float *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        v[i] = 2.0f * sona_rng_uniform(r) - 1.0f;
-}
-
 /* One request with `steps` steps (layers 0..), rewards varying, quality q. */
 static sona_status request(sona_engine *e, int32_t tenant, sona_rng *r, uint32_t steps, float q)
 {
     float x[H], a[H];
-    fill(r, x, H);
+    fill_uniform(r, x, H, -1.0f, 1.0f);
     sona_request *req;
     sona_status st = sona_request_begin(e, tenant, x, &req);
     if (st != SONA_OK)
         return st;
     for (uint32_t s = 0; s < steps; s++) {
-        fill(r, a, H);
+        fill_uniform(r, a, H, -1.0f, 1.0f);
         cr_assert_eq(sona_request_step(req, s % 4, a, NULL, 0, 0.1f * (float)s), SONA_OK);
     }
     return sona_request_end(req, q);
@@ -106,7 +100,7 @@ Test(engine, presets_are_valid_and_distinct)
 
 Test(engine, new_tenants_are_identity_and_apply_forms_agree)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine] seed %" PRIu64 "\n", seed);
     sona_rng r;
     sona_rng_seed(&r, seed, 0);
@@ -116,7 +110,7 @@ Test(engine, new_tenants_are_identity_and_apply_forms_agree)
     cr_assert_eq(sona_tenant_create(e, &t2), SONA_OK);
     cr_assert_neq(t1, t2);
     float x[3 * H], y[3 * H], z[H];
-    fill(&r, x, 3 * H);
+    fill_uniform(&r, x, 3 * H, -1.0f, 1.0f);
     cr_assert_eq(sona_apply(e, t1, x, y), SONA_OK);
     cr_assert_eq(memcmp(x, y, sizeof z), 0, "a new tenant is not the identity");
     /* Teach tenant 1 a few signals; tenant 2 stays the identity. */
@@ -166,7 +160,7 @@ Test(engine, counters_are_exact_and_bad_input_is_not_learned)
         cr_assert_eq(request(e, 0, &r, 1 + i % 3, 0.5f + 0.01f * (float)i), SONA_OK);
     cr_assert_eq(request(e, 0, &r, 0, 0.5f), SONA_OK); /* no step: recorded, no signal */
     float x[H], y[H];
-    fill(&r, x, H);
+    fill_uniform(&r, x, H, -1.0f, 1.0f);
     cr_assert_eq(sona_apply(e, 0, x, y), SONA_OK);
     /* Non-finite anything: refused, counted, adapter unchanged. */
     sona_request *req;
@@ -289,7 +283,7 @@ static sona_engine *trained(uint64_t seed)
 
 Test(engine, save_load_save_gives_identical_bytes)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine] seed %" PRIu64 "\n", seed);
     char *p1 = temp_path("a.state"), *p2 = temp_path("b.state");
     sona_engine *e = trained(seed);
@@ -308,7 +302,7 @@ Test(engine, save_load_save_gives_identical_bytes)
     sona_rng r;
     sona_rng_seed(&r, seed, 9);
     float x[H], y1[H], y2[H];
-    fill(&r, x, H);
+    fill_uniform(&r, x, H, -1.0f, 1.0f);
     for (int32_t t = 0; t < 3; t++) {
         sona_status s1 = sona_apply(e, t, x, y1), s2 = sona_apply(f, t, x, y2);
         cr_assert_eq(s1, s2, "tenant %d", t);
@@ -364,7 +358,7 @@ static void refused(sona_engine *e, const uint8_t *data, size_t len, sona_status
  * second section's tag. */
 Test(engine, state_file_is_little_endian)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine] seed %" PRIu64 "\n", seed);
     char *path = temp_path("endian.state");
     sona_engine *e = trained(seed);
@@ -389,7 +383,7 @@ Test(engine, state_file_is_little_endian)
 
 Test(engine, bad_files_are_refused_and_change_nothing)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine] seed %" PRIu64 "\n", seed);
     char *path = temp_path("good.state");
     sona_engine *src = trained(seed);
@@ -624,7 +618,7 @@ static void queue_round_trip(sona_storage storage, uint64_t seed)
         cr_assert_eq(sg.trajectories_recorded, se.trajectories_recorded, "engine %d", i);
     }
     float x[H];
-    fill(&r, x, H);
+    fill_uniform(&r, x, H, -1.0f, 1.0f);
     cr_assert_gt(se.base_updates, 0);
     expect_same_base(e, f, x, "loaded, same format");
     expect_same_base(e, g, x, "loaded, other format");
@@ -662,7 +656,7 @@ static void queue_round_trip(sona_storage storage, uint64_t seed)
 
 Test(engine, queued_trajectories_are_saved_and_learned_after_load)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     for (int k = 0; k < 3; k++)
         queue_round_trip((sona_storage)k, seed);
 }
@@ -880,7 +874,7 @@ static void refused_with_section(sona_engine *e, const uint8_t *good, size_t n, 
 
 Test(engine, damaged_queue_sections_are_refused_and_change_nothing)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine] seed %" PRIu64 "\n", seed);
     sona_engine *src = trained(seed), *e = trained(seed + 1);
     size_t n, bn, ql;
@@ -1040,7 +1034,7 @@ static void expect_same_learning(sona_engine *a, sona_engine *b, const char *wha
  * load makes sure new patterns are created there too. */
 Test(engine, a_loaded_engine_learns_exactly_as_the_saved_one)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine] restart, seed %" PRIu64 "\n", seed);
     sona_engine_config c = config(H, 1);
     c.clusters_per_cycle = 3;
@@ -1050,7 +1044,7 @@ Test(engine, a_loaded_engine_learns_exactly_as_the_saved_one)
     sona_rng r;
     sona_rng_seed(&r, seed, 40);
     float topics[TOPICS * H];
-    fill(&r, topics, TOPICS * H);
+    fill_uniform(&r, topics, TOPICS * H, -1.0f, 1.0f);
     learn_round(a, t, &r, topics);
     learn_round(a, t, &r, topics);
     cr_assert_eq(sona_deep_cycle(a), SONA_OK, "%s", sona_engine_last_error(a));
@@ -1069,7 +1063,7 @@ Test(engine, a_loaded_engine_learns_exactly_as_the_saved_one)
     /* The same traffic to both: a round with new topics (new patterns), then the old ones. */
     sona_engine *both[2] = {a, b};
     float new_topics[TOPICS * H];
-    fill(&r, new_topics, TOPICS * H);
+    fill_uniform(&r, new_topics, TOPICS * H, -1.0f, 1.0f);
     for (int i = 0; i < 2; i++) {
         sona_rng_seed(&r, seed, 41);
         learn_round(both[i], t, &r, new_topics);
@@ -1080,7 +1074,7 @@ Test(engine, a_loaded_engine_learns_exactly_as_the_saved_one)
     cr_assert_gt(bs.patterns_created, created_before, "the traffic should create patterns after the load");
     expect_same_learning(a, b, "after two more cycles");
     float x[H];
-    fill(&r, x, H);
+    fill_uniform(&r, x, H, -1.0f, 1.0f);
     expect_same_base(a, b, x, "after two more cycles");
     unlink(path);
     free(path);
@@ -1092,7 +1086,7 @@ Test(engine, a_loaded_engine_learns_exactly_as_the_saved_one)
  * inconsistent (checksums fixed): refused with SONA_E_CORRUPT, saying why, the engine as it was. */
 Test(engine, damaged_bank_dream_and_detector_values_are_refused_and_change_nothing)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine] seed %" PRIu64 "\n", seed);
     sona_engine *src = trained(seed), *e = trained(seed + 1);
     size_t n, bl, dl, basel;
@@ -1158,7 +1152,7 @@ Test(engine, damaged_bank_dream_and_detector_values_are_refused_and_change_nothi
  * other knowledge of the shape. Version 1 and 2 files carry the same CONF. */
 Test(engine, the_saved_configuration_is_read_back)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine] seed %" PRIu64 "\n", seed);
     sona_rng r;
     sona_rng_seed(&r, seed, 11);
@@ -1236,7 +1230,7 @@ Test(engine, the_saved_configuration_is_read_back)
  * refused. */
 Test(engine, pending_micro_gradients_survive_a_load)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine] seed %" PRIu64 "\n", seed);
     sona_engine_config c = config(H, 1);
     c.micro_apply_every = 4;
@@ -1259,7 +1253,7 @@ Test(engine, pending_micro_gradients_survive_a_load)
     cr_expect_eq(sa.micro_updates, 2, "applies at signals 4 and 8");
     cr_expect_eq(sb.micro_updates, sa.micro_updates);
     float x[H], ya[H], yb[H];
-    fill(&r, x, H);
+    fill_uniform(&r, x, H, -1.0f, 1.0f);
     cr_assert_eq(sona_apply(a, 0, x, ya), SONA_OK);
     cr_assert_eq(sona_apply(b, 0, x, yb), SONA_OK);
     cr_expect_eq(memcmp(ya, yb, sizeof ya), 0, "the loaded engine's tenant learned otherwise");
@@ -1302,12 +1296,12 @@ Test(engine, pending_micro_gradients_survive_a_load)
 static void request_at_layer(sona_engine *e, sona_rng *r, uint32_t layer, uint32_t steps, int with_attention)
 {
     float x[H], a[H], att[64];
-    fill(r, x, H);
+    fill_uniform(r, x, H, -1.0f, 1.0f);
     sona_request *req;
     cr_assert_eq(sona_request_begin(e, 0, x, &req), SONA_OK, "%s", sona_engine_last_error(e));
     for (uint32_t s = 0; s < steps; s++) {
-        fill(r, a, H);
-        fill(r, att, 64);
+        fill_uniform(r, a, H, -1.0f, 1.0f);
+        fill_uniform(r, att, 64, -1.0f, 1.0f);
         const uint32_t n_attention = with_attention ? 64 : 0;
         cr_assert_eq(sona_request_step(req, layer + s % 2, a, n_attention ? att : NULL, n_attention, 0.2f * (float)s),
                      SONA_OK, "%s", sona_engine_last_error(e));
@@ -1337,7 +1331,7 @@ Test(engine, steps_past_base_layers_feed_loop_a_and_the_bank_only)
     cr_assert_gt(s.patterns, 0, "the pattern bank learns from them");
     cr_assert_eq(s.base_updates, 0, "Base-LoRA has no adapter for those layers");
     float x[H], y[H];
-    fill(&r, x, H);
+    fill_uniform(&r, x, H, -1.0f, 1.0f);
     for (uint32_t l = 0; l < L; l++) {
         cr_assert_eq(sona_apply_layer(e, l, x, y), SONA_OK);
         cr_assert_eq(memcmp(x, y, sizeof y), 0, "layer %u is no longer the identity", l);
@@ -1375,7 +1369,7 @@ Test(engine, attention_weights_are_not_learned_from)
     float x[H], ya[H], yb[H];
     sona_rng r;
     sona_rng_seed(&r, 42, 0);
-    fill(&r, x, H);
+    fill_uniform(&r, x, H, -1.0f, 1.0f);
     cr_assert_eq(sona_apply(with, 0, x, ya), SONA_OK);
     cr_assert_eq(sona_apply(without, 0, x, yb), SONA_OK);
     cr_assert_eq(memcmp(ya, yb, sizeof ya), 0, "Micro-LoRA learned from the attention weights");

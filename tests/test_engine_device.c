@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "common/rng.h"
-#include "support/op_cases.h"
+#include "support/fill.h"
 #include <sona.h>
 
 enum { H = 67, ROWS = 45, MIN_ROWS = 8, TENANTS = 4 };
@@ -36,24 +36,18 @@ static sona_engine *make(int device)
     return e;
 }
 
-static void fill(sona_rng *r, float *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        v[i] = 2.0f * sona_rng_uniform(r) - 1.0f;
-}
-
 /* The same requests on both engines (so the same learned weights): tenant t, 3 steps. */
 static void learn(sona_engine *const e[2], int32_t tenant, sona_rng *r, int requests)
 {
     float q[H], a[H];
     for (int k = 0; k < requests; k++) {
-        fill(r, q, H);
+        fill_uniform(r, q, H, -1.0f, 1.0f);
         const float quality = sona_rng_uniform(r);
         sona_request *req[2];
         for (int i = 0; i < 2; i++)
             cr_assert_eq(sona_request_begin(e[i], tenant, q, &req[i]), SONA_OK);
         for (uint32_t l = 0; l < 3; l++) {
-            fill(r, a, H);
+            fill_uniform(r, a, H, -1.0f, 1.0f);
             /* Rewards that vary between requests: a constant one says nothing to learn from. */
             const float reward = sona_rng_uniform(r);
             for (int i = 0; i < 2; i++)
@@ -98,7 +92,7 @@ Test(engine_device, batches_match_cpu_and_follow_learning, .timeout = 300)
         sona_engine_destroy(e[1]);
         cr_skip_test("no accelerator");
     }
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine_device] seed %" PRIu64 "\n", seed);
     sona_rng r;
     sona_rng_seed(&r, seed, 3);
@@ -114,7 +108,7 @@ Test(engine_device, batches_match_cpu_and_follow_learning, .timeout = 300)
         learn(e, tenants[t], &r, 6);
 
     /* Interleaved tenants and -1 rows, one batch. */
-    fill(&r, x, ROWS * H);
+    fill_uniform(&r, x, ROWS * H, -1.0f, 1.0f);
     for (int i = 0; i < ROWS; i++)
         ids[i] = i % 5 == 4 ? -1 : tenants[(i * 7 + i / 3) % TENANTS];
     uint64_t before = device_batches(e[0]);
@@ -208,7 +202,7 @@ Test(engine_device, concurrent_batches_while_learning, .timeout = 300)
         cr_assert_eq(pthread_create(&th[i], NULL, send_batches, &w[i]), 0);
     }
     sona_rng r;
-    sona_rng_seed(&r, op_test_seed(), 9);
+    sona_rng_seed(&r, test_seed(), 9);
     learn(e, 0, &r, 20); /* e[1] learns alike; only e[0] is under load */
     for (int i = 0; i < WORKERS; i++) {
         pthread_join(th[i], NULL);

@@ -11,7 +11,7 @@
 
 #include "core/patterns/dream.h"
 #include "engine/base.h"
-#include "support/op_cases.h"
+#include "support/fill.h"
 
 enum { H = 24 };
 
@@ -67,7 +67,7 @@ Test(engine_dreams, evaluation_follows_the_documented_formulas)
 
 Test(engine_dreams, deep_cycle_dreams_consolidates_and_checkpoints)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine_dreams] seed %" PRIu64 "\n", seed);
     char path[128];
     snprintf(path, sizeof path, "/tmp/sona_dreams_%ld.state", (long)getpid());

@@ -4,7 +4,7 @@
  * defaults), on synthetic tasks (tests/support/synth_task.h) it was not tuned for: an odd width,
  * 3 clusters, per-step rewards or the final quality only. The statistical margins below were
  * measured over many seeds (the numbers are in each test's comment); every run prints its seed
- * (SONA_TEST_SEED replays it). Also: the sign of a single signal (the old rule's defect), EWC++
+ * (SONA_TEST_SEED replays it). Also: the sign of a single signal (whatever the baseline), EWC++
  * keeping a first task while a second one is learned, and a hostile reward stream that neither
  * blows the adapter up nor stops it from learning afterwards. */
 #include <criterion/criterion.h>
@@ -12,7 +12,7 @@
 #include <math.h>
 #include <stdio.h>
 
-#include "support/op_cases.h"
+#include "support/fill.h"
 #include "support/synth_task.h"
 
 enum { HIDDEN = 67, CLUSTERS = 3, REPLICATES = 3, EVAL_STREAM = 100 };
@@ -84,7 +84,7 @@ static double mean_gain(sona_storage storage, uint32_t steps, int final_only, ui
  * The bar, 0.2, is 7 sd below the mean. */
 Test(engine_learning, per_step_rewards_raise_the_score_at_the_defaults, .timeout = 600)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine_learning] seed %" PRIu64 "\n", seed);
     const double q8 = mean_gain(SONA_STORAGE_Q8, 4, 0, 600, seed, "per-step q8");
     cr_assert_gt(q8, 0.2, "Q8 trajectories: the score rose by %.3f, not clearly above no learning", q8);
@@ -99,16 +99,16 @@ Test(engine_learning, per_step_rewards_raise_the_score_at_the_defaults, .timeout
  * mean: the test says the scalar alone is learned from, in the right direction. */
 Test(engine_learning, the_final_quality_alone_raises_the_score, .timeout = 600)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine_learning] seed %" PRIu64 "\n", seed);
     const double gain = mean_gain(SONA_STORAGE_Q8, 1, 1, 1000, seed, "final quality only");
     cr_assert_gt(gain, 0.05, "the score rose by %.3f", gain);
 }
 
-/* The issue's minimal case through the public API: steps e1 (reward 0.2) and e2 (reward 0.8),
+/* The smallest case through the public API: steps e1 (reward 0.2) and e2 (reward 0.8),
  * qualities 0.9 then 0.5. The adapter must move toward e2, the step that scored better,
- * whatever the qualities say about the baseline (the old rule, w = Q - baseline times the
- * contrast, moved it toward e1: -8.2e-3 after request 2, -0.38 after 50 more). */
+ * whatever the qualities say about the baseline (weighting the contrast by Q - baseline would
+ * move it toward e1: -8.2e-3 after request 2, -0.38 after 50 more). */
 Test(engine_learning, the_adapter_moves_toward_the_better_step)
 {
     enum { H = 8 };
@@ -177,7 +177,7 @@ static double switch_tasks(int ewc, uint64_t seed, uint64_t replicate, double *g
  * gained 0.240 to 0.321 with it (0.318 to 0.402 without); every switch was detected. */
 Test(engine_learning, ewc_keeps_the_first_task_while_the_second_is_learned, .timeout = 600)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine_learning] seed %" PRIu64 "\n", seed);
     double kept_on = 0, kept_off = 0, gain_on = 0, gain_off = 0;
     for (uint64_t replicate = 0; replicate < REPLICATES; replicate++) {
@@ -222,7 +222,7 @@ static double largest_change(sona_engine *e, sona_rng *r, int *finite)
  * 0.167 to 0.321 after 600 trajectories). */
 Test(engine_learning, hostile_rewards_stay_bounded_and_learning_recovers, .timeout = 600)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[engine_learning] seed %" PRIu64 "\n", seed);
     synth_task t;
     cr_assert_eq(synth_task_init(&t, HIDDEN, CLUSTERS, seed, 0), 0);

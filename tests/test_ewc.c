@@ -11,7 +11,7 @@
 
 #include "common/rng.h"
 #include "cpu/cpu.h"
-#include "support/op_cases.h"
+#include "support/fill.h"
 #include <sona.h>
 
 static sona_ewc *make(const sona_ewc_config *cfg)
@@ -66,7 +66,7 @@ static void train(const toy *t, sona_ewc *ewc, uint64_t seed, float *theta)
 
 Test(ewc, two_task_toy_retains_the_first_task)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[ewc] two-task toy seed %" PRIu64 "\n", seed);
     sona_rng r;
     sona_rng_seed(&r, seed, 1);
@@ -121,7 +121,7 @@ static int first_boundary(sona_ewc *e, sona_rng *r, const float *theta, int samp
 
 Test(ewc, boundary_fires_on_abrupt_change_not_on_noise)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[ewc] boundary detector seed %" PRIu64 "\n", seed);
     sona_rng r;
     sona_rng_seed(&r, seed, 3);
@@ -160,7 +160,7 @@ Test(ewc, boundary_fires_on_abrupt_change_not_on_noise)
  * its statistics stay bit for bit the original's. Invalid states are refused and change nothing. */
 Test(ewc, a_restored_detector_goes_on_as_the_original)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[ewc] detector restore seed %" PRIu64 "\n", seed);
     sona_rng r;
     sona_rng_seed(&r, seed, 4);
@@ -217,7 +217,7 @@ static void brute_penalty(uint32_t n, uint32_t tasks, float *const *F, float *co
 
 Test(ewc, consolidation_keeps_the_penalty_and_matches_param_update)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[ewc] consolidation seed %" PRIu64 "\n", seed);
     sona_rng r;
     sona_rng_seed(&r, seed, 4);

@@ -15,6 +15,7 @@
 #include "common/rng.h"
 #include "json_read.h"
 #include "support/files.h"
+#include "support/fill.h"
 #include "support/op_cases.h"
 #include <sona.h>
 
@@ -36,8 +37,7 @@ static sona_engine *learned_engine(uint64_t seed)
     sona_rng_seed(&r, seed, 1);
     float query[HIDDEN], act[HIDDEN];
     for (int i = 0; i < 300; i++) {
-        for (int h = 0; h < HIDDEN; h++)
-            query[h] = 2.0f * sona_rng_uniform(&r) - 1.0f;
+        fill_uniform(&r, query, HIDDEN, -1.0f, 1.0f);
         sona_request *req;
         cr_assert_eq(sona_request_begin(e, 0, query, &req), SONA_OK);
         for (uint32_t l = 0; l < LAYERS; l++) {
@@ -91,7 +91,7 @@ static void tensor(const json_value *header, const char *data, size_t data_len, 
 
 Test(export_peft, layers_apply_as_the_engine_does)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[export_peft] seed %" PRIu64 "\n", seed);
     sona_engine *e = learned_engine(seed);
     char dir[] = "/tmp/sona_peft_XXXXXX";
@@ -140,8 +140,7 @@ Test(export_peft, layers_apply_as_the_engine_does)
             b_norm += (double)B[i] * B[i];
         cr_expect_gt(b_norm, 0.0, "layer %u: B is zero, the learned weights were not exported", l);
         for (int trial = 0; trial < 4; trial++) {
-            for (int h = 0; h < HIDDEN; h++)
-                x[h] = 2.0f * sona_rng_uniform(&r) - 1.0f;
+            fill_uniform(&r, x, HIDDEN, -1.0f, 1.0f);
             cr_assert_eq(sona_apply_layer(e, l, x, y), SONA_OK);
             float Bt[RANK * HIDDEN]; /* PEFT's B is hidden x rank, the reference takes its transpose */
             for (int h = 0; h < HIDDEN; h++)
@@ -256,7 +255,7 @@ static int leftovers(const char *parent, const char *base)
  * directory as it was. */
 Test(export_peft, tenants_republishing_and_shape_checks)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[export_peft] tenants seed %" PRIu64 "\n", seed);
     sona_engine *e = learned_engine(seed);
     char dir[] = "/tmp/sona_peft_XXXXXX";
@@ -286,8 +285,7 @@ Test(export_peft, tenants_republishing_and_shape_checks)
     sona_rng_seed(&rng, seed, 5);
     double moved = 0;
     for (int trial = 0; trial < 4; trial++) {
-        for (int h = 0; h < HIDDEN; h++)
-            x[h] = 2.0f * sona_rng_uniform(&rng) - 1.0f;
+        fill_uniform(&rng, x, HIDDEN, -1.0f, 1.0f);
         cr_assert_eq(sona_apply(e, 0, x, y), SONA_OK);
         double ref[HIDDEN], mag[HIDDEN];
         op_ref_lora_row(x, HIDDEN, r, A, Bt, c->micro_alpha / r, ref, mag);

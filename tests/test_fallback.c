@@ -11,6 +11,7 @@
 
 #include "cpu/cpu.h"
 #include "dispatch/dispatch.h"
+#include "support/fill.h"
 #include "support/op_cases.h"
 
 static int fake_calls;
@@ -109,7 +110,7 @@ static const sona_backend routed = {
 
 Test(fallback, every_op_is_redone_on_the_cpu_and_counted)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[fallback] seed %" PRIu64 "\n", seed);
     for (size_t i = 0; i < op_case_count; i++) {
         char desc[128], msg[512];

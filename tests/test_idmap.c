@@ -9,11 +9,11 @@
 #include "common/idmap.h"
 #include "common/rng.h"
 #include "common/slotmap.h"
-#include "support/op_cases.h"
+#include "support/fill.h"
 
 Test(idmap, matches_a_reference_under_random_operations)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[idmap] random operations seed %" PRIu64 "\n", seed);
     enum { KEYS = 3001 };
     static uint32_t ref[KEYS];
@@ -52,7 +52,7 @@ Test(idmap, matches_a_reference_under_random_operations)
  * to other slots, and deletions, against a plain array, with the owner's id array as keys. */
 Test(idmap, slotmap_matches_a_reference_under_random_operations)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[idmap] slot map seed %" PRIu64 "\n", seed);
     enum { IDS = 2001, SLOTS = 70000 };
     static uint32_t ref[IDS];       /* id index -> slot */

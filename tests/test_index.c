@@ -13,7 +13,7 @@
 #include "cpu/vec.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/vecmath.h"
-#include "support/op_cases.h"
+#include "support/fill.h"
 #include <sona.h>
 
 /* n points around 100 centres drawn from N(0,1) per coordinate, noise N(0, 0.5^2). */
@@ -45,7 +45,7 @@ static sona_index *make(uint32_t d, uint32_t efc, uint64_t seed)
 
 Test(index, recall_at_10_against_exact_knn, .timeout = 300)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     const uint32_t n = 10000, d = 256, nq = 100, k = 10;
     printf("[index] recall n=%u d=%u seed %" PRIu64 "\n", n, d, seed);
     sona_rng r;
@@ -92,7 +92,7 @@ Test(index, recall_at_10_against_exact_knn, .timeout = 300)
 /* Exact check helper: searching with ef >= n on a small index returns the exact top k. */
 Test(index, removed_ids_never_returned)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     const uint32_t n = 601, d = 19;
     printf("[index] removal seed %" PRIu64 "\n", seed);
     sona_rng r;
@@ -147,7 +147,7 @@ Test(index, removed_ids_never_returned)
 
 Test(index, update_moves_a_vector)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     const uint32_t n = 300, d = 33;
     printf("[index] update seed %" PRIu64 "\n", seed);
     sona_rng r;
@@ -265,7 +265,7 @@ Test(index, bad_input_changes_nothing)
 
 Test(index, dot_kernels_agree_with_scalar)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[index] dot kernels seed %" PRIu64 "\n", seed);
     sona_rng r;
     sona_rng_seed(&r, seed, 0);
@@ -298,7 +298,7 @@ Test(index, dot_kernels_agree_with_scalar)
  * dead (a single id updated over and over, and a small index rewritten several times). */
 Test(index, updated_ids_stay_reachable)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     const uint32_t n = 57, d = 21;
     printf("[index] repeated updates seed %" PRIu64 "\n", seed);
     sona_rng r;
@@ -378,7 +378,7 @@ Test(index, half_conversion_round_trips_and_rounds_to_even)
  * scalar ones and a double reference, odd lengths included (tails). */
 Test(index, half_dot_kernel_matches_scalar)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[index] half dot seed %" PRIu64 " (%s)\n", seed, sona_cpu_backend()->name);
     sona_rng r;
     sona_rng_seed(&r, seed, 5);
@@ -458,7 +458,7 @@ static double store_tolerance(sona_storage s, const float *x, uint32_t d, uint32
  * a far update, at an odd dim (stride padding; a Q8 block partly padding). */
 Test(index, each_storage_recall_vectors_removal_update, .timeout = 300)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     const uint32_t n = 3000, d = 99, nq = 100, k = 10;
     const sona_storage storages[] = {SONA_STORAGE_F32, SONA_STORAGE_F16, SONA_STORAGE_Q8};
     sona_rng r;
@@ -556,7 +556,7 @@ Test(index, each_storage_recall_vectors_removal_update, .timeout = 300)
  * (a save and a load) is stored bit for bit as before. */
 Test(index, q8_vectors_read_back_store_identically)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     const uint32_t n = 200, d = 45;
     printf("[index] q8 round trip seed %" PRIu64 "\n", seed);
     sona_rng r;
@@ -600,7 +600,7 @@ Test(index, q8_vectors_read_back_store_identically)
  * that way, stays stuck, which shows the test can tell. Every storage, odd dim. */
 Test(index, blend_tracks_the_exact_weighted_mean, .timeout = 120)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     const uint32_t d = 37, merges = 3000;
     const sona_storage storages[] = {SONA_STORAGE_F32, SONA_STORAGE_F16, SONA_STORAGE_Q8};
     for (size_t si = 0; si < sizeof storages / sizeof storages[0]; si++) {
@@ -682,7 +682,7 @@ Test(index, blend_tracks_the_exact_weighted_mean, .timeout = 120)
  * finding the exact best match past 65,535 of them. */
 Test(index, searches_stay_exact_past_the_visited_stamp_wrap)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     const uint32_t n = 64, d = 9;
     printf("[index] stamp wrap seed %" PRIu64 "\n", seed);
     sona_rng r;

@@ -11,7 +11,7 @@
 #include "common/rng.h"
 #include "core/patterns/kmeans.h"
 #include "dispatch/dispatch.h"
-#include "support/op_cases.h"
+#include "support/fill.h"
 
 /* n points around k centres: centres N(0, spread^2), points centre + N(0, noise^2). */
 static float *gaussian_blobs(uint64_t seed, uint32_t n, uint32_t d, uint32_t k, float spread,
@@ -81,7 +81,7 @@ static void assert_recovered(const int32_t *label, const int32_t *assign, uint32
 
 Test(kmeans, recovers_well_separated_clusters)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     const uint32_t n = 301, d = 17, k = 7;
     printf("[kmeans] recovery n=%u d=%u k=%u seed %" PRIu64 "\n", n, d, k, seed);
     int32_t *label = malloc(n * sizeof *label);
@@ -102,7 +102,7 @@ Test(kmeans, recovers_clusters_far_from_the_origin)
 {
     /* The seeding's |x|^2 + |c|^2 - 2 x.c distances would drown in rounding at this offset
      * without centring; more rows than one seeding block, the last block partial. */
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     const uint32_t n = 601, d = 16, k = 6;
     printf("[kmeans] offset recovery n=%u d=%u k=%u seed %" PRIu64 "\n", n, d, k, seed);
     int32_t *label = malloc(n * sizeof *label);
@@ -120,7 +120,7 @@ Test(kmeans, recovers_clusters_far_from_the_origin)
 
 Test(kmeans, same_seed_same_result)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     const uint32_t n = 203, d = 13, k = 9;
     printf("[kmeans] determinism seed %" PRIu64 "\n", seed);
     int32_t *label = malloc(n * sizeof *label);
@@ -137,7 +137,7 @@ Test(kmeans, same_seed_same_result)
 
 Test(kmeans, inertia_close_to_best_of_restarts)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     const uint32_t n = 500, d = 16, k = 10;
     printf("[kmeans] inertia vs restarts seed %" PRIu64 "\n", seed);
     int32_t *label = malloc(n * sizeof *label);
@@ -180,7 +180,7 @@ Test(kmeans, reseeds_empty_clusters)
  * blocks of 232, 44 and 88 rows). */
 Test(kmeans, reused_scratch_gives_the_same_result)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     const uint32_t d = 12, k = 7, most = 1000, sizes[] = {1000, 300, 600, 40, 1000};
     printf("[kmeans] reused scratch seed %" PRIu64 "\n", seed);
     int32_t *label = malloc(most * sizeof *label);

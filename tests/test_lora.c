@@ -10,7 +10,7 @@
 
 #include "common/rng.h"
 #include "core/adapt/lora_internal.h"
-#include "support/op_cases.h"
+#include "support/fill.h"
 #include <sona.h>
 
 static sona_lora *make(uint32_t hidden, uint32_t rank, uint32_t count)
@@ -22,12 +22,6 @@ static sona_lora *make(uint32_t hidden, uint32_t rank, uint32_t count)
     sona_lora *l = NULL;
     cr_assert_eq(sona_lora_create(&cfg, &l), SONA_OK, "%s", sona_last_error());
     return l;
-}
-
-static void fill(sona_rng *r, float *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        v[i] = 2.0f * sona_rng_uniform(r) - 1.0f;
 }
 
 static double projection(sona_lora *l, int32_t a, const float *x, const float *delta, uint32_t H)
@@ -48,7 +42,7 @@ Test(lora, new_adapter_is_identity)
     float x[300], y[300];
     sona_rng r;
     sona_rng_seed(&r, 1, 0);
-    fill(&r, x, H);
+    fill_uniform(&r, x, H, -1.0f, 1.0f);
     for (int32_t a = -1; a < 3; a++) {
         cr_assert_eq(sona_lora_forward(l, a, x, y), SONA_OK);
         cr_assert_eq(memcmp(x, y, sizeof x), 0, "adapter %d is not the identity", a);
@@ -58,14 +52,14 @@ Test(lora, new_adapter_is_identity)
 
 static void learning_direction(float w, uint32_t H, uint32_t rank)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[lora] learning direction w=%g H=%u r=%u seed %" PRIu64 "\n", w, H, rank, seed);
     sona_rng r;
     sona_rng_seed(&r, seed, 0);
     sona_lora *l = make(H, rank, 2);
     float *x = malloc(H * sizeof *x), *delta = malloc(H * sizeof *delta);
-    fill(&r, x, H);
-    fill(&r, delta, H);
+    fill_uniform(&r, x, H, -1.0f, 1.0f);
+    fill_uniform(&r, delta, H, -1.0f, 1.0f);
     double before = projection(l, 1, x, delta, H);
     double other_before = projection(l, 0, x, delta, H);
     for (int step = 0; step < 3; step++) {
@@ -125,8 +119,8 @@ Test(lora, bad_input_is_refused_and_changes_nothing)
     float x[33], d[33], A[66], B[66];
     sona_rng r;
     sona_rng_seed(&r, 7, 0);
-    fill(&r, x, H);
-    fill(&r, d, H);
+    fill_uniform(&r, x, H, -1.0f, 1.0f);
+    fill_uniform(&r, d, H, -1.0f, 1.0f);
     /* Give the adapter non-trivial weights first. */
     cr_assert_eq(sona_lora_accumulate(l, 0, x, d, 1.0f), SONA_OK);
     cr_assert_eq(sona_lora_apply_updates(l), SONA_OK);
@@ -206,15 +200,15 @@ Test(lora, weights_round_trip_and_seed_is_deterministic)
     cr_assert_eq(memcmp(A1, A2, sizeof A1), 0, "same seed, different A");
     sona_rng r;
     sona_rng_seed(&r, 99, 0);
-    fill(&r, A1, 135);
-    fill(&r, B1, 135);
+    fill_uniform(&r, A1, 135, -1.0f, 1.0f);
+    fill_uniform(&r, B1, 135, -1.0f, 1.0f);
     cr_assert_eq(sona_lora_set_weights(a, 1, A1, B1), SONA_OK);
     cr_assert_eq(sona_lora_get_weights(a, 1, A2, B2), SONA_OK);
     cr_assert_eq(memcmp(A1, A2, sizeof A1), 0);
     cr_assert_eq(memcmp(B1, B2, sizeof B1), 0);
     /* forward matches y = x + s B (A x) computed here in double */
     float x[45], y[45];
-    fill(&r, x, H);
+    fill_uniform(&r, x, H, -1.0f, 1.0f);
     cr_assert_eq(sona_lora_forward(a, 1, x, y), SONA_OK);
     const double s = sona_lora_get_config(a)->alpha / R;
     for (uint32_t h = 0; h < H; h++) {
@@ -239,13 +233,13 @@ Test(lora, batched_forward_matches_single_rows)
     sona_rng_seed(&r, 5, 0);
     float A[516], B[516];
     for (int32_t a = 0; a < 3; a++) {
-        fill(&r, A, 516);
-        fill(&r, B, 516);
+        fill_uniform(&r, A, 516, -1.0f, 1.0f);
+        fill_uniform(&r, B, 516, -1.0f, 1.0f);
         cr_assert_eq(sona_lora_set_weights(l, a, A, B), SONA_OK);
     }
     float x[7 * 129], yb[7 * 129], ys[129];
     int32_t ids[7] = {0, 2, -1, 1, 1, 0, -1};
-    fill(&r, x, n * H);
+    fill_uniform(&r, x, n * H, -1.0f, 1.0f);
     cr_assert_eq(sona_lora_forward_batch(l, n, ids, x, yb), SONA_OK);
     for (uint32_t i = 0; i < n; i++) {
         cr_assert_eq(sona_lora_forward(l, ids[i], x + i * H, ys), SONA_OK);
@@ -332,7 +326,7 @@ static double true_gain(sona_lora *l, uint32_t H, uint32_t r)
  * cap (and leaves one already under it as it is), on fresh random weights of odd sizes. */
 Test(lora, the_output_bound_holds)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[lora] output bound seed %" PRIu64 "\n", seed);
     sona_rng rng;
     sona_rng_seed(&rng, seed, 9);

@@ -20,7 +20,7 @@
 
 #include "common/rng.h"
 #include "dispatch/dispatch.h"
-#include "support/op_cases.h"
+#include "support/fill.h"
 #include <sona.h>
 
 static const sona_backend *opencl_or_skip(void)
@@ -238,7 +238,7 @@ Test(opencl, failing_device_ops_fall_back_to_the_cpu)
 {
     setenv("SONA_OPENCL_FAULT", "all", 1);
     opencl_or_skip();
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[opencl] fallback seed %" PRIu64 "\n", seed);
     const uint32_t H = 97, R = 3, N = 5;
     sona_lora_config cfg;

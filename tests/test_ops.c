@@ -6,12 +6,13 @@
 #include <inttypes.h>
 #include <stdio.h>
 
+#include "support/fill.h"
 #include "support/op_cases.h"
 #include "support/targets.h"
 
 Test(ops, every_case_on_every_target)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[ops] seed %" PRIu64 " (SONA_TEST_SEED=%" PRIu64 " reproduces)\n", seed, seed);
     op_target targets[MAX_TARGETS];
     const int nt = op_targets(targets, 1);
@@ -46,7 +47,7 @@ Test(ops, every_case_on_every_target)
 /* The scalar variant is the fallback for everything: it must support every case. */
 Test(ops, scalar_supports_every_case)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     op_target targets[MAX_TARGETS];
     op_targets(targets, 0);
     for (size_t i = 0; i < op_case_count; i++) {

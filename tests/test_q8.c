@@ -15,21 +15,12 @@
 #include "cpu/vec.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/vecmath.h"
-#include "support/op_cases.h"
+#include "support/fill.h"
 
 enum { MAXN = 300 };
 static const uint32_t sizes[] = {1, 7, 31, 32, 33, 100, 256, 259, 300};
 
 /* Random values of mixed magnitude, with an occasional outlier channel. */
-static void fill(sona_rng *r, float *x, uint32_t n)
-{
-    for (uint32_t i = 0; i < n; i++) {
-        x[i] = sona_rng_normal(r) * (sona_rng_uniform(r) < 0.5f ? 1.0f : 0.01f);
-        if (sona_rng_uniform(r) < 0.02f)
-            x[i] *= 300.0f;
-    }
-}
-
 static float block_scale(const void *q, uint32_t b)
 {
     float s;
@@ -39,7 +30,7 @@ static float block_scale(const void *q, uint32_t b)
 
 Test(q8, encode_decode_error_bound)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[q8] encode seed %" PRIu64 "\n", seed);
     sona_rng r;
     sona_rng_seed(&r, seed, 1);
@@ -47,7 +38,7 @@ Test(q8, encode_decode_error_bound)
     float x[MAXN], y[MAXN + 1];
     for (size_t c = 0; c < sizeof sizes / sizeof sizes[0]; c++) {
         const uint32_t n = sizes[c];
-        fill(&r, x, n);
+        fill_spread(&r, x, n);
         memset(q, 0xA5, sizeof q);
         sona_q8_encode(x, n, q);
         cr_assert_eq(q[sona_q8_bytes(n)], 0xA5, "n=%u: encode wrote past %zu bytes", n, sona_q8_bytes(n));
@@ -101,7 +92,7 @@ static void check_codec(const char *name, q8_encode_fn enc, q8_decode_fn dec, ui
     for (int scale_case = 0; scale_case < 3; scale_case++)
         for (size_t c = 0; c < sizeof sizes / sizeof sizes[0]; c++) {
             const uint32_t n = sizes[c];
-            fill(&r, x, n);
+            fill_spread(&r, x, n);
             /* normal values, subnormal blocks (scale below 2^-126), values near FLT_MAX */
             const float mul = scale_case == 0 ? 1.0f : scale_case == 1 ? 1e-39f : 1e35f;
             for (uint32_t i = 0; i < n; i++)
@@ -121,7 +112,7 @@ static void check_codec(const char *name, q8_encode_fn enc, q8_decode_fn dec, ui
 
 Test(q8, variants_encode_and_decode_like_the_baseline)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[q8] codec seed %" PRIu64 "\n", seed);
     check_codec("chosen", sona_q8_encode, sona_q8_decode, seed);
 #if defined(__x86_64__) || defined(__i386__)
@@ -164,8 +155,8 @@ static void check_dot(const char *name, sona_dot_q8_fn dot, uint64_t seed)
     unsigned char q[MAXN * 2 + 64];
     for (size_t c = 0; c < sizeof sizes / sizeof sizes[0]; c++) {
         const uint32_t n = sizes[c];
-        fill(&r, a, n);
-        fill(&r, x, n);
+        fill_spread(&r, a, n);
+        fill_spread(&r, x, n);
         sona_q8_encode(x, n, q);
         sona_q8_decode(q, n, d);
         double ref = 0, mag = 0;
@@ -180,7 +171,7 @@ static void check_dot(const char *name, sona_dot_q8_fn dot, uint64_t seed)
 
 Test(q8, dot_kernels_match_reference)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[q8] dot seed %" PRIu64 " (variant in use: %s)\n", seed, sona_cpu_backend()->name);
     check_dot("scalar", sona_dot_q8_scalar, seed);
     check_dot("chosen", sona_dot_q8_kernel(), seed);
@@ -200,7 +191,7 @@ Test(q8, dot_kernels_match_reference)
  * unbiased: averaged over many draws it comes back to x. */
 Test(q8, pow2_scales_round_trip_and_dither_is_unbiased)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[q8] pow2 seed %" PRIu64 "\n", seed);
     sona_rng r, dither;
     sona_rng_seed(&r, seed, 3);
@@ -210,7 +201,7 @@ Test(q8, pow2_scales_round_trip_and_dither_is_unbiased)
     static double mean[MAXN];
     for (size_t c = 0; c < sizeof sizes / sizeof sizes[0]; c++) {
         const uint32_t n = sizes[c];
-        fill(&r, x, n);
+        fill_spread(&r, x, n);
         memset(q, 0xA5, sizeof q);
         sona_q8_encode_pow2(x, n, q, NULL);
         cr_assert_eq(q[sona_q8_bytes(n)], 0xA5, "n=%u: wrote past the end", n);

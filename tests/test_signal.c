@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "common/rng.h"
-#include "support/op_cases.h"
+#include "support/fill.h"
 #include <sona.h>
 
 static sona_signal_builder *make(float rate)
@@ -22,12 +22,6 @@ static sona_signal_builder *make(float rate)
     sona_signal_builder *sb = NULL;
     cr_assert_eq(sona_signal_builder_create(&cfg, &sb), SONA_OK, "%s", sona_last_error());
     return sb;
-}
-
-static void fill(sona_rng *r, float *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        v[i] = 2.0f * sona_rng_uniform(r) - 1.0f;
 }
 
 /* A trajectory with the given steps (rows of dim) and rewards, kept as `storage`. */
@@ -57,15 +51,15 @@ static void expect_equal(const float *delta, const double *ref, uint32_t dim)
 
 Test(signal, varying_rewards_give_the_reward_weighted_contrast)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[signal] contrast seed %" PRIu64 "\n", seed);
     sona_rng r;
     sona_rng_seed(&r, seed, 0);
     enum { DIM = 45, STEPS = 5 };
     float q[DIM], acts[STEPS * DIM], x[DIM], delta[DIM], w = 99;
     const float rewards[STEPS] = {0.1f, 0.9f, 0.4f, 0.4f, 0.7f};
-    fill(&r, q, DIM);
-    fill(&r, acts, STEPS * DIM);
+    fill_uniform(&r, q, DIM, -1.0f, 1.0f);
+    fill_uniform(&r, acts, STEPS * DIM, -1.0f, 1.0f);
     sona_id_source *ids;
     cr_assert_eq(sona_id_source_create(0, &ids), SONA_OK);
     sona_signal_builder *sb = make(0.1f);
@@ -84,7 +78,8 @@ Test(signal, varying_rewards_give_the_reward_weighted_contrast)
     for (int j = 0; j < DIM; j++)
         ref[j] /= total;
     expect_equal(delta, ref, DIM);
-    /* A quality below the baseline does not turn the contrast around (the old rule's defect). */
+    /* A quality below the baseline does not turn the contrast around (as weighting it by
+     * Q - baseline would). */
     sona_signal_baseline high = {.mean = 0.95f, .var = 0.01f, .count = 10};
     cr_assert_eq(sona_signal_builder_set_baseline(sb, &high), SONA_OK);
     cr_assert_eq(sona_signal_from_trajectory(sb, t, x, delta, &w), SONA_OK);
@@ -109,15 +104,15 @@ Test(signal, varying_rewards_give_the_reward_weighted_contrast)
  * learns from is what loop B later reads back. */
 Test(signal, encoded_trajectories_give_the_signal_of_their_decoded_values)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[signal] encoded trajectories seed %" PRIu64 "\n", seed);
     sona_rng r;
     sona_rng_seed(&r, seed, 2);
     enum { DIM = 77, STEPS = 4 };
     float q[DIM], acts[STEPS * DIM], dq[DIM], dacts[STEPS * DIM];
     const float rewards[STEPS] = {0.3f, 0.9f, 0.1f, 0.5f}, same[STEPS] = {0.5f, 0.5f, 0.5f, 0.5f};
-    fill(&r, q, DIM);
-    fill(&r, acts, STEPS * DIM);
+    fill_uniform(&r, q, DIM, -1.0f, 1.0f);
+    fill_uniform(&r, acts, STEPS * DIM, -1.0f, 1.0f);
     sona_id_source *ids;
     cr_assert_eq(sona_id_source_create(0, &ids), SONA_OK);
     const sona_storage storages[] = {SONA_STORAGE_F16, SONA_STORAGE_Q8};
@@ -259,14 +254,14 @@ static double projection(sona_lora *l, const float *x, const float *delta, uint3
  * returns the projection's change over three learning steps (sign checked by the caller). */
 static void one_step_learning(float quality)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     printf("[signal] one-step trajectory, quality %g, seed %" PRIu64 "\n", quality, seed);
     enum { DIM = 67 };
     sona_rng r;
     sona_rng_seed(&r, seed, 1);
     float q[DIM], a[DIM], x[DIM], delta[DIM], w;
-    fill(&r, q, DIM);
-    fill(&r, a, DIM);
+    fill_uniform(&r, q, DIM, -1.0f, 1.0f);
+    fill_uniform(&r, a, DIM, -1.0f, 1.0f);
     sona_id_source *ids;
     cr_assert_eq(sona_id_source_create(0, &ids), SONA_OK);
     sona_signal_builder *sb = make(0.1f);

@@ -14,22 +14,13 @@
 
 #include "common/rng.h"
 #include "core/memory/trajectory_internal.h"
-#include "support/op_cases.h"
+#include "support/fill.h"
 #include <sona.h>
 
 static const sona_storage all_storages[] = {SONA_STORAGE_F32, SONA_STORAGE_F16, SONA_STORAGE_Q8};
 static const char *const storage_names[] = {"f32", "f16", "q8"};
 
 /* Mixed magnitudes with an occasional outlier channel (what Q8's per-block scales are for). */
-static void fill(sona_rng *r, float *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        v[i] = sona_rng_normal(r) * (sona_rng_uniform(r) < 0.5f ? 1.0f : 0.01f);
-        if (sona_rng_uniform(r) < 0.02f)
-            v[i] *= 300.0f;
-    }
-}
-
 static sona_id_source *make_ids(uint64_t first)
 {
     sona_id_source *ids = NULL;
@@ -160,7 +151,7 @@ static void build_and_check(sona_storage storage, uint32_t dim, uint32_t steps, 
     sona_rng_seed(&r, seed, dim * 4u + storage);
     sona_id_source *ids = make_ids(1);
     float *q = malloc(dim * sizeof *q);
-    fill(&r, q, dim);
+    fill_spread(&r, q, dim);
     sona_trajectory *t;
     cr_assert_eq(sona_trajectory_begin(ids, storage, q, dim, &t), SONA_OK);
     cr_assert_eq(sona_trajectory_storage(t), storage);
@@ -171,8 +162,8 @@ static void build_and_check(sona_storage storage, uint32_t dim, uint32_t steps, 
     float *acts = malloc((size_t)steps * max_len * sizeof *acts);
     float *attn = malloc((size_t)steps * 11 * sizeof *attn);
     float *got = malloc((max_len + 1) * sizeof *got);
-    fill(&r, acts, (size_t)steps * max_len);
-    fill(&r, attn, (size_t)steps * 11);
+    fill_spread(&r, acts, (size_t)steps * max_len);
+    fill_spread(&r, attn, (size_t)steps * 11);
     for (uint32_t i = 0; i < steps; i++) {
         const uint32_t al = dim + i % 3, tl = (i * 7) % 11;
         const int32_t layer = i % 4 == 0 ? SONA_LAYER_NONE : (int32_t)(i % 12);
@@ -234,7 +225,7 @@ static void build_and_check(sona_storage storage, uint32_t dim, uint32_t steps, 
 
 Test(trajectory, steps_are_stored_in_each_format)
 {
-    const uint64_t seed = op_test_seed();
+    const uint64_t seed = test_seed();
     for (int k = 0; k < 3; k++) {
         build_and_check(all_storages[k], 1, 1, 0, seed);
         build_and_check(all_storages[k], 37, 5, 1, seed);

@@ -74,7 +74,7 @@ if ! cmake -S . -B "$build" ${gen[@]+"${gen[@]}"} -DCMAKE_BUILD_TYPE=Release -DS
 fi
 
 step "build"
-targets=(sona_cuda sona_gpu_ops_check sona_gpu_bench sona_cli)
+targets=(sona_cuda sona_ops_check sona_gpu_bench sona_cli)
 [ "$tests" = ON ] && targets+=(test_ops)
 t_build=$(date +%s)
 if ! cmake --build "$build" -j"$jobs" --target "${targets[@]}"; then
@@ -91,7 +91,7 @@ fi
 
 step "op check: every case on CUDA and on every CPU variant ${cpu_env[*]-}"
 ops_log=$(mktemp)
-env ${cpu_env[@]+"${cpu_env[@]}"} timeout 300 "$build/bin/sona_gpu_ops_check" --require cuda 2>&1 | tee "$ops_log"
+env ${cpu_env[@]+"${cpu_env[@]}"} timeout 300 "$build/bin/sona_ops_check" --require cuda 2>&1 | tee "$ops_log"
 rc=${PIPESTATUS[0]}
 [ -n "$out_dir" ] && cat "$ops_log" >"$out_dir/ops_check.txt"
 if [ "$rc" -eq 0 ]; then
@@ -103,7 +103,7 @@ else
   if command -v compute-sanitizer >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/compute-sanitizer ]; then
     step "compute-sanitizer memcheck of the op table on CUDA"
     san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-    timeout 180 "$san" --tool memcheck --print-limit 20 "$build/bin/sona_gpu_ops_check" \
+    timeout 180 "$san" --tool memcheck --print-limit 20 "$build/bin/sona_ops_check" \
       --only cuda --no-large 2>&1 | tail -60
   fi
 fi
@@ -111,7 +111,7 @@ fi
 # Only lora_apply's cases: SONA_CUDA_LORA changes nothing else (and the full table ran above).
 step "op check: CUDA lora_apply with each kernel forced"
 for mode in rows grouped sliced coop; do
-  if SONA_CUDA_LORA=$mode timeout 120 "$build/bin/sona_gpu_ops_check" --only cuda --op lora_apply \
+  if SONA_CUDA_LORA=$mode timeout 120 "$build/bin/sona_ops_check" --only cuda --op lora_apply \
       --seeds 3 >"$ops_log" 2>&1; then
     note "op check, SONA_CUDA_LORA=$mode: $(tail -1 "$ops_log" | sed 's/^\[ops\] //')"
   else
@@ -136,7 +136,7 @@ if [ "$tests" = ON ]; then
   fi
   rm -f "$tlog"
 else
-  note "test_ops: skipped (no Criterion here; sona_gpu_ops_check covers the same case table)"
+  note "test_ops: skipped (no Criterion here; sona_ops_check covers the same case table)"
 fi
 
 step "benchmarks"

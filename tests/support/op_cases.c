@@ -4,13 +4,13 @@
 #include "common/rng.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/op_buffers.h"
+#include "support/fill.h"
 
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define U (FLT_EPSILON / 2) /* unit roundoff of float */
 #define GUARD 16            /* floats of guard band on each side of host outputs */
@@ -68,6 +68,88 @@ const op_case op_cases[] = {
 /* clang-format on */
 const size_t op_case_count = sizeof op_cases / sizeof op_cases[0];
 
+/* clang-format off */
+const op_case op_large_cases[] = {
+    {.op = SONA_OP_KNN_EXACT, .m = 37, .n = 70001, .d = 19, .k = 10},
+    {.op = SONA_OP_KNN_EXACT, .m = 300, .n = 33000, .d = 33, .k = 64},
+    {.op = SONA_OP_KNN_EXACT, .m = 9, .n = 40000, .d = 8, .k = 1},
+    /* TF32 pass: query and pattern tiles crossed (2048 x 8192) with 64 candidates, and d = 2,
+     * where near-ties send every query through the FP32 fallback. */
+    {.op = SONA_OP_KNN_EXACT, .m = 2100, .n = 9000, .d = 40, .k = 20},
+    {.op = SONA_OP_KNN_EXACT, .m = 50, .n = 40000, .d = 2, .k = 10},
+    {.op = SONA_OP_SQDIST_ARGMIN, .n = 20011, .k = 1000, .d = 16},
+    {.op = SONA_OP_SQDIST_ARGMIN, .n = 3, .k = 9000001, .d = 1},
+    {.op = SONA_OP_CLUSTER_SUMS, .n = 200003, .k = 1000, .d = 33},
+    {.op = SONA_OP_LORA_APPLY, .n = 513, .hidden = 4096, .rank = 16, .adapters = 64},
+    {.op = SONA_OP_LORA_APPLY, .n = 300, .hidden = 1023, .rank = 64, .adapters = 7},
+    {.op = SONA_OP_LORA_APPLY, .n = 64, .hidden = 4096, .rank = 33, .adapters = 64, .in_place = 1},
+    /* Past the id chunks of the grouped kernels (256, and 1024 for the one-pass kernel): many
+     * rows per adapter in a chunk, more adapters than resident slots (blocks take several), and
+     * the rank-32 bucket on an odd hidden size; then several slices with several chunks. */
+    {.op = SONA_OP_LORA_APPLY, .n = 2500, .hidden = 96, .rank = 4, .adapters = 3},
+    {.op = SONA_OP_LORA_APPLY, .n = 1500, .hidden = 64, .rank = 2, .adapters = 2000, .in_place = 1},
+    {.op = SONA_OP_LORA_APPLY, .n = 41, .hidden = 515, .rank = 20, .adapters = 3},
+    {.op = SONA_OP_LORA_APPLY, .n = 3000, .hidden = 2048, .rank = 8, .adapters = 5},
+    {.op = SONA_OP_LORA_APPLY, .n = 2049, .hidden = 4100, .rank = 16, .adapters = 300, .in_place = 1},
+    {.op = SONA_OP_LORA_GRAD, .n = 1000, .hidden = 512, .rank = 8, .adapters = 37},
+    {.op = SONA_OP_LORA_GRAD, .n = 97, .hidden = 4096, .rank = 64, .adapters = 3},
+    {.op = SONA_OP_PARAM_UPDATE, .segments = 3, .len = 1000003, .with_ewc = 1, .with_fisher = 1, .with_clip = 1},
+    {.op = SONA_OP_PARAM_UPDATE, .segments = 70000, .len = 3, .with_clip = 1},
+    {.op = SONA_OP_GEMM, .m = 1000, .n = 999, .k = 1001, .trans_b = 1},
+};
+/* clang-format on */
+const size_t op_large_case_count = sizeof op_large_cases / sizeof op_large_cases[0];
+
+/* clang-format off */
+const op_bench_case op_bench_cases[] = {
+    /* lora_apply decode: batch 1-256 of 4096-wide rows over 64 adapters, Micro and Base ranks */
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 1, .hidden = 4096, .rank = 1, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 1, .hidden = 4096, .rank = 2, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 1, .hidden = 4096, .rank = 16, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 8, .hidden = 4096, .rank = 1, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 8, .hidden = 4096, .rank = 2, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 8, .hidden = 4096, .rank = 16, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 64, .hidden = 4096, .rank = 1, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 64, .hidden = 4096, .rank = 2, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 64, .hidden = 4096, .rank = 16, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 256, .hidden = 4096, .rank = 1, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 256, .hidden = 4096, .rank = 2, .adapters = 64}},
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 256, .hidden = 4096, .rank = 16, .adapters = 64}},
+    /* prefill-sized batch */
+    {.c = {.op = SONA_OP_LORA_APPLY, .n = 4096, .hidden = 4096, .rank = 16, .adapters = 64}, .large = 1},
+    /* lora_grad */
+    {.c = {.op = SONA_OP_LORA_GRAD, .n = 64, .hidden = 256, .rank = 1, .adapters = 8}},
+    {.c = {.op = SONA_OP_LORA_GRAD, .n = 256, .hidden = 2048, .rank = 16, .adapters = 8}},
+    {.c = {.op = SONA_OP_LORA_GRAD, .n = 1024, .hidden = 4096, .rank = 16, .adapters = 64}, .large = 1},
+    /* param_update */
+    {.c = {.op = SONA_OP_PARAM_UPDATE, .segments = 1, .len = 1000, .with_clip = 1}},
+    {.c = {.op = SONA_OP_PARAM_UPDATE, .segments = 1, .len = 100000, .with_ewc = 1, .with_fisher = 1, .with_clip = 1}},
+    /* 64 adapters of rank 16 x 4096, one clipping segment each */
+    {.c = {.op = SONA_OP_PARAM_UPDATE, .segments = 64, .len = 65536, .with_ewc = 1, .with_fisher = 1, .with_clip = 1}},
+    /* sqdist_argmin */
+    {.c = {.op = SONA_OP_SQDIST_ARGMIN, .n = 1000, .k = 50, .d = 256}},
+    {.c = {.op = SONA_OP_SQDIST_ARGMIN, .n = 5000, .k = 100, .d = 256}},
+    {.c = {.op = SONA_OP_SQDIST_ARGMIN, .n = 100000, .k = 1000, .d = 256}, .large = 1, .slow_cpu = 1},
+    /* cluster_sums */
+    {.c = {.op = SONA_OP_CLUSTER_SUMS, .n = 1000, .k = 50, .d = 256}},
+    {.c = {.op = SONA_OP_CLUSTER_SUMS, .n = 100000, .k = 1000, .d = 256}},
+    /* knn_exact */
+    {.c = {.op = SONA_OP_KNN_EXACT, .m = 1, .n = 10000, .d = 256, .k = 10}},
+    {.c = {.op = SONA_OP_KNN_EXACT, .m = 64, .n = 10000, .d = 256, .k = 10}},
+    {.c = {.op = SONA_OP_KNN_EXACT, .m = 1000, .n = 100000, .d = 256, .k = 10}, .large = 1, .slow_cpu = 1},
+    {.c = {.op = SONA_OP_KNN_EXACT, .m = 10000, .n = 1000000, .d = 256, .k = 10}, .gpu_only = 1},
+    /* gemm */
+    {.c = {.op = SONA_OP_GEMM, .m = 256, .n = 256, .k = 256}},
+    {.c = {.op = SONA_OP_GEMM, .m = 4096, .n = 16, .k = 4096, .trans_b = 1}}, /* X A^T of a Base-LoRA batch */
+    {.c = {.op = SONA_OP_GEMM, .m = 1024, .n = 1024, .k = 1024}, .large = 1, .slow_cpu = 1},
+    {.c = {.op = SONA_OP_GEMM, .m = 4096, .n = 4096, .k = 4096}, .gpu_only = 1},
+    /* one k-means Lloyd iteration (sqdist_argmin, cluster_sums, the host's centroid update) */
+    {.lloyd = 1, .c = {.op = SONA_OP_SQDIST_ARGMIN, .n = 5000, .k = 100, .d = 256}},
+    {.lloyd = 1, .c = {.op = SONA_OP_SQDIST_ARGMIN, .n = 1000000, .k = 1000, .d = 256}, .gpu_only = 1},
+};
+/* clang-format on */
+const size_t op_bench_case_count = sizeof op_bench_cases / sizeof op_bench_cases[0];
+
 void op_case_describe(const op_case *c, char *buf, size_t len)
 {
     switch (c->op) {
@@ -96,24 +178,6 @@ void op_case_describe(const op_case *c, char *buf, size_t len)
     default:
         snprintf(buf, len, "unknown op");
     }
-}
-
-uint64_t op_test_seed(void)
-{
-    const char *env = getenv("SONA_TEST_SEED");
-    if (env && *env)
-        return strtoull(env, NULL, 0);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000003u ^ (uint64_t)ts.tv_nsec;
-}
-
-static float *rand_floats(sona_rng *r, size_t n, float lo, float hi)
-{
-    float *v = malloc((n ? n : 1) * sizeof *v);
-    for (size_t i = 0; i < n; i++)
-        v[i] = lo + (hi - lo) * sona_rng_uniform(r);
-    return v;
 }
 
 /* Host output array with guard bands; returns the pointer to the first element. */
@@ -381,55 +445,55 @@ int op_instance_prepare_inputs(op_instance *in, const op_case *c, uint64_t seed)
         for (size_t i = 0; i < c->n; i++) /* about one row in five uses no adapter */
             in->ids[i] = sona_rng_below(&r, 5) == 0 && c->n > 1 ? -1
                                                                  : (int32_t)sona_rng_below(&r, c->adapters);
-        in->x = rand_floats(&r, c->n * H, -1, 1);
-        in->A = rand_floats(&r, w, -0.5f, 0.5f);
-        in->Bt = rand_floats(&r, w, -0.5f, 0.5f);
-        in->scale = rand_floats(&r, c->adapters, 0.25f, 2.0f);
+        in->x = new_uniform(&r, c->n * H, -1, 1);
+        in->A = new_uniform(&r, w, -0.5f, 0.5f);
+        in->Bt = new_uniform(&r, w, -0.5f, 0.5f);
+        in->scale = new_uniform(&r, c->adapters, 0.25f, 2.0f);
         if (c->op == SONA_OP_LORA_GRAD) {
-            in->d = rand_floats(&r, c->n * H, -1, 1);
-            in->wt = rand_floats(&r, c->n, -1, 1);
-            in->gA0 = rand_floats(&r, w, -0.1f, 0.1f);
-            in->gBt0 = rand_floats(&r, w, -0.1f, 0.1f);
+            in->d = new_uniform(&r, c->n * H, -1, 1);
+            in->wt = new_uniform(&r, c->n, -1, 1);
+            in->gA0 = new_uniform(&r, w, -0.1f, 0.1f);
+            in->gBt0 = new_uniform(&r, w, -0.1f, 0.1f);
         }
         break;
     }
     case SONA_OP_PARAM_UPDATE: {
         const size_t n = (size_t)c->segments * c->len;
-        in->theta0 = rand_floats(&r, n, -1, 1);
-        in->g = rand_floats(&r, n, -1, 1);
+        in->theta0 = new_uniform(&r, n, -1, 1);
+        in->g = new_uniform(&r, n, -1, 1);
         in->lr = 0.05f;
         in->clip = c->with_clip ? 0.5f : 0.0f;
         if (c->with_ewc) {
-            in->fsum = rand_floats(&r, n, 0, 2);
-            in->ftheta = rand_floats(&r, n, -1, 1);
+            in->fsum = new_uniform(&r, n, 0, 2);
+            in->ftheta = new_uniform(&r, n, -1, 1);
             in->lambda = 0.7f;
         }
         if (c->with_fisher) {
-            in->fisher0 = rand_floats(&r, n, 0, 1);
+            in->fisher0 = new_uniform(&r, n, 0, 1);
             in->decay = 0.9f;
         }
         break;
     }
     case SONA_OP_SQDIST_ARGMIN:
-        in->X = rand_floats(&r, (size_t)c->n * c->d, -1, 1);
-        in->C = rand_floats(&r, (size_t)c->k * c->d, -1, 1);
+        in->X = new_uniform(&r, (size_t)c->n * c->d, -1, 1);
+        in->C = new_uniform(&r, (size_t)c->k * c->d, -1, 1);
         break;
     case SONA_OP_KNN_EXACT:
-        in->Q = rand_floats(&r, (size_t)c->m * c->d, -1, 1);
-        in->P = rand_floats(&r, (size_t)c->n * c->d, -1, 1);
+        in->Q = new_uniform(&r, (size_t)c->m * c->d, -1, 1);
+        in->P = new_uniform(&r, (size_t)c->n * c->d, -1, 1);
         if (c->n > 3) /* a zero row: similarity 0 with everything */
             memset(in->P + 2 * (size_t)c->d, 0, c->d * sizeof(float));
         break;
     case SONA_OP_CLUSTER_SUMS:
-        in->X = rand_floats(&r, (size_t)c->n * c->d, -1, 1);
+        in->X = new_uniform(&r, (size_t)c->n * c->d, -1, 1);
         in->iin = malloc(c->n * sizeof *in->iin);
         for (size_t i = 0; i < c->n; i++) /* a few rows point outside 0..k-1 */
             in->iin[i] = sona_rng_below(&r, 20) == 0 ? (int32_t)c->k + 1 : (int32_t)sona_rng_below(&r, c->k);
         break;
     case SONA_OP_GEMM:
-        in->gemmA = rand_floats(&r, (size_t)c->m * c->k, -1, 1);
-        in->gemmB = rand_floats(&r, (size_t)c->k * c->n, -1, 1);
-        in->gemmC0 = rand_floats(&r, (size_t)c->m * c->n, -1, 1);
+        in->gemmA = new_uniform(&r, (size_t)c->m * c->k, -1, 1);
+        in->gemmB = new_uniform(&r, (size_t)c->k * c->n, -1, 1);
+        in->gemmC0 = new_uniform(&r, (size_t)c->m * c->n, -1, 1);
         in->alpha = 1.25f;
         in->beta = (c->m + c->n) % 2 ? 0.5f : 0.0f;
         break;

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* The op case table shared by the cross-backend tests and the benchmarks (like ggml's
- * test-backend-ops): one list of shapes, random inputs from a printed seed, a double-precision
+/* The op case tables shared by the cross-backend tests, the GPU check and the benchmarks (like
+ * ggml's test-backend-ops): the shapes, random inputs from a printed seed, a double-precision
  * reference, and a checker with error bounds derived from each output's magnitude. */
 #ifndef SONA_TEST_OP_CASES_H
 #define SONA_TEST_OP_CASES_H
@@ -27,6 +27,26 @@ typedef struct op_case {
 /* The correctness table: small and odd sizes (not multiples of any vector width). */
 extern const op_case op_cases[];
 extern const size_t op_case_count;
+
+/* Correctness cases for GPU targets (sona_ops_check runs them there): shapes past the GPU kernels' tile
+ * sizes (32768 pattern columns, 8M-float GEMM tiles, the 2048 x 8192 tiles of the TF32 knn
+ * pass), too slow for the test suite's CPU runs. */
+extern const op_case op_large_cases[];
+extern const size_t op_large_case_count;
+
+/* The benchmark table (`sona bench`'s op groups): serving sizes, each marked with where it is
+ * worth timing. */
+typedef struct op_bench_case {
+    op_case c;
+    int lloyd;    /* times a whole k-means Lloyd iteration (sqdist_argmin, cluster_sums, the
+                   * centroid update on the host), not the op alone */
+    int large;    /* skipped on CPU backends (OpenCL CPU devices included) by --quick */
+    int slow_cpu; /* run only on SIMD CPU variants and GPUs: a minute or more per call on the
+                   * scalar reference or an OpenCL CPU device */
+    int gpu_only; /* skipped on CPU variants and OpenCL CPU devices */
+} op_bench_case;
+extern const op_bench_case op_bench_cases[];
+extern const size_t op_bench_case_count;
 
 /* Writes a short description such as "lora_apply n=5 h=257 r=3 a=4". */
 void op_case_describe(const op_case *c, char *buf, size_t len);
@@ -75,8 +95,5 @@ int op_instance_check(const op_instance *in, char *msg, size_t msg_len);
  * H, and mag the sum of the terms' magnitudes per output (the error bound's scale). r = 0: y = x. */
 void op_ref_lora_row(const float *x, size_t H, size_t r, const float *A, const float *Bt, double s, double *y,
                      double *mag);
-
-/* A seed for this run: SONA_TEST_SEED when set, else from the clock. Printed by callers. */
-uint64_t op_test_seed(void);
 
 #endif

@@ -54,19 +54,6 @@ int synth_task_init(synth_task *t, uint32_t hidden, uint32_t clusters, uint64_t 
     return 0;
 }
 
-int synth_task_retarget(synth_task *t, const synth_task *from, uint64_t seed, uint64_t stream)
-{
-    if (synth_task_init(t, from->hidden, from->clusters, seed, stream))
-        return -1;
-    memcpy(t->centers, from->centers, (size_t)from->clusters * from->hidden * sizeof(float));
-    t->spread = from->spread;
-    t->explore = from->explore;
-    t->steps = from->steps;
-    t->final_only = from->final_only;
-    t->reward_noise = from->reward_noise;
-    return 0;
-}
-
 void synth_task_free(synth_task *t)
 {
     free(t->centers);

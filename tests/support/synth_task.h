@@ -24,8 +24,6 @@ typedef struct synth_task {
 
 /* Clusters and targets from (seed, stream), with the defaults above. */
 int synth_task_init(synth_task *t, uint32_t hidden, uint32_t clusters, uint64_t seed, uint64_t stream);
-/* Same centers as `from`, new targets (a second task on the same queries). */
-int synth_task_retarget(synth_task *t, const synth_task *from, uint64_t seed, uint64_t stream);
 void synth_task_free(synth_task *t);
 
 /* Runs n requests of tenant through e (apply; with learn, the exploration steps recorded and

@@ -7,8 +7,9 @@
  * R (R chosen so a sample lasts about 20 ms); median and p99 are over the samples. The copy
  * baseline is cudaMemcpy device to device, timed the same way, and counts bytes read plus bytes
  * written. Prints a table last and writes DIR/gpu_bench.json and DIR/gpu_bench.txt. */
-#include "dispatch/dispatch.h"
 #include "common/rng.h"
+#include "dispatch/dispatch.h"
+#include "support/fill.h"
 
 #include <cuda_runtime.h>
 #include <math.h>
@@ -144,9 +145,7 @@ static void upload(void *buf, size_t offset, const void *src, size_t bytes)
 static float *dev_random(sona_rng *rng, size_t n, float lo, float hi)
 {
     const size_t block = n < ((size_t)1 << 22) ? n : ((size_t)1 << 22) + 13; /* odd period */
-    float *h = malloc(block * sizeof *h);
-    for (size_t i = 0; i < block; i++)
-        h[i] = lo + (hi - lo) * sona_rng_uniform(rng);
+    float *h = new_uniform(rng, block, lo, hi);
     float *d = dev_alloc(n * sizeof(float));
     for (size_t at = 0; at < n; at += block)
         upload(d, at * sizeof(float), h, (n - at < block ? n - at : block) * sizeof(float));

@@ -78,13 +78,3 @@ void sona_snapshot_slot_free(sona_snapshot_slot *s)
     s->pool_len = s->pool_cap = 0;
     atomic_store(&s->current, NULL);
 }
-
-size_t sona_snapshot_slot_bytes(const sona_snapshot_slot *s)
-{
-    size_t b = s->pool_cap * sizeof *s->pool;
-    for (uint32_t i = 0; i < s->pool_len; i++) {
-        const sona_lora_weights *w = &s->pool[i]->w;
-        b += sizeof(sona_snapshot) + (2 * (size_t)w->rank * w->hidden + 1) * w->num_adapters * sizeof(float);
-    }
-    return b;
-}

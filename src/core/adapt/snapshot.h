@@ -37,7 +37,5 @@ sona_status sona_snapshot_publish(sona_snapshot_slot *s, const sona_lora *lora);
 void sona_snapshot_retract(sona_snapshot_slot *s);
 /* Frees every snapshot; no reader may be active. */
 void sona_snapshot_slot_free(sona_snapshot_slot *s);
-/* Bytes held by the slot's snapshots. */
-size_t sona_snapshot_slot_bytes(const sona_snapshot_slot *s);
 
 #endif

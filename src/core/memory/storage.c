@@ -17,19 +17,6 @@ int sona_storage_valid(sona_storage s)
     return s == SONA_STORAGE_F32 || s == SONA_STORAGE_F16 || s == SONA_STORAGE_Q8;
 }
 
-const char *sona_storage_name(sona_storage s)
-{
-    switch (s) {
-    case SONA_STORAGE_F32:
-        return "f32";
-    case SONA_STORAGE_F16:
-        return "f16";
-    case SONA_STORAGE_Q8:
-        return "q8";
-    }
-    return "unknown";
-}
-
 size_t sona_storage_bytes(sona_storage s, size_t n)
 {
     switch (s) {

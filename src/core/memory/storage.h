@@ -12,8 +12,6 @@
 
 /* Whether s is one of the formats. */
 int sona_storage_valid(sona_storage s);
-/* A short name: "f32", "f16", "q8". */
-const char *sona_storage_name(sona_storage s);
 /* Bytes of n values stored as s. */
 size_t sona_storage_bytes(sona_storage s, size_t n);
 /* Whether every value of x[n] is finite and within s's range (F16: magnitude below 65520, which
