@@ -10,14 +10,11 @@
 #include "sona/common.h"
 #include "sona/lora.h"
 
+/* The ops of backend/ops.def, numbered from 0. */
 typedef enum sona_op {
-    SONA_OP_LORA_APPLY = 0,
-    SONA_OP_LORA_GRAD,
-    SONA_OP_PARAM_UPDATE,
-    SONA_OP_SQDIST_ARGMIN,
-    SONA_OP_KNN_EXACT,
-    SONA_OP_GEMM,
-    SONA_OP_CLUSTER_SUMS,
+#define SONA_OP(id, field, args) SONA_OP_##id,
+#include "backend/ops.def"
+#undef SONA_OP
     SONA_OP_COUNT
 } sona_op;
 
@@ -150,13 +147,11 @@ typedef struct sona_backend {
      * also when the device is not tied to a node. */
     sona_status (*bind_host_thread)(void *ctx);
 
-    sona_status (*lora_apply)(void *ctx, const sona_lora_apply_args *a);
-    sona_status (*lora_grad)(void *ctx, const sona_lora_grad_args *a);
-    sona_status (*param_update)(void *ctx, const sona_param_update_args *a);
-    sona_status (*sqdist_argmin)(void *ctx, const sona_sqdist_argmin_args *a);
-    sona_status (*knn_exact)(void *ctx, const sona_knn_exact_args *a);
-    sona_status (*gemm)(void *ctx, const sona_gemm_args *a);
-    sona_status (*cluster_sums)(void *ctx, const sona_cluster_sums_args *a);
+    /* One field per op of backend/ops.def: sona_status lora_apply(void *ctx,
+     * const sona_lora_apply_args *a), and so on. */
+#define SONA_OP(id, field, args) sona_status (*field)(void *ctx, const args *a);
+#include "backend/ops.def"
+#undef SONA_OP
 
     /* Message of the backend's last failure, naming the failing call. */
     const char *(*last_error)(void *ctx);

@@ -211,11 +211,7 @@ const sona_backend sona_cpu_scalar = {
     .name = "scalar",
     .device = "host CPU, plain C",
     SONA_CPU_HOST_FIELDS,
-    .lora_apply = sona_scalar_lora_apply,
-    .lora_grad = sona_scalar_lora_grad,
-    .param_update = sona_scalar_param_update,
-    .sqdist_argmin = sona_scalar_sqdist_argmin,
-    .knn_exact = sona_scalar_knn_exact,
-    .gemm = sona_scalar_gemm,
-    .cluster_sums = sona_scalar_cluster_sums,
+#define SONA_OP(id, field, args) .field = sona_scalar_##field,
+#include "backend/ops.def"
+#undef SONA_OP
 };

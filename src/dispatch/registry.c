@@ -42,25 +42,17 @@ static char cpu_reason[160];
 static char cpu_forced_error[200];
 static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
 
-#define FILL_FROM_SCALAR(dst, op) \
-    do {                          \
-        if (!(dst)->op)           \
-            (dst)->op = sona_cpu_scalar.op; \
-    } while (0)
-
 static void cpu_init(void)
 {
     const uint32_t have = sona_probe()->features;
     for (size_t i = 0; i < CPU_VARIANT_COUNT; i++) {
         sona_backend *m = &cpu_merged[i];
         *m = *cpu_variant_table[i].ops;
-        FILL_FROM_SCALAR(m, lora_apply);
-        FILL_FROM_SCALAR(m, lora_grad);
-        FILL_FROM_SCALAR(m, param_update);
-        FILL_FROM_SCALAR(m, sqdist_argmin);
-        FILL_FROM_SCALAR(m, knn_exact);
-        FILL_FROM_SCALAR(m, gemm);
-        FILL_FROM_SCALAR(m, cluster_sums);
+#define SONA_OP(id, field, args) \
+        if (!m->field)           \
+            m->field = sona_cpu_scalar.field;
+#include "backend/ops.def"
+#undef SONA_OP
     }
     size_t best = 0;
     for (size_t i = 0; i < CPU_VARIANT_COUNT; i++)
@@ -275,13 +267,10 @@ int sona_backend_supports(const sona_backend *b, sona_op op, const void *args)
 {
     const void *fn = NULL;
     switch (op) {
-    case SONA_OP_LORA_APPLY: fn = (const void *)b->lora_apply; break;
-    case SONA_OP_LORA_GRAD: fn = (const void *)b->lora_grad; break;
-    case SONA_OP_PARAM_UPDATE: fn = (const void *)b->param_update; break;
-    case SONA_OP_SQDIST_ARGMIN: fn = (const void *)b->sqdist_argmin; break;
-    case SONA_OP_KNN_EXACT: fn = (const void *)b->knn_exact; break;
-    case SONA_OP_GEMM: fn = (const void *)b->gemm; break;
-    case SONA_OP_CLUSTER_SUMS: fn = (const void *)b->cluster_sums; break;
+#define SONA_OP(id, field, args) \
+    case SONA_OP_##id: fn = (const void *)b->field; break;
+#include "backend/ops.def"
+#undef SONA_OP
     default: return 0;
     }
     return fn && (!b->supports || b->supports(b->ctx, op, args));
@@ -289,9 +278,11 @@ int sona_backend_supports(const sona_backend *b, sona_op op, const void *args)
 
 const char *sona_op_name(sona_op op)
 {
-    static const char *const names[SONA_OP_COUNT] = {"lora_apply", "lora_grad", "param_update",
-                                                     "sqdist_argmin", "knn_exact", "gemm",
-                                                     "cluster_sums"};
+    static const char *const names[SONA_OP_COUNT] = {
+#define SONA_OP(id, field, args) #field,
+#include "backend/ops.def"
+#undef SONA_OP
+    };
     return (unsigned)op < SONA_OP_COUNT ? names[op] : "unknown";
 }
 
