@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* CPU kernel variants. Each variant lives in its own file compiled with its own ISA flags and
- * fills one sona_backend table; the dispatch layer picks one at run time (cpuid + xgetbv). */
+ * fills one sona_backend table, ops and host kernels; the dispatch layer picks one at run time
+ * (cpuid + xgetbv) and fills what a variant leaves NULL from scalar. */
 #ifndef SONA_CPU_CPU_H
 #define SONA_CPU_CPU_H
 

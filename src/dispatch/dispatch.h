@@ -8,12 +8,14 @@
 
 /* Every CPU variant compiled into this build (scalar first), supported by this host or not. */
 typedef struct sona_cpu_variant {
-    const sona_backend *ops; /* the variant's own table: NULL ops are ones it does not have */
+    const sona_backend *ops; /* the variant's own table: NULL entries are ones it does not have */
     uint32_t needs;          /* SONA_CPU_* bits the host must have */
+    uint32_t f16_needs;      /* bits its F16 host kernels need too (else scalar's are used) */
 } sona_cpu_variant;
 uint32_t sona_cpu_variants(const sona_cpu_variant **out);
 
-/* The variant's table if this host can run it, with its missing ops filled from scalar;
+/* The variant's table if this host can run it, with its missing ops and host kernels filled
+ * from scalar;
  * NULL and a reason in why otherwise (unknown name, not compiled in, or missing ISA). */
 const sona_backend *sona_cpu_variant_get(const char *name, char *why, size_t why_len);
 

@@ -18,14 +18,15 @@
 
 #define X86_AVX2_NEEDS (SONA_CPU_AVX2 | SONA_CPU_FMA)
 static const sona_cpu_variant cpu_variant_table[] = {
-    {&sona_cpu_scalar, 0},
+    {&sona_cpu_scalar, 0, 0},
 #if defined(__x86_64__) || defined(__i386__)
-    {&sona_cpu_avx2, X86_AVX2_NEEDS},
+    {&sona_cpu_avx2, X86_AVX2_NEEDS, SONA_CPU_F16C},
+    /* AVX-512F has the F16 conversions itself. */
     {&sona_cpu_avx512,
-     X86_AVX2_NEEDS | SONA_CPU_AVX512F | SONA_CPU_AVX512BW | SONA_CPU_AVX512VL},
+     X86_AVX2_NEEDS | SONA_CPU_AVX512F | SONA_CPU_AVX512BW | SONA_CPU_AVX512VL, 0},
 #endif
 #if defined(__aarch64__)
-    {&sona_cpu_neon, SONA_CPU_NEON},
+    {&sona_cpu_neon, SONA_CPU_NEON, 0},
 #endif
 };
 #define CPU_VARIANT_COUNT (sizeof cpu_variant_table / sizeof cpu_variant_table[0])
@@ -36,35 +37,75 @@ uint32_t sona_cpu_variants(const sona_cpu_variant **out)
     return (uint32_t)CPU_VARIANT_COUNT;
 }
 
-static sona_backend cpu_merged[CPU_VARIANT_COUNT];
-static const sona_backend *cpu_chosen;
-static char cpu_reason[160];
-static char cpu_forced_error[200];
-static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
+/* Each variant's table with its NULL ops and host kernels taken from scalar. */
+static sona_backend cpu_filled[CPU_VARIANT_COUNT];
+static pthread_once_t cpu_filled_once = PTHREAD_ONCE_INIT;
 
-static void cpu_init(void)
+static void cpu_fill(void)
 {
     const uint32_t have = sona_probe()->features;
     for (size_t i = 0; i < CPU_VARIANT_COUNT; i++) {
-        sona_backend *m = &cpu_merged[i];
+        sona_backend *m = &cpu_filled[i];
         *m = *cpu_variant_table[i].ops;
+        const uint32_t f16_needs = cpu_variant_table[i].f16_needs;
+        if ((have & f16_needs) != f16_needs) {
+            m->host.dot_f16 = NULL;
+            m->host.widen_f16 = NULL;
+        }
 #define SONA_OP(id, field, args) \
         if (!m->field)           \
             m->field = sona_cpu_scalar.field;
 #include "backend/ops.def"
 #undef SONA_OP
+#define FILL_HOST_KERNEL(field) \
+        if (!m->host.field)     \
+            m->host.field = sona_cpu_scalar.host.field;
+        SONA_HOST_KERNEL_LIST(FILL_HOST_KERNEL)
+#undef FILL_HOST_KERNEL
     }
+}
+
+const sona_backend *sona_cpu_variant_get(const char *name, char *why, size_t why_len)
+{
+    pthread_once(&cpu_filled_once, cpu_fill);
+    const uint32_t have = sona_probe()->features;
+    for (size_t i = 0; i < CPU_VARIANT_COUNT; i++) {
+        if (strcmp(cpu_variant_table[i].ops->name, name) != 0)
+            continue;
+        if ((have & cpu_variant_table[i].needs) != cpu_variant_table[i].needs) {
+            snprintf(why, why_len, "this CPU or OS lacks the %s instructions", name);
+            return NULL;
+        }
+        return &cpu_filled[i];
+    }
+    if (!strcmp(name, "scalar") || !strcmp(name, "avx2") || !strcmp(name, "avx512") ||
+        !strcmp(name, "neon"))
+        snprintf(why, why_len, "the %s variant is not built for this architecture", name);
+    else
+        snprintf(why, why_len, "unknown CPU variant '%s' (scalar, avx2, avx512, neon)", name);
+    return NULL;
+}
+
+/* The variant in use and why it was chosen. */
+static const sona_backend *cpu_chosen;
+static char cpu_reason[160];
+static char cpu_forced_error[200];
+static pthread_once_t cpu_chosen_once = PTHREAD_ONCE_INIT;
+
+static void cpu_choose(void)
+{
+    const uint32_t have = sona_probe()->features;
     size_t best = 0;
     for (size_t i = 0; i < CPU_VARIANT_COUNT; i++)
         if ((have & cpu_variant_table[i].needs) == cpu_variant_table[i].needs)
             best = i;
-    cpu_chosen = &cpu_merged[best];
+    char why[160];
+    cpu_chosen = sona_cpu_variant_get(cpu_variant_table[best].ops->name, why, sizeof why);
     snprintf(cpu_reason, sizeof cpu_reason, "%s: the widest variant this CPU and OS support",
              cpu_chosen->name);
 
     const char *forced = getenv("SONA_CPU_VARIANT");
     if (forced && *forced) {
-        char why[160];
         const sona_backend *f = sona_cpu_variant_get(forced, why, sizeof why);
         if (f) {
             cpu_chosen = f;
@@ -76,30 +117,9 @@ static void cpu_init(void)
     }
 }
 
-const sona_backend *sona_cpu_variant_get(const char *name, char *why, size_t why_len)
-{
-    const uint32_t have = sona_probe()->features;
-    for (size_t i = 0; i < CPU_VARIANT_COUNT; i++) {
-        if (strcmp(cpu_variant_table[i].ops->name, name) != 0)
-            continue;
-        if ((have & cpu_variant_table[i].needs) != cpu_variant_table[i].needs) {
-            snprintf(why, why_len, "this CPU or OS lacks the %s instructions", name);
-            return NULL;
-        }
-        /* cpu_merged is filled by cpu_init, which may be the caller. */
-        return cpu_merged[i].lora_apply ? &cpu_merged[i] : NULL;
-    }
-    if (!strcmp(name, "scalar") || !strcmp(name, "avx2") || !strcmp(name, "avx512") ||
-        !strcmp(name, "neon"))
-        snprintf(why, why_len, "the %s variant is not built for this architecture", name);
-    else
-        snprintf(why, why_len, "unknown CPU variant '%s' (scalar, avx2, avx512, neon)", name);
-    return NULL;
-}
-
 const sona_backend *sona_cpu_backend(void)
 {
-    pthread_once(&cpu_once, cpu_init);
+    pthread_once(&cpu_chosen_once, cpu_choose);
     return cpu_chosen;
 }
 

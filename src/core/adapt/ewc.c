@@ -191,7 +191,7 @@ static sona_status check_vectors(const sona_ewc *ce, const char *fn, uint32_t n,
 
 static void fold_fisher(sona_ewc *e, const float *g)
 {
-    sona_host_loops_get()->fisher_ema(e->fisher, g, e->cfg.param_count, e->cfg.fisher_decay);
+    sona_host_kernels_get()->fisher_ema(e->fisher, g, e->cfg.param_count, e->cfg.fisher_decay);
 }
 
 sona_status sona_ewc_update_fisher(sona_ewc *e, const float *g, uint32_t n)
@@ -359,7 +359,7 @@ sona_status sona_ewc_observe(sona_ewc *e, const float *theta, const float *g, ui
         return st;
     if (!sona_all_finite(theta, n))
         return nonfinite_input(e, fn);
-    const double norm = sqrt(sona_host_loops_get()->sum_squares(g, n));
+    const double norm = sqrt(sona_host_kernels_get()->sum_squares(g, n));
     if (!isfinite(norm))
         return sona_all_finite(g, n) ? sona_fail(&e->err, SONA_E_NONFINITE, "%s: the gradient's norm overflows", fn)
                                      : nonfinite_input(e, fn);
@@ -385,7 +385,7 @@ sona_status sona_ewc_apply_constraints(const sona_ewc *ce, const float *theta, c
             memcpy(out, g, (size_t)n * sizeof *out);
         return SONA_OK;
     }
-    sona_host_loops_get()->penalise(out, g, theta, e->fisher_sum, e->fisher_theta, n, e->lambda);
+    sona_host_kernels_get()->penalise(out, g, theta, e->fisher_sum, e->fisher_theta, n, e->lambda);
     return SONA_OK;
 }
 
