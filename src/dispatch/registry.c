@@ -104,8 +104,8 @@ static void cpu_choose(void)
     snprintf(cpu_reason, sizeof cpu_reason, "%s: the widest variant this CPU and OS support",
              cpu_chosen->name);
 
-    const char *forced = getenv("SONA_CPU_VARIANT");
-    if (forced && *forced) {
+    const char *forced = sona_env_cpu_variant();
+    if (forced) {
         const sona_backend *f = sona_cpu_variant_get(forced, why, sizeof why);
         if (f) {
             cpu_chosen = f;
@@ -273,10 +273,21 @@ sona_status sona_backend_default(const sona_backend **out, char *why, size_t why
         snprintf(why, why_len, "%s", cpu_forced_error);
         return SONA_E_UNSUPPORTED;
     }
-    const char *forced = getenv("SONA_BACKEND");
-    if (forced && *forced)
-        return sona_backend_get(forced, out, why, why_len);
-    return SONA_OK;
+    const char *forced = sona_env_backend();
+    return forced ? sona_backend_get(forced, out, why, why_len) : SONA_OK;
+}
+
+const sona_backend *sona_device_backend(void)
+{
+    const sona_backend *b = NULL;
+    char why[256];
+    if (sona_env_backend())
+        return sona_backend_default(&b, why, sizeof why) == SONA_OK && !b->host_memory ? b : NULL;
+    static const char *const order[] = {"cuda", "opencl"};
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
+        if (sona_backend_get(order[i], &b, why, sizeof why) == SONA_OK && !b->host_memory)
+            return b;
+    return NULL;
 }
 
 static atomic_uint_fast64_t fallback_count;
@@ -344,7 +355,7 @@ sona_status sona_backend_selected(const char **name)
     const sona_backend *b;
     char why[256];
     sona_status st = sona_backend_default(&b, why, sizeof why);
-    const char *forced = getenv("SONA_BACKEND");
-    *name = (forced && *forced) ? forced : "cpu";
+    const char *forced = sona_env_backend();
+    *name = forced ? forced : "cpu";
     return st == SONA_OK ? st : sona_fail(NULL, st, "sona_backend_selected: %s", why);
 }
