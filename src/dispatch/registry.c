@@ -322,7 +322,7 @@ const char *sona_op_name(sona_op op)
 sona_status sona_cpu_info_get(sona_cpu_info *out)
 {
     if (!out)
-        return sona_fail(NULL, SONA_E_NULL, "sona_cpu_info_get: out is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: out is NULL", __func__);
     const sona_backend *cpu = sona_cpu_backend();
     *out = *sona_probe_topology();
     out->variant = cpu->name;
@@ -335,9 +335,9 @@ uint32_t sona_backend_count(void) { return 1 + (uint32_t)MODULE_COUNT; }
 sona_status sona_backend_info_get(uint32_t index, sona_backend_info *out)
 {
     if (!out)
-        return sona_fail(NULL, SONA_E_NULL, "sona_backend_info_get: out is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: out is NULL", __func__);
     if (index >= sona_backend_count())
-        return sona_fail(NULL, SONA_E_INVALID, "sona_backend_info_get: backend %u of %u", index,
+        return sona_fail(NULL, SONA_E_INVALID, "%s: backend %u of %u", __func__, index,
                          sona_backend_count());
     static _Thread_local char why[256];
     const char *name = index == 0 ? "cpu" : modules[index - 1].name;
@@ -351,11 +351,11 @@ sona_status sona_backend_info_get(uint32_t index, sona_backend_info *out)
 sona_status sona_backend_selected(const char **name)
 {
     if (!name)
-        return sona_fail(NULL, SONA_E_NULL, "sona_backend_selected: name is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: name is NULL", __func__);
     const sona_backend *b;
     char why[256];
     sona_status st = sona_backend_default(&b, why, sizeof why);
     const char *forced = sona_env_backend();
     *name = forced ? forced : "cpu";
-    return st == SONA_OK ? st : sona_fail(NULL, st, "sona_backend_selected: %s", why);
+    return st == SONA_OK ? st : sona_fail(NULL, st, "%s: %s", __func__, why);
 }
