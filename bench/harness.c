@@ -132,13 +132,10 @@ int bench_backend_is_gpu(const sona_backend *b)
 static const void *op_fn(const sona_backend *b, sona_op op)
 {
     switch (op) {
-    case SONA_OP_LORA_APPLY: return (const void *)b->lora_apply;
-    case SONA_OP_LORA_GRAD: return (const void *)b->lora_grad;
-    case SONA_OP_PARAM_UPDATE: return (const void *)b->param_update;
-    case SONA_OP_SQDIST_ARGMIN: return (const void *)b->sqdist_argmin;
-    case SONA_OP_KNN_EXACT: return (const void *)b->knn_exact;
-    case SONA_OP_GEMM: return (const void *)b->gemm;
-    case SONA_OP_CLUSTER_SUMS: return (const void *)b->cluster_sums;
+#define SONA_OP(id, field, args) \
+    case SONA_OP_##id: return (const void *)b->field;
+#include "backend/ops.def"
+#undef SONA_OP
     default: return NULL;
     }
 }

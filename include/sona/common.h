@@ -23,6 +23,7 @@ extern "C" {
 #  define SONA_API
 #endif
 
+/* The one definition of the version: CMakeLists.txt reads these lines (and checks the string). */
 #define SONA_VERSION_MAJOR 0
 #define SONA_VERSION_MINOR 1
 #define SONA_VERSION_PATCH 0

@@ -10,14 +10,11 @@
 #include "sona/common.h"
 #include "sona/lora.h"
 
+/* The ops of backend/ops.def, numbered from 0. */
 typedef enum sona_op {
-    SONA_OP_LORA_APPLY = 0,
-    SONA_OP_LORA_GRAD,
-    SONA_OP_PARAM_UPDATE,
-    SONA_OP_SQDIST_ARGMIN,
-    SONA_OP_KNN_EXACT,
-    SONA_OP_GEMM,
-    SONA_OP_CLUSTER_SUMS,
+#define SONA_OP(id, field, args) SONA_OP_##id,
+#include "backend/ops.def"
+#undef SONA_OP
     SONA_OP_COUNT
 } sona_op;
 
@@ -123,6 +120,43 @@ typedef struct sona_cluster_sums_args {
     uint32_t *counts;
 } sona_cluster_sums_args;
 
+/* Host kernels: the small loops core code runs on host memory one vector at a time (graph
+ * search, finite checks, EWC++ updates, Q8 storage), where an op call per pair would cost more
+ * than the arithmetic. CPU variants only (all NULL in GPU backends); the registry fills a
+ * variant's NULL entries from scalar, so callers always get a kernel. Every variant gives
+ * bit-identical results except dot, dot_f16 and dot_q8, whose summation order follows the
+ * vector width. */
+typedef float (*sona_dot_fn)(const float *a, const float *b, size_t n);
+/* a (f32) . b (IEEE half, see common/half.h), accumulated in f32. */
+typedef float (*sona_dot_f16_fn)(const float *a, const uint16_t *b, size_t n);
+/* Widens n halves to f32. */
+typedef void (*sona_widen_f16_fn)(const uint16_t *h, float *out, size_t n);
+/* a (f32) . q (Q8 blocks, see common/q8.h), accumulated in f32. */
+typedef float (*sona_dot_q8_fn)(const float *a, const void *q, size_t n);
+
+typedef struct sona_host_kernels {
+    sona_dot_fn dot;
+    sona_dot_f16_fn dot_f16;
+    sona_widen_f16_fn widen_f16;
+    sona_dot_q8_fn dot_q8;
+    /* whether all n floats are finite */
+    int (*all_finite)(const float *v, size_t n);
+    /* f = d * f + (1 - d) * g^2 */
+    void (*fisher_ema)(float *f, const float *g, size_t n, float d);
+    /* out = g - lambda * (fs * theta - ft) */
+    void (*penalise)(float *out, const float *g, const float *theta, const float *fs,
+                     const float *ft, size_t n, float lambda);
+    double (*sum_squares)(const float *v, size_t n);
+    /* Q8 (common/q8.h); encode returns 0 on NaN or Inf */
+    int (*q8_encode)(const float *x, size_t n, void *out);
+    void (*q8_decode)(const void *q, size_t n, float *out);
+} sona_host_kernels;
+
+/* The host kernels in sona_host_kernels order, for code that handles each the same way. */
+#define SONA_HOST_KERNEL_LIST(X)                                                                \
+    X(dot) X(dot_f16) X(widen_f16) X(dot_q8) X(all_finite) X(fisher_ema) X(penalise)            \
+    X(sum_squares) X(q8_encode) X(q8_decode)
+
 /* One backend, or one CPU variant: a struct of function pointers. A NULL op is unsupported.
  * ctx is the backend's own state (NULL for CPU variants). */
 typedef struct sona_backend {
@@ -150,17 +184,17 @@ typedef struct sona_backend {
      * also when the device is not tied to a node. */
     sona_status (*bind_host_thread)(void *ctx);
 
-    sona_status (*lora_apply)(void *ctx, const sona_lora_apply_args *a);
-    sona_status (*lora_grad)(void *ctx, const sona_lora_grad_args *a);
-    sona_status (*param_update)(void *ctx, const sona_param_update_args *a);
-    sona_status (*sqdist_argmin)(void *ctx, const sona_sqdist_argmin_args *a);
-    sona_status (*knn_exact)(void *ctx, const sona_knn_exact_args *a);
-    sona_status (*gemm)(void *ctx, const sona_gemm_args *a);
-    sona_status (*cluster_sums)(void *ctx, const sona_cluster_sums_args *a);
+    /* One field per op of backend/ops.def: sona_status lora_apply(void *ctx,
+     * const sona_lora_apply_args *a), and so on. */
+#define SONA_OP(id, field, args) sona_status (*field)(void *ctx, const args *a);
+#include "backend/ops.def"
+#undef SONA_OP
 
     /* Message of the backend's last failure, naming the failing call. */
     const char *(*last_error)(void *ctx);
     void (*shutdown)(void *ctx);
+
+    sona_host_kernels host; /* CPU variants only */
 } sona_backend;
 
 /* Whether backend b can run op with args: the op exists and supports() agrees. */

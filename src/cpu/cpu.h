@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* CPU kernel variants. Each variant lives in its own file compiled with its own ISA flags and
- * fills one sona_backend table; the dispatch layer picks one at run time (cpuid + xgetbv). */
+ * fills one sona_backend table, ops and host kernels; the dispatch layer picks one at run time
+ * (cpuid + xgetbv) and fills what a variant leaves NULL from scalar. */
 #ifndef SONA_CPU_CPU_H
 #define SONA_CPU_CPU_H
 
@@ -24,13 +25,9 @@ sona_status sona_host_sync(void *ctx);
 
 /* Shared by the variants: the scalar versions of each op, for the parts a variant does not
  * vectorise (tails, unusual shapes). */
-sona_status sona_scalar_lora_apply(void *ctx, const sona_lora_apply_args *a);
-sona_status sona_scalar_lora_grad(void *ctx, const sona_lora_grad_args *a);
-sona_status sona_scalar_param_update(void *ctx, const sona_param_update_args *a);
-sona_status sona_scalar_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a);
-sona_status sona_scalar_knn_exact(void *ctx, const sona_knn_exact_args *a);
-sona_status sona_scalar_gemm(void *ctx, const sona_gemm_args *a);
-sona_status sona_scalar_cluster_sums(void *ctx, const sona_cluster_sums_args *a);
+#define SONA_OP(id, field, args) sona_status sona_scalar_##field(void *ctx, const args *a);
+#include "backend/ops.def"
+#undef SONA_OP
 
 /* supports() of every CPU variant: ranks up to SONA_LORA_MAX_RANK. */
 int sona_cpu_supports(void *ctx, sona_op op, const void *args);

@@ -1,12 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /* Element-wise host loops of the core (finite check, EWC++ Fisher EMA and penalty, sum of
  * squares, Q8 encoding and decoding) written once in plain C and compiled by each variant file
- * with its own ISA flags (vecmath.c: baseline, vec_avx2.c, vec_avx512.c), so the compiler
+ * with its own ISA flags (ops_scalar.c: baseline, ops_avx2.c, ops_avx512.c), so the compiler
  * vectorises them for that level. ISO C mode keeps floating-point contraction off: every level
  * gives bit-identical results. SONA_HOST_LOOPS(suffix) defines sona_<loop>_<suffix> for every
  * loop but the Q8 encoder, which the SIMD files write with intrinsics around
  * host_q8_encode_block (the compiler's build of the whole loop ran at half their speed) and
- * vecmath.c builds from host_q8_encode. */
+ * ops_scalar.c builds from host_q8_encode. */
 #ifndef SONA_CPU_HOST_LOOPS_H
 #define SONA_CPU_HOST_LOOPS_H
 
@@ -68,7 +68,7 @@ static inline double host_sum_squares(const float *v, size_t n)
  * q needs no clamp, and the rounding adds and subtracts 1.5 * 2^23, where the float step is 1
  * (lrintf does not vectorise). amax is an integer max, which also finds NaN/Inf: 0 returned.
  * Blocks with amax < 2^-119 (a subnormal scale, where 127 / amax would overflow) take the
- * reciprocal in double. The SIMD encoders (vec_avx2.c, vec_avx512.c) do the same operations on
+ * reciprocal in double. The SIMD encoders (ops_avx2.c, ops_avx512.c) do the same operations on
  * full blocks and call this for the rest, so every variant writes the same bytes. */
 #define HOST_Q8_MIN_FAST 0x1p-119f
 static inline int host_q8_encode_block(const float *restrict xb, size_t m, unsigned char *scale_at,
@@ -156,5 +156,11 @@ static inline void host_q8_decode(const void *restrict in, size_t n, float *rest
     double sona_sum_squares_##suffix(const float *v, size_t n);                                 \
     int sona_q8_encode_##suffix(const float *x, size_t n, void *out);                           \
     void sona_q8_decode_##suffix(const void *in, size_t n, float *out);
+
+/* The sona_host_kernels fields of the loops above, for a variant's table. */
+#define SONA_HOST_LOOPS_FIELDS(suffix)                                                          \
+    .all_finite = sona_all_finite_##suffix, .fisher_ema = sona_fisher_ema_##suffix,             \
+    .penalise = sona_penalise_##suffix, .sum_squares = sona_sum_squares_##suffix,               \
+    .q8_encode = sona_q8_encode_##suffix, .q8_decode = sona_q8_decode_##suffix
 
 #endif

@@ -2,6 +2,10 @@
 /* The scalar CPU variant: plain C, the reference every other variant is checked against, and
  * always built. Accumulates in float like the vector variants (the tests' reference is double). */
 #include "cpu/cpu.h"
+#include "cpu/vec.h"
+
+#include "common/half.h"
+#include "common/q8.h"
 
 #include <math.h>
 #include <string.h>
@@ -207,15 +211,52 @@ int sona_cpu_supports(void *ctx, sona_op op, const void *args)
     return 1;
 }
 
+/* ---- host kernels (backend/ops.h sona_host_kernels) ---- */
+
+float sona_dot_scalar(const float *a, const float *b, size_t n)
+{
+    float acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += a[i + j] * b[i + j];
+    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+float sona_dot_f16_scalar(const float *a, const uint16_t *b, size_t n)
+{
+    float acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += a[i + j] * sona_f16_to_f32(b[i + j]);
+    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; i < n; i++)
+        s += a[i] * sona_f16_to_f32(b[i]);
+    return s;
+}
+
+void sona_widen_f16_scalar(const uint16_t *h, float *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = sona_f16_to_f32(h[i]);
+}
+
+SONA_HOST_LOOPS(scalar)
+
+int sona_q8_encode_scalar(const float *x, size_t n, void *out) { return host_q8_encode(x, n, out); }
+
 const sona_backend sona_cpu_scalar = {
     .name = "scalar",
     .device = "host CPU, plain C",
     SONA_CPU_HOST_FIELDS,
-    .lora_apply = sona_scalar_lora_apply,
-    .lora_grad = sona_scalar_lora_grad,
-    .param_update = sona_scalar_param_update,
-    .sqdist_argmin = sona_scalar_sqdist_argmin,
-    .knn_exact = sona_scalar_knn_exact,
-    .gemm = sona_scalar_gemm,
-    .cluster_sums = sona_scalar_cluster_sums,
+#define SONA_OP(id, field, args) .field = sona_scalar_##field,
+#include "backend/ops.def"
+#undef SONA_OP
+    .host = {.dot = sona_dot_scalar, .dot_f16 = sona_dot_f16_scalar,
+             .widen_f16 = sona_widen_f16_scalar, .dot_q8 = sona_dot_q8_scalar,
+             SONA_HOST_LOOPS_FIELDS(scalar)},
 };

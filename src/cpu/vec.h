@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-/* ISA-specific versions of the core's small vector kernels (src/dispatch/vecmath.h), one file per
- * variant compiled with that variant's flags; only called when the host has the features. */
+/* The host kernels of each CPU variant (backend/ops.h sona_host_kernels), defined in the
+ * variant's file (ops_scalar.c, ops_avx2.c, ops_avx512.c) with its flags and reached through the
+ * variant's table; declared here for the tests that check each variant against scalar. The SIMD
+ * ones run only on hosts with the features. */
 #ifndef SONA_CPU_VEC_H
 #define SONA_CPU_VEC_H
 
@@ -22,7 +24,11 @@ static inline float sona_q8_tail_dot(const float *a, const unsigned char *scales
     return blk * scale;
 }
 
-/* The baseline build of the host loops (vecmath.c), used on every architecture. */
+/* Plain C, the reference of the variants: dot products with independent partial sums. */
+float sona_dot_scalar(const float *a, const float *b, size_t n);
+float sona_dot_f16_scalar(const float *a, const uint16_t *b, size_t n);
+void sona_widen_f16_scalar(const uint16_t *h, float *out, size_t n);
+/* The baseline build of the host loops (ops_scalar.c), used on every architecture. */
 SONA_HOST_LOOPS_DECLARE(scalar)
 
 #if defined(__x86_64__) || defined(__i386__)

@@ -8,12 +8,14 @@
 
 /* Every CPU variant compiled into this build (scalar first), supported by this host or not. */
 typedef struct sona_cpu_variant {
-    const sona_backend *ops; /* the variant's own table: NULL ops are ones it does not have */
+    const sona_backend *ops; /* the variant's own table: NULL entries are ones it does not have */
     uint32_t needs;          /* SONA_CPU_* bits the host must have */
+    uint32_t f16_needs;      /* bits its F16 host kernels need too (else scalar's are used) */
 } sona_cpu_variant;
 uint32_t sona_cpu_variants(const sona_cpu_variant **out);
 
-/* The variant's table if this host can run it, with its missing ops filled from scalar;
+/* The variant's table if this host can run it, with its missing ops and host kernels filled
+ * from scalar;
  * NULL and a reason in why otherwise (unknown name, not compiled in, or missing ISA). */
 const sona_backend *sona_cpu_variant_get(const char *name, char *why, size_t why_len);
 
@@ -29,6 +31,18 @@ sona_status sona_backend_get(const char *name, const sona_backend **out, char *w
 /* The default backend for new handles: SONA_BACKEND when set, else the CPU. Reports forced
  * choices that cannot be honoured (unknown or unavailable backend, bad SONA_CPU_VARIANT). */
 sona_status sona_backend_default(const sona_backend **out, char *why, size_t why_len);
+
+/* The accelerator for batched work (the engine's batched apply): the device backend SONA_BACKEND
+ * names (NULL when it names the CPU or cannot run here), else CUDA, else OpenCL (which offers CPU
+ * devices such as PoCL only when SONA_OPENCL_DEVICE allows them), else NULL. Loads and starts the
+ * GPU modules, which costs time and memory: call it when first needed. */
+const sona_backend *sona_device_backend(void);
+
+/* The environment variables of dispatch (dispatch/env.c), NULL when unset or empty.
+ * SONA_CPU_VARIANT is read once, as the variant is chosen once. SONA_BACKEND is read at each
+ * call: a program may set it before creating each handle, to put that one on another backend. */
+const char *sona_env_cpu_variant(void);
+const char *sona_env_backend(void);
 
 /* Host-side probe results, computed once: sona_probe the ISA features and brand (cheap; the
  * topology fields are sysconf's CPU count), sona_probe_topology also hwloc's topology. */

@@ -12,13 +12,10 @@
 sona_status sona_op_call(const sona_backend *be, sona_op op, const void *a)
 {
     switch (op) {
-    case SONA_OP_LORA_APPLY: return be->lora_apply(be->ctx, a);
-    case SONA_OP_LORA_GRAD: return be->lora_grad(be->ctx, a);
-    case SONA_OP_PARAM_UPDATE: return be->param_update(be->ctx, a);
-    case SONA_OP_SQDIST_ARGMIN: return be->sqdist_argmin(be->ctx, a);
-    case SONA_OP_KNN_EXACT: return be->knn_exact(be->ctx, a);
-    case SONA_OP_GEMM: return be->gemm(be->ctx, a);
-    case SONA_OP_CLUSTER_SUMS: return be->cluster_sums(be->ctx, a);
+#define SONA_OP(id, field, args) \
+    case SONA_OP_##id: return be->field(be->ctx, a);
+#include "backend/ops.def"
+#undef SONA_OP
     default: return SONA_E_INVALID;
     }
 }

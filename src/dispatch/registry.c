@@ -18,14 +18,15 @@
 
 #define X86_AVX2_NEEDS (SONA_CPU_AVX2 | SONA_CPU_FMA)
 static const sona_cpu_variant cpu_variant_table[] = {
-    {&sona_cpu_scalar, 0},
+    {&sona_cpu_scalar, 0, 0},
 #if defined(__x86_64__) || defined(__i386__)
-    {&sona_cpu_avx2, X86_AVX2_NEEDS},
+    {&sona_cpu_avx2, X86_AVX2_NEEDS, SONA_CPU_F16C},
+    /* AVX-512F has the F16 conversions itself. */
     {&sona_cpu_avx512,
-     X86_AVX2_NEEDS | SONA_CPU_AVX512F | SONA_CPU_AVX512BW | SONA_CPU_AVX512VL},
+     X86_AVX2_NEEDS | SONA_CPU_AVX512F | SONA_CPU_AVX512BW | SONA_CPU_AVX512VL, 0},
 #endif
 #if defined(__aarch64__)
-    {&sona_cpu_neon, SONA_CPU_NEON},
+    {&sona_cpu_neon, SONA_CPU_NEON, 0},
 #endif
 };
 #define CPU_VARIANT_COUNT (sizeof cpu_variant_table / sizeof cpu_variant_table[0])
@@ -36,43 +37,75 @@ uint32_t sona_cpu_variants(const sona_cpu_variant **out)
     return (uint32_t)CPU_VARIANT_COUNT;
 }
 
-static sona_backend cpu_merged[CPU_VARIANT_COUNT];
-static const sona_backend *cpu_chosen;
-static char cpu_reason[160];
-static char cpu_forced_error[200];
-static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
+/* Each variant's table with its NULL ops and host kernels taken from scalar. */
+static sona_backend cpu_filled[CPU_VARIANT_COUNT];
+static pthread_once_t cpu_filled_once = PTHREAD_ONCE_INIT;
 
-#define FILL_FROM_SCALAR(dst, op) \
-    do {                          \
-        if (!(dst)->op)           \
-            (dst)->op = sona_cpu_scalar.op; \
-    } while (0)
-
-static void cpu_init(void)
+static void cpu_fill(void)
 {
     const uint32_t have = sona_probe()->features;
     for (size_t i = 0; i < CPU_VARIANT_COUNT; i++) {
-        sona_backend *m = &cpu_merged[i];
+        sona_backend *m = &cpu_filled[i];
         *m = *cpu_variant_table[i].ops;
-        FILL_FROM_SCALAR(m, lora_apply);
-        FILL_FROM_SCALAR(m, lora_grad);
-        FILL_FROM_SCALAR(m, param_update);
-        FILL_FROM_SCALAR(m, sqdist_argmin);
-        FILL_FROM_SCALAR(m, knn_exact);
-        FILL_FROM_SCALAR(m, gemm);
-        FILL_FROM_SCALAR(m, cluster_sums);
+        const uint32_t f16_needs = cpu_variant_table[i].f16_needs;
+        if ((have & f16_needs) != f16_needs) {
+            m->host.dot_f16 = NULL;
+            m->host.widen_f16 = NULL;
+        }
+#define SONA_OP(id, field, args) \
+        if (!m->field)           \
+            m->field = sona_cpu_scalar.field;
+#include "backend/ops.def"
+#undef SONA_OP
+#define FILL_HOST_KERNEL(field) \
+        if (!m->host.field)     \
+            m->host.field = sona_cpu_scalar.host.field;
+        SONA_HOST_KERNEL_LIST(FILL_HOST_KERNEL)
+#undef FILL_HOST_KERNEL
     }
+}
+
+const sona_backend *sona_cpu_variant_get(const char *name, char *why, size_t why_len)
+{
+    pthread_once(&cpu_filled_once, cpu_fill);
+    const uint32_t have = sona_probe()->features;
+    for (size_t i = 0; i < CPU_VARIANT_COUNT; i++) {
+        if (strcmp(cpu_variant_table[i].ops->name, name) != 0)
+            continue;
+        if ((have & cpu_variant_table[i].needs) != cpu_variant_table[i].needs) {
+            snprintf(why, why_len, "this CPU or OS lacks the %s instructions", name);
+            return NULL;
+        }
+        return &cpu_filled[i];
+    }
+    if (!strcmp(name, "scalar") || !strcmp(name, "avx2") || !strcmp(name, "avx512") ||
+        !strcmp(name, "neon"))
+        snprintf(why, why_len, "the %s variant is not built for this architecture", name);
+    else
+        snprintf(why, why_len, "unknown CPU variant '%s' (scalar, avx2, avx512, neon)", name);
+    return NULL;
+}
+
+/* The variant in use and why it was chosen. */
+static const sona_backend *cpu_chosen;
+static char cpu_reason[160];
+static char cpu_forced_error[200];
+static pthread_once_t cpu_chosen_once = PTHREAD_ONCE_INIT;
+
+static void cpu_choose(void)
+{
+    const uint32_t have = sona_probe()->features;
     size_t best = 0;
     for (size_t i = 0; i < CPU_VARIANT_COUNT; i++)
         if ((have & cpu_variant_table[i].needs) == cpu_variant_table[i].needs)
             best = i;
-    cpu_chosen = &cpu_merged[best];
+    char why[160];
+    cpu_chosen = sona_cpu_variant_get(cpu_variant_table[best].ops->name, why, sizeof why);
     snprintf(cpu_reason, sizeof cpu_reason, "%s: the widest variant this CPU and OS support",
              cpu_chosen->name);
 
-    const char *forced = getenv("SONA_CPU_VARIANT");
-    if (forced && *forced) {
-        char why[160];
+    const char *forced = sona_env_cpu_variant();
+    if (forced) {
         const sona_backend *f = sona_cpu_variant_get(forced, why, sizeof why);
         if (f) {
             cpu_chosen = f;
@@ -84,30 +117,9 @@ static void cpu_init(void)
     }
 }
 
-const sona_backend *sona_cpu_variant_get(const char *name, char *why, size_t why_len)
-{
-    const uint32_t have = sona_probe()->features;
-    for (size_t i = 0; i < CPU_VARIANT_COUNT; i++) {
-        if (strcmp(cpu_variant_table[i].ops->name, name) != 0)
-            continue;
-        if ((have & cpu_variant_table[i].needs) != cpu_variant_table[i].needs) {
-            snprintf(why, why_len, "this CPU or OS lacks the %s instructions", name);
-            return NULL;
-        }
-        /* cpu_merged is filled by cpu_init, which may be the caller. */
-        return cpu_merged[i].lora_apply ? &cpu_merged[i] : NULL;
-    }
-    if (!strcmp(name, "scalar") || !strcmp(name, "avx2") || !strcmp(name, "avx512") ||
-        !strcmp(name, "neon"))
-        snprintf(why, why_len, "the %s variant is not built for this architecture", name);
-    else
-        snprintf(why, why_len, "unknown CPU variant '%s' (scalar, avx2, avx512, neon)", name);
-    return NULL;
-}
-
 const sona_backend *sona_cpu_backend(void)
 {
-    pthread_once(&cpu_once, cpu_init);
+    pthread_once(&cpu_chosen_once, cpu_choose);
     return cpu_chosen;
 }
 
@@ -277,10 +289,21 @@ sona_status sona_backend_default(const sona_backend **out, char *why, size_t why
         snprintf(why, why_len, "%s", cpu_forced_error);
         return SONA_E_UNSUPPORTED;
     }
-    const char *forced = getenv("SONA_BACKEND");
-    if (forced && *forced)
-        return sona_backend_get(forced, out, why, why_len);
-    return SONA_OK;
+    const char *forced = sona_env_backend();
+    return forced ? sona_backend_get(forced, out, why, why_len) : SONA_OK;
+}
+
+const sona_backend *sona_device_backend(void)
+{
+    const sona_backend *b = NULL;
+    char why[256];
+    if (sona_env_backend())
+        return sona_backend_default(&b, why, sizeof why) == SONA_OK && !b->host_memory ? b : NULL;
+    static const char *const order[] = {"cuda", "opencl"};
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
+        if (sona_backend_get(order[i], &b, why, sizeof why) == SONA_OK && !b->host_memory)
+            return b;
+    return NULL;
 }
 
 static atomic_uint_fast64_t fallback_count;
@@ -291,13 +314,10 @@ int sona_backend_supports(const sona_backend *b, sona_op op, const void *args)
 {
     const void *fn = NULL;
     switch (op) {
-    case SONA_OP_LORA_APPLY: fn = (const void *)b->lora_apply; break;
-    case SONA_OP_LORA_GRAD: fn = (const void *)b->lora_grad; break;
-    case SONA_OP_PARAM_UPDATE: fn = (const void *)b->param_update; break;
-    case SONA_OP_SQDIST_ARGMIN: fn = (const void *)b->sqdist_argmin; break;
-    case SONA_OP_KNN_EXACT: fn = (const void *)b->knn_exact; break;
-    case SONA_OP_GEMM: fn = (const void *)b->gemm; break;
-    case SONA_OP_CLUSTER_SUMS: fn = (const void *)b->cluster_sums; break;
+#define SONA_OP(id, field, args) \
+    case SONA_OP_##id: fn = (const void *)b->field; break;
+#include "backend/ops.def"
+#undef SONA_OP
     default: return 0;
     }
     return fn && (!b->supports || b->supports(b->ctx, op, args));
@@ -305,9 +325,11 @@ int sona_backend_supports(const sona_backend *b, sona_op op, const void *args)
 
 const char *sona_op_name(sona_op op)
 {
-    static const char *const names[SONA_OP_COUNT] = {"lora_apply", "lora_grad", "param_update",
-                                                     "sqdist_argmin", "knn_exact", "gemm",
-                                                     "cluster_sums"};
+    static const char *const names[SONA_OP_COUNT] = {
+#define SONA_OP(id, field, args) #field,
+#include "backend/ops.def"
+#undef SONA_OP
+    };
     return (unsigned)op < SONA_OP_COUNT ? names[op] : "unknown";
 }
 
@@ -316,7 +338,7 @@ const char *sona_op_name(sona_op op)
 sona_status sona_cpu_info_get(sona_cpu_info *out)
 {
     if (!out)
-        return sona_fail(NULL, SONA_E_NULL, "sona_cpu_info_get: out is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: out is NULL", __func__);
     const sona_backend *cpu = sona_cpu_backend();
     *out = *sona_probe_topology();
     out->variant = cpu->name;
@@ -329,9 +351,9 @@ uint32_t sona_backend_count(void) { return 1 + (uint32_t)MODULE_COUNT; }
 sona_status sona_backend_info_get(uint32_t index, sona_backend_info *out)
 {
     if (!out)
-        return sona_fail(NULL, SONA_E_NULL, "sona_backend_info_get: out is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: out is NULL", __func__);
     if (index >= sona_backend_count())
-        return sona_fail(NULL, SONA_E_INVALID, "sona_backend_info_get: backend %u of %u", index,
+        return sona_fail(NULL, SONA_E_INVALID, "%s: backend %u of %u", __func__, index,
                          sona_backend_count());
     static _Thread_local char why[256];
     const char *name = index == 0 ? "cpu" : modules[index - 1].name;
@@ -345,11 +367,11 @@ sona_status sona_backend_info_get(uint32_t index, sona_backend_info *out)
 sona_status sona_backend_selected(const char **name)
 {
     if (!name)
-        return sona_fail(NULL, SONA_E_NULL, "sona_backend_selected: name is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: name is NULL", __func__);
     const sona_backend *b;
     char why[256];
     sona_status st = sona_backend_default(&b, why, sizeof why);
-    const char *forced = getenv("SONA_BACKEND");
-    *name = (forced && *forced) ? forced : "cpu";
-    return st == SONA_OK ? st : sona_fail(NULL, st, "sona_backend_selected: %s", why);
+    const char *forced = sona_env_backend();
+    *name = forced ? forced : "cpu";
+    return st == SONA_OK ? st : sona_fail(NULL, st, "%s: %s", __func__, why);
 }

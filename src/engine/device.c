@@ -31,22 +31,6 @@ struct eng_device {
     uint32_t host_ids_cap;
 };
 
-/* The accelerator batches go to: SONA_BACKEND when it names a device backend, else CUDA, else
- * OpenCL (which offers CPU devices such as PoCL only when SONA_OPENCL_DEVICE allows them). */
-static const sona_backend *pick_backend(void)
-{
-    const sona_backend *b = NULL;
-    char why[256];
-    const char *forced = getenv("SONA_BACKEND");
-    if (forced && *forced)
-        return sona_backend_default(&b, why, sizeof why) == SONA_OK && b && !b->host_memory ? b : NULL;
-    static const char *const order[] = {"cuda", "opencl"};
-    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
-        if (sona_backend_get(order[i], &b, why, sizeof why) == SONA_OK && b && !b->host_memory)
-            return b;
-    return NULL;
-}
-
 /* The backend is picked when first needed - the first batch of device_min_rows or more, or
  * sona_engine_device - not at engine creation: loading and starting the GPU modules costs
  * hundreds of milliseconds and over 200 MB on a machine with the CUDA toolkit or an OpenCL
@@ -58,7 +42,7 @@ static const sona_backend *device_pick(eng_device *d)
         return d->be;
     pthread_mutex_lock(&d->mu);
     if (!atomic_load_explicit(&d->picked, memory_order_relaxed)) {
-        d->be = pick_backend();
+        d->be = sona_device_backend();
         atomic_store_explicit(&d->picked, 1, memory_order_release);
     }
     pthread_mutex_unlock(&d->mu);
@@ -74,8 +58,7 @@ eng_device *eng_device_create(const sona_engine_config *cfg)
         return NULL;
     atomic_init(&d->picked, 0);
     pthread_mutex_init(&d->mu, NULL);
-    const char *forced = getenv("SONA_BACKEND");
-    if (forced && *forced)
+    if (sona_env_backend())
         device_pick(d);
     return d;
 }

@@ -66,16 +66,16 @@ static sona_status check_config(const sona_ewc_config *c)
 sona_status sona_ewc_create(const sona_ewc_config *cfg, sona_ewc **out)
 {
     if (!out)
-        return sona_fail(NULL, SONA_E_NULL, "sona_ewc_create: out is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: out is NULL", __func__);
     *out = NULL;
     if (!cfg)
-        return sona_fail(NULL, SONA_E_NULL, "sona_ewc_create: cfg is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: cfg is NULL", __func__);
     sona_status st = check_config(cfg);
     if (st != SONA_OK)
         return st;
     sona_ewc *e = calloc(1, sizeof *e);
     if (!e)
-        return sona_fail(NULL, SONA_E_NOMEM, "sona_ewc_create: out of memory");
+        return sona_fail(NULL, SONA_E_NOMEM, "%s: out of memory", __func__);
     e->cfg = *cfg;
     const size_t n = cfg->param_count, slots = (size_t)cfg->max_tasks + 1;
     e->fisher = calloc(n, sizeof(float));
@@ -91,7 +91,7 @@ sona_status sona_ewc_create(const sona_ewc_config *cfg, sona_ewc **out)
     }
     if (!ok) {
         sona_ewc_destroy(e);
-        return sona_fail(NULL, SONA_E_NOMEM, "sona_ewc_create: out of memory for %zu parameters x %zu tasks", n, slots);
+        return sona_fail(NULL, SONA_E_NOMEM, "%s: out of memory for %zu parameters x %zu tasks", __func__, n, slots);
     }
     e->lambda = cfg->lambda_base;
     *out = e;
@@ -126,9 +126,9 @@ uint64_t sona_ewc_boundaries(const sona_ewc *e) { return e ? e->boundaries : 0; 
 sona_status sona_ewc_get_detector(const sona_ewc *e, sona_ewc_detector *out)
 {
     if (!e)
-        return sona_fail(NULL, SONA_E_NULL, "sona_ewc_get_detector: ewc is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: ewc is NULL", __func__);
     if (!out)
-        return sona_fail((sona_errbuf *)&e->err, SONA_E_NULL, "sona_ewc_get_detector: out is NULL");
+        return sona_fail((sona_errbuf *)&e->err, SONA_E_NULL, "%s: out is NULL", __func__);
     *out = (sona_ewc_detector){.samples = e->det.samples,
                                .short_mean = e->det.short_mean,
                                .long_mean = e->det.long_mean,
@@ -140,14 +140,14 @@ sona_status sona_ewc_get_detector(const sona_ewc *e, sona_ewc_detector *out)
 sona_status sona_ewc_set_detector(sona_ewc *e, const sona_ewc_detector *d)
 {
     if (!e)
-        return sona_fail(NULL, SONA_E_NULL, "sona_ewc_set_detector: ewc is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: ewc is NULL", __func__);
     if (!d)
-        return sona_fail(&e->err, SONA_E_NULL, "sona_ewc_set_detector: detector is NULL");
+        return sona_fail(&e->err, SONA_E_NULL, "%s: detector is NULL", __func__);
     /* Norms and their squared deviations: finite and not negative. */
     if (!isfinite(d->short_mean) || !isfinite(d->long_mean) || !isfinite(d->long_var))
-        return sona_fail(&e->err, SONA_E_NONFINITE, "sona_ewc_set_detector: NaN or Inf in the means or variance");
+        return sona_fail(&e->err, SONA_E_NONFINITE, "%s: NaN or Inf in the means or variance", __func__);
     if (!(d->short_mean >= 0.0 && d->long_mean >= 0.0 && d->long_var >= 0.0))
-        return sona_fail(&e->err, SONA_E_INVALID, "sona_ewc_set_detector: means and variance must be >= 0");
+        return sona_fail(&e->err, SONA_E_INVALID, "%s: means and variance must be >= 0", __func__);
     e->det = (boundary_detector){.samples = d->samples,
                                  .short_mean = d->short_mean,
                                  .long_mean = d->long_mean,
@@ -191,7 +191,7 @@ static sona_status check_vectors(const sona_ewc *ce, const char *fn, uint32_t n,
 
 static void fold_fisher(sona_ewc *e, const float *g)
 {
-    sona_host_loops_get()->fisher_ema(e->fisher, g, e->cfg.param_count, e->cfg.fisher_decay);
+    sona_host_kernels_get()->fisher_ema(e->fisher, g, e->cfg.param_count, e->cfg.fisher_decay);
 }
 
 sona_status sona_ewc_update_fisher(sona_ewc *e, const float *g, uint32_t n)
@@ -276,7 +276,7 @@ sona_status sona_ewc_add_task(sona_ewc *e, const float *theta_star, const float 
         return st;
     for (uint32_t i = 0; i < n; i++)
         if (fisher[i] < 0.0f)
-            return sona_fail(&e->err, SONA_E_INVALID, "sona_ewc_add_task: Fisher value %u is negative", i);
+            return sona_fail(&e->err, SONA_E_INVALID, "%s: Fisher value %u is negative", __func__, i);
     push_task(e, theta_star, fisher);
     return SONA_OK;
 }
@@ -336,10 +336,10 @@ sona_status sona_ewc_observe_norm(sona_ewc *e, const float *theta, uint32_t n, f
     if (st != SONA_OK)
         return st;
     if (!isfinite(grad_norm))
-        return sona_fail(&e->err, SONA_E_NONFINITE, "sona_ewc_observe_norm: gradient norm %g is not finite",
+        return sona_fail(&e->err, SONA_E_NONFINITE, "%s: gradient norm %g is not finite", __func__,
                          (double)grad_norm);
     if (grad_norm < 0.0f)
-        return sona_fail(&e->err, SONA_E_INVALID, "sona_ewc_observe_norm: gradient norm %g is negative",
+        return sona_fail(&e->err, SONA_E_INVALID, "%s: gradient norm %g is negative", __func__,
                          (double)grad_norm);
     const int b = observe_checked(e, theta, grad_norm);
     if (boundary)
@@ -359,7 +359,7 @@ sona_status sona_ewc_observe(sona_ewc *e, const float *theta, const float *g, ui
         return st;
     if (!sona_all_finite(theta, n))
         return nonfinite_input(e, fn);
-    const double norm = sqrt(sona_host_loops_get()->sum_squares(g, n));
+    const double norm = sqrt(sona_host_kernels_get()->sum_squares(g, n));
     if (!isfinite(norm))
         return sona_all_finite(g, n) ? sona_fail(&e->err, SONA_E_NONFINITE, "%s: the gradient's norm overflows", fn)
                                      : nonfinite_input(e, fn);
@@ -385,7 +385,7 @@ sona_status sona_ewc_apply_constraints(const sona_ewc *ce, const float *theta, c
             memcpy(out, g, (size_t)n * sizeof *out);
         return SONA_OK;
     }
-    sona_host_loops_get()->penalise(out, g, theta, e->fisher_sum, e->fisher_theta, n, e->lambda);
+    sona_host_kernels_get()->penalise(out, g, theta, e->fisher_sum, e->fisher_theta, n, e->lambda);
     return SONA_OK;
 }
 
@@ -394,7 +394,7 @@ sona_status sona_ewc_penalty(const sona_ewc *e, const float **fisher_sum, const 
 {
     if (!e || !fisher_sum || !fisher_theta || !lambda)
         return sona_fail(e ? (sona_errbuf *)&e->err : NULL, SONA_E_NULL,
-                         "sona_ewc_penalty: every argument is required");
+                         "%s: every argument is required", __func__);
     const int any = e->task_count > 0;
     *fisher_sum = any ? e->fisher_sum : NULL;
     *fisher_theta = any ? e->fisher_theta : NULL;
@@ -405,9 +405,9 @@ sona_status sona_ewc_penalty(const sona_ewc *e, const float **fisher_sum, const 
 sona_status sona_ewc_get_task(const sona_ewc *e, uint32_t i, float *theta_star, float *fisher)
 {
     if (!e)
-        return sona_fail(NULL, SONA_E_NULL, "sona_ewc_get_task: ewc is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: ewc is NULL", __func__);
     if (i >= e->task_count)
-        return sona_fail((sona_errbuf *)&e->err, SONA_E_INVALID, "sona_ewc_get_task: task %u of %u", i,
+        return sona_fail((sona_errbuf *)&e->err, SONA_E_INVALID, "%s: task %u of %u", __func__, i,
                          e->task_count);
     const size_t bytes = (size_t)e->cfg.param_count * sizeof(float);
     if (theta_star)

@@ -119,7 +119,7 @@ sona_status sona_lora_create(const sona_lora_config *cfg, sona_lora **out)
     if (st != SONA_OK) {
         if (out)
             *out = NULL;
-        return sona_fail(NULL, st, "sona_lora_create: %s", why);
+        return sona_fail(NULL, st, "%s: %s", __func__, why);
     }
     return sona_lora_create_on(cfg, be, out);
 }
@@ -229,11 +229,11 @@ sona_status sona_lora_forward_batch(sona_lora *l, uint32_t n, const int32_t *ids
                                     float *y)
 {
     if (!l)
-        return sona_fail(NULL, SONA_E_NULL, "sona_lora_forward_batch: lora is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: lora is NULL", __func__);
     if (!ids || !x || !y)
-        return sona_fail(&l->err, SONA_E_NULL, "sona_lora_forward_batch: ids, x and y are required");
+        return sona_fail(&l->err, SONA_E_NULL, "%s: ids, x and y are required", __func__);
     if (n == 0)
-        return sona_fail(&l->err, SONA_E_INVALID, "sona_lora_forward_batch: n is 0");
+        return sona_fail(&l->err, SONA_E_INVALID, "%s: n is 0", __func__);
     sona_status st = check_ids(l, "sona_lora_forward_batch", n, ids);
     if (st != SONA_OK)
         return st;
@@ -379,14 +379,14 @@ static sona_status apply_step(sona_lora *l, const sona_lora_ewc_terms *t)
 sona_status sona_lora_apply_updates(sona_lora *l)
 {
     if (!l)
-        return sona_fail(NULL, SONA_E_NULL, "sona_lora_apply_updates: lora is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: lora is NULL", __func__);
     return apply_step(l, NULL);
 }
 
 sona_status sona_lora_apply_updates_ewc(sona_lora *l, const sona_lora_ewc_terms *t)
 {
     if (!l || !t)
-        return sona_fail(l ? &l->err : NULL, SONA_E_NULL, "sona_lora_apply_updates_ewc: NULL argument");
+        return sona_fail(l ? &l->err : NULL, SONA_E_NULL, "%s: NULL argument", __func__);
     return apply_step(l, t);
 }
 
@@ -472,7 +472,7 @@ sona_status sona_lora_get_weights(const sona_lora *cl, int32_t adapter, float *A
 {
     sona_lora *l = (sona_lora *)cl; /* only the error buffer is written */
     if (!l)
-        return sona_fail(NULL, SONA_E_NULL, "sona_lora_get_weights: lora is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: lora is NULL", __func__);
     sona_status st = check_adapter(l, "sona_lora_get_weights", adapter);
     if (st != SONA_OK)
         return st;
@@ -483,7 +483,7 @@ sona_status sona_lora_get_weights(const sona_lora *cl, int32_t adapter, float *A
     if (B) {
         float *bt = malloc(af * sizeof(float));
         if (!bt)
-            return sona_fail(&l->err, SONA_E_NOMEM, "sona_lora_get_weights: out of memory");
+            return sona_fail(&l->err, SONA_E_NOMEM, "%s: out of memory", __func__);
         if (l->be->download(l->be->ctx, bt, l->Bt, off, af * sizeof(float)) != SONA_OK) {
             free(bt);
             return backend_failed(l, "download", SONA_E_BACKEND);
@@ -499,18 +499,18 @@ sona_status sona_lora_get_weights(const sona_lora *cl, int32_t adapter, float *A
 sona_status sona_lora_set_weights(sona_lora *l, int32_t adapter, const float *A, const float *B)
 {
     if (!l)
-        return sona_fail(NULL, SONA_E_NULL, "sona_lora_set_weights: lora is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: lora is NULL", __func__);
     sona_status st = check_adapter(l, "sona_lora_set_weights", adapter);
     if (st != SONA_OK)
         return st;
     const size_t af = l->adapter_floats, off = (size_t)adapter * af * sizeof(float);
     const uint32_t H = l->cfg.hidden, r = l->cfg.rank;
     if ((A && !sona_all_finite(A, af)) || (B && !sona_all_finite(B, af)))
-        return sona_fail(&l->err, SONA_E_NONFINITE, "sona_lora_set_weights: NaN or Inf in weights; adapter unchanged");
+        return sona_fail(&l->err, SONA_E_NONFINITE, "%s: NaN or Inf in weights; adapter unchanged", __func__);
     float *bt = NULL;
     if (B) {
         if (!(bt = malloc(af * sizeof(float))))
-            return sona_fail(&l->err, SONA_E_NOMEM, "sona_lora_set_weights: out of memory");
+            return sona_fail(&l->err, SONA_E_NOMEM, "%s: out of memory", __func__);
         for (uint32_t j = 0; j < r; j++)
             for (uint32_t h = 0; h < H; h++)
                 bt[(size_t)j * H + h] = B[(size_t)h * r + j];
@@ -653,7 +653,7 @@ sona_status sona_lora_gain(const sona_lora *cl, int32_t adapter, double *gain)
 {
     sona_lora *l = (sona_lora *)cl; /* only the error buffer is written */
     if (!l || !gain)
-        return sona_fail(l ? &l->err : NULL, SONA_E_NULL, "sona_lora_gain: NULL argument");
+        return sona_fail(l ? &l->err : NULL, SONA_E_NULL, "%s: NULL argument", __func__);
     sona_status st = check_adapter(l, "sona_lora_gain", adapter);
     if (st != SONA_OK)
         return st;
@@ -672,7 +672,7 @@ sona_status sona_lora_bound_gain(sona_lora *l, float max_gain, uint32_t *capped)
     if (capped)
         *capped = 0;
     if (!l)
-        return sona_fail(NULL, SONA_E_NULL, "sona_lora_bound_gain: lora is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: lora is NULL", __func__);
     if (!(max_gain > 0.0f))
         return SONA_OK;
     const float *A = NULL;

@@ -81,7 +81,7 @@ sona_status sona_signal_baseline_weigh(sona_signal_baseline *b, float rate, floa
                                        float *w)
 {
     if (!b || !w)
-        return sona_fail(NULL, SONA_E_NULL, "sona_signal_baseline_weigh: baseline and w are required");
+        return sona_fail(NULL, SONA_E_NULL, "%s: baseline and w are required", __func__);
     if (!isfinite(q) || !isfinite(rate) || !isfinite(max_weight))
         return sona_fail(NULL, SONA_E_NONFINITE, "signal: quality %g (rate %g, max weight %g) is not finite",
                          (double)q, (double)rate, (double)max_weight);
@@ -380,7 +380,7 @@ void sona_signal_builder_get_stats(const sona_signal_builder *csb, sona_signal_s
 sona_status sona_signal_builder_get_baseline(const sona_signal_builder *csb, sona_signal_baseline *out)
 {
     if (!csb || !out)
-        return sona_fail(NULL, SONA_E_NULL, "sona_signal_builder_get_baseline: builder and out are required");
+        return sona_fail(NULL, SONA_E_NULL, "%s: builder and out are required", __func__);
     sona_signal_builder *sb = (sona_signal_builder *)csb; /* the lock only */
     pthread_mutex_lock(&sb->mu);
     *out = sb->own;

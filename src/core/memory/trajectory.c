@@ -30,11 +30,11 @@ struct sona_id_source {
 sona_status sona_id_source_create(uint64_t first, sona_id_source **out)
 {
     if (!out)
-        return sona_fail(NULL, SONA_E_NULL, "sona_id_source_create: out is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: out is NULL", __func__);
     sona_id_source *s = malloc(sizeof *s);
     if (!s) {
         *out = NULL;
-        return sona_fail(NULL, SONA_E_NOMEM, "sona_id_source_create: out of memory");
+        return sona_fail(NULL, SONA_E_NOMEM, "%s: out of memory", __func__);
     }
     atomic_init(&s->next, first);
     *out = s;
@@ -223,7 +223,7 @@ sona_status sona_trajectory_reset(sona_trajectory *t, sona_id_source *ids, const
                                   uint32_t dim)
 {
     if (!t)
-        return fail(NULL, SONA_E_NULL, "sona_trajectory_reset: trajectory is NULL");
+        return fail(NULL, SONA_E_NULL, "%s: trajectory is NULL", __func__);
     return start(t, ids, query, dim, "sona_trajectory_reset");
 }
 
@@ -665,7 +665,7 @@ sona_status sona_trajectory_read(sona_rbuf *r, sona_trajectory **out)
     *out = NULL;
     sona_trajectory *t = calloc(1, sizeof *t);
     if (!t)
-        return fail(NULL, SONA_E_NOMEM, "sona_trajectory_read: out of memory");
+        return fail(NULL, SONA_E_NOMEM, "%s: out of memory", __func__);
     t->route_off = NO_ROUTE;
     const sona_status st = read_into(t, r);
     if (st != SONA_OK) {

@@ -201,7 +201,7 @@ sona_status sona_trajectory_buffer_drain(sona_trajectory_buffer *b, sona_traject
     if (taken)
         *taken = 0;
     if (!b || !taken || (!out && max > 0))
-        return sona_fail(NULL, SONA_E_NULL, "sona_trajectory_buffer_drain: buffer, out and taken are required");
+        return sona_fail(NULL, SONA_E_NULL, "%s: buffer, out and taken are required", __func__);
     uint32_t n = 0;
     while (n < max) {
         sona_trajectory *t = try_pop(b);

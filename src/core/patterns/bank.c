@@ -189,30 +189,30 @@ void sona_bank_config_default(sona_bank_config *cfg, uint32_t dim)
 sona_status sona_bank_create(const sona_bank_config *cfg, sona_bank **out)
 {
     if (!out)
-        return sona_fail(NULL, SONA_E_NULL, "sona_bank_create: out is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: out is NULL", __func__);
     *out = NULL;
     if (!cfg)
-        return sona_fail(NULL, SONA_E_NULL, "sona_bank_create: cfg is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: cfg is NULL", __func__);
     if (cfg->dim == 0 || cfg->k_clusters == 0 || cfg->max_iterations == 0 || cfg->capacity == 0 ||
         cfg->max_pending == 0)
         return sona_fail(NULL, SONA_E_INVALID,
-                         "sona_bank_create: dim, k_clusters, max_iterations, capacity and "
-                         "max_pending must be >= 1");
+                         "%s: dim, k_clusters, max_iterations, capacity and "
+                         "max_pending must be >= 1", __func__);
     if (cfg->capacity > (1u << 24))
         return sona_fail(NULL, SONA_E_INVALID,
-                         "sona_bank_create: capacity %u is over 2^24 (the index's node limit)",
+                         "%s: capacity %u is over 2^24 (the index's node limit)", __func__,
                          cfg->capacity);
     if (!isfinite(cfg->tolerance) || !isfinite(cfg->merge_threshold) || !isfinite(cfg->min_quality) ||
         !isfinite(cfg->merge_z))
-        return sona_fail(NULL, SONA_E_NONFINITE, "sona_bank_create: NaN or Inf in tolerance, merge_threshold, "
-                                                 "merge_z or min_quality");
+        return sona_fail(NULL, SONA_E_NONFINITE, "%s: NaN or Inf in tolerance, merge_threshold, "
+                                                 "merge_z or min_quality", __func__);
     if (cfg->tolerance < 0.0f || cfg->merge_threshold < -1.0f || cfg->merge_threshold > 1.0f ||
         cfg->merge_z < 0.0f)
-        return sona_fail(NULL, SONA_E_INVALID, "sona_bank_create: tolerance must be >= 0, merge_threshold in "
-                                               "-1..1, merge_z >= 0");
+        return sona_fail(NULL, SONA_E_INVALID, "%s: tolerance must be >= 0, merge_threshold in "
+                                               "-1..1, merge_z >= 0", __func__);
     sona_bank *b = calloc(1, sizeof *b);
     if (!b)
-        return sona_fail(NULL, SONA_E_NOMEM, "sona_bank_create: out of memory");
+        return sona_fail(NULL, SONA_E_NOMEM, "%s: out of memory", __func__);
     b->cfg = *cfg;
     b->cfg.index.dim = cfg->dim;
     b->cfg.index.track_access = 0; /* the bank counts accesses itself */
@@ -1075,7 +1075,7 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
         st = reserve_patterns(b, b->npat + k);
     if (st != SONA_OK) {
         give_back(b, &taken);
-        st = sona_fail(&b->err, st, "sona_bank_extract: k-means of %u trajectories on %s: %s", n,
+        st = sona_fail(&b->err, st, "%s: k-means of %u trajectories on %s: %s", __func__, n,
                        b->be->name, sona_status_str(st));
         goto out;
     }
@@ -1172,7 +1172,7 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
             if (ast == SONA_OK)
                 ast = add_pattern(b, &info, gv, &pos);
             else
-                ast = sona_fail(&b->err, ast, "sona_bank_extract: out of memory for a pattern");
+                ast = sona_fail(&b->err, ast, "%s: out of memory for a pattern", __func__);
             if (ast == SONA_OK) {
                 b->next_id++;
                 to = (int32_t)pos;
@@ -1191,7 +1191,7 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
         const int32_t t = row_to[i] >= 0 ? row_to[i] : target[assign[i]];
         if (t >= 0 && taken.route[i] != NO_ROUTE &&
             add_route_stat(b, &b->pats[t], (uint32_t)taken.route[i], 1, taken.q[i]) != 0)
-            st = sona_fail(&b->err, SONA_E_NOMEM, "sona_bank_extract: route statistics incomplete (out of memory)");
+            st = sona_fail(&b->err, SONA_E_NOMEM, "%s: route statistics incomplete (out of memory)", __func__);
     }
     r.trajectories = n;
     r.clusters = k;
@@ -1236,12 +1236,12 @@ sona_status sona_bank_search(sona_bank *b, const float *query, uint32_t dim, uin
     if (!b)
         return no_bank("sona_bank_search");
     if (dim != b->cfg.dim)
-        return sona_fail(&b->err, SONA_E_SIZE, "sona_bank_search: query dim %u, the bank's is %u",
+        return sona_fail(&b->err, SONA_E_SIZE, "%s: query dim %u, the bank's is %u", __func__,
                          dim, b->cfg.dim);
     pthread_mutex_lock(&b->lock);
     sona_status st = search_locked(b, query, k, ids, sims, found);
     if (st != SONA_OK) {
-        sona_fail(&b->err, st, "sona_bank_search: %s", sona_index_last_error(b->index));
+        sona_fail(&b->err, st, "%s: %s", __func__, sona_index_last_error(b->index));
     } else {
         const uint64_t now = now_ms(b);
         for (uint32_t i = 0; i < *found; i++) {
@@ -1283,7 +1283,7 @@ sona_status sona_bank_pattern_get(const sona_bank *b, uint64_t id, sona_pattern 
     if (pos != SONA_SLOTMAP_EMPTY)
         copy_pattern(b, pos, p, centroid);
     else
-        st = sona_fail(err_of(b), SONA_E_NOT_FOUND, "sona_bank_pattern_get: no pattern %llu",
+        st = sona_fail(err_of(b), SONA_E_NOT_FOUND, "%s: no pattern %llu", __func__,
                        (unsigned long long)id);
     pthread_mutex_unlock((pthread_mutex_t *)&b->lock);
     return st;
@@ -1298,7 +1298,7 @@ sona_status sona_bank_pattern_at(const sona_bank *b, uint32_t i, sona_pattern *p
     if (i < b->npat)
         copy_pattern(b, i, p, centroid);
     else
-        st = sona_fail(err_of(b), SONA_E_INVALID, "sona_bank_pattern_at: pattern %u of %u", i, b->npat);
+        st = sona_fail(err_of(b), SONA_E_INVALID, "%s: pattern %u of %u", __func__, i, b->npat);
     pthread_mutex_unlock((pthread_mutex_t *)&b->lock);
     return st;
 }
@@ -1338,7 +1338,7 @@ sona_status sona_bank_neighbors(const sona_bank *b, uint64_t id, uint64_t *out, 
     pthread_mutex_lock((pthread_mutex_t *)&b->lock);
     sona_status st = sona_index_neighbors(b->index, id, out, max, n);
     if (st != SONA_OK) /* the index's const queries report on the thread */
-        sona_fail(err_of(b), st, "sona_bank_neighbors: %s", sona_last_error());
+        sona_fail(err_of(b), st, "%s: %s", __func__, sona_last_error());
     pthread_mutex_unlock((pthread_mutex_t *)&b->lock);
     return st;
 }
@@ -1412,7 +1412,7 @@ sona_status sona_bank_restore_counters(sona_bank *b, const sona_bank_stats *coun
     if (!b)
         return no_bank("sona_bank_restore_counters");
     if (!counters)
-        return sona_fail(&b->err, SONA_E_NULL, "sona_bank_restore_counters: counters is NULL");
+        return sona_fail(&b->err, SONA_E_NULL, "%s: counters is NULL", __func__);
     pthread_mutex_lock(&b->lock);
     uint64_t max_id = 0;
     for (uint32_t i = 0; i < b->npat; i++)
@@ -1420,7 +1420,7 @@ sona_status sona_bank_restore_counters(sona_bank *b, const sona_bank_stats *coun
     sona_status st = SONA_OK;
     if (next_id <= max_id) {
         st = sona_fail(&b->err, SONA_E_INVALID,
-                       "sona_bank_restore_counters: next id %llu is not above pattern %llu",
+                       "%s: next id %llu is not above pattern %llu", __func__,
                        (unsigned long long)next_id, (unsigned long long)max_id);
     } else {
         b->stats = *counters;
@@ -1437,7 +1437,7 @@ sona_status sona_bank_stats_get(const sona_bank *b, sona_bank_stats *out)
     if (!b)
         return no_bank("sona_bank_stats_get");
     if (!out)
-        return sona_fail(err_of(b), SONA_E_NULL, "sona_bank_stats_get: out is NULL");
+        return sona_fail(err_of(b), SONA_E_NULL, "%s: out is NULL", __func__);
     pthread_mutex_lock((pthread_mutex_t *)&b->lock);
     *out = b->stats;
     out->pending = b->pend.n;

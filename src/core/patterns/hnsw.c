@@ -677,16 +677,16 @@ static sona_status check_config(const sona_index_config *cfg)
 sona_status sona_index_create(const sona_index_config *cfg, sona_index **out)
 {
     if (!out)
-        return sona_fail(NULL, SONA_E_NULL, "sona_index_create: out is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: out is NULL", __func__);
     *out = NULL;
     if (!cfg)
-        return sona_fail(NULL, SONA_E_NULL, "sona_index_create: cfg is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: cfg is NULL", __func__);
     sona_status st = check_config(cfg);
     if (st != SONA_OK)
         return st;
     sona_index *x = calloc(1, sizeof *x);
     if (!x)
-        return sona_fail(NULL, SONA_E_NOMEM, "sona_index_create: out of memory");
+        return sona_fail(NULL, SONA_E_NOMEM, "%s: out of memory", __func__);
     x->cfg = *cfg;
     const uint32_t step = cfg->storage == SONA_STORAGE_Q8 ? SONA_Q8_BLOCK : 16;
     x->stride = (cfg->dim + step - 1) / step * step;
@@ -720,7 +720,7 @@ sona_status sona_index_create(const sona_index_config *cfg, sona_index **out)
         reserve_search(x, cfg->ef_search > cfg->ef_construction ? cfg->ef_search : cfg->ef_construction) != SONA_OK) {
         free_parts(x);
         free(x);
-        return sona_fail(NULL, SONA_E_NOMEM, "sona_index_create: out of memory");
+        return sona_fail(NULL, SONA_E_NOMEM, "%s: out of memory", __func__);
     }
     *out = x;
     return SONA_OK;
@@ -784,10 +784,10 @@ sona_status sona_index_insert(sona_index *x, uint64_t id, const float *vec)
     if (st != SONA_OK)
         return st;
     if (sona_slotmap_get(&x->map, id, x->ids, sizeof *x->ids) != SONA_SLOTMAP_EMPTY)
-        return sona_fail(&x->err, SONA_E_STATE, "sona_index_insert: id %llu is present (use update)",
+        return sona_fail(&x->err, SONA_E_STATE, "%s: id %llu is present (use update)", __func__,
                          (unsigned long long)id);
     st = insert_node(x, id, x->vbuf, encode(x, x->rbuf, x->vbuf, norm, NULL), 0);
-    return st == SONA_OK ? st : sona_fail(&x->err, st, "sona_index_insert: %s", why(st));
+    return st == SONA_OK ? st : sona_fail(&x->err, st, "%s: %s", __func__, why(st));
 }
 
 /* Rebuilds the graph from the live nodes when more than half the slots are deleted (or resets it
@@ -864,14 +864,14 @@ sona_status sona_index_update(sona_index *x, uint64_t id, const float *vec)
         return no_index("sona_index_update");
     const uint32_t old = sona_slotmap_get(&x->map, id, x->ids, sizeof *x->ids);
     if (old == SONA_SLOTMAP_EMPTY)
-        return sona_fail(&x->err, SONA_E_NOT_FOUND, "sona_index_update: no id %llu",
+        return sona_fail(&x->err, SONA_E_NOT_FOUND, "%s: no id %llu", __func__,
                          (unsigned long long)id);
     float norm = 0.0f;
     sona_status st = prepare(x, "sona_index_update", vec, x->vbuf, &norm, 1);
     if (st != SONA_OK)
         return st;
     st = replace(x, id, old, x->vbuf, encode(x, x->rbuf, x->vbuf, norm, NULL));
-    return st == SONA_OK ? st : sona_fail(&x->err, st, "sona_index_update: %s", why(st));
+    return st == SONA_OK ? st : sona_fail(&x->err, st, "%s: %s", __func__, why(st));
 }
 
 static uint64_t bits_of(double d)
@@ -920,7 +920,7 @@ sona_status sona_index_remove(sona_index *x, uint64_t id)
         return no_index("sona_index_remove");
     const uint32_t slot = sona_slotmap_get(&x->map, id, x->ids, sizeof *x->ids);
     if (slot == SONA_SLOTMAP_EMPTY)
-        return sona_fail(&x->err, SONA_E_NOT_FOUND, "sona_index_remove: no id %llu",
+        return sona_fail(&x->err, SONA_E_NOT_FOUND, "%s: no id %llu", __func__,
                          (unsigned long long)id);
     sona_slotmap_del(&x->map, id, x->ids, sizeof *x->ids);
     x->dead[slot] = 1;
@@ -936,9 +936,9 @@ sona_status sona_index_reserve(sona_index *x, uint32_t n)
     if (n <= x->cap)
         return SONA_OK;
     if (n > MAX_NODES)
-        return sona_fail(&x->err, SONA_E_FULL, "sona_index_reserve: %u nodes, the index holds 2^24 at most", n);
+        return sona_fail(&x->err, SONA_E_FULL, "%s: %u nodes, the index holds 2^24 at most", __func__, n);
     return grow(x, n) == SONA_OK ? SONA_OK
-                                 : sona_fail(&x->err, SONA_E_NOMEM, "sona_index_reserve: out of memory for %u nodes", n);
+                                 : sona_fail(&x->err, SONA_E_NOMEM, "%s: out of memory for %u nodes", __func__, n);
 }
 
 sona_status sona_index_set_ef_search(sona_index *x, uint32_t ef)
@@ -946,7 +946,7 @@ sona_status sona_index_set_ef_search(sona_index *x, uint32_t ef)
     if (!x)
         return no_index("sona_index_set_ef_search");
     if (ef == 0)
-        return sona_fail(&x->err, SONA_E_INVALID, "sona_index_set_ef_search: ef must be >= 1");
+        return sona_fail(&x->err, SONA_E_INVALID, "%s: ef must be >= 1", __func__);
     x->cfg.ef_search = ef;
     return SONA_OK;
 }
@@ -957,11 +957,11 @@ sona_status sona_index_search_ef(sona_index *x, const float *query, uint32_t k, 
     if (!x)
         return no_index("sona_index_search_ef");
     if (!ids || !found)
-        return sona_fail(&x->err, SONA_E_NULL, "sona_index_search: ids or found is NULL");
+        return sona_fail(&x->err, SONA_E_NULL, "%s: ids or found is NULL", __func__);
     if (k == 0 || ef == 0)
-        return sona_fail(&x->err, SONA_E_INVALID, "sona_index_search: k and ef must be >= 1");
+        return sona_fail(&x->err, SONA_E_INVALID, "%s: k and ef must be >= 1", __func__);
     float norm = 0.0f;
-    sona_status st = prepare(x, "sona_index_search", query, x->qbuf, &norm, 0);
+    sona_status st = prepare(x, __func__, query, x->qbuf, &norm, 0);
     if (st != SONA_OK)
         return st;
     *found = 0;
@@ -970,7 +970,7 @@ sona_status sona_index_search_ef(sona_index *x, const float *query, uint32_t k, 
     const uint32_t width = ef > k ? ef : k;
     if (reserve_search(x, width) != SONA_OK ||
         (count_access && !x->access && !(x->access = calloc(x->cap, sizeof *x->access))))
-        return sona_fail(&x->err, SONA_E_NOMEM, "sona_index_search: out of memory");
+        return sona_fail(&x->err, SONA_E_NOMEM, "%s: out of memory", __func__);
     const float *q = x->qbuf;
     uint32_t ep = x->entry;
     float ep_s = sim_to(x, q, ep);
@@ -1010,7 +1010,7 @@ static sona_status lookup(const sona_index *x, uint64_t id, const char *call, ui
 sona_status sona_index_access_count(const sona_index *x, uint64_t id, uint64_t *count)
 {
     if (!x || !count)
-        return sona_fail(NULL, SONA_E_NULL, "sona_index_access_count: index and count are required");
+        return sona_fail(NULL, SONA_E_NULL, "%s: index and count are required", __func__);
     uint32_t slot;
     sona_status st = lookup(x, id, "sona_index_access_count", &slot);
     if (st == SONA_OK)
@@ -1022,7 +1022,7 @@ sona_status sona_index_neighbors(const sona_index *x, uint64_t id, uint64_t *out
                                  uint32_t *n)
 {
     if (!x || !n || (!out && max))
-        return sona_fail(NULL, SONA_E_NULL, "sona_index_neighbors: index, n (and out when max > 0) are required, one is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: index, n (and out when max > 0) are required, one is NULL", __func__);
     uint32_t slot;
     sona_status st = lookup(x, id, "sona_index_neighbors", &slot);
     if (st != SONA_OK)
@@ -1039,7 +1039,7 @@ sona_status sona_index_neighbors(const sona_index *x, uint64_t id, uint64_t *out
 sona_status sona_index_get_vector(const sona_index *x, uint64_t id, float *out)
 {
     if (!x || !out)
-        return sona_fail(NULL, SONA_E_NULL, "sona_index_get_vector: index and out are required");
+        return sona_fail(NULL, SONA_E_NULL, "%s: index and out are required", __func__);
     uint32_t slot;
     sona_status st = lookup(x, id, "sona_index_get_vector", &slot);
     if (st != SONA_OK)
