@@ -97,16 +97,16 @@ static sona_status tenant_reset(sona_engine *e, eng_tenant *t)
 sona_status sona_engine_create(const sona_engine_config *cfg, sona_engine **out)
 {
     if (!out)
-        return sona_fail(NULL, SONA_E_NULL, "sona_engine_create: out is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: out is NULL", __func__);
     *out = NULL;
     if (!cfg)
-        return sona_fail(NULL, SONA_E_NULL, "sona_engine_create: cfg is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: cfg is NULL", __func__);
     sona_status st = check_config(cfg);
     if (st != SONA_OK)
         return st;
     sona_engine *e = calloc(1, sizeof *e);
     if (!e)
-        return sona_fail(NULL, SONA_E_NOMEM, "sona_engine_create: out of memory");
+        return sona_fail(NULL, SONA_E_NOMEM, "%s: out of memory", __func__);
     e->cfg = *cfg;
     pthread_mutex_init(&e->err_mu, NULL);
     pthread_mutex_init(&e->tenants_mu, NULL);
@@ -138,7 +138,7 @@ sona_status sona_engine_create(const sona_engine_config *cfg, sona_engine **out)
         free(e->tenants);
         e->tenants = NULL;
         sona_engine_destroy(e);
-        return sona_fail(NULL, SONA_E_NOMEM, "sona_engine_create: out of memory");
+        return sona_fail(NULL, SONA_E_NOMEM, "%s: out of memory", __func__);
     }
     for (uint32_t i = 0; i < cfg->max_tenants; i++)
         pthread_mutex_init(&e->tenants[i].mu, NULL);
@@ -152,13 +152,13 @@ sona_status sona_engine_create(const sona_engine_config *cfg, sona_engine **out)
         char why[256];
         snprintf(why, sizeof why, "%s", sona_last_error());
         sona_engine_destroy(e);
-        return sona_fail(NULL, st == SONA_OK ? SONA_E_NOMEM : st, "sona_engine_create: %s", why);
+        return sona_fail(NULL, st == SONA_OK ? SONA_E_NOMEM : st, "%s: %s", __func__, why);
     }
     atomic_store(&e->tenants[0].live, 1);
     e->device = eng_device_create(cfg);
     if ((st = eng_threads_start(e)) != SONA_OK) {
         sona_engine_destroy(e);
-        return sona_fail(NULL, st, "sona_engine_create: could not start the loop thread");
+        return sona_fail(NULL, st, "%s: could not start the loop thread", __func__);
     }
     *out = e;
     return SONA_OK;
@@ -221,7 +221,7 @@ int sona_engine_enabled(const sona_engine *e) { return e ? atomic_load(&((sona_e
 sona_status sona_tenant_create(sona_engine *e, int32_t *tenant)
 {
     if (!e || !tenant)
-        return eng_fail(e, SONA_E_NULL, "sona_tenant_create: NULL argument");
+        return eng_fail(e, SONA_E_NULL, "%s: NULL argument", __func__);
     pthread_mutex_lock(&e->tenants_mu);
     sona_status st = SONA_E_FULL;
     for (uint32_t i = 1; i < e->cfg.max_tenants; i++) {
@@ -239,18 +239,18 @@ sona_status sona_tenant_create(sona_engine *e, int32_t *tenant)
     }
     pthread_mutex_unlock(&e->tenants_mu);
     if (st == SONA_E_FULL)
-        return eng_fail(e, st, "sona_tenant_create: all %u tenant slots are in use", e->cfg.max_tenants);
+        return eng_fail(e, st, "%s: all %u tenant slots are in use", __func__, e->cfg.max_tenants);
     if (st != SONA_OK)
-        return eng_fail(e, st, "sona_tenant_create: %s", sona_last_error());
+        return eng_fail(e, st, "%s: %s", __func__, sona_last_error());
     return SONA_OK;
 }
 
 sona_status sona_tenant_remove(sona_engine *e, int32_t tenant)
 {
     if (!e)
-        return sona_fail(NULL, SONA_E_NULL, "sona_tenant_remove: engine is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: engine is NULL", __func__);
     if (tenant == 0)
-        return eng_fail(e, SONA_E_INVALID, "sona_tenant_remove: tenant 0 cannot be removed");
+        return eng_fail(e, SONA_E_INVALID, "%s: tenant 0 cannot be removed", __func__);
     pthread_mutex_lock(&e->tenants_mu);
     eng_tenant *t = eng_live_tenant(e, tenant);
     if (t) {
@@ -260,7 +260,7 @@ sona_status sona_tenant_remove(sona_engine *e, int32_t tenant)
         pthread_mutex_unlock(&t->mu);
     }
     pthread_mutex_unlock(&e->tenants_mu);
-    return t ? SONA_OK : eng_fail(e, SONA_E_NOT_FOUND, "sona_tenant_remove: no tenant %d", tenant);
+    return t ? SONA_OK : eng_fail(e, SONA_E_NOT_FOUND, "%s: no tenant %d", __func__, tenant);
 }
 
 /* ---- apply --------------------------------------------------------------------------------- */
@@ -292,7 +292,7 @@ static sona_status check_tenants(sona_engine *e, uint32_t n, const int32_t *ids)
 {
     for (uint32_t i = 0; i < n; i++)
         if (ids[i] != -1 && !eng_live_tenant(e, ids[i]))
-            return eng_fail(e, SONA_E_NOT_FOUND, "sona_apply: row %u uses tenant %d, which does not exist", i, ids[i]);
+            return eng_fail(e, SONA_E_NOT_FOUND, "sona_apply_batch: row %u uses tenant %d, which does not exist", i, ids[i]);
     return SONA_OK;
 }
 
@@ -308,16 +308,16 @@ static int on_device(sona_engine *e, uint32_t n)
 sona_status sona_apply_batch(sona_engine *e, uint32_t n, const int32_t *ids, const float *x, float *y)
 {
     if (!e)
-        return sona_fail(NULL, SONA_E_NULL, "sona_apply: engine is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: engine is NULL", __func__);
     if (!ids || !x || !y)
-        return eng_fail(e, SONA_E_NULL, "sona_apply: ids, x and y are required");
+        return eng_fail(e, SONA_E_NULL, "%s: ids, x and y are required", __func__);
     sona_status st = check_tenants(e, n, ids);
     if (st != SONA_OK)
         return st;
     if (on_device(e, n)) {
         st = eng_device_apply(e, n, ids, x, y);
         if (st == SONA_OK || st == SONA_E_NOT_FOUND)
-            return st == SONA_OK ? st : eng_fail(e, st, "sona_apply: a tenant was removed during the call");
+            return st == SONA_OK ? st : eng_fail(e, st, "%s: a tenant was removed during the call", __func__);
         atomic_fetch_add(&e->device_fallbacks, 1); /* the rows are redone on the CPU below */
     }
     const size_t H = e->cfg.hidden;
@@ -331,11 +331,11 @@ sona_status sona_apply_batch(sona_engine *e, uint32_t n, const int32_t *ids, con
         } else {
             sona_snapshot *s = sona_snapshot_acquire(&e->tenants[ids[i]].slot);
             if (!s) /* removed since the check */
-                return eng_fail(e, SONA_E_NOT_FOUND, "sona_apply: tenant %d was removed during the call", ids[i]);
+                return eng_fail(e, SONA_E_NOT_FOUND, "%s: tenant %d was removed during the call", __func__, ids[i]);
             st = apply_rows(s, 0, j - i, x + i * H, y + i * H);
             sona_snapshot_release(s);
             if (st != SONA_OK)
-                return eng_fail(e, st, "sona_apply: lora_apply failed");
+                return eng_fail(e, st, "%s: lora_apply failed", __func__);
         }
         i = j;
     }
@@ -355,11 +355,11 @@ sona_status sona_apply_inplace(sona_engine *e, int32_t tenant, float *x)
 sona_status sona_apply_layer_batch(sona_engine *e, uint32_t layer, uint32_t n, const float *x, float *y)
 {
     if (!e)
-        return sona_fail(NULL, SONA_E_NULL, "sona_apply_layer: engine is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: engine is NULL", __func__);
     if (!x || !y)
-        return eng_fail(e, SONA_E_NULL, "sona_apply_layer: x and y are required");
+        return eng_fail(e, SONA_E_NULL, "%s: x and y are required", __func__);
     if (layer >= e->cfg.base_layers)
-        return eng_fail(e, SONA_E_INVALID, "sona_apply_layer: layer %u is outside 0..%u", layer,
+        return eng_fail(e, SONA_E_INVALID, "%s: layer %u is outside 0..%u", __func__, layer,
                         e->cfg.base_layers - 1);
     if (on_device(e, n)) {
         if (eng_device_apply_layer(e, layer, n, x, y) == SONA_OK)
@@ -369,7 +369,7 @@ sona_status sona_apply_layer_batch(sona_engine *e, uint32_t layer, uint32_t n, c
     sona_snapshot *s = sona_snapshot_acquire(&e->base_slot);
     sona_status st = s ? apply_rows(s, (int32_t)layer, n, x, y) : SONA_E_STATE;
     sona_snapshot_release(s);
-    return st == SONA_OK ? SONA_OK : eng_fail(e, st, "sona_apply_layer: lora_apply failed");
+    return st == SONA_OK ? SONA_OK : eng_fail(e, st, "%s: lora_apply failed", __func__);
 }
 
 sona_status sona_apply_layer(sona_engine *e, uint32_t layer, const float *x, float *y)
@@ -381,7 +381,7 @@ sona_status sona_apply_layer(sona_engine *e, uint32_t layer, const float *x, flo
 sona_status sona_get_stats(sona_engine *e, sona_stats *s)
 {
     if (!e || !s)
-        return eng_fail(e, SONA_E_NULL, "sona_get_stats: NULL argument");
+        return eng_fail(e, SONA_E_NULL, "%s: NULL argument", __func__);
     memset(s, 0, sizeof *s);
     /* processed, then taken, then recorded: each read no earlier than the one before, and
      * processed <= taken <= recorded holds at every instant (base.h), so the values

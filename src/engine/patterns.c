@@ -67,9 +67,9 @@ sona_status sona_find_patterns(sona_engine *e, const float *query, uint32_t k, s
                                uint32_t *found)
 {
     if (!e || !query || !hits || !found)
-        return eng_fail(e, SONA_E_NULL, "sona_find_patterns: NULL argument");
+        return eng_fail(e, SONA_E_NULL, "%s: NULL argument", __func__);
     if (!sona_all_finite(query, e->cfg.hidden)) /* checked here too: an empty bank searches nothing */
-        return eng_fail(e, SONA_E_NONFINITE, "sona_find_patterns: NaN or Inf in the query");
+        return eng_fail(e, SONA_E_NONFINITE, "%s: NaN or Inf in the query", __func__);
     *found = 0;
     if (k == 0)
         return SONA_OK;
@@ -78,7 +78,7 @@ sona_status sona_find_patterns(sona_engine *e, const float *query, uint32_t k, s
     if (!ids || !sims) {
         free(ids);
         free(sims);
-        return eng_fail(e, SONA_E_NOMEM, "sona_find_patterns: out of memory");
+        return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
     }
     pthread_rwlock_rdlock(&e->bank_lock);
     uint32_t n = 0;
@@ -92,7 +92,7 @@ sona_status sona_find_patterns(sona_engine *e, const float *query, uint32_t k, s
         (*found)++;
     }
     if (st != SONA_OK)
-        eng_fail(e, st, "sona_find_patterns: %s", sona_bank_last_error(e->bank));
+        eng_fail(e, st, "%s: %s", __func__, sona_bank_last_error(e->bank));
     pthread_rwlock_unlock(&e->bank_lock);
     free(ids);
     free(sims);
@@ -102,14 +102,14 @@ sona_status sona_find_patterns(sona_engine *e, const float *query, uint32_t k, s
 sona_status sona_engine_pattern(sona_engine *e, uint64_t id, sona_pattern *p, float *centroid)
 {
     if (!e || !p)
-        return eng_fail(e, SONA_E_NULL, "sona_engine_pattern: NULL argument");
+        return eng_fail(e, SONA_E_NULL, "%s: NULL argument", __func__);
     pthread_rwlock_rdlock(&e->bank_lock);
     const sona_status st = sona_bank_pattern_get(e->bank, id, p, centroid);
     pthread_rwlock_unlock(&e->bank_lock);
     if (st == SONA_E_NOT_FOUND)
-        return eng_fail(e, st, "sona_engine_pattern: no pattern %llu (merged away, pruned or evicted, "
-                               "or never made)", (unsigned long long)id);
+        return eng_fail(e, st, "%s: no pattern %llu (merged away, pruned or evicted, "
+                               "or never made)", __func__, (unsigned long long)id);
     if (st != SONA_OK)
-        return eng_fail(e, st, "sona_engine_pattern: %s", sona_bank_last_error(e->bank));
+        return eng_fail(e, st, "%s: %s", __func__, sona_bank_last_error(e->bank));
     return SONA_OK;
 }

@@ -619,7 +619,7 @@ static sona_status eng_state_write(sona_engine *e, const char *path, sona_wbuf *
 sona_status sona_save(sona_engine *e, const char *path)
 {
     if (!e || !path)
-        return eng_fail(e, SONA_E_NULL, "sona_save: NULL argument");
+        return eng_fail(e, SONA_E_NULL, "%s: NULL argument", __func__);
     sona_wbuf w;
     pthread_mutex_lock(&e->cycle_mu);
     sona_status st = eng_state_snapshot(e, &w);
@@ -814,7 +814,7 @@ sona_status sona_load_buffer(sona_engine *e, const void *data, size_t len)
 sona_status sona_load(sona_engine *e, const char *path)
 {
     if (!e || !path)
-        return eng_fail(e, SONA_E_NULL, "sona_load: NULL argument");
+        return eng_fail(e, SONA_E_NULL, "%s: NULL argument", __func__);
     uint8_t *buf;
     size_t len;
     sona_status st = eng_read_whole_file(e, "sona_load", path, &buf, &len);
@@ -828,7 +828,7 @@ sona_status sona_load(sona_engine *e, const char *path)
 sona_status sona_state_config(const char *path, sona_engine_config *out)
 {
     if (!path || !out)
-        return eng_fail(NULL, SONA_E_NULL, "sona_state_config: NULL argument");
+        return eng_fail(NULL, SONA_E_NULL, "%s: NULL argument", __func__);
     uint8_t *buf;
     size_t len;
     sona_status st = eng_read_whole_file(NULL, "sona_state_config", path, &buf, &len);
@@ -839,7 +839,7 @@ sona_status sona_state_config(const char *path, sona_engine_config *out)
     st = read_sections(NULL, "sona_state_config", buf, len, sec, &version);
     sona_engine_config c;
     if (st == SONA_OK && eng_config_read(&sec[0], &c) != 0) /* CONF: the first section */
-        st = eng_fail(NULL, SONA_E_CORRUPT, "sona_state_config: bad configuration section");
+        st = eng_fail(NULL, SONA_E_CORRUPT, "%s: bad configuration section", __func__);
     if (st == SONA_OK)
         *out = c;
     free(buf);

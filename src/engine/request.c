@@ -28,20 +28,20 @@ static void request_release(sona_request *r)
 sona_status sona_request_begin(sona_engine *e, int32_t tenant, const float *query, sona_request **out)
 {
     if (!e || !query || !out)
-        return eng_fail(e, SONA_E_NULL, "sona_request_begin: NULL argument");
+        return eng_fail(e, SONA_E_NULL, "%s: NULL argument", __func__);
     *out = NULL;
     if (!eng_live_tenant(e, tenant))
-        return eng_fail(e, SONA_E_NOT_FOUND, "sona_request_begin: no tenant %d", tenant);
+        return eng_fail(e, SONA_E_NOT_FOUND, "%s: no tenant %d", __func__, tenant);
     /* The spare object of an ended request when there is one: one thread serving requests
      * one after the other never allocates here. */
     sona_request *r = atomic_exchange(&e->spare_request, NULL);
     if (!r && !(r = malloc(sizeof *r)))
-        return eng_fail(e, SONA_E_NOMEM, "sona_request_begin: out of memory");
+        return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
     *r = (sona_request){.e = e, .tenant = tenant};
     sona_status st = eng_traj_take(e, query, &r->t);
     if (st != SONA_OK) {
         request_release(r);
-        return eng_fail(e, st, "sona_request_begin: %s", sona_last_error());
+        return eng_fail(e, st, "%s: %s", __func__, sona_last_error());
     }
     *out = r;
     return SONA_OK;
@@ -51,27 +51,27 @@ sona_status sona_request_step(sona_request *r, uint32_t layer, const float *acti
                               const float *attention, uint32_t n_attention, float reward)
 {
     if (!r || !activations || (n_attention && !attention))
-        return eng_fail(r ? r->e : NULL, SONA_E_NULL, "sona_request_step: NULL argument");
+        return eng_fail(r ? r->e : NULL, SONA_E_NULL, "%s: NULL argument", __func__);
     sona_engine *e = r->e;
     if (layer > INT32_MAX)
-        return eng_fail(e, SONA_E_INVALID, "sona_request_step: layer %u is out of range", layer);
+        return eng_fail(e, SONA_E_INVALID, "%s: layer %u is out of range", __func__, layer);
     if (n_attention && !sona_all_finite(attention, n_attention)) {
         r->poisoned = 1;
-        return eng_fail(e, SONA_E_NONFINITE, "sona_request_step: NaN or Inf in attention weights");
+        return eng_fail(e, SONA_E_NONFINITE, "%s: NaN or Inf in attention weights", __func__);
     }
     if (sona_trajectory_step_count(r->t) >= e->cfg.max_steps) {
         /* Only the first max_steps are kept; the others are checked all the same. */
         if (isfinite(reward) && sona_all_finite(activations, e->cfg.hidden))
             return SONA_OK;
         r->poisoned = 1;
-        return eng_fail(e, SONA_E_NONFINITE, "sona_request_step: NaN or Inf in the activations or reward "
-                                             "(of a step past max_steps)");
+        return eng_fail(e, SONA_E_NONFINITE, "%s: NaN or Inf in the activations or reward "
+                                             "(of a step past max_steps)", __func__);
     }
     /* Attention weights are checked, not kept: loop B learns from activations and rewards. */
     sona_status st = sona_trajectory_add_step(r->t, activations, e->cfg.hidden, NULL, 0, reward, (int32_t)layer);
     if (st != SONA_OK) {
         r->poisoned = 1;
-        return eng_fail(e, st, "sona_request_step: %s", sona_trajectory_last_error(r->t));
+        return eng_fail(e, st, "%s: %s", __func__, sona_trajectory_last_error(r->t));
     }
     return SONA_OK;
 }
@@ -140,7 +140,7 @@ static sona_status learn_instant(sona_engine *e, int32_t tenant, const sona_traj
 sona_status sona_request_end(sona_request *r, float quality)
 {
     if (!r)
-        return sona_fail(NULL, SONA_E_NULL, "sona_request_end: request is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: request is NULL", __func__);
     sona_engine *e = r->e;
     sona_trajectory *t = r->t;
     const int32_t tenant = r->tenant;
@@ -153,7 +153,7 @@ sona_status sona_request_end(sona_request *r, float quality)
     if (poisoned || sona_trajectory_end(t, quality) != SONA_OK) {
         atomic_fetch_add(&e->n.rejected, 1);
         eng_traj_recycle(e, t);
-        return eng_fail(e, SONA_E_NONFINITE, "sona_request_end: NaN or Inf in the trajectory; not learned");
+        return eng_fail(e, SONA_E_NONFINITE, "%s: NaN or Inf in the trajectory; not learned", __func__);
     }
     sona_status st = learn_instant(e, tenant, t);
     /* Counted as recorded before loop B can take it (see base.h's taken). */
@@ -170,7 +170,7 @@ sona_status sona_request_end(sona_request *r, float quality)
 sona_status sona_flush(sona_engine *e)
 {
     if (!e)
-        return sona_fail(NULL, SONA_E_NULL, "sona_flush: engine is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: engine is NULL", __func__);
     sona_status first = SONA_OK;
     for (uint32_t i = 0; i < e->cfg.max_tenants; i++) {
         eng_tenant *t = &e->tenants[i];

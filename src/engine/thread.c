@@ -37,7 +37,7 @@ static sona_status deep_cycle(sona_engine *e)
 sona_status sona_tick(sona_engine *e)
 {
     if (!e)
-        return sona_fail(NULL, SONA_E_NULL, "sona_tick: engine is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: engine is NULL", __func__);
     if (!atomic_load(&e->enabled))
         return SONA_OK;
     const uint32_t queued = sona_trajectory_buffer_len(e->buffer);
@@ -56,7 +56,7 @@ sona_status sona_tick(sona_engine *e)
 sona_status sona_force_learn(sona_engine *e)
 {
     if (!e)
-        return sona_fail(NULL, SONA_E_NULL, "sona_force_learn: engine is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: engine is NULL", __func__);
     const sona_status st = eng_loop_b_cycle(e, 1, 0);
     return st == SONA_E_EMPTY ? SONA_OK : st;
 }
@@ -64,7 +64,7 @@ sona_status sona_force_learn(sona_engine *e)
 sona_status sona_deep_cycle(sona_engine *e)
 {
     if (!e)
-        return sona_fail(NULL, SONA_E_NULL, "sona_deep_cycle: engine is NULL");
+        return sona_fail(NULL, SONA_E_NULL, "%s: engine is NULL", __func__);
     return deep_cycle(e);
 }
 
