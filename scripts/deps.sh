@@ -3,7 +3,7 @@
 set -euo pipefail
 packages=(cmake make gcc clang pkg-config libcriterion-dev libhwloc-dev zlib1g-dev
           ocl-icd-opencl-dev opencl-headers libclblast-dev pocl-opencl-icd clinfo
-          gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user python3-numpy python3-pytest)
+          gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user python3-numpy python3-pytest chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
