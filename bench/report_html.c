@@ -286,7 +286,13 @@ static int bar_chart_write(bench_buf *b, const bar_chart *c, const bench_result 
     }
     /* Categories and series in the order they first appear: index of their first point. */
     size_t *cats = malloc(n * sizeof *cats), *sers = malloc(n * sizeof *sers), ncats = 0, nsers = 0;
-    for (size_t i = 0; cats && sers && i < n; i++) {
+    if (!cats || !sers) {
+        free(cats);
+        free(sers);
+        free(pts);
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
         int seen_cat = 0, seen_ser = 0;
         for (size_t k = 0; k < ncats && !seen_cat; k++)
             seen_cat = !strcmp(pts[cats[k]].cat, pts[i].cat);
