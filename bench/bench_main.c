@@ -31,7 +31,7 @@ static void usage(FILE *f)
             "  --group       groups to run (see --list); 'ops' selects every op_* group\n"
             "  --backend     scalar, avx2, avx512, neon, opencl, cuda, or cpu (every CPU variant)\n"
             "  --json        write every row (and the header) as JSON\n"
-            "  --html        write a self-contained HTML report with bar charts\n"
+            "  --html        write a self-contained HTML report: a summary, then charts per group\n"
             "  --compare     exit 1 when a row's median is more than PCT%% slower than the same\n"
             "                group/case/backend in the baseline JSON\n"
             "  --threshold   PCT for --compare (default 10)\n"
