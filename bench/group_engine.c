@@ -4,10 +4,12 @@
 #include "bench.h"
 
 #include "common/rng.h"
+#include "core/adapt/snapshot.h"
 #include "core/patterns/dream.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/vecmath.h"
-#include "engine/base.h"
+#include "engine/config.h"
+#include "engine/inspect.h"
 #include "sona/ewc.h"
 
 #include <malloc.h>
@@ -167,8 +169,7 @@ static void run_loop_c_cycle(bench_ctx *ctx)
         sona_engine_destroy(e);
         return;
     }
-    sona_bank_destroy(e->bank); /* the engine's bank, pre-populated (set-up, not timed) */
-    e->bank = b;
+    eng_inspect_replace_bank(e, b); /* the engine's bank, pre-populated (set-up, not timed) */
     sona_rng r;
     sona_rng_seed(&r, 6, 0);
     record_random(e, &r, 1000, HID);

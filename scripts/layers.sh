@@ -4,7 +4,8 @@
 # (or stays in its folder): a folder may include only folders of a lower level, so no circle can
 # form between them. Inside src/engine/, the loops depend only on base.h: the headers of loop B,
 # loop C and the checkpoint are for the loop thread (thread.c), the thread's for the handle
-# (engine.c). Prints each offending include; exit 1 if any.
+# (engine.c). Tests, benchmarks and tools never include the engine's state (engine/base.h).
+# Prints each offending include; exit 1 if any.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -55,5 +56,12 @@ for f in $(git ls-files -- 'src/engine/*.c' 'src/engine/*.h'); do
         echo "$f includes engine/$inc: only $users may (the loops depend only on base.h)"
         bad=1
     done
+done
+# Tests, benchmarks and tools see an engine through the API and engine/inspect.h, never its state.
+for f in $(git ls-files -- 'tests/*.c' 'tests/*.h' 'bench/*.c' 'bench/*.h' 'tools/*.c' 'tools/*.h'); do
+    if grep -q '^#include "engine/base.h"' "$f"; then
+        echo "$f includes engine/base.h: use the API or engine/inspect.h"
+        bad=1
+    fi
 done
 exit $bad

@@ -4,18 +4,20 @@
  * the engine untouched; queued trajectories saved and learned from after a load, in every
  * storage format; a queue larger than the loading engine's; version 1 and 2 files; a loaded
  * engine learning bit for bit as the saved one goes on to). */
+#define _POSIX_C_SOURCE 200809L /* nanosleep */
 #include <criterion/criterion.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/rng.h"
 #include "common/serial.h"
 #include "core/memory/trajectory_internal.h"
-#include "engine/base.h"
+#include "engine/inspect.h"
 #include "fuzz/fuzz_engine.h"
 #include "support/files.h"
 #include "support/fill.h"
@@ -42,6 +44,15 @@ static sona_engine *create(const sona_engine_config *c)
     sona_engine *e = NULL;
     cr_assert_eq(sona_engine_create(c, &e), SONA_OK, "%s", sona_last_error());
     return e;
+}
+
+/* The bank's counters, read under the engine's cycle lock. */
+static void bank_stats(sona_engine *e, sona_bank_stats *bs)
+{
+    memset(bs, 0, sizeof *bs);
+    const sona_bank *bank = eng_inspect_bank_begin(e);
+    sona_bank_stats_get(bank, bs);
+    eng_inspect_bank_end(e);
 }
 
 static sona_engine *make(uint32_t hidden, int ewc)
@@ -155,7 +166,9 @@ Test(engine, counters_are_exact_and_bad_input_is_not_learned)
 {
     sona_rng r;
     sona_rng_seed(&r, 11, 0);
-    sona_engine *e = make(H, 0);
+    sona_engine_config c = config(H, 0);
+    c.loop_b_interval_ms = 1; /* sona_tick finds a cycle due below (no other tick here) */
+    sona_engine *e = create(&c);
     for (int i = 0; i < 30; i++)
         cr_assert_eq(request(e, 0, &r, 1 + i % 3, 0.5f + 0.01f * (float)i), SONA_OK);
     cr_assert_eq(request(e, 0, &r, 0, 0.5f), SONA_OK); /* no step: recorded, no signal */
@@ -199,7 +212,7 @@ Test(engine, counters_are_exact_and_bad_input_is_not_learned)
     for (int i = 0; i < 5; i++)
         cr_assert_eq(request(e, 0, &r, 2, 0.3f), SONA_OK);
     cr_assert_lt(5, sona_engine_get_config(e)->loop_b_min_batch);
-    e->cfg.loop_b_threshold = 1; /* due now */
+    nanosleep(&(struct timespec){.tv_nsec = 2000000}, NULL); /* due by loop_b_interval_ms */
     cr_assert_eq(sona_tick(e), SONA_OK);
     cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
     cr_assert_eq(s.trajectories_queued, 5, "short batches stay queued");
@@ -739,15 +752,17 @@ static sona_engine *old_file_loads(const char *name, uint8_t version, const char
     cr_assert_eq(s.loop_c_cycles, 1);
     if (version < 3) { /* the bank's counters and the detectors came with version 3 */
         sona_bank_stats bs;
-        cr_assert_eq(sona_bank_stats_get(e->bank, &bs), SONA_OK);
+        const sona_bank *bank = eng_inspect_bank_begin(e);
+        cr_assert_eq(sona_bank_stats_get(bank, &bs), SONA_OK);
         cr_assert_eq(bs.extractions + bs.patterns_created + bs.trajectories_added, 0);
         uint64_t max_id = 0;
         sona_pattern p;
-        for (uint32_t i = 0; sona_bank_pattern_at(e->bank, i, &p, NULL) == SONA_OK; i++)
+        for (uint32_t i = 0; sona_bank_pattern_at(bank, i, &p, NULL) == SONA_OK; i++)
             max_id = p.id > max_id ? p.id : max_id;
-        cr_assert_eq(sona_bank_next_id(e->bank), max_id + 1);
+        cr_assert_eq(sona_bank_next_id(bank), max_id + 1);
+        eng_inspect_bank_end(e);
         sona_ewc_detector d;
-        cr_assert_eq(sona_ewc_get_detector(eng_ewc_state(e->base_ewc), &d), SONA_OK);
+        cr_assert_eq(eng_inspect_base_detector(e, &d), SONA_OK);
         cr_assert_eq(d.samples + d.boundaries, 0);
     }
     uint8_t *now = save_bytes(e, &m);
@@ -979,13 +994,14 @@ static void learn_round(sona_engine *e, int32_t tenant, sona_rng *r, const float
  * the rest (tenants and Base-LoRA with their EWC++ state, counters, queue, dream visits). */
 static void expect_same_learning(sona_engine *a, sona_engine *b, const char *what)
 {
-    const uint32_t np = sona_bank_pattern_count(a->bank);
-    cr_assert_eq(sona_bank_pattern_count(b->bank), np, "%s: pattern count", what);
+    const sona_bank *bank_a = eng_inspect_bank_begin(a), *bank_b = eng_inspect_bank_begin(b);
+    const uint32_t np = sona_bank_pattern_count(bank_a);
+    cr_assert_eq(sona_bank_pattern_count(bank_b), np, "%s: pattern count", what);
     for (uint32_t i = 0; i < np; i++) {
         sona_pattern pa, pb;
         float ca[H], cb[H];
-        cr_assert_eq(sona_bank_pattern_at(a->bank, i, &pa, ca), SONA_OK);
-        cr_assert_eq(sona_bank_pattern_at(b->bank, i, &pb, cb), SONA_OK);
+        cr_assert_eq(sona_bank_pattern_at(bank_a, i, &pa, ca), SONA_OK);
+        cr_assert_eq(sona_bank_pattern_at(bank_b, i, &pb, cb), SONA_OK);
         cr_assert(pa.id == pb.id && pa.size == pb.size && pa.total_weight == pb.total_weight &&
                       pa.avg_quality == pb.avg_quality && pa.access_count == pb.access_count,
                   "%s: pattern %u differs (id %" PRIu64 " vs %" PRIu64 ", size %" PRIu64 " vs %" PRIu64 ")",
@@ -995,8 +1011,10 @@ static void expect_same_learning(sona_engine *a, sona_engine *b, const char *wha
     sona_bank_stats ba, bb;
     memset(&ba, 0, sizeof ba);
     memset(&bb, 0, sizeof bb);
-    sona_bank_stats_get(a->bank, &ba);
-    sona_bank_stats_get(b->bank, &bb);
+    sona_bank_stats_get(bank_a, &ba);
+    sona_bank_stats_get(bank_b, &bb);
+    eng_inspect_bank_end(a);
+    eng_inspect_bank_end(b);
     cr_assert_eq(memcmp(&ba, &bb, sizeof ba), 0, "%s: bank counters differ (extractions %" PRIu64 " vs %" PRIu64 ")",
                  what, ba.extractions, bb.extractions);
     sona_stats sa, sb;
@@ -1051,7 +1069,7 @@ Test(engine, a_loaded_engine_learns_exactly_as_the_saved_one)
     learn_round(a, t, &r, topics);
     /* Loop C's rebuilt bank went on counting. */
     sona_bank_stats bs;
-    sona_bank_stats_get(a->bank, &bs);
+    bank_stats(a, &bs);
     cr_assert_eq(bs.extractions, 3, "the bank's extraction count restarted at loop C");
     const uint64_t created_before = bs.patterns_created;
     char *path = temp_path("restart.state");
@@ -1069,7 +1087,7 @@ Test(engine, a_loaded_engine_learns_exactly_as_the_saved_one)
         learn_round(both[i], t, &r, new_topics);
         learn_round(both[i], t, &r, topics);
     }
-    sona_bank_stats_get(a->bank, &bs);
+    bank_stats(a, &bs);
     cr_assert_gt(bs.patterns_merged, 0, "the traffic should merge clusters into patterns");
     cr_assert_gt(bs.patterns_created, created_before, "the traffic should create patterns after the load");
     expect_same_learning(a, b, "after two more cycles");
@@ -1410,14 +1428,14 @@ Test(engine, tasks_cover_base_lora_and_every_tenant)
     for (int cycle = 1; cycle <= 2; cycle++) {
         cr_assert_eq(sona_deep_cycle(e), SONA_OK, "%s", sona_engine_last_error(e));
         cr_assert_eq(sona_get_stats(e, &s), SONA_OK);
-        const uint32_t base = eng_ewc_tasks(e->base_ewc), micro0 = eng_ewc_tasks(e->tenants[0].ewc),
-                       micro1 = eng_ewc_tasks(e->tenants[t1].ewc);
+        const uint32_t base = eng_inspect_ewc_tasks(e, -1), micro0 = eng_inspect_ewc_tasks(e, 0),
+                       micro1 = eng_inspect_ewc_tasks(e, t1);
         cr_assert(base >= (uint32_t)cycle && micro0 >= (uint32_t)cycle && micro1 >= (uint32_t)cycle,
                   "loop C stores a task per set: %u %u %u", base, micro0, micro1);
         cr_assert_eq(s.tasks, (uint64_t)base + micro0 + micro1, "tasks %" PRIu64 " != %u + %u + %u", s.tasks,
                      base, micro0, micro1);
     }
-    const uint32_t gone = eng_ewc_tasks(e->tenants[t1].ewc);
+    const uint32_t gone = eng_inspect_ewc_tasks(e, t1);
     const uint64_t before = s.tasks;
     cr_assert_eq(sona_tenant_remove(e, t1), SONA_OK);
     cr_assert_eq(sona_get_stats(e, &s), SONA_OK);

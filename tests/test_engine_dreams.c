@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 #include "core/patterns/dream.h"
-#include "engine/base.h"
+#include "engine/inspect.h"
 #include "support/fill.h"
 
 enum { H = 24 };
@@ -32,6 +32,31 @@ static sona_engine *make(const char *state_path)
     return e;
 }
 
+/* The engine's bank, each call under its cycle lock (engine/inspect.h). */
+static sona_status restore(sona_engine *e, const sona_pattern *p, const float *v)
+{
+    sona_bank *bank = eng_inspect_bank_begin(e);
+    const sona_status st = sona_bank_pattern_restore(bank, p, v);
+    eng_inspect_bank_end(e);
+    return st;
+}
+
+static sona_status pattern_get(sona_engine *e, uint64_t id, sona_pattern *p, float *v)
+{
+    const sona_bank *bank = eng_inspect_bank_begin(e);
+    const sona_status st = sona_bank_pattern_get(bank, id, p, v);
+    eng_inspect_bank_end(e);
+    return st;
+}
+
+static sona_status phi_of(sona_engine *e, float *phi)
+{
+    const sona_bank *bank = eng_inspect_bank_begin(e);
+    const sona_status st = sona_pattern_phi(bank, phi);
+    eng_inspect_bank_end(e);
+    return st;
+}
+
 /* n patterns around random directions, restored straight into the engine's bank. */
 static void add_patterns(sona_engine *e, sona_rng *r, uint32_t n, uint64_t first_id)
 {
@@ -41,7 +66,7 @@ static void add_patterns(sona_engine *e, sona_rng *r, uint32_t n, uint64_t first
             v[h] = sona_rng_normal(r);
         sona_pattern p = {.id = first_id + i, .size = 1 + i % 5, .total_weight = 1.0,
                           .avg_quality = sona_rng_uniform(r), .access_count = 10};
-        cr_assert_eq(sona_bank_pattern_restore(e->bank, &p, v), SONA_OK, "%s", sona_bank_last_error(e->bank));
+        cr_assert_eq(restore(e, &p, v), SONA_OK, "%s", sona_last_error());
     }
 }
 
@@ -79,13 +104,13 @@ Test(engine_dreams, deep_cycle_dreams_consolidates_and_checkpoints)
     float c[H];
     sona_pattern p;
     for (uint64_t id = 100; id < 102; id++) {
-        cr_assert_eq(sona_bank_pattern_get(e->bank, id, &p, c), SONA_OK);
+        cr_assert_eq(pattern_get(e, id, &p, c), SONA_OK);
         c[0] += 1e-4f;
         p.id = id + 1000;
         p.size = 3;
-        cr_assert_eq(sona_bank_pattern_restore(e->bank, &p, c), SONA_OK);
+        cr_assert_eq(restore(e, &p, c), SONA_OK);
     }
-    cr_assert_eq(sona_bank_pattern_get(e->bank, 100, &p, NULL), SONA_OK);
+    cr_assert_eq(pattern_get(e, 100, &p, NULL), SONA_OK);
     const uint64_t size100 = p.size;
     float x[H], y[H];
     for (int h = 0; h < H; h++)
@@ -104,8 +129,8 @@ Test(engine_dreams, deep_cycle_dreams_consolidates_and_checkpoints)
     cr_assert_leq(s.last_phi, 1.0f);
     cr_assert_eq(s.patterns, 60, "near-duplicates were not merged (or others were)");
     cr_assert_eq(s.patterns_merged, 2);
-    cr_assert_eq(sona_bank_pattern_get(e->bank, 1100, &p, NULL), SONA_E_NOT_FOUND);
-    cr_assert_eq(sona_bank_pattern_get(e->bank, 100, &p, NULL), SONA_OK);
+    cr_assert_eq(pattern_get(e, 1100, &p, NULL), SONA_E_NOT_FOUND);
+    cr_assert_eq(pattern_get(e, 100, &p, NULL), SONA_OK);
     cr_assert_eq(p.size, size100 + 3, "merged sizes add up");
     cr_assert_lt(p.access_count, 20, "importance (access count) decays");
     cr_assert_eq(s.loop_c_cycles, 1);
@@ -131,12 +156,12 @@ Test(engine_dreams, phi_of_an_empty_and_a_single_component_graph)
 {
     sona_engine *e = make(NULL);
     float phi = -1;
-    cr_assert_eq(sona_pattern_phi(e->bank, &phi), SONA_OK);
+    cr_assert_eq(phi_of(e, &phi), SONA_OK);
     cr_assert_eq(phi, 0.0f);
     sona_rng r;
     sona_rng_seed(&r, 3, 0);
     add_patterns(e, &r, 30, 1);
-    cr_assert_eq(sona_pattern_phi(e->bank, &phi), SONA_OK);
+    cr_assert_eq(phi_of(e, &phi), SONA_OK);
     /* HNSW links every node (one component); random directions: mean (1+cos)/2 near 0.5. */
     cr_assert_gt(phi, 0.4f);
     cr_assert_lt(phi, 0.8f);

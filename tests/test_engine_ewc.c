@@ -8,7 +8,8 @@
 
 #include "common/rng.h"
 #include "core/adapt/lora_internal.h"
-#include "engine/base.h"
+#include "engine/config.h"
+#include "engine/ewc.h"
 #include "sona/ewc.h"
 
 enum { HIDDEN = 37 };

@@ -4,7 +4,7 @@
  * temporaries of a save (or export) killed midway are removed by the next one to the same
  * target, and a save killed with SIGKILL leaves nothing behind after it; the state readers
  * refuse what is not a regular file (a FIFO would block them, /dev/zero fill the memory). */
-#define _GNU_SOURCE /* O_TMPFILE in engine/base.h users, mkfifo */
+#define _GNU_SOURCE /* O_TMPFILE in engine/files.h users, mkfifo */
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "engine/base.h"
+#include "engine/files.h"
 #include "support/files.h"
 #include <sona.h>
 

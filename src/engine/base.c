@@ -174,17 +174,6 @@ void eng_steps_free(eng_steps *s)
     memset(s, 0, sizeof *s);
 }
 
-void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc)
-{
-    sona_lora_config_default(lc, base ? SONA_LORA_BASE : SONA_LORA_MICRO, c->hidden);
-    lc->rank = base ? c->base_rank : c->micro_rank;
-    lc->count = base ? c->base_layers : 1;
-    lc->alpha = base ? c->base_alpha : c->micro_alpha;
-    lc->learning_rate = base ? c->base_learning_rate : c->micro_learning_rate;
-    lc->clip_norm = 0.0f; /* the engine bounds each signal's weight and the output change instead */
-    lc->seed = base ? c->seed ^ 0xba5eull : c->seed;
-}
-
 eng_tenant *eng_live_tenant(sona_engine *e, int32_t id)
 {
     if (id < 0 || (uint32_t)id >= e->cfg.max_tenants || !atomic_load(&e->tenants[id].live))

@@ -20,6 +20,9 @@
 #include "common/scratch.h"
 #include "core/adapt/snapshot.h"
 #include "core/patterns/dream.h"
+#include "engine/config.h"
+#include "engine/ewc.h"
+#include "engine/files.h"
 #include "sona/bank.h"
 #include "sona/engine.h"
 #include "sona/signal.h"
@@ -29,8 +32,6 @@
 #include <sys/types.h>
 #include <stdatomic.h>
 
-/* EWC++ state of one parameter set (a tenant's Micro-LoRA or the Base-LoRA), see ewc.c. */
-typedef struct eng_ewc eng_ewc;
 /* The device copy of the adapters for batched apply (device.c). */
 typedef struct eng_device eng_device;
 
@@ -155,57 +156,6 @@ void eng_steps_free(eng_steps *s);
 sona_status eng_train_and_publish(sona_engine *e, sona_lora *lora, eng_ewc *ewc,
                                   sona_snapshot_slot *slot);
 
-/* EWC++ (ewc glue). */
-/* base: the Base-LoRA's (updated once a cycle), else a tenant's (once a request or so). */
-eng_ewc *eng_ewc_create(const sona_lora *lora, const sona_engine_config *cfg, int base);
-void eng_ewc_destroy(eng_ewc *w);
-sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, int *boundary);
-/* For the task-shift detector (w may be NULL): a quality the adapter set learned from, measured
- * against the detector's own slow baseline; or a shortfall the caller measured (>= 0, in
- * spreads below a baseline). */
-void eng_ewc_note_quality(eng_ewc *w, float quality);
-void eng_ewc_note_shortfall(eng_ewc *w, float shortfall);
-sona_status eng_ewc_consolidate(eng_ewc *w, const sona_lora *lora);
-/* The lambda of lora's next penalty step: the tasks' lambda, capped where the Fisher is large
- * (cached until the tasks change). */
-float eng_ewc_lambda(eng_ewc *w, const sona_lora *lora);
-uint32_t eng_ewc_tasks(const eng_ewc *w);
-/* The EWC++ state underneath (its tasks, Fisher sum and lambda), read-only. */
-const struct sona_ewc *eng_ewc_state(const eng_ewc *w);
-struct sona_wbuf;
-struct sona_rbuf;
-/* Appends w's state (a NULL w writes "absent"): tasks, running Fisher, boundary detector, and
- * the task-shift detector's quality baseline and pending shortfall. */
-void eng_ewc_save(const eng_ewc *w, struct sona_wbuf *out);
-/* Reads a state written by eng_ewc_save for lora's shape into a fresh *out (NULL when absent or
- * when cfg has EWC++ off), as state format `version` wrote it (1 and 2 had no detector, 1 to 3
- * no quality baseline: they start afresh). SONA_E_CORRUPT on a bad record. */
-sona_status eng_ewc_load(struct sona_rbuf *in, const sona_lora *lora, const sona_engine_config *cfg,
-                         uint32_t version, int base, eng_ewc **out);
-
-/* The sona_lora configuration of the engine's Micro (base = 0) or Base-LoRA (base = 1). */
-void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc);
-/* The engine's files (files.c). fsyncs the directory holding path (best effort), so that a
- * rename into it is durable. */
-void eng_sync_parent_dir(const char *path);
-/* Writes len bytes to path atomically: a temporary file in the same directory (nameless where
- * O_TMPFILE works), fsync, rename, fsync of the directory (a crash leaves the old file or the new
- * one); then removes temporaries that killed writers of path left. The file gets `mode` (learned
- * state 0600: the owner's; exports 0644: read by a server). Failures are reported on e as
- * "caller: ...". */
-sona_status eng_write_file_atomic(sona_engine *e, const char *caller, const char *path, const void *data,
-                                  size_t len, mode_t mode);
-/* The whole of the regular file at path in a malloc'd buffer (a FIFO, device or directory is
- * refused without blocking); failures reported on e as "caller: ...". */
-sona_status eng_read_whole_file(sona_engine *e, const char *caller, const char *path, uint8_t **out,
-                                size_t *out_len);
-struct timespec;
-/* A temporary name beside path, "DIR/.sona-HHHHHHHH-PID-XXXXXX" (for mkstemp/mkdtemp): short
- * whatever path's length, and recognised by eng_remove_stale_temps(path). NULL: out of memory. */
-char *eng_temp_name(const char *path);
-/* Removes the temporaries of path (files, or an export's directories of files) that a writer
- * which no longer runs left, owned by this user and older than since. */
-void eng_remove_stale_temps(const char *path, const struct timespec *since);
 
 /* Pattern bank glue (patterns.c): ReasoningBank + HNSW index. */
 sona_status eng_bank_create(const sona_engine_config *cfg, sona_bank **out);

@@ -346,3 +346,14 @@ int eng_config_read(sona_rbuf *r, sona_engine_config *c)
     }
     return r->bad ? -1 : 0;
 }
+
+void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc)
+{
+    sona_lora_config_default(lc, base ? SONA_LORA_BASE : SONA_LORA_MICRO, c->hidden);
+    lc->rank = base ? c->base_rank : c->micro_rank;
+    lc->count = base ? c->base_layers : 1;
+    lc->alpha = base ? c->base_alpha : c->micro_alpha;
+    lc->learning_rate = base ? c->base_learning_rate : c->micro_learning_rate;
+    lc->clip_norm = 0.0f; /* the engine bounds each signal's weight and the output change instead */
+    lc->seed = base ? c->seed ^ 0xba5eull : c->seed;
+}

@@ -6,6 +6,7 @@
 #define SONA_ENGINE_CONFIG_H
 
 #include "sona/engine.h"
+#include "sona/lora.h"
 
 #include <stddef.h>
 
@@ -53,5 +54,8 @@ void eng_config_write(struct sona_wbuf *w, const sona_engine_config *c);
  * not know skipped. 0, or -1 when the payload is malformed (fewer than the 5 shape fields, or
  * short). */
 int eng_config_read(struct sona_rbuf *r, sona_engine_config *c);
+
+/* The sona_lora configuration of the engine's Micro (base = 0) or Base-LoRA (base = 1). */
+void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc);
 
 #endif /* SONA_ENGINE_CONFIG_H */

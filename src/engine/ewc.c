@@ -5,12 +5,13 @@
  * applies it with the penalty lambda * sum_t F_t (theta - theta*_t). Loop A runs this on every
  * request, so what only changes with the tasks (the capped lambda) is computed once per change,
  * and host-memory weights are read in place. */
-#include "engine/base.h"
+#include "engine/ewc.h"
 
 #include "common/serial.h"
 #include "core/adapt/lora_internal.h"
 #include "dispatch/vecmath.h"
 #include "sona/ewc.h"
+#include "sona/signal.h"
 
 #include <math.h>
 #include <stdlib.h>

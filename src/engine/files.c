@@ -3,6 +3,8 @@
  * new one, a killed writer leaves nothing that the next save does not remove), and state files
  * read whole, regular files only. */
 #define _GNU_SOURCE /* O_TMPFILE */
+#include "engine/files.h"
+
 #include "engine/base.h"
 
 #include <dirent.h>

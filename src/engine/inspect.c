@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: MIT */
+#include "engine/inspect.h"
+
+#include "engine/base.h"
+
+sona_bank *eng_inspect_bank_begin(sona_engine *e)
+{
+    pthread_mutex_lock(&e->cycle_mu);
+    return e->bank;
+}
+
+void eng_inspect_bank_end(sona_engine *e) { pthread_mutex_unlock(&e->cycle_mu); }
+
+void eng_inspect_replace_bank(sona_engine *e, sona_bank *bank)
+{
+    pthread_mutex_lock(&e->cycle_mu);
+    pthread_rwlock_wrlock(&e->bank_lock);
+    sona_bank *old = e->bank;
+    e->bank = bank;
+    pthread_rwlock_unlock(&e->bank_lock);
+    atomic_store(&e->n.patterns, sona_bank_pattern_count(bank));
+    pthread_mutex_unlock(&e->cycle_mu);
+    sona_bank_destroy(old);
+}
+
+uint32_t eng_inspect_ewc_tasks(sona_engine *e, int32_t tenant)
+{
+    uint32_t tasks = 0;
+    if (tenant < 0) {
+        pthread_mutex_lock(&e->cycle_mu);
+        tasks = eng_ewc_tasks(e->base_ewc);
+        pthread_mutex_unlock(&e->cycle_mu);
+        return tasks;
+    }
+    if ((uint32_t)tenant >= e->cfg.max_tenants)
+        return 0;
+    eng_tenant *t = &e->tenants[tenant];
+    pthread_mutex_lock(&t->mu);
+    if (atomic_load(&t->live))
+        tasks = eng_ewc_tasks(t->ewc);
+    pthread_mutex_unlock(&t->mu);
+    return tasks;
+}
+
+sona_status eng_inspect_base_detector(sona_engine *e, sona_ewc_detector *d)
+{
+    pthread_mutex_lock(&e->cycle_mu);
+    const sona_status st = e->base_ewc ? sona_ewc_get_detector(eng_ewc_state(e->base_ewc), d) : SONA_E_STATE;
+    pthread_mutex_unlock(&e->cycle_mu);
+    return st;
+}

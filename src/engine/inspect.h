@@ -1,0 +1,24 @@
+/* SPDX-License-Identifier: MIT */
+/* What tests and benchmarks look at or set up inside an engine, each under the lock that guards
+ * it, so that none of them touches struct sona_engine. Library-internal: not the public API. */
+#ifndef SONA_ENGINE_INSPECT_H
+#define SONA_ENGINE_INSPECT_H
+
+#include "sona/bank.h"
+#include "sona/engine.h"
+#include "sona/ewc.h"
+
+/* The engine's pattern bank, held still: no loop B or C cycle and no load changes or replaces
+ * it until eng_inspect_bank_end. The caller may read it, or restore patterns into it (set-up). */
+sona_bank *eng_inspect_bank_begin(sona_engine *e);
+void eng_inspect_bank_end(sona_engine *e);
+/* Replaces the engine's bank by `bank` (of the engine's width; the engine owns it from now on and
+ * destroys the old one), under the cycle lock and the readers' lock, as a load does. */
+void eng_inspect_replace_bank(sona_engine *e, sona_bank *bank);
+/* EWC++ task snapshots that tenant's Micro-LoRA holds now (-1: the Base-LoRA's); 0 without
+ * EWC++ or for a tenant that is not live. */
+uint32_t eng_inspect_ewc_tasks(sona_engine *e, int32_t tenant);
+/* The Base-LoRA's EWC++ boundary detector (SONA_E_STATE without EWC++). */
+sona_status eng_inspect_base_detector(sona_engine *e, sona_ewc_detector *d);
+
+#endif
