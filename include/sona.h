@@ -14,5 +14,6 @@
 #include "sona/index.h"
 #include "sona/bank.h"
 #include "sona/engine.h"
+#include "sona/comm.h"
 
 #endif /* SONA_H */

@@ -1,0 +1,96 @@
+/* SPDX-License-Identifier: MIT */
+/* libsona: communication between the nodes of a cluster, and the merge of what they learned.
+ * libsona never opens a socket: the application gives it a table of collectives (MPI through
+ * libsona-mpi's sona_comm_mpi, NCCL, Gloo, torch.distributed, ...) and sona_sync merges the
+ * engines of all ranks through it (README.md, "Cluster"). */
+#ifndef SONA_COMM_H
+#define SONA_COMM_H
+
+#include "sona/common.h"
+#include "sona/engine.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Thread safety: a sona_comm is used by one thread at a time (collectives are called in the
+ * same order on every rank, which only the caller can guarantee); distinct handles are
+ * independent. */
+typedef struct sona_comm sona_comm;
+
+/* The collectives an engine fills. Every callback gets ctx, returns SONA_OK or an error
+ * (SONA_E_BACKEND for a failed transfer), and is called by libsona on every rank in the same
+ * order with the same sizes, like an MPI collective. */
+typedef struct sona_comm_ops {
+    void *ctx;
+    /* This process's rank, 0..size-1. */
+    sona_status (*rank)(void *ctx, uint32_t *rank);
+    /* The number of ranks (>= 1). */
+    sona_status (*size)(void *ctx, uint32_t *size);
+    /* In place: data[0..n) becomes the element-wise sum over the ranks (MPI_Allreduce, MPI_SUM,
+     * MPI_FLOAT). libsona does not need the sum to be bit-identical across ranks. */
+    sona_status (*allreduce_sum_f32)(void *ctx, float *data, size_t n);
+    /* Every rank sends `bytes` bytes; recv[size * bytes] receives rank i's block at i * bytes
+     * on every rank (MPI_Allgather of MPI_BYTE). send and recv do not overlap. */
+    sona_status (*allgather)(void *ctx, const void *send, size_t bytes, void *recv);
+    /* Called once by sona_comm_destroy (NULL: nothing to free). */
+    void (*destroy)(void *ctx);
+} sona_comm_ops;
+
+/* Fills *ops with a world of one process (rank 0 of 1; the collectives copy), ctx NULL:
+ * replace every callback an engine provides. */
+SONA_API void sona_comm_ops_default(sona_comm_ops *ops);
+/* A handle over the callbacks (copied). Every callback must be set (SONA_E_NULL otherwise). */
+SONA_API sona_status sona_comm_create(const sona_comm_ops *ops, sona_comm **out);
+/* Calls ops.destroy(ctx) and frees the handle; NULL is a no-op. */
+SONA_API void sona_comm_destroy(sona_comm *c);
+/* The message of the last failed call on this handle ("" when none). */
+SONA_API const char *sona_comm_last_error(const sona_comm *c);
+/* The callbacks, with the arguments checked (a rank outside 0..size-1 or a size of 0 is
+ * SONA_E_BACKEND). */
+SONA_API sona_status sona_comm_rank(sona_comm *c, uint32_t *rank);
+SONA_API sona_status sona_comm_size(sona_comm *c, uint32_t *size);
+SONA_API sona_status sona_comm_allreduce_sum(sona_comm *c, float *data, size_t n);
+SONA_API sona_status sona_comm_allgather(sona_comm *c, const void *send, size_t bytes, void *recv);
+
+/* ---- merging engines across ranks ---------------------------------------------------------- */
+typedef enum sona_sync_weighting {
+    SONA_SYNC_EQUAL = 0,        /* every rank weighs the same */
+    SONA_SYNC_TRAJECTORIES = 1  /* each rank by the trajectories its loop B learned from since
+                                   its last sync (equal when no rank learned any) */
+} sona_sync_weighting;
+
+typedef struct sona_sync_config {
+    sona_sync_weighting weighting;
+} sona_sync_config;
+/* weighting SONA_SYNC_TRAJECTORIES. */
+SONA_API void sona_sync_config_default(sona_sync_config *cfg);
+
+typedef struct sona_sync_result {
+    uint32_t ranks;          /* size of the communicator */
+    uint32_t rank;           /* this process's rank */
+    double weight;           /* this rank's share of the merge (weights sum to 1) */
+    double merge_error;      /* over the layers: |merged - average|_F / |average|_F of s B A,
+                                the rank-r truncation's (0 when the average has rank <= r) */
+    sona_stats global;       /* every counter of sona_get_stats summed over the ranks, read
+                                just before the merge (tenants too: tenant ids are per rank);
+                                quality_baseline and last_phi are the mean over the ranks */
+} sona_sync_result;
+
+/* Merges the engines of all ranks; every rank calls it (a collective, in the same order as its
+ * other collectives on comm). Base-LoRA: each layer becomes the best rank-r approximation of
+ * the ranks' weighted average of s B A (computed in factored form, never as a dense hidden x
+ * hidden matrix), the same bit for bit on every rank given the same library. Engines must have
+ * one shape (hidden, base_layers, base_rank, base_alpha: SONA_E_SIZE on every rank otherwise).
+ * Loop B waits while the sync runs; requests and apply go on, and see the merged weights
+ * published at once when it returns. A failed collective (a callback's error), or any other
+ * failure, leaves the engine exactly as before the call: everything is computed into new
+ * buffers and committed only when every step succeeded. Queued trajectories are not merged:
+ * call sona_force_learn first to fold them in. cfg NULL = the defaults; out may be NULL. */
+SONA_API sona_status sona_sync(sona_engine *e, sona_comm *comm, const sona_sync_config *cfg,
+                               sona_sync_result *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SONA_COMM_H */
