@@ -106,6 +106,7 @@ struct sona_engine {
         atomic_uint_fast64_t taken;
     } n;
     atomic_uint last_phi_bits;
+    uint64_t synced_processed;  /* n.processed at the last sona_sync (sync.c; cycle_mu) */
 
     eng_device *device;         /* NULL: batches run on the CPU (see eng_device_ready) */
     atomic_uint_fast64_t device_batches, device_fallbacks; /* runtime only, not saved */

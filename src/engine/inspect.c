@@ -3,6 +3,8 @@
 
 #include "engine/base.h"
 
+#include "core/adapt/lora_internal.h"
+
 sona_bank *eng_inspect_bank_begin(sona_engine *e)
 {
     pthread_mutex_lock(&e->cycle_mu);
@@ -46,6 +48,14 @@ sona_status eng_inspect_base_detector(sona_engine *e, sona_ewc_detector *d)
 {
     pthread_mutex_lock(&e->cycle_mu);
     const sona_status st = e->base_ewc ? sona_ewc_get_detector(eng_ewc_state(e->base_ewc), d) : SONA_E_STATE;
+    pthread_mutex_unlock(&e->cycle_mu);
+    return st;
+}
+
+sona_status eng_inspect_base_weights(sona_engine *e, float *A, float *Bt)
+{
+    pthread_mutex_lock(&e->cycle_mu);
+    const sona_status st = sona_lora_export(e->base, A, Bt, NULL);
     pthread_mutex_unlock(&e->cycle_mu);
     return st;
 }

@@ -20,5 +20,8 @@ void eng_inspect_replace_bank(sona_engine *e, sona_bank *bank);
 uint32_t eng_inspect_ewc_tasks(sona_engine *e, int32_t tenant);
 /* The Base-LoRA's EWC++ boundary detector (SONA_E_STATE without EWC++). */
 sona_status eng_inspect_base_detector(sona_engine *e, sona_ewc_detector *d);
+/* Base-LoRA's training weights as the op tables hold them: A and Bt, base_layers x base_rank x
+ * hidden floats each (either may be NULL), read under the cycle lock. */
+sona_status eng_inspect_base_weights(sona_engine *e, float *A, float *Bt);
 
 #endif

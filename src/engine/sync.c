@@ -1,0 +1,225 @@
+/* SPDX-License-Identifier: MIT */
+/* sona_sync (sona/comm.h): the engines of all ranks merged through the caller's collectives.
+ *
+ * Under cycle_mu (so no loop B or C cycle changes Base-LoRA between the gather and the commit):
+ *   1. all-gather a header per rank: shape, trajectories learned since its last sync, counters;
+ *      every rank checks the same gathered headers, so all refuse a shape mismatch alike;
+ *   2. all-gather every rank's Base-LoRA (A and Bt, the op tables' layout);
+ *   3. merge each layer (core/adapt/merge.h) into new buffers, in rank order, deterministic:
+ *      every rank computes the same bits from the same bytes;
+ *   4. all-gather each rank's status, so a rank that failed locally (memory) stops them all;
+ *   5. commit: import the merged weights and publish them; a failure there puts the old
+ *      weights back.
+ * A failure in 1-4 returns before anything of the engine changed. */
+#include "engine/base.h"
+
+#include "core/adapt/lora_internal.h"
+#include "core/adapt/merge.h"
+#include "sona/comm.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SYNC_MAGIC 0x534f4e4153594e43ull /* "SONASYNC": a rank running another protocol */
+
+/* The counters of sona_stats, as they travel (uint64 each; the two floats as their bits). */
+enum { SYNC_COUNTERS = 20 };
+typedef struct sync_header {
+    uint64_t magic, hidden, layers, rank, alpha_bits, learned;
+    uint64_t counters[SYNC_COUNTERS];
+    uint64_t tenants, quality_bits, phi_bits;
+} sync_header;
+
+static uint64_t *counter(sona_stats *s, unsigned i)
+{
+    uint64_t *const f[SYNC_COUNTERS] = {
+        &s->trajectories_recorded, &s->trajectories_processed, &s->trajectories_dropped,
+        &s->trajectories_queued, &s->trajectories_in_cycle, &s->signals_accepted,
+        &s->signals_rejected, &s->micro_updates, &s->base_updates, &s->patterns, &s->tasks,
+        &s->task_boundaries, &s->loop_b_cycles, &s->loop_c_cycles, &s->dreams,
+        &s->dreams_replayed, &s->patterns_merged, &s->last_loop_b_us, &s->last_loop_c_us,
+        &s->device_batches};
+    return f[i];
+}
+
+static uint64_t f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static float bits_f32(uint64_t b)
+{
+    const uint32_t u = (uint32_t)b;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+void sona_sync_config_default(sona_sync_config *cfg)
+{
+    if (cfg)
+        cfg->weighting = SONA_SYNC_TRAJECTORIES;
+}
+
+/* The global counters from the gathered headers, summed in rank order (exact in uint64). */
+static void global_stats(const sync_header *h, uint32_t k, sona_stats *g)
+{
+    memset(g, 0, sizeof *g);
+    double quality = 0.0, phi = 0.0;
+    for (uint32_t i = 0; i < k; i++) {
+        for (unsigned c = 0; c < SYNC_COUNTERS; c++)
+            *counter(g, c) += h[i].counters[c];
+        g->tenants += (uint32_t)h[i].tenants;
+        quality += bits_f32(h[i].quality_bits);
+        phi += bits_f32(h[i].phi_bits);
+    }
+    g->quality_baseline = (float)(quality / k);
+    g->last_phi = (float)(phi / k);
+}
+
+/* Steps 2-4: the merged Base-LoRA of every rank into A_new and Bt_new (layers x rank x hidden
+ * each), from this rank's weights in mine (A then Bt). */
+static sona_status merge_base(sona_engine *e, sona_comm *comm, uint32_t k, const double *w,
+                              const float *mine, float *A_new, float *Bt_new, double *err)
+{
+    const size_t H = e->cfg.hidden, r = e->cfg.base_rank, L = e->cfg.base_layers;
+    const size_t block = 2 * L * r * H; /* floats a rank sends */
+    float *all = malloc(block * k * sizeof *all);
+    const float **pa = malloc(2 * (size_t)k * sizeof *pa);
+    sona_status st = all && pa ? SONA_OK : SONA_E_NOMEM;
+    if (st == SONA_OK)
+        st = sona_comm_allgather(comm, mine, block * sizeof *mine, all);
+    if (st != SONA_OK) {
+        free(all), free(pa);
+        return eng_fail(e, st, "%s: gathering Base-LoRA: %s", __func__,
+                        st == SONA_E_NOMEM ? "out of memory" : sona_comm_last_error(comm));
+    }
+    double total = 0.0, tail = 0.0;
+    sona_status local = SONA_OK;
+    for (size_t l = 0; l < L && local == SONA_OK; l++) {
+        const float **pb = pa + k;
+        for (uint32_t i = 0; i < k; i++) {
+            pa[i] = all + i * block + l * r * H;
+            pb[i] = all + i * block + L * r * H + l * r * H;
+        }
+        sona_merge_info info;
+        local = sona_lora_merge((uint32_t)H, (uint32_t)r, k, pa, pb, w, A_new + l * r * H,
+                                Bt_new + l * r * H, &info);
+        total += info.total;
+        tail += info.tail;
+    }
+    free(all), free(pa);
+    /* Step 4: a rank that could not merge (memory) stops every rank before any commits. */
+    uint32_t mine_st = (uint32_t)local, *sts = malloc((size_t)k * sizeof *sts);
+    if (!sts)
+        return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+    st = sona_comm_allgather(comm, &mine_st, sizeof mine_st, sts);
+    for (uint32_t i = 0; i < k && st == SONA_OK; i++)
+        if (sts[i] != SONA_OK)
+            st = sts[i] < SONA_STATUS_COUNT ? (sona_status)sts[i] : SONA_E_BACKEND;
+    free(sts);
+    if (st != SONA_OK)
+        return eng_fail(e, st, "%s: %s", __func__,
+                        local != SONA_OK ? "merging Base-LoRA failed here"
+                                         : "a rank failed (its status travelled back here)");
+    *err = total > 0.0 ? sqrt(tail / total) : 0.0;
+    return SONA_OK;
+}
+
+static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_config *cfg,
+                               sona_sync_result *res)
+{
+    uint32_t k = 0, rank = 0;
+    sona_status st = sona_comm_size(comm, &k);
+    if (st == SONA_OK)
+        st = sona_comm_rank(comm, &rank);
+    if (st != SONA_OK)
+        return eng_fail(e, st, "%s: %s", __func__, sona_comm_last_error(comm));
+    /* Step 1: the header. */
+    sona_stats local;
+    sona_get_stats(e, &local);
+    const uint64_t processed = local.trajectories_processed;
+    sync_header me = {SYNC_MAGIC, e->cfg.hidden, e->cfg.base_layers, e->cfg.base_rank,
+                      f32_bits(e->cfg.base_alpha),
+                      processed - (e->synced_processed <= processed ? e->synced_processed : 0),
+                      {0}, local.tenants, f32_bits(local.quality_baseline),
+                      f32_bits(local.last_phi)};
+    for (unsigned c = 0; c < SYNC_COUNTERS; c++)
+        me.counters[c] = *counter(&local, c);
+    sync_header *h = calloc(k, sizeof *h);
+    double *w = malloc((size_t)k * sizeof *w);
+    const size_t af = (size_t)e->cfg.base_layers * e->cfg.base_rank * e->cfg.hidden;
+    float *mine = malloc(4 * af * sizeof *mine); /* old A, old Bt, new A, new Bt */
+    if (!h || !w || !mine) {
+        free(h), free(w), free(mine);
+        return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+    }
+    st = sona_comm_allgather(comm, &me, sizeof me, h);
+    if (st != SONA_OK)
+        eng_fail(e, st, "%s: gathering headers: %s", __func__, sona_comm_last_error(comm));
+    for (uint32_t i = 0; i < k && st == SONA_OK; i++)
+        if (h[i].magic != SYNC_MAGIC || h[i].hidden != me.hidden || h[i].layers != me.layers ||
+            h[i].rank != me.rank || h[i].alpha_bits != me.alpha_bits)
+            st = eng_fail(e, SONA_E_SIZE, "%s: rank %u's engine has another shape (hidden %llu, "
+                          "base_layers %llu, base_rank %llu) than rank %u's", __func__, i,
+                          (unsigned long long)h[i].hidden, (unsigned long long)h[i].layers,
+                          (unsigned long long)h[i].rank, rank);
+    /* The weights, in rank order: the same doubles on every rank. */
+    double learned = 0.0;
+    for (uint32_t i = 0; i < k; i++)
+        learned += (double)h[i].learned;
+    for (uint32_t i = 0; i < k; i++)
+        w[i] = cfg->weighting == SONA_SYNC_TRAJECTORIES && learned > 0.0
+                   ? (double)h[i].learned / learned : 1.0 / k;
+    if (st == SONA_OK && sona_lora_export(e->base, mine, mine + af, NULL) != SONA_OK)
+        st = eng_fail(e, SONA_E_BACKEND, "%s: reading Base-LoRA: %s", __func__,
+                      sona_lora_last_error(e->base));
+    double err = 0.0;
+    if (st == SONA_OK)
+        st = merge_base(e, comm, k, w, mine, mine + 2 * af, mine + 3 * af, &err);
+    /* Step 5: commit, or put the old weights back. */
+    if (st == SONA_OK) {
+        st = sona_lora_import(e->base, mine + 2 * af, mine + 3 * af);
+        if (st == SONA_OK)
+            st = sona_snapshot_publish(&e->base_slot, e->base);
+        if (st != SONA_OK) {
+            sona_lora_import(e->base, mine, mine + af); /* the old ones: finite, same shape */
+            eng_fail(e, st, "%s: committing the merged Base-LoRA: %s", __func__,
+                     sona_lora_last_error(e->base));
+        }
+    }
+    if (st == SONA_OK) {
+        e->synced_processed = processed;
+        if (res) {
+            res->ranks = k;
+            res->rank = rank;
+            res->weight = w[rank];
+            res->merge_error = err;
+            global_stats(h, k, &res->global);
+        }
+    }
+    free(h), free(w), free(mine);
+    return st;
+}
+
+sona_status sona_sync(sona_engine *e, sona_comm *comm, const sona_sync_config *cfg,
+                      sona_sync_result *out)
+{
+    if (!e || !comm)
+        return eng_fail(e, SONA_E_NULL, "%s: NULL argument", __func__);
+    sona_sync_config def;
+    if (!cfg) {
+        sona_sync_config_default(&def);
+        cfg = &def;
+    }
+    if (cfg->weighting != SONA_SYNC_EQUAL && cfg->weighting != SONA_SYNC_TRAJECTORIES)
+        return eng_fail(e, SONA_E_INVALID, "%s: weighting %d is neither SONA_SYNC_EQUAL nor "
+                        "SONA_SYNC_TRAJECTORIES", __func__, (int)cfg->weighting);
+    pthread_mutex_lock(&e->cycle_mu);
+    const sona_status st = sync_locked(e, comm, cfg, out);
+    pthread_mutex_unlock(&e->cycle_mu);
+    return st;
+}

@@ -1,0 +1,255 @@
+/* SPDX-License-Identifier: MIT */
+/* sona_sync over k ranks in one process (support/thread_comm.h): after a sync every rank holds
+ * the same Base-LoRA bit for bit, the best rank-r approximation of the trajectory-weighted
+ * average of what the ranks had (checked against a dense double reference), published to
+ * apply; the global counters are the sums; a sync with nothing new changes no bit; a callback
+ * that fails at any of its calls leaves every engine exactly as it was; mismatched shapes are
+ * refused on every rank. */
+#include <criterion/criterion.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/rng.h"
+#include "engine/inspect.h"
+#include "support/fill.h"
+#include "support/synth_task.h"
+#include "support/thread_comm.h"
+#include <sona.h>
+
+enum { K = 3, H = 24, LAYERS = 3, RANK = 4, AF = LAYERS * RANK * H };
+
+static sona_engine *make_engine(uint32_t hidden)
+{
+    sona_engine_config cfg;
+    sona_engine_config_default(&cfg, SONA_PRESET_DEFAULT, hidden);
+    cfg.base_layers = LAYERS;
+    cfg.base_rank = RANK;
+    cfg.base_alpha = 2.0f * RANK;
+    cfg.background_thread = 0;
+    cfg.device_apply = 0;
+    cfg.loop_b_threshold = 1u << 30; /* loop B only when the test forces it */
+    cfg.loop_b_interval_ms = 0;
+    sona_engine *e = NULL;
+    cr_assert_eq(sona_engine_create(&cfg, &e), SONA_OK, "%s", sona_last_error());
+    return e;
+}
+
+/* n requests of the synthetic task on e (its own stream), a loop B cycle every 10 (so that A
+ * moves too, from the second cycle on: the ranks' B A then differ in both factors). */
+static void train(sona_engine *e, uint64_t seed, uint64_t stream, uint32_t n)
+{
+    synth_task t;
+    cr_assert_eq(synth_task_init(&t, H, 4, seed, 0), 0);
+    sona_rng rng;
+    sona_rng_seed(&rng, seed, stream);
+    for (uint32_t done = 0; done < n; done += 10) {
+        synth_task_run(&t, e, 0, n - done < 10 ? n - done : 10, &rng, 1);
+        cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
+    }
+    synth_task_free(&t);
+}
+
+typedef struct weights {
+    float A[AF], Bt[AF];
+} weights;
+
+static void read_weights(sona_engine *e, weights *w)
+{
+    cr_assert_eq(eng_inspect_base_weights(e, w->A, w->Bt), SONA_OK);
+}
+
+typedef struct sync_run {
+    sona_engine *e[K];
+    thread_world *world;
+    sona_status st[K];
+    sona_sync_result res[K];
+    const sona_sync_config *cfg;
+} sync_run;
+
+static void sync_rank(uint32_t rank, void *arg)
+{
+    sync_run *s = arg;
+    s->st[rank] = sona_sync(s->e[rank], thread_world_comm(s->world, rank), s->cfg, &s->res[rank]);
+}
+
+/* Syncs every engine at once over a world failing at call fail_at (0: none). */
+static void sync_all(sync_run *s, uint32_t fail_at)
+{
+    s->world = thread_world_create(K, fail_at);
+    cr_assert(s->world);
+    memset(s->res, 0, sizeof s->res);
+    thread_world_run(K, sync_rank, s);
+    thread_world_destroy(s->world);
+    s->world = NULL;
+}
+
+/* |M - B A|_F and |M|_F of layer l, M = sum_i w_i B_i A_i in double. */
+static void layer_errors(const weights *in, const double *w, const weights *out, uint32_t l,
+                         double *err2, double *norm2)
+{
+    for (uint32_t h = 0; h < H; h++)
+        for (uint32_t c = 0; c < H; c++) {
+            double m = 0.0, v = 0.0;
+            for (uint32_t i = 0; i < K; i++)
+                for (uint32_t j = 0; j < RANK; j++) {
+                    const size_t o = ((size_t)l * RANK + j) * H;
+                    m += w[i] * in[i].Bt[o + h] * in[i].A[o + c];
+                }
+            for (uint32_t j = 0; j < RANK; j++) {
+                const size_t o = ((size_t)l * RANK + j) * H;
+                v += (double)out->Bt[o + h] * out->A[o + c];
+            }
+            *err2 += (m - v) * (m - v);
+            *norm2 += m * m;
+        }
+}
+
+Test(sync, ranks_end_bit_identical_on_the_weighted_rank_r_average)
+{
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    sync_run s = {.cfg = NULL};
+    static weights before[K], after[K];
+    sona_stats local[K];
+    const uint32_t traffic[K] = {60, 90, 150}; /* count weights 0.2, 0.3, 0.5 */
+    for (uint32_t i = 0; i < K; i++) {
+        s.e[i] = make_engine(H);
+        train(s.e[i], seed, 10 + i, traffic[i]);
+        read_weights(s.e[i], &before[i]);
+        cr_assert_eq(sona_get_stats(s.e[i], &local[i]), SONA_OK);
+    }
+    cr_assert_neq(memcmp(before[0].Bt, before[1].Bt, sizeof before[0].Bt), 0);
+    sync_all(&s, 0);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK, "rank %u: %s", i, sona_engine_last_error(s.e[i]));
+        read_weights(s.e[i], &after[i]);
+        cr_assert_eq(s.res[i].ranks, K);
+        cr_assert_eq(s.res[i].rank, i);
+        cr_assert_float_eq(s.res[i].weight, (double)traffic[i] / 300.0, 1e-12);
+        cr_assert_eq(s.res[i].merge_error, s.res[0].merge_error);
+        cr_assert_eq(s.res[i].global.trajectories_processed, 300);
+        cr_assert_eq(s.res[i].global.trajectories_recorded,
+                     local[0].trajectories_recorded + local[1].trajectories_recorded +
+                         local[2].trajectories_recorded);
+        cr_assert_eq(s.res[i].global.base_updates,
+                     local[0].base_updates + local[1].base_updates + local[2].base_updates);
+        cr_assert_eq(s.res[i].global.tenants, K);
+    }
+    for (uint32_t i = 1; i < K; i++) {
+        cr_assert_eq(memcmp(after[i].A, after[0].A, sizeof after[0].A), 0, "rank %u's A", i);
+        cr_assert_eq(memcmp(after[i].Bt, after[0].Bt, sizeof after[0].Bt), 0, "rank %u's B", i);
+    }
+    /* The optimal rank-r error of the weighted average, as merge_error says. */
+    const double w[K] = {0.2, 0.3, 0.5};
+    double err2 = 0.0, norm2 = 0.0;
+    for (uint32_t l = 0; l < LAYERS; l++)
+        layer_errors(before, w, &after[0], l, &err2, &norm2);
+    printf("merged Base-LoRA: relative error %.6g against the dense average (merge_error %.6g)\n",
+           sqrt(err2 / norm2), s.res[0].merge_error);
+    cr_assert(norm2 > 0.0);
+    cr_assert(s.res[0].merge_error > 1e-4, "the ranks' adapters should differ beyond rank r");
+    cr_assert(fabs(sqrt(err2 / norm2) - s.res[0].merge_error) <= 1e-4,
+              "measured %.9g, reported %.9g", sqrt(err2 / norm2), s.res[0].merge_error);
+    /* Published: apply through a layer agrees on every rank. */
+    float x[H], y[K][H];
+    sona_rng rng;
+    sona_rng_seed(&rng, seed, 99);
+    fill_uniform(&rng, x, H, -1.0f, 1.0f);
+    for (uint32_t i = 0; i < K; i++)
+        cr_assert_eq(sona_apply_layer(s.e[i], 1, x, y[i]), SONA_OK);
+    cr_assert_eq(memcmp(y[0], y[1], sizeof y[0]), 0);
+    cr_assert_eq(memcmp(y[0], y[2], sizeof y[0]), 0);
+    /* Nothing learned since: a second sync changes no bit and reports no error. */
+    sync_all(&s, 0);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK);
+        cr_assert_eq(s.res[i].merge_error, 0.0);
+        cr_assert_float_eq(s.res[i].weight, 1.0 / K, 1e-15); /* nobody learned: equal */
+        weights again;
+        read_weights(s.e[i], &again);
+        cr_assert_eq(memcmp(&again, &after[0], sizeof again), 0);
+    }
+    for (uint32_t i = 0; i < K; i++)
+        sona_engine_destroy(s.e[i]);
+}
+
+Test(sync, a_failing_callback_leaves_every_engine_as_it_was)
+{
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    sync_run s = {.cfg = NULL};
+    static weights before[K], now;
+    sona_stats st_before[K], st_now;
+    for (uint32_t i = 0; i < K; i++) {
+        s.e[i] = make_engine(H);
+        train(s.e[i], seed, 20 + i, 50 + 20 * i);
+        read_weights(s.e[i], &before[i]);
+        cr_assert_eq(sona_get_stats(s.e[i], &st_before[i]), SONA_OK);
+    }
+    /* Fail at every call in turn until a sync goes through: each failed one must change nothing. */
+    uint32_t fail_at = 1, failures = 0;
+    for (;; fail_at++) {
+        cr_assert(fail_at < 100, "a sync never succeeded");
+        sync_all(&s, fail_at);
+        if (s.st[0] == SONA_OK)
+            break;
+        failures++;
+        for (uint32_t i = 0; i < K; i++) {
+            cr_assert_neq(s.st[i], SONA_OK, "fail_at %u: rank %u succeeded alone", fail_at, i);
+            cr_assert_str_neq(sona_engine_last_error(s.e[i]), "");
+            read_weights(s.e[i], &now);
+            cr_assert_eq(memcmp(&now, &before[i], sizeof now), 0, "fail_at %u: rank %u changed",
+                         fail_at, i);
+            cr_assert_eq(sona_get_stats(s.e[i], &st_now), SONA_OK);
+            cr_assert_eq(st_now.base_updates, st_before[i].base_updates);
+            cr_assert_eq(st_now.trajectories_processed, st_before[i].trajectories_processed);
+        }
+    }
+    printf("%u failing calls tried, each left the engines unchanged\n", failures);
+    cr_assert_geq(failures, 4); /* size, rank, header, weights, status: every collective tried */
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK);
+        read_weights(s.e[i], &now);
+        cr_assert_neq(memcmp(&now, &before[i], sizeof now), 0, "rank %u did not merge", i);
+        sona_engine_destroy(s.e[i]);
+    }
+}
+
+Test(sync, other_shapes_are_refused_on_every_rank)
+{
+    sync_run s = {.cfg = NULL};
+    s.e[0] = make_engine(H);
+    s.e[1] = make_engine(H);
+    s.e[2] = make_engine(H + 8);
+    sync_all(&s, 0);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_E_SIZE, "rank %u: %d", i, s.st[i]);
+        sona_engine_destroy(s.e[i]);
+    }
+    sona_comm_ops ops;
+    sona_comm_ops_default(&ops);
+    ops.allgather = NULL;
+    sona_comm *c = NULL;
+    cr_assert_eq(sona_comm_create(&ops, &c), SONA_E_NULL);
+    sona_comm_ops_default(&ops);
+    cr_assert_eq(sona_comm_create(&ops, &c), SONA_OK);
+    sona_engine *e = make_engine(H);
+    train(e, 1, 1, 40);
+    weights w0, w1;
+    read_weights(e, &w0);
+    sona_sync_config bad = {.weighting = (sona_sync_weighting)7};
+    cr_assert_eq(sona_sync(e, c, &bad, NULL), SONA_E_INVALID);
+    cr_assert_eq(sona_sync(NULL, c, NULL, NULL), SONA_E_NULL);
+    /* A world of one: the merge of one adapter is that adapter, bit for bit. */
+    sona_sync_result r;
+    cr_assert_eq(sona_sync(e, c, NULL, &r), SONA_OK);
+    read_weights(e, &w1);
+    cr_assert_eq(memcmp(&w0, &w1, sizeof w0), 0);
+    cr_assert_eq(r.ranks, 1);
+    cr_assert_eq(r.merge_error, 0.0);
+    sona_engine_destroy(e);
+    sona_comm_destroy(c);
+}
