@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(cmake make gcc clang pkg-config libcriterion-dev libhwloc-dev zlib1g-dev
           ocl-icd-opencl-dev opencl-headers libclblast-dev pocl-opencl-icd clinfo
           gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user python3-numpy python3-pytest
-          chromium)
+          chromium libopenmpi-dev openmpi-bin)
 # The Node addon (node/): node, and the Node-API headers where node's package lacks them
 # (NodeSource's nodejs ships /usr/include/node; Debian's needs libnode-dev).
 packages+=(nodejs)

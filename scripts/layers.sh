@@ -13,6 +13,7 @@ level() {
     case $1 in
     sona) echo 0 ;; # the public headers
     common) echo 1 ;;
+    comm) echo 1 ;; # libsona-mpi: the public API only
     backend) echo 2 ;;
     cpu | gpu) echo 3 ;;
     dispatch | cuda | opencl) echo 4 ;;
