@@ -2,7 +2,8 @@
 /* sona_sync over k ranks in one process (support/thread_comm.h): after a sync every rank holds
  * the same Base-LoRA bit for bit, the best rank-r approximation of the trajectory-weighted
  * average of what the ranks had (checked against a dense double reference), published to
- * apply; the global counters are the sums; a sync with nothing new changes no bit; a callback
+ * apply; a tenant live on several ranks ends there as the merge of its adapters (and one live
+ * on a single rank untouched); the global counters are the sums; a sync with nothing new changes no bit; a callback
  * that fails at any of its calls leaves every engine exactly as it was; mismatched shapes are
  * refused on every rank. */
 #include <criterion/criterion.h>
@@ -13,13 +14,14 @@
 #include <string.h>
 
 #include "common/rng.h"
+#include "core/adapt/merge.h"
 #include "engine/inspect.h"
 #include "support/fill.h"
 #include "support/synth_task.h"
 #include "support/thread_comm.h"
 #include <sona.h>
 
-enum { K = 3, H = 24, LAYERS = 3, RANK = 4, AF = LAYERS * RANK * H };
+enum { K = 3, H = 24, LAYERS = 3, RANK = 4, AF = LAYERS * RANK * H, MICRO = 2, MF = MICRO * H };
 
 static sona_engine *make_engine(uint32_t hidden)
 {
@@ -28,6 +30,8 @@ static sona_engine *make_engine(uint32_t hidden)
     cfg.base_layers = LAYERS;
     cfg.base_rank = RANK;
     cfg.base_alpha = 2.0f * RANK;
+    cfg.micro_rank = MICRO;
+    cfg.micro_alpha = 2.0f * MICRO;
     cfg.background_thread = 0;
     cfg.device_apply = 0;
     cfg.loop_b_threshold = 1u << 30; /* loop B only when the test forces it */
@@ -37,28 +41,44 @@ static sona_engine *make_engine(uint32_t hidden)
     return e;
 }
 
-/* n requests of the synthetic task on e (its own stream), a loop B cycle every 10 (so that A
- * moves too, from the second cycle on: the ranks' B A then differ in both factors). */
-static void train(sona_engine *e, uint64_t seed, uint64_t stream, uint32_t n)
+/* n requests of tenant's synthetic task on e (its own stream), a loop B cycle every 10 (so
+ * that A moves too, from the second cycle on: the ranks' B A then differ in both factors). */
+static void train_tenant(sona_engine *e, int32_t tenant, uint64_t seed, uint64_t stream, uint32_t n)
 {
     synth_task t;
     cr_assert_eq(synth_task_init(&t, H, 4, seed, 0), 0);
     sona_rng rng;
     sona_rng_seed(&rng, seed, stream);
     for (uint32_t done = 0; done < n; done += 10) {
-        synth_task_run(&t, e, 0, n - done < 10 ? n - done : 10, &rng, 1);
+        synth_task_run(&t, e, tenant, n - done < 10 ? n - done : 10, &rng, 1);
         cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
     }
     synth_task_free(&t);
 }
 
+static void train(sona_engine *e, uint64_t seed, uint64_t stream, uint32_t n)
+{
+    train_tenant(e, 0, seed, stream, n);
+}
+
+/* Base-LoRA's weights and tenant 0's. */
 typedef struct weights {
     float A[AF], Bt[AF];
+    float mA[MF], mBt[MF];
 } weights;
 
 static void read_weights(sona_engine *e, weights *w)
 {
     cr_assert_eq(eng_inspect_base_weights(e, w->A, w->Bt), SONA_OK);
+    cr_assert_eq(eng_inspect_tenant_weights(e, 0, w->mA, w->mBt), SONA_OK);
+}
+
+/* The merge of tenant slot `tenant` over the engines in `which` (before-weights from the
+ * caller's reads) computed here: what every rank holding it must end with, bit for bit. */
+static void expected_micro(const float *const *A, const float *const *Bt, uint32_t n, float *eA,
+                           float *eBt)
+{
+    cr_assert_eq(sona_lora_merge(H, MICRO, n, A, Bt, NULL, eA, eBt, NULL), SONA_OK);
 }
 
 typedef struct sync_run {
@@ -142,6 +162,24 @@ Test(sync, ranks_end_bit_identical_on_the_weighted_rank_r_average)
         cr_assert_eq(memcmp(after[i].A, after[0].A, sizeof after[0].A), 0, "rank %u's A", i);
         cr_assert_eq(memcmp(after[i].Bt, after[0].Bt, sizeof after[0].Bt), 0, "rank %u's B", i);
     }
+    /* Tenant 0 is live on every rank: merged with equal weights, the same bits everywhere. */
+    const float *mA[K] = {before[0].mA, before[1].mA, before[2].mA};
+    const float *mB[K] = {before[0].mBt, before[1].mBt, before[2].mBt};
+    float eA[MF], eBt[MF];
+    expected_micro(mA, mB, K, eA, eBt);
+    cr_assert_neq(memcmp(before[0].mBt, before[1].mBt, sizeof eBt), 0);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.res[i].tenants_merged, 1);
+        cr_assert_eq(memcmp(after[i].mA, eA, sizeof eA), 0, "rank %u's tenant 0 A", i);
+        cr_assert_eq(memcmp(after[i].mBt, eBt, sizeof eBt), 0, "rank %u's tenant 0 B", i);
+    }
+    float ym[K][H], xm[H];
+    for (uint32_t i = 0; i < H; i++)
+        xm[i] = (float)i / H - 0.5f;
+    for (uint32_t i = 0; i < K; i++)
+        cr_assert_eq(sona_apply(s.e[i], 0, xm, ym[i]), SONA_OK);
+    cr_assert_eq(memcmp(ym[0], ym[1], sizeof ym[0]), 0, "tenant 0 not published alike");
+    cr_assert_eq(memcmp(ym[0], ym[2], sizeof ym[0]), 0, "tenant 0 not published alike");
     /* The optimal rank-r error of the weighted average, as merge_error says. */
     const double w[K] = {0.2, 0.3, 0.5};
     double err2 = 0.0, norm2 = 0.0;
@@ -209,7 +247,7 @@ Test(sync, a_failing_callback_leaves_every_engine_as_it_was)
         }
     }
     printf("%u failing calls tried, each left the engines unchanged\n", failures);
-    cr_assert_geq(failures, 4); /* size, rank, header, weights, status: every collective tried */
+    cr_assert_geq(failures, 6); /* size, rank, header, Base-LoRA, tenants, status: each tried */
     for (uint32_t i = 0; i < K; i++) {
         cr_assert_eq(s.st[i], SONA_OK);
         read_weights(s.e[i], &now);
@@ -252,4 +290,49 @@ Test(sync, other_shapes_are_refused_on_every_rank)
     cr_assert_eq(r.merge_error, 0.0);
     sona_engine_destroy(e);
     sona_comm_destroy(c);
+}
+
+Test(sync, a_tenant_is_merged_where_it_is_live_on_several_ranks)
+{
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    sync_run s = {.cfg = NULL};
+    float A1[2][MF], B1[2][MF], A2[MF], B2[MF], now_A[MF], now_B[MF];
+    for (uint32_t i = 0; i < K; i++) {
+        s.e[i] = make_engine(H);
+        int32_t id = -1;
+        cr_assert_eq(sona_tenant_create(s.e[i], &id), SONA_OK);
+        cr_assert_eq(id, 1);
+        if (i == 2) { /* tenant 1 lives on ranks 0 and 1 only; rank 2's holds tenant 2 instead */
+            cr_assert_eq(sona_tenant_create(s.e[i], &id), SONA_OK);
+            cr_assert_eq(sona_tenant_remove(s.e[i], 1), SONA_OK);
+            cr_assert_eq(id, 2);
+            train_tenant(s.e[i], id, seed, 40, 40);
+            cr_assert_eq(eng_inspect_tenant_weights(s.e[i], id, A2, B2), SONA_OK);
+        } else {
+            train_tenant(s.e[i], 1, seed, 30 + i, 40 + 10 * i);
+            cr_assert_eq(eng_inspect_tenant_weights(s.e[i], 1, A1[i], B1[i]), SONA_OK);
+        }
+    }
+    cr_assert_neq(memcmp(B1[0], B1[1], sizeof B1[0]), 0);
+    sync_all(&s, 0);
+    const float *pa[2] = {A1[0], A1[1]}, *pb[2] = {B1[0], B1[1]};
+    float eA[MF], eBt[MF];
+    expected_micro(pa, pb, 2, eA, eBt);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK, "rank %u: %s", i, sona_engine_last_error(s.e[i]));
+        cr_assert_eq(s.res[i].tenants_merged, 2); /* 0 (everywhere) and 1 (ranks 0, 1) */
+    }
+    for (uint32_t i = 0; i < 2; i++) {
+        cr_assert_eq(eng_inspect_tenant_weights(s.e[i], 1, now_A, now_B), SONA_OK);
+        cr_assert_eq(memcmp(now_A, eA, sizeof eA), 0, "rank %u's tenant 1", i);
+        cr_assert_eq(memcmp(now_B, eBt, sizeof eBt), 0, "rank %u's tenant 1", i);
+    }
+    /* Rank 2: tenant 1 still absent, its tenant 2 (on no other rank) untouched. */
+    cr_assert_eq(eng_inspect_tenant_weights(s.e[2], 1, now_A, now_B), SONA_E_NOT_FOUND);
+    cr_assert_eq(eng_inspect_tenant_weights(s.e[2], 2, now_A, now_B), SONA_OK);
+    cr_assert_eq(memcmp(now_A, A2, sizeof A2), 0);
+    cr_assert_eq(memcmp(now_B, B2, sizeof B2), 0);
+    for (uint32_t i = 0; i < K; i++)
+        sona_engine_destroy(s.e[i]);
 }

@@ -72,6 +72,7 @@ typedef struct sona_sync_result {
     double weight;           /* this rank's share of the merge (weights sum to 1) */
     double merge_error;      /* over the layers: |merged - average|_F / |average|_F of s B A,
                                 the rank-r truncation's (0 when the average has rank <= r) */
+    uint32_t tenants_merged; /* tenant ids live on two ranks or more, merged there */
     sona_stats global;       /* every counter of sona_get_stats summed over the ranks, read
                                 just before the merge (tenants too: tenant ids are per rank);
                                 quality_baseline and last_phi are the mean over the ranks */
@@ -80,12 +81,19 @@ typedef struct sona_sync_result {
 /* Merges the engines of all ranks; every rank calls it (a collective, in the same order as its
  * other collectives on comm). Base-LoRA: each layer becomes the best rank-r approximation of
  * the ranks' weighted average of s B A (computed in factored form, never as a dense hidden x
- * hidden matrix), the same bit for bit on every rank given the same library. Engines must have
- * one shape (hidden, base_layers, base_rank, base_alpha: SONA_E_SIZE on every rank otherwise).
+ * hidden matrix), the same bit for bit on every rank given the same library. Micro-LoRA: a
+ * tenant id live on several ranks becomes there the equal-weight merge of its adapters, the
+ * same way (ids are each rank's own: one live on a single rank is left alone, none is
+ * created); signals it learned while the sync ran, and its pending gradients, give way to the
+ * merge. Engines must have one shape (hidden, base_layers, base_rank, base_alpha, max_tenants,
+ * micro_rank, micro_alpha: SONA_E_SIZE on every rank otherwise).
  * Loop B waits while the sync runs; requests and apply go on, and see the merged weights
  * published at once when it returns. A failed collective (a callback's error), or any other
  * failure, leaves the engine exactly as before the call: everything is computed into new
- * buffers and committed only when every step succeeded. Queued trajectories are not merged:
+ * buffers and committed only when every step succeeded on every rank (out of memory while
+ * publishing the merged weights, the one failure after that point, puts back the old weights
+ * of what it failed on). A rank that runs out of memory before its buffers exist returns
+ * without taking part, and the others wait in the collective, as in any MPI program. Queued trajectories are not merged:
  * call sona_force_learn first to fold them in. cfg NULL = the defaults; out may be NULL. */
 SONA_API sona_status sona_sync(sona_engine *e, sona_comm *comm, const sona_sync_config *cfg,
                                sona_sync_result *out);

@@ -59,3 +59,15 @@ sona_status eng_inspect_base_weights(sona_engine *e, float *A, float *Bt)
     pthread_mutex_unlock(&e->cycle_mu);
     return st;
 }
+
+sona_status eng_inspect_tenant_weights(sona_engine *e, int32_t tenant, float *A, float *Bt)
+{
+    if (tenant < 0 || (uint32_t)tenant >= e->cfg.max_tenants)
+        return SONA_E_NOT_FOUND;
+    eng_tenant *t = &e->tenants[tenant];
+    pthread_mutex_lock(&t->mu);
+    const sona_status st = atomic_load(&t->live) ? sona_lora_export(t->lora, A, Bt, NULL)
+                                                 : SONA_E_NOT_FOUND;
+    pthread_mutex_unlock(&t->mu);
+    return st;
+}

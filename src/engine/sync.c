@@ -26,7 +26,8 @@
 /* The counters of sona_stats, as they travel (uint64 each; the two floats as their bits). */
 enum { SYNC_COUNTERS = 20 };
 typedef struct sync_header {
-    uint64_t magic, hidden, layers, rank, alpha_bits, learned;
+    uint64_t magic, hidden, layers, rank, alpha_bits, tenants_max, micro_rank, micro_alpha_bits;
+    uint64_t learned;
     uint64_t counters[SYNC_COUNTERS];
     uint64_t tenants, quality_bits, phi_bits;
 } sync_header;
@@ -80,10 +81,16 @@ static void global_stats(const sync_header *h, uint32_t k, sona_stats *g)
     g->last_phi = (float)(phi / k);
 }
 
-/* Steps 2-4: the merged Base-LoRA of every rank into A_new and Bt_new (layers x rank x hidden
- * each), from this rank's weights in mine (A then Bt). */
+/* Collective failures (a callback's error) are taken to be the whole world's, as MPI's are,
+ * and end the sync at once; a local failure after the buffers exist (a merge, a read) goes on
+ * through every collective and is told to the others by agree(), so that every rank calls the
+ * same collectives in the same order. */
+
+/* Steps 2-3: the merged Base-LoRA of every rank into A_new and Bt_new (layers x rank x hidden
+ * each), from this rank's weights in mine (A then Bt). A failed merge goes to *local. */
 static sona_status merge_base(sona_engine *e, sona_comm *comm, uint32_t k, const double *w,
-                              const float *mine, float *A_new, float *Bt_new, double *err)
+                              const float *mine, float *A_new, float *Bt_new, double *err,
+                              sona_status *local)
 {
     const size_t H = e->cfg.hidden, r = e->cfg.base_rank, L = e->cfg.base_layers;
     const size_t block = 2 * L * r * H; /* floats a rank sends */
@@ -98,35 +105,144 @@ static sona_status merge_base(sona_engine *e, sona_comm *comm, uint32_t k, const
                         st == SONA_E_NOMEM ? "out of memory" : sona_comm_last_error(comm));
     }
     double total = 0.0, tail = 0.0;
-    sona_status local = SONA_OK;
-    for (size_t l = 0; l < L && local == SONA_OK; l++) {
+    sona_status merged = SONA_OK;
+    for (size_t l = 0; l < L && merged == SONA_OK; l++) {
         const float **pb = pa + k;
         for (uint32_t i = 0; i < k; i++) {
             pa[i] = all + i * block + l * r * H;
             pb[i] = all + i * block + L * r * H + l * r * H;
         }
         sona_merge_info info;
-        local = sona_lora_merge((uint32_t)H, (uint32_t)r, k, pa, pb, w, A_new + l * r * H,
+        merged = sona_lora_merge((uint32_t)H, (uint32_t)r, k, pa, pb, w, A_new + l * r * H,
                                 Bt_new + l * r * H, &info);
         total += info.total;
         tail += info.tail;
     }
     free(all), free(pa);
-    /* Step 4: a rank that could not merge (memory) stops every rank before any commits. */
-    uint32_t mine_st = (uint32_t)local, *sts = malloc((size_t)k * sizeof *sts);
+    *err = total > 0.0 ? sqrt(tail / total) : 0.0;
+    if (merged != SONA_OK && *local == SONA_OK)
+        *local = eng_fail(e, merged, "%s: merging Base-LoRA failed", __func__);
+    return SONA_OK;
+}
+
+/* Step 4: every rank's status gathered, so a rank that failed locally (memory) stops every
+ * rank before any commits. */
+static sona_status agree(sona_engine *e, sona_comm *comm, uint32_t k, sona_status local)
+{
+    uint32_t mine = (uint32_t)local, *sts = malloc((size_t)k * sizeof *sts);
     if (!sts)
         return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
-    st = sona_comm_allgather(comm, &mine_st, sizeof mine_st, sts);
+    sona_status st = sona_comm_allgather(comm, &mine, sizeof mine, sts);
+    if (st != SONA_OK)
+        eng_fail(e, st, "%s: %s", __func__, sona_comm_last_error(comm));
     for (uint32_t i = 0; i < k && st == SONA_OK; i++)
         if (sts[i] != SONA_OK)
-            st = sts[i] < SONA_STATUS_COUNT ? (sona_status)sts[i] : SONA_E_BACKEND;
+            st = eng_fail(e, sts[i] < SONA_STATUS_COUNT ? (sona_status)sts[i] : SONA_E_BACKEND,
+                          "%s: rank %u failed to merge (%s)", __func__, i,
+                          sona_status_str((sona_status)sts[i]));
     free(sts);
-    if (st != SONA_OK)
-        return eng_fail(e, st, "%s: %s", __func__,
-                        local != SONA_OK ? "merging Base-LoRA failed here"
-                                         : "a rank failed (its status travelled back here)");
-    *err = total > 0.0 ? sqrt(tail / total) : 0.0;
+    return st;
+}
+
+/* Micro-LoRA tenants: each tenant id live on two ranks or more becomes, on those ranks, the
+ * equal-weight rank-r merge of their adapters (ids are the ranks' own: an id live on one rank
+ * only is left alone, and none is created). Every rank sends every slot (zeros where not live)
+ * after a byte per slot saying whether it is live, so blocks have one size. The merged adapters
+ * go to out (slots x 2 r H: A then Bt per slot), commit[i] = 1 for those this rank takes. */
+typedef struct tenant_merge {
+    float *mine, *out;      /* this rank's block; the merged adapters */
+    unsigned char *commit;  /* [max_tenants] */
+    uint32_t merged;        /* ids merged (on any rank) */
+} tenant_merge;
+
+static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, tenant_merge *tm,
+                                 sona_status *local)
+{
+    const size_t T = e->cfg.max_tenants, af = (size_t)e->cfg.micro_rank * e->cfg.hidden;
+    const size_t floats = 2 * af * T, head = (T + 3) / 4; /* the live bytes, in floats */
+    const size_t block = head + floats;
+    tm->mine = calloc(block, sizeof *tm->mine);
+    tm->out = malloc(floats * sizeof *tm->out);
+    tm->commit = calloc(T, 1);
+    float *all = malloc(block * k * sizeof *all);
+    const float **pa = malloc(2 * (size_t)k * sizeof *pa);
+    if (!tm->mine || !tm->out || !tm->commit || !all || !pa) {
+        free(all), free(pa);
+        return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+    }
+    unsigned char *live = (unsigned char *)tm->mine;
+    sona_status st = SONA_OK;
+    for (size_t i = 0; i < T && st == SONA_OK; i++) {
+        eng_tenant *t = &e->tenants[i];
+        pthread_mutex_lock(&t->mu); /* cycle_mu -> eng_tenant.mu: down the lock order */
+        if (atomic_load(&t->live)) {
+            live[i] = 1;
+            float *a = tm->mine + head + 2 * af * i;
+            st = sona_lora_export(t->lora, a, a + af, NULL);
+        }
+        pthread_mutex_unlock(&t->mu);
+    }
+    if (st != SONA_OK && *local == SONA_OK)
+        *local = eng_fail(e, st, "%s: reading a tenant's Micro-LoRA failed", __func__);
+    st = sona_comm_allgather(comm, tm->mine, block * sizeof *all, all);
+    if (st != SONA_OK) {
+        free(all), free(pa);
+        return eng_fail(e, st, "%s: gathering tenants: %s", __func__, sona_comm_last_error(comm));
+    }
+    sona_status merged = SONA_OK;
+    for (size_t i = 0; i < T && merged == SONA_OK; i++) {
+        uint32_t n = 0;
+        for (uint32_t r = 0; r < k; r++) {
+            const float *b = all + r * block;
+            if (((const unsigned char *)b)[i]) {
+                pa[n] = b + head + 2 * af * i;
+                pa[k + n++] = b + head + 2 * af * i + af;
+            }
+        }
+        if (n < 2)
+            continue;
+        tm->merged++;
+        if (!live[i])
+            continue;
+        merged = sona_lora_merge(e->cfg.hidden, e->cfg.micro_rank, n, pa, pa + k, NULL,
+                                 tm->out + 2 * af * i, tm->out + 2 * af * i + af, NULL);
+        tm->commit[i] = 1;
+    }
+    free(all), free(pa);
+    if (merged != SONA_OK && *local == SONA_OK)
+        *local = eng_fail(e, merged, "%s: merging tenants failed", __func__);
     return SONA_OK;
+}
+
+/* Step 5 for the tenants: each merged one imported and published under its mutex (a tenant
+ * removed meanwhile is skipped). Signals it learned during the sync are replaced by the merge,
+ * and its pending gradients dropped, as on every rank. */
+static sona_status commit_tenants(sona_engine *e, const tenant_merge *tm)
+{
+    const size_t af = (size_t)e->cfg.micro_rank * e->cfg.hidden;
+    const size_t head = (e->cfg.max_tenants + 3) / 4;
+    sona_status st = SONA_OK;
+    for (size_t i = 0; i < e->cfg.max_tenants; i++) {
+        if (!tm->commit[i])
+            continue;
+        eng_tenant *t = &e->tenants[i];
+        pthread_mutex_lock(&t->mu);
+        if (atomic_load(&t->live)) {
+            const float *m = tm->out + 2 * af * i;
+            sona_status s = sona_lora_import(t->lora, m, m + af);
+            if (s == SONA_OK)
+                s = sona_snapshot_publish(&t->slot, t->lora);
+            if (s != SONA_OK) { /* back to the weights read (finite, same shape) */
+                const float *old = tm->mine + head + 2 * af * i;
+                sona_lora_import(t->lora, old, old + af);
+                st = eng_fail(e, s, "%s: committing tenant %zu: %s", __func__, i,
+                              sona_lora_last_error(t->lora));
+            }
+            t->since_apply = 0;
+        }
+        pthread_mutex_unlock(&t->mu);
+    }
+    return st;
 }
 
 static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_config *cfg,
@@ -143,7 +259,8 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
     sona_get_stats(e, &local);
     const uint64_t processed = local.trajectories_processed;
     sync_header me = {SYNC_MAGIC, e->cfg.hidden, e->cfg.base_layers, e->cfg.base_rank,
-                      f32_bits(e->cfg.base_alpha),
+                      f32_bits(e->cfg.base_alpha), e->cfg.max_tenants, e->cfg.micro_rank,
+                      f32_bits(e->cfg.micro_alpha),
                       processed - (e->synced_processed <= processed ? e->synced_processed : 0),
                       {0}, local.tenants, f32_bits(local.quality_baseline),
                       f32_bits(local.last_phi)};
@@ -162,11 +279,15 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
         eng_fail(e, st, "%s: gathering headers: %s", __func__, sona_comm_last_error(comm));
     for (uint32_t i = 0; i < k && st == SONA_OK; i++)
         if (h[i].magic != SYNC_MAGIC || h[i].hidden != me.hidden || h[i].layers != me.layers ||
-            h[i].rank != me.rank || h[i].alpha_bits != me.alpha_bits)
+            h[i].rank != me.rank || h[i].alpha_bits != me.alpha_bits ||
+            h[i].tenants_max != me.tenants_max || h[i].micro_rank != me.micro_rank ||
+            h[i].micro_alpha_bits != me.micro_alpha_bits)
             st = eng_fail(e, SONA_E_SIZE, "%s: rank %u's engine has another shape (hidden %llu, "
-                          "base_layers %llu, base_rank %llu) than rank %u's", __func__, i,
+                          "base_layers %llu, base_rank %llu, max_tenants %llu, micro_rank %llu, "
+                          "or the alphas) than rank %u's", __func__, i,
                           (unsigned long long)h[i].hidden, (unsigned long long)h[i].layers,
-                          (unsigned long long)h[i].rank, rank);
+                          (unsigned long long)h[i].rank, (unsigned long long)h[i].tenants_max,
+                          (unsigned long long)h[i].micro_rank, rank);
     /* The weights, in rank order: the same doubles on every rank. */
     double learned = 0.0;
     for (uint32_t i = 0; i < k; i++)
@@ -174,12 +295,18 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
     for (uint32_t i = 0; i < k; i++)
         w[i] = cfg->weighting == SONA_SYNC_TRAJECTORIES && learned > 0.0
                    ? (double)h[i].learned / learned : 1.0 / k;
+    sona_status failed_here = SONA_OK;
     if (st == SONA_OK && sona_lora_export(e->base, mine, mine + af, NULL) != SONA_OK)
-        st = eng_fail(e, SONA_E_BACKEND, "%s: reading Base-LoRA: %s", __func__,
-                      sona_lora_last_error(e->base));
+        failed_here = eng_fail(e, SONA_E_BACKEND, "%s: reading Base-LoRA: %s", __func__,
+                         sona_lora_last_error(e->base));
     double err = 0.0;
+    tenant_merge tm = {0};
     if (st == SONA_OK)
-        st = merge_base(e, comm, k, w, mine, mine + 2 * af, mine + 3 * af, &err);
+        st = merge_base(e, comm, k, w, mine, mine + 2 * af, mine + 3 * af, &err, &failed_here);
+    if (st == SONA_OK)
+        st = merge_tenants(e, comm, k, &tm, &failed_here);
+    if (st == SONA_OK)
+        st = agree(e, comm, k, failed_here);
     /* Step 5: commit, or put the old weights back. */
     if (st == SONA_OK) {
         st = sona_lora_import(e->base, mine + 2 * af, mine + 3 * af);
@@ -191,9 +318,12 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
                      sona_lora_last_error(e->base));
         }
     }
+    if (st == SONA_OK)
+        st = commit_tenants(e, &tm);
     if (st == SONA_OK) {
         e->synced_processed = processed;
         if (res) {
+            res->tenants_merged = tm.merged;
             res->ranks = k;
             res->rank = rank;
             res->weight = w[rank];
@@ -201,7 +331,7 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
             global_stats(h, k, &res->global);
         }
     }
-    free(h), free(w), free(mine);
+    free(h), free(w), free(mine), free(tm.mine), free(tm.out), free(tm.commit);
     return st;
 }
 
