@@ -336,3 +336,65 @@ Test(sync, a_tenant_is_merged_where_it_is_live_on_several_ranks)
     for (uint32_t i = 0; i < K; i++)
         sona_engine_destroy(s.e[i]);
 }
+
+Test(sync, changes_are_summed_onto_what_the_last_sync_left)
+{
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    sona_sync_config cfg;
+    sona_sync_config_default(&cfg);
+    cfg.merge = SONA_SYNC_CHANGES;
+    sync_run s = {.cfg = &cfg};
+    static weights S, before[K], after;
+    for (uint32_t i = 0; i < K; i++) {
+        s.e[i] = make_engine(H);
+        train(s.e[i], seed, 50 + i, 30); /* apart before the first sync: it must average */
+    }
+    sync_all(&s, 0); /* no S yet anywhere: the average, which becomes S */
+    for (uint32_t i = 0; i < K; i++)
+        cr_assert_eq(s.st[i], SONA_OK, "rank %u: %s", i, sona_engine_last_error(s.e[i]));
+    read_weights(s.e[0], &S);
+    for (uint32_t i = 0; i < K; i++) {
+        train(s.e[i], seed, 60 + i, 40);
+        read_weights(s.e[i], &before[i]);
+    }
+    sync_all(&s, 0);
+    /* Base-LoRA: the rank-r truncation of sum_i W_i - (K - 1) S, measured on the dense matrix. */
+    double err2 = 0.0, norm2 = 0.0;
+    const double w[K] = {1.0, 1.0, 1.0};
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK, "rank %u: %s", i, sona_engine_last_error(s.e[i]));
+        read_weights(s.e[i], &after);
+        if (i == 0) {
+            for (uint32_t l = 0; l < LAYERS; l++) {
+                for (uint32_t h = 0; h < H; h++)
+                    for (uint32_t c = 0; c < H; c++) {
+                        double m = 0.0, v = 0.0;
+                        for (uint32_t j = 0; j < RANK; j++) {
+                            const size_t o = ((size_t)l * RANK + j) * H;
+                            for (uint32_t q = 0; q < K; q++)
+                                m += w[q] * before[q].Bt[o + h] * before[q].A[o + c];
+                            m -= (K - 1.0) * S.Bt[o + h] * S.A[o + c];
+                            v += (double)after.Bt[o + h] * after.A[o + c];
+                        }
+                        err2 += (m - v) * (m - v);
+                        norm2 += m * m;
+                    }
+            }
+            printf("changes merged: relative error %.6g (merge_error %.6g)\n", sqrt(err2 / norm2),
+                   s.res[0].merge_error);
+            cr_assert(fabs(sqrt(err2 / norm2) - s.res[0].merge_error) <= 1e-4, "%.9g vs %.9g",
+                      sqrt(err2 / norm2), s.res[0].merge_error);
+        }
+        /* Tenant 0: the same merge of K + 1 adapters computed here, bit for bit. */
+        const float *pa[K + 1] = {before[0].mA, before[1].mA, before[2].mA, S.mA};
+        const float *pb[K + 1] = {before[0].mBt, before[1].mBt, before[2].mBt, S.mBt};
+        const double wt[K + 1] = {1.0, 1.0, 1.0, -(K - 1.0)};
+        float eA[MF], eBt[MF];
+        cr_assert_eq(sona_lora_merge(H, MICRO, K + 1, pa, pb, wt, eA, eBt, NULL), SONA_OK);
+        cr_assert_eq(memcmp(after.mA, eA, sizeof eA), 0, "rank %u's tenant 0", i);
+        cr_assert_eq(memcmp(after.mBt, eBt, sizeof eBt), 0, "rank %u's tenant 0", i);
+    }
+    for (uint32_t i = 0; i < K; i++)
+        sona_engine_destroy(s.e[i]);
+}

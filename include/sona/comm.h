@@ -60,10 +60,25 @@ typedef enum sona_sync_weighting {
                                    its last sync (equal when no rank learned any) */
 } sona_sync_weighting;
 
+/* What a sync makes of the ranks' adapters W_i. */
+typedef enum sona_sync_merge {
+    SONA_SYNC_AVERAGE = 0,  /* their (weighted) average: a rank's progress since the last sync
+                               counts 1/k, so k ranks learn about as fast as one */
+    SONA_SYNC_CHANGES = 1   /* what the last sync left, S, plus every rank's change since:
+                               S + sum_i (W_i - S), so k ranks learn about as fast as one engine
+                               seeing all their traffic. Falls back to AVERAGE where a rank has
+                               no S (its first sync, a tenant new since) and for a world of one:
+                               sync once before serving, so that every rank starts alike and
+                               has S.
+                               S is each rank's memory of the last sync: after a sona_load, sync
+                               once with AVERAGE, or the load counts as a change */
+} sona_sync_merge;
+
 typedef struct sona_sync_config {
-    sona_sync_weighting weighting;
+    sona_sync_weighting weighting; /* for SONA_SYNC_AVERAGE */
+    sona_sync_merge merge;
 } sona_sync_config;
-/* weighting SONA_SYNC_TRAJECTORIES. */
+/* weighting SONA_SYNC_TRAJECTORIES, merge SONA_SYNC_AVERAGE. */
 SONA_API void sona_sync_config_default(sona_sync_config *cfg);
 
 typedef struct sona_sync_result {

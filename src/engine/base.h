@@ -53,6 +53,8 @@ typedef struct eng_tenant {
     float *signal;            /* loop A's signal rows x, delta and y (3 * hidden), reused (mu) */
     atomic_int live;
     atomic_uint tasks;        /* EWC++ task snapshots of ewc now, for sona_get_stats (set under mu) */
+    uint64_t generation;      /* adapters this slot has had (a new one each reset; mu): sync.c
+                                 knows a tenant it merged from a new one in the same slot */
 } eng_tenant;
 
 struct sona_engine {
@@ -107,6 +109,7 @@ struct sona_engine {
     } n;
     atomic_uint last_phi_bits;
     uint64_t synced_processed;  /* n.processed at the last sona_sync (sync.c; cycle_mu) */
+    struct eng_sync *sync;      /* what the last sona_sync left, for SONA_SYNC_CHANGES (cycle_mu) */
 
     eng_device *device;         /* NULL: batches run on the CPU (see eng_device_ready) */
     atomic_uint_fast64_t device_batches, device_fallbacks; /* runtime only, not saved */
@@ -193,6 +196,9 @@ const char *eng_device_name(eng_device *d);
  * the CPU to redo the batch. */
 sona_status eng_device_apply(sona_engine *e, uint32_t n, const int32_t *ids, const float *x, float *y);
 sona_status eng_device_apply_layer(sona_engine *e, uint32_t layer, uint32_t n, const float *x, float *y);
+
+/* Frees what sona_sync kept (sync.c); NULL is a no-op. */
+void eng_sync_free(struct eng_sync *s);
 
 /* Stores the EWC++ task count of the adapter set that publishes to slot (Base-LoRA's or a
  * tenant's) for sona_get_stats. Caller holds what guards that set's EWC++ state. */

@@ -89,6 +89,7 @@ static sona_status tenant_reset(sona_engine *e, eng_tenant *t)
     t->lora = l;
     t->ewc = w;
     t->since_apply = 0;
+    t->generation++;
     atomic_store(&t->tasks, 0);
     memset(t->baselines, 0, sizeof t->baselines);
     return SONA_OK;
@@ -192,6 +193,7 @@ void sona_engine_destroy(sona_engine *e)
     sona_snapshot_slot_free(&e->base_slot);
     sona_lora_destroy(e->base);
     eng_ewc_destroy(e->base_ewc);
+    eng_sync_free(e->sync);
     sona_trajectory_buffer_destroy(e->buffer);
     sona_trajectory_buffer_destroy(e->pool);
     sona_signal_builder_destroy(e->signals);
