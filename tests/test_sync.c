@@ -281,6 +281,23 @@ Test(sync, other_shapes_are_refused_on_every_rank)
     sona_sync_config bad = {.weighting = (sona_sync_weighting)7};
     cr_assert_eq(sona_sync(e, c, &bad, NULL), SONA_E_INVALID);
     cr_assert_eq(sona_sync(NULL, c, NULL, NULL), SONA_E_NULL);
+    cr_assert_eq(sona_sync(e, NULL, NULL, NULL), SONA_E_NULL);
+    bad.weighting = SONA_SYNC_EQUAL;
+    bad.merge = (sona_sync_merge)9;
+    cr_assert_eq(sona_sync(e, c, &bad, NULL), SONA_E_INVALID);
+    uint32_t v = 7;
+    cr_assert_eq(sona_comm_rank(NULL, &v), SONA_E_NULL);
+    cr_assert_eq(sona_comm_size(c, NULL), SONA_E_NULL);
+    cr_assert_eq(sona_comm_allgather(c, NULL, 4, &v), SONA_E_NULL);
+    cr_assert_eq(sona_comm_allreduce_sum(c, NULL, 3), SONA_E_NULL);
+    cr_assert_str_eq(sona_comm_last_error(NULL), "");
+    sona_comm_destroy(NULL);
+    sona_comm_ops_default(NULL);
+    sona_sync_config_default(NULL);
+    cr_assert_eq(sona_comm_rank(c, &v), SONA_OK);
+    cr_assert_eq(v, 0);
+    cr_assert_eq(sona_comm_size(c, &v), SONA_OK);
+    cr_assert_eq(v, 1);
     /* A world of one: the merge of one adapter is that adapter, bit for bit. */
     sona_sync_result r;
     cr_assert_eq(sona_sync(e, c, NULL, &r), SONA_OK);

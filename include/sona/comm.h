@@ -85,8 +85,9 @@ typedef struct sona_sync_result {
     uint32_t ranks;          /* size of the communicator */
     uint32_t rank;           /* this process's rank */
     double weight;           /* this rank's share of the merge (weights sum to 1) */
-    double merge_error;      /* over the layers: |merged - average|_F / |average|_F of s B A,
-                                the rank-r truncation's (0 when the average has rank <= r) */
+    double merge_error;      /* over the layers: |merged - M|_F / |M|_F of s B A, M the merge's
+                                target (the average, or S + the changes), the rank-r
+                                truncation's error (0 when M has rank <= r) */
     uint32_t tenants_merged; /* tenant ids live on two ranks or more, merged there */
     sona_stats global;       /* every counter of sona_get_stats summed over the ranks, read
                                 just before the merge (tenants too: tenant ids are per rank);
