@@ -195,6 +195,7 @@ static sona_status agree(sona_engine *e, sona_comm *comm, uint32_t k, sona_statu
 typedef struct tenant_merge {
     float *mine, *out;      /* this rank's block; the merged adapters */
     unsigned char *commit;  /* [max_tenants] */
+    uint64_t *gen;          /* [max_tenants]: each slot's generation when read */
     uint32_t merged;        /* ids merged (on any rank) */
 } tenant_merge;
 
@@ -207,10 +208,11 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, in
     tm->mine = calloc(block, sizeof *tm->mine);
     tm->out = malloc(floats * sizeof *tm->out);
     tm->commit = calloc(T, 1);
+    tm->gen = calloc(T, sizeof *tm->gen);
     float *all = malloc(block * k * sizeof *all);
     const float **pa = malloc(2 * ((size_t)k + 1) * sizeof *pa);
     double *w = malloc(((size_t)k + 1) * sizeof *w);
-    if (!tm->mine || !tm->out || !tm->commit || !all || !pa || !w) {
+    if (!tm->mine || !tm->out || !tm->commit || !tm->gen || !all || !pa || !w) {
         free(w);
         free(all), free(pa);
         return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
@@ -225,6 +227,7 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, in
             live[i] = S && S->have && S->valid[i] && S->gen[i] == t->generation ? SLOT_SYNCED
                                                                               : SLOT_LIVE;
             float *a = tm->mine + head + 2 * af * i;
+            tm->gen[i] = t->generation;
             st = sona_lora_export(t->lora, a, a + af, NULL);
         }
         pthread_mutex_unlock(&t->mu);
@@ -290,7 +293,8 @@ static sona_status commit_tenants(sona_engine *e, const tenant_merge *tm, struct
             continue;
         eng_tenant *t = &e->tenants[i];
         pthread_mutex_lock(&t->mu);
-        if (atomic_load(&t->live)) {
+        /* Removed meanwhile, or removed and created anew in the slot: not the one merged. */
+        if (atomic_load(&t->live) && t->generation == tm->gen[i]) {
             const float *m = tm->out + 2 * af * i;
             sona_status s = sona_lora_import(t->lora, m, m + af);
             if (s == SONA_OK)
@@ -415,7 +419,7 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
             global_stats(h, k, &res->global);
         }
     }
-    free(h), free(w), free(mine), free(tm.mine), free(tm.out), free(tm.commit);
+    free(h), free(w), free(mine), free(tm.mine), free(tm.out), free(tm.commit), free(tm.gen);
     return st;
 }
 
