@@ -16,7 +16,8 @@ extern const sona_backend sona_cpu_avx512;
 extern const sona_backend sona_cpu_neon;
 #endif
 
-/* Host memory functions shared by every CPU variant (64-byte aligned buffers). */
+/* Host memory functions shared by every CPU variant: buffers 64-byte aligned and zeroed (large
+ * ones as fresh pages, untouched until used). */
 sona_status sona_host_alloc(void *ctx, size_t bytes, void **buf);
 void sona_host_free(void *ctx, void *buf);
 sona_status sona_host_upload(void *ctx, void *buf, size_t offset, const void *src, size_t bytes);
