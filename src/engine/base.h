@@ -108,6 +108,7 @@ struct sona_engine {
 
     eng_device *device;         /* NULL: batches run on the CPU (see eng_device_ready) */
     atomic_uint_fast64_t device_batches, device_fallbacks; /* runtime only, not saved */
+    atomic_uint_fast64_t out_of_range; /* inputs_out_of_range: runtime only, not saved */
 };
 
 /* Formats the engine's last error (thread-safe) and returns st. */
@@ -115,6 +116,12 @@ sona_status eng_fail(sona_engine *e, sona_status st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 uint64_t eng_now_us(void);
+/* A pending gradient value beyond this is refused at apply (and dropped): its square, folded
+ * into EWC++'s Fisher, would pass SONA_MAX_FISHER, and a step by it would carry the weights
+ * toward SONA_MAX_WEIGHT at once; sona_load holds pending gradients to it too. */
+#define ENG_MAX_GRADIENT 1e10f
+/* 1 when every |v[i]| <= bound (NaN is not). */
+int eng_in_range(const float *v, size_t n, float bound);
 /* The running quality baseline (0 before the first trajectory). */
 float eng_baseline(sona_engine *e);
 /* Folds a final quality into the engine-wide baseline. */
