@@ -23,6 +23,13 @@ typedef struct shared {
     atomic_uint_fast64_t ended, refused, failures;
 } shared;
 
+/* Counts an unexpected status; the first few are printed with the engine's message. */
+static void failed(shared *s, const char *call, sona_status st)
+{
+    if (atomic_fetch_add(&s->failures, 1) < 5)
+        fprintf(stderr, "[concurrent] %s: %s (%s)\n", call, sona_status_str(st), sona_engine_last_error(s->e));
+}
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -43,27 +50,28 @@ static void *produce(void *p)
     float x[DIM], a[DIM];
     /* Their share, and on until the reader has seen a cycle in flight (or the deadline). */
     for (int i = 0; i < PER_PRODUCER || (!atomic_load(&s->seen) && now_s() < s->deadline); i++) {
-        for (int h = 0; h < DIM; h++) {
+        for (int h = 0; h < DIM; h++)
             x[h] = (float)((h * 31 + i * 7 + pr->index * 13) % 17) / 17.0f - 0.5f;
+        for (int h = 0; h < DIM; h++)
             a[h] = x[(h + 1) % DIM];
-        }
         sona_request *r;
-        if (sona_request_begin(s->e, 0, x, &r) != SONA_OK) {
-            atomic_fetch_add(&s->failures, 1);
+        sona_status st = sona_request_begin(s->e, 0, x, &r);
+        if (st != SONA_OK) {
+            failed(s, "begin", st);
             continue;
         }
         const int hostile = i % HOSTILE_EVERY == HOSTILE_EVERY - 1;
-        if (sona_request_step(r, (uint32_t)(i % 2), a, NULL, 0, 0.5f) != SONA_OK)
-            atomic_fetch_add(&s->failures, 1);
+        if ((st = sona_request_step(r, (uint32_t)(i % 2), a, NULL, 0, 0.5f)) != SONA_OK)
+            failed(s, "step", st);
         /* a quality of 3e38: refused before any baseline, counted once */
-        const sona_status st = sona_request_end(r, hostile ? 3e38f : 0.25f + (float)(i % 4) * 0.2f);
+        st = sona_request_end(r, hostile ? 3e38f : 0.25f + (float)(i % 4) * 0.2f);
         if (hostile) {
             if (st != SONA_E_INVALID)
-                atomic_fetch_add(&s->failures, 1);
+                failed(s, "end (hostile)", st);
             atomic_fetch_add(&s->refused, 1);
         } else {
             if (st != SONA_OK)
-                atomic_fetch_add(&s->failures, 1);
+                failed(s, "end", st);
             atomic_fetch_add(&s->ended, 1);
         }
     }

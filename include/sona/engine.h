@@ -397,8 +397,11 @@ SONA_API sona_status sona_load(sona_engine *e, const char *path);
  * The file's header and section checksums are checked, and the shape it names (hidden, ranks,
  * layers) against the bytes its TENA and BASE sections hold: a file too small for the adapters
  * its shape needs is refused (SONA_E_CORRUPT) before an engine of that shape is ever created, so
- * an engine created from *cfg needs memory in proportion to the file. *cfg is untouched on
- * failure. The message
+ * an engine created from *cfg needs adapter memory in proportion to the file. Its other
+ * buffers are what the configuration names, whatever the file's size: buffer_capacity cells of
+ * 16 bytes allocated at creation (up to 2^32 - 1), max_tenants slots (up to 65536): a process
+ * that only reads the adapters (`sona export-peft`) sets buffer_capacity to 1. *cfg is untouched
+ * on failure. The message
  * is sona_last_error()'s. */
 SONA_API sona_status sona_state_config(const char *path, sona_engine_config *cfg);
 /* Same as sona_load from a memory buffer (the fuzz target's entry point). */
