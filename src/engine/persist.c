@@ -74,6 +74,7 @@ static void counter_table(sona_engine *e, atomic_uint_fast64_t *out[COUNTERS])
 /* Everything a file holds, built into fresh objects before anything of the engine changes. */
 typedef struct loaded {
     uint32_t version;           /* the file's format version */
+    float max_output_change;    /* CONF's: the bound the saving engine's adapters kept */
     uint64_t counters[COUNTERS];
     float baseline;
     uint32_t phi_bits;
@@ -215,7 +216,7 @@ static sona_status read_pending(sona_engine *e, sona_rbuf *r, sona_lora *l, uint
 
 /* Reads one adapter set of the engine's shape into a fresh lora (+ EWC++, whose record has the
  * boundary detector from version 3 on, and from then on loop A's pending state). */
-static sona_status read_adapter(sona_engine *e, sona_rbuf *r, uint32_t version, int base, sona_lora **lora,
+static sona_status read_adapter(sona_engine *e, sona_rbuf *r, const loaded *s, int base, sona_lora **lora,
                                 eng_ewc **ewc, uint32_t *since_apply)
 {
     sona_lora_config lc;
@@ -233,21 +234,23 @@ static sona_status read_adapter(sona_engine *e, sona_rbuf *r, uint32_t version, 
     else if ((st = sona_lora_create(&lc, lora)) == SONA_OK && (st = sona_lora_import(*lora, wts, wts + n)) != SONA_OK)
         st = corrupt(e, "adapter weights are not finite");
     free(wts);
-    /* The bound every update keeps (max_output_change): an adapter beyond it was not saved by
-     * this engine's learning, and would send outputs wherever it points. The small margin is
-     * the rounding of the scaling that keeps it. */
-    for (uint32_t a = 0; st == SONA_OK && e->cfg.max_output_change > 0.0f && a < lc.count; a++) {
+    /* The bound every update of the saving engine kept (its max_output_change, from CONF; this
+     * engine's when the file claims none): an adapter beyond it was not made by learning, and
+     * would send outputs wherever it points. The margin is the rounding of the scaling. */
+    const float bound = s->max_output_change > 0.0f && isfinite(s->max_output_change) ? s->max_output_change
+                                                                                       : e->cfg.max_output_change;
+    for (uint32_t a = 0; st == SONA_OK && bound > 0.0f && a < lc.count; a++) {
         double gain = 0.0;
-        if (sona_lora_gain(*lora, (int32_t)a, &gain) != SONA_OK || !(gain <= 1.01 * e->cfg.max_output_change))
-            st = corrupt(e, "an adapter's output change is beyond max_output_change");
+        if (sona_lora_gain(*lora, (int32_t)a, &gain) != SONA_OK || !(gain <= 1.01 * bound))
+            st = corrupt(e, "an adapter's output change is beyond the file's max_output_change");
     }
     if (st != SONA_OK)
         return st;
-    st = eng_ewc_load(r, *lora, &e->cfg, version, base, ewc);
+    st = eng_ewc_load(r, *lora, &e->cfg, s->version, base, ewc);
     if (st != SONA_OK)
         return eng_fail(e, st, "sona_load: EWC++ state: %s", sona_status_str(st));
     *since_apply = 0;
-    return version >= 3 ? read_pending(e, r, *lora, since_apply) : SONA_OK;
+    return s->version >= 3 ? read_pending(e, r, *lora, since_apply) : SONA_OK;
 }
 
 static sona_status read_tenants(sona_engine *e, sona_rbuf *r, loaded *s)
@@ -267,7 +270,7 @@ static sona_status read_tenants(sona_engine *e, sona_rbuf *r, loaded *s)
         if (r->bad || s->ids[i] >= e->cfg.max_tenants || (i && s->ids[i] <= s->ids[i - 1]) ||
             (i == 0 && s->ids[0] != 0))
             return corrupt(e, "bad tenant id");
-        sona_status st = read_adapter(e, r, s->version, 0, &s->loras[i], &s->ewcs[i], &s->since_apply[i]);
+        sona_status st = read_adapter(e, r, s, 0, &s->loras[i], &s->ewcs[i], &s->since_apply[i]);
         if (st != SONA_OK)
             return st;
     }
@@ -443,7 +446,6 @@ static void conf_write(sona_engine *e, const save_view *v, sona_wbuf *w)
 
 static sona_status conf_read(sona_engine *e, sona_rbuf *r, loaded *s)
 {
-    (void)s;
     const sona_engine_config *c = &e->cfg;
     sona_engine_config file;
     if (eng_config_read(r, &file) != 0)
@@ -455,6 +457,7 @@ static sona_status conf_read(sona_engine *e, sona_rbuf *r, loaded *s)
                         "layers; this engine has %u, %u, %u x %u",
                         file.hidden, file.micro_rank, file.base_rank, file.base_layers, c->hidden, c->micro_rank,
                         c->base_rank, c->base_layers);
+    s->max_output_change = file.max_output_change;
     return SONA_OK;
 }
 
@@ -514,7 +517,7 @@ static void base_write(sona_engine *e, const save_view *v, sona_wbuf *w)
 static sona_status base_read(sona_engine *e, sona_rbuf *r, loaded *s)
 {
     uint32_t since_apply; /* the Base-LoRA learns in whole cycles: nothing between applies */
-    return read_adapter(e, r, s->version, 1, &s->base, &s->base_ewc, &since_apply);
+    return read_adapter(e, r, s, 1, &s->base, &s->base_ewc, &since_apply);
 }
 
 static void patt_write(sona_engine *e, const save_view *v, sona_wbuf *w)
