@@ -124,8 +124,9 @@ typedef struct sona_engine_config {
  * Live input beyond them is refused (SONA_E_INVALID, counted in inputs_out_of_range; the request
  * is not learned). A state file is held to the same ranges and to these, which the engine's
  * own learning cannot pass (sona_load refuses beyond: SONA_E_CORRUPT):
- *   SONA_MAX_WEIGHT: |w| of every adapter weight (and EWC++ anchor); its output change must
- *     also keep within max_output_change (the bound every update keeps);
+ *   SONA_MAX_WEIGHT: |w| of every adapter weight (and EWC++ anchor); each adapter's output
+ *     change must also keep within the file's max_output_change (the bound every update of
+ *     the saving engine kept; the loading engine's when the file's is 0);
  *   SONA_MAX_FISHER: 0 <= F of every Fisher value (F x weight x tasks stays finite);
  *   baselines: |mean| <= SONA_MAX_QUALITY, 0 <= variance <= (2 SONA_MAX_QUALITY)^2;
  *   patterns: centroid values as activations, average quality as qualities;
