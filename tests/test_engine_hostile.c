@@ -19,6 +19,8 @@
 #include <unistd.h>
 
 #include "common/serial.h"
+#include "core/adapt/lora_internal.h"
+#include "engine/base.h"
 #include "support/op_cases.h"
 #include "support/synth_task.h"
 
@@ -60,8 +62,9 @@ static const char *const kind_name[KINDS] = {"activations 1e30", "activations 1e
                                              "qualities 3e38",  "queries 1e30",    "at the bounds",
                                              "tiny queries"};
 
-/* One hostile request of tenant; returns the out-of-range refusals it caused (each checked). */
-static uint64_t hostile_request(sona_engine *e, int32_t tenant, hostile_kind k, sona_rng *r)
+/* One hostile request of tenant; returns the out-of-range refusals it caused (each checked);
+ * an accepted request whose update was refused anyway counts in *updates_refused. */
+static uint64_t hostile_request(sona_engine *e, int32_t tenant, hostile_kind k, sona_rng *r, uint64_t *updates_refused)
 {
     float q[HIDDEN], a[HIDDEN];
     for (int h = 0; h < HIDDEN; h++) {
@@ -112,6 +115,8 @@ static uint64_t hostile_request(sona_engine *e, int32_t tenant, hostile_kind k, 
     }
     /* Accepted kinds: learned from, or their update refused (and dropped); either way no crash,
      * and what follows must learn. */
+    if (!refused && st != SONA_OK)
+        *updates_refused += 1;
     return refused;
 }
 
@@ -151,9 +156,9 @@ static void hostile_then_ordinary(hostile_kind k)
     cr_assert_eq(sona_get_stats(e, &before), SONA_OK);
 
     /* The hostile stream, on tenant 1 only; then whatever it queued goes through loop B. */
-    uint64_t refused = 0;
+    uint64_t refused = 0, updates_refused = 0;
     for (int i = 0; i < HOSTILE_REQUESTS; i++)
-        refused += hostile_request(e, 1, k, &r);
+        refused += hostile_request(e, 1, k, &r, &updates_refused);
     (void)sona_force_learn(e); /* at the bounds its update may be refused: dropped, not kept */
     (void)sona_flush(e);
     sona_stats mid;
@@ -176,9 +181,9 @@ static void hostile_then_ordinary(hostile_kind k)
     const double g0 = evaluate(&t0, e, 0, seed) - b0, g1 = evaluate(&t1, e, 1, seed + 1) - b1;
     sona_stats after;
     cr_assert_eq(sona_get_stats(e, &after), SONA_OK);
-    printf("[engine_hostile] %s: %" PRIu64 " refused; then tenant 0 gained %.3f, tenant 1 %.3f, base updates %" PRIu64
+    printf("[engine_hostile] %s: %" PRIu64 " refused, %" PRIu64 " updates refused; then tenant 0 gained %.3f, tenant 1 %.3f, base updates %" PRIu64
            " -> %" PRIu64 ", baseline %.3f\n",
-           kind_name[k], refused, g0, g1, mid.base_updates, after.base_updates, (double)after.quality_baseline);
+           kind_name[k], refused, updates_refused, g0, g1, mid.base_updates, after.base_updates, (double)after.quality_baseline);
     cr_assert_gt(g0, 0.05, "%s: tenant 0 gained only %.3f", kind_name[k], g0);
     cr_assert_gt(g1, 0.05, "%s: tenant 1 (the hostile one) gained only %.3f", kind_name[k], g1);
     cr_assert_gt(after.base_updates, mid.base_updates, "%s: Base-LoRA did not step again", kind_name[k]);
@@ -432,3 +437,65 @@ Test(engine_hostile, state_config_refuses_a_shape_the_file_cannot_hold)
     free(bad);
     free(good);
 }
+
+/* ---- a refused update leaves nothing pending ------------------------------------------------------ */
+
+/* An update refused at apply (a gradient beyond ENG_MAX_GRADIENT, which no live input within
+ * the ranges makes: put into the accumulator directly) drops its gradients with it: nothing
+ * stays pending, the published weights are unchanged, and the next ordinary update applies.
+ * Kept pending, it was refused at every later apply (the issue's Base-LoRA that never learned
+ * again). With EWC++ on and off (two paths: the Fisher's and the plain step). */
+static void refused_update_is_dropped(int ewc)
+{
+    sona_engine_config c;
+    sona_engine_config_default(&c, SONA_PRESET_DEFAULT, HIDDEN);
+    c.background_thread = 0;
+    c.device_apply = 0;
+    c.ewc_enabled = ewc;
+    sona_engine *e = NULL;
+    cr_assert_eq(sona_engine_create(&c, &e), SONA_OK, "%s", sona_last_error());
+    eng_tenant *t = &e->tenants[0];
+    float x[HIDDEN], d[HIDDEN], probe[HIDDEN], before[HIDDEN], after[HIDDEN];
+    for (int h = 0; h < HIDDEN; h++) {
+        x[h] = (h % 2 ? 1e20f : -1e20f);
+        d[h] = (float)(h % 3) - 1.0f;
+        probe[h] = (float)(h % 5) - 2.0f;
+    }
+    cr_assert_eq(sona_apply(e, 0, probe, before), SONA_OK);
+    pthread_mutex_lock(&t->mu);
+    cr_assert_eq(sona_lora_accumulate(t->lora, 0, x, d, 1.0f), SONA_OK, "%s", sona_lora_last_error(t->lora));
+    cr_assert_gt(sona_lora_pending(t->lora), 0);
+    const sona_status st = eng_train_and_publish(e, t->lora, t->ewc, &t->slot);
+    const uint64_t pending = sona_lora_pending(t->lora);
+    pthread_mutex_unlock(&t->mu);
+    printf("[engine_hostile] EWC++ %s: a gradient from x = 1e20: %s (%s)\n", ewc ? "on" : "off", sona_status_str(st),
+           sona_engine_last_error(e));
+    cr_assert_neq(st, SONA_OK, "an update of gradients beyond range was applied");
+    cr_assert(strstr(sona_engine_last_error(e), "dropped"), "%s", sona_engine_last_error(e));
+    cr_assert_eq(pending, 0, "the refused gradients stayed pending");
+    cr_assert_eq(sona_apply(e, 0, probe, after), SONA_OK);
+    cr_assert_eq(memcmp(before, after, sizeof before), 0, "a refused update changed the weights");
+    /* The next ordinary update applies. */
+    for (int h = 0; h < HIDDEN; h++)
+        x[h] = (float)((h * 7) % 5) - 2.0f;
+    pthread_mutex_lock(&t->mu);
+    cr_assert_eq(sona_lora_accumulate(t->lora, 0, x, d, 1.0f), SONA_OK);
+    const sona_status next = eng_train_and_publish(e, t->lora, t->ewc, &t->slot);
+    pthread_mutex_unlock(&t->mu);
+    cr_assert_eq(next, SONA_OK, "the next update after a refused one: %s", sona_engine_last_error(e));
+    cr_assert_eq(sona_apply(e, 0, probe, after), SONA_OK);
+    cr_assert_neq(memcmp(before, after, sizeof before), 0, "the next update changed nothing");
+    /* And a save holds nothing its load refuses. */
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/sona_hostile_drop_%ld_%d.state", (long)getpid(), ewc);
+    cr_assert_eq(sona_save(e, path), SONA_OK, "%s", sona_engine_last_error(e));
+    sona_engine *f = NULL;
+    cr_assert_eq(sona_engine_create(&c, &f), SONA_OK);
+    cr_assert_eq(sona_load(f, path), SONA_OK, "%s", sona_engine_last_error(f));
+    unlink(path);
+    sona_engine_destroy(f);
+    sona_engine_destroy(e);
+}
+
+Test(engine_hostile, a_refused_update_leaves_nothing_pending_with_ewc) { refused_update_is_dropped(1); }
+Test(engine_hostile, a_refused_update_leaves_nothing_pending_without_ewc) { refused_update_is_dropped(0); }
