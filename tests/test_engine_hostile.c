@@ -159,7 +159,8 @@ static void hostile_then_ordinary(hostile_kind k)
     uint64_t refused = 0, updates_refused = 0;
     for (int i = 0; i < HOSTILE_REQUESTS; i++)
         refused += hostile_request(e, 1, k, &r, &updates_refused);
-    (void)sona_force_learn(e); /* at the bounds its update may be refused: dropped, not kept */
+    /* At the bounds loop B's update may be refused: dropped, not kept (printed below). */
+    const sona_status cycle = sona_force_learn(e);
     (void)sona_flush(e);
     sona_stats mid;
     cr_assert_eq(sona_get_stats(e, &mid), SONA_OK);
@@ -181,9 +182,9 @@ static void hostile_then_ordinary(hostile_kind k)
     const double g0 = evaluate(&t0, e, 0, seed) - b0, g1 = evaluate(&t1, e, 1, seed + 1) - b1;
     sona_stats after;
     cr_assert_eq(sona_get_stats(e, &after), SONA_OK);
-    printf("[engine_hostile] %s: %" PRIu64 " refused, %" PRIu64 " updates refused; then tenant 0 gained %.3f, tenant 1 %.3f, base updates %" PRIu64
+    printf("[engine_hostile] %s: %" PRIu64 " refused, %" PRIu64 " updates refused, loop B on it: %s; then tenant 0 gained %.3f, tenant 1 %.3f, base updates %" PRIu64
            " -> %" PRIu64 ", baseline %.3f\n",
-           kind_name[k], refused, updates_refused, g0, g1, mid.base_updates, after.base_updates, (double)after.quality_baseline);
+           kind_name[k], refused, updates_refused, sona_status_str(cycle), g0, g1, mid.base_updates, after.base_updates, (double)after.quality_baseline);
     cr_assert_gt(g0, 0.05, "%s: tenant 0 gained only %.3f", kind_name[k], g0);
     cr_assert_gt(g1, 0.05, "%s: tenant 1 (the hostile one) gained only %.3f", kind_name[k], g1);
     cr_assert_gt(after.base_updates, mid.base_updates, "%s: Base-LoRA did not step again", kind_name[k]);
