@@ -90,6 +90,7 @@ STATS_FIELDS = [
     ("dreams_replayed", c_uint64), ("patterns_merged", c_uint64), ("last_loop_b_us", c_uint64),
     ("last_loop_c_us", c_uint64), ("device_batches", c_uint64), ("device_fallbacks", c_uint64),
     ("tenants", c_uint32), ("quality_baseline", c_float), ("last_phi", c_float),
+    ("inputs_out_of_range", c_uint64),
 ]
 
 

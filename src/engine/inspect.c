@@ -3,6 +3,8 @@
 
 #include "engine/base.h"
 
+#include "core/adapt/lora_internal.h"
+
 sona_bank *eng_inspect_bank_begin(sona_engine *e)
 {
     pthread_mutex_lock(&e->cycle_mu);
@@ -47,5 +49,20 @@ sona_status eng_inspect_base_detector(sona_engine *e, sona_ewc_detector *d)
     pthread_mutex_lock(&e->cycle_mu);
     const sona_status st = e->base_ewc ? sona_ewc_get_detector(eng_ewc_state(e->base_ewc), d) : SONA_E_STATE;
     pthread_mutex_unlock(&e->cycle_mu);
+    return st;
+}
+
+sona_status eng_inspect_train(sona_engine *e, int32_t tenant, const float *x, const float *delta, float w,
+                              uint64_t *pending)
+{
+    eng_tenant *t = eng_live_tenant(e, tenant);
+    if (!t)
+        return eng_fail(e, SONA_E_NOT_FOUND, "%s: no tenant %d", __func__, tenant);
+    pthread_mutex_lock(&t->mu);
+    sona_status st = sona_lora_accumulate(t->lora, 0, x, delta, w);
+    if (st == SONA_OK)
+        st = eng_train_and_publish(e, t->lora, t->ewc, &t->slot);
+    *pending = sona_lora_pending(t->lora);
+    pthread_mutex_unlock(&t->mu);
     return st;
 }

@@ -21,4 +21,11 @@ uint32_t eng_inspect_ewc_tasks(sona_engine *e, int32_t tenant);
 /* The Base-LoRA's EWC++ boundary detector (SONA_E_STATE without EWC++). */
 sona_status eng_inspect_base_detector(sona_engine *e, sona_ewc_detector *d);
 
+/* Fault injection: accumulates the signal (x, delta, weight w) into tenant's training copy and
+ * runs the update loop A would run (the training step, the output bound, the publish), under the
+ * tenant's lock. Returns the accumulate's or the update's status; *pending gets the gradients
+ * left pending after it. */
+sona_status eng_inspect_train(sona_engine *e, int32_t tenant, const float *x, const float *delta, float w,
+                              uint64_t *pending);
+
 #endif

@@ -472,6 +472,13 @@ sona_status sona_lora_import(sona_lora *l, const float *A, const float *Bt)
     return zero_gradients(l);
 }
 
+sona_status sona_lora_discard_pending(sona_lora *l)
+{
+    memset(l->pending, 0, l->cfg.count * sizeof *l->pending);
+    l->pending_total = 0;
+    return zero_gradients(l);
+}
+
 static sona_status check_adapter(sona_lora *l, const char *fn, int32_t adapter)
 {
     if (adapter < 0 || adapter >= (int32_t)l->cfg.count)
