@@ -39,6 +39,14 @@ int sona_cpu_supports(void *ctx, sona_op op, const void *args);
     .free = sona_host_free, .upload = sona_host_upload, .download = sona_host_download,         \
     .sync = sona_host_sync
 
+/* How many parts a call of `flops` arithmetic splits into (parallel.c): 1 for small calls, else
+ * the host's online CPUs (at most 8). */
+uint32_t sona_cpu_parallel_parts(double flops);
+/* Runs fn(arg, part, parts) for every part, part 0 on the caller and the others on threads of
+ * their own, and returns when all are done (a part whose thread cannot start runs on the
+ * caller). The parts must write disjoint memory. */
+void sona_cpu_parallel(void (*fn)(void *arg, uint32_t part, uint32_t parts), void *arg, uint32_t parts);
+
 /* Top-k keeper used by knn_exact on every variant: keeps the k best (highest score, lowest
  * index on ties) in descending order. */
 void sona_topk_insert(int32_t *idx, float *score, uint32_t k, uint32_t *len, int32_t i, float s);
