@@ -57,6 +57,7 @@ static force_kernels_fn force_kernels(void)
         fprintf(stderr, "[gpu-bench] the CUDA module's kernel switch is missing: forced-kernel rows skipped\n");
     return f;
 }
+
 static int quick;
 
 static double now_s(void)
