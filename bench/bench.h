@@ -73,4 +73,8 @@ typedef struct bench_group {
 /* Entry point of `sona bench ARGS...`; returns the process exit code. */
 int sona_bench_main(int argc, char **argv);
 
+/* The child side of the engine_create group: one engine create at that width, its time and
+ * the resident memory it added on stdout. */
+int bench_engine_create_probe(const char *width);
+
 #endif

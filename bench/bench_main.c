@@ -273,6 +273,10 @@ static int run_compare(const options *o, const char *current_json)
 
 int sona_bench_main(int argc, char **argv)
 {
+    /* A fresh process the engine_create group started (group_engine_create.c): one create. */
+    const char *probe = getenv("SONA_BENCH_CREATE_PROBE");
+    if (probe)
+        return bench_engine_create_probe(probe);
     options o;
     const int parsed = parse_args(argc, argv, &o);
     if (parsed != 0)

@@ -32,6 +32,10 @@
  * the rows seeds/first and seeds/count. A run is deterministic given its seed, except the rows
  * that wait on the clock (base_l4_h256_c4's loop_b_wait, every row's wall).
  *
+ * Trying a change: SONA_BENCH_ROWS=a,b runs only the rows whose name contains a or b, and
+ * SONA_BENCH_CONFIG=field=value,... measures a candidate default (see config_overrides below;
+ * such a run reports row config/overrides and is not a measurement of the default preset).
+ *
  * Rows: value rows of group "learning" named TASK/QUANTITY, the metric naming the statistic over
  * seeds ("mean"; "min": the lowest seed; "seed_mean"/"worst_seed" below):
  *   score@0               the score before any trajectory
@@ -721,11 +725,50 @@ typedef struct lb_seeds {
     int n;
 } lb_seeds;
 
+/* SONA_BENCH_CONFIG: "field=value,..." set with sona_engine_config_set after the preset (e.g.
+ * micro_rank=4,micro_alpha=8): a candidate default is measured before it is made one. Not the
+ * default preset any more: the group prints the overrides and reports them as row
+ * config/overrides (1), so such a run is not mistaken for the defaults'. 0, or -1 (a message
+ * printed when loud) on a malformed entry or a field sona_engine_config_set refuses. */
+static int config_overrides(sona_engine_config *c, int loud)
+{
+    const char *env = getenv("SONA_BENCH_CONFIG");
+    char item[128];
+    for (const char *p = env ? env : ""; *p;) {
+        const char *end = strchr(p, ',');
+        const size_t n = end ? (size_t)(end - p) : strlen(p);
+        const char *eq = memchr(p, '=', n);
+        char *num_end = NULL;
+        if (n >= sizeof item || !eq) {
+            if (loud)
+                fprintf(stderr, "sona bench: learning: SONA_BENCH_CONFIG entry '%.*s' is not field=value\n", (int)n,
+                        p);
+            return -1;
+        }
+        memcpy(item, p, n);
+        item[n] = 0;
+        item[eq - p] = 0;
+        const double v = strtod(item + (eq - p) + 1, &num_end);
+        if (*num_end || sona_engine_config_set(c, item, v) != SONA_OK) {
+            if (loud)
+                fprintf(stderr, "sona bench: learning: SONA_BENCH_CONFIG: cannot set %s to '%s'\n", item,
+                        item + (eq - p) + 1);
+            return -1;
+        }
+        if (loud)
+            printf("learning: config override %s = %g (not the default preset)\n", item, v);
+        p += n + (end ? 1 : 0);
+    }
+    return 0;
+}
+
 /* The default preset at width H; c->seed = the run's seed (see the top of the file). ewc 0:
  * c->ewc_enabled = 0, the one non-default of this group (named _noewc in its rows). */
 static sona_engine *engine_make(uint32_t H, uint64_t seed, int ewc, sona_engine_config *c)
 {
     sona_engine_config_default(c, SONA_PRESET_DEFAULT, H);
+    if (config_overrides(c, 0) != 0)
+        return NULL;
     c->seed = seed;
     if (!ewc)
         c->ewc_enabled = 0;
@@ -1127,6 +1170,25 @@ static void run_hostile(bench_ctx *ctx, const lb_seeds *seeds, uint32_t n)
 
 /* ---- the group ------------------------------------------------------------------------- */
 
+/* SONA_BENCH_ROWS: a comma-separated list of substrings; only the rows whose name contains one
+ * run (a change to the rule is tried on the rows it concerns first: the whole group takes
+ * minutes on a shared machine). Unset or empty: every row. */
+static int row_wanted(const char *name)
+{
+    const char *env = getenv("SONA_BENCH_ROWS");
+    if (!env || !*env)
+        return 1;
+    for (const char *p = env; *p;) {
+        const char *end = strchr(p, ',');
+        const size_t n = end ? (size_t)(end - p) : strlen(p);
+        for (const char *h = name; n && *h; h++)
+            if (strncmp(h, p, n) == 0)
+                return 1;
+        p += n + (end ? 1 : 0);
+    }
+    return 0;
+}
+
 static void run_learning(bench_ctx *ctx)
 {
     const int quick = bench_quick(ctx);
@@ -1151,15 +1213,26 @@ static void run_learning(bench_ctx *ctx)
     fflush(stdout);
     report(ctx, "seeds", "first", "seed", (double)first, "");
     report(ctx, "seeds", "count", "seeds", seeds.n, "");
+    const char *overrides = getenv("SONA_BENCH_CONFIG");
+    if (overrides && *overrides) {
+        sona_engine_config probe;
+        sona_engine_config_default(&probe, SONA_PRESET_DEFAULT, 256);
+        if (config_overrides(&probe, 1) != 0)
+            return;
+        report(ctx, "config", "overrides", "set", 1, "");
+    }
     for (size_t i = 0; i < sizeof micro_specs / sizeof micro_specs[0]; i++)
-        if (!quick || micro_specs[i].quick)
+        if ((!quick || micro_specs[i].quick) && row_wanted(micro_specs[i].name))
             run_micro(ctx, &micro_specs[i], &seeds);
     for (size_t i = 0; i < sizeof switch_specs / sizeof switch_specs[0]; i++)
-        if (!quick || switch_specs[i].quick)
+        if ((!quick || switch_specs[i].quick) && row_wanted(switch_specs[i].name))
             run_switch(ctx, &switch_specs[i], &seeds);
-    run_base(ctx, &seeds, BASE_MAX_PER_LAYER);
-    run_base(ctx, &seeds, 1);
-    run_hostile(ctx, &seeds, quick ? 10000 : 100000);
+    if (row_wanted("base_l4_s4_h256_c4"))
+        run_base(ctx, &seeds, BASE_MAX_PER_LAYER);
+    if (row_wanted("base_l4_s1_h256_c4"))
+        run_base(ctx, &seeds, 1);
+    if (row_wanted(quick ? "hostile10k_h256" : "hostile100k_h256"))
+        run_hostile(ctx, &seeds, quick ? 10000 : 100000);
 }
 
 const bench_group bench_learning = {"learning",

@@ -416,6 +416,7 @@ static void snap_engine(bytes *b, sona_engine *e, int32_t tenants)
     sona_stats s; /* zeroed by sona_get_stats, padding included */
     SNAP(sona_get_stats(e, &s));
     s.signals_rejected = s.trajectories_dropped = 0; /* refusals are counted (engine.h) */
+    s.inputs_out_of_range = 0;
     PUT(b, s);
     const int enabled = sona_engine_enabled(e);
     PUT(b, enabled);
@@ -640,6 +641,16 @@ static sona_status engine_end_request(world *w, float quality)
     sona_request *r = w->req;
     w->req = NULL; /* freed in every case */
     return sona_request_end(r, quality);
+}
+
+/* A request whose step was refused as out of range: its end is refused the same way. */
+static sona_status engine_end_after_far_step(world *w)
+{
+    float far[H];
+    for (uint32_t i = 0; i < H; i++)
+        far[i] = i % 2 ? 2e6f : -3e9f;
+    cr_expect_eq(sona_request_step(w->req, 1, far, NULL, 0, 0.5f), SONA_E_INVALID);
+    return engine_end_request(w, 0.5f);
 }
 
 static sona_status engine_apply_batch_bad_tenant(world *w)
@@ -1112,6 +1123,15 @@ static sona_status ewc_detector_with(world *w, double short_mean, double long_va
     X(request_step_nan_reward_past_max, sona_request_step(w->full_req, 0, w->x, NULL, 0, NAN), SONA_E_NONFINITE, ON_ENGINE, "reward") \
     X(request_end_null, sona_request_end(NULL, 0.5f), SONA_E_NULL, THREAD, "request")               \
     X(request_end_nan, engine_end_request(w, NAN), SONA_E_NONFINITE, ON_ENGINE, "NaN")              \
+    X(request_begin_far, engine_begin(w, w->engine, 0, w->huge), SONA_E_INVALID, ON_ENGINE, "SONA_MAX_ACTIVATION") \
+    X(request_begin_far_fresh, engine_begin(w, w->fresh_engine, 0, w->huge), SONA_E_INVALID, ON_FRESH, "SONA_MAX_ACTIVATION") \
+    X(request_step_far_acts, sona_request_step(w->req, 0, w->huge, NULL, 0, 0), SONA_E_INVALID, ON_ENGINE, "range") \
+    X(request_step_far_reward, sona_request_step(w->req, 0, w->x, NULL, 0, 3e38f), SONA_E_INVALID, ON_ENGINE, "range") \
+    X(request_step_far_reward_neg, sona_request_step(w->req, 0, w->x, NULL, 0, -1.5e6f), SONA_E_INVALID, ON_ENGINE, "range") \
+    X(request_step_far_acts_past_max, sona_request_step(w->full_req, 0, w->huge, NULL, 0, 0), SONA_E_INVALID, ON_ENGINE, "range") \
+    X(request_end_far_quality, engine_end_request(w, 3e38f), SONA_E_INVALID, ON_ENGINE, "range")    \
+    X(request_end_far_quality_neg, engine_end_request(w, -2e6f), SONA_E_INVALID, ON_ENGINE, "range") \
+    X(request_end_after_far_step, engine_end_after_far_step(w), SONA_E_INVALID, ON_ENGINE, "range") \
     X(flush_null, sona_flush(NULL), SONA_E_NULL, THREAD, "engine")                                  \
     X(tick_null, sona_tick(NULL), SONA_E_NULL, THREAD, "engine")                                    \
     X(force_learn_null, sona_force_learn(NULL), SONA_E_NULL, THREAD, "engine")                      \

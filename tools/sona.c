@@ -146,6 +146,9 @@ static int cmd_export_peft(int argc, char **argv)
     if (st == SONA_OK) {
         cfg.background_thread = 0; /* nothing learns here: no loop B thread, no device copies */
         cfg.device_apply = 0;
+        /* Nor is anything queued: a file's buffer_capacity (up to 2^32 - 1 cells of 16 bytes,
+         * allocated and touched at creation) is not this tool's to pay for. */
+        cfg.buffer_capacity = 1;
         st = sona_engine_create(&cfg, &e);
     }
     if (st != SONA_OK) {

@@ -113,6 +113,30 @@ typedef struct sona_engine_config {
  * below their running level (a new task, whether on new queries or old ones), or when loop C
  * runs; ewc_lambda trades what the old task keeps against how fast the new one is learned. */
 
+/* Value ranges (docs/learning.md, "Value ranges"). Every float that enters learning is checked
+ * against a finite range, not only for NaN and Inf: a value far beyond what a model produces
+ * cannot be learned from anyway, and squared (gradients, Fisher, variances) it would overflow a
+ * float and stop learning for good. The ranges leave room for any real model and keep every
+ * square and product the engine forms finite (hidden up to 2^20 included):
+ *   SONA_MAX_ACTIVATION: |v| of every query and activation value (real models: O(1..100));
+ *   SONA_MAX_QUALITY: |r| of every step reward and final quality (documented scales are
+ *     [0, 1] or [-1, 1]; a server may use any unit up to this);
+ * Live input beyond them is refused (SONA_E_INVALID, counted in inputs_out_of_range; the request
+ * is not learned). A state file is held to the same ranges and to these, which the engine's
+ * own learning cannot pass (sona_load refuses beyond: SONA_E_CORRUPT):
+ *   SONA_MAX_WEIGHT: |w| of every adapter weight (and EWC++ anchor); each adapter's output
+ *     change must also keep within the file's max_output_change (the bound every update of
+ *     the saving engine kept; the loading engine's when the file's is 0);
+ *   SONA_MAX_FISHER: 0 <= F of every Fisher value (F x weight x tasks stays finite);
+ *   baselines: |mean| <= SONA_MAX_QUALITY, 0 <= variance <= (2 SONA_MAX_QUALITY)^2;
+ *   patterns: centroid values as activations, average quality as qualities;
+ *   ids to come (patterns, trajectories): at most SONA_MAX_NEXT_ID (2^62 ids left to give). */
+#define SONA_MAX_ACTIVATION 1e6f
+#define SONA_MAX_QUALITY 1e6f
+#define SONA_MAX_WEIGHT 1e15f
+#define SONA_MAX_FISHER 1e20f
+#define SONA_MAX_NEXT_ID (UINT64_C(1) << 62)
+
 /* Fills *cfg with the preset's values for width `hidden`. Values (DEFAULT / MAX_THROUGHPUT /
  * MAX_QUALITY / EDGE):
  *   micro_rank 2/1/2/1, micro_alpha = 2*rank, micro_learning_rate 0.2/0.2/0.1/0.2,
@@ -288,8 +312,9 @@ typedef struct sona_stats {
     uint64_t trajectories_queued;    /* now waiting for loop B (recorded, not yet taken) */
     uint64_t trajectories_in_cycle;  /* now taken by the loop B cycle running (0 between cycles) */
     uint64_t signals_accepted;       /* accumulated into a Micro-LoRA */
-    uint64_t signals_rejected;       /* ended requests without a signal: non-finite data, no
-                                        step, a zero direction, or a tenant removed meanwhile */
+    uint64_t signals_rejected;       /* ended requests without a signal: non-finite data, a
+                                        value out of range, no step, a zero direction, or a
+                                        tenant removed meanwhile */
     uint64_t micro_updates;          /* Micro-LoRA steps applied */
     uint64_t base_updates;           /* Base-LoRA steps applied */
     uint64_t patterns;               /* in the bank now */
@@ -315,6 +340,10 @@ typedef struct sona_stats {
                                         Phi = (|C| / |V|) * mean over the HNSW level-0 edges (u, v)
                                         of (1 + cos(u, v)) / 2, C the largest connected component,
                                         V the live patterns; in [0, 1], 0 without edges */
+    uint64_t inputs_out_of_range;    /* calls refused for a finite value beyond its range (see
+                                        SONA_MAX_ACTIVATION): a query at sona_request_begin, a
+                                        step, a final quality (that request's end counts in
+                                        signals_rejected too). Since creation, not saved */
 } sona_stats;
 /* Counters are exact and monotonic (except the "now" fields). Each field is read on its own,
  * not all at one instant; the trajectory counts add up all the same (see sona_stats). */
@@ -333,7 +362,7 @@ SONA_API sona_status sona_get_stats(sona_engine *e, sona_stats *out);
  * one of their states, whole (the last rename wins, which need not be the last state taken).
  *
  * After sona_load, identical to the saved engine: every counter (sona_get_stats' but the
- * timings last_loop_*_us and device_*, which describe the process; the bank's), the adapters
+ * timings last_loop_*_us, device_* and inputs_out_of_range, which describe the process; the bank's), the adapters
  * and their EWC++ state, each tenant's Micro-LoRA gradients accumulated since its last apply
  * (micro_apply_every > 1) with its signal count, the patterns (ids, statistics, times, stored centroids bit for bit),
  * the queue, the ids to come (trajectories, patterns) and the seeds of the next k-means (the
@@ -360,7 +389,13 @@ SONA_API sona_status sona_save(sona_engine *e, const char *path);
  * counted as dropped the same way: recorded == processed + queued holds after every load.
  * Version 1 and 2 files had not kept the bank's counters (its next pattern id becomes the
  * largest pattern id + 1), the dream visits or the EWC++ detectors: they start afresh.
- * A truncated or corrupt file is refused with SONA_E_CORRUPT, another format version with
+ * A truncated or corrupt file is refused with SONA_E_CORRUPT, and so is one holding a value
+ * beyond the ranges above SONA_MAX_ACTIVATION (a file that loads keeps working: it holds nothing
+ * the engine's own learning could not have reached). Memory: the file is read whole, then what
+ * it holds is built before anything of e changes; every count in it is checked against the bytes
+ * left before anything is allocated for it. A load needs at most the file's size, a second copy
+ * of e's learned state (adapters with their gradient and EWC++ buffers: fixed by e's shape) and
+ * the patterns and queue the file holds (in proportion to their bytes in it). another format version with
  * SONA_E_VERSION, another hidden width or shape with SONA_E_SIZE; e is untouched on every
  * failure. */
 SONA_API sona_status sona_load(sona_engine *e, const char *path);
@@ -368,7 +403,14 @@ SONA_API sona_status sona_load(sona_engine *e, const char *path);
  * values for what the file does not hold (state_path "", fields newer than the file). With it a
  * process can create an engine that loads the file without knowing its shape (a tool, a fresh
  * node); change what differs on this machine (background_thread, device_apply) before creating.
- * The file's header and section checksums are checked; *cfg is untouched on failure. The message
+ * The file's header and section checksums are checked, and the shape it names (hidden, ranks,
+ * layers) against the bytes its TENA and BASE sections hold: a file too small for the adapters
+ * its shape needs is refused (SONA_E_CORRUPT) before an engine of that shape is ever created, so
+ * an engine created from *cfg needs adapter memory in proportion to the file. Its other
+ * buffers are what the configuration names, whatever the file's size: buffer_capacity cells of
+ * 16 bytes allocated at creation (up to 2^32 - 1), max_tenants slots (up to 65536): a process
+ * that only reads the adapters (`sona export-peft`) sets buffer_capacity to 1. *cfg is untouched
+ * on failure. The message
  * is sona_last_error()'s. */
 SONA_API sona_status sona_state_config(const char *path, sona_engine_config *cfg);
 /* Same as sona_load from a memory buffer (the fuzz target's entry point). */

@@ -13,6 +13,7 @@ from . import _native
 from .engine import (PRESETS, Engine, PatternHit, Request, Stats, config_fields,
                      default_config, state_config)
 from .errors import *  # noqa: F401,F403
+from .handles import Bank, Index, Lora, Pattern
 from .errors import __all__ as _errors_all
 
 library_path = _native.library_path
@@ -21,6 +22,7 @@ library_version = _native.version().decode()
 
 __version__ = "0.1.0"
 
-__all__ = ["Engine", "Request", "Stats", "PatternHit", "PRESETS", "config_fields",
+__all__ = ["Engine", "Request", "Stats", "PatternHit", "Lora", "Index", "Bank", "Pattern",
+           "PRESETS", "config_fields",
            "default_config", "state_config", "library_path", "library_found_in",
            "library_version"] + list(_errors_all)

@@ -90,6 +90,7 @@ STATS_FIELDS = [
     ("dreams_replayed", c_uint64), ("patterns_merged", c_uint64), ("last_loop_b_us", c_uint64),
     ("last_loop_c_us", c_uint64), ("device_batches", c_uint64), ("device_fallbacks", c_uint64),
     ("tenants", c_uint32), ("quality_baseline", c_float), ("last_phi", c_float),
+    ("inputs_out_of_range", c_uint64),
 ]
 
 
@@ -162,3 +163,76 @@ load = _proto("sona_load", st, P, c_char_p)
 
 peft_config_default = _proto("sona_peft_config_default", None, POINTER(PeftConfig))
 export_peft = _proto("sona_export_peft", st, P, c_char_p, POINTER(PeftConfig))
+
+
+# ---- the standalone handles (python/sona/handles.py) --------------------------------------------
+
+class LoraConfig(Structure):
+    """sona_lora_config (include/sona/lora.h), field for field."""
+    _fields_ = [("hidden", c_uint32), ("rank", c_uint32), ("count", c_uint32), ("alpha", c_float),
+                ("seed", c_uint64), ("learning_rate", c_float), ("clip_norm", c_float)]
+
+
+class IndexConfig(Structure):
+    """sona_index_config (include/sona/index.h), field for field (storage: a sona_storage int)."""
+    _fields_ = [("dim", c_uint32), ("M", c_uint32), ("ef_construction", c_uint32),
+                ("ef_search", c_uint32), ("initial_capacity", c_uint32), ("seed", c_uint64),
+                ("track_access", c_int), ("storage", c_int)]
+
+
+class BankConfig(Structure):
+    """sona_bank_config (include/sona/bank.h), field for field (the clock left NULL)."""
+    _fields_ = [("dim", c_uint32), ("k_clusters", c_uint32), ("rows_per_cluster", c_uint32),
+                ("max_iterations", c_uint32), ("tolerance", c_float), ("seeding_trials", c_uint32),
+                ("merge_threshold", c_float), ("merge_z", c_float), ("min_cluster_size", c_uint32),
+                ("min_quality", c_float), ("stale_after_ms", c_uint64), ("capacity", c_uint32),
+                ("max_pending", c_uint32), ("seed", c_uint64), ("index", IndexConfig),
+                ("clock_ms", c_void_p), ("clock_ctx", c_void_p)]
+
+
+class Pattern(Structure):
+    """sona_pattern (include/sona/bank.h)."""
+    _fields_ = [("id", c_uint64), ("size", c_uint64), ("total_weight", c_double),
+                ("avg_quality", c_float), ("access_count", c_uint64), ("created_ms", c_uint64),
+                ("last_access_ms", c_uint64), ("route_count", c_uint32)]
+
+
+class ExtractResult(Structure):
+    """sona_bank_extract_result (include/sona/bank.h)."""
+    _fields_ = [("trajectories", c_uint32), ("clusters", c_uint32), ("iterations", c_uint32),
+                ("inertia", c_double), ("created", c_uint32), ("merged", c_uint32),
+                ("dropped_small", c_uint32), ("joined", c_uint32), ("split", c_uint32),
+                ("pruned", c_uint32), ("evicted", c_uint32)]
+
+
+lora_config_default = _proto("sona_lora_config_default", None, POINTER(LoraConfig), c_int, c_uint32)
+lora_create = _proto("sona_lora_create", st, POINTER(LoraConfig), POINTER(c_void_p))
+lora_destroy = _proto("sona_lora_destroy", None, P)
+lora_last_error = _proto("sona_lora_last_error", c_char_p, P)
+lora_forward_batch = _proto("sona_lora_forward_batch", st, P, c_uint32, P, P, P)
+lora_accumulate_batch = _proto("sona_lora_accumulate_batch", st, P, c_uint32, P, P, P, P)
+lora_pending = _proto("sona_lora_pending", c_uint64, P)
+lora_apply_updates = _proto("sona_lora_apply_updates", st, P)
+lora_get_weights = _proto("sona_lora_get_weights", st, P, c_int32, P, P)
+lora_set_weights = _proto("sona_lora_set_weights", st, P, c_int32, P, P)
+
+index_config_default = _proto("sona_index_config_default", None, POINTER(IndexConfig), c_uint32)
+index_create = _proto("sona_index_create", st, POINTER(IndexConfig), POINTER(c_void_p))
+index_destroy = _proto("sona_index_destroy", None, P)
+index_last_error = _proto("sona_index_last_error", c_char_p, P)
+index_size = _proto("sona_index_size", c_uint64, P)
+index_insert = _proto("sona_index_insert", st, P, c_uint64, P)
+index_remove = _proto("sona_index_remove", st, P, c_uint64)
+index_search = _proto("sona_index_search", st, P, P, c_uint32, P, P, POINTER(c_uint32))
+index_get_vector = _proto("sona_index_get_vector", st, P, c_uint64, P)
+
+bank_config_default = _proto("sona_bank_config_default", None, POINTER(BankConfig), c_uint32)
+bank_create = _proto("sona_bank_create", st, POINTER(BankConfig), POINTER(c_void_p))
+bank_destroy = _proto("sona_bank_destroy", None, P)
+bank_last_error = _proto("sona_bank_last_error", c_char_p, P)
+bank_add_batch = _proto("sona_bank_add_batch", st, P, c_uint32, P, c_uint32, P, P, P)
+bank_pending = _proto("sona_bank_pending", c_uint32, P)
+bank_extract = _proto("sona_bank_extract", st, P, POINTER(ExtractResult))
+bank_search = _proto("sona_bank_search", st, P, P, c_uint32, c_uint32, P, P, POINTER(c_uint32))
+bank_pattern_count = _proto("sona_bank_pattern_count", c_uint32, P)
+bank_pattern_get = _proto("sona_bank_pattern_get", st, P, c_uint64, POINTER(Pattern), P)

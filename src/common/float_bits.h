@@ -21,4 +21,13 @@ static inline uint32_t sona_max_magnitude_bits(const float *v, size_t n)
     return m;
 }
 
+/* Whether every |v[i]| <= bound (bound >= 0; NaN is not within any bound): one integer max over
+ * the magnitude bits, which vectorises. */
+static inline int sona_all_within(const float *v, size_t n, float bound)
+{
+    uint32_t b;
+    memcpy(&b, &bound, sizeof b);
+    return sona_max_magnitude_bits(v, n) <= (b & 0x7fffffffu);
+}
+
 #endif

@@ -16,7 +16,8 @@ extern const sona_backend sona_cpu_avx512;
 extern const sona_backend sona_cpu_neon;
 #endif
 
-/* Host memory functions shared by every CPU variant (64-byte aligned buffers). */
+/* Host memory functions shared by every CPU variant: buffers 64-byte aligned and zeroed (large
+ * ones as fresh pages, untouched until used). */
 sona_status sona_host_alloc(void *ctx, size_t bytes, void **buf);
 void sona_host_free(void *ctx, void *buf);
 sona_status sona_host_upload(void *ctx, void *buf, size_t offset, const void *src, size_t bytes);
@@ -37,6 +38,14 @@ int sona_cpu_supports(void *ctx, sona_op op, const void *args);
     .host_memory = 1, .supports = sona_cpu_supports, .alloc = sona_host_alloc,                  \
     .free = sona_host_free, .upload = sona_host_upload, .download = sona_host_download,         \
     .sync = sona_host_sync
+
+/* How many parts a call of `flops` arithmetic splits into (parallel.c): 1 for small calls, else
+ * the host's online CPUs (at most 8). */
+uint32_t sona_cpu_parallel_parts(double flops);
+/* Runs fn(arg, part, parts) for every part, part 0 on the caller and the others on threads of
+ * their own, and returns when all are done (a part whose thread cannot start runs on the
+ * caller). The parts must write disjoint memory. */
+void sona_cpu_parallel(void (*fn)(void *arg, uint32_t part, uint32_t parts), void *arg, uint32_t parts);
 
 /* Top-k keeper used by knn_exact on every variant: keeps the k best (highest score, lowest
  * index on ties) in descending order. */

@@ -192,25 +192,14 @@ SV_INLINE void sv_lora_group(int R, const sona_lora_weights *w, int32_t id, cons
  * reads each adapter's weights once per group instead of once per row. Grouping keeps the
  * order of rows within an adapter; rows of other adapters in between are left for later. */
 #define SV_APPLY_WINDOW 256
-static sona_status sv_lora_apply(void *ctx, const sona_lora_apply_args *a)
+static void sv_apply_rows(const sona_lora_apply_args *a, uint32_t first, uint32_t last)
 {
-    (void)ctx;
     const uint32_t H = a->w.hidden;
     const float *xs[4];
     float *ys[4];
-    if (a->n == 1) { /* the per-request path: no grouping work at all */
-        const int32_t id = a->ids ? a->ids[0] : 0;
-        xs[0] = a->x;
-        ys[0] = a->y;
-        if (id >= 0)
-            sv_lora_group(1, &a->w, id, xs, ys);
-        else if (a->y != a->x)
-            memcpy(a->y, a->x, H * sizeof(float));
-        return SONA_OK;
-    }
     /* Within a window of rows, mark rows done as their group runs (a bitmap on the stack). */
-    for (uint32_t base = 0; base < a->n; base += SV_APPLY_WINDOW) {
-        const uint32_t end = a->n - base < SV_APPLY_WINDOW ? a->n : base + SV_APPLY_WINDOW;
+    for (uint32_t base = first; base < last; base += SV_APPLY_WINDOW) {
+        const uint32_t end = last - base < SV_APPLY_WINDOW ? last : base + SV_APPLY_WINDOW;
         unsigned char done[SV_APPLY_WINDOW] = {0};
         for (uint32_t i = base; i < end; i++) {
             if (done[i - base])
@@ -240,55 +229,213 @@ static sona_status sv_lora_apply(void *ctx, const sona_lora_apply_args *a)
             }
         }
     }
+}
+
+/* One part of a large apply: a contiguous range of rows (its rows' outputs are its own). */
+static void sv_apply_range(void *arg, uint32_t part, uint32_t parts)
+{
+    const sona_lora_apply_args *a = arg;
+    const uint32_t per = (a->n + parts - 1) / parts;
+    const uint32_t first = part * per, last = first + per < a->n ? first + per : a->n;
+    if (first < last)
+        sv_apply_rows(a, first, last);
+}
+
+static sona_status sv_lora_apply(void *ctx, const sona_lora_apply_args *a)
+{
+    (void)ctx;
+    const uint32_t H = a->w.hidden;
+    if (a->n == 1) { /* the per-request path: no grouping work at all */
+        const int32_t id = a->ids ? a->ids[0] : 0;
+        const float *xs[1] = {a->x};
+        float *ys[1] = {a->y};
+        if (id >= 0)
+            sv_lora_group(1, &a->w, id, xs, ys);
+        else if (a->y != a->x)
+            memcpy(a->y, a->x, H * sizeof(float));
+        return SONA_OK;
+    }
+    const uint32_t parts = sona_cpu_parallel_parts(4.0 * a->n * a->w.rank * H);
+    if (parts > 1)
+        sona_cpu_parallel(sv_apply_range, (void *)a, parts);
+    else
+        sv_apply_rows(a, 0, a->n);
     return SONA_OK;
 }
 
 /* ---- lora_grad ------------------------------------------------------------------------- */
 
+/* out_j += sum_q coef[q][j] v_q for j < r, over G rows q: the gradient's outer products of one
+ * adapter's rows, summed while each out row is in registers. Each pass holds a block of four out
+ * rows by two vectors of h and streams the G input rows (L1-resident) through it, so an out row
+ * is read and written once per group instead of once per row. */
+SV_INLINE void sv_grad_rows(uint32_t G, const float coef[][SONA_LORA_MAX_RANK], const float *const *v, float *out,
+                            uint32_t r, uint32_t H)
+{
+    uint32_t h = 0;
+    for (; h + 2 * SV_W <= H; h += 2 * SV_W) {
+        uint32_t j = 0;
+        for (; j + 4 <= r; j += 4) {
+            sv_f acc[4][2];
+            for (uint32_t u = 0; u < 4; u++) {
+                acc[u][0] = sv_load(out + (size_t)(j + u) * H + h);
+                acc[u][1] = sv_load(out + (size_t)(j + u) * H + h + SV_W);
+            }
+            for (uint32_t q = 0; q < G; q++) {
+                const sv_f v0 = sv_load(v[q] + h), v1 = sv_load(v[q] + h + SV_W);
+                for (uint32_t u = 0; u < 4; u++) {
+                    const sv_f c = sv_set1(coef[q][j + u]);
+                    acc[u][0] = sv_fma(c, v0, acc[u][0]);
+                    acc[u][1] = sv_fma(c, v1, acc[u][1]);
+                }
+            }
+            for (uint32_t u = 0; u < 4; u++) {
+                sv_store(out + (size_t)(j + u) * H + h, acc[u][0]);
+                sv_store(out + (size_t)(j + u) * H + h + SV_W, acc[u][1]);
+            }
+        }
+        for (; j < r; j++) {
+            sv_f a0 = sv_load(out + (size_t)j * H + h), a1 = sv_load(out + (size_t)j * H + h + SV_W);
+            for (uint32_t q = 0; q < G; q++) {
+                const sv_f c = sv_set1(coef[q][j]);
+                a0 = sv_fma(c, sv_load(v[q] + h), a0);
+                a1 = sv_fma(c, sv_load(v[q] + h + SV_W), a1);
+            }
+            sv_store(out + (size_t)j * H + h, a0);
+            sv_store(out + (size_t)j * H + h + SV_W, a1);
+        }
+    }
+    for (; h < H; h += SV_W) {
+        const uint32_t rest = H - h < SV_W ? H - h : SV_W;
+        for (uint32_t j = 0; j < r; j++) {
+            float *o = out + (size_t)j * H + h;
+            sv_f acc = rest == SV_W ? sv_load(o) : sv_loadn(o, rest);
+            for (uint32_t q = 0; q < G; q++)
+                acc = sv_fma(sv_set1(coef[q][j]), rest == SV_W ? sv_load(v[q] + h) : sv_loadn(v[q] + h, rest), acc);
+            if (rest == SV_W)
+                sv_store(o, acc);
+            else
+                sv_storen(o, acc, rest);
+        }
+    }
+}
+
+/* t[q][j] = A_j . x_q for G rows, four rows at a time through sv_lora_down. */
+SV_INLINE void sv_grad_down(uint32_t G, const float *A, uint32_t r, uint32_t H, const float *const *x,
+                            float t[][SONA_LORA_MAX_RANK])
+{
+    uint32_t q = 0;
+    for (; q + 4 <= G; q += 4)
+        sv_lora_down(4, A, r, H, x + q, 1.0f, t + q);
+    switch (G - q) {
+    case 3: sv_lora_down(3, A, r, H, x + q, 1.0f, t + q); break;
+    case 2: sv_lora_down(2, A, r, H, x + q, 1.0f, t + q); break;
+    case 1: sv_lora_down(1, A, r, H, x + q, 1.0f, t + q); break;
+    default: break;
+    }
+}
+
+/* The rows of one adapter in groups of up to SV_GRAD_GROUP: for a group, u = c (A x) and
+ * v = c (B^T d) for every row, then gA += v x^T and gBt += u d^T with each gradient row touched
+ * once. Row by row, a batch of many rows per adapter read and wrote the adapter's gradients once
+ * per row (15 GFLOP/s at 1 024 rows x 4 096 x rank 16 over 64 adapters, against gemm's 185 on
+ * the same core). */
+#define SV_GRAD_GROUP 16
+SV_INLINE void sv_grad_group(const sona_lora_grad_args *a, int32_t id, const uint32_t *rows, uint32_t G)
+{
+    const uint32_t H = a->w.hidden, r = a->w.rank;
+    const float *xs[SV_GRAD_GROUP], *ds[SV_GRAD_GROUP];
+    float u[SV_GRAD_GROUP][SONA_LORA_MAX_RANK], v[SV_GRAD_GROUP][SONA_LORA_MAX_RANK];
+    for (uint32_t q = 0; q < G; q++) {
+        xs[q] = a->x + (size_t)rows[q] * H;
+        ds[q] = a->d + (size_t)rows[q] * H;
+    }
+    const size_t off = (size_t)id * r * H;
+    sv_grad_down(G, a->w.A + off, r, H, xs, u);
+    sv_grad_down(G, a->w.Bt + off, r, H, ds, v);
+    for (uint32_t q = 0; q < G; q++) {
+        const float c = a->wt[rows[q]] * a->w.scale[id];
+        for (uint32_t j = 0; j < r; j++) {
+            u[q][j] *= c;
+            v[q][j] *= c;
+        }
+    }
+    sv_grad_rows(G, v, xs, a->gA + off, r, H);
+    sv_grad_rows(G, u, ds, a->gBt + off, r, H);
+}
+
+/* One part of a grad call: the adapters whose rows fall in order[lo..hi). */
+typedef struct sv_grad_part {
+    const sona_lora_grad_args *a;
+    const uint32_t *order, *bounds; /* bounds[p]..bounds[p + 1]: part p's range of order */
+} sv_grad_part;
+
+static void sv_grad_range(void *arg, uint32_t part, uint32_t parts)
+{
+    (void)parts;
+    const sv_grad_part *g = arg;
+    const sona_lora_grad_args *a = g->a;
+    for (uint32_t at = g->bounds[part]; at < g->bounds[part + 1];) {
+        const int32_t id = a->ids ? a->ids[g->order[at]] : 0;
+        uint32_t G = 1;
+        while (at + G < g->bounds[part + 1] && G < SV_GRAD_GROUP && (a->ids ? a->ids[g->order[at + G]] : 0) == id)
+            G++;
+        sv_grad_group(a, id, g->order + at, G);
+        at += G;
+    }
+}
+
+/* Rows are ordered by adapter first (a counting sort, stable: each adapter's rows keep their
+ * order), so all of an adapter's rows share its passes over the gradients however the batch
+ * interleaves them. A large call splits over the cores at adapter boundaries, so no two
+ * threads write one adapter's gradients. Without the memory for the order, rows go one at a
+ * time. */
 static sona_status sv_lora_grad(void *ctx, const sona_lora_grad_args *a)
 {
     (void)ctx;
-    const uint32_t H = a->w.hidden, r = a->w.rank;
+    const uint32_t A = a->w.num_adapters;
+    uint32_t *order = a->n > 1 ? malloc(((size_t)a->n + A + 1 + 9) * sizeof *order) : NULL;
+    if (!order) {
+        for (uint32_t i = 0; i < a->n; i++) {
+            const int32_t id = a->ids ? a->ids[i] : 0;
+            if (id >= 0)
+                sv_grad_group(a, id, &i, 1);
+        }
+        return SONA_OK;
+    }
+    uint32_t *start = order + a->n, *bounds = start + A + 1; /* A + 1 bucket starts, 9 bounds */
+    memset(start, 0, ((size_t)A + 1) * sizeof *start);
     for (uint32_t i = 0; i < a->n; i++) {
         const int32_t id = a->ids ? a->ids[i] : 0;
-        if (id < 0)
-            continue;
-        const float *x = a->x + (size_t)i * H, *d = a->d + (size_t)i * H;
-        const size_t off = (size_t)id * r * H;
-        const float *A = a->w.A + off, *Bt = a->w.Bt + off;
-        float *gA = a->gA + off, *gBt = a->gBt + off;
-        const float c = a->wt[i] * a->w.scale[id];
-        for (uint32_t j = 0; j < r; j++) {
-            const float *aj = A + (size_t)j * H, *bj = Bt + (size_t)j * H;
-            float *gaj = gA + (size_t)j * H, *gbj = gBt + (size_t)j * H;
-            /* Both dot products in one pass over x and d. */
-            sv_f ax0 = sv_zero(), ax1 = sv_zero(), bd0 = sv_zero(), bd1 = sv_zero();
-            uint32_t h = 0;
-            for (; h + 2 * SV_W <= H; h += 2 * SV_W) {
-                ax0 = sv_fma(sv_load(aj + h), sv_load(x + h), ax0);
-                bd0 = sv_fma(sv_load(bj + h), sv_load(d + h), bd0);
-                ax1 = sv_fma(sv_load(aj + h + SV_W), sv_load(x + h + SV_W), ax1);
-                bd1 = sv_fma(sv_load(bj + h + SV_W), sv_load(d + h + SV_W), bd1);
-            }
-            for (; h < H; h += SV_W) {
-                const uint32_t rest = H - h < SV_W ? H - h : SV_W;
-                ax0 = sv_fma(sv_loadn(aj + h, rest), sv_loadn(x + h, rest), ax0);
-                bd0 = sv_fma(sv_loadn(bj + h, rest), sv_loadn(d + h, rest), bd0);
-            }
-            const float u = c * sv_hsum(sv_add(ax0, ax1)), v = c * sv_hsum(sv_add(bd0, bd1));
-            /* gA_j += v x and gBt_j += u d, in one pass. */
-            const sv_f uv = sv_set1(u), vv = sv_set1(v);
-            for (h = 0; h + SV_W <= H; h += SV_W) {
-                sv_store(gaj + h, sv_fma(vv, sv_load(x + h), sv_load(gaj + h)));
-                sv_store(gbj + h, sv_fma(uv, sv_load(d + h), sv_load(gbj + h)));
-            }
-            if (h < H) {
-                const uint32_t rest = H - h;
-                sv_storen(gaj + h, sv_fma(vv, sv_loadn(x + h, rest), sv_loadn(gaj + h, rest)), rest);
-                sv_storen(gbj + h, sv_fma(uv, sv_loadn(d + h, rest), sv_loadn(gbj + h, rest)), rest);
-            }
-        }
+        if (id >= 0)
+            start[id + 1]++;
     }
+    for (uint32_t k = 0; k < A; k++)
+        start[k + 1] += start[k];
+    const uint32_t placed = start[A];
+    const double flops = 8.0 * placed * a->w.rank * a->w.hidden;
+    uint32_t parts = sona_cpu_parallel_parts(flops);
+    /* Part boundaries at the bucket start nearest each equal share (before the scatter below
+     * moves the starts). */
+    bounds[0] = 0;
+    for (uint32_t p = 1, k = 0; p < parts; p++) {
+        const uint64_t want = (uint64_t)placed * p / parts;
+        while (k < A && start[k] < want)
+            k++;
+        bounds[p] = start[k] > bounds[p - 1] ? start[k] : bounds[p - 1];
+    }
+    bounds[parts] = placed;
+    for (uint32_t i = 0; i < a->n; i++) {
+        const int32_t id = a->ids ? a->ids[i] : 0;
+        if (id >= 0)
+            order[start[id]++] = i; /* start[id] ends at the next bucket's start */
+    }
+    sv_grad_part g = {a, order, bounds};
+    if (parts > 1)
+        sona_cpu_parallel(sv_grad_range, &g, parts);
+    else
+        sv_grad_range(&g, 0, 1);
+    free(order);
     return SONA_OK;
 }
 

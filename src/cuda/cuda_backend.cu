@@ -42,6 +42,10 @@ struct cuda_ctx {
     cudaEvent_t timer[2]; /* device timing for benchmarks: start, stop */
     sona_host_locality near; /* host CPUs near the device */
     char device_desc[320];
+    /* Forced kernels, for benchmarks and checks: SONA_CUDA_LORA and SONA_CUDA_KNN read once when
+     * the device opens, or set by sona_cuda_force_kernels (-1 / 0: the backend chooses). */
+    int lora_kernel;
+    int knn_fp32;
 };
 
 cuda_ctx g_ctx;
@@ -281,14 +285,7 @@ sona_status cu_lora_apply(void *ctx, const sona_lora_apply_args *a)
     cuda_ctx *c = ctx_of(ctx);
     if (!a->n)
         return SONA_OK;
-    /* SONA_CUDA_LORA=rows|grouped|sliced|coop forces a kernel (for benchmarks and checks; coop
-     * is not the default until measured); the default chooses. */
-    static const char *const kernels[] = {"rows", "grouped", "sliced", "coop"};
-    const char *mode = getenv("SONA_CUDA_LORA");
-    int kernel = -1;
-    for (int k = 0; mode && k < (int)(sizeof kernels / sizeof kernels[0]); k++)
-        if (!strcmp(mode, kernels[k]))
-            kernel = k;
+    const int kernel = c->lora_kernel; /* -1: the default chooses (see lora_kernel_named) */
     return locked(c, [&]() -> sona_status {
         float *scratch = NULL;
         const size_t floats = sona_cuda_lora_apply_scratch(a, kernel);
@@ -465,9 +462,7 @@ sona_status cu_knn_exact(void *ctx, const sona_knn_exact_args *a)
     cuda_ctx *c = ctx_of(ctx);
     if (!a->m)
         return SONA_OK;
-    /* SONA_CUDA_KNN=fp32 forces the plain FP32 path (for benchmarks and checks). */
-    const char *mode = getenv("SONA_CUDA_KNN");
-    const int fp32_only = mode && !strcmp(mode, "fp32");
+    const int fp32_only = c->knn_fp32; /* forced plain FP32 path, for benchmarks and checks */
     const uint32_t C = sona_cuda_knn_candidates(a->k);
     return locked(c, [&]() -> sona_status {
         if (fp32_only || !C || !a->n) {
@@ -685,9 +680,23 @@ void cu_shutdown(void *ctx)
     pthread_mutex_unlock(&c->lock);
 }
 
+/* The lora_apply kernel a name forces: rows, grouped, sliced or coop (coop is not the default
+ * until measured); -1 for anything else: the default chooses. */
+int lora_kernel_named(const char *mode)
+{
+    static const char *const kernels[] = {"rows", "grouped", "sliced", "coop"};
+    for (int k = 0; mode && k < (int)(sizeof kernels / sizeof kernels[0]); k++)
+        if (!strcmp(mode, kernels[k]))
+            return k;
+    return -1;
+}
+
 /* Brings the device up; on failure says why in why and leaves nothing allocated that matters. */
 sona_status open_device(cuda_ctx *c, char *why, size_t why_len)
 {
+    c->lora_kernel = lora_kernel_named(getenv("SONA_CUDA_LORA"));
+    const char *knn = getenv("SONA_CUDA_KNN");
+    c->knn_fp32 = knn && !strcmp(knn, "fp32");
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess) {
@@ -835,4 +844,14 @@ extern "C" SONA_MODULE_EXPORT sona_status sona_module_open(uint32_t abi, const s
     }
     *out = &g_backend;
     return SONA_OK;
+}
+
+/* Forces lora_apply's kernel (rows, grouped, sliced, coop; NULL or "" for the default) and
+ * knn_exact's plain FP32 path (fp32 non-zero) for the calls that follow, as SONA_CUDA_LORA and
+ * SONA_CUDA_KNN do at start-up: tools/gpu/gpu_bench.c measures each kernel in one process. Not
+ * while ops run on another thread. */
+extern "C" SONA_MODULE_EXPORT void sona_cuda_force_kernels(const char *lora, int fp32)
+{
+    g_ctx.lora_kernel = lora_kernel_named(lora);
+    g_ctx.knn_fp32 = fp32 != 0;
 }

@@ -181,12 +181,32 @@ eng_tenant *eng_live_tenant(sona_engine *e, int32_t id)
     return &e->tenants[id];
 }
 
+/* The pending gradients within ENG_MAX_GRADIENT, where they are in host memory (EWC++ checks
+ * them on a device too, on its host copy). */
+static sona_status gradient_check(sona_lora *lora)
+{
+    const sona_lora_config *c = sona_lora_get_config(lora);
+    const float *theta, *g;
+    if (!sona_lora_pending(lora) || !sona_lora_host_params(lora, &theta, &g) ||
+        sona_all_within(g, 2 * (size_t)c->count * c->rank * c->hidden, ENG_MAX_GRADIENT))
+        return SONA_OK;
+    return sona_fail(NULL, SONA_E_INVALID, "a gradient value beyond %g", (double)ENG_MAX_GRADIENT);
+}
+
 sona_status eng_train_and_publish(sona_engine *e, sona_lora *lora, eng_ewc *ewc, sona_snapshot_slot *slot)
 {
     int boundary = 0;
-    sona_status st = ewc ? eng_ewc_step(ewc, lora, &e->cfg, &boundary) : sona_lora_apply_updates(lora);
+    sona_status st = gradient_check(lora);
     if (st == SONA_OK)
-        st = sona_lora_bound_gain(lora, e->cfg.max_output_change, NULL);
+        st = ewc ? eng_ewc_step(ewc, lora, &e->cfg, &boundary) : sona_lora_apply_updates(lora);
+    if (st != SONA_OK) {
+        /* A refused step keeps nothing: gradients left pending would be refused at every later
+         * apply (and saved into a file that does not load), so the set could never learn again. */
+        (void)sona_lora_discard_pending(lora);
+        return eng_fail(e, st, "adapter update refused, its gradients dropped: %s",
+                        st == SONA_E_INVALID ? sona_last_error() : sona_lora_last_error(lora));
+    }
+    st = sona_lora_bound_gain(lora, e->cfg.max_output_change, NULL);
     if (st == SONA_OK)
         st = sona_snapshot_publish(slot, lora);
     if (st != SONA_OK)

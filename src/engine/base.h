@@ -17,6 +17,7 @@
 #define SONA_ENGINE_BASE_H
 
 #include "common/error.h"
+#include "common/float_bits.h"
 #include "common/scratch.h"
 #include "core/adapt/snapshot.h"
 #include "core/patterns/dream.h"
@@ -113,6 +114,7 @@ struct sona_engine {
 
     eng_device *device;         /* NULL: batches run on the CPU (see eng_device_ready) */
     atomic_uint_fast64_t device_batches, device_fallbacks; /* runtime only, not saved */
+    atomic_uint_fast64_t out_of_range; /* inputs_out_of_range: runtime only, not saved */
 };
 
 /* Formats the engine's last error (thread-safe) and returns st. */

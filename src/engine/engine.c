@@ -410,6 +410,7 @@ sona_status sona_get_stats(sona_engine *e, sona_stats *s)
     s->last_loop_c_us = atomic_load(&e->n.last_c_us);
     s->device_batches = atomic_load(&e->device_batches);
     s->device_fallbacks = atomic_load(&e->device_fallbacks);
+    s->inputs_out_of_range = atomic_load(&e->out_of_range);
     s->quality_baseline = eng_baseline(e);
     s->last_phi = bits_float(atomic_load(&e->last_phi_bits));
     s->tasks = atomic_load(&e->n.tasks);

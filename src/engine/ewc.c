@@ -7,6 +7,8 @@
  * and host-memory weights are read in place. */
 #include "engine/ewc.h"
 
+#include "common/error.h"
+#include "common/float_bits.h"
 #include "common/serial.h"
 #include "core/adapt/lora_internal.h"
 #include "dispatch/vecmath.h"
@@ -164,6 +166,9 @@ sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *
             if (st == SONA_OK)
                 st = sona_lora_export_grad(lora, w->g, w->g + half);
         }
+        if (st == SONA_OK && !sona_all_within(g, w->n, ENG_MAX_GRADIENT))
+            return sona_fail(NULL, SONA_E_INVALID, "a gradient value beyond %g (its Fisher would pass %g)",
+                             (double)ENG_MAX_GRADIENT, (double)SONA_MAX_FISHER);
         /* A boundary snapshots the task that ended (theta, the Fisher before this gradient). */
         if (st == SONA_OK && shift_detected(w, cfg)) {
             st = sona_ewc_end_task(w->ewc, theta, w->n);
@@ -224,6 +229,15 @@ void eng_ewc_save(const eng_ewc *w, sona_wbuf *out)
     sona_wbuf_u32(out, w->updates);
 }
 
+/* Fisher values are squares' running means: 0 <= F <= SONA_MAX_FISHER (NaN is not). */
+static int fisher_in_range(const float *f, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (!(f[i] >= 0.0f && f[i] <= SONA_MAX_FISHER))
+            return 0;
+    return 1;
+}
+
 sona_status eng_ewc_load(sona_rbuf *in, const sona_lora *lora, const sona_engine_config *cfg, uint32_t version,
                          int base, eng_ewc **out)
 {
@@ -244,13 +258,15 @@ sona_status eng_ewc_load(sona_rbuf *in, const sona_lora *lora, const sona_engine
     float *fisher = sona_ewc_fisher(w->ewc);
     if (st == SONA_OK) {
         sona_rbuf_floats(in, fisher, n);
-        if (!sona_all_finite(fisher, n))
+        if (!fisher_in_range(fisher, n))
             st = SONA_E_CORRUPT;
     }
     for (uint32_t i = 0; i < tasks && st == SONA_OK; i++) {
         sona_rbuf_floats(in, w->theta, n);
         sona_rbuf_floats(in, w->g, n);
-        if (sona_ewc_add_task(w->ewc, w->theta, w->g, n) != SONA_OK)
+        /* The live ranges (include/sona/engine.h): F x theta summed over the tasks stays finite. */
+        if (!sona_all_within(w->theta, n, SONA_MAX_WEIGHT) || !fisher_in_range(w->g, n) ||
+            sona_ewc_add_task(w->ewc, w->theta, w->g, n) != SONA_OK)
             st = SONA_E_CORRUPT;
     }
     if (st == SONA_OK && version >= 3) {
@@ -271,8 +287,12 @@ sona_status eng_ewc_load(sona_rbuf *in, const sona_lora *lora, const sona_engine
         w->shortfall_n = sona_rbuf_u32(in);
         w->shift = sona_rbuf_f64(in);
         w->updates = sona_rbuf_u32(in);
-        if (in->bad || !isfinite(w->slow.mean) || !(w->slow.var >= 0.0f) || !isfinite(w->slow.var) ||
-            !(w->shortfall_sum >= 0.0) || !isfinite(w->shortfall_sum) || !(w->shift >= 0.0) || !isfinite(w->shift))
+        /* What live learning can reach: qualities within SONA_MAX_QUALITY, shortfalls capped. */
+        const float qmax = SONA_MAX_QUALITY;
+        if (in->bad || !(fabsf(w->slow.mean) <= qmax) || !(w->slow.var >= 0.0f) ||
+            !(w->slow.var <= 4.0f * qmax * qmax) || !(w->shortfall_sum >= 0.0) ||
+            !(w->shortfall_sum <= (double)SHORTFALL_MAX * w->shortfall_n) || !(w->shift >= 0.0) ||
+            !(w->shift <= SHORTFALL_MAX))
             st = SONA_E_CORRUPT;
     }
     if (st != SONA_OK || !cfg->ewc_enabled) {

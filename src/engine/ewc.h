@@ -9,6 +9,11 @@
 #include "sona/ewc.h"
 #include "sona/lora.h"
 
+/* A pending gradient value beyond this is refused at apply (and dropped): its square, folded
+ * into EWC++'s Fisher, would pass SONA_MAX_FISHER, and a step by it would carry the weights
+ * toward SONA_MAX_WEIGHT at once; sona_load holds pending gradients to it too. */
+#define ENG_MAX_GRADIENT 1e10f
+
 /* EWC++ state of one parameter set (a tenant's Micro-LoRA or the Base-LoRA). */
 typedef struct eng_ewc eng_ewc;
 

@@ -71,3 +71,18 @@ sona_status eng_inspect_tenant_weights(sona_engine *e, int32_t tenant, float *A,
     pthread_mutex_unlock(&t->mu);
     return st;
 }
+
+sona_status eng_inspect_train(sona_engine *e, int32_t tenant, const float *x, const float *delta, float w,
+                              uint64_t *pending)
+{
+    eng_tenant *t = eng_live_tenant(e, tenant);
+    if (!t)
+        return eng_fail(e, SONA_E_NOT_FOUND, "%s: no tenant %d", __func__, tenant);
+    pthread_mutex_lock(&t->mu);
+    sona_status st = sona_lora_accumulate(t->lora, 0, x, delta, w);
+    if (st == SONA_OK)
+        st = eng_train_and_publish(e, t->lora, t->ewc, &t->slot);
+    *pending = sona_lora_pending(t->lora);
+    pthread_mutex_unlock(&t->mu);
+    return st;
+}

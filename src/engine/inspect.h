@@ -27,4 +27,11 @@ sona_status eng_inspect_base_weights(sona_engine *e, float *A, float *Bt);
  * SONA_E_NOT_FOUND when the tenant is not live. */
 sona_status eng_inspect_tenant_weights(sona_engine *e, int32_t tenant, float *A, float *Bt);
 
+/* Fault injection: accumulates the signal (x, delta, weight w) into tenant's training copy and
+ * runs the update loop A would run (the training step, the output bound, the publish), under the
+ * tenant's lock. Returns the accumulate's or the update's status; *pending gets the gradients
+ * left pending after it. */
+sona_status eng_inspect_train(sona_engine *e, int32_t tenant, const float *x, const float *delta, float w,
+                              uint64_t *pending);
+
 #endif

@@ -74,6 +74,7 @@ static void counter_table(sona_engine *e, atomic_uint_fast64_t *out[COUNTERS])
 /* Everything a file holds, built into fresh objects before anything of the engine changes. */
 typedef struct loaded {
     uint32_t version;           /* the file's format version */
+    float max_output_change;    /* CONF's: the bound the saving engine's adapters kept */
     uint64_t counters[COUNTERS];
     float baseline;
     uint32_t phi_bits;
@@ -203,6 +204,8 @@ static sona_status read_pending(sona_engine *e, sona_rbuf *r, sona_lora *l, uint
             total += counts[i];
         if (total == 0)
             st = corrupt(e, "a pending gradient record without signals");
+        else if (!sona_all_within(g, 2 * n, ENG_MAX_GRADIENT)) /* the next apply would refuse them */
+            st = corrupt(e, "pending gradients are not finite or beyond their range");
         else if (sona_lora_import_grad(l, g, g + n, counts) != SONA_OK)
             st = corrupt(e, "pending gradients are not finite");
     }
@@ -213,7 +216,7 @@ static sona_status read_pending(sona_engine *e, sona_rbuf *r, sona_lora *l, uint
 
 /* Reads one adapter set of the engine's shape into a fresh lora (+ EWC++, whose record has the
  * boundary detector from version 3 on, and from then on loop A's pending state). */
-static sona_status read_adapter(sona_engine *e, sona_rbuf *r, uint32_t version, int base, sona_lora **lora,
+static sona_status read_adapter(sona_engine *e, sona_rbuf *r, const loaded *s, int base, sona_lora **lora,
                                 eng_ewc **ewc, uint32_t *since_apply)
 {
     sona_lora_config lc;
@@ -225,17 +228,29 @@ static sona_status read_adapter(sona_engine *e, sona_rbuf *r, uint32_t version, 
     if (!wts)
         return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
     sona_rbuf_floats(r, wts, 2 * n);
-    sona_status st = sona_lora_create(&lc, lora);
-    if (st == SONA_OK && (st = sona_lora_import(*lora, wts, wts + n)) != SONA_OK)
+    sona_status st = SONA_OK;
+    if (!sona_all_within(wts, 2 * n, SONA_MAX_WEIGHT))
+        st = corrupt(e, "adapter weights are not finite or beyond SONA_MAX_WEIGHT");
+    else if ((st = sona_lora_create(&lc, lora)) == SONA_OK && (st = sona_lora_import(*lora, wts, wts + n)) != SONA_OK)
         st = corrupt(e, "adapter weights are not finite");
     free(wts);
+    /* The bound every update of the saving engine kept (its max_output_change, from CONF; this
+     * engine's when the file claims none): an adapter beyond it was not made by learning, and
+     * would send outputs wherever it points. The margin is the rounding of the scaling. */
+    const float bound = s->max_output_change > 0.0f && isfinite(s->max_output_change) ? s->max_output_change
+                                                                                       : e->cfg.max_output_change;
+    for (uint32_t a = 0; st == SONA_OK && bound > 0.0f && a < lc.count; a++) {
+        double gain = 0.0;
+        if (sona_lora_gain(*lora, (int32_t)a, &gain) != SONA_OK || !(gain <= 1.01 * bound))
+            st = corrupt(e, "an adapter's output change is beyond the file's max_output_change");
+    }
     if (st != SONA_OK)
         return st;
-    st = eng_ewc_load(r, *lora, &e->cfg, version, base, ewc);
+    st = eng_ewc_load(r, *lora, &e->cfg, s->version, base, ewc);
     if (st != SONA_OK)
         return eng_fail(e, st, "sona_load: EWC++ state: %s", sona_status_str(st));
     *since_apply = 0;
-    return version >= 3 ? read_pending(e, r, *lora, since_apply) : SONA_OK;
+    return s->version >= 3 ? read_pending(e, r, *lora, since_apply) : SONA_OK;
 }
 
 static sona_status read_tenants(sona_engine *e, sona_rbuf *r, loaded *s)
@@ -255,11 +270,29 @@ static sona_status read_tenants(sona_engine *e, sona_rbuf *r, loaded *s)
         if (r->bad || s->ids[i] >= e->cfg.max_tenants || (i && s->ids[i] <= s->ids[i - 1]) ||
             (i == 0 && s->ids[0] != 0))
             return corrupt(e, "bad tenant id");
-        sona_status st = read_adapter(e, r, s->version, 0, &s->loras[i], &s->ewcs[i], &s->since_apply[i]);
+        sona_status st = read_adapter(e, r, s, 0, &s->loras[i], &s->ewcs[i], &s->since_apply[i]);
         if (st != SONA_OK)
             return st;
     }
     return SONA_OK;
+}
+
+/* 1 when t's query, activations, rewards and quality are within SONA_MAX_ACTIVATION and
+ * SONA_MAX_QUALITY (*row: a scratch row of H floats, allocated on first use). */
+static int queued_in_range(const sona_trajectory *t, uint32_t H, float **row)
+{
+    if (!*row && !(*row = malloc(H * sizeof **row)))
+        return 0;
+    if (!(fabsf(sona_trajectory_quality(t)) <= SONA_MAX_QUALITY) || sona_trajectory_query(t, *row, H) != SONA_OK ||
+        !sona_all_within(*row, H, SONA_MAX_ACTIVATION))
+        return 0;
+    for (uint32_t k = 0; k < sona_trajectory_step_count(t); k++) {
+        sona_trajectory_step step;
+        if (sona_trajectory_get_step(t, k, &step) != SONA_OK || !(fabsf(step.reward) <= SONA_MAX_QUALITY) ||
+            sona_trajectory_step_activations(t, k, *row, H) != SONA_OK || !sona_all_within(*row, H, SONA_MAX_ACTIVATION))
+            return 0;
+    }
+    return 1;
 }
 
 /* Reads the queued trajectories (QUEU). Those beyond this engine's buffer_capacity are
@@ -271,15 +304,20 @@ static sona_status read_queue(sona_engine *e, sona_rbuf *r, loaded *s)
     const uint32_t n = sona_rbuf_u32(r);
     if (!sona_rbuf_has(r, n, SONA_TRAJECTORY_RECORD_MIN_BYTES))
         return corrupt(e, "queue section is truncated");
+    if (s->next_id > SONA_MAX_NEXT_ID)
+        return corrupt(e, "the next trajectory id is beyond SONA_MAX_NEXT_ID");
     const uint32_t keep = n < e->cfg.buffer_capacity ? n : e->cfg.buffer_capacity;
+    float *row = NULL;
     if (keep && !(s->queue = calloc(keep, sizeof *s->queue)))
         return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
     s->queue_in_file = n;
     for (uint32_t i = 0; i < n; i++) {
         sona_trajectory *t;
         sona_status st = sona_trajectory_read(r, &t);
-        if (st != SONA_OK)
+        if (st != SONA_OK) {
+            free(row);
             return eng_fail(e, st, "sona_load: queued trajectory %u: %s", i, sona_last_error());
+        }
         /* What loop B needs: rows of the engine's width (the file's CONF has it), and ids the
          * restored id source will not hand out again. */
         int ok = sona_trajectory_dim(t) == H && sona_trajectory_id(t) < s->next_id;
@@ -287,16 +325,21 @@ static sona_status read_queue(sona_engine *e, sona_rbuf *r, loaded *s)
             sona_trajectory_step step;
             ok = sona_trajectory_get_step(t, k, &step) == SONA_OK && step.activations_len == H;
         }
+        /* Its values within the ranges a live request is held to (loop B learns from them). */
+        if (ok)
+            ok = queued_in_range(t, H, &row);
         if (!ok) {
             sona_trajectory_destroy(t);
-            return corrupt(e, "a queued trajectory is not of the engine's width, or its id is not below "
-                              "the next id");
+            free(row);
+            return corrupt(e, "a queued trajectory is not of the engine's width, its id is not below the next "
+                              "id, or a value is beyond its range");
         }
         if (i < keep)
             s->queue[s->queued++] = t;
         else
             sona_trajectory_destroy(t);
     }
+    free(row);
     return SONA_OK;
 }
 
@@ -338,7 +381,9 @@ static int read_baseline(sona_rbuf *r, sona_signal_baseline *b)
     b->mean = sona_rbuf_f32(r);
     b->var = sona_rbuf_f32(r);
     b->count = sona_rbuf_u32(r);
-    return !r->bad && isfinite(b->mean) && isfinite(b->var) && b->var >= 0.0f;
+    /* What qualities within SONA_MAX_QUALITY can make of a running mean and variance. */
+    const float q = SONA_MAX_QUALITY;
+    return !r->bad && fabsf(b->mean) <= q && b->var >= 0.0f && b->var <= 4.0f * q * q;
 }
 
 /* BASL (version 4 on) into s; TENA was read before. A tenant of the file's BASL that TENA does
@@ -401,7 +446,6 @@ static void conf_write(sona_engine *e, const save_view *v, sona_wbuf *w)
 
 static sona_status conf_read(sona_engine *e, sona_rbuf *r, loaded *s)
 {
-    (void)s;
     const sona_engine_config *c = &e->cfg;
     sona_engine_config file;
     if (eng_config_read(r, &file) != 0)
@@ -413,6 +457,7 @@ static sona_status conf_read(sona_engine *e, sona_rbuf *r, loaded *s)
                         "layers; this engine has %u, %u, %u x %u",
                         file.hidden, file.micro_rank, file.base_rank, file.base_layers, c->hidden, c->micro_rank,
                         c->base_rank, c->base_layers);
+    s->max_output_change = file.max_output_change;
     return SONA_OK;
 }
 
@@ -438,7 +483,7 @@ static sona_status stat_read(sona_engine *e, sona_rbuf *r, loaded *s)
         s->counters[i] = sona_rbuf_u64(r);
     s->baseline = sona_rbuf_f32(r);
     s->phi_bits = sona_rbuf_u32(r);
-    if (r->bad || isinf(s->baseline))
+    if (r->bad || isinf(s->baseline) || fabsf(s->baseline) > SONA_MAX_QUALITY)
         return corrupt(e, "bad counter section");
     if (!isnan(s->baseline)) /* BASL (version 4 on) replaces it with the whole baseline */
         s->quality = (sona_signal_baseline){.mean = s->baseline, .count = 1};
@@ -472,7 +517,7 @@ static void base_write(sona_engine *e, const save_view *v, sona_wbuf *w)
 static sona_status base_read(sona_engine *e, sona_rbuf *r, loaded *s)
 {
     uint32_t since_apply; /* the Base-LoRA learns in whole cycles: nothing between applies */
-    return read_adapter(e, r, s->version, 1, &s->base, &s->base_ewc, &since_apply);
+    return read_adapter(e, r, s, 1, &s->base, &s->base_ewc, &since_apply);
 }
 
 static void patt_write(sona_engine *e, const save_view *v, sona_wbuf *w)
@@ -825,6 +870,21 @@ sona_status sona_load(sona_engine *e, const char *path)
     return st;
 }
 
+/* The adapters CONF's shape needs against the bytes TENA and BASE hold: tenant 0's Micro-LoRA
+ * (always live, so always saved) and the Base-LoRA, A and Bt as floats. An engine is created
+ * from this shape before the file is loaded into it: a file too small for its shape would have
+ * it allocate what the file cannot fill (a few hundred bytes naming gigabytes). */
+static sona_status shape_fits(const sona_engine_config *c, const sona_rbuf sec[SECTIONS])
+{
+    const double micro = 8.0 * c->micro_rank * c->hidden, base = 8.0 * c->hidden * c->base_rank * c->base_layers;
+    if ((double)sec[2].len < 8.0 + micro || (double)sec[3].len < base)
+        return eng_fail(NULL, SONA_E_CORRUPT,
+                        "sona_state_config: the shape (hidden %u, micro rank %u, base rank %u x %u layers) needs "
+                        "%.0f + %.0f bytes of adapters; the file holds %zu + %zu",
+                        c->hidden, c->micro_rank, c->base_rank, c->base_layers, micro, base, sec[2].len, sec[3].len);
+    return SONA_OK;
+}
+
 sona_status sona_state_config(const char *path, sona_engine_config *out)
 {
     if (!path || !out)
@@ -840,6 +900,8 @@ sona_status sona_state_config(const char *path, sona_engine_config *out)
     sona_engine_config c;
     if (st == SONA_OK && eng_config_read(&sec[0], &c) != 0) /* CONF: the first section */
         st = eng_fail(NULL, SONA_E_CORRUPT, "%s: bad configuration section", __func__);
+    if (st == SONA_OK)
+        st = shape_fits(&c, sec);
     if (st == SONA_OK)
         *out = c;
     free(buf);

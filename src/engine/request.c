@@ -10,11 +10,13 @@
 #include <math.h>
 #include <stdlib.h>
 
+enum { POISON_NONE, POISON_NONFINITE, POISON_RANGE, POISON_OTHER };
+
 struct sona_request {
     sona_engine *e;
     sona_trajectory *t;
     int32_t tenant;
-    int poisoned; /* a step was refused (non-finite): the request will not be learned */
+    int poisoned; /* a step was refused: the request will not be learned (POISON_*) */
 };
 
 /* A request object no longer used: kept as the engine's spare unless one is kept already. */
@@ -32,6 +34,11 @@ sona_status sona_request_begin(sona_engine *e, int32_t tenant, const float *quer
     *out = NULL;
     if (!eng_live_tenant(e, tenant))
         return eng_fail(e, SONA_E_NOT_FOUND, "%s: no tenant %d", __func__, tenant);
+    if (sona_all_finite(query, e->cfg.hidden) && !sona_all_within(query, e->cfg.hidden, SONA_MAX_ACTIVATION)) {
+        atomic_fetch_add(&e->out_of_range, 1);
+        return eng_fail(e, SONA_E_INVALID, "%s: a query value is beyond +-%g (SONA_MAX_ACTIVATION)", __func__,
+                        (double)SONA_MAX_ACTIVATION);
+    }
     /* The spare object of an ended request when there is one: one thread serving requests
      * one after the other never allocates here. */
     sona_request *r = atomic_exchange(&e->spare_request, NULL);
@@ -56,21 +63,28 @@ sona_status sona_request_step(sona_request *r, uint32_t layer, const float *acti
     if (layer > INT32_MAX)
         return eng_fail(e, SONA_E_INVALID, "%s: layer %u is out of range", __func__, layer);
     if (n_attention && !sona_all_finite(attention, n_attention)) {
-        r->poisoned = 1;
+        r->poisoned = POISON_NONFINITE;
         return eng_fail(e, SONA_E_NONFINITE, "%s: NaN or Inf in attention weights", __func__);
     }
-    if (sona_trajectory_step_count(r->t) >= e->cfg.max_steps) {
-        /* Only the first max_steps are kept; the others are checked all the same. */
-        if (isfinite(reward) && sona_all_finite(activations, e->cfg.hidden))
-            return SONA_OK;
-        r->poisoned = 1;
-        return eng_fail(e, SONA_E_NONFINITE, "%s: NaN or Inf in the activations or reward "
-                                             "(of a step past max_steps)", __func__);
+    /* Every step, kept or past max_steps, is checked: finite, then within its range. */
+    if (!isfinite(reward) || !sona_all_finite(activations, e->cfg.hidden)) {
+        r->poisoned = POISON_NONFINITE;
+        return eng_fail(e, SONA_E_NONFINITE, "%s: NaN or Inf in the activations or reward", __func__);
     }
+    if (!(fabsf(reward) <= SONA_MAX_QUALITY) || !sona_all_within(activations, e->cfg.hidden, SONA_MAX_ACTIVATION)) {
+        r->poisoned = POISON_RANGE;
+        atomic_fetch_add(&e->out_of_range, 1);
+        return eng_fail(e, SONA_E_INVALID,
+                        "%s: reward %g or an activation beyond its range (+-%g, +-%g); the request "
+                        "will not be learned", __func__,
+                        (double)reward, (double)SONA_MAX_QUALITY, (double)SONA_MAX_ACTIVATION);
+    }
+    if (sona_trajectory_step_count(r->t) >= e->cfg.max_steps)
+        return SONA_OK; /* only the first max_steps are kept */
     /* Attention weights are checked, not kept: loop B learns from activations and rewards. */
     sona_status st = sona_trajectory_add_step(r->t, activations, e->cfg.hidden, NULL, 0, reward, (int32_t)layer);
     if (st != SONA_OK) {
-        r->poisoned = 1;
+        r->poisoned = st == SONA_E_NONFINITE ? POISON_NONFINITE : POISON_OTHER;
         return eng_fail(e, st, "%s: %s", __func__, sona_trajectory_last_error(r->t));
     }
     return SONA_OK;
@@ -150,9 +164,18 @@ sona_status sona_request_end(sona_request *r, float quality)
         eng_traj_recycle(e, t);
         return SONA_OK;
     }
-    if (poisoned || sona_trajectory_end(t, quality) != SONA_OK) {
+    /* A quality out of range is refused before it reaches any baseline (the tenant's, and the
+     * engine-wide one every tenant's dreams are weighed against). */
+    const int far = isfinite(quality) && !(fabsf(quality) <= SONA_MAX_QUALITY);
+    if (far)
+        atomic_fetch_add(&e->out_of_range, 1);
+    if (poisoned || far || sona_trajectory_end(t, quality) != SONA_OK) {
         atomic_fetch_add(&e->n.rejected, 1);
         eng_traj_recycle(e, t);
+        if (far || poisoned == POISON_RANGE)
+            return eng_fail(e, SONA_E_INVALID, "%s: a value beyond its range (quality %g; "
+                                               "SONA_MAX_QUALITY, SONA_MAX_ACTIVATION); not learned", __func__,
+                            (double)quality);
         return eng_fail(e, SONA_E_NONFINITE, "%s: NaN or Inf in the trajectory; not learned", __func__);
     }
     sona_status st = learn_instant(e, tenant, t);

@@ -28,6 +28,8 @@ const op_case op_cases[] = {
     {.op = SONA_OP_LORA_APPLY, .n = 6, .hidden = 513, .rank = 5, .adapters = 3, .in_place = 1},
     {.op = SONA_OP_LORA_APPLY, .n = 2, .hidden = 2048, .rank = 2, .adapters = 1},
     {.op = SONA_OP_LORA_APPLY, .n = 1, .hidden = 301, .rank = 13, .adapters = 2}, /* one row, high rank */
+    /* above the CPU's split threshold (16 MFLOP): rows run on several threads */
+    {.op = SONA_OP_LORA_APPLY, .n = 301, .hidden = 2053, .rank = 7, .adapters = 5},
     /* lora_grad */
     {.op = SONA_OP_LORA_GRAD, .n = 1, .hidden = 1, .rank = 1, .adapters = 1},
     {.op = SONA_OP_LORA_GRAD, .n = 4, .hidden = 33, .rank = 2, .adapters = 2},
@@ -35,6 +37,10 @@ const op_case op_cases[] = {
     {.op = SONA_OP_LORA_GRAD, .n = 11, .hidden = 301, .rank = 7, .adapters = 4},
     {.op = SONA_OP_LORA_GRAD, .n = 3, .hidden = 129, .rank = 64, .adapters = 2},
     {.op = SONA_OP_LORA_GRAD, .n = 8, .hidden = 1024, .rank = 16, .adapters = 8},
+    /* many rows per adapter: groups of 16 and a rest, odd width, a rank that is not a multiple of 4 */
+    {.op = SONA_OP_LORA_GRAD, .n = 41, .hidden = 203, .rank = 6, .adapters = 2},
+    /* above the CPU's split threshold (16 MFLOP): the work runs on several threads */
+    {.op = SONA_OP_LORA_GRAD, .n = 401, .hidden = 1031, .rank = 7, .adapters = 5},
     /* param_update */
     {.op = SONA_OP_PARAM_UPDATE, .segments = 1, .len = 1},
     {.op = SONA_OP_PARAM_UPDATE, .segments = 1, .len = 1001, .with_clip = 1},

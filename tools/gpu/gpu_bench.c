@@ -7,16 +7,19 @@
  * R (R chosen so a sample lasts about 20 ms); median and p99 are over the samples. The copy
  * baseline is cudaMemcpy device to device, timed the same way, and counts bytes read plus bytes
  * written. Prints a table last and writes DIR/gpu_bench.json and DIR/gpu_bench.txt. */
+#define _GNU_SOURCE /* dladdr */
 #include "common/rng.h"
 #include "dispatch/dispatch.h"
 #include "support/fill.h"
 
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
 
 #define MAX_ROWS 64
 #define MAX_SAMPLES 200
@@ -34,6 +37,27 @@ typedef struct result {
 static result rows[MAX_ROWS];
 static int nrows;
 static const sona_backend *cu;
+
+/* The CUDA module's kernel switch (sona_cuda_force_kernels in src/cuda/cuda_backend.cu): the
+ * module reads SONA_CUDA_LORA / SONA_CUDA_KNN once, when it opens, so rows that force a kernel
+ * within this one process set it through the module itself. NULL when the module is not loaded
+ * or lacks it: those rows are skipped, never run with the default kernel under a forced name. */
+typedef void (*force_kernels_fn)(const char *lora, int knn_fp32);
+static force_kernels_fn force_kernels(void)
+{
+    /* The module's file, from one of its op entries (it has no soname to look it up by). */
+    Dl_info info;
+    void *module = cu && dladdr((void *)(uintptr_t)cu->lora_apply, &info) && info.dli_fname
+                       ? dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD)
+                       : NULL;
+    force_kernels_fn f = module ? (force_kernels_fn)(uintptr_t)dlsym(module, "sona_cuda_force_kernels") : NULL;
+    if (module)
+        dlclose(module); /* NOLOAD took a reference: give it back (libsona keeps its own) */
+    if (!f)
+        fprintf(stderr, "[gpu-bench] the CUDA module's kernel switch is missing: forced-kernel rows skipped\n");
+    return f;
+}
+
 static int quick;
 
 static double now_s(void)
@@ -327,11 +351,14 @@ static void bench_clusters_and_search(sona_rng *rng)
             set_target_note(r, 100000);
         }
         /* The plain FP32 path, for comparison with the TF32 candidates + exact re-rank. */
-        setenv("SONA_CUDA_KNN", "fp32", 1);
-        r = add_row("knn_exact 10k x 1M x 256, k=10 [fp32]");
-        if (measure(r, run_knn, &kn, backend_sync, 3) == 0)
-            r->gflops = 2.0 * kn.m * (double)kn.n * d / (r->median_us * 1e-6) / 1e9;
-        unsetenv("SONA_CUDA_KNN");
+        const force_kernels_fn force = force_kernels();
+        if (force) {
+            force(NULL, 1);
+            r = add_row("knn_exact 10k x 1M x 256, k=10 [fp32]");
+            if (measure(r, run_knn, &kn, backend_sync, 3) == 0)
+                r->gflops = 2.0 * kn.m * (double)kn.n * d / (r->median_us * 1e-6) / 1e9;
+            force(NULL, 0);
+        }
     }
     void *bufs[] = {X, C, idx, dist, sums, counts, kidx, ksim, Q};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
@@ -403,28 +430,35 @@ int main(int argc, char **argv)
     printf("[gpu-bench] d2d copy: %.1f GB/s\n", copy_gbps);
     /* Each lora_apply kernel, then the automatic choice (what libsona uses). */
     static const char *const modes[] = {"rows", "grouped", "sliced", "coop", ""};
+    const force_kernels_fn force = force_kernels();
     for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
+        if (*modes[m] && !force)
+            continue;
         char label[32];
         snprintf(label, sizeof label, "lora_apply%s%s%s", *modes[m] ? "[" : "", modes[m],
                  *modes[m] ? "]" : "");
-        setenv("SONA_CUDA_LORA", modes[m], 1);
+        if (force)
+            force(modes[m], 0);
         bench_lora(&rng, label, 256, 4096, 16, 64, 70.0);
         bench_lora(&rng, label, 4096, 4096, 16, 64, 0);
     }
-    unsetenv("SONA_CUDA_LORA");
     /* Decode batches with the automatic choice, then with one block per row and the one-pass
      * kernel forced (what the automatic choice weighs). */
     static const uint32_t batches[] = {1, 8, 64, 256};
     static const uint32_t ranks[] = {1, 2, 16};
     static const char *const decode_modes[] = {"", "rows", "coop"};
     for (size_t m = 0; m < sizeof decode_modes / sizeof decode_modes[0]; m++) {
-        setenv("SONA_CUDA_LORA", decode_modes[m], 1);
+        if (*decode_modes[m] && !force)
+            continue;
+        if (force)
+            force(decode_modes[m], 0);
         for (size_t r = 0; r < sizeof ranks / sizeof ranks[0]; r++)
             for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++)
                 bench_lora(&rng, !*decode_modes[m] ? "decode" : m == 1 ? "decode[rows]" : "decode[coop]",
                            batches[b], 4096, ranks[r], 64, 0);
     }
-    unsetenv("SONA_CUDA_LORA");
+    if (force)
+        force(NULL, 0);
     printf("[gpu-bench] lora done, now k-means and knn (1 GB data set)\n");
     fflush(stdout);
     bench_clusters_and_search(&rng);

@@ -89,6 +89,8 @@ static sona_status alloc_zero(sona_lora *l, size_t floats, float **out)
     if (l->be->alloc(l->be->ctx, floats * sizeof(float), &buf) != SONA_OK)
         return SONA_E_NOMEM;
     *out = buf;
+    if (l->be->host_memory) /* the CPU's buffers come zeroed (cpu/cpu.h) */
+        return SONA_OK;
     float *zero = calloc(floats, sizeof(float));
     if (!zero)
         return SONA_E_NOMEM;
@@ -159,17 +161,24 @@ sona_status sona_lora_create_on(const sona_lora_config *cfg, const sona_backend 
     l->adapter_floats = (size_t)cfg->rank * cfg->hidden;
     const size_t total = l->adapter_floats * cfg->count;
     l->pending = calloc(cfg->count, sizeof *l->pending);
-    float *hostA = malloc(total * sizeof(float));
-    float *hostS = malloc(cfg->count * sizeof(float));
     sona_status st;
-    if (!l->pending || !hostA || !hostS || alloc_pair(l, total, &l->A, &l->Bt) != SONA_OK ||
+    if (!l->pending || alloc_pair(l, total, &l->A, &l->Bt) != SONA_OK ||
         alloc_pair(l, total, &l->gA, &l->gBt) != SONA_OK || alloc_zero(l, cfg->count, &l->scale) != SONA_OK) {
-        free(hostA);
-        free(hostS);
         sona_lora_destroy(l);
         return sona_fail(NULL, SONA_E_NOMEM, "sona_lora_create: out of memory for %zu weights", total);
     }
-    /* A ~ U(-sqrt(3/H), sqrt(3/H)): variance 1/H, so |A x| is about |x| at any width. */
+    /* A ~ U(-sqrt(3/H), sqrt(3/H)): variance 1/H, so |A x| is about |x| at any width. Written in
+     * place on host memory; staged and uploaded to a device. */
+    float *hostA = l->be->host_memory ? l->A : malloc(total * sizeof(float));
+    float *hostS = l->be->host_memory ? l->scale : malloc(cfg->count * sizeof(float));
+    if (!hostA || !hostS) {
+        if (!l->be->host_memory) {
+            free(hostA);
+            free(hostS);
+        }
+        sona_lora_destroy(l);
+        return sona_fail(NULL, SONA_E_NOMEM, "sona_lora_create: out of memory for %zu weights", total);
+    }
     const float bound = sqrtf(3.0f / (float)cfg->hidden);
     for (uint32_t a = 0; a < cfg->count; a++) {
         sona_rng rng;
@@ -179,11 +188,14 @@ sona_status sona_lora_create_on(const sona_lora_config *cfg, const sona_backend 
             dst[i] = (2.0f * sona_rng_uniform(&rng) - 1.0f) * bound;
         hostS[a] = cfg->alpha / (float)cfg->rank;
     }
-    st = be->upload(be->ctx, l->A, 0, hostA, total * sizeof(float));
-    if (st == SONA_OK)
-        st = be->upload(be->ctx, l->scale, 0, hostS, cfg->count * sizeof(float));
-    free(hostA);
-    free(hostS);
+    st = SONA_OK;
+    if (!be->host_memory) {
+        st = be->upload(be->ctx, l->A, 0, hostA, total * sizeof(float));
+        if (st == SONA_OK)
+            st = be->upload(be->ctx, l->scale, 0, hostS, cfg->count * sizeof(float));
+        free(hostA);
+        free(hostS);
+    }
     if (st != SONA_OK) {
         sona_lora_destroy(l);
         return sona_fail(NULL, SONA_E_BACKEND, "sona_lora_create: upload to %s failed", be->name);
@@ -455,6 +467,13 @@ sona_status sona_lora_import(sona_lora *l, const float *A, const float *Bt)
     const sona_status st = upload_pair(l, "sona_lora_import", l->A, l->Bt, A, Bt);
     if (st != SONA_OK)
         return st;
+    memset(l->pending, 0, l->cfg.count * sizeof *l->pending);
+    l->pending_total = 0;
+    return zero_gradients(l);
+}
+
+sona_status sona_lora_discard_pending(sona_lora *l)
+{
     memset(l->pending, 0, l->cfg.count * sizeof *l->pending);
     l->pending_total = 0;
     return zero_gradients(l);

@@ -29,6 +29,9 @@ void sona_lora_pending_counts(const sona_lora *l, uint32_t *out);
 sona_status sona_lora_import_grad(sona_lora *l, const float *gA, const float *gBt, const uint32_t *pending);
 /* Replaces every adapter's A and Bt (same layout) and clears pending gradients. */
 sona_status sona_lora_import(sona_lora *l, const float *A, const float *Bt);
+/* Drops the gradients accumulated since the last apply (and their signal counts); the weights
+ * stay. What a refused apply leaves behind. */
+sona_status sona_lora_discard_pending(sona_lora *l);
 
 /* EWC++ terms for one update, host arrays of the shape of A (and of Bt), as param_update takes
  * them (ops.h): fisher_sum = sum_t F_t, fisher_theta = sum_t F_t theta*_t (both NULL: no

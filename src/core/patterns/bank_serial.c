@@ -2,7 +2,9 @@
 #include "core/patterns/bank_serial.h"
 
 #include "common/error.h"
+#include "sona/engine.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -44,6 +46,19 @@ void sona_bank_write_patterns(const sona_bank *bank, sona_wbuf *w)
     free(centroid);
 }
 
+/* A pattern as live learning makes them (include/sona/engine.h's ranges): an id below the ids
+ * to come, a mean of qualities, a weight a sum of finite ones, a centroid a mean of queries. */
+static int pattern_in_range(const sona_pattern *p, const float *centroid, uint32_t H)
+{
+    if (p->id >= SONA_MAX_NEXT_ID || !(fabsf(p->avg_quality) <= SONA_MAX_QUALITY) || !(p->total_weight >= 0.0) ||
+        !(p->total_weight <= 1e30)) /* 2^64 trajectories of weight SONA_MAX_QUALITY stay below */
+        return 0;
+    for (uint32_t h = 0; h < H; h++)
+        if (!(fabsf(centroid[h]) <= SONA_MAX_ACTIVATION))
+            return 0;
+    return 1;
+}
+
 sona_status sona_bank_read_patterns(sona_bank *bank, sona_rbuf *r)
 {
     const uint32_t H = sona_bank_get_config(bank)->dim, n = sona_rbuf_u32(r);
@@ -64,7 +79,10 @@ sona_status sona_bank_read_patterns(sona_bank *bank, sona_rbuf *r)
         p.created_ms = sona_rbuf_u64(r);
         p.last_access_ms = sona_rbuf_u64(r);
         sona_rbuf_floats(r, centroid, H);
-        if (sona_bank_pattern_restore(bank, &p, centroid) != SONA_OK)
+        if (!pattern_in_range(&p, centroid, H))
+            st = sona_fail(NULL, SONA_E_CORRUPT, "a pattern is beyond the engine's ranges (id, quality, weight or "
+                                                 "centroid)");
+        else if (sona_bank_pattern_restore(bank, &p, centroid) != SONA_OK)
             st = sona_fail(NULL, SONA_E_CORRUPT, "a pattern is invalid (duplicate id, zero or non-finite centroid)");
     }
     free(centroid);
@@ -95,6 +113,8 @@ sona_status sona_bank_read_counters(sona_bank *bank, sona_rbuf *r)
     const uint64_t next_id = sona_rbuf_u64(r);
     if (r->bad)
         return sona_fail(NULL, SONA_E_CORRUPT, "bad bank counter section");
+    if (next_id > SONA_MAX_NEXT_ID) /* ids to come must not run out (nor wrap past 2^64 - 1) */
+        return sona_fail(NULL, SONA_E_CORRUPT, "the bank's next pattern id is beyond SONA_MAX_NEXT_ID");
     if (sona_bank_restore_counters(bank, &bs, next_id) != SONA_OK)
         return sona_fail(NULL, SONA_E_CORRUPT, "the bank's next pattern id is not above its patterns' ids");
     return SONA_OK;
