@@ -138,6 +138,14 @@ Test(sync, ranks_end_bit_identical_on_the_weighted_rank_r_average)
     for (uint32_t i = 0; i < K; i++) {
         s.e[i] = make_engine(H);
         train(s.e[i], seed, 10 + i, traffic[i]);
+        /* i refused queries (out of range): inputs_out_of_range differs per rank. */
+        float far[H];
+        for (uint32_t h = 0; h < H; h++)
+            far[h] = 2.0f * SONA_MAX_ACTIVATION;
+        for (uint32_t j = 0; j < i; j++) {
+            sona_request *rq = NULL;
+            cr_assert_eq(sona_request_begin(s.e[i], 0, far, &rq), SONA_E_INVALID);
+        }
         read_weights(s.e[i], &before[i]);
         cr_assert_eq(sona_get_stats(s.e[i], &local[i]), SONA_OK);
     }
@@ -157,6 +165,9 @@ Test(sync, ranks_end_bit_identical_on_the_weighted_rank_r_average)
         cr_assert_eq(s.res[i].global.base_updates,
                      local[0].base_updates + local[1].base_updates + local[2].base_updates);
         cr_assert_eq(s.res[i].global.tenants, K);
+        cr_assert_eq(s.res[i].global.signals_accepted, local[0].signals_accepted +
+                     local[1].signals_accepted + local[2].signals_accepted);
+        cr_assert_eq(s.res[i].global.inputs_out_of_range, 3); /* 0 + 1 + 2 */
     }
     for (uint32_t i = 1; i < K; i++) {
         cr_assert_eq(memcmp(after[i].A, after[0].A, sizeof after[0].A), 0, "rank %u's A", i);

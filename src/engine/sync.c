@@ -18,6 +18,7 @@
 #include "sona/comm.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,7 +61,14 @@ static struct eng_sync *sync_alloc(const sona_engine_config *c)
 enum { SLOT_FREE = 0, SLOT_LIVE = 1, SLOT_SYNCED = 2 /* live, and S holds it */ };
 
 /* The counters of sona_stats, as they travel (uint64 each; the two floats as their bits). */
-enum { SYNC_COUNTERS = 20 };
+enum { SYNC_COUNTERS = 22 };
+/* Every field of sona_stats travels: 21 counters, tenants, two floats, one counter more. A
+ * field added there moves one of these and stops the build here until it is added below. */
+_Static_assert(offsetof(sona_stats, tenants) == 21 * sizeof(uint64_t) &&
+                   offsetof(sona_stats, inputs_out_of_range) <=
+                       offsetof(sona_stats, last_phi) + sizeof(uint64_t) &&
+                   sizeof(sona_stats) == offsetof(sona_stats, inputs_out_of_range) + sizeof(uint64_t),
+               "sona_stats changed: update sync.c's counter list");
 typedef struct sync_header {
     uint64_t magic, hidden, layers, rank, alpha_bits, tenants_max, micro_rank, micro_alpha_bits;
     uint64_t learned, has_last;
@@ -76,7 +84,7 @@ static uint64_t *counter(sona_stats *s, unsigned i)
         &s->signals_rejected, &s->micro_updates, &s->base_updates, &s->patterns, &s->tasks,
         &s->task_boundaries, &s->loop_b_cycles, &s->loop_c_cycles, &s->dreams,
         &s->dreams_replayed, &s->patterns_merged, &s->last_loop_b_us, &s->last_loop_c_us,
-        &s->device_batches};
+        &s->device_batches, &s->device_fallbacks, &s->inputs_out_of_range};
     return f[i];
 }
 
