@@ -231,16 +231,80 @@ static void sv_apply_rows(const sona_lora_apply_args *a, uint32_t first, uint32_
     }
 }
 
-/* One part of a large apply: a contiguous range of rows (its rows' outputs are its own). */
+/* A large apply in parts of whole adapters: rows ordered by adapter (a stable counting sort),
+ * each adapter's rows taken four at a time while its weights stay in the core's cache, and the
+ * adapters split between the cores, so every adapter's weights come from memory once. Split by
+ * rows instead, both cores read most adapters' weights (46 GB/s of traffic for 36 GFLOP/s at
+ * 256 x 4 096 x r16 over 64 adapters). */
+typedef struct sv_apply_part {
+    const sona_lora_apply_args *a;
+    const uint32_t *order, *bounds;
+} sv_apply_part;
+
 static void sv_apply_range(void *arg, uint32_t part, uint32_t parts)
 {
-    const sona_lora_apply_args *a = arg;
-    const uint32_t per = (a->n + parts - 1) / parts;
-    const uint32_t first = part * per, last = first + per < a->n ? first + per : a->n;
-    if (first < last)
-        sv_apply_rows(a, first, last);
+    (void)parts;
+    const sv_apply_part *g = arg;
+    const sona_lora_apply_args *a = g->a;
+    const uint32_t H = a->w.hidden;
+    const float *xs[4];
+    float *ys[4];
+    for (uint32_t at = g->bounds[part]; at < g->bounds[part + 1];) {
+        const int32_t id = a->ids ? a->ids[g->order[at]] : 0;
+        int R = 0;
+        while (at < g->bounds[part + 1] && R < 4 && (a->ids ? a->ids[g->order[at]] : 0) == id) {
+            xs[R] = a->x + (size_t)g->order[at] * H;
+            ys[R] = a->y + (size_t)g->order[at] * H;
+            R++;
+            at++;
+        }
+        switch (R) {
+        case 1: sv_lora_group(1, &a->w, id, xs, ys); break;
+        case 2: sv_lora_group(2, &a->w, id, xs, ys); break;
+        case 3: sv_lora_group(3, &a->w, id, xs, ys); break;
+        default: sv_lora_group(4, &a->w, id, xs, ys); break;
+        }
+    }
 }
 
+/* Splits a large apply (see sv_apply_part); 0 when there is no memory for the order (the
+ * caller then runs the rows as they come). */
+static int sv_apply_split(const sona_lora_apply_args *a, uint32_t parts)
+{
+    const uint32_t A = a->w.num_adapters, H = a->w.hidden;
+    uint32_t *order = malloc(((size_t)a->n + A + 1 + 9) * sizeof *order);
+    if (!order)
+        return 0;
+    uint32_t *start = order + a->n, *bounds = start + A + 1;
+    memset(start, 0, ((size_t)A + 1) * sizeof *start);
+    for (uint32_t i = 0; i < a->n; i++) {
+        const int32_t id = a->ids ? a->ids[i] : 0;
+        if (id >= 0)
+            start[id + 1]++;
+        else if (a->y != a->x) /* no adapter: y = x, done here */
+            memcpy(a->y + (size_t)i * H, a->x + (size_t)i * H, H * sizeof(float));
+    }
+    for (uint32_t k = 0; k < A; k++)
+        start[k + 1] += start[k];
+    const uint32_t placed = start[A];
+    bounds[0] = 0;
+    for (uint32_t p = 1, k = 0; p < parts; p++) {
+        const uint64_t want = (uint64_t)placed * p / parts;
+        while (k < A && start[k] < want)
+            k++;
+        bounds[p] = start[k] > bounds[p - 1] ? start[k] : bounds[p - 1];
+    }
+    bounds[parts] = placed;
+    for (uint32_t i = 0; i < a->n; i++) {
+        const int32_t id = a->ids ? a->ids[i] : 0;
+        if (id >= 0)
+            order[start[id]++] = i;
+    }
+    sv_apply_part g = {a, order, bounds};
+    sona_cpu_parallel(sv_apply_range, &g, parts);
+    free(order);
+    return 1;
+}
 static sona_status sv_lora_apply(void *ctx, const sona_lora_apply_args *a)
 {
     (void)ctx;
@@ -256,9 +320,7 @@ static sona_status sv_lora_apply(void *ctx, const sona_lora_apply_args *a)
         return SONA_OK;
     }
     const uint32_t parts = sona_cpu_parallel_parts(4.0 * a->n * a->w.rank * H);
-    if (parts > 1)
-        sona_cpu_parallel(sv_apply_range, (void *)a, parts);
-    else
+    if (parts <= 1 || !sv_apply_split(a, parts))
         sv_apply_rows(a, 0, a->n);
     return SONA_OK;
 }
