@@ -3,9 +3,11 @@
  * batched learning ops at GEMM-like sizes are bound by memory bandwidth, which one core does
  * not saturate). Threads are started per call and joined before it returns: a start costs tens
  * of microseconds against the milliseconds of the calls that split. */
+#define _GNU_SOURCE /* SCHED_BATCH */
 #include "cpu/cpu.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
 /* Below this much arithmetic a call stays on one core. */
@@ -16,6 +18,12 @@ uint32_t sona_cpu_parallel_parts(double flops)
 {
     if (flops < PARALLEL_MIN_FLOPS)
         return 1;
+#ifdef SCHED_BATCH
+    /* A thread that asked to run in the background (the engine's loop thread is SCHED_BATCH at
+     * nice 10) keeps its ops to itself: more threads would take the serving threads' cores. */
+    if (sched_getscheduler(0) == SCHED_BATCH)
+        return 1;
+#endif
     const long online = sysconf(_SC_NPROCESSORS_ONLN);
     if (online <= 1)
         return 1;

@@ -3,6 +3,8 @@
  * the small vector helpers the core builds on them. */
 #include "dispatch/vecmath.h"
 
+#include "common/float_bits.h"
+
 #include "dispatch/dispatch.h"
 
 #include <math.h>
@@ -36,3 +38,9 @@ int sona_all_finite(const float *v, size_t n) { return sona_host_kernels_get()->
 int sona_q8_encode(const float *x, size_t n, void *out) { return sona_host_kernels_get()->q8_encode(x, n, out); }
 
 void sona_q8_decode(const void *q, size_t n, float *out) { sona_host_kernels_get()->q8_decode(q, n, out); }
+
+int sona_all_within_fast(const float *v, size_t n, float bound)
+{
+    const double ss = sona_host_kernels_get()->sum_squares(v, n);
+    return ss <= (double)bound * bound || sona_all_within(v, n, bound); /* NaN fails both */
+}

@@ -188,7 +188,7 @@ static sona_status gradient_check(sona_lora *lora)
     const sona_lora_config *c = sona_lora_get_config(lora);
     const float *theta, *g;
     if (!sona_lora_pending(lora) || !sona_lora_host_params(lora, &theta, &g) ||
-        sona_all_within(g, 2 * (size_t)c->count * c->rank * c->hidden, ENG_MAX_GRADIENT))
+        sona_all_within_fast(g, 2 * (size_t)c->count * c->rank * c->hidden, ENG_MAX_GRADIENT))
         return SONA_OK;
     return sona_fail(NULL, SONA_E_INVALID, "a gradient value beyond %g", (double)ENG_MAX_GRADIENT);
 }

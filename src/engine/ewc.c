@@ -166,7 +166,7 @@ sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *
             if (st == SONA_OK)
                 st = sona_lora_export_grad(lora, w->g, w->g + half);
         }
-        if (st == SONA_OK && !sona_all_within(g, w->n, ENG_MAX_GRADIENT))
+        if (st == SONA_OK && !sona_all_within_fast(g, w->n, ENG_MAX_GRADIENT))
             return sona_fail(NULL, SONA_E_INVALID, "a gradient value beyond %g (its Fisher would pass %g)",
                              (double)ENG_MAX_GRADIENT, (double)SONA_MAX_FISHER);
         /* A boundary snapshots the task that ended (theta, the Fisher before this gradient). */

@@ -34,7 +34,7 @@ sona_status sona_request_begin(sona_engine *e, int32_t tenant, const float *quer
     *out = NULL;
     if (!eng_live_tenant(e, tenant))
         return eng_fail(e, SONA_E_NOT_FOUND, "%s: no tenant %d", __func__, tenant);
-    if (sona_all_finite(query, e->cfg.hidden) && !sona_all_within(query, e->cfg.hidden, SONA_MAX_ACTIVATION)) {
+    if (!sona_all_within_fast(query, e->cfg.hidden, SONA_MAX_ACTIVATION) && sona_all_finite(query, e->cfg.hidden)) {
         atomic_fetch_add(&e->out_of_range, 1);
         return eng_fail(e, SONA_E_INVALID, "%s: a query value is beyond +-%g (SONA_MAX_ACTIVATION)", __func__,
                         (double)SONA_MAX_ACTIVATION);
@@ -66,12 +66,15 @@ sona_status sona_request_step(sona_request *r, uint32_t layer, const float *acti
         r->poisoned = POISON_NONFINITE;
         return eng_fail(e, SONA_E_NONFINITE, "%s: NaN or Inf in attention weights", __func__);
     }
-    /* Every step, kept or past max_steps, is checked: finite, then within its range. */
-    if (!isfinite(reward) || !sona_all_finite(activations, e->cfg.hidden)) {
+    /* Every step, kept or past max_steps, is checked: finite, then within its range (one vector
+     * pass for ordinary values; the finite test only to name what failed). */
+    const int within = fabsf(reward) <= SONA_MAX_QUALITY &&
+                       sona_all_within_fast(activations, e->cfg.hidden, SONA_MAX_ACTIVATION);
+    if (!within && (!isfinite(reward) || !sona_all_finite(activations, e->cfg.hidden))) {
         r->poisoned = POISON_NONFINITE;
         return eng_fail(e, SONA_E_NONFINITE, "%s: NaN or Inf in the activations or reward", __func__);
     }
-    if (!(fabsf(reward) <= SONA_MAX_QUALITY) || !sona_all_within(activations, e->cfg.hidden, SONA_MAX_ACTIVATION)) {
+    if (!within) {
         r->poisoned = POISON_RANGE;
         atomic_fetch_add(&e->out_of_range, 1);
         return eng_fail(e, SONA_E_INVALID,
