@@ -11,7 +11,7 @@ repository's build/lib, then the system; see sona._native). Every call releases 
 
 from . import _native
 from .engine import (PRESETS, Engine, PatternHit, Request, Stats, config_fields,
-                     default_config, state_config)
+                     default_config, empty, state_config)
 from .errors import *  # noqa: F401,F403
 from .handles import Bank, Index, Lora, Pattern
 from .errors import __all__ as _errors_all
@@ -24,5 +24,5 @@ __version__ = "0.1.0"
 
 __all__ = ["Engine", "Request", "Stats", "PatternHit", "Lora", "Index", "Bank", "Pattern",
            "PRESETS", "config_fields",
-           "default_config", "state_config", "library_path", "library_found_in",
+           "default_config", "state_config", "empty", "library_path", "library_found_in",
            "library_version"] + list(_errors_all)

@@ -32,7 +32,7 @@ from .errors import (InvalidArgumentError, NotFoundError, SizeError, SonaError, 
                      error_for)
 
 __all__ = ["Engine", "Request", "Stats", "PatternHit", "PRESETS", "config_fields",
-           "default_config", "state_config"]
+           "default_config", "state_config", "empty"]
 
 PRESETS = {"default": 0, "max_throughput": 1, "max_quality": 2, "edge": 3}
 _KINDS = {0: "int", 1: "float", 2: "string"}
@@ -180,9 +180,20 @@ def _f32(x: Any, what: str) -> np.ndarray:
         raise InvalidArgumentError(f"{what}: not convertible to a float32 array: {e}") from None
 
 
+def empty(shape: Union[int, tuple]) -> np.ndarray:
+    """An uninitialised float32 array whose data starts on a 64-byte boundary. The CPU kernels
+    read and write whole cache lines: rows of x and y at numpy's usual 16-byte alignment made
+    apply_batch of 256 x 4096 10-20 % slower. Results the package allocates are such arrays;
+    pass them as inputs and ``out=`` too for the fastest batched calls."""
+    count = int(np.prod(shape))
+    buf = np.empty(count * 4 + 64, dtype=np.uint8)
+    skip = (-buf.ctypes.data) % 64
+    return buf[skip:skip + count * 4].view(np.float32).reshape(shape)
+
+
 def _out(out: Optional[np.ndarray], shape: tuple, what: str) -> np.ndarray:
     if out is None:
-        return np.empty(shape, dtype=np.float32)
+        return empty(shape)
     if not isinstance(out, np.ndarray) or out.dtype != np.float32 or not out.flags.c_contiguous \
             or not out.flags.writeable:
         raise InvalidArgumentError(

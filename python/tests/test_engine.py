@@ -351,3 +351,12 @@ def test_finalizers_abandon_and_close():
             % os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_results_and_sona_empty_are_64_byte_aligned():
+    with sona.Engine(64, background_thread=False) as e:
+        x = np.ones((5, 64), np.float32)
+        assert e.apply_batch(x, 0).ctypes.data % 64 == 0
+        assert e.apply(x[0]).ctypes.data % 64 == 0
+    a = sona.empty((3, 7))
+    assert a.shape == (3, 7) and a.dtype == np.float32 and a.flags.c_contiguous and a.ctypes.data % 64 == 0
