@@ -65,7 +65,7 @@ SV_INLINE void sv_axpy(float *y, float c, const float *x, uint32_t n)
 SV_INLINE void sv_lora_down(int R, const float *A, uint32_t r, uint32_t H, const float *const *x,
                             float s, float t[][SONA_LORA_MAX_RANK])
 {
-    const uint32_t J = R == 1 ? 4 : 2;
+    const uint32_t J = R == 1 || SV_W >= 16 ? 4 : 2; /* AVX-512 has the registers for 4 x R */
     uint32_t j = 0;
     for (; j + J <= r; j += J) {
         const float *aj = A + (size_t)j * H;
@@ -337,6 +337,28 @@ SV_INLINE void sv_grad_rows(uint32_t G, const float coef[][SONA_LORA_MAX_RANK], 
     uint32_t h = 0;
     for (; h + 2 * SV_W <= H; h += 2 * SV_W) {
         uint32_t j = 0;
+        /* Eight out rows at a time where the rank allows and the ISA has the registers (16
+         * accumulators: AVX-512's 32 vector registers, not AVX2's 16): half the passes over the
+         * input rows. */
+        for (; SV_W >= 16 && j + 8 <= r; j += 8) {
+            sv_f acc[8][2];
+            for (uint32_t u = 0; u < 8; u++) {
+                acc[u][0] = sv_load(out + (size_t)(j + u) * H + h);
+                acc[u][1] = sv_load(out + (size_t)(j + u) * H + h + SV_W);
+            }
+            for (uint32_t q = 0; q < G; q++) {
+                const sv_f v0 = sv_load(v[q] + h), v1 = sv_load(v[q] + h + SV_W);
+                for (uint32_t u = 0; u < 8; u++) {
+                    const sv_f c = sv_set1(coef[q][j + u]);
+                    acc[u][0] = sv_fma(c, v0, acc[u][0]);
+                    acc[u][1] = sv_fma(c, v1, acc[u][1]);
+                }
+            }
+            for (uint32_t u = 0; u < 8; u++) {
+                sv_store(out + (size_t)(j + u) * H + h, acc[u][0]);
+                sv_store(out + (size_t)(j + u) * H + h + SV_W, acc[u][1]);
+            }
+        }
         for (; j + 4 <= r; j += 4) {
             sv_f acc[4][2];
             for (uint32_t u = 0; u < 4; u++) {
