@@ -231,32 +231,90 @@ static void sv_apply_rows(const sona_lora_apply_args *a, uint32_t first, uint32_
     }
 }
 
-/* A large apply in parts of whole adapters: rows ordered by adapter (a stable counting sort),
- * each adapter's rows taken four at a time while its weights stay in the core's cache, and the
- * adapters split between the cores, so every adapter's weights come from memory once. Split by
- * rows instead, both cores read most adapters' weights (46 GB/s of traffic for 36 GFLOP/s at
- * 256 x 4 096 x r16 over 64 adapters). */
-typedef struct sv_apply_part {
-    const sona_lora_apply_args *a;
-    const uint32_t *order, *bounds;
-} sv_apply_part;
+/* Work by adapter, for the batched ops: the rows are ordered by adapter id (a stable counting
+ * sort; rows of id -1 left out), taken in groups of up to max_group rows of one adapter, and the
+ * adapters split between `parts` threads at adapter boundaries near equal shares of rows, so no
+ * two threads touch one adapter's weights or gradients and every adapter's data comes from
+ * memory once. group() runs one group. */
+typedef void (*sv_group_fn)(const void *args, int32_t id, const uint32_t *rows, uint32_t G);
+typedef struct sv_by_adapter {
+    const void *args;
+    const int32_t *ids;
+    const uint32_t *order, *bounds; /* part p: order[bounds[p] .. bounds[p + 1]) */
+    uint32_t max_group;
+    sv_group_fn group;
+} sv_by_adapter;
 
-static void sv_apply_range(void *arg, uint32_t part, uint32_t parts)
+static void sv_by_adapter_part(void *arg, uint32_t part, uint32_t parts)
 {
     (void)parts;
-    const sv_apply_part *g = arg;
-    const sona_lora_apply_args *a = g->a;
+    const sv_by_adapter *w = arg;
+    for (uint32_t at = w->bounds[part], end = w->bounds[part + 1]; at < end;) {
+        const int32_t id = w->ids ? w->ids[w->order[at]] : 0;
+        uint32_t G = 1;
+        while (at + G < end && G < w->max_group && (w->ids ? w->ids[w->order[at + G]] : 0) == id)
+            G++;
+        w->group(w->args, id, w->order + at, G);
+        at += G;
+    }
+}
+
+/* Runs the rows with ids[i] >= 0 through group() by adapter (see sv_by_adapter), over `parts`
+ * threads. 0 when there is no memory for the order (nothing has run then). */
+static int sv_run_by_adapter(const void *args, const int32_t *ids, uint32_t n, uint32_t adapters, uint32_t parts,
+                             uint32_t max_group, sv_group_fn group)
+{
+    uint32_t *order = malloc(((size_t)n + adapters + 1 + parts + 1) * sizeof *order);
+    if (!order)
+        return 0;
+    uint32_t *start = order + n, *bounds = start + adapters + 1; /* bucket starts, part bounds */
+    memset(start, 0, ((size_t)adapters + 1) * sizeof *start);
+    for (uint32_t i = 0; i < n; i++) {
+        const int32_t id = ids ? ids[i] : 0;
+        if (id >= 0)
+            start[id + 1]++;
+    }
+    for (uint32_t k = 0; k < adapters; k++)
+        start[k + 1] += start[k];
+    const uint32_t placed = start[adapters];
+    /* Part bounds at the bucket start nearest each equal share (before the scatter below moves
+     * the starts on). */
+    bounds[0] = 0;
+    for (uint32_t p = 1, k = 0; p < parts; p++) {
+        const uint64_t want = (uint64_t)placed * p / parts;
+        while (k < adapters && start[k] < want)
+            k++;
+        bounds[p] = start[k] > bounds[p - 1] ? start[k] : bounds[p - 1];
+    }
+    bounds[parts] = placed;
+    for (uint32_t i = 0; i < n; i++) {
+        const int32_t id = ids ? ids[i] : 0;
+        if (id >= 0)
+            order[start[id]++] = i; /* start[id] ends at the next bucket's start */
+    }
+    sv_by_adapter w = {args, ids, order, bounds, max_group, group};
+    if (parts > 1)
+        sona_cpu_parallel(sv_by_adapter_part, &w, parts);
+    else
+        sv_by_adapter_part(&w, 0, 1);
+    free(order);
+    return 1;
+}
+
+/* One adapter's rows of a large apply, four at a time while its weights are cache-hot. Split by
+ * rows instead of adapters, both cores read most adapters' weights (46 GB/s of traffic for 36
+ * GFLOP/s at 256 x 4 096 x r16 over 64 adapters). */
+static void sv_apply_group(const void *args, int32_t id, const uint32_t *rows, uint32_t G)
+{
+    const sona_lora_apply_args *a = args;
     const uint32_t H = a->w.hidden;
-    const float *xs[4];
-    float *ys[4];
-    for (uint32_t at = g->bounds[part]; at < g->bounds[part + 1];) {
-        const int32_t id = a->ids ? a->ids[g->order[at]] : 0;
-        int R = 0;
-        while (at < g->bounds[part + 1] && R < 4 && (a->ids ? a->ids[g->order[at]] : 0) == id) {
-            xs[R] = a->x + (size_t)g->order[at] * H;
-            ys[R] = a->y + (size_t)g->order[at] * H;
-            R++;
-            at++;
+    for (uint32_t q0 = 0; q0 < G; q0 += 4) {
+        const float *xs[4];
+        float *ys[4];
+        const uint32_t R = G - q0 < 4 ? G - q0 : 4;
+        for (uint32_t q = 0; q < R; q++) {
+            xs[q] = a->x + (size_t)rows[q0 + q] * H;
+            ys[q] = a->y + (size_t)rows[q0 + q] * H;
         }
         switch (R) {
         case 1: sv_lora_group(1, &a->w, id, xs, ys); break;
@@ -267,44 +325,6 @@ static void sv_apply_range(void *arg, uint32_t part, uint32_t parts)
     }
 }
 
-/* Splits a large apply (see sv_apply_part); 0 when there is no memory for the order (the
- * caller then runs the rows as they come). */
-static int sv_apply_split(const sona_lora_apply_args *a, uint32_t parts)
-{
-    const uint32_t A = a->w.num_adapters, H = a->w.hidden;
-    uint32_t *order = malloc(((size_t)a->n + A + 1 + 9) * sizeof *order);
-    if (!order)
-        return 0;
-    uint32_t *start = order + a->n, *bounds = start + A + 1;
-    memset(start, 0, ((size_t)A + 1) * sizeof *start);
-    for (uint32_t i = 0; i < a->n; i++) {
-        const int32_t id = a->ids ? a->ids[i] : 0;
-        if (id >= 0)
-            start[id + 1]++;
-        else if (a->y != a->x) /* no adapter: y = x, done here */
-            memcpy(a->y + (size_t)i * H, a->x + (size_t)i * H, H * sizeof(float));
-    }
-    for (uint32_t k = 0; k < A; k++)
-        start[k + 1] += start[k];
-    const uint32_t placed = start[A];
-    bounds[0] = 0;
-    for (uint32_t p = 1, k = 0; p < parts; p++) {
-        const uint64_t want = (uint64_t)placed * p / parts;
-        while (k < A && start[k] < want)
-            k++;
-        bounds[p] = start[k] > bounds[p - 1] ? start[k] : bounds[p - 1];
-    }
-    bounds[parts] = placed;
-    for (uint32_t i = 0; i < a->n; i++) {
-        const int32_t id = a->ids ? a->ids[i] : 0;
-        if (id >= 0)
-            order[start[id]++] = i;
-    }
-    sv_apply_part g = {a, order, bounds};
-    sona_cpu_parallel(sv_apply_range, &g, parts);
-    free(order);
-    return 1;
-}
 static sona_status sv_lora_apply(void *ctx, const sona_lora_apply_args *a)
 {
     (void)ctx;
@@ -320,12 +340,42 @@ static sona_status sv_lora_apply(void *ctx, const sona_lora_apply_args *a)
         return SONA_OK;
     }
     const uint32_t parts = sona_cpu_parallel_parts(4.0 * a->n * a->w.rank * H);
-    if (parts <= 1 || !sv_apply_split(a, parts))
+    if (parts <= 1 || !sv_run_by_adapter(a, a->ids, a->n, a->w.num_adapters, parts, UINT32_MAX, sv_apply_group)) {
         sv_apply_rows(a, 0, a->n);
+        return SONA_OK;
+    }
+    for (uint32_t i = 0; a->ids && a->y != a->x && i < a->n; i++) /* no adapter: y = x */
+        if (a->ids[i] < 0)
+            memcpy(a->y + (size_t)i * H, a->x + (size_t)i * H, H * sizeof(float));
     return SONA_OK;
 }
 
 /* ---- lora_grad ------------------------------------------------------------------------- */
+
+/* Out rows j0..j0+U-1 at columns h..h+2*SV_W: o = out + j0 * H + h, each += the sum over the G
+ * rows q of coef[q][j] v_q; the accumulators stay in registers while the input rows stream
+ * through. U is a constant at every call. */
+SV_INLINE void sv_grad_block(uint32_t U, uint32_t G, const float coef[][SONA_LORA_MAX_RANK], const float *const *v,
+                             uint32_t h, float *o, uint32_t j0, uint32_t H)
+{
+    sv_f acc[8][2];
+    for (uint32_t u = 0; u < U; u++) {
+        acc[u][0] = sv_load(o + (size_t)u * H);
+        acc[u][1] = sv_load(o + (size_t)u * H + SV_W);
+    }
+    for (uint32_t q = 0; q < G; q++) {
+        const sv_f v0 = sv_load(v[q] + h), v1 = sv_load(v[q] + h + SV_W);
+        for (uint32_t u = 0; u < U; u++) {
+            const sv_f c = sv_set1(coef[q][j0 + u]);
+            acc[u][0] = sv_fma(c, v0, acc[u][0]);
+            acc[u][1] = sv_fma(c, v1, acc[u][1]);
+        }
+    }
+    for (uint32_t u = 0; u < U; u++) {
+        sv_store(o + (size_t)u * H, acc[u][0]);
+        sv_store(o + (size_t)u * H + SV_W, acc[u][1]);
+    }
+}
 
 /* out_j += sum_q coef[q][j] v_q for j < r, over G rows q: the gradient's outer products of one
  * adapter's rows, summed while each out row is in registers. Each pass holds a block of four out
@@ -340,44 +390,10 @@ SV_INLINE void sv_grad_rows(uint32_t G, const float coef[][SONA_LORA_MAX_RANK], 
         /* Eight out rows at a time where the rank allows and the ISA has the registers (16
          * accumulators: AVX-512's 32 vector registers, not AVX2's 16): half the passes over the
          * input rows. */
-        for (; SV_W >= 16 && j + 8 <= r; j += 8) {
-            sv_f acc[8][2];
-            for (uint32_t u = 0; u < 8; u++) {
-                acc[u][0] = sv_load(out + (size_t)(j + u) * H + h);
-                acc[u][1] = sv_load(out + (size_t)(j + u) * H + h + SV_W);
-            }
-            for (uint32_t q = 0; q < G; q++) {
-                const sv_f v0 = sv_load(v[q] + h), v1 = sv_load(v[q] + h + SV_W);
-                for (uint32_t u = 0; u < 8; u++) {
-                    const sv_f c = sv_set1(coef[q][j + u]);
-                    acc[u][0] = sv_fma(c, v0, acc[u][0]);
-                    acc[u][1] = sv_fma(c, v1, acc[u][1]);
-                }
-            }
-            for (uint32_t u = 0; u < 8; u++) {
-                sv_store(out + (size_t)(j + u) * H + h, acc[u][0]);
-                sv_store(out + (size_t)(j + u) * H + h + SV_W, acc[u][1]);
-            }
-        }
-        for (; j + 4 <= r; j += 4) {
-            sv_f acc[4][2];
-            for (uint32_t u = 0; u < 4; u++) {
-                acc[u][0] = sv_load(out + (size_t)(j + u) * H + h);
-                acc[u][1] = sv_load(out + (size_t)(j + u) * H + h + SV_W);
-            }
-            for (uint32_t q = 0; q < G; q++) {
-                const sv_f v0 = sv_load(v[q] + h), v1 = sv_load(v[q] + h + SV_W);
-                for (uint32_t u = 0; u < 4; u++) {
-                    const sv_f c = sv_set1(coef[q][j + u]);
-                    acc[u][0] = sv_fma(c, v0, acc[u][0]);
-                    acc[u][1] = sv_fma(c, v1, acc[u][1]);
-                }
-            }
-            for (uint32_t u = 0; u < 4; u++) {
-                sv_store(out + (size_t)(j + u) * H + h, acc[u][0]);
-                sv_store(out + (size_t)(j + u) * H + h + SV_W, acc[u][1]);
-            }
-        }
+        for (; SV_W >= 16 && j + 8 <= r; j += 8)
+            sv_grad_block(8, G, coef, v, h, out + (size_t)j * H + h, j, H);
+        for (; j + 4 <= r; j += 4)
+            sv_grad_block(4, G, coef, v, h, out + (size_t)j * H + h, j, H);
         for (; j < r; j++) {
             sv_f a0 = sv_load(out + (size_t)j * H + h), a1 = sv_load(out + (size_t)j * H + h + SV_W);
             for (uint32_t q = 0; q < G; q++) {
@@ -448,78 +464,25 @@ SV_INLINE void sv_grad_group(const sona_lora_grad_args *a, int32_t id, const uin
     sv_grad_rows(G, u, ds, a->gBt + off, r, H);
 }
 
-/* One part of a grad call: the adapters whose rows fall in order[lo..hi). */
-typedef struct sv_grad_part {
-    const sona_lora_grad_args *a;
-    const uint32_t *order, *bounds; /* bounds[p]..bounds[p + 1]: part p's range of order */
-} sv_grad_part;
-
-static void sv_grad_range(void *arg, uint32_t part, uint32_t parts)
+static void sv_grad_group_fn(const void *args, int32_t id, const uint32_t *rows, uint32_t G)
 {
-    (void)parts;
-    const sv_grad_part *g = arg;
-    const sona_lora_grad_args *a = g->a;
-    for (uint32_t at = g->bounds[part]; at < g->bounds[part + 1];) {
-        const int32_t id = a->ids ? a->ids[g->order[at]] : 0;
-        uint32_t G = 1;
-        while (at + G < g->bounds[part + 1] && G < SV_GRAD_GROUP && (a->ids ? a->ids[g->order[at + G]] : 0) == id)
-            G++;
-        sv_grad_group(a, id, g->order + at, G);
-        at += G;
-    }
+    sv_grad_group(args, id, rows, G);
 }
 
-/* Rows are ordered by adapter first (a counting sort, stable: each adapter's rows keep their
- * order), so all of an adapter's rows share its passes over the gradients however the batch
- * interleaves them. A large call splits over the cores at adapter boundaries, so no two
- * threads write one adapter's gradients. Without the memory for the order, rows go one at a
- * time. */
+/* Rows by adapter (sv_run_by_adapter), so all of an adapter's rows share its passes over the
+ * gradients however the batch interleaves them; a large call splits over the cores. Without the
+ * memory for the order, rows go one at a time. */
 static sona_status sv_lora_grad(void *ctx, const sona_lora_grad_args *a)
 {
     (void)ctx;
-    const uint32_t A = a->w.num_adapters;
-    uint32_t *order = a->n > 1 ? malloc(((size_t)a->n + A + 1 + 9) * sizeof *order) : NULL;
-    if (!order) {
-        for (uint32_t i = 0; i < a->n; i++) {
-            const int32_t id = a->ids ? a->ids[i] : 0;
-            if (id >= 0)
-                sv_grad_group(a, id, &i, 1);
-        }
+    const uint32_t parts = a->n > 1 ? sona_cpu_parallel_parts(8.0 * a->n * a->w.rank * a->w.hidden) : 1;
+    if (a->n > 1 && sv_run_by_adapter(a, a->ids, a->n, a->w.num_adapters, parts, SV_GRAD_GROUP, sv_grad_group_fn))
         return SONA_OK;
-    }
-    uint32_t *start = order + a->n, *bounds = start + A + 1; /* A + 1 bucket starts, 9 bounds */
-    memset(start, 0, ((size_t)A + 1) * sizeof *start);
     for (uint32_t i = 0; i < a->n; i++) {
         const int32_t id = a->ids ? a->ids[i] : 0;
         if (id >= 0)
-            start[id + 1]++;
+            sv_grad_group(a, id, &i, 1);
     }
-    for (uint32_t k = 0; k < A; k++)
-        start[k + 1] += start[k];
-    const uint32_t placed = start[A];
-    const double flops = 8.0 * placed * a->w.rank * a->w.hidden;
-    uint32_t parts = sona_cpu_parallel_parts(flops);
-    /* Part boundaries at the bucket start nearest each equal share (before the scatter below
-     * moves the starts). */
-    bounds[0] = 0;
-    for (uint32_t p = 1, k = 0; p < parts; p++) {
-        const uint64_t want = (uint64_t)placed * p / parts;
-        while (k < A && start[k] < want)
-            k++;
-        bounds[p] = start[k] > bounds[p - 1] ? start[k] : bounds[p - 1];
-    }
-    bounds[parts] = placed;
-    for (uint32_t i = 0; i < a->n; i++) {
-        const int32_t id = a->ids ? a->ids[i] : 0;
-        if (id >= 0)
-            order[start[id]++] = i; /* start[id] ends at the next bucket's start */
-    }
-    sv_grad_part g = {a, order, bounds};
-    if (parts > 1)
-        sona_cpu_parallel(sv_grad_range, &g, parts);
-    else
-        sv_grad_range(&g, 0, 1);
-    free(order);
     return SONA_OK;
 }
 
