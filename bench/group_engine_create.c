@@ -9,23 +9,17 @@
  *                    resident memory the create added (VmRSS after minus before). */
 #include "bench.h"
 
+#include "common/clock.h"
+
 #include <sona.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 extern char **environ;
-
-static double now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
-}
 
 static long rss_kib(void)
 {
@@ -46,10 +40,10 @@ int bench_engine_create_probe(const char *width)
     sona_engine_config c;
     sona_engine_config_default(&c, SONA_PRESET_DEFAULT, (uint32_t)strtoul(width, NULL, 10));
     const long before = rss_kib();
-    const double t0 = now_ms();
+    const uint64_t t0 = sona_monotonic_us();
     sona_engine *e = NULL;
     const sona_status st = sona_engine_create(&c, &e);
-    const double ms = now_ms() - t0;
+    const double ms = (double)(sona_monotonic_us() - t0) / 1e3;
     const long after = rss_kib();
     if (st != SONA_OK) {
         fprintf(stderr, "engine_create probe: %s\n", sona_last_error());

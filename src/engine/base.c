@@ -33,13 +33,6 @@ sona_status eng_fail(sona_engine *e, sona_status st, const char *fmt, ...)
     return st;
 }
 
-uint64_t eng_now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 float eng_baseline(sona_engine *e)
 {
     pthread_mutex_lock(&e->quality_mu);

@@ -16,6 +16,7 @@
 #ifndef SONA_ENGINE_BASE_H
 #define SONA_ENGINE_BASE_H
 
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/float_bits.h"
 #include "common/scratch.h"
@@ -121,7 +122,6 @@ struct sona_engine {
 sona_status eng_fail(sona_engine *e, sona_status st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-uint64_t eng_now_us(void);
 /* The running quality baseline (0 before the first trajectory). */
 float eng_baseline(sona_engine *e);
 /* Folds a final quality into the engine-wide baseline. */

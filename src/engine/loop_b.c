@@ -39,7 +39,7 @@ static sona_status learn_batch(sona_engine *e, sona_trajectory *const *batch, ui
 sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch, uint32_t max_batch)
 {
     pthread_mutex_lock(&e->cycle_mu);
-    const uint64_t t0 = eng_now_us();
+    const uint64_t t0 = sona_monotonic_us();
     uint32_t queued = sona_trajectory_buffer_len(e->buffer);
     if (queued == 0 || queued < min_batch) {
         pthread_mutex_unlock(&e->cycle_mu);
@@ -64,8 +64,8 @@ sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch, uint32_t max_ba
     atomic_fetch_add(&e->n.processed, n);
     atomic_fetch_add(&e->n.b_cycles, 1);
     atomic_store(&e->n.tasks, eng_ewc_tasks(e->base_ewc));
-    atomic_store(&e->n.last_b_us, eng_now_us() - t0);
-    atomic_store(&e->last_cycle_ms, eng_now_us() / 1000);
+    atomic_store(&e->n.last_b_us, sona_monotonic_us() - t0);
+    atomic_store(&e->last_cycle_ms, sona_monotonic_us() / 1000);
     pthread_mutex_unlock(&e->cycle_mu);
     return st == SONA_OK ? SONA_OK : eng_fail(e, st, "loop B cycle failed: %s", sona_last_error());
 }

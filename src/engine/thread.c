@@ -19,18 +19,18 @@
 
 static int interval_due(uint64_t last_ms, uint32_t interval_ms)
 {
-    return interval_ms && eng_now_us() / 1000 >= last_ms + interval_ms;
+    return interval_ms && sona_monotonic_us() / 1000 >= last_ms + interval_ms;
 }
 
 /* Loop C, then the checkpoint when a state path is set. */
 static sona_status deep_cycle(sona_engine *e)
 {
-    const uint64_t t0 = eng_now_us();
+    const uint64_t t0 = sona_monotonic_us();
     sona_status st = eng_loop_c_cycle(e);
     if (st == SONA_OK && e->cfg.state_path[0])
         st = eng_checkpoint(e);
-    atomic_store(&e->n.last_c_us, eng_now_us() - t0);
-    atomic_store(&e->last_deep_ms, eng_now_us() / 1000);
+    atomic_store(&e->n.last_c_us, sona_monotonic_us() - t0);
+    atomic_store(&e->last_deep_ms, sona_monotonic_us() / 1000);
     return st;
 }
 
@@ -134,8 +134,8 @@ static void *loop_thread(void *arg)
 
 sona_status eng_threads_start(sona_engine *e)
 {
-    atomic_store(&e->last_cycle_ms, eng_now_us() / 1000);
-    atomic_store(&e->last_deep_ms, eng_now_us() / 1000);
+    atomic_store(&e->last_cycle_ms, sona_monotonic_us() / 1000);
+    atomic_store(&e->last_deep_ms, sona_monotonic_us() / 1000);
     if (!e->cfg.background_thread)
         return SONA_OK;
     if (pthread_create(&e->thread, NULL, loop_thread, e) != 0)
