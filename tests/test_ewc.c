@@ -278,6 +278,75 @@ Test(ewc, consolidation_keeps_the_penalty_and_matches_param_update)
     sona_ewc_destroy(e);
 }
 
+/* Task weights scale each snapshot's pull exactly: the penalty is lambda * sum_t w_t F_t
+ * (theta - theta*_t) against a double-precision sum; lambda (its rule is on the unweighted
+ * Fisher) does not move; a weight out of [0, 1], a NaN or a count other than the tasks' is
+ * refused and changes nothing; a new snapshot starts at 1 and a merged one keeps the larger. */
+Test(ewc, task_weights_scale_each_snapshot_and_bad_ones_change_nothing)
+{
+    const uint64_t seed = test_seed();
+    printf("[ewc] task weights seed %" PRIu64 "\n", seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 5);
+    enum { N = 77, TASKS = 3 };
+    sona_ewc_config cfg;
+    sona_ewc_config_default(&cfg, N);
+    cfg.max_tasks = TASKS;
+    sona_ewc *e = make(&cfg);
+    float *F[TASKS], *star[TASKS], wF[TASKS][N], *pw[TASKS];
+    for (int t = 0; t < TASKS; t++) {
+        F[t] = malloc(N * sizeof(float));
+        star[t] = malloc(N * sizeof(float));
+        for (int i = 0; i < N; i++) {
+            F[t][i] = sona_rng_uniform(&r);
+            star[t][i] = 2.0f * sona_rng_uniform(&r) - 1.0f;
+        }
+        cr_assert_eq(sona_ewc_add_task(e, star[t], F[t], N), SONA_OK);
+        cr_assert_eq(sona_ewc_task_weight(e, (uint32_t)t), 1.0f, "a new snapshot starts at full weight");
+    }
+    const float lambda = sona_ewc_lambda(e);
+    const float w[TASKS] = {0.25f, 0.0f, 0.8125f};
+    cr_assert_eq(sona_ewc_set_task_weights(e, w, TASKS), SONA_OK, "%s", sona_ewc_last_error(e));
+    cr_assert_eq(sona_ewc_lambda(e), lambda, "the weights moved lambda");
+    for (int t = 0; t < TASKS; t++) {
+        for (int i = 0; i < N; i++)
+            wF[t][i] = w[t] * F[t][i];
+        pw[t] = wF[t];
+    }
+    float theta[N], g[N], out[N];
+    for (int i = 0; i < N; i++) {
+        theta[i] = 2.0f * sona_rng_uniform(&r) - 1.0f;
+        g[i] = sona_rng_normal(&r);
+    }
+    double ref[N];
+    brute_penalty(N, TASKS, pw, star, theta, lambda, ref);
+    cr_assert_eq(sona_ewc_apply_constraints(e, theta, g, out, N), SONA_OK);
+    for (int i = 0; i < N; i++) {
+        const double want = g[i] - ref[i];
+        cr_assert(fabs(out[i] - want) < 1e-4 * (1 + fabs(want)), "param %d: %g, expected %g", i, out[i], want);
+    }
+    const float bad_high[TASKS] = {0.5f, 1.5f, 0.5f}, bad_nan[TASKS] = {0.5f, NAN, 0.5f};
+    cr_expect_eq(sona_ewc_set_task_weights(e, bad_high, TASKS), SONA_E_INVALID);
+    cr_expect_eq(sona_ewc_set_task_weights(e, bad_nan, TASKS), SONA_E_NONFINITE);
+    cr_expect_eq(sona_ewc_set_task_weights(e, w, TASKS - 1), SONA_E_SIZE);
+    cr_expect_eq(sona_ewc_set_task_weights(e, NULL, TASKS), SONA_E_NULL);
+    float again[N];
+    cr_assert_eq(sona_ewc_apply_constraints(e, theta, g, again, N), SONA_OK);
+    cr_assert_eq(memcmp(out, again, sizeof out), 0, "a refused call changed the penalty");
+    cr_expect_eq(sona_ewc_task_weight(e, 1), 0.0f);
+    cr_expect_eq(sona_ewc_task_weight(e, TASKS), 0.0f, "no snapshot, no weight");
+    /* A fourth snapshot merges the two oldest (weights 0.25 and 0): the merged one keeps 0.25. */
+    cr_assert_eq(sona_ewc_add_task(e, star[0], F[0], N), SONA_OK);
+    cr_expect_eq(sona_ewc_task_weight(e, 0), 0.25f);
+    cr_expect_eq(sona_ewc_task_weight(e, 1), 0.8125f);
+    cr_expect_eq(sona_ewc_task_weight(e, 2), 1.0f);
+    for (int t = 0; t < TASKS; t++) {
+        free(F[t]);
+        free(star[t]);
+    }
+    sona_ewc_destroy(e);
+}
+
 Test(ewc, fisher_is_an_ema_of_squared_gradients)
 {
     enum { N = 9 };

@@ -83,6 +83,14 @@ SONA_API sona_status sona_ewc_end_task(sona_ewc *ewc, const float *theta, uint32
 SONA_API sona_status sona_ewc_apply_constraints(const sona_ewc *ewc, const float *theta,
                                                 const float *g, float *out, uint32_t n);
 
+/* Each snapshot's share of the penalty, weights[count] in [0, 1] (count == the tasks stored;
+ * a new snapshot starts at 1, a merged one keeps the larger of its two): the penalty becomes
+ * lambda * sum_t w_t F_t (theta - theta*_t), re-reduced at once (O(tasks x param_count)). The
+ * lambda rule stays on the unweighted Fisher. Out of range: SONA_E_INVALID, nothing changed. */
+SONA_API sona_status sona_ewc_set_task_weights(sona_ewc *ewc, const float *weights, uint32_t count);
+/* Snapshot i's weight (0 when there is no snapshot i). */
+SONA_API float sona_ewc_task_weight(const sona_ewc *ewc, uint32_t i);
+
 /* The pre-reduced penalty for param_update: pointers to param_count floats each (NULL for
  * both while no task is stored) and the current lambda. Valid until the tasks change. */
 SONA_API sona_status sona_ewc_penalty(const sona_ewc *ewc, const float **fisher_sum,

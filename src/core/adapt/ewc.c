@@ -20,6 +20,7 @@ struct sona_ewc {
     sona_ewc_config cfg;
     float *fisher;                  /* running Fisher of the current task */
     float **task_theta, **task_fisher; /* max_tasks + 1 slots: one spare before a merge */
+    float *task_weight;             /* each snapshot's share of the penalty, in [0, 1] */
     uint32_t task_count;
     float *fisher_sum, *fisher_theta;
     float lambda;
@@ -83,7 +84,8 @@ sona_status sona_ewc_create(const sona_ewc_config *cfg, sona_ewc **out)
     e->fisher_theta = calloc(n, sizeof(float));
     e->task_theta = calloc(slots, sizeof(float *));
     e->task_fisher = calloc(slots, sizeof(float *));
-    int ok = e->fisher && e->fisher_sum && e->fisher_theta && e->task_theta && e->task_fisher;
+    e->task_weight = malloc(slots * sizeof(float));
+    int ok = e->fisher && e->fisher_sum && e->fisher_theta && e->task_theta && e->task_fisher && e->task_weight;
     for (size_t s = 0; ok && s < slots; s++) {
         e->task_theta[s] = malloc(n * sizeof(float));
         e->task_fisher[s] = malloc(n * sizeof(float));
@@ -110,6 +112,7 @@ void sona_ewc_destroy(sona_ewc *e)
     }
     free(e->task_theta);
     free(e->task_fisher);
+    free(e->task_weight);
     free(e->fisher);
     free(e->fisher_sum);
     free(e->fisher_theta);
@@ -203,23 +206,23 @@ sona_status sona_ewc_update_fisher(sona_ewc *e, const float *g, uint32_t n)
     return SONA_OK;
 }
 
-/* sum_t F_t and sum_t F_t theta*_t from the snapshots, then the lambda rule. */
+/* sum_t w_t F_t and sum_t w_t F_t theta*_t from the snapshots, then the lambda rule (on the
+ * unweighted Fisher: a task's weight scales its pull, not the stiffness every task is given). */
 static void reduce_tasks(sona_ewc *e)
 {
     const size_t n = e->cfg.param_count;
     float *fs = e->fisher_sum, *ft = e->fisher_theta;
     memset(fs, 0, n * sizeof *fs);
     memset(ft, 0, n * sizeof *ft);
+    double mean = 0.0;
     for (uint32_t t = 0; t < e->task_count; t++) {
-        const float *F = e->task_fisher[t], *th = e->task_theta[t];
+        const float *F = e->task_fisher[t], *th = e->task_theta[t], w = e->task_weight[t];
         for (size_t i = 0; i < n; i++) {
-            fs[i] += F[i];
-            ft[i] += F[i] * th[i];
+            mean += F[i];
+            fs[i] += w * F[i];
+            ft[i] += w * F[i] * th[i];
         }
     }
-    double mean = 0.0;
-    for (size_t i = 0; i < n; i++)
-        mean += fs[i];
     mean /= (double)n;
     double lambda = e->cfg.lambda_base;
     if (e->task_count > 0 && mean > 0.0)
@@ -238,11 +241,13 @@ static void consolidate_oldest(sona_ewc *e)
         t1[i] = F > 0.0f ? (F1[i] * t1[i] + F2[i] * t2[i]) / F : 0.5f * (t1[i] + t2[i]);
         F1[i] = F;
     }
+    e->task_weight[0] = fmaxf(e->task_weight[0], e->task_weight[1]);
     /* Slot 1's buffers become the spare at the end. */
     float *spare_t = e->task_theta[1], *spare_f = e->task_fisher[1];
     for (uint32_t s = 1; s + 1 < e->task_count; s++) {
         e->task_theta[s] = e->task_theta[s + 1];
         e->task_fisher[s] = e->task_fisher[s + 1];
+        e->task_weight[s] = e->task_weight[s + 1];
     }
     e->task_count--;
     e->task_theta[e->task_count] = spare_t;
@@ -254,6 +259,7 @@ static void push_task(sona_ewc *e, const float *theta, const float *fisher)
     const size_t bytes = (size_t)e->cfg.param_count * sizeof(float);
     memcpy(e->task_theta[e->task_count], theta, bytes);
     memcpy(e->task_fisher[e->task_count], fisher, bytes);
+    e->task_weight[e->task_count] = 1.0f;
     e->task_count++;
     if (e->task_count > e->cfg.max_tasks)
         consolidate_oldest(e);
@@ -400,6 +406,29 @@ sona_status sona_ewc_penalty(const sona_ewc *e, const float **fisher_sum, const 
     *fisher_theta = any ? e->fisher_theta : NULL;
     *lambda = e->lambda;
     return SONA_OK;
+}
+
+sona_status sona_ewc_set_task_weights(sona_ewc *e, const float *weights, uint32_t count)
+{
+    if (!e)
+        return sona_fail(NULL, SONA_E_NULL, "%s: ewc is NULL", __func__);
+    if (!weights && count)
+        return sona_fail(&e->err, SONA_E_NULL, "%s: weights is NULL", __func__);
+    if (count != e->task_count)
+        return sona_fail(&e->err, SONA_E_SIZE, "%s: %u weights given for %u tasks", __func__, count,
+                         e->task_count);
+    for (uint32_t t = 0; t < count; t++)
+        if (!(weights[t] >= 0.0f && weights[t] <= 1.0f))
+            return sona_fail(&e->err, isfinite(weights[t]) ? SONA_E_INVALID : SONA_E_NONFINITE,
+                             "%s: weight %u is %g, not in [0, 1]", __func__, t, (double)weights[t]);
+    memcpy(e->task_weight, weights, (size_t)count * sizeof *weights);
+    reduce_tasks(e);
+    return SONA_OK;
+}
+
+float sona_ewc_task_weight(const sona_ewc *e, uint32_t i)
+{
+    return e && i < e->task_count ? e->task_weight[i] : 0.0f;
 }
 
 sona_status sona_ewc_get_task(const sona_ewc *e, uint32_t i, float *theta_star, float *fisher)
