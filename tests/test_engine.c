@@ -17,6 +17,7 @@
 #include "common/rng.h"
 #include "common/serial.h"
 #include "core/memory/trajectory_internal.h"
+#include "engine/ewc.h"
 #include "engine/inspect.h"
 #include "fuzz/fuzz_engine.h"
 #include "support/files.h"
@@ -379,8 +380,8 @@ Test(engine, state_file_is_little_endian)
     size_t n;
     uint8_t *b = read_all(path, &n);
     cr_assert(n > 64);
-    const uint8_t version[4] = {4, 0, 0, 0}, mark[4] = {4, 3, 2, 1};
-    cr_assert_eq(memcmp(b + 8, version, 4), 0, "format version 4, little-endian");
+    const uint8_t version[4] = {5, 0, 0, 0}, mark[4] = {4, 3, 2, 1};
+    cr_assert_eq(memcmp(b + 8, version, 4), 0, "format version 5, little-endian");
     cr_assert_eq(memcmp(b + 12, mark, 4), 0, "byte-order mark 0x01020304, little-endian");
     cr_assert_eq(memcmp(b + 24, "CONF", 4), 0);
     uint64_t len = 0;
@@ -427,7 +428,7 @@ Test(engine, bad_files_are_refused_and_change_nothing)
     }
     refused(e, bad, n, sona_load_buffer(e, bad, n), "the last flipped file");
     memcpy(bad, good, n);
-    bad[8] = 5; /* a format version from the future, with the header CRC fixed so only it is wrong */
+    bad[8] = 6; /* a format version from the future, with the header CRC fixed so only it is wrong */
     const uint32_t crc = sona_crc32(0, bad, 20);
     memcpy(bad + 20, &crc, 4);
     refused(e, bad, n, SONA_E_VERSION, "version");
@@ -766,7 +767,7 @@ static sona_engine *old_file_loads(const char *name, uint8_t version, const char
         cr_assert_eq(d.samples + d.boundaries, 0);
     }
     uint8_t *now = save_bytes(e, &m);
-    cr_assert_eq(now[8], 4);
+    cr_assert_eq(now[8], 5);
     sona_engine *f = fuzz_engine_create(SONA_STORAGE_Q8);
     cr_assert_eq(sona_load_buffer(f, now, m), SONA_OK, "%s", sona_engine_last_error(f));
     uint8_t *again = save_bytes(f, &m2);
@@ -818,6 +819,22 @@ Test(engine, a_version_3_file_loads)
 {
     const char *const same[] = {"STAT", "PATT", "QUEU", "BANK", "DREA"};
     sona_engine *e = old_file_loads("state_v3.sona", 3, same, 5, 9, 0);
+    cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
+    sona_stats s;
+    sona_get_stats(e, &s);
+    cr_assert_eq(s.trajectories_processed, 49);
+    sona_engine_destroy(e);
+}
+
+/* tests/data/state_v4.sona: what tests/fuzz/fuzz_make_seed.c wrote when built against commit
+ * dfba928, the last writer of format version 4 (before the EWC++ records' query cells): the
+ * same traffic. It loads with every snapshot at full weight, and saved again every section but
+ * CONF (the loading engine's defaults moved: ewc_lambda), TENA and BASE (the EWC++ records gain
+ * their cells) is byte for byte the file's. */
+Test(engine, a_version_4_file_loads)
+{
+    const char *const same[] = {"STAT", "PATT", "QUEU", "BANK", "DREA", "BASL"};
+    sona_engine *e = old_file_loads("state_v4.sona", 4, same, 6, 9, 0);
     cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
     sona_stats s;
     sona_get_stats(e, &s);
@@ -1120,8 +1137,11 @@ Test(engine, damaged_bank_dream_and_detector_values_are_refused_and_change_nothi
     const uint32_t zero32 = 0, twelve = 12;
     const uint64_t one = 1, zero64 = 0;
     const double negative = -1.0, nan = NAN;
-    const float negative_f = -1.0f, half = 0.5f;
+    const float negative_f = -1.0f, half = 0.5f, two_f = 2.0f, three_quarters = 0.75f;
     const uint32_t regions = 3;
+    const size_t tasks = eng_inspect_ewc_tasks(src, -1),
+                 cells = 4 + 4 * (size_t)ENG_CELLS + tasks * (4 * (size_t)ENG_CELLS + 4);
+    cr_assert_geq(tasks, 1, "the trained engine's Base-LoRA should hold a task snapshot");
     const struct {
         const char *tag;
         size_t at;
@@ -1137,12 +1157,19 @@ Test(engine, damaged_bank_dream_and_detector_values_are_refused_and_change_nothi
         {"DREA", 16, &first_id, 8, "dream visit", "visits of one pattern twice"},
         /* BASE ends with the Base-LoRA's detector (u64 samples, f64 means and variance, u64
          * boundaries), its task-shift state (f32 mean, f32 variance, u32 count, f64 shortfall
-         * sum, u32 count, f64 shift, u32 updates), then u32 signals since the last apply and
-         * u32 0: no pending gradients. */
-        {"BASE", basel - 84 + 8, &nan, 8, "EWC++", "a NaN short mean"},
-        {"BASE", basel - 84 + 24, &negative, 8, "EWC++", "a negative variance"},
-        {"BASE", basel - 40, &negative_f, 4, "EWC++", "a negative quality variance"},
-        {"BASE", basel - 20, &nan, 8, "EWC++", "a NaN shift mean"},
+         * sum, u32 count, f64 shift, u32 updates), its cells (u32 ENG_CELLS, the counts since
+         * the last boundary, per task its distribution, then per task its weight: `cells`
+         * bytes), then u32 signals since the last apply and u32 0: no pending gradients. */
+        {"BASE", basel - 84 - cells + 8, &nan, 8, "EWC++", "a NaN short mean"},
+        {"BASE", basel - 84 - cells + 24, &negative, 8, "EWC++", "a negative variance"},
+        {"BASE", basel - 40 - cells, &negative_f, 4, "EWC++", "a negative quality variance"},
+        {"BASE", basel - 20 - cells, &nan, 8, "EWC++", "a NaN shift mean"},
+        {"BASE", basel - 8 - cells, &twelve, 4, "EWC++", "another number of query cells"},
+        {"BASE", basel - 8 - cells + 4, &negative_f, 4, "EWC++", "a negative cell count"},
+        {"BASE", basel - 8 - cells + 4 + 4 * ENG_CELLS, &two_f, 4, "EWC++", "a task's cell share above 1"},
+        {"BASE", basel - 8 - cells + 4 + 4 * ENG_CELLS, &three_quarters, 4, "EWC++",
+         "a task's cells not summing to 1"},
+        {"BASE", basel - 8 - 4 * tasks, &two_f, 4, "EWC++", "a task weight above 1"},
         /* BASL: the engine-wide baseline (f32 mean, f32 variance, u32 count), u32 regions, ... */
         {"BASL", 0, &half, 4, "does not match", "a baseline other than STAT's"},
         {"BASL", 4, &negative_f, 4, "baseline", "a negative baseline variance"},

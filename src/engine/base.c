@@ -67,23 +67,25 @@ float eng_quality_weight(sona_engine *e, float quality)
     return w;
 }
 
-uint32_t eng_region(const sona_engine *e, const float *x)
+uint32_t eng_query_cell(const sona_engine *e, const float *x)
 {
     const uint32_t H = e->cfg.hidden;
     const sona_dot_fn dot = sona_dot_kernel();
-    uint32_t region = 0;
-    for (uint32_t b = 0; b < ENG_REGION_BITS; b++)
-        region |= (uint32_t)(dot(e->region_planes + (size_t)b * H, x, H) > 0.0f) << b;
-    return region;
+    uint32_t cell = 0;
+    for (uint32_t b = 0; b < ENG_CELL_BITS; b++)
+        cell |= (uint32_t)(dot(e->region_planes + (size_t)b * H, x, H) > 0.0f) << b;
+    return cell;
 }
 
-/* The region hash's planes: seeded, so a saved engine's regions are a loaded one's. */
+/* The cell hash's planes: seeded, so a saved engine's cells are a loaded one's. Plane b is
+ * drawn from its own stream: the region planes (the first ENG_REGION_BITS) are what they were
+ * before there were cells. */
 float *eng_region_planes_create(const sona_engine_config *c)
 {
-    float *p = malloc((size_t)ENG_REGION_BITS * c->hidden * sizeof *p);
+    float *p = malloc((size_t)ENG_CELL_BITS * c->hidden * sizeof *p);
     if (!p)
         return NULL;
-    for (uint32_t b = 0; b < ENG_REGION_BITS; b++) {
+    for (uint32_t b = 0; b < ENG_CELL_BITS; b++) {
         sona_rng rng;
         sona_rng_seed(&rng, c->seed ^ 0x4e610ull, b);
         for (uint32_t h = 0; h < c->hidden; h++)

@@ -44,6 +44,8 @@ typedef struct eng_device eng_device;
  * ENG_REGION_BITS dot products a request, where a pattern-bank search would cost an HNSW walk. */
 #define ENG_REGION_BITS 4
 #define ENG_REGIONS (1u << ENG_REGION_BITS)
+/* A query's region: the low ENG_REGION_BITS of its cell (engine/ewc.h's ENG_CELL_BITS planes). */
+#define ENG_CELL_REGION(cell) ((cell) & (ENG_REGIONS - 1u))
 
 typedef struct eng_tenant {
     sona_snapshot_slot slot;  /* what readers apply */
@@ -77,7 +79,7 @@ struct sona_engine {
     sona_trajectory_buffer *buffer; /* ended trajectories waiting for loop B */
     sona_trajectory_buffer *pool;   /* processed trajectories kept for reuse (their memory) */
     sona_signal_builder *signals;   /* loop A's signals (with the tenants' baselines) */
-    float *region_planes;           /* ENG_REGION_BITS x hidden: the query-region hash */
+    float *region_planes;           /* ENG_CELL_BITS x hidden: the query-cell hash */
     pthread_mutex_t quality_mu;     /* guards quality */
     sona_signal_baseline quality;   /* every final quality: stats, dreams' reference */
     sona_signal_baseline *base_baselines; /* Base-LoRA's per layer and region (cycle_mu) */
@@ -130,8 +132,8 @@ void eng_quality_observe(sona_engine *e, float quality);
  * max_signal_weight (before two qualities, q - mean, the mean 0 before any); the baseline is left
  * as it is. */
 float eng_quality_weight(sona_engine *e, float quality);
-/* The query region of x (0..ENG_REGIONS-1). */
-uint32_t eng_region(const sona_engine *e, const float *x);
+/* The query cell of x (0..ENG_CELLS-1); its region is ENG_CELL_REGION(cell). */
+uint32_t eng_query_cell(const sona_engine *e, const float *x);
 
 /* A finished trajectory's query and steps decoded into rows: query[hidden], acts[steps][hidden],
  * rewards, layers. Grows as needed; reused across trajectories. */
@@ -142,7 +144,7 @@ typedef struct eng_steps {
 } eng_steps;
 /* The live tenant with this id, or NULL. */
 eng_tenant *eng_live_tenant(sona_engine *e, int32_t id);
-/* The region hash's planes (ENG_REGION_BITS x hidden), seeded: a saved engine's regions are a
+/* The cell hash's planes (ENG_CELL_BITS x hidden), seeded: a saved engine's regions are a
  * loaded one's. NULL: out of memory. */
 float *eng_region_planes_create(const sona_engine_config *c);
 /* Wakes the loop thread for a loop B cycle (a request filled the threshold). */
@@ -183,9 +185,10 @@ sona_status eng_bank_commit(sona_engine *e, eng_bank_batch *b);
 /* Base-LoRA signals of one gathered trajectory (or dream), base_lora.c; query[hidden] is the first step's
  * input, each later step's is the activation before it. Each step of a Base-LoRA layer asks
  * that layer's output for its input to move toward the step's activation, weighted by the
- * step reward's advantage over its layer's baseline for the query's region (NaN w), or by w.
+ * step reward's advantage over its layer's baseline for the region of the query's cell (NaN w),
+ * or by w.
  * Caller holds cycle_mu. */
-sona_status eng_base_accumulate(sona_engine *e, const float *query, const eng_steps *s, float w);
+sona_status eng_base_accumulate(sona_engine *e, const float *query, uint32_t cell, const eng_steps *s, float w);
 
 /* Batched apply on an accelerator: NULL when cfg->device_apply is 0; the accelerator itself is
  * looked for when first needed (eng_device_ready). */

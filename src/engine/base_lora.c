@@ -17,7 +17,7 @@
  * base_learning_rate is the fraction of the way it moves the layer's output. One forward, one
  * normalisation and one accumulate call for the whole trajectory. Caller holds cycle_mu (the
  * rows are the engine's scratch). */
-sona_status eng_base_accumulate(sona_engine *e, const float *query, const eng_steps *s, float w)
+sona_status eng_base_accumulate(sona_engine *e, const float *query, uint32_t cell, const eng_steps *s, float w)
 {
     const size_t H = e->cfg.hidden;
     if (s->steps == 0)
@@ -46,7 +46,7 @@ sona_status eng_base_accumulate(sona_engine *e, const float *query, const eng_st
     if (rows == 0)
         return SONA_OK;
     sona_status st = sona_lora_forward_batch(e->base, rows, ids, x, y);
-    const uint32_t region = eng_region(e, query);
+    const uint32_t region = ENG_CELL_REGION(cell);
     sona_signal_options opt;
     sona_signal_options_default(&opt);
     for (uint32_t r = 0; r < rows && st == SONA_OK; r++) {

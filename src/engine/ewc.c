@@ -31,6 +31,27 @@
 #define SHIFT_RATE 0.01f
 #define SHORTFALL_MAX 3.0f
 
+/* Anchors give way to the traffic they overlap. A snapshot protects what the adapter had
+ * learned for the queries its task came from; while the traffic comes from those same queries
+ * again, its qualities are the authority on them (the answers wanted changed: a hostile phase
+ * ended, preferences moved), and an anchor there would only hold the adapter on an answer the
+ * rewards now contradict. So each snapshot keeps the distribution of its task's query cells,
+ * and its share of the penalty is the part of that distribution the traffic since the last
+ * boundary has not covered: full for a task whose queries stopped coming, none for one whose
+ * queries are all here again (a false boundary's snapshot included). The counts behind both
+ * decay by CELL_DECAY a quality (a window of about 500) and restart at each boundary; a cell
+ * counts as covered once seen COVERED_AT times, and a share under WEIGHT_FLOOR is taken for
+ * the sampling noise of the cells (0). The new task's queries seen before its shift was
+ * detected (a few dozen) are a small part of the old task's distribution. The weights are
+ * looked at every WEIGHTS_EVERY updates of the current task (a request's cost stays flat) and
+ * re-applied when one moved by WEIGHT_STEP or more (a re-reduction costs O(tasks x
+ * parameters)). */
+#define CELL_DECAY 0.998f
+#define COVERED_AT 1.0f
+#define WEIGHT_FLOOR 0.1f
+#define WEIGHT_STEP 0.05f
+#define WEIGHTS_EVERY 8u
+
 struct eng_ewc {
     sona_ewc *ewc;
     sona_signal_baseline slow; /* of the qualities this adapter set learned from (loop B) */
@@ -43,7 +64,10 @@ struct eng_ewc {
     uint32_t n;      /* 2 * count * rank * hidden */
     float *theta, *g; /* scratch, n floats each */
     float lambda;     /* the penalty's lambda, capped (penalty_lambda) */
-    int lambda_valid; /* 0 once the tasks changed */
+    int lambda_valid; /* 0 once the tasks or their weights changed */
+    float seen[ENG_CELLS]; /* decayed counts of the query cells since the last boundary */
+    float *task_cells;  /* (max_tasks + 1) x ENG_CELLS: each snapshot's, normalised */
+    float *weights;     /* (max_tasks + 1): the weights applied, by snapshot */
 };
 
 eng_ewc *eng_ewc_create(const sona_lora *lora, const sona_engine_config *cfg, int base)
@@ -59,15 +83,15 @@ eng_ewc *eng_ewc_create(const sona_lora *lora, const sona_engine_config *cfg, in
     ec.fisher_decay = cfg->fisher_decay;
     ec.lambda_base = cfg->ewc_lambda;
     ec.boundary_z = cfg->task_shift_threshold;
-    /* Base-LoRA updates once a loop B cycle, each on the mean of a batch's qualities: a few
-     * cycles of a task are evidence enough (Micro-LoRA: the default 100 requests). */
     /* Base-LoRA updates once a loop B cycle, on a batch's qualities: a few cycles of a task are
      * evidence enough. A tenant's, about once a request: a mean over about 20 of them. */
     w->shift_rate = base ? 0.3f : 0.05f;
     w->min_updates = base ? 5 : 100;
     w->theta = malloc(w->n * sizeof(float));
     w->g = malloc(w->n * sizeof(float));
-    if (!w->theta || !w->g || sona_ewc_create(&ec, &w->ewc) != SONA_OK) {
+    w->task_cells = calloc(((size_t)ec.max_tasks + 1) * ENG_CELLS, sizeof(float));
+    w->weights = calloc((size_t)ec.max_tasks + 1, sizeof(float));
+    if (!w->theta || !w->g || !w->task_cells || !w->weights || sona_ewc_create(&ec, &w->ewc) != SONA_OK) {
         eng_ewc_destroy(w);
         return NULL;
     }
@@ -81,18 +105,79 @@ void eng_ewc_destroy(eng_ewc *w)
     sona_ewc_destroy(w->ewc);
     free(w->theta);
     free(w->g);
+    free(w->task_cells);
+    free(w->weights);
     free(w);
 }
 
 uint32_t eng_ewc_tasks(const eng_ewc *w) { return w ? sona_ewc_task_count(w->ewc) : 0; }
 const sona_ewc *eng_ewc_state(const eng_ewc *w) { return w->ewc; }
 
+/* The cell distribution of the snapshot sona_ewc just took (the slow one, normalised), merged
+ * as sona_ewc merged the Fisher when the snapshot made one too many: the merged snapshot covers
+ * both tasks' queries. Its weight starts at 1, as sona_ewc's. */
+static void note_snapshot(eng_ewc *w, uint32_t tasks_before)
+{
+    const uint32_t tasks = sona_ewc_task_count(w->ewc);
+    double sum = 0.0;
+    for (uint32_t c = 0; c < ENG_CELLS; c++)
+        sum += w->seen[c];
+    if (tasks == tasks_before) { /* the two oldest merged into slot 0; the rest moved down */
+        float *first = w->task_cells, *second = first + ENG_CELLS;
+        for (uint32_t c = 0; c < ENG_CELLS; c++)
+            first[c] = 0.5f * (first[c] + second[c]);
+        memmove(second, second + ENG_CELLS, (size_t)(tasks - 1) * ENG_CELLS * sizeof(float));
+        memmove(w->weights + 1, w->weights + 2, (size_t)(tasks - 1) * sizeof(float));
+        w->weights[0] = sona_ewc_task_weight(w->ewc, 0);
+    }
+    float *cells = w->task_cells + (size_t)(tasks - 1) * ENG_CELLS;
+    for (uint32_t c = 0; c < ENG_CELLS; c++)
+        cells[c] = sum > 0.0 ? (float)(w->seen[c] / sum) : 0.0f;
+    memset(w->seen, 0, sizeof w->seen);
+    w->weights[tasks - 1] = 1.0f;
+    w->lambda_valid = 0;
+}
+
+/* Each snapshot's weight: the share of its cells the traffic since the last boundary has not
+ * covered; re-applied when one moved by WEIGHT_STEP or more. */
+static sona_status update_weights(eng_ewc *w)
+{
+    const uint32_t tasks = sona_ewc_task_count(w->ewc);
+    if (!tasks || w->updates % WEIGHTS_EVERY != 0)
+        return SONA_OK;
+    float covered[ENG_CELLS];
+    for (uint32_t c = 0; c < ENG_CELLS; c++)
+        covered[c] = fminf(w->seen[c] * (1.0f / COVERED_AT), 1.0f);
+    float next[SONA_EWC_MAX_TASKS];
+    int moved = 0;
+    for (uint32_t t = 0; t < tasks; t++) {
+        const float *cells = w->task_cells + (size_t)t * ENG_CELLS;
+        float overlap = 0.0f;
+        for (uint32_t c = 0; c < ENG_CELLS; c++)
+            overlap += cells[c] * covered[c];
+        next[t] = fminf(fmaxf(1.0f - overlap, 0.0f), 1.0f);
+        if (next[t] < WEIGHT_FLOOR)
+            next[t] = 0.0f;
+        moved |= fabsf(next[t] - w->weights[t]) >= WEIGHT_STEP;
+    }
+    if (!moved)
+        return SONA_OK;
+    const sona_status st = sona_ewc_set_task_weights(w->ewc, next, tasks);
+    if (st == SONA_OK) {
+        memcpy(w->weights, next, tasks * sizeof *next);
+        w->lambda_valid = 0;
+    }
+    return st;
+}
+
 sona_status eng_ewc_consolidate(eng_ewc *w, const sona_lora *lora)
 {
-    const uint32_t half = w->n / 2;
+    const uint32_t half = w->n / 2, before = sona_ewc_task_count(w->ewc);
     sona_status st = sona_lora_export(lora, w->theta, w->theta + half, NULL);
     if (st == SONA_OK)
         st = sona_ewc_end_task(w->ewc, w->theta, w->n);
+    if (st == SONA_OK)
+        note_snapshot(w, before);
     w->lambda_valid = 0;
     return st;
 }
@@ -147,11 +232,18 @@ static int shift_detected(eng_ewc *w, const sona_engine_config *cfg)
     return 1;
 }
 
-void eng_ewc_note_quality(eng_ewc *w, float quality)
+void eng_ewc_note_quality(eng_ewc *w, float quality, uint32_t cell)
 {
     float z = 0.0f;
-    if (w && sona_signal_baseline_weigh(&w->slow, SHIFT_RATE, 1e6f, quality, 1, &z) == SONA_OK)
+    if (!w)
+        return;
+    if (sona_signal_baseline_weigh(&w->slow, SHIFT_RATE, 1e6f, quality, 1, &z) == SONA_OK)
         eng_ewc_note_shortfall(w, z < 0.0f ? -z : 0.0f);
+    if (cell >= ENG_CELLS)
+        return;
+    for (uint32_t c = 0; c < ENG_CELLS; c++)
+        w->seen[c] *= CELL_DECAY;
+    w->seen[cell] += 1.0f;
 }
 
 sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *cfg, int *boundary)
@@ -171,7 +263,10 @@ sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *
                              (double)ENG_MAX_GRADIENT, (double)SONA_MAX_FISHER);
         /* A boundary snapshots the task that ended (theta, the Fisher before this gradient). */
         if (st == SONA_OK && shift_detected(w, cfg)) {
+            const uint32_t before = sona_ewc_task_count(w->ewc);
             st = sona_ewc_end_task(w->ewc, theta, w->n);
+            if (st == SONA_OK)
+                note_snapshot(w, before);
             *boundary = 1;
         }
         if (st == SONA_OK)
@@ -183,7 +278,7 @@ sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *
     }
     const float *fsum = NULL, *ftheta = NULL;
     float lambda = 0;
-    if ((st = sona_ewc_penalty(w->ewc, &fsum, &ftheta, &lambda)) != SONA_OK)
+    if ((st = update_weights(w)) != SONA_OK || (st = sona_ewc_penalty(w->ewc, &fsum, &ftheta, &lambda)) != SONA_OK)
         return st;
     sona_lora_ewc_terms t = {.lambda = lambda};
     if (fsum && ftheta) {
@@ -227,6 +322,39 @@ void eng_ewc_save(const eng_ewc *w, sona_wbuf *out)
     sona_wbuf_u32(out, w->shortfall_n);
     sona_wbuf_f64(out, w->shift);
     sona_wbuf_u32(out, w->updates);
+    sona_wbuf_u32(out, ENG_CELLS);
+    sona_wbuf_floats(out, w->seen, ENG_CELLS);
+    sona_wbuf_floats(out, w->task_cells, (size_t)tasks * ENG_CELLS);
+    sona_wbuf_floats(out, w->weights, tasks);
+}
+
+/* The cell state of a version 5 record: seen counts within what CELL_DECAY lets them reach,
+ * each task's distribution of cells (sums to 1, or 0 for a snapshot of no query) and its
+ * weight in [0, 1]. */
+static sona_status load_cells(sona_rbuf *in, eng_ewc *w, uint32_t tasks)
+{
+    const float seen_max = 1.0f / (1.0f - CELL_DECAY) + 1.0f;
+    if (sona_rbuf_u32(in) != ENG_CELLS || in->bad ||
+        !sona_rbuf_has(in, ENG_CELLS + (uint64_t)tasks * (ENG_CELLS + 1), sizeof(float)))
+        return SONA_E_CORRUPT;
+    sona_rbuf_floats(in, w->seen, ENG_CELLS);
+    sona_rbuf_floats(in, w->task_cells, (size_t)tasks * ENG_CELLS);
+    sona_rbuf_floats(in, w->weights, tasks);
+    for (uint32_t c = 0; c < ENG_CELLS; c++)
+        if (!(w->seen[c] >= 0.0f && w->seen[c] <= seen_max))
+            return SONA_E_CORRUPT;
+    for (uint32_t t = 0; t < tasks; t++) {
+        double sum = 0.0;
+        for (uint32_t c = 0; c < ENG_CELLS; c++) {
+            const float v = w->task_cells[(size_t)t * ENG_CELLS + c];
+            if (!(v >= 0.0f && v <= 1.0f))
+                return SONA_E_CORRUPT;
+            sum += v;
+        }
+        if (!(sum < 1e-3 || fabs(sum - 1.0) < 1e-3) || !(w->weights[t] >= 0.0f && w->weights[t] <= 1.0f))
+            return SONA_E_CORRUPT;
+    }
+    return sona_ewc_set_task_weights(w->ewc, w->weights, tasks) == SONA_OK ? SONA_OK : SONA_E_CORRUPT;
 }
 
 /* Fisher values are squares' running means: 0 <= F <= SONA_MAX_FISHER (NaN is not). */
@@ -295,6 +423,11 @@ sona_status eng_ewc_load(sona_rbuf *in, const sona_lora *lora, const sona_engine
             !(w->shift <= SHORTFALL_MAX))
             st = SONA_E_CORRUPT;
     }
+    if (st == SONA_OK && version >= 5)
+        st = load_cells(in, w, tasks);
+    else
+        for (uint32_t t = 0; t < tasks; t++)
+            w->weights[t] = 1.0f; /* older files: every snapshot in full, its cells unknown */
     if (st != SONA_OK || !cfg->ewc_enabled) {
         eng_ewc_destroy(w);
         return st;

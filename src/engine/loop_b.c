@@ -24,8 +24,9 @@ static sona_status learn_batch(sona_engine *e, sona_trajectory *const *batch, ui
         if ((st = eng_steps_gather(&steps, batch[i], H)) != SONA_OK)
             break;
         eng_bank_add_row(e, &rows, &steps, sona_trajectory_quality(batch[i]));
-        eng_ewc_note_quality(e->base_ewc, sona_trajectory_quality(batch[i]));
-        st = eng_base_accumulate(e, steps.query, &steps, NAN);
+        const uint32_t cell = eng_query_cell(e, steps.query);
+        eng_ewc_note_quality(e->base_ewc, sona_trajectory_quality(batch[i]), cell);
+        st = eng_base_accumulate(e, steps.query, cell, &steps, NAN);
     }
     eng_steps_free(&steps);
     /* The bank and Base-LoRA are independent: a failure of one does not hold the other back. */

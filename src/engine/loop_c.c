@@ -39,7 +39,7 @@ static sona_status dream_and_replay(sona_engine *e, uint64_t *dreams, uint64_t *
             continue;
         const eng_steps steps = {.steps = d.len - 1, .acts = d.vecs + H, .rewards = d.quality + 1,
                                  .layers = layers};
-        if ((st = eng_base_accumulate(e, d.vecs, &steps, eng_quality_weight(e, d.utility))) == SONA_OK)
+        if ((st = eng_base_accumulate(e, d.vecs, eng_query_cell(e, d.vecs), &steps, eng_quality_weight(e, d.utility))) == SONA_OK)
             (*replayed)++;
     }
     if (st == SONA_OK && sona_lora_pending(e->base) > 0)

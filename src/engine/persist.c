@@ -19,7 +19,10 @@
  * and its regions). An EWC++ record (ewc.c): u32 present; when 1, u32 parameter count n, u32
  * tasks, n floats running Fisher, per task n floats theta* and n floats Fisher, then (version 3
  * on) the boundary detector: u64 samples, f64 short mean, long mean, long variance, u64
- * boundaries. An adapter record (TENA's after its u32 tenant id, BASE's): A and Bt as floats,
+ * boundaries, then (version 4 on) the task-shift detector: f32 baseline mean, variance, u32
+ * count, f64 shortfall sum, u32 shortfalls, f64 shift, u32 updates, then (version 5 on) the
+ * anchors' cells: u32 cells (ENG_CELLS), cells floats of counts since the last boundary, per
+ * task cells floats of its distribution, then per task f32 weight. An adapter record (TENA's after its u32 tenant id, BASE's): A and Bt as floats,
  * its EWC++ record, then (version 3 on) u32 signals since the last apply (loop A's
  * micro_apply_every; 0 for BASE), u32 1 when gradients are pending (else 0 and the record
  * ends), u32 signal count per adapter (not all 0), then the gradients of A and Bt as floats. Unknown tags are skipped (checksummed all the same). Older files still load:
@@ -599,7 +602,9 @@ static const struct state_section {
 };
 
 #define SECTIONS (sizeof sections / sizeof sections[0])
-#define STATE_VERSION 4u /* the highest `since` above: files of versions 1 to it are read */
+/* The highest `since` above, or higher when a record inside a section grew (5: EWC++ records
+ * gained their cell state): files of versions 1 to it are read. */
+#define STATE_VERSION 5u
 
 /* ---- saving -------------------------------------------------------------------------------- */
 

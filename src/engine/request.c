@@ -114,16 +114,18 @@ static sona_status learn_instant(sona_engine *e, int32_t tenant, const sona_traj
         return eng_fail(e, SONA_E_NOMEM, "sona_request_end: out of memory");
     }
     float *x = tn->signal, *delta = x + H, *y = delta + H, w;
+    uint32_t cell = 0;
     /* y(x), where the adapter sent the query: the training copy's weights are the published
      * ones (gradients wait in its accumulators until they are applied). */
     sona_status st = sona_trajectory_query(t, x, H);
     if (st == SONA_OK)
         st = sona_lora_forward(tn->lora, 0, x, y);
     if (st == SONA_OK) {
+        cell = eng_query_cell(e, x);
         sona_signal_options opt;
         sona_signal_options_default(&opt);
         opt.output = y;
-        opt.baseline = &tn->baselines[eng_region(e, x)];
+        opt.baseline = &tn->baselines[ENG_CELL_REGION(cell)];
         st = sona_signal_from_trajectory_opts(e->signals, t, &opt, x, delta, &w);
     }
     if (st != SONA_OK) {
@@ -134,7 +136,7 @@ static sona_status learn_instant(sona_engine *e, int32_t tenant, const sona_traj
     }
     if (atomic_load(&tn->live)) {
         const int32_t adapter = 0;
-        eng_ewc_note_quality(tn->ewc, sona_trajectory_quality(t));
+        eng_ewc_note_quality(tn->ewc, sona_trajectory_quality(t), cell);
         st = sona_lora_normalize_signals(tn->lora, 1, &adapter, x, delta, &w);
         if (st == SONA_OK)
             st = sona_lora_accumulate(tn->lora, 0, x, delta, w);
