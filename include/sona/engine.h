@@ -19,10 +19,10 @@ typedef struct sona_engine sona_engine;
 typedef struct sona_request sona_request;
 
 typedef enum sona_preset {
-    SONA_PRESET_DEFAULT = 0,     /* rank 2 Micro / rank 8 Base, N=1, loop B every 250 trajectories
+    SONA_PRESET_DEFAULT = 0,     /* rank 4 Micro / rank 8 Base, N=1, loop B every 250 trajectories
                                     or 2 s */
     SONA_PRESET_MAX_THROUGHPUT,  /* rank 1 Micro, apply every 16 signals, loop B every 1000 or 5 s */
-    SONA_PRESET_MAX_QUALITY,     /* rank 2 Micro at a smaller rate, rank 16 Base, loop B every 50
+    SONA_PRESET_MAX_QUALITY,     /* rank 4 Micro at a smaller rate, rank 16 Base, loop B every 50
                                     or 1 s, more dreams */
     SONA_PRESET_EDGE             /* rank 1, 4 layers of rank 4, small buffers, no background thread */
 } sona_preset;
@@ -32,7 +32,8 @@ typedef struct sona_engine_config {
                                    x hidden below 2^32) */
     uint64_t seed;              /* seeds adapters, k-means++ and dreams */
     /* Micro-LoRA (one adapter per tenant; tenant 0 exists from creation) */
-    uint32_t micro_rank;        /* 1..2 typical */
+    uint32_t micro_rank;        /* 1..8 typical; 4 at the default (more clusters of queries kept
+                                   apart, see docs/learning.md), 1 for the lean presets */
     float micro_alpha;
     float micro_learning_rate;  /* the fraction of the way a signal of weight 1 moves y(x) toward
                                    where it points (sona/signal.h), whatever the width, rank or
@@ -111,7 +112,12 @@ typedef struct sona_engine_config {
  *     |y(x) - x| <= max_output_change * |x|  for every x and every adapter.
  * EWC++ takes a task snapshot when the qualities learned from fall task_shift_threshold spreads
  * below their running level (a new task, whether on new queries or old ones), or when loop C
- * runs; ewc_lambda trades what the old task keeps against how fast the new one is learned. */
+ * runs; ewc_lambda trades what the old task keeps against how fast the new one is learned. A
+ * snapshot protects the queries its task came from while they stay away: its pull falls with
+ * the share of its task's query cells (an 8-bit hash of the query) that the traffic since the
+ * last boundary has covered, to none once that share passes 0.9, so that rewards that changed
+ * for the same queries (a hostile stream that ended, a changed preference) are learned at the
+ * full rate instead of being held to what the old rewards taught. */
 
 /* Value ranges (docs/learning.md, "Value ranges"). Every float that enters learning is checked
  * against a finite range, not only for NaN and Inf: a value far beyond what a model produces
@@ -139,7 +145,7 @@ typedef struct sona_engine_config {
 
 /* Fills *cfg with the preset's values for width `hidden`. Values (DEFAULT / MAX_THROUGHPUT /
  * MAX_QUALITY / EDGE):
- *   micro_rank 2/1/2/1, micro_alpha = 2*rank, micro_learning_rate 0.2/0.2/0.1/0.2,
+ *   micro_rank 4/1/4/1, micro_alpha = 2*rank, micro_learning_rate 0.2/0.2/0.1/0.2,
  *   micro_apply_every 1/16/1/4, max_tenants 64/256/64/8,
  *   base_rank 8/4/16/4, base_layers 12/12/12/4, base_alpha = 2*rank, base_learning_rate 0.1,
  *   max_signal_weight 3, max_output_change 5, max_steps 16/8/32/8, buffer_capacity
@@ -147,7 +153,7 @@ typedef struct sona_engine_config {
  *   at hidden 256: ~35 MB, F32 ~130 MB), baseline_decay 0.95, background_thread 1/1/1/0,
  *   loop_b_threshold 250/1000/50/200, loop_b_interval_ms 2000/5000/1000/0, loop_b_min_batch
  *   16/64/8/8, clusters_per_cycle 32/32/64/8, max_patterns 100000/100000/100000/5000,
- *   ewc_enabled 1 (EDGE 0), ewc_lambda 0.01, fisher_decay 0.99, max_tasks 5/3/10/2,
+ *   ewc_enabled 1 (EDGE 0), ewc_lambda 0.005, fisher_decay 0.99, max_tasks 5/3/10/2,
  *   task_shift_threshold 1.2, dreams_per_cycle 50/10/100/5, dream_length 15, dream_temperature
  *   0.5, dream_jump_prob 0.1, dream_novelty_bonus 0.5, dream_replay_min_score 0.5,
  *   merge_cosine 0.98, importance_decay 0.95, loop_c_interval_ms 0, state_path "",

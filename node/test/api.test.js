@@ -25,7 +25,7 @@ test('the module exports SonaEngine, version, defaultConfig, stateConfig', () =>
   assert.equal(typeof sona.addonPath, 'string');
   const cfg = sona.defaultConfig(64);
   assert.equal(cfg.hidden, 64);
-  assert.equal(cfg.micro_rank, 2);
+  assert.equal(cfg.micro_rank, 4);
   assert.equal(sona.defaultConfig(64, 'edge').background_thread, 0);
 });
 

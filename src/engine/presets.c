@@ -8,7 +8,7 @@
 
 static const sona_engine_config defaults = {
     .seed = 42,
-    .micro_rank = 2,
+    .micro_rank = 4,
     .micro_learning_rate = 0.2f,
     .micro_apply_every = 1,
     .max_tenants = 64,
@@ -28,7 +28,7 @@ static const sona_engine_config defaults = {
     .clusters_per_cycle = 32,
     .max_patterns = 100000,
     .ewc_enabled = 1,
-    .ewc_lambda = 0.01f,
+    .ewc_lambda = 0.005f,
     .fisher_decay = 0.99f,
     .max_tasks = 5,
     .task_shift_threshold = 1.2f,
