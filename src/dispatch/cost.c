@@ -472,43 +472,50 @@ uint64_t sona_dispatch_calls(sona_op op, sona_backend_kind k)
 
 void sona_cost_report(FILE *f)
 {
+    /* A backend that is not available here is reported from its kind's table, on a stand-in
+     * with no ops (which is never measured). */
+    static sona_backend stand_in[SONA_KIND_COUNT];
     const sona_backend *be[SONA_KIND_COUNT] = {sona_cpu_backend()};
+    int here[SONA_KIND_COUNT] = {1};
     char why[256];
-    for (int k = 1; k < SONA_KIND_COUNT; k++)
-        if (sona_backend_get(sona_backend_kind_name((sona_backend_kind)k), &be[k], why, sizeof why) != SONA_OK ||
-            be[k]->host_memory)
-            be[k] = NULL;
+    for (int k = 1; k < SONA_KIND_COUNT; k++) {
+        here[k] = sona_backend_get(sona_backend_kind_name((sona_backend_kind)k), &be[k], why, sizeof why) == SONA_OK &&
+                  !be[k]->host_memory;
+        if (!here[k]) {
+            stand_in[k] = (sona_backend){.name = sona_backend_kind_name((sona_backend_kind)k), .device = "table"};
+            be[k] = &stand_in[k];
+        }
+    }
     const char *forced = sona_env_backend();
     fprintf(f, "routing:   by cost: launch + transfer / link + max(flops / peak, bytes / memory)%s%s%s\n",
             forced ? "; SONA_BACKEND=" : "", forced ? forced : "", forced ? " overrides it" : "");
     fprintf(f, "  %-8s %10s %12s %14s %12s\n", "model", "launch", "link", "peak", "memory");
     for (int k = 0; k < SONA_KIND_COUNT; k++) {
-        if (!be[k])
-            continue;
         sona_cost_model m;
         sona_cost_model_get(be[k], &m);
         char link[32] = "-";
         if (m.transfer_gbs > 0)
             snprintf(link, sizeof link, "%.1f GB/s", m.transfer_gbs);
-        fprintf(f, "  %-8s %7.2f us %12s %8.1f GF/s %7.1f GB/s  %s (%s)\n", sona_backend_kind_name((sona_backend_kind)k),
-                m.launch_us, link, m.peak_gflops, m.memory_gbs, m.calibrated ? "measured" : "table",
-                be[k]->name);
+        fprintf(f, "  %-8s %7.2f us %12s %9.1f GF/s %7.1f GB/s  %s\n", sona_backend_kind_name((sona_backend_kind)k),
+                m.launch_us, link, m.peak_gflops, m.memory_gbs,
+                !here[k] ? "table (not available here)" : m.calibrated ? "measured" : "table");
     }
     fprintf(f, "  %-14s", "op");
-    for (int k = 1; k < SONA_KIND_COUNT; k++)
-        fprintf(f, " %-6s from", sona_backend_kind_name((sona_backend_kind)k));
-    fprintf(f, "   calls cpu/opencl/cuda   size axis\n");
+    for (int k = 1; k < SONA_KIND_COUNT; k++) {
+        char head[32];
+        snprintf(head, sizeof head, "%s from", sona_backend_kind_name((sona_backend_kind)k));
+        fprintf(f, " %11s", head);
+    }
+    fprintf(f, "   %-21s   %s\n", "calls cpu/opencl/cuda", "size axis (a device takes over from this size)");
     for (int op = 0; op < SONA_OP_COUNT; op++) {
         fprintf(f, "  %-14s", sona_op_name((sona_op)op));
         for (int k = 1; k < SONA_KIND_COUNT; k++) {
-            char at[32] = "-"; /* backend not available */
-            if (be[k]) {
-                const uint64_t c = sona_cost_crossover((sona_op)op, be[k]);
-                if (c)
-                    snprintf(at, sizeof at, "%llu", (unsigned long long)c);
-                else
-                    snprintf(at, sizeof at, "never");
-            }
+            char at[32];
+            const uint64_t c = sona_cost_crossover((sona_op)op, be[k]);
+            if (c)
+                snprintf(at, sizeof at, "%llu%s", (unsigned long long)c, here[k] ? "" : "*");
+            else
+                snprintf(at, sizeof at, "never%s", here[k] ? "" : "*");
             fprintf(f, " %11s", at);
         }
         char calls_text[64];
@@ -521,4 +528,9 @@ void sona_cost_report(FILE *f)
         (void)sona_cost_shape((sona_op)op, 1, &a, &axis);
         fprintf(f, "   %-21s   %s\n", calls_text, axis);
     }
+    for (int k = 1; k < SONA_KIND_COUNT; k++)
+        if (!here[k]) {
+            fprintf(f, "  *: from the table of a backend not available here\n");
+            break;
+        }
 }

@@ -88,8 +88,9 @@ uint64_t sona_dispatch_calls(sona_op op, sona_backend_kind k);
 void sona_dispatch_count_call(sona_op op, const sona_backend *b);
 
 /* Writes the routing table to f: each backend's model, and per op the size from which each
- * available device takes over from the CPU ("never", or "-" when it is not available here) and
- * the calls counted so far. Loads the GPU modules. `sona info` prints it. */
+ * device takes over from the CPU ("never" when it does not; from its kind's table, marked, when
+ * it is not available here) and the calls counted so far. Loads the GPU modules. `sona info`
+ * prints it. */
 void sona_cost_report(FILE *f);
 
 #endif /* SONA_DISPATCH_COST_H */
