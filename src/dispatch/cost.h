@@ -83,7 +83,8 @@ int sona_cost_shape(sona_op op, uint64_t size, sona_op_args *args, const char **
 uint64_t sona_cost_crossover(sona_op op, const sona_backend *device);
 
 /* Calls run through sona_op_call (and so sona_op_run, the CPU fallback included), per op and
- * backend kind, since the process started (relaxed atomics: exact once the callers are done). */
+ * backend kind, since the process started: counted per thread without locked instructions,
+ * summed when read (exact for the calls that returned before the read). */
 uint64_t sona_dispatch_calls(sona_op op, sona_backend_kind k);
 void sona_dispatch_count_call(sona_op op, const sona_backend *b);
 
