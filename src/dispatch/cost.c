@@ -242,8 +242,11 @@ void sona_cost_model_get(const sona_backend *b, sona_cost_model *out)
         sona_cost_model m;
         sona_cost_model_default(sona_backend_kind_of(b), &m);
         /* Only the backends the registry hands out are measured: others (a test's fake table)
-         * keep the defaults of their kind. */
-        if (b->host_memory && b->gemm)
+         * keep the defaults of their kind, and so does any backend past the table's room
+         * (it would be measured again at every call). */
+        if (model_count >= MAX_MODELS)
+            ;
+        else if (b->host_memory && b->gemm)
             calibrate_host(b, &m);
         else if (!b->host_memory && b->lora_apply && b->alloc && b->upload && b->download && b->free)
             calibrate_device(b, &m);
@@ -551,17 +554,18 @@ void sona_cost_report(FILE *f)
 {
     /* A backend that is not available here is reported from its kind's table, on a stand-in
      * with no ops (which is never measured). */
-    static sona_backend stand_in[SONA_KIND_COUNT];
+    static const sona_backend stand_in[SONA_KIND_COUNT] = {
+        [SONA_KIND_OPENCL] = {.name = "opencl", .device = "table"},
+        [SONA_KIND_CUDA] = {.name = "cuda", .device = "table"},
+    };
     const sona_backend *be[SONA_KIND_COUNT] = {sona_cpu_backend()};
     int here[SONA_KIND_COUNT] = {1};
     char why[256];
     for (int k = 1; k < SONA_KIND_COUNT; k++) {
         here[k] = sona_backend_get(sona_backend_kind_name((sona_backend_kind)k), &be[k], why, sizeof why) == SONA_OK &&
                   !be[k]->host_memory;
-        if (!here[k]) {
-            stand_in[k] = (sona_backend){.name = sona_backend_kind_name((sona_backend_kind)k), .device = "table"};
+        if (!here[k])
             be[k] = &stand_in[k];
-        }
     }
     const char *forced = sona_env_backend();
     fprintf(f, "routing:   by cost: launch + transfer / link + max(flops / peak, bytes / memory)%s%s%s\n",
