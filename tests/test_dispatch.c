@@ -2,14 +2,20 @@
 /* CPU variant dispatch: SONA_CPU_VARIANT forces each variant the host runs (and the forced
  * variant then computes a real adapter forward correctly); an unsupported, foreign or unknown
  * name is refused with a status and a message, never a crash, and the library still works on
- * the best variant. Criterion runs each test in its own process, so each sees a fresh choice. */
+ * the best variant. Criterion runs each test in its own process, so each sees a fresh choice.
+ * Routing by cost (dispatch/cost.h): loop-A-sized ops stay on the CPU against any device model,
+ * large ones go to the cheaper backend, SONA_BACKEND overrides, the call counters are exact. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
+#include "dispatch/cost.h"
 #include "dispatch/dispatch.h"
+#include "sona.h"
 #include "sona/lora.h"
 #include "sona/system.h"
 #include "support/op_cases.h"
@@ -170,4 +176,303 @@ Test(dispatch, relative_module_dir_is_refused)
     }
     if (!checked)
         cr_skip_test("no GPU module in this build");
+}
+
+/* ---- routing by cost (dispatch/cost.h) ------------------------------------------------------ */
+
+/* A device backend that does nothing: its ops succeed without touching their buffers. It has no
+ * alloc, so the cost model never calibrates it: it keeps its kind's table or the one set. */
+#define SONA_OP(id, field, args) \
+    static sona_status fake_##field(void *ctx, const args *a) { (void)ctx; (void)a; return SONA_OK; }
+#include "backend/ops.def"
+#undef SONA_OP
+
+static sona_backend fake_device(const char *name)
+{
+    sona_backend b = {.name = name, .device = "fake device", .host_memory = 0};
+#define SONA_OP(id, field, args) b.field = fake_##field;
+#include "backend/ops.def"
+#undef SONA_OP
+    return b;
+}
+
+static sona_cost_model table(double launch_us, double link_gbs, double peak, double memory, double eff)
+{
+    sona_cost_model m = {.launch_us = launch_us, .transfer_gbs = link_gbs, .peak_gflops = peak,
+                         .memory_gbs = memory};
+    for (int op = 0; op < SONA_OP_COUNT; op++)
+        m.efficiency[op] = eff;
+    return m;
+}
+
+/* The ops of a request: loop A's single-row apply, gradient and update of a rank-2 Micro-LoRA at
+ * hidden 4096, and the small dot products of a search (one query against a few rows, a 1 x 1
+ * gemm over 4096). */
+static void expect_loop_a_on_cpu(const sona_backend *dev, const char *what)
+{
+    const sona_backend *cpu = sona_cpu_backend();
+    const uint32_t H = 4096, R = 2;
+    for (uint32_t adapters = 1; adapters <= 1000; adapters *= 10) {
+        sona_lora_apply_args ap = {.w = {.hidden = H, .rank = R, .num_adapters = adapters}, .n = 1};
+        cr_expect_eq(sona_route(SONA_OP_LORA_APPLY, &ap, dev), cpu,
+                     "%s: single-row lora_apply (%u adapters) left the CPU: %.2f us there, %.2f here",
+                     what, adapters, sona_cost_us(dev, SONA_OP_LORA_APPLY, &ap),
+                     sona_cost_us(cpu, SONA_OP_LORA_APPLY, &ap));
+    }
+    sona_lora_grad_args g = {.w = {.hidden = H, .rank = R, .num_adapters = 1}, .n = 1};
+    cr_expect_eq(sona_route(SONA_OP_LORA_GRAD, &g, dev), cpu, "%s: loop A's lora_grad (one step)", what);
+    float dummy = 0; /* only whether the Fisher pointers are set matters */
+    sona_param_update_args u = {.segments = 2, .len = R * H, .fisher_sum = &dummy, .fisher_theta = &dummy,
+                                .fisher = &dummy};
+    cr_expect_eq(sona_route(SONA_OP_PARAM_UPDATE, &u, dev), cpu, "%s: loop A's param_update", what);
+    sona_knn_exact_args k = {.m = 1, .n = 16, .d = H, .k = 4};
+    cr_expect_eq(sona_route(SONA_OP_KNN_EXACT, &k, dev), cpu, "%s: one query against 16 rows", what);
+    sona_gemm_args dot = {.m = 1, .n = 1, .k = H, .alpha = 1.0f};
+    cr_expect_eq(sona_route(SONA_OP_GEMM, &dot, dev), cpu, "%s: one dot product", what);
+    sona_sqdist_argmin_args sq = {.n = 1, .k = 32, .d = 256};
+    cr_expect_eq(sona_route(SONA_OP_SQDIST_ARGMIN, &sq, dev), cpu, "%s: one row against 32 centroids", what);
+}
+
+/* No small per-request op leaves the CPU, whatever device is there: the default tables of
+ * OpenCL and CUDA, and a device at least as good as any today (a 10 us round trip, PCIe 5 at
+ * 25 GB/s, 60 TFLOP/s, 3 TB/s), against the CPU's measured model and its table. */
+Test(dispatch, loop_a_sized_ops_stay_on_the_cpu)
+{
+    unsetenv("SONA_BACKEND");
+    sona_backend ocl = fake_device("opencl"), cuda = fake_device("cuda"), best = fake_device("cuda");
+    sona_cost_model m;
+    sona_cost_model_default(SONA_KIND_OPENCL, &m);
+    sona_cost_model_set(&ocl, &m);
+    sona_cost_model_default(SONA_KIND_CUDA, &m);
+    sona_cost_model_set(&cuda, &m);
+    m = table(10.0, 25.0, 60000.0, 3000.0, 1.0);
+    sona_cost_model_set(&best, &m);
+    for (int pass = 0; pass < 2; pass++) {
+        const char *cpu_model = pass ? "CPU table" : "CPU measured";
+        if (pass) {
+            sona_cost_model_default(SONA_KIND_CPU, &m);
+            sona_cost_model_set(sona_cpu_backend(), &m);
+        }
+        sona_cost_model_get(sona_cpu_backend(), &m);
+        printf("[dispatch] %s: %.1f GFLOP/s, %.1f GB/s\n", cpu_model, m.peak_gflops, m.memory_gbs);
+        /* A sanitizer build (or the scalar variant) measures a CPU many times slower than a SIMD
+         * variant: the model is right to send more to a device then, so only the table is held
+         * to the claim. */
+        if (!pass && m.peak_gflops < 10.0) {
+            printf("[dispatch] the measured CPU is slow (a sanitizer build, or scalar): checked on the table only\n");
+            continue;
+        }
+        expect_loop_a_on_cpu(&ocl, pass ? "opencl table, CPU table" : "opencl table, CPU measured");
+        expect_loop_a_on_cpu(&cuda, pass ? "cuda table, CPU table" : "cuda table, CPU measured");
+        expect_loop_a_on_cpu(&best, pass ? "best device, CPU table" : "best device, CPU measured");
+    }
+    /* The same with the OpenCL device this machine has, if any (PoCL under ctest), measured. */
+    const sona_backend *real = NULL;
+    char why[256];
+    if (sona_backend_get("opencl", &real, why, sizeof why) == SONA_OK && !real->host_memory) {
+        const uint64_t t0 = sona_monotonic_us();
+        sona_cost_model_get(real, &m);
+        printf("[dispatch] %s measured in %.1f ms: launch %.1f us, link %.1f GB/s, %.1f GFLOP/s, %.1f GB/s\n",
+               real->device, (double)(sona_monotonic_us() - t0) / 1e3, m.launch_us, m.transfer_gbs,
+               m.peak_gflops, m.memory_gbs);
+        cr_expect(m.calibrated);
+        expect_loop_a_on_cpu(real, "the OpenCL device here");
+    }
+}
+
+/* The model's arithmetic, on fake tables: a large batched apply goes to the device that is
+ * cheaper, and stays on the CPU when the device is the slower one; the crossover is where the
+ * choice flips. */
+Test(dispatch, large_ops_go_to_the_cheaper_backend)
+{
+    unsetenv("SONA_BACKEND");
+    const sona_backend *cpu = sona_cpu_backend();
+    sona_backend fast = fake_device("opencl"), slow = fake_device("cuda");
+    sona_cost_model m = table(0.2, 0.0, 100.0, 20.0, 0.2);
+    sona_cost_model_set(cpu, &m);
+    m = table(10.0, 10.0, 10000.0, 500.0, 0.5);
+    sona_cost_model_set(&fast, &m);
+    m = table(10.0, 10.0, 10.0, 5.0, 0.5);
+    sona_cost_model_set(&slow, &m);
+
+    /* 256 x 4096 x r16 over 64 adapters: 69 206 016 flops, 8 389 632 bytes moved (x, y, ids),
+     * 41 944 064 bytes touched (and the 64 adapters' A and Bt). */
+    sona_lora_apply_args a = {.w = {.hidden = 4096, .rank = 16, .num_adapters = 64}, .n = 256};
+    sona_op_work w;
+    cr_assert(sona_op_work_of(SONA_OP_LORA_APPLY, &a, &w));
+    cr_expect_eq(w.flops, 69206016.0);
+    cr_expect_eq(w.transfer_bytes, 8389632.0);
+    cr_expect_eq(w.bytes, 41944064.0);
+    /* CPU: 0.2 + max(69.2 M / 20 GFLOP/s, 41.9 MB / 20 GB/s); device: 10 + 8.39 MB / 10 GB/s +
+     * max(69.2 M / 5 TFLOP/s, 41.9 MB / 500 GB/s). */
+    cr_expect_float_eq(sona_cost_us(cpu, SONA_OP_LORA_APPLY, &a), 0.2 + 69206016.0 / 20e3, 1e-6);
+    cr_expect_float_eq(sona_cost_us(&fast, SONA_OP_LORA_APPLY, &a), 10.0 + 838.9632 + 41944064.0 / 500e3, 1e-6);
+    cr_expect_eq(sona_route(SONA_OP_LORA_APPLY, &a, &fast), &fast);
+    cr_expect_eq(sona_route(SONA_OP_LORA_APPLY, &a, &slow), cpu);
+    cr_expect_eq(sona_route(SONA_OP_LORA_APPLY, &a, NULL), cpu);
+    sona_gemm_args g = {.m = 1024, .n = 1024, .k = 1024, .alpha = 1.0f};
+    cr_expect_eq(sona_route(SONA_OP_GEMM, &g, &fast), &fast);
+    cr_expect_eq(sona_route(SONA_OP_GEMM, &g, &slow), cpu);
+
+    /* An op the device refuses for this shape stays on the CPU however cheap the device. */
+    a.w.rank = SONA_LORA_MAX_RANK + 1;
+    fast.supports = NULL;
+    cr_expect_eq(sona_route(SONA_OP_LORA_APPLY, &a, &fast), &fast, "no supports(): every shape");
+    sona_backend picky = fake_device("opencl");
+    picky.lora_apply = NULL;
+    sona_cost_model_get(&fast, &m);
+    sona_cost_model_set(&picky, &m);
+    a.w.rank = 16;
+    cr_expect_eq(sona_route(SONA_OP_LORA_APPLY, &a, &picky), cpu, "an op the device lacks");
+
+    /* Crossovers, in each op's shape family: the device loses just below, wins from there. */
+    for (int op = 0; op < SONA_OP_COUNT; op++) {
+        const uint64_t at = sona_cost_crossover((sona_op)op, &fast);
+        const char *axis;
+        sona_op_args s;
+        cr_assert(sona_cost_shape((sona_op)op, at, &s, &axis));
+        printf("[dispatch] %-14s fake device from %llu (%s)\n", sona_op_name((sona_op)op),
+               (unsigned long long)at, axis);
+        if (!at)
+            continue;
+        cr_expect_eq(sona_route((sona_op)op, &s, &fast), &fast, "%s at %llu", sona_op_name((sona_op)op),
+                     (unsigned long long)at);
+        if (at > 1) {
+            cr_assert(sona_cost_shape((sona_op)op, at - 1, &s, NULL));
+            cr_expect_eq(sona_route((sona_op)op, &s, &fast), cpu, "%s at %llu", sona_op_name((sona_op)op),
+                         (unsigned long long)at - 1);
+        }
+    }
+    /* With the kinds' tables, one row of the family never pays CUDA's round trip. */
+    sona_cost_model_default(SONA_KIND_CPU, &m);
+    sona_cost_model_set(cpu, &m);
+    sona_cost_model_default(SONA_KIND_CUDA, &m);
+    sona_backend cuda = fake_device("cuda");
+    sona_cost_model_set(&cuda, &m);
+    const uint64_t cuda_at = sona_cost_crossover(SONA_OP_LORA_APPLY, &cuda);
+    printf("[dispatch] lora_apply: the CUDA table takes over from %llu rows\n", (unsigned long long)cuda_at);
+    cr_expect_gt(cuda_at, 1, "one row never pays a device round trip");
+    cr_expect_eq(sona_cost_crossover(SONA_OP_LORA_APPLY, &slow), 0, "a slower device never takes over");
+    cr_expect_eq(sona_cost_crossover(SONA_OP_LORA_APPLY, cpu), 0);
+}
+
+/* SONA_BACKEND decides instead of the model: a device it names takes even one row, "cpu" keeps
+ * even the largest batch on the host, and a backend other than the device keeps the call on the
+ * CPU. */
+Test(dispatch, sona_backend_overrides_the_model)
+{
+    const sona_backend *cpu = sona_cpu_backend();
+    sona_backend dev = fake_device("opencl");
+    sona_cost_model m = table(10.0, 10.0, 10000.0, 500.0, 0.5);
+    sona_cost_model_set(&dev, &m);
+    sona_cost_model_default(SONA_KIND_CPU, &m); /* not measured: a sanitizer build is slow */
+    sona_cost_model_set(cpu, &m);
+    sona_lora_apply_args one = {.w = {.hidden = 4096, .rank = 2, .num_adapters = 1}, .n = 1};
+    sona_lora_apply_args big = {.w = {.hidden = 4096, .rank = 16, .num_adapters = 64}, .n = 4096};
+    unsetenv("SONA_BACKEND");
+    cr_expect_eq(sona_route(SONA_OP_LORA_APPLY, &one, &dev), cpu);
+    cr_expect_eq(sona_route(SONA_OP_LORA_APPLY, &big, &dev), &dev);
+    setenv("SONA_BACKEND", "opencl", 1);
+    cr_expect_eq(sona_route(SONA_OP_LORA_APPLY, &one, &dev), &dev);
+    cr_expect_eq(sona_route(SONA_OP_LORA_APPLY, &big, &dev), &dev);
+    setenv("SONA_BACKEND", "cpu", 1);
+    cr_expect_eq(sona_route(SONA_OP_LORA_APPLY, &one, &dev), cpu);
+    cr_expect_eq(sona_route(SONA_OP_LORA_APPLY, &big, &dev), cpu);
+    setenv("SONA_BACKEND", "cuda", 1);
+    cr_expect_eq(sona_route(SONA_OP_LORA_APPLY, &big, &dev), cpu);
+    unsetenv("SONA_BACKEND");
+}
+
+static sona_lora_weights count_weights(float *A, float *Bt, float *scale)
+{
+    for (int i = 0; i < 2 * 8; i++)
+        A[i] = Bt[i] = 0.125f * (float)(i % 5);
+    scale[0] = 0.5f;
+    return (sona_lora_weights){.hidden = 8, .rank = 2, .num_adapters = 1, .A = A, .Bt = Bt, .scale = scale};
+}
+
+enum { COUNT_THREADS = 4, COUNT_CALLS = 2500 };
+
+static void *count_worker(void *arg)
+{
+    (void)arg;
+    float A[16], Bt[16], scale[1], x[8] = {1, 2, 3, 4, 5, 6, 7, 8}, y[8];
+    int32_t id = 0;
+    sona_lora_apply_args a = {.w = count_weights(A, Bt, scale), .n = 1, .ids = &id, .x = x, .y = y};
+    for (int i = 0; i < COUNT_CALLS; i++)
+        if (sona_op_run(sona_cpu_backend(), SONA_OP_LORA_APPLY, &a) != SONA_OK)
+            return (void *)1;
+    return NULL;
+}
+
+static uint64_t calls_now(sona_op op, sona_backend_kind k) { return sona_dispatch_calls(op, k); }
+
+/* The counters count every call exactly, per op and per backend kind: direct calls, runs, calls
+ * from several threads at once, a device's calls, and the engine's single-row applies. */
+Test(dispatch, call_counters_count_exactly)
+{
+    const sona_backend *cpu = sona_cpu_backend();
+    uint64_t before[SONA_OP_COUNT][SONA_KIND_COUNT];
+    for (int op = 0; op < SONA_OP_COUNT; op++)
+        for (int k = 0; k < SONA_KIND_COUNT; k++)
+            before[op][k] = calls_now((sona_op)op, (sona_backend_kind)k);
+
+    float A[16], Bt[16], scale[1], x[8] = {1}, y[8];
+    int32_t id = 0;
+    sona_lora_apply_args a = {.w = count_weights(A, Bt, scale), .n = 1, .ids = &id, .x = x, .y = y};
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(sona_op_call(cpu, SONA_OP_LORA_APPLY, &a), SONA_OK);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(sona_op_run(cpu, SONA_OP_LORA_APPLY, &a), SONA_OK);
+    float C[4];
+    sona_gemm_args g = {.m = 2, .n = 2, .k = 2, .alpha = 1.0f, .A = A, .B = Bt, .C = C};
+    cr_assert_eq(sona_op_run(cpu, SONA_OP_GEMM, &g), SONA_OK);
+    cr_expect_eq(sona_op_call(cpu, SONA_OP_COUNT, &g), SONA_E_INVALID, "an unknown op: refused, not counted");
+
+    pthread_t th[COUNT_THREADS];
+    for (int t = 0; t < COUNT_THREADS; t++)
+        cr_assert_eq(pthread_create(&th[t], NULL, count_worker, NULL), 0);
+    for (int t = 0; t < COUNT_THREADS; t++) {
+        void *ret;
+        pthread_join(th[t], &ret);
+        cr_assert_null(ret);
+    }
+
+    sona_backend dev = fake_device("opencl"), cu = fake_device("cuda");
+    for (int i = 0; i < 7; i++)
+        cr_assert_eq(sona_op_run(&dev, SONA_OP_KNN_EXACT, &(sona_knn_exact_args){0}), SONA_OK);
+    cr_assert_eq(sona_op_call(&cu, SONA_OP_CLUSTER_SUMS, &(sona_cluster_sums_args){0}), SONA_OK);
+
+    /* The engine's applies on the CPU, one call per single-row apply. */
+    sona_engine_config c;
+    sona_engine_config_default(&c, SONA_PRESET_DEFAULT, 64);
+    c.background_thread = 0;
+    c.device_apply = 0;
+    sona_engine *e = NULL;
+    cr_assert_eq(sona_engine_create(&c, &e), SONA_OK, "%s", sona_last_error());
+    const uint64_t engine_before = calls_now(SONA_OP_LORA_APPLY, SONA_KIND_CPU);
+    float q[64] = {0}, r[64];
+    for (int i = 0; i < 11; i++)
+        cr_assert_eq(sona_apply(e, 0, q, r), SONA_OK, "%s", sona_engine_last_error(e));
+    cr_expect_eq(calls_now(SONA_OP_LORA_APPLY, SONA_KIND_CPU) - engine_before, 11);
+    sona_engine_destroy(e);
+
+    const uint64_t want_apply = 3 + 2 + (uint64_t)COUNT_THREADS * COUNT_CALLS + 11;
+    for (int op = 0; op < SONA_OP_COUNT; op++)
+        for (int k = 0; k < SONA_KIND_COUNT; k++) {
+            uint64_t want = 0;
+            if (op == SONA_OP_LORA_APPLY && k == SONA_KIND_CPU)
+                want = want_apply;
+            else if (op == SONA_OP_GEMM && k == SONA_KIND_CPU)
+                want = 1;
+            else if (op == SONA_OP_KNN_EXACT && k == SONA_KIND_OPENCL)
+                want = 7;
+            else if (op == SONA_OP_CLUSTER_SUMS && k == SONA_KIND_CUDA)
+                want = 1;
+            cr_expect_eq(calls_now((sona_op)op, (sona_backend_kind)k) - before[op][k], want,
+                         "%s on %s: %llu calls, want %llu", sona_op_name((sona_op)op),
+                         sona_backend_kind_name((sona_backend_kind)k),
+                         (unsigned long long)(calls_now((sona_op)op, (sona_backend_kind)k) - before[op][k]),
+                         (unsigned long long)want);
+        }
 }

@@ -3,6 +3,7 @@
 #include "bench.h"
 #include "cli_args.h"
 #include "demo.h"
+#include "dispatch/cost.h"
 #include "dispatch/dispatch.h"
 
 #include <sona.h>
@@ -15,7 +16,9 @@ static void info_usage(FILE *f)
 {
     fprintf(f, "usage: sona info [--help]\n"
                "  the library's version, the CPU, its ISA features, the chosen CPU variant,\n"
-               "  the topology, the caches and every backend with whether it runs here\n");
+               "  the topology, the caches, every backend with whether it runs here, and the\n"
+               "  routing by cost: each backend's model and, per op, the size from which each\n"
+               "  available device takes over from the CPU\n");
 }
 
 static int cmd_info(int argc, char **argv)
@@ -61,6 +64,7 @@ static int cmd_info(int argc, char **argv)
     sona_status st = sona_backend_selected(&sel);
     printf("selected:  %s%s%s\n", sel, st == SONA_OK ? "" : " -- refused: ",
            st == SONA_OK ? "" : sona_status_str(st));
+    sona_cost_report(stdout);
     return st == SONA_OK ? 0 : 1;
 }
 

@@ -92,8 +92,10 @@ typedef struct sona_engine_config {
     int device_apply;           /* 1: sona_apply_batch and sona_apply_layer_batch run batches of
                                    at least device_min_rows rows as one lora_apply on an
                                    accelerator when one is available (SONA_BACKEND when it names
-                                   one, else CUDA, else OpenCL), with a device copy of the
-                                   adapters refreshed when they learn; 0: always the CPU */
+                                   one, else CUDA, else OpenCL) and the dispatch layer's cost
+                                   model says it finishes them first (always, when SONA_BACKEND
+                                   names it), with a device copy of the adapters refreshed when
+                                   they learn; 0: always the CPU */
     uint32_t device_min_rows;   /* smaller batches stay on the CPU (a device round trip costs more) */
 } sona_engine_config;
 
@@ -208,7 +210,8 @@ SONA_API void sona_engine_destroy(sona_engine *e);
 /* The message of the last failed call on this handle, by any thread ("" when none). */
 SONA_API const char *sona_engine_last_error(const sona_engine *e);
 SONA_API const sona_engine_config *sona_engine_get_config(const sona_engine *e);
-/* The backend batched applies go to ("cuda", "opencl"), or NULL when they run on the CPU. The
+/* The backend batched applies go to when they pay there ("cuda", "opencl"), or NULL when they
+ * all run on the CPU. The
  * accelerator is looked for on the first call of this or the first batch of device_min_rows
  * rows or more (at creation only when SONA_BACKEND names one), which can take a while. */
 SONA_API const char *sona_engine_device(const sona_engine *e);

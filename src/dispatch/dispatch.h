@@ -35,7 +35,8 @@ sona_status sona_backend_default(const sona_backend **out, char *why, size_t why
 /* The accelerator for batched work (the engine's batched apply): the device backend SONA_BACKEND
  * names (NULL when it names the CPU or cannot run here), else CUDA, else OpenCL (which offers CPU
  * devices such as PoCL only when SONA_OPENCL_DEVICE allows them), else NULL. Loads and starts the
- * GPU modules, which costs time and memory: call it when first needed. */
+ * GPU modules, which costs time and memory: call it when first needed. Whether a given call goes
+ * there is sona_route's choice (dispatch/cost.h). */
 const sona_backend *sona_device_backend(void);
 
 /* The environment variables of dispatch (dispatch/env.c), NULL when unset or empty.
@@ -55,7 +56,9 @@ const sona_cpu_info *sona_probe_topology(void);
 sona_status sona_op_run(const sona_backend *b, sona_op op, const void *args);
 
 /* Runs op on b once, without the fallback: b's own status (SONA_E_INVALID for an unknown op).
- * For callers that check the backend itself, like the op tests. */
+ * For callers that check the backend itself, like the op tests. Every call (and so every
+ * sona_op_run, its CPU redo included) is counted per op and backend kind: sona_dispatch_calls
+ * in dispatch/cost.h, which also picks the backend for a call by cost (sona_route). */
 sona_status sona_op_call(const sona_backend *b, sona_op op, const void *args);
 
 /* Counts ops that failed on an accelerator and were redone on the CPU. */

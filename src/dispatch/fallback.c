@@ -3,6 +3,7 @@
  * device lost), the op is redone on the CPU from the backend's buffers and counted. Backend
  * ops write their in/out buffers only when they succeed, so the redo starts from the same
  * state and an adapter is never half-updated. */
+#include "dispatch/cost.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/op_buffers.h"
 
@@ -12,8 +13,10 @@
 sona_status sona_op_call(const sona_backend *be, sona_op op, const void *a)
 {
     switch (op) {
-#define SONA_OP(id, field, args) \
-    case SONA_OP_##id: return be->field(be->ctx, a);
+#define SONA_OP(id, field, args)                 \
+    case SONA_OP_##id:                           \
+        sona_dispatch_count_call(op, be);        \
+        return be->field(be->ctx, a);
 #include "backend/ops.def"
 #undef SONA_OP
     default: return SONA_E_INVALID;

@@ -5,10 +5,13 @@
  * adapter index per row. An adapter is uploaded again only when its snapshot version changed, so
  * a batch moves its rows plus the adapters that learned since the last batch. Device calls are
  * serialised by one lock (one queue per engine); batches below device_min_rows stay on the CPU,
- * where they cost less than a round trip to the device. */
+ * and so do larger ones the dispatch layer's cost model says the CPU finishes first (a device
+ * round trip costs more than a small batch's arithmetic). */
+#include "dispatch/cost.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/staging.h"
 #include "engine/base.h"
+#include "engine/device.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -94,6 +97,12 @@ void eng_device_destroy(eng_device *d)
 }
 
 const char *eng_device_name(eng_device *d) { return eng_device_ready(d) ? d->be->name : NULL; }
+
+int eng_device_pays(eng_device *d, uint32_t n, uint32_t hidden, uint32_t rank, uint32_t adapters)
+{
+    const sona_lora_apply_args a = {.w = {.hidden = hidden, .rank = rank, .num_adapters = adapters}, .n = n};
+    return sona_route(SONA_OP_LORA_APPLY, &a, d->be) == d->be;
+}
 
 /* Makes s hold `count` adapters of rank x hidden. Growing loses the contents: every adapter is
  * uploaded again when next used. */

@@ -2,6 +2,7 @@
 /* The SONA engine's handle: create and destroy, tenants, applying the published adapters (on
  * the CPU, or batched on an accelerator), statistics. The loops live in their own files. */
 #include "engine/base.h"
+#include "engine/device.h"
 #include "engine/thread.h"
 
 #include "core/adapt/lora_internal.h"
@@ -267,13 +268,14 @@ sona_status sona_tenant_remove(sona_engine *e, int32_t tenant)
 
 /* ---- apply --------------------------------------------------------------------------------- */
 
-/* rows of x through one published adapter (index `adapter` of the snapshot). */
+/* rows of x through one published adapter (index `adapter` of the snapshot), on the CPU;
+ * through sona_op_call so that the dispatch layer counts the calls. */
 static sona_status apply_rows(const sona_snapshot *s, int32_t adapter, uint32_t n, const float *x, float *y)
 {
     const sona_backend *cpu = sona_cpu_backend();
     if (n == 1) {
         sona_lora_apply_args a = {.w = s->w, .n = 1, .ids = &adapter, .x = x, .y = y};
-        return cpu->lora_apply(cpu->ctx, &a);
+        return sona_op_call(cpu, SONA_OP_LORA_APPLY, &a);
     }
     int32_t ids[64];
     for (uint32_t i = 0; i < 64; i++)
@@ -282,7 +284,7 @@ static sona_status apply_rows(const sona_snapshot *s, int32_t adapter, uint32_t 
     for (uint32_t done = 0; done < n; done += 64) {
         uint32_t m = n - done < 64 ? n - done : 64;
         sona_lora_apply_args a = {.w = s->w, .n = m, .ids = ids, .x = x + done * H, .y = y + done * H};
-        sona_status st = cpu->lora_apply(cpu->ctx, &a);
+        sona_status st = sona_op_call(cpu, SONA_OP_LORA_APPLY, &a);
         if (st != SONA_OK)
             return st;
     }
@@ -298,10 +300,13 @@ static sona_status check_tenants(sona_engine *e, uint32_t n, const int32_t *ids)
     return SONA_OK;
 }
 
-/* Whether a batch of n rows goes to the accelerator; counts it when it does. */
-static int on_device(sona_engine *e, uint32_t n)
+/* Whether a batch of n rows through `adapters` adapters of `rank` goes to the accelerator:
+ * device_min_rows or more, and the cost model (or SONA_BACKEND) sends it there. Counts it when
+ * it does. */
+static int on_device(sona_engine *e, uint32_t n, uint32_t rank, uint32_t adapters)
 {
-    if (!e->device || n == 0 || n < e->cfg.device_min_rows || !eng_device_ready(e->device))
+    if (!e->device || n == 0 || n < e->cfg.device_min_rows || !eng_device_ready(e->device) ||
+        !eng_device_pays(e->device, n, e->cfg.hidden, rank, adapters))
         return 0;
     atomic_fetch_add(&e->device_batches, 1);
     return 1;
@@ -316,7 +321,8 @@ sona_status sona_apply_batch(sona_engine *e, uint32_t n, const int32_t *ids, con
     sona_status st = check_tenants(e, n, ids);
     if (st != SONA_OK)
         return st;
-    if (on_device(e, n)) {
+    /* Every row may have its own tenant: up to n adapters read. */
+    if (on_device(e, n, e->cfg.micro_rank, e->cfg.max_tenants)) {
         st = eng_device_apply(e, n, ids, x, y);
         if (st == SONA_OK || st == SONA_E_NOT_FOUND)
             return st == SONA_OK ? st : eng_fail(e, st, "%s: a tenant was removed during the call", __func__);
@@ -363,7 +369,7 @@ sona_status sona_apply_layer_batch(sona_engine *e, uint32_t layer, uint32_t n, c
     if (layer >= e->cfg.base_layers)
         return eng_fail(e, SONA_E_INVALID, "%s: layer %u is outside 0..%u", __func__, layer,
                         e->cfg.base_layers - 1);
-    if (on_device(e, n)) {
+    if (on_device(e, n, e->cfg.base_rank, 1)) {
         if (eng_device_apply_layer(e, layer, n, x, y) == SONA_OK)
             return SONA_OK;
         atomic_fetch_add(&e->device_fallbacks, 1);

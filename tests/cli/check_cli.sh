@@ -48,6 +48,15 @@ help)
     done
     # No command: the usage, on stderr, and status 2.
     expect 2 "$sona" && has "$err" "usage: sona" "sona"
+    # info: the routing table, one row per op, with each device's crossover.
+    if expect 0 "$sona" info; then
+        has "$out" "routing:   by cost" "sona info"
+        for op in lora_apply lora_grad param_update sqdist_argmin knn_exact gemm cluster_sums; do
+            has "$out" "  $op " "sona info"
+        done
+        has "$out" "opencl from" "sona info"
+        has "$out" "cuda from" "sona info"
+    fi
     ;;
 version)
     v=$(sed -n 's/^#define SONA_VERSION_STRING "\(.*\)"$/\1/p' "$src/include/sona/common.h")
