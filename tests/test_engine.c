@@ -1141,6 +1141,9 @@ Test(engine, damaged_bank_dream_and_detector_values_are_refused_and_change_nothi
     const uint32_t regions = 3;
     const size_t tasks = eng_inspect_ewc_tasks(src, -1),
                  cells = 4 + 4 * (size_t)ENG_CELLS + tasks * (4 * (size_t)ENG_CELLS + 4);
+    const size_t layers = sona_engine_get_config(src)->base_layers, rank = sona_engine_get_config(src)->base_rank,
+                 code = 4 + 8 * layers + 8 * layers * rank * rank;
+    const double two = 2.0, two_to_the_40 = 0x1p40;
     cr_assert_geq(tasks, 1, "the trained engine's Base-LoRA should hold a task snapshot");
     const struct {
         const char *tag;
@@ -1159,17 +1162,23 @@ Test(engine, damaged_bank_dream_and_detector_values_are_refused_and_change_nothi
          * boundaries), its task-shift state (f32 mean, f32 variance, u32 count, f64 shortfall
          * sum, u32 count, f64 shift, u32 updates), its cells (u32 ENG_CELLS, the counts since
          * the last boundary, per task its distribution, then per task its weight: `cells`
-         * bytes), then u32 signals since the last apply and u32 0: no pending gradients. */
-        {"BASE", basel - 84 - cells + 8, &nan, 8, "EWC++", "a NaN short mean"},
-        {"BASE", basel - 84 - cells + 24, &negative, 8, "EWC++", "a negative variance"},
-        {"BASE", basel - 40 - cells, &negative_f, 4, "EWC++", "a negative quality variance"},
-        {"BASE", basel - 20 - cells, &nan, 8, "EWC++", "a NaN shift mean"},
-        {"BASE", basel - 8 - cells, &twelve, 4, "EWC++", "another number of query cells"},
-        {"BASE", basel - 8 - cells + 4, &negative_f, 4, "EWC++", "a negative cell count"},
-        {"BASE", basel - 8 - cells + 4 + 4 * ENG_CELLS, &two_f, 4, "EWC++", "a task's cell share above 1"},
-        {"BASE", basel - 8 - cells + 4 + 4 * ENG_CELLS, &three_quarters, 4, "EWC++",
+         * bytes), the code covariance (u32 1, per layer f64 weight, per layer rank x rank f64:
+         * `code` bytes), then u32 signals since the last apply and u32 0: no pending gradients. */
+        {"BASE", basel - 84 - cells - code + 8, &nan, 8, "EWC++", "a NaN short mean"},
+        {"BASE", basel - 84 - cells - code + 24, &negative, 8, "EWC++", "a negative variance"},
+        {"BASE", basel - 40 - cells - code, &negative_f, 4, "EWC++", "a negative quality variance"},
+        {"BASE", basel - 20 - cells - code, &nan, 8, "EWC++", "a NaN shift mean"},
+        {"BASE", basel - 8 - cells - code, &twelve, 4, "EWC++", "another number of query cells"},
+        {"BASE", basel - 8 - cells - code + 4, &negative_f, 4, "EWC++", "a negative cell count"},
+        {"BASE", basel - 8 - cells - code + 4 + 4 * ENG_CELLS, &two_f, 4, "EWC++", "a task's cell share above 1"},
+        {"BASE", basel - 8 - cells - code + 4 + 4 * ENG_CELLS, &three_quarters, 4, "EWC++",
          "a task's cells not summing to 1"},
-        {"BASE", basel - 8 - 4 * tasks, &two_f, 4, "EWC++", "a task weight above 1"},
+        {"BASE", basel - 8 - code - 4 * tasks, &two_f, 4, "EWC++", "a task weight above 1"},
+        {"BASE", basel - 8 - code, &twelve, 4, "code covariance", "a code record flag other than 0 or 1"},
+        {"BASE", basel - 8 - code + 4, &two, 8, "code covariance", "a running-mean weight above 1"},
+        {"BASE", basel - 8 - code + 4 + 8 * layers, &negative, 8, "code covariance", "a negative variance"},
+        {"BASE", basel - 8 - code + 4 + 8 * layers + 8, &two_to_the_40, 8, "code covariance",
+         "a covariance beyond its variances"},
         /* BASL: the engine-wide baseline (f32 mean, f32 variance, u32 count), u32 regions, ... */
         {"BASL", 0, &half, 4, "does not match", "a baseline other than STAT's"},
         {"BASL", 4, &negative_f, 4, "baseline", "a negative baseline variance"},

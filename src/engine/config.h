@@ -57,5 +57,8 @@ int eng_config_read(struct sona_rbuf *r, sona_engine_config *c);
 
 /* The sona_lora configuration of the engine's Micro (base = 0) or Base-LoRA (base = 1). */
 void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc);
+/* A new adapter set of that configuration, learning as the engine does (its B steps
+ * preconditioned by the code covariance). */
+sona_status eng_lora_create(const sona_engine_config *c, int base, sona_lora **out);
 
 #endif /* SONA_ENGINE_CONFIG_H */

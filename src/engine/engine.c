@@ -69,10 +69,8 @@ static sona_status check_config(const sona_engine_config *c)
 /* A fresh identity adapter for slot i, published. Caller holds the tenant's mutex. */
 static sona_status tenant_reset(sona_engine *e, eng_tenant *t)
 {
-    sona_lora_config lc;
-    eng_lora_config(&e->cfg, 0, &lc);
     sona_lora *l = NULL;
-    sona_status st = sona_lora_create(&lc, &l);
+    sona_status st = eng_lora_create(&e->cfg, 0, &l);
     if (st != SONA_OK)
         return st;
     eng_ewc *w = NULL;
@@ -144,9 +142,7 @@ sona_status sona_engine_create(const sona_engine_config *cfg, sona_engine **out)
     }
     for (uint32_t i = 0; i < cfg->max_tenants; i++)
         pthread_mutex_init(&e->tenants[i].mu, NULL);
-    sona_lora_config bc;
-    eng_lora_config(cfg, 1, &bc);
-    if ((st = sona_lora_create(&bc, &e->base)) != SONA_OK ||
+    if ((st = eng_lora_create(cfg, 1, &e->base)) != SONA_OK ||
         (st = sona_snapshot_publish(&e->base_slot, e->base)) != SONA_OK ||
         (cfg->ewc_enabled && !(e->base_ewc = eng_ewc_create(e->base, cfg, 1))) ||
         (st = tenant_reset(e, &e->tenants[0])) != SONA_OK ||

@@ -23,7 +23,9 @@
  * count, f64 shortfall sum, u32 shortfalls, f64 shift, u32 updates, then (version 5 on) the
  * anchors' cells: u32 cells (ENG_CELLS), cells floats of counts since the last boundary, per
  * task cells floats of its distribution, then per task f32 weight. An adapter record (TENA's after its u32 tenant id, BASE's): A and Bt as floats,
- * its EWC++ record, then (version 3 on) u32 signals since the last apply (loop A's
+ * its EWC++ record, then (version 5 on) the code covariance of B's preconditioner (u32 1, per
+ * adapter f64 weight, per adapter rank x rank f64; or u32 0), then (version 3 on) u32 signals
+ * since the last apply (loop A's
  * micro_apply_every; 0 for BASE), u32 1 when gradients are pending (else 0 and the record
  * ends), u32 signal count per adapter (not all 0), then the gradients of A and Bt as floats. Unknown tags are skipped (checksummed all the same). Older files still load:
  * version 1 had lost its queue; versions 1 and 2 lost the bank's counters (the extraction
@@ -153,8 +155,50 @@ static void section_end(sona_wbuf *w, size_t at)
     sona_wbuf_patch_u32(w, at + 16, crc);
 }
 
-/* An adapter set: weights, EWC++, then (version 3 on) loop A's state between applies: the
- * signals since the last apply, and the gradients they accumulated with each adapter's count. */
+/* The preconditioner of B's steps (version 5 on): u32 1 and per adapter f64 weight, then per
+ * adapter rank x rank f64 code covariance; u32 0 when it is off. */
+static void write_code_state(sona_wbuf *w, const sona_lora *l)
+{
+    const sona_lora_config *c = sona_lora_get_config(l);
+    const size_t rr = (size_t)c->rank * c->rank;
+    double *weights = malloc(c->count * sizeof *weights), *cov = malloc(rr * c->count * sizeof *cov);
+    const int on = weights && cov && sona_lora_code_state(l, weights, cov);
+    sona_wbuf_u32(w, (uint32_t)on);
+    for (uint32_t a = 0; on && a < c->count; a++)
+        sona_wbuf_f64(w, weights[a]);
+    for (size_t i = 0; on && i < rr * c->count; i++)
+        sona_wbuf_f64(w, cov[i]);
+    if (!weights || !cov)
+        w->oom = 1;
+    free(weights);
+    free(cov);
+}
+
+static sona_status read_code_state(sona_engine *e, sona_rbuf *r, sona_lora *l)
+{
+    const sona_lora_config *c = sona_lora_get_config(l);
+    const size_t rr = (size_t)c->rank * c->rank;
+    const uint32_t on = sona_rbuf_u32(r);
+    if (r->bad || on > 1 || (on && !sona_rbuf_has(r, (rr + 1) * c->count, sizeof(double))))
+        return corrupt(e, "bad code covariance record");
+    if (!on)
+        return SONA_OK;
+    double *weights = malloc(c->count * sizeof *weights), *cov = malloc(rr * c->count * sizeof *cov);
+    sona_status st = weights && cov ? SONA_OK : eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
+    for (uint32_t a = 0; st == SONA_OK && a < c->count; a++)
+        weights[a] = sona_rbuf_f64(r);
+    for (size_t i = 0; st == SONA_OK && i < rr * c->count; i++)
+        cov[i] = sona_rbuf_f64(r);
+    if (st == SONA_OK && sona_lora_set_code_state(l, weights, cov) != SONA_OK)
+        st = corrupt(e, "a code covariance that no learning makes");
+    free(weights);
+    free(cov);
+    return st;
+}
+
+/* An adapter set: weights, EWC++, (version 5 on) the code covariance, then (version 3 on) loop
+ * A's state between applies: the signals since the last apply, and the gradients they
+ * accumulated with each adapter's count. */
 static void write_adapter(sona_wbuf *w, const sona_lora *l, const eng_ewc *ewc, uint32_t since_apply,
                           float *scratch)
 {
@@ -166,6 +210,7 @@ static void write_adapter(sona_wbuf *w, const sona_lora *l, const eng_ewc *ewc, 
     }
     sona_wbuf_floats(w, scratch, 2 * n);
     eng_ewc_save(ewc, w);
+    write_code_state(w, l);
     sona_wbuf_u32(w, since_apply);
     const int pending = sona_lora_pending(l) != 0;
     sona_wbuf_u32(w, (uint32_t)pending);
@@ -234,7 +279,7 @@ static sona_status read_adapter(sona_engine *e, sona_rbuf *r, const loaded *s, i
     sona_status st = SONA_OK;
     if (!sona_all_within(wts, 2 * n, SONA_MAX_WEIGHT))
         st = corrupt(e, "adapter weights are not finite or beyond SONA_MAX_WEIGHT");
-    else if ((st = sona_lora_create(&lc, lora)) == SONA_OK && (st = sona_lora_import(*lora, wts, wts + n)) != SONA_OK)
+    else if ((st = eng_lora_create(&e->cfg, base, lora)) == SONA_OK && (st = sona_lora_import(*lora, wts, wts + n)) != SONA_OK)
         st = corrupt(e, "adapter weights are not finite");
     free(wts);
     /* The bound every update of the saving engine kept (its max_output_change, from CONF; this
@@ -252,6 +297,8 @@ static sona_status read_adapter(sona_engine *e, sona_rbuf *r, const loaded *s, i
     st = eng_ewc_load(r, *lora, &e->cfg, s->version, base, ewc);
     if (st != SONA_OK)
         return eng_fail(e, st, "sona_load: EWC++ state: %s", sona_status_str(st));
+    if (s->version >= 5 && (st = read_code_state(e, r, *lora)) != SONA_OK)
+        return st;
     *since_apply = 0;
     return s->version >= 3 ? read_pending(e, r, *lora, since_apply) : SONA_OK;
 }
@@ -603,7 +650,8 @@ static const struct state_section {
 
 #define SECTIONS (sizeof sections / sizeof sections[0])
 /* The highest `since` above, or higher when a record inside a section grew (5: EWC++ records
- * gained their cell state): files of versions 1 to it are read. */
+ * gained their cell state, adapter records the code covariance): files of versions 1 to it are
+ * read. */
 #define STATE_VERSION 5u
 
 /* ---- saving -------------------------------------------------------------------------------- */

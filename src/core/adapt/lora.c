@@ -27,6 +27,9 @@ struct sona_lora {
     int paired;              /* host memory: Bt follows A and gBt follows gA in one block */
     uint32_t *pending;       /* host: signals accumulated per adapter */
     uint64_t pending_total;
+    float code_rate;         /* preconditioning of B's steps by the code covariance: 0 = off */
+    double *code_cov;        /* count x rank x rank: running mean of (A x)(A x)^T over signals */
+    double *code_weight;     /* count: the weight that running mean has gathered (bias correction) */
     sona_staging stage[ST_COUNT];
     sona_errbuf err;
 };
@@ -215,6 +218,8 @@ void sona_lora_destroy(sona_lora *l)
     for (int i = 0; i < ST_COUNT; i++)
         sona_staging_free(l->be, &l->stage[i]);
     free(l->pending);
+    free(l->code_cov);
+    free(l->code_weight);
     free(l);
 }
 
@@ -316,6 +321,8 @@ sona_status sona_lora_accumulate(sona_lora *l, int32_t adapter, const float *x, 
 
 uint64_t sona_lora_pending(const sona_lora *l) { return l ? l->pending_total : 0; }
 
+static sona_status code_precondition_gradients(sona_lora *l);
+
 /* Clears both gradient accumulators. */
 static sona_status zero_gradients(sona_lora *l)
 {
@@ -353,6 +360,11 @@ static sona_status apply_step(sona_lora *l, const sona_lora_ewc_terms *t)
     const int penalty = t && t->fisher_sum[0] && t->fisher_theta[0];
     if (l->pending_total == 0 && !penalty)
         return SONA_OK;
+    if (l->code_rate > 0.0f && l->pending_total > 0) {
+        const sona_status st = code_precondition_gradients(l);
+        if (st != SONA_OK)
+            return st;
+    }
     /* One op per matrix over the whole set; each adapter is its own clipping segment, and an
      * adapter without signals has a zero gradient, which leaves it unchanged. A and B are
      * separate parameter vectors, clipped separately. */
@@ -570,6 +582,178 @@ static sona_status host_weights(sona_lora *l, const float **A, float **Bt, float
     return SONA_OK;
 }
 
+/* ---- preconditioning B's steps by the code covariance ----------------------------------------
+ * B's gradient for a signal (x, delta) is s delta z^T, z = A x the input's code. A step along it
+ * moves the output of every other input x' by the same delta times z^T z': inputs whose codes
+ * correlate (at a low rank, most do) pull each other's outputs along. Preconditioned by P, the
+ * code covariance's inverse (scaled to keep its trace), the step is s delta (P z)^T and the
+ * spill onto x' is z^T P z': for codes the rank can tell apart it vanishes, as in a least-squares
+ * fit of each code's own output, so one cluster of queries no longer drags the others' outputs
+ * with it. P = t (M + CODE_RIDGE t I)^-1, M the running mean of z z^T over the signals (rate
+ * code_rate, bias-corrected), t = trace(M) / rank. */
+#define CODE_RIDGE 0.3
+
+static void code_observe(sona_lora *l, uint32_t adapter, const double *z)
+{
+    const uint32_t r = l->cfg.rank;
+    const double rate = l->code_rate;
+    double *M = l->code_cov + (size_t)adapter * r * r;
+    for (uint32_t j = 0; j < r; j++)
+        for (uint32_t k = 0; k < r; k++)
+            M[j * r + k] += rate * (z[j] * z[k] - M[j * r + k]);
+    l->code_weight[adapter] += rate * (1.0 - l->code_weight[adapter]);
+}
+
+/* P for adapter (r x r, row-major): 0 (P not set) before any signal or for a degenerate M. */
+static int code_preconditioner(const sona_lora *l, uint32_t adapter, double *P)
+{
+    const uint32_t r = l->cfg.rank;
+    const double wgt = l->code_weight[adapter];
+    const double *M = l->code_cov + (size_t)adapter * r * r;
+    if (!(wgt > 0.0))
+        return 0;
+    double K[SONA_LORA_MAX_RANK * SONA_LORA_MAX_RANK], t = 0.0;
+    for (uint32_t j = 0; j < r; j++)
+        t += M[j * r + j] / wgt;
+    t /= r;
+    if (!(t > 0.0) || !isfinite(t))
+        return 0;
+    for (uint32_t j = 0; j < r * r; j++)
+        K[j] = M[j] / wgt;
+    for (uint32_t j = 0; j < r; j++)
+        K[j * r + j] += CODE_RIDGE * t;
+    /* Cholesky K = L L^T in place (K is symmetric positive definite: the ridge sees to it). */
+    for (uint32_t j = 0; j < r; j++) {
+        for (uint32_t k = 0; k <= j; k++) {
+            double v = K[j * r + k];
+            for (uint32_t m = 0; m < k; m++)
+                v -= K[j * r + m] * K[k * r + m];
+            if (k == j) {
+                if (!(v > 0.0))
+                    return 0;
+                K[j * r + j] = sqrt(v);
+            } else {
+                K[j * r + k] = v / K[k * r + k];
+            }
+        }
+    }
+    /* P = t K^-1, column by column: L y = t e_c, then L^T p = y. */
+    for (uint32_t c = 0; c < r; c++) {
+        double y[SONA_LORA_MAX_RANK];
+        for (uint32_t j = 0; j < r; j++) {
+            double v = j == c ? t : 0.0;
+            for (uint32_t m = 0; m < j; m++)
+                v -= K[j * r + m] * y[m];
+            y[j] = v / K[j * r + j];
+        }
+        for (uint32_t j = r; j-- > 0;) {
+            double v = y[j];
+            for (uint32_t m = j + 1; m < r; m++)
+                v -= K[m * r + j] * P[m * r + c];
+            P[j * r + c] = v / K[j * r + j];
+        }
+    }
+    return 1;
+}
+
+/* gBt of every adapter with pending signals <- P gBt (its rows are B's columns, one per code
+ * dimension); on a device, through a host copy of the accumulators. */
+static sona_status code_precondition_gradients(sona_lora *l)
+{
+    const uint32_t r = l->cfg.rank, H = l->cfg.hidden;
+    const size_t total = l->adapter_floats * l->cfg.count;
+    const int host = l->be->host_memory;
+    float *rows = malloc((size_t)r * H * sizeof *rows), *all = host ? l->gBt : malloc(total * sizeof *all);
+    sona_status st = rows && all ? SONA_OK : sona_fail(&l->err, SONA_E_NOMEM, "out of memory preconditioning gradients");
+    if (st == SONA_OK && !host && l->be->download(l->be->ctx, all, l->gBt, 0, total * sizeof *all) != SONA_OK)
+        st = backend_failed(l, "download", SONA_E_BACKEND);
+    for (uint32_t a = 0; st == SONA_OK && a < l->cfg.count; a++) {
+        double P[SONA_LORA_MAX_RANK * SONA_LORA_MAX_RANK];
+        if (!l->pending[a] || !code_preconditioner(l, a, P))
+            continue;
+        float *g = all + (size_t)a * l->adapter_floats;
+        memcpy(rows, g, (size_t)r * H * sizeof *rows);
+        for (uint32_t j = 0; j < r; j++) {
+            float *out = g + (size_t)j * H;
+            const float p0 = (float)P[j * r];
+            for (uint32_t h = 0; h < H; h++)
+                out[h] = p0 * rows[h];
+            for (uint32_t k = 1; k < r; k++) {
+                const float p = (float)P[j * r + k];
+                const float *in = rows + (size_t)k * H;
+                for (uint32_t h = 0; h < H; h++)
+                    out[h] += p * in[h];
+            }
+        }
+    }
+    if (st == SONA_OK && !host && l->be->upload(l->be->ctx, l->gBt, 0, all, total * sizeof *all) != SONA_OK)
+        st = backend_failed(l, "upload", SONA_E_BACKEND);
+    free(rows);
+    if (!host)
+        free(all);
+    return st;
+}
+
+sona_status sona_lora_set_code_preconditioning(sona_lora *l, float rate)
+{
+    if (!l)
+        return sona_fail(NULL, SONA_E_NULL, "%s: lora is NULL", __func__);
+    if (!(rate >= 0.0f && rate <= 1.0f))
+        return sona_fail(&l->err, isfinite(rate) ? SONA_E_INVALID : SONA_E_NONFINITE,
+                         "%s: rate %g is not in [0, 1]", __func__, (double)rate);
+    if (rate > 0.0f && !l->code_cov) {
+        const size_t rr = (size_t)l->cfg.rank * l->cfg.rank;
+        l->code_cov = calloc(rr * l->cfg.count, sizeof *l->code_cov);
+        l->code_weight = calloc(l->cfg.count, sizeof *l->code_weight);
+        if (!l->code_cov || !l->code_weight) {
+            free(l->code_cov);
+            free(l->code_weight);
+            l->code_cov = l->code_weight = NULL;
+            return sona_fail(&l->err, SONA_E_NOMEM, "%s: out of memory", __func__);
+        }
+    }
+    l->code_rate = rate;
+    return SONA_OK;
+}
+
+int sona_lora_code_state(const sona_lora *l, double *weights, double *cov)
+{
+    if (!l || !l->code_cov)
+        return 0;
+    const size_t rr = (size_t)l->cfg.rank * l->cfg.rank;
+    if (weights)
+        memcpy(weights, l->code_weight, l->cfg.count * sizeof *weights);
+    if (cov)
+        memcpy(cov, l->code_cov, rr * l->cfg.count * sizeof *cov);
+    return 1;
+}
+
+sona_status sona_lora_set_code_state(sona_lora *l, const double *weights, const double *cov)
+{
+    if (!l || !weights || !cov)
+        return sona_fail(l ? &l->err : NULL, SONA_E_NULL, "%s: NULL argument", __func__);
+    if (!l->code_cov)
+        return sona_fail(&l->err, SONA_E_STATE, "%s: preconditioning is off", __func__);
+    const uint32_t r = l->cfg.rank;
+    for (uint32_t a = 0; a < l->cfg.count; a++) {
+        const double *M = cov + (size_t)a * r * r;
+        int ok = weights[a] >= 0.0 && weights[a] <= 1.0;
+        /* A running mean of z z^T: symmetric, a non-negative diagonal bounding the rest, and
+         * small enough that its trace and inverse stay finite. */
+        for (uint32_t j = 0; ok && j < r; j++)
+            for (uint32_t k = 0; ok && k < r; k++) {
+                const double v = M[j * r + k];
+                ok = isfinite(v) && fabs(v) <= 1e30 && v == M[k * r + j] &&
+                     (j != k || v >= 0.0) && (j == k || v * v <= M[j * r + j] * M[k * r + k] * (1.0 + 1e-6));
+            }
+        if (!ok)
+            return sona_fail(&l->err, SONA_E_INVALID, "%s: adapter %u: not a code covariance", __func__, a);
+    }
+    memcpy(l->code_weight, weights, l->cfg.count * sizeof *weights);
+    memcpy(l->code_cov, cov, (size_t)r * r * l->cfg.count * sizeof *cov);
+    return SONA_OK;
+}
+
 /* The CPU variant's dot kernel (f32 accumulation: these dots set a step size and a bound whose
  * estimate has 1.6 % of slack, not a result compared bit for bit). */
 static double dot_d(const float *a, const float *b, uint32_t n)
@@ -600,11 +784,23 @@ sona_status sona_lora_normalize_signals(sona_lora *l, uint32_t n, const int32_t 
         }
         const float *Ai = A + (size_t)ids[i] * l->adapter_floats, *Bi = Bt + (size_t)ids[i] * l->adapter_floats;
         const double xx = dot_d(xi, xi, H), dd = dot_d(di, di, H);
-        double ax2 = 0.0, bd2 = 0.0;
+        double ax2 = 0.0, bd2 = 0.0, z[SONA_LORA_MAX_RANK];
         for (uint32_t j = 0; j < r; j++) {
             const double ax = dot_d(Ai + (size_t)j * H, xi, H), bd = dot_d(Bi + (size_t)j * H, di, H);
+            z[j] = ax;
             ax2 += ax * ax;
             bd2 += bd * bd;
+        }
+        if (l->code_rate > 0.0f) {
+            /* B's step will be preconditioned: its part of the output change is z^T P z. */
+            double P[SONA_LORA_MAX_RANK * SONA_LORA_MAX_RANK];
+            code_observe(l, (uint32_t)ids[i], z);
+            if (code_preconditioner(l, (uint32_t)ids[i], P)) {
+                ax2 = 0.0;
+                for (uint32_t j = 0; j < r; j++)
+                    for (uint32_t k = 0; k < r; k++)
+                        ax2 += z[j] * P[j * r + k] * z[k];
+            }
         }
         /* |g|^2 = s^2 (|A x|^2 |delta|^2 + |B^T delta|^2 |x|^2); a step c g moves <y(x), delta>
          * by c |g|^2, which is |delta|^2 (that is, y(x) by delta) for c = |delta|^2 / |g|^2. */

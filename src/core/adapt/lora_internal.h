@@ -54,6 +54,19 @@ sona_status sona_lora_apply_updates_ewc(sona_lora *l, const sona_lora_ewc_terms 
  * the weights in place on host memory (a copy from a device). */
 sona_status sona_lora_normalize_signals(sona_lora *l, uint32_t n, const int32_t *ids, const float *x,
                                         const float *delta, float *w);
+/* Preconditions each adapter's B steps by the inverse covariance of its codes A x (lora.c has
+ * why): rate is that covariance's running-mean rate per signal seen by
+ * sona_lora_normalize_signals, 0 turns it off (the default). On a device backend the
+ * accumulated B gradients make a round trip through host memory at each apply. */
+sona_status sona_lora_set_code_preconditioning(sona_lora *l, float rate);
+/* The preconditioner's state for checkpoints: per adapter the weight its running mean has
+ * gathered (count doubles) and that mean (count x rank x rank doubles); either may be NULL.
+ * 0 (nothing copied) while preconditioning was never turned on. */
+int sona_lora_code_state(const sona_lora *l, double *weights, double *cov);
+/* Restores it (preconditioning on: else SONA_E_STATE). Weights in [0, 1], each mean symmetric
+ * with a non-negative diagonal that bounds the rest (Cauchy-Schwarz), finite: else
+ * SONA_E_INVALID and nothing changed. */
+sona_status sona_lora_set_code_state(sona_lora *l, const double *weights, const double *cov);
 /* Bounds every adapter's change of the output: when the spectral norm of s B A (the largest
  * |y(x) - x| / |x| over all x) exceeds max_gain, B is scaled down to make it max_gain. 0 = no
  * bound. *capped (may be NULL) receives how many adapters were scaled. */
