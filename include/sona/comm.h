@@ -74,11 +74,30 @@ typedef enum sona_sync_merge {
                                once with AVERAGE, or the load counts as a change */
 } sona_sync_merge;
 
+/* How Base-LoRA's merge target M (a sum of the ranks' s B A) is reduced to rank r. */
+typedef enum sona_sync_method {
+    SONA_SYNC_SKETCH = 0, /* M seen through two all-reduces of width x hidden per layer (width =
+                             rank + max(2, rank / 4)): Y = M Omega, Omega's rows the last sync's
+                             A and seeded random signs, then Z = M^T Q, Q Y's orthonormal rows;
+                             the merge is the best rank-r approximation of Q Q^T M. Exact where
+                             M's rank is at most width or the ranks changed B only since the
+                             last sync; else close (the randomised range finder's bound).
+                             Each rank moves about 1.25x what a ring all-reduce of Base-LoRA
+                             moves, whatever the number of ranks, and computes only its own
+                             share. The sums travel as integers in floats, so any all-reduce
+                             (any order of additions) gives every rank the same bits */
+    SONA_SYNC_EXACT = 1   /* every rank's factors all-gathered and the best rank-r
+                             approximation of M computed from all of them (QR of the stacked
+                             factors, SVD of the core): exact, but each rank receives (k - 1)
+                             times Base-LoRA and computes O(hidden (k rank)^2) a layer */
+} sona_sync_method;
+
 typedef struct sona_sync_config {
     sona_sync_weighting weighting; /* for SONA_SYNC_AVERAGE */
     sona_sync_merge merge;
+    sona_sync_method method;       /* Base-LoRA's; tenants are merged exactly */
 } sona_sync_config;
-/* weighting SONA_SYNC_TRAJECTORIES, merge SONA_SYNC_AVERAGE. */
+/* weighting SONA_SYNC_TRAJECTORIES, merge SONA_SYNC_AVERAGE, method SONA_SYNC_SKETCH. */
 SONA_API void sona_sync_config_default(sona_sync_config *cfg);
 
 typedef struct sona_sync_result {
@@ -87,7 +106,9 @@ typedef struct sona_sync_result {
     double weight;           /* this rank's share of the merge (weights sum to 1) */
     double merge_error;      /* over the layers: |merged - M|_F / |M|_F of s B A, M the merge's
                                 target (the average, or S + the changes), the rank-r
-                                truncation's error (0 when M has rank <= r) */
+                                truncation's error (0 when M has rank <= r). SONA_SYNC_SKETCH:
+                                of M's part in the sketched range (what lies outside it is not
+                                seen: docs/notes/sync.md measures the whole) */
     uint32_t tenants_merged; /* tenant ids live on two ranks or more, merged there */
     sona_stats global;       /* every counter of sona_get_stats summed over the ranks, read
                                 just before the merge (tenants too: tenant ids are per rank);

@@ -108,6 +108,7 @@ void sona_sync_config_default(sona_sync_config *cfg)
     if (cfg) {
         cfg->weighting = SONA_SYNC_TRAJECTORIES;
         cfg->merge = SONA_SYNC_AVERAGE;
+        cfg->method = SONA_SYNC_SKETCH;
     }
 }
 
@@ -173,6 +174,209 @@ static sona_status merge_base(sona_engine *e, sona_comm *comm, uint32_t k, const
     *err = total > 0.0 ? sqrt(tail / total) : 0.0;
     if (merged != SONA_OK && *local == SONA_OK)
         *local = eng_fail(e, merged, "%s: merging Base-LoRA failed", __func__);
+    return SONA_OK;
+}
+
+/* ---- SONA_SYNC_SKETCH: Base-LoRA through two all-reduces a layer ---------------------------- */
+
+/* FNV-1a over a layer's bytes: equal layers on every rank (nothing learned since) are copied. */
+static uint64_t layer_hash(const float *A, const float *Bt, size_t n)
+{
+    uint64_t x = 0xcbf29ce484222325ull;
+    for (int f = 0; f < 2; f++) {
+        const float *p = f ? Bt : A;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, &p[i], sizeof u);
+            x = (x ^ u) * 0x100000001b3ull;
+        }
+    }
+    return x;
+}
+
+/* data (rows x H doubles) summed over the ranks, the same bits on every rank whatever order
+ * the all-reduce adds in: each row travels as integers in floats, scaled by a power of two
+ * that keeps every partial sum below 2^24 (so every addition is exact): the ranks' maxima are
+ * gathered first, and the bound is their sum. The rounding to integers costs at most
+ * 2^-24 x (sum of the ranks' maxima) an entry. tmp: rows x H floats. */
+static sona_status exact_allreduce(sona_engine *e, sona_comm *comm, uint32_t k, double *data,
+                                   size_t rows, size_t H, float *tmp)
+{
+    float *mx = malloc(((size_t)k + 1) * rows * sizeof *mx);
+    if (!mx)
+        return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+    float *mine = mx + (size_t)k * rows;
+    for (size_t j = 0; j < rows; j++) {
+        double m = 0.0;
+        for (size_t h = 0; h < H; h++) {
+            const double a = fabs(data[j * H + h]);
+            m = a > m ? a : m;
+        }
+        mine[j] = (float)m * (1.0f + 0x1p-20f); /* rounded up: a bound still */
+    }
+    sona_status st = sona_comm_allgather(comm, mine, rows * sizeof *mine, mx);
+    if (st != SONA_OK) {
+        free(mx);
+        return eng_fail(e, st, "%s: gathering maxima: %s", __func__, sona_comm_last_error(comm));
+    }
+    double *scale = malloc(rows * sizeof *scale);
+    if (!scale) {
+        free(mx);
+        return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+    }
+    for (size_t j = 0; j < rows; j++) {
+        double bound = 0.0;
+        for (uint32_t i = 0; i < k; i++)
+            bound += mx[i * rows + j];
+        int ex = 0;
+        frexp(bound, &ex); /* bound < 2^ex */
+        scale[j] = bound > 0.0 ? ldexp(1.0, 23 - ex) : 0.0; /* sum of |ints| < 2^23 + k/2 */
+        for (size_t h = 0; h < H; h++)
+            tmp[j * H + h] = (float)rint(data[j * H + h] * scale[j]);
+    }
+    free(mx);
+    st = sona_comm_allreduce_sum(comm, tmp, rows * H);
+    if (st != SONA_OK) {
+        free(scale);
+        return eng_fail(e, st, "%s: all-reduce: %s", __func__, sona_comm_last_error(comm));
+    }
+    for (size_t j = 0; j < rows; j++) {
+        const double inv = scale[j] > 0.0 ? 1.0 / scale[j] : 0.0; /* a power of two: exact */
+        for (size_t h = 0; h < H; h++)
+            data[j * H + h] = (double)tmp[j * H + h] * inv;
+    }
+    free(scale);
+    return SONA_OK;
+}
+
+/* The sketch's width for a rank: a few directions beyond it, for what the ranks' changes add. */
+static size_t sketch_width(size_t r, size_t H)
+{
+    const size_t l = r + (r / 4 > 2 ? r / 4 : 2);
+    return l < H ? l : H;
+}
+
+/* Steps 2-3 for SONA_SYNC_SKETCH: the merge of every layer into A_new and Bt_new from this
+ * rank's weights (mine: A then Bt) of weight w[rank], and S (last: A then Bt, or NULL) of
+ * weight w_last added by every rank alike. basis: S's A when every rank has it (Omega starts
+ * from it), else NULL. */
+static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint32_t rank,
+                               const double *w, const float *last, double w_last,
+                               const float *basis, const float *mine, float *A_new,
+                               float *Bt_new, double *err, sona_status *local)
+{
+    const size_t H = e->cfg.hidden, r = e->cfg.base_rank, L = e->cfg.base_layers;
+    const size_t l = sketch_width(r, H), rh = r * H, lh = l * H;
+    /* Per layer and rank: the layer's hash and |A|_F^2 (for a0), gathered. */
+    uint64_t *hd = malloc(2 * L * ((size_t)k + 1) * sizeof *hd);
+    size_t *todo = malloc(L * sizeof *todo);
+    if (!hd || !todo) {
+        free(hd), free(todo);
+        return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+    }
+    uint64_t *me = hd + 2 * L * k;
+    for (size_t l2 = 0; l2 < L; l2++) {
+        const float *A = mine + l2 * rh;
+        double a2 = 0.0;
+        for (size_t i = 0; i < rh; i++)
+            a2 += (double)A[i] * A[i];
+        me[2 * l2] = layer_hash(A, mine + L * rh + l2 * rh, rh);
+        memcpy(&me[2 * l2 + 1], &a2, sizeof a2);
+    }
+    sona_status st = sona_comm_allgather(comm, me, 2 * L * sizeof *me, hd);
+    if (st != SONA_OK) {
+        free(hd), free(todo);
+        return eng_fail(e, st, "%s: gathering layer digests: %s", __func__,
+                        sona_comm_last_error(comm));
+    }
+    /* Layers equal on every rank (and to S, when S counts) are copies; the rest are merged. */
+    size_t n = 0;
+    double total = 0.0, tail = 0.0;
+    for (size_t l2 = 0; l2 < L; l2++) {
+        int same = 1;
+        for (uint32_t i = 1; i < k; i++)
+            same &= hd[2 * (i * L + l2)] == hd[2 * l2];
+        if (last && same)
+            same = layer_hash(last + l2 * rh, last + L * rh + l2 * rh, rh) == hd[2 * l2];
+        if (same) {
+            const float *pa[1] = {mine + l2 * rh}, *pb[1] = {mine + L * rh + l2 * rh};
+            sona_merge_info info;
+            sona_lora_merge((uint32_t)H, (uint32_t)r, 1, pa, pb, NULL, A_new + l2 * rh,
+                            Bt_new + l2 * rh, &info);
+            total += info.total;
+        } else
+            todo[n++] = l2;
+    }
+    double *om = malloc(3 * n * lh * sizeof *om);
+    float *tmp = malloc(n * lh * sizeof *tmp);
+    if (n && (!om || !tmp)) {
+        free(hd), free(todo), free(om), free(tmp);
+        return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+    }
+    double *Y = om + n * lh, *Z = Y + n * lh;
+    sona_status fail = SONA_OK; /* a local failure: goes on through the collectives */
+    const double wr = w[rank];
+    for (size_t t = 0; t < n && fail == SONA_OK; t++) {
+        const size_t l2 = todo[t];
+        fail = sona_sketch_basis((uint32_t)H, (uint32_t)l, (uint32_t)r,
+                                 basis ? basis + l2 * rh : NULL, 0x5359u + l2, om + t * lh);
+        memset(Y + t * lh, 0, lh * sizeof *Y);
+        const float *pa[1] = {mine + l2 * rh}, *pb[1] = {mine + L * rh + l2 * rh};
+        if (fail == SONA_OK)
+            fail = sona_sketch_product((uint32_t)H, (uint32_t)r, 1, pa, pb, &wr, (uint32_t)l,
+                                       om + t * lh, 0, Y + t * lh);
+    }
+    if (n)
+        st = exact_allreduce(e, comm, k, Y, n * l, H, tmp);
+    for (size_t t = 0; t < n && st == SONA_OK && fail == SONA_OK; t++) {
+        const size_t l2 = todo[t];
+        if (last) { /* S's share, the same on every rank, added after the sum */
+            const float *pa[1] = {last + l2 * rh}, *pb[1] = {last + L * rh + l2 * rh};
+            fail = sona_sketch_product((uint32_t)H, (uint32_t)r, 1, pa, pb, &w_last,
+                                       (uint32_t)l, om + t * lh, 0, Y + t * lh);
+        }
+        sona_sketch_orthonormalize((uint32_t)H, (uint32_t)l, Y + t * lh); /* Y becomes Q */
+        memset(Z + t * lh, 0, lh * sizeof *Z);
+        const float *pa[1] = {mine + l2 * rh}, *pb[1] = {mine + L * rh + l2 * rh};
+        if (fail == SONA_OK)
+            fail = sona_sketch_product((uint32_t)H, (uint32_t)r, 1, pa, pb, &wr, (uint32_t)l,
+                                       Y + t * lh, 1, Z + t * lh);
+    }
+    if (n && st == SONA_OK)
+        st = exact_allreduce(e, comm, k, Z, n * l, H, tmp);
+    for (size_t t = 0; t < n && st == SONA_OK && fail == SONA_OK; t++) {
+        const size_t l2 = todo[t];
+        if (last) {
+            const float *pa[1] = {last + l2 * rh}, *pb[1] = {last + L * rh + l2 * rh};
+            fail = sona_sketch_product((uint32_t)H, (uint32_t)r, 1, pa, pb, &w_last,
+                                       (uint32_t)l, Y + t * lh, 1, Z + t * lh);
+        }
+        /* a0: the RMS row norm of A over every rank's (and S's) rows, summed in rank order. */
+        double a2 = 0.0, rows = (double)k * r;
+        for (uint32_t i = 0; i < k; i++) {
+            double v;
+            memcpy(&v, &hd[2 * (i * L + l2) + 1], sizeof v);
+            a2 += v;
+        }
+        if (last) {
+            for (size_t i = 0; i < rh; i++)
+                a2 += (double)last[l2 * rh + i] * last[l2 * rh + i];
+            rows += (double)r;
+        }
+        sona_merge_info info = {0};
+        if (fail == SONA_OK)
+            fail = sona_sketch_finish((uint32_t)H, (uint32_t)r, (uint32_t)l, Y + t * lh,
+                                      Z + t * lh, om + t * lh, sqrt(a2 / rows), A_new + l2 * rh,
+                                      Bt_new + l2 * rh, &info);
+        total += info.total;
+        tail += info.tail;
+    }
+    free(hd), free(todo), free(om), free(tmp);
+    if (st != SONA_OK)
+        return st;
+    *err = total > 0.0 ? sqrt(tail / total) : 0.0;
+    if (fail != SONA_OK && *local == SONA_OK)
+        *local = eng_fail(e, fail, "%s: merging Base-LoRA failed", __func__);
     return SONA_OK;
 }
 
@@ -378,6 +582,7 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
                    ? (double)h[i].learned / learned : 1.0 / k;
     /* SONA_SYNC_CHANGES where every rank has S (then they all have the same): S + sum_i
      * (W_i - S) = sum_i W_i - (k - 1) S, a merge of k + 1 adapters. */
+    w[k] = 0.0;
     int changes = cfg->merge == SONA_SYNC_CHANGES && k > 1;
     for (uint32_t i = 0; i < k; i++)
         changes &= h[i].has_last == 1;
@@ -392,9 +597,16 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
                          sona_lora_last_error(e->base));
     double err = 0.0;
     tenant_merge tm = {0};
-    if (st == SONA_OK)
+    int all_have = 1; /* every rank has S: the sketch's basis starts from its A */
+    for (uint32_t i = 0; i < k; i++)
+        all_have &= h[i].has_last == 1;
+    if (st == SONA_OK && cfg->method == SONA_SYNC_EXACT)
         st = merge_base(e, comm, k, w, changes ? e->sync->base : NULL, mine, mine + 2 * af,
                         mine + 3 * af, &err, &failed_here);
+    else if (st == SONA_OK)
+        st = sketch_base(e, comm, k, rank, w, changes ? e->sync->base : NULL, w[k],
+                         all_have ? e->sync->base : NULL, mine, mine + 2 * af, mine + 3 * af,
+                         &err, &failed_here);
     if (st == SONA_OK)
         st = merge_tenants(e, comm, k, cfg->merge == SONA_SYNC_CHANGES && k > 1, &tm,
                            &failed_here);
@@ -447,6 +659,9 @@ sona_status sona_sync(sona_engine *e, sona_comm *comm, const sona_sync_config *c
     if (cfg->merge != SONA_SYNC_AVERAGE && cfg->merge != SONA_SYNC_CHANGES)
         return eng_fail(e, SONA_E_INVALID, "%s: merge %d is neither SONA_SYNC_AVERAGE nor "
                         "SONA_SYNC_CHANGES", __func__, (int)cfg->merge);
+    if (cfg->method != SONA_SYNC_SKETCH && cfg->method != SONA_SYNC_EXACT)
+        return eng_fail(e, SONA_E_INVALID, "%s: method %d is neither SONA_SYNC_SKETCH nor "
+                        "SONA_SYNC_EXACT", __func__, (int)cfg->method);
     pthread_mutex_lock(&e->cycle_mu);
     const sona_status st = sync_locked(e, comm, cfg, out);
     pthread_mutex_unlock(&e->cycle_mu);
