@@ -290,19 +290,18 @@ sona_status sona_sketch_basis(uint32_t hidden, uint32_t width, uint32_t rank, co
         for (size_t h = 0; h < H; h++)
             y[h] = A0[c * H + h];
         const double n2 = dot8(y, y, H);
-        orth_row(omega, H, j, n2);
-        j += dot8(y, y, H) > 0.0; /* a dependent row of A0 leaves its place to a random one */
+        if (n2 > 0.0) { /* a zero row of A0 leaves its place to a random one */
+            const double inv = 1.0 / sqrt(n2);
+            for (size_t h = 0; h < H; h++)
+                y[h] *= inv;
+            j++;
+        }
     }
     uint64_t state = seed ^ 0x9e3779b97f4a7c15ull;
-    for (int tries = 0; j < width && tries < 4 * (int)width + 8; tries++) {
-        double *y = omega + j * H;
+    const double unit = 1.0 / sqrt((double)H);
+    for (; j < width; j++)
         for (size_t h = 0; h < H; h++)
-            y[h] = (sona_splitmix64(&state) >> 63) ? 1.0 : -1.0;
-        orth_row(omega, H, j, (double)H);
-        j += dot8(y, y, H) > 0.0;
-    }
-    if (j < width) /* signs that keep falling in the span: cannot happen below hidden rows */
-        return SONA_E_INVALID;
+            omega[j * H + h] = (sona_splitmix64(&state) >> 63) ? unit : -unit;
     return SONA_OK;
 }
 

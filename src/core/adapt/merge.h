@@ -31,16 +31,16 @@ sona_status sona_lora_merge(uint32_t hidden, uint32_t rank, uint32_t k, const fl
 
 /* ---- the sketched merge: what sona_sync all-reduces instead of gathering every factor ------
  * The average M = sum_i w_i B_i A_i is seen only through products with a shared basis, each a
- * sum over the ranks (an all-reduce): Y = M Omega^T for an orthonormal Omega (width x hidden),
+ * sum over the ranks (an all-reduce): Y = M Omega^T for a shared Omega (width x hidden),
  * then Z = M^T Q for Q the orthonormal basis of Y's rows; Q^T Z is M projected on that range,
  * and its best rank-r approximation the merge (randomised range finder, Halko et al. 2011).
  * Exact when the rank of M is at most width, and when the rows of every A_i lie in Omega's span
  * (Omega starts from the last sync's A: ranks that changed only B merge exactly). Matrices of
  * width x hidden are rows of hidden doubles. Deterministic, plain loops in a fixed order. */
 
-/* Omega: width orthonormal rows; the first ones span the rows of A0 (rank x hidden, NULL: none),
- * the rest seeded random signs, Gram-Schmidt twice in a fixed order. SONA_E_NOMEM or
- * SONA_E_INVALID (width > hidden, or 0). */
+/* Omega: width unit rows, the first ones A0's rows (rank x hidden, NULL: none; a zero row
+ * skipped), the rest seeded random signs. Not orthogonalised: only their span matters, Q is
+ * orthonormalised from Y. SONA_E_INVALID (width > hidden, or 0). */
 sona_status sona_sketch_basis(uint32_t hidden, uint32_t width, uint32_t rank, const float *A0,
                               uint64_t seed, double *omega);
 /* Adds to Y (width x hidden) the products of sum_i w_i B_i A_i (k adapters as in
