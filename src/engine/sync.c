@@ -401,8 +401,9 @@ static sona_status agree(sona_engine *e, sona_comm *comm, uint32_t k, sona_statu
 
 /* Micro-LoRA tenants: each tenant id live on two ranks or more becomes, on those ranks, the
  * equal-weight rank-r merge of their adapters (ids are the ranks' own: an id live on one rank
- * only is left alone, and none is created). Every rank sends every slot (zeros where not live)
- * after a byte per slot saying whether it is live, so blocks have one size. The merged adapters
+ * only is left alone, and none is created). A byte per slot saying whether it is live is
+ * gathered first; then every rank sends each slot live on two ranks or more (zeros where it is
+ * not live itself), so blocks have one size and unshared tenants do not travel. The merged adapters
  * go to out (slots x 2 r H: A then Bt per slot), commit[i] = 1 for those this rank takes. */
 typedef struct tenant_merge {
     float *mine, *out;      /* this rank's block; the merged adapters */
@@ -416,17 +417,16 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, in
 {
     const size_t T = e->cfg.max_tenants, af = (size_t)e->cfg.micro_rank * e->cfg.hidden;
     const size_t floats = 2 * af * T, head = (T + 3) / 4; /* the live bytes, in floats */
-    const size_t block = head + floats;
-    tm->mine = calloc(block, sizeof *tm->mine);
+    tm->mine = calloc(head + floats, sizeof *tm->mine);
     tm->out = malloc(floats * sizeof *tm->out);
     tm->commit = calloc(T, 1);
     tm->gen = calloc(T, sizeof *tm->gen);
-    float *all = malloc(block * k * sizeof *all);
+    unsigned char *flags = malloc(T * (size_t)k);
+    size_t *shared = malloc(T * sizeof *shared);
     const float **pa = malloc(2 * ((size_t)k + 1) * sizeof *pa);
     double *w = malloc(((size_t)k + 1) * sizeof *w);
-    if (!tm->mine || !tm->out || !tm->commit || !tm->gen || !all || !pa || !w) {
-        free(w);
-        free(all), free(pa);
+    if (!tm->mine || !tm->out || !tm->commit || !tm->gen || !flags || !shared || !pa || !w) {
+        free(w), free(flags), free(shared), free(pa);
         return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
     }
     unsigned char *live = (unsigned char *)tm->mine;
@@ -446,25 +446,46 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, in
     }
     if (st != SONA_OK && *local == SONA_OK)
         *local = eng_fail(e, st, "%s: reading a tenant's Micro-LoRA failed", __func__);
-    st = sona_comm_allgather(comm, tm->mine, block * sizeof *all, all);
+    /* The live bytes first: only the slots live on two ranks or more travel. */
+    st = sona_comm_allgather(comm, live, T, flags);
+    size_t ns = 0;
+    for (size_t i = 0; i < T && st == SONA_OK; i++) {
+        uint32_t holders = 0;
+        for (uint32_t r = 0; r < k; r++)
+            holders += flags[r * T + i] != SLOT_FREE;
+        if (holders >= 2)
+            shared[ns++] = i;
+    }
+    float *send = NULL, *all = NULL;
+    if (st == SONA_OK && ns) {
+        send = malloc(2 * af * ns * sizeof *send);
+        all = malloc(2 * af * ns * (size_t)k * sizeof *all);
+        if (!send || !all) {
+            free(w), free(flags), free(shared), free(pa), free(send), free(all);
+            return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+        }
+        for (size_t s = 0; s < ns; s++)
+            memcpy(send + 2 * af * s, tm->mine + head + 2 * af * shared[s], 2 * af * sizeof *send);
+        st = sona_comm_allgather(comm, send, 2 * af * ns * sizeof *send, all);
+    }
     if (st != SONA_OK) {
-        free(all), free(pa), free(w);
+        free(w), free(flags), free(shared), free(pa), free(send), free(all);
         return eng_fail(e, st, "%s: gathering tenants: %s", __func__, sona_comm_last_error(comm));
     }
+    const size_t block = 2 * af * ns; /* floats a rank sent */
     sona_status merged = SONA_OK;
-    for (size_t i = 0; i < T && merged == SONA_OK; i++) {
+    for (size_t s = 0; s < ns && merged == SONA_OK; s++) {
+        const size_t i = shared[s];
         uint32_t n = 0, synced = 0;
         for (uint32_t r = 0; r < k; r++) {
-            const float *b = all + r * block;
-            const unsigned char flag = ((const unsigned char *)b)[i];
+            const unsigned char flag = flags[r * T + i];
             if (flag != SLOT_FREE) {
-                pa[n] = b + head + 2 * af * i;
-                pa[k + 1 + n++] = b + head + 2 * af * i + af;
+                const float *b = all + r * block + 2 * af * s;
+                pa[n] = b;
+                pa[k + 1 + n++] = b + af;
                 synced += flag == SLOT_SYNCED;
             }
         }
-        if (n < 2)
-            continue;
         tm->merged++;
         if (!live[i])
             continue;
@@ -485,7 +506,7 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, in
                                  pb, w, tm->out + 2 * af * i, tm->out + 2 * af * i + af, NULL);
         tm->commit[i] = 1;
     }
-    free(all), free(pa), free(w);
+    free(w), free(flags), free(shared), free(pa), free(send), free(all);
     if (merged != SONA_OK && *local == SONA_OK)
         *local = eng_fail(e, merged, "%s: merging tenants failed", __func__);
     return SONA_OK;
