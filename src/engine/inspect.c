@@ -60,6 +60,16 @@ sona_status eng_inspect_base_weights(sona_engine *e, float *A, float *Bt)
     return st;
 }
 
+sona_status eng_inspect_set_base_weights(sona_engine *e, const float *A, const float *Bt)
+{
+    pthread_mutex_lock(&e->cycle_mu);
+    sona_status st = sona_lora_import(e->base, A, Bt);
+    if (st == SONA_OK)
+        st = sona_snapshot_publish(&e->base_slot, e->base);
+    pthread_mutex_unlock(&e->cycle_mu);
+    return st;
+}
+
 sona_status eng_inspect_tenant_weights(sona_engine *e, int32_t tenant, float *A, float *Bt)
 {
     if (tenant < 0 || (uint32_t)tenant >= e->cfg.max_tenants)

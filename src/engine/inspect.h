@@ -23,6 +23,9 @@ sona_status eng_inspect_base_detector(sona_engine *e, sona_ewc_detector *d);
 /* Base-LoRA's training weights as the op tables hold them: A and Bt, base_layers x base_rank x
  * hidden floats each (either may be NULL), read under the cycle lock. */
 sona_status eng_inspect_base_weights(sona_engine *e, float *A, float *Bt);
+/* Benchmarks: Base-LoRA's weights replaced by A and Bt (the layout above) and published, under
+ * the cycle lock; the import's status. */
+sona_status eng_inspect_set_base_weights(sona_engine *e, const float *A, const float *Bt);
 /* The same for a tenant's Micro-LoRA (micro_rank x hidden each), under its mutex;
  * SONA_E_NOT_FOUND when the tenant is not live. */
 sona_status eng_inspect_tenant_weights(sona_engine *e, int32_t tenant, float *A, float *Bt);
