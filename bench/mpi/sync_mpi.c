@@ -8,8 +8,10 @@
  * The collectives are MPI's, wrapped here to count the bytes each rank must receive (a ring
  * all-reduce of n floats: 2 (k-1)/k 4n; an all-gather: (k-1) blocks) and the time spent in
  * them. Printed per shape: the sync's wall time (the slowest rank's) as median and p99, bytes
- * per rank and their ratio to a ring all-reduce of Base-LoRA's parameters, the share of the
- * time outside the collectives (the merge's computation, with the export and the publish), and
+ * per rank and their ratio to a ring all-reduce of Base-LoRA's parameters, the CPU time a rank
+ * spends outside the collectives (median of the slowest rank's: the merge's computation with
+ * the export and the publish; robust to a loaded machine), the share of the wall time outside
+ * the collectives (the merge's computation, with the export and the publish), and
  * for one sync the relative error against the dense average |M - merged|_F / |M|_F, computed
  * exactly from the factors (Gram matrices, no hidden x hidden matrix), beside the optimal
  * rank-r error (the exact merge's). */
@@ -18,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/adapt/merge.h"
 #include "engine/inspect.h"
@@ -27,8 +30,15 @@
 typedef struct counted {
     MPI_Comm comm;
     int rank, size;
-    double bytes, seconds; /* this sync's */
+    double bytes, seconds, cpu; /* this sync's: bytes, wall and CPU seconds in collectives */
 } counted;
+
+static double cpu_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
 
 static sona_status c_rank(void *ctx, uint32_t *r)
 {
@@ -45,9 +55,10 @@ static sona_status c_size(void *ctx, uint32_t *s)
 static sona_status c_allreduce(void *ctx, float *data, size_t n)
 {
     counted *c = ctx;
-    const double t0 = MPI_Wtime();
+    const double t0 = MPI_Wtime(), c0 = cpu_now();
     const int rc = MPI_Allreduce(MPI_IN_PLACE, data, (int)n, MPI_FLOAT, MPI_SUM, c->comm);
     c->seconds += MPI_Wtime() - t0;
+    c->cpu += cpu_now() - c0;
     c->bytes += 2.0 * (c->size - 1) / c->size * 4.0 * (double)n;
     return rc == MPI_SUCCESS ? SONA_OK : SONA_E_BACKEND;
 }
@@ -55,9 +66,10 @@ static sona_status c_allreduce(void *ctx, float *data, size_t n)
 static sona_status c_allgather(void *ctx, const void *send, size_t bytes, void *recv)
 {
     counted *c = ctx;
-    const double t0 = MPI_Wtime();
+    const double t0 = MPI_Wtime(), c0 = cpu_now();
     const int rc = MPI_Allgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, c->comm);
     c->seconds += MPI_Wtime() - t0;
+    c->cpu += cpu_now() - c0;
     c->bytes += (double)(c->size - 1) * (double)bytes;
     return rc == MPI_SUCCESS ? SONA_OK : SONA_E_BACKEND;
 }
@@ -106,7 +118,7 @@ static double norm2_factored(size_t H, size_t r, size_t n, const float *const *A
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
-    counted c = {MPI_COMM_WORLD, 0, 1, 0, 0};
+    counted c = {MPI_COMM_WORLD, 0, 1, 0, 0, 0};
     MPI_Comm_rank(c.comm, &c.rank);
     MPI_Comm_size(c.comm, &c.size);
     int reps = 30, layers = 12, exact = 0, independent = 0;
@@ -144,10 +156,10 @@ int main(int argc, char **argv)
         MPI_Abort(c.comm, 1);
     if (!c.rank)
         printf("# sona_sync_bench: %d ranks, %d layers, method %s, %s, %d syncs a shape\n"
-               "%-7s %-5s %10s %10s %10s %12s %8s %8s %10s %10s\n", c.size, layers,
+               "%-7s %-5s %10s %10s %10s %10s %12s %8s %8s %10s %10s\n", c.size, layers,
                exact ? "exact" : "sketch",
                independent ? "independent adapters" : "drift from the last sync", reps, "hidden",
-               "rank", "params", "median ms", "p99 ms", "bytes/rank", "x ring", "compute",
+               "rank", "params", "median ms", "p99 ms", "cpu ms", "bytes/rank", "x ring", "compute",
                "error", "optimal");
     for (const char *hp = hiddens; *hp;) {
         const uint32_t H = (uint32_t)strtoul(hp, (char **)&hp, 10);
@@ -186,7 +198,8 @@ int main(int argc, char **argv)
             if (eng_inspect_set_base_weights(e, A, Bt) != SONA_OK ||
                 sona_sync(e, comm, &sc, NULL) != SONA_OK) /* S: the shared start */
                 MPI_Abort(c.comm, 1);
-            double *t = malloc((size_t)reps * sizeof *t), bytes = 0.0, comm_s = 0.0, total_s = 0.0;
+            double *t = malloc(2 * (size_t)reps * sizeof *t), bytes = 0.0, comm_s = 0.0;
+            double total_s = 0.0, *cpu = t + reps;
             double err = 0.0, opt = 0.0;
             uint64_t rs = 777 + 1000003ull * (uint64_t)c.rank;
             for (int rep = 0; rep < reps; rep++) {
@@ -208,14 +221,15 @@ int main(int argc, char **argv)
                     }
                 }
                 eng_inspect_set_base_weights(e, A, Bt);
-                c.bytes = c.seconds = 0.0;
+                c.bytes = c.seconds = c.cpu = 0.0;
                 MPI_Barrier(c.comm);
-                const double t0 = MPI_Wtime();
+                const double t0 = MPI_Wtime(), c0 = cpu_now();
                 sona_sync_result res;
                 if (sona_sync(e, comm, &sc, &res) != SONA_OK)
                     MPI_Abort(c.comm, 1);
-                const double dt = MPI_Wtime() - t0;
+                const double dt = MPI_Wtime() - t0, dc = cpu_now() - c0 - c.cpu;
                 MPI_Allreduce(&dt, &t[rep], 1, MPI_DOUBLE, MPI_MAX, c.comm);
+                MPI_Allreduce(&dc, &cpu[rep], 1, MPI_DOUBLE, MPI_MAX, c.comm);
                 bytes = c.bytes;
                 comm_s += c.seconds;
                 total_s += dt;
@@ -262,10 +276,12 @@ int main(int argc, char **argv)
             MPI_Reduce(&share, &share_max, 1, MPI_DOUBLE, MPI_MAX, 0, c.comm);
             if (!c.rank) {
                 qsort(t, (size_t)reps, sizeof *t, cmp_d);
+                qsort(cpu, (size_t)reps, sizeof *cpu, cmp_d);
                 const double ring = 2.0 * (c.size - 1) / c.size * 4.0 * 2.0 * (double)af;
                 const int p99 = (int)ceil(0.99 * reps) - 1;
-                printf("%-7u %-5u %10zu %10.2f %10.2f %12.0f %8.3f %7.1f%% %10.3g %10.3g\n", H, r,
-                       2 * af, 1e3 * t[reps / 2], 1e3 * t[p99 < 0 ? 0 : p99], bytes,
+                printf("%-7u %-5u %10zu %10.2f %10.2f %10.2f %12.0f %8.3f %7.1f%% %10.3g %10.3g\n",
+                       H, r, 2 * af, 1e3 * t[reps / 2], 1e3 * t[p99 < 0 ? 0 : p99],
+                       1e3 * cpu[reps / 2], bytes,
                        c.size > 1 ? bytes / ring : 0.0, 100.0 * share_max, err, opt);
                 fflush(stdout);
             }

@@ -231,8 +231,11 @@ static sona_status exact_allreduce(sona_engine *e, sona_comm *comm, uint32_t k, 
         int ex = 0;
         frexp(bound, &ex); /* bound < 2^ex */
         scale[j] = bound > 0.0 ? ldexp(1.0, 23 - ex) : 0.0; /* sum of |ints| < 2^23 + k/2 */
+        /* Rounded to the nearest integer by the 1.5 x 2^52 trick (|x| < 2^24 here), which
+         * vectorises where rint() is a call. */
+        const double magic = 0x1.8p52;
         for (size_t h = 0; h < H; h++)
-            tmp[j * H + h] = (float)rint(data[j * H + h] * scale[j]);
+            tmp[j * H + h] = (float)((data[j * H + h] * scale[j] + magic) - magic);
     }
     free(mx);
     st = sona_comm_allreduce_sum(comm, tmp, rows * H);

@@ -247,8 +247,9 @@ static inline double dot8(const double *x, const double *y, size_t n)
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
-/* Gram-Schmidt of row j of Y against rows 0..j-1 (twice), then normalised; 0 when dependent. */
-static void orth_row(double *Y, size_t H, size_t j, double ref2)
+/* Gram-Schmidt of row j of Y against rows 0..j-1 (twice), then normalised; 0 when dependent.
+ * Inlined into each clone of its callers. */
+static inline __attribute__((always_inline)) void orth_row(double *Y, size_t H, size_t j, double ref2)
 {
     double *y = Y + j * H;
     for (int pass = 0; pass < 2; pass++)
