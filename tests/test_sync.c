@@ -474,6 +474,7 @@ static void changes(sona_sync_method method)
         const double wt[K + 1] = {1.0, 1.0, 1.0, -(K - 1.0)};
         float eA[MF], eBt[MF];
         cr_assert_eq(sona_lora_merge(H, MICRO, K + 1, pa, pb, wt, eA, eBt, NULL), SONA_OK);
+        cr_assert_eq(sona_lora_align(H, MICRO, S.mA, eA, eBt), SONA_OK); /* S's coordinates */
         cr_assert_eq(memcmp(after.mA, eA, sizeof eA), 0, "rank %u's tenant 0", i);
         cr_assert_eq(memcmp(after.mBt, eBt, sizeof eBt), 0, "rank %u's tenant 0", i);
     }

@@ -136,8 +136,8 @@ static void global_stats(const sync_header *h, uint32_t k, sona_stats *g)
 /* Steps 2-3: the merged Base-LoRA of every rank into A_new and Bt_new (layers x rank x hidden
  * each), from this rank's weights in mine (A then Bt). A failed merge goes to *local. */
 static sona_status merge_base(sona_engine *e, sona_comm *comm, uint32_t k, const double *w,
-                              const float *last, const float *mine, float *A_new, float *Bt_new,
-                              double *err, sona_status *local)
+                              const float *last, const float *basis, const float *mine,
+                              float *A_new, float *Bt_new, double *err, sona_status *local)
 {
     const size_t H = e->cfg.hidden, r = e->cfg.base_rank, L = e->cfg.base_layers;
     const size_t block = 2 * L * r * H; /* floats a rank sends */
@@ -167,6 +167,9 @@ static sona_status merge_base(sona_engine *e, sona_comm *comm, uint32_t k, const
         sona_merge_info info;
         merged = sona_lora_merge((uint32_t)H, (uint32_t)r, n, pa, pb, w, A_new + l * r * H,
                                 Bt_new + l * r * H, &info);
+        if (merged == SONA_OK && basis && !info.copied) /* S's coordinates kept */
+            merged = sona_lora_align((uint32_t)H, (uint32_t)r, basis + l * r * H,
+                                     A_new + l * r * H, Bt_new + l * r * H);
         total += info.total;
         tail += info.tail;
     }
@@ -371,6 +374,9 @@ static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint
             fail = sona_sketch_finish((uint32_t)H, (uint32_t)r, (uint32_t)l, Y + t * lh,
                                       Z + t * lh, om + t * lh, sqrt(a2 / rows), A_new + l2 * rh,
                                       Bt_new + l2 * rh, &info);
+        if (fail == SONA_OK && basis) /* S's coordinates kept (EWC++ is per coordinate) */
+            fail = sona_lora_align((uint32_t)H, (uint32_t)r, basis + l2 * rh, A_new + l2 * rh,
+                                   Bt_new + l2 * rh);
         total += info.total;
         tail += info.tail;
     }
@@ -505,8 +511,12 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, in
         }
         /* A pointers pa[0..n], B pointers from pa + k + 1: room for S's at index n of both. */
         const float **pb = pa + k + 1;
+        sona_merge_info info;
         merged = sona_lora_merge(e->cfg.hidden, e->cfg.micro_rank, n + (uint32_t)from_last, pa,
-                                 pb, w, tm->out + 2 * af * i, tm->out + 2 * af * i + af, NULL);
+                                 pb, w, tm->out + 2 * af * i, tm->out + 2 * af * i + af, &info);
+        if (merged == SONA_OK && synced == n && !info.copied) /* S's coordinates kept */
+            merged = sona_lora_align(e->cfg.hidden, e->cfg.micro_rank, e->sync->tenants + 2 * af * i,
+                                     tm->out + 2 * af * i, tm->out + 2 * af * i + af);
         tm->commit[i] = 1;
     }
     free(w), free(flags), free(shared), free(pa), free(send), free(all);
@@ -625,8 +635,9 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
     for (uint32_t i = 0; i < k; i++)
         all_have &= h[i].has_last == 1;
     if (st == SONA_OK && cfg->method == SONA_SYNC_EXACT)
-        st = merge_base(e, comm, k, w, changes ? e->sync->base : NULL, mine, mine + 2 * af,
-                        mine + 3 * af, &err, &failed_here);
+        st = merge_base(e, comm, k, w, changes ? e->sync->base : NULL,
+                        all_have ? e->sync->base : NULL, mine, mine + 2 * af, mine + 3 * af, &err,
+                        &failed_here);
     else if (st == SONA_OK)
         st = sketch_base(e, comm, k, rank, w, changes ? e->sync->base : NULL, w[k],
                          all_have ? e->sync->base : NULL, mine, mine + 2 * af, mine + 3 * af,

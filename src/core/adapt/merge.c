@@ -414,3 +414,63 @@ sona_status sona_sketch_finish(uint32_t hidden, uint32_t rank, uint32_t width, c
     free(buf), free(order);
     return SONA_OK;
 }
+
+SKETCH_CLONES
+sona_status sona_lora_align(uint32_t hidden, uint32_t rank, const float *A_ref, float *A,
+                            float *Bt)
+{
+    const size_t H = hidden, r = rank;
+    double *buf = malloc((3 * r * r + 5 * r * H) * sizeof *buf);
+    if (!buf)
+        return SONA_E_NOMEM;
+    double *C = buf, *V = C + r * r, *R = V + r * r, *a = R + r * r, *b = a + r * H;
+    double *ad = b + r * H, *bd = ad + r * H, *rd = bd + r * H; /* A, Bt, A_ref in double */
+    for (size_t i = 0; i < r * H; i++) {
+        ad[i] = A[i];
+        bd[i] = Bt[i];
+        rd[i] = A_ref[i];
+    }
+    /* C = A_ref A^T, column-major: C[j * r + i] = A_ref_i . A_j. */
+    for (size_t i = 0; i < r; i++)
+        for (size_t j = 0; j < r; j++)
+            C[j * r + i] = dot8(rd + i * H, ad + j * H, H);
+    jacobi_svd(C, V, r); /* C V = W (in C), W_j = U_j sigma_j */
+    double top = 0.0, *sig = a; /* a's first r entries, before a is filled */
+    for (size_t j = 0; j < r; j++) {
+        double s2 = 0.0;
+        for (size_t i = 0; i < r; i++)
+            s2 += C[j * r + i] * C[j * r + i];
+        sig[j] = sqrt(s2);
+        top = sig[j] > top ? sig[j] : top;
+    }
+    for (size_t j = 0; j < r; j++)
+        if (!(sig[j] > 1e-9 * top)) {
+            free(buf);
+            return SONA_OK; /* singular: no unique turn, the factors stay */
+        }
+    /* R = U V^T: R[i][c] = sum_j U[i][j] V[c][j], U[i][j] = C[j * r + i] / sigma_j. */
+    for (size_t i = 0; i < r; i++)
+        for (size_t c = 0; c < r; c++) {
+            double s = 0.0;
+            for (size_t j = 0; j < r; j++)
+                s += C[j * r + i] / sig[j] * V[j * r + c];
+            R[i * r + c] = s;
+        }
+    memset(a, 0, 2 * r * H * sizeof *a); /* a and b */
+    for (size_t i = 0; i < r; i++)
+        for (size_t c = 0; c < r; c++) {
+            const double x = R[i * r + c];
+            double *ai = a + i * H, *bi = b + i * H;
+            const double *ac = ad + c * H, *bc = bd + c * H;
+            for (size_t h = 0; h < H; h++) {
+                ai[h] += x * ac[h];
+                bi[h] += x * bc[h];
+            }
+        }
+    for (size_t i = 0; i < r * H; i++) {
+        A[i] = (float)a[i];
+        Bt[i] = (float)b[i];
+    }
+    free(buf);
+    return SONA_OK;
+}

@@ -61,4 +61,12 @@ sona_status sona_sketch_finish(uint32_t hidden, uint32_t rank, uint32_t width, c
                                const double *Z, const double *omega, double a0, float *A_out,
                                float *Bt_out, sona_merge_info *info);
 
+/* Turns a merged adapter's factors by the orthogonal R (rank x rank) that brings A closest to
+ * A_ref (orthogonal Procrustes, R = U V^T from A_ref A^T = U S V^T): A <- R A, Bt <- R Bt, so
+ * B A is unchanged and each coordinate of the factors keeps the meaning it had in A_ref (EWC++'s
+ * Fisher and anchors are per coordinate; a merge's SVD basis would scramble them). Left as it
+ * is when A_ref A^T is singular (no unique turn). SONA_E_NOMEM. */
+sona_status sona_lora_align(uint32_t hidden, uint32_t rank, const float *A_ref, float *A,
+                            float *Bt);
+
 #endif
