@@ -491,3 +491,79 @@ Test(sync, the_sketch_sums_changes_close_to_the_exact_merge)
 {
     changes(SONA_SYNC_SKETCH);
 }
+
+/* |x - y| within the all-reduce's integer grid (Fisher entries are >= 0, so no rank's row
+ * maximum exceeds K times the result's, m): K ranks round by half a step each, a step at most
+ * 2^-23 x 2 x (the sum of the ranks' row maxima, <= K m). */
+static void near_rows(const float *x, const double *y, size_t n, const char *what)
+{
+    for (size_t row = 0; row < n / H; row++) {
+        double m = 0.0;
+        for (size_t h = 0; h < H; h++)
+            m = fmax(m, fabs(y[row * H + h]));
+        for (size_t h = 0; h < H; h++) {
+            const size_t i = row * H + h;
+            cr_assert(fabs(x[i] - y[i]) <= K * K * 0x1p-22 * m + 1e-30, "%s[%zu]: %.9g vs %.9g", what,
+                      i, x[i], y[i]);
+        }
+    }
+}
+
+Test(sync, ewc_is_merged_so_every_rank_protects_what_any_learned)
+{
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    enum { N = 2 * AF };
+    sync_run s = {.cfg = NULL};
+    static float run[K][N], fsum[K][N], theta[N], after_run[K][N], after_sum[K][N];
+    static weights w;
+    for (uint32_t i = 0; i < K; i++) {
+        s.e[i] = make_engine(H);
+        train(s.e[i], seed, 70 + i, 40);
+    }
+    /* Rank 1 ends a task (its Fisher so far becomes a snapshot) and learns on. */
+    cr_assert_eq(eng_inspect_base_end_task(s.e[1]), SONA_OK);
+    train(s.e[1], seed, 80, 30);
+    uint32_t tasks[K];
+    for (uint32_t i = 0; i < K; i++)
+        cr_assert_eq(eng_inspect_base_ewc(s.e[i], run[i], fsum[i], NULL, &tasks[i]), SONA_OK);
+    cr_assert_eq(tasks[0] + tasks[1] + tasks[2], 1);
+    sync_all(&s, 0);
+    read_weights(s.e[0], &w);
+    memcpy(theta, w.A, sizeof w.A);
+    memcpy(theta + AF, w.Bt, sizeof w.Bt);
+    static double mean[N], sum[N];
+    for (size_t j = 0; j < N; j++) {
+        mean[j] = ((double)run[0][j] + run[1][j] + run[2][j]) / K;
+        sum[j] = (double)fsum[0][j] + fsum[1][j] + fsum[2][j];
+    }
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK, "rank %u: %s", i, sona_engine_last_error(s.e[i]));
+        static float anchor[N];
+        cr_assert_eq(eng_inspect_base_ewc(s.e[i], after_run[i], after_sum[i], anchor, &tasks[i]),
+                     SONA_OK);
+        cr_assert_eq(tasks[i], 1, "rank %u: %u tasks", i, tasks[i]);
+        cr_assert_eq(memcmp(anchor, theta, sizeof anchor), 0, "rank %u: anchor not the merge", i);
+        cr_assert_eq(memcmp(after_run[i], after_run[0], sizeof after_run[0]), 0);
+        cr_assert_eq(memcmp(after_sum[i], after_sum[0], sizeof after_sum[0]), 0);
+        sona_stats st;
+        cr_assert_eq(sona_get_stats(s.e[i], &st), SONA_OK);
+        cr_assert_eq(st.tasks, 1);
+    }
+    near_rows(after_run[0], mean, N, "running Fisher");
+    near_rows(after_sum[0], sum, N, "task Fisher");
+    /* Nothing learned since: the task's Fisher is what the last sync left, not counted again
+     * by every rank. */
+    static double last[N];
+    for (size_t j = 0; j < N; j++)
+        last[j] = after_sum[0][j];
+    sync_all(&s, 0);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK);
+        cr_assert_eq(eng_inspect_base_ewc(s.e[i], NULL, after_sum[i], NULL, &tasks[i]), SONA_OK);
+        cr_assert_eq(tasks[i], 1);
+    }
+    near_rows(after_sum[0], last, N, "task Fisher again");
+    for (uint32_t i = 0; i < K; i++)
+        sona_engine_destroy(s.e[i]);
+}

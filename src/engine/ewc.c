@@ -87,6 +87,14 @@ void eng_ewc_destroy(eng_ewc *w)
 uint32_t eng_ewc_tasks(const eng_ewc *w) { return w ? sona_ewc_task_count(w->ewc) : 0; }
 const sona_ewc *eng_ewc_state(const eng_ewc *w) { return w->ewc; }
 
+sona_ewc *eng_ewc_swap(eng_ewc *w, sona_ewc *fresh)
+{
+    sona_ewc *old = w->ewc;
+    w->ewc = fresh;
+    w->lambda_valid = 0; /* new tasks: the capped lambda is found again */
+    return old;
+}
+
 sona_status eng_ewc_consolidate(eng_ewc *w, const sona_lora *lora)
 {
     const uint32_t half = w->n / 2;

@@ -32,13 +32,15 @@ struct eng_sync {
     float *tenants;   /* max_tenants x 2 x micro_rank x hidden */
     uint64_t *gen;
     unsigned char *valid;
+    float *fisher_tasks; /* EWC++: Base-LoRA's task Fisher sum the last sync left */
+    int fisher_have;     /* 1: it holds tasks (else none were) */
 };
 
 void eng_sync_free(struct eng_sync *s)
 {
     if (!s)
         return;
-    free(s->base), free(s->tenants), free(s->gen), free(s->valid), free(s);
+    free(s->base), free(s->tenants), free(s->gen), free(s->valid), free(s->fisher_tasks), free(s);
 }
 
 static struct eng_sync *sync_alloc(const sona_engine_config *c)
@@ -50,7 +52,9 @@ static struct eng_sync *sync_alloc(const sona_engine_config *c)
     s->tenants = malloc(2 * (size_t)c->max_tenants * c->micro_rank * c->hidden * sizeof *s->tenants);
     s->gen = calloc(c->max_tenants, sizeof *s->gen);
     s->valid = calloc(c->max_tenants, 1);
-    if (!s->base || !s->tenants || !s->gen || !s->valid) {
+    s->fisher_tasks = malloc(2 * (size_t)c->base_layers * c->base_rank * c->hidden *
+                             sizeof *s->fisher_tasks);
+    if (!s->base || !s->tenants || !s->gen || !s->valid || !s->fisher_tasks) {
         eng_sync_free(s);
         return NULL;
     }
@@ -74,6 +78,7 @@ typedef struct sync_header {
     uint64_t learned, has_last;
     uint64_t counters[SYNC_COUNTERS];
     uint64_t tenants, quality_bits, phi_bits;
+    uint64_t ewc, ewc_tasks; /* EWC++ on; Base-LoRA's task snapshots */
 } sync_header;
 
 static uint64_t *counter(sona_stats *s, unsigned i)
@@ -389,6 +394,80 @@ static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint
     return SONA_OK;
 }
 
+/* EWC++ of Base-LoRA, so that every rank protects what any rank learned, the same bits on
+ * every rank: the running Fisher becomes the ranks' average (the Fisher of all their traffic),
+ * and the task snapshots one task anchored at the merged weights theta (A then Bt) whose
+ * Fisher is what the last sync left, F_S, plus every rank's tasks' change since:
+ * sum_i F_i - (k - 1) F_S (F_i: rank i's sum over its tasks; no F_S: sum_i F_i), at least 0.
+ * Built into *fresh (a new sona_ewc, the detector kept, it is this rank's traffic's) and
+ * tasks_out (the new task Fisher, for S), committed by the caller. */
+static sona_status sync_ewc(sona_engine *e, sona_comm *comm, uint32_t k, const sync_header *h,
+                            int all_have, const float *theta, sona_ewc **fresh, float *tasks_out,
+                            int *has_tasks, sona_status *local)
+{
+    *fresh = NULL;
+    *has_tasks = 0;
+    if (!e->base_ewc)
+        return SONA_OK;
+    const size_t H = e->cfg.hidden, n = 2 * (size_t)e->cfg.base_layers * e->cfg.base_rank * H;
+    const size_t rows = n / H;
+    const sona_ewc *old = eng_ewc_state(e->base_ewc);
+    const struct eng_sync *S = e->sync;
+    const int from_last = S->have && S->fisher_have && all_have;
+    int any = 0; /* the same on every rank: S->fisher_have is, where every rank has S */
+    for (uint32_t i = 0; i < k; i++)
+        any |= h[i].ewc_tasks > 0;
+    any |= from_last;
+    double *d = malloc(n * sizeof *d);
+    float *tmp = malloc(n * sizeof *tmp);
+    if (!d || !tmp) {
+        free(d), free(tmp);
+        return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+    }
+    const float *f = sona_ewc_fisher((sona_ewc *)(uintptr_t)old);
+    for (size_t i = 0; i < n; i++)
+        d[i] = f[i];
+    sona_status st = exact_allreduce(e, comm, k, d, rows, H, tmp);
+    /* After a local failure (the merge's) theta may be unset: go on through the collectives
+     * only. */
+    sona_status fail = *local != SONA_OK ? *local : sona_ewc_create(sona_ewc_get_config(old), fresh);
+    if (st == SONA_OK && fail == SONA_OK) {
+        float *fr = sona_ewc_fisher(*fresh);
+        for (size_t i = 0; i < n; i++)
+            fr[i] = (float)(d[i] / k);
+    }
+    if (st == SONA_OK && any) {
+        const float *fsum = NULL, *ftheta = NULL;
+        float lambda;
+        sona_ewc_penalty(old, &fsum, &ftheta, &lambda);
+        for (size_t i = 0; i < n; i++)
+            d[i] = fsum ? fsum[i] : 0.0;
+        st = exact_allreduce(e, comm, k, d, rows, H, tmp);
+        if (st == SONA_OK && tasks_out) {
+            for (size_t i = 0; i < n; i++) {
+                const double v = d[i] - (from_last ? (double)(k - 1) * S->fisher_tasks[i] : 0.0);
+                tasks_out[i] = v > 0.0 ? (float)v : 0.0f;
+            }
+            *has_tasks = 1;
+            if (fail == SONA_OK)
+                fail = sona_ewc_add_task(*fresh, theta, tasks_out, (uint32_t)n);
+        }
+    }
+    sona_ewc_detector det;
+    if (st == SONA_OK && fail == SONA_OK && (fail = sona_ewc_get_detector(old, &det)) == SONA_OK)
+        fail = sona_ewc_set_detector(*fresh, &det);
+    free(d), free(tmp);
+    if (st != SONA_OK || fail != SONA_OK) {
+        sona_ewc_destroy(*fresh);
+        *fresh = NULL;
+    }
+    if (st != SONA_OK)
+        return st;
+    if (fail != SONA_OK && *local == SONA_OK)
+        *local = eng_fail(e, fail, "%s: building the merged EWC++ state failed", __func__);
+    return SONA_OK;
+}
+
 /* Step 4: every rank's status gathered, so a rank that failed locally (memory) stops every
  * rank before any commits. */
 static sona_status agree(sona_engine *e, sona_comm *comm, uint32_t k, sona_status local)
@@ -580,7 +659,8 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
                       f32_bits(e->cfg.micro_alpha),
                       processed - (e->synced_processed <= processed ? e->synced_processed : 0),
                       e->sync && e->sync->have, {0}, local.tenants, f32_bits(local.quality_baseline),
-                      f32_bits(local.last_phi)};
+                      f32_bits(local.last_phi), e->base_ewc != NULL,
+                      eng_ewc_tasks(e->base_ewc)};
     for (unsigned c = 0; c < SYNC_COUNTERS; c++)
         me.counters[c] = *counter(&local, c);
     sync_header *h = calloc(k, sizeof *h);
@@ -600,10 +680,10 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
         if (h[i].magic != SYNC_MAGIC || h[i].hidden != me.hidden || h[i].layers != me.layers ||
             h[i].rank != me.rank || h[i].alpha_bits != me.alpha_bits ||
             h[i].tenants_max != me.tenants_max || h[i].micro_rank != me.micro_rank ||
-            h[i].micro_alpha_bits != me.micro_alpha_bits)
+            h[i].micro_alpha_bits != me.micro_alpha_bits || h[i].ewc != me.ewc)
             st = eng_fail(e, SONA_E_SIZE, "%s: rank %u's engine has another shape (hidden %llu, "
                           "base_layers %llu, base_rank %llu, max_tenants %llu, micro_rank %llu, "
-                          "or the alphas) than rank %u's", __func__, i,
+                          "or the alphas, or EWC++ on or off) than rank %u's", __func__, i,
                           (unsigned long long)h[i].hidden, (unsigned long long)h[i].layers,
                           (unsigned long long)h[i].rank, (unsigned long long)h[i].tenants_max,
                           (unsigned long long)h[i].micro_rank, rank);
@@ -645,6 +725,14 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
     if (st == SONA_OK)
         st = merge_tenants(e, comm, k, cfg->merge == SONA_SYNC_CHANGES && k > 1, &tm,
                            &failed_here);
+    sona_ewc *fresh = NULL; /* Base-LoRA's EWC++ state after the sync */
+    float *ftasks = e->base_ewc ? malloc(2 * af * sizeof *ftasks) : NULL;
+    int ftasks_have = 0;
+    if (e->base_ewc && !ftasks && failed_here == SONA_OK)
+        failed_here = eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+    if (st == SONA_OK) /* ftasks NULL (no room): through the collectives only */
+        st = sync_ewc(e, comm, k, h, all_have, mine + 2 * af, &fresh, ftasks, &ftasks_have,
+                      &failed_here);
     if (st == SONA_OK)
         st = agree(e, comm, k, failed_here);
     /* Step 5: commit, or put the old weights back. */
@@ -657,6 +745,14 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
             eng_fail(e, st, "%s: committing the merged Base-LoRA: %s", __func__,
                      sona_lora_last_error(e->base));
         }
+    }
+    if (st == SONA_OK && fresh) { /* EWC++ goes with the weights it protects */
+        sona_ewc_destroy(eng_ewc_swap(e->base_ewc, fresh));
+        fresh = NULL;
+        atomic_store(&e->n.tasks, eng_ewc_tasks(e->base_ewc));
+        e->sync->fisher_have = ftasks_have;
+        if (ftasks_have)
+            memcpy(e->sync->fisher_tasks, ftasks, 2 * af * sizeof *ftasks);
     }
     if (st == SONA_OK) {
         memcpy(e->sync->base, mine + 2 * af, 2 * af * sizeof *mine); /* S: new A, new Bt */
@@ -674,6 +770,8 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
             global_stats(h, k, &res->global);
         }
     }
+    sona_ewc_destroy(fresh);
+    free(ftasks);
     free(h), free(w), free(mine), free(tm.mine), free(tm.out), free(tm.commit), free(tm.gen);
     return st;
 }
