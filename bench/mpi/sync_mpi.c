@@ -8,7 +8,8 @@
  * The collectives are MPI's, wrapped here to count the bytes each rank must receive (a ring
  * all-reduce of n floats: 2 (k-1)/k 4n; an all-gather: (k-1) blocks) and the time spent in
  * them. Printed per shape: the sync's wall time (the slowest rank's) as median and p99, bytes
- * per rank and their ratio to a ring all-reduce of Base-LoRA's parameters, the CPU time a rank
+ * per rank and their ratio to a ring all-reduce of Base-LoRA's parameters and their EWC++
+ * Fisher (--no-ewc: the parameters alone), the CPU time a rank
  * spends outside the collectives (median of the slowest rank's: the merge's computation with
  * the export and the publish; robust to a loaded machine), the share of the wall time outside
  * the collectives (the merge's computation, with the export and the publish), and
@@ -121,7 +122,7 @@ int main(int argc, char **argv)
     counted c = {MPI_COMM_WORLD, 0, 1, 0, 0, 0};
     MPI_Comm_rank(c.comm, &c.rank);
     MPI_Comm_size(c.comm, &c.size);
-    int reps = 30, layers = 12, exact = 0, independent = 0;
+    int reps = 30, layers = 12, exact = 0, independent = 0, no_ewc = 0;
     float drift_a = 0.05f, drift_b = 0.5f;
     const char *hiddens = "1024,4096", *ranks = "8,16";
     for (int i = 1; i < argc; i++) {
@@ -137,6 +138,8 @@ int main(int argc, char **argv)
             drift_a = (float)atof(argv[++i]);
         else if (!strcmp(argv[i], "--drift-b") && i + 1 < argc)
             drift_b = (float)atof(argv[++i]);
+        else if (!strcmp(argv[i], "--no-ewc"))
+            no_ewc = 1;
         else if (!strcmp(argv[i], "--exact"))
             exact = 1;
         else if (!strcmp(argv[i], "--independent"))
@@ -145,7 +148,7 @@ int main(int argc, char **argv)
             if (!c.rank)
                 fprintf(stderr, "usage: sona_sync_bench [--reps N] [--layers L] [--hidden "
                         "1024,4096] [--rank 8,16] [--drift-a f] [--drift-b f] [--exact] "
-                        "[--independent]\n");
+                        "[--independent] [--no-ewc]\n");
             MPI_Finalize();
             return 2;
         }
@@ -155,7 +158,8 @@ int main(int argc, char **argv)
     if (sona_comm_create(&ops, &comm) != SONA_OK)
         MPI_Abort(c.comm, 1);
     if (!c.rank)
-        printf("# sona_sync_bench: %d ranks, %d layers, method %s, %s, %d syncs a shape\n"
+        printf("# sona_sync_bench: %d ranks, %d layers, method %s, %s, %d syncs a shape; "
+               "x ring: bytes over a ring all-reduce of Base-LoRA and its EWC++ Fisher\n"
                "%-7s %-5s %10s %10s %10s %10s %12s %8s %8s %10s %10s\n", c.size, layers,
                exact ? "exact" : "sketch",
                independent ? "independent adapters" : "drift from the last sync", reps, "hidden",
@@ -176,6 +180,7 @@ int main(int argc, char **argv)
             cfg.base_rank = r;
             cfg.base_alpha = 2.0f * r;
             cfg.max_tenants = 1;
+            cfg.ewc_enabled = !no_ewc;
             cfg.background_thread = 0;
             cfg.device_apply = 0;
             cfg.loop_b_threshold = 1u << 30;
@@ -277,7 +282,9 @@ int main(int argc, char **argv)
             if (!c.rank) {
                 qsort(t, (size_t)reps, sizeof *t, cmp_d);
                 qsort(cpu, (size_t)reps, sizeof *cpu, cmp_d);
-                const double ring = 2.0 * (c.size - 1) / c.size * 4.0 * 2.0 * (double)af;
+                /* Base-LoRA plus, with EWC++ on, its running Fisher (as many floats). */
+                const double ring = 2.0 * (c.size - 1) / c.size * 4.0 * 2.0 * (double)af *
+                                    (cfg.ewc_enabled ? 2.0 : 1.0);
                 const int p99 = (int)ceil(0.99 * reps) - 1;
                 printf("%-7u %-5u %10zu %10.2f %10.2f %10.2f %12.0f %8.3f %7.1f%% %10.3g %10.3g\n",
                        H, r, 2 * af, 1e3 * t[reps / 2], 1e3 * t[p99 < 0 ? 0 : p99],
