@@ -275,20 +275,41 @@ Test(sync, the_sketch_ends_bit_identical_close_to_the_average)
     weighted_average(SONA_SYNC_SKETCH);
 }
 
-Test(sync, a_failing_callback_leaves_every_engine_as_it_was)
+/* Fail at every call in turn until a sync goes through: each failed one must change nothing,
+ * weights, counters and EWC++ alike. history: a first sync went through before (so the last
+ * sync's state, the turn back to its coordinates and an EWC++ task are part of it). */
+static void failing_callbacks(sona_sync_method method, int history)
 {
     const uint64_t seed = test_seed();
     printf("seed %" PRIu64 "\n", seed);
-    sync_run s = {.cfg = NULL};
+    sona_sync_config cfg;
+    sona_sync_config_default(&cfg);
+    cfg.method = method;
+    cfg.merge = history ? SONA_SYNC_CHANGES : SONA_SYNC_AVERAGE;
+    sync_run s = {.cfg = &cfg};
+    enum { N = 2 * AF };
     static weights before[K], now;
+    static float fisher_before[K][N], fisher_now[N];
+    uint32_t tasks_before[K], tasks_now;
     sona_stats st_before[K], st_now;
     for (uint32_t i = 0; i < K; i++) {
         s.e[i] = make_engine(H);
         train(s.e[i], seed, 20 + i, 50 + 20 * i);
+    }
+    if (history) {
+        sync_all(&s, 0);
+        for (uint32_t i = 0; i < K; i++)
+            cr_assert_eq(s.st[i], SONA_OK);
+        cr_assert_eq(eng_inspect_base_end_task(s.e[1]), SONA_OK);
+        for (uint32_t i = 0; i < K; i++)
+            train(s.e[i], seed, 30 + i, 30);
+    }
+    for (uint32_t i = 0; i < K; i++) {
         read_weights(s.e[i], &before[i]);
         cr_assert_eq(sona_get_stats(s.e[i], &st_before[i]), SONA_OK);
+        cr_assert_eq(eng_inspect_base_ewc(s.e[i], fisher_before[i], NULL, NULL, &tasks_before[i]),
+                     SONA_OK);
     }
-    /* Fail at every call in turn until a sync goes through: each failed one must change nothing. */
     uint32_t fail_at = 1, failures = 0;
     for (;; fail_at++) {
         cr_assert(fail_at < 100, "a sync never succeeded");
@@ -305,9 +326,16 @@ Test(sync, a_failing_callback_leaves_every_engine_as_it_was)
             cr_assert_eq(sona_get_stats(s.e[i], &st_now), SONA_OK);
             cr_assert_eq(st_now.base_updates, st_before[i].base_updates);
             cr_assert_eq(st_now.trajectories_processed, st_before[i].trajectories_processed);
+            cr_assert_eq(st_now.tasks, st_before[i].tasks);
+            cr_assert_eq(eng_inspect_base_ewc(s.e[i], fisher_now, NULL, NULL, &tasks_now), SONA_OK);
+            cr_assert_eq(tasks_now, tasks_before[i]);
+            cr_assert_eq(memcmp(fisher_now, fisher_before[i], sizeof fisher_now), 0,
+                         "fail_at %u: rank %u's Fisher changed", fail_at, i);
         }
     }
-    printf("%u failing calls tried, each left the engines unchanged\n", failures);
+    printf("%s%s: %u failing calls tried, each left the engines unchanged\n",
+           method == SONA_SYNC_EXACT ? "exact" : "sketch", history ? " after a sync" : "",
+           failures);
     cr_assert_geq(failures, 6); /* size, rank, header, Base-LoRA, tenants, status: each tried */
     for (uint32_t i = 0; i < K; i++) {
         cr_assert_eq(s.st[i], SONA_OK);
@@ -315,6 +343,18 @@ Test(sync, a_failing_callback_leaves_every_engine_as_it_was)
         cr_assert_neq(memcmp(&now, &before[i], sizeof now), 0, "rank %u did not merge", i);
         sona_engine_destroy(s.e[i]);
     }
+}
+
+Test(sync, a_failing_callback_leaves_every_engine_as_it_was)
+{
+    failing_callbacks(SONA_SYNC_SKETCH, 0);
+    failing_callbacks(SONA_SYNC_EXACT, 0);
+}
+
+Test(sync, a_failing_callback_after_a_sync_leaves_every_engine_as_it_was)
+{
+    failing_callbacks(SONA_SYNC_SKETCH, 1);
+    failing_callbacks(SONA_SYNC_EXACT, 1);
 }
 
 Test(sync, other_shapes_are_refused_on_every_rank)
