@@ -275,8 +275,69 @@ Test(sync, the_sketch_ends_bit_identical_close_to_the_average)
     weighted_average(SONA_SYNC_SKETCH);
 }
 
+/* The bank in id order, as a digest (ids, sizes, weights, qualities, accesses, centroids,
+ * routes), with its pattern count and summed size. */
+typedef struct bank_view {
+    uint32_t count;
+    uint64_t size, digest, next_id;
+} bank_view;
+
+static uint64_t mix(uint64_t x, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        x = (x ^ b[i]) * 0x100000001b3ull;
+    return x;
+}
+
+static int by_id(const void *a, const void *b)
+{
+    const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static bank_view view_bank(sona_engine *e)
+{
+    bank_view v = {0, 0, 0xcbf29ce484222325ull, 0};
+    sona_bank *b = eng_inspect_bank_begin(e);
+    v.count = sona_bank_pattern_count(b);
+    v.next_id = sona_bank_next_id(b);
+    uint64_t *ids = malloc((v.count + 1) * sizeof *ids);
+    cr_assert(ids);
+    for (uint32_t i = 0; i < v.count; i++) {
+        sona_pattern p;
+        cr_assert_eq(sona_bank_pattern_at(b, i, &p, NULL), SONA_OK);
+        ids[i] = p.id;
+    }
+    qsort(ids, v.count, sizeof *ids, by_id);
+    for (uint32_t i = 0; i < v.count; i++) {
+        sona_pattern p;
+        float c[H];
+        cr_assert_eq(sona_bank_pattern_get(b, ids[i], &p, c), SONA_OK);
+        v.size += p.size;
+        v.digest = mix(v.digest, &p.id, sizeof p.id);
+        v.digest = mix(v.digest, &p.size, sizeof p.size);
+        v.digest = mix(v.digest, &p.total_weight, sizeof p.total_weight);
+        v.digest = mix(v.digest, &p.avg_quality, sizeof p.avg_quality);
+        v.digest = mix(v.digest, &p.access_count, sizeof p.access_count);
+        v.digest = mix(v.digest, c, sizeof c);
+        for (uint32_t r = 0; r < p.route_count; r++) {
+            const char *name;
+            uint64_t n;
+            float q;
+            cr_assert_eq(sona_bank_pattern_route(b, p.id, r, &name, &n, &q), SONA_OK);
+            v.digest = mix(v.digest, name, strlen(name));
+            v.digest = mix(v.digest, &n, sizeof n);
+            v.digest = mix(v.digest, &q, sizeof q);
+        }
+    }
+    eng_inspect_bank_end(e);
+    free(ids);
+    return v;
+}
+
 /* Fail at every call in turn until a sync goes through: each failed one must change nothing,
- * weights, counters and EWC++ alike. history: a first sync went through before (so the last
+ * weights, counters, EWC++ and the pattern bank alike. history: a first sync went through before (so the last
  * sync's state, the turn back to its coordinates and an EWC++ task are part of it). */
 static void failing_callbacks(sona_sync_method method, int history)
 {
@@ -291,6 +352,7 @@ static void failing_callbacks(sona_sync_method method, int history)
     static weights before[K], now;
     static float fisher_before[K][N], fisher_now[N];
     uint32_t tasks_before[K], tasks_now;
+    bank_view bank_before[K];
     sona_stats st_before[K], st_now;
     for (uint32_t i = 0; i < K; i++) {
         s.e[i] = make_engine(H);
@@ -309,6 +371,7 @@ static void failing_callbacks(sona_sync_method method, int history)
         cr_assert_eq(sona_get_stats(s.e[i], &st_before[i]), SONA_OK);
         cr_assert_eq(eng_inspect_base_ewc(s.e[i], fisher_before[i], NULL, NULL, &tasks_before[i]),
                      SONA_OK);
+        bank_before[i] = view_bank(s.e[i]);
     }
     uint32_t fail_at = 1, failures = 0;
     for (;; fail_at++) {
@@ -331,6 +394,10 @@ static void failing_callbacks(sona_sync_method method, int history)
             cr_assert_eq(tasks_now, tasks_before[i]);
             cr_assert_eq(memcmp(fisher_now, fisher_before[i], sizeof fisher_now), 0,
                          "fail_at %u: rank %u's Fisher changed", fail_at, i);
+            const bank_view bv = view_bank(s.e[i]);
+            cr_assert_eq(bv.digest, bank_before[i].digest, "fail_at %u: rank %u's bank changed",
+                         fail_at, i);
+            cr_assert_eq(bv.next_id, bank_before[i].next_id);
         }
     }
     printf("%s%s: %u failing calls tried, each left the engines unchanged\n",
@@ -604,6 +671,58 @@ Test(sync, ewc_is_merged_so_every_rank_protects_what_any_learned)
         cr_assert_eq(tasks[i], 1);
     }
     near_rows(after_sum[0], last, N, "task Fisher again");
+    for (uint32_t i = 0; i < K; i++)
+        sona_engine_destroy(s.e[i]);
+}
+
+Test(sync, pattern_banks_are_merged_the_same_on_every_rank)
+{
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    sync_run s = {.cfg = NULL};
+    bank_view before[K], after[K];
+    uint64_t size_sum = 0;
+    for (uint32_t i = 0; i < K; i++) {
+        s.e[i] = make_engine(H);
+        /* Ranks 0 and 1 see one task (their patterns alike), rank 2 its own. */
+        train(s.e[i], seed + (i == 2), 90 + i, 60);
+        before[i] = view_bank(s.e[i]);
+        size_sum += before[i].size;
+        printf("rank %u: %u patterns of %" PRIu64 " trajectories\n", i, before[i].count,
+               before[i].size);
+    }
+    cr_assert(before[0].count > 0 && before[1].count > 0);
+    sync_all(&s, 0);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK, "rank %u: %s", i, sona_engine_last_error(s.e[i]));
+        after[i] = view_bank(s.e[i]);
+        cr_assert_eq(after[i].digest, after[0].digest, "rank %u's bank differs", i);
+        cr_assert_eq(after[i].count, after[0].count);
+        cr_assert_eq(after[i].next_id, after[0].next_id);
+        sona_stats st;
+        cr_assert_eq(sona_get_stats(s.e[i], &st), SONA_OK);
+        cr_assert_eq(st.patterns, after[0].count);
+    }
+    printf("merged: %u patterns of %" PRIu64 " trajectories\n", after[0].count, after[0].size);
+    cr_assert_eq(after[0].size, size_sum, "every rank's trajectories are in the merged bank");
+    cr_assert_leq(after[0].count, before[0].count + before[1].count + before[2].count);
+    /* Nothing learned since: nothing changes. */
+    sync_all(&s, 0);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK);
+        const bank_view v = view_bank(s.e[i]);
+        cr_assert_eq(v.digest, after[0].digest, "rank %u's bank changed", i);
+    }
+    /* Rank 1 learns on: its new trajectories are added once, not once per rank. */
+    train(s.e[1], seed + 1, 95, 40);
+    const bank_view grown = view_bank(s.e[1]);
+    sync_all(&s, 0);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK);
+        after[i] = view_bank(s.e[i]);
+        cr_assert_eq(after[i].digest, after[0].digest, "rank %u's bank differs", i);
+    }
+    cr_assert_eq(after[0].size, grown.size, "%" PRIu64 " vs %" PRIu64, after[0].size, grown.size);
     for (uint32_t i = 0; i < K; i++)
         sona_engine_destroy(s.e[i]);
 }

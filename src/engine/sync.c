@@ -34,13 +34,18 @@ struct eng_sync {
     unsigned char *valid;
     float *fisher_tasks; /* EWC++: Base-LoRA's task Fisher sum the last sync left */
     int fisher_have;     /* 1: it holds tasks (else none were) */
+    unsigned char *bank; /* the pattern bank's records the last sync left, sorted by id */
+    size_t bank_bytes;
+    uint64_t bank_next;  /* the id its next new pattern takes */
+    int bank_have;
 };
 
 void eng_sync_free(struct eng_sync *s)
 {
     if (!s)
         return;
-    free(s->base), free(s->tenants), free(s->gen), free(s->valid), free(s->fisher_tasks), free(s);
+    free(s->base), free(s->tenants), free(s->gen), free(s->valid), free(s->fisher_tasks), free(s->bank),
+        free(s);
 }
 
 static struct eng_sync *sync_alloc(const sona_engine_config *c)
@@ -468,6 +473,361 @@ static sona_status sync_ewc(sona_engine *e, sona_comm *comm, uint32_t k, const s
     return SONA_OK;
 }
 
+/* ---- the pattern bank -------------------------------------------------------------------------
+ * Every rank sends, per live pattern, a record: whole (centroid and route statistics) when it
+ * is new since the last sync or learned since (size, weight or quality moved), else its head
+ * only (its access statistics). Every rank then builds the same bank from the gathered records:
+ * a pattern the last sync left (S) becomes S plus every rank's change since (size, weight,
+ * accesses and route counts summed as changes, centroid and qualities as size-weighted means
+ * of them), one no rank holds any more is gone, and the new ones follow in rank order, then id
+ * order, numbered from the next id the last sync left, so ids stay unique across ranks. The
+ * bank is then consolidated as loop C does (neighbours with cosine >= merge_cosine merge, no
+ * decay): what several ranks found apart becomes one pattern. */
+#define ROUTE_NAME 64 /* the bank's route names, terminator included */
+
+typedef struct bank_head {
+    uint64_t id, size, access, created, last_access;
+    double weight;
+    float quality;
+    uint32_t routes;
+    uint32_t whole, pad;
+} bank_head;
+
+typedef struct bank_route {
+    char name[ROUTE_NAME];
+    uint64_t count;
+    float quality;
+    uint32_t pad;
+} bank_route;
+
+/* A centroid's bytes in a record, padded so that the next record's head stays aligned. */
+static size_t cen_bytes(size_t dim)
+{
+    return (dim * sizeof(float) + 7) & ~(size_t)7;
+}
+
+static size_t rec_bytes(const bank_head *h, size_t dim)
+{
+    return sizeof *h + (h->whole ? cen_bytes(dim) + h->routes * sizeof(bank_route) : 0);
+}
+
+/* The records in blob (bytes long), as pointers: *n of them. NULL when out of memory. */
+static const bank_head **parse_recs(const unsigned char *blob, size_t bytes, size_t dim, size_t *n)
+{
+    size_t c = 0;
+    for (size_t o = 0; o + sizeof(bank_head) <= bytes; c++)
+        o += rec_bytes((const bank_head *)(const void *)(blob + o), dim);
+    const bank_head **v = malloc((c ? c : 1) * sizeof *v);
+    if (!v)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < c; i++) {
+        v[i] = (const bank_head *)(const void *)(blob + o);
+        o += rec_bytes(v[i], dim);
+    }
+    *n = c;
+    return v;
+}
+
+static const bank_head *find_rec(const bank_head *const *v, size_t n, uint64_t id)
+{
+    size_t lo = 0, hi = n; /* v sorted by id */
+    while (lo < hi) {
+        const size_t mid = lo + (hi - lo) / 2;
+        if (v[mid]->id < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && v[lo]->id == id ? v[lo] : NULL;
+}
+
+static int cmp_pattern(const void *a, const void *b)
+{
+    const sona_pattern *x = *(const sona_pattern *const *)a, *y = *(const sona_pattern *const *)b;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* A bank's live patterns as records, sorted by id: whole ones, or heads only where the pattern
+ * is S's (last: S's records) and learned nothing since. */
+static sona_status bank_records(const sona_bank *b, size_t dim, const bank_head *const *last,
+                                size_t nlast, unsigned char **out, size_t *bytes)
+{
+    const uint32_t n = sona_bank_pattern_count(b);
+    sona_pattern *p = malloc((n ? n : 1) * sizeof *p);
+    size_t cap = (size_t)n * (sizeof(bank_head) + cen_bytes(dim)) + 64, used = 0;
+    unsigned char *blob = malloc(cap);
+    float *c = malloc(dim * sizeof *c);
+    const sona_pattern **order = malloc((n ? n : 1) * sizeof *order);
+    sona_status st = p && blob && c && order ? SONA_OK : SONA_E_NOMEM;
+    for (uint32_t i = 0; i < n && st == SONA_OK; i++) {
+        st = sona_bank_pattern_at(b, i, &p[i], NULL);
+        order[i] = &p[i];
+    }
+    if (st == SONA_OK)
+        qsort(order, n, sizeof *order, cmp_pattern);
+    for (uint32_t i = 0; i < n && st == SONA_OK; i++) {
+        const sona_pattern *q = order[i];
+        const bank_head *s = last ? find_rec(last, nlast, q->id) : NULL;
+        bank_head h = {q->id, q->size, q->access_count, q->created_ms, q->last_access_ms,
+                       q->total_weight, q->avg_quality, q->route_count, 1, 0};
+        if (s && s->size == q->size && s->weight == q->total_weight &&
+            s->quality == q->avg_quality)
+            h.whole = 0;
+        const size_t need = rec_bytes(&h, dim);
+        if (used + need > cap) {
+            cap = 2 * (used + need);
+            unsigned char *grown = realloc(blob, cap);
+            if (!grown) {
+                st = SONA_E_NOMEM;
+                break;
+            }
+            blob = grown;
+        }
+        memset(blob + used, 0, need); /* padding included: the bytes travel */
+        memcpy(blob + used, &h, sizeof h);
+        if (h.whole) {
+            st = sona_bank_pattern_get(b, q->id, NULL, c);
+            memcpy(blob + used + sizeof h, c, dim * sizeof *c);
+            bank_route *r = (bank_route *)(void *)(blob + used + sizeof h + cen_bytes(dim));
+            for (uint32_t j = 0; j < h.routes && st == SONA_OK; j++) {
+                const char *name = NULL;
+                memset(&r[j], 0, sizeof r[j]);
+                st = sona_bank_pattern_route(b, q->id, j, &name, &r[j].count, &r[j].quality);
+                if (st == SONA_OK && name)
+                    strncpy(r[j].name, name, ROUTE_NAME - 1);
+            }
+        }
+        used += need;
+    }
+    free(p), free(c), free(order);
+    if (st != SONA_OK) {
+        free(blob);
+        return st;
+    }
+    *out = blob;
+    *bytes = used;
+    return SONA_OK;
+}
+
+/* Adds to the route list (names, counts as double, count x quality sums) the change of one
+ * version's routes from S's (s: S's record or NULL). */
+typedef struct route_acc {
+    char name[ROUTE_NAME];
+    double count, qsum;
+} route_acc;
+
+static route_acc *route_add(route_acc *acc, size_t *n, size_t *cap, const char *name, double count,
+                            double qsum)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (!strcmp(acc[i].name, name)) {
+            acc[i].count += count;
+            acc[i].qsum += qsum;
+            return acc;
+        }
+    if (*n == *cap) {
+        *cap = *cap ? 2 * *cap : 8;
+        route_acc *g = realloc(acc, *cap * sizeof *g);
+        if (!g)
+            return NULL;
+        acc = g;
+    }
+    memset(&acc[*n], 0, sizeof acc[*n]);
+    memcpy(acc[*n].name, name, ROUTE_NAME);
+    acc[*n].name[ROUTE_NAME - 1] = 0;
+    acc[*n].count = count;
+    acc[*n].qsum = qsum;
+    (*n)++;
+    return acc;
+}
+
+static const bank_route *routes_of(const bank_head *h, size_t dim)
+{
+    return (const bank_route *)(const void *)((const unsigned char *)(h + 1) + cen_bytes(dim));
+}
+
+/* One pattern into fresh: S's record s (or NULL for a new pattern, then v[0] alone), the
+ * versions v[0..nv) (NULL where a rank has none), as id. */
+static sona_status restore_one(sona_bank *fresh, size_t dim, const bank_head *s,
+                               const bank_head *const *v, uint32_t nv, uint64_t id, double *c,
+                               float *cf)
+{
+    const bank_head *base = s ? s : NULL;
+    double size = base ? (double)base->size : 0.0, weight = base ? base->weight : 0.0;
+    double qsum = base ? (double)base->size * base->quality : 0.0, access = base ? (double)base->access : 0.0;
+    uint64_t created = UINT64_MAX, last_access = 0;
+    const float *c0 = base ? (const float *)(const void *)(base + 1) : NULL;
+    for (size_t d = 0; d < dim; d++)
+        c[d] = base ? (double)base->size * c0[d] : 0.0;
+    size_t nr = 0, cap = 0;
+    route_acc *acc = NULL;
+    if (base) {
+        const bank_route *r = routes_of(base, dim);
+        for (uint32_t j = 0; j < base->routes; j++)
+            if (!(acc = route_add(acc, &nr, &cap, r[j].name, (double)r[j].count,
+                                  (double)r[j].count * r[j].quality)))
+                return SONA_E_NOMEM;
+    }
+    for (uint32_t i = 0; i < nv; i++) {
+        const bank_head *h = v[i];
+        if (!h)
+            continue;
+        created = h->created < created ? h->created : created;
+        last_access = h->last_access > last_access ? h->last_access : last_access;
+        access += base ? ((double)h->access - (double)base->access) : (double)h->access;
+        if (!h->whole)
+            continue; /* S's, learned nothing since */
+        const double bs = base ? (double)base->size : 0.0;
+        size += (double)h->size - bs;
+        weight += h->weight - (base ? base->weight : 0.0);
+        qsum += (double)h->size * h->quality - (base ? bs * base->quality : 0.0);
+        const float *ci = (const float *)(const void *)(h + 1);
+        for (size_t d = 0; d < dim; d++)
+            c[d] += (double)h->size * ci[d] - (base ? bs * c0[d] : 0.0);
+        const bank_route *r = routes_of(h, dim);
+        for (uint32_t j = 0; j < h->routes; j++)
+            if (!(acc = route_add(acc, &nr, &cap, r[j].name, (double)r[j].count,
+                                  (double)r[j].count * r[j].quality)))
+                return SONA_E_NOMEM;
+        if (base) { /* S's routes once: take them off each version that holds them */
+            const bank_route *r0 = routes_of(base, dim);
+            for (uint32_t j = 0; j < base->routes; j++)
+                if (!(acc = route_add(acc, &nr, &cap, r0[j].name, -(double)r0[j].count,
+                                      -(double)r0[j].count * r0[j].quality)))
+                    return SONA_E_NOMEM;
+        }
+    }
+    if (size < 1.0)
+        size = 1.0;
+    for (size_t d = 0; d < dim; d++)
+        cf[d] = (float)(c[d] / size);
+    const sona_pattern p = {id, (uint64_t)size, weight > 0.0 ? weight : 0.0,
+                            (float)(qsum / size), access > 0.0 ? (uint64_t)access : 0,
+                            created == UINT64_MAX ? 0 : created, last_access, 0};
+    sona_status st = sona_bank_pattern_restore(fresh, &p, cf);
+    for (size_t j = 0; j < nr && st == SONA_OK; j++)
+        if (acc[j].count >= 1.0)
+            st = sona_bank_pattern_restore_route(fresh, id, acc[j].name, (uint64_t)acc[j].count,
+                                                 (float)(acc[j].qsum / acc[j].count));
+    free(acc);
+    return st;
+}
+
+/* The merged bank of every rank into *out (NULL: the bank is not synced, nothing to do), with
+ * its records for S in *rec / *rec_bytes. */
+static sona_status merge_bank(sona_engine *e, sona_comm *comm, uint32_t k, sona_bank **out,
+                              unsigned char **rec, size_t *rec_bytes, sona_status *local)
+{
+    *out = NULL;
+    *rec = NULL;
+    const size_t dim = e->cfg.hidden;
+    const struct eng_sync *S = e->sync;
+    const int have = S->have && S->bank_have; /* the same on every rank where all have S */
+    size_t nlast = 0;
+    const bank_head **last = have ? parse_recs(S->bank, S->bank_bytes, dim, &nlast) : NULL;
+    unsigned char *mine = NULL;
+    size_t bytes = 0;
+    sona_status fail = have && !last ? SONA_E_NOMEM
+                                     : bank_records(e->bank, dim, last, nlast, &mine, &bytes);
+    if (fail != SONA_OK)
+        bytes = 0;
+    /* Sizes, then the records padded to the largest. */
+    uint64_t *sizes = malloc(((size_t)k + 1) * sizeof *sizes);
+    if (!sizes) {
+        free(last), free(mine);
+        return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+    }
+    sizes[k] = bytes;
+    sona_status st = sona_comm_allgather(comm, &sizes[k], sizeof *sizes, sizes);
+    uint64_t most = 0;
+    for (uint32_t i = 0; i < k && st == SONA_OK; i++)
+        most = sizes[i] > most ? sizes[i] : most;
+    unsigned char *send = NULL, *all = NULL;
+    if (st == SONA_OK && most) {
+        send = calloc(most, 1);
+        all = malloc(most * k);
+        if (!send || !all) {
+            free(last), free(mine), free(sizes), free(send), free(all);
+            return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+        }
+        if (bytes)
+            memcpy(send, mine, bytes);
+        st = sona_comm_allgather(comm, send, most, all);
+    }
+    free(send), free(mine);
+    if (st != SONA_OK) {
+        free(last), free(sizes), free(all);
+        return eng_fail(e, st, "%s: gathering patterns: %s", __func__, sona_comm_last_error(comm));
+    }
+    /* Every rank builds the same bank from the same records. */
+    const bank_head ***recs = calloc(k, sizeof *recs);
+    size_t *nrec = calloc(k, sizeof *nrec), *at = calloc(k, sizeof *at);
+    const bank_head **v = malloc(((size_t)k + 1) * sizeof *v);
+    double *c = malloc(dim * sizeof *c);
+    float *cf = malloc(dim * sizeof *cf);
+    sona_bank *fresh = NULL;
+    if (fail == SONA_OK && (!recs || !nrec || !at || !v || !c || !cf))
+        fail = SONA_E_NOMEM;
+    for (uint32_t i = 0; i < k && fail == SONA_OK; i++)
+        if (!(recs[i] = parse_recs(all + most * i, sizes[i], dim, &nrec[i])))
+            fail = SONA_E_NOMEM;
+    if (fail == SONA_OK) {
+        /* The index's seed (its graph levels, its rounding) the same on every rank, whatever
+         * each engine's seed: the bank is to be the same bit for bit. */
+        sona_bank_config bc = *sona_bank_get_config(e->bank);
+        bc.index.seed = 0x53594e43u;
+        fail = sona_bank_create(&bc, &fresh);
+    }
+    /* S's patterns, by id: each rank's version where it still holds it. */
+    for (size_t j = 0; j < nlast && fail == SONA_OK; j++) {
+        uint32_t held = 0;
+        for (uint32_t i = 0; i < k; i++) {
+            while (at[i] < nrec[i] && recs[i][at[i]]->id < last[j]->id)
+                at[i]++;
+            v[i] = at[i] < nrec[i] && recs[i][at[i]]->id == last[j]->id ? recs[i][at[i]] : NULL;
+            held += v[i] != NULL;
+        }
+        if (held)
+            fail = restore_one(fresh, dim, last[j], v, k, last[j]->id, c, cf);
+    }
+    /* The new ones (ids S does not have), in rank order then id order, numbered on. */
+    uint64_t next = have ? S->bank_next : 1;
+    for (uint32_t i = 0; i < k && fail == SONA_OK; i++)
+        for (size_t j = 0; j < nrec[i] && fail == SONA_OK; j++)
+            if (!(last && find_rec(last, nlast, recs[i][j]->id))) {
+                v[0] = recs[i][j];
+                fail = restore_one(fresh, dim, NULL, v, 1, next++, c, cf);
+            }
+    sona_bank *merged = NULL;
+    if (fail == SONA_OK) {
+        sona_bank_stats counters;
+        fail = sona_bank_stats_get(e->bank, &counters); /* this rank's own */
+        const uint64_t top = sona_bank_next_id(fresh);
+        if (fail == SONA_OK)
+            fail = sona_bank_restore_counters(fresh, &counters, next > top ? next : top);
+        uint32_t away = 0;
+        if (fail == SONA_OK)
+            fail = sona_bank_consolidate(fresh, e->cfg.merge_cosine, 1.0f, &merged, &away);
+    }
+    if (fail == SONA_OK)
+        fail = bank_records(merged, dim, NULL, 0, rec, rec_bytes);
+    sona_bank_destroy(fresh);
+    for (uint32_t i = 0; recs && i < k; i++)
+        free(recs[i]);
+    free(recs), free(nrec), free(at), free(v), free(c), free(cf), free(last), free(sizes), free(all);
+    if (fail != SONA_OK) {
+        sona_bank_destroy(merged);
+        free(*rec);
+        *rec = NULL;
+        if (*local == SONA_OK)
+            *local = eng_fail(e, fail, "%s: merging the pattern bank failed", __func__);
+        return SONA_OK;
+    }
+    *out = merged;
+    return SONA_OK;
+}
+
 /* Step 4: every rank's status gathered, so a rank that failed locally (memory) stops every
  * rank before any commits. */
 static sona_status agree(sona_engine *e, sona_comm *comm, uint32_t k, sona_status local)
@@ -733,6 +1093,11 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
     if (st == SONA_OK) /* ftasks NULL (no room): through the collectives only */
         st = sync_ewc(e, comm, k, h, all_have, mine + 2 * af, &fresh, ftasks, &ftasks_have,
                       &failed_here);
+    sona_bank *bank = NULL; /* the merged pattern bank, and its records for S */
+    unsigned char *bank_rec = NULL;
+    size_t bank_rec_bytes = 0;
+    if (st == SONA_OK)
+        st = merge_bank(e, comm, k, &bank, &bank_rec, &bank_rec_bytes, &failed_here);
     if (st == SONA_OK)
         st = agree(e, comm, k, failed_here);
     /* Step 5: commit, or put the old weights back. */
@@ -754,6 +1119,21 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
         if (ftasks_have)
             memcpy(e->sync->fisher_tasks, ftasks, 2 * af * sizeof *ftasks);
     }
+    if (st == SONA_OK && bank) { /* the bank: a pointer swap, as loop C's consolidation */
+        pthread_rwlock_wrlock(&e->bank_lock);
+        sona_bank *old = e->bank;
+        e->bank = bank;
+        pthread_rwlock_unlock(&e->bank_lock);
+        sona_bank_destroy(old);
+        bank = NULL;
+        atomic_store(&e->n.patterns, sona_bank_pattern_count(e->bank));
+        free(e->sync->bank);
+        e->sync->bank = bank_rec;
+        e->sync->bank_bytes = bank_rec_bytes;
+        e->sync->bank_next = sona_bank_next_id(e->bank);
+        e->sync->bank_have = 1;
+        bank_rec = NULL;
+    }
     if (st == SONA_OK) {
         memcpy(e->sync->base, mine + 2 * af, 2 * af * sizeof *mine); /* S: new A, new Bt */
         st = commit_tenants(e, &tm, e->sync);
@@ -771,6 +1151,8 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
         }
     }
     sona_ewc_destroy(fresh);
+    sona_bank_destroy(bank);
+    free(bank_rec);
     free(ftasks);
     free(h), free(w), free(mine), free(tm.mine), free(tm.out), free(tm.commit), free(tm.gen);
     return st;
