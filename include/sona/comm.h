@@ -122,8 +122,15 @@ typedef struct sona_sync_result {
  * tenant id live on several ranks becomes there the equal-weight merge of its adapters, the
  * same way (ids are each rank's own: one live on a single rank is left alone, none is
  * created); signals it learned while the sync ran, and its pending gradients, give way to the
- * merge. Engines must have one shape (hidden, base_layers, base_rank, base_alpha, max_tenants,
- * micro_rank, micro_alpha: SONA_E_SIZE on every rank otherwise).
+ * merge. Where every rank has the last sync's state, merged factors are turned back to its
+ * coordinates (B A unchanged). EWC++ of Base-LoRA: the running Fisher becomes the ranks'
+ * average, the task snapshots one task anchored at the merged weights whose Fisher is the last
+ * sync's plus every rank's new tasks' (the boundary detector stays each rank's). Pattern bank:
+ * each pattern the last sync left becomes it plus every rank's change since, the new ones are
+ * added with ids numbered on from the last sync's next id (unique across ranks), then the bank
+ * is consolidated as loop C does; trajectories pending in the bank (none after a cycle) are
+ * dropped. Engines must have one shape (hidden, base_layers, base_rank, base_alpha, max_tenants,
+ * micro_rank, micro_alpha, EWC++ on or off: SONA_E_SIZE on every rank otherwise).
  * Loop B waits while the sync runs; requests and apply go on, and see the merged weights
  * published at once when it returns. A failed collective (a callback's error), or any other
  * failure, leaves the engine exactly as before the call: everything is computed into new

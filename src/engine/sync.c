@@ -4,12 +4,17 @@
  * Under cycle_mu (so no loop B or C cycle changes Base-LoRA between the gather and the commit):
  *   1. all-gather a header per rank: shape, trajectories learned since its last sync, counters;
  *      every rank checks the same gathered headers, so all refuse a shape mismatch alike;
- *   2. all-gather every rank's Base-LoRA (A and Bt, the op tables' layout);
- *   3. merge each layer (core/adapt/merge.h) into new buffers, in rank order, deterministic:
- *      every rank computes the same bits from the same bytes;
+ *   2. Base-LoRA into new buffers: SONA_SYNC_SKETCH all-reduces each rank's share of two
+ *      sketches a layer (sums exact as integers in floats: the same bits on every rank);
+ *      SONA_SYNC_EXACT all-gathers every rank's factors and merges each layer in rank order
+ *      (core/adapt/merge.h, deterministic: the same bits from the same bytes); both turned
+ *      back to the last sync's coordinates where every rank has it;
+ *   3. the tenants live on two ranks or more (all-gathered, merged exactly), Base-LoRA's
+ *      EWC++ (Fisher all-reduced, into a fresh sona_ewc), the pattern bank (records
+ *      all-gathered, a fresh bank built alike on every rank);
  *   4. all-gather each rank's status, so a rank that failed locally (memory) stops them all;
- *   5. commit: import the merged weights and publish them; a failure there puts the old
- *      weights back.
+ *   5. commit: import the merged weights and publish them (a failure there puts the old
+ *      weights back), swap in the EWC++ state and the bank, keep S (what this sync left).
  * A failure in 1-4 returns before anything of the engine changed. */
 #include "engine/base.h"
 
