@@ -269,7 +269,7 @@ int main(int argc, char **argv)
                             tail += info.tail;
                             tot += info.total;
                         }
-                        err = sqrt(e2 / n2);
+                        err = n2 > 0.0 ? sqrt(fmax(e2, 0.0) / n2) : 0.0; /* e2: rounding */
                         opt = sqrt(tail / tot);
                         free(mA), free(mB), free(oA), free(oB), free(pa), free(pb), free(w);
                     }
