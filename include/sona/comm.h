@@ -82,8 +82,10 @@ typedef enum sona_sync_method {
                              the merge is the best rank-r approximation of Q Q^T M. Exact where
                              M's rank is at most width or the ranks changed B only since the
                              last sync; else close (the randomised range finder's bound).
-                             Each rank moves about 1.25x what a ring all-reduce of Base-LoRA
-                             moves, whatever the number of ranks, and computes only its own
+                             At a first sync (no S on some rank) rank 0's A takes S's place,
+                             sent to all by one more all-reduce of A. Each rank moves about
+                             1.25x what a ring all-reduce of Base-LoRA moves (1.75x at a first
+                             sync), whatever the number of ranks, and computes only its own
                              share. The sums travel as integers in floats, so any all-reduce
                              (any order of additions) gives every rank the same bits */
     SONA_SYNC_EXACT = 1   /* every rank's factors all-gathered and the best rank-r

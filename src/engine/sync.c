@@ -280,7 +280,7 @@ static size_t sketch_width(size_t r, size_t H)
 /* Steps 2-3 for SONA_SYNC_SKETCH: the merge of every layer into A_new and Bt_new from this
  * rank's weights (mine: A then Bt) of weight w[rank], and S (last: A then Bt, or NULL) of
  * weight w_last added by every rank alike. basis: S's A when every rank has it (Omega starts
- * from it), else NULL. */
+ * from it, the merge is turned back to its coordinates), else NULL: rank 0's A then. */
 static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint32_t rank,
                                const double *w, const float *last, double w_last,
                                const float *basis, const float *mine, float *A_new,
@@ -336,6 +336,25 @@ static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint
     }
     double *Y = om + n * lh, *Z = Y + n * lh;
     sona_status fail = SONA_OK; /* a local failure: goes on through the collectives */
+    /* No S on some rank (a first sync): rank 0's A, the same bits everywhere (an all-reduce
+     * where the others add zeros: exact in any order), takes S's place in Omega and as the
+     * coordinates to turn back to. Half of Base-LoRA's all-reduce more, once. */
+    float *bcast = NULL;
+    if (!basis && n && k > 1) {
+        bcast = calloc(L * rh, sizeof *bcast);
+        if (!bcast) {
+            free(hd), free(todo), free(om), free(tmp);
+            return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+        }
+        if (rank == 0)
+            memcpy(bcast, mine, L * rh * sizeof *bcast);
+        st = sona_comm_allreduce_sum(comm, bcast, L * rh);
+        if (st != SONA_OK) {
+            free(hd), free(todo), free(om), free(tmp), free(bcast);
+            return eng_fail(e, st, "%s: rank 0's A: %s", __func__, sona_comm_last_error(comm));
+        }
+        basis = bcast;
+    }
     const double wr = w[rank];
     for (size_t t = 0; t < n && fail == SONA_OK; t++) {
         const size_t l2 = todo[t];
@@ -395,7 +414,7 @@ static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint
         total += info.total;
         tail += info.tail;
     }
-    free(hd), free(todo), free(om), free(tmp);
+    free(hd), free(todo), free(om), free(tmp), free(bcast);
     if (st != SONA_OK)
         return st;
     *err = total > 0.0 ? sqrt(tail / total) : 0.0;
