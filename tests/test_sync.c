@@ -726,3 +726,46 @@ Test(sync, pattern_banks_are_merged_the_same_on_every_rank)
     for (uint32_t i = 0; i < K; i++)
         sona_engine_destroy(s.e[i]);
 }
+
+Test(sync, a_rank_without_the_last_sync_joins_alike)
+{
+    /* Rank 2 is replaced by a fresh engine after a sync: it has no S, so nothing may use S
+     * (the changes, the sketch's basis, EWC++'s and the bank's records): every rank still
+     * ends with the same bits. */
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    sona_sync_config cfg;
+    sona_sync_config_default(&cfg);
+    cfg.merge = SONA_SYNC_CHANGES;
+    sync_run s = {.cfg = &cfg};
+    for (uint32_t i = 0; i < K; i++) {
+        s.e[i] = make_engine(H);
+        train(s.e[i], seed + (i == 2), 110 + i, 40);
+    }
+    sync_all(&s, 0);
+    for (uint32_t i = 0; i < K; i++)
+        cr_assert_eq(s.st[i], SONA_OK);
+    sona_engine_destroy(s.e[2]);
+    s.e[2] = make_engine(H);
+    for (uint32_t i = 0; i < K; i++)
+        train(s.e[i], seed + 2, 120 + i, 30);
+    sync_all(&s, 0);
+    static weights w[K];
+    enum { N = 2 * AF };
+    static float fisher[K][N];
+    bank_view bank[K];
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK, "rank %u: %s", i, sona_engine_last_error(s.e[i]));
+        read_weights(s.e[i], &w[i]);
+        cr_assert_eq(eng_inspect_base_ewc(s.e[i], fisher[i], NULL, NULL, NULL), SONA_OK);
+        bank[i] = view_bank(s.e[i]);
+    }
+    for (uint32_t i = 1; i < K; i++) {
+        cr_assert_eq(memcmp(w[i].A, w[0].A, sizeof w[0].A), 0, "rank %u's A", i);
+        cr_assert_eq(memcmp(w[i].Bt, w[0].Bt, sizeof w[0].Bt), 0, "rank %u's B", i);
+        cr_assert_eq(memcmp(fisher[i], fisher[0], sizeof fisher[0]), 0, "rank %u's Fisher", i);
+        cr_assert_eq(bank[i].digest, bank[0].digest, "rank %u's bank", i);
+    }
+    for (uint32_t i = 0; i < K; i++)
+        sona_engine_destroy(s.e[i]);
+}

@@ -740,14 +740,17 @@ static sona_status restore_one(sona_bank *fresh, size_t dim, const bank_head *s,
 
 /* The merged bank of every rank into *out (NULL: the bank is not synced, nothing to do), with
  * its records for S in *rec / *rec_bytes. */
-static sona_status merge_bank(sona_engine *e, sona_comm *comm, uint32_t k, sona_bank **out,
-                              unsigned char **rec, size_t *rec_bytes, sona_status *local)
+static sona_status merge_bank(sona_engine *e, sona_comm *comm, uint32_t k, int all_have,
+                              sona_bank **out, unsigned char **rec, size_t *rec_bytes,
+                              sona_status *local)
 {
     *out = NULL;
     *rec = NULL;
     const size_t dim = e->cfg.hidden;
     const struct eng_sync *S = e->sync;
-    const int have = S->have && S->bank_have; /* the same on every rank where all have S */
+    /* S's records only where every rank has S (then all have the same, bank_have included):
+     * every rank must build from the same inputs. */
+    const int have = all_have && S->have && S->bank_have;
     size_t nlast = 0;
     const bank_head **last = have ? parse_recs(S->bank, S->bank_bytes, dim, &nlast) : NULL;
     unsigned char *mine = NULL;
@@ -1121,7 +1124,7 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
     unsigned char *bank_rec = NULL;
     size_t bank_rec_bytes = 0;
     if (st == SONA_OK)
-        st = merge_bank(e, comm, k, &bank, &bank_rec, &bank_rec_bytes, &failed_here);
+        st = merge_bank(e, comm, k, all_have, &bank, &bank_rec, &bank_rec_bytes, &failed_here);
     if (st == SONA_OK)
         st = agree(e, comm, k, failed_here);
     /* Step 5: commit, or put the old weights back. */
