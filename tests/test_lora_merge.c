@@ -282,3 +282,41 @@ Test(lora_merge, a_zero_average_keeps_live_a_rows)
                                  NULL, A, Bt, NULL), SONA_E_INVALID);
     drop(&a);
 }
+
+Test(lora_merge, align_turns_the_factors_back_to_the_reference_coordinates)
+{
+    /* A merged adapter is its reference turned by an orthogonal R (rows permuted, signs flipped,
+     * mixed): sona_lora_align finds R^T, so each coordinate means again what it meant, and B A
+     * never changes. */
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    sona_rng rng;
+    sona_rng_seed(&rng, seed, 5);
+    enum { HH = 40, RR = 3 };
+    adapters a = make(1, HH, RR, &rng);
+    const double c = cos(0.7), s = sin(0.7);
+    const double R[RR][RR] = {{0, -c, s}, {0, s, c}, {-1, 0, 0}}; /* orthogonal */
+    float A[RR * HH], Bt[RR * HH];
+    for (uint32_t i = 0; i < RR; i++)
+        for (uint32_t h = 0; h < HH; h++) {
+            double sa = 0.0, sb = 0.0;
+            for (uint32_t j = 0; j < RR; j++)
+                sa += R[i][j] * a.A[0][j * HH + h], sb += R[i][j] * a.Bt[0][j * HH + h];
+            A[i * HH + h] = (float)sa, Bt[i * HH + h] = (float)sb;
+        }
+    cr_assert_eq(sona_lora_align(HH, RR, a.A[0], A, Bt), SONA_OK);
+    for (uint32_t i = 0; i < RR * HH; i++) {
+        cr_assert(fabsf(A[i] - a.A[0][i]) < 1e-5f, "A[%u] %g vs %g", i, A[i], a.A[0][i]);
+        cr_assert(fabsf(Bt[i] - a.Bt[0][i]) < 1e-5f, "Bt[%u] %g vs %g", i, Bt[i], a.Bt[0][i]);
+    }
+    /* A singular reference (a zero row): no unique turn, nothing changes. */
+    float Z[RR * HH];
+    memcpy(Z, a.A[0], sizeof Z);
+    memset(Z, 0, HH * sizeof(float));
+    float A2[RR * HH], B2[RR * HH];
+    memcpy(A2, A, sizeof A2), memcpy(B2, Bt, sizeof B2);
+    cr_assert_eq(sona_lora_align(HH, RR, Z, A2, B2), SONA_OK);
+    cr_assert_eq(memcmp(A2, A, sizeof A2), 0);
+    cr_assert_eq(memcmp(B2, Bt, sizeof B2), 0);
+    drop(&a);
+}

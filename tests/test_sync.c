@@ -127,11 +127,49 @@ static void layer_errors(const weights *in, const double *w, const weights *out,
         }
 }
 
-Test(sync, ranks_end_bit_identical_on_the_weighted_rank_r_average)
+/* The optimal rank-r error of sum_i w_i B_i A_i over the layers (n adapters: the K engines'
+ * and S), by the exact merge of core/adapt/merge.h. */
+static double optimal_error(const weights *const *in, const double *w, uint32_t n)
+{
+    double total = 0.0, tail = 0.0;
+    for (uint32_t l = 0; l < LAYERS; l++) {
+        const float *pa[K + 1], *pb[K + 1];
+        for (uint32_t i = 0; i < n; i++) {
+            pa[i] = in[i]->A + (size_t)l * RANK * H;
+            pb[i] = in[i]->Bt + (size_t)l * RANK * H;
+        }
+        float oA[RANK * H], oB[RANK * H];
+        sona_merge_info info;
+        cr_assert_eq(sona_lora_merge(H, RANK, n, pa, pb, w, oA, oB, &info), SONA_OK);
+        total += info.total;
+        tail += info.tail;
+    }
+    return sqrt(tail / total);
+}
+
+/* SONA_SYNC_EXACT: merge_error is the optimal error, and it is what the dense matrix shows.
+ * SONA_SYNC_SKETCH: within twice the optimal on these adapters (which differ in A and B well
+ * beyond rank r), and merge_error (the part of it in the sketched range) no more than it. */
+static void check_error(sona_sync_method method, double measured, double reported, double opt)
+{
+    if (method == SONA_SYNC_EXACT) {
+        cr_assert(fabs(measured - reported) <= 1e-4, "measured %.9g, reported %.9g", measured,
+                  reported);
+        cr_assert(fabs(opt - reported) <= 1e-6, "optimal %.9g, reported %.9g", opt, reported);
+    } else {
+        cr_assert(measured <= 2.0 * opt + 1e-6, "sketch %.9g, optimal %.9g", measured, opt);
+        cr_assert(reported <= measured + 1e-6, "reported %.9g, measured %.9g", reported, measured);
+    }
+}
+
+static void weighted_average(sona_sync_method method)
 {
     const uint64_t seed = test_seed();
     printf("seed %" PRIu64 "\n", seed);
-    sync_run s = {.cfg = NULL};
+    sona_sync_config cfg;
+    sona_sync_config_default(&cfg);
+    cfg.method = method;
+    sync_run s = {.cfg = &cfg};
     static weights before[K], after[K];
     sona_stats local[K];
     const uint32_t traffic[K] = {60, 90, 150}; /* count weights 0.2, 0.3, 0.5 */
@@ -196,12 +234,14 @@ Test(sync, ranks_end_bit_identical_on_the_weighted_rank_r_average)
     double err2 = 0.0, norm2 = 0.0;
     for (uint32_t l = 0; l < LAYERS; l++)
         layer_errors(before, w, &after[0], l, &err2, &norm2);
-    printf("merged Base-LoRA: relative error %.6g against the dense average (merge_error %.6g)\n",
-           sqrt(err2 / norm2), s.res[0].merge_error);
+    const weights *in[K] = {&before[0], &before[1], &before[2]};
+    const double opt = optimal_error(in, w, K);
+    printf("merged Base-LoRA (%s): relative error %.6g against the dense average (optimal %.6g, "
+           "merge_error %.6g)\n", method == SONA_SYNC_EXACT ? "exact" : "sketch",
+           sqrt(err2 / norm2), opt, s.res[0].merge_error);
     cr_assert(norm2 > 0.0);
-    cr_assert(s.res[0].merge_error > 1e-4, "the ranks' adapters should differ beyond rank r");
-    cr_assert(fabs(sqrt(err2 / norm2) - s.res[0].merge_error) <= 1e-4,
-              "measured %.9g, reported %.9g", sqrt(err2 / norm2), s.res[0].merge_error);
+    cr_assert(opt > 1e-4, "the ranks' adapters should differ beyond rank r");
+    check_error(method, sqrt(err2 / norm2), s.res[0].merge_error, opt);
     /* Published: apply through a layer agrees on every rank. */
     float x[H], y[K][H];
     sona_rng rng;
@@ -225,20 +265,114 @@ Test(sync, ranks_end_bit_identical_on_the_weighted_rank_r_average)
         sona_engine_destroy(s.e[i]);
 }
 
-Test(sync, a_failing_callback_leaves_every_engine_as_it_was)
+Test(sync, ranks_end_bit_identical_on_the_weighted_rank_r_average)
+{
+    weighted_average(SONA_SYNC_EXACT);
+}
+
+Test(sync, the_sketch_ends_bit_identical_close_to_the_average)
+{
+    weighted_average(SONA_SYNC_SKETCH);
+}
+
+/* The bank in id order, as a digest (ids, sizes, weights, qualities, accesses, centroids,
+ * routes), with its pattern count and summed size. */
+typedef struct bank_view {
+    uint32_t count;
+    uint64_t size, digest, next_id;
+} bank_view;
+
+static uint64_t mix(uint64_t x, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        x = (x ^ b[i]) * 0x100000001b3ull;
+    return x;
+}
+
+static int by_id(const void *a, const void *b)
+{
+    const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static bank_view view_bank(sona_engine *e)
+{
+    bank_view v = {0, 0, 0xcbf29ce484222325ull, 0};
+    sona_bank *b = eng_inspect_bank_begin(e);
+    v.count = sona_bank_pattern_count(b);
+    v.next_id = sona_bank_next_id(b);
+    uint64_t *ids = malloc((v.count + 1) * sizeof *ids);
+    cr_assert(ids);
+    for (uint32_t i = 0; i < v.count; i++) {
+        sona_pattern p;
+        cr_assert_eq(sona_bank_pattern_at(b, i, &p, NULL), SONA_OK);
+        ids[i] = p.id;
+    }
+    qsort(ids, v.count, sizeof *ids, by_id);
+    for (uint32_t i = 0; i < v.count; i++) {
+        sona_pattern p;
+        float c[H];
+        cr_assert_eq(sona_bank_pattern_get(b, ids[i], &p, c), SONA_OK);
+        v.size += p.size;
+        v.digest = mix(v.digest, &p.id, sizeof p.id);
+        v.digest = mix(v.digest, &p.size, sizeof p.size);
+        v.digest = mix(v.digest, &p.total_weight, sizeof p.total_weight);
+        v.digest = mix(v.digest, &p.avg_quality, sizeof p.avg_quality);
+        v.digest = mix(v.digest, &p.access_count, sizeof p.access_count);
+        v.digest = mix(v.digest, c, sizeof c);
+        for (uint32_t r = 0; r < p.route_count; r++) {
+            const char *name;
+            uint64_t n;
+            float q;
+            cr_assert_eq(sona_bank_pattern_route(b, p.id, r, &name, &n, &q), SONA_OK);
+            v.digest = mix(v.digest, name, strlen(name));
+            v.digest = mix(v.digest, &n, sizeof n);
+            v.digest = mix(v.digest, &q, sizeof q);
+        }
+    }
+    eng_inspect_bank_end(e);
+    free(ids);
+    return v;
+}
+
+/* Fail at every call in turn until a sync goes through: each failed one must change nothing,
+ * weights, counters, EWC++ and the pattern bank alike. history: a first sync went through before (so the last
+ * sync's state, the turn back to its coordinates and an EWC++ task are part of it). */
+static void failing_callbacks(sona_sync_method method, int history)
 {
     const uint64_t seed = test_seed();
     printf("seed %" PRIu64 "\n", seed);
-    sync_run s = {.cfg = NULL};
+    sona_sync_config cfg;
+    sona_sync_config_default(&cfg);
+    cfg.method = method;
+    cfg.merge = history ? SONA_SYNC_CHANGES : SONA_SYNC_AVERAGE;
+    sync_run s = {.cfg = &cfg};
+    enum { N = 2 * AF };
     static weights before[K], now;
+    static float fisher_before[K][N], fisher_now[N];
+    uint32_t tasks_before[K], tasks_now;
+    bank_view bank_before[K];
     sona_stats st_before[K], st_now;
     for (uint32_t i = 0; i < K; i++) {
         s.e[i] = make_engine(H);
         train(s.e[i], seed, 20 + i, 50 + 20 * i);
+    }
+    if (history) {
+        sync_all(&s, 0);
+        for (uint32_t i = 0; i < K; i++)
+            cr_assert_eq(s.st[i], SONA_OK);
+        cr_assert_eq(eng_inspect_base_end_task(s.e[1]), SONA_OK);
+        for (uint32_t i = 0; i < K; i++)
+            train(s.e[i], seed, 30 + i, 30);
+    }
+    for (uint32_t i = 0; i < K; i++) {
         read_weights(s.e[i], &before[i]);
         cr_assert_eq(sona_get_stats(s.e[i], &st_before[i]), SONA_OK);
+        cr_assert_eq(eng_inspect_base_ewc(s.e[i], fisher_before[i], NULL, NULL, &tasks_before[i]),
+                     SONA_OK);
+        bank_before[i] = view_bank(s.e[i]);
     }
-    /* Fail at every call in turn until a sync goes through: each failed one must change nothing. */
     uint32_t fail_at = 1, failures = 0;
     for (;; fail_at++) {
         cr_assert(fail_at < 100, "a sync never succeeded");
@@ -255,9 +389,20 @@ Test(sync, a_failing_callback_leaves_every_engine_as_it_was)
             cr_assert_eq(sona_get_stats(s.e[i], &st_now), SONA_OK);
             cr_assert_eq(st_now.base_updates, st_before[i].base_updates);
             cr_assert_eq(st_now.trajectories_processed, st_before[i].trajectories_processed);
+            cr_assert_eq(st_now.tasks, st_before[i].tasks);
+            cr_assert_eq(eng_inspect_base_ewc(s.e[i], fisher_now, NULL, NULL, &tasks_now), SONA_OK);
+            cr_assert_eq(tasks_now, tasks_before[i]);
+            cr_assert_eq(memcmp(fisher_now, fisher_before[i], sizeof fisher_now), 0,
+                         "fail_at %u: rank %u's Fisher changed", fail_at, i);
+            const bank_view bv = view_bank(s.e[i]);
+            cr_assert_eq(bv.digest, bank_before[i].digest, "fail_at %u: rank %u's bank changed",
+                         fail_at, i);
+            cr_assert_eq(bv.next_id, bank_before[i].next_id);
         }
     }
-    printf("%u failing calls tried, each left the engines unchanged\n", failures);
+    printf("%s%s: %u failing calls tried, each left the engines unchanged\n",
+           method == SONA_SYNC_EXACT ? "exact" : "sketch", history ? " after a sync" : "",
+           failures);
     cr_assert_geq(failures, 6); /* size, rank, header, Base-LoRA, tenants, status: each tried */
     for (uint32_t i = 0; i < K; i++) {
         cr_assert_eq(s.st[i], SONA_OK);
@@ -265,6 +410,18 @@ Test(sync, a_failing_callback_leaves_every_engine_as_it_was)
         cr_assert_neq(memcmp(&now, &before[i], sizeof now), 0, "rank %u did not merge", i);
         sona_engine_destroy(s.e[i]);
     }
+}
+
+Test(sync, a_failing_callback_leaves_every_engine_as_it_was)
+{
+    failing_callbacks(SONA_SYNC_SKETCH, 0);
+    failing_callbacks(SONA_SYNC_EXACT, 0);
+}
+
+Test(sync, a_failing_callback_after_a_sync_leaves_every_engine_as_it_was)
+{
+    failing_callbacks(SONA_SYNC_SKETCH, 1);
+    failing_callbacks(SONA_SYNC_EXACT, 1);
 }
 
 Test(sync, other_shapes_are_refused_on_every_rank)
@@ -365,13 +522,14 @@ Test(sync, a_tenant_is_merged_where_it_is_live_on_several_ranks)
         sona_engine_destroy(s.e[i]);
 }
 
-Test(sync, changes_are_summed_onto_what_the_last_sync_left)
+static void changes(sona_sync_method method)
 {
     const uint64_t seed = test_seed();
     printf("seed %" PRIu64 "\n", seed);
     sona_sync_config cfg;
     sona_sync_config_default(&cfg);
     cfg.merge = SONA_SYNC_CHANGES;
+    cfg.method = method;
     sync_run s = {.cfg = &cfg};
     static weights S, before[K], after;
     for (uint32_t i = 0; i < K; i++) {
@@ -409,10 +567,13 @@ Test(sync, changes_are_summed_onto_what_the_last_sync_left)
                         norm2 += m * m;
                     }
             }
-            printf("changes merged: relative error %.6g (merge_error %.6g)\n", sqrt(err2 / norm2),
+            const weights *in[K + 1] = {&before[0], &before[1], &before[2], &S};
+            const double ws[K + 1] = {1.0, 1.0, 1.0, -(K - 1.0)};
+            const double opt = optimal_error(in, ws, K + 1);
+            printf("changes merged (%s): relative error %.6g (optimal %.6g, merge_error %.6g)\n",
+                   method == SONA_SYNC_EXACT ? "exact" : "sketch", sqrt(err2 / norm2), opt,
                    s.res[0].merge_error);
-            cr_assert(fabs(sqrt(err2 / norm2) - s.res[0].merge_error) <= 1e-4, "%.9g vs %.9g",
-                      sqrt(err2 / norm2), s.res[0].merge_error);
+            check_error(method, sqrt(err2 / norm2), s.res[0].merge_error, opt);
         }
         /* Tenant 0: the same merge of K + 1 adapters computed here, bit for bit. */
         const float *pa[K + 1] = {before[0].mA, before[1].mA, before[2].mA, S.mA};
@@ -420,8 +581,190 @@ Test(sync, changes_are_summed_onto_what_the_last_sync_left)
         const double wt[K + 1] = {1.0, 1.0, 1.0, -(K - 1.0)};
         float eA[MF], eBt[MF];
         cr_assert_eq(sona_lora_merge(H, MICRO, K + 1, pa, pb, wt, eA, eBt, NULL), SONA_OK);
+        cr_assert_eq(sona_lora_align(H, MICRO, S.mA, eA, eBt), SONA_OK); /* S's coordinates */
         cr_assert_eq(memcmp(after.mA, eA, sizeof eA), 0, "rank %u's tenant 0", i);
         cr_assert_eq(memcmp(after.mBt, eBt, sizeof eBt), 0, "rank %u's tenant 0", i);
+    }
+    for (uint32_t i = 0; i < K; i++)
+        sona_engine_destroy(s.e[i]);
+}
+
+Test(sync, changes_are_summed_onto_what_the_last_sync_left)
+{
+    changes(SONA_SYNC_EXACT);
+}
+
+Test(sync, the_sketch_sums_changes_close_to_the_exact_merge)
+{
+    changes(SONA_SYNC_SKETCH);
+}
+
+/* |x - y| within the all-reduce's integer grid (Fisher entries are >= 0, so no rank's row
+ * maximum exceeds K times the result's, m): K ranks round by half a step each, a step at most
+ * 2^-23 x 2 x (the sum of the ranks' row maxima, <= K m). */
+static void near_rows(const float *x, const double *y, size_t n, const char *what)
+{
+    for (size_t row = 0; row < n / H; row++) {
+        double m = 0.0;
+        for (size_t h = 0; h < H; h++)
+            m = fmax(m, fabs(y[row * H + h]));
+        for (size_t h = 0; h < H; h++) {
+            const size_t i = row * H + h;
+            cr_assert(fabs(x[i] - y[i]) <= K * K * 0x1p-22 * m + 1e-30, "%s[%zu]: %.9g vs %.9g", what,
+                      i, x[i], y[i]);
+        }
+    }
+}
+
+Test(sync, ewc_is_merged_so_every_rank_protects_what_any_learned)
+{
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    enum { N = 2 * AF };
+    sync_run s = {.cfg = NULL};
+    static float run[K][N], fsum[K][N], theta[N], after_run[K][N], after_sum[K][N];
+    static weights w;
+    for (uint32_t i = 0; i < K; i++) {
+        s.e[i] = make_engine(H);
+        train(s.e[i], seed, 70 + i, 40);
+    }
+    /* Rank 1 ends a task (its Fisher so far becomes a snapshot) and learns on. */
+    cr_assert_eq(eng_inspect_base_end_task(s.e[1]), SONA_OK);
+    train(s.e[1], seed, 80, 30);
+    uint32_t tasks[K];
+    for (uint32_t i = 0; i < K; i++)
+        cr_assert_eq(eng_inspect_base_ewc(s.e[i], run[i], fsum[i], NULL, &tasks[i]), SONA_OK);
+    cr_assert_geq(tasks[1], 1); /* the others may have crossed a boundary of their own too */
+    sync_all(&s, 0);
+    read_weights(s.e[0], &w);
+    memcpy(theta, w.A, sizeof w.A);
+    memcpy(theta + AF, w.Bt, sizeof w.Bt);
+    static double mean[N], sum[N];
+    for (size_t j = 0; j < N; j++) {
+        mean[j] = ((double)run[0][j] + run[1][j] + run[2][j]) / K;
+        sum[j] = (double)fsum[0][j] + fsum[1][j] + fsum[2][j];
+    }
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK, "rank %u: %s", i, sona_engine_last_error(s.e[i]));
+        static float anchor[N];
+        cr_assert_eq(eng_inspect_base_ewc(s.e[i], after_run[i], after_sum[i], anchor, &tasks[i]),
+                     SONA_OK);
+        cr_assert_eq(tasks[i], 1, "rank %u: %u tasks", i, tasks[i]);
+        cr_assert_eq(memcmp(anchor, theta, sizeof anchor), 0, "rank %u: anchor not the merge", i);
+        cr_assert_eq(memcmp(after_run[i], after_run[0], sizeof after_run[0]), 0);
+        cr_assert_eq(memcmp(after_sum[i], after_sum[0], sizeof after_sum[0]), 0);
+        sona_stats st;
+        cr_assert_eq(sona_get_stats(s.e[i], &st), SONA_OK);
+        cr_assert_eq(st.tasks, 1);
+    }
+    near_rows(after_run[0], mean, N, "running Fisher");
+    near_rows(after_sum[0], sum, N, "task Fisher");
+    /* Nothing learned since: the task's Fisher is what the last sync left, not counted again
+     * by every rank. */
+    static double last[N];
+    for (size_t j = 0; j < N; j++)
+        last[j] = after_sum[0][j];
+    sync_all(&s, 0);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK);
+        cr_assert_eq(eng_inspect_base_ewc(s.e[i], NULL, after_sum[i], NULL, &tasks[i]), SONA_OK);
+        cr_assert_eq(tasks[i], 1);
+    }
+    near_rows(after_sum[0], last, N, "task Fisher again");
+    for (uint32_t i = 0; i < K; i++)
+        sona_engine_destroy(s.e[i]);
+}
+
+Test(sync, pattern_banks_are_merged_the_same_on_every_rank)
+{
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    sync_run s = {.cfg = NULL};
+    bank_view before[K], after[K];
+    uint64_t size_sum = 0;
+    for (uint32_t i = 0; i < K; i++) {
+        s.e[i] = make_engine(H);
+        /* Ranks 0 and 1 see one task (their patterns alike), rank 2 its own. */
+        train(s.e[i], seed + (i == 2), 90 + i, 60);
+        before[i] = view_bank(s.e[i]);
+        size_sum += before[i].size;
+        printf("rank %u: %u patterns of %" PRIu64 " trajectories\n", i, before[i].count,
+               before[i].size);
+    }
+    cr_assert(before[0].count > 0 && before[1].count > 0);
+    sync_all(&s, 0);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK, "rank %u: %s", i, sona_engine_last_error(s.e[i]));
+        after[i] = view_bank(s.e[i]);
+        cr_assert_eq(after[i].digest, after[0].digest, "rank %u's bank differs", i);
+        cr_assert_eq(after[i].count, after[0].count);
+        cr_assert_eq(after[i].next_id, after[0].next_id);
+        sona_stats st;
+        cr_assert_eq(sona_get_stats(s.e[i], &st), SONA_OK);
+        cr_assert_eq(st.patterns, after[0].count);
+    }
+    printf("merged: %u patterns of %" PRIu64 " trajectories\n", after[0].count, after[0].size);
+    cr_assert_eq(after[0].size, size_sum, "every rank's trajectories are in the merged bank");
+    cr_assert_leq(after[0].count, before[0].count + before[1].count + before[2].count);
+    /* Nothing learned since: nothing changes. */
+    sync_all(&s, 0);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK);
+        const bank_view v = view_bank(s.e[i]);
+        cr_assert_eq(v.digest, after[0].digest, "rank %u's bank changed", i);
+    }
+    /* Rank 1 learns on: its new trajectories are added once, not once per rank. */
+    train(s.e[1], seed + 1, 95, 40);
+    const bank_view grown = view_bank(s.e[1]);
+    sync_all(&s, 0);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK);
+        after[i] = view_bank(s.e[i]);
+        cr_assert_eq(after[i].digest, after[0].digest, "rank %u's bank differs", i);
+    }
+    cr_assert_eq(after[0].size, grown.size, "%" PRIu64 " vs %" PRIu64, after[0].size, grown.size);
+    for (uint32_t i = 0; i < K; i++)
+        sona_engine_destroy(s.e[i]);
+}
+
+Test(sync, a_rank_without_the_last_sync_joins_alike)
+{
+    /* Rank 2 is replaced by a fresh engine after a sync: it has no S, so nothing may use S
+     * (the changes, the sketch's basis, EWC++'s and the bank's records): every rank still
+     * ends with the same bits. */
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    sona_sync_config cfg;
+    sona_sync_config_default(&cfg);
+    cfg.merge = SONA_SYNC_CHANGES;
+    sync_run s = {.cfg = &cfg};
+    for (uint32_t i = 0; i < K; i++) {
+        s.e[i] = make_engine(H);
+        train(s.e[i], seed + (i == 2), 110 + i, 40);
+    }
+    sync_all(&s, 0);
+    for (uint32_t i = 0; i < K; i++)
+        cr_assert_eq(s.st[i], SONA_OK);
+    sona_engine_destroy(s.e[2]);
+    s.e[2] = make_engine(H);
+    for (uint32_t i = 0; i < K; i++)
+        train(s.e[i], seed + 2, 120 + i, 30);
+    sync_all(&s, 0);
+    static weights w[K];
+    enum { N = 2 * AF };
+    static float fisher[K][N];
+    bank_view bank[K];
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK, "rank %u: %s", i, sona_engine_last_error(s.e[i]));
+        read_weights(s.e[i], &w[i]);
+        cr_assert_eq(eng_inspect_base_ewc(s.e[i], fisher[i], NULL, NULL, NULL), SONA_OK);
+        bank[i] = view_bank(s.e[i]);
+    }
+    for (uint32_t i = 1; i < K; i++) {
+        cr_assert_eq(memcmp(w[i].A, w[0].A, sizeof w[0].A), 0, "rank %u's A", i);
+        cr_assert_eq(memcmp(w[i].Bt, w[0].Bt, sizeof w[0].Bt), 0, "rank %u's B", i);
+        cr_assert_eq(memcmp(fisher[i], fisher[0], sizeof fisher[0]), 0, "rank %u's Fisher", i);
+        cr_assert_eq(bank[i].digest, bank[0].digest, "rank %u's bank", i);
     }
     for (uint32_t i = 0; i < K; i++)
         sona_engine_destroy(s.e[i]);

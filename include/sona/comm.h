@@ -74,11 +74,32 @@ typedef enum sona_sync_merge {
                                once with AVERAGE, or the load counts as a change */
 } sona_sync_merge;
 
+/* How Base-LoRA's merge target M (a sum of the ranks' s B A) is reduced to rank r. */
+typedef enum sona_sync_method {
+    SONA_SYNC_SKETCH = 0, /* M seen through two all-reduces of width x hidden per layer (width =
+                             rank + max(2, rank / 4)): Y = M Omega, Omega's rows the last sync's
+                             A and seeded random signs, then Z = M^T Q, Q Y's orthonormal rows;
+                             the merge is the best rank-r approximation of Q Q^T M. Exact where
+                             M's rank is at most width or the ranks changed B only since the
+                             last sync; else close (the randomised range finder's bound).
+                             At a first sync (no S on some rank) rank 0's A takes S's place,
+                             sent to all by one more all-reduce of A. Each rank moves about
+                             1.25x what a ring all-reduce of Base-LoRA moves (1.75x at a first
+                             sync), whatever the number of ranks, and computes only its own
+                             share. The sums travel as integers in floats, so any all-reduce
+                             (any order of additions) gives every rank the same bits */
+    SONA_SYNC_EXACT = 1   /* every rank's factors all-gathered and the best rank-r
+                             approximation of M computed from all of them (QR of the stacked
+                             factors, SVD of the core): exact, but each rank receives (k - 1)
+                             times Base-LoRA and computes O(hidden (k rank)^2) a layer */
+} sona_sync_method;
+
 typedef struct sona_sync_config {
     sona_sync_weighting weighting; /* for SONA_SYNC_AVERAGE */
     sona_sync_merge merge;
+    sona_sync_method method;       /* Base-LoRA's; tenants are merged exactly */
 } sona_sync_config;
-/* weighting SONA_SYNC_TRAJECTORIES, merge SONA_SYNC_AVERAGE. */
+/* weighting SONA_SYNC_TRAJECTORIES, merge SONA_SYNC_AVERAGE, method SONA_SYNC_SKETCH. */
 SONA_API void sona_sync_config_default(sona_sync_config *cfg);
 
 typedef struct sona_sync_result {
@@ -87,7 +108,9 @@ typedef struct sona_sync_result {
     double weight;           /* this rank's share of the merge (weights sum to 1) */
     double merge_error;      /* over the layers: |merged - M|_F / |M|_F of s B A, M the merge's
                                 target (the average, or S + the changes), the rank-r
-                                truncation's error (0 when M has rank <= r) */
+                                truncation's error (0 when M has rank <= r). SONA_SYNC_SKETCH:
+                                of M's part in the sketched range (what lies outside it is not
+                                seen: docs/notes/sync.md measures the whole) */
     uint32_t tenants_merged; /* tenant ids live on two ranks or more, merged there */
     sona_stats global;       /* every counter of sona_get_stats summed over the ranks, read
                                 just before the merge (tenants too: tenant ids are per rank);
@@ -101,8 +124,15 @@ typedef struct sona_sync_result {
  * tenant id live on several ranks becomes there the equal-weight merge of its adapters, the
  * same way (ids are each rank's own: one live on a single rank is left alone, none is
  * created); signals it learned while the sync ran, and its pending gradients, give way to the
- * merge. Engines must have one shape (hidden, base_layers, base_rank, base_alpha, max_tenants,
- * micro_rank, micro_alpha: SONA_E_SIZE on every rank otherwise).
+ * merge. Where every rank has the last sync's state, merged factors are turned back to its
+ * coordinates (B A unchanged). EWC++ of Base-LoRA: the running Fisher becomes the ranks'
+ * average, the task snapshots one task anchored at the merged weights whose Fisher is the last
+ * sync's plus every rank's new tasks' (the boundary detector stays each rank's). Pattern bank:
+ * each pattern the last sync left becomes it plus every rank's change since, the new ones are
+ * added with ids numbered on from the last sync's next id (unique across ranks), then the bank
+ * is consolidated as loop C does; trajectories pending in the bank (none after a cycle) are
+ * dropped. Engines must have one shape (hidden, base_layers, base_rank, base_alpha, max_tenants,
+ * micro_rank, micro_alpha, EWC++ on or off: SONA_E_SIZE on every rank otherwise).
  * Loop B waits while the sync runs; requests and apply go on, and see the merged weights
  * published at once when it returns. A failed collective (a callback's error), or any other
  * failure, leaves the engine exactly as before the call: everything is computed into new

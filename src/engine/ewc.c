@@ -170,6 +170,33 @@ static sona_status update_weights(eng_ewc *w)
     return st;
 }
 
+/* The snapshots sona_sync merged (the ranks' tasks as one, anchored at the merged weights)
+ * cover the queries this rank's old snapshots came from (their cells, averaged), not the
+ * traffic since the last boundary: that is the task being learned now, which no snapshot
+ * covers until it ends. Cells are this rank's, like the detectors. Each starts at weight 1, as
+ * sona_ewc's do. */
+sona_ewc *eng_ewc_swap(eng_ewc *w, sona_ewc *fresh)
+{
+    sona_ewc *old = w->ewc;
+    const uint32_t before = sona_ewc_task_count(old), after = sona_ewc_task_count(fresh);
+    float merged[ENG_CELLS] = {0};
+    double sum = 0.0;
+    for (uint32_t t = 0; t < before; t++)
+        for (uint32_t c = 0; c < ENG_CELLS; c++) {
+            merged[c] += w->task_cells[(size_t)t * ENG_CELLS + c];
+            sum += w->task_cells[(size_t)t * ENG_CELLS + c];
+        }
+    for (uint32_t c = 0; c < ENG_CELLS; c++) /* a distribution again (or none: snapshots of no cells) */
+        merged[c] = sum > 0.0 ? (float)(merged[c] / sum) : 0.0f;
+    for (uint32_t t = 0; t < after; t++) {
+        memcpy(w->task_cells + (size_t)t * ENG_CELLS, merged, sizeof merged);
+        w->weights[t] = 1.0f;
+    }
+    w->ewc = fresh;
+    w->lambda_valid = 0; /* new tasks: the capped lambda is found again */
+    return old;
+}
+
 sona_status eng_ewc_consolidate(eng_ewc *w, const sona_lora *lora)
 {
     const uint32_t half = w->n / 2, before = sona_ewc_task_count(w->ewc);

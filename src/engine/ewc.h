@@ -39,6 +39,9 @@ float eng_ewc_lambda(eng_ewc *w, const sona_lora *lora);
 uint32_t eng_ewc_tasks(const eng_ewc *w);
 /* The EWC++ state underneath (its tasks, Fisher sum and lambda), read-only. */
 const struct sona_ewc *eng_ewc_state(const eng_ewc *w);
+/* sona_sync: the EWC++ state underneath replaced by fresh (w takes it over, same param_count);
+ * the old one is returned for the caller to destroy. */
+struct sona_ewc *eng_ewc_swap(eng_ewc *w, struct sona_ewc *fresh);
 struct sona_wbuf;
 struct sona_rbuf;
 /* Appends w's state (a NULL w writes "absent"): tasks, running Fisher, boundary detector, the

@@ -5,6 +5,9 @@
 
 #include "core/adapt/lora_internal.h"
 
+#include <stdint.h>
+#include <string.h>
+
 sona_bank *eng_inspect_bank_begin(sona_engine *e)
 {
     pthread_mutex_lock(&e->cycle_mu);
@@ -56,6 +59,54 @@ sona_status eng_inspect_base_weights(sona_engine *e, float *A, float *Bt)
 {
     pthread_mutex_lock(&e->cycle_mu);
     const sona_status st = sona_lora_export(e->base, A, Bt, NULL);
+    pthread_mutex_unlock(&e->cycle_mu);
+    return st;
+}
+
+sona_status eng_inspect_base_ewc(sona_engine *e, float *running, float *fisher_sum,
+                                 float *theta0, uint32_t *tasks)
+{
+    if (!e->base_ewc)
+        return SONA_E_STATE;
+    const size_t n = 2 * (size_t)e->cfg.base_layers * e->cfg.base_rank * e->cfg.hidden;
+    pthread_mutex_lock(&e->cycle_mu);
+    sona_ewc *w = (sona_ewc *)(uintptr_t)eng_ewc_state(e->base_ewc);
+    const float *fsum = NULL, *ftheta = NULL;
+    float lambda;
+    sona_status st = sona_ewc_penalty(w, &fsum, &ftheta, &lambda);
+    if (running)
+        memcpy(running, sona_ewc_fisher(w), n * sizeof *running);
+    if (fisher_sum) {
+        if (fsum)
+            memcpy(fisher_sum, fsum, n * sizeof *fisher_sum);
+        else
+            memset(fisher_sum, 0, n * sizeof *fisher_sum);
+    }
+    if (tasks)
+        *tasks = sona_ewc_task_count(w);
+    if (st == SONA_OK && theta0)
+        st = sona_ewc_get_task(w, 0, theta0, NULL);
+    pthread_mutex_unlock(&e->cycle_mu);
+    return st;
+}
+
+sona_status eng_inspect_base_end_task(sona_engine *e)
+{
+    if (!e->base_ewc)
+        return SONA_E_STATE;
+    pthread_mutex_lock(&e->cycle_mu);
+    const sona_status st = eng_ewc_consolidate(e->base_ewc, e->base);
+    atomic_store(&e->n.tasks, eng_ewc_tasks(e->base_ewc));
+    pthread_mutex_unlock(&e->cycle_mu);
+    return st;
+}
+
+sona_status eng_inspect_set_base_weights(sona_engine *e, const float *A, const float *Bt)
+{
+    pthread_mutex_lock(&e->cycle_mu);
+    sona_status st = sona_lora_import(e->base, A, Bt);
+    if (st == SONA_OK)
+        st = sona_snapshot_publish(&e->base_slot, e->base);
     pthread_mutex_unlock(&e->cycle_mu);
     return st;
 }

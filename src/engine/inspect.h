@@ -23,6 +23,17 @@ sona_status eng_inspect_base_detector(sona_engine *e, sona_ewc_detector *d);
 /* Base-LoRA's training weights as the op tables hold them: A and Bt, base_layers x base_rank x
  * hidden floats each (either may be NULL), read under the cycle lock. */
 sona_status eng_inspect_base_weights(sona_engine *e, float *A, float *Bt);
+/* Base-LoRA's EWC++ state under the cycle lock: the running Fisher, the tasks' Fisher sum (0s
+ * with no task), task 0's anchor, the task count (each pointer may be NULL; 2 x base_layers x
+ * base_rank x hidden floats each). SONA_E_STATE without EWC++. */
+sona_status eng_inspect_base_ewc(sona_engine *e, float *running, float *fisher_sum,
+                                 float *theta0, uint32_t *tasks);
+/* Ends Base-LoRA's EWC++ task now (as loop C's consolidation does): a task snapshot of the
+ * weights and the running Fisher. SONA_E_STATE without EWC++. */
+sona_status eng_inspect_base_end_task(sona_engine *e);
+/* Benchmarks: Base-LoRA's weights replaced by A and Bt (the layout above) and published, under
+ * the cycle lock; the import's status. */
+sona_status eng_inspect_set_base_weights(sona_engine *e, const float *A, const float *Bt);
 /* The same for a tenant's Micro-LoRA (micro_rank x hidden each), under its mutex;
  * SONA_E_NOT_FOUND when the tenant is not live. */
 sona_status eng_inspect_tenant_weights(sona_engine *e, int32_t tenant, float *A, float *Bt);

@@ -4,12 +4,17 @@
  * Under cycle_mu (so no loop B or C cycle changes Base-LoRA between the gather and the commit):
  *   1. all-gather a header per rank: shape, trajectories learned since its last sync, counters;
  *      every rank checks the same gathered headers, so all refuse a shape mismatch alike;
- *   2. all-gather every rank's Base-LoRA (A and Bt, the op tables' layout);
- *   3. merge each layer (core/adapt/merge.h) into new buffers, in rank order, deterministic:
- *      every rank computes the same bits from the same bytes;
+ *   2. Base-LoRA into new buffers: SONA_SYNC_SKETCH all-reduces each rank's share of two
+ *      sketches a layer (sums exact as integers in floats: the same bits on every rank);
+ *      SONA_SYNC_EXACT all-gathers every rank's factors and merges each layer in rank order
+ *      (core/adapt/merge.h, deterministic: the same bits from the same bytes); both turned
+ *      back to the last sync's coordinates where every rank has it;
+ *   3. the tenants live on two ranks or more (all-gathered, merged exactly), Base-LoRA's
+ *      EWC++ (Fisher all-reduced, into a fresh sona_ewc), the pattern bank (records
+ *      all-gathered, a fresh bank built alike on every rank);
  *   4. all-gather each rank's status, so a rank that failed locally (memory) stops them all;
- *   5. commit: import the merged weights and publish them; a failure there puts the old
- *      weights back.
+ *   5. commit: import the merged weights and publish them (a failure there puts the old
+ *      weights back), swap in the EWC++ state and the bank, keep S (what this sync left).
  * A failure in 1-4 returns before anything of the engine changed. */
 #include "engine/base.h"
 
@@ -32,13 +37,20 @@ struct eng_sync {
     float *tenants;   /* max_tenants x 2 x micro_rank x hidden */
     uint64_t *gen;
     unsigned char *valid;
+    float *fisher_tasks; /* EWC++: Base-LoRA's task Fisher sum the last sync left */
+    int fisher_have;     /* 1: it holds tasks (else none were) */
+    unsigned char *bank; /* the pattern bank's records the last sync left, sorted by id */
+    size_t bank_bytes;
+    uint64_t bank_next;  /* the id its next new pattern takes */
+    int bank_have;
 };
 
 void eng_sync_free(struct eng_sync *s)
 {
     if (!s)
         return;
-    free(s->base), free(s->tenants), free(s->gen), free(s->valid), free(s);
+    free(s->base), free(s->tenants), free(s->gen), free(s->valid), free(s->fisher_tasks), free(s->bank),
+        free(s);
 }
 
 static struct eng_sync *sync_alloc(const sona_engine_config *c)
@@ -50,7 +62,9 @@ static struct eng_sync *sync_alloc(const sona_engine_config *c)
     s->tenants = malloc(2 * (size_t)c->max_tenants * c->micro_rank * c->hidden * sizeof *s->tenants);
     s->gen = calloc(c->max_tenants, sizeof *s->gen);
     s->valid = calloc(c->max_tenants, 1);
-    if (!s->base || !s->tenants || !s->gen || !s->valid) {
+    s->fisher_tasks = malloc(2 * (size_t)c->base_layers * c->base_rank * c->hidden *
+                             sizeof *s->fisher_tasks);
+    if (!s->base || !s->tenants || !s->gen || !s->valid || !s->fisher_tasks) {
         eng_sync_free(s);
         return NULL;
     }
@@ -74,6 +88,7 @@ typedef struct sync_header {
     uint64_t learned, has_last;
     uint64_t counters[SYNC_COUNTERS];
     uint64_t tenants, quality_bits, phi_bits;
+    uint64_t ewc, ewc_tasks; /* EWC++ on; Base-LoRA's task snapshots */
 } sync_header;
 
 static uint64_t *counter(sona_stats *s, unsigned i)
@@ -108,6 +123,7 @@ void sona_sync_config_default(sona_sync_config *cfg)
     if (cfg) {
         cfg->weighting = SONA_SYNC_TRAJECTORIES;
         cfg->merge = SONA_SYNC_AVERAGE;
+        cfg->method = SONA_SYNC_SKETCH;
     }
 }
 
@@ -135,8 +151,8 @@ static void global_stats(const sync_header *h, uint32_t k, sona_stats *g)
 /* Steps 2-3: the merged Base-LoRA of every rank into A_new and Bt_new (layers x rank x hidden
  * each), from this rank's weights in mine (A then Bt). A failed merge goes to *local. */
 static sona_status merge_base(sona_engine *e, sona_comm *comm, uint32_t k, const double *w,
-                              const float *last, const float *mine, float *A_new, float *Bt_new,
-                              double *err, sona_status *local)
+                              const float *last, const float *basis, const float *mine,
+                              float *A_new, float *Bt_new, double *err, sona_status *local)
 {
     const size_t H = e->cfg.hidden, r = e->cfg.base_rank, L = e->cfg.base_layers;
     const size_t block = 2 * L * r * H; /* floats a rank sends */
@@ -166,6 +182,9 @@ static sona_status merge_base(sona_engine *e, sona_comm *comm, uint32_t k, const
         sona_merge_info info;
         merged = sona_lora_merge((uint32_t)H, (uint32_t)r, n, pa, pb, w, A_new + l * r * H,
                                 Bt_new + l * r * H, &info);
+        if (merged == SONA_OK && basis && !info.copied) /* S's coordinates kept */
+            merged = sona_lora_align((uint32_t)H, (uint32_t)r, basis + l * r * H,
+                                     A_new + l * r * H, Bt_new + l * r * H);
         total += info.total;
         tail += info.tail;
     }
@@ -173,6 +192,666 @@ static sona_status merge_base(sona_engine *e, sona_comm *comm, uint32_t k, const
     *err = total > 0.0 ? sqrt(tail / total) : 0.0;
     if (merged != SONA_OK && *local == SONA_OK)
         *local = eng_fail(e, merged, "%s: merging Base-LoRA failed", __func__);
+    return SONA_OK;
+}
+
+/* ---- SONA_SYNC_SKETCH: Base-LoRA through two all-reduces a layer ---------------------------- */
+
+/* FNV-1a over a layer's bytes: equal layers on every rank (nothing learned since) are copied. */
+static uint64_t layer_hash(const float *A, const float *Bt, size_t n)
+{
+    uint64_t x = 0xcbf29ce484222325ull;
+    for (int f = 0; f < 2; f++) {
+        const float *p = f ? Bt : A;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, &p[i], sizeof u);
+            x = (x ^ u) * 0x100000001b3ull;
+        }
+    }
+    return x;
+}
+
+/* data (rows x H doubles) summed over the ranks, the same bits on every rank whatever order
+ * the all-reduce adds in: each row travels as integers in floats, scaled by a power of two
+ * that keeps every partial sum below 2^24 (so every addition is exact): the ranks' maxima are
+ * gathered first, and the bound is their sum. The rounding to integers costs at most
+ * 2^-24 x (sum of the ranks' maxima) an entry. tmp: rows x H floats. */
+static sona_status exact_allreduce(sona_engine *e, sona_comm *comm, uint32_t k, double *data,
+                                   size_t rows, size_t H, float *tmp)
+{
+    float *mx = malloc(((size_t)k + 1) * rows * sizeof *mx);
+    if (!mx)
+        return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+    float *mine = mx + (size_t)k * rows;
+    for (size_t j = 0; j < rows; j++) {
+        double m = 0.0;
+        for (size_t h = 0; h < H; h++) {
+            const double a = fabs(data[j * H + h]);
+            m = a > m ? a : m;
+        }
+        mine[j] = (float)m * (1.0f + 0x1p-20f); /* rounded up: a bound still */
+    }
+    sona_status st = sona_comm_allgather(comm, mine, rows * sizeof *mine, mx);
+    if (st != SONA_OK) {
+        free(mx);
+        return eng_fail(e, st, "%s: gathering maxima: %s", __func__, sona_comm_last_error(comm));
+    }
+    double *scale = malloc(rows * sizeof *scale);
+    if (!scale) {
+        free(mx);
+        return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+    }
+    for (size_t j = 0; j < rows; j++) {
+        double bound = 0.0;
+        for (uint32_t i = 0; i < k; i++)
+            bound += mx[i * rows + j];
+        int ex = 0;
+        frexp(bound, &ex); /* bound < 2^ex */
+        scale[j] = bound > 0.0 ? ldexp(1.0, 23 - ex) : 0.0; /* sum of |ints| < 2^23 + k/2 */
+        /* Rounded to the nearest integer by the 1.5 x 2^52 trick (|x| < 2^24 here), which
+         * vectorises where rint() is a call. */
+        const double magic = 0x1.8p52;
+        for (size_t h = 0; h < H; h++)
+            tmp[j * H + h] = (float)((data[j * H + h] * scale[j] + magic) - magic);
+    }
+    free(mx);
+    st = sona_comm_allreduce_sum(comm, tmp, rows * H);
+    if (st != SONA_OK) {
+        free(scale);
+        return eng_fail(e, st, "%s: all-reduce: %s", __func__, sona_comm_last_error(comm));
+    }
+    for (size_t j = 0; j < rows; j++) {
+        const double inv = scale[j] > 0.0 ? 1.0 / scale[j] : 0.0; /* a power of two: exact */
+        for (size_t h = 0; h < H; h++)
+            data[j * H + h] = (double)tmp[j * H + h] * inv;
+    }
+    free(scale);
+    return SONA_OK;
+}
+
+/* The sketch's width for a rank: a few directions beyond it, for what the ranks' changes add. */
+static size_t sketch_width(size_t r, size_t H)
+{
+    const size_t l = r + (r / 4 > 2 ? r / 4 : 2);
+    return l < H ? l : H;
+}
+
+/* Steps 2-3 for SONA_SYNC_SKETCH: the merge of every layer into A_new and Bt_new from this
+ * rank's weights (mine: A then Bt) of weight w[rank], and S (last: A then Bt, or NULL) of
+ * weight w_last added by every rank alike. basis: S's A when every rank has it (Omega starts
+ * from it, the merge is turned back to its coordinates), else NULL: rank 0's A then. */
+static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint32_t rank,
+                               const double *w, const float *last, double w_last,
+                               const float *basis, const float *mine, float *A_new,
+                               float *Bt_new, double *err, sona_status *local)
+{
+    const size_t H = e->cfg.hidden, r = e->cfg.base_rank, L = e->cfg.base_layers;
+    const size_t l = sketch_width(r, H), rh = r * H, lh = l * H;
+    /* Per layer and rank: the layer's hash and |A|_F^2 (for a0), gathered. */
+    uint64_t *hd = malloc(2 * L * ((size_t)k + 1) * sizeof *hd);
+    size_t *todo = malloc(L * sizeof *todo);
+    if (!hd || !todo) {
+        free(hd), free(todo);
+        return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+    }
+    uint64_t *me = hd + 2 * L * k;
+    for (size_t l2 = 0; l2 < L; l2++) {
+        const float *A = mine + l2 * rh;
+        double a2 = 0.0;
+        for (size_t i = 0; i < rh; i++)
+            a2 += (double)A[i] * A[i];
+        me[2 * l2] = layer_hash(A, mine + L * rh + l2 * rh, rh);
+        memcpy(&me[2 * l2 + 1], &a2, sizeof a2);
+    }
+    sona_status st = sona_comm_allgather(comm, me, 2 * L * sizeof *me, hd);
+    if (st != SONA_OK) {
+        free(hd), free(todo);
+        return eng_fail(e, st, "%s: gathering layer digests: %s", __func__,
+                        sona_comm_last_error(comm));
+    }
+    /* Layers equal on every rank (and to S, when S counts) are copies; the rest are merged. */
+    size_t n = 0;
+    double total = 0.0, tail = 0.0;
+    for (size_t l2 = 0; l2 < L; l2++) {
+        int same = 1;
+        for (uint32_t i = 1; i < k; i++)
+            same &= hd[2 * (i * L + l2)] == hd[2 * l2];
+        if (last && same)
+            same = layer_hash(last + l2 * rh, last + L * rh + l2 * rh, rh) == hd[2 * l2];
+        if (same) {
+            const float *pa[1] = {mine + l2 * rh}, *pb[1] = {mine + L * rh + l2 * rh};
+            sona_merge_info info;
+            sona_lora_merge((uint32_t)H, (uint32_t)r, 1, pa, pb, NULL, A_new + l2 * rh,
+                            Bt_new + l2 * rh, &info);
+            total += info.total;
+        } else
+            todo[n++] = l2;
+    }
+    double *om = malloc(3 * n * lh * sizeof *om);
+    float *tmp = malloc(n * lh * sizeof *tmp);
+    if (n && (!om || !tmp)) {
+        free(hd), free(todo), free(om), free(tmp);
+        return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+    }
+    double *Y = om + n * lh, *Z = Y + n * lh;
+    sona_status fail = SONA_OK; /* a local failure: goes on through the collectives */
+    /* No S on some rank (a first sync): rank 0's A, the same bits everywhere (an all-reduce
+     * where the others add zeros: exact in any order), takes S's place in Omega and as the
+     * coordinates to turn back to. Half of Base-LoRA's all-reduce more, once. */
+    float *bcast = NULL;
+    if (!basis && n && k > 1) {
+        bcast = calloc(L * rh, sizeof *bcast);
+        if (!bcast) {
+            free(hd), free(todo), free(om), free(tmp);
+            return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+        }
+        if (rank == 0)
+            memcpy(bcast, mine, L * rh * sizeof *bcast);
+        st = sona_comm_allreduce_sum(comm, bcast, L * rh);
+        if (st != SONA_OK) {
+            free(hd), free(todo), free(om), free(tmp), free(bcast);
+            return eng_fail(e, st, "%s: rank 0's A: %s", __func__, sona_comm_last_error(comm));
+        }
+        basis = bcast;
+    }
+    const double wr = w[rank];
+    for (size_t t = 0; t < n && fail == SONA_OK; t++) {
+        const size_t l2 = todo[t];
+        fail = sona_sketch_basis((uint32_t)H, (uint32_t)l, (uint32_t)r,
+                                 basis ? basis + l2 * rh : NULL, 0x5359u + l2, om + t * lh);
+        memset(Y + t * lh, 0, lh * sizeof *Y);
+        const float *pa[1] = {mine + l2 * rh}, *pb[1] = {mine + L * rh + l2 * rh};
+        if (fail == SONA_OK)
+            fail = sona_sketch_product((uint32_t)H, (uint32_t)r, 1, pa, pb, &wr, (uint32_t)l,
+                                       om + t * lh, 0, Y + t * lh);
+    }
+    if (n)
+        st = exact_allreduce(e, comm, k, Y, n * l, H, tmp);
+    for (size_t t = 0; t < n && st == SONA_OK && fail == SONA_OK; t++) {
+        const size_t l2 = todo[t];
+        if (last) { /* S's share, the same on every rank, added after the sum */
+            const float *pa[1] = {last + l2 * rh}, *pb[1] = {last + L * rh + l2 * rh};
+            fail = sona_sketch_product((uint32_t)H, (uint32_t)r, 1, pa, pb, &w_last,
+                                       (uint32_t)l, om + t * lh, 0, Y + t * lh);
+        }
+        sona_sketch_orthonormalize((uint32_t)H, (uint32_t)l, Y + t * lh); /* Y becomes Q */
+        memset(Z + t * lh, 0, lh * sizeof *Z);
+        const float *pa[1] = {mine + l2 * rh}, *pb[1] = {mine + L * rh + l2 * rh};
+        if (fail == SONA_OK)
+            fail = sona_sketch_product((uint32_t)H, (uint32_t)r, 1, pa, pb, &wr, (uint32_t)l,
+                                       Y + t * lh, 1, Z + t * lh);
+    }
+    if (n && st == SONA_OK)
+        st = exact_allreduce(e, comm, k, Z, n * l, H, tmp);
+    for (size_t t = 0; t < n && st == SONA_OK && fail == SONA_OK; t++) {
+        const size_t l2 = todo[t];
+        if (last) {
+            const float *pa[1] = {last + l2 * rh}, *pb[1] = {last + L * rh + l2 * rh};
+            fail = sona_sketch_product((uint32_t)H, (uint32_t)r, 1, pa, pb, &w_last,
+                                       (uint32_t)l, Y + t * lh, 1, Z + t * lh);
+        }
+        /* a0: the RMS row norm of A over every rank's (and S's) rows, summed in rank order. */
+        double a2 = 0.0, rows = (double)k * r;
+        for (uint32_t i = 0; i < k; i++) {
+            double v;
+            memcpy(&v, &hd[2 * (i * L + l2) + 1], sizeof v);
+            a2 += v;
+        }
+        if (last) {
+            for (size_t i = 0; i < rh; i++)
+                a2 += (double)last[l2 * rh + i] * last[l2 * rh + i];
+            rows += (double)r;
+        }
+        sona_merge_info info = {0};
+        if (fail == SONA_OK)
+            fail = sona_sketch_finish((uint32_t)H, (uint32_t)r, (uint32_t)l, Y + t * lh,
+                                      Z + t * lh, om + t * lh, sqrt(a2 / rows), A_new + l2 * rh,
+                                      Bt_new + l2 * rh, &info);
+        if (fail == SONA_OK && basis) /* S's coordinates kept (EWC++ is per coordinate) */
+            fail = sona_lora_align((uint32_t)H, (uint32_t)r, basis + l2 * rh, A_new + l2 * rh,
+                                   Bt_new + l2 * rh);
+        total += info.total;
+        tail += info.tail;
+    }
+    free(hd), free(todo), free(om), free(tmp), free(bcast);
+    if (st != SONA_OK)
+        return st;
+    *err = total > 0.0 ? sqrt(tail / total) : 0.0;
+    if (fail != SONA_OK && *local == SONA_OK)
+        *local = eng_fail(e, fail, "%s: merging Base-LoRA failed", __func__);
+    return SONA_OK;
+}
+
+/* EWC++ of Base-LoRA, so that every rank protects what any rank learned, the same bits on
+ * every rank: the running Fisher becomes the ranks' average (the Fisher of all their traffic),
+ * and the task snapshots one task anchored at the merged weights theta (A then Bt) whose
+ * Fisher is what the last sync left, F_S, plus every rank's tasks' change since:
+ * sum_i F_i - (k - 1) F_S (F_i: rank i's sum over its tasks; no F_S: sum_i F_i), at least 0.
+ * Built into *fresh (a new sona_ewc, the detector kept, it is this rank's traffic's) and
+ * tasks_out (the new task Fisher, for S), committed by the caller. */
+static sona_status sync_ewc(sona_engine *e, sona_comm *comm, uint32_t k, const sync_header *h,
+                            int all_have, const float *theta, sona_ewc **fresh, float *tasks_out,
+                            int *has_tasks, sona_status *local)
+{
+    *fresh = NULL;
+    *has_tasks = 0;
+    if (!e->base_ewc)
+        return SONA_OK;
+    const size_t H = e->cfg.hidden, n = 2 * (size_t)e->cfg.base_layers * e->cfg.base_rank * H;
+    const size_t rows = n / H;
+    const sona_ewc *old = eng_ewc_state(e->base_ewc);
+    const struct eng_sync *S = e->sync;
+    const int from_last = S->have && S->fisher_have && all_have;
+    int any = 0; /* the same on every rank: S->fisher_have is, where every rank has S */
+    for (uint32_t i = 0; i < k; i++)
+        any |= h[i].ewc_tasks > 0;
+    any |= from_last;
+    double *d = malloc(n * sizeof *d);
+    float *tmp = malloc(n * sizeof *tmp);
+    if (!d || !tmp) {
+        free(d), free(tmp);
+        return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+    }
+    const float *f = sona_ewc_fisher((sona_ewc *)(uintptr_t)old);
+    for (size_t i = 0; i < n; i++)
+        d[i] = f[i];
+    sona_status st = exact_allreduce(e, comm, k, d, rows, H, tmp);
+    /* After a local failure (the merge's) theta may be unset: go on through the collectives
+     * only. */
+    sona_status fail = *local != SONA_OK ? *local : sona_ewc_create(sona_ewc_get_config(old), fresh);
+    if (st == SONA_OK && fail == SONA_OK) {
+        float *fr = sona_ewc_fisher(*fresh);
+        for (size_t i = 0; i < n; i++)
+            fr[i] = (float)(d[i] / k);
+    }
+    if (st == SONA_OK && any) {
+        const float *fsum = NULL, *ftheta = NULL;
+        float lambda;
+        sona_ewc_penalty(old, &fsum, &ftheta, &lambda);
+        for (size_t i = 0; i < n; i++)
+            d[i] = fsum ? fsum[i] : 0.0;
+        st = exact_allreduce(e, comm, k, d, rows, H, tmp);
+        if (st == SONA_OK && tasks_out) {
+            for (size_t i = 0; i < n; i++) {
+                const double v = d[i] - (from_last ? (double)(k - 1) * S->fisher_tasks[i] : 0.0);
+                tasks_out[i] = v > 0.0 ? (float)v : 0.0f;
+            }
+            *has_tasks = 1;
+            if (fail == SONA_OK)
+                fail = sona_ewc_add_task(*fresh, theta, tasks_out, (uint32_t)n);
+        }
+    }
+    sona_ewc_detector det;
+    if (st == SONA_OK && fail == SONA_OK && (fail = sona_ewc_get_detector(old, &det)) == SONA_OK)
+        fail = sona_ewc_set_detector(*fresh, &det);
+    free(d), free(tmp);
+    if (st != SONA_OK || fail != SONA_OK) {
+        sona_ewc_destroy(*fresh);
+        *fresh = NULL;
+    }
+    if (st != SONA_OK)
+        return st;
+    if (fail != SONA_OK && *local == SONA_OK)
+        *local = eng_fail(e, fail, "%s: building the merged EWC++ state failed", __func__);
+    return SONA_OK;
+}
+
+/* ---- the pattern bank -------------------------------------------------------------------------
+ * Every rank sends, per live pattern, a record: whole (centroid and route statistics) when it
+ * is new since the last sync or learned since (size, weight or quality moved), else its head
+ * only (its access statistics). Every rank then builds the same bank from the gathered records:
+ * a pattern the last sync left (S) becomes S plus every rank's change since (size, weight,
+ * accesses and route counts summed as changes, centroid and qualities as size-weighted means
+ * of them), one no rank holds any more is gone, and the new ones follow in rank order, then id
+ * order, numbered from the next id the last sync left, so ids stay unique across ranks. The
+ * bank is then consolidated as loop C does (neighbours with cosine >= merge_cosine merge, no
+ * decay): what several ranks found apart becomes one pattern. */
+#define ROUTE_NAME 64 /* the bank's route names, terminator included */
+
+typedef struct bank_head {
+    uint64_t id, size, access, created, last_access;
+    double weight;
+    float quality;
+    uint32_t routes;
+    uint32_t whole, pad;
+} bank_head;
+
+typedef struct bank_route {
+    char name[ROUTE_NAME];
+    uint64_t count;
+    float quality;
+    uint32_t pad;
+} bank_route;
+
+/* A centroid's bytes in a record, padded so that the next record's head stays aligned. */
+static size_t cen_bytes(size_t dim)
+{
+    return (dim * sizeof(float) + 7) & ~(size_t)7;
+}
+
+static size_t rec_bytes(const bank_head *h, size_t dim)
+{
+    return sizeof *h + (h->whole ? cen_bytes(dim) + h->routes * sizeof(bank_route) : 0);
+}
+
+/* The records in blob (bytes long), as pointers: *n of them. NULL when out of memory. */
+static const bank_head **parse_recs(const unsigned char *blob, size_t bytes, size_t dim, size_t *n)
+{
+    size_t c = 0;
+    for (size_t o = 0; o + sizeof(bank_head) <= bytes; c++)
+        o += rec_bytes((const bank_head *)(const void *)(blob + o), dim);
+    const bank_head **v = malloc((c ? c : 1) * sizeof *v);
+    if (!v)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < c; i++) {
+        v[i] = (const bank_head *)(const void *)(blob + o);
+        o += rec_bytes(v[i], dim);
+    }
+    *n = c;
+    return v;
+}
+
+static const bank_head *find_rec(const bank_head *const *v, size_t n, uint64_t id)
+{
+    size_t lo = 0, hi = n; /* v sorted by id */
+    while (lo < hi) {
+        const size_t mid = lo + (hi - lo) / 2;
+        if (v[mid]->id < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && v[lo]->id == id ? v[lo] : NULL;
+}
+
+static int cmp_pattern(const void *a, const void *b)
+{
+    const sona_pattern *x = *(const sona_pattern *const *)a, *y = *(const sona_pattern *const *)b;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* A bank's live patterns as records, sorted by id: whole ones, or heads only where the pattern
+ * is S's (last: S's records) and learned nothing since. */
+static sona_status bank_records(const sona_bank *b, size_t dim, const bank_head *const *last,
+                                size_t nlast, unsigned char **out, size_t *bytes)
+{
+    const uint32_t n = sona_bank_pattern_count(b);
+    sona_pattern *p = malloc((n ? n : 1) * sizeof *p);
+    size_t cap = (size_t)n * (sizeof(bank_head) + cen_bytes(dim)) + 64, used = 0;
+    unsigned char *blob = malloc(cap);
+    float *c = malloc(dim * sizeof *c);
+    const sona_pattern **order = malloc((n ? n : 1) * sizeof *order);
+    sona_status st = p && blob && c && order ? SONA_OK : SONA_E_NOMEM;
+    for (uint32_t i = 0; i < n && st == SONA_OK; i++) {
+        st = sona_bank_pattern_at(b, i, &p[i], NULL);
+        order[i] = &p[i];
+    }
+    if (st == SONA_OK)
+        qsort(order, n, sizeof *order, cmp_pattern);
+    for (uint32_t i = 0; i < n && st == SONA_OK; i++) {
+        const sona_pattern *q = order[i];
+        const bank_head *s = last ? find_rec(last, nlast, q->id) : NULL;
+        bank_head h = {q->id, q->size, q->access_count, q->created_ms, q->last_access_ms,
+                       q->total_weight, q->avg_quality, q->route_count, 1, 0};
+        if (s && s->size == q->size && s->weight == q->total_weight &&
+            s->quality == q->avg_quality)
+            h.whole = 0;
+        const size_t need = rec_bytes(&h, dim);
+        if (used + need > cap) {
+            cap = 2 * (used + need);
+            unsigned char *grown = realloc(blob, cap);
+            if (!grown) {
+                st = SONA_E_NOMEM;
+                break;
+            }
+            blob = grown;
+        }
+        memset(blob + used, 0, need); /* padding included: the bytes travel */
+        memcpy(blob + used, &h, sizeof h);
+        if (h.whole) {
+            st = sona_bank_pattern_get(b, q->id, NULL, c);
+            memcpy(blob + used + sizeof h, c, dim * sizeof *c);
+            bank_route *r = (bank_route *)(void *)(blob + used + sizeof h + cen_bytes(dim));
+            for (uint32_t j = 0; j < h.routes && st == SONA_OK; j++) {
+                const char *name = NULL;
+                memset(&r[j], 0, sizeof r[j]);
+                st = sona_bank_pattern_route(b, q->id, j, &name, &r[j].count, &r[j].quality);
+                if (st == SONA_OK && name)
+                    strncpy(r[j].name, name, ROUTE_NAME - 1);
+            }
+        }
+        used += need;
+    }
+    free(p), free(c), free(order);
+    if (st != SONA_OK) {
+        free(blob);
+        return st;
+    }
+    *out = blob;
+    *bytes = used;
+    return SONA_OK;
+}
+
+/* Adds to the route list (names, counts as double, count x quality sums) the change of one
+ * version's routes from S's (s: S's record or NULL). */
+typedef struct route_acc {
+    char name[ROUTE_NAME];
+    double count, qsum;
+} route_acc;
+
+static route_acc *route_add(route_acc *acc, size_t *n, size_t *cap, const char *name, double count,
+                            double qsum)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (!strcmp(acc[i].name, name)) {
+            acc[i].count += count;
+            acc[i].qsum += qsum;
+            return acc;
+        }
+    if (*n == *cap) {
+        *cap = *cap ? 2 * *cap : 8;
+        route_acc *g = realloc(acc, *cap * sizeof *g);
+        if (!g)
+            return NULL;
+        acc = g;
+    }
+    memset(&acc[*n], 0, sizeof acc[*n]);
+    memcpy(acc[*n].name, name, ROUTE_NAME);
+    acc[*n].name[ROUTE_NAME - 1] = 0;
+    acc[*n].count = count;
+    acc[*n].qsum = qsum;
+    (*n)++;
+    return acc;
+}
+
+static const bank_route *routes_of(const bank_head *h, size_t dim)
+{
+    return (const bank_route *)(const void *)((const unsigned char *)(h + 1) + cen_bytes(dim));
+}
+
+/* One pattern into fresh: S's record s (or NULL for a new pattern, then v[0] alone), the
+ * versions v[0..nv) (NULL where a rank has none), as id. */
+static sona_status restore_one(sona_bank *fresh, size_t dim, const bank_head *s,
+                               const bank_head *const *v, uint32_t nv, uint64_t id, double *c,
+                               float *cf)
+{
+    const bank_head *base = s ? s : NULL;
+    double size = base ? (double)base->size : 0.0, weight = base ? base->weight : 0.0;
+    double qsum = base ? (double)base->size * base->quality : 0.0, access = base ? (double)base->access : 0.0;
+    uint64_t created = UINT64_MAX, last_access = 0;
+    const float *c0 = base ? (const float *)(const void *)(base + 1) : NULL;
+    for (size_t d = 0; d < dim; d++)
+        c[d] = base ? (double)base->size * c0[d] : 0.0;
+    size_t nr = 0, cap = 0;
+    route_acc *acc = NULL;
+    if (base) {
+        const bank_route *r = routes_of(base, dim);
+        for (uint32_t j = 0; j < base->routes; j++)
+            if (!(acc = route_add(acc, &nr, &cap, r[j].name, (double)r[j].count,
+                                  (double)r[j].count * r[j].quality)))
+                return SONA_E_NOMEM;
+    }
+    for (uint32_t i = 0; i < nv; i++) {
+        const bank_head *h = v[i];
+        if (!h)
+            continue;
+        created = h->created < created ? h->created : created;
+        last_access = h->last_access > last_access ? h->last_access : last_access;
+        access += base ? ((double)h->access - (double)base->access) : (double)h->access;
+        if (!h->whole)
+            continue; /* S's, learned nothing since */
+        const double bs = base ? (double)base->size : 0.0;
+        size += (double)h->size - bs;
+        weight += h->weight - (base ? base->weight : 0.0);
+        qsum += (double)h->size * h->quality - (base ? bs * base->quality : 0.0);
+        const float *ci = (const float *)(const void *)(h + 1);
+        for (size_t d = 0; d < dim; d++)
+            c[d] += (double)h->size * ci[d] - (base ? bs * c0[d] : 0.0);
+        const bank_route *r = routes_of(h, dim);
+        for (uint32_t j = 0; j < h->routes; j++)
+            if (!(acc = route_add(acc, &nr, &cap, r[j].name, (double)r[j].count,
+                                  (double)r[j].count * r[j].quality)))
+                return SONA_E_NOMEM;
+        if (base) { /* S's routes once: take them off each version that holds them */
+            const bank_route *r0 = routes_of(base, dim);
+            for (uint32_t j = 0; j < base->routes; j++)
+                if (!(acc = route_add(acc, &nr, &cap, r0[j].name, -(double)r0[j].count,
+                                      -(double)r0[j].count * r0[j].quality)))
+                    return SONA_E_NOMEM;
+        }
+    }
+    if (size < 1.0)
+        size = 1.0;
+    for (size_t d = 0; d < dim; d++)
+        cf[d] = (float)(c[d] / size);
+    const sona_pattern p = {id, (uint64_t)size, weight > 0.0 ? weight : 0.0,
+                            (float)(qsum / size), access > 0.0 ? (uint64_t)access : 0,
+                            created == UINT64_MAX ? 0 : created, last_access, 0};
+    sona_status st = sona_bank_pattern_restore(fresh, &p, cf);
+    for (size_t j = 0; j < nr && st == SONA_OK; j++)
+        if (acc[j].count >= 1.0)
+            st = sona_bank_pattern_restore_route(fresh, id, acc[j].name, (uint64_t)acc[j].count,
+                                                 (float)(acc[j].qsum / acc[j].count));
+    free(acc);
+    return st;
+}
+
+/* The merged bank of every rank into *out (NULL: the bank is not synced, nothing to do), with
+ * its records for S in *rec / *rec_bytes. */
+static sona_status merge_bank(sona_engine *e, sona_comm *comm, uint32_t k, int all_have,
+                              sona_bank **out, unsigned char **rec, size_t *rec_bytes,
+                              sona_status *local)
+{
+    *out = NULL;
+    *rec = NULL;
+    const size_t dim = e->cfg.hidden;
+    const struct eng_sync *S = e->sync;
+    /* S's records only where every rank has S (then all have the same, bank_have included):
+     * every rank must build from the same inputs. */
+    const int have = all_have && S->have && S->bank_have;
+    size_t nlast = 0;
+    const bank_head **last = have ? parse_recs(S->bank, S->bank_bytes, dim, &nlast) : NULL;
+    unsigned char *mine = NULL;
+    size_t bytes = 0;
+    sona_status fail = have && !last ? SONA_E_NOMEM
+                                     : bank_records(e->bank, dim, last, nlast, &mine, &bytes);
+    if (fail != SONA_OK)
+        bytes = 0;
+    /* Sizes, then the records padded to the largest. */
+    uint64_t *sizes = malloc(((size_t)k + 1) * sizeof *sizes);
+    if (!sizes) {
+        free(last), free(mine);
+        return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+    }
+    sizes[k] = bytes;
+    sona_status st = sona_comm_allgather(comm, &sizes[k], sizeof *sizes, sizes);
+    uint64_t most = 0;
+    for (uint32_t i = 0; i < k && st == SONA_OK; i++)
+        most = sizes[i] > most ? sizes[i] : most;
+    unsigned char *send = NULL, *all = NULL;
+    if (st == SONA_OK && most) {
+        send = calloc(most, 1);
+        all = malloc(most * k);
+        if (!send || !all) {
+            free(last), free(mine), free(sizes), free(send), free(all);
+            return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+        }
+        if (bytes)
+            memcpy(send, mine, bytes);
+        st = sona_comm_allgather(comm, send, most, all);
+    }
+    free(send), free(mine);
+    if (st != SONA_OK) {
+        free(last), free(sizes), free(all);
+        return eng_fail(e, st, "%s: gathering patterns: %s", __func__, sona_comm_last_error(comm));
+    }
+    /* Every rank builds the same bank from the same records. */
+    const bank_head ***recs = calloc(k, sizeof *recs);
+    size_t *nrec = calloc(k, sizeof *nrec), *at = calloc(k, sizeof *at);
+    const bank_head **v = malloc(((size_t)k + 1) * sizeof *v);
+    double *c = malloc(dim * sizeof *c);
+    float *cf = malloc(dim * sizeof *cf);
+    sona_bank *fresh = NULL;
+    if (fail == SONA_OK && (!recs || !nrec || !at || !v || !c || !cf))
+        fail = SONA_E_NOMEM;
+    for (uint32_t i = 0; i < k && fail == SONA_OK; i++)
+        if (!(recs[i] = parse_recs(all + most * i, sizes[i], dim, &nrec[i])))
+            fail = SONA_E_NOMEM;
+    if (fail == SONA_OK) {
+        /* The index's seed (its graph levels, its rounding) the same on every rank, whatever
+         * each engine's seed: the bank is to be the same bit for bit. */
+        sona_bank_config bc = *sona_bank_get_config(e->bank);
+        bc.index.seed = 0x53594e43u;
+        fail = sona_bank_create(&bc, &fresh);
+    }
+    /* S's patterns, by id: each rank's version where it still holds it. */
+    for (size_t j = 0; j < nlast && fail == SONA_OK; j++) {
+        uint32_t held = 0;
+        for (uint32_t i = 0; i < k; i++) {
+            while (at[i] < nrec[i] && recs[i][at[i]]->id < last[j]->id)
+                at[i]++;
+            v[i] = at[i] < nrec[i] && recs[i][at[i]]->id == last[j]->id ? recs[i][at[i]] : NULL;
+            held += v[i] != NULL;
+        }
+        if (held)
+            fail = restore_one(fresh, dim, last[j], v, k, last[j]->id, c, cf);
+    }
+    /* The new ones (ids S does not have), in rank order then id order, numbered on. */
+    uint64_t next = have ? S->bank_next : 1;
+    for (uint32_t i = 0; i < k && fail == SONA_OK; i++)
+        for (size_t j = 0; j < nrec[i] && fail == SONA_OK; j++)
+            if (!(last && find_rec(last, nlast, recs[i][j]->id))) {
+                v[0] = recs[i][j];
+                fail = restore_one(fresh, dim, NULL, v, 1, next++, c, cf);
+            }
+    sona_bank *merged = NULL;
+    if (fail == SONA_OK) {
+        sona_bank_stats counters;
+        fail = sona_bank_stats_get(e->bank, &counters); /* this rank's own */
+        const uint64_t top = sona_bank_next_id(fresh);
+        if (fail == SONA_OK)
+            fail = sona_bank_restore_counters(fresh, &counters, next > top ? next : top);
+        uint32_t away = 0;
+        if (fail == SONA_OK)
+            fail = sona_bank_consolidate(fresh, e->cfg.merge_cosine, 1.0f, &merged, &away);
+    }
+    if (fail == SONA_OK)
+        fail = bank_records(merged, dim, NULL, 0, rec, rec_bytes);
+    sona_bank_destroy(fresh);
+    for (uint32_t i = 0; recs && i < k; i++)
+        free(recs[i]);
+    free(recs), free(nrec), free(at), free(v), free(c), free(cf), free(last), free(sizes), free(all);
+    if (fail != SONA_OK) {
+        sona_bank_destroy(merged);
+        free(*rec);
+        *rec = NULL;
+        if (*local == SONA_OK)
+            *local = eng_fail(e, fail, "%s: merging the pattern bank failed", __func__);
+        return SONA_OK;
+    }
+    *out = merged;
     return SONA_OK;
 }
 
@@ -197,8 +876,9 @@ static sona_status agree(sona_engine *e, sona_comm *comm, uint32_t k, sona_statu
 
 /* Micro-LoRA tenants: each tenant id live on two ranks or more becomes, on those ranks, the
  * equal-weight rank-r merge of their adapters (ids are the ranks' own: an id live on one rank
- * only is left alone, and none is created). Every rank sends every slot (zeros where not live)
- * after a byte per slot saying whether it is live, so blocks have one size. The merged adapters
+ * only is left alone, and none is created). A byte per slot saying whether it is live is
+ * gathered first; then every rank sends each slot live on two ranks or more (zeros where it is
+ * not live itself), so blocks have one size and unshared tenants do not travel. The merged adapters
  * go to out (slots x 2 r H: A then Bt per slot), commit[i] = 1 for those this rank takes. */
 typedef struct tenant_merge {
     float *mine, *out;      /* this rank's block; the merged adapters */
@@ -212,17 +892,16 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, in
 {
     const size_t T = e->cfg.max_tenants, af = (size_t)e->cfg.micro_rank * e->cfg.hidden;
     const size_t floats = 2 * af * T, head = (T + 3) / 4; /* the live bytes, in floats */
-    const size_t block = head + floats;
-    tm->mine = calloc(block, sizeof *tm->mine);
+    tm->mine = calloc(head + floats, sizeof *tm->mine);
     tm->out = malloc(floats * sizeof *tm->out);
     tm->commit = calloc(T, 1);
     tm->gen = calloc(T, sizeof *tm->gen);
-    float *all = malloc(block * k * sizeof *all);
+    unsigned char *flags = malloc(T * (size_t)k);
+    size_t *shared = malloc(T * sizeof *shared);
     const float **pa = malloc(2 * ((size_t)k + 1) * sizeof *pa);
     double *w = malloc(((size_t)k + 1) * sizeof *w);
-    if (!tm->mine || !tm->out || !tm->commit || !tm->gen || !all || !pa || !w) {
-        free(w);
-        free(all), free(pa);
+    if (!tm->mine || !tm->out || !tm->commit || !tm->gen || !flags || !shared || !pa || !w) {
+        free(w), free(flags), free(shared), free(pa);
         return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
     }
     unsigned char *live = (unsigned char *)tm->mine;
@@ -242,25 +921,46 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, in
     }
     if (st != SONA_OK && *local == SONA_OK)
         *local = eng_fail(e, st, "%s: reading a tenant's Micro-LoRA failed", __func__);
-    st = sona_comm_allgather(comm, tm->mine, block * sizeof *all, all);
+    /* The live bytes first: only the slots live on two ranks or more travel. */
+    st = sona_comm_allgather(comm, live, T, flags);
+    size_t ns = 0;
+    for (size_t i = 0; i < T && st == SONA_OK; i++) {
+        uint32_t holders = 0;
+        for (uint32_t r = 0; r < k; r++)
+            holders += flags[r * T + i] != SLOT_FREE;
+        if (holders >= 2)
+            shared[ns++] = i;
+    }
+    float *send = NULL, *all = NULL;
+    if (st == SONA_OK && ns) {
+        send = malloc(2 * af * ns * sizeof *send);
+        all = malloc(2 * af * ns * (size_t)k * sizeof *all);
+        if (!send || !all) {
+            free(w), free(flags), free(shared), free(pa), free(send), free(all);
+            return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+        }
+        for (size_t s = 0; s < ns; s++)
+            memcpy(send + 2 * af * s, tm->mine + head + 2 * af * shared[s], 2 * af * sizeof *send);
+        st = sona_comm_allgather(comm, send, 2 * af * ns * sizeof *send, all);
+    }
     if (st != SONA_OK) {
-        free(all), free(pa), free(w);
+        free(w), free(flags), free(shared), free(pa), free(send), free(all);
         return eng_fail(e, st, "%s: gathering tenants: %s", __func__, sona_comm_last_error(comm));
     }
+    const size_t block = 2 * af * ns; /* floats a rank sent */
     sona_status merged = SONA_OK;
-    for (size_t i = 0; i < T && merged == SONA_OK; i++) {
+    for (size_t s = 0; s < ns && merged == SONA_OK; s++) {
+        const size_t i = shared[s];
         uint32_t n = 0, synced = 0;
         for (uint32_t r = 0; r < k; r++) {
-            const float *b = all + r * block;
-            const unsigned char flag = ((const unsigned char *)b)[i];
+            const unsigned char flag = flags[r * T + i];
             if (flag != SLOT_FREE) {
-                pa[n] = b + head + 2 * af * i;
-                pa[k + 1 + n++] = b + head + 2 * af * i + af;
+                const float *b = all + r * block + 2 * af * s;
+                pa[n] = b;
+                pa[k + 1 + n++] = b + af;
                 synced += flag == SLOT_SYNCED;
             }
         }
-        if (n < 2)
-            continue;
         tm->merged++;
         if (!live[i])
             continue;
@@ -277,11 +977,15 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, in
         }
         /* A pointers pa[0..n], B pointers from pa + k + 1: room for S's at index n of both. */
         const float **pb = pa + k + 1;
+        sona_merge_info info;
         merged = sona_lora_merge(e->cfg.hidden, e->cfg.micro_rank, n + (uint32_t)from_last, pa,
-                                 pb, w, tm->out + 2 * af * i, tm->out + 2 * af * i + af, NULL);
+                                 pb, w, tm->out + 2 * af * i, tm->out + 2 * af * i + af, &info);
+        if (merged == SONA_OK && synced == n && !info.copied) /* S's coordinates kept */
+            merged = sona_lora_align(e->cfg.hidden, e->cfg.micro_rank, e->sync->tenants + 2 * af * i,
+                                     tm->out + 2 * af * i, tm->out + 2 * af * i + af);
         tm->commit[i] = 1;
     }
-    free(all), free(pa), free(w);
+    free(w), free(flags), free(shared), free(pa), free(send), free(all);
     if (merged != SONA_OK && *local == SONA_OK)
         *local = eng_fail(e, merged, "%s: merging tenants failed", __func__);
     return SONA_OK;
@@ -342,7 +1046,8 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
                       f32_bits(e->cfg.micro_alpha),
                       processed - (e->synced_processed <= processed ? e->synced_processed : 0),
                       e->sync && e->sync->have, {0}, local.tenants, f32_bits(local.quality_baseline),
-                      f32_bits(local.last_phi)};
+                      f32_bits(local.last_phi), e->base_ewc != NULL,
+                      eng_ewc_tasks(e->base_ewc)};
     for (unsigned c = 0; c < SYNC_COUNTERS; c++)
         me.counters[c] = *counter(&local, c);
     sync_header *h = calloc(k, sizeof *h);
@@ -362,10 +1067,10 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
         if (h[i].magic != SYNC_MAGIC || h[i].hidden != me.hidden || h[i].layers != me.layers ||
             h[i].rank != me.rank || h[i].alpha_bits != me.alpha_bits ||
             h[i].tenants_max != me.tenants_max || h[i].micro_rank != me.micro_rank ||
-            h[i].micro_alpha_bits != me.micro_alpha_bits)
+            h[i].micro_alpha_bits != me.micro_alpha_bits || h[i].ewc != me.ewc)
             st = eng_fail(e, SONA_E_SIZE, "%s: rank %u's engine has another shape (hidden %llu, "
                           "base_layers %llu, base_rank %llu, max_tenants %llu, micro_rank %llu, "
-                          "or the alphas) than rank %u's", __func__, i,
+                          "or the alphas, or EWC++ on or off) than rank %u's", __func__, i,
                           (unsigned long long)h[i].hidden, (unsigned long long)h[i].layers,
                           (unsigned long long)h[i].rank, (unsigned long long)h[i].tenants_max,
                           (unsigned long long)h[i].micro_rank, rank);
@@ -378,6 +1083,7 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
                    ? (double)h[i].learned / learned : 1.0 / k;
     /* SONA_SYNC_CHANGES where every rank has S (then they all have the same): S + sum_i
      * (W_i - S) = sum_i W_i - (k - 1) S, a merge of k + 1 adapters. */
+    w[k] = 0.0;
     int changes = cfg->merge == SONA_SYNC_CHANGES && k > 1;
     for (uint32_t i = 0; i < k; i++)
         changes &= h[i].has_last == 1;
@@ -392,12 +1098,33 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
                          sona_lora_last_error(e->base));
     double err = 0.0;
     tenant_merge tm = {0};
-    if (st == SONA_OK)
-        st = merge_base(e, comm, k, w, changes ? e->sync->base : NULL, mine, mine + 2 * af,
-                        mine + 3 * af, &err, &failed_here);
+    int all_have = 1; /* every rank has S: the sketch's basis starts from its A */
+    for (uint32_t i = 0; i < k; i++)
+        all_have &= h[i].has_last == 1;
+    if (st == SONA_OK && cfg->method == SONA_SYNC_EXACT)
+        st = merge_base(e, comm, k, w, changes ? e->sync->base : NULL,
+                        all_have ? e->sync->base : NULL, mine, mine + 2 * af, mine + 3 * af, &err,
+                        &failed_here);
+    else if (st == SONA_OK)
+        st = sketch_base(e, comm, k, rank, w, changes ? e->sync->base : NULL, w[k],
+                         all_have ? e->sync->base : NULL, mine, mine + 2 * af, mine + 3 * af,
+                         &err, &failed_here);
     if (st == SONA_OK)
         st = merge_tenants(e, comm, k, cfg->merge == SONA_SYNC_CHANGES && k > 1, &tm,
                            &failed_here);
+    sona_ewc *fresh = NULL; /* Base-LoRA's EWC++ state after the sync */
+    float *ftasks = e->base_ewc ? malloc(2 * af * sizeof *ftasks) : NULL;
+    int ftasks_have = 0;
+    if (e->base_ewc && !ftasks && failed_here == SONA_OK)
+        failed_here = eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
+    if (st == SONA_OK) /* ftasks NULL (no room): through the collectives only */
+        st = sync_ewc(e, comm, k, h, all_have, mine + 2 * af, &fresh, ftasks, &ftasks_have,
+                      &failed_here);
+    sona_bank *bank = NULL; /* the merged pattern bank, and its records for S */
+    unsigned char *bank_rec = NULL;
+    size_t bank_rec_bytes = 0;
+    if (st == SONA_OK)
+        st = merge_bank(e, comm, k, all_have, &bank, &bank_rec, &bank_rec_bytes, &failed_here);
     if (st == SONA_OK)
         st = agree(e, comm, k, failed_here);
     /* Step 5: commit, or put the old weights back. */
@@ -410,6 +1137,29 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
             eng_fail(e, st, "%s: committing the merged Base-LoRA: %s", __func__,
                      sona_lora_last_error(e->base));
         }
+    }
+    if (st == SONA_OK && fresh) { /* EWC++ goes with the weights it protects */
+        sona_ewc_destroy(eng_ewc_swap(e->base_ewc, fresh));
+        fresh = NULL;
+        atomic_store(&e->n.tasks, eng_ewc_tasks(e->base_ewc));
+        e->sync->fisher_have = ftasks_have;
+        if (ftasks_have)
+            memcpy(e->sync->fisher_tasks, ftasks, 2 * af * sizeof *ftasks);
+    }
+    if (st == SONA_OK && bank) { /* the bank: a pointer swap, as loop C's consolidation */
+        pthread_rwlock_wrlock(&e->bank_lock);
+        sona_bank *old = e->bank;
+        e->bank = bank;
+        pthread_rwlock_unlock(&e->bank_lock);
+        sona_bank_destroy(old);
+        bank = NULL;
+        atomic_store(&e->n.patterns, sona_bank_pattern_count(e->bank));
+        free(e->sync->bank);
+        e->sync->bank = bank_rec;
+        e->sync->bank_bytes = bank_rec_bytes;
+        e->sync->bank_next = sona_bank_next_id(e->bank);
+        e->sync->bank_have = 1;
+        bank_rec = NULL;
     }
     if (st == SONA_OK) {
         memcpy(e->sync->base, mine + 2 * af, 2 * af * sizeof *mine); /* S: new A, new Bt */
@@ -427,6 +1177,10 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
             global_stats(h, k, &res->global);
         }
     }
+    sona_ewc_destroy(fresh);
+    sona_bank_destroy(bank);
+    free(bank_rec);
+    free(ftasks);
     free(h), free(w), free(mine), free(tm.mine), free(tm.out), free(tm.commit), free(tm.gen);
     return st;
 }
@@ -447,6 +1201,9 @@ sona_status sona_sync(sona_engine *e, sona_comm *comm, const sona_sync_config *c
     if (cfg->merge != SONA_SYNC_AVERAGE && cfg->merge != SONA_SYNC_CHANGES)
         return eng_fail(e, SONA_E_INVALID, "%s: merge %d is neither SONA_SYNC_AVERAGE nor "
                         "SONA_SYNC_CHANGES", __func__, (int)cfg->merge);
+    if (cfg->method != SONA_SYNC_SKETCH && cfg->method != SONA_SYNC_EXACT)
+        return eng_fail(e, SONA_E_INVALID, "%s: method %d is neither SONA_SYNC_SKETCH nor "
+                        "SONA_SYNC_EXACT", __func__, (int)cfg->method);
     pthread_mutex_lock(&e->cycle_mu);
     const sona_status st = sync_locked(e, comm, cfg, out);
     pthread_mutex_unlock(&e->cycle_mu);

@@ -165,6 +165,32 @@ int main(int argc, char **argv)
     CHECK(sona_sync(e, comm, NULL, &res) == SONA_OK, "%s", sona_engine_last_error(e));
     unsigned char *b1 = read_export(e, d1, &l1);
     CHECK(same_everywhere(b1, l1), "Base-LoRA differs between ranks after the sync");
+    /* The pattern bank and EWC++'s task count: the same on every rank (a search, and each hit's
+     * centroid and statistics, as bytes). */
+    {
+        sona_stats after;
+        CHECK(sona_get_stats(e, &after) == SONA_OK, "stats");
+        float q[H], c[H];
+        for (int h = 0; h < H; h++)
+            q[h] = (float)h / H - 0.25f;
+        sona_pattern_hit hits[8];
+        uint32_t found = 0;
+        CHECK(sona_find_patterns(e, q, 8, hits, &found) == SONA_OK, "%s", sona_engine_last_error(e));
+        CHECK(found > 0, "no pattern found after the sync");
+        unsigned char buf[8 + 8 * (8 + 4 + 4 + 4 + sizeof c)], *o = buf;
+        memcpy(o, &after.patterns, 4), o += 4;
+        memcpy(o, &after.tasks, 4), o += 4;
+        for (uint32_t i = 0; i < found; i++) {
+            sona_pattern p;
+            CHECK(sona_engine_pattern(e, hits[i].id, &p, c) == SONA_OK, "pattern");
+            memcpy(o, &hits[i].id, 8), o += 8;
+            memcpy(o, &hits[i].similarity, 4), o += 4;
+            memcpy(o, &hits[i].avg_quality, 4), o += 4;
+            memcpy(o, &hits[i].size, 4), o += 4;
+            memcpy(o, c, sizeof c), o += sizeof c;
+        }
+        CHECK(same_everywhere(buf, (long)(o - buf)), "the pattern bank differs between ranks");
+    }
 
     /* Weights by trajectories learned: this rank's processed over the sum. */
     uint64_t processed = local.trajectories_processed, total = 0, recorded = 0;

@@ -6,6 +6,8 @@
  * comes from one-sided Jacobi. The top r triplets give B = Q1 W_r / a and A = a V_r^T Q2^T. */
 #include "core/adapt/merge.h"
 
+#include "common/rng.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,6 +105,19 @@ static void jacobi_svd(double *W, double *Vm, size_t p)
     }
 }
 
+/* x . y of floats in double, 8 lanes summed in a fixed order. */
+static double dot8f(const float *x, const float *y, size_t n)
+{
+    double acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (size_t q = 0; q < 8; q++)
+            acc[q] += (double)x[i + q] * y[i + q];
+    for (size_t q = 0; i < n; i++, q++)
+        acc[q] += (double)x[i] * y[i];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 static int all_same(uint32_t k, size_t af, const float *const *A, const float *const *Bt)
 {
     for (uint32_t i = 1; i < k; i++)
@@ -130,14 +145,13 @@ sona_status sona_lora_merge(uint32_t hidden, uint32_t rank, uint32_t k, const fl
         memcpy(A_out, A[0], af * sizeof *A_out);
         memcpy(Bt_out, Bt[0], af * sizeof *Bt_out);
         info->copied = 1;
+        /* In double, 8 lanes summed in a fixed order (dot8f): the Gram entries of a hidden of
+         * thousands cost r^2 hidden, which a single chain of additions made slow. */
         for (size_t j = 0; j < r; j++)
-            for (size_t l = 0; l < r; l++) {
-                double gb = 0.0, ga = 0.0;
-                for (size_t h = 0; h < H; h++) {
-                    gb += (double)Bt[0][j * H + h] * Bt[0][l * H + h];
-                    ga += (double)A[0][j * H + h] * A[0][l * H + h];
-                }
-                info->total += gb * ga;
+            for (size_t l = 0; l <= j; l++) {
+                const double g = dot8f(Bt[0] + j * H, Bt[0] + l * H, H) *
+                                 dot8f(A[0] + j * H, A[0] + l * H, H);
+                info->total += j == l ? g : 2.0 * g;
             }
         return SONA_OK;
     }
@@ -219,5 +233,256 @@ sona_status sona_lora_merge(uint32_t hidden, uint32_t rank, uint32_t k, const fl
             ar[h] = (float)y[h];
     }
     free(order), free(sigma), free(buf);
+    return SONA_OK;
+}
+
+/* ---- the sketched merge (merge.h) ---------------------------------------------------------- */
+
+/* Hot loops built also for AVX2 where the toolchain makes ifuncs: lanes are independent and
+ * never fused (no FMA in the clone), so both builds round alike and give the same bits. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define SKETCH_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SKETCH_CLONES
+#endif
+
+/* x . y in 8 lanes summed in a fixed order: the same bits for any vector width. */
+static inline double dot8(const double *x, const double *y, size_t n)
+{
+    double acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (size_t q = 0; q < 8; q++)
+            acc[q] += x[i + q] * y[i + q];
+    for (size_t q = 0; i < n; i++, q++)
+        acc[q] += x[i] * y[i];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* Gram-Schmidt of row j of Y against rows 0..j-1 (twice), then normalised; 0 when dependent.
+ * Inlined into each clone of its callers. */
+static inline __attribute__((always_inline)) void orth_row(double *Y, size_t H, size_t j, double ref2)
+{
+    double *y = Y + j * H;
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < j; i++) {
+            const double *q = Y + i * H, d = dot8(q, y, H);
+            if (d != 0.0)
+                for (size_t h = 0; h < H; h++)
+                    y[h] -= d * q[h];
+        }
+    const double n2 = dot8(y, y, H);
+    /* What is left of a row in the span of the ones before is rounding: relative 1e-24 of
+     * its square norm (a few ulps of double times the 2 x 2 passes) counts as nothing. */
+    if (!(n2 > 1e-24 * ref2) || n2 == 0.0) {
+        memset(y, 0, H * sizeof *y);
+        return;
+    }
+    const double inv = 1.0 / sqrt(n2);
+    for (size_t h = 0; h < H; h++)
+        y[h] *= inv;
+}
+
+SKETCH_CLONES
+void sona_sketch_orthonormalize(uint32_t hidden, uint32_t width, double *Y)
+{
+    for (size_t j = 0; j < width; j++)
+        orth_row(Y, hidden, j, dot8(Y + j * hidden, Y + j * hidden, hidden));
+}
+
+SKETCH_CLONES
+sona_status sona_sketch_basis(uint32_t hidden, uint32_t width, uint32_t rank, const float *A0,
+                              uint64_t seed, double *omega)
+{
+    if (!width || !hidden || width > hidden)
+        return SONA_E_INVALID;
+    const size_t H = hidden;
+    size_t j = 0; /* rows filled so far */
+    for (size_t c = 0; A0 && c < rank && j < width; c++) {
+        double *y = omega + j * H;
+        for (size_t h = 0; h < H; h++)
+            y[h] = A0[c * H + h];
+        const double n2 = dot8(y, y, H);
+        if (n2 > 0.0) { /* a zero row of A0 leaves its place to a random one */
+            const double inv = 1.0 / sqrt(n2);
+            for (size_t h = 0; h < H; h++)
+                y[h] *= inv;
+            j++;
+        }
+    }
+    uint64_t state = seed ^ 0x9e3779b97f4a7c15ull;
+    const double unit = 1.0 / sqrt((double)H);
+    for (; j < width; j++)
+        for (size_t h = 0; h < H; h++)
+            omega[j * H + h] = (sona_splitmix64(&state) >> 63) ? unit : -unit;
+    return SONA_OK;
+}
+
+SKETCH_CLONES
+sona_status sona_sketch_product(uint32_t hidden, uint32_t rank, uint32_t k, const float *const *A,
+                         const float *const *Bt, const double *w, uint32_t width, const double *X,
+                         int transpose, double *Y)
+{
+    const size_t H = hidden, r = rank, l = width;
+    double *row = malloc((H + r * l) * sizeof *row); /* a factor row in double */
+    if (!row)
+        return SONA_E_NOMEM;
+    double *t = row + H; /* the rows' products with X's rows: t[c * l + j] */
+    for (uint32_t i = 0; i < k; i++) {
+        const double wi = w ? w[i] : 1.0 / k;
+        /* M X_j = sum_c B_c (A_c . X_j); M^T X_j = sum_c A_c (B_c . X_j). */
+        const float *in = transpose ? Bt[i] : A[i], *out = transpose ? A[i] : Bt[i];
+        for (size_t c = 0; c < r; c++) {
+            for (size_t h = 0; h < H; h++)
+                row[h] = in[c * H + h];
+            for (size_t j = 0; j < l; j++)
+                t[c * l + j] = wi * dot8(row, X + j * H, H);
+        }
+        for (size_t j = 0; j < l; j++) {
+            double *y = Y + j * H;
+            for (size_t c = 0; c < r; c++) {
+                const double s = t[c * l + j];
+                const float *o = out + c * H;
+                if (s != 0.0)
+                    for (size_t h = 0; h < H; h++)
+                        y[h] += s * (double)o[h];
+            }
+        }
+    }
+    free(row);
+    return SONA_OK;
+}
+
+SKETCH_CLONES
+sona_status sona_sketch_finish(uint32_t hidden, uint32_t rank, uint32_t width, const double *Q,
+                               const double *Z, const double *omega, double a0, float *A_out,
+                               float *Bt_out, sona_merge_info *info)
+{
+    sona_merge_info local;
+    if (!info)
+        info = &local;
+    memset(info, 0, sizeof *info);
+    const size_t H = hidden, r = rank, l = width;
+    /* Q^T Z = sum_a q_a z_a^T with orthonormal q_a: its singular values are those of Z's rows,
+     * from the eigenvectors of the Gram G = Z Z^T (l x l) by one-sided Jacobi on G. */
+    double *buf = malloc((2 * l * l + 2 * H + l) * sizeof *buf);
+    size_t *order = malloc(l * sizeof *order);
+    if (!buf || !order) {
+        free(buf), free(order);
+        return SONA_E_NOMEM;
+    }
+    double *G = buf, *V = G + l * l, *u = V + l * l, *v = u + H, *lam = v + H;
+    for (size_t a = 0; a < l; a++)
+        for (size_t b = 0; b <= a; b++)
+            G[a * l + b] = G[b * l + a] = dot8(Z + a * H, Z + b * H, H);
+    jacobi_svd(G, V, l); /* G V = W, |W_j| = lambda_j = sigma_j^2 */
+    for (size_t j = 0; j < l; j++) {
+        lam[j] = sqrt(dot8(G + j * l, G + j * l, l));
+        order[j] = j;
+        info->total += lam[j];
+    }
+    for (size_t j = 1; j < l; j++)
+        for (size_t i = j; i > 0 && lam[order[i]] > lam[order[i - 1]]; i--) {
+            const size_t t = order[i];
+            order[i] = order[i - 1];
+            order[i - 1] = t;
+        }
+    for (size_t j = r; j < l; j++)
+        info->tail += lam[order[j]];
+    const double top = l ? lam[order[0]] : 0.0;
+    for (size_t j = 0; j < r; j++) {
+        float *bt = Bt_out + j * H, *ar = A_out + j * H;
+        const size_t q = j < l ? order[j] : 0;
+        const double sigma = j < l ? sqrt(lam[q]) : 0.0;
+        /* A direction of rounding noise (lambda below 1e-20 of the top: sigma below 1e-10 of
+         * the top, where the Gram's rounding hides it) carries nothing. */
+        if (j >= l || !(lam[q] > 1e-20 * top) || sigma == 0.0) {
+            memset(bt, 0, H * sizeof *bt);
+            const double *o = omega + (j % l) * H;
+            for (size_t h = 0; h < H; h++)
+                ar[h] = (float)(a0 * o[h]);
+            continue;
+        }
+        const double rs = sqrt(sigma), a = rs > a0 ? rs : a0;
+        /* u = Q^T V_q (unit), v = Z^T V_q / sigma (unit): Q^T Z = sum sigma u v^T. */
+        memset(u, 0, H * sizeof *u);
+        memset(v, 0, H * sizeof *v);
+        for (size_t i = 0; i < l; i++) {
+            const double c = V[q * l + i];
+            if (c == 0.0)
+                continue;
+            const double *qi = Q + i * H, *zi = Z + i * H;
+            for (size_t h = 0; h < H; h++) {
+                u[h] += c * qi[h];
+                v[h] += c * zi[h];
+            }
+        }
+        const double bs = sigma / a, as = a / sigma;
+        for (size_t h = 0; h < H; h++) {
+            bt[h] = (float)(u[h] * bs);
+            ar[h] = (float)(v[h] * as);
+        }
+    }
+    free(buf), free(order);
+    return SONA_OK;
+}
+
+SKETCH_CLONES
+sona_status sona_lora_align(uint32_t hidden, uint32_t rank, const float *A_ref, float *A,
+                            float *Bt)
+{
+    const size_t H = hidden, r = rank;
+    double *buf = malloc((3 * r * r + 5 * r * H) * sizeof *buf);
+    if (!buf)
+        return SONA_E_NOMEM;
+    double *C = buf, *V = C + r * r, *R = V + r * r, *a = R + r * r, *b = a + r * H;
+    double *ad = b + r * H, *bd = ad + r * H, *rd = bd + r * H; /* A, Bt, A_ref in double */
+    for (size_t i = 0; i < r * H; i++) {
+        ad[i] = A[i];
+        bd[i] = Bt[i];
+        rd[i] = A_ref[i];
+    }
+    /* C = A_ref A^T, column-major: C[j * r + i] = A_ref_i . A_j. */
+    for (size_t i = 0; i < r; i++)
+        for (size_t j = 0; j < r; j++)
+            C[j * r + i] = dot8(rd + i * H, ad + j * H, H);
+    jacobi_svd(C, V, r); /* C V = W (in C), W_j = U_j sigma_j */
+    double top = 0.0, *sig = a; /* a's first r entries, before a is filled */
+    for (size_t j = 0; j < r; j++) {
+        double s2 = 0.0;
+        for (size_t i = 0; i < r; i++)
+            s2 += C[j * r + i] * C[j * r + i];
+        sig[j] = sqrt(s2);
+        top = sig[j] > top ? sig[j] : top;
+    }
+    for (size_t j = 0; j < r; j++)
+        if (!(sig[j] > 1e-9 * top)) {
+            free(buf);
+            return SONA_OK; /* singular: no unique turn, the factors stay */
+        }
+    /* R = U V^T: R[i][c] = sum_j U[i][j] V[c][j], U[i][j] = C[j * r + i] / sigma_j. */
+    for (size_t i = 0; i < r; i++)
+        for (size_t c = 0; c < r; c++) {
+            double s = 0.0;
+            for (size_t j = 0; j < r; j++)
+                s += C[j * r + i] / sig[j] * V[j * r + c];
+            R[i * r + c] = s;
+        }
+    memset(a, 0, 2 * r * H * sizeof *a); /* a and b */
+    for (size_t i = 0; i < r; i++)
+        for (size_t c = 0; c < r; c++) {
+            const double x = R[i * r + c];
+            double *ai = a + i * H, *bi = b + i * H;
+            const double *ac = ad + c * H, *bc = bd + c * H;
+            for (size_t h = 0; h < H; h++) {
+                ai[h] += x * ac[h];
+                bi[h] += x * bc[h];
+            }
+        }
+    for (size_t i = 0; i < r * H; i++) {
+        A[i] = (float)a[i];
+        Bt[i] = (float)b[i];
+    }
+    free(buf);
     return SONA_OK;
 }
