@@ -10,6 +10,8 @@
  * says which code nests which):
  *   cycle_mu -> tenants_mu -> eng_tenant.mu
  *   cycle_mu -> bank_lock (write)
+ *   cycle_mu -> save_mu -> eng_tenant.mu (a save never waits for cycle_mu: it only tries it, holding
+ *   nothing, see persist.c)
  *   quality_mu, err_mu and device.c's mu are leaves: nothing is taken while holding them
  *   wake_mu is taken alone (the loop thread drops it before running a cycle)
  * so a request (loop A: its tenant's mu only) never waits for a cycle. */
@@ -72,6 +74,14 @@ struct sona_engine {
     sona_lora *base;
     eng_ewc *base_ewc;
     pthread_mutex_t cycle_mu;   /* one loop B / C cycle at a time; guards base, bank, rng */
+    /* A save while a cycle runs (persist.c): the cycle's cut, the state cycles own as it was
+     * when the running cycle began, and that cycle's batch. Set and ended by the cycle under
+     * cycle_mu and save_mu, read by saves under save_mu; save_cv tells waiting saves it is set. */
+    struct eng_cut *cut;
+    pthread_mutex_t save_mu;
+    pthread_cond_t save_cv;
+    void (*cycle_hook)(void *); /* tests (inspect.h): called by loop B mid-cycle, under cycle_mu */
+    void *cycle_hook_arg;
 
     sona_id_source *ids;
     sona_trajectory_buffer *buffer; /* ended trajectories waiting for loop B */
@@ -198,6 +208,17 @@ const char *eng_device_name(eng_device *d);
  * the CPU to redo the batch. */
 sona_status eng_device_apply(sona_engine *e, uint32_t n, const int32_t *ids, const float *x, float *y);
 sona_status eng_device_apply_layer(sona_engine *e, uint32_t layer, uint32_t n, const float *x, float *y);
+
+/* A cycle's cut (persist.c), so that a save need not wait for the cycle. A cycle calls
+ * eng_cycle_begin under cycle_mu before it changes anything: it serialises the state cycles own
+ * (Base-LoRA and its EWC++, the bank, the dream visits, Base-LoRA's baselines, the cycles'
+ * counters) into the cut, then, under save_mu, drains up to `want` queued trajectories into
+ * batch (*n of them; loop C: batch NULL, want 0) and makes the cut and the batch what saves use
+ * until eng_cycle_end (under cycle_mu, before the batch is recycled). A cut that cannot be built
+ * (memory) leaves saves waiting for the cycle, as before. Returns the drain's status. */
+sona_status eng_cycle_begin(sona_engine *e, sona_trajectory **batch, uint32_t want, uint32_t *n);
+void eng_cycle_end(sona_engine *e);
+void eng_cut_free(struct eng_cut *cut);
 
 /* Frees what sona_sync kept (sync.c); NULL is a no-op. */
 void eng_sync_free(struct eng_sync *s);

@@ -86,3 +86,11 @@ sona_status eng_inspect_train(sona_engine *e, int32_t tenant, const float *x, co
     pthread_mutex_unlock(&t->mu);
     return st;
 }
+
+void eng_inspect_cycle_hook(sona_engine *e, void (*hook)(void *), void *arg)
+{
+    pthread_mutex_lock(&e->cycle_mu);
+    e->cycle_hook = hook;
+    e->cycle_hook_arg = arg;
+    pthread_mutex_unlock(&e->cycle_mu);
+}

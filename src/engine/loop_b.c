@@ -49,7 +49,9 @@ sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch, uint32_t max_ba
         queued = max_batch; /* the oldest; the rest waits for the next cycle */
     sona_trajectory **batch = malloc(queued * sizeof *batch);
     uint32_t n = 0;
-    if (!batch || sona_trajectory_buffer_drain(e->buffer, batch, queued, &n) != SONA_OK) {
+    /* The cut of the state before the cycle, for saves meanwhile, and the drain, together. */
+    if (!batch || eng_cycle_begin(e, batch, queued, &n) != SONA_OK) {
+        eng_cycle_end(e);
         free(batch);
         pthread_mutex_unlock(&e->cycle_mu);
         return eng_fail(e, SONA_E_NOMEM, "loop B: out of memory");
@@ -57,7 +59,10 @@ sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch, uint32_t max_ba
     /* From here the batch is the cycle's: it is learned from (and counted) whatever happens.
      * In the stats it moves from queued to in cycle now, and to processed at the end. */
     atomic_fetch_add(&e->n.taken, n);
+    if (e->cycle_hook)
+        e->cycle_hook(e->cycle_hook_arg);
     const sona_status st = learn_batch(e, batch, n);
+    eng_cycle_end(e); /* saves take the state after the cycle from now on */
     for (uint32_t i = 0; i < n; i++)
         eng_traj_recycle(e, batch[i]);
     free(batch);

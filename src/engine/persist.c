@@ -49,6 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define STATE_MAGIC "SONASTAT"
@@ -350,15 +351,16 @@ static void write_baseline(sona_wbuf *w, const sona_signal_baseline *b)
     sona_wbuf_u32(w, b->count);
 }
 
-/* BASL: the engine-wide quality baseline, Base-LoRA's per layer and region, each live tenant's
- * per region (caller holds cycle_mu: Base-LoRA's are loop B's). */
-static void write_baselines(sona_wbuf *w, sona_engine *e, const sona_signal_baseline *quality)
+/* BASL: the engine-wide quality baseline, Base-LoRA's per layer and region (base: the live ones
+ * under cycle_mu, or a cut's), each live tenant's per region. */
+static void write_baselines(sona_wbuf *w, sona_engine *e, const sona_signal_baseline *quality,
+                            const sona_signal_baseline *base)
 {
     write_baseline(w, quality);
     sona_wbuf_u32(w, ENG_REGIONS);
     sona_wbuf_u32(w, e->cfg.base_layers);
     for (size_t i = 0; i < (size_t)e->cfg.base_layers * ENG_REGIONS; i++)
-        write_baseline(w, &e->base_baselines[i]);
+        write_baseline(w, &base[i]);
     const size_t count_at = w->len;
     uint32_t live = 0;
     sona_wbuf_u32(w, live);
@@ -436,7 +438,31 @@ typedef struct save_view {
     uint64_t next_id;
     sona_signal_baseline quality;
     float *scratch; /* room for an adapter set's A and Bt */
+    const struct eng_cut *cut; /* a running cycle's cut, or NULL: the live state (cycle_mu held) */
 } save_view;
+
+/* The counters only cycles change (under cycle_mu), which a save during a cycle takes from the
+ * cut; the others (recorded, dropped, accepted, rejected, micro_updates and boundaries, which
+ * loop A's Micro-LoRA updates add to as well) are the request path's, taken live. */
+static int counter_of_cycles(int i)
+{
+    return i == COUNTER_PROCESSED || i >= 8 /* b_cycles .. merged */ || i == 6 /* base_updates */;
+}
+
+/* What a cycle's cut holds (eng_cycle_begin): the sections cycles own, serialised whole as they
+ * were when the cycle began, and what STAT and BASL take from the state cycles own. */
+struct eng_cut {
+    int active;                 /* a cycle runs and this is its cut, built whole (save_mu) */
+    sona_wbuf w;                /* the sections, whole, kept between cycles for their memory */
+    size_t at[16], len[16];     /* per entry of sections[]: where in w (len 0: not a cycle's) */
+    uint64_t counters[COUNTERS];
+    uint32_t phi_bits;
+    sona_signal_baseline *base_baselines; /* layers x regions */
+    float *scratch;
+    sona_trajectory **batch;    /* the running loop B cycle's, drained with the cut: still queued
+                                   in the cut's state */
+    uint32_t n;
+};
 
 static void conf_write(sona_engine *e, const save_view *v, sona_wbuf *w)
 {
@@ -468,11 +494,15 @@ static void stat_write(sona_engine *e, const save_view *v, sona_wbuf *w)
 {
     atomic_uint_fast64_t *counters[COUNTERS];
     counter_table(e, counters);
+    uint64_t n[COUNTERS];
+    for (int i = 0; i < COUNTERS; i++)
+        n[i] = v->cut && counter_of_cycles(i) ? v->cut->counters[i] : atomic_load(counters[i]);
+    n[COUNTER_RECORDED] = n[COUNTER_PROCESSED] + v->queued;
     sona_wbuf_u32(w, COUNTERS);
     for (int i = 0; i < COUNTERS; i++)
-        sona_wbuf_u64(w, i == COUNTER_RECORDED ? atomic_load(&e->n.processed) + v->queued : atomic_load(counters[i]));
+        sona_wbuf_u64(w, n[i]);
     sona_wbuf_f32(w, v->quality.count ? v->quality.mean : NAN);
-    sona_wbuf_u32(w, atomic_load(&e->last_phi_bits));
+    sona_wbuf_u32(w, v->cut ? v->cut->phi_bits : atomic_load(&e->last_phi_bits));
 }
 
 static sona_status stat_read(sona_engine *e, sona_rbuf *r, loaded *s)
@@ -572,7 +602,7 @@ static sona_status drea_read(sona_engine *e, sona_rbuf *r, loaded *s)
 
 static void basl_write(sona_engine *e, const save_view *v, sona_wbuf *w)
 {
-    write_baselines(w, e, &v->quality);
+    write_baselines(w, e, &v->quality, v->cut ? v->cut->base_baselines : e->base_baselines);
 }
 
 /* Every section, in file order, which is also the order the reader needs (BANK and DREA go onto
@@ -584,18 +614,19 @@ static void basl_write(sona_engine *e, const save_view *v, sona_wbuf *w)
 static const struct state_section {
     uint32_t tag, since;
     int may_grow; /* a newer library may append to it: bytes after what this one reads are fine */
+    int cycles;   /* only cycles change what it holds (cycle_mu): a cut holds it whole */
     void (*write)(sona_engine *e, const save_view *v, sona_wbuf *w);
     sona_status (*read)(sona_engine *e, sona_rbuf *r, loaded *s);
 } sections[] = {
-    {TAG('C', 'O', 'N', 'F'), 1, 1, conf_write, conf_read},
-    {TAG('S', 'T', 'A', 'T'), 1, 0, stat_write, stat_read},
-    {TAG('T', 'E', 'N', 'A'), 1, 0, tena_write, read_tenants},
-    {TAG('B', 'A', 'S', 'E'), 1, 0, base_write, base_read},
-    {TAG('P', 'A', 'T', 'T'), 1, 0, patt_write, patt_read},
-    {TAG('Q', 'U', 'E', 'U'), 2, 0, queu_write, read_queue},
-    {TAG('B', 'A', 'N', 'K'), 3, 0, bank_write, bank_read},
-    {TAG('D', 'R', 'E', 'A'), 3, 0, drea_write, drea_read},
-    {TAG('B', 'A', 'S', 'L'), 4, 0, basl_write, read_baselines},
+    {TAG('C', 'O', 'N', 'F'), 1, 1, 0, conf_write, conf_read},
+    {TAG('S', 'T', 'A', 'T'), 1, 0, 0, stat_write, stat_read},
+    {TAG('T', 'E', 'N', 'A'), 1, 0, 0, tena_write, read_tenants},
+    {TAG('B', 'A', 'S', 'E'), 1, 0, 1, base_write, base_read},
+    {TAG('P', 'A', 'T', 'T'), 1, 0, 1, patt_write, patt_read},
+    {TAG('Q', 'U', 'E', 'U'), 2, 0, 0, queu_write, read_queue},
+    {TAG('B', 'A', 'N', 'K'), 3, 0, 1, bank_write, bank_read},
+    {TAG('D', 'R', 'E', 'A'), 3, 0, 1, drea_write, drea_read},
+    {TAG('B', 'A', 'S', 'L'), 4, 0, 0, basl_write, read_baselines},
 };
 
 #define SECTIONS (sizeof sections / sizeof sections[0])
@@ -603,22 +634,43 @@ static const struct state_section {
 
 /* ---- saving -------------------------------------------------------------------------------- */
 
-/* Serialises the whole state into w. The caller holds the cycle lock, which keeps loop B, the
- * queue's only consumer, out: the queued trajectories are looked at in place, never taken, while
- * requests may go on recording. Takes each tenant's lock in turn. */
-static sona_status serialise(sona_engine *e, sona_wbuf *w)
+/* A save is one consistent cut of the engine, taken without waiting for a running cycle:
+ *
+ *   No cycle runs (the save gets cycle_mu at once): the state as it is, read under cycle_mu.
+ *   A cycle runs: the state cycles own (Base-LoRA with its EWC++, the bank and its counters, the
+ *   dream visits, Base-LoRA's baselines, Phi, the cycles' counters) as it was when that cycle
+ *   began, from its cut; the trajectories the cycle drained (its batch, not yet learned from in
+ *   that state) as still queued, oldest first, ahead of those queued now; the rest (tenants with
+ *   their Micro-LoRA, EWC++ and baselines, the engine-wide quality baseline, the request path's
+ *   counters, the next trajectory id) as it is, each under its own lock as before.
+ *
+ * Invariant: the file's queue is exactly what its Base-LoRA and bank have not learned from, so
+ * recorded == processed + queued in the file (processed the cut's), and a load learns the batch
+ * again. A cut, its batch and the queue are read together under save_mu, which the drain (with
+ * the cut's making) and the cycle's end also take: no trajectory is in both the cut's state and
+ * the queue, or in neither. A save holds save_mu while it serialises: the running cycle may have
+ * to wait for it at its end, never the save for the cycle. */
+
+/* Serialises the whole state into w: v->cut set (caller holds save_mu, the cut active), else the
+ * live state (caller holds cycle_mu, which keeps loop B, the queue's only consumer, out). The
+ * queued trajectories are looked at in place, never taken, while requests may go on recording.
+ * Takes each tenant's lock in turn. */
+static sona_status serialise(sona_engine *e, sona_wbuf *w, const struct eng_cut *cut)
 {
     const sona_engine_config *c = &e->cfg;
     const size_t micro_n = (size_t)c->micro_rank * c->hidden,
                  base_n = (size_t)c->hidden * c->base_rank * c->base_layers;
+    const uint32_t in_cycle = cut ? cut->n : 0;
     save_view v = {.scratch = malloc(2 * (micro_n > base_n ? micro_n : base_n) * sizeof(float)),
-                   .queue = malloc(c->buffer_capacity * sizeof *v.queue)};
+                   .queue = malloc(((size_t)c->buffer_capacity + in_cycle) * sizeof *v.queue), .cut = cut};
     if (!v.scratch || !v.queue) {
         free(v.scratch);
         free(v.queue);
         return SONA_E_NOMEM;
     }
-    v.queued = sona_trajectory_buffer_peek(e->buffer, v.queue, c->buffer_capacity);
+    for (uint32_t i = 0; i < in_cycle; i++)
+        v.queue[i] = cut->batch[i];
+    v.queued = in_cycle + sona_trajectory_buffer_peek(e->buffer, v.queue + in_cycle, c->buffer_capacity);
     v.next_id = sona_id_source_peek(e->ids);
     pthread_mutex_lock(&e->quality_mu);
     v.quality = e->quality;
@@ -630,6 +682,10 @@ static sona_status serialise(sona_engine *e, sona_wbuf *w)
     sona_wbuf_u32(w, (uint32_t)SECTIONS);
     sona_wbuf_u32(w, w->oom ? 0 : sona_crc32(0, w->p, 20));
     for (size_t i = 0; i < SECTIONS; i++) {
+        if (cut && sections[i].cycles) {
+            sona_wbuf_put(w, cut->w.p + cut->at[i], cut->len[i]);
+            continue;
+        }
         const size_t at = section_begin(w, sections[i].tag);
         sections[i].write(e, &v, w);
         section_end(w, at);
@@ -639,12 +695,123 @@ static sona_status serialise(sona_engine *e, sona_wbuf *w)
     return w->oom ? SONA_E_NOMEM : SONA_OK;
 }
 
-/* sona_save in two steps, so that loop B does not wait on the disk: the state serialised into
- * *w (caller holds cycle_mu), then *w written to path and freed (without cycle_mu). */
+/* The cut's sections and values from the state cycles own (caller holds cycle_mu). */
+static int cut_build(sona_engine *e, struct eng_cut *cut)
+{
+    const sona_engine_config *c = &e->cfg;
+    const size_t base_n = (size_t)c->hidden * c->base_rank * c->base_layers,
+                 regions = (size_t)c->base_layers * ENG_REGIONS;
+    if (!cut->scratch && !(cut->scratch = malloc(2 * base_n * sizeof(float))))
+        return 0;
+    if (!cut->base_baselines && !(cut->base_baselines = malloc(regions * sizeof *cut->base_baselines)))
+        return 0;
+    cut->w.len = 0;
+    cut->w.oom = 0;
+    const save_view v = {.scratch = cut->scratch};
+    for (size_t i = 0; i < SECTIONS; i++) {
+        cut->len[i] = 0;
+        if (!sections[i].cycles)
+            continue;
+        cut->at[i] = section_begin(&cut->w, sections[i].tag);
+        sections[i].write(e, &v, &cut->w);
+        section_end(&cut->w, cut->at[i]);
+        cut->len[i] = cut->w.len - cut->at[i];
+    }
+    atomic_uint_fast64_t *counters[COUNTERS];
+    counter_table(e, counters);
+    for (int i = 0; i < COUNTERS; i++)
+        cut->counters[i] = atomic_load(counters[i]);
+    cut->phi_bits = atomic_load(&e->last_phi_bits);
+    memcpy(cut->base_baselines, e->base_baselines, regions * sizeof *cut->base_baselines);
+    return !cut->w.oom;
+}
+
+sona_status eng_cycle_begin(sona_engine *e, sona_trajectory **batch, uint32_t want, uint32_t *n)
+{
+    _Static_assert(SECTIONS <= 16, "struct eng_cut's section table");
+    struct eng_cut *cut = e->cut; /* only cycles (cycle_mu) set it */
+    if (!cut && (cut = calloc(1, sizeof *cut)) != NULL) {
+        pthread_mutex_lock(&e->save_mu);
+        e->cut = cut;
+        pthread_mutex_unlock(&e->save_mu);
+    }
+    const int built = cut && cut_build(e, cut);
+    pthread_mutex_lock(&e->save_mu);
+    sona_status st = SONA_OK;
+    uint32_t got = 0;
+    if (want)
+        st = sona_trajectory_buffer_drain(e->buffer, batch, want, &got);
+    if (cut) {
+        cut->active = built;
+        cut->batch = batch;
+        cut->n = st == SONA_OK ? got : 0;
+    }
+    pthread_cond_broadcast(&e->save_cv);
+    pthread_mutex_unlock(&e->save_mu);
+    if (n)
+        *n = got;
+    return st;
+}
+
+void eng_cycle_end(sona_engine *e)
+{
+    if (!e->cut)
+        return;
+    pthread_mutex_lock(&e->save_mu);
+    e->cut->active = 0;
+    e->cut->batch = NULL;
+    e->cut->n = 0;
+    pthread_mutex_unlock(&e->save_mu);
+}
+
+void eng_cut_free(struct eng_cut *cut)
+{
+    if (!cut)
+        return;
+    free(cut->w.p);
+    free(cut->scratch);
+    free(cut->base_baselines);
+    free(cut);
+}
+
+/* The state serialised into *w (see serialise). A running cycle's cut when there is one; else
+ * cycle_mu when it is free. Neither (a cycle making its cut, a load, a sync or a Base-LoRA export
+ * holds cycle_mu): waits for the cut or for cycle_mu, trying again each millisecond. */
+static sona_status take_state(sona_engine *e, sona_wbuf *w)
+{
+    for (;;) {
+        pthread_mutex_lock(&e->save_mu);
+        if (e->cut && e->cut->active) {
+            const sona_status st = serialise(e, w, e->cut);
+            pthread_mutex_unlock(&e->save_mu);
+            return st;
+        }
+        pthread_mutex_unlock(&e->save_mu);
+        if (pthread_mutex_trylock(&e->cycle_mu) == 0) {
+            const sona_status st = serialise(e, w, NULL);
+            pthread_mutex_unlock(&e->cycle_mu);
+            return st;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&e->save_mu);
+        if (!(e->cut && e->cut->active))
+            pthread_cond_timedwait(&e->save_cv, &e->save_mu, &ts);
+        pthread_mutex_unlock(&e->save_mu);
+    }
+}
+
+/* sona_save in two steps, so that neither loop waits on the disk: the state serialised into *w,
+ * then *w written to path and freed, holding no lock. */
 static sona_status eng_state_snapshot(sona_engine *e, sona_wbuf *w)
 {
     *w = (sona_wbuf){0};
-    const sona_status st = serialise(e, w);
+    const sona_status st = take_state(e, w);
     if (st != SONA_OK) {
         free(w->p);
         *w = (sona_wbuf){0};
@@ -666,18 +833,14 @@ sona_status sona_save(sona_engine *e, const char *path)
     if (!e || !path)
         return eng_fail(e, SONA_E_NULL, "%s: NULL argument", __func__);
     sona_wbuf w;
-    pthread_mutex_lock(&e->cycle_mu);
-    sona_status st = eng_state_snapshot(e, &w);
-    pthread_mutex_unlock(&e->cycle_mu);
+    const sona_status st = eng_state_snapshot(e, &w);
     return st == SONA_OK ? eng_state_write(e, path, &w) : st;
 }
 
 sona_status eng_checkpoint(sona_engine *e)
 {
     sona_wbuf w;
-    pthread_mutex_lock(&e->cycle_mu);
-    sona_status st = eng_state_snapshot(e, &w);
-    pthread_mutex_unlock(&e->cycle_mu);
+    const sona_status st = eng_state_snapshot(e, &w);
     return st == SONA_OK ? eng_state_write(e, e->cfg.state_path, &w) : st;
 }
 
