@@ -73,10 +73,11 @@ struct sona_engine {
     sona_snapshot_slot base_slot;
     sona_lora *base;
     eng_ewc *base_ewc;
-    pthread_mutex_t cycle_mu;   /* one loop B / C cycle at a time; guards base, bank, rng */
-    /* A save while a cycle runs (persist.c): the cycle's cut, the state cycles own as it was
-     * when the running cycle began, and that cycle's batch. Set and ended by the cycle under
-     * cycle_mu and save_mu, read by saves under save_mu; save_cv tells waiting saves it is set. */
+    pthread_mutex_t cycle_mu;   /* one loop B / C cycle at a time; guards base, bank, rng; who
+                                   changes what it guards outside a cycle: eng_cut_invalidate */
+    /* A save while a cycle runs (persist.c): a cut of the state cycles own as it was when the
+     * running cycle began, and that cycle's batch. Set by cycles under cycle_mu and save_mu, read
+     * by saves under save_mu; save_cv tells waiting saves one is set. */
     struct eng_cut *cut;
     pthread_mutex_t save_mu;
     pthread_cond_t save_cv;
@@ -209,15 +210,22 @@ const char *eng_device_name(eng_device *d);
 sona_status eng_device_apply(sona_engine *e, uint32_t n, const int32_t *ids, const float *x, float *y);
 sona_status eng_device_apply_layer(sona_engine *e, uint32_t layer, uint32_t n, const float *x, float *y);
 
-/* A cycle's cut (persist.c), so that a save need not wait for the cycle. A cycle calls
- * eng_cycle_begin under cycle_mu before it changes anything: it serialises the state cycles own
- * (Base-LoRA and its EWC++, the bank, the dream visits, Base-LoRA's baselines, the cycles'
- * counters) into the cut, then, under save_mu, drains up to `want` queued trajectories into
- * batch (*n of them; loop C: batch NULL, want 0) and makes the cut and the batch what saves use
- * until eng_cycle_end (under cycle_mu, before the batch is recycled). A cut that cannot be built
- * (memory) leaves saves waiting for the cycle, as before. Returns the drain's status. */
+/* Cuts of the state cycles own (persist.c), so that a save need not wait for a cycle. Under
+ * cycle_mu, a cycle calls eng_cycle_begin before it changes anything: it makes the cut when the
+ * last one is not the state now (the first cycle, or after eng_cut_invalidate), then, under
+ * save_mu, drains up to `want` queued trajectories into batch (*n of them; loop C: batch NULL,
+ * want 0) and makes the cut and the batch what saves use. eng_cycle_end, once the cycle has
+ * changed what it changes and before it lets its batch go, makes the cut of the state it leaves
+ * (saves use it until eng_cycle_unlocked, called with eng_cycle_end's value after cycle_mu is
+ * released). A cut that cannot be made (memory) leaves saves waiting for cycle_mu, as before.
+ * eng_cycle_begin returns the drain's status (on failure no cut is in use). */
 sona_status eng_cycle_begin(sona_engine *e, sona_trajectory **batch, uint32_t want, uint32_t *n);
-void eng_cycle_end(sona_engine *e);
+uint64_t eng_cycle_end(sona_engine *e);
+void eng_cycle_unlocked(sona_engine *e, uint64_t seq);
+/* Whoever changes the state cycles own outside a cycle (holding cycle_mu: a load, sona_sync, a
+ * test's bank set-up) calls this first: saves then wait for cycle_mu, and the next cycle makes
+ * its cut afresh. */
+void eng_cut_invalidate(sona_engine *e);
 void eng_cut_free(struct eng_cut *cut);
 
 /* Frees what sona_sync kept (sync.c); NULL is a no-op. */

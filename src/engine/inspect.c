@@ -8,6 +8,7 @@
 sona_bank *eng_inspect_bank_begin(sona_engine *e)
 {
     pthread_mutex_lock(&e->cycle_mu);
+    eng_cut_invalidate(e); /* the caller may restore patterns */
     return e->bank;
 }
 
@@ -16,6 +17,7 @@ void eng_inspect_bank_end(sona_engine *e) { pthread_mutex_unlock(&e->cycle_mu); 
 void eng_inspect_replace_bank(sona_engine *e, sona_bank *bank)
 {
     pthread_mutex_lock(&e->cycle_mu);
+    eng_cut_invalidate(e);
     pthread_rwlock_wrlock(&e->bank_lock);
     sona_bank *old = e->bank;
     e->bank = bank;

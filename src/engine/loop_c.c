@@ -69,7 +69,7 @@ static sona_status consolidate_bank(sona_engine *e, uint32_t *merged_away)
 sona_status eng_loop_c_cycle(sona_engine *e)
 {
     pthread_mutex_lock(&e->cycle_mu);
-    eng_cycle_begin(e, NULL, 0, NULL); /* the cut of the state before the cycle, for saves */
+    eng_cycle_begin(e, NULL, 0, NULL); /* saves take the state from before the cycle meanwhile */
     sona_status st = SONA_OK;
     uint64_t dreams = 0, replayed = 0;
     uint32_t merged_away = 0;
@@ -103,7 +103,8 @@ sona_status eng_loop_c_cycle(sona_engine *e)
     atomic_store(&e->n.patterns, sona_bank_pattern_count(e->bank));
     atomic_store(&e->n.tasks, eng_ewc_tasks(e->base_ewc));
     atomic_fetch_add(&e->n.c_cycles, 1);
-    eng_cycle_end(e);
+    const uint64_t cut = eng_cycle_end(e);
     pthread_mutex_unlock(&e->cycle_mu);
+    eng_cycle_unlocked(e, cut);
     return st == SONA_OK ? SONA_OK : eng_fail(e, st, "loop C cycle failed: %s", sona_status_str(st));
 }

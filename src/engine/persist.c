@@ -429,6 +429,29 @@ static sona_status read_baselines(sona_engine *e, sona_rbuf *r, loaded *s)
 
 /* ---- the sections: each one's writer and reader ------------------------------------------- */
 
+/* One cut of the state cycles own: the sections cycles own, serialised whole, and what STAT and
+ * BASL take from that state. */
+typedef struct cut_state {
+    sona_wbuf w;                /* the sections, kept between cycles for their memory */
+    size_t at[16], len[16];     /* per entry of sections[]: where in w (len 0: not a cycle's) */
+    uint64_t counters[COUNTERS];
+    uint32_t phi_bits;
+    sona_signal_baseline *base_baselines; /* layers x regions */
+} cut_state;
+
+/* The cuts of an engine (eng_cycle_begin, see "saving" below). */
+struct eng_cut {
+    cut_state slot[2];
+    cut_state *cur;             /* what saves use while active; cycles swap it under save_mu */
+    int active;                 /* cur (+ batch) is a cut of the engine now (save_mu) */
+    int cur_ok;                 /* cur holds the state cycles own as it is (cycle_mu) */
+    uint64_t seq;               /* cycles begun (save_mu) */
+    sona_trajectory **batch;    /* the running loop B cycle's (save_mu): in cur's state still queued */
+    uint32_t n;
+    float *scratch;             /* room for Base-LoRA's A and Bt (cycle_mu) */
+    _Atomic size_t hint;        /* the last save's bytes: the next one's first allocation */
+};
+
 /* What a save reads besides the engine, taken once before the first section so that all agree:
  * the queue as it was (looked at in place, never taken), the id source after it (every queued
  * trajectory took its id before it was queued: all are below), the quality baseline. */
@@ -438,7 +461,7 @@ typedef struct save_view {
     uint64_t next_id;
     sona_signal_baseline quality;
     float *scratch; /* room for an adapter set's A and Bt */
-    const struct eng_cut *cut; /* a running cycle's cut, or NULL: the live state (cycle_mu held) */
+    const cut_state *cut; /* a cut of the state cycles own, or NULL: the live state (cycle_mu) */
 } save_view;
 
 /* The counters only cycles change (under cycle_mu), which a save during a cycle takes from the
@@ -449,20 +472,6 @@ static int counter_of_cycles(int i)
     return i == COUNTER_PROCESSED || i >= 8 /* b_cycles .. merged */ || i == 6 /* base_updates */;
 }
 
-/* What a cycle's cut holds (eng_cycle_begin): the sections cycles own, serialised whole as they
- * were when the cycle began, and what STAT and BASL take from the state cycles own. */
-struct eng_cut {
-    int active;                 /* a cycle runs and this is its cut, built whole (save_mu) */
-    sona_wbuf w;                /* the sections, whole, kept between cycles for their memory */
-    size_t at[16], len[16];     /* per entry of sections[]: where in w (len 0: not a cycle's) */
-    uint64_t counters[COUNTERS];
-    uint32_t phi_bits;
-    sona_signal_baseline *base_baselines; /* layers x regions */
-    float *scratch;
-    sona_trajectory **batch;    /* the running loop B cycle's, drained with the cut: still queued
-                                   in the cut's state */
-    uint32_t n;
-};
 
 static void conf_write(sona_engine *e, const save_view *v, sona_wbuf *w)
 {
@@ -634,33 +643,43 @@ static const struct state_section {
 
 /* ---- saving -------------------------------------------------------------------------------- */
 
-/* A save is one consistent cut of the engine, taken without waiting for a running cycle:
+/* A save is one consistent cut of the engine, taken without waiting for a running cycle.
  *
- *   No cycle runs (the save gets cycle_mu at once): the state as it is, read under cycle_mu.
- *   A cycle runs: the state cycles own (Base-LoRA with its EWC++, the bank and its counters, the
- *   dream visits, Base-LoRA's baselines, Phi, the cycles' counters) as it was when that cycle
- *   began, from its cut; the trajectories the cycle drained (its batch, not yet learned from in
- *   that state) as still queued, oldest first, ahead of those queued now; the rest (tenants with
+ * The state cycles own (under cycle_mu: Base-LoRA with its EWC++, the bank with its counters, the
+ * dream visits, Base-LoRA's baselines, Phi, the cycles' counters) is serialised by each cycle at
+ * its end into a cut (cut_state), while saves still use the one before: a cycle makes the cut of
+ * the state it leaves, and the next cycle begins from it without making another. Anyone else who
+ * changes that state under cycle_mu (a load, sona_sync, inspect.h's bank set-up) calls
+ * eng_cut_invalidate first, and the next cycle makes the cut again when it begins.
+ *
+ *   A cycle runs (the cut is active): the state cycles own from the cut, i.e. as it was when
+ *   the cycle began; the trajectories the cycle drained (its batch, not yet learned in that
+ *   state) as still queued, oldest first, ahead of those queued now; the rest (tenants with
  *   their Micro-LoRA, EWC++ and baselines, the engine-wide quality baseline, the request path's
  *   counters, the next trajectory id) as it is, each under its own lock as before.
+ *   No cycle runs: the live state under cycle_mu, taken with a trylock. Between a cycle's end and
+ *   its unlocking the cycle's new cut stays active (the state it holds is the engine's), so that
+ *   a save never waits for the end of a cycle either.
  *
  * Invariant: the file's queue is exactly what its Base-LoRA and bank have not learned from, so
  * recorded == processed + queued in the file (processed the cut's), and a load learns the batch
- * again. A cut, its batch and the queue are read together under save_mu, which the drain (with
- * the cut's making) and the cycle's end also take: no trajectory is in both the cut's state and
- * the queue, or in neither. A save holds save_mu while it serialises: the running cycle may have
- * to wait for it at its end, never the save for the cycle. */
+ * again. The cut, the batch and the queue are read together under save_mu, which the drain and
+ * the cycle's end (the swap to its new cut, the batch let go) also take: no trajectory is in
+ * both the cut's state and the queue, or in neither. A save holds save_mu while it serialises: a
+ * cycle may wait for it when it drains or ends, never the save for the cycle. Between cycles,
+ * the bank's access counts and search count in a cut are those at the cycle's end: a save during
+ * the next cycle has them as they were then (the next save after the cycle has them all). */
 
 /* Serialises the whole state into w: v->cut set (caller holds save_mu, the cut active), else the
  * live state (caller holds cycle_mu, which keeps loop B, the queue's only consumer, out). The
  * queued trajectories are looked at in place, never taken, while requests may go on recording.
  * Takes each tenant's lock in turn. */
-static sona_status serialise(sona_engine *e, sona_wbuf *w, const struct eng_cut *cut)
+static sona_status serialise(sona_engine *e, sona_wbuf *w, const cut_state *cut, sona_trajectory *const *batch,
+                             uint32_t in_cycle)
 {
     const sona_engine_config *c = &e->cfg;
     const size_t micro_n = (size_t)c->micro_rank * c->hidden,
                  base_n = (size_t)c->hidden * c->base_rank * c->base_layers;
-    const uint32_t in_cycle = cut ? cut->n : 0;
     save_view v = {.scratch = malloc(2 * (micro_n > base_n ? micro_n : base_n) * sizeof(float)),
                    .queue = malloc(((size_t)c->buffer_capacity + in_cycle) * sizeof *v.queue), .cut = cut};
     if (!v.scratch || !v.queue) {
@@ -669,7 +688,7 @@ static sona_status serialise(sona_engine *e, sona_wbuf *w, const struct eng_cut 
         return SONA_E_NOMEM;
     }
     for (uint32_t i = 0; i < in_cycle; i++)
-        v.queue[i] = cut->batch[i];
+        v.queue[i] = batch[i];
     v.queued = in_cycle + sona_trajectory_buffer_peek(e->buffer, v.queue + in_cycle, c->buffer_capacity);
     v.next_id = sona_id_source_peek(e->ids);
     pthread_mutex_lock(&e->quality_mu);
@@ -695,55 +714,74 @@ static sona_status serialise(sona_engine *e, sona_wbuf *w, const struct eng_cut 
     return w->oom ? SONA_E_NOMEM : SONA_OK;
 }
 
-/* The cut's sections and values from the state cycles own (caller holds cycle_mu). */
-static int cut_build(sona_engine *e, struct eng_cut *cut)
+/* A cut of the state cycles own into c (caller holds cycle_mu). 0: out of memory. */
+static int cut_build(sona_engine *e, struct eng_cut *cut, cut_state *c)
 {
-    const sona_engine_config *c = &e->cfg;
-    const size_t base_n = (size_t)c->hidden * c->base_rank * c->base_layers,
-                 regions = (size_t)c->base_layers * ENG_REGIONS;
+    const sona_engine_config *cf = &e->cfg;
+    const size_t base_n = (size_t)cf->hidden * cf->base_rank * cf->base_layers,
+                 regions = (size_t)cf->base_layers * ENG_REGIONS;
     if (!cut->scratch && !(cut->scratch = malloc(2 * base_n * sizeof(float))))
         return 0;
-    if (!cut->base_baselines && !(cut->base_baselines = malloc(regions * sizeof *cut->base_baselines)))
+    if (!c->base_baselines && !(c->base_baselines = malloc(regions * sizeof *c->base_baselines)))
         return 0;
-    cut->w.len = 0;
-    cut->w.oom = 0;
+    c->w.len = 0;
+    c->w.oom = 0;
     const save_view v = {.scratch = cut->scratch};
     for (size_t i = 0; i < SECTIONS; i++) {
-        cut->len[i] = 0;
+        c->len[i] = 0;
         if (!sections[i].cycles)
             continue;
-        cut->at[i] = section_begin(&cut->w, sections[i].tag);
-        sections[i].write(e, &v, &cut->w);
-        section_end(&cut->w, cut->at[i]);
-        cut->len[i] = cut->w.len - cut->at[i];
+        c->at[i] = section_begin(&c->w, sections[i].tag);
+        sections[i].write(e, &v, &c->w);
+        section_end(&c->w, c->at[i]);
+        c->len[i] = c->w.len - c->at[i];
     }
     atomic_uint_fast64_t *counters[COUNTERS];
     counter_table(e, counters);
     for (int i = 0; i < COUNTERS; i++)
-        cut->counters[i] = atomic_load(counters[i]);
-    cut->phi_bits = atomic_load(&e->last_phi_bits);
-    memcpy(cut->base_baselines, e->base_baselines, regions * sizeof *cut->base_baselines);
-    return !cut->w.oom;
+        c->counters[i] = atomic_load(counters[i]);
+    c->phi_bits = atomic_load(&e->last_phi_bits);
+    memcpy(c->base_baselines, e->base_baselines, regions * sizeof *c->base_baselines);
+    return !c->w.oom;
+}
+
+/* A fresh cut of the state cycles own becomes cur: made in the slot saves do not read, swapped in
+ * under save_mu (active: as it was, e.g. a cut a cycle left that a save may still read). Caller
+ * holds cycle_mu. */
+static void cut_refresh(sona_engine *e, struct eng_cut *cut, int active)
+{
+    cut_state *spare = cut->cur == &cut->slot[0] ? &cut->slot[1] : &cut->slot[0];
+    cut->cur_ok = cut_build(e, cut, spare);
+    pthread_mutex_lock(&e->save_mu);
+    if (cut->cur_ok)
+        cut->cur = spare;
+    cut->active = active && cut->cur_ok;
+    cut->batch = NULL;
+    cut->n = 0;
+    pthread_mutex_unlock(&e->save_mu);
 }
 
 sona_status eng_cycle_begin(sona_engine *e, sona_trajectory **batch, uint32_t want, uint32_t *n)
 {
-    _Static_assert(SECTIONS <= 16, "struct eng_cut's section table");
+    _Static_assert(SECTIONS <= 16, "cut_state's section table");
     struct eng_cut *cut = e->cut; /* only cycles (cycle_mu) set it */
     if (!cut && (cut = calloc(1, sizeof *cut)) != NULL) {
+        cut->cur = &cut->slot[0];
         pthread_mutex_lock(&e->save_mu);
         e->cut = cut;
         pthread_mutex_unlock(&e->save_mu);
     }
-    const int built = cut && cut_build(e, cut);
+    if (cut && !cut->cur_ok) /* the first cycle, or the state changed since the last one */
+        cut_refresh(e, cut, 0);
     pthread_mutex_lock(&e->save_mu);
     sona_status st = SONA_OK;
     uint32_t got = 0;
     if (want)
         st = sona_trajectory_buffer_drain(e->buffer, batch, want, &got);
     if (cut) {
-        cut->active = built;
-        cut->batch = batch;
+        cut->seq++;
+        cut->active = cut->cur_ok && st == SONA_OK;
+        cut->batch = st == SONA_OK ? batch : NULL;
         cut->n = st == SONA_OK ? got : 0;
     }
     pthread_cond_broadcast(&e->save_cv);
@@ -753,24 +791,47 @@ sona_status eng_cycle_begin(sona_engine *e, sona_trajectory **batch, uint32_t wa
     return st;
 }
 
-void eng_cycle_end(sona_engine *e)
+uint64_t eng_cycle_end(sona_engine *e)
 {
-    if (!e->cut)
+    struct eng_cut *cut = e->cut;
+    if (!cut)
+        return 0;
+    cut_refresh(e, cut, 1); /* the state the cycle leaves, for saves until it unlocks */
+    pthread_mutex_lock(&e->save_mu);
+    const uint64_t seq = cut->seq;
+    pthread_mutex_unlock(&e->save_mu);
+    return seq;
+}
+
+void eng_cycle_unlocked(sona_engine *e, uint64_t seq)
+{
+    struct eng_cut *cut;
+    pthread_mutex_lock(&e->save_mu);
+    if ((cut = e->cut) != NULL && cut->seq == seq) /* no cycle began since: saves take the live state */
+        cut->active = 0;
+    pthread_mutex_unlock(&e->save_mu);
+}
+
+void eng_cut_invalidate(sona_engine *e)
+{
+    struct eng_cut *cut = e->cut;
+    if (!cut)
         return;
     pthread_mutex_lock(&e->save_mu);
-    e->cut->active = 0;
-    e->cut->batch = NULL;
-    e->cut->n = 0;
+    cut->active = 0;
     pthread_mutex_unlock(&e->save_mu);
+    cut->cur_ok = 0;
 }
 
 void eng_cut_free(struct eng_cut *cut)
 {
     if (!cut)
         return;
-    free(cut->w.p);
+    for (int i = 0; i < 2; i++) {
+        free(cut->slot[i].w.p);
+        free(cut->slot[i].base_baselines);
+    }
     free(cut->scratch);
-    free(cut->base_baselines);
     free(cut);
 }
 
@@ -781,14 +842,26 @@ static sona_status take_state(sona_engine *e, sona_wbuf *w)
 {
     for (;;) {
         pthread_mutex_lock(&e->save_mu);
-        if (e->cut && e->cut->active) {
-            const sona_status st = serialise(e, w, e->cut);
+        struct eng_cut *cut = e->cut;
+        if (cut && cut->active) {
+            const size_t hint = atomic_load(&cut->hint);
+            if (hint && (w->p = malloc(hint + hint / 8)) != NULL) /* no growing copies of megabytes */
+                w->cap = hint + hint / 8;
+            const sona_status st = serialise(e, w, cut->cur, cut->batch, cut->n);
+            atomic_store(&cut->hint, w->len);
             pthread_mutex_unlock(&e->save_mu);
             return st;
         }
         pthread_mutex_unlock(&e->save_mu);
         if (pthread_mutex_trylock(&e->cycle_mu) == 0) {
-            const sona_status st = serialise(e, w, NULL);
+            if ((cut = e->cut) != NULL) {
+                const size_t hint = atomic_load(&cut->hint);
+                if (hint && (w->p = malloc(hint + hint / 8)) != NULL)
+                    w->cap = hint + hint / 8;
+            }
+            const sona_status st = serialise(e, w, NULL, NULL, 0);
+            if (cut)
+                atomic_store(&cut->hint, w->len);
             pthread_mutex_unlock(&e->cycle_mu);
             return st;
         }
@@ -929,6 +1002,7 @@ static sona_status parse(sona_engine *e, const uint8_t *p, size_t len, loaded *s
 static void commit(sona_engine *e, loaded *s)
 {
     pthread_mutex_lock(&e->cycle_mu);
+    eng_cut_invalidate(e); /* saves wait for the load; the next cycle cuts the loaded state */
     atomic_uint_fast64_t *counters[COUNTERS];
     counter_table(e, counters);
     for (int i = 0; i < COUNTERS; i++)
