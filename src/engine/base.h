@@ -216,12 +216,17 @@ sona_status eng_device_apply_layer(sona_engine *e, uint32_t layer, uint32_t n, c
  * save_mu, drains up to `want` queued trajectories into batch (*n of them; loop C: batch NULL,
  * want 0) and makes the cut and the batch what saves use. eng_cycle_end, once the cycle has
  * changed what it changes and before it lets its batch go, makes the cut of the state it leaves
- * (saves use it until eng_cycle_unlocked, called with eng_cycle_end's value after cycle_mu is
- * released). A cut that cannot be made (memory) leaves saves waiting for cycle_mu, as before.
- * eng_cycle_begin returns the drain's status (on failure no cut is in use). */
+ * and publishes the cycle's counts with it.
+ * A cut that cannot be made (memory) leaves saves waiting for cycle_mu, as before.
+ * eng_cycle_begin returns the drain's status (on failure no batch is in use). */
 sona_status eng_cycle_begin(sona_engine *e, sona_trajectory **batch, uint32_t want, uint32_t *n);
-uint64_t eng_cycle_end(sona_engine *e);
-void eng_cycle_unlocked(sona_engine *e, uint64_t seq);
+/* What a cycle adds to the counters a save takes from a cut: eng_cycle_end adds them to the
+ * engine's counters when the cut of the state the cycle leaves takes over (under save_mu), so a
+ * sona_get_stats that shows the cycle done is never followed by a save from before it. */
+typedef struct eng_cycle_counts {
+    uint64_t processed, b_cycles, c_cycles, dreams, replayed, merged;
+} eng_cycle_counts;
+void eng_cycle_end(sona_engine *e, const eng_cycle_counts *add);
 /* Whoever changes the state cycles own outside a cycle (holding cycle_mu: a load, sona_sync, a
  * test's bank set-up) calls this first: saves then wait for cycle_mu, and the next cycle makes
  * its cut afresh. */

@@ -61,17 +61,15 @@ sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch, uint32_t max_ba
     if (e->cycle_hook)
         e->cycle_hook(e->cycle_hook_arg);
     const sona_status st = learn_batch(e, batch, n);
-    atomic_fetch_add(&e->n.processed, n);
-    atomic_fetch_add(&e->n.b_cycles, 1);
     atomic_store(&e->n.tasks, eng_ewc_tasks(e->base_ewc));
-    const uint64_t cut = eng_cycle_end(e); /* saves take the state the cycle leaves from now on */
+    /* Saves take the state the cycle leaves from now on, and the stats show the cycle done. */
+    eng_cycle_end(e, &(eng_cycle_counts){.processed = n, .b_cycles = 1});
     for (uint32_t i = 0; i < n; i++)
         eng_traj_recycle(e, batch[i]);
     free(batch);
     atomic_store(&e->n.last_b_us, sona_monotonic_us() - t0);
     atomic_store(&e->last_cycle_ms, sona_monotonic_us() / 1000);
     pthread_mutex_unlock(&e->cycle_mu);
-    eng_cycle_unlocked(e, cut);
     return st == SONA_OK ? SONA_OK : eng_fail(e, st, "loop B cycle failed: %s", sona_last_error());
 }
 

@@ -442,11 +442,11 @@ typedef struct cut_state {
 /* The cuts of an engine (eng_cycle_begin, see "saving" below). */
 struct eng_cut {
     cut_state slot[2];
-    cut_state *cur;             /* what saves use while active; cycles swap it under save_mu */
-    int active;                 /* cur (+ batch) is a cut of the engine now (save_mu) */
-    int cur_ok;                 /* cur holds the state cycles own as it is (cycle_mu) */
-    uint64_t seq;               /* cycles begun (save_mu) */
-    sona_trajectory **batch;    /* the running loop B cycle's (save_mu): in cur's state still queued */
+    cut_state *cur;             /* what saves use; cycles swap it under save_mu */
+    int cur_ok;                 /* cur holds the state cycles own as it is, but for the running
+                                   cycle's changes when active (set under cycle_mu and save_mu) */
+    int active;                 /* a cycle runs from cur; batch is its (save_mu) */
+    sona_trajectory **batch;    /* the running loop B cycle's: in cur's state still queued */
     uint32_t n;
     float *scratch;             /* room for Base-LoRA's A and Bt (cycle_mu) */
     _Atomic size_t hint;        /* the last save's bytes: the next one's first allocation */
@@ -657,9 +657,11 @@ static const struct state_section {
  *   state) as still queued, oldest first, ahead of those queued now; the rest (tenants with
  *   their Micro-LoRA, EWC++ and baselines, the engine-wide quality baseline, the request path's
  *   counters, the next trajectory id) as it is, each under its own lock as before.
- *   No cycle runs: the live state under cycle_mu, taken with a trylock. Between a cycle's end and
- *   its unlocking the cycle's new cut stays active (the state it holds is the engine's), so that
- *   a save never waits for the end of a cycle either.
+ *   No cycle runs: the live state under cycle_mu, taken with a trylock. When that fails and no
+ *   cycle has begun from the cut (a cycle deciding whether to run, or ending after its cut was
+ *   made), the cut alone: what it holds is the state cycles own, unchanged; so a save never waits
+ *   for a cycle's lock. It waits only while there is no valid cut: before the first cycle has
+ *   made one, and while a load, a sync or a bank set-up holds cycle_mu.
  *
  * Invariant: the file's queue is exactly what its Base-LoRA and bank have not learned from, so
  * recorded == processed + queued in the file (processed the cut's), and a load learns the batch
@@ -714,8 +716,26 @@ static sona_status serialise(sona_engine *e, sona_wbuf *w, const cut_state *cut,
     return w->oom ? SONA_E_NOMEM : SONA_OK;
 }
 
-/* A cut of the state cycles own into c (caller holds cycle_mu). 0: out of memory. */
-static int cut_build(sona_engine *e, struct eng_cut *cut, cut_state *c)
+static const struct {
+    int counter;
+    size_t field;
+} cycle_counts[] = {{COUNTER_PROCESSED, offsetof(eng_cycle_counts, processed)},
+                    {8, offsetof(eng_cycle_counts, b_cycles)},
+                    {9, offsetof(eng_cycle_counts, c_cycles)},
+                    {10, offsetof(eng_cycle_counts, dreams)},
+                    {11, offsetof(eng_cycle_counts, replayed)},
+                    {12, offsetof(eng_cycle_counts, merged)}};
+
+static uint64_t count_of(const eng_cycle_counts *add, size_t i)
+{
+    uint64_t v;
+    memcpy(&v, (const char *)add + cycle_counts[i].field, sizeof v);
+    return v;
+}
+
+/* A cut of the state cycles own into c, its counters with add's (not yet in the engine's; NULL:
+ * none). Caller holds cycle_mu. 0: out of memory. */
+static int cut_build(sona_engine *e, struct eng_cut *cut, cut_state *c, const eng_cycle_counts *add)
 {
     const sona_engine_config *cf = &e->cfg;
     const size_t base_n = (size_t)cf->hidden * cf->base_rank * cf->base_layers,
@@ -740,22 +760,35 @@ static int cut_build(sona_engine *e, struct eng_cut *cut, cut_state *c)
     counter_table(e, counters);
     for (int i = 0; i < COUNTERS; i++)
         c->counters[i] = atomic_load(counters[i]);
+    for (size_t i = 0; add && i < sizeof cycle_counts / sizeof cycle_counts[0]; i++)
+        c->counters[cycle_counts[i].counter] += count_of(add, i);
     c->phi_bits = atomic_load(&e->last_phi_bits);
     memcpy(c->base_baselines, e->base_baselines, regions * sizeof *c->base_baselines);
     return !c->w.oom;
 }
 
-/* A fresh cut of the state cycles own becomes cur: made in the slot saves do not read, swapped in
- * under save_mu (active: as it was, e.g. a cut a cycle left that a save may still read). Caller
- * holds cycle_mu. */
-static void cut_refresh(sona_engine *e, struct eng_cut *cut, int active)
+/* Adds a cycle's counts to the engine's counters (NULL: none). */
+static void counts_add(sona_engine *e, const eng_cycle_counts *add)
+{
+    atomic_uint_fast64_t *counters[COUNTERS];
+    counter_table(e, counters);
+    for (size_t i = 0; add && i < sizeof cycle_counts / sizeof cycle_counts[0]; i++)
+        atomic_fetch_add(counters[cycle_counts[i].counter], count_of(add, i));
+}
+
+/* A fresh cut of the state cycles own becomes cur (with add's counts, which reach the engine's
+ * counters at the same time): made in the slot saves do not read, swapped in
+ * under save_mu. Caller holds cycle_mu. */
+static void cut_refresh(sona_engine *e, struct eng_cut *cut, const eng_cycle_counts *add)
 {
     cut_state *spare = cut->cur == &cut->slot[0] ? &cut->slot[1] : &cut->slot[0];
-    cut->cur_ok = cut_build(e, cut, spare);
+    const int ok = cut_build(e, cut, spare, add);
     pthread_mutex_lock(&e->save_mu);
-    if (cut->cur_ok)
+    counts_add(e, add);
+    if (ok)
         cut->cur = spare;
-    cut->active = active && cut->cur_ok;
+    cut->cur_ok = ok;
+    cut->active = 0;
     cut->batch = NULL;
     cut->n = 0;
     pthread_mutex_unlock(&e->save_mu);
@@ -772,14 +805,13 @@ sona_status eng_cycle_begin(sona_engine *e, sona_trajectory **batch, uint32_t wa
         pthread_mutex_unlock(&e->save_mu);
     }
     if (cut && !cut->cur_ok) /* the first cycle, or the state changed since the last one */
-        cut_refresh(e, cut, 0);
+        cut_refresh(e, cut, NULL);
     pthread_mutex_lock(&e->save_mu);
     sona_status st = SONA_OK;
     uint32_t got = 0;
     if (want)
         st = sona_trajectory_buffer_drain(e->buffer, batch, want, &got);
     if (cut) {
-        cut->seq++;
         cut->active = cut->cur_ok && st == SONA_OK;
         cut->batch = st == SONA_OK ? batch : NULL;
         cut->n = st == SONA_OK ? got : 0;
@@ -791,24 +823,14 @@ sona_status eng_cycle_begin(sona_engine *e, sona_trajectory **batch, uint32_t wa
     return st;
 }
 
-uint64_t eng_cycle_end(sona_engine *e)
+void eng_cycle_end(sona_engine *e, const eng_cycle_counts *add)
 {
-    struct eng_cut *cut = e->cut;
-    if (!cut)
-        return 0;
-    cut_refresh(e, cut, 1); /* the state the cycle leaves, for saves until it unlocks */
+    if (e->cut) {
+        cut_refresh(e, e->cut, add); /* the state the cycle leaves */
+        return;
+    }
     pthread_mutex_lock(&e->save_mu);
-    const uint64_t seq = cut->seq;
-    pthread_mutex_unlock(&e->save_mu);
-    return seq;
-}
-
-void eng_cycle_unlocked(sona_engine *e, uint64_t seq)
-{
-    struct eng_cut *cut;
-    pthread_mutex_lock(&e->save_mu);
-    if ((cut = e->cut) != NULL && cut->seq == seq) /* no cycle began since: saves take the live state */
-        cut->active = 0;
+    counts_add(e, add);
     pthread_mutex_unlock(&e->save_mu);
 }
 
@@ -819,8 +841,8 @@ void eng_cut_invalidate(sona_engine *e)
         return;
     pthread_mutex_lock(&e->save_mu);
     cut->active = 0;
-    pthread_mutex_unlock(&e->save_mu);
     cut->cur_ok = 0;
+    pthread_mutex_unlock(&e->save_mu);
 }
 
 void eng_cut_free(struct eng_cut *cut)
@@ -835,46 +857,51 @@ void eng_cut_free(struct eng_cut *cut)
     free(cut);
 }
 
-/* The state serialised into *w (see serialise). A running cycle's cut when there is one; else
- * cycle_mu when it is free. Neither (a cycle making its cut, a load, a sync or a Base-LoRA export
- * holds cycle_mu): waits for the cut or for cycle_mu, trying again each millisecond. */
+/* The state serialised into *w (see serialise), from the cut (with the running cycle's batch
+ * when one runs) or the live state. Caller holds save_mu, or cycle_mu when cut is NULL. */
+static sona_status take_from(sona_engine *e, sona_wbuf *w, struct eng_cut *box, const cut_state *cut,
+                             sona_trajectory *const *batch, uint32_t n)
+{
+    const size_t hint = box ? atomic_load(&box->hint) : 0;
+    if (hint && (w->p = malloc(hint + hint / 8)) != NULL) /* no growing copies of megabytes */
+        w->cap = hint + hint / 8;
+    const sona_status st = serialise(e, w, cut, batch, n);
+    if (box)
+        atomic_store(&box->hint, w->len);
+    return st;
+}
+
+/* A running cycle's cut when there is one; else the live state under cycle_mu when it is free;
+ * else the cut alone when it is valid (see "saving" above); else waits for one of these, looking
+ * again each millisecond (save_cv: at once when a cycle begins). */
 static sona_status take_state(sona_engine *e, sona_wbuf *w)
 {
-    for (;;) {
+    for (int tried = 0;; tried = 1) {
         pthread_mutex_lock(&e->save_mu);
         struct eng_cut *cut = e->cut;
-        if (cut && cut->active) {
-            const size_t hint = atomic_load(&cut->hint);
-            if (hint && (w->p = malloc(hint + hint / 8)) != NULL) /* no growing copies of megabytes */
-                w->cap = hint + hint / 8;
-            const sona_status st = serialise(e, w, cut->cur, cut->batch, cut->n);
-            atomic_store(&cut->hint, w->len);
+        if (cut && (cut->active || (tried && cut->cur_ok))) {
+            const sona_status st = take_from(e, w, cut, cut->cur, cut->batch, cut->active ? cut->n : 0);
             pthread_mutex_unlock(&e->save_mu);
             return st;
         }
         pthread_mutex_unlock(&e->save_mu);
         if (pthread_mutex_trylock(&e->cycle_mu) == 0) {
-            if ((cut = e->cut) != NULL) {
-                const size_t hint = atomic_load(&cut->hint);
-                if (hint && (w->p = malloc(hint + hint / 8)) != NULL)
-                    w->cap = hint + hint / 8;
-            }
-            const sona_status st = serialise(e, w, NULL, NULL, 0);
-            if (cut)
-                atomic_store(&cut->hint, w->len);
+            const sona_status st = take_from(e, w, e->cut, NULL, NULL, 0);
             pthread_mutex_unlock(&e->cycle_mu);
             return st;
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
         pthread_mutex_lock(&e->save_mu);
-        if (!(e->cut && e->cut->active))
+        cut = e->cut;
+        if (!(cut && (cut->active || cut->cur_ok))) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
             pthread_cond_timedwait(&e->save_cv, &e->save_mu, &ts);
+        }
         pthread_mutex_unlock(&e->save_mu);
     }
 }
