@@ -58,8 +58,18 @@
 #define SECTION_HEADER_BYTES 20u
 #define COUNTERS 13 /* STAT section: the engine's monotonic counters */
 
-/* The counters the STAT section holds, in file order; the first three by name. */
-enum { COUNTER_RECORDED, COUNTER_PROCESSED, COUNTER_DROPPED };
+/* The counters the STAT section holds, in file order (counter_table's), those used by name. */
+enum {
+    COUNTER_RECORDED,
+    COUNTER_PROCESSED,
+    COUNTER_DROPPED,
+    COUNTER_BASE_UPDATES = 6,
+    COUNTER_B_CYCLES = 8,
+    COUNTER_C_CYCLES,
+    COUNTER_DREAMS,
+    COUNTER_REPLAYED,
+    COUNTER_MERGED
+};
 
 static void counter_table(sona_engine *e, atomic_uint_fast64_t *out[COUNTERS])
 {
@@ -469,7 +479,7 @@ typedef struct save_view {
  * loop A's Micro-LoRA updates add to as well) are the request path's, taken live. */
 static int counter_of_cycles(int i)
 {
-    return i == COUNTER_PROCESSED || i >= 8 /* b_cycles .. merged */ || i == 6 /* base_updates */;
+    return i == COUNTER_PROCESSED || i == COUNTER_BASE_UPDATES || i >= COUNTER_B_CYCLES /* .. merged */;
 }
 
 
@@ -672,8 +682,9 @@ static const struct state_section {
  * the bank's access counts and search count in a cut are those at the cycle's end: a save during
  * the next cycle has them as they were then (the next save after the cycle has them all). */
 
-/* Serialises the whole state into w: v->cut set (caller holds save_mu, the cut active), else the
- * live state (caller holds cycle_mu, which keeps loop B, the queue's only consumer, out). The
+/* Serialises the whole state into w: from cut with the running cycle's batch (in_cycle of them;
+ * caller holds save_mu, the cut valid), else the live state (caller holds cycle_mu, which keeps
+ * loop B, the queue's only consumer, out). The drain is under both locks. The
  * queued trajectories are looked at in place, never taken, while requests may go on recording.
  * Takes each tenant's lock in turn. */
 static sona_status serialise(sona_engine *e, sona_wbuf *w, const cut_state *cut, sona_trajectory *const *batch,
@@ -720,11 +731,11 @@ static const struct {
     int counter;
     size_t field;
 } cycle_counts[] = {{COUNTER_PROCESSED, offsetof(eng_cycle_counts, processed)},
-                    {8, offsetof(eng_cycle_counts, b_cycles)},
-                    {9, offsetof(eng_cycle_counts, c_cycles)},
-                    {10, offsetof(eng_cycle_counts, dreams)},
-                    {11, offsetof(eng_cycle_counts, replayed)},
-                    {12, offsetof(eng_cycle_counts, merged)}};
+                    {COUNTER_B_CYCLES, offsetof(eng_cycle_counts, b_cycles)},
+                    {COUNTER_C_CYCLES, offsetof(eng_cycle_counts, c_cycles)},
+                    {COUNTER_DREAMS, offsetof(eng_cycle_counts, dreams)},
+                    {COUNTER_REPLAYED, offsetof(eng_cycle_counts, replayed)},
+                    {COUNTER_MERGED, offsetof(eng_cycle_counts, merged)}};
 
 static uint64_t count_of(const eng_cycle_counts *add, size_t i)
 {
