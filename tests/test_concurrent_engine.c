@@ -538,7 +538,65 @@ CONCURRENT_TEST(concurrent_engine, a_save_does_not_wait_for_a_running_cycle)
     sona_engine_destroy(e);
 }
 
+/* After a load (which voids the cut the last cycle left), the first cycle makes its cut when it
+ * begins: a save while it is held is the loaded state, byte for byte the file loaded. */
+CONCURRENT_TEST(concurrent_engine, a_save_during_the_first_cycle_after_a_load)
+{
+    enum { FIRST = 30, BATCH = 40 };
+    char path[2][96];
+    for (int i = 0; i < 2; i++)
+        snprintf(path[i], sizeof path[i], "/tmp/sona_held_load_%ld_%d.state", (long)getpid(), i);
+    sona_engine *e = engine_for_held_cycles();
+    record(e, 0, FIRST);
+    REQUIRE(sona_force_learn(e) == SONA_OK, "%s", sona_engine_last_error(e));
+    record(e, 1, BATCH);
+    REQUIRE(sona_save(e, path[0]) == SONA_OK, "%s", sona_engine_last_error(e));
+    sona_engine *g = engine_for_held_cycles();
+    REQUIRE(sona_force_learn(g) == SONA_OK, "%s", sona_engine_last_error(g)); /* nothing queued */
+    record(g, 2, 5);
+    REQUIRE(sona_force_learn(g) == SONA_OK, "%s", sona_engine_last_error(g)); /* g's own cut */
+    REQUIRE(sona_load(g, path[0]) == SONA_OK, "%s", sona_engine_last_error(g));
+
+    held_cycle h = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    eng_inspect_cycle_hook(g, hold_cycle, &h);
+    atomic_int done;
+    atomic_store(&done, 0);
+    forcer f = {.e = g, .done = &done};
+    pthread_t ft;
+    REQUIRE(pthread_create(&ft, NULL, forcing, &f) == 0, "pthread_create");
+    pthread_mutex_lock(&h.mu);
+    while (!h.in_cycle)
+        pthread_cond_wait(&h.cv, &h.mu);
+    pthread_mutex_unlock(&h.mu);
+    const sona_status saved = sona_save(g, path[1]);
+    pthread_mutex_lock(&h.mu);
+    const int still_held = !h.timed_out && !atomic_load(&done);
+    h.release = 1;
+    pthread_cond_broadcast(&h.cv);
+    pthread_mutex_unlock(&h.mu);
+    pthread_join(ft, NULL);
+    REQUIRE(saved == SONA_OK, "save during the cycle: %s", sona_engine_last_error(g));
+    CHECK(still_held, "the save waited for the cycle");
+    REQUIRE(f.st == SONA_OK, "the held cycle: %s", sona_engine_last_error(g));
+    size_t len0 = 0, len1 = 0;
+    char *b0 = test_read_file(path[0], &len0), *b1 = test_read_file(path[1], &len1);
+    REQUIRE(b0 && b1, "reading the files back");
+    CHECK(len0 == len1 && memcmp(b0, b1, len0) == 0,
+          "the save during the first cycle after the load is not the loaded file (%zu and %zu bytes)", len0, len1);
+    free(b0);
+    free(b1);
+    sona_stats s;
+    sona_get_stats(g, &s);
+    CHECK(s.trajectories_processed == FIRST + BATCH && s.trajectories_queued == 0, "after the cycle: processed %"
+          PRIu64 " queued %" PRIu64, s.trajectories_processed, s.trajectories_queued);
+    for (int i = 0; i < 2; i++)
+        unlink(path[i]);
+    sona_engine_destroy(g);
+    sona_engine_destroy(e);
+}
+
 CONCURRENT_MAIN(concurrent_engine_apply_record_and_loop_b_together, concurrent_engine_save_while_recording_and_learning,
                 concurrent_engine_stats_add_up_while_requests_and_cycles_run,
                 concurrent_engine_a_running_cycle_counts_its_batch_in_cycle,
-                concurrent_engine_a_save_does_not_wait_for_a_running_cycle)
+                concurrent_engine_a_save_does_not_wait_for_a_running_cycle,
+                concurrent_engine_a_save_during_the_first_cycle_after_a_load)
