@@ -4,7 +4,8 @@
  * while another thread saves the state again and again: saving leaves the queue alone, and each
  * file is a consistent snapshot (recorded == processed + queued in it). And while requests end
  * and cycles run, every sona_get_stats adds up (recorded == processed + in cycle + queued), a
- * running cycle's batch counted in cycle. */
+ * running cycle's batch counted in cycle. And a save does not wait for a running cycle: it takes
+ * the state from before the cycle with the cycle's batch still queued. */
 #include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
@@ -12,9 +13,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/rng.h"
+#include "engine/inspect.h"
+#include "support/files.h"
 #include "support/concurrent_test.h"
 #include "support/fill.h"
 #include <sona.h>
@@ -187,15 +191,16 @@ CONCURRENT_TEST(concurrent_engine, save_while_recording_and_learning)
     atomic_store(&stop_saving, 1);
     pthread_join(save_thread, NULL);
     CHECK(sv.failures == 0, "%u saves failed", sv.failures);
-    /* Learning off, then a save between two equal looks at the counters: no cycle ran meanwhile
-     * (one the loop thread had begun before may still finish first). */
+    /* Learning off, then a save between two equal looks at the counters, none mid-cycle: no
+     * cycle ran meanwhile (one the loop thread had begun before may still be running, and a save
+     * does not wait for it: it would save the state from before that cycle). */
     sona_engine_set_enabled(e, 0);
     sona_stats live, check;
     do {
         sona_get_stats(e, &live);
         REQUIRE(sona_save(e, sv.paths[SAVES - 1]) == SONA_OK, "%s", sona_engine_last_error(e));
         sona_get_stats(e, &check);
-    } while (check.loop_b_cycles != live.loop_b_cycles);
+    } while (check.loop_b_cycles != live.loop_b_cycles || live.trajectories_in_cycle || check.trajectories_in_cycle);
     printf("[concurrent_engine] %u saves; recorded %" PRIu64 " dropped %" PRIu64 " processed %" PRIu64
            " queued %" PRIu64 "\n",
            sv.saves, live.trajectories_recorded, live.trajectories_dropped, live.trajectories_processed,
@@ -397,6 +402,201 @@ CONCURRENT_TEST(concurrent_engine, a_running_cycle_counts_its_batch_in_cycle)
     sona_engine_destroy(e);
 }
 
+/* ---- a save does not wait for a running cycle ----------------------------------------------- */
+
+/* Loop B's test hook: holds the cycle (drained, not yet learned) until released, at most 60 s. */
+typedef struct held_cycle {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int in_cycle, release, timed_out;
+} held_cycle;
+
+static void hold_cycle(void *arg)
+{
+    held_cycle *h = arg;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 60;
+    pthread_mutex_lock(&h->mu);
+    h->in_cycle = 1;
+    pthread_cond_broadcast(&h->cv);
+    while (!h->release && !h->timed_out)
+        h->timed_out = pthread_cond_timedwait(&h->cv, &h->mu, &until) != 0;
+    pthread_mutex_unlock(&h->mu);
+}
+
+static sona_engine *engine_for_held_cycles(void)
+{
+    sona_engine_config c;
+    sona_engine_config_default(&c, SONA_PRESET_DEFAULT, H);
+    c.background_thread = 0;
+    c.loop_b_threshold = 1u << 30;
+    c.loop_b_interval_ms = 0;
+    c.clusters_per_cycle = 4;
+    c.base_layers = 2;
+    c.buffer_capacity = 1000;
+    sona_engine *e = NULL;
+    REQUIRE(sona_engine_create(&c, &e) == SONA_OK, "%s", sona_last_error());
+    return e;
+}
+
+static void record(sona_engine *e, int id, int n)
+{
+    worker w = {.e = e, .seed = 91, .id = id, .requests = n};
+    inference(&w);
+    REQUIRE(w.ended_ok == (uint64_t)n, "%" PRIu64 " of %d requests ended", w.ended_ok, n);
+}
+
+/* A cycle held mid-way (its batch drained, Base-LoRA and the bank not yet changed) while requests
+ * go on and a save runs: the save returns without the cycle, and its file is the state before
+ * the cycle with the batch still queued ahead of what came after (recorded == processed +
+ * queued), the Base-LoRA of before the cycle. The file loads, saves again to the same bytes, and
+ * learns the batch. A save after the cycle holds what the cycle learned. */
+CONCURRENT_TEST(concurrent_engine, a_save_does_not_wait_for_a_running_cycle)
+{
+    enum { FIRST = 40, BATCH = 50, LATER = 10 };
+    sona_engine *e = engine_for_held_cycles();
+    const sona_engine_config *c = sona_engine_get_config(e);
+    const size_t n = (size_t)c->base_layers * c->base_rank * H;
+    float *before = malloc(2 * n * sizeof *before), *loaded = malloc(2 * n * sizeof *loaded);
+    REQUIRE(before && loaded, "out of memory");
+    record(e, 0, FIRST);
+    REQUIRE(sona_force_learn(e) == SONA_OK, "%s", sona_engine_last_error(e));
+    record(e, 1, BATCH);
+    REQUIRE(eng_inspect_base_weights(e, before, before + n) == SONA_OK, "base weights");
+
+    held_cycle h = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    eng_inspect_cycle_hook(e, hold_cycle, &h);
+    atomic_int done;
+    atomic_store(&done, 0);
+    forcer f = {.e = e, .done = &done};
+    pthread_t ft;
+    REQUIRE(pthread_create(&ft, NULL, forcing, &f) == 0, "pthread_create");
+    pthread_mutex_lock(&h.mu);
+    while (!h.in_cycle)
+        pthread_cond_wait(&h.cv, &h.mu);
+    pthread_mutex_unlock(&h.mu);
+
+    record(e, 2, LATER); /* requests go on meanwhile */
+    char path[3][96];
+    for (int i = 0; i < 3; i++)
+        snprintf(path[i], sizeof path[i], "/tmp/sona_held_cycle_%ld_%d.state", (long)getpid(), i);
+    const sona_status saved = sona_save(e, path[0]);
+    pthread_mutex_lock(&h.mu);
+    const int still_held = !h.timed_out && !atomic_load(&done);
+    h.release = 1;
+    pthread_cond_broadcast(&h.cv);
+    pthread_mutex_unlock(&h.mu);
+    pthread_join(ft, NULL);
+    eng_inspect_cycle_hook(e, NULL, NULL);
+    REQUIRE(saved == SONA_OK, "save during the cycle: %s", sona_engine_last_error(e));
+    CHECK(still_held, "the save waited for the cycle");
+    REQUIRE(f.st == SONA_OK, "the held cycle: %s", sona_engine_last_error(e));
+    REQUIRE(sona_save(e, path[2]) == SONA_OK, "save after the cycle: %s", sona_engine_last_error(e));
+
+    /* The file of the held cycle: the state before it, the batch queued first. */
+    sona_engine *g = engine_for_held_cycles();
+    REQUIRE(sona_load(g, path[0]) == SONA_OK, "%s", sona_engine_last_error(g));
+    sona_stats s;
+    sona_get_stats(g, &s);
+    CHECK(s.trajectories_processed == FIRST && s.trajectories_queued == BATCH + LATER &&
+              s.trajectories_recorded == FIRST + BATCH + LATER && s.loop_b_cycles == 1,
+          "file of the held cycle: processed %" PRIu64 " queued %" PRIu64 " recorded %" PRIu64 " cycles %" PRIu64,
+          s.trajectories_processed, s.trajectories_queued, s.trajectories_recorded, s.loop_b_cycles);
+    REQUIRE(eng_inspect_base_weights(g, loaded, loaded + n) == SONA_OK, "base weights");
+    CHECK(memcmp(before, loaded, 2 * n * sizeof *loaded) == 0, "the file's Base-LoRA is not the one before the cycle");
+    /* It round-trips: saved again, the same bytes. */
+    REQUIRE(sona_save(g, path[1]) == SONA_OK, "%s", sona_engine_last_error(g));
+    size_t len0 = 0, len1 = 0;
+    char *b0 = test_read_file(path[0], &len0), *b1 = test_read_file(path[1], &len1);
+    REQUIRE(b0 && b1, "reading the files back");
+    CHECK(len0 == len1 && memcmp(b0, b1, len0) == 0, "load then save changed the file (%zu and %zu bytes)", len0,
+          len1);
+    free(b0);
+    free(b1);
+    /* And it learns the batch again, as the cycle did. */
+    REQUIRE(sona_force_learn(g) == SONA_OK, "%s", sona_engine_last_error(g));
+    sona_get_stats(g, &s);
+    CHECK(s.trajectories_processed == FIRST + BATCH + LATER && s.trajectories_queued == 0, "after learning: processed %"
+          PRIu64 " queued %" PRIu64, s.trajectories_processed, s.trajectories_queued);
+    sona_engine_destroy(g);
+
+    /* The file after the cycle: what it learned, processed. */
+    g = engine_for_held_cycles();
+    REQUIRE(sona_load(g, path[2]) == SONA_OK, "%s", sona_engine_last_error(g));
+    sona_get_stats(g, &s);
+    CHECK(s.trajectories_processed == FIRST + BATCH && s.trajectories_queued == LATER && s.loop_b_cycles == 2,
+          "file after the cycle: processed %" PRIu64 " queued %" PRIu64, s.trajectories_processed,
+          s.trajectories_queued);
+    REQUIRE(eng_inspect_base_weights(g, loaded, loaded + n) == SONA_OK, "base weights");
+    CHECK(memcmp(before, loaded, 2 * n * sizeof *loaded) != 0, "the cycle after the save learned nothing");
+    sona_engine_destroy(g);
+    for (int i = 0; i < 3; i++)
+        unlink(path[i]);
+    free(before);
+    free(loaded);
+    sona_engine_destroy(e);
+}
+
+/* After a load (which voids the cut the last cycle left), the first cycle makes its cut when it
+ * begins: a save while it is held is the loaded state, byte for byte the file loaded. */
+CONCURRENT_TEST(concurrent_engine, a_save_during_the_first_cycle_after_a_load)
+{
+    enum { FIRST = 30, BATCH = 40 };
+    char path[2][96];
+    for (int i = 0; i < 2; i++)
+        snprintf(path[i], sizeof path[i], "/tmp/sona_held_load_%ld_%d.state", (long)getpid(), i);
+    sona_engine *e = engine_for_held_cycles();
+    record(e, 0, FIRST);
+    REQUIRE(sona_force_learn(e) == SONA_OK, "%s", sona_engine_last_error(e));
+    record(e, 1, BATCH);
+    REQUIRE(sona_save(e, path[0]) == SONA_OK, "%s", sona_engine_last_error(e));
+    sona_engine *g = engine_for_held_cycles();
+    REQUIRE(sona_force_learn(g) == SONA_OK, "%s", sona_engine_last_error(g)); /* nothing queued */
+    record(g, 2, 5);
+    REQUIRE(sona_force_learn(g) == SONA_OK, "%s", sona_engine_last_error(g)); /* g's own cut */
+    REQUIRE(sona_load(g, path[0]) == SONA_OK, "%s", sona_engine_last_error(g));
+
+    held_cycle h = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    eng_inspect_cycle_hook(g, hold_cycle, &h);
+    atomic_int done;
+    atomic_store(&done, 0);
+    forcer f = {.e = g, .done = &done};
+    pthread_t ft;
+    REQUIRE(pthread_create(&ft, NULL, forcing, &f) == 0, "pthread_create");
+    pthread_mutex_lock(&h.mu);
+    while (!h.in_cycle)
+        pthread_cond_wait(&h.cv, &h.mu);
+    pthread_mutex_unlock(&h.mu);
+    const sona_status saved = sona_save(g, path[1]);
+    pthread_mutex_lock(&h.mu);
+    const int still_held = !h.timed_out && !atomic_load(&done);
+    h.release = 1;
+    pthread_cond_broadcast(&h.cv);
+    pthread_mutex_unlock(&h.mu);
+    pthread_join(ft, NULL);
+    REQUIRE(saved == SONA_OK, "save during the cycle: %s", sona_engine_last_error(g));
+    CHECK(still_held, "the save waited for the cycle");
+    REQUIRE(f.st == SONA_OK, "the held cycle: %s", sona_engine_last_error(g));
+    size_t len0 = 0, len1 = 0;
+    char *b0 = test_read_file(path[0], &len0), *b1 = test_read_file(path[1], &len1);
+    REQUIRE(b0 && b1, "reading the files back");
+    CHECK(len0 == len1 && memcmp(b0, b1, len0) == 0,
+          "the save during the first cycle after the load is not the loaded file (%zu and %zu bytes)", len0, len1);
+    free(b0);
+    free(b1);
+    sona_stats s;
+    sona_get_stats(g, &s);
+    CHECK(s.trajectories_processed == FIRST + BATCH && s.trajectories_queued == 0, "after the cycle: processed %"
+          PRIu64 " queued %" PRIu64, s.trajectories_processed, s.trajectories_queued);
+    for (int i = 0; i < 2; i++)
+        unlink(path[i]);
+    sona_engine_destroy(g);
+    sona_engine_destroy(e);
+}
+
 CONCURRENT_MAIN(concurrent_engine_apply_record_and_loop_b_together, concurrent_engine_save_while_recording_and_learning,
                 concurrent_engine_stats_add_up_while_requests_and_cycles_run,
-                concurrent_engine_a_running_cycle_counts_its_batch_in_cycle)
+                concurrent_engine_a_running_cycle_counts_its_batch_in_cycle,
+                concurrent_engine_a_save_does_not_wait_for_a_running_cycle,
+                concurrent_engine_a_save_during_the_first_cycle_after_a_load)

@@ -366,9 +366,14 @@ SONA_API sona_status sona_get_stats(sona_engine *e, sona_stats *out);
  * same directory, fsync, rename, fsync dir. Nothing is lost on a restart, and there is no need
  * to run loop B before saving. The queue is looked at, not taken: requests may go on recording
  * meanwhile (those that come after the snapshot are not in the file), and the file's counters
- * agree with the queue it holds (recorded == processed + queued). Loop B waits while the state
- * is copied into memory, not while it is written. Saves from several threads to one path leave
- * one of their states, whole (the last rename wins, which need not be the last state taken).
+ * agree with the queue it holds (recorded == processed + queued). A save does not wait for a
+ * running loop B or C cycle: it writes the state from before that cycle (Base-LoRA, EWC++,
+ * patterns, dream visits and the cycles' counters as the cycle found them; the bank's access
+ * counts as the previous cycle left them) with the cycle's batch still queued, ahead of what was
+ * queued since, and tenants and the request path's counters as they are; a load learns the
+ * batch again. With no cycle running, a cycle that starts waits while the state is copied into
+ * memory, not while it is written. Saves from several threads to one path leave one of their
+ * states, whole (the last rename wins, which need not be the last state taken).
  *
  * After sona_load, identical to the saved engine: every counter (sona_get_stats' but the
  * timings last_loop_*_us, device_* and inputs_out_of_range, which describe the process; the bank's), the adapters

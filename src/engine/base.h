@@ -10,6 +10,8 @@
  * says which code nests which):
  *   cycle_mu -> tenants_mu -> eng_tenant.mu
  *   cycle_mu -> bank_lock (write)
+ *   cycle_mu -> save_mu -> eng_tenant.mu (a save never waits for cycle_mu: it only tries it, holding
+ *   nothing, see persist.c)
  *   quality_mu, err_mu and device.c's mu are leaves: nothing is taken while holding them
  *   wake_mu is taken alone (the loop thread drops it before running a cycle)
  * so a request (loop A: its tenant's mu only) never waits for a cycle. */
@@ -73,7 +75,16 @@ struct sona_engine {
     sona_snapshot_slot base_slot;
     sona_lora *base;
     eng_ewc *base_ewc;
-    pthread_mutex_t cycle_mu;   /* one loop B / C cycle at a time; guards base, bank, rng */
+    pthread_mutex_t cycle_mu;   /* one loop B / C cycle at a time; guards base, bank, rng; who
+                                   changes what it guards outside a cycle: eng_cut_invalidate */
+    /* A save while a cycle runs (persist.c): a cut of the state cycles own as it was when the
+     * running cycle began, and that cycle's batch. Set by cycles under cycle_mu and save_mu, read
+     * by saves under save_mu; save_cv tells waiting saves one is set. */
+    struct eng_cut *cut;
+    pthread_mutex_t save_mu;
+    pthread_cond_t save_cv;
+    void (*cycle_hook)(void *); /* tests (inspect.h): called by loop B mid-cycle, under cycle_mu */
+    void *cycle_hook_arg;
 
     sona_id_source *ids;
     sona_trajectory_buffer *buffer; /* ended trajectories waiting for loop B */
@@ -201,6 +212,29 @@ const char *eng_device_name(eng_device *d);
  * the CPU to redo the batch. */
 sona_status eng_device_apply(sona_engine *e, uint32_t n, const int32_t *ids, const float *x, float *y);
 sona_status eng_device_apply_layer(sona_engine *e, uint32_t layer, uint32_t n, const float *x, float *y);
+
+/* Cuts of the state cycles own (persist.c), so that a save need not wait for a cycle. Under
+ * cycle_mu, a cycle calls eng_cycle_begin before it changes anything: it makes the cut when the
+ * last one is not the state now (the first cycle, or after eng_cut_invalidate), then, under
+ * save_mu, drains up to `want` queued trajectories into batch (*n of them; loop C: batch NULL,
+ * want 0) and makes the cut and the batch what saves use. eng_cycle_end, once the cycle has
+ * changed what it changes and before it lets its batch go, makes the cut of the state it leaves
+ * and publishes the cycle's counts with it.
+ * A cut that cannot be made (memory) leaves saves waiting for cycle_mu, as before.
+ * eng_cycle_begin returns the drain's status (on failure no batch is in use). */
+sona_status eng_cycle_begin(sona_engine *e, sona_trajectory **batch, uint32_t want, uint32_t *n);
+/* What a cycle adds to the counters a save takes from a cut: eng_cycle_end adds them to the
+ * engine's counters when the cut of the state the cycle leaves takes over (under save_mu), so a
+ * sona_get_stats that shows the cycle done is never followed by a save from before it. */
+typedef struct eng_cycle_counts {
+    uint64_t processed, b_cycles, c_cycles, dreams, replayed, merged;
+} eng_cycle_counts;
+void eng_cycle_end(sona_engine *e, const eng_cycle_counts *add);
+/* Whoever changes the state cycles own outside a cycle (holding cycle_mu: a load, sona_sync, a
+ * test's bank set-up) calls this first: saves then wait for cycle_mu, and the next cycle makes
+ * its cut afresh. */
+void eng_cut_invalidate(sona_engine *e);
+void eng_cut_free(struct eng_cut *cut);
 
 /* Frees what sona_sync kept (sync.c); NULL is a no-op. */
 void eng_sync_free(struct eng_sync *s);

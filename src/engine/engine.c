@@ -111,6 +111,8 @@ sona_status sona_engine_create(const sona_engine_config *cfg, sona_engine **out)
     pthread_mutex_init(&e->err_mu, NULL);
     pthread_mutex_init(&e->tenants_mu, NULL);
     pthread_mutex_init(&e->cycle_mu, NULL);
+    pthread_mutex_init(&e->save_mu, NULL);
+    pthread_cond_init(&e->save_cv, NULL);
     pthread_mutex_init(&e->wake_mu, NULL);
     pthread_cond_init(&e->wake_cv, NULL);
     pthread_rwlock_init(&e->bank_lock, NULL);
@@ -199,6 +201,9 @@ void sona_engine_destroy(sona_engine *e)
     pthread_mutex_destroy(&e->err_mu);
     pthread_mutex_destroy(&e->tenants_mu);
     pthread_mutex_destroy(&e->cycle_mu);
+    pthread_mutex_destroy(&e->save_mu);
+    pthread_cond_destroy(&e->save_cv);
+    eng_cut_free(e->cut);
     pthread_mutex_destroy(&e->wake_mu);
     pthread_cond_destroy(&e->wake_cv);
     free(e);

@@ -11,6 +11,7 @@
 sona_bank *eng_inspect_bank_begin(sona_engine *e)
 {
     pthread_mutex_lock(&e->cycle_mu);
+    eng_cut_invalidate(e); /* the caller may restore patterns */
     return e->bank;
 }
 
@@ -19,6 +20,7 @@ void eng_inspect_bank_end(sona_engine *e) { pthread_mutex_unlock(&e->cycle_mu); 
 void eng_inspect_replace_bank(sona_engine *e, sona_bank *bank)
 {
     pthread_mutex_lock(&e->cycle_mu);
+    eng_cut_invalidate(e);
     pthread_rwlock_wrlock(&e->bank_lock);
     sona_bank *old = e->bank;
     e->bank = bank;
@@ -136,4 +138,12 @@ sona_status eng_inspect_train(sona_engine *e, int32_t tenant, const float *x, co
     *pending = sona_lora_pending(t->lora);
     pthread_mutex_unlock(&t->mu);
     return st;
+}
+
+void eng_inspect_cycle_hook(sona_engine *e, void (*hook)(void *), void *arg)
+{
+    pthread_mutex_lock(&e->cycle_mu);
+    e->cycle_hook = hook;
+    e->cycle_hook_arg = arg;
+    pthread_mutex_unlock(&e->cycle_mu);
 }

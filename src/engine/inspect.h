@@ -45,4 +45,8 @@ sona_status eng_inspect_tenant_weights(sona_engine *e, int32_t tenant, float *A,
 sona_status eng_inspect_train(sona_engine *e, int32_t tenant, const float *x, const float *delta, float w,
                               uint64_t *pending);
 
+/* Test hook: loop B calls hook(arg) in every cycle after it drained its batch and before it
+ * learns from it, holding the cycle lock (NULL: none). */
+void eng_inspect_cycle_hook(sona_engine *e, void (*hook)(void *), void *arg);
+
 #endif

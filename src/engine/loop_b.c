@@ -50,7 +50,8 @@ sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch, uint32_t max_ba
         queued = max_batch; /* the oldest; the rest waits for the next cycle */
     sona_trajectory **batch = malloc(queued * sizeof *batch);
     uint32_t n = 0;
-    if (!batch || sona_trajectory_buffer_drain(e->buffer, batch, queued, &n) != SONA_OK) {
+    /* The cut of the state before the cycle, for saves meanwhile, and the drain, together. */
+    if (!batch || eng_cycle_begin(e, batch, queued, &n) != SONA_OK) {
         free(batch);
         pthread_mutex_unlock(&e->cycle_mu);
         return eng_fail(e, SONA_E_NOMEM, "loop B: out of memory");
@@ -58,13 +59,15 @@ sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch, uint32_t max_ba
     /* From here the batch is the cycle's: it is learned from (and counted) whatever happens.
      * In the stats it moves from queued to in cycle now, and to processed at the end. */
     atomic_fetch_add(&e->n.taken, n);
+    if (e->cycle_hook)
+        e->cycle_hook(e->cycle_hook_arg);
     const sona_status st = learn_batch(e, batch, n);
+    atomic_store(&e->n.tasks, eng_ewc_tasks(e->base_ewc));
+    /* Saves take the state the cycle leaves from now on, and the stats show the cycle done. */
+    eng_cycle_end(e, &(eng_cycle_counts){.processed = n, .b_cycles = 1});
     for (uint32_t i = 0; i < n; i++)
         eng_traj_recycle(e, batch[i]);
     free(batch);
-    atomic_fetch_add(&e->n.processed, n);
-    atomic_fetch_add(&e->n.b_cycles, 1);
-    atomic_store(&e->n.tasks, eng_ewc_tasks(e->base_ewc));
     atomic_store(&e->n.last_b_us, sona_monotonic_us() - t0);
     atomic_store(&e->last_cycle_ms, sona_monotonic_us() / 1000);
     pthread_mutex_unlock(&e->cycle_mu);

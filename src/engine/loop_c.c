@@ -69,6 +69,7 @@ static sona_status consolidate_bank(sona_engine *e, uint32_t *merged_away)
 sona_status eng_loop_c_cycle(sona_engine *e)
 {
     pthread_mutex_lock(&e->cycle_mu);
+    eng_cycle_begin(e, NULL, 0, NULL); /* saves take the state from before the cycle meanwhile */
     sona_status st = SONA_OK;
     uint64_t dreams = 0, replayed = 0;
     uint32_t merged_away = 0;
@@ -93,15 +94,13 @@ sona_status eng_loop_c_cycle(sona_engine *e)
         }
         pthread_mutex_unlock(&t->mu);
     }
-    atomic_fetch_add(&e->n.dreams, dreams);
-    atomic_fetch_add(&e->n.replayed, replayed);
-    atomic_fetch_add(&e->n.merged, merged_away);
     uint32_t phi_bits;
     memcpy(&phi_bits, &phi, sizeof phi_bits);
     atomic_store(&e->last_phi_bits, phi_bits);
     atomic_store(&e->n.patterns, sona_bank_pattern_count(e->bank));
     atomic_store(&e->n.tasks, eng_ewc_tasks(e->base_ewc));
-    atomic_fetch_add(&e->n.c_cycles, 1);
+    eng_cycle_end(e, &(eng_cycle_counts){.c_cycles = 1, .dreams = dreams, .replayed = replayed,
+                                         .merged = merged_away});
     pthread_mutex_unlock(&e->cycle_mu);
     return st == SONA_OK ? SONA_OK : eng_fail(e, st, "loop C cycle failed: %s", sona_status_str(st));
 }

@@ -54,6 +54,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define STATE_MAGIC "SONASTAT"
@@ -62,8 +63,18 @@
 #define SECTION_HEADER_BYTES 20u
 #define COUNTERS 13 /* STAT section: the engine's monotonic counters */
 
-/* The counters the STAT section holds, in file order; the first three by name. */
-enum { COUNTER_RECORDED, COUNTER_PROCESSED, COUNTER_DROPPED };
+/* The counters the STAT section holds, in file order (counter_table's), those used by name. */
+enum {
+    COUNTER_RECORDED,
+    COUNTER_PROCESSED,
+    COUNTER_DROPPED,
+    COUNTER_BASE_UPDATES = 6,
+    COUNTER_B_CYCLES = 8,
+    COUNTER_C_CYCLES,
+    COUNTER_DREAMS,
+    COUNTER_REPLAYED,
+    COUNTER_MERGED
+};
 
 static void counter_table(sona_engine *e, atomic_uint_fast64_t *out[COUNTERS])
 {
@@ -400,15 +411,16 @@ static void write_baseline(sona_wbuf *w, const sona_signal_baseline *b)
     sona_wbuf_u32(w, b->count);
 }
 
-/* BASL: the engine-wide quality baseline, Base-LoRA's per layer and region, each live tenant's
- * per region (caller holds cycle_mu: Base-LoRA's are loop B's). */
-static void write_baselines(sona_wbuf *w, sona_engine *e, const sona_signal_baseline *quality)
+/* BASL: the engine-wide quality baseline, Base-LoRA's per layer and region (base: the live ones
+ * under cycle_mu, or a cut's), each live tenant's per region. */
+static void write_baselines(sona_wbuf *w, sona_engine *e, const sona_signal_baseline *quality,
+                            const sona_signal_baseline *base)
 {
     write_baseline(w, quality);
     sona_wbuf_u32(w, ENG_REGIONS);
     sona_wbuf_u32(w, e->cfg.base_layers);
     for (size_t i = 0; i < (size_t)e->cfg.base_layers * ENG_REGIONS; i++)
-        write_baseline(w, &e->base_baselines[i]);
+        write_baseline(w, &base[i]);
     const size_t count_at = w->len;
     uint32_t live = 0;
     sona_wbuf_u32(w, live);
@@ -477,6 +489,29 @@ static sona_status read_baselines(sona_engine *e, sona_rbuf *r, loaded *s)
 
 /* ---- the sections: each one's writer and reader ------------------------------------------- */
 
+/* One cut of the state cycles own: the sections cycles own, serialised whole, and what STAT and
+ * BASL take from that state. */
+typedef struct cut_state {
+    sona_wbuf w;                /* the sections, kept between cycles for their memory */
+    size_t at[16], len[16];     /* per entry of sections[]: where in w (len 0: not a cycle's) */
+    uint64_t counters[COUNTERS];
+    uint32_t phi_bits;
+    sona_signal_baseline *base_baselines; /* layers x regions */
+} cut_state;
+
+/* The cuts of an engine (eng_cycle_begin, see "saving" below). */
+struct eng_cut {
+    cut_state slot[2];
+    cut_state *cur;             /* what saves use; cycles swap it under save_mu */
+    int cur_ok;                 /* cur holds the state cycles own as it is, but for the running
+                                   cycle's changes when active (set under cycle_mu and save_mu) */
+    int active;                 /* a cycle runs from cur; batch is its (save_mu) */
+    sona_trajectory **batch;    /* the running loop B cycle's: in cur's state still queued */
+    uint32_t n;
+    float *scratch;             /* room for Base-LoRA's A and Bt (cycle_mu) */
+    _Atomic size_t hint;        /* the last save's bytes: the next one's first allocation */
+};
+
 /* What a save reads besides the engine, taken once before the first section so that all agree:
  * the queue as it was (looked at in place, never taken), the id source after it (every queued
  * trajectory took its id before it was queued: all are below), the quality baseline. */
@@ -486,7 +521,17 @@ typedef struct save_view {
     uint64_t next_id;
     sona_signal_baseline quality;
     float *scratch; /* room for an adapter set's A and Bt */
+    const cut_state *cut; /* a cut of the state cycles own, or NULL: the live state (cycle_mu) */
 } save_view;
+
+/* The counters only cycles change (under cycle_mu), which a save during a cycle takes from the
+ * cut; the others (recorded, dropped, accepted, rejected, micro_updates and boundaries, which
+ * loop A's Micro-LoRA updates add to as well) are the request path's, taken live. */
+static int counter_of_cycles(int i)
+{
+    return i == COUNTER_PROCESSED || i == COUNTER_BASE_UPDATES || i >= COUNTER_B_CYCLES /* .. merged */;
+}
+
 
 static void conf_write(sona_engine *e, const save_view *v, sona_wbuf *w)
 {
@@ -518,11 +563,15 @@ static void stat_write(sona_engine *e, const save_view *v, sona_wbuf *w)
 {
     atomic_uint_fast64_t *counters[COUNTERS];
     counter_table(e, counters);
+    uint64_t n[COUNTERS];
+    for (int i = 0; i < COUNTERS; i++)
+        n[i] = v->cut && counter_of_cycles(i) ? v->cut->counters[i] : atomic_load(counters[i]);
+    n[COUNTER_RECORDED] = n[COUNTER_PROCESSED] + v->queued;
     sona_wbuf_u32(w, COUNTERS);
     for (int i = 0; i < COUNTERS; i++)
-        sona_wbuf_u64(w, i == COUNTER_RECORDED ? atomic_load(&e->n.processed) + v->queued : atomic_load(counters[i]));
+        sona_wbuf_u64(w, n[i]);
     sona_wbuf_f32(w, v->quality.count ? v->quality.mean : NAN);
-    sona_wbuf_u32(w, atomic_load(&e->last_phi_bits));
+    sona_wbuf_u32(w, v->cut ? v->cut->phi_bits : atomic_load(&e->last_phi_bits));
 }
 
 static sona_status stat_read(sona_engine *e, sona_rbuf *r, loaded *s)
@@ -622,7 +671,7 @@ static sona_status drea_read(sona_engine *e, sona_rbuf *r, loaded *s)
 
 static void basl_write(sona_engine *e, const save_view *v, sona_wbuf *w)
 {
-    write_baselines(w, e, &v->quality);
+    write_baselines(w, e, &v->quality, v->cut ? v->cut->base_baselines : e->base_baselines);
 }
 
 /* Every section, in file order, which is also the order the reader needs (BANK and DREA go onto
@@ -634,18 +683,19 @@ static void basl_write(sona_engine *e, const save_view *v, sona_wbuf *w)
 static const struct state_section {
     uint32_t tag, since;
     int may_grow; /* a newer library may append to it: bytes after what this one reads are fine */
+    int cycles;   /* only cycles change what it holds (cycle_mu): a cut holds it whole */
     void (*write)(sona_engine *e, const save_view *v, sona_wbuf *w);
     sona_status (*read)(sona_engine *e, sona_rbuf *r, loaded *s);
 } sections[] = {
-    {TAG('C', 'O', 'N', 'F'), 1, 1, conf_write, conf_read},
-    {TAG('S', 'T', 'A', 'T'), 1, 0, stat_write, stat_read},
-    {TAG('T', 'E', 'N', 'A'), 1, 0, tena_write, read_tenants},
-    {TAG('B', 'A', 'S', 'E'), 1, 0, base_write, base_read},
-    {TAG('P', 'A', 'T', 'T'), 1, 0, patt_write, patt_read},
-    {TAG('Q', 'U', 'E', 'U'), 2, 0, queu_write, read_queue},
-    {TAG('B', 'A', 'N', 'K'), 3, 0, bank_write, bank_read},
-    {TAG('D', 'R', 'E', 'A'), 3, 0, drea_write, drea_read},
-    {TAG('B', 'A', 'S', 'L'), 4, 0, basl_write, read_baselines},
+    {TAG('C', 'O', 'N', 'F'), 1, 1, 0, conf_write, conf_read},
+    {TAG('S', 'T', 'A', 'T'), 1, 0, 0, stat_write, stat_read},
+    {TAG('T', 'E', 'N', 'A'), 1, 0, 0, tena_write, read_tenants},
+    {TAG('B', 'A', 'S', 'E'), 1, 0, 1, base_write, base_read},
+    {TAG('P', 'A', 'T', 'T'), 1, 0, 1, patt_write, patt_read},
+    {TAG('Q', 'U', 'E', 'U'), 2, 0, 0, queu_write, read_queue},
+    {TAG('B', 'A', 'N', 'K'), 3, 0, 1, bank_write, bank_read},
+    {TAG('D', 'R', 'E', 'A'), 3, 0, 1, drea_write, drea_read},
+    {TAG('B', 'A', 'S', 'L'), 4, 0, 0, basl_write, read_baselines},
 };
 
 #define SECTIONS (sizeof sections / sizeof sections[0])
@@ -656,22 +706,56 @@ static const struct state_section {
 
 /* ---- saving -------------------------------------------------------------------------------- */
 
-/* Serialises the whole state into w. The caller holds the cycle lock, which keeps loop B, the
- * queue's only consumer, out: the queued trajectories are looked at in place, never taken, while
- * requests may go on recording. Takes each tenant's lock in turn. */
-static sona_status serialise(sona_engine *e, sona_wbuf *w)
+/* A save is one consistent cut of the engine, taken without waiting for a running cycle.
+ *
+ * The state cycles own (under cycle_mu: Base-LoRA with its EWC++, the bank with its counters, the
+ * dream visits, Base-LoRA's baselines, Phi, the cycles' counters) is serialised by each cycle at
+ * its end into a cut (cut_state), while saves still use the one before: a cycle makes the cut of
+ * the state it leaves, and the next cycle begins from it without making another. Anyone else who
+ * changes that state under cycle_mu (a load, sona_sync, inspect.h's bank set-up) calls
+ * eng_cut_invalidate first, and the next cycle makes the cut again when it begins.
+ *
+ *   A cycle runs (the cut is active): the state cycles own from the cut, i.e. as it was when
+ *   the cycle began; the trajectories the cycle drained (its batch, not yet learned in that
+ *   state) as still queued, oldest first, ahead of those queued now; the rest (tenants with
+ *   their Micro-LoRA, EWC++ and baselines, the engine-wide quality baseline, the request path's
+ *   counters, the next trajectory id) as it is, each under its own lock as before.
+ *   No cycle runs: the live state under cycle_mu, taken with a trylock. When that fails and no
+ *   cycle has begun from the cut (a cycle deciding whether to run, or ending after its cut was
+ *   made), the cut alone: what it holds is the state cycles own, unchanged; so a save never waits
+ *   for a cycle's lock. It waits only while there is no valid cut: before the first cycle has
+ *   made one, and while a load, a sync or a bank set-up holds cycle_mu.
+ *
+ * Invariant: the file's queue is exactly what its Base-LoRA and bank have not learned from, so
+ * recorded == processed + queued in the file (processed the cut's), and a load learns the batch
+ * again. The cut, the batch and the queue are read together under save_mu, which the drain and
+ * the cycle's end (the swap to its new cut, the batch let go) also take: no trajectory is in
+ * both the cut's state and the queue, or in neither. A save holds save_mu while it serialises: a
+ * cycle may wait for it when it drains or ends, never the save for the cycle. Between cycles,
+ * the bank's access counts and search count in a cut are those at the cycle's end: a save during
+ * the next cycle has them as they were then (the next save after the cycle has them all). */
+
+/* Serialises the whole state into w: from cut with the running cycle's batch (in_cycle of them;
+ * caller holds save_mu, the cut valid), else the live state (caller holds cycle_mu, which keeps
+ * loop B, the queue's only consumer, out). The drain is under both locks. The
+ * queued trajectories are looked at in place, never taken, while requests may go on recording.
+ * Takes each tenant's lock in turn. */
+static sona_status serialise(sona_engine *e, sona_wbuf *w, const cut_state *cut, sona_trajectory *const *batch,
+                             uint32_t in_cycle)
 {
     const sona_engine_config *c = &e->cfg;
     const size_t micro_n = (size_t)c->micro_rank * c->hidden,
                  base_n = (size_t)c->hidden * c->base_rank * c->base_layers;
     save_view v = {.scratch = malloc(2 * (micro_n > base_n ? micro_n : base_n) * sizeof(float)),
-                   .queue = malloc(c->buffer_capacity * sizeof *v.queue)};
+                   .queue = malloc(((size_t)c->buffer_capacity + in_cycle) * sizeof *v.queue), .cut = cut};
     if (!v.scratch || !v.queue) {
         free(v.scratch);
         free(v.queue);
         return SONA_E_NOMEM;
     }
-    v.queued = sona_trajectory_buffer_peek(e->buffer, v.queue, c->buffer_capacity);
+    for (uint32_t i = 0; i < in_cycle; i++)
+        v.queue[i] = batch[i];
+    v.queued = in_cycle + sona_trajectory_buffer_peek(e->buffer, v.queue + in_cycle, c->buffer_capacity);
     v.next_id = sona_id_source_peek(e->ids);
     pthread_mutex_lock(&e->quality_mu);
     v.quality = e->quality;
@@ -683,6 +767,10 @@ static sona_status serialise(sona_engine *e, sona_wbuf *w)
     sona_wbuf_u32(w, (uint32_t)SECTIONS);
     sona_wbuf_u32(w, w->oom ? 0 : sona_crc32(0, w->p, 20));
     for (size_t i = 0; i < SECTIONS; i++) {
+        if (cut && sections[i].cycles) {
+            sona_wbuf_put(w, cut->w.p + cut->at[i], cut->len[i]);
+            continue;
+        }
         const size_t at = section_begin(w, sections[i].tag);
         sections[i].write(e, &v, w);
         section_end(w, at);
@@ -692,12 +780,202 @@ static sona_status serialise(sona_engine *e, sona_wbuf *w)
     return w->oom ? SONA_E_NOMEM : SONA_OK;
 }
 
-/* sona_save in two steps, so that loop B does not wait on the disk: the state serialised into
- * *w (caller holds cycle_mu), then *w written to path and freed (without cycle_mu). */
+static const struct {
+    int counter;
+    size_t field;
+} cycle_counts[] = {{COUNTER_PROCESSED, offsetof(eng_cycle_counts, processed)},
+                    {COUNTER_B_CYCLES, offsetof(eng_cycle_counts, b_cycles)},
+                    {COUNTER_C_CYCLES, offsetof(eng_cycle_counts, c_cycles)},
+                    {COUNTER_DREAMS, offsetof(eng_cycle_counts, dreams)},
+                    {COUNTER_REPLAYED, offsetof(eng_cycle_counts, replayed)},
+                    {COUNTER_MERGED, offsetof(eng_cycle_counts, merged)}};
+
+static uint64_t count_of(const eng_cycle_counts *add, size_t i)
+{
+    uint64_t v;
+    memcpy(&v, (const char *)add + cycle_counts[i].field, sizeof v);
+    return v;
+}
+
+/* A cut of the state cycles own into c, its counters with add's (not yet in the engine's; NULL:
+ * none). Caller holds cycle_mu. 0: out of memory. */
+static int cut_build(sona_engine *e, struct eng_cut *cut, cut_state *c, const eng_cycle_counts *add)
+{
+    const sona_engine_config *cf = &e->cfg;
+    const size_t base_n = (size_t)cf->hidden * cf->base_rank * cf->base_layers,
+                 regions = (size_t)cf->base_layers * ENG_REGIONS;
+    if (!cut->scratch && !(cut->scratch = malloc(2 * base_n * sizeof(float))))
+        return 0;
+    if (!c->base_baselines && !(c->base_baselines = malloc(regions * sizeof *c->base_baselines)))
+        return 0;
+    c->w.len = 0;
+    c->w.oom = 0;
+    const save_view v = {.scratch = cut->scratch};
+    for (size_t i = 0; i < SECTIONS; i++) {
+        c->len[i] = 0;
+        if (!sections[i].cycles)
+            continue;
+        c->at[i] = section_begin(&c->w, sections[i].tag);
+        sections[i].write(e, &v, &c->w);
+        section_end(&c->w, c->at[i]);
+        c->len[i] = c->w.len - c->at[i];
+    }
+    atomic_uint_fast64_t *counters[COUNTERS];
+    counter_table(e, counters);
+    for (int i = 0; i < COUNTERS; i++)
+        c->counters[i] = atomic_load(counters[i]);
+    for (size_t i = 0; add && i < sizeof cycle_counts / sizeof cycle_counts[0]; i++)
+        c->counters[cycle_counts[i].counter] += count_of(add, i);
+    c->phi_bits = atomic_load(&e->last_phi_bits);
+    memcpy(c->base_baselines, e->base_baselines, regions * sizeof *c->base_baselines);
+    return !c->w.oom;
+}
+
+/* Adds a cycle's counts to the engine's counters (NULL: none). */
+static void counts_add(sona_engine *e, const eng_cycle_counts *add)
+{
+    atomic_uint_fast64_t *counters[COUNTERS];
+    counter_table(e, counters);
+    for (size_t i = 0; add && i < sizeof cycle_counts / sizeof cycle_counts[0]; i++)
+        atomic_fetch_add(counters[cycle_counts[i].counter], count_of(add, i));
+}
+
+/* A fresh cut of the state cycles own becomes cur (with add's counts, which reach the engine's
+ * counters at the same time): made in the slot saves do not read, swapped in
+ * under save_mu. Caller holds cycle_mu. */
+static void cut_refresh(sona_engine *e, struct eng_cut *cut, const eng_cycle_counts *add)
+{
+    cut_state *spare = cut->cur == &cut->slot[0] ? &cut->slot[1] : &cut->slot[0];
+    const int ok = cut_build(e, cut, spare, add);
+    pthread_mutex_lock(&e->save_mu);
+    counts_add(e, add);
+    if (ok)
+        cut->cur = spare;
+    cut->cur_ok = ok;
+    cut->active = 0;
+    cut->batch = NULL;
+    cut->n = 0;
+    pthread_mutex_unlock(&e->save_mu);
+}
+
+sona_status eng_cycle_begin(sona_engine *e, sona_trajectory **batch, uint32_t want, uint32_t *n)
+{
+    _Static_assert(SECTIONS <= 16, "cut_state's section table");
+    struct eng_cut *cut = e->cut; /* only cycles (cycle_mu) set it */
+    if (!cut && (cut = calloc(1, sizeof *cut)) != NULL) {
+        cut->cur = &cut->slot[0];
+        pthread_mutex_lock(&e->save_mu);
+        e->cut = cut;
+        pthread_mutex_unlock(&e->save_mu);
+    }
+    if (cut && !cut->cur_ok) /* the first cycle, or the state changed since the last one */
+        cut_refresh(e, cut, NULL);
+    pthread_mutex_lock(&e->save_mu);
+    sona_status st = SONA_OK;
+    uint32_t got = 0;
+    if (want)
+        st = sona_trajectory_buffer_drain(e->buffer, batch, want, &got);
+    if (cut) {
+        cut->active = cut->cur_ok && st == SONA_OK;
+        cut->batch = st == SONA_OK ? batch : NULL;
+        cut->n = st == SONA_OK ? got : 0;
+    }
+    pthread_cond_broadcast(&e->save_cv);
+    pthread_mutex_unlock(&e->save_mu);
+    if (n)
+        *n = got;
+    return st;
+}
+
+void eng_cycle_end(sona_engine *e, const eng_cycle_counts *add)
+{
+    if (e->cut) {
+        cut_refresh(e, e->cut, add); /* the state the cycle leaves */
+        return;
+    }
+    pthread_mutex_lock(&e->save_mu);
+    counts_add(e, add);
+    pthread_mutex_unlock(&e->save_mu);
+}
+
+void eng_cut_invalidate(sona_engine *e)
+{
+    struct eng_cut *cut = e->cut;
+    if (!cut)
+        return;
+    pthread_mutex_lock(&e->save_mu);
+    cut->active = 0;
+    cut->cur_ok = 0;
+    pthread_mutex_unlock(&e->save_mu);
+}
+
+void eng_cut_free(struct eng_cut *cut)
+{
+    if (!cut)
+        return;
+    for (int i = 0; i < 2; i++) {
+        free(cut->slot[i].w.p);
+        free(cut->slot[i].base_baselines);
+    }
+    free(cut->scratch);
+    free(cut);
+}
+
+/* The state serialised into *w (see serialise), from the cut (with the running cycle's batch
+ * when one runs) or the live state. Caller holds save_mu, or cycle_mu when cut is NULL. */
+static sona_status take_from(sona_engine *e, sona_wbuf *w, struct eng_cut *box, const cut_state *cut,
+                             sona_trajectory *const *batch, uint32_t n)
+{
+    const size_t hint = box ? atomic_load(&box->hint) : 0;
+    if (hint && (w->p = malloc(hint + hint / 8)) != NULL) /* no growing copies of megabytes */
+        w->cap = hint + hint / 8;
+    const sona_status st = serialise(e, w, cut, batch, n);
+    if (box)
+        atomic_store(&box->hint, w->len);
+    return st;
+}
+
+/* A running cycle's cut when there is one; else the live state under cycle_mu when it is free;
+ * else the cut alone when it is valid (see "saving" above); else waits for one of these, looking
+ * again each millisecond (save_cv: at once when a cycle begins). */
+static sona_status take_state(sona_engine *e, sona_wbuf *w)
+{
+    for (int tried = 0;; tried = 1) {
+        pthread_mutex_lock(&e->save_mu);
+        struct eng_cut *cut = e->cut;
+        if (cut && (cut->active || (tried && cut->cur_ok))) {
+            const sona_status st = take_from(e, w, cut, cut->cur, cut->batch, cut->active ? cut->n : 0);
+            pthread_mutex_unlock(&e->save_mu);
+            return st;
+        }
+        pthread_mutex_unlock(&e->save_mu);
+        if (pthread_mutex_trylock(&e->cycle_mu) == 0) {
+            const sona_status st = take_from(e, w, e->cut, NULL, NULL, 0);
+            pthread_mutex_unlock(&e->cycle_mu);
+            return st;
+        }
+        pthread_mutex_lock(&e->save_mu);
+        cut = e->cut;
+        if (!(cut && (cut->active || cut->cur_ok))) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&e->save_cv, &e->save_mu, &ts);
+        }
+        pthread_mutex_unlock(&e->save_mu);
+    }
+}
+
+/* sona_save in two steps, so that neither loop waits on the disk: the state serialised into *w,
+ * then *w written to path and freed, holding no lock. */
 static sona_status eng_state_snapshot(sona_engine *e, sona_wbuf *w)
 {
     *w = (sona_wbuf){0};
-    const sona_status st = serialise(e, w);
+    const sona_status st = take_state(e, w);
     if (st != SONA_OK) {
         free(w->p);
         *w = (sona_wbuf){0};
@@ -719,18 +997,14 @@ sona_status sona_save(sona_engine *e, const char *path)
     if (!e || !path)
         return eng_fail(e, SONA_E_NULL, "%s: NULL argument", __func__);
     sona_wbuf w;
-    pthread_mutex_lock(&e->cycle_mu);
-    sona_status st = eng_state_snapshot(e, &w);
-    pthread_mutex_unlock(&e->cycle_mu);
+    const sona_status st = eng_state_snapshot(e, &w);
     return st == SONA_OK ? eng_state_write(e, path, &w) : st;
 }
 
 sona_status eng_checkpoint(sona_engine *e)
 {
     sona_wbuf w;
-    pthread_mutex_lock(&e->cycle_mu);
-    sona_status st = eng_state_snapshot(e, &w);
-    pthread_mutex_unlock(&e->cycle_mu);
+    const sona_status st = eng_state_snapshot(e, &w);
     return st == SONA_OK ? eng_state_write(e, e->cfg.state_path, &w) : st;
 }
 
@@ -819,6 +1093,7 @@ static sona_status parse(sona_engine *e, const uint8_t *p, size_t len, loaded *s
 static void commit(sona_engine *e, loaded *s)
 {
     pthread_mutex_lock(&e->cycle_mu);
+    eng_cut_invalidate(e); /* saves wait for the load; the next cycle cuts the loaded state */
     atomic_uint_fast64_t *counters[COUNTERS];
     counter_table(e, counters);
     for (int i = 0; i < COUNTERS; i++)

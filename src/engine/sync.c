@@ -1205,6 +1205,7 @@ sona_status sona_sync(sona_engine *e, sona_comm *comm, const sona_sync_config *c
         return eng_fail(e, SONA_E_INVALID, "%s: method %d is neither SONA_SYNC_SKETCH nor "
                         "SONA_SYNC_EXACT", __func__, (int)cfg->method);
     pthread_mutex_lock(&e->cycle_mu);
+    eng_cut_invalidate(e); /* it changes Base-LoRA outside a cycle */
     const sona_status st = sync_locked(e, comm, cfg, out);
     pthread_mutex_unlock(&e->cycle_mu);
     return st;
