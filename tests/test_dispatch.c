@@ -205,13 +205,13 @@ static sona_cost_model table(double launch_us, double link_gbs, double peak, dou
     return m;
 }
 
-/* The ops of a request: loop A's single-row apply, gradient and update of a rank-2 Micro-LoRA at
- * hidden 4096, and the small dot products of a search (one query against a few rows, a 1 x 1
+/* The ops of a request: loop A's single-row apply, gradient and update of a rank-R Micro-LoRA
+ * at hidden 4096, and the small dot products of a search (one query against a few rows, a 1 x 1
  * gemm over 4096). */
-static void expect_loop_a_on_cpu(const sona_backend *dev, const char *what)
+static void expect_loop_a_rank_on_cpu(const sona_backend *dev, const char *what, uint32_t R)
 {
     const sona_backend *cpu = sona_cpu_backend();
-    const uint32_t H = 4096, R = 2;
+    const uint32_t H = 4096;
     for (uint32_t adapters = 1; adapters <= 1000; adapters *= 10) {
         sona_lora_apply_args ap = {.w = {.hidden = H, .rank = R, .num_adapters = adapters}, .n = 1};
         cr_expect_eq(sona_route(SONA_OP_LORA_APPLY, &ap, dev), cpu,
@@ -220,17 +220,29 @@ static void expect_loop_a_on_cpu(const sona_backend *dev, const char *what)
                      sona_cost_us(cpu, SONA_OP_LORA_APPLY, &ap));
     }
     sona_lora_grad_args g = {.w = {.hidden = H, .rank = R, .num_adapters = 1}, .n = 1};
-    cr_expect_eq(sona_route(SONA_OP_LORA_GRAD, &g, dev), cpu, "%s: loop A's lora_grad (one step)", what);
+    cr_expect_eq(sona_route(SONA_OP_LORA_GRAD, &g, dev), cpu, "%s: loop A's lora_grad (one step), rank %u: %.2f us there, %.2f here", what, R,
+                 sona_cost_us(dev, SONA_OP_LORA_GRAD, &g), sona_cost_us(cpu, SONA_OP_LORA_GRAD, &g));
     float dummy = 0; /* only whether the Fisher pointers are set matters */
     sona_param_update_args u = {.segments = 2, .len = R * H, .fisher_sum = &dummy, .fisher_theta = &dummy,
                                 .fisher = &dummy};
-    cr_expect_eq(sona_route(SONA_OP_PARAM_UPDATE, &u, dev), cpu, "%s: loop A's param_update", what);
+    cr_expect_eq(sona_route(SONA_OP_PARAM_UPDATE, &u, dev), cpu, "%s: loop A's param_update, rank %u: %.2f us there, %.2f here", what, R,
+                 sona_cost_us(dev, SONA_OP_PARAM_UPDATE, &u), sona_cost_us(cpu, SONA_OP_PARAM_UPDATE, &u));
     sona_knn_exact_args k = {.m = 1, .n = 16, .d = H, .k = 4};
     cr_expect_eq(sona_route(SONA_OP_KNN_EXACT, &k, dev), cpu, "%s: one query against 16 rows", what);
     sona_gemm_args dot = {.m = 1, .n = 1, .k = H, .alpha = 1.0f};
     cr_expect_eq(sona_route(SONA_OP_GEMM, &dot, dev), cpu, "%s: one dot product", what);
     sona_sqdist_argmin_args sq = {.n = 1, .k = 32, .d = 256};
     cr_expect_eq(sona_route(SONA_OP_SQDIST_ARGMIN, &sq, dev), cpu, "%s: one row against 32 centroids", what);
+}
+
+/* At the default preset's Micro-LoRA rank, and at ranks 2 and 8 around it. */
+static void expect_loop_a_on_cpu(const sona_backend *dev, const char *what)
+{
+    sona_engine_config c;
+    sona_engine_config_default(&c, SONA_PRESET_DEFAULT, 4096);
+    const uint32_t ranks[] = {2, c.micro_rank, 8};
+    for (size_t k = 0; k < sizeof ranks / sizeof ranks[0]; k++)
+        expect_loop_a_rank_on_cpu(dev, what, ranks[k]);
 }
 
 /* No small per-request op leaves the CPU, whatever device is there: the default tables of

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 /* ---- kinds and defaults ---------------------------------------------------------------- */
@@ -34,15 +35,32 @@ const char *sona_backend_kind_name(sona_backend_kind k)
 }
 
 /* The share of peak each op reaches, per kind, in ops.def order. The CPU's are the batched
- * ops' GFLOP/s over gemm's on the AVX-512 variant (BENCHMARKS.md, issue #19: lora_apply 35,
- * lora_grad 15, gemm 185); the devices' are rough figures for kernels that are not GEMMs. */
+ * ops' GFLOP/s over gemm's on the AVX-512 variant (BENCHMARKS.md at git e6ed869, after the
+ * by-adapter kernels: lora_apply 256 x 4096 x r16 x 64 at 39-48, lora_grad 1 024 x 4096 at
+ * 82, gemm 1 024^3 at 197); the devices' are rough figures for kernels that are not GEMMs. */
 static const double default_efficiency[SONA_KIND_COUNT][SONA_OP_COUNT] = {
     /*            apply grad  update sqdist knn  gemm  sums */
-    [SONA_KIND_CPU] = {0.20, 0.08, 1.0, 0.50, 0.50, 1.0, 0.50},
+    [SONA_KIND_CPU] = {0.22, 0.40, 1.0, 0.50, 0.50, 1.0, 0.50},
     [SONA_KIND_OPENCL] = {0.30, 0.20, 1.0, 0.40, 0.40, 0.60, 0.30},
     [SONA_KIND_CUDA] = {0.20, 0.20, 1.0, 0.40, 0.40, 0.70, 0.30},
 };
 _Static_assert(SONA_OP_COUNT == 7, "give the new op its efficiencies in default_efficiency");
+
+/* The CPU's last-level cache (Linux reports it through sysconf; 8 MiB where it does not), at
+ * most 32 MiB: what one core reaches of it (some VMs report the whole socket's, 384 MiB here). */
+static double host_cache_bytes(void)
+{
+    long llc = -1;
+#ifdef _SC_LEVEL3_CACHE_SIZE
+    llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    if (llc <= 0)
+        llc = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    const double cap = 32.0 * 1024 * 1024;
+    return llc > 0 ? (llc < cap ? (double)llc : cap) : 8.0 * 1024 * 1024;
+}
 
 void sona_cost_model_default(sona_backend_kind k, sona_cost_model *out)
 {
@@ -68,6 +86,8 @@ void sona_cost_model_default(sona_backend_kind k, sona_cost_model *out)
         out->transfer_gbs = 0.0;
         out->peak_gflops = 100.0;
         out->memory_gbs = 40.0;
+        out->cache_bytes = host_cache_bytes();
+        out->cache_gbs = 150.0;
         break;
     }
     for (int op = 0; op < SONA_OP_COUNT; op++)
@@ -103,11 +123,26 @@ static double time_gemm(const sona_backend *b, uint32_t dim, float *A, float *B,
     return best;
 }
 
-/* The CPU: gemm 96^3 for the peak, a 4 MiB copy for the memory bandwidth. About 1 ms on a
- * SIMD variant, a few on scalar. */
+/* The best of 3 copies of `bytes` within src (2 x bytes long), in us. */
+static double time_copy(char *src, size_t bytes)
+{
+    double best = -1.0;
+    for (int r = 0; r < 3; r++) {
+        const uint64_t t0 = now_ns();
+        memcpy(src + bytes, src, bytes);
+        __asm__ __volatile__("" : : "r"(src) : "memory");
+        const double tc = elapsed_us(t0);
+        best = best < 0 || tc < best ? tc : best;
+    }
+    return best;
+}
+
+/* The CPU: gemm 96^3 for the peak, a 4 MiB copy for the memory bandwidth (beyond the caches of
+ * most cores), a 256 KiB one (warm) for the cache's. About 1 ms on a SIMD variant, a few on
+ * scalar. */
 static void calibrate_host(const sona_backend *b, sona_cost_model *m)
 {
-    enum { DIM = 96, COPY = 4 << 20 };
+    enum { DIM = 96, COPY = 4 << 20, CACHED = 256 << 10 };
     float *buf = calloc(3 * DIM * DIM, sizeof *buf);
     char *src = malloc(2 * (size_t)COPY);
     if (buf && src) {
@@ -116,16 +151,11 @@ static void calibrate_host(const sona_backend *b, sona_cost_model *m)
         const double t = time_gemm(b, DIM, buf, buf + DIM * DIM, buf + 2 * DIM * DIM, 3);
         if (t > 0)
             m->peak_gflops = 2.0 * DIM * DIM * DIM / (t * 1e3);
-        double best = -1.0;
-        for (int r = 0; r < 3; r++) {
-            const uint64_t t0 = now_ns();
-            memcpy(src + COPY, src, COPY);
-            __asm__ __volatile__("" : : "r"(src) : "memory");
-            const double tc = elapsed_us(t0);
-            best = best < 0 || tc < best ? tc : best;
-        }
+        const double best = time_copy(src, COPY), cached = time_copy(src, CACHED);
         if (best > 0)
             m->memory_gbs = 2.0 * COPY / (best * 1e3);
+        if (cached > 0 && 2.0 * CACHED / (cached * 1e3) > m->memory_gbs)
+            m->cache_gbs = 2.0 * CACHED / (cached * 1e3);
         m->calibrated = 1;
     }
     free(buf);
@@ -358,7 +388,8 @@ static double model_us(const sona_cost_model *m, sona_op op, const sona_op_work 
         t += w->transfer_bytes / (m->transfer_gbs * 1e3);
     const double eff = (unsigned)op < SONA_OP_COUNT && m->efficiency[op] > 0 ? m->efficiency[op] : 1.0;
     const double compute = m->peak_gflops > 0 ? w->flops / (m->peak_gflops * eff * 1e3) : 0.0;
-    const double memory = m->memory_gbs > 0 ? w->bytes / (m->memory_gbs * 1e3) : 0.0;
+    const double gbs = w->bytes <= m->cache_bytes && m->cache_gbs > m->memory_gbs ? m->cache_gbs : m->memory_gbs;
+    const double memory = gbs > 0 ? w->bytes / (gbs * 1e3) : 0.0;
     return t + (compute > memory ? compute : memory);
 }
 
@@ -570,15 +601,17 @@ void sona_cost_report(FILE *f)
     const char *forced = sona_env_backend();
     fprintf(f, "routing:   by cost: launch + transfer / link + max(flops / peak, bytes / memory)%s%s%s\n",
             forced ? "; SONA_BACKEND=" : "", forced ? forced : "", forced ? " overrides it" : "");
-    fprintf(f, "  %-8s %10s %12s %14s %12s\n", "model", "launch", "link", "peak", "memory");
+    fprintf(f, "  %-8s %10s %12s %14s %12s %22s\n", "model", "launch", "link", "peak", "memory", "cache");
     for (int k = 0; k < SONA_KIND_COUNT; k++) {
         sona_cost_model m;
         sona_cost_model_get(be[k], &m);
-        char link[32] = "-";
+        char link[32] = "-", cache[48] = "-";
         if (m.transfer_gbs > 0)
             snprintf(link, sizeof link, "%.1f GB/s", m.transfer_gbs);
-        fprintf(f, "  %-8s %7.2f us %12s %9.1f GF/s %7.1f GB/s  %s\n", sona_backend_kind_name((sona_backend_kind)k),
-                m.launch_us, link, m.peak_gflops, m.memory_gbs,
+        if (m.cache_bytes > 0)
+            snprintf(cache, sizeof cache, "%.1f GB/s to %.0f MiB", m.cache_gbs, m.cache_bytes / 1048576.0);
+        fprintf(f, "  %-8s %7.2f us %12s %9.1f GF/s %7.1f GB/s %22s  %s\n", sona_backend_kind_name((sona_backend_kind)k),
+                m.launch_us, link, m.peak_gflops, m.memory_gbs, cache,
                 !here[k] ? "table (not available here)" : m.calibrated ? "measured" : "table");
     }
     fprintf(f, "  %-14s", "op");

@@ -7,6 +7,9 @@
  *                        + max(flops(op, shape) / (peak(b) * efficiency(b, op)),
  *                              bytes(op, shape) / memory_bw(b))
  *
+ * where memory_bw is the cache's (cache_gbs) for operands that fit in cache_bytes (the CPU's
+ * last-level cache: a per-request op finds its adapter there, touched by the request before).
+ *
  * transfer_bytes are the bytes a call moves between host and device when the backend's buffers
  * are not host memory: the rows in and out, with the operands that stay resident between calls
  * (adapter weights, centroids, the searched set, accumulated gradients) left out. A model starts
@@ -40,6 +43,8 @@ typedef struct sona_cost_model {
     double transfer_gbs;      /* host <-> device GB/s; 0: buffers are host memory, nothing moves */
     double peak_gflops;       /* compute peak */
     double memory_gbs;        /* bandwidth of the memory the op's operands live in */
+    double cache_bytes;       /* operands up to this size are served by the cache: 0 = none */
+    double cache_gbs;         /* ... at this bandwidth */
     double efficiency[SONA_OP_COUNT]; /* the share of peak each op reaches, in (0, 1] */
     int calibrated;           /* 1: refined by microbenchmarks in this process */
 } sona_cost_model;
