@@ -65,4 +65,13 @@ for f in $(git ls-files -- 'tests/*.c' 'tests/*.h' 'bench/*.c' 'bench/*.h' 'tool
         bad=1
     fi
 done
+# CPU variants are files compiled with their own flags, chosen by cpuid (src/cpu): no compiler
+# ifunc clones elsewhere (their resolvers run before a sanitizer's runtime, and ranks of one
+# cluster on different CPUs would round differently).
+for f in $(git ls-files -- 'src/*.c' 'src/*.h'); do
+    if grep -q 'target_clones\|__attribute__((ifunc' "$f"; then
+        echo "$f uses target_clones or ifunc: put ISA-specific code in a src/cpu variant"
+        bad=1
+    fi
+done
 exit $bad

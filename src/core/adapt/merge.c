@@ -238,13 +238,9 @@ sona_status sona_lora_merge(uint32_t hidden, uint32_t rank, uint32_t k, const fl
 
 /* ---- the sketched merge (merge.h) ---------------------------------------------------------- */
 
-/* Hot loops built also for AVX2 where the toolchain makes ifuncs: lanes are independent and
- * never fused (no FMA in the clone), so both builds round alike and give the same bits. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define SKETCH_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define SKETCH_CLONES
-#endif
+/* The hot loops are plain C built with the library's baseline flags, no per-ISA clones: every
+ * rank of a cluster, whatever its CPU, must round alike to give the same bits (and an ifunc
+ * clone's resolver runs before ThreadSanitizer's runtime is up, which crashed the TSan tests). */
 
 /* x . y in 8 lanes summed in a fixed order: the same bits for any vector width. */
 static inline double dot8(const double *x, const double *y, size_t n)
@@ -283,14 +279,12 @@ static inline __attribute__((always_inline)) void orth_row(double *Y, size_t H, 
         y[h] *= inv;
 }
 
-SKETCH_CLONES
 void sona_sketch_orthonormalize(uint32_t hidden, uint32_t width, double *Y)
 {
     for (size_t j = 0; j < width; j++)
         orth_row(Y, hidden, j, dot8(Y + j * hidden, Y + j * hidden, hidden));
 }
 
-SKETCH_CLONES
 sona_status sona_sketch_basis(uint32_t hidden, uint32_t width, uint32_t rank, const float *A0,
                               uint64_t seed, double *omega)
 {
@@ -318,7 +312,6 @@ sona_status sona_sketch_basis(uint32_t hidden, uint32_t width, uint32_t rank, co
     return SONA_OK;
 }
 
-SKETCH_CLONES
 sona_status sona_sketch_product(uint32_t hidden, uint32_t rank, uint32_t k, const float *const *A,
                          const float *const *Bt, const double *w, uint32_t width, const double *X,
                          int transpose, double *Y)
@@ -353,7 +346,6 @@ sona_status sona_sketch_product(uint32_t hidden, uint32_t rank, uint32_t k, cons
     return SONA_OK;
 }
 
-SKETCH_CLONES
 sona_status sona_sketch_finish(uint32_t hidden, uint32_t rank, uint32_t width, const double *Q,
                                const double *Z, const double *omega, double a0, float *A_out,
                                float *Bt_out, sona_merge_info *info)
@@ -427,7 +419,6 @@ sona_status sona_sketch_finish(uint32_t hidden, uint32_t rank, uint32_t width, c
     return SONA_OK;
 }
 
-SKETCH_CLONES
 sona_status sona_lora_align(uint32_t hidden, uint32_t rank, const float *A_ref, float *A,
                             float *Bt)
 {
