@@ -440,6 +440,40 @@ static sona_engine *engine_for_held_cycles(void)
     return e;
 }
 
+/* A forced cycle on its own thread, held by the hook once it has drained its batch. */
+typedef struct held {
+    held_cycle h;
+    atomic_int done;
+    forcer f;
+    pthread_t thread;
+} held;
+
+static void cycle_hold(held *c, sona_engine *e)
+{
+    c->h = (held_cycle){.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    eng_inspect_cycle_hook(e, hold_cycle, &c->h);
+    atomic_store(&c->done, 0);
+    c->f = (forcer){.e = e, .done = &c->done};
+    REQUIRE(pthread_create(&c->thread, NULL, forcing, &c->f) == 0, "pthread_create");
+    pthread_mutex_lock(&c->h.mu);
+    while (!c->h.in_cycle)
+        pthread_cond_wait(&c->h.cv, &c->h.mu);
+    pthread_mutex_unlock(&c->h.mu);
+}
+
+/* Lets the held cycle go and waits for it: 1 when it was still held (not timed out, not done). */
+static int cycle_release(held *c)
+{
+    pthread_mutex_lock(&c->h.mu);
+    const int still_held = !c->h.timed_out && !atomic_load(&c->done);
+    c->h.release = 1;
+    pthread_cond_broadcast(&c->h.cv);
+    pthread_mutex_unlock(&c->h.mu);
+    pthread_join(c->thread, NULL);
+    eng_inspect_cycle_hook(c->f.e, NULL, NULL);
+    return still_held;
+}
+
 static void record(sona_engine *e, int id, int n)
 {
     worker w = {.e = e, .seed = 91, .id = id, .requests = n};
@@ -465,33 +499,18 @@ CONCURRENT_TEST(concurrent_engine, a_save_does_not_wait_for_a_running_cycle)
     record(e, 1, BATCH);
     REQUIRE(eng_inspect_base_weights(e, before, before + n) == SONA_OK, "base weights");
 
-    held_cycle h = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-    eng_inspect_cycle_hook(e, hold_cycle, &h);
-    atomic_int done;
-    atomic_store(&done, 0);
-    forcer f = {.e = e, .done = &done};
-    pthread_t ft;
-    REQUIRE(pthread_create(&ft, NULL, forcing, &f) == 0, "pthread_create");
-    pthread_mutex_lock(&h.mu);
-    while (!h.in_cycle)
-        pthread_cond_wait(&h.cv, &h.mu);
-    pthread_mutex_unlock(&h.mu);
+    held cycle;
+    cycle_hold(&cycle, e);
 
     record(e, 2, LATER); /* requests go on meanwhile */
     char path[3][96];
     for (int i = 0; i < 3; i++)
         snprintf(path[i], sizeof path[i], "/tmp/sona_held_cycle_%ld_%d.state", (long)getpid(), i);
     const sona_status saved = sona_save(e, path[0]);
-    pthread_mutex_lock(&h.mu);
-    const int still_held = !h.timed_out && !atomic_load(&done);
-    h.release = 1;
-    pthread_cond_broadcast(&h.cv);
-    pthread_mutex_unlock(&h.mu);
-    pthread_join(ft, NULL);
-    eng_inspect_cycle_hook(e, NULL, NULL);
+    const int still_held = cycle_release(&cycle);
     REQUIRE(saved == SONA_OK, "save during the cycle: %s", sona_engine_last_error(e));
     CHECK(still_held, "the save waited for the cycle");
-    REQUIRE(f.st == SONA_OK, "the held cycle: %s", sona_engine_last_error(e));
+    REQUIRE(cycle.f.st == SONA_OK, "the held cycle: %s", sona_engine_last_error(e));
     REQUIRE(sona_save(e, path[2]) == SONA_OK, "save after the cycle: %s", sona_engine_last_error(e));
 
     /* The file of the held cycle: the state before it, the batch queued first. */
@@ -557,27 +576,13 @@ CONCURRENT_TEST(concurrent_engine, a_save_during_the_first_cycle_after_a_load)
     REQUIRE(sona_force_learn(g) == SONA_OK, "%s", sona_engine_last_error(g)); /* g's own cut */
     REQUIRE(sona_load(g, path[0]) == SONA_OK, "%s", sona_engine_last_error(g));
 
-    held_cycle h = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-    eng_inspect_cycle_hook(g, hold_cycle, &h);
-    atomic_int done;
-    atomic_store(&done, 0);
-    forcer f = {.e = g, .done = &done};
-    pthread_t ft;
-    REQUIRE(pthread_create(&ft, NULL, forcing, &f) == 0, "pthread_create");
-    pthread_mutex_lock(&h.mu);
-    while (!h.in_cycle)
-        pthread_cond_wait(&h.cv, &h.mu);
-    pthread_mutex_unlock(&h.mu);
+    held cycle;
+    cycle_hold(&cycle, g);
     const sona_status saved = sona_save(g, path[1]);
-    pthread_mutex_lock(&h.mu);
-    const int still_held = !h.timed_out && !atomic_load(&done);
-    h.release = 1;
-    pthread_cond_broadcast(&h.cv);
-    pthread_mutex_unlock(&h.mu);
-    pthread_join(ft, NULL);
+    const int still_held = cycle_release(&cycle);
     REQUIRE(saved == SONA_OK, "save during the cycle: %s", sona_engine_last_error(g));
     CHECK(still_held, "the save waited for the cycle");
-    REQUIRE(f.st == SONA_OK, "the held cycle: %s", sona_engine_last_error(g));
+    REQUIRE(cycle.f.st == SONA_OK, "the held cycle: %s", sona_engine_last_error(g));
     size_t len0 = 0, len1 = 0;
     char *b0 = test_read_file(path[0], &len0), *b1 = test_read_file(path[1], &len1);
     REQUIRE(b0 && b1, "reading the files back");
