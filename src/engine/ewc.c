@@ -43,14 +43,14 @@
  * counts as covered once seen COVERED_AT times, and a share under WEIGHT_FLOOR is taken for
  * the sampling noise of the cells (0). The new task's queries seen before its shift was
  * detected (a few dozen) are a small part of the old task's distribution. The weights are
- * looked at every WEIGHTS_EVERY updates of the current task (a request's cost stays flat) and
+ * looked at every weights_every updates of the current task (8 for a tenant, updated about once
+ * a request, so a request's cost stays flat; every cycle for the Base-LoRA) and
  * re-applied when one moved by WEIGHT_STEP or more (a re-reduction costs O(tasks x
  * parameters)). */
 #define CELL_DECAY 0.998f
 #define COVERED_AT 1.0f
 #define WEIGHT_FLOOR 0.1f
 #define WEIGHT_STEP 0.05f
-#define WEIGHTS_EVERY 8u
 
 struct eng_ewc {
     sona_ewc *ewc;
@@ -68,6 +68,7 @@ struct eng_ewc {
     float seen[ENG_CELLS]; /* decayed counts of the query cells since the last boundary */
     float *task_cells;  /* (max_tasks + 1) x ENG_CELLS: each snapshot's, normalised */
     float *weights;     /* (max_tasks + 1): the weights applied, by snapshot */
+    uint32_t weights_every; /* updates between looks at the weights */
 };
 
 eng_ewc *eng_ewc_create(const sona_lora *lora, const sona_engine_config *cfg, int base)
@@ -86,6 +87,7 @@ eng_ewc *eng_ewc_create(const sona_lora *lora, const sona_engine_config *cfg, in
     /* Base-LoRA updates once a loop B cycle, on a batch's qualities: a few cycles of a task are
      * evidence enough. A tenant's, about once a request: a mean over about 20 of them. */
     w->shift_rate = base ? 0.3f : 0.05f;
+    w->weights_every = base ? 1 : 8;
     w->min_updates = base ? 5 : 100;
     w->theta = malloc(w->n * sizeof(float));
     w->g = malloc(w->n * sizeof(float));
@@ -143,7 +145,7 @@ static void note_snapshot(eng_ewc *w, uint32_t tasks_before)
 static sona_status update_weights(eng_ewc *w)
 {
     const uint32_t tasks = sona_ewc_task_count(w->ewc);
-    if (!tasks || w->updates % WEIGHTS_EVERY != 0)
+    if (!tasks || w->updates % w->weights_every != 0)
         return SONA_OK;
     float covered[ENG_CELLS];
     for (uint32_t c = 0; c < ENG_CELLS; c++)
