@@ -272,7 +272,8 @@ class SyncResult(Structure):
 # quality_baseline, last_phi, inputs_out_of_range), checked here too: a field added to a mirror
 # out of step with the header fails at import, not as garbage counters. test_comm.py compares
 # every offset with a compiler's offsetof where one is available.
-assert Stats.tenants.offset == 21 * 8 and ctypes.sizeof(Stats) == Stats.inputs_out_of_range.offset + 8
+assert Stats.tenants.offset == 21 * 8
+assert ctypes.sizeof(Stats) == Stats.inputs_out_of_range.offset + 8
 assert ctypes.sizeof(SyncConfig) == 3 * ctypes.sizeof(c_int)
 assert SyncResult.global_.offset == 32 and ctypes.sizeof(SyncResult) == 32 + ctypes.sizeof(Stats)
 
