@@ -5,6 +5,11 @@ recording and the learning loops) over the shared library, with ctypes and numpy
     with sona.Engine(64, background_thread=False) as e:
         y = e.apply(np.ones(64, np.float32))
 
+Clusters: ``engine.sync(comm)`` merges the engines of every rank through a ``sona.Comm``, the
+collectives as Python callables (``Comm.from_torch()`` over torch.distributed,
+``sona.comm.local_group(n)`` for n threads in one process); a Comm is used by one thread at a
+time, and every rank calls the collectives in the same order (sona.comm).
+
 ``sona.library_path`` says which libsona was loaded (SONA_LIBRARY, the package directory, the
 repository's build/lib, then the system; see sona._native). Every call releases the GIL.
 """
