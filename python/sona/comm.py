@@ -37,6 +37,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import threading
+import weakref
 from ctypes import byref, c_uint32, c_void_p
 from typing import Any, Callable, List, Optional, Sequence, Union
 
@@ -152,10 +153,21 @@ class Comm:
         self._obj = obj
         self.last_exception: Optional[BaseException] = None
         self._use = threading.Lock()
-        # The table: bound methods wrapped once, referenced by self so that they outlive every
-        # call libsona makes (sona_comm_create copies the pointers, not the Python objects).
-        self._cbs = (_n.COMM_RANK(self._cb_rank), _n.COMM_SIZE(self._cb_size),
-                     _n.COMM_ALLREDUCE(self._cb_allreduce), _n.COMM_ALLGATHER(self._cb_allgather))
+        # The table: ctypes thunks referenced by self, so that they outlive every call libsona
+        # makes (sona_comm_create copies the pointers, not the Python objects). They reach self
+        # through a weak reference: no cycle, so a Comm nobody closed is freed (and its handle
+        # destroyed) as soon as it is unreachable, not at the next garbage collection.
+        me = weakref.ref(self)
+
+        def thunk(cftype, method):
+            def cb(*args):
+                c = me()
+                return _BACKEND if c is None else method(c, *args)
+            return cftype(cb)
+
+        self._cbs = (thunk(_n.COMM_RANK, Comm._cb_rank), thunk(_n.COMM_SIZE, Comm._cb_size),
+                     thunk(_n.COMM_ALLREDUCE, Comm._cb_allreduce),
+                     thunk(_n.COMM_ALLGATHER, Comm._cb_allgather))
         ops = _n.CommOps()
         ops.ctx = None
         ops.rank, ops.size, ops.allreduce_sum_f32, ops.allgather = self._cbs
@@ -365,6 +377,12 @@ class _TorchOps:
             raise StateError("Comm.from_torch: torch.distributed is not initialised: call "
                              "torch.distributed.init_process_group(...) first (on every rank)")
         self._torch, self._dist, self._group = torch, dist, group
+        backend = str(dist.get_backend(group)).lower()
+        if backend == "nccl":
+            raise InvalidArgumentError(
+                "Comm.from_torch: the group's backend is NCCL, which needs device tensors and "
+                "libsona's buffers are in host memory: pass a Gloo group made beside it, "
+                "dist.new_group(backend=\"gloo\")")
         self._rank = dist.get_rank(group)
         self._size = dist.get_world_size(group)
         if self._rank < 0:
