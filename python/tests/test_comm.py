@@ -4,7 +4,7 @@ three threads of a local group learn different traffic and sync; afterwards Base
 (apply_layer), tenant 0 (apply) and the pattern bank answer alike, bit for bit, on every rank. A
 callback that raises makes every rank's sync raise a SonaError and leaves every engine as it
 was. The ctypes mirrors of the C structs match a compiler's offsetof. torch.distributed (Gloo,
-a world of one process) where torch is importable."""
+a world of one process, and two processes that learned apart) where torch is importable."""
 import ctypes
 import os
 import shutil
@@ -340,3 +340,33 @@ def test_from_torch_over_gloo_in_a_world_of_one(tmp_path, engines):
             assert engines[1].sync(comm).ranks == 1
     finally:
         dist.destroy_process_group()
+
+
+def test_from_torch_over_gloo_across_two_processes(tmp_path):
+    """The real path: two processes, each an engine that learned its own traffic, synced over a
+    Gloo group; afterwards both answer alike (the same digest of every output)."""
+    pytest.importorskip("torch", reason="torch is not installed (python3-torch): the "
+                                        "torch.distributed path is not tested")
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_rank.py")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(worker)), os.environ.get("PYTHONPATH", "")]))
+    env["SONA_LIBRARY"] = _n.library_path  # the library this test loaded
+    procs = [subprocess.Popen([sys.executable, worker, str(r), "2", str(tmp_path / "store")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for r in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=180)
+            assert p.returncode == 0, err
+            outs.append(out.split())
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    (r0, a0, g0, k0, w0, d0), (r1, a1, g1, k1, w1, d1) = outs
+    assert (r0, r1, a0, a1, k0, k1) == ("0", "1", "3.0", "3.0", "2", "2")
+    assert g0 == g1 == "0000000001010101"
+    assert float(w0) + float(w1) == pytest.approx(1.0)
+    assert d0 == d1, "the two ranks answer differently after the sync"
