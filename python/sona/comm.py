@@ -39,12 +39,12 @@ import enum
 import threading
 import weakref
 from ctypes import byref, c_uint32, c_void_p
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Union
 
 import numpy as np
 
 from . import _native as _n
-from .errors import (BackendError, InvalidArgumentError, SizeError, StateError, STATUS,
+from .errors import (InvalidArgumentError, SizeError, StateError, STATUS,
                      UnavailableError, error_for)
 
 __all__ = ["Comm", "Weighting", "Merge", "Method", "LocalGroup", "local_group"]

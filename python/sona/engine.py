@@ -23,13 +23,16 @@ import os
 import threading
 import weakref
 from ctypes import byref, c_char_p, c_double, c_int, c_int32, c_uint32, c_void_p
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _native as _n
 from .errors import (InvalidArgumentError, NotFoundError, SizeError, SonaError, StateError,
                      error_for)
+
+if TYPE_CHECKING:
+    from .comm import Comm
 
 __all__ = ["Engine", "Request", "Stats", "SyncResult", "PatternHit", "PRESETS", "config_fields",
            "default_config", "state_config", "empty"]
@@ -516,8 +519,8 @@ class Engine:
         return Stats(**{name: getattr(s, name) for name, _ in _n.STATS_FIELDS})
 
     # -- the cluster --
-    def sync(self, comm: "Comm", weighting: Optional[str] = None, merge: Optional[str] = None,
-             method: Optional[str] = None) -> "SyncResult":
+    def sync(self, comm: Comm, weighting: Optional[str] = None, merge: Optional[str] = None,
+             method: Optional[str] = None) -> SyncResult:
         """Merges this engine with the other ranks' through comm (sona_sync): a collective that
         every rank calls, in the same order as its other collectives on comm. Afterwards every
         rank holds the same Base-LoRA, EWC++ state and pattern bank bit for bit, and tenant ids

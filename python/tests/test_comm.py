@@ -313,8 +313,8 @@ def test_from_torch_without_torch_is_unavailable(monkeypatch):
 
 
 def test_from_torch_over_gloo_in_a_world_of_one(tmp_path, engines):
-    torch = pytest.importorskip("torch", reason="torch is not installed (python3-torch): the "
-                                                "torch.distributed path is not tested")
+    pytest.importorskip("torch", reason="torch is not installed (python3-torch): the "
+                                        "torch.distributed path is not tested")
     dist = pytest.importorskip("torch.distributed")
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("this torch has no torch.distributed with Gloo")
