@@ -236,3 +236,62 @@ bank_extract = _proto("sona_bank_extract", st, P, POINTER(ExtractResult))
 bank_search = _proto("sona_bank_search", st, P, P, c_uint32, c_uint32, P, P, POINTER(c_uint32))
 bank_pattern_count = _proto("sona_bank_pattern_count", c_uint32, P)
 bank_pattern_get = _proto("sona_bank_pattern_get", st, P, c_uint64, POINTER(Pattern), P)
+
+
+# ---- the cluster: sona_comm and sona_sync (include/sona/comm.h; python/sona/comm.py) ----------
+
+# sona_comm_ops's callbacks. The data pointers are c_void_p (None for NULL), wrapped by comm.py
+# as numpy arrays and memoryviews over the library's memory (no copy).
+COMM_RANK = ctypes.CFUNCTYPE(c_int, c_void_p, POINTER(c_uint32))
+COMM_SIZE = ctypes.CFUNCTYPE(c_int, c_void_p, POINTER(c_uint32))
+COMM_ALLREDUCE = ctypes.CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
+COMM_ALLGATHER = ctypes.CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t, c_void_p)
+COMM_DESTROY = ctypes.CFUNCTYPE(None, c_void_p)
+
+
+class CommOps(Structure):
+    """sona_comm_ops (include/sona/comm.h), field for field."""
+    _fields_ = [("ctx", c_void_p), ("rank", COMM_RANK), ("size", COMM_SIZE),
+                ("allreduce_sum_f32", COMM_ALLREDUCE), ("allgather", COMM_ALLGATHER),
+                ("destroy", COMM_DESTROY)]
+
+
+class SyncConfig(Structure):
+    """sona_sync_config: three C enums (int-sized)."""
+    _fields_ = [("weighting", c_int), ("merge", c_int), ("method", c_int)]
+
+
+class SyncResult(Structure):
+    """sona_sync_result, field for field (ctypes pads as C does: 4 bytes after tenants_merged,
+    global at offset 32, aligned as sona_stats's uint64_t)."""
+    _fields_ = [("ranks", c_uint32), ("rank", c_uint32), ("weight", c_double),
+                ("merge_error", c_double), ("tenants_merged", c_uint32), ("global_", Stats)]
+
+
+# The layouts libsona asserts (src/engine/sync.c: sona_stats is 21 uint64_t, then tenants,
+# quality_baseline, last_phi, inputs_out_of_range), checked here too: a field added to a mirror
+# out of step with the header fails at import, not as garbage counters. test_comm.py compares
+# every offset with a compiler's offsetof where one is available.
+assert Stats.tenants.offset == 21 * 8
+assert ctypes.sizeof(Stats) == Stats.inputs_out_of_range.offset + 8
+assert ctypes.sizeof(SyncConfig) == 3 * ctypes.sizeof(c_int)
+assert SyncResult.global_.offset == 32 and ctypes.sizeof(SyncResult) == 32 + ctypes.sizeof(Stats)
+
+
+
+def _optional(name, restype, *argtypes):
+    """A function a library older than the package may lack: None there (comm.py then raises
+    UnavailableError) rather than an import that fails for every other use."""
+    return _proto(name, restype, *argtypes) if hasattr(lib, name) else None
+
+
+comm_ops_default = _optional("sona_comm_ops_default", None, POINTER(CommOps))
+comm_create = _optional("sona_comm_create", st, POINTER(CommOps), POINTER(c_void_p))
+comm_destroy = _optional("sona_comm_destroy", None, P)
+comm_last_error = _optional("sona_comm_last_error", c_char_p, P)
+comm_rank = _optional("sona_comm_rank", st, P, POINTER(c_uint32))
+comm_size = _optional("sona_comm_size", st, P, POINTER(c_uint32))
+comm_allreduce_sum = _optional("sona_comm_allreduce_sum", st, P, P, c_size_t)
+comm_allgather = _optional("sona_comm_allgather", st, P, P, c_size_t, P)
+sync_config_default = _optional("sona_sync_config_default", None, POINTER(SyncConfig))
+sync = _optional("sona_sync", st, P, P, POINTER(SyncConfig), P)

@@ -23,7 +23,7 @@ import os
 import threading
 import weakref
 from ctypes import byref, c_char_p, c_double, c_int, c_int32, c_uint32, c_void_p
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -31,7 +31,10 @@ from . import _native as _n
 from .errors import (InvalidArgumentError, NotFoundError, SizeError, SonaError, StateError,
                      error_for)
 
-__all__ = ["Engine", "Request", "Stats", "PatternHit", "PRESETS", "config_fields",
+if TYPE_CHECKING:
+    from .comm import Comm
+
+__all__ = ["Engine", "Request", "Stats", "SyncResult", "PatternHit", "PRESETS", "config_fields",
            "default_config", "state_config", "empty"]
 
 PRESETS = {"default": 0, "max_throughput": 1, "max_quality": 2, "edge": 3}
@@ -162,6 +165,19 @@ Stats = dataclasses.make_dataclass(
     frozen=True, namespace={"__doc__": "Engine.stats(): the fields of sona_stats "
                                        "(include/sona/engine.h), same names and meanings."})
 Stats.__module__ = __name__
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncResult:
+    """Engine.sync's result (sona_sync_result)."""
+    ranks: int            # the size of the communicator
+    rank: int             # this process's rank
+    weight: float         # this rank's share of the merge (the weights sum to 1)
+    merge_error: float    # |merged - M|_F / |M|_F of Base-LoRA's s B A over the layers, M the
+                          # merge's target (for "sketch": of M's part in the sketched range)
+    tenants_merged: int   # tenant ids live on two ranks or more, merged there
+    global_stats: Stats   # sona_sync_result.global: every counter summed over the ranks, read
+                          # just before the merge (quality_baseline, last_phi: the mean)
 
 
 # ---- arrays ----------------------------------------------------------------------------------
@@ -501,6 +517,47 @@ class Engine:
         self._check(_n.get_stats(h, buf), h)
         s = _n.Stats.from_buffer(buf)
         return Stats(**{name: getattr(s, name) for name, _ in _n.STATS_FIELDS})
+
+    # -- the cluster --
+    def sync(self, comm: Comm, weighting: Optional[str] = None, merge: Optional[str] = None,
+             method: Optional[str] = None) -> SyncResult:
+        """Merges this engine with the other ranks' through comm (sona_sync): a collective that
+        every rank calls, in the same order as its other collectives on comm. Afterwards every
+        rank holds the same Base-LoRA, EWC++ state and pattern bank bit for bit, and tenant ids
+        live on several ranks are merged there (README, "Cluster"; include/sona/comm.h).
+
+        weighting: "trajectories" (each rank by what it learned since its last sync; the
+        default) or "equal"; merge: "average" (the default) or "changes" (the last sync's state
+        plus every rank's change since); method: "sketch" (the default) or "exact" for
+        Base-LoRA. Each also takes the members of sona.Weighting, sona.Merge, sona.Method;
+        None keeps the library's default. Queued trajectories are not merged: call
+        force_learn() first.
+
+        Returns a SyncResult. On failure (a callback raised: BackendError chained from the
+        callback's exception; engines of another shape: SizeError) the engine is exactly as
+        before the call, and every rank fails alike. The GIL is released while libsona works,
+        so the ranks of a sona.comm.local_group run in threads."""
+        from .comm import Comm, _sync_config
+        if not isinstance(comm, Comm):
+            raise InvalidArgumentError(f"sync: comm must be a sona.Comm, not "
+                                       f"{type(comm).__name__}")
+        cfg = _sync_config(weighting, merge, method)
+        h = self._handle()
+        # Room to spare, as in stats(): a newer library's longer struct stays inside the buffer.
+        buf = ctypes.create_string_buffer(ctypes.sizeof(_n.SyncResult) + 1024)
+        ch = comm._acquire()
+        try:
+            status = _n.sync(h, ch, byref(cfg), buf)
+            if status:
+                comm._raise(status, _text(_n.engine_last_error(h)))
+        finally:
+            comm._use.release()
+        r = _n.SyncResult.from_buffer(buf)
+        g = r.global_
+        return SyncResult(ranks=int(r.ranks), rank=int(r.rank), weight=float(r.weight),
+                          merge_error=float(r.merge_error), tenants_merged=int(r.tenants_merged),
+                          global_stats=Stats(**{name: getattr(g, name)
+                                                for name, _ in _n.STATS_FIELDS}))
 
     # -- persistence, export --
     def save(self, path: Union[str, os.PathLike]) -> None:
