@@ -1139,7 +1139,8 @@ Test(engine, damaged_bank_dream_and_detector_values_are_refused_and_change_nothi
     const size_t tasks = eng_inspect_ewc_tasks(src, -1),
                  cells = 4 + 4 * (size_t)ENG_CELLS + tasks * (4 * (size_t)ENG_CELLS + 4);
     const size_t layers = sona_engine_get_config(src)->base_layers, rank = sona_engine_get_config(src)->base_rank,
-                 code = 4 + 8 * layers + 8 * layers * rank * rank;
+                 code = 4 + 8 * layers + 8 * layers * rank * rank,
+                 base_weights = layers * rank * sona_engine_get_config(src)->hidden;
     const double two = 2.0, two_to_the_40 = 0x1p40;
     cr_assert_geq(tasks, 1, "the trained engine's Base-LoRA should hold a task snapshot");
     const struct {
@@ -1181,6 +1182,9 @@ Test(engine, damaged_bank_dream_and_detector_values_are_refused_and_change_nothi
         {"BASL", 4, &negative_f, 4, "baseline", "a negative baseline variance"},
         {"BASL", 12, &regions, 4, "baseline", "another number of query regions"},
         {"BASE", basel - 4, &twelve, 4, "pending gradient", "a pending flag that is not 0 or 1"},
+        /* BASE begins with A and Bt (2 x base_weights floats), then the EWC++ record's u32
+         * present, u32 parameter count, u32 tasks. */
+        {"BASE", 8 * base_weights + 8, &twelve, 4, "EWC++", "more task snapshots than max_tasks"},
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         size_t pl;

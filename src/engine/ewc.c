@@ -454,9 +454,9 @@ sona_status eng_ewc_load(sona_rbuf *in, const sona_lora *lora, const sona_engine
     }
     if (st == SONA_OK && version >= 5)
         st = load_cells(in, w, tasks);
-    else
+    else if (st == SONA_OK) /* older files: every snapshot in full, its cells unknown */
         for (uint32_t t = 0; t < tasks; t++)
-            w->weights[t] = 1.0f; /* older files: every snapshot in full, its cells unknown */
+            w->weights[t] = 1.0f;
     if (st != SONA_OK || !cfg->ewc_enabled) {
         eng_ewc_destroy(w);
         return st;
