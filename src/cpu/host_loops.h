@@ -47,6 +47,19 @@ static inline void host_penalise(float *out, const float *g, const float *restri
         out[i] = g[i] - lambda * (fs[i] * theta[i] - ft[i]);
 }
 
+/* y += c x and v *= c, one rounding each per element (the plain loops' results). */
+static inline void host_axpy(float *restrict y, const float *restrict x, size_t n, float c)
+{
+    for (size_t i = 0; i < n; i++)
+        y[i] += c * x[i];
+}
+
+static inline void host_scale(float *v, size_t n, float c)
+{
+    for (size_t i = 0; i < n; i++)
+        v[i] *= c;
+}
+
 /* rows <- p rows in place: r rows of n floats, stride floats apart, mixed by the r x r matrix p
  * (row-major): row j becomes p[j][0] row_0 + p[j][1] row_1 + ..., summed in that order (each
  * product and sum rounded, the order of a plain loop). A block of columns at a time: the sums
@@ -187,6 +200,11 @@ static inline void host_q8_decode(const void *restrict in, size_t n, float *rest
     }                                                                                           \
     double sona_sum_squares_##suffix(const float *v, size_t n) { return host_sum_squares(v, n); } \
     uint32_t sona_max_magnitude_##suffix(const float *v, size_t n) { return sona_max_magnitude_bits(v, n); } \
+    void sona_axpy_##suffix(float *restrict y, const float *restrict x, size_t n, float c)      \
+    {                                                                                           \
+        host_axpy(y, x, n, c);                                                                  \
+    }                                                                                           \
+    void sona_scale_##suffix(float *v, size_t n, float c) { host_scale(v, n, c); }              \
     void sona_mix_rows_##suffix(float *rows, size_t stride, const float *p, uint32_t r, size_t n) \
     {                                                                                           \
         host_mix_rows(rows, stride, p, r, n);                                                   \
@@ -201,6 +219,8 @@ static inline void host_q8_decode(const void *restrict in, size_t n, float *rest
                                 float lambda);                                                  \
     double sona_sum_squares_##suffix(const float *v, size_t n);                                 \
     uint32_t sona_max_magnitude_##suffix(const float *v, size_t n);                             \
+    void sona_axpy_##suffix(float *restrict y, const float *restrict x, size_t n, float c);     \
+    void sona_scale_##suffix(float *v, size_t n, float c);                                      \
     void sona_mix_rows_##suffix(float *rows, size_t stride, const float *p, uint32_t r, size_t n); \
     int sona_q8_encode_##suffix(const float *x, size_t n, void *out);                           \
     void sona_q8_decode_##suffix(const void *in, size_t n, float *out);
@@ -210,6 +230,7 @@ static inline void host_q8_decode(const void *restrict in, size_t n, float *rest
     .all_finite = sona_all_finite_##suffix, .fisher_ema = sona_fisher_ema_##suffix,             \
     .penalise = sona_penalise_##suffix, .sum_squares = sona_sum_squares_##suffix,               \
     .max_magnitude = sona_max_magnitude_##suffix, .mix_rows = sona_mix_rows_##suffix,           \
+    .axpy = sona_axpy_##suffix, .scale = sona_scale_##suffix,                                   \
     .q8_encode = sona_q8_encode_##suffix, .q8_decode = sona_q8_decode_##suffix
 
 #endif

@@ -894,9 +894,7 @@ sona_status sona_lora_bound_gain(sona_lora *l, float max_gain, uint32_t *capped)
         const double g = gain_bound(A + off, Bt + off, r, H, s);
         if (!(g > max_gain))
             continue;
-        const float f = (float)(max_gain / g);
-        for (size_t i = 0; i < l->adapter_floats; i++)
-            Bt[off + i] *= f;
+        sona_host_kernels_get()->scale(Bt + off, l->adapter_floats, (float)(max_gain / g));
         n++;
     }
     if (n && copy) {
