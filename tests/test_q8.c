@@ -3,7 +3,7 @@
  * blocks included), NaN/Inf refused, exact decoding, outliers confined to their block, every x86
  * variant's encoder and decoder identical to the baseline build, and the f32 x Q8 dot kernels of
  * every variant the host runs against a double reference, odd lengths (partial last blocks)
- * included. */
+ * included; and the host loops beside them (mix_rows, max_magnitude, axpy, scale) likewise. */
 #include <criterion/criterion.h>
 #include <inttypes.h>
 #include <math.h>
@@ -239,4 +239,94 @@ Test(q8, pow2_scales_round_trip_and_dither_is_unbiased)
                           "n=%u i=%u: dithered mean %g for %g (step %g)", n, i, mean[i], x[i], s);
         }
     }
+}
+
+/* ---- host loops beside the codec: mix_rows and max_magnitude ---------------------------------
+ * Every x86 variant's build of them gives the plain loop's bits: mix_rows the sums of
+ * code_precondition_gradients as it was written before (p0 row0, then + pk rowk in order), odd
+ * widths and a stride past the rows included; max_magnitude the largest magnitude's bits, NaN
+ * and Inf above every finite bound; axpy and scale the plain loops' bits. */
+typedef void (*mix_fn)(float *rows, size_t stride, const float *p, uint32_t r, size_t n);
+typedef uint32_t (*maxmag_fn)(const float *v, size_t n);
+typedef void (*axpy_fn)(float *y, const float *x, size_t n, float c);
+typedef void (*scale_fn)(float *v, size_t n, float c);
+
+static void check_host_loops(const char *name, mix_fn mix, maxmag_fn maxmag, axpy_fn axpy, scale_fn scale,
+                             uint64_t seed)
+{
+    static const uint32_t ranks[] = {1, 2, 3, 4, 8};
+    static const uint32_t widths[] = {1, 5, 63, 64, 65, 200};
+    static float rows[8 * 203], want[8 * 203], p[64];
+    sona_rng rng;
+    sona_rng_seed(&rng, seed, 77);
+    for (size_t ri = 0; ri < sizeof ranks / sizeof *ranks; ri++)
+        for (size_t wi = 0; wi < sizeof widths / sizeof *widths; wi++) {
+            const uint32_t r = ranks[ri], n = widths[wi], stride = n + 3;
+            for (uint32_t i = 0; i < r * stride; i++)
+                rows[i] = sona_rng_normal(&rng) * 1e-3f;
+            for (uint32_t i = 0; i < r * r; i++)
+                p[i] = sona_rng_normal(&rng);
+            memcpy(want, rows, r * stride * sizeof *rows);
+            for (uint32_t j = 0; j < r; j++)
+                for (uint32_t h = 0; h < n; h++) {
+                    float v = p[j * r] * rows[h];
+                    for (uint32_t k = 1; k < r; k++)
+                        v += p[j * r + k] * rows[k * stride + h];
+                    want[j * stride + h] = v;
+                }
+            mix(rows, stride, p, r, n);
+            cr_assert_eq(memcmp(rows, want, r * stride * sizeof *rows), 0, "%s mix_rows r=%u n=%u", name, r, n);
+        }
+    float v[MAXN];
+    for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+        const uint32_t n = sizes[si];
+        for (uint32_t i = 0; i < n; i++)
+            v[i] = sona_rng_normal(&rng);
+        cr_assert_eq(maxmag(v, n), sona_max_magnitude_bits(v, n), "%s max_magnitude n=%u", name, n);
+        v[n - 1] = -INFINITY;
+        cr_assert_geq(maxmag(v, n), 0x7f800000u, "%s: Inf n=%u", name, n);
+        v[n / 2] = NAN;
+        cr_assert_gt(maxmag(v, n), 0x7f800000u, "%s: NaN n=%u", name, n);
+        /* axpy and scale: one rounding an element, as the plain loops */
+        float y[MAXN], w[MAXN];
+        const float c = sona_rng_normal(&rng);
+        for (uint32_t i = 0; i < n; i++) {
+            v[i] = sona_rng_normal(&rng);
+            y[i] = w[i] = sona_rng_normal(&rng);
+        }
+        for (uint32_t i = 0; i < n; i++)
+            w[i] += c * v[i];
+        axpy(y, v, n, c);
+        cr_assert_eq(memcmp(y, w, n * sizeof *y), 0, "%s axpy n=%u", name, n);
+        for (uint32_t i = 0; i < n; i++)
+            w[i] *= c;
+        scale(y, n, c);
+        cr_assert_eq(memcmp(y, w, n * sizeof *y), 0, "%s scale n=%u", name, n);
+    }
+}
+
+Test(host_loops, variants_match_the_plain_loops)
+{
+    const uint64_t seed = test_seed();
+    printf("[host_loops] seed %" PRIu64 "\n", seed);
+    check_host_loops("scalar", sona_mix_rows_scalar, sona_max_magnitude_scalar, sona_axpy_scalar, sona_scale_scalar,
+                     seed);
+    const sona_host_kernels *hk = sona_host_kernels_get();
+    check_host_loops("chosen", hk->mix_rows, hk->max_magnitude, hk->axpy, hk->scale, seed);
+#if defined(__x86_64__) || defined(__i386__)
+    const uint32_t f = sona_probe()->features;
+    if ((f & SONA_CPU_AVX2) && (f & SONA_CPU_FMA))
+        check_host_loops("avx2", sona_mix_rows_avx2, sona_max_magnitude_avx2, sona_axpy_avx2, sona_scale_avx2, seed);
+    const uint32_t avx512 = SONA_CPU_AVX512F | SONA_CPU_AVX512BW | SONA_CPU_AVX512VL;
+    if ((f & avx512) == avx512)
+        check_host_loops("avx512", sona_mix_rows_avx512, sona_max_magnitude_avx512, sona_axpy_avx512,
+                         sona_scale_avx512, seed);
+#endif
+    /* The per-step range check is exact at its bound. */
+    float b[3] = {0.5f, -2.0f, 1.0f};
+    cr_assert(sona_all_within_fast(b, 3, 2.0f));
+    b[1] = nextafterf(-2.0f, -3.0f);
+    cr_assert_not(sona_all_within_fast(b, 3, 2.0f));
+    b[1] = NAN;
+    cr_assert_not(sona_all_within_fast(b, 3, 1e30f));
 }

@@ -147,6 +147,13 @@ typedef struct sona_host_kernels {
     void (*penalise)(float *out, const float *g, const float *theta, const float *fs,
                      const float *ft, size_t n, float lambda);
     double (*sum_squares)(const float *v, size_t n);
+    /* the largest |v[i]| as IEEE bits (common/float_bits.h's sona_max_magnitude_bits) */
+    uint32_t (*max_magnitude)(const float *v, size_t n);
+    /* rows <- p rows in place: r <= 64 rows of n floats, stride apart, p r x r row-major */
+    void (*mix_rows)(float *rows, size_t stride, const float *p, uint32_t r, size_t n);
+    /* y += c x (y and x do not overlap); v *= c */
+    void (*axpy)(float *y, const float *x, size_t n, float c);
+    void (*scale)(float *v, size_t n, float c);
     /* Q8 (common/q8.h); encode returns 0 on NaN or Inf */
     int (*q8_encode)(const float *x, size_t n, void *out);
     void (*q8_decode)(const void *q, size_t n, float *out);
@@ -155,7 +162,7 @@ typedef struct sona_host_kernels {
 /* The host kernels in sona_host_kernels order, for code that handles each the same way. */
 #define SONA_HOST_KERNEL_LIST(X)                                                                \
     X(dot) X(dot_f16) X(widen_f16) X(dot_q8) X(all_finite) X(fisher_ema) X(penalise)            \
-    X(sum_squares) X(q8_encode) X(q8_decode)
+    X(sum_squares) X(max_magnitude) X(mix_rows) X(axpy) X(scale) X(q8_encode) X(q8_decode)
 
 /* One backend, or one CPU variant: a struct of function pointers. A NULL op is unsupported.
  * ctx is the backend's own state (NULL for CPU variants). */

@@ -47,6 +47,60 @@ static inline void host_penalise(float *out, const float *g, const float *restri
         out[i] = g[i] - lambda * (fs[i] * theta[i] - ft[i]);
 }
 
+/* y += c x and v *= c, one rounding each per element (the plain loops' results). */
+static inline void host_axpy(float *restrict y, const float *restrict x, size_t n, float c)
+{
+    for (size_t i = 0; i < n; i++)
+        y[i] += c * x[i];
+}
+
+static inline void host_scale(float *v, size_t n, float c)
+{
+    for (size_t i = 0; i < n; i++)
+        v[i] *= c;
+}
+
+/* rows <- p rows in place: r rows of n floats, stride floats apart, mixed by the r x r matrix p
+ * (row-major): row j becomes p[j][0] row_0 + p[j][1] row_1 + ..., summed in that order (each
+ * product and sum rounded, the order of a plain loop). A block of columns at a time: the sums
+ * but their last term go to a scratch block, then the last term, read from row r-1, completes
+ * each row in place (row r-1 itself last), so the rows are read once and copied nowhere.
+ * r <= HOST_MIX_MAX_ROWS. */
+#define HOST_MIX_MAX_ROWS 64
+#define HOST_MIX_BLOCK 64
+static inline void host_mix_rows(float *rows, size_t stride, const float *p, uint32_t r, size_t n)
+{
+    float part[HOST_MIX_MAX_ROWS * HOST_MIX_BLOCK];
+    const float *last = rows + (size_t)(r - 1) * stride;
+    for (size_t lo = 0; lo < n; lo += HOST_MIX_BLOCK) {
+        const size_t m = n - lo < HOST_MIX_BLOCK ? n - lo : HOST_MIX_BLOCK;
+        if (r == 1) {
+            for (size_t h = 0; h < m; h++)
+                rows[lo + h] = p[0] * rows[lo + h];
+            continue;
+        }
+        for (uint32_t j = 0; j < r; j++) {
+            float *restrict acc = part + (size_t)j * HOST_MIX_BLOCK;
+            const float *restrict in0 = rows + lo;
+            const float p0 = p[(size_t)j * r];
+            for (size_t h = 0; h < m; h++)
+                acc[h] = p0 * in0[h];
+            for (uint32_t k = 1; k + 1 < r; k++) {
+                const float pk = p[(size_t)j * r + k];
+                const float *restrict ink = rows + k * stride + lo;
+                for (size_t h = 0; h < m; h++)
+                    acc[h] += pk * ink[h];
+            }
+        }
+        for (uint32_t j = 0; j < r; j++) {
+            const float *acc = part + (size_t)j * HOST_MIX_BLOCK, pl = p[(size_t)j * r + r - 1];
+            float *out = rows + j * stride + lo;
+            for (size_t h = 0; h < m; h++)
+                out[h] = acc[h] + pl * last[lo + h];
+        }
+    }
+}
+
 /* Sum of squares in 16 float lanes (a fixed order, so the same sum at every ISA level). */
 static inline double host_sum_squares(const float *v, size_t n)
 {
@@ -145,6 +199,16 @@ static inline void host_q8_decode(const void *restrict in, size_t n, float *rest
         host_penalise(out, g, theta, fs, ft, n, lambda);                                        \
     }                                                                                           \
     double sona_sum_squares_##suffix(const float *v, size_t n) { return host_sum_squares(v, n); } \
+    uint32_t sona_max_magnitude_##suffix(const float *v, size_t n) { return sona_max_magnitude_bits(v, n); } \
+    void sona_axpy_##suffix(float *restrict y, const float *restrict x, size_t n, float c)      \
+    {                                                                                           \
+        host_axpy(y, x, n, c);                                                                  \
+    }                                                                                           \
+    void sona_scale_##suffix(float *v, size_t n, float c) { host_scale(v, n, c); }              \
+    void sona_mix_rows_##suffix(float *rows, size_t stride, const float *p, uint32_t r, size_t n) \
+    {                                                                                           \
+        host_mix_rows(rows, stride, p, r, n);                                                   \
+    }                                                                                           \
     void sona_q8_decode_##suffix(const void *in, size_t n, float *out) { host_q8_decode(in, n, out); }
 
 #define SONA_HOST_LOOPS_DECLARE(suffix)                                                          \
@@ -154,6 +218,10 @@ static inline void host_q8_decode(const void *restrict in, size_t n, float *rest
                                 const float *restrict fs, const float *restrict ft, size_t n,   \
                                 float lambda);                                                  \
     double sona_sum_squares_##suffix(const float *v, size_t n);                                 \
+    uint32_t sona_max_magnitude_##suffix(const float *v, size_t n);                             \
+    void sona_axpy_##suffix(float *restrict y, const float *restrict x, size_t n, float c);     \
+    void sona_scale_##suffix(float *v, size_t n, float c);                                      \
+    void sona_mix_rows_##suffix(float *rows, size_t stride, const float *p, uint32_t r, size_t n); \
     int sona_q8_encode_##suffix(const float *x, size_t n, void *out);                           \
     void sona_q8_decode_##suffix(const void *in, size_t n, float *out);
 
@@ -161,6 +229,8 @@ static inline void host_q8_decode(const void *restrict in, size_t n, float *rest
 #define SONA_HOST_LOOPS_FIELDS(suffix)                                                          \
     .all_finite = sona_all_finite_##suffix, .fisher_ema = sona_fisher_ema_##suffix,             \
     .penalise = sona_penalise_##suffix, .sum_squares = sona_sum_squares_##suffix,               \
+    .max_magnitude = sona_max_magnitude_##suffix, .mix_rows = sona_mix_rows_##suffix,           \
+    .axpy = sona_axpy_##suffix, .scale = sona_scale_##suffix,                                   \
     .q8_encode = sona_q8_encode_##suffix, .q8_decode = sona_q8_decode_##suffix
 
 #endif

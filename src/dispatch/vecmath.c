@@ -41,6 +41,7 @@ void sona_q8_decode(const void *q, size_t n, float *out) { sona_host_kernels_get
 
 int sona_all_within_fast(const float *v, size_t n, float bound)
 {
-    const double ss = sona_host_kernels_get()->sum_squares(v, n);
-    return ss <= (double)bound * bound || sona_all_within(v, n, bound); /* NaN fails both */
+    uint32_t b;
+    memcpy(&b, &bound, sizeof b);
+    return sona_host_kernels_get()->max_magnitude(v, n) <= (b & 0x7fffffffu); /* NaN's bits exceed any bound's */
 }

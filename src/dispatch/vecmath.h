@@ -31,8 +31,8 @@ void sona_q8_decode(const void *q, size_t n, float *out);
 /* Whether all n floats are finite (the chosen variant's loop). */
 int sona_all_finite(const float *v, size_t n);
 /* Whether all n floats are finite and within +-bound (bound >= 0): one pass of the chosen
- * variant's sum of squares, which bounds every value when it is within bound^2, and the exact
- * (slower) test only when it is not. The per-step check of live traffic. */
+ * variant's integer max over the magnitude bits (exact; its lanes are independent, where a
+ * sum of squares waits on one chain of adds). The per-step check of live traffic. */
 int sona_all_within_fast(const float *v, size_t n, float bound);
 
 /* Scales v (n floats) to unit L2 norm; returns the norm before scaling (0: v left unchanged). */

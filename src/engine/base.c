@@ -191,7 +191,8 @@ static sona_status gradient_check(sona_lora *lora)
 sona_status eng_train_and_publish(sona_engine *e, sona_lora *lora, eng_ewc *ewc, sona_snapshot_slot *slot)
 {
     int boundary = 0;
-    sona_status st = gradient_check(lora);
+    /* With EWC++ its step checks the gradients (loop A's cost: one pass over them, not two). */
+    sona_status st = ewc ? SONA_OK : gradient_check(lora);
     if (st == SONA_OK)
         st = ewc ? eng_ewc_step(ewc, lora, &e->cfg, &boundary) : sona_lora_apply_updates(lora);
     if (st != SONA_OK) {

@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "common/float_bits.h"
 #include "common/serial.h"
+#include "core/adapt/ewc_internal.h"
 #include "core/adapt/lora_internal.h"
 #include "dispatch/vecmath.h"
 #include "sona/ewc.h"
@@ -298,10 +299,9 @@ sona_status eng_ewc_step(eng_ewc *w, sona_lora *lora, const sona_engine_config *
                 note_snapshot(w, before);
             *boundary = 1;
         }
-        if (st == SONA_OK)
-            st = sona_ewc_update_fisher(w->ewc, g, w->n);
         if (st != SONA_OK)
             return st;
+        sona_ewc_fold_fisher(w->ewc, g); /* finite: within ENG_MAX_GRADIENT above */
         if (*boundary)
             w->lambda_valid = 0;
     }

@@ -5,6 +5,7 @@
 #include "sona/ewc.h"
 
 #include "common/error.h"
+#include "core/adapt/ewc_internal.h"
 #include "dispatch/vecmath.h"
 
 #include <math.h>
@@ -196,6 +197,8 @@ static void fold_fisher(sona_ewc *e, const float *g)
 {
     sona_host_kernels_get()->fisher_ema(e->fisher, g, e->cfg.param_count, e->cfg.fisher_decay);
 }
+
+void sona_ewc_fold_fisher(sona_ewc *e, const float *g) { fold_fisher(e, g); }
 
 sona_status sona_ewc_update_fisher(sona_ewc *e, const float *g, uint32_t n)
 {

@@ -657,38 +657,29 @@ static int code_preconditioner(const sona_lora *l, uint32_t adapter, double *P)
 }
 
 /* gBt of every adapter with pending signals <- P gBt (its rows are B's columns, one per code
- * dimension); on a device, through a host copy of the accumulators. */
+ * dimension), in place by the CPU variant's mix_rows; on a device, through a host copy of the
+ * accumulators. */
 static sona_status code_precondition_gradients(sona_lora *l)
 {
     const uint32_t r = l->cfg.rank, H = l->cfg.hidden;
     const size_t total = l->adapter_floats * l->cfg.count;
     const int host = l->be->host_memory;
-    float *rows = malloc((size_t)r * H * sizeof *rows), *all = host ? l->gBt : malloc(total * sizeof *all);
-    sona_status st = rows && all ? SONA_OK : sona_fail(&l->err, SONA_E_NOMEM, "out of memory preconditioning gradients");
+    float *all = host ? l->gBt : malloc(total * sizeof *all);
+    sona_status st = all ? SONA_OK : sona_fail(&l->err, SONA_E_NOMEM, "out of memory preconditioning gradients");
     if (st == SONA_OK && !host && l->be->download(l->be->ctx, all, l->gBt, 0, total * sizeof *all) != SONA_OK)
         st = backend_failed(l, "download", SONA_E_BACKEND);
+    const sona_host_kernels *k = sona_host_kernels_get();
     for (uint32_t a = 0; st == SONA_OK && a < l->cfg.count; a++) {
         double P[SONA_LORA_MAX_RANK * SONA_LORA_MAX_RANK];
+        float Pf[SONA_LORA_MAX_RANK * SONA_LORA_MAX_RANK];
         if (!l->pending[a] || !code_preconditioner(l, a, P))
             continue;
-        float *g = all + (size_t)a * l->adapter_floats;
-        memcpy(rows, g, (size_t)r * H * sizeof *rows);
-        for (uint32_t j = 0; j < r; j++) {
-            float *out = g + (size_t)j * H;
-            const float p0 = (float)P[j * r];
-            for (uint32_t h = 0; h < H; h++)
-                out[h] = p0 * rows[h];
-            for (uint32_t k = 1; k < r; k++) {
-                const float p = (float)P[j * r + k];
-                const float *in = rows + (size_t)k * H;
-                for (uint32_t h = 0; h < H; h++)
-                    out[h] += p * in[h];
-            }
-        }
+        for (uint32_t j = 0; j < r * r; j++)
+            Pf[j] = (float)P[j];
+        k->mix_rows(all + (size_t)a * l->adapter_floats, H, Pf, r, H);
     }
     if (st == SONA_OK && !host && l->be->upload(l->be->ctx, l->gBt, 0, all, total * sizeof *all) != SONA_OK)
         st = backend_failed(l, "upload", SONA_E_BACKEND);
-    free(rows);
     if (!host)
         free(all);
     return st;
@@ -903,9 +894,7 @@ sona_status sona_lora_bound_gain(sona_lora *l, float max_gain, uint32_t *capped)
         const double g = gain_bound(A + off, Bt + off, r, H, s);
         if (!(g > max_gain))
             continue;
-        const float f = (float)(max_gain / g);
-        for (size_t i = 0; i < l->adapter_floats; i++)
-            Bt[off + i] *= f;
+        sona_host_kernels_get()->scale(Bt + off, l->adapter_floats, (float)(max_gain / g));
         n++;
     }
     if (n && copy) {

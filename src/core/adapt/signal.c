@@ -150,6 +150,7 @@ static double norm2(const float *a, uint32_t n)
 static int contrast(const step_view *v, float *dir)
 {
     const uint32_t dim = v->dim;
+    const sona_host_kernels *k = sona_host_kernels_get(); /* the variant's loops: same bits */
     double mean = 0.0, lo = INFINITY, hi = -INFINITY;
     uint32_t used = 0;
     for (uint32_t i = 0; i < v->steps; i++) {
@@ -171,8 +172,7 @@ static int contrast(const step_view *v, float *dir)
             continue;
         const float *a = step_act(v, i);
         const float c = (float)(step_reward(v, i) - mean);
-        for (uint32_t j = 0; j < dim; j++)
-            dir[j] += c * a[j];
+        k->axpy(dir, a, dim, c);
         total += fabs(c);
         scale += fabs(c) * norm2(a, dim);
     }
@@ -181,9 +181,7 @@ static int contrast(const step_view *v, float *dir)
         return -1;
     if (!(nrm > 1e-5 * scale))
         return 0;
-    const float inv = (float)(1.0 / total);
-    for (uint32_t j = 0; j < dim; j++)
-        dir[j] *= inv;
+    k->scale(dir, dim, (float)(1.0 / total));
     return 1;
 }
 
