@@ -604,15 +604,16 @@ static void code_observe(sona_lora *l, uint32_t adapter, const double *z)
     l->code_weight[adapter] += rate * (1.0 - l->code_weight[adapter]);
 }
 
-/* P for adapter (r x r, row-major): 0 (P not set) before any signal or for a degenerate M. */
-static int code_preconditioner(const sona_lora *l, uint32_t adapter, double *P)
+/* The Cholesky factor L (lower, in place in K, r x r row-major) of M / weight + CODE_RIDGE t I
+ * and t = trace(M / weight) / rank: 0 before any signal or for a degenerate M. */
+static int code_factor(const sona_lora *l, uint32_t adapter, double *K, double *t_out)
 {
     const uint32_t r = l->cfg.rank;
     const double wgt = l->code_weight[adapter];
     const double *M = l->code_cov + (size_t)adapter * r * r;
     if (!(wgt > 0.0))
         return 0;
-    double K[SONA_LORA_MAX_RANK * SONA_LORA_MAX_RANK], t = 0.0;
+    double t = 0.0;
     for (uint32_t j = 0; j < r; j++)
         t += M[j * r + j] / wgt;
     t /= r;
@@ -622,7 +623,7 @@ static int code_preconditioner(const sona_lora *l, uint32_t adapter, double *P)
         K[j] = M[j] / wgt;
     for (uint32_t j = 0; j < r; j++)
         K[j * r + j] += CODE_RIDGE * t;
-    /* Cholesky K = L L^T in place (K is symmetric positive definite: the ridge sees to it). */
+    /* K is symmetric positive definite: the ridge sees to it. */
     for (uint32_t j = 0; j < r; j++) {
         for (uint32_t k = 0; k <= j; k++) {
             double v = K[j * r + k];
@@ -637,15 +638,33 @@ static int code_preconditioner(const sona_lora *l, uint32_t adapter, double *P)
             }
         }
     }
+    *t_out = t;
+    return 1;
+}
+
+/* y = L^-1 v (forward substitution over the factor in K). */
+static void code_forward(const double *K, uint32_t r, const double *v, double *y)
+{
+    for (uint32_t j = 0; j < r; j++) {
+        double acc = v[j];
+        for (uint32_t m = 0; m < j; m++)
+            acc -= K[j * r + m] * y[m];
+        y[j] = acc / K[j * r + j];
+    }
+}
+
+/* P for adapter (r x r, row-major): 0 (P not set) before any signal or for a degenerate M. */
+static int code_preconditioner(const sona_lora *l, uint32_t adapter, double *P)
+{
+    const uint32_t r = l->cfg.rank;
+    double K[SONA_LORA_MAX_RANK * SONA_LORA_MAX_RANK], t;
+    if (!code_factor(l, adapter, K, &t))
+        return 0;
     /* P = t K^-1, column by column: L y = t e_c, then L^T p = y. */
     for (uint32_t c = 0; c < r; c++) {
-        double y[SONA_LORA_MAX_RANK];
-        for (uint32_t j = 0; j < r; j++) {
-            double v = j == c ? t : 0.0;
-            for (uint32_t m = 0; m < j; m++)
-                v -= K[j * r + m] * y[m];
-            y[j] = v / K[j * r + j];
-        }
+        double e[SONA_LORA_MAX_RANK] = {0}, y[SONA_LORA_MAX_RANK];
+        e[c] = t;
+        code_forward(K, r, e, y);
         for (uint32_t j = r; j-- > 0;) {
             double v = y[j];
             for (uint32_t m = j + 1; m < r; m++)
@@ -653,6 +672,21 @@ static int code_preconditioner(const sona_lora *l, uint32_t adapter, double *P)
             P[j * r + c] = v / K[j * r + j];
         }
     }
+    return 1;
+}
+
+/* z^T P z = t |L^-1 z|^2 (one forward substitution, no inverse): 0 (nothing set) as above. */
+static int code_quadratic(const sona_lora *l, uint32_t adapter, const double *z, double *out)
+{
+    const uint32_t r = l->cfg.rank;
+    double K[SONA_LORA_MAX_RANK * SONA_LORA_MAX_RANK], t, y[SONA_LORA_MAX_RANK];
+    if (!code_factor(l, adapter, K, &t))
+        return 0;
+    code_forward(K, r, z, y);
+    double q = 0.0;
+    for (uint32_t j = 0; j < r; j++)
+        q += y[j] * y[j];
+    *out = t * q;
     return 1;
 }
 
@@ -784,14 +818,10 @@ sona_status sona_lora_normalize_signals(sona_lora *l, uint32_t n, const int32_t 
         }
         if (l->code_rate > 0.0f) {
             /* B's step will be preconditioned: its part of the output change is z^T P z. */
-            double P[SONA_LORA_MAX_RANK * SONA_LORA_MAX_RANK];
+            double zpz;
             code_observe(l, (uint32_t)ids[i], z);
-            if (code_preconditioner(l, (uint32_t)ids[i], P)) {
-                ax2 = 0.0;
-                for (uint32_t j = 0; j < r; j++)
-                    for (uint32_t k = 0; k < r; k++)
-                        ax2 += z[j] * P[j * r + k] * z[k];
-            }
+            if (code_quadratic(l, (uint32_t)ids[i], z, &zpz))
+                ax2 = zpz;
         }
         /* |g|^2 = s^2 (|A x|^2 |delta|^2 + |B^T delta|^2 |x|^2); a step c g moves <y(x), delta>
          * by c |g|^2, which is |delta|^2 (that is, y(x) by delta) for c = |delta|^2 / |g|^2. */
