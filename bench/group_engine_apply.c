@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Group engine_apply: sona_apply_batch as an inference server calls it at decode - 256 rows of
- * hidden 4096, each row's tenant one of 64 Micro-LoRA adapters (rank 2), interleaved - on the
+ * hidden 4096, each row's tenant one of 64 Micro-LoRA adapters (the default preset's rank, in
+ * the row's name), interleaved - on the
  * CPU and through the engine's device copy of the adapters (when an accelerator is there).
  * The device rows include moving x and y between host and device: what a caller pays. */
 #include "bench.h"
@@ -9,6 +10,7 @@
 #include "sona/engine.h"
 #include "support/fill.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 enum { ROWS = 256, HIDDEN = 4096, TENANTS = 64 };
@@ -62,13 +64,17 @@ static void run_engine_apply(bench_ctx *ctx)
     fill_uniform(&r, c.x, (size_t)ROWS * HIDDEN, -1.0f, 1.0f);
     for (int i = 0; i < ROWS; i++)
         c.ids[i] = (int32_t)(sona_rng_next(&r) % TENANTS);
-    /* x and y once each, plus each adapter's A and B (rank 2) once. */
-    const double bytes = 2.0 * ROWS * HIDDEN * 4 + TENANTS * 2.0 * 2 * HIDDEN * 4,
-                 flops = ROWS * 4.0 * 2 * HIDDEN;
+    /* x and y once each, plus each adapter's A and B once. */
+    sona_engine_config dc;
+    sona_engine_config_default(&dc, SONA_PRESET_DEFAULT, HIDDEN);
+    const double R = dc.micro_rank, bytes = 2.0 * ROWS * HIDDEN * 4 + TENANTS * 2.0 * R * HIDDEN * 4,
+                 flops = ROWS * 4.0 * R * HIDDEN;
+    char name[48];
+    snprintf(name, sizeof name, "256x4096 r%u, 64 tenants", dc.micro_rank);
     for (int device = 0; device < 2; device++) {
         sona_engine *e = make_engine(device, &r, c.y);
         const char *where = e ? sona_engine_device(e) : NULL;
-        const bench_row row = {.group = "engine_apply", .name = "256x4096 r2, 64 tenants",
+        const bench_row row = {.group = "engine_apply", .name = name,
                                .backend = device ? (where ? where : "device") : "cpu",
                                .flops = flops, .bytes = bytes};
         if (!e)

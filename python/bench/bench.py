@@ -7,7 +7,7 @@ Rows (issue targets in brackets):
   apply 1x4096         Engine.apply of one row into out=, per call; against the C time per row,
                        taken from one apply_batch of 1 000 rows of that tenant divided by 1 000
                        [<= 3 us above it]
-  apply_batch 256x4096 64 tenants interleaved, rank 2, on the CPU (device_apply=0): against the
+  apply_batch 256x4096 64 tenants interleaved, the default rank, on the CPU (device_apply=0): against the
                        C library's `sona bench --group engine_apply` CPU row, run by this script
                        [>= 90 % of its throughput]
   request 4x4096       begin, 4 steps of 4096, end, background thread on [<= 15 us]
