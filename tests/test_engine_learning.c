@@ -34,13 +34,10 @@ static sona_engine *make_engine(int ewc, sona_storage storage, uint64_t seed)
     return e;
 }
 
-/* The mean score of the adapted outputs on the same 300 queries at every call: two evaluations
- * differ by what the adapter learned, not by which queries were drawn. */
+/* Tenant 0's score on the evaluation queries of seed (synth_task_score). */
 static double evaluate(const synth_task *t, sona_engine *e, uint64_t seed)
 {
-    sona_rng r;
-    sona_rng_seed(&r, seed, EVAL_STREAM);
-    return synth_task_run(t, e, 0, 300, &r, 0);
+    return synth_task_score(t, e, 0, seed, EVAL_STREAM);
 }
 
 /* One learner on its own task (replicate r draws task and requests from streams of seed): the

@@ -36,9 +36,7 @@ static sona_engine *make_engine(uint64_t seed)
 
 static double evaluate(const synth_task *t, sona_engine *e, uint64_t seed)
 {
-    sona_rng r;
-    sona_rng_seed(&r, seed, EVAL_STREAM);
-    return synth_task_run(t, e, 0, 300, &r, 0);
+    return synth_task_score(t, e, 0, seed, EVAL_STREAM);
 }
 
 typedef struct cluster {

@@ -104,3 +104,10 @@ double synth_task_run(const synth_task *t, sona_engine *e, int32_t tenant, uint3
     free(rewards);
     return done ? sum / done : 0;
 }
+
+double synth_task_score(const synth_task *t, sona_engine *e, int32_t tenant, uint64_t seed, uint64_t stream)
+{
+    sona_rng r;
+    sona_rng_seed(&r, seed, stream);
+    return synth_task_run(t, e, tenant, 300, &r, 0);
+}

@@ -32,4 +32,8 @@ void synth_task_free(synth_task *t);
 double synth_task_run(const synth_task *t, sona_engine *e, int32_t tenant, uint32_t n, sona_rng *rng,
                       int learn);
 
+/* The score of tenant's adapted outputs (apply only) on the same 300 queries at every call, drawn
+ * from (seed, stream): two evaluations differ by what the adapter learned, not by the queries. */
+double synth_task_score(const synth_task *t, sona_engine *e, int32_t tenant, uint64_t seed, uint64_t stream);
+
 #endif
