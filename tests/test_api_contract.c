@@ -621,6 +621,15 @@ static sona_status signal_from_output(world *w, const float *output)
     return sona_signal_from_trajectory_opts(w->signals, w->ended, &o, w->out, w->out + H, &w->wout);
 }
 
+/* The ended trajectory's signal with a critic's offset of the quality. */
+static sona_status signal_offset(world *w, float offset)
+{
+    sona_signal_options o;
+    sona_signal_options_default(&o);
+    o.quality_offset = offset;
+    return sona_signal_from_trajectory_opts(w->signals, w->ended, &o, w->out, w->out + H, &w->wout);
+}
+
 /* A baseline weighed on a copy of the builder's (the world's stays as it is). */
 static sona_status weigh_copy(world *w, float quality)
 {
@@ -1053,6 +1062,8 @@ static sona_status ewc_detector_with(world *w, double short_mean, double long_va
     X(signal_create_share_2, CREATE_WITH(signal, outcome_share, 2.0f), SONA_E_INVALID, THREAD, "outcome_share") \
     X(signal_create_share_nan, CREATE_WITH(signal, outcome_share, NAN), SONA_E_NONFINITE, THREAD, "outcome_share") \
     X(signal_output_nan, signal_from_output(w, w->nan_x + H), SONA_E_NONFINITE, THREAD, "output")          \
+    X(signal_offset_nan, signal_offset(w, NAN), SONA_E_NONFINITE, THREAD, "offset")                    \
+    X(signal_offset_overflow, signal_offset(w, -3e38f), SONA_E_NONFINITE, THREAD, "overflows")         \
     X(signal_null_builder, signal_of(w, NULL, w->ended, SONA_LAYER_NONE), SONA_E_NULL, THREAD, "builder") \
     X(signal_null_trajectory, signal_of(w, w->signals, NULL, SONA_LAYER_NONE), SONA_E_NULL, THREAD, "trajectory") \
     X(signal_open_trajectory, signal_of(w, w->signals, w->traj, SONA_LAYER_NONE), SONA_E_STATE, THREAD, "not ended") \

@@ -84,9 +84,17 @@ typedef struct sona_signal_options {
     const float *output;   /* y(x), the adapter's output for the query (dim floats) that the
                               quality-only rule measures from; NULL: the query itself */
     sona_signal_baseline *baseline; /* the baseline to use and advance; NULL: the builder's */
+    float quality_offset;  /* what a critic expects of this query above the baseline (the
+                              engine's core/adapt/critic.h): the quality minus it is what is
+                              weighed and folded into the baseline; 0: none */
 } sona_signal_options;
 
-/* layer = SONA_LAYER_NONE, advance_baseline = 1, output NULL, baseline NULL (what
+/* Whether the step rewards of ended trajectory t (only layer's steps unless SONA_LAYER_NONE)
+ * differ, so that its signal is the reward-weighted contrast; 0: they are equal and the signal
+ * is quality-only, weighed against a baseline (or t has no such step). */
+SONA_API int sona_signal_rewards_vary(const sona_trajectory *t, int32_t layer);
+
+/* layer = SONA_LAYER_NONE, advance_baseline = 1, output NULL, baseline NULL, quality_offset 0 (what
  * sona_signal_from_trajectory does). */
 SONA_API void sona_signal_options_default(sona_signal_options *opt);
 /* As sona_signal_from_trajectory with options; a trajectory without a step of the requested

@@ -144,13 +144,9 @@ static double norm2(const float *a, uint32_t n)
     return sqrt((double)sona_dot_kernel()(a, a, n));
 }
 
-/* The contrast sum_i (r_i - mean r) a_i / sum_i |r_i - mean r| into dir (mean a drops out: the
- * coefficients sum to zero). 1 when written, 0 when the rewards are equal or it cancels out
- * (e.g. the same activations at every step: what is left is rounding noise), -1 on overflow. */
-static int contrast(const step_view *v, float *dir)
+/* Whether the used steps' rewards differ (beyond rounding), with their mean into *mean. */
+static int rewards_differ(const step_view *v, double *mean_out)
 {
-    const uint32_t dim = v->dim;
-    const sona_host_kernels *k = sona_host_kernels_get(); /* the variant's loops: same bits */
     double mean = 0.0, lo = INFINITY, hi = -INFINITY;
     uint32_t used = 0;
     for (uint32_t i = 0; i < v->steps; i++) {
@@ -162,8 +158,30 @@ static int contrast(const step_view *v, float *dir)
         hi = r > hi ? r : hi;
         used++;
     }
-    mean /= used;
-    if (!(hi - lo > 1e-6 * fmax(1.0, fabs(mean))))
+    mean = used ? mean / used : 0.0;
+    *mean_out = mean;
+    return used && hi - lo > 1e-6 * fmax(1.0, fabs(mean));
+}
+
+int sona_signal_rewards_vary(const sona_trajectory *t, int32_t layer)
+{
+    if (!t || !sona_trajectory_ended(t))
+        return 0;
+    const step_view v = {.t = t, .layer = layer, .steps = sona_trajectory_step_count(t),
+                         .dim = sona_trajectory_dim(t)};
+    double mean;
+    return rewards_differ(&v, &mean);
+}
+
+/* The contrast sum_i (r_i - mean r) a_i / sum_i |r_i - mean r| into dir (mean a drops out: the
+ * coefficients sum to zero). 1 when written, 0 when the rewards are equal or it cancels out
+ * (e.g. the same activations at every step: what is left is rounding noise), -1 on overflow. */
+static int contrast(const step_view *v, float *dir)
+{
+    const uint32_t dim = v->dim;
+    const sona_host_kernels *k = sona_host_kernels_get(); /* the variant's loops: same bits */
+    double mean;
+    if (!rewards_differ(v, &mean))
         return 0;
     double total = 0.0, scale = 0.0;
     memset(dir, 0, (size_t)dim * sizeof *dir);
@@ -238,6 +256,9 @@ static sona_status weigh(sona_signal_builder *sb, sona_signal_baseline *b, float
 static sona_status compute(sona_signal_builder *sb, step_view *v, const float *query, float quality,
                            const sona_signal_options *opt, float *x, float *delta, float *w)
 {
+    if (!isfinite(opt->quality_offset) || !isfinite(quality - opt->quality_offset))
+        return reject(sb, sona_fail(NULL, SONA_E_NONFINITE, "signal: quality %g less the offset %g is not finite",
+                                    (double)quality, (double)opt->quality_offset));
     /* Scratch: the direction, a trajectory's decoded step, and its decoded query. */
     float stack[3 * STACK_DIM];
     const size_t need = (size_t)v->dim * (v->t ? 3 : 1);
@@ -251,6 +272,7 @@ static sona_status compute(sona_signal_builder *sb, step_view *v, const float *q
         sona_trajectory_query(v->t, qrow, v->dim);
         q = qrow;
     }
+    quality -= opt->quality_offset;
     float weight = 1.0f, ignored;
     sona_status st = SONA_OK;
     const int kind = contrast(v, dir);
