@@ -288,6 +288,8 @@ static sona_engine *trained(uint64_t seed)
     sona_rng_seed(&r, seed, 3);
     for (int i = 0; i < 60; i++)
         cr_assert_eq(request(e, i % 2 ? t : 0, &r, 3, (float)(i % 5) * 0.2f), SONA_OK);
+    for (int i = 0; i < 12; i++) /* one step: quality-only signals, so tenant t has a critic */
+        cr_assert_eq(request(e, t, &r, 1, 0.3f + 0.05f * (float)(i % 4)), SONA_OK);
     cr_assert_eq(sona_force_learn(e), SONA_OK, "%s", sona_engine_last_error(e));
     cr_assert_eq(sona_deep_cycle(e), SONA_OK, "%s", sona_engine_last_error(e));
     for (int i = 0; i < 20; i++)
@@ -338,6 +340,18 @@ Test(engine, save_load_save_gives_identical_bytes)
     cr_assert_eq(after.signals_accepted, before.signals_accepted);
     cr_assert_eq(after.tenants, 2);
     cr_assert_eq(after.quality_baseline, before.quality_baseline);
+    /* And learns like it: a quality-only signal is weighed against the baselines and the
+     * critic, which must have come back exactly. */
+    sona_rng r1, r2;
+    sona_rng_seed(&r1, seed, 10);
+    sona_rng_seed(&r2, seed, 10);
+    cr_assert_eq(request(e, 2, &r1, 1, 0.9f), SONA_OK);
+    cr_assert_eq(request(f, 2, &r2, 1, 0.9f), SONA_OK);
+    cr_assert_eq(sona_flush(e), SONA_OK);
+    cr_assert_eq(sona_flush(f), SONA_OK);
+    cr_assert_eq(sona_apply(e, 2, x, y1), SONA_OK);
+    cr_assert_eq(sona_apply(f, 2, x, y2), SONA_OK);
+    cr_assert_eq(memcmp(y1, y2, sizeof y1), 0, "a quality-only signal learned differently after load");
     free(b1);
     free(b2);
     unlink(p1);
@@ -380,8 +394,8 @@ Test(engine, state_file_is_little_endian)
     size_t n;
     uint8_t *b = read_all(path, &n);
     cr_assert(n > 64);
-    const uint8_t version[4] = {5, 0, 0, 0}, mark[4] = {4, 3, 2, 1};
-    cr_assert_eq(memcmp(b + 8, version, 4), 0, "format version 5, little-endian");
+    const uint8_t version[4] = {6, 0, 0, 0}, mark[4] = {4, 3, 2, 1};
+    cr_assert_eq(memcmp(b + 8, version, 4), 0, "format version 6, little-endian");
     cr_assert_eq(memcmp(b + 12, mark, 4), 0, "byte-order mark 0x01020304, little-endian");
     cr_assert_eq(memcmp(b + 24, "CONF", 4), 0);
     uint64_t len = 0;
@@ -428,7 +442,7 @@ Test(engine, bad_files_are_refused_and_change_nothing)
     }
     refused(e, bad, n, sona_load_buffer(e, bad, n), "the last flipped file");
     memcpy(bad, good, n);
-    bad[8] = 6; /* a format version from the future, with the header CRC fixed so only it is wrong */
+    bad[8] = 7; /* a format version from the future, with the header CRC fixed so only it is wrong */
     const uint32_t crc = sona_crc32(0, bad, 20);
     memcpy(bad + 20, &crc, 4);
     refused(e, bad, n, SONA_E_VERSION, "version");
@@ -767,7 +781,7 @@ static sona_engine *old_file_loads(const char *name, uint8_t version, const char
         cr_assert_eq(d.samples + d.boundaries, 0);
     }
     uint8_t *now = save_bytes(e, &m);
-    cr_assert_eq(now[8], 5);
+    cr_assert_eq(now[8], 6);
     sona_engine *f = fuzz_engine_create(SONA_STORAGE_Q8);
     cr_assert_eq(sona_load_buffer(f, now, m), SONA_OK, "%s", sona_engine_last_error(f));
     uint8_t *again = save_bytes(f, &m2);
@@ -837,6 +851,16 @@ Test(engine, a_version_4_file_loads)
 {
     const char *const same[] = {"STAT", "PATT", "QUEU", "BANK", "DREA", "BASL"};
     learns_the_file_queue(old_file_loads("state_v4.sona", 4, same, 6, 9, 0), 0);
+}
+
+/* tests/data/state_v5.sona: what tests/fuzz/fuzz_make_seed.c wrote when built against commit
+ * 573f380, the last writer of format version 5 (before the tenants' query critics): the same
+ * traffic, every request with varied step rewards. It loads with no critic, and saved again
+ * every section is byte for byte the file's, the new CRIT (empty) apart. */
+Test(engine, a_version_5_file_loads)
+{
+    const char *const same[] = {"CONF", "STAT", "TENA", "BASE", "PATT", "QUEU", "BANK", "DREA", "BASL"};
+    learns_the_file_queue(old_file_loads("state_v5.sona", 5, same, 9, 9, 0), 0);
 }
 
 /* good with its QUEU payload replaced by one queued trajectory record, next id and the STAT

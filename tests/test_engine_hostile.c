@@ -240,7 +240,8 @@ static sona_engine *file_engine(void)
     return e;
 }
 
-/* A trained engine (adapters, EWC++ with a task, patterns, baselines) saved into *len bytes. */
+/* A trained engine (adapters, EWC++ with a task, patterns, baselines, a critic) saved into *len
+ * bytes. */
 static uint8_t *good_file(uint64_t seed, const char *path, size_t *len)
 {
     sona_engine *e = file_engine();
@@ -252,12 +253,15 @@ static uint8_t *good_file(uint64_t seed, const char *path, size_t *len)
             x[h] = sona_rng_normal(&r);
         sona_request *q;
         cr_assert_eq(sona_request_begin(e, 0, x, &q), SONA_OK);
+        const float quality = sona_rng_uniform(&r);
         for (uint32_t s = 0; s < 3; s++) {
             for (int h = 0; h < FH; h++)
                 a[h] = x[h] + 0.3f * sona_rng_normal(&r);
-            cr_assert_eq(sona_request_step(q, s % 2, a, NULL, 0, sona_rng_uniform(&r)), SONA_OK);
+            /* Every fourth request quality-only (its steps rewarded alike): tenant 0 has a critic. */
+            const float reward = i % 4 == 3 ? quality : sona_rng_uniform(&r);
+            cr_assert_eq(sona_request_step(q, s % 2, a, NULL, 0, reward), SONA_OK);
         }
-        cr_assert_eq(sona_request_end(q, sona_rng_uniform(&r)), SONA_OK, "%s", sona_engine_last_error(e));
+        cr_assert_eq(sona_request_end(q, quality), SONA_OK, "%s", sona_engine_last_error(e));
         if (i == 59)
             cr_assert_eq(sona_deep_cycle(e), SONA_OK, "%s", sona_engine_last_error(e));
     }
@@ -365,7 +369,13 @@ Test(engine_hostile, finite_but_hostile_file_values_are_refused)
         {"PATT", 4, &last_id, 8, "ranges", "a pattern id of 2^64 - 1"},
         {"BANK", 4 + 13 * 8, &last_id, 8, "SONA_MAX_NEXT_ID", "a next pattern id of 2^64 - 1"},
         {"QUEU", 0, &last_id, 8, "SONA_MAX_NEXT_ID", "a next trajectory id of 2^64 - 1"},
+        /* CRIT: u32 count, u32 tenant id, then region 0: u32 seen, FH floats mean, FH floats model. */
+        {"CRIT", 12, &huge, 4, "critic", "a critic's query mean of 1e30"},
+        {"CRIT", 12 + 4 * FH, &big, 4, "critic", "a critic's model value of 3e38"},
     };
+    uint32_t critics;
+    memcpy(&critics, good + payload_at(good, n, "CRIT", &plen), 4);
+    cr_assert_eq(critics, 1, "the good file's tenant has no critic");
     uint32_t patterns;
     memcpy(&patterns, good + payload_at(good, n, "PATT", &plen), 4);
     cr_assert_gt(patterns, 0, "the good file has no pattern");

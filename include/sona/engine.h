@@ -58,7 +58,8 @@ typedef struct sona_engine_config {
                                    (encoded at each step; loops A and B learn from the decoded
                                    values): Q8 about 1.1 bytes a value, F16 2, F32 4 (exact) */
     float baseline_decay;       /* running quality baselines (per tenant and query region, per
-                                   layer and region): b = d b + (1-d) q, and their spreads */
+                                   layer and region): b = d b + (1-d) q, and their spreads; also
+                                   the rate of the query critics' running means */
     /* loop B */
     int background_thread;      /* 1: an engine thread (low priority: SCHED_BATCH, nice 10) runs
                                    loop B; 0: only sona_tick/force_learn */
@@ -137,6 +138,7 @@ typedef struct sona_engine_config {
  *     the saving engine kept; the loading engine's when the file's is 0);
  *   SONA_MAX_FISHER: 0 <= F of every Fisher value (F x weight x tasks stays finite);
  *   baselines: |mean| <= SONA_MAX_QUALITY, 0 <= variance <= (2 SONA_MAX_QUALITY)^2;
+ *   query critics: means as activations, model values |v| <= SONA_MAX_WEIGHT;
  *   patterns: centroid values as activations, average quality as qualities;
  *   ids to come (patterns, trajectories): at most SONA_MAX_NEXT_ID (2^62 ids left to give). */
 #define SONA_MAX_ACTIVATION 1e6f

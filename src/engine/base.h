@@ -51,12 +51,15 @@ typedef struct eng_device eng_device;
 
 typedef struct eng_tenant {
     sona_snapshot_slot slot;  /* what readers apply */
-    pthread_mutex_t mu;       /* guards lora, since_apply, ewc, signal, baselines */
+    pthread_mutex_t mu;       /* guards lora, since_apply, ewc, signal, baselines, critic */
     sona_signal_baseline baselines[ENG_REGIONS]; /* loop A's quality baselines per query region */
+    struct sona_critic *critic; /* what a query predicts of its quality (core/adapt/critic.h):
+                                   made at the tenant's first quality-only signal, NULL before */
     sona_lora *lora;          /* training copy, count 1 */
     uint32_t since_apply;
     eng_ewc *ewc;
-    float *signal;            /* loop A's signal rows x, delta and y (3 * hidden), reused (mu) */
+    float *signal;            /* loop A's signal rows x, delta, y and the query centred for the
+                                 critic (4 * hidden), reused (mu) */
     atomic_int live;
     atomic_uint tasks;        /* EWC++ task snapshots of ewc now, for sona_get_stats (set under mu) */
     uint64_t generation;      /* adapters this slot has had (a new one each reset; mu): sync.c

@@ -61,4 +61,10 @@ void eng_lora_config(const sona_engine_config *c, int base, sona_lora_config *lc
  * preconditioned by the code covariance). */
 sona_status eng_lora_create(const sona_engine_config *c, int base, sona_lora **out);
 
+/* A tenant's query critic (core/adapt/critic.h) for the engine's regions: made at the first
+ * quality-only signal (create), or read from a state file's record (read; 0 when it is bad). */
+struct sona_critic;
+sona_status eng_critic_create(const sona_engine_config *c, struct sona_critic **out);
+int eng_critic_read(const sona_engine_config *c, struct sona_rbuf *r, struct sona_critic **out);
+
 #endif /* SONA_ENGINE_CONFIG_H */

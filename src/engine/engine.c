@@ -5,6 +5,7 @@
 #include "engine/device.h"
 #include "engine/thread.h"
 
+#include "core/adapt/critic.h"
 #include "core/adapt/lora_internal.h"
 #include "core/memory/storage.h"
 #include "dispatch/dispatch.h"
@@ -91,6 +92,8 @@ static sona_status tenant_reset(sona_engine *e, eng_tenant *t)
     t->generation++;
     atomic_store(&t->tasks, 0);
     memset(t->baselines, 0, sizeof t->baselines);
+    sona_critic_destroy(t->critic);
+    t->critic = NULL;
     return SONA_OK;
 }
 
@@ -185,6 +188,7 @@ void sona_engine_destroy(sona_engine *e)
             sona_lora_destroy(t->lora);
             eng_ewc_destroy(t->ewc);
             free(t->signal);
+            sona_critic_destroy(t->critic);
             pthread_mutex_destroy(&t->mu);
         }
         free(e->tenants);

@@ -16,7 +16,9 @@
  * (>= 1)), BASL (version 4 on: the quality baselines, each as f32 mean, f32 variance, u32
  * count: the engine-wide one; u32 regions (ENG_REGIONS), u32 layers, then layers x regions of
  * Base-LoRA's; u32 tenants, then per tenant id in increasing order u32 id (a tenant of TENA)
- * and its regions). An EWC++ record (ewc.c): u32 present; when 1, u32 parameter count n, u32
+ * and its regions), CRIT (version 6 on: the tenants' query critics, u32 count, then per tenant
+ * with one, in increasing id order, u32 id (a tenant of TENA) and its record: per region u32
+ * queries seen, hidden floats of their running mean, hidden floats of the model). An EWC++ record (ewc.c): u32 present; when 1, u32 parameter count n, u32
  * tasks, n floats running Fisher, per task n floats theta* and n floats Fisher, then (version 3
  * on) the boundary detector: u64 samples, f64 short mean, long mean, long variance, u64
  * boundaries, then (version 4 on) the task-shift detector: f32 baseline mean, variance, u32
@@ -40,6 +42,7 @@
 #include "engine/persist.h"
 
 #include "common/serial.h"
+#include "core/adapt/critic.h"
 #include "core/adapt/lora_internal.h"
 #include "core/memory/trajectory_internal.h"
 #include "core/patterns/bank_serial.h"
@@ -112,6 +115,7 @@ typedef struct loaded {
     sona_signal_baseline *base_baselines; /* layers x regions (version 4 on; else all empty) */
     uint32_t *region_tenants;   /* a region record per tenant of ids (version 4 on; else NULL) */
     sona_signal_baseline *tenant_baselines; /* tenants x regions, by TENA's order */
+    sona_critic **critics;      /* per tenant by TENA's order (version 6 on; NULL: none) */
 } loaded;
 
 static void loaded_free(loaded *s)
@@ -121,7 +125,10 @@ static void loaded_free(loaded *s)
             sona_lora_destroy(s->loras[i]);
         if (s->ewcs)
             eng_ewc_destroy(s->ewcs[i]);
+        if (s->critics)
+            sona_critic_destroy(s->critics[i]);
     }
+    free(s->critics);
     free(s->ids);
     free(s->loras);
     free(s->ewcs);
@@ -674,6 +681,56 @@ static void basl_write(sona_engine *e, const save_view *v, sona_wbuf *w)
     write_baselines(w, e, &v->quality, v->cut ? v->cut->base_baselines : e->base_baselines);
 }
 
+/* CRIT: u32 count, then per live tenant with a query critic, in increasing id order, u32 id
+ * and its record (core/adapt/critic.h). */
+static void crit_write(sona_engine *e, const save_view *v, sona_wbuf *w)
+{
+    (void)v;
+    const size_t count_at = w->len;
+    uint32_t n = 0;
+    sona_wbuf_u32(w, n);
+    for (uint32_t i = 0; i < e->cfg.max_tenants; i++) {
+        eng_tenant *t = &e->tenants[i];
+        pthread_mutex_lock(&t->mu);
+        if (atomic_load(&t->live) && t->critic) {
+            sona_wbuf_u32(w, i);
+            sona_critic_write(t->critic, w);
+            n++;
+        }
+        pthread_mutex_unlock(&t->mu);
+    }
+    sona_wbuf_patch_u32(w, count_at, n);
+}
+
+/* CRIT (version 6 on) into s; TENA was read before. As BASL: a record of a tenant TENA does not
+ * hold is skipped; one of TENA's without a record has no critic. */
+static sona_status crit_read(sona_engine *e, sona_rbuf *r, loaded *s)
+{
+    const uint32_t n = sona_rbuf_u32(r);
+    const uint64_t record = 4u + sona_critic_record_bytes(e->cfg.hidden, ENG_REGIONS);
+    if (r->bad || n > e->cfg.max_tenants || !sona_rbuf_has(r, n, record))
+        return corrupt(e, "bad critic section");
+    if (!(s->critics = calloc(s->tenants ? s->tenants : 1, sizeof *s->critics)))
+        return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
+    uint32_t at = 0, prev = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        const uint32_t id = sona_rbuf_u32(r);
+        if (r->bad || id >= e->cfg.max_tenants || (k && id <= prev))
+            return corrupt(e, "bad critic section (tenant ids)");
+        prev = id;
+        sona_critic *c;
+        if (!eng_critic_read(&e->cfg, r, &c))
+            return corrupt(e, "bad critic record");
+        while (at < s->tenants && s->ids[at] < id)
+            at++;
+        if (at < s->tenants && s->ids[at] == id)
+            s->critics[at++] = c;
+        else
+            sona_critic_destroy(c);
+    }
+    return SONA_OK;
+}
+
 /* Every section, in file order, which is also the order the reader needs (BANK and DREA go onto
  * PATT's bank, BASL onto TENA's tenants): its tag, the format version that brought it, and its
  * writer and reader. A file of an older version has only the sections up to its version; what
@@ -696,13 +753,14 @@ static const struct state_section {
     {TAG('B', 'A', 'N', 'K'), 3, 0, 1, bank_write, bank_read},
     {TAG('D', 'R', 'E', 'A'), 3, 0, 1, drea_write, drea_read},
     {TAG('B', 'A', 'S', 'L'), 4, 0, 0, basl_write, read_baselines},
+    {TAG('C', 'R', 'I', 'T'), 6, 0, 0, crit_write, crit_read},
 };
 
 #define SECTIONS (sizeof sections / sizeof sections[0])
 /* The highest `since` above, or higher when a record inside a section grew (5: EWC++ records
  * gained their cell state, adapter records the code covariance): files of versions 1 to it are
  * read. */
-#define STATE_VERSION 5u
+#define STATE_VERSION 6u
 
 /* ---- saving -------------------------------------------------------------------------------- */
 
@@ -1123,6 +1181,12 @@ static void commit(sona_engine *e, loaded *s)
             memset(t->baselines, 0, sizeof t->baselines);
             if (s->region_tenants && s->region_tenants[next] == i)
                 memcpy(t->baselines, s->tenant_baselines + (size_t)next * ENG_REGIONS, sizeof t->baselines);
+            sona_critic *c = t->critic;
+            t->critic = s->critics ? s->critics[next] : NULL;
+            if (s->critics)
+                s->critics[next] = c;
+            else
+                sona_critic_destroy(c);
             sona_snapshot_publish(&t->slot, t->lora);
             atomic_store(&t->live, 1);
             next++;

@@ -3,7 +3,9 @@
  * from it at once in the tenant's Micro-LoRA (loop A) and queues it for loop B. */
 #include "engine/base.h"
 
+#include "core/adapt/critic.h"
 #include "core/adapt/lora_internal.h"
+#include "engine/config.h"
 #include "core/memory/trajectory_internal.h"
 #include "dispatch/vecmath.h"
 
@@ -101,6 +103,16 @@ void sona_request_abandon(sona_request *r)
     request_release(r);
 }
 
+/* The critic's prediction for query x of region `region`, bounded so that quality q less it
+ * stays well within SONA_MAX_QUALITY, as every quality a baseline folds in (and a state file
+ * holds) must, roundings included. */
+static float critic_offset(sona_critic *c, uint32_t region, const float *x, float *centered, float q)
+{
+    const double p = sona_critic_predict(c, region, x, centered);
+    const double lo = (double)q - 0.5 * SONA_MAX_QUALITY, hi = (double)q + 0.5 * SONA_MAX_QUALITY;
+    return (float)(p < lo ? lo : p > hi ? hi : p);
+}
+
 /* Loop A's learning step for one ended trajectory of tenant `tenant`. The signal is built in
  * the tenant's rows, under its mutex like the training step that follows. */
 static sona_status learn_instant(sona_engine *e, int32_t tenant, const sona_trajectory *t)
@@ -109,12 +121,15 @@ static sona_status learn_instant(sona_engine *e, int32_t tenant, const sona_traj
     eng_tenant *tn = &e->tenants[tenant];
     eng_quality_observe(e, sona_trajectory_quality(t));
     pthread_mutex_lock(&tn->mu);
-    if (!tn->signal && !(tn->signal = malloc(3 * (size_t)H * sizeof *tn->signal))) {
+    if (!tn->signal && !(tn->signal = malloc(4 * (size_t)H * sizeof *tn->signal))) {
         pthread_mutex_unlock(&tn->mu);
         return eng_fail(e, SONA_E_NOMEM, "sona_request_end: out of memory");
     }
-    float *x = tn->signal, *delta = x + H, *y = delta + H, w;
+    float *x = tn->signal, *delta = x + H, *y = delta + H, *centered = y + H, w;
     uint32_t cell = 0;
+    /* Out of memory for the critic only leaves quality-only signals without it. */
+    if (!tn->critic && !sona_signal_rewards_vary(t, SONA_LAYER_NONE))
+        (void)eng_critic_create(&e->cfg, &tn->critic);
     /* y(x), where the adapter sent the query: the training copy's weights are the published
      * ones (gradients wait in its accumulators until they are applied). */
     sona_status st = sona_trajectory_query(t, x, H);
@@ -125,8 +140,16 @@ static sona_status learn_instant(sona_engine *e, int32_t tenant, const sona_traj
         sona_signal_options opt;
         sona_signal_options_default(&opt);
         opt.output = y;
-        opt.baseline = &tn->baselines[ENG_CELL_REGION(cell)];
+        const uint32_t region = ENG_CELL_REGION(cell);
+        opt.baseline = &tn->baselines[region];
+        const sona_signal_baseline before = *opt.baseline;
+        const float q = sona_trajectory_quality(t);
+        if (tn->critic)
+            opt.quality_offset = critic_offset(tn->critic, region, x, centered, q);
         st = sona_signal_from_trajectory_opts(e->signals, t, &opt, x, delta, &w);
+        if (st == SONA_OK && tn->critic)
+            sona_critic_learn(tn->critic, region, x, centered, before.count > 0,
+                              (double)q - opt.quality_offset - before.mean);
     }
     if (st != SONA_OK) {
         pthread_mutex_unlock(&tn->mu);

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Writes a valid state file of the fuzzed engine's shape to argv[1], the fuzz target's seed
  * corpus: learned tenants, Base-LoRA, EWC++ tasks and detectors, patterns with the bank's
- * counters, dream visits, and queued trajectories in every storage format. An F32 engine learns and queues some, an F16 engine loads its file and queues
+ * counters, dream visits, query critics, and queued trajectories in every storage format. An F32 engine learns and queues some, an F16 engine loads its file and queues
  * more, then the fuzzed engine's (Q8) loads that and queues more: restored trajectories keep
  * their format. */
 #include "fuzz_engine.h"
@@ -20,12 +20,14 @@ static int requests(sona_engine *e, int32_t tenant, sona_rng *r, int n)
         sona_request *req;
         if (sona_request_begin(e, i % 2 ? tenant : 0, x, &req) != SONA_OK)
             return 0;
+        const float quality = sona_rng_uniform(r);
         for (uint32_t s = 0; s < 3; s++) {
             for (int h = 0; h < 16; h++)
                 a[h] = sona_rng_normal(r);
-            sona_request_step(req, s, a, NULL, 0, sona_rng_uniform(r));
+            /* Every third request quality-only (steps rewarded alike): the tenants get critics. */
+            sona_request_step(req, s, a, NULL, 0, i % 3 == 2 ? quality : sona_rng_uniform(r));
         }
-        sona_request_end(req, sona_rng_uniform(r));
+        sona_request_end(req, quality);
     }
     return 1;
 }
