@@ -1076,8 +1076,10 @@ static sona_status ewc_detector_with(world *w, double short_mean, double long_va
     X(signal_compute_inf_quality, signal_compute(w, w->x, 2, INFINITY), SONA_E_NONFINITE, THREAD, "NaN") \
     X(signal_compute_no_direction, signal_compute(w, w->x, 1, 0.5f), SONA_E_INVALID, THREAD, "no direction") \
     X(signal_baseline_null, sona_signal_builder_set_baseline(NULL, NULL), SONA_E_NULL, THREAD, "builder") \
-    X(signal_baseline_inf, sona_signal_builder_set_baseline(w->signals, &(sona_signal_baseline){INFINITY, 0.0f, 3}), SONA_E_NONFINITE, THREAD, "not finite") \
-    X(signal_baseline_negative_var, sona_signal_builder_set_baseline(w->signals, &(sona_signal_baseline){0.5f, -1.0f, 3}), SONA_E_INVALID, THREAD, "negative") \
+    X(signal_baseline_inf, sona_signal_builder_set_baseline(w->signals, &(sona_signal_baseline){INFINITY, 0.0f, 3, 0.0f}), SONA_E_NONFINITE, THREAD, "not finite") \
+    X(signal_baseline_negative_var, sona_signal_builder_set_baseline(w->signals, &(sona_signal_baseline){0.5f, -1.0f, 3, 0.0f}), SONA_E_INVALID, THREAD, "negative") \
+    X(signal_baseline_nan_spread, sona_signal_builder_set_baseline(w->signals, &(sona_signal_baseline){0.5f, 0.1f, 3, NAN}), SONA_E_NONFINITE, THREAD, "spread") \
+    X(signal_baseline_negative_spread, sona_signal_builder_set_baseline(w->signals, &(sona_signal_baseline){0.5f, 0.1f, 3, -1.0f}), SONA_E_INVALID, THREAD, "spread") \
     X(signal_get_baseline_null, sona_signal_builder_get_baseline(w->signals, NULL), SONA_E_NULL, THREAD, "required") \
     X(signal_weigh_null, sona_signal_baseline_weigh(NULL, 0.1f, 3.0f, 0.5f, 1, &w->wout), SONA_E_NULL, THREAD, "required") \
     X(signal_weigh_nan, weigh_copy(w, NAN), SONA_E_NONFINITE, THREAD, "not finite")                    \

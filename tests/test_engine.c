@@ -846,21 +846,23 @@ Test(engine, a_version_3_file_loads)
  * dfba928, the last writer of format version 4 (before the EWC++ records' query cells): the
  * same traffic. It loads with every snapshot at full weight, and saved again every section but
  * CONF (the loading engine's defaults moved: ewc_lambda), TENA and BASE (the EWC++ records gain
- * their cells) is byte for byte the file's. */
+ * their cells) and BASL (the baselines gain their reward spread) is byte for byte the file's. */
 Test(engine, a_version_4_file_loads)
 {
-    const char *const same[] = {"STAT", "PATT", "QUEU", "BANK", "DREA", "BASL"};
-    learns_the_file_queue(old_file_loads("state_v4.sona", 4, same, 6, 9, 0), 0);
+    const char *const same[] = {"STAT", "PATT", "QUEU", "BANK", "DREA"};
+    learns_the_file_queue(old_file_loads("state_v4.sona", 4, same, 5, 9, 0), 0);
 }
 
 /* tests/data/state_v5.sona: what tests/fuzz/fuzz_make_seed.c wrote when built against commit
- * 573f380, the last writer of format version 5 (before the tenants' query critics): the same
- * traffic, every request with varied step rewards. It loads with no critic, and saved again
- * every section is byte for byte the file's, the new CRIT (empty) apart. */
+ * 573f380, the last writer of format version 5 (before the tenants' query critics and the
+ * baselines' reward spread): the same traffic, every request with varied step rewards. It loads
+ * with no critic and no spread, and saved again every section but CONF (the loading engine's
+ * defaults moved: ewc_lambda), BASL (the spread) and the new CRIT (empty) is byte for byte the
+ * file's. */
 Test(engine, a_version_5_file_loads)
 {
-    const char *const same[] = {"CONF", "STAT", "TENA", "BASE", "PATT", "QUEU", "BANK", "DREA", "BASL"};
-    learns_the_file_queue(old_file_loads("state_v5.sona", 5, same, 9, 9, 0), 0);
+    const char *const same[] = {"STAT", "TENA", "BASE", "PATT", "QUEU", "BANK", "DREA"};
+    learns_the_file_queue(old_file_loads("state_v5.sona", 5, same, 7, 9, 0), 0);
 }
 
 /* good with its QUEU payload replaced by one queued trajectory record, next id and the STAT
@@ -1201,10 +1203,12 @@ Test(engine, damaged_bank_dream_and_detector_values_are_refused_and_change_nothi
         {"BASE", basel - 8 - code + 4 + 8 * layers, &negative, 8, "code covariance", "a negative variance"},
         {"BASE", basel - 8 - code + 4 + 8 * layers + 8, &two_to_the_40, 8, "code covariance",
          "a covariance beyond its variances"},
-        /* BASL: the engine-wide baseline (f32 mean, f32 variance, u32 count), u32 regions, ... */
+        /* BASL: the engine-wide baseline (f32 mean, f32 variance, u32 count, f32 reward spread),
+         * u32 regions, ... */
         {"BASL", 0, &half, 4, "does not match", "a baseline other than STAT's"},
         {"BASL", 4, &negative_f, 4, "baseline", "a negative baseline variance"},
-        {"BASL", 12, &regions, 4, "baseline", "another number of query regions"},
+        {"BASL", 12, &negative_f, 4, "baseline", "a negative reward spread"},
+        {"BASL", 16, &regions, 4, "baseline", "another number of query regions"},
         {"BASE", basel - 4, &twelve, 4, "pending gradient", "a pending flag that is not 0 or 1"},
         /* BASE begins with A and Bt (2 x base_weights floats), then the EWC++ record's u32
          * present, u32 parameter count, u32 tasks. */

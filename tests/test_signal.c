@@ -68,7 +68,7 @@ Test(signal, varying_rewards_give_the_reward_weighted_contrast)
     sona_trajectory *t = build(ids, q, DIM, acts, rewards, STEPS, 0.8f);
     cr_assert_eq(sona_signal_from_trajectory(sb, t, x, delta, &w), SONA_OK, "%s", sona_last_error());
     cr_expect_eq(memcmp(x, q, sizeof q), 0, "x is the query embedding");
-    cr_expect_eq(w, 1.0f, "the contrast goes with weight 1, whatever the quality");
+    cr_expect_eq(w, 1.0f, "a baseline's first contrast goes with weight 1, whatever the quality");
     double mean = 0, total = 0, ref[DIM] = {0};
     for (int i = 0; i < STEPS; i++)
         mean += rewards[i] / (double)STEPS;
@@ -81,8 +81,9 @@ Test(signal, varying_rewards_give_the_reward_weighted_contrast)
         ref[j] /= total;
     expect_equal(delta, ref, DIM);
     /* A quality below the baseline does not turn the contrast around (as weighting it by
-     * Q - baseline would). */
-    sona_signal_baseline high = {.mean = 0.95f, .var = 0.01f, .count = 10};
+     * Q - baseline would); the same rewards' spread as the baseline's gives weight 1. */
+    const double mad = total / STEPS;
+    sona_signal_baseline high = {.mean = 0.95f, .var = 0.01f, .count = 10, .spread = (float)mad};
     cr_assert_eq(sona_signal_builder_set_baseline(sb, &high), SONA_OK);
     cr_assert_eq(sona_signal_from_trajectory(sb, t, x, delta, &w), SONA_OK);
     cr_expect_eq(w, 1.0f);
@@ -98,6 +99,49 @@ Test(signal, varying_rewards_give_the_reward_weighted_contrast)
     cr_expect_eq(st.accepted, 3);
     cr_expect_eq(st.rejected, 0);
     sona_trajectory_destroy(t);
+    sona_signal_builder_destroy(sb);
+    sona_id_source_destroy(ids);
+}
+
+/* A contrast's weight is its rewards' mean absolute deviation over the baseline's running one,
+ * clipped to max_weight, and that running one moves at the baseline's rate (without advance it
+ * stays). The direction is the same whatever the spread. */
+Test(signal, a_contrast_is_weighed_by_its_rewards_spread)
+{
+    enum { DIM = 9 };
+    float q[DIM], acts[2 * DIM], x[DIM], delta[DIM], first[DIM], w = 0;
+    for (int j = 0; j < DIM; j++) {
+        q[j] = (float)j - 4.0f;
+        acts[j] = 0.5f * (float)j;
+        acts[DIM + j] = 1.0f - 0.25f * (float)j;
+    }
+    sona_id_source *ids;
+    cr_assert_eq(sona_id_source_create(0, &ids), SONA_OK);
+    sona_signal_builder *sb = make(0.5f); /* rate 0.5, max_weight 3 */
+    const struct { float high; int advance; float w, spread; } cases[] = {
+        {0.2f, 1, 1.0f, 0.1f},     /* mad 0.1: the first sets the spread */
+        {0.4f, 1, 2.0f, 0.15f},    /* mad 0.2 = 2 x 0.1; spread 0.1 + 0.5 (0.2 - 0.1) */
+        {1.0f, 0, 3.0f, 0.15f},    /* mad 0.5 = 3.3 x 0.15, clipped; no advance: spread stays */
+        {0.03f, 1, 0.1f, 0.0825f}, /* mad 0.015 = 0.1 x 0.15 */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const float rewards[2] = {0.0f, cases[i].high};
+        sona_trajectory *t = build(ids, q, DIM, acts, rewards, 2, 0.5f);
+        sona_signal_options o;
+        sona_signal_options_default(&o);
+        o.advance_baseline = cases[i].advance;
+        cr_assert_eq(sona_signal_from_trajectory_opts(sb, t, &o, x, delta, &w), SONA_OK, "%s", sona_last_error());
+        cr_expect_float_eq(w, cases[i].w, 1e-5f, "case %zu: w %g, expected %g", i, w, cases[i].w);
+        sona_signal_baseline b;
+        cr_assert_eq(sona_signal_builder_get_baseline(sb, &b), SONA_OK);
+        cr_expect_float_eq(b.spread, cases[i].spread, 1e-6f, "case %zu: spread %g", i, b.spread);
+        if (i == 0)
+            memcpy(first, delta, sizeof delta);
+        else
+            for (int j = 0; j < DIM; j++) /* the same up to the rounding of r - mean r */
+                cr_expect_float_eq(delta[j], first[j], 1e-5f * (1.0f + fabsf(first[j])), "case %zu: delta[%d]", i, j);
+        sona_trajectory_destroy(t);
+    }
     sona_signal_builder_destroy(sb);
     sona_id_source_destroy(ids);
 }

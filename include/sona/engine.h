@@ -157,7 +157,7 @@ typedef struct sona_engine_config {
  *   at hidden 256: ~35 MB, F32 ~130 MB), baseline_decay 0.95, background_thread 1/1/1/0,
  *   loop_b_threshold 250/1000/50/200, loop_b_interval_ms 2000/5000/1000/0, loop_b_min_batch
  *   16/64/8/8, clusters_per_cycle 32/32/64/8, max_patterns 100000/100000/100000/5000,
- *   ewc_enabled 1 (EDGE 0), ewc_lambda 0.005, fisher_decay 0.99, max_tasks 5/3/10/2,
+ *   ewc_enabled 1 (EDGE 0), ewc_lambda 0.01, fisher_decay 0.99, max_tasks 5/3/10/2,
  *   task_shift_threshold 1.2, dreams_per_cycle 50/10/100/5, dream_length 15, dream_temperature
  *   0.5, dream_jump_prob 0.1, dream_novelty_bonus 0.5, dream_replay_min_score 0.5,
  *   merge_cosine 0.98, importance_decay 0.95, loop_c_interval_ms 0, state_path "",

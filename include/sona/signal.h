@@ -17,8 +17,12 @@ extern "C" {
  *   - the step rewards vary: a policy-gradient step with the trajectory's own mean reward as
  *     its baseline,  delta = sum_i (r_i - mean r)(a_i - mean a) / sum_i |r_i - mean r|  (a
  *     weighted displacement from the worse steps to the better ones, in activation units), and
- *     w = 1. The final quality is not used for the direction or the weight (multiplying the
- *     contrast by a sign unrelated to it would cancel it on average);
+ *     w = mad / spread clipped to max_weight (1 for the baseline's first contrast), mad the
+ *     rewards' mean absolute deviation and spread the baseline's running mean of it: delta
+ *     drops how far apart the rewards lay, which says how much the exploration found, and w
+ *     puts it back relative to the usual (positive: the sign is the contrast's). The final
+ *     quality is not used for the direction or the weight (multiplying the contrast by a sign
+ *     unrelated to it would cancel it on average);
  *   - one step, equal rewards, or a contrast that cancels out: the only information is the
  *     final quality Q against a running baseline b with spread sd (the baseline's running mean
  *     and root-mean-square deviation of Q):  delta = mean a - y(x)  (where the model went,
@@ -31,7 +35,8 @@ extern "C" {
  *     0.1 / 0.25 / 1 (at 1, the noise it accumulates made the adapter's output wander).
  *   x = the query embedding.
  * A baseline: mean <- mean + rate (Q - mean), var <- var + rate ((Q - mean)^2 - var), both
- * with the deviation taken before the update (which is the one w uses). By default the builder
+ * with the deviation taken before the update (which is the one w uses); spread <- spread +
+ * rate (mad - spread) at each contrast, after its w. By default the builder
  * keeps one baseline shared by every caller; the options can pass the caller's own (the engine
  * keeps one per tenant and query region, and per layer and query region for Base-LoRA).
  * Every step's activations must have the query's width (else SONA_E_SIZE); a trajectory must
@@ -62,6 +67,8 @@ typedef struct sona_signal_baseline {
     float mean;      /* running mean of the final quality */
     float var;       /* running mean square of its deviation from the mean */
     uint32_t count;  /* qualities folded in (stops counting at 2^32 - 1) */
+    float spread;    /* running mean of the step rewards' mean absolute deviation in the
+                        contrast signals measured against it (0: none yet) */
 } sona_signal_baseline;
 
 SONA_API void sona_signal_config_default(sona_signal_config *cfg);

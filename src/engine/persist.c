@@ -14,7 +14,7 @@
  * next pattern id, above every pattern's), DREA (version 3 on: loop C's dream visits, u32
  * count, then per pattern id in increasing order u64 id (below the next pattern id), u32 visits
  * (>= 1)), BASL (version 4 on: the quality baselines, each as f32 mean, f32 variance, u32
- * count: the engine-wide one; u32 regions (ENG_REGIONS), u32 layers, then layers x regions of
+ * count, then (version 6 on) f32 reward spread: the engine-wide one; u32 regions (ENG_REGIONS), u32 layers, then layers x regions of
  * Base-LoRA's; u32 tenants, then per tenant id in increasing order u32 id (a tenant of TENA)
  * and its regions), CRIT (version 6 on: the tenants' query critics, u32 count, then per tenant
  * with one, in increasing id order, u32 id (a tenant of TENA) and its record: per region u32
@@ -416,6 +416,7 @@ static void write_baseline(sona_wbuf *w, const sona_signal_baseline *b)
     sona_wbuf_f32(w, b->mean);
     sona_wbuf_f32(w, b->var);
     sona_wbuf_u32(w, b->count);
+    sona_wbuf_f32(w, b->spread);
 }
 
 /* BASL: the engine-wide quality baseline, Base-LoRA's per layer and region (base: the live ones
@@ -445,14 +446,18 @@ static void write_baselines(sona_wbuf *w, sona_engine *e, const sona_signal_base
     sona_wbuf_patch_u32(w, count_at, live);
 }
 
-static int read_baseline(sona_rbuf *r, sona_signal_baseline *b)
+/* A baseline of a version `version` file (the reward spread came with version 6). */
+static int read_baseline(sona_rbuf *r, uint32_t version, sona_signal_baseline *b)
 {
     b->mean = sona_rbuf_f32(r);
     b->var = sona_rbuf_f32(r);
     b->count = sona_rbuf_u32(r);
-    /* What qualities within SONA_MAX_QUALITY can make of a running mean and variance. */
+    b->spread = version >= 6 ? sona_rbuf_f32(r) : 0.0f;
+    /* What qualities and rewards within SONA_MAX_QUALITY can make of a running mean, variance
+     * and mean absolute deviation. */
     const float q = SONA_MAX_QUALITY;
-    return !r->bad && fabsf(b->mean) <= q && b->var >= 0.0f && b->var <= 4.0f * q * q;
+    return !r->bad && fabsf(b->mean) <= q && b->var >= 0.0f && b->var <= 4.0f * q * q && b->spread >= 0.0f &&
+           b->spread <= 2.0f * q;
 }
 
 /* BASL (version 4 on) into s; TENA was read before. A tenant of the file's BASL that TENA does
@@ -466,10 +471,10 @@ static sona_status read_baselines(sona_engine *e, sona_rbuf *r, loaded *s)
     s->tenant_baselines = calloc((size_t)s->tenants * ENG_REGIONS, sizeof *s->tenant_baselines);
     if (!s->base_baselines || !s->region_tenants || !s->tenant_baselines)
         return eng_fail(e, SONA_E_NOMEM, "sona_load: out of memory");
-    if (!read_baseline(r, &s->quality) || sona_rbuf_u32(r) != ENG_REGIONS || sona_rbuf_u32(r) != L)
+    if (!read_baseline(r, s->version, &s->quality) || sona_rbuf_u32(r) != ENG_REGIONS || sona_rbuf_u32(r) != L)
         return corrupt(e, "bad baseline section");
     for (size_t i = 0; i < (size_t)L * ENG_REGIONS; i++)
-        if (!read_baseline(r, &s->base_baselines[i]))
+        if (!read_baseline(r, s->version, &s->base_baselines[i]))
             return corrupt(e, "bad baseline section");
     const uint32_t n = sona_rbuf_u32(r);
     if (r->bad || n > e->cfg.max_tenants)
@@ -479,7 +484,7 @@ static sona_status read_baselines(sona_engine *e, sona_rbuf *r, loaded *s)
         const uint32_t id = sona_rbuf_u32(r);
         sona_signal_baseline b[ENG_REGIONS];
         for (uint32_t j = 0; j < ENG_REGIONS; j++)
-            if (!read_baseline(r, &b[j]))
+            if (!read_baseline(r, s->version, &b[j]))
                 return corrupt(e, "bad baseline section");
         if (r->bad || id >= e->cfg.max_tenants || (k && id <= prev))
             return corrupt(e, "bad baseline section (tenant ids)");

@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /* Learning signals from trajectories (sona/signal.h): the reward-weighted step contrast when
- * the step rewards vary, else the displacement from the adapter's output weighted by the
- * quality's advantage over a running baseline, in units of its spread. */
+ * the step rewards vary (weighed by how far apart they lie against their usual spread), else
+ * the displacement from the adapter's output weighted by the quality's advantage over a running
+ * baseline, in units of its spread. */
 #include "sona/signal.h"
 
 #include "common/error.h"
 #include "dispatch/vecmath.h"
+#include "sona/engine.h" /* SONA_MAX_QUALITY */
 
 #include <math.h>
 #include <pthread.h>
@@ -174,9 +176,10 @@ int sona_signal_rewards_vary(const sona_trajectory *t, int32_t layer)
 }
 
 /* The contrast sum_i (r_i - mean r) a_i / sum_i |r_i - mean r| into dir (mean a drops out: the
- * coefficients sum to zero). 1 when written, 0 when the rewards are equal or it cancels out
- * (e.g. the same activations at every step: what is left is rounding noise), -1 on overflow. */
-static int contrast(const step_view *v, float *dir)
+ * coefficients sum to zero), and the rewards' mean absolute deviation into *mad. 1 when written,
+ * 0 when the rewards are equal or it cancels out (e.g. the same activations at every step: what
+ * is left is rounding noise), -1 on overflow. */
+static int contrast(const step_view *v, float *dir, double *mad)
 {
     const uint32_t dim = v->dim;
     const sona_host_kernels *k = sona_host_kernels_get(); /* the variant's loops: same bits */
@@ -200,6 +203,10 @@ static int contrast(const step_view *v, float *dir)
     if (!(nrm > 1e-5 * scale))
         return 0;
     k->scale(dir, dim, (float)(1.0 / total));
+    uint32_t used = 0;
+    for (uint32_t i = 0; i < v->steps; i++)
+        used += (uint32_t)step_used(v, i);
+    *mad = total / used;
     return 1;
 }
 
@@ -239,6 +246,34 @@ static sona_status reject(sona_signal_builder *sb, sona_status st)
     return st;
 }
 
+/* The contrast's weight: the rewards' mean absolute deviation mad in units of the baseline's
+ * running one (1 for the first), clipped to max_weight; with advance, mad is folded in. How far
+ * apart a request's rewards lie says how much its exploration found: the contrast itself is
+ * normalised to activation units, and this puts back, relative to the usual, what it dropped. */
+static float spread_weight(sona_signal_baseline *b, float rate, float max_weight, double mad, int advance)
+{
+    double weight = 1.0;
+    if (b->spread > 0.0f)
+        weight = mad / b->spread;
+    weight = weight > max_weight ? max_weight : weight;
+    if (advance) {
+        const double next = b->spread > 0.0f ? b->spread + rate * (mad - b->spread) : mad;
+        if (next > 0.0 && next <= 2.0 * SONA_MAX_QUALITY) /* rewards within their range */
+            b->spread = (float)next;
+    }
+    return (float)weight;
+}
+
+static float spread_of(sona_signal_builder *sb, sona_signal_baseline *b, double mad, int advance)
+{
+    if (b)
+        return spread_weight(b, sb->cfg.baseline_rate, sb->cfg.max_weight, mad, advance);
+    pthread_mutex_lock(&sb->mu);
+    const float w = spread_weight(&sb->own, sb->cfg.baseline_rate, sb->cfg.max_weight, mad, advance);
+    pthread_mutex_unlock(&sb->mu);
+    return w;
+}
+
 /* w of quality q against the options' baseline or the builder's own. */
 static sona_status weigh(sona_signal_builder *sb, sona_signal_baseline *b, float q, int advance, float *w)
 {
@@ -274,13 +309,16 @@ static sona_status compute(sona_signal_builder *sb, step_view *v, const float *q
     }
     quality -= opt->quality_offset;
     float weight = 1.0f, ignored;
+    double mad = 0.0;
     sona_status st = SONA_OK;
-    const int kind = contrast(v, dir);
+    const int kind = contrast(v, dir, &mad);
     if (kind < 0) {
         st = sona_fail(NULL, SONA_E_NONFINITE, "signal: the activation contrast overflowed");
     } else if (kind == 1) {
         /* The quality still feeds the baseline, so a later quality-only signal measures from it. */
         st = weigh(sb, opt->baseline, quality, opt->advance_baseline, &ignored);
+        if (st == SONA_OK)
+            weight = spread_of(sb, opt->baseline, mad, opt->advance_baseline);
     } else if ((st = displacement(v, opt->output ? opt->output : q, dir)) == SONA_OK) {
         st = weigh(sb, opt->baseline, quality, opt->advance_baseline, &weight);
         weight *= sb->cfg.outcome_share;
@@ -413,11 +451,12 @@ sona_status sona_signal_builder_set_baseline(sona_signal_builder *sb, const sona
     static const char fn[] = "sona_signal_builder_set_baseline";
     if (!sb)
         return sona_fail(NULL, SONA_E_NULL, "%s: builder is NULL", fn);
-    if (b && (!isfinite(b->mean) || !isfinite(b->var)))
-        return sona_fail(NULL, SONA_E_NONFINITE, "%s: mean %g or variance %g is not finite", fn, (double)b->mean,
-                         (double)b->var);
-    if (b && b->var < 0.0f)
-        return sona_fail(NULL, SONA_E_INVALID, "%s: variance %g is negative", fn, (double)b->var);
+    if (b && (!isfinite(b->mean) || !isfinite(b->var) || !isfinite(b->spread)))
+        return sona_fail(NULL, SONA_E_NONFINITE, "%s: mean %g, variance %g or spread %g is not finite", fn,
+                         (double)b->mean, (double)b->var, (double)b->spread);
+    if (b && (b->var < 0.0f || b->spread < 0.0f))
+        return sona_fail(NULL, SONA_E_INVALID, "%s: variance %g or spread %g is negative", fn, (double)b->var,
+                         (double)b->spread);
     pthread_mutex_lock(&sb->mu);
     if (b)
         sb->own = *b;
