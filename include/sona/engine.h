@@ -154,7 +154,7 @@ typedef struct sona_engine_config {
  *   base_rank 8/4/16/4, base_layers 12/12/12/4, base_alpha = 2*rank, base_learning_rate 0.1,
  *   max_signal_weight 3, max_output_change 5, max_steps 16/8/32/8, buffer_capacity
  *   10000/20000/10000/1000, step_storage SONA_STORAGE_Q8 (10,000 queued trajectories of 10 steps
- *   at hidden 256: ~35 MB, F32 ~130 MB), baseline_decay 0.95, background_thread 1/1/1/0,
+ *   at hidden 256: ~35 MB, F32 ~130 MB), baseline_decay 0.9, background_thread 1/1/1/0,
  *   loop_b_threshold 250/1000/50/200, loop_b_interval_ms 2000/5000/1000/0, loop_b_min_batch
  *   16/64/8/8, clusters_per_cycle 32/32/64/8, max_patterns 100000/100000/100000/5000,
  *   ewc_enabled 1 (EDGE 0), ewc_lambda 0.01, fisher_decay 0.99, max_tasks 5/3/10/2,
