@@ -149,7 +149,7 @@ typedef struct sona_engine_config {
 
 /* Fills *cfg with the preset's values for width `hidden`. Values (DEFAULT / MAX_THROUGHPUT /
  * MAX_QUALITY / EDGE):
- *   micro_rank 4/1/4/1, micro_alpha = 2*rank, micro_learning_rate 0.2/0.2/0.1/0.2,
+ *   micro_rank 4/1/4/1, micro_alpha = 2*rank, micro_learning_rate 0.25/0.25/0.1/0.25,
  *   micro_apply_every 1/16/1/4, max_tenants 64/256/64/8,
  *   base_rank 8/4/16/4, base_layers 12/12/12/4, base_alpha = 2*rank, base_learning_rate 0.1,
  *   max_signal_weight 3, max_output_change 5, max_steps 16/8/32/8, buffer_capacity

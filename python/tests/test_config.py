@@ -24,7 +24,7 @@ def test_every_field_is_listed():
     cfg = sona.default_config(H)
     assert set(cfg) == set(fields)
     assert cfg["hidden"] == H and cfg["micro_rank"] == 4 and cfg["step_storage"] == 2
-    assert math.isclose(cfg["micro_learning_rate"], 0.2, rel_tol=1e-6)
+    assert math.isclose(cfg["micro_learning_rate"], 0.25, rel_tol=1e-6)
     assert sona.default_config(H, "edge")["background_thread"] == 0
 
 

@@ -9,7 +9,7 @@
 static const sona_engine_config defaults = {
     .seed = 42,
     .micro_rank = 4,
-    .micro_learning_rate = 0.2f,
+    .micro_learning_rate = 0.25f,
     .micro_apply_every = 1,
     .max_tenants = 64,
     .base_rank = 8,
