@@ -419,6 +419,49 @@ static void write_baseline(sona_wbuf *w, const sona_signal_baseline *b)
     sona_wbuf_f32(w, b->spread);
 }
 
+/* Per-tenant records: u32 count, then per live tenant that has() one, in increasing id order,
+ * u32 id and its record as write() makes it (each under the tenant's mutex). */
+static void write_tenant_records(sona_engine *e, sona_wbuf *w, int (*has)(const eng_tenant *t),
+                                 void (*write)(const eng_tenant *t, sona_wbuf *w))
+{
+    const size_t count_at = w->len;
+    uint32_t n = 0;
+    sona_wbuf_u32(w, n);
+    for (uint32_t i = 0; i < e->cfg.max_tenants; i++) {
+        eng_tenant *t = &e->tenants[i];
+        pthread_mutex_lock(&t->mu);
+        if (atomic_load(&t->live) && has(t)) {
+            sona_wbuf_u32(w, i);
+            write(t, w);
+            n++;
+        }
+        pthread_mutex_unlock(&t->mu);
+    }
+    sona_wbuf_patch_u32(w, count_at, n);
+}
+
+/* Where the record of tenant `id` goes among TENA's tenants (s->ids, increasing), or -1 when
+ * TENA does not hold it (created while the file was saved: skipped). *at walks the ids, for
+ * records that come in increasing id order. */
+static int32_t tenant_index(const loaded *s, uint32_t *at, uint32_t id)
+{
+    while (*at < s->tenants && s->ids[*at] < id)
+        (*at)++;
+    return *at < s->tenants && s->ids[*at] == id ? (int32_t)(*at)++ : -1;
+}
+
+static int any_tenant(const eng_tenant *t)
+{
+    (void)t;
+    return 1;
+}
+
+static void write_tenant_baselines(const eng_tenant *t, sona_wbuf *w)
+{
+    for (uint32_t r = 0; r < ENG_REGIONS; r++)
+        write_baseline(w, &t->baselines[r]);
+}
+
 /* BASL: the engine-wide quality baseline, Base-LoRA's per layer and region (base: the live ones
  * under cycle_mu, or a cut's), each live tenant's per region. */
 static void write_baselines(sona_wbuf *w, sona_engine *e, const sona_signal_baseline *quality,
@@ -429,21 +472,7 @@ static void write_baselines(sona_wbuf *w, sona_engine *e, const sona_signal_base
     sona_wbuf_u32(w, e->cfg.base_layers);
     for (size_t i = 0; i < (size_t)e->cfg.base_layers * ENG_REGIONS; i++)
         write_baseline(w, &base[i]);
-    const size_t count_at = w->len;
-    uint32_t live = 0;
-    sona_wbuf_u32(w, live);
-    for (uint32_t i = 0; i < e->cfg.max_tenants; i++) {
-        eng_tenant *t = &e->tenants[i];
-        pthread_mutex_lock(&t->mu);
-        if (atomic_load(&t->live)) {
-            sona_wbuf_u32(w, i);
-            for (uint32_t r = 0; r < ENG_REGIONS; r++)
-                write_baseline(w, &t->baselines[r]);
-            live++;
-        }
-        pthread_mutex_unlock(&t->mu);
-    }
-    sona_wbuf_patch_u32(w, count_at, live);
+    write_tenant_records(e, w, any_tenant, write_tenant_baselines);
 }
 
 /* A baseline of a version `version` file (the reward spread came with version 6). */
@@ -489,11 +518,10 @@ static sona_status read_baselines(sona_engine *e, sona_rbuf *r, loaded *s)
         if (r->bad || id >= e->cfg.max_tenants || (k && id <= prev))
             return corrupt(e, "bad baseline section (tenant ids)");
         prev = id;
-        while (at < s->tenants && s->ids[at] < id)
-            at++;
-        if (at < s->tenants && s->ids[at] == id) {
-            memcpy(s->tenant_baselines + (size_t)at * ENG_REGIONS, b, sizeof b);
-            s->region_tenants[at++] = id;
+        const int32_t i = tenant_index(s, &at, id);
+        if (i >= 0) {
+            memcpy(s->tenant_baselines + (size_t)i * ENG_REGIONS, b, sizeof b);
+            s->region_tenants[i] = id;
         }
     }
     return SONA_OK;
@@ -686,25 +714,15 @@ static void basl_write(sona_engine *e, const save_view *v, sona_wbuf *w)
     write_baselines(w, e, &v->quality, v->cut ? v->cut->base_baselines : e->base_baselines);
 }
 
-/* CRIT: u32 count, then per live tenant with a query critic, in increasing id order, u32 id
- * and its record (core/adapt/critic.h). */
+static int has_critic(const eng_tenant *t) { return t->critic != NULL; }
+
+static void write_critic(const eng_tenant *t, sona_wbuf *w) { sona_critic_write(t->critic, w); }
+
+/* CRIT: per live tenant with a query critic its record (core/adapt/critic.h). */
 static void crit_write(sona_engine *e, const save_view *v, sona_wbuf *w)
 {
     (void)v;
-    const size_t count_at = w->len;
-    uint32_t n = 0;
-    sona_wbuf_u32(w, n);
-    for (uint32_t i = 0; i < e->cfg.max_tenants; i++) {
-        eng_tenant *t = &e->tenants[i];
-        pthread_mutex_lock(&t->mu);
-        if (atomic_load(&t->live) && t->critic) {
-            sona_wbuf_u32(w, i);
-            sona_critic_write(t->critic, w);
-            n++;
-        }
-        pthread_mutex_unlock(&t->mu);
-    }
-    sona_wbuf_patch_u32(w, count_at, n);
+    write_tenant_records(e, w, has_critic, write_critic);
 }
 
 /* CRIT (version 6 on) into s; TENA was read before. As BASL: a record of a tenant TENA does not
@@ -726,10 +744,9 @@ static sona_status crit_read(sona_engine *e, sona_rbuf *r, loaded *s)
         sona_critic *c;
         if (!eng_critic_read(&e->cfg, r, &c))
             return corrupt(e, "bad critic record");
-        while (at < s->tenants && s->ids[at] < id)
-            at++;
-        if (at < s->tenants && s->ids[at] == id)
-            s->critics[at++] = c;
+        const int32_t i = tenant_index(s, &at, id);
+        if (i >= 0)
+            s->critics[i] = c;
         else
             sona_critic_destroy(c);
     }
