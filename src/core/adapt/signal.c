@@ -210,27 +210,26 @@ static int contrast(const step_view *v, float *dir, double *mad)
     return 1;
 }
 
-/* mean a - from into dir; SONA_OK or a refusal (message set). */
+/* mean a - from into dir; SONA_OK or a refusal (message set). The variant's loops: each
+ * element rounded as the plain loops round it (dir + a, dir x inv, then - from). */
 static sona_status displacement(const step_view *v, const float *from, float *dir)
 {
     const uint32_t dim = v->dim;
+    const sona_host_kernels *k = sona_host_kernels_get();
     uint32_t used = 0;
     memset(dir, 0, (size_t)dim * sizeof *dir);
     for (uint32_t i = 0; i < v->steps; i++) {
         if (!step_used(v, i))
             continue;
-        const float *a = step_act(v, i);
-        for (uint32_t j = 0; j < dim; j++)
-            dir[j] += a[j];
+        k->axpy(dir, step_act(v, i), dim, 1.0f);
         used++;
     }
-    const float inv = 1.0f / (float)used;
-    double scale = 0.0;
-    for (uint32_t j = 0; j < dim; j++) {
-        dir[j] = dir[j] * inv - from[j];
-        const double m = fabs(from[j]);
-        scale = m > scale ? m : scale; /* not fmax: a libm call per element */
-    }
+    k->scale(dir, dim, 1.0f / (float)used);
+    k->axpy(dir, from, dim, -1.0f);
+    const uint32_t bits = k->max_magnitude(from, dim);
+    float largest;
+    memcpy(&largest, &bits, sizeof largest);
+    const double scale = largest;
     const double nrm = norm2(dir, dim);
     if (!isfinite(nrm))
         return sona_fail(NULL, SONA_E_NONFINITE, "signal: the step activations' displacement overflowed");
