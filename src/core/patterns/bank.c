@@ -665,31 +665,35 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static double median_of(double *r, uint32_t m)
+/* The lower median: what spoils these distances (rows of a mixed cluster, rows of a cluster
+ * the bank does not know) only makes them larger, so with an even count the lower middle value
+ * still holds when exactly half the rows are spoiled, where the mean of the two middle ones
+ * does not (a batch of 10 rows of 4 groups, k = 3: k-means mixing 3 + 2 of them). */
+static double lower_median_of(double *r, uint32_t m)
 {
     qsort(r, m, sizeof *r, cmp_double);
-    return m % 2 ? r[m / 2] : 0.5 * (r[m / 2 - 1] + r[m / 2]);
+    return r[(m - 1) / 2];
 }
 
-/* The median and the relative spread (from the median absolute deviation) of r[0..m-1], which
- * it reorders; v < 0 when m is 0. */
+/* The lower median and the relative spread (from the lower median absolute deviation) of
+ * r[0..m-1], which it reorders; v < 0 when m is 0. */
 static noise_model model_of(double *r, uint32_t m, uint32_t dim)
 {
     noise_model nm = {-1.0, 0.0};
     if (m == 0)
         return nm;
-    nm.v = median_of(r, m);
+    nm.v = lower_median_of(r, m);
     for (uint32_t i = 0; i < m; i++)
         r[i] = fabs(r[i] - nm.v);
-    const double sd = 1.4826 * median_of(r, m); /* the MAD's normal-consistent scale */
+    const double sd = 1.4826 * lower_median_of(r, m); /* the MAD's normal-consistent scale */
     nm.spread = nm.v > 0.0 ? sd / nm.v : 0.0;
     if (nm.spread < sqrt(2.0 / dim)) /* noise cannot be spread over more than dim dimensions */
         nm.spread = sqrt(2.0 / dim);
     return nm;
 }
 
-/* The extraction's noise, two ways, the smaller kept (a median is robust to a minority of far
- * rows, not to a majority, and each way has its own majority to fear):
+/* The extraction's noise, two ways, the smaller kept (a lower median is robust to up to half
+ * the rows far, not to more, and each way has its own majority to fear):
  *  - against the clusters: each row's squared distance to its centroid, times n / (n - 1) for a
  *    cluster of n (its centroid is the mean of the rows it is measured against), clusters of one
  *    left out; too large when k-means had fewer clusters than the batch and mixed most rows;
