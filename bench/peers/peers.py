@@ -110,9 +110,9 @@ def run_kmeans(rep, meta, data, quick):
     try:
         import faiss
         faiss.omp_set_num_threads(meta["threads"])
-        # FAISS has no tolerance: it runs niter iterations from random rows. 10, its default (25)
-        # and our cap (100), each with the inertia it reaches.
-        for niter in (10, 25, iters):
+        # FAISS has no tolerance: it runs niter iterations from random rows. 10, 15, its default
+        # (25) and our cap (100), each with the inertia it reaches.
+        for niter in (10, 15, 25, iters):
             km = None
 
             def fit():
