@@ -358,7 +358,8 @@ int bench_dump_peer_data(const char *dir)
         free(P);
         fprintf(meta,
                 "%s\n    {\"file\": \"%s\", \"group\": \"pattern_search\", \"case\": \"clustered/%u\", "
-                "\"n\": %u, \"timing_queries\": %d, \"recall_queries\": %d, \"k\": %d, \"metric\": \"cosine\", "
+                "\"n\": %u, \"timing_queries\": %d, \"recall_queries\": %d, \"k\": %d, "
+                "\"metric\": \"cosine\", "
                 "\"M\": %u, \"ef_construction\": %u, \"ef_search\": %u}",
                 c ? "," : "", file, n, n, QUERY_SETS, RECALL_QUERIES, K, index.M, index.ef_construction,
                 index.ef_search);

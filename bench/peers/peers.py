@@ -202,14 +202,16 @@ def run_lora(rep, meta, quick):
     with torch.no_grad():
         for group, case, hidden, rank in (("micro_lora_forward", "rank2/2048", 2048, 2),
                                           ("base_lora_forward", "rank16/2048", 2048, 16)):
-            x, A, B, y = uniform(1, hidden), uniform(hidden, rank), uniform(rank, hidden, lo=-0.5, hi=0.5), torch.empty(1, hidden)
+            x, A = uniform(1, hidden), uniform(hidden, rank)
+            B, y = uniform(rank, hidden, lo=-0.5, hi=0.5), torch.empty(1, hidden)
             fn = lambda: torch.addmm(x, torch.mm(x, A), B, alpha=2.0, out=y)
             s, calls = batched(fn, samples=samples)
             rep.timed(f"lora/{group}/{case}", "torch", s, calls, ours=(group, case))
         # 64 rows over 8 adapters, row i through adapter i % 8: two batched matmuls over the rows
         # grouped by adapter (the grouping is free for this regular pattern).
         n, hidden, rank, count = 64, 2048, 16, 8
-        x, A, B = uniform(n, hidden), uniform(count, hidden, rank), uniform(count, rank, hidden, lo=-0.5, hi=0.5)
+        x, A = uniform(n, hidden), uniform(count, hidden, rank)
+        B = uniform(count, rank, hidden, lo=-0.5, hi=0.5)
         y = torch.empty(n, hidden)
 
         def batched_apply():
@@ -229,7 +231,8 @@ def run_lora(rep, meta, quick):
             gB.addr_(d, torch.mv(A, x), alpha=0.8 * 2.0)
             gA.addr_(torch.mv(B.t(), d), x, alpha=0.8 * 2.0)
         s, calls = batched(accumulate, samples=samples)
-        rep.timed("lora/gradient_accumulation/1024", "torch", s, calls, ours=("gradient_accumulation", "1024"))
+        rep.timed("lora/gradient_accumulation/1024", "torch", s, calls,
+                  ours=("gradient_accumulation", "1024"))
 
 
 def main():
