@@ -77,4 +77,8 @@ int sona_bench_main(int argc, char **argv);
  * the resident memory it added on stdout. */
 int bench_engine_create_probe(const char *width);
 
+/* `sona bench --dump-data DIR`: the inputs of the rows the peers (bench/peers/peers.py) stand
+ * beside, as float32 .npy files, and peers_data.json with their shapes and parameters. 0 or -1. */
+int bench_dump_peer_data(const char *dir);
+
 #endif

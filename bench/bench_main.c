@@ -17,7 +17,7 @@ extern const size_t bench_group_count;
 
 typedef struct options {
     int quick, list;
-    const char *groups, *backends, *json, *html, *compare;
+    const char *groups, *backends, *json, *html, *compare, *dump_data, *peers;
     double threshold_pct;
 } options;
 
@@ -26,7 +26,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: sona bench [--quick] [--group NAME[,NAME...]] [--backend NAME[,NAME...]]\n"
             "                  [--json FILE] [--html FILE] [--compare BASELINE.json [--threshold PCT]]\n"
-            "                  [--list] [--help]\n"
+            "                  [--peers PEERS.json] [--dump-data DIR] [--list] [--help]\n"
             "  --quick       fewer repetitions; the largest CPU cases are skipped\n"
             "  --group       groups to run (see --list); 'ops' selects every op_* group\n"
             "  --backend     scalar, avx2, avx512, neon, opencl, cuda, or cpu (every CPU variant)\n"
@@ -35,6 +35,10 @@ static void usage(FILE *f)
             "  --compare     exit 1 when a row's median is more than PCT%% slower than the same\n"
             "                group/case/backend in the baseline JSON\n"
             "  --threshold   PCT for --compare (default 10)\n"
+            "  --peers       add the rows of bench/peers/peers.py (same inputs run by PyTorch,\n"
+            "                FAISS, scikit-learn, hnswlib) and our time over theirs per row\n"
+            "  --dump-data   write the inputs the peers need into DIR (.npy and peers_data.json),\n"
+            "                then exit\n"
             "  --list        list the groups (those not in this build marked so) and the backends\n"
             "                this host runs, then exit\n"
             "  -h, --help    this text\n"
@@ -144,12 +148,14 @@ static int filter_backends(bench_ctx *ctx, const char *list)
     return kept;
 }
 
-enum { OPT_QUICK, OPT_LIST, OPT_HELP, OPT_GROUP, OPT_BACKEND, OPT_JSON, OPT_HTML, OPT_COMPARE, OPT_THRESHOLD };
+enum { OPT_QUICK, OPT_LIST, OPT_HELP, OPT_GROUP, OPT_BACKEND, OPT_JSON, OPT_HTML, OPT_COMPARE, OPT_THRESHOLD,
+       OPT_DUMP_DATA, OPT_PEERS };
 
 static const cli_option bench_options[] = {
     {"quick", 0, 0, OPT_QUICK},         {"list", 0, 0, OPT_LIST},       {"help", 'h', 0, OPT_HELP},
     {"group", 0, 1, OPT_GROUP},         {"backend", 0, 1, OPT_BACKEND}, {"json", 0, 1, OPT_JSON},
     {"html", 0, 1, OPT_HTML},           {"compare", 0, 1, OPT_COMPARE}, {"threshold", 0, 1, OPT_THRESHOLD},
+    {"dump-data", 0, 1, OPT_DUMP_DATA}, {"peers", 0, 1, OPT_PEERS},
     {NULL, 0, 0, 0},
 };
 
@@ -205,6 +211,8 @@ static int parse_args(int argc, char **argv, options *o)
         case OPT_JSON: o->json = p.value; break;
         case OPT_HTML: o->html = p.value; break;
         case OPT_COMPARE: o->compare = p.value; break;
+        case OPT_DUMP_DATA: o->dump_data = p.value; break;
+        case OPT_PEERS: o->peers = p.value; break;
         case OPT_THRESHOLD:
             if (cli_parse_finite(p.value, &o->threshold_pct) != 0 || o->threshold_pct < 0) {
                 fprintf(stderr, "sona bench: --threshold needs a finite percentage >= 0, not '%s'\n", p.value);
@@ -231,6 +239,10 @@ static int parse_args(int argc, char **argv, options *o)
             fprintf(stderr, "sona bench: --compare %s: not a regular file\n", o->compare);
             return -1;
         }
+    }
+    if (o->peers && access(o->peers, R_OK) != 0) {
+        fprintf(stderr, "sona bench: --peers %s: %s\n", o->peers, strerror(errno));
+        return -1;
     }
     if (o->backends && check_names(o->backends, "backend", known_backend, NULL) != 0)
         return -1;
@@ -281,6 +293,13 @@ int sona_bench_main(int argc, char **argv)
     const int parsed = parse_args(argc, argv, &o);
     if (parsed != 0)
         return parsed > 0 ? 0 : 2;
+    if (o.dump_data) {
+        if (bench_dump_peer_data(o.dump_data) != 0) {
+            fprintf(stderr, "sona bench: --dump-data %s: cannot write the inputs there\n", o.dump_data);
+            return 2;
+        }
+        return 0;
+    }
     bench_ctx ctx;
     bench_ctx_init(&ctx, o.quick);
     if (o.backends && filter_backends(&ctx, o.backends) == 0) {
@@ -333,6 +352,12 @@ int sona_bench_main(int argc, char **argv)
     }
 
     int rc = 0;
+    if (o.peers) {
+        const size_t first = ctx.nrows;
+        if (bench_merge_peers(&ctx, o.peers) != 0)
+            rc = 2;
+        bench_print_table(stdout, ctx.rows + first, ctx.nrows - first);
+    }
     bench_buf json = {0};
     bench_json_write(&json, &h, ctx.rows, ctx.nrows);
     if (o.json && bench_buf_write(&json, o.json) != 0) {

@@ -55,6 +55,8 @@ typedef struct extraction_fixture {
     uint32_t n;
     float *X, *quality;
     sona_bank_extract_result last;
+    double inertia_sum; /* over every call: each call's k-means seeds from its own stream */
+    long calls;
 } extraction_fixture;
 
 /* One extraction of n fresh trajectories: queueing them (a copy) is part of the call, as the
@@ -64,7 +66,11 @@ static int call_extract(void *arg)
     extraction_fixture *f = arg;
     if (sona_bank_add_batch(f->bank, f->n, f->X, DIM, f->quality, NULL, NULL) != SONA_OK)
         return -1;
-    return sona_bank_extract(f->bank, &f->last) == SONA_OK ? 0 : -1;
+    if (sona_bank_extract(f->bank, &f->last) != SONA_OK)
+        return -1;
+    f->inertia_sum += f->last.inertia;
+    f->calls++;
+    return 0;
 }
 
 static void run_pattern_extraction(bench_ctx *ctx)
@@ -98,8 +104,12 @@ static void run_pattern_extraction(bench_ctx *ctx)
         } else {
             for (uint32_t i = 0; i < f.n; i++)
                 f.quality[i] = sona_rng_uniform(&r);
-            if (bench_measure(ctx, &row, call_extract, &f) == 0)
+            if (bench_measure(ctx, &row, call_extract, &f) == 0) {
                 bench_report(ctx, &row, "iterations", f.last.iterations, "");
+                /* Beside the peers' k-means inertia on the same rows (bench/peers); the mean, as
+                 * the seed, and so the inertia, changes from call to call. */
+                bench_report(ctx, &row, "inertia", f.inertia_sum / (double)f.calls, "");
+            }
         }
         sona_bank_destroy(f.bank);
         free(f.X);
@@ -284,3 +294,78 @@ const bench_group bench_pattern_storage = {
     .description = "pattern_search's clustered rows per index storage (f32, f16, q8): latency, recall@10, build, bytes per pattern",
     .run = run_pattern_storage,
 };
+
+/* ---- inputs for the peers (bench/peers/peers.py) ----------------------------------------- */
+
+/* rows x cols float32 as a NumPy .npy file (format 1.0, little-endian, C order). */
+static int write_npy(const char *dir, const char *file, const float *X, uint32_t rows, uint32_t cols)
+{
+    char path[1024], header[128];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    int len = snprintf(header, sizeof header, "{'descr': '<f4', 'fortran_order': False, 'shape': (%u, %u), }",
+                       rows, cols);
+    /* The magic, version and length take 10 bytes; the header pads to 64 and ends in '\n'. */
+    const int total = (10 + len + 1 + 63) / 64 * 64;
+    while (10 + len + 1 < total)
+        header[len++] = ' ';
+    header[len++] = '\n';
+    const unsigned char lead[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
+                                    (unsigned char)(len & 0xff), (unsigned char)(len >> 8)};
+    int ok = fwrite(lead, 1, 10, f) == 10 && fwrite(header, 1, (size_t)len, f) == (size_t)len &&
+             fwrite(X, sizeof *X, (size_t)rows * cols, f) == (size_t)rows * cols;
+    return (fclose(f) == 0 && ok) ? 0 : -1;
+}
+
+int bench_dump_peer_data(const char *dir)
+{
+    enum { EXTRACT_N = 5000, EXTRACT_K = 100 };
+    static const uint32_t search_sizes[] = {10000, 100000};
+    sona_bank_config bank;
+    sona_bank_config_default(&bank, DIM);
+    sona_index_config index;
+    sona_index_config_default(&index, DIM);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/peers_data.json", dir);
+    FILE *meta = fopen(path, "w");
+    if (!meta)
+        return -1;
+    char trials[32] = "2 + 2 ln k";
+    if (bank.seeding_trials)
+        snprintf(trials, sizeof trials, "%u", bank.seeding_trials);
+    /* The same seeds and generator calls as the rows the peers stand beside. */
+    sona_rng r;
+    sona_rng_seed(&r, 0x5eed, EXTRACT_N);
+    float *X = make_rows(&r, EXTRACT_N, 0);
+    int rc = X ? write_npy(dir, "extraction_5000.npy", X, EXTRACT_N, DIM) : -1;
+    free(X);
+    fprintf(meta,
+            "{\n  \"threads\": 1,\n"
+            "  \"extraction\": {\"file\": \"extraction_5000.npy\", \"group\": \"pattern_extraction\", "
+            "\"case\": \"5000/100\", \"k\": %d, \"max_iterations\": %u, \"tolerance\": %.9g, "
+            "\"init\": \"greedy k-means++, %s candidates per centre\"},\n"
+            "  \"search\": [",
+            EXTRACT_K, bank.max_iterations, (double)bank.tolerance, trials);
+    for (size_t c = 0; rc == 0 && c < sizeof search_sizes / sizeof search_sizes[0]; c++) {
+        const uint32_t n = search_sizes[c];
+        char file[64];
+        snprintf(file, sizeof file, "search_clustered_%u.npy", n);
+        sona_rng_seed(&r, 0x5eed, n * 2u + 1u);
+        float *P = make_rows(&r, n + QUERY_SETS + RECALL_QUERIES, 1);
+        rc = P ? write_npy(dir, file, P, n + QUERY_SETS + RECALL_QUERIES, DIM) : -1;
+        free(P);
+        fprintf(meta,
+                "%s\n    {\"file\": \"%s\", \"group\": \"pattern_search\", \"case\": \"clustered/%u\", "
+                "\"n\": %u, \"timing_queries\": %d, \"recall_queries\": %d, \"k\": %d, "
+                "\"metric\": \"cosine\", "
+                "\"M\": %u, \"ef_construction\": %u, \"ef_search\": %u}",
+                c ? "," : "", file, n, n, QUERY_SETS, RECALL_QUERIES, K, index.M, index.ef_construction,
+                index.ef_search);
+    }
+    fprintf(meta, "\n  ]\n}\n");
+    if (fclose(meta) != 0)
+        rc = -1;
+    return rc;
+}

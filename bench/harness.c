@@ -300,6 +300,13 @@ void bench_report(bench_ctx *ctx, const bench_row *row, const char *metric, doub
     r->value = value;
 }
 
+void bench_add_row(bench_ctx *ctx, const bench_result *r)
+{
+    const bench_row row = {.group = r->group, .name = r->name, .backend = r->backend};
+    bench_result *copy = new_row(ctx, &row, r->kind);
+    *copy = *r;
+}
+
 void bench_skip(bench_ctx *ctx, const bench_row *row, const char *why)
 {
     bench_result *r = new_row(ctx, row, BENCH_SKIPPED);

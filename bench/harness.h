@@ -48,6 +48,13 @@ struct bench_ctx {
 void bench_ctx_init(bench_ctx *ctx, int quick);
 void bench_ctx_free(bench_ctx *ctx);
 
+/* Appends a copy of r (a row read from another report) to the run's rows. */
+void bench_add_row(bench_ctx *ctx, const bench_result *r);
+/* `sona bench --peers FILE`: appends the rows of FILE (written by bench/peers/peers.py) and, for
+ * each timed peer row naming our row (ours_group, ours_case), an "ours/theirs" row: our median
+ * over theirs, ours on the CPU backend the library chose. 0, or -1 said on stderr. */
+int bench_merge_peers(bench_ctx *ctx, const char *path);
+
 /* "meets stretch", "meets target", "misses", or "-" when the spec gives no target. */
 const char *bench_verdict(const bench_result *r);
 /* The spec's expected time over the measured median (0 when there is none). */

@@ -667,12 +667,17 @@ static void summarize(const bench_result *rows, size_t first, size_t last, group
 static void summary_notes(bench_buf *b, const bench_result *rows, size_t first, size_t last, const group_sum *s)
 {
     double rmin = INFINITY, rmax = -INFINITY, qmin = INFINITY, qmax = -INFINITY, total = NAN, total_spec = NAN;
+    double omin = INFINITY, omax = -INFINITY; /* the peers' ours/theirs time */
     int tasks = 0, reached = 0;
     for (size_t i = first; i < last; i++) {
         const bench_result *r = &rows[i];
         if (value_of(r, "recall@10")) {
             rmin = fmin(rmin, r->value);
             rmax = fmax(rmax, r->value);
+        }
+        if (value_of(r, "ours/theirs time")) {
+            omin = fmin(omin, r->value);
+            omax = fmax(omax, r->value);
         }
         if (value_of(r, "qps")) {
             qmin = fmin(qmin, r->value);
@@ -699,6 +704,10 @@ static void summary_notes(bench_buf *b, const bench_result *rows, size_t first, 
                          total < SPEC_MEMORY_STRETCH_MB  ? "meets stretch (&lt; 50 MB)"
                          : total < SPEC_MEMORY_TARGET_MB ? "meets target (&lt; 100 MB)"
                                                          : "misses the 100 MB target");
+        sep = "; ";
+    }
+    if (omax >= omin) {
+        bench_buf_printf(b, "%sour time over theirs %.2fx to %.2fx", sep, omin, omax);
         sep = "; ";
     }
     if (rmax >= rmin) {
@@ -753,7 +762,8 @@ static void summary_table(bench_buf *b, const bench_result *rows, size_t n)
             bench_buf_printf(b, "-");
         }
         bench_buf_printf(b, "</td><td>");
-        html_text(b, s.best ? s.best : "-");
+        /* The peers are other libraries on unlike cases: no one of them is "best". */
+        html_text(b, s.best && strcmp(rows[first].group, "peers") ? s.best : "-");
         char t[32];
         bench_format_ratio(t, sizeof t, s.vs_scalar);
         bench_buf_printf(b, "</td><td title=\"geometric mean over %d cases\">%s</td>", s.n_scalar, t);
@@ -1108,6 +1118,11 @@ void bench_html_write(bench_buf *out, const bench_header *h, const bench_result 
         bench_buf_printf(out, "\">");
         html_text(out, rows[first].group);
         bench_buf_printf(out, "</h2>\n");
+        if (!strcmp(rows[first].group, "peers"))
+            bench_buf_printf(out, "<p class=\"note\">Other libraries on the inputs of our rows, at our thread count "
+                                  "(bench/peers/peers.py; the rules: docs/peers.md). Each timed row is followed by "
+                                  "our time over theirs (below 1x: ours is faster), and each inertia, recall and "
+                                  "build row by ours over theirs.</p>\n");
         group_bar_charts(out, rows, first, last);
         curve_charts(out, rows, first, last);
         group_table(out, rows, first, last);

@@ -11,4 +11,25 @@ cmake --build build -j"$(nproc)" >/dev/null
 # backend there is, so it asks (a GPU still comes first).
 export SONA_OPENCL_DEVICE=${SONA_OPENCL_DEVICE:-any}
 ./build/bin/sona info
-exec ./build/bin/sona bench "$@"
+# The peers (docs/peers.md) on the inputs of our rows, before ours, merged into the same report;
+# not for --list or --help, which run nothing.
+peers=() quick=() run=1
+for arg in "$@"; do
+  case $arg in --quick) quick=(--quick) ;; --list | --help | -h) run=0 ;; esac
+done
+if [ "$run" = 0 ]; then
+  :
+elif /usr/bin/python3 bench/peers/peers.py --check; then
+  peers_dir=$(mktemp -d)
+  trap 'rm -rf "$peers_dir"' EXIT
+  # A peer that fails costs its rows, not the main job's report.
+  if ./build/bin/sona bench --dump-data "$peers_dir" &&
+     /usr/bin/python3 bench/peers/peers.py --data "$peers_dir" --out "$peers_dir/peers.json" "${quick[@]}"; then
+    peers=(--peers "$peers_dir/peers.json")
+  else
+    echo "peers: failed (above); the report goes without them" >&2
+  fi
+else
+  echo "peers: skipped (they do not all import; scripts/deps.sh installs them)" >&2
+fi
+./build/bin/sona bench "$@" "${peers[@]}"

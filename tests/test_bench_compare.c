@@ -1,15 +1,19 @@
 /* SPDX-License-Identifier: MIT */
-/* The regression check of `sona bench --compare` (bench/compare.c) and the JSON it reads
- * (bench/json_read.c, bench/report_json.c), on synthetic reports. */
+/* The regression check of `sona bench --compare` (bench/compare.c), the JSON it reads
+ * (bench/json_read.c, bench/report_json.c) and the peers merge of --peers (bench/peers_merge.c),
+ * on synthetic reports. */
 #include "compare.h"
 #include "harness.h"
 #include "json_read.h"
+
+#include "dispatch/dispatch.h"
 
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* A report with one timed row per (case, median) pair, all in group g on backend avx2. */
 static char *report(const char *g, int n, const char *const *cases, const double *medians)
@@ -399,4 +403,55 @@ Test(bench_compare, report_strings_that_are_not_utf8_stay_json)
     cr_assert_eq(json_parse(out.s, &v, err, sizeof err), 0, "%s", err);
     json_free(&v);
     bench_buf_free(&out);
+}
+
+/* `sona bench --peers`: the peers' rows are appended as they are, each timed row (and each value
+ * row naming our metric) followed by our figure over theirs, skipped where our row did not run. */
+Test(bench_compare, peers_rows_get_ours_over_theirs)
+{
+    bench_ctx ctx;
+    bench_ctx_init(&ctx, 1);
+    bench_result ours = {.kind = BENCH_TIMED, .group = "pattern_search", .name = "clustered/10000",
+                         .median_us = 20, .samples = 5, .batch = 1};
+    snprintf(ours.backend, sizeof ours.backend, "%s", sona_cpu_backend()->name);
+    bench_add_row(&ctx, &ours);
+    ours.kind = BENCH_VALUE;
+    strcpy(ours.metric, "recall@10");
+    ours.value = 0.99;
+    bench_add_row(&ctx, &ours);
+    char path[] = "/tmp/sona_peers_XXXXXX";
+    const int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    FILE *f = fdopen(fd, "w");
+    fputs("{\"format\": \"sona-bench-1\", \"rows\": ["
+          "{\"group\": \"peers\", \"case\": \"hnsw ef=50\", \"backend\": \"hnswlib\", \"kind\": \"timed\", "
+          "\"median_us\": 40, \"p99_us\": 50, \"samples\": 9, \"calls_per_sample\": 64, "
+          "\"ours_group\": \"pattern_search\", \"ours_case\": \"clustered/10000\"}, "
+          "{\"group\": \"peers\", \"case\": \"hnsw ef=50\", \"backend\": \"hnswlib\", \"kind\": \"value\", "
+          "\"metric\": \"recall@10\", \"value\": 0.9, \"unit\": \"\", \"ours_group\": \"pattern_search\", "
+          "\"ours_case\": \"clustered/10000\", \"ours_metric\": \"recall@10\"}, "
+          "{\"group\": \"peers\", \"case\": \"torch\", \"backend\": \"torch\", \"kind\": \"timed\", "
+          "\"median_us\": 5, \"ours_group\": \"base_lora_forward\", \"ours_case\": \"rank16/2048\"}, "
+          "{\"group\": \"peers\", \"case\": \"faiss\", \"backend\": \"faiss\", \"kind\": \"skipped\", "
+          "\"reason\": \"faiss does not import\"}]}",
+          f);
+    fclose(f);
+    cr_assert_eq(bench_merge_peers(&ctx, path), 0);
+    unlink(path);
+    cr_assert_eq(ctx.nrows, 2 + 7);
+    const bench_result *r = ctx.rows + 2;
+    cr_expect_eq(r[0].kind, BENCH_TIMED);
+    cr_expect_float_eq(r[0].median_us, 40, 1e-9);
+    cr_expect_eq(r[0].batch, 64);
+    cr_expect_eq(r[1].kind, BENCH_VALUE);
+    cr_expect_str_eq(r[1].metric, "ours/theirs time");
+    cr_expect_float_eq(r[1].value, 0.5, 1e-9);
+    cr_expect_str_eq(r[3].metric, "ours/theirs recall@10");
+    cr_expect_float_eq(r[3].value, 0.99 / 0.9, 1e-9);
+    cr_expect_eq(r[5].kind, BENCH_SKIPPED); /* no base_lora_forward row of ours */
+    cr_expect_str_eq(r[6].group, "peers");
+    cr_expect_eq(r[6].kind, BENCH_SKIPPED);
+    cr_expect_str_eq(r[6].note, "faiss does not import");
+    cr_expect_eq(bench_merge_peers(&ctx, "/nonexistent/peers.json"), -1);
+    bench_ctx_free(&ctx);
 }

@@ -118,6 +118,20 @@ errors)
     expect 2 timeout 60 "$sona" bench --group=loop_a --quick --compare "$work/fifo" \
         && has "$err" "not a regular file" "bench --compare FIFO"
     rm -f "$work/fifo"
+    expect 2 "$sona" bench --group=loop_a --quick --peers "$work/no-such-dir/peers.json" \
+        && has "$err" "--peers" "bench --peers of a missing file"
+    grep -q "loop_a" "$out" && fail "bench --peers of a missing file ran the benchmark first"
+    # --dump-data: the peers' inputs as .npy with their shapes, and what the peers must match.
+    expect 2 "$sona" bench --dump-data "$work/no-such-dir" && has "$err" "--dump-data" "bench --dump-data into a missing folder"
+    rm -rf "$work/peers-data" && mkdir "$work/peers-data" || fail "mkdir peers-data"
+    if expect 0 "$sona" bench --dump-data "$work/peers-data"; then
+        head -c 128 "$work/peers-data/extraction_5000.npy" | grep -qF "'shape': (5000, 256)" \
+            || fail "bench --dump-data: extraction_5000.npy has no shape (5000, 256)"
+        [ "$(wc -c <"$work/peers-data/search_clustered_10000.npy")" -eq $((128 + 10164 * 256 * 4)) ] \
+            || fail "bench --dump-data: search_clustered_10000.npy is not 10 164 x 256 float32 after a 128-byte header"
+        has "$work/peers-data/peers_data.json" '"ef_construction": 100' "bench --dump-data's peers_data.json"
+    fi
+    rm -rf "$work/peers-data"
     ;;
 export-peft)
     # Options before, between and after the operands, with '=' or a separate value.
