@@ -4,7 +4,7 @@
 # Extra arguments go to `sona bench` (e.g. --quick, --json out.json, --html report.html).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/deps.sh
+bash scripts/deps.sh --peers
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DSONA_BUILD_TESTS=OFF >/dev/null
 cmake --build build -j"$(nproc)" >/dev/null
 # OpenCL CPU devices (PoCL) are otherwise used only when asked for: the main job measures every
@@ -30,6 +30,6 @@ elif /usr/bin/python3 bench/peers/peers.py --check; then
     echo "peers: failed (above); the report goes without them" >&2
   fi
 else
-  echo "peers: skipped (they do not all import; scripts/deps.sh installs them)" >&2
+  echo "peers: skipped (they do not all import; scripts/deps.sh --peers installs them)" >&2
 fi
 ./build/bin/sona bench "$@" "${peers[@]}"
