@@ -87,12 +87,14 @@ typedef struct sync_run {
     sona_status st[K];
     sona_sync_result res[K];
     const sona_sync_config *cfg;
+    const sona_sync_config *cfgs[K]; /* a rank's own, where set */
 } sync_run;
 
 static void sync_rank(uint32_t rank, void *arg)
 {
     sync_run *s = arg;
-    s->st[rank] = sona_sync(s->e[rank], thread_world_comm(s->world, rank), s->cfg, &s->res[rank]);
+    s->st[rank] = sona_sync(s->e[rank], thread_world_comm(s->world, rank),
+                            s->cfgs[rank] ? s->cfgs[rank] : s->cfg, &s->res[rank]);
 }
 
 /* Syncs every engine at once over a world failing at call fail_at (0: none). */
@@ -346,7 +348,7 @@ static void failing_callbacks(sona_sync_method method, int history)
     sona_sync_config cfg;
     sona_sync_config_default(&cfg);
     cfg.method = method;
-    cfg.merge = history ? SONA_SYNC_CHANGES : SONA_SYNC_AVERAGE;
+    cfg.merge = history == 2 ? SONA_SYNC_PACED : history ? SONA_SYNC_CHANGES : SONA_SYNC_AVERAGE;
     sync_run s = {.cfg = &cfg};
     enum { N = 2 * AF };
     static weights before[K], now;
@@ -358,13 +360,14 @@ static void failing_callbacks(sona_sync_method method, int history)
         s.e[i] = make_engine(H);
         train(s.e[i], seed, 20 + i, 50 + 20 * i);
     }
-    if (history) {
+    for (int done = 0; done < history; done++) { /* 2: PACED's gain has a last move */
         sync_all(&s, 0);
         for (uint32_t i = 0; i < K; i++)
             cr_assert_eq(s.st[i], SONA_OK);
-        cr_assert_eq(eng_inspect_base_end_task(s.e[1]), SONA_OK);
+        if (done == 0)
+            cr_assert_eq(eng_inspect_base_end_task(s.e[1]), SONA_OK);
         for (uint32_t i = 0; i < K; i++)
-            train(s.e[i], seed, 30 + i, 30);
+            train(s.e[i], seed, 30 + 10 * (uint64_t)done + i, 30);
     }
     for (uint32_t i = 0; i < K; i++) {
         read_weights(s.e[i], &before[i]);
@@ -401,8 +404,8 @@ static void failing_callbacks(sona_sync_method method, int history)
         }
     }
     printf("%s%s: %u failing calls tried, each left the engines unchanged\n",
-           method == SONA_SYNC_EXACT ? "exact" : "sketch", history ? " after a sync" : "",
-           failures);
+           method == SONA_SYNC_EXACT ? "exact" : "sketch",
+           history == 2 ? " after two paced syncs" : history ? " after a sync" : "", failures);
     cr_assert_geq(failures, 6); /* size, rank, header, Base-LoRA, tenants, status: each tried */
     for (uint32_t i = 0; i < K; i++) {
         cr_assert_eq(s.st[i], SONA_OK);
@@ -424,12 +427,30 @@ Test(sync, a_failing_callback_after_a_sync_leaves_every_engine_as_it_was)
     failing_callbacks(SONA_SYNC_EXACT, 1);
 }
 
+Test(sync, a_failing_callback_after_two_paced_syncs_leaves_every_engine_as_it_was)
+{
+    failing_callbacks(SONA_SYNC_SKETCH, 2); /* the gain's all-gather among the calls */
+    failing_callbacks(SONA_SYNC_EXACT, 2);
+}
+
 Test(sync, other_shapes_are_refused_on_every_rank)
 {
     sync_run s = {.cfg = NULL};
     s.e[0] = make_engine(H);
     s.e[1] = make_engine(H);
     s.e[2] = make_engine(H + 8);
+    sync_all(&s, 0);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_E_SIZE, "rank %u: %d", i, s.st[i]);
+        sona_engine_destroy(s.e[i]);
+    }
+    /* One shape, but a rank asking for another merge: refused on every rank alike. */
+    sona_sync_config other;
+    sona_sync_config_default(&other);
+    other.merge = SONA_SYNC_AVERAGE;
+    s.cfgs[1] = &other;
+    for (uint32_t i = 0; i < K; i++)
+        s.e[i] = make_engine(H);
     sync_all(&s, 0);
     for (uint32_t i = 0; i < K; i++) {
         cr_assert_eq(s.st[i], SONA_E_SIZE, "rank %u: %d", i, s.st[i]);
@@ -597,6 +618,108 @@ Test(sync, changes_are_summed_onto_what_the_last_sync_left)
 Test(sync, the_sketch_sums_changes_close_to_the_exact_merge)
 {
     changes(SONA_SYNC_SKETCH);
+}
+
+/* The dense product B A of tenant 0's factors (the scale s is the same for all, left out). */
+static void micro_dense(const float *A, const float *Bt, double *M)
+{
+    for (uint32_t h = 0; h < H; h++)
+        for (uint32_t c = 0; c < H; c++) {
+            double v = 0.0;
+            for (uint32_t j = 0; j < MICRO; j++)
+                v += (double)Bt[j * H + h] * A[j * H + c];
+            M[h * H + c] = v;
+        }
+}
+
+static double dense_dot(const double *x, const double *y)
+{
+    double s = 0.0;
+    for (uint32_t i = 0; i < H * H; i++)
+        s += x[i] * y[i];
+    return s;
+}
+
+Test(sync, paced_merges_step_by_the_gain_the_last_move_implies)
+{
+    /* Syncs 1 (no S: the average), 2 (S, no last move: g = K, the sum of the changes, bit for
+     * bit) and 3 (g from the last move D = S - P: 1 - a = 1/K - <m, D> / |D|^2, clamped,
+     * g = 1 + a + a^2), each after the ranks trained apart; tenant 0 checked against the
+     * dense computation here, every rank bit-identical. */
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    sona_sync_config cfg;
+    sona_sync_config_default(&cfg);
+    cr_assert_eq(cfg.merge, SONA_SYNC_PACED);
+    sync_run s = {.cfg = &cfg};
+    static weights P, S, before[K], after[K];
+    for (uint32_t i = 0; i < K; i++) {
+        s.e[i] = make_engine(H);
+        train(s.e[i], seed, 150 + i, 30);
+    }
+    sync_all(&s, 0);
+    read_weights(s.e[0], &P);
+    for (uint32_t i = 0; i < K; i++) {
+        train(s.e[i], seed, 160 + i, 40);
+        read_weights(s.e[i], &before[i]);
+    }
+    sync_all(&s, 0);
+    float eA[MF], eBt[MF];
+    const float *pa[K + 1] = {before[0].mA, before[1].mA, before[2].mA, P.mA};
+    const float *pb[K + 1] = {before[0].mBt, before[1].mBt, before[2].mBt, P.mBt};
+    const double wt[K + 1] = {1.0, 1.0, 1.0, -(K - 1.0)};
+    cr_assert_eq(sona_lora_merge(H, MICRO, K + 1, pa, pb, wt, eA, eBt, NULL), SONA_OK);
+    cr_assert_eq(sona_lora_align(H, MICRO, P.mA, eA, eBt), SONA_OK);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK, "rank %u: %s", i, sona_engine_last_error(s.e[i]));
+        read_weights(s.e[i], &after[i]);
+        cr_assert_eq(memcmp(after[i].mA, eA, sizeof eA), 0, "rank %u's tenant 0", i);
+        cr_assert_eq(memcmp(after[i].mBt, eBt, sizeof eBt), 0, "rank %u's tenant 0", i);
+    }
+    S = after[0];
+    for (uint32_t i = 0; i < K; i++) {
+        train(s.e[i], seed, 170 + i, 40);
+        read_weights(s.e[i], &before[i]);
+    }
+    sync_all(&s, 0);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK, "rank %u: %s", i, sona_engine_last_error(s.e[i]));
+        read_weights(s.e[i], &after[i]);
+        cr_assert_eq(memcmp(&after[i], &after[0], sizeof after[0]), 0, "rank %u", i);
+    }
+    static double dS[H * H], dP[H * H], dW[H * H], D[H * H], m[H * H], got[H * H], want[H * H];
+    micro_dense(S.mA, S.mBt, dS);
+    micro_dense(P.mA, P.mBt, dP);
+    for (uint32_t j = 0; j < H * H; j++)
+        D[j] = dS[j] - dP[j], m[j] = -dS[j];
+    for (uint32_t i = 0; i < K; i++) {
+        micro_dense(before[i].mA, before[i].mBt, dW);
+        for (uint32_t j = 0; j < H * H; j++)
+            m[j] += dW[j] / K;
+    }
+    double q = 1.0 / K - dense_dot(m, D) / dense_dot(D, D);
+    q = q < 0.0 ? 0.0 : q > 1.0 ? 1.0 : q;
+    const double a = 1.0 - q, g = 1.0 + a + a * a;
+    const float *qa[K + 1] = {before[0].mA, before[1].mA, before[2].mA, S.mA};
+    const float *qb[K + 1] = {before[0].mBt, before[1].mBt, before[2].mBt, S.mBt};
+    const double wg[K + 1] = {g / K, g / K, g / K, 1.0 - g};
+    cr_assert_eq(sona_lora_merge(H, MICRO, K + 1, qa, qb, wg, eA, eBt, NULL), SONA_OK);
+    micro_dense(eA, eBt, want);
+    micro_dense(after[0].mA, after[0].mBt, got);
+    double err = 0.0;
+    for (uint32_t j = 0; j < H * H; j++)
+        err += (got[j] - want[j]) * (got[j] - want[j]);
+    err = sqrt(err / dense_dot(want, want));
+    /* How far the merge went along m: g, not the sum's K nor the average's 1 (unless clamped). */
+    for (uint32_t j = 0; j < H * H; j++)
+        got[j] -= dS[j];
+    printf("paced: 1 - a = %.4f, gain %.4f (the merge's own step along m: %.4f), relative "
+           "difference from the merge computed here %.3g\n", q, g,
+           dense_dot(got, m) / dense_dot(m, m), err);
+    cr_assert(g >= 1.0 && g <= K);
+    cr_assert(err < 1e-5, "the paced merge is %.3g from S + g m's", err);
+    for (uint32_t i = 0; i < K; i++)
+        sona_engine_destroy(s.e[i]);
 }
 
 /* |x - y| within the all-reduce's integer grid (Fisher entries are >= 0, so no rank's row

@@ -172,7 +172,7 @@ class SyncResult:
     """Engine.sync's result (sona_sync_result)."""
     ranks: int            # the size of the communicator
     rank: int             # this process's rank
-    weight: float         # this rank's share of the merge (the weights sum to 1)
+    weight: float         # this rank's share of the average or of the mean change (sum 1)
     merge_error: float    # |merged - M|_F / |M|_F of Base-LoRA's s B A over the layers, M the
                           # merge's target (for "sketch": of M's part in the sketched range)
     tenants_merged: int   # tenant ids live on two ranks or more, merged there

@@ -127,7 +127,7 @@ struct sona_engine {
     } n;
     atomic_uint last_phi_bits;
     uint64_t synced_processed;  /* n.processed at the last sona_sync (sync.c; cycle_mu) */
-    struct eng_sync *sync;      /* what the last sona_sync left, for SONA_SYNC_CHANGES (cycle_mu) */
+    struct eng_sync *sync;      /* what the last sona_sync left, for CHANGES and PACED (cycle_mu) */
 
     eng_device *device;         /* NULL: batches run on the CPU (see eng_device_ready) */
     atomic_uint_fast64_t device_batches, device_fallbacks; /* runtime only, not saved */

@@ -34,7 +34,13 @@
 struct eng_sync {
     int have;         /* 0 before the first sync (and after a commit that failed half-way) */
     float *base;      /* 2 x layers x rank x hidden */
+    float *base_prev; /* SONA_SYNC_PACED: the S before (P), where base_prev_have */
+    int base_prev_have;
+    double base_gain; /* the gain of the merge that left S (from P) */
     float *tenants;   /* max_tenants x 2 x micro_rank x hidden */
+    float *tenants_prev; /* SONA_SYNC_PACED: each slot's S before (P), where prev[i] */
+    unsigned char *prev;
+    double *gain;        /* the gain of the merge that left the slot's S (from P) */
     uint64_t *gen;
     unsigned char *valid;
     float *fisher_tasks; /* EWC++: Base-LoRA's task Fisher sum the last sync left */
@@ -49,6 +55,7 @@ void eng_sync_free(struct eng_sync *s)
 {
     if (!s)
         return;
+    free(s->tenants_prev), free(s->prev), free(s->gain), free(s->base_prev);
     free(s->base), free(s->tenants), free(s->gen), free(s->valid), free(s->fisher_tasks), free(s->bank),
         free(s);
 }
@@ -61,10 +68,16 @@ static struct eng_sync *sync_alloc(const sona_engine_config *c)
     s->base = malloc(2 * (size_t)c->base_layers * c->base_rank * c->hidden * sizeof *s->base);
     s->tenants = malloc(2 * (size_t)c->max_tenants * c->micro_rank * c->hidden * sizeof *s->tenants);
     s->gen = calloc(c->max_tenants, sizeof *s->gen);
+    s->tenants_prev = malloc(2 * (size_t)c->max_tenants * c->micro_rank * c->hidden *
+                             sizeof *s->tenants);
+    s->prev = calloc(c->max_tenants, 1);
+    s->base_prev = malloc(2 * (size_t)c->base_layers * c->base_rank * c->hidden * sizeof *s->base);
+    s->gain = calloc(c->max_tenants, sizeof *s->gain);
     s->valid = calloc(c->max_tenants, 1);
     s->fisher_tasks = malloc(2 * (size_t)c->base_layers * c->base_rank * c->hidden *
                              sizeof *s->fisher_tasks);
-    if (!s->base || !s->tenants || !s->gen || !s->valid || !s->fisher_tasks) {
+    if (!s->tenants_prev || !s->prev || !s->gain || !s->base_prev || !s->base || !s->tenants ||
+        !s->gen || !s->valid || !s->fisher_tasks) {
         eng_sync_free(s);
         return NULL;
     }
@@ -86,6 +99,7 @@ _Static_assert(offsetof(sona_stats, tenants) == 21 * sizeof(uint64_t) &&
 typedef struct sync_header {
     uint64_t magic, hidden, layers, rank, alpha_bits, tenants_max, micro_rank, micro_alpha_bits;
     uint64_t learned, has_last;
+    uint64_t merge, has_prev; /* the sync's merge mode; S's P (SONA_SYNC_PACED's last move) */
     uint64_t counters[SYNC_COUNTERS];
     uint64_t tenants, quality_bits, phi_bits;
     uint64_t ewc, ewc_tasks; /* EWC++ on; Base-LoRA's task snapshots */
@@ -122,7 +136,7 @@ void sona_sync_config_default(sona_sync_config *cfg)
 {
     if (cfg) {
         cfg->weighting = SONA_SYNC_TRAJECTORIES;
-        cfg->merge = SONA_SYNC_AVERAGE;
+        cfg->merge = SONA_SYNC_PACED;
         cfg->method = SONA_SYNC_SKETCH;
     }
 }
@@ -884,10 +898,53 @@ typedef struct tenant_merge {
     float *mine, *out;      /* this rank's block; the merged adapters */
     unsigned char *commit;  /* [max_tenants] */
     uint64_t *gen;          /* [max_tenants]: each slot's generation when read */
+    double *gain;
     uint32_t merged;        /* ids merged (on any rank) */
 } tenant_merge;
 
-static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, int changes,
+/* <B_j A_j, B_l A_l>_F from the factors (rank x hidden rows: A, and B transposed), in a fixed
+ * order: the same bits from the same inputs. */
+static double product_dot(size_t H, uint32_t r, const float *Aj, const float *Btj, const float *Al,
+                          const float *Btl)
+{
+    double sum = 0.0;
+    for (uint32_t p = 0; p < r; p++)
+        for (uint32_t q = 0; q < r; q++) {
+            double a = 0.0, b = 0.0;
+            for (size_t h = 0; h < H; h++) {
+                a += (double)Aj[p * H + h] * Al[q * H + h];
+                b += (double)Btj[p * H + h] * Btl[q * H + h];
+            }
+            sum += a * b;
+        }
+    return sum;
+}
+
+/* SONA_SYNC_PACED's gain g on the ranks' mean change m since S (the merge is S + g m), for k
+ * ranks. The model: in one sync interval a rank closes a fraction 1 - a of the gap G between S
+ * and where its traffic leads, so m = (1 - a) G, and one engine seeing all k ranks' traffic would
+ * have closed 1 - a^k of it: g = (1 - a^k) / (1 - a) = 1 + a + ... + a^(k-1), from 1 (every
+ * rank reached the goal on its own: the average) to k (far from it: the sum of the changes).
+ * a is read from the last merge's move D = S - P (P the sync before) made with gain g_last:
+ * then the gap was G_last = m_last / (1 - a) with m_last = D / g_last, now G = G_last - D, so
+ * <m, D> = (1 - a) <G, D> = |D|^2 / g_last - (1 - a) |D|^2, that is
+ * 1 - a = 1 / g_last - <m, D> / |D|^2 (clamped to [0, 1]). A change that turned back against
+ * the last move (it overshot) gives a small a, a change that goes on in D's direction a
+ * large one. Without a last move (md_dd NAN): k, the sum. */
+static double paced_gain(uint32_t k, double g_last, double md, double dd)
+{
+    if (!(g_last >= 1.0) || !(dd > 0.0) || !isfinite(md))
+        return k;
+    double q = 1.0 / g_last - md / dd; /* 1 - a */
+    q = q < 0.0 ? 0.0 : q > 1.0 ? 1.0 : q;
+    const double a = 1.0 - q;
+    double g = 0.0, p = 1.0;
+    for (uint32_t j = 0; j < k; j++, p *= a)
+        g += p;
+    return g;
+}
+
+static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, sona_sync_merge merge,
                                  tenant_merge *tm, sona_status *local)
 {
     const size_t T = e->cfg.max_tenants, af = (size_t)e->cfg.micro_rank * e->cfg.hidden;
@@ -896,11 +953,13 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, in
     tm->out = malloc(floats * sizeof *tm->out);
     tm->commit = calloc(T, 1);
     tm->gen = calloc(T, sizeof *tm->gen);
+    tm->gain = calloc(T, sizeof *tm->gain);
     unsigned char *flags = malloc(T * (size_t)k);
     size_t *shared = malloc(T * sizeof *shared);
     const float **pa = malloc(2 * ((size_t)k + 1) * sizeof *pa);
     double *w = malloc(((size_t)k + 1) * sizeof *w);
-    if (!tm->mine || !tm->out || !tm->commit || !tm->gen || !flags || !shared || !pa || !w) {
+    if (!tm->mine || !tm->out || !tm->commit || !tm->gen || !tm->gain || !flags || !shared ||
+        !pa || !w) {
         free(w), free(flags), free(shared), free(pa);
         return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
     }
@@ -966,12 +1025,32 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, in
             continue;
         /* Changes from S when every holder has it (then each holder's S is the same), else the
          * equal-weight average. */
-        const int from_last = changes && synced == n;
+        const int from_last = merge != SONA_SYNC_AVERAGE && synced == n;
+        double g = n; /* SONA_SYNC_CHANGES: S + the sum of the changes */
+        if (from_last && merge == SONA_SYNC_PACED) {
+            const float *S = e->sync->tenants + 2 * af * i, *P = e->sync->tenants_prev + 2 * af * i;
+            double md = NAN, dd = 0.0;
+            if (e->sync->prev[i]) { /* <m, D> and |D|^2, D = S - P */
+                const uint32_t r = e->cfg.micro_rank;
+                const size_t H = e->cfg.hidden;
+                const double ss = product_dot(H, r, S, S + af, S, S + af),
+                             sp = product_dot(H, r, S, S + af, P, P + af);
+                dd = ss - 2.0 * sp + product_dot(H, r, P, P + af, P, P + af);
+                md = 0.0;
+                for (uint32_t j = 0; j < n; j++)
+                    md += product_dot(H, r, pa[j], pa[k + 1 + j], S, S + af) -
+                          product_dot(H, r, pa[j], pa[k + 1 + j], P, P + af);
+                md = md / n - (ss - sp);
+            }
+            g = paced_gain(n, e->sync->gain[i], md, dd);
+        }
+        tm->gain[i] = from_last ? g : 0.0;
+        const double c = g / n; /* each holder's weight: S + g (the mean change) */
         for (uint32_t j = 0; j < n; j++)
-            w[j] = from_last ? 1.0 : 1.0 / n;
+            w[j] = from_last ? c : 1.0 / n;
         if (from_last) {
             const float *S = e->sync->tenants + 2 * af * i;
-            w[n] = -(double)(n - 1);
+            w[n] = 1.0 - g;
             pa[n] = S;
             pa[k + 1 + n] = S + af;
         }
@@ -1017,6 +1096,11 @@ static sona_status commit_tenants(sona_engine *e, const tenant_merge *tm, struct
                 st = eng_fail(e, s, "%s: committing tenant %zu: %s", __func__, i,
                               sona_lora_last_error(t->lora));
             } else { /* S for this slot: what every holder now has */
+                S->prev[i] = tm->gain[i] > 0.0;
+                S->gain[i] = tm->gain[i];
+                if (S->prev[i])
+                    memcpy(S->tenants_prev + 2 * af * i, S->tenants + 2 * af * i,
+                           2 * af * sizeof *m);
                 memcpy(S->tenants + 2 * af * i, m, 2 * af * sizeof *m);
                 S->gen[i] = t->generation;
                 S->valid[i] = 1;
@@ -1026,6 +1110,39 @@ static sona_status commit_tenants(sona_engine *e, const tenant_merge *tm, struct
         pthread_mutex_unlock(&t->mu);
     }
     return st;
+}
+
+/* SONA_SYNC_PACED's gain for Base-LoRA (every rank has S and P; w the ranks' weights, summing
+ * to 1): <m, D> over all the layers needs each rank's <W_i, S> - <W_i, P>, all-gathered as
+ * doubles and summed in rank order (the same bits on every rank); |D|^2 and <S, D> are each
+ * rank's own, the same everywhere. xs: room for k doubles. mine NULL (this rank failed to
+ * read its weights): it sends 0 and goes on through the collective. */
+static sona_status base_gain(sona_engine *e, sona_comm *comm, uint32_t k, const double *w,
+                             const float *mine, double *xs, double *gain)
+{
+    const uint32_t r = e->cfg.base_rank;
+    const size_t H = e->cfg.hidden, L = e->cfg.base_layers, af = L * r * H;
+    const float *S = e->sync->base, *P = e->sync->base_prev;
+    double x = 0.0, ss = 0.0, sp = 0.0, pp = 0.0;
+    for (size_t l = 0; l < L; l++) {
+        const float *sa = S + l * r * H, *sb = S + af + l * r * H;
+        const float *qa = P + l * r * H, *qb = P + af + l * r * H;
+        ss += product_dot(H, r, sa, sb, sa, sb);
+        sp += product_dot(H, r, sa, sb, qa, qb);
+        pp += product_dot(H, r, qa, qb, qa, qb);
+        if (mine)
+            x += product_dot(H, r, mine + l * r * H, mine + af + l * r * H, sa, sb) -
+                 product_dot(H, r, mine + l * r * H, mine + af + l * r * H, qa, qb);
+    }
+    const sona_status st = sona_comm_allgather(comm, &x, sizeof x, xs);
+    if (st != SONA_OK)
+        return eng_fail(e, st, "%s: gathering the changes' projections: %s", __func__,
+                        sona_comm_last_error(comm));
+    double md = 0.0;
+    for (uint32_t i = 0; i < k; i++)
+        md += w[i] * xs[i];
+    *gain = paced_gain(k, e->sync->base_gain, md - (ss - sp), ss - 2.0 * sp + pp);
+    return SONA_OK;
 }
 
 static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_config *cfg,
@@ -1045,13 +1162,15 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
                       f32_bits(e->cfg.base_alpha), e->cfg.max_tenants, e->cfg.micro_rank,
                       f32_bits(e->cfg.micro_alpha),
                       processed - (e->synced_processed <= processed ? e->synced_processed : 0),
-                      e->sync && e->sync->have, {0}, local.tenants, f32_bits(local.quality_baseline),
+                      e->sync && e->sync->have, (uint64_t)cfg->merge,
+                      e->sync && e->sync->have && e->sync->base_prev_have, {0}, local.tenants,
+                      f32_bits(local.quality_baseline),
                       f32_bits(local.last_phi), e->base_ewc != NULL,
                       eng_ewc_tasks(e->base_ewc)};
     for (unsigned c = 0; c < SYNC_COUNTERS; c++)
         me.counters[c] = *counter(&local, c);
     sync_header *h = calloc(k, sizeof *h);
-    double *w = malloc(((size_t)k + 1) * sizeof *w);
+    double *w = malloc((2 * (size_t)k + 1) * sizeof *w); /* k + 1 weights, k for base_gain */
     const size_t af = (size_t)e->cfg.base_layers * e->cfg.base_rank * e->cfg.hidden;
     float *mine = malloc(4 * af * sizeof *mine); /* old A, old Bt, new A, new Bt */
     if (!e->sync)
@@ -1067,10 +1186,12 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
         if (h[i].magic != SYNC_MAGIC || h[i].hidden != me.hidden || h[i].layers != me.layers ||
             h[i].rank != me.rank || h[i].alpha_bits != me.alpha_bits ||
             h[i].tenants_max != me.tenants_max || h[i].micro_rank != me.micro_rank ||
-            h[i].micro_alpha_bits != me.micro_alpha_bits || h[i].ewc != me.ewc)
+            h[i].micro_alpha_bits != me.micro_alpha_bits || h[i].ewc != me.ewc ||
+            h[i].merge != me.merge)
             st = eng_fail(e, SONA_E_SIZE, "%s: rank %u's engine has another shape (hidden %llu, "
                           "base_layers %llu, base_rank %llu, max_tenants %llu, micro_rank %llu, "
-                          "or the alphas, or EWC++ on or off) than rank %u's", __func__, i,
+                          "or the alphas, or EWC++ on or off, or the sync's merge mode) than rank "
+                          "%u's", __func__, i,
                           (unsigned long long)h[i].hidden, (unsigned long long)h[i].layers,
                           (unsigned long long)h[i].rank, (unsigned long long)h[i].tenants_max,
                           (unsigned long long)h[i].micro_rank, rank);
@@ -1081,21 +1202,29 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
     for (uint32_t i = 0; i < k; i++)
         w[i] = cfg->weighting == SONA_SYNC_TRAJECTORIES && learned > 0.0
                    ? (double)h[i].learned / learned : 1.0 / k;
-    /* SONA_SYNC_CHANGES where every rank has S (then they all have the same): S + sum_i
-     * (W_i - S) = sum_i W_i - (k - 1) S, a merge of k + 1 adapters. */
-    w[k] = 0.0;
-    int changes = cfg->merge == SONA_SYNC_CHANGES && k > 1;
-    for (uint32_t i = 0; i < k; i++)
-        changes &= h[i].has_last == 1;
-    if (changes) {
-        for (uint32_t i = 0; i < k; i++)
-            w[i] = 1.0;
-        w[k] = -(double)(k - 1);
-    }
     sona_status failed_here = SONA_OK;
     if (st == SONA_OK && sona_lora_export(e->base, mine, mine + af, NULL) != SONA_OK)
         failed_here = eng_fail(e, SONA_E_BACKEND, "%s: reading Base-LoRA: %s", __func__,
                          sona_lora_last_error(e->base));
+    /* From S where every rank has it (then they all have the same): SONA_SYNC_CHANGES is
+     * S + sum_i (W_i - S) = sum_i W_i - (k - 1) S, a merge of k + 1 adapters; SONA_SYNC_PACED
+     * S + g sum_i w_i (W_i - S), g its gain (paced_gain, one for all the layers). */
+    w[k] = 0.0;
+    const double share = w[rank]; /* of the average, or of the mean change */
+    int changes = cfg->merge != SONA_SYNC_AVERAGE && k > 1, paced_prev = changes;
+    for (uint32_t i = 0; i < k; i++) {
+        changes &= h[i].has_last == 1;
+        paced_prev &= h[i].has_last == 1 && h[i].has_prev == 1;
+    }
+    double gain = k;
+    if (st == SONA_OK && changes && cfg->merge == SONA_SYNC_PACED && paced_prev)
+        st = base_gain(e, comm, k, w, failed_here == SONA_OK ? mine : NULL, w + k + 1, &gain);
+    if (st == SONA_OK && changes) {
+        const int paced = cfg->merge == SONA_SYNC_PACED;
+        for (uint32_t i = 0; i < k; i++)
+            w[i] = paced ? gain * w[i] : 1.0;
+        w[k] = 1.0 - (paced ? gain : (double)k);
+    }
     double err = 0.0;
     tenant_merge tm = {0};
     int all_have = 1; /* every rank has S: the sketch's basis starts from its A */
@@ -1110,7 +1239,7 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
                          all_have ? e->sync->base : NULL, mine, mine + 2 * af, mine + 3 * af,
                          &err, &failed_here);
     if (st == SONA_OK)
-        st = merge_tenants(e, comm, k, cfg->merge == SONA_SYNC_CHANGES && k > 1, &tm,
+        st = merge_tenants(e, comm, k, k > 1 ? cfg->merge : SONA_SYNC_AVERAGE, &tm,
                            &failed_here);
     sona_ewc *fresh = NULL; /* Base-LoRA's EWC++ state after the sync */
     float *ftasks = e->base_ewc ? malloc(2 * af * sizeof *ftasks) : NULL;
@@ -1162,6 +1291,11 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
         bank_rec = NULL;
     }
     if (st == SONA_OK) {
+        /* P: the S before, where this merge was SONA_SYNC_PACED's step from it */
+        e->sync->base_prev_have = changes && cfg->merge == SONA_SYNC_PACED;
+        e->sync->base_gain = gain;
+        if (e->sync->base_prev_have)
+            memcpy(e->sync->base_prev, e->sync->base, 2 * af * sizeof *mine);
         memcpy(e->sync->base, mine + 2 * af, 2 * af * sizeof *mine); /* S: new A, new Bt */
         st = commit_tenants(e, &tm, e->sync);
         e->sync->have = st == SONA_OK; /* a half-done commit: no S, AVERAGE next time */
@@ -1172,7 +1306,7 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
             res->tenants_merged = tm.merged;
             res->ranks = k;
             res->rank = rank;
-            res->weight = w[rank];
+            res->weight = share;
             res->merge_error = err;
             global_stats(h, k, &res->global);
         }
@@ -1181,7 +1315,8 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
     sona_bank_destroy(bank);
     free(bank_rec);
     free(ftasks);
-    free(h), free(w), free(mine), free(tm.mine), free(tm.out), free(tm.commit), free(tm.gen);
+    free(h), free(w), free(mine), free(tm.mine), free(tm.out), free(tm.commit), free(tm.gen),
+        free(tm.gain);
     return st;
 }
 
@@ -1198,9 +1333,10 @@ sona_status sona_sync(sona_engine *e, sona_comm *comm, const sona_sync_config *c
     if (cfg->weighting != SONA_SYNC_EQUAL && cfg->weighting != SONA_SYNC_TRAJECTORIES)
         return eng_fail(e, SONA_E_INVALID, "%s: weighting %d is neither SONA_SYNC_EQUAL nor "
                         "SONA_SYNC_TRAJECTORIES", __func__, (int)cfg->weighting);
-    if (cfg->merge != SONA_SYNC_AVERAGE && cfg->merge != SONA_SYNC_CHANGES)
-        return eng_fail(e, SONA_E_INVALID, "%s: merge %d is neither SONA_SYNC_AVERAGE nor "
-                        "SONA_SYNC_CHANGES", __func__, (int)cfg->merge);
+    if (cfg->merge != SONA_SYNC_AVERAGE && cfg->merge != SONA_SYNC_CHANGES &&
+        cfg->merge != SONA_SYNC_PACED)
+        return eng_fail(e, SONA_E_INVALID, "%s: merge %d is none of SONA_SYNC_AVERAGE, "
+                        "SONA_SYNC_CHANGES and SONA_SYNC_PACED", __func__, (int)cfg->merge);
     if (cfg->method != SONA_SYNC_SKETCH && cfg->method != SONA_SYNC_EXACT)
         return eng_fail(e, SONA_E_INVALID, "%s: method %d is neither SONA_SYNC_SKETCH nor "
                         "SONA_SYNC_EXACT", __func__, (int)cfg->method);
