@@ -5,7 +5,9 @@
  * apply; a tenant live on several ranks ends there as the merge of its adapters (and one live
  * on a single rank untouched); the global counters are the sums; a sync with nothing new changes no bit; a callback
  * that fails at any of its calls leaves every engine exactly as it was; mismatched shapes are
- * refused on every rank. */
+ * refused on every rank; SONA_SYNC_PACED steps by the gain its last move implies; loop B's
+ * attached syncs (sona_sync_attach) run every n cycles and end the ranks bit-identical, and a
+ * failed one leaves each engine where its cycle left it. */
 #include <criterion/criterion.h>
 #include <inttypes.h>
 #include <math.h>
@@ -891,4 +893,135 @@ Test(sync, a_rank_without_the_last_sync_joins_alike)
     }
     for (uint32_t i = 0; i < K; i++)
         sona_engine_destroy(s.e[i]);
+}
+
+/* Loop B's own syncs (sona_sync_attach): each rank runs `cycles` forced cycles of 10 requests
+ * of its own stream; the attached sync runs inside sona_force_learn. */
+typedef struct periodic_run {
+    sona_engine *e[K];
+    thread_world *world;
+    uint64_t seed;
+    uint32_t cycles, every;
+    sona_status attach[K], learn[K][4];
+} periodic_run;
+
+static void periodic_rank(uint32_t rank, void *arg)
+{
+    periodic_run *p = arg;
+    if (p->world)
+        p->attach[rank] = sona_sync_attach(p->e[rank], thread_world_comm(p->world, rank), NULL,
+                                           p->every);
+    synth_task t;
+    synth_task_init(&t, H, 4, p->seed, 0);
+    sona_rng rng;
+    sona_rng_seed(&rng, p->seed, 200 + rank);
+    for (uint32_t c = 0; c < p->cycles; c++) {
+        synth_task_run(&t, p->e[rank], 0, 10, &rng, 1);
+        p->learn[rank][c] = sona_force_learn(p->e[rank]);
+    }
+    synth_task_free(&t);
+}
+
+Test(sync, loop_b_syncs_every_n_cycles_when_a_comm_is_attached)
+{
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    for (uint32_t every = 1; every <= 2; every++) {
+        periodic_run p = {.seed = seed, .cycles = 4, .every = every};
+        for (uint32_t i = 0; i < K; i++)
+            p.e[i] = make_engine(H);
+        p.world = thread_world_create(K, 0);
+        cr_assert(p.world);
+        thread_world_run(K, periodic_rank, &p);
+        static weights w[K];
+        for (uint32_t i = 0; i < K; i++) {
+            cr_assert_eq(p.attach[i], SONA_OK);
+            for (uint32_t c = 0; c < p.cycles; c++)
+                cr_assert_eq(p.learn[i][c], SONA_OK, "rank %u cycle %u: %s", i, c,
+                             sona_engine_last_error(p.e[i]));
+            sona_sync_periodic st;
+            cr_assert_eq(sona_sync_periodic_get(p.e[i], &st), SONA_OK);
+            cr_assert_eq(st.syncs, p.cycles / every, "rank %u: %" PRIu64 " syncs", i, st.syncs);
+            cr_assert_eq(st.failed, 0);
+            cr_assert_eq(st.last, SONA_OK);
+            read_weights(p.e[i], &w[i]);
+        }
+        /* The last cycle was followed by a sync: every rank holds the same bits. */
+        for (uint32_t i = 1; i < K; i++)
+            cr_assert_eq(memcmp(&w[i], &w[0], sizeof w[0]), 0, "every %u: rank %u differs", every,
+                         i);
+        /* Detached: a cycle syncs no more (nor touches the world). */
+        cr_assert_eq(sona_sync_attach(p.e[0], NULL, NULL, 0), SONA_OK);
+        train(p.e[0], seed, 260, 10);
+        sona_sync_periodic st;
+        cr_assert_eq(sona_sync_periodic_get(p.e[0], &st), SONA_OK);
+        cr_assert_eq(st.syncs, 0);
+        thread_world_destroy(p.world);
+        for (uint32_t i = 0; i < K; i++)
+            sona_engine_destroy(p.e[i]);
+    }
+    sona_engine *e = make_engine(H);
+    sona_comm_ops ops;
+    sona_comm_ops_default(&ops);
+    sona_comm *c = NULL;
+    cr_assert_eq(sona_comm_create(&ops, &c), SONA_OK);
+    cr_assert_eq(sona_sync_attach(e, c, NULL, 0), SONA_E_INVALID);
+    sona_sync_config bad;
+    sona_sync_config_default(&bad);
+    bad.merge = (sona_sync_merge)9;
+    cr_assert_eq(sona_sync_attach(e, c, &bad, 1), SONA_E_INVALID);
+    cr_assert_eq(sona_sync_attach(NULL, c, NULL, 1), SONA_E_NULL);
+    sona_comm_destroy(c);
+    sona_engine_destroy(e);
+}
+
+Test(sync, a_failing_periodic_sync_leaves_the_engine_as_its_cycle_left_it)
+{
+    /* Twins: the same engines and traffic, one set attached to a world whose n-th callback
+     * call fails on every rank, the other never attached. A failed sync must leave each
+     * engine bit for bit where its cycle left it (the twin's weights), be returned by
+     * sona_force_learn and counted in sona_sync_periodic_get. */
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    for (uint32_t fail_at = 1; fail_at <= 12; fail_at++) {
+        periodic_run p = {.seed = seed, .cycles = 1, .every = 1};
+        periodic_run twin = {.seed = seed, .cycles = 1};
+        for (uint32_t i = 0; i < K; i++) {
+            p.e[i] = make_engine(H);
+            twin.e[i] = make_engine(H);
+        }
+        p.world = thread_world_create(K, fail_at);
+        cr_assert(p.world);
+        thread_world_run(K, periodic_rank, &p);
+        thread_world_run(K, periodic_rank, &twin);
+        for (uint32_t i = 0; i < K; i++) {
+            cr_assert_eq(p.attach[i], SONA_OK);
+            cr_assert_eq(twin.learn[i][0], SONA_OK);
+            cr_assert_neq(p.learn[i][0], SONA_OK, "fail_at %u: rank %u's sync succeeded", fail_at,
+                          i);
+            sona_sync_periodic st;
+            cr_assert_eq(sona_sync_periodic_get(p.e[i], &st), SONA_OK);
+            cr_assert_eq(st.syncs, 1);
+            cr_assert_eq(st.failed, 1);
+            cr_assert_eq(st.last, p.learn[i][0]);
+            cr_assert_str_neq(st.last_error, "");
+            static weights got, want;
+            read_weights(p.e[i], &got);
+            read_weights(twin.e[i], &want);
+            cr_assert_eq(memcmp(&got, &want, sizeof got), 0, "fail_at %u: rank %u changed",
+                         fail_at, i);
+            sona_stats a, b;
+            cr_assert_eq(sona_get_stats(p.e[i], &a), SONA_OK);
+            cr_assert_eq(sona_get_stats(twin.e[i], &b), SONA_OK);
+            cr_assert_eq(a.trajectories_processed, b.trajectories_processed);
+            cr_assert_eq(a.base_updates, b.base_updates);
+            cr_assert_eq(a.patterns, b.patterns);
+        }
+        printf("fail_at %u: %s\n", fail_at, sona_engine_last_error(p.e[0]));
+        thread_world_destroy(p.world);
+        for (uint32_t i = 0; i < K; i++) {
+            sona_engine_destroy(p.e[i]);
+            sona_engine_destroy(twin.e[i]);
+        }
+    }
 }

@@ -161,6 +161,36 @@ typedef struct sona_sync_result {
 SONA_API sona_status sona_sync(sona_engine *e, sona_comm *comm, const sona_sync_config *cfg,
                                sona_sync_result *out);
 
+/* ---- periodic syncs from loop B ------------------------------------------------------------ */
+/* What loop B's own syncs did since the comm was attached. */
+typedef struct sona_sync_periodic {
+    uint64_t syncs;       /* attempted */
+    uint64_t failed;      /* of those, failed (each left the engine as it was, as sona_sync) */
+    sona_status last;     /* the last one's status (SONA_OK before any) */
+    char last_error[256]; /* the last failure's message ("" when none failed) */
+} sona_sync_periodic;
+
+/* Loop B syncs by itself: after every every_cycles loop B cycles of e (whoever ran them: the
+ * engine's thread, sona_tick or sona_force_learn; a cycle that found nothing queued does not
+ * count, a failed one does), it calls sona_sync(e, comm, cfg, NULL) in the thread that ran the
+ * cycle, once the cycle is done. With background_thread 0 that is the caller of sona_tick or
+ * sona_force_learn, which returns the sync's failure (the cycle's own comes first); the
+ * thread's failures are seen in sona_sync_periodic_get (and the engine's last error).
+ * The collective's order: every rank must attach the same every_cycles and cfg and run the
+ * same number of cycles, so that all reach their n-th sync; a rank still short of it keeps the
+ * others waiting in the collective (the engine's thread blocked there learns nothing
+ * meanwhile; requests and apply go on). Loop B threads reach it at different times, which a
+ * blocking collective simply waits out. comm is loop B's while attached: the application (or
+ * another engine) must not use it concurrently, nor call sona_sync on it, nor destroy it
+ * before detaching (an engine destroyed while its thread waits in the collective waits with
+ * it). comm NULL detaches (waiting for a sync in flight); attaching again
+ * restarts the count and the periodic stats. cfg NULL = the defaults (copied); every_cycles
+ * >= 1 (SONA_E_INVALID otherwise, as an invalid cfg). */
+SONA_API sona_status sona_sync_attach(sona_engine *e, sona_comm *comm, const sona_sync_config *cfg,
+                                      uint32_t every_cycles);
+/* The periodic syncs' counts since the last attach (zeros when none attached). */
+SONA_API sona_status sona_sync_periodic_get(sona_engine *e, sona_sync_periodic *out);
+
 #ifdef __cplusplus
 }
 #endif

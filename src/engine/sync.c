@@ -23,6 +23,7 @@
 #include "sona/comm.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1344,5 +1345,61 @@ sona_status sona_sync(sona_engine *e, sona_comm *comm, const sona_sync_config *c
     eng_cut_invalidate(e); /* it changes Base-LoRA outside a cycle */
     const sona_status st = sync_locked(e, comm, cfg, out);
     pthread_mutex_unlock(&e->cycle_mu);
+    return st;
+}
+
+sona_status sona_sync_attach(sona_engine *e, sona_comm *comm, const sona_sync_config *cfg,
+                             uint32_t every_cycles)
+{
+    if (!e)
+        return sona_fail(NULL, SONA_E_NULL, "%s: engine is NULL", __func__);
+    sona_sync_config c;
+    if (cfg)
+        c = *cfg;
+    else
+        sona_sync_config_default(&c);
+    if (comm && (every_cycles == 0 ||
+                 (c.weighting != SONA_SYNC_EQUAL && c.weighting != SONA_SYNC_TRAJECTORIES) ||
+                 (c.merge != SONA_SYNC_AVERAGE && c.merge != SONA_SYNC_CHANGES &&
+                  c.merge != SONA_SYNC_PACED) ||
+                 (c.method != SONA_SYNC_SKETCH && c.method != SONA_SYNC_EXACT)))
+        return eng_fail(e, SONA_E_INVALID, "%s: every_cycles must be >= 1 and cfg's weighting, "
+                        "merge and method known (every_cycles %u)", __func__, every_cycles);
+    pthread_mutex_lock(&e->attach_mu); /* waits for a periodic sync in flight */
+    e->attach_comm = comm;
+    e->attach_cfg = c;
+    e->attach_every = comm ? every_cycles : 0;
+    e->attach_cycles = 0;
+    memset(&e->attach_stats, 0, sizeof e->attach_stats);
+    pthread_mutex_unlock(&e->attach_mu);
+    return SONA_OK;
+}
+
+sona_status sona_sync_periodic_get(sona_engine *e, sona_sync_periodic *out)
+{
+    if (!e || !out)
+        return eng_fail(e, SONA_E_NULL, "%s: NULL argument", __func__);
+    pthread_mutex_lock(&e->attach_mu);
+    *out = e->attach_stats;
+    pthread_mutex_unlock(&e->attach_mu);
+    return SONA_OK;
+}
+
+sona_status eng_sync_periodic(sona_engine *e)
+{
+    pthread_mutex_lock(&e->attach_mu);
+    sona_status st = SONA_OK;
+    if (e->attach_comm && ++e->attach_cycles >= e->attach_every) {
+        e->attach_cycles = 0;
+        st = sona_sync(e, e->attach_comm, &e->attach_cfg, NULL);
+        sona_sync_periodic *p = &e->attach_stats;
+        p->syncs++;
+        p->last = st;
+        if (st != SONA_OK) {
+            p->failed++;
+            snprintf(p->last_error, sizeof p->last_error, "%s", sona_engine_last_error(e));
+        }
+    }
+    pthread_mutex_unlock(&e->attach_mu);
     return st;
 }
