@@ -800,6 +800,67 @@ Test(sync, ewc_is_merged_so_every_rank_protects_what_any_learned)
         sona_engine_destroy(s.e[i]);
 }
 
+Test(sync, tenants_ewc_is_merged_so_every_holder_protects_what_any_learned)
+{
+    /* As Base-LoRA's above, for tenant 0 (live on every rank): its running Fisher becomes the
+     * holders' average, its tasks one task anchored at the merged tenant whose Fisher is the
+     * sum of the holders' tasks' (then the last sync's plus the changes), bit for bit alike. */
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    enum { N = 2 * MF };
+    sync_run s = {.cfg = NULL};
+    static float run[K][N], fsum[K][N], theta[N], after_run[K][N], after_sum[K][N];
+    static weights w;
+    for (uint32_t i = 0; i < K; i++) {
+        s.e[i] = make_engine(H);
+        train(s.e[i], seed, 300 + i, 40);
+    }
+    /* Rank 1's tenant 0 ends a task (its Fisher so far becomes a snapshot) and learns on. */
+    cr_assert_eq(eng_inspect_tenant_end_task(s.e[1], 0), SONA_OK);
+    train(s.e[1], seed, 310, 30);
+    uint32_t tasks[K];
+    for (uint32_t i = 0; i < K; i++)
+        cr_assert_eq(eng_inspect_tenant_ewc(s.e[i], 0, run[i], fsum[i], NULL, &tasks[i]), SONA_OK);
+    cr_assert_geq(tasks[1], 1);
+    sync_all(&s, 0);
+    read_weights(s.e[0], &w);
+    memcpy(theta, w.mA, sizeof w.mA);
+    memcpy(theta + MF, w.mBt, sizeof w.mBt);
+    static double mean[N], sum[N];
+    for (size_t j = 0; j < N; j++) {
+        mean[j] = ((double)run[0][j] + run[1][j] + run[2][j]) / K;
+        sum[j] = (double)fsum[0][j] + fsum[1][j] + fsum[2][j];
+    }
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK, "rank %u: %s", i, sona_engine_last_error(s.e[i]));
+        static float anchor[N];
+        cr_assert_eq(eng_inspect_tenant_ewc(s.e[i], 0, after_run[i], after_sum[i], anchor,
+                                            &tasks[i]), SONA_OK);
+        cr_assert_eq(tasks[i], 1, "rank %u: %u tasks", i, tasks[i]);
+        cr_assert_eq(memcmp(anchor, theta, sizeof anchor), 0, "rank %u: anchor not the merge", i);
+        cr_assert_eq(memcmp(after_run[i], after_run[0], sizeof after_run[0]), 0);
+        cr_assert_eq(memcmp(after_sum[i], after_sum[0], sizeof after_sum[0]), 0);
+        cr_assert_eq(eng_inspect_ewc_tasks(s.e[i], 0), 1);
+    }
+    near_rows(after_run[0], mean, N, "tenant's running Fisher");
+    near_rows(after_sum[0], sum, N, "tenant's task Fisher");
+    /* Nothing learned since: the task's Fisher is what the last sync left, not counted again
+     * by every holder. */
+    static double last[N];
+    for (size_t j = 0; j < N; j++)
+        last[j] = after_sum[0][j];
+    sync_all(&s, 0);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK);
+        cr_assert_eq(eng_inspect_tenant_ewc(s.e[i], 0, NULL, after_sum[i], NULL, &tasks[i]),
+                     SONA_OK);
+        cr_assert_eq(tasks[i], 1);
+    }
+    near_rows(after_sum[0], last, N, "tenant's task Fisher again");
+    for (uint32_t i = 0; i < K; i++)
+        sona_engine_destroy(s.e[i]);
+}
+
 Test(sync, pattern_banks_are_merged_the_same_on_every_rank)
 {
     const uint64_t seed = test_seed();

@@ -140,11 +140,13 @@ typedef struct sona_sync_result {
  * hidden matrix), the same bit for bit on every rank given the same library. Micro-LoRA: a
  * tenant id live on several ranks becomes there the equal-weight merge of its adapters (by
  * cfg->merge, SONA_SYNC_PACED with a gain of its own), the same way (ids are each rank's own:
- * one live on a single rank is left alone, none is created); signals it learned while the sync ran, and its pending gradients, give way to the
- * merge. Where every rank has the last sync's state, merged factors are turned back to its
- * coordinates (B A unchanged). EWC++ of Base-LoRA: the running Fisher becomes the ranks'
- * average, the task snapshots one task anchored at the merged weights whose Fisher is the last
- * sync's plus every rank's new tasks' (the boundary detector stays each rank's). Pattern bank:
+ * one live on a single rank is left alone, none is created); signals it learned while the
+ * sync ran, and its pending gradients, give way to the merge. Where every rank has the last
+ * sync's state, merged factors are turned back to its coordinates (B A unchanged). EWC++ of
+ * Base-LoRA: the running Fisher becomes the ranks' average, the task snapshots one task
+ * anchored at the merged weights whose Fisher is the last sync's plus every rank's new tasks'
+ * (the boundary detector stays each rank's); of a merged tenant, the same over its holders
+ * (gathered with its adapter: 3x its bytes). Pattern bank:
  * each pattern the last sync left becomes it plus every rank's change since, the new ones are
  * added with ids numbered on from the last sync's next id (unique across ranks), then the bank
  * is consolidated as loop C does; trajectories pending in the bank (none after a cycle) are

@@ -42,6 +42,8 @@ struct eng_sync {
     float *tenants_prev; /* SONA_SYNC_PACED: each slot's S before (P), where prev[i] */
     unsigned char *prev;
     double *gain;        /* the gain of the merge that left the slot's S (from P) */
+    float *tenant_tf;    /* EWC++: each merged tenant's task Fisher sum the last sync left */
+    unsigned char *tenant_tf_have; /* 1: it holds tasks (else none were) */
     uint64_t *gen;
     unsigned char *valid;
     float *fisher_tasks; /* EWC++: Base-LoRA's task Fisher sum the last sync left */
@@ -56,7 +58,8 @@ void eng_sync_free(struct eng_sync *s)
 {
     if (!s)
         return;
-    free(s->tenants_prev), free(s->prev), free(s->gain), free(s->base_prev);
+    free(s->tenants_prev), free(s->prev), free(s->gain), free(s->base_prev), free(s->tenant_tf),
+        free(s->tenant_tf_have);
     free(s->base), free(s->tenants), free(s->gen), free(s->valid), free(s->fisher_tasks), free(s->bank),
         free(s);
 }
@@ -72,12 +75,15 @@ static struct eng_sync *sync_alloc(const sona_engine_config *c)
     s->tenants_prev = malloc(2 * (size_t)c->max_tenants * c->micro_rank * c->hidden *
                              sizeof *s->tenants);
     s->prev = calloc(c->max_tenants, 1);
+    s->tenant_tf = malloc(2 * (size_t)c->max_tenants * c->micro_rank * c->hidden * sizeof *s->tenants);
+    s->tenant_tf_have = calloc(c->max_tenants, 1);
     s->base_prev = malloc(2 * (size_t)c->base_layers * c->base_rank * c->hidden * sizeof *s->base);
     s->gain = calloc(c->max_tenants, sizeof *s->gain);
     s->valid = calloc(c->max_tenants, 1);
     s->fisher_tasks = malloc(2 * (size_t)c->base_layers * c->base_rank * c->hidden *
                              sizeof *s->fisher_tasks);
-    if (!s->tenants_prev || !s->prev || !s->gain || !s->base_prev || !s->base || !s->tenants ||
+    if (!s->tenants_prev || !s->prev || !s->gain || !s->base_prev || !s->tenant_tf ||
+        !s->tenant_tf_have || !s->base || !s->tenants ||
         !s->gen || !s->valid || !s->fisher_tasks) {
         eng_sync_free(s);
         return NULL;
@@ -899,9 +905,26 @@ typedef struct tenant_merge {
     float *mine, *out;      /* this rank's block; the merged adapters */
     unsigned char *commit;  /* [max_tenants] */
     uint64_t *gen;          /* [max_tenants]: each slot's generation when read */
-    double *gain;
+    double *gain;           /* [max_tenants]: SONA_SYNC_PACED's, 0 where not from S */
     uint32_t merged;        /* ids merged (on any rank) */
+    /* EWC++ on (else NULL): per slot, the running Fisher then the task Fisher sum (4 af: A
+     * then Bt each) as read, its config and detector; the merged state until committed, and
+     * the task Fisher sum it holds (for S). */
+    float *ewc_mine, *tf;
+    unsigned char *has_ewc, *tf_have;
+    sona_ewc_config *ewc_cfg;
+    sona_ewc_detector *det;
+    sona_ewc **fresh;
 } tenant_merge;
+
+static void tenant_merge_free(tenant_merge *tm, size_t T)
+{
+    for (size_t i = 0; tm->fresh && i < T; i++)
+        sona_ewc_destroy(tm->fresh[i]);
+    free(tm->mine), free(tm->out), free(tm->commit), free(tm->gen), free(tm->gain);
+    free(tm->ewc_mine), free(tm->tf), free(tm->has_ewc), free(tm->tf_have), free(tm->ewc_cfg);
+    free(tm->det), free(tm->fresh);
+}
 
 /* <B_j A_j, B_l A_l>_F from the factors (rank x hidden rows: A, and B transposed), in a fixed
  * order: the same bits from the same inputs. */
@@ -945,6 +968,51 @@ static double paced_gain(uint32_t k, double g_last, double md, double dd)
     return g;
 }
 
+/* A merged tenant's EWC++ (slot i, n holders), as Base-LoRA's (sync_ewc): the running Fisher
+ * the holders' average, the task snapshots one task anchored at the merged weights whose
+ * Fisher is the last sync's plus every holder's new tasks' (from_last: every holder has S for
+ * the slot), the detector this rank's own. ewc0: holder blocks' EWC++ part (running Fisher,
+ * task Fisher sum), the first rank's, each rank's `block` floats on; summed in rank order, the
+ * same bits on every holder. */
+static sona_status merge_tenant_ewc(sona_engine *e, tenant_merge *tm, size_t i, uint32_t n,
+                                    int from_last, const unsigned char *flags, uint32_t k,
+                                    const float *ewc0, size_t block)
+{
+    const size_t T = e->cfg.max_tenants, af2 = 2 * (size_t)e->cfg.micro_rank * e->cfg.hidden;
+    const struct eng_sync *S = e->sync;
+    const int tf_from = from_last && S->tenant_tf_have[i];
+    sona_ewc *fresh = NULL;
+    sona_status st = sona_ewc_create(&tm->ewc_cfg[i], &fresh);
+    if (st != SONA_OK)
+        return st;
+    float *fr = sona_ewc_fisher(fresh), *tf = tm->tf + af2 * i;
+    int any = tf_from;
+    for (size_t x = 0; x < af2; x++) {
+        double f = 0.0, t = 0.0;
+        for (uint32_t r = 0; r < k; r++)
+            if (flags[r * T + i] != SLOT_FREE) {
+                f += ewc0[r * block + x];
+                t += ewc0[r * block + af2 + x];
+            }
+        any |= t != 0.0;
+        if (tf_from)
+            t -= (double)(n - 1) * S->tenant_tf[af2 * i + x];
+        fr[x] = (float)(f / n);
+        tf[x] = t > 0.0 ? (float)t : 0.0f;
+    }
+    tm->tf_have[i] = (unsigned char)any;
+    if (any)
+        st = sona_ewc_add_task(fresh, tm->out + af2 * i, tf, (uint32_t)af2);
+    if (st == SONA_OK)
+        st = sona_ewc_set_detector(fresh, &tm->det[i]);
+    if (st != SONA_OK) {
+        sona_ewc_destroy(fresh);
+        return st;
+    }
+    tm->fresh[i] = fresh;
+    return SONA_OK;
+}
+
 static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, sona_sync_merge merge,
                                  tenant_merge *tm, sona_status *local)
 {
@@ -955,12 +1023,26 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, so
     tm->commit = calloc(T, 1);
     tm->gen = calloc(T, sizeof *tm->gen);
     tm->gain = calloc(T, sizeof *tm->gain);
+    const int ewc = e->base_ewc != NULL; /* EWC++ on: the same on every rank (the header's) */
+    const size_t bs = (ewc ? 6 : 2) * af; /* floats a shared slot travels in */
+    int ewc_ok = 1;
+    if (ewc) {
+        tm->ewc_mine = calloc(4 * af * T, sizeof *tm->ewc_mine);
+        tm->tf = malloc(2 * af * T * sizeof *tm->tf);
+        tm->has_ewc = calloc(T, 1);
+        tm->tf_have = calloc(T, 1);
+        tm->ewc_cfg = calloc(T, sizeof *tm->ewc_cfg);
+        tm->det = calloc(T, sizeof *tm->det);
+        tm->fresh = calloc(T, sizeof *tm->fresh);
+        ewc_ok = tm->ewc_mine && tm->tf && tm->has_ewc && tm->tf_have && tm->ewc_cfg && tm->det &&
+                 tm->fresh;
+    }
     unsigned char *flags = malloc(T * (size_t)k);
     size_t *shared = malloc(T * sizeof *shared);
     const float **pa = malloc(2 * ((size_t)k + 1) * sizeof *pa);
     double *w = malloc(((size_t)k + 1) * sizeof *w);
-    if (!tm->mine || !tm->out || !tm->commit || !tm->gen || !tm->gain || !flags || !shared ||
-        !pa || !w) {
+    if (!tm->mine || !tm->out || !tm->commit || !tm->gen || !tm->gain || !ewc_ok || !flags ||
+        !shared || !pa || !w) {
         free(w), free(flags), free(shared), free(pa);
         return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
     }
@@ -976,6 +1058,19 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, so
             float *a = tm->mine + head + 2 * af * i;
             tm->gen[i] = t->generation;
             st = sona_lora_export(t->lora, a, a + af, NULL);
+            if (ewc && t->ewc && st == SONA_OK) { /* read with the weights it goes with */
+                const sona_ewc *old = eng_ewc_state(t->ewc);
+                float *f = tm->ewc_mine + 4 * af * i;
+                memcpy(f, sona_ewc_fisher((sona_ewc *)(uintptr_t)old), 2 * af * sizeof *f);
+                const float *fsum = NULL, *ftheta = NULL;
+                float lambda;
+                sona_ewc_penalty(old, &fsum, &ftheta, &lambda);
+                if (fsum)
+                    memcpy(f + 2 * af, fsum, 2 * af * sizeof *f);
+                tm->ewc_cfg[i] = *sona_ewc_get_config(old);
+                st = sona_ewc_get_detector(old, &tm->det[i]);
+                tm->has_ewc[i] = st == SONA_OK;
+            }
         }
         pthread_mutex_unlock(&t->mu);
     }
@@ -993,21 +1088,25 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, so
     }
     float *send = NULL, *all = NULL;
     if (st == SONA_OK && ns) {
-        send = malloc(2 * af * ns * sizeof *send);
-        all = malloc(2 * af * ns * (size_t)k * sizeof *all);
+        send = malloc(bs * ns * sizeof *send);
+        all = malloc(bs * ns * (size_t)k * sizeof *all);
         if (!send || !all) {
             free(w), free(flags), free(shared), free(pa), free(send), free(all);
             return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
         }
-        for (size_t s = 0; s < ns; s++)
-            memcpy(send + 2 * af * s, tm->mine + head + 2 * af * shared[s], 2 * af * sizeof *send);
-        st = sona_comm_allgather(comm, send, 2 * af * ns * sizeof *send, all);
+        for (size_t s = 0; s < ns; s++) {
+            memcpy(send + bs * s, tm->mine + head + 2 * af * shared[s], 2 * af * sizeof *send);
+            if (ewc)
+                memcpy(send + bs * s + 2 * af, tm->ewc_mine + 4 * af * shared[s],
+                       4 * af * sizeof *send);
+        }
+        st = sona_comm_allgather(comm, send, bs * ns * sizeof *send, all);
     }
     if (st != SONA_OK) {
         free(w), free(flags), free(shared), free(pa), free(send), free(all);
         return eng_fail(e, st, "%s: gathering tenants: %s", __func__, sona_comm_last_error(comm));
     }
-    const size_t block = 2 * af * ns; /* floats a rank sent */
+    const size_t block = bs * ns; /* floats a rank sent */
     sona_status merged = SONA_OK;
     for (size_t s = 0; s < ns && merged == SONA_OK; s++) {
         const size_t i = shared[s];
@@ -1015,7 +1114,7 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, so
         for (uint32_t r = 0; r < k; r++) {
             const unsigned char flag = flags[r * T + i];
             if (flag != SLOT_FREE) {
-                const float *b = all + r * block + 2 * af * s;
+                const float *b = all + r * block + bs * s;
                 pa[n] = b;
                 pa[k + 1 + n++] = b + af;
                 synced += flag == SLOT_SYNCED;
@@ -1063,6 +1162,9 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, so
         if (merged == SONA_OK && synced == n && !info.copied) /* S's coordinates kept */
             merged = sona_lora_align(e->cfg.hidden, e->cfg.micro_rank, e->sync->tenants + 2 * af * i,
                                      tm->out + 2 * af * i, tm->out + 2 * af * i + af);
+        if (merged == SONA_OK && ewc && tm->has_ewc[i])
+            merged = merge_tenant_ewc(e, tm, i, n, synced == n, flags, k, all + bs * s + 2 * af,
+                                      block);
         tm->commit[i] = 1;
     }
     free(w), free(flags), free(shared), free(pa), free(send), free(all);
@@ -1074,7 +1176,7 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, so
 /* Step 5 for the tenants: each merged one imported and published under its mutex (a tenant
  * removed meanwhile is skipped). Signals it learned during the sync are replaced by the merge,
  * and its pending gradients dropped, as on every rank. */
-static sona_status commit_tenants(sona_engine *e, const tenant_merge *tm, struct eng_sync *S)
+static sona_status commit_tenants(sona_engine *e, tenant_merge *tm, struct eng_sync *S)
 {
     const size_t af = (size_t)e->cfg.micro_rank * e->cfg.hidden;
     const size_t head = (e->cfg.max_tenants + 3) / 4;
@@ -1097,6 +1199,17 @@ static sona_status commit_tenants(sona_engine *e, const tenant_merge *tm, struct
                 st = eng_fail(e, s, "%s: committing tenant %zu: %s", __func__, i,
                               sona_lora_last_error(t->lora));
             } else { /* S for this slot: what every holder now has */
+                if (tm->fresh && tm->fresh[i] && t->ewc) { /* EWC++ with the weights */
+                    sona_ewc_destroy(eng_ewc_swap(t->ewc, tm->fresh[i]));
+                    tm->fresh[i] = NULL;
+                    atomic_store(&t->tasks, eng_ewc_tasks(t->ewc));
+                    S->tenant_tf_have[i] = tm->tf_have[i];
+                    if (tm->tf_have[i])
+                        memcpy(S->tenant_tf + 2 * af * i, tm->tf + 2 * af * i,
+                               2 * af * sizeof *m);
+                } else {
+                    S->tenant_tf_have[i] = 0;
+                }
                 S->prev[i] = tm->gain[i] > 0.0;
                 S->gain[i] = tm->gain[i];
                 if (S->prev[i])
@@ -1316,8 +1429,8 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
     sona_bank_destroy(bank);
     free(bank_rec);
     free(ftasks);
-    free(h), free(w), free(mine), free(tm.mine), free(tm.out), free(tm.commit), free(tm.gen),
-        free(tm.gain);
+    free(h), free(w), free(mine);
+    tenant_merge_free(&tm, e->cfg.max_tenants);
     return st;
 }
 
