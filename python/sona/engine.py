@@ -527,8 +527,9 @@ class Engine:
         live on several ranks are merged there (README, "Cluster"; include/sona/comm.h).
 
         weighting: "trajectories" (each rank by what it learned since its last sync; the
-        default) or "equal"; merge: "average" (the default) or "changes" (the last sync's state
-        plus every rank's change since); method: "sketch" (the default) or "exact" for
+        default) or "equal"; merge: "paced" (the default: the last sync's state plus the mean
+        change times a gain in [1, k]), "average" or "changes" (the last sync's state plus
+        every rank's change since); method: "sketch" (the default) or "exact" for
         Base-LoRA. Each also takes the members of sona.Weighting, sona.Merge, sona.Method;
         None keeps the library's default. Queued trajectories are not merged: call
         force_learn() first.
