@@ -8,12 +8,14 @@
  * refused on every rank; SONA_SYNC_PACED steps by the gain its last move implies; loop B's
  * attached syncs (sona_sync_attach) run every n cycles and end the ranks bit-identical, and a
  * failed one leaves each engine where its cycle left it. */
+#define _POSIX_C_SOURCE 200809L /* nanosleep */
 #include <criterion/criterion.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/rng.h"
 #include "core/adapt/merge.h"
@@ -1085,4 +1087,81 @@ Test(sync, a_failing_periodic_sync_leaves_the_engine_as_its_cycle_left_it)
             sona_engine_destroy(twin.e[i]);
         }
     }
+}
+
+/* The engine's own thread runs the attached syncs: each rank queues loop_b_threshold
+ * trajectories at a time and waits until its thread's cycle and sync are done (as the contract
+ * asks, every rank runs the same cycles); the ranks end bit-identical. */
+typedef struct thread_run {
+    sona_engine *e[K];
+    thread_world *world;
+    uint64_t seed;
+    sona_status attach[K];
+    uint64_t syncs[K][3], failed[K];
+} thread_run;
+
+static void thread_rank(uint32_t rank, void *arg)
+{
+    thread_run *p = arg;
+    p->attach[rank] = sona_sync_attach(p->e[rank], thread_world_comm(p->world, rank), NULL, 1);
+    synth_task t;
+    synth_task_init(&t, H, 4, p->seed, 0);
+    sona_rng rng;
+    sona_rng_seed(&rng, p->seed, 400 + rank);
+    for (uint32_t round = 0; round < 3; round++) {
+        synth_task_run(&t, p->e[rank], 0, 10, &rng, 1); /* the threshold: the thread cycles */
+        sona_sync_periodic st = {0};
+        for (int waited = 0; waited < 120000; waited++) { /* up to 2 minutes a round */
+            sona_sync_periodic_get(p->e[rank], &st);
+            if (st.syncs > round)
+                break;
+            nanosleep(&(struct timespec){.tv_nsec = 1000000}, NULL);
+        }
+        p->syncs[rank][round] = st.syncs;
+        p->failed[rank] = st.failed;
+    }
+    synth_task_free(&t);
+}
+
+Test(sync, the_engine_thread_runs_the_attached_syncs)
+{
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    thread_run p = {.seed = seed};
+    for (uint32_t i = 0; i < K; i++) {
+        sona_engine_config cfg;
+        sona_engine_config_default(&cfg, SONA_PRESET_DEFAULT, H);
+        cfg.base_layers = LAYERS;
+        cfg.base_rank = RANK;
+        cfg.base_alpha = 2.0f * RANK;
+        cfg.micro_rank = MICRO;
+        cfg.micro_alpha = 2.0f * MICRO;
+        cfg.background_thread = 1;
+        cfg.device_apply = 0;
+        cfg.loop_b_threshold = 10; /* a cycle at every 10 queued, and at no other time */
+        cfg.loop_b_min_batch = 1;
+        cfg.loop_b_interval_ms = 0;
+        cfg.loop_c_interval_ms = 0;
+        cr_assert_eq(sona_engine_create(&cfg, &p.e[i]), SONA_OK, "%s", sona_last_error());
+    }
+    p.world = thread_world_create(K, 0);
+    cr_assert(p.world);
+    thread_world_run(K, thread_rank, &p);
+    static weights w[K];
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(p.attach[i], SONA_OK);
+        for (uint32_t round = 0; round < 3; round++)
+            cr_assert_eq(p.syncs[i][round], round + 1, "rank %u round %u: %" PRIu64 " syncs", i,
+                         round, p.syncs[i][round]);
+        cr_assert_eq(p.failed[i], 0);
+        read_weights(p.e[i], &w[i]);
+    }
+    for (uint32_t i = 1; i < K; i++) /* Base-LoRA; tenant 0 learns in loop A after a sync too */
+        cr_assert_eq(memcmp(w[i].A, w[0].A, sizeof w[0].A) || memcmp(w[i].Bt, w[0].Bt,
+                     sizeof w[0].Bt), 0, "rank %u's Base-LoRA differs", i);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(sona_sync_attach(p.e[i], NULL, NULL, 0), SONA_OK);
+        sona_engine_destroy(p.e[i]);
+    }
+    thread_world_destroy(p.world);
 }
