@@ -824,6 +824,8 @@ Test(sync, tenants_ewc_is_merged_so_every_holder_protects_what_any_learned)
     for (uint32_t i = 0; i < K; i++)
         cr_assert_eq(eng_inspect_tenant_ewc(s.e[i], 0, run[i], fsum[i], NULL, &tasks[i]), SONA_OK);
     cr_assert_geq(tasks[1], 1);
+    uint32_t tasks0[K];
+    memcpy(tasks0, tasks, sizeof tasks0);
     sync_all(&s, 0);
     read_weights(s.e[0], &w);
     memcpy(theta, w.mA, sizeof w.mA);
@@ -836,8 +838,11 @@ Test(sync, tenants_ewc_is_merged_so_every_holder_protects_what_any_learned)
     for (uint32_t i = 0; i < K; i++) {
         cr_assert_eq(s.st[i], SONA_OK, "rank %u: %s", i, sona_engine_last_error(s.e[i]));
         static float anchor[N];
-        cr_assert_eq(eng_inspect_tenant_ewc(s.e[i], 0, after_run[i], after_sum[i], anchor,
-                                            &tasks[i]), SONA_OK);
+        const sona_status got = eng_inspect_tenant_ewc(s.e[i], 0, after_run[i], after_sum[i],
+                                                       anchor, &tasks[i]);
+        cr_assert_eq(got, SONA_OK, "rank %u: %s (%u tasks; before %u %u %u; %s)", i,
+                     sona_status_str(got), tasks[i], tasks0[0], tasks0[1], tasks0[2],
+                     sona_engine_last_error(s.e[i]));
         cr_assert_eq(tasks[i], 1, "rank %u: %u tasks", i, tasks[i]);
         cr_assert_eq(memcmp(anchor, theta, sizeof anchor), 0, "rank %u: anchor not the merge", i);
         cr_assert_eq(memcmp(after_run[i], after_run[0], sizeof after_run[0]), 0);

@@ -92,7 +92,9 @@ static struct eng_sync *sync_alloc(const sona_engine_config *c)
 }
 
 /* The live byte a rank sends per tenant slot. */
-enum { SLOT_FREE = 0, SLOT_LIVE = 1, SLOT_SYNCED = 2 /* live, and S holds it */ };
+enum { SLOT_FREE = 0, SLOT_LIVE = 1, SLOT_SYNCED = 2 /* live, and S holds it */,
+       SLOT_STATE = 3, /* the bits above */
+       SLOT_TASKS = 4 /* or'ed in: its EWC++ holds task snapshots */ };
 
 /* The counters of sona_stats, as they travel (uint64 each; the two floats as their bits). */
 enum { SYNC_COUNTERS = 22 };
@@ -987,6 +989,8 @@ static sona_status merge_tenant_ewc(sona_engine *e, tenant_merge *tm, size_t i, 
         return st;
     float *fr = sona_ewc_fisher(fresh), *tf = tm->tf + af2 * i;
     int any = tf_from;
+    for (uint32_t r = 0; r < k; r++)
+        any |= (flags[r * T + i] & SLOT_TASKS) != 0;
     for (size_t x = 0; x < af2; x++) {
         double f = 0.0, t = 0.0;
         for (uint32_t r = 0; r < k; r++)
@@ -994,7 +998,6 @@ static sona_status merge_tenant_ewc(sona_engine *e, tenant_merge *tm, size_t i, 
                 f += ewc0[r * block + x];
                 t += ewc0[r * block + af2 + x];
             }
-        any |= t != 0.0;
         if (tf_from)
             t -= (double)(n - 1) * S->tenant_tf[af2 * i + x];
         fr[x] = (float)(f / n);
@@ -1070,6 +1073,8 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, so
                 tm->ewc_cfg[i] = *sona_ewc_get_config(old);
                 st = sona_ewc_get_detector(old, &tm->det[i]);
                 tm->has_ewc[i] = st == SONA_OK;
+                if (sona_ewc_task_count(old) > 0)
+                    live[i] |= SLOT_TASKS; /* a task's Fisher may be all zeros */
             }
         }
         pthread_mutex_unlock(&t->mu);
@@ -1117,7 +1122,7 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, so
                 const float *b = all + r * block + bs * s;
                 pa[n] = b;
                 pa[k + 1 + n++] = b + af;
-                synced += flag == SLOT_SYNCED;
+                synced += (flag & SLOT_STATE) == SLOT_SYNCED;
             }
         }
         tm->merged++;
