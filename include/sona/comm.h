@@ -77,9 +77,9 @@ typedef enum sona_sync_merge {
                                bears on the last merge's move (it goes on: g near k, the sum of
                                the changes; it turns back, the last move overshot: g near 1, the
                                average). One g for Base-LoRA, one per tenant; the first sync
-                               from S takes g = k. 4 ranks on a quarter each reach 90-98 % of
+                               from S takes g = k. 4 ranks on a quarter each reach 93-96 % of
                                one engine's gain on the synthetic task at the default rate,
-                               where AVERAGE reaches 60-68 % (tests/test_sync_learning.c).
+                               where AVERAGE reaches 63-66 % (tests/test_sync_learning.c).
                                CHANGES and PACED fall back to AVERAGE where a rank has no S
                                (its first sync, a tenant new since) and for a world of one:
                                sync once before serving, so that every rank starts alike and
