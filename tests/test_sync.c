@@ -5,13 +5,17 @@
  * apply; a tenant live on several ranks ends there as the merge of its adapters (and one live
  * on a single rank untouched); the global counters are the sums; a sync with nothing new changes no bit; a callback
  * that fails at any of its calls leaves every engine exactly as it was; mismatched shapes are
- * refused on every rank. */
+ * refused on every rank; SONA_SYNC_PACED steps by the gain its last move implies; loop B's
+ * attached syncs (sona_sync_attach) run every n cycles and end the ranks bit-identical, and a
+ * failed one leaves each engine where its cycle left it. */
+#define _POSIX_C_SOURCE 200809L /* nanosleep */
 #include <criterion/criterion.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/rng.h"
 #include "core/adapt/merge.h"
@@ -87,12 +91,14 @@ typedef struct sync_run {
     sona_status st[K];
     sona_sync_result res[K];
     const sona_sync_config *cfg;
+    const sona_sync_config *cfgs[K]; /* a rank's own, where set */
 } sync_run;
 
 static void sync_rank(uint32_t rank, void *arg)
 {
     sync_run *s = arg;
-    s->st[rank] = sona_sync(s->e[rank], thread_world_comm(s->world, rank), s->cfg, &s->res[rank]);
+    s->st[rank] = sona_sync(s->e[rank], thread_world_comm(s->world, rank),
+                            s->cfgs[rank] ? s->cfgs[rank] : s->cfg, &s->res[rank]);
 }
 
 /* Syncs every engine at once over a world failing at call fail_at (0: none). */
@@ -346,7 +352,7 @@ static void failing_callbacks(sona_sync_method method, int history)
     sona_sync_config cfg;
     sona_sync_config_default(&cfg);
     cfg.method = method;
-    cfg.merge = history ? SONA_SYNC_CHANGES : SONA_SYNC_AVERAGE;
+    cfg.merge = history == 2 ? SONA_SYNC_PACED : history ? SONA_SYNC_CHANGES : SONA_SYNC_AVERAGE;
     sync_run s = {.cfg = &cfg};
     enum { N = 2 * AF };
     static weights before[K], now;
@@ -358,13 +364,14 @@ static void failing_callbacks(sona_sync_method method, int history)
         s.e[i] = make_engine(H);
         train(s.e[i], seed, 20 + i, 50 + 20 * i);
     }
-    if (history) {
+    for (int done = 0; done < history; done++) { /* 2: PACED's gain has a last move */
         sync_all(&s, 0);
         for (uint32_t i = 0; i < K; i++)
             cr_assert_eq(s.st[i], SONA_OK);
-        cr_assert_eq(eng_inspect_base_end_task(s.e[1]), SONA_OK);
+        if (done == 0)
+            cr_assert_eq(eng_inspect_base_end_task(s.e[1]), SONA_OK);
         for (uint32_t i = 0; i < K; i++)
-            train(s.e[i], seed, 30 + i, 30);
+            train(s.e[i], seed, 30 + 10 * (uint64_t)done + i, 30);
     }
     for (uint32_t i = 0; i < K; i++) {
         read_weights(s.e[i], &before[i]);
@@ -401,8 +408,8 @@ static void failing_callbacks(sona_sync_method method, int history)
         }
     }
     printf("%s%s: %u failing calls tried, each left the engines unchanged\n",
-           method == SONA_SYNC_EXACT ? "exact" : "sketch", history ? " after a sync" : "",
-           failures);
+           method == SONA_SYNC_EXACT ? "exact" : "sketch",
+           history == 2 ? " after two paced syncs" : history ? " after a sync" : "", failures);
     cr_assert_geq(failures, 6); /* size, rank, header, Base-LoRA, tenants, status: each tried */
     for (uint32_t i = 0; i < K; i++) {
         cr_assert_eq(s.st[i], SONA_OK);
@@ -424,12 +431,30 @@ Test(sync, a_failing_callback_after_a_sync_leaves_every_engine_as_it_was)
     failing_callbacks(SONA_SYNC_EXACT, 1);
 }
 
+Test(sync, a_failing_callback_after_two_paced_syncs_leaves_every_engine_as_it_was)
+{
+    failing_callbacks(SONA_SYNC_SKETCH, 2); /* the gain's all-gather among the calls */
+    failing_callbacks(SONA_SYNC_EXACT, 2);
+}
+
 Test(sync, other_shapes_are_refused_on_every_rank)
 {
     sync_run s = {.cfg = NULL};
     s.e[0] = make_engine(H);
     s.e[1] = make_engine(H);
     s.e[2] = make_engine(H + 8);
+    sync_all(&s, 0);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_E_SIZE, "rank %u: %d", i, s.st[i]);
+        sona_engine_destroy(s.e[i]);
+    }
+    /* One shape, but a rank asking for another merge: refused on every rank alike. */
+    sona_sync_config other;
+    sona_sync_config_default(&other);
+    other.merge = SONA_SYNC_AVERAGE;
+    s.cfgs[1] = &other;
+    for (uint32_t i = 0; i < K; i++)
+        s.e[i] = make_engine(H);
     sync_all(&s, 0);
     for (uint32_t i = 0; i < K; i++) {
         cr_assert_eq(s.st[i], SONA_E_SIZE, "rank %u: %d", i, s.st[i]);
@@ -599,6 +624,108 @@ Test(sync, the_sketch_sums_changes_close_to_the_exact_merge)
     changes(SONA_SYNC_SKETCH);
 }
 
+/* The dense product B A of tenant 0's factors (the scale s is the same for all, left out). */
+static void micro_dense(const float *A, const float *Bt, double *M)
+{
+    for (uint32_t h = 0; h < H; h++)
+        for (uint32_t c = 0; c < H; c++) {
+            double v = 0.0;
+            for (uint32_t j = 0; j < MICRO; j++)
+                v += (double)Bt[j * H + h] * A[j * H + c];
+            M[h * H + c] = v;
+        }
+}
+
+static double dense_dot(const double *x, const double *y)
+{
+    double s = 0.0;
+    for (uint32_t i = 0; i < H * H; i++)
+        s += x[i] * y[i];
+    return s;
+}
+
+Test(sync, paced_merges_step_by_the_gain_the_last_move_implies)
+{
+    /* Syncs 1 (no S: the average), 2 (S, no last move: g = K, the sum of the changes, bit for
+     * bit) and 3 (g from the last move D = S - P: 1 - a = 1/K - <m, D> / |D|^2, clamped,
+     * g = 1 + a + a^2), each after the ranks trained apart; tenant 0 checked against the
+     * dense computation here, every rank bit-identical. */
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    sona_sync_config cfg;
+    sona_sync_config_default(&cfg);
+    cr_assert_eq(cfg.merge, SONA_SYNC_PACED);
+    sync_run s = {.cfg = &cfg};
+    static weights P, S, before[K], after[K];
+    for (uint32_t i = 0; i < K; i++) {
+        s.e[i] = make_engine(H);
+        train(s.e[i], seed, 150 + i, 30);
+    }
+    sync_all(&s, 0);
+    read_weights(s.e[0], &P);
+    for (uint32_t i = 0; i < K; i++) {
+        train(s.e[i], seed, 160 + i, 40);
+        read_weights(s.e[i], &before[i]);
+    }
+    sync_all(&s, 0);
+    float eA[MF], eBt[MF];
+    const float *pa[K + 1] = {before[0].mA, before[1].mA, before[2].mA, P.mA};
+    const float *pb[K + 1] = {before[0].mBt, before[1].mBt, before[2].mBt, P.mBt};
+    const double wt[K + 1] = {1.0, 1.0, 1.0, -(K - 1.0)};
+    cr_assert_eq(sona_lora_merge(H, MICRO, K + 1, pa, pb, wt, eA, eBt, NULL), SONA_OK);
+    cr_assert_eq(sona_lora_align(H, MICRO, P.mA, eA, eBt), SONA_OK);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK, "rank %u: %s", i, sona_engine_last_error(s.e[i]));
+        read_weights(s.e[i], &after[i]);
+        cr_assert_eq(memcmp(after[i].mA, eA, sizeof eA), 0, "rank %u's tenant 0", i);
+        cr_assert_eq(memcmp(after[i].mBt, eBt, sizeof eBt), 0, "rank %u's tenant 0", i);
+    }
+    S = after[0];
+    for (uint32_t i = 0; i < K; i++) {
+        train(s.e[i], seed, 170 + i, 40);
+        read_weights(s.e[i], &before[i]);
+    }
+    sync_all(&s, 0);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK, "rank %u: %s", i, sona_engine_last_error(s.e[i]));
+        read_weights(s.e[i], &after[i]);
+        cr_assert_eq(memcmp(&after[i], &after[0], sizeof after[0]), 0, "rank %u", i);
+    }
+    static double dS[H * H], dP[H * H], dW[H * H], D[H * H], m[H * H], got[H * H], want[H * H];
+    micro_dense(S.mA, S.mBt, dS);
+    micro_dense(P.mA, P.mBt, dP);
+    for (uint32_t j = 0; j < H * H; j++)
+        D[j] = dS[j] - dP[j], m[j] = -dS[j];
+    for (uint32_t i = 0; i < K; i++) {
+        micro_dense(before[i].mA, before[i].mBt, dW);
+        for (uint32_t j = 0; j < H * H; j++)
+            m[j] += dW[j] / K;
+    }
+    double q = 1.0 / K - dense_dot(m, D) / dense_dot(D, D);
+    q = q < 0.0 ? 0.0 : q > 1.0 ? 1.0 : q;
+    const double a = 1.0 - q, g = 1.0 + a + a * a;
+    const float *qa[K + 1] = {before[0].mA, before[1].mA, before[2].mA, S.mA};
+    const float *qb[K + 1] = {before[0].mBt, before[1].mBt, before[2].mBt, S.mBt};
+    const double wg[K + 1] = {g / K, g / K, g / K, 1.0 - g};
+    cr_assert_eq(sona_lora_merge(H, MICRO, K + 1, qa, qb, wg, eA, eBt, NULL), SONA_OK);
+    micro_dense(eA, eBt, want);
+    micro_dense(after[0].mA, after[0].mBt, got);
+    double err = 0.0;
+    for (uint32_t j = 0; j < H * H; j++)
+        err += (got[j] - want[j]) * (got[j] - want[j]);
+    err = sqrt(err / dense_dot(want, want));
+    /* How far the merge went along m: g, not the sum's K nor the average's 1 (unless clamped). */
+    for (uint32_t j = 0; j < H * H; j++)
+        got[j] -= dS[j];
+    printf("paced: 1 - a = %.4f, gain %.4f (the merge's own step along m: %.4f), relative "
+           "difference from the merge computed here %.3g\n", q, g,
+           dense_dot(got, m) / dense_dot(m, m), err);
+    cr_assert(g >= 1.0 && g <= K);
+    cr_assert(err < 1e-5, "the paced merge is %.3g from S + g m's", err);
+    for (uint32_t i = 0; i < K; i++)
+        sona_engine_destroy(s.e[i]);
+}
+
 /* |x - y| within the all-reduce's integer grid (Fisher entries are >= 0, so no rank's row
  * maximum exceeds K times the result's, m): K ranks round by half a step each, a step at most
  * 2^-23 x 2 x (the sum of the ranks' row maxima, <= K m). */
@@ -671,6 +798,72 @@ Test(sync, ewc_is_merged_so_every_rank_protects_what_any_learned)
         cr_assert_eq(tasks[i], 1);
     }
     near_rows(after_sum[0], last, N, "task Fisher again");
+    for (uint32_t i = 0; i < K; i++)
+        sona_engine_destroy(s.e[i]);
+}
+
+Test(sync, tenants_ewc_is_merged_so_every_holder_protects_what_any_learned)
+{
+    /* As Base-LoRA's above, for tenant 0 (live on every rank): its running Fisher becomes the
+     * holders' average, its tasks one task anchored at the merged tenant whose Fisher is the
+     * sum of the holders' tasks' (then the last sync's plus the changes), bit for bit alike. */
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    enum { N = 2 * MF };
+    sync_run s = {.cfg = NULL};
+    static float run[K][N], fsum[K][N], theta[N], after_run[K][N], after_sum[K][N];
+    static weights w;
+    for (uint32_t i = 0; i < K; i++) {
+        s.e[i] = make_engine(H);
+        train(s.e[i], seed, 300 + i, 40);
+    }
+    /* Rank 1's tenant 0 ends a task (its Fisher so far becomes a snapshot) and learns on. */
+    cr_assert_eq(eng_inspect_tenant_end_task(s.e[1], 0), SONA_OK);
+    train(s.e[1], seed, 310, 30);
+    uint32_t tasks[K];
+    for (uint32_t i = 0; i < K; i++)
+        cr_assert_eq(eng_inspect_tenant_ewc(s.e[i], 0, run[i], fsum[i], NULL, &tasks[i]), SONA_OK);
+    cr_assert_geq(tasks[1], 1);
+    uint32_t tasks0[K];
+    memcpy(tasks0, tasks, sizeof tasks0);
+    sync_all(&s, 0);
+    read_weights(s.e[0], &w);
+    memcpy(theta, w.mA, sizeof w.mA);
+    memcpy(theta + MF, w.mBt, sizeof w.mBt);
+    static double mean[N], sum[N];
+    for (size_t j = 0; j < N; j++) {
+        mean[j] = ((double)run[0][j] + run[1][j] + run[2][j]) / K;
+        sum[j] = (double)fsum[0][j] + fsum[1][j] + fsum[2][j];
+    }
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK, "rank %u: %s", i, sona_engine_last_error(s.e[i]));
+        static float anchor[N];
+        const sona_status got = eng_inspect_tenant_ewc(s.e[i], 0, after_run[i], after_sum[i],
+                                                       anchor, &tasks[i]);
+        cr_assert_eq(got, SONA_OK, "rank %u: %s (%u tasks; before %u %u %u; %s)", i,
+                     sona_status_str(got), tasks[i], tasks0[0], tasks0[1], tasks0[2],
+                     sona_engine_last_error(s.e[i]));
+        cr_assert_eq(tasks[i], 1, "rank %u: %u tasks", i, tasks[i]);
+        cr_assert_eq(memcmp(anchor, theta, sizeof anchor), 0, "rank %u: anchor not the merge", i);
+        cr_assert_eq(memcmp(after_run[i], after_run[0], sizeof after_run[0]), 0);
+        cr_assert_eq(memcmp(after_sum[i], after_sum[0], sizeof after_sum[0]), 0);
+        cr_assert_eq(eng_inspect_ewc_tasks(s.e[i], 0), 1);
+    }
+    near_rows(after_run[0], mean, N, "tenant's running Fisher");
+    near_rows(after_sum[0], sum, N, "tenant's task Fisher");
+    /* Nothing learned since: the task's Fisher is what the last sync left, not counted again
+     * by every holder. */
+    static double last[N];
+    for (size_t j = 0; j < N; j++)
+        last[j] = after_sum[0][j];
+    sync_all(&s, 0);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_OK);
+        cr_assert_eq(eng_inspect_tenant_ewc(s.e[i], 0, NULL, after_sum[i], NULL, &tasks[i]),
+                     SONA_OK);
+        cr_assert_eq(tasks[i], 1);
+    }
+    near_rows(after_sum[0], last, N, "tenant's task Fisher again");
     for (uint32_t i = 0; i < K; i++)
         sona_engine_destroy(s.e[i]);
 }
@@ -768,4 +961,212 @@ Test(sync, a_rank_without_the_last_sync_joins_alike)
     }
     for (uint32_t i = 0; i < K; i++)
         sona_engine_destroy(s.e[i]);
+}
+
+/* Loop B's own syncs (sona_sync_attach): each rank runs `cycles` forced cycles of 10 requests
+ * of its own stream; the attached sync runs inside sona_force_learn. */
+typedef struct periodic_run {
+    sona_engine *e[K];
+    thread_world *world;
+    uint64_t seed;
+    uint32_t cycles, every;
+    sona_status attach[K], learn[K][4];
+} periodic_run;
+
+static void periodic_rank(uint32_t rank, void *arg)
+{
+    periodic_run *p = arg;
+    if (p->world)
+        p->attach[rank] = sona_sync_attach(p->e[rank], thread_world_comm(p->world, rank), NULL,
+                                           p->every);
+    synth_task t;
+    synth_task_init(&t, H, 4, p->seed, 0);
+    sona_rng rng;
+    sona_rng_seed(&rng, p->seed, 200 + rank);
+    for (uint32_t c = 0; c < p->cycles; c++) {
+        synth_task_run(&t, p->e[rank], 0, 10, &rng, 1);
+        p->learn[rank][c] = sona_force_learn(p->e[rank]);
+    }
+    synth_task_free(&t);
+}
+
+Test(sync, loop_b_syncs_every_n_cycles_when_a_comm_is_attached)
+{
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    for (uint32_t every = 1; every <= 2; every++) {
+        periodic_run p = {.seed = seed, .cycles = 4, .every = every};
+        for (uint32_t i = 0; i < K; i++)
+            p.e[i] = make_engine(H);
+        p.world = thread_world_create(K, 0);
+        cr_assert(p.world);
+        thread_world_run(K, periodic_rank, &p);
+        static weights w[K];
+        for (uint32_t i = 0; i < K; i++) {
+            cr_assert_eq(p.attach[i], SONA_OK);
+            for (uint32_t c = 0; c < p.cycles; c++)
+                cr_assert_eq(p.learn[i][c], SONA_OK, "rank %u cycle %u: %s", i, c,
+                             sona_engine_last_error(p.e[i]));
+            sona_sync_periodic st;
+            cr_assert_eq(sona_sync_periodic_get(p.e[i], &st), SONA_OK);
+            cr_assert_eq(st.syncs, p.cycles / every, "rank %u: %" PRIu64 " syncs", i, st.syncs);
+            cr_assert_eq(st.failed, 0);
+            cr_assert_eq(st.last, SONA_OK);
+            read_weights(p.e[i], &w[i]);
+        }
+        /* The last cycle was followed by a sync: every rank holds the same bits. */
+        for (uint32_t i = 1; i < K; i++)
+            cr_assert_eq(memcmp(&w[i], &w[0], sizeof w[0]), 0, "every %u: rank %u differs", every,
+                         i);
+        /* Detached: a cycle syncs no more (nor touches the world). */
+        cr_assert_eq(sona_sync_attach(p.e[0], NULL, NULL, 0), SONA_OK);
+        train(p.e[0], seed, 260, 10);
+        sona_sync_periodic st;
+        cr_assert_eq(sona_sync_periodic_get(p.e[0], &st), SONA_OK);
+        cr_assert_eq(st.syncs, 0);
+        thread_world_destroy(p.world);
+        for (uint32_t i = 0; i < K; i++)
+            sona_engine_destroy(p.e[i]);
+    }
+    sona_engine *e = make_engine(H);
+    sona_comm_ops ops;
+    sona_comm_ops_default(&ops);
+    sona_comm *c = NULL;
+    cr_assert_eq(sona_comm_create(&ops, &c), SONA_OK);
+    cr_assert_eq(sona_sync_attach(e, c, NULL, 0), SONA_E_INVALID);
+    sona_sync_config bad;
+    sona_sync_config_default(&bad);
+    bad.merge = (sona_sync_merge)9;
+    cr_assert_eq(sona_sync_attach(e, c, &bad, 1), SONA_E_INVALID);
+    cr_assert_eq(sona_sync_attach(NULL, c, NULL, 1), SONA_E_NULL);
+    sona_comm_destroy(c);
+    sona_engine_destroy(e);
+}
+
+Test(sync, a_failing_periodic_sync_leaves_the_engine_as_its_cycle_left_it)
+{
+    /* Twins: the same engines and traffic, one set attached to a world whose n-th callback
+     * call fails on every rank, the other never attached. A failed sync must leave each
+     * engine bit for bit where its cycle left it (the twin's weights), be returned by
+     * sona_force_learn and counted in sona_sync_periodic_get. */
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    for (uint32_t fail_at = 1; fail_at <= 12; fail_at++) {
+        periodic_run p = {.seed = seed, .cycles = 1, .every = 1};
+        periodic_run twin = {.seed = seed, .cycles = 1};
+        for (uint32_t i = 0; i < K; i++) {
+            p.e[i] = make_engine(H);
+            twin.e[i] = make_engine(H);
+        }
+        p.world = thread_world_create(K, fail_at);
+        cr_assert(p.world);
+        thread_world_run(K, periodic_rank, &p);
+        thread_world_run(K, periodic_rank, &twin);
+        for (uint32_t i = 0; i < K; i++) {
+            cr_assert_eq(p.attach[i], SONA_OK);
+            cr_assert_eq(twin.learn[i][0], SONA_OK);
+            cr_assert_neq(p.learn[i][0], SONA_OK, "fail_at %u: rank %u's sync succeeded", fail_at,
+                          i);
+            sona_sync_periodic st;
+            cr_assert_eq(sona_sync_periodic_get(p.e[i], &st), SONA_OK);
+            cr_assert_eq(st.syncs, 1);
+            cr_assert_eq(st.failed, 1);
+            cr_assert_eq(st.last, p.learn[i][0]);
+            cr_assert_str_neq(st.last_error, "");
+            static weights got, want;
+            read_weights(p.e[i], &got);
+            read_weights(twin.e[i], &want);
+            cr_assert_eq(memcmp(&got, &want, sizeof got), 0, "fail_at %u: rank %u changed",
+                         fail_at, i);
+            sona_stats a, b;
+            cr_assert_eq(sona_get_stats(p.e[i], &a), SONA_OK);
+            cr_assert_eq(sona_get_stats(twin.e[i], &b), SONA_OK);
+            cr_assert_eq(a.trajectories_processed, b.trajectories_processed);
+            cr_assert_eq(a.base_updates, b.base_updates);
+            cr_assert_eq(a.patterns, b.patterns);
+        }
+        printf("fail_at %u: %s\n", fail_at, sona_engine_last_error(p.e[0]));
+        thread_world_destroy(p.world);
+        for (uint32_t i = 0; i < K; i++) {
+            sona_engine_destroy(p.e[i]);
+            sona_engine_destroy(twin.e[i]);
+        }
+    }
+}
+
+/* The engine's own thread runs the attached syncs: each rank queues loop_b_threshold
+ * trajectories at a time and waits until its thread's cycle and sync are done (as the contract
+ * asks, every rank runs the same cycles); the ranks end bit-identical. */
+typedef struct thread_run {
+    sona_engine *e[K];
+    thread_world *world;
+    uint64_t seed;
+    sona_status attach[K];
+    uint64_t syncs[K][3], failed[K];
+} thread_run;
+
+static void thread_rank(uint32_t rank, void *arg)
+{
+    thread_run *p = arg;
+    p->attach[rank] = sona_sync_attach(p->e[rank], thread_world_comm(p->world, rank), NULL, 1);
+    synth_task t;
+    synth_task_init(&t, H, 4, p->seed, 0);
+    sona_rng rng;
+    sona_rng_seed(&rng, p->seed, 400 + rank);
+    for (uint32_t round = 0; round < 3; round++) {
+        synth_task_run(&t, p->e[rank], 0, 10, &rng, 1); /* the threshold: the thread cycles */
+        sona_sync_periodic st = {0};
+        for (int waited = 0; waited < 120000; waited++) { /* up to 2 minutes a round */
+            sona_sync_periodic_get(p->e[rank], &st);
+            if (st.syncs > round)
+                break;
+            nanosleep(&(struct timespec){.tv_nsec = 1000000}, NULL);
+        }
+        p->syncs[rank][round] = st.syncs;
+        p->failed[rank] = st.failed;
+    }
+    synth_task_free(&t);
+}
+
+Test(sync, the_engine_thread_runs_the_attached_syncs)
+{
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    thread_run p = {.seed = seed};
+    for (uint32_t i = 0; i < K; i++) {
+        sona_engine_config cfg;
+        sona_engine_config_default(&cfg, SONA_PRESET_DEFAULT, H);
+        cfg.base_layers = LAYERS;
+        cfg.base_rank = RANK;
+        cfg.base_alpha = 2.0f * RANK;
+        cfg.micro_rank = MICRO;
+        cfg.micro_alpha = 2.0f * MICRO;
+        cfg.background_thread = 1;
+        cfg.device_apply = 0;
+        cfg.loop_b_threshold = 10; /* a cycle at every 10 queued, and at no other time */
+        cfg.loop_b_min_batch = 1;
+        cfg.loop_b_interval_ms = 0;
+        cfg.loop_c_interval_ms = 0;
+        cr_assert_eq(sona_engine_create(&cfg, &p.e[i]), SONA_OK, "%s", sona_last_error());
+    }
+    p.world = thread_world_create(K, 0);
+    cr_assert(p.world);
+    thread_world_run(K, thread_rank, &p);
+    static weights w[K];
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(p.attach[i], SONA_OK);
+        for (uint32_t round = 0; round < 3; round++)
+            cr_assert_eq(p.syncs[i][round], round + 1, "rank %u round %u: %" PRIu64 " syncs", i,
+                         round, p.syncs[i][round]);
+        cr_assert_eq(p.failed[i], 0);
+        read_weights(p.e[i], &w[i]);
+    }
+    for (uint32_t i = 1; i < K; i++) /* Base-LoRA; tenant 0 learns in loop A after a sync too */
+        cr_assert_eq(memcmp(w[i].A, w[0].A, sizeof w[0].A) || memcmp(w[i].Bt, w[0].Bt,
+                     sizeof w[0].Bt), 0, "rank %u's Base-LoRA differs", i);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(sona_sync_attach(p.e[i], NULL, NULL, 0), SONA_OK);
+        sona_engine_destroy(p.e[i]);
+    }
+    thread_world_destroy(p.world);
 }

@@ -1,12 +1,19 @@
 /* SPDX-License-Identifier: MIT */
 /* Learning across ranks: 4 ranks (threads, support/thread_comm.h) each see a quarter of a
  * synthetic task's traffic (support/synth_task.h) and sync every 100 of their trajectories
- * with SONA_SYNC_CHANGES; their merged tenant must gain at least 90 % of what one engine
- * seeing all the traffic gains. SONA_SYNC_AVERAGE's gain is printed beside it (an average
- * counts each rank's progress 1/k: it gains about what a quarter alone gains).
- * The learning rate is lowered so that a quarter of the traffic alone gains clearly less (the
- * test checks it does): otherwise every rank would learn the task on its own and the check
- * could not tell a merge from none. */
+ * with the default sync (SONA_SYNC_PACED) and the default preset, learning rate included;
+ * their merged tenant must gain at least 90 % of what one engine seeing all the traffic gains,
+ * and a quarter of the traffic alone must gain under 70 % of it (else the check could not tell
+ * a merge from none: at 1 600 trajectories a quarter alone reaches ~90 %). SONA_SYNC_CHANGES'
+ * and SONA_SYNC_AVERAGE's gains are printed beside it.
+ * Measured, the means over the replicates as asserted: with 32 replicates over seeds 1-70,
+ * 139, 233, 987654321987 and 1733571234567, PACED 92.7-96.4 % of one engine (mean 94.9, sd
+ * 0.8), a quarter alone 58.7-62.0 %, AVERAGE 63.4-66.2 % (it counts each rank's progress 1/4),
+ * CHANGES 90.7-94.9 %. Fewer replicates leave the tail too close to the bar: with 16 over
+ * seeds 1-250 PACED 90.9-96.9 % (seed 233 lowest), with 8 over seeds 101-160 down to 89.4 %
+ * (seed 139). CHANGES, here close to PACED, diverges when run longer (3 replicates, seeds
+ * 1-30: at 1 200 trajectories -63 to +55 %, where PACED gains 94.7-100.3 %; PACED 99.5-102 %
+ * at 1 600 and 101.4-102.6 % at 3 200). */
 #include <criterion/criterion.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -17,9 +24,8 @@
 #include "support/thread_comm.h"
 #include <sona.h>
 
-enum { RANKS = 4, HIDDEN = 64, CLUSTERS = 4, TOTAL = 1600, EVERY = 100, REPLICATES = 3 };
+enum { RANKS = 4, HIDDEN = 64, CLUSTERS = 4, TOTAL = 800, EVERY = 100, REPLICATES = 32 };
 #define EVAL_STREAM 1000
-#define MICRO_LR 0.01f
 
 static sona_engine *make_engine(uint64_t seed)
 {
@@ -28,7 +34,6 @@ static sona_engine *make_engine(uint64_t seed)
     c.seed = seed; /* one seed for every rank: the same initial adapters, as in a deployment */
     c.background_thread = 0;
     c.device_apply = 0;
-    c.micro_learning_rate = MICRO_LR;
     sona_engine *e = NULL;
     cr_assert_eq(sona_engine_create(&c, &e), SONA_OK, "%s", sona_last_error());
     return e;
@@ -55,7 +60,7 @@ static void rank_main(uint32_t i, void *arg)
     sona_rng r;
     sona_rng_seed(&r, c->seed, 100 * (c->replicate + 1) + i);
     /* A sync before any traffic: every rank starts from the same adapters, and S exists for
-     * the first SONA_SYNC_CHANGES (without it, the first sync averages). */
+     * the first SONA_SYNC_PACED (without it, the first sync averages). */
     c->st[i] = sona_sync(c->e[i], thread_world_comm(c->world, i), &c->cfg, NULL);
     for (uint32_t done = 0; done < TOTAL / RANKS && c->st[i] == SONA_OK; done += EVERY) {
         synth_task_run(c->task, c->e[i], 0, EVERY, &r, 1);
@@ -70,7 +75,7 @@ static double cluster_gain(const synth_task *t, uint64_t seed, uint64_t rep, son
                            double before)
 {
     cluster c = {.task = t, .seed = seed, .replicate = rep};
-    sona_sync_config_default(&c.cfg);
+    sona_sync_config_default(&c.cfg); /* SONA_SYNC_PACED: the default, checked below */
     c.cfg.merge = merge;
     for (uint32_t i = 0; i < RANKS; i++)
         c.e[i] = make_engine(seed + rep);
@@ -93,7 +98,10 @@ Test(sync_learning, four_ranks_on_a_quarter_each_learn_as_one)
 {
     const uint64_t seed = test_seed();
     printf("seed %" PRIu64 "\n", seed);
-    double single = 0.0, merged = 0.0, quarter = 0.0, averaged = 0.0;
+    sona_sync_config def;
+    sona_sync_config_default(&def);
+    cr_assert_eq(def.merge, SONA_SYNC_PACED, "the test measures the default merge");
+    double single = 0.0, merged = 0.0, quarter = 0.0, averaged = 0.0, summed = 0.0;
     for (uint64_t rep = 0; rep < REPLICATES; rep++) {
         synth_task t;
         cr_assert_eq(synth_task_init(&t, HIDDEN, CLUSTERS, seed, 2 * rep), 0);
@@ -117,22 +125,25 @@ Test(sync_learning, four_ranks_on_a_quarter_each_learn_as_one)
         }
         const double gq = evaluate(&t, alone, seed) - before;
         sona_engine_destroy(alone);
-        /* Four ranks, a quarter each: changes summed, then averaged. */
-        const double gk = cluster_gain(&t, seed, rep, SONA_SYNC_CHANGES, before);
+        /* Four ranks, a quarter each: paced (the default), changes summed, averaged. */
+        const double gk = cluster_gain(&t, seed, rep, def.merge, before);
+        const double gs = cluster_gain(&t, seed, rep, SONA_SYNC_CHANGES, before);
         const double ga = cluster_gain(&t, seed, rep, SONA_SYNC_AVERAGE, before);
         printf("replicate %" PRIu64 ": gain one engine %.5f, a quarter alone %.5f, %d ranks "
-               "changes %.5f, average %.5f\n", rep, g1, gq, RANKS, gk, ga);
+               "paced %.5f, changes %.5f, average %.5f\n", rep, g1, gq, RANKS, gk, gs, ga);
         single += g1 / REPLICATES;
         quarter += gq / REPLICATES;
         merged += gk / REPLICATES;
+        summed += gs / REPLICATES;
         averaged += ga / REPLICATES;
         synth_task_free(&t);
     }
-    printf("mean gain: one engine %.5f, a quarter alone %.5f (%.1f %%), %d ranks: changes %.5f "
-           "(%.1f %%), average %.5f (%.1f %%)\n", single, quarter, 100.0 * quarter / single, RANKS,
-           merged, 100.0 * merged / single, averaged, 100.0 * averaged / single);
+    printf("mean gain: one engine %.5f, a quarter alone %.5f (%.1f %%), %d ranks: paced %.5f "
+           "(%.1f %%), changes %.5f (%.1f %%), average %.5f (%.1f %%)\n", single, quarter,
+           100.0 * quarter / single, RANKS, merged, 100.0 * merged / single, summed,
+           100.0 * summed / single, averaged, 100.0 * averaged / single);
     cr_assert(single > 0.02, "one engine should learn the task: gain %.5f", single);
-    cr_assert(quarter < 0.8 * single, "a quarter alone gains %.5f of %.5f: the test cannot tell "
+    cr_assert(quarter < 0.7 * single, "a quarter alone gains %.5f of %.5f: the test cannot tell "
               "a merge from none", quarter, single);
     cr_assert(merged >= 0.9 * single, "merged ranks gain %.5f, under 90 %% of %.5f", merged, single);
 }

@@ -64,14 +64,29 @@ typedef enum sona_sync_weighting {
 typedef enum sona_sync_merge {
     SONA_SYNC_AVERAGE = 0,  /* their (weighted) average: a rank's progress since the last sync
                                counts 1/k, so k ranks learn about as fast as one */
-    SONA_SYNC_CHANGES = 1   /* what the last sync left, S, plus every rank's change since:
-                               S + sum_i (W_i - S), so k ranks learn about as fast as one engine
-                               seeing all their traffic. Falls back to AVERAGE where a rank has
-                               no S (its first sync, a tenant new since) and for a world of one:
+    SONA_SYNC_CHANGES = 1,  /* what the last sync left, S, plus every rank's change since:
+                               S + sum_i (W_i - S). As fast as one engine seeing all the traffic
+                               while far from what the traffic teaches, but k steps summed
+                               overshoot near it, and the overshoots grow from sync to sync: 4
+                               ranks syncing every 100 trajectories of the synthetic task at the
+                               default learning rate lost their whole gain by the third sync
+                               (docs/notes/sync.md). For ranks that learn little between syncs */
+    SONA_SYNC_PACED = 2     /* the default: S + g m, m the ranks' (weighted) mean change since S
+                               and g in [1, k] the share of k intervals' progress one engine
+                               seeing all the traffic would have made, estimated from how m
+                               bears on the last merge's move (it goes on: g near k, the sum of
+                               the changes; it turns back, the last move overshot: g near 1, the
+                               average). One g for Base-LoRA, one per tenant; the first sync
+                               from S takes g = k. 4 ranks on a quarter each reach 93-96 % of
+                               one engine's gain on the synthetic task at the default rate,
+                               where AVERAGE reaches 63-66 % (tests/test_sync_learning.c).
+                               CHANGES and PACED fall back to AVERAGE where a rank has no S
+                               (its first sync, a tenant new since) and for a world of one:
                                sync once before serving, so that every rank starts alike and
-                               has S.
-                               S is each rank's memory of the last sync: after a sona_load, sync
-                               once with AVERAGE, or the load counts as a change */
+                               has S. S is each rank's memory of the last sync: after a
+                               sona_load, sync once with AVERAGE, or the load counts as a
+                               change. Every rank must pass the same merge (SONA_E_SIZE
+                               otherwise) */
 } sona_sync_merge;
 
 /* How Base-LoRA's merge target M (a sum of the ranks' s B A) is reduced to rank r. */
@@ -95,17 +110,18 @@ typedef enum sona_sync_method {
 } sona_sync_method;
 
 typedef struct sona_sync_config {
-    sona_sync_weighting weighting; /* for SONA_SYNC_AVERAGE */
+    sona_sync_weighting weighting; /* the average's and SONA_SYNC_PACED's mean change's */
     sona_sync_merge merge;
     sona_sync_method method;       /* Base-LoRA's; tenants are merged exactly */
 } sona_sync_config;
-/* weighting SONA_SYNC_TRAJECTORIES, merge SONA_SYNC_AVERAGE, method SONA_SYNC_SKETCH. */
+/* weighting SONA_SYNC_TRAJECTORIES, merge SONA_SYNC_PACED, method SONA_SYNC_SKETCH. */
 SONA_API void sona_sync_config_default(sona_sync_config *cfg);
 
 typedef struct sona_sync_result {
     uint32_t ranks;          /* size of the communicator */
     uint32_t rank;           /* this process's rank */
-    double weight;           /* this rank's share of the merge (weights sum to 1) */
+    double weight;           /* this rank's share of the average (AVERAGE) or of the mean
+                                change (PACED; CHANGES sums the changes), weights summing to 1 */
     double merge_error;      /* over the layers: |merged - M|_F / |M|_F of s B A, M the merge's
                                 target (the average, or S + the changes), the rank-r
                                 truncation's error (0 when M has rank <= r). SONA_SYNC_SKETCH:
@@ -119,15 +135,18 @@ typedef struct sona_sync_result {
 
 /* Merges the engines of all ranks; every rank calls it (a collective, in the same order as its
  * other collectives on comm). Base-LoRA: each layer becomes the best rank-r approximation of
- * the ranks' weighted average of s B A (computed in factored form, never as a dense hidden x
+ * the merge's target for s B A (the ranks' weighted average, or the last sync's state plus
+ * their changes, as cfg->merge says; computed in factored form, never as a dense hidden x
  * hidden matrix), the same bit for bit on every rank given the same library. Micro-LoRA: a
- * tenant id live on several ranks becomes there the equal-weight merge of its adapters, the
- * same way (ids are each rank's own: one live on a single rank is left alone, none is
- * created); signals it learned while the sync ran, and its pending gradients, give way to the
- * merge. Where every rank has the last sync's state, merged factors are turned back to its
- * coordinates (B A unchanged). EWC++ of Base-LoRA: the running Fisher becomes the ranks'
- * average, the task snapshots one task anchored at the merged weights whose Fisher is the last
- * sync's plus every rank's new tasks' (the boundary detector stays each rank's). Pattern bank:
+ * tenant id live on several ranks becomes there the equal-weight merge of its adapters (by
+ * cfg->merge, SONA_SYNC_PACED with a gain of its own), the same way (ids are each rank's own:
+ * one live on a single rank is left alone, none is created); signals it learned while the
+ * sync ran, and its pending gradients, give way to the merge. Where every rank has the last
+ * sync's state, merged factors are turned back to its coordinates (B A unchanged). EWC++ of
+ * Base-LoRA: the running Fisher becomes the ranks' average, the task snapshots one task
+ * anchored at the merged weights whose Fisher is the last sync's plus every rank's new tasks'
+ * (the boundary detector stays each rank's); of a merged tenant, the same over its holders
+ * (gathered with its adapter: 3x its bytes). Pattern bank:
  * each pattern the last sync left becomes it plus every rank's change since, the new ones are
  * added with ids numbered on from the last sync's next id (unique across ranks), then the bank
  * is consolidated as loop C does; trajectories pending in the bank (none after a cycle) are
@@ -143,6 +162,36 @@ typedef struct sona_sync_result {
  * call sona_force_learn first to fold them in. cfg NULL = the defaults; out may be NULL. */
 SONA_API sona_status sona_sync(sona_engine *e, sona_comm *comm, const sona_sync_config *cfg,
                                sona_sync_result *out);
+
+/* ---- periodic syncs from loop B ------------------------------------------------------------ */
+/* What loop B's own syncs did since the comm was attached. */
+typedef struct sona_sync_periodic {
+    uint64_t syncs;       /* attempted */
+    uint64_t failed;      /* of those, failed (each left the engine as it was, as sona_sync) */
+    sona_status last;     /* the last one's status (SONA_OK before any) */
+    char last_error[256]; /* the last failure's message ("" when none failed) */
+} sona_sync_periodic;
+
+/* Loop B syncs by itself: after every every_cycles loop B cycles of e (whoever ran them: the
+ * engine's thread, sona_tick or sona_force_learn; a cycle that found nothing queued does not
+ * count, a failed one does), it calls sona_sync(e, comm, cfg, NULL) in the thread that ran the
+ * cycle, once the cycle is done. With background_thread 0 that is the caller of sona_tick or
+ * sona_force_learn, which returns the sync's failure (the cycle's own comes first); the
+ * thread's failures are seen in sona_sync_periodic_get (and the engine's last error).
+ * The collective's order: every rank must attach the same every_cycles and cfg and run the
+ * same number of cycles, so that all reach their n-th sync; a rank still short of it keeps the
+ * others waiting in the collective (the engine's thread blocked there learns nothing
+ * meanwhile; requests and apply go on). Loop B threads reach it at different times, which a
+ * blocking collective simply waits out. comm is loop B's while attached: the application (or
+ * another engine) must not use it concurrently, nor call sona_sync on it, nor destroy it
+ * before detaching (an engine destroyed while its thread waits in the collective waits with
+ * it). comm NULL detaches (waiting for a sync in flight); attaching again
+ * restarts the count and the periodic stats. cfg NULL = the defaults (copied); every_cycles
+ * >= 1 (SONA_E_INVALID otherwise, as an invalid cfg). */
+SONA_API sona_status sona_sync_attach(sona_engine *e, sona_comm *comm, const sona_sync_config *cfg,
+                                      uint32_t every_cycles);
+/* The periodic syncs' counts since the last attach (zeros when none attached). */
+SONA_API sona_status sona_sync_periodic_get(sona_engine *e, sona_sync_periodic *out);
 
 #ifdef __cplusplus
 }

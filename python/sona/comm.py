@@ -67,9 +67,12 @@ class Weighting(str, enum.Enum):
 
 class Merge(str, enum.Enum):
     """What a sync makes of the ranks' adapters (sona_sync_merge)."""
-    AVERAGE = "average"  # their (weighted) average; the default
+    AVERAGE = "average"  # their (weighted) average
     CHANGES = "changes"  # the last sync's state plus every rank's change since (sync once
-                         # before serving so that it exists; README, "Cluster")
+                         # before serving so that it exists; README, "Cluster"); overshoots
+                         # near what the traffic teaches
+    PACED = "paced"      # the last sync's state plus the mean change times a gain in [1, k]
+                         # read from the last merge's move; the default
 
 
 class Method(str, enum.Enum):
@@ -79,6 +82,7 @@ class Method(str, enum.Enum):
 
 
 _C_VALUES = {Weighting.EQUAL: 0, Weighting.TRAJECTORIES: 1, Merge.AVERAGE: 0, Merge.CHANGES: 1,
+             Merge.PACED: 2,
              Method.SKETCH: 0, Method.EXACT: 1}
 
 

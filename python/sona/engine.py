@@ -172,7 +172,7 @@ class SyncResult:
     """Engine.sync's result (sona_sync_result)."""
     ranks: int            # the size of the communicator
     rank: int             # this process's rank
-    weight: float         # this rank's share of the merge (the weights sum to 1)
+    weight: float         # this rank's share of the average or of the mean change (sum 1)
     merge_error: float    # |merged - M|_F / |M|_F of Base-LoRA's s B A over the layers, M the
                           # merge's target (for "sketch": of M's part in the sketched range)
     tenants_merged: int   # tenant ids live on two ranks or more, merged there
@@ -527,8 +527,9 @@ class Engine:
         live on several ranks are merged there (README, "Cluster"; include/sona/comm.h).
 
         weighting: "trajectories" (each rank by what it learned since its last sync; the
-        default) or "equal"; merge: "average" (the default) or "changes" (the last sync's state
-        plus every rank's change since); method: "sketch" (the default) or "exact" for
+        default) or "equal"; merge: "paced" (the default: the last sync's state plus the mean
+        change times a gain in [1, k]), "average" or "changes" (the last sync's state plus
+        every rank's change since); method: "sketch" (the default) or "exact" for
         Base-LoRA. Each also takes the members of sona.Weighting, sona.Merge, sona.Method;
         None keeps the library's default. Queued trajectories are not merged: call
         force_learn() first.

@@ -27,6 +27,7 @@
 #include "engine/config.h"
 #include "engine/ewc.h"
 #include "engine/files.h"
+#include "sona/comm.h"
 #include "sona/bank.h"
 #include "sona/engine.h"
 #include "sona/signal.h"
@@ -127,12 +128,24 @@ struct sona_engine {
     } n;
     atomic_uint last_phi_bits;
     uint64_t synced_processed;  /* n.processed at the last sona_sync (sync.c; cycle_mu) */
-    struct eng_sync *sync;      /* what the last sona_sync left, for SONA_SYNC_CHANGES (cycle_mu) */
+    struct eng_sync *sync;      /* what the last sona_sync left, for CHANGES and PACED (cycle_mu) */
+    /* sona_sync_attach: loop B's own syncs (attach_mu, taken before cycle_mu; held while such
+     * a sync runs, so a detach waits for it) */
+    pthread_mutex_t attach_mu;
+    sona_comm *attach_comm;     /* NULL: none attached */
+    sona_sync_config attach_cfg;
+    uint32_t attach_every, attach_cycles; /* the period, and cycles since the last sync */
+    sona_sync_periodic attach_stats;
 
     eng_device *device;         /* NULL: batches run on the CPU (see eng_device_ready) */
     atomic_uint_fast64_t device_batches, device_fallbacks; /* runtime only, not saved */
     atomic_uint_fast64_t out_of_range; /* inputs_out_of_range: runtime only, not saved */
 };
+
+/* After a loop B cycle that ran (cycle_mu released): counts it, and runs sona_sync when a comm
+ * is attached and its period is due (sync.c). Returns that sync's status (SONA_OK when none
+ * ran). */
+sona_status eng_sync_periodic(sona_engine *e);
 
 /* Formats the engine's last error (thread-safe) and returns st. */
 sona_status eng_fail(sona_engine *e, sona_status st, const char *fmt, ...)

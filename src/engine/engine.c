@@ -114,6 +114,7 @@ sona_status sona_engine_create(const sona_engine_config *cfg, sona_engine **out)
     pthread_mutex_init(&e->err_mu, NULL);
     pthread_mutex_init(&e->tenants_mu, NULL);
     pthread_mutex_init(&e->cycle_mu, NULL);
+    pthread_mutex_init(&e->attach_mu, NULL);
     pthread_mutex_init(&e->save_mu, NULL);
     pthread_cond_init(&e->save_cv, NULL);
     pthread_mutex_init(&e->wake_mu, NULL);
@@ -205,6 +206,7 @@ void sona_engine_destroy(sona_engine *e)
     pthread_mutex_destroy(&e->err_mu);
     pthread_mutex_destroy(&e->tenants_mu);
     pthread_mutex_destroy(&e->cycle_mu);
+    pthread_mutex_destroy(&e->attach_mu);
     pthread_mutex_destroy(&e->save_mu);
     pthread_cond_destroy(&e->save_cv);
     eng_cut_free(e->cut);

@@ -125,6 +125,52 @@ sona_status eng_inspect_tenant_weights(sona_engine *e, int32_t tenant, float *A,
     return st;
 }
 
+sona_status eng_inspect_tenant_ewc(sona_engine *e, int32_t tenant, float *running,
+                                   float *fisher_sum, float *theta0, uint32_t *tasks)
+{
+    if (tenant < 0 || (uint32_t)tenant >= e->cfg.max_tenants)
+        return SONA_E_NOT_FOUND;
+    const size_t n = 2 * (size_t)e->cfg.micro_rank * e->cfg.hidden;
+    eng_tenant *t = &e->tenants[tenant];
+    pthread_mutex_lock(&t->mu);
+    sona_status st = !atomic_load(&t->live) ? SONA_E_NOT_FOUND : !t->ewc ? SONA_E_STATE : SONA_OK;
+    if (st == SONA_OK) {
+        sona_ewc *w = (sona_ewc *)(uintptr_t)eng_ewc_state(t->ewc);
+        const float *fsum = NULL, *ftheta = NULL;
+        float lambda;
+        st = sona_ewc_penalty(w, &fsum, &ftheta, &lambda);
+        if (running)
+            memcpy(running, sona_ewc_fisher(w), n * sizeof *running);
+        if (fisher_sum) {
+            if (fsum)
+                memcpy(fisher_sum, fsum, n * sizeof *fisher_sum);
+            else
+                memset(fisher_sum, 0, n * sizeof *fisher_sum);
+        }
+        if (tasks)
+            *tasks = sona_ewc_task_count(w);
+        if (st == SONA_OK && theta0)
+            st = sona_ewc_get_task(w, 0, theta0, NULL);
+    }
+    pthread_mutex_unlock(&t->mu);
+    return st;
+}
+
+sona_status eng_inspect_tenant_end_task(sona_engine *e, int32_t tenant)
+{
+    if (tenant < 0 || (uint32_t)tenant >= e->cfg.max_tenants)
+        return SONA_E_NOT_FOUND;
+    eng_tenant *t = &e->tenants[tenant];
+    pthread_mutex_lock(&t->mu);
+    sona_status st = !atomic_load(&t->live) ? SONA_E_NOT_FOUND : !t->ewc ? SONA_E_STATE : SONA_OK;
+    if (st == SONA_OK) {
+        st = eng_ewc_consolidate(t->ewc, t->lora);
+        atomic_store(&t->tasks, eng_ewc_tasks(t->ewc));
+    }
+    pthread_mutex_unlock(&t->mu);
+    return st;
+}
+
 sona_status eng_inspect_train(sona_engine *e, int32_t tenant, const float *x, const float *delta, float w,
                               uint64_t *pending)
 {

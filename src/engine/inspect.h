@@ -37,6 +37,12 @@ sona_status eng_inspect_set_base_weights(sona_engine *e, const float *A, const f
 /* The same for a tenant's Micro-LoRA (micro_rank x hidden each), under its mutex;
  * SONA_E_NOT_FOUND when the tenant is not live. */
 sona_status eng_inspect_tenant_weights(sona_engine *e, int32_t tenant, float *A, float *Bt);
+/* A tenant's EWC++ state as eng_inspect_base_ewc's (2 x micro_rank x hidden floats each), and
+ * its task ended now, under its mutex. SONA_E_NOT_FOUND when the tenant is not live,
+ * SONA_E_STATE without EWC++. */
+sona_status eng_inspect_tenant_ewc(sona_engine *e, int32_t tenant, float *running,
+                                   float *fisher_sum, float *theta0, uint32_t *tasks);
+sona_status eng_inspect_tenant_end_task(sona_engine *e, int32_t tenant);
 
 /* Fault injection: accumulates the signal (x, delta, weight w) into tenant's training copy and
  * runs the update loop A would run (the training step, the output bound, the publish), under the

@@ -71,7 +71,12 @@ sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch, uint32_t max_ba
     atomic_store(&e->n.last_b_us, sona_monotonic_us() - t0);
     atomic_store(&e->last_cycle_ms, sona_monotonic_us() / 1000);
     pthread_mutex_unlock(&e->cycle_mu);
-    return st == SONA_OK ? SONA_OK : eng_fail(e, st, "loop B cycle failed: %s", sona_last_error());
+    if (st != SONA_OK)
+        eng_fail(e, st, "loop B cycle failed: %s", sona_last_error());
+    /* Even after a failed cycle: every rank counts the same cycles, so that all of them reach
+     * the attached sync's collectives (sona_sync_attach). */
+    const sona_status synced = eng_sync_periodic(e);
+    return st != SONA_OK ? st : synced;
 }
 
 uint32_t eng_cycle_cap(const sona_engine *e)

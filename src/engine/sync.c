@@ -23,6 +23,7 @@
 #include "sona/comm.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +35,15 @@
 struct eng_sync {
     int have;         /* 0 before the first sync (and after a commit that failed half-way) */
     float *base;      /* 2 x layers x rank x hidden */
+    float *base_prev; /* SONA_SYNC_PACED: the S before (P), where base_prev_have */
+    int base_prev_have;
+    double base_gain; /* the gain of the merge that left S (from P) */
     float *tenants;   /* max_tenants x 2 x micro_rank x hidden */
+    float *tenants_prev; /* SONA_SYNC_PACED: each slot's S before (P), where prev[i] */
+    unsigned char *prev;
+    double *gain;        /* the gain of the merge that left the slot's S (from P) */
+    float *tenant_tf;    /* EWC++: each merged tenant's task Fisher sum the last sync left */
+    unsigned char *tenant_tf_have; /* 1: it holds tasks (else none were) */
     uint64_t *gen;
     unsigned char *valid;
     float *fisher_tasks; /* EWC++: Base-LoRA's task Fisher sum the last sync left */
@@ -49,6 +58,8 @@ void eng_sync_free(struct eng_sync *s)
 {
     if (!s)
         return;
+    free(s->tenants_prev), free(s->prev), free(s->gain), free(s->base_prev), free(s->tenant_tf),
+        free(s->tenant_tf_have);
     free(s->base), free(s->tenants), free(s->gen), free(s->valid), free(s->fisher_tasks), free(s->bank),
         free(s);
 }
@@ -61,10 +72,19 @@ static struct eng_sync *sync_alloc(const sona_engine_config *c)
     s->base = malloc(2 * (size_t)c->base_layers * c->base_rank * c->hidden * sizeof *s->base);
     s->tenants = malloc(2 * (size_t)c->max_tenants * c->micro_rank * c->hidden * sizeof *s->tenants);
     s->gen = calloc(c->max_tenants, sizeof *s->gen);
+    s->tenants_prev = malloc(2 * (size_t)c->max_tenants * c->micro_rank * c->hidden *
+                             sizeof *s->tenants);
+    s->prev = calloc(c->max_tenants, 1);
+    s->tenant_tf = malloc(2 * (size_t)c->max_tenants * c->micro_rank * c->hidden * sizeof *s->tenants);
+    s->tenant_tf_have = calloc(c->max_tenants, 1);
+    s->base_prev = malloc(2 * (size_t)c->base_layers * c->base_rank * c->hidden * sizeof *s->base);
+    s->gain = calloc(c->max_tenants, sizeof *s->gain);
     s->valid = calloc(c->max_tenants, 1);
     s->fisher_tasks = malloc(2 * (size_t)c->base_layers * c->base_rank * c->hidden *
                              sizeof *s->fisher_tasks);
-    if (!s->base || !s->tenants || !s->gen || !s->valid || !s->fisher_tasks) {
+    if (!s->tenants_prev || !s->prev || !s->gain || !s->base_prev || !s->tenant_tf ||
+        !s->tenant_tf_have || !s->base || !s->tenants ||
+        !s->gen || !s->valid || !s->fisher_tasks) {
         eng_sync_free(s);
         return NULL;
     }
@@ -72,7 +92,9 @@ static struct eng_sync *sync_alloc(const sona_engine_config *c)
 }
 
 /* The live byte a rank sends per tenant slot. */
-enum { SLOT_FREE = 0, SLOT_LIVE = 1, SLOT_SYNCED = 2 /* live, and S holds it */ };
+enum { SLOT_FREE = 0, SLOT_LIVE = 1, SLOT_SYNCED = 2 /* live, and S holds it */,
+       SLOT_STATE = 3, /* the bits above */
+       SLOT_TASKS = 4 /* or'ed in: its EWC++ holds task snapshots */ };
 
 /* The counters of sona_stats, as they travel (uint64 each; the two floats as their bits). */
 enum { SYNC_COUNTERS = 22 };
@@ -86,6 +108,7 @@ _Static_assert(offsetof(sona_stats, tenants) == 21 * sizeof(uint64_t) &&
 typedef struct sync_header {
     uint64_t magic, hidden, layers, rank, alpha_bits, tenants_max, micro_rank, micro_alpha_bits;
     uint64_t learned, has_last;
+    uint64_t merge, has_prev; /* the sync's merge mode; S's P (SONA_SYNC_PACED's last move) */
     uint64_t counters[SYNC_COUNTERS];
     uint64_t tenants, quality_bits, phi_bits;
     uint64_t ewc, ewc_tasks; /* EWC++ on; Base-LoRA's task snapshots */
@@ -122,7 +145,7 @@ void sona_sync_config_default(sona_sync_config *cfg)
 {
     if (cfg) {
         cfg->weighting = SONA_SYNC_TRAJECTORIES;
-        cfg->merge = SONA_SYNC_AVERAGE;
+        cfg->merge = SONA_SYNC_PACED;
         cfg->method = SONA_SYNC_SKETCH;
     }
 }
@@ -884,10 +907,116 @@ typedef struct tenant_merge {
     float *mine, *out;      /* this rank's block; the merged adapters */
     unsigned char *commit;  /* [max_tenants] */
     uint64_t *gen;          /* [max_tenants]: each slot's generation when read */
+    double *gain;           /* [max_tenants]: SONA_SYNC_PACED's, 0 where not from S */
     uint32_t merged;        /* ids merged (on any rank) */
+    /* EWC++ on (else NULL): per slot, the running Fisher then the task Fisher sum (4 af: A
+     * then Bt each) as read, its config and detector; the merged state until committed, and
+     * the task Fisher sum it holds (for S). */
+    float *ewc_mine, *tf;
+    unsigned char *has_ewc, *tf_have;
+    sona_ewc_config *ewc_cfg;
+    sona_ewc_detector *det;
+    sona_ewc **fresh;
 } tenant_merge;
 
-static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, int changes,
+static void tenant_merge_free(tenant_merge *tm, size_t T)
+{
+    for (size_t i = 0; tm->fresh && i < T; i++)
+        sona_ewc_destroy(tm->fresh[i]);
+    free(tm->mine), free(tm->out), free(tm->commit), free(tm->gen), free(tm->gain);
+    free(tm->ewc_mine), free(tm->tf), free(tm->has_ewc), free(tm->tf_have), free(tm->ewc_cfg);
+    free(tm->det), free(tm->fresh);
+}
+
+/* <B_j A_j, B_l A_l>_F from the factors (rank x hidden rows: A, and B transposed), in a fixed
+ * order: the same bits from the same inputs. */
+static double product_dot(size_t H, uint32_t r, const float *Aj, const float *Btj, const float *Al,
+                          const float *Btl)
+{
+    double sum = 0.0;
+    for (uint32_t p = 0; p < r; p++)
+        for (uint32_t q = 0; q < r; q++) {
+            double a = 0.0, b = 0.0;
+            for (size_t h = 0; h < H; h++) {
+                a += (double)Aj[p * H + h] * Al[q * H + h];
+                b += (double)Btj[p * H + h] * Btl[q * H + h];
+            }
+            sum += a * b;
+        }
+    return sum;
+}
+
+/* SONA_SYNC_PACED's gain g on the ranks' mean change m since S (the merge is S + g m), for k
+ * ranks. The model: in one sync interval a rank closes a fraction 1 - a of the gap G between S
+ * and where its traffic leads, so m = (1 - a) G, and one engine seeing all k ranks' traffic would
+ * have closed 1 - a^k of it: g = (1 - a^k) / (1 - a) = 1 + a + ... + a^(k-1), from 1 (every
+ * rank reached the goal on its own: the average) to k (far from it: the sum of the changes).
+ * a is read from the last merge's move D = S - P (P the sync before) made with gain g_last:
+ * then the gap was G_last = m_last / (1 - a) with m_last = D / g_last, now G = G_last - D, so
+ * <m, D> = (1 - a) <G, D> = |D|^2 / g_last - (1 - a) |D|^2, that is
+ * 1 - a = 1 / g_last - <m, D> / |D|^2 (clamped to [0, 1]). A change that turned back against
+ * the last move (it overshot) gives a small a, a change that goes on in D's direction a
+ * large one. Without a last move (md_dd NAN): k, the sum. */
+static double paced_gain(uint32_t k, double g_last, double md, double dd)
+{
+    if (!(g_last >= 1.0) || !(dd > 0.0) || !isfinite(md))
+        return k;
+    double q = 1.0 / g_last - md / dd; /* 1 - a */
+    q = q < 0.0 ? 0.0 : q > 1.0 ? 1.0 : q;
+    const double a = 1.0 - q;
+    double g = 0.0, p = 1.0;
+    for (uint32_t j = 0; j < k; j++, p *= a)
+        g += p;
+    return g;
+}
+
+/* A merged tenant's EWC++ (slot i, n holders), as Base-LoRA's (sync_ewc): the running Fisher
+ * the holders' average, the task snapshots one task anchored at the merged weights whose
+ * Fisher is the last sync's plus every holder's new tasks' (from_last: every holder has S for
+ * the slot), the detector this rank's own. ewc0: holder blocks' EWC++ part (running Fisher,
+ * task Fisher sum), the first rank's, each rank's `block` floats on; summed in rank order, the
+ * same bits on every holder. */
+static sona_status merge_tenant_ewc(sona_engine *e, tenant_merge *tm, size_t i, uint32_t n,
+                                    int from_last, const unsigned char *flags, uint32_t k,
+                                    const float *ewc0, size_t block)
+{
+    const size_t T = e->cfg.max_tenants, af2 = 2 * (size_t)e->cfg.micro_rank * e->cfg.hidden;
+    const struct eng_sync *S = e->sync;
+    const int tf_from = from_last && S->tenant_tf_have[i];
+    sona_ewc *fresh = NULL;
+    sona_status st = sona_ewc_create(&tm->ewc_cfg[i], &fresh);
+    if (st != SONA_OK)
+        return st;
+    float *fr = sona_ewc_fisher(fresh), *tf = tm->tf + af2 * i;
+    int any = tf_from;
+    for (uint32_t r = 0; r < k; r++)
+        any |= (flags[r * T + i] & SLOT_TASKS) != 0;
+    for (size_t x = 0; x < af2; x++) {
+        double f = 0.0, t = 0.0;
+        for (uint32_t r = 0; r < k; r++)
+            if (flags[r * T + i] != SLOT_FREE) {
+                f += ewc0[r * block + x];
+                t += ewc0[r * block + af2 + x];
+            }
+        if (tf_from)
+            t -= (double)(n - 1) * S->tenant_tf[af2 * i + x];
+        fr[x] = (float)(f / n);
+        tf[x] = t > 0.0 ? (float)t : 0.0f;
+    }
+    tm->tf_have[i] = (unsigned char)any;
+    if (any)
+        st = sona_ewc_add_task(fresh, tm->out + af2 * i, tf, (uint32_t)af2);
+    if (st == SONA_OK)
+        st = sona_ewc_set_detector(fresh, &tm->det[i]);
+    if (st != SONA_OK) {
+        sona_ewc_destroy(fresh);
+        return st;
+    }
+    tm->fresh[i] = fresh;
+    return SONA_OK;
+}
+
+static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, sona_sync_merge merge,
                                  tenant_merge *tm, sona_status *local)
 {
     const size_t T = e->cfg.max_tenants, af = (size_t)e->cfg.micro_rank * e->cfg.hidden;
@@ -896,11 +1025,27 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, in
     tm->out = malloc(floats * sizeof *tm->out);
     tm->commit = calloc(T, 1);
     tm->gen = calloc(T, sizeof *tm->gen);
+    tm->gain = calloc(T, sizeof *tm->gain);
+    const int ewc = e->base_ewc != NULL; /* EWC++ on: the same on every rank (the header's) */
+    const size_t bs = (ewc ? 6 : 2) * af; /* floats a shared slot travels in */
+    int ewc_ok = 1;
+    if (ewc) {
+        tm->ewc_mine = calloc(4 * af * T, sizeof *tm->ewc_mine);
+        tm->tf = malloc(2 * af * T * sizeof *tm->tf);
+        tm->has_ewc = calloc(T, 1);
+        tm->tf_have = calloc(T, 1);
+        tm->ewc_cfg = calloc(T, sizeof *tm->ewc_cfg);
+        tm->det = calloc(T, sizeof *tm->det);
+        tm->fresh = calloc(T, sizeof *tm->fresh);
+        ewc_ok = tm->ewc_mine && tm->tf && tm->has_ewc && tm->tf_have && tm->ewc_cfg && tm->det &&
+                 tm->fresh;
+    }
     unsigned char *flags = malloc(T * (size_t)k);
     size_t *shared = malloc(T * sizeof *shared);
     const float **pa = malloc(2 * ((size_t)k + 1) * sizeof *pa);
     double *w = malloc(((size_t)k + 1) * sizeof *w);
-    if (!tm->mine || !tm->out || !tm->commit || !tm->gen || !flags || !shared || !pa || !w) {
+    if (!tm->mine || !tm->out || !tm->commit || !tm->gen || !tm->gain || !ewc_ok || !flags ||
+        !shared || !pa || !w) {
         free(w), free(flags), free(shared), free(pa);
         return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
     }
@@ -916,6 +1061,21 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, in
             float *a = tm->mine + head + 2 * af * i;
             tm->gen[i] = t->generation;
             st = sona_lora_export(t->lora, a, a + af, NULL);
+            if (ewc && t->ewc && st == SONA_OK) { /* read with the weights it goes with */
+                const sona_ewc *old = eng_ewc_state(t->ewc);
+                float *f = tm->ewc_mine + 4 * af * i;
+                memcpy(f, sona_ewc_fisher((sona_ewc *)(uintptr_t)old), 2 * af * sizeof *f);
+                const float *fsum = NULL, *ftheta = NULL;
+                float lambda;
+                sona_ewc_penalty(old, &fsum, &ftheta, &lambda);
+                if (fsum)
+                    memcpy(f + 2 * af, fsum, 2 * af * sizeof *f);
+                tm->ewc_cfg[i] = *sona_ewc_get_config(old);
+                st = sona_ewc_get_detector(old, &tm->det[i]);
+                tm->has_ewc[i] = st == SONA_OK;
+                if (sona_ewc_task_count(old) > 0)
+                    live[i] |= SLOT_TASKS; /* a task's Fisher may be all zeros */
+            }
         }
         pthread_mutex_unlock(&t->mu);
     }
@@ -933,21 +1093,25 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, in
     }
     float *send = NULL, *all = NULL;
     if (st == SONA_OK && ns) {
-        send = malloc(2 * af * ns * sizeof *send);
-        all = malloc(2 * af * ns * (size_t)k * sizeof *all);
+        send = malloc(bs * ns * sizeof *send);
+        all = malloc(bs * ns * (size_t)k * sizeof *all);
         if (!send || !all) {
             free(w), free(flags), free(shared), free(pa), free(send), free(all);
             return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
         }
-        for (size_t s = 0; s < ns; s++)
-            memcpy(send + 2 * af * s, tm->mine + head + 2 * af * shared[s], 2 * af * sizeof *send);
-        st = sona_comm_allgather(comm, send, 2 * af * ns * sizeof *send, all);
+        for (size_t s = 0; s < ns; s++) {
+            memcpy(send + bs * s, tm->mine + head + 2 * af * shared[s], 2 * af * sizeof *send);
+            if (ewc)
+                memcpy(send + bs * s + 2 * af, tm->ewc_mine + 4 * af * shared[s],
+                       4 * af * sizeof *send);
+        }
+        st = sona_comm_allgather(comm, send, bs * ns * sizeof *send, all);
     }
     if (st != SONA_OK) {
         free(w), free(flags), free(shared), free(pa), free(send), free(all);
         return eng_fail(e, st, "%s: gathering tenants: %s", __func__, sona_comm_last_error(comm));
     }
-    const size_t block = 2 * af * ns; /* floats a rank sent */
+    const size_t block = bs * ns; /* floats a rank sent */
     sona_status merged = SONA_OK;
     for (size_t s = 0; s < ns && merged == SONA_OK; s++) {
         const size_t i = shared[s];
@@ -955,10 +1119,10 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, in
         for (uint32_t r = 0; r < k; r++) {
             const unsigned char flag = flags[r * T + i];
             if (flag != SLOT_FREE) {
-                const float *b = all + r * block + 2 * af * s;
+                const float *b = all + r * block + bs * s;
                 pa[n] = b;
                 pa[k + 1 + n++] = b + af;
-                synced += flag == SLOT_SYNCED;
+                synced += (flag & SLOT_STATE) == SLOT_SYNCED;
             }
         }
         tm->merged++;
@@ -966,12 +1130,32 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, in
             continue;
         /* Changes from S when every holder has it (then each holder's S is the same), else the
          * equal-weight average. */
-        const int from_last = changes && synced == n;
+        const int from_last = merge != SONA_SYNC_AVERAGE && synced == n;
+        double g = n; /* SONA_SYNC_CHANGES: S + the sum of the changes */
+        if (from_last && merge == SONA_SYNC_PACED) {
+            const float *S = e->sync->tenants + 2 * af * i, *P = e->sync->tenants_prev + 2 * af * i;
+            double md = NAN, dd = 0.0;
+            if (e->sync->prev[i]) { /* <m, D> and |D|^2, D = S - P */
+                const uint32_t r = e->cfg.micro_rank;
+                const size_t H = e->cfg.hidden;
+                const double ss = product_dot(H, r, S, S + af, S, S + af),
+                             sp = product_dot(H, r, S, S + af, P, P + af);
+                dd = ss - 2.0 * sp + product_dot(H, r, P, P + af, P, P + af);
+                md = 0.0;
+                for (uint32_t j = 0; j < n; j++)
+                    md += product_dot(H, r, pa[j], pa[k + 1 + j], S, S + af) -
+                          product_dot(H, r, pa[j], pa[k + 1 + j], P, P + af);
+                md = md / n - (ss - sp);
+            }
+            g = paced_gain(n, e->sync->gain[i], md, dd);
+        }
+        tm->gain[i] = from_last ? g : 0.0;
+        const double c = g / n; /* each holder's weight: S + g (the mean change) */
         for (uint32_t j = 0; j < n; j++)
-            w[j] = from_last ? 1.0 : 1.0 / n;
+            w[j] = from_last ? c : 1.0 / n;
         if (from_last) {
             const float *S = e->sync->tenants + 2 * af * i;
-            w[n] = -(double)(n - 1);
+            w[n] = 1.0 - g;
             pa[n] = S;
             pa[k + 1 + n] = S + af;
         }
@@ -983,6 +1167,9 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, in
         if (merged == SONA_OK && synced == n && !info.copied) /* S's coordinates kept */
             merged = sona_lora_align(e->cfg.hidden, e->cfg.micro_rank, e->sync->tenants + 2 * af * i,
                                      tm->out + 2 * af * i, tm->out + 2 * af * i + af);
+        if (merged == SONA_OK && ewc && tm->has_ewc[i])
+            merged = merge_tenant_ewc(e, tm, i, n, synced == n, flags, k, all + bs * s + 2 * af,
+                                      block);
         tm->commit[i] = 1;
     }
     free(w), free(flags), free(shared), free(pa), free(send), free(all);
@@ -994,7 +1181,7 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, in
 /* Step 5 for the tenants: each merged one imported and published under its mutex (a tenant
  * removed meanwhile is skipped). Signals it learned during the sync are replaced by the merge,
  * and its pending gradients dropped, as on every rank. */
-static sona_status commit_tenants(sona_engine *e, const tenant_merge *tm, struct eng_sync *S)
+static sona_status commit_tenants(sona_engine *e, tenant_merge *tm, struct eng_sync *S)
 {
     const size_t af = (size_t)e->cfg.micro_rank * e->cfg.hidden;
     const size_t head = (e->cfg.max_tenants + 3) / 4;
@@ -1017,6 +1204,22 @@ static sona_status commit_tenants(sona_engine *e, const tenant_merge *tm, struct
                 st = eng_fail(e, s, "%s: committing tenant %zu: %s", __func__, i,
                               sona_lora_last_error(t->lora));
             } else { /* S for this slot: what every holder now has */
+                if (tm->fresh && tm->fresh[i] && t->ewc) { /* EWC++ with the weights */
+                    sona_ewc_destroy(eng_ewc_swap(t->ewc, tm->fresh[i]));
+                    tm->fresh[i] = NULL;
+                    atomic_store(&t->tasks, eng_ewc_tasks(t->ewc));
+                    S->tenant_tf_have[i] = tm->tf_have[i];
+                    if (tm->tf_have[i])
+                        memcpy(S->tenant_tf + 2 * af * i, tm->tf + 2 * af * i,
+                               2 * af * sizeof *m);
+                } else {
+                    S->tenant_tf_have[i] = 0;
+                }
+                S->prev[i] = tm->gain[i] > 0.0;
+                S->gain[i] = tm->gain[i];
+                if (S->prev[i])
+                    memcpy(S->tenants_prev + 2 * af * i, S->tenants + 2 * af * i,
+                           2 * af * sizeof *m);
                 memcpy(S->tenants + 2 * af * i, m, 2 * af * sizeof *m);
                 S->gen[i] = t->generation;
                 S->valid[i] = 1;
@@ -1026,6 +1229,39 @@ static sona_status commit_tenants(sona_engine *e, const tenant_merge *tm, struct
         pthread_mutex_unlock(&t->mu);
     }
     return st;
+}
+
+/* SONA_SYNC_PACED's gain for Base-LoRA (every rank has S and P; w the ranks' weights, summing
+ * to 1): <m, D> over all the layers needs each rank's <W_i, S> - <W_i, P>, all-gathered as
+ * doubles and summed in rank order (the same bits on every rank); |D|^2 and <S, D> are each
+ * rank's own, the same everywhere. xs: room for k doubles. mine NULL (this rank failed to
+ * read its weights): it sends 0 and goes on through the collective. */
+static sona_status base_gain(sona_engine *e, sona_comm *comm, uint32_t k, const double *w,
+                             const float *mine, double *xs, double *gain)
+{
+    const uint32_t r = e->cfg.base_rank;
+    const size_t H = e->cfg.hidden, L = e->cfg.base_layers, af = L * r * H;
+    const float *S = e->sync->base, *P = e->sync->base_prev;
+    double x = 0.0, ss = 0.0, sp = 0.0, pp = 0.0;
+    for (size_t l = 0; l < L; l++) {
+        const float *sa = S + l * r * H, *sb = S + af + l * r * H;
+        const float *qa = P + l * r * H, *qb = P + af + l * r * H;
+        ss += product_dot(H, r, sa, sb, sa, sb);
+        sp += product_dot(H, r, sa, sb, qa, qb);
+        pp += product_dot(H, r, qa, qb, qa, qb);
+        if (mine)
+            x += product_dot(H, r, mine + l * r * H, mine + af + l * r * H, sa, sb) -
+                 product_dot(H, r, mine + l * r * H, mine + af + l * r * H, qa, qb);
+    }
+    const sona_status st = sona_comm_allgather(comm, &x, sizeof x, xs);
+    if (st != SONA_OK)
+        return eng_fail(e, st, "%s: gathering the changes' projections: %s", __func__,
+                        sona_comm_last_error(comm));
+    double md = 0.0;
+    for (uint32_t i = 0; i < k; i++)
+        md += w[i] * xs[i];
+    *gain = paced_gain(k, e->sync->base_gain, md - (ss - sp), ss - 2.0 * sp + pp);
+    return SONA_OK;
 }
 
 static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_config *cfg,
@@ -1045,13 +1281,15 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
                       f32_bits(e->cfg.base_alpha), e->cfg.max_tenants, e->cfg.micro_rank,
                       f32_bits(e->cfg.micro_alpha),
                       processed - (e->synced_processed <= processed ? e->synced_processed : 0),
-                      e->sync && e->sync->have, {0}, local.tenants, f32_bits(local.quality_baseline),
+                      e->sync && e->sync->have, (uint64_t)cfg->merge,
+                      e->sync && e->sync->have && e->sync->base_prev_have, {0}, local.tenants,
+                      f32_bits(local.quality_baseline),
                       f32_bits(local.last_phi), e->base_ewc != NULL,
                       eng_ewc_tasks(e->base_ewc)};
     for (unsigned c = 0; c < SYNC_COUNTERS; c++)
         me.counters[c] = *counter(&local, c);
     sync_header *h = calloc(k, sizeof *h);
-    double *w = malloc(((size_t)k + 1) * sizeof *w);
+    double *w = malloc((2 * (size_t)k + 1) * sizeof *w); /* k + 1 weights, k for base_gain */
     const size_t af = (size_t)e->cfg.base_layers * e->cfg.base_rank * e->cfg.hidden;
     float *mine = malloc(4 * af * sizeof *mine); /* old A, old Bt, new A, new Bt */
     if (!e->sync)
@@ -1067,10 +1305,12 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
         if (h[i].magic != SYNC_MAGIC || h[i].hidden != me.hidden || h[i].layers != me.layers ||
             h[i].rank != me.rank || h[i].alpha_bits != me.alpha_bits ||
             h[i].tenants_max != me.tenants_max || h[i].micro_rank != me.micro_rank ||
-            h[i].micro_alpha_bits != me.micro_alpha_bits || h[i].ewc != me.ewc)
+            h[i].micro_alpha_bits != me.micro_alpha_bits || h[i].ewc != me.ewc ||
+            h[i].merge != me.merge)
             st = eng_fail(e, SONA_E_SIZE, "%s: rank %u's engine has another shape (hidden %llu, "
                           "base_layers %llu, base_rank %llu, max_tenants %llu, micro_rank %llu, "
-                          "or the alphas, or EWC++ on or off) than rank %u's", __func__, i,
+                          "or the alphas, or EWC++ on or off, or the sync's merge mode) than rank "
+                          "%u's", __func__, i,
                           (unsigned long long)h[i].hidden, (unsigned long long)h[i].layers,
                           (unsigned long long)h[i].rank, (unsigned long long)h[i].tenants_max,
                           (unsigned long long)h[i].micro_rank, rank);
@@ -1081,21 +1321,29 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
     for (uint32_t i = 0; i < k; i++)
         w[i] = cfg->weighting == SONA_SYNC_TRAJECTORIES && learned > 0.0
                    ? (double)h[i].learned / learned : 1.0 / k;
-    /* SONA_SYNC_CHANGES where every rank has S (then they all have the same): S + sum_i
-     * (W_i - S) = sum_i W_i - (k - 1) S, a merge of k + 1 adapters. */
-    w[k] = 0.0;
-    int changes = cfg->merge == SONA_SYNC_CHANGES && k > 1;
-    for (uint32_t i = 0; i < k; i++)
-        changes &= h[i].has_last == 1;
-    if (changes) {
-        for (uint32_t i = 0; i < k; i++)
-            w[i] = 1.0;
-        w[k] = -(double)(k - 1);
-    }
     sona_status failed_here = SONA_OK;
     if (st == SONA_OK && sona_lora_export(e->base, mine, mine + af, NULL) != SONA_OK)
         failed_here = eng_fail(e, SONA_E_BACKEND, "%s: reading Base-LoRA: %s", __func__,
                          sona_lora_last_error(e->base));
+    /* From S where every rank has it (then they all have the same): SONA_SYNC_CHANGES is
+     * S + sum_i (W_i - S) = sum_i W_i - (k - 1) S, a merge of k + 1 adapters; SONA_SYNC_PACED
+     * S + g sum_i w_i (W_i - S), g its gain (paced_gain, one for all the layers). */
+    w[k] = 0.0;
+    const double share = w[rank]; /* of the average, or of the mean change */
+    int changes = cfg->merge != SONA_SYNC_AVERAGE && k > 1, paced_prev = changes;
+    for (uint32_t i = 0; i < k; i++) {
+        changes &= h[i].has_last == 1;
+        paced_prev &= h[i].has_last == 1 && h[i].has_prev == 1;
+    }
+    double gain = k;
+    if (st == SONA_OK && changes && cfg->merge == SONA_SYNC_PACED && paced_prev)
+        st = base_gain(e, comm, k, w, failed_here == SONA_OK ? mine : NULL, w + k + 1, &gain);
+    if (st == SONA_OK && changes) {
+        const int paced = cfg->merge == SONA_SYNC_PACED;
+        for (uint32_t i = 0; i < k; i++)
+            w[i] = paced ? gain * w[i] : 1.0;
+        w[k] = 1.0 - (paced ? gain : (double)k);
+    }
     double err = 0.0;
     tenant_merge tm = {0};
     int all_have = 1; /* every rank has S: the sketch's basis starts from its A */
@@ -1110,7 +1358,7 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
                          all_have ? e->sync->base : NULL, mine, mine + 2 * af, mine + 3 * af,
                          &err, &failed_here);
     if (st == SONA_OK)
-        st = merge_tenants(e, comm, k, cfg->merge == SONA_SYNC_CHANGES && k > 1, &tm,
+        st = merge_tenants(e, comm, k, k > 1 ? cfg->merge : SONA_SYNC_AVERAGE, &tm,
                            &failed_here);
     sona_ewc *fresh = NULL; /* Base-LoRA's EWC++ state after the sync */
     float *ftasks = e->base_ewc ? malloc(2 * af * sizeof *ftasks) : NULL;
@@ -1162,6 +1410,11 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
         bank_rec = NULL;
     }
     if (st == SONA_OK) {
+        /* P: the S before, where this merge was SONA_SYNC_PACED's step from it */
+        e->sync->base_prev_have = changes && cfg->merge == SONA_SYNC_PACED;
+        e->sync->base_gain = gain;
+        if (e->sync->base_prev_have)
+            memcpy(e->sync->base_prev, e->sync->base, 2 * af * sizeof *mine);
         memcpy(e->sync->base, mine + 2 * af, 2 * af * sizeof *mine); /* S: new A, new Bt */
         st = commit_tenants(e, &tm, e->sync);
         e->sync->have = st == SONA_OK; /* a half-done commit: no S, AVERAGE next time */
@@ -1172,7 +1425,7 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
             res->tenants_merged = tm.merged;
             res->ranks = k;
             res->rank = rank;
-            res->weight = w[rank];
+            res->weight = share;
             res->merge_error = err;
             global_stats(h, k, &res->global);
         }
@@ -1181,7 +1434,8 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
     sona_bank_destroy(bank);
     free(bank_rec);
     free(ftasks);
-    free(h), free(w), free(mine), free(tm.mine), free(tm.out), free(tm.commit), free(tm.gen);
+    free(h), free(w), free(mine);
+    tenant_merge_free(&tm, e->cfg.max_tenants);
     return st;
 }
 
@@ -1198,9 +1452,10 @@ sona_status sona_sync(sona_engine *e, sona_comm *comm, const sona_sync_config *c
     if (cfg->weighting != SONA_SYNC_EQUAL && cfg->weighting != SONA_SYNC_TRAJECTORIES)
         return eng_fail(e, SONA_E_INVALID, "%s: weighting %d is neither SONA_SYNC_EQUAL nor "
                         "SONA_SYNC_TRAJECTORIES", __func__, (int)cfg->weighting);
-    if (cfg->merge != SONA_SYNC_AVERAGE && cfg->merge != SONA_SYNC_CHANGES)
-        return eng_fail(e, SONA_E_INVALID, "%s: merge %d is neither SONA_SYNC_AVERAGE nor "
-                        "SONA_SYNC_CHANGES", __func__, (int)cfg->merge);
+    if (cfg->merge != SONA_SYNC_AVERAGE && cfg->merge != SONA_SYNC_CHANGES &&
+        cfg->merge != SONA_SYNC_PACED)
+        return eng_fail(e, SONA_E_INVALID, "%s: merge %d is none of SONA_SYNC_AVERAGE, "
+                        "SONA_SYNC_CHANGES and SONA_SYNC_PACED", __func__, (int)cfg->merge);
     if (cfg->method != SONA_SYNC_SKETCH && cfg->method != SONA_SYNC_EXACT)
         return eng_fail(e, SONA_E_INVALID, "%s: method %d is neither SONA_SYNC_SKETCH nor "
                         "SONA_SYNC_EXACT", __func__, (int)cfg->method);
@@ -1208,5 +1463,61 @@ sona_status sona_sync(sona_engine *e, sona_comm *comm, const sona_sync_config *c
     eng_cut_invalidate(e); /* it changes Base-LoRA outside a cycle */
     const sona_status st = sync_locked(e, comm, cfg, out);
     pthread_mutex_unlock(&e->cycle_mu);
+    return st;
+}
+
+sona_status sona_sync_attach(sona_engine *e, sona_comm *comm, const sona_sync_config *cfg,
+                             uint32_t every_cycles)
+{
+    if (!e)
+        return sona_fail(NULL, SONA_E_NULL, "%s: engine is NULL", __func__);
+    sona_sync_config c;
+    if (cfg)
+        c = *cfg;
+    else
+        sona_sync_config_default(&c);
+    if (comm && (every_cycles == 0 ||
+                 (c.weighting != SONA_SYNC_EQUAL && c.weighting != SONA_SYNC_TRAJECTORIES) ||
+                 (c.merge != SONA_SYNC_AVERAGE && c.merge != SONA_SYNC_CHANGES &&
+                  c.merge != SONA_SYNC_PACED) ||
+                 (c.method != SONA_SYNC_SKETCH && c.method != SONA_SYNC_EXACT)))
+        return eng_fail(e, SONA_E_INVALID, "%s: every_cycles must be >= 1 and cfg's weighting, "
+                        "merge and method known (every_cycles %u)", __func__, every_cycles);
+    pthread_mutex_lock(&e->attach_mu); /* waits for a periodic sync in flight */
+    e->attach_comm = comm;
+    e->attach_cfg = c;
+    e->attach_every = comm ? every_cycles : 0;
+    e->attach_cycles = 0;
+    memset(&e->attach_stats, 0, sizeof e->attach_stats);
+    pthread_mutex_unlock(&e->attach_mu);
+    return SONA_OK;
+}
+
+sona_status sona_sync_periodic_get(sona_engine *e, sona_sync_periodic *out)
+{
+    if (!e || !out)
+        return eng_fail(e, SONA_E_NULL, "%s: NULL argument", __func__);
+    pthread_mutex_lock(&e->attach_mu);
+    *out = e->attach_stats;
+    pthread_mutex_unlock(&e->attach_mu);
+    return SONA_OK;
+}
+
+sona_status eng_sync_periodic(sona_engine *e)
+{
+    pthread_mutex_lock(&e->attach_mu);
+    sona_status st = SONA_OK;
+    if (e->attach_comm && ++e->attach_cycles >= e->attach_every) {
+        e->attach_cycles = 0;
+        st = sona_sync(e, e->attach_comm, &e->attach_cfg, NULL);
+        sona_sync_periodic *p = &e->attach_stats;
+        p->syncs++;
+        p->last = st;
+        if (st != SONA_OK) {
+            p->failed++;
+            snprintf(p->last_error, sizeof p->last_error, "%s", sona_engine_last_error(e));
+        }
+    }
+    pthread_mutex_unlock(&e->attach_mu);
     return st;
 }
