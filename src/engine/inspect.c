@@ -65,14 +65,12 @@ sona_status eng_inspect_base_weights(sona_engine *e, float *A, float *Bt)
     return st;
 }
 
-sona_status eng_inspect_base_ewc(sona_engine *e, float *running, float *fisher_sum,
-                                 float *theta0, uint32_t *tasks)
+/* An EWC++ state's n parameters read out (each output optional): the running Fisher, the tasks'
+ * Fisher sum (zeros without tasks), the first task's anchor, and the task count. */
+static sona_status ewc_read(const sona_ewc *cw, size_t n, float *running, float *fisher_sum, float *theta0,
+                            uint32_t *tasks)
 {
-    if (!e->base_ewc)
-        return SONA_E_STATE;
-    const size_t n = 2 * (size_t)e->cfg.base_layers * e->cfg.base_rank * e->cfg.hidden;
-    pthread_mutex_lock(&e->cycle_mu);
-    sona_ewc *w = (sona_ewc *)(uintptr_t)eng_ewc_state(e->base_ewc);
+    sona_ewc *w = (sona_ewc *)(uintptr_t)cw; /* the penalty's cache only */
     const float *fsum = NULL, *ftheta = NULL;
     float lambda;
     sona_status st = sona_ewc_penalty(w, &fsum, &ftheta, &lambda);
@@ -88,6 +86,17 @@ sona_status eng_inspect_base_ewc(sona_engine *e, float *running, float *fisher_s
         *tasks = sona_ewc_task_count(w);
     if (st == SONA_OK && theta0)
         st = sona_ewc_get_task(w, 0, theta0, NULL);
+    return st;
+}
+
+sona_status eng_inspect_base_ewc(sona_engine *e, float *running, float *fisher_sum,
+                                 float *theta0, uint32_t *tasks)
+{
+    if (!e->base_ewc)
+        return SONA_E_STATE;
+    const size_t n = 2 * (size_t)e->cfg.base_layers * e->cfg.base_rank * e->cfg.hidden;
+    pthread_mutex_lock(&e->cycle_mu);
+    const sona_status st = ewc_read(eng_ewc_state(e->base_ewc), n, running, fisher_sum, theta0, tasks);
     pthread_mutex_unlock(&e->cycle_mu);
     return st;
 }
@@ -134,24 +143,8 @@ sona_status eng_inspect_tenant_ewc(sona_engine *e, int32_t tenant, float *runnin
     eng_tenant *t = &e->tenants[tenant];
     pthread_mutex_lock(&t->mu);
     sona_status st = !atomic_load(&t->live) ? SONA_E_NOT_FOUND : !t->ewc ? SONA_E_STATE : SONA_OK;
-    if (st == SONA_OK) {
-        sona_ewc *w = (sona_ewc *)(uintptr_t)eng_ewc_state(t->ewc);
-        const float *fsum = NULL, *ftheta = NULL;
-        float lambda;
-        st = sona_ewc_penalty(w, &fsum, &ftheta, &lambda);
-        if (running)
-            memcpy(running, sona_ewc_fisher(w), n * sizeof *running);
-        if (fisher_sum) {
-            if (fsum)
-                memcpy(fisher_sum, fsum, n * sizeof *fisher_sum);
-            else
-                memset(fisher_sum, 0, n * sizeof *fisher_sum);
-        }
-        if (tasks)
-            *tasks = sona_ewc_task_count(w);
-        if (st == SONA_OK && theta0)
-            st = sona_ewc_get_task(w, 0, theta0, NULL);
-    }
+    if (st == SONA_OK)
+        st = ewc_read(eng_ewc_state(t->ewc), n, running, fisher_sum, theta0, tasks);
     pthread_mutex_unlock(&t->mu);
     return st;
 }
