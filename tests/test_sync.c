@@ -743,58 +743,71 @@ static void near_rows(const float *x, const double *y, size_t n, const char *wha
     }
 }
 
-Test(sync, ewc_is_merged_so_every_rank_protects_what_any_learned)
+/* EWC++ state of Base-LoRA (tenant < 0) or of tenant 0, through engine/inspect.h. */
+static sona_status read_ewc(sona_engine *e, int tenant, float *running, float *fisher_sum, float *theta0,
+                            uint32_t *tasks)
 {
-    const uint64_t seed = test_seed();
-    printf("seed %" PRIu64 "\n", seed);
-    enum { N = 2 * AF };
+    return tenant < 0 ? eng_inspect_base_ewc(e, running, fisher_sum, theta0, tasks)
+                      : eng_inspect_tenant_ewc(e, tenant, running, fisher_sum, theta0, tasks);
+}
+
+/* K ranks learn apart, rank 1 ending a task of Base-LoRA (tenant < 0) or of tenant 0 (live on
+ * every rank) and learning on; after a sync the running Fisher is the ranks' average and the
+ * tasks one task anchored at the merged weights whose Fisher is the sum of the ranks' tasks',
+ * bit for bit alike on every rank; a second sync with nothing learned does not count it again. */
+static void ewc_merge_check(int tenant, uint64_t seed, uint64_t stream)
+{
+    enum { MOST = 2 * AF > 2 * MF ? 2 * AF : 2 * MF };
+    const size_t N = tenant < 0 ? 2 * AF : 2 * MF;
     sync_run s = {.cfg = NULL};
-    static float run[K][N], fsum[K][N], theta[N], after_run[K][N], after_sum[K][N];
+    static float run[K][MOST], fsum[K][MOST], theta[MOST], after_run[K][MOST], after_sum[K][MOST];
     static weights w;
     for (uint32_t i = 0; i < K; i++) {
         s.e[i] = make_engine(H);
-        train(s.e[i], seed, 70 + i, 40);
+        train(s.e[i], seed, stream + i, 40);
     }
-    /* Rank 1 ends a task (its Fisher so far becomes a snapshot) and learns on. */
-    cr_assert_eq(eng_inspect_base_end_task(s.e[1]), SONA_OK);
-    train(s.e[1], seed, 80, 30);
+    cr_assert_eq(tenant < 0 ? eng_inspect_base_end_task(s.e[1]) : eng_inspect_tenant_end_task(s.e[1], tenant),
+                 SONA_OK);
+    train(s.e[1], seed, stream + 10, 30);
     uint32_t tasks[K];
     for (uint32_t i = 0; i < K; i++)
-        cr_assert_eq(eng_inspect_base_ewc(s.e[i], run[i], fsum[i], NULL, &tasks[i]), SONA_OK);
+        cr_assert_eq(read_ewc(s.e[i], tenant, run[i], fsum[i], NULL, &tasks[i]), SONA_OK);
     cr_assert_geq(tasks[1], 1); /* the others may have crossed a boundary of their own too */
     sync_all(&s, 0);
     read_weights(s.e[0], &w);
-    memcpy(theta, w.A, sizeof w.A);
-    memcpy(theta + AF, w.Bt, sizeof w.Bt);
-    static double mean[N], sum[N];
+    const float *A = tenant < 0 ? w.A : w.mA, *Bt = tenant < 0 ? w.Bt : w.mBt;
+    memcpy(theta, A, N / 2 * sizeof *theta);
+    memcpy(theta + N / 2, Bt, N / 2 * sizeof *theta);
+    static double mean[MOST], sum[MOST], last[MOST];
     for (size_t j = 0; j < N; j++) {
         mean[j] = ((double)run[0][j] + run[1][j] + run[2][j]) / K;
         sum[j] = (double)fsum[0][j] + fsum[1][j] + fsum[2][j];
     }
     for (uint32_t i = 0; i < K; i++) {
         cr_assert_eq(s.st[i], SONA_OK, "rank %u: %s", i, sona_engine_last_error(s.e[i]));
-        static float anchor[N];
-        cr_assert_eq(eng_inspect_base_ewc(s.e[i], after_run[i], after_sum[i], anchor, &tasks[i]),
-                     SONA_OK);
+        static float anchor[MOST];
+        const sona_status got = read_ewc(s.e[i], tenant, after_run[i], after_sum[i], anchor, &tasks[i]);
+        cr_assert_eq(got, SONA_OK, "rank %u: %s (%s)", i, sona_status_str(got), sona_engine_last_error(s.e[i]));
         cr_assert_eq(tasks[i], 1, "rank %u: %u tasks", i, tasks[i]);
-        cr_assert_eq(memcmp(anchor, theta, sizeof anchor), 0, "rank %u: anchor not the merge", i);
-        cr_assert_eq(memcmp(after_run[i], after_run[0], sizeof after_run[0]), 0);
-        cr_assert_eq(memcmp(after_sum[i], after_sum[0], sizeof after_sum[0]), 0);
-        sona_stats st;
-        cr_assert_eq(sona_get_stats(s.e[i], &st), SONA_OK);
-        cr_assert_eq(st.tasks, 1);
+        cr_assert_eq(memcmp(anchor, theta, N * sizeof *anchor), 0, "rank %u: anchor not the merge", i);
+        cr_assert_eq(memcmp(after_run[i], after_run[0], N * sizeof *after_run[0]), 0);
+        cr_assert_eq(memcmp(after_sum[i], after_sum[0], N * sizeof *after_sum[0]), 0);
+        if (tenant < 0) {
+            sona_stats st;
+            cr_assert_eq(sona_get_stats(s.e[i], &st), SONA_OK);
+            cr_assert_eq(st.tasks, 1);
+        } else {
+            cr_assert_eq(eng_inspect_ewc_tasks(s.e[i], tenant), 1);
+        }
     }
     near_rows(after_run[0], mean, N, "running Fisher");
     near_rows(after_sum[0], sum, N, "task Fisher");
-    /* Nothing learned since: the task's Fisher is what the last sync left, not counted again
-     * by every rank. */
-    static double last[N];
     for (size_t j = 0; j < N; j++)
         last[j] = after_sum[0][j];
     sync_all(&s, 0);
     for (uint32_t i = 0; i < K; i++) {
         cr_assert_eq(s.st[i], SONA_OK);
-        cr_assert_eq(eng_inspect_base_ewc(s.e[i], NULL, after_sum[i], NULL, &tasks[i]), SONA_OK);
+        cr_assert_eq(read_ewc(s.e[i], tenant, NULL, after_sum[i], NULL, &tasks[i]), SONA_OK);
         cr_assert_eq(tasks[i], 1);
     }
     near_rows(after_sum[0], last, N, "task Fisher again");
@@ -802,70 +815,18 @@ Test(sync, ewc_is_merged_so_every_rank_protects_what_any_learned)
         sona_engine_destroy(s.e[i]);
 }
 
-Test(sync, tenants_ewc_is_merged_so_every_holder_protects_what_any_learned)
+Test(sync, ewc_is_merged_so_every_rank_protects_what_any_learned)
 {
-    /* As Base-LoRA's above, for tenant 0 (live on every rank): its running Fisher becomes the
-     * holders' average, its tasks one task anchored at the merged tenant whose Fisher is the
-     * sum of the holders' tasks' (then the last sync's plus the changes), bit for bit alike. */
     const uint64_t seed = test_seed();
     printf("seed %" PRIu64 "\n", seed);
-    enum { N = 2 * MF };
-    sync_run s = {.cfg = NULL};
-    static float run[K][N], fsum[K][N], theta[N], after_run[K][N], after_sum[K][N];
-    static weights w;
-    for (uint32_t i = 0; i < K; i++) {
-        s.e[i] = make_engine(H);
-        train(s.e[i], seed, 300 + i, 40);
-    }
-    /* Rank 1's tenant 0 ends a task (its Fisher so far becomes a snapshot) and learns on. */
-    cr_assert_eq(eng_inspect_tenant_end_task(s.e[1], 0), SONA_OK);
-    train(s.e[1], seed, 310, 30);
-    uint32_t tasks[K];
-    for (uint32_t i = 0; i < K; i++)
-        cr_assert_eq(eng_inspect_tenant_ewc(s.e[i], 0, run[i], fsum[i], NULL, &tasks[i]), SONA_OK);
-    cr_assert_geq(tasks[1], 1);
-    uint32_t tasks0[K];
-    memcpy(tasks0, tasks, sizeof tasks0);
-    sync_all(&s, 0);
-    read_weights(s.e[0], &w);
-    memcpy(theta, w.mA, sizeof w.mA);
-    memcpy(theta + MF, w.mBt, sizeof w.mBt);
-    static double mean[N], sum[N];
-    for (size_t j = 0; j < N; j++) {
-        mean[j] = ((double)run[0][j] + run[1][j] + run[2][j]) / K;
-        sum[j] = (double)fsum[0][j] + fsum[1][j] + fsum[2][j];
-    }
-    for (uint32_t i = 0; i < K; i++) {
-        cr_assert_eq(s.st[i], SONA_OK, "rank %u: %s", i, sona_engine_last_error(s.e[i]));
-        static float anchor[N];
-        const sona_status got = eng_inspect_tenant_ewc(s.e[i], 0, after_run[i], after_sum[i],
-                                                       anchor, &tasks[i]);
-        cr_assert_eq(got, SONA_OK, "rank %u: %s (%u tasks; before %u %u %u; %s)", i,
-                     sona_status_str(got), tasks[i], tasks0[0], tasks0[1], tasks0[2],
-                     sona_engine_last_error(s.e[i]));
-        cr_assert_eq(tasks[i], 1, "rank %u: %u tasks", i, tasks[i]);
-        cr_assert_eq(memcmp(anchor, theta, sizeof anchor), 0, "rank %u: anchor not the merge", i);
-        cr_assert_eq(memcmp(after_run[i], after_run[0], sizeof after_run[0]), 0);
-        cr_assert_eq(memcmp(after_sum[i], after_sum[0], sizeof after_sum[0]), 0);
-        cr_assert_eq(eng_inspect_ewc_tasks(s.e[i], 0), 1);
-    }
-    near_rows(after_run[0], mean, N, "tenant's running Fisher");
-    near_rows(after_sum[0], sum, N, "tenant's task Fisher");
-    /* Nothing learned since: the task's Fisher is what the last sync left, not counted again
-     * by every holder. */
-    static double last[N];
-    for (size_t j = 0; j < N; j++)
-        last[j] = after_sum[0][j];
-    sync_all(&s, 0);
-    for (uint32_t i = 0; i < K; i++) {
-        cr_assert_eq(s.st[i], SONA_OK);
-        cr_assert_eq(eng_inspect_tenant_ewc(s.e[i], 0, NULL, after_sum[i], NULL, &tasks[i]),
-                     SONA_OK);
-        cr_assert_eq(tasks[i], 1);
-    }
-    near_rows(after_sum[0], last, N, "tenant's task Fisher again");
-    for (uint32_t i = 0; i < K; i++)
-        sona_engine_destroy(s.e[i]);
+    ewc_merge_check(-1, seed, 70);
+}
+
+Test(sync, tenants_ewc_is_merged_so_every_holder_protects_what_any_learned)
+{
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    ewc_merge_check(0, seed, 300);
 }
 
 Test(sync, pattern_banks_are_merged_the_same_on_every_rank)
