@@ -39,7 +39,9 @@ typedef struct sona_engine_config {
                                    where it points (sona/signal.h), whatever the width, rank or
                                    scale of x: see "Learning" below */
     uint32_t micro_apply_every; /* loop A applies a tenant's gradients every N signals (>= 1) */
-    uint32_t max_tenants;       /* adapter slots, tenant ids 0..max_tenants-1 */
+    uint32_t max_tenants;       /* adapter slots, tenant ids 0..max_tenants-1; a tenant that
+                                   sends quality-only signals also keeps a query critic of
+                                   2 x 16 x hidden floats (512 KB at hidden 4096) */
     /* Base-LoRA (one adapter per layer) */
     uint32_t base_rank;
     uint32_t base_layers;
