@@ -482,3 +482,21 @@ int bench_buf_write(const bench_buf *b, const char *path)
     const int closed = fclose(f);
     return wrote == b->len && closed == 0 ? 0 : -1;
 }
+
+const char *bench_kind_name(bench_kind k)
+{
+    switch (k) {
+    case BENCH_TIMED: return "timed";
+    case BENCH_VALUE: return "value";
+    case BENCH_SKIPPED: return "skipped";
+    default: return "failed";
+    }
+}
+
+bench_kind bench_kind_parse(const char *name)
+{
+    for (bench_kind k = BENCH_TIMED; k < BENCH_FAILED; k++)
+        if (!strcmp(name, bench_kind_name(k)))
+            return k;
+    return BENCH_FAILED;
+}

@@ -10,6 +10,10 @@
 #define BENCH_MAX_BACKENDS 8
 
 typedef enum bench_kind { BENCH_TIMED, BENCH_VALUE, BENCH_SKIPPED, BENCH_FAILED } bench_kind;
+/* A kind's name in the JSON report ("timed", "value", "skipped", "failed"), and back (an
+ * unknown name reads as failed). */
+const char *bench_kind_name(bench_kind k);
+bench_kind bench_kind_parse(const char *name);
 
 /* One row of results, as printed and written to JSON. */
 typedef struct bench_result {

@@ -11,17 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static bench_kind kind_of(const char *name)
-{
-    if (!strcmp(name, "timed"))
-        return BENCH_TIMED;
-    if (!strcmp(name, "value"))
-        return BENCH_VALUE;
-    if (!strcmp(name, "skipped"))
-        return BENCH_SKIPPED;
-    return BENCH_FAILED;
-}
-
 /* Our row of that group and case, timed or (metric not NULL) the value of that metric: on the
  * CPU backend the library chose when there is one (the pattern groups run only there), else the
  * first. */
@@ -67,7 +56,7 @@ int bench_merge_peers(bench_ctx *ctx, const char *path)
     const size_t nours = ctx->nrows;
     for (size_t i = 0; i < rows->count; i++) {
         const json_value *j = &rows->items[i];
-        bench_result r = {.kind = kind_of(json_get_str(j, "kind", "failed"))};
+        bench_result r = {.kind = bench_kind_parse(json_get_str(j, "kind", "failed"))};
         snprintf(r.group, sizeof r.group, "%s", json_get_str(j, "group", "peers"));
         snprintf(r.name, sizeof r.name, "%s", json_get_str(j, "case", "?"));
         snprintf(r.backend, sizeof r.backend, "%s", json_get_str(j, "backend", "-"));

@@ -43,16 +43,6 @@ static void json_key_num(bench_buf *b, const char *key, double value)
         bench_buf_printf(b, ", \"%s\": null", key);
 }
 
-static const char *kind_name(bench_kind k)
-{
-    switch (k) {
-    case BENCH_TIMED: return "timed";
-    case BENCH_VALUE: return "value";
-    case BENCH_SKIPPED: return "skipped";
-    default: return "failed";
-    }
-}
-
 void bench_json_write(bench_buf *out, const bench_header *h, const bench_result *rows, size_t n)
 {
     bench_buf_printf(out, "{\n  \"format\": \"sona-bench-1\",\n  \"header\": {");
@@ -83,7 +73,7 @@ void bench_json_write(bench_buf *out, const bench_header *h, const bench_result 
         json_key_str(out, "group", r->group, 0);
         json_key_str(out, "case", r->name, 1);
         json_key_str(out, "backend", r->backend, 1);
-        json_key_str(out, "kind", kind_name(r->kind), 1);
+        json_key_str(out, "kind", bench_kind_name(r->kind), 1);
         if (r->kind == BENCH_TIMED) {
             json_key_num(out, "median_us", r->median_us);
             json_key_num(out, "p99_us", r->p99_us);

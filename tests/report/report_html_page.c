@@ -17,17 +17,6 @@ static void copy(char *dst, size_t len, const json_value *o, const char *key)
     snprintf(dst, len, "%s", json_get_str(o, key, ""));
 }
 
-static bench_kind kind_of(const char *k)
-{
-    if (!strcmp(k, "timed"))
-        return BENCH_TIMED;
-    if (!strcmp(k, "value"))
-        return BENCH_VALUE;
-    if (!strcmp(k, "skipped"))
-        return BENCH_SKIPPED;
-    return BENCH_FAILED;
-}
-
 int main(int argc, char **argv)
 {
     if (argc != 3) {
@@ -66,7 +55,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; rows && i < rv->count; i++) {
         const json_value *o = &rv->items[i];
         bench_result *r = &rows[i];
-        r->kind = kind_of(json_get_str(o, "kind", ""));
+        r->kind = bench_kind_parse(json_get_str(o, "kind", ""));
         copy(r->group, sizeof r->group, o, "group");
         copy(r->name, sizeof r->name, o, "case");
         copy(r->backend, sizeof r->backend, o, "backend");
