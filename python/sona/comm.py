@@ -44,6 +44,7 @@ from typing import Any, Callable, List, Optional, Union
 import numpy as np
 
 from . import _native as _n
+from ._closing import Closing
 from .errors import (InvalidArgumentError, SizeError, StateError, STATUS,
                      UnavailableError, error_for)
 
@@ -125,7 +126,7 @@ def _as_callable(v: Any, what: str) -> Callable:
                                f"not {type(v).__name__}")
 
 
-class Comm:
+class Comm(Closing):
     """A sona_comm over Python callables (see the module's docstring for what each does).
 
     ``Comm(obj)`` takes obj's methods ``rank``, ``size``, ``allreduce_sum``, ``allgather`` (and
@@ -271,27 +272,24 @@ class Comm:
         if status:
             self._raise(status, _text(_n.comm_last_error(h)))
 
-    @property
-    def rank(self) -> int:
-        """This process's rank (sona_comm_rank: the callback's, checked against size)."""
+    def _u32(self, query: Callable) -> int:
         h = self._acquire()
         try:
             v = c_uint32()
-            self._check(_n.comm_rank(h, byref(v)), h)
+            self._check(query(h, byref(v)), h)
             return v.value
         finally:
             self._use.release()
 
     @property
+    def rank(self) -> int:
+        """This process's rank (sona_comm_rank: the callback's, checked against size)."""
+        return self._u32(_n.comm_rank)
+
+    @property
     def size(self) -> int:
         """The number of ranks (sona_comm_size)."""
-        h = self._acquire()
-        try:
-            v = c_uint32()
-            self._check(_n.comm_size(h, byref(v)), h)
-            return v.value
-        finally:
-            self._use.release()
+        return self._u32(_n.comm_size)
 
     def allreduce_sum(self, arr: np.ndarray) -> np.ndarray:
         """arr (a writeable C-contiguous float32 numpy array) summed in place over the ranks
@@ -335,22 +333,6 @@ class Comm:
                 _n.comm_destroy(h)
         finally:
             self._use.release()
-
-    @property
-    def closed(self) -> bool:
-        return self._h is None
-
-    def __enter__(self) -> "Comm":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         return f"<sona.Comm {'closed' if self._h is None else 'over ' + repr(self._obj)}>"

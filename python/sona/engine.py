@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from . import _native as _n
+from ._closing import Closing
 from .errors import (InvalidArgumentError, NotFoundError, SizeError, SonaError, StateError,
                      error_for)
 
@@ -258,7 +259,7 @@ def _addr(a: np.ndarray) -> int:
 
 # ---- the engine ------------------------------------------------------------------------------
 
-class Engine:
+class Engine(Closing):
     """A SONA engine (sona_engine): per-tenant Micro-LoRA, per-layer Base-LoRA, trajectory
     recording and the learning loops.
 
@@ -311,22 +312,6 @@ class Engine:
         for r in reqs:
             r._drop()
         _n.engine_destroy(h)
-
-    def __enter__(self) -> "Engine":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: nothing more can be done
-            pass
-
-    @property
-    def closed(self) -> bool:
-        return self._h is None
 
     def _handle(self) -> int:
         h = self._h

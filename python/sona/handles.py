@@ -18,6 +18,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _native as _n
+from ._closing import Closing
 from .engine import _addr, _f32, _i32, _text, _thread_error, _u32
 from .errors import InvalidArgumentError, SizeError, StateError, error_for
 
@@ -37,7 +38,7 @@ def _set_fields(cfg: ctypes.Structure, overrides: dict, what: str) -> None:
             raise InvalidArgumentError(f"{what}: {key}: {e}") from None
 
 
-class _Handle:
+class _Handle(Closing):
     """An owned C handle: closed by close(), the context manager, or the garbage collector."""
 
     _destroy = None
@@ -51,18 +52,6 @@ class _Handle:
             h, self._h = self._h, None
         if h is not None:
             type(self)._destroy(h)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
     def _handle(self) -> int:
         h = self._h
