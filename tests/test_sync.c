@@ -27,19 +27,26 @@
 
 enum { K = 3, H = 24, LAYERS = 3, RANK = 4, AF = LAYERS * RANK * H, MICRO = 2, MF = MICRO * H };
 
+/* The default preset at the tests' small shape, on the CPU, with loop B only when a test
+ * forces it. */
+static void engine_config(uint32_t hidden, sona_engine_config *cfg)
+{
+    sona_engine_config_default(cfg, SONA_PRESET_DEFAULT, hidden);
+    cfg->base_layers = LAYERS;
+    cfg->base_rank = RANK;
+    cfg->base_alpha = 2.0f * RANK;
+    cfg->micro_rank = MICRO;
+    cfg->micro_alpha = 2.0f * MICRO;
+    cfg->background_thread = 0;
+    cfg->device_apply = 0;
+    cfg->loop_b_threshold = 1u << 30;
+    cfg->loop_b_interval_ms = 0;
+}
+
 static sona_engine *make_engine(uint32_t hidden)
 {
     sona_engine_config cfg;
-    sona_engine_config_default(&cfg, SONA_PRESET_DEFAULT, hidden);
-    cfg.base_layers = LAYERS;
-    cfg.base_rank = RANK;
-    cfg.base_alpha = 2.0f * RANK;
-    cfg.micro_rank = MICRO;
-    cfg.micro_alpha = 2.0f * MICRO;
-    cfg.background_thread = 0;
-    cfg.device_apply = 0;
-    cfg.loop_b_threshold = 1u << 30; /* loop B only when the test forces it */
-    cfg.loop_b_interval_ms = 0;
+    engine_config(hidden, &cfg);
     sona_engine *e = NULL;
     cr_assert_eq(sona_engine_create(&cfg, &e), SONA_OK, "%s", sona_last_error());
     return e;
@@ -1096,17 +1103,10 @@ Test(sync, the_engine_thread_runs_the_attached_syncs)
     thread_run p = {.seed = seed};
     for (uint32_t i = 0; i < K; i++) {
         sona_engine_config cfg;
-        sona_engine_config_default(&cfg, SONA_PRESET_DEFAULT, H);
-        cfg.base_layers = LAYERS;
-        cfg.base_rank = RANK;
-        cfg.base_alpha = 2.0f * RANK;
-        cfg.micro_rank = MICRO;
-        cfg.micro_alpha = 2.0f * MICRO;
+        engine_config(H, &cfg);
         cfg.background_thread = 1;
-        cfg.device_apply = 0;
         cfg.loop_b_threshold = 10; /* a cycle at every 10 queued, and at no other time */
         cfg.loop_b_min_batch = 1;
-        cfg.loop_b_interval_ms = 0;
         cfg.loop_c_interval_ms = 0;
         cr_assert_eq(sona_engine_create(&cfg, &p.e[i]), SONA_OK, "%s", sona_last_error());
     }
