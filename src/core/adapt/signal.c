@@ -263,25 +263,23 @@ static float spread_weight(sona_signal_baseline *b, float rate, float max_weight
     return (float)weight;
 }
 
-static float spread_of(sona_signal_builder *sb, sona_signal_baseline *b, double mad, int advance)
+/* The weight of a signal of this kind (1: the contrast, with its rewards' mad; 0: quality-only)
+ * against the options' baseline or the builder's own (under its lock, taken once), quality q
+ * folded in (and the contrast's mad) when advance. */
+static sona_status weigh(sona_signal_builder *sb, sona_signal_baseline *given, int kind, float q, double mad,
+                         int advance, float *w)
 {
-    if (b)
-        return spread_weight(b, sb->cfg.baseline_rate, sb->cfg.max_weight, mad, advance);
-    pthread_mutex_lock(&sb->mu);
-    const float w = spread_weight(&sb->own, sb->cfg.baseline_rate, sb->cfg.max_weight, mad, advance);
-    pthread_mutex_unlock(&sb->mu);
-    return w;
-}
-
-/* w of quality q against the options' baseline or the builder's own. */
-static sona_status weigh(sona_signal_builder *sb, sona_signal_baseline *b, float q, int advance, float *w)
-{
-    if (b)
-        return sona_signal_baseline_weigh(b, sb->cfg.baseline_rate, sb->cfg.max_weight, q, advance, w);
-    pthread_mutex_lock(&sb->mu);
-    const sona_status st = sona_signal_baseline_weigh(&sb->own, sb->cfg.baseline_rate, sb->cfg.max_weight, q,
-                                                      advance, w);
-    pthread_mutex_unlock(&sb->mu);
+    sona_signal_baseline *b = given ? given : &sb->own;
+    if (!given)
+        pthread_mutex_lock(&sb->mu);
+    float advantage;
+    const sona_status st = sona_signal_baseline_weigh(b, sb->cfg.baseline_rate, sb->cfg.max_weight, q, advance,
+                                                      &advantage);
+    if (st == SONA_OK)
+        *w = kind == 1 ? spread_weight(b, sb->cfg.baseline_rate, sb->cfg.max_weight, mad, advance)
+                       : advantage * sb->cfg.outcome_share;
+    if (!given)
+        pthread_mutex_unlock(&sb->mu);
     return st;
 }
 
@@ -307,20 +305,16 @@ static sona_status compute(sona_signal_builder *sb, step_view *v, const float *q
         q = qrow;
     }
     quality -= opt->quality_offset;
-    float weight = 1.0f, ignored;
+    float weight = 1.0f;
     double mad = 0.0;
     sona_status st = SONA_OK;
     const int kind = contrast(v, dir, &mad);
     if (kind < 0) {
         st = sona_fail(NULL, SONA_E_NONFINITE, "signal: the activation contrast overflowed");
-    } else if (kind == 1) {
-        /* The quality still feeds the baseline, so a later quality-only signal measures from it. */
-        st = weigh(sb, opt->baseline, quality, opt->advance_baseline, &ignored);
-        if (st == SONA_OK)
-            weight = spread_of(sb, opt->baseline, mad, opt->advance_baseline);
-    } else if ((st = displacement(v, opt->output ? opt->output : q, dir)) == SONA_OK) {
-        st = weigh(sb, opt->baseline, quality, opt->advance_baseline, &weight);
-        weight *= sb->cfg.outcome_share;
+    } else if (kind == 1 || (st = displacement(v, opt->output ? opt->output : q, dir)) == SONA_OK) {
+        /* A contrast's quality still feeds the baseline, so a later quality-only signal measures
+         * from it. */
+        st = weigh(sb, opt->baseline, kind, quality, mad, opt->advance_baseline, &weight);
     }
     if (st == SONA_OK) {
         memmove(x, q, (size_t)v->dim * sizeof *x);
