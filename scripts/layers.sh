@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: MIT
 # Checks that every #include between the folders of src/ points down the layers of src/README.md
 # (or stays in its folder): a folder may include only folders of a lower level, so no circle can
-# form between them. Inside src/engine/, the loops depend only on base.h: the headers of loop B,
-# loop C and the checkpoint are for the loop thread (thread.c), the thread's for the handle
+# form between them. Inside src/engine/, the loops depend only on base.h: the headers of loops A
+# (its thread), B, C and the checkpoint are for the loop thread (thread.c), the thread's for the handle
 # (engine.c). Tests, benchmarks and tools never include the engine's state (engine/base.h).
 # Prints each offending include; exit 1 if any.
 set -eu
@@ -44,6 +44,7 @@ done
 # Who may include which engine header besides its own .c file.
 engine_users() {
     case $1 in
+    loop_a.h) echo 'thread.c request.c' ;; # request.c defines loop A's thread
     loop_b.h | loop_c.h | persist.h) echo thread.c ;;
     thread.h) echo engine.c ;;
     *) echo '*' ;;
@@ -53,7 +54,8 @@ for f in $(git ls-files -- 'src/engine/*.c' 'src/engine/*.h'); do
     name=${f##*/}
     for inc in $(sed -n 's/^#include "engine\/\([a-z0-9_]*\.h\)"$/\1/p' "$f"); do
         users=$(engine_users "$inc")
-        [ "$users" = '*' ] || [ "${inc%.h}.c" = "$name" ] || [ "$users" = "$name" ] && continue
+        [ "$users" = '*' ] || [ "${inc%.h}.c" = "$name" ] && continue
+        case " $users " in *" $name "*) continue ;; esac
         echo "$f includes engine/$inc: only $users may (the loops depend only on base.h)"
         bad=1
     done

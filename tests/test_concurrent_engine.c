@@ -5,7 +5,9 @@
  * file is a consistent snapshot (recorded == processed + queued in it). And while requests end
  * and cycles run, every sona_get_stats adds up (recorded == processed + in cycle + queued), a
  * running cycle's batch counted in cycle. And a save does not wait for a running cycle: it takes
- * the state from before the cycle with the cycle's batch still queued. */
+ * the state from before the cycle with the cycle's batch still queued. And loop A's thread
+ * learns what the callers' threads would, its full queue loses nothing, and a request outlived
+ * by its tenant teaches the tenant's successor nothing. */
 #include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
@@ -600,8 +602,179 @@ CONCURRENT_TEST(concurrent_engine, a_save_during_the_first_cycle_after_a_load)
     sona_engine_destroy(e);
 }
 
+/* ---- loop A's thread ----------------------------------------------------------------------- */
+
+/* An engine whose loops B and C never run by themselves, with or without the engine's threads. */
+static sona_engine *engine_for_loop_a(int background, uint32_t hidden)
+{
+    sona_engine_config c;
+    sona_engine_config_default(&c, SONA_PRESET_DEFAULT, hidden);
+    c.background_thread = background;
+    c.buffer_capacity = 4096;
+    c.loop_b_threshold = 4096;
+    c.loop_b_interval_ms = 0;
+    c.loop_c_interval_ms = 0;
+    c.max_tenants = 4;
+    sona_engine *e = NULL;
+    REQUIRE(sona_engine_create(&c, &e) == SONA_OK, "%s", sona_last_error());
+    return e;
+}
+
+/* n requests of `tenant`, from the seeded stream r: 3 steps of varying rewards each. Returns how
+ * many ended with SONA_OK. */
+static uint32_t requests_from(sona_engine *e, int32_t tenant, sona_rng *r, uint32_t hidden, uint32_t n)
+{
+    float *x = malloc(2 * (size_t)hidden * sizeof *x), *a = x + hidden;
+    REQUIRE(x != NULL, "out of memory");
+    uint32_t ok = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        fill_uniform(r, x, hidden, -1.0f, 1.0f);
+        sona_request *req;
+        REQUIRE(sona_request_begin(e, tenant, x, &req) == SONA_OK, "%s", sona_engine_last_error(e));
+        for (uint32_t s = 0; s < 3; s++) {
+            fill_uniform(r, a, hidden, -1.0f, 1.0f);
+            REQUIRE(sona_request_step(req, s, a, NULL, 0, sona_rng_uniform(r)) == SONA_OK, "step");
+        }
+        ok += sona_request_end(req, sona_rng_uniform(r)) == SONA_OK;
+    }
+    free(x);
+    return ok;
+}
+
+/* With background_thread on, request ends hand their trajectories to loop A's thread; once
+ * sona_flush returns, the tenant's adapter is bit for bit the one the callers' thread would have
+ * learned (the same steps in the same order), and the counters are the same. */
+CONCURRENT_TEST(concurrent_engine, loop_a_thread_learns_what_the_callers_thread_would)
+{
+    enum { N = 300 };
+    const uint32_t hidden = 61;
+    const uint64_t seed = test_seed();
+    printf("[concurrent_engine] loop A thread: seed %" PRIu64 "\n", seed);
+    sona_engine *e[2];
+    sona_stats s[2];
+    float y[2][8][61];
+    for (int bg = 0; bg < 2; bg++) {
+        e[bg] = engine_for_loop_a(bg, hidden);
+        sona_rng r;
+        sona_rng_seed(&r, seed, 11);
+        CHECK(requests_from(e[bg], 0, &r, hidden, N) == N, "background %d: a request end failed", bg);
+        REQUIRE(sona_flush(e[bg]) == SONA_OK, "%s", sona_engine_last_error(e[bg]));
+        REQUIRE(sona_get_stats(e[bg], &s[bg]) == SONA_OK, "stats");
+        float x[61];
+        for (int p = 0; p < 8; p++) {
+            fill_uniform(&r, x, hidden, -1.0f, 1.0f);
+            REQUIRE(sona_apply(e[bg], 0, x, y[bg][p]) == SONA_OK, "apply");
+        }
+    }
+    uint64_t handed = 0, in_callers = 0;
+    CHECK(!eng_inspect_loop_a(e[0], &handed, &in_callers), "background_thread 0 started loop A's thread");
+    CHECK(eng_inspect_loop_a(e[1], &handed, &in_callers) && handed + in_callers == N,
+          "loop A's thread was handed %" PRIu64 " and its callers ran %" PRIu64 " of %d", handed, in_callers, N);
+    CHECK(s[1].signals_accepted == s[0].signals_accepted && s[1].signals_rejected == s[0].signals_rejected &&
+              s[1].trajectories_recorded == N && s[0].trajectories_recorded == N &&
+              s[1].micro_updates == s[0].micro_updates,
+          "counters differ: accepted %" PRIu64 "/%" PRIu64 " recorded %" PRIu64 "/%" PRIu64,
+          s[0].signals_accepted, s[1].signals_accepted, s[0].trajectories_recorded, s[1].trajectories_recorded);
+    CHECK(s[0].signals_accepted > N / 2, "only %" PRIu64 " of %d signals accepted", s[0].signals_accepted, N);
+    CHECK(memcmp(y[0], y[1], sizeof y[0]) == 0, "the adapters differ after the same requests");
+    for (int bg = 0; bg < 2; bg++)
+        sona_engine_destroy(e[bg]);
+}
+
+typedef struct held_loop_a {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int entered, released;
+} held_loop_a;
+
+static void hold_loop_a(void *arg)
+{
+    held_loop_a *h = arg;
+    pthread_mutex_lock(&h->mu);
+    h->entered++;
+    pthread_cond_broadcast(&h->cv);
+    while (!h->released)
+        pthread_cond_wait(&h->cv, &h->mu);
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* Loop A's thread held (a test hook) while requests keep ending: its queue fills, and the ends
+ * after that run their steps in their own threads. Nothing is lost, and once the thread is let
+ * go every request is learned and counted. */
+CONCURRENT_TEST(concurrent_engine, a_full_loop_a_queue_sends_steps_back_to_their_callers)
+{
+    enum { N = 1200, QUEUE = 1024 };
+    const uint32_t hidden = 40;
+    const uint64_t seed = test_seed();
+    sona_engine *e = engine_for_loop_a(1, hidden);
+    held_loop_a h = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    eng_inspect_loop_a_hook(e, hold_loop_a, &h);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 12);
+    CHECK(requests_from(e, 0, &r, hidden, 1) == 1, "the first end failed");
+    pthread_mutex_lock(&h.mu);
+    while (!h.entered)
+        pthread_cond_wait(&h.cv, &h.mu); /* the thread took it and is held */
+    pthread_mutex_unlock(&h.mu);
+    CHECK(requests_from(e, 0, &r, hidden, N - 1) == N - 1, "an end failed while the thread was held");
+    uint64_t handed = 0, in_callers = 0;
+    REQUIRE(eng_inspect_loop_a(e, &handed, &in_callers), "no loop A thread");
+    CHECK(handed == 1 + QUEUE && in_callers == N - 1 - QUEUE,
+          "handed %" PRIu64 ", run by callers %" PRIu64 " (queue %d, %d requests)", handed, in_callers, QUEUE, N);
+    eng_inspect_loop_a_hook(e, NULL, NULL);
+    pthread_mutex_lock(&h.mu);
+    h.released = 1;
+    pthread_cond_broadcast(&h.cv);
+    pthread_mutex_unlock(&h.mu);
+    sona_stats s;
+    REQUIRE(sona_get_stats(e, &s) == SONA_OK, "stats");
+    CHECK(s.trajectories_recorded == N && s.signals_accepted + s.signals_rejected == N,
+          "recorded %" PRIu64 ", signals %" PRIu64 " + %" PRIu64 " of %d", s.trajectories_recorded,
+          s.signals_accepted, s.signals_rejected, N);
+    sona_engine_destroy(e);
+}
+
+/* A request begun before its tenant was removed and its slot given to a new tenant teaches the
+ * new tenant nothing, whichever thread runs its step. */
+CONCURRENT_TEST(concurrent_engine, a_request_of_a_removed_tenant_teaches_its_successor_nothing)
+{
+    const uint32_t hidden = 24;
+    const uint64_t seed = test_seed();
+    for (int bg = 0; bg < 2; bg++) {
+        sona_engine *e = engine_for_loop_a(bg, hidden);
+        int32_t t, again;
+        REQUIRE(sona_tenant_create(e, &t) == SONA_OK, "%s", sona_engine_last_error(e));
+        sona_rng r;
+        sona_rng_seed(&r, seed, 13);
+        float x[24], a[24], before[24], after[24];
+        fill_uniform(&r, x, hidden, -1.0f, 1.0f);
+        sona_request *req;
+        REQUIRE(sona_request_begin(e, t, x, &req) == SONA_OK, "%s", sona_engine_last_error(e));
+        for (uint32_t st = 0; st < 3; st++) {
+            fill_uniform(&r, a, hidden, -1.0f, 1.0f);
+            REQUIRE(sona_request_step(req, st, a, NULL, 0, 0.3f * (float)st) == SONA_OK, "step");
+        }
+        REQUIRE(sona_tenant_remove(e, t) == SONA_OK, "remove");
+        REQUIRE(sona_tenant_create(e, &again) == SONA_OK && again == t, "the slot was not reused (%d, %d)", t, again);
+        REQUIRE(sona_apply(e, t, x, before) == SONA_OK, "apply");
+        sona_stats s0, s1;
+        REQUIRE(sona_get_stats(e, &s0) == SONA_OK, "stats");
+        sona_request_end(req, 0.9f);
+        REQUIRE(sona_flush(e) == SONA_OK, "%s", sona_engine_last_error(e));
+        REQUIRE(sona_get_stats(e, &s1) == SONA_OK, "stats");
+        REQUIRE(sona_apply(e, t, x, after) == SONA_OK, "apply");
+        CHECK(memcmp(before, after, sizeof before) == 0, "background %d: the new tenant learned from the old one's request", bg);
+        CHECK(s1.signals_rejected == s0.signals_rejected + 1 && s1.signals_accepted == s0.signals_accepted,
+              "background %d: the stale request was not counted as rejected", bg);
+        sona_engine_destroy(e);
+    }
+}
+
 CONCURRENT_MAIN(concurrent_engine_apply_record_and_loop_b_together, concurrent_engine_save_while_recording_and_learning,
                 concurrent_engine_stats_add_up_while_requests_and_cycles_run,
                 concurrent_engine_a_running_cycle_counts_its_batch_in_cycle,
                 concurrent_engine_a_save_does_not_wait_for_a_running_cycle,
-                concurrent_engine_a_save_during_the_first_cycle_after_a_load)
+                concurrent_engine_a_save_during_the_first_cycle_after_a_load,
+                concurrent_engine_loop_a_thread_learns_what_the_callers_thread_would,
+                concurrent_engine_a_full_loop_a_queue_sends_steps_back_to_their_callers,
+                concurrent_engine_a_request_of_a_removed_tenant_teaches_its_successor_nothing)

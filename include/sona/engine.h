@@ -11,8 +11,8 @@ extern "C" {
 #endif
 
 /* Thread safety: every sona_engine function may be called from any number of threads at once
- * (apply, request and stats calls never wait for a learning cycle; a reader of adapter weights
- * always sees one complete published version), except sona_engine_destroy, which must be the
+ * (apply, request and stats calls never wait for a learning cycle, stats only for loop A's
+ * queue; a reader of adapter weights always sees one complete published version), except sona_engine_destroy, which must be the
  * last call on the handle, and sona_load, which must not race with requests in flight. */
 typedef struct sona_engine sona_engine;
 /* One request's trajectory in construction; owned by the caller from begin to end. */
@@ -63,8 +63,11 @@ typedef struct sona_engine_config {
                                    layer and region): b = d b + (1-d) q, and their spreads; also
                                    the rate of the query critics' running means */
     /* loop B */
-    int background_thread;      /* 1: an engine thread (low priority: SCHED_BATCH, nice 10) runs
-                                   loop B; 0: only sona_tick/force_learn */
+    int background_thread;      /* 1: the engine's threads run loop A's learning step (a request's
+                                   end hands its trajectory over and returns) and loop B (low
+                                   priority: SCHED_BATCH, nice 10); 0: loop A in the thread that
+                                   ends the request, loop B only by sona_tick/force_learn, and
+                                   everything deterministic */
     uint32_t loop_b_threshold;  /* queued trajectories that trigger a cycle */
     uint32_t loop_b_interval_ms;/* a cycle also runs this often when anything is queued; 0 = off */
     uint32_t loop_b_min_batch;  /* a cycle started by loop B (sona_tick, the thread) needs at
@@ -270,14 +273,25 @@ SONA_API sona_status sona_request_begin(sona_engine *e, int32_t tenant, const fl
  * and no loop learns from them. A request learns the same with them or without. */
 SONA_API sona_status sona_request_step(sona_request *r, uint32_t layer, const float *activations,
                                        const float *attention, uint32_t n_attention, float reward);
-/* Ends the request with its final quality (feedback) and runs loop A: the trajectory is queued
- * for loop B, its learning signal is derived and accumulated into the tenant's Micro-LoRA
- * (applied every micro_apply_every signals). Frees r in every case. Non-finite data anywhere is
- * refused with SONA_E_NONFINITE and counted in signals_rejected, never learned. */
+/* Ends the request with its final quality (feedback) and runs loop A: its learning signal is
+ * derived and accumulated into the tenant's Micro-LoRA (applied every micro_apply_every
+ * signals), then the trajectory is queued for loop B. Frees r in every case. Non-finite data
+ * anywhere is refused with SONA_E_NONFINITE and counted in signals_rejected, never learned.
+ *
+ * With background_thread on, the step runs in the engine's loop-A thread: the end checks the
+ * request, hands the trajectory over and returns (when that thread's queue of 1024 is full, the
+ * step runs here, as with background_thread 0). The step then follows within about a
+ * millisecond; sona_flush, sona_get_stats, sona_save, sona_sync, sona_export_peft and the forced
+ * cycles first wait for every request ended before they were called, so what they see or write
+ * includes them. A failure of a step run there (out of memory, a signal that overflowed) is
+ * counted in signals_rejected and left as the engine's last error instead of returned. A request
+ * whose tenant is removed before its step runs (even if a new tenant took the id) is counted in
+ * signals_rejected and teaches nothing. */
 SONA_API sona_status sona_request_end(sona_request *r, float quality);
 /* Drops a request without learning from it; frees r. */
 SONA_API void sona_request_abandon(sona_request *r);
-/* Applies every tenant's pending Micro-LoRA gradients now. */
+/* Waits until loop A has learned from every request ended before the call (background_thread
+ * on), then applies every tenant's pending Micro-LoRA gradients now. */
 SONA_API sona_status sona_flush(sona_engine *e);
 
 /* ---- loops B and C -------------------------------------------------------------------------- */
@@ -359,7 +373,9 @@ typedef struct sona_stats {
                                         signals_rejected too). Since creation, not saved */
 } sona_stats;
 /* Counters are exact and monotonic (except the "now" fields). Each field is read on its own,
- * not all at one instant; the trajectory counts add up all the same (see sona_stats). */
+ * not all at one instant; the trajectory counts add up all the same (see sona_stats). Every
+ * request ended before the call is counted: with background_thread on, the call first waits
+ * for loop A's thread to learn from them (usually under a millisecond). */
 SONA_API sona_status sona_get_stats(sona_engine *e, sona_stats *out);
 
 /* ---- persistence ---------------------------------------------------------------------------- */

@@ -63,8 +63,9 @@ typedef struct eng_tenant {
                                  critic (4 * hidden), reused (mu) */
     atomic_int live;
     atomic_uint tasks;        /* EWC++ task snapshots of ewc now, for sona_get_stats (set under mu) */
-    uint64_t generation;      /* adapters this slot has had (a new one each reset; mu): sync.c
-                                 knows a tenant it merged from a new one in the same slot */
+    _Atomic uint64_t generation; /* adapters this slot has had (a new one each reset, under mu):
+                                 sync.c knows a tenant it merged from a new one in the same
+                                 slot, loop A a request begun before a reset */
 } eng_tenant;
 
 struct sona_engine {
@@ -101,6 +102,7 @@ struct sona_engine {
     _Atomic(sona_request *) spare_request; /* an ended request's object, kept for the next one */
 
     /* loop threads */
+    struct eng_loop_a *loop_a;  /* loop A's thread and queue (request.c); NULL: none */
     pthread_t thread;
     int thread_started;
     pthread_mutex_t wake_mu;
@@ -174,6 +176,10 @@ eng_tenant *eng_live_tenant(sona_engine *e, int32_t id);
 /* The cell hash's planes (ENG_CELL_BITS x hidden), seeded: a saved engine's regions are a
  * loaded one's. NULL: out of memory. */
 float *eng_region_planes_create(const sona_engine_config *c);
+/* Waits until loop A's thread has learned from every trajectory handed to it before this call
+ * (request.c; returns at once when there is no such thread). Called by what must see every
+ * ended request (flush, save, load, sync, export, the forced cycles) before it takes any lock. */
+void eng_loop_a_drain(sona_engine *e);
 /* Wakes the loop thread for a loop B cycle (a request filled the threshold). */
 void eng_kick(sona_engine *e);
 

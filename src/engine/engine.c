@@ -397,6 +397,7 @@ sona_status sona_get_stats(sona_engine *e, sona_stats *s)
 {
     if (!e || !s)
         return eng_fail(e, SONA_E_NULL, "%s: NULL argument", __func__);
+    eng_loop_a_drain(e); /* the counters count every request ended before this call */
     memset(s, 0, sizeof *s);
     /* processed, then taken, then recorded: each read no earlier than the one before, and
      * processed <= taken <= recorded holds at every instant (base.h), so the values

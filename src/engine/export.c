@@ -197,6 +197,7 @@ sona_status sona_export_peft(sona_engine *e, const char *dir, const sona_peft_co
         return eng_fail(e, SONA_E_INVALID, CALLER ": tenant %d is neither -1 (Base-LoRA) nor a tenant id", p->tenant);
     if (micro && ((uint32_t)p->tenant >= c->max_tenants || !atomic_load(&e->tenants[p->tenant].live)))
         return eng_fail(e, SONA_E_NOT_FOUND, CALLER ": no tenant %d", p->tenant);
+    eng_loop_a_drain(e); /* the adapter as every request ended before the export left it */
     int absent;
     const sona_status gate = replaceable(e, dir, &absent);
     if (gate != SONA_OK)

@@ -55,4 +55,12 @@ sona_status eng_inspect_train(sona_engine *e, int32_t tenant, const float *x, co
  * learns from it, holding the cycle lock (NULL: none). */
 void eng_inspect_cycle_hook(sona_engine *e, void (*hook)(void *), void *arg);
 
+/* Loop A's thread (background_thread on): the trajectories handed to it so far, and the steps
+ * run in their callers' threads because its queue was full. Returns 0 (and sets nothing) when
+ * the engine has no such thread. Defined with the thread, in request.c. */
+int eng_inspect_loop_a(sona_engine *e, uint64_t *handed, uint64_t *in_callers);
+/* Test hook: loop A's thread calls hook(arg) before each step it runs, holding no lock (NULL:
+ * none); a hook that blocks holds the thread, so that its queue fills. */
+void eng_inspect_loop_a_hook(sona_engine *e, void (*hook)(void *), void *arg);
+
 #endif

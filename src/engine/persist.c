@@ -1096,6 +1096,7 @@ static sona_status take_state(sona_engine *e, sona_wbuf *w)
  * then *w written to path and freed, holding no lock. */
 static sona_status eng_state_snapshot(sona_engine *e, sona_wbuf *w)
 {
+    eng_loop_a_drain(e); /* a save holds every request ended before it */
     *w = (sona_wbuf){0};
     const sona_status st = take_state(e, w);
     if (st != SONA_OK) {
@@ -1302,6 +1303,7 @@ sona_status sona_load_buffer(sona_engine *e, const void *data, size_t len)
 {
     if (!e || !data)
         return eng_fail(e, SONA_E_NULL, "sona_load: NULL argument");
+    eng_loop_a_drain(e); /* requests ended before the load belong to the state it replaces */
     loaded s = {0};
     sona_status st = parse(e, data, len, &s);
     if (st == SONA_OK)

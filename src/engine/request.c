@@ -1,7 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /* The request path and loop A: a request records its steps into a trajectory; its end learns
- * from it at once in the tenant's Micro-LoRA (loop A) and queues it for loop B. */
+ * from it in the tenant's Micro-LoRA (loop A) and queues it for loop B. With background_thread
+ * on, loop A's step runs in the engine's loop-A thread: the end hands the trajectory over and
+ * returns (a caller's thread keeps only the recording); with it off, or when the hand-over
+ * queue is full, the step runs in the caller's thread, as it always did. */
+#define _GNU_SOURCE /* SCHED_BATCH */
 #include "engine/base.h"
+#include "engine/inspect.h"
+#include "engine/loop_a.h"
 
 #include "core/adapt/critic.h"
 #include "core/adapt/lora_internal.h"
@@ -11,6 +17,10 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <time.h>
+#ifdef __linux__
+#include <sched.h>
+#endif
 
 enum { POISON_NONE, POISON_NONFINITE, POISON_RANGE, POISON_OTHER };
 
@@ -19,6 +29,30 @@ struct sona_request {
     sona_trajectory *t;
     int32_t tenant;
     int poisoned; /* a step was refused: the request will not be learned (POISON_*) */
+    uint64_t generation; /* the tenant's adapter when the request began (eng_tenant.generation) */
+};
+
+/* An ended trajectory waiting for loop A's step. */
+typedef struct eng_ended {
+    sona_trajectory *t;
+    int32_t tenant;
+    uint64_t generation;
+} eng_ended;
+
+/* Loop A's thread and its hand-over queue (a ring under mu). Tickets make sona_flush wait for
+ * what was handed over before it was called, not for a queue that busy callers keep filling. */
+enum { LOOP_A_QUEUE = 1024 };
+struct eng_loop_a {
+    pthread_mutex_t mu;
+    pthread_cond_t wake, done_cv;
+    eng_ended ring[LOOP_A_QUEUE];
+    uint32_t head, count;
+    uint64_t handed, done; /* tickets: trajectories handed over, and learned from */
+    int stop, sleeping, waiters; /* waiters: drains waiting on done_cv */
+    atomic_uint_fast64_t in_callers; /* steps run by their callers: the queue was full */
+    void (*hook)(void *);  /* tests (inspect.h): called before each step this thread runs */
+    void *hook_arg;
+    pthread_t thread;
 };
 
 /* A request object no longer used: kept as the engine's spare unless one is kept already. */
@@ -46,7 +80,7 @@ sona_status sona_request_begin(sona_engine *e, int32_t tenant, const float *quer
     sona_request *r = atomic_exchange(&e->spare_request, NULL);
     if (!r && !(r = malloc(sizeof *r)))
         return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
-    *r = (sona_request){.e = e, .tenant = tenant};
+    *r = (sona_request){.e = e, .tenant = tenant, .generation = atomic_load(&e->tenants[tenant].generation)};
     sona_status st = eng_traj_take(e, query, &r->t);
     if (st != SONA_OK) {
         request_release(r);
@@ -113,9 +147,11 @@ static float critic_offset(sona_critic *c, uint32_t region, const float *x, floa
     return (float)(p < lo ? lo : p > hi ? hi : p);
 }
 
-/* Loop A's learning step for one ended trajectory of tenant `tenant`. The signal is built in
- * the tenant's rows, under its mutex like the training step that follows. */
-static sona_status learn_instant(sona_engine *e, int32_t tenant, const sona_trajectory *t)
+/* Loop A's learning step for one ended trajectory of tenant `tenant`, whose adapter was
+ * `generation` when the request began (a tenant removed or re-made since learns nothing from
+ * it). The signal is built in the tenant's rows, under its mutex like the training step that
+ * follows. */
+static sona_status learn_instant(sona_engine *e, int32_t tenant, uint64_t generation, const sona_trajectory *t)
 {
     const uint32_t H = e->cfg.hidden;
     eng_tenant *tn = &e->tenants[tenant];
@@ -157,7 +193,7 @@ static sona_status learn_instant(sona_engine *e, int32_t tenant, const sona_traj
         /* No step or no direction: nothing to learn, not an error of the caller. */
         return st == SONA_E_NONFINITE ? eng_fail(e, st, "sona_request_end: non-finite signal; not learned") : SONA_OK;
     }
-    if (atomic_load(&tn->live)) {
+    if (atomic_load(&tn->live) && atomic_load(&tn->generation) == generation) {
         const int32_t adapter = 0;
         eng_ewc_note_quality(tn->ewc, sona_trajectory_quality(t), cell);
         st = sona_lora_normalize_signals(tn->lora, 1, &adapter, x, delta, &w);
@@ -173,10 +209,156 @@ static sona_status learn_instant(sona_engine *e, int32_t tenant, const sona_traj
             atomic_fetch_add(&e->n.rejected, 1);
         }
     } else {
-        atomic_fetch_add(&e->n.rejected, 1); /* the tenant was removed during the request */
+        atomic_fetch_add(&e->n.rejected, 1); /* the tenant was removed (or re-made) meanwhile */
     }
     pthread_mutex_unlock(&tn->mu);
     return st;
+}
+
+/* Loop A for an ended trajectory: the learning step, then the trajectory queued for loop B. */
+static sona_status learn_and_queue(sona_engine *e, const eng_ended *j)
+{
+    const sona_status st = learn_instant(e, j->tenant, j->generation, j->t);
+    /* Counted as recorded before loop B can take it (see base.h's taken). */
+    if (sona_trajectory_buffer_record_counted(e->buffer, j->t, &e->n.recorded) == SONA_OK) {
+        if (sona_trajectory_buffer_len(e->buffer) >= e->cfg.loop_b_threshold)
+            eng_kick(e);
+    } else {
+        atomic_fetch_add(&e->n.dropped, 1);
+        eng_traj_recycle(e, j->t);
+    }
+    return st;
+}
+
+/* Hands j to loop A's thread; 0 when there is none or its queue is full. A caller wakes the
+ * thread only from its long sleep: waking a thread on another core costs the waker about as
+ * much as the step it hands over (8 us measured on a VM: an inter-processor interrupt), so
+ * while requests keep coming the thread looks for them itself, every LOOP_A_POLL_US. */
+static int hand_over(struct eng_loop_a *a, const eng_ended *j)
+{
+    if (!a)
+        return 0;
+    pthread_mutex_lock(&a->mu);
+    const int room = a->count < LOOP_A_QUEUE && !a->stop;
+    int wake = 0;
+    if (room) {
+        a->ring[(a->head + a->count) % LOOP_A_QUEUE] = *j;
+        a->count++;
+        a->handed++;
+        wake = a->sleeping;
+        a->sleeping = 0; /* one wake-up is enough */
+    }
+    pthread_mutex_unlock(&a->mu);
+    if (wake)
+        pthread_cond_signal(&a->wake);
+    return room;
+}
+
+/* Loop A's step must not take the serving threads' CPU when they need it: a batch thread never
+ * preempts the thread that woke it. At nice 0, unlike loop B's thread: when it falls behind,
+ * the full queue sends the step back to the callers' threads. With the queue empty it polls
+ * every LOOP_A_POLL_US (so callers need not wake it) for LOOP_A_IDLE_POLLS polls, then sleeps
+ * until a caller wakes it: an idle engine costs nothing, a busy one a timer tick a poll. */
+enum { LOOP_A_POLL_US = 500, LOOP_A_IDLE_POLLS = 200 };
+static void *loop_a_main(void *arg)
+{
+    sona_engine *e = arg;
+    struct eng_loop_a *a = e->loop_a;
+#ifdef __linux__
+    const struct sched_param batch = {.sched_priority = 0};
+    pthread_setschedparam(pthread_self(), SCHED_BATCH, &batch); /* best effort */
+#endif
+    unsigned idle = 0;
+    pthread_mutex_lock(&a->mu);
+    for (;;) {
+        if (!a->count && !a->stop) {
+            if (idle < LOOP_A_IDLE_POLLS) {
+                idle++;
+                pthread_mutex_unlock(&a->mu);
+                const struct timespec poll = {0, LOOP_A_POLL_US * 1000L};
+                nanosleep(&poll, NULL);
+                pthread_mutex_lock(&a->mu);
+            } else {
+                a->sleeping = 1;
+                while (a->sleeping && !a->stop)
+                    pthread_cond_wait(&a->wake, &a->mu);
+                a->sleeping = 0;
+            }
+            continue;
+        }
+        if (!a->count)
+            break; /* stopping, and everything handed over is learned */
+        idle = 0;
+        const eng_ended j = a->ring[a->head];
+        a->head = (a->head + 1) % LOOP_A_QUEUE;
+        a->count--;
+        void (*hook)(void *) = a->hook, *hook_arg = a->hook_arg;
+        pthread_mutex_unlock(&a->mu);
+        if (hook)
+            hook(hook_arg);
+        /* A failure is counted (signals_rejected) and left as the engine's last error: the
+         * request that caused it has returned. */
+        (void)learn_and_queue(e, &j);
+        pthread_mutex_lock(&a->mu);
+        a->done++;
+        if (a->waiters)
+            pthread_cond_broadcast(&a->done_cv);
+    }
+    pthread_mutex_unlock(&a->mu);
+    return NULL;
+}
+
+sona_status eng_loop_a_start(sona_engine *e)
+{
+    if (!e->cfg.background_thread)
+        return SONA_OK;
+    struct eng_loop_a *a = calloc(1, sizeof *a);
+    if (!a)
+        return SONA_E_NOMEM;
+    pthread_mutex_init(&a->mu, NULL);
+    pthread_cond_init(&a->wake, NULL);
+    pthread_cond_init(&a->done_cv, NULL);
+    e->loop_a = a;
+    if (pthread_create(&a->thread, NULL, loop_a_main, e) != 0) {
+        e->loop_a = NULL;
+        pthread_cond_destroy(&a->done_cv);
+        pthread_cond_destroy(&a->wake);
+        pthread_mutex_destroy(&a->mu);
+        free(a);
+        return SONA_E_NOMEM;
+    }
+    return SONA_OK;
+}
+
+void eng_loop_a_stop(sona_engine *e)
+{
+    struct eng_loop_a *a = e->loop_a;
+    if (!a)
+        return;
+    pthread_mutex_lock(&a->mu);
+    a->stop = 1; /* the thread learns what was handed over, then ends */
+    pthread_mutex_unlock(&a->mu);
+    pthread_cond_signal(&a->wake);
+    pthread_join(a->thread, NULL);
+    e->loop_a = NULL;
+    pthread_cond_destroy(&a->done_cv);
+    pthread_cond_destroy(&a->wake);
+    pthread_mutex_destroy(&a->mu);
+    free(a);
+}
+
+void eng_loop_a_drain(sona_engine *e)
+{
+    struct eng_loop_a *a = e->loop_a;
+    if (!a)
+        return;
+    pthread_mutex_lock(&a->mu);
+    const uint64_t ticket = a->handed;
+    a->waiters++;
+    while (a->done < ticket)
+        pthread_cond_wait(&a->done_cv, &a->mu);
+    a->waiters--;
+    pthread_mutex_unlock(&a->mu);
 }
 
 sona_status sona_request_end(sona_request *r, float quality)
@@ -184,8 +366,8 @@ sona_status sona_request_end(sona_request *r, float quality)
     if (!r)
         return sona_fail(NULL, SONA_E_NULL, "%s: request is NULL", __func__);
     sona_engine *e = r->e;
+    const eng_ended j = {.t = r->t, .tenant = r->tenant, .generation = r->generation};
     sona_trajectory *t = r->t;
-    const int32_t tenant = r->tenant;
     const int poisoned = r->poisoned;
     request_release(r);
     if (!atomic_load(&e->enabled)) {
@@ -206,22 +388,42 @@ sona_status sona_request_end(sona_request *r, float quality)
                             (double)quality);
         return eng_fail(e, SONA_E_NONFINITE, "%s: NaN or Inf in the trajectory; not learned", __func__);
     }
-    sona_status st = learn_instant(e, tenant, t);
-    /* Counted as recorded before loop B can take it (see base.h's taken). */
-    if (sona_trajectory_buffer_record_counted(e->buffer, t, &e->n.recorded) == SONA_OK) {
-        if (sona_trajectory_buffer_len(e->buffer) >= e->cfg.loop_b_threshold)
-            eng_kick(e);
-    } else {
-        atomic_fetch_add(&e->n.dropped, 1);
-        eng_traj_recycle(e, t);
-    }
-    return st;
+    if (hand_over(e->loop_a, &j))
+        return SONA_OK;
+    if (e->loop_a)
+        atomic_fetch_add(&e->loop_a->in_callers, 1);
+    return learn_and_queue(e, &j);
+}
+
+/* inspect.h's view of loop A's thread (its state is this file's). */
+int eng_inspect_loop_a(sona_engine *e, uint64_t *handed, uint64_t *in_callers)
+{
+    struct eng_loop_a *a = e->loop_a;
+    if (!a)
+        return 0;
+    pthread_mutex_lock(&a->mu);
+    *handed = a->handed;
+    pthread_mutex_unlock(&a->mu);
+    *in_callers = atomic_load(&a->in_callers);
+    return 1;
+}
+
+void eng_inspect_loop_a_hook(sona_engine *e, void (*hook)(void *), void *arg)
+{
+    struct eng_loop_a *a = e->loop_a;
+    if (!a)
+        return;
+    pthread_mutex_lock(&a->mu);
+    a->hook = hook;
+    a->hook_arg = arg;
+    pthread_mutex_unlock(&a->mu);
 }
 
 sona_status sona_flush(sona_engine *e)
 {
     if (!e)
         return sona_fail(NULL, SONA_E_NULL, "%s: engine is NULL", __func__);
+    eng_loop_a_drain(e);
     sona_status first = SONA_OK;
     for (uint32_t i = 0; i < e->cfg.max_tenants; i++) {
         eng_tenant *t = &e->tenants[i];

@@ -1459,6 +1459,7 @@ sona_status sona_sync(sona_engine *e, sona_comm *comm, const sona_sync_config *c
     if (cfg->method != SONA_SYNC_SKETCH && cfg->method != SONA_SYNC_EXACT)
         return eng_fail(e, SONA_E_INVALID, "%s: method %d is neither SONA_SYNC_SKETCH nor "
                         "SONA_SYNC_EXACT", __func__, (int)cfg->method);
+    eng_loop_a_drain(e); /* every rank merges what its requests ended before the sync taught */
     pthread_mutex_lock(&e->cycle_mu);
     eng_cut_invalidate(e); /* it changes Base-LoRA outside a cycle */
     const sona_status st = sync_locked(e, comm, cfg, out);

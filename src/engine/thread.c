@@ -5,6 +5,7 @@
  * request that fills the threshold. */
 #define _GNU_SOURCE /* SCHED_BATCH */
 #include "engine/thread.h"
+#include "engine/loop_a.h"
 #include "engine/loop_b.h"
 #include "engine/loop_c.h"
 #include "engine/persist.h"
@@ -25,6 +26,7 @@ static int interval_due(uint64_t last_ms, uint32_t interval_ms)
 /* Loop C, then the checkpoint when a state path is set. */
 static sona_status deep_cycle(sona_engine *e)
 {
+    eng_loop_a_drain(e); /* the checkpoint holds every request ended before it */
     const uint64_t t0 = sona_monotonic_us();
     sona_status st = eng_loop_c_cycle(e);
     if (st == SONA_OK && e->cfg.state_path[0])
@@ -57,6 +59,7 @@ sona_status sona_force_learn(sona_engine *e)
 {
     if (!e)
         return sona_fail(NULL, SONA_E_NULL, "%s: engine is NULL", __func__);
+    eng_loop_a_drain(e); /* every request ended before this call reaches the queue */
     const sona_status st = eng_loop_b_cycle(e, 1, 0);
     return st == SONA_E_EMPTY ? SONA_OK : st;
 }
@@ -141,11 +144,12 @@ sona_status eng_threads_start(sona_engine *e)
     if (pthread_create(&e->thread, NULL, loop_thread, e) != 0)
         return SONA_E_NOMEM;
     e->thread_started = 1;
-    return SONA_OK;
+    return eng_loop_a_start(e);
 }
 
 void eng_threads_stop(sona_engine *e)
 {
+    eng_loop_a_stop(e); /* first: what it learns reaches loop B's queue */
     if (!e->thread_started)
         return;
     pthread_mutex_lock(&e->wake_mu);

@@ -1,0 +1,13 @@
+/* SPDX-License-Identifier: MIT */
+/* Loop A's thread (request.c), started and stopped with the loop thread (thread.c). */
+#ifndef SONA_ENGINE_LOOP_A_H
+#define SONA_ENGINE_LOOP_A_H
+
+#include "engine/base.h"
+
+/* Starts loop A's thread when background_thread is on (SONA_E_NOMEM when it cannot). */
+sona_status eng_loop_a_start(sona_engine *e);
+/* Learns from everything handed over, then ends the thread. No-op when there is none. */
+void eng_loop_a_stop(sona_engine *e);
+
+#endif
