@@ -281,7 +281,7 @@ SONA_API sona_status sona_request_step(sona_request *r, uint32_t layer, const fl
  * With background_thread on, the step runs in the engine's loop-A thread: the end checks the
  * request, hands the trajectory over and returns (when that thread's queue of 1024 is full, the
  * step runs here, as with background_thread 0). The step then follows within about a
- * millisecond; sona_flush, sona_get_stats, sona_save, sona_sync, sona_export_peft and the forced
+ * millisecond; sona_flush, sona_get_stats, sona_tick, sona_save, sona_sync, sona_export_peft and the forced
  * cycles first wait for every request ended before they were called, so what they see or write
  * includes them. A failure of a step run there (out of memory, a signal that overflowed) is
  * counted in signals_rejected and left as the engine's last error instead of returned. A request

@@ -974,12 +974,10 @@ static napi_value engine_end(napi_env env, napi_callback_info info)
         snprintf(msg, sizeof msg, "endTrajectory: %s", why);
         return throw_status(env, st, msg);
     }
-    /* With a background thread, loop A runs in the ender (shared_engine.h): the event loop
-     * does not wait for the Micro-LoRA update. */
+    /* With a background thread, libsona runs loop A in its own thread: the event loop does not
+     * wait for the Micro-LoRA update. */
     sona_request *r = t->request;
     traj_recycle(a.se, t);
-    if (end_submit(a.se, r, quality) == 0)
-        return undefined(env);
     st = sona_request_end(r, quality);
     if (st)
         return engine_error(env, a.se, st);
@@ -1076,7 +1074,6 @@ static napi_value engine_flush(napi_env env, napi_callback_info info)
     call_args a;
     if (!engine_call(env, info, &a, "flush"))
         return NULL;
-    end_drain(a.se);
     const sona_status st = sona_flush(a.se->engine);
     return st ? engine_error(env, a.se, st) : undefined(env);
 }
@@ -1095,7 +1092,6 @@ static napi_value engine_tick(napi_env env, napi_callback_info info)
     if (!engine_call(env, info, &a, "tick"))
         return NULL;
     sona_stats before, after;
-    end_drain(a.se);
     sona_get_stats(a.se->engine, &before);
     const sona_status st = sona_tick(a.se->engine);
     if (st)
@@ -1118,7 +1114,6 @@ static napi_value engine_force_learn(napi_env env, napi_callback_info info)
     if (!engine_call(env, info, &a, "forceLearn"))
         return NULL;
     sona_stats before, after;
-    end_drain(a.se);
     sona_get_stats(a.se->engine, &before);
     const sona_status st = sona_force_learn(a.se->engine);
     if (st)
@@ -1136,7 +1131,6 @@ static napi_value engine_deep_cycle(napi_env env, napi_callback_info info)
     call_args a;
     if (!engine_call(env, info, &a, "deepCycle"))
         return NULL;
-    end_drain(a.se);
     const sona_status st = sona_deep_cycle(a.se->engine);
     return st ? engine_error(env, a.se, st) : undefined(env);
 }
@@ -1270,7 +1264,6 @@ static napi_value engine_stats(napi_env env, napi_callback_info info)
     if (!engine_call(env, info, &a, "stats"))
         return NULL;
     sona_stats s;
-    end_drain(a.se); /* read what was ended before this call */
     const sona_status st = sona_get_stats(a.se->engine, &s);
     if (st)
         return engine_error(env, a.se, st);
@@ -1294,7 +1287,6 @@ static napi_value engine_get_stats(napi_env env, napi_callback_info info)
     if (!engine_call(env, info, &a, "getStats"))
         return NULL;
     sona_stats s;
-    end_drain(a.se); /* read what was ended before this call */
     const sona_status st = sona_get_stats(a.se->engine, &s);
     if (st)
         return engine_error(env, a.se, st);
@@ -1307,7 +1299,7 @@ static napi_value engine_get_stats(napi_env env, napi_callback_info info)
                      ",\"ewc_tasks\":%" PRIu64 ",\"instant_enabled\":%s,\"background_enabled\":%s",
                      s.trajectories_queued, offered ? (double)s.trajectories_recorded / (double)offered : 1.0,
                      s.patterns, s.patterns, s.tasks, enabled ? "true" : "false",
-                     enabled && a.se->background_thread ? "true" : "false");
+                     enabled && sona_engine_get_config(a.se->engine)->background_thread ? "true" : "false");
     for (size_t i = 0; i < sizeof stat_fields / sizeof *stat_fields && n > 0 && (size_t)n < sizeof json; i++) {
         const double v = stat_value(&s, &stat_fields[i]);
         n += snprintf(json + n, sizeof json - (size_t)n, stat_fields[i].is_float ? ",\"%s\":%.9g" : ",\"%s\":%.0f",
@@ -1434,7 +1426,6 @@ static void job_run(job *j)
 {
     sona_engine *e = j->se->engine;
     sona_stats before, after;
-    end_drain(j->se); /* what was ended before the call is learned, saved, exported */
     switch (j->kind) {
     case JOB_SAVE:
         j->status = sona_save(e, j->path);

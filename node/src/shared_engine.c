@@ -1,9 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The engine shared by the addon's SonaEngine objects, and its trajectory table. */
-#define _GNU_SOURCE /* SCHED_BATCH */
 #include "shared_engine.h"
 
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,99 +11,7 @@ static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static shared_engine *registry;
 static uint64_t next_token = 1;
 
-enum { INITIAL_SLOTS = 64, END_RING = 4096 };
-
-typedef struct pending_end {
-    sona_request *request;
-    float quality;
-} pending_end;
-
-static void *ender_main(void *arg)
-{
-    shared_engine *se = arg;
-#ifdef SCHED_BATCH
-    /* Batch scheduling: waking the ender never preempts the event loop's thread that woke it
-     * (on a busy machine the kernel would otherwise run the ender on that core at once). */
-    const struct sched_param batch = {0};
-    pthread_setschedparam(pthread_self(), SCHED_BATCH, &batch);
-#endif
-    pthread_mutex_lock(&se->end_lock);
-    for (;;) {
-        while (se->ring_count == 0 && !se->ender_stop)
-            pthread_cond_wait(&se->end_wake, &se->end_lock);
-        if (se->ring_count == 0)
-            break; /* stopping, and everything handed over is ended */
-        const pending_end job = se->ring[se->ring_head];
-        se->ring_head = (se->ring_head + 1) % se->ring_cap;
-        se->ring_count--;
-        se->ender_busy = 1;
-        pthread_mutex_unlock(&se->end_lock);
-        /* A failure (a tenant removed meanwhile) is counted in signals_rejected by libsona;
-         * what JavaScript could get wrong was checked before the hand-over. */
-        (void)sona_request_end(job.request, job.quality);
-        pthread_mutex_lock(&se->end_lock);
-        se->ender_busy = 0;
-        if (se->ring_count == 0)
-            pthread_cond_broadcast(&se->end_idle);
-    }
-    pthread_mutex_unlock(&se->end_lock);
-    return NULL;
-}
-
-/* Starts the ender when the engine has a background thread (else everything stays in the
- * caller's thread, deterministic, as libsona's background_thread 0 promises). Without it (no
- * memory, no thread) requests are ended by their callers. */
-static void ender_start(shared_engine *se)
-{
-    pthread_mutex_init(&se->end_lock, NULL);
-    pthread_cond_init(&se->end_wake, NULL);
-    pthread_cond_init(&se->end_idle, NULL);
-    if (!se->background_thread || !(se->ring = malloc(END_RING * sizeof *se->ring)))
-        return;
-    se->ring_cap = END_RING;
-    se->ender_running = pthread_create(&se->ender, NULL, ender_main, se) == 0;
-}
-
-static void ender_stop(shared_engine *se)
-{
-    if (se->ender_running) {
-        pthread_mutex_lock(&se->end_lock);
-        se->ender_stop = 1;
-        pthread_cond_signal(&se->end_wake);
-        pthread_mutex_unlock(&se->end_lock);
-        pthread_join(se->ender, NULL);
-    }
-    free(se->ring);
-    pthread_cond_destroy(&se->end_idle);
-    pthread_cond_destroy(&se->end_wake);
-    pthread_mutex_destroy(&se->end_lock);
-}
-
-int end_submit(shared_engine *se, sona_request *r, float quality)
-{
-    if (!se->ender_running)
-        return -1;
-    pthread_mutex_lock(&se->end_lock);
-    if (se->ring_count == se->ring_cap) {
-        pthread_mutex_unlock(&se->end_lock);
-        return -1;
-    }
-    se->ring[(se->ring_head + se->ring_count) % se->ring_cap] = (pending_end){r, quality};
-    se->ring_count++;
-    pthread_cond_signal(&se->end_wake);
-    pthread_mutex_unlock(&se->end_lock);
-    return 0;
-}
-
-void end_drain(shared_engine *se)
-{
-    if (!se->ender_running)
-        return;
-    pthread_mutex_lock(&se->end_lock);
-    while (se->ring_count || se->ender_busy)
-        pthread_cond_wait(&se->end_idle, &se->end_lock);
-    pthread_mutex_unlock(&se->end_lock);
-}
+enum { INITIAL_SLOTS = 64 };
 
 shared_engine *shared_engine_create(const sona_engine_config *cfg, sona_status *status)
 {
@@ -125,17 +31,14 @@ shared_engine *shared_engine_create(const sona_engine_config *cfg, sona_status *
     se->hidden = c->hidden;
     se->base_layers = c->base_layers;
     se->max_patterns = c->max_patterns;
-    se->background_thread = c->background_thread;
     se->nslots = INITIAL_SLOTS;
     se->refs = 1;
     pthread_mutex_init(&se->lock, NULL);
-    ender_start(se);
     return se;
 }
 
 static void destroy(shared_engine *se)
 {
-    ender_stop(se); /* ends what was handed over first: it is learned, then saved or freed */
     for (uint32_t i = 0; i < se->nslots; i++) {
         for (node_trajectory *t = se->slots[i], *next; t; t = next) {
             next = t->next;

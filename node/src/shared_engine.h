@@ -25,7 +25,6 @@ typedef struct shared_engine {
     uint32_t hidden;
     uint32_t base_layers;
     uint32_t max_patterns;
-    int background_thread;
 
     pthread_mutex_t lock;     /* guards everything below */
     uint32_t refs;
@@ -38,15 +37,6 @@ typedef struct shared_engine {
     node_trajectory *spare;   /* ended records kept for reuse (no malloc per request) */
     struct shared_engine *next_shared;
 
-    /* The ender: with background_thread on, an ended request's loop A (its Micro-LoRA
-     * signal and update, about 13 us at width 4096) runs in this thread instead of the
-     * caller's, so endTrajectory returns at once. FIFO; full: the caller ends it itself. */
-    pthread_mutex_t end_lock; /* guards the ring and the flags below */
-    pthread_cond_t end_wake, end_idle;
-    pthread_t ender;
-    int ender_running, ender_stop, ender_busy;
-    struct pending_end *ring;
-    uint32_t ring_cap, ring_head, ring_count;
 } shared_engine;
 
 /* Creates the engine from cfg; NULL with sona_last_error() set (or "out of memory"). */
@@ -71,13 +61,6 @@ void traj_put(shared_engine *se, node_trajectory *t);
  * record goes back with traj_recycle. */
 int traj_remove(shared_engine *se, uint32_t id, node_trajectory **out, char *why, size_t why_len);
 void traj_recycle(shared_engine *se, node_trajectory *t);
-
-/* Hands request r to the ender; nonzero when it cannot take it (no ender, ring full): then
- * the caller ends it. */
-int end_submit(shared_engine *se, sona_request *r, float quality);
-/* Waits until every request handed to the ender has been ended (a barrier for the calls that
- * read what loop A learned: stats, flush, forceLearn, save, ...). */
-void end_drain(shared_engine *se);
 
 /* Refuses (nonzero, why filled) while trajectories are open; else marks a load in progress. */
 int load_start(shared_engine *se, char *why, size_t why_len);

@@ -42,6 +42,7 @@ sona_status sona_tick(sona_engine *e)
         return sona_fail(NULL, SONA_E_NULL, "%s: engine is NULL", __func__);
     if (!atomic_load(&e->enabled))
         return SONA_OK;
+    eng_loop_a_drain(e); /* requests ended before the call count toward the threshold */
     const uint32_t queued = sona_trajectory_buffer_len(e->buffer);
     sona_status st = SONA_OK;
     if (queued >= e->cfg.loop_b_threshold || (queued && interval_due(e->last_cycle_ms, e->cfg.loop_b_interval_ms)))
@@ -141,21 +142,29 @@ sona_status eng_threads_start(sona_engine *e)
     atomic_store(&e->last_deep_ms, sona_monotonic_us() / 1000);
     if (!e->cfg.background_thread)
         return SONA_OK;
+    /* Loop A's thread first: the loop thread's ticks wait on its queue. */
+    const sona_status st = eng_loop_a_start(e);
+    if (st != SONA_OK)
+        return st;
     if (pthread_create(&e->thread, NULL, loop_thread, e) != 0)
         return SONA_E_NOMEM;
     e->thread_started = 1;
-    return eng_loop_a_start(e);
+    return SONA_OK;
 }
 
 void eng_threads_stop(sona_engine *e)
 {
-    eng_loop_a_stop(e); /* first: what it learns reaches loop B's queue */
-    if (!e->thread_started)
+    /* The loop thread first: its ticks and checkpoints wait on loop A's queue. Loop A's thread
+     * then learns what it was handed (its kicks of the stopped loop thread are harmless). */
+    if (!e->thread_started) {
+        eng_loop_a_stop(e);
         return;
+    }
     pthread_mutex_lock(&e->wake_mu);
     e->stop = 1;
     pthread_cond_signal(&e->wake_cv);
     pthread_mutex_unlock(&e->wake_mu);
     pthread_join(e->thread, NULL);
     e->thread_started = 0;
+    eng_loop_a_stop(e);
 }
