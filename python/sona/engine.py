@@ -253,8 +253,14 @@ def _ids(tenants: Any, n: int) -> np.ndarray:
     return t
 
 
-def _addr(a: np.ndarray) -> int:
-    return a.ctypes.data
+def _addr(a: np.ndarray, _byte=ctypes.c_char) -> int:
+    """The address of a's data. Through the buffer protocol where it can (0.18 us a call against
+    ndarray.ctypes.data's 0.53, and a request makes five such calls); read-only and empty
+    arrays, which it refuses, through ndarray.ctypes."""
+    try:
+        return ctypes.addressof(_byte.from_buffer(a))
+    except (TypeError, ValueError):
+        return a.ctypes.data
 
 
 # ---- the engine ------------------------------------------------------------------------------
