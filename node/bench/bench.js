@@ -75,8 +75,8 @@ function main() {
     engine.addTrajectoryStep(id, xs[(i + 4) & 15], null, 0.8);
     engine.endTrajectory(id, 0.6);
   };
-  // Back to back: loop A (about 13 us a trajectory at 4096, in the addon's ender thread) cannot
-  // keep up, its queue fills and endTrajectory ends inline: the worst case.
+  // Back to back: loop A (about 13 us a trajectory at 4096, in libsona's loop A thread) can fall
+  // behind, its queue fill and endTrajectory end inline: the worst case.
   report(`trajectory: begin, 4 steps of ${HIDDEN}, end (back to back)`, 20,
          timeEach(CALLS / 2, 1000, trajectory));
   engine.flush();

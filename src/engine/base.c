@@ -94,6 +94,12 @@ float *eng_region_planes_create(const sona_engine_config *c)
     return p;
 }
 
+uint32_t eng_cycle_cap(const sona_engine_config *c)
+{
+    const uint64_t cap = 4ull * c->loop_b_threshold;
+    return cap < c->loop_b_min_batch ? c->loop_b_min_batch : cap > UINT32_MAX ? UINT32_MAX : (uint32_t)cap;
+}
+
 sona_status eng_traj_take(sona_engine *e, const float *query, sona_trajectory **out)
 {
     uint32_t taken = 0;

@@ -180,6 +180,10 @@ float *eng_region_planes_create(const sona_engine_config *c);
  * (request.c; returns at once when there is no such thread). Called by what must see every
  * ended request (flush, save, load, sync, export, the forced cycles) before it takes any lock. */
 void eng_loop_a_drain(sona_engine *e);
+/* The most a timed or triggered loop B cycle takes: 4 x loop_b_threshold (at least
+ * loop_b_min_batch), so a cycle stays bounded when the thread fell behind; what is left is taken
+ * by the next one, right after. sona_force_learn takes everything. */
+uint32_t eng_cycle_cap(const sona_engine_config *c);
 /* Wakes the loop thread for a loop B cycle (a request filled the threshold). */
 void eng_kick(sona_engine *e);
 

@@ -134,7 +134,12 @@ sona_status sona_engine_create(const sona_engine_config *cfg, sona_engine **out)
     sc.baseline_rate = 1.0f - cfg->baseline_decay;
     sc.max_weight = cfg->max_signal_weight;
     sona_trajectory_buffer_config pc = tb;
-    pc.capacity = cfg->loop_b_threshold < cfg->buffer_capacity ? cfg->loop_b_threshold : cfg->buffer_capacity;
+    /* The pool keeps what a cycle gives back (up to eng_cycle_cap trajectories at once) for the
+     * requests that refill the queue: with room for a threshold only, 3 of every 4 went back to
+     * malloc and their pages were faulted in again by the next requests (about 5 pages a request
+     * at hidden 4096, as much as the rest of its recording). */
+    const uint32_t cycle = eng_cycle_cap(cfg);
+    pc.capacity = cycle < cfg->buffer_capacity ? cycle : cfg->buffer_capacity;
     if (pc.capacity < 64)
         pc.capacity = 64;
     if (!e->tenants || !e->region_planes || !e->base_baselines || sona_id_source_create(1, &e->ids) != SONA_OK ||

@@ -78,9 +78,3 @@ sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch, uint32_t max_ba
     const sona_status synced = eng_sync_periodic(e);
     return st != SONA_OK ? st : synced;
 }
-
-uint32_t eng_cycle_cap(const sona_engine *e)
-{
-    const uint64_t cap = 4ull * e->cfg.loop_b_threshold;
-    return cap < e->cfg.loop_b_min_batch ? e->cfg.loop_b_min_batch : cap > UINT32_MAX ? UINT32_MAX : (uint32_t)cap;
-}

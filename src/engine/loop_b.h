@@ -8,9 +8,5 @@
 /* A cycle on the queue's oldest trajectories: at least min_batch, at most max_batch (0: all).
  * SONA_E_EMPTY when fewer are queued. */
 sona_status eng_loop_b_cycle(sona_engine *e, uint32_t min_batch, uint32_t max_batch);
-/* The most a timed or triggered cycle takes: 4 x loop_b_threshold (at least loop_b_min_batch),
- * so a cycle stays bounded when the thread fell behind; what is left is taken by the next one,
- * right after. sona_force_learn takes everything. */
-uint32_t eng_cycle_cap(const sona_engine *e);
 
 #endif

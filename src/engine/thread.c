@@ -46,7 +46,7 @@ sona_status sona_tick(sona_engine *e)
     const uint32_t queued = sona_trajectory_buffer_len(e->buffer);
     sona_status st = SONA_OK;
     if (queued >= e->cfg.loop_b_threshold || (queued && interval_due(e->last_cycle_ms, e->cfg.loop_b_interval_ms)))
-        st = eng_loop_b_cycle(e, e->cfg.loop_b_min_batch, eng_cycle_cap(e));
+        st = eng_loop_b_cycle(e, e->cfg.loop_b_min_batch, eng_cycle_cap(&e->cfg));
     if (st == SONA_E_EMPTY)
         st = SONA_OK;
     if (st == SONA_OK && interval_due(e->last_deep_ms, e->cfg.loop_c_interval_ms))
@@ -124,7 +124,7 @@ static void *loop_thread(void *arg)
         pthread_mutex_unlock(&e->wake_mu);
         if (atomic_load(&e->enabled)) {
             if (kicked)
-                eng_loop_b_cycle(e, e->cfg.loop_b_min_batch, eng_cycle_cap(e));
+                eng_loop_b_cycle(e, e->cfg.loop_b_min_batch, eng_cycle_cap(&e->cfg));
             sona_tick(e);
         }
         pthread_mutex_lock(&e->wake_mu);
