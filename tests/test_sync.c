@@ -444,6 +444,77 @@ Test(sync, a_failing_callback_after_two_paced_syncs_leaves_every_engine_as_it_wa
     failing_callbacks(SONA_SYNC_EXACT, 2);
 }
 
+/* A comm over a thread world's rank that, on its first all-gather (sona_sync's header), sends
+ * another protocol number: a rank of another libsona. */
+typedef struct tampered {
+    sona_comm *inner;
+    int done;
+} tampered;
+static sona_status tampered_rank(void *ctx, uint32_t *r) { return sona_comm_rank(((tampered *)ctx)->inner, r); }
+static sona_status tampered_size(void *ctx, uint32_t *n) { return sona_comm_size(((tampered *)ctx)->inner, n); }
+static sona_status tampered_allreduce(void *ctx, float *data, size_t n)
+{
+    return sona_comm_allreduce_sum(((tampered *)ctx)->inner, data, n);
+}
+static sona_status tampered_allgather(void *ctx, const void *send, size_t bytes, void *recv)
+{
+    tampered *t = ctx;
+    if (t->done++ || bytes < 16)
+        return sona_comm_allgather(t->inner, send, bytes, recv);
+    unsigned char *copy = malloc(bytes);
+    cr_assert(copy);
+    memcpy(copy, send, bytes);
+    uint64_t protocol;
+    memcpy(&protocol, copy + 8, sizeof protocol); /* after the magic */
+    protocol += 1;
+    memcpy(copy + 8, &protocol, sizeof protocol);
+    const sona_status st = sona_comm_allgather(t->inner, copy, bytes, recv);
+    free(copy);
+    return st;
+}
+
+static void sync_rank_tampered(uint32_t rank, void *arg)
+{
+    sync_run *s = arg;
+    sona_comm *c = thread_world_comm(s->world, rank);
+    tampered t = {.inner = c};
+    sona_comm_ops ops;
+    sona_comm_ops_default(&ops);
+    ops.ctx = &t;
+    ops.rank = tampered_rank;
+    ops.size = tampered_size;
+    ops.allreduce_sum_f32 = tampered_allreduce;
+    ops.allgather = tampered_allgather;
+    sona_comm *mine = NULL;
+    if (rank == 1 && sona_comm_create(&ops, &mine) == SONA_OK)
+        c = mine;
+    s->st[rank] = sona_sync(s->e[rank], c, s->cfg, &s->res[rank]);
+    sona_comm_destroy(mine);
+}
+
+/* A rank of another sync protocol is refused by every rank alike, which keep their state. */
+Test(sync, another_sync_protocol_is_refused_on_every_rank)
+{
+    sync_run s = {.cfg = NULL};
+    weights before[K], after;
+    for (uint32_t i = 0; i < K; i++) {
+        s.e[i] = make_engine(H);
+        train(s.e[i], i + 1, 1, 40);
+        read_weights(s.e[i], &before[i]);
+    }
+    s.world = thread_world_create(K, 0);
+    cr_assert(s.world);
+    thread_world_run(K, sync_rank_tampered, &s);
+    thread_world_destroy(s.world);
+    for (uint32_t i = 0; i < K; i++) {
+        cr_assert_eq(s.st[i], SONA_E_VERSION, "rank %u: %d", i, s.st[i]);
+        cr_assert(strstr(sona_engine_last_error(s.e[i]), "protocol"), "%s", sona_engine_last_error(s.e[i]));
+        read_weights(s.e[i], &after);
+        cr_assert_eq(memcmp(&after, &before[i], sizeof after), 0, "rank %u changed", i);
+        sona_engine_destroy(s.e[i]);
+    }
+}
+
 Test(sync, other_shapes_are_refused_on_every_rank)
 {
     sync_run s = {.cfg = NULL};

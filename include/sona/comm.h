@@ -151,7 +151,9 @@ typedef struct sona_sync_result {
  * added with ids numbered on from the last sync's next id (unique across ranks), then the bank
  * is consolidated as loop C does; trajectories pending in the bank (none after a cycle) are
  * dropped. Engines must have one shape (hidden, base_layers, base_rank, base_alpha, max_tenants,
- * micro_rank, micro_alpha, EWC++ on or off: SONA_E_SIZE on every rank otherwise).
+ * micro_rank, micro_alpha, EWC++ on or off: SONA_E_SIZE on every rank otherwise), and every
+ * rank must run a libsona of the same sync protocol (its first all-gather is of a fixed size
+ * and carries the protocol number: SONA_E_VERSION on every rank otherwise).
  * Loop B waits while the sync runs; requests and apply go on, and see the merged weights
  * published at once when it returns. A failed collective (a callback's error), or any other
  * failure, leaves the engine exactly as before the call: everything is computed into new

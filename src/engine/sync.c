@@ -105,14 +105,25 @@ _Static_assert(offsetof(sona_stats, tenants) == 21 * sizeof(uint64_t) &&
                        offsetof(sona_stats, last_phi) + sizeof(uint64_t) &&
                    sizeof(sona_stats) == offsetof(sona_stats, inputs_out_of_range) + sizeof(uint64_t),
                "sona_stats changed: update sync.c's counter list");
-typedef struct sync_header {
-    uint64_t magic, hidden, layers, rank, alpha_bits, tenants_max, micro_rank, micro_alpha_bits;
-    uint64_t learned, has_last;
-    uint64_t merge, has_prev; /* the sync's merge mode; S's P (SONA_SYNC_PACED's last move) */
-    uint64_t counters[SYNC_COUNTERS];
-    uint64_t tenants, quality_bits, phi_bits;
-    uint64_t ewc, ewc_tasks; /* EWC++ on; Base-LoRA's task snapshots */
+/* What every rank gathers first. Its size never changes (fields to come take the padding), so
+ * ranks of different libsona versions still meet in a well-formed all-gather and can refuse
+ * each other; SYNC_PROTOCOL says what the fields after it mean and grows with any change to
+ * the header or to the collectives that follow it. */
+#define SYNC_PROTOCOL 2u
+#define SYNC_HEADER_BYTES 512u
+typedef union sync_header {
+    struct {
+        uint64_t magic, protocol;
+        uint64_t hidden, layers, rank, alpha_bits, tenants_max, micro_rank, micro_alpha_bits;
+        uint64_t learned, has_last;
+        uint64_t merge, has_prev; /* the sync's merge mode; S's P (SONA_SYNC_PACED's last move) */
+        uint64_t counters[SYNC_COUNTERS];
+        uint64_t tenants, quality_bits, phi_bits;
+        uint64_t ewc, ewc_tasks; /* EWC++ on; Base-LoRA's task snapshots */
+    };
+    unsigned char bytes[SYNC_HEADER_BYTES];
 } sync_header;
+_Static_assert(sizeof(sync_header) == SYNC_HEADER_BYTES, "the sync header outgrew its fixed size");
 
 static uint64_t *counter(sona_stats *s, unsigned i)
 {
@@ -1277,15 +1288,16 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
     sona_stats local;
     sona_get_stats(e, &local);
     const uint64_t processed = local.trajectories_processed;
-    sync_header me = {SYNC_MAGIC, e->cfg.hidden, e->cfg.base_layers, e->cfg.base_rank,
-                      f32_bits(e->cfg.base_alpha), e->cfg.max_tenants, e->cfg.micro_rank,
-                      f32_bits(e->cfg.micro_alpha),
-                      processed - (e->synced_processed <= processed ? e->synced_processed : 0),
-                      e->sync && e->sync->have, (uint64_t)cfg->merge,
-                      e->sync && e->sync->have && e->sync->base_prev_have, {0}, local.tenants,
-                      f32_bits(local.quality_baseline),
-                      f32_bits(local.last_phi), e->base_ewc != NULL,
-                      eng_ewc_tasks(e->base_ewc)};
+    sync_header me = {.magic = SYNC_MAGIC, .protocol = SYNC_PROTOCOL, .hidden = e->cfg.hidden,
+                      .layers = e->cfg.base_layers, .rank = e->cfg.base_rank,
+                      .alpha_bits = f32_bits(e->cfg.base_alpha), .tenants_max = e->cfg.max_tenants,
+                      .micro_rank = e->cfg.micro_rank, .micro_alpha_bits = f32_bits(e->cfg.micro_alpha),
+                      .learned = processed - (e->synced_processed <= processed ? e->synced_processed : 0),
+                      .has_last = e->sync && e->sync->have, .merge = (uint64_t)cfg->merge,
+                      .has_prev = e->sync && e->sync->have && e->sync->base_prev_have,
+                      .tenants = local.tenants, .quality_bits = f32_bits(local.quality_baseline),
+                      .phi_bits = f32_bits(local.last_phi), .ewc = e->base_ewc != NULL,
+                      .ewc_tasks = eng_ewc_tasks(e->base_ewc)};
     for (unsigned c = 0; c < SYNC_COUNTERS; c++)
         me.counters[c] = *counter(&local, c);
     sync_header *h = calloc(k, sizeof *h);
@@ -1302,7 +1314,14 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
     if (st != SONA_OK)
         eng_fail(e, st, "%s: gathering headers: %s", __func__, sona_comm_last_error(comm));
     for (uint32_t i = 0; i < k && st == SONA_OK; i++)
-        if (h[i].magic != SYNC_MAGIC || h[i].hidden != me.hidden || h[i].layers != me.layers ||
+        if (h[i].magic != SYNC_MAGIC || h[i].protocol != SYNC_PROTOCOL)
+            st = eng_fail(e, SONA_E_VERSION, "%s: rank %u runs another sync protocol (%s %llu, this "
+                          "rank's %u): every rank needs a libsona of the same sync protocol", __func__, i,
+                          h[i].magic == SYNC_MAGIC ? "protocol" : "no libsona header, first word",
+                          (unsigned long long)(h[i].magic == SYNC_MAGIC ? h[i].protocol : h[i].magic),
+                          SYNC_PROTOCOL);
+    for (uint32_t i = 0; i < k && st == SONA_OK; i++)
+        if (h[i].hidden != me.hidden || h[i].layers != me.layers ||
             h[i].rank != me.rank || h[i].alpha_bits != me.alpha_bits ||
             h[i].tenants_max != me.tenants_max || h[i].micro_rank != me.micro_rank ||
             h[i].micro_alpha_bits != me.micro_alpha_bits || h[i].ewc != me.ewc ||
