@@ -16,8 +16,8 @@ repository's build/lib, then the system; see sona._native). Every call releases 
 
 from . import _native, comm
 from .comm import Comm, LocalGroup, Merge, Method, Weighting, local_group
-from .engine import (PRESETS, Engine, PatternHit, Request, Stats, SyncResult, config_fields,
-                     default_config, empty, state_config)
+from .engine import (PRESETS, Engine, PatternHit, PeriodicSyncs, Request, Stats, SyncResult,
+                     config_fields, default_config, empty, state_config)
 from .errors import *  # noqa: F401,F403
 from .handles import Bank, Index, Lora, Pattern
 from .errors import __all__ as _errors_all
@@ -29,7 +29,7 @@ library_version = _native.version().decode()
 __version__ = "0.1.0"
 
 __all__ = ["Engine", "Request", "Stats", "PatternHit", "Lora", "Index", "Bank", "Pattern",
-           "Comm", "LocalGroup", "local_group", "SyncResult", "Weighting", "Merge", "Method",
-           "PRESETS", "config_fields",
+           "Comm", "LocalGroup", "local_group", "SyncResult", "PeriodicSyncs", "Weighting", "Merge",
+           "Method", "PRESETS", "config_fields",
            "default_config", "state_config", "empty", "library_path", "library_found_in",
            "library_version"] + list(_errors_all)

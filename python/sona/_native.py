@@ -18,7 +18,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from ctypes import (POINTER, Structure, c_char_p, c_double, c_float, c_int, c_int32, c_size_t,
+from ctypes import (POINTER, Structure, c_char, c_char_p, c_double, c_float, c_int, c_int32, c_size_t,
                     c_uint, c_uint32, c_uint64, c_void_p)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -295,3 +295,13 @@ comm_allreduce_sum = _optional("sona_comm_allreduce_sum", st, P, P, c_size_t)
 comm_allgather = _optional("sona_comm_allgather", st, P, P, c_size_t, P)
 sync_config_default = _optional("sona_sync_config_default", None, POINTER(SyncConfig))
 sync = _optional("sona_sync", st, P, P, POINTER(SyncConfig), P)
+
+
+class SyncPeriodic(Structure):
+    """sona_sync_periodic: the periodic syncs of an attached comm."""
+    _fields_ = [("syncs", c_uint64), ("failed", c_uint64), ("last", c_int),
+                ("last_error", c_char * 256)]
+
+
+sync_attach = _optional("sona_sync_attach", st, P, P, POINTER(SyncConfig), c_uint32)
+sync_periodic_get = _optional("sona_sync_periodic_get", st, P, POINTER(SyncPeriodic))

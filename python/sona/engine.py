@@ -30,7 +30,7 @@ import numpy as np
 from . import _native as _n
 from ._closing import Closing
 from .errors import (InvalidArgumentError, NotFoundError, SizeError, SonaError, StateError,
-                     error_for)
+                     UnavailableError, error_for)
 
 if TYPE_CHECKING:
     from .comm import Comm
@@ -181,6 +181,15 @@ class SyncResult:
                           # just before the merge (quality_baseline, last_phi: the mean)
 
 
+@dataclasses.dataclass(frozen=True)
+class PeriodicSyncs:
+    """Engine.periodic_syncs (sona_sync_periodic): the syncs loop B ran since sync_attach."""
+    syncs: int            # attempted
+    failed: int           # of those, failed (each left the engine as it was)
+    last_status: int      # the last one's sona_status (0 before any)
+    last_error: str       # the last failure's message ("" when none failed)
+
+
 # ---- arrays ----------------------------------------------------------------------------------
 
 _F32 = np.dtype(np.float32)
@@ -284,6 +293,7 @@ class Engine(Closing):
 
     def __init__(self, hidden: int, preset: Union[str, int] = "default", **overrides: Any):
         self._h: Optional[int] = None
+        self._attached: Optional["Comm"] = None  # sync_attach's comm
         # Reentrant: a Request's finalizer may run (garbage collection) while this thread holds it.
         self._lock = threading.RLock()
         self._requests: "weakref.WeakSet[Request]" = weakref.WeakSet()
@@ -309,6 +319,8 @@ class Engine(Closing):
         """Abandons the requests still open, then destroys the engine (sona_engine_destroy: its
         threads stop, a running cycle finishing first). Idempotent. Must not race with other
         calls on this engine."""
+        if self._h is not None:
+            self.sync_detach()  # before the engine goes: its thread may be in a collective
         with self._lock:
             h, self._h = self._h, None
             reqs = list(self._requests)
@@ -550,6 +562,60 @@ class Engine(Closing):
                           merge_error=float(r.merge_error), tenants_merged=int(r.tenants_merged),
                           global_stats=Stats(**{name: getattr(g, name)
                                                 for name, _ in _n.STATS_FIELDS}))
+
+    def sync_attach(self, comm: Comm, every_cycles: int, weighting: Optional[str] = None,
+                    merge: Optional[str] = None, method: Optional[str] = None) -> None:
+        """Loop B syncs this engine through comm by itself (sona_sync_attach): after every
+        every_cycles-th loop B cycle that ran (the engine's thread, tick() or force_learn()),
+        in the thread that ran it; the options are sync()'s. Every rank must attach the same
+        every_cycles and options and run the same number of cycles. comm is loop B's while
+        attached: using it from Python meanwhile raises StateError, and the engine keeps it
+        alive. Attaching again replaces the comm and restarts the count; sync_detach() or
+        close() detaches. Failures are counted in periodic_syncs, never raised here (with
+        background_thread off, tick() and force_learn() raise the sync's failure)."""
+        from .comm import Comm, _sync_config
+        if not isinstance(comm, Comm):
+            raise InvalidArgumentError(f"sync_attach: comm must be a sona.Comm, not "
+                                       f"{type(comm).__name__}")
+        if _n.sync_attach is None:
+            raise UnavailableError(f"the loaded libsona ({_n.library_path}) has no "
+                                   f"sona_sync_attach")
+        every = _u32(every_cycles, "sync_attach: every_cycles")
+        if every == 0:
+            raise InvalidArgumentError("sync_attach: every_cycles must be >= 1")
+        cfg = _sync_config(weighting, merge, method)
+        self.sync_detach()
+        h = self._handle()
+        ch = comm._acquire()  # held while attached: the engine's thread uses the comm
+        status = _n.sync_attach(h, ch, byref(cfg), every)
+        if status:
+            comm._use.release()
+            self._check(status, h)
+        self._attached = comm
+
+    def sync_detach(self) -> None:
+        """Ends the periodic syncs (waiting for one in flight) and gives comm back. No-op when
+        none is attached."""
+        comm, self._attached = self._attached, None
+        if comm is None:
+            return
+        try:
+            if self._h is not None:
+                _n.sync_attach(self._h, None, None, 0)
+        finally:
+            comm._use.release()
+
+    @property
+    def periodic_syncs(self) -> PeriodicSyncs:
+        """The periodic syncs since the last sync_attach (sona_sync_periodic_get)."""
+        if _n.sync_periodic_get is None:
+            raise UnavailableError(f"the loaded libsona ({_n.library_path}) has no "
+                                   f"sona_sync_periodic_get")
+        h = self._handle()
+        p = _n.SyncPeriodic()
+        self._check(_n.sync_periodic_get(h, byref(p)), h)
+        return PeriodicSyncs(syncs=int(p.syncs), failed=int(p.failed), last_status=int(p.last),
+                             last_error=_text(p.last_error))
 
     # -- persistence, export --
     def save(self, path: Union[str, os.PathLike]) -> None:

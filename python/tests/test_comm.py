@@ -78,9 +78,12 @@ int main(void)
     F(sona_comm_ops, allreduce_sum_f32) F(sona_comm_ops, allgather) F(sona_comm_ops, destroy)
     F(sona_stats, tenants) F(sona_stats, quality_baseline) F(sona_stats, last_phi)
     F(sona_stats, inputs_out_of_range)
+    F(sona_sync_periodic, syncs) F(sona_sync_periodic, failed) F(sona_sync_periodic, last)
+    F(sona_sync_periodic, last_error)
     printf("sizeof sona_sync_result %zu\nsizeof sona_sync_config %zu\n"
-           "sizeof sona_comm_ops %zu\nsizeof sona_stats %zu\n", sizeof(sona_sync_result),
-           sizeof(sona_sync_config), sizeof(sona_comm_ops), sizeof(sona_stats));
+           "sizeof sona_comm_ops %zu\nsizeof sona_stats %zu\nsizeof sona_sync_periodic %zu\n",
+           sizeof(sona_sync_result), sizeof(sona_sync_config), sizeof(sona_comm_ops),
+           sizeof(sona_stats), sizeof(sona_sync_periodic));
     return 0;
 }
 """
@@ -96,7 +99,8 @@ def test_struct_mirrors_match_the_compilers_layout(tmp_path):
                     str(exe)], check=True)
     out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
     mirrors = {"sona_sync_result": _n.SyncResult, "sona_sync_config": _n.SyncConfig,
-               "sona_comm_ops": _n.CommOps, "sona_stats": _n.Stats}
+               "sona_comm_ops": _n.CommOps, "sona_stats": _n.Stats,
+               "sona_sync_periodic": _n.SyncPeriodic}
     checked = 0
     for line in out.splitlines():
         words = line.split()
@@ -106,7 +110,7 @@ def test_struct_mirrors_match_the_compilers_layout(tmp_path):
             field = getattr(mirrors[words[0]], "global_" if words[1] == "global" else words[1])
             assert (field.offset, field.size) == (int(words[2]), int(words[3])), line
         checked += 1
-    assert checked == 23
+    assert checked == 28
 
 
 # ---- the communicator on its own ---------------------------------------------------------------
@@ -222,6 +226,37 @@ def test_three_ranks_that_learned_apart_answer_alike_after_a_sync(engines, metho
     # A second sync with nothing new changes no bit.
     group.run(lambda i, comm: engines[i].sync(comm, method=method, weighting="equal"))
     assert [outputs(e) for e in engines] == after
+    group.close()
+
+
+def test_attached_comm_syncs_after_every_cycle_and_is_given_back():
+    """Loop B syncs by itself once attached (sona_sync_attach): each rank's force_learn, run
+    in its own thread, is followed by a sync; afterwards the ranks answer alike. The comm is
+    loop B's meanwhile (StateError from Python) and usable again after sync_detach."""
+    es = [make_engine(seed=1 + i) for i in range(K)]
+    group = sona.comm.local_group(K)
+    for e, comm in zip(es, group):
+        e.sync_attach(comm, every_cycles=1)
+    with pytest.raises(sona.StateError):
+        group[0].rank  # the engine's while attached
+    with pytest.raises(sona.InvalidArgumentError):
+        es[0].sync_attach(group[0], every_cycles=0)
+    group.run(lambda i, comm: train(es[i], seed=30 + i, n=30))  # three cycles a rank
+    for e in es:
+        p = e.periodic_syncs
+        assert isinstance(p, sona.PeriodicSyncs)
+        assert (p.syncs, p.failed, p.last_status, p.last_error) == (3, 0, 0, "")
+    after = [outputs(e) for e in es]
+    assert all(a == after[0] for a in after), "the ranks differ after their periodic syncs"
+    for e in es:
+        e.sync_detach()
+        e.sync_detach()  # a no-op
+    assert [c.rank for c in group] == list(range(K))
+    es[1].sync_attach(group[1], every_cycles=2)
+    es[1].close()  # detaches first
+    assert group[1].rank == 1
+    for e in es:
+        e.close()
     group.close()
 
 
