@@ -4,7 +4,8 @@
  * name is refused with a status and a message, never a crash, and the library still works on
  * the best variant. Criterion runs each test in its own process, so each sees a fresh choice.
  * Routing by cost (dispatch/cost.h): loop-A-sized ops stay on the CPU against any device model,
- * large ones go to the cheaper backend, SONA_BACKEND overrides, the call counters are exact. */
+ * large ones go to the cheaper backend, SONA_BACKEND overrides, the call counters are exact.
+ * The double host kernels of the cluster merge give every variant's bits. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <pthread.h>
@@ -19,6 +20,8 @@
 #include "sona/lora.h"
 #include "sona/system.h"
 #include "support/op_cases.h"
+
+#include "support/fill.h"
 
 /* Whether this build has the variant and the host can run it. */
 static int host_runs(const char *name)
@@ -487,4 +490,77 @@ Test(dispatch, call_counters_count_exactly)
                          (unsigned long long)(calls_now((sona_op)op, (sona_backend_kind)k) - before[op][k]),
                          (unsigned long long)want);
         }
+}
+
+/* The cluster merge's double kernels (dot_f64, dot_f32_f64, axpy_f64, axpy_f32_f64) must give
+ * every rank the same bits whatever its CPU: every variant this host runs against scalar's,
+ * bit for bit, on fresh random inputs of odd sizes; scalar's dots against a long double sum. */
+Test(dispatch, double_host_kernels_give_every_variants_bits)
+{
+    const uint64_t seed = test_seed();
+    printf("[dispatch] double host kernels: seed %llu\n", (unsigned long long)seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 3);
+    enum { MAX = 4097 };
+    static const size_t sizes[] = {0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1000, MAX};
+    float *xf = new_uniform(&r, MAX, -1.0f, 1.0f), *yf = new_uniform(&r, MAX, -3.0f, 3.0f);
+    double *x = malloc(MAX * sizeof *x), *y = malloc(MAX * sizeof *y);
+    double *acc[3];
+    for (int i = 0; i < 3; i++)
+        acc[i] = malloc(MAX * sizeof(double));
+    cr_assert(xf && yf && x && y && acc[0] && acc[1] && acc[2]);
+    for (size_t i = 0; i < MAX; i++) {
+        x[i] = (double)xf[i] * (1.0 + 1e-9 * (double)yf[i]); /* more than a float's bits */
+        y[i] = (double)yf[i] / 3.0;
+    }
+    char why[256];
+    const sona_backend *scalar = sona_cpu_variant_get("scalar", why, sizeof why);
+    cr_assert_not_null(scalar, "%s", why);
+    const sona_host_kernels *ref = &scalar->host;
+    const sona_cpu_variant *vars;
+    const uint32_t nv = sona_cpu_variants(&vars);
+    uint32_t compared = 0;
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        const size_t n = sizes[si];
+        long double d = 0.0L, df = 0.0L;
+        for (size_t i = 0; i < n; i++) {
+            d += (long double)x[i] * y[i];
+            df += (long double)xf[i] * yf[i];
+        }
+        const double dot = ref->dot_f64(x, y, n), dotf = ref->dot_f32_f64(xf, yf, n);
+        cr_expect(fabsl((long double)dot - d) <= 1e-13L * (1.0L + (long double)n), "dot_f64 n=%zu: %.17g vs %.17Lg", n, dot, d);
+        cr_expect(fabsl((long double)dotf - df) <= 1e-13L * (1.0L + (long double)n), "dot_f32_f64 n=%zu", n);
+        for (uint32_t v = 1; v < nv; v++) {
+            const sona_backend *b = sona_cpu_variant_get(vars[v].ops->name, why, sizeof why);
+            if (!b)
+                continue; /* not this host's */
+            const sona_host_kernels *k = &b->host;
+            const double got = k->dot_f64(x, y, n), gotf = k->dot_f32_f64(xf, yf, n);
+            cr_expect(memcmp(&got, &dot, sizeof got) == 0, "%s dot_f64 n=%zu: %.17g, scalar %.17g", b->name, n, got, dot);
+            cr_expect(memcmp(&gotf, &dotf, sizeof gotf) == 0, "%s dot_f32_f64 n=%zu", b->name, n);
+            /* The reference, element by element: c x rounded, then the sum rounded. */
+            for (size_t i = 0; i < n; i++) {
+                acc[0][i] = acc[1][i] = y[i];
+                const volatile double p = -0.3712 * x[i]; /* volatile: never fused */
+                acc[2][i] = y[i] + p;
+            }
+            ref->axpy_f64(acc[0], x, n, -0.3712);
+            k->axpy_f64(acc[1], x, n, -0.3712);
+            cr_expect(n == 0 || memcmp(acc[0], acc[2], n * sizeof(double)) == 0, "scalar axpy_f64 n=%zu", n);
+            cr_expect(n == 0 || memcmp(acc[0], acc[1], n * sizeof(double)) == 0, "%s axpy_f64 n=%zu", b->name, n);
+            for (size_t i = 0; i < n; i++) {
+                const volatile double p = (1.0 / 7.0) * (double)xf[i];
+                acc[2][i] = acc[0][i] + p;
+            }
+            ref->axpy_f32_f64(acc[0], xf, n, 1.0 / 7.0);
+            k->axpy_f32_f64(acc[1], xf, n, 1.0 / 7.0);
+            cr_expect(n == 0 || memcmp(acc[0], acc[2], n * sizeof(double)) == 0, "scalar axpy_f32_f64 n=%zu", n);
+            cr_expect(n == 0 || memcmp(acc[0], acc[1], n * sizeof(double)) == 0, "%s axpy_f32_f64 n=%zu", b->name, n);
+            compared++;
+        }
+    }
+    printf("[dispatch] double host kernels: %u variant-size pairs compared with scalar\n", compared);
+    free(xf), free(yf), free(x), free(y);
+    for (int i = 0; i < 3; i++)
+        free(acc[i]);
 }

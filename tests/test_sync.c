@@ -209,6 +209,7 @@ static void weighted_average(sona_sync_method method)
         cr_assert_eq(s.res[i].rank, i);
         cr_assert_float_eq(s.res[i].weight, (double)traffic[i] / 300.0, 1e-12);
         cr_assert_eq(s.res[i].merge_error, s.res[0].merge_error);
+        cr_assert_gt(s.res[i].merge_us, 0.0, "rank %u merged in no time", i);
         cr_assert_eq(s.res[i].global.trajectories_processed, 300);
         cr_assert_eq(s.res[i].global.trajectories_recorded,
                      local[0].trajectories_recorded + local[1].trajectories_recorded +

@@ -123,6 +123,10 @@ int main(int argc, char **argv)
     MPI_Comm_rank(c.comm, &c.rank);
     MPI_Comm_size(c.comm, &c.size);
     int reps = 30, layers = 12, exact = 0, independent = 0, no_ewc = 0;
+    sona_sync_config defaults;
+    sona_sync_config_default(&defaults);
+    sona_sync_merge merge = defaults.merge; /* the library's default (paced) */
+    static const char *merge_names[] = {"average", "changes", "paced"};
     float drift_a = 0.05f, drift_b = 0.5f;
     const char *hiddens = "1024,4096", *ranks = "8,16";
     for (int i = 1; i < argc; i++) {
@@ -142,13 +146,18 @@ int main(int argc, char **argv)
             no_ewc = 1;
         else if (!strcmp(argv[i], "--exact"))
             exact = 1;
+        else if (!strcmp(argv[i], "--merge") && i + 1 < argc) {
+            const char *m = argv[++i];
+            merge = !strcmp(m, "average") ? SONA_SYNC_AVERAGE : !strcmp(m, "changes") ? SONA_SYNC_CHANGES
+                    : SONA_SYNC_PACED;
+        }
         else if (!strcmp(argv[i], "--independent"))
             independent = 1; /* every rank's adapter drawn afresh: no shared past, worst case */
         else {
             if (!c.rank)
                 fprintf(stderr, "usage: sona_sync_bench [--reps N] [--layers L] [--hidden "
                         "1024,4096] [--rank 8,16] [--drift-a f] [--drift-b f] [--exact] "
-                        "[--independent] [--no-ewc]\n");
+                        "[--merge average|changes|paced] [--independent] [--no-ewc]\n");
             MPI_Finalize();
             return 2;
         }
@@ -158,13 +167,19 @@ int main(int argc, char **argv)
     if (sona_comm_create(&ops, &comm) != SONA_OK)
         MPI_Abort(c.comm, 1);
     if (!c.rank)
-        printf("# sona_sync_bench: %d ranks, %d layers, method %s, %s, %d syncs a shape; "
-               "x ring: bytes over a ring all-reduce of Base-LoRA and its EWC++ Fisher\n"
-               "%-7s %-5s %10s %10s %10s %10s %12s %8s %8s %10s %10s\n", c.size, layers,
-               exact ? "exact" : "sketch",
+        printf("# sona_sync_bench: %d ranks, %d layers, method %s, merge %s, %s, %d syncs a shape; "
+               "merge: the merge's own arithmetic, CPU ms (the largest rank's) and as a share of the "
+               "median sync; x ring: bytes over a ring all-reduce of Base-LoRA and its EWC++ Fisher; "
+               "error: the "
+               "library's merge_error against its merge's target; vs average and optimal (merge "
+               "average only): the merged Base-LoRA against the dense average, and the best rank-r "
+               "error there\n"
+               "%-7s %-5s %10s %10s %10s %10s %10s %8s %12s %8s %8s %10s %10s %10s\n", c.size, layers,
+               exact ? "exact" : "sketch", merge_names[merge],
                independent ? "independent adapters" : "drift from the last sync", reps, "hidden",
-               "rank", "params", "median ms", "p99 ms", "cpu ms", "bytes/rank", "x ring", "compute",
-               "error", "optimal");
+               "rank", "params", "median ms", "p99 ms", "cpu ms", "merge ms", "merge %", "bytes/rank",
+               "x ring", "compute",
+               "error", "vs average", "optimal");
     for (const char *hp = hiddens; *hp;) {
         const uint32_t H = (uint32_t)strtoul(hp, (char **)&hp, 10);
         if (*hp == ',')
@@ -200,12 +215,13 @@ int main(int argc, char **argv)
             sona_sync_config sc;
             sona_sync_config_default(&sc);
             sc.method = exact ? SONA_SYNC_EXACT : SONA_SYNC_SKETCH;
+            sc.merge = merge;
             if (eng_inspect_set_base_weights(e, A, Bt) != SONA_OK ||
                 sona_sync(e, comm, &sc, NULL) != SONA_OK) /* S: the shared start */
                 MPI_Abort(c.comm, 1);
-            double *t = malloc(2 * (size_t)reps * sizeof *t), bytes = 0.0, comm_s = 0.0;
-            double total_s = 0.0, *cpu = t + reps;
-            double err = 0.0, opt = 0.0;
+            double *t = malloc(3 * (size_t)reps * sizeof *t), bytes = 0.0, comm_s = 0.0;
+            double total_s = 0.0, *cpu = t + reps, *merge_s = cpu + reps;
+            double err = 0.0, opt = 0.0, lib_err = 0.0;
             uint64_t rs = 777 + 1000003ull * (uint64_t)c.rank;
             for (int rep = 0; rep < reps; rep++) {
                 eng_inspect_base_weights(e, A, Bt);
@@ -235,7 +251,10 @@ int main(int argc, char **argv)
                 const double dt = MPI_Wtime() - t0, dc = cpu_now() - c0 - c.cpu;
                 MPI_Allreduce(&dt, &t[rep], 1, MPI_DOUBLE, MPI_MAX, c.comm);
                 MPI_Allreduce(&dc, &cpu[rep], 1, MPI_DOUBLE, MPI_MAX, c.comm);
+                const double dm = 1e-6 * res.merge_us;
+                MPI_Allreduce(&dm, &merge_s[rep], 1, MPI_DOUBLE, MPI_MAX, c.comm);
                 bytes = c.bytes;
+                lib_err = res.merge_error;
                 comm_s += c.seconds;
                 total_s += dt;
                 if (rep == reps - 1) { /* the error of this sync, against the dense average */
@@ -282,14 +301,21 @@ int main(int argc, char **argv)
             if (!c.rank) {
                 qsort(t, (size_t)reps, sizeof *t, cmp_d);
                 qsort(cpu, (size_t)reps, sizeof *cpu, cmp_d);
+                qsort(merge_s, (size_t)reps, sizeof *merge_s, cmp_d);
                 /* Base-LoRA plus, with EWC++ on, its running Fisher (as many floats). */
                 const double ring = 2.0 * (c.size - 1) / c.size * 4.0 * 2.0 * (double)af *
                                     (cfg.ewc_enabled ? 2.0 : 1.0);
                 const int p99 = (int)ceil(0.99 * reps) - 1;
-                printf("%-7u %-5u %10zu %10.2f %10.2f %10.2f %12.0f %8.3f %7.1f%% %10.3g %10.3g\n",
+                char vs[32] = "-", op[32] = "-";
+                if (merge == SONA_SYNC_AVERAGE) {
+                    snprintf(vs, sizeof vs, "%.3g", err);
+                    snprintf(op, sizeof op, "%.3g", opt);
+                }
+                printf("%-7u %-5u %10zu %10.2f %10.2f %10.2f %10.2f %7.1f%% %12.0f %8.3f %7.1f%% %10.3g %10s %10s\n",
                        H, r, 2 * af, 1e3 * t[reps / 2], 1e3 * t[p99 < 0 ? 0 : p99],
-                       1e3 * cpu[reps / 2], bytes,
-                       c.size > 1 ? bytes / ring : 0.0, 100.0 * share_max, err, opt);
+                       1e3 * cpu[reps / 2], 1e3 * merge_s[reps / 2],
+                       100.0 * merge_s[reps / 2] / t[reps / 2], bytes,
+                       c.size > 1 ? bytes / ring : 0.0, 100.0 * share_max, lib_err, vs, op);
                 fflush(stdout);
             }
             free(t), free(A), free(Bt);

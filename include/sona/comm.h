@@ -131,6 +131,10 @@ typedef struct sona_sync_result {
     sona_stats global;       /* every counter of sona_get_stats summed over the ranks, read
                                 just before the merge (tenants too: tenant ids are per rank);
                                 quality_baseline and last_phi are the mean over the ranks */
+    double merge_us;         /* this rank's CPU time in the merge's own arithmetic (the rank-r
+                                re-factorisation of Base-LoRA and the tenants: the sketch's
+                                products, orthonormalisation, finish and turn back, or the exact
+                                merges), microseconds */
 } sona_sync_result;
 
 /* Merges the engines of all ranks; every rank calls it (a collective, in the same order as its

@@ -265,7 +265,8 @@ class SyncResult(Structure):
     """sona_sync_result, field for field (ctypes pads as C does: 4 bytes after tenants_merged,
     global at offset 32, aligned as sona_stats's uint64_t)."""
     _fields_ = [("ranks", c_uint32), ("rank", c_uint32), ("weight", c_double),
-                ("merge_error", c_double), ("tenants_merged", c_uint32), ("global_", Stats)]
+                ("merge_error", c_double), ("tenants_merged", c_uint32), ("global_", Stats),
+                ("merge_us", c_double)]
 
 
 # The layouts libsona asserts (src/engine/sync.c: sona_stats is 21 uint64_t, then tenants,
@@ -275,7 +276,7 @@ class SyncResult(Structure):
 assert Stats.tenants.offset == 21 * 8
 assert ctypes.sizeof(Stats) == Stats.inputs_out_of_range.offset + 8
 assert ctypes.sizeof(SyncConfig) == 3 * ctypes.sizeof(c_int)
-assert SyncResult.global_.offset == 32 and ctypes.sizeof(SyncResult) == 32 + ctypes.sizeof(Stats)
+assert SyncResult.global_.offset == 32 and ctypes.sizeof(SyncResult) == 32 + ctypes.sizeof(Stats) + 8
 
 
 

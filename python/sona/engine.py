@@ -179,6 +179,7 @@ class SyncResult:
     tenants_merged: int   # tenant ids live on two ranks or more, merged there
     global_stats: Stats   # sona_sync_result.global: every counter summed over the ranks, read
                           # just before the merge (quality_baseline, last_phi: the mean)
+    merge_us: float = 0.0  # this rank's CPU time in the merge's own arithmetic (microseconds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -561,7 +562,8 @@ class Engine(Closing):
         return SyncResult(ranks=int(r.ranks), rank=int(r.rank), weight=float(r.weight),
                           merge_error=float(r.merge_error), tenants_merged=int(r.tenants_merged),
                           global_stats=Stats(**{name: getattr(g, name)
-                                                for name, _ in _n.STATS_FIELDS}))
+                                                for name, _ in _n.STATS_FIELDS}),
+                          merge_us=float(r.merge_us))
 
     def sync_attach(self, comm: Comm, every_cycles: int, weighting: Optional[str] = None,
                     merge: Optional[str] = None, method: Optional[str] = None) -> None:

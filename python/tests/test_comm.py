@@ -72,7 +72,7 @@ int main(void)
 {
     F(sona_sync_result, ranks) F(sona_sync_result, rank) F(sona_sync_result, weight)
     F(sona_sync_result, merge_error) F(sona_sync_result, tenants_merged)
-    F(sona_sync_result, global)
+    F(sona_sync_result, global) F(sona_sync_result, merge_us)
     F(sona_sync_config, weighting) F(sona_sync_config, merge) F(sona_sync_config, method)
     F(sona_comm_ops, ctx) F(sona_comm_ops, rank) F(sona_comm_ops, size)
     F(sona_comm_ops, allreduce_sum_f32) F(sona_comm_ops, allgather) F(sona_comm_ops, destroy)
@@ -110,7 +110,7 @@ def test_struct_mirrors_match_the_compilers_layout(tmp_path):
             field = getattr(mirrors[words[0]], "global_" if words[1] == "global" else words[1])
             assert (field.offset, field.size) == (int(words[2]), int(words[3])), line
         checked += 1
-    assert checked == 28
+    assert checked == 29
 
 
 # ---- the communicator on its own ---------------------------------------------------------------
@@ -218,6 +218,7 @@ def test_three_ranks_that_learned_apart_answer_alike_after_a_sync(engines, metho
         assert isinstance(r, sona.SyncResult)
         assert (r.ranks, r.rank, r.tenants_merged) == (K, i, 1)
         assert r.merge_error >= 0
+        assert r.merge_us > 0  # it merged: the arithmetic took some time
         assert r.global_stats.trajectories_processed == sum(s.trajectories_processed
                                                             for s in local)
         assert r.global_stats == results[0].global_stats

@@ -157,12 +157,20 @@ typedef struct sona_host_kernels {
     /* Q8 (common/q8.h); encode returns 0 on NaN or Inf */
     int (*q8_encode)(const float *x, size_t n, void *out);
     void (*q8_decode)(const void *q, size_t n, float *out);
+    /* x . y in double (of doubles, or of floats each product widened) in 8 lanes summed in a
+     * fixed order; y += c x (x double or float): the same bits in every variant (the cluster
+     * merge's arithmetic) */
+    double (*dot_f64)(const double *x, const double *y, size_t n);
+    double (*dot_f32_f64)(const float *x, const float *y, size_t n);
+    void (*axpy_f64)(double *y, const double *x, size_t n, double c);
+    void (*axpy_f32_f64)(double *y, const float *x, size_t n, double c);
 } sona_host_kernels;
 
 /* The host kernels in sona_host_kernels order, for code that handles each the same way. */
 #define SONA_HOST_KERNEL_LIST(X)                                                                \
     X(dot) X(dot_f16) X(widen_f16) X(dot_q8) X(all_finite) X(fisher_ema) X(penalise)            \
-    X(sum_squares) X(max_magnitude) X(mix_rows) X(axpy) X(scale) X(q8_encode) X(q8_decode)
+    X(sum_squares) X(max_magnitude) X(mix_rows) X(axpy) X(scale) X(q8_encode) X(q8_decode)      \
+    X(dot_f64) X(dot_f32_f64) X(axpy_f64) X(axpy_f32_f64)
 
 /* One backend, or one CPU variant: a struct of function pointers. A NULL op is unsupported.
  * ctx is the backend's own state (NULL for CPU variants). */

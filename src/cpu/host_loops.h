@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Element-wise host loops of the core (finite check, EWC++ Fisher EMA and penalty, sum of
- * squares, Q8 encoding and decoding) written once in plain C and compiled by each variant file
+ * squares, Q8 encoding and decoding, the cluster merge's double dot and axpy) written once in plain C and compiled by each variant file
  * with its own ISA flags (ops_scalar.c: baseline, ops_avx2.c, ops_avx512.c), so the compiler
  * vectorises them for that level. ISO C mode keeps floating-point contraction off: every level
  * gives bit-identical results. SONA_HOST_LOOPS(suffix) defines sona_<loop>_<suffix> for every
@@ -117,6 +117,61 @@ static inline double host_sum_squares(const float *v, size_t n)
     return s;
 }
 
+/* x . y in double, in 8 lanes summed in a fixed order: the same bits at every ISA level and
+ * vector width (the cluster merge's arithmetic, core/adapt/merge.c, must give every rank the
+ * same bits whatever its CPU). Each product is its own statement: no compiler contracts it into
+ * a fused multiply-add. */
+static inline double host_dot_f64(const double *x, const double *y, size_t n)
+{
+    double acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (size_t q = 0; q < 8; q++) {
+            const double p = x[i + q] * y[i + q];
+            acc[q] += p;
+        }
+    for (size_t q = 0; i < n; i++, q++) {
+        const double p = x[i] * y[i];
+        acc[q] += p;
+    }
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* x . y of floats, each product in double, the same 8 lanes and order as host_dot_f64. */
+static inline double host_dot_f32_f64(const float *x, const float *y, size_t n)
+{
+    double acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (size_t q = 0; q < 8; q++) {
+            const double p = (double)x[i + q] * (double)y[i + q];
+            acc[q] += p;
+        }
+    for (size_t q = 0; i < n; i++, q++) {
+        const double p = (double)x[i] * (double)y[i];
+        acc[q] += p;
+    }
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* y += c x in double (x double, or float widened), element by element: the same bits at every
+ * level. */
+static inline void host_axpy_f64(double *restrict y, const double *restrict x, size_t n, double c)
+{
+    for (size_t i = 0; i < n; i++) {
+        const double p = c * x[i];
+        y[i] += p;
+    }
+}
+
+static inline void host_axpy_f32_f64(double *restrict y, const float *restrict x, size_t n, double c)
+{
+    for (size_t i = 0; i < n; i++) {
+        const double p = c * (double)x[i];
+        y[i] += p;
+    }
+}
+
 /* Q8 (common/q8.h), one block of m <= 32 values: scale = amax / 127 (to *scale_at, unaligned) and
  * q = x * (127 / amax) rounded to nearest even. |x * inv| is at most 127 (1 + 2^-24)^2 < 127.5, so
  * q needs no clamp, and the rounding adds and subtracts 1.5 * 2^23, where the float step is 1
@@ -209,7 +264,20 @@ static inline void host_q8_decode(const void *restrict in, size_t n, float *rest
     {                                                                                           \
         host_mix_rows(rows, stride, p, r, n);                                                   \
     }                                                                                           \
-    void sona_q8_decode_##suffix(const void *in, size_t n, float *out) { host_q8_decode(in, n, out); }
+    void sona_q8_decode_##suffix(const void *in, size_t n, float *out) { host_q8_decode(in, n, out); } \
+    double sona_dot_f64_##suffix(const double *x, const double *y, size_t n) { return host_dot_f64(x, y, n); } \
+    double sona_dot_f32_f64_##suffix(const float *x, const float *y, size_t n)                  \
+    {                                                                                           \
+        return host_dot_f32_f64(x, y, n);                                                       \
+    }                                                                                           \
+    void sona_axpy_f64_##suffix(double *restrict y, const double *restrict x, size_t n, double c) \
+    {                                                                                           \
+        host_axpy_f64(y, x, n, c);                                                              \
+    }                                                                                           \
+    void sona_axpy_f32_f64_##suffix(double *restrict y, const float *restrict x, size_t n, double c) \
+    {                                                                                           \
+        host_axpy_f32_f64(y, x, n, c);                                                          \
+    }
 
 #define SONA_HOST_LOOPS_DECLARE(suffix)                                                          \
     int sona_all_finite_##suffix(const float *v, size_t n);                                     \
@@ -223,7 +291,11 @@ static inline void host_q8_decode(const void *restrict in, size_t n, float *rest
     void sona_scale_##suffix(float *v, size_t n, float c);                                      \
     void sona_mix_rows_##suffix(float *rows, size_t stride, const float *p, uint32_t r, size_t n); \
     int sona_q8_encode_##suffix(const float *x, size_t n, void *out);                           \
-    void sona_q8_decode_##suffix(const void *in, size_t n, float *out);
+    void sona_q8_decode_##suffix(const void *in, size_t n, float *out);                         \
+    double sona_dot_f64_##suffix(const double *x, const double *y, size_t n);                   \
+    double sona_dot_f32_f64_##suffix(const float *x, const float *y, size_t n);                 \
+    void sona_axpy_f64_##suffix(double *restrict y, const double *restrict x, size_t n, double c); \
+    void sona_axpy_f32_f64_##suffix(double *restrict y, const float *restrict x, size_t n, double c);
 
 /* The sona_host_kernels fields of the loops above, for a variant's table. */
 #define SONA_HOST_LOOPS_FIELDS(suffix)                                                          \
@@ -231,6 +303,9 @@ static inline void host_q8_decode(const void *restrict in, size_t n, float *rest
     .penalise = sona_penalise_##suffix, .sum_squares = sona_sum_squares_##suffix,               \
     .max_magnitude = sona_max_magnitude_##suffix, .mix_rows = sona_mix_rows_##suffix,           \
     .axpy = sona_axpy_##suffix, .scale = sona_scale_##suffix,                                   \
-    .q8_encode = sona_q8_encode_##suffix, .q8_decode = sona_q8_decode_##suffix
+    .q8_encode = sona_q8_encode_##suffix, .q8_decode = sona_q8_decode_##suffix,                 \
+    .dot_f64 = sona_dot_f64_##suffix, .dot_f32_f64 = sona_dot_f32_f64_##suffix,                 \
+    .axpy_f64 = sona_axpy_f64_##suffix,                                                         \
+    .axpy_f32_f64 = sona_axpy_f32_f64_##suffix
 
 #endif

@@ -20,6 +20,7 @@
 
 #include "core/adapt/lora_internal.h"
 #include "core/adapt/merge.h"
+#include "dispatch/vecmath.h"
 #include "sona/comm.h"
 
 #include <math.h>
@@ -97,6 +98,21 @@ enum { SLOT_FREE = 0, SLOT_LIVE = 1, SLOT_SYNCED = 2 /* live, and S holds it */,
        SLOT_TASKS = 4 /* or'ed in: its EWC++ holds task snapshots */ };
 
 /* The counters of sona_stats, as they travel (uint64 each; the two floats as their bits). */
+/* The merge's own arithmetic (the rank-r re-factorisation: the sketch's basis, products,
+ * orthonormalisation, finish and turn back, or the exact merges) in this thread's CPU seconds,
+ * for sona_sync_result.merge_us: a sync runs in one thread, which merge_clock brackets. */
+static _Thread_local double merge_cpu_s;
+static double thread_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+/* merge_clock(&t0) at the start of a stretch of merge arithmetic, merge_clock_end(t0) at its
+ * end (no collective in between). */
+static void merge_clock(double *t0) { *t0 = thread_cpu_s(); }
+static void merge_clock_end(double t0) { merge_cpu_s += thread_cpu_s() - t0; }
+
 enum { SYNC_COUNTERS = 22 };
 /* Every field of sona_stats travels: 21 counters, tenants, two floats, one counter more. A
  * field added there moves one of these and stops the build here until it is added below. */
@@ -201,8 +217,9 @@ static sona_status merge_base(sona_engine *e, sona_comm *comm, uint32_t k, const
         return eng_fail(e, st, "%s: gathering Base-LoRA: %s", __func__,
                         st == SONA_E_NOMEM ? "out of memory" : sona_comm_last_error(comm));
     }
-    double total = 0.0, tail = 0.0;
+    double total = 0.0, tail = 0.0, t0;
     sona_status merged = SONA_OK;
+    merge_clock(&t0);
     for (size_t l = 0; l < L && merged == SONA_OK; l++) {
         const float **pb = pa + n;
         for (uint32_t i = 0; i < k; i++) {
@@ -222,6 +239,7 @@ static sona_status merge_base(sona_engine *e, sona_comm *comm, uint32_t k, const
         total += info.total;
         tail += info.tail;
     }
+    merge_clock_end(t0);
     free(all), free(pa);
     *err = total > 0.0 ? sqrt(tail / total) : 0.0;
     if (merged != SONA_OK && *local == SONA_OK)
@@ -390,6 +408,8 @@ static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint
         basis = bcast;
     }
     const double wr = w[rank];
+    double t0;
+    merge_clock(&t0);
     for (size_t t = 0; t < n && fail == SONA_OK; t++) {
         const size_t l2 = todo[t];
         fail = sona_sketch_basis((uint32_t)H, (uint32_t)l, (uint32_t)r,
@@ -400,8 +420,10 @@ static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint
             fail = sona_sketch_product((uint32_t)H, (uint32_t)r, 1, pa, pb, &wr, (uint32_t)l,
                                        om + t * lh, 0, Y + t * lh);
     }
+    merge_clock_end(t0);
     if (n)
         st = exact_allreduce(e, comm, k, Y, n * l, H, tmp);
+    merge_clock(&t0);
     for (size_t t = 0; t < n && st == SONA_OK && fail == SONA_OK; t++) {
         const size_t l2 = todo[t];
         if (last) { /* S's share, the same on every rank, added after the sum */
@@ -416,8 +438,10 @@ static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint
             fail = sona_sketch_product((uint32_t)H, (uint32_t)r, 1, pa, pb, &wr, (uint32_t)l,
                                        Y + t * lh, 1, Z + t * lh);
     }
+    merge_clock_end(t0);
     if (n && st == SONA_OK)
         st = exact_allreduce(e, comm, k, Z, n * l, H, tmp);
+    merge_clock(&t0);
     for (size_t t = 0; t < n && st == SONA_OK && fail == SONA_OK; t++) {
         const size_t l2 = todo[t];
         if (last) {
@@ -448,6 +472,7 @@ static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint
         total += info.total;
         tail += info.tail;
     }
+    merge_clock_end(t0);
     free(hd), free(todo), free(om), free(tmp), free(bcast);
     if (st != SONA_OK)
         return st;
@@ -944,16 +969,13 @@ static void tenant_merge_free(tenant_merge *tm, size_t T)
 static double product_dot(size_t H, uint32_t r, const float *Aj, const float *Btj, const float *Al,
                           const float *Btl)
 {
+    /* The variant's double dot of floats: its bits are every variant's (cpu/host_loops.h), and
+     * a paced sync makes 5 r^2 of them a layer (its scalar form took 40 % of a sync's CPU). */
+    double (*dot)(const float *, const float *, size_t) = sona_host_kernels_get()->dot_f32_f64;
     double sum = 0.0;
     for (uint32_t p = 0; p < r; p++)
-        for (uint32_t q = 0; q < r; q++) {
-            double a = 0.0, b = 0.0;
-            for (size_t h = 0; h < H; h++) {
-                a += (double)Aj[p * H + h] * Al[q * H + h];
-                b += (double)Btj[p * H + h] * Btl[q * H + h];
-            }
-            sum += a * b;
-        }
+        for (uint32_t q = 0; q < r; q++)
+            sum += dot(Aj + p * H, Al + q * H, H) * dot(Btj + p * H, Btl + q * H, H);
     return sum;
 }
 
@@ -1173,11 +1195,14 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, so
         /* A pointers pa[0..n], B pointers from pa + k + 1: room for S's at index n of both. */
         const float **pb = pa + k + 1;
         sona_merge_info info;
+        double t0;
+        merge_clock(&t0);
         merged = sona_lora_merge(e->cfg.hidden, e->cfg.micro_rank, n + (uint32_t)from_last, pa,
                                  pb, w, tm->out + 2 * af * i, tm->out + 2 * af * i + af, &info);
         if (merged == SONA_OK && synced == n && !info.copied) /* S's coordinates kept */
             merged = sona_lora_align(e->cfg.hidden, e->cfg.micro_rank, e->sync->tenants + 2 * af * i,
                                      tm->out + 2 * af * i, tm->out + 2 * af * i + af);
+        merge_clock_end(t0);
         if (merged == SONA_OK && ewc && tm->has_ewc[i])
             merged = merge_tenant_ewc(e, tm, i, n, synced == n, flags, k, all + bs * s + 2 * af,
                                       block);
@@ -1279,6 +1304,7 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
                                sona_sync_result *res)
 {
     uint32_t k = 0, rank = 0;
+    merge_cpu_s = 0.0;
     sona_status st = sona_comm_size(comm, &k);
     if (st == SONA_OK)
         st = sona_comm_rank(comm, &rank);
@@ -1446,6 +1472,7 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
             res->rank = rank;
             res->weight = share;
             res->merge_error = err;
+            res->merge_us = 1e6 * merge_cpu_s;
             global_stats(h, k, &res->global);
         }
     }

@@ -7,6 +7,7 @@
 #include "core/adapt/merge.h"
 
 #include "common/rng.h"
+#include "dispatch/vecmath.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -105,17 +106,10 @@ static void jacobi_svd(double *W, double *Vm, size_t p)
     }
 }
 
-/* x . y of floats in double, 8 lanes summed in a fixed order. */
+/* x . y of floats in double, 8 lanes summed in a fixed order (the variant's kernel). */
 static double dot8f(const float *x, const float *y, size_t n)
 {
-    double acc[8] = {0};
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (size_t q = 0; q < 8; q++)
-            acc[q] += (double)x[i + q] * y[i + q];
-    for (size_t q = 0; i < n; i++, q++)
-        acc[q] += (double)x[i] * y[i];
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    return sona_host_kernels_get()->dot_f32_f64(x, y, n);
 }
 
 static int all_same(uint32_t k, size_t af, const float *const *A, const float *const *Bt)
@@ -238,36 +232,23 @@ sona_status sona_lora_merge(uint32_t hidden, uint32_t rank, uint32_t k, const fl
 
 /* ---- the sketched merge (merge.h) ---------------------------------------------------------- */
 
-/* The hot loops are plain C built with the library's baseline flags, no per-ISA clones: every
- * rank of a cluster, whatever its CPU, must round alike to give the same bits (and an ifunc
- * clone's resolver runs before ThreadSanitizer's runtime is up, which crashed the TSan tests). */
+/* The hot loops are the chosen CPU variant's double host kernels (dot_f64, axpy_f64,
+ * axpy_f32_f64: cpu/host_loops.h), written so that every variant gives the same bits: every
+ * rank of a cluster, whatever its CPU, must round alike. (Per-ISA clones of this file through
+ * ifuncs were tried once: their resolver ran before ThreadSanitizer's runtime was up.) */
+static const sona_host_kernels *kernels(void) { return sona_host_kernels_get(); }
 
-/* x . y in 8 lanes summed in a fixed order: the same bits for any vector width. */
-static inline double dot8(const double *x, const double *y, size_t n)
-{
-    double acc[8] = {0};
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (size_t q = 0; q < 8; q++)
-            acc[q] += x[i + q] * y[i + q];
-    for (size_t q = 0; i < n; i++, q++)
-        acc[q] += x[i] * y[i];
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-/* Gram-Schmidt of row j of Y against rows 0..j-1 (twice), then normalised; 0 when dependent.
- * Inlined into each clone of its callers. */
-static inline __attribute__((always_inline)) void orth_row(double *Y, size_t H, size_t j, double ref2)
+/* Gram-Schmidt of row j of Y against rows 0..j-1 (twice), then normalised; 0 when dependent. */
+static void orth_row(const sona_host_kernels *k, double *Y, size_t H, size_t j, double ref2)
 {
     double *y = Y + j * H;
     for (int pass = 0; pass < 2; pass++)
         for (size_t i = 0; i < j; i++) {
-            const double *q = Y + i * H, d = dot8(q, y, H);
+            const double *q = Y + i * H, d = k->dot_f64(q, y, H);
             if (d != 0.0)
-                for (size_t h = 0; h < H; h++)
-                    y[h] -= d * q[h];
+                k->axpy_f64(y, q, H, -d); /* y - d q exactly: negation is exact */
         }
-    const double n2 = dot8(y, y, H);
+    const double n2 = k->dot_f64(y, y, H);
     /* What is left of a row in the span of the ones before is rounding: relative 1e-24 of
      * its square norm (a few ulps of double times the 2 x 2 passes) counts as nothing. */
     if (!(n2 > 1e-24 * ref2) || n2 == 0.0) {
@@ -281,8 +262,9 @@ static inline __attribute__((always_inline)) void orth_row(double *Y, size_t H, 
 
 void sona_sketch_orthonormalize(uint32_t hidden, uint32_t width, double *Y)
 {
+    const sona_host_kernels *k = kernels();
     for (size_t j = 0; j < width; j++)
-        orth_row(Y, hidden, j, dot8(Y + j * hidden, Y + j * hidden, hidden));
+        orth_row(k, Y, hidden, j, k->dot_f64(Y + j * hidden, Y + j * hidden, hidden));
 }
 
 sona_status sona_sketch_basis(uint32_t hidden, uint32_t width, uint32_t rank, const float *A0,
@@ -296,7 +278,7 @@ sona_status sona_sketch_basis(uint32_t hidden, uint32_t width, uint32_t rank, co
         double *y = omega + j * H;
         for (size_t h = 0; h < H; h++)
             y[h] = A0[c * H + h];
-        const double n2 = dot8(y, y, H);
+        const double n2 = kernels()->dot_f64(y, y, H);
         if (n2 > 0.0) { /* a zero row of A0 leaves its place to a random one */
             const double inv = 1.0 / sqrt(n2);
             for (size_t h = 0; h < H; h++)
@@ -321,6 +303,7 @@ sona_status sona_sketch_product(uint32_t hidden, uint32_t rank, uint32_t k, cons
     if (!row)
         return SONA_E_NOMEM;
     double *t = row + H; /* the rows' products with X's rows: t[c * l + j] */
+    const sona_host_kernels *hk = kernels();
     for (uint32_t i = 0; i < k; i++) {
         const double wi = w ? w[i] : 1.0 / k;
         /* M X_j = sum_c B_c (A_c . X_j); M^T X_j = sum_c A_c (B_c . X_j). */
@@ -329,16 +312,14 @@ sona_status sona_sketch_product(uint32_t hidden, uint32_t rank, uint32_t k, cons
             for (size_t h = 0; h < H; h++)
                 row[h] = in[c * H + h];
             for (size_t j = 0; j < l; j++)
-                t[c * l + j] = wi * dot8(row, X + j * H, H);
+                t[c * l + j] = wi * hk->dot_f64(row, X + j * H, H);
         }
         for (size_t j = 0; j < l; j++) {
             double *y = Y + j * H;
             for (size_t c = 0; c < r; c++) {
                 const double s = t[c * l + j];
-                const float *o = out + c * H;
                 if (s != 0.0)
-                    for (size_t h = 0; h < H; h++)
-                        y[h] += s * (double)o[h];
+                    hk->axpy_f32_f64(y, out + c * H, H, s);
             }
         }
     }
@@ -364,12 +345,13 @@ sona_status sona_sketch_finish(uint32_t hidden, uint32_t rank, uint32_t width, c
         return SONA_E_NOMEM;
     }
     double *G = buf, *V = G + l * l, *u = V + l * l, *v = u + H, *lam = v + H;
+    const sona_host_kernels *hk = kernels();
     for (size_t a = 0; a < l; a++)
         for (size_t b = 0; b <= a; b++)
-            G[a * l + b] = G[b * l + a] = dot8(Z + a * H, Z + b * H, H);
+            G[a * l + b] = G[b * l + a] = hk->dot_f64(Z + a * H, Z + b * H, H);
     jacobi_svd(G, V, l); /* G V = W, |W_j| = lambda_j = sigma_j^2 */
     for (size_t j = 0; j < l; j++) {
-        lam[j] = sqrt(dot8(G + j * l, G + j * l, l));
+        lam[j] = sqrt(hk->dot_f64(G + j * l, G + j * l, l));
         order[j] = j;
         info->total += lam[j];
     }
@@ -403,11 +385,8 @@ sona_status sona_sketch_finish(uint32_t hidden, uint32_t rank, uint32_t width, c
             const double c = V[q * l + i];
             if (c == 0.0)
                 continue;
-            const double *qi = Q + i * H, *zi = Z + i * H;
-            for (size_t h = 0; h < H; h++) {
-                u[h] += c * qi[h];
-                v[h] += c * zi[h];
-            }
+            hk->axpy_f64(u, Q + i * H, H, c);
+            hk->axpy_f64(v, Z + i * H, H, c);
         }
         const double bs = sigma / a, as = a / sigma;
         for (size_t h = 0; h < H; h++) {
@@ -434,9 +413,10 @@ sona_status sona_lora_align(uint32_t hidden, uint32_t rank, const float *A_ref, 
         rd[i] = A_ref[i];
     }
     /* C = A_ref A^T, column-major: C[j * r + i] = A_ref_i . A_j. */
+    const sona_host_kernels *hk = kernels();
     for (size_t i = 0; i < r; i++)
         for (size_t j = 0; j < r; j++)
-            C[j * r + i] = dot8(rd + i * H, ad + j * H, H);
+            C[j * r + i] = hk->dot_f64(rd + i * H, ad + j * H, H);
     jacobi_svd(C, V, r); /* C V = W (in C), W_j = U_j sigma_j */
     double top = 0.0, *sig = a; /* a's first r entries, before a is filled */
     for (size_t j = 0; j < r; j++) {
@@ -463,12 +443,8 @@ sona_status sona_lora_align(uint32_t hidden, uint32_t rank, const float *A_ref, 
     for (size_t i = 0; i < r; i++)
         for (size_t c = 0; c < r; c++) {
             const double x = R[i * r + c];
-            double *ai = a + i * H, *bi = b + i * H;
-            const double *ac = ad + c * H, *bc = bd + c * H;
-            for (size_t h = 0; h < H; h++) {
-                ai[h] += x * ac[h];
-                bi[h] += x * bc[h];
-            }
+            hk->axpy_f64(a + i * H, ad + c * H, H, x);
+            hk->axpy_f64(b + i * H, bd + c * H, H, x);
         }
     for (size_t i = 0; i < r * H; i++) {
         A[i] = (float)a[i];
