@@ -258,7 +258,8 @@ static int hand_over(struct eng_loop_a *a, const eng_ended *j)
  * preempts the thread that woke it. At nice 0, unlike loop B's thread: when it falls behind,
  * the full queue sends the step back to the callers' threads. With the queue empty it polls
  * every LOOP_A_POLL_US (so callers need not wake it) for LOOP_A_IDLE_POLLS polls, then sleeps
- * until a caller wakes it: an idle engine costs nothing, a busy one a timer tick a poll. */
+ * until a caller wakes it: an idle engine costs nothing, a busy one a timer tick a poll. It
+ * starts asleep. */
 enum { LOOP_A_POLL_US = 500, LOOP_A_IDLE_POLLS = 200 };
 static void *loop_a_main(void *arg)
 {
@@ -268,16 +269,22 @@ static void *loop_a_main(void *arg)
     const struct sched_param batch = {.sched_priority = 0};
     pthread_setschedparam(pthread_self(), SCHED_BATCH, &batch); /* best effort */
 #endif
-    unsigned idle = 0;
+    unsigned idle = LOOP_A_IDLE_POLLS; /* asleep until the first hand-over */
     pthread_mutex_lock(&a->mu);
     for (;;) {
         if (!a->count && !a->stop) {
             if (idle < LOOP_A_IDLE_POLLS) {
+                /* A timed wait no caller signals (sleeping is 0), but a stop does: destroy
+                 * need not wait out the poll. */
                 idle++;
-                pthread_mutex_unlock(&a->mu);
-                const struct timespec poll = {0, LOOP_A_POLL_US * 1000L};
-                nanosleep(&poll, NULL);
-                pthread_mutex_lock(&a->mu);
+                struct timespec until;
+                clock_gettime(CLOCK_MONOTONIC, &until);
+                until.tv_nsec += LOOP_A_POLL_US * 1000L;
+                if (until.tv_nsec >= 1000000000L) {
+                    until.tv_sec++;
+                    until.tv_nsec -= 1000000000L;
+                }
+                pthread_cond_timedwait(&a->wake, &a->mu, &until);
             } else {
                 a->sleeping = 1;
                 while (a->sleeping && !a->stop)
@@ -316,7 +323,11 @@ sona_status eng_loop_a_start(sona_engine *e)
     if (!a)
         return SONA_E_NOMEM;
     pthread_mutex_init(&a->mu, NULL);
-    pthread_cond_init(&a->wake, NULL);
+    pthread_condattr_t monotonic;
+    pthread_condattr_init(&monotonic);
+    pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC); /* the poll's timed waits */
+    pthread_cond_init(&a->wake, &monotonic);
+    pthread_condattr_destroy(&monotonic);
     pthread_cond_init(&a->done_cv, NULL);
     e->loop_a = a;
     if (pthread_create(&a->thread, NULL, loop_a_main, e) != 0) {
