@@ -5,7 +5,8 @@
 
 #include "engine/base.h"
 
-/* Starts loop A's thread when background_thread is on (SONA_E_NOMEM when it cannot). */
+/* Sets up loop A's thread when background_thread is on (SONA_E_NOMEM when it cannot); the
+ * thread itself starts with the first hand-over. */
 sona_status eng_loop_a_start(sona_engine *e);
 /* Learns from everything handed over, then ends the thread. No-op when there is none. */
 void eng_loop_a_stop(sona_engine *e);

@@ -49,6 +49,7 @@ struct eng_loop_a {
     uint32_t head, count;
     uint64_t handed, done; /* tickets: trajectories handed over, and learned from */
     int stop, sleeping, waiters; /* waiters: drains waiting on done_cv */
+    int running, failed;   /* the thread started (by the first hand-over); could not start */
     atomic_uint_fast64_t in_callers; /* steps run by their callers: the queue was full */
     void (*hook)(void *);  /* tests (inspect.h): called before each step this thread runs */
     void *hook_arg;
@@ -234,12 +235,21 @@ static sona_status learn_and_queue(sona_engine *e, const eng_ended *j)
  * thread only from its long sleep: waking a thread on another core costs the waker about as
  * much as the step it hands over (8 us measured on a VM: an inter-processor interrupt), so
  * while requests keep coming the thread looks for them itself, every LOOP_A_POLL_US. */
-static int hand_over(struct eng_loop_a *a, const eng_ended *j)
+static void *loop_a_main(void *arg);
+
+static int hand_over(sona_engine *e, const eng_ended *j)
 {
+    struct eng_loop_a *a = e->loop_a;
     if (!a)
         return 0;
     pthread_mutex_lock(&a->mu);
-    const int room = a->count < LOOP_A_QUEUE && !a->stop;
+    /* The thread starts with the first hand-over: an engine that records nothing never has it
+     * (and a create and destroy of one costs no thread). It cannot start: steps stay here. */
+    if (!a->running && !a->failed && !a->stop) {
+        a->running = pthread_create(&a->thread, NULL, loop_a_main, e) == 0;
+        a->failed = !a->running;
+    }
+    const int room = a->running && a->count < LOOP_A_QUEUE && !a->stop;
     int wake = 0;
     if (room) {
         a->ring[(a->head + a->count) % LOOP_A_QUEUE] = *j;
@@ -329,15 +339,7 @@ sona_status eng_loop_a_start(sona_engine *e)
     pthread_cond_init(&a->wake, &monotonic);
     pthread_condattr_destroy(&monotonic);
     pthread_cond_init(&a->done_cv, NULL);
-    e->loop_a = a;
-    if (pthread_create(&a->thread, NULL, loop_a_main, e) != 0) {
-        e->loop_a = NULL;
-        pthread_cond_destroy(&a->done_cv);
-        pthread_cond_destroy(&a->wake);
-        pthread_mutex_destroy(&a->mu);
-        free(a);
-        return SONA_E_NOMEM;
-    }
+    e->loop_a = a; /* its thread starts with the first hand-over */
     return SONA_OK;
 }
 
@@ -348,9 +350,11 @@ void eng_loop_a_stop(sona_engine *e)
         return;
     pthread_mutex_lock(&a->mu);
     a->stop = 1; /* the thread learns what was handed over, then ends */
+    const int running = a->running;
     pthread_mutex_unlock(&a->mu);
     pthread_cond_signal(&a->wake);
-    pthread_join(a->thread, NULL);
+    if (running)
+        pthread_join(a->thread, NULL);
     e->loop_a = NULL;
     pthread_cond_destroy(&a->done_cv);
     pthread_cond_destroy(&a->wake);
@@ -399,7 +403,7 @@ sona_status sona_request_end(sona_request *r, float quality)
                             (double)quality);
         return eng_fail(e, SONA_E_NONFINITE, "%s: NaN or Inf in the trajectory; not learned", __func__);
     }
-    if (hand_over(e->loop_a, &j))
+    if (hand_over(e, &j))
         return SONA_OK;
     if (e->loop_a)
         atomic_fetch_add(&e->loop_a->in_callers, 1);
