@@ -375,7 +375,8 @@ typedef struct sona_stats {
 /* Counters are exact and monotonic (except the "now" fields). Each field is read on its own,
  * not all at one instant; the trajectory counts add up all the same (see sona_stats). Every
  * request ended before the call is counted: with background_thread on, the call first waits
- * for loop A's thread to learn from them (usually under a millisecond). */
+ * for loop A's thread to learn from them (usually under a millisecond; when the traffic
+ * outruns loop A, up to its queue of 1 024 steps). */
 SONA_API sona_status sona_get_stats(sona_engine *e, sona_stats *out);
 
 /* ---- persistence ---------------------------------------------------------------------------- */
