@@ -112,7 +112,7 @@ int main(void)
             if (!(ok = check(e, st, "sona_request_step")))
                 sona_request_abandon(req); /* a failed step: drop the request, learn nothing */
         }
-        if (ok) /* loop A learns here, in this thread; req is freed in every case */
+        if (ok) /* loop A learns from it (in the engine's thread); req is freed in every case */
             ok = check(e, sona_request_end(req, best), "sona_request_end");
     }
 
