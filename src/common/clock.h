@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* The monotonic clock in microseconds (latencies, timestamps). */
+/* The monotonic clock in microseconds (latencies, timestamps), and deadlines for timed waits. */
 #ifndef SONA_COMMON_CLOCK_H
 #define SONA_COMMON_CLOCK_H
 
@@ -11,6 +11,21 @@ static inline uint64_t sona_monotonic_us(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* The time `us` microseconds from now on `clock`, as the absolute deadline pthread_cond_timedwait
+ * takes (CLOCK_REALTIME for a default condition variable). */
+static inline struct timespec sona_deadline_after_us(clockid_t clock, uint64_t us)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    ts.tv_sec += (time_t)(us / 1000000u);
+    ts.tv_nsec += (long)(us % 1000000u) * 1000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
 }
 
 #endif /* SONA_COMMON_CLOCK_H */

@@ -1079,14 +1079,8 @@ static sona_status take_state(sona_engine *e, sona_wbuf *w)
         pthread_mutex_lock(&e->save_mu);
         cut = e->cut;
         if (!(cut && (cut->active || cut->cur_ok))) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
-            pthread_cond_timedwait(&e->save_cv, &e->save_mu, &ts);
+            const struct timespec until = sona_deadline_after_us(CLOCK_REALTIME, 1000);
+            pthread_cond_timedwait(&e->save_cv, &e->save_mu, &until);
         }
         pthread_mutex_unlock(&e->save_mu);
     }

@@ -17,7 +17,6 @@
 
 #include <math.h>
 #include <stdlib.h>
-#include <time.h>
 #ifdef __linux__
 #include <sched.h>
 #endif
@@ -287,13 +286,7 @@ static void *loop_a_main(void *arg)
                 /* A timed wait no caller signals (sleeping is 0), but a stop does: destroy
                  * need not wait out the poll. */
                 idle++;
-                struct timespec until;
-                clock_gettime(CLOCK_MONOTONIC, &until);
-                until.tv_nsec += LOOP_A_POLL_US * 1000L;
-                if (until.tv_nsec >= 1000000000L) {
-                    until.tv_sec++;
-                    until.tv_nsec -= 1000000000L;
-                }
+                const struct timespec until = sona_deadline_after_us(CLOCK_MONOTONIC, LOOP_A_POLL_US);
                 pthread_cond_timedwait(&a->wake, &a->mu, &until);
             } else {
                 a->sleeping = 1;

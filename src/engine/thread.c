@@ -107,15 +107,8 @@ static void *loop_thread(void *arg)
         if (e->cfg.loop_c_interval_ms && e->cfg.loop_c_interval_ms < wait_ms)
             wait_ms = e->cfg.loop_c_interval_ms;
         if (!e->kicked) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += wait_ms / 1000;
-            ts.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
-            pthread_cond_timedwait(&e->wake_cv, &e->wake_mu, &ts);
+            const struct timespec until = sona_deadline_after_us(CLOCK_REALTIME, 1000u * (uint64_t)wait_ms);
+            pthread_cond_timedwait(&e->wake_cv, &e->wake_mu, &until);
         }
         if (e->stop)
             break;
