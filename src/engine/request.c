@@ -157,6 +157,13 @@ static sona_status learn_instant(sona_engine *e, int32_t tenant, uint64_t genera
     eng_tenant *tn = &e->tenants[tenant];
     eng_quality_observe(e, sona_trajectory_quality(t));
     pthread_mutex_lock(&tn->mu);
+    if (!atomic_load(&tn->live) || atomic_load(&tn->generation) != generation) {
+        /* The tenant was removed (or re-made) meanwhile: its successor's baselines and critic
+         * are not this request's to advance either. */
+        pthread_mutex_unlock(&tn->mu);
+        atomic_fetch_add(&e->n.rejected, 1);
+        return SONA_OK;
+    }
     if (!tn->signal && !(tn->signal = malloc(4 * (size_t)H * sizeof *tn->signal))) {
         pthread_mutex_unlock(&tn->mu);
         return eng_fail(e, SONA_E_NOMEM, "sona_request_end: out of memory");
@@ -193,23 +200,19 @@ static sona_status learn_instant(sona_engine *e, int32_t tenant, uint64_t genera
         /* No step or no direction: nothing to learn, not an error of the caller. */
         return st == SONA_E_NONFINITE ? eng_fail(e, st, "sona_request_end: non-finite signal; not learned") : SONA_OK;
     }
-    if (atomic_load(&tn->live) && atomic_load(&tn->generation) == generation) {
-        const int32_t adapter = 0;
-        eng_ewc_note_quality(tn->ewc, sona_trajectory_quality(t), cell);
-        st = sona_lora_normalize_signals(tn->lora, 1, &adapter, x, delta, &w);
-        if (st == SONA_OK)
-            st = sona_lora_accumulate(tn->lora, 0, x, delta, w);
-        if (st == SONA_OK) {
-            atomic_fetch_add(&e->n.accepted, 1);
-            if (++tn->since_apply >= e->cfg.micro_apply_every) {
-                st = eng_train_and_publish(e, tn->lora, tn->ewc, &tn->slot);
-                tn->since_apply = 0;
-            }
-        } else {
-            atomic_fetch_add(&e->n.rejected, 1);
+    const int32_t adapter = 0;
+    eng_ewc_note_quality(tn->ewc, sona_trajectory_quality(t), cell);
+    st = sona_lora_normalize_signals(tn->lora, 1, &adapter, x, delta, &w);
+    if (st == SONA_OK)
+        st = sona_lora_accumulate(tn->lora, 0, x, delta, w);
+    if (st == SONA_OK) {
+        atomic_fetch_add(&e->n.accepted, 1);
+        if (++tn->since_apply >= e->cfg.micro_apply_every) {
+            st = eng_train_and_publish(e, tn->lora, tn->ewc, &tn->slot);
+            tn->since_apply = 0;
         }
     } else {
-        atomic_fetch_add(&e->n.rejected, 1); /* the tenant was removed (or re-made) meanwhile */
+        atomic_fetch_add(&e->n.rejected, 1);
     }
     pthread_mutex_unlock(&tn->mu);
     return st;
