@@ -108,16 +108,19 @@ static void sync_rank(uint32_t rank, void *arg)
                             s->cfgs[rank] ? s->cfgs[rank] : s->cfg, &s->res[rank]);
 }
 
-/* Syncs every engine at once over a world failing at call fail_at (0: none). */
-static void sync_all(sync_run *s, uint32_t fail_at)
+/* Runs rank(i, s) for every rank at once over a world failing at call fail_at (0: none). */
+static void sync_all_by(sync_run *s, uint32_t fail_at, void (*rank)(uint32_t, void *))
 {
     s->world = thread_world_create(K, fail_at);
     cr_assert(s->world);
     memset(s->res, 0, sizeof s->res);
-    thread_world_run(K, sync_rank, s);
+    thread_world_run(K, rank, s);
     thread_world_destroy(s->world);
     s->world = NULL;
 }
+
+/* Syncs every engine at once over a world failing at call fail_at (0: none). */
+static void sync_all(sync_run *s, uint32_t fail_at) { sync_all_by(s, fail_at, sync_rank); }
 
 /* |M - B A|_F and |M|_F of layer l, M = sum_i w_i B_i A_i in double. */
 static void layer_errors(const weights *in, const double *w, const weights *out, uint32_t l,
@@ -503,10 +506,7 @@ Test(sync, another_sync_protocol_is_refused_on_every_rank)
         train(s.e[i], i + 1, 1, 40);
         read_weights(s.e[i], &before[i]);
     }
-    s.world = thread_world_create(K, 0);
-    cr_assert(s.world);
-    thread_world_run(K, sync_rank_tampered, &s);
-    thread_world_destroy(s.world);
+    sync_all_by(&s, 0, sync_rank_tampered);
     for (uint32_t i = 0; i < K; i++) {
         cr_assert_eq(s.st[i], SONA_E_VERSION, "rank %u: %d", i, s.st[i]);
         cr_assert(strstr(sona_engine_last_error(s.e[i]), "protocol"), "%s", sona_engine_last_error(s.e[i]));
