@@ -39,6 +39,7 @@ struct eng_sync {
     float *base_prev; /* SONA_SYNC_PACED: the S before (P), where base_prev_have */
     int base_prev_have;
     double base_gain; /* the gain of the merge that left S (from P) */
+    double merge_s;   /* this sync's merge arithmetic, this thread's CPU seconds (merge_us) */
     float *tenants;   /* max_tenants x 2 x micro_rank x hidden */
     float *tenants_prev; /* SONA_SYNC_PACED: each slot's S before (P), where prev[i] */
     unsigned char *prev;
@@ -99,9 +100,8 @@ enum { SLOT_FREE = 0, SLOT_LIVE = 1, SLOT_SYNCED = 2 /* live, and S holds it */,
 
 /* The counters of sona_stats, as they travel (uint64 each; the two floats as their bits). */
 /* The merge's own arithmetic (the rank-r re-factorisation: the sketch's basis, products,
- * orthonormalisation, finish and turn back, or the exact merges) in this thread's CPU seconds,
- * for sona_sync_result.merge_us: a sync runs in one thread, which merge_clock brackets. */
-static _Thread_local double merge_cpu_s;
+ * orthonormalisation, finish and turn back, or the exact merges) in the syncing thread's CPU
+ * seconds, summed in eng_sync.merge_s for sona_sync_result.merge_us. */
 static double thread_cpu_s(void)
 {
     struct timespec ts;
@@ -111,7 +111,7 @@ static double thread_cpu_s(void)
 /* merge_clock(&t0) at the start of a stretch of merge arithmetic, merge_clock_end(t0) at its
  * end (no collective in between). */
 static void merge_clock(double *t0) { *t0 = thread_cpu_s(); }
-static void merge_clock_end(double t0) { merge_cpu_s += thread_cpu_s() - t0; }
+static void merge_clock_end(sona_engine *e, double t0) { e->sync->merge_s += thread_cpu_s() - t0; }
 
 enum { SYNC_COUNTERS = 22 };
 /* Every field of sona_stats travels: 21 counters, tenants, two floats, one counter more. A
@@ -239,7 +239,7 @@ static sona_status merge_base(sona_engine *e, sona_comm *comm, uint32_t k, const
         total += info.total;
         tail += info.tail;
     }
-    merge_clock_end(t0);
+    merge_clock_end(e, t0);
     free(all), free(pa);
     *err = total > 0.0 ? sqrt(tail / total) : 0.0;
     if (merged != SONA_OK && *local == SONA_OK)
@@ -420,7 +420,7 @@ static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint
             fail = sona_sketch_product((uint32_t)H, (uint32_t)r, 1, pa, pb, &wr, (uint32_t)l,
                                        om + t * lh, 0, Y + t * lh);
     }
-    merge_clock_end(t0);
+    merge_clock_end(e, t0);
     if (n)
         st = exact_allreduce(e, comm, k, Y, n * l, H, tmp);
     merge_clock(&t0);
@@ -438,7 +438,7 @@ static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint
             fail = sona_sketch_product((uint32_t)H, (uint32_t)r, 1, pa, pb, &wr, (uint32_t)l,
                                        Y + t * lh, 1, Z + t * lh);
     }
-    merge_clock_end(t0);
+    merge_clock_end(e, t0);
     if (n && st == SONA_OK)
         st = exact_allreduce(e, comm, k, Z, n * l, H, tmp);
     merge_clock(&t0);
@@ -472,7 +472,7 @@ static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint
         total += info.total;
         tail += info.tail;
     }
-    merge_clock_end(t0);
+    merge_clock_end(e, t0);
     free(hd), free(todo), free(om), free(tmp), free(bcast);
     if (st != SONA_OK)
         return st;
@@ -1202,7 +1202,7 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, so
         if (merged == SONA_OK && synced == n && !info.copied) /* S's coordinates kept */
             merged = sona_lora_align(e->cfg.hidden, e->cfg.micro_rank, e->sync->tenants + 2 * af * i,
                                      tm->out + 2 * af * i, tm->out + 2 * af * i + af);
-        merge_clock_end(t0);
+        merge_clock_end(e, t0);
         if (merged == SONA_OK && ewc && tm->has_ewc[i])
             merged = merge_tenant_ewc(e, tm, i, n, synced == n, flags, k, all + bs * s + 2 * af,
                                       block);
@@ -1304,7 +1304,6 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
                                sona_sync_result *res)
 {
     uint32_t k = 0, rank = 0;
-    merge_cpu_s = 0.0;
     sona_status st = sona_comm_size(comm, &k);
     if (st == SONA_OK)
         st = sona_comm_rank(comm, &rank);
@@ -1336,6 +1335,7 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
         free(h), free(w), free(mine);
         return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
     }
+    e->sync->merge_s = 0.0;
     st = sona_comm_allgather(comm, &me, sizeof me, h);
     if (st != SONA_OK)
         eng_fail(e, st, "%s: gathering headers: %s", __func__, sona_comm_last_error(comm));
@@ -1472,7 +1472,7 @@ static sona_status sync_locked(sona_engine *e, sona_comm *comm, const sona_sync_
             res->rank = rank;
             res->weight = share;
             res->merge_error = err;
-            res->merge_us = 1e6 * merge_cpu_s;
+            res->merge_us = 1e6 * e->sync->merge_s;
             global_stats(h, k, &res->global);
         }
     }
