@@ -8,37 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The first index whose running sum of the positive w passes target, or the last positive one
- * when rounding left target at or above the sum. */
-static uint32_t index_at(const float *w, uint32_t n, double target)
-{
-    double acc = 0.0;
-    uint32_t last = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        if (w[i] <= 0.0f)
-            continue;
-        acc += w[i];
-        last = i;
-        if (acc > target)
-            return i;
-    }
-    return last;
-}
-
-/* An index drawn with probability proportional to w[i] (w >= 0); uniform when all are zero. */
-static uint32_t sample_weighted(sona_rng *rng, const float *w, uint32_t n)
-{
-    double total = 0.0;
-    for (uint32_t i = 0; i < n; i++)
-        total += w[i];
-    if (!(total > 0.0))
-        return sona_rng_below(rng, n);
-    return index_at(w, n, sona_rng_uniform_d(rng) * total);
-}
-
-/* m draws of sample_weighted from the same weights (the same draws, from the same random
- * numbers), in two passes over w instead of 2m: the sum once, then one walk that meets the
- * targets in increasing order. targets[m] and order[m] are the caller's scratch. */
+/* m indices, each drawn with probability proportional to w[i] (w >= 0; uniform when all are
+ * zero): from one sum and one walk over w that meets the draws' targets in increasing order
+ * (each the first index whose running sum of the positive w passes it, or the last positive
+ * one when rounding left it at the sum). targets[m] and order[m] are the caller's scratch. */
 static void sample_weighted_many(sona_rng *rng, const float *w, uint32_t n, uint32_t m, uint32_t *out,
                                  double *targets, uint32_t *order)
 {
@@ -72,6 +45,15 @@ static void sample_weighted_many(sona_rng *rng, const float *w, uint32_t n, uint
     }
     for (; next < m; next++)
         out[order[next]] = last;
+}
+
+/* One such index. */
+static uint32_t sample_weighted(sona_rng *rng, const float *w, uint32_t n)
+{
+    uint32_t out, order;
+    double target;
+    sample_weighted_many(rng, w, n, 1, &out, &target, &order);
+    return out;
 }
 
 typedef struct scratch {
@@ -128,6 +110,14 @@ static void centre_transpose(const float *X, uint32_t n, uint32_t d, scratch *s)
  * form clamped at 0: it can round just below), from this round's products, into s->pot.
  * Block by block and in lanes of 8 float sums, so that the loop vectorises. */
 enum { LANES = 8 };
+/* A row's D^2 once a candidate of squared norm cn joins, from its squared norm xn, the
+ * candidate's -2 dot with it and its D^2 so far. */
+static inline float joined_d2(float xn, float cn, float dot, float dist)
+{
+    const float d2 = xn + cn + dot, c = d2 > 0.0f ? d2 : 0.0f;
+    return c < dist ? c : dist;
+}
+
 static void potentials(scratch *s, uint32_t n, uint32_t trials)
 {
     for (uint32_t t = 0; t < trials; t++)
@@ -141,15 +131,11 @@ static void potentials(scratch *s, uint32_t n, uint32_t trials)
             float lane[LANES] = {0};
             uint32_t i = 0;
             for (; i + LANES <= rows; i += LANES)
-                for (uint32_t l = 0; l < LANES; l++) {
-                    const float d2 = xn[i + l] + cn + dots[i + l], c = d2 > 0.0f ? d2 : 0.0f;
-                    lane[l] += c < dist[i + l] ? c : dist[i + l];
-                }
+                for (uint32_t l = 0; l < LANES; l++)
+                    lane[l] += joined_d2(xn[i + l], cn, dots[i + l], dist[i + l]);
             double sum = 0.0;
-            for (; i < rows; i++) {
-                const float d2 = xn[i] + cn + dots[i], c = d2 > 0.0f ? d2 : 0.0f;
-                sum += c < dist[i] ? c : dist[i];
-            }
+            for (; i < rows; i++)
+                sum += joined_d2(xn[i], cn, dots[i], dist[i]);
             for (uint32_t l = 0; l < LANES; l++)
                 sum += lane[l];
             s->pot[t] += sum;
@@ -165,10 +151,8 @@ static void take_candidate(scratch *s, uint32_t n, uint32_t trials, uint32_t t)
         const uint32_t rows = n - b0 < s->bw ? n - b0 : s->bw;
         const float *xn = s->xnorm + b0, *dots = s->dots + ((size_t)b * trials + t) * s->bw;
         float *dist = s->dist + b0;
-        for (uint32_t i = 0; i < rows; i++) {
-            const float d2 = xn[i] + cn + dots[i], c = d2 > 0.0f ? d2 : 0.0f;
-            dist[i] = c < dist[i] ? c : dist[i];
-        }
+        for (uint32_t i = 0; i < rows; i++)
+            dist[i] = joined_d2(xn[i], cn, dots[i], dist[i]);
     }
 }
 
