@@ -3,6 +3,7 @@
  * whole (include/sona/engine.h). */
 #include "bench.h"
 
+#include "common/clock.h"
 #include "common/rng.h"
 #include "core/adapt/snapshot.h"
 #include "core/patterns/dream.h"
@@ -24,12 +25,7 @@ sona_bank *bench_dream_bank(uint32_t n, uint64_t seed); /* group_dreams.c */
 
 enum { HID = 256, STEPS = 10, ATTENTION = 2048 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+static double now_s(void) { return sona_clock_s(CLOCK_MONOTONIC); }
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -370,12 +366,7 @@ static int query(void *arg)
 }
 
 /* CPU seconds of the whole process: every thread, the engines' own included. */
-static double process_cpu_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+static double process_cpu_s(void) { return sona_clock_s(CLOCK_PROCESS_CPUTIME_ID); }
 
 /* The three scenarios interleaved in short rounds of per_round queries, so machine noise hits
  * each alike; seconds per scenario added to total_s, and the process's CPU seconds in them to

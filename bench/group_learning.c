@@ -61,6 +61,8 @@
  * base_l4_h256_c4 (Base-LoRA) and hostile*_h256. */
 #include "bench.h"
 
+#include "common/clock.h"
+
 #include <sona.h>
 
 #include <math.h>
@@ -190,12 +192,7 @@ static int all_finite(const float *v, uint32_t n)
     return 1;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+static double now_s(void) { return sona_clock_s(CLOCK_MONOTONIC); }
 
 static void sleep_ms(long ms)
 {

@@ -2,6 +2,7 @@
 /* The measuring half of `sona bench`: backends, timing, statistics, result rows. */
 #include "harness.h"
 
+#include "common/clock.h"
 #include "cpu/cpu.h"
 #include "dispatch/dispatch.h"
 
@@ -23,12 +24,7 @@
 #define SONA_BENCH_GIT_REV "unknown"
 #endif
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+static double now_s(void) { return sona_clock_s(CLOCK_MONOTONIC); }
 
 /* The shortest sample worth timing: far above the clock's resolution and its own cost. */
 static double min_sample_seconds(void)

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "core/adapt/merge.h"
 #include "engine/inspect.h"
 #include "sona.h"
@@ -34,12 +35,7 @@ typedef struct counted {
     double bytes, seconds, cpu; /* this sync's: bytes, wall and CPU seconds in collectives */
 } counted;
 
-static double cpu_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
+static double cpu_now(void) { return sona_clock_s(CLOCK_PROCESS_CPUTIME_ID); }
 
 static sona_status c_rank(void *ctx, uint32_t *r)
 {

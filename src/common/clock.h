@@ -13,6 +13,15 @@ static inline uint64_t sona_monotonic_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+/* A clock's reading in seconds (CLOCK_MONOTONIC for wall time, CLOCK_PROCESS_CPUTIME_ID or
+ * CLOCK_THREAD_CPUTIME_ID for CPU time). */
+static inline double sona_clock_s(clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 /* The time `us` microseconds from now on `clock`, as the absolute deadline pthread_cond_timedwait
  * takes (CLOCK_REALTIME for a default condition variable). */
 static inline struct timespec sona_deadline_after_us(clockid_t clock, uint64_t us)

@@ -102,12 +102,7 @@ enum { SLOT_FREE = 0, SLOT_LIVE = 1, SLOT_SYNCED = 2 /* live, and S holds it */,
 /* The merge's own arithmetic (the rank-r re-factorisation: the sketch's basis, products,
  * orthonormalisation, finish and turn back, or the exact merges) in the syncing thread's CPU
  * seconds, summed in eng_sync.merge_s for sona_sync_result.merge_us. */
-static double thread_cpu_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+static double thread_cpu_s(void) { return sona_clock_s(CLOCK_THREAD_CPUTIME_ID); }
 /* merge_clock(&t0) at the start of a stretch of merge arithmetic, merge_clock_end(t0) at its
  * end (no collective in between). */
 static void merge_clock(double *t0) { *t0 = thread_cpu_s(); }
