@@ -321,7 +321,7 @@ static void *loop_a_main(void *arg)
     return NULL;
 }
 
-sona_status eng_loop_a_start(sona_engine *e)
+sona_status eng_loop_a_create(sona_engine *e)
 {
     if (!e->cfg.background_thread)
         return SONA_OK;
@@ -339,7 +339,7 @@ sona_status eng_loop_a_start(sona_engine *e)
     return SONA_OK;
 }
 
-void eng_loop_a_stop(sona_engine *e)
+void eng_loop_a_destroy(sona_engine *e)
 {
     struct eng_loop_a *a = e->loop_a;
     if (!a)

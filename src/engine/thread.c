@@ -136,7 +136,7 @@ sona_status eng_threads_start(sona_engine *e)
     if (!e->cfg.background_thread)
         return SONA_OK;
     /* Loop A's thread first: the loop thread's ticks wait on its queue. */
-    const sona_status st = eng_loop_a_start(e);
+    const sona_status st = eng_loop_a_create(e);
     if (st != SONA_OK)
         return st;
     if (pthread_create(&e->thread, NULL, loop_thread, e) != 0)
@@ -150,7 +150,7 @@ void eng_threads_stop(sona_engine *e)
     /* The loop thread first: its ticks and checkpoints wait on loop A's queue. Loop A's thread
      * then learns what it was handed (its kicks of the stopped loop thread are harmless). */
     if (!e->thread_started) {
-        eng_loop_a_stop(e);
+        eng_loop_a_destroy(e);
         return;
     }
     pthread_mutex_lock(&e->wake_mu);
@@ -159,5 +159,5 @@ void eng_threads_stop(sona_engine *e)
     pthread_mutex_unlock(&e->wake_mu);
     pthread_join(e->thread, NULL);
     e->thread_started = 0;
-    eng_loop_a_stop(e);
+    eng_loop_a_destroy(e);
 }
