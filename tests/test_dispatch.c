@@ -16,6 +16,8 @@
 #include "common/clock.h"
 #include "dispatch/cost.h"
 #include "dispatch/dispatch.h"
+#include "dispatch/vecmath.h"
+#include "cpu/host_loops.h"
 #include "sona.h"
 #include "sona/lora.h"
 #include "sona/system.h"
@@ -563,4 +565,123 @@ Test(dispatch, double_host_kernels_give_every_variants_bits)
     free(xf), free(yf), free(x), free(y);
     for (int i = 0; i < 3; i++)
         free(acc[i]);
+}
+
+/* The four-at-once double kernels (dot4_lanes_f64 ... axpy4_f32_f64) of every variant give the bits of
+ * four calls of scalar's one-at-a-time kernels (lanes in two chunks, then the tail); and the
+ * helpers built on them (the Gram products in chunks and blocks, the dots, the axpys with zero
+ * coefficients skipped) those of plain loops of single calls. */
+Test(dispatch, four_at_once_double_kernels_give_the_single_kernels_bits)
+{
+    const uint64_t seed = test_seed();
+    printf("[dispatch] four-at-once double kernels: seed %llu\n", (unsigned long long)seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 4);
+    enum { MAX = 1031, ROWS = 9 };
+    static const size_t sizes[] = {0, 1, 3, 7, 8, 9, 16, 17, 31, 64, 65, 1000, MAX};
+    float *xf = new_uniform(&r, (size_t)ROWS * MAX, -2.0f, 2.0f);
+    double *x = malloc((size_t)ROWS * MAX * sizeof *x), *want = malloc(MAX * sizeof *want);
+    double *got = malloc(MAX * sizeof *got), *y0 = malloc(MAX * sizeof *y0);
+    cr_assert(xf && x && want && got && y0);
+    for (size_t i = 0; i < (size_t)ROWS * MAX; i++)
+        x[i] = (double)xf[i] * (1.0 + 1e-9 * (double)xf[(i * 7) % ((size_t)ROWS * MAX)]);
+    for (size_t i = 0; i < MAX; i++)
+        y0[i] = sona_rng_uniform_d(&r) - 0.5;
+    char why[256];
+    const sona_backend *scalar = sona_cpu_variant_get("scalar", why, sizeof why);
+    cr_assert_not_null(scalar, "%s", why);
+    const sona_host_kernels *ref = &scalar->host;
+    const double c[ROWS] = {0.375, -1.25, 0.0, 3.0 / 7.0, -0.0, -2.5e-3, 1e3, 0.0, -0.8125};
+    const sona_cpu_variant *vars;
+    const uint32_t nv = sona_cpu_variants(&vars);
+    uint32_t compared = 0;
+    for (uint32_t v = 0; v < nv; v++) {
+        const sona_backend *b = sona_cpu_variant_get(vars[v].ops->name, why, sizeof why);
+        if (!b)
+            continue; /* not this host's */
+        const sona_host_kernels *k = &b->host;
+        for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+            const size_t n = sizes[si];
+            const double *yd[4] = {x + MAX, x + 2 * MAX + 1, x + 3 * MAX, x + 5 * MAX + 3};
+            const float *yf[4] = {xf + MAX, xf + 2 * MAX + 1, xf + 3 * MAX, xf + 5 * MAX + 3};
+            /* the lanes over the first n8, then the tail (lanes in two chunks where n allows) */
+            const size_t n8 = n & ~(size_t)7, cut = n8 >= 16 ? 8 : 0;
+            double acc[32] = {0}, accf[32] = {0}, out[4], outf[4];
+            k->dot4_lanes_f64(x, yd, cut, acc);
+            const double *yd2[4] = {yd[0] + cut, yd[1] + cut, yd[2] + cut, yd[3] + cut};
+            k->dot4_lanes_f64(x + cut, yd2, n8 - cut, acc);
+            k->dot4_lanes_f32_f64(xf, yf, n8, accf);
+            for (int j = 0; j < 4; j++) {
+                out[j] = host_dot_tail_f64(acc + 8 * j, x + n8, yd[j] + n8, n - n8);
+                outf[j] = host_dot_tail_f32_f64(accf + 8 * j, xf + n8, yf[j] + n8, n - n8);
+            }
+            for (int j = 0; j < 4; j++) {
+                const double d = ref->dot_f64(x, yd[j], n), df = ref->dot_f32_f64(xf, yf[j], n);
+                cr_expect(memcmp(&out[j], &d, sizeof d) == 0, "%s dot4_lanes_f64 n=%zu row %d: %.17g, scalar %.17g", b->name, n, j, out[j], d);
+                cr_expect(memcmp(&outf[j], &df, sizeof df) == 0, "%s dot4_lanes_f32_f64 n=%zu row %d", b->name, n, j);
+            }
+            memcpy(want, y0, n * sizeof *want);
+            memcpy(got, y0, n * sizeof *got);
+            for (int j = 0; j < 4; j++)
+                ref->axpy_f64(want, yd[j], n, c[j + 3]);
+            k->axpy4_f64(got, yd, c + 3, n);
+            cr_expect(n == 0 || memcmp(want, got, n * sizeof *got) == 0, "%s axpy4_f64 n=%zu", b->name, n);
+            for (int j = 0; j < 4; j++)
+                ref->axpy_f32_f64(want, yf[j], n, c[j]);
+            k->axpy4_f32_f64(got, yf, c, n);
+            cr_expect(n == 0 || memcmp(want, got, n * sizeof *got) == 0, "%s axpy4_f32_f64 n=%zu", b->name, n);
+            compared++;
+        }
+    }
+    /* The helpers, on the chosen variant, against scalar's single kernels: Gram products over
+     * several chunks and column blocks (rows overlapping in memory: stride 13), odd shapes. */
+    static const size_t shapes[][3] = {{1, 1, 7}, {1, 9, 65}, {3, 5, 64}, {5, 9, 600}, {6, 70, 300}, {4, 4, 257}};
+    double *gram = malloc(6 * 70 * sizeof *gram), *gramf = malloc(6 * 70 * sizeof *gramf);
+    double *gramw = malloc(6 * 70 * sizeof *gramw), *wide = malloc(MAX * sizeof *wide);
+    cr_assert(gram && gramf && gramw && wide);
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const size_t m = shapes[si][0], l = shapes[si][1], n = shapes[si][2], xs = 101, rs = 13;
+        const double *R = x + 2 * MAX;
+        const float *Rf = xf + 2 * MAX;
+        sona_gram_f64(x, xs, m, R, rs, l, n, gram);
+        sona_gram_f32_f64(xf, xs, m, Rf, rs, l, n, gramf);
+        sona_gram_widen_f64(xf, xs, m, R, rs, l, n, gramw);
+        for (size_t a = 0; a < m; a++) {
+            for (size_t i = 0; i < n; i++)
+                wide[i] = xf[a * xs + i];
+            for (size_t b = 0; b < l; b++) {
+                const double d = ref->dot_f64(x + a * xs, R + b * rs, n);
+                const double df = ref->dot_f32_f64(xf + a * xs, Rf + b * rs, n);
+                const double dw = ref->dot_f64(wide, R + b * rs, n);
+                cr_expect(memcmp(&gram[a * l + b], &d, sizeof d) == 0, "sona_gram_f64 %zux%zux%zu (%zu, %zu)", m, l, n, a, b);
+                cr_expect(memcmp(&gramf[a * l + b], &df, sizeof d) == 0, "sona_gram_f32_f64 %zux%zux%zu (%zu, %zu)", m, l, n, a, b);
+                cr_expect(memcmp(&gramw[a * l + b], &dw, sizeof d) == 0, "sona_gram_widen_f64 %zux%zux%zu (%zu, %zu)", m, l, n, a, b);
+            }
+        }
+    }
+    for (size_t m = 0; m <= ROWS; m++) {
+        const size_t n = 65 + m, stride = MAX;
+        double out[ROWS];
+        sona_dots_f64(x + 3, x, stride, m, n, out);
+        for (size_t j = 0; j < m; j++) {
+            const double d = ref->dot_f64(x + 3, x + j * stride, n);
+            cr_expect(memcmp(&out[j], &d, sizeof d) == 0, "sona_dots_f64 m=%zu row %zu", m, j);
+        }
+        memcpy(want, y0, n * sizeof *want);
+        memcpy(got, y0, n * sizeof *got);
+        for (size_t j = 0; j < m; j++)
+            if (c[j] != 0.0)
+                ref->axpy_f64(want, x + j * stride, n, c[j]);
+        sona_axpys_f64(got, x, stride, c, m, n);
+        cr_expect(memcmp(want, got, n * sizeof *got) == 0, "sona_axpys_f64 m=%zu", m);
+        for (size_t j = 0; j < m; j++)
+            if (c[j] != 0.0)
+                ref->axpy_f32_f64(want, xf + j * stride, n, c[j]);
+        sona_axpys_f32_f64(got, xf, stride, c, m, n);
+        cr_expect(memcmp(want, got, n * sizeof *got) == 0, "sona_axpys_f32_f64 m=%zu", m);
+    }
+    free(gram), free(gramf), free(gramw), free(wide);
+    cr_expect(compared >= sizeof sizes / sizeof sizes[0], "scalar at least");
+    printf("[dispatch] four-at-once double kernels: %u variant-size pairs compared with scalar\n", compared);
+    free(xf), free(x), free(want), free(got), free(y0);
 }

@@ -164,13 +164,24 @@ typedef struct sona_host_kernels {
     double (*dot_f32_f64)(const float *x, const float *y, size_t n);
     void (*axpy_f64)(double *y, const double *x, size_t n, double c);
     void (*axpy_f32_f64)(double *y, const float *x, size_t n, double c);
+    /* Four at once, with the bits of four calls of the above. The dots' lanes: for n a
+     * multiple of 8, the products of x with y[j] added into the 8 lanes acc[8 j .. 8 j + 7]
+     * (lane q: elements q, q + 8, ... in order; dispatch/vecmath.h's sona_dots_* add the tail
+     * and the lanes' sum). The axpys: y += c[0] x[0] + ... + c[3] x[3], added in that order.
+     * The SIMD variants read x (the dots) or y (the axpys) once for the four and keep four
+     * sums in flight. */
+    void (*dot4_lanes_f64)(const double *x, const double *const *y, size_t n, double *acc);
+    void (*dot4_lanes_f32_f64)(const float *x, const float *const *y, size_t n, double *acc);
+    void (*axpy4_f64)(double *y, const double *const *x, const double *c, size_t n);
+    void (*axpy4_f32_f64)(double *y, const float *const *x, const double *c, size_t n);
 } sona_host_kernels;
 
 /* The host kernels in sona_host_kernels order, for code that handles each the same way. */
 #define SONA_HOST_KERNEL_LIST(X)                                                                \
     X(dot) X(dot_f16) X(widen_f16) X(dot_q8) X(all_finite) X(fisher_ema) X(penalise)            \
     X(sum_squares) X(max_magnitude) X(mix_rows) X(axpy) X(scale) X(q8_encode) X(q8_decode)      \
-    X(dot_f64) X(dot_f32_f64) X(axpy_f64) X(axpy_f32_f64)
+    X(dot_f64) X(dot_f32_f64) X(axpy_f64) X(axpy_f32_f64) X(dot4_lanes_f64) X(dot4_lanes_f32_f64)          \
+    X(axpy4_f64) X(axpy4_f32_f64)
 
 /* One backend, or one CPU variant: a struct of function pointers. A NULL op is unsupported.
  * ctx is the backend's own state (NULL for CPU variants). */

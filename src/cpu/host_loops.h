@@ -120,38 +120,67 @@ static inline double host_sum_squares(const float *v, size_t n)
 /* x . y in double, in 8 lanes summed in a fixed order: the same bits at every ISA level and
  * vector width (the cluster merge's arithmetic, core/adapt/merge.c, must give every rank the
  * same bits whatever its CPU). Each product is its own statement: no compiler contracts it into
- * a fused multiply-add. */
-static inline double host_dot_f64(const double *x, const double *y, size_t n)
+ * a fused multiply-add. Lane q adds the products of elements q, q + 8, ... in order; then the
+ * lanes are summed in the order below. */
+static inline double host_lanes_f64(const double *acc)
 {
-    double acc[8] = {0};
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* The last m < 8 products go to lanes 0..m-1; then the lanes' sum. The SIMD variants end their
+ * dots here too. */
+static inline double host_dot_tail_f64(double *acc, const double *x, const double *y, size_t m)
+{
+    for (size_t q = 0; q < m; q++) {
+        const double p = x[q] * y[q];
+        acc[q] += p;
+    }
+    return host_lanes_f64(acc);
+}
+
+static inline double host_dot_tail_f32_f64(double *acc, const float *x, const float *y, size_t m)
+{
+    for (size_t q = 0; q < m; q++) {
+        const double p = (double)x[q] * (double)y[q];
+        acc[q] += p;
+    }
+    return host_lanes_f64(acc);
+}
+
+/* The products of the first n8 (a multiple of 8) elements added into the lanes acc[8]. */
+static inline void host_dot_lanes_f64(const double *x, const double *y, size_t n8, double *acc)
+{
+    for (size_t i = 0; i < n8; i += 8)
         for (size_t q = 0; q < 8; q++) {
             const double p = x[i + q] * y[i + q];
             acc[q] += p;
         }
-    for (size_t q = 0; i < n; i++, q++) {
-        const double p = x[i] * y[i];
-        acc[q] += p;
-    }
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+static inline void host_dot_lanes_f32_f64(const float *x, const float *y, size_t n8, double *acc)
+{
+    for (size_t i = 0; i < n8; i += 8)
+        for (size_t q = 0; q < 8; q++) {
+            const double p = (double)x[i + q] * (double)y[i + q];
+            acc[q] += p;
+        }
+}
+
+static inline double host_dot_f64(const double *x, const double *y, size_t n)
+{
+    double acc[8] = {0};
+    const size_t n8 = n & ~(size_t)7;
+    host_dot_lanes_f64(x, y, n8, acc);
+    return host_dot_tail_f64(acc, x + n8, y + n8, n - n8);
 }
 
 /* x . y of floats, each product in double, the same 8 lanes and order as host_dot_f64. */
 static inline double host_dot_f32_f64(const float *x, const float *y, size_t n)
 {
     double acc[8] = {0};
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (size_t q = 0; q < 8; q++) {
-            const double p = (double)x[i + q] * (double)y[i + q];
-            acc[q] += p;
-        }
-    for (size_t q = 0; i < n; i++, q++) {
-        const double p = (double)x[i] * (double)y[i];
-        acc[q] += p;
-    }
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    const size_t n8 = n & ~(size_t)7;
+    host_dot_lanes_f32_f64(x, y, n8, acc);
+    return host_dot_tail_f32_f64(acc, x + n8, y + n8, n - n8);
 }
 
 /* y += c x in double (x double, or float widened), element by element: the same bits at every
@@ -169,6 +198,32 @@ static inline void host_axpy_f32_f64(double *restrict y, const float *restrict x
     for (size_t i = 0; i < n; i++) {
         const double p = c * (double)x[i];
         y[i] += p;
+    }
+}
+
+/* y += c[0] x[0] + c[1] x[1] + c[2] x[2] + c[3] x[3], added in that order, each product
+ * rounded: the bits of four host_axpy_f64 calls, with y read and written once. */
+static inline void host_axpy4_f64(double *restrict y, const double *const *x, const double *c, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        double v = y[i];
+        for (size_t j = 0; j < 4; j++) {
+            const double p = c[j] * x[j][i];
+            v += p;
+        }
+        y[i] = v;
+    }
+}
+
+static inline void host_axpy4_f32_f64(double *restrict y, const float *const *x, const double *c, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        double v = y[i];
+        for (size_t j = 0; j < 4; j++) {
+            const double p = c[j] * (double)x[j][i];
+            v += p;
+        }
+        y[i] = v;
     }
 }
 

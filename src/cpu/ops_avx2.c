@@ -35,6 +35,16 @@ static inline float sv_hsum(sv_f v)
     return _mm_cvtss_f32(s);
 }
 
+#define SV_D_W 4
+typedef __m256d sv_d;
+static inline sv_d sv_d_zero(void) { return _mm256_setzero_pd(); }
+static inline sv_d sv_d_set1(double x) { return _mm256_set1_pd(x); }
+static inline sv_d sv_d_load(const double *p) { return _mm256_loadu_pd(p); }
+static inline sv_d sv_d_load_f32(const float *p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
+static inline void sv_d_store(double *p, sv_d v) { _mm256_storeu_pd(p, v); }
+static inline sv_d sv_d_add(sv_d a, sv_d b) { return _mm256_add_pd(a, b); }
+static inline sv_d sv_d_mul(sv_d a, sv_d b) { return _mm256_mul_pd(a, b); }
+
 #include "cpu/simd_kernels.h"
 
 /* ---- host kernels (backend/ops.h sona_host_kernels) ---- */
@@ -167,7 +177,7 @@ const sona_backend sona_cpu_avx2 = {
     SONA_CPU_HOST_FIELDS,
     SV_BACKEND_OPS,
     .host = {.dot = sona_dot_avx2, .dot_f16 = sona_dot_f16_avx2, .widen_f16 = sona_widen_f16_avx2,
-             .dot_q8 = sona_dot_q8_avx2, SONA_HOST_LOOPS_FIELDS(avx2)},
+             .dot_q8 = sona_dot_q8_avx2, SONA_HOST_LOOPS_FIELDS(avx2), SV_F64_HOST_KERNELS},
 };
 
 #endif

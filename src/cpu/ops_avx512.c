@@ -27,6 +27,16 @@ static inline sv_f sv_sub(sv_f a, sv_f b) { return _mm512_sub_ps(a, b); }
 static inline sv_f sv_mul(sv_f a, sv_f b) { return _mm512_mul_ps(a, b); }
 static inline float sv_hsum(sv_f v) { return _mm512_reduce_add_ps(v); }
 
+#define SV_D_W 8
+typedef __m512d sv_d;
+static inline sv_d sv_d_zero(void) { return _mm512_setzero_pd(); }
+static inline sv_d sv_d_set1(double x) { return _mm512_set1_pd(x); }
+static inline sv_d sv_d_load(const double *p) { return _mm512_loadu_pd(p); }
+static inline sv_d sv_d_load_f32(const float *p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
+static inline void sv_d_store(double *p, sv_d v) { _mm512_storeu_pd(p, v); }
+static inline sv_d sv_d_add(sv_d a, sv_d b) { return _mm512_add_pd(a, b); }
+static inline sv_d sv_d_mul(sv_d a, sv_d b) { return _mm512_mul_pd(a, b); }
+
 #include "cpu/simd_kernels.h"
 
 /* ---- host kernels (backend/ops.h sona_host_kernels) ---- */
@@ -151,7 +161,7 @@ const sona_backend sona_cpu_avx512 = {
     SV_BACKEND_OPS,
     .host = {.dot = sona_dot_avx512, .dot_f16 = sona_dot_f16_avx512,
              .widen_f16 = sona_widen_f16_avx512, .dot_q8 = sona_dot_q8_avx512,
-             SONA_HOST_LOOPS_FIELDS(avx512)},
+             SONA_HOST_LOOPS_FIELDS(avx512), SV_F64_HOST_KERNELS},
 };
 
 #endif

@@ -247,6 +247,30 @@ void sona_widen_f16_scalar(const uint16_t *h, float *out, size_t n)
 
 SONA_HOST_LOOPS(scalar)
 
+/* The four-at-once double kernels as loops (the SIMD variants have their own; the rest take
+ * these). */
+static void dot4_lanes_f64_scalar(const double *x, const double *const *y, size_t n, double *acc)
+{
+    for (size_t j = 0; j < 4; j++)
+        host_dot_lanes_f64(x, y[j], n, acc + 8 * j);
+}
+
+static void dot4_lanes_f32_f64_scalar(const float *x, const float *const *y, size_t n, double *acc)
+{
+    for (size_t j = 0; j < 4; j++)
+        host_dot_lanes_f32_f64(x, y[j], n, acc + 8 * j);
+}
+
+static void axpy4_f64_scalar(double *y, const double *const *x, const double *c, size_t n)
+{
+    host_axpy4_f64(y, x, c, n);
+}
+
+static void axpy4_f32_f64_scalar(double *y, const float *const *x, const double *c, size_t n)
+{
+    host_axpy4_f32_f64(y, x, c, n);
+}
+
 int sona_q8_encode_scalar(const float *x, size_t n, void *out) { return host_q8_encode(x, n, out); }
 
 const sona_backend sona_cpu_scalar = {
@@ -258,5 +282,7 @@ const sona_backend sona_cpu_scalar = {
 #undef SONA_OP
     .host = {.dot = sona_dot_scalar, .dot_f16 = sona_dot_f16_scalar,
              .widen_f16 = sona_widen_f16_scalar, .dot_q8 = sona_dot_q8_scalar,
-             SONA_HOST_LOOPS_FIELDS(scalar)},
+             SONA_HOST_LOOPS_FIELDS(scalar), .dot4_lanes_f64 = dot4_lanes_f64_scalar,
+             .dot4_lanes_f32_f64 = dot4_lanes_f32_f64_scalar, .axpy4_f64 = axpy4_f64_scalar,
+             .axpy4_f32_f64 = axpy4_f32_f64_scalar},
 };

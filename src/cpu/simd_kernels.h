@@ -10,6 +10,11 @@
  *   sv_loadn(p, n)          the first n < SV_W floats, zeros above; reads only those n
  *   sv_storen(p, v, n)      writes only the first n < SV_W lanes
  *   SV_GEMM_MR              rows of the GEMM micro-tile (its columns are 2 * SV_W)
+ * and, for the cluster merge's double kernels (optional: a variant without them takes scalar's),
+ *   SV_D_W                  lanes of one vector of doubles (2, 4 or 8)
+ *   sv_d                    its type
+ *   sv_d_zero() sv_d_set1(x) sv_d_load(p) sv_d_store(p, v) sv_d_add(a, b) sv_d_mul(a, b)
+ *   sv_d_load_f32(p)        SV_D_W floats, widened
  * Everything here is static, so each variant gets its own copy compiled with its own flags and
  * nothing of one ISA leaks into another translation unit. Accumulation is in float, like the
  * scalar variant; the error bounds of tests/support/op_cases.c hold for any summation order. */
@@ -17,6 +22,7 @@
 #define SONA_CPU_SIMD_KERNELS_H
 
 #include "cpu/cpu.h"
+#include "cpu/host_loops.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -1005,5 +1011,62 @@ static sona_status sv_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a)
     .knn_exact = sv_knn_exact,            \
     .gemm = sv_gemm,                      \
     .cluster_sums = sv_cluster_sums
+
+#ifdef SV_D_W
+/* ---- the merge's double kernels, four rows at once (backend/ops.h dot4_lanes_f64 ... axpy4_f32_f64):
+ * host_loops.h's 8 lanes in 8 / SV_D_W vectors, added in its order, so every variant gives
+ * the scalar loops' bits; what they gain is x (or y) read once for four
+ * rows and four independent chains of adds. */
+#define SV_D_PARTS (8 / SV_D_W)
+
+#define SV_DEFINE_DOT4_LANES(name, T, load)                                                     \
+    static void name(const T *x, const T *const *y, size_t n, double *lanes)                    \
+    {                                                                                           \
+        sv_d acc[4][SV_D_PARTS];                                                                \
+        for (int j = 0; j < 4; j++)                                                             \
+            for (int p = 0; p < SV_D_PARTS; p++)                                                \
+                acc[j][p] = sv_d_load(lanes + 8 * j + p * SV_D_W);                              \
+        for (size_t i = 0; i < n; i += 8)                                                       \
+            for (int p = 0; p < SV_D_PARTS; p++) {                                              \
+                const sv_d xv = load(x + i + p * SV_D_W);                                       \
+                for (int j = 0; j < 4; j++) {                                                   \
+                    const sv_d prod = sv_d_mul(xv, load(y[j] + i + p * SV_D_W));                \
+                    acc[j][p] = sv_d_add(acc[j][p], prod);                                      \
+                }                                                                               \
+            }                                                                                   \
+        for (int j = 0; j < 4; j++)                                                             \
+            for (int p = 0; p < SV_D_PARTS; p++)                                                \
+                sv_d_store(lanes + 8 * j + p * SV_D_W, acc[j][p]);                              \
+    }
+
+#define SV_DEFINE_AXPY4(name, T, load, tail)                                                    \
+    static void name(double *y, const T *const *x, const double *c, size_t n)                   \
+    {                                                                                           \
+        sv_d cv[4];                                                                             \
+        for (int j = 0; j < 4; j++)                                                             \
+            cv[j] = sv_d_set1(c[j]);                                                            \
+        size_t i = 0;                                                                           \
+        for (; i + SV_D_W <= n; i += SV_D_W) {                                                  \
+            sv_d v = sv_d_load(y + i);                                                          \
+            for (int j = 0; j < 4; j++) {                                                       \
+                const sv_d prod = sv_d_mul(cv[j], load(x[j] + i));                              \
+                v = sv_d_add(v, prod);                                                          \
+            }                                                                                   \
+            sv_d_store(y + i, v);                                                               \
+        }                                                                                       \
+        const T *rest[4] = {x[0] + i, x[1] + i, x[2] + i, x[3] + i};                            \
+        tail(y + i, rest, c, n - i);                                                            \
+    }
+
+SV_DEFINE_DOT4_LANES(sv_dot4_lanes_f64, double, sv_d_load)
+SV_DEFINE_DOT4_LANES(sv_dot4_lanes_f32_f64, float, sv_d_load_f32)
+SV_DEFINE_AXPY4(sv_axpy4_f64, double, sv_d_load, host_axpy4_f64)
+SV_DEFINE_AXPY4(sv_axpy4_f32_f64, float, sv_d_load_f32, host_axpy4_f32_f64)
+
+/* The host kernel entries a variant with SV_D_W puts in its table. */
+#define SV_F64_HOST_KERNELS                                                                     \
+    .dot4_lanes_f64 = sv_dot4_lanes_f64, .dot4_lanes_f32_f64 = sv_dot4_lanes_f32_f64,            \
+    .axpy4_f64 = sv_axpy4_f64, .axpy4_f32_f64 = sv_axpy4_f32_f64
+#endif
 
 #endif /* SONA_CPU_SIMD_KERNELS_H */

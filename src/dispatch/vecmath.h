@@ -35,6 +35,30 @@ int sona_all_finite(const float *v, size_t n);
  * sum of squares waits on one chain of adds). The per-step check of live traffic. */
 int sona_all_within_fast(const float *v, size_t n, float bound);
 
+/* The cluster merge's double arithmetic on rows of n values (row i of X at X + i xs, and so on),
+ * through the variant's four-at-once kernels: each result has the bits of the one-at-a-time
+ * kernel (cpu/host_loops.h), so it is the same on every variant.
+ *
+ * Gram products out[a * l + b] = X_a . R_b (a < m, b < l), each the bits of dot_f64 (of the
+ * values widened to double: sona_gram_f32_f64 takes two float matrices, sona_gram_widen_f64
+ * float rows against double ones). They walk n in chunks, so that what a chunk reads of R stays
+ * in the L1 cache for several rows of X: rows of thousands streamed from L2 or beyond once a dot
+ * were the merge's time. */
+void sona_gram_f64(const double *X, size_t xs, size_t m, const double *R, size_t rs, size_t l,
+                   size_t n, double *out);
+void sona_gram_f32_f64(const float *X, size_t xs, size_t m, const float *R, size_t rs, size_t l,
+                       size_t n, double *out);
+void sona_gram_widen_f64(const float *X, size_t xs, size_t m, const double *R, size_t rs, size_t l,
+                         size_t n, double *out);
+/* out[j] = x . row_j (j < m): sona_gram_f64 of one row. */
+void sona_dots_f64(const double *x, const double *rows, size_t stride, size_t m, size_t n, double *out);
+/* y += c[j] row_j for j = 0, 1, ... m - 1 in that order, skipping the j with c[j] == 0 (a zero
+ * coefficient adds nothing, and keeps a non-finite row out): the bits of one axpy_f64 (or
+ * axpy_f32_f64) after the other. y must not overlap the rows. Callers with several y over the
+ * same rows call it chunk by chunk of n, for the same reason as the Gram products. */
+void sona_axpys_f64(double *y, const double *rows, size_t stride, const double *c, size_t m, size_t n);
+void sona_axpys_f32_f64(double *y, const float *rows, size_t stride, const double *c, size_t m, size_t n);
+
 /* Scales v (n floats) to unit L2 norm; returns the norm before scaling (0: v left unchanged). */
 float sona_normalize(float *v, size_t n);
 
