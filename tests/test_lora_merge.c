@@ -320,3 +320,58 @@ Test(lora_merge, align_turns_the_factors_back_to_the_reference_coordinates)
     cr_assert_eq(memcmp(B2, Bt, sizeof B2), 0);
     drop(&a);
 }
+
+/* The sketch's finish with a reference (the turn folded in) against the finish without one
+ * followed by sona_lora_align: the same factors to float rounding, at odd sizes, with all
+ * directions live and with some dead (M of rank below r: their A rows come from Omega). */
+static void sketch_finish_turned(uint32_t k, uint32_t zero_rows, uint64_t seed)
+{
+    sona_rng rng;
+    sona_rng_seed(&rng, seed, 6 + zero_rows);
+    enum { HH = 203, RR = 5, LL = 7 };
+    adapters a = make(k, HH, RR, &rng);
+    for (uint32_t i = 0; i < k; i++) /* B's last columns zero: M of rank k (RR - zero_rows) */
+        memset(a.Bt[i] + (size_t)(RR - zero_rows) * HH, 0, (size_t)zero_rows * HH * sizeof(float));
+    float *ref = new_uniform(&rng, (size_t)RR * HH, -1.0f, 1.0f);
+    double *om = malloc((size_t)LL * HH * sizeof *om), *Y = calloc((size_t)LL * HH, sizeof *Y);
+    double *Z = calloc((size_t)LL * HH, sizeof *Z);
+    cr_assert(ref && om && Y && Z);
+    cr_assert_eq(sona_sketch_basis(HH, LL, RR, ref, 99, om), SONA_OK);
+    const float *const *pa = (const float *const *)a.A, *const *pb = (const float *const *)a.Bt;
+    cr_assert_eq(sona_sketch_product(HH, RR, k, pa, pb, NULL, LL, om, 0, Y), SONA_OK);
+    sona_sketch_orthonormalize(HH, LL, Y);
+    cr_assert_eq(sona_sketch_product(HH, RR, k, pa, pb, NULL, LL, Y, 1, Z), SONA_OK);
+    float A1[RR * HH], B1[RR * HH], A2[RR * HH], B2[RR * HH];
+    sona_merge_info i1, i2;
+    cr_assert_eq(sona_sketch_finish(HH, RR, LL, Y, Z, om, 0.3, NULL, A1, B1, &i1), SONA_OK);
+    uint32_t dead = 0; /* directions with B 0, before the turn mixes them */
+    for (uint32_t j = 0; j < RR; j++) {
+        int zero = 1;
+        for (uint32_t h = 0; h < HH; h++)
+            zero &= B1[j * HH + h] == 0.0f;
+        dead += (uint32_t)zero;
+    }
+    cr_assert_eq(dead, zero_rows);
+    cr_assert_eq(sona_lora_align(HH, RR, ref, A1, B1), SONA_OK);
+    cr_assert_eq(sona_sketch_finish(HH, RR, LL, Y, Z, om, 0.3, ref, A2, B2, &i2), SONA_OK);
+    cr_assert_eq(i1.total, i2.total);
+    cr_assert_eq(i1.tail, i2.tail);
+    double worst = 0.0, scale = 0.0;
+    for (uint32_t i = 0; i < RR * HH; i++) {
+        worst = fmax(worst, fmax(fabs((double)A1[i] - A2[i]), fabs((double)B1[i] - B2[i])));
+        scale = fmax(scale, fmax(fabs((double)A1[i]), fabs((double)B1[i])));
+    }
+    printf("[lora_merge] finish turned (k %u, %u zero rows of B, %u dead directions): largest "
+           "difference %.3g of %.3g\n", k, zero_rows, dead, worst, scale);
+    cr_assert(worst <= 1e-5 * scale, "turned in the finish vs aligned after: %g (of %g)", worst, scale);
+    free(ref), free(om), free(Y), free(Z);
+    drop(&a);
+}
+
+Test(lora_merge, the_sketch_finish_turns_as_align_does)
+{
+    const uint64_t seed = test_seed();
+    printf("seed %" PRIu64 "\n", seed);
+    sketch_finish_turned(3, 0, seed);
+    sketch_finish_turned(1, 2, seed);
+}

@@ -18,6 +18,8 @@
  * A failure in 1-4 returns before anything of the engine changed. */
 #include "engine/base.h"
 
+#include "common/scratch.h"
+
 #include "core/adapt/lora_internal.h"
 #include "core/adapt/merge.h"
 #include "dispatch/vecmath.h"
@@ -54,6 +56,7 @@ struct eng_sync {
     size_t bank_bytes;
     uint64_t bank_next;  /* the id its next new pattern takes */
     int bank_have;
+    sona_scratch sketch_mem; /* the sketched merge's working memory, kept between syncs */
 };
 
 void eng_sync_free(struct eng_sync *s)
@@ -62,8 +65,9 @@ void eng_sync_free(struct eng_sync *s)
         return;
     free(s->tenants_prev), free(s->prev), free(s->gain), free(s->base_prev), free(s->tenant_tf),
         free(s->tenant_tf_have);
-    free(s->base), free(s->tenants), free(s->gen), free(s->valid), free(s->fisher_tasks), free(s->bank),
-        free(s);
+    free(s->base), free(s->tenants), free(s->gen), free(s->valid), free(s->fisher_tasks), free(s->bank);
+    sona_scratch_free(&s->sketch_mem);
+    free(s);
 }
 
 static struct eng_sync *sync_alloc(const sona_engine_config *c)
@@ -375,13 +379,16 @@ static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint
         } else
             todo[n++] = l2;
     }
-    double *om = malloc(3 * n * lh * sizeof *om);
-    float *tmp = malloc(n * lh * sizeof *tmp);
-    if (n && (!om || !tmp)) {
-        free(hd), free(todo), free(om), free(tmp);
+    /* Omega, Y, Z and the all-reduce's integers: kept between syncs (common/scratch.h), or each
+     * sync faulted some 7 000 fresh pages in (at 12 x 4096 x 16), inside the merge's time. */
+    const size_t sketch_bytes = n * lh * (3 * sizeof(double) + sizeof(float));
+    double *om = n ? sona_scratch_get(&e->sync->sketch_mem, sketch_bytes) : NULL;
+    if (n && !om) {
+        free(hd), free(todo);
         return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
     }
     double *Y = om + n * lh, *Z = Y + n * lh;
+    float *tmp = (float *)(void *)(Z + n * lh);
     sona_status fail = SONA_OK; /* a local failure: goes on through the collectives */
     /* No S on some rank (a first sync): rank 0's A, the same bits everywhere (an all-reduce
      * where the others add zeros: exact in any order), takes S's place in Omega and as the
@@ -390,19 +397,26 @@ static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint
     if (!basis && n && k > 1) {
         bcast = calloc(L * rh, sizeof *bcast);
         if (!bcast) {
-            free(hd), free(todo), free(om), free(tmp);
+            free(hd), free(todo);
+            sona_scratch_done(&e->sync->sketch_mem, sketch_bytes);
             return eng_fail(e, SONA_E_NOMEM, "%s: out of memory", __func__);
         }
         if (rank == 0)
             memcpy(bcast, mine, L * rh * sizeof *bcast);
         st = sona_comm_allreduce_sum(comm, bcast, L * rh);
         if (st != SONA_OK) {
-            free(hd), free(todo), free(om), free(tmp), free(bcast);
+            free(hd), free(todo), free(bcast);
+            sona_scratch_done(&e->sync->sketch_mem, sketch_bytes);
             return eng_fail(e, st, "%s: rank 0's A: %s", __func__, sona_comm_last_error(comm));
         }
         basis = bcast;
     }
-    const double wr = w[rank];
+    /* S's share of a layer's products (the same on every rank) is computed by one rank, layer
+     * t's by rank t mod k, and added to that rank's own before the sums: each rank makes 1 / k
+     * of S's products. (Added after the sums by every rank, it was half of each rank's
+     * products; inside the sums it counts in their integer scale, 2^-24 of the sum of the
+     * ranks' largest entries, as the ranks' own shares always did.) */
+    const double wS[2] = {w[rank], w_last};
     double t0;
     merge_clock(&t0);
     for (size_t t = 0; t < n && fail == SONA_OK; t++) {
@@ -410,9 +424,11 @@ static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint
         fail = sona_sketch_basis((uint32_t)H, (uint32_t)l, (uint32_t)r,
                                  basis ? basis + l2 * rh : NULL, 0x5359u + l2, om + t * lh);
         memset(Y + t * lh, 0, lh * sizeof *Y);
-        const float *pa[1] = {mine + l2 * rh}, *pb[1] = {mine + L * rh + l2 * rh};
+        const float *pa[2] = {mine + l2 * rh, last ? last + l2 * rh : NULL};
+        const float *pb[2] = {mine + L * rh + l2 * rh, last ? last + L * rh + l2 * rh : NULL};
+        const uint32_t terms = last && t % k == rank ? 2 : 1; /* this rank's, and S's */
         if (fail == SONA_OK)
-            fail = sona_sketch_product((uint32_t)H, (uint32_t)r, 1, pa, pb, &wr, (uint32_t)l,
+            fail = sona_sketch_product((uint32_t)H, (uint32_t)r, terms, pa, pb, wS, (uint32_t)l,
                                        om + t * lh, 0, Y + t * lh);
     }
     merge_clock_end(e, t0);
@@ -421,16 +437,13 @@ static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint
     merge_clock(&t0);
     for (size_t t = 0; t < n && st == SONA_OK && fail == SONA_OK; t++) {
         const size_t l2 = todo[t];
-        if (last) { /* S's share, the same on every rank, added after the sum */
-            const float *pa[1] = {last + l2 * rh}, *pb[1] = {last + L * rh + l2 * rh};
-            fail = sona_sketch_product((uint32_t)H, (uint32_t)r, 1, pa, pb, &w_last,
-                                       (uint32_t)l, om + t * lh, 0, Y + t * lh);
-        }
         sona_sketch_orthonormalize((uint32_t)H, (uint32_t)l, Y + t * lh); /* Y becomes Q */
         memset(Z + t * lh, 0, lh * sizeof *Z);
-        const float *pa[1] = {mine + l2 * rh}, *pb[1] = {mine + L * rh + l2 * rh};
+        const float *pa[2] = {mine + l2 * rh, last ? last + l2 * rh : NULL};
+        const float *pb[2] = {mine + L * rh + l2 * rh, last ? last + L * rh + l2 * rh : NULL};
+        const uint32_t terms = last && t % k == rank ? 2 : 1;
         if (fail == SONA_OK)
-            fail = sona_sketch_product((uint32_t)H, (uint32_t)r, 1, pa, pb, &wr, (uint32_t)l,
+            fail = sona_sketch_product((uint32_t)H, (uint32_t)r, terms, pa, pb, wS, (uint32_t)l,
                                        Y + t * lh, 1, Z + t * lh);
     }
     merge_clock_end(e, t0);
@@ -439,11 +452,6 @@ static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint
     merge_clock(&t0);
     for (size_t t = 0; t < n && st == SONA_OK && fail == SONA_OK; t++) {
         const size_t l2 = todo[t];
-        if (last) {
-            const float *pa[1] = {last + l2 * rh}, *pb[1] = {last + L * rh + l2 * rh};
-            fail = sona_sketch_product((uint32_t)H, (uint32_t)r, 1, pa, pb, &w_last,
-                                       (uint32_t)l, Y + t * lh, 1, Z + t * lh);
-        }
         /* a0: the RMS row norm of A over every rank's (and S's) rows, summed in rank order. */
         double a2 = 0.0, rows = (double)k * r;
         for (uint32_t i = 0; i < k; i++) {
@@ -456,19 +464,19 @@ static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint
                 a2 += (double)last[l2 * rh + i] * last[l2 * rh + i];
             rows += (double)r;
         }
+        /* Turned to S's coordinates where every rank has S (EWC++ is per coordinate). */
         sona_merge_info info = {0};
         if (fail == SONA_OK)
             fail = sona_sketch_finish((uint32_t)H, (uint32_t)r, (uint32_t)l, Y + t * lh,
-                                      Z + t * lh, om + t * lh, sqrt(a2 / rows), A_new + l2 * rh,
+                                      Z + t * lh, om + t * lh, sqrt(a2 / rows),
+                                      basis ? basis + l2 * rh : NULL, A_new + l2 * rh,
                                       Bt_new + l2 * rh, &info);
-        if (fail == SONA_OK && basis) /* S's coordinates kept (EWC++ is per coordinate) */
-            fail = sona_lora_align((uint32_t)H, (uint32_t)r, basis + l2 * rh, A_new + l2 * rh,
-                                   Bt_new + l2 * rh);
         total += info.total;
         tail += info.tail;
     }
     merge_clock_end(e, t0);
-    free(hd), free(todo), free(om), free(tmp), free(bcast);
+    free(hd), free(todo), free(bcast);
+    sona_scratch_done(&e->sync->sketch_mem, sketch_bytes);
     if (st != SONA_OK)
         return st;
     *err = total > 0.0 ? sqrt(tail / total) : 0.0;
@@ -964,13 +972,19 @@ static void tenant_merge_free(tenant_merge *tm, size_t T)
 static double product_dot(size_t H, uint32_t r, const float *Aj, const float *Btj, const float *Al,
                           const float *Btl)
 {
-    /* The variant's double dot of floats: its bits are every variant's (cpu/host_loops.h), and
-     * a paced sync makes 5 r^2 of them a layer (its scalar form took 40 % of a sync's CPU). */
-    double (*dot)(const float *, const float *, size_t) = sona_host_kernels_get()->dot_f32_f64;
+    /* The Gram products of the rows (cpu/host_loops.h's double dots of floats: their bits are
+     * every variant's), four rows of j's against all of l's at a time: a paced sync makes
+     * 5 r^2 dots of hidden a layer (its scalar form took 40 % of a sync's CPU). */
+    enum { P = 4 };
+    double ga[P * SONA_LORA_MAX_RANK], gb[P * SONA_LORA_MAX_RANK];
     double sum = 0.0;
-    for (uint32_t p = 0; p < r; p++)
-        for (uint32_t q = 0; q < r; q++)
-            sum += dot(Aj + p * H, Al + q * H, H) * dot(Btj + p * H, Btl + q * H, H);
+    for (uint32_t p0 = 0; p0 < r; p0 += P) {
+        const uint32_t m = r - p0 < P ? r - p0 : P;
+        sona_gram_f32_f64(Aj + p0 * H, H, m, Al, H, r, H, ga);
+        sona_gram_f32_f64(Btj + p0 * H, H, m, Btl, H, r, H, gb);
+        for (uint32_t i = 0; i < m * r; i++)
+            sum += ga[i] * gb[i];
+    }
     return sum;
 }
 

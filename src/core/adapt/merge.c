@@ -230,25 +230,66 @@ sona_status sona_lora_merge(uint32_t hidden, uint32_t rank, uint32_t k, const fl
     return SONA_OK;
 }
 
+/* The orthogonal R = U V^T (r x r, row-major, into R) nearest the cross products C = U S V^T
+ * (column-major, r x r, overwritten): orthogonal Procrustes. V: r x r + r doubles of scratch.
+ * 0 (R unset) when C is singular (a singular value below 1e-9 of the top): no turn is unique. */
+static int procrustes_turn(double *C, size_t r, double *V, double *R)
+{
+    double *sig = V + r * r, top = 0.0;
+    jacobi_svd(C, V, r); /* C V = W (in C), W_j = U_j sigma_j */
+    for (size_t j = 0; j < r; j++) {
+        double s2 = 0.0;
+        for (size_t i = 0; i < r; i++)
+            s2 += C[j * r + i] * C[j * r + i];
+        sig[j] = sqrt(s2);
+        top = sig[j] > top ? sig[j] : top;
+    }
+    for (size_t j = 0; j < r; j++)
+        if (!(sig[j] > 1e-9 * top))
+            return 0;
+    /* R[i][c] = sum_j U[i][j] V[c][j], U[i][j] = C[j * r + i] / sigma_j. */
+    for (size_t i = 0; i < r; i++)
+        for (size_t c = 0; c < r; c++) {
+            double s = 0.0;
+            for (size_t j = 0; j < r; j++)
+                s += C[j * r + i] / sig[j] * V[j * r + c];
+            R[i * r + c] = s;
+        }
+    return 1;
+}
+
 /* ---- the sketched merge (merge.h) ---------------------------------------------------------- */
 
-/* The hot loops are the chosen CPU variant's double host kernels (dot_f64, axpy_f64,
- * axpy_f32_f64: cpu/host_loops.h), written so that every variant gives the same bits: every
- * rank of a cluster, whatever its CPU, must round alike. (Per-ISA clones of this file through
- * ifuncs were tried once: their resolver ran before ThreadSanitizer's runtime was up.) */
+/* The hot loops are the chosen CPU variant's double host kernels, through dispatch/vecmath.h's
+ * Gram products and axpys (cpu/host_loops.h's lanes and order), written so that every variant
+ * gives the same bits: every rank of a cluster, whatever its CPU, must round alike. (Per-ISA
+ * clones of this file through ifuncs were tried once: their resolver ran before
+ * ThreadSanitizer's runtime was up.) */
 static const sona_host_kernels *kernels(void) { return sona_host_kernels_get(); }
 
-/* Gram-Schmidt of row j of Y against rows 0..j-1 (twice), then normalised; 0 when dependent. */
+/* Gram-Schmidt of row j of Y against rows 0..j-1, classical (a pass takes the dots with a block
+ * of up to ORTH_BLOCK rows, then their axpys, block after block), then normalised; 0 when
+ * dependent. A second pass only where the first took more than half of the row's square norm
+ * (Daniel, Gragg, Kaufman and Stewart's test with 1/sqrt 2): a row that kept more is
+ * orthogonal to working precision after one, and the rows of a sketch mostly do. */
+enum { ORTH_BLOCK = 32 };
 static void orth_row(const sona_host_kernels *k, double *Y, size_t H, size_t j, double ref2)
 {
-    double *y = Y + j * H;
-    for (int pass = 0; pass < 2; pass++)
-        for (size_t i = 0; i < j; i++) {
-            const double *q = Y + i * H, d = k->dot_f64(q, y, H);
-            if (d != 0.0)
-                k->axpy_f64(y, q, H, -d); /* y - d q exactly: negation is exact */
+    double *y = Y + j * H, d[ORTH_BLOCK];
+    double n2 = ref2;
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i0 = 0; i0 < j; i0 += ORTH_BLOCK) {
+            const size_t m = j - i0 < ORTH_BLOCK ? j - i0 : ORTH_BLOCK;
+            sona_dots_f64(y, Y + i0 * H, H, m, H, d);
+            for (size_t i = 0; i < m; i++)
+                d[i] = -d[i]; /* y - d q exactly: negation is exact */
+            sona_axpys_f64(y, Y + i0 * H, H, d, m, H);
         }
-    const double n2 = k->dot_f64(y, y, H);
+        const double before = n2;
+        n2 = k->dot_f64(y, y, H);
+        if (!(n2 < 0.5 * before))
+            break;
+    }
     /* What is left of a row in the span of the ones before is rounding: relative 1e-24 of
      * its square norm (a few ulps of double times the 2 x 2 passes) counts as nothing. */
     if (!(n2 > 1e-24 * ref2) || n2 == 0.0) {
@@ -286,50 +327,57 @@ sona_status sona_sketch_basis(uint32_t hidden, uint32_t width, uint32_t rank, co
             j++;
         }
     }
-    uint64_t state = seed ^ 0x9e3779b97f4a7c15ull;
+    /* The signs: the 64 bits of each draw in turn, from the top (a draw for each sign was 8 %
+     * of the merge's time). */
+    uint64_t state = seed ^ 0x9e3779b97f4a7c15ull, bits = 0;
     const double unit = 1.0 / sqrt((double)H);
-    for (; j < width; j++)
-        for (size_t h = 0; h < H; h++)
-            omega[j * H + h] = (sona_splitmix64(&state) >> 63) ? unit : -unit;
+    for (size_t i = 0, left = 0; i < (width - j) * H; i++, left--, bits <<= 1) {
+        if (!left) {
+            bits = sona_splitmix64(&state);
+            left = 64;
+        }
+        omega[j * H + i] = (bits >> 63) ? unit : -unit;
+    }
     return SONA_OK;
 }
+
+/* Columns of hidden a pass of the combinations below takes: that chunk of every row they
+ * combine stays in the L1 cache for all of their outputs (sona_gram_f64 does the same for the
+ * dots). */
+enum { CHUNK = 512 };
 
 sona_status sona_sketch_product(uint32_t hidden, uint32_t rank, uint32_t k, const float *const *A,
                          const float *const *Bt, const double *w, uint32_t width, const double *X,
                          int transpose, double *Y)
 {
     const size_t H = hidden, r = rank, l = width;
-    double *row = malloc((H + r * l) * sizeof *row); /* a factor row in double */
-    if (!row)
+    /* the factor rows' products with X's rows, t[c * l + j], and by Y's row, tt[j * r + c] */
+    double *t = malloc(2 * r * l * sizeof *t);
+    if (!t)
         return SONA_E_NOMEM;
-    double *t = row + H; /* the rows' products with X's rows: t[c * l + j] */
-    const sona_host_kernels *hk = kernels();
+    double *tt = t + r * l;
     for (uint32_t i = 0; i < k; i++) {
         const double wi = w ? w[i] : 1.0 / k;
         /* M X_j = sum_c B_c (A_c . X_j); M^T X_j = sum_c A_c (B_c . X_j). */
         const float *in = transpose ? Bt[i] : A[i], *out = transpose ? A[i] : Bt[i];
-        for (size_t c = 0; c < r; c++) {
-            for (size_t h = 0; h < H; h++)
-                row[h] = in[c * H + h];
+        sona_gram_widen_f64(in, H, r, X, H, l, H, t);
+        for (size_t c = 0; c < r; c++)
             for (size_t j = 0; j < l; j++)
-                t[c * l + j] = wi * hk->dot_f64(row, X + j * H, H);
-        }
-        for (size_t j = 0; j < l; j++) {
-            double *y = Y + j * H;
-            for (size_t c = 0; c < r; c++) {
-                const double s = t[c * l + j];
-                if (s != 0.0)
-                    hk->axpy_f32_f64(y, out + c * H, H, s);
-            }
+                tt[j * r + c] = t[c * l + j] * wi;
+        for (size_t h0 = 0; h0 < H; h0 += CHUNK) {
+            const size_t n = H - h0 < CHUNK ? H - h0 : CHUNK;
+            for (size_t j = 0; j < l; j++)
+                sona_axpys_f32_f64(Y + j * H + h0, out + h0, H, tt + j * r, r, n);
         }
     }
-    free(row);
+    free(t);
     return SONA_OK;
 }
 
 sona_status sona_sketch_finish(uint32_t hidden, uint32_t rank, uint32_t width, const double *Q,
-                               const double *Z, const double *omega, double a0, float *A_out,
-                               float *Bt_out, sona_merge_info *info)
+                               const double *Z, const double *omega, double a0,
+                               const float *A_ref, float *A_out, float *Bt_out,
+                               sona_merge_info *info)
 {
     sona_merge_info local;
     if (!info)
@@ -338,17 +386,28 @@ sona_status sona_sketch_finish(uint32_t hidden, uint32_t rank, uint32_t width, c
     const size_t H = hidden, r = rank, l = width;
     /* Q^T Z = sum_a q_a z_a^T with orthonormal q_a: its singular values are those of Z's rows,
      * from the eigenvectors of the Gram G = Z Z^T (l x l) by one-sided Jacobi on G. */
-    double *buf = malloc((2 * l * l + 2 * H + l) * sizeof *buf);
+    const size_t uw = CHUNK > 4 * l ? CHUNK : 4 * l; /* u: a chunk, or the Gram's rows */
+    const size_t gw = l * l > 2 * r * l ? l * l : 2 * r * l; /* G, then A_ref's products */
+    /* R, then C and the turn's scratch or a product of coefficients */
+    const size_t tw = r * r + (2 * r * r + r > r * l ? 2 * r * r + r : r * l);
+    double *buf = malloc((gw + l * l + uw + CHUNK + l + 3 * r * l + tw) * sizeof *buf);
     size_t *order = malloc(l * sizeof *order);
     if (!buf || !order) {
         free(buf), free(order);
         return SONA_E_NOMEM;
     }
-    double *G = buf, *V = G + l * l, *u = V + l * l, *v = u + H, *lam = v + H;
+    double *G = buf, *V = G + gw, *u = V + l * l, *v = u + uw, *lam = v + CHUNK;
+    double *fa = lam + l, *fb = fa + r * l, *fo = fb + r * l, *turn = fo + r * l;
     const sona_host_kernels *hk = kernels();
-    for (size_t a = 0; a < l; a++)
-        for (size_t b = 0; b <= a; b++)
-            G[a * l + b] = G[b * l + a] = hk->dot_f64(Z + a * H, Z + b * H, H);
+    /* The lower triangle, four rows at a time, mirrored (the products commute: it is the
+     * upper's bits). */
+    for (size_t i0 = 0; i0 < l; i0 += 4) {
+        const size_t m = l - i0 < 4 ? l - i0 : 4;
+        sona_gram_f64(Z + i0 * H, H, m, Z, H, i0 + m, H, u); /* u: m x (i0 + m) of scratch */
+        for (size_t a = 0; a < m; a++)
+            for (size_t b = 0; b <= i0 + a; b++)
+                G[(i0 + a) * l + b] = G[b * l + i0 + a] = u[a * (i0 + m) + b];
+    }
     jacobi_svd(G, V, l); /* G V = W, |W_j| = lambda_j = sigma_j^2 */
     for (size_t j = 0; j < l; j++) {
         lam[j] = sqrt(hk->dot_f64(G + j * l, G + j * l, l));
@@ -364,34 +423,75 @@ sona_status sona_sketch_finish(uint32_t hidden, uint32_t rank, uint32_t width, c
     for (size_t j = r; j < l; j++)
         info->tail += lam[order[j]];
     const double top = l ? lam[order[0]] : 0.0;
+    /* Row j: B's column Q^T V_q (unit) times sigma / a, A's row Z^T V_q (norm sigma) times
+     * a / sigma, for Q^T Z = sum sigma u (v / sigma)^T: in coefficients on Q's and Z's rows, fb
+     * and fa. A direction of rounding noise (lambda below 1e-20 of the top: sigma below 1e-10
+     * of the top, where the Gram's rounding hides it) carries nothing: B 0, A Omega's row j mod
+     * width times a0 (fo: coefficients on Omega's rows). */
+    memset(fa, 0, 3 * r * l * sizeof *fa); /* fa, fb, fo */
+    int dead = 0;
     for (size_t j = 0; j < r; j++) {
-        float *bt = Bt_out + j * H, *ar = A_out + j * H;
         const size_t q = j < l ? order[j] : 0;
         const double sigma = j < l ? sqrt(lam[q]) : 0.0;
-        /* A direction of rounding noise (lambda below 1e-20 of the top: sigma below 1e-10 of
-         * the top, where the Gram's rounding hides it) carries nothing. */
-        if (j >= l || !(lam[q] > 1e-20 * top) || sigma == 0.0) {
-            memset(bt, 0, H * sizeof *bt);
-            const double *o = omega + (j % l) * H;
-            for (size_t h = 0; h < H; h++)
-                ar[h] = (float)(a0 * o[h]);
+        if (!(j < l && lam[q] > 1e-20 * top && sigma != 0.0)) {
+            fo[j * l + j % l] = a0;
+            dead = 1;
             continue;
         }
         const double rs = sqrt(sigma), a = rs > a0 ? rs : a0;
-        /* u = Q^T V_q (unit), v = Z^T V_q / sigma (unit): Q^T Z = sum sigma u v^T. */
-        memset(u, 0, H * sizeof *u);
-        memset(v, 0, H * sizeof *v);
         for (size_t i = 0; i < l; i++) {
-            const double c = V[q * l + i];
-            if (c == 0.0)
-                continue;
-            hk->axpy_f64(u, Q + i * H, H, c);
-            hk->axpy_f64(v, Z + i * H, H, c);
+            fb[j * l + i] = V[q * l + i] * (sigma / a);
+            fa[j * l + i] = V[q * l + i] * (a / sigma);
         }
-        const double bs = sigma / a, as = a / sigma;
-        for (size_t h = 0; h < H; h++) {
-            bt[h] = (float)(u[h] * bs);
-            ar[h] = (float)(v[h] * as);
+    }
+    /* The turn to A_ref's coordinates folded in (sona_lora_align's, without writing the rows
+     * twice): C = A_ref A^T from A_ref's products with Z's (and Omega's) rows, then the rows'
+     * coefficients times R. */
+    if (A_ref) {
+        double *P = G; /* G is done with: r x l products, then r x l more with Omega's rows */
+        sona_gram_widen_f64(A_ref, H, r, Z, H, l, H, P);
+        if (dead)
+            sona_gram_widen_f64(A_ref, H, r, omega, H, l, H, P + r * l);
+        for (size_t i = 0; i < r; i++) /* C[j * r + i] = A_ref_i . A_j */
+            for (size_t j = 0; j < r; j++) {
+                double c = 0.0;
+                for (size_t t = 0; t < l; t++) {
+                    c += fa[j * l + t] * P[i * l + t];
+                    if (dead)
+                        c += fo[j * l + t] * P[r * l + i * l + t];
+                }
+                turn[r * r + j * r + i] = c;
+            }
+        const double *R = turn;
+        if (procrustes_turn(turn + r * r, r, turn + 2 * r * r, turn)) {
+            double *mixed = turn + r * r; /* C is done with */
+            for (int f = 0; f < 3; f++) {
+                double *F = fa + (size_t)f * r * l;
+                for (size_t i = 0; i < r; i++)
+                    for (size_t t = 0; t < l; t++) {
+                        double c = 0.0;
+                        for (size_t j = 0; j < r; j++)
+                            c += R[i * r + j] * F[j * l + t];
+                        mixed[i * l + t] = c;
+                    }
+                memcpy(F, mixed, r * l * sizeof *F);
+            }
+        }
+    }
+    for (size_t h0 = 0; h0 < H; h0 += CHUNK) {
+        const size_t n = H - h0 < CHUNK ? H - h0 : CHUNK;
+        for (size_t j = 0; j < r; j++) {
+            float *bt = Bt_out + j * H + h0, *ar = A_out + j * H + h0;
+            memset(u, 0, n * sizeof *u);
+            memset(v, 0, n * sizeof *v);
+            sona_axpys_f64(u, Q + h0, H, fb + j * l, l, n);
+            sona_axpys_f64(v, Z + h0, H, fa + j * l, l, n);
+            if (dead)
+                sona_axpys_f64(v, omega + h0, H, fo + j * l, l, n);
+            for (size_t h = 0; h < n; h++) {
+                bt[h] = (float)u[h];
+                ar[h] = (float)v[h];
+            }
         }
     }
     free(buf), free(order);
@@ -402,53 +502,36 @@ sona_status sona_lora_align(uint32_t hidden, uint32_t rank, const float *A_ref, 
                             float *Bt)
 {
     const size_t H = hidden, r = rank;
-    double *buf = malloc((3 * r * r + 5 * r * H) * sizeof *buf);
+    /* C then R, A_ref's products with A; then a chunk of the turned A and Bt */
+    double *buf = malloc((4 * r * r + r + 2 * r * CHUNK) * sizeof *buf);
     if (!buf)
         return SONA_E_NOMEM;
-    double *C = buf, *V = C + r * r, *R = V + r * r, *a = R + r * r, *b = a + r * H;
-    double *ad = b + r * H, *bd = ad + r * H, *rd = bd + r * H; /* A, Bt, A_ref in double */
-    for (size_t i = 0; i < r * H; i++) {
-        ad[i] = A[i];
-        bd[i] = Bt[i];
-        rd[i] = A_ref[i];
-    }
-    /* C = A_ref A^T, column-major: C[j * r + i] = A_ref_i . A_j. */
-    const sona_host_kernels *hk = kernels();
+    double *C = buf, *R = C + r * r, *G = R + r * r, *V = G + r * r, *a = V + r * r + r;
+    double *b = a + r * CHUNK;
+    /* C = A_ref A^T, column-major: C[j * r + i] = A_ref_i . A_j (products of the floats in
+     * double). */
+    sona_gram_f32_f64(A_ref, H, r, A, H, r, H, G);
     for (size_t i = 0; i < r; i++)
         for (size_t j = 0; j < r; j++)
-            C[j * r + i] = hk->dot_f64(rd + i * H, ad + j * H, H);
-    jacobi_svd(C, V, r); /* C V = W (in C), W_j = U_j sigma_j */
-    double top = 0.0, *sig = a; /* a's first r entries, before a is filled */
-    for (size_t j = 0; j < r; j++) {
-        double s2 = 0.0;
-        for (size_t i = 0; i < r; i++)
-            s2 += C[j * r + i] * C[j * r + i];
-        sig[j] = sqrt(s2);
-        top = sig[j] > top ? sig[j] : top;
+            C[j * r + i] = G[i * r + j];
+    if (!procrustes_turn(C, r, V, R)) {
+        free(buf);
+        return SONA_OK; /* singular: no unique turn, the factors stay */
     }
-    for (size_t j = 0; j < r; j++)
-        if (!(sig[j] > 1e-9 * top)) {
-            free(buf);
-            return SONA_OK; /* singular: no unique turn, the factors stay */
+    /* A <- R A and Bt <- R Bt, a chunk of columns at a time (every output row reads the
+     * chunk of every input row: all of them first, then written back). */
+    for (size_t h0 = 0; h0 < H; h0 += CHUNK) {
+        const size_t n = H - h0 < CHUNK ? H - h0 : CHUNK;
+        memset(a, 0, 2 * r * CHUNK * sizeof *a); /* a and b */
+        for (size_t i = 0; i < r; i++) {
+            sona_axpys_f32_f64(a + i * CHUNK, A + h0, H, R + i * r, r, n);
+            sona_axpys_f32_f64(b + i * CHUNK, Bt + h0, H, R + i * r, r, n);
         }
-    /* R = U V^T: R[i][c] = sum_j U[i][j] V[c][j], U[i][j] = C[j * r + i] / sigma_j. */
-    for (size_t i = 0; i < r; i++)
-        for (size_t c = 0; c < r; c++) {
-            double s = 0.0;
-            for (size_t j = 0; j < r; j++)
-                s += C[j * r + i] / sig[j] * V[j * r + c];
-            R[i * r + c] = s;
-        }
-    memset(a, 0, 2 * r * H * sizeof *a); /* a and b */
-    for (size_t i = 0; i < r; i++)
-        for (size_t c = 0; c < r; c++) {
-            const double x = R[i * r + c];
-            hk->axpy_f64(a + i * H, ad + c * H, H, x);
-            hk->axpy_f64(b + i * H, bd + c * H, H, x);
-        }
-    for (size_t i = 0; i < r * H; i++) {
-        A[i] = (float)a[i];
-        Bt[i] = (float)b[i];
+        for (size_t i = 0; i < r; i++)
+            for (size_t h = 0; h < n; h++) {
+                A[i * H + h0 + h] = (float)a[i * CHUNK + h];
+                Bt[i * H + h0 + h] = (float)b[i * CHUNK + h];
+            }
     }
     free(buf);
     return SONA_OK;

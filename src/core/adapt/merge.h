@@ -49,17 +49,21 @@ sona_status sona_sketch_basis(uint32_t hidden, uint32_t width, uint32_t rank, co
 sona_status sona_sketch_product(uint32_t hidden, uint32_t rank, uint32_t k, const float *const *A,
                          const float *const *Bt, const double *w, uint32_t width, const double *X,
                          int transpose, double *Y);
-/* Y's rows made orthonormal in place (Gram-Schmidt twice, in row order); a row dependent on the
- * ones before becomes 0. */
+/* Y's rows made orthonormal in place (classical Gram-Schmidt in row order, a second pass for a
+ * row that lost more than half its square norm in the first); a row dependent on the ones
+ * before becomes 0. */
 void sona_sketch_orthonormalize(uint32_t hidden, uint32_t width, double *Y);
 /* The merge from Q (the orthonormal rows of sona_sketch_orthonormalize) and Z (row j = M^T Q_j):
  * the best rank-r approximation of Q^T Z into A_out and Bt_out (rank x hidden), its singular
  * values split as in sona_lora_merge with a0 the inputs' RMS row norm of A (a direction with no
  * singular value takes Omega's row as its A row). info: total = |Q^T Z|_F^2 and tail = what the
- * truncation lost of it (M's part outside Q's range is not seen). SONA_E_NOMEM. */
+ * truncation lost of it (M's part outside Q's range is not seen). A_ref (rank x hidden, or NULL):
+ * the factors come turned to its coordinates as by sona_lora_align (folded into the same pass
+ * over Q and Z). SONA_E_NOMEM. */
 sona_status sona_sketch_finish(uint32_t hidden, uint32_t rank, uint32_t width, const double *Q,
-                               const double *Z, const double *omega, double a0, float *A_out,
-                               float *Bt_out, sona_merge_info *info);
+                               const double *Z, const double *omega, double a0,
+                               const float *A_ref, float *A_out, float *Bt_out,
+                               sona_merge_info *info);
 
 /* Turns a merged adapter's factors by the orthogonal R (rank x rank) that brings A closest to
  * A_ref (orthogonal Procrustes, R = U V^T from A_ref A^T = U S V^T): A <- R A, Bt <- R Bt, so
