@@ -177,11 +177,12 @@ static sona_status seed_plus_plus(const sona_backend *be, const float *X, uint32
     for (uint32_t j = 1; j < k; j++) {
         /* The candidates all come from the same D^2 weights, so draw them up front. */
         sample_weighted_many(rng, s->dist, n, trials, s->cand, s->targets, s->order);
+        /* Centred as in Xt (the same subtraction), from X's rows: Xt's columns are a cache
+         * line apart each. s->sums holds the mean until Lloyd. */
         for (uint32_t t = 0; t < trials; t++) {
-            const uint32_t c = s->cand[t];
-            const float *col = s->Xt + (size_t)(c / s->bw) * d * s->bw + c % s->bw;
+            const float *x = X + (size_t)s->cand[t] * d;
             for (uint32_t u = 0; u < d; u++)
-                s->cand_rows[(size_t)t * d + u] = col[(size_t)u * s->bw];
+                s->cand_rows[(size_t)t * d + u] = x[u] - s->sums[u];
         }
         for (uint32_t b = 0; b < blocks; b++) {
             /* A partial last block is passed at full width: its columns past n are zeros
