@@ -13,6 +13,9 @@
 #include <string.h>
 
 #include "common/rng.h"
+#include "core/patterns/bank_device.h"
+#include "dispatch/cost.h"
+#include "dispatch/dispatch.h"
 #include "support/fill.h"
 #include <sona.h>
 
@@ -1003,4 +1006,75 @@ Test(bank, large_extractions_keep_their_patterns, .timeout = 120)
     cr_assert_leq(n, first + 12, "%u patterns after the first extraction, %u after three more", first, n);
     check_patterns(b, &s, 4000, 0.0);
     sona_bank_destroy(b);
+}
+
+/* An extraction clusters on the device the bank was given (core/patterns/bank_device.h) when
+ * the cost model says it finishes first there, and on the CPU when it says otherwise; on either
+ * it finds the same patterns. Skips without an accelerator (CI: PoCL through
+ * SONA_OPENCL_DEVICE=any). */
+static void extract_on(const sona_backend *dev, int device_wins, const float *X, uint32_t n,
+                       uint32_t groups, float *centroids, uint64_t *sizes)
+{
+    sona_cost_model m;
+    sona_cost_model_default(sona_backend_kind_of(dev), &m);
+    m.launch_us = device_wins ? 0.0 : 1e9;
+    m.transfer_gbs = device_wins ? 0.0 : m.transfer_gbs;
+    m.peak_gflops = device_wins ? 1e12 : m.peak_gflops;
+    m.memory_gbs = device_wins ? 1e12 : m.memory_gbs;
+    sona_cost_model_set(dev, &m);
+    fake_clock clk = {1000};
+    sona_bank *b = make(groups, &clk);
+    sona_bank_set_device(b, dev);
+    add_all(b, X, n, 1.0f);
+    const sona_backend_kind kind = sona_backend_kind_of(dev);
+    const uint64_t before = sona_dispatch_calls(SONA_OP_SQDIST_ARGMIN, kind);
+    cr_assert_eq(sona_bank_extract(b, NULL), SONA_OK, "%s", sona_bank_last_error(b));
+    const uint64_t calls = sona_dispatch_calls(SONA_OP_SQDIST_ARGMIN, kind) - before;
+    if (device_wins)
+        cr_assert_gt(calls, 0, "k-means on %s", dev->name);
+    else
+        cr_assert_eq(calls, 0, "k-means stayed on the CPU");
+    cr_assert_eq(sona_bank_pattern_count(b), groups);
+    for (uint32_t i = 0; i < groups; i++) { /* by the group of the centroid's nearest row */
+        sona_pattern p;
+        float c[DIM];
+        cr_assert_eq(sona_bank_pattern_at(b, i, &p, c), SONA_OK);
+        uint32_t g = 0;
+        double best = -2.0;
+        for (uint32_t j = 0; j < groups; j++) {
+            const double s = cosine(c, X + (size_t)j * DIM);
+            if (s > best)
+                best = s, g = j;
+        }
+        memcpy(centroids + (size_t)g * DIM, c, sizeof c);
+        sizes[g] = p.size;
+    }
+    sona_bank_destroy(b);
+    sona_cost_model_set(dev, NULL);
+}
+
+Test(bank, extraction_clusters_where_the_cost_model_sends_it, .timeout = 300)
+{
+    const sona_backend *dev = sona_device_backend();
+    if (!dev) {
+        printf("[bank] device extraction: skipped, no accelerator (CUDA device, or OpenCL with "
+               "SONA_OPENCL_DEVICE=any for CPU devices)\n");
+        cr_skip_test("no accelerator");
+    }
+    const uint64_t seed = test_seed();
+    printf("[bank] device extraction on %s: seed %" PRIu64 "\n", dev->name, seed);
+    enum { N = 603, G = 7 };
+    float *X = rows(seed, N, G);
+    static float cd[G * DIM], cc[G * DIM];
+    uint64_t sd[G] = {0}, sc[G] = {0};
+    extract_on(dev, 1, X, N, G, cd, sd);
+    extract_on(dev, 0, X, N, G, cc, sc);
+    double worst = 0.0;
+    for (uint32_t g = 0; g < G; g++) {
+        cr_assert_eq(sd[g], sc[g], "group %u: %" PRIu64 " rows on the device, %" PRIu64 " on the CPU", g, sd[g], sc[g]);
+        worst = fmax(worst, 1.0 - cosine(cd + (size_t)g * DIM, cc + (size_t)g * DIM));
+    }
+    printf("[bank] device extraction: %u patterns, largest 1 - cosine to the CPU's %.3g\n", G, worst);
+    cr_assert(worst < 1e-5, "centroids apart by 1 - cosine %g", worst);
+    free(X);
 }

@@ -10,6 +10,7 @@
 
 #include "common/rng.h"
 #include "core/patterns/kmeans.h"
+#include "dispatch/cost.h"
 #include "dispatch/dispatch.h"
 #include "support/fill.h"
 
@@ -221,4 +222,55 @@ Test(kmeans, refuses_bad_arguments)
     p.k = 2;
     cr_assert_eq(sona_kmeans(sona_cpu_backend(), NULL, 3, 2, &p, C, assign, counts, &res), SONA_E_NULL);
     cr_assert_eq(sona_kmeans(sona_cpu_backend(), X, 0, 2, &p, C, assign, counts, &res), SONA_E_INVALID);
+}
+
+/* On the accelerator (a CUDA device, or OpenCL with SONA_OPENCL_DEVICE=any: PoCL in CI), the
+ * same clustering as on the CPU: X uploaded once, the seeding's products, the assignments and
+ * the sums there, the host keeping the sampling and the division. Well-separated blobs at odd
+ * sizes: the same clusters found, centroids and inertia equal to float rounding. */
+Test(kmeans, runs_on_the_device_as_on_the_cpu, .timeout = 300)
+{
+    const sona_backend *dev = sona_device_backend();
+    if (!dev) {
+        printf("[kmeans] device: skipped, no accelerator (CUDA device, or OpenCL with "
+               "SONA_OPENCL_DEVICE=any for CPU devices)\n");
+        cr_skip_test("no accelerator");
+    }
+    const uint64_t seed = test_seed();
+    const uint32_t n = 1201, d = 33, k = 9;
+    printf("[kmeans] device %s (%s): n=%u d=%u k=%u seed %" PRIu64 "\n", dev->name, dev->device,
+           n, d, k, seed);
+    int32_t *label = malloc(n * sizeof *label);
+    float *X = gaussian_blobs(seed, n, d, k, 100.0f, 0.5f, label);
+    run cpu = kmeans_run(X, n, d, k, seed);
+    run gpu = {malloc((size_t)k * d * sizeof(float)), malloc(n * sizeof(int32_t)),
+               malloc(k * sizeof(uint32_t)), {0}};
+    const sona_kmeans_params p = {.k = k, .max_iterations = 100, .tolerance = 1e-5f, .seed = seed};
+    const sona_backend_kind kind = sona_backend_kind_of(dev);
+    const uint64_t gemms = sona_dispatch_calls(SONA_OP_GEMM, kind);
+    const uint64_t sums = sona_dispatch_calls(SONA_OP_CLUSTER_SUMS, kind);
+    cr_assert_eq(sona_kmeans(dev, X, n, d, &p, gpu.C, gpu.assign, gpu.counts, &gpu.res), SONA_OK);
+    cr_assert_geq(sona_dispatch_calls(SONA_OP_GEMM, kind), gemms + k - 1, "the seeding ran there");
+    cr_assert_gt(sona_dispatch_calls(SONA_OP_CLUSTER_SUMS, kind), sums, "Lloyd ran there");
+    assert_recovered(label, gpu.assign, n, k, seed);
+    uint32_t total = 0;
+    for (uint32_t j = 0; j < k; j++)
+        total += gpu.counts[j];
+    cr_assert_eq(total, n);
+    /* The same clusters: each CPU cluster's centroid is the device's of the same members. */
+    double worst = 0.0;
+    for (uint32_t i = 0; i < n; i++) {
+        const float *a = cpu.C + (size_t)cpu.assign[i] * d, *b = gpu.C + (size_t)gpu.assign[i] * d;
+        for (uint32_t t = 0; t < d; t++)
+            worst = fmax(worst, fabs((double)a[t] - b[t]));
+    }
+    printf("[kmeans] device: inertia %.9g (CPU %.9g), %u iterations (CPU %u), largest centroid "
+           "difference %.3g\n", gpu.res.inertia, cpu.res.inertia, gpu.res.iterations,
+           cpu.res.iterations, worst);
+    cr_assert(worst <= 1e-3, "centroids differ by %g", worst);
+    cr_assert(fabs(gpu.res.inertia - cpu.res.inertia) <= 1e-4 * cpu.res.inertia);
+    run_free(&cpu);
+    run_free(&gpu);
+    free(X);
+    free(label);
 }

@@ -15,7 +15,8 @@ extern "C" {
  * an optional route name) and wait until sona_bank_extract(). Extraction clusters them
  * (randomised seeded k-means++ seeding, then Lloyd to convergence) into at most k_clusters and
  * at most one cluster per rows_per_cluster trajectories (k-means with a row or two per cluster
- * only splits noise), then meets the bank in three steps:
+ * only splits noise; on the CPU, or on the device SONA_BACKEND names when the bank is created,
+ * where the device's sums round in their own order), then meets the bank in three steps:
  *   1. A cluster merges whole into its most similar pattern in the bank as it was before the
  *      extraction (size-weighted centroid, summed sizes and weights, size-weighted quality)
  *      when their cosine is at least merge_threshold, or when it is as close to the pattern as

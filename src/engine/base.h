@@ -234,6 +234,9 @@ void eng_device_destroy(eng_device *d);
 /* Whether batches can go to a device; picks the backend on the first call (device.c). */
 int eng_device_ready(eng_device *d);
 const char *eng_device_name(eng_device *d);
+/* The accelerator when one was picked already, else NULL (never picks one: loop B's k-means
+ * follows the batches there, it does not load the GPU modules itself). */
+const sona_backend *eng_device_picked(eng_device *d);
 /* n rows with a tenant id (or -1) each, every id live (the caller checked). A failure leaves
  * the CPU to redo the batch. */
 sona_status eng_device_apply(sona_engine *e, uint32_t n, const int32_t *ids, const float *x, float *y);

@@ -68,6 +68,11 @@ eng_device *eng_device_create(const sona_engine_config *cfg)
 
 int eng_device_ready(eng_device *d) { return d && device_pick(d) != NULL; }
 
+const sona_backend *eng_device_picked(eng_device *d)
+{
+    return d && atomic_load_explicit(&d->picked, memory_order_acquire) ? d->be : NULL;
+}
+
 static void set_free(const sona_backend *be, dev_set *s)
 {
     sona_staging_free(be, &s->A);

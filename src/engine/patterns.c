@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The engine's use of the ReasoningBank: loop B adds each batch and extracts patterns; the
  * patterns are what loop C dreams over and what sona_find_patterns returns. */
+#include "core/patterns/bank_device.h"
 #include "dispatch/vecmath.h"
 #include "engine/base.h"
 
@@ -55,8 +56,14 @@ sona_status eng_bank_commit(sona_engine *e, eng_bank_batch *b)
 {
     sona_status st = b->rows ? sona_bank_add_batch(e->bank, b->rows, b->emb, e->cfg.hidden, b->qual, NULL, NULL)
                              : SONA_OK;
-    if (st == SONA_OK)
+    if (st == SONA_OK) {
+        /* k-means on the engine's accelerator where the cost model sends it, once batches
+         * have made the engine pick one (bank_device.h) */
+        const sona_backend *dev = eng_device_picked(e->device);
+        if (dev)
+            sona_bank_set_device(e->bank, dev);
         st = sona_bank_extract(e->bank, NULL);
+    }
     if (st != SONA_OK)
         eng_fail(e, st, "loop B: pattern bank: %s", sona_bank_last_error(e->bank));
     atomic_store(&e->n.patterns, sona_bank_pattern_count(e->bank));

@@ -6,7 +6,9 @@
 #include "common/error.h"
 #include "common/scratch.h"
 #include "common/slotmap.h"
+#include "core/patterns/bank_device.h"
 #include "core/patterns/kmeans.h"
+#include "dispatch/cost.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/vecmath.h"
 
@@ -51,7 +53,8 @@ struct sona_bank {
     sona_bank_config cfg;
     pthread_mutex_t lock;         /* guards everything below */
     pthread_mutex_t extract_lock; /* one extraction at a time; k-means runs outside `lock` */
-    const sona_backend *be; /* the CPU backend: k-means runs on host memory */
+    const sona_backend *be;     /* the CPU backend */
+    const sona_backend *device; /* an accelerator k-means may run on, or NULL (bank_device.h) */
     sona_index *index;
     traj_queue pend;
     /* Kept between extractions (common/scratch.h's rule): the queue memory of the last
@@ -219,6 +222,8 @@ sona_status sona_bank_create(const sona_bank_config *cfg, sona_bank **out)
     if (!b->cfg.clock_ms)
         b->cfg.clock_ms = realtime_ms;
     b->be = sona_cpu_backend();
+    if (sona_env_backend()) /* SONA_BACKEND naming a device: extractions go there */
+        b->device = sona_device_backend();
     b->next_id = 1;
     sona_status st = sona_index_create(&b->cfg.index, &b->index);
     if (st != SONA_OK) {
@@ -989,6 +994,26 @@ static void give_back(sona_bank *b, traj_queue *taken)
     *taken = (traj_queue){0};
 }
 
+void sona_bank_set_device(sona_bank *b, const sona_backend *device)
+{
+    if (!b || (device && device->host_memory))
+        return;
+    pthread_mutex_lock(&b->lock);
+    b->device = device;
+    pthread_mutex_unlock(&b->lock);
+}
+
+/* Where an extraction's k-means runs: the CPU, or the device where the cost model says its
+ * assignment step (the op it repeats most) finishes first there. */
+static const sona_backend *kmeans_backend(const sona_bank *b, const sona_backend *device,
+                                          uint32_t n, uint32_t k, uint32_t dim)
+{
+    if (!device)
+        return b->be;
+    const sona_sqdist_argmin_args shape = {.n = n, .k = k, .d = dim};
+    return sona_route(SONA_OP_SQDIST_ARGMIN, &shape, device);
+}
+
 sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
 {
     if (!b)
@@ -1001,6 +1026,7 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
     b->pend = b->spare;
     b->spare = (traj_queue){0};
     const uint64_t sequence = b->stats.extractions;
+    const sona_backend *device = b->device;
     pthread_mutex_unlock(&b->lock);
 
     sona_status st = SONA_OK;
@@ -1021,6 +1047,7 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
     float *nsim = NULL;
     cluster_sum *cs = NULL;
     sona_kmeans_result kr = {0};
+    const sona_backend *kmeans_on = b->be;
     size_t bytes = 0;
     if (n) {
         const size_t at_C = sona_scratch_push(&bytes, (size_t)k * dim * sizeof *C);
@@ -1069,7 +1096,14 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
                                        .tolerance = b->cfg.tolerance,
                                        .trials = b->cfg.seeding_trials,
                                        .seed = b->cfg.seed ^ (sequence * 0x9e3779b97f4a7c15ull)};
-        st = sona_kmeans_reuse(b->be, taken.emb, n, dim, &kp, C, assign, counts, &kr, &b->kmeans_mem);
+        kmeans_on = kmeans_backend(b, device, n, k, dim);
+        st = sona_kmeans_reuse(kmeans_on, taken.emb, n, dim, &kp, C, assign, counts, &kr,
+                               &b->kmeans_mem);
+        if (st != SONA_OK && kmeans_on != b->be) { /* the device's memory, or the device lost */
+            kmeans_on = b->be;
+            st = sona_kmeans_reuse(b->be, taken.emb, n, dim, &kp, C, assign, counts, &kr,
+                                   &b->kmeans_mem);
+        }
         if (st == SONA_OK)
             summarise(&taken, k, assign, cs);
     }
@@ -1080,7 +1114,7 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
     if (st != SONA_OK) {
         give_back(b, &taken);
         st = sona_fail(&b->err, st, "%s: k-means of %u trajectories on %s: %s", __func__, n,
-                       b->be->name, sona_status_str(st));
+                       kmeans_on->name, sona_status_str(st));
         goto out;
     }
     if (n == 0)

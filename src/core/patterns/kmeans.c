@@ -3,6 +3,7 @@
 
 #include "common/rng.h"
 #include "common/scratch.h"
+#include "dispatch/dispatch.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -67,6 +68,32 @@ typedef struct scratch {
     int32_t *prev;
     uint32_t bw;      /* block width: SEED_BLOCK, or n when smaller */
 } scratch;
+
+/* Where the ops' buffers live. On a host-memory backend, the host arrays themselves. On a
+ * device, buffers of its own: X and its centred transpose uploaded once, the centres and each
+ * round's candidates uploaded as they change, the small results (distances, assignments, sums,
+ * a round's products) downloaded after each op; the host keeps the sampling, the potentials and
+ * the centroid division, which read every result once. */
+typedef struct op_bufs {
+    const sona_backend *be;
+    int device; /* 0: the pointers below are the host arrays */
+    const float *X, *Xt;
+    float *C, *cand, *dots, *dist, *sums;
+    int32_t *idx;
+    uint32_t *counts;
+} op_bufs;
+
+/* Host bytes into a device buffer (nothing on the host, where they are the same array). */
+static sona_status put(const op_bufs *o, const void *dev, const void *host, size_t bytes)
+{
+    return o->device ? o->be->upload(o->be->ctx, (void *)(uintptr_t)dev, 0, host, bytes) : SONA_OK;
+}
+
+/* A device buffer's bytes into the host array (nothing on the host). */
+static sona_status get(const op_bufs *o, void *host, const void *dev, size_t bytes)
+{
+    return o->device ? o->be->download(o->be->ctx, host, dev, 0, bytes) : SONA_OK;
+}
 
 /* Rows per block of the transposed copy, at most: a block (d x bw floats) is what one GEMM
  * call packs, and short rows keep that packing a walk through a small, cached region. */
@@ -162,17 +189,22 @@ static void take_candidate(scratch *s, uint32_t n, uint32_t trials, uint32_t t)
  * row's D^2 to the centres so far, so a round only needs the distances to its candidates: one
  * GEMM (candidates x X^T) gives them all, |x - c|^2 = |x|^2 + |c|^2 - 2 x.c, in one pass
  * over X. */
-static sona_status seed_plus_plus(const sona_backend *be, const float *X, uint32_t n, uint32_t d,
+static sona_status seed_plus_plus(const op_bufs *o, const float *X, uint32_t n, uint32_t d,
                                   uint32_t k, uint32_t trials, sona_rng *rng, float *C, scratch *s)
 {
+    const sona_backend *be = o->be;
     centre_transpose(X, n, d, s);
     const uint32_t blocks = (n + s->bw - 1) / s->bw;
     const uint32_t first = sona_rng_below(rng, n);
     memcpy(C, X + (size_t)first * d, d * sizeof *C);
-    sona_sqdist_argmin_args first_args = {.n = n, .k = 1, .d = d, .X = X, .C = C, .idx = s->prev,
-                                          .dist = s->dist};
-    sona_status st = be->sqdist_argmin(be->ctx, &first_args);
-    if (st != SONA_OK)
+    sona_status st = SONA_OK;
+    if (o->device && ((st = put(o, o->Xt, s->Xt, (size_t)n * d * sizeof(float))) != SONA_OK ||
+                      (st = put(o, o->C, C, d * sizeof *C)) != SONA_OK))
+        return st;
+    sona_sqdist_argmin_args first_args = {.n = n, .k = 1, .d = d, .X = o->X, .C = o->C,
+                                          .idx = o->device ? o->idx : s->prev, .dist = o->dist};
+    if ((st = sona_op_run(be, SONA_OP_SQDIST_ARGMIN, &first_args)) != SONA_OK ||
+        (st = get(o, s->dist, o->dist, n * sizeof *s->dist)) != SONA_OK)
         return st;
     for (uint32_t j = 1; j < k; j++) {
         /* The candidates all come from the same D^2 weights, so draw them up front. */
@@ -184,15 +216,20 @@ static sona_status seed_plus_plus(const sona_backend *be, const float *X, uint32
             for (uint32_t u = 0; u < d; u++)
                 s->cand_rows[(size_t)t * d + u] = x[u] - s->sums[u];
         }
+        if ((st = put(o, o->cand, s->cand_rows, (size_t)trials * d * sizeof(float))) != SONA_OK)
+            return st;
+        /* A device has one block (bw = n): its buffers take no offsets. A partial last block
+         * is passed at full width: its columns past n are zeros (scratch_carve) whose
+         * products nobody reads. */
         for (uint32_t b = 0; b < blocks; b++) {
-            /* A partial last block is passed at full width: its columns past n are zeros
-             * (scratch_carve) whose products nobody reads. */
             const sona_gemm_args g = {.m = trials, .n = s->bw, .k = d, .alpha = -2.0f,
-                                      .A = s->cand_rows, .B = s->Xt + (size_t)b * d * s->bw,
-                                      .C = s->dots + (size_t)b * trials * s->bw};
-            if ((st = be->gemm(be->ctx, &g)) != SONA_OK)
+                                      .A = o->cand, .B = o->Xt + (size_t)b * d * s->bw,
+                                      .C = o->dots + (size_t)b * trials * s->bw};
+            if ((st = sona_op_run(be, SONA_OP_GEMM, &g)) != SONA_OK)
                 return st;
         }
+        if ((st = get(o, s->dots, o->dots, (size_t)trials * n * sizeof(float))) != SONA_OK)
+            return st;
         potentials(s, n, trials);
         uint32_t best = 0;
         for (uint32_t t = 1; t < trials; t++)
@@ -204,11 +241,12 @@ static sona_status seed_plus_plus(const sona_backend *be, const float *X, uint32
     return SONA_OK;
 }
 
-/* Lays the scratch out in one block of work (sized for n, k, d, trials) and points s into it. */
+/* Lays the scratch out in one block of work (sized for n, k, d, trials) and points s into it.
+ * one_block: Xt as one d x n block (a device's buffers take no offsets). */
 static sona_status scratch_carve(sona_scratch *work, uint32_t n, uint32_t d, uint32_t k,
-                                 uint32_t trials, scratch *s, size_t *bytes)
+                                 uint32_t trials, int one_block, scratch *s, size_t *bytes)
 {
-    const uint32_t bw = n < SEED_BLOCK ? n : SEED_BLOCK;
+    const uint32_t bw = n < SEED_BLOCK || one_block ? n : SEED_BLOCK;
     const size_t blocks = (n + bw - 1) / bw;
     size_t total = 0;
     const size_t dist = sona_scratch_push(&total, (size_t)n * sizeof(float));
@@ -259,6 +297,80 @@ sona_status sona_kmeans(const sona_backend *be, const float *X, uint32_t n, uint
     return st;
 }
 
+/* The device's buffers for an n x d problem with k centres and `trials` candidates a round
+ * (op_bufs above); on a host-memory backend, the host arrays. */
+static sona_status bufs_open(const sona_backend *be, const float *X, uint32_t n, uint32_t d,
+                             uint32_t k, uint32_t trials, float *C, int32_t *assign,
+                             uint32_t *counts, const scratch *s, op_bufs *o)
+{
+    if (be->host_memory) {
+        *o = (op_bufs){.be = be, .X = X, .Xt = s->Xt, .C = C, .cand = s->cand_rows,
+                       .dots = s->dots, .dist = s->dist, .sums = s->sums, .idx = assign,
+                       .counts = counts};
+        return SONA_OK;
+    }
+    *o = (op_bufs){.be = be, .device = 1};
+    const size_t nd = (size_t)n * d * sizeof(float);
+    void *b[9] = {0};
+    const size_t bytes[9] = {nd, nd, (size_t)k * d * sizeof(float),
+                             (size_t)trials * d * sizeof(float), (size_t)trials * n * sizeof(float),
+                             n * sizeof(float), (size_t)k * d * sizeof(float),
+                             n * sizeof(int32_t), k * sizeof(uint32_t)};
+    for (int i = 0; i < 9; i++)
+        if (be->alloc(be->ctx, bytes[i], &b[i]) != SONA_OK) {
+            while (i-- > 0)
+                be->free(be->ctx, b[i]);
+            return SONA_E_NOMEM;
+        }
+    o->X = b[0], o->Xt = b[1], o->C = b[2], o->cand = b[3], o->dots = b[4], o->dist = b[5];
+    o->sums = b[6], o->idx = b[7], o->counts = b[8];
+    const sona_status st = put(o, o->X, X, nd);
+    if (st != SONA_OK)
+        return st; /* the caller closes */
+    return SONA_OK;
+}
+
+static void bufs_close(op_bufs *o)
+{
+    if (!o->device)
+        return;
+    void *b[9] = {(void *)(uintptr_t)o->X, (void *)(uintptr_t)o->Xt, o->C, o->cand, o->dots,
+                  o->dist, o->sums, o->idx, o->counts};
+    for (int i = 0; i < 9; i++)
+        if (b[i])
+            o->be->free(o->be->ctx, b[i]);
+}
+
+/* Lloyd's assignment: assign and s->dist on the host (C uploaded first on a device). */
+static sona_status assign_step(const op_bufs *o, uint32_t n, uint32_t k, uint32_t d, const float *C,
+                               int32_t *assign, scratch *s)
+{
+    const sona_sqdist_argmin_args a = {.n = n, .k = k, .d = d, .X = o->X, .C = o->C, .idx = o->idx,
+                                       .dist = o->dist};
+    sona_status st = put(o, o->C, C, (size_t)k * d * sizeof *C);
+    if (st == SONA_OK)
+        st = sona_op_run(o->be, SONA_OP_SQDIST_ARGMIN, &a);
+    if (st == SONA_OK)
+        st = get(o, assign, o->idx, n * sizeof *assign);
+    if (st == SONA_OK)
+        st = get(o, s->dist, o->dist, n * sizeof *s->dist);
+    return st;
+}
+
+/* The centroid step's sums and counts, on the host (s->sums, counts). */
+static sona_status sums_step(const op_bufs *o, uint32_t n, uint32_t k, uint32_t d, uint32_t *counts,
+                             scratch *s)
+{
+    const sona_cluster_sums_args a = {.n = n, .k = k, .d = d, .X = o->X, .idx = o->idx,
+                                      .sums = o->sums, .counts = o->counts};
+    sona_status st = sona_op_run(o->be, SONA_OP_CLUSTER_SUMS, &a);
+    if (st == SONA_OK)
+        st = get(o, s->sums, o->sums, (size_t)k * d * sizeof *s->sums);
+    if (st == SONA_OK)
+        st = get(o, counts, o->counts, k * sizeof *counts);
+    return st;
+}
+
 sona_status sona_kmeans_reuse(const sona_backend *be, const float *X, uint32_t n, uint32_t d,
                               const sona_kmeans_params *p, float *C, int32_t *assign,
                               uint32_t *counts, sona_kmeans_result *res, sona_scratch *work)
@@ -267,33 +379,29 @@ sona_status sona_kmeans_reuse(const sona_backend *be, const float *X, uint32_t n
         return SONA_E_NULL;
     if (n == 0 || d == 0 || p->k == 0 || p->k > n || p->max_iterations == 0)
         return SONA_E_INVALID;
-    if (!be->host_memory || !be->sqdist_argmin || !be->cluster_sums || !be->gemm)
+    if (!be->sqdist_argmin || !be->cluster_sums || !be->gemm)
         return SONA_E_UNSUPPORTED;
     const uint32_t k = p->k;
     const uint32_t trials = p->trials ? p->trials : 2 + (uint32_t)(2.0 * log((double)k));
     memset(res, 0, sizeof *res);
     scratch s;
     size_t bytes = 0;
-    sona_status st = scratch_carve(work, n, d, k, trials, &s, &bytes);
+    sona_status st = scratch_carve(work, n, d, k, trials, !be->host_memory, &s, &bytes);
     if (st != SONA_OK)
         return st;
+    op_bufs o;
+    if ((st = bufs_open(be, X, n, d, k, trials, C, assign, counts, &s, &o)) != SONA_OK)
+        goto done;
     sona_rng rng;
     sona_rng_seed(&rng, p->seed, 0x6b6d65616e73ull /* "kmeans" */);
-    st = seed_plus_plus(be, X, n, d, k, trials, &rng, C, &s);
-    if (st != SONA_OK)
-        goto done;
-
-    sona_sqdist_argmin_args assign_args = {.n = n, .k = k, .d = d, .X = X, .C = C, .idx = assign,
-                                           .dist = s.dist};
-    sona_cluster_sums_args sums_args = {.n = n, .k = k, .d = d, .X = X, .idx = assign,
-                                        .sums = s.sums, .counts = counts};
-    if ((st = be->sqdist_argmin(be->ctx, &assign_args)) != SONA_OK)
+    if ((st = seed_plus_plus(&o, X, n, d, k, trials, &rng, C, &s)) != SONA_OK ||
+        (st = assign_step(&o, n, k, d, C, assign, &s)) != SONA_OK)
         goto done;
     double inertia = 0.0;
     for (uint32_t i = 0; i < n; i++)
         inertia += s.dist[i];
     for (uint32_t it = 0; it < p->max_iterations; it++) {
-        if ((st = be->cluster_sums(be->ctx, &sums_args)) != SONA_OK)
+        if ((st = sums_step(&o, n, k, d, counts, &s)) != SONA_OK)
             goto done;
         for (uint32_t j = 0; j < k; j++) {
             float *c = C + (size_t)j * d;
@@ -312,7 +420,7 @@ sona_status sona_kmeans_reuse(const sona_backend *be, const float *X, uint32_t n
             }
         }
         memcpy(s.prev, assign, (size_t)n * sizeof *assign);
-        if ((st = be->sqdist_argmin(be->ctx, &assign_args)) != SONA_OK)
+        if ((st = assign_step(&o, n, k, d, C, assign, &s)) != SONA_OK)
             goto done;
         double next = 0.0;
         uint32_t changed = 0;
@@ -329,7 +437,7 @@ sona_status sona_kmeans_reuse(const sona_backend *be, const float *X, uint32_t n
         }
     }
     /* Final centroids: the means of the final assignment (never raises the inertia). */
-    if ((st = be->cluster_sums(be->ctx, &sums_args)) != SONA_OK)
+    if ((st = sums_step(&o, n, k, d, counts, &s)) != SONA_OK)
         goto done;
     for (uint32_t j = 0; j < k; j++) {
         if (!counts[j])
@@ -342,6 +450,7 @@ sona_status sona_kmeans_reuse(const sona_backend *be, const float *X, uint32_t n
     }
     res->inertia = inertia;
 done:
+    bufs_close(&o);
     sona_scratch_done(work, bytes);
     return st;
 }

@@ -23,10 +23,15 @@ typedef struct sona_kmeans_result {
     double inertia;          /* sum of squared distances to the assigned centroid */
 } sona_kmeans_result;
 
-/* Clusters X[n][d] (host memory) into k clusters with backend be, which must have host memory
- * and the sqdist_argmin, cluster_sums and gemm ops. Outputs: centroids[k][d] (each the mean of its
- * members), assign[n], counts[k] (a cluster may end empty only when X has fewer than k distinct
- * rows). The same inputs and seed give the same result. */
+/* Clusters X[n][d] (host memory) into k clusters with backend be, which must have the
+ * sqdist_argmin, cluster_sums and gemm ops. On a device (not host memory) X goes up once into
+ * buffers of its own, the seeding's products, the assignments and the sums run there (through
+ * sona_op_run: a failing op is redone on the CPU), and the small results come back after each
+ * step for the host's part (sampling, potentials, the centroid division). Outputs:
+ * centroids[k][d] (each the mean of its members), assign[n], counts[k] (a cluster may end empty
+ * only when X has fewer than k distinct rows). The same inputs, seed and backend give the same
+ * result; another backend rounds its sums in its own order. SONA_E_NOMEM also when the device
+ * has no room. */
 sona_status sona_kmeans(const sona_backend *be, const float *X, uint32_t n, uint32_t d,
                         const sona_kmeans_params *p, float *centroids, int32_t *assign,
                         uint32_t *counts, sona_kmeans_result *res);
