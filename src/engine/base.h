@@ -40,6 +40,16 @@
 /* The device copy of the adapters for batched apply (device.c). */
 typedef struct eng_device eng_device;
 
+/* Base-LoRA's runs waiting for their signals (base_lora.c): per run its input x, then its
+ * output y (then delta), weight wt, the w it was queued with (NaN: by its reward), its reward
+ * mean, layer, first step and step count in acts and rewards, and its query's region. */
+typedef struct eng_base_queue {
+    uint32_t rows, steps, row_cap, step_cap;
+    float *x, *y, *acts, *rewards, *wt, *w, *mean;
+    int32_t *ids;
+    uint32_t *first, *n, *region;
+} eng_base_queue;
+
 /* Quality baselines are kept per query region: the sign pattern of ENG_REGION_BITS fixed random
  * projections of the query (a locality-sensitive hash: queries of one topic share a region).
  * A baseline per region measures a quality against what queries like it usually get, not
@@ -114,7 +124,8 @@ struct sona_engine {
                                    by consolidation under bank_lock (readers: find_patterns) */
     pthread_rwlock_t bank_lock;
     sona_dream_visits *dream;   /* visit counts of patterns (loop C), guarded by cycle_mu */
-    sona_scratch base_rows;     /* eng_base_accumulate's signal rows, reused (cycle_mu) */
+    sona_scratch base_rows;     /* the block of base_q, reused (cycle_mu) */
+    eng_base_queue base_q;      /* Base-LoRA's queued runs (base_lora.c; cycle_mu) */
     sona_scratch bank_rows;     /* loop B's eng_bank_batch, kept between cycles (cycle_mu) */
 
     struct {
@@ -219,13 +230,17 @@ void eng_bank_batch_done(sona_engine *e, eng_bank_batch *b);
 void eng_bank_add_row(sona_engine *e, eng_bank_batch *b, const eng_steps *s, float quality);
 /* Adds the batch to the bank and extracts patterns. Caller holds cycle_mu. */
 sona_status eng_bank_commit(sona_engine *e, eng_bank_batch *b);
-/* Base-LoRA signals of one gathered trajectory (or dream), base_lora.c; query[hidden] is the first step's
- * input, each later step's is the activation before it. Each step of a Base-LoRA layer asks
- * that layer's output for its input to move toward the step's activation, weighted by the
- * step reward's advantage over its layer's baseline for the region of the query's cell (NaN w),
- * or by w.
- * Caller holds cycle_mu. */
-sona_status eng_base_accumulate(sona_engine *e, const float *query, uint32_t cell, const eng_steps *s, float w);
+/* Queues the Base-LoRA signals of one gathered trajectory (or dream), base_lora.c; query[hidden]
+ * is the first step's input, each later step's is the activation before it. Each step of a
+ * Base-LoRA layer asks that layer's output for its input to move toward the step's activation,
+ * weighted by the step reward's advantage over its layer's baseline for the region of the
+ * query's cell (NaN w), or by w. The signals are made by eng_base_flush (which a full queue
+ * runs itself). Caller holds cycle_mu. */
+sona_status eng_base_queue_trajectory(sona_engine *e, const float *query, uint32_t cell,
+                                      const eng_steps *s, float w);
+/* The signals of everything queued, into Base-LoRA's gradients; the queue is empty after it,
+ * whatever the status. Caller holds cycle_mu. */
+sona_status eng_base_flush(sona_engine *e);
 
 /* Batched apply on an accelerator: NULL when cfg->device_apply is 0; the accelerator itself is
  * looked for when first needed (eng_device_ready). */

@@ -26,9 +26,13 @@ static sona_status learn_batch(sona_engine *e, sona_trajectory *const *batch, ui
         eng_bank_add_row(e, &rows, &steps, sona_trajectory_quality(batch[i]));
         const uint32_t cell = eng_query_cell(e, steps.query);
         eng_ewc_note_quality(e->base_ewc, sona_trajectory_quality(batch[i]), cell);
-        st = eng_base_accumulate(e, steps.query, cell, &steps, NAN);
+        st = eng_base_queue_trajectory(e, steps.query, cell, &steps, NAN);
     }
     eng_steps_free(&steps);
+    if (st == SONA_OK)
+        st = eng_base_flush(e);
+    else
+        eng_base_flush(e); /* emptied: the next cycle starts clean */
     /* The bank and Base-LoRA are independent: a failure of one does not hold the other back. */
     const sona_status bank_st = st == SONA_OK ? eng_bank_commit(e, &rows) : SONA_OK;
     eng_bank_batch_done(e, &rows);

@@ -39,9 +39,13 @@ static sona_status dream_and_replay(sona_engine *e, uint64_t *dreams, uint64_t *
             continue;
         const eng_steps steps = {.steps = d.len - 1, .acts = d.vecs + H, .rewards = d.quality + 1,
                                  .layers = layers};
-        if ((st = eng_base_accumulate(e, d.vecs, eng_query_cell(e, d.vecs), &steps, eng_quality_weight(e, d.utility))) == SONA_OK)
+        if ((st = eng_base_queue_trajectory(e, d.vecs, eng_query_cell(e, d.vecs), &steps,
+                                            eng_quality_weight(e, d.utility))) == SONA_OK)
             (*replayed)++;
     }
+    const sona_status flushed = eng_base_flush(e);
+    if (st == SONA_OK)
+        st = flushed;
     if (st == SONA_OK && sona_lora_pending(e->base) > 0)
         st = eng_train_and_publish(e, e->base, e->base_ewc, &e->base_slot);
     sona_dream_free(&d);
