@@ -18,6 +18,7 @@
 #include "common/rng.h"
 #include "dispatch/cost.h"
 #include "dispatch/dispatch.h"
+#include "engine/inspect.h"
 #include "support/fill.h"
 #include <sona.h>
 
@@ -301,4 +302,52 @@ Test(engine_device, batches_follow_the_cost_model, .timeout = 300)
     compare(yd, yc, x, ROWS * H, "routed batch");
     sona_engine_destroy(e[0]);
     sona_engine_destroy(e[1]);
+}
+
+/* Base-LoRA follows the accelerator (eng_base_follow_device): once a batch made the engine pick
+ * its device and the cost model says loop B's accumulate pays there, the next cycle moves the
+ * training weights and learns there; what it learns is the CPU engine's to f32 rounding, cycle
+ * after cycle (EWC++ and the publish read the device's weights by export). */
+Test(engine_device, base_lora_follows_the_device, .timeout = 300)
+{
+    if (getenv("SONA_BACKEND") && *getenv("SONA_BACKEND"))
+        cr_skip_test("SONA_BACKEND puts Base-LoRA on its backend at creation");
+    device_wins_every_batch();
+    sona_engine *e[2] = {make(1), make(0)}; /* [0] device, [1] CPU only */
+    static float x[ROWS * H], y[ROWS * H];
+    cr_assert_eq(sona_apply_batch(e[0], MIN_ROWS, (int32_t[MIN_ROWS]){0}, x, y), SONA_OK);
+    if (device_batches(e[0]) == 0) {
+        sona_engine_destroy(e[0]);
+        sona_engine_destroy(e[1]);
+        cr_skip_test("no accelerator");
+    }
+    const sona_backend *dev = sona_device_backend();
+    cr_assert_eq(eng_inspect_base_backend(e[0]), sona_cpu_backend(), "home until a cycle");
+    const uint64_t seed = test_seed();
+    printf("[engine_device] Base-LoRA on %s: seed %" PRIu64 "\n", dev->name, seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 7);
+    enum { LAYERS = 3, RANK = 4 };
+    static float A[2][LAYERS * RANK * H], Bt[2][LAYERS * RANK * H];
+    for (int cycle = 0; cycle < 3; cycle++) {
+        learn(e, 0, &r, 24);
+        for (int i = 0; i < 2; i++)
+            cr_assert_eq(sona_force_learn(e[i]), SONA_OK, "%s", sona_engine_last_error(e[i]));
+        cr_assert_eq(eng_inspect_base_backend(e[0]), dev, "cycle %d: Base-LoRA on the device", cycle);
+        cr_assert_eq(eng_inspect_base_backend(e[1]), sona_cpu_backend());
+        double worst = 0.0, moved = 0.0;
+        for (int i = 0; i < 2; i++)
+            cr_assert_eq(eng_inspect_base_weights(e[i], A[i], Bt[i]), SONA_OK);
+        for (size_t k = 0; k < (size_t)LAYERS * RANK * H; k++) {
+            worst = fmax(worst, fmax(fabs((double)A[0][k] - A[1][k]), fabs((double)Bt[0][k] - Bt[1][k])));
+            moved = fmax(moved, fabs((double)Bt[1][k]));
+        }
+        printf("[engine_device] cycle %d: largest weight difference %.3g (largest B %.3g)\n", cycle,
+               worst, moved);
+        cr_assert_gt(moved, 0.0, "Base-LoRA learned nothing");
+        cr_assert(worst <= 1e-4 * (1.0 + moved), "cycle %d: device and CPU apart by %g", cycle, worst);
+    }
+    sona_engine_destroy(e[0]);
+    sona_engine_destroy(e[1]);
+    sona_cost_model_set(dev, NULL);
 }

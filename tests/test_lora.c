@@ -10,6 +10,7 @@
 
 #include "common/rng.h"
 #include "core/adapt/lora_internal.h"
+#include "dispatch/dispatch.h"
 #include "support/fill.h"
 #include <sona.h>
 
@@ -486,4 +487,62 @@ Test(lora, preconditioning_keeps_one_input_from_dragging_another)
     cr_assert_gt(moved[0], 0.0);
     cr_assert_gt(moved[1], 0.0);
     cr_assert_lt(fabs(spill[1]) / moved[1], 0.7 * fabs(spill[0]) / moved[0], "preconditioning did not reduce the drag");
+}
+
+/* sona_lora_move: a set with pending gradients moves to another backend and back with every
+ * weight, scale and gradient as it was, bit for bit, and learns on where it went. Both ways
+ * through the accelerator when there is one (PoCL in CI), else between two CPU variants. */
+Test(lora, move_keeps_weights_gradients_and_learning)
+{
+    const uint64_t seed = test_seed();
+    enum { HH = 67, RR = 3, COUNT = 4 };
+    sona_lora *l = make(HH, RR, COUNT);
+    const sona_backend *home = sona_lora_backend(l), *away = sona_device_backend();
+    char why[256];
+    if (!away)
+        away = sona_cpu_variant_get("scalar", why, sizeof why);
+    cr_assert_not_null(away, "%s", why);
+    printf("[lora] move %s -> %s -> %s: seed %" PRIu64 "\n", home->name, away->name, home->name, seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 11);
+    float x[HH], d[HH];
+    for (int k = 0; k < 5; k++) {
+        fill_uniform(&r, x, HH, -1.0f, 1.0f);
+        fill_uniform(&r, d, HH, -0.1f, 0.1f);
+        cr_assert_eq(sona_lora_accumulate(l, k % COUNT, x, d, 1.0f), SONA_OK);
+    }
+    static float A0[COUNT * RR * HH], B0[COUNT * RR * HH], gA0[COUNT * RR * HH], gB0[COUNT * RR * HH];
+    static float A1[COUNT * RR * HH], B1[COUNT * RR * HH], gA1[COUNT * RR * HH], gB1[COUNT * RR * HH];
+    float s0[COUNT], s1[COUNT];
+    cr_assert_eq(sona_lora_export(l, A0, B0, s0), SONA_OK);
+    cr_assert_eq(sona_lora_export_grad(l, gA0, gB0), SONA_OK);
+    uint64_t pending = sona_lora_pending(l);
+    cr_assert_gt(pending, 0);
+    for (int leg = 0; leg < 2; leg++) {
+        const sona_backend *to = leg ? home : away;
+        cr_assert_eq(sona_lora_move(l, to), SONA_OK, "%s", sona_lora_last_error(l));
+        cr_assert_eq(sona_lora_backend(l), to);
+        cr_assert_eq(sona_lora_export(l, A1, B1, s1), SONA_OK);
+        cr_assert_eq(sona_lora_export_grad(l, gA1, gB1), SONA_OK);
+        cr_assert_eq(memcmp(A0, A1, sizeof A0), 0, "A on %s", to->name);
+        cr_assert_eq(memcmp(B0, B1, sizeof B0), 0, "Bt on %s", to->name);
+        cr_assert_eq(memcmp(s0, s1, sizeof s0), 0, "scale on %s", to->name);
+        cr_assert_eq(memcmp(gA0, gA1, sizeof gA0), 0, "gA on %s", to->name);
+        cr_assert_eq(memcmp(gB0, gB1, sizeof gB0), 0, "gBt on %s", to->name);
+        cr_assert_eq(sona_lora_pending(l), pending);
+        if (!leg) { /* learns where it went: a step moves adapter 0's projection along d */
+            fill_uniform(&r, x, HH, -1.0f, 1.0f);
+            fill_uniform(&r, d, HH, -0.1f, 0.1f);
+            const double before = projection(l, 0, x, d, HH);
+            cr_assert_eq(sona_lora_accumulate(l, 0, x, d, 1.0f), SONA_OK);
+            cr_assert_eq(sona_lora_apply_updates(l), SONA_OK, "%s", sona_lora_last_error(l));
+            cr_assert_gt(projection(l, 0, x, d, HH), before, "a step on %s", to->name);
+            cr_assert_eq(sona_lora_accumulate(l, 1, x, d, 0.5f), SONA_OK); /* pending again */
+            cr_assert_eq(sona_lora_export(l, A0, B0, s0), SONA_OK); /* what the way back keeps */
+            cr_assert_eq(sona_lora_export_grad(l, gA0, gB0), SONA_OK);
+            pending = sona_lora_pending(l);
+        }
+    }
+    cr_assert_eq(sona_lora_move(l, NULL), SONA_E_NULL);
+    sona_lora_destroy(l);
 }

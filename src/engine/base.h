@@ -230,6 +230,12 @@ void eng_bank_batch_done(sona_engine *e, eng_bank_batch *b);
 void eng_bank_add_row(sona_engine *e, eng_bank_batch *b, const eng_steps *s, float quality);
 /* Adds the batch to the bank and extracts patterns. Caller holds cycle_mu. */
 sona_status eng_bank_commit(sona_engine *e, eng_bank_batch *b);
+/* Base-LoRA follows the engine's accelerator: once batches made the engine pick one, and the
+ * cost model says a flush's accumulate (eng_base_flush's rows over every layer) finishes first
+ * there, its weights, scales and pending gradients move there for good (sona_lora_move; the
+ * EWC++ glue and the saves read a device's weights by export). Loop B asks at each cycle; a
+ * failed move leaves it on the CPU. Caller holds cycle_mu. */
+void eng_base_follow_device(sona_engine *e);
 /* Queues the Base-LoRA signals of one gathered trajectory (or dream), base_lora.c; query[hidden]
  * is the first step's input, each later step's is the activation before it. Each step of a
  * Base-LoRA layer asks that layer's output for its input to move toward the step's activation,

@@ -4,6 +4,8 @@
 #include "engine/base.h"
 
 #include "core/adapt/lora_internal.h"
+#include "dispatch/cost.h"
+#include "dispatch/dispatch.h"
 
 #include <math.h>
 #include <string.h>
@@ -27,6 +29,12 @@
  * flushes itself. Caller holds cycle_mu (the block is the engine's scratch). */
 #define QUEUE_FLOATS ((size_t)1 << 22)
 
+/* The runs a flush takes at hidden H (queue_room's default). */
+static uint32_t flush_rows(size_t H)
+{
+    return QUEUE_FLOATS / (4 * H) > 16 ? (uint32_t)(QUEUE_FLOATS / (4 * H)) : 16;
+}
+
 /* Room for `rows` more runs of `steps` more steps: flushes first when they do not fit, and
  * lays the block out afresh (sized for at least them) when the empty queue does not either. */
 static sona_status queue_room(sona_engine *e, uint32_t rows, uint32_t steps)
@@ -37,8 +45,7 @@ static sona_status queue_room(sona_engine *e, uint32_t rows, uint32_t steps)
     sona_status st = eng_base_flush(e);
     if (st != SONA_OK || (rows <= q->row_cap && steps <= q->step_cap))
         return st;
-    const size_t H = e->cfg.hidden;
-    const size_t fit = QUEUE_FLOATS / (4 * H) > 16 ? QUEUE_FLOATS / (4 * H) : 16;
+    const size_t H = e->cfg.hidden, fit = flush_rows(H);
     const uint32_t row_cap = rows > fit ? rows : (uint32_t)fit;
     const uint32_t step_cap = steps > 2 * fit ? steps : (uint32_t)(2 * fit);
     size_t bytes = 0;
@@ -63,6 +70,18 @@ static sona_status queue_room(sona_engine *e, uint32_t rows, uint32_t steps)
                           .n = (uint32_t *)(void *)(small + 5 * (size_t)row_cap),
                           .region = (uint32_t *)(void *)(small + 6 * (size_t)row_cap)};
     return SONA_OK;
+}
+
+void eng_base_follow_device(sona_engine *e)
+{
+    const sona_backend *dev = eng_device_picked(e->device);
+    if (!dev || sona_lora_backend(e->base) != sona_cpu_backend())
+        return;
+    const sona_lora_grad_args flush = {
+        .w = {.hidden = e->cfg.hidden, .rank = e->cfg.base_rank, .num_adapters = e->cfg.base_layers},
+        .n = flush_rows(e->cfg.hidden)};
+    if (sona_route(SONA_OP_LORA_GRAD, &flush, dev) == dev)
+        sona_lora_move(e->base, dev); /* a failed move leaves it home, as it was */
 }
 
 sona_status eng_base_queue_trajectory(sona_engine *e, const float *query, uint32_t cell,

@@ -65,6 +65,14 @@ sona_status eng_inspect_base_weights(sona_engine *e, float *A, float *Bt)
     return st;
 }
 
+const sona_backend *eng_inspect_base_backend(sona_engine *e)
+{
+    pthread_mutex_lock(&e->cycle_mu);
+    const sona_backend *be = sona_lora_backend(e->base);
+    pthread_mutex_unlock(&e->cycle_mu);
+    return be;
+}
+
 /* An EWC++ state's n parameters read out (each output optional): the running Fisher, the tasks'
  * Fisher sum (zeros without tasks), the first task's anchor, and the task count. */
 static sona_status ewc_read(const sona_ewc *cw, size_t n, float *running, float *fisher_sum, float *theta0,

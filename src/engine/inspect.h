@@ -4,6 +4,7 @@
 #ifndef SONA_ENGINE_INSPECT_H
 #define SONA_ENGINE_INSPECT_H
 
+#include "backend/ops.h"
 #include "sona/bank.h"
 #include "sona/engine.h"
 #include "sona/ewc.h"
@@ -23,6 +24,9 @@ sona_status eng_inspect_base_detector(sona_engine *e, sona_ewc_detector *d);
 /* Base-LoRA's training weights as the op tables hold them: A and Bt, base_layers x base_rank x
  * hidden floats each (either may be NULL), read under the cycle lock. */
 sona_status eng_inspect_base_weights(sona_engine *e, float *A, float *Bt);
+/* The backend Base-LoRA's training weights live on (eng_base_follow_device), under the cycle
+ * lock. */
+const sona_backend *eng_inspect_base_backend(sona_engine *e);
 /* Base-LoRA's EWC++ state under the cycle lock: the running Fisher, the tasks' Fisher sum (0s
  * with no task), task 0's anchor, the task count (each pointer may be NULL; 2 x base_layers x
  * base_rank x hidden floats each). SONA_E_STATE without EWC++. */

@@ -19,6 +19,7 @@ static sona_status learn_batch(sona_engine *e, sona_trajectory *const *batch, ui
     const uint32_t H = e->cfg.hidden;
     eng_steps steps = {0};
     eng_bank_batch rows;
+    eng_base_follow_device(e);
     sona_status st = eng_bank_batch_init(e, &rows, n);
     for (uint32_t i = 0; i < n && st == SONA_OK; i++) {
         if ((st = eng_steps_gather(&steps, batch[i], H)) != SONA_OK)

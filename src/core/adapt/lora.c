@@ -207,21 +207,73 @@ sona_status sona_lora_create_on(const sona_lora_config *cfg, const sona_backend 
     return SONA_OK;
 }
 
-void sona_lora_destroy(sona_lora *l)
+/* The backend buffers of l (weights, scale, gradients) freed on l's backend, and its staging. */
+static void free_buffers(sona_lora *l)
 {
-    if (!l)
-        return;
     float *bufs[] = {l->A, l->paired ? NULL : l->Bt, l->scale, l->gA, l->paired ? NULL : l->gBt};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i])
             l->be->free(l->be->ctx, bufs[i]);
     for (int i = 0; i < ST_COUNT; i++)
         sona_staging_free(l->be, &l->stage[i]);
+    l->A = l->Bt = l->scale = l->gA = l->gBt = NULL;
+}
+
+void sona_lora_destroy(sona_lora *l)
+{
+    if (!l)
+        return;
+    free_buffers(l);
     free(l->pending);
     free(l->code_cov);
     free(l->code_weight);
     free(l);
 }
+
+sona_status sona_lora_move(sona_lora *l, const sona_backend *be)
+{
+    if (!l || !be)
+        return sona_fail(l ? &l->err : NULL, SONA_E_NULL, "%s: NULL argument", __func__);
+    if (be == l->be)
+        return SONA_OK;
+    const size_t total = l->adapter_floats * l->cfg.count, bytes = total * sizeof(float);
+    float *host = malloc((4 * total + l->cfg.count) * sizeof *host);
+    if (!host)
+        return sona_fail(&l->err, SONA_E_NOMEM, "%s: out of memory", __func__);
+    float *A = host, *Bt = A + total, *gA = Bt + total, *gBt = gA + total, *scale = gBt + total;
+    sona_status st = sona_lora_export(l, A, Bt, scale);
+    if (st == SONA_OK)
+        st = sona_lora_export_grad(l, gA, gBt);
+    if (st != SONA_OK) {
+        free(host);
+        return st;
+    }
+    /* The new home's buffers in a copy of the handle: l changes only once they all hold. */
+    sona_lora to = *l;
+    to.be = be;
+    to.A = to.Bt = to.scale = to.gA = to.gBt = NULL;
+    memset(to.stage, 0, sizeof to.stage);
+    if (alloc_pair(&to, total, &to.A, &to.Bt) != SONA_OK || alloc_pair(&to, total, &to.gA, &to.gBt) != SONA_OK ||
+        alloc_zero(&to, l->cfg.count, &to.scale) != SONA_OK)
+        st = SONA_E_NOMEM;
+    const void *src[5] = {A, Bt, gA, gBt, scale};
+    float *dst[5] = {to.A, to.Bt, to.gA, to.gBt, to.scale};
+    for (int i = 0; i < 5 && st == SONA_OK; i++)
+        if (be->upload(be->ctx, dst[i], 0, src[i], i < 4 ? bytes : l->cfg.count * sizeof(float)) != SONA_OK)
+            st = SONA_E_BACKEND;
+    free(host);
+    if (st != SONA_OK) {
+        free_buffers(&to);
+        return sona_fail(&l->err, st, "%s: to %s: %s", __func__, be->name, sona_status_str(st));
+    }
+    free_buffers(l);
+    l->be = be;
+    l->paired = to.paired;
+    l->A = to.A, l->Bt = to.Bt, l->scale = to.scale, l->gA = to.gA, l->gBt = to.gBt;
+    return SONA_OK;
+}
+
+const sona_backend *sona_lora_backend(const sona_lora *l) { return l ? l->be : NULL; }
 
 static sona_lora_weights weights_of(const sona_lora *l)
 {

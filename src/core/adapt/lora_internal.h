@@ -11,6 +11,11 @@
 /* sona_lora_create on a given backend (e.g. one CPU variant's table, or a GPU backend) instead
  * of the default one; be must stay valid for the handle's lifetime. */
 sona_status sona_lora_create_on(const sona_lora_config *cfg, const sona_backend *be, sona_lora **out);
+/* Moves the set's weights, scales and pending gradients to backend be (everything else stays):
+ * a learning set follows the work to a device. On failure l is as it was. */
+sona_status sona_lora_move(sona_lora *l, const sona_backend *be);
+/* The backend the set lives on. */
+const sona_backend *sona_lora_backend(const sona_lora *l);
 
 /* Copies every adapter's weights to host memory in the op table's layout (ops.h): A and Bt are
  * count*rank*hidden floats, scale count floats. Any may be NULL. */
