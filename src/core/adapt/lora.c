@@ -4,6 +4,7 @@
 #include "sona/lora.h"
 
 #include "common/error.h"
+#include "common/matmul.h"
 #include "common/rng.h"
 #include "core/adapt/lora_internal.h"
 #include "dispatch/dispatch.h"
@@ -886,18 +887,6 @@ sona_status sona_lora_normalize_signals(sona_lora *l, uint32_t n, const int32_t 
     return SONA_OK;
 }
 
-/* out = a * b for r x r matrices (row-major, double). */
-static void matmul_r(const double *a, const double *b, double *out, uint32_t r)
-{
-    for (uint32_t i = 0; i < r; i++)
-        for (uint32_t j = 0; j < r; j++) {
-            double s = 0.0;
-            for (uint32_t k = 0; k < r; k++)
-                s += a[i * r + k] * b[k * r + j];
-            out[i * r + j] = s;
-        }
-}
-
 /* An upper bound of the spectral norm of s B A for one adapter (A: r rows of H, Bt: r rows of
  * H). |BA|_2^2 is the largest eigenvalue of P = (B^T B)(A A^T), an r x r matrix with real
  * eigenvalues >= 0; for any k, lambda_max <= |P^k|_F^(1/k), which squaring P 8 times brings to
@@ -911,7 +900,7 @@ static double gain_bound(const float *A, const float *Bt, uint32_t r, uint32_t H
             ga[i * r + j] = ga[j * r + i] = dot_d(A + (size_t)i * H, A + (size_t)j * H, H);
             gb[i * r + j] = gb[j * r + i] = dot_d(Bt + (size_t)i * H, Bt + (size_t)j * H, H);
         }
-    matmul_r(gb, ga, p, r);
+    sona_matmul_d(gb, ga, p, r, r, r);
     /* Invariant: P^(2^m) = exp(log_scale) p, p renormalised each round against overflow. */
     double log_scale = 0.0;
     const int squarings = 8;
@@ -930,7 +919,7 @@ static double gain_bound(const float *A, const float *Bt, uint32_t r, uint32_t H
             break;
         }
         double q[SONA_LORA_MAX_RANK * SONA_LORA_MAX_RANK];
-        matmul_r(p, p, q, r);
+        sona_matmul_d(p, p, q, r, r, r);
         memcpy(p, q, (size_t)r * r * sizeof *p);
         log_scale *= 2.0;
     }

@@ -6,6 +6,7 @@
  * comes from one-sided Jacobi. The top r triplets give B = Q1 W_r / a and A = a V_r^T Q2^T. */
 #include "core/adapt/merge.h"
 
+#include "common/matmul.h"
 #include "common/rng.h"
 #include "dispatch/vecmath.h"
 
@@ -467,13 +468,7 @@ sona_status sona_sketch_finish(uint32_t hidden, uint32_t rank, uint32_t width, c
             double *mixed = turn + r * r; /* C is done with */
             for (int f = 0; f < 3; f++) {
                 double *F = fa + (size_t)f * r * l;
-                for (size_t i = 0; i < r; i++)
-                    for (size_t t = 0; t < l; t++) {
-                        double c = 0.0;
-                        for (size_t j = 0; j < r; j++)
-                            c += R[i * r + j] * F[j * l + t];
-                        mixed[i * l + t] = c;
-                    }
+                sona_matmul_d(R, F, mixed, r, r, l);
                 memcpy(F, mixed, r * l * sizeof *F);
             }
         }
