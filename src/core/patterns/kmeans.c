@@ -324,10 +324,7 @@ static sona_status bufs_open(const sona_backend *be, const float *X, uint32_t n,
         }
     o->X = b[0], o->Xt = b[1], o->C = b[2], o->cand = b[3], o->dots = b[4], o->dist = b[5];
     o->sums = b[6], o->idx = b[7], o->counts = b[8];
-    const sona_status st = put(o, o->X, X, nd);
-    if (st != SONA_OK)
-        return st; /* the caller closes */
-    return SONA_OK;
+    return put(o, o->X, X, nd); /* on failure the caller closes o */
 }
 
 static void bufs_close(op_bufs *o)
