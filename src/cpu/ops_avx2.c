@@ -37,7 +37,6 @@ static inline float sv_hsum(sv_f v)
 
 #define SV_D_W 4
 typedef __m256d sv_d;
-static inline sv_d sv_d_zero(void) { return _mm256_setzero_pd(); }
 static inline sv_d sv_d_set1(double x) { return _mm256_set1_pd(x); }
 static inline sv_d sv_d_load(const double *p) { return _mm256_loadu_pd(p); }
 static inline sv_d sv_d_load_f32(const float *p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }

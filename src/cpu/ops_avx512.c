@@ -29,7 +29,6 @@ static inline float sv_hsum(sv_f v) { return _mm512_reduce_add_ps(v); }
 
 #define SV_D_W 8
 typedef __m512d sv_d;
-static inline sv_d sv_d_zero(void) { return _mm512_setzero_pd(); }
 static inline sv_d sv_d_set1(double x) { return _mm512_set1_pd(x); }
 static inline sv_d sv_d_load(const double *p) { return _mm512_loadu_pd(p); }
 static inline sv_d sv_d_load_f32(const float *p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }

@@ -13,7 +13,7 @@
  * and, for the cluster merge's double kernels (optional: a variant without them takes scalar's),
  *   SV_D_W                  lanes of one vector of doubles (2, 4 or 8)
  *   sv_d                    its type
- *   sv_d_zero() sv_d_set1(x) sv_d_load(p) sv_d_store(p, v) sv_d_add(a, b) sv_d_mul(a, b)
+ *   sv_d_set1(x) sv_d_load(p) sv_d_store(p, v) sv_d_add(a, b) sv_d_mul(a, b)
  *   sv_d_load_f32(p)        SV_D_W floats, widened
  * Everything here is static, so each variant gets its own copy compiled with its own flags and
  * nothing of one ISA leaks into another translation unit. Accumulation is in float, like the

@@ -19,7 +19,7 @@
  * Each signal is normalised so that base_learning_rate is the fraction of the way it moves the
  * layer's output.
  *
- * eng_base_queue takes a trajectory's runs (their inputs, and what their signals need: the
+ * eng_base_queue_trajectory takes a trajectory's runs (their inputs, and what their signals need: the
  * steps' activations and rewards) into e->base_q; eng_base_flush makes the signals of everything
  * queued with one forward, the signals in queue order (the baselines and the signal builder see
  * the runs in the order they came, as when each trajectory was done at once: the weights do not
@@ -27,7 +27,7 @@
  * those calls read every layer's weights and wrote its gradients: at hidden 4 096 ten runs
  * moved 15 MB a trajectory. The queue's block holds about QUEUE_FLOATS floats; a full queue
  * flushes itself. Caller holds cycle_mu (the block is the engine's scratch). */
-#define QUEUE_FLOATS ((size_t)1 << 22)
+#define QUEUE_FLOATS ((size_t)1 << 20)
 
 /* The runs a flush takes at hidden H (queue_room's default). */
 static uint32_t flush_rows(size_t H)
