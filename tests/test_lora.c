@@ -530,7 +530,9 @@ Test(lora, move_keeps_weights_gradients_and_learning)
         cr_assert_eq(memcmp(gA0, gA1, sizeof gA0), 0, "gA on %s", to->name);
         cr_assert_eq(memcmp(gB0, gB1, sizeof gB0), 0, "gBt on %s", to->name);
         cr_assert_eq(sona_lora_pending(l), pending);
-        if (!leg) { /* learns where it went: a step moves adapter 0's projection along d */
+        if (!leg) { /* learns where it went: the pending step, then one signal's step moves
+                     * adapter 0's projection along its d */
+            cr_assert_eq(sona_lora_apply_updates(l), SONA_OK, "%s", sona_lora_last_error(l));
             fill_uniform(&r, x, HH, -1.0f, 1.0f);
             fill_uniform(&r, d, HH, -0.1f, 0.1f);
             const double before = projection(l, 0, x, d, HH);
