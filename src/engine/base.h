@@ -126,6 +126,7 @@ struct sona_engine {
     sona_dream_visits *dream;   /* visit counts of patterns (loop C), guarded by cycle_mu */
     sona_scratch base_rows;     /* the block of base_q, reused (cycle_mu) */
     eng_base_queue base_q;      /* Base-LoRA's queued runs (base_lora.c; cycle_mu) */
+    int base_stays_home;        /* a move to the device failed: not tried again (cycle_mu) */
     sona_scratch bank_rows;     /* loop B's eng_bank_batch, kept between cycles (cycle_mu) */
 
     struct {
@@ -234,7 +235,7 @@ sona_status eng_bank_commit(sona_engine *e, eng_bank_batch *b);
  * cost model says a flush's accumulate (eng_base_flush's rows over every layer) finishes first
  * there, its weights, scales and pending gradients move there for good (sona_lora_move; the
  * EWC++ glue and the saves read a device's weights by export). Loop B asks at each cycle; a
- * failed move leaves it on the CPU. Caller holds cycle_mu. */
+ * failed move leaves it on the CPU for good (base_stays_home). Caller holds cycle_mu. */
 void eng_base_follow_device(sona_engine *e);
 /* Queues the Base-LoRA signals of one gathered trajectory (or dream), base_lora.c; query[hidden]
  * is the first step's input, each later step's is the activation before it. Each step of a

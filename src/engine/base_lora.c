@@ -75,13 +75,15 @@ static sona_status queue_room(sona_engine *e, uint32_t rows, uint32_t steps)
 void eng_base_follow_device(sona_engine *e)
 {
     const sona_backend *dev = eng_device_picked(e->device);
-    if (!dev || sona_lora_backend(e->base) != sona_cpu_backend())
+    if (!dev || e->base_stays_home || sona_lora_backend(e->base) != sona_cpu_backend())
         return;
     const sona_lora_grad_args flush = {
         .w = {.hidden = e->cfg.hidden, .rank = e->cfg.base_rank, .num_adapters = e->cfg.base_layers},
         .n = flush_rows(e->cfg.hidden)};
-    if (sona_route(SONA_OP_LORA_GRAD, &flush, dev) == dev)
-        sona_lora_move(e->base, dev); /* a failed move leaves it home, as it was */
+    /* A failed move (the device's memory) leaves it home as it was, and home it stays: each
+     * try would copy the set out again. */
+    if (sona_route(SONA_OP_LORA_GRAD, &flush, dev) == dev && sona_lora_move(e->base, dev) != SONA_OK)
+        e->base_stays_home = 1;
 }
 
 sona_status eng_base_queue_trajectory(sona_engine *e, const float *query, uint32_t cell,
