@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The helpers every part of the engine shares (base.h): errors, the quality baselines and query
  * regions, the trajectory pool, decoded steps, and training plus publishing an adapter set. */
+#define _GNU_SOURCE /* SCHED_BATCH */
 #include "engine/base.h"
 
 #include "common/rng.h"
@@ -16,6 +17,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#ifdef __linux__
+#include <sched.h>
+#include <sys/resource.h>
+#endif
 
 sona_status eng_fail(sona_engine *e, sona_status st, const char *fmt, ...)
 {
@@ -230,6 +235,18 @@ void eng_note_tasks(sona_engine *e, const sona_snapshot_slot *slot, const eng_ew
     }
     eng_tenant *t = (eng_tenant *)(void *)((char *)(uintptr_t)slot - offsetof(eng_tenant, slot));
     atomic_store(&t->tasks, tasks);
+}
+
+void eng_thread_lower_priority(int nice)
+{
+#ifdef __linux__
+    const struct sched_param p = {.sched_priority = 0};
+    pthread_setschedparam(pthread_self(), SCHED_BATCH, &p);
+    if (nice > 0)
+        setpriority(PRIO_PROCESS, 0, nice); /* who 0: the calling thread (nice is per thread) */
+#else
+    (void)nice;
+#endif
 }
 
 void eng_kick(sona_engine *e)

@@ -198,6 +198,10 @@ void eng_loop_a_drain(sona_engine *e);
 uint32_t eng_cycle_cap(const sona_engine_config *c);
 /* Wakes the loop thread for a loop B cycle (a request filled the threshold). */
 void eng_kick(sona_engine *e);
+/* The engine's own threads stay off the serving threads' CPU: the calling thread becomes a batch
+ * thread (its wake-ups never preempt the thread that woke it) and, when nice > 0, at that nice
+ * level (0 keeps the nice it inherited). Best effort: failures leave the defaults; Linux only. */
+void eng_thread_lower_priority(int nice);
 
 /* A trajectory for a new request (reused from the pool when one is there). */
 sona_status eng_traj_take(sona_engine *e, const float *query, sona_trajectory **out);

@@ -4,7 +4,6 @@
  * on, loop A's step runs in the engine's loop-A thread: the end hands the trajectory over and
  * returns (a caller's thread keeps only the recording); with it off, or when the hand-over
  * queue is full, the step runs in the caller's thread, as it always did. */
-#define _GNU_SOURCE /* SCHED_BATCH */
 #include "engine/base.h"
 #include "engine/inspect.h"
 #include "engine/loop_a.h"
@@ -17,9 +16,6 @@
 
 #include <math.h>
 #include <stdlib.h>
-#ifdef __linux__
-#include <sched.h>
-#endif
 
 enum { POISON_NONE, POISON_NONFINITE, POISON_RANGE, POISON_OTHER };
 
@@ -277,10 +273,7 @@ static void *loop_a_main(void *arg)
 {
     sona_engine *e = arg;
     struct eng_loop_a *a = e->loop_a;
-#ifdef __linux__
-    const struct sched_param batch = {.sched_priority = 0};
-    pthread_setschedparam(pthread_self(), SCHED_BATCH, &batch); /* best effort */
-#endif
+    eng_thread_lower_priority(0);
     unsigned idle = LOOP_A_IDLE_POLLS; /* asleep until the first hand-over */
     pthread_mutex_lock(&a->mu);
     for (;;) {

@@ -3,7 +3,6 @@
  * every loop_b_interval_ms, loop C every loop_c_interval_ms, then a checkpoint), the forced
  * cycles, and the engine's loop thread that runs that schedule by itself, woken early by a
  * request that fills the threshold. */
-#define _GNU_SOURCE /* SCHED_BATCH */
 #include "engine/thread.h"
 #include "engine/loop_a.h"
 #include "engine/loop_b.h"
@@ -13,10 +12,6 @@
 #include "dispatch/dispatch.h"
 
 #include <time.h>
-#ifdef __linux__
-#include <sched.h>
-#include <sys/resource.h>
-#endif
 
 static int interval_due(uint64_t last_ms, uint32_t interval_ms)
 {
@@ -72,22 +67,16 @@ sona_status sona_deep_cycle(sona_engine *e)
     return deep_cycle(e);
 }
 
-/* Loop B must not take the serving threads' CPU: it is a batch thread (never preempts a query on
- * wake-up) at nice 10, so it runs on a core the queries leave idle and, when it shares one, takes
- * ~10 % of it. Not nice 19: at ~1.5 % it fell behind (1 cycle instead of 3 in query_throughput on
- * a busy machine), the trajectory pool ran dry and every request paid for fresh memory.
- * Best effort: failures leave the defaults. */
-static void lower_own_priority(void)
-{
-#ifdef __linux__
-    const struct sched_param p = {.sched_priority = 0};
-    pthread_setschedparam(pthread_self(), SCHED_BATCH, &p);
-    setpriority(PRIO_PROCESS, 0, 10); /* who 0: the calling thread (nice is per thread on Linux) */
-#endif
-}
+/* Loop B must not take the serving threads' CPU: a batch thread at nice 10, so it runs on a core
+ * the queries leave idle and, when it shares one, takes ~10 % of it. Not nice 19: at ~1.5 % it
+ * fell behind (1 cycle instead of 3 in query_throughput on a busy machine), the trajectory pool
+ * ran dry and every request paid for fresh memory. */
+enum { LOOP_B_NICE = 10 };
 
-/* Loop B's learning ops run on the adapters' home backend (the one sona_lora_create picks):
- * keep this thread on the host CPUs nearest that device, where hwloc can tell. */
+/* Loop B's learning ops run on the adapters' home backend (the one sona_lora_create picks, the
+ * device SONA_BACKEND names): keep this thread on the host CPUs nearest that device, where hwloc
+ * can tell. (A Base-LoRA that later follows the engine's accelerator, eng_base_follow_device,
+ * leaves the thread where it is.) */
 static void place_near_learning_device(void)
 {
     const sona_backend *be;
@@ -99,7 +88,7 @@ static void place_near_learning_device(void)
 static void *loop_thread(void *arg)
 {
     sona_engine *e = arg;
-    lower_own_priority();
+    eng_thread_lower_priority(LOOP_B_NICE);
     place_near_learning_device();
     pthread_mutex_lock(&e->wake_mu);
     while (!e->stop) {
@@ -149,15 +138,13 @@ void eng_threads_stop(sona_engine *e)
 {
     /* The loop thread first: its ticks and checkpoints wait on loop A's queue. Loop A's thread
      * then learns what it was handed (its kicks of the stopped loop thread are harmless). */
-    if (!e->thread_started) {
-        eng_loop_a_destroy(e);
-        return;
+    if (e->thread_started) {
+        pthread_mutex_lock(&e->wake_mu);
+        e->stop = 1;
+        pthread_cond_signal(&e->wake_cv);
+        pthread_mutex_unlock(&e->wake_mu);
+        pthread_join(e->thread, NULL);
+        e->thread_started = 0;
     }
-    pthread_mutex_lock(&e->wake_mu);
-    e->stop = 1;
-    pthread_cond_signal(&e->wake_cv);
-    pthread_mutex_unlock(&e->wake_mu);
-    pthread_join(e->thread, NULL);
-    e->thread_started = 0;
     eng_loop_a_destroy(e);
 }
