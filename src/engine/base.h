@@ -41,11 +41,11 @@
 typedef struct eng_device eng_device;
 
 /* Base-LoRA's runs waiting for their signals (base_lora.c): per run its input x, then its
- * output y (then delta), weight wt, the w it was queued with (NaN: by its reward), its reward
- * mean, layer, first step and step count in acts and rewards, and its query's region. */
+ * output y (then delta), weight wt, the w it was queued with (NaN: by its reward), layer, first
+ * step and step count in acts and rewards, and its query's region. */
 typedef struct eng_base_queue {
     uint32_t rows, steps, row_cap, step_cap;
-    float *x, *y, *acts, *rewards, *wt, *w, *mean;
+    float *x, *y, *acts, *rewards, *wt, *w;
     int32_t *ids;
     uint32_t *first, *n, *region;
 } eng_base_queue;

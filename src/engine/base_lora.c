@@ -19,8 +19,8 @@
  * Each signal is normalised so that base_learning_rate is the fraction of the way it moves the
  * layer's output.
  *
- * eng_base_queue_trajectory takes a trajectory's runs (their inputs, and what their signals need: the
- * steps' activations and rewards) into e->base_q; eng_base_flush makes the signals of everything
+ * eng_base_queue_trajectory takes a trajectory's runs (their inputs, and what their signals
+ * need: the steps' activations and rewards) into e->base_q; eng_base_flush makes the signals of everything
  * queued with one forward, the signals in queue order (the baselines and the signal builder see
  * the runs in the order they came, as when each trajectory was done at once: the weights do not
  * change until the cycle trains), one normalisation and one accumulate call. Once a trajectory,
@@ -53,7 +53,7 @@ static sona_status queue_room(sona_engine *e, uint32_t rows, uint32_t steps)
     const size_t at_y = sona_scratch_push(&bytes, (size_t)row_cap * H * sizeof(float));
     const size_t at_acts = sona_scratch_push(&bytes, (size_t)step_cap * H * sizeof(float));
     const size_t at_rewards = sona_scratch_push(&bytes, step_cap * sizeof(float));
-    const size_t at_small = sona_scratch_push(&bytes, (size_t)row_cap * 7 * sizeof(float));
+    const size_t at_small = sona_scratch_push(&bytes, (size_t)row_cap * 6 * sizeof(float));
     char *mem = sona_scratch_get(&e->base_rows, bytes);
     if (!mem) {
         q->row_cap = q->step_cap = 0;
@@ -64,11 +64,11 @@ static sona_status queue_room(sona_engine *e, uint32_t rows, uint32_t steps)
                           .x = (float *)(void *)(mem + at_x), .y = (float *)(void *)(mem + at_y),
                           .acts = (float *)(void *)(mem + at_acts),
                           .rewards = (float *)(void *)(mem + at_rewards), .wt = small,
-                          .w = small + row_cap, .mean = small + 2 * (size_t)row_cap,
-                          .ids = (int32_t *)(void *)(small + 3 * (size_t)row_cap),
-                          .first = (uint32_t *)(void *)(small + 4 * (size_t)row_cap),
-                          .n = (uint32_t *)(void *)(small + 5 * (size_t)row_cap),
-                          .region = (uint32_t *)(void *)(small + 6 * (size_t)row_cap)};
+                          .w = small + row_cap,
+                          .ids = (int32_t *)(void *)(small + 2 * (size_t)row_cap),
+                          .first = (uint32_t *)(void *)(small + 3 * (size_t)row_cap),
+                          .n = (uint32_t *)(void *)(small + 4 * (size_t)row_cap),
+                          .region = (uint32_t *)(void *)(small + 5 * (size_t)row_cap)};
     return SONA_OK;
 }
 
@@ -107,9 +107,8 @@ sona_status eng_base_queue_trajectory(sona_engine *e, const float *query, uint32
     eng_base_queue *q = &e->base_q;
     for (uint32_t i = 0; i < s->steps;) {
         uint32_t j = i + 1;
-        double sum = s->rewards[i];
         while (j < s->steps && s->layers[j] == s->layers[i])
-            sum += s->rewards[j++];
+            j++;
         const int32_t layer = s->layers[i];
         if (layer >= 0 && (uint32_t)layer < e->cfg.base_layers) {
             const uint32_t r = q->rows++, n = j - i;
@@ -119,7 +118,6 @@ sona_status eng_base_queue_trajectory(sona_engine *e, const float *query, uint32
             q->ids[r] = layer;
             q->first[r] = q->steps;
             q->n[r] = n;
-            q->mean[r] = (float)(sum / n);
             q->region[r] = ENG_CELL_REGION(cell);
             q->w[r] = w;
             q->steps += n;
@@ -142,12 +140,15 @@ sona_status eng_base_flush(sona_engine *e)
     sona_signal_options_default(&opt);
     for (uint32_t r = 0; r < rows && st == SONA_OK; r++) {
         float *x = q->x + r * H, *y = q->y + r * H;
+        const float *rewards = q->rewards + q->first[r];
+        double sum = rewards[0]; /* the run's mean reward */
+        for (uint32_t i = 1; i < q->n[r]; i++)
+            sum += rewards[i];
         opt.output = y;
         opt.baseline = &e->base_baselines[(size_t)q->ids[r] * ENG_REGIONS + q->region[r]];
         /* x stays where it is; delta replaces y (the builder reads the output before writing). */
         st = sona_signal_compute_opts(e->signals, x, (uint32_t)H, q->acts + (size_t)q->first[r] * H,
-                                      q->rewards + q->first[r], q->n[r], q->mean[r], &opt, x, y,
-                                      &q->wt[r]);
+                                      rewards, q->n[r], (float)(sum / q->n[r]), &opt, x, y, &q->wt[r]);
         if (st == SONA_E_INVALID) { /* no direction: nothing to learn from this run */
             q->wt[r] = 0.0f;
             st = SONA_OK;

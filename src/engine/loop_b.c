@@ -30,10 +30,9 @@ static sona_status learn_batch(sona_engine *e, sona_trajectory *const *batch, ui
         st = eng_base_queue_trajectory(e, steps.query, cell, &steps, NAN);
     }
     eng_steps_free(&steps);
+    const sona_status flushed = eng_base_flush(e); /* empty after it, whatever st */
     if (st == SONA_OK)
-        st = eng_base_flush(e);
-    else
-        eng_base_flush(e); /* emptied: the next cycle starts clean */
+        st = flushed;
     /* The bank and Base-LoRA are independent: a failure of one does not hold the other back. */
     const sona_status bank_st = st == SONA_OK ? eng_bank_commit(e, &rows) : SONA_OK;
     eng_bank_batch_done(e, &rows);
