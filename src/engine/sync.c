@@ -102,7 +102,6 @@ enum { SLOT_FREE = 0, SLOT_LIVE = 1, SLOT_SYNCED = 2 /* live, and S holds it */,
        SLOT_STATE = 3, /* the bits above */
        SLOT_TASKS = 4 /* or'ed in: its EWC++ holds task snapshots */ };
 
-/* The counters of sona_stats, as they travel (uint64 each; the two floats as their bits). */
 /* The merge's own arithmetic (the rank-r re-factorisation: the sketch's basis, products,
  * orthonormalisation, finish and turn back, or the exact merges) in the syncing thread's CPU
  * seconds, summed in eng_sync.merge_s for sona_sync_result.merge_us. */
@@ -112,6 +111,7 @@ static double thread_cpu_s(void) { return sona_clock_s(CLOCK_THREAD_CPUTIME_ID);
 static void merge_clock(double *t0) { *t0 = thread_cpu_s(); }
 static void merge_clock_end(sona_engine *e, double t0) { e->sync->merge_s += thread_cpu_s() - t0; }
 
+/* The counters of sona_stats, as they travel (uint64 each; the two floats as their bits). */
 enum { SYNC_COUNTERS = 22 };
 /* Every field of sona_stats travels: 21 counters, tenants, two floats, one counter more. A
  * field added there moves one of these and stops the build here until it is added below. */
@@ -328,6 +328,16 @@ static size_t sketch_width(size_t r, size_t H)
     return l < H ? l : H;
 }
 
+/* A layer's factors in a sketch product: this rank's (mine: A then Bt, of L layers of rh
+ * floats), and S's (last, when there is one) where with_s: the terms' count. */
+static uint32_t product_terms(const float *mine, const float *last, size_t L, size_t rh, size_t layer,
+                              int with_s, const float *pa[2], const float *pb[2])
+{
+    pa[0] = mine + layer * rh, pb[0] = mine + L * rh + layer * rh;
+    pa[1] = last ? last + layer * rh : NULL, pb[1] = last ? last + L * rh + layer * rh : NULL;
+    return last && with_s ? 2 : 1;
+}
+
 /* Steps 2-3 for SONA_SYNC_SKETCH: the merge of every layer into A_new and Bt_new from this
  * rank's weights (mine: A then Bt) of weight w[rank], and S (last: A then Bt, or NULL) of
  * weight w_last added by every rank alike. basis: S's A when every rank has it (Omega starts
@@ -424,9 +434,8 @@ static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint
         fail = sona_sketch_basis((uint32_t)H, (uint32_t)l, (uint32_t)r,
                                  basis ? basis + l2 * rh : NULL, 0x5359u + l2, om + t * lh);
         memset(Y + t * lh, 0, lh * sizeof *Y);
-        const float *pa[2] = {mine + l2 * rh, last ? last + l2 * rh : NULL};
-        const float *pb[2] = {mine + L * rh + l2 * rh, last ? last + L * rh + l2 * rh : NULL};
-        const uint32_t terms = last && t % k == rank ? 2 : 1; /* this rank's, and S's */
+        const float *pa[2], *pb[2];
+        const uint32_t terms = product_terms(mine, last, L, rh, l2, t % k == rank, pa, pb);
         if (fail == SONA_OK)
             fail = sona_sketch_product((uint32_t)H, (uint32_t)r, terms, pa, pb, wS, (uint32_t)l,
                                        om + t * lh, 0, Y + t * lh);
@@ -439,9 +448,8 @@ static sona_status sketch_base(sona_engine *e, sona_comm *comm, uint32_t k, uint
         const size_t l2 = todo[t];
         sona_sketch_orthonormalize((uint32_t)H, (uint32_t)l, Y + t * lh); /* Y becomes Q */
         memset(Z + t * lh, 0, lh * sizeof *Z);
-        const float *pa[2] = {mine + l2 * rh, last ? last + l2 * rh : NULL};
-        const float *pb[2] = {mine + L * rh + l2 * rh, last ? last + L * rh + l2 * rh : NULL};
-        const uint32_t terms = last && t % k == rank ? 2 : 1;
+        const float *pa[2], *pb[2];
+        const uint32_t terms = product_terms(mine, last, L, rh, l2, t % k == rank, pa, pb);
         if (fail == SONA_OK)
             fail = sona_sketch_product((uint32_t)H, (uint32_t)r, terms, pa, pb, wS, (uint32_t)l,
                                        Y + t * lh, 1, Z + t * lh);
