@@ -201,8 +201,9 @@ static sona_status seed_plus_plus(const op_bufs *o, const float *X, uint32_t n, 
     if (o->device && ((st = put(o, o->Xt, s->Xt, (size_t)n * d * sizeof(float))) != SONA_OK ||
                       (st = put(o, o->C, C, d * sizeof *C)) != SONA_OK))
         return st;
+    /* (its assignments, all 0, are overwritten by Lloyd's first) */
     sona_sqdist_argmin_args first_args = {.n = n, .k = 1, .d = d, .X = o->X, .C = o->C,
-                                          .idx = o->device ? o->idx : s->prev, .dist = o->dist};
+                                          .idx = o->idx, .dist = o->dist};
     if ((st = sona_op_run(be, SONA_OP_SQDIST_ARGMIN, &first_args)) != SONA_OK ||
         (st = get(o, s->dist, o->dist, n * sizeof *s->dist)) != SONA_OK)
         return st;
