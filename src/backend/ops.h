@@ -180,8 +180,8 @@ typedef struct sona_host_kernels {
 #define SONA_HOST_KERNEL_LIST(X)                                                                \
     X(dot) X(dot_f16) X(widen_f16) X(dot_q8) X(all_finite) X(fisher_ema) X(penalise)            \
     X(sum_squares) X(max_magnitude) X(mix_rows) X(axpy) X(scale) X(q8_encode) X(q8_decode)      \
-    X(dot_f64) X(dot_f32_f64) X(axpy_f64) X(axpy_f32_f64) X(dot4_lanes_f64) X(dot4_lanes_f32_f64)          \
-    X(axpy4_f64) X(axpy4_f32_f64)
+    X(dot_f64) X(dot_f32_f64) X(axpy_f64) X(axpy_f32_f64) X(dot4_lanes_f64)                    \
+    X(dot4_lanes_f32_f64) X(axpy4_f64) X(axpy4_f32_f64)
 
 /* One backend, or one CPU variant: a struct of function pointers. A NULL op is unsupported.
  * ctx is the backend's own state (NULL for CPU variants). */

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Element-wise host loops of the core (finite check, EWC++ Fisher EMA and penalty, sum of
- * squares, Q8 encoding and decoding, the cluster merge's double dot and axpy) written once in plain C and compiled by each variant file
- * with its own ISA flags (ops_scalar.c: baseline, ops_avx2.c, ops_avx512.c), so the compiler
+ * squares, Q8 encoding and decoding, the cluster merge's double dots and axpys) written once in
+ * plain C and compiled by each variant file with its own ISA flags (ops_scalar.c: baseline, ops_avx2.c, ops_avx512.c), so the compiler
  * vectorises them for that level. ISO C mode keeps floating-point contraction off: every level
  * gives bit-identical results. SONA_HOST_LOOPS(suffix) defines sona_<loop>_<suffix> for every
  * loop but the Q8 encoder, which the SIMD files write with intrinsics around

@@ -1013,10 +1013,10 @@ static sona_status sv_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a)
     .cluster_sums = sv_cluster_sums
 
 #ifdef SV_D_W
-/* ---- the merge's double kernels, four rows at once (backend/ops.h dot4_lanes_f64 ... axpy4_f32_f64):
- * host_loops.h's 8 lanes in 8 / SV_D_W vectors, added in its order, so every variant gives
- * the scalar loops' bits; what they gain is x (or y) read once for four
- * rows and four independent chains of adds. */
+/* ---- the merge's double kernels, four rows at once (backend/ops.h's dot4_lanes_f64 ...
+ * axpy4_f32_f64): host_loops.h's 8 lanes in 8 / SV_D_W vectors, added in its order, so every
+ * variant gives the scalar loops' bits; what they gain is x (or y) read once for four rows and
+ * four independent chains of adds. */
 #define SV_D_PARTS (8 / SV_D_W)
 
 #define SV_DEFINE_DOT4_LANES(name, T, load)                                                     \
