@@ -975,27 +975,6 @@ static void tenant_merge_free(tenant_merge *tm, size_t T)
     free(tm->det), free(tm->fresh);
 }
 
-/* <B_j A_j, B_l A_l>_F from the factors (rank x hidden rows: A, and B transposed), in a fixed
- * order: the same bits from the same inputs. */
-static double product_dot(size_t H, uint32_t r, const float *Aj, const float *Btj, const float *Al,
-                          const float *Btl)
-{
-    /* The Gram products of the rows (cpu/host_loops.h's double dots of floats: their bits are
-     * every variant's), four rows of j's against all of l's at a time: a paced sync makes
-     * 5 r^2 dots of hidden a layer (its scalar form took 40 % of a sync's CPU). */
-    enum { P = 4 };
-    double ga[P * SONA_LORA_MAX_RANK], gb[P * SONA_LORA_MAX_RANK];
-    double sum = 0.0;
-    for (uint32_t p0 = 0; p0 < r; p0 += P) {
-        const uint32_t m = r - p0 < P ? r - p0 : P;
-        sona_gram_f32_f64(Aj + p0 * H, H, m, Al, H, r, H, ga);
-        sona_gram_f32_f64(Btj + p0 * H, H, m, Btl, H, r, H, gb);
-        for (uint32_t i = 0; i < m * r; i++)
-            sum += ga[i] * gb[i];
-    }
-    return sum;
-}
-
 /* SONA_SYNC_PACED's gain g on the ranks' mean change m since S (the merge is S + g m), for k
  * ranks. The model: in one sync interval a rank closes a fraction 1 - a of the gap G between S
  * and where its traffic leads, so m = (1 - a) G, and one engine seeing all k ranks' traffic would
@@ -1188,13 +1167,13 @@ static sona_status merge_tenants(sona_engine *e, sona_comm *comm, uint32_t k, so
             if (e->sync->prev[i]) { /* <m, D> and |D|^2, D = S - P */
                 const uint32_t r = e->cfg.micro_rank;
                 const size_t H = e->cfg.hidden;
-                const double ss = product_dot(H, r, S, S + af, S, S + af),
-                             sp = product_dot(H, r, S, S + af, P, P + af);
-                dd = ss - 2.0 * sp + product_dot(H, r, P, P + af, P, P + af);
+                const double ss = sona_lora_product_dot(H, r, S, S + af, S, S + af),
+                             sp = sona_lora_product_dot(H, r, S, S + af, P, P + af);
+                dd = ss - 2.0 * sp + sona_lora_product_dot(H, r, P, P + af, P, P + af);
                 md = 0.0;
                 for (uint32_t j = 0; j < n; j++)
-                    md += product_dot(H, r, pa[j], pa[k + 1 + j], S, S + af) -
-                          product_dot(H, r, pa[j], pa[k + 1 + j], P, P + af);
+                    md += sona_lora_product_dot(H, r, pa[j], pa[k + 1 + j], S, S + af) -
+                          sona_lora_product_dot(H, r, pa[j], pa[k + 1 + j], P, P + af);
                 md = md / n - (ss - sp);
             }
             g = paced_gain(n, e->sync->gain[i], md, dd);
@@ -1299,12 +1278,12 @@ static sona_status base_gain(sona_engine *e, sona_comm *comm, uint32_t k, const 
     for (size_t l = 0; l < L; l++) {
         const float *sa = S + l * r * H, *sb = S + af + l * r * H;
         const float *qa = P + l * r * H, *qb = P + af + l * r * H;
-        ss += product_dot(H, r, sa, sb, sa, sb);
-        sp += product_dot(H, r, sa, sb, qa, qb);
-        pp += product_dot(H, r, qa, qb, qa, qb);
+        ss += sona_lora_product_dot(H, r, sa, sb, sa, sb);
+        sp += sona_lora_product_dot(H, r, sa, sb, qa, qb);
+        pp += sona_lora_product_dot(H, r, qa, qb, qa, qb);
         if (mine)
-            x += product_dot(H, r, mine + l * r * H, mine + af + l * r * H, sa, sb) -
-                 product_dot(H, r, mine + l * r * H, mine + af + l * r * H, qa, qb);
+            x += sona_lora_product_dot(H, r, mine + l * r * H, mine + af + l * r * H, sa, sb) -
+                 sona_lora_product_dot(H, r, mine + l * r * H, mine + af + l * r * H, qa, qb);
     }
     const sona_status st = sona_comm_allgather(comm, &x, sizeof x, xs);
     if (st != SONA_OK)

@@ -29,6 +29,13 @@ sona_status sona_lora_merge(uint32_t hidden, uint32_t rank, uint32_t k, const fl
                             const float *const *Bt, const double *w, float *A_out, float *Bt_out,
                             sona_merge_info *info);
 
+/* <B_j A_j, B_l A_l>_F of two adapters from their factors (rank x hidden rows: A, and B
+ * transposed) in double, without a hidden x hidden matrix: sum over p, q of (A_j,p . A_l,q)
+ * (Bt_j,p . Bt_l,q), the dots by dispatch/vecmath.h's Gram products: the same bits on every
+ * variant. rank <= SONA_LORA_MAX_RANK. */
+double sona_lora_product_dot(size_t hidden, uint32_t rank, const float *Aj, const float *Btj,
+                             const float *Al, const float *Btl);
+
 /* ---- the sketched merge: what sona_sync all-reduces instead of gathering every factor ------
  * The average M = sum_i w_i B_i A_i is seen only through products with a shared basis, each a
  * sum over the ranks (an all-reduce): Y = M Omega^T for a shared Omega (width x hidden),
