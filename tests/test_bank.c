@@ -1008,9 +1008,84 @@ Test(bank, large_extractions_keep_their_patterns, .timeout = 120)
     sona_bank_destroy(b);
 }
 
-/* An extraction clusters on the device the bank was given (core/patterns/bank_device.h) when
- * the cost model says it finishes first there, and on the CPU when it says otherwise; on either
- * it finds the same patterns. Skips without an accelerator (CI: PoCL through
+/* Extracting X again (the n rows whose extraction made b's `groups` patterns) merges every row
+ * into its group's pattern, so each pattern's size doubles; returns the knn_exact calls on kind
+ * meanwhile. */
+static uint64_t knn_calls_extracting(sona_bank *b, const float *X, uint32_t n, sona_backend_kind kind,
+                                     sona_bank_extract_result *res)
+{
+    add_all(b, X, n, 1.0f);
+    const uint64_t before = sona_dispatch_calls(SONA_OP_KNN_EXACT, kind);
+    cr_assert_eq(sona_bank_extract(b, res), SONA_OK, "%s", sona_bank_last_error(b));
+    return sona_dispatch_calls(SONA_OP_KNN_EXACT, kind) - before;
+}
+
+static uint64_t extract_again(sona_bank *b, const float *X, uint32_t n, uint32_t groups, sona_backend_kind kind)
+{
+    uint64_t size[64];
+    cr_assert_leq(groups, 64);
+    for (uint32_t i = 0; i < groups; i++) {
+        sona_pattern p;
+        cr_assert_eq(sona_bank_pattern_at(b, i, &p, NULL), SONA_OK);
+        size[i] = p.size;
+    }
+    sona_bank_extract_result res;
+    const uint64_t calls = knn_calls_extracting(b, X, n, kind, &res);
+    cr_assert_eq(sona_bank_pattern_count(b), groups,
+                 "%u patterns after extracting the groups again (%u clusters: %u merged, %u rows joined, %u "
+                 "split, %u created)",
+                 sona_bank_pattern_count(b), res.clusters, res.merged, res.joined, res.split, res.created);
+    cr_assert_eq(res.created, 0);
+    for (uint32_t i = 0; i < groups; i++) {
+        sona_pattern p;
+        cr_assert_eq(sona_bank_pattern_at(b, i, &p, NULL), SONA_OK);
+        cr_assert_eq(p.size, 2 * size[i], "pattern %u: %" PRIu64 " rows, had %" PRIu64, i, p.size, size[i]);
+    }
+    return calls;
+}
+
+/* An extraction's searches against the patterns (each cluster's, then the rows of clusters that
+ * did not merge) run as one exact search (knn_exact) while the patterns are few enough that it
+ * costs less than a graph search each, and through the index otherwise: with 7 patterns and
+ * the default index (ef_search 50, M 16) exactly, with ef_search 1 and M 2 through the graph
+ * (which then may miss a cluster's pattern: seed 2 found a cosine of 0.05 for one whose
+ * pattern was at 0.99997, and made it a pattern again, so only the route is checked there). */
+Test(bank, extraction_searches_exactly_while_patterns_are_few)
+{
+    const uint64_t seed = test_seed();
+    printf("[bank] exact searches seed %" PRIu64 "\n", seed);
+    enum { N = 350, G = 7 };
+    float *X = rows(seed, N, G);
+    for (int graph = 0; graph < 2; graph++) {
+        fake_clock clk = {1000};
+        sona_bank_config cfg;
+        sona_bank_config_default(&cfg, DIM);
+        cfg.k_clusters = G;
+        cfg.clock_ms = read_clock;
+        cfg.clock_ctx = &clk;
+        if (graph)
+            cfg.index.ef_search = 1, cfg.index.M = 2;
+        sona_bank *b = NULL;
+        cr_assert_eq(sona_bank_create(&cfg, &b), SONA_OK, "%s", sona_last_error());
+        add_all(b, X, N, 1.0f);
+        cr_assert_eq(sona_bank_extract(b, NULL), SONA_OK, "%s", sona_bank_last_error(b));
+        cr_assert_eq(sona_bank_pattern_count(b), G);
+        sona_bank_extract_result res;
+        const uint64_t calls = graph ? knn_calls_extracting(b, X, N, SONA_KIND_CPU, &res)
+                                     : extract_again(b, X, N, G, SONA_KIND_CPU);
+        printf("[bank] ef_search %u, M %u: %" PRIu64 " exact searches\n", cfg.index.ef_search, cfg.index.M, calls);
+        if (graph)
+            cr_assert_eq(calls, 0, "the graph is cheaper than an exact search of 7 patterns at ef_search 1");
+        else
+            cr_assert_gt(calls, 0, "7 patterns searched through the graph");
+        sona_bank_destroy(b);
+    }
+    free(X);
+}
+
+/* An extraction clusters, and searches its patterns, on the device the bank was given
+ * (core/patterns/bank_device.h) when the cost model says it finishes first there, and on the CPU
+ * when it says otherwise; on either it finds the same patterns. Skips without an accelerator (CI: PoCL through
  * SONA_OPENCL_DEVICE=any). */
 static void extract_on(const sona_backend *dev, int device_wins, const float *X, uint32_t n,
                        uint32_t groups, float *centroids, uint64_t *sizes)
@@ -1049,6 +1124,12 @@ static void extract_on(const sona_backend *dev, int device_wins, const float *X,
         memcpy(centroids + (size_t)g * DIM, c, sizeof c);
         sizes[g] = p.size;
     }
+    /* Once patterns exist its searches go to the same place. */
+    const uint64_t searches = extract_again(b, X, n, groups, kind);
+    if (device_wins)
+        cr_assert_gt(searches, 0, "the patterns searched on %s", dev->name);
+    else
+        cr_assert_eq(searches, 0, "the patterns searched on the CPU");
     sona_bank_destroy(b);
     sona_cost_model_set(dev, NULL);
 }

@@ -61,6 +61,16 @@ sona_status sona_op_run(const sona_backend *b, sona_op op, const void *args);
  * in dispatch/cost.h, which also picks the backend for a call by cost (sona_route). */
 sona_status sona_op_call(const sona_backend *b, sona_op op, const void *args);
 
+/* How an op is called: sona_op_run (with the CPU fallback) or sona_op_call (the backend alone). */
+typedef sona_status (*sona_op_caller)(const sona_backend *b, sona_op op, const void *args);
+
+/* Runs op on b through call with args whose buffers are host arrays: on an accelerator each
+ * buffer is copied into a buffer of b's allocated for the call, and the ones the op writes are
+ * copied back when it succeeded (a failed copy back may leave them partly written). On a
+ * host-memory backend, call(b, op, args). SONA_E_NOMEM or SONA_E_BACKEND when a copy fails
+ * (b->last_error says why). */
+sona_status sona_op_run_host(const sona_backend *b, sona_op op, const void *args, sona_op_caller call);
+
 /* Counts ops that failed on an accelerator and were redone on the CPU. */
 void sona_dispatch_count_fallback(void);
 uint64_t sona_dispatch_fallbacks(void);

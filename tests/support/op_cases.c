@@ -568,43 +568,6 @@ void op_instance_free(op_instance *in)
 
 /* ---- running on a backend -------------------------------------------------------------- */
 
-typedef struct run_ctx {
-    const sona_backend *b;
-    void *bufs[SONA_OP_MAX_BUFFERS];
-    int nbufs;
-    sona_status st;
-    char *msg;
-    size_t msg_len;
-} run_ctx;
-
-/* A backend buffer holding a copy of host data (or the host array itself on host backends
- * when `direct` is set, so guards can be checked). */
-static void *stage(run_ctx *rc, const void *host, size_t bytes, int direct)
-{
-    if (rc->st != SONA_OK || !host)
-        return NULL;
-    if (rc->b->host_memory && direct)
-        return (void *)host;
-    void *buf = NULL;
-    rc->st = rc->b->alloc(rc->b->ctx, bytes ? bytes : 4, &buf);
-    if (rc->st != SONA_OK) {
-        snprintf(rc->msg, rc->msg_len, "alloc of %zu bytes failed", bytes);
-        return NULL;
-    }
-    rc->bufs[rc->nbufs++] = buf;
-    if (bytes && (rc->st = rc->b->upload(rc->b->ctx, buf, 0, host, bytes)) != SONA_OK)
-        snprintf(rc->msg, rc->msg_len, "upload of %zu bytes failed", bytes);
-    return buf;
-}
-
-static void fetch(run_ctx *rc, void *host, const void *buf, size_t bytes)
-{
-    if (rc->st != SONA_OK || host == buf)
-        return;
-    if ((rc->st = rc->b->download(rc->b->ctx, host, buf, 0, bytes)) != SONA_OK)
-        snprintf(rc->msg, rc->msg_len, "download of %zu bytes failed", bytes);
-}
-
 /* The case's args on host arrays: inputs from the instance, outputs in the guarded got arrays,
  * which first get the starting values of the buffers the op updates. */
 static void host_args(op_instance *in, sona_op_args *a)
@@ -662,37 +625,18 @@ static void host_args(op_instance *in, sona_op_args *a)
 sona_status op_instance_run(op_instance *in, const sona_backend *b, char *msg, size_t msg_len)
 {
     msg[0] = '\0';
-    sona_op_args host, a;
-    sona_op_buffer bufs[SONA_OP_MAX_BUFFERS];
+    sona_op_args host;
     host_args(in, &host);
-    const int nb = sona_op_describe(in->c.op, &host, &a, bufs);
-    if (nb < 0 || !sona_backend_supports(b, in->c.op, &a)) {
+    if (!sona_backend_supports(b, in->c.op, &host)) {
         snprintf(msg, msg_len, "%s does not support this op or shape", b->name);
         return SONA_E_UNSUPPORTED;
     }
-    /* The buffers the op writes stay the guarded host arrays on host backends. */
-    run_ctx rc = {.b = b, .st = SONA_OK, .msg = msg, .msg_len = msg_len};
-    const void *host_of[SONA_OP_MAX_BUFFERS];
-    for (int i = 0; i < nb; i++) {
-        const sona_op_buffer *buf = &bufs[i];
-        host_of[i] = *buf->slot;
-        *buf->slot = buf->first == i ? stage(&rc, host_of[i], buf->bytes, buf->dir & SONA_BUF_OUT)
-                                     : *bufs[buf->first].slot;
-    }
-    sona_status st = rc.st == SONA_OK ? sona_op_call(b, in->c.op, &a) : SONA_OK;
-    for (int i = 0; i < nb; i++)
-        if (bufs[i].first == i && (bufs[i].dir & SONA_BUF_OUT))
-            fetch(&rc, (void *)host_of[i], *bufs[i].slot, bufs[i].bytes);
-    if (st == SONA_OK && rc.st == SONA_OK && b->sync)
-        st = b->sync(b->ctx);
-    for (int i = 0; i < rc.nbufs; i++)
-        b->free(b->ctx, rc.bufs[i]);
-    if (st != SONA_OK) {
+    /* On host backends the op writes the guarded arrays themselves. */
+    const sona_status st = sona_op_run_host(b, in->c.op, &host, sona_op_call);
+    if (st != SONA_OK)
         snprintf(msg, msg_len, "%s failed: %s (%s)", b->name, sona_status_str(st),
                  b->last_error ? b->last_error(b->ctx) : "");
-        return st;
-    }
-    return rc.st;
+    return st;
 }
 
 /* ---- checking -------------------------------------------------------------------------- */

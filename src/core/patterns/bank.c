@@ -62,6 +62,7 @@ struct sona_bank {
      * both locks), its arrays and its k-means scratch (under extract_lock). */
     traj_queue spare;
     sona_scratch extract_mem, kmeans_mem;
+    sona_scratch search_mem; /* a batched exact search's patterns and queries (under lock) */
     /* live patterns, dense; their centroids live in the index only (one copy) */
     pattern_rec *pats;
     uint32_t npat, pat_cap;
@@ -245,6 +246,7 @@ void sona_bank_destroy(sona_bank *b)
     queue_free(&b->spare);
     sona_scratch_free(&b->extract_mem);
     sona_scratch_free(&b->kmeans_mem);
+    sona_scratch_free(&b->search_mem);
     for (uint32_t i = 0; i < b->nrlists; i++)
         free(b->rlists[i].v);
     free(b->rlists);
@@ -822,31 +824,101 @@ static int cluster_merges(sona_bank *b, const float *c, const cluster_sum *s, co
     return found && cluster_merge_at(b, pos_of(b, best), sim, c, s, nm, NULL, now, pv, target, st);
 }
 
+/* ---- the nearest pattern of many queries ------------------------------------------------- */
+
+/* An HNSW search costs about as much as an exact scan of this many rows. Fitted to searches of
+ * 2 000 queries on this project's development machine (dim 256, Q8, ef 50, M 16, random
+ * patterns): a search cost a scan of 740 rows among 50 patterns, 3 800 among 1 000, 5 600 among
+ * 10 000; this gives 2 700, 4 800 and 6 400, so exact scans win on the CPU up to about
+ * 5 000 patterns (measured: 4 000 to 5 000). */
+static double graph_search_rows(const sona_bank *b)
+{
+    const double decades = log10((double)b->npat);
+    return 2.0 * b->cfg.index.ef_search * b->cfg.index.M * (decades > 1.0 ? decades : 1.0);
+}
+
+/* Where m queries against the patterns run exactly (knn_exact): on the CPU or device, as
+ * sona_route picks, when that costs less than m graph searches, else NULL (the index). On a
+ * device the patterns go up for the call, which the op's model counts as resident. */
+static const sona_backend *exact_search_on(const sona_bank *b, const sona_backend *device, uint32_t m)
+{
+    const uint32_t dim = b->cfg.dim;
+    const sona_knn_exact_args exact = {.m = m, .n = b->npat, .d = dim, .k = 1};
+    const sona_backend *on = sona_route(SONA_OP_KNN_EXACT, &exact, device);
+    double us = sona_cost_us(on, SONA_OP_KNN_EXACT, &exact);
+    sona_cost_model cm;
+    sona_cost_model_get(on, &cm);
+    if (cm.transfer_gbs > 0.0)
+        us += (double)b->npat * dim * sizeof(float) / (cm.transfer_gbs * 1e3);
+    const sona_knn_exact_args graph = {.m = m, .n = (uint32_t)graph_search_rows(b), .d = dim, .k = 1};
+    return us < sona_cost_us(b->be, SONA_OP_KNN_EXACT, &graph) ? on : NULL;
+}
+
+/* The pattern most similar to each query, rows[0..m-1] of Q (dim floats each): its position in
+ * pats (-1 when the bank has none) and the cosine, into pos[m] and sim[m]. An exact search of
+ * all at once where it pays (exact_search_on; the cosines with the stored centroids, as the
+ * index's, and the true nearest, which a graph search may miss), else a graph search each; also
+ * when the exact search fails (memory, the device). The caller holds the lock. */
+static void nearest_patterns(sona_bank *b, const sona_backend *device, const float *Q, const uint32_t *rows,
+                             uint32_t m, int32_t *pos, float *sim)
+{
+    const uint32_t dim = b->cfg.dim, npat = b->npat;
+    const sona_backend *on = npat && m ? exact_search_on(b, device, m) : NULL;
+    if (on) {
+        size_t bytes = 0;
+        const size_t at_P = sona_scratch_push(&bytes, (size_t)npat * dim * sizeof(float));
+        const size_t at_Q = sona_scratch_push(&bytes, (size_t)m * dim * sizeof(float));
+        char *mem = sona_scratch_get(&b->search_mem, bytes);
+        sona_status st = mem ? SONA_OK : SONA_E_NOMEM;
+        float *P = mem ? (float *)(void *)(mem + at_P) : NULL, *Qm = mem ? (float *)(void *)(mem + at_Q) : NULL;
+        for (uint32_t i = 0; i < npat && st == SONA_OK; i++)
+            st = sona_index_get_vector(b->index, b->pats[i].id, P + (size_t)i * dim);
+        for (uint32_t q = 0; q < m && st == SONA_OK; q++)
+            memcpy(Qm + (size_t)q * dim, Q + (size_t)rows[q] * dim, (size_t)dim * sizeof *Qm);
+        if (st == SONA_OK) {
+            const sona_knn_exact_args a = {.m = m, .n = npat, .d = dim, .k = 1, .Q = Qm, .P = P, .idx = pos, .sim = sim};
+            st = sona_op_run_host(on, SONA_OP_KNN_EXACT, &a, sona_op_run);
+        }
+        if (mem)
+            sona_scratch_done(&b->search_mem, bytes);
+        if (st == SONA_OK)
+            return;
+    }
+    for (uint32_t q = 0; q < m; q++) {
+        uint64_t best;
+        uint32_t found = 0;
+        pos[q] = -1;
+        if (npat)
+            search_locked(b, Q + (size_t)rows[q] * dim, 1, &best, &sim[q], &found);
+        if (found)
+            pos[q] = (int32_t)pos_of(b, best);
+    }
+}
+
 /* Phase 2 of an extraction: the rows of the clusters that did not merge whole (target[j] == -2),
- * each tested alone against its most similar pattern (merges() with size 1). row_to[i] receives
- * the position of the pattern row i joins, or -1. Then each pattern's joiners merge into it as
- * one group (mean, summed counts), in pattern order. order: n scratch. Returns the rows that
- * joined; *st gets a merge failure. Caller holds the lock. */
-static uint32_t join_rows(sona_bank *b, const traj_queue *tq, const int32_t *assign, const int32_t *target,
-                          const noise_model *nm, uint64_t now, int32_t *row_to, uint32_t *order, float *pv,
-                          double *mean, float *gv, sona_status *st)
+ * each tested alone against its most similar pattern (merges() with size 1; all searched at
+ * once, against the bank as phase 1 left it). row_to[i] receives the position of the pattern row
+ * i joins, or -1. Then each pattern's joiners merge into it as one group (mean, summed counts),
+ * in pattern order. order, near_pos, near_sim: n each, scratch. Returns the rows that joined;
+ * *st gets a merge failure. Caller holds the lock. */
+static uint32_t join_rows(sona_bank *b, const sona_backend *device, const traj_queue *tq, const int32_t *assign,
+                          const int32_t *target, const noise_model *nm, uint64_t now, int32_t *row_to,
+                          uint32_t *order, int32_t *near_pos, float *near_sim, float *pv, double *mean, float *gv,
+                          sona_status *st)
 {
     const uint32_t n = tq->n, dim = b->cfg.dim;
-    uint32_t m = 0;
+    uint32_t asked = 0, m = 0;
     for (uint32_t i = 0; i < n; i++) {
         row_to[i] = -1;
-        if (target[assign[i]] != -2 || b->npat == 0)
-            continue;
-        const float *x = tq->emb + (size_t)i * dim;
-        uint64_t best;
-        float sim;
-        uint32_t found = 0;
-        search_locked(b, x, 1, &best, &sim, &found);
-        if (!found)
-            continue;
-        const uint32_t pos = pos_of(b, best);
-        if (merges(b, pos, sim, x, 1, nm, pv) != NO_MERGE) {
-            row_to[i] = (int32_t)pos;
+        if (target[assign[i]] == -2 && b->npat)
+            order[asked++] = i;
+    }
+    nearest_patterns(b, device, tq->emb, order, asked, near_pos, near_sim);
+    for (uint32_t a = 0; a < asked; a++) { /* order[m] is rewritten only once read (m <= a) */
+        const uint32_t i = order[a];
+        const int32_t pos = near_pos[a];
+        if (pos >= 0 && merges(b, (uint32_t)pos, near_sim[a], tq->emb + (size_t)i * dim, 1, nm, pv) != NO_MERGE) {
+            row_to[i] = pos;
             order[m++] = i;
         }
     }
@@ -1043,8 +1115,8 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
     row_range *stack = NULL;
     float *ca = NULL, *cb = NULL;
     double *resid = NULL, *d2 = NULL;
-    int32_t *near = NULL;
-    float *nsim = NULL;
+    int32_t *near = NULL, *near_pos = NULL;
+    float *nsim = NULL, *near_sim = NULL;
     cluster_sum *cs = NULL;
     sona_kmeans_result kr = {0};
     const sona_backend *kmeans_on = b->be;
@@ -1067,6 +1139,8 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
         const size_t at_d2 = sona_scratch_push(&bytes, n * sizeof *d2);
         const size_t at_near = sona_scratch_push(&bytes, k * sizeof *near);
         const size_t at_nsim = sona_scratch_push(&bytes, k * sizeof *nsim);
+        const size_t at_near_pos = sona_scratch_push(&bytes, n * sizeof *near_pos);
+        const size_t at_near_sim = sona_scratch_push(&bytes, n * sizeof *near_sim);
         char *mem = sona_scratch_get(&b->extract_mem, bytes);
         if (mem) {
             C = (float *)(void *)(mem + at_C);
@@ -1082,6 +1156,8 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
             d2 = (double *)(void *)(mem + at_d2);
             near = (int32_t *)(void *)(mem + at_near);
             nsim = (float *)(void *)(mem + at_nsim);
+            near_pos = (int32_t *)(void *)(mem + at_near_pos);
+            near_sim = (float *)(void *)(mem + at_near_sim);
             assign = (int32_t *)(void *)(mem + at_assign);
             target = (int32_t *)(void *)(mem + at_target);
             counts = (uint32_t *)(void *)(mem + at_counts);
@@ -1124,18 +1200,19 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
      * whole into its most similar pattern (in the bank as it was) does; the others (-2) go on.
      * The noise is estimated only when a cluster does not merge by direction. */
     const uint64_t now = now_ms(b);
-    int need_noise = 0;
+    uint32_t asked = 0;
     for (uint32_t j = 0; j < k; j++) {
-        uint64_t best;
-        uint32_t found = 0;
         near[j] = -1;
-        if (cs[j].size == 0 || cs[j].size < b->cfg.min_cluster_size)
-            continue;
-        if (b->npat)
-            search_locked(b, C + (size_t)j * dim, 1, &best, &nsim[j], &found);
-        if (found)
-            near[j] = (int32_t)pos_of(b, best);
-        need_noise |= !found || nsim[j] < b->cfg.merge_threshold;
+        if (cs[j].size && cs[j].size >= b->cfg.min_cluster_size)
+            order[asked++] = j;
+    }
+    nearest_patterns(b, device, C, order, asked, near_pos, near_sim);
+    int need_noise = 0;
+    for (uint32_t a = 0; a < asked; a++) {
+        const uint32_t j = order[a];
+        near[j] = near_pos[a];
+        nsim[j] = near_sim[a];
+        need_noise |= near[j] < 0 || nsim[j] < b->cfg.merge_threshold;
     }
     if (need_noise && b->cfg.merge_z > 0.0f) {
         for (uint32_t i = 0; i < n; i++)
@@ -1158,7 +1235,8 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
             target[j] = -2;
     }
     /* Phase 2: their rows, each alone, join the pattern they are close enough to. */
-    r.joined = join_rows(b, &taken, assign, target, &nm, now, row_to, order, pv, gm, gv, &st);
+    r.joined = join_rows(b, device, &taken, assign, target, &nm, now, row_to, order, near_pos, near_sim, pv, gm, gv,
+                         &st);
     /* Phase 3: what each keeps, as a range of rows; a range more spread than one cluster's
      * noise is split in two (and its parts looked at again); the others merge whole after all
      * (into a pattern made by this phase, or an older one) or become new patterns. */
