@@ -935,6 +935,73 @@ SV_INLINE void sv_sqdist_tile(uint32_t d, const float *X, const float *Bp, sv_f 
  * into a running argmin, so no n x k matrix is ever stored. The formulation loses relative precision when x is close to
  * c (the error scales with |x|^2 + |c|^2, which the op's bound allows); results are clamped
  * at 0. Columns run in increasing order with a strict <, so ties keep the lowest index. */
+/* What the parts of a large sqdist_argmin share: the packed centroids, their norms, and the
+ * padded copy of the last partial row block (only the part that ends the rows uses it). */
+typedef struct sv_sqdist_job {
+    const sona_sqdist_argmin_args *a;
+    const float *Cp, *cnorm;
+    float *Xp;
+    uint32_t panels;
+} sv_sqdist_job;
+
+/* Rows i0 .. i1 - 1 (i0 a multiple of SV_GEMM_MR). */
+static void sv_sqdist_rows(const sv_sqdist_job *job, uint32_t i0, uint32_t i1)
+{
+    const sona_sqdist_argmin_args *a = job->a;
+    const uint32_t k = a->k, d = a->d;
+    const sv_f minus2 = sv_set1(-2.0f);
+    for (; i0 < i1; i0 += SV_GEMM_MR) {
+        const uint32_t rows = i1 - i0 < SV_GEMM_MR ? i1 - i0 : SV_GEMM_MR;
+        /* Full row blocks are read in place; the last partial one is copied and zero-padded. */
+        const float *xb = a->X + (size_t)i0 * d;
+        if (rows < SV_GEMM_MR) {
+            memcpy(job->Xp, xb, (size_t)rows * d * sizeof *job->Xp);
+            memset(job->Xp + (size_t)rows * d, 0, (size_t)(SV_GEMM_MR - rows) * d * sizeof *job->Xp);
+            xb = job->Xp;
+        }
+        float best[SV_GEMM_MR];
+        int32_t best_j[SV_GEMM_MR];
+        for (uint32_t r = 0; r < SV_GEMM_MR; r++) {
+            best[r] = INFINITY;
+            best_j[r] = 0;
+        }
+        for (uint32_t jp = 0; jp < job->panels; jp++) {
+            const uint32_t j0 = jp * SV_GEMM_NR;
+            const uint32_t cols = k - j0 < SV_GEMM_NR ? k - j0 : SV_GEMM_NR;
+            sv_f acc0[SV_GEMM_MR], acc1[SV_GEMM_MR];
+            sv_sqdist_tile(d, xb, job->Cp + (size_t)j0 * d, acc0, acc1);
+            const sv_f cn0 = sv_load(job->cnorm + j0), cn1 = sv_load(job->cnorm + j0 + SV_W);
+            for (uint32_t r = 0; r < rows; r++) {
+                /* |c|^2 - 2 x.c: |x|^2 is the same for the whole row, added at the end. */
+                float part[SV_GEMM_NR];
+                sv_store(part, sv_fma(minus2, acc0[r], cn0));
+                sv_store(part + SV_W, sv_fma(minus2, acc1[r], cn1));
+                for (uint32_t c = 0; c < cols; c++)
+                    if (part[c] < best[r]) {
+                        best[r] = part[c];
+                        best_j[r] = (int32_t)(j0 + c);
+                    }
+            }
+        }
+        for (uint32_t r = 0; r < rows; r++) {
+            const float *x = a->X + (size_t)(i0 + r) * d;
+            const float dist = sv_dot(x, x, d) + best[r];
+            a->idx[i0 + r] = best_j[r];
+            a->dist[i0 + r] = dist > 0.0f ? dist : 0.0f;
+        }
+    }
+}
+
+/* Part `part` of `parts`: a share of the row blocks. */
+static void sv_sqdist_part(void *arg, uint32_t part, uint32_t parts)
+{
+    const sv_sqdist_job *job = arg;
+    const uint32_t n = job->a->n, blocks = (n + SV_GEMM_MR - 1) / SV_GEMM_MR;
+    const uint32_t b0 = (uint32_t)((uint64_t)blocks * part / parts);
+    const uint32_t b1 = (uint32_t)((uint64_t)blocks * (part + 1) / parts);
+    sv_sqdist_rows(job, b0 * SV_GEMM_MR, b1 * SV_GEMM_MR < n ? b1 * SV_GEMM_MR : n);
+}
+
 static sona_status sv_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a)
 {
     (void)ctx;
@@ -957,47 +1024,13 @@ static sona_status sv_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a)
     sv_gemm_pack_b(&g, 0, k, 0, d, Cp);
     for (uint32_t j = 0; j < panels * SV_GEMM_NR; j++)
         cnorm[j] = j < k ? sv_dot(a->C + (size_t)j * d, a->C + (size_t)j * d, d) : 0.0f;
-    const sv_f minus2 = sv_set1(-2.0f);
-    for (uint32_t i0 = 0; i0 < n; i0 += SV_GEMM_MR) {
-        const uint32_t rows = n - i0 < SV_GEMM_MR ? n - i0 : SV_GEMM_MR;
-        /* Full row blocks are read in place; the last partial one is copied and zero-padded. */
-        const float *xb = a->X + (size_t)i0 * d;
-        if (rows < SV_GEMM_MR) {
-            memcpy(Xp, xb, (size_t)rows * d * sizeof *Xp);
-            memset(Xp + (size_t)rows * d, 0, (size_t)(SV_GEMM_MR - rows) * d * sizeof *Xp);
-            xb = Xp;
-        }
-        float best[SV_GEMM_MR];
-        int32_t best_j[SV_GEMM_MR];
-        for (uint32_t r = 0; r < SV_GEMM_MR; r++) {
-            best[r] = INFINITY;
-            best_j[r] = 0;
-        }
-        for (uint32_t jp = 0; jp < panels; jp++) {
-            const uint32_t j0 = jp * SV_GEMM_NR;
-            const uint32_t cols = k - j0 < SV_GEMM_NR ? k - j0 : SV_GEMM_NR;
-            sv_f acc0[SV_GEMM_MR], acc1[SV_GEMM_MR];
-            sv_sqdist_tile(d, xb, Cp + (size_t)j0 * d, acc0, acc1);
-            const sv_f cn0 = sv_load(cnorm + j0), cn1 = sv_load(cnorm + j0 + SV_W);
-            for (uint32_t r = 0; r < rows; r++) {
-                /* |c|^2 - 2 x.c: |x|^2 is the same for the whole row, added at the end. */
-                float part[SV_GEMM_NR];
-                sv_store(part, sv_fma(minus2, acc0[r], cn0));
-                sv_store(part + SV_W, sv_fma(minus2, acc1[r], cn1));
-                for (uint32_t c = 0; c < cols; c++)
-                    if (part[c] < best[r]) {
-                        best[r] = part[c];
-                        best_j[r] = (int32_t)(j0 + c);
-                    }
-            }
-        }
-        for (uint32_t r = 0; r < rows; r++) {
-            const float *x = a->X + (size_t)(i0 + r) * d;
-            const float dist = sv_dot(x, x, d) + best[r];
-            a->idx[i0 + r] = best_j[r];
-            a->dist[i0 + r] = dist > 0.0f ? dist : 0.0f;
-        }
-    }
+    sv_sqdist_job job = {a, Cp, cnorm, Xp, panels};
+    /* Rows are independent: a large call splits them over the cores, with the same bits. */
+    const uint32_t parts = sona_cpu_parallel_parts(3.0 * n * k * d);
+    if (parts > 1)
+        sona_cpu_parallel(sv_sqdist_part, &job, parts);
+    else
+        sv_sqdist_rows(&job, 0, n);
     free(Cp);
     return SONA_OK;
 }
