@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: MIT */
-/* Work split over the host's cores for the ops large enough to pay for a thread start (the
- * batched learning ops at GEMM-like sizes are bound by memory bandwidth, which one core does
- * not saturate). Threads are started per call and joined before it returns: a start costs tens
- * of microseconds against the milliseconds of the calls that split. */
+/* Work split over the host's cores for the calls large enough to pay for it (the batched
+ * learning ops at GEMM-like sizes are bound by memory bandwidth, which one core does not
+ * saturate; k-means' rounds and assignments), on a pool of workers kept between calls. */
 #define _GNU_SOURCE /* SCHED_BATCH */
 #include "cpu/cpu.h"
 
 #include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Below this much arithmetic a call stays on one core. */
@@ -30,6 +32,128 @@ uint32_t sona_cpu_parallel_parts(double flops)
     return online < PARALLEL_MAX_PARTS ? (uint32_t)online : PARALLEL_MAX_PARTS;
 }
 
+/* ---- the pool --------------------------------------------------------------------------- */
+
+/* Workers started at the first split and kept: worker w runs part w + 1 of each job. After a
+ * job a worker spins for SPIN_NS before it sleeps, so that back-to-back splits (k-means'
+ * seeding rounds, a few tens of microseconds of serial work apart) find it awake: a thread
+ * started per call cost 40 us here, and a sleeping one takes a wake-up. One job at a time: a
+ * caller that finds the pool busy starts threads of its own, as before the pool. */
+#define SPIN_NS 100000
+
+typedef void (*part_fn)(void *arg, uint32_t part, uint32_t parts);
+
+static struct {
+    pthread_mutex_t lock; /* guards the sleeps and wake-ups below */
+    pthread_cond_t wake, done;
+    pthread_mutex_t busy;    /* held by the caller whose job the pool runs */
+    pthread_once_t once;
+    uint32_t workers;        /* started (under busy) */
+    atomic_uint_fast64_t job; /* bumped for each job, after fn, arg and parts are set */
+    atomic_uint_fast64_t pending; /* workers that have not yet answered the job */
+    part_fn fn;
+    void *arg;
+    uint32_t parts, on_workers; /* the job's parts; parts 1 .. on_workers run on workers */
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
+          PTHREAD_MUTEX_INITIALIZER, PTHREAD_ONCE_INIT, 0, 0, 0, NULL, NULL, 0, 0};
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* Spins (pause) while (*v == value) == equal, for at most SPIN_NS; returns the last value read
+ * (acquire). */
+static uint_fast64_t spin_while(atomic_uint_fast64_t *v, uint_fast64_t value, int equal)
+{
+    const uint64_t until = now_ns() + SPIN_NS;
+    uint_fast64_t cur;
+    for (uint32_t i = 1; ((cur = atomic_load_explicit(v, memory_order_acquire)) == value) == equal; i++) {
+        if (i % 64 == 0 && now_ns() >= until)
+            break;
+        cpu_relax();
+    }
+    return cur;
+}
+
+/* What a worker starts with: its part and the last job before it. */
+static struct worker_start {
+    uint32_t part;
+    uint_fast64_t seen;
+} starts[PARALLEL_MAX_PARTS];
+
+static void *worker(void *p)
+{
+    const struct worker_start *start = p;
+    const uint32_t part = start->part;
+    uint_fast64_t seen = start->seen, job = seen;
+    for (;;) {
+        if ((job = spin_while(&pool.job, seen, 1)) == seen) {
+            pthread_mutex_lock(&pool.lock);
+            while ((job = atomic_load_explicit(&pool.job, memory_order_acquire)) == seen)
+                pthread_cond_wait(&pool.wake, &pool.lock);
+            pthread_mutex_unlock(&pool.lock);
+        }
+        seen = job;
+        if (part <= pool.on_workers)
+            pool.fn(pool.arg, part, pool.parts);
+        /* Every worker answers every job, so none still reads this one's fields when the next
+         * is set. */
+        if (atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&pool.lock);
+            pthread_cond_signal(&pool.done);
+            pthread_mutex_unlock(&pool.lock);
+        }
+    }
+    return NULL;
+}
+
+/* A child of fork has none of the parent's workers. */
+static void pool_forget(void)
+{
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_mutex_init(&pool.busy, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pthread_cond_init(&pool.done, NULL);
+    pool.workers = 0;
+}
+
+static void pool_init(void) { pthread_atfork(NULL, NULL, pool_forget); }
+
+/* Makes `want` workers exist, at most PARALLEL_MAX_PARTS - 1 (the caller holds busy); returns
+ * how many do. */
+static uint32_t pool_grow(uint32_t want)
+{
+    pthread_once(&pool.once, pool_init);
+    while (pool.workers < want) {
+        pthread_attr_t attr;
+        pthread_t t;
+        int ok = pthread_attr_init(&attr) == 0;
+        struct worker_start *start = &starts[pool.workers];
+        *start = (struct worker_start){pool.workers + 1, atomic_load_explicit(&pool.job, memory_order_relaxed)};
+        ok = ok && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+             pthread_create(&t, &attr, worker, start) == 0;
+        pthread_attr_destroy(&attr);
+        if (!ok)
+            break;
+        pool.workers++;
+    }
+    return pool.workers;
+}
+
+/* ---- per call threads, when the pool is busy -------------------------------------------- */
+
 typedef struct part_job {
     void (*fn)(void *arg, uint32_t part, uint32_t parts);
     void *arg;
@@ -43,10 +167,8 @@ static void *run_part(void *p)
     return NULL;
 }
 
-void sona_cpu_parallel(void (*fn)(void *arg, uint32_t part, uint32_t parts), void *arg, uint32_t parts)
+static void parallel_own_threads(part_fn fn, void *arg, uint32_t parts)
 {
-    if (parts > PARALLEL_MAX_PARTS)
-        parts = PARALLEL_MAX_PARTS;
     pthread_t threads[PARALLEL_MAX_PARTS];
     part_job jobs[PARALLEL_MAX_PARTS];
     int started[PARALLEL_MAX_PARTS] = {0};
@@ -61,4 +183,37 @@ void sona_cpu_parallel(void (*fn)(void *arg, uint32_t part, uint32_t parts), voi
         else
             fn(arg, p, parts); /* no thread: the caller does it */
     }
+}
+
+void sona_cpu_parallel(void (*fn)(void *arg, uint32_t part, uint32_t parts), void *arg, uint32_t parts)
+{
+    if (parts > PARALLEL_MAX_PARTS)
+        parts = PARALLEL_MAX_PARTS;
+    if (parts <= 1) {
+        fn(arg, 0, 1);
+        return;
+    }
+    if (pthread_mutex_trylock(&pool.busy) != 0) {
+        parallel_own_threads(fn, arg, parts);
+        return;
+    }
+    const uint32_t grown = pool_grow(parts - 1), on_workers = grown < parts - 1 ? grown : parts - 1;
+    pool.fn = fn;
+    pool.arg = arg;
+    pool.parts = parts;
+    pool.on_workers = on_workers;
+    atomic_store_explicit(&pool.pending, grown, memory_order_relaxed);
+    pthread_mutex_lock(&pool.lock);
+    atomic_fetch_add_explicit(&pool.job, 1, memory_order_release);
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+    fn(arg, 0, parts);
+    for (uint32_t p = on_workers + 1; p < parts; p++) /* no worker for these: the caller does them */
+        fn(arg, p, parts);
+    spin_while(&pool.pending, 0, 0);
+    pthread_mutex_lock(&pool.lock);
+    while (atomic_load_explicit(&pool.pending, memory_order_acquire))
+        pthread_cond_wait(&pool.done, &pool.lock);
+    pthread_mutex_unlock(&pool.lock);
+    pthread_mutex_unlock(&pool.busy);
 }
