@@ -3,6 +3,7 @@
 
 #include "common/rng.h"
 #include "common/scratch.h"
+#include "cpu/cpu.h"
 #include "dispatch/dispatch.h"
 
 #include <math.h>
@@ -64,6 +65,7 @@ typedef struct scratch {
     float *cand_rows; /* [trials][d]: this round's candidates, centred */
     float *dots;      /* [block][trials][bw]: -2 cand . x */
     double *pot, *targets; /* [trials]: each candidate's potential; its draw's target */
+    double *block_pot;     /* [block][trials]: each block's share of the potentials */
     uint32_t *cand, *order; /* [trials]: the candidates' rows; their draws sorted by target */
     int32_t *prev;
     uint32_t bw;      /* block width: SEED_BLOCK, or n when smaller */
@@ -133,10 +135,10 @@ static void centre_transpose(const float *X, uint32_t n, uint32_t d, scratch *s)
     }
 }
 
-/* Each candidate's potential, the sum over rows of min(D^2, |x - c_t|^2) (the norm-trick
- * form clamped at 0: it can round just below), from this round's products, into s->pot.
- * Block by block and in lanes of 8 float sums, so that the loop vectorises. */
-enum { LANES = 8 };
+/* A candidate's potential is the sum over rows of min(D^2, |x - c_t|^2) (the norm-trick form
+ * clamped at 0: it can round just below), from this round's products: block by block, in
+ * lanes of 8 float sums so that the loop vectorises. */
+enum { LANES = 8, SONA_KMEANS_MAX_PARTS = 8 };
 /* A row's D^2 once a candidate of squared norm cn joins, from its squared norm xn, the
  * candidate's -2 dot with it and its D^2 so far. */
 static inline float joined_d2(float xn, float cn, float dot, float dist)
@@ -145,13 +147,12 @@ static inline float joined_d2(float xn, float cn, float dot, float dist)
     return c < dist ? c : dist;
 }
 
-static void potentials(scratch *s, uint32_t n, uint32_t trials)
+/* Each candidate's share of the potential from blocks b0 .. b1 - 1, into s->block_pot[b][t]. */
+static void block_potentials(scratch *s, uint32_t n, uint32_t trials, uint32_t b0, uint32_t b1)
 {
-    for (uint32_t t = 0; t < trials; t++)
-        s->pot[t] = 0.0;
-    for (uint32_t b0 = 0, b = 0; b0 < n; b0 += s->bw, b++) {
-        const uint32_t rows = n - b0 < s->bw ? n - b0 : s->bw;
-        const float *xn = s->xnorm + b0, *dist = s->dist + b0;
+    for (uint32_t b = b0; b < b1; b++) {
+        const uint32_t first = b * s->bw, rows = n - first < s->bw ? n - first : s->bw;
+        const float *xn = s->xnorm + first, *dist = s->dist + first;
         for (uint32_t t = 0; t < trials; t++) {
             const float *dots = s->dots + ((size_t)b * trials + t) * s->bw;
             const float cn = s->xnorm[s->cand[t]];
@@ -165,9 +166,79 @@ static void potentials(scratch *s, uint32_t n, uint32_t trials)
                 sum += joined_d2(xn[i], cn, dots[i], dist[i]);
             for (uint32_t l = 0; l < LANES; l++)
                 sum += lane[l];
-            s->pot[t] += sum;
+            s->block_pot[(size_t)b * trials + t] = sum;
         }
     }
+}
+
+/* A round's products (-2 cand . x) of blocks b0 .. b1 - 1, one GEMM a block. A device has one
+ * block (bw = n): its buffers take no offsets. A partial last block is passed at full width: its
+ * columns past n are zeros (scratch_carve) whose products nobody reads. */
+static sona_status block_products(const op_bufs *o, uint32_t trials, uint32_t d, uint32_t bw, uint32_t b0,
+                                  uint32_t b1)
+{
+    for (uint32_t b = b0; b < b1; b++) {
+        const sona_gemm_args g = {.m = trials, .n = bw, .k = d, .alpha = -2.0f, .A = o->cand,
+                                  .B = o->Xt + (size_t)b * d * bw, .C = o->dots + (size_t)b * trials * bw};
+        const sona_status st = sona_op_run(o->be, SONA_OP_GEMM, &g);
+        if (st != SONA_OK)
+            return st;
+    }
+    return SONA_OK;
+}
+
+/* A round on the host over `parts` threads: each takes a share of the blocks, their products
+ * and their potentials; the shares are summed in block order, so the bits do not depend on
+ * the number of parts. */
+typedef struct round_job {
+    const op_bufs *o;
+    scratch *s;
+    uint32_t n, d, trials, blocks;
+    sona_status st[SONA_KMEANS_MAX_PARTS];
+} round_job;
+
+static void round_part(void *arg, uint32_t part, uint32_t parts)
+{
+    round_job *r = arg;
+    const uint32_t b0 = r->blocks * part / parts, b1 = r->blocks * (part + 1) / parts;
+    r->st[part] = block_products(r->o, r->trials, r->d, r->s->bw, b0, b1);
+    if (r->st[part] == SONA_OK)
+        block_potentials(r->s, r->n, r->trials, b0, b1);
+}
+
+/* Each candidate's potential, the sum over rows of min(D^2, |x - c_t|^2), into s->pot: on a
+ * device the products there and the sums here; on the host both, split over the cores when
+ * the round is large enough to pay for a thread. */
+static sona_status round_potentials(const op_bufs *o, scratch *s, uint32_t n, uint32_t d, uint32_t trials)
+{
+    const uint32_t blocks = (n + s->bw - 1) / s->bw;
+    sona_status st = SONA_OK;
+    if (o->device) {
+        if ((st = block_products(o, trials, d, s->bw, 0, blocks)) != SONA_OK ||
+            (st = get(o, s->dots, o->dots, (size_t)trials * n * sizeof(float))) != SONA_OK)
+            return st;
+        block_potentials(s, n, trials, 0, blocks);
+    } else {
+        uint32_t parts = sona_cpu_parallel_parts(2.0 * trials * n * d);
+        parts = parts < blocks ? parts : blocks;
+        parts = parts < SONA_KMEANS_MAX_PARTS ? parts : SONA_KMEANS_MAX_PARTS;
+        round_job r = {.o = o, .s = s, .n = n, .d = d, .trials = trials, .blocks = blocks};
+        if (parts > 1)
+            sona_cpu_parallel(round_part, &r, parts);
+        else
+            round_part(&r, 0, 1);
+        for (uint32_t p = 0; p < (parts > 1 ? parts : 1) && st == SONA_OK; p++)
+            st = r.st[p];
+        if (st != SONA_OK)
+            return st;
+    }
+    for (uint32_t t = 0; t < trials; t++) {
+        double pot = 0.0;
+        for (uint32_t b = 0; b < blocks; b++)
+            pot += s->block_pot[(size_t)b * trials + t];
+        s->pot[t] = pot;
+    }
+    return SONA_OK;
 }
 
 /* D^2 once candidate t joined the centres. */
@@ -194,7 +265,6 @@ static sona_status seed_plus_plus(const op_bufs *o, const float *X, uint32_t n, 
 {
     const sona_backend *be = o->be;
     centre_transpose(X, n, d, s);
-    const uint32_t blocks = (n + s->bw - 1) / s->bw;
     const uint32_t first = sona_rng_below(rng, n);
     memcpy(C, X + (size_t)first * d, d * sizeof *C);
     sona_status st = SONA_OK;
@@ -217,21 +287,9 @@ static sona_status seed_plus_plus(const op_bufs *o, const float *X, uint32_t n, 
             for (uint32_t u = 0; u < d; u++)
                 s->cand_rows[(size_t)t * d + u] = x[u] - s->sums[u];
         }
-        if ((st = put(o, o->cand, s->cand_rows, (size_t)trials * d * sizeof(float))) != SONA_OK)
+        if ((st = put(o, o->cand, s->cand_rows, (size_t)trials * d * sizeof(float))) != SONA_OK ||
+            (st = round_potentials(o, s, n, d, trials)) != SONA_OK)
             return st;
-        /* A device has one block (bw = n): its buffers take no offsets. A partial last block
-         * is passed at full width: its columns past n are zeros (scratch_carve) whose
-         * products nobody reads. */
-        for (uint32_t b = 0; b < blocks; b++) {
-            const sona_gemm_args g = {.m = trials, .n = s->bw, .k = d, .alpha = -2.0f,
-                                      .A = o->cand, .B = o->Xt + (size_t)b * d * s->bw,
-                                      .C = o->dots + (size_t)b * trials * s->bw};
-            if ((st = sona_op_run(be, SONA_OP_GEMM, &g)) != SONA_OK)
-                return st;
-        }
-        if ((st = get(o, s->dots, o->dots, (size_t)trials * n * sizeof(float))) != SONA_OK)
-            return st;
-        potentials(s, n, trials);
         uint32_t best = 0;
         for (uint32_t t = 1; t < trials; t++)
             if (s->pot[t] < s->pot[best])
@@ -257,6 +315,7 @@ static sona_status scratch_carve(sona_scratch *work, uint32_t n, uint32_t d, uin
     const size_t cand_rows = sona_scratch_push(&total, (size_t)trials * d * sizeof(float));
     const size_t dots = sona_scratch_push(&total, blocks * bw * trials * sizeof(float));
     const size_t pot = sona_scratch_push(&total, trials * sizeof(double));
+    const size_t block_pot = sona_scratch_push(&total, blocks * trials * sizeof(double));
     const size_t targets = sona_scratch_push(&total, trials * sizeof(double));
     const size_t cand = sona_scratch_push(&total, trials * sizeof(uint32_t));
     const size_t order = sona_scratch_push(&total, trials * sizeof(uint32_t));
@@ -271,6 +330,7 @@ static sona_status scratch_carve(sona_scratch *work, uint32_t n, uint32_t d, uin
                    .cand_rows = (float *)(void *)(mem + cand_rows),
                    .dots = (float *)(void *)(mem + dots),
                    .pot = (double *)(void *)(mem + pot),
+                   .block_pot = (double *)(void *)(mem + block_pot),
                    .targets = (double *)(void *)(mem + targets),
                    .cand = (uint32_t *)(void *)(mem + cand),
                    .order = (uint32_t *)(void *)(mem + order),
