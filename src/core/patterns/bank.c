@@ -666,10 +666,37 @@ typedef struct noise_model {
     double v, spread;
 } noise_model;
 
-static int cmp_double(const void *a, const void *b)
+/* The value that would sit at position `at` of r[0..m-1] sorted (at < m), by selection (Hoare's
+ * partition around the median of three, into the side holding `at`): linear on average where
+ * sorting the rows took 3.6 % of a 5 000-row extraction. Reorders r. */
+static double select_at(double *r, uint32_t m, uint32_t at)
 {
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
+    int64_t lo = 0, hi = (int64_t)m - 1;
+    const int64_t want = at;
+    while (lo < hi) {
+        const double a = r[lo], b = r[lo + (hi - lo) / 2], c = r[hi];
+        const double pivot = a < b ? (b < c ? b : a < c ? c : a) : (a < c ? a : b < c ? c : b);
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (r[i] < pivot)
+                i++;
+            while (r[j] > pivot)
+                j--;
+            if (i <= j) {
+                const double t = r[i];
+                r[i++] = r[j];
+                r[j--] = t;
+            }
+        }
+        /* r[lo..j] <= pivot <= r[i..hi]; anything between equals the pivot */
+        if (want <= j)
+            hi = j;
+        else if (want >= i)
+            lo = i;
+        else
+            return r[want];
+    }
+    return r[want];
 }
 
 /* The lower median: what spoils these distances (rows of a mixed cluster, rows of a cluster
@@ -678,8 +705,7 @@ static int cmp_double(const void *a, const void *b)
  * does not (a batch of 10 rows of 4 groups, k = 3: k-means mixing 3 + 2 of them). */
 static double lower_median_of(double *r, uint32_t m)
 {
-    qsort(r, m, sizeof *r, cmp_double);
-    return r[(m - 1) / 2];
+    return select_at(r, m, (m - 1) / 2);
 }
 
 /* The lower median and the relative spread (from the lower median absolute deviation) of
