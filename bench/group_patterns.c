@@ -7,6 +7,7 @@
 #include "bench.h"
 
 #include "common/rng.h"
+#include "cpu/cpu.h"
 #include "dispatch/dispatch.h"
 #include "sona/bank.h"
 #include "sona/index.h"
@@ -341,13 +342,17 @@ int bench_dump_peer_data(const char *dir)
     float *X = make_rows(&r, EXTRACT_N, 0);
     int rc = X ? write_npy(dir, "extraction_5000.npy", X, EXTRACT_N, DIM) : -1;
     free(X);
+    /* Our k-means splits its seeding rounds and assignments over the cores (each call's parts,
+     * cpu/parallel.c), so its peers get that many threads; the other rows run on one. */
+    const uint32_t round_trials = bank.seeding_trials ? bank.seeding_trials : 2 + (uint32_t)(2.0 * log(EXTRACT_K));
+    const uint32_t kmeans_threads = sona_cpu_parallel_parts(2.0 * round_trials * EXTRACT_N * DIM);
     fprintf(meta,
             "{\n  \"threads\": 1,\n"
             "  \"extraction\": {\"file\": \"extraction_5000.npy\", \"group\": \"pattern_extraction\", "
             "\"case\": \"5000/100\", \"k\": %d, \"max_iterations\": %u, \"tolerance\": %.9g, "
-            "\"init\": \"greedy k-means++, %s candidates per centre\"},\n"
+            "\"init\": \"greedy k-means++, %s candidates per centre\", \"threads\": %u},\n"
             "  \"search\": [",
-            EXTRACT_K, bank.max_iterations, (double)bank.tolerance, trials);
+            EXTRACT_K, bank.max_iterations, (double)bank.tolerance, trials, kmeans_threads);
     for (size_t c = 0; rc == 0 && c < sizeof search_sizes / sizeof search_sizes[0]; c++) {
         const uint32_t n = search_sizes[c];
         char file[64];

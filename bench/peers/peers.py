@@ -105,14 +105,19 @@ def run_kmeans(rep, meta, data, quick):
     X = np.load(os.path.join(data, ex["file"]))
     ours = (ex["group"], ex["case"])
     k, iters, tol = ex["k"], ex["max_iterations"], ex["tolerance"]
+    threads = ex.get("threads", meta["threads"])  # what our k-means splits its work into
     samples = 3 if quick else 7
     name = f"kmeans/{ex['case']}"
     try:
         import faiss
-        faiss.omp_set_num_threads(meta["threads"])
+        from threadpoolctl import threadpool_limits
         # FAISS has no tolerance: it runs niter iterations from random rows. 10, 15, its default
-        # (25) and our cap (100), each with the inertia it reaches.
-        for niter in (10, 15, 25, iters):
+        # (25) and our cap (100), each with the inertia it reaches, on our thread count; and 15
+        # on one thread too when that is more, where FAISS may do better (docs/peers.md).
+        runs = [(niter, threads) for niter in (10, 15, 25, iters)]
+        if threads > 1:
+            runs.append((15, 1))
+        for niter, t in runs:
             km = None
 
             def fit():
@@ -120,8 +125,10 @@ def run_kmeans(rep, meta, data, quick):
                 km = faiss.Kmeans(X.shape[1], k, niter=niter, seed=1234, nredo=1,
                                   max_points_per_centroid=X.shape[0])
                 km.train(X)
-            case = f"{name} faiss niter={niter}"
-            rep.timed(case, "faiss", repeat(fit, samples), ours=ours)
+            case = f"{name} faiss niter={niter}" + (" 1 thread" if t < threads else "")
+            faiss.omp_set_num_threads(t)
+            with threadpool_limits(limits=t):
+                rep.timed(case, "faiss", repeat(fit, samples), ours=ours)
             rep.value(case, "faiss", "inertia", inertia(np, X, km.centroids), ours=ours + ("inertia",))
     except ImportError:
         rep.skipped(f"{name} faiss", "faiss", "faiss does not import (python3-faiss)")
@@ -135,7 +142,7 @@ def run_kmeans(rep, meta, data, quick):
             km = KMeans(n_clusters=k, init="k-means++", n_init=1, max_iter=iters, tol=tol,
                         algorithm="lloyd", random_state=1234).fit(X)
         case = f"{name} sklearn k-means++"
-        with threadpool_limits(limits=meta["threads"]):
+        with threadpool_limits(limits=threads):
             rep.timed(case, "sklearn", repeat(fit, samples), ours=ours)
         rep.value(case, "sklearn", "inertia", inertia(np, X, km.cluster_centers_), ours=ours + ("inertia",))
         rep.value(case, "sklearn", "iterations", km.n_iter_)
@@ -251,9 +258,15 @@ def main():
         ap.error("--data and --out are needed")
     with open(os.path.join(args.data, "peers_data.json")) as f:
         meta = json.load(f)
-    # Before numpy loads a BLAS or OpenMP runtime: our rows run on meta["threads"] threads.
+    # Before numpy loads a BLAS or OpenMP runtime: room for the most threads a row of ours uses;
+    # each peer is then held to its row's count.
+    most = max(meta["threads"], meta["extraction"].get("threads", meta["threads"]))
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(meta["threads"])
+        os.environ[var] = str(most)
+    # OpenMP threads that spin between parallel regions take the cores from OpenBLAS's: on two
+    # cores FAISS's 2-thread k-means took 90-230 ms with spinning, 54-57 ms without (1 thread:
+    # 62-66 ms). Waiting passively is its best setting here.
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     rep = Report()
     run_kmeans(rep, meta, args.data, args.quick)
     run_search(rep, meta, args.data, args.quick)
