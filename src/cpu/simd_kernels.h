@@ -390,17 +390,19 @@ SV_INLINE void sv_grad_block(uint32_t U, uint32_t G, const float coef[][SONA_LOR
 SV_INLINE void sv_grad_rows(uint32_t G, const float coef[][SONA_LORA_MAX_RANK], const float *const *v, float *out,
                             uint32_t r, uint32_t H)
 {
-    uint32_t h = 0;
-    for (; h + 2 * SV_W <= H; h += 2 * SV_W) {
-        uint32_t j = 0;
-        /* Eight out rows at a time where the rank allows and the ISA has the registers (16
-         * accumulators: AVX-512's 32 vector registers, not AVX2's 16): half the passes over the
-         * input rows. */
-        for (; SV_W >= 16 && j + 8 <= r; j += 8)
+    const uint32_t whole = H / (2 * SV_W) * (2 * SV_W);
+    uint32_t j = 0;
+    /* Eight out rows at a time where the rank allows and the ISA has the registers (16
+     * accumulators: AVX-512's 32 vector registers, not AVX2's 16): half the passes over the
+     * input rows. */
+    for (; SV_W >= 16 && j + 8 <= r; j += 8)
+        for (uint32_t h = 0; h < whole; h += 2 * SV_W)
             sv_grad_block(8, G, coef, v, h, out + (size_t)j * H + h, j, H);
-        for (; j + 4 <= r; j += 4)
+    for (; j + 4 <= r; j += 4)
+        for (uint32_t h = 0; h < whole; h += 2 * SV_W)
             sv_grad_block(4, G, coef, v, h, out + (size_t)j * H + h, j, H);
-        for (; j < r; j++) {
+    for (; j < r; j++)
+        for (uint32_t h = 0; h < whole; h += 2 * SV_W) {
             sv_f a0 = sv_load(out + (size_t)j * H + h), a1 = sv_load(out + (size_t)j * H + h + SV_W);
             for (uint32_t q = 0; q < G; q++) {
                 const sv_f c = sv_set1(coef[q][j]);
@@ -410,14 +412,13 @@ SV_INLINE void sv_grad_rows(uint32_t G, const float coef[][SONA_LORA_MAX_RANK], 
             sv_store(out + (size_t)j * H + h, a0);
             sv_store(out + (size_t)j * H + h + SV_W, a1);
         }
-    }
-    for (; h < H; h += SV_W) {
+    for (uint32_t h = whole; h < H; h += SV_W) {
         const uint32_t rest = H - h < SV_W ? H - h : SV_W;
-        for (uint32_t j = 0; j < r; j++) {
-            float *o = out + (size_t)j * H + h;
+        for (uint32_t jt = 0; jt < r; jt++) {
+            float *o = out + (size_t)jt * H + h;
             sv_f acc = rest == SV_W ? sv_load(o) : sv_loadn(o, rest);
             for (uint32_t q = 0; q < G; q++)
-                acc = sv_fma(sv_set1(coef[q][j]), rest == SV_W ? sv_load(v[q] + h) : sv_loadn(v[q] + h, rest), acc);
+                acc = sv_fma(sv_set1(coef[q][jt]), rest == SV_W ? sv_load(v[q] + h) : sv_loadn(v[q] + h, rest), acc);
             if (rest == SV_W)
                 sv_store(o, acc);
             else
