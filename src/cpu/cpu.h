@@ -39,12 +39,13 @@ int sona_cpu_supports(void *ctx, sona_op op, const void *args);
     .free = sona_host_free, .upload = sona_host_upload, .download = sona_host_download,         \
     .sync = sona_host_sync
 
-/* How many parts a call of `flops` arithmetic splits into (parallel.c): 1 for small calls, else
- * the host's online CPUs (at most 8). */
+/* How many parts a call of `flops` arithmetic splits into (parallel.c): 1 for small calls and
+ * in SCHED_BATCH threads, else the CPUs the calling thread may run on (at most 8). */
 uint32_t sona_cpu_parallel_parts(double flops);
-/* Runs fn(arg, part, parts) for every part, part 0 on the caller and the others on threads of
- * their own, and returns when all are done (a part whose thread cannot start runs on the
- * caller). The parts must write disjoint memory. */
+/* Runs fn(arg, part, parts) for every part, part 0 on the caller and the others on the pool's
+ * workers (kept between calls; on a machine of several packages, kept on the first caller's), or
+ * on threads of their own while another caller has the pool, and returns when all are done (a
+ * part with no thread runs on the caller). The parts must write disjoint memory. */
 void sona_cpu_parallel(void (*fn)(void *arg, uint32_t part, uint32_t parts), void *arg, uint32_t parts);
 
 /* Top-k keeper used by knn_exact on every variant: keeps the k best (highest score, lowest

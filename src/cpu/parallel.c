@@ -12,6 +12,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef SONA_HAVE_HWLOC
+#include <hwloc.h>
+#endif
+
 /* Below this much arithmetic a call stays on one core. */
 #define PARALLEL_MIN_FLOPS 16e6
 #define PARALLEL_MAX_PARTS 8
@@ -26,10 +30,14 @@ uint32_t sona_cpu_parallel_parts(double flops)
     if (sched_getscheduler(0) == SCHED_BATCH)
         return 1;
 #endif
-    const long online = sysconf(_SC_NPROCESSORS_ONLN);
-    if (online <= 1)
+    /* The CPUs this thread may run on (taskset, cgroup cpusets), else the online ones. */
+    long usable = sysconf(_SC_NPROCESSORS_ONLN);
+    cpu_set_t allowed;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) == 0 && CPU_COUNT(&allowed) < usable)
+        usable = CPU_COUNT(&allowed);
+    if (usable <= 1)
         return 1;
-    return online < PARALLEL_MAX_PARTS ? (uint32_t)online : PARALLEL_MAX_PARTS;
+    return usable < PARALLEL_MAX_PARTS ? (uint32_t)usable : PARALLEL_MAX_PARTS;
 }
 
 /* ---- the pool --------------------------------------------------------------------------- */
@@ -133,9 +141,32 @@ static void pool_init(void) { pthread_atfork(NULL, NULL, pool_forget); }
 
 /* Makes `want` workers exist, at most PARALLEL_MAX_PARTS - 1 (the caller holds busy); returns
  * how many do. */
+#ifdef SONA_HAVE_HWLOC
+/* Keeps new workers on the caller's package (socket), near the memory its data is likely in,
+ * when the machine has more than one; on one package the OS places them. Within the package
+ * they may move: a worker pinned to one core would wait out that core's other work. */
+static void place_workers(const pthread_t *threads, uint32_t n)
+{
+    hwloc_topology_t topo;
+    if (n == 0 || hwloc_topology_init(&topo) != 0)
+        return;
+    hwloc_bitmap_t here = hwloc_bitmap_alloc();
+    if (here && hwloc_topology_load(topo) == 0 && hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_PACKAGE) > 1 &&
+        hwloc_get_last_cpu_location(topo, here, HWLOC_CPUBIND_THREAD) == 0) {
+        const hwloc_obj_t package = hwloc_get_next_obj_covering_cpuset_by_type(topo, here, HWLOC_OBJ_PACKAGE, NULL);
+        for (uint32_t i = 0; package && i < n; i++)
+            hwloc_set_thread_cpubind(topo, threads[i], package->cpuset, 0); /* best effort */
+    }
+    hwloc_bitmap_free(here);
+    hwloc_topology_destroy(topo);
+}
+#endif
+
 static uint32_t pool_grow(uint32_t want)
 {
     pthread_once(&pool.once, pool_init);
+    pthread_t made[PARALLEL_MAX_PARTS];
+    uint32_t new_workers = 0;
     while (pool.workers < want) {
         pthread_attr_t attr;
         pthread_t t;
@@ -147,8 +178,14 @@ static uint32_t pool_grow(uint32_t want)
         pthread_attr_destroy(&attr);
         if (!ok)
             break;
+        made[new_workers++] = t;
         pool.workers++;
     }
+#ifdef SONA_HAVE_HWLOC
+    place_workers(made, new_workers);
+#else
+    (void)made;
+#endif
     return pool.workers;
 }
 
