@@ -192,7 +192,7 @@ static uint32_t pool_grow(uint32_t want)
 /* ---- per call threads, when the pool is busy -------------------------------------------- */
 
 typedef struct part_job {
-    void (*fn)(void *arg, uint32_t part, uint32_t parts);
+    part_fn fn;
     void *arg;
     uint32_t part, parts;
 } part_job;
@@ -222,7 +222,7 @@ static void parallel_own_threads(part_fn fn, void *arg, uint32_t parts)
     }
 }
 
-void sona_cpu_parallel(void (*fn)(void *arg, uint32_t part, uint32_t parts), void *arg, uint32_t parts)
+void sona_cpu_parallel(part_fn fn, void *arg, uint32_t parts)
 {
     if (parts > PARALLEL_MAX_PARTS)
         parts = PARALLEL_MAX_PARTS;
