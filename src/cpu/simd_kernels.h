@@ -65,46 +65,60 @@ SV_INLINE void sv_axpy(float *y, float c, const float *x, uint32_t n)
 
 /* ---- lora_apply ------------------------------------------------------------------------ */
 
+/* t[q][j0 + u] = s * (A_{j0+u} . x_q) for u < J, q < R, in J x R accumulator chains. J and R
+ * are compile-time constants at every call. */
+SV_INLINE void sv_down_block(int R, uint32_t J, const float *A, uint32_t j0, uint32_t H, const float *const *x,
+                             float s, float t[][SONA_LORA_MAX_RANK])
+{
+    const float *aj = A + (size_t)j0 * H;
+    sv_f acc[6][4];
+    for (uint32_t u = 0; u < J; u++)
+        for (int q = 0; q < R; q++)
+            acc[u][q] = sv_zero();
+    uint32_t h = 0;
+    for (; h + SV_W <= H; h += SV_W) {
+        sv_f va[6];
+        for (uint32_t u = 0; u < J; u++)
+            va[u] = sv_load(aj + u * H + h);
+        for (int q = 0; q < R; q++) {
+            const sv_f xv = sv_load(x[q] + h);
+            for (uint32_t u = 0; u < J; u++)
+                acc[u][q] = sv_fma(va[u], xv, acc[u][q]);
+        }
+    }
+    if (h < H) {
+        const uint32_t rest = H - h;
+        sv_f va[6];
+        for (uint32_t u = 0; u < J; u++)
+            va[u] = sv_loadn(aj + u * H + h, rest);
+        for (int q = 0; q < R; q++) {
+            const sv_f xv = sv_loadn(x[q] + h, rest);
+            for (uint32_t u = 0; u < J; u++)
+                acc[u][q] = sv_fma(va[u], xv, acc[u][q]);
+        }
+    }
+    for (int q = 0; q < R; q++)
+        for (uint32_t u = 0; u < J; u++)
+            t[q][j0 + u] = s * sv_hsum(acc[u][q]);
+}
+
 /* t[q][j] = s * (A_j . x_q) for R rows that share one adapter: each A row is loaded once for
- * all R inputs, J A rows at a time, so J * R independent accumulator chains hide the FMA
- * latency (a single row takes four A rows at once). R is a compile-time constant at every call. */
+ * all R inputs, several A rows at a time, so that many independent accumulator chains hide the
+ * FMA latency and each x load serves several FMAs. AVX-512's 32 registers take 6 A rows by 4
+ * inputs (24 chains: 10 loads for 24 FMAs, where 4 x 4 took 8 for 16), then 4; AVX2's 16 take 2
+ * by 4 (a single row takes four A rows at once). R is a compile-time constant at every call. */
 SV_INLINE void sv_lora_down(int R, const float *A, uint32_t r, uint32_t H, const float *const *x,
                             float s, float t[][SONA_LORA_MAX_RANK])
 {
-    const uint32_t J = R == 1 || SV_W >= 16 ? 4 : 2; /* AVX-512 has the registers for 4 x R */
     uint32_t j = 0;
-    for (; j + J <= r; j += J) {
-        const float *aj = A + (size_t)j * H;
-        sv_f acc[4][4];
-        for (uint32_t u = 0; u < J; u++)
-            for (int q = 0; q < R; q++)
-                acc[u][q] = sv_zero();
-        uint32_t h = 0;
-        for (; h + SV_W <= H; h += SV_W) {
-            sv_f va[4];
-            for (uint32_t u = 0; u < J; u++)
-                va[u] = sv_load(aj + u * H + h);
-            for (int q = 0; q < R; q++) {
-                const sv_f xv = sv_load(x[q] + h);
-                for (uint32_t u = 0; u < J; u++)
-                    acc[u][q] = sv_fma(va[u], xv, acc[u][q]);
-            }
-        }
-        if (h < H) {
-            const uint32_t rest = H - h;
-            sv_f va[4];
-            for (uint32_t u = 0; u < J; u++)
-                va[u] = sv_loadn(aj + u * H + h, rest);
-            for (int q = 0; q < R; q++) {
-                const sv_f xv = sv_loadn(x[q] + h, rest);
-                for (uint32_t u = 0; u < J; u++)
-                    acc[u][q] = sv_fma(va[u], xv, acc[u][q]);
-            }
-        }
-        for (int q = 0; q < R; q++)
-            for (uint32_t u = 0; u < J; u++)
-                t[q][j + u] = s * sv_hsum(acc[u][q]);
-    }
+    if (SV_W >= 16 && R == 4)
+        for (; j + 6 <= r; j += 6)
+            sv_down_block(R, 6, A, j, H, x, s, t);
+    const uint32_t J = R == 1 || SV_W >= 16 ? 4 : 2;
+    for (; j + J <= r; j += J)
+        sv_down_block(R, J, A, j, H, x, s, t);
+    for (; j + 2 <= r && J > 2; j += 2)
+        sv_down_block(R, 2, A, j, H, x, s, t);
     for (; j < r; j++)
         for (int q = 0; q < R; q++)
             t[q][j] = s * sv_dot(A + (size_t)j * H, x[q], H);
