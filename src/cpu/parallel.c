@@ -43,10 +43,12 @@ uint32_t sona_cpu_parallel_parts(double flops)
 /* ---- the pool --------------------------------------------------------------------------- */
 
 /* Workers started at the first split and kept: worker w runs part w + 1 of each job. After a
- * job a worker spins for SPIN_NS before it sleeps, so that back-to-back splits (k-means'
- * seeding rounds, a few tens of microseconds of serial work apart) find it awake: a thread
- * started per call cost 40 us here, and a sleeping one takes a wake-up. One job at a time: a
- * caller that finds the pool busy starts threads of its own, as before the pool. */
+ * job that came within SPIN_NS of the one before, a worker spins for up to SPIN_NS before it
+ * sleeps, so that back-to-back splits (k-means' seeding rounds, a few tens of microseconds of
+ * serial work apart) find it awake: a thread started per call cost 40 us here, and a sleeping
+ * one takes a wake-up. Splits further apart (a batched apply now and then) find it asleep and
+ * cost no spinning on a core the serving threads may want. One job at a time: a caller that
+ * finds the pool busy starts threads of its own, as before the pool. */
 #define SPIN_NS 100000
 
 typedef void (*part_fn)(void *arg, uint32_t part, uint32_t parts);
@@ -106,16 +108,20 @@ static void *worker(void *p)
     const struct worker_start *start = p;
     const uint32_t part = start->part;
     uint_fast64_t seen = start->seen, job = seen;
+    int spin = 1;      /* the last job came within SPIN_NS of the one before */
+    uint64_t done = 0; /* when the last job ended */
     for (;;) {
-        if ((job = spin_while(&pool.job, seen, 1)) == seen) {
+        if (!spin || (job = spin_while(&pool.job, seen, 1)) == seen) {
             pthread_mutex_lock(&pool.lock);
             while ((job = atomic_load_explicit(&pool.job, memory_order_acquire)) == seen)
                 pthread_cond_wait(&pool.wake, &pool.lock);
             pthread_mutex_unlock(&pool.lock);
         }
         seen = job;
+        spin = now_ns() - done < SPIN_NS;
         if (part <= pool.on_workers)
             pool.fn(pool.arg, part, pool.parts);
+        done = now_ns();
         /* Every worker answers every job, so none still reads this one's fields when the next
          * is set. */
         if (atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_acq_rel) == 1) {
