@@ -138,7 +138,7 @@ static void centre_transpose(const float *X, uint32_t n, uint32_t d, scratch *s)
 /* A candidate's potential is the sum over rows of min(D^2, |x - c_t|^2) (the norm-trick form
  * clamped at 0: it can round just below), from this round's products: block by block, in
  * lanes of 8 float sums so that the loop vectorises. */
-enum { LANES = 8, SONA_KMEANS_MAX_PARTS = 8 };
+enum { LANES = 8 };
 /* A row's D^2 once a candidate of squared norm cn joins, from its squared norm xn, the
  * candidate's -2 dot with it and its D^2 so far. */
 static inline float joined_d2(float xn, float cn, float dot, float dist)
@@ -190,11 +190,12 @@ static sona_status block_products(const op_bufs *o, uint32_t trials, uint32_t d,
 /* A round on the host over `parts` threads: each takes a share of the blocks, their products
  * and their potentials; the shares are summed in block order, so the bits do not depend on
  * the number of parts. */
+enum { ROUND_MAX_PARTS = 8 }; /* the most parts a split makes (cpu/parallel.c) */
 typedef struct round_job {
     const op_bufs *o;
     scratch *s;
     uint32_t n, d, trials, blocks;
-    sona_status st[SONA_KMEANS_MAX_PARTS];
+    sona_status st[ROUND_MAX_PARTS];
 } round_job;
 
 static void round_part(void *arg, uint32_t part, uint32_t parts)
@@ -221,7 +222,7 @@ static sona_status round_potentials(const op_bufs *o, scratch *s, uint32_t n, ui
     } else {
         uint32_t parts = sona_cpu_parallel_parts(2.0 * trials * n * d);
         parts = parts < blocks ? parts : blocks;
-        parts = parts < SONA_KMEANS_MAX_PARTS ? parts : SONA_KMEANS_MAX_PARTS;
+        parts = parts < ROUND_MAX_PARTS ? parts : ROUND_MAX_PARTS;
         round_job r = {.o = o, .s = s, .n = n, .d = d, .trials = trials, .blocks = blocks};
         if (parts > 1)
             sona_cpu_parallel(round_part, &r, parts);
