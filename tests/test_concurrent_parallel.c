@@ -2,7 +2,7 @@
 /* The CPU's work split (cpu/parallel.c): every part of every split runs exactly once, with the
  * split's part count, whether the splits follow each other at once (workers still spinning),
  * after a pause (workers asleep), or come from several threads at a time (one uses the pool,
- * the others threads of their own). Run under ThreadSanitizer by scripts/test.sh (label
+ * the others threads of their own); every chunk of a chunked split runs exactly once. Run under ThreadSanitizer by scripts/test.sh (label
  * "concurrent"). */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -85,6 +85,35 @@ CONCURRENT_TEST(concurrent_parallel, every_part_runs_once_with_callers_at_once)
     CHECK(atomic_load(&wrong) == 0, "%u parts ran other than once", atomic_load(&wrong));
 }
 
+/* sona_cpu_parallel_chunks: every chunk runs once, whatever the chunk and part counts. */
+enum { MAX_CHUNKS = 97 };
+typedef struct chunks {
+    uint32_t runs[MAX_CHUNKS];
+} chunks;
+
+static void chunk_fn(void *arg, uint32_t chunk)
+{
+    ((chunks *)arg)->runs[chunk]++;
+}
+
+CONCURRENT_TEST(concurrent_parallel, every_chunk_runs_once)
+{
+    static const uint32_t counts[] = {1, 2, 3, 8, 33, MAX_CHUNKS};
+    uint32_t wrong = 0;
+    for (int rep = 0; rep < 50; rep++)
+        for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++)
+            for (uint32_t parts = 1; parts <= MAX_PARTS; parts++) {
+                chunks ch;
+                memset(&ch, 0, sizeof ch);
+                sona_cpu_parallel_chunks(chunk_fn, &ch, counts[c], parts);
+                for (uint32_t i = 0; i < MAX_CHUNKS; i++)
+                    if (ch.runs[i] != (i < counts[c] ? 1u : 0u) && wrong++ < 3)
+                        fprintf(stderr, "[parallel] %u chunks over %u parts: chunk %u ran %u times\n", counts[c],
+                                parts, i, ch.runs[i]);
+            }
+    CHECK(wrong == 0, "%u chunks ran other than once", wrong);
+}
+
 #ifndef SONA_TEST_STANDALONE /* ThreadSanitizer does not follow a fork of a threaded process */
 #include <sys/wait.h>
 #include <unistd.h>
@@ -105,4 +134,5 @@ CONCURRENT_TEST(concurrent_parallel, splits_work_in_a_child_of_fork)
 #endif
 
 CONCURRENT_MAIN(concurrent_parallel_every_part_runs_once_back_to_back_and_after_sleeps,
-                concurrent_parallel_every_part_runs_once_with_callers_at_once)
+                concurrent_parallel_every_part_runs_once_with_callers_at_once,
+                concurrent_parallel_every_chunk_runs_once)

@@ -48,6 +48,13 @@ uint32_t sona_cpu_parallel_parts(double flops);
  * part with no thread runs on the caller). The parts must write disjoint memory. */
 void sona_cpu_parallel(void (*fn)(void *arg, uint32_t part, uint32_t parts), void *arg, uint32_t parts);
 
+/* Runs fn(arg, chunk) for every chunk < chunks over `parts` threads as sona_cpu_parallel does,
+ * each part taking the next unclaimed chunk until none is left: a part slowed down (its core
+ * busy with other work) takes fewer, where equal shares fixed up front would wait for it. The
+ * chunks must write disjoint memory. */
+#define SONA_CPU_CHUNKS_PER_PART 4 /* chunks a split makes per part: few enough to stay cheap */
+void sona_cpu_parallel_chunks(void (*fn)(void *arg, uint32_t chunk), void *arg, uint32_t chunks, uint32_t parts);
+
 /* Top-k keeper used by knn_exact on every variant: keeps the k best (highest score, lowest
  * index on ties) in descending order. */
 void sona_topk_insert(int32_t *idx, float *score, uint32_t k, uint32_t *len, int32_t i, float s);

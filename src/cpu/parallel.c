@@ -260,3 +260,33 @@ void sona_cpu_parallel(part_fn fn, void *arg, uint32_t parts)
     pthread_mutex_unlock(&pool.lock);
     pthread_mutex_unlock(&pool.busy);
 }
+
+/* ---- chunks claimed as parts go ---------------------------------------------------------- */
+
+typedef struct chunk_job {
+    void (*fn)(void *arg, uint32_t chunk);
+    void *arg;
+    uint32_t chunks;
+    atomic_uint next;
+} chunk_job;
+
+static void claim_chunks(void *p, uint32_t part, uint32_t parts)
+{
+    (void)part;
+    (void)parts;
+    chunk_job *j = p;
+    for (uint32_t c; (c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < j->chunks;)
+        j->fn(j->arg, c);
+}
+
+void sona_cpu_parallel_chunks(void (*fn)(void *arg, uint32_t chunk), void *arg, uint32_t chunks, uint32_t parts)
+{
+    chunk_job j = {fn, arg, chunks, 0};
+    if (parts > chunks)
+        parts = chunks;
+    if (parts > 1)
+        sona_cpu_parallel(claim_chunks, &j, parts);
+    else
+        claim_chunks(&j, 0, 1);
+}
+

@@ -253,23 +253,22 @@ static void sv_apply_rows(const sona_lora_apply_args *a, uint32_t first, uint32_
 
 /* Work by adapter, for the batched ops: the rows are ordered by adapter id (a stable counting
  * sort; rows of id -1 left out), taken in groups of up to max_group rows of one adapter, and the
- * adapters split between `parts` threads at adapter boundaries near equal shares of rows, so no
- * two threads touch one adapter's weights or gradients and every adapter's data comes from
- * memory once. group() runs one group. */
+ * adapters cut into chunks at adapter boundaries near equal shares of rows, which `parts` threads
+ * claim as they go (sona_cpu_parallel_chunks), so no two threads touch one adapter's weights or
+ * gradients and every adapter's data comes from memory once. group() runs one group. */
 typedef void (*sv_group_fn)(const void *args, int32_t id, const uint32_t *rows, uint32_t G);
 typedef struct sv_by_adapter {
     const void *args;
     const int32_t *ids;
-    const uint32_t *order, *bounds; /* part p: order[bounds[p] .. bounds[p + 1]) */
+    const uint32_t *order, *bounds; /* chunk c: order[bounds[c] .. bounds[c + 1]) */
     uint32_t max_group;
     sv_group_fn group;
 } sv_by_adapter;
 
-static void sv_by_adapter_part(void *arg, uint32_t part, uint32_t parts)
+static void sv_by_adapter_chunk(void *arg, uint32_t chunk)
 {
-    (void)parts;
     const sv_by_adapter *w = arg;
-    for (uint32_t at = w->bounds[part], end = w->bounds[part + 1]; at < end;) {
+    for (uint32_t at = w->bounds[chunk], end = w->bounds[chunk + 1]; at < end;) {
         const int32_t id = w->ids ? w->ids[w->order[at]] : 0;
         uint32_t G = 1;
         while (at + G < end && G < w->max_group && (w->ids ? w->ids[w->order[at + G]] : 0) == id)
@@ -284,10 +283,11 @@ static void sv_by_adapter_part(void *arg, uint32_t part, uint32_t parts)
 static int sv_run_by_adapter(const void *args, const int32_t *ids, uint32_t n, uint32_t adapters, uint32_t parts,
                              uint32_t max_group, sv_group_fn group)
 {
-    uint32_t *order = malloc(((size_t)n + adapters + 1 + parts + 1) * sizeof *order);
+    const uint32_t chunks = parts > 1 ? parts * SONA_CPU_CHUNKS_PER_PART : 1;
+    uint32_t *order = malloc(((size_t)n + adapters + 1 + chunks + 1) * sizeof *order);
     if (!order)
         return 0;
-    uint32_t *start = order + n, *bounds = start + adapters + 1; /* bucket starts, part bounds */
+    uint32_t *start = order + n, *bounds = start + adapters + 1; /* bucket starts, chunk bounds */
     memset(start, 0, ((size_t)adapters + 1) * sizeof *start);
     for (uint32_t i = 0; i < n; i++) {
         const int32_t id = ids ? ids[i] : 0;
@@ -297,26 +297,23 @@ static int sv_run_by_adapter(const void *args, const int32_t *ids, uint32_t n, u
     for (uint32_t k = 0; k < adapters; k++)
         start[k + 1] += start[k];
     const uint32_t placed = start[adapters];
-    /* Part bounds at the bucket start nearest each equal share (before the scatter below moves
-     * the starts on). */
+    /* Chunk bounds at the bucket start nearest each equal share (before the scatter below moves
+     * the starts on); a chunk may be empty when one adapter has more rows than a share. */
     bounds[0] = 0;
-    for (uint32_t p = 1, k = 0; p < parts; p++) {
-        const uint64_t want = (uint64_t)placed * p / parts;
+    for (uint32_t c = 1, k = 0; c < chunks; c++) {
+        const uint64_t want = (uint64_t)placed * c / chunks;
         while (k < adapters && start[k] < want)
             k++;
-        bounds[p] = start[k] > bounds[p - 1] ? start[k] : bounds[p - 1];
+        bounds[c] = start[k] > bounds[c - 1] ? start[k] : bounds[c - 1];
     }
-    bounds[parts] = placed;
+    bounds[chunks] = placed;
     for (uint32_t i = 0; i < n; i++) {
         const int32_t id = ids ? ids[i] : 0;
         if (id >= 0)
             order[start[id]++] = i; /* start[id] ends at the next bucket's start */
     }
     sv_by_adapter w = {args, ids, order, bounds, max_group, group};
-    if (parts > 1)
-        sona_cpu_parallel(sv_by_adapter_part, &w, parts);
-    else
-        sv_by_adapter_part(&w, 0, 1);
+    sona_cpu_parallel_chunks(sv_by_adapter_chunk, &w, chunks, parts);
     free(order);
     return 1;
 }
@@ -951,12 +948,12 @@ SV_INLINE void sv_sqdist_tile(uint32_t d, const float *X, const float *Bp, sv_f 
  * c (the error scales with |x|^2 + |c|^2, which the op's bound allows); results are clamped
  * at 0. Columns run in increasing order with a strict <, so ties keep the lowest index. */
 /* What the parts of a large sqdist_argmin share: the packed centroids, their norms, and the
- * padded copy of the last partial row block (only the part that ends the rows uses it). */
+ * padded copy of the last partial row block (only the chunk that ends the rows uses it). */
 typedef struct sv_sqdist_job {
     const sona_sqdist_argmin_args *a;
     const float *Cp, *cnorm;
     float *Xp;
-    uint32_t panels;
+    uint32_t panels, chunks;
 } sv_sqdist_job;
 
 /* Rows i0 .. i1 - 1 (i0 a multiple of SV_GEMM_MR). */
@@ -1007,13 +1004,13 @@ static void sv_sqdist_rows(const sv_sqdist_job *job, uint32_t i0, uint32_t i1)
     }
 }
 
-/* Part `part` of `parts`: a share of the row blocks. */
-static void sv_sqdist_part(void *arg, uint32_t part, uint32_t parts)
+/* Chunk `chunk` of job->chunks: a share of the row blocks. */
+static void sv_sqdist_chunk(void *arg, uint32_t chunk)
 {
     const sv_sqdist_job *job = arg;
     const uint32_t n = job->a->n, blocks = (n + SV_GEMM_MR - 1) / SV_GEMM_MR;
-    const uint32_t b0 = (uint32_t)((uint64_t)blocks * part / parts);
-    const uint32_t b1 = (uint32_t)((uint64_t)blocks * (part + 1) / parts);
+    const uint32_t b0 = (uint32_t)((uint64_t)blocks * chunk / job->chunks);
+    const uint32_t b1 = (uint32_t)((uint64_t)blocks * (chunk + 1) / job->chunks);
     sv_sqdist_rows(job, b0 * SV_GEMM_MR, b1 * SV_GEMM_MR < n ? b1 * SV_GEMM_MR : n);
 }
 
@@ -1039,13 +1036,10 @@ static sona_status sv_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a)
     sv_gemm_pack_b(&g, 0, k, 0, d, Cp);
     for (uint32_t j = 0; j < panels * SV_GEMM_NR; j++)
         cnorm[j] = j < k ? sv_dot(a->C + (size_t)j * d, a->C + (size_t)j * d, d) : 0.0f;
-    sv_sqdist_job job = {a, Cp, cnorm, Xp, panels};
     /* Rows are independent: a large call splits them over the cores, with the same bits. */
     const uint32_t parts = sona_cpu_parallel_parts(3.0 * n * k * d);
-    if (parts > 1)
-        sona_cpu_parallel(sv_sqdist_part, &job, parts);
-    else
-        sv_sqdist_rows(&job, 0, n);
+    sv_sqdist_job job = {a, Cp, cnorm, Xp, panels, parts > 1 ? parts * SONA_CPU_CHUNKS_PER_PART : 1};
+    sona_cpu_parallel_chunks(sv_sqdist_chunk, &job, job.chunks, parts);
     free(Cp);
     return SONA_OK;
 }

@@ -7,6 +7,7 @@
 #include "dispatch/dispatch.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -187,24 +188,25 @@ static sona_status block_products(const op_bufs *o, uint32_t trials, uint32_t d,
     return SONA_OK;
 }
 
-/* A round on the host over `parts` threads: each takes a share of the blocks, their products
- * and their potentials; the shares are summed in block order, so the bits do not depend on
- * the number of parts. */
-enum { ROUND_MAX_PARTS = 8 }; /* the most parts a split makes (cpu/parallel.c) */
+/* A round on the host: each block's products and potentials, the blocks claimed by the parts as
+ * they go; the shares are summed in block order, so the bits do not depend on the number of
+ * parts. A failure is kept (the first one). */
 typedef struct round_job {
     const op_bufs *o;
     scratch *s;
-    uint32_t n, d, trials, blocks;
-    sona_status st[ROUND_MAX_PARTS];
+    uint32_t n, d, trials;
+    atomic_int failed; /* a sona_status; SONA_OK while none */
 } round_job;
 
-static void round_part(void *arg, uint32_t part, uint32_t parts)
+static void round_block(void *arg, uint32_t b)
 {
     round_job *r = arg;
-    const uint32_t b0 = r->blocks * part / parts, b1 = r->blocks * (part + 1) / parts;
-    r->st[part] = block_products(r->o, r->trials, r->d, r->s->bw, b0, b1);
-    if (r->st[part] == SONA_OK)
-        block_potentials(r->s, r->n, r->trials, b0, b1);
+    const sona_status st = block_products(r->o, r->trials, r->d, r->s->bw, b, b + 1);
+    int ok = SONA_OK;
+    if (st != SONA_OK)
+        atomic_compare_exchange_strong(&r->failed, &ok, (int)st);
+    else
+        block_potentials(r->s, r->n, r->trials, b, b + 1);
 }
 
 /* Each candidate's potential, the sum over rows of min(D^2, |x - c_t|^2), into s->pot: on a
@@ -213,23 +215,16 @@ static void round_part(void *arg, uint32_t part, uint32_t parts)
 static sona_status round_potentials(const op_bufs *o, scratch *s, uint32_t n, uint32_t d, uint32_t trials)
 {
     const uint32_t blocks = (n + s->bw - 1) / s->bw;
-    sona_status st = SONA_OK;
     if (o->device) {
+        sona_status st;
         if ((st = block_products(o, trials, d, s->bw, 0, blocks)) != SONA_OK ||
             (st = get(o, s->dots, o->dots, (size_t)trials * n * sizeof(float))) != SONA_OK)
             return st;
         block_potentials(s, n, trials, 0, blocks);
     } else {
-        uint32_t parts = sona_cpu_parallel_parts(2.0 * trials * n * d);
-        parts = parts < blocks ? parts : blocks;
-        parts = parts < ROUND_MAX_PARTS ? parts : ROUND_MAX_PARTS;
-        round_job r = {.o = o, .s = s, .n = n, .d = d, .trials = trials, .blocks = blocks};
-        if (parts > 1)
-            sona_cpu_parallel(round_part, &r, parts);
-        else
-            round_part(&r, 0, 1);
-        for (uint32_t p = 0; p < (parts > 1 ? parts : 1) && st == SONA_OK; p++)
-            st = r.st[p];
+        round_job r = {.o = o, .s = s, .n = n, .d = d, .trials = trials, .failed = SONA_OK};
+        sona_cpu_parallel_chunks(round_block, &r, blocks, sona_cpu_parallel_parts(2.0 * trials * n * d));
+        const sona_status st = (sona_status)atomic_load(&r.failed);
         if (st != SONA_OK)
             return st;
     }
