@@ -52,8 +52,11 @@ void sona_cpu_parallel(void (*fn)(void *arg, uint32_t part, uint32_t parts), voi
  * each part taking the next unclaimed chunk until none is left: a part slowed down (its core
  * busy with other work) takes fewer, where equal shares fixed up front would wait for it. The
  * chunks must write disjoint memory. */
-#define SONA_CPU_CHUNKS_PER_PART 4 /* chunks a split makes per part: few enough to stay cheap */
 void sona_cpu_parallel_chunks(void (*fn)(void *arg, uint32_t chunk), void *arg, uint32_t chunks, uint32_t parts);
+
+/* The chunks to cut a call of `parts` parts into: 4 a part, few enough to stay cheap (1 for one
+ * part). */
+static inline uint32_t sona_cpu_chunks(uint32_t parts) { return parts > 1 ? 4 * parts : 1; }
 
 /* Top-k keeper used by knn_exact on every variant: keeps the k best (highest score, lowest
  * index on ties) in descending order. */

@@ -145,8 +145,6 @@ static void pool_forget(void)
 
 static void pool_init(void) { pthread_atfork(NULL, NULL, pool_forget); }
 
-/* Makes `want` workers exist, at most PARALLEL_MAX_PARTS - 1 (the caller holds busy); returns
- * how many do. */
 #ifdef SONA_HAVE_HWLOC
 /* Keeps new workers on the caller's package (socket), near the memory its data is likely in,
  * when the machine has more than one; on one package the OS places them. Within the package
@@ -168,6 +166,8 @@ static void place_workers(const pthread_t *threads, uint32_t n)
 }
 #endif
 
+/* Makes `want` workers exist, at most PARALLEL_MAX_PARTS - 1 (the caller holds busy); returns
+ * how many do. */
 static uint32_t pool_grow(uint32_t want)
 {
     pthread_once(&pool.once, pool_init);

@@ -283,7 +283,7 @@ static void sv_by_adapter_chunk(void *arg, uint32_t chunk)
 static int sv_run_by_adapter(const void *args, const int32_t *ids, uint32_t n, uint32_t adapters, uint32_t parts,
                              uint32_t max_group, sv_group_fn group)
 {
-    const uint32_t chunks = parts > 1 ? parts * SONA_CPU_CHUNKS_PER_PART : 1;
+    const uint32_t chunks = sona_cpu_chunks(parts);
     uint32_t *order = malloc(((size_t)n + adapters + 1 + chunks + 1) * sizeof *order);
     if (!order)
         return 0;
@@ -941,13 +941,7 @@ SV_INLINE void sv_sqdist_tile(uint32_t d, const float *X, const float *Bp, sv_f 
     }
 }
 
-/* |x - c|^2 = |x|^2 + |c|^2 - 2 x.c, with the dot products from a GEMM-like micro-tile of
- * SV_GEMM_MR rows of X by SV_GEMM_NR centroids: the centroids are packed once per call into
- * SV_GEMM_NR-wide panels (their norms alongside), and each tile's distances fold straight
- * into a running argmin, so no n x k matrix is ever stored. The formulation loses relative precision when x is close to
- * c (the error scales with |x|^2 + |c|^2, which the op's bound allows); results are clamped
- * at 0. Columns run in increasing order with a strict <, so ties keep the lowest index. */
-/* What the parts of a large sqdist_argmin share: the packed centroids, their norms, and the
+/* What the chunks of a large sqdist_argmin share: the packed centroids, their norms, and the
  * padded copy of the last partial row block (only the chunk that ends the rows uses it). */
 typedef struct sv_sqdist_job {
     const sona_sqdist_argmin_args *a;
@@ -1014,6 +1008,12 @@ static void sv_sqdist_chunk(void *arg, uint32_t chunk)
     sv_sqdist_rows(job, b0 * SV_GEMM_MR, b1 * SV_GEMM_MR < n ? b1 * SV_GEMM_MR : n);
 }
 
+/* |x - c|^2 = |x|^2 + |c|^2 - 2 x.c, with the dot products from a GEMM-like micro-tile of
+ * SV_GEMM_MR rows of X by SV_GEMM_NR centroids: the centroids are packed once per call into
+ * SV_GEMM_NR-wide panels (their norms alongside), and each tile's distances fold straight
+ * into a running argmin, so no n x k matrix is ever stored. The formulation loses relative precision when x is close to
+ * c (the error scales with |x|^2 + |c|^2, which the op's bound allows); results are clamped
+ * at 0. Columns run in increasing order with a strict <, so ties keep the lowest index. */
 static sona_status sv_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a)
 {
     (void)ctx;
@@ -1038,7 +1038,7 @@ static sona_status sv_sqdist_argmin(void *ctx, const sona_sqdist_argmin_args *a)
         cnorm[j] = j < k ? sv_dot(a->C + (size_t)j * d, a->C + (size_t)j * d, d) : 0.0f;
     /* Rows are independent: a large call splits them over the cores, with the same bits. */
     const uint32_t parts = sona_cpu_parallel_parts(3.0 * n * k * d);
-    sv_sqdist_job job = {a, Cp, cnorm, Xp, panels, parts > 1 ? parts * SONA_CPU_CHUNKS_PER_PART : 1};
+    sv_sqdist_job job = {a, Cp, cnorm, Xp, panels, sona_cpu_chunks(parts)};
     sona_cpu_parallel_chunks(sv_sqdist_chunk, &job, job.chunks, parts);
     free(Cp);
     return SONA_OK;
