@@ -148,44 +148,36 @@ static inline float joined_d2(float xn, float cn, float dot, float dist)
     return c < dist ? c : dist;
 }
 
-/* Each candidate's share of the potential from blocks b0 .. b1 - 1, into s->block_pot[b][t]. */
-static void block_potentials(scratch *s, uint32_t n, uint32_t trials, uint32_t b0, uint32_t b1)
+/* Each candidate's share of the potential from block b, into s->block_pot[b][t]. */
+static void block_potentials(scratch *s, uint32_t n, uint32_t trials, uint32_t b)
 {
-    for (uint32_t b = b0; b < b1; b++) {
-        const uint32_t first = b * s->bw, rows = n - first < s->bw ? n - first : s->bw;
-        const float *xn = s->xnorm + first, *dist = s->dist + first;
-        for (uint32_t t = 0; t < trials; t++) {
-            const float *dots = s->dots + ((size_t)b * trials + t) * s->bw;
-            const float cn = s->xnorm[s->cand[t]];
-            float lane[LANES] = {0};
-            uint32_t i = 0;
-            for (; i + LANES <= rows; i += LANES)
-                for (uint32_t l = 0; l < LANES; l++)
-                    lane[l] += joined_d2(xn[i + l], cn, dots[i + l], dist[i + l]);
-            double sum = 0.0;
-            for (; i < rows; i++)
-                sum += joined_d2(xn[i], cn, dots[i], dist[i]);
+    const uint32_t first = b * s->bw, rows = n - first < s->bw ? n - first : s->bw;
+    const float *xn = s->xnorm + first, *dist = s->dist + first;
+    for (uint32_t t = 0; t < trials; t++) {
+        const float *dots = s->dots + ((size_t)b * trials + t) * s->bw;
+        const float cn = s->xnorm[s->cand[t]];
+        float lane[LANES] = {0};
+        uint32_t i = 0;
+        for (; i + LANES <= rows; i += LANES)
             for (uint32_t l = 0; l < LANES; l++)
-                sum += lane[l];
-            s->block_pot[(size_t)b * trials + t] = sum;
-        }
+                lane[l] += joined_d2(xn[i + l], cn, dots[i + l], dist[i + l]);
+        double sum = 0.0;
+        for (; i < rows; i++)
+            sum += joined_d2(xn[i], cn, dots[i], dist[i]);
+        for (uint32_t l = 0; l < LANES; l++)
+            sum += lane[l];
+        s->block_pot[(size_t)b * trials + t] = sum;
     }
 }
 
-/* A round's products (-2 cand . x) of blocks b0 .. b1 - 1, one GEMM a block. A device has one
- * block (bw = n): its buffers take no offsets. A partial last block is passed at full width: its
- * columns past n are zeros (scratch_carve) whose products nobody reads. */
-static sona_status block_products(const op_bufs *o, uint32_t trials, uint32_t d, uint32_t bw, uint32_t b0,
-                                  uint32_t b1)
+/* A round's products (-2 cand . x) of block b: one GEMM. A device has one block (bw = n): its
+ * buffers take no offsets. A partial last block is passed at full width: its columns past n are
+ * zeros (scratch_carve) whose products nobody reads. */
+static sona_status block_products(const op_bufs *o, uint32_t trials, uint32_t d, uint32_t bw, uint32_t b)
 {
-    for (uint32_t b = b0; b < b1; b++) {
-        const sona_gemm_args g = {.m = trials, .n = bw, .k = d, .alpha = -2.0f, .A = o->cand,
-                                  .B = o->Xt + (size_t)b * d * bw, .C = o->dots + (size_t)b * trials * bw};
-        const sona_status st = sona_op_run(o->be, SONA_OP_GEMM, &g);
-        if (st != SONA_OK)
-            return st;
-    }
-    return SONA_OK;
+    const sona_gemm_args g = {.m = trials, .n = bw, .k = d, .alpha = -2.0f, .A = o->cand,
+                              .B = o->Xt + (size_t)b * d * bw, .C = o->dots + (size_t)b * trials * bw};
+    return sona_op_run(o->be, SONA_OP_GEMM, &g);
 }
 
 /* A round on the host: each block's products and potentials, the blocks claimed by the parts as
@@ -201,26 +193,26 @@ typedef struct round_job {
 static void round_block(void *arg, uint32_t b)
 {
     round_job *r = arg;
-    const sona_status st = block_products(r->o, r->trials, r->d, r->s->bw, b, b + 1);
+    const sona_status st = block_products(r->o, r->trials, r->d, r->s->bw, b);
     int ok = SONA_OK;
     if (st != SONA_OK)
         atomic_compare_exchange_strong(&r->failed, &ok, (int)st);
     else
-        block_potentials(r->s, r->n, r->trials, b, b + 1);
+        block_potentials(r->s, r->n, r->trials, b);
 }
 
 /* Each candidate's potential, the sum over rows of min(D^2, |x - c_t|^2), into s->pot: on a
- * device the products there and the sums here; on the host both, split over the cores when
- * the round is large enough to pay for a thread. */
+ * device (one block) the products there and the sums here; on the host both, split over the
+ * cores when the round is large enough to pay for a thread. */
 static sona_status round_potentials(const op_bufs *o, scratch *s, uint32_t n, uint32_t d, uint32_t trials)
 {
     const uint32_t blocks = (n + s->bw - 1) / s->bw;
     if (o->device) {
         sona_status st;
-        if ((st = block_products(o, trials, d, s->bw, 0, blocks)) != SONA_OK ||
+        if ((st = block_products(o, trials, d, s->bw, 0)) != SONA_OK ||
             (st = get(o, s->dots, o->dots, (size_t)trials * n * sizeof(float))) != SONA_OK)
             return st;
-        block_potentials(s, n, trials, 0, blocks);
+        block_potentials(s, n, trials, 0);
     } else {
         round_job r = {.o = o, .s = s, .n = n, .d = d, .trials = trials, .failed = SONA_OK};
         sona_cpu_parallel_chunks(round_block, &r, blocks, sona_cpu_parallel_parts(2.0 * trials * n * d));
