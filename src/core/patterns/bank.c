@@ -881,7 +881,7 @@ static const sona_backend *exact_search_on(const sona_bank *b, const sona_backen
 }
 
 /* The pattern most similar to each query, rows[0..m-1] of Q (dim floats each): its position in
- * pats (-1 when the bank has none) and the cosine, into pos[m] and sim[m]. An exact search of
+ * pats (-1 when the bank has none) and the cosine, into pos[row] and sim[row]. An exact search of
  * all at once where it pays (exact_search_on; the cosines with the stored centroids, as the
  * index's, and the true nearest, which a graph search may miss), else a graph search each; also
  * when the exact search fails (memory, the device). The caller holds the lock. */
@@ -894,30 +894,36 @@ static void nearest_patterns(sona_bank *b, const sona_backend *device, const flo
         size_t bytes = 0;
         const size_t at_P = sona_scratch_push(&bytes, (size_t)npat * dim * sizeof(float));
         const size_t at_Q = sona_scratch_push(&bytes, (size_t)m * dim * sizeof(float));
+        const size_t at_idx = sona_scratch_push(&bytes, m * sizeof(int32_t));
+        const size_t at_sim = sona_scratch_push(&bytes, m * sizeof(float));
         char *mem = sona_scratch_get(&b->search_mem, bytes);
         sona_status st = mem ? SONA_OK : SONA_E_NOMEM;
-        float *P = mem ? (float *)(void *)(mem + at_P) : NULL, *Qm = mem ? (float *)(void *)(mem + at_Q) : NULL;
-        for (uint32_t i = 0; i < npat && st == SONA_OK; i++)
-            st = sona_index_get_vector(b->index, b->pats[i].id, P + (size_t)i * dim);
-        for (uint32_t q = 0; q < m && st == SONA_OK; q++)
-            memcpy(Qm + (size_t)q * dim, Q + (size_t)rows[q] * dim, (size_t)dim * sizeof *Qm);
         if (st == SONA_OK) {
-            const sona_knn_exact_args a = {.m = m, .n = npat, .d = dim, .k = 1, .Q = Qm, .P = P, .idx = pos, .sim = sim};
-            st = sona_op_run_host(on, SONA_OP_KNN_EXACT, &a, sona_op_run);
-        }
-        if (mem)
+            float *P = (float *)(void *)(mem + at_P), *Qm = (float *)(void *)(mem + at_Q);
+            int32_t *idx = (int32_t *)(void *)(mem + at_idx);
+            float *best = (float *)(void *)(mem + at_sim);
+            for (uint32_t i = 0; i < npat && st == SONA_OK; i++)
+                st = sona_index_get_vector(b->index, b->pats[i].id, P + (size_t)i * dim);
+            for (uint32_t q = 0; q < m; q++)
+                memcpy(Qm + (size_t)q * dim, Q + (size_t)rows[q] * dim, (size_t)dim * sizeof *Qm);
+            const sona_knn_exact_args a = {.m = m, .n = npat, .d = dim, .k = 1, .Q = Qm, .P = P, .idx = idx, .sim = best};
+            if (st == SONA_OK && (st = sona_op_run_host(on, SONA_OP_KNN_EXACT, &a, sona_op_run)) == SONA_OK)
+                for (uint32_t q = 0; q < m; q++)
+                    pos[rows[q]] = idx[q], sim[rows[q]] = best[q];
             sona_scratch_done(&b->search_mem, bytes);
+        }
         if (st == SONA_OK)
             return;
     }
     for (uint32_t q = 0; q < m; q++) {
+        const uint32_t row = rows[q];
         uint64_t best;
         uint32_t found = 0;
-        pos[q] = -1;
+        pos[row] = -1;
         if (npat)
-            search_locked(b, Q + (size_t)rows[q] * dim, 1, &best, &sim[q], &found);
+            search_locked(b, Q + (size_t)row * dim, 1, &best, &sim[row], &found);
         if (found)
-            pos[q] = (int32_t)pos_of(b, best);
+            pos[row] = (int32_t)pos_of(b, best);
     }
 }
 
@@ -925,7 +931,7 @@ static void nearest_patterns(sona_bank *b, const sona_backend *device, const flo
  * each tested alone against its most similar pattern (merges() with size 1; all searched at
  * once, against the bank as phase 1 left it). row_to[i] receives the position of the pattern row
  * i joins, or -1. Then each pattern's joiners merge into it as one group (mean, summed counts),
- * in pattern order. order, near_pos, near_sim: n each, scratch. Returns the rows that joined;
+ * in pattern order. order, near_pos, near_sim: n each, scratch (near_* indexed by row). Returns the rows that joined;
  * *st gets a merge failure. Caller holds the lock. */
 static uint32_t join_rows(sona_bank *b, const sona_backend *device, const traj_queue *tq, const int32_t *assign,
                           const int32_t *target, const noise_model *nm, uint64_t now, int32_t *row_to,
@@ -942,8 +948,8 @@ static uint32_t join_rows(sona_bank *b, const sona_backend *device, const traj_q
     nearest_patterns(b, device, tq->emb, order, asked, near_pos, near_sim);
     for (uint32_t a = 0; a < asked; a++) { /* order[m] is rewritten only once read (m <= a) */
         const uint32_t i = order[a];
-        const int32_t pos = near_pos[a];
-        if (pos >= 0 && merges(b, (uint32_t)pos, near_sim[a], tq->emb + (size_t)i * dim, 1, nm, pv) != NO_MERGE) {
+        const int32_t pos = near_pos[i];
+        if (pos >= 0 && merges(b, (uint32_t)pos, near_sim[i], tq->emb + (size_t)i * dim, 1, nm, pv) != NO_MERGE) {
             row_to[i] = pos;
             order[m++] = i;
         }
@@ -1232,14 +1238,10 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
         if (cs[j].size && cs[j].size >= b->cfg.min_cluster_size)
             order[asked++] = j;
     }
-    nearest_patterns(b, device, C, order, asked, near_pos, near_sim);
+    nearest_patterns(b, device, C, order, asked, near, nsim);
     int need_noise = 0;
-    for (uint32_t a = 0; a < asked; a++) {
-        const uint32_t j = order[a];
-        near[j] = near_pos[a];
-        nsim[j] = near_sim[a];
-        need_noise |= near[j] < 0 || nsim[j] < b->cfg.merge_threshold;
-    }
+    for (uint32_t a = 0; a < asked; a++)
+        need_noise |= near[order[a]] < 0 || nsim[order[a]] < b->cfg.merge_threshold;
     if (need_noise && b->cfg.merge_z > 0.0f) {
         for (uint32_t i = 0; i < n; i++)
             d2[i] = sqdist(taken.emb + (size_t)i * dim, C + (size_t)assign[i] * dim, dim);
