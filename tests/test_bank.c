@@ -16,6 +16,7 @@
 #include "core/patterns/bank_device.h"
 #include "dispatch/cost.h"
 #include "dispatch/dispatch.h"
+#include "support/device_skip.h"
 #include "support/fill.h"
 #include <sona.h>
 
@@ -1136,12 +1137,7 @@ static void extract_on(const sona_backend *dev, int device_wins, const float *X,
 
 Test(bank, extraction_clusters_where_the_cost_model_sends_it, .timeout = 300)
 {
-    const sona_backend *dev = sona_device_backend();
-    if (!dev) {
-        printf("[bank] device extraction: skipped, no accelerator (CUDA device, or OpenCL with "
-               "SONA_OPENCL_DEVICE=any for CPU devices)\n");
-        cr_skip_test("no accelerator");
-    }
+    const sona_backend *dev = device_or_skip("bank: device extraction");
     const uint64_t seed = test_seed();
     printf("[bank] device extraction on %s: seed %" PRIu64 "\n", dev->name, seed);
     enum { N = 603, G = 7 };

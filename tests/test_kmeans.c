@@ -12,6 +12,7 @@
 #include "core/patterns/kmeans.h"
 #include "dispatch/cost.h"
 #include "dispatch/dispatch.h"
+#include "support/device_skip.h"
 #include "support/fill.h"
 
 /* n points around k centres: centres N(0, spread^2), points centre + N(0, noise^2). */
@@ -230,12 +231,7 @@ Test(kmeans, refuses_bad_arguments)
  * sizes: the same clusters found, centroids and inertia equal to float rounding. */
 Test(kmeans, runs_on_the_device_as_on_the_cpu, .timeout = 300)
 {
-    const sona_backend *dev = sona_device_backend();
-    if (!dev) {
-        printf("[kmeans] device: skipped, no accelerator (CUDA device, or OpenCL with "
-               "SONA_OPENCL_DEVICE=any for CPU devices)\n");
-        cr_skip_test("no accelerator");
-    }
+    const sona_backend *dev = device_or_skip("kmeans: device");
     const uint64_t seed = test_seed();
     const uint32_t n = 1201, d = 33, k = 9;
     printf("[kmeans] device %s (%s): n=%u d=%u k=%u seed %" PRIu64 "\n", dev->name, dev->device,
