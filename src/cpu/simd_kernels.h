@@ -124,36 +124,61 @@ SV_INLINE void sv_lora_down(int R, const float *A, uint32_t r, uint32_t H, const
             t[q][j] = s * sv_dot(A + (size_t)j * H, x[q], H);
 }
 
+/* y_q = src_q + sum_{u < U} t[q][j0 + u] Bt_{j0+u} for R rows: one pass of U Bt rows over the
+ * y rows. Passes in order j0 = 0, U, ... add the Bt rows in the order of a single pass. R and U
+ * are compile-time constants at every call. */
+SV_INLINE void sv_lora_up_pass(int R, uint32_t U, const float *Bt, uint32_t j0, uint32_t H,
+                               const float *const *src, float *const *y, const float t[][SONA_LORA_MAX_RANK])
+{
+    const float *b = Bt + (size_t)j0 * H;
+    const float *from[4];
+    float *to[4];
+    sv_f tv[4][4]; /* hoisted: y's stores might alias t and the row pointers for all gcc knows */
+    for (int q = 0; q < R; q++) {
+        from[q] = src[q];
+        to[q] = y[q];
+        for (uint32_t u = 0; u < U; u++)
+            tv[q][u] = sv_set1(t[q][j0 + u]);
+    }
+    uint32_t h = 0;
+    for (; h + SV_W <= H; h += SV_W) {
+        sv_f bv[4];
+        for (uint32_t u = 0; u < U; u++)
+            bv[u] = sv_load(b + (size_t)u * H + h);
+        for (int q = 0; q < R; q++) {
+            sv_f acc = sv_load(from[q] + h);
+            for (uint32_t u = 0; u < U; u++)
+                acc = sv_fma(bv[u], tv[q][u], acc);
+            sv_store(to[q] + h, acc);
+        }
+    }
+    if (h < H) {
+        const uint32_t rest = H - h;
+        sv_f bv[4];
+        for (uint32_t u = 0; u < U; u++)
+            bv[u] = sv_loadn(b + (size_t)u * H + h, rest);
+        for (int q = 0; q < R; q++) {
+            sv_f acc = sv_loadn(from[q] + h, rest);
+            for (uint32_t u = 0; u < U; u++)
+                acc = sv_fma(bv[u], tv[q][u], acc);
+            sv_storen(to[q] + h, acc, rest);
+        }
+    }
+}
+
 /* y_q = x_q + sum_j t[q][j] Bt_j for R rows, V vectors of h at a time: each Bt load serves
  * all R rows, and the R x V accumulators stay in registers. x_q may equal y_q. */
 SV_INLINE void sv_lora_up(int R, const float *Bt, uint32_t r, uint32_t H, const float *const *x,
                           float *const *y, const float t[][SONA_LORA_MAX_RANK])
 {
-    if (R == 1 && r > 4) {
-        /* One row of high rank: four Bt rows per pass over y, so the weights stream in a few
+    if (r > 4) {
+        /* High rank: four Bt rows per pass over the y rows, so the weights stream in a few
          * sequential runs the prefetcher follows, instead of r runs of a few vectors each. */
-        for (uint32_t j0 = 0; j0 < r; j0 += 4) {
-            const uint32_t nj = r - j0 < 4 ? r - j0 : 4;
-            const float *src = j0 == 0 ? x[0] : y[0];
-            sv_f tv[4];
-            for (uint32_t u = 0; u < nj; u++)
-                tv[u] = sv_set1(t[0][j0 + u]);
-            const float *b = Bt + (size_t)j0 * H;
-            uint32_t h = 0;
-            for (; h + SV_W <= H; h += SV_W) {
-                sv_f acc = sv_load(src + h);
-                for (uint32_t u = 0; u < nj; u++)
-                    acc = sv_fma(sv_load(b + (size_t)u * H + h), tv[u], acc);
-                sv_store(y[0] + h, acc);
-            }
-            if (h < H) {
-                const uint32_t rest = H - h;
-                sv_f acc = sv_loadn(src + h, rest);
-                for (uint32_t u = 0; u < nj; u++)
-                    acc = sv_fma(sv_loadn(b + (size_t)u * H + h, rest), tv[u], acc);
-                sv_storen(y[0] + h, acc, rest);
-            }
-        }
+        uint32_t j0 = 0;
+        for (; j0 + 4 <= r; j0 += 4)
+            sv_lora_up_pass(R, 4, Bt, j0, H, j0 == 0 ? x : (const float *const *)y, y, t);
+        for (; j0 < r; j0++)
+            sv_lora_up_pass(R, 1, Bt, j0, H, (const float *const *)y, y, t);
         return;
     }
     const uint32_t V = R == 1 ? 4 : 2;
