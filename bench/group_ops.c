@@ -5,6 +5,7 @@
  * table the tests use (tests/support/op_cases.c, op_bench_cases). */
 #include "bench.h"
 
+#include "cpu/cpu.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/op_buffers.h"
 #include "support/op_cases.h"
@@ -297,12 +298,68 @@ static void run_cases(bench_ctx *ctx, const char *group, sona_op op, int lloyd)
     }
 }
 
+/* The host's streaming read bandwidth on the cores a large op splits over, timed beside the ops
+ * it bounds: lora_apply and lora_grad over many adapters move more bytes than their flops hide,
+ * and a shared host's bandwidth moves from one minute to the next (31 to 54 GB/s here within an
+ * hour), so their rows are read against this one of the same run. 64 MiB: twice the L3. */
+enum { READ_BYTES = 64 << 20 };
+typedef struct memory_read {
+    const uint64_t *words;
+    size_t per_chunk;
+    uint32_t chunks, parts;
+    uint64_t sums[64];
+} memory_read;
+
+static void read_chunk(void *arg, uint32_t chunk)
+{
+    memory_read *m = arg;
+    const uint64_t *w = m->words + (size_t)chunk * m->per_chunk;
+    uint64_t s = 0;
+    for (size_t i = 0; i < m->per_chunk; i++)
+        s ^= w[i];
+    m->sums[chunk] = s; /* kept, so the loads are not optimised away */
+}
+
+static int call_memory_read(void *arg)
+{
+    memory_read *m = arg;
+    sona_cpu_parallel_chunks(read_chunk, m, m->chunks, m->parts);
+    return 0;
+}
+
+static void memory_read_row(bench_ctx *ctx, const char *group)
+{
+    memory_read m = {.parts = sona_cpu_parallel_parts(1e12)};
+    m.chunks = sona_cpu_chunks(m.parts);
+    char name[64];
+    snprintf(name, sizeof name, "host memory read 64 MiB, %u thread%s", m.parts, m.parts > 1 ? "s" : "");
+    const bench_row row = {.group = group, .name = name, .backend = "cpu", .bytes = READ_BYTES};
+    uint64_t *words = malloc(READ_BYTES);
+    if (!words || m.chunks > 64) {
+        bench_skip(ctx, &row, "no memory for the buffer");
+        free(words);
+        return;
+    }
+    for (size_t i = 0; i < READ_BYTES / sizeof *words; i++)
+        words[i] = i * 0x9e3779b97f4a7c15ull;
+    m.words = words;
+    m.per_chunk = READ_BYTES / sizeof *words / m.chunks;
+    bench_measure(ctx, &row, call_memory_read, &m);
+    free(words);
+}
+
 #define RUN_GROUP(fn, group, op, lloyd) \
     static void fn(bench_ctx *ctx) { run_cases(ctx, group, op, lloyd); }
+#define RUN_GROUP_WITH_MEMORY(fn, group, op) \
+    static void fn(bench_ctx *ctx)             \
+    {                                          \
+        memory_read_row(ctx, group);           \
+        run_cases(ctx, group, op, 0);          \
+    }
 
 
-RUN_GROUP(run_lora_apply, "op_lora_apply", SONA_OP_LORA_APPLY, 0)
-RUN_GROUP(run_lora_grad, "op_lora_grad", SONA_OP_LORA_GRAD, 0)
+RUN_GROUP_WITH_MEMORY(run_lora_apply, "op_lora_apply", SONA_OP_LORA_APPLY)
+RUN_GROUP_WITH_MEMORY(run_lora_grad, "op_lora_grad", SONA_OP_LORA_GRAD)
 RUN_GROUP(run_param_update, "op_param_update", SONA_OP_PARAM_UPDATE, 0)
 RUN_GROUP(run_sqdist_argmin, "op_sqdist_argmin", SONA_OP_SQDIST_ARGMIN, 0)
 RUN_GROUP(run_cluster_sums, "op_cluster_sums", SONA_OP_CLUSTER_SUMS, 0)

@@ -45,7 +45,7 @@ def timed_table(rows):
         extra = []
         if r.get("gflops"):
             extra.append(f"{r['gflops']:.3g} GFLOP/s")
-        elif r.get("gbps"):
+        if r.get("gbps"):  # both for the ops bound by memory, read against the group's host memory row
             extra.append(f"{r['gbps']:.3g} GB/s")
         if kind == "timed":
             for v in values.pop((r["case"], r["backend"]), []):
