@@ -3,8 +3,9 @@
 # One-shot check of the CUDA backend on a GPU machine: configure a Release build with CUDA for
 # this GPU only, build what the checks need, run the cross-backend op check (CUDA and every CPU
 # variant, with SONA_CPU_VARIANT=avx512 where the host has AVX-512), the GPU benchmarks and the
-# harness's 'sona bench --backend cuda' (timed with device events), and print its table, then a
-# summary table last. Needs CMake, a C compiler and the CUDA toolkit (nvcc on PATH,
+# harness's 'sona bench --backend cuda' (timed with device events), loop B on the GPU (the
+# loop_b_cycle group with its 10 000-trajectory row, the learning group with SONA_BACKEND=cuda),
+# and print the harness table, then a summary table last. Needs CMake, a C compiler and the CUDA toolkit (nvcc on PATH,
 # $CUDACXX, or /usr/local/cuda); Criterion, hwloc and OpenCL are optional. No network.
 #
 #   bash tools/gpu-check.sh            # from the repository root (or anywhere)
@@ -162,6 +163,41 @@ else
   status=1
   note "sona bench --backend cuda: FAILED (exit $rc; 124 = over 200 s)"
 fi
+
+# Issue #19, item 2 on the GPU: loop B's math (k-means, Base-LoRA, the bank's exact search)
+# where the cost model sends it. loop_b_cycle's 10 000-trajectory row at hidden 4 096 runs on
+# the engine's accelerator (target <= 50 ms on one H100); the learning group with the engine
+# forced onto CUDA must show the CPU's lifts (printed side by side, as for OpenCL in session 11).
+step "loop B on CUDA: loop_b_cycle, and the learning group with SONA_BACKEND=cuda"
+loopb_log=$(mktemp)
+timeout 150 "$build/bin/sona" bench --group loop_b_cycle --json "$bench_dir/bench-loop-b.json" \
+  >"$loopb_log" 2>&1
+rc=$?
+grep -E 'cycle_median|skipped' "$loopb_log"
+if [ "$rc" -eq 0 ]; then
+  note "loop_b_cycle: ok ($(grep '10000_trajectories_h4096' "$loopb_log" | grep -o 'cycle_median = [0-9.]* ms\|skipped.*' | head -1))"
+else
+  status=1
+  note "loop_b_cycle: FAILED (exit $rc; 124 = over 150 s)"
+fi
+# --quick: one seed and the 10 000-trajectory hostile stream (the full group takes 4 minutes
+# on a CPU); the same on the host's CPU first, for the side-by-side.
+cpu_learn=$(mktemp)
+timeout 120 "$build/bin/sona" bench --group learning --quick >"$cpu_learn" 2>&1
+SONA_BACKEND=cuda timeout 240 "$build/bin/sona" bench --group learning --quick \
+  --json "$bench_dir/bench-learning-cuda.json" >"$loopb_log" 2>&1
+rc=$?
+echo "learning --quick, mean per row: CPU | CUDA"
+join -t'|' <(awk '$1 == "learning" && $4 == "mean" {print $2 "|" $6}' "$cpu_learn" | sort) \
+  <(awk '$1 == "learning" && $4 == "mean" {print $2 "|" $6}' "$loopb_log" | sort) | column -t -s'|'
+if [ "$rc" -eq 0 ]; then
+  note "learning group on CUDA (--quick): ok ($bench_dir/bench-learning-cuda.json)"
+else
+  status=1
+  note "learning group on CUDA (--quick): FAILED (exit $rc; 124 = over 240 s)"
+fi
+rm -f "$cpu_learn"
+rm -f "$loopb_log"
 
 step "summary"
 for line in "${summary[@]}"; do echo "  $line"; done
