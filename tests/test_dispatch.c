@@ -271,7 +271,8 @@ Test(dispatch, loop_a_sized_ops_stay_on_the_cpu)
             sona_cost_model_set(sona_cpu_backend(), &m);
         }
         sona_cost_model_get(sona_cpu_backend(), &m);
-        printf("[dispatch] %s: %.1f GFLOP/s, %.1f GB/s\n", cpu_model, m.peak_gflops, m.memory_gbs);
+        printf("[dispatch] %s: %.1f GFLOP/s, %.1f GB/s, %.1f GB/s to %.0f MiB cached\n", cpu_model, m.peak_gflops,
+               m.memory_gbs, m.cache_gbs, m.cache_bytes / 1048576.0);
         /* A sanitizer build (or the scalar variant) measures a CPU many times slower than a SIMD
          * variant: the model is right to send more to a device then, so only the table is held
          * to the claim. */
