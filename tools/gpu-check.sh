@@ -5,8 +5,9 @@
 # variant, with SONA_CPU_VARIANT=avx512 where the host has AVX-512), the GPU benchmarks and the
 # harness's 'sona bench --backend cuda' (timed with device events), loop B on the GPU (the
 # loop_b_cycle group with its 10 000-trajectory row, the learning group with SONA_BACKEND=cuda),
-# and print the harness table, then a summary table last. Needs CMake, a C compiler and the CUDA toolkit (nvcc on PATH,
-# $CUDACXX, or /usr/local/cuda); Criterion, hwloc and OpenCL are optional. No network.
+# and print the harness table, then a summary table last. Needs CMake, a C compiler and the
+# CUDA toolkit (nvcc on PATH, $CUDACXX, or /usr/local/cuda); Criterion, hwloc and OpenCL are
+# optional. No network.
 #
 #   bash tools/gpu-check.sh            # from the repository root (or anywhere)
 #
@@ -196,8 +197,7 @@ else
   status=1
   note "learning group on CUDA (--quick): FAILED (exit $rc; 124 = over 240 s)"
 fi
-rm -f "$cpu_learn"
-rm -f "$loopb_log"
+rm -f "$cpu_learn" "$loopb_log"
 
 step "summary"
 for line in "${summary[@]}"; do echo "  $line"; done
