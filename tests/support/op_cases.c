@@ -66,6 +66,10 @@ const op_case op_cases[] = {
     {.op = SONA_OP_GEMM, .m = 17, .n = 31, .k = 257, .trans_b = 1},
     {.op = SONA_OP_GEMM, .m = 64, .n = 100, .k = 77, .trans_a = 1, .trans_b = 1},
     {.op = SONA_OP_GEMM, .m = 129, .n = 257, .k = 300},
+    /* one row panel of A (k-means' seeding): B's whole panels read in place, the ragged last one
+     * packed, over two k blocks; then exactly AVX-512's 12 rows, whole panels only */
+    {.op = SONA_OP_GEMM, .m = 11, .n = 300, .k = 300},
+    {.op = SONA_OP_GEMM, .m = 12, .n = 256, .k = 37, .trans_a = 1},
     /* cluster_sums (idx includes out-of-range rows, which are ignored) */
     {.op = SONA_OP_CLUSTER_SUMS, .n = 1, .k = 1, .d = 1},
     {.op = SONA_OP_CLUSTER_SUMS, .n = 100, .k = 7, .d = 33},
