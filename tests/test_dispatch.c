@@ -7,6 +7,7 @@
  * large ones go to the cheaper backend, SONA_BACKEND overrides, the call counters are exact.
  * The double host kernels of the cluster merge give every variant's bits. */
 #include <criterion/criterion.h>
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -685,4 +686,65 @@ Test(dispatch, four_at_once_double_kernels_give_the_single_kernels_bits)
     cr_expect(compared >= sizeof sizes / sizeof sizes[0], "scalar at least");
     printf("[dispatch] four-at-once double kernels: %u variant-size pairs compared with scalar\n", compared);
     free(xf), free(x), free(want), free(got), free(y0);
+}
+
+/* The lora_down host kernel of every variant here against a double sum, on fresh random inputs:
+ * odd widths, ranks of every band, ids in any order with -1 among them (their rows of z
+ * untouched), one row and many (the SIMD variants group many by adapter and split them over the
+ * cores). Bound: an f32 sum of h products, whatever its order, is within h eps of the sum of
+ * their magnitudes. */
+Test(dispatch, lora_down_host_kernel_matches_the_double_sums)
+{
+    const uint64_t seed = test_seed();
+    printf("[dispatch] lora_down: seed %llu\n", (unsigned long long)seed);
+    sona_rng r;
+    sona_rng_seed(&r, seed, 11);
+    static const struct {
+        uint32_t n, h, r, adapters;
+    } shapes[] = {{1, 7, 1, 1}, {1, 301, 13, 3}, {9, 33, 2, 2}, {37, 1000, 16, 5}, {200, 257, 5, 7}, {64, 96, 64, 3}};
+    const sona_cpu_variant *vars;
+    const uint32_t nv = sona_cpu_variants(&vars);
+    char why[256];
+    uint32_t checked = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const uint32_t n = shapes[si].n, h = shapes[si].h, rk = shapes[si].r, na = shapes[si].adapters;
+        float *W = new_uniform(&r, (size_t)na * rk * h, -1.0f, 1.0f), *x = new_uniform(&r, (size_t)n * h, -1.0f, 1.0f);
+        float *z = malloc((size_t)n * rk * sizeof *z);
+        int32_t *ids = malloc(n * sizeof *ids);
+        cr_assert(W && x && z && ids);
+        for (uint32_t i = 0; i < n; i++)
+            ids[i] = n > 1 && sona_rng_below(&r, 5) == 0 ? -1 : (int32_t)sona_rng_below(&r, na);
+        for (uint32_t v = 0; v < nv; v++) {
+            const sona_backend *b = sona_cpu_variant_get(vars[v].ops->name, why, sizeof why);
+            if (!b)
+                continue; /* not this host's */
+            const sona_host_kernels *k = &b->host;
+            const sona_host_kernels *use = k->lora_down ? k : &sona_cpu_variant_get("scalar", why, sizeof why)->host;
+            for (size_t i = 0; i < (size_t)n * rk; i++)
+                z[i] = 12345.0f;
+            use->lora_down(W, rk, h, na, n, ids, x, z);
+            for (uint32_t i = 0; i < n; i++)
+                for (uint32_t j = 0; j < rk; j++) {
+                    const float got = z[(size_t)i * rk + j];
+                    if (ids[i] < 0) {
+                        cr_expect_eq(got, 12345.0f, "%s: row %u has no adapter, yet z was written", b->name, i);
+                        continue;
+                    }
+                    const float *w = W + ((size_t)ids[i] * rk + j) * h, *xi = x + (size_t)i * h;
+                    double want = 0.0, mag = 0.0;
+                    for (uint32_t t = 0; t < h; t++) {
+                        want += (double)w[t] * xi[t];
+                        mag += fabs((double)w[t] * xi[t]);
+                    }
+                    cr_expect(fabs(got - want) <= (double)h * FLT_EPSILON * mag + 1e-30,
+                              "%s n=%u h=%u r=%u: z[%u][%u] = %.9g, double %.9g", b->name, n, h, rk, i, j, got, want);
+                }
+            checked++;
+        }
+        free(W);
+        free(x);
+        free(z);
+        free(ids);
+    }
+    cr_assert_geq(checked, 6, "the scalar variant at least, for every shape");
 }

@@ -6,8 +6,8 @@
 
 #include "backend/ops.h"
 
-#define SONA_MODULE_ABI 5 /* 2: timer_start/timer_stop; 3: bind_host_thread; 4: host kernels; 5: more host
-                           * kernels (max_magnitude, mix_rows, axpy, scale) */
+#define SONA_MODULE_ABI 6 /* 2: timer_start/timer_stop; 3: bind_host_thread; 4: host kernels; 5: more host
+                           * kernels (max_magnitude, mix_rows, axpy, scale); 6: host kernel lora_down */
 #define SONA_MODULE_ENTRY "sona_module_open"
 
 #if defined(__GNUC__)

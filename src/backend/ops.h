@@ -174,6 +174,13 @@ typedef struct sona_host_kernels {
     void (*dot4_lanes_f32_f64)(const float *x, const float *const *y, size_t n, double *acc);
     void (*axpy4_f64)(double *y, const double *const *x, const double *c, size_t n);
     void (*axpy4_f32_f64)(double *y, const float *const *x, const double *c, size_t n);
+    /* z[i r + j] = W_{ids[i]} row j . x_i (j < r) for the rows i < n with ids[i] >= 0, other
+     * rows of z untouched: the unscaled down-projection of lora_apply (W laid out as its A or
+     * Bt: adapters of r rows of h floats), accumulated in f32 like dot. The SIMD variants take
+     * the rows by adapter, a few at a time, so each adapter's W is read once for several rows
+     * (and a large call splits over the cores). */
+    void (*lora_down)(const float *W, uint32_t r, uint32_t h, uint32_t adapters, uint32_t n, const int32_t *ids,
+                      const float *x, float *z);
 } sona_host_kernels;
 
 /* The host kernels in sona_host_kernels order, for code that handles each the same way. */
@@ -181,7 +188,7 @@ typedef struct sona_host_kernels {
     X(dot) X(dot_f16) X(widen_f16) X(dot_q8) X(all_finite) X(fisher_ema) X(penalise)            \
     X(sum_squares) X(max_magnitude) X(mix_rows) X(axpy) X(scale) X(q8_encode) X(q8_decode)      \
     X(dot_f64) X(dot_f32_f64) X(axpy_f64) X(axpy_f32_f64) X(dot4_lanes_f64)                    \
-    X(dot4_lanes_f32_f64) X(axpy4_f64) X(axpy4_f32_f64)
+    X(dot4_lanes_f32_f64) X(axpy4_f64) X(axpy4_f32_f64) X(lora_down)
 
 /* One backend, or one CPU variant: a struct of function pointers. A NULL op is unsupported.
  * ctx is the backend's own state (NULL for CPU variants). */

@@ -176,7 +176,8 @@ const sona_backend sona_cpu_avx2 = {
     SONA_CPU_HOST_FIELDS,
     SV_BACKEND_OPS,
     .host = {.dot = sona_dot_avx2, .dot_f16 = sona_dot_f16_avx2, .widen_f16 = sona_widen_f16_avx2,
-             .dot_q8 = sona_dot_q8_avx2, SONA_HOST_LOOPS_FIELDS(avx2), SV_F64_HOST_KERNELS},
+             .dot_q8 = sona_dot_q8_avx2, SONA_HOST_LOOPS_FIELDS(avx2), SV_F64_HOST_KERNELS,
+             SV_HOST_KERNELS},
 };
 
 #endif

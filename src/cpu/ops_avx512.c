@@ -160,7 +160,7 @@ const sona_backend sona_cpu_avx512 = {
     SV_BACKEND_OPS,
     .host = {.dot = sona_dot_avx512, .dot_f16 = sona_dot_f16_avx512,
              .widen_f16 = sona_widen_f16_avx512, .dot_q8 = sona_dot_q8_avx512,
-             SONA_HOST_LOOPS_FIELDS(avx512), SV_F64_HOST_KERNELS},
+             SONA_HOST_LOOPS_FIELDS(avx512), SV_F64_HOST_KERNELS, SV_HOST_KERNELS},
 };
 
 #endif

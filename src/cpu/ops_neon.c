@@ -41,6 +41,7 @@ const sona_backend sona_cpu_neon = {
     .device = "host CPU, NEON (aarch64 Advanced SIMD)",
     SONA_CPU_HOST_FIELDS,
     SV_BACKEND_OPS,
+    .host = {SV_HOST_KERNELS}, /* the rest from scalar (the registry fills them) */
 };
 
 #endif

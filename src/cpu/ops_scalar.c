@@ -273,6 +273,20 @@ static void axpy4_f32_f64_scalar(double *y, const float *const *x, const double 
 
 int sona_q8_encode_scalar(const float *x, size_t n, void *out) { return host_q8_encode(x, n, out); }
 
+/* Row by row, each product a dot (the SIMD variants group the rows by adapter). */
+static void lora_down_scalar(const float *W, uint32_t r, uint32_t h, uint32_t adapters, uint32_t n, const int32_t *ids,
+                             const float *x, float *z)
+{
+    (void)adapters;
+    for (uint32_t i = 0; i < n; i++) {
+        if (ids[i] < 0)
+            continue;
+        const float *w = W + (size_t)ids[i] * r * h;
+        for (uint32_t j = 0; j < r; j++)
+            z[(size_t)i * r + j] = sona_dot_scalar(w + (size_t)j * h, x + (size_t)i * h, h);
+    }
+}
+
 const sona_backend sona_cpu_scalar = {
     .name = "scalar",
     .device = "host CPU, plain C",
@@ -284,5 +298,5 @@ const sona_backend sona_cpu_scalar = {
              .widen_f16 = sona_widen_f16_scalar, .dot_q8 = sona_dot_q8_scalar,
              SONA_HOST_LOOPS_FIELDS(scalar), .dot4_lanes_f64 = dot4_lanes_f64_scalar,
              .dot4_lanes_f32_f64 = dot4_lanes_f32_f64_scalar, .axpy4_f64 = axpy4_f64_scalar,
-             .axpy4_f32_f64 = axpy4_f32_f64_scalar},
+             .axpy4_f32_f64 = axpy4_f32_f64_scalar, .lora_down = lora_down_scalar},
 };

@@ -529,6 +529,50 @@ static sona_status sv_lora_grad(void *ctx, const sona_lora_grad_args *a)
     return SONA_OK;
 }
 
+/* ---- lora_down (host kernel) ------------------------------------------------------------- */
+
+/* backend/ops.h's lora_down: the rows by adapter (sv_run_by_adapter), four at a time through the
+ * down blocks, so an adapter's W is read once per four rows where a dot per row and weight row
+ * read it once per row (loop B's signal normalisation at hidden 4 096: 512 KB a row). */
+typedef struct sv_down_args {
+    const float *W, *x;
+    float *z;
+    uint32_t r, h;
+} sv_down_args;
+
+static void sv_lora_down_group(const void *args, int32_t id, const uint32_t *rows, uint32_t G)
+{
+    const sv_down_args *a = args;
+    const float *W = a->W + (size_t)id * a->r * a->h;
+    for (uint32_t q0 = 0; q0 < G; q0 += 4) {
+        const uint32_t R = G - q0 < 4 ? G - q0 : 4;
+        const float *xs[4];
+        float t[4][SONA_LORA_MAX_RANK];
+        for (uint32_t q = 0; q < R; q++)
+            xs[q] = a->x + (size_t)rows[q0 + q] * a->h;
+        sv_grad_down(R, W, a->r, a->h, xs, t);
+        for (uint32_t q = 0; q < R; q++)
+            memcpy(a->z + (size_t)rows[q0 + q] * a->r, t[q], a->r * sizeof(float));
+    }
+}
+
+static void sv_lora_down_host(const float *W, uint32_t r, uint32_t h, uint32_t adapters, uint32_t n,
+                              const int32_t *ids, const float *x, float *z)
+{
+    const sv_down_args a = {.W = W, .x = x, .z = z, .r = r, .h = h};
+    if (n > 1 && r <= SONA_LORA_MAX_RANK &&
+        sv_run_by_adapter(&a, ids, n, adapters, sona_cpu_parallel_parts(2.0 * n * r * h), UINT32_MAX,
+                          sv_lora_down_group))
+        return;
+    for (uint32_t i = 0; i < n; i++) /* one row, or no memory for the order */
+        if (ids[i] >= 0)
+            for (uint32_t j = 0; j < r; j++)
+                z[(size_t)i * r + j] = sv_dot(W + ((size_t)ids[i] * r + j) * h, x + (size_t)i * h, h);
+}
+
+/* The host kernel entries every SIMD variant puts in its table. */
+#define SV_HOST_KERNELS .lora_down = sv_lora_down_host
+
 /* ---- param_update ---------------------------------------------------------------------- */
 
 SV_INLINE float sv_sumsq(const float *g, uint32_t n)
