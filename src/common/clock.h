@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* The monotonic clock in microseconds (latencies, timestamps), and deadlines for timed waits. */
+/* The monotonic clock in microseconds (latencies, timestamps) or nanoseconds, and deadlines for
+ * timed waits. */
 #ifndef SONA_COMMON_CLOCK_H
 #define SONA_COMMON_CLOCK_H
 
@@ -11,6 +12,14 @@ static inline uint64_t sona_monotonic_us(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* The same in nanoseconds, for timings of microseconds (a calibration copy, a spin's limit). */
+static inline uint64_t sona_monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* A clock's reading in seconds (CLOCK_MONOTONIC for wall time, CLOCK_PROCESS_CPUTIME_ID or

@@ -5,11 +5,12 @@
 #define _GNU_SOURCE /* SCHED_BATCH */
 #include "cpu/cpu.h"
 
+#include "common/clock.h"
+
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
-#include <time.h>
 #include <unistd.h>
 
 #ifdef SONA_HAVE_HWLOC
@@ -76,21 +77,14 @@ static inline void cpu_relax(void)
 #endif
 }
 
-static uint64_t now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-
 /* Spins (pause) while (*v == value) == equal, for at most SPIN_NS; returns the last value read
  * (acquire). */
 static uint_fast64_t spin_while(atomic_uint_fast64_t *v, uint_fast64_t value, int equal)
 {
-    const uint64_t until = now_ns() + SPIN_NS;
+    const uint64_t until = sona_monotonic_ns() + SPIN_NS;
     uint_fast64_t cur;
     for (uint32_t i = 1; ((cur = atomic_load_explicit(v, memory_order_acquire)) == value) == equal; i++) {
-        if (i % 64 == 0 && now_ns() >= until)
+        if (i % 64 == 0 && sona_monotonic_ns() >= until)
             break;
         cpu_relax();
     }
@@ -118,10 +112,10 @@ static void *worker(void *p)
             pthread_mutex_unlock(&pool.lock);
         }
         seen = job;
-        spin = now_ns() - done < SPIN_NS;
+        spin = sona_monotonic_ns() - done < SPIN_NS;
         if (part <= pool.on_workers)
             pool.fn(pool.arg, part, pool.parts);
-        done = now_ns();
+        done = sona_monotonic_ns();
         /* Every worker answers every job, so none still reads this one's fields when the next
          * is set. */
         if (atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_acq_rel) == 1) {

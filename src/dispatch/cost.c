@@ -4,6 +4,7 @@
  * sizes `sona info` prints, and the per-op per-backend call counters (dispatch/cost.h). */
 #include "dispatch/cost.h"
 
+#include "common/clock.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/op_buffers.h"
 
@@ -13,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <time.h>
 
 /* ---- kinds and defaults ---------------------------------------------------------------- */
 
@@ -99,14 +99,7 @@ void sona_cost_model_default(sona_backend_kind k, sona_cost_model *out)
 #define CALIBRATION_BUDGET_US 50000.0
 
 /* Nanosecond timings (sona_monotonic_us rounds a 10 us gemm to whole microseconds). */
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static double elapsed_us(uint64_t t0) { return (double)(now_ns() - t0) / 1e3; }
+static double elapsed_us(uint64_t t0) { return (double)(sona_monotonic_ns() - t0) / 1e3; }
 
 /* The best of `reps` timings of gemm m = n = k = dim on b (buffers A, B, C of b), synced. */
 static double time_gemm(const sona_backend *b, uint32_t dim, float *A, float *B, float *C, int reps)
@@ -114,7 +107,7 @@ static double time_gemm(const sona_backend *b, uint32_t dim, float *A, float *B,
     sona_gemm_args g = {.m = dim, .n = dim, .k = dim, .alpha = 1.0f, .beta = 0.0f, .A = A, .B = B, .C = C};
     double best = -1.0;
     for (int r = 0; r < reps; r++) {
-        const uint64_t t0 = now_ns();
+        const uint64_t t0 = sona_monotonic_ns();
         if (b->gemm(b->ctx, &g) != SONA_OK || (b->sync && b->sync(b->ctx) != SONA_OK))
             return -1.0;
         const double t = elapsed_us(t0);
@@ -128,7 +121,7 @@ static double time_copy(char *src, size_t bytes, int reps)
 {
     double best = -1.0;
     for (int r = 0; r < reps; r++) {
-        const uint64_t t0 = now_ns();
+        const uint64_t t0 = sona_monotonic_ns();
         memcpy(src + bytes, src, bytes);
         __asm__ __volatile__("" : : "r"(src) : "memory");
         const double tc = elapsed_us(t0);
@@ -172,7 +165,7 @@ static double time_apply(const sona_backend *b, const sona_lora_apply_args *a, i
 {
     double best = -1.0;
     for (int r = 0; r < reps; r++) {
-        const uint64_t t0 = now_ns();
+        const uint64_t t0 = sona_monotonic_ns();
         if (b->lora_apply(b->ctx, a) != SONA_OK || (b->sync && b->sync(b->ctx) != SONA_OK))
             return -1.0;
         const double t = elapsed_us(t0);
@@ -208,14 +201,14 @@ static void calibrate_device(const sona_backend *b, sona_cost_model *m)
     uint64_t t0 = 0;
     if (ok) {
         (void)time_apply(b, &a, 1);
-        t0 = now_ns();
+        t0 = sona_monotonic_ns();
         launch = time_apply(b, &a, 5);
     }
     if (launch > 0) {
         m->launch_us = launch;
         double best = -1.0;
         for (int r = 0; r < 2 && ok; r++) {
-            const uint64_t t1 = now_ns();
+            const uint64_t t1 = sona_monotonic_ns();
             ok = b->upload(b->ctx, buf[X], 0, host, ROWS) == SONA_OK &&
                  b->download(b->ctx, host, buf[X], 0, ROWS) == SONA_OK &&
                  (!b->sync || b->sync(b->ctx) == SONA_OK);
