@@ -7,7 +7,7 @@
 #include "bench.h"
 
 #include "common/rng.h"
-#include "cpu/cpu.h"
+#include "core/patterns/kmeans.h"
 #include "dispatch/dispatch.h"
 #include "sona/bank.h"
 #include "sona/index.h"
@@ -342,10 +342,10 @@ int bench_dump_peer_data(const char *dir)
     float *X = make_rows(&r, EXTRACT_N, 0);
     int rc = X ? write_npy(dir, "extraction_5000.npy", X, EXTRACT_N, DIM) : -1;
     free(X);
-    /* Our k-means splits its seeding rounds and assignments over the cores (each call's parts,
-     * cpu/parallel.c), so its peers get that many threads; the other rows run on one. */
-    const uint32_t round_trials = bank.seeding_trials ? bank.seeding_trials : 2 + (uint32_t)(2.0 * log(EXTRACT_K));
-    const uint32_t kmeans_threads = sona_cpu_parallel_parts(2.0 * round_trials * EXTRACT_N * DIM);
+    /* Our k-means splits its seeding rounds and assignments over the cores, so its peers get
+     * that many threads; the other rows run on one. */
+    const sona_kmeans_params kp = {.k = EXTRACT_K, .trials = bank.seeding_trials};
+    const uint32_t kmeans_threads = sona_kmeans_round_parts(EXTRACT_N, DIM, &kp);
     fprintf(meta,
             "{\n  \"threads\": 1,\n"
             "  \"extraction\": {\"file\": \"extraction_5000.npy\", \"group\": \"pattern_extraction\", "

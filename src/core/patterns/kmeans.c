@@ -201,6 +201,22 @@ static void round_block(void *arg, uint32_t b)
         block_potentials(r->s, r->n, r->trials, b);
 }
 
+/* The parts a host round splits over: its products' arithmetic decides. */
+static uint32_t round_parts(uint32_t n, uint32_t d, uint32_t trials)
+{
+    return sona_cpu_parallel_parts(2.0 * trials * n * d);
+}
+
+uint32_t sona_kmeans_trials(const sona_kmeans_params *p)
+{
+    return p->trials ? p->trials : 2 + (uint32_t)(2.0 * log((double)p->k));
+}
+
+uint32_t sona_kmeans_round_parts(uint32_t n, uint32_t d, const sona_kmeans_params *p)
+{
+    return round_parts(n, d, sona_kmeans_trials(p));
+}
+
 /* Each candidate's potential, the sum over rows of min(D^2, |x - c_t|^2), into s->pot: on a
  * device (one block) the products there and the sums here; on the host both, split over the
  * cores when the round is large enough to pay for a thread. */
@@ -215,7 +231,7 @@ static sona_status round_potentials(const op_bufs *o, scratch *s, uint32_t n, ui
         block_potentials(s, n, trials, 0);
     } else {
         round_job r = {.o = o, .s = s, .n = n, .d = d, .trials = trials, .failed = SONA_OK};
-        sona_cpu_parallel_chunks(round_block, &r, blocks, sona_cpu_parallel_parts(2.0 * trials * n * d));
+        sona_cpu_parallel_chunks(round_block, &r, blocks, round_parts(n, d, trials));
         const sona_status st = (sona_status)atomic_load(&r.failed);
         if (st != SONA_OK)
             return st;
@@ -428,7 +444,7 @@ sona_status sona_kmeans_reuse(const sona_backend *be, const float *X, uint32_t n
     if (!be->sqdist_argmin || !be->cluster_sums || !be->gemm)
         return SONA_E_UNSUPPORTED;
     const uint32_t k = p->k;
-    const uint32_t trials = p->trials ? p->trials : 2 + (uint32_t)(2.0 * log((double)k));
+    const uint32_t trials = sona_kmeans_trials(p);
     memset(res, 0, sizeof *res);
     scratch s;
     size_t bytes = 0;

@@ -16,6 +16,12 @@ typedef struct sona_kmeans_params {
                               * in a poor local minimum (seen in test_kmeans) */
 } sona_kmeans_params;
 
+/* The D^2 candidates per seeded centre p asks for: its trials, or 2 + 2 ln k when 0. */
+uint32_t sona_kmeans_trials(const sona_kmeans_params *p);
+/* The threads a seeding round on the CPU splits over, for n rows of d (the peers' benchmark
+ * gives its k-means as many). */
+uint32_t sona_kmeans_round_parts(uint32_t n, uint32_t d, const sona_kmeans_params *p);
+
 typedef struct sona_kmeans_result {
     uint32_t iterations;     /* Lloyd iterations run */
     uint32_t reseeded;       /* empty clusters re-seeded on the way */
