@@ -79,8 +79,10 @@ Test(engine_ewc, capped_lambda_follows_every_task_change)
 {
     sona_engine_config cfg;
     sona_engine_config_default(&cfg, SONA_PRESET_DEFAULT, HIDDEN);
-    cfg.micro_learning_rate = 0.5f; /* with ewc_lambda 1, large enough for the cap to bind */
-    cfg.ewc_lambda = 1.0f;
+    /* The default preset's learning rate; an EWC++ strength far above its default, so that
+     * lr x lambda x max F_sum passes 1 and the cap binds (with clipped gradients F_sum stays
+     * near 1 or below, and the default lambda never gets there). */
+    cfg.ewc_lambda = 8.0f;
     sona_lora_config lc;
     eng_lora_config(&cfg, 0, &lc);
     lc.clip_norm = 1.0f; /* raw gradients here, not the engine's normalised signals: kept bounded */
