@@ -1251,7 +1251,7 @@ Test(engine, the_saved_configuration_is_read_back)
     want.device_apply = 0;
     want.step_storage = SONA_STORAGE_F16;
     want.device_min_rows = 77;
-    want.base_learning_rate = 0.003f + 0.001f * sona_rng_uniform(&r);
+    want.dream_temperature = 0.5f + 0.25f * sona_rng_uniform(&r); /* a float of no fixed value */
     want.importance_decay = 0.9f;
     want.dream_jump_prob = 0.25f;
     snprintf(want.state_path, sizeof want.state_path, "/nonexistent/dir/ckpt");
