@@ -929,9 +929,21 @@ static uint32_t feed(sona_bank *b, cluster_stream *s, uint32_t total, uint32_t p
     return first;
 }
 
+/* How far centroid c leans toward center k beyond what its own center (at) shares with k: its
+ * cosine with the part of k orthogonal to at (centers are unit vectors). For orthogonal centers
+ * it is the plain cosine with k; unlike that, a pure pattern's stays near 0 however close the
+ * two centers are (seed 1911: centers at cosine 0.573, a pure pattern's plain cosine with the
+ * other 0.613). */
+static double lean_toward(const float *c, const float *at, const float *k)
+{
+    const double g = cosine(at, k);
+    return (cosine(c, k) - g * cosine(c, at)) / sqrt(1.0 - g * g);
+}
+
 /* Every trajectory is in exactly one pattern; each true cluster has a pattern close to its
  * center holding at least min_share of the trajectories of one cluster; every pattern of 50 or
- * more is close to one center and not to the others (no pattern mixing two clusters). */
+ * more is close to one center and does not lean toward another (no pattern mixing two
+ * clusters). */
 static void check_patterns(sona_bank *b, const cluster_stream *s, uint64_t total, double min_share)
 {
     const uint32_t n = sona_bank_pattern_count(b);
@@ -941,18 +953,21 @@ static void check_patterns(sona_bank *b, const cluster_stream *s, uint64_t total
         float c[DIM];
         cr_assert_eq(sona_bank_pattern_at(b, i, &p, c), SONA_OK);
         sum += p.size;
-        double best = -2, second = -2;
+        double best = -2, lean = -2;
         int at = 0;
         for (int k = 0; k < TRUE_CLUSTERS; k++) {
             const double cs = cosine(c, s->centers[k]);
             if (cs > best)
-                second = best, best = cs, at = k;
-            else if (cs > second)
-                second = cs;
+                best = cs, at = k;
+        }
+        for (int k = 0; k < TRUE_CLUSTERS; k++) {
+            const double l = k == at ? -2 : lean_toward(c, s->centers[at], s->centers[k]);
+            lean = l > lean ? l : lean;
         }
         if (p.size >= 50)
-            cr_assert(best >= 0.9 && second < 0.6, "pattern %u of %" PRIu64 ": cosines %.3f and %.3f with the two nearest centers",
-                      i, p.size, best, second);
+            cr_assert(best >= 0.9 && lean < 0.6,
+                      "pattern %u of %" PRIu64 ": cosine %.3f with the nearest center, leaning %.3f toward another", i,
+                      p.size, best, lean);
         if (best >= 0.9 && p.size > best_size[at])
             best_size[at] = p.size;
     }
@@ -966,7 +981,9 @@ static void check_patterns(sona_bank *b, const cluster_stream *s, uint64_t total
 /* Loop B with a cycle every 20 trajectories: 2,000 trajectories of 4 clusters. Merging by cosine
  * alone made a pattern of nearly every trajectory (a centroid of a few noisy trajectories never
  * reaches cosine 0.95 with its pattern); with the noise rules the bank ends with a handful, each
- * cluster's bulk in one pattern. */
+ * cluster's bulk in one pattern. Known to fail on about 2 seeds in 1 000 (502, 804, 1076, 1874
+ * of the first 2 000): a cluster kept in two halves, or a pattern mixed from its first rows
+ * (docs/notes/bank-small-extractions.md). */
 Test(bank, small_extractions_keep_a_pattern_per_cluster, .timeout = 120)
 {
     const uint64_t seed = test_seed();
