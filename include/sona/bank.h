@@ -58,8 +58,13 @@ extern "C" {
  * the rest of its batch splits toward a pattern per trajectory (as merging by cosine alone
  * did), and one much tighter than the rest can merge with a neighbour closer than the batch's
  * noise; clusters that overlap (centres closer than their noise), met a few trajectories per
- * extraction, can end in one pattern. Afterwards low-quality and
- * stale patterns are pruned and the bank is cut to capacity by evicting the lowest value
+ * extraction, can end in one pattern; extractions of about as many trajectories as there are
+ * clusters, or fewer, let k-means mix clusters in a way no statistic of so few rows shows, and
+ * such a pattern then takes rows of each cluster near it (with 10-row extractions of 12
+ * clusters most rows end in mixed patterns; with 100-row ones a few per cent:
+ * docs/notes/bank-small-extractions.md); a cluster first met in two parts can stay two
+ * patterns, each taking the trajectories on its side. Afterwards low-quality and stale patterns
+ * are pruned and the bank is cut to capacity by evicting the lowest value
  * (value = average quality * log2(2 + size + access count)). Patterns are searchable by cosine
  * similarity through an HNSW index (sona/index.h) that always holds exactly the live patterns.
  *
