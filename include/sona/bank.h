@@ -16,7 +16,16 @@ extern "C" {
  * (randomised seeded k-means++ seeding, then Lloyd to convergence) into at most k_clusters and
  * at most one cluster per rows_per_cluster trajectories (k-means with a row or two per cluster
  * only splits noise; on the CPU, or on the device SONA_BACKEND names when the bank is created,
- * where the device's sums round in their own order), then meets the bank in three steps:
+ * where the device's sums round in their own order), then meets the bank in four steps:
+ *   0. Clusters k-means made of parts of one cluster become one: two clusters whose rows
+ *      together are no more spread than one cluster's noise (the test of step 3 below), when
+ *      that test could tell apart two clusters whose means lie v apart (a pair of shares f and
+ *      1 - f adds f (1 - f) v to the rows' mean squared distance, which must reach the test's
+ *      margin: with few rows, or at low dim, nothing combines), the pair adding the least
+ *      spread first, while any pair passes, in rounds with v measured again on the combined
+ *      clusters (k-means' parts are tighter than the clusters they cut) until a round combines
+ *      none (when v and s below are estimated; up to 2,048 clusters an extraction). A batch
+ *      with no clusters in it (uniform noise) ends as one.
  *   1. A cluster merges whole into its most similar pattern in the bank as it was before the
  *      extraction (size-weighted centroid, summed sizes and weights, size-weighted quality)
  *      when their cosine is at least merge_threshold, or when it is as close to the pattern as
@@ -51,8 +60,9 @@ extern "C" {
  * clusters, each with cosine ~0.7 to its centre, in extractions of 20 end with 4 to 11 patterns
  * where the cosine alone made one per trajectory), the same data extracted again grows sizes,
  * never the pattern count, and a later extraction adds patterns only for what no pattern
- * accounts for. Limits: a large first extraction makes up to k_clusters patterns, finer than the
- * true clusters, which stay (later trajectories join them); a trajectory in the far tail of its
+ * accounts for. Limits: where step 0 cannot combine them (small extractions, low dim), a large
+ * first extraction makes up to k_clusters patterns, finer than the true clusters, which stay
+ * (later trajectories join them); a trajectory in the far tail of its
  * cluster's noise can become a pattern of its own (at dim 37, about one per 1,000
  * trajectories); the noise is one level per extraction, so a cluster much more diffuse than
  * the rest of its batch splits toward a pattern per trajectory (as merging by cosine alone
@@ -162,6 +172,7 @@ typedef struct sona_bank_extract_result {
     uint32_t joined;         /* trajectories that joined a pattern alone (step 2 above) */
     uint32_t split;          /* clusters split in two for being too spread (step 3 above) */
     uint32_t pruned, evicted;
+    uint32_t combined;       /* k-means clusters found to be parts of another (step 0 above) */
 } sona_bank_extract_result;
 
 /* Clusters every pending trajectory into patterns (see above) and empties the queue. Nothing

@@ -202,7 +202,7 @@ class ExtractResult(Structure):
     _fields_ = [("trajectories", c_uint32), ("clusters", c_uint32), ("iterations", c_uint32),
                 ("inertia", c_double), ("created", c_uint32), ("merged", c_uint32),
                 ("dropped_small", c_uint32), ("joined", c_uint32), ("split", c_uint32),
-                ("pruned", c_uint32), ("evicted", c_uint32)]
+                ("pruned", c_uint32), ("evicted", c_uint32), ("combined", c_uint32)]
 
 
 lora_config_default = _proto("sona_lora_config_default", None, POINTER(LoraConfig), c_int, c_uint32)
