@@ -54,6 +54,13 @@ static void *produce(void *p)
             x[h] = (float)((h * 31 + i * 7 + pr->index * 13) % 17) / 17.0f - 0.5f;
         for (int h = 0; h < DIM; h++)
             a[h] = x[(h + 1) % DIM];
+        if (i >= PER_PRODUCER) {
+            /* Past their share only to give the reader a cycle to see: slower, so that the
+             * reader and the loop thread get the cores (four producers flat out on two cores
+             * under ASan once starved the reader to 377 reads in 60 s, none during a cycle). */
+            const struct timespec pause = {0, 200000};
+            nanosleep(&pause, NULL);
+        }
         sona_request *r;
         sona_status st = sona_request_begin(s->e, 0, x, &r);
         if (st != SONA_OK) {
