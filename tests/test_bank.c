@@ -710,7 +710,7 @@ Test(bank, search_similarities_are_cosines_with_stored_centroids)
 /* A large pattern absorbing hundreds of small clusters: its centroid follows the exact weighted
  * mean of every trajectory merged into it (bank.h states the bound: unbiased, a few Q8 steps),
  * where re-storing the rounded mean would have left it where it started. */
-Test(bank, merged_centroid_tracks_the_exact_mean, .timeout = 120)
+Test(bank, merged_centroid_tracks_the_exact_mean)
 {
     const uint64_t seed = test_seed();
     printf("[bank] many merges seed %" PRIu64 "\n", seed);
@@ -985,7 +985,7 @@ static void check_patterns(sona_bank *b, const cluster_stream *s, uint64_t total
  * cluster's bulk in one pattern. Known to fail on about 2 seeds in 1 000 (502, 804, 1076, 1874
  * of the first 2 000): a cluster kept in two halves, or a pattern mixed from its first rows
  * (docs/notes/bank-small-extractions.md). */
-Test(bank, small_extractions_keep_a_pattern_per_cluster, .timeout = 120)
+Test(bank, small_extractions_keep_a_pattern_per_cluster)
 {
     const uint64_t seed = test_seed();
     printf("[bank] small extractions seed %" PRIu64 "\n", seed);
@@ -1010,7 +1010,7 @@ Test(bank, small_extractions_keep_a_pattern_per_cluster, .timeout = 120)
  * each within a cluster; over 300 seeds now 4 to 6, each cluster's largest holding over 85 % of
  * its trajectories at the end), and later extractions add few (tail trajectories: at most one
  * over those seeds), where merging by cosine alone added about 30 each. */
-Test(bank, large_extractions_keep_their_patterns, .timeout = 120)
+Test(bank, large_extractions_keep_their_patterns)
 {
     const uint64_t seed = test_seed();
     printf("[bank] large extractions seed %" PRIu64 "\n", seed);
@@ -1153,7 +1153,7 @@ static void extract_on(const sona_backend *dev, int device_wins, const float *X,
     sona_cost_model_set(dev, NULL);
 }
 
-Test(bank, extraction_clusters_where_the_cost_model_sends_it, .timeout = 300)
+Test(bank, extraction_clusters_where_the_cost_model_sends_it)
 {
     const sona_backend *dev = device_or_skip("bank: device extraction");
     const uint64_t seed = test_seed();
