@@ -630,6 +630,21 @@ typedef struct cluster_sum {
     double quality; /* weighted mean (the plain mean when all weights are 0) */
 } cluster_sum;
 
+/* Counts row i of tq into s (its quality left for settle_quality). */
+static void add_row(cluster_sum *s, const traj_queue *tq, uint32_t i)
+{
+    s->size++;
+    s->weight += tq->w[i];
+    s->weighted_quality += (double)tq->w[i] * tq->q[i];
+    s->quality_sum += tq->q[i];
+}
+
+/* s's quality from its sums (s->size > 0). */
+static void settle_quality(cluster_sum *s)
+{
+    s->quality = s->weight > 0.0 ? s->weighted_quality / s->weight : s->quality_sum / (double)s->size;
+}
+
 static double sqdist(const float *a, const float *b, uint32_t dim)
 {
     double s = 0.0;
@@ -644,17 +659,11 @@ static double sqdist(const float *a, const float *b, uint32_t dim)
 static void summarise(const traj_queue *tq, uint32_t k, const int32_t *assign, cluster_sum *cs)
 {
     memset(cs, 0, k * sizeof *cs);
-    for (uint32_t i = 0; i < tq->n; i++) {
-        cluster_sum *c = &cs[assign[i]];
-        c->size++;
-        c->weight += tq->w[i];
-        c->weighted_quality += (double)tq->w[i] * tq->q[i];
-        c->quality_sum += tq->q[i];
-    }
+    for (uint32_t i = 0; i < tq->n; i++)
+        add_row(&cs[assign[i]], tq, i);
     for (uint32_t j = 0; j < k; j++)
         if (cs[j].size)
-            cs[j].quality = cs[j].weight > 0.0 ? cs[j].weighted_quality / cs[j].weight
-                                               : cs[j].quality_sum / (double)cs[j].size;
+            settle_quality(&cs[j]);
 }
 
 /* An extraction's noise: how far a trajectory lies from the mean of its cluster. v is the
@@ -982,12 +991,9 @@ static uint32_t join_rows(sona_bank *b, const sona_backend *device, const traj_q
             const float *x = tq->emb + (size_t)i * dim;
             for (uint32_t t = 0; t < dim; t++)
                 mean[t] += x[t];
-            g.size++;
-            g.weight += tq->w[i];
-            g.weighted_quality += (double)tq->w[i] * tq->q[i];
-            g.quality_sum += tq->q[i];
+            add_row(&g, tq, i);
         }
-        g.quality = g.weight > 0.0 ? g.weighted_quality / g.weight : g.quality_sum / (double)g.size;
+        settle_quality(&g);
         for (uint32_t t = 0; t < dim; t++)
             gv[t] = (float)(mean[t] / (double)g.size);
         const sona_status mst = merge_into(b, (uint32_t)pos, gv, &g, now);
@@ -1017,14 +1023,11 @@ static void range_mean(const traj_queue *tq, const uint32_t *rows, uint32_t len,
         const float *x = tq->emb + (size_t)i * dim;
         for (uint32_t t = 0; t < dim; t++)
             acc[t] += x[t];
-        s->size++;
-        s->weight += tq->w[i];
-        s->weighted_quality += (double)tq->w[i] * tq->q[i];
-        s->quality_sum += tq->q[i];
+        add_row(s, tq, i);
     }
     for (uint32_t t = 0; t < dim; t++)
         c[t] = (float)(acc[t] / (double)len);
-    s->quality = s->weight > 0.0 ? s->weighted_quality / s->weight : s->quality_sum / (double)s->size;
+    settle_quality(s);
 }
 
 /* merge_z standard deviations, relative to v, of the mean squared distance of `count` (>= 2)
@@ -1212,7 +1215,7 @@ static uint32_t combine_clusters(const sona_bank *b, const traj_queue *tq, uint3
         x->weight += y->weight;
         x->weighted_quality += y->weighted_quality;
         x->quality_sum += y->quality_sum;
-        x->quality = x->weight > 0.0 ? x->weighted_quality / x->weight : x->quality_sum / (double)x->size;
+        settle_quality(x);
         cs[bc] = (cluster_sum){0};
         m.into[bc] = ba;
         grew[ba] = 1;
