@@ -1157,13 +1157,18 @@ static void find_partner(combining *m, uint32_t a)
  * mean squared distance, which must reach the test's margin; clusters closer than that overlap
  * and may end in one pattern anyway). The pair that adds the least spread first, until no pair
  * passes. C, assign, cs and d2 follow (a combined cluster's centroid is the mean of its rows).
- * Returns how many clusters went; none without the memory or with more than
- * COMBINE_MAX_CLUSTERS. acc: dim doubles of scratch. */
+ * In rounds: the noise against the clusters (*nm, the smaller of it and against_patterns, which
+ * stays as measured) comes from k-means' clusters, tighter than the clusters they are parts of
+ * (over 1 000 rows of 4 clusters into 32, one round left 13 to 16); measured again on the
+ * combined ones it lets the next round go on (4 to 6). The centroids' distances carry over from
+ * round to round. Returns how many clusters went; none without the memory or with more than
+ * COMBINE_MAX_CLUSTERS. resid: n doubles, acc: dim doubles of scratch. */
 static uint32_t combine_clusters(const sona_bank *b, const traj_queue *tq, uint32_t k, float *C, int32_t *assign,
-                                 cluster_sum *cs, double *d2, const noise_model *nm, double *acc)
+                                 cluster_sum *cs, double *d2, noise_model *nm, noise_model against_patterns,
+                                 double *resid, double *acc)
 {
     const uint32_t dim = b->cfg.dim;
-    if (k < 2 || k > COMBINE_MAX_CLUSTERS || nm->v < 0.0 || b->cfg.merge_z <= 0.0f)
+    if (k < 2 || k > COMBINE_MAX_CLUSTERS || b->cfg.merge_z <= 0.0f)
         return 0;
     const sona_dot_fn dot = sona_dot_kernel();
     combining m = {.b = b, .nm = nm, .cs = cs, .k = k};
@@ -1177,12 +1182,8 @@ static uint32_t combine_clusters(const sona_bank *b, const traj_queue *tq, uint3
     m.norm2 = m.scatter + k;
     m.best_added = m.norm2 + k;
     m.into = m.best + k;
-    for (uint32_t j = 0; j < k; j++) {
-        m.scatter[j] = 0.0, m.into[j] = j;
+    for (uint32_t j = 0; j < k; j++)
         m.norm2[j] = dot(C + (size_t)j * dim, C + (size_t)j * dim, dim);
-    }
-    for (uint32_t i = 0; i < tq->n; i++)
-        m.scatter[assign[i]] += d2[i];
     /* Distances from norms and a dot product (the variant's kernel): the centroids' squared
      * distances are far above the float rounding of their norms here, and k^2 / 2 of them in
      * double cost as much as the k-means. */
@@ -1191,66 +1192,78 @@ static uint32_t combine_clusters(const sona_bank *b, const traj_queue *tq, uint3
             const double d = m.norm2[a] + m.norm2[c] - 2.0 * dot(C + (size_t)a * dim, C + (size_t)c * dim, dim);
             m.dist[(size_t)a * k + c] = m.dist[(size_t)c * k + a] = d > 0.0 ? (float)d : 0.0f;
         }
-    for (uint32_t a = 0; a < k; a++)
-        if (cs[a].size)
-            find_partner(&m, a);
-    for (;;) {
-        uint32_t ba = 0;
-        double least = INFINITY;
+    for (uint32_t round_gone = 1; round_gone && nm->v >= 0.0;) {
+        round_gone = 0;
+        memset(grew, 0, k);
+        for (uint32_t j = 0; j < k; j++)
+            m.scatter[j] = 0.0, m.into[j] = j;
+        for (uint32_t i = 0; i < tq->n; i++)
+            m.scatter[assign[i]] += d2[i];
         for (uint32_t a = 0; a < k; a++)
-            if (cs[a].size && m.best_added[a] < least)
-                least = m.best_added[a], ba = a;
-        if (least == INFINITY)
-            break;
-        const uint32_t bc = m.best[ba];
-        cluster_sum *x = &cs[ba];
-        const cluster_sum *y = &cs[bc];
-        const double na = (double)x->size, nc = (double)y->size;
-        for (uint32_t t = 0; t < dim; t++)
-            acc[t] = (na * C[(size_t)ba * dim + t] + nc * C[(size_t)bc * dim + t]) / (na + nc);
-        for (uint32_t t = 0; t < dim; t++)
-            C[(size_t)ba * dim + t] = (float)acc[t];
-        m.scatter[ba] += m.scatter[bc] + least;
-        x->size += y->size;
-        x->weight += y->weight;
-        x->weighted_quality += y->weighted_quality;
-        x->quality_sum += y->quality_sum;
-        settle_quality(x);
-        cs[bc] = (cluster_sum){0};
-        m.into[bc] = ba;
-        grew[ba] = 1;
-        gone++;
-        m.norm2[ba] = dot(C + (size_t)ba * dim, C + (size_t)ba * dim, dim);
-        for (uint32_t o = 0; o < k; o++)
-            if (o != ba && cs[o].size) {
-                const double d = m.norm2[ba] + m.norm2[o] - 2.0 * dot(C + (size_t)ba * dim, C + (size_t)o * dim, dim);
-                m.dist[(size_t)ba * k + o] = m.dist[(size_t)o * k + ba] = d > 0.0 ? (float)d : 0.0f;
-            }
-        /* Partners change only with ba: its own, those that had ba or bc, and any that ba now
-         * suits better. */
-        find_partner(&m, ba);
-        for (uint32_t o = 0; o < k; o++) {
-            if (o == ba || !cs[o].size)
-                continue;
-            if (m.best_added[o] < INFINITY && (m.best[o] == ba || m.best[o] == bc)) {
-                find_partner(&m, o);
-            } else {
-                const double cost = join_cost(&m, o, ba);
-                if (cost < m.best_added[o])
-                    m.best_added[o] = cost, m.best[o] = ba;
+            if (cs[a].size)
+                find_partner(&m, a);
+        for (;;) {
+            uint32_t ba = 0;
+            double least = INFINITY;
+            for (uint32_t a = 0; a < k; a++)
+                if (cs[a].size && m.best_added[a] < least)
+                    least = m.best_added[a], ba = a;
+            if (least == INFINITY)
+                break;
+            const uint32_t bc = m.best[ba];
+            cluster_sum *x = &cs[ba];
+            const cluster_sum *y = &cs[bc];
+            const double na = (double)x->size, nc = (double)y->size;
+            for (uint32_t t = 0; t < dim; t++)
+                acc[t] = (na * C[(size_t)ba * dim + t] + nc * C[(size_t)bc * dim + t]) / (na + nc);
+            for (uint32_t t = 0; t < dim; t++)
+                C[(size_t)ba * dim + t] = (float)acc[t];
+            m.scatter[ba] += m.scatter[bc] + least;
+            x->size += y->size;
+            x->weight += y->weight;
+            x->weighted_quality += y->weighted_quality;
+            x->quality_sum += y->quality_sum;
+            settle_quality(x);
+            cs[bc] = (cluster_sum){0};
+            m.into[bc] = ba;
+            grew[ba] = 1;
+            round_gone++;
+            m.norm2[ba] = dot(C + (size_t)ba * dim, C + (size_t)ba * dim, dim);
+            for (uint32_t o = 0; o < k; o++)
+                if (o != ba && cs[o].size) {
+                    const double d =
+                        m.norm2[ba] + m.norm2[o] - 2.0 * dot(C + (size_t)ba * dim, C + (size_t)o * dim, dim);
+                    m.dist[(size_t)ba * k + o] = m.dist[(size_t)o * k + ba] = d > 0.0 ? (float)d : 0.0f;
+                }
+            /* Partners change only with ba: its own, those that had ba or bc, and any that ba now
+             * suits better. */
+            find_partner(&m, ba);
+            for (uint32_t o = 0; o < k; o++) {
+                if (o == ba || !cs[o].size)
+                    continue;
+                if (m.best_added[o] < INFINITY && (m.best[o] == ba || m.best[o] == bc)) {
+                    find_partner(&m, o);
+                } else {
+                    const double cost = join_cost(&m, o, ba);
+                    if (cost < m.best_added[o])
+                        m.best_added[o] = cost, m.best[o] = ba;
+                }
             }
         }
-    }
-    for (uint32_t i = 0; i < tq->n && gone; i++) {
-        uint32_t j = (uint32_t)assign[i];
-        while (m.into[j] != j)
-            j = m.into[j];
-        assign[i] = (int32_t)j;
-        if (grew[j]) {
-            const float *x = tq->emb + (size_t)i * dim, *c = C + (size_t)j * dim;
-            const double d = (double)dot(x, x, dim) + m.norm2[j] - 2.0 * (double)dot(x, c, dim);
-            d2[i] = d > 0.0 ? d : 0.0;
+        for (uint32_t i = 0; i < tq->n && round_gone; i++) {
+            uint32_t j = (uint32_t)assign[i];
+            while (m.into[j] != j)
+                j = m.into[j];
+            assign[i] = (int32_t)j;
+            if (grew[j]) {
+                const float *x = tq->emb + (size_t)i * dim, *c = C + (size_t)j * dim;
+                const double d = (double)dot(x, x, dim) + m.norm2[j] - 2.0 * (double)dot(x, c, dim);
+                d2[i] = d > 0.0 ? d : 0.0;
+            }
         }
+        if (round_gone)
+            *nm = smaller_noise(noise_by_clusters(b, tq, assign, cs, d2, resid), against_patterns);
+        gone += round_gone;
     }
 out:
     free(m.scatter), free(m.dist), free(m.best), free(grew);
@@ -1432,15 +1445,7 @@ sona_status sona_bank_extract(sona_bank *b, sona_bank_extract_result *res)
             d2[i] = sqdist(taken.emb + (size_t)i * dim, C + (size_t)assign[i] * dim, dim);
         const noise_model against_patterns = noise_by_patterns(b, &taken, k, assign, near, resid, pv);
         nm = smaller_noise(noise_by_clusters(b, &taken, assign, cs, d2, resid), against_patterns);
-        /* Step 0, in rounds: the noise against the clusters comes from k-means' clusters, which
-         * are tighter than the clusters they are parts of (over 1 000 rows of 4 clusters into
-         * 32, one round left 13 to 16); measured again on the combined ones it lets the next
-         * round go on (4 to 6). The noise against the patterns stays as measured. */
-        uint32_t c;
-        while ((c = combine_clusters(b, &taken, k, C, assign, cs, d2, &nm, gm)) != 0) {
-            r.combined += c;
-            nm = smaller_noise(noise_by_clusters(b, &taken, assign, cs, d2, resid), against_patterns);
-        }
+        r.combined = combine_clusters(b, &taken, k, C, assign, cs, d2, &nm, against_patterns, resid, gm);
         if (r.combined)
             search_clusters(b, device, C, k, cs, order, near, nsim);
     }
